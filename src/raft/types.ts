@@ -1,0 +1,169 @@
+/**
+ * The data types shared by the pure Raft core and everything that drives it: log entries, hard
+ * state, snapshot metadata, peer messages and the {@linkcode Ready} batch the core hands to its
+ * driver.
+ *
+ * This module imports nothing: the core and its types are the bottom of the import graph.
+ *
+ * @module
+ */
+
+/** A node's stable identifier, as written in the cluster file (`node_id`). */
+export type NodeId = string;
+
+/** The value used for "no node" (no vote cast, no leader known). */
+export const NONE: NodeId = "";
+
+/** What an entry carries. */
+export enum EntryType {
+  /** A client command for the state machine; `data` is opaque to Raft. */
+  Normal = 0,
+  /** The empty entry a new leader appends to commit entries of earlier terms. */
+  Noop = 1,
+}
+
+/** One log entry. Invariant: `index >= 1`, `term >= 1`. */
+export interface Entry {
+  /** The term of the leader that created the entry. */
+  term: number;
+  /** The entry's position in the log, starting at 1. */
+  index: number;
+  /** What the entry carries. */
+  type: EntryType;
+  /** The command bytes (empty for {@linkcode EntryType.Noop}). */
+  data: Uint8Array;
+}
+
+/** The part of Raft's state that must survive a crash before dependent messages are sent. */
+export interface HardState {
+  /** The latest term this node has seen. */
+  term: number;
+  /** Whom this node voted for in `term`, or {@linkcode NONE}. */
+  vote: NodeId;
+  /**
+   * The highest index known committed. Persisting it is optional (it is re-learned from the
+   * leader), but it must never be persisted ahead of what is durable in the log.
+   */
+  commit: number;
+}
+
+/** Describes the state a snapshot captures. */
+export interface SnapshotMeta {
+  /** The index of the last entry the snapshot includes. */
+  index: number;
+  /** The term of that entry. */
+  term: number;
+  /** The voting members of the cluster at that point. */
+  voters: NodeId[];
+}
+
+/** Every kind of message peers exchange. Values are part of the wire format: never renumber. */
+export enum MessageType {
+  /** Candidate asks for a vote (after a successful pre-vote round). */
+  Vote = 1,
+  /** Answer to {@linkcode MessageType.Vote}; `reject` says whether it was refused. */
+  VoteResp = 2,
+  /** Would-be candidate asks whether it could win, without raising anyone's term. */
+  PreVote = 3,
+  /** Answer to {@linkcode MessageType.PreVote}. */
+  PreVoteResp = 4,
+  /** Leader replicates entries (possibly none) after `(logTerm, index)`. */
+  App = 5,
+  /** Follower's answer to {@linkcode MessageType.App}. */
+  AppResp = 6,
+  /** Leader's heartbeat, carrying its commit index (capped by the follower's match). */
+  Heartbeat = 7,
+  /** Follower's answer to {@linkcode MessageType.Heartbeat}. */
+  HeartbeatResp = 8,
+  /** Leader tells a follower to install a snapshot; the data travels beside the message. */
+  Snap = 9,
+  /** Leader tells a follower whose log is up to date to start an election now. */
+  TimeoutNow = 10,
+}
+
+/**
+ * A peer message. Which fields are meaningful depends on {@linkcode MessageType}; the others are 0
+ * / empty. One flat shape keeps the codec and the simulator simple.
+ */
+export interface Message {
+  type: MessageType;
+  from: NodeId;
+  to: NodeId;
+  /** The sender's term (for PreVote: the term it would campaign in). */
+  term: number;
+  /**
+   * App: the term of the entry at `index` (the log-matching check). Vote/PreVote: the term of the
+   * candidate's last entry.
+   */
+  logTerm: number;
+  /**
+   * App: the index just before `entries`. Vote/PreVote: the candidate's last index. AppResp: the
+   * last index the follower now matches (accept) or the rejected index (reject).
+   */
+  index: number;
+  /** App: the entries to append after `index`. */
+  entries: Entry[];
+  /** App/Heartbeat: the leader's commit index (for Heartbeat capped by the follower's match). */
+  commit: number;
+  /** Responses: true if the request was refused. */
+  reject: boolean;
+  /** AppResp on reject: the follower's last index, a hint where the leader should probe next. */
+  rejectHint: number;
+  /** Heartbeat/HeartbeatResp: the read-index round this heartbeat confirms (0 = none). */
+  context: number;
+  /** Snap: what the snapshot covers. The bytes are streamed by the transport, not carried here. */
+  snapshot: SnapshotMeta | null;
+}
+
+/** A read the leader has confirmed: reads issued with `id` may be served once `index` is applied. */
+export interface ReadState {
+  /** The identifier given to {@linkcode RaftCore.readIndex}. */
+  id: number;
+  /** The commit index that was current when the read was requested. */
+  index: number;
+}
+
+/** What the core knows about leadership, for status pages and client redirection. */
+export interface SoftState {
+  /** The known leader, or {@linkcode NONE}. */
+  leader: NodeId;
+  /** This node's role. */
+  role: Role;
+}
+
+/** The roles a node can take. */
+export type Role = "follower" | "pre-candidate" | "candidate" | "leader";
+
+/**
+ * The work the core asks its driver to do. The driver must:
+ * 1. send {@linkcode Ready.messages} at once (they never depend on unsynced local state);
+ * 2. durably write {@linkcode Ready.snapshot} (if any), then {@linkcode Ready.entries} and
+ *    {@linkcode Ready.hardState} (if any), in that order, and sync them;
+ * 3. only then send {@linkcode Ready.persistedMessages} and report the write with
+ *    {@linkcode RaftCore.persisted};
+ * 4. apply {@linkcode Ready.committedEntries} in order (they are always already durable locally);
+ * 5. call {@linkcode RaftCore.advance} with this Ready before asking for the next one... except that
+ *    a driver that overlaps syncs may ask for the next Ready while this one's write is in flight,
+ *    as long as it writes Readies in the order it received them.
+ */
+export interface Ready {
+  /** Changed leader or role since the last Ready, or null. */
+  softState: SoftState | null;
+  /** Hard state to persist (term or vote changed), or null. */
+  hardState: HardState | null;
+  /**
+   * Entries to append to the log. The first may have an index at or below the last one written:
+   * the log is then truncated there first (a follower resolving a conflict).
+   */
+  entries: Entry[];
+  /** A snapshot received from the leader, to install before anything else, or null. */
+  snapshot: SnapshotMeta | null;
+  /** Messages safe to send now (the leader's appends and heartbeats). */
+  messages: Message[];
+  /** Messages to send only after this Ready's entries and hard state are durable. */
+  persistedMessages: Message[];
+  /** Committed entries to apply to the state machine, in order. */
+  committedEntries: Entry[];
+  /** Reads that became safe to serve once their index is applied. */
+  readStates: ReadState[];
+}
