@@ -1,0 +1,32 @@
+/**
+ * Errors the Raft core raises.
+ *
+ * @module
+ */
+
+import type { NodeId } from "./types.ts";
+
+/** Thrown when a request that only a leader can serve reaches another node. */
+export class NotLeaderError extends Error {
+  /** The leader this node knows of, or "" if none. */
+  readonly leader: NodeId;
+
+  /** Creates the error; `leader` is a hint for redirection ("" when unknown). */
+  constructor(leader: NodeId, message?: string) {
+    super(message ?? (leader ? `not the leader; the leader is "${leader}"` : "no leader known"));
+    this.name = "NotLeaderError";
+    this.leader = leader;
+  }
+}
+
+/**
+ * Thrown when a Raft invariant is found broken. It is never caught inside the core: a node that
+ * sees one must stop rather than continue with state it cannot trust.
+ */
+export class RaftInvariantError extends Error {
+  /** Creates the error; the message carries the exact values involved. */
+  constructor(message: string) {
+    super(message);
+    this.name = "RaftInvariantError";
+  }
+}

@@ -1,0 +1,806 @@
+/**
+ * The pure Raft core: a deterministic state machine with no timers, sockets, files or clock.
+ *
+ * Time arrives as {@linkcode RaftCore.tick}, peer messages as {@linkcode RaftCore.step}, client
+ * commands as {@linkcode RaftCore.propose} and reads as {@linkcode RaftCore.readIndex}. Everything
+ * the outside world must do in response comes out of {@linkcode RaftCore.ready}. Randomness (the
+ * election jitter) comes from the seeded source in the config, so a run is reproducible.
+ *
+ * Implements leader election with PreVote and CheckQuorum, log replication with the
+ * prev-index/prev-term check and conflict truncation, commitment only of the leader's own term by
+ * a majority (a no-op entry opens every term), pipelined appends with flow control, snapshots for
+ * lagging followers, and ReadIndex for linearizable reads.
+ *
+ * @module
+ */
+
+import { NotLeaderError, RaftInvariantError } from "./errors.ts";
+import { RaftLog } from "./log.ts";
+import { Progress } from "./progress.ts";
+import {
+  type Entry,
+  EntryType,
+  type HardState,
+  type Message,
+  MessageType,
+  type NodeId,
+  NONE,
+  type ReadState,
+  type Ready,
+  type Role,
+  type SnapshotMeta,
+  type SoftState,
+} from "./types.ts";
+
+/** Configuration and recovered state of a Raft node. */
+export interface RaftConfig {
+  /** This node's id. */
+  id: NodeId;
+  /** Every voting member, including this node. */
+  voters: NodeId[];
+  /** Ticks without hearing from a leader before an election (randomized up to 2x). Default 10. */
+  electionTicks?: number;
+  /** Ticks between leader heartbeats. Default 1. */
+  heartbeatTicks?: number;
+  /** Run a pre-vote round before raising the term. Default true. */
+  preVote?: boolean;
+  /** Leader steps down when it has not heard from a quorum in an election timeout. Default true. */
+  checkQuorum?: boolean;
+  /** Upper bound on the entry bytes in one append message. Default 1 MiB. */
+  maxMsgBytes?: number;
+  /** Appends in flight per follower in replicate state. Default 256. */
+  maxInflight?: number;
+  /** Upper bound on committed entry bytes handed out in one Ready. Default 4 MiB. */
+  maxApplyBytes?: number;
+  /** Source of randomness in [0, 1), seeded by the caller for reproducibility. */
+  random: () => number;
+  /** Recovered hard state. Default: term 0, no vote, commit 0. */
+  hardState?: HardState;
+  /** The snapshot the state machine was restored from. Default: none. */
+  snapshot?: SnapshotMeta | null;
+  /** Recovered log entries after the snapshot. Default: none. */
+  entries?: Entry[];
+}
+
+type StepFn = (m: Message) => void;
+
+interface PendingRead {
+  id: number;
+  index: number;
+  acks: Set<NodeId>;
+}
+
+const EMPTY = new Uint8Array(0);
+
+function _msg(partial: Partial<Message> & Pick<Message, "type" | "to">): Message {
+  return {
+    from: NONE,
+    term: 0,
+    logTerm: 0,
+    index: 0,
+    entries: [],
+    commit: 0,
+    reject: false,
+    rejectHint: 0,
+    context: 0,
+    snapshot: null,
+    ...partial,
+  };
+}
+
+/**
+ * A Raft node's consensus state machine.
+ *
+ * @example
+ * ```ts
+ * const core = new RaftCore({ id: "a", voters: ["a"], random: seededRandom(1) });
+ * core.campaign();
+ * const rd = core.ready(); // persist rd.entries, then core.persisted(...)
+ * ```
+ */
+export class RaftCore {
+  /** This node's id. */
+  readonly id: NodeId;
+  /** Current term. */
+  term = 0;
+  /** Whom this node voted for in the current term. */
+  vote: NodeId = NONE;
+  /** The leader of the current term as far as this node knows. */
+  leader: NodeId = NONE;
+  /** This node's role. */
+  role: Role = "follower";
+  /** The log and its marks. */
+  readonly log: RaftLog;
+  /** Replication progress per follower (leader only, but kept for all voters). */
+  readonly progress: Map<NodeId, Progress> = new Map();
+
+  readonly #voters: NodeId[];
+  readonly #electionTicks: number;
+  readonly #heartbeatTicks: number;
+  readonly #preVote: boolean;
+  readonly #checkQuorum: boolean;
+  readonly #maxMsgBytes: number;
+  readonly #maxInflight: number;
+  readonly #maxApplyBytes: number;
+  readonly #random: () => number;
+
+  #electionElapsed = 0;
+  #heartbeatElapsed = 0;
+  /** Ticks since this node became leader (the clock for CheckQuorum). */
+  #leaderTicks = 0;
+  #randomizedElectionTimeout = 0;
+  #votes = new Map<NodeId, boolean>();
+  #step: StepFn;
+  #tick: () => void;
+
+  #messages: Message[] = [];
+  #persistedMessages: Message[] = [];
+  #readStates: ReadState[] = [];
+  #pendingReads: PendingRead[] = [];
+  #readsAwaitingCommit: number[] = [];
+  #pendingSnapshot: SnapshotMeta | null = null;
+  #broadcastPending = false;
+  #prevSoft: SoftState;
+  #prevHard: HardState;
+
+  /** Creates a node from its configuration and recovered state; it starts as a follower. */
+  constructor(config: RaftConfig) {
+    this.id = config.id;
+    this.#voters = [...config.voters];
+    if (!this.#voters.includes(this.id)) {
+      throw new RangeError(
+        `node "${this.id}" is not among the voters ${JSON.stringify(this.#voters)}`,
+      );
+    }
+    this.#electionTicks = config.electionTicks ?? 10;
+    this.#heartbeatTicks = config.heartbeatTicks ?? 1;
+    if (this.#heartbeatTicks >= this.#electionTicks) {
+      throw new RangeError(
+        `heartbeatTicks (${this.#heartbeatTicks}) must be below electionTicks (${this.#electionTicks})`,
+      );
+    }
+    this.#preVote = config.preVote ?? true;
+    this.#checkQuorum = config.checkQuorum ?? true;
+    this.#maxMsgBytes = config.maxMsgBytes ?? 1 << 20;
+    this.#maxInflight = config.maxInflight ?? 256;
+    this.#maxApplyBytes = config.maxApplyBytes ?? 4 << 20;
+    this.#random = config.random;
+    this.log = new RaftLog(config.snapshot ?? null, config.entries ?? []);
+    const hs = config.hardState ?? { term: 0, vote: NONE, commit: 0 };
+    this.term = hs.term;
+    this.vote = hs.vote;
+    if (this.log.lastTerm() > this.term) {
+      throw new RaftInvariantError(
+        `recovered log's last term ${this.log.lastTerm()} is above the hard state's term ${this.term}`,
+      );
+    }
+    this.log.commitTo(Math.min(hs.commit, this.log.lastIndex()));
+    for (const v of this.#voters) this.progress.set(v, new Progress(1, this.#maxInflight));
+    this.#step = this.#stepFollower;
+    this.#tick = this.#tickElection;
+    this.#becomeFollower(this.term, NONE);
+    this.#prevSoft = { leader: this.leader, role: this.role };
+    this.#prevHard = { term: this.term, vote: this.vote, commit: this.log.committed };
+  }
+
+  /** The voting members. */
+  get voters(): readonly NodeId[] {
+    return this.#voters;
+  }
+
+  /** Ticks since the last election reset (for tests and status). */
+  get electionElapsed(): number {
+    return this.#electionElapsed;
+  }
+
+  // ---- inputs -------------------------------------------------------------------------------
+
+  /** Advances logical time by one tick. */
+  tick(): void {
+    this.#tick();
+  }
+
+  /** Starts an election now (used at bootstrap and by tests). */
+  campaign(): void {
+    if (this.role === "leader") return;
+    this.#startElection(this.#preVote);
+  }
+
+  /**
+   * Appends a client command to the leader's log and returns where it went. The entry is
+   * replicated on the next {@linkcode RaftCore.ready}; many proposals between two readies travel
+   * in one append (group commit). Throws {@linkcode NotLeaderError} on any other node.
+   */
+  propose(data: Uint8Array): { index: number; term: number } {
+    if (this.role !== "leader") throw new NotLeaderError(this.leader);
+    const index = this.log.lastIndex() + 1;
+    this.log.truncateAndAppend([{ term: this.term, index, type: EntryType.Normal, data }]);
+    this.#broadcastPending = true;
+    return { index, term: this.term };
+  }
+
+  /**
+   * Asks the leader to confirm it still leads, so reads issued now see every write that completed
+   * before. When confirmed, a {@linkcode ReadState} with this `id` appears in a Ready: reads may
+   * be served once the state machine has applied its index. `id` must be positive and increasing.
+   * Throws {@linkcode NotLeaderError} on any other node.
+   */
+  readIndex(id: number): void {
+    if (this.role !== "leader") throw new NotLeaderError(this.leader);
+    if (id <= 0) throw new RangeError(`read id must be positive, got ${id}`);
+    if (this.log.term(this.log.committed) !== this.term) {
+      // Not yet committed an entry of this term: the commit index may be behind. Wait.
+      this.#readsAwaitingCommit.push(id);
+      return;
+    }
+    this.#startRead(id);
+  }
+
+  /** Processes one message from a peer. */
+  step(m: Message): void {
+    if (m.term > this.term) {
+      if (m.type === MessageType.Vote || m.type === MessageType.PreVote) {
+        const inLease = this.#checkQuorum && this.leader !== NONE &&
+          this.#electionElapsed < this.#electionTicks;
+        if (inLease) return; // a live leader was heard recently: do not be disrupted
+      }
+      if (m.type === MessageType.PreVote) {
+        // A pre-vote never changes our term.
+      } else if (m.type === MessageType.PreVoteResp && !m.reject) {
+        // Granted pre-votes carry the future term; counted below.
+      } else {
+        const leader = m.type === MessageType.App || m.type === MessageType.Heartbeat ||
+            m.type === MessageType.Snap
+          ? m.from
+          : NONE;
+        this.#becomeFollower(m.term, leader);
+      }
+    } else if (m.term < this.term) {
+      if (
+        (this.#checkQuorum || this.#preVote) &&
+        (m.type === MessageType.App || m.type === MessageType.Heartbeat)
+      ) {
+        // A stale leader: tell it our term so it steps down.
+        this.#send(_msg({ type: MessageType.AppResp, to: m.from }));
+      } else if (m.type === MessageType.PreVote) {
+        this.#send(
+          _msg({ type: MessageType.PreVoteResp, to: m.from, term: this.term, reject: true }),
+        );
+      }
+      return;
+    }
+
+    switch (m.type) {
+      case MessageType.PreVote:
+      case MessageType.Vote:
+        this.#handleVoteRequest(m);
+        return;
+      default:
+        this.#step(m);
+    }
+  }
+
+  /** Reports that the driver made the log durable up to (`index`, `term`). */
+  persisted(index: number, term: number): void {
+    this.log.stableTo(index, term);
+    if (this.role === "leader") {
+      const self = this.progress.get(this.id)!;
+      if (self.maybeUpdate(this.log.stable)) {
+        if (this.#maybeCommit()) this.#broadcastPending = true;
+      }
+    }
+  }
+
+  /** Reports that a peer could not be reached; the leader stops streaming to it and probes. */
+  reportUnreachable(peer: NodeId): void {
+    const pr = this.progress.get(peer);
+    if (this.role !== "leader" || !pr || peer === this.id) return;
+    if (pr.state === "replicate") pr.becomeProbe();
+  }
+
+  /** Reports the outcome of streaming a snapshot to `peer`. */
+  reportSnapshot(peer: NodeId, ok: boolean): void {
+    const pr = this.progress.get(peer);
+    if (this.role !== "leader" || !pr || pr.state !== "snapshot") return;
+    if (!ok) pr.pendingSnapshot = 0;
+    pr.becomeProbe();
+    // Wait for the follower's answer (or a heartbeat response) before probing again.
+    pr.probeSent = true;
+  }
+
+  /**
+   * Drops log entries up to `index`, now covered by a snapshot the driver saved. The leader then
+   * sends that snapshot to followers that need entries from before it.
+   */
+  compact(index: number): void {
+    this.log.compact(index);
+  }
+
+  /** The snapshot point the log starts after (what a lagging follower is sent). */
+  snapshotMeta(): SnapshotMeta {
+    return { index: this.log.snapIndex, term: this.log.snapTerm, voters: [...this.#voters] };
+  }
+
+  /** Whether a Ready would carry anything. */
+  hasReady(): boolean {
+    if (this.#broadcastPending && this.role === "leader") return true;
+    const soft = this.#prevSoft;
+    return this.#messages.length > 0 || this.#persistedMessages.length > 0 ||
+      this.#readStates.length > 0 || this.#pendingSnapshot !== null ||
+      this.log.handed < this.log.lastIndex() ||
+      this.log.applied < Math.min(this.log.committed, this.log.stable) ||
+      soft.leader !== this.leader || soft.role !== this.role ||
+      this.term !== this.#prevHard.term || this.vote !== this.#prevHard.vote;
+  }
+
+  /**
+   * Collects the work for the driver and marks it handed out (see {@linkcode Ready} for the order
+   * the driver must follow). Consecutive Readies must be persisted in the order they were taken.
+   */
+  ready(): Ready {
+    if (this.#broadcastPending && this.role === "leader") this.#bcastAppend();
+    this.#broadcastPending = false;
+    let softState: SoftState | null = null;
+    if (this.#prevSoft.leader !== this.leader || this.#prevSoft.role !== this.role) {
+      softState = { leader: this.leader, role: this.role };
+      this.#prevSoft = softState;
+    }
+    let hardState: HardState | null = null;
+    if (this.#prevHard.term !== this.term || this.#prevHard.vote !== this.vote) {
+      hardState = { term: this.term, vote: this.vote, commit: this.log.committed };
+      this.#prevHard = hardState;
+    }
+    const snapshot = this.#pendingSnapshot;
+    this.#pendingSnapshot = null;
+    const rd: Ready = {
+      softState,
+      hardState,
+      snapshot,
+      entries: this.log.takeUnstable(),
+      messages: this.#messages,
+      persistedMessages: this.#persistedMessages,
+      committedEntries: snapshot ? [] : this.log.takeCommitted(this.#maxApplyBytes),
+      readStates: this.#readStates,
+    };
+    this.#messages = [];
+    this.#persistedMessages = [];
+    this.#readStates = [];
+    return rd;
+  }
+
+  // ---- roles --------------------------------------------------------------------------------
+
+  #reset(term: number): void {
+    if (this.term !== term) {
+      this.term = term;
+      this.vote = NONE;
+    }
+    this.leader = NONE;
+    this.#electionElapsed = 0;
+    this.#heartbeatElapsed = 0;
+    this.#randomizedElectionTimeout = this.#electionTicks +
+      Math.floor(this.#random() * this.#electionTicks);
+    this.#votes.clear();
+    const last = this.log.lastIndex();
+    for (const id of this.#voters) {
+      const fresh = new Progress(last + 1, this.#maxInflight);
+      if (id === this.id) fresh.match = this.log.stable;
+      this.progress.set(id, fresh);
+    }
+    this.#pendingReads = [];
+    this.#readsAwaitingCommit = [];
+  }
+
+  #becomeFollower(term: number, leader: NodeId): void {
+    this.#reset(term);
+    this.leader = leader;
+    this.role = "follower";
+    this.#step = this.#stepFollower;
+    this.#tick = this.#tickElection;
+  }
+
+  #becomePreCandidate(): void {
+    if (this.role === "leader") throw new RaftInvariantError("leader cannot become pre-candidate");
+    // Like a candidate, but the term and vote stay as they are.
+    this.#votes.clear();
+    this.leader = NONE;
+    this.#randomizedElectionTimeout = this.#electionTicks +
+      Math.floor(this.#random() * this.#electionTicks);
+    this.role = "pre-candidate";
+    this.#step = this.#stepCandidate;
+    this.#tick = this.#tickElection;
+  }
+
+  #becomeCandidate(): void {
+    if (this.role === "leader") throw new RaftInvariantError("leader cannot become candidate");
+    this.#reset(this.term + 1);
+    this.vote = this.id;
+    this.role = "candidate";
+    this.#step = this.#stepCandidate;
+    this.#tick = this.#tickElection;
+  }
+
+  #becomeLeader(): void {
+    if (this.role === "follower") throw new RaftInvariantError("follower cannot become leader");
+    this.#reset(this.term);
+    this.leader = this.id;
+    this.role = "leader";
+    this.#step = this.#stepLeader;
+    this.#tick = this.#tickHeartbeat;
+    this.#leaderTicks = 0;
+    for (const pr of this.progress.values()) pr.lastActive = 0;
+    // The no-op entry: committing it commits every earlier entry (Figure 8).
+    const index = this.log.lastIndex() + 1;
+    this.log.truncateAndAppend([{ term: this.term, index, type: EntryType.Noop, data: EMPTY }]);
+    this.#broadcastPending = true;
+  }
+
+  #startElection(pre: boolean): void {
+    if (pre) {
+      this.#becomePreCandidate();
+    } else {
+      this.#becomeCandidate();
+    }
+    const type = pre ? MessageType.PreVote : MessageType.Vote;
+    const term = pre ? this.term + 1 : this.term;
+    if (this.#poll(this.id, true)) {
+      // A single-node cluster wins at once.
+      if (pre) {
+        this.#startElection(false);
+      } else {
+        this.#becomeLeader();
+      }
+      return;
+    }
+    for (const v of this.#voters) {
+      if (v === this.id) continue;
+      this.#send(_msg({
+        type,
+        to: v,
+        term,
+        index: this.log.lastIndex(),
+        logTerm: this.log.lastTerm(),
+      }));
+    }
+  }
+
+  /** Records a vote; returns true once a majority granted. Rejections by a majority -> follower. */
+  #poll(from: NodeId, granted: boolean): boolean {
+    if (!this.#votes.has(from)) this.#votes.set(from, granted);
+    let yes = 0;
+    let no = 0;
+    for (const g of this.#votes.values()) g ? yes++ : no++;
+    const q = this.#quorum();
+    if (no >= q) this.#becomeFollower(this.term, NONE);
+    return yes >= q;
+  }
+
+  #quorum(): number {
+    return Math.floor(this.#voters.length / 2) + 1;
+  }
+
+  // ---- ticks --------------------------------------------------------------------------------
+
+  #tickElection = (): void => {
+    this.#electionElapsed++;
+    if (this.#electionElapsed >= this.#randomizedElectionTimeout) {
+      this.#electionElapsed = 0;
+      this.#startElection(this.#preVote);
+    }
+  };
+
+  #tickHeartbeat = (): void => {
+    this.#heartbeatElapsed++;
+    this.#leaderTicks++;
+    // electionElapsed stays below electionTicks while leading: it backs the vote lease.
+    this.#electionElapsed = Math.min(this.#electionElapsed + 1, this.#electionTicks - 1);
+    if (this.#checkQuorum && !this.#quorumActive()) {
+      // Nobody in a majority answered within an election timeout: a new leader may exist.
+      this.#becomeFollower(this.term, NONE);
+      return;
+    }
+    if (this.#heartbeatElapsed >= this.#heartbeatTicks) {
+      this.#heartbeatElapsed = 0;
+      this.#bcastHeartbeat(this.#pendingReads.at(-1)?.id ?? 0);
+    }
+  };
+
+  /** Whether a majority (counting this node) answered within the last election timeout. */
+  #quorumActive(): boolean {
+    let active = 0;
+    for (const [id, pr] of this.progress) {
+      if (id === this.id || this.#leaderTicks - pr.lastActive < this.#electionTicks) active++;
+    }
+    return active >= this.#quorum();
+  }
+
+  // ---- message handling ---------------------------------------------------------------------
+
+  #handleVoteRequest(m: Message): void {
+    const pre = m.type === MessageType.PreVote;
+    const canVote = this.vote === m.from ||
+      (this.vote === NONE && this.leader === NONE) ||
+      (pre && m.term > this.term);
+    const respType = pre ? MessageType.PreVoteResp : MessageType.VoteResp;
+    if (canVote && this.log.isUpToDate(m.index, m.logTerm)) {
+      // A granted pre-vote answers in the term asked about; a vote in our (equal) term.
+      this.#send(_msg({ type: respType, to: m.from, term: m.term }));
+      if (!pre) {
+        this.#electionElapsed = 0;
+        this.vote = m.from;
+      }
+    } else {
+      this.#send(_msg({ type: respType, to: m.from, term: this.term, reject: true }));
+    }
+  }
+
+  #stepFollower = (m: Message): void => {
+    switch (m.type) {
+      case MessageType.App:
+        this.#electionElapsed = 0;
+        this.leader = m.from;
+        this.#handleAppend(m);
+        return;
+      case MessageType.Heartbeat:
+        this.#electionElapsed = 0;
+        this.leader = m.from;
+        this.#handleHeartbeat(m);
+        return;
+      case MessageType.Snap:
+        this.#electionElapsed = 0;
+        this.leader = m.from;
+        this.#handleSnapshot(m);
+        return;
+      case MessageType.TimeoutNow:
+        this.#startElection(false);
+        return;
+      default:
+        return; // stale responses
+    }
+  };
+
+  #stepCandidate = (m: Message): void => {
+    const myResp = this.role === "pre-candidate" ? MessageType.PreVoteResp : MessageType.VoteResp;
+    switch (m.type) {
+      case MessageType.App:
+      case MessageType.Heartbeat:
+      case MessageType.Snap:
+        // A leader exists in this term.
+        this.#becomeFollower(m.term, m.from);
+        this.#stepFollower(m);
+        return;
+      case myResp:
+        if (this.#poll(m.from, !m.reject)) {
+          if (this.role === "pre-candidate") {
+            this.#startElection(false);
+          } else {
+            this.#becomeLeader();
+          }
+        }
+        return;
+      default:
+        return;
+    }
+  };
+
+  #stepLeader = (m: Message): void => {
+    const pr = this.progress.get(m.from);
+    if (!pr || m.from === this.id) return;
+    switch (m.type) {
+      case MessageType.AppResp:
+        pr.lastActive = this.#leaderTicks;
+        this.#handleAppendResponse(m, pr);
+        return;
+      case MessageType.HeartbeatResp:
+        pr.lastActive = this.#leaderTicks;
+        pr.probeSent = false;
+        // Appends may have been lost: open the window by one so replication can resume.
+        if (pr.state === "replicate" && pr.inflights.full()) pr.inflights.freeFirst();
+        if (pr.match < this.log.lastIndex()) this.#sendAppend(m.from, pr);
+        if (m.context > 0) this.#ackRead(m.context, m.from);
+        return;
+      default:
+        return;
+    }
+  };
+
+  #handleAppend(m: Message): void {
+    if (m.index < this.log.committed) {
+      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: this.log.committed }));
+      return;
+    }
+    if (this.log.matchTerm(m.index, m.logTerm)) {
+      const lastNew = this.log.maybeAppend(m.index, m.entries);
+      // Never commit past what this message proved we match.
+      this.log.commitTo(Math.min(m.commit, lastNew));
+      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: lastNew }));
+      return;
+    }
+    // Log-matching check failed: tell the leader where to probe next, skipping a whole term.
+    const hintIndex = this.log.findConflictByTerm(
+      Math.min(m.index, this.log.lastIndex()),
+      m.logTerm,
+    );
+    this.#send(_msg({
+      type: MessageType.AppResp,
+      to: m.from,
+      index: m.index,
+      reject: true,
+      rejectHint: hintIndex,
+      logTerm: this.log.term(hintIndex) ?? 0,
+    }));
+  }
+
+  #handleHeartbeat(m: Message): void {
+    // The leader caps the commit it sends at our match, so this never passes what we hold.
+    this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
+    this.#send(_msg({ type: MessageType.HeartbeatResp, to: m.from, context: m.context }));
+  }
+
+  #handleSnapshot(m: Message): void {
+    const snap = m.snapshot;
+    if (!snap) return;
+    if (snap.index <= this.log.committed) {
+      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: this.log.committed }));
+      return;
+    }
+    if (this.log.matchTerm(snap.index, snap.term)) {
+      // We already hold everything the snapshot covers: just learn the commit.
+      this.log.commitTo(snap.index);
+      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: this.log.lastIndex() }));
+      return;
+    }
+    this.log.restore(snap);
+    this.#pendingSnapshot = snap;
+    this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: snap.index }));
+  }
+
+  #handleAppendResponse(m: Message, pr: Progress): void {
+    if (m.reject) {
+      let next = m.rejectHint;
+      if (m.logTerm > 0) next = this.log.findConflictByTerm(m.rejectHint, m.logTerm);
+      if (pr.maybeDecrTo(m.index, next)) {
+        if (pr.state === "replicate") pr.becomeProbe();
+        this.#sendAppend(m.from, pr);
+      }
+      return;
+    }
+    const wasPaused = pr.isPaused();
+    if (!pr.maybeUpdate(m.index)) {
+      if (wasPaused && !pr.isPaused()) this.#sendAppend(m.from, pr);
+      return;
+    }
+    if (pr.state === "probe") {
+      pr.becomeReplicate();
+    } else if (pr.state === "snapshot" && pr.match >= pr.pendingSnapshot) {
+      pr.becomeProbe();
+      pr.becomeReplicate();
+    } else if (pr.state === "replicate") {
+      pr.inflights.freeTo(m.index);
+    }
+    // Followers learn the new commit index in the next Ready's broadcast (one per Ready).
+    if (this.#maybeCommit()) this.#broadcastPending = true;
+    while (!pr.isPaused() && pr.next <= this.log.lastIndex()) {
+      if (!this.#sendAppend(m.from, pr, true)) break;
+    }
+  }
+
+  /** Advances the commit index to what a majority holds, if it is of the current term. */
+  #maybeCommit(): boolean {
+    const matches: number[] = [];
+    for (const [id, pr] of this.progress) {
+      matches.push(id === this.id ? this.log.stable : pr.match);
+    }
+    matches.sort((a, b) => b - a);
+    const q = matches[this.#quorum() - 1]!;
+    if (q > this.log.committed && this.log.term(q) === this.term) {
+      this.log.commitTo(q);
+      this.#releaseReadsAwaitingCommit();
+      return true;
+    }
+    return false;
+  }
+
+  // ---- sending ------------------------------------------------------------------------------
+
+  #send(m: Message): void {
+    m.from = this.id;
+    if (m.term === 0 && m.type !== MessageType.PreVote && m.type !== MessageType.PreVoteResp) {
+      m.term = this.term;
+    }
+    if (m.type === MessageType.PreVote && m.term === 0) m.term = this.term + 1;
+    const leaderTraffic = m.type === MessageType.App || m.type === MessageType.Heartbeat ||
+      m.type === MessageType.Snap || m.type === MessageType.TimeoutNow;
+    // A leader's appends may overlap its own sync; everything else waits for the sync.
+    if (leaderTraffic && this.role === "leader") {
+      this.#messages.push(m);
+    } else {
+      this.#persistedMessages.push(m);
+    }
+  }
+
+  #bcastAppend(): void {
+    for (const [id, pr] of this.progress) {
+      if (id === this.id) continue;
+      // Send as long as there is something new and the window allows.
+      let sent = 0;
+      do {
+        if (!this.#sendAppend(id, pr, sent > 0)) break;
+        sent++;
+      } while (pr.state === "replicate" && pr.next <= this.log.lastIndex());
+    }
+  }
+
+  /**
+   * Sends the next append (or a snapshot) to `to`. With `onlyNew`, sends nothing unless there are
+   * entries to carry. Returns whether something was sent.
+   */
+  #sendAppend(to: NodeId, pr: Progress, onlyNew = false): boolean {
+    if (pr.isPaused()) return false;
+    const prevIndex = pr.next - 1;
+    const prevTerm = this.log.term(prevIndex);
+    if (prevTerm === undefined || pr.next < this.log.firstIndex()) {
+      // The entries it needs are compacted away: send the snapshot.
+      const snap = this.snapshotMeta();
+      pr.becomeSnapshot(snap.index);
+      this.#send(_msg({ type: MessageType.Snap, to, snapshot: snap }));
+      return true;
+    }
+    const last = this.log.lastIndex();
+    const entries = pr.next <= last ? this.log.slice(pr.next, last + 1, this.#maxMsgBytes) : [];
+    if (onlyNew && entries.length === 0) return false;
+    this.#send(_msg({
+      type: MessageType.App,
+      to,
+      index: prevIndex,
+      logTerm: prevTerm,
+      entries,
+      commit: this.log.committed,
+    }));
+    pr.sentEntries(prevIndex + entries.length, entries.length);
+    return true;
+  }
+
+  #bcastHeartbeat(context: number): void {
+    for (const [id, pr] of this.progress) {
+      if (id === this.id) continue;
+      this.#send(_msg({
+        type: MessageType.Heartbeat,
+        to: id,
+        commit: Math.min(pr.match, this.log.committed),
+        context,
+      }));
+    }
+  }
+
+  // ---- reads --------------------------------------------------------------------------------
+
+  #startRead(id: number): void {
+    if (this.#voters.length === 1) {
+      this.#readStates.push({ id, index: this.log.committed });
+      return;
+    }
+    this.#pendingReads.push({ id, index: this.log.committed, acks: new Set([this.id]) });
+    this.#bcastHeartbeat(id);
+  }
+
+  #releaseReadsAwaitingCommit(): void {
+    if (this.#readsAwaitingCommit.length === 0) return;
+    if (this.log.term(this.log.committed) !== this.term) return;
+    const ids = this.#readsAwaitingCommit;
+    this.#readsAwaitingCommit = [];
+    for (const id of ids) this.#startRead(id);
+  }
+
+  #ackRead(context: number, from: NodeId): void {
+    const at = this.#pendingReads.findIndex((r) => r.id === context);
+    if (at < 0) return;
+    const read = this.#pendingReads[at]!;
+    read.acks.add(from);
+    if (read.acks.size < this.#quorum()) return;
+    // Confirmed: this read and every earlier one (issued before it) are safe.
+    for (const r of this.#pendingReads.splice(0, at + 1)) {
+      this.#readStates.push({ id: r.id, index: r.index });
+    }
+  }
+}

@@ -1,0 +1,430 @@
+import assert from "node:assert/strict";
+import { entriesWithTerms, TestCluster } from "./_test_cluster.ts";
+import { NotLeaderError, RaftInvariantError } from "./errors.ts";
+import { RaftCore } from "./raft.ts";
+import { seededRandom } from "./rand.ts";
+import { type Message, MessageType } from "./types.ts";
+
+const THREE = ["n1", "n2", "n3"];
+const FIVE = ["n1", "n2", "n3", "n4", "n5"];
+
+Deno.test("a single node elects itself and commits its proposals once persisted", () => {
+  const core = new RaftCore({ id: "a", voters: ["a"], random: seededRandom(1) });
+  core.campaign();
+  assert.equal(core.role, "leader");
+  assert.equal(core.term, 1);
+  const rd1 = core.ready();
+  assert.deepEqual(rd1.hardState, { term: 1, vote: "a", commit: 0 });
+  assert.equal(rd1.entries.length, 1); // the no-op
+  assert.equal(rd1.committedEntries.length, 0, "nothing commits before it is durable");
+  core.persisted(1, 1);
+  const { index } = core.propose(new TextEncoder().encode("x"));
+  assert.equal(index, 2);
+  const rd2 = core.ready();
+  assert.equal(rd2.committedEntries.length, 1);
+  assert.equal(rd2.entries.length, 1);
+  core.persisted(2, 1);
+  const rd3 = core.ready();
+  assert.deepEqual(rd3.committedEntries.map((e) => e.index), [2]);
+});
+
+Deno.test("three nodes elect exactly one leader and replicate to all", () => {
+  for (let seed = 1; seed <= 20; seed++) {
+    const c = new TestCluster(THREE, seed);
+    const leader = c.electLeader();
+    assert.equal(c.leaders().length, 1, `seed ${seed}`);
+    for (let i = 0; i < 5; i++) c.propose(leader, `v${i}`);
+    c.tick(2);
+    for (const id of THREE) {
+      assert.deepEqual(c.appliedText(id), ["v0", "v1", "v2", "v3", "v4"], `seed ${seed} ${id}`);
+    }
+  }
+});
+
+Deno.test("proposals on a follower fail with a leader hint", () => {
+  const c = new TestCluster(THREE, 3);
+  const leader = c.electLeader();
+  c.tick(1);
+  const follower = THREE.find((id) => id !== leader.id)!;
+  assert.throws(
+    () => c.node(follower).propose(new Uint8Array([1])),
+    (e: unknown) => e instanceof NotLeaderError && e.leader === leader.id,
+  );
+});
+
+Deno.test("a vote is only sent after the hard state recording it", () => {
+  const c = new TestCluster(THREE, 4);
+  const n1 = c.node("n1");
+  n1.campaign(); // pre-vote round
+  const pre = n1.ready();
+  assert.equal(pre.hardState, null, "a pre-vote changes no durable state");
+  const n2 = c.node("n2");
+  for (const m of pre.persistedMessages.filter((m) => m.to === "n2")) n2.step(m);
+  const preResp = n2.ready();
+  assert.equal(preResp.hardState, null, "granting a pre-vote changes no durable state");
+  for (const m of preResp.persistedMessages) n1.step(m);
+  const vote = n1.ready();
+  assert.equal(vote.hardState?.term, 1);
+  assert.equal(vote.hardState?.vote, "n1");
+  assert.equal(vote.messages.length, 0, "vote requests wait for the candidate's own vote");
+  for (const m of vote.persistedMessages.filter((m) => m.to === "n2")) n2.step(m);
+  const granted = n2.ready();
+  assert.deepEqual(granted.hardState, { term: 1, vote: "n1", commit: 0 });
+  assert.equal(granted.messages.length, 0);
+  assert.equal(granted.persistedMessages[0]?.type, MessageType.VoteResp);
+  assert.equal(granted.persistedMessages[0]?.reject, false);
+});
+
+Deno.test("a node does not vote twice in one term", () => {
+  const core = new RaftCore({ id: "n3", voters: THREE, random: seededRandom(1) });
+  const vote = (from: string): Message => ({
+    type: MessageType.Vote,
+    from,
+    to: "n3",
+    term: 5,
+    logTerm: 0,
+    index: 0,
+    entries: [],
+    commit: 0,
+    reject: false,
+    rejectHint: 0,
+    context: 0,
+    snapshot: null,
+  });
+  core.step(vote("n1"));
+  core.step(vote("n2"));
+  const rd = core.ready();
+  assert.deepEqual(
+    rd.persistedMessages.map((m) => [m.to, m.reject]),
+    [["n1", false], ["n2", true]],
+  );
+});
+
+Deno.test("a candidate whose log is behind is refused votes", () => {
+  const c = new TestCluster(THREE, 5, {
+    n1: { terms: [1] },
+    n2: { terms: [1, 2] },
+    n3: { terms: [1, 2] },
+  });
+  c.node("n1").campaign();
+  c.stabilize();
+  assert.notEqual(c.node("n1").role, "leader");
+  // The refusals teach n1 the current term, but nobody's term was raised by the attempt.
+  for (const id of THREE) assert.equal(c.node(id).term, 2, id);
+});
+
+Deno.test("after the leader crashes a new leader keeps every committed entry", () => {
+  for (let seed = 1; seed <= 20; seed++) {
+    const c = new TestCluster(FIVE, seed);
+    const first = c.electLeader();
+    for (let i = 0; i < 10; i++) c.propose(first, `a${i}`);
+    c.down.add(first.id);
+    const second = c.electLeader();
+    assert.notEqual(second.id, first.id);
+    assert.ok(second.term > first.term);
+    for (let i = 0; i < 5; i++) c.propose(second, `b${i}`);
+    c.tick(2);
+    c.down.delete(first.id);
+    c.tick(30);
+    const expected = [...Array(10).keys()].map((i) => `a${i}`).concat(
+      [...Array(5).keys()].map((i) => `b${i}`),
+    );
+    for (const id of FIVE) assert.deepEqual(c.appliedText(id), expected, `seed ${seed} ${id}`);
+  }
+});
+
+Deno.test("a leader that cannot reach a quorum steps down within an election timeout", () => {
+  const c = new TestCluster(THREE, 6);
+  const leader = c.electLeader();
+  const others = THREE.filter((id) => id !== leader.id);
+  c.filter = (m) => m.from !== leader.id && m.to !== leader.id;
+  let ticks = 0;
+  while (leader.role === "leader") {
+    c.tick();
+    ticks++;
+    assert.ok(ticks <= 20, "leader still leads after two election timeouts");
+  }
+  assert.ok(ticks <= 10 + 1, `stepped down after ${ticks} ticks (election timeout is 10)`);
+  // The majority side elects a new leader meanwhile.
+  const next = c.electLeader();
+  assert.ok(others.includes(next.id));
+});
+
+Deno.test("the minority side of a partition cannot commit, and its entries are discarded on heal", () => {
+  const c = new TestCluster(FIVE, 7);
+  const old = c.electLeader();
+  c.propose(old, "before");
+  const minority = new Set([old.id, FIVE.find((id) => id !== old.id)!]);
+  c.filter = (m) => minority.has(m.from) === minority.has(m.to);
+  // The old leader accepts a proposal it can never commit.
+  old.propose(new TextEncoder().encode("lost"));
+  c.stabilize();
+  assert.ok(!c.appliedText(old.id).includes("lost"));
+  // The majority elects a leader and commits.
+  c.tick(25);
+  const majorityLeader = c.leaders().find((l) => !minority.has(l.id));
+  assert.ok(majorityLeader, "the majority elected a leader");
+  c.propose(majorityLeader, "after");
+  c.filter = () => true;
+  c.tick(30);
+  for (const id of FIVE) {
+    assert.deepEqual(c.appliedText(id), ["before", "after"], id);
+  }
+});
+
+Deno.test("a node rejoining after a partition does not depose a healthy leader (PreVote)", () => {
+  const c = new TestCluster(THREE, 8);
+  const leader = c.electLeader();
+  const term = leader.term;
+  const lonely = THREE.find((id) => id !== leader.id)!;
+  c.filter = (m) => m.from !== lonely && m.to !== lonely;
+  c.tick(100); // the isolated node keeps timing out
+  assert.equal(c.node(lonely).term, term, "pre-votes never raised its term");
+  c.filter = () => true;
+  c.tick(20);
+  assert.equal(leader.role, "leader");
+  assert.equal(leader.term, term);
+  assert.equal(c.node(lonely).leader, leader.id);
+});
+
+Deno.test("without PreVote the same rejoin would disrupt the leader", () => {
+  // A control for the test above: it shows the scenario really exercises PreVote.
+  const c = new TestCluster(THREE, 8, {}, { preVote: false, checkQuorum: false });
+  const leader = c.electLeader();
+  const term = leader.term;
+  const lonely = THREE.find((id) => id !== leader.id)!;
+  c.filter = (m) => m.from !== lonely && m.to !== lonely;
+  c.tick(100);
+  assert.ok(c.node(lonely).term > term);
+  c.filter = () => true;
+  for (let i = 0; i < 30 && leader.term === term; i++) c.tick(1);
+  assert.ok(leader.term > term, "the old leader was pushed into a new term");
+});
+
+Deno.test("Figure 7: a new leader brings every follower's log in line with its own", () => {
+  const ids = ["L", "a", "b", "c", "d", "e", "f"];
+  const c = new TestCluster(ids, 9, {
+    L: { terms: [1, 1, 1, 4, 4, 5, 5, 6, 6, 6], hardState: { term: 7, vote: "", commit: 0 } },
+    a: { terms: [1, 1, 1, 4, 4, 5, 5, 6, 6] },
+    b: { terms: [1, 1, 1, 4] },
+    c: { terms: [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6] },
+    d: { terms: [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7], hardState: { term: 7, vote: "", commit: 0 } },
+    e: { terms: [1, 1, 1, 4, 4, 4, 4] },
+    f: { terms: [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3] },
+  });
+  const leader = c.node("L");
+  c.filter = (m) =>
+    !(m.type === MessageType.Vote || m.type === MessageType.PreVote) || m.from === "L";
+  leader.campaign();
+  c.stabilize();
+  assert.equal(leader.role, "leader");
+  assert.equal(leader.term, 8);
+  c.propose(leader, "x");
+  c.tick(3);
+  const expected = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 8, 8];
+  for (const id of ids) assert.deepEqual(c.terms(id), expected, `log of ${id}`);
+});
+
+Deno.test("Figure 8: a leader never commits an earlier term's entry by counting replicas", () => {
+  const c = new TestCluster(FIVE, 10, {
+    n1: { terms: [1, 2], hardState: { term: 3, vote: "", commit: 0 } },
+    n2: { terms: [1], hardState: { term: 3, vote: "", commit: 0 } },
+    n3: { terms: [1], hardState: { term: 3, vote: "", commit: 0 } },
+    n4: { terms: [1], hardState: { term: 3, vote: "", commit: 0 } },
+    n5: { terms: [1, 3], hardState: { term: 3, vote: "", commit: 0 } },
+  }, { maxMsgBytes: 1 });
+  const s1 = c.node("n1");
+  // Only S1, S2, S3 can talk; only S1 campaigns; the new term's no-op (index 3) is stripped
+  // from every append.
+  const side = new Set(["n1", "n2", "n3"]);
+  c.filter = (m) => {
+    if (!side.has(m.from) || !side.has(m.to)) return false;
+    if ((m.type === MessageType.Vote || m.type === MessageType.PreVote) && m.from !== "n1") {
+      return false;
+    }
+    if (m.type !== MessageType.App) return true;
+    return { ...m, entries: m.entries.filter((e) => e.index < 3) };
+  };
+  s1.campaign();
+  c.stabilize();
+  assert.equal(s1.role, "leader");
+  assert.equal(s1.term, 4);
+  c.tick(3);
+  // Index 2 (term 2) is now on S1, S2, S3: a majority, yet not committable in term 4.
+  assert.deepEqual(c.terms("n2"), [1, 2]);
+  assert.deepEqual(c.terms("n3"), [1, 2]);
+  assert.equal(s1.log.committed, 0, "committed an entry of an earlier term by counting");
+  // S1 crashes before its no-op spreads; S5 (whose last entry has term 3) may win and overwrite.
+  c.down.add("n1");
+  c.filter = (m) =>
+    (m.type !== MessageType.Vote && m.type !== MessageType.PreVote) || m.from === "n5";
+  // Once the others' lease on S1 runs out, S5 wins: its last entry (term 3) is the newest.
+  for (let i = 0; i < 60 && c.node("n5").role !== "leader"; i++) c.tick();
+  assert.equal(c.node("n5").role, "leader");
+  c.tick(3);
+  for (const id of ["n2", "n3", "n4", "n5"]) {
+    assert.deepEqual(c.terms(id), [1, 3, 5], id);
+    assert.ok(c.applied.get(id)!.every((e) => !(e.index === 2 && e.term === 2)));
+  }
+});
+
+Deno.test("a follower rejects an append whose previous entry does not match", () => {
+  const f = new RaftCore({
+    id: "n2",
+    voters: THREE,
+    random: seededRandom(1),
+    hardState: { term: 3, vote: "", commit: 0 },
+    entries: entriesWithTerms([1, 1, 2]),
+  });
+  f.step({
+    type: MessageType.App,
+    from: "n1",
+    to: "n2",
+    term: 3,
+    logTerm: 3,
+    index: 3,
+    entries: entriesWithTerms([1, 1, 3, 3]).slice(3),
+    commit: 4,
+    reject: false,
+    rejectHint: 0,
+    context: 0,
+    snapshot: null,
+  });
+  const rd = f.ready();
+  const resp = rd.persistedMessages[0]!;
+  assert.equal(resp.type, MessageType.AppResp);
+  assert.equal(resp.reject, true);
+  // The hint names the follower's last entry at or below the leader's term, with its term, so
+  // the leader can skip the whole diverging term 2 in one step.
+  assert.equal(resp.rejectHint, 3);
+  assert.equal(resp.logTerm, 2);
+  assert.equal(f.log.lastIndex(), 3, "nothing appended");
+  assert.equal(f.log.committed, 0, "nothing committed");
+});
+
+Deno.test("a follower never commits past what the append proved it matches", () => {
+  const f = new RaftCore({ id: "n2", voters: THREE, random: seededRandom(1) });
+  f.step({
+    type: MessageType.App,
+    from: "n1",
+    to: "n2",
+    term: 1,
+    logTerm: 0,
+    index: 0,
+    entries: entriesWithTerms([1, 1]),
+    commit: 50,
+    reject: false,
+    rejectHint: 0,
+    context: 0,
+    snapshot: null,
+  });
+  assert.equal(f.log.committed, 2);
+});
+
+Deno.test("a conflict at or below the commit index is an invariant violation", () => {
+  const f = new RaftCore({
+    id: "n2",
+    voters: THREE,
+    random: seededRandom(1),
+    hardState: { term: 2, vote: "", commit: 2 },
+    entries: entriesWithTerms([1, 1]),
+  });
+  assert.throws(
+    () => f.log.maybeAppend(0, entriesWithTerms([1, 2])),
+    (e: unknown) => e instanceof RaftInvariantError && /2.*commit 2/.test(e.message),
+  );
+});
+
+Deno.test("a read is confirmed only after a quorum answers the leader's heartbeat", () => {
+  const c = new TestCluster(THREE, 11);
+  const leader = c.electLeader();
+  c.propose(leader, "w");
+  c.tick(1);
+  const followers = THREE.filter((id) => id !== leader.id);
+  c.filter = (m) => !(m.type === MessageType.HeartbeatResp);
+  leader.readIndex(7);
+  c.stabilize();
+  const none = leader.ready();
+  assert.equal(none.readStates.length, 0, "confirmed without any answer");
+  c.filter = (m) => !(m.type === MessageType.HeartbeatResp && m.from === followers[1]);
+  leader.readIndex(8);
+  // Capture the ready produced while delivering.
+  let states: number[] = [];
+  const orig = leader.ready.bind(leader);
+  leader.ready = () => {
+    const rd = orig();
+    states = states.concat(rd.readStates.map((r) => r.id));
+    return rd;
+  };
+  c.stabilize();
+  assert.deepEqual(states, [7, 8]);
+});
+
+Deno.test("a deposed leader's pending reads are never confirmed", () => {
+  const c = new TestCluster(THREE, 12);
+  const leader = c.electLeader();
+  c.tick(1);
+  c.filter = (m) => m.from !== leader.id && m.to !== leader.id;
+  leader.readIndex(1);
+  let confirmed = 0;
+  const orig = leader.ready.bind(leader);
+  leader.ready = () => {
+    const rd = orig();
+    confirmed += rd.readStates.length;
+    return rd;
+  };
+  c.tick(30);
+  c.filter = () => true;
+  c.tick(10);
+  assert.equal(confirmed, 0);
+  assert.notEqual(leader.role, "leader");
+});
+
+Deno.test("reads wait until the new leader has committed an entry of its term", () => {
+  const core = new RaftCore({ id: "a", voters: ["a"], random: seededRandom(1) });
+  core.campaign();
+  core.readIndex(1);
+  const rd = core.ready();
+  assert.equal(rd.readStates.length, 0);
+  core.persisted(1, 1);
+  const rd2 = core.ready();
+  assert.deepEqual(rd2.readStates, [{ id: 1, index: 1 }]);
+});
+
+Deno.test("replication pipelines many appends without waiting for each answer", () => {
+  const c = new TestCluster(THREE, 13);
+  const leader = c.electLeader();
+  c.tick(1);
+  const before = c.sent.length;
+  c.filter = () => false; // hold everything: nothing is answered
+  for (let i = 0; i < 5; i++) {
+    leader.propose(new TextEncoder().encode(`p${i}`));
+    c.flushReadies();
+  }
+  const apps = c.sent.slice(before).filter((m) => m.type === MessageType.App);
+  assert.equal(apps.length, 10, "one append per proposal batch per follower, all in flight");
+  c.filter = () => true;
+  c.tick(3);
+  for (const id of THREE) assert.equal(c.appliedText(id).length, 5);
+});
+
+Deno.test("lost appends are recovered by probing", () => {
+  const c = new TestCluster(THREE, 14, {}, { maxInflight: 4 });
+  const leader = c.electLeader();
+  c.tick(1);
+  let dropped = 0;
+  c.filter = (m) => {
+    if (m.type === MessageType.App && m.entries.length > 0 && dropped < 6) {
+      dropped++;
+      return false;
+    }
+    return true;
+  };
+  for (let i = 0; i < 20; i++) {
+    leader.propose(new TextEncoder().encode(`q${i}`));
+    c.flushReadies();
+  }
+  c.stabilize();
+  c.tick(10);
+  for (const id of THREE) assert.equal(c.appliedText(id).length, 20, id);
+});
