@@ -170,9 +170,10 @@ export class RaftCore {
     this.term = hs.term;
     this.vote = hs.vote;
     if (this.log.lastTerm() > this.term) {
-      throw new RaftInvariantError(
-        `recovered log's last term ${this.log.lastTerm()} is above the hard state's term ${this.term}`,
-      );
+      // Entries are written before the hard state: a crash between the two leaves entries of a
+      // term the hard state has not recorded yet. That term's vote was never sent, so: no vote.
+      this.term = this.log.lastTerm();
+      this.vote = NONE;
     }
     this.log.commitTo(Math.min(hs.commit, this.log.lastIndex()));
     for (const v of this.#voters) this.progress.set(v, new Progress(1, this.#maxInflight));

@@ -1,0 +1,429 @@
+/**
+ * Resolves a node's configuration from its command line, its environment and (in static join
+ * mode) the cluster file, or (in k8s join mode) its StatefulSet identity.
+ *
+ * Precedence for every setting: flag, then `RAFTKV_*` environment variable, then default.
+ *
+ * @module
+ */
+
+import { parseClusterFile, type PeerConfig, urlPort } from "./cluster_file.ts";
+import { parseDuration } from "./duration.ts";
+import { ConfigError } from "./errors.ts";
+import {
+  closestName,
+  DEFAULTS,
+  ENV_PREFIX,
+  FLAGS,
+  helpText,
+  type RawValue,
+  tokenizeArgv,
+} from "./flags.ts";
+import { derivePeersForK8s, parseStatefulSetHostname } from "./k8s.ts";
+
+export { ConfigError } from "./errors.ts";
+export type { PeerConfig } from "./cluster_file.ts";
+export { DEFAULTS, type FlagInfo, FLAGS, helpText } from "./flags.ts";
+export { derivePeersForK8s, type K8sPeerOptions } from "./k8s.ts";
+
+/** How a node finds its peers. */
+export type JoinMode = "static" | "k8s";
+
+/** The least severe level of log message printed. */
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+/** A node's fully resolved configuration. */
+export interface NodeConfig {
+  /** This node's id; always one of `peers`. */
+  id: string;
+  /** Port of the client HTTP API. */
+  apiPort: number;
+  /** Port of the Raft RPC server. */
+  rpcPort: number;
+  /** Address both servers listen on. Default `"0.0.0.0"` (every interface). */
+  listenHost: string;
+  /**
+   * The data directory the storage paths were derived from: `--data-dir`, else `data/<id>`;
+   * `null` when all four storage paths were given explicitly and no `--data-dir` was.
+   */
+  dataDir: string | null;
+  /** Directory of the write-ahead log. Default `<dataDir>/wal`. */
+  walDir: string;
+  /** The write-ahead log's metadata file. Default `<dataDir>/log-metadata.json`. */
+  logMetadataPath: string;
+  /** File holding Raft's hard state. Default `<dataDir>/raft-state.json`. */
+  raftStatePath: string;
+  /** Directory of snapshots. Default `<dataDir>/snapshots`. */
+  snapshotDir: string;
+  /** How peers were found. Default `"static"`. */
+  joinMode: JoinMode;
+  /** The cluster file read (default `"cluster.config.json"`), or `null` in k8s join mode. */
+  clusterConfigPath: string | null;
+  /** Every member, this node included, in file (or ordinal) order. */
+  peers: PeerConfig[];
+  /** Base election timeout in milliseconds. Default 1000. */
+  electionTimeoutMs: number;
+  /** Leader heartbeat interval in milliseconds. Default 100. */
+  heartbeatMs: number;
+  /** Time limit of one Raft RPC in milliseconds. Default 2000. */
+  rpcTimeoutMs: number;
+  /** Time limit of one client API request in milliseconds. Default 5000. */
+  apiTimeoutMs: number;
+  /** Time limit of forwarding a request to the leader in milliseconds. Default 5000. */
+  apiFwdTimeoutMs: number;
+  /** Retries of a failed peer connection. Default 3. */
+  maxConnRetryAttempts: number;
+  /** Applied entries since the last snapshot that trigger a new one. Default 10000. */
+  snapshotThreshold: number;
+  /** Largest key accepted, in bytes. Default 1024. */
+  maxKeyBytes: number;
+  /** Largest value accepted, in bytes. Default 1048576. */
+  maxValueBytes: number;
+  /** Least severe log level printed. Default `"info"`. */
+  logLevel: LogLevel;
+}
+
+/** What {@linkcode parseArgs} decided the program should do. */
+export type ParseResult =
+  | {
+    /** Run a node. */
+    kind: "run";
+    /** The node's configuration. */
+    config: NodeConfig;
+    /**
+     * Harmless problems worth logging: `RAFTKV_*` environment variables that match no flag
+     * (with a suggestion when one is close).
+     */
+    warnings: string[];
+  }
+  | {
+    /** Print `text` to stdout and exit 0. */
+    kind: "help";
+    /** The help text, ending with a newline. */
+    text: string;
+  }
+  | {
+    /** Print the version and exit 0. */
+    kind: "version";
+  };
+
+/** Options for {@linkcode parseArgs}. */
+export interface ParseArgsOptions {
+  /**
+   * Returns this machine's hostname, used in k8s join mode only. Default: the `HOSTNAME`
+   * environment variable from `env`.
+   */
+  hostname?: () => string | undefined;
+}
+
+const _JOIN_MODES: readonly JoinMode[] = ["static", "k8s"];
+const _LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+const _K8S_FLAGS = ["--k8s-replicas", "--k8s-service", "--k8s-namespace", "--k8s-cluster-domain"];
+
+/**
+ * Resolves the configuration from a command line, an environment and the cluster file.
+ *
+ * `--help` (or `-h`) and `--version` win over everything else once the command line itself
+ * parses. Every other setting comes from its flag, else its `RAFTKV_*` variable (empty counts as
+ * unset), else its default. In static join mode `--id` is required and must be in the cluster
+ * file; the ports default to those of this node's URLs there. In k8s join mode the peers come
+ * from {@linkcode derivePeersForK8s} and the cluster file is not read.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseArgs } from "./config.ts";
+ *
+ * const file = JSON.stringify([
+ *   { node_id: "node-1", rpc_url: "http://localhost:6666", api_url: "http://localhost:7777" },
+ * ]);
+ * const result = parseArgs(["--id", "node-1"], {}, () => file);
+ * console.assert(result.kind === "run" && result.config.apiPort === 7777);
+ * ```
+ *
+ * @param argv The arguments after the program's name.
+ * @param env The environment, such as `Deno.env.toObject()`.
+ * @param readFile Reads a file's text (the cluster file), such as `Deno.readTextFileSync`.
+ * @param options Other injected inputs.
+ * @returns What to do: run with a configuration, print help, or print the version.
+ * @throws {ConfigError} On any invalid flag, variable or cluster file, with one message naming
+ * the flag, variable or file and quoting the bad value.
+ */
+export function parseArgs(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  readFile: (path: string) => string,
+  options: ParseArgsOptions = {},
+): ParseResult {
+  const parsed = tokenizeArgv(argv);
+  if (parsed.switches.has("--help")) return { kind: "help", text: helpText() };
+  if (parsed.switches.has("--version")) return { kind: "version" };
+  const settings = new _Settings(parsed.values, env);
+
+  const joinMode = settings.choice("--join-mode", _JOIN_MODES) ?? DEFAULTS.joinMode;
+  let id: string;
+  let peers: PeerConfig[];
+  let apiPort: number;
+  let rpcPort: number;
+  let clusterConfigPath: string | null;
+  if (joinMode === "static") {
+    const misplaced = _K8S_FLAGS.find((name) => parsed.values.has(name));
+    if (misplaced !== undefined) {
+      throw new ConfigError(
+        `Flag ${misplaced} applies only to --join-mode k8s, but the join mode is "static"`,
+      );
+    }
+    const given = settings.raw("--id");
+    if (given === undefined) {
+      throw new ConfigError(
+        "Missing the node id: pass --id <id> (or set RAFTKV_ID) in static join mode",
+      );
+    }
+    id = given.value;
+    clusterConfigPath = settings.string("--cluster-config-path") ?? DEFAULTS.clusterConfigPath;
+    peers = _readClusterFile(clusterConfigPath, readFile);
+    const self = peers.find((peer) => peer.id === id);
+    if (self === undefined) {
+      throw new ConfigError(
+        `Invalid cluster file ${JSON.stringify(clusterConfigPath)}: it does not list this ` +
+          `node's id ${JSON.stringify(id)} (from ${given.origin}); it lists ${
+            peers.map((peer) => JSON.stringify(peer.id)).join(", ")
+          }`,
+      );
+    }
+    apiPort = settings.port("--api-port") ?? urlPort(self.apiUrl);
+    rpcPort = settings.port("--rpc-port") ?? urlPort(self.rpcUrl);
+  } else {
+    if (parsed.values.has("--cluster-config-path")) {
+      throw new ConfigError(
+        'Flag --cluster-config-path applies only to --join-mode static, but the join mode is "k8s"',
+      );
+    }
+    clusterConfigPath = null;
+    const replicas = settings.positiveInt("--k8s-replicas");
+    if (replicas === undefined) {
+      throw new ConfigError(
+        "Missing the replica count: pass --k8s-replicas <n> (or set RAFTKV_K8S_REPLICAS) in k8s " +
+          "join mode",
+      );
+    }
+    const hostname = options.hostname?.() ?? env.HOSTNAME;
+    if (hostname === undefined || hostname === "") {
+      throw new ConfigError(
+        "Missing the pod's hostname: k8s join mode reads it from HOSTNAME, which is not set",
+      );
+    }
+    apiPort = settings.port("--api-port") ?? DEFAULTS.k8sApiPort;
+    rpcPort = settings.port("--rpc-port") ?? DEFAULTS.k8sRpcPort;
+    peers = derivePeersForK8s({
+      hostname,
+      replicas,
+      service: settings.string("--k8s-service"),
+      namespace: settings.string("--k8s-namespace") ?? _nonEmpty(env.POD_NAMESPACE),
+      clusterDomain: settings.string("--k8s-cluster-domain"),
+      rpcPort,
+      apiPort,
+    });
+    const given = settings.raw("--id");
+    const { setName, ordinal } = parseStatefulSetHostname(hostname);
+    id = given?.value ?? `${setName}-${ordinal}`;
+    if (!peers.some((peer) => peer.id === id)) {
+      throw new ConfigError(
+        `Invalid value for ${given?.origin ?? "--id"}: ${JSON.stringify(id)} is not one of ` +
+          `the StatefulSet's pods ${setName}-0 to ${setName}-${replicas - 1}`,
+      );
+    }
+  }
+  if (apiPort === rpcPort) {
+    throw new ConfigError(
+      `The API port and the RPC port are both ${apiPort}: the two servers need different ports`,
+    );
+  }
+
+  const listenHost = settings.string("--listen-host") ?? DEFAULTS.listenHost;
+  if (/[\s/[\]]/.test(listenHost)) {
+    throw new ConfigError(
+      `Invalid value for ${settings.raw("--listen-host")?.origin}: ${
+        JSON.stringify(listenHost)
+      } is not a host name or IP address (write IPv6 addresses without brackets, such as "::")`,
+    );
+  }
+
+  const walDir = settings.string("--log-entry-path");
+  const logMetadataPath = settings.string("--log-metadata-path");
+  const raftStatePath = settings.string("--raft-state-path");
+  const snapshotDir = settings.string("--snapshot-path");
+  const explicitDataDir = settings.string("--data-dir");
+  const allExplicit = walDir !== undefined && logMetadataPath !== undefined &&
+    raftStatePath !== undefined && snapshotDir !== undefined;
+  const dataDir = explicitDataDir ??
+    (allExplicit ? null : `${DEFAULTS.dataDirParent}/${id}`);
+  const base = (dataDir ?? "").replace(/(?<=.)\/+$/, "");
+
+  const electionTimeoutMs = settings.duration("--election-timeout") ??
+    DEFAULTS.electionTimeoutMs;
+  const heartbeatMs = settings.duration("--heartbeat") ?? DEFAULTS.heartbeatMs;
+  if (heartbeatMs >= electionTimeoutMs) {
+    throw new ConfigError(
+      `The heartbeat (${heartbeatMs}ms) must be shorter than the election timeout ` +
+        `(${electionTimeoutMs}ms), or followers start elections while the leader is healthy`,
+    );
+  }
+  if (electionTimeoutMs < 2 * heartbeatMs) {
+    throw new ConfigError(
+      `The election timeout (${electionTimeoutMs}ms) must be at least twice the heartbeat ` +
+        `(${heartbeatMs}ms), or one late heartbeat starts an election`,
+    );
+  }
+
+  const config: NodeConfig = {
+    id,
+    apiPort,
+    rpcPort,
+    listenHost,
+    dataDir,
+    walDir: walDir ?? _join(base, "wal"),
+    logMetadataPath: logMetadataPath ?? _join(base, "log-metadata.json"),
+    raftStatePath: raftStatePath ?? _join(base, "raft-state.json"),
+    snapshotDir: snapshotDir ?? _join(base, "snapshots"),
+    joinMode,
+    clusterConfigPath,
+    peers,
+    electionTimeoutMs,
+    heartbeatMs,
+    rpcTimeoutMs: settings.duration("--rpc-timeout") ?? DEFAULTS.rpcTimeoutMs,
+    apiTimeoutMs: settings.duration("--api-timeout") ?? DEFAULTS.apiTimeoutMs,
+    apiFwdTimeoutMs: settings.duration("--api-fwd-timeout") ?? DEFAULTS.apiFwdTimeoutMs,
+    maxConnRetryAttempts: settings.positiveInt("--max-conn-retry-attempts") ??
+      DEFAULTS.maxConnRetryAttempts,
+    snapshotThreshold: settings.positiveInt("--snapshot-threshold") ??
+      DEFAULTS.snapshotThreshold,
+    maxKeyBytes: settings.positiveInt("--max-key-bytes") ?? DEFAULTS.maxKeyBytes,
+    maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,
+    logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,
+  };
+  return { kind: "run", config, warnings: _unknownEnvWarnings(env) };
+}
+
+/** Looks settings up by flag, then environment variable, and validates them. */
+class _Settings {
+  #flags: ReadonlyMap<string, RawValue>;
+  #env: Readonly<Record<string, string | undefined>>;
+
+  constructor(
+    flags: ReadonlyMap<string, RawValue>,
+    env: Readonly<Record<string, string | undefined>>,
+  ) {
+    this.#flags = flags;
+    this.#env = env;
+  }
+
+  raw(name: string): RawValue | undefined {
+    const flagged = this.#flags.get(name);
+    if (flagged !== undefined) return flagged;
+    const variable = FLAGS.find((flag) => flag.name === name)?.env;
+    if (variable === null || variable === undefined) return undefined;
+    const value = _nonEmpty(this.#env[variable]);
+    return value === undefined ? undefined : { value, origin: variable };
+  }
+
+  string(name: string): string | undefined {
+    return this.raw(name)?.value;
+  }
+
+  positiveInt(name: string): number | undefined {
+    const raw = this.raw(name);
+    if (raw === undefined) return undefined;
+    const value = /^\d+$/.test(raw.value) ? Number(raw.value) : NaN;
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw _invalid(raw, "is not a positive integer");
+    }
+    return value;
+  }
+
+  port(name: string): number | undefined {
+    const raw = this.raw(name);
+    if (raw === undefined) return undefined;
+    const value = /^\d+$/.test(raw.value) ? Number(raw.value) : NaN;
+    if (!(value >= 1 && value <= 65535)) {
+      throw _invalid(raw, "is not a port number (1-65535)");
+    }
+    return value;
+  }
+
+  duration(name: string): number | undefined {
+    const raw = this.raw(name);
+    if (raw === undefined) return undefined;
+    let ms: number;
+    try {
+      ms = parseDuration(raw.value);
+    } catch (error) {
+      throw new ConfigError(`Invalid value for ${raw.origin}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    if (ms === 0) throw _invalid(raw, "is not a positive duration");
+    return ms;
+  }
+
+  choice<T extends string>(name: string, choices: readonly T[]): T | undefined {
+    const raw = this.raw(name);
+    if (raw === undefined) return undefined;
+    const found = choices.find((choice) => choice === raw.value);
+    if (found === undefined) {
+      throw _invalid(
+        raw,
+        `is not one of ${choices.map((choice) => JSON.stringify(choice)).join(", ")}`,
+      );
+    }
+    return found;
+  }
+}
+
+function _invalid(raw: RawValue, problem: string): ConfigError {
+  return new ConfigError(
+    `Invalid value for ${raw.origin}: ${JSON.stringify(raw.value)} ${problem}`,
+  );
+}
+
+function _nonEmpty(value: string | undefined): string | undefined {
+  return value === "" ? undefined : value;
+}
+
+function _join(dir: string, name: string): string {
+  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
+function _readClusterFile(path: string, readFile: (path: string) => string): PeerConfig[] {
+  let text: string;
+  try {
+    text = readFile(path);
+  } catch (error) {
+    throw new ConfigError(
+      `Cannot read cluster file ${JSON.stringify(path)}: ${(error as Error).message}` +
+        " (set --cluster-config-path, or use --join-mode k8s)",
+      { cause: error },
+    );
+  }
+  return parseClusterFile(text, path);
+}
+
+function _unknownEnvWarnings(env: Readonly<Record<string, string | undefined>>): string[] {
+  const known = FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]);
+  return Object.keys(env)
+    .filter((name) => name.startsWith(ENV_PREFIX) && !known.includes(name))
+    .sort()
+    .map((name) => {
+      const suggestion = _closestEnv(name, known);
+      return `Ignoring unknown environment variable ${name}` +
+        (suggestion === undefined ? "" : ` (did you mean ${suggestion}?)`);
+    });
+}
+
+function _closestEnv(name: string, known: readonly string[]): string | undefined {
+  // Reuse the flag matcher on the flag-shaped spelling of the variable names.
+  const asFlag = (variable: string) =>
+    "--" + variable.slice(ENV_PREFIX.length).toLowerCase().replaceAll("_", "-");
+  const flags = known.map(asFlag);
+  const match = closestName(asFlag(name), flags);
+  return match === undefined ? undefined : known[flags.indexOf(match)];
+}

@@ -1,0 +1,578 @@
+import assert from "node:assert/strict";
+import { ConfigError, FLAGS, type NodeConfig, parseArgs, type ParseArgsOptions } from "./config.ts";
+
+const _FILE_PATH = "cluster.config.json";
+const _FILE = JSON.stringify([
+  { node_id: "node-1", rpc_url: "http://localhost:6666", api_url: "http://localhost:7777" },
+  { node_id: "node-2", rpc_url: "http://localhost:6667", api_url: "http://localhost:7778" },
+  { node_id: "node-3", rpc_url: "http://localhost:6668", api_url: "http://localhost:7779" },
+]);
+const _PEERS = [
+  { id: "node-1", rpcUrl: "http://localhost:6666", apiUrl: "http://localhost:7777" },
+  { id: "node-2", rpcUrl: "http://localhost:6667", apiUrl: "http://localhost:7778" },
+  { id: "node-3", rpcUrl: "http://localhost:6668", apiUrl: "http://localhost:7779" },
+];
+
+/** A readFile that serves only the given files. */
+function _files(files: Record<string, string> = { [_FILE_PATH]: _FILE }) {
+  return (path: string): string => {
+    const text = files[path];
+    if (text === undefined) throw new Deno.errors.NotFound(`No such file: ${path}`);
+    return text;
+  };
+}
+
+function _config(
+  argv: string[],
+  env: Record<string, string | undefined> = {},
+  readFile = _files(),
+  options: ParseArgsOptions = {},
+): NodeConfig {
+  const result = parseArgs(argv, env, readFile, options);
+  assert.equal(result.kind, "run");
+  return (result as { config: NodeConfig }).config;
+}
+
+function _assertConfigError(run: () => unknown, ...fragments: string[]): void {
+  let caught: unknown;
+  try {
+    run();
+  } catch (error) {
+    caught = error;
+  }
+  assert.ok(caught instanceof ConfigError, `expected a ConfigError, got ${caught}`);
+  assert.equal(caught.name, "ConfigError");
+  for (const fragment of fragments) {
+    assert.ok(
+      caught.message.includes(fragment),
+      `message ${JSON.stringify(caught.message)} lacks ${JSON.stringify(fragment)}`,
+    );
+  }
+}
+
+const _DEFAULT_CONFIG: NodeConfig = {
+  id: "node-1",
+  apiPort: 7777,
+  rpcPort: 6666,
+  listenHost: "0.0.0.0",
+  dataDir: "data/node-1",
+  walDir: "data/node-1/wal",
+  logMetadataPath: "data/node-1/log-metadata.json",
+  raftStatePath: "data/node-1/raft-state.json",
+  snapshotDir: "data/node-1/snapshots",
+  joinMode: "static",
+  clusterConfigPath: "cluster.config.json",
+  peers: _PEERS,
+  electionTimeoutMs: 1000,
+  heartbeatMs: 100,
+  rpcTimeoutMs: 2000,
+  apiTimeoutMs: 5000,
+  apiFwdTimeoutMs: 5000,
+  maxConnRetryAttempts: 3,
+  snapshotThreshold: 10000,
+  maxKeyBytes: 1024,
+  maxValueBytes: 1048576,
+  logLevel: "info",
+};
+
+Deno.test("parseArgs() fills in every default from --id and the cluster file alone", () => {
+  assert.deepEqual(parseArgs(["--id", "node-1"], {}, _files()), {
+    kind: "run",
+    config: _DEFAULT_CONFIG,
+    warnings: [],
+  });
+});
+
+/** A static-mode flag, a value for it, and what the value must turn into. */
+const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>][] = [
+  ["--id", "node-2", { id: "node-2", apiPort: 7778, rpcPort: 6667, dataDir: "data/node-2" }],
+  ["--api-port", "9001", { apiPort: 9001 }],
+  ["--rpc-port", "9002", { rpcPort: 9002 }],
+  ["--listen-host", "127.0.0.1", { listenHost: "127.0.0.1" }],
+  ["--data-dir", "/var/lib/kv", { dataDir: "/var/lib/kv", walDir: "/var/lib/kv/wal" }],
+  ["--log-entry-path", "/wal", { walDir: "/wal" }],
+  ["--log-metadata-path", "/meta.json", { logMetadataPath: "/meta.json" }],
+  ["--raft-state-path", "/state.json", { raftStatePath: "/state.json" }],
+  ["--snapshot-path", "/snaps", { snapshotDir: "/snaps" }],
+  ["--snapshot-threshold", "50", { snapshotThreshold: 50 }],
+  ["--join-mode", "static", { joinMode: "static" }],
+  ["--cluster-config-path", "other.json", { clusterConfigPath: "other.json" }],
+  ["--election-timeout", "3s", { electionTimeoutMs: 3000 }],
+  ["--heartbeat", "250ms", { heartbeatMs: 250 }],
+  ["--rpc-timeout", "1.5s", { rpcTimeoutMs: 1500 }],
+  ["--api-timeout", "2m", { apiTimeoutMs: 120_000 }],
+  ["--api-fwd-timeout", "700", { apiFwdTimeoutMs: 700 }],
+  ["--max-conn-retry-attempts", "7", { maxConnRetryAttempts: 7 }],
+  ["--max-key-bytes", "64", { maxKeyBytes: 64 }],
+  ["--max-value-bytes", "4096", { maxValueBytes: 4096 }],
+  ["--log-level", "debug", { logLevel: "debug" }],
+];
+const _FILES = _files({ [_FILE_PATH]: _FILE, "other.json": _FILE });
+
+Deno.test("parseArgs() reads every static-mode flag as --flag value and --flag=value", () => {
+  for (const [flag, value, expected] of _STATIC_CASES) {
+    const base = flag === "--id" ? [] : ["--id", "node-1"];
+    for (const argv of [[...base, flag, value], [...base, `${flag}=${value}`]]) {
+      const config = _config(argv, {}, _FILES);
+      assert.deepEqual({ ...config, ...expected }, config, argv.join(" "));
+    }
+  }
+});
+
+Deno.test("parseArgs() reads every static-mode flag from its RAFTKV_ variable", () => {
+  for (const [flag, value, expected] of _STATIC_CASES) {
+    const env = FLAGS.find((info) => info.name === flag)?.env;
+    assert.ok(env, flag);
+    const base = flag === "--id" ? {} : { RAFTKV_ID: "node-1" };
+    const config = _config([], { ...base, [env]: value }, _FILES);
+    assert.deepEqual({ ...config, ...expected }, config, env);
+  }
+});
+
+Deno.test("parseArgs() tests cover every flag in the table", () => {
+  const covered = new Set([
+    ..._STATIC_CASES.map(([flag]) => flag),
+    "--k8s-replicas",
+    "--k8s-service",
+    "--k8s-namespace",
+    "--k8s-cluster-domain",
+    "--help",
+    "--version",
+  ]);
+  assert.deepEqual(FLAGS.map((flag) => flag.name).filter((name) => !covered.has(name)), []);
+});
+
+Deno.test("parseArgs() accepts --heartbeat-interval for --heartbeat", () => {
+  assert.equal(_config(["--id", "node-1", "--heartbeat-interval", "200"]).heartbeatMs, 200);
+  assert.equal(_config(["--id", "node-1", "--heartbeat-interval=0.2s"]).heartbeatMs, 200);
+});
+
+Deno.test("parseArgs() names an alias as typed when its value is bad", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--heartbeat-interval", "fast"], {}, _files()),
+    'Invalid value for --heartbeat-interval: "fast" is not a duration',
+  );
+});
+
+Deno.test("parseArgs() prefers a flag to its variable and a variable to the default", () => {
+  const env = { RAFTKV_ID: "node-1", RAFTKV_API_PORT: "8000", RAFTKV_HEARTBEAT: "200" };
+  const fromEnv = _config([], env);
+  assert.equal(fromEnv.apiPort, 8000);
+  assert.equal(fromEnv.heartbeatMs, 200);
+  assert.equal(fromEnv.rpcPort, 6666);
+  const fromFlag = _config(["--api-port", "9000", "--id=node-2"], env);
+  assert.equal(fromFlag.apiPort, 9000);
+  assert.equal(fromFlag.id, "node-2");
+  assert.equal(fromFlag.heartbeatMs, 200);
+});
+
+Deno.test("parseArgs() treats an empty variable as unset", () => {
+  const config = _config(["--id", "node-1"], { RAFTKV_API_PORT: "", RAFTKV_DATA_DIR: "" });
+  assert.equal(config.apiPort, 7777);
+  assert.equal(config.dataDir, "data/node-1");
+});
+
+Deno.test("parseArgs() does not validate a variable that a flag overrides", () => {
+  assert.equal(_config(["--id", "node-1", "--api-port", "1"], { RAFTKV_API_PORT: "x" }).apiPort, 1);
+});
+
+Deno.test("parseArgs() reads durations as milliseconds or with a unit", () => {
+  const cases: [string, number][] = [["150", 150], ["150ms", 150], ["1s", 1000], ["1.5s", 1500], [
+    "2m",
+    120_000,
+  ], ["1m30s", 90_000]];
+  for (const [text, ms] of cases) {
+    assert.equal(_config(["--id", "node-1", "--rpc-timeout", text]).rpcTimeoutMs, ms, text);
+  }
+});
+
+Deno.test("parseArgs() rejects bad durations, naming the flag or variable", () => {
+  for (const text of ["abc", "1.5", "-5", "10d"]) {
+    _assertConfigError(
+      () => parseArgs(["--id", "node-1", `--api-timeout=${text}`], {}, _files()),
+      `Invalid value for --api-timeout: ${JSON.stringify(text)} is not a duration`,
+    );
+  }
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1"], { RAFTKV_RPC_TIMEOUT: "0.5ms" }, _files()),
+    'Invalid value for RAFTKV_RPC_TIMEOUT: "0.5ms" is not a whole number of milliseconds',
+  );
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--api-fwd-timeout", "0s"], {}, _files()),
+    'Invalid value for --api-fwd-timeout: "0s" is not a positive duration',
+  );
+});
+
+Deno.test("parseArgs() rejects a heartbeat not shorter than the election timeout", () => {
+  for (const heartbeat of ["1000", "1500"]) {
+    _assertConfigError(
+      () => parseArgs(["--id", "node-1", "--heartbeat", heartbeat], {}, _files()),
+      `The heartbeat (${heartbeat}ms) must be shorter than the election timeout (1000ms)`,
+    );
+  }
+});
+
+Deno.test("parseArgs() rejects an election timeout under twice the heartbeat", () => {
+  _assertConfigError(
+    () =>
+      parseArgs(["--id", "node-1", "--election-timeout", "300", "--heartbeat=200"], {}, _files()),
+    "The election timeout (300ms) must be at least twice the heartbeat (200ms)",
+  );
+  const config = _config(["--id", "node-1", "--election-timeout", "400", "--heartbeat=200"]);
+  assert.equal(config.electionTimeoutMs, 400);
+});
+
+Deno.test("parseArgs() rejects bad ports from flags and variables", () => {
+  for (const port of ["0", "65536", "abc", "-1", "80.5", "0x50"]) {
+    _assertConfigError(
+      () => parseArgs(["--id", "node-1", "--api-port", port], {}, _files()),
+      `Invalid value for --api-port: ${JSON.stringify(port)} is not a port number (1-65535)`,
+    );
+  }
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1"], { RAFTKV_RPC_PORT: "99999" }, _files()),
+    'Invalid value for RAFTKV_RPC_PORT: "99999" is not a port number (1-65535)',
+  );
+  assert.equal(_config(["--id", "node-1", "--rpc-port", "65535"]).rpcPort, 65535);
+});
+
+Deno.test("parseArgs() rejects an API port equal to the RPC port", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--api-port", "6666"], {}, _files()),
+    "The API port and the RPC port are both 6666",
+  );
+});
+
+Deno.test("parseArgs() rejects counts and sizes that are not positive integers", () => {
+  for (const flag of ["--snapshot-threshold", "--max-key-bytes", "--max-value-bytes"]) {
+    for (const value of ["0", "-3", "1.5", "ten", "1e3"]) {
+      _assertConfigError(
+        () => parseArgs(["--id", "node-1", flag, value], {}, _files()),
+        `Invalid value for ${flag}: ${JSON.stringify(value)} is not a positive integer`,
+      );
+    }
+  }
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1"], { RAFTKV_MAX_CONN_RETRY_ATTEMPTS: "many" }, _files()),
+    'Invalid value for RAFTKV_MAX_CONN_RETRY_ATTEMPTS: "many" is not a positive integer',
+  );
+});
+
+Deno.test("parseArgs() rejects an unknown log level or join mode", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--log-level", "verbose"], {}, _files()),
+    'Invalid value for --log-level: "verbose" is not one of "debug", "info", "warn", "error"',
+  );
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1"], { RAFTKV_JOIN_MODE: "dns" }, _files()),
+    'Invalid value for RAFTKV_JOIN_MODE: "dns" is not one of "static", "k8s"',
+  );
+});
+
+Deno.test("parseArgs() rejects a listen host that is not a bare host", () => {
+  for (const host of ["http://0.0.0.0", "[::]", "a b"]) {
+    _assertConfigError(
+      () => parseArgs(["--id", "node-1", "--listen-host", host], {}, _files()),
+      `Invalid value for --listen-host: ${JSON.stringify(host)} is not a host name or IP address`,
+    );
+  }
+  assert.equal(_config(["--id", "node-1", "--listen-host", "::"]).listenHost, "::");
+});
+
+Deno.test("parseArgs() rejects an unknown flag and suggests the closest one", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--election-timout", "1s"], {}, _files()),
+    'Unknown flag "--election-timout" (did you mean "--election-timeout"?)',
+  );
+});
+
+Deno.test("parseArgs() rejects a flag without its value", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--data-dir"], {}, _files()),
+    "Flag --data-dir needs a value: --data-dir <dir>",
+  );
+});
+
+Deno.test("parseArgs() requires --id in static mode", () => {
+  _assertConfigError(
+    () => parseArgs([], {}, _files()),
+    "Missing the node id: pass --id <id> (or set RAFTKV_ID)",
+  );
+});
+
+Deno.test("parseArgs() rejects an id the cluster file does not list", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-9"], {}, _files()),
+    'Invalid cluster file "cluster.config.json": it does not list this node\'s id "node-9" ' +
+      '(from --id); it lists "node-1", "node-2", "node-3"',
+  );
+  _assertConfigError(
+    () => parseArgs([], { RAFTKV_ID: "node-9" }, _files()),
+    '"node-9" (from RAFTKV_ID)',
+  );
+});
+
+Deno.test("parseArgs() reports a cluster file it cannot read", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--cluster-config-path", "missing.json"], {}, _files()),
+    'Cannot read cluster file "missing.json": No such file: missing.json',
+  );
+});
+
+Deno.test("parseArgs() reports cluster file problems with the file's name and the entry", () => {
+  const node = (id: string, rpc: number, api: number, scheme = "http") => ({
+    node_id: id,
+    rpc_url: `${scheme}://localhost:${rpc}`,
+    api_url: `http://localhost:${api}`,
+  });
+  const cases: [unknown, string][] = [
+    [{ "node-1": {} }, "expected a JSON array"],
+    [[node("node-1", 1, 2), node("node-1", 3, 4)], 'entry 2 (node_id "node-1"): duplicate node_id'],
+    [[node("node-1", 1, 2), node("node-2", 3, 2)], "localhost:2 are already used by entry 1"],
+    [[node("node-1", 1, 2), node("node-2", 3, 4, "grpc")], 'has scheme "grpc"'],
+    [
+      [node("node-1", 1, 2), { node_id: "node-2", rpc_url: "http://:x", api_url: "http://h:4" }],
+      [
+        'entry 2 (node_id "node-2"): rpc_url "http://:x" is not a valid URL',
+      ].join(""),
+    ],
+  ];
+  for (const [data, fragment] of cases) {
+    const readFile = _files({ "c.json": JSON.stringify(data) });
+    _assertConfigError(
+      () => parseArgs(["--id", "node-1", "--cluster-config-path", "c.json"], {}, readFile),
+      'Invalid cluster file "c.json": ',
+      fragment,
+    );
+  }
+});
+
+Deno.test("parseArgs() takes the ports from this node's URLs in the cluster file", () => {
+  const config = _config(["--id", "node-3"]);
+  assert.equal(config.apiPort, 7779);
+  assert.equal(config.rpcPort, 6668);
+  const file = JSON.stringify([
+    { node_id: "a", rpc_url: "https://kv-a.example", api_url: "http://kv-a.example" },
+  ]);
+  const fromDefaults = _config(["--id", "a"], {}, _files({ [_FILE_PATH]: file }));
+  assert.equal(fromDefaults.rpcPort, 443);
+  assert.equal(fromDefaults.apiPort, 80);
+});
+
+Deno.test("parseArgs() lets explicit ports differ from the cluster file", () => {
+  const config = _config(["--id", "node-1", "--api-port", "17777", "--rpc-port", "16666"]);
+  assert.equal(config.apiPort, 17777);
+  assert.equal(config.rpcPort, 16666);
+  assert.deepEqual(config.peers, _PEERS);
+});
+
+Deno.test("parseArgs() derives every storage path from --data-dir", () => {
+  const config = _config(["--id", "node-1", "--data-dir", "/srv/kv/"]);
+  assert.deepEqual(
+    [
+      config.dataDir,
+      config.walDir,
+      config.logMetadataPath,
+      config.raftStatePath,
+      config.snapshotDir,
+    ],
+    [
+      "/srv/kv/",
+      "/srv/kv/wal",
+      "/srv/kv/log-metadata.json",
+      "/srv/kv/raft-state.json",
+      "/srv/kv/snapshots",
+    ],
+  );
+});
+
+Deno.test("parseArgs() lets explicit storage paths override the derived ones", () => {
+  const config = _config(["--id", "node-2", "--data-dir=d", "--snapshot-path", "/fast/snaps"]);
+  assert.equal(config.snapshotDir, "/fast/snaps");
+  assert.equal(config.walDir, "d/wal");
+  const noDataDir = _config(["--id", "node-2", "--raft-state-path", "s.json"]);
+  assert.equal(noDataDir.dataDir, "data/node-2");
+  assert.equal(noDataDir.raftStatePath, "s.json");
+  assert.equal(noDataDir.walDir, "data/node-2/wal");
+});
+
+Deno.test("parseArgs() reports no data directory when every storage path is explicit", () => {
+  const config = _config([
+    "--id=node-1",
+    "--log-entry-path=w",
+    "--log-metadata-path=m.json",
+    "--raft-state-path=r.json",
+    "--snapshot-path=s",
+  ]);
+  assert.equal(config.dataDir, null);
+  assert.deepEqual(
+    [config.walDir, config.logMetadataPath, config.raftStatePath, config.snapshotDir],
+    ["w", "m.json", "r.json", "s"],
+  );
+});
+
+Deno.test("parseArgs() rejects Kubernetes flags in static mode", () => {
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--k8s-replicas", "3"], {}, _files()),
+    'Flag --k8s-replicas applies only to --join-mode k8s, but the join mode is "static"',
+  );
+  // Variables may be ambient in the environment, so they are merely ignored.
+  assert.equal(_config(["--id", "node-1"], { RAFTKV_K8S_REPLICAS: "x" }).joinMode, "static");
+});
+
+const _NO_FILES = (path: string): string => {
+  throw new Error(`k8s mode must not read ${path}`);
+};
+
+function _k8s(argv: string[], env: Record<string, string> = {}): NodeConfig {
+  return _config(["--join-mode", "k8s", ...argv], { HOSTNAME: "raftkv-1", ...env }, _NO_FILES);
+}
+
+Deno.test("parseArgs() derives the peers from the StatefulSet in k8s mode", () => {
+  const config = _k8s(["--k8s-replicas", "3"]);
+  assert.equal(config.joinMode, "k8s");
+  assert.equal(config.clusterConfigPath, null);
+  assert.equal(config.id, "raftkv-1");
+  assert.equal(config.apiPort, 7777);
+  assert.equal(config.rpcPort, 6666);
+  assert.equal(config.dataDir, "data/raftkv-1");
+  assert.deepEqual(
+    config.peers.map((peer) => [peer.id, peer.rpcUrl, peer.apiUrl]),
+    [0, 1, 2].map(
+      (i) => [
+        `raftkv-${i}`,
+        `http://raftkv-${i}.raftkv.default.svc.cluster.local:6666`,
+        `http://raftkv-${i}.raftkv.default.svc.cluster.local:7777`,
+      ],
+    ),
+  );
+});
+
+Deno.test("parseArgs() reads every k8s flag both ways and from the environment", () => {
+  const expected = "http://raftkv-0.kv-hl.prod.svc.k8s.internal:9000";
+  const values = {
+    "--k8s-replicas": "2",
+    "--k8s-service": "kv-hl",
+    "--k8s-namespace": "prod",
+    "--k8s-cluster-domain": "k8s.internal",
+    "--rpc-port": "9000",
+  };
+  const spaced = Object.entries(values).flat();
+  const joined = Object.entries(values).map(([flag, value]) => `${flag}=${value}`);
+  const env = Object.fromEntries(
+    Object.entries(values).map(([flag, value]) => [
+      FLAGS.find((info) => info.name === flag)?.env ?? "",
+      value,
+    ]),
+  );
+  for (const config of [_k8s(spaced), _k8s(joined), _k8s([], env)]) {
+    assert.equal(config.peers.length, 2);
+    assert.equal(config.peers[0]?.rpcUrl, expected);
+  }
+});
+
+Deno.test("parseArgs() takes the k8s namespace from the flag, RAFTKV_, POD_NAMESPACE, then default", () => {
+  const host = (config: NodeConfig) => new URL(config.peers[0]?.rpcUrl ?? "").hostname;
+  assert.equal(host(_k8s(["--k8s-replicas=3"])), "raftkv-0.raftkv.default.svc.cluster.local");
+  const env = { POD_NAMESPACE: "from-pod" };
+  assert.equal(host(_k8s(["--k8s-replicas=3"], env)), "raftkv-0.raftkv.from-pod.svc.cluster.local");
+  const both = { ...env, RAFTKV_K8S_NAMESPACE: "from-var" };
+  assert.equal(
+    host(_k8s(["--k8s-replicas=3"], both)),
+    "raftkv-0.raftkv.from-var.svc.cluster.local",
+  );
+  assert.equal(
+    host(_k8s(["--k8s-replicas=3", "--k8s-namespace", "from-flag"], both)),
+    "raftkv-0.raftkv.from-flag.svc.cluster.local",
+  );
+});
+
+Deno.test("parseArgs() prefers an injected hostname to HOSTNAME", () => {
+  const config = _config(
+    ["--join-mode=k8s", "--k8s-replicas=3"],
+    { HOSTNAME: "raftkv-1" },
+    _NO_FILES,
+    { hostname: () => "raftkv-2" },
+  );
+  assert.equal(config.id, "raftkv-2");
+});
+
+Deno.test("parseArgs() requires the replica count and the hostname in k8s mode", () => {
+  _assertConfigError(
+    () => _k8s([]),
+    "Missing the replica count: pass --k8s-replicas <n> (or set RAFTKV_K8S_REPLICAS)",
+  );
+  _assertConfigError(
+    () => parseArgs(["--join-mode", "k8s", "--k8s-replicas", "3"], {}, _NO_FILES),
+    "Missing the pod's hostname",
+  );
+  _assertConfigError(
+    () => _k8s(["--k8s-replicas", "three"]),
+    'Invalid value for --k8s-replicas: "three" is not a positive integer',
+  );
+});
+
+Deno.test("parseArgs() rejects a hostname that is not a StatefulSet pod name", () => {
+  _assertConfigError(
+    () => _k8s(["--k8s-replicas", "3"], { HOSTNAME: "raftkv" }),
+    'Hostname "raftkv" is not a StatefulSet pod name',
+  );
+});
+
+Deno.test("parseArgs() rejects an ordinal outside the replica count", () => {
+  _assertConfigError(
+    () => _k8s(["--k8s-replicas", "3"], { HOSTNAME: "raftkv-5" }),
+    'Hostname "raftkv-5" has ordinal 5, but the StatefulSet has only 3 replica(s)',
+  );
+});
+
+Deno.test("parseArgs() accepts an explicit --id in k8s mode only if it is one of the pods", () => {
+  assert.equal(_k8s(["--k8s-replicas=3", "--id=raftkv-2"]).id, "raftkv-2");
+  _assertConfigError(
+    () => _k8s(["--k8s-replicas=3", "--id=node-1"]),
+    'Invalid value for --id: "node-1" is not one of the StatefulSet\'s pods raftkv-0 to raftkv-2',
+  );
+});
+
+Deno.test("parseArgs() rejects --cluster-config-path in k8s mode", () => {
+  _assertConfigError(
+    () => _k8s(["--k8s-replicas=3", "--cluster-config-path", "c.json"]),
+    "Flag --cluster-config-path applies only to --join-mode static",
+  );
+});
+
+Deno.test("parseArgs() returns the help text for --help and -h before validating", () => {
+  for (const flag of ["--help", "-h"]) {
+    const result = parseArgs([flag, "--api-port", "0"], { RAFTKV_API_PORT: "x" }, _NO_FILES);
+    assert.equal(result.kind, "help");
+    const text = (result as { text: string }).text;
+    for (const info of FLAGS) assert.ok(text.includes(info.name), info.name);
+  }
+});
+
+Deno.test("parseArgs() returns version for --version", () => {
+  assert.deepEqual(parseArgs(["--version"], {}, _NO_FILES), { kind: "version" });
+  assert.equal(parseArgs(["--version", "--help"], {}, _NO_FILES).kind, "help");
+});
+
+Deno.test("parseArgs() warns about RAFTKV_ variables that match no flag", () => {
+  const result = parseArgs(["--id", "node-1"], {
+    RAFTKV_HEARTBEAT_MS: "50",
+    RAFTKV_COLOUR: "red",
+    PATH: "/bin",
+  }, _files());
+  assert.deepEqual((result as { warnings: string[] }).warnings, [
+    "Ignoring unknown environment variable RAFTKV_COLOUR",
+    "Ignoring unknown environment variable RAFTKV_HEARTBEAT_MS (did you mean RAFTKV_HEARTBEAT?)",
+  ]);
+});
+
+Deno.test("parseArgs() accepts the repository's cluster.config.json", async () => {
+  const text = await Deno.readTextFile(`${Deno.cwd()}/cluster.config.json`);
+  for (const [index, id] of ["node-1", "node-2", "node-3"].entries()) {
+    const config = _config(["--id", id], {}, _files({ [_FILE_PATH]: text }));
+    assert.deepEqual(config.peers, _PEERS);
+    assert.equal(config.rpcPort, 6666 + index);
+    assert.equal(config.apiPort, 7777 + index);
+  }
+});

@@ -1,0 +1,486 @@
+/**
+ * The command-line flags: their table (exported as data, so documentation can be generated from
+ * or checked against it), the tokenizer that reads `argv`, and the `--help` text.
+ *
+ * @module
+ */
+
+import { ConfigError } from "./errors.ts";
+
+/** Prefix of every environment variable that can stand in for a flag. */
+export const ENV_PREFIX = "RAFTKV_";
+
+/** Default values of the settings that have a fixed default. */
+export const DEFAULTS = {
+  /** Default of `--join-mode`. */
+  joinMode: "static",
+  /** Default of `--cluster-config-path`, relative to the working directory. */
+  clusterConfigPath: "cluster.config.json",
+  /** Default of `--listen-host`: every interface. */
+  listenHost: "0.0.0.0",
+  /** Default of `--data-dir`, before `<id>` is appended. */
+  dataDirParent: "data",
+  /** Default of `--election-timeout`, in milliseconds. */
+  electionTimeoutMs: 1000,
+  /** Default of `--heartbeat`, in milliseconds. */
+  heartbeatMs: 100,
+  /** Default of `--rpc-timeout`, in milliseconds. */
+  rpcTimeoutMs: 2000,
+  /** Default of `--api-timeout`, in milliseconds. */
+  apiTimeoutMs: 5000,
+  /** Default of `--api-fwd-timeout`, in milliseconds. */
+  apiFwdTimeoutMs: 5000,
+  /** Default of `--max-conn-retry-attempts`. */
+  maxConnRetryAttempts: 3,
+  /** Default of `--snapshot-threshold`, in log entries. */
+  snapshotThreshold: 10_000,
+  /** Default of `--max-key-bytes`. */
+  maxKeyBytes: 1024,
+  /** Default of `--max-value-bytes` (1 MiB). */
+  maxValueBytes: 1_048_576,
+  /** Default of `--log-level`. */
+  logLevel: "info",
+  /** Default of `--rpc-port` in k8s join mode. */
+  k8sRpcPort: 6666,
+  /** Default of `--api-port` in k8s join mode. */
+  k8sApiPort: 7777,
+  /** Default of `--k8s-namespace` when `POD_NAMESPACE` is not set either. */
+  k8sNamespace: "default",
+  /** Default of `--k8s-cluster-domain`. */
+  k8sClusterDomain: "cluster.local",
+} as const;
+
+/** One command-line flag, as documented in `--help` and the README. */
+export interface FlagInfo {
+  /** The flag as typed, such as `"--api-port"`. */
+  readonly name: string;
+  /** Other spellings accepted for the same flag, such as `"--heartbeat-interval"`. */
+  readonly aliases: readonly string[];
+  /** Placeholder for the flag's value, such as `"<port>"`, or `null` for a switch. */
+  readonly value: string | null;
+  /** The environment variable that can stand in for the flag, or `null` if none can. */
+  readonly env: string | null;
+  /** The default, in words (empty for switches). */
+  readonly default: string;
+  /** What the flag means. */
+  readonly description: string;
+  /** The `--help` section the flag is listed under. */
+  readonly group: string;
+}
+
+function _flag(
+  group: string,
+  name: string,
+  value: string | null,
+  defaultText: string,
+  description: string,
+  aliases: readonly string[] = [],
+): FlagInfo {
+  const env = value === null ? null : ENV_PREFIX + name.slice(2).replaceAll("-", "_").toUpperCase();
+  return { name, aliases, value, env, default: defaultText, description, group };
+}
+
+const _D = DEFAULTS;
+
+/** Every flag the program accepts, in `--help` order. */
+export const FLAGS: readonly FlagInfo[] = [
+  _flag(
+    "Node",
+    "--id",
+    "<id>",
+    "required in static mode; the pod hostname in k8s mode",
+    "This node's id: a node_id in the cluster file, or a pod name in k8s mode",
+  ),
+  _flag(
+    "Node",
+    "--join-mode",
+    "<mode>",
+    _D.joinMode,
+    '"static" reads peers from the cluster file; "k8s" derives them from a StatefulSet',
+  ),
+  _flag(
+    "Node",
+    "--cluster-config-path",
+    "<file>",
+    _D.clusterConfigPath,
+    "Cluster file (static mode): a JSON array of {node_id, rpc_url, api_url}",
+  ),
+  _flag(
+    "Node",
+    "--api-port",
+    "<port>",
+    `the port of this node's api_url in the cluster file; ${_D.k8sApiPort} in k8s mode`,
+    "Port of the client HTTP API",
+  ),
+  _flag(
+    "Node",
+    "--rpc-port",
+    "<port>",
+    `the port of this node's rpc_url in the cluster file; ${_D.k8sRpcPort} in k8s mode`,
+    "Port of the Raft RPC server",
+  ),
+  _flag(
+    "Node",
+    "--listen-host",
+    "<host>",
+    `${_D.listenHost} (every interface)`,
+    "Address both servers listen on; 127.0.0.1 accepts local connections only",
+  ),
+  _flag(
+    "Storage",
+    "--data-dir",
+    "<dir>",
+    `${_D.dataDirParent}/<id>`,
+    "Directory holding all of this node's state; the four paths below default to files in it",
+  ),
+  _flag(
+    "Storage",
+    "--log-entry-path",
+    "<dir>",
+    "<data-dir>/wal",
+    "Directory of the write-ahead log (the Raft log entries)",
+  ),
+  _flag(
+    "Storage",
+    "--log-metadata-path",
+    "<file>",
+    "<data-dir>/log-metadata.json",
+    "File recording the write-ahead log's metadata",
+  ),
+  _flag(
+    "Storage",
+    "--raft-state-path",
+    "<file>",
+    "<data-dir>/raft-state.json",
+    "File holding Raft's hard state (term, vote, commit index)",
+  ),
+  _flag(
+    "Storage",
+    "--snapshot-path",
+    "<dir>",
+    "<data-dir>/snapshots",
+    "Directory of state-machine snapshots",
+  ),
+  _flag(
+    "Storage",
+    "--snapshot-threshold",
+    "<entries>",
+    String(_D.snapshotThreshold),
+    "Take a snapshot once this many log entries have been applied since the last one",
+  ),
+  _flag(
+    "Timing",
+    "--election-timeout",
+    "<duration>",
+    `${_D.electionTimeoutMs}ms`,
+    "Base election timeout (randomised above it); at least twice the heartbeat",
+  ),
+  _flag(
+    "Timing",
+    "--heartbeat",
+    "<duration>",
+    `${_D.heartbeatMs}ms`,
+    "Interval between the leader's heartbeats",
+    ["--heartbeat-interval"],
+  ),
+  _flag(
+    "Timing",
+    "--rpc-timeout",
+    "<duration>",
+    `${_D.rpcTimeoutMs}ms`,
+    "Time limit of one Raft RPC to a peer",
+  ),
+  _flag(
+    "Timing",
+    "--api-timeout",
+    "<duration>",
+    `${_D.apiTimeoutMs}ms`,
+    "Time limit of one client API request",
+  ),
+  _flag(
+    "Timing",
+    "--api-fwd-timeout",
+    "<duration>",
+    `${_D.apiFwdTimeoutMs}ms`,
+    "Time limit of forwarding a client request to the leader",
+  ),
+  _flag(
+    "Timing",
+    "--max-conn-retry-attempts",
+    "<n>",
+    String(_D.maxConnRetryAttempts),
+    "How many times a failed connection to a peer is retried",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-key-bytes",
+    "<bytes>",
+    String(_D.maxKeyBytes),
+    "Largest key accepted, in bytes",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-value-bytes",
+    "<bytes>",
+    `${_D.maxValueBytes} (1 MiB)`,
+    "Largest value accepted, in bytes",
+  ),
+  _flag(
+    "Limits and logging",
+    "--log-level",
+    "<level>",
+    _D.logLevel,
+    'Least severe log level printed: "debug", "info", "warn" or "error"',
+  ),
+  _flag(
+    "Kubernetes (--join-mode k8s)",
+    "--k8s-replicas",
+    "<n>",
+    "required in k8s mode",
+    "The StatefulSet's replica count, which is the cluster's size",
+  ),
+  _flag(
+    "Kubernetes (--join-mode k8s)",
+    "--k8s-service",
+    "<name>",
+    "the StatefulSet's name (the hostname without -<ordinal>)",
+    "Headless Service that governs the StatefulSet (its spec.serviceName)",
+  ),
+  _flag(
+    "Kubernetes (--join-mode k8s)",
+    "--k8s-namespace",
+    "<name>",
+    `$POD_NAMESPACE, else "${_D.k8sNamespace}"`,
+    "Namespace the pods run in",
+  ),
+  _flag(
+    "Kubernetes (--join-mode k8s)",
+    "--k8s-cluster-domain",
+    "<domain>",
+    _D.k8sClusterDomain,
+    "The Kubernetes cluster's DNS domain",
+  ),
+  _flag("Other", "--help", null, "", "Print this help and exit", ["-h"]),
+  _flag("Other", "--version", null, "", "Print the version and exit"),
+];
+
+/** Where a value came from: the flag as typed, or the environment variable's name. */
+export interface RawValue {
+  /** The text given. */
+  value: string;
+  /** `"--api-port"` (as typed, so possibly an alias) or `"RAFTKV_API_PORT"`. */
+  origin: string;
+}
+
+/** The flags found on a command line. */
+export interface ParsedArgv {
+  /** Values of value-taking flags, keyed by the flag's canonical name; the last one wins. */
+  values: Map<string, RawValue>;
+  /** Canonical names of the switches given (`"--help"`, `"--version"`). */
+  switches: Set<string>;
+}
+
+const _BY_NAME: ReadonlyMap<string, FlagInfo> = new Map(
+  FLAGS.flatMap((flag) => [flag.name, ...flag.aliases].map((name) => [name, flag] as const)),
+);
+
+/**
+ * Reads a command line: `--flag value`, `--flag=value` and switches (`--help`, `-h`,
+ * `--version`). A flag given twice keeps its last value.
+ *
+ * @example Usage
+ * ```ts
+ * import { tokenizeArgv } from "./flags.ts";
+ *
+ * const parsed = tokenizeArgv(["--id", "node-1", "--heartbeat-interval=50ms"]);
+ * console.assert(parsed.values.get("--heartbeat")?.value === "50ms");
+ * ```
+ *
+ * @param argv The arguments after the program's name.
+ * @returns The values and switches found.
+ * @throws {ConfigError} On an unknown flag (suggesting the closest known one), a missing or
+ * empty value, a value given to a switch, or a positional argument.
+ */
+export function tokenizeArgv(argv: readonly string[]): ParsedArgv {
+  const values = new Map<string, RawValue>();
+  const switches = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i] ?? "";
+    if (!token.startsWith("-") || token === "-" || token === "--") {
+      throw new ConfigError(
+        `Unexpected argument ${
+          JSON.stringify(token)
+        }: every setting is a flag such as "--id node-1"`,
+      );
+    }
+    const equals = token.indexOf("=");
+    const typed = equals === -1 ? token : token.slice(0, equals);
+    const inline = equals === -1 ? undefined : token.slice(equals + 1);
+    const flag = _BY_NAME.get(typed);
+    if (flag === undefined) {
+      const suggestion = closestName(typed, [..._BY_NAME.keys()]);
+      throw new ConfigError(
+        `Unknown flag ${JSON.stringify(typed)}` +
+          (suggestion === undefined ? "" : ` (did you mean ${JSON.stringify(suggestion)}?)`) +
+          "; run with --help to list the flags",
+      );
+    }
+    if (flag.value === null) {
+      if (inline !== undefined) {
+        throw new ConfigError(`Flag ${typed} takes no value, got ${JSON.stringify(inline)}`);
+      }
+      switches.add(flag.name);
+      continue;
+    }
+    let value = inline;
+    if (value === undefined) {
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith("--") || next === "-h") {
+        throw new ConfigError(`Flag ${typed} needs a value: ${typed} ${flag.value}`);
+      }
+      value = next;
+      i++;
+    }
+    if (value === "") {
+      throw new ConfigError(`Flag ${typed} needs a non-empty value: ${typed}=${flag.value}`);
+    }
+    values.set(flag.name, { value, origin: typed });
+  }
+  return { values, switches };
+}
+
+/**
+ * Finds the name an unknown name was most likely meant to be: the closest by edit distance
+ * (counting a swap of neighbours as one edit, ignoring case, `_` versus `-`), if it is close
+ * enough, or else the only candidate the name is a prefix of.
+ *
+ * @example Usage
+ * ```ts
+ * import { closestName } from "./flags.ts";
+ *
+ * console.assert(closestName("--api-prot", ["--api-port", "--rpc-port"]) === "--api-port");
+ * console.assert(closestName("--colour", ["--api-port"]) === undefined);
+ * ```
+ *
+ * @param name The unknown name.
+ * @param candidates The known names.
+ * @returns The suggestion, or `undefined` when nothing is an obvious match.
+ */
+export function closestName(name: string, candidates: readonly string[]): string | undefined {
+  const wanted = name.toLowerCase().replaceAll("_", "-");
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of candidates) {
+    const distance = _editDistance(wanted, candidate.toLowerCase().replaceAll("_", "-"));
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  const stem = wanted.replace(/^-+/, "");
+  if (best !== undefined && bestDistance <= Math.max(2, Math.floor(stem.length / 4))) return best;
+  if (stem.length >= 3) {
+    const extending = candidates.filter((candidate) =>
+      candidate.toLowerCase().replaceAll("_", "-").replace(/^-+/, "").startsWith(stem)
+    );
+    if (extending.length === 1) return extending[0];
+  }
+  return undefined;
+}
+
+/** Optimal-string-alignment distance: insertions, deletions, substitutions, adjacent swaps. */
+function _editDistance(a: string, b: string): number {
+  const rows: number[][] = [];
+  for (let i = 0; i <= a.length; i++) {
+    const row: number[] = [i];
+    for (let j = 1; j <= b.length; j++) {
+      if (i === 0) {
+        row.push(j);
+        continue;
+      }
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min(
+        (rows[i - 1]?.[j] ?? 0) + 1,
+        (row[j - 1] ?? 0) + 1,
+        (rows[i - 1]?.[j - 1] ?? 0) + cost,
+      );
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d = Math.min(d, (rows[i - 2]?.[j - 2] ?? 0) + 1);
+      }
+      row.push(d);
+    }
+    rows.push(row);
+  }
+  return rows[a.length]?.[b.length] ?? 0;
+}
+
+const _WIDTH = 100;
+
+/**
+ * Builds the `--help` text: usage, how environment variables and durations work, then every
+ * flag in {@linkcode FLAGS} with its meaning, default and environment variable.
+ *
+ * @example Usage
+ * ```ts
+ * import { helpText } from "./flags.ts";
+ *
+ * console.assert(helpText().includes("--api-port <port>"));
+ * ```
+ *
+ * @returns The text, ending with a newline.
+ */
+export function helpText(): string {
+  const lines = [
+    "raftkv: a Raft-replicated key-value store",
+    "",
+    "Usage:",
+    "  raftkv --id <id> [flags]                            peers from the cluster file",
+    "  raftkv --join-mode k8s --k8s-replicas <n> [flags]   peers from a Kubernetes StatefulSet",
+    "",
+    ..._wrap(
+      "Every flag can also be set by the environment variable shown (an empty variable counts " +
+        "as unset); a flag wins over its variable, and a variable over the default. Durations " +
+        'are whole milliseconds ("150") or numbers with a unit ms, s, m or h ("150ms", "1.5s", ' +
+        '"2m", "1m30s"). In k8s mode the pod\'s hostname (from HOSTNAME) must be ' +
+        '"<statefulset>-<ordinal>"; peers are reached at ' +
+        "<statefulset>-<i>.<service>.<namespace>.svc.<domain>.",
+      _WIDTH,
+      "",
+    ),
+  ];
+  const heads = FLAGS.map((flag) => flag.name + (flag.value === null ? "" : ` ${flag.value}`));
+  const column = Math.max(...heads.map((head) => head.length)) + 4;
+  const width = _WIDTH - column;
+  let group = "";
+  FLAGS.forEach((flag, index) => {
+    if (flag.group !== group) {
+      group = flag.group;
+      lines.push("", `${group}:`);
+    }
+    const aliases = flag.aliases.length === 0 ? "" : ` (also ${flag.aliases.join(", ")})`;
+    const body = [
+      ..._wrap(flag.description + aliases, width, "  "),
+      ...(flag.default === "" ? [] : _wrap(`default: ${flag.default}`, width, "  ")),
+      ...(flag.env === null ? [] : [`env: ${flag.env}`]),
+    ];
+    body.forEach((text, line) => {
+      lines.push((line === 0 ? `  ${heads[index]}` : "").padEnd(column) + text);
+    });
+  });
+  return lines.join("\n") + "\n";
+}
+
+function _wrap(text: string, width: number, indent: string): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line !== "" && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = indent + word;
+    } else {
+      line = line === "" ? word : `${line} ${word}`;
+    }
+  }
+  if (line !== "") lines.push(line);
+  return lines;
+}

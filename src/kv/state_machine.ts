@@ -1,0 +1,93 @@
+/**
+ * The deterministic key-value state machine: commands are applied in log order to an in-memory
+ * map. Given the same entries, every node ends in the same state.
+ *
+ * Commands travel in log entries in a small binary form (see {@linkcode encodeCommand}).
+ *
+ * @module
+ */
+
+/** A state-changing command. */
+export type KvCommand =
+  | { op: "put"; key: string; value: string }
+  | { op: "delete"; key: string };
+
+/** What applying a command produced. */
+export type KvResult =
+  | { op: "put" }
+  | { op: "delete"; deleted: boolean };
+
+const OP_PUT = 1;
+const OP_DELETE = 2;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Encodes a command: `op` (1 byte: 1 put, 2 delete), key length (u32, big-endian), the key's
+ * UTF-8 bytes, then (put only) the value's UTF-8 bytes to the end.
+ */
+export function encodeCommand(cmd: KvCommand): Uint8Array {
+  const key = encoder.encode(cmd.key);
+  const value = cmd.op === "put" ? encoder.encode(cmd.value) : new Uint8Array(0);
+  const out = new Uint8Array(5 + key.length + value.length);
+  out[0] = cmd.op === "put" ? OP_PUT : OP_DELETE;
+  new DataView(out.buffer).setUint32(1, key.length);
+  out.set(key, 5);
+  out.set(value, 5 + key.length);
+  return out;
+}
+
+/** Decodes a command written by {@linkcode encodeCommand}; throws RangeError on malformed bytes. */
+export function decodeCommand(bytes: Uint8Array): KvCommand {
+  if (bytes.length < 5) throw new RangeError(`command too short: ${bytes.length} bytes`);
+  const op = bytes[0];
+  const keyLen = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(1);
+  if (5 + keyLen > bytes.length) {
+    throw new RangeError(`command key length ${keyLen} runs past its ${bytes.length} bytes`);
+  }
+  const key = decoder.decode(bytes.subarray(5, 5 + keyLen));
+  if (op === OP_PUT) return { op: "put", key, value: decoder.decode(bytes.subarray(5 + keyLen)) };
+  if (op === OP_DELETE) {
+    if (5 + keyLen !== bytes.length) throw new RangeError("delete command has trailing bytes");
+    return { op: "delete", key };
+  }
+  throw new RangeError(`unknown command op ${op}`);
+}
+
+/** The key-value map and the index of the last entry applied to it. */
+export class KvStateMachine {
+  /** The live data. */
+  readonly data: Map<string, string> = new Map();
+  /** The index of the last log entry applied (including no-ops). */
+  appliedIndex = 0;
+
+  /** Applies one command at `index`. Entries must arrive in increasing index order. */
+  apply(index: number, cmd: KvCommand): KvResult {
+    this.advance(index);
+    if (cmd.op === "put") {
+      this.data.set(cmd.key, cmd.value);
+      return { op: "put" };
+    }
+    return { op: "delete", deleted: this.data.delete(cmd.key) };
+  }
+
+  /** Records that the entry at `index` (a no-op or a command) was applied. */
+  advance(index: number): void {
+    if (index <= this.appliedIndex) {
+      throw new RangeError(`entry ${index} applied after ${this.appliedIndex}: out of order`);
+    }
+    this.appliedIndex = index;
+  }
+
+  /** The value under `key`, or null. */
+  get(key: string): string | null {
+    return this.data.get(key) ?? null;
+  }
+
+  /** Replaces the whole state (after loading a snapshot). */
+  reset(entries: Iterable<[string, string]>, appliedIndex: number): void {
+    this.data.clear();
+    for (const [k, v] of entries) this.data.set(k, v);
+    this.appliedIndex = appliedIndex;
+  }
+}

@@ -1,0 +1,53 @@
+import assert from "node:assert/strict";
+import { decodeCommand, encodeCommand, type KvCommand, KvStateMachine } from "./state_machine.ts";
+
+Deno.test("commands round-trip through their binary form", () => {
+  const cmds: KvCommand[] = [
+    { op: "put", key: "a", value: "1" },
+    { op: "put", key: "ключ/🔑", value: "" },
+    { op: "put", key: "", value: "x".repeat(10_000) },
+    { op: "delete", key: "a b" },
+  ];
+  for (const c of cmds) assert.deepEqual(decodeCommand(encodeCommand(c)), c);
+});
+
+Deno.test("malformed commands are rejected, not misread", () => {
+  const good = encodeCommand({ op: "put", key: "abc", value: "v" });
+  for (let cut = 0; cut < 8; cut++) {
+    assert.throws(() => decodeCommand(good.subarray(0, cut)), RangeError, `cut at ${cut}`);
+  }
+  const badOp = good.slice();
+  badOp[0] = 9;
+  assert.throws(() => decodeCommand(badOp), /unknown command op 9/);
+  const del = encodeCommand({ op: "delete", key: "k" });
+  assert.throws(() => decodeCommand(new Uint8Array([...del, 1])), /trailing/);
+});
+
+Deno.test("the state machine applies puts and deletes in order", () => {
+  const sm = new KvStateMachine();
+  sm.apply(1, { op: "put", key: "a", value: "1" });
+  sm.advance(2);
+  assert.deepEqual(sm.apply(3, { op: "delete", key: "a" }), { op: "delete", deleted: true });
+  assert.deepEqual(sm.apply(4, { op: "delete", key: "a" }), { op: "delete", deleted: false });
+  sm.apply(5, { op: "put", key: "b", value: "2" });
+  assert.equal(sm.get("a"), null);
+  assert.equal(sm.get("b"), "2");
+  assert.equal(sm.appliedIndex, 5);
+  assert.throws(() => sm.apply(5, { op: "put", key: "c", value: "3" }), /out of order/);
+});
+
+Deno.test("two state machines fed the same entries end in the same state", () => {
+  const a = new KvStateMachine();
+  const b = new KvStateMachine();
+  const cmds: KvCommand[] = [];
+  for (let i = 0; i < 500; i++) {
+    cmds.push(
+      i % 3 === 0
+        ? { op: "delete", key: `k${i % 17}` }
+        : { op: "put", key: `k${i % 17}`, value: `${i}` },
+    );
+  }
+  cmds.forEach((c, i) => a.apply(i + 1, decodeCommand(encodeCommand(c))));
+  cmds.forEach((c, i) => b.apply(i + 1, decodeCommand(encodeCommand(c))));
+  assert.deepEqual([...a.data], [...b.data]);
+});
