@@ -52,6 +52,11 @@ export interface RaftConfig {
   maxInflight?: number;
   /** Upper bound on committed entry bytes handed out in one Ready. Default 4 MiB. */
   maxApplyBytes?: number;
+  /**
+   * Ticks cut from the election timeout to get the lease for `leaseRead`, covering clock drift
+   * between nodes. Default: a fifth of electionTicks, at least 1.
+   */
+  leaseMarginTicks?: number;
   /** Source of randomness in [0, 1), seeded by the caller for reproducibility. */
   random: () => number;
   /** Recovered hard state. Default: term 0, no vote, commit 0. */
@@ -67,7 +72,8 @@ type StepFn = (m: Message) => void;
 interface PendingRead {
   id: number;
   index: number;
-  acks: Set<NodeId>;
+  /** The heartbeat round whose answers by a quorum confirm this read. */
+  round: number;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -137,6 +143,15 @@ export class RaftCore {
   #persistedMessages: Message[] = [];
   #readStates: ReadState[] = [];
   #pendingReads: PendingRead[] = [];
+  /** The leader's heartbeat rounds: each broadcast gets the next number, carried as `context`. */
+  #round = 0;
+  /** When (in leader ticks) each recent round was sent. */
+  #roundSentAt = new Map<number, number>();
+  /** The latest round each peer answered. */
+  #roundAcked = new Map<NodeId, number>();
+  /** Until an election timeout has passed since start-up, assume a leader may hold a lease. */
+  #startupLease = true;
+  readonly #leaseMarginTicks: number;
   #readsAwaitingCommit: number[] = [];
   #pendingSnapshot: SnapshotMeta | null = null;
   #broadcastPending = false;
@@ -164,6 +179,8 @@ export class RaftCore {
     this.#maxMsgBytes = config.maxMsgBytes ?? 1 << 20;
     this.#maxInflight = config.maxInflight ?? 256;
     this.#maxApplyBytes = config.maxApplyBytes ?? 4 << 20;
+    this.#leaseMarginTicks = config.leaseMarginTicks ??
+      Math.max(1, Math.floor(this.#electionTicks / 5));
     this.#random = config.random;
     this.log = new RaftLog(config.snapshot ?? null, config.entries ?? []);
     const hs = config.hardState ?? { term: 0, vote: NONE, commit: 0 };
@@ -176,6 +193,8 @@ export class RaftCore {
       this.vote = NONE;
     }
     this.log.commitTo(Math.min(hs.commit, this.log.lastIndex()));
+    // A node that has never seen a term cannot have answered any leader.
+    this.#startupLease = this.term > 0;
     for (const v of this.#voters) this.progress.set(v, new Progress(1, this.#maxInflight));
     this.#step = this.#stepFollower;
     this.#tick = this.#tickElection;
@@ -241,7 +260,10 @@ export class RaftCore {
   step(m: Message): void {
     if (m.term > this.term) {
       if (m.type === MessageType.Vote || m.type === MessageType.PreVote) {
-        const inLease = this.#checkQuorum && this.leader !== NONE &&
+        // After a restart this node may have answered a leader just before crashing: it
+        // honours that possible lease for one election timeout too.
+        const inLease = this.#checkQuorum &&
+          (this.leader !== NONE || this.#startupLease) &&
           this.#electionElapsed < this.#electionTicks;
         if (inLease) return; // a live leader was heard recently: do not be disrupted
       }
@@ -389,6 +411,8 @@ export class RaftCore {
       this.progress.set(id, fresh);
     }
     this.#pendingReads = [];
+    this.#roundSentAt.clear();
+    this.#roundAcked.clear();
     this.#readsAwaitingCommit = [];
   }
 
@@ -484,6 +508,7 @@ export class RaftCore {
 
   #tickElection = (): void => {
     this.#electionElapsed++;
+    if (this.#electionElapsed >= this.#electionTicks) this.#startupLease = false;
     if (this.#electionElapsed >= this.#randomizedElectionTimeout) {
       this.#electionElapsed = 0;
       this.#startElection(this.#preVote);
@@ -502,7 +527,7 @@ export class RaftCore {
     }
     if (this.#heartbeatElapsed >= this.#heartbeatTicks) {
       this.#heartbeatElapsed = 0;
-      this.#bcastHeartbeat(this.#pendingReads.at(-1)?.id ?? 0);
+      this.#bcastHeartbeat();
     }
   };
 
@@ -598,7 +623,10 @@ export class RaftCore {
         // Appends may have been lost: open the window by one so replication can resume.
         if (pr.state === "replicate" && pr.inflights.full()) pr.inflights.freeFirst();
         if (pr.match < this.log.lastIndex()) this.#sendAppend(m.from, pr);
-        if (m.context > 0) this.#ackRead(m.context, m.from);
+        if (m.context > (this.#roundAcked.get(m.from) ?? 0)) {
+          this.#roundAcked.set(m.from, m.context);
+          this.#releaseReads();
+        }
         return;
       default:
         return;
@@ -762,7 +790,15 @@ export class RaftCore {
     return true;
   }
 
-  #bcastHeartbeat(context: number): void {
+  /** Sends a heartbeat to every follower as the next numbered round. */
+  #bcastHeartbeat(): void {
+    const context = ++this.#round;
+    this.#roundSentAt.set(context, this.#leaderTicks);
+    // Rounds older than an election timeout no longer matter for leases; forget them.
+    for (const [r, at] of this.#roundSentAt) {
+      if (this.#leaderTicks - at <= this.#electionTicks) break;
+      this.#roundSentAt.delete(r);
+    }
     for (const [id, pr] of this.progress) {
       if (id === this.id) continue;
       this.#send(_msg({
@@ -781,8 +817,8 @@ export class RaftCore {
       this.#readStates.push({ id, index: this.log.committed });
       return;
     }
-    this.#pendingReads.push({ id, index: this.log.committed, acks: new Set([this.id]) });
-    this.#bcastHeartbeat(id);
+    this.#pendingReads.push({ id, index: this.log.committed, round: this.#round + 1 });
+    this.#bcastHeartbeat();
   }
 
   #releaseReadsAwaitingCommit(): void {
@@ -793,15 +829,42 @@ export class RaftCore {
     for (const id of ids) this.#startRead(id);
   }
 
-  #ackRead(context: number, from: NodeId): void {
-    const at = this.#pendingReads.findIndex((r) => r.id === context);
-    if (at < 0) return;
-    const read = this.#pendingReads[at]!;
-    read.acks.add(from);
-    if (read.acks.size < this.#quorum()) return;
-    // Confirmed: this read and every earlier one (issued before it) are safe.
-    for (const r of this.#pendingReads.splice(0, at + 1)) {
+  /** The newest round a quorum (this node included) has answered. */
+  #quorumRound(): number {
+    const rounds: number[] = [];
+    for (const v of this.#voters) {
+      rounds.push(v === this.id ? this.#round : (this.#roundAcked.get(v) ?? 0));
+    }
+    rounds.sort((a, b) => b - a);
+    return rounds[this.#quorum() - 1]!;
+  }
+
+  /** Confirms every pending read whose round a quorum has answered. */
+  #releaseReads(): void {
+    if (this.#pendingReads.length === 0) return;
+    const confirmed = this.#quorumRound();
+    let n = 0;
+    while (n < this.#pendingReads.length && this.#pendingReads[n]!.round <= confirmed) n++;
+    for (const r of this.#pendingReads.splice(0, n)) {
       this.#readStates.push({ id: r.id, index: r.index });
     }
+  }
+
+  /**
+   * Returns the index a lease-based read must wait for, or null when the lease does not hold.
+   *
+   * The lease: a quorum answered a heartbeat round sent less than (election timeout - margin)
+   * ticks ago. Those followers will not vote for anyone else until an election timeout after
+   * they got that round, so no other leader can exist meanwhile, as long as clocks drift by less
+   * than the margin. Also null until the leader has committed an entry of its term.
+   */
+  leaseRead(): number | null {
+    if (this.role !== "leader") return null;
+    if (this.log.term(this.log.committed) !== this.term) return null;
+    if (this.#voters.length === 1) return this.log.committed;
+    const sentAt = this.#roundSentAt.get(this.#quorumRound());
+    if (sentAt === undefined) return null;
+    const lease = this.#electionTicks - this.#leaseMarginTicks;
+    return this.#leaderTicks - sentAt < lease ? this.log.committed : null;
   }
 }

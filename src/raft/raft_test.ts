@@ -215,8 +215,8 @@ Deno.test("Figure 7: a new leader brings every follower's log in line with its o
   const leader = c.node("L");
   c.filter = (m) =>
     !(m.type === MessageType.Vote || m.type === MessageType.PreVote) || m.from === "L";
-  leader.campaign();
-  c.stabilize();
+  // Restarted nodes honour a possible old lease for one election timeout, then L wins.
+  for (let i = 0; i < 60 && leader.role !== "leader"; i++) c.tick();
   assert.equal(leader.role, "leader");
   assert.equal(leader.term, 8);
   c.propose(leader, "x");
@@ -245,8 +245,7 @@ Deno.test("Figure 8: a leader never commits an earlier term's entry by counting 
     if (m.type !== MessageType.App) return true;
     return { ...m, entries: m.entries.filter((e) => e.index < 3) };
   };
-  s1.campaign();
-  c.stabilize();
+  for (let i = 0; i < 60 && s1.role !== "leader"; i++) c.tick();
   assert.equal(s1.role, "leader");
   assert.equal(s1.term, 4);
   c.tick(3);
@@ -427,4 +426,53 @@ Deno.test("lost appends are recovered by probing", () => {
   c.stabilize();
   c.tick(10);
   for (const id of THREE) assert.equal(c.appliedText(id).length, 20, id);
+});
+
+Deno.test("a restarted node refuses votes for one election timeout (it may have backed a lease)", () => {
+  const voter = new RaftCore({
+    id: "n2",
+    voters: THREE,
+    random: seededRandom(1),
+    hardState: { term: 3, vote: "n1", commit: 0 },
+  });
+  const ask = (): Message => ({
+    type: MessageType.PreVote,
+    from: "n3",
+    to: "n2",
+    term: 4,
+    logTerm: 0,
+    index: 0,
+    entries: [],
+    commit: 0,
+    reject: false,
+    rejectHint: 0,
+    context: 0,
+    snapshot: null,
+  });
+  voter.step(ask());
+  assert.equal(voter.ready().persistedMessages.length, 0, "answered inside the startup lease");
+  for (let i = 0; i < 10; i++) voter.tick();
+  voter.step(ask());
+  const answers = voter.ready().persistedMessages.filter((m) => m.type === MessageType.PreVoteResp);
+  assert.equal(answers.length, 1);
+  assert.equal(answers[0]!.reject, false);
+});
+
+Deno.test("a lease read holds only while a quorum answered recently", () => {
+  const c = new TestCluster(THREE, 15);
+  const leader = c.electLeader();
+  c.tick(2);
+  assert.equal(leader.leaseRead(), leader.log.committed, "a fresh quorum answer gives a lease");
+  c.filter = (m) => m.type !== MessageType.HeartbeatResp && m.type !== MessageType.AppResp;
+  let ticks = 0;
+  while (leader.leaseRead() !== null) {
+    c.tick();
+    ticks++;
+    assert.ok(ticks < 10, "the lease outlived the election timeout");
+  }
+  // The lease ends before any follower could vote for someone else (election timeout 10).
+  assert.ok(ticks <= 10 - 2, `lease lasted ${ticks} ticks`);
+  const follower = c.node(THREE.find((id) => id !== leader.id)!);
+  assert.equal(follower.role, "follower");
+  assert.equal(follower.leaseRead(), null, "followers never hold a lease");
 });
