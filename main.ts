@@ -1,0 +1,126 @@
+/**
+ * raftkv: a replicated key-value store built on Raft.
+ *
+ * Wiring only: flags -> config -> storage -> node -> servers. Run `raftkv --help` for the flags.
+ *
+ * @module
+ */
+
+import denoJson from "./deno.json" with { type: "json" };
+import { ConfigError, type NodeConfig, parseArgs } from "./src/cli/config.ts";
+import { createLogger, type Logger } from "./src/cli/logger.ts";
+import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
+import { openDiskStorage } from "./src/node/disk_storage.ts";
+import { RaftNode } from "./src/node/raft_node.ts";
+import type { TransportHandlers } from "./src/transport/transport.ts";
+import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
+
+/** The program's version, from deno.json (embedded at compile time). */
+export const VERSION: string = denoJson.version;
+
+/** Runs a node until SIGINT/SIGTERM; returns the process exit code. */
+export async function main(args: string[]): Promise<number> {
+  let config: NodeConfig;
+  let log: Logger;
+  try {
+    const parsed = parseArgs(args, Deno.env.toObject(), (p) => Deno.readTextFileSync(p));
+    if (parsed.kind === "help") {
+      console.log(parsed.text);
+      return 0;
+    }
+    if (parsed.kind === "version") {
+      console.log(`raftkv ${VERSION} (deno ${Deno.version.deno}, v8 ${Deno.version.v8})`);
+      return 0;
+    }
+    config = parsed.config;
+    log = createLogger(config.id, config.logLevel);
+    for (const w of parsed.warnings) log.warn(w);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(`raftkv: ${e.message}`);
+      console.error("Run 'raftkv --help' for the flags.");
+      return 2;
+    }
+    throw e;
+  }
+
+  let storage;
+  try {
+    storage = await openDiskStorage(config);
+  } catch (e) {
+    log.error(`cannot open the node's data: ${e instanceof Error ? e.message : e}`);
+    return 1;
+  }
+
+  let handlers: TransportHandlers | undefined;
+  let fatal: unknown = null;
+  const stopped = Promise.withResolvers<void>();
+  const node = new RaftNode({
+    id: config.id,
+    members: config.peers,
+    storage,
+    heartbeatMs: config.heartbeatMs,
+    electionTimeoutMs: config.electionTimeoutMs,
+    logger: log,
+    onFatal: (e) => {
+      fatal = e;
+      stopped.resolve();
+    },
+    transport: (h) => {
+      handlers = h;
+      return new HttpTransport(h, {
+        self: config.id,
+        peers: config.peers,
+        rpcTimeoutMs: config.rpcTimeoutMs,
+        maxConnRetryAttempts: config.maxConnRetryAttempts,
+        logger: log,
+      });
+    },
+  });
+
+  const rpcServer = Deno.serve(
+    {
+      port: config.rpcPort,
+      hostname: config.listenHost,
+      onListen: (a) => log.info(`peer RPC listening on ${a.hostname}:${a.port}`),
+    },
+    createPeerHandler(handlers!, { self: config.id, logger: log }),
+  );
+  const api = createApiHandler(node, {
+    selfId: config.id,
+    apiTimeoutMs: config.apiTimeoutMs,
+    apiFwdTimeoutMs: config.apiFwdTimeoutMs,
+    maxKeyBytes: config.maxKeyBytes,
+    maxValueBytes: config.maxValueBytes,
+  });
+  const apiServer = Deno.serve(
+    {
+      port: config.apiPort,
+      hostname: config.listenHost,
+      onListen: (a) => log.info(`REST API listening on ${a.hostname}:${a.port}`),
+    },
+    api,
+  );
+  node.start();
+  log.info(`started ${config.id} with ${config.peers.length} members`);
+
+  const onSignal = () => stopped.resolve();
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  await stopped.promise;
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+
+  log.info(fatal ? "stopping after a fatal error" : "stopping");
+  // Stop taking requests, finish the write in flight, then close the peer side.
+  await apiServer.shutdown();
+  await node.stop();
+  closeForwarder();
+  await rpcServer.shutdown();
+  log.info("stopped");
+  return fatal ? 1 : 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,776 @@
+import assert from "node:assert/strict";
+import {
+  type Consistency,
+  type DeleteResult,
+  type KvBackend,
+  type NodeStatus,
+  NotAppliedError,
+  NotLeaderError,
+  OutcomeUnknownError,
+  StoppingError,
+  type WriteResult,
+} from "../node/backend.ts";
+import {
+  type ApiOptions,
+  closeForwarder,
+  createApiHandler,
+  ForwardConnectError,
+  FORWARDED_BY_HEADER,
+  FORWARDED_TO_HEADER,
+  type Forwarder,
+} from "./handler.ts";
+
+const LEADER_URL = "http://n2.test:7777";
+
+/** An in-memory backend that records every call and can be told to fail or hang. */
+class FakeBackend implements KvBackend {
+  readonly data = new Map<string, string>();
+  /** One line per put, delete or get, such as `"put a=1"`. */
+  readonly calls: string[] = [];
+  /** The signal of each call, in order. */
+  readonly signals: AbortSignal[] = [];
+  index = 0;
+  /** Thrown by every put, delete and get instead of doing it. */
+  error: unknown = null;
+  /** Makes put, delete and get never settle, or settle only by rejecting when their signal aborts. */
+  hang: false | "ignoring the signal" | "until aborted" = false;
+  ready = true;
+  leader: NodeStatus["leader"] = { id: "n1", api_url: "http://n1.test:7777" };
+  #called = Promise.withResolvers<void>();
+
+  /** Resolves once a put, delete or get has been called. */
+  get called(): Promise<void> {
+    return this.#called.promise;
+  }
+
+  put(key: string, value: string, signal: AbortSignal): Promise<WriteResult> {
+    return this.#op(`put ${key}=${value}`, signal, () => {
+      this.data.set(key, value);
+      return { index: ++this.index };
+    });
+  }
+
+  delete(key: string, signal: AbortSignal): Promise<DeleteResult> {
+    return this.#op(`delete ${key}`, signal, () => ({
+      deleted: this.data.delete(key),
+      index: ++this.index,
+    }));
+  }
+
+  get(key: string, consistency: Consistency, signal: AbortSignal): Promise<string | null> {
+    return this.#op(`get ${key} ${consistency}`, signal, () => this.data.get(key) ?? null);
+  }
+
+  status(): NodeStatus {
+    return {
+      id: "n1",
+      role: this.leader?.id === "n1" ? "leader" : "follower",
+      term: 3,
+      leader: this.leader,
+      commit_index: this.index,
+      applied_index: this.index,
+      last_index: this.index,
+    };
+  }
+
+  isReady(): boolean {
+    return this.ready;
+  }
+
+  /** Makes this node a follower of n2 that rejects everything with NotLeaderError. */
+  followN2(): void {
+    this.leader = { id: "n2", api_url: LEADER_URL };
+    this.error = new NotLeaderError("n2");
+  }
+
+  #op<T>(call: string, signal: AbortSignal, run: () => T): Promise<T> {
+    this.calls.push(call);
+    this.signals.push(signal);
+    this.#called.resolve();
+    if (this.hang === "ignoring the signal") return new Promise<T>(() => {});
+    if (this.hang === "until aborted") {
+      return new Promise<T>((_, reject) => {
+        signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+      });
+    }
+    if (this.error !== null) return Promise.reject(this.error);
+    return Promise.resolve(run());
+  }
+}
+
+interface ForwardCall {
+  url: string;
+  method: string;
+  headers: Headers;
+  body: Uint8Array | null;
+  signal: AbortSignal;
+}
+
+/** A forwarder that records each call and answers with `answer`. */
+function fakeForwarder(
+  answer: (init: RequestInit & { signal: AbortSignal }) => Promise<Response> | Response,
+): { forward: Forwarder; calls: ForwardCall[] } {
+  const calls: ForwardCall[] = [];
+  const forward: Forwarder = async (url, init) => {
+    const body = init.body === undefined || init.body === null
+      ? null
+      : new Uint8Array(await new Response(init.body).arrayBuffer());
+    calls.push({
+      url,
+      method: init.method ?? "GET",
+      headers: new Headers(init.headers),
+      body,
+      signal: init.signal,
+    });
+    return await answer(init);
+  };
+  return { forward, calls };
+}
+
+/** A forward that settles only when its signal aborts, as a leader that never answers. */
+function neverAnswers(init: { signal: AbortSignal }): Promise<Response> {
+  return new Promise((_, reject) => {
+    init.signal.addEventListener("abort", () => reject(init.signal.reason), { once: true });
+  });
+}
+
+function setup(options: Partial<ApiOptions> = {}) {
+  const backend = new FakeBackend();
+  const logs: string[] = [];
+  const forwarder = fakeForwarder(() => {
+    throw new Error("the test did not expect a forward");
+  });
+  const handler = createApiHandler(backend, {
+    selfId: "n1",
+    forward: forwarder.forward,
+    logError: (line) => logs.push(line),
+    ...options,
+  });
+  const call = (
+    method: string,
+    path: string,
+    body?: BodyInit,
+    headers: Record<string, string> = body === undefined ? {} : {
+      "content-type": "application/json",
+    },
+  ): Promise<Response> =>
+    handler(new Request(`http://127.0.0.1:7777${path}`, { method, headers, body: body ?? null }));
+  return { backend, logs, handler, forwarder, call };
+}
+
+/** Asserts a JSON answer with the given status and returns its body. */
+async function expectJson(res: Response, status: number): Promise<Record<string, unknown>> {
+  const text = await res.text();
+  assert.equal(res.status, status, text);
+  assert.equal(res.headers.get("content-type"), "application/json");
+  return JSON.parse(text);
+}
+
+/** Asserts an error answer and returns its message. */
+async function expectError(res: Response, status: number, error: RegExp): Promise<string> {
+  const body = await expectJson(res, status);
+  assert.equal(typeof body.error, "string");
+  assert.match(body.error as string, error);
+  return body.error as string;
+}
+
+const encoder = new TextEncoder();
+
+/** A request body stream that counts the chunks pulled from it and whether it was cancelled. */
+function countingStream(chunk: Uint8Array, chunks = Infinity) {
+  const state = { pulls: 0, cancelled: false };
+  const stream = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (state.pulls++ >= chunks) controller.close();
+      else controller.enqueue(chunk.slice());
+    },
+    cancel() {
+      state.cancelled = true;
+    },
+  }, { highWaterMark: 0 });
+  return { stream, state };
+}
+
+Deno.test("the quick start sequence writes, reads, deletes and then misses a key", async () => {
+  const { call, backend, logs } = setup();
+  assert.deepEqual(
+    await expectJson(await call("POST", "/v1/data", '{"k":"a","v":"1"}'), 200),
+    { k: "a", v: "1", index: 1 },
+  );
+  assert.deepEqual(await expectJson(await call("GET", "/v1/data/a"), 200), { k: "a", v: "1" });
+  assert.deepEqual(
+    await expectJson(await call("DELETE", "/v1/data/a"), 200),
+    { k: "a", deleted: true, index: 2 },
+  );
+  assert.deepEqual(
+    await expectJson(await call("GET", "/v1/data/a"), 404),
+    { error: "key not found", k: "a" },
+  );
+  assert.deepEqual(
+    await expectJson(await call("DELETE", "/v1/data/a"), 200),
+    { k: "a", deleted: false, index: 3 },
+  );
+  assert.deepEqual(backend.calls, [
+    "put a=1",
+    "get a linearizable",
+    "delete a",
+    "get a linearizable",
+    "delete a",
+  ]);
+  assert.deepEqual(logs, []);
+});
+
+Deno.test("PUT /v1/data/{key} writes the value in the body under the key in the path", async () => {
+  const { call, backend } = setup();
+  assert.deepEqual(
+    await expectJson(await call("PUT", "/v1/data/a%2Fb", '{"v":"2"}'), 200),
+    { k: "a/b", v: "2", index: 1 },
+  );
+  assert.deepEqual(
+    await expectJson(await call("PUT", "/v1/data/c", '{"k":"c","v":"3"}'), 200),
+    { k: "c", v: "3", index: 2 },
+  );
+  await expectError(
+    await call("PUT", "/v1/data/c", '{"k":"d","v":"3"}'),
+    400,
+    /^"k" in the body \("d"\) differs from the key in the path \("c"\)/,
+  );
+  await expectError(await call("PUT", "/v1/data/c", '{"k":"c"}'), 400, /^missing "v"/);
+  assert.deepEqual(backend.calls, ["put a/b=2", "put c=3"]);
+});
+
+Deno.test("keys are percent-decoded from the path, including slashes, spaces and unicode", async () => {
+  const { call, backend } = setup();
+  for (const key of ["a/b", "hello world", "ключ", "🔑 x", "a?b#c%d&e=f", "+"]) {
+    const written = await expectJson(
+      await call("POST", "/v1/data", JSON.stringify({ k: key, v: `value of ${key}` })),
+      200,
+    );
+    assert.equal(written.k, key);
+    const path = `/v1/data/${encodeURIComponent(key)}`;
+    assert.deepEqual(await expectJson(await call("GET", path), 200), {
+      k: key,
+      v: `value of ${key}`,
+    });
+    assert.equal((await expectJson(await call("DELETE", path), 200)).deleted, true);
+    assert.deepEqual(backend.calls.slice(-2), [`get ${key} linearizable`, `delete ${key}`]);
+  }
+  assert.equal(backend.data.size, 0);
+});
+
+Deno.test("an unencoded slash after /v1/data/ is part of the key", async () => {
+  const { call, backend } = setup();
+  backend.data.set("a/b/c", "1");
+  assert.deepEqual(await expectJson(await call("GET", "/v1/data/a/b/c"), 200), {
+    k: "a/b/c",
+    v: "1",
+  });
+});
+
+Deno.test("every malformed write is rejected with 400 before the backend is called", async () => {
+  const cases: [body: BodyInit, error: RegExp][] = [
+    ['{"k":"a",', /^the request body is not valid JSON \(.+\); expected a JSON object like/],
+    ["", /^the request body is empty/],
+    ['[{"k":"a","v":"1"}]', /must be a JSON object like \{"k":"a","v":"1"\}, not an array$/],
+    ['"a"', /must be a JSON object .*, not a string \("a"\)$/],
+    ["null", /must be a JSON object .*, not null$/],
+    ['{"v":"1"}', /^missing "k" \(the key\)/],
+    ['{"k":"a"}', /^missing "v" \(the value\)/],
+    ['{"k":1,"v":"1"}', /^"k" \(the key\) must be a string, not a number \(1\)$/],
+    ['{"k":"a","v":null}', /^"v" \(the value\) must be a string, not null$/],
+    ['{"k":"a","v":{}}', /^"v" \(the value\) must be a string, not an object$/],
+    ['{"k":"","v":"1"}', /^key must not be empty$/],
+    ['{"k":"\\ud800","v":"1"}', /^"k" \(the key\) is not well-formed Unicode/],
+    [new Uint8Array([0x7b, 0xff, 0x7d]), /^the request body is not valid UTF-8$/],
+  ];
+  for (const [body, error] of cases) {
+    const { call, backend, logs } = setup();
+    await expectError(await call("POST", "/v1/data", body), 400, error);
+    assert.deepEqual(backend.calls, [], String(body));
+    assert.deepEqual(logs, []);
+  }
+});
+
+Deno.test("every malformed read or delete is rejected with 400 before the backend is called", async () => {
+  const cases: [method: string, path: string, error: RegExp][] = [
+    ["GET", "/v1/data/%E0%A4%A", /^the key in the path is not valid .*: "%E0%A4%A"$/],
+    ["DELETE", "/v1/data/%E0%A4%A", /^the key in the path is not valid .*: "%E0%A4%A"$/],
+    ["PUT", "/v1/data/%ZZ", /^the key in the path is not valid .*: "%ZZ"$/],
+    ["GET", "/v1/data/%ED%A0%80", /^the key in the path is not valid/],
+    ["GET", "/v1/data/", /^key must not be empty$/],
+    ["DELETE", "/v1/data/", /^key must not be empty$/],
+    ["GET", "/v1/data/a?consistency=strong", /^unknown consistency "strong"; expected/],
+    ["GET", "/v1/data/a?consistency=", /^unknown consistency ""/],
+  ];
+  for (const [method, path, error] of cases) {
+    const { call, backend } = setup();
+    await expectError(await call(method, path), 400, error);
+    assert.deepEqual(backend.calls, [], `${method} ${path}`);
+  }
+});
+
+Deno.test("the consistency of a read is passed to the backend", async () => {
+  const { call, backend } = setup();
+  backend.data.set("a", "1");
+  for (const consistency of ["linearizable", "stale", "lease"]) {
+    await expectJson(await call("GET", `/v1/data/a?consistency=${consistency}`), 200);
+  }
+  assert.deepEqual(backend.calls, ["get a linearizable", "get a stale", "get a lease"]);
+});
+
+Deno.test("keys and values over their limit in UTF-8 bytes are rejected with 413", async () => {
+  const { call, backend } = setup({ maxKeyBytes: 4, maxValueBytes: 5 });
+  // "ééé" is 3 characters but 6 bytes.
+  const tooLongKey = await expectJson(
+    await call("POST", "/v1/data", JSON.stringify({ k: "ééé", v: "1" })),
+    413,
+  );
+  assert.match(String(tooLongKey.error), /key is 6 bytes .*the limit is 4 bytes \(maxKeyBytes\)/);
+  assert.equal(tooLongKey.limit_bytes, 4);
+  await expectError(
+    await call("POST", "/v1/data", JSON.stringify({ k: "a", v: "€€" })),
+    413,
+    /^the value is 6 bytes \(UTF-8\); the limit is 5 bytes \(maxValueBytes\)$/,
+  );
+  await expectError(
+    await call("GET", `/v1/data/${encodeURIComponent("🔑🔑")}`),
+    413,
+    /key is 8 bytes .*the limit is 4 bytes/,
+  );
+  await expectError(await call("DELETE", "/v1/data/abcde"), 413, /limit is 4 bytes/);
+  assert.deepEqual(backend.calls, []);
+  // Exactly at the limits is fine.
+  await expectJson(await call("POST", "/v1/data", JSON.stringify({ k: "éé", v: "€a" })), 200);
+  assert.deepEqual(backend.calls, ["put éé=€a"]);
+});
+
+Deno.test("a body declared larger than maxBodyBytes is rejected with 413 without being read", async () => {
+  const { handler, backend } = setup({ maxBodyBytes: 100 });
+  const { stream, state } = countingStream(encoder.encode("x".repeat(50)));
+  const res = await handler(
+    new Request("http://127.0.0.1/v1/data", {
+      method: "POST",
+      headers: { "content-length": "101" },
+      body: stream,
+    }),
+  );
+  await expectError(res, 413, /^the request body is 101 bytes; the limit is 100 bytes/);
+  assert.equal(state.pulls, 0);
+  assert.deepEqual(backend.calls, []);
+});
+
+Deno.test("a streamed body is rejected with 413 as soon as it passes maxBodyBytes", async () => {
+  const { handler, backend } = setup({ maxBodyBytes: 100 });
+  const { stream, state } = countingStream(encoder.encode("x".repeat(30)));
+  const res = await handler(
+    new Request("http://127.0.0.1/v1/data", { method: "POST", body: stream }),
+  );
+  await expectError(res, 413, /^the request body exceeds the limit of 100 bytes \(maxBodyBytes\)$/);
+  assert.equal(state.pulls, 4); // 120 bytes: the fourth chunk crosses the limit
+  assert.equal(state.cancelled, true);
+  assert.deepEqual(backend.calls, []);
+});
+
+Deno.test("a streamed body within maxBodyBytes is read whole", async () => {
+  const { handler, backend } = setup({ maxBodyBytes: 100 });
+  const body = '{"k":"a","v":"' + "x".repeat(60) + '"}';
+  const chunks = [body.slice(0, 10), body.slice(10, 40), body.slice(40)];
+  const stream = ReadableStream.from(chunks.map((c) => encoder.encode(c)));
+  const res = await handler(
+    new Request("http://127.0.0.1/v1/data", { method: "POST", body: stream }),
+  );
+  assert.equal((await expectJson(res, 200)).v, "x".repeat(60));
+  assert.deepEqual(backend.calls, [`put a=${"x".repeat(60)}`]);
+});
+
+Deno.test("the default maxBodyBytes leaves room for a key and value at their limits", async () => {
+  const { call } = setup({ maxKeyBytes: 10, maxValueBytes: 1000 });
+  const body = JSON.stringify({ k: "k".repeat(10), v: "v".repeat(1000) });
+  await expectJson(await call("POST", "/v1/data", body), 200);
+  await expectError(await call("POST", "/v1/data", "x".repeat(10 + 1000 + 4097)), 413, /5106/);
+});
+
+Deno.test("an unknown path is answered with 404 naming it", async () => {
+  const { call } = setup();
+  for (const path of ["/", "/v2/data/a", "/v1/status/x", "/v1", "/healthz"]) {
+    await expectError(await call("GET", path), 404, new RegExp(`^no such path "${path}"`));
+  }
+});
+
+Deno.test("a known path with the wrong method is answered with 405 and Allow", async () => {
+  const { call, backend } = setup();
+  const cases: [method: string, path: string, allow: string][] = [
+    ["PATCH", "/v1/data/a", "GET, PUT, DELETE"],
+    ["POST", "/v1/data/a", "GET, PUT, DELETE"],
+    ["GET", "/v1/data", "POST"],
+    ["DELETE", "/v1/data", "POST"],
+    ["POST", "/health", "GET"],
+    ["PUT", "/ready", "GET"],
+    ["DELETE", "/v1/status", "GET"],
+  ];
+  for (const [method, path, allow] of cases) {
+    const res = await call(method, path);
+    assert.equal(res.headers.get("allow"), allow, `${method} ${path}`);
+    await expectError(res, 405, new RegExp(`^method "${method}" is not allowed on .*; allowed: `));
+  }
+  assert.deepEqual(backend.calls, []);
+});
+
+Deno.test("a node that knows no leader answers 503 with Retry-After", async () => {
+  const { call, backend, forwarder, logs } = setup({ retryAfterSeconds: 2 });
+  backend.leader = null;
+  backend.error = new NotLeaderError("");
+  for (
+    const res of [
+      await call("POST", "/v1/data", '{"k":"a","v":"1"}'),
+      await call("GET", "/v1/data/a"),
+    ]
+  ) {
+    assert.equal(res.headers.get("retry-after"), "2");
+    await expectError(res, 503, /not the leader and knows no leader/);
+  }
+  assert.equal(forwarder.calls.length, 0);
+  assert.equal(logs.length, 2);
+  assert.match(logs[0] ?? "", /^raftkv api: POST \/v1\/data -> 503: /);
+});
+
+Deno.test("a node that thinks it is the leader after NotLeaderError does not forward to itself", async () => {
+  const { call, backend, forwarder } = setup();
+  backend.error = new NotLeaderError("");
+  const res = await call("DELETE", "/v1/data/a");
+  assert.equal(res.headers.get("retry-after"), "1");
+  await expectError(res, 503, /knows no leader/);
+  assert.equal(forwarder.calls.length, 0);
+});
+
+Deno.test("NotAppliedError and StoppingError are answered with 503 and Retry-After", async () => {
+  for (const error of [new NotAppliedError(), new StoppingError()]) {
+    const { call, backend } = setup();
+    backend.error = error;
+    const res = await call("POST", "/v1/data", '{"k":"a","v":"1"}');
+    assert.equal(res.headers.get("retry-after"), "1");
+    const message = await expectError(res, 503, /; retr/);
+    assert.ok(message.startsWith(error.message), message);
+  }
+});
+
+Deno.test("OutcomeUnknownError on a write is answered with 504", async () => {
+  const { call, backend, logs } = setup();
+  backend.error = new OutcomeUnknownError();
+  for (
+    const res of [
+      await call("POST", "/v1/data", '{"k":"a","v":"1"}'),
+      await call("DELETE", "/v1/data/a"),
+    ]
+  ) {
+    const body = await expectJson(res, 504);
+    assert.match(String(body.error), /may or may not have been applied/);
+    assert.equal(body.outcome, "unknown");
+    assert.equal(body.k, "a");
+  }
+  assert.equal(logs.length, 2);
+});
+
+Deno.test("a write the backend does not finish within apiTimeoutMs is answered with 504", async () => {
+  const { call, backend } = setup({ apiTimeoutMs: 20 });
+  backend.hang = "ignoring the signal";
+  const body = await expectJson(await call("POST", "/v1/data", '{"k":"a","v":"1"}'), 504);
+  assert.equal(body.error, "timed out after 20ms; the write may or may not have been applied");
+  assert.equal(body.outcome, "unknown");
+  assert.equal(backend.signals[0]?.aborted, true);
+});
+
+Deno.test("a read the backend does not finish within apiTimeoutMs is answered with 504", async () => {
+  const { call, backend } = setup({ apiTimeoutMs: 20 });
+  backend.hang = "ignoring the signal";
+  await expectError(
+    await call("GET", "/v1/data/a?consistency=lease"),
+    504,
+    /^timed out after 20ms; a read changes nothing, so retrying is safe$/,
+  );
+});
+
+Deno.test("a backend that rejects with its signal's reason at the deadline gets a 504", async () => {
+  const { call, backend } = setup({ apiTimeoutMs: 20 });
+  backend.hang = "until aborted";
+  await expectError(
+    await call("DELETE", "/v1/data/a"),
+    504,
+    /^timed out after 20ms; the write may or may not have been applied$/,
+  );
+});
+
+Deno.test("the signal passed to the backend aborts when the client goes away", async () => {
+  const { handler, backend, logs } = setup();
+  backend.hang = "ignoring the signal";
+  const client = new AbortController();
+  const pending = handler(new Request("http://127.0.0.1/v1/data/a", { signal: client.signal }));
+  await backend.called;
+  assert.equal(backend.signals[0]?.aborted, false);
+  client.abort();
+  await expectError(await pending, 499, /^the client closed the request$/);
+  assert.equal(backend.signals[0]?.aborted, true);
+  assert.deepEqual(logs, []);
+});
+
+Deno.test("an unexpected exception is answered with 500 JSON and logged once", async () => {
+  const { call, backend, logs } = setup();
+  backend.error = new RangeError("boom in the backend");
+  await expectError(await call("GET", "/v1/data/a"), 500, /^internal error/);
+  assert.equal(logs.length, 1);
+  assert.match(logs[0] ?? "", /GET \/v1\/data\/a -> 500: RangeError: boom in the backend/);
+});
+
+Deno.test("a follower forwards writes to the leader and relays its answer", async () => {
+  const leader = fakeForwarder(() =>
+    new Response('{"k":"a b","v":"1","index":7}', {
+      status: 200,
+      headers: { "content-type": "application/json", "x-other": "dropped" },
+    })
+  );
+  const { call, backend } = setup({ forward: leader.forward });
+  backend.followN2();
+  const body = ' { "k" : "a b", "v":"1" } ';
+  const res = await call("POST", "/v1/data?x=1", body, { "content-type": "application/json" });
+  assert.deepEqual(await expectJson(res, 200), { k: "a b", v: "1", index: 7 });
+  assert.equal(res.headers.get(FORWARDED_TO_HEADER), "n2");
+  assert.equal(res.headers.get("x-other"), null);
+  const [sent] = leader.calls;
+  assert.ok(sent !== undefined);
+  assert.equal(sent.url, `${LEADER_URL}/v1/data?x=1`);
+  assert.equal(sent.method, "POST");
+  assert.deepEqual(sent.body, encoder.encode(body));
+  assert.equal(sent.headers.get("content-type"), "application/json");
+  assert.equal(sent.headers.get(FORWARDED_BY_HEADER), "n1");
+  assert.deepEqual(backend.calls, ["put a b=1"]);
+  assert.equal(backend.data.size, 0);
+});
+
+Deno.test("a follower forwards reads and deletes with the encoded path and query", async () => {
+  const leader = fakeForwarder(() => new Response("{}", { status: 200 }));
+  const { call, backend } = setup({ forward: leader.forward });
+  backend.followN2();
+  await call("GET", "/v1/data/a%2Fb%20c?consistency=lease");
+  await call("DELETE", "/v1/data/%F0%9F%94%91");
+  await call("PUT", "/v1/data/k", '{"v":"2"}', { "content-type": "text/plain" });
+  assert.deepEqual(
+    leader.calls.map((c) => [c.method, c.url, c.body && new TextDecoder().decode(c.body)]),
+    [
+      ["GET", `${LEADER_URL}/v1/data/a%2Fb%20c?consistency=lease`, null],
+      ["DELETE", `${LEADER_URL}/v1/data/%F0%9F%94%91`, null],
+      ["PUT", `${LEADER_URL}/v1/data/k`, '{"v":"2"}'],
+    ],
+  );
+  assert.equal(leader.calls[2]?.headers.get("content-type"), "text/plain");
+  assert.ok(leader.calls.every((c) => c.headers.get(FORWARDED_BY_HEADER) === "n1"));
+});
+
+Deno.test("a follower relays the leader's errors with status, Retry-After and body", async () => {
+  const leader = fakeForwarder(() =>
+    new Response('{"error":"the node is shutting down"}', {
+      status: 503,
+      headers: { "content-type": "application/json", "retry-after": "3" },
+    })
+  );
+  const { call, backend, logs } = setup({ forward: leader.forward });
+  backend.followN2();
+  const res = await call("GET", "/v1/data/a");
+  assert.equal(res.headers.get("retry-after"), "3");
+  await expectError(res, 503, /^the node is shutting down$/);
+  assert.equal(logs.length, 1);
+  assert.match(logs[0] ?? "", /-> 503: relayed from the leader "n2"/);
+});
+
+Deno.test("a request that was already forwarded is not forwarded again", async () => {
+  const leader = fakeForwarder(() => new Response("{}"));
+  const { call, backend } = setup({ forward: leader.forward });
+  backend.followN2();
+  const res = await call("POST", "/v1/data", '{"k":"a","v":"1"}', {
+    [FORWARDED_BY_HEADER]: "n3",
+  });
+  assert.equal(res.headers.get("retry-after"), "1");
+  await expectError(res, 503, /forwarded here by "n3" .*the leader changed; retry$/);
+  assert.equal(leader.calls.length, 0);
+});
+
+Deno.test("a forward the leader does not answer within apiFwdTimeoutMs is answered with 504", async () => {
+  const leader = fakeForwarder(neverAnswers);
+  const { call, backend } = setup({ forward: leader.forward, apiFwdTimeoutMs: 20 });
+  backend.followN2();
+  const write = await expectJson(await call("POST", "/v1/data", '{"k":"a","v":"1"}'), 504);
+  assert.match(String(write.error), /did not answer within 20ms; the write may or may not have/);
+  assert.equal(write.outcome, "unknown");
+  assert.equal(write.leader, "n2");
+  await expectError(await call("GET", "/v1/data/a"), 504, /within 20ms; a read changes nothing/);
+  assert.ok(leader.calls.every((c) => c.signal.aborted));
+});
+
+Deno.test("a forward that cannot connect to the leader is answered with 503 and Retry-After", async () => {
+  const leader = fakeForwarder(() => {
+    throw new ForwardConnectError("tcp connect error: Connection refused (os error 111)");
+  });
+  const { call, backend } = setup({ forward: leader.forward });
+  backend.followN2();
+  for (
+    const res of [
+      await call("POST", "/v1/data", '{"k":"a","v":"1"}'),
+      await call("GET", "/v1/data/a"),
+    ]
+  ) {
+    assert.equal(res.headers.get("retry-after"), "1");
+    await expectError(
+      res,
+      503,
+      /^the leader "n2" at http:\/\/n2\.test:7777 unreachable: tcp connect error: Connection refused/,
+    );
+  }
+});
+
+Deno.test("a leader whose api_url is not a URL is answered with 503, without a forward", async () => {
+  const leader = fakeForwarder(() => new Response("{}"));
+  const { call, backend } = setup({ forward: leader.forward });
+  backend.followN2();
+  backend.leader = { id: "n2", api_url: "n2:7777 oops" };
+  const res = await call("POST", "/v1/data", '{"k":"a","v":"1"}');
+  assert.equal(res.headers.get("retry-after"), "1");
+  await expectError(
+    res,
+    503,
+    /^cannot forward to the leader "n2": its api_url "n2:7777 oops" is not/,
+  );
+  assert.equal(leader.calls.length, 0);
+});
+
+Deno.test("a forwarded write that fails after it may have been sent is answered with 502", async () => {
+  const leader = fakeForwarder(() => {
+    throw new TypeError("connection reset");
+  });
+  const { call, backend } = setup({ forward: leader.forward });
+  backend.followN2();
+  const body = await expectJson(await call("DELETE", "/v1/data/a"), 502);
+  assert.match(
+    String(body.error),
+    /\(connection reset\); the write may or may not have been applied$/,
+  );
+  assert.equal(body.outcome, "unknown");
+  // A read changes nothing, so the same failure is a plain "retry".
+  await expectError(await call("GET", "/v1/data/a"), 503, /unreachable: connection reset$/);
+});
+
+Deno.test("GET /v1/status answers the backend's status", async () => {
+  const { call, backend } = setup();
+  backend.followN2();
+  assert.deepEqual(await expectJson(await call("GET", "/v1/status"), 200), {
+    id: "n1",
+    role: "follower",
+    term: 3,
+    leader: { id: "n2", api_url: LEADER_URL },
+    commit_index: 0,
+    applied_index: 0,
+    last_index: 0,
+  });
+});
+
+Deno.test("GET /health answers ok even when the node is not ready", async () => {
+  const { call, backend } = setup();
+  backend.ready = false;
+  assert.deepEqual(await expectJson(await call("GET", "/health"), 200), { status: "ok" });
+});
+
+Deno.test("GET /ready answers 200 when ready and 503 otherwise, without logging", async () => {
+  const { call, backend, logs } = setup();
+  assert.deepEqual(await expectJson(await call("GET", "/ready"), 200), { ready: true });
+  backend.ready = false;
+  const body = await expectJson(await call("GET", "/ready"), 503);
+  assert.equal(body.ready, false);
+  assert.match(String(body.error), /^not ready/);
+  assert.deepEqual(logs, []);
+});
+
+Deno.test("createApiHandler() rejects options out of range", () => {
+  const backend = new FakeBackend();
+  assert.throws(() => createApiHandler(backend, { selfId: "" }), RangeError);
+  for (
+    const bad of [
+      { maxKeyBytes: 0 },
+      { maxValueBytes: -1 },
+      { maxBodyBytes: 1.5 },
+      { apiTimeoutMs: Number.NaN },
+      { apiFwdTimeoutMs: 0 },
+      { retryAfterSeconds: -1 },
+    ]
+  ) {
+    assert.throws(() => createApiHandler(backend, { selfId: "n1", ...bad }), RangeError);
+  }
+});
+
+Deno.test("a follower forwards to a real leader over cleartext HTTP/2 on one connection", async () => {
+  const leaderBackend = new FakeBackend();
+  leaderBackend.leader = { id: "n2", api_url: "unused" };
+  const leaderHandler = createApiHandler(leaderBackend, { selfId: "n2" });
+  const seen: { forwardedBy: string | null; port: number }[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req, info) => {
+    seen.push({ forwardedBy: req.headers.get(FORWARDED_BY_HEADER), port: info.remoteAddr.port });
+    return leaderHandler(req);
+  });
+  try {
+    const follower = new FakeBackend();
+    follower.leader = { id: "n2", api_url: `http://127.0.0.1:${server.addr.port}/` };
+    follower.error = new NotLeaderError("n2");
+    const handler = createApiHandler(follower, { selfId: "n1" }); // the default forwarder
+    const call = (method: string, path: string, body?: string) =>
+      handler(new Request(`http://127.0.0.1:1/v1/data${path}`, { method, body: body ?? null }));
+
+    assert.deepEqual(await expectJson(await call("POST", "", '{"k":"a/b","v":"1"}'), 200), {
+      k: "a/b",
+      v: "1",
+      index: 1,
+    });
+    assert.deepEqual(await expectJson(await call("GET", "/a%2Fb?consistency=lease"), 200), {
+      k: "a/b",
+      v: "1",
+    });
+    assert.deepEqual(await expectJson(await call("DELETE", "/a%2Fb"), 200), {
+      k: "a/b",
+      deleted: true,
+      index: 2,
+    });
+    const missing = await call("GET", "/a%2Fb");
+    assert.equal(missing.headers.get(FORWARDED_TO_HEADER), "n2");
+    await expectJson(missing, 404);
+
+    assert.deepEqual(leaderBackend.calls, [
+      "put a/b=1",
+      "get a/b lease",
+      "delete a/b",
+      "get a/b linearizable",
+    ]);
+    assert.equal(seen.length, 4);
+    assert.ok(seen.every((s) => s.forwardedBy === "n1"));
+    assert.equal(new Set(seen.map((s) => s.port)).size, 1, "one kept-alive connection");
+  } finally {
+    closeForwarder();
+    await server.shutdown();
+  }
+});
+
+Deno.test("the default forwarder reports a leader that refuses connections as 503", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  const backend = new FakeBackend();
+  backend.leader = { id: "n2", api_url: `http://127.0.0.1:${port}` };
+  backend.error = new NotLeaderError("n2");
+  const logs: string[] = [];
+  const handler = createApiHandler(backend, { selfId: "n1", logError: (l) => logs.push(l) });
+  try {
+    const res = await handler(
+      new Request("http://127.0.0.1/v1/data", { method: "POST", body: '{"k":"a","v":"1"}' }),
+    );
+    assert.equal(res.headers.get("retry-after"), "1");
+    await expectError(res, 503, /^the leader "n2" at http:\/\/127\.0\.0\.1:\d+ unreachable: /);
+    assert.equal(logs.length, 1);
+  } finally {
+    closeForwarder();
+  }
+});

@@ -1,0 +1,36 @@
+/**
+ * A small levelled logger writing one line per event, prefixed with time, level and node id.
+ *
+ * @module
+ */
+
+/** Log levels, least to most severe. */
+export type Level = "debug" | "info" | "warn" | "error";
+
+const ORDER: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+
+/** The logging methods the program uses (a subset of `Console`). */
+export interface Logger {
+  debug(...data: unknown[]): void;
+  info(...data: unknown[]): void;
+  warn(...data: unknown[]): void;
+  error(...data: unknown[]): void;
+}
+
+/**
+ * Creates a logger for node `id` that drops events below `level`. Errors and warnings go to
+ * stderr, the rest to stdout.
+ */
+export function createLogger(id: string, level: Level, sink: Logger = console): Logger {
+  const min = ORDER[level];
+  const make = (l: Level, write: (...d: unknown[]) => void) => (...data: unknown[]) => {
+    if (ORDER[l] < min) return;
+    write(`${new Date().toISOString()} ${l.toUpperCase().padEnd(5)} ${id}:`, ...data);
+  };
+  return {
+    debug: make("debug", sink.debug.bind(sink)),
+    info: make("info", sink.info.bind(sink)),
+    warn: make("warn", sink.warn.bind(sink)),
+    error: make("error", sink.error.bind(sink)),
+  };
+}

@@ -1,0 +1,95 @@
+/**
+ * What the REST API needs from a node, as one interface: the API is written and tested against
+ * it, and the driver ({@linkcode RaftNode}) implements it.
+ *
+ * @module
+ */
+
+import type { NodeId, Role } from "../raft/types.ts";
+
+export { NotLeaderError } from "../raft/errors.ts";
+
+/** How a read is served. */
+export type Consistency =
+  /** ReadIndex: the leader confirms with a quorum that it still leads (the default). */
+  | "linearizable"
+  /** Answered from this node's state without any round trip: may be stale. */
+  | "stale"
+  /** Leader only: answered while its lease holds, without a round trip. */
+  | "lease";
+
+/** The result of a committed and applied write. */
+export interface WriteResult {
+  /** The log index the write was committed at. */
+  index: number;
+}
+
+/** The result of a committed and applied delete. */
+export interface DeleteResult extends WriteResult {
+  /** Whether the key existed before. */
+  deleted: boolean;
+}
+
+/** A node's view of the cluster, as `GET /v1/status` shows it. */
+export interface NodeStatus {
+  id: NodeId;
+  role: Role;
+  term: number;
+  /** The known leader, or null. */
+  leader: { id: NodeId; api_url: string } | null;
+  commit_index: number;
+  applied_index: number;
+  last_index: number;
+}
+
+/**
+ * The operations the REST API performs on a node.
+ *
+ * Errors are part of the contract:
+ * - {@linkcode NotLeaderError}: this node is not the leader (its `leader` says who is, or "" if
+ *   none is known); nothing was done. The API forwards or answers 503.
+ * - {@linkcode OutcomeUnknownError}: the write was proposed but its fate is unknown within the
+ *   deadline (it may still commit). The API answers 504.
+ * - {@linkcode NotAppliedError}: the write definitely did not and will not take effect (e.g. the
+ *   leader lost its term before committing it). Safe to retry. The API answers 503.
+ * - {@linkcode StoppingError}: the node is shutting down. The API answers 503.
+ */
+export interface KvBackend {
+  /** Writes `value` under `key` once committed and applied. */
+  put(key: string, value: string, signal: AbortSignal): Promise<WriteResult>;
+  /** Deletes `key` once committed and applied. */
+  delete(key: string, signal: AbortSignal): Promise<DeleteResult>;
+  /** Reads `key` (null when absent) with the given consistency. */
+  get(key: string, consistency: Consistency, signal: AbortSignal): Promise<string | null>;
+  /** The node's current status. */
+  status(): NodeStatus;
+  /** Whether the node knows a leader and has applied everything that leader had committed when last heard. */
+  isReady(): boolean;
+}
+
+/** A write was proposed but whether it took effect is unknown (it may still commit). */
+export class OutcomeUnknownError extends Error {
+  /** Creates the error. */
+  constructor(message = "the write's outcome is unknown: it may or may not have been applied") {
+    super(message);
+    this.name = "OutcomeUnknownError";
+  }
+}
+
+/** A write definitely did not take effect and never will; retrying is safe. */
+export class NotAppliedError extends Error {
+  /** Creates the error. */
+  constructor(message = "the write was not applied (leadership changed before it committed)") {
+    super(message);
+    this.name = "NotAppliedError";
+  }
+}
+
+/** The node is shutting down and takes no new requests. */
+export class StoppingError extends Error {
+  /** Creates the error. */
+  constructor(message = "the node is shutting down") {
+    super(message);
+    this.name = "StoppingError";
+  }
+}

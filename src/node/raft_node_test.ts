@@ -1,0 +1,122 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { NotLeaderError } from "../raft/errors.ts";
+import { MemoryNetwork } from "../transport/memory_transport.ts";
+import { openDiskStorage } from "./disk_storage.ts";
+import { RaftNode } from "./raft_node.ts";
+
+const IDS = ["a", "b", "c"];
+const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
+
+async function waitFor(cond: () => boolean, what: string, deadlineMs = 10_000): Promise<void> {
+  const end = performance.now() + deadlineMs;
+  while (!cond()) {
+    if (performance.now() > end) {
+      throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function startNodes(root: string, net: MemoryNetwork, seed: number): Promise<RaftNode[]> {
+  const members = IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` }));
+  const nodes: RaftNode[] = [];
+  for (const [i, id] of IDS.entries()) {
+    const dir = join(root, id);
+    const storage = await openDiskStorage({
+      walDir: join(dir, "wal"),
+      raftStatePath: join(dir, "raft-state.json"),
+      logMetadataPath: join(dir, "log-metadata.json"),
+      snapshotDir: join(dir, "snapshots"),
+    });
+    const node = new RaftNode({
+      id,
+      members,
+      storage,
+      heartbeatMs: 10,
+      electionTimeoutMs: 100,
+      seed: seed + i,
+      logger: SILENT,
+      transport: (h) => net.connect(id, h),
+    });
+    nodes.push(node);
+  }
+  for (const n of nodes) n.start();
+  return nodes;
+}
+
+function leaderOf(nodes: RaftNode[]): RaftNode | undefined {
+  const leaders = nodes.filter((n) => n.status().role === "leader");
+  return leaders.length === 1 ? leaders[0] : undefined;
+}
+
+const signal = () => AbortSignal.timeout(5_000);
+
+Deno.test("three nodes on real files elect a leader, replicate writes and survive a full restart", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  try {
+    const net = new MemoryNetwork();
+    nodes = await startNodes(root, net, 1);
+    await waitFor(() => leaderOf(nodes) !== undefined && leaderOf(nodes)!.isReady(), "a leader");
+    const leader = leaderOf(nodes)!;
+    const writes = [];
+    for (let i = 0; i < 50; i++) writes.push(leader.put(`k${i}`, `v${i}`, signal()));
+    const results = await Promise.all(writes);
+    assert.ok(results.every((r) => r.index > 0));
+    assert.equal(await leader.get("k7", "linearizable", signal()), "v7");
+    const del = await leader.delete("k7", signal());
+    assert.equal(del.deleted, true);
+    assert.equal(await leader.get("k7", "linearizable", signal()), null);
+    const follower = nodes.find((n) => n !== leader)!;
+    await assert.rejects(follower.get("k1", "linearizable", signal()), NotLeaderError);
+    await assert.rejects(follower.put("x", "y", signal()), NotLeaderError);
+    await waitFor(() => follower.status().applied_index >= del.index, "the follower to catch up");
+    assert.equal(await follower.get("k1", "stale", signal()), "v1");
+
+    for (const n of nodes) await n.stop();
+    nodes = await startNodes(root, new MemoryNetwork(), 100);
+    await waitFor(
+      () => leaderOf(nodes) !== undefined && leaderOf(nodes)!.isReady(),
+      "a leader again",
+    );
+    const again = leaderOf(nodes)!;
+    for (let i = 0; i < 50; i++) {
+      assert.equal(await again.get(`k${i}`, "linearizable", signal()), i === 7 ? null : `v${i}`);
+    }
+  } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader cut off from its peers stops confirming reads and steps down", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  try {
+    const net = new MemoryNetwork();
+    nodes = await startNodes(root, net, 7);
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("a", "1", signal());
+    for (const other of IDS) if (other !== leader.id) net.partition(leader.id, other);
+    const read = leader.get("a", "linearizable", AbortSignal.timeout(2_000));
+    await assert.rejects(
+      read,
+      (e: unknown) => e instanceof NotLeaderError || e instanceof DOMException,
+    );
+    await waitFor(() => leader.status().role !== "leader", "the isolated leader to step down");
+    const others = nodes.filter((n) => n !== leader);
+    await waitFor(() => leaderOf(others)?.isReady() === true, "a new leader on the majority side");
+    await leaderOf(others)!.put("a", "2", signal());
+    net.heal();
+    await waitFor(
+      () => leader.status().applied_index >= leaderOf(others)!.status().commit_index,
+      "rejoin",
+    );
+    assert.equal(await leader.get("a", "stale", signal()), "2");
+  } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});

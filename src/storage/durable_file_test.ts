@@ -1,0 +1,96 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { syncDirectory, writeAll, writeFileDurably } from "./durable_file.ts";
+
+async function _withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-durable-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function _names(dir: string): Promise<string[]> {
+  const names = [];
+  for await (const item of Deno.readDir(dir)) names.push(item.name);
+  return names.sort();
+}
+
+const _bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
+
+Deno.test("writeFileDurably() creates the file and leaves no temp file behind", async () => {
+  await _withDir(async (dir) => {
+    const path = join(dir, "state.json");
+    await writeFileDurably(path, _bytes("first"));
+    assert.equal(await Deno.readTextFile(path), "first");
+    assert.deepEqual(await _names(dir), ["state.json"]);
+  });
+});
+
+Deno.test("writeFileDurably() replaces the whole content of an existing file", async () => {
+  await _withDir(async (dir) => {
+    const path = join(dir, "state.json");
+    await writeFileDurably(path, _bytes("a much longer first version"));
+    await writeFileDurably(path, _bytes("short"));
+    assert.equal(await Deno.readTextFile(path), "short");
+    assert.deepEqual(await _names(dir), ["state.json"]);
+  });
+});
+
+Deno.test("writeFileDurably() overwrites a temp file left by an earlier crash", async () => {
+  await _withDir(async (dir) => {
+    const path = join(dir, "state.json");
+    await Deno.writeTextFile(`${path}.tmp`, "half-written garbage that is longer");
+    await writeFileDurably(path, _bytes("new"));
+    assert.equal(await Deno.readTextFile(path), "new");
+    assert.deepEqual(await _names(dir), ["state.json"]);
+  });
+});
+
+Deno.test("writeFileDurably() removes its temp file when the rename fails", async () => {
+  await _withDir(async (dir) => {
+    const path = join(dir, "occupied");
+    await Deno.mkdir(join(path, "child"), { recursive: true });
+    await assert.rejects(writeFileDurably(path, _bytes("x")));
+    assert.deepEqual(await _names(dir), ["occupied"]);
+  });
+});
+
+Deno.test("writeFileDurably() throws NotFound when the directory is missing", async () => {
+  await _withDir(async (dir) => {
+    await assert.rejects(
+      writeFileDurably(join(dir, "missing", "state.json"), _bytes("x")),
+      Deno.errors.NotFound,
+    );
+    assert.deepEqual(await _names(dir), []);
+  });
+});
+
+Deno.test("syncDirectory() syncs an existing directory and throws for a missing one", async () => {
+  await _withDir(async (dir) => {
+    await syncDirectory(dir);
+    await assert.rejects(syncDirectory(join(dir, "missing")), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("writeAll() keeps writing after partial writes", async () => {
+  const received: number[] = [];
+  const file = {
+    write(p: Uint8Array): Promise<number> {
+      const n = Math.min(3, p.length);
+      received.push(...p.subarray(0, n));
+      return Promise.resolve(n);
+    },
+  } as unknown as Deno.FsFile;
+  await writeAll(file, Uint8Array.from({ length: 10 }, (_, i) => i));
+  assert.deepEqual(received, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+});
+
+Deno.test("writeAll() throws WriteZero when a write accepts nothing", async () => {
+  const file = { write: () => Promise.resolve(0) } as unknown as Deno.FsFile;
+  await assert.rejects(writeAll(file, new Uint8Array(4)), {
+    name: "WriteZero",
+    message: "write accepted 0 of 4 bytes",
+  });
+});

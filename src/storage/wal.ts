@@ -1,0 +1,513 @@
+/**
+ * The write-ahead log holding a node's Raft log: a directory of append-only segment files,
+ * replayed on open, appended to in synced batches (group commit), truncated etcd-style by
+ * appending at a lower index, and compacted by deleting whole old segments.
+ *
+ * The format, the torn-tail rule and the crash-safety argument are in the README.
+ *
+ * @module
+ */
+
+import { dirname, join } from "node:path";
+import type { Entry } from "../raft/types.ts";
+import { syncDirectory, writeAll } from "./durable_file.ts";
+import { WalCorruptionError } from "./errors.ts";
+import { decodeRecord, type DecodeResult, HEADER_SIZE, RecordEncoder } from "./wal_record.ts";
+
+/** The default {@linkcode WalOptions.segmentSize}: 64 MiB. */
+export const DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024;
+
+/** Options for {@linkcode Wal.open}. */
+export interface WalOptions {
+  /**
+   * Roll over to a new segment before an append that would take the active segment past this many
+   * bytes. A batch larger than this is still written whole into one segment.
+   *
+   * @default {67108864} (64 MiB)
+   */
+  segmentSize?: number;
+}
+
+/** Describes the incomplete final record that recovery cut off. */
+export interface TornTail {
+  /** The segment that was truncated. */
+  path: string;
+  /** The offset it was truncated to: the end of its last whole record. */
+  offset: number;
+  /** How many bytes were cut off. */
+  bytes: number;
+}
+
+/** What the WAL knows about one segment file. */
+interface _Segment {
+  sequence: number;
+  path: string;
+  /** Bytes of whole records in the file. */
+  size: number;
+  /** The highest index of any entry (or reset) ever written to it; 0 if none. */
+  maxIndex: number;
+}
+
+/** The segment-name pattern: `<sequence>-<firstIndex>.wal`, both 16 decimal digits. */
+const _SEGMENT_NAME = /^(\d{16})-(\d{16})\.wal$/;
+/** The sector size assumed by the zero-filled-tail rule. */
+const _SECTOR = 512;
+
+/**
+ * A write-ahead log directory, open for appending.
+ *
+ * One operation at a time: every method returns a promise that must settle before the next call
+ * (a call made earlier throws `Deno.errors.Busy`). After a failed write or sync the WAL refuses
+ * further use (`Deno.errors.BadResource`): close it and open it again to recover.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { EntryType } from "../raft/types.ts";
+ * import { Wal } from "./wal.ts";
+ *
+ * const wal = await Wal.open("data/node-1/wal");
+ * const data = new TextEncoder().encode("set x 1");
+ * await wal.append([{ term: 1, index: wal.lastIndex + 1, type: EntryType.Normal, data }]);
+ * await wal.close();
+ * ```
+ */
+export class Wal {
+  /** The WAL directory. */
+  readonly dir: string;
+  /**
+   * The log as recovered by {@linkcode Wal.open}, after applying truncations and resets: entries
+   * with contiguous indices. Not updated by later calls; the caller owns the live log.
+   */
+  readonly entries: Entry[];
+  /** The torn final record recovery cut off, or null if the log ended cleanly. */
+  readonly tornTail: TornTail | null;
+
+  #segments: _Segment[];
+  #file: Deno.FsFile | null;
+  #segmentSize: number;
+  #lastIndex: number;
+  #encoder = new RecordEncoder();
+  #busy = false;
+  #closed = false;
+  #failure: { error: unknown } | null = null;
+
+  private constructor(
+    dir: string,
+    segmentSize: number,
+    recovered: _Recovered,
+    file: Deno.FsFile | null,
+  ) {
+    this.dir = dir;
+    this.#segmentSize = segmentSize;
+    this.entries = recovered.log.entries;
+    this.tornTail = recovered.tornTail;
+    this.#lastIndex = recovered.log.lastIndex;
+    this.#segments = recovered.segments;
+    this.#file = file;
+  }
+
+  /**
+   * Opens the WAL in `dir`, creating the directory if it is missing, and recovers the log from its
+   * segments. A torn final record in the last segment is cut off (and reported in
+   * {@linkcode Wal.tornTail}); an empty last segment is removed.
+   *
+   * @param dir The WAL directory (`--log-entry-path`).
+   * @param options How to write the log.
+   * @returns The open WAL.
+   * @throws {WalCorruptionError} If a segment holds a damaged or malformed record that is not a
+   * torn final write, a segment is missing from the sequence, or a segment's name disagrees with
+   * its first record. The node must not start.
+   * @throws {RangeError} If `segmentSize` is not a positive safe integer.
+   */
+  static async open(dir: string, options: WalOptions = {}): Promise<Wal> {
+    const segmentSize = options.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+    if (!Number.isSafeInteger(segmentSize) || segmentSize < 1) {
+      throw new RangeError(`WAL segmentSize must be a positive integer, found ${segmentSize}`);
+    }
+    await _ensureDirectory(dir);
+    const recovered = await _recover(dir);
+    const last = recovered.segments.at(-1);
+    const file = last ? await Deno.open(last.path, { write: true, append: true }) : null;
+    return new Wal(dir, segmentSize, recovered, file);
+  }
+
+  /** The index of the last entry written (a reset's index if none since it); 0 for no log. */
+  get lastIndex(): number {
+    return this.#lastIndex;
+  }
+
+  /** The paths of the segment files, oldest first; the last one is the active segment. */
+  get segmentPaths(): string[] {
+    return this.#segments.map((segment) => segment.path);
+  }
+
+  /**
+   * Durably appends a batch of entries: encodes them all into one buffer, writes it with one
+   * `write` (more only if the OS takes part of it) and syncs it with one `syncData`. When it
+   * resolves, every entry is on disk.
+   *
+   * The batch must hold contiguous indices starting at most one past {@linkcode Wal.lastIndex}.
+   * Starting at or below it replaces the entries from that index on (a follower overwriting a
+   * conflicting suffix): on replay the log is cut back to `index - 1` first.
+   *
+   * @param entries The entries, in index order. An empty batch writes nothing.
+   * @throws {RangeError} If the indices are not contiguous, leave a gap after the last index, or
+   * an index or term is not a safe integer of at least 1.
+   * @throws {TypeError} If an entry's type or data is invalid.
+   * @throws {Deno.errors.Busy} If another operation is in flight.
+   * @throws {Deno.errors.BadResource} If the WAL is closed or failed earlier.
+   */
+  async append(entries: readonly Entry[]): Promise<void> {
+    this.#begin();
+    try {
+      const first = entries[0];
+      if (first === undefined) return;
+      if (!(first.index >= 1 && first.index <= this.#lastIndex + 1)) {
+        throw new RangeError(
+          `Cannot append entry ${first.index}: the WAL's last index is ${this.#lastIndex}, so the next entry needs an index from 1 to ${
+            this.#lastIndex + 1
+          }`,
+        );
+      }
+      const encoder = this.#encoder;
+      encoder.clear();
+      for (let k = 0; k < entries.length; k++) {
+        const entry = entries[k]!;
+        if (entry.index !== first.index + k) {
+          throw new RangeError(
+            `Cannot append a batch with a gap: entry ${k} has index ${entry.index}, expected ${
+              first.index + k
+            }`,
+          );
+        }
+        encoder.addEntry(entry);
+      }
+      const last = first.index + entries.length - 1;
+      await this.#write(encoder.bytes(), first.index, last);
+      this.#lastIndex = last;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Durably records that the log was replaced by a snapshot covering up to `index`: on replay
+   * every earlier entry is dropped and the log continues at `index + 1`. Use it after installing
+   * a snapshot whose index is beyond (or conflicts with) the local log; afterwards
+   * {@linkcode Wal.lastIndex} is `index`.
+   *
+   * @param index The snapshot's last index.
+   * @param term The term of that entry.
+   * @throws {RangeError} If `index` or `term` is not a safe integer of at least 1.
+   * @throws {Deno.errors.Busy} If another operation is in flight.
+   * @throws {Deno.errors.BadResource} If the WAL is closed or failed earlier.
+   */
+  async reset(index: number, term: number): Promise<void> {
+    this.#begin();
+    try {
+      this.#encoder.clear();
+      this.#encoder.addReset(index, term);
+      await this.#write(this.#encoder.bytes(), index + 1, index);
+      this.#lastIndex = index;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Deletes the oldest segments whose every entry has an index at or below `index`, stopping at
+   * the first segment that holds a later entry and never deleting the active segment. The
+   * directory is synced after each deletion, so a crash leaves no gap in the sequence. Call it
+   * only once a snapshot covering `index` and the log metadata are durable.
+   *
+   * @param index The last index the snapshot covers.
+   * @returns How many segments were deleted.
+   * @throws {Deno.errors.Busy} If another operation is in flight.
+   * @throws {Deno.errors.BadResource} If the WAL is closed or failed earlier.
+   */
+  async compact(index: number): Promise<number> {
+    this.#begin();
+    try {
+      let deleted = 0;
+      while (this.#segments.length > 1 && this.#segments[0]!.maxIndex <= index) {
+        await Deno.remove(this.#segments[0]!.path);
+        this.#segments.shift();
+        deleted++;
+        await syncDirectory(this.dir);
+      }
+      return deleted;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Closes the active segment. Everything appended is already durable. Closing twice does
+   * nothing.
+   *
+   * @throws {Deno.errors.Busy} If another operation is in flight.
+   */
+  close(): Promise<void> {
+    if (this.#busy) return Promise.reject(this.#busyError());
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#file?.close();
+      this.#file = null;
+    }
+    return Promise.resolve();
+  }
+
+  /** Checks that an operation may start, and marks one as running. */
+  #begin(): void {
+    if (this.#closed) throw new Deno.errors.BadResource(`WAL "${this.dir}" is closed`);
+    if (this.#failure) {
+      throw new Deno.errors.BadResource(
+        `WAL "${this.dir}" failed to write earlier; close it and open it again to recover`,
+        { cause: this.#failure.error },
+      );
+    }
+    if (this.#busy) throw this.#busyError();
+    this.#busy = true;
+  }
+
+  #busyError(): Error {
+    return new Deno.errors.Busy(
+      `WAL "${this.dir}" is already running an operation; await it before starting another`,
+    );
+  }
+
+  /**
+   * Writes and syncs encoded records, rolling over first if they would overflow the active
+   * segment. Any failure leaves the WAL failed: the file may end in a partial record.
+   */
+  async #write(bytes: Uint8Array, firstIndex: number, maxIndex: number): Promise<void> {
+    try {
+      let segment = this.#segments.at(-1);
+      if (
+        segment === undefined || this.#file === null ||
+        (segment.size > 0 && segment.size + bytes.length > this.#segmentSize)
+      ) {
+        segment = await this.#roll(firstIndex);
+      }
+      await writeAll(this.#file!, bytes);
+      await this.#file!.syncData();
+      segment.size += bytes.length;
+      if (maxIndex > segment.maxIndex) segment.maxIndex = maxIndex;
+    } catch (error) {
+      this.#failure = { error };
+      throw error;
+    }
+  }
+
+  /** Creates the next segment, makes its name durable, and makes it the active one. */
+  async #roll(firstIndex: number): Promise<_Segment> {
+    const sequence = (this.#segments.at(-1)?.sequence ?? 0) + 1;
+    const path = join(this.dir, segmentName(sequence, firstIndex));
+    const file = await Deno.open(path, { write: true, append: true, createNew: true });
+    try {
+      await syncDirectory(this.dir);
+    } catch (error) {
+      file.close();
+      throw error;
+    }
+    this.#file?.close();
+    this.#file = file;
+    const segment: _Segment = { sequence, path, size: 0, maxIndex: 0 };
+    this.#segments.push(segment);
+    return segment;
+  }
+}
+
+/**
+ * The file name of a segment: both numbers as 16 zero-padded decimal digits, so names sort in
+ * sequence order.
+ *
+ * @param sequence The segment's sequence number, from 1.
+ * @param firstIndex The index of its first entry.
+ * @returns The name, e.g. `0000000000000001-0000000000000001.wal`.
+ *
+ * @example Usage
+ * ```ts
+ * import { segmentName } from "./wal.ts";
+ *
+ * console.assert(segmentName(2, 4097) === "0000000000000002-0000000000004097.wal");
+ * ```
+ */
+export function segmentName(sequence: number, firstIndex: number): string {
+  return `${String(sequence).padStart(16, "0")}-${String(firstIndex).padStart(16, "0")}.wal`;
+}
+
+/** Creates `dir` if it is missing, and makes its creation durable. */
+async function _ensureDirectory(dir: string): Promise<void> {
+  try {
+    const info = await Deno.stat(dir);
+    if (!info.isDirectory) {
+      throw new Deno.errors.NotADirectory(`WAL path "${dir}" is not a directory`);
+    }
+    return;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  await syncDirectory(dirname(dir));
+}
+
+/** Everything {@linkcode _recover} learns from the directory. */
+interface _Recovered {
+  log: _ReplayedLog;
+  segments: _Segment[];
+  tornTail: TornTail | null;
+}
+
+/** Lists, checks and replays the segments, repairing a torn tail. */
+async function _recover(dir: string): Promise<_Recovered> {
+  const found: { sequence: number; firstIndex: number; path: string }[] = [];
+  for await (const item of Deno.readDir(dir)) {
+    const match = item.isFile ? _SEGMENT_NAME.exec(item.name) : null;
+    if (match) {
+      found.push({
+        sequence: Number(match[1]),
+        firstIndex: Number(match[2]),
+        path: join(dir, item.name),
+      });
+    }
+  }
+  found.sort((a, b) => a.sequence - b.sequence);
+
+  const log = new _ReplayedLog();
+  const segments: _Segment[] = [];
+  let tornTail: TornTail | null = null;
+  for (let k = 0; k < found.length; k++) {
+    const { sequence, firstIndex, path } = found[k]!;
+    const previous = found[k - 1];
+    if (previous && sequence !== previous.sequence + 1) {
+      throw new WalCorruptionError(
+        path,
+        0,
+        `segment sequence ${
+          previous.sequence + 1
+        } is missing (found ${previous.sequence}, then ${sequence})`,
+      );
+    }
+    const isLast = k === found.length - 1;
+    const bytes = await Deno.readFile(path);
+    const { end, maxIndex } = _replaySegment(path, bytes, firstIndex, isLast, log);
+    if (end < bytes.length) {
+      tornTail = { path, offset: end, bytes: bytes.length - end };
+      using file = await Deno.open(path, { write: true });
+      await file.truncate(end);
+      await file.sync();
+    }
+    segments.push({ sequence, path, size: end, maxIndex });
+  }
+
+  const last = segments.at(-1);
+  if (last && last.size === 0) {
+    await Deno.remove(last.path);
+    await syncDirectory(dir);
+    segments.pop();
+  }
+  return { log, segments, tornTail };
+}
+
+/**
+ * Replays one segment into `log`.
+ *
+ * @returns `end`, the offset just past the last whole record (below the file size only when the
+ * last segment has a torn tail), and the segment's highest index.
+ */
+function _replaySegment(
+  path: string,
+  bytes: Uint8Array,
+  firstIndex: number,
+  isLast: boolean,
+  log: _ReplayedLog,
+): { end: number; maxIndex: number } {
+  let offset = 0;
+  let maxIndex = 0;
+  while (offset < bytes.length) {
+    const result = decodeRecord(bytes, offset);
+    let index: number;
+    let problem: string | null;
+    if (result.kind === "entry") {
+      index = result.entry.index;
+      problem = log.append(result.entry);
+    } else if (result.kind === "reset") {
+      index = result.index;
+      problem = null;
+      log.reset(result.index);
+    } else {
+      if (isLast && _isTorn(bytes, offset, result)) break;
+      throw new WalCorruptionError(path, offset, result.reason);
+    }
+    if (offset === 0) {
+      const named = result.kind === "reset" ? index + 1 : index;
+      if (named !== firstIndex) {
+        throw new WalCorruptionError(
+          path,
+          0,
+          `the segment's name says its first index is ${firstIndex}, but its first record starts at index ${named}`,
+        );
+      }
+    }
+    if (problem !== null) throw new WalCorruptionError(path, offset, problem);
+    if (index > maxIndex) maxIndex = index;
+    offset = result.end;
+  }
+  return { end: offset, maxIndex };
+}
+
+/**
+ * Decides whether a record that failed to decode at `offset` in the last segment is a torn write
+ * (see the README, "Torn tails"): a partial header or payload at the end of the file, or a
+ * zero-filled tail beginning at the record's start or at a sector boundary inside the record's
+ * unverified bytes.
+ */
+function _isTorn(bytes: Uint8Array, offset: number, result: DecodeResult): boolean {
+  switch (result.kind) {
+    case "short-header":
+    case "short-payload":
+      return true;
+    case "bad-header":
+    case "bad-payload": {
+      let zeros = bytes.length; // where the trailing run of zero bytes starts
+      while (zeros > offset && bytes[zeros - 1] === 0) zeros--;
+      if (zeros === offset) return true;
+      const unverifiedEnd = result.kind === "bad-header" ? offset + HEADER_SIZE : result.end;
+      return Math.ceil(zeros / _SECTOR) * _SECTOR < unverifiedEnd;
+    }
+    default:
+      return false;
+  }
+}
+
+/** The log rebuilt by replay, with etcd-style truncation on a repeated index. */
+class _ReplayedLog {
+  entries: Entry[] = [];
+  /** The last index (a reset's index if no entry followed it); 0 before any record. */
+  lastIndex = 0;
+  #started = false;
+
+  /** Appends `entry`, first cutting the log back to `entry.index - 1`; returns a problem, if any. */
+  append(entry: Entry): string | null {
+    const { index } = entry;
+    if (this.#started && index > this.lastIndex + 1) {
+      return `entry index ${index} leaves a gap after index ${this.lastIndex}`;
+    }
+    const head = this.entries[0];
+    if (head !== undefined && index <= this.lastIndex) {
+      this.entries.length = index > head.index ? index - head.index : 0;
+    }
+    this.entries.push(entry);
+    this.lastIndex = index;
+    this.#started = true;
+    return null;
+  }
+
+  /** Empties the log; it continues at `index + 1`. */
+  reset(index: number): void {
+    this.entries.length = 0;
+    this.lastIndex = index;
+    this.#started = true;
+  }
+}

@@ -1,0 +1,756 @@
+/**
+ * The real {@linkcode Transport}: Raft messages and snapshots over cleartext HTTP/2.
+ *
+ * ## Client ({@linkcode HttpTransport})
+ *
+ * One `Deno.HttpClient` speaking HTTP/2 with prior knowledge (h2c, no upgrade) serves every peer,
+ * so each peer gets one keep-alive connection that multiplexes all requests. Each peer has its own
+ * bounded queue and up to `maxInflightPerPeer` requests in flight; whenever a slot is free, the
+ * sender takes everything queued (up to `maxBatchBytes`) and posts it as one batch. Peers never wait
+ * for each other. A request that fails to connect or times out is retried with exponential backoff;
+ * when the retries are spent the batch is dropped and {@linkcode TransportHandlers.onUnreachable}
+ * is called. A full queue drops its oldest `App`/`Heartbeat` messages first: Raft recovers from
+ * lost messages, and these are the ones the leader resends anyway.
+ *
+ * ## Server ({@linkcode createPeerHandler})
+ *
+ * A plain `(req: Request) => Promise<Response>` to mount in `Deno.serve`. Batches from one sender
+ * are handed to {@linkcode TransportHandlers.onMessages} in the order their requests arrived, even
+ * when pipelined requests finish reading their bodies out of order.
+ *
+ * ## Wire protocol
+ *
+ * - `POST <rpcUrl>/raft/messages`: body = {@linkcode encodeMessages} bytes
+ *   (`Content-Type: application/octet-stream`). Replies `204` once the batch was handed over.
+ * - `POST <rpcUrl>/raft/snapshot`: header `x-raftkv-message` = the `Snap` message encoded as a
+ *   one-message batch, in unpadded base64url; the body streams the snapshot bytes. Replies `204`
+ *   once {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
+ * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`.
+ * - Errors reply JSON `{"error": "..."}`: `400` malformed, `403` wrong cluster, `404` unknown path,
+ *   `405` wrong method, `413` body too large, `421` message addressed to another node, `500` the
+ *   handler failed.
+ *
+ * @module
+ */
+
+import { type Message, MessageType, type NodeId } from "../raft/types.ts";
+import { decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
+import {
+  type PeerStats,
+  SILENT_LOGGER,
+  type Transport,
+  type TransportHandlers,
+  type TransportLogger,
+} from "./transport.ts";
+
+/** The path batches of messages are posted to, below a peer's `rpcUrl`. */
+export const MESSAGES_PATH = "/raft/messages";
+/** The path snapshots are streamed to, below a peer's `rpcUrl`. */
+export const SNAPSHOT_PATH = "/raft/snapshot";
+/** The header naming the sending node. */
+export const FROM_HEADER = "x-raftkv-from";
+/** The header naming the cluster (checked by the receiver when it is configured with one). */
+export const CLUSTER_HEADER = "x-raftkv-cluster";
+/** The header carrying the `Snap` message of a snapshot request (unpadded base64url codec bytes). */
+export const MESSAGE_HEADER = "x-raftkv-message";
+
+const _MAX_BACKOFF_MS = 1000;
+
+/** A peer and where its peer handler listens. */
+export interface PeerAddress {
+  /** The peer's node id. */
+  id: NodeId;
+  /** The base URL of its peer handler, e.g. `http://10.0.0.2:7001` (a path prefix is kept). */
+  rpcUrl: string;
+}
+
+/** Options for {@linkcode HttpTransport}. */
+export interface HttpTransportOptions {
+  /** This node's id, sent as `x-raftkv-from`. */
+  self: NodeId;
+  /** The peers to send to. An entry for `self` is ignored, so the whole cluster may be passed. */
+  peers: PeerAddress[];
+  /** Sent as `x-raftkv-cluster` when set. Default: not sent. */
+  cluster?: string;
+  /** How long one message request may take before it counts as failed. Default: 2000. */
+  rpcTimeoutMs?: number;
+  /**
+   * How long one snapshot request may take, streaming included (not retried on timeout).
+   * Default: 600000 (10 minutes).
+   */
+  snapshotTimeoutMs?: number;
+  /**
+   * How many times a request that failed to connect (or, for messages, timed out) is retried before
+   * the batch is dropped and the peer reported unreachable; 0 tries once. Default: 3.
+   */
+  maxConnRetryAttempts?: number;
+  /** The first retry's delay; each further retry doubles it (capped at 1 s, with jitter). Default: 50. */
+  retryBackoffMs?: number;
+  /** How many message requests may be in flight to one peer (pipelining). Default: 4. */
+  maxInflightPerPeer?: number;
+  /** How many messages may wait for one peer before the oldest App/Heartbeat are dropped. Default: 4096. */
+  maxQueuedPerPeer?: number;
+  /**
+   * The most bytes one batch should encode to (a single larger message is still sent alone); keep
+   * it below the receiver's `maxBodyBytes`. Default: 8 MiB.
+   */
+  maxBatchBytes?: number;
+  /** Where drops and retries are reported. Default: {@linkcode SILENT_LOGGER}. */
+  logger?: TransportLogger;
+}
+
+/** Options for {@linkcode createPeerHandler}. */
+export interface PeerHandlerOptions {
+  /** The largest accepted `/raft/messages` body, in bytes; larger ones get 413. Default: 64 MiB. */
+  maxBodyBytes?: number;
+  /** When set, requests whose `x-raftkv-cluster` differs get 403. Default: any cluster accepted. */
+  cluster?: string;
+  /** When set, batches holding a message whose `to` differs get 421. Default: not checked. */
+  self?: NodeId;
+  /** Where refused requests and handler failures are reported. Default: {@linkcode SILENT_LOGGER}. */
+  logger?: TransportLogger;
+}
+
+/** One peer's sending state. */
+interface _Peer {
+  id: NodeId;
+  messagesUrl: string;
+  snapshotUrl: string;
+  queue: Message[];
+  inflight: number;
+  pumpScheduled: boolean;
+  sent: number;
+  dropped: number;
+  failed: number;
+}
+
+/**
+ * Sends Raft messages and snapshots to peers over HTTP/2 (see the module doc). Receiving is done by
+ * {@linkcode createPeerHandler}, mounted in the node's server.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const transport = new HttpTransport(handlers, {
+ *   self: "a",
+ *   peers: [{ id: "b", rpcUrl: "http://10.0.0.2:7001" }],
+ * });
+ * Deno.serve({ port: 7001 }, createPeerHandler(handlers, { self: "a" }));
+ * transport.send(ready.messages);
+ * ```
+ */
+export class HttpTransport implements Transport {
+  readonly #handlers: Pick<TransportHandlers, "onUnreachable">;
+  readonly #self: NodeId;
+  readonly #peers = new Map<NodeId, _Peer>();
+  readonly #client: Deno.HttpClient;
+  readonly #abort = new AbortController();
+  readonly #tasks = new Set<Promise<void>>();
+  readonly #headers: Record<string, string>;
+  readonly #rpcTimeoutMs: number;
+  readonly #snapshotTimeoutMs: number;
+  readonly #retries: number;
+  readonly #backoffMs: number;
+  readonly #maxInflight: number;
+  readonly #maxQueued: number;
+  readonly #maxBatchBytes: number;
+  readonly #logger: TransportLogger;
+  #closed = false;
+  #closing: Promise<void> | null = null;
+
+  /**
+   * Creates the transport and its HTTP/2 client. Only `handlers.onUnreachable` is used here; the
+   * receiving side is {@linkcode createPeerHandler}.
+   *
+   * @throws {TypeError} if a peer's `rpcUrl` is not an http(s) URL.
+   * @throws {RangeError} if a numeric option is out of range or a peer id repeats.
+   */
+  constructor(handlers: Pick<TransportHandlers, "onUnreachable">, options: HttpTransportOptions) {
+    this.#handlers = handlers;
+    this.#self = options.self;
+    this.#rpcTimeoutMs = _positiveInt("rpcTimeoutMs", options.rpcTimeoutMs, 2000);
+    this.#snapshotTimeoutMs = _positiveInt("snapshotTimeoutMs", options.snapshotTimeoutMs, 600_000);
+    this.#retries = _nonNegativeInt("maxConnRetryAttempts", options.maxConnRetryAttempts, 3);
+    this.#backoffMs = _nonNegativeInt("retryBackoffMs", options.retryBackoffMs, 50);
+    this.#maxInflight = _positiveInt("maxInflightPerPeer", options.maxInflightPerPeer, 4);
+    this.#maxQueued = _positiveInt("maxQueuedPerPeer", options.maxQueuedPerPeer, 4096);
+    this.#maxBatchBytes = _positiveInt("maxBatchBytes", options.maxBatchBytes, 8 << 20);
+    this.#logger = options.logger ?? SILENT_LOGGER;
+    this.#headers = {
+      "content-type": "application/octet-stream",
+      [FROM_HEADER]: options.self,
+    };
+    if (options.cluster !== undefined) this.#headers[CLUSTER_HEADER] = options.cluster;
+    for (const peer of options.peers) {
+      if (peer.id === options.self) continue;
+      if (this.#peers.has(peer.id)) {
+        throw new RangeError(`Cannot create transport: peer "${peer.id}" is listed twice`);
+      }
+      this.#peers.set(peer.id, {
+        id: peer.id,
+        messagesUrl: _endpoint(peer, MESSAGES_PATH),
+        snapshotUrl: _endpoint(peer, SNAPSHOT_PATH),
+        queue: [],
+        inflight: 0,
+        pumpScheduled: false,
+        sent: 0,
+        dropped: 0,
+        failed: 0,
+      });
+    }
+    this.#client = Deno.createHttpClient({ http2: true, http1: false });
+  }
+
+  /**
+   * Queues messages for their `to` peers and returns at once. Messages for unknown peers are
+   * dropped (with a warning); after {@linkcode HttpTransport.close} everything is dropped.
+   */
+  send(messages: Message[]): void {
+    if (this.#closed) return;
+    for (const msg of messages) {
+      const peer = this.#peers.get(msg.to);
+      if (peer === undefined) {
+        this.#logger.warn(`Dropped a message of type ${msg.type} for unknown peer "${msg.to}"`);
+        continue;
+      }
+      if (peer.queue.length >= this.#maxQueued) _dropOldest(peer);
+      peer.queue.push(msg);
+      if (!peer.pumpScheduled) {
+        // Deferred to a microtask so that several send() calls in one turn share a batch.
+        peer.pumpScheduled = true;
+        queueMicrotask(() => {
+          peer.pumpScheduled = false;
+          this.#pump(peer);
+        });
+      }
+    }
+  }
+
+  /**
+   * Streams a snapshot to `msg.to`. Connection failures are retried (calling `open()` again);
+   * a refusal by the peer, a timeout or {@linkcode HttpTransport.close} is not.
+   *
+   * @throws {RangeError} if `msg` is not a `Snap` message or is for an unknown peer.
+   * @throws {Error} if the transport is closed, the peer refused the snapshot or was unreachable.
+   */
+  sendSnapshot(msg: Message, open: () => Promise<ReadableStream<Uint8Array>>): Promise<void> {
+    if (this.#closed) {
+      return Promise.reject(new Error("Cannot send snapshot: the transport is closed"));
+    }
+    if (msg.type !== MessageType.Snap) {
+      return Promise.reject(
+        new RangeError(`Cannot send snapshot: message type must be Snap (9), got ${msg.type}`),
+      );
+    }
+    const peer = this.#peers.get(msg.to);
+    if (peer === undefined) {
+      return Promise.reject(new RangeError(`Cannot send snapshot: unknown peer "${msg.to}"`));
+    }
+    let header: string;
+    try {
+      header = encodeMessages([msg]).toBase64({ alphabet: "base64url", omitPadding: true });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const result = this.#sendSnapshot(peer, header, open);
+    const task = result.then(() => {}, () => {});
+    this.#tasks.add(task);
+    task.finally(() => this.#tasks.delete(task));
+    return result;
+  }
+
+  /** Returns each peer's counters. */
+  stats(): Record<NodeId, PeerStats> {
+    const out: Record<NodeId, PeerStats> = {};
+    for (const p of this.#peers.values()) {
+      out[p.id] = {
+        queued: p.queue.length,
+        inflight: p.inflight,
+        sent: p.sent,
+        dropped: p.dropped,
+        failed: p.failed,
+      };
+    }
+    return out;
+  }
+
+  /**
+   * Drops everything queued, aborts every request in flight (their senders see a rejection), waits
+   * for them to wind down and closes the HTTP client. Idempotent.
+   */
+  close(): Promise<void> {
+    if (this.#closing === null) this.#closing = this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#closed = true;
+    for (const peer of this.#peers.values()) peer.queue = [];
+    this.#abort.abort(new DOMException("The transport was closed", "AbortError"));
+    while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
+    this.#client.close();
+  }
+
+  /** Starts requests while the peer has queued messages and free in-flight slots. */
+  #pump(peer: _Peer): void {
+    while (!this.#closed && peer.inflight < this.#maxInflight && peer.queue.length > 0) {
+      const batch = this.#takeBatch(peer);
+      if (batch === null) continue;
+      peer.inflight++;
+      const task = this.#deliver(peer, batch).finally(() => {
+        peer.inflight--;
+        this.#tasks.delete(task);
+        this.#pump(peer);
+      });
+      this.#tasks.add(task);
+    }
+  }
+
+  /** Removes the next batch from the queue and encodes it; null if it could not be encoded. */
+  #takeBatch(peer: _Peer): { bytes: Uint8Array<ArrayBuffer>; count: number } | null {
+    const queue = peer.queue;
+    let size = 5;
+    let n = 0;
+    while (n < queue.length) {
+      let msgSize: number;
+      try {
+        msgSize = encodedMessageSize(queue[n]!);
+      } catch (err) {
+        // A bug in the caller (a message the codec cannot represent): drop just that message.
+        queue.splice(n, 1);
+        peer.failed++;
+        this.#logger.warn(`Dropped a message for peer "${peer.id}": ${err}`);
+        continue;
+      }
+      if (n > 0 && size + msgSize > this.#maxBatchBytes) break;
+      size += msgSize;
+      n++;
+    }
+    if (n === 0) return null;
+    let batch: Message[];
+    if (n === queue.length) {
+      batch = queue;
+      peer.queue = [];
+    } else {
+      batch = queue.slice(0, n);
+      peer.queue = queue.slice(n);
+    }
+    try {
+      return { bytes: encodeMessages(batch), count: batch.length };
+    } catch {
+      // As above, for what only the writer checks (e.g. a term that is not a safe integer): find
+      // the culprits one by one (rare, so the cost does not matter) and send the rest.
+      const good = batch.filter((msg) => {
+        try {
+          encodeMessages([msg]);
+          return true;
+        } catch (err) {
+          peer.failed++;
+          this.#logger.warn(`Dropped a message for peer "${peer.id}": ${err}`);
+          return false;
+        }
+      });
+      return good.length === 0 ? null : { bytes: encodeMessages(good), count: good.length };
+    }
+  }
+
+  /** Posts one batch, retrying connection failures; never rejects. */
+  async #deliver(
+    peer: _Peer,
+    batch: { bytes: Uint8Array<ArrayBuffer>; count: number },
+  ): Promise<void> {
+    let lastError: unknown = null;
+    for (let attempt = 0; attempt <= this.#retries; attempt++) {
+      if (attempt > 0 && !(await this.#backoff(attempt))) return;
+      if (this.#closed) return;
+      let res: Response;
+      try {
+        res = await fetch(peer.messagesUrl, {
+          method: "POST",
+          headers: this.#headers,
+          body: batch.bytes,
+          client: this.#client,
+          signal: AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#rpcTimeoutMs)]),
+        });
+      } catch (err) {
+        if (this.#closed) return;
+        lastError = err;
+        this.#logger.debug(
+          `Attempt ${attempt + 1} to send ${batch.count} messages to peer "${peer.id}" failed`,
+          err,
+        );
+        continue;
+      }
+      if (res.ok) {
+        await _discardBody(res);
+        peer.sent += batch.count;
+        return;
+      }
+      const detail = await _errorDetail(res);
+      peer.failed += batch.count;
+      this.#logger.warn(
+        `Peer "${peer.id}" refused ${batch.count} messages: HTTP ${res.status}: ${detail}`,
+      );
+      return;
+    }
+    peer.failed += batch.count;
+    this.#logger.warn(
+      `Dropped ${batch.count} messages for unreachable peer "${peer.id}" after ` +
+        `${this.#retries + 1} attempts`,
+      lastError,
+    );
+    this.#reportUnreachable(peer.id);
+  }
+
+  async #sendSnapshot(
+    peer: _Peer,
+    header: string,
+    open: () => Promise<ReadableStream<Uint8Array>>,
+  ): Promise<void> {
+    let lastError: unknown = null;
+    for (let attempt = 0; attempt <= this.#retries; attempt++) {
+      if (attempt > 0 && !(await this.#backoff(attempt))) break;
+      if (this.#closed) break;
+      const outcome = await this.#postSnapshot(peer, header, await open());
+      if (outcome === undefined) return;
+      lastError = outcome.error;
+      this.#logger.debug(
+        `Attempt ${attempt + 1} to send a snapshot to "${peer.id}" failed`,
+        outcome.error,
+      );
+    }
+    if (this.#closed) {
+      throw new Error(`Cannot send snapshot to peer "${peer.id}": the transport was closed`, {
+        cause: lastError,
+      });
+    }
+    this.#reportUnreachable(peer.id);
+    throw new Error(
+      `Cannot send snapshot: peer "${peer.id}" unreachable after ${this.#retries + 1} attempts`,
+      { cause: lastError },
+    );
+  }
+
+  /**
+   * One snapshot attempt: resolves undefined on success, `{ error }` for a connection failure worth
+   * retrying, and throws for anything else.
+   */
+  async #postSnapshot(
+    peer: _Peer,
+    header: string,
+    source: ReadableStream<Uint8Array>,
+  ): Promise<{ error: unknown } | undefined> {
+    const signal = AbortSignal.any([
+      this.#abort.signal,
+      AbortSignal.timeout(this.#snapshotTimeoutMs),
+    ]);
+    let res: Response;
+    try {
+      res = await fetch(peer.snapshotUrl, {
+        method: "POST",
+        headers: { ...this.#headers, [MESSAGE_HEADER]: header },
+        body: _abortableBody(source, signal),
+        client: this.#client,
+        signal,
+      });
+    } catch (err) {
+      if (this.#closed) {
+        throw new Error(`Cannot send snapshot to peer "${peer.id}": the transport was closed`, {
+          cause: err,
+        });
+      }
+      if (err instanceof DOMException && err.name === "TimeoutError") {
+        throw new Error(
+          `Cannot send snapshot to peer "${peer.id}": timed out after ${this.#snapshotTimeoutMs} ms`,
+          { cause: err },
+        );
+      }
+      return { error: err };
+    }
+    if (res.ok) {
+      await _discardBody(res);
+      return undefined;
+    }
+    const detail = await _errorDetail(res);
+    throw new Error(
+      `Peer "${peer.id}" refused the snapshot: HTTP ${res.status}: ${detail}`,
+    );
+  }
+
+  /** Waits before retry `attempt` (>= 1); resolves false instead if the transport closes. */
+  #backoff(attempt: number): Promise<boolean> {
+    if (this.#closed) return Promise.resolve(false);
+    const base = Math.min(this.#backoffMs * 2 ** (attempt - 1), _MAX_BACKOFF_MS);
+    const ms = base / 2 + Math.random() * (base / 2);
+    const signal = this.#abort.signal;
+    return new Promise((resolve) => {
+      const onAbort = () => {
+        clearTimeout(timer);
+        resolve(false);
+      };
+      const timer = setTimeout(() => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(true);
+      }, ms);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  #reportUnreachable(peer: NodeId): void {
+    if (this.#closed) return;
+    try {
+      this.#handlers.onUnreachable?.(peer);
+    } catch (err) {
+      this.#logger.warn(`onUnreachable("${peer}") threw`, err);
+    }
+  }
+}
+
+/**
+ * Creates the receiving side: a handler for `POST /raft/messages` and `POST /raft/snapshot` (see
+ * the module doc) to mount in `Deno.serve` or to call directly. It never throws: every failure
+ * becomes a JSON error response.
+ *
+ * @throws {RangeError} if `options.maxBodyBytes` is not a positive integer.
+ */
+export function createPeerHandler(
+  handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot">,
+  options: PeerHandlerOptions = {},
+): (req: Request) => Promise<Response> {
+  const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 64 << 20);
+  const logger = options.logger ?? SILENT_LOGGER;
+  const { cluster, self } = options;
+  /** Per sender: settles once every batch that arrived so far has been delivered or failed. */
+  const tails = new Map<string, Promise<void>>();
+
+  async function handleMessages(req: Request): Promise<Response> {
+    const from = req.headers.get(FROM_HEADER) ?? "";
+    // Reserve this request's place in the sender's order before reading the body.
+    const previous = tails.get(from);
+    let done!: () => void;
+    const gate = new Promise<void>((resolve) => done = resolve);
+    const tail = previous === undefined ? gate : Promise.all([previous, gate]).then(() => {});
+    tails.set(from, tail);
+    try {
+      const body = await _readBody(req, maxBodyBytes);
+      if (body === null) {
+        return _error(413, `Request body exceeds the limit of ${maxBodyBytes} bytes`);
+      }
+      let messages: Message[];
+      try {
+        messages = decodeMessages(body);
+      } catch (err) {
+        return _error(400, err instanceof Error ? err.message : String(err));
+      }
+      if (self !== undefined) {
+        const stray = messages.find((m) => m.to !== self);
+        if (stray !== undefined) {
+          return _error(421, `Message addressed to "${stray.to}" reached node "${self}"`);
+        }
+      }
+      if (previous !== undefined) await previous;
+      handlers.onMessages(messages);
+      return new Response(null, { status: 204 });
+    } finally {
+      done();
+      tail.then(() => {
+        if (tails.get(from) === tail) tails.delete(from);
+      });
+    }
+  }
+
+  async function handleSnapshot(req: Request): Promise<Response> {
+    const encoded = req.headers.get(MESSAGE_HEADER);
+    if (encoded === null) return _error(400, `Missing header "${MESSAGE_HEADER}"`);
+    let msg: Message;
+    try {
+      const messages = decodeMessages(Uint8Array.fromBase64(encoded, { alphabet: "base64url" }));
+      if (messages.length !== 1 || messages[0]!.type !== MessageType.Snap) {
+        return _error(400, `Header "${MESSAGE_HEADER}" must hold exactly one Snap message`);
+      }
+      msg = messages[0]!;
+    } catch (err) {
+      return _error(400, `Invalid header "${MESSAGE_HEADER}": ${(err as Error).message}`);
+    }
+    if (self !== undefined && msg.to !== self) {
+      return _error(421, `Snapshot addressed to "${msg.to}" reached node "${self}"`);
+    }
+    const body = req.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    try {
+      await handlers.onSnapshot(msg, body);
+    } catch (err) {
+      logger.warn(`Storing the snapshot from "${msg.from}" failed`, err);
+      if (!body.locked) await body.cancel().catch(() => {});
+      return _error(500, err instanceof Error ? err.message : String(err));
+    }
+    if (!body.locked) await body.cancel().catch(() => {});
+    return new Response(null, { status: 204 });
+  }
+
+  return async (req: Request): Promise<Response> => {
+    try {
+      const path = new URL(req.url).pathname;
+      if (path !== MESSAGES_PATH && path !== SNAPSHOT_PATH) {
+        return _error(404, `No such path "${path}"`);
+      }
+      if (req.method !== "POST") {
+        return _error(405, `Method "${req.method}" not allowed on "${path}"`, { allow: "POST" });
+      }
+      if (cluster !== undefined && req.headers.get(CLUSTER_HEADER) !== cluster) {
+        return _error(
+          403,
+          `Cluster "${req.headers.get(CLUSTER_HEADER) ?? ""}" does not match "${cluster}"`,
+        );
+      }
+      return path === MESSAGES_PATH ? await handleMessages(req) : await handleSnapshot(req);
+    } catch (err) {
+      logger.warn(`Peer request failed`, err);
+      return _error(500, err instanceof Error ? err.message : String(err));
+    } finally {
+      if (req.body !== null && !req.body.locked && !req.bodyUsed) {
+        await req.body.cancel().catch(() => {});
+      }
+    }
+  };
+}
+
+/**
+ * Wraps a request body so that aborting `signal` errors it (and cancels `source`).
+ *
+ * Deno's fetch, when aborted, neither cancels a streaming request body nor resets the HTTP/2
+ * stream: the receiver would wait for the rest of the body forever. Erroring the body makes the
+ * client reset the stream, so the receiver's body read fails. (Closing it instead would make the
+ * receiver accept a truncated snapshot.)
+ */
+function _abortableBody(
+  source: ReadableStream<Uint8Array>,
+  signal: AbortSignal,
+): ReadableStream<Uint8Array<ArrayBuffer>> {
+  const reader = source.getReader();
+  let onAbort = () => {};
+  return new ReadableStream<Uint8Array<ArrayBuffer>>({
+    start(controller) {
+      onAbort = () => {
+        controller.error(signal.reason);
+        reader.cancel(signal.reason).catch(() => {});
+      };
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    },
+    async pull(controller) {
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (err) {
+        signal.removeEventListener("abort", onAbort);
+        if (!signal.aborted) controller.error(err);
+        return;
+      }
+      if (signal.aborted) return;
+      if (result.done) {
+        signal.removeEventListener("abort", onAbort);
+        controller.close();
+      } else {
+        controller.enqueue(result.value as Uint8Array<ArrayBuffer>);
+      }
+    },
+    cancel(reason) {
+      signal.removeEventListener("abort", onAbort);
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** Reads the whole body, or returns null (and stops reading) once it exceeds `limit` bytes. */
+async function _readBody(req: Request, limit: number): Promise<Uint8Array | null> {
+  const declared = req.headers.get("content-length");
+  if (declared !== null && Number(declared) > limit) return null;
+  if (req.body === null) return new Uint8Array(0);
+  if (declared !== null) return new Uint8Array(await req.arrayBuffer());
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0]!;
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, off);
+    off += chunk.byteLength;
+  }
+  return out;
+}
+
+function _error(status: number, error: string, headers?: Record<string, string>): Response {
+  return Response.json({ error }, headers === undefined ? { status } : { status, headers });
+}
+
+/** Drops the response body without reading it. */
+async function _discardBody(res: Response): Promise<void> {
+  await res.body?.cancel().catch(() => {});
+}
+
+/** The `error` of a JSON error response, else the body text (shortened). */
+async function _errorDetail(res: Response): Promise<string> {
+  try {
+    const text = await res.text();
+    try {
+      const json = JSON.parse(text);
+      if (typeof json?.error === "string") return json.error;
+    } catch {
+      // Not JSON: fall through to the raw text.
+    }
+    return text.length > 200 ? `${text.slice(0, 200)}...` : text;
+  } catch (err) {
+    return `(unreadable body: ${err})`;
+  }
+}
+
+/** Drops the oldest App/Heartbeat message (or, if there is none, the oldest message). */
+function _dropOldest(peer: _Peer): void {
+  const queue = peer.queue;
+  const i = queue.findIndex((m) => m.type === MessageType.App || m.type === MessageType.Heartbeat);
+  if (i === -1) queue.shift();
+  else queue.splice(i, 1);
+  peer.dropped++;
+}
+
+function _endpoint(peer: PeerAddress, path: string): string {
+  let url: URL;
+  try {
+    url = new URL(peer.rpcUrl);
+  } catch {
+    throw new TypeError(`Invalid rpcUrl for peer "${peer.id}": "${peer.rpcUrl}"`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new TypeError(`Invalid rpcUrl for peer "${peer.id}": "${peer.rpcUrl}" is not http(s)`);
+  }
+  url.pathname = url.pathname.replace(/\/+$/, "") + path;
+  url.search = "";
+  url.hash = "";
+  return url.href;
+}
+
+function _positiveInt(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(`Option "${name}" must be a positive integer, got "${value}"`);
+  }
+  return value;
+}
+
+function _nonNegativeInt(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`Option "${name}" must be a non-negative integer, got "${value}"`);
+  }
+  return value;
+}

@@ -1,0 +1,71 @@
+/**
+ * How a node exchanges Raft messages and snapshots with its peers. The Raft core never sees a
+ * transport: its driver hands the core's messages to {@linkcode Transport.send} and feeds what
+ * arrives through {@linkcode TransportHandlers} back into the core.
+ *
+ * Delivery is best effort: messages may be lost, duplicated or (rarely) reordered, which Raft
+ * tolerates. Implementations keep each peer independent, so a slow or dead peer never delays the
+ * others.
+ *
+ * @module
+ */
+
+import type { Message, NodeId } from "../raft/types.ts";
+
+/** Sends this node's messages and snapshots to its peers. */
+export interface Transport {
+  /** Queues messages for their `to` peers; never blocks and never throws for a slow or dead peer. */
+  send(messages: Message[]): void;
+  /**
+   * Streams a snapshot to a peer: `msg` is the {@linkcode MessageType.Snap} message, `open()`
+   * returns the snapshot bytes as a stream (it may be called again to retry). Resolves when the
+   * peer accepted it; rejects on failure.
+   */
+  sendSnapshot(msg: Message, open: () => Promise<ReadableStream<Uint8Array>>): Promise<void>;
+  /** Stops sending: drops what is queued, aborts what is in flight and releases every resource. */
+  close(): Promise<void>;
+}
+
+/** What a transport calls when something arrives from (or fails to reach) a peer. */
+export interface TransportHandlers {
+  /** Called with every batch received from a peer. */
+  onMessages(messages: Message[]): void;
+  /**
+   * Called when a peer streams a snapshot; resolve once the bytes are durably stored (the sender
+   * waits for it).
+   */
+  onSnapshot(msg: Message, body: ReadableStream<Uint8Array>): Promise<void>;
+  /** Called when a peer could not be reached after the retries (the Raft core may then slow down probing). */
+  onUnreachable?(peer: NodeId): void;
+}
+
+/**
+ * Where a transport reports what it drops or retries. `console` fits; the transports default to a
+ * logger that discards everything.
+ */
+export interface TransportLogger {
+  /** Routine detail: a failed attempt that will be retried. */
+  debug(message: string, ...data: unknown[]): void;
+  /** Something was dropped or refused. */
+  warn(message: string, ...data: unknown[]): void;
+}
+
+/** A {@linkcode TransportLogger} that discards everything. */
+export const SILENT_LOGGER: TransportLogger = {
+  debug() {},
+  warn() {},
+};
+
+/** Counters for one peer, for status pages and tests. */
+export interface PeerStats {
+  /** Messages waiting to be sent. */
+  queued: number;
+  /** Requests (batches) in flight. */
+  inflight: number;
+  /** Messages the peer acknowledged. */
+  sent: number;
+  /** Messages dropped because the queue was full. */
+  dropped: number;
+  /** Messages dropped because their batch failed (peer unreachable or request refused). */
+  failed: number;
+}
