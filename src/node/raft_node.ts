@@ -222,6 +222,13 @@ export class RaftNode implements KvBackend {
     if (this.#core.role !== "leader") {
       return Promise.reject(new NotLeaderError(this.#core.leader));
     }
+    if (consistency === "lease") {
+      const index = this.#core.leaseRead();
+      // Within the lease and applied far enough: answer at once. Otherwise fall back to ReadIndex.
+      if (index !== null && this.#kv.appliedIndex >= index) {
+        return Promise.resolve(this.#kv.get(key));
+      }
+    }
     return new Promise((resolve, reject) => {
       const read: PendingRead = { key, resolve, reject };
       const onAbort = () => {

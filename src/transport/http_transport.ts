@@ -16,7 +16,10 @@
  *
  * A plain `(req: Request) => Promise<Response>` to mount in `Deno.serve`. Batches from one sender
  * are handed to {@linkcode TransportHandlers.onMessages} in the order their requests arrived, even
- * when pipelined requests finish reading their bodies out of order.
+ * when pipelined requests finish reading their bodies out of order (a batch waits at most
+ * `maxOrderWaitMs` for an earlier one). With HTTP/2, requests from one client arrive in the order
+ * they were sent, so one sender's messages are normally delivered in order; a retried batch can
+ * still arrive after later ones (Raft tolerates reordering).
  *
  * ## Wire protocol
  *
@@ -103,6 +106,12 @@ export interface HttpTransportOptions {
 export interface PeerHandlerOptions {
   /** The largest accepted `/raft/messages` body, in bytes; larger ones get 413. Default: 64 MiB. */
   maxBodyBytes?: number;
+  /**
+   * How long a batch whose body is complete waits for an earlier request from the same sender
+   * (whose body is still arriving) before it is delivered anyway. Bounds the damage of a request
+   * whose sender vanished mid-body. Default: 2000.
+   */
+  maxOrderWaitMs?: number;
   /** When set, requests whose `x-raftkv-cluster` differs get 403. Default: any cluster accepted. */
   cluster?: string;
   /** When set, batches holding a message whose `to` differs get 421. Default: not checked. */
@@ -140,7 +149,6 @@ interface _Peer {
  */
 export class HttpTransport implements Transport {
   readonly #handlers: Pick<TransportHandlers, "onUnreachable">;
-  readonly #self: NodeId;
   readonly #peers = new Map<NodeId, _Peer>();
   readonly #client: Deno.HttpClient;
   readonly #abort = new AbortController();
@@ -166,7 +174,6 @@ export class HttpTransport implements Transport {
    */
   constructor(handlers: Pick<TransportHandlers, "onUnreachable">, options: HttpTransportOptions) {
     this.#handlers = handlers;
-    this.#self = options.self;
     this.#rpcTimeoutMs = _positiveInt("rpcTimeoutMs", options.rpcTimeoutMs, 2000);
     this.#snapshotTimeoutMs = _positiveInt("snapshotTimeoutMs", options.snapshotTimeoutMs, 600_000);
     this.#retries = _nonNegativeInt("maxConnRetryAttempts", options.maxConnRetryAttempts, 3);
@@ -510,13 +517,14 @@ export class HttpTransport implements Transport {
  * the module doc) to mount in `Deno.serve` or to call directly. It never throws: every failure
  * becomes a JSON error response.
  *
- * @throws {RangeError} if `options.maxBodyBytes` is not a positive integer.
+ * @throws {RangeError} if `options.maxBodyBytes` or `options.maxOrderWaitMs` is out of range.
  */
 export function createPeerHandler(
   handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot">,
   options: PeerHandlerOptions = {},
 ): (req: Request) => Promise<Response> {
   const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 64 << 20);
+  const maxOrderWaitMs = _nonNegativeInt("maxOrderWaitMs", options.maxOrderWaitMs, 2000);
   const logger = options.logger ?? SILENT_LOGGER;
   const { cluster, self } = options;
   /** Per sender: settles once every batch that arrived so far has been delivered or failed. */
@@ -524,12 +532,12 @@ export function createPeerHandler(
 
   async function handleMessages(req: Request): Promise<Response> {
     const from = req.headers.get(FROM_HEADER) ?? "";
-    // Reserve this request's place in the sender's order before reading the body.
+    // Take this request's place in the sender's order before reading the body.
     const previous = tails.get(from);
-    let done!: () => void;
-    const gate = new Promise<void>((resolve) => done = resolve);
-    const tail = previous === undefined ? gate : Promise.all([previous, gate]).then(() => {});
+    let release!: () => void;
+    const tail = new Promise<void>((resolve) => release = resolve);
     tails.set(from, tail);
+    let waited = previous === undefined;
     try {
       const body = await _readBody(req, maxBodyBytes);
       if (body === null) {
@@ -547,11 +555,16 @@ export function createPeerHandler(
           return _error(421, `Message addressed to "${stray.to}" reached node "${self}"`);
         }
       }
-      if (previous !== undefined) await previous;
+      if (!waited) {
+        await _settledWithin(previous!, maxOrderWaitMs);
+        waited = true;
+      }
       handlers.onMessages(messages);
       return new Response(null, { status: 204 });
     } finally {
-      done();
+      // Later requests go once this one is done and the earlier ones are (or were given up on).
+      if (waited) release();
+      else _settledWithin(previous!, maxOrderWaitMs).then(release);
       tail.then(() => {
         if (tails.get(from) === tail) tails.delete(from);
       });
@@ -658,6 +671,14 @@ function _abortableBody(
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
+}
+
+/** Resolves once `promise` settles or `ms` have passed, whichever comes first. */
+function _settledWithin(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  const settled = promise.then(() => {}, () => {});
+  return Promise.race([settled, expired]).finally(() => clearTimeout(timer));
 }
 
 /** Reads the whole body, or returns null (and stops reading) once it exceeds `limit` bytes. */

@@ -620,6 +620,31 @@ Deno.test("createPeerHandler delivers one sender's batches in arrival order", as
   assert.deepStrictEqual(new Set(batches.slice(2)), new Set([second, first]));
 });
 
+Deno.test("createPeerHandler stops waiting for an earlier batch after maxOrderWaitMs", async () => {
+  const { handler, batches } = _handlerFixture({ maxOrderWaitMs: 50 });
+  let breakFirst!: (err: Error) => void;
+  const stuckBody = new ReadableStream<Uint8Array>({
+    start(c) {
+      // A sender that vanished mid-body: the rest never comes.
+      c.enqueue(new Uint8Array([0xa1]));
+      breakFirst = (err) => c.error(err);
+    },
+  });
+  const headers = { [FROM_HEADER]: "a" };
+  const second = [sampleMessage(MessageType.App, "a", "b", 2)];
+  const third = [sampleMessage(MessageType.App, "a", "b", 3)];
+  const stuck = handler(_post("/raft/messages", stuckBody, headers));
+  const start = performance.now();
+  const secondRes = handler(_post("/raft/messages", encodeMessages(second), headers));
+  const thirdRes = handler(_post("/raft/messages", encodeMessages(third), headers));
+  assert.strictEqual((await secondRes).status, 204);
+  assert.strictEqual((await thirdRes).status, 204);
+  assert.ok(performance.now() - start >= 45, "the second batch did not wait for the first");
+  assert.deepStrictEqual(batches, [second, third]);
+  breakFirst(new Error("connection reset"));
+  assert.strictEqual((await stuck).status, 500);
+});
+
 Deno.test("createPeerHandler stores a snapshot and replies 204, or 500 when storing fails", async () => {
   const { handler, snapshots } = _handlerFixture();
   const header = (msg: Message) => ({

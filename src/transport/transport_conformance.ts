@@ -109,6 +109,11 @@ function _recorder(changed: Condition, onSnapshot?: TransportHandlers["onSnapsho
   return rec;
 }
 
+/** Nodes "a" and "b" with the handlers of two recorders. */
+function _nodes(a: _Recorder, b: _Recorder): ConformanceNode[] {
+  return [{ id: "a", handlers: a.handlers }, { id: "b", handlers: b.handlers }];
+}
+
 /** Builds a message with every field set from `seed`. */
 export function sampleMessage(
   type: MessageType,
@@ -165,10 +170,7 @@ export function testTransportConformance(name: string, factory: ConformanceFacto
     const changed = new Condition();
     const a = _recorder(changed);
     const b = _recorder(changed);
-    const cluster = await factory([{ id: "a", handlers: a.handlers }, {
-      id: "b",
-      handlers: b.handlers,
-    }], []);
+    const cluster = await factory(_nodes(a, b), []);
     try {
       const types = Object.values(MessageType).filter((v) => typeof v === "number");
       const sizes = [[], [0], [1], [3, 0, 7], [100_000], [1 << 20], [5, 6, 7, 8, 9, 10]];
@@ -204,10 +206,7 @@ export function testTransportConformance(name: string, factory: ConformanceFacto
     const changed = new Condition();
     const a = _recorder(changed);
     const b = _recorder(changed);
-    const cluster = await factory([{ id: "a", handlers: a.handlers }, {
-      id: "b",
-      handlers: b.handlers,
-    }], ["c"]);
+    const cluster = await factory(_nodes(a, b), ["c"]);
     try {
       const start = performance.now();
       cluster.transports.get("a")!.send([
@@ -245,10 +244,7 @@ export function testTransportConformance(name: string, factory: ConformanceFacto
       events.push("stored");
     });
     const a = _recorder(changed);
-    const cluster = await factory([{ id: "a", handlers: a.handlers }, {
-      id: "b",
-      handlers: b.handlers,
-    }], []);
+    const cluster = await factory(_nodes(a, b), []);
     try {
       const msg = sampleMessage(MessageType.Snap, "a", "b", 4);
       let opened = 0;
@@ -275,10 +271,7 @@ export function testTransportConformance(name: string, factory: ConformanceFacto
       throw new Error("disk full");
     });
     const a = _recorder(changed);
-    const cluster = await factory([{ id: "a", handlers: a.handlers }, {
-      id: "b",
-      handlers: b.handlers,
-    }], []);
+    const cluster = await factory(_nodes(a, b), []);
     try {
       const transport = cluster.transports.get("a")!;
       await assert.rejects(
@@ -300,10 +293,7 @@ export function testTransportConformance(name: string, factory: ConformanceFacto
     const changed = new Condition();
     const a = _recorder(changed);
     const b = _recorder(changed);
-    const cluster = await factory([{ id: "a", handlers: a.handlers }, {
-      id: "b",
-      handlers: b.handlers,
-    }], ["c"]);
+    const cluster = await factory(_nodes(a, b), ["c"]);
     const transport = cluster.transports.get("a")!;
     try {
       transport.send([sampleMessage(MessageType.App, "a", "b", 1)]);
