@@ -54,16 +54,57 @@ export function decodeCommand(bytes: Uint8Array): KvCommand {
   throw new RangeError(`unknown command op ${op}`);
 }
 
+/**
+ * A consistent view of the state at one index, readable while later entries keep being applied
+ * (copy-on-write: the first change to a key after the view began saves its old value).
+ */
+export interface StateView {
+  /** The applied index the view shows. */
+  readonly index: number;
+  /** The number of pairs in the view. */
+  readonly count: number;
+  /** The view's pairs, in no particular order; may be read slowly, across many event-loop turns. */
+  pairs(): Iterable<[string, string]>;
+  /** Releases the view (stops saving old values for it). */
+  close(): void;
+}
+
 /** The key-value map and the index of the last entry applied to it. */
 export class KvStateMachine {
   /** The live data. */
   readonly data: Map<string, string> = new Map();
   /** The index of the last log entry applied (including no-ops). */
   appliedIndex = 0;
+  /** Open views: for each, the value each changed key had when it began (undefined = absent). */
+  #views = new Set<Map<string, string | undefined>>();
+
+  /** Opens a consistent view of the current state (see {@linkcode StateView}). */
+  view(): StateView {
+    const saved = new Map<string, string | undefined>();
+    this.#views.add(saved);
+    const data = this.data;
+    return {
+      index: this.appliedIndex,
+      count: data.size,
+      *pairs() {
+        // Keys changed since the view began come from `saved`; the rest are unchanged.
+        for (const entry of data) if (!saved.has(entry[0])) yield entry;
+        for (const [k, v] of saved) if (v !== undefined) yield [k, v];
+      },
+      close: () => {
+        this.#views.delete(saved);
+      },
+    };
+  }
+
+  #save(key: string): void {
+    for (const saved of this.#views) if (!saved.has(key)) saved.set(key, this.data.get(key));
+  }
 
   /** Applies one command at `index`. Entries must arrive in increasing index order. */
   apply(index: number, cmd: KvCommand): KvResult {
     this.advance(index);
+    if (this.#views.size > 0) this.#save(cmd.key);
     if (cmd.op === "put") {
       this.data.set(cmd.key, cmd.value);
       return { op: "put" };

@@ -51,3 +51,28 @@ Deno.test("two state machines fed the same entries end in the same state", () =>
   cmds.forEach((c, i) => b.apply(i + 1, decodeCommand(encodeCommand(c))));
   assert.deepEqual([...a.data], [...b.data]);
 });
+
+Deno.test("a view keeps showing the state it began with while writes go on", () => {
+  const sm = new KvStateMachine();
+  for (let i = 0; i < 100; i++) sm.apply(i + 1, { op: "put", key: `k${i}`, value: `v${i}` });
+  const expected = new Map(sm.data);
+  const view = sm.view();
+  assert.equal(view.index, 100);
+  assert.equal(view.count, 100);
+  const seen = new Map<string, string>();
+  let index = 100;
+  let n = 0;
+  for (const [k, v] of view.pairs()) {
+    seen.set(k, v);
+    // Interleave changes with the reading: overwrite, delete, re-add and add new keys.
+    const i = n++ % 100;
+    sm.apply(++index, { op: "put", key: `k${(i * 7) % 100}`, value: "changed" });
+    sm.apply(++index, { op: "delete", key: `k${(i * 13) % 100}` });
+    sm.apply(++index, { op: "put", key: `new${i}`, value: "x" });
+  }
+  view.close();
+  assert.deepEqual(seen, expected);
+  // Closed views cost nothing more.
+  sm.apply(++index, { op: "put", key: "after", value: "y" });
+  assert.equal(sm.get("after"), "y");
+});

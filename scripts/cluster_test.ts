@@ -1,0 +1,690 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  bannerLines,
+  type ClusterOptions,
+  colorFor,
+  DEFAULT_GRACE_MS,
+  describeExit,
+  findFlag,
+  formatPrefix,
+  generateClusterConfig,
+  helpText,
+  neededPorts,
+  parseClusterArgs,
+  parseClusterConfig,
+  prefixWidth,
+  readLines,
+  shouldGenerate,
+  shouldUseColor,
+  urlPort,
+  UsageError,
+} from "./cluster.ts";
+import { freePorts, httpRequest, waitFor } from "../tests/_harness.ts";
+
+const _DEFAULTS: ClusterOptions = {
+  help: false,
+  size: undefined,
+  dir: "local-cluster",
+  fresh: false,
+  config: "cluster.config.json",
+  host: undefined,
+  apiBasePort: undefined,
+  rpcBasePort: undefined,
+  exitOnFailure: false,
+  main: undefined,
+  graceMs: DEFAULT_GRACE_MS,
+  nodeArgs: [],
+};
+
+Deno.test("parseClusterArgs() fills in the defaults", () => {
+  assert.deepEqual(parseClusterArgs([]), _DEFAULTS);
+});
+
+Deno.test("parseClusterArgs() reads every option", () => {
+  assert.deepEqual(
+    parseClusterArgs([
+      "--size",
+      "5",
+      "--dir=tmp/c",
+      "--fresh",
+      "--config",
+      "peers.json",
+      "--host",
+      "127.0.0.1",
+      "--api-base-port",
+      "8000",
+      "--rpc-base-port=9000",
+      "--exit-on-failure",
+      "--main",
+      "fake.ts",
+      "--grace",
+      "250",
+    ]),
+    {
+      help: false,
+      size: 5,
+      dir: "tmp/c",
+      fresh: true,
+      config: "peers.json",
+      host: "127.0.0.1",
+      apiBasePort: 8000,
+      rpcBasePort: 9000,
+      exitOnFailure: true,
+      main: "fake.ts",
+      graceMs: 250,
+      nodeArgs: [],
+    },
+  );
+  assert.equal(parseClusterArgs(["-h"]).help, true);
+  assert.equal(parseClusterArgs(["--help"]).help, true);
+});
+
+Deno.test("parseClusterArgs() passes everything after -- to the nodes", () => {
+  const options = parseClusterArgs(["--fresh", "--", "--election-timeout", "500", "--", "x"]);
+  assert.equal(options.fresh, true);
+  assert.deepEqual(options.nodeArgs, ["--election-timeout", "500", "--", "x"]);
+  // A leading "--" before node flags: all of it is for the nodes.
+  assert.deepEqual(parseClusterArgs(["--", "--heartbeat", "50"]).nodeArgs, ["--heartbeat", "50"]);
+  // A leading "--" before launcher options (`deno task cluster -- --size 5`) is ignored.
+  const npmStyle = parseClusterArgs(["--", "--size", "5", "--", "--heartbeat", "50"]);
+  assert.equal(npmStyle.size, 5);
+  assert.deepEqual(npmStyle.nodeArgs, ["--heartbeat", "50"]);
+  assert.equal(parseClusterArgs(["--", "--size=2"]).size, 2);
+});
+
+Deno.test("parseClusterArgs() rejects bad command lines with a clear message", () => {
+  const cases: [string[], RegExp][] = [
+    [["--bogus"], /Unknown option '--bogus'/],
+    [["--size"], /--size/],
+    [["--size", "0"], /--size must be a whole number from 1 to 1000, got "0"/],
+    [["--size", "2.5"], /--size must be a whole number/],
+    [["--size", "three"], /--size must be a whole number/],
+    [["--api-base-port", "70000"], /--api-base-port must be a whole number from 1 to 65535/],
+    [["--rpc-base-port", "-1"], /--rpc-base-port/],
+    [["--grace", "soon"], /--grace must be a whole number/],
+    [["--fresh=yes"], /--fresh/],
+    [["--dir="], /--dir needs a non-empty value/],
+    [["--host="], /--host needs a non-empty value/],
+    [["node-1"], /Unexpected argument "node-1": put flags for the nodes after "--"/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseClusterArgs(args), (error: unknown) => {
+      assert.ok(error instanceof UsageError, `${args.join(" ")}: ${error}`);
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+});
+
+Deno.test("shouldGenerate() is true when the size, host or a base port is given", () => {
+  assert.equal(shouldGenerate(_DEFAULTS), false);
+  assert.equal(shouldGenerate({ ..._DEFAULTS, size: 3 }), true);
+  assert.equal(shouldGenerate({ ..._DEFAULTS, host: "127.0.0.1" }), true);
+  assert.equal(shouldGenerate({ ..._DEFAULTS, apiBasePort: 8000 }), true);
+  assert.equal(shouldGenerate({ ..._DEFAULTS, rpcBasePort: 9000 }), true);
+  assert.equal(shouldGenerate({ ..._DEFAULTS, fresh: true, nodeArgs: ["--x"] }), false);
+});
+
+Deno.test("generateClusterConfig() matches the checked-in cluster.config.json", async () => {
+  const checkedIn = JSON.parse(
+    await Deno.readTextFile(fileURLToPath(new URL("../cluster.config.json", import.meta.url))),
+  );
+  assert.deepEqual(
+    generateClusterConfig({ size: 3, host: "localhost", apiBasePort: 7777, rpcBasePort: 6666 }),
+    checkedIn,
+  );
+});
+
+Deno.test("generateClusterConfig() numbers nodes and ports from the bases", () => {
+  assert.deepEqual(
+    generateClusterConfig({ size: 2, host: "10.0.0.5", apiBasePort: 8000, rpcBasePort: 9000 }),
+    [
+      { node_id: "node-1", rpc_url: "http://10.0.0.5:9000", api_url: "http://10.0.0.5:8000" },
+      { node_id: "node-2", rpc_url: "http://10.0.0.5:9001", api_url: "http://10.0.0.5:8001" },
+    ],
+  );
+  assert.equal(
+    generateClusterConfig({ size: 1, host: "::1", apiBasePort: 1, rpcBasePort: 2 })[0]?.api_url,
+    "http://[::1]:1",
+  );
+  assert.equal(
+    generateClusterConfig({ size: 7, host: "h", apiBasePort: 7777, rpcBasePort: 6666 }).length,
+    7,
+  );
+});
+
+Deno.test("generateClusterConfig() rejects overlapping or out-of-range ports", () => {
+  assert.throws(
+    () => generateClusterConfig({ size: 3, host: "h", apiBasePort: 7000, rpcBasePort: 7002 }),
+    /The API ports 7000-7002 and RPC ports 7002-7004 overlap/,
+  );
+  assert.throws(
+    () => generateClusterConfig({ size: 3, host: "h", apiBasePort: 65534, rpcBasePort: 6666 }),
+    /--api-base-port 65534 leaves no room for 3 node\(s\)/,
+  );
+  assert.throws(
+    () => generateClusterConfig({ size: 0, host: "h", apiBasePort: 1, rpcBasePort: 2 }),
+    UsageError,
+  );
+  // Adjacent ranges are fine.
+  generateClusterConfig({ size: 3, host: "h", apiBasePort: 7000, rpcBasePort: 7003 });
+});
+
+Deno.test("parseClusterConfig() reads entries and rejects what the launcher cannot use", () => {
+  const good = '[{"node_id":"a","rpc_url":"http://h:1","api_url":"https://h"}]';
+  assert.deepEqual(parseClusterConfig(good, "c.json"), [
+    { node_id: "a", rpc_url: "http://h:1", api_url: "https://h" },
+  ]);
+  const bad: [string, RegExp][] = [
+    ["{", /c\.json is not valid JSON/],
+    ["[]", /non-empty JSON array/],
+    ['{"node_id":"a"}', /non-empty JSON array/],
+    ["[1]", /entry 1: expected an object/],
+    ['[{"node_id":"a","rpc_url":"http://h:1"}]', /"api_url" must be a non-empty string/],
+    ['[{"node_id":"../x","rpc_url":"http://h:1","api_url":"http://h:2"}]', /may hold only/],
+    ['[{"node_id":"a","rpc_url":"h:1","api_url":"http://h:2"}]', /rpc_url "h:1" is not http/],
+    ['[{"node_id":"a","rpc_url":"nope","api_url":"http://h:2"}]', /rpc_url "nope" is not a URL/],
+    [
+      '[{"node_id":"a","rpc_url":"http://h:1","api_url":"http://h:2"},' +
+      '{"node_id":"a","rpc_url":"http://h:3","api_url":"http://h:4"}]',
+      /entry 2: node_id "a" repeats/,
+    ],
+  ];
+  for (const [text, message] of bad) {
+    assert.throws(() => parseClusterConfig(text, "c.json"), message, text);
+  }
+});
+
+Deno.test("urlPort() and neededPorts() list each node's ports", () => {
+  assert.equal(urlPort("http://localhost:6666"), 6666);
+  assert.equal(urlPort("http://localhost"), 80);
+  assert.equal(urlPort("https://localhost"), 443);
+  assert.deepEqual(
+    neededPorts([{ node_id: "node-1", rpc_url: "http://h:6666", api_url: "http://h:7777" }]),
+    [
+      { nodeId: "node-1", kind: "api", port: 7777 },
+      { nodeId: "node-1", kind: "rpc", port: 6666 },
+    ],
+  );
+});
+
+Deno.test("findFlag() finds the last value of a flag in either spelling", () => {
+  assert.equal(findFlag(["--listen-host", "127.0.0.1"], "--listen-host"), "127.0.0.1");
+  assert.equal(findFlag(["--listen-host=::1"], "--listen-host"), "::1");
+  assert.equal(findFlag(["--listen-host", "a", "--listen-host=b"], "--listen-host"), "b");
+  assert.equal(findFlag(["--listen-hostx", "a"], "--listen-host"), undefined);
+  assert.equal(findFlag(["--listen-host"], "--listen-host"), undefined);
+  assert.equal(findFlag([], "--listen-host"), undefined);
+});
+
+Deno.test("shouldUseColor() honours NO_COLOR and terminals", () => {
+  assert.equal(shouldUseColor(undefined, true), true);
+  assert.equal(shouldUseColor("", true), true);
+  assert.equal(shouldUseColor("1", true), false);
+  assert.equal(shouldUseColor(undefined, false), false);
+  assert.equal(shouldUseColor("1", false), false);
+});
+
+Deno.test("colorFor() gives neighbouring nodes different colours", () => {
+  const colors = Array.from({ length: 12 }, (_, i) => colorFor(i));
+  assert.equal(new Set(colors).size, 12);
+  assert.equal(colorFor(12), colorFor(0));
+  assert.notEqual(colorFor(0), 31, "the first node is not red");
+  for (const color of colors) {
+    assert.ok((color >= 30 && color <= 37) || (color >= 90 && color <= 97));
+  }
+});
+
+Deno.test("formatPrefix() pads labels so that lines line up", () => {
+  const width = prefixWidth(["cluster", "node-1", "node-10"]);
+  assert.equal(width, 9);
+  assert.equal(formatPrefix("node-1", width, null), "[node-1]  ");
+  assert.equal(formatPrefix("node-10", width, null), "[node-10] ");
+  assert.equal(formatPrefix("cluster", width, null), "[cluster] ");
+  assert.equal(formatPrefix("node-1", width, 36), "\x1b[36m[node-1]\x1b[0m  ");
+  assert.equal(formatPrefix("long-label", 4, null), "[long-label] ");
+});
+
+Deno.test("describeExit() names the exit code or the signal", () => {
+  assert.equal(describeExit({ success: false, code: 3, signal: null }), "exited with code 3");
+  assert.equal(describeExit({ success: true, code: 0, signal: null }), "exited with code 0");
+  assert.equal(
+    describeExit({ success: false, code: 137, signal: "SIGKILL" }),
+    "was killed by signal SIGKILL",
+  );
+});
+
+Deno.test("bannerLines() lists the API URLs and the curl quick start", () => {
+  const entries = generateClusterConfig({
+    size: 3,
+    host: "localhost",
+    apiBasePort: 7777,
+    rpcBasePort: 6666,
+  });
+  const text = bannerLines(entries, "node-2", "cluster.config.json").join("\n");
+  assert.match(text, /node-1 {2}API http:\/\/localhost:7777 {2}RPC http:\/\/localhost:6666\n/);
+  assert.match(
+    text,
+    /node-2 {2}API http:\/\/localhost:7778 {2}RPC http:\/\/localhost:6667 {2}\(leader\)/,
+  );
+  assert.ok(
+    text.includes(
+      `curl -X POST -H 'Content-Type: application/json' -d '{"k":"a","v":"1"}' ` +
+        "http://localhost:7777/v1/data",
+    ),
+    text,
+  );
+  assert.ok(text.includes("curl http://localhost:7778/v1/data/a"), text);
+
+  const single = bannerLines(entries.slice(0, 1), null, "c.json").join("\n");
+  assert.ok(single.includes("curl http://localhost:7777/v1/data/a"), single);
+  assert.ok(!single.includes("(leader)"));
+});
+
+Deno.test("readLines() splits a byte stream into lines across chunks", async () => {
+  const encoder = new TextEncoder();
+  const chunks = ["first li", "ne\r\nsecond\n\nthi", "rd \u00e9", "\u00e8 no newline"];
+  const stream = ReadableStream.from(chunks.map((chunk) => encoder.encode(chunk)));
+  const lines = await Array.fromAsync(readLines(stream));
+  assert.deepEqual(lines, ["first line", "second", "", "third \u00e9\u00e8 no newline"]);
+  assert.deepEqual(await Array.fromAsync(readLines(ReadableStream.from<Uint8Array>([]))), []);
+});
+
+Deno.test("the tests run the launcher with the permissions of deno task cluster", () => {
+  assert.deepEqual(_TASK_PERMISSIONS, [
+    "--allow-net",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-run",
+  ]);
+});
+
+Deno.test("helpText() documents every option", () => {
+  const text = helpText();
+  for (
+    const option of [
+      "--size",
+      "--host",
+      "--api-base-port",
+      "--rpc-base-port",
+      "--config",
+      "--dir",
+      "--fresh",
+      "--exit-on-failure",
+      "--grace",
+      "--main",
+      "--help",
+    ]
+  ) {
+    assert.ok(text.includes(option), option);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The launcher as a process, running a fake node program.
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A stand-in for main.ts: serves `/health` and `/v1/status` (node-1 leads) on its API port and
+ * stops on SIGTERM. `FAKE_CRASH_ID=<id>` makes that node exit 3 at once;
+ * `FAKE_IGNORE_SIGTERM=1` makes every node ignore SIGTERM.
+ */
+const _FAKE_NODE = `
+const args = Deno.args;
+const flag = (name) => {
+  const i = args.lastIndexOf(name);
+  return i === -1 ? undefined : args[i + 1];
+};
+const id = flag("--id");
+console.log("hello from " + id + " args " + JSON.stringify(args));
+console.error("warning line from " + id);
+if (Deno.env.get("FAKE_CRASH_ID") === id) Deno.exit(3);
+const peers = JSON.parse(Deno.readTextFileSync(flag("--cluster-config-path")));
+const me = peers.find((peer) => peer.node_id === id);
+const server = Deno.serve({
+  hostname: flag("--listen-host") ?? "0.0.0.0",
+  port: Number(new URL(me.api_url).port),
+  onListen() {},
+}, (request) => {
+  const path = new URL(request.url).pathname;
+  if (path === "/health") return new Response("ok");
+  if (path === "/v1/status") {
+    return Response.json({ id, role: "x", term: 1, leader: { id: "node-1", api_url: peers[0].api_url } });
+  }
+  return new Response("not found", { status: 404 });
+});
+Deno.addSignalListener("SIGTERM", async () => {
+  if (Deno.env.get("FAKE_IGNORE_SIGTERM") === "1") {
+    console.log(id + " ignores SIGTERM");
+    return;
+  }
+  console.log(id + " stopping");
+  await server.shutdown();
+  Deno.exit(0);
+});
+`;
+
+const _SCRIPT = fileURLToPath(new URL("./cluster.ts", import.meta.url));
+
+/** The permission flags of `deno task cluster`, so that the tests run with no more than it. */
+const _TASK_PERMISSIONS: string[] = (() => {
+  const config = JSON.parse(
+    Deno.readTextFileSync(fileURLToPath(new URL("../deno.json", import.meta.url))),
+  );
+  const task: string = config.tasks.cluster;
+  assert.ok(task.endsWith(" scripts/cluster.ts"), task);
+  return task.split(/\s+/).filter((word) => word.startsWith("--allow-"));
+})();
+
+interface _Launcher {
+  child: Deno.ChildProcess;
+  stdout: string[];
+  stderr: string[];
+  done: Promise<Deno.CommandStatus>;
+  output(): string;
+}
+
+function _launch(args: string[], env: Record<string, string> = {}): _Launcher {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ..._TASK_PERMISSIONS, _SCRIPT, ...args],
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const collect = async (stream: ReadableStream<Uint8Array>, into: string[]) => {
+    for await (const line of readLines(stream)) into.push(line);
+  };
+  const pumps = Promise.all([collect(child.stdout, stdout), collect(child.stderr, stderr)]);
+  const done = child.status.then(async (status) => {
+    await pumps;
+    return status;
+  });
+  return {
+    child,
+    stdout,
+    stderr,
+    done,
+    output: () => `--- stdout ---\n${stdout.join("\n")}\n--- stderr ---\n${stderr.join("\n")}`,
+  };
+}
+
+/** Runs `fn` with a temporary directory holding the fake node and a cluster file on free ports. */
+async function _withSetup(
+  size: number,
+  fn: (setup: { dir: string; fake: string; config: string; apiUrls: string[] }) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-cluster-test-" });
+  try {
+    const fake = join(dir, "fake_node.js");
+    await Deno.writeTextFile(fake, _FAKE_NODE);
+    const ports = freePorts(2 * size);
+    const entries = Array.from({ length: size }, (_, i) => ({
+      node_id: `node-${i + 1}`,
+      rpc_url: `http://127.0.0.1:${ports[size + i]}`,
+      api_url: `http://127.0.0.1:${ports[i]}`,
+    }));
+    const config = join(dir, "peers.json");
+    await Deno.writeTextFile(config, JSON.stringify(entries));
+    await fn({ dir, fake, config, apiUrls: entries.map((entry) => entry.api_url) });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function _stopLauncher(launcher: _Launcher): Promise<void> {
+  try {
+    launcher.child.kill("SIGKILL");
+  } catch {
+    // Already exited.
+  }
+  await launcher.done;
+}
+
+async function _up(url: string): Promise<boolean> {
+  try {
+    return (await httpRequest(`${url}/health`, "GET", undefined, { timeoutMs: 500 })).status ===
+      200;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("the launcher runs every node with prefixed output and stops them on SIGTERM", async () => {
+  await _withSetup(3, async ({ dir, fake, config, apiUrls }) => {
+    const dataDir = join(dir, "nodes");
+    const launcher = _launch([
+      "--config",
+      config,
+      "--dir",
+      dataDir,
+      "--main",
+      fake,
+      "--",
+      "--listen-host",
+      "127.0.0.1",
+    ]);
+    try {
+      await waitFor(() => launcher.stdout.some((line) => line.includes("Press Ctrl-C")), {
+        deadlineMs: 30_000,
+        message: () => `the banner\n${launcher.output()}`,
+      });
+      const out = launcher.stdout.join("\n");
+      for (const [i, url] of apiUrls.entries()) {
+        const id = `node-${i + 1}`;
+        assert.ok(out.includes(`[${id}]  hello from ${id} args `), launcher.output());
+        assert.ok(launcher.stderr.includes(`[${id}]  warning line from ${id}`), launcher.output());
+        assert.ok(out.includes(`API ${url}`), out);
+        assert.ok(await _up(url));
+        assert.ok((await Deno.stat(join(dataDir, id))).isDirectory);
+      }
+      const args = launcher.stdout.find((line) => line.startsWith("[node-2]  hello from node-2"));
+      assert.ok(
+        args?.endsWith(
+          JSON.stringify([
+            "--id",
+            "node-2",
+            "--cluster-config-path",
+            config,
+            "--data-dir",
+            join(dataDir, "node-2"),
+            "--listen-host",
+            "127.0.0.1",
+          ]),
+        ),
+        args,
+      );
+      assert.ok(out.includes(`curl ${apiUrls[1]}/v1/data/a`), out);
+      assert.match(out, /node-1 .*\(leader\)/);
+      assert.ok(!launcher.output().includes("\x1b["), "no colour into a pipe");
+
+      launcher.child.kill("SIGTERM");
+      const status = await launcher.done;
+      assert.equal(status.code, 0, launcher.output());
+      const after = launcher.stdout.join("\n");
+      for (let i = 1; i <= 3; i++) {
+        assert.ok(after.includes(`[node-${i}]  node-${i} stopping`), launcher.output());
+        assert.ok(after.includes(`node-${i} exited with code 0`), launcher.output());
+      }
+      assert.ok(after.includes("[cluster] all nodes stopped"), launcher.output());
+      for (const url of apiUrls) assert.equal(await _up(url), false);
+    } finally {
+      await _stopLauncher(launcher);
+    }
+  });
+});
+
+Deno.test("the launcher reports a node that dies and keeps the others running", async () => {
+  await _withSetup(3, async ({ dir, fake, config, apiUrls }) => {
+    const launcher = _launch(
+      ["--config", config, "--dir", dir, "--main", fake, "--", "--listen-host", "127.0.0.1"],
+      { FAKE_CRASH_ID: "node-3" },
+    );
+    try {
+      await waitFor(() => launcher.stdout.some((line) => line.includes("Press Ctrl-C")), {
+        deadlineMs: 30_000,
+        message: () => `the banner\n${launcher.output()}`,
+      });
+      assert.ok(
+        launcher.stderr.includes("[cluster] node-3 exited with code 3 unexpectedly"),
+        launcher.output(),
+      );
+      assert.ok(
+        launcher.stderr.includes("[cluster] keeping the other nodes running: node-1, node-2"),
+        launcher.output(),
+      );
+      assert.ok(await _up(apiUrls[0] ?? ""));
+      assert.ok(await _up(apiUrls[1] ?? ""));
+      launcher.child.kill("SIGINT");
+      assert.equal((await launcher.done).code, 0, launcher.output());
+    } finally {
+      await _stopLauncher(launcher);
+    }
+  });
+});
+
+Deno.test("the launcher with --exit-on-failure stops everything when a node dies", async () => {
+  await _withSetup(2, async ({ dir, fake, config, apiUrls }) => {
+    const launcher = _launch(
+      [
+        "--config",
+        config,
+        "--dir",
+        dir,
+        "--main",
+        fake,
+        "--exit-on-failure",
+        "--",
+        "--listen-host",
+        "127.0.0.1",
+      ],
+      { FAKE_CRASH_ID: "node-2" },
+    );
+    try {
+      const status = await launcher.done;
+      assert.equal(status.code, 1, launcher.output());
+      assert.ok(launcher.stderr.includes("[cluster] stopping the cluster (--exit-on-failure)"));
+      assert.equal(await _up(apiUrls[0] ?? ""), false);
+    } finally {
+      await _stopLauncher(launcher);
+    }
+  });
+});
+
+Deno.test("the launcher stops on SIGHUP and kills a node that ignores SIGTERM in time", async () => {
+  await _withSetup(1, async ({ dir, fake, config }) => {
+    const launcher = _launch(
+      [
+        "--config",
+        config,
+        "--dir",
+        dir,
+        "--main",
+        fake,
+        "--grace",
+        "300",
+        "--",
+        "--listen-host",
+        "127.0.0.1",
+      ],
+      { FAKE_IGNORE_SIGTERM: "1" },
+    );
+    try {
+      await waitFor(() => launcher.stdout.some((line) => line.includes("Press Ctrl-C")), {
+        deadlineMs: 30_000,
+        message: () => `the banner\n${launcher.output()}`,
+      });
+      launcher.child.kill("SIGHUP");
+      assert.equal((await launcher.done).code, 0, launcher.output());
+      assert.ok(
+        launcher.stdout.includes(
+          "[cluster] received SIGHUP, stopping all nodes " +
+            "(press Ctrl-C again to kill them)",
+        ) &&
+          launcher.stderr.includes("[cluster] node-1 did not stop within 300ms; sending SIGKILL"),
+        launcher.output(),
+      );
+      assert.ok(
+        launcher.stderr.includes("[cluster] node-1 was killed by signal SIGKILL"),
+        launcher.output(),
+      );
+    } finally {
+      await _stopLauncher(launcher);
+    }
+  });
+});
+
+Deno.test("the launcher refuses to start when a port is taken, naming port and node", async () => {
+  await _withSetup(2, async ({ dir, fake }) => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const taken = listener.addr.port;
+    const [rpcBase = 0] = freePorts(1);
+    try {
+      // The port is node-1's API port of a generated two-node cluster.
+      const launcher = _launch([
+        "--size",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--api-base-port",
+        String(taken),
+        "--rpc-base-port",
+        String(rpcBase),
+        "--dir",
+        dir,
+        "--main",
+        fake,
+        "--",
+        "--listen-host",
+        "127.0.0.1",
+      ]);
+      try {
+        const status = await launcher.done;
+        assert.equal(status.code, 1, launcher.output());
+        assert.ok(
+          launcher.stderr.some((line) =>
+            line.includes(`port ${taken} (api port of node-1) is already in use`)
+          ),
+          launcher.output(),
+        );
+        assert.deepEqual(
+          JSON.parse(await Deno.readTextFile(join(dir, "cluster.config.json"))),
+          generateClusterConfig({
+            size: 2,
+            host: "127.0.0.1",
+            apiBasePort: taken,
+            rpcBasePort: rpcBase,
+          }),
+        );
+      } finally {
+        await _stopLauncher(launcher);
+      }
+    } finally {
+      listener.close();
+    }
+  });
+});
+
+Deno.test("the launcher explains a missing cluster file and a usage error", async () => {
+  const missing = _launch(["--config", "/nonexistent/peers.json"]);
+  const missingStatus = await missing.done;
+  assert.equal(missingStatus.code, 1);
+  assert.match(
+    missing.stderr.join("\n"),
+    /Cannot read the cluster file \/nonexistent\/peers\.json/,
+  );
+
+  const usage = _launch(["--size", "zero"]);
+  assert.equal((await usage.done).code, 2);
+  assert.match(usage.stderr.join("\n"), /--size must be a whole number/);
+  assert.match(usage.stderr.join("\n"), /Run with --help/);
+
+  const help = _launch(["--help"]);
+  assert.equal((await help.done).code, 0);
+  assert.match(help.stdout.join("\n"), /Usage: deno task cluster/);
+});

@@ -1,0 +1,233 @@
+/**
+ * Snapshot files: the whole key-value state at one log index, in one self-checking file.
+ *
+ * Layout (all integers big-endian):
+ *
+ * ```
+ * magic      8 bytes  "RKVSNAP1"
+ * hdrLen     u32      length of the header JSON
+ * header     hdrLen   UTF-8 JSON {"index","term","voters","count"}
+ * count x:   u32 keyLen, key (UTF-8), u32 valueLen, value (UTF-8)
+ * trailer    8 bytes  "RKVSEND1"
+ * crc        u32      CRC-32C of every byte before the trailer
+ * ```
+ *
+ * Files are named `snap-<index>-<term>.snap` (16-digit zero-padded decimals, so names sort by
+ * index). They are written to `<name>.tmp`, synced, renamed and the directory synced. A snapshot
+ * received from a leader is kept as `<name>.recv` until the node installs it.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { crc32cRange } from "../storage/crc32c.ts";
+import { syncDirectory, writeAll } from "../storage/durable_file.ts";
+import { CorruptFileError } from "../storage/errors.ts";
+
+/** What a snapshot covers. */
+export interface SnapshotHeader {
+  /** The last log index the state includes. */
+  index: number;
+  /** The term of that entry. */
+  term: number;
+  /** The voting members at that point. */
+  voters: string[];
+  /** The number of key-value pairs. */
+  count: number;
+}
+
+/** A snapshot file found on disk. */
+export interface SnapshotFileInfo {
+  path: string;
+  index: number;
+  term: number;
+}
+
+/** A fully read and verified snapshot. */
+export interface LoadedSnapshot {
+  header: SnapshotHeader;
+  pairs: [string, string][];
+}
+
+const MAGIC = new TextEncoder().encode("RKVSNAP1");
+const TRAILER = new TextEncoder().encode("RKVSEND1");
+const NAME = /^snap-(\d{16})-(\d{16})\.snap$/;
+const CHUNK = 256 * 1024;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** The file name of the snapshot at (`index`, `term`). */
+export function snapshotName(index: number, term: number): string {
+  return `snap-${String(index).padStart(16, "0")}-${String(term).padStart(16, "0")}.snap`;
+}
+
+/**
+ * Encodes a snapshot as a stream of chunks of about 256 KiB, so a large state is never one
+ * string or one buffer. `pairs` is read lazily, chunk by chunk.
+ */
+export async function* encodeSnapshot(
+  header: SnapshotHeader,
+  pairs: Iterable<[string, string]>,
+): AsyncGenerator<Uint8Array> {
+  let crc = 0;
+  const headerBytes = encoder.encode(JSON.stringify(header));
+  const first = new Uint8Array(MAGIC.length + 4 + headerBytes.length);
+  first.set(MAGIC, 0);
+  new DataView(first.buffer).setUint32(MAGIC.length, headerBytes.length);
+  first.set(headerBytes, MAGIC.length + 4);
+  crc = crc32cRange(first, 0, first.length, crc);
+  yield first;
+
+  let buf = new Uint8Array(CHUNK);
+  let view = new DataView(buf.buffer);
+  let at = 0;
+  let written = 0;
+  for (const [k, v] of pairs) {
+    // Worst case UTF-8 is 3 bytes per UTF-16 unit.
+    const need = 8 + 3 * (k.length + v.length);
+    if (at + need > buf.length) {
+      if (at > 0) {
+        const out = buf.subarray(0, at);
+        crc = crc32cRange(out, 0, out.length, crc);
+        yield out;
+      }
+      buf = new Uint8Array(Math.max(CHUNK, need));
+      view = new DataView(buf.buffer);
+      at = 0;
+    }
+    const kLen = encoder.encodeInto(k, buf.subarray(at + 4)).written;
+    view.setUint32(at, kLen);
+    at += 4 + kLen;
+    const vLen = encoder.encodeInto(v, buf.subarray(at + 4)).written;
+    view.setUint32(at, vLen);
+    at += 4 + vLen;
+    written++;
+  }
+  if (written !== header.count) {
+    throw new RangeError(`snapshot header says ${header.count} pairs but ${written} were given`);
+  }
+  const tail = new Uint8Array(at + TRAILER.length + 4);
+  tail.set(buf.subarray(0, at), 0);
+  tail.set(TRAILER, at);
+  crc = crc32cRange(tail, 0, at + TRAILER.length, crc);
+  new DataView(tail.buffer).setUint32(at + TRAILER.length, crc);
+  yield tail;
+}
+
+/**
+ * Writes a snapshot durably into `dir` as `snapshotName(index, term)` (or with `suffix` appended
+ * to the name): temp file, sync, rename, sync the directory. Returns the path.
+ */
+export async function writeSnapshotFile(
+  dir: string,
+  chunks: AsyncIterable<Uint8Array>,
+  name: string,
+): Promise<string> {
+  await Deno.mkdir(dir, { recursive: true });
+  const path = join(dir, name);
+  const tmp = `${path}.tmp`;
+  const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+  try {
+    for await (const chunk of chunks) await writeAll(file, chunk);
+    await file.sync();
+  } catch (e) {
+    file.close();
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+  file.close();
+  await Deno.rename(tmp, path);
+  await syncDirectory(dir);
+  return path;
+}
+
+/** Parses and verifies a snapshot held in memory; throws CorruptFileError naming `path`. */
+export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot {
+  const fail = (what: string, offset: number): never => {
+    throw new CorruptFileError(path, `snapshot ${what} at byte offset ${offset}`);
+  };
+  const min = MAGIC.length + 4 + TRAILER.length + 4;
+  if (bytes.length < min) fail(`file too short (${bytes.length} bytes)`, 0);
+  for (let i = 0; i < MAGIC.length; i++) if (bytes[i] !== MAGIC[i]) fail("bad magic", 0);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const end = bytes.length - TRAILER.length - 4;
+  for (let i = 0; i < TRAILER.length; i++) {
+    if (bytes[end + i] !== TRAILER[i]) fail("missing trailer (truncated file?)", end);
+  }
+  const stored = view.getUint32(end + TRAILER.length);
+  const actual = crc32cRange(bytes, 0, end + TRAILER.length);
+  if (stored !== actual) fail(`checksum mismatch (stored ${stored}, computed ${actual})`, end);
+  const hdrLen = view.getUint32(MAGIC.length);
+  let at = MAGIC.length + 4;
+  if (at + hdrLen > end) fail(`header length ${hdrLen} runs past the data`, MAGIC.length);
+  let header: SnapshotHeader;
+  try {
+    header = JSON.parse(decoder.decode(bytes.subarray(at, at + hdrLen)));
+  } catch {
+    return fail("unreadable header", at);
+  }
+  if (
+    !Number.isSafeInteger(header.index) || !Number.isSafeInteger(header.term) ||
+    !Number.isSafeInteger(header.count) || !Array.isArray(header.voters)
+  ) {
+    fail(`malformed header ${JSON.stringify(header)}`, at);
+  }
+  at += hdrLen;
+  const pairs: [string, string][] = new Array(header.count);
+  for (let i = 0; i < header.count; i++) {
+    if (at + 4 > end) fail(`pair ${i} of ${header.count} missing`, at);
+    const kLen = view.getUint32(at);
+    if (at + 4 + kLen + 4 > end) fail(`key ${i} runs past the data`, at);
+    const k = decoder.decode(bytes.subarray(at + 4, at + 4 + kLen));
+    at += 4 + kLen;
+    const vLen = view.getUint32(at);
+    if (at + 4 + vLen > end) fail(`value ${i} runs past the data`, at);
+    const v = decoder.decode(bytes.subarray(at + 4, at + 4 + vLen));
+    at += 4 + vLen;
+    pairs[i] = [k, v];
+  }
+  if (at !== end) fail(`${end - at} unexpected bytes after the last pair`, at);
+  return { header, pairs };
+}
+
+/** Reads and verifies the snapshot file at `path`. */
+export async function readSnapshotFile(path: string): Promise<LoadedSnapshot> {
+  return decodeSnapshot(await Deno.readFile(path), path);
+}
+
+/** The complete snapshot files in `dir` (not temp or received ones), newest first. */
+export async function listSnapshots(dir: string): Promise<SnapshotFileInfo[]> {
+  const out: SnapshotFileInfo[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      const m = NAME.exec(e.name);
+      if (e.isFile && m) out.push({ path: join(dir, e.name), index: +m[1]!, term: +m[2]! });
+    }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+  return out.sort((a, b) => b.index - a.index);
+}
+
+/** Removes snapshot files beyond the newest `keep`, and leftover temp and received files. */
+export async function pruneSnapshots(
+  dir: string,
+  keep: number,
+  except: string[] = [],
+): Promise<void> {
+  const all = await listSnapshots(dir);
+  for (const s of all.slice(keep)) await Deno.remove(s.path).catch(() => {});
+  for await (const e of Deno.readDir(dir)) {
+    const path = join(dir, e.name);
+    if ((e.name.endsWith(".tmp") || e.name.endsWith(".recv")) && !except.includes(path)) {
+      await Deno.remove(path).catch(() => {});
+    }
+  }
+}
+
+/** Streams the file at `path` (for sending a snapshot to a peer or a client). */
+export async function openSnapshotStream(path: string): Promise<ReadableStream<Uint8Array>> {
+  const file = await Deno.open(path, { read: true });
+  return file.readable;
+}

@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { CorruptFileError } from "../storage/errors.ts";
+import {
+  encodeSnapshot,
+  listSnapshots,
+  pruneSnapshots,
+  readSnapshotFile,
+  type SnapshotHeader,
+  snapshotName,
+  writeSnapshotFile,
+} from "./snapshot_file.ts";
+
+function pairs(n: number, valueSize = 20): [string, string][] {
+  return Array.from({ length: n }, (_, i) => [`key-${i}-ключ`, `${i}`.padEnd(valueSize, "v")]);
+}
+
+async function write(dir: string, index: number, data: [string, string][]): Promise<string> {
+  const header: SnapshotHeader = { index, term: 2, voters: ["a", "b", "c"], count: data.length };
+  return await writeSnapshotFile(dir, encodeSnapshot(header, data), snapshotName(index, 2));
+}
+
+Deno.test("a snapshot file round-trips every pair and its header", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const data = pairs(20_000);
+    data.push(["", ""], ["big", "x".repeat(600_000)]);
+    const path = await write(dir, 42, data);
+    const loaded = await readSnapshotFile(path);
+    assert.deepEqual(loaded.header, { index: 42, term: 2, voters: ["a", "b", "c"], count: 20_002 });
+    assert.deepEqual(loaded.pairs, data);
+    const entries = [];
+    for await (const e of Deno.readDir(dir)) entries.push(e.name);
+    assert.deepEqual(entries, [snapshotName(42, 2)], "no temp file left behind");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a damaged or truncated snapshot is reported, never loaded", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = await write(dir, 7, pairs(500));
+    const good = await Deno.readFile(path);
+    for (const offset of [0, 9, 20, 100, Math.floor(good.length / 2), good.length - 5]) {
+      const bad = good.slice();
+      bad[offset]! ^= 0x40;
+      await Deno.writeFile(path, bad);
+      await assert.rejects(readSnapshotFile(path), CorruptFileError, `flip at ${offset}`);
+    }
+    for (const cut of [3, 100, good.length - 1]) {
+      await Deno.writeFile(path, good.subarray(0, cut));
+      await assert.rejects(
+        readSnapshotFile(path),
+        (e: unknown) => e instanceof CorruptFileError && e.message.includes(path),
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("snapshots are listed newest first and pruned to the newest few", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const i of [5, 50, 20]) await write(dir, i, pairs(3));
+    await Deno.writeTextFile(join(dir, "leftover.snap.tmp"), "x");
+    assert.deepEqual((await listSnapshots(dir)).map((s) => s.index), [50, 20, 5]);
+    await pruneSnapshots(dir, 2);
+    assert.deepEqual((await listSnapshots(dir)).map((s) => s.index), [50, 20]);
+    const names = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    assert.ok(!names.some((n) => n.endsWith(".tmp")));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a process killed while writing a snapshot leaves the previous one usable", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await write(dir, 10, pairs(100));
+    // A child writes a huge snapshot slowly; kill -9 it once the temp file exists.
+    const code = `
+      import { encodeSnapshot, snapshotName, writeSnapshotFile } from ${
+      JSON.stringify(new URL("./snapshot_file.ts", import.meta.url).href)
+    };
+      function* slow() { for (let i = 0; ; i++) yield ["k" + i, "v".repeat(100)]; }
+      await writeSnapshotFile(${
+      JSON.stringify(dir)
+    }, encodeSnapshot({ index: 99, term: 3, voters: [], count: 1e12 }, slow()), snapshotName(99, 3));
+    `;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const tmp = join(dir, `${snapshotName(99, 3)}.tmp`);
+    const deadline = performance.now() + 20_000;
+    while (true) {
+      const size = await Deno.stat(tmp).then((s) => s.size, () => 0);
+      if (size > 1_000_000) break;
+      if (performance.now() > deadline) {
+        child.kill("SIGKILL");
+        await child.status;
+        throw new Error("the child never started writing");
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    child.kill("SIGKILL");
+    const status = await child.status;
+    assert.equal(status.signal, "SIGKILL");
+    const found = await listSnapshots(dir);
+    assert.deepEqual(found.map((s) => s.index), [10], "the half-written snapshot is not listed");
+    const loaded = await readSnapshotFile(found[0]!.path);
+    assert.equal(loaded.pairs.length, 100);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
