@@ -7,7 +7,14 @@
 
 import { type RaftConfig, RaftCore } from "./raft.ts";
 import { seededRandom } from "./rand.ts";
-import { type Entry, EntryType, type HardState, type Message, type NodeId } from "./types.ts";
+import {
+  type Entry,
+  EntryType,
+  type HardState,
+  type Message,
+  MessageType,
+  type NodeId,
+} from "./types.ts";
 
 /** Decides whether a message is delivered (true/false), or delivers a replacement. */
 export type Filter = (m: Message) => boolean | Message;
@@ -41,6 +48,8 @@ export class TestCluster {
   filter: Filter = () => true;
   /** Every message ever sent (for assertions). */
   readonly sent: Message[] = [];
+  /** Snapshots taken, by index: the applied entries they stand for. */
+  readonly snapshots = new Map<number, Entry[]>();
   #queue: Message[] = [];
 
   /** Creates `ids.length` nodes with seeds derived from `seed`. */
@@ -80,7 +89,17 @@ export class TestCluster {
       if (this.down.has(id)) continue;
       while (core.hasReady()) {
         const rd = core.ready();
-        this.#queueAll(rd.messages);
+        if (rd.snapshot) {
+          const data = this.snapshots.get(rd.snapshot.index);
+          if (!data) throw new Error(`no snapshot at ${rd.snapshot.index}`);
+          this.applied.set(id, [...data]);
+        }
+        this.#queueAll(rd.messages.filter((m) => m.type !== MessageType.Snap));
+        for (const m of rd.messages.filter((m) => m.type === MessageType.Snap)) {
+          // The snapshot's bytes travel beside the message; here they arrive at once.
+          this.#queueAll([m]);
+          queueMicrotask(() => core.reportSnapshot(m.to, !this.down.has(m.to)));
+        }
         const last = rd.entries.at(-1);
         if (last) core.persisted(last.index, last.term);
         this.#queueAll(rd.persistedMessages);
@@ -119,6 +138,16 @@ export class TestCluster {
       for (const [id, core] of this.nodes) if (!this.down.has(id)) core.tick();
       this.stabilize();
     }
+  }
+
+  /** Takes a snapshot of `id`'s applied state and compacts its log up to `compactTo`. */
+  takeSnapshot(id: NodeId, compactTo?: number): number {
+    const core = this.node(id);
+    const applied = this.applied.get(id)!;
+    const index = core.log.applied;
+    this.snapshots.set(index, applied.filter((e) => e.index <= index));
+    core.snapshotSaved({ index, term: core.log.term(index)!, voters: [...core.voters] }, compactTo);
+    return index;
   }
 
   /** The live leaders. */

@@ -154,6 +154,8 @@ export class RaftCore {
   readonly #leaseMarginTicks: number;
   #readsAwaitingCommit: number[] = [];
   #pendingSnapshot: SnapshotMeta | null = null;
+  /** Invariant: covers every compacted entry (`index >= log.snapIndex`) once anything is compacted. */
+  #latestSnapshot: SnapshotMeta | null = null;
   #broadcastPending = false;
   #prevSoft: SoftState;
   #prevHard: HardState;
@@ -183,6 +185,7 @@ export class RaftCore {
       Math.max(1, Math.floor(this.#electionTicks / 5));
     this.#random = config.random;
     this.log = new RaftLog(config.snapshot ?? null, config.entries ?? []);
+    this.#latestSnapshot = config.snapshot ?? null;
     const hs = config.hardState ?? { term: 0, vote: NONE, commit: 0 };
     this.term = hs.term;
     this.vote = hs.vote;
@@ -332,16 +335,24 @@ export class RaftCore {
   }
 
   /**
-   * Drops log entries up to `index`, now covered by a snapshot the driver saved. The leader then
-   * sends that snapshot to followers that need entries from before it.
+   * Records that the driver durably saved a snapshot (or installed one), and drops log entries up
+   * to `compactTo` (at most the snapshot's index; a few entries before it may be kept so that
+   * followers just behind catch up without a snapshot). A leader sends this snapshot to
+   * followers that need entries from before the log's start.
    */
-  compact(index: number): void {
-    this.log.compact(index);
+  snapshotSaved(meta: SnapshotMeta, compactTo: number = meta.index): void {
+    if (compactTo > meta.index) {
+      throw new RaftInvariantError(`compactTo ${compactTo} is past the snapshot at ${meta.index}`);
+    }
+    if (!this.#latestSnapshot || meta.index > this.#latestSnapshot.index) {
+      this.#latestSnapshot = { ...meta, voters: [...meta.voters] };
+    }
+    this.log.compact(compactTo);
   }
 
-  /** The snapshot point the log starts after (what a lagging follower is sent). */
-  snapshotMeta(): SnapshotMeta {
-    return { index: this.log.snapIndex, term: this.log.snapTerm, voters: [...this.#voters] };
+  /** The newest snapshot the driver saved or installed, or null. */
+  latestSnapshot(): SnapshotMeta | null {
+    return this.#latestSnapshot;
   }
 
   /** Whether a Ready would carry anything. */
@@ -680,6 +691,7 @@ export class RaftCore {
       return;
     }
     this.log.restore(snap);
+    this.#latestSnapshot = snap;
     this.#pendingSnapshot = snap;
     this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: snap.index }));
   }
@@ -770,7 +782,12 @@ export class RaftCore {
     const prevTerm = this.log.term(prevIndex);
     if (prevTerm === undefined || pr.next < this.log.firstIndex()) {
       // The entries it needs are compacted away: send the snapshot.
-      const snap = this.snapshotMeta();
+      const snap = this.#latestSnapshot;
+      if (!snap || snap.index < this.log.snapIndex) {
+        throw new RaftInvariantError(
+          `entries before ${this.log.firstIndex()} are compacted but no snapshot covers them`,
+        );
+      }
       pr.becomeSnapshot(snap.index);
       this.#send(_msg({ type: MessageType.Snap, to, snapshot: snap }));
       return true;

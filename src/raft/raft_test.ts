@@ -476,3 +476,42 @@ Deno.test("a lease read holds only while a quorum answered recently", () => {
   assert.equal(follower.role, "follower");
   assert.equal(follower.leaseRead(), null, "followers never hold a lease");
 });
+
+Deno.test("a follower partitioned while the leader compacts catches up by snapshot", () => {
+  const c = new TestCluster(THREE, 16);
+  const leader = c.electLeader();
+  const lagging = THREE.find((id) => id !== leader.id)!;
+  c.propose(leader, "early");
+  c.tick(2);
+  c.down.add(lagging);
+  for (let i = 0; i < 30; i++) c.propose(leader, `w${i}`);
+  c.tick(2);
+  const snapIndex = c.takeSnapshot(leader.id);
+  assert.equal(leader.log.firstIndex(), snapIndex + 1, "the leader's log was compacted");
+  for (let i = 30; i < 35; i++) c.propose(leader, `w${i}`);
+  c.down.delete(lagging);
+  c.tick(10);
+  const snaps = c.sent.filter((m) => m.type === MessageType.Snap && m.to === lagging);
+  assert.equal(snaps.length, 1, "exactly one snapshot was sent");
+  assert.deepEqual(c.appliedText(lagging), c.appliedText(leader.id));
+  assert.deepEqual(c.terms(lagging).slice(-5), c.terms(leader.id).slice(-5));
+  assert.equal(c.node(lagging).log.committed, leader.log.committed);
+});
+
+Deno.test("followers just behind catch up from the entries kept after a snapshot", () => {
+  const c = new TestCluster(THREE, 17);
+  const leader = c.electLeader();
+  const lagging = THREE.find((id) => id !== leader.id)!;
+  for (let i = 0; i < 10; i++) c.propose(leader, `early${i}`);
+  c.tick(1);
+  c.down.add(lagging);
+  for (let i = 0; i < 20; i++) c.propose(leader, `w${i}`);
+  const match = leader.progress.get(lagging)!.match;
+  const snapIndex = c.takeSnapshot(leader.id, match);
+  assert.equal(leader.log.firstIndex(), match + 1, "compacted up to what the follower has");
+  assert.ok(snapIndex > match + 10);
+  c.down.delete(lagging);
+  c.tick(10);
+  assert.equal(c.sent.filter((m) => m.type === MessageType.Snap).length, 0);
+  assert.deepEqual(c.appliedText(lagging), c.appliedText(leader.id));
+});
