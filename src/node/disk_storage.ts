@@ -1,15 +1,28 @@
 /**
- * The node's durable state on real files: the WAL directory, the hard-state file and the log
- * metadata file (see src/storage/README.md for their formats), opened and recovered together.
+ * The node's durable state on real files: the WAL directory, the hard-state file, the log
+ * metadata file and the snapshot directory (see src/storage/README.md and
+ * src/snapshot/snapshot_file.ts for their formats), opened and recovered together.
+ *
+ * Start-up loads the newest snapshot and replays the WAL after it. A corrupt newest snapshot
+ * stops the node with the file named: it never silently starts from less.
  *
  * @module
  */
 
-import { dirname } from "node:path";
-import type { Entry, HardState } from "../raft/types.ts";
+import { dirname, join } from "node:path";
+import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
 import { loadHardState, saveHardState } from "../storage/hard_state.ts";
-import { loadLogMetadata } from "../storage/log_metadata.ts";
+import { loadLogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
 import { Wal } from "../storage/wal.ts";
+import { syncDirectory } from "../storage/durable_file.ts";
+import { CorruptFileError } from "../storage/errors.ts";
+import {
+  listSnapshots,
+  type LoadedSnapshot,
+  pruneSnapshots,
+  readSnapshotFile,
+  snapshotName,
+} from "../snapshot/snapshot_file.ts";
 import type { NodeStorage } from "./raft_node.ts";
 
 /** Where a node keeps its files. */
@@ -28,6 +41,8 @@ export interface DiskPaths {
 export interface DiskStorageOptions {
   /** WAL segment size in bytes. Default: the WAL's default (64 MiB). */
   segmentSize?: number;
+  /** How many snapshot files to keep. Default 2. */
+  keepSnapshots?: number;
 }
 
 /**
@@ -41,21 +56,100 @@ export async function openDiskStorage(
   await Deno.mkdir(dirname(paths.raftStatePath), { recursive: true });
   await Deno.mkdir(dirname(paths.logMetadataPath), { recursive: true });
   await Deno.mkdir(paths.snapshotDir, { recursive: true });
+  const keep = options.keepSnapshots ?? 2;
   const hardState = await loadHardState(paths.raftStatePath);
   const metadata = await loadLogMetadata(paths.logMetadataPath);
   const wal = await Wal.open(
     paths.walDir,
     options.segmentSize === undefined ? {} : { segmentSize: options.segmentSize },
   );
-  const entries = wal.entries.filter((e) => e.index > metadata.snapshotIndex);
+
+  // The log starts right after a reset record when a received snapshot was being installed:
+  // finish that installation if a crash interrupted it.
+  const logStart = (wal.entries[0]?.index ?? wal.lastIndex + 1) - 1;
+  let snapshots = await listSnapshots(paths.snapshotDir);
+  if (logStart > (snapshots[0]?.index ?? 0)) {
+    await _completeReceivedSnapshot(paths.snapshotDir, logStart);
+    snapshots = await listSnapshots(paths.snapshotDir);
+  }
+
+  await pruneSnapshots(paths.snapshotDir, keep, true);
+  let loaded: LoadedSnapshot | null = null;
+  const newest = snapshots[0];
+  if (newest) {
+    // A damaged newest snapshot is an error, not a reason to fall back silently.
+    loaded = await readSnapshotFile(newest.path);
+  }
+  const snapIndex = loaded?.header.index ?? 0;
+  if (metadata.snapshotIndex > snapIndex) {
+    throw new CorruptFileError(
+      paths.logMetadataPath,
+      `it records a snapshot at index ${metadata.snapshotIndex} but the newest snapshot in ${paths.snapshotDir} is at ${snapIndex}`,
+    );
+  }
+  const entries = wal.entries.filter((e) => e.index > snapIndex);
+  if ((entries[0]?.index ?? snapIndex + 1) > snapIndex + 1) {
+    throw new CorruptFileError(
+      paths.walDir,
+      `the log starts at ${
+        entries[0]!.index
+      } but the newest snapshot ends at ${snapIndex}: entries are missing`,
+    );
+  }
+  const snapshot: SnapshotMeta | null = loaded
+    ? { index: loaded.header.index, term: loaded.header.term, voters: loaded.header.voters }
+    : null;
+
   return {
     wal,
     hardState,
-    snapshot: null,
-    snapshotData: [],
+    snapshot,
+    snapshotData: loaded?.pairs ?? [],
+    snapshotPath: newest?.path ?? null,
+    snapshotDir: paths.snapshotDir,
     entries,
     append: (batch: Entry[]) => wal.append(batch),
     saveHardState: (hs: HardState) => saveHardState(paths.raftStatePath, hs),
+    async snapshotTaken(meta: SnapshotMeta, compactTo: number): Promise<void> {
+      await saveLogMetadata(paths.logMetadataPath, {
+        firstIndex: compactTo + 1,
+        snapshotIndex: meta.index,
+        snapshotTerm: meta.term,
+      });
+      await wal.compact(compactTo);
+      await pruneSnapshots(paths.snapshotDir, keep);
+    },
+    rollLog: () => wal.rollNext(),
+    async installReceived(meta: SnapshotMeta, receivedPath: string): Promise<string> {
+      // The reset record is the commit point: after it, start-up completes the install.
+      await wal.reset(meta.index, meta.term);
+      const path = join(paths.snapshotDir, snapshotName(meta.index, meta.term));
+      await Deno.rename(receivedPath, path);
+      await syncDirectory(paths.snapshotDir);
+      await saveLogMetadata(paths.logMetadataPath, {
+        firstIndex: meta.index + 1,
+        snapshotIndex: meta.index,
+        snapshotTerm: meta.term,
+      });
+      await pruneSnapshots(paths.snapshotDir, keep, true);
+      return path;
+    },
     close: () => wal.close(),
   };
+}
+
+/** Renames the received snapshot ending at `index` into place, after a crash mid-install. */
+async function _completeReceivedSnapshot(dir: string, index: number): Promise<void> {
+  const prefix = `snap-${String(index).padStart(16, "0")}-`;
+  for await (const e of Deno.readDir(dir)) {
+    if (e.name.startsWith(prefix) && e.name.endsWith(".snap.recv")) {
+      await Deno.rename(join(dir, e.name), join(dir, e.name.slice(0, -".recv".length)));
+      await syncDirectory(dir);
+      return;
+    }
+  }
+  throw new CorruptFileError(
+    dir,
+    `the log was reset to a snapshot at index ${index}, but no snapshot file for it exists`,
+  );
 }

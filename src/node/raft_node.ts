@@ -43,6 +43,13 @@ import {
   type WriteResult,
 } from "./backend.ts";
 import type { Transport, TransportHandlers } from "../transport/transport.ts";
+import {
+  encodeSnapshot,
+  openSnapshotStream,
+  readSnapshotFile,
+  snapshotName,
+  writeSnapshotFile,
+} from "../snapshot/snapshot_file.ts";
 
 /** The durable state a node recovered, and the operations the driver needs to keep it durable. */
 export interface NodeStorage {
@@ -58,6 +65,16 @@ export interface NodeStorage {
   append(entries: Entry[]): Promise<void>;
   /** Durably replaces the hard state. */
   saveHardState(hs: HardState): Promise<void>;
+  /** The snapshot directory. */
+  readonly snapshotDir: string;
+  /** The file of the recovered snapshot, or null. */
+  readonly snapshotPath: string | null;
+  /** Makes the log's next write start a new segment (called when a snapshot begins). */
+  rollLog(): void;
+  /** Records a saved snapshot and drops log segments wholly at or below `compactTo`. */
+  snapshotTaken(meta: SnapshotMeta, compactTo: number): Promise<void>;
+  /** Installs a snapshot received from the leader; returns its final path. */
+  installReceived(meta: SnapshotMeta, receivedPath: string): Promise<string>;
   /** Releases files. */
   close(): Promise<void>;
 }
@@ -85,6 +102,10 @@ export interface RaftNodeOptions {
   electionTimeoutMs?: number;
   /** Seed for the election jitter. Default: random. */
   seed?: number;
+  /** Applied entries between snapshots. Default 10000. */
+  snapshotThreshold?: number;
+  /** Entries kept in the log before a snapshot, for followers just behind. Default: min(5000, threshold). */
+  snapshotCatchUpEntries?: number;
   /** Called when the node cannot continue safely (a failed disk write, a broken invariant). */
   onFatal?: (error: unknown) => void;
   /** Where log lines go. Default: console. */
@@ -110,9 +131,18 @@ interface ReadRound {
 }
 
 interface WriteJob {
+  /** A received snapshot to install before the entries. */
+  install: { meta: SnapshotMeta; path: string } | null;
   entries: Entry[];
   hardState: HardState | null;
   messages: Message[];
+  /** A snapshot just saved: record it and compact the log, after the entries. */
+  compact: { meta: SnapshotMeta; compactTo: number } | null;
+}
+
+interface ReceivedSnapshot {
+  path: string;
+  pairs: [string, string][];
 }
 
 /** A Raft node serving the key-value API: see the module doc. */
@@ -137,7 +167,13 @@ export class RaftNode implements KvBackend {
   #readRounds = new Map<number, ReadRound>();
   #readSeq = 0;
   #readsAwaitingApply: ReadRound[] = [];
-  #pendingWrite: WriteJob | null = null;
+  /** Writes not started yet; new work merges into the last one (group commit). */
+  #pendingWrites: WriteJob[] = [];
+  readonly #snapshotThreshold: number;
+  readonly #catchUpEntries: number;
+  #snapshotting = false;
+  #snapshotFile: { index: number; path: string } | null = null;
+  #received = new Map<number, ReceivedSnapshot>();
   /** Set while the write loop runs (cleared synchronously when it drains the queue). */
   #writerActive = false;
   #writing: Promise<void> = Promise.resolve();
@@ -156,8 +192,14 @@ export class RaftNode implements KvBackend {
     this.#onFatal = options.onFatal ?? ((e) => {
       throw e;
     });
+    this.#snapshotThreshold = options.snapshotThreshold ?? 10_000;
+    this.#catchUpEntries = options.snapshotCatchUpEntries ??
+      Math.min(5000, this.#snapshotThreshold);
     const snapshot = this.#storage.snapshot;
-    if (snapshot) this.#kv.reset(this.#storage.snapshotData, snapshot.index);
+    if (snapshot) {
+      this.#kv.reset(this.#storage.snapshotData, snapshot.index);
+      this.#snapshotFile = { index: snapshot.index, path: this.#storage.snapshotPath! };
+    }
     this.#core = new RaftCore({
       id: this.id,
       voters: options.members.map((m) => m.id),
@@ -170,7 +212,7 @@ export class RaftNode implements KvBackend {
     });
     this.#transport = options.transport({
       onMessages: (msgs) => this.#onMessages(msgs),
-      onSnapshot: () => Promise.reject(new Error("snapshots are not supported yet")),
+      onSnapshot: (msg, body) => this.#receiveSnapshot(msg, body),
       onUnreachable: (peer) => this.#guard(() => this.#core.reportUnreachable(peer)),
     });
   }
@@ -370,6 +412,7 @@ export class RaftNode implements KvBackend {
       );
     }
     this.#sendNow(rd.messages);
+    if (rd.snapshot) this.#installSnapshot(rd.snapshot);
     if (rd.entries.length > 0 || rd.hardState || rd.persistedMessages.length > 0) {
       this.#enqueueWrite(rd);
     }
@@ -389,8 +432,7 @@ export class RaftNode implements KvBackend {
     const plain: Message[] = [];
     for (const m of messages) {
       if (m.type === MessageType.Snap) {
-        // Snapshot streaming is not wired yet: report failure so the leader retries later.
-        queueMicrotask(() => this.#guard(() => this.#core.reportSnapshot(m.to, false)));
+        this.#sendSnapshot(m);
       } else {
         plain.push(m);
       }
@@ -403,7 +445,7 @@ export class RaftNode implements KvBackend {
    * is merged into the next one (group commit).
    */
   #enqueueWrite(rd: Ready): void {
-    const job = this.#pendingWrite ?? { entries: [], hardState: null, messages: [] };
+    const job = this.#openJob();
     if (rd.entries.length > 0) {
       const first = rd.entries[0]!.index;
       // A follower's truncation inside the not-yet-written batch: cut it there first.
@@ -413,20 +455,41 @@ export class RaftNode implements KvBackend {
     }
     if (rd.hardState) job.hardState = rd.hardState;
     for (const m of rd.persistedMessages) job.messages.push(m);
-    this.#pendingWrite = job;
-    if (!this.#writerActive) {
-      this.#writerActive = true;
-      this.#writing = this.#writeLoop();
-    }
+    this.#kickWriter();
+  }
+
+  /** The job new work may join: the last pending one, unless it already compacts the log. */
+  #openJob(): WriteJob {
+    const last = this.#pendingWrites.at(-1);
+    if (last && !last.compact) return last;
+    const job: WriteJob = {
+      install: null,
+      entries: [],
+      hardState: null,
+      messages: [],
+      compact: null,
+    };
+    this.#pendingWrites.push(job);
+    return job;
+  }
+
+  #kickWriter(): void {
+    if (this.#writerActive) return;
+    this.#writerActive = true;
+    this.#writing = this.#writeLoop();
   }
 
   async #writeLoop(): Promise<void> {
     try {
-      while (this.#pendingWrite && !this.#failed) {
-        const job = this.#pendingWrite;
-        this.#pendingWrite = null;
+      while (this.#pendingWrites.length > 0 && !this.#failed) {
+        const job = this.#pendingWrites.shift()!;
+        if (job.install) {
+          const path = await this.#storage.installReceived(job.install.meta, job.install.path);
+          this.#snapshotFile = { index: job.install.meta.index, path };
+        }
         if (job.entries.length > 0) await this.#storage.append(job.entries);
         if (job.hardState) await this.#storage.saveHardState(job.hardState);
+        if (job.compact) await this.#storage.snapshotTaken(job.compact.meta, job.compact.compactTo);
         if (this.#failed) return;
         this.#transport.send(job.messages);
         const last = job.entries.at(-1);
@@ -458,6 +521,119 @@ export class RaftNode implements KvBackend {
         w.reject(new NotAppliedError());
       }
     }
+    this.#maybeSnapshot();
+  }
+
+  // ---- snapshots ----------------------------------------------------------------------------
+
+  /** Starts a snapshot when enough entries were applied since the last one. */
+  #maybeSnapshot(): void {
+    const last = this.#snapshotFile?.index ?? 0;
+    if (this.#snapshotting || this.#kv.appliedIndex - last < this.#snapshotThreshold) return;
+    this.#snapshotting = true;
+    this.#takeSnapshot().catch((e) => this.#fail(e)).finally(() => this.#snapshotting = false);
+  }
+
+  /**
+   * Writes the state at the applied index to a snapshot file while applying goes on (the view is
+   * copy-on-write), then compacts the log.
+   */
+  async #takeSnapshot(): Promise<void> {
+    const view = this.#kv.view();
+    const meta: SnapshotMeta = {
+      index: view.index,
+      term: this.#core.log.term(view.index)!,
+      voters: [...this.#core.voters],
+    };
+    const started = performance.now();
+    this.#storage.rollLog();
+    let path: string;
+    try {
+      path = await writeSnapshotFile(
+        this.#storage.snapshotDir,
+        encodeSnapshot({ ...meta, count: view.count }, view.pairs()),
+        snapshotName(meta.index, meta.term),
+      );
+    } finally {
+      view.close();
+    }
+    if (this.#failed) return;
+    this.#snapshotFile = { index: meta.index, path };
+    const compactTo = Math.max(this.#core.log.snapIndex, meta.index - this.#catchUpEntries);
+    this.#core.snapshotSaved(meta, compactTo);
+    const job = this.#openJob();
+    job.compact = { meta, compactTo };
+    this.#kickWriter();
+    this.#log.info(
+      `snapshot at index ${meta.index} (${view.count} keys) in ${
+        Math.round(performance.now() - started)
+      } ms`,
+    );
+  }
+
+  /** Streams the newest snapshot file to a follower that needs it. */
+  #sendSnapshot(m: Message): void {
+    const file = this.#snapshotFile;
+    if (!file || file.index !== m.snapshot?.index) {
+      queueMicrotask(() => this.#guard(() => this.#core.reportSnapshot(m.to, false)));
+      return;
+    }
+    this.#log.info(`sending snapshot at index ${file.index} to ${m.to}`);
+    this.#transport.sendSnapshot(m, () => openSnapshotStream(file.path)).then(
+      () => this.#guard(() => this.#core.reportSnapshot(m.to, true)),
+      (e) => {
+        this.#log.warn(`sending snapshot to ${m.to} failed: ${e instanceof Error ? e.message : e}`);
+        this.#guard(() => this.#core.reportSnapshot(m.to, false));
+      },
+    );
+  }
+
+  /**
+   * Stores a snapshot streamed by the leader (as a received file: it replaces nothing yet),
+   * verifies it, and hands the message to the core, which decides whether to install it.
+   */
+  async #receiveSnapshot(m: Message, body: ReadableStream<Uint8Array>): Promise<void> {
+    const meta = m.snapshot;
+    if (this.#stopping) throw new StoppingError();
+    if (!meta) throw new TypeError("snapshot message without snapshot metadata");
+    const path = await writeSnapshotFile(
+      this.#storage.snapshotDir,
+      body,
+      `${snapshotName(meta.index, meta.term)}.recv`,
+    );
+    const loaded = await readSnapshotFile(path);
+    if (loaded.header.index !== meta.index || loaded.header.term !== meta.term) {
+      throw new RangeError(
+        `received snapshot holds (${loaded.header.index}, ${loaded.header.term}), expected (${meta.index}, ${meta.term})`,
+      );
+    }
+    this.#received.set(meta.index, { path, pairs: loaded.pairs });
+    this.#onMessages([m]);
+  }
+
+  /** Replaces the state with a received snapshot the core decided to install. */
+  #installSnapshot(meta: SnapshotMeta): void {
+    const received = this.#received.get(meta.index);
+    if (!received) throw new Error(`no received snapshot at index ${meta.index} to install`);
+    this.#received.clear();
+    this.#kv.reset(received.pairs, meta.index);
+    for (const [index, w] of this.#waiters) {
+      if (index <= meta.index) {
+        this.#waiters.delete(index);
+        w.reject(new OutcomeUnknownError("a snapshot replaced the log before the write was seen"));
+      }
+    }
+    // Install before writing anything that follows it.
+    const job: WriteJob = {
+      install: { meta, path: received.path },
+      entries: [],
+      hardState: null,
+      messages: [],
+      compact: null,
+    };
+    this.#pendingWrites.push(job);
+    this.#kickWriter();
+    this.#log.info(`installing snapshot at index ${meta.index} from the leader`);
   }
 
   // ---- reads --------------------------------------------------------------------------------

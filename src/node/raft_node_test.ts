@@ -3,7 +3,8 @@ import { join } from "node:path";
 import { NotLeaderError } from "../raft/errors.ts";
 import { MemoryNetwork } from "../transport/memory_transport.ts";
 import { openDiskStorage } from "./disk_storage.ts";
-import { RaftNode } from "./raft_node.ts";
+import { RaftNode, type RaftNodeOptions } from "./raft_node.ts";
+import { listSnapshots } from "../snapshot/snapshot_file.ts";
 
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -16,6 +17,34 @@ async function waitFor(cond: () => boolean, what: string, deadlineMs = 10_000): 
     }
     await new Promise((r) => setTimeout(r, 5));
   }
+}
+
+async function startNode(
+  root: string,
+  net: MemoryNetwork,
+  id: string,
+  seed: number,
+  extra: Partial<RaftNodeOptions> = {},
+): Promise<RaftNode> {
+  const members = IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` }));
+  const dir = join(root, id);
+  const storage = await openDiskStorage({
+    walDir: join(dir, "wal"),
+    raftStatePath: join(dir, "raft-state.json"),
+    logMetadataPath: join(dir, "log-metadata.json"),
+    snapshotDir: join(dir, "snapshots"),
+  });
+  return new RaftNode({
+    id,
+    members,
+    storage,
+    heartbeatMs: 10,
+    electionTimeoutMs: 100,
+    seed,
+    logger: SILENT,
+    transport: (h) => net.connect(id, h),
+    ...extra,
+  });
 }
 
 async function startNodes(root: string, net: MemoryNetwork, seed: number): Promise<RaftNode[]> {
@@ -117,6 +146,61 @@ Deno.test("a leader cut off from its peers stops confirming reads and steps down
     assert.equal(await leader.get("a", "stale", signal()), "2");
   } finally {
     for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("snapshots bound the log; a lagging node and a wiped node catch up by snapshot", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const nodes = new Map<string, RaftNode>();
+  const net = new MemoryNetwork();
+  const opts = { snapshotThreshold: 100, snapshotCatchUpEntries: 20 };
+  try {
+    for (const [i, id] of IDS.entries()) {
+      nodes.set(id, await startNode(root, net, id, 40 + i, opts));
+    }
+    for (const n of nodes.values()) n.start();
+    const all = () => [...nodes.values()];
+    await waitFor(() => leaderOf(all())?.isReady() === true, "a leader");
+    const leader = leaderOf(all())!;
+    const lagging = IDS.find((id) => id !== leader.id)!;
+    for (const other of IDS) if (other !== lagging) net.partition(lagging, other);
+    for (let i = 0; i < 500; i++) await leader.put(`k${i % 50}`, `v${i}`, signal());
+    await waitFor(() => leader.status().applied_index >= 500, "the leader to apply");
+    const snaps = await listSnapshots(join(root, leader.id, "snapshots"));
+    assert.ok(snaps.length >= 1 && snaps[0]!.index >= 400, `snapshots: ${JSON.stringify(snaps)}`);
+    net.heal();
+    const target = leader.status().commit_index;
+    await waitFor(() => nodes.get(lagging)!.status().applied_index >= target, "snapshot catch-up");
+    for (let i = 450; i < 500; i++) {
+      assert.equal(await nodes.get(lagging)!.get(`k${i % 50}`, "stale", signal()), `v${i}`);
+    }
+
+    // Wipe a follower completely and start it again: it comes back by snapshot.
+    const wiped = IDS.find((id) => id !== leader.id && id !== lagging)!;
+    await nodes.get(wiped)!.stop();
+    await Deno.remove(join(root, wiped), { recursive: true });
+    const fresh = await startNode(root, net, wiped, 77, opts);
+    nodes.set(wiped, fresh);
+    fresh.start();
+    await leader.put("after-wipe", "yes", signal());
+    const commit = leader.status().commit_index;
+    await waitFor(() => fresh.status().applied_index >= commit, "the wiped node to catch up");
+    assert.equal(await fresh.get("after-wipe", "stale", signal()), "yes");
+    assert.equal(await fresh.get("k49", "stale", signal()), "v499");
+
+    // Restart everything: snapshot + log tail give back the same state.
+    for (const n of nodes.values()) await n.stop();
+    for (const [i, id] of IDS.entries()) {
+      nodes.set(id, await startNode(root, net, id, 90 + i, opts));
+    }
+    for (const n of nodes.values()) n.start();
+    await waitFor(() => leaderOf(all())?.isReady() === true, "a leader after restart");
+    const again = leaderOf(all())!;
+    assert.equal(await again.get("k0", "linearizable", signal()), "v450");
+    assert.equal(await again.get("after-wipe", "linearizable", signal()), "yes");
+  } finally {
+    for (const n of nodes.values()) await n.stop();
     await Deno.remove(root, { recursive: true });
   }
 });

@@ -167,6 +167,15 @@ export class Progress {
    * false when the rejection is stale (out of order) and must be ignored.
    */
   maybeDecrTo(rejected: number, hint: number): boolean {
+    if (hint < this.match && rejected >= this.match) {
+      // The follower's log now ends before what it had matched: it lost its data (a wiped
+      // disk). Forget the match and probe from where its log ends. At worst (a reordered
+      // answer) this only delays commitment until the next probe succeeds.
+      this.match = hint;
+      this.becomeProbe();
+      this.next = hint + 1;
+      return true;
+    }
     if (this.state === "replicate") {
       if (rejected <= this.match) return false; // stale
       this.next = this.match + 1;

@@ -210,18 +210,17 @@ export async function listSnapshots(dir: string): Promise<SnapshotFileInfo[]> {
   return out.sort((a, b) => b.index - a.index);
 }
 
-/** Removes snapshot files beyond the newest `keep`, and leftover temp and received files. */
-export async function pruneSnapshots(
-  dir: string,
-  keep: number,
-  except: string[] = [],
-): Promise<void> {
+/**
+ * Removes snapshot files beyond the newest `keep`; with `leftovers`, also temp and received
+ * files (only safe when no snapshot is being written or received).
+ */
+export async function pruneSnapshots(dir: string, keep: number, leftovers = false): Promise<void> {
   const all = await listSnapshots(dir);
   for (const s of all.slice(keep)) await Deno.remove(s.path).catch(() => {});
+  if (!leftovers) return;
   for await (const e of Deno.readDir(dir)) {
-    const path = join(dir, e.name);
-    if ((e.name.endsWith(".tmp") || e.name.endsWith(".recv")) && !except.includes(path)) {
-      await Deno.remove(path).catch(() => {});
+    if (e.name.endsWith(".tmp") || e.name.endsWith(".recv")) {
+      await Deno.remove(join(dir, e.name)).catch(() => {});
     }
   }
 }

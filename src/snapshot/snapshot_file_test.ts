@@ -66,7 +66,7 @@ Deno.test("snapshots are listed newest first and pruned to the newest few", asyn
     for (const i of [5, 50, 20]) await write(dir, i, pairs(3));
     await Deno.writeTextFile(join(dir, "leftover.snap.tmp"), "x");
     assert.deepEqual((await listSnapshots(dir)).map((s) => s.index), [50, 20, 5]);
-    await pruneSnapshots(dir, 2);
+    await pruneSnapshots(dir, 2, true);
     assert.deepEqual((await listSnapshots(dir)).map((s) => s.index), [50, 20]);
     const names = [];
     for await (const e of Deno.readDir(dir)) names.push(e.name);

@@ -88,6 +88,7 @@ export class Wal {
   #lastIndex: number;
   #encoder = new RecordEncoder();
   #busy = false;
+  #rollNext = false;
   #closed = false;
   #failure: { error: unknown } | null = null;
 
@@ -215,6 +216,14 @@ export class Wal {
   }
 
   /**
+   * Makes the next write start a new segment, so that everything written so far can later be
+   * deleted whole by {@linkcode Wal.compact} (called when a snapshot is taken).
+   */
+  rollNext(): void {
+    if ((this.#segments.at(-1)?.size ?? 0) > 0) this.#rollNext = true;
+  }
+
+  /**
    * Deletes the oldest segments whose every entry has an index at or below `index`, stopping at
    * the first segment that holds a later entry and never deleting the active segment. The
    * directory is synced after each deletion, so a crash leaves no gap in the sequence. Call it
@@ -284,10 +293,11 @@ export class Wal {
     try {
       let segment = this.#segments.at(-1);
       if (
-        segment === undefined || this.#file === null ||
+        segment === undefined || this.#file === null || this.#rollNext ||
         (segment.size > 0 && segment.size + bytes.length > this.#segmentSize)
       ) {
         segment = await this.#roll(firstIndex);
+        this.#rollNext = false;
       }
       await writeAll(this.#file!, bytes);
       await this.#file!.syncData();

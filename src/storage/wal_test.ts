@@ -562,3 +562,28 @@ Deno.test("Wal refuses use after a failed sync until it is reopened", async () =
     assert.deepEqual(await _recovered(dir), [_entry(1), ..._range(2, 3, 2)]);
   });
 });
+
+Deno.test("rollNext() starts a new segment so compaction can delete the old one whole", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const wal = await Wal.open(dir);
+    const e = (index: number) => ({
+      term: 1,
+      index,
+      type: EntryType.Normal,
+      data: new Uint8Array(8),
+    });
+    await wal.append([e(1), e(2), e(3)]);
+    wal.rollNext();
+    await wal.append([e(4)]);
+    assert.equal(wal.segmentPaths.length, 2);
+    assert.equal(await wal.compact(3), 1);
+    await wal.append([e(5)]);
+    await wal.close();
+    const again = await Wal.open(dir);
+    assert.deepEqual(again.entries.map((x) => x.index), [4, 5]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
