@@ -68,7 +68,10 @@ export async function main(args: string[]): Promise<number> {
 
   let storage;
   try {
-    storage = await openDiskStorage(config);
+    storage = await openDiskStorage(config, {
+      restoreFrom: config.restoreFrom,
+      onNotice: (m) => log.info(m),
+    });
   } catch (e) {
     log.error(`cannot open the node's data: ${e instanceof Error ? e.message : e}`);
     return 1;

@@ -266,6 +266,17 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
     case "/v1/status":
       _allow(req, path, ["GET"]);
       return _json(200, ctx.backend.status());
+    case "/v1/snapshot": {
+      _allow(req, path, ["GET"]);
+      const snap = ctx.backend.snapshot();
+      return new Response(snap.stream, {
+        headers: {
+          "content-type": "application/octet-stream",
+          "content-disposition": `attachment; filename="raftkv-${snap.index}.snap"`,
+          "x-raftkv-snapshot-index": String(snap.index),
+        },
+      });
+    }
     case "/v1/data":
       _allow(req, path, ["POST"]);
       return await _write(ctx, req, url, null);
@@ -275,7 +286,7 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
       404,
       `no such path ${
         _quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /health and /ready`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/snapshot, /health and /ready`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

@@ -77,6 +77,12 @@ class FakeBackend implements KvBackend {
     return this.ready;
   }
 
+  snapshot(): { index: number; stream: ReadableStream<Uint8Array> } {
+    this.calls.push("snapshot");
+    const bytes = new TextEncoder().encode(JSON.stringify([...this.data]));
+    return { index: this.index, stream: ReadableStream.from([bytes]) };
+  }
+
   /** Makes this node a follower of n2 that rejects everything with NotLeaderError. */
   followN2(): void {
     this.leader = { id: "n2", api_url: LEADER_URL };
@@ -773,4 +779,20 @@ Deno.test("the default forwarder reports a leader that refuses connections as 50
   } finally {
     closeForwarder();
   }
+});
+
+Deno.test("GET /v1/snapshot streams the backend's snapshot as a download", async () => {
+  const backend = new FakeBackend();
+  backend.data.set("a", "1");
+  backend.index = 9;
+  const handler = createApiHandler(backend, { selfId: "n1" });
+  const res = await handler(new Request("http://n1.test:7777/v1/snapshot"));
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("content-type"), "application/octet-stream");
+  assert.equal(res.headers.get("x-raftkv-snapshot-index"), "9");
+  assert.match(res.headers.get("content-disposition")!, /raftkv-9\.snap/);
+  assert.equal(await res.text(), '[["a","1"]]');
+  const post = await handler(new Request("http://n1.test:7777/v1/snapshot", { method: "POST" }));
+  assert.equal(post.status, 405);
+  await post.body?.cancel();
 });

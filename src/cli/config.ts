@@ -75,6 +75,8 @@ export interface NodeConfig {
   maxConnRetryAttempts: number;
   /** Applied entries since the last snapshot that trigger a new one. Default 10000. */
   snapshotThreshold: number;
+  /** A backup to start from when the node has no data yet (`--restore-from`), or null. */
+  restoreFrom: string | null;
   /** Largest key accepted, in bytes. Default 1024. */
   maxKeyBytes: number;
   /** Largest value accepted, in bytes. Default 1048576. */
@@ -297,6 +299,7 @@ export function parseArgs(
       DEFAULTS.maxConnRetryAttempts,
     snapshotThreshold: settings.positiveInt("--snapshot-threshold") ??
       DEFAULTS.snapshotThreshold,
+    restoreFrom: settings.string("--restore-from") ?? null,
     maxKeyBytes: settings.positiveInt("--max-key-bytes") ?? DEFAULTS.maxKeyBytes,
     maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,

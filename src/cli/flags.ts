@@ -169,6 +169,13 @@ export const FLAGS: readonly FlagInfo[] = [
     "Take a snapshot once this many log entries have been applied since the last one",
   ),
   _flag(
+    "Storage",
+    "--restore-from",
+    "<file>",
+    "none",
+    "Start from this backup (a GET /v1/snapshot download) when the data directory is empty; give every node of the new cluster the same file",
+  ),
+  _flag(
     "Timing",
     "--election-timeout",
     "<duration>",

@@ -63,6 +63,11 @@ export interface KvBackend {
   get(key: string, consistency: Consistency, signal: AbortSignal): Promise<string | null>;
   /** The node's current status. */
   status(): NodeStatus;
+  /**
+   * A consistent snapshot of this node's applied state, streamed in the snapshot file format
+   * (a backup that `--restore-from` can start a new cluster from).
+   */
+  snapshot(): { index: number; stream: ReadableStream<Uint8Array> };
   /** Whether the node knows a leader and has applied everything that leader had committed when last heard. */
   isReady(): boolean;
 }

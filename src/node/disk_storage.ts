@@ -22,6 +22,7 @@ import {
   pruneSnapshots,
   readSnapshotFile,
   snapshotName,
+  writeSnapshotFile,
 } from "../snapshot/snapshot_file.ts";
 import type { NodeStorage } from "./raft_node.ts";
 
@@ -43,6 +44,13 @@ export interface DiskStorageOptions {
   segmentSize?: number;
   /** How many snapshot files to keep. Default 2. */
   keepSnapshots?: number;
+  /**
+   * A backup file (the snapshot format) to start from when the node has no data yet; ignored
+   * (with `onNotice`) when it has. Default: none.
+   */
+  restoreFrom?: string | null;
+  /** Told about decisions worth logging. Default: nothing. */
+  onNotice?: (message: string) => void;
 }
 
 /**
@@ -68,6 +76,16 @@ export async function openDiskStorage(
   // finish that installation if a crash interrupted it.
   const logStart = (wal.entries[0]?.index ?? wal.lastIndex + 1) - 1;
   let snapshots = await listSnapshots(paths.snapshotDir);
+  if (options.restoreFrom) {
+    const empty = snapshots.length === 0 && wal.lastIndex === 0 && hardState.term === 0;
+    if (empty) {
+      await _restoreBackup(options.restoreFrom, paths);
+      snapshots = await listSnapshots(paths.snapshotDir);
+      options.onNotice?.(`restored from ${options.restoreFrom} (index ${snapshots[0]!.index})`);
+    } else {
+      options.onNotice?.(`--restore-from ignored: this node already has data`);
+    }
+  }
   if (logStart > (snapshots[0]?.index ?? 0)) {
     await _completeReceivedSnapshot(paths.snapshotDir, logStart);
     snapshots = await listSnapshots(paths.snapshotDir);
@@ -99,6 +117,10 @@ export async function openDiskStorage(
   const snapshot: SnapshotMeta | null = loaded
     ? { index: loaded.header.index, term: loaded.header.term, voters: loaded.header.voters }
     : null;
+  if (snapshot && wal.lastIndex < snapshot.index) {
+    // A restored backup (or a crash right after one): the log continues after the snapshot.
+    await wal.reset(snapshot.index, snapshot.term);
+  }
 
   return {
     wal,
@@ -136,6 +158,22 @@ export async function openDiskStorage(
     },
     close: () => wal.close(),
   };
+}
+
+/** Verifies a backup and installs it as the node's first snapshot. */
+async function _restoreBackup(file: string, paths: DiskPaths): Promise<void> {
+  const { header } = await readSnapshotFile(file);
+  const source = await Deno.open(file, { read: true });
+  await writeSnapshotFile(
+    paths.snapshotDir,
+    source.readable,
+    snapshotName(header.index, header.term),
+  );
+  await saveLogMetadata(paths.logMetadataPath, {
+    firstIndex: header.index + 1,
+    snapshotIndex: header.index,
+    snapshotTerm: header.term,
+  });
 }
 
 /** Renames the received snapshot ending at `index` into place, after a crash mid-install. */

@@ -293,6 +293,39 @@ export class RaftNode implements KvBackend {
     });
   }
 
+  /** Streams a consistent snapshot of the applied state (for backups); see KvBackend. */
+  snapshot(): { index: number; stream: ReadableStream<Uint8Array> } {
+    if (this.#stopping) throw new StoppingError();
+    const view = this.#kv.view();
+    const header = {
+      index: view.index,
+      term: this.#core.log.term(view.index) ?? this.#core.log.snapTerm,
+      voters: [...this.#core.voters],
+      count: view.count,
+    };
+    const chunks = encodeSnapshot(header, view.pairs());
+    const stream = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        try {
+          const next = await chunks.next();
+          if (next.done) {
+            view.close();
+            controller.close();
+          } else {
+            controller.enqueue(next.value);
+          }
+        } catch (e) {
+          view.close();
+          controller.error(e);
+        }
+      },
+      cancel() {
+        view.close();
+      },
+    });
+    return { index: view.index, stream };
+  }
+
   /** This node's view of the cluster. */
   status(): NodeStatus {
     const leader = this.#core.leader;

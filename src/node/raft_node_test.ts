@@ -204,3 +204,50 @@ Deno.test("snapshots bound the log; a lagging node and a wiped node catch up by 
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("a backup streamed from a node starts a new cluster with the same data", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const open = (dir: string, restoreFrom: string | null = null) =>
+    openDiskStorage({
+      walDir: join(dir, "wal"),
+      raftStatePath: join(dir, "raft-state.json"),
+      logMetadataPath: join(dir, "log-metadata.json"),
+      snapshotDir: join(dir, "snapshots"),
+    }, { restoreFrom });
+  const single = (storage: Awaited<ReturnType<typeof open>>) =>
+    new RaftNode({
+      id: "solo",
+      members: [{ id: "solo", rpcUrl: "mem://solo", apiUrl: "http://solo" }],
+      storage,
+      heartbeatMs: 10,
+      electionTimeoutMs: 100,
+      logger: SILENT,
+      transport: (h) => new MemoryNetwork().connect("solo", h),
+    });
+  let a: RaftNode | undefined;
+  let b: RaftNode | undefined;
+  try {
+    a = single(await open(join(root, "a")));
+    a.start();
+    await waitFor(() => a!.isReady(), "the single node to lead");
+    for (let i = 0; i < 100; i++) await a.put(`k${i}`, `v${i}`, signal());
+    await a.delete("k5", signal());
+    const backup = join(root, "backup.snap");
+    const { stream, index } = a.snapshot();
+    await Deno.writeFile(backup, stream);
+    assert.ok(index >= 101);
+    await a.stop();
+
+    b = single(await open(join(root, "b"), backup));
+    b.start();
+    await waitFor(() => b!.isReady(), "the restored node to lead");
+    assert.equal(await b.get("k99", "linearizable", signal()), "v99");
+    assert.equal(await b.get("k5", "linearizable", signal()), null);
+    const w = await b.put("new", "1", signal());
+    assert.ok(w.index > index, "the new cluster's log continues after the backup");
+  } finally {
+    await a?.stop();
+    await b?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
