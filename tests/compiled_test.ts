@@ -1,0 +1,349 @@
+/**
+ * The shipped program: `--version`, the `healthcheck` subcommand the container image uses, the
+ * compile task's explanation of a missing `denort` runtime, and (where a `denort` is available
+ * through DENORT_BIN) the compiled binary running the README's quick start as a 3-node cluster.
+ *
+ * Processes run with the permissions baked into the binary (PERMISSION_FLAGS), so a variable
+ * read outside the `--allow-env` list fails here too.
+ */
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import denoJson from "../deno.json" with { type: "json" };
+import {
+  classifyCompileFailure,
+  DENORT_UNREACHABLE_MESSAGE,
+  PERMISSION_FLAGS,
+} from "../scripts/compile.ts";
+import {
+  buildClusterConfig,
+  freePort,
+  freePorts,
+  httpRequest,
+  waitFor,
+  writeClusterFile,
+} from "./_harness.ts";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+const HOST = Deno.build.target;
+
+interface Output {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** The environment of the test without anything that could configure a node or a proxy. */
+function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
+  const dropped = /^(RAFTKV_.*|DENORT_BIN|(https?|all|no)_proxy)$/i;
+  return {
+    ...Object.fromEntries(Object.entries(Deno.env.toObject()).filter(([k]) => !dropped.test(k))),
+    NO_COLOR: "1",
+    ...extra,
+  };
+}
+
+async function run(
+  command: string,
+  args: string[],
+  env: Record<string, string> = cleanEnv(),
+): Promise<Output> {
+  const output = await new Deno.Command(command, {
+    args,
+    env,
+    clearEnv: true,
+    cwd: ROOT,
+    stdin: "null",
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+}
+
+/** `deno run` of main.ts with the binary's permissions. */
+function runMain(args: string[], env?: Record<string, string>): Promise<Output> {
+  return run(Deno.execPath(), ["run", "--no-prompt", ...PERMISSION_FLAGS, MAIN, ...args], env);
+}
+
+Deno.test("--version prints raftkv's version and the Deno and V8 versions", async () => {
+  const { code, stdout, stderr } = await runMain(["--version"]);
+  assert.equal(code, 0, stderr);
+  const match = /^raftkv (\S+) \(deno (\S+), v8 (\S+)\)\n$/.exec(stdout);
+  assert.ok(match, `unexpected output ${JSON.stringify(stdout)}`);
+  assert.equal(match[1], denoJson.version);
+  assert.equal(match[2], Deno.version.deno);
+  assert.equal(match[3], Deno.version.v8);
+});
+
+Deno.test("healthcheck exits 0 only for a 200 within 2 seconds", async () => {
+  const pending = new Set<() => void>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/health") return new Response("{}");
+    if (path === "/sick") return new Response("{}", { status: 503 });
+    // "/slow": answer only once the client gave up (or the test ends).
+    await new Promise<void>((resolve) => {
+      pending.add(resolve);
+      req.signal.addEventListener("abort", () => resolve());
+    });
+    return new Response("late");
+  });
+  const base = `http://127.0.0.1:${server.addr.port}`;
+  try {
+    const check = (args: string[], env?: Record<string, string>) =>
+      runMain(["healthcheck", ...args], env);
+
+    assert.equal((await check(["--url", `${base}/health`])).code, 0);
+    assert.equal((await check([`--url=${base}/health`])).code, 0);
+    // Default URL: /health on 127.0.0.1 at RAFTKV_API_PORT.
+    const viaEnv = await check([], cleanEnv({ RAFTKV_API_PORT: String(server.addr.port) }));
+    assert.equal(viaEnv.code, 0, viaEnv.stderr);
+
+    const sick = await check(["--url", `${base}/sick`]);
+    assert.equal(sick.code, 1);
+    assert.match(sick.stderr, /answered 503/);
+
+    const started = Date.now();
+    const slow = await check(["--url", `${base}/slow`]);
+    assert.equal(slow.code, 1);
+    assert.match(slow.stderr, /no answer within 2000ms/);
+    assert.ok(Date.now() - started < 10_000);
+
+    const closed = await check(["--url", `http://127.0.0.1:${freePort()}/health`]);
+    assert.equal(closed.code, 1);
+    assert.match(closed.stderr, /^unhealthy: /);
+
+    // Docker reserves exit code 2, so bad usage is unhealthy too.
+    assert.equal((await check(["--bogus"])).code, 1);
+    const help = await check(["--help"]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /raftkv healthcheck \[--url/);
+  } finally {
+    for (const resolve of pending) resolve();
+    await server.shutdown();
+  }
+});
+
+// ---- the compile task ---------------------------------------------------------------------------
+
+/** Real `deno compile` 2.9.6 output, captured without network access. */
+const SAMPLES = {
+  noDns: `Check main.ts
+Compile main.ts to dist/raftkv
+Download https://dl.deno.land/release/v2.9.6/denort-x86_64-unknown-linux-gnu.zip
+error: Writing deno compile executable to temporary file 'dist/raftkv.tmp-d49e41e646eb805a'
+
+Caused by:
+    0: Setting up base binary.
+    1: error sending request for url (https://dl.deno.land/release/v2.9.6/denort-x86_64-unknown-linux-gnu.zip): client error (Connect): dns error: failed to lookup address information: Name or service not known
+    2: client error (Connect)
+    3: dns error
+    4: failed to lookup address information: Name or service not known
+`,
+  refused: `Download https://dl.deno.land/release/v2.9.6/denort-aarch64-apple-darwin.zip
+error: Writing deno compile executable to temporary file 'dist/raftkv-aarch64-apple-darwin.tmp-1'
+
+Caused by:
+    0: Setting up base binary.
+    1: error sending request for url (https://dl.deno.land/release/v2.9.6/denort-aarch64-apple-darwin.zip): client error (Connect): tcp connect error: Connection refused (os error 111)
+`,
+  missingDenort: `\x1b[0m\x1b[32mCompile\x1b[0m main.ts to dist/raftkv
+\x1b[0m\x1b[1m\x1b[31merror\x1b[0m: Writing deno compile executable to temporary file 'dist/raftkv.tmp-5a11'
+
+Caused by:
+    0: Could not find denort at '/opt/denort'
+    1: No such file or directory (os error 2)
+`,
+  typeError: `Check main.ts
+TS2322 [ERROR]: Type 'string' is not assignable to type 'number'.
+error: Type checking failed.
+`,
+};
+
+Deno.test("compile: classifies a failed denort download and a wrong DENORT_BIN", () => {
+  const host = { target: "x86_64-unknown-linux-gnu", hostTarget: "x86_64-unknown-linux-gnu" };
+  const context = { ...host, denoVersion: "2.9.6" };
+  assert.equal(classifyCompileFailure(SAMPLES.noDns, context), DENORT_UNREACHABLE_MESSAGE);
+  assert.equal(classifyCompileFailure(SAMPLES.refused, context), DENORT_UNREACHABLE_MESSAGE);
+  assert.match(DENORT_UNREACHABLE_MESSAGE, /dl\.deno\.land.*unreachable.*DENORT_BIN=/);
+
+  const cross = classifyCompileFailure(SAMPLES.refused, {
+    ...context,
+    target: "aarch64-apple-darwin",
+  });
+  assert.ok(cross?.startsWith(DENORT_UNREACHABLE_MESSAGE), cross ?? "null");
+  assert.match(cross ?? "", /only the host target/);
+  assert.match(cross ?? "", /denort-aarch64-apple-darwin\.zip/);
+
+  const missing = classifyCompileFailure(SAMPLES.missingDenort, context);
+  assert.match(missing ?? "", /^DENORT_BIN=\/opt\/denort is not a readable file/);
+  assert.match(missing ?? "", /Deno 2\.9\.6/);
+
+  assert.equal(classifyCompileFailure(SAMPLES.typeError, context), null);
+  assert.equal(classifyCompileFailure("", context), null);
+});
+
+Deno.test("compile: bakes in only the permissions the node needs", async () => {
+  assert.deepEqual(PERMISSION_FLAGS.slice(0, 3), ["--allow-net", "--allow-read", "--allow-write"]);
+  const env = PERMISSION_FLAGS[3] ?? "";
+  assert.match(env, /^--allow-env=RAFTKV_[A-Z0-9_]+(,[A-Z0-9_]+)+$/);
+  for (const name of ["RAFTKV_API_PORT", "RAFTKV_K8S_REPLICAS", "HOSTNAME", "POD_NAMESPACE"]) {
+    assert.ok(env.split(/[=,]/).includes(name), `${name} is not readable`);
+  }
+  assert.equal(PERMISSION_FLAGS.length, 4);
+  // A node started with exactly these permissions gets as far as its own configuration error.
+  const { code, stderr } = await runMain([], cleanEnv({ RAFTKV_JOIN_MODE: "k8s" }));
+  assert.equal(code, 2, stderr);
+  assert.match(stderr, /Missing the replica count/);
+});
+
+Deno.test("compile task: a missing DENORT_BIN file is named in the error", async () => {
+  const out = await Deno.makeTempDir({ prefix: "raftkv-compile-" });
+  try {
+    const denort = `${out}/no-such-denort`;
+    const result = await run(
+      Deno.execPath(),
+      ["task", "compile", "--out-dir", out],
+      cleanEnv({ DENORT_BIN: denort }),
+    );
+    assert.equal(result.code, 1, result.stderr);
+    assert.ok(
+      result.stderr.includes(
+        `compile: ${HOST} failed: DENORT_BIN=${denort} is not a readable file`,
+      ),
+      result.stderr,
+    );
+    assert.deepEqual([...Deno.readDirSync(out)], [], "nothing is left behind");
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("compile task: an unreachable dl.deno.land gets the clear message", async () => {
+  // A fresh DENO_DIR has no cached denort, and a proxy on a closed port fails the download the
+  // same way an unreachable network does, without sending anything off this machine. The task's
+  // command runs without `deno task`, which would first try to cache the lockfile's npm packages
+  // (the tests' YAML parser) into the fresh DENO_DIR through that proxy.
+  const [deno, ...task] = denoJson.tasks.compile.split(" ");
+  assert.equal(deno, "deno");
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-compile-" });
+  try {
+    const result = await run(
+      Deno.execPath(),
+      [...task, "--out-dir", `${dir}/out`],
+      cleanEnv({ DENO_DIR: `${dir}/deno-dir`, HTTPS_PROXY: `http://127.0.0.1:${freePort()}` }),
+    );
+    assert.equal(result.code, 1, result.stderr);
+    assert.ok(
+      result.stderr.includes(`compile: ${HOST} failed: ${DENORT_UNREACHABLE_MESSAGE}`),
+      result.stderr,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// ---- the compiled binary ------------------------------------------------------------------------
+
+const DENORT_BIN = Deno.env.get("DENORT_BIN");
+const HAVE_DENORT = DENORT_BIN !== undefined && (() => {
+  try {
+    return Deno.statSync(DENORT_BIN).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: HAVE_DENORT
+    ? "compiled binary quick start on a 3-node cluster"
+    : "compiled binary quick start (skipped: DENORT_BIN not set; deno compile cannot download denort here)",
+  ignore: !HAVE_DENORT,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "raftkv-compiled-" });
+    const children: Deno.ChildProcess[] = [];
+    const pumps: Promise<void>[] = [];
+    const output: string[][] = [];
+    const logs = () =>
+      output.map((lines, i) => `--- node-${i + 1} ---\n${lines.join("")}`).join("\n");
+    try {
+      const built = await run(
+        Deno.execPath(),
+        ["task", "compile", "--out-dir", dir],
+        cleanEnv({ DENORT_BIN: DENORT_BIN! }),
+      );
+      assert.equal(built.code, 0, built.stderr);
+      const binary = `${dir}/raftkv`;
+      const version = await run(binary, ["--version"]);
+      assert.match(version.stdout, new RegExp(`^raftkv ${denoJson.version} \\(deno `));
+
+      const ports = freePorts(6);
+      const entries = buildClusterConfig({ apiPorts: ports.slice(0, 3), rpcPorts: ports.slice(3) });
+      await writeClusterFile(`${dir}/cluster.config.json`, entries);
+      for (const [i, entry] of entries.entries()) {
+        const child = new Deno.Command(binary, {
+          args: ["--id", entry.node_id, "--data-dir", `${dir}/${entry.node_id}`],
+          // Configured by environment variables, as in the container image.
+          env: cleanEnv({
+            RAFTKV_CLUSTER_CONFIG_PATH: `${dir}/cluster.config.json`,
+            RAFTKV_LISTEN_HOST: "127.0.0.1",
+            RAFTKV_ELECTION_TIMEOUT: "300ms",
+            RAFTKV_HEARTBEAT: "50ms",
+          }),
+          clearEnv: true,
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        children.push(child);
+        output[i] = [];
+        for (const stream of [child.stdout, child.stderr]) {
+          pumps.push(
+            stream.pipeThrough(new TextDecoderStream()).pipeTo(
+              new WritableStream({ write: (chunk) => void output[i]!.push(chunk) }),
+            ).catch(() => {}),
+          );
+        }
+      }
+      const api = entries.map((entry) => entry.api_url);
+      await waitFor(async () => {
+        const answers = await Promise.all(api.map((url) => httpRequest(`${url}/ready`, "GET")));
+        return answers.every((answer) => answer.status === 200);
+      }, { deadlineMs: 30_000, message: () => `every node to be ready\n${logs()}` });
+
+      const health = await run(binary, ["healthcheck", "--url", `${api[0]}/health`]);
+      assert.equal(health.code, 0, health.stderr);
+
+      const put = await httpRequest(`${api[0]}/v1/data`, "POST", { k: "a", v: "1" });
+      assert.equal(put.status, 200, put.text);
+      const got = await httpRequest(`${api[1]}/v1/data/a`, "GET");
+      assert.deepEqual(got.json, { k: "a", v: "1" });
+      const deleted = await httpRequest(`${api[2]}/v1/data/a`, "DELETE");
+      assert.equal(deleted.status, 200, deleted.text);
+      const gone = await httpRequest(`${api[0]}/v1/data/a`, "GET");
+      assert.equal(gone.status, 404, gone.text);
+
+      // The image's STOPSIGNAL: every node stops cleanly within 10 seconds.
+      for (const child of children) child.kill("SIGTERM");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const statuses = await Promise.race([
+        Promise.all(children.map((child) => child.status)),
+        new Promise<null>((resolve) => timer = setTimeout(() => resolve(null), 10_000)),
+      ]);
+      clearTimeout(timer);
+      assert.ok(statuses !== null, `a node did not stop within 10 s of SIGTERM\n${logs()}`);
+      assert.deepEqual(statuses.map((status) => status.code), [0, 0, 0], logs());
+    } finally {
+      for (const child of children) {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // Already exited.
+        }
+      }
+      await Promise.all(children.map((child) => child.status));
+      await Promise.all(pumps);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});

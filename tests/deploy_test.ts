@@ -1,0 +1,446 @@
+/**
+ * Static checks of the deployment files: the Kubernetes manifests (deploy/k8s/), the Dockerfile
+ * and .dockerignore, and the container cluster script (scripts/docker-cluster.sh, run against a
+ * stub `docker` that records its commands). Nothing here needs a container engine or a cluster.
+ */
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+// Only tests need a YAML parser; deno.json's "imports" belongs to the lead (see the report).
+// deno-lint-ignore no-import-prefix
+import { parseAllDocuments } from "npm:yaml@2";
+import denoJson from "../deno.json" with { type: "json" };
+import { parseClusterFile, urlPort } from "../src/cli/cluster_file.ts";
+import { parseArgs } from "../src/cli/config.ts";
+import { DEFAULTS, FLAGS } from "../src/cli/flags.ts";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const K8S_DIR = `${ROOT}deploy/k8s/`;
+const KNOWN_ENV = new Set(FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]));
+/** Variables the node reads that are not flags; Kubernetes sets HOSTNAME itself. */
+const K8S_ENV = new Set(["POD_NAMESPACE", "HOSTNAME"]);
+const NONROOT_UID = 65532;
+
+// deno-lint-ignore no-explicit-any
+type Doc = any;
+
+function text(path: string): string {
+  return Deno.readTextFileSync(`${ROOT}${path}`);
+}
+
+function loadManifests(): Doc[] {
+  const kustomization = parseAllDocuments(Deno.readTextFileSync(`${K8S_DIR}kustomization.yaml`))
+    .map((doc) => doc.toJS())[0];
+  const files: string[] = kustomization.resources;
+  const listed = new Set(files);
+  for (const entry of Deno.readDirSync(K8S_DIR)) {
+    if (entry.name.endsWith(".yaml") && entry.name !== "kustomization.yaml") {
+      assert.ok(listed.has(entry.name), `deploy/k8s/${entry.name} is not in kustomization.yaml`);
+    }
+  }
+  return files.flatMap((file) => {
+    const docs = parseAllDocuments(Deno.readTextFileSync(`${K8S_DIR}${file}`));
+    for (const doc of docs) assert.deepEqual(doc.errors, [], `YAML errors in ${file}`);
+    return docs.map((doc) => doc.toJS()).filter((doc) => doc !== null);
+  });
+}
+
+function only(docs: Doc[], kind: string, filter: (doc: Doc) => boolean = () => true): Doc {
+  const found = docs.filter((doc) => doc.kind === kind && filter(doc));
+  assert.equal(found.length, 1, `expected one ${kind}, found ${found.length}`);
+  return found[0];
+}
+
+/** Whether every label a selector asks for is on the pods. */
+function selects(matchLabels: Record<string, string>, labels: Record<string, string>): boolean {
+  const wanted = Object.entries(matchLabels ?? {});
+  return wanted.length > 0 && wanted.every(([key, value]) => labels[key] === value);
+}
+
+function keyPaths(value: unknown, path = ""): string[] {
+  if (Array.isArray(value)) return value.flatMap((item, i) => keyPaths(item, `${path}[${i}]`));
+  if (typeof value !== "object" || value === null) return [];
+  return Object.entries(value).flatMap(([key, item]) => [
+    `${path}.${key}`,
+    ...keyPaths(item, `${path}.${key}`),
+  ]);
+}
+
+function k8s() {
+  const docs = loadManifests();
+  const set = only(docs, "StatefulSet");
+  const pod = set.spec.template;
+  const container = pod.spec.containers.find((c: Doc) => c.name === "raftkv");
+  assert.ok(container, "the StatefulSet has no container named raftkv");
+  const env = new Map<string, Doc>(container.env.map((e: Doc) => [e.name, e]));
+  const port = (name: string): number =>
+    container.ports.find((p: Doc) => p.name === name)?.containerPort;
+  return { docs, set, pod, container, env, port, labels: pod.metadata.labels };
+}
+
+Deno.test("k8s: probes use /ready and /health on the container port named for the API", () => {
+  const { container, port } = k8s();
+  assert.equal(port("api"), DEFAULTS.k8sApiPort);
+  assert.equal(port("rpc"), DEFAULTS.k8sRpcPort);
+  assert.deepEqual(container.readinessProbe.httpGet, { path: "/ready", port: "api" });
+  assert.deepEqual(container.livenessProbe.httpGet, { path: "/health", port: "api" });
+  if (container.startupProbe !== undefined) {
+    assert.deepEqual(container.startupProbe.httpGet, { path: "/health", port: "api" });
+  }
+});
+
+Deno.test("k8s: ports and the environment agree with the flags' defaults", () => {
+  const { env, port } = k8s();
+  for (const [name, wanted] of [["RAFTKV_API_PORT", "api"], ["RAFTKV_RPC_PORT", "rpc"]]) {
+    const entry = env.get(name!);
+    if (entry !== undefined) assert.equal(Number(entry.value), port(wanted!), name);
+  }
+});
+
+Deno.test("k8s: the environment names only variables the node reads", () => {
+  const { env, container } = k8s();
+  for (const name of env.keys()) {
+    assert.ok(
+      KNOWN_ENV.has(name) || K8S_ENV.has(name),
+      `${name} is neither a flag's variable (src/cli/flags.ts) nor one of ${[...K8S_ENV]}`,
+    );
+  }
+  assert.equal(env.has("HOSTNAME"), false, "HOSTNAME is the pod's name: Kubernetes sets it");
+  assert.deepEqual(env.get("POD_NAMESPACE")?.valueFrom, {
+    fieldRef: { fieldPath: "metadata.namespace" },
+  });
+  assert.equal(container.args, undefined, "configured by environment variables only");
+  assert.equal(container.command, undefined, "the image's entrypoint runs the node");
+});
+
+Deno.test("k8s: the StatefulSet is wired to its headless Service, volume and size", () => {
+  const { docs, set, pod, container, env, labels } = k8s();
+  const headless = only(docs, "Service", (svc) => svc.spec.clusterIP === "None");
+  assert.equal(headless.spec.publishNotReadyAddresses, true);
+  assert.ok(selects(headless.spec.selector, labels), "the headless Service selects the pods");
+  assert.ok(headless.spec.ports.some((p: Doc) => p.targetPort === "rpc"));
+  assert.equal(set.spec.serviceName, headless.metadata.name);
+  assert.equal(env.get("RAFTKV_K8S_SERVICE")?.value, headless.metadata.name);
+  assert.equal(env.get("RAFTKV_JOIN_MODE")?.value, "k8s");
+  assert.equal(env.get("RAFTKV_K8S_REPLICAS")?.value, String(set.spec.replicas));
+  assert.equal(set.spec.replicas, 3);
+  assert.equal(set.spec.podManagementPolicy, "Parallel");
+  assert.ok(selects(set.spec.selector.matchLabels, labels));
+  assert.equal(pod.spec.enableServiceLinks, false, "service links add RAFTKV_* variables");
+
+  const client = only(docs, "Service", (svc) => svc.spec.clusterIP !== "None");
+  assert.ok(selects(client.spec.selector, labels), "the client Service selects the pods");
+  assert.deepEqual(client.spec.ports.map((p: Doc) => p.targetPort), ["api"]);
+
+  const [claim, ...more] = set.spec.volumeClaimTemplates;
+  assert.equal(more.length, 0);
+  const mount = container.volumeMounts.find((m: Doc) => m.name === claim.metadata.name);
+  assert.ok(mount, "the data volume is mounted");
+  assert.equal(env.get("RAFTKV_DATA_DIR")?.value, mount.mountPath);
+  assert.ok(claim.spec.resources.requests.storage);
+});
+
+Deno.test("k8s: no storageClassName anywhere (the cluster's default class)", () => {
+  const { docs } = k8s();
+  const found = docs.flatMap((doc) =>
+    keyPaths(doc).filter((path) => path.endsWith(".storageClassName"))
+  );
+  assert.deepEqual(found, []);
+});
+
+Deno.test("k8s: anti-affinity is preferred, not required", () => {
+  const { pod, labels } = k8s();
+  const anti = pod.spec.affinity.podAntiAffinity;
+  assert.equal(anti.requiredDuringSchedulingIgnoredDuringExecution, undefined);
+  const terms = anti.preferredDuringSchedulingIgnoredDuringExecution;
+  const byHost = terms.find((t: Doc) => t.podAffinityTerm.topologyKey === "kubernetes.io/hostname");
+  assert.ok(byHost, "spreads pods over hosts");
+  assert.ok(selects(byHost.podAffinityTerm.labelSelector.matchLabels, labels));
+});
+
+Deno.test("k8s: the PodDisruptionBudget selects the pods and allows one down", () => {
+  const { docs, labels } = k8s();
+  const pdb = only(docs, "PodDisruptionBudget");
+  assert.equal(pdb.apiVersion, "policy/v1");
+  assert.equal(pdb.spec.maxUnavailable, 1);
+  assert.ok(selects(pdb.spec.selector.matchLabels, labels));
+});
+
+Deno.test("k8s: runs as the image's non-root user with resources and a grace period", () => {
+  const { set, pod, container } = k8s();
+  assert.equal(pod.spec.securityContext.runAsNonRoot, true);
+  assert.equal(pod.spec.securityContext.runAsUser, NONROOT_UID);
+  assert.equal(pod.spec.securityContext.fsGroup, NONROOT_UID, "the volume is writable");
+  assert.equal(container.securityContext.allowPrivilegeEscalation, false);
+  assert.ok(container.resources.requests.cpu && container.resources.requests.memory);
+  assert.ok(container.resources.limits.memory);
+  assert.ok(pod.spec.terminationGracePeriodSeconds > 0);
+  assert.ok(set.spec.template.spec.containers[0].image.endsWith(`:${denoJson.version}`));
+  if (container.securityContext.readOnlyRootFilesystem) {
+    const tmp = container.volumeMounts.find((m: Doc) => m.mountPath === "/tmp");
+    assert.ok(tmp, "a read-only root needs a writable /tmp");
+  }
+});
+
+Deno.test("k8s: the pods' environment over the image's is a valid k8s-mode configuration", () => {
+  const { env, set, port } = k8s();
+  const vars: Record<string, string> = {
+    ...Object.fromEntries(dockerfile().env),
+    HOSTNAME: `${set.metadata.name}-1`,
+  };
+  for (const [name, entry] of env) {
+    vars[name] = entry.value ?? (name === "POD_NAMESPACE" ? "shop" : assert.fail(name));
+  }
+  const result = parseArgs([], vars, () => assert.fail("k8s mode reads no cluster file"));
+  assert.equal(result.kind, "run");
+  if (result.kind !== "run") return;
+  assert.deepEqual(result.warnings, []);
+  assert.equal(result.config.id, "raftkv-1");
+  assert.equal(result.config.apiPort, port("api"));
+  assert.equal(result.config.rpcPort, port("rpc"));
+  assert.deepEqual(
+    result.config.peers.map((peer) => peer.rpcUrl),
+    [0, 1, 2].map((i) =>
+      `http://raftkv-${i}.${set.spec.serviceName}.shop.svc.cluster.local:${port("rpc")}`
+    ),
+  );
+});
+
+// ---- Dockerfile ---------------------------------------------------------------------------------
+
+interface Instruction {
+  op: string;
+  args: string;
+}
+
+function parseDockerfile(source: string): { args: Instruction[]; stages: Instruction[][] } {
+  const joined = source
+    .split("\n")
+    .filter((line) => !/^\s*#/.test(line))
+    .join("\n")
+    .replace(/\\\n/g, " ");
+  const instructions = joined.split("\n").map((line) => line.trim()).filter((line) => line !== "")
+    .map((line) => {
+      const [op = "", ...rest] = line.split(/\s+/);
+      return { op: op.toUpperCase(), args: rest.join(" ") };
+    });
+  const args: Instruction[] = [];
+  const stages: Instruction[][] = [];
+  for (const instruction of instructions) {
+    if (instruction.op === "FROM") stages.push([instruction]);
+    else if (stages.length === 0) args.push(instruction);
+    else stages.at(-1)!.push(instruction);
+  }
+  return { args, stages };
+}
+
+function dockerfile() {
+  const { args, stages } = parseDockerfile(text("Dockerfile"));
+  const last = stages.at(-1) ?? [];
+  const all = (op: string) => last.filter((i) => i.op === op);
+  const one = (op: string) => {
+    const found = all(op);
+    assert.equal(found.length, 1, `the final stage has ${found.length} ${op} instructions`);
+    return found[0]!.args;
+  };
+  const env = new Map<string, string>();
+  for (const { args } of all("ENV")) {
+    for (const match of args.matchAll(/([A-Z_][A-Z0-9_]*)=("[^"]*"|\S+)/g)) {
+      env.set(match[1]!, match[2]!.replace(/^"|"$/g, ""));
+    }
+  }
+  return { args, stages, last, one, env };
+}
+
+Deno.test("Dockerfile: a build stage with the project's Deno, then a non-root runtime", () => {
+  const { args, stages, one } = dockerfile();
+  assert.ok(stages.length >= 2, "multi-stage");
+  const [build] = stages;
+  const from = build![0]!.args;
+  const pinned = /^pinned=(\S+)$/m.exec(text("scripts/deno"))?.[1];
+  const version = /^DENO_VERSION=(\S+)$/.exec(
+    args.find((a) => a.op === "ARG" && a.args.startsWith("DENO_VERSION="))?.args ?? "",
+  )?.[1];
+  assert.match(from, /^denoland\/deno:\$\{DENO_VERSION\} AS build$/);
+  assert.equal(version, pinned, "the image builds with the Deno version scripts/deno pins");
+  assert.ok(build!.some((i) => i.op === "RUN" && i.args.includes("deno task compile")));
+  assert.ok("compile" in denoJson.tasks);
+  const user = one("USER").split(":")[0];
+  assert.ok(user !== "root" && user !== "0", `USER ${user}`);
+  assert.equal(Number(user), NONROOT_UID);
+});
+
+Deno.test("Dockerfile: healthcheck, ports, volume, stop signal and configuration", () => {
+  const { one, env } = dockerfile();
+  const entrypoint = JSON.parse(one("ENTRYPOINT"));
+  assert.deepEqual(entrypoint, ["/raftkv"]);
+  const health = one("HEALTHCHECK");
+  const command = JSON.parse(health.slice(health.indexOf("CMD ") + 4));
+  assert.deepEqual(command, [...entrypoint, "healthcheck"]);
+  assert.deepEqual(
+    one("EXPOSE").split(/\s+/).map(Number).sort(),
+    [DEFAULTS.k8sApiPort, DEFAULTS.k8sRpcPort].sort(),
+  );
+  assert.equal(one("STOPSIGNAL"), "SIGTERM");
+  const volumes: string[] = JSON.parse(one("VOLUME"));
+  assert.ok(volumes.includes(env.get("RAFTKV_DATA_DIR")!), "the data directory is the volume");
+  for (const name of env.keys()) assert.ok(KNOWN_ENV.has(name), `unknown variable ${name}`);
+});
+
+/** Whether `.dockerignore` lets a path into the build context (Docker's rules, simplified). */
+function inContext(path: string, patterns: string[]): boolean {
+  const regex = (glob: string) =>
+    new RegExp(
+      "^" + glob.replace(/\/+$/, "").replace(/[.+^${}()|[\]\\]/g, "\\$&")
+        .replace(/\*\*\/?/g, "\u0000").replace(/\*/g, "[^/]*").replace(/\?/g, "[^/]")
+        .replaceAll("\u0000", "(.*/)?") +
+        "$",
+    );
+  const parts = path.split("/");
+  const prefixes = parts.map((_, i) => parts.slice(0, i + 1).join("/"));
+  let included = true;
+  for (const pattern of patterns) {
+    const negated = pattern.startsWith("!");
+    const re = regex(negated ? pattern.slice(1) : pattern);
+    if (prefixes.some((prefix) => re.test(prefix))) included = negated;
+  }
+  return included;
+}
+
+Deno.test("Dockerfile: the build stage copies every module the compile task needs", async () => {
+  const { stages } = dockerfile();
+  const copied = stages[0]!.filter((i) => i.op === "COPY").flatMap((i) =>
+    i.args.split(/\s+/).slice(0, -1).map((source) => source.replace(/^\.\//, ""))
+  );
+  const ignore = text(".dockerignore").split("\n").map((line) => line.trim())
+    .filter((line) => line !== "" && !line.startsWith("#"));
+  const { stdout, success } = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", "scripts/compile.ts"],
+    cwd: ROOT,
+    stderr: "inherit",
+  }).output();
+  assert.ok(success, "deno info failed");
+  const modules: { specifier: string }[] = JSON.parse(new TextDecoder().decode(stdout)).modules;
+  const files = modules.map((m) => m.specifier).filter((s) => s.startsWith("file:"))
+    .map((s) => fileURLToPath(s).slice(ROOT.length));
+  assert.ok(files.includes("main.ts") && files.includes("deno.json"));
+  const missing = files.filter((file) =>
+    !copied.some((source) => source.endsWith("/") ? file.startsWith(source) : file === source)
+  );
+  assert.deepEqual(missing, [], "not copied into the build stage");
+  const ignored = files.filter((file) => !inContext(file, ignore));
+  assert.deepEqual(ignored, [], "excluded from the build context by .dockerignore");
+  assert.equal(inContext("data/node-1/wal", ignore), false);
+  assert.equal(inContext("src/kv/state_machine_test.ts", ignore), false);
+});
+
+// ---- scripts/docker-cluster.sh ------------------------------------------------------------------
+
+const SCRIPT = "scripts/docker-cluster.sh";
+
+async function bash(args: string[], env: Record<string, string> = {}) {
+  const { code, stdout, stderr } = await new Deno.Command("bash", {
+    args,
+    cwd: ROOT,
+    env,
+    stdin: "null",
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code, stdout: decode(stdout), stderr: decode(stderr) };
+}
+
+function hasShellcheck(): boolean {
+  try {
+    return new Deno.Command("shellcheck", { args: ["--version"] }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("docker-cluster.sh: bash -n accepts it", async () => {
+  const result = await bash(["-n", SCRIPT]);
+  assert.equal(result.code, 0, result.stderr);
+});
+
+Deno.test({
+  name: hasShellcheck()
+    ? "docker-cluster.sh: shellcheck finds nothing"
+    : "docker-cluster.sh: shellcheck finds nothing (skipped: shellcheck not installed)",
+  ignore: !hasShellcheck(),
+  async fn() {
+    const { code, stdout, stderr } = await new Deno.Command("shellcheck", {
+      args: [SCRIPT],
+      cwd: ROOT,
+    }).output();
+    const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+    assert.equal(code, 0, decode(stdout) + decode(stderr));
+  },
+});
+
+Deno.test("docker-cluster.sh: the cluster file names the containers on the default ports", () => {
+  const peers = parseClusterFile(text("deploy/docker/cluster.config.json"), "cluster file");
+  assert.deepEqual(peers.map((peer) => peer.id), ["raftkv-1", "raftkv-2", "raftkv-3"]);
+  for (const peer of peers) {
+    for (const [url, port] of [[peer.rpcUrl, DEFAULTS.k8sRpcPort], [peer.apiUrl, 7777]] as const) {
+      assert.equal(new URL(url).hostname, peer.id, "peers are addressed by container name");
+      assert.equal(urlPort(url), port);
+    }
+  }
+});
+
+Deno.test("docker-cluster.sh: up and down issue the expected engine commands", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-docker-stub-" });
+  try {
+    const log = `${dir}/log`;
+    const stub = `${dir}/docker`;
+    // Records each call; `inspect` succeeds only when STUB_EXISTS=1.
+    await Deno.writeTextFile(
+      stub,
+      `#!/usr/bin/env bash\necho "$*" >> "${log}"\n` +
+        `if [[ "$2" == inspect ]]; then [[ "\${STUB_EXISTS:-0}" == 1 ]]; exit; fi\nexit 0\n`,
+    );
+    await Deno.chmod(stub, 0o755);
+    const env = { DOCKER: stub, WAIT: "0", PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin" };
+
+    const up = await bash([SCRIPT, "up"], env);
+    assert.equal(up.code, 0, up.stderr);
+    const upCalls = (await Deno.readTextFile(log)).trim().split("\n");
+    const root = ROOT.replace(/\/$/, "");
+    assert.ok(upCalls.includes(`build -t raftkv:local ${root}`), upCalls.join("\n"));
+    assert.ok(upCalls.includes("network create raftkv"));
+    const { env: imageEnv } = dockerfile();
+    const mountTarget = imageEnv.get("RAFTKV_CLUSTER_CONFIG_PATH");
+    for (const n of [1, 2, 3]) {
+      const run = upCalls.find((call) => call.includes(`--name raftkv-${n} `));
+      assert.ok(run, `no run of raftkv-${n}`);
+      for (
+        const part of [
+          "run --detach",
+          "--network raftkv",
+          `--publish ${7776 + n}:7777`,
+          `--volume raftkv-${n}-data:${imageEnv.get("RAFTKV_DATA_DIR")}`,
+          `--volume ${root}/deploy/docker/cluster.config.json:${mountTarget}:ro`,
+          `--env RAFTKV_ID=raftkv-${n}`,
+        ]
+      ) {
+        assert.ok(run.includes(part), `raftkv-${n}: no "${part}" in: ${run}`);
+      }
+      assert.ok(run.endsWith(" raftkv:local"));
+    }
+
+    await Deno.remove(log);
+    const down = await bash([SCRIPT, "down", "--volumes"], { ...env, STUB_EXISTS: "1" });
+    assert.equal(down.code, 0, down.stderr);
+    const downCalls = (await Deno.readTextFile(log)).trim().split("\n");
+    for (const n of [1, 2, 3]) {
+      assert.ok(downCalls.includes(`rm --force raftkv-${n}`));
+      assert.ok(downCalls.includes(`volume rm raftkv-${n}-data`));
+    }
+    assert.ok(downCalls.includes("network rm raftkv"));
+
+    const bad = await bash([SCRIPT, "down", "--everything"], env);
+    assert.equal(bad.code, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
