@@ -443,6 +443,7 @@ export function helpText(): string {
     "Usage:",
     "  raftkv --id <id> [flags]                            peers from the cluster file",
     "  raftkv --join-mode k8s --k8s-replicas <n> [flags]   peers from a Kubernetes StatefulSet",
+    "  raftkv healthcheck [--url <url>]                    exit 0 if /health answers 200 (for containers)",
     "",
     ..._wrap(
       "Every flag can also be set by the environment variable shown (an empty variable counts " +
@@ -450,7 +451,8 @@ export function helpText(): string {
         'are whole milliseconds ("150") or numbers with a unit ms, s, m or h ("150ms", "1.5s", ' +
         '"2m", "1m30s"). In k8s mode the pod\'s hostname (from HOSTNAME) must be ' +
         '"<statefulset>-<ordinal>"; peers are reached at ' +
-        "<statefulset>-<i>.<service>.<namespace>.svc.<domain>.",
+        "<statefulset>-<i>.<service>.<namespace>.svc.<domain>. RAFTKV_HOSTS_OVERRIDE=" +
+        '"name=ip,..." replaces peer host names before connecting (a seam for tests).',
       _WIDTH,
       "",
     ),
