@@ -3,8 +3,10 @@
  *
  * ## Client ({@linkcode HttpTransport})
  *
- * One `Deno.HttpClient` speaking HTTP/2 with prior knowledge (h2c, no upgrade) serves every peer,
- * so each peer gets one keep-alive connection that multiplexes all requests. Each peer has its own
+ * One {@linkcode H2Client} (`node:http2`, HTTP/2 with prior knowledge: h2c, no upgrade) serves
+ * every peer, so each peer gets one keep-alive connection that multiplexes all requests. (Not
+ * `fetch`: it refuses the Fetch Standard's "bad ports", which include the default peer ports
+ * 6666-6668.) Each peer has its own
  * bounded queue and up to `maxInflightPerPeer` requests in flight; whenever a slot is free, the
  * sender takes everything queued (up to `maxBatchBytes`) and posts it as one batch. Peers never wait
  * for each other. A request that fails to connect or times out is retried with exponential backoff;
@@ -36,6 +38,7 @@
  * @module
  */
 
+import { H2Client } from "./h2_client.ts";
 import { type Message, MessageType, type NodeId } from "../raft/types.ts";
 import { decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
 import {
@@ -150,7 +153,7 @@ interface _Peer {
 export class HttpTransport implements Transport {
   readonly #handlers: Pick<TransportHandlers, "onUnreachable">;
   readonly #peers = new Map<NodeId, _Peer>();
-  readonly #client: Deno.HttpClient;
+  readonly #client: H2Client;
   readonly #abort = new AbortController();
   readonly #tasks = new Set<Promise<void>>();
   readonly #headers: Record<string, string>;
@@ -204,7 +207,7 @@ export class HttpTransport implements Transport {
         failed: 0,
       });
     }
-    this.#client = Deno.createHttpClient({ http2: true, http1: false });
+    this.#client = new H2Client();
   }
 
   /**
@@ -371,11 +374,10 @@ export class HttpTransport implements Transport {
       if (this.#closed) return;
       let res: Response;
       try {
-        res = await fetch(peer.messagesUrl, {
+        res = await this.#client.fetch(peer.messagesUrl, {
           method: "POST",
           headers: this.#headers,
           body: batch.bytes,
-          client: this.#client,
           signal: AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#rpcTimeoutMs)]),
         });
       } catch (err) {
@@ -452,11 +454,10 @@ export class HttpTransport implements Transport {
     ]);
     let res: Response;
     try {
-      res = await fetch(peer.snapshotUrl, {
+      res = await this.#client.fetch(peer.snapshotUrl, {
         method: "POST",
         headers: { ...this.#headers, [MESSAGE_HEADER]: header },
         body: _abortableBody(source, signal),
-        client: this.#client,
         signal,
       });
     } catch (err) {

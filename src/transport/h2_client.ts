@@ -1,0 +1,168 @@
+/**
+ * A minimal fetch-shaped HTTP/2 client over `node:http2`: cleartext HTTP/2 with prior knowledge,
+ * one multiplexed connection per origin, kept alive and reopened when it drops.
+ *
+ * Why not `fetch`: since Deno 2.8, `fetch` enforces the Fetch Standard's "bad port" list, which
+ * includes 6665-6669 (IRC). raftkv's default peer ports are 6666-6668 (kept from the original
+ * project and its cluster files), so `fetch` refuses to reach them. `node:http2` has no such
+ * list and speaks the same protocol to the same `Deno.serve` handler.
+ *
+ * @module
+ */
+
+import http2 from "node:http2";
+
+/** What {@linkcode H2Client.fetch} accepts. */
+export interface H2RequestInit {
+  /** The HTTP method. Default "GET". */
+  method?: string;
+  /** Request headers (lower-case names are sent as given). */
+  headers?: Record<string, string>;
+  /** The body: bytes, or a stream that is written with back-pressure. */
+  body?: Uint8Array | ReadableStream<Uint8Array> | null;
+  /** Aborting it cancels the HTTP/2 stream (the receiver sees the body fail, not end). */
+  signal?: AbortSignal;
+}
+
+/** A connection pool of HTTP/2 sessions, one per origin. */
+export class H2Client {
+  #sessions = new Map<string, http2.ClientHttp2Session>();
+  #closed = false;
+
+  /**
+   * Sends one request and resolves with the response once its headers arrive; the body streams.
+   * Rejects on connection errors, stream resets and aborts.
+   */
+  fetch(url: string, init: H2RequestInit = {}): Promise<Response> {
+    if (this.#closed) return Promise.reject(new Error("the HTTP/2 client is closed"));
+    const target = new URL(url);
+    const signal = init.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise<Response>((resolve, reject) => {
+      let session: http2.ClientHttp2Session;
+      try {
+        session = this.#session(target.origin);
+      } catch (e) {
+        return reject(e);
+      }
+      const req = session.request({
+        ":method": init.method ?? "GET",
+        ":path": target.pathname + target.search,
+        ...init.headers,
+      });
+      let settled = false;
+      let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
+      const fail = (e: unknown) => {
+        if (!settled) {
+          settled = true;
+          reject(e);
+        } else {
+          try {
+            controller?.error(e);
+          } catch { /* already closed */ }
+        }
+      };
+      const onAbort = () => {
+        req.close(http2.constants.NGHTTP2_CANCEL);
+        fail(signal!.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      req.on("error", fail);
+      req.on("close", () => signal?.removeEventListener("abort", onAbort));
+      req.on("response", (headers) => {
+        const status = Number(headers[":status"]);
+        const out = new Headers();
+        for (const [k, v] of Object.entries(headers)) {
+          if (!k.startsWith(":") && v !== undefined) {
+            out.set(k, Array.isArray(v) ? v.join(", ") : String(v));
+          }
+        }
+        const body = new ReadableStream<Uint8Array>({
+          start(c) {
+            controller = c;
+            req.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
+            req.on("end", () => {
+              try {
+                c.close();
+              } catch { /* already errored */ }
+            });
+          },
+          cancel() {
+            req.close(http2.constants.NGHTTP2_CANCEL);
+          },
+        });
+        settled = true;
+        const nullBody = status === 204 || status === 304;
+        if (nullBody) req.resume();
+        resolve(new Response(nullBody ? null : body, { status, headers: out }));
+      });
+      const body = init.body;
+      if (!body) {
+        req.end();
+      } else if (body instanceof Uint8Array) {
+        req.end(body);
+      } else {
+        _pipe(body, req).catch((e) => {
+          req.close(http2.constants.NGHTTP2_CANCEL);
+          fail(e);
+        });
+      }
+    });
+  }
+
+  /** Closes every connection; later requests are refused. */
+  close(): void {
+    this.#closed = true;
+    for (const s of this.#sessions.values()) s.destroy();
+    this.#sessions.clear();
+  }
+
+  #session(origin: string): http2.ClientHttp2Session {
+    const existing = this.#sessions.get(origin);
+    if (existing && !existing.closed && !existing.destroyed) return existing;
+    const session = http2.connect(origin);
+    // Errors reach the pending requests; the session is dropped so the next request reconnects.
+    session.on("error", () => {});
+    const forget = () => {
+      if (this.#sessions.get(origin) === session) this.#sessions.delete(origin);
+    };
+    session.on("close", forget);
+    session.on("goaway", forget);
+    session.on("error", forget);
+    this.#sessions.set(origin, session);
+    return session;
+  }
+}
+
+/** Writes a stream into an HTTP/2 request with back-pressure, then ends it. */
+async function _pipe(
+  source: ReadableStream<Uint8Array>,
+  req: http2.ClientHttp2Stream,
+): Promise<void> {
+  const reader = source.getReader();
+  try {
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (req.destroyed) throw new Error("the HTTP/2 stream was closed while sending");
+      if (!req.write(value)) {
+        await new Promise<void>((resolve, reject) => {
+          const onDrain = () => {
+            req.off("close", onClose);
+            resolve();
+          };
+          const onClose = () => {
+            req.off("drain", onDrain);
+            reject(new Error("the HTTP/2 stream was closed while sending"));
+          };
+          req.once("drain", onDrain);
+          req.once("close", onClose);
+        });
+      }
+    }
+    req.end();
+  } catch (e) {
+    await reader.cancel(e).catch(() => {});
+    throw e;
+  }
+}
