@@ -172,6 +172,7 @@ export class RaftNode implements KvBackend {
   readonly #snapshotThreshold: number;
   readonly #catchUpEntries: number;
   #snapshotting = false;
+  #snapshotTask: Promise<void> = Promise.resolve();
   #snapshotFile: { index: number; path: string } | null = null;
   #received = new Map<number, ReceivedSnapshot>();
   /** Set while the write loop runs (cleared synchronously when it drains the queue). */
@@ -234,6 +235,7 @@ export class RaftNode implements KvBackend {
       for (const r of round.reads) r.reject(new StoppingError());
     }
     this.#readsAwaitingApply = [];
+    await this.#snapshotTask;
     while (this.#writerActive) await this.#writing;
     for (const w of this.#waiters.values()) {
       w.reject(new OutcomeUnknownError("the node stopped before the write was applied"));
@@ -361,13 +363,10 @@ export class RaftNode implements KvBackend {
       return Promise.reject(e);
     }
     this.#schedule();
+    // A proposal of an earlier term at this index was overwritten before it was seen applied.
+    this.#waiters.get(placed.index)?.reject(new NotAppliedError());
     return new Promise((resolve, reject) => {
-      const onAbort = () => {
-        this.#waiters.delete(placed.index);
-        reject(new OutcomeUnknownError());
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.#waiters.set(placed.index, {
+      const waiter: Waiter = {
         term: placed.term,
         resolve: (r) => {
           signal.removeEventListener("abort", onAbort);
@@ -377,7 +376,13 @@ export class RaftNode implements KvBackend {
           signal.removeEventListener("abort", onAbort);
           reject(e);
         },
-      });
+      };
+      const onAbort = () => {
+        if (this.#waiters.get(placed.index) === waiter) this.#waiters.delete(placed.index);
+        reject(new OutcomeUnknownError());
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#waiters.set(placed.index, waiter);
     });
   }
 
@@ -564,7 +569,9 @@ export class RaftNode implements KvBackend {
     const last = this.#snapshotFile?.index ?? 0;
     if (this.#snapshotting || this.#kv.appliedIndex - last < this.#snapshotThreshold) return;
     this.#snapshotting = true;
-    this.#takeSnapshot().catch((e) => this.#fail(e)).finally(() => this.#snapshotting = false);
+    this.#snapshotTask = this.#takeSnapshot().catch((e) => {
+      if (!this.#stopping) this.#fail(e);
+    }).finally(() => this.#snapshotting = false);
   }
 
   /**
@@ -640,6 +647,8 @@ export class RaftNode implements KvBackend {
         `received snapshot holds (${loaded.header.index}, ${loaded.header.term}), expected (${meta.index}, ${meta.term})`,
       );
     }
+    // Only the newest received snapshot can still be installed.
+    this.#received.clear();
     this.#received.set(meta.index, { path, pairs: loaded.pairs });
     this.#onMessages([m]);
   }
