@@ -159,6 +159,10 @@ export class RaftNode implements KvBackend {
   readonly #log: Pick<Console, "info" | "warn" | "error" | "debug">;
 
   #timer: ReturnType<typeof setInterval> | undefined;
+  /** When ticking started, and how many ticks were given since: ticks follow the clock. */
+  #tickOrigin = 0;
+  #ticked = 0;
+  readonly #maxCatchUpTicks: number;
   #scheduled = false;
   #stopping = false;
   #failed = false;
@@ -190,6 +194,7 @@ export class RaftNode implements KvBackend {
       Math.round((options.electionTimeoutMs ?? 1000) / this.#heartbeatMs),
     );
     this.#log = options.logger ?? console;
+    this.#maxCatchUpTicks = 4 * electionTicks;
     this.#onFatal = options.onFatal ?? ((e) => {
       throw e;
     });
@@ -220,7 +225,8 @@ export class RaftNode implements KvBackend {
 
   /** Starts ticking. A single-member cluster elects itself at once. */
   start(): void {
-    this.#timer = setInterval(() => this.#guard(() => this.#core.tick()), this.#heartbeatMs);
+    this.#tickOrigin = performance.now();
+    this.#timer = setInterval(() => this.#catchUpTicks(), this.#heartbeatMs);
     if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
     this.#schedule();
   }
@@ -267,7 +273,10 @@ export class RaftNode implements KvBackend {
       return Promise.reject(new NotLeaderError(this.#core.leader));
     }
     if (consistency === "lease") {
-      const index = this.#core.leaseRead();
+      // After a stall (a paused process, a long GC) the ticks owed must land first, or a lease
+      // that expired in real time would still look valid.
+      this.#catchUpTicks();
+      const index = this.#core.role === "leader" ? this.#core.leaseRead() : null;
       // Within the lease and applied far enough: answer at once. Otherwise fall back to ReadIndex.
       if (index !== null && this.#kv.appliedIndex >= index) {
         return Promise.resolve(this.#kv.get(key));
@@ -383,6 +392,20 @@ export class RaftNode implements KvBackend {
       };
       signal.addEventListener("abort", onAbort, { once: true });
       this.#waiters.set(placed.index, waiter);
+    });
+  }
+
+  /**
+   * Gives the core one tick per heartbeat interval of real time since ticking started, including
+   * the ticks a stalled timer missed (capped: beyond a few election timeouts more change nothing).
+   */
+  #catchUpTicks(): void {
+    const due = Math.floor((performance.now() - this.#tickOrigin) / this.#heartbeatMs);
+    if (due <= this.#ticked) return;
+    const n = Math.min(due - this.#ticked, this.#maxCatchUpTicks);
+    this.#ticked = due;
+    this.#guard(() => {
+      for (let i = 0; i < n; i++) this.#core.tick();
     });
   }
 

@@ -1,0 +1,277 @@
+/**
+ * Soak test: runs the deterministic cluster simulator (`tests/sim/simulator.ts`) over many seeds,
+ * or replays one seed with its full event trace.
+ *
+ * ```sh
+ * deno run -A scripts/soak.ts --seeds 10000 [--start 1] [--nodes 3|5|mixed] [--duration-ms N] [--jobs 2]
+ * deno run -A scripts/soak.ts --seed 1234 --nodes 5 [--duration-ms N]   # replay one, with its trace
+ * ```
+ *
+ * Other options (as printed in a failure's replay command): `--faults '<json>'` overrides the fault
+ * mix, `--clients N`, `--keys N`, `--lease-reads F` sends that fraction of reads with the "lease"
+ * consistency, `--bug persist-early|forget-synced` runs a deliberately broken driver, `--disable check,...` switches checks off, `--no-trace` replays without the trace.
+ *
+ * Prints progress and a summary; exits with status 1 if any seed fails.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  type CheckName,
+  DEFAULT_DURATION_MS,
+  type DriverBug,
+  type FaultOptions,
+  nodesForSeed,
+  runSimulation,
+  SimulationFailure,
+  type SimulationOptions,
+} from "../tests/sim/simulator.ts";
+import { runSoakSeed, type SoakReply } from "../tests/sim/soak_worker.ts";
+
+const _USAGE = `usage:
+  deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
+  deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
+options shared by both: --faults '<json>' --clients N --keys N --lease-reads FRACTION
+  --bug persist-early|forget-synced --disable check,check`;
+
+const _BUGS: readonly DriverBug[] = ["persist-early", "forget-synced"];
+
+function _int(name: string, text: string | undefined, fallback: number, min = 0): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < min) {
+    throw new RangeError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
+  }
+  return n;
+}
+
+interface _Common {
+  nodes: "3" | "5" | "mixed";
+  durationMs: number;
+  faults?: Partial<FaultOptions>;
+  clients?: number;
+  keys?: number;
+  bug?: DriverBug;
+  leaseReads?: number;
+  disabledChecks?: CheckName[];
+}
+
+function _options(seed: number, common: _Common): SimulationOptions {
+  const options: SimulationOptions = {
+    seed,
+    nodes: common.nodes === "mixed" ? nodesForSeed(seed) : common.nodes === "5" ? 5 : 3,
+    durationMs: common.durationMs,
+  };
+  if (common.faults) options.faults = common.faults;
+  if (common.clients !== undefined) options.clients = common.clients;
+  if (common.keys !== undefined) options.keys = common.keys;
+  if (common.leaseReads !== undefined) options.leaseReads = common.leaseReads;
+  if (common.bug) options.bug = common.bug;
+  if (common.disabledChecks) options.disabledChecks = common.disabledChecks;
+  return options;
+}
+
+function _replay(seed: number, common: _Common, trace: boolean): number {
+  const options = _options(seed, common);
+  if (trace) options.onTrace = (line) => console.log(line);
+  try {
+    const r = runSimulation(options);
+    console.log(`\nseed ${seed}: ok (profile ${r.profile}, digest ${r.digest})`);
+    console.log(`faults: ${JSON.stringify(r.faults)}`);
+    console.log(`stats: ${JSON.stringify(r.stats)}`);
+    return 0;
+  } catch (e) {
+    if (!(e instanceof SimulationFailure)) throw e;
+    console.log(`\n${e.message}`);
+    return 1;
+  }
+}
+
+async function _soak(start: number, count: number, jobs: number, common: _Common): Promise<number> {
+  const began = performance.now();
+  const totals: Record<string, number> = {};
+  const profiles: Record<string, number> = {};
+  const unknown: number[] = [];
+  const failures: SoakReply[] = [];
+  let done = 0;
+  let maxTerm = 0;
+  let lastReport = began;
+  const every = Math.max(1, Math.min(500, Math.floor(count / 20)));
+
+  const onReply = (r: SoakReply) => {
+    done++;
+    if (r.ok) {
+      profiles[r.profile] = (profiles[r.profile] ?? 0) + 1;
+      for (const [k, v] of Object.entries(r.stats)) {
+        if (typeof v === "number") totals[k] = (totals[k] ?? 0) + v;
+      }
+      maxTerm = Math.max(maxTerm, Number(r.stats.maxTerm ?? 0));
+      if (r.stats.linearizability === "unknown") unknown.push(r.seed);
+    } else {
+      failures.push(r);
+      console.log(`\nFAILURE ${r.message.split("\n").slice(0, 60).join("\n")}\n`);
+    }
+    const now = performance.now();
+    if (done % every === 0 || done === count || now - lastReport > 15_000) {
+      lastReport = now;
+      const perSeed = (now - began) / done;
+      console.log(
+        `[${String(done).padStart(String(count).length)}/${count}] ${
+          ((now - began) / 1000).toFixed(1)
+        } s, ${perSeed.toFixed(1)} ms/seed wall, ${
+          totals.historyOps ?? 0
+        } ops checked, ${failures.length} failure(s)`,
+      );
+    }
+  };
+
+  const seeds = Array.from({ length: count }, (_, i) => start + i);
+  if (jobs <= 1) {
+    for (const seed of seeds) onReply(runSoakSeed(_options(seed, common)));
+  } else {
+    const url = new URL("../tests/sim/soak_worker.ts", import.meta.url);
+    let next = 0;
+    await Promise.all(Array.from({ length: jobs }, () =>
+      new Promise<void>((resolve, reject) => {
+        const worker = new Worker(url, { type: "module" });
+        const feed = () => {
+          if (next >= seeds.length) {
+            worker.terminate();
+            resolve();
+            return;
+          }
+          worker.postMessage({ options: _options(seeds[next++]!, common) });
+        };
+        worker.onmessage = (e: MessageEvent<SoakReply>) => {
+          onReply(e.data);
+          feed();
+        };
+        worker.onerror = (e) => {
+          e.preventDefault();
+          worker.terminate();
+          reject(new Error(`soak worker failed: ${e.message}`));
+        };
+        feed();
+      })));
+  }
+
+  const wall = (performance.now() - began) / 1000;
+  const t = (k: string) => totals[k] ?? 0;
+  failures.sort((a, b) => a.seed - b.seed);
+  console.log(`
+== soak summary ==
+seeds run:        ${done} (${start}..${
+    start + count - 1
+  }), nodes ${common.nodes}, ${common.durationMs} virtual ms each${
+    common.bug ? `, DRIVER BUG ${common.bug}` : ""
+  }
+wall time:        ${wall.toFixed(1)} s with ${jobs} job(s): ${
+    (wall * 1000 / done).toFixed(1)
+  } ms per seed
+ops checked:      ${t("historyOps")} (writes ok ${t("writesOk")}, unknown outcome ${
+    t("writesUnknown")
+  }, definitely failed ${t("writesFailed")}; reads ok ${t("readsOk")}, dropped ${t("readsDropped")})
+faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures, ${
+    t("tornWrites")
+  } torn writes), ${t("partitions")} partitions, ${t("pauses")} pauses, ${
+    t("messagesDropped")
+  } of ${t("messagesSent")} messages dropped, ${t("messagesDuplicated")} duplicated
+elections:        ${t("elections")} (max term ${maxTerm}), ${t("diskWrites")} disk writes, ${
+    t("events")
+  } events
+profiles:         ${Object.entries(profiles).sort().map(([k, v]) => `${k} ${v}`).join(", ")}
+linearizability:  ${
+    unknown.length === 0
+      ? "every history fully checked"
+      : `checker budget ran out for ${unknown.length} seed(s): ${unknown.slice(0, 20).join(", ")}`
+  }
+failures:         ${failures.length}`);
+  for (const f of failures) {
+    if (!f.ok) console.log(`  seed ${f.seed} (${f.check}): ${f.replay}`);
+  }
+  return failures.length > 0 ? 1 : 0;
+}
+
+async function _main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      seeds: { type: "string" },
+      start: { type: "string" },
+      seed: { type: "string" },
+      nodes: { type: "string" },
+      "duration-ms": { type: "string" },
+      faults: { type: "string" },
+      clients: { type: "string" },
+      keys: { type: "string" },
+      bug: { type: "string" },
+      "lease-reads": { type: "string" },
+      disable: { type: "string" },
+      jobs: { type: "string" },
+      "no-trace": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) {
+    console.log(_USAGE);
+    return 0;
+  }
+  const nodes = values.nodes ?? (values.seed !== undefined ? undefined : "mixed");
+  const common: _Common = {
+    nodes: "mixed",
+    durationMs: _int("duration-ms", values["duration-ms"], DEFAULT_DURATION_MS, 1),
+  };
+  if (nodes === undefined) {
+    common.nodes = "mixed";
+  } else if (nodes === "3" || nodes === "5" || nodes === "mixed") {
+    common.nodes = nodes;
+  } else {
+    throw new RangeError(`--nodes must be 3, 5 or mixed, got ${JSON.stringify(nodes)}`);
+  }
+  if (values.faults !== undefined) {
+    const parsed: unknown = JSON.parse(values.faults);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      throw new TypeError("--faults must be a JSON object");
+    }
+    common.faults = parsed as Partial<FaultOptions>;
+  }
+  if (values.clients !== undefined) common.clients = _int("clients", values.clients, 0, 1);
+  if (values.keys !== undefined) common.keys = _int("keys", values.keys, 0, 1);
+  if (values.bug !== undefined) {
+    if (!(_BUGS as readonly string[]).includes(values.bug)) {
+      throw new RangeError(`--bug must be one of ${_BUGS.join(", ")}`);
+    }
+    common.bug = values.bug as DriverBug;
+  }
+  if (values["lease-reads"] !== undefined) {
+    const rate = Number(values["lease-reads"]);
+    if (!(rate >= 0 && rate <= 1)) {
+      throw new RangeError(
+        `--lease-reads must be a fraction in [0, 1], got ${values["lease-reads"]}`,
+      );
+    }
+    common.leaseReads = rate;
+  }
+  if (values.disable !== undefined) {
+    common.disabledChecks = values.disable.split(",").filter(Boolean) as CheckName[];
+  }
+  if (values.seed !== undefined) {
+    return _replay(_int("seed", values.seed, 0), common, !values["no-trace"]);
+  }
+  const count = _int("seeds", values.seeds, 100, 1);
+  const start = _int("start", values.start, 1);
+  const jobs = _int("jobs", values.jobs, 1, 1);
+  return await _soak(start, count, jobs, common);
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await _main());
+  } catch (e) {
+    console.error(`soak: ${(e as Error)?.message ?? e}\n${_USAGE}`);
+    Deno.exit(2);
+  }
+}
