@@ -34,3 +34,24 @@ export function createLogger(id: string, level: Level, sink: Logger = console): 
     error: make("error", sink.error.bind(sink)),
   };
 }
+
+/**
+ * A transport logger that reports each kind of warning at most once per `intervalMs`, without
+ * stack traces: a dead peer otherwise fills the log with one line per dropped batch.
+ */
+export function rateLimited(
+  log: Logger,
+  intervalMs: number,
+): { debug(message: string): void; warn(message: string): void } {
+  const last = new Map<string, number>();
+  return {
+    debug: (message: string) => log.debug(message),
+    warn: (message: string) => {
+      const key = message.slice(0, 48);
+      const now = performance.now();
+      if (now - (last.get(key) ?? -Infinity) < intervalMs) return;
+      last.set(key, now);
+      log.warn(message);
+    },
+  };
+}
