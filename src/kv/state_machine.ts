@@ -78,18 +78,22 @@ export class KvStateMachine {
   /** Open views: for each, the value each changed key had when it began (undefined = absent). */
   #views = new Set<Map<string, string | undefined>>();
 
-  /** Opens a consistent view of the current state (see {@linkcode StateView}). */
+  /**
+   * Opens a consistent view of the current state (see {@linkcode StateView}). It copies the key
+   * list (one pointer per key, no values), so that a key changed after the reading passed it is
+   * neither missed nor read twice.
+   */
   view(): StateView {
     const saved = new Map<string, string | undefined>();
     this.#views.add(saved);
     const data = this.data;
+    const keys = Array.from(data.keys());
     return {
       index: this.appliedIndex,
-      count: data.size,
+      count: keys.length,
       *pairs() {
-        // Keys changed since the view began come from `saved`; the rest are unchanged.
-        for (const entry of data) if (!saved.has(entry[0])) yield entry;
-        for (const [k, v] of saved) if (v !== undefined) yield [k, v];
+        // A key changed since the view began has its old value in `saved`.
+        for (const k of keys) yield [k, saved.has(k) ? saved.get(k)! : data.get(k)!];
       },
       close: () => {
         this.#views.delete(saved);

@@ -76,3 +76,22 @@ Deno.test("a view keeps showing the state it began with while writes go on", () 
   sm.apply(++index, { op: "put", key: "after", value: "y" });
   assert.equal(sm.get("after"), "y");
 });
+
+Deno.test("a view lists each key once even when keys it already passed change", () => {
+  const sm = new KvStateMachine();
+  for (let i = 0; i < 1000; i++) sm.apply(i + 1, { op: "put", key: `k${i}`, value: `v${i}` });
+  const view = sm.view();
+  let index = 1000;
+  const seen: [string, string][] = [];
+  for (const pair of view.pairs()) {
+    seen.push(pair);
+    // Change the key just read, and one not read yet, and delete one.
+    sm.apply(++index, { op: "put", key: pair[0], value: "changed" });
+    sm.apply(++index, { op: "put", key: `k${(seen.length * 3) % 1000}`, value: "later" });
+    sm.apply(++index, { op: "delete", key: `k${(seen.length * 7) % 1000}` });
+  }
+  view.close();
+  assert.equal(seen.length, view.count);
+  assert.equal(new Set(seen.map(([k]) => k)).size, 1000, "a key was listed twice");
+  for (const [k, v] of seen) assert.equal(v, `v${k.slice(1)}`, k);
+});
