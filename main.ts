@@ -129,13 +129,24 @@ export async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGTERM", onSignal);
 
   log.info(fatal ? "stopping after a fatal error" : "stopping");
-  // Stop taking requests, finish the write in flight, then close the peer side.
-  await apiServer.shutdown();
+  // Stop taking requests, finish the write in flight, then close the peer side. A server's
+  // shutdown waits for idle HTTP/2 connections (a silent client, a partitioned peer) forever:
+  // give each a deadline.
+  await _within(apiServer.shutdown(), 3_000);
   await node.stop();
   closeForwarder();
-  await rpcServer.shutdown();
+  await _within(rpcServer.shutdown(), 3_000);
   log.info("stopped");
   return fatal ? 1 : 0;
+}
+
+/** Waits for `promise`, but no longer than `ms`. */
+function _within(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  return Promise.race([promise.then(() => {}, () => {}), deadline]).finally(() =>
+    clearTimeout(timer)
+  );
 }
 
 if (import.meta.main) {

@@ -9,7 +9,12 @@
  *
  * Other options (as printed in a failure's replay command): `--faults '<json>'` overrides the fault
  * mix, `--clients N`, `--keys N`, `--lease-reads F` sends that fraction of reads with the "lease"
- * consistency, `--bug persist-early|forget-synced` runs a deliberately broken driver, `--disable check,...` switches checks off, `--no-trace` replays without the trace.
+ * consistency, `--snapshot-threshold N` takes a snapshot every N applied entries (0: never; `on`:
+ * a threshold drawn per seed from 20, 50 and 200, with the seed's catch-up entries; default: drawn
+ * per seed, off for about a quarter of the seeds), `--catch-up-entries N` keeps N entries before a
+ * snapshot, `--model-fix <name>,...` models a proposed fix of a bug found in src/ (see `ModelFix`
+ * in the simulator), `--bug <name>` runs a deliberately broken driver (see `DriverBug`),
+ * `--disable check,...` switches checks off, `--no-trace` replays without the trace.
  *
  * Prints progress and a summary; exits with status 1 if any seed fails.
  *
@@ -20,12 +25,16 @@ import { parseArgs } from "node:util";
 import {
   type CheckName,
   DEFAULT_DURATION_MS,
+  DRIVER_BUGS,
   type DriverBug,
   type FaultOptions,
+  MODEL_FIXES,
+  type ModelFix,
   nodesForSeed,
   runSimulation,
   SimulationFailure,
   type SimulationOptions,
+  snapshotDefaults,
 } from "../tests/sim/simulator.ts";
 import { runSoakSeed, type SoakReply } from "../tests/sim/soak_worker.ts";
 
@@ -33,9 +42,9 @@ const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-reads FRACTION
-  --bug persist-early|forget-synced --disable check,check`;
-
-const _BUGS: readonly DriverBug[] = ["persist-early", "forget-synced"];
+  --snapshot-threshold N|on --catch-up-entries N --model-fix ${MODEL_FIXES.join(",")}
+  --disable check,check
+  --bug ${DRIVER_BUGS.join("|")}`;
 
 function _int(name: string, text: string | undefined, fallback: number, min = 0): number {
   if (text === undefined) return fallback;
@@ -54,6 +63,10 @@ interface _Common {
   keys?: number;
   bug?: DriverBug;
   leaseReads?: number;
+  /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
+  snapshotThreshold?: number | "on";
+  catchUpEntries?: number;
+  modelFixes?: ModelFix[];
   disabledChecks?: CheckName[];
 }
 
@@ -67,6 +80,18 @@ function _options(seed: number, common: _Common): SimulationOptions {
   if (common.clients !== undefined) options.clients = common.clients;
   if (common.keys !== undefined) options.keys = common.keys;
   if (common.leaseReads !== undefined) options.leaseReads = common.leaseReads;
+  if (common.snapshotThreshold === "on") {
+    // Explicit per seed, so that a failure's replay command carries them.
+    const drawn = snapshotDefaults(seed, true);
+    options.snapshotThreshold = drawn.snapshotThreshold;
+    options.catchUpEntries = common.catchUpEntries ?? drawn.catchUpEntries;
+  } else {
+    if (common.snapshotThreshold !== undefined) {
+      options.snapshotThreshold = common.snapshotThreshold;
+    }
+    if (common.catchUpEntries !== undefined) options.catchUpEntries = common.catchUpEntries;
+  }
+  if (common.modelFixes) options.modelFixes = common.modelFixes;
   if (common.bug) options.bug = common.bug;
   if (common.disabledChecks) options.disabledChecks = common.disabledChecks;
   return options;
@@ -77,7 +102,10 @@ function _replay(seed: number, common: _Common, trace: boolean): number {
   if (trace) options.onTrace = (line) => console.log(line);
   try {
     const r = runSimulation(options);
-    console.log(`\nseed ${seed}: ok (profile ${r.profile}, digest ${r.digest})`);
+    console.log(
+      `\nseed ${seed}: ok (profile ${r.profile}, snapshot threshold ${r.snapshotThreshold}, ` +
+        `catch-up entries ${r.catchUpEntries}, digest ${r.digest})`,
+    );
     console.log(`faults: ${JSON.stringify(r.faults)}`);
     console.log(`stats: ${JSON.stringify(r.stats)}`);
     return 0;
@@ -86,6 +114,12 @@ function _replay(seed: number, common: _Common, trace: boolean): number {
     console.log(`\n${e.message}`);
     return 1;
   }
+}
+
+function _thresholdText(common: _Common): string {
+  if (common.snapshotThreshold === "on") return "drawn per seed from 20, 50, 200";
+  if (common.snapshotThreshold !== undefined) return String(common.snapshotThreshold);
+  return "drawn per seed from 0 (off), 20, 50, 200";
 }
 
 async function _soak(start: number, count: number, jobs: number, common: _Common): Promise<number> {
@@ -180,6 +214,16 @@ faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures,
 elections:        ${t("elections")} (max term ${maxTerm}), ${t("diskWrites")} disk writes, ${
     t("events")
   } events
+snapshots:        ${t("snapshotsTaken")} taken, ${t("snapshotsSent")} sent (${
+    t("snapshotSendsFailed")
+  } failed), ${t("snapshotsReceived")} received, ${t("snapshotsInstalled")} installed; ${
+    t("segmentsCompacted")
+  } WAL segments compacted
+restarts:         ${t("snapshotRestarts")} from a snapshot, ${
+    t("installsCompletedAtStartup")
+  } completing an interrupted install; snapshot threshold ${_thresholdText(common)}${
+    common.modelFixes ? `; MODELLED FIXES ${common.modelFixes.join(", ")}` : ""
+  }
 profiles:         ${Object.entries(profiles).sort().map(([k, v]) => `${k} ${v}`).join(", ")}
 linearizability:  ${
     unknown.length === 0
@@ -207,6 +251,9 @@ async function _main(): Promise<number> {
       keys: { type: "string" },
       bug: { type: "string" },
       "lease-reads": { type: "string" },
+      "snapshot-threshold": { type: "string" },
+      "catch-up-entries": { type: "string" },
+      "model-fix": { type: "string" },
       disable: { type: "string" },
       jobs: { type: "string" },
       "no-trace": { type: "boolean" },
@@ -241,8 +288,8 @@ async function _main(): Promise<number> {
   if (values.clients !== undefined) common.clients = _int("clients", values.clients, 0, 1);
   if (values.keys !== undefined) common.keys = _int("keys", values.keys, 0, 1);
   if (values.bug !== undefined) {
-    if (!(_BUGS as readonly string[]).includes(values.bug)) {
-      throw new RangeError(`--bug must be one of ${_BUGS.join(", ")}`);
+    if (!(DRIVER_BUGS as readonly string[]).includes(values.bug)) {
+      throw new RangeError(`--bug must be one of ${DRIVER_BUGS.join(", ")}`);
     }
     common.bug = values.bug as DriverBug;
   }
@@ -254,6 +301,22 @@ async function _main(): Promise<number> {
       );
     }
     common.leaseReads = rate;
+  }
+  const threshold = values["snapshot-threshold"];
+  if (threshold !== undefined) {
+    common.snapshotThreshold = threshold === "on" ? "on" : _int("snapshot-threshold", threshold, 0);
+  }
+  if (values["catch-up-entries"] !== undefined) {
+    common.catchUpEntries = _int("catch-up-entries", values["catch-up-entries"], 0);
+  }
+  if (values["model-fix"] !== undefined) {
+    const fixes = values["model-fix"].split(",").filter(Boolean);
+    for (const f of fixes) {
+      if (!(MODEL_FIXES as readonly string[]).includes(f)) {
+        throw new RangeError(`--model-fix must name some of ${MODEL_FIXES.join(", ")}`);
+      }
+    }
+    common.modelFixes = fixes as ModelFix[];
   }
   if (values.disable !== undefined) {
     common.disabledChecks = values.disable.split(",").filter(Boolean) as CheckName[];

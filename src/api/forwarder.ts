@@ -64,7 +64,10 @@ export const fetchForwarder: Forwarder = async (url, init) => {
   try {
     return await fetch(url, { ...init, client: _client });
   } catch (err) {
-    if (!init.signal.aborted && _isConnectFailure(err)) {
+    // Only a read may be called "never sent": fetch can re-send a request it had already
+    // delivered and report just the retry's connect error, so for a write the outcome is unknown.
+    const read = (init.method ?? "GET").toUpperCase() === "GET";
+    if (read && !init.signal.aborted && _isConnectFailure(err)) {
       throw new ForwardConnectError(_innermostMessage(err), { cause: err });
     }
     throw err;

@@ -71,8 +71,8 @@ export interface StateView {
 
 /** The key-value map and the index of the last entry applied to it. */
 export class KvStateMachine {
-  /** The live data. */
-  readonly data: Map<string, string> = new Map();
+  /** The live data (replaced, not cleared, by {@linkcode KvStateMachine.reset}). */
+  data: Map<string, string> = new Map();
   /** The index of the last log entry applied (including no-ops). */
   appliedIndex = 0;
   /** Open views: for each, the value each changed key had when it began (undefined = absent). */
@@ -129,10 +129,13 @@ export class KvStateMachine {
     return this.data.get(key) ?? null;
   }
 
-  /** Replaces the whole state (after loading a snapshot). */
+  /**
+   * Replaces the whole state (after loading a snapshot). Views opened before keep the map they
+   * were reading, which nothing changes any more, so they stay consistent.
+   */
   reset(entries: Iterable<[string, string]>, appliedIndex: number): void {
-    this.data.clear();
-    for (const [k, v] of entries) this.data.set(k, v);
+    this.#views.clear();
+    this.data = new Map(entries);
     this.appliedIndex = appliedIndex;
   }
 }

@@ -91,7 +91,7 @@ export async function openDiskStorage(
     snapshots = await listSnapshots(paths.snapshotDir);
   }
 
-  await pruneSnapshots(paths.snapshotDir, keep, true);
+  await pruneSnapshots(paths.snapshotDir, keep, { leftovers: true });
   let loaded: LoadedSnapshot | null = null;
   const newest = snapshots[0];
   if (newest) {
@@ -143,7 +143,9 @@ export async function openDiskStorage(
     },
     rollLog: () => wal.rollNext(),
     async installReceived(meta: SnapshotMeta, receivedPath: string): Promise<string> {
-      // The reset record is the commit point: after it, start-up completes the install.
+      // The file must be there before the reset record (the commit point) promises it is.
+      await Deno.stat(receivedPath);
+      // After the reset record, start-up completes the install from the received file.
       await wal.reset(meta.index, meta.term);
       const path = join(paths.snapshotDir, snapshotName(meta.index, meta.term));
       await Deno.rename(receivedPath, path);
@@ -153,7 +155,8 @@ export async function openDiskStorage(
         snapshotIndex: meta.index,
         snapshotTerm: meta.term,
       });
-      await pruneSnapshots(paths.snapshotDir, keep, true);
+      // A newer snapshot may already have been received: keep it.
+      await pruneSnapshots(paths.snapshotDir, keep, { receivedUpTo: meta.index });
       return path;
     },
     close: () => wal.close(),

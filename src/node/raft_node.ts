@@ -621,6 +621,11 @@ export class RaftNode implements KvBackend {
       view.close();
     }
     if (this.#failed) return;
+    if (meta.index <= (this.#snapshotFile?.index ?? 0) || meta.index < this.#core.log.snapIndex) {
+      // A snapshot from the leader was installed meanwhile: this one is older; keep it as a
+      // file (pruning removes it) but do not make it current.
+      return;
+    }
     this.#snapshotFile = { index: meta.index, path };
     const compactTo = Math.max(this.#core.log.snapIndex, meta.index - this.#catchUpEntries);
     this.#core.snapshotSaved(meta, compactTo);

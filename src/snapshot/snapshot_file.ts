@@ -52,6 +52,7 @@ export interface LoadedSnapshot {
 const MAGIC = new TextEncoder().encode("RKVSNAP1");
 const TRAILER = new TextEncoder().encode("RKVSEND1");
 const NAME = /^snap-(\d{16})-(\d{16})\.snap$/;
+const RECEIVED = /^snap-(\d{16})-(\d{16})\.snap\.recv$/;
 const CHUNK = 256 * 1024;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -210,18 +211,32 @@ export async function listSnapshots(dir: string): Promise<SnapshotFileInfo[]> {
   return out.sort((a, b) => b.index - a.index);
 }
 
-/**
- * Removes snapshot files beyond the newest `keep`; with `leftovers`, also temp and received
- * files (only safe when no snapshot is being written or received).
- */
-export async function pruneSnapshots(dir: string, keep: number, leftovers = false): Promise<void> {
+/** What {@linkcode pruneSnapshots} removes besides snapshots beyond the newest few. */
+export interface PruneOptions {
+  /** Also every temp and received file (only safe at start-up, when nothing is in flight). */
+  leftovers?: boolean;
+  /** Also received files of snapshots at or below this index (superseded by an install). */
+  receivedUpTo?: number;
+}
+
+/** Removes snapshot files beyond the newest `keep`, and what `options` names. */
+export async function pruneSnapshots(
+  dir: string,
+  keep: number,
+  options: PruneOptions = {},
+): Promise<void> {
   const all = await listSnapshots(dir);
   for (const s of all.slice(keep)) await Deno.remove(s.path).catch(() => {});
-  if (!leftovers) return;
+  if (!options.leftovers && options.receivedUpTo === undefined) return;
   for await (const e of Deno.readDir(dir)) {
-    if (e.name.endsWith(".tmp") || e.name.endsWith(".recv")) {
-      await Deno.remove(join(dir, e.name)).catch(() => {});
+    let remove = false;
+    if (options.leftovers) {
+      remove = e.name.endsWith(".tmp") || e.name.endsWith(".recv");
+    } else if (e.name.endsWith(".snap.recv")) {
+      const m = RECEIVED.exec(e.name);
+      remove = m !== null && +m[1]! <= options.receivedUpTo!;
     }
+    if (remove) await Deno.remove(join(dir, e.name)).catch(() => {});
   }
 }
 

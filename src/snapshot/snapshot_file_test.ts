@@ -66,7 +66,7 @@ Deno.test("snapshots are listed newest first and pruned to the newest few", asyn
     for (const i of [5, 50, 20]) await write(dir, i, pairs(3));
     await Deno.writeTextFile(join(dir, "leftover.snap.tmp"), "x");
     assert.deepEqual((await listSnapshots(dir)).map((s) => s.index), [50, 20, 5]);
-    await pruneSnapshots(dir, 2, true);
+    await pruneSnapshots(dir, 2, { leftovers: true });
     assert.deepEqual((await listSnapshots(dir)).map((s) => s.index), [50, 20]);
     const names = [];
     for await (const e of Deno.readDir(dir)) names.push(e.name);
@@ -114,6 +114,25 @@ Deno.test("a process killed while writing a snapshot leaves the previous one usa
     assert.deepEqual(found.map((s) => s.index), [10], "the half-written snapshot is not listed");
     const loaded = await readSnapshotFile(found[0]!.path);
     assert.equal(loaded.pairs.length, 100);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("pruning after an install keeps received snapshots newer than the one installed", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const i of [5, 9]) {
+      await Deno.writeTextFile(join(dir, `${snapshotName(i, 2)}.recv`), "x");
+    }
+    await Deno.writeTextFile(join(dir, `${snapshotName(12, 2)}.recv.tmp`), "x");
+    await pruneSnapshots(dir, 2, { receivedUpTo: 7 });
+    const names = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    assert.deepEqual(names.sort(), [
+      `${snapshotName(9, 2)}.recv`,
+      `${snapshotName(12, 2)}.recv.tmp`,
+    ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

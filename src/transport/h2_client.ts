@@ -68,7 +68,14 @@ export class H2Client {
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       req.on("error", fail);
-      req.on("close", () => signal?.removeEventListener("abort", onAbort));
+      req.on("close", () => {
+        signal?.removeEventListener("abort", onAbort);
+        // A stream can close without an error event (connection closed or refused): never leave
+        // the request hanging.
+        if (!settled) {
+          fail(new Error(`HTTP/2 stream closed before a response (code ${req.rstCode})`));
+        }
+      });
       req.on("response", (headers) => {
         const status = Number(headers[":status"]);
         const out = new Headers();

@@ -296,8 +296,9 @@ export class HttpTransport implements Transport {
     this.#closed = true;
     for (const peer of this.#peers.values()) peer.queue = [];
     this.#abort.abort(new DOMException("The transport was closed", "AbortError"));
-    while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
+    // Closing the client fails every request still in flight.
     this.#client.close();
+    while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
   }
 
   /** Starts requests while the peer has queued messages and free in-flight slots. */
@@ -373,12 +374,20 @@ export class HttpTransport implements Transport {
       if (attempt > 0 && !(await this.#backoff(attempt))) return;
       if (this.#closed) return;
       let res: Response;
+      // A plain timer, cleared on completion: AbortSignal.timeout would fire (and build a
+      // DOMException) for every batch long after it was answered. close() ends the requests by
+      // closing the client.
+      const deadline = new AbortController();
+      const timer = setTimeout(
+        () => deadline.abort(new DOMException("peer request timed out", "TimeoutError")),
+        this.#rpcTimeoutMs,
+      );
       try {
         res = await this.#client.fetch(peer.messagesUrl, {
           method: "POST",
           headers: this.#headers,
           body: batch.bytes,
-          signal: AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#rpcTimeoutMs)]),
+          signal: deadline.signal,
         });
       } catch (err) {
         if (this.#closed) return;
@@ -388,6 +397,8 @@ export class HttpTransport implements Transport {
           err,
         );
         continue;
+      } finally {
+        clearTimeout(timer);
       }
       if (res.ok) {
         await _discardBody(res);

@@ -12,21 +12,39 @@
  * commit), and only when that write completes sends `persistedMessages` and calls
  * `core.persisted`; it applies `committedEntries` and serves ReadIndex reads.
  *
- * The simulated disk of a node is one WAL segment of real record bytes (encoded with
- * `src/storage/wal_record.ts`) plus an atomically replaced hard state (like the hard-state file).
- * On restart the segment is replayed with `decodeRecord` and the WAL's rules: an entry at or below
- * the last index truncates the log there, a gap is corruption, and a torn tail (a partial header or
- * payload, or a zero-filled tail from a 512-byte sector boundary, as the storage README defines
- * it) is cut off. Anything else that fails to decode fails the run.
+ * The simulated disk of a node is a sequence of WAL segments of real record bytes (encoded with
+ * `src/storage/wal_record.ts`), an atomically replaced hard state (like the hard-state file), the
+ * log metadata, snapshot files and received (`.recv`) snapshot files. On restart the segments are
+ * replayed with `decodeRecord` and the WAL's rules: an entry at or below the last index truncates
+ * the log there, a reset record empties it, a gap is corruption, and a torn tail of the last
+ * segment (a partial header or payload, or a zero-filled tail from a 512-byte sector boundary, as
+ * the storage README defines it) is cut off. Anything else that fails to decode fails the run.
+ * Start-up then follows `src/node/disk_storage.ts`: an install interrupted after its reset record
+ * is completed from the received file, the newest snapshot is loaded and the WAL entries after it.
+ *
+ * Snapshots (when the run's `snapshotThreshold` is not 0) follow `raft_node.ts` too: a node whose
+ * applied index passed the threshold since its last snapshot writes a copy-on-write view of its
+ * state (taking a disk delay; a crash before it completes leaves no snapshot), calls
+ * `core.snapshotSaved`, and then, as a write job after the earlier ones, records the log metadata,
+ * deletes the WAL segments wholly covered (a new segment starts at every snapshot) and keeps two
+ * snapshot files. A leader streams its snapshot file to a follower that needs it (a transfer that
+ * takes time in proportion to its size and can fail) and reports the outcome with
+ * `reportSnapshot`; the follower stores it as a received file, steps the `Snap` message and, if
+ * the core installs it, resets its state machine and queues a write job that first writes the WAL
+ * reset record (the commit point), then makes the snapshot current.
  *
  * Faults: message loss, duplication, delay and reordering; symmetric, asymmetric and
  * leader-isolating partitions; crashes that lose every write not yet completed (sometimes leaving
  * a prefix of it and a torn record); whole-cluster power failures; process pauses; clock skew.
  *
  * Checked after every event: election safety, log matching, leader completeness, state machine
- * safety, commit monotonicity, and that every committed entry is durable on a majority. At the end
- * (after healing everything): liveness (a leader serves a read of every key within a bound),
- * convergence of every node's state, and linearizability of the client history.
+ * safety (including that every node's state after applying an index has the same digest),
+ * commit monotonicity, and that every committed entry is durable on a majority. Every snapshot
+ * (taken, sent, installed or loaded at restart) must match the committed entry at its index and
+ * hold exactly the state the nodes that applied that index had; no node installs a snapshot at or
+ * below its commit index. At the end (after healing everything): liveness (a leader serves a read
+ * of every key within a bound), convergence of every node's state, and linearizability of the
+ * client history.
  *
  * @module
  */
@@ -42,8 +60,14 @@ import {
   type NodeId,
   NONE,
   type Ready,
+  type SnapshotMeta,
 } from "../../src/raft/types.ts";
-import { decodeCommand, encodeCommand, KvStateMachine } from "../../src/kv/state_machine.ts";
+import {
+  decodeCommand,
+  encodeCommand,
+  KvStateMachine,
+  type StateView,
+} from "../../src/kv/state_machine.ts";
 import {
   checkLinearizability,
   describeHistory,
@@ -107,7 +131,48 @@ export type DriverBug =
   /** Sends `persistedMessages` at once, before the write they depend on is durable. */
   | "persist-early"
   /** Loses the last synced disk record on every recovery (an acknowledged write forgotten). */
-  | "forget-synced";
+  | "forget-synced"
+  /**
+   * Compacts the WAL past the snapshot: deletes every segment but the active one, including
+   * entries after the snapshot's index that were written into the segment before the roll.
+   */
+  | "compact-past-snapshot"
+  /** Installs a received snapshot without writing the WAL reset record first. */
+  | "install-without-reset"
+  /** Writes the live state instead of the copy-on-write view into a snapshot. */
+  | "snapshot-live-state";
+
+/**
+ * A fix, now in src/, of a bug the simulator found (`modelFixes: []` replays the bug).
+ *
+ * `recv-prune`: disk_storage.ts installReceived used to prune with `leftovers`, deleting every `.recv`
+ * file, including a newer snapshot received while the install was being written, which the core
+ * then installs: its reset record is written, the rename fails, and the node can never start
+ * again. The fix deletes only received files at or below the installed index.
+ */
+export type ModelFix =
+  | "recv-prune"
+  /**
+   * raft_node.ts installs a received snapshot while its own snapshot at a lower index is being
+   * written: `kv.reset` rewrites the map under the copy-on-write view, so the file written holds
+   * the installed state under the older index (or `encodeSnapshot` throws on the changed count),
+   * and `snapshotSaved` then throws (compactTo, raised to the installed index, is past the
+   * snapshot): the node stops. The fix keeps open views intact across `reset` (here: the view's
+   * pairs are read before it) and drops a snapshot that an install overtook.
+   */
+  | "install-during-snapshot";
+
+/** Every {@linkcode ModelFix}, for command-line parsing. */
+export const MODEL_FIXES: readonly ModelFix[] = ["recv-prune", "install-during-snapshot"];
+
+/** Every {@linkcode DriverBug}, for command-line parsing. */
+export const DRIVER_BUGS: readonly DriverBug[] = [
+  "persist-early",
+  "forget-synced",
+  "compact-past-snapshot",
+  "install-without-reset",
+  "snapshot-live-state",
+];
 
 /** The names of the checks, as {@linkcode SimulationFailure.check} reports them. */
 export type CheckName =
@@ -117,6 +182,7 @@ export type CheckName =
   | "state-machine-safety"
   | "commit-monotonic"
   | "durable-majority"
+  | "snapshot"
   | "recovery"
   | "node-error"
   | "liveness"
@@ -149,6 +215,21 @@ export interface SimulationOptions {
    * when it holds, else by ReadIndex). Default 0: only the default, ReadIndex, reads.
    */
   leaseReads?: number;
+  /**
+   * Applied entries between snapshots (raft_node.ts `snapshotThreshold`); 0 switches snapshots
+   * off. Default: drawn from the seed, see {@linkcode snapshotDefaults}.
+   */
+  snapshotThreshold?: number;
+  /**
+   * Entries kept in the log before a snapshot's index, for followers just behind (raft_node.ts
+   * `snapshotCatchUpEntries`). Default: drawn from the seed, see {@linkcode snapshotDefaults}.
+   */
+  catchUpEntries?: number;
+  /**
+   * Fixes of bugs the simulator found in src/ to keep (see {@linkcode ModelFix}). Default: all
+   * of them, as src/ now has them; `[]` replays src/ as it was before, and the old bugs with it.
+   */
+  modelFixes?: ModelFix[];
   /** Run a deliberately broken driver (guard tests). */
   bug?: DriverBug;
   /** Checks to switch off (guard tests show the remaining ones still catch a bug). */
@@ -203,6 +284,22 @@ export interface SimulationStats {
   messagesDuplicated: number;
   /** Disk writes completed. */
   diskWrites: number;
+  /** Snapshots written by a node of its own state. */
+  snapshotsTaken: number;
+  /** Snapshot transfers a leader started. */
+  snapshotsSent: number;
+  /** Of those, transfers the leader saw fail (`reportSnapshot(to, false)`). */
+  snapshotSendsFailed: number;
+  /** Snapshots a follower received and stored. */
+  snapshotsReceived: number;
+  /** Received snapshots installed (the state machine reset to them). */
+  snapshotsInstalled: number;
+  /** Restarts that loaded a snapshot. */
+  snapshotRestarts: number;
+  /** Restarts that completed an install a crash interrupted after its reset record. */
+  installsCompletedAtStartup: number;
+  /** WAL segments deleted by compaction. */
+  segmentsCompacted: number;
   /** The linearizability verdict: "unknown" when its time budget ran out. */
   linearizability: "ok" | "unknown";
 }
@@ -219,6 +316,10 @@ export interface SimulationResult {
   profile: string;
   /** The fault mix actually used. */
   faults: FaultOptions;
+  /** The snapshot threshold used (0: no snapshots). */
+  snapshotThreshold: number;
+  /** The catch-up entries used. */
+  catchUpEntries: number;
   /** Counters. */
   stats: SimulationStats;
   /** A hash of the whole event sequence: equal digests mean identical runs. */
@@ -327,6 +428,25 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   return { name: "calm", faults: calm };
 }
 
+/** The snapshot thresholds a seed draws from when its run does not set one (0: off). */
+export const SNAPSHOT_THRESHOLDS: readonly number[] = [0, 20, 50, 200];
+
+/**
+ * The snapshot settings used by default for a seed: the threshold drawn from
+ * {@linkcode SNAPSHOT_THRESHOLDS} (with `on`, from its non-zero values), and the catch-up entries
+ * drawn from 0, 5 and the threshold itself (raft_node.ts's default for small thresholds).
+ */
+export function snapshotDefaults(
+  seed: number,
+  on = false,
+): { snapshotThreshold: number; catchUpEntries: number } {
+  const r = seededRandom((seed ^ 0x27d4eb2f) >>> 0);
+  const choices = on ? SNAPSHOT_THRESHOLDS.filter((t) => t > 0) : SNAPSHOT_THRESHOLDS;
+  const snapshotThreshold = choices[Math.floor(r() * choices.length)]!;
+  const catchUpEntries = [0, 5, snapshotThreshold][Math.floor(r() * 3)]!;
+  return { snapshotThreshold, catchUpEntries };
+}
+
 /** The default virtual duration of a run, as used by the tests and the soak script. */
 export const DEFAULT_DURATION_MS = 20_000;
 
@@ -349,6 +469,15 @@ export function replayCommand(options: SimulationOptions): string {
   if (options.clients !== undefined) parts.push(`--clients ${options.clients}`);
   if (options.keys !== undefined) parts.push(`--keys ${options.keys}`);
   if (options.leaseReads !== undefined) parts.push(`--lease-reads ${options.leaseReads}`);
+  if (options.snapshotThreshold !== undefined) {
+    parts.push(`--snapshot-threshold ${options.snapshotThreshold}`);
+  }
+  if (options.catchUpEntries !== undefined) {
+    parts.push(`--catch-up-entries ${options.catchUpEntries}`);
+  }
+  if (options.modelFixes && options.modelFixes.length > 0) {
+    parts.push(`--model-fix ${options.modelFixes.join(",")}`);
+  }
   if (options.bug !== undefined) parts.push(`--bug ${options.bug}`);
   if (options.disabledChecks && options.disabledChecks.length > 0) {
     parts.push(`--disable ${options.disabledChecks.join(",")}`);
@@ -388,6 +517,8 @@ const _K = {
   restart: 9,
   heal: 10,
   phase: 11,
+  snapshotWritten: 12,
+  transfer: 13,
 } as const;
 const _KIND_NAMES = [
   "tick",
@@ -402,6 +533,8 @@ const _KIND_NAMES = [
   "restart",
   "heal",
   "phase",
+  "snapshot-written",
+  "snapshot-transfer",
 ];
 
 interface _Event {
@@ -458,16 +591,35 @@ function _before(a: _Event, b: _Event): boolean {
   return a.time < b.time || (a.time === b.time && a.seq < b.seq);
 }
 
+/** A snapshot file (or received `.recv` file) on a simulated disk. Never mutated. */
+interface _Snap {
+  meta: SnapshotMeta;
+  pairs: [string, string][];
+  /** {@linkcode _stateDigest} of the pairs. */
+  digest: number;
+  /** The file's approximate size in bytes. */
+  bytes: number;
+}
+
+/** raft_node.ts WriteJob, plus what the simulated disk needs. */
 interface _WriteJob {
+  /** A received snapshot to install before the entries. */
+  install: _Snap | null;
   entries: Entry[];
   hardState: HardState | null;
   messages: Message[];
+  /** A snapshot just saved: record it and compact the log, after the entries. */
+  compact: { meta: SnapshotMeta; compactTo: number } | null;
   /** The entries as WAL records, encoded when the write starts. */
   bytes: Uint8Array | null;
+  /** The reset record of `install`, encoded when the write starts. */
+  resetBytes: Uint8Array | null;
+  /** The job's first WAL write starts a new segment (the log was rolled for a snapshot). */
+  roll: boolean;
 }
 
-/** A growable byte array: the simulated WAL segment. */
-class _Segment {
+/** A growable byte array: the content of one simulated WAL segment file. */
+class _Bytes {
   #buf = new Uint8Array(1 << 12);
   length = 0;
 
@@ -491,21 +643,33 @@ class _Segment {
   }
 }
 
-/** What a replay of a segment found. */
+/** One WAL segment file: the first index in its name, its bytes, the highest index written. */
+interface _WalSegment {
+  first: number;
+  data: _Bytes;
+  maxIndex: number;
+}
+
+/** What a replay of the WAL segments found (src/storage/wal.ts `_recover`). */
 interface _Replay {
   entries: Entry[];
-  /** Offset just past the last whole record. */
+  /** The last index (a reset's index if no entry followed it); 0 for no log. */
+  lastIndex: number;
+  /** Offset just past the last whole record of the last segment. */
   end: number;
-  /** Offset where the last whole record starts (-1: none). */
+  /** Offset where the last whole record of the last segment starts (-1: none). */
   lastStart: number;
   /** Why the tail was cut off, or null. */
   torn: string | null;
-  /** Corruption: a record that is neither whole nor a torn tail, or a gap. */
+  /** Corruption: a record that is neither whole nor a torn tail, a gap, a misnamed segment. */
   problem: string | null;
+  /** Each segment's highest index. */
+  maxIndex: number[];
 }
 
 interface _Recovered {
   hardState: HardState;
+  snapshot: _Snap | null;
   entries: Entry[];
 }
 
@@ -514,7 +678,8 @@ type _Outcome =
   | { kind: "value"; value: string | null }
   | { kind: "notLeader"; leader: NodeId }
   | { kind: "refused" }
-  | { kind: "notApplied" };
+  | { kind: "notApplied" }
+  | { kind: "unknown" };
 
 interface _Client {
   id: number;
@@ -569,20 +734,51 @@ class _Node {
   ticked = 0;
   core!: RaftCore;
   kv = new KvStateMachine();
-  /** The durable WAL segment: survives crashes. */
-  wal = new _Segment();
+  /** {@linkcode _stateDigest} of `kv.data`, kept up to date as entries apply. */
+  kvDigest = 0;
+  /** The index of the snapshot the state machine was last reset to (0: none). */
+  appliedBySnapshot = 0;
+  // -- the disk: survives crashes
+  /** The WAL segment files, oldest first. */
+  segments: _WalSegment[] = [];
   /** The durable hard state (the hard-state file, replaced atomically). */
   hardState: HardState = { term: 0, vote: NONE, commit: 0 };
+  /** The log metadata file's snapshot index. */
+  metaSnapshotIndex = 0;
+  /** Snapshot files. */
+  snapshots: _Snap[] = [];
+  /** Received snapshot files (`.recv`). */
+  received: _Snap[] = [];
+  // -- memory
+  /** The next WAL write starts a new segment (wal.rollNext()). */
+  rollNext = false;
   /** What recovery produced at the last crash (used at restart). */
-  recovered: _Recovered = { hardState: { term: 0, vote: NONE, commit: 0 }, entries: [] };
+  recovered: _Recovered = {
+    hardState: { term: 0, vote: NONE, commit: 0 },
+    snapshot: null,
+    entries: [],
+  };
   /** Chain hash of the durable log at each index (index 0 = empty log). */
   durableChain: number[] = [0];
   /** Chain hash of the in-memory log at each index, kept from the Readies' entries. */
   memChain: number[] = [0];
   lastCommit = 0;
   rate = 1;
-  pendingWrite: _WriteJob | null = null;
+  /** Writes not started yet; new work merges into the last one (raft_node.ts #pendingWrites). */
+  pendingWrites: _WriteJob[] = [];
   inflightWrite: _WriteJob | null = null;
+  /** raft_node.ts #snapshotFile: the newest snapshot saved or installed. */
+  snapshotFile: _Snap | null = null;
+  /** raft_node.ts #snapshotting. */
+  snapshotting = false;
+  /** The view being written (raft_node.ts #takeSnapshot's `view`). */
+  snapshotView: StateView | null = null;
+  /** The pairs of the view being written, read early (modelled fix "install-during-snapshot"). */
+  snapshotPairs: [string, string][] | null = null;
+  /** raft_node.ts #received: the newest received snapshot, not installed yet. */
+  recvMem: _Snap | null = null;
+  /** The commit index just before the last received snapshot was stepped. */
+  commitAtReceive = 0;
   waiters = new Map<number, _Waiter>();
   readQueue: _ReadReq[] = [];
   readRounds = new Map<number, { reads: _ReadReq[] }>();
@@ -609,6 +805,8 @@ class _Simulation {
   readonly #disabled: Set<CheckName>;
   readonly #replay: string;
   readonly #onTrace: ((line: string) => void) | undefined;
+  readonly #snapshotThreshold: number;
+  readonly #catchUpEntries: number;
 
   #now = 0;
   #seq = 0;
@@ -631,6 +829,10 @@ class _Simulation {
   #committed: number[] = [0];
   /** The term in which each index was first known committed. */
   #commitTerm: number[] = [0];
+  /** The term of the committed entry at each index. */
+  #committedEntryTerm: number[] = [0];
+  /** {@linkcode _stateDigest} of the state after applying each index, as first seen. */
+  #appliedDigest: number[] = [0];
 
   #ringEvents: (_Event | string)[] = [];
   #ringPos = 0;
@@ -657,6 +859,14 @@ class _Simulation {
     messagesDropped: 0,
     messagesDuplicated: 0,
     diskWrites: 0,
+    snapshotsTaken: 0,
+    snapshotsSent: 0,
+    snapshotSendsFailed: 0,
+    snapshotsReceived: 0,
+    snapshotsInstalled: 0,
+    snapshotRestarts: 0,
+    installsCompletedAtStartup: 0,
+    segmentsCompacted: 0,
     linearizability: "ok",
   };
 
@@ -681,6 +891,20 @@ class _Simulation {
     this.#disabled = new Set(opts.disabledChecks ?? []);
     this.#replay = replayCommand(opts);
     this.#onTrace = opts.onTrace;
+    const snap = snapshotDefaults(opts.seed);
+    this.#snapshotThreshold = opts.snapshotThreshold ?? snap.snapshotThreshold;
+    this.#catchUpEntries = opts.catchUpEntries ??
+      (opts.snapshotThreshold === undefined
+        ? snap.catchUpEntries
+        : Math.min(5000, this.#snapshotThreshold));
+    for (
+      const [name, v] of [["snapshotThreshold", this.#snapshotThreshold], [
+        "catchUpEntries",
+        this.#catchUpEntries,
+      ]] as const
+    ) {
+      if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`bad ${name} ${v}`);
+    }
   }
 
   // ---- the event loop -------------------------------------------------------------------------
@@ -736,6 +960,8 @@ class _Simulation {
       durationMs: this.#opts.durationMs,
       profile: this.#profile,
       faults: this.#faults,
+      snapshotThreshold: this.#snapshotThreshold,
+      catchUpEntries: this.#catchUpEntries,
       stats: this.#stats,
       digest: (this.#digest >>> 0).toString(16).padStart(8, "0"),
       replay: this.#replay,
@@ -791,8 +1017,14 @@ class _Simulation {
     } else if (d && typeof d === "object" && "entries" in d) {
       const job = d as _WriteJob;
       const e = job.entries;
-      text = `write ${e.length} entries${e.length ? ` [${e[0]!.index}..${e.at(-1)!.index}]` : ""}${
+      text = `${
+        job.install ? `install snapshot ${job.install.meta.index}, ` : ""
+      }write ${e.length} entries${e.length ? ` [${e[0]!.index}..${e.at(-1)!.index}]` : ""}${
         job.hardState ? ` hs(t${job.hardState.term} v${job.hardState.vote || "-"})` : ""
+      }${
+        job.compact
+          ? `, compact to ${job.compact.compactTo} (snapshot ${job.compact.meta.index})`
+          : ""
       }, then send ${job.messages.length}`;
     }
     return `${ev.time.toFixed(3).padStart(10)}  ${who.padEnd(2)}  ${_KIND_NAMES[ev.kind]} ${text}`;
@@ -814,9 +1046,11 @@ class _Simulation {
       const c = n.core;
       return `  ${n.id}: ${c.role} term ${c.term} leader ${
         c.leader || "-"
-      } last ${c.log.lastIndex()} ` +
+      } log ${c.log.firstIndex()}..${c.log.lastIndex()} ` +
         `commit ${c.log.committed} applied ${n.kv.appliedIndex} durable ${
           n.durableChain.length - 1
+        } snapshot ${n.snapshotFile?.meta.index ?? 0}${
+          n.appliedBySnapshot ? ` (state from snapshot ${n.appliedBySnapshot})` : ""
         }${n.pausedUntil > this.#now ? ` paused until ${n.pausedUntil.toFixed(0)}` : ""}`;
     });
     throw new SimulationFailure(
@@ -840,6 +1074,7 @@ class _Simulation {
     n.up = true;
     n.pausedUntil = 0;
     const rec = n.recovered;
+    const snap = rec.snapshot;
     n.core = new RaftCore({
       id: n.id,
       voters: this.#nodes.map((m) => m.id),
@@ -847,13 +1082,29 @@ class _Simulation {
       heartbeatTicks: 1,
       random: seededRandom(Math.floor(this.#rng() * 2 ** 32)),
       hardState: rec.hardState,
+      snapshot: snap ? snap.meta : null,
       entries: rec.entries,
     });
     n.kv = new KvStateMachine();
+    n.kvDigest = 0;
+    n.appliedBySnapshot = 0;
     n.memChain = [0];
+    if (snap) {
+      // raft_node.ts: the state machine starts from the snapshot, the log after it.
+      n.kv.reset(snap.pairs, snap.meta.index);
+      n.kvDigest = snap.digest;
+      n.appliedBySnapshot = snap.meta.index;
+      n.memChain = this.#committed.slice(0, snap.meta.index + 1);
+      this.#stats.snapshotRestarts++;
+    }
+    n.snapshotFile = snap;
+    n.snapshotting = false;
+    n.snapshotView = null;
+    n.snapshotPairs = null;
+    n.recvMem = null;
     this.#trackEntries(n, rec.entries);
     n.lastCommit = 0;
-    n.pendingWrite = null;
+    n.pendingWrites = [];
     n.inflightWrite = null;
     n.waiters = new Map();
     n.readQueue = [];
@@ -865,6 +1116,14 @@ class _Simulation {
     n.tickOrigin = this.#now - this.#random(0, this.#tickMs / n.rate);
     n.ticked = 0;
     this.#scheduleTick(n, this.#tickMs / n.rate - (this.#now - n.tickOrigin));
+  }
+
+  /**
+   * Whether the driver behaves as src/ does now, with the fix of `fix` (the default), rather than
+   * as it did before (`modelFixes` lists the fixes to keep; `[]` replays the old bugs).
+   */
+  #fixed(fix: ModelFix): boolean {
+    return this.#opts.modelFixes?.includes(fix) ?? true;
   }
 
   #scheduleTick(n: _Node, delay: number): void {
@@ -895,29 +1154,66 @@ class _Simulation {
     n.deferred = [];
     let torn = "";
     const job = n.inflightWrite;
-    if (job && this.#rng() < this.#faults.tornWriteRate) {
-      torn = this.#tear(n, job);
-      this.#stats.tornWrites++;
+    if (job) {
+      // Torn bytes follow the fault mix; a job of several steps (install, compaction) is cut
+      // between two of them half the time whatever the mix.
+      const tear = this.#rng() < this.#faults.tornWriteRate;
+      if (tear || ((job.install || job.compact) && this.#rng() < 0.5)) {
+        torn = this.#tear(n, job, tear);
+        if (tear) this.#stats.tornWrites++;
+      }
     }
     n.inflightWrite = null;
-    n.pendingWrite = null;
+    n.pendingWrites = [];
+    n.rollNext = false;
+    n.snapshotting = false;
+    n.recvMem = null;
     this.#note(`${n.id} CRASHED (${why})${torn}`);
     n.recovered = this.#recover(n);
     this.#checkDurableMajority(`after ${n.id} crashed`);
   }
 
   /**
-   * Power loss in the middle of the write in flight: part of it reached the disk. Either a prefix
-   * cut at any byte, or (sector model) whole 512-byte sectors of it and then zeros where the file
-   * grew but the data never arrived. The hard state is written after the entries are synced, so
-   * it can only have been replaced if every entry byte made it.
+   * Power loss in the middle of the write in flight: part of it reached the disk. The job's steps
+   * run in raft_node.ts's order (install: reset record, rename of the received file, metadata,
+   * pruning; the entries; the hard state; compaction: metadata, segment deletions, pruning) and
+   * stop at a random point. With `tearBytes`, the entries are either a prefix cut at any byte, or
+   * (sector model) whole 512-byte sectors of them and then zeros where the file grew but the data
+   * never arrived; without, all or nothing of them. The hard state is written after the entries
+   * are synced, so it can only have been replaced if every entry byte made it.
    */
-  #tear(n: _Node, job: _WriteJob): string {
+  #tear(n: _Node, job: _WriteJob, tearBytes: boolean): string {
+    const notes: string[] = [];
+    let roll = job.roll;
+    if (job.install) {
+      // 0: the reset record is torn; 1..4: reset, rename, metadata, pruning done in turn.
+      const steps = Math.floor(this.#rng() * 5);
+      const reset = job.resetBytes!;
+      if (steps === 0) {
+        const kept = tearBytes ? Math.floor(this.#rng() * reset.length) : 0;
+        this.#walWrite(n, reset.subarray(0, kept), job.install.meta.index + 1, 0, roll);
+        notes.push(
+          `install of snapshot ${job.install.meta.index}: ${kept} of ${reset.length} bytes of its reset record`,
+        );
+        return ` (${notes.join("; ")})`;
+      }
+      this.#installSteps(n, job, steps);
+      roll = false;
+      notes.push(
+        `install of snapshot ${job.install.meta.index}: ${
+          ["reset record", "rename", "metadata", "pruning"].slice(0, steps).join(", ")
+        } done`,
+      );
+      if (steps < 4) return ` (${notes.join("; ")})`;
+    }
     const bytes = job.bytes ?? new Uint8Array(0);
-    const start = n.wal.length;
+    const target = roll || n.segments.length === 0 ? null : n.segments.at(-1)!;
+    const start = target?.data.length ?? 0;
     let kept: number;
     let zeros = 0;
-    if (this.#rng() < 0.5) {
+    if (!tearBytes) {
+      kept = this.#rng() < 0.5 ? 0 : bytes.length;
+    } else if (this.#rng() < 0.5) {
       kept = Math.floor(this.#rng() * (bytes.length + 1));
     } else {
       // Sector boundaries strictly inside the write: whole sectors up to one of them survive.
@@ -927,38 +1223,184 @@ class _Simulation {
       kept = j === 0 ? 0 : j > inside ? bytes.length : (first + j - 1) * 512 - start;
       zeros = Math.floor(this.#rng() * (bytes.length - kept + 1));
     }
-    n.wal.append(bytes.subarray(0, kept));
-    if (zeros > 0) n.wal.append(new Uint8Array(zeros));
+    if (bytes.length > 0) {
+      const tail = new Uint8Array(kept + zeros);
+      tail.set(bytes.subarray(0, kept));
+      const whole = kept === bytes.length;
+      this.#walWrite(n, tail, job.entries[0]!.index, whole ? job.entries.at(-1)!.index : 0, roll);
+    }
     const hsKept = job.hardState !== null && kept === bytes.length && this.#rng() < 0.5;
     if (hsKept) n.hardState = { ...job.hardState! };
-    return ` (${kept} of ${bytes.length} bytes of the write in flight survived${
-      zeros ? `, then ${zeros} zero bytes` : ""
-    }${job.hardState ? `, hard state ${hsKept ? "replaced" : "not replaced"}` : ""})`;
+    notes.push(
+      `${kept} of ${bytes.length} bytes of the write in flight survived${
+        zeros ? `, then ${zeros} zero bytes` : ""
+      }${job.hardState ? `, hard state ${hsKept ? "replaced" : "not replaced"}` : ""}`,
+    );
+    const written = kept === bytes.length && (job.hardState === null || hsKept);
+    if (job.compact && written) {
+      const steps = Math.floor(this.#rng() * 4); // metadata, segment deletions, pruning
+      this.#compactSteps(n, job.compact, steps);
+      notes.push(
+        `compaction: ${
+          ["metadata", "segment deletions", "pruning"].slice(0, steps).join(", ") || "nothing"
+        } done`,
+      );
+    }
+    return ` (${notes.join("; ")})`;
   }
 
-  /** Replays the segment the way the WAL does, cutting off a torn tail. */
+  /** Recovers the node's durable state the way disk_storage.ts does at start-up. */
   #recover(n: _Node): _Recovered {
-    let replay = _replay(n.wal.bytes());
+    let replay = _replayWal(n.segments);
     if (replay.problem !== null) {
       this.#fail("recovery", `${n.id}: the WAL does not replay: ${replay.problem}`);
     }
     if (replay.torn !== null) this.#note(`${n.id} recovery cuts a torn tail: ${replay.torn}`);
-    n.wal.truncate(replay.end);
+    n.segments.at(-1)?.data.truncate(replay.end);
     if (this.#opts.bug === "forget-synced" && replay.lastStart >= 0) {
-      n.wal.truncate(replay.lastStart); // BUG: the last synced record is forgotten.
-      replay = _replay(n.wal.bytes());
+      n.segments.at(-1)!.data.truncate(replay.lastStart); // BUG: the last synced record is forgotten.
+      replay = _replayWal(n.segments);
     }
-    const entries = replay.entries;
-    const hardState = { ...n.hardState };
-    if (hardState.commit > entries.length) {
-      this.#violation(
+    replay.maxIndex.forEach((m, i) => n.segments[i]!.maxIndex = m);
+    if (n.segments.length > 0 && n.segments.at(-1)!.data.length === 0) n.segments.pop();
+
+    // An install interrupted after its reset record: the log starts after the newest snapshot.
+    const logStart = (replay.entries[0]?.index ?? replay.lastIndex + 1) - 1;
+    if (logStart > (_newest(n.snapshots)?.meta.index ?? 0)) {
+      const recv = n.received.find((r) => r.meta.index === logStart);
+      if (!recv) {
+        this.#fail(
+          "recovery",
+          `${n.id}: the log was reset to a snapshot at index ${logStart}, but no snapshot file for it exists (disk_storage.ts would refuse to start)`,
+        );
+      }
+      n.received = n.received.filter((r) => r !== recv);
+      n.snapshots.push(recv);
+      this.#stats.installsCompletedAtStartup++;
+      this.#note(`${n.id} recovery completes the install of snapshot ${logStart}`);
+    }
+    this.#prune(n, true);
+    const snapshot = _newest(n.snapshots);
+    const snapIndex = snapshot?.meta.index ?? 0;
+    if (n.metaSnapshotIndex > snapIndex) {
+      this.#fail(
         "recovery",
-        `${n.id}: durable hard state commit ${hardState.commit} is ahead of the durable log (${entries.length})`,
+        `${n.id}: the log metadata records a snapshot at ${n.metaSnapshotIndex} but the newest snapshot is at ${snapIndex}`,
       );
     }
-    n.durableChain = [0];
-    for (const e of entries) n.durableChain.push(_chain(n.durableChain.at(-1)!, e));
-    return { hardState, entries };
+    const entries = replay.entries.filter((e) => e.index > snapIndex);
+    if ((entries[0]?.index ?? snapIndex + 1) > snapIndex + 1) {
+      this.#fail(
+        "recovery",
+        `${n.id}: the log starts at ${
+          entries[0]!.index
+        } but the newest snapshot ends at ${snapIndex}: entries are missing`,
+      );
+    }
+    if (snapshot) {
+      this.#checkSnapshot(snapshot, `the snapshot ${n.id} recovered at start-up`);
+      if (replay.lastIndex < snapIndex) {
+        // disk_storage.ts: the log continues after the snapshot.
+        const enc = this.#encoder;
+        enc.clear();
+        enc.addReset(snapIndex, snapshot.meta.term);
+        this.#walWrite(n, enc.bytes().slice(), snapIndex + 1, snapIndex, n.segments.length === 0);
+      }
+    }
+    const hardState = { ...n.hardState };
+    const last = entries.at(-1)?.index ?? snapIndex;
+    if (hardState.commit > last) {
+      this.#violation(
+        "recovery",
+        `${n.id}: durable hard state commit ${hardState.commit} is ahead of the durable log (${last})`,
+      );
+    }
+    n.durableChain = snapshot ? this.#committed.slice(0, snapIndex + 1) : [0];
+    this.#trackDurable(n, entries);
+    return { hardState, snapshot, entries };
+  }
+
+  /** Appends bytes to the WAL's active segment, or to a new one (src/storage/wal.ts #write). */
+  #walWrite(n: _Node, bytes: Uint8Array, firstIndex: number, maxIndex: number, roll: boolean) {
+    let seg = n.segments.at(-1);
+    if (seg === undefined || roll) {
+      seg = { first: firstIndex, data: new _Bytes(), maxIndex: 0 };
+      n.segments.push(seg);
+    }
+    seg.data.append(bytes);
+    if (maxIndex > seg.maxIndex) seg.maxIndex = maxIndex;
+  }
+
+  /** Records entries made durable in the node's durable chain. */
+  #trackDurable(n: _Node, entries: Entry[]): void {
+    for (const e of entries) {
+      n.durableChain.length = e.index;
+      n.durableChain.push(_chain(n.durableChain[e.index - 1]!, e));
+    }
+  }
+
+  /** Removes snapshot files beyond the newest two; with `leftovers`, received files too. */
+  #prune(n: _Node, leftovers: boolean): void {
+    if (n.snapshots.length > 2) {
+      n.snapshots.sort((a, b) => b.meta.index - a.meta.index);
+      n.snapshots.length = 2;
+    }
+    if (leftovers) n.received = [];
+  }
+
+  /**
+   * The first `steps` steps of installing `job.install` (disk_storage.ts installReceived): the WAL
+   * reset record (the commit point), the rename of the received file, the log metadata, pruning.
+   */
+  #installSteps(n: _Node, job: _WriteJob, steps: number): void {
+    const snap = job.install!;
+    const index = snap.meta.index;
+    if (steps >= 1) {
+      if (this.#opts.bug !== "install-without-reset") {
+        this.#walWrite(n, job.resetBytes!, index + 1, index, job.roll);
+      }
+      n.durableChain = this.#committed.slice(0, index + 1);
+    }
+    if (steps >= 2) {
+      const at = n.received.indexOf(snap);
+      if (at < 0) {
+        this.#fail(
+          "node-error",
+          `${n.id}: installing snapshot ${index}: its received file is gone (the rename fails, the node stops; its WAL already starts after ${index})`,
+        );
+      }
+      n.received.splice(at, 1);
+      n.snapshots.push(snap);
+    }
+    if (steps >= 3) n.metaSnapshotIndex = index;
+    if (steps >= 4) {
+      if (this.#fixed("recv-prune")) {
+        this.#prune(n, false);
+        n.received = n.received.filter((r) => r.meta.index > index);
+      } else {
+        this.#prune(n, true);
+      }
+    }
+  }
+
+  /**
+   * The first `steps` steps of recording a saved snapshot (disk_storage.ts snapshotTaken): the
+   * log metadata, deleting the WAL segments wholly at or below `compactTo`, pruning snapshots.
+   */
+  #compactSteps(
+    n: _Node,
+    compact: { meta: SnapshotMeta; compactTo: number },
+    steps: number,
+  ): void {
+    if (steps >= 1) n.metaSnapshotIndex = compact.meta.index;
+    if (steps >= 2) {
+      const upTo = this.#opts.bug === "compact-past-snapshot" ? Infinity : compact.compactTo;
+      while (n.segments.length > 1 && n.segments[0]!.maxIndex <= upTo) {
+        n.segments.shift();
+        this.#stats.segmentsCompacted++;
+      }
+    }
+    if (steps >= 3) this.#prune(n, false);
   }
 
   #restart(n: _Node): void {
@@ -967,7 +1409,9 @@ class _Simulation {
     this.#note(
       `${n.id} restarts: term ${rec.hardState.term} vote ${
         rec.hardState.vote || "-"
-      } commit ${rec.hardState.commit} entries ${rec.entries.length}`,
+      } commit ${rec.hardState.commit} snapshot ${
+        rec.snapshot?.meta.index ?? "-"
+      } entries ${rec.entries.length}`,
     );
     this.#boot(n);
     this.#process(n);
@@ -999,6 +1443,7 @@ class _Simulation {
     }
     if (rd.entries.length > 0) this.#trackEntries(n, rd.entries);
     this.#sendAll(n, rd.messages);
+    if (rd.snapshot) this.#installSnapshot(n, rd.snapshot);
     if (this.#opts.bug === "persist-early") {
       this.#sendAll(n, rd.persistedMessages); // BUG: before the write is durable.
       rd = { ...rd, persistedMessages: [] };
@@ -1018,8 +1463,7 @@ class _Simulation {
 
   /** Queues a Ready's durable work; at most one write is in flight (group commit). */
   #enqueueWrite(n: _Node, rd: Ready): void {
-    const job: _WriteJob = n.pendingWrite ??
-      { entries: [], hardState: null, messages: [], bytes: null };
+    const job = this.#openJob(n);
     if (rd.entries.length > 0) {
       const first = rd.entries[0]!.index;
       const keep = job.entries.findIndex((e) => e.index >= first);
@@ -1028,31 +1472,75 @@ class _Simulation {
     }
     if (rd.hardState) job.hardState = rd.hardState;
     for (const m of rd.persistedMessages) job.messages.push(m);
-    n.pendingWrite = job;
-    if (!n.inflightWrite) this.#startWrite(n);
+    this.#startWrite(n);
+  }
+
+  /** The job new work may join: the last pending one, unless it already compacts the log. */
+  #openJob(n: _Node): _WriteJob {
+    const last = n.pendingWrites.at(-1);
+    if (last && !last.compact) return last;
+    const job = _newJob();
+    n.pendingWrites.push(job);
+    return job;
   }
 
   #startWrite(n: _Node): void {
-    const job = n.pendingWrite;
+    if (n.inflightWrite) return;
+    const job = n.pendingWrites.shift();
     if (!job) return;
-    n.pendingWrite = null;
     n.inflightWrite = job;
     const enc = this.#encoder;
+    if (job.install) {
+      enc.clear();
+      enc.addReset(job.install.meta.index, job.install.meta.term);
+      job.resetBytes = enc.bytes().slice();
+    }
     enc.clear();
     for (const e of job.entries) enc.addEntry(e);
     job.bytes = enc.bytes().slice();
-    const latency = this.#random(this.#faults.minDiskMs, this.#faults.maxDiskMs);
+    if (job.install || job.entries.length > 0) {
+      // The log was rolled for a snapshot: this job's first WAL write starts a new segment.
+      job.roll = n.rollNext;
+      n.rollNext = false;
+    }
+    let latency = this.#random(this.#faults.minDiskMs, this.#faults.maxDiskMs);
+    if (job.install || job.compact) {
+      latency += this.#random(this.#faults.minDiskMs, this.#faults.maxDiskMs);
+    }
     this.#at(this.#now + latency, n.index, n.inc, _K.disk, job, () => this.#completeWrite(n, job));
+    if (
+      job.install && this.#faults.crashEveryMs > 0 && this.#phase === "run" && this.#rng() < 0.2
+    ) {
+      // Crash faults aim at installs now and then: a crash in the middle of one is the case that
+      // start-up must complete (or roll back) correctly.
+      const inc = n.inc;
+      this.#at(this.#now + this.#random(0, latency), -1, -1, _K.fault, "crash", () => {
+        if (n.inc !== inc || n.inflightWrite !== job || this.#phase !== "run") return;
+        this.#crash(n, "crash while installing a snapshot");
+        this.#restartLater(n);
+      });
+    }
   }
 
+  /** The write loop's work for one job (raft_node.ts #writeLoop), done when its disk time ends. */
   #completeWrite(n: _Node, job: _WriteJob): void {
     this.#stats.diskWrites++;
-    if (job.bytes) n.wal.append(job.bytes);
-    if (job.hardState) n.hardState = { ...job.hardState };
-    for (const e of job.entries) {
-      n.durableChain.length = e.index;
-      n.durableChain.push(_chain(n.durableChain[e.index - 1]!, e));
+    if (job.install) {
+      this.#installSteps(n, job, 4);
+      n.snapshotFile = job.install;
     }
+    if (job.bytes && job.bytes.length > 0) {
+      this.#walWrite(
+        n,
+        job.bytes,
+        job.entries[0]!.index,
+        job.entries.at(-1)!.index,
+        job.roll && !job.install,
+      );
+    }
+    if (job.hardState) n.hardState = { ...job.hardState };
+    this.#trackDurable(n, job.entries);
+    if (job.compact) this.#compactSteps(n, job.compact, 3);
     this.#sendAll(n, job.messages);
     const last = job.entries.at(-1);
     if (last) n.core.persisted(last.index, last.term);
@@ -1084,10 +1572,14 @@ class _Simulation {
         );
       }
       if (e.type === EntryType.Normal) {
-        n.kv.apply(i, decodeCommand(e.data));
+        const cmd = decodeCommand(e.data);
+        const before = n.kv.data.get(cmd.key);
+        n.kv.apply(i, cmd);
+        n.kvDigest = _updateDigest(n.kvDigest, cmd.key, before, n.kv.data.get(cmd.key));
       } else {
         n.kv.advance(i);
       }
+      this.#recordApplied(n, i);
       const w = n.waiters.get(i);
       if (!w) continue;
       n.waiters.delete(i);
@@ -1096,6 +1588,243 @@ class _Simulation {
       } else {
         this.#respond(w.op, w.attempt, { kind: "notApplied" }, n);
       }
+    }
+    this.#maybeSnapshot(n);
+  }
+
+  /** Every node's state after applying index `i` must have the same digest. */
+  #recordApplied(n: _Node, i: number): void {
+    const want = this.#appliedDigest[i];
+    if (want === undefined) {
+      this.#appliedDigest[i] = n.kvDigest;
+    } else if (want !== n.kvDigest) {
+      this.#violation(
+        "state-machine-safety",
+        `${n.id}'s state after applying index ${i} differs from the state other nodes had there`,
+      );
+    }
+  }
+
+  // ---- snapshots (raft_node.ts "snapshots") ---------------------------------------------------
+
+  /** Starts a snapshot when enough entries were applied since the last one. */
+  #maybeSnapshot(n: _Node): void {
+    const threshold = this.#snapshotThreshold;
+    if (threshold <= 0) return;
+    const last = n.snapshotFile?.meta.index ?? 0;
+    if (n.snapshotting || n.kv.appliedIndex - last < threshold) return;
+    n.snapshotting = true;
+    const view = n.kv.view();
+    n.snapshotView = view;
+    const meta: SnapshotMeta = {
+      index: view.index,
+      term: n.core.log.term(view.index)!,
+      voters: [...n.core.voters],
+    };
+    // storage.rollLog(): the next WAL write starts a new segment.
+    if ((n.segments.at(-1)?.data.length ?? 0) > 0) n.rollNext = true;
+    const bytes = _snapshotBytes(view.pairs());
+    const delay = this.#random(this.#faults.minDiskMs, this.#faults.maxDiskMs) *
+      (1 + bytes / 4096);
+    this.#at(
+      this.#now + delay,
+      n.index,
+      n.inc,
+      _K.snapshotWritten,
+      `snapshot at ${meta.index} (term ${meta.term}, ${view.count} keys) written`,
+      () => this.#snapshotWritten(n, view, meta),
+    );
+  }
+
+  /**
+   * The snapshot file is durable (raft_node.ts #takeSnapshot after writeSnapshotFile): the view's
+   * pairs are read now, at the end of the write (the most a concurrent change could disturb).
+   */
+  #snapshotWritten(n: _Node, view: StateView, meta: SnapshotMeta): void {
+    n.snapshotting = false;
+    n.snapshotView = null;
+    const fixed = this.#fixed("install-during-snapshot");
+    let pairs: [string, string][];
+    if (this.#opts.bug === "snapshot-live-state") {
+      pairs = [...n.kv.data]; // BUG: the live state, not the view.
+    } else if (n.snapshotPairs !== null) {
+      pairs = n.snapshotPairs;
+      n.snapshotPairs = null;
+    } else {
+      pairs = [...view.pairs()];
+      if (pairs.length !== view.count) {
+        // encodeSnapshot throws: the snapshot task fails and the node stops.
+        this.#fail(
+          "node-error",
+          `${n.id}: the view of the snapshot at ${meta.index} began with ${view.count} pairs but yields ${pairs.length} (encodeSnapshot throws; the node stops)`,
+        );
+      }
+    }
+    view.close();
+    const snap = _makeSnap(meta, pairs);
+    n.snapshots.push(snap);
+    this.#stats.snapshotsTaken++;
+    this.#checkSnapshot(snap, `the snapshot ${n.id} wrote`);
+    if (fixed && meta.index <= n.core.log.snapIndex) {
+      this.#note(`${n.id} drops its snapshot at ${meta.index}: an install overtook it`);
+      return;
+    }
+    n.snapshotFile = snap;
+    const compactTo = Math.max(n.core.log.snapIndex, meta.index - this.#catchUpEntries);
+    n.core.snapshotSaved(meta, compactTo);
+    const job = this.#openJob(n);
+    job.compact = { meta, compactTo };
+    this.#startWrite(n);
+  }
+
+  /** Streams the newest snapshot file to a follower that needs it (raft_node.ts #sendSnapshot). */
+  #sendSnapshot(n: _Node, m: Message): void {
+    const file = n.snapshotFile;
+    const inc = n.inc;
+    if (!file || file.meta.index !== m.snapshot?.index) {
+      this.#note(`${n.id} has no snapshot file at ${m.snapshot?.index} for ${m.to}`);
+      this.#at(this.#now, n.index, inc, _K.snapReport, `${m.to} failed`, () => {
+        n.core.reportSnapshot(m.to, false);
+      });
+      return;
+    }
+    this.#checkSnapshot(file, `the snapshot ${n.id} sends`);
+    const to = this.#nodes.findIndex((x) => x.id === m.to);
+    if (to < 0) this.#fail("node-error", `${n.id} sent a snapshot to unknown node "${m.to}"`);
+    const dst = this.#nodes[to]!;
+    this.#stats.snapshotsSent++;
+    const f = this.#faults;
+    const bytes = encodeMessages([m]);
+    const dstInc = dst.up ? dst.inc : -1;
+    const blockedAtStart = this.#blocked.has(n.index * 8 + to);
+    // A network delay, then the file at a bandwidth drawn per transfer (20 to 500 ms per KiB).
+    let duration = this.#random(f.minDelayMs, f.maxDelayMs) +
+      (file.bytes / 1024) * this.#random(20, 500);
+    if (this.#rng() < f.slowRate) duration += this.#random(0, f.slowDelayMs);
+    const lost = this.#rng() < f.dropRate;
+    const report = (ok: boolean, why: string) => {
+      if (!ok) this.#stats.snapshotSendsFailed++;
+      const after = ok ? this.#random(f.minDelayMs, f.maxDelayMs) : this.#random(20, 200);
+      this.#at(this.#now + after, n.index, inc, _K.snapReport, `${m.to} ${ok ? "ok" : why}`, () => {
+        if (!ok) n.core.reportUnreachable(m.to);
+        n.core.reportSnapshot(m.to, ok);
+      });
+    };
+    this.#at(
+      this.#now + duration,
+      to,
+      -1,
+      _K.transfer,
+      `snapshot ${file.meta.index} ${n.id}->${m.to}`,
+      () => {
+        if (!n.up || n.inc !== inc) {
+          this.#note(`  transfer aborted: ${n.id} crashed`);
+          return;
+        }
+        if (!dst.up || dst.inc !== dstInc) {
+          report(false, `failed: ${dst.id} ${dst.up ? "restarted" : "is down"}`);
+          return;
+        }
+        if (blockedAtStart || this.#blocked.has(n.index * 8 + to) || lost) {
+          report(false, `failed: ${lost ? "connection lost" : "partitioned"}`);
+          return;
+        }
+        this.#receiveSnapshot(dst, decodeMessages(bytes)[0]!, file);
+        // The response: lost to a partition or a drop, the sender sees a failure.
+        const back = this.#blocked.has(to * 8 + n.index) || this.#rng() < f.dropRate;
+        report(!back, "failed: the response was lost");
+      },
+    );
+  }
+
+  /**
+   * Stores a snapshot streamed by the leader as a received file and steps its message
+   * (raft_node.ts #receiveSnapshot).
+   */
+  #receiveSnapshot(n: _Node, m: Message, snap: _Snap): void {
+    this.#stats.snapshotsReceived++;
+    n.received = n.received.filter((r) => r.meta.index !== snap.meta.index);
+    n.received.push(snap);
+    n.recvMem = snap;
+    n.commitAtReceive = n.core.log.committed;
+    n.core.step(m);
+  }
+
+  /** Replaces the state with a received snapshot the core decided to install. */
+  #installSnapshot(n: _Node, meta: SnapshotMeta): void {
+    const received = n.recvMem;
+    if (!received || received.meta.index !== meta.index) {
+      this.#fail("node-error", `${n.id}: no received snapshot at index ${meta.index} to install`);
+    }
+    n.recvMem = null;
+    const commit = Math.max(n.lastCommit, n.commitAtReceive);
+    if (meta.index <= commit || meta.index <= n.kv.appliedIndex) {
+      this.#violation(
+        "snapshot",
+        `${n.id} installs a snapshot at ${meta.index}, at or below its commit index ${commit} ` +
+          `(applied ${n.kv.appliedIndex})`,
+      );
+    }
+    if (received.meta.term !== meta.term) {
+      this.#violation(
+        "snapshot",
+        `${n.id} installs snapshot ${meta.index} with term ${meta.term} from a file of term ${received.meta.term}`,
+      );
+    }
+    this.#checkSnapshot(received, `the snapshot ${n.id} installs`);
+    this.#stats.snapshotsInstalled++;
+    this.#note(`${n.id} installs snapshot ${meta.index} (term ${meta.term})`);
+    if (n.snapshotting && this.#fixed("install-during-snapshot")) {
+      n.snapshotPairs = [...n.snapshotView!.pairs()];
+    }
+    n.kv.reset(received.pairs, meta.index);
+    n.kvDigest = received.digest;
+    n.appliedBySnapshot = meta.index;
+    n.memChain = this.#committed.slice(0, meta.index + 1);
+    for (const [index, w] of n.waiters) {
+      if (index <= meta.index) {
+        n.waiters.delete(index);
+        this.#respond(w.op, w.attempt, { kind: "unknown" }, n);
+      }
+    }
+    // Install before writing anything that follows it.
+    const job = _newJob();
+    job.install = received;
+    n.pendingWrites.push(job);
+    this.#startWrite(n);
+  }
+
+  /**
+   * A snapshot must match the committed entry at its index, and hold the state every node had
+   * after applying that index.
+   */
+  #checkSnapshot(snap: _Snap, what: string): void {
+    const { index, term } = snap.meta;
+    if (index > this.#committed.length - 1) {
+      this.#violation(
+        "snapshot",
+        `${what} is at index ${index}, beyond the highest index known committed (${
+          this.#committed.length - 1
+        })`,
+      );
+      return;
+    }
+    if (this.#committedEntryTerm[index] !== term) {
+      this.#violation(
+        "snapshot",
+        `${what} is at (${index}, term ${term}) but the entry committed at ${index} has term ${
+          this.#committedEntryTerm[index]
+        }`,
+      );
+    }
+    const want = this.#appliedDigest[index];
+    if (want === undefined) {
+      this.#appliedDigest[index] = snap.digest;
+    } else if (want !== snap.digest) {
+      this.#violation(
+        "snapshot",
+        `${what} (index ${index}) holds ${snap.pairs.length} pairs that differ from the state the nodes had after applying ${index}`,
+      );
     }
   }
 
@@ -1150,11 +1879,7 @@ class _Simulation {
 
   #send(n: _Node, m: Message): void {
     if (m.type === MessageType.Snap) {
-      // Snapshots are not supported by the driver yet (no compaction here, so never expected).
-      this.#note(`${n.id} wants to send a snapshot to ${m.to}: reported as failed`);
-      this.#at(this.#now, n.index, n.inc, _K.snapReport, m.to, () => {
-        n.core.reportSnapshot(m.to, false);
-      });
+      this.#sendSnapshot(n, m);
       return;
     }
     this.#stats.messagesSent++;
@@ -1291,6 +2016,7 @@ class _Simulation {
     for (let i = known + 1; i <= upTo; i++) {
       this.#committed.push(n.memChain[i]!);
       this.#commitTerm.push(n.core.term);
+      this.#committedEntryTerm.push(n.core.log.term(i) ?? -1);
     }
     this.#stats.maxCommit = upTo;
     this.#checkDurableMajority(`when ${n.id} learned commit ${upTo}`);
@@ -1445,6 +2171,11 @@ class _Simulation {
         return;
       case "notApplied":
         this.#stats.writesFailed++;
+        this.#finish(op);
+        return;
+      case "unknown":
+        this.#stats.writesUnknown++;
+        this.#history.push(this.#operation(op, null));
         this.#finish(op);
         return;
       case "notLeader": {
@@ -1624,10 +2355,7 @@ class _Simulation {
     const up = this.#nodes.filter((n) => n.up);
     if (up.length === 0) return;
     const f = this.#faults;
-    const restartLater = (n: _Node) => {
-      const downFor = this.#random(20, Math.max(50, f.maxDowntimeMs));
-      this.#at(this.#now + downFor, -1, -1, _K.restart, n.id, () => this.#restart(n));
-    };
+    const restartLater = (n: _Node) => this.#restartLater(n);
     if (this.#rng() < f.powerFailureRate) {
       this.#stats.powerFailures++;
       this.#note("POWER FAILURE of every node");
@@ -1641,6 +2369,11 @@ class _Simulation {
     const n = leader >= 0 && this.#rng() < 0.4 ? this.#nodes[leader]! : this.#pick(up);
     this.#crash(n, "crash");
     restartLater(n);
+  }
+
+  #restartLater(n: _Node): void {
+    const downFor = this.#random(20, Math.max(50, this.#faults.maxDowntimeMs));
+    this.#at(this.#now + downFor, -1, -1, _K.restart, n.id, () => this.#restart(n));
   }
 
   #pause(): void {
@@ -1775,37 +2508,142 @@ class _Simulation {
 
 // ---- helpers ----------------------------------------------------------------------------------
 
-/** Replays WAL bytes (see the storage README: "Replay and truncation", "Torn tails"). */
-function _replay(bytes: Uint8Array): _Replay {
+/**
+ * Replays WAL segments the way src/storage/wal.ts does (see the storage README: "Replay and
+ * truncation", "Torn tails"): an entry at or below the last index truncates the log there, a reset
+ * record empties it, a gap is corruption, a segment's first record must match its name, and only
+ * the last segment may end in a torn record.
+ */
+function _replayWal(segments: _WalSegment[]): _Replay {
   const entries: Entry[] = [];
-  let offset = 0;
-  let lastStart = -1;
-  while (offset < bytes.length) {
-    const r = decodeRecord(bytes, offset);
-    if (r.kind === "entry") {
-      const e = r.entry;
-      if (e.index > entries.length + 1) {
-        return { entries, end: offset, lastStart, torn: null, problem: `gap at index ${e.index}` };
+  let lastIndex = 0;
+  let started = false;
+  const maxIndex: number[] = [];
+  const out = (end: number, lastStart: number, torn: string | null, problem: string | null) => ({
+    entries,
+    lastIndex,
+    end,
+    lastStart,
+    torn,
+    problem,
+    maxIndex,
+  });
+  for (let k = 0; k < segments.length; k++) {
+    const seg = segments[k]!;
+    const bytes = seg.data.bytes();
+    const isLast = k === segments.length - 1;
+    let offset = 0;
+    let lastStart = -1;
+    let max = 0;
+    const where = `segment ${k + 1} (first index ${seg.first}) at byte`;
+    while (offset < bytes.length) {
+      const r = decodeRecord(bytes, offset);
+      let index: number;
+      if (r.kind === "entry") {
+        const e = r.entry;
+        index = e.index;
+        if (started && index > lastIndex + 1) {
+          return out(offset, lastStart, null, `${where} ${offset}: gap at index ${index}`);
+        }
+        const head = entries[0];
+        if (head !== undefined && index <= lastIndex) {
+          entries.length = index > head.index ? index - head.index : 0;
+        }
+        entries.push(e);
+        lastIndex = index;
+        started = true;
+      } else if (r.kind === "reset") {
+        index = r.index;
+        entries.length = 0;
+        lastIndex = index;
+        started = true;
+      } else {
+        if (isLast && _isTornTail(bytes, offset, r)) {
+          maxIndex.push(max);
+          return out(offset, lastStart, `${where} ${offset}: ${r.reason}`, null);
+        }
+        return out(offset, lastStart, null, `${where} ${offset}: ${r.reason}`);
       }
-      entries.length = e.index - 1;
-      entries.push(e);
+      if (offset === 0) {
+        const named = r.kind === "reset" ? index + 1 : index;
+        if (named !== seg.first) {
+          return out(offset, lastStart, null, `${where} 0: its first record starts at ${named}`);
+        }
+      }
+      if (index > max) max = index;
       lastStart = offset;
       offset = r.end;
-      continue;
     }
-    if (r.kind !== "reset" && _isTornTail(bytes, offset, r)) {
-      return {
-        entries,
-        end: offset,
-        lastStart,
-        torn: `at byte ${offset}: ${r.reason}`,
-        problem: null,
-      };
-    }
-    const reason = r.kind === "reset" ? "unexpected reset record" : r.reason;
-    return { entries, end: offset, lastStart, torn: null, problem: `at byte ${offset}: ${reason}` };
+    maxIndex.push(max);
+    if (isLast) return out(offset, lastStart, null, null);
   }
-  return { entries, end: offset, lastStart, torn: null, problem: null };
+  return out(0, -1, null, null);
+}
+
+/** A write job with nothing in it. */
+function _newJob(): _WriteJob {
+  return {
+    install: null,
+    entries: [],
+    hardState: null,
+    messages: [],
+    compact: null,
+    bytes: null,
+    resetBytes: null,
+    roll: false,
+  };
+}
+
+/** The snapshot with the highest index, or null. */
+function _newest(snaps: _Snap[]): _Snap | null {
+  let best: _Snap | null = null;
+  for (const s of snaps) if (best === null || s.meta.index > best.meta.index) best = s;
+  return best;
+}
+
+function _makeSnap(meta: SnapshotMeta, pairs: [string, string][]): _Snap {
+  return {
+    meta: { ...meta, voters: [...meta.voters] },
+    pairs,
+    digest: _stateDigest(pairs),
+    bytes: _snapshotBytes(pairs),
+  };
+}
+
+/** About the size of a snapshot file holding `pairs` (src/snapshot/snapshot_file.ts layout). */
+function _snapshotBytes(pairs: Iterable<[string, string]>): number {
+  let bytes = 100;
+  for (const [k, v] of pairs) bytes += 8 + k.length + v.length;
+  return bytes;
+}
+
+/** An order-independent 32-bit digest of a key-value state: the sum of its pairs' hashes. */
+function _stateDigest(pairs: Iterable<[string, string]>): number {
+  let d = 0;
+  for (const [k, v] of pairs) d = (d + _pairHash(k, v)) >>> 0;
+  return d;
+}
+
+/** The digest after `key` changed from `before` to `after` (undefined: absent). */
+function _updateDigest(
+  digest: number,
+  key: string,
+  before: string | undefined,
+  after: string | undefined,
+): number {
+  let d = digest;
+  if (before !== undefined) d = (d - _pairHash(key, before)) >>> 0;
+  if (after !== undefined) d = (d + _pairHash(key, after)) >>> 0;
+  return d;
+}
+
+function _pairHash(key: string, value: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  h = Math.imul(h ^ 0xff, 0x01000193);
+  for (let i = 0; i < value.length; i++) h = Math.imul(h ^ value.charCodeAt(i), 0x01000193);
+  h = Math.imul(h ^ (h >>> 15), 0x85ebca6b);
+  return (h ^ (h >>> 13)) >>> 0;
 }
 
 /**
