@@ -1,0 +1,1307 @@
+/**
+ * Chaos testing of a real raftkv cluster: node processes, concurrent clients, a nemesis that
+ * kills, pauses and partitions nodes, and a check of the recorded history for linearizability
+ * and lost writes. Used by `tests/chaos_test.ts` (a short run) and `scripts/chaos.ts` (any length).
+ *
+ * - {@linkcode ChaosCluster} starts node processes (through the process harness) whose peer
+ *   links each go through a {@linkcode LinkProxy}: every node gets its own cluster file in which
+ *   each peer's `rpc_url` is the proxy of the link from this node to that peer. Cutting a proxy
+ *   cuts one direction of one link, so partitions can be symmetric, one-way or isolate the leader.
+ * - {@linkcode runChaos} runs the clients and the nemesis for a while, heals everything, reads
+ *   every key once more and checks the history; it returns a {@linkcode ChaosReport}.
+ *
+ * The seed fixes every random choice (operations, keys, nodes, faults and waits); the
+ * interleaving still depends on timing, so a seed reproduces the schedule, not the exact run.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  checkLinearizability,
+  type CheckResult,
+  describeHistory,
+  type Operation,
+  type OperationKind,
+} from "../src/check/linearizability.ts";
+import { seededRandom } from "../src/raft/rand.ts";
+import {
+  buildClusterConfig,
+  type ClusterFileEntry,
+  freePorts,
+  type NodeStatus,
+  ProcessCluster,
+  waitFor,
+  writeClusterFile,
+} from "./_harness.ts";
+import { type LinkMode, LinkProxy } from "./_proxy.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Randomness.
+
+/** A seeded source of random choices. */
+export class Rng {
+  /** The seed this generator started from. */
+  readonly seed: number;
+  #next: () => number;
+
+  /**
+   * Creates a generator.
+   *
+   * @param seed Any 32-bit integer.
+   */
+  constructor(seed: number) {
+    this.seed = seed >>> 0;
+    this.#next = seededRandom(this.seed);
+  }
+
+  /** A number in [0, 1). */
+  float(): number {
+    return this.#next();
+  }
+
+  /** An integer in [lo, hi). */
+  int(lo: number, hi: number): number {
+    return lo + Math.floor(this.#next() * (hi - lo));
+  }
+
+  /** A number in [lo, hi). */
+  between(lo: number, hi: number): number {
+    return lo + this.#next() * (hi - lo);
+  }
+
+  /** True with probability `p`. */
+  chance(p: number): boolean {
+    return this.#next() < p;
+  }
+
+  /** One of `items`, which must not be empty. */
+  pick<T>(items: readonly T[]): T {
+    if (items.length === 0) throw new RangeError("Rng.pick: no items");
+    return items[this.int(0, items.length)] as T;
+  }
+
+  /** A shuffled copy of `items`. */
+  shuffled<T>(items: readonly T[]): T[] {
+    const copy = [...items];
+    for (let i = copy.length - 1; i > 0; i--) {
+      const j = this.int(0, i + 1);
+      [copy[i], copy[j]] = [copy[j] as T, copy[i] as T];
+    }
+    return copy;
+  }
+
+  /** A new generator whose sequence depends on this one's, for an independent stream. */
+  fork(): Rng {
+    return new Rng(this.int(0, 2 ** 32));
+  }
+}
+
+/** A fresh random seed. */
+export function randomSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0] ?? 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+/** Resolves after `ms`, or at once when `signal` aborts (the nemesis's random waits). */
+export function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.max(0, ms));
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** The outcome of one client request made by {@linkcode attempt}. */
+export type Attempt =
+  | { kind: "answer"; status: number; json: unknown; text: string; headers: Headers }
+  | {
+    kind: "error";
+    /** The connection could not be made: the request was definitely not sent. */
+    connectFailed: boolean;
+    /** The client's own deadline passed. */
+    timedOut: boolean;
+    message: string;
+  };
+
+const _CONNECT_FAILURE_RE = /\(Connect\)|connection refused|os error 111/i;
+
+/**
+ * Creates an HTTP client that opens a new connection for every request.
+ *
+ * Deno's `fetch` re-sends a request whose kept-alive connection closed before any answer came,
+ * even a POST the server had received in full, and then reports only the second attempt's error
+ * (such as "client error (Connect): Connection refused" when the node just died). With pooled
+ * connections a "connection refused" therefore does not prove that the request was not
+ * delivered; with a fresh connection per request it does, and nothing is sent twice.
+ *
+ * @returns The client; close it when done.
+ */
+export function createFreshConnectionClient(): Deno.HttpClient {
+  return Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+}
+
+/**
+ * Sends one request and reads the whole answer within `timeoutMs`; never throws.
+ *
+ * `connectFailed` in the result is only trustworthy ("definitely not sent") with a client from
+ * {@linkcode createFreshConnectionClient}.
+ *
+ * @param url The full URL.
+ * @param method The HTTP method.
+ * @param body A JSON body, if any.
+ * @param timeoutMs The deadline of the whole exchange.
+ * @param client The HTTP client. Default: `fetch`'s shared, pooling one.
+ * @returns The answer, or what went wrong.
+ */
+export async function attempt(
+  url: string,
+  method: string,
+  body: unknown,
+  timeoutMs: number,
+  client?: Deno.HttpClient,
+): Promise<Attempt> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  const init: RequestInit & { client?: Deno.HttpClient } = { method, signal };
+  if (client !== undefined) init.client = client;
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { "content-type": "application/json" };
+  }
+  let response: Response | undefined;
+  try {
+    response = await fetch(url, init);
+    const text = await response.text();
+    let json: unknown = null;
+    try {
+      json = text === "" ? null : JSON.parse(text);
+    } catch {
+      json = null;
+    }
+    return { kind: "answer", status: response.status, json, text, headers: response.headers };
+  } catch (error) {
+    await response?.body?.cancel().catch(() => {});
+    const message = _errorChain(error);
+    return {
+      kind: "error",
+      connectFailed: !signal.aborted && response === undefined &&
+        _CONNECT_FAILURE_RE.test(message),
+      timedOut: signal.aborted,
+      message,
+    };
+  }
+}
+
+function _errorChain(error: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = error, depth = 0; e !== undefined && depth < 8; depth++) {
+    parts.push(e instanceof Error ? e.message : String(e));
+    e = e instanceof Error ? e.cause : undefined;
+  }
+  return parts.join(": ");
+}
+
+function _inheritedEnv(): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(Deno.env.toObject()).filter(([name]) => !name.startsWith("RAFTKV_")),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster with proxied peer links.
+
+/** Options of {@linkcode ChaosCluster.start}. */
+export interface ChaosClusterOptions {
+  /** Number of nodes. */
+  size: number;
+  /** Extra flags for every node (after the harness's defaults). */
+  nodeFlags?: readonly string[];
+  /** Copy the nodes' output to stderr as it arrives. */
+  echo?: boolean;
+  /** Keep the data directory when the cluster is closed (its path is in `dataRoot`). */
+  keepData?: boolean;
+  /** The node program. Default: the repository's `main.ts`. */
+  mainScript?: string;
+}
+
+/** A directed peer link: `from` sends its Raft messages to `to` through it. */
+export interface Link {
+  /** The sending node. */
+  from: string;
+  /** The receiving node. */
+  to: string;
+}
+
+/**
+ * Node processes whose every directed peer link goes through its own {@linkcode LinkProxy}. The
+ * client API ports are not proxied. Dispose of it to stop every process and proxy.
+ */
+export class ChaosCluster implements AsyncDisposable {
+  /** The node processes (kill, pause, request, logs, ...). Start nodes with `startNode`. */
+  readonly processes: ProcessCluster;
+  /** The node ids, in order. */
+  readonly ids: readonly string[];
+  /** The directory holding the cluster files and the node directories. */
+  readonly dataRoot: string;
+  #proxies: Map<string, LinkProxy>;
+  #configFiles: Map<string, string>;
+  #closed = false;
+
+  private constructor(
+    processes: ProcessCluster,
+    proxies: Map<string, LinkProxy>,
+    configFiles: Map<string, string>,
+  ) {
+    this.processes = processes;
+    this.ids = processes.ids;
+    this.dataRoot = processes.dataRoot;
+    this.#proxies = proxies;
+    this.#configFiles = configFiles;
+  }
+
+  /**
+   * Starts the proxies and the nodes, and waits until every node answers `/health`.
+   *
+   * @param options Size, node flags, echo.
+   * @returns The running cluster.
+   */
+  static async start(options: ChaosClusterOptions): Promise<ChaosCluster> {
+    const { size } = options;
+    if (!Number.isInteger(size) || size < 1) throw new RangeError(`bad cluster size ${size}`);
+    const dataRoot = await Deno.makeTempDir({ prefix: "raftkv-chaos-" });
+    const proxies = new Map<string, LinkProxy>();
+    let cluster: ChaosCluster | undefined;
+    try {
+      const ids = Array.from({ length: size }, (_, i) => `node-${i + 1}`);
+      // The proxies hold their ports while the node ports are picked, so none collide.
+      for (const from of ids) {
+        for (const to of ids) if (from !== to) proxies.set(_linkKey(from, to), LinkProxy.listen());
+      }
+      const ports = freePorts(2 * size);
+      const entries = buildClusterConfig({
+        apiPorts: ports.slice(0, size),
+        rpcPorts: ports.slice(size),
+      });
+      const configPath = join(dataRoot, "cluster.config.json");
+      await writeClusterFile(configPath, entries);
+      const configFiles = new Map<string, string>();
+      for (const self of entries) {
+        await Deno.mkdir(join(dataRoot, self.node_id), { recursive: true });
+        const view: ClusterFileEntry[] = entries.map((entry) => {
+          if (entry.node_id === self.node_id) return entry;
+          const proxy = proxies.get(_linkKey(self.node_id, entry.node_id));
+          if (proxy === undefined) throw new Error(`no proxy ${self.node_id}->${entry.node_id}`);
+          proxy.target.port = Number(new URL(entry.rpc_url).port);
+          return { ...entry, rpc_url: `http://127.0.0.1:${proxy.port}` };
+        });
+        const file = join(dataRoot, `cluster-${self.node_id}.json`);
+        await writeClusterFile(file, view);
+        configFiles.set(self.node_id, file);
+      }
+      const processes = new ProcessCluster({
+        dataRoot,
+        ownsDataRoot: !(options.keepData ?? false),
+        configPath,
+        entries,
+        mainScript: options.mainScript ?? fileURLToPath(new URL("../main.ts", import.meta.url)),
+        denoArgs: ["--allow-all"],
+        nodeFlags: options.nodeFlags ?? [],
+        env: { ..._inheritedEnv(), NO_COLOR: "1" },
+        echo: options.echo ?? Deno.env.get("RAFTKV_HARNESS_ECHO") === "1",
+      });
+      cluster = new ChaosCluster(processes, proxies, configFiles);
+      const started = cluster;
+      await Promise.all(ids.map((id) => started.startNode(id)));
+      return started;
+    } catch (error) {
+      if (cluster !== undefined) await cluster.close();
+      else {
+        await Promise.all([...proxies.values()].map((proxy) => proxy.close()));
+        await Deno.remove(dataRoot, { recursive: true }).catch(() => {});
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Starts (or restarts) a node with its own cluster file and waits for `/health`.
+   *
+   * @param id The node.
+   * @param deadlineMs How long to wait for `/health`.
+   */
+  async startNode(id: string, deadlineMs = 30_000): Promise<void> {
+    const file = this.#configFiles.get(id);
+    if (file === undefined) throw new Error(`no node ${id}`);
+    await this.processes.start(id, { flags: ["--cluster-config-path", file], deadlineMs });
+  }
+
+  /** The proxy of the link `from` -> `to`. */
+  proxy(from: string, to: string): LinkProxy {
+    const proxy = this.#proxies.get(_linkKey(from, to));
+    if (proxy === undefined) throw new Error(`no link ${from}->${to}`);
+    return proxy;
+  }
+
+  /**
+   * Cuts links.
+   *
+   * @param links The directed links to cut.
+   * @param mode `"refuse"` (connections fail at once) or `"drop"` (a black hole).
+   */
+  cut(links: readonly Link[], mode: Exclude<LinkMode, "open">): void {
+    for (const { from, to } of links) this.proxy(from, to).setMode(mode);
+  }
+
+  /** Restores every link. */
+  healAll(): void {
+    for (const proxy of this.#proxies.values()) proxy.setMode("open");
+  }
+
+  /** The links currently cut, as `"a->b"`. */
+  cutLinks(): string[] {
+    return [...this.#proxies].filter(([, proxy]) => proxy.mode !== "open").map(([key]) => key);
+  }
+
+  /** Every link from `id` to the other nodes. */
+  linksFrom(id: string): Link[] {
+    return this.ids.filter((other) => other !== id).map((to) => ({ from: id, to }));
+  }
+
+  /** Every link from the other nodes to `id`. */
+  linksTo(id: string): Link[] {
+    return this.ids.filter((other) => other !== id).map((from) => ({ from, to: id }));
+  }
+
+  /** Every link between the two groups, both ways. */
+  linksBetween(a: readonly string[], b: readonly string[]): Link[] {
+    const links: Link[] = [];
+    for (const x of a) {
+      for (const y of b) links.push({ from: x, to: y }, { from: y, to: x });
+    }
+    return links;
+  }
+
+  /** Stops every node and proxy (and removes the data unless it is kept). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.processes.close();
+    await Promise.all([...this.#proxies.values()].map((proxy) => proxy.close()));
+  }
+
+  /** Same as {@linkcode ChaosCluster.close}, for `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+function _linkKey(from: string, to: string): string {
+  return `${from}->${to}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
+/** The kinds of fault the nemesis injects. */
+export type FaultKind =
+  /** SIGKILL a node, wait, start it again. */
+  | "kill"
+  /** SIGTERM a node (it must exit 0), wait, start it again. */
+  | "stop"
+  /** SIGSTOP a node, wait, SIGCONT. */
+  | "pause"
+  /** Cut every link to and from one node. */
+  | "isolate"
+  /** Cut every link from one node, or every link to it (one-way). */
+  | "oneway"
+  /** Split the nodes in two groups (a minority and a majority). */
+  | "split"
+  /** Cut one or two random directed links. */
+  | "links";
+
+/** Every fault kind, in a stable order. */
+export const FAULT_KINDS: readonly FaultKind[] = [
+  "kill",
+  "stop",
+  "pause",
+  "isolate",
+  "oneway",
+  "split",
+  "links",
+];
+
+/** Options of {@linkcode runChaos}. */
+export interface ChaosOptions {
+  /** Seed of every random choice. */
+  seed: number;
+  /** How long clients and nemesis run, in milliseconds. */
+  durationMs: number;
+  /** Number of nodes. Default 3. */
+  nodes?: number;
+  /** Number of concurrent clients (each one operation at a time). Default 5. */
+  clients?: number;
+  /** Number of keys the clients use. Default 8. */
+  keys?: number;
+  /**
+   * The share of reads sent with `consistency=lease` (checked as linearizable like the others:
+   * the nodes share one clock here). Default 0.3.
+   */
+  leaseReads?: number;
+  /** Deadline of one client request, in milliseconds. Default 7000. */
+  requestTimeoutMs?: number;
+  /**
+   * The nodes' `--snapshot-threshold`. Default 500: low, so that snapshots are taken, and sent
+   * to nodes that were away, during the run.
+   */
+  snapshotThreshold?: number;
+  /** Flags for every node, after the defaults of the harness and of the chaos run. */
+  nodeFlags?: readonly string[];
+  /** The fault kinds to inject. Default: all. */
+  faults?: readonly FaultKind[];
+  /** Time budget of the linearizability check, in milliseconds. Default 60000. */
+  checkTimeoutMs?: number;
+  /** Receives progress lines. Default: nothing. */
+  log?: (line: string) => void;
+  /** Copy the nodes' output to stderr. */
+  echo?: boolean;
+  /** Keep the data directory. */
+  keepData?: boolean;
+}
+
+/** Flags the chaos run gives every node (before `nodeFlags`). */
+export const CHAOS_NODE_FLAGS: readonly string[] = Object.freeze([
+  "--api-timeout",
+  "3000",
+  "--api-fwd-timeout",
+  "3000",
+]);
+
+/** Counts of client operations. */
+export interface OpCounts {
+  /** Operations attempted. */
+  total: number;
+  /** Answered with a definite result. */
+  ok: number;
+  /** Writes whose outcome is unknown (502, 504, timeout, connection cut). */
+  unknown: number;
+  /** Definitely failed (503, refused connection), or reads that got no answer. */
+  failed: number;
+}
+
+/** A key whose final value cannot be the result of any write that could have been last. */
+export interface LostWrite {
+  /** The key. */
+  key: string;
+  /** The value the final read returned (`null`: absent). */
+  finalValue: string | null;
+  /** The values that could legitimately be last (`null`: absent). */
+  expected: (string | null)[];
+  /** Why. */
+  reason: string;
+}
+
+/** What {@linkcode runChaos} found. */
+export interface ChaosReport {
+  /** The seed of the run. */
+  seed: number;
+  /** Whether no violation and no anomaly was found. */
+  ok: boolean;
+  /** The summary, one line per fact (prefix `chaos:` not included). */
+  summary: string[];
+  /** On failure: the failing key's timeline, the anomalies in full and the node logs. */
+  details: string;
+  /** Operation counts, overall and per kind. */
+  ops: OpCounts & { byKind: Record<OperationKind, OpCounts> };
+  /** Faults injected, by kind (and `<kind>-leader` for those aimed at the leader). */
+  faults: Record<string, number>;
+  /** How many times a new leader was observed. */
+  leaderChanges: number;
+  /** The highest term observed. */
+  highestTerm: number;
+  /** The linearizability check's result. */
+  linearizability: CheckResult;
+  /** Keys whose final value no write that could be last explains. */
+  lostWrites: LostWrite[];
+  /** Every other problem: crashes, unexpected statuses, two leaders in a term, ... */
+  anomalies: string[];
+  /** Whether every node ended with the same state. */
+  converged: boolean;
+  /** The whole history that was checked. */
+  history: Operation[];
+  /** How long the run took, in milliseconds. */
+  elapsedMs: number;
+}
+
+interface _AckedWrite {
+  op: Operation;
+  index: number;
+}
+
+interface _RunState {
+  readonly chaos: ChaosCluster;
+  /** The clients' HTTP client: a fresh connection per request (see `attempt`). */
+  readonly http: Deno.HttpClient;
+  readonly history: Operation[];
+  readonly acked: _AckedWrite[];
+  /** Puts that definitely failed (503, refused connection), by value: how they failed. */
+  readonly failedPuts: Map<string, string>;
+  readonly anomalies: string[];
+  readonly counts: Record<OperationKind, OpCounts>;
+  readonly faults: Record<string, number>;
+  /** Nodes found killed by a SIGKILL the run did not send. */
+  externalKills: number;
+  /** Nodes the nemesis stopped and could not start again (retried before each fault). */
+  readonly down: Set<string>;
+  /** The share of reads sent with `consistency=lease`. */
+  readonly leaseFraction: number;
+  /** The reads of the history that were lease reads. */
+  readonly leaseReads: WeakSet<Operation>;
+  readonly monitor: _LeaderMonitor;
+  readonly log: (line: string) => void;
+  readonly start: number;
+}
+
+/**
+ * Runs clients and nemesis against a fresh cluster for `durationMs`, then heals everything,
+ * reads every key once more and checks the history. Everything it started is stopped before it
+ * returns or throws.
+ *
+ * @param options The run's parameters.
+ * @returns The report; `report.ok` says whether everything held.
+ */
+export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
+  const nodes = options.nodes ?? 3;
+  const clientCount = options.clients ?? 5;
+  const keyCount = options.keys ?? 8;
+  const requestTimeoutMs = options.requestTimeoutMs ?? 7000;
+  const faultKinds = options.faults ?? FAULT_KINDS;
+  const log = options.log ?? (() => {});
+  const rng = new Rng(options.seed);
+  const keys = Array.from({ length: keyCount }, (_, i) => `key-${i}`);
+  const started = performance.now();
+
+  await using chaos = await ChaosCluster.start({
+    size: nodes,
+    nodeFlags: [
+      ...CHAOS_NODE_FLAGS,
+      "--snapshot-threshold",
+      String(options.snapshotThreshold ?? 500),
+      ...(options.nodeFlags ?? []),
+    ],
+    ...(options.echo === undefined ? {} : { echo: options.echo }),
+    ...(options.keepData === undefined ? {} : { keepData: options.keepData }),
+  });
+  if (options.keepData) log(`data directory: ${chaos.dataRoot}`);
+  const monitor = new _LeaderMonitor(chaos);
+  using http = createFreshConnectionClient();
+  const state: _RunState = {
+    chaos,
+    http,
+    history: [],
+    acked: [],
+    failedPuts: new Map(),
+    anomalies: [],
+    counts: { put: _zero(), get: _zero(), delete: _zero() },
+    faults: {},
+    externalKills: 0,
+    down: new Set(),
+    leaseFraction: options.leaseReads ?? 0.3,
+    leaseReads: new WeakSet(),
+    monitor,
+    log,
+    start: started,
+  };
+  const stopMonitor = new AbortController();
+  const monitoring = monitor.run(stopMonitor.signal);
+  try {
+    await chaos.processes.waitForLeader(30_000);
+    log(`cluster of ${nodes} up; running ${clientCount} clients for ${options.durationMs} ms`);
+
+    const stopAt = performance.now() + options.durationMs;
+    const clients = Array.from(
+      { length: clientCount },
+      (_, i) => _runClient(state, i + 1, rng.fork(), keys, stopAt, requestTimeoutMs),
+    );
+    await _runNemesis(state, rng.fork(), faultKinds, stopAt);
+    await Promise.all(clients);
+    log(`clients done after ${state.history.length} operations; healing`);
+
+    await _restoreAll(state);
+    let leaderKnown = true;
+    try {
+      await chaos.processes.waitForLeader(30_000);
+    } catch (error) {
+      leaderKnown = false;
+      state.anomalies.push(`no leader within 30 s after healing: ${(error as Error).message}`);
+    }
+    const finals = leaderKnown ? await _finalReads(state, keys) : new Map();
+    const converged = leaderKnown ? await _checkConvergence(state, keys) : false;
+    stopMonitor.abort();
+    await monitoring;
+    return _report(state, options, { finals, converged, keys, nodes, clientCount });
+  } finally {
+    stopMonitor.abort();
+    await monitoring;
+  }
+}
+
+function _zero(): OpCounts {
+  return { total: 0, ok: 0, unknown: 0, failed: 0 };
+}
+
+/** One client: one operation at a time on random keys through random nodes until `stopAt`. */
+async function _runClient(
+  state: _RunState,
+  client: number,
+  rng: Rng,
+  keys: readonly string[],
+  stopAt: number,
+  timeoutMs: number,
+): Promise<void> {
+  const { chaos } = state;
+  let seq = 0;
+  while (performance.now() < stopAt) {
+    const key = rng.pick(keys);
+    const node = rng.pick(chaos.ids);
+    const roll = rng.float();
+    const kind: OperationKind = roll < 0.45 ? "get" : roll < 0.85 ? "put" : "delete";
+    const value = kind === "put" ? `c${client}-${++seq}` : null;
+    const url = `${chaos.processes.api(node)}/v1/data${
+      kind === "put" ? "" : `/${encodeURIComponent(key)}`
+    }`;
+    const method = kind === "put" ? "POST" : kind === "get" ? "GET" : "DELETE";
+    const lease = kind === "get" && rng.chance(state.leaseFraction);
+    const call = performance.now();
+    const result = await attempt(
+      lease ? `${url}?consistency=lease` : url,
+      method,
+      kind === "put" ? { k: key, v: value } : undefined,
+      timeoutMs,
+      state.http,
+    );
+    const ret = performance.now();
+    const op = { client, kind, key, value, call };
+    const definite = _record(state, op, ret, node, result, lease);
+    // A quick definite failure (no leader, node down): pause a little rather than spin.
+    if (!definite) await delay(rng.between(20, 120));
+  }
+}
+
+/** Records one client operation; returns whether it got a definite answer. */
+function _record(
+  state: _RunState,
+  op: Omit<Operation, "return">,
+  ret: number,
+  node: string,
+  result: Attempt,
+  lease = false,
+): boolean {
+  const counts = state.counts[op.kind];
+  counts.total++;
+  const where = `${op.kind}(${JSON.stringify(op.key)}${
+    op.kind === "put" ? `, ${JSON.stringify(op.value)}` : ""
+  }) via ${node} at ${((op.call - state.start) / 1000).toFixed(3)} s`;
+  const isWrite = op.kind !== "get";
+  const unknownWrite = () => {
+    counts.unknown++;
+    state.history.push({ ...op, return: null });
+  };
+  if (result.kind === "error") {
+    if (!isWrite || result.connectFailed) counts.failed++;
+    else unknownWrite();
+    if (op.kind === "put" && op.value !== null && result.connectFailed) {
+      state.failedPuts.set(op.value, `${where}: no connection (${result.message})`);
+    }
+    return false;
+  }
+  const { status, json } = result;
+  const body = (typeof json === "object" && json !== null ? json : {}) as Record<string, unknown>;
+  const malformed = (what: string) => {
+    state.anomalies.push(`${where}: ${status} with ${what}: ${result.text.slice(0, 300)}`);
+  };
+  if (status >= 400 && typeof body.error !== "string") malformed("no JSON error body");
+  if (op.kind === "get") {
+    if (status === 200) {
+      if (body.k !== op.key || typeof body.v !== "string") malformed("a malformed body");
+      counts.ok++;
+      const read = { ...op, value: typeof body.v === "string" ? body.v : null, return: ret };
+      state.history.push(read);
+      if (lease) state.leaseReads.add(read);
+      return true;
+    }
+    if (status === 404 && body.error === "key not found") {
+      counts.ok++;
+      const read = { ...op, value: null, return: ret };
+      state.history.push(read);
+      if (lease) state.leaseReads.add(read);
+      return true;
+    }
+    counts.failed++;
+    if (status !== 503 && status !== 504) malformed("an unexpected status for a read");
+    return false;
+  }
+  if (status === 200) {
+    const index = body.index;
+    const good = body.k === op.key &&
+      (op.kind === "put" ? body.v === op.value : typeof body.deleted === "boolean") &&
+      typeof index === "number" && Number.isSafeInteger(index) && index > 0;
+    if (!good) malformed("a malformed body");
+    counts.ok++;
+    const recorded: Operation = { ...op, return: ret };
+    state.history.push(recorded);
+    if (typeof index === "number") state.acked.push({ op: recorded, index });
+    return true;
+  }
+  if (status === 503) {
+    // "Definitely not applied": left out of the history, so a read of its value would fail it.
+    counts.failed++;
+    if (op.kind === "put" && op.value !== null) {
+      state.failedPuts.set(
+        op.value,
+        `${where}: 503 after ${(ret - op.call).toFixed(1)} ms, headers ${
+          JSON.stringify([...result.headers])
+        }, body ${result.text.slice(0, 400)}`,
+      );
+    }
+    return false;
+  }
+  if (status !== 502 && status !== 504) malformed("an unexpected status for a write");
+  unknownWrite();
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The nemesis.
+
+async function _runNemesis(
+  state: _RunState,
+  rng: Rng,
+  kinds: readonly FaultKind[],
+  stopAt: number,
+): Promise<void> {
+  const { chaos, log } = state;
+  const usable = kinds.filter((kind) => kind !== "split" || chaos.ids.length >= 3);
+  if (usable.length === 0) {
+    await delay(stopAt - performance.now());
+    return;
+  }
+  const stop = AbortSignal.timeout(Math.max(0, stopAt - performance.now()));
+  while (!stop.aborted) {
+    await delay(rng.between(200, 2500), stop);
+    if (stop.aborted) break;
+    await _checkCrashes(state);
+    const kind = rng.pick(usable);
+    const label = await _inject(state, rng, kind);
+    state.faults[kind] = (state.faults[kind] ?? 0) + 1;
+    if (label.endsWith("-leader")) {
+      state.faults[`${kind}-leader`] = (state.faults[`${kind}-leader`] ?? 0) + 1;
+    }
+    log(`nemesis: ${label} done at ${((performance.now() - state.start) / 1000).toFixed(1)} s`);
+  }
+}
+
+/** Injects one fault, holds it, reverts it. Returns its label (`-leader` when aimed at it). */
+async function _inject(
+  state: _RunState,
+  rng: Rng,
+  kind: FaultKind,
+): Promise<string> {
+  const { chaos } = state;
+  const processes = chaos.processes;
+  const live = processes.liveIds();
+  const leader = state.monitor.leader;
+  const aimAtLeader = leader !== null && live.includes(leader) && rng.chance(0.5);
+  const target = aimAtLeader && leader !== null
+    ? leader
+    : rng.pick(live.length > 0 ? live : chaos.ids);
+  const label = (name: string) => aimAtLeader ? `${name}-leader` : name;
+  // Holds never outlast the run by more than a little: the final phase heals everything anyway.
+  const hold = (lo: number, hi: number) => delay(rng.between(lo, hi));
+  switch (kind) {
+    case "kill": {
+      if (!processes.isRunning(target)) return label("kill");
+      await processes.kill(target, "SIGKILL");
+      await hold(200, 3000);
+      await _restart(state, target);
+      return label("kill");
+    }
+    case "stop": {
+      if (!processes.isRunning(target)) return label("stop");
+      try {
+        const code = await processes.stop(target, 10_000);
+        if (code !== 0) {
+          state.anomalies.push(`${target} exited with code ${code} after SIGTERM (expected 0)`);
+        }
+      } catch (error) {
+        state.anomalies.push(`SIGTERM of ${target}: ${(error as Error).message}`);
+      }
+      await hold(200, 2000);
+      await _restart(state, target);
+      return label("stop");
+    }
+    case "pause": {
+      if (!processes.isRunning(target)) return label("pause");
+      processes.pause(target);
+      await hold(500, 4000);
+      if (processes.isRunning(target)) processes.resume(target);
+      return label("pause");
+    }
+    case "isolate": {
+      const mode = _mode(rng);
+      chaos.cut([...chaos.linksFrom(target), ...chaos.linksTo(target)], mode);
+      await hold(1000, 5000);
+      chaos.healAll();
+      return label(`isolate(${mode})`);
+    }
+    case "oneway": {
+      const mode = _mode(rng);
+      const outbound = rng.chance(0.5);
+      chaos.cut(outbound ? chaos.linksFrom(target) : chaos.linksTo(target), mode);
+      await hold(1000, 5000);
+      chaos.healAll();
+      return label(`oneway-${outbound ? "out" : "in"}(${mode})`);
+    }
+    case "split": {
+      const mode = _mode(rng);
+      const shuffled = rng.shuffled(chaos.ids.filter((id) => id !== target));
+      const minority = [target, ...shuffled.slice(0, Math.floor((chaos.ids.length - 1) / 2) - 1)];
+      const majority = chaos.ids.filter((id) => !minority.includes(id));
+      chaos.cut(chaos.linksBetween(minority, majority), mode);
+      await hold(1000, 5000);
+      chaos.healAll();
+      return label(`split(${mode})`);
+    }
+    case "links": {
+      const mode = _mode(rng);
+      const all: Link[] = [];
+      for (const from of chaos.ids) {
+        for (const to of chaos.ids) if (from !== to) all.push({ from, to });
+      }
+      chaos.cut(rng.shuffled(all).slice(0, rng.int(1, 3)), mode);
+      await hold(1000, 5000);
+      chaos.healAll();
+      return `links(${mode})`;
+    }
+  }
+}
+
+function _mode(rng: Rng): "refuse" | "drop" {
+  return rng.chance(0.5) ? "refuse" : "drop";
+}
+
+async function _restart(state: _RunState, id: string): Promise<void> {
+  state.down.delete(id);
+  try {
+    await state.chaos.startNode(id);
+  } catch (error) {
+    state.down.add(id);
+    state.anomalies.push(`${id} did not come back after a restart: ${(error as Error).message}`);
+  }
+}
+
+/** Reports (and restarts) nodes that exited although the nemesis did not stop them. */
+async function _checkCrashes(state: _RunState): Promise<void> {
+  const processes = state.chaos.processes;
+  for (const id of state.chaos.ids) {
+    if (processes.isRunning(id)) continue;
+    const exit = processes.exitStatus(id);
+    if (state.down.has(id)) {
+      // Left down by a failed restart (already reported): try again.
+    } else if (exit?.signal === "SIGKILL") {
+      // Not the nemesis (it restarts what it kills), so something outside the run killed it
+      // (another program on the machine, the OOM killer): not the node's fault.
+      state.externalKills++;
+      state.log(`${id} was killed by SIGKILL from outside the run; restarting it`);
+    } else {
+      state.anomalies.push(
+        `${id} exited on its own (${JSON.stringify(exit)})\n${processes.formatLogs([id], 60)}`,
+      );
+    }
+    await _restart(state, id);
+  }
+}
+
+/** Heals every link, resumes paused nodes and starts stopped ones. */
+async function _restoreAll(state: _RunState): Promise<void> {
+  const { chaos } = state;
+  chaos.healAll();
+  for (const node of chaos.processes.nodes) {
+    if (node.paused) chaos.processes.resume(node.id);
+  }
+  await _checkCrashes(state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leader observation.
+
+/** Polls every node's status, counts leader changes and checks one leader per term. */
+class _LeaderMonitor {
+  #chaos: ChaosCluster;
+  #leaders = new Map<number, string>();
+  #last: { term: number; id: string } | null = null;
+  /** The most recent leader seen (highest term). */
+  leader: string | null = null;
+  /** How many times a new leader was seen. */
+  changes = 0;
+  /** The highest term seen. */
+  highestTerm = 0;
+  /** Two leaders claimed the same term. */
+  violations: string[] = [];
+
+  constructor(chaos: ChaosCluster) {
+    this.#chaos = chaos;
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const live = this.#chaos.processes.liveIds();
+      const statuses = await Promise.all(
+        live.map((id) => this.#chaos.processes.status(id, 500)),
+      );
+      for (const status of statuses) if (status !== null) this.observe(status);
+      await delay(200, signal);
+    }
+  }
+
+  observe(status: NodeStatus): void {
+    this.highestTerm = Math.max(this.highestTerm, status.term);
+    if (status.role !== "leader") return;
+    const known = this.#leaders.get(status.term);
+    if (known !== undefined && known !== status.id) {
+      this.violations.push(`two leaders in term ${status.term}: ${known} and ${status.id}`);
+      return;
+    }
+    this.#leaders.set(status.term, status.id);
+    if (this.#last === null || status.term > this.#last.term) {
+      if (this.#last !== null) this.changes++;
+      this.#last = { term: status.term, id: status.id };
+      this.leader = status.id;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The end: final reads, convergence, checks, report.
+
+/** Reads every key once (linearizable, rotating through the nodes) and adds the reads. */
+async function _finalReads(
+  state: _RunState,
+  keys: readonly string[],
+): Promise<Map<string, string | null>> {
+  const finals = new Map<string, string | null>();
+  const { chaos } = state;
+  let turn = 0;
+  for (const [i, key] of keys.entries()) {
+    let lastProblem = "";
+    try {
+      await waitFor(async () => {
+        const node = chaos.ids[turn++ % chaos.ids.length] ?? "node-1";
+        const call = performance.now();
+        const result = await attempt(
+          `${chaos.processes.api(node)}/v1/data/${encodeURIComponent(key)}`,
+          "GET",
+          undefined,
+          5000,
+          state.http,
+        );
+        const ret = performance.now();
+        if (result.kind === "error") {
+          lastProblem = `${node}: ${result.message}`;
+          return false;
+        }
+        const body = result.json as Record<string, unknown> | null;
+        let value: string | null;
+        if (result.status === 200 && typeof body?.v === "string") value = body.v;
+        else if (result.status === 404 && body?.error === "key not found") value = null;
+        else {
+          lastProblem = `${node}: ${result.status} ${result.text.slice(0, 200)}`;
+          return false;
+        }
+        finals.set(key, value);
+        state.history.push({ client: 10_000 + i, kind: "get", key, value, call, return: ret });
+        return true;
+      }, { deadlineMs: 30_000, intervalMs: 100, message: `a final read of ${key}` });
+    } catch (error) {
+      state.anomalies.push(
+        `the final read of ${JSON.stringify(key)} failed for 30 s (${lastProblem}): ${
+          (error as Error).message.split("\n")[0]
+        }`,
+      );
+    }
+  }
+  return finals;
+}
+
+/**
+ * Waits until every node has applied the same index, then compares every key's value on every
+ * node (stale reads), and checks nothing was applied meanwhile.
+ */
+async function _checkConvergence(state: _RunState, keys: readonly string[]): Promise<boolean> {
+  const processes = state.chaos.processes;
+  let lastDifference = "";
+  try {
+    await waitFor(async () => {
+      const before = await Promise.all(state.chaos.ids.map((id) => processes.status(id, 2000)));
+      const applied = new Set(before.map((s) => s === null ? -1 : s.applied_index));
+      const commits = new Set(before.map((s) => s === null ? -1 : s.commit_index));
+      if (applied.size !== 1 || commits.size !== 1 || applied.has(-1)) {
+        lastDifference = `statuses ${JSON.stringify(before)}`;
+        return false;
+      }
+      const views = await Promise.all(state.chaos.ids.map(async (id) => {
+        const values: (string | null)[] = [];
+        for (const key of keys) {
+          const result = await processes.request(
+            id,
+            "GET",
+            `/v1/data/${encodeURIComponent(key)}?consistency=stale`,
+            undefined,
+            { timeoutMs: 2000 },
+          );
+          const body = result.json as Record<string, unknown> | null;
+          values.push(result.status === 200 && typeof body?.v === "string" ? body.v : null);
+        }
+        return values;
+      }));
+      const after = await Promise.all(state.chaos.ids.map((id) => processes.status(id, 2000)));
+      if (after.some((s, i) => s === null || s.applied_index !== before[i]?.applied_index)) {
+        return false; // Something was applied meanwhile: compare again.
+      }
+      const first = JSON.stringify(views[0]);
+      const differing = views.findIndex((view) => JSON.stringify(view) !== first);
+      if (differing !== -1) {
+        lastDifference = `${state.chaos.ids[0]} has ${first}, ${state.chaos.ids[differing]} has ${
+          JSON.stringify(views[differing])
+        } at applied index ${[...applied][0]}`;
+        return false;
+      }
+      return true;
+    }, { deadlineMs: 30_000, intervalMs: 200, message: "every node to apply the same state" });
+    return true;
+  } catch (error) {
+    state.anomalies.push(
+      `the replicas did not converge within 30 s: ${lastDifference || (error as Error).message}`,
+    );
+    return false;
+  }
+}
+
+/**
+ * The direct lost-write check: the final value of each key must be the effect of a write that
+ * could have been the last one, i.e. one that no acknowledged write strictly follows; if no
+ * write was acknowledged, the key may also be absent.
+ */
+export function findLostWrites(
+  history: readonly Operation[],
+  finals: ReadonlyMap<string, string | null>,
+): LostWrite[] {
+  const lost: LostWrite[] = [];
+  for (const [key, finalValue] of finals) {
+    const writes = history.filter((op) => op.key === key && op.kind !== "get");
+    const acked = writes.filter((op) => op.return !== null);
+    const candidates = writes.filter((op) =>
+      !acked.some((later) => op.return !== null && later.call > op.return)
+    );
+    const expected = candidates.map((op) => op.kind === "put" ? op.value : null);
+    if (acked.length === 0) expected.push(null);
+    if (expected.includes(finalValue)) continue;
+    const last = [...acked].sort((a, b) => (b.return ?? 0) - (a.return ?? 0))[0];
+    lost.push({
+      key,
+      finalValue,
+      expected: [...new Set(expected)],
+      reason: last === undefined
+        ? `no write of this key was acknowledged, yet it reads ${JSON.stringify(finalValue)}`
+        : `the last acknowledged write was ${last.kind}(${
+          last.kind === "put" ? JSON.stringify(last.value) : ""
+        }) by client ${last.client}, yet the key reads ${JSON.stringify(finalValue)}`,
+    });
+  }
+  return lost;
+}
+
+/**
+ * Checks that the log indexes of acknowledged writes are distinct and follow real time: a write
+ * acknowledged before another was sent must have the lower index.
+ */
+export function checkIndexOrder(acked: readonly { op: Operation; index: number }[]): string[] {
+  const problems: string[] = [];
+  const byIndex = new Map<number, Operation>();
+  for (const { op, index } of acked) {
+    const other = byIndex.get(index);
+    if (other !== undefined) {
+      problems.push(
+        `two acknowledged writes got log index ${index}: ${_describeOp(other)} and ${
+          _describeOp(op)
+        }`,
+      );
+    }
+    byIndex.set(index, op);
+  }
+  const byCall = [...acked].sort((a, b) => a.op.call - b.op.call);
+  const byReturn = [...acked].sort((a, b) => (a.op.return ?? 0) - (b.op.return ?? 0));
+  let done = 0;
+  let highest: { op: Operation; index: number } | null = null;
+  for (const write of byCall) {
+    while (done < byReturn.length && (byReturn[done]?.op.return ?? Infinity) < write.op.call) {
+      const finished = byReturn[done++];
+      if (finished !== undefined && (highest === null || finished.index > highest.index)) {
+        highest = finished;
+      }
+    }
+    if (highest !== null && write.index <= highest.index && problems.length < 20) {
+      problems.push(
+        `${_describeOp(write.op)} got index ${write.index} although ${
+          _describeOp(highest.op)
+        } had been acknowledged at index ${highest.index} before it was sent`,
+      );
+    }
+  }
+  return problems;
+}
+
+function _describeOp(op: Operation): string {
+  const value = op.kind === "put" ? `, ${JSON.stringify(op.value)}` : "";
+  return `${op.kind}(${JSON.stringify(op.key)}${value}) by client ${op.client} [${
+    op.call.toFixed(1)
+  } → ${op.return === null ? "?" : op.return.toFixed(1)}]`;
+}
+
+function _report(
+  state: _RunState,
+  options: ChaosOptions,
+  end: {
+    finals: Map<string, string | null>;
+    converged: boolean;
+    keys: readonly string[];
+    nodes: number;
+    clientCount: number;
+  },
+): ChaosReport {
+  const { history, counts, monitor } = state;
+  const anomalies = [...state.anomalies, ...monitor.violations];
+  const seenFailed = new Set<string>();
+  for (const op of history) {
+    if (op.kind !== "get" || op.value === null || seenFailed.has(op.value)) continue;
+    const failure = state.failedPuts.get(op.value);
+    if (failure === undefined) continue;
+    seenFailed.add(op.value);
+    anomalies.push(
+      `a read saw ${JSON.stringify(op.value)}, written by a put that definitely failed: ${failure}`,
+    );
+  }
+  const orderProblems = checkIndexOrder(state.acked);
+  anomalies.push(...orderProblems);
+  const linearizability = checkLinearizability(history, {
+    timeoutMs: options.checkTimeoutMs ?? 60_000,
+  });
+  const lostWrites = findLostWrites(history, end.finals);
+  const total = _zero();
+  for (const kind of ["put", "get", "delete"] as const) {
+    for (const field of ["total", "ok", "unknown", "failed"] as const) {
+      total[field] += counts[kind][field];
+    }
+  }
+  const faultTotal = FAULT_KINDS.reduce((n, kind) => n + (state.faults[kind] ?? 0), 0);
+  const faultText = FAULT_KINDS.filter((kind) => (state.faults[kind] ?? 0) > 0).map((kind) => {
+    const leader = state.faults[`${kind}-leader`] ?? 0;
+    return `${kind} ${state.faults[kind]}${leader > 0 ? ` (leader ${leader})` : ""}`;
+  }).join(", ");
+  const linText = linearizability.ok === true
+    ? `yes (${linearizability.operations} operations on ${linearizability.keys} keys checked, ${linearizability.dropped} unobserved unknown writes dropped)`
+    : linearizability.ok === false
+    ? `NO (key ${JSON.stringify(linearizability.key)})`
+    : `unknown (${linearizability.reason})`;
+  const elapsedMs = performance.now() - state.start;
+  const leaseOk = history.filter((op) => state.leaseReads.has(op)).length;
+  const kindText = (kind: OperationKind) => {
+    const c = counts[kind];
+    return `${kind} ${c.total} (ok ${c.ok}${
+      kind === "get" ? ` of which ${leaseOk} lease reads` : ""
+    }, unknown ${c.unknown}, failed ${c.failed})`;
+  };
+  const summary = [
+    `seed ${options.seed}, ${end.nodes} nodes, ${end.clientCount} clients, ${end.keys.length} keys, ${
+      (options.durationMs / 1000).toFixed(0)
+    } s of faults, ${(elapsedMs / 1000).toFixed(1)} s in all, snapshot threshold ${
+      options.snapshotThreshold ?? 500
+    }`,
+    `ops: ${total.total} total, ${total.ok} ok, ${total.unknown} unknown, ${total.failed} failed; ${
+      kindText("put")
+    }; ${kindText("get")}; ${kindText("delete")}`,
+    `faults: ${faultTotal} injected${faultText === "" ? "" : `: ${faultText}`}${
+      state.externalKills > 0 ? `; ${state.externalKills} SIGKILLs from outside the run` : ""
+    }`,
+    `leader changes: ${monitor.changes} (highest term ${monitor.highestTerm}); one leader per term: ${
+      monitor.violations.length === 0 ? "yes" : "NO"
+    }`,
+    `log indexes of ${state.acked.length} acknowledged writes: ${
+      orderProblems.length === 0 ? "distinct and in real-time order" : "OUT OF ORDER"
+    }`,
+    `replicas converged: ${end.converged ? "yes" : "NO"}`,
+    `linearizable: ${linText}`,
+    `lost acknowledged writes: ${lostWrites.length}`,
+    `anomalies: ${anomalies.length === 0 ? "none" : anomalies.length}`,
+  ];
+  const ok = linearizability.ok === true && lostWrites.length === 0 && anomalies.length === 0 &&
+    end.converged && end.finals.size === end.keys.length;
+  const details: string[] = [];
+  if (!ok) {
+    if (linearizability.ok !== true) details.push(`linearizability: ${linearizability.reason}`);
+    if (linearizability.ok === false) {
+      const ops = linearizability.operations;
+      const leases = ops.flatMap((op, i) => state.leaseReads.has(op) ? [`#${i}`] : []);
+      details.push(
+        `history of ${JSON.stringify(linearizability.key)} (times in ms since the start; lease ` +
+          `reads: ${leases.length === 0 ? "none" : leases.join(" ")}):`,
+        describeHistory(_shift(ops, state.start)),
+      );
+    }
+    for (const lost of lostWrites) {
+      details.push(
+        `lost write on ${JSON.stringify(lost.key)}: ${lost.reason}; expected one of ${
+          JSON.stringify(lost.expected)
+        }`,
+        describeHistory(
+          _shift(history.filter((op) => op.key === lost.key), state.start),
+          { maxLines: 80 },
+        ),
+      );
+    }
+    for (const anomaly of anomalies) details.push(`anomaly: ${anomaly}`);
+    details.push(state.chaos.processes.formatLogs(undefined, 200));
+  }
+  return {
+    seed: options.seed,
+    ok,
+    summary,
+    details: details.join("\n"),
+    ops: { ...total, byKind: counts },
+    faults: { ...state.faults },
+    leaderChanges: monitor.changes,
+    highestTerm: monitor.highestTerm,
+    linearizability,
+    lostWrites,
+    anomalies,
+    converged: end.converged,
+    history,
+    elapsedMs,
+  };
+}
+
+/** Times relative to `origin`, for readable timelines. */
+function _shift(ops: readonly Operation[], origin: number): Operation[] {
+  return ops.map((op) => ({
+    ...op,
+    call: op.call - origin,
+    return: op.return === null ? null : op.return - origin,
+  }));
+}

@@ -1,0 +1,100 @@
+/**
+ * Faults against real node processes whose peer links go through TCP proxies (see
+ * `tests/_chaos_lib.ts`): two targeted partition tests, then a one-minute chaos run (longer runs:
+ * `deno task chaos --duration 300`). Set `CHAOS_SEED` to replay the chaos run's schedule.
+ */
+
+import assert from "node:assert/strict";
+import { waitFor } from "./_harness.ts";
+import { ChaosCluster, randomSeed, runChaos } from "./_chaos_lib.ts";
+
+const _MODES = ["drop", "refuse"] as const;
+
+Deno.test("a node cut off from its peers rejoins once the links heal, whether they dropped or refused traffic", async () => {
+  for (const mode of _MODES) {
+    await using chaos = await ChaosCluster.start({ size: 3 });
+    const processes = chaos.processes;
+    const leader = await processes.waitForLeader(20_000);
+    const follower = chaos.ids.find((id) => id !== leader) ?? "node-2";
+
+    chaos.cut([...chaos.linksFrom(follower), ...chaos.linksTo(follower)], mode);
+    await waitFor(async () => (await processes.status(follower))?.leader === null, {
+      deadlineMs: 10_000,
+      message: `${follower} to notice it lost the leader (${mode})`,
+    });
+    const put = await processes.request(leader, "POST", "/v1/data", { k: "k", v: mode });
+    assert.equal(put.status, 200, put.text);
+    const index = (put.json as { index: number }).index;
+
+    chaos.healAll();
+    const healed = performance.now();
+    await waitFor(async () => {
+      const status = await processes.status(follower);
+      return status !== null && status.applied_index >= index && status.leader !== null;
+    }, {
+      deadlineMs: 15_000,
+      message: () =>
+        `${follower} to rejoin after its links (${mode}) healed\n${
+          processes.formatLogs(undefined, 15)
+        }`,
+    });
+    const stale = await processes.request(follower, "GET", "/v1/data/k?consistency=stale");
+    assert.equal(stale.status, 200, stale.text);
+    assert.equal((stale.json as { v: string }).v, mode);
+    console.log(
+      `${follower} rejoined ${
+        (performance.now() - healed).toFixed(0)
+      } ms after the ${mode} links healed`,
+    );
+  }
+});
+
+Deno.test("a node cut off from its peers still stops gracefully on SIGTERM", async () => {
+  for (const mode of _MODES) {
+    await using chaos = await ChaosCluster.start({ size: 3 });
+    const processes = chaos.processes;
+    const leader = await processes.waitForLeader(20_000);
+    chaos.cut([...chaos.linksFrom(leader), ...chaos.linksTo(leader)], mode);
+    await waitFor(async () => (await processes.status(leader))?.role !== "leader", {
+      deadlineMs: 10_000,
+      message: `the cut-off leader ${leader} to step down (${mode})`,
+    });
+    const started = performance.now();
+    const code = await processes.stop(leader, 10_000);
+    assert.equal(code, 0, `exit code of ${leader} after SIGTERM (${mode})`);
+    console.log(
+      `${leader}, cut off (${mode}), exited 0 ${
+        (performance.now() - started).toFixed(0)
+      } ms after SIGTERM`,
+    );
+  }
+});
+
+Deno.test({
+  name:
+    "under kills, stops, pauses and partitions the cluster stays linearizable and loses no acknowledged write",
+  fn: async () => {
+    const seedText = Deno.env.get("CHAOS_SEED");
+    const seed = seedText === undefined ? randomSeed() : Number(seedText);
+    const report = await runChaos({
+      seed,
+      durationMs: 50_000,
+      nodes: 3,
+      clients: 5,
+      keys: 8,
+      checkTimeoutMs: 30_000,
+    });
+    for (const line of report.summary) console.log(`chaos: ${line}`);
+    assert.ok(
+      report.ok,
+      `the chaos run with CHAOS_SEED=${seed} found problems:\n${
+        report.summary.join("\n")
+      }\n${report.details}`,
+    );
+    const faults = Object.entries(report.faults)
+      .filter(([kind]) => !kind.endsWith("-leader"))
+      .reduce((n, [, count]) => n + count, 0);
+    assert.ok(faults >= 5, `only ${faults} faults were injected (seed ${seed})`);
+    assert.ok(report.ops.ok >= 300, `only ${report.ops.ok} operations succeeded (seed ${seed})`);
+  },
+});

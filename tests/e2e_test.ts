@@ -1,0 +1,478 @@
+/**
+ * End-to-end tests: three real node processes (`main.ts`) on free ports, talking HTTP/2 to each
+ * other, driven over real HTTP through the process harness.
+ */
+
+import assert from "node:assert/strict";
+import { type ProcessCluster, startCluster, waitFor } from "./_harness.ts";
+import { type Attempt, attempt, createFreshConnectionClient, Rng } from "./_chaos_lib.ts";
+
+/** How a write ended, from the client's point of view. */
+type WriteOutcome =
+  /** 200: committed. */
+  | "acked"
+  /** 503 or a refused connection: definitely not applied. */
+  | "not-applied"
+  /** 502, 504, a timeout or a cut connection: may or may not have been applied. */
+  | "unknown";
+
+function _outcome(result: Attempt): WriteOutcome {
+  if (result.kind === "error") return result.connectFailed ? "not-applied" : "unknown";
+  if (result.status === 200) return "acked";
+  if (result.status === 503) return "not-applied";
+  if (result.status === 502 || result.status === 504) return "unknown";
+  throw new Error(`unexpected answer to a write: ${result.status} ${result.text}`);
+}
+
+function _body(result: Attempt): Record<string, unknown> {
+  if (result.kind !== "answer" || typeof result.json !== "object" || result.json === null) {
+    return {};
+  }
+  return result.json as Record<string, unknown>;
+}
+
+function _describe(result: Attempt): string {
+  return result.kind === "answer" ? `${result.status} ${result.text}` : result.message;
+}
+
+/** Runs `work` over `items` with at most `limit` running at once. */
+async function _pool<T>(
+  items: readonly T[],
+  limit: number,
+  work: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: limit }, async () => {
+    while (next < items.length) await work(items[next++] as T);
+  }));
+}
+
+/**
+ * Puts `value` under `key` through a random running node until a 200, retrying on answers that
+ * say "not applied" or "unknown" (a put of the same value is idempotent).
+ */
+async function _putUntilAcked(
+  cluster: ProcessCluster,
+  http: Deno.HttpClient,
+  rng: Rng,
+  key: string,
+  value: string,
+  deadlineMs = 20_000,
+): Promise<void> {
+  let last = "";
+  await waitFor(async () => {
+    const node = rng.pick(cluster.liveIds());
+    const result = await attempt(
+      `${cluster.api(node)}/v1/data`,
+      "POST",
+      { k: key, v: value },
+      5000,
+      http,
+    );
+    last = `${node}: ${_describe(result)}`;
+    return result.kind === "answer" && result.status === 200;
+  }, { deadlineMs, intervalMs: 20, message: () => `put(${key}) to be acknowledged (${last})` });
+}
+
+/** Deletes `key` through a random running node until a 200 (a delete is idempotent). */
+async function _deleteUntilAcked(
+  cluster: ProcessCluster,
+  http: Deno.HttpClient,
+  rng: Rng,
+  key: string,
+): Promise<void> {
+  let last = "";
+  await waitFor(async () => {
+    const node = rng.pick(cluster.liveIds());
+    const result = await attempt(
+      `${cluster.api(node)}/v1/data/${encodeURIComponent(key)}`,
+      "DELETE",
+      undefined,
+      5000,
+      http,
+    );
+    last = `${node}: ${_describe(result)}`;
+    return result.kind === "answer" && result.status === 200;
+  }, { deadlineMs: 20_000, intervalMs: 20, message: () => `delete(${key}) (${last})` });
+}
+
+/**
+ * Reads `key` (linearizable) through `node`, retrying while the answer is "try again" (503,
+ * 504, no connection); returns the value or null for 404.
+ */
+async function _read(cluster: ProcessCluster, node: string, key: string): Promise<string | null> {
+  const found: { value: string | null } = { value: null };
+  let last = "";
+  await waitFor(async () => {
+    const result = await attempt(
+      `${cluster.api(node)}/v1/data/${encodeURIComponent(key)}`,
+      "GET",
+      undefined,
+      5000,
+    );
+    last = _describe(result);
+    if (result.kind !== "answer") return false;
+    const body = _body(result);
+    if (result.status === 200 && typeof body.v === "string" && body.k === key) {
+      found.value = body.v;
+      return true;
+    }
+    if (result.status === 404 && body.error === "key not found") {
+      found.value = null;
+      return true;
+    }
+    if (result.status === 503 || result.status === 504) return false;
+    throw new Error(`GET ${key} via ${node}: unexpected ${last}`);
+  }, {
+    deadlineMs: 20_000,
+    intervalMs: 50,
+    message: () => `a read of ${key} via ${node} (${last})`,
+  });
+  return found.value;
+}
+
+/** Waits until every running node has applied at least `index`. */
+async function _waitApplied(cluster: ProcessCluster, index: number): Promise<void> {
+  await waitFor(async () => {
+    const statuses = await Promise.all(cluster.liveIds().map((id) => cluster.status(id)));
+    return statuses.every((s) => s !== null && s.applied_index >= index);
+  }, { deadlineMs: 20_000, message: `every running node to apply index ${index}` });
+}
+
+function _seed(): number {
+  const text = Deno.env.get("E2E_SEED");
+  return text === undefined ? crypto.getRandomValues(new Uint32Array(1))[0] ?? 1 : Number(text);
+}
+
+Deno.test("the quick start works through every node", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  await cluster.waitForLeader(20_000);
+  const forwardedTo: string[] = [];
+  const note = (headers: Headers) => {
+    const to = headers.get("x-raftkv-forwarded-to");
+    if (to !== null) forwardedTo.push(to);
+  };
+
+  const put = await cluster.request("node-1", "POST", "/v1/data", { k: "a", v: "1" });
+  assert.equal(put.status, 200, put.text);
+  const putBody = put.json as Record<string, unknown>;
+  assert.equal(putBody.k, "a");
+  assert.equal(putBody.v, "1");
+  assert.ok(Number.isSafeInteger(putBody.index) && (putBody.index as number) > 0, put.text);
+  assert.match(put.headers.get("content-type") ?? "", /application\/json/);
+  note(put.headers);
+
+  const get = await cluster.request("node-2", "GET", "/v1/data/a");
+  assert.equal(get.status, 200, get.text);
+  assert.deepEqual(get.json, { k: "a", v: "1" });
+  note(get.headers);
+
+  const del = await cluster.request("node-3", "DELETE", "/v1/data/a");
+  assert.equal(del.status, 200, del.text);
+  const delBody = del.json as Record<string, unknown>;
+  assert.equal(delBody.k, "a");
+  assert.equal(delBody.deleted, true);
+  assert.ok((delBody.index as number) > (putBody.index as number), del.text);
+  note(del.headers);
+
+  const gone = await cluster.request("node-1", "GET", "/v1/data/a");
+  assert.equal(gone.status, 404, gone.text);
+  assert.deepEqual(gone.json, { error: "key not found", k: "a" });
+  note(gone.headers);
+
+  // Four requests to three nodes: at least two reached a follower and were forwarded.
+  assert.ok(forwardedTo.length >= 2, `only ${forwardedTo.length} requests were forwarded`);
+  const leader = await cluster.waitForLeader();
+  assert.ok(forwardedTo.every((id) => id === leader), `forwarded to ${forwardedTo}, not ${leader}`);
+});
+
+Deno.test(
+  "after kill -9 of the leader a new leader serves writes within a few election timeouts and no acknowledged write is lost",
+  async () => {
+    const seed = _seed();
+    const rng = new Rng(seed);
+    await using cluster = await startCluster({ size: 3 });
+    using http = createFreshConnectionClient();
+    const leader = await cluster.waitForLeader(20_000);
+    const keys = Array.from({ length: 200 }, (_, i) => `kill-${i}`);
+    const outcomes = new Map<string, WriteOutcome>();
+    const answers = new Map<string, string>();
+    let acked = 0;
+    let killedAt: number | null = null;
+    let killing: Promise<unknown> | null = null;
+
+    // 200 concurrent writes through random nodes; the leader dies halfway, with writes in flight.
+    await _pool(keys, 16, async (key) => {
+      const node = rng.pick(cluster.liveIds());
+      const result = await attempt(
+        `${cluster.api(node)}/v1/data`,
+        "POST",
+        { k: key, v: `value-of-${key}` },
+        8000,
+        http,
+      );
+      const outcome = _outcome(result);
+      outcomes.set(key, outcome);
+      answers.set(key, `${node}: ${_describe(result)}`);
+      if (outcome === "acked" && ++acked === 100) {
+        killedAt = performance.now();
+        killing = cluster.kill(leader, "SIGKILL");
+      }
+    });
+    assert.ok(killing !== null && killedAt !== null, "the leader was never killed");
+    await killing;
+
+    // Time from the SIGKILL until a write sent afterwards is acknowledged.
+    let probes = 0;
+    await waitFor(async () => {
+      const node = rng.pick(cluster.liveIds());
+      const result = await attempt(
+        `${cluster.api(node)}/v1/data`,
+        "POST",
+        { k: "probe", v: `probe-${++probes}` },
+        2000,
+        http,
+      );
+      return result.kind === "answer" && result.status === 200;
+    }, { deadlineMs: 15_000, intervalMs: 10, message: "a write after the leader's SIGKILL" });
+    const recoveryMs = performance.now() - (killedAt as number);
+    console.log(
+      `failover: a write was acknowledged ${
+        recoveryMs.toFixed(0)
+      } ms after SIGKILL of the leader ${leader} (election timeout 300 ms, ${probes} probes); ` +
+        `the 200 concurrent writes: ${
+          [...outcomes.values()].filter((o) => o === "acked").length
+        } acked, ${[...outcomes.values()].filter((o) => o === "not-applied").length} not applied, ${
+          [...outcomes.values()].filter((o) => o === "unknown").length
+        } unknown in the end`,
+    );
+    assert.ok(recoveryMs < 10_000, `no write succeeded for ${recoveryMs} ms after the kill`);
+
+    await cluster.start(leader);
+    const status = await cluster.status(await cluster.waitForLeader(20_000));
+    assert.ok(status !== null);
+    await _waitApplied(cluster, status.commit_index);
+
+    const lost: string[] = [];
+    const ghosts: string[] = [];
+    for (const [i, key] of keys.entries()) {
+      const node = cluster.ids[i % cluster.ids.length] ?? leader;
+      const value = await _read(cluster, node, key);
+      const outcome = outcomes.get(key);
+      if (outcome === "acked" && value !== `value-of-${key}`) lost.push(`${key} -> ${value}`);
+      if (outcome === "not-applied" && value !== null) ghosts.push(`${key}: ${answers.get(key)}`);
+    }
+    assert.deepEqual(lost, [], `acknowledged writes lost (seed ${seed})`);
+    assert.deepEqual(ghosts, [], `writes answered "not applied" were applied (seed ${seed})`);
+  },
+);
+
+/** Keys that must be stored as opaque strings: property names, separators, escapes, Unicode. */
+const _ODD_KEYS = [
+  "__proto__",
+  "constructor",
+  "toString",
+  "a/b",
+  "a%2Fb",
+  "%41",
+  "ü",
+  "emoji 😀",
+  "nul\u0000key",
+  " ",
+  "..a",
+  "k".repeat(1024),
+];
+
+Deno.test("after all nodes are killed and restarted, all data is back", async () => {
+  const seed = _seed();
+  const rng = new Rng(seed);
+  // A low snapshot threshold: the restart recovers from snapshots plus the WAL after them.
+  await using cluster = await startCluster({ size: 3, nodeFlags: ["--snapshot-threshold", "50"] });
+  using http = createFreshConnectionClient();
+  await cluster.waitForLeader(20_000);
+  const expected = new Map<string, string | null>();
+  const keys = [..._ODD_KEYS, ...Array.from({ length: 120 }, (_, i) => `restart-${i}`)];
+  await _pool(keys, 8, async (key) => {
+    await _putUntilAcked(cluster, http, rng, key, `first-${key}`);
+    expected.set(key, `first-${key}`);
+  });
+  // Overwrite some and delete others, so that the last entry of a key wins after replay.
+  await _pool(keys.slice(0, 40), 8, async (key) => {
+    await _putUntilAcked(cluster, http, rng, key, `second-${key}`);
+    expected.set(key, `second-${key}`);
+  });
+  await _pool(keys.slice(40, 70), 8, async (key) => {
+    await _deleteUntilAcked(cluster, http, rng, key);
+    expected.set(key, null);
+  });
+  const before = await cluster.status(await cluster.waitForLeader());
+  assert.ok(before !== null);
+
+  await Promise.all(cluster.ids.map((id) => cluster.kill(id, "SIGKILL")));
+  assert.deepEqual(cluster.liveIds(), []);
+  await Promise.all(cluster.ids.map((id) => cluster.start(id)));
+  const leader = await cluster.waitForLeader(30_000);
+  const after = await cluster.status(leader);
+  assert.ok(after !== null);
+  assert.ok(
+    after.last_index >= before.commit_index,
+    `the log shrank: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`,
+  );
+  assert.ok(after.term > before.term, `no new term after the restart: ${after.term}`);
+
+  const wrong: string[] = [];
+  for (const [i, key] of keys.entries()) {
+    const node = cluster.ids[i % cluster.ids.length] ?? leader;
+    const value = await _read(cluster, node, key);
+    if (value !== expected.get(key)) wrong.push(`${key}: ${value} (expected ${expected.get(key)})`);
+  }
+  assert.deepEqual(wrong, [], `wrong values after restarting every node (seed ${seed})`);
+});
+
+Deno.test("a graceful SIGTERM exits 0 and the cluster keeps serving", async () => {
+  const seed = _seed();
+  const rng = new Rng(seed);
+  await using cluster = await startCluster({ size: 3 });
+  using http = createFreshConnectionClient();
+  const leader = await cluster.waitForLeader(20_000);
+  const outcomes = new Map<string, WriteOutcome>();
+  const answers = new Map<string, string>();
+  let acked = 0;
+  let stopping: Promise<number> | null = null;
+
+  // Writes keep flowing while the leader is stopped, so it stops with requests in flight.
+  const keys = Array.from({ length: 150 }, (_, i) => `term-${i}`);
+  await _pool(keys, 8, async (key) => {
+    const live = cluster.liveIds().filter((id) => stopping === null || id !== leader);
+    const node = rng.pick(live);
+    const result = await attempt(
+      `${cluster.api(node)}/v1/data`,
+      "POST",
+      { k: key, v: `value-of-${key}` },
+      8000,
+      http,
+    );
+    const outcome = _outcome(result);
+    outcomes.set(key, outcome);
+    answers.set(key, `${node}: ${_describe(result)}`);
+    if (outcome === "acked" && ++acked === 40) stopping = cluster.stop(leader);
+  });
+  assert.ok(stopping !== null, "the leader was never stopped");
+  assert.equal(await stopping, 0, `exit code of ${leader} after SIGTERM`);
+  const exit = cluster.exitStatus(leader);
+  assert.deepEqual([exit?.code, exit?.signal], [0, null], JSON.stringify(exit));
+  assert.ok(
+    cluster.logs(leader).some((line) => line.includes("stopped")),
+    cluster.formatLogs([leader], 30),
+  );
+
+  const next = await cluster.waitForLeader(20_000);
+  assert.notEqual(next, leader);
+  await _putUntilAcked(cluster, http, rng, "after-stop", "still-serving");
+  assert.equal(await _read(cluster, rng.pick(cluster.liveIds()), "after-stop"), "still-serving");
+
+  const lost: string[] = [];
+  const ghosts: string[] = [];
+  for (const [i, key] of keys.entries()) {
+    const live = cluster.liveIds();
+    const value = await _read(cluster, live[i % live.length] ?? next, key);
+    const outcome = outcomes.get(key);
+    if (outcome === "acked" && value !== `value-of-${key}`) lost.push(`${key} -> ${value}`);
+    if (outcome === "not-applied" && value !== null) ghosts.push(`${key}: ${answers.get(key)}`);
+  }
+  assert.deepEqual(lost, [], `acknowledged writes lost (seed ${seed})`);
+  assert.deepEqual(ghosts, [], `writes answered "not applied" were applied (seed ${seed})`);
+  console.log(
+    `SIGTERM of the leader ${leader} under load: ${
+      [...outcomes.values()].filter((o) => o === "acked").length
+    } acked, ${[...outcomes.values()].filter((o) => o === "not-applied").length} not applied, ${
+      [...outcomes.values()].filter((o) => o === "unknown").length
+    } unknown; new leader ${next}`,
+  );
+});
+
+Deno.test("a graceful SIGTERM exits 0 even while a silent HTTP/2 client holds a connection", async () => {
+  await using cluster = await startCluster({ size: 1 });
+  await cluster.waitForLeader(20_000);
+  // A client (or a follower's forwarder) that opened HTTP/2 and then went silent, as behind a
+  // partition: the connection preface and a SETTINGS frame, then nothing, not even an ACK.
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: cluster.node("node-1").apiPort });
+  try {
+    const preface = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    await conn.write(new Uint8Array([...preface, 0, 0, 0, 4, 0, 0, 0, 0, 0]));
+    await waitFor(async () => (await cluster.request("node-1", "GET", "/health")).status === 200);
+    const started = performance.now();
+    const code = await cluster.stop("node-1", 10_000);
+    assert.equal(code, 0);
+    console.log(`exited 0 ${(performance.now() - started).toFixed(0)} ms after SIGTERM`);
+  } finally {
+    conn.close();
+  }
+});
+
+Deno.test("health, readiness and status agree on a live cluster, and readiness drops without a quorum", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader(20_000);
+
+  for (const id of cluster.ids) {
+    const health = await cluster.request(id, "GET", "/health");
+    assert.equal(health.status, 200, `${id}: ${health.text}`);
+    assert.deepEqual(health.json, { status: "ok" });
+  }
+  await waitFor(async () => {
+    const answers = await Promise.all(
+      cluster.ids.map((id) => cluster.request(id, "GET", "/ready")),
+    );
+    return answers.every((a) => a.status === 200);
+  }, { deadlineMs: 10_000, message: "every node to answer /ready with 200" });
+  for (const id of cluster.ids) {
+    assert.deepEqual((await cluster.request(id, "GET", "/ready")).json, { ready: true });
+  }
+
+  const put = await cluster.request(leader, "POST", "/v1/data", { k: "s", v: "1" });
+  assert.equal(put.status, 200, put.text);
+  const index = (put.json as { index: number }).index;
+  await _waitApplied(cluster, index);
+
+  const statuses = await Promise.all(cluster.ids.map((id) => cluster.status(id)));
+  const leaders = statuses.filter((s) => s?.role === "leader");
+  assert.equal(leaders.length, 1, JSON.stringify(statuses));
+  for (const [i, status] of statuses.entries()) {
+    const id = cluster.ids[i];
+    assert.ok(status !== null, `${id} gave no status`);
+    assert.deepEqual(
+      Object.keys(status).sort(),
+      ["applied_index", "commit_index", "id", "last_index", "leader", "role", "term"],
+    );
+    assert.equal(status.id, id);
+    assert.ok(status.role === "leader" || status.role === "follower", status.role);
+    assert.equal(status.term, leaders[0]?.term, `${id} is in another term`);
+    assert.deepEqual(status.leader, { id: leader, api_url: cluster.api(leader) });
+    for (const field of ["commit_index", "applied_index", "last_index"] as const) {
+      assert.ok(Number.isSafeInteger(status[field]) && status[field] >= 0, `${id} ${field}`);
+    }
+    assert.ok(status.applied_index <= status.commit_index, JSON.stringify(status));
+    assert.ok(status.commit_index <= status.last_index, JSON.stringify(status));
+    assert.ok(status.applied_index >= index, JSON.stringify(status));
+  }
+
+  // Without a quorum the leader steps down (CheckQuorum) and no node can be ready.
+  const followers = cluster.ids.filter((id) => id !== leader);
+  await Promise.all(followers.map((id) => cluster.kill(id, "SIGKILL")));
+  await waitFor(async () => (await cluster.request(leader, "GET", "/ready")).status === 503, {
+    deadlineMs: 10_000,
+    message: `${leader} to answer /ready with 503 once alone`,
+  });
+  const notReady = await cluster.request(leader, "GET", "/ready");
+  assert.equal((notReady.json as { ready: unknown }).ready, false);
+  assert.equal(typeof (notReady.json as { error: unknown }).error, "string");
+  assert.ok(notReady.headers.has("retry-after"), "503 without Retry-After");
+  const alone = await cluster.status(leader);
+  assert.ok(alone !== null && alone.role !== "leader", JSON.stringify(alone));
+  assert.equal((await cluster.request(leader, "GET", "/health")).status, 200);
+  const write = await cluster.request(leader, "POST", "/v1/data", { k: "s", v: "2" }, {
+    timeoutMs: 10_000,
+  });
+  assert.ok(write.status === 503 || write.status === 504, `${write.status} ${write.text}`);
+  assert.equal(typeof (write.json as { error: unknown }).error, "string");
+});
