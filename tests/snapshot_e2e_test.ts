@@ -76,11 +76,14 @@ Deno.test({
     await Deno.remove(cluster.node(follower).dataDir, { recursive: true });
     const restarted = performance.now();
     await cluster.start(follower);
-    const status = await cluster.status(leader);
-    assert.ok(status);
+    let target = 0;
+    await waitFor(async () => {
+      target = (await cluster.status(leader, 5_000))?.commit_index ?? 0;
+      return target > 0;
+    }, { deadlineMs: 15_000, message: `the leader ${leader} to report its status` });
     await waitFor(async () => {
       const s = await cluster.status(follower);
-      return s !== null && s.applied_index >= status.commit_index;
+      return s !== null && s.applied_index >= target;
     }, { deadlineMs: 30_000, message: `${follower} to catch up after its data was wiped` });
     console.log(
       `wiped follower caught up in ${((performance.now() - restarted) / 1000).toFixed(1)} s`,

@@ -93,6 +93,17 @@ export class Progress {
     this.inflights = new Inflights(maxInflight);
   }
 
+  /**
+   * The follower's log now ends at `lastIndex`, before what it had matched: it lost its data (a
+   * wiped disk). Forget the match and probe from where its log ends. At worst (a reordered,
+   * stale answer) this only delays commitment until the next probe succeeds.
+   */
+  lostLog(lastIndex: number): void {
+    this.match = lastIndex;
+    this.becomeProbe();
+    this.next = lastIndex + 1;
+  }
+
   /** Moves to probe state, resuming from just after what is matched. */
   becomeProbe(): void {
     if (this.state === "snapshot") {
@@ -168,12 +179,7 @@ export class Progress {
    */
   maybeDecrTo(rejected: number, hint: number): boolean {
     if (hint < this.match && rejected >= this.match) {
-      // The follower's log now ends before what it had matched: it lost its data (a wiped
-      // disk). Forget the match and probe from where its log ends. At worst (a reordered
-      // answer) this only delays commitment until the next probe succeeds.
-      this.match = hint;
-      this.becomeProbe();
-      this.next = hint + 1;
+      this.lostLog(hint);
       return true;
     }
     if (this.state === "replicate") {

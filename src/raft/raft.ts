@@ -631,6 +631,7 @@ export class RaftCore {
       case MessageType.HeartbeatResp:
         pr.lastActive = this.#leaderTicks;
         pr.probeSent = false;
+        if (m.index < pr.match) pr.lostLog(m.index);
         // Appends may have been lost: open the window by one so replication can resume.
         if (pr.state === "replicate" && pr.inflights.full()) pr.inflights.freeFirst();
         if (pr.match < this.log.lastIndex()) this.#sendAppend(m.from, pr);
@@ -674,7 +675,13 @@ export class RaftCore {
   #handleHeartbeat(m: Message): void {
     // The leader caps the commit it sends at our match, so this never passes what we hold.
     this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
-    this.#send(_msg({ type: MessageType.HeartbeatResp, to: m.from, context: m.context }));
+    // Our last index lets the leader notice a follower that lost its log (a wiped disk).
+    this.#send(_msg({
+      type: MessageType.HeartbeatResp,
+      to: m.from,
+      context: m.context,
+      index: this.log.lastIndex(),
+    }));
   }
 
   #handleSnapshot(m: Message): void {

@@ -515,3 +515,16 @@ Deno.test("followers just behind catch up from the entries kept after a snapshot
   assert.equal(c.sent.filter((m) => m.type === MessageType.Snap).length, 0);
   assert.deepEqual(c.appliedText(lagging), c.appliedText(leader.id));
 });
+
+Deno.test("a follower that lost its log is brought back even when no new entry is written", () => {
+  const c = new TestCluster(THREE, 18);
+  const leader = c.electLeader();
+  for (let i = 0; i < 5; i++) c.propose(leader, `w${i}`);
+  c.tick(2);
+  const wiped = THREE.find((id) => id !== leader.id)!;
+  // Replace the follower by a fresh node with nothing on disk.
+  c.nodes.set(wiped, new RaftCore({ id: wiped, voters: THREE, random: seededRandom(99) }));
+  c.applied.set(wiped, []);
+  c.tick(5);
+  assert.deepEqual(c.appliedText(wiped), ["w0", "w1", "w2", "w3", "w4"]);
+});

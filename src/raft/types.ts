@@ -98,7 +98,8 @@ export interface Message {
   logTerm: number;
   /**
    * App: the index just before `entries`. Vote/PreVote: the candidate's last index. AppResp: the
-   * last index the follower now matches (accept) or the rejected index (reject).
+   * last index the follower now matches (accept) or the rejected index (reject). HeartbeatResp:
+   * the follower's last index.
    */
   index: number;
   /** App: the entries to append after `index`. */
