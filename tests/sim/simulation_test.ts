@@ -315,11 +315,13 @@ function _failure(options: SimulationOptions, fixes: ModelFix[]): SimulationFail
 }
 
 Deno.test("regression: an install no longer prunes a newer received snapshot (the node could never restart)", () => {
-  // disk_storage.ts installReceived deletes every .recv file: here n5 receives snapshot 544 while
-  // the install of 524 is being written; that install deletes 544's file; the install of 544 then
-  // writes its reset record and fails to rename the file, and the node can never start again.
+  // disk_storage.ts installReceived used to delete every .recv file: a node received a newer
+  // snapshot while an older install was being written; that install deleted the newer file; the
+  // newer install then wrote its reset record and failed to rename the file, and the node could
+  // never start again. (Seeds change when the core changes; `deno task soak --model-fix ""
+  // --nodes 5 --snapshot-threshold 20 --catch-up-entries 5` finds new ones.)
   const options: SimulationOptions = {
-    seed: 1223,
+    seed: 395,
     nodes: 5,
     durationMs: 20_000,
     snapshotThreshold: 20,
@@ -328,28 +330,31 @@ Deno.test("regression: an install no longer prunes a newer received snapshot (th
   const exact = _failure(options, []);
   assert.ok(exact !== null, "the old behaviour no longer reproduces the bug");
   assert.equal(exact.check, "node-error");
-  assert.match(exact.message, /installing snapshot 544: its received file is gone/);
+  assert.match(exact.message, /installing snapshot 100: its received file is gone/);
   assert.equal(_failure(options, ["recv-prune"]), null, "the run fails with the fix too");
   assert.equal(_failure(options, ["recv-prune", "install-during-snapshot"]), null, "src/ as it is");
 });
 
 Deno.test("regression: installing a snapshot while writing one no longer corrupts the one being written", () => {
-  // n3 starts a snapshot at 21; snapshot 22 arrives and is installed before the file is written.
+  // A node starts a snapshot; a newer one from the leader is installed before the file is written.
   // Before the fix, kv.reset() changed the map under the view (the file labelled 21 held the
   // state at 22), and snapshotSaved then threw (compactTo 22 is past the snapshot at 21). The
   // state machine's half of the fix is in the real KvStateMachine the simulator runs, so the
   // old driver now fails on the second half: the node stops.
   const options: SimulationOptions = {
-    seed: 2968,
+    seed: 57,
     nodes: 5,
     durationMs: 20_000,
     snapshotThreshold: 20,
-    catchUpEntries: 0,
+    catchUpEntries: 5,
   };
   const exact = _failure(options, []);
   assert.ok(exact !== null, "the old behaviour no longer reproduces the bug");
   assert.ok(["snapshot", "node-error"].includes(exact.check), exact.message);
-  assert.match(exact.message, /n3/);
+  assert.match(
+    exact.message,
+    /compactTo \d+ is past the snapshot at \d+|holds \d+ pairs that differ/,
+  );
   assert.equal(_failure(options, ["install-during-snapshot"]), null);
   assert.equal(_failure(options, ["recv-prune", "install-during-snapshot"]), null, "src/ as it is");
 });
