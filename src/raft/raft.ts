@@ -22,6 +22,7 @@ import {
   EntryType,
   type HardState,
   type Message,
+  message,
   MessageType,
   type NodeId,
   NONE,
@@ -77,22 +78,6 @@ interface PendingRead {
 }
 
 const EMPTY = new Uint8Array(0);
-
-function _msg(partial: Partial<Message> & Pick<Message, "type" | "to">): Message {
-  return {
-    from: NONE,
-    term: 0,
-    logTerm: 0,
-    index: 0,
-    entries: [],
-    commit: 0,
-    reject: false,
-    rejectHint: 0,
-    context: 0,
-    snapshot: null,
-    ...partial,
-  };
-}
 
 /**
  * A Raft node's consensus state machine.
@@ -287,10 +272,10 @@ export class RaftCore {
         (m.type === MessageType.App || m.type === MessageType.Heartbeat)
       ) {
         // A stale leader: tell it our term so it steps down.
-        this.#send(_msg({ type: MessageType.AppResp, to: m.from }));
+        this.#send(message({ type: MessageType.AppResp, to: m.from }));
       } else if (m.type === MessageType.PreVote) {
         this.#send(
-          _msg({ type: MessageType.PreVoteResp, to: m.from, term: this.term, reject: true }),
+          message({ type: MessageType.PreVoteResp, to: m.from, term: this.term, reject: true }),
         );
       }
       return;
@@ -490,7 +475,7 @@ export class RaftCore {
     }
     for (const v of this.#voters) {
       if (v === this.id) continue;
-      this.#send(_msg({
+      this.#send(message({
         type,
         to: v,
         term,
@@ -561,13 +546,13 @@ export class RaftCore {
     const respType = pre ? MessageType.PreVoteResp : MessageType.VoteResp;
     if (canVote && this.log.isUpToDate(m.index, m.logTerm)) {
       // A granted pre-vote answers in the term asked about; a vote in our (equal) term.
-      this.#send(_msg({ type: respType, to: m.from, term: m.term }));
+      this.#send(message({ type: respType, to: m.from, term: m.term }));
       if (!pre) {
         this.#electionElapsed = 0;
         this.vote = m.from;
       }
     } else {
-      this.#send(_msg({ type: respType, to: m.from, term: this.term, reject: true }));
+      this.#send(message({ type: respType, to: m.from, term: this.term, reject: true }));
     }
   }
 
@@ -647,14 +632,14 @@ export class RaftCore {
 
   #handleAppend(m: Message): void {
     if (m.index < this.log.committed) {
-      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: this.log.committed }));
+      this.#send(message({ type: MessageType.AppResp, to: m.from, index: this.log.committed }));
       return;
     }
     if (this.log.matchTerm(m.index, m.logTerm)) {
       const lastNew = this.log.maybeAppend(m.index, m.entries);
       // Never commit past what this message proved we match.
       this.log.commitTo(Math.min(m.commit, lastNew));
-      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: lastNew }));
+      this.#send(message({ type: MessageType.AppResp, to: m.from, index: lastNew }));
       return;
     }
     // Log-matching check failed: tell the leader where to probe next, skipping a whole term.
@@ -662,7 +647,7 @@ export class RaftCore {
       Math.min(m.index, this.log.lastIndex()),
       m.logTerm,
     );
-    this.#send(_msg({
+    this.#send(message({
       type: MessageType.AppResp,
       to: m.from,
       index: m.index,
@@ -676,7 +661,7 @@ export class RaftCore {
     // The leader caps the commit it sends at our match, so this never passes what we hold.
     this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
     // Our last index lets the leader notice a follower that lost its log (a wiped disk).
-    this.#send(_msg({
+    this.#send(message({
       type: MessageType.HeartbeatResp,
       to: m.from,
       context: m.context,
@@ -688,19 +673,19 @@ export class RaftCore {
     const snap = m.snapshot;
     if (!snap) return;
     if (snap.index <= this.log.committed) {
-      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: this.log.committed }));
+      this.#send(message({ type: MessageType.AppResp, to: m.from, index: this.log.committed }));
       return;
     }
     if (this.log.matchTerm(snap.index, snap.term)) {
       // We already hold everything the snapshot covers: just learn the commit.
       this.log.commitTo(snap.index);
-      this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: this.log.lastIndex() }));
+      this.#send(message({ type: MessageType.AppResp, to: m.from, index: this.log.lastIndex() }));
       return;
     }
     this.log.restore(snap);
     this.#latestSnapshot = snap;
     this.#pendingSnapshot = snap;
-    this.#send(_msg({ type: MessageType.AppResp, to: m.from, index: snap.index }));
+    this.#send(message({ type: MessageType.AppResp, to: m.from, index: snap.index }));
   }
 
   #handleAppendResponse(m: Message, pr: Progress): void {
@@ -796,13 +781,13 @@ export class RaftCore {
         );
       }
       pr.becomeSnapshot(snap.index);
-      this.#send(_msg({ type: MessageType.Snap, to, snapshot: snap }));
+      this.#send(message({ type: MessageType.Snap, to, snapshot: snap }));
       return true;
     }
     const last = this.log.lastIndex();
     const entries = pr.next <= last ? this.log.slice(pr.next, last + 1, this.#maxMsgBytes) : [];
     if (onlyNew && entries.length === 0) return false;
-    this.#send(_msg({
+    this.#send(message({
       type: MessageType.App,
       to,
       index: prevIndex,
@@ -825,7 +810,7 @@ export class RaftCore {
     }
     for (const [id, pr] of this.progress) {
       if (id === this.id) continue;
-      this.#send(_msg({
+      this.#send(message({
         type: MessageType.Heartbeat,
         to: id,
         commit: Math.min(pr.match, this.log.committed),

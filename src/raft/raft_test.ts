@@ -3,7 +3,7 @@ import { entriesWithTerms, TestCluster } from "./_test_cluster.ts";
 import { NotLeaderError, RaftInvariantError } from "./errors.ts";
 import { RaftCore } from "./raft.ts";
 import { seededRandom } from "./rand.ts";
-import { type Message, MessageType } from "./types.ts";
+import { type Message, message, MessageType } from "./types.ts";
 
 const THREE = ["n1", "n2", "n3"];
 const FIVE = ["n1", "n2", "n3", "n4", "n5"];
@@ -77,20 +77,8 @@ Deno.test("a vote is only sent after the hard state recording it", () => {
 
 Deno.test("a node does not vote twice in one term", () => {
   const core = new RaftCore({ id: "n3", voters: THREE, random: seededRandom(1) });
-  const vote = (from: string): Message => ({
-    type: MessageType.Vote,
-    from,
-    to: "n3",
-    term: 5,
-    logTerm: 0,
-    index: 0,
-    entries: [],
-    commit: 0,
-    reject: false,
-    rejectHint: 0,
-    context: 0,
-    snapshot: null,
-  });
+  const vote = (from: string): Message =>
+    message({ type: MessageType.Vote, from, to: "n3", term: 5 });
   core.step(vote("n1"));
   core.step(vote("n2"));
   const rd = core.ready();
@@ -275,7 +263,7 @@ Deno.test("a follower rejects an append whose previous entry does not match", ()
     hardState: { term: 3, vote: "", commit: 0 },
     entries: entriesWithTerms([1, 1, 2]),
   });
-  f.step({
+  f.step(message({
     type: MessageType.App,
     from: "n1",
     to: "n2",
@@ -284,11 +272,7 @@ Deno.test("a follower rejects an append whose previous entry does not match", ()
     index: 3,
     entries: entriesWithTerms([1, 1, 3, 3]).slice(3),
     commit: 4,
-    reject: false,
-    rejectHint: 0,
-    context: 0,
-    snapshot: null,
-  });
+  }));
   const rd = f.ready();
   const resp = rd.persistedMessages[0]!;
   assert.equal(resp.type, MessageType.AppResp);
@@ -303,20 +287,14 @@ Deno.test("a follower rejects an append whose previous entry does not match", ()
 
 Deno.test("a follower never commits past what the append proved it matches", () => {
   const f = new RaftCore({ id: "n2", voters: THREE, random: seededRandom(1) });
-  f.step({
+  f.step(message({
     type: MessageType.App,
     from: "n1",
     to: "n2",
     term: 1,
-    logTerm: 0,
-    index: 0,
     entries: entriesWithTerms([1, 1]),
     commit: 50,
-    reject: false,
-    rejectHint: 0,
-    context: 0,
-    snapshot: null,
-  });
+  }));
   assert.equal(f.log.committed, 2);
 });
 
@@ -435,20 +413,13 @@ Deno.test("a restarted node refuses votes for one election timeout (it may have 
     random: seededRandom(1),
     hardState: { term: 3, vote: "n1", commit: 0 },
   });
-  const ask = (): Message => ({
-    type: MessageType.PreVote,
-    from: "n3",
-    to: "n2",
-    term: 4,
-    logTerm: 0,
-    index: 0,
-    entries: [],
-    commit: 0,
-    reject: false,
-    rejectHint: 0,
-    context: 0,
-    snapshot: null,
-  });
+  const ask = (): Message =>
+    message({
+      type: MessageType.PreVote,
+      from: "n3",
+      to: "n2",
+      term: 4,
+    });
   voter.step(ask());
   assert.equal(voter.ready().persistedMessages.length, 0, "answered inside the startup lease");
   for (let i = 0; i < 10; i++) voter.tick();

@@ -168,3 +168,23 @@ export interface Ready {
   /** Reads that became safe to serve once their index is applied. */
   readStates: ReadState[];
 }
+
+/**
+ * Builds a message of `type` to `to`: every field not given is zero, empty or null (the flat
+ * message shape has fields most types leave unused).
+ */
+export function message(fields: Partial<Message> & Pick<Message, "type" | "to">): Message {
+  return {
+    from: NONE,
+    term: 0,
+    logTerm: 0,
+    index: 0,
+    entries: [],
+    commit: 0,
+    reject: false,
+    rejectHint: 0,
+    context: 0,
+    snapshot: null,
+    ...fields,
+  };
+}
