@@ -6,9 +6,7 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-// Only tests need a YAML parser; deno.json's "imports" belongs to the lead (see the report).
-// deno-lint-ignore no-import-prefix
-import { parseAllDocuments } from "npm:yaml@2";
+import { parseAllDocuments } from "yaml";
 import denoJson from "../deno.json" with { type: "json" };
 import { parseClusterFile, urlPort } from "../src/cli/cluster_file.ts";
 import { parseArgs } from "../src/cli/config.ts";

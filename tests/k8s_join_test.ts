@@ -15,8 +15,7 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-// deno-lint-ignore no-import-prefix
-import { parseAllDocuments } from "npm:yaml@2";
+import { parseAllDocuments } from "yaml";
 import { applyHostsOverride, HOSTS_OVERRIDE_ENV, parseHostsOverride } from "../main.ts";
 import { PERMISSION_FLAGS } from "../scripts/compile.ts";
 import { derivePeersForK8s } from "../src/cli/k8s.ts";
