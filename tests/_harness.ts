@@ -25,6 +25,7 @@
 
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
+import { readLines } from "../scripts/cluster.ts";
 
 /** One entry of a cluster file, spelled as in the file. */
 export interface ClusterFileEntry {
@@ -806,7 +807,7 @@ export class ProcessCluster implements AsyncDisposable {
 
   async #pump(node: _Node, stream: ReadableStream<Uint8Array>): Promise<void> {
     try {
-      for await (const line of _readLines(stream)) this.#log(node, line);
+      for await (const line of readLines(stream)) this.#log(node, line);
     } catch (error) {
       this.#log(node, `## harness: reading output failed: ${(error as Error).message}`);
     }
@@ -943,20 +944,6 @@ function _describeExit(status: Deno.CommandStatus): string {
   return status.signal !== null
     ? `was killed by signal ${status.signal}`
     : `exited with code ${status.code}`;
-}
-
-async function* _readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  let pending = "";
-  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-    pending += chunk;
-    let newline = pending.indexOf("\n");
-    while (newline !== -1) {
-      yield pending.slice(0, newline).replace(/\r$/, "");
-      pending = pending.slice(newline + 1);
-      newline = pending.indexOf("\n");
-    }
-  }
-  if (pending !== "") yield pending.replace(/\r$/, "");
 }
 
 function _sleep(ms: number): Promise<void> {

@@ -143,9 +143,9 @@ export type Role = "follower" | "pre-candidate" | "candidate" | "leader";
  * 3. only then send {@linkcode Ready.persistedMessages} and report the write with
  *    {@linkcode RaftCore.persisted};
  * 4. apply {@linkcode Ready.committedEntries} in order (they are always already durable locally);
- * 5. call {@linkcode RaftCore.advance} with this Ready before asking for the next one... except that
- *    a driver that overlaps syncs may ask for the next Ready while this one's write is in flight,
- *    as long as it writes Readies in the order it received them.
+ * 5. write Readies in the order it took them. Taking a Ready marks its contents handed out, so a
+ *    driver may take the next one while this one's write is in flight (that is how proposals
+ *    arriving during a sync join the next write).
  */
 export interface Ready {
   /** Changed leader or role since the last Ready, or null. */

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { EntryType, type Message, MessageType } from "../raft/types.ts";
+import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
 import { CODEC_MAGIC, decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
 import { sampleMessage } from "./transport_conformance.ts";
 
@@ -30,20 +30,7 @@ Deno.test("encodeMessages and decodeMessages round-trip every message type", () 
 Deno.test("encodeMessages and decodeMessages round-trip edge values", () => {
   const msgs: Message[] = [
     // Everything zero or empty.
-    {
-      type: MessageType.Heartbeat,
-      from: "",
-      to: "",
-      term: 0,
-      logTerm: 0,
-      index: 0,
-      entries: [],
-      commit: 0,
-      reject: false,
-      rejectHint: 0,
-      context: 0,
-      snapshot: null,
-    },
+    message({ type: MessageType.Heartbeat, to: "" }),
     // The largest numbers, non-ASCII ids, a snapshot without voters.
     {
       type: MessageType.Snap,
