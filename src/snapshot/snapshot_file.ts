@@ -9,7 +9,7 @@
  * header     hdrLen   UTF-8 JSON {"index","term","voters","count"}
  * count x:   u32 keyLen, key (UTF-8), u32 valueLen, value (UTF-8)
  * trailer    8 bytes  "RKVSEND1"
- * crc        u32      CRC-32C of every byte before the trailer
+ * crc        u32      CRC-32C of every byte before it (the trailer included)
  * ```
  *
  * Files are named `snap-<index>-<term>.snap` (16-digit zero-padded decimals, so names sort by
