@@ -13,6 +13,7 @@
 
 import { join } from "node:path";
 import { RaftCore } from "../raft/raft.ts";
+import { CorruptFileError } from "../storage/errors.ts";
 import { NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
 import {
@@ -732,7 +733,13 @@ export class RaftNode implements KvBackend {
     let loaded;
     try {
       await writeSnapshotFile(this.#storage.snapshotDir, body, name);
-      loaded = await readSnapshotFile(path);
+      try {
+        loaded = await readSnapshotFile(path);
+      } catch (e) {
+        // The peer sent bytes that are not a snapshot: its fault, not this node's.
+        if (!(e instanceof CorruptFileError)) throw e;
+        throw new PeerRefusedError(`received snapshot is not valid: ${e.message}`);
+      }
       if (loaded.header.index !== meta.index || loaded.header.term !== meta.term) {
         throw new PeerRefusedError(
           `received snapshot holds (${loaded.header.index}, ${loaded.header.term}), expected (${meta.index}, ${meta.term})`,
@@ -756,7 +763,12 @@ export class RaftNode implements KvBackend {
       const reason = this.#core.step(m);
       if (reason !== null) refused.push(reason);
     });
-    if (refused.length > 0) throw new PeerRefusedError(refused.join("; "));
+    if (refused.length > 0) {
+      // Refused after all (the state changed during the upload): nothing will install it.
+      if (this.#received.get(meta.index)?.path === path) this.#received.delete(meta.index);
+      if (!this.#receivedNeeded().has(path)) await Deno.remove(path).catch(() => {});
+      throw new PeerRefusedError(refused.join("; "));
+    }
   }
 
   /** The received snapshot files still needed: being written, received, or being installed. */

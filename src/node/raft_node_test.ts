@@ -293,6 +293,13 @@ Deno.test("a snapshot upload that fails or is refused leaves no received file; a
         e instanceof PeerRefusedError && /holds \(49, 1\), expected \(50, 1\)/.test(e.message),
     );
     assert.deepEqual(await files(), []);
+    // Not a snapshot at all.
+    await assert.rejects(
+      handlers.onSnapshot(msg, new Blob([new Uint8Array(5000)]).stream()),
+      (e: unknown) =>
+        e instanceof PeerRefusedError && /received snapshot is not valid/.test(e.message),
+    );
+    assert.deepEqual(await files(), []);
     // From a node that is not a voter: refused before anything is written.
     await assert.rejects(
       handlers.onSnapshot({ ...msg, from: "evil" }, await bytes(50)),
