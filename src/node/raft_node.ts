@@ -13,7 +13,6 @@
 
 import { join } from "node:path";
 import { RaftCore } from "../raft/raft.ts";
-import { CorruptFileError } from "../storage/errors.ts";
 import { NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
 import {
@@ -58,6 +57,7 @@ import {
   snapshotName,
   writeSnapshotFile,
 } from "../snapshot/snapshot_file.ts";
+import { CorruptFileError } from "../storage/errors.ts";
 
 /** The durable state a node recovered, and the operations the driver needs to keep it durable. */
 export interface NodeStorage {
