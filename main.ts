@@ -18,8 +18,10 @@ import {
 import { healthcheck } from "./src/cli/healthcheck.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
 import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
+import { decodeCommand } from "./src/kv/state_machine.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
+import { PeerValidator } from "./src/raft/validate.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 
@@ -101,7 +103,20 @@ export async function main(args: string[]): Promise<number> {
       hostname: config.listenHost,
       onListen: (a) => log.info(`peer RPC listening on ${a.hostname}:${a.port}`),
     },
-    createPeerHandler(handlers!, { self: config.id, logger: log }),
+    createPeerHandler(handlers!, {
+      self: config.id,
+      // Every peer message is checked before it reaches the node: members only, sane fields,
+      // commands that decode.
+      validator: new PeerValidator({
+        self: config.id,
+        members: config.peers.map((p) => p.id),
+        checkEntryData: decodeCommand,
+      }),
+      // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
+      // of a single command as large as the key and value limits allow.
+      maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
+      logger: rateLimited(log, 5_000),
+    }),
   );
   const api = createApiHandler(node, {
     selfId: config.id,

@@ -50,6 +50,9 @@ export function rateLimited(
       const key = message.slice(0, 48);
       const now = performance.now();
       if (now - (last.get(key) ?? -Infinity) < intervalMs) return;
+      // Messages quoting many different values (peer ids sent by a stranger) must not grow the
+      // map without bound: forgetting every key only lets one more line of each through.
+      if (last.size >= 1024) last.clear();
       last.set(key, now);
       log.warn(message);
     },

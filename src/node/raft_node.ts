@@ -11,6 +11,7 @@
  * @module
  */
 
+import { join } from "node:path";
 import { RaftCore } from "../raft/raft.ts";
 import { NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
@@ -18,6 +19,7 @@ import {
   type Entry,
   EntryType,
   type HardState,
+  MAX_TERM,
   type Message,
   MessageType,
   type NodeId,
@@ -42,14 +44,20 @@ import {
   StoppingError,
   type WriteResult,
 } from "./backend.ts";
-import type { Transport, TransportHandlers } from "../transport/transport.ts";
+import {
+  PeerRefusedError,
+  type Transport,
+  type TransportHandlers,
+} from "../transport/transport.ts";
 import {
   encodeSnapshot,
   openSnapshotStream,
   readSnapshotFile,
+  removeStaleReceived,
   snapshotName,
   writeSnapshotFile,
 } from "../snapshot/snapshot_file.ts";
+import { CorruptFileError } from "../storage/errors.ts";
 
 /** The durable state a node recovered, and the operations the driver needs to keep it durable. */
 export interface NodeStorage {
@@ -106,6 +114,12 @@ export interface RaftNodeOptions {
   snapshotThreshold?: number;
   /** Entries kept in the log before a snapshot, for followers just behind. Default: min(5000, threshold). */
   snapshotCatchUpEntries?: number;
+  /**
+   * How often received snapshot files (`.recv`) that nothing needs any more (superseded, refused,
+   * or left by an upload that failed without cleaning up) are removed, and how long such a file
+   * must have been untouched. Start-up removes every one left over. Default 60000.
+   */
+  receivedSweepMs?: number;
   /** Called when the node cannot continue safely (a failed disk write, a broken invariant). */
   onFatal?: (error: unknown) => void;
   /** Where log lines go. Default: console. */
@@ -159,6 +173,15 @@ export class RaftNode implements KvBackend {
   readonly #log: Pick<Console, "info" | "warn" | "error" | "debug">;
 
   #timer: ReturnType<typeof setInterval> | undefined;
+  #sweepTimer: ReturnType<typeof setInterval> | undefined;
+  readonly #receivedSweepMs: number;
+  /** Received snapshot files being written by uploads in progress. */
+  readonly #uploads = new Set<string>();
+  /** Received snapshot files handed to the write loop for installing. */
+  readonly #installing = new Set<string>();
+  #sweeping = false;
+  /** When the last "elections refused at MAX_TERM" warning was logged, and the count then. */
+  #termWarning = { at: -Infinity, refused: 0 };
   /** When ticking started, and how many ticks were given since: ticks follow the clock. */
   #tickOrigin = 0;
   #ticked = 0;
@@ -199,6 +222,7 @@ export class RaftNode implements KvBackend {
       throw e;
     });
     this.#snapshotThreshold = options.snapshotThreshold ?? 10_000;
+    this.#receivedSweepMs = options.receivedSweepMs ?? 60_000;
     this.#catchUpEntries = options.snapshotCatchUpEntries ??
       Math.min(5000, this.#snapshotThreshold);
     const snapshot = this.#storage.snapshot;
@@ -227,6 +251,7 @@ export class RaftNode implements KvBackend {
   start(): void {
     this.#tickOrigin = performance.now();
     this.#timer = setInterval(() => this.#catchUpTicks(), this.#heartbeatMs);
+    this.#sweepTimer = setInterval(() => this.#sweepReceived(), this.#receivedSweepMs);
     if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
     this.#schedule();
   }
@@ -236,6 +261,7 @@ export class RaftNode implements KvBackend {
     if (this.#stopping) return;
     this.#stopping = true;
     clearInterval(this.#timer);
+    clearInterval(this.#sweepTimer);
     this.#failUnconfirmedReads(new StoppingError());
     for (const round of this.#readsAwaitingApply) {
       for (const r of round.reads) r.reject(new StoppingError());
@@ -407,13 +433,43 @@ export class RaftNode implements KvBackend {
     this.#guard(() => {
       for (let i = 0; i < n; i++) this.#core.tick();
     });
+    this.#warnIfTermExhausted();
   }
 
+  /** Logs (at most once a minute) that elections are refused because the term hit MAX_TERM. */
+  #warnIfTermExhausted(): void {
+    const refused = this.#core.electionsRefused;
+    const now = performance.now();
+    if (refused === this.#termWarning.refused || now - this.#termWarning.at < 60_000) return;
+    this.#termWarning = { at: now, refused };
+    this.#log.warn(
+      `term ${this.#core.term} reached the limit ${MAX_TERM}: this node no longer campaigns ` +
+        `(${refused} elections refused); its data must be moved to a fresh node`,
+    );
+  }
+
+  /**
+   * Steps a batch from a peer (already validated by the transport). A message the core refuses
+   * (one no correct peer sends) changes nothing; the batch's other messages are still taken,
+   * then the refusal is reported to the transport with {@linkcode PeerRefusedError}. `Snap`
+   * messages only come with their snapshot, through {@linkcode RaftNode.#receiveSnapshot}.
+   */
   #onMessages(msgs: Message[]): void {
     if (this.#stopping) return;
+    const refused: string[] = [];
     this.#guard(() => {
-      for (const m of msgs) this.#core.step(m);
+      for (const m of msgs) {
+        const reason = m.type === MessageType.Snap
+          ? `Snap from "${m.from}" without its snapshot`
+          : this.#core.step(m);
+        if (reason !== null) refused.push(reason);
+      }
     });
+    if (refused.length > 0) {
+      throw new PeerRefusedError(
+        `${refused.length} of ${msgs.length} messages refused: ${refused.join("; ")}`,
+      );
+    }
   }
 
   /** Runs `fn` on the core; a throw there is fatal (the core's state can no longer be trusted). */
@@ -658,27 +714,95 @@ export class RaftNode implements KvBackend {
 
   /**
    * Stores a snapshot streamed by the leader (as a received file: it replaces nothing yet),
-   * verifies it, and hands the message to the core, which decides whether to install it.
+   * verifies it, and hands the message to the core, which decides whether to install it. A
+   * message the core would refuse is refused before anything is written; a failed or refused
+   * upload leaves no file behind.
    */
   async #receiveSnapshot(m: Message, body: ReadableStream<Uint8Array>): Promise<void> {
     const meta = m.snapshot;
     if (this.#stopping) throw new StoppingError();
-    if (!meta) throw new TypeError("snapshot message without snapshot metadata");
-    const path = await writeSnapshotFile(
-      this.#storage.snapshotDir,
-      body,
-      `${snapshotName(meta.index, meta.term)}.recv`,
-    );
-    const loaded = await readSnapshotFile(path);
-    if (loaded.header.index !== meta.index || loaded.header.term !== meta.term) {
-      throw new RangeError(
-        `received snapshot holds (${loaded.header.index}, ${loaded.header.term}), expected (${meta.index}, ${meta.term})`,
-      );
+    if (!meta) throw new PeerRefusedError(`Snap from "${m.from}" without snapshot metadata`);
+    const early = this.#core.refusal(m);
+    if (early !== null) throw new PeerRefusedError(early);
+    const name = `${snapshotName(meta.index, meta.term)}.recv`;
+    const path = join(this.#storage.snapshotDir, name);
+    if (this.#uploads.has(path)) {
+      throw new PeerRefusedError(`snapshot ${name} is already being received`);
+    }
+    this.#uploads.add(path);
+    let loaded;
+    try {
+      await writeSnapshotFile(this.#storage.snapshotDir, body, name);
+      try {
+        loaded = await readSnapshotFile(path);
+      } catch (e) {
+        // The peer sent bytes that are not a snapshot: its fault, not this node's.
+        if (!(e instanceof CorruptFileError)) throw e;
+        throw new PeerRefusedError(`received snapshot is not valid: ${e.message}`);
+      }
+      if (loaded.header.index !== meta.index || loaded.header.term !== meta.term) {
+        throw new PeerRefusedError(
+          `received snapshot holds (${loaded.header.index}, ${loaded.header.term}), expected (${meta.index}, ${meta.term})`,
+        );
+      }
+    } catch (e) {
+      // writeSnapshotFile removed its temp file; remove the received file too, unless an earlier
+      // upload of the same snapshot left it and it is still needed.
+      this.#uploads.delete(path);
+      if (!this.#receivedNeeded().has(path)) await Deno.remove(path).catch(() => {});
+      throw e;
+    } finally {
+      this.#uploads.delete(path);
     }
     // Only the newest received snapshot can still be installed.
     this.#received.clear();
     this.#received.set(meta.index, { path, pairs: loaded.pairs });
-    this.#onMessages([m]);
+    if (this.#stopping) return;
+    const refused: string[] = [];
+    this.#guard(() => {
+      const reason = this.#core.step(m);
+      if (reason !== null) refused.push(reason);
+    });
+    if (refused.length > 0) {
+      // Refused after all (the state changed during the upload): nothing will install it.
+      if (this.#received.get(meta.index)?.path === path) this.#received.delete(meta.index);
+      if (!this.#receivedNeeded().has(path)) await Deno.remove(path).catch(() => {});
+      throw new PeerRefusedError(refused.join("; "));
+    }
+  }
+
+  /** The received snapshot files still needed: being written, received, or being installed. */
+  #receivedNeeded(): Set<string> {
+    const keep = new Set([...this.#uploads, ...this.#installing]);
+    for (const r of this.#received.values()) keep.add(r.path);
+    return keep;
+  }
+
+  /**
+   * Removes received snapshot files nothing needs: not being written, not waiting to be
+   * installed, and untouched for a sweep interval (superseded or refused ones, leftovers of
+   * failed uploads).
+   */
+  async #sweepReceived(): Promise<void> {
+    if (this.#sweeping || this.#stopping) return;
+    this.#sweeping = true;
+    try {
+      for (const path of this.#installing) {
+        // Installed (renamed into place): no longer a received file.
+        if (!(await _exists(path))) this.#installing.delete(path);
+      }
+      const removed = await removeStaleReceived(this.#storage.snapshotDir, {
+        keep: this.#receivedNeeded(),
+        olderThanMs: this.#receivedSweepMs,
+      });
+      for (const path of removed) this.#log.info(`removed stale received snapshot ${path}`);
+    } catch (e) {
+      this.#log.warn(
+        `removing stale received snapshots failed: ${e instanceof Error ? e.message : e}`,
+      );
+    } finally {
+      this.#sweeping = false;
+    }
   }
 
   /** Replaces the state with a received snapshot the core decided to install. */
@@ -686,6 +810,7 @@ export class RaftNode implements KvBackend {
     const received = this.#received.get(meta.index);
     if (!received) throw new Error(`no received snapshot at index ${meta.index} to install`);
     this.#received.clear();
+    this.#installing.add(received.path);
     this.#kv.reset(received.pairs, meta.index);
     for (const [index, w] of this.#waiters) {
       if (index <= meta.index) {
@@ -746,5 +871,15 @@ export class RaftNode implements KvBackend {
     this.#readQueue = [];
     for (const round of this.#readRounds.values()) for (const r of round.reads) r.reject(e);
     this.#readRounds.clear();
+  }
+}
+
+/** Whether a file exists (a failure other than "not found" counts as existing: keep it). */
+async function _exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    return !(e instanceof Deno.errors.NotFound);
   }
 }

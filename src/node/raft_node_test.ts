@@ -2,9 +2,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { NotLeaderError } from "../raft/errors.ts";
 import { MemoryNetwork } from "../transport/memory_transport.ts";
+import { PeerRefusedError, type TransportHandlers } from "../transport/transport.ts";
+import { message, MessageType } from "../raft/types.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { RaftNode, type RaftNodeOptions } from "./raft_node.ts";
-import { listSnapshots } from "../snapshot/snapshot_file.ts";
+import { encodeSnapshot, listSnapshots } from "../snapshot/snapshot_file.ts";
 
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -248,6 +250,82 @@ Deno.test("a backup streamed from a node starts a new cluster with the same data
   } finally {
     await a?.stop();
     await b?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a snapshot upload that fails or is refused leaves no received file; a Snap without one is refused", async () => {
+  const root = await Deno.makeTempDir();
+  const net = new MemoryNetwork();
+  let handlers!: TransportHandlers;
+  const node = await startNode(root, net, "b", 1, {
+    transport: (h) => {
+      handlers = h;
+      return net.connect("b", h);
+    },
+  });
+  const snapDir = join(root, "b", "snapshots");
+  const files = async () => (await Array.fromAsync(Deno.readDir(snapDir))).map((e) => e.name);
+  const snap = (fields: Parameters<typeof message>[0]) => message(fields);
+  const meta = { index: 50, term: 1, voters: IDS };
+  const msg = snap({ type: MessageType.Snap, from: "a", to: "b", term: 1, snapshot: meta });
+  const bytes = async (index: number) => {
+    const chunks = await Array.fromAsync(
+      encodeSnapshot({ ...meta, index, count: 1 }, [["k", "v"]]),
+    );
+    return new Blob(chunks as BlobPart[]).stream();
+  };
+  try {
+    node.start();
+    // Cut short: the stream fails midway.
+    const broken = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(new Uint8Array(1000));
+        c.error(new Error("connection reset"));
+      },
+    });
+    await assert.rejects(handlers.onSnapshot(msg, broken), /connection reset/);
+    assert.deepEqual(await files(), []);
+    // Complete but not the snapshot the message announced.
+    await assert.rejects(
+      handlers.onSnapshot(msg, await bytes(49)),
+      (e: unknown) =>
+        e instanceof PeerRefusedError && /holds \(49, 1\), expected \(50, 1\)/.test(e.message),
+    );
+    assert.deepEqual(await files(), []);
+    // Not a snapshot at all.
+    await assert.rejects(
+      handlers.onSnapshot(msg, new Blob([new Uint8Array(5000)]).stream()),
+      (e: unknown) =>
+        e instanceof PeerRefusedError && /received snapshot is not valid/.test(e.message),
+    );
+    assert.deepEqual(await files(), []);
+    // From a node that is not a voter: refused before anything is written.
+    await assert.rejects(
+      handlers.onSnapshot({ ...msg, from: "evil" }, await bytes(50)),
+      (e: unknown) => e instanceof PeerRefusedError && /not another voter/.test(e.message),
+    );
+    assert.deepEqual(await files(), []);
+    // A Snap without its snapshot, and a message the core refuses, are refused (not fatal).
+    assert.throws(
+      () =>
+        handlers.onMessages([
+          msg,
+          snap({ type: MessageType.Heartbeat, from: "evil", to: "b", term: 1 }),
+        ]),
+      (e: unknown) =>
+        e instanceof PeerRefusedError &&
+        /2 of 2 messages refused: Snap from "a" without its snapshot; Heartbeat from "evil"/.test(
+          e.message,
+        ),
+    );
+    assert.equal(node.status().term, 0);
+    // The node is still running: it accepts a good snapshot and installs it.
+    await handlers.onSnapshot(msg, await bytes(50));
+    await waitFor(() => node.status().applied_index === 50, "the snapshot to be installed");
+    assert.equal(await node.get("k", "stale", signal()), "v");
+  } finally {
+    await node.stop();
     await Deno.remove(root, { recursive: true });
   }
 });

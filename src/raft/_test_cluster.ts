@@ -126,7 +126,11 @@ export class TestCluster {
         if (this.down.has(m.from) || this.down.has(m.to)) continue;
         const verdict = this.filter(m);
         if (verdict === false) continue;
-        this.nodes.get(m.to)?.step(verdict === true ? m : verdict);
+        const refused = this.nodes.get(m.to)?.step(verdict === true ? m : verdict) ?? null;
+        if (refused !== null && verdict === true) {
+          // Messages between correct nodes are never refused, whatever the delivery order.
+          throw new Error(`a correct message was refused: ${refused}`);
+        }
       }
     }
     throw new Error(`cluster did not stabilize in ${maxRounds} rounds`);

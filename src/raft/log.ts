@@ -124,9 +124,12 @@ export class RaftLog {
   /**
    * Appends the leader's entries after a successful log-matching check at `prevIndex`: skips those
    * already present, truncates at the first conflict and appends the rest. Returns the index of
-   * the last new entry (`prevIndex + entries.length`).
+   * the last new entry (`prevIndex + entries.length`), or null, changing nothing, when the first
+   * conflict is at or below the commit index: committed entries are never replaced, and no
+   * correct leader sends such an append (the caller refuses it). `entries` must be contiguous
+   * from `prevIndex + 1`.
    */
-  maybeAppend(prevIndex: number, entries: Entry[]): number {
+  maybeAppend(prevIndex: number, entries: Entry[]): number | null {
     const lastNew = prevIndex + entries.length;
     let i = 0;
     for (; i < entries.length; i++) {
@@ -136,15 +139,28 @@ export class RaftLog {
       if (ours !== e.term) break;
     }
     if (i < entries.length) {
-      const conflict = entries[i]!.index;
-      if (conflict <= this.committed) {
-        throw new RaftInvariantError(
-          `entry ${conflict} conflicts with the log but is at or below commit ${this.committed}`,
-        );
-      }
+      if (entries[i]!.index <= this.committed) return null;
       this.truncateAndAppend(entries.slice(i));
     }
     return lastNew;
+  }
+
+  /**
+   * The first index at or below the commit index where an append after (`prevIndex`, `prevTerm`)
+   * carrying `entries` disagrees with this log, or 0 if there is none. Committed entries are in
+   * every later leader's log, so a current leader's append never disagrees there: one that does
+   * comes from a buggy or hostile peer. Compacted entries are not checked (their terms are gone).
+   */
+  committedConflict(prevIndex: number, prevTerm: number, entries: readonly Entry[]): number {
+    if (prevIndex <= this.committed && prevIndex >= this.snapIndex) {
+      if (this.term(prevIndex) !== prevTerm) return prevIndex;
+    }
+    for (const e of entries) {
+      if (e.index > this.committed) break;
+      if (e.index <= this.snapIndex) continue;
+      if (this.term(e.index) !== e.term) return e.index;
+    }
+    return 0;
   }
 
   /** Appends entries, first cutting the log back to just before the first one's index. */

@@ -21,6 +21,7 @@ import {
   type Entry,
   EntryType,
   type HardState,
+  MAX_TERM,
   type Message,
   message,
   MessageType,
@@ -142,6 +143,7 @@ export class RaftCore {
   /** Invariant: covers every compacted entry (`index >= log.snapIndex`) once anything is compacted. */
   #latestSnapshot: SnapshotMeta | null = null;
   #broadcastPending = false;
+  #electionsRefused = 0;
   #prevSoft: SoftState;
   #prevHard: HardState;
 
@@ -196,6 +198,14 @@ export class RaftCore {
     return this.#voters;
   }
 
+  /**
+   * How many elections this node did not start because its term reached {@linkcode MAX_TERM}
+   * (it stays a follower instead): the driver logs when this grows.
+   */
+  get electionsRefused(): number {
+    return this.#electionsRefused;
+  }
+
   /** Ticks since the last election reset (for tests and status). */
   get electionElapsed(): number {
     return this.#electionElapsed;
@@ -244,8 +254,15 @@ export class RaftCore {
     this.#startRead(id);
   }
 
-  /** Processes one message from a peer. */
-  step(m: Message): void {
+  /**
+   * Processes one message from a peer. Returns null when the message was taken (which includes
+   * ignoring a stale one, as Raft does), or, changing nothing, the reason it was refused: a
+   * message no correct peer sends (see {@linkcode RaftCore.refusal}). The driver reports
+   * refusals; they never throw, since a buggy or hostile peer can send anything.
+   */
+  step(m: Message): string | null {
+    const refused = this.refusal(m);
+    if (refused !== null) return refused;
     if (m.term > this.term) {
       if (m.type === MessageType.Vote || m.type === MessageType.PreVote) {
         // After a restart this node may have answered a leader just before crashing: it
@@ -253,7 +270,7 @@ export class RaftCore {
         const inLease = this.#checkQuorum &&
           (this.leader !== NONE || this.#startupLease) &&
           this.#electionElapsed < this.#electionTicks;
-        if (inLease) return; // a live leader was heard recently: do not be disrupted
+        if (inLease) return null; // a live leader was heard recently: do not be disrupted
       }
       if (m.type === MessageType.PreVote) {
         // A pre-vote never changes our term.
@@ -278,17 +295,74 @@ export class RaftCore {
           message({ type: MessageType.PreVoteResp, to: m.from, term: this.term, reject: true }),
         );
       }
-      return;
+      return null;
     }
 
     switch (m.type) {
       case MessageType.PreVote:
       case MessageType.Vote:
         this.#handleVoteRequest(m);
-        return;
+        break;
       default:
         this.#step(m);
     }
+    return null;
+  }
+
+  /**
+   * Why {@linkcode RaftCore.step} would refuse `m`, or null if it would take it. Refused are
+   * messages that no correct peer sends, whatever the network does to them (loss, duplication,
+   * delay, reordering):
+   * - from this node itself or from a node that is not a voter;
+   * - with a term above {@linkcode MAX_TERM};
+   * - an append whose entries are not contiguous after its `index`, or that (in our term or a
+   *   later one) disagrees with an entry at or below our commit index: committed entries are in
+   *   the log of every leader of a later term;
+   * - an append, heartbeat or snapshot in our term from a node other than the leader we know in
+   *   that term (one leader per term); a TimeoutNow from anyone but that leader;
+   * - on a leader, in its term: an append response for an index beyond its last one, or a
+   *   heartbeat response for a read round it has not sent.
+   *
+   * Message fields are validated at the edge (see `validate.ts`); these checks need the core's
+   * state, and make sure such a message can never reach code that would throw on it.
+   */
+  refusal(m: Message): string | null {
+    const what = `${MessageType[m.type] ?? `message type ${m.type}`} from "${m.from}"`;
+    if (m.from === this.id || !this.#voters.includes(m.from)) {
+      return `${what}: the sender is not another voter`;
+    }
+    if (m.term > MAX_TERM) return `${what}: term ${m.term} is above ${MAX_TERM}`;
+    if (m.term < this.term) return null; // stale: answered or ignored as Raft says
+    const leaderTraffic = m.type === MessageType.App || m.type === MessageType.Heartbeat ||
+      m.type === MessageType.Snap;
+    if (m.type === MessageType.App) {
+      for (let i = 0; i < m.entries.length; i++) {
+        if (m.entries[i]!.index !== m.index + 1 + i) {
+          return `${what}: entry ${m.entries[i]!.index} is not at index ${m.index + 1 + i}`;
+        }
+      }
+      const conflict = this.log.committedConflict(m.index, m.logTerm, m.entries);
+      if (conflict > 0) {
+        return `${what} in term ${m.term}: disagrees with the entry at ${conflict}, at or below ` +
+          `the commit index ${this.log.committed}`;
+      }
+    }
+    if (m.term !== this.term) return null;
+    if (leaderTraffic && this.leader !== NONE && this.leader !== m.from) {
+      return `${what}: "${this.leader}" already leads term ${m.term}`;
+    }
+    if (m.type === MessageType.TimeoutNow && this.leader !== m.from) {
+      return `${what}: only the leader of term ${m.term} may send it`;
+    }
+    if (this.role === "leader") {
+      if (m.type === MessageType.AppResp && m.index > this.log.lastIndex()) {
+        return `${what}: index ${m.index} is beyond the last index ${this.log.lastIndex()}`;
+      }
+      if (m.type === MessageType.HeartbeatResp && m.context > this.#round) {
+        return `${what}: read round ${m.context} was never sent (last ${this.#round})`;
+      }
+    }
+    return null;
   }
 
   /** Reports that the driver made the log durable up to (`index`, `term`). */
@@ -434,6 +508,9 @@ export class RaftCore {
 
   #becomeCandidate(): void {
     if (this.role === "leader") throw new RaftInvariantError("leader cannot become candidate");
+    if (this.term >= MAX_TERM) {
+      throw new RaftInvariantError(`cannot campaign past MAX_TERM: term is ${this.term}`);
+    }
     this.#reset(this.term + 1);
     this.vote = this.id;
     this.role = "candidate";
@@ -457,6 +534,12 @@ export class RaftCore {
   }
 
   #startElection(pre: boolean): void {
+    if (this.term >= MAX_TERM) {
+      // One more term would pass the bound: stay a follower (the driver logs it).
+      this.#electionsRefused++;
+      if (this.role !== "follower") this.#becomeFollower(this.term, NONE);
+      return;
+    }
     if (pre) {
       this.#becomePreCandidate();
     } else {
@@ -637,6 +720,8 @@ export class RaftCore {
     }
     if (this.log.matchTerm(m.index, m.logTerm)) {
       const lastNew = this.log.maybeAppend(m.index, m.entries);
+      // A conflict at or below the commit index: refused by refusal() before it gets here.
+      if (lastNew === null) return;
       // Never commit past what this message proved we match.
       this.log.commitTo(Math.min(m.commit, lastNew));
       this.#send(message({ type: MessageType.AppResp, to: m.from, index: lastNew }));
@@ -677,9 +762,10 @@ export class RaftCore {
       return;
     }
     if (this.log.matchTerm(snap.index, snap.term)) {
-      // We already hold everything the snapshot covers: just learn the commit.
+      // We already hold everything the snapshot covers: just learn the commit. Entries after it
+      // may still differ from the leader's, so only the snapshot's index is known to match.
       this.log.commitTo(snap.index);
-      this.#send(message({ type: MessageType.AppResp, to: m.from, index: this.log.lastIndex() }));
+      this.#send(message({ type: MessageType.AppResp, to: m.from, index: snap.index }));
       return;
     }
     this.log.restore(snap);

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { entriesWithTerms, TestCluster } from "./_test_cluster.ts";
-import { NotLeaderError, RaftInvariantError } from "./errors.ts";
+import { NotLeaderError } from "./errors.ts";
 import { RaftCore } from "./raft.ts";
 import { seededRandom } from "./rand.ts";
-import { type Message, message, MessageType } from "./types.ts";
+import { MAX_TERM, type Message, message, MessageType } from "./types.ts";
 
 const THREE = ["n1", "n2", "n3"];
 const FIVE = ["n1", "n2", "n3", "n4", "n5"];
@@ -298,18 +298,189 @@ Deno.test("a follower never commits past what the append proved it matches", () 
   assert.equal(f.log.committed, 2);
 });
 
-Deno.test("a conflict at or below the commit index is an invariant violation", () => {
-  const f = new RaftCore({
+/** A follower "n2" at term 2 whose entries 1..3 (terms 1, 1, 2) are committed up to `commit`. */
+function _committedFollower(commit = 2): RaftCore {
+  return new RaftCore({
     id: "n2",
     voters: THREE,
     random: seededRandom(1),
-    hardState: { term: 2, vote: "", commit: 2 },
-    entries: entriesWithTerms([1, 1]),
+    hardState: { term: 2, vote: "", commit },
+    entries: entriesWithTerms([1, 1, 2]),
   });
-  assert.throws(
-    () => f.log.maybeAppend(0, entriesWithTerms([1, 2])),
-    (e: unknown) => e instanceof RaftInvariantError && /2.*commit 2/.test(e.message),
+}
+
+/** What a core exposes that a refused message must leave unchanged. */
+function _observable(core: RaftCore) {
+  const log = core.log;
+  return {
+    term: core.term,
+    vote: core.vote,
+    leader: core.leader,
+    role: core.role,
+    electionElapsed: core.electionElapsed,
+    entries: log.entries.map((e) => `${e.index}@${e.term}`),
+    committed: log.committed,
+    hasReady: core.hasReady(),
+  };
+}
+
+Deno.test("an append that conflicts with committed entries is refused, without throwing, and changes nothing", () => {
+  const f = _committedFollower();
+  f.ready();
+  const before = _observable(f);
+  // Entry 2 is committed with term 1; this "leader" of term 3 says it has term 3.
+  const bad = message({
+    type: MessageType.App,
+    from: "n1",
+    to: "n2",
+    term: 3,
+    logTerm: 1,
+    index: 1,
+    entries: entriesWithTerms([1, 3, 3]).slice(1),
+    commit: 3,
+  });
+  const refused = f.step(bad);
+  assert.match(
+    refused ?? "",
+    /App from "n1" in term 3: disagrees with the entry at 2, at or below the commit index 2/,
   );
+  assert.deepEqual(_observable(f), before);
+  // The same through the previous entry (index 2 is committed with term 1, not 2) and below the
+  // commit index (the early "already committed" answer must not hide the conflict).
+  assert.match(f.step({ ...bad, index: 2, logTerm: 2, entries: [] }) ?? "", /entry at 2/);
+  assert.match(
+    f.step({ ...bad, index: 0, logTerm: 0, entries: entriesWithTerms([2]) }) ?? "",
+    /entry at 1/,
+  );
+  assert.deepEqual(_observable(f), before);
+  // The log itself refuses such an append by returning null, not by throwing.
+  assert.equal(f.log.maybeAppend(0, entriesWithTerms([1, 2])), null);
+  assert.deepEqual(_observable(f), before);
+  // A stale leader (an earlier term) may disagree with committed entries: it is answered, not
+  // refused, as Raft says.
+  assert.equal(f.step({ ...bad, term: 1 }), null);
+  assert.equal(f.ready().persistedMessages[0]?.type, MessageType.AppResp);
+});
+
+Deno.test("an append whose entries do not follow its index is refused and changes nothing", () => {
+  const f = _committedFollower(0);
+  f.ready();
+  const before = _observable(f);
+  const gap = message({
+    type: MessageType.App,
+    from: "n1",
+    to: "n2",
+    term: 2,
+    logTerm: 2,
+    index: 3,
+    entries: entriesWithTerms([1, 1, 2, 2, 2]).slice(4),
+  });
+  assert.match(f.step(gap) ?? "", /entry 5 is not at index 4/);
+  assert.deepEqual(_observable(f), before);
+});
+
+Deno.test("messages from this node, from non-voters or above MAX_TERM are refused and change nothing", () => {
+  const f = _committedFollower();
+  f.ready();
+  const before = _observable(f);
+  const hb = (from: string, term: number) =>
+    message({ type: MessageType.Heartbeat, from, to: "n2", term, commit: 3 });
+  assert.match(
+    f.step(hb("evil", 3)) ?? "",
+    /Heartbeat from "evil": the sender is not another voter/,
+  );
+  assert.match(f.step(hb("n2", 3)) ?? "", /not another voter/);
+  assert.match(f.step(hb("n1", MAX_TERM + 1)) ?? "", new RegExp(`term ${MAX_TERM + 1} is above`));
+  assert.match(f.step(hb("n1", Number.MAX_SAFE_INTEGER)) ?? "", /is above/);
+  assert.deepEqual(_observable(f), before);
+  assert.equal(f.step(hb("n1", MAX_TERM)), null, "MAX_TERM itself is a valid term");
+  assert.equal(f.term, MAX_TERM);
+});
+
+Deno.test("a second leader in one term, or a TimeoutNow from a non-leader, is refused", () => {
+  const f = _committedFollower();
+  assert.equal(
+    f.step(message({ type: MessageType.Heartbeat, from: "n1", to: "n2", term: 3 })),
+    null,
+  );
+  assert.equal(f.leader, "n1");
+  f.ready();
+  const before = _observable(f);
+  for (const type of [MessageType.App, MessageType.Heartbeat, MessageType.Snap]) {
+    const m = message({ type, from: "n3", to: "n2", term: 3, index: 3, logTerm: 2 });
+    assert.match(f.step(m) ?? "", /"n1" already leads term 3/);
+  }
+  const timeout = message({ type: MessageType.TimeoutNow, from: "n3", to: "n2", term: 3 });
+  assert.match(f.step(timeout) ?? "", /only the leader of term 3 may send it/);
+  assert.deepEqual(_observable(f), before);
+});
+
+Deno.test("a leader refuses an append answer beyond its log and a heartbeat answer for a round it never sent", () => {
+  const c = new TestCluster(THREE, 5);
+  const leader = c.electLeader();
+  c.tick(1);
+  const follower = THREE.find((id) => id !== leader.id)!;
+  const before = _observable(leader);
+  const last = leader.log.lastIndex();
+  const resp = (type: MessageType, fields: Partial<Message>) =>
+    message({ type, from: follower, to: leader.id, term: leader.term, ...fields });
+  assert.match(
+    leader.step(resp(MessageType.AppResp, { index: last + 1 })) ?? "",
+    new RegExp(`index ${last + 1} is beyond the last index ${last}`),
+  );
+  assert.match(
+    leader.step(resp(MessageType.HeartbeatResp, { context: 1e9 })) ?? "",
+    /read round 1000000000 was never sent/,
+  );
+  assert.deepEqual(_observable(leader), before);
+  assert.equal(leader.step(resp(MessageType.AppResp, { index: last })), null);
+});
+
+Deno.test("a node at MAX_TERM does not campaign or crash on tick: it stays a follower", () => {
+  const core = new RaftCore({
+    id: "n1",
+    voters: THREE,
+    random: seededRandom(1),
+    hardState: { term: MAX_TERM, vote: "", commit: 0 },
+  });
+  for (let i = 0; i < 100; i++) core.tick();
+  core.campaign();
+  assert.equal(core.role, "follower");
+  assert.equal(core.term, MAX_TERM);
+  assert.ok(core.electionsRefused >= 5, `only ${core.electionsRefused} elections refused`);
+  const rd = core.ready();
+  assert.deepEqual([...rd.messages, ...rd.persistedMessages], []);
+  // One below, it may still campaign once (reaching MAX_TERM) and then stops there.
+  const below = new RaftCore({
+    id: "n1",
+    voters: THREE,
+    random: seededRandom(1),
+    hardState: { term: MAX_TERM - 1, vote: "", commit: 0 },
+    preVote: false,
+  });
+  for (let i = 0; i < 100; i++) below.tick();
+  assert.equal(below.term, MAX_TERM);
+  assert.equal(below.role, "follower");
+  assert.ok(below.electionsRefused >= 1);
+});
+
+Deno.test("a follower that already holds a snapshot's entries acknowledges only the snapshot's index", () => {
+  // n2 holds 1..3 (terms 1, 1, 2), commit 0; the leader of term 3 snapshots at 2 (term 1).
+  const f = _committedFollower(0);
+  f.ready();
+  const snap = message({
+    type: MessageType.Snap,
+    from: "n1",
+    to: "n2",
+    term: 3,
+    snapshot: { index: 2, term: 1, voters: THREE },
+  });
+  assert.equal(f.step(snap), null);
+  const ack = f.ready().persistedMessages.find((m) => m.type === MessageType.AppResp)!;
+  // Entry 3 (term 2) may not be the leader's entry 3: claiming it would let the leader count a
+  // replica it does not have.
+  assert.equal(ack.index, 2);
+  assert.equal(f.log.committed, 2);
 });
 
 Deno.test("a read is confirmed only after a quorum answers the leader's heartbeat", () => {

@@ -14,6 +14,20 @@ export type NodeId = string;
 /** The value used for "no node" (no vote cast, no leader known). */
 export const NONE: NodeId = "";
 
+/**
+ * The largest term a node accepts or reaches (2^48). Far beyond anything a real cluster uses (a
+ * new term every millisecond would take almost 9,000 years), and far enough below
+ * `Number.MAX_SAFE_INTEGER` (2^53 - 1) that `term + 1` and sums of terms stay exact. Peer messages
+ * with a larger term are refused; a node at this term stops campaigning instead of overflowing.
+ */
+export const MAX_TERM = 2 ** 48;
+
+/**
+ * The largest log index (and commit index, read round, reject hint) a peer message may carry
+ * (2^48), for the same reasons as {@linkcode MAX_TERM}.
+ */
+export const MAX_INDEX = 2 ** 48;
+
 /** What an entry carries. */
 export enum EntryType {
   /** A client command for the state machine; `data` is opaque to Raft. */

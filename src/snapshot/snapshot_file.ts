@@ -259,6 +259,60 @@ export async function pruneSnapshots(
   }
 }
 
+/** Options of {@linkcode removeStaleReceived}. */
+export interface StaleReceivedOptions {
+  /** Paths still needed (being written, waiting to be installed): never removed. */
+  keep: ReadonlySet<string>;
+  /** Only files not modified for at least this many milliseconds are removed. */
+  olderThanMs: number;
+  /** The current time, in milliseconds since the epoch. Default: `Date.now()`. */
+  now?: number;
+}
+
+/**
+ * Removes received snapshot files (`.snap.recv`, and the `.snap.recv.tmp` of an upload) in `dir`
+ * that are not in `options.keep` and were not modified for `options.olderThanMs`: those of
+ * uploads that failed without cleaning up, or that were superseded or not installed. Returns the
+ * removed paths. A running node calls it now and then; start-up removes every such file with
+ * {@linkcode pruneSnapshots}.
+ */
+export async function removeStaleReceived(
+  dir: string,
+  options: StaleReceivedOptions,
+): Promise<string[]> {
+  const now = options.now ?? Date.now();
+  const removed: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return removed;
+    throw e;
+  }
+  for (const e of entries) {
+    if (!e.isFile || !(e.name.endsWith(".snap.recv") || e.name.endsWith(".snap.recv.tmp"))) {
+      continue;
+    }
+    const path = join(dir, e.name);
+    const base = e.name.endsWith(".tmp") ? path.slice(0, -".tmp".length) : path;
+    if (options.keep.has(path) || options.keep.has(base)) continue;
+    let mtime: number;
+    try {
+      mtime = (await Deno.stat(path)).mtime?.getTime() ?? 0;
+    } catch {
+      continue; // gone meanwhile
+    }
+    if (now - mtime < options.olderThanMs) continue;
+    try {
+      await Deno.remove(path);
+      removed.push(path);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+  }
+  return removed;
+}
+
 /** Streams the file at `path` (for sending a snapshot to a peer or a client). */
 export async function openSnapshotStream(path: string): Promise<ReadableStream<Uint8Array>> {
   const file = await Deno.open(path, { read: true });

@@ -6,6 +6,7 @@ import {
   listSnapshots,
   pruneSnapshots,
   readSnapshotFile,
+  removeStaleReceived,
   type SnapshotHeader,
   snapshotName,
   writeSnapshotFile,
@@ -133,6 +134,32 @@ Deno.test("pruning after an install keeps received snapshots newer than the one 
       `${snapshotName(9, 2)}.recv`,
       `${snapshotName(12, 2)}.recv.tmp`,
     ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("stale received files are removed unless kept or recently touched; others are left alone", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const names = [
+      `${snapshotName(5, 1)}.recv`, // stale
+      `${snapshotName(6, 1)}.recv.tmp`, // stale upload leftover
+      `${snapshotName(7, 1)}.recv`, // kept: waiting to be installed
+      `${snapshotName(8, 1)}.recv.tmp`, // kept: its upload is in progress
+      snapshotName(4, 1), // a snapshot, never touched
+      `${snapshotName(9, 1)}.tmp`, // a local snapshot being written, never touched
+    ];
+    for (const name of names) await Deno.writeFile(join(dir, name), new Uint8Array(3));
+    const keep = new Set([join(dir, names[2]!), join(dir, `${snapshotName(8, 1)}.recv`)]);
+    // Nothing is old enough yet.
+    assert.deepEqual(await removeStaleReceived(dir, { keep, olderThanMs: 60_000 }), []);
+    const later = Date.now() + 120_000;
+    const removed = await removeStaleReceived(dir, { keep, olderThanMs: 60_000, now: later });
+    assert.deepEqual(removed.sort(), [join(dir, names[0]!), join(dir, names[1]!)]);
+    const left = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
+    assert.deepEqual(left, names.slice(2).sort());
+    assert.deepEqual(await removeStaleReceived(join(dir, "missing"), { keep, olderThanMs: 0 }), []);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -26,14 +26,41 @@
  * ## Wire protocol
  *
  * - `POST <rpcUrl>/raft/messages`: body = {@linkcode encodeMessages} bytes
- *   (`Content-Type: application/octet-stream`). Replies `204` once the batch was handed over.
+ *   (`Content-Type: application/octet-stream`), at most `maxBodyBytes`. Replies `204` once the
+ *   batch was handed over. Never carries `Snap`.
  * - `POST <rpcUrl>/raft/snapshot`: header `x-raftkv-message` = the `Snap` message encoded as a
- *   one-message batch, in unpadded base64url; the body streams the snapshot bytes. Replies `204`
- *   once {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
+ *   one-message batch, in unpadded base64url; the body streams the snapshot bytes (at most
+ *   `maxSnapshotBytes`, with no pause longer than `snapshotIdleTimeoutMs` and done within
+ *   `snapshotReceiveTimeoutMs`). One upload at a time. Replies `204` once
+ *   {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
  * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`.
- * - Errors reply JSON `{"error": "..."}`: `400` malformed, `403` wrong cluster, `404` unknown path,
- *   `405` wrong method, `413` body too large, `421` message addressed to another node, `500` the
- *   handler failed.
+ *
+ * ## What the receiver checks (hostile or buggy peers)
+ *
+ * No single request may hurt the node. In this order, each failing check refuses the whole
+ * request, logs a warning (at most one per status every `refusalLogIntervalMs`, with a count of
+ * those left out) and hands nothing on, so nothing reaches the Raft core or the disk:
+ *
+ * 1. the cluster header (`403`);
+ * 2. the sender: `x-raftkv-from` must name another member (`403`), checked before anything is
+ *    read or stored, so strangers cannot grow the per-sender state;
+ * 3. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
+ *    snapshot upload at a time (`429`);
+ * 4. the body size (`413`) and the codec (`400`);
+ * 5. every message, by the `validator` (`src/raft/validate.ts`): its `from` is the header's
+ *    sender (`403` when that claimed sender is not a member, else `400`), its `to` is this node
+ *    (`421`), its type belongs on the path, every term and index is within bounds, only the
+ *    fields its type uses are set, an append's entries follow its index with sane terms and
+ *    every command decodes, a snapshot's metadata is sane (`400`);
+ * 6. the Raft core's own refusals of messages no correct peer sends, such as an append that
+ *    disagrees with committed entries (`409`; the batch's earlier messages were taken).
+ *
+ * A snapshot upload that breaks its size limit gets `413`, its time limits `408`; either way
+ * the partial file is removed. Other errors reply `404` unknown path, `405` wrong method, `500`
+ * the handler failed. Every error is JSON `{"error": "..."}`.
+ *
+ * Not checked yet: authenticity. Until peers authenticate (TLS with client certificates), a
+ * forged message that claims a member's id and carries sane fields is accepted.
  *
  * @module
  */
@@ -41,7 +68,9 @@
 import { H2Client } from "./h2_client.ts";
 import { type Message, MessageType, type NodeId } from "../raft/types.ts";
 import { decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
+import type { PeerRefusal, PeerValidator, RefusalKind } from "../raft/validate.ts";
 import {
+  PeerRefusedError,
   type PeerStats,
   SILENT_LOGGER,
   type Transport,
@@ -110,20 +139,56 @@ export interface HttpTransportOptions {
   logger?: TransportLogger;
 }
 
+/**
+ * What a peer handler checks batches with: normally a {@linkcode PeerValidator} built from the
+ * cluster's members (see `src/raft/validate.ts`).
+ */
+export type PeerBatchValidator = Pick<PeerValidator, "checkSender" | "checkBatch">;
+
 /** Options for {@linkcode createPeerHandler}. */
 export interface PeerHandlerOptions {
-  /** The largest accepted `/raft/messages` body, in bytes; larger ones get 413. Default: 64 MiB. */
+  /**
+   * Checks the sender of every request (before anything else is done with it) and every message
+   * of every batch (before it is handed on). A node always sets it; leaving it out (only the
+   * codec's checks, any sender, any message type on either path) is for testing the transport
+   * itself. Default: none.
+   */
+  validator?: PeerBatchValidator;
+  /**
+   * The largest accepted `/raft/messages` body, in bytes; larger ones get 413. Default: 16 MiB,
+   * twice the sender's default `maxBatchBytes` (a batch larger than that holds a single message:
+   * raise this when the largest command, key plus value, approaches it).
+   */
   maxBodyBytes?: number;
+  /**
+   * How many `/raft/messages` requests from one sender may be in progress at once; more get 429.
+   * A node sends at most `maxInflightPerPeer` (default 2) at a time. Default: 8.
+   */
+  maxRequestsPerSender?: number;
   /**
    * How long a batch whose body is complete waits for an earlier request from the same sender
    * (whose body is still arriving) before it is delivered anyway. Bounds the damage of a request
    * whose sender vanished mid-body. Default: 2000.
    */
   maxOrderWaitMs?: number;
+  /** The largest accepted snapshot upload, in bytes; larger ones get 413. Default: 4 GiB. */
+  maxSnapshotBytes?: number;
+  /** A snapshot upload that sends no byte for this long fails with 408. Default: 30000. */
+  snapshotIdleTimeoutMs?: number;
+  /** A snapshot upload not stored within this long fails with 408. Default: 600000 (10 min). */
+  snapshotReceiveTimeoutMs?: number;
   /** When set, requests whose `x-raftkv-cluster` differs get 403. Default: any cluster accepted. */
   cluster?: string;
-  /** When set, batches holding a message whose `to` differs get 421. Default: not checked. */
+  /**
+   * When set and no `validator` is given, batches holding a message whose `to` differs get 421
+   * (the validator checks this itself). Default: not checked.
+   */
   self?: NodeId;
+  /**
+   * Refused requests are logged at most once per this interval for each HTTP status, with a count
+   * of those left out: a flood of bad requests cannot flood the log. Default: 5000.
+   */
+  refusalLogIntervalMs?: number;
   /** Where refused requests and handler failures are reported. Default: {@linkcode SILENT_LOGGER}. */
   logger?: TransportLogger;
 }
@@ -534,21 +599,65 @@ export class HttpTransport implements Transport {
  * the module doc) to mount in `Deno.serve` or to call directly. It never throws: every failure
  * becomes a JSON error response.
  *
- * @throws {RangeError} if `options.maxBodyBytes` or `options.maxOrderWaitMs` is out of range.
+ * @throws {RangeError} if a numeric option is out of range.
  */
 export function createPeerHandler(
   handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot">,
   options: PeerHandlerOptions = {},
 ): (req: Request) => Promise<Response> {
-  const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 64 << 20);
+  const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 16 << 20);
+  const maxPerSender = _positiveInt("maxRequestsPerSender", options.maxRequestsPerSender, 8);
   const maxOrderWaitMs = _nonNegativeInt("maxOrderWaitMs", options.maxOrderWaitMs, 2000);
+  const maxSnapshotBytes = _positiveInt("maxSnapshotBytes", options.maxSnapshotBytes, 4 * 2 ** 30);
+  const idleMs = _positiveInt("snapshotIdleTimeoutMs", options.snapshotIdleTimeoutMs, 30_000);
+  const totalMs = _positiveInt(
+    "snapshotReceiveTimeoutMs",
+    options.snapshotReceiveTimeoutMs,
+    600_000,
+  );
+  const logEveryMs = _nonNegativeInt("refusalLogIntervalMs", options.refusalLogIntervalMs, 5000);
   const logger = options.logger ?? SILENT_LOGGER;
-  const { cluster, self } = options;
+  const { cluster, self, validator } = options;
   /** Per sender: settles once every batch that arrived so far has been delivered or failed. */
   const tails = new Map<string, Promise<void>>();
+  /** Per sender: `/raft/messages` requests in progress. Only validated senders get an entry. */
+  const active = new Map<string, number>();
+  let uploading = false;
+  /** Per HTTP status: when a refusal was last logged, and how many were left out since. */
+  const reported = new Map<number, { at: number; skipped: number }>();
 
-  async function handleMessages(req: Request): Promise<Response> {
-    const from = req.headers.get(FROM_HEADER) ?? "";
+  /** Answers `status` with `reason`, logging it (at most once per interval per status). */
+  function refuse(status: number, reason: string, from: string): Response {
+    const now = performance.now();
+    const last = reported.get(status);
+    if (last === undefined || now - last.at >= logEveryMs) {
+      const skipped = last?.skipped ? ` (${last.skipped} more refused with ${status} before)` : "";
+      logger.warn(
+        `Refused a peer request with ${status} (sender ${_quoteId(from)}): ${reason}${skipped}`,
+      );
+      reported.set(status, { at: now, skipped: 0 });
+    } else {
+      last.skipped++;
+    }
+    return _error(status, reason);
+  }
+
+  function refuseFor(refusal: PeerRefusal, from: string): Response {
+    return refuse(_REFUSAL_STATUS[refusal.kind], refusal.reason, from);
+  }
+
+  async function handleMessages(req: Request, from: string): Promise<Response> {
+    const count = active.get(from) ?? 0;
+    if (count >= maxPerSender) {
+      return refuse(
+        429,
+        `Sender ${
+          _quoteId(from)
+        } already has ${count} requests in progress (limit ${maxPerSender})`,
+        from,
+      );
+    }
+    active.set(from, count + 1);
     // Take this request's place in the sender's order before reading the body.
     const previous = tails.get(from);
     let release!: () => void;
@@ -558,27 +667,38 @@ export function createPeerHandler(
     try {
       const body = await _readBody(req, maxBodyBytes);
       if (body === null) {
-        return _error(413, `Request body exceeds the limit of ${maxBodyBytes} bytes`);
+        return refuse(413, `Request body exceeds the limit of ${maxBodyBytes} bytes`, from);
       }
       let messages: Message[];
       try {
         messages = decodeMessages(body);
       } catch (err) {
-        return _error(400, err instanceof Error ? err.message : String(err));
+        return refuse(400, err instanceof Error ? err.message : String(err), from);
       }
-      if (self !== undefined) {
+      if (validator !== undefined) {
+        const refusal = validator.checkBatch(from, messages, "messages");
+        if (refusal !== null) return refuseFor(refusal, from);
+      } else if (self !== undefined) {
         const stray = messages.find((m) => m.to !== self);
         if (stray !== undefined) {
-          return _error(421, `Message addressed to "${stray.to}" reached node "${self}"`);
+          return refuse(421, `Message addressed to "${stray.to}" reached node "${self}"`, from);
         }
       }
       if (!waited) {
         await _settledWithin(previous!, maxOrderWaitMs);
         waited = true;
       }
-      handlers.onMessages(messages);
+      try {
+        handlers.onMessages(messages);
+      } catch (err) {
+        if (err instanceof PeerRefusedError) return refuse(409, err.message, from);
+        throw err;
+      }
       return new Response(null, { status: 204 });
     } finally {
+      const left = active.get(from)! - 1;
+      if (left === 0) active.delete(from);
+      else active.set(from, left);
       // Later requests go once this one is done and the earlier ones are (or were given up on).
       if (waited) release();
       else _settledWithin(previous!, maxOrderWaitMs).then(release);
@@ -588,35 +708,55 @@ export function createPeerHandler(
     }
   }
 
-  async function handleSnapshot(req: Request): Promise<Response> {
+  async function handleSnapshot(req: Request, from: string): Promise<Response> {
     const encoded = req.headers.get(MESSAGE_HEADER);
-    if (encoded === null) return _error(400, `Missing header "${MESSAGE_HEADER}"`);
+    if (encoded === null) return refuse(400, `Missing header "${MESSAGE_HEADER}"`, from);
     let msg: Message;
     try {
       const messages = decodeMessages(Uint8Array.fromBase64(encoded, { alphabet: "base64url" }));
       if (messages.length !== 1 || messages[0]!.type !== MessageType.Snap) {
-        return _error(400, `Header "${MESSAGE_HEADER}" must hold exactly one Snap message`);
+        return refuse(400, `Header "${MESSAGE_HEADER}" must hold exactly one Snap message`, from);
       }
       msg = messages[0]!;
     } catch (err) {
-      return _error(400, `Invalid header "${MESSAGE_HEADER}": ${(err as Error).message}`);
+      return refuse(400, `Invalid header "${MESSAGE_HEADER}": ${(err as Error).message}`, from);
     }
-    if (self !== undefined && msg.to !== self) {
-      return _error(421, `Snapshot addressed to "${msg.to}" reached node "${self}"`);
+    if (validator !== undefined) {
+      const refusal = validator.checkBatch(from, [msg], "snapshot");
+      if (refusal !== null) return refuseFor(refusal, from);
+    } else if (self !== undefined && msg.to !== self) {
+      return refuse(421, `Snapshot addressed to "${msg.to}" reached node "${self}"`, from);
     }
-    const body = req.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    const declared = req.headers.get("content-length");
+    if (declared !== null && Number(declared) > maxSnapshotBytes) {
+      return refuse(
+        413,
+        `Snapshot of ${declared} bytes exceeds the limit of ${maxSnapshotBytes} bytes`,
+        from,
+      );
+    }
+    if (uploading) {
+      return refuse(429, "Another snapshot upload is in progress; try again later", from);
+    }
+    uploading = true;
+    const guard = _guardBody(req.body, maxSnapshotBytes, idleMs, totalMs);
     try {
-      await handlers.onSnapshot(msg, body);
+      await handlers.onSnapshot(msg, guard.stream);
     } catch (err) {
-      logger.warn(`Storing the snapshot from "${msg.from}" failed`, err);
-      if (!body.locked) await body.cancel().catch(() => {});
+      const limit = guard.failure();
+      if (limit !== null) return refuse(limit.status, limit.message, from);
+      if (err instanceof PeerRefusedError) return refuse(409, err.message, from);
+      logger.warn(`Storing the snapshot from "${msg.from}" failed: ${_describe(err)}`, err);
       return _error(500, err instanceof Error ? err.message : String(err));
+    } finally {
+      uploading = false;
+      await guard.dispose();
     }
-    if (!body.locked) await body.cancel().catch(() => {});
     return new Response(null, { status: 204 });
   }
 
   return async (req: Request): Promise<Response> => {
+    const from = req.headers.get(FROM_HEADER) ?? "";
     try {
       const path = new URL(req.url).pathname;
       if (path !== MESSAGES_PATH && path !== SNAPSHOT_PATH) {
@@ -626,14 +766,20 @@ export function createPeerHandler(
         return _error(405, `Method "${req.method}" not allowed on "${path}"`, { allow: "POST" });
       }
       if (cluster !== undefined && req.headers.get(CLUSTER_HEADER) !== cluster) {
-        return _error(
+        return refuse(
           403,
           `Cluster "${req.headers.get(CLUSTER_HEADER) ?? ""}" does not match "${cluster}"`,
+          from,
         );
       }
-      return path === MESSAGES_PATH ? await handleMessages(req) : await handleSnapshot(req);
+      // A sender that is not another member is refused before anything is read or stored.
+      const sender = validator?.checkSender(from) ?? null;
+      if (sender !== null) return refuseFor(sender, from);
+      return path === MESSAGES_PATH
+        ? await handleMessages(req, from)
+        : await handleSnapshot(req, from);
     } catch (err) {
-      logger.warn(`Peer request failed`, err);
+      logger.warn(`Peer request failed: ${_describe(err)}`, err);
       return _error(500, err instanceof Error ? err.message : String(err));
     } finally {
       if (req.body !== null && !req.body.locked && !req.bodyUsed) {
@@ -641,6 +787,128 @@ export function createPeerHandler(
       }
     }
   };
+}
+
+/** The HTTP status of each kind of refusal. */
+const _REFUSAL_STATUS: Record<RefusalKind, number> = {
+  "not-member": 403,
+  misaddressed: 421,
+  invalid: 400,
+};
+
+/** A snapshot upload that broke a limit: the HTTP status to answer and why. */
+class _UploadLimitError extends Error {
+  readonly status: number;
+
+  constructor(status: number, message: string) {
+    super(message);
+    this.name = "UploadLimitError";
+    this.status = status;
+  }
+}
+
+/**
+ * Wraps a snapshot upload's body so that it fails (and stops reading the request) once it passes
+ * `maxBytes`, sends nothing for `idleMs` while a read waits, or is not finished after `totalMs`.
+ * `failure()` says which limit broke; `dispose()` clears the timers and releases the request.
+ */
+function _guardBody(
+  source: ReadableStream<Uint8Array> | null,
+  maxBytes: number,
+  idleMs: number,
+  totalMs: number,
+): {
+  stream: ReadableStream<Uint8Array>;
+  failure(): _UploadLimitError | null;
+  dispose(): Promise<void>;
+} {
+  const reader = (source ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() }))
+    .getReader();
+  let failure: _UploadLimitError | null = null;
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  let finished = false;
+  let received = 0;
+  const fail = (err: _UploadLimitError) => {
+    if (failure !== null || finished) return;
+    failure = err;
+    finished = true;
+    clearTimeout(idleTimer);
+    clearTimeout(totalTimer);
+    try {
+      controller.error(err);
+    } catch { /* already closed */ }
+    reader.cancel(err).catch(() => {});
+  };
+  const totalTimer = setTimeout(
+    () => fail(new _UploadLimitError(408, `Snapshot upload not complete after ${totalMs} ms`)),
+    totalMs,
+  );
+  const stream = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    },
+    async pull(c) {
+      idleTimer = setTimeout(
+        () => fail(new _UploadLimitError(408, `Snapshot upload sent nothing for ${idleMs} ms`)),
+        idleMs,
+      );
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (err) {
+        clearTimeout(idleTimer);
+        if (failure === null) {
+          finished = true;
+          clearTimeout(totalTimer);
+          c.error(err);
+        }
+        return;
+      } finally {
+        clearTimeout(idleTimer);
+      }
+      if (failure !== null) return;
+      if (result.done) {
+        finished = true;
+        clearTimeout(totalTimer);
+        c.close();
+        return;
+      }
+      received += result.value.byteLength;
+      if (received > maxBytes) {
+        fail(new _UploadLimitError(413, `Snapshot upload exceeds the limit of ${maxBytes} bytes`));
+        return;
+      }
+      c.enqueue(result.value);
+    },
+    cancel(reason) {
+      finished = true;
+      clearTimeout(idleTimer);
+      clearTimeout(totalTimer);
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+  return {
+    stream,
+    failure: () => failure,
+    async dispose() {
+      clearTimeout(idleTimer);
+      clearTimeout(totalTimer);
+      if (!finished) {
+        finished = true;
+        await reader.cancel().catch(() => {});
+      }
+    },
+  };
+}
+
+function _describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Quotes a sender id for a log line, shortened: a hostile id can be 64 KiB long. */
+function _quoteId(id: string): string {
+  return JSON.stringify(id.length > 64 ? `${id.slice(0, 64)}...` : id);
 }
 
 /**

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { type Message, MessageType, type NodeId } from "../raft/types.ts";
+import { type Message, message, MessageType, type NodeId } from "../raft/types.ts";
+import { PeerValidator } from "../raft/validate.ts";
 import { encodeMessages } from "./codec.ts";
 import {
   CLUSTER_HEADER,
@@ -10,7 +11,7 @@ import {
   MESSAGE_HEADER,
 } from "./http_transport.ts";
 import { Condition, sampleMessage, testTransportConformance } from "./transport_conformance.ts";
-import type { TransportHandlers } from "./transport.ts";
+import { PeerRefusedError, type TransportHandlers } from "./transport.ts";
 
 /** Options that keep failure tests short. */
 const _FAST: Partial<HttpTransportOptions> = {
@@ -679,4 +680,290 @@ Deno.test("createPeerHandler answers a missing or malformed snapshot header with
     assert.match((await _json(res)).error, new RegExp(MESSAGE_HEADER));
   }
   assert.deepStrictEqual(snapshots, []);
+});
+
+// --- Hostile or buggy peers: the handler with a validator, limits and refusals. ---
+
+const _MEMBERS = ["n1", "n2", "n3"];
+
+/** A handler for node n2 of n1..n3 with a validator, recording what it hands on and logs. */
+function _guardedFixture(
+  options: Parameters<typeof createPeerHandler>[1] = {},
+  snapshotHandler?: TransportHandlers["onSnapshot"],
+) {
+  const batches: Message[][] = [];
+  const warnings: string[] = [];
+  const snapshots: { msg: Message; bytes: number }[] = [];
+  let refuseNext: string | null = null;
+  const handler = createPeerHandler({
+    onMessages(messages) {
+      if (refuseNext !== null) throw new PeerRefusedError(refuseNext);
+      batches.push(messages);
+    },
+    onSnapshot: snapshotHandler ?? (async (msg, body) => {
+      let bytes = 0;
+      for await (const chunk of body) bytes += chunk.length;
+      snapshots.push({ msg, bytes });
+    }),
+  }, {
+    validator: new PeerValidator({ self: "n2", members: _MEMBERS }),
+    logger: { debug() {}, warn: (m: string) => warnings.push(m) },
+    refusalLogIntervalMs: 0,
+    ...options,
+  });
+  return {
+    handler,
+    batches,
+    warnings,
+    snapshots,
+    refuseNext(reason: string | null) {
+      refuseNext = reason;
+    },
+  };
+}
+
+/** A heartbeat from `from` to n2 in term 3, as the core sends it. */
+function _heartbeat(from = "n1", fields: Partial<Message> = {}): Message {
+  return message({ type: MessageType.Heartbeat, from, to: "n2", term: 3, commit: 1, ...fields });
+}
+
+function _snapHeaders(msg: Message, from = msg.from): Record<string, string> {
+  return {
+    [FROM_HEADER]: from,
+    [MESSAGE_HEADER]: encodeMessages([msg]).toBase64({ alphabet: "base64url", omitPadding: true }),
+  };
+}
+
+function _snap(from = "n1", fields: Partial<Message> = {}): Message {
+  return message({
+    type: MessageType.Snap,
+    from,
+    to: "n2",
+    term: 3,
+    snapshot: { index: 10, term: 2, voters: _MEMBERS },
+    ...fields,
+  });
+}
+
+/** A body that sends `first` and then nothing until `finish()` (or `fail(err)`) is called. */
+function _stalledBody(first: Uint8Array, rest: Uint8Array = new Uint8Array(0)) {
+  let pulls = 0;
+  let finish!: () => void;
+  let fail!: (err: Error) => void;
+  const stream = new ReadableStream<Uint8Array>({
+    start(c) {
+      c.enqueue(first);
+      finish = () => {
+        if (rest.length > 0) c.enqueue(rest);
+        c.close();
+      };
+      fail = (err) => c.error(err);
+    },
+    pull() {
+      pulls++;
+    },
+  });
+  return { stream, finish: () => finish(), fail: (err: Error) => fail(err), pulls: () => pulls };
+}
+
+Deno.test("with a validator, a sender that is not another member gets 403 before its body is read", async () => {
+  const { handler, batches, snapshots, warnings } = _guardedFixture();
+  for (const from of ["evil", "n2", ""]) {
+    const body = _stalledBody(encodeMessages([_heartbeat(from)]));
+    const res = await handler(_post("/raft/messages", body.stream, { [FROM_HEADER]: from }));
+    assert.strictEqual(res.status, 403);
+    assert.match((await _json(res)).error, new RegExp(`sender ${JSON.stringify(from)} is`));
+    assert.strictEqual(body.pulls(), 0, "the body was read");
+    const snap = await handler(
+      _post("/raft/snapshot", new Uint8Array(100), _snapHeaders(_snap(from), from)),
+    );
+    assert.strictEqual(snap.status, 403);
+    await snap.body?.cancel();
+  }
+  assert.deepStrictEqual(batches, []);
+  assert.deepStrictEqual(snapshots, []);
+  assert.match(
+    warnings[0]!,
+    /^Refused a peer request with 403 \(sender "evil"\): sender "evil" is not/,
+  );
+});
+
+Deno.test("with a validator, every message is checked: bad fields 400, a claimed stranger 403, another addressee 421, Snap on the message path 400", async () => {
+  const { handler, batches } = _guardedFixture();
+  const cases: [Message[], number, RegExp][] = [
+    [[_heartbeat("n1", { term: Number.MAX_SAFE_INTEGER })], 400, /term 9007199254740991 is above/],
+    [[_heartbeat(), _heartbeat("evil")], 403, /claims sender "evil" in a request from "n1"/],
+    [[_heartbeat(), _heartbeat("n3")], 400, /claims sender "n3"/],
+    [[_heartbeat("n1", { to: "n3" })], 421, /addressed to "n3"/],
+    [[_snap()], 400, /Snap messages are only accepted with a snapshot upload/],
+  ];
+  for (const [msgs, status, pattern] of cases) {
+    const res = await handler(
+      _post("/raft/messages", encodeMessages(msgs), { [FROM_HEADER]: "n1" }),
+    );
+    assert.strictEqual(res.status, status, pattern.source);
+    assert.match((await _json(res)).error, pattern);
+  }
+  assert.deepStrictEqual(batches, [], "a refused batch is handed on in part");
+  const ok = await handler(
+    _post("/raft/messages", encodeMessages([_heartbeat()]), { [FROM_HEADER]: "n1" }),
+  );
+  assert.strictEqual(ok.status, 204);
+  assert.strictEqual(batches.length, 1);
+});
+
+Deno.test("a batch the node refuses with PeerRefusedError gets 409 with its reason", async () => {
+  const f = _guardedFixture();
+  f.refuseNext('App from "n1" in term 3: disagrees with the entry at 2');
+  const res = await f.handler(
+    _post("/raft/messages", encodeMessages([_heartbeat()]), { [FROM_HEADER]: "n1" }),
+  );
+  assert.strictEqual(res.status, 409);
+  assert.match((await _json(res)).error, /disagrees with the entry at 2/);
+  assert.match(f.warnings.at(-1)!, /with 409 \(sender "n1"\)/);
+});
+
+Deno.test("one sender may have at most maxRequestsPerSender message requests in progress; others are independent", async () => {
+  const { handler, batches } = _guardedFixture({ maxRequestsPerSender: 2 });
+  const bytes = encodeMessages([_heartbeat()]);
+  const stalled = [
+    _stalledBody(bytes.subarray(0, 5), bytes.subarray(5)),
+    _stalledBody(bytes.subarray(0, 5), bytes.subarray(5)),
+  ];
+  const pending = stalled.map((b) =>
+    handler(_post("/raft/messages", b.stream, { [FROM_HEADER]: "n1" }))
+  );
+  const third = await handler(_post("/raft/messages", bytes, { [FROM_HEADER]: "n1" }));
+  assert.strictEqual(third.status, 429);
+  assert.match((await _json(third)).error, /already has 2 requests in progress \(limit 2\)/);
+  const other = await handler(
+    _post("/raft/messages", encodeMessages([_heartbeat("n3")]), { [FROM_HEADER]: "n3" }),
+  );
+  assert.strictEqual(other.status, 204);
+  for (const b of stalled) b.finish();
+  assert.deepStrictEqual((await Promise.all(pending)).map((r) => r.status), [204, 204]);
+  const again = await handler(_post("/raft/messages", bytes, { [FROM_HEADER]: "n1" }));
+  assert.strictEqual(again.status, 204);
+  assert.strictEqual(batches.length, 4);
+});
+
+Deno.test("refused requests are logged at most once per interval and status, with a count of the rest", async () => {
+  const f = _guardedFixture({ refusalLogIntervalMs: 1 });
+  const quiet = _guardedFixture({ refusalLogIntervalMs: 60_000 });
+  for (let i = 0; i < 50; i++) {
+    const headers = { [FROM_HEADER]: `evil-${i}` };
+    await (await quiet.handler(_post("/raft/messages", new Uint8Array(1), headers))).body?.cancel();
+  }
+  assert.strictEqual(quiet.warnings.length, 1);
+  for (let i = 0; i < 3; i++) {
+    await (await f.handler(_post("/raft/messages", null, { [FROM_HEADER]: "x" }))).body?.cancel();
+  }
+  // Past the 1 ms interval (a timer waits at least its delay), the next one is logged, with the
+  // count of those left out: every refusal is either logged or counted.
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  await (await f.handler(_post("/raft/messages", null, { [FROM_HEADER]: "x" }))).body?.cancel();
+  const counted = f.warnings.map((w) =>
+    Number(/\((\d+) more refused with 403 before\)/.exec(w)?.[1] ?? 0)
+  );
+  assert.strictEqual(
+    f.warnings.length + counted.reduce((a, b) => a + b, 0),
+    4,
+    f.warnings.join("\n"),
+  );
+  assert.match(f.warnings.at(-1)!, /^Refused a peer request with 403 \(sender "x"\)/);
+});
+
+Deno.test("a snapshot upload is validated: bad metadata gets 400 and a non-Snap header 400", async () => {
+  const { handler, snapshots } = _guardedFixture();
+  const bad = _snap("n1", { snapshot: { index: 10, term: 9, voters: _MEMBERS } });
+  const res = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(bad)));
+  assert.strictEqual(res.status, 400);
+  assert.match((await _json(res)).error, /snapshot term 9 is above the message term 3/);
+  const ok = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
+  assert.strictEqual(ok.status, 204);
+  assert.deepStrictEqual(snapshots.map((s) => s.bytes), [10]);
+});
+
+Deno.test("a snapshot upload over maxSnapshotBytes gets 413, declared or streamed, and the reader sees it fail", async () => {
+  let readerError: unknown = null;
+  const { handler } = _guardedFixture({ maxSnapshotBytes: 1000 }, async (_msg, body) => {
+    try {
+      for await (const _ of body) { /* store */ }
+    } catch (err) {
+      readerError = err;
+      throw err;
+    }
+  });
+  const declared = await handler(
+    _post("/raft/snapshot", new Uint8Array(10), {
+      ..._snapHeaders(_snap()),
+      "content-length": "5000",
+    }),
+  );
+  assert.strictEqual(declared.status, 413);
+  assert.match((await _json(declared)).error, /Snapshot of 5000 bytes exceeds the limit of 1000/);
+  assert.strictEqual(readerError, null, "a declared oversize upload reached the handler");
+  let pulls = 0;
+  const endless = new ReadableStream<Uint8Array>({
+    pull(c) {
+      pulls++;
+      c.enqueue(new Uint8Array(300));
+    },
+  });
+  const streamed = await handler(_post("/raft/snapshot", endless, _snapHeaders(_snap())));
+  assert.strictEqual(streamed.status, 413);
+  assert.match((await _json(streamed)).error, /exceeds the limit of 1000 bytes/);
+  assert.ok(readerError !== null, "the reader did not see the stream fail");
+  assert.ok(pulls < 10, `the body was read on: ${pulls} pulls`);
+});
+
+Deno.test("a snapshot upload that stalls gets 408 after the idle timeout, one that drags on after the total timeout", async () => {
+  const { handler } = _guardedFixture({ snapshotIdleTimeoutMs: 50 });
+  const stalled = _stalledBody(new Uint8Array(100));
+  const idle = await handler(_post("/raft/snapshot", stalled.stream, _snapHeaders(_snap())));
+  assert.strictEqual(idle.status, 408);
+  assert.match((await _json(idle)).error, /sent nothing for 50 ms/);
+
+  const slow = _guardedFixture({ snapshotIdleTimeoutMs: 10_000, snapshotReceiveTimeoutMs: 100 });
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const trickle = new ReadableStream<Uint8Array>({
+    start(c) {
+      timer = setInterval(() => c.enqueue(new Uint8Array(1)), 10);
+    },
+    cancel() {
+      clearInterval(timer);
+    },
+  });
+  try {
+    const res = await slow.handler(_post("/raft/snapshot", trickle, _snapHeaders(_snap())));
+    assert.strictEqual(res.status, 408);
+    assert.match((await _json(res)).error, /not complete after 100 ms/);
+  } finally {
+    clearInterval(timer);
+  }
+});
+
+Deno.test("only one snapshot upload at a time: another gets 429 meanwhile", async () => {
+  const { handler, snapshots } = _guardedFixture();
+  const first = _stalledBody(new Uint8Array(100), new Uint8Array(50));
+  const firstRes = handler(_post("/raft/snapshot", first.stream, _snapHeaders(_snap())));
+  // The first upload is in progress as soon as its handler call began.
+  const second = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
+  assert.strictEqual(second.status, 429);
+  assert.match((await _json(second)).error, /Another snapshot upload is in progress/);
+  first.finish();
+  assert.strictEqual((await firstRes).status, 204);
+  assert.deepStrictEqual(snapshots.map((s) => s.bytes), [150]);
+  const third = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
+  assert.strictEqual(third.status, 204);
+});
+
+Deno.test("a snapshot the node refuses with PeerRefusedError gets 409", async () => {
+  const { handler } = _guardedFixture({}, async (_msg, body) => {
+    await body.cancel();
+    throw new PeerRefusedError('Snap from "n1": "n3" already leads term 3');
+  });
+  const res = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
+  assert.strictEqual(res.status, 409);
+  assert.match((await _json(res)).error, /already leads term 3/);
 });

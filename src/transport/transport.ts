@@ -28,15 +28,31 @@ export interface Transport {
 
 /** What a transport calls when something arrives from (or fails to reach) a peer. */
 export interface TransportHandlers {
-  /** Called with every batch received from a peer. */
+  /**
+   * Called with every batch received from a peer. May throw {@linkcode PeerRefusedError} to
+   * refuse (part of) the batch.
+   */
   onMessages(messages: Message[]): void;
   /**
    * Called when a peer streams a snapshot; resolve once the bytes are durably stored (the sender
-   * waits for it).
+   * waits for it). Rejects with {@linkcode PeerRefusedError} to refuse it.
    */
   onSnapshot(msg: Message, body: ReadableStream<Uint8Array>): Promise<void>;
   /** Called when a peer could not be reached after the retries (the Raft core may then slow down probing). */
   onUnreachable?(peer: NodeId): void;
+}
+
+/**
+ * Thrown by a {@linkcode TransportHandlers} method to refuse what a peer sent, as opposed to
+ * failing: the message was understood but no correct peer would send it (the Raft core refused
+ * it). The HTTP peer handler answers `409` with the error's message.
+ */
+export class PeerRefusedError extends Error {
+  /** Creates the error; `message` says what was refused and why, quoting the values. */
+  constructor(message: string) {
+    super(message);
+    this.name = "PeerRefusedError";
+  }
 }
 
 /**

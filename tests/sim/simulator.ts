@@ -42,7 +42,9 @@
  * commit monotonicity, and that every committed entry is durable on a majority. Every snapshot
  * (taken, sent, installed or loaded at restart) must match the committed entry at its index and
  * hold exactly the state the nodes that applied that index had; no node installs a snapshot at or
- * below its commit index. At the end (after healing everything): liveness (a leader serves a read
+ * below its commit index. Every message and snapshot delivered passes the peer validator a real
+ * node runs (`src/raft/validate.ts`) and is never refused by the core: traffic between correct
+ * nodes must never look hostile, whatever the faults (`peer-refusal`). At the end (after healing everything): liveness (a leader serves a read
  * of every key within a bound), convergence of every node's state, and linearizability of the
  * client history.
  *
@@ -74,6 +76,7 @@ import {
   type Operation,
 } from "../../src/check/linearizability.ts";
 import { decodeMessages, encodeMessages } from "../../src/transport/codec.ts";
+import { type PeerEndpoint, PeerValidator } from "../../src/raft/validate.ts";
 import {
   decodeRecord,
   type DecodeResult,
@@ -185,6 +188,7 @@ export type CheckName =
   | "snapshot"
   | "recovery"
   | "node-error"
+  | "peer-refusal"
   | "liveness"
   | "convergence"
   | "linearizability"
@@ -812,6 +816,8 @@ class _Simulation {
   #seq = 0;
   #queue = new _EventQueue();
   #nodes: _Node[] = [];
+  /** Each node's peer validator, as a real node builds it. */
+  #validators = new Map<NodeId, PeerValidator>();
   #clients: _Client[] = [];
   #history: Operation[] = [];
   #encoder = new RecordEncoder();
@@ -912,6 +918,12 @@ class _Simulation {
   run(): SimulationResult {
     const ids = Array.from({ length: this.#opts.nodes }, (_, i) => `n${i + 1}`);
     this.#nodes = ids.map((id, i) => new _Node(id, i));
+    for (const id of ids) {
+      this.#validators.set(
+        id,
+        new PeerValidator({ self: id, members: ids, checkEntryData: decodeCommand }),
+      );
+    }
     for (const n of this.#nodes) this.#boot(n);
     const clients = this.#opts.clients ?? this.#opts.nodes + 1;
     for (let i = 0; i < clients; i++) {
@@ -1729,7 +1741,9 @@ class _Simulation {
           report(false, `failed: ${lost ? "connection lost" : "partitioned"}`);
           return;
         }
-        this.#receiveSnapshot(dst, decodeMessages(bytes)[0]!, file);
+        const snapMsgs = decodeMessages(bytes);
+        this.#checkValid(dst, n.id, snapMsgs, "snapshot");
+        this.#receiveSnapshot(dst, snapMsgs[0]!, file);
         // The response: lost to a partition or a drop, the sender sees a failure.
         const back = this.#blocked.has(to * 8 + n.index) || this.#rng() < f.dropRate;
         report(!back, "failed: the response was lost");
@@ -1747,7 +1761,7 @@ class _Simulation {
     n.received.push(snap);
     n.recvMem = snap;
     n.commitAtReceive = n.core.log.committed;
-    n.core.step(m);
+    this.#checkTaken(n, m, n.core.step(m));
   }
 
   /** Replaces the state with a received snapshot the core decided to install. */
@@ -1915,7 +1929,29 @@ class _Simulation {
       return;
     }
     const msgs = decodeMessages(bytes);
-    for (const m of msgs) dst.core.step(m);
+    this.#checkValid(dst, sender.id, msgs, "messages");
+    for (const m of msgs) this.#checkTaken(dst, m, dst.core.step(m));
+  }
+
+  /** Fails the run if the validator a real node runs would refuse a correct node's batch. */
+  #checkValid(dst: _Node, from: NodeId, msgs: Message[], endpoint: PeerEndpoint): void {
+    const refusal = this.#validators.get(dst.id)!.checkBatch(from, msgs, endpoint);
+    if (refusal !== null) {
+      this.#violation(
+        "peer-refusal",
+        `${dst.id} would refuse a batch from ${from} (${refusal.kind}): ${refusal.reason}`,
+      );
+    }
+  }
+
+  /** Fails the run if the core refused a correct node's message. */
+  #checkTaken(dst: _Node, m: Message, refused: string | null): void {
+    if (refused !== null) {
+      this.#violation(
+        "peer-refusal",
+        `${dst.id} refused ${MessageType[m.type]} from ${m.from}: ${refused}`,
+      );
+    }
   }
 
   /** Now and then, the sender's transport gives up and reports the peer unreachable. */
