@@ -29,7 +29,8 @@
  * - with `keepUnsyncedEntries`, a random prefix of the uncommitted journal.
  *
  * Writes reach the disk in order: nothing after a torn write survives. Random numbers are drawn in
- * a fixed order (files in path order), so a seed reproduces a crash exactly.
+ * a fixed order (the journal first, then files in path order), so a seed reproduces a crash
+ * exactly.
  *
  * ## Faults and a full disk
  *
@@ -622,6 +623,7 @@ class _Disk {
     options: CrashOptions,
     faults: SimFsFaults,
   ): { disk: _Disk; notes: string[] } {
+    if (this.crashed) throw new CrashedError("crash");
     this.crashed = true;
     const notes: string[] = [];
     if (random && options.keepUnsyncedEntries) {

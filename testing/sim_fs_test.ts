@@ -106,6 +106,7 @@ Deno.test("a crashed file system and its handles refuse every operation, even on
   const handle = await fs.open("/d/f", "append");
   fs.crash();
   slow.crash();
+  assert.throws(() => fs.crash(), CrashedError);
   gates.forEach((release) => release());
   await assert.rejects(waiting, CrashedError);
   await assert.rejects(fs.readFile("/d/f"), CrashedError);
