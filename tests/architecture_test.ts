@@ -1,6 +1,8 @@
 /**
  * Keeps the import graph pointing one way: main -> api/node/transport/storage/kv/cli -> raft.
- * Each folder of src/ may import only the folders listed for it here.
+ * Each folder of src/ may import only the folders listed for it here. Test support in testing/
+ * may import src/ (and itself), never tests/ or scripts/; src/ ships without testing/ (only its
+ * `_test.ts` files may import it).
  */
 import assert from "node:assert/strict";
 import { join, relative } from "node:path";
@@ -17,12 +19,18 @@ const ALLOWED: Record<string, string[]> = {
   api: ["node", "raft"],
 };
 
-async function* walk(dir: string): AsyncGenerator<string> {
+async function* walk(dir: string, tests = false): AsyncGenerator<string> {
   for await (const e of Deno.readDir(dir)) {
     const p = join(dir, e.name);
-    if (e.isDirectory) yield* walk(p);
-    else if (e.name.endsWith(".ts") && !e.name.endsWith("_test.ts")) yield p;
+    if (e.isDirectory) yield* walk(p, tests);
+    else if (e.name.endsWith(".ts") && (tests || !e.name.endsWith("_test.ts"))) yield p;
   }
+}
+
+/** The relative imports of `file`, as written. */
+async function relativeImports(file: string): Promise<string[]> {
+  const text = await Deno.readTextFile(file);
+  return [...text.matchAll(/(?:import|export)[^;]*?from\s+"(\.[^"]+)"/g)].map((m) => m[1]!);
 }
 
 Deno.test("src/ folders import only the layers below them", async () => {
@@ -34,11 +42,10 @@ Deno.test("src/ folders import only the layers below them", async () => {
     const folder = relative(root, file).split("/")[0]!;
     const allowed = ALLOWED[folder];
     assert.ok(allowed, `src/${folder} has no entry in the architecture table`);
-    const text = await Deno.readTextFile(file);
-    for (const m of text.matchAll(/(?:import|export)[^;]*?from\s+"(\.[^"]+)"/g)) {
-      const target = relative(root, join(file, "..", m[1]!)).split("/");
+    for (const spec of await relativeImports(file)) {
+      const target = relative(root, join(file, "..", spec)).split("/");
       if (target[0] === ".." || target.length < 2) {
-        wrong.push(`${relative(Deno.cwd(), file)} imports ${m[1]} (outside src/)`);
+        wrong.push(`${relative(Deno.cwd(), file)} imports ${spec} (outside src/)`);
         continue;
       }
       const dep = target[0]!;
@@ -49,4 +56,21 @@ Deno.test("src/ folders import only the layers below them", async () => {
   }
   assert.ok(files > 10, `only ${files} files found under src/`);
   assert.deepEqual(wrong, [], "backwards imports");
+});
+
+Deno.test("testing/ imports only src/ and itself, never tests/ or scripts/", async () => {
+  const root = Deno.cwd();
+  const wrong: string[] = [];
+  let files = 0;
+  for await (const file of walk(join(root, "testing"), true)) {
+    files++;
+    for (const spec of await relativeImports(file)) {
+      const top = relative(root, join(file, "..", spec)).split("/")[0];
+      if (top !== "src" && top !== "testing") {
+        wrong.push(`${relative(root, file)} imports ${spec} (outside src/ and testing/)`);
+      }
+    }
+  }
+  assert.ok(files > 5, `only ${files} files found under testing/`);
+  assert.deepEqual(wrong, [], "test support importing tests/ or scripts/");
 });

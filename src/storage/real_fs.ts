@@ -1,0 +1,82 @@
+/**
+ * The real {@linkcode FileSystem}: `Deno.*` on the local disk.
+ *
+ * @module
+ */
+
+import { DIRECTORY_MODE, FILE_MODE, type FileSystem, type OpenHow } from "./fs.ts";
+
+const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
+  "read": { read: true },
+  "append": { write: true, append: true },
+  "create-new": { write: true, append: true, createNew: true },
+  "truncate": { write: true, create: true, truncate: true },
+};
+
+/**
+ * The file system of the machine, through `Deno.*`. Handles are `Deno.FsFile`s; errors are the
+ * ones Deno throws. {@linkcode FileSystem.syncDir} opens the directory and syncs it, except on
+ * Windows, which cannot open a directory for syncing (NTFS journals its metadata), where it only
+ * checks that the directory exists; a file system that cannot sync directories (`EINVAL`) is
+ * tolerated.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { writeAll } from "./fs.ts";
+ * import { realFs } from "./real_fs.ts";
+ *
+ * await realFs.mkdir("data");
+ * {
+ *   using file = await realFs.open("data/new.tmp", "truncate");
+ *   await writeAll(file, new TextEncoder().encode("hello\n"));
+ *   await file.sync();
+ * }
+ * await realFs.rename("data/new.tmp", "data/new");
+ * await realFs.syncDir("data");
+ * ```
+ */
+export const realFs: FileSystem = {
+  open(path, how, mode = FILE_MODE) {
+    return Deno.open(path, { ..._OPEN_OPTIONS[how], mode });
+  },
+  readFile(path) {
+    return Deno.readFile(path);
+  },
+  async stat(path) {
+    const info = await Deno.stat(path);
+    return {
+      isFile: info.isFile,
+      isDirectory: info.isDirectory,
+      size: info.size,
+      mode: info.mode === null ? null : info.mode & 0o777,
+    };
+  },
+  async readDir(path) {
+    const entries = [];
+    for await (const { name, isFile, isDirectory } of Deno.readDir(path)) {
+      entries.push({ name, isFile, isDirectory });
+    }
+    return entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  },
+  mkdir(path, mode = DIRECTORY_MODE) {
+    return Deno.mkdir(path, { recursive: true, mode });
+  },
+  rename(from, to) {
+    return Deno.rename(from, to);
+  },
+  remove(path) {
+    return Deno.remove(path);
+  },
+  async syncDir(path) {
+    if (Deno.build.os === "windows") {
+      await Deno.stat(path);
+      return;
+    }
+    using handle = await Deno.open(path, { read: true });
+    try {
+      await handle.sync();
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== "EINVAL") throw error;
+    }
+  },
+};
