@@ -164,6 +164,8 @@ export class RaftNode implements KvBackend {
   #ticked = 0;
   readonly #maxCatchUpTicks: number;
   #scheduled = false;
+  /** Set while #process runs: a nested call returns, and the running loop takes its work. */
+  #processing = false;
   #stopping = false;
   #failed = false;
   #waiters = new Map<number, Waiter>();
@@ -452,12 +454,23 @@ export class RaftNode implements KvBackend {
 
   // ---- the Ready loop -----------------------------------------------------------------------
 
+  /**
+   * Works through the core's Readies, one at a time and in order. Never nested: handling a Ready
+   * can reach #process again (a write job with nothing to write runs the write loop to its end
+   * without an await), and a nested loop would take the next Ready, and apply its committed
+   * entries, before this one's; the running loop picks that work up instead.
+   */
   #process(): void {
-    if (this.#failed) return;
-    this.#startReadRound();
-    while (this.#core.hasReady()) {
-      const rd = this.#core.ready();
-      this.#handleReady(rd);
+    if (this.#failed || this.#processing) return;
+    this.#processing = true;
+    try {
+      this.#startReadRound();
+      while (this.#core.hasReady()) {
+        const rd = this.#core.ready();
+        this.#handleReady(rd);
+      }
+    } finally {
+      this.#processing = false;
     }
   }
 

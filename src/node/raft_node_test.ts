@@ -251,3 +251,59 @@ Deno.test("a backup streamed from a node starts a new cluster with the same data
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("a restarted follower applies a committed backlog larger than one Ready in log order", async () => {
+  // Regression: committed entries beyond maxApplyBytes (4 MiB) come out in several Readies. A
+  // Ready whose only durable work was a message (an append ack) ran the write loop without an
+  // await, which processed the next Ready inside the current one: the later batch was applied
+  // before the earlier one, and the node stopped with "entry 1 applied after N: out of order".
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const nodes = new Map<string, RaftNode>();
+  const fatal: unknown[] = [];
+  const net = new MemoryNetwork();
+  const open = async (seedBase: number) => {
+    for (const [i, id] of IDS.entries()) {
+      nodes.set(
+        id,
+        await startNode(root, net, id, seedBase + i, { onFatal: (e) => fatal.push(e) }),
+      );
+    }
+    for (const n of nodes.values()) n.start();
+  };
+  const all = () => [...nodes.values()];
+  try {
+    await open(300);
+    await waitFor(() => leaderOf(all())?.isReady() === true, "a leader");
+    const leader = leaderOf(all())!;
+    const value = (i: number) => `${i}:`.padEnd(120_000, "x");
+    for (let i = 0; i < 48; i += 8) {
+      const batch = [];
+      for (let j = i; j < i + 8; j++) batch.push(leader.put(`k${j}`, value(j), signal()));
+      await Promise.all(batch);
+    }
+    const last = leader.status().commit_index;
+    await waitFor(
+      () => all().every((n) => n.status().applied_index >= last),
+      "every node to apply",
+    );
+    for (const n of all()) await n.stop();
+    nodes.clear();
+
+    // After the restart no node knows the commit index (the hard state only records it with a
+    // term change); the new leader's first commit hands each follower 5.8 MB to apply at once.
+    await open(400);
+    await waitFor(() => leaderOf(all())?.isReady() === true, "a leader after the restart");
+    const commit = leaderOf(all())!.status().commit_index;
+    await waitFor(
+      () => fatal.length > 0 || all().every((n) => n.status().applied_index >= commit),
+      "every node to apply the backlog",
+    );
+    assert.deepEqual(fatal, []);
+    for (const n of all()) {
+      for (const i of [0, 23, 47]) assert.equal(await n.get(`k${i}`, "stale", signal()), value(i));
+    }
+  } finally {
+    for (const n of nodes.values()) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
