@@ -244,6 +244,18 @@ export class RaftCore {
     this.#startRead(id);
   }
 
+  /**
+   * Makes a leader a follower in its own term, with no leader known; does nothing on any other
+   * role. For the driver when this node can no longer lead usefully (its disk is full and the
+   * followers committed entries it cannot persist, so it can neither apply nor answer): the
+   * others elect a new leader in a later term. This node voted for itself in this term, so it
+   * cannot lead the same term again, and nothing it committed is lost (the new leader holds it).
+   */
+  stepDown(): void {
+    if (this.role !== "leader") return;
+    this.#becomeFollower(this.term, NONE);
+  }
+
   /** Processes one message from a peer. */
   step(m: Message): void {
     if (m.term > this.term) {
