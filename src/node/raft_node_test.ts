@@ -510,3 +510,52 @@ Deno.test("when every disk is full writes are refused with NoSpaceError, reads a
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("large values trigger snapshots by log bytes long before the entry threshold, keeping the log small", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const storage = await openDiskStorage({
+    walDir: join(root, "wal"),
+    raftStatePath: join(root, "raft-state.json"),
+    logMetadataPath: join(root, "log-metadata.json"),
+    snapshotDir: join(root, "snapshots"),
+  });
+  const threshold = 256 * 1024;
+  const node = new RaftNode({
+    id: "solo",
+    members: [{ id: "solo", rpcUrl: "mem://solo", apiUrl: "http://solo" }],
+    storage,
+    heartbeatMs: 10,
+    electionTimeoutMs: 100,
+    snapshotThreshold: 10_000,
+    snapshotThresholdBytes: threshold,
+    logger: SILENT,
+    transport: (h) => new MemoryNetwork().connect("solo", h),
+  });
+  const walBytes = async () => {
+    let total = 0;
+    for await (const e of Deno.readDir(join(root, "wal"))) {
+      total += (await Deno.stat(join(root, "wal", e.name))).size;
+    }
+    return total;
+  };
+  try {
+    node.start();
+    await waitFor(() => node.isReady(), "the single node to lead");
+    const value = (i: number) => `${i}:`.padEnd(32 * 1024, "v");
+    let most = 0;
+    for (let i = 0; i < 100; i++) {
+      await node.put(`k${i % 10}`, value(i), signal());
+      most = Math.max(most, await walBytes());
+    }
+    // 3.2 MB written, 100 entries: the entry threshold alone would never have snapshotted.
+    const snaps = await listSnapshots(join(root, "snapshots"));
+    assert.ok(snaps.length >= 1 && snaps[0]!.index >= 60, `snapshots: ${JSON.stringify(snaps)}`);
+    assert.ok(most < 3 * threshold, `the WAL reached ${most} bytes (threshold ${threshold})`);
+    for (let i = 90; i < 100; i++) {
+      assert.equal(await node.get(`k${i % 10}`, "linearizable", signal()), value(i));
+    }
+  } finally {
+    await node.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
