@@ -110,11 +110,12 @@ async function assertNothingLost(c: ProcessCluster, id: string): Promise<void> {
 
 Deno.test({
   name:
-    "a full disk is survived: one full disk leaves writes acknowledged, all full refuses writes with 507 and serves reads, and freeing space resumes writes without a restart",
+    "a full disk is survived: one full disk leaves writes acknowledged, all full refuses writes with 507 and serves reads, and freeing space resumes writes without a restart" +
+    (SKIP === null ? "" : ` (skipped: ${SKIP})`),
   ignore: SKIP !== null,
   sanitizeOps: false,
   sanitizeResources: false,
-  async fn() {
+  async fn(t) {
     const root = await Deno.makeTempDir({ prefix: "raftkv-disk-full-" });
     const mounted: string[] = [];
     let cluster: ProcessCluster | undefined;
@@ -124,7 +125,7 @@ Deno.test({
         await Deno.mkdir(dir);
         const why = await mountTmpfs(dir, "16m");
         if (why !== null) {
-          console.log(`skipped: mount -t tmpfs failed: ${why}`);
+          await t.step({ name: `skipped: mount -t tmpfs failed: ${why}`, ignore: true, fn() {} });
           return;
         }
         mounted.push(dir);
