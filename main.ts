@@ -80,6 +80,7 @@ export async function main(args: string[]): Promise<number> {
     heartbeatMs: config.heartbeatMs,
     electionTimeoutMs: config.electionTimeoutMs,
     snapshotThreshold: config.snapshotThreshold,
+    snapshotThresholdBytes: config.snapshotThresholdBytes,
     logger: log,
     onFatal: (e) => {
       fatal = e;

@@ -442,8 +442,9 @@ Deno.test("health, readiness and status agree on a live cluster, and readiness d
     assert.ok(status !== null, `${id} gave no status`);
     assert.deepEqual(
       Object.keys(status).sort(),
-      ["applied_index", "commit_index", "id", "last_index", "leader", "role", "term"],
+      ["alarms", "applied_index", "commit_index", "id", "last_index", "leader", "role", "term"],
     );
+    assert.deepEqual(status.alarms, [], `${id} reports an alarm`);
     assert.equal(status.id, id);
     assert.ok(status.role === "leader" || status.role === "follower", status.role);
     assert.equal(status.term, leaders[0]?.term, `${id} is in another term`);

@@ -36,6 +36,7 @@ import {
   type Consistency,
   type KvBackend,
   type NodeStatus,
+  NoSpaceError,
   NotAppliedError,
   NotLeaderError,
   OutcomeUnknownError,
@@ -127,7 +128,8 @@ export interface ApiOptions {
  * (with `Allow`); 408 body not received in time; 413 key, value or body too large; 499 the
  * client went away; 500 unexpected failure; 502 a forwarded write failed after it may have been
  * sent; 503 no leader, not applied, shutting down, leader unreachable or changed (with
- * `Retry-After`); 504 deadline passed (a write may or may not have been applied).
+ * `Retry-After`); 504 deadline passed (a write may or may not have been applied); 507 the
+ * leader's disk is full (`{"error":"no space left on device","alarm":"NOSPACE"}`; nothing done).
  *
  * @example Usage
  * ```ts ignore
@@ -413,6 +415,9 @@ async function _backendFailure(
   }
   if (err instanceof StoppingError) {
     throw new _ApiError(503, `${err.message}; retry on another node`, { k }, ctx.retryAfter);
+  }
+  if (err instanceof NoSpaceError) {
+    throw new _ApiError(507, err.message, { alarm: "NOSPACE", k });
   }
   if (deadline.clientGone()) {
     throw new _ApiError(_CLIENT_GONE, "the client closed the request", { k });

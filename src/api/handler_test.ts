@@ -4,6 +4,7 @@ import {
   type DeleteResult,
   type KvBackend,
   type NodeStatus,
+  NoSpaceError,
   NotAppliedError,
   NotLeaderError,
   OutcomeUnknownError,
@@ -70,6 +71,7 @@ class FakeBackend implements KvBackend {
       commit_index: this.index,
       applied_index: this.index,
       last_index: this.index,
+      alarms: [],
     };
   }
 
@@ -460,6 +462,24 @@ Deno.test("NotAppliedError and StoppingError are answered with 503 and Retry-Aft
   }
 });
 
+Deno.test("a write refused for a full disk is answered with 507 and the NOSPACE alarm", async () => {
+  const { call, backend } = setup();
+  backend.error = new NoSpaceError();
+  for (
+    const res of [
+      await call("POST", "/v1/data", '{"k":"a","v":"1"}'),
+      await call("PUT", "/v1/data/a", '{"v":"1"}'),
+      await call("DELETE", "/v1/data/a"),
+    ]
+  ) {
+    assert.deepEqual(await expectJson(res, 507), {
+      error: "no space left on device",
+      alarm: "NOSPACE",
+      k: "a",
+    });
+  }
+});
+
 Deno.test("OutcomeUnknownError on a write is answered with 504", async () => {
   const { call, backend, logs } = setup();
   backend.error = new OutcomeUnknownError();
@@ -674,6 +694,7 @@ Deno.test("GET /v1/status answers the backend's status", async () => {
     commit_index: 0,
     applied_index: 0,
     last_index: 0,
+    alarms: [],
   });
 });
 

@@ -75,6 +75,8 @@ export interface NodeConfig {
   maxConnRetryAttempts: number;
   /** Applied entries since the last snapshot that trigger a new one. Default 10000. */
   snapshotThreshold: number;
+  /** Log bytes written since the last snapshot that trigger a new one. Default 67108864 (64 MiB). */
+  snapshotThresholdBytes: number;
   /** A backup to start from when the node has no data yet (`--restore-from`), or null. */
   restoreFrom: string | null;
   /** Largest key accepted, in bytes. Default 1024. */
@@ -299,6 +301,8 @@ export function parseArgs(
       DEFAULTS.maxConnRetryAttempts,
     snapshotThreshold: settings.positiveInt("--snapshot-threshold") ??
       DEFAULTS.snapshotThreshold,
+    snapshotThresholdBytes: settings.positiveInt("--snapshot-threshold-bytes") ??
+      DEFAULTS.snapshotThresholdBytes,
     restoreFrom: settings.string("--restore-from") ?? null,
     maxKeyBytes: settings.positiveInt("--max-key-bytes") ?? DEFAULTS.maxKeyBytes,
     maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,

@@ -70,6 +70,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   apiFwdTimeoutMs: 5000,
   maxConnRetryAttempts: 3,
   snapshotThreshold: 10000,
+  snapshotThresholdBytes: 67108864,
   restoreFrom: null,
   maxKeyBytes: 1024,
   maxValueBytes: 1048576,
@@ -96,6 +97,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--raft-state-path", "/state.json", { raftStatePath: "/state.json" }],
   ["--snapshot-path", "/snaps", { snapshotDir: "/snaps" }],
   ["--snapshot-threshold", "50", { snapshotThreshold: 50 }],
+  ["--snapshot-threshold-bytes", "1048576", { snapshotThresholdBytes: 1_048_576 }],
   ["--restore-from", "backup.snap", { restoreFrom: "backup.snap" }],
   ["--join-mode", "static", { joinMode: "static" }],
   ["--cluster-config-path", "other.json", { clusterConfigPath: "other.json" }],
@@ -246,7 +248,14 @@ Deno.test("parseArgs() rejects an API port equal to the RPC port", () => {
 });
 
 Deno.test("parseArgs() rejects counts and sizes that are not positive integers", () => {
-  for (const flag of ["--snapshot-threshold", "--max-key-bytes", "--max-value-bytes"]) {
+  for (
+    const flag of [
+      "--snapshot-threshold",
+      "--snapshot-threshold-bytes",
+      "--max-key-bytes",
+      "--max-value-bytes",
+    ]
+  ) {
     for (const value of ["0", "-3", "1.5", "ten", "1e3"]) {
       _assertConfigError(
         () => parseArgs(["--id", "node-1", flag, value], {}, _files()),

@@ -34,6 +34,8 @@ export const DEFAULTS = {
   maxConnRetryAttempts: 3,
   /** Default of `--snapshot-threshold`, in log entries. */
   snapshotThreshold: 10_000,
+  /** Default of `--snapshot-threshold-bytes` (64 MiB of log written). */
+  snapshotThresholdBytes: 67_108_864,
   /** Default of `--max-key-bytes`. */
   maxKeyBytes: 1024,
   /** Default of `--max-value-bytes` (1 MiB). */
@@ -167,6 +169,13 @@ export const FLAGS: readonly FlagInfo[] = [
     "<entries>",
     String(_D.snapshotThreshold),
     "Take a snapshot once this many log entries have been applied since the last one",
+  ),
+  _flag(
+    "Storage",
+    "--snapshot-threshold-bytes",
+    "<bytes>",
+    `${_D.snapshotThresholdBytes} (64 MiB)`,
+    "Also take a snapshot once this many bytes were written to the log since the last one, so that large values cannot fill the disk first",
   ),
   _flag(
     "Storage",

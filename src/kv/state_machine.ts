@@ -105,7 +105,7 @@ export class KvStateMachine {
     for (const saved of this.#views) if (!saved.has(key)) saved.set(key, this.data.get(key));
   }
 
-  /** Applies one command at `index`. Entries must arrive in increasing index order. */
+  /** Applies one command at `index`, which must be `appliedIndex + 1` (see {@linkcode advance}). */
   apply(index: number, cmd: KvCommand): KvResult {
     this.advance(index);
     if (this.#views.size > 0) this.#save(cmd.key);
@@ -116,10 +116,18 @@ export class KvStateMachine {
     return { op: "delete", deleted: this.data.delete(cmd.key) };
   }
 
-  /** Records that the entry at `index` (a no-op or a command) was applied. */
+  /**
+   * Records that the entry at `index` (a no-op or a command) was applied. Entries come one by
+   * one in log order: anything but `appliedIndex + 1` (a repeated, older or skipped entry) throws
+   * before the state changes.
+   */
   advance(index: number): void {
-    if (index <= this.appliedIndex) {
-      throw new RangeError(`entry ${index} applied after ${this.appliedIndex}: out of order`);
+    if (index !== this.appliedIndex + 1) {
+      throw new RangeError(
+        `entry ${index} applied after ${this.appliedIndex}: out of order (expected ${
+          this.appliedIndex + 1
+        })`,
+      );
     }
     this.appliedIndex = index;
   }

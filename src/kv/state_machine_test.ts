@@ -36,6 +36,22 @@ Deno.test("the state machine applies puts and deletes in order", () => {
   assert.throws(() => sm.apply(5, { op: "put", key: "c", value: "3" }), /out of order/);
 });
 
+Deno.test("the state machine refuses a skipped, repeated or older entry before changing anything", () => {
+  const sm = new KvStateMachine();
+  sm.apply(1, { op: "put", key: "a", value: "1" });
+  for (const index of [3, 1, 0]) {
+    assert.throws(
+      () => sm.apply(index, { op: "put", key: "a", value: "wrong" }),
+      new RangeError(`entry ${index} applied after 1: out of order (expected 2)`),
+    );
+    assert.throws(() => sm.advance(index), /out of order/);
+  }
+  assert.equal(sm.get("a"), "1");
+  assert.equal(sm.appliedIndex, 1);
+  sm.advance(2);
+  assert.equal(sm.appliedIndex, 2);
+});
+
 Deno.test("two state machines fed the same entries end in the same state", () => {
   const a = new KvStateMachine();
   const b = new KvStateMachine();

@@ -40,7 +40,16 @@ export interface NodeStatus {
   commit_index: number;
   applied_index: number;
   last_index: number;
+  /** Conditions the node is in: `NOSPACE` while its disk is full (see {@linkcode NoSpaceError}). */
+  alarms: Alarm[];
 }
+
+/**
+ * A condition a node reports in its status. `NOSPACE`: a write to its disk failed for lack of
+ * space (or quota); it retries by itself, serves reads, and refuses writes it would have to
+ * append as leader, until a retry succeeds.
+ */
+export type Alarm = "NOSPACE";
 
 /**
  * The operations the REST API performs on a node.
@@ -53,6 +62,8 @@ export interface NodeStatus {
  * - {@linkcode NotAppliedError}: the write definitely did not and will not take effect (e.g. the
  *   leader lost its term before committing it). Safe to retry. The API answers 503.
  * - {@linkcode StoppingError}: the node is shutting down. The API answers 503.
+ * - {@linkcode NoSpaceError}: this node leads but its disk is full; nothing was done. The API
+ *   answers 507.
  */
 export interface KvBackend {
   /** Writes `value` under `key` once committed and applied. */
@@ -96,5 +107,17 @@ export class StoppingError extends Error {
   constructor(message = "the node is shutting down") {
     super(message);
     this.name = "StoppingError";
+  }
+}
+
+/**
+ * The write was refused, nothing done: this node leads, but its disk is full (the `NOSPACE`
+ * alarm), so it cannot append. Writes resume by themselves once space is freed.
+ */
+export class NoSpaceError extends Error {
+  /** Creates the error. */
+  constructor(message = "no space left on device") {
+    super(message);
+    this.name = "NoSpaceError";
   }
 }

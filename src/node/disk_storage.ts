@@ -143,13 +143,18 @@ export async function openDiskStorage(
     },
     rollLog: () => wal.rollNext(),
     async installReceived(meta: SnapshotMeta, receivedPath: string): Promise<string> {
-      // The file must be there before the reset record (the commit point) promises it is.
-      await Deno.stat(receivedPath);
-      // After the reset record, start-up completes the install from the received file.
-      await wal.reset(meta.index, meta.term);
       const path = join(paths.snapshotDir, snapshotName(meta.index, meta.term));
-      await Deno.rename(receivedPath, path);
-      await syncDirectory(paths.snapshotDir);
+      if (await _exists(receivedPath)) {
+        // The file must be there before the reset record (the commit point) promises it is.
+        // After the reset record, start-up completes the install from the received file.
+        await wal.reset(meta.index, meta.term);
+        await Deno.rename(receivedPath, path);
+        await syncDirectory(paths.snapshotDir);
+      } else {
+        // A retry after the disk was full: an earlier attempt got as far as the rename (which
+        // came after the reset record), or the received file is gone and this throws.
+        await Deno.stat(path);
+      }
       await saveLogMetadata(paths.logMetadataPath, {
         firstIndex: meta.index + 1,
         snapshotIndex: meta.index,
@@ -161,6 +166,17 @@ export async function openDiskStorage(
     },
     close: () => wal.close(),
   };
+}
+
+/** Whether `path` exists. */
+async function _exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
 }
 
 /** Verifies a backup and installs it as the node's first snapshot. */

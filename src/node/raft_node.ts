@@ -8,6 +8,8 @@
  * messages that depend on that write leave only after it, and committed entries are applied to
  * the key-value state machine, resolving the clients waiting on them.
  *
+ * A full disk is an operating condition, not a crash (see {@linkcode RaftNode} "Disk full").
+ *
  * @module
  */
 
@@ -39,6 +41,7 @@ import {
   type DeleteResult,
   type KvBackend,
   type NodeStatus,
+  NoSpaceError,
   NotAppliedError,
   OutcomeUnknownError,
   StoppingError,
@@ -57,7 +60,8 @@ import {
   snapshotName,
   writeSnapshotFile,
 } from "../snapshot/snapshot_file.ts";
-import { CorruptFileError } from "../storage/errors.ts";
+import { CorruptFileError, isNoSpace } from "../storage/errors.ts";
+import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 
 /** The durable state a node recovered, and the operations the driver needs to keep it durable. */
 export interface NodeStorage {
@@ -69,7 +73,11 @@ export interface NodeStorage {
   readonly snapshotData: Iterable<[string, string]>;
   /** The log entries after the snapshot, recovered at start-up. */
   readonly entries: Entry[];
-  /** Appends entries (truncating a conflicting suffix first) with one write and one sync. */
+  /**
+   * Appends entries (truncating a conflicting suffix first) with one write and one sync. Every
+   * operation here that fails for lack of space (ENOSPC, EDQUOT) leaves nothing half done that a
+   * retry of the same call cannot finish.
+   */
   append(entries: Entry[]): Promise<void>;
   /** Durably replaces the hard state. */
   saveHardState(hs: HardState): Promise<void>;
@@ -112,7 +120,15 @@ export interface RaftNodeOptions {
   seed?: number;
   /** Applied entries between snapshots. Default 10000. */
   snapshotThreshold?: number;
-  /** Entries kept in the log before a snapshot, for followers just behind. Default: min(5000, threshold). */
+  /**
+   * Also snapshot once this many bytes were written to the log since the last snapshot, so that
+   * large values cannot fill the disk before `snapshotThreshold` entries. Default 64 MiB.
+   */
+  snapshotThresholdBytes?: number;
+  /**
+   * Entries kept in the log before a snapshot, for followers just behind. Default:
+   * min(5000, threshold). At most a quarter of `snapshotThresholdBytes` of entries is kept.
+   */
   snapshotCatchUpEntries?: number;
   /**
    * How often received snapshot files (`.recv`) that nothing needs any more (superseded, refused,
@@ -120,7 +136,10 @@ export interface RaftNodeOptions {
    * must have been untouched. Start-up removes every one left over. Default 60000.
    */
   receivedSweepMs?: number;
-  /** Called when the node cannot continue safely (a failed disk write, a broken invariant). */
+  /**
+   * Called when the node cannot continue safely (a failed disk write other than a full disk, a
+   * broken invariant).
+   */
   onFatal?: (error: unknown) => void;
   /** Where log lines go. Default: console. */
   logger?: Pick<Console, "info" | "warn" | "error" | "debug">;
@@ -145,6 +164,11 @@ interface ReadRound {
 }
 
 interface WriteJob {
+  /**
+   * How many of the steps below (install, entries, hard state, compact) are done: a job the disk
+   * refused part-way is retried from the first step not done.
+   */
+  done: number;
   /** A received snapshot to install before the entries. */
   install: { meta: SnapshotMeta; path: string } | null;
   entries: Entry[];
@@ -159,7 +183,31 @@ interface ReceivedSnapshot {
   pairs: [string, string][];
 }
 
-/** A Raft node serving the key-value API: see the module doc. */
+/**
+ * A Raft node serving the key-value API: see the module doc.
+ *
+ * **Disk full.** A write that fails with ENOSPC or EDQUOT is not fatal (any other IO error is):
+ * the storage rolls the failed write back, and the node raises the `NOSPACE` alarm
+ * ({@linkcode NodeStatus.alarms}). The write loop keeps the job it could not write and retries
+ * it by itself, after 0.5 s and then backing off to every 5 s, and clears the alarm when a retry
+ * succeeds: no restart is needed once space is freed. Meanwhile:
+ *
+ * - Messages that depend on the write (votes, append acks) stay held until it succeeds, as
+ *   always. Heartbeat answers do not depend on it and are sent at once when their term is on
+ *   disk, so a leader whose followers' disks are full keeps its quorum and confirms reads.
+ * - Appends that carry entries are dropped unread (the leader sends them again later), so the
+ *   entries waiting in memory stay what they were when the disk filled.
+ * - A leader refuses new writes with {@linkcode NoSpaceError} (507); a follower forwards them to
+ *   its leader as usual, which may well have space.
+ * - Reads go on: stale reads everywhere, and linearizable and lease reads on a leader, which
+ *   need no disk (ReadIndex is a heartbeat round).
+ * - A leader hands over once the others commit entries it could not persist (its commit index
+ *   passes its durable index, so it can no longer apply or answer): it steps down
+ *   ({@linkcode RaftCore.stepDown}), and the nodes that did persist them, a majority, elect a
+ *   leader among themselves. It cannot campaign meanwhile: its vote requests wait behind the
+ *   held write. When every disk is full nothing commits past its durable index, so it keeps
+ *   leading: writes are refused with 507 and reads are served.
+ */
 export class RaftNode implements KvBackend {
   /** This node's id. */
   readonly id: NodeId;
@@ -187,6 +235,8 @@ export class RaftNode implements KvBackend {
   #ticked = 0;
   readonly #maxCatchUpTicks: number;
   #scheduled = false;
+  /** Set while #process runs: a nested call returns, and the running loop takes its work. */
+  #processing = false;
   #stopping = false;
   #failed = false;
   #waiters = new Map<number, Waiter>();
@@ -197,7 +247,12 @@ export class RaftNode implements KvBackend {
   /** Writes not started yet; new work merges into the last one (group commit). */
   #pendingWrites: WriteJob[] = [];
   readonly #snapshotThreshold: number;
+  readonly #snapshotThresholdBytes: number;
   readonly #catchUpEntries: number;
+  /** Bytes appended to the log since the last snapshot began (see snapshotThresholdBytes). */
+  #logBytes = 0;
+  /** No snapshot starts before this time (performance.now()), after one the disk refused. */
+  #snapshotRetryAt = 0;
   #snapshotting = false;
   #snapshotTask: Promise<void> = Promise.resolve();
   #snapshotFile: { index: number; path: string } | null = null;
@@ -205,6 +260,12 @@ export class RaftNode implements KvBackend {
   /** Set while the write loop runs (cleared synchronously when it drains the queue). */
   #writerActive = false;
   #writing: Promise<void> = Promise.resolve();
+  /** The job being written, kept until it is all on disk (and retried while the disk is full). */
+  #heldJob: WriteJob | null = null;
+  /** Set while the disk is full (the NOSPACE alarm): when to retry the held job, and the backoff. */
+  #noSpace: { since: number; retryAt: number; delayMs: number } | null = null;
+  /** The term on disk: heartbeat answers in it need no write first. */
+  #durableTerm: number;
 
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
@@ -223,6 +284,7 @@ export class RaftNode implements KvBackend {
     });
     this.#snapshotThreshold = options.snapshotThreshold ?? 10_000;
     this.#receivedSweepMs = options.receivedSweepMs ?? 60_000;
+    this.#snapshotThresholdBytes = options.snapshotThresholdBytes ?? 64 * 1024 * 1024;
     this.#catchUpEntries = options.snapshotCatchUpEntries ??
       Math.min(5000, this.#snapshotThreshold);
     const snapshot = this.#storage.snapshot;
@@ -240,8 +302,10 @@ export class RaftNode implements KvBackend {
       snapshot,
       entries: this.#storage.entries,
     });
+    // The recovered term is on disk (in the hard state, or as the term of the last log entry).
+    this.#durableTerm = this.#core.term;
     this.#transport = options.transport({
-      onMessages: (msgs) => this.#onMessages(msgs),
+      onMessages: (msgs) => this.#onMessages(this.#admit(msgs)),
       onSnapshot: (msg, body) => this.#receiveSnapshot(msg, body),
       onUnreachable: (peer) => this.#guard(() => this.#core.reportUnreachable(peer)),
     });
@@ -250,7 +314,10 @@ export class RaftNode implements KvBackend {
   /** Starts ticking. A single-member cluster elects itself at once. */
   start(): void {
     this.#tickOrigin = performance.now();
-    this.#timer = setInterval(() => this.#catchUpTicks(), this.#heartbeatMs);
+    this.#timer = setInterval(() => {
+      this.#catchUpTicks();
+      this.#retryWrite();
+    }, this.#heartbeatMs);
     this.#sweepTimer = setInterval(() => this.#sweepReceived(), this.#receivedSweepMs);
     if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
     this.#schedule();
@@ -281,12 +348,14 @@ export class RaftNode implements KvBackend {
 
   /** Writes `value` under `key` once committed and applied. */
   async put(key: string, value: string, signal: AbortSignal): Promise<WriteResult> {
+    this.#refuseWhenFull();
     const r = await this.#propose({ op: "put", key, value }, signal);
     return { index: r.index };
   }
 
   /** Deletes `key` once committed and applied. */
   async delete(key: string, signal: AbortSignal): Promise<DeleteResult> {
+    this.#refuseWhenFull();
     const r = await this.#propose({ op: "delete", key }, signal);
     return { index: r.index, deleted: r.op === "delete" && r.deleted };
   }
@@ -375,6 +444,7 @@ export class RaftNode implements KvBackend {
       commit_index: this.#core.log.committed,
       applied_index: this.#kv.appliedIndex,
       last_index: this.#core.log.lastIndex(),
+      alarms: this.#noSpace ? ["NOSPACE"] : [],
     };
   }
 
@@ -508,12 +578,24 @@ export class RaftNode implements KvBackend {
 
   // ---- the Ready loop -----------------------------------------------------------------------
 
+  /**
+   * Works through the core's Readies, one at a time and in order. Never nested: handling a Ready
+   * can reach #process again (a write job with nothing to write runs the write loop to its end
+   * without an await), and a nested loop would take the next Ready, and apply its committed
+   * entries, before this one's; the running loop picks that work up instead.
+   */
   #process(): void {
-    if (this.#failed) return;
-    this.#startReadRound();
-    while (this.#core.hasReady()) {
-      const rd = this.#core.ready();
-      this.#handleReady(rd);
+    if (this.#failed || this.#processing) return;
+    this.#processing = true;
+    try {
+      this.#handOverWhenFull();
+      this.#startReadRound();
+      while (this.#core.hasReady()) {
+        const rd = this.#core.ready();
+        this.#handleReady(rd);
+      }
+    } finally {
+      this.#processing = false;
     }
   }
 
@@ -571,7 +653,14 @@ export class RaftNode implements KvBackend {
       for (const e of rd.entries) job.entries.push(e);
     }
     if (rd.hardState) job.hardState = rd.hardState;
-    for (const m of rd.persistedMessages) job.messages.push(m);
+    for (const m of rd.persistedMessages) {
+      if (this.#noSpace && m.type === MessageType.HeartbeatResp && m.term === this.#durableTerm) {
+        // Depends on nothing unwritten (see the class doc): do not hold it behind a full disk.
+        this.#transport.send([m]);
+      } else {
+        job.messages.push(m);
+      }
+    }
     this.#kickWriter();
   }
 
@@ -580,6 +669,7 @@ export class RaftNode implements KvBackend {
     const last = this.#pendingWrites.at(-1);
     if (last && !last.compact) return last;
     const job: WriteJob = {
+      done: 0,
       install: null,
       entries: [],
       hardState: null,
@@ -590,24 +680,34 @@ export class RaftNode implements KvBackend {
     return job;
   }
 
+  /** Starts the write loop, unless it runs or waits for space (then its retry timer starts it). */
   #kickWriter(): void {
-    if (this.#writerActive) return;
+    if (this.#writerActive || this.#noSpace) return;
     this.#writerActive = true;
     this.#writing = this.#writeLoop();
   }
 
+  /**
+   * Writes the held job, then the pending ones in order. A full disk holds the job (its storage
+   * call rolled back what it wrote) and raises the alarm; anything else that fails is fatal.
+   */
   async #writeLoop(): Promise<void> {
     try {
-      while (this.#pendingWrites.length > 0 && !this.#failed) {
-        const job = this.#pendingWrites.shift()!;
-        if (job.install) {
-          const path = await this.#storage.installReceived(job.install.meta, job.install.path);
-          this.#snapshotFile = { index: job.install.meta.index, path };
+      while (!this.#failed) {
+        const job = this.#heldJob ?? this.#pendingWrites.shift();
+        if (!job) break;
+        this.#heldJob = job;
+        try {
+          await this.#write(job);
+        } catch (e) {
+          if (!isNoSpace(e)) throw e;
+          // Stopping: leave the job unwritten; nothing that depends on it was sent.
+          if (!this.#stopping) this.#raiseNoSpace(e);
+          return;
         }
-        if (job.entries.length > 0) await this.#storage.append(job.entries);
-        if (job.hardState) await this.#storage.saveHardState(job.hardState);
-        if (job.compact) await this.#storage.snapshotTaken(job.compact.meta, job.compact.compactTo);
+        this.#heldJob = null;
         if (this.#failed) return;
+        if (this.#noSpace) this.#clearNoSpace();
         this.#transport.send(job.messages);
         const last = job.entries.at(-1);
         if (last) this.#core.persisted(last.index, last.term);
@@ -618,6 +718,90 @@ export class RaftNode implements KvBackend {
     } finally {
       this.#writerActive = false;
     }
+  }
+
+  /** Does the steps of `job` not done yet, in order, counting each one done as it completes. */
+  async #write(job: WriteJob): Promise<void> {
+    if (job.done < 1 && job.install) {
+      const path = await this.#storage.installReceived(job.install.meta, job.install.path);
+      this.#snapshotFile = { index: job.install.meta.index, path };
+      this.#logBytes = 0;
+    }
+    job.done = Math.max(job.done, 1);
+    if (job.done < 2 && job.entries.length > 0) {
+      await this.#storage.append(job.entries);
+      for (const e of job.entries) this.#logBytes += e.data.byteLength + _RECORD_OVERHEAD;
+    }
+    job.done = Math.max(job.done, 2);
+    if (job.done < 3 && job.hardState) {
+      await this.#storage.saveHardState(job.hardState);
+      this.#durableTerm = job.hardState.term;
+    }
+    job.done = Math.max(job.done, 3);
+    if (job.done < 4 && job.compact) {
+      await this.#storage.snapshotTaken(job.compact.meta, job.compact.compactTo);
+    }
+    job.done = 4;
+  }
+
+  /** Raises the NOSPACE alarm (or backs off further if it is up): see the class doc. */
+  #raiseNoSpace(e: unknown): void {
+    const now = performance.now();
+    if (this.#noSpace) {
+      this.#noSpace.delayMs = Math.min(2 * this.#noSpace.delayMs, _NOSPACE_MAX_RETRY_MS);
+      this.#noSpace.retryAt = now + this.#noSpace.delayMs;
+      return;
+    }
+    this.#noSpace = {
+      since: now,
+      retryAt: now + _NOSPACE_FIRST_RETRY_MS,
+      delayMs: _NOSPACE_FIRST_RETRY_MS,
+    };
+    this.#log.error(
+      `NOSPACE: the disk is full (${
+        e instanceof Error ? e.message : e
+      }); writes are refused and reads served until a retry of the write succeeds`,
+    );
+    this.#schedule();
+  }
+
+  #clearNoSpace(): void {
+    const seconds = (performance.now() - this.#noSpace!.since) / 1000;
+    this.#noSpace = null;
+    this.#log.info(`NOSPACE cleared: the disk took the write after ${seconds.toFixed(1)} s`);
+  }
+
+  /** Called every tick: while the disk is full, retries the held write when its time has come. */
+  #retryWrite(): void {
+    const noSpace = this.#noSpace;
+    if (!noSpace || this.#writerActive || this.#failed || this.#stopping) return;
+    if (performance.now() < noSpace.retryAt) return;
+    this.#writerActive = true;
+    this.#writing = this.#writeLoop();
+  }
+
+  /** A leader refuses new writes while its disk is full (a follower forwards them). */
+  #refuseWhenFull(): void {
+    if (this.#noSpace && this.#core.role === "leader" && !this.#stopping) throw new NoSpaceError();
+  }
+
+  /**
+   * A leader whose disk is full steps down once the others committed past what it has on disk:
+   * it can neither apply those entries nor answer for them, and they can elect a leader.
+   */
+  #handOverWhenFull(): void {
+    const log = this.#core.log;
+    if (!this.#noSpace || this.#core.role !== "leader" || log.committed <= log.stable) return;
+    this.#log.warn(
+      `NOSPACE: stepping down; the others committed up to ${log.committed} but this node's disk holds only up to ${log.stable}`,
+    );
+    this.#core.stepDown();
+  }
+
+  /** While the disk is full, drops appends that carry entries (see the class doc). */
+  #admit(msgs: Message[]): Message[] {
+    if (!this.#noSpace) return msgs;
+    return msgs.filter((m) => m.type !== MessageType.App || m.entries.length === 0);
   }
 
   #apply(entries: Entry[]): void {
@@ -643,13 +827,28 @@ export class RaftNode implements KvBackend {
 
   // ---- snapshots ----------------------------------------------------------------------------
 
-  /** Starts a snapshot when enough entries were applied since the last one. */
+  /**
+   * Starts a snapshot when enough entries were applied since the last one, or enough bytes were
+   * written to the log. A snapshot the disk refused is tried again after a pause.
+   */
   #maybeSnapshot(): void {
     const last = this.#snapshotFile?.index ?? 0;
-    if (this.#snapshotting || this.#kv.appliedIndex - last < this.#snapshotThreshold) return;
+    const applied = this.#kv.appliedIndex;
+    if (this.#snapshotting || applied <= last) return;
+    if (
+      applied - last < this.#snapshotThreshold && this.#logBytes < this.#snapshotThresholdBytes
+    ) {
+      return;
+    }
+    if (performance.now() < this.#snapshotRetryAt) return;
     this.#snapshotting = true;
     this.#snapshotTask = this.#takeSnapshot().catch((e) => {
-      if (!this.#stopping) this.#fail(e);
+      if (isNoSpace(e)) {
+        this.#snapshotRetryAt = performance.now() + _NOSPACE_MAX_RETRY_MS;
+        this.#log.warn(`snapshot not written, the disk is full: ${(e as Error).message}`);
+      } else if (!this.#stopping) {
+        this.#fail(e);
+      }
     }).finally(() => this.#snapshotting = false);
   }
 
@@ -665,6 +864,7 @@ export class RaftNode implements KvBackend {
       voters: [...this.#core.voters],
     };
     const started = performance.now();
+    const logBytes = this.#logBytes;
     this.#storage.rollLog();
     let path: string;
     try {
@@ -683,7 +883,8 @@ export class RaftNode implements KvBackend {
       return;
     }
     this.#snapshotFile = { index: meta.index, path };
-    const compactTo = Math.max(this.#core.log.snapIndex, meta.index - this.#catchUpEntries);
+    this.#logBytes = Math.max(0, this.#logBytes - logBytes);
+    const compactTo = Math.max(this.#core.log.snapIndex, this.#keepFrom(meta.index) - 1);
     this.#core.snapshotSaved(meta, compactTo);
     const job = this.#openJob();
     job.compact = { meta, compactTo };
@@ -693,6 +894,24 @@ export class RaftNode implements KvBackend {
         Math.round(performance.now() - started)
       } ms`,
     );
+  }
+
+  /**
+   * The first index to keep in the log after a snapshot at `index`: up to `catchUpEntries`
+   * entries before it, for followers just behind, but no more than a quarter of
+   * `snapshotThresholdBytes` of them, so large values do not keep the log large.
+   */
+  #keepFrom(index: number): number {
+    const log = this.#core.log;
+    const budget = this.#snapshotThresholdBytes / 4;
+    let from = index + 1;
+    let bytes = 0;
+    while (from > log.firstIndex() && index + 1 - from < this.#catchUpEntries) {
+      bytes += log.slice(from - 1, from)[0]!.data.byteLength + _RECORD_OVERHEAD;
+      if (bytes > budget) break;
+      from--;
+    }
+    return from;
   }
 
   /** Streams the newest snapshot file to a follower that needs it. */
@@ -820,6 +1039,7 @@ export class RaftNode implements KvBackend {
     }
     // Install before writing anything that follows it.
     const job: WriteJob = {
+      done: 0,
       install: { meta, path: received.path },
       entries: [],
       hardState: null,
@@ -883,3 +1103,9 @@ async function _exists(path: string): Promise<boolean> {
     return !(e instanceof Deno.errors.NotFound);
   }
 }
+/** The first retry of a write the full disk refused, in milliseconds. */
+const _NOSPACE_FIRST_RETRY_MS = 500;
+/** The longest pause between retries while the disk is full (also for snapshots). */
+const _NOSPACE_MAX_RETRY_MS = 5_000;
+/** The bytes a log record takes besides the entry's data. */
+const _RECORD_OVERHEAD = HEADER_SIZE + ENTRY_FIELDS_SIZE;

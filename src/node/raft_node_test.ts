@@ -4,8 +4,9 @@ import { NotLeaderError } from "../raft/errors.ts";
 import { MemoryNetwork } from "../transport/memory_transport.ts";
 import { PeerRefusedError, type TransportHandlers } from "../transport/transport.ts";
 import { message, MessageType } from "../raft/types.ts";
+import { NoSpaceError, NotAppliedError, OutcomeUnknownError } from "./backend.ts";
 import { openDiskStorage } from "./disk_storage.ts";
-import { RaftNode, type RaftNodeOptions } from "./raft_node.ts";
+import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
 import { encodeSnapshot, listSnapshots } from "../snapshot/snapshot_file.ts";
 
 const IDS = ["a", "b", "c"];
@@ -82,6 +83,21 @@ function leaderOf(nodes: RaftNode[]): RaftNode | undefined {
 }
 
 const signal = () => AbortSignal.timeout(5_000);
+
+/**
+ * Writes through whichever node leads, trying again while leadership changes (a loaded machine
+ * can delay ticks past an election timeout).
+ */
+async function putOnLeader(nodes: () => RaftNode[], key: string, value: string): Promise<number> {
+  for (let attempt = 0;; attempt++) {
+    await waitFor(() => leaderOf(nodes())?.isReady() === true, "a leader");
+    try {
+      return (await leaderOf(nodes())!.put(key, value, signal())).index;
+    } catch (e) {
+      if (attempt >= 10 || !(e instanceof NotLeaderError || e instanceof NotAppliedError)) throw e;
+    }
+  }
+}
 
 Deno.test("three nodes on real files elect a leader, replicate writes and survive a full restart", async () => {
   const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
@@ -324,6 +340,298 @@ Deno.test("a snapshot upload that fails or is refused leaves no received file; a
     await handlers.onSnapshot(msg, await bytes(50));
     await waitFor(() => node.status().applied_index === 50, "the snapshot to be installed");
     assert.equal(await node.get("k", "stale", signal()), "v");
+  } finally {
+    await node.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a restarted follower applies a committed backlog larger than one Ready in log order", async () => {
+  // Regression: committed entries beyond maxApplyBytes (4 MiB) come out in several Readies. A
+  // Ready whose only durable work was a message (an append ack) ran the write loop without an
+  // await, which processed the next Ready inside the current one: the later batch was applied
+  // before the earlier one, and the node stopped with "entry 1 applied after N: out of order".
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const nodes = new Map<string, RaftNode>();
+  const fatal: unknown[] = [];
+  const net = new MemoryNetwork();
+  const open = async (seedBase: number) => {
+    for (const [i, id] of IDS.entries()) {
+      nodes.set(
+        id,
+        await startNode(root, net, id, seedBase + i, { onFatal: (e) => fatal.push(e) }),
+      );
+    }
+    for (const n of nodes.values()) n.start();
+  };
+  const all = () => [...nodes.values()];
+  try {
+    await open(300);
+    const value = (i: number) => `${i}:`.padEnd(120_000, "x");
+    for (let i = 0; i < 48; i += 8) {
+      const batch = [];
+      for (let j = i; j < i + 8; j++) batch.push(putOnLeader(all, `k${j}`, value(j)));
+      await Promise.all(batch);
+    }
+    const last = Math.max(...all().map((n) => n.status().commit_index));
+    await waitFor(
+      () => all().every((n) => n.status().applied_index >= last),
+      "every node to apply",
+    );
+    for (const n of all()) await n.stop();
+    nodes.clear();
+
+    // After the restart no node knows the commit index (the hard state only records it with a
+    // term change); the new leader's first commit hands each follower 5.8 MB to apply at once.
+    await open(400);
+    await waitFor(() => leaderOf(all())?.isReady() === true, "a leader after the restart");
+    const commit = leaderOf(all())!.status().commit_index;
+    await waitFor(
+      () => fatal.length > 0 || all().every((n) => n.status().applied_index >= commit),
+      "every node to apply the backlog",
+    );
+    assert.deepEqual(fatal, []);
+    for (const n of all()) {
+      for (const i of [0, 23, 47]) assert.equal(await n.get(`k${i}`, "stale", signal()), value(i));
+    }
+  } finally {
+    for (const n of nodes.values()) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+/** A node's disk that a test can fill: while `full`, every write fails with ENOSPC. */
+interface Disk {
+  full: boolean;
+  /** Writes refused so far. */
+  refused: number;
+}
+
+/** Wraps `storage` so that its writes fail as on a full disk while `disk.full` is set. */
+function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
+  const check = () => {
+    if (!disk.full) return;
+    disk.refused++;
+    throw Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
+  };
+  return {
+    ...storage,
+    append: async (entries) => {
+      check();
+      await storage.append(entries);
+    },
+    saveHardState: async (hs) => {
+      check();
+      await storage.saveHardState(hs);
+    },
+    snapshotTaken: async (meta, compactTo) => {
+      check();
+      await storage.snapshotTaken(meta, compactTo);
+    },
+    installReceived: async (meta, path) => {
+      check();
+      return await storage.installReceived(meta, path);
+    },
+  };
+}
+
+/** Three nodes on real files whose disks the test can fill, and every fatal error they report. */
+async function startFillable(root: string, seed: number) {
+  const net = new MemoryNetwork();
+  const disks = new Map<string, Disk>();
+  const nodes = new Map<string, RaftNode>();
+  const fatal: unknown[] = [];
+  const members = IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` }));
+  for (const [i, id] of IDS.entries()) {
+    const dir = join(root, id);
+    const disk = { full: false, refused: 0 };
+    const storage = await openDiskStorage({
+      walDir: join(dir, "wal"),
+      raftStatePath: join(dir, "raft-state.json"),
+      logMetadataPath: join(dir, "log-metadata.json"),
+      snapshotDir: join(dir, "snapshots"),
+    });
+    disks.set(id, disk);
+    nodes.set(
+      id,
+      new RaftNode({
+        id,
+        members,
+        storage: fillable(storage, disk),
+        // Slower than the other tests: these assert who leads, which a loaded machine can upset.
+        heartbeatMs: 20,
+        electionTimeoutMs: 400,
+        seed: seed + i,
+        logger: SILENT,
+        onFatal: (e) => fatal.push(e),
+        transport: (h) => net.connect(id, h),
+      }),
+    );
+  }
+  for (const n of nodes.values()) n.start();
+  return { disks, nodes, fatal, all: () => [...nodes.values()] };
+}
+
+const alarmed = (n: RaftNode) => n.status().alarms.includes("NOSPACE");
+
+Deno.test("a follower whose disk fills raises NOSPACE while the others keep acknowledging writes, and catches up once space is freed", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const c = await startFillable(root, 500);
+  try {
+    await waitFor(() => leaderOf(c.all())?.isReady() === true, "a leader");
+    const leader = leaderOf(c.all())!;
+    const follower = c.all().find((n) => n !== leader)!;
+    c.disks.get(follower.id)!.full = true;
+    let commit = 0;
+    for (let i = 0; i < 30; i++) commit = await putOnLeader(c.all, `k${i}`, `v${i}`);
+    await waitFor(() => alarmed(follower), "the follower to raise NOSPACE");
+    assert.deepEqual(leaderOf(c.all())?.status().alarms, []);
+    assert.ok(follower.status().applied_index < commit, "the full follower applied nothing new");
+    assert.equal(await follower.get("k0", "stale", signal()), null);
+    // Writes sent to it are forwarded as always: it is not the leader.
+    await assert.rejects(follower.put("x", "y", signal()), NotLeaderError);
+
+    c.disks.get(follower.id)!.full = false;
+    await waitFor(
+      () => !alarmed(follower) && follower.status().applied_index >= commit,
+      "the follower to clear NOSPACE and catch up",
+    );
+    for (let i = 0; i < 30; i++) {
+      assert.equal(await follower.get(`k${i}`, "stale", signal()), `v${i}`);
+    }
+    assert.ok(c.disks.get(follower.id)!.refused > 0);
+    assert.deepEqual(c.fatal, []);
+  } finally {
+    for (const n of c.all()) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader whose disk fills steps down and the others elect a leader that keeps acknowledging writes", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const c = await startFillable(root, 600);
+  try {
+    await waitFor(() => leaderOf(c.all())?.isReady() === true, "a leader");
+    const old = leaderOf(c.all())!;
+    await old.put("before", "1", signal());
+    c.disks.get(old.id)!.full = true;
+    // Proposed before the node knew its disk was full: the followers commit it, the old leader
+    // cannot apply it, so its client learns nothing (the write is in the log all the same).
+    const first = old.put("during", "2", AbortSignal.timeout(1_000)).catch((e) => e);
+    await waitFor(() => alarmed(old), "the leader to raise NOSPACE");
+    await waitFor(() => old.status().role !== "leader", "the full leader to step down");
+    const others = c.all().filter((n) => n !== old);
+    await waitFor(() => leaderOf(others)?.isReady() === true, "a new leader among the others");
+    let commit = 0;
+    for (let i = 0; i < 20; i++) commit = await putOnLeader(() => others, `k${i}`, `v${i}`);
+    assert.equal(await leaderOf(others)!.get("during", "linearizable", signal()), "2");
+    assert.ok(old.status().role !== "leader", "the full node does not lead again");
+    await assert.rejects(old.put("x", "y", signal()), NotLeaderError);
+    const outcome = await first;
+    assert.ok(
+      outcome instanceof OutcomeUnknownError || outcome instanceof DOMException,
+      String(outcome),
+    );
+
+    c.disks.get(old.id)!.full = false;
+    await waitFor(
+      () => !alarmed(old) && old.status().applied_index >= commit,
+      "the old leader to clear NOSPACE and catch up",
+    );
+    assert.equal(await old.get("k19", "stale", signal()), "v19");
+    assert.equal(await old.get("during", "stale", signal()), "2");
+    assert.deepEqual(c.fatal, []);
+  } finally {
+    for (const n of c.all()) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("when every disk is full writes are refused with NoSpaceError, reads are served, and writes resume once space is freed", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const c = await startFillable(root, 700);
+  try {
+    let written = 0;
+    for (let i = 0; i < 10; i++) written = await putOnLeader(c.all, `k${i}`, `v${i}`);
+    await waitFor(() => c.all().every((n) => n.status().applied_index >= written), "all to apply");
+    await waitFor(() => leaderOf(c.all())?.isReady() === true, "a leader");
+    const leader = leaderOf(c.all())!;
+    for (const d of c.disks.values()) d.full = true;
+    // The first write finds out: it is in the log but nowhere on disk, so its fate is unknown.
+    const first = await leader.put("first", "x", AbortSignal.timeout(500)).catch((e) => e);
+    assert.ok(first instanceof OutcomeUnknownError || first instanceof DOMException, String(first));
+    await waitFor(() => c.all().every(alarmed), "every node to raise NOSPACE");
+    await assert.rejects(leader.put("refused", "x", signal()), NoSpaceError);
+    await assert.rejects(leader.delete("k1", signal()), NoSpaceError);
+    // Reads need no disk: the leader keeps leading and confirms reads with heartbeats.
+    for (let round = 0; round < 3; round++) {
+      assert.equal(leader.status().role, "leader");
+      assert.equal(await leader.get("k3", "linearizable", signal()), "v3");
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    for (const n of c.all()) assert.equal(await n.get("k9", "stale", signal()), "v9");
+
+    for (const d of c.disks.values()) d.full = false;
+    await waitFor(() => !c.all().some(alarmed), "every node to clear NOSPACE");
+    const commit = await putOnLeader(c.all, "after", "y");
+    await waitFor(
+      () => c.all().every((n) => n.status().applied_index >= commit),
+      "everyone to apply",
+    );
+    for (const n of c.all()) {
+      for (let i = 0; i < 10; i++) assert.equal(await n.get(`k${i}`, "stale", signal()), `v${i}`);
+      assert.equal(await n.get("after", "stale", signal()), "y");
+    }
+    assert.deepEqual(c.fatal, []);
+  } finally {
+    for (const n of c.all()) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("large values trigger snapshots by log bytes long before the entry threshold, keeping the log small", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const storage = await openDiskStorage({
+    walDir: join(root, "wal"),
+    raftStatePath: join(root, "raft-state.json"),
+    logMetadataPath: join(root, "log-metadata.json"),
+    snapshotDir: join(root, "snapshots"),
+  });
+  const threshold = 256 * 1024;
+  const node = new RaftNode({
+    id: "solo",
+    members: [{ id: "solo", rpcUrl: "mem://solo", apiUrl: "http://solo" }],
+    storage,
+    heartbeatMs: 10,
+    electionTimeoutMs: 100,
+    snapshotThreshold: 10_000,
+    snapshotThresholdBytes: threshold,
+    logger: SILENT,
+    transport: (h) => new MemoryNetwork().connect("solo", h),
+  });
+  const walBytes = async () => {
+    let total = 0;
+    for await (const e of Deno.readDir(join(root, "wal"))) {
+      total += (await Deno.stat(join(root, "wal", e.name))).size;
+    }
+    return total;
+  };
+  try {
+    node.start();
+    await waitFor(() => node.isReady(), "the single node to lead");
+    const value = (i: number) => `${i}:`.padEnd(32 * 1024, "v");
+    let most = 0;
+    for (let i = 0; i < 100; i++) {
+      await node.put(`k${i % 10}`, value(i), signal());
+      most = Math.max(most, await walBytes());
+    }
+    // 3.2 MB written, 100 entries: the entry threshold alone would never have snapshotted.
+    const snaps = await listSnapshots(join(root, "snapshots"));
+    assert.ok(snaps.length >= 1 && snaps[0]!.index >= 60, `snapshots: ${JSON.stringify(snaps)}`);
+    assert.ok(most < 3 * threshold, `the WAL reached ${most} bytes (threshold ${threshold})`);
+    for (let i = 90; i < 100; i++) {
+      assert.equal(await node.get(`k${i % 10}`, "linearizable", signal()), value(i));
+    }
   } finally {
     await node.stop();
     await Deno.remove(root, { recursive: true });

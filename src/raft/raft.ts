@@ -255,6 +255,18 @@ export class RaftCore {
   }
 
   /**
+   * Makes a leader a follower in its own term, with no leader known; does nothing on any other
+   * role. For the driver when this node can no longer lead usefully (its disk is full and the
+   * followers committed entries it cannot persist, so it can neither apply nor answer): the
+   * others elect a new leader in a later term. This node voted for itself in this term, so it
+   * cannot lead the same term again, and nothing it committed is lost (the new leader holds it).
+   */
+  stepDown(): void {
+    if (this.role !== "leader") return;
+    this.#becomeFollower(this.term, NONE);
+  }
+
+  /**
    * Processes one message from a peer. Returns null when the message was taken (which includes
    * ignoring a stale one, as Raft does), or, changing nothing, the reason it was refused: a
    * message no correct peer sends (see {@linkcode RaftCore.refusal}). The driver reports

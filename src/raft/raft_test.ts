@@ -3,7 +3,7 @@ import { entriesWithTerms, TestCluster } from "./_test_cluster.ts";
 import { NotLeaderError } from "./errors.ts";
 import { RaftCore } from "./raft.ts";
 import { seededRandom } from "./rand.ts";
-import { MAX_TERM, type Message, message, MessageType } from "./types.ts";
+import { MAX_TERM, type Message, message, MessageType, NONE } from "./types.ts";
 
 const THREE = ["n1", "n2", "n3"];
 const FIVE = ["n1", "n2", "n3", "n4", "n5"];
@@ -136,6 +136,41 @@ Deno.test("a leader that cannot reach a quorum steps down within an election tim
   // The majority side elects a new leader meanwhile.
   const next = c.electLeader();
   assert.ok(others.includes(next.id));
+});
+
+Deno.test("a leader told to step down becomes a follower and another node leads a later term", () => {
+  const c = new TestCluster(THREE, 11);
+  const leader = c.electLeader();
+  for (let i = 0; i < 5; i++) c.propose(leader, `a${i}`);
+  const term = leader.term;
+  const follower = THREE.find((id) => id !== leader.id)!;
+  c.node(follower).stepDown(); // not a leader: nothing happens
+  assert.equal(c.node(follower).role, "follower");
+  assert.equal(c.node(follower).leader, leader.id);
+
+  leader.stepDown();
+  assert.equal(leader.role, "follower");
+  assert.equal(leader.term, term);
+  assert.equal(leader.leader, NONE);
+  assert.throws(() => leader.propose(new TextEncoder().encode("x")), NotLeaderError);
+  const rd = leader.ready();
+  assert.deepEqual(rd.softState, { role: "follower", leader: NONE });
+  assert.equal(rd.hardState, null, "term and vote are unchanged: nothing to persist");
+  c.stabilize();
+
+  // With the old leader's pre-votes and votes lost (as a node that cannot persist holds them),
+  // the other two elect one of themselves in a later term and keep every committed entry.
+  c.filter = (m) => m.from !== leader.id;
+  const next = c.electLeader();
+  assert.notEqual(next.id, leader.id);
+  assert.ok(next.term > term);
+  c.propose(next, "b0");
+  c.filter = () => true;
+  c.tick(5);
+  assert.equal(leader.leader, next.id);
+  for (const id of THREE) {
+    assert.deepEqual(c.appliedText(id), ["a0", "a1", "a2", "a3", "a4", "b0"], id);
+  }
 });
 
 Deno.test("the minority side of a partition cannot commit, and its entries are discarded on heal", () => {

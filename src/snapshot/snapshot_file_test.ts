@@ -164,3 +164,30 @@ Deno.test("stale received files are removed unless kept or recently touched; oth
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a snapshot that finds the disk full leaves the previous one and no temp file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-snap-" });
+  try {
+    await write(dir, 10, pairs(5));
+    const proto = Deno.FsFile.prototype;
+    const { write: original } = proto;
+    let writes = 0;
+    proto.write = function (this: Deno.FsFile, p: Uint8Array) {
+      if (++writes < 2) return original.call(this, p);
+      return Promise.reject(
+        Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" }),
+      );
+    };
+    try {
+      await assert.rejects(write(dir, 20, pairs(50_000)), { code: "ENOSPC" });
+    } finally {
+      proto.write = original;
+    }
+    const names = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    assert.deepEqual(names, [snapshotName(10, 2)]);
+    assert.equal((await readSnapshotFile(join(dir, snapshotName(10, 2)))).header.index, 10);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

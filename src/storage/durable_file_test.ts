@@ -94,3 +94,23 @@ Deno.test("writeAll() throws WriteZero when a write accepts nothing", async () =
     message: "write accepted 0 of 4 bytes",
   });
 });
+
+Deno.test("writeFileDurably() on a full disk keeps the old content and removes its temp file", async () => {
+  await _withDir(async (dir) => {
+    const path = join(dir, "state.json");
+    await writeFileDurably(path, _bytes("old\n"));
+    const proto = Deno.FsFile.prototype;
+    const { write } = proto;
+    proto.write = async function (this: Deno.FsFile, p: Uint8Array) {
+      await write.call(this, p.subarray(0, 1)); // part of it lands, then the disk is full
+      throw Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
+    };
+    try {
+      await assert.rejects(writeFileDurably(path, _bytes("new content\n")), { code: "ENOSPC" });
+    } finally {
+      proto.write = write;
+    }
+    assert.equal(await Deno.readTextFile(path), "old\n");
+    assert.deepEqual(await _names(dir), ["state.json"]);
+  });
+});

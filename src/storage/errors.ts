@@ -65,3 +65,34 @@ export class WalCorruptionError extends CorruptFileError {
     this.offset = offset;
   }
 }
+
+/**
+ * Tells whether `error` says the file system is out of space (`ENOSPC`) or the user's quota is
+ * used up (`EDQUOT`). Deno reports both as a plain `Error` with that `code` and the OS message
+ * ("No space left on device (os error 28)", "Disk quota exceeded (os error 122)"). Such a write
+ * failed but harmed nothing that a rollback cannot undo: the node turns read-only and retries,
+ * where any other IO error is fatal.
+ *
+ * Only the error itself counts, not its `cause`: an error that wraps a no-space failure (the
+ * WAL refusing use after a rollback failed) is not something a retry can fix.
+ *
+ * @param error What was thrown.
+ * @returns Whether it is a no-space error.
+ *
+ * @example Usage
+ * ```ts
+ * import { isNoSpace } from "./errors.ts";
+ *
+ * const full = Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
+ * console.assert(isNoSpace(full));
+ * console.assert(!isNoSpace(new Error("Input/output error (os error 5)")));
+ * ```
+ */
+export function isNoSpace(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  if (code === "ENOSPC" || code === "EDQUOT") return true;
+  return /No space left on device|Disk quota exceeded|There is not enough space on the disk/.test(
+    error.message,
+  );
+}

@@ -202,25 +202,4 @@ export async function writeAll(file: FsFile, bytes: Uint8Array): Promise<void> {
   }
 }
 
-/**
- * Tells whether `error` is the "no space left on device" error (`ENOSPC`) a write throws when the
- * disk is full. Deno throws a plain `Error` for it, with `code` `"ENOSPC"` and a message such as
- * `No space left on device (os error 28)`; the simulated file system throws the same shape.
- *
- * @param error Anything caught.
- * @returns True if it is the full-disk error.
- *
- * @example Usage
- * ```ts
- * import { isNoSpace } from "./fs.ts";
- *
- * const full = Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
- * console.assert(isNoSpace(full));
- * console.assert(!isNoSpace(new Deno.errors.NotFound("gone")));
- * ```
- */
-export function isNoSpace(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  if ((error as { code?: unknown }).code === "ENOSPC") return true;
-  return /No space left on device|There is not enough space on the disk/.test(error.message);
-}
+export { isNoSpace } from "./errors.ts";

@@ -11,7 +11,7 @@
 import { dirname, join } from "node:path";
 import type { Entry } from "../raft/types.ts";
 import { syncDirectory, writeAll } from "./durable_file.ts";
-import { WalCorruptionError } from "./errors.ts";
+import { isNoSpace, WalCorruptionError } from "./errors.ts";
 import { decodeRecord, type DecodeResult, HEADER_SIZE, RecordEncoder } from "./wal_record.ts";
 
 /** The default {@linkcode WalOptions.segmentSize}: 64 MiB. */
@@ -57,8 +57,12 @@ const _SECTOR = 512;
  * A write-ahead log directory, open for appending.
  *
  * One operation at a time: every method returns a promise that must settle before the next call
- * (a call made earlier throws `Deno.errors.Busy`). After a failed write or sync the WAL refuses
- * further use (`Deno.errors.BadResource`): close it and open it again to recover.
+ * (a call made earlier throws `Deno.errors.Busy`). A write that fails because the disk is full
+ * (see {@linkcode isNoSpace}) is rolled back: the active segment is cut back to its last whole
+ * record (or a segment created for the write is removed), the error is thrown, and the same call
+ * can be retried once there is space. After any other failed write or sync, or a rollback that
+ * failed, the WAL refuses further use (`Deno.errors.BadResource`): close it and open it again to
+ * recover.
  *
  * @example Usage
  * ```ts ignore
@@ -157,6 +161,8 @@ export class Wal {
    * @throws {TypeError} If an entry's type or data is invalid.
    * @throws {Deno.errors.Busy} If another operation is in flight.
    * @throws {Deno.errors.BadResource} If the WAL is closed or failed earlier.
+   * @throws {Error} With code `ENOSPC` or `EDQUOT` if the disk is full: nothing was appended and
+   * the WAL is still usable.
    */
   async append(entries: readonly Entry[]): Promise<void> {
     this.#begin();
@@ -287,16 +293,19 @@ export class Wal {
 
   /**
    * Writes and syncs encoded records, rolling over first if they would overflow the active
-   * segment. Any failure leaves the WAL failed: the file may end in a partial record.
+   * segment. A full disk is rolled back (see {@linkcode Wal.#rollBack}); any other failure leaves
+   * the WAL failed: the file may end in a partial record.
    */
   async #write(bytes: Uint8Array, firstIndex: number, maxIndex: number): Promise<void> {
+    const rollNext = this.#rollNext;
+    let rolled: _Segment | null = null;
+    let segment = this.#segments.at(-1);
     try {
-      let segment = this.#segments.at(-1);
       if (
         segment === undefined || this.#file === null || this.#rollNext ||
         (segment.size > 0 && segment.size + bytes.length > this.#segmentSize)
       ) {
-        segment = await this.#roll(firstIndex);
+        segment = rolled = await this.#roll(firstIndex);
         this.#rollNext = false;
       }
       await writeAll(this.#file!, bytes);
@@ -304,9 +313,44 @@ export class Wal {
       segment.size += bytes.length;
       if (maxIndex > segment.maxIndex) segment.maxIndex = maxIndex;
     } catch (error) {
-      this.#failure = { error };
+      if (!isNoSpace(error)) {
+        this.#failure = { error };
+        throw error;
+      }
+      try {
+        await this.#rollBack(rolled);
+      } catch (rollBackError) {
+        this.#failure = { error: rollBackError };
+        throw new Deno.errors.BadResource(
+          `WAL "${this.dir}": rolling back a write that found the disk full failed`,
+          { cause: rollBackError },
+        );
+      }
+      this.#rollNext = rollNext;
       throw error;
     }
+  }
+
+  /**
+   * Undoes a write that failed for lack of space, so that nothing of it is left: removes the
+   * segment the write created (`rolled`) and makes the previous one active again, or cuts the
+   * active segment back to its last whole record. Freeing the partial record needs no space.
+   */
+  async #rollBack(rolled: _Segment | null): Promise<void> {
+    if (rolled !== null) {
+      this.#file?.close();
+      this.#file = null;
+      this.#segments.pop();
+      await Deno.remove(rolled.path);
+      await syncDirectory(this.dir);
+      const previous = this.#segments.at(-1);
+      if (previous) this.#file = await Deno.open(previous.path, { write: true, append: true });
+      return;
+    }
+    const segment = this.#segments.at(-1);
+    if (segment === undefined || this.#file === null) return;
+    await this.#file.truncate(segment.size);
+    await this.#file.syncData();
   }
 
   /** Creates the next segment, makes its name durable, and makes it the active one. */
@@ -318,6 +362,7 @@ export class Wal {
       await syncDirectory(this.dir);
     } catch (error) {
       file.close();
+      await Deno.remove(path).catch(() => {});
       throw error;
     }
     this.#file?.close();

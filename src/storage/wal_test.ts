@@ -587,3 +587,149 @@ Deno.test("rollNext() starts a new segment so compaction can delete the old one 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** An error like the one Deno throws when a write finds the disk full. */
+function _noSpace(): Error {
+  return Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
+}
+
+/**
+ * Makes every `FsFile.write` while `fn` runs store only the first `keep` bytes it is given and
+ * then fail with ENOSPC, as a file system does when it fills up in the middle of a write.
+ */
+async function _withFullDisk(keep: number, fn: () => Promise<void>): Promise<void> {
+  const proto = Deno.FsFile.prototype;
+  const { write } = proto;
+  proto.write = async function (this: Deno.FsFile, p: Uint8Array) {
+    if (keep > 0 && p.length > 0) await write.call(this, p.subarray(0, Math.min(keep, p.length)));
+    throw _noSpace();
+  };
+  try {
+    await fn();
+  } finally {
+    proto.write = write;
+  }
+}
+
+Deno.test("Wal rolls back an append that found the disk full, and the same append succeeds later", async () => {
+  await _withDir(async (dir) => {
+    await _using(dir, async (wal) => {
+      await wal.append(_range(1, 3));
+      const [segment] = wal.segmentPaths;
+      const size = await _size(segment!);
+      for (const keep of [0, 1, HEADER_SIZE + 3, _recordSize() + 5]) {
+        await _withFullDisk(keep, async () => {
+          await assert.rejects(wal.append(_range(4, 6)), { code: "ENOSPC" });
+        });
+        assert.equal(await _size(segment!), size, `the partial write of ${keep} bytes is gone`);
+        assert.equal(wal.lastIndex, 3);
+      }
+      await wal.append(_range(4, 6));
+      await wal.append([_entry(7)]);
+    });
+    assert.deepEqual(await _recovered(dir), _range(1, 7));
+  });
+});
+
+Deno.test("Wal removes a segment it created for an append that found the disk full", async () => {
+  await _withDir(async (dir) => {
+    await _using(dir, async (wal) => {
+      await wal.append(_range(1, 3));
+      wal.rollNext();
+      await _withFullDisk(HEADER_SIZE, async () => {
+        await assert.rejects(wal.append(_range(4, 5)), { code: "ENOSPC" });
+      });
+      assert.deepEqual(wal.segmentPaths.map((p) => basename(p)), [segmentName(1, 1)]);
+      const names = [];
+      for await (const e of Deno.readDir(dir)) names.push(e.name);
+      assert.deepEqual(names, [segmentName(1, 1)]);
+      // The roll still happens on the retry, so compaction can still delete the old segment.
+      await wal.append(_range(4, 5));
+      assert.deepEqual(wal.segmentPaths.map((p) => basename(p)), [
+        segmentName(1, 1),
+        segmentName(2, 4),
+      ]);
+      await wal.reset(9, 2);
+    });
+    assert.deepEqual(await _recovered(dir), []);
+    await _using(dir, (wal) => Promise.resolve(assert.equal(wal.lastIndex, 9)));
+  });
+});
+
+Deno.test("Wal rolls back a reset record that found the disk full", async () => {
+  await _withDir(async (dir) => {
+    await _using(dir, async (wal) => {
+      await wal.append(_range(1, 2));
+      await _withFullDisk(4, async () => {
+        await assert.rejects(wal.reset(10, 3), { code: "ENOSPC" });
+      });
+      assert.equal(wal.lastIndex, 2);
+      await wal.append([_entry(3)]);
+    });
+    assert.deepEqual(await _recovered(dir), _range(1, 3));
+  });
+});
+
+Deno.test("Wal on a really full file system keeps its log whole and appends again once space is freed", async (t) => {
+  const mount = await _mountTmpfs("256k");
+  if ("skip" in mount) {
+    await t.step({ name: `skipped: ${mount.skip}`, ignore: true, fn() {} });
+    return;
+  }
+  try {
+    const dir = join(mount.dir, "wal");
+    const filler = join(mount.dir, "filler");
+    await _using(dir, async (wal) => {
+      await wal.append(_range(1, 10, 1, 1000));
+      // Take what is left, then ask for more than could fit.
+      {
+        using f = await Deno.open(filler, { write: true, create: true });
+        await assert.rejects(async () => {
+          while (true) await f.write(new Uint8Array(64 * 1024));
+        }, { code: "ENOSPC" });
+      }
+      await assert.rejects(wal.append(_range(11, 60, 1, 1000)), { code: "ENOSPC" });
+      assert.equal(wal.lastIndex, 10);
+      await Deno.remove(filler);
+      await wal.append(_range(11, 60, 1, 1000));
+    }, { segmentSize: 16 * 1024 });
+    assert.deepEqual(await _recovered(dir), _range(1, 60, 1, 1000));
+  } finally {
+    await _unmount(mount.dir);
+  }
+});
+
+/**
+ * Mounts a tmpfs of `size` on a new temporary directory, for tests of a really full disk, or
+ * says why it cannot (not Linux, not root, mount refused).
+ */
+async function _mountTmpfs(size: string): Promise<{ dir: string } | { skip: string }> {
+  if (Deno.build.os !== "linux") {
+    return { skip: `mounting a tmpfs needs Linux, not ${Deno.build.os}` };
+  }
+  if (Deno.uid() !== 0) return { skip: `mounting a tmpfs needs root (uid is ${Deno.uid()})` };
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-full-" });
+  let reason: string;
+  try {
+    const out = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (out.success) return { dir };
+    reason = new TextDecoder().decode(out.stderr).trim();
+  } catch (error) {
+    reason = error instanceof Error ? error.message : String(error);
+  }
+  await Deno.remove(dir);
+  return { skip: `mount -t tmpfs failed: ${reason}` };
+}
+
+/** Unmounts what {@linkcode _mountTmpfs} mounted and removes the directory. */
+async function _unmount(dir: string): Promise<void> {
+  const out = await new Deno.Command("umount", { args: [dir], stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`umount ${dir} failed: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
+  await Deno.remove(dir, { recursive: true });
+}

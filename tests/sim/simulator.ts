@@ -737,6 +737,8 @@ class _Node {
   tickOrigin = 0;
   ticked = 0;
   core!: RaftCore;
+  /** Set while #process runs for this node: it is never nested (as in raft_node.ts). */
+  processing = false;
   kv = new KvStateMachine();
   /** {@linkcode _stateDigest} of `kv.data`, kept up to date as entries apply. */
   kvDigest = 0;
@@ -1432,16 +1434,26 @@ class _Simulation {
 
   // ---- the driver -----------------------------------------------------------------------------
 
-  /** Works through the node's Readies (raft_node.ts: #process). */
+  /**
+   * Works through the node's Readies (raft_node.ts: #process), never nested: a nested call
+   * returns and the running loop takes the work. (Here every write completes as a later disk
+   * event, so nothing nests; the driver completes a write with nothing to write at once.)
+   */
   #process(n: _Node): void {
-    let guard = 0;
-    do {
-      this.#startReadRound(n);
-      while (n.core.hasReady()) {
-        if (++guard > 10_000) this.#fail("node-error", `${n.id}: hasReady() never became false`);
-        this.#handleReady(n, n.core.ready());
-      }
-    } while (n.readQueue.length > 0 && n.readRounds.size === 0 && n.core.role === "leader");
+    if (n.processing) return;
+    n.processing = true;
+    try {
+      let guard = 0;
+      do {
+        this.#startReadRound(n);
+        while (n.core.hasReady()) {
+          if (++guard > 10_000) this.#fail("node-error", `${n.id}: hasReady() never became false`);
+          this.#handleReady(n, n.core.ready());
+        }
+      } while (n.readQueue.length > 0 && n.readRounds.size === 0 && n.core.role === "leader");
+    } finally {
+      n.processing = false;
+    }
   }
 
   #handleReady(n: _Node, rd: Ready): void {
