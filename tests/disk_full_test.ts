@@ -239,6 +239,12 @@ Deno.test({
     for (const id of c.ids) assert.equal(await c.stop(id), 0);
     await Promise.all(c.ids.map((id) => c.start(id)));
     const leader = await c.waitForLeader(15_000);
+    // A linearizable read returns only once the new leader has committed an entry of its term,
+    // so the commit index read after it covers every write made before the restart.
+    await waitFor(async () => {
+      const res = await c.request(leader, "GET", `/v1/data/big-47`);
+      return res.status === 200;
+    }, { deadlineMs: 15_000, message: "a linearizable read on the new leader" });
     const commit = (await c.status(leader))!.commit_index;
     await waitFor(async () => {
       const statuses = await Promise.all(c.ids.map((id) => c.status(id)));
