@@ -1,10 +1,15 @@
 /**
- * Hostile peer traffic: the rules of the generator in `tests/_peer_fuzz_lib.ts`.
+ * Hostile peer traffic: the generator's own rules (pure, fast), then a short fuzz run against a
+ * live three-node cluster under a write load (`tests/_peer_fuzz_runner.ts`; the long run is
+ * `deno task fuzz:peer --messages 100000`).
+ *
+ * Set `PEER_FUZZ_SEED` to replay the live run, `PEER_FUZZ_MESSAGES` to change its length.
  */
 
 import assert from "node:assert/strict";
 import { decodeMessages } from "../src/transport/codec.ts";
 import { type Message, message, MessageType } from "../src/raft/types.ts";
+import { randomSeed } from "./_chaos_lib.ts";
 import {
   ABSURD_TERM,
   FUZZ_CATEGORIES,
@@ -14,6 +19,7 @@ import {
   isForgeable,
   type PeerRequest,
 } from "./_peer_fuzz_lib.ts";
+import { runPeerFuzz } from "./_peer_fuzz_runner.ts";
 
 const _MEMBERS = ["node-1", "node-2", "node-3"];
 
@@ -160,4 +166,28 @@ Deno.test("no generated message could pass for a member's, and plausible ones st
   assert.ok(checked > 10_000, `only ${checked} messages decoded`);
   assert.ok(plausible / total < 0.08, `${plausible} of ${total} requests are plausible`);
   assert.ok(disturbing / total < 0.005, `${disturbing} of ${total} requests are disturbing`);
+});
+
+Deno.test({
+  name:
+    "a live cluster under a write load survives thousands of hostile peer messages, restarts cleanly and stays linearizable",
+  fn: async () => {
+    const seedText = Deno.env.get("PEER_FUZZ_SEED");
+    const seed = seedText === undefined ? randomSeed() : Number(seedText);
+    const messages = Number(Deno.env.get("PEER_FUZZ_MESSAGES") ?? 5000);
+    const report = await runPeerFuzz({
+      seed,
+      messages,
+      maxFuzzMs: 60_000,
+      checkTimeoutMs: 20_000,
+    });
+    for (const line of report.summary) console.log(`fuzz:peer: ${line}`);
+    assert.ok(
+      report.ok,
+      `the peer fuzz run with PEER_FUZZ_SEED=${seed} found problems:\n${
+        report.summary.join("\n")
+      }\n${report.details}`,
+    );
+    assert.ok(report.sent.messages >= messages, `only ${report.sent.messages} messages sent`);
+  },
 });
