@@ -116,7 +116,10 @@ export interface PeerFuzzReport {
   byCategory: Record<FuzzCategory, SentCounts>;
   /** Requests by category and kind (`extreme/Heartbeat`, ...). */
   byKind: Record<string, number>;
-  /** Answers by HTTP status, plus `reset`, `timeout`, `refused`. */
+  /**
+   * Answers by HTTP status, plus `reset` (the stream failed), `timeout` (no answer in time),
+   * `hung` (not even the deadline ended it) and `refused` (not delivered: not counted as sent).
+   */
   answers: Record<string, number>;
   /** Nodes that stopped during the fuzz. */
   deaths: NodeDeath[];
@@ -321,7 +324,15 @@ async function _worker(state: _State, id: string, stop: AbortSignal): Promise<vo
         term: state.terms.get(id) ?? null,
       };
       const req = generatePeerRequest(options.seed, index, target, options.categories);
-      const outcome = await _send(client, url, req, timeoutMs, state);
+      // Belt and braces: a request that outlives its own deadline is given up on (its HTTP/2
+      // connection is closed with the client at the end).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const outcome = await Promise.race([
+        _send(client, url, req, timeoutMs, state),
+        new Promise<string>((resolve) =>
+          timer = setTimeout(() => resolve("hung"), timeoutMs + 5000)
+        ),
+      ]).finally(() => clearTimeout(timer));
       if (outcome === "refused") {
         // The node is not listening (stopped or restarting): nothing was delivered.
         _count(state.answers, outcome);
@@ -347,7 +358,7 @@ async function _worker(state: _State, id: string, stop: AbortSignal): Promise<vo
   }
 }
 
-/** Sends one request; returns the status, or `reset`, `timeout`, `refused`. */
+/** Sends one request; returns the status, or `reset`, `timeout`, `refused` (not delivered). */
 async function _send(
   client: H2Client,
   base: string,
@@ -375,12 +386,7 @@ async function _send(
       body,
       signal,
     });
-    let text = "";
-    try {
-      text = await res.text();
-    } catch {
-      // The stream was reset after the headers: the status still counts.
-    }
+    const text = await _readWithin(res, signal);
     if (res.status >= 500) {
       const error = _errorText(text);
       _count(state.serverErrors, `${res.status} ${error}`);
@@ -393,6 +399,41 @@ async function _send(
       : "";
     return /ECONNREFUSED/.test(message) ? "refused" : "reset";
   }
+}
+
+/**
+ * Reads the body as text until `signal` aborts, then cancels it. (A response stream that closes
+ * without ending, such as a HEAD answer, leaves the project's HTTP/2 client's body open, and the
+ * request's signal no longer reaches it.) A body that fails reads as what arrived: nothing.
+ */
+async function _readWithin(res: Response, signal: AbortSignal): Promise<string> {
+  if (res.body === null) return "";
+  const reader = res.body.getReader();
+  const onAbort = () => void reader.cancel(signal.reason).catch(() => {});
+  if (signal.aborted) onAbort();
+  else signal.addEventListener("abort", onAbort, { once: true });
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    while (size < 64 * 1024) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.byteLength;
+    }
+  } catch {
+    // Reset after the headers, or cancelled at the deadline: the status still counts.
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+    await reader.cancel().catch(() => {});
+  }
+  const bytes = new Uint8Array(size);
+  let off = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, off);
+    off += chunk.byteLength;
+  }
+  return new TextDecoder().decode(bytes);
 }
 
 function _errorText(text: string): string {
