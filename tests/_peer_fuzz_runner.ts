@@ -388,8 +388,14 @@ async function _send(
     });
     const text = await _readWithin(res, signal);
     if (res.status >= 500) {
-      const error = _errorText(text);
-      _count(state.serverErrors, `${res.status} ${error}`);
+      const key = `${res.status} ${_errorText(text)}`;
+      // Bounded: past 100 distinct texts, the rest are counted together.
+      _count(
+        state.serverErrors,
+        state.serverErrors.size < 100 || state.serverErrors.has(key)
+          ? key
+          : `${res.status} (other)`,
+      );
     }
     return String(res.status);
   } catch (error) {
@@ -511,7 +517,10 @@ function _recordDeath(state: _State, id: string): void {
     logLines: cluster.logs(id).slice(-40),
   };
   state.deaths.push(death);
-  const fatal = death.logLines.find((line) => /fatal|uncaught|error/i.test(line)) ?? "";
+  const fatal =
+    [/ fatal: /, /uncaught|panicked|Assertion/i, /ERROR/].map((re) =>
+      death.logLines.find((line) => re.test(line))
+    ).find((line) => line !== undefined) ?? death.logLines.at(-1) ?? "";
   state.log(`${id} ${death.exit} at ${death.atS.toFixed(1)} s: ${fatal.slice(0, 300)}`);
 }
 
