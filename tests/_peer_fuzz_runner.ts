@@ -549,6 +549,7 @@ async function _finish(state: _State, keys: readonly string[]): Promise<_End> {
   // Nodes that stopped (and were not restarted) start again, so that the checks can run.
   for (const id of cluster.ids) {
     if (cluster.isRunning(id)) continue;
+    if (!state.down.has(id)) _recordDeath(state, id); // It stopped after the last poll.
     try {
       await cluster.start(id, { deadlineMs: 30_000 });
     } catch (error) {
@@ -636,7 +637,7 @@ function _opsLine(state: _State): string {
   const c = state.workload.counts;
   const ok = c.put.ok + c.get.ok + c.delete.ok;
   const total = c.put.total + c.get.total + c.delete.total;
-  return `client ops ${ok} ok of ${total}, ${state.workload.acked.length} writes acknowledged`;
+  return `${ok} ok of ${total}, ${state.workload.acked.length} writes acknowledged`;
 }
 
 function _report(state: _State, end: _End, fuzzMs: number): PeerFuzzReport {
@@ -678,7 +679,9 @@ function _report(state: _State, end: _End, fuzzMs: number): PeerFuzzReport {
         ? "yes"
         : "NO"
     }`,
-    ...(check?.summary ?? ["history not checked (the cluster did not come back)"]),
+    ...(check?.summary ?? [
+      `client ops: ${_opsLine(state)}; history not checked (the cluster did not come back)`,
+    ]),
     `anomalies: ${anomalies.length === 0 ? "none" : anomalies.length}`,
   ];
   const ok = state.deaths.length === 0 && anomalies.length === 0 && end.leaderAfterFuzz &&
