@@ -445,11 +445,11 @@ async function _readWithin(res: Response, signal: AbortSignal): Promise<string> 
 function _errorText(text: string): string {
   try {
     const error = JSON.parse(text)?.error;
-    if (typeof error === "string") return error.replace(/\d+/g, "N").slice(0, 160);
+    if (typeof error === "string") return _escapeControls(error.replace(/\d+/g, "N").slice(0, 160));
   } catch {
     // Not JSON.
   }
-  return text.slice(0, 160);
+  return _escapeControls(text.slice(0, 160));
 }
 
 function _count(map: Map<string, number>, key: string): void {
@@ -514,7 +514,8 @@ function _recordDeath(state: _State, id: string): void {
     lastRequests: ring.slice(-20).map((sent) =>
       `${((sent.at - now) / 1000).toFixed(2)} s: ${sent.text} -> ${sent.outcome}`
     ),
-    logLines: cluster.logs(id).slice(-40),
+    // Control characters a hostile sender id put in the output are shown escaped.
+    logLines: cluster.logs(id).slice(-40).map(_escapeControls),
   };
   state.deaths.push(death);
   const fatal =
@@ -656,7 +657,8 @@ function _report(state: _State, end: _End, fuzzMs: number): PeerFuzzReport {
     .map(([text, n]) => `${n}x ${text}`).join("; ");
   const deaths = state.deaths.length === 0
     ? "none"
-    : state.deaths.map((d) => `${d.node} ${d.exit} at ${d.atS.toFixed(1)} s`).join("; ");
+    : state.deaths.slice(0, 10).map((d) => `${d.node} ${d.exit} at ${d.atS.toFixed(1)} s`)
+      .join("; ") + (state.deaths.length > 10 ? `; and ${state.deaths.length - 10} more` : "");
   const summary = [
     `seed ${options.seed}, 3 nodes, ${state.sent.messages} messages in ${state.sent.requests} requests (${
       rate.toFixed(0)
@@ -716,6 +718,17 @@ function _report(state: _State, end: _End, fuzzMs: number): PeerFuzzReport {
     fuzzMs,
     elapsedMs,
   };
+}
+
+function _escapeControls(line: string): string {
+  let out = "";
+  for (const c of line) {
+    const code = c.charCodeAt(0);
+    out += (code < 0x20 && c !== "\t") || code === 0x7f
+      ? `\\u${code.toString(16).padStart(4, "0")}`
+      : c;
+  }
+  return out;
 }
 
 function _describeExit(exit: Deno.CommandStatus | null): string {
