@@ -540,33 +540,82 @@ export interface ChaosReport {
   elapsedMs: number;
 }
 
-interface _AckedWrite {
+/** An acknowledged write and the log index the node answered with. */
+export interface AckedWrite {
+  /** The operation as recorded in the history. */
   op: Operation;
+  /** The `index` of the answer. */
   index: number;
 }
 
-interface _RunState {
-  readonly chaos: ChaosCluster;
+/**
+ * The record of a client workload against a {@linkcode ProcessCluster}: the history the clients
+ * build with {@linkcode runClient}, and what the end checks ({@linkcode finalReads},
+ * {@linkcode checkConvergence}, {@linkcode checkWorkload}) need. Made by
+ * {@linkcode createWorkload}; the chaos run and the peer fuzz run share it.
+ */
+export interface Workload {
+  /** The node processes the clients talk to (through their API ports). */
+  readonly processes: ProcessCluster;
   /** The clients' HTTP client: a fresh connection per request (see `attempt`). */
   readonly http: Deno.HttpClient;
+  /** Every operation with a definite or unknown outcome, in the order they ended. */
   readonly history: Operation[];
-  readonly acked: _AckedWrite[];
+  /** The acknowledged writes with their log indexes. */
+  readonly acked: AckedWrite[];
   /** Puts that definitely failed (503, refused connection), by value: how they failed. */
   readonly failedPuts: Map<string, string>;
+  /** Problems found along the way (malformed answers, crashes, ...). */
   readonly anomalies: string[];
+  /** Operation counts by kind. */
   readonly counts: Record<OperationKind, OpCounts>;
+  /** The share of reads sent with `consistency=lease`. */
+  readonly leaseFraction: number;
+  /** The reads of the history that were lease reads. */
+  readonly leaseReads: WeakSet<Operation>;
+  /** Receives progress lines. */
+  readonly log: (line: string) => void;
+  /** The `performance.now()` the run started at (for readable times). */
+  readonly start: number;
+}
+
+/**
+ * Creates the record of a client workload.
+ *
+ * @param processes The cluster the clients talk to.
+ * @param http The clients' HTTP client; use {@linkcode createFreshConnectionClient}.
+ * @param options `leaseReads`: the share of reads sent with `consistency=lease` (default 0.3);
+ * `log`: where progress lines go (default nowhere); `start`: the run's start (default now).
+ * @returns An empty workload.
+ */
+export function createWorkload(
+  processes: ProcessCluster,
+  http: Deno.HttpClient,
+  options: { leaseReads?: number; log?: (line: string) => void; start?: number } = {},
+): Workload {
+  return {
+    processes,
+    http,
+    history: [],
+    acked: [],
+    failedPuts: new Map(),
+    anomalies: [],
+    counts: { put: _zero(), get: _zero(), delete: _zero() },
+    leaseFraction: options.leaseReads ?? 0.3,
+    leaseReads: new WeakSet(),
+    log: options.log ?? (() => {}),
+    start: options.start ?? performance.now(),
+  };
+}
+
+interface _RunState extends Workload {
+  readonly chaos: ChaosCluster;
   readonly faults: Record<string, number>;
   /** Nodes found killed by a SIGKILL the run did not send. */
   externalKills: number;
   /** Nodes the nemesis stopped and could not start again (retried before each fault). */
   readonly down: Set<string>;
-  /** The share of reads sent with `consistency=lease`. */
-  readonly leaseFraction: number;
-  /** The reads of the history that were lease reads. */
-  readonly leaseReads: WeakSet<Operation>;
   readonly monitor: _LeaderMonitor;
-  readonly log: (line: string) => void;
-  readonly start: number;
 }
 
 /**
@@ -603,21 +652,16 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const monitor = new _LeaderMonitor(chaos);
   using http = createFreshConnectionClient();
   const state: _RunState = {
+    ...createWorkload(chaos.processes, http, {
+      leaseReads: options.leaseReads ?? 0.3,
+      log,
+      start: started,
+    }),
     chaos,
-    http,
-    history: [],
-    acked: [],
-    failedPuts: new Map(),
-    anomalies: [],
-    counts: { put: _zero(), get: _zero(), delete: _zero() },
     faults: {},
     externalKills: 0,
     down: new Set(),
-    leaseFraction: options.leaseReads ?? 0.3,
-    leaseReads: new WeakSet(),
     monitor,
-    log,
-    start: started,
   };
   const stopMonitor = new AbortController();
   const monitoring = monitor.run(stopMonitor.signal);
@@ -628,7 +672,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     const stopAt = performance.now() + options.durationMs;
     const clients = Array.from(
       { length: clientCount },
-      (_, i) => _runClient(state, i + 1, rng.fork(), keys, stopAt, requestTimeoutMs),
+      (_, i) => runClient(state, i + 1, rng.fork(), keys, stopAt, requestTimeoutMs),
     );
     await _runNemesis(state, rng.fork(), faultKinds, stopAt);
     await Promise.all(clients);
@@ -642,8 +686,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       leaderKnown = false;
       state.anomalies.push(`no leader within 30 s after healing: ${(error as Error).message}`);
     }
-    const finals = leaderKnown ? await _finalReads(state, keys) : new Map();
-    const converged = leaderKnown ? await _checkConvergence(state, keys) : false;
+    const finals = leaderKnown ? await finalReads(state, keys) : new Map();
+    const converged = leaderKnown ? await checkConvergence(state, keys) : false;
     stopMonitor.abort();
     await monitoring;
     return _report(state, options, { finals, converged, keys, nodes, clientCount });
@@ -657,24 +701,35 @@ function _zero(): OpCounts {
   return { total: 0, ok: 0, unknown: 0, failed: 0 };
 }
 
-/** One client: one operation at a time on random keys through random nodes until `stopAt`. */
-async function _runClient(
-  state: _RunState,
+/**
+ * Runs one client: one operation at a time (45% reads, 40% puts, 15% deletes) on random keys
+ * through random nodes, recorded in the workload, until `until` passes or aborts.
+ *
+ * @param state The workload to record into.
+ * @param client The client's number (distinct per concurrent client).
+ * @param rng The client's own random stream.
+ * @param keys The keys to use.
+ * @param until A `performance.now()` deadline, or a signal that ends the client when aborted.
+ * @param timeoutMs The deadline of one request, in milliseconds.
+ */
+export async function runClient(
+  state: Workload,
   client: number,
   rng: Rng,
   keys: readonly string[],
-  stopAt: number,
+  until: number | AbortSignal,
   timeoutMs: number,
 ): Promise<void> {
-  const { chaos } = state;
+  const { processes } = state;
+  const going = typeof until === "number" ? () => performance.now() < until : () => !until.aborted;
   let seq = 0;
-  while (performance.now() < stopAt) {
+  while (going()) {
     const key = rng.pick(keys);
-    const node = rng.pick(chaos.ids);
+    const node = rng.pick(processes.ids);
     const roll = rng.float();
     const kind: OperationKind = roll < 0.45 ? "get" : roll < 0.85 ? "put" : "delete";
     const value = kind === "put" ? `c${client}-${++seq}` : null;
-    const url = `${chaos.processes.api(node)}/v1/data${
+    const url = `${processes.api(node)}/v1/data${
       kind === "put" ? "" : `/${encodeURIComponent(key)}`
     }`;
     const method = kind === "put" ? "POST" : kind === "get" ? "GET" : "DELETE";
@@ -697,7 +752,7 @@ async function _runClient(
 
 /** Records one client operation; returns whether it got a definite answer. */
 function _record(
-  state: _RunState,
+  state: Workload,
   op: Omit<Operation, "return">,
   ret: number,
   node: string,
@@ -991,22 +1046,29 @@ class _LeaderMonitor {
 // ---------------------------------------------------------------------------------------------
 // The end: final reads, convergence, checks, report.
 
-/** Reads every key once (linearizable, rotating through the nodes) and adds the reads. */
-async function _finalReads(
-  state: _RunState,
+/**
+ * Reads every key once (linearizable, rotating through the nodes, retrying for up to 30 s each)
+ * and adds the reads to the history; a key that cannot be read is an anomaly.
+ *
+ * @param state The workload.
+ * @param keys The keys to read.
+ * @returns Each key's value (`null`: absent) for the keys that could be read.
+ */
+export async function finalReads(
+  state: Workload,
   keys: readonly string[],
 ): Promise<Map<string, string | null>> {
   const finals = new Map<string, string | null>();
-  const { chaos } = state;
+  const { processes } = state;
   let turn = 0;
   for (const [i, key] of keys.entries()) {
     let lastProblem = "";
     try {
       await waitFor(async () => {
-        const node = chaos.ids[turn++ % chaos.ids.length] ?? "node-1";
+        const node = processes.ids[turn++ % processes.ids.length] ?? "node-1";
         const call = performance.now();
         const result = await attempt(
-          `${chaos.processes.api(node)}/v1/data/${encodeURIComponent(key)}`,
+          `${processes.api(node)}/v1/data/${encodeURIComponent(key)}`,
           "GET",
           undefined,
           5000,
@@ -1042,21 +1104,27 @@ async function _finalReads(
 
 /**
  * Waits until every node has applied the same index, then compares every key's value on every
- * node (stale reads), and checks nothing was applied meanwhile.
+ * node (stale reads), and checks nothing was applied meanwhile. A failure after 30 s is an
+ * anomaly.
+ *
+ * @param state The workload.
+ * @param keys The keys to compare.
+ * @returns Whether the replicas converged.
  */
-async function _checkConvergence(state: _RunState, keys: readonly string[]): Promise<boolean> {
-  const processes = state.chaos.processes;
+export async function checkConvergence(state: Workload, keys: readonly string[]): Promise<boolean> {
+  const processes = state.processes;
+  const ids = processes.ids;
   let lastDifference = "";
   try {
     await waitFor(async () => {
-      const before = await Promise.all(state.chaos.ids.map((id) => processes.status(id, 2000)));
+      const before = await Promise.all(ids.map((id) => processes.status(id, 2000)));
       const applied = new Set(before.map((s) => s === null ? -1 : s.applied_index));
       const commits = new Set(before.map((s) => s === null ? -1 : s.commit_index));
       if (applied.size !== 1 || commits.size !== 1 || applied.has(-1)) {
         lastDifference = `statuses ${JSON.stringify(before)}`;
         return false;
       }
-      const views = await Promise.all(state.chaos.ids.map(async (id) => {
+      const views = await Promise.all(ids.map(async (id) => {
         const values: (string | null)[] = [];
         for (const key of keys) {
           const result = await processes.request(
@@ -1071,14 +1139,14 @@ async function _checkConvergence(state: _RunState, keys: readonly string[]): Pro
         }
         return values;
       }));
-      const after = await Promise.all(state.chaos.ids.map((id) => processes.status(id, 2000)));
+      const after = await Promise.all(ids.map((id) => processes.status(id, 2000)));
       if (after.some((s, i) => s === null || s.applied_index !== before[i]?.applied_index)) {
         return false; // Something was applied meanwhile: compare again.
       }
       const first = JSON.stringify(views[0]);
       const differing = views.findIndex((view) => JSON.stringify(view) !== first);
       if (differing !== -1) {
-        lastDifference = `${state.chaos.ids[0]} has ${first}, ${state.chaos.ids[differing]} has ${
+        lastDifference = `${ids[0]} has ${first}, ${ids[differing]} has ${
           JSON.stringify(views[differing])
         } at applied index ${[...applied][0]}`;
         return false;
@@ -1175,6 +1243,119 @@ function _describeOp(op: Operation): string {
   } → ${op.return === null ? "?" : op.return.toFixed(1)}]`;
 }
 
+/** What {@linkcode checkWorkload} found in a workload's history. */
+export interface WorkloadCheck {
+  /** The linearizability check's result. */
+  linearizability: CheckResult;
+  /** Keys whose final value no write that could be last explains. */
+  lostWrites: LostWrite[];
+  /**
+   * Reads of values written by puts that definitely failed, and acknowledged writes whose log
+   * indexes repeat or go against real time.
+   */
+  problems: string[];
+  /** Whether the log indexes of the acknowledged writes were distinct and in real-time order. */
+  indexOrderOk: boolean;
+  /** Operation counts over all kinds. */
+  total: OpCounts;
+  /** Summary lines: `ops: ...`, `log indexes ...`, `linearizable: ...`, `lost ...`. */
+  summary: string[];
+  /** On failure: the failing key's timeline and the lost writes' timelines; else empty. */
+  details: string[];
+}
+
+/**
+ * Checks a workload's history: linearizability (within `timeoutMs`), lost acknowledged writes
+ * against `finals` (see {@linkcode findLostWrites}), reads of definitely failed puts, and the
+ * order of the acknowledged writes' log indexes (see {@linkcode checkIndexOrder}).
+ *
+ * @param state The workload.
+ * @param finals Each key's final value, from {@linkcode finalReads}.
+ * @param timeoutMs The linearizability check's time budget, in milliseconds.
+ * @returns What was found, with summary lines.
+ */
+export function checkWorkload(
+  state: Workload,
+  finals: ReadonlyMap<string, string | null>,
+  timeoutMs: number,
+): WorkloadCheck {
+  const { history, counts } = state;
+  const problems: string[] = [];
+  const seenFailed = new Set<string>();
+  for (const op of history) {
+    if (op.kind !== "get" || op.value === null || seenFailed.has(op.value)) continue;
+    const failure = state.failedPuts.get(op.value);
+    if (failure === undefined) continue;
+    seenFailed.add(op.value);
+    problems.push(
+      `a read saw ${JSON.stringify(op.value)}, written by a put that definitely failed: ${failure}`,
+    );
+  }
+  const orderProblems = checkIndexOrder(state.acked);
+  problems.push(...orderProblems);
+  const linearizability = checkLinearizability(history, { timeoutMs });
+  const lostWrites = findLostWrites(history, finals);
+  const total = _zero();
+  for (const kind of ["put", "get", "delete"] as const) {
+    for (const field of ["total", "ok", "unknown", "failed"] as const) {
+      total[field] += counts[kind][field];
+    }
+  }
+  const linText = linearizability.ok === true
+    ? `yes (${linearizability.operations} operations on ${linearizability.keys} keys checked, ${linearizability.dropped} unobserved unknown writes dropped)`
+    : linearizability.ok === false
+    ? `NO (key ${JSON.stringify(linearizability.key)})`
+    : `unknown (${linearizability.reason})`;
+  const leaseOk = history.filter((op) => state.leaseReads.has(op)).length;
+  const kindText = (kind: OperationKind) => {
+    const c = counts[kind];
+    return `${kind} ${c.total} (ok ${c.ok}${
+      kind === "get" ? ` of which ${leaseOk} lease reads` : ""
+    }, unknown ${c.unknown}, failed ${c.failed})`;
+  };
+  const summary = [
+    `ops: ${total.total} total, ${total.ok} ok, ${total.unknown} unknown, ${total.failed} failed; ${
+      kindText("put")
+    }; ${kindText("get")}; ${kindText("delete")}`,
+    `log indexes of ${state.acked.length} acknowledged writes: ${
+      orderProblems.length === 0 ? "distinct and in real-time order" : "OUT OF ORDER"
+    }`,
+    `linearizable: ${linText}`,
+    `lost acknowledged writes: ${lostWrites.length}`,
+  ];
+  const details: string[] = [];
+  if (linearizability.ok !== true) details.push(`linearizability: ${linearizability.reason}`);
+  if (linearizability.ok === false) {
+    const ops = linearizability.operations;
+    const leases = ops.flatMap((op, i) => state.leaseReads.has(op) ? [`#${i}`] : []);
+    details.push(
+      `history of ${JSON.stringify(linearizability.key)} (times in ms since the start; lease ` +
+        `reads: ${leases.length === 0 ? "none" : leases.join(" ")}):`,
+      describeHistory(_shift(ops, state.start)),
+    );
+  }
+  for (const lost of lostWrites) {
+    details.push(
+      `lost write on ${JSON.stringify(lost.key)}: ${lost.reason}; expected one of ${
+        JSON.stringify(lost.expected)
+      }`,
+      describeHistory(
+        _shift(history.filter((op) => op.key === lost.key), state.start),
+        { maxLines: 80 },
+      ),
+    );
+  }
+  return {
+    linearizability,
+    lostWrites,
+    problems,
+    indexOrderOk: orderProblems.length === 0,
+    total,
+    summary,
+    details,
+  };
+}
+
 function _report(
   state: _RunState,
   options: ChaosOptions,
@@ -1187,95 +1368,40 @@ function _report(
   },
 ): ChaosReport {
   const { history, counts, monitor } = state;
-  const anomalies = [...state.anomalies, ...monitor.violations];
-  const seenFailed = new Set<string>();
-  for (const op of history) {
-    if (op.kind !== "get" || op.value === null || seenFailed.has(op.value)) continue;
-    const failure = state.failedPuts.get(op.value);
-    if (failure === undefined) continue;
-    seenFailed.add(op.value);
-    anomalies.push(
-      `a read saw ${JSON.stringify(op.value)}, written by a put that definitely failed: ${failure}`,
-    );
-  }
-  const orderProblems = checkIndexOrder(state.acked);
-  anomalies.push(...orderProblems);
-  const linearizability = checkLinearizability(history, {
-    timeoutMs: options.checkTimeoutMs ?? 60_000,
-  });
-  const lostWrites = findLostWrites(history, end.finals);
-  const total = _zero();
-  for (const kind of ["put", "get", "delete"] as const) {
-    for (const field of ["total", "ok", "unknown", "failed"] as const) {
-      total[field] += counts[kind][field];
-    }
-  }
+  const check = checkWorkload(state, end.finals, options.checkTimeoutMs ?? 60_000);
+  const { linearizability, lostWrites, total } = check;
+  const anomalies = [...state.anomalies, ...monitor.violations, ...check.problems];
   const faultTotal = FAULT_KINDS.reduce((n, kind) => n + (state.faults[kind] ?? 0), 0);
   const faultText = FAULT_KINDS.filter((kind) => (state.faults[kind] ?? 0) > 0).map((kind) => {
     const leader = state.faults[`${kind}-leader`] ?? 0;
     return `${kind} ${state.faults[kind]}${leader > 0 ? ` (leader ${leader})` : ""}`;
   }).join(", ");
-  const linText = linearizability.ok === true
-    ? `yes (${linearizability.operations} operations on ${linearizability.keys} keys checked, ${linearizability.dropped} unobserved unknown writes dropped)`
-    : linearizability.ok === false
-    ? `NO (key ${JSON.stringify(linearizability.key)})`
-    : `unknown (${linearizability.reason})`;
   const elapsedMs = performance.now() - state.start;
-  const leaseOk = history.filter((op) => state.leaseReads.has(op)).length;
-  const kindText = (kind: OperationKind) => {
-    const c = counts[kind];
-    return `${kind} ${c.total} (ok ${c.ok}${
-      kind === "get" ? ` of which ${leaseOk} lease reads` : ""
-    }, unknown ${c.unknown}, failed ${c.failed})`;
-  };
+  const [opsLine, indexLine, linLine, lostLine] = check.summary;
   const summary = [
     `seed ${options.seed}, ${end.nodes} nodes, ${end.clientCount} clients, ${end.keys.length} keys, ${
       (options.durationMs / 1000).toFixed(0)
     } s of faults, ${(elapsedMs / 1000).toFixed(1)} s in all, snapshot threshold ${
       options.snapshotThreshold ?? 500
     }`,
-    `ops: ${total.total} total, ${total.ok} ok, ${total.unknown} unknown, ${total.failed} failed; ${
-      kindText("put")
-    }; ${kindText("get")}; ${kindText("delete")}`,
+    opsLine ?? "",
     `faults: ${faultTotal} injected${faultText === "" ? "" : `: ${faultText}`}${
       state.externalKills > 0 ? `; ${state.externalKills} SIGKILLs from outside the run` : ""
     }`,
     `leader changes: ${monitor.changes} (highest term ${monitor.highestTerm}); one leader per term: ${
       monitor.violations.length === 0 ? "yes" : "NO"
     }`,
-    `log indexes of ${state.acked.length} acknowledged writes: ${
-      orderProblems.length === 0 ? "distinct and in real-time order" : "OUT OF ORDER"
-    }`,
+    indexLine ?? "",
     `replicas converged: ${end.converged ? "yes" : "NO"}`,
-    `linearizable: ${linText}`,
-    `lost acknowledged writes: ${lostWrites.length}`,
+    linLine ?? "",
+    lostLine ?? "",
     `anomalies: ${anomalies.length === 0 ? "none" : anomalies.length}`,
   ];
   const ok = linearizability.ok === true && lostWrites.length === 0 && anomalies.length === 0 &&
     end.converged && end.finals.size === end.keys.length;
   const details: string[] = [];
   if (!ok) {
-    if (linearizability.ok !== true) details.push(`linearizability: ${linearizability.reason}`);
-    if (linearizability.ok === false) {
-      const ops = linearizability.operations;
-      const leases = ops.flatMap((op, i) => state.leaseReads.has(op) ? [`#${i}`] : []);
-      details.push(
-        `history of ${JSON.stringify(linearizability.key)} (times in ms since the start; lease ` +
-          `reads: ${leases.length === 0 ? "none" : leases.join(" ")}):`,
-        describeHistory(_shift(ops, state.start)),
-      );
-    }
-    for (const lost of lostWrites) {
-      details.push(
-        `lost write on ${JSON.stringify(lost.key)}: ${lost.reason}; expected one of ${
-          JSON.stringify(lost.expected)
-        }`,
-        describeHistory(
-          _shift(history.filter((op) => op.key === lost.key), state.start),
-          { maxLines: 80 },
-        ),
-      );
-    }
+    details.push(...check.details);
     for (const anomaly of anomalies) details.push(`anomaly: ${anomaly}`);
     details.push(state.chaos.processes.formatLogs(undefined, 200));
   }
