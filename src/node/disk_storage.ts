@@ -14,7 +14,7 @@ import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
 import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { loadLogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
 import { Wal } from "../storage/wal.ts";
-import { syncDirectory } from "../storage/durable_file.ts";
+import { createDirectory, syncDirectory } from "../storage/durable_file.ts";
 import { CorruptFileError } from "../storage/errors.ts";
 import {
   listSnapshots,
@@ -61,9 +61,9 @@ export async function openDiskStorage(
   paths: DiskPaths,
   options: DiskStorageOptions = {},
 ): Promise<NodeStorage & { readonly wal: Wal }> {
-  await Deno.mkdir(dirname(paths.raftStatePath), { recursive: true });
-  await Deno.mkdir(dirname(paths.logMetadataPath), { recursive: true });
-  await Deno.mkdir(paths.snapshotDir, { recursive: true });
+  await createDirectory(dirname(paths.raftStatePath));
+  await createDirectory(dirname(paths.logMetadataPath));
+  await createDirectory(paths.snapshotDir);
   const keep = options.keepSnapshots ?? 2;
   const hardState = await loadHardState(paths.raftStatePath);
   const metadata = await loadLogMetadata(paths.logMetadataPath);

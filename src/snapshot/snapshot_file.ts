@@ -21,7 +21,7 @@
 
 import { join } from "node:path";
 import { crc32cRange } from "../storage/crc32c.ts";
-import { syncDirectory, writeAll } from "../storage/durable_file.ts";
+import { createDirectory, FILE_MODE, syncDirectory, writeAll } from "../storage/durable_file.ts";
 import { CorruptFileError } from "../storage/errors.ts";
 
 /** What a snapshot covers. */
@@ -124,10 +124,10 @@ export async function writeSnapshotFile(
   chunks: AsyncIterable<Uint8Array>,
   name: string,
 ): Promise<string> {
-  await Deno.mkdir(dir, { recursive: true });
+  await createDirectory(dir);
   const path = join(dir, name);
   const tmp = `${path}.tmp`;
-  const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+  const file = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: FILE_MODE });
   try {
     for await (const chunk of chunks) await writeAll(file, chunk);
     await file.sync();

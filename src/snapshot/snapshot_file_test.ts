@@ -191,3 +191,38 @@ Deno.test("a snapshot that finds the disk full leaves the previous one and no te
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test({
+  name:
+    "snapshot files, their temp files and received ones are created with mode 0600 in a 0700 directory",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const root = await Deno.makeTempDir();
+    try {
+      const dir = join(root, "snapshots");
+      const header: SnapshotHeader = { index: 5, term: 2, voters: ["a"], count: 1 };
+      const name = snapshotName(5, 2);
+      const tempModes: number[] = [];
+      const chunks = async function* () {
+        for await (const chunk of encodeSnapshot(header, [["k", "v"]])) {
+          // While the snapshot is being written, its temp file exists.
+          tempModes.push((await Deno.stat(join(dir, `${name}.tmp`))).mode! & 0o777);
+          yield chunk;
+        }
+      };
+      const path = await writeSnapshotFile(dir, chunks(), name);
+      const received = await writeSnapshotFile(
+        dir,
+        encodeSnapshot(header, [["k", "v"]]),
+        `${name}.recv`,
+      );
+      assert.ok(tempModes.length > 0);
+      assert.deepEqual(new Set(tempModes), new Set([0o600]));
+      assert.equal((await Deno.stat(dir)).mode! & 0o777, 0o700);
+      assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+      assert.equal((await Deno.stat(received)).mode! & 0o777, 0o600);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});

@@ -7,6 +7,47 @@
 import { dirname } from "node:path";
 
 /**
+ * The mode of every data file the node creates: readable and writable by its owner only (the
+ * data is the users' data). A umask can only narrow it. Existing files keep their mode.
+ */
+export const FILE_MODE = 0o600;
+
+/** The mode of every directory the node creates: its owner only. */
+export const DIR_MODE = 0o700;
+
+/**
+ * Creates directory `dir` and any missing parents with {@linkcode DIR_MODE}, and makes each new
+ * directory's entry durable by syncing its parent. Does nothing for parts that exist already.
+ *
+ * @param dir The directory.
+ * @throws {Deno.errors.AlreadyExists} If `dir` or a parent exists as something other than a
+ * directory.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { createDirectory } from "./durable_file.ts";
+ *
+ * await createDirectory("data/node-1/wal");
+ * ```
+ */
+export async function createDirectory(dir: string): Promise<void> {
+  const missing: string[] = [];
+  for (let at = dir;; at = dirname(at)) {
+    try {
+      await Deno.stat(at);
+      break;
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+    missing.push(at);
+    if (dirname(at) === at) break;
+  }
+  // When `dir` exists, this only checks that it is a directory.
+  await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
+  for (const created of missing.reverse()) await syncDirectory(dirname(created));
+}
+
+/**
  * Makes the entries of directory `dir` durable: after it resolves, files created, renamed or
  * removed in `dir` stay so after a crash.
  *
@@ -58,7 +99,12 @@ export async function writeFileDurably(path: string, bytes: Uint8Array): Promise
   const temp = `${path}.tmp`;
   try {
     {
-      using file = await Deno.open(temp, { write: true, create: true, truncate: true });
+      using file = await Deno.open(temp, {
+        write: true,
+        create: true,
+        truncate: true,
+        mode: FILE_MODE,
+      });
       await writeAll(file, bytes);
       await file.sync();
     }

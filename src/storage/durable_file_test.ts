@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { syncDirectory, writeAll, writeFileDurably } from "./durable_file.ts";
+import {
+  createDirectory,
+  DIR_MODE,
+  FILE_MODE,
+  syncDirectory,
+  writeAll,
+  writeFileDurably,
+} from "./durable_file.ts";
 
 async function _withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "raftkv-durable-" });
@@ -113,4 +120,44 @@ Deno.test("writeFileDurably() on a full disk keeps the old content and removes i
     assert.equal(await Deno.readTextFile(path), "old\n");
     assert.deepEqual(await _names(dir), ["state.json"]);
   });
+});
+
+/** The permission bits of `path` (a umask can only clear bits of the modes the code asks for). */
+async function _mode(path: string): Promise<number> {
+  return (await Deno.stat(path)).mode! & 0o777;
+}
+
+const _posix = Deno.build.os !== "windows";
+
+Deno.test({
+  name: "writeFileDurably() creates the file readable and writable by its owner only",
+  ignore: !_posix,
+  fn: () =>
+    _withDir(async (dir) => {
+      const path = join(dir, "state.json");
+      await writeFileDurably(path, _bytes("private"));
+      assert.equal(FILE_MODE, 0o600);
+      assert.equal(await _mode(path), 0o600);
+      await writeFileDurably(path, _bytes("replaced"));
+      assert.equal(await _mode(path), 0o600, "the replacement (the renamed temp file) too");
+    }),
+});
+
+Deno.test({
+  name: "createDirectory() creates every missing level with mode 0700 and leaves existing ones be",
+  ignore: !_posix,
+  fn: () =>
+    _withDir(async (dir) => {
+      await Deno.chmod(dir, 0o755);
+      const deep = join(dir, "a", "b", "c");
+      await createDirectory(deep);
+      assert.equal(DIR_MODE, 0o700);
+      for (const level of [join(dir, "a"), join(dir, "a", "b"), deep]) {
+        assert.equal(await _mode(level), 0o700, level);
+      }
+      assert.equal(await _mode(dir), 0o755);
+      await createDirectory(deep); // exists: nothing to do
+      await Deno.writeTextFile(join(dir, "file"), "x");
+      await assert.rejects(createDirectory(join(dir, "file")), Deno.errors.AlreadyExists);
+    }),
 });

@@ -10,7 +10,7 @@
 
 import { dirname, join } from "node:path";
 import type { Entry } from "../raft/types.ts";
-import { syncDirectory, writeAll } from "./durable_file.ts";
+import { DIR_MODE, FILE_MODE, syncDirectory, writeAll } from "./durable_file.ts";
 import { isNoSpace, WalCorruptionError } from "./errors.ts";
 import { decodeRecord, type DecodeResult, HEADER_SIZE, RecordEncoder } from "./wal_record.ts";
 
@@ -357,7 +357,12 @@ export class Wal {
   async #roll(firstIndex: number): Promise<_Segment> {
     const sequence = (this.#segments.at(-1)?.sequence ?? 0) + 1;
     const path = join(this.dir, segmentName(sequence, firstIndex));
-    const file = await Deno.open(path, { write: true, append: true, createNew: true });
+    const file = await Deno.open(path, {
+      write: true,
+      append: true,
+      createNew: true,
+      mode: FILE_MODE,
+    });
     try {
       await syncDirectory(this.dir);
     } catch (error) {
@@ -403,7 +408,7 @@ async function _ensureDirectory(dir: string): Promise<void> {
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-  await Deno.mkdir(dir, { recursive: true });
+  await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
   await syncDirectory(dirname(dir));
 }
 

@@ -733,3 +733,24 @@ async function _unmount(dir: string): Promise<void> {
   }
   await Deno.remove(dir, { recursive: true });
 }
+
+Deno.test({
+  name: "the WAL directory is created with mode 0700 and its segments with mode 0600",
+  ignore: Deno.build.os === "windows",
+  fn: () =>
+    _withDir(async (root) => {
+      const dir = join(root, "wal");
+      await _using(dir, async (wal) => {
+        await wal.append(_range(1, 3));
+        wal.rollNext();
+        await wal.append(_range(4, 6));
+      });
+      assert.equal((await Deno.stat(dir)).mode! & 0o777, 0o700);
+      const segments = [];
+      for await (const item of Deno.readDir(dir)) segments.push(item.name);
+      assert.equal(segments.length, 2);
+      for (const name of segments) {
+        assert.equal((await Deno.stat(join(dir, name))).mode! & 0o777, 0o600, name);
+      }
+    }),
+});
