@@ -78,6 +78,8 @@ export async function main(args: string[]): Promise<number> {
     heartbeatMs: config.heartbeatMs,
     electionTimeoutMs: config.electionTimeoutMs,
     snapshotThreshold: config.snapshotThreshold,
+    maxPendingProposals: config.maxPendingProposals,
+    maxPendingBytes: config.maxPendingBytes,
     logger: log,
     onFatal: (e) => {
       fatal = e;
@@ -109,6 +111,10 @@ export async function main(args: string[]): Promise<number> {
     apiFwdTimeoutMs: config.apiFwdTimeoutMs,
     maxKeyBytes: config.maxKeyBytes,
     maxValueBytes: config.maxValueBytes,
+    maxInflightRequests: config.maxInflightRequests,
+    maxForwardedRequests: config.maxForwardedRequests,
+    maxConcurrentBackups: config.maxConcurrentBackups,
+    backupTimeoutMs: config.backupTimeoutMs,
   });
   const apiServer = Deno.serve(
     {

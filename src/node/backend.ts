@@ -53,6 +53,8 @@ export interface NodeStatus {
  * - {@linkcode NotAppliedError}: the write definitely did not and will not take effect (e.g. the
  *   leader lost its term before committing it). Safe to retry. The API answers 503.
  * - {@linkcode StoppingError}: the node is shutting down. The API answers 503.
+ * - {@linkcode OverloadedError}: the leader has too many writes waiting to be applied; this one
+ *   was not proposed. Safe to retry later. The API answers 503.
  */
 export interface KvBackend {
   /** Writes `value` under `key` once committed and applied. */
@@ -96,5 +98,35 @@ export class StoppingError extends Error {
   constructor(message = "the node is shutting down") {
     super(message);
     this.name = "StoppingError";
+  }
+}
+
+/**
+ * The leader has too many proposals waiting to be applied (by count or by bytes), so this write
+ * was refused before it was proposed: it definitely did not take effect. Retrying later is safe.
+ */
+export class OverloadedError extends Error {
+  /** Proposals waiting to be applied when the write was refused. */
+  readonly pendingProposals: number;
+  /** Their encoded size in bytes. */
+  readonly pendingBytes: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param pending The proposals waiting and their size when the write was refused.
+   * @param limits The limits that were reached.
+   */
+  constructor(
+    pending: { proposals: number; bytes: number },
+    limits: { proposals: number; bytes: number },
+  ) {
+    super(
+      `the leader has ${pending.proposals} writes (${pending.bytes} bytes) waiting to be applied; ` +
+        `the limit is ${limits.proposals} writes or ${limits.bytes} bytes`,
+    );
+    this.name = "OverloadedError";
+    this.pendingProposals = pending.proposals;
+    this.pendingBytes = pending.bytes;
   }
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { NotLeaderError } from "../raft/errors.ts";
+import { OverloadedError } from "./backend.ts";
 import { MemoryNetwork } from "../transport/memory_transport.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { RaftNode, type RaftNodeOptions } from "./raft_node.ts";
@@ -250,4 +251,126 @@ Deno.test("a backup streamed from a node starts a new cluster with the same data
     await b?.stop();
     await Deno.remove(root, { recursive: true });
   }
+});
+
+/** Starts a one-member cluster (it elects itself) on real files, with `extra` options. */
+async function startSolo(root: string, extra: Partial<RaftNodeOptions>): Promise<RaftNode> {
+  const storage = await openDiskStorage({
+    walDir: join(root, "wal"),
+    raftStatePath: join(root, "raft-state.json"),
+    logMetadataPath: join(root, "log-metadata.json"),
+    snapshotDir: join(root, "snapshots"),
+  });
+  const node = new RaftNode({
+    id: "solo",
+    members: [{ id: "solo", rpcUrl: "mem://solo", apiUrl: "http://solo" }],
+    storage,
+    heartbeatMs: 10,
+    electionTimeoutMs: 100,
+    seed: 7,
+    logger: SILENT,
+    transport: (h) => new MemoryNetwork().connect("solo", h),
+    ...extra,
+  });
+  node.start();
+  await waitFor(() => node.isReady(), "the single node to lead");
+  return node;
+}
+
+Deno.test("a leader refuses writes past its pending-proposal limits, and applies none of them", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    node = await startSolo(root, { maxPendingProposals: 4, maxPendingBytes: 1_000_000 });
+    const solo = node;
+    // Proposed in one turn of the event loop: nothing is applied in between.
+    const writes = Array.from({ length: 10 }, (_, i) => solo.put(`k${i}`, "v", signal()));
+    const outcomes = await Promise.allSettled(writes);
+    const refused = outcomes.flatMap((o, i) => o.status === "rejected" ? [i] : []);
+    assert.deepEqual(refused, [4, 5, 6, 7, 8, 9]);
+    for (const i of refused) {
+      const reason = (outcomes[i] as PromiseRejectedResult).reason;
+      assert.ok(reason instanceof OverloadedError, String(reason));
+      assert.equal(reason.pendingProposals, 4);
+    }
+    for (let i = 0; i < 10; i++) {
+      assert.equal(await solo.get(`k${i}`, "linearizable", signal()), i < 4 ? "v" : null);
+    }
+    // Once applied they no longer count: the next batch goes through.
+    const more = await Promise.all([0, 1, 2, 3].map((i) => solo.put(`m${i}`, "v", signal())));
+    assert.equal(more.length, 4);
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader refuses a write that would pass its pending-bytes limit unless none is pending", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    node = await startSolo(root, { maxPendingProposals: 100, maxPendingBytes: 2500 });
+    const solo = node;
+    const big = "x".repeat(1000);
+    const outcomes = await Promise.allSettled([
+      solo.put("a", big, signal()),
+      solo.put("b", big, signal()),
+      solo.put("c", big, signal()),
+    ]);
+    assert.deepEqual(outcomes.map((o) => o.status), ["fulfilled", "fulfilled", "rejected"]);
+    assert.ok((outcomes[2] as PromiseRejectedResult).reason instanceof OverloadedError);
+    assert.equal(await solo.get("c", "linearizable", signal()), null);
+    // A single write larger than the limit still goes through when nothing is pending.
+    await solo.put("huge", "y".repeat(5000), signal());
+    assert.equal((await solo.get("huge", "linearizable", signal()))?.length, 5000);
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+/** Every file and directory under `dir` with its permission bits, as `path: mode` lines. */
+async function _modes(dir: string): Promise<string[]> {
+  const lines: string[] = [];
+  for await (const item of Deno.readDir(dir)) {
+    const path = join(dir, item.name);
+    const mode = (await Deno.stat(path)).mode! & 0o777;
+    lines.push(`${path}: ${mode.toString(8)}`);
+    if (item.isDirectory) lines.push(...await _modes(path));
+  }
+  return lines;
+}
+
+Deno.test({
+  name: "every file and directory a node creates is private to its owner",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+    let node: RaftNode | undefined;
+    try {
+      node = await startSolo(join(root, "data", "solo"), { snapshotThreshold: 5 });
+      for (let i = 0; i < 12; i++) await node.put(`k${i}`, "v", signal());
+      const solo = node;
+      await waitFor(() => solo.status().applied_index >= 12, "the writes to apply");
+      await node.stop();
+      node = undefined;
+      const lines = await _modes(root);
+      const names = lines.map((line) => line.slice(0, line.lastIndexOf(":")));
+      for (const expected of ["wal", "raft-state.json", "log-metadata.json", "snapshots"]) {
+        assert.ok(names.includes(join(root, "data", "solo", expected)), `${expected} missing`);
+      }
+      assert.ok(names.some((name) => name.endsWith(".snap")), "no snapshot was taken");
+      assert.ok(names.some((name) => name.endsWith(".wal")), "no WAL segment");
+      const wrong = [];
+      for await (const line of lines) {
+        const path = line.slice(0, line.lastIndexOf(":"));
+        const isDir = (await Deno.stat(path)).isDirectory;
+        if (!line.endsWith(isDir ? ": 700" : ": 600")) wrong.push(line);
+      }
+      assert.deepEqual(wrong, []);
+    } finally {
+      await node?.stop();
+      await Deno.remove(root, { recursive: true });
+    }
+  },
 });
