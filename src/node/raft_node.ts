@@ -176,6 +176,8 @@ export class RaftNode implements KvBackend {
   #ticked = 0;
   readonly #maxCatchUpTicks: number;
   #scheduled = false;
+  /** Set while {@linkcode RaftNode.#process} runs: a nested call defers to a later run. */
+  #processing = false;
   #stopping = false;
   #failed = false;
   #waiters = new Map<number, Waiter>();
@@ -510,10 +512,21 @@ export class RaftNode implements KvBackend {
 
   #process(): void {
     if (this.#failed) return;
-    this.#startReadRound();
-    while (this.#core.hasReady()) {
-      const rd = this.#core.ready();
-      this.#handleReady(rd);
+    if (this.#processing) {
+      // Called from inside a Ready's handling (a write with nothing to write finishes at once):
+      // the next Ready must wait until this one's committed entries are applied, in order.
+      this.#schedule();
+      return;
+    }
+    this.#processing = true;
+    try {
+      this.#startReadRound();
+      while (this.#core.hasReady()) {
+        const rd = this.#core.ready();
+        this.#handleReady(rd);
+      }
+    } finally {
+      this.#processing = false;
     }
   }
 

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { NotLeaderError } from "../raft/errors.ts";
+import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
+import { encodeCommand } from "../kv/state_machine.ts";
+import type { TransportHandlers } from "../transport/transport.ts";
 import { OverloadedError } from "./backend.ts";
 import { MemoryNetwork } from "../transport/memory_transport.ts";
 import { openDiskStorage } from "./disk_storage.ts";
@@ -373,4 +376,68 @@ Deno.test({
       await Deno.remove(root, { recursive: true });
     }
   },
+});
+
+Deno.test("a follower applies in order a commit that spans several apply batches", async () => {
+  // A follower answers every message after its write; a write with nothing to write must not
+  // run the next Ready (with the next batch of committed entries) before this one is applied.
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    const storage = await openDiskStorage({
+      walDir: join(root, "wal"),
+      raftStatePath: join(root, "raft-state.json"),
+      logMetadataPath: join(root, "log-metadata.json"),
+      snapshotDir: join(root, "snapshots"),
+    });
+    const sent: Message[] = [];
+    const fatal: unknown[] = [];
+    let handlers: TransportHandlers | undefined;
+    node = new RaftNode({
+      id: "b",
+      members: IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` })),
+      storage,
+      logger: SILENT,
+      onFatal: (e) => fatal.push(e),
+      transport: (h) => {
+        handlers = h;
+        return {
+          send: (messages) => sent.push(...messages),
+          sendSnapshot: () => Promise.reject(new Error("no snapshots here")),
+          close: () => Promise.resolve(),
+        };
+      },
+    });
+    // Not started: no ticks, so no elections; this test plays the leader "a".
+    const big = "x".repeat(1 << 20);
+    const entries = Array.from({ length: 8 }, (_, i) => ({
+      term: 1,
+      index: i + 1,
+      type: EntryType.Normal,
+      data: encodeCommand({ op: "put", key: `k${i}`, value: `${i}${big}` }),
+    }));
+    handlers!.onMessages([
+      message({ type: MessageType.App, from: "a", to: "b", term: 1, entries, commit: 0 }),
+    ]);
+    await waitFor(
+      () => sent.some((m) => m.type === MessageType.AppResp && m.index === 8),
+      "the entries to be written",
+    );
+    // More than one apply batch (4 MiB) of entries becomes committed at once.
+    handlers!.onMessages([
+      message({ type: MessageType.Heartbeat, from: "a", to: "b", term: 1, commit: 8 }),
+    ]);
+    const follower = node;
+    await waitFor(
+      () => follower.status().applied_index === 8 || fatal.length > 0,
+      "the entries to be applied",
+    );
+    assert.deepEqual(fatal, []);
+    for (let i = 0; i < 8; i++) {
+      assert.equal((await follower.get(`k${i}`, "stale", signal()))?.slice(0, 1), String(i));
+    }
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
 });
