@@ -26,8 +26,8 @@
  * origin without asking first, but not `application/json`, so a page cannot write by accident.
  * Fields other than `k` and `v` are ignored.
  *
- * Back-pressure: past `maxInflightRequests` requests in progress (`/health` and `/ready` aside)
- * a request is answered 429 at once, its body unread; past `maxForwardedRequests` forwards in
+ * Back-pressure: past `maxInflightRequests` requests, or `maxInflightBytes` of their bodies, in
+ * progress (`/health` and `/ready` aside) a request is answered 429 at once, its body unread; past `maxForwardedRequests` forwards in
  * progress a request that needs the leader is answered 429; past `maxConcurrentBackups` backups
  * streaming, `/v1/snapshot` is answered 429; a backup not fully read within `backupTimeoutMs`
  * is cut off. All of these carry `Retry-After`.
@@ -118,6 +118,15 @@ export interface ApiOptions {
    */
   maxInflightRequests?: number;
   /**
+   * Most bytes of request bodies in progress at once: a request counts its `Content-Length`, or
+   * `maxBodyBytes` when a `POST` or `PUT` declares none (a chunked body). One that would pass it
+   * is answered 429 with `Retry-After` at once, without reading its body, unless it is the only
+   * request in progress. Bounds the memory that bodies being read and parsed hold.
+   *
+   * @default {67108864}
+   */
+  maxInflightBytes?: number;
+  /**
    * Most requests being forwarded to the leader at once; one more that needs forwarding is
    * answered 429 with `Retry-After` (nothing was sent).
    *
@@ -198,11 +207,16 @@ export function createApiHandler(
       return _errorResponse(new _ApiError(400, `the request URL ${_quote(req.url)} is not valid`));
     }
     const counted = url.pathname !== "/health" && url.pathname !== "/ready";
+    const bytes = counted ? _declaredBodyBytes(ctx, req) : 0;
     if (counted) {
-      if (ctx.inflight >= ctx.maxInflightRequests) {
+      if (
+        ctx.inflight >= ctx.maxInflightRequests ||
+        (ctx.inflight > 0 && ctx.inflightBytes + bytes > ctx.maxInflightBytes)
+      ) {
         return _json(429, { error: "too many requests" }, ctx.retryAfter);
       }
       ctx.inflight++;
+      ctx.inflightBytes += bytes;
     }
     try {
       return await _route(ctx, req, url);
@@ -221,7 +235,10 @@ export function createApiHandler(
         new _ApiError(500, "internal error while serving the request; the node's log has details"),
       );
     } finally {
-      if (counted) ctx.inflight--;
+      if (counted) {
+        ctx.inflight--;
+        ctx.inflightBytes -= bytes;
+      }
     }
   };
 }
@@ -241,8 +258,10 @@ interface _Context {
   maxForwardedRequests: number;
   maxConcurrentBackups: number;
   backupTimeoutMs: number;
-  /** Requests in progress (counted ones), forwards in progress, backups streaming. */
+  maxInflightBytes: number;
+  /** Requests in progress (counted ones) and their bodies' bytes, forwards in progress, backups streaming. */
   inflight: number;
+  inflightBytes: number;
   forwarding: number;
   backups: number;
 }
@@ -304,6 +323,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     retryAfter: { "retry-after": String(retryAfterSeconds) },
     logError: options.logError ?? ((line) => console.error(line)),
     maxInflightRequests: _positiveInt("maxInflightRequests", options.maxInflightRequests ?? 1024),
+    maxInflightBytes: _positiveInt("maxInflightBytes", options.maxInflightBytes ?? 64 << 20),
     maxForwardedRequests: _positiveInt(
       "maxForwardedRequests",
       options.maxForwardedRequests ?? 256,
@@ -314,6 +334,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     ),
     backupTimeoutMs: _positiveInt("backupTimeoutMs", options.backupTimeoutMs ?? 600_000),
     inflight: 0,
+    inflightBytes: 0,
     forwarding: 0,
     backups: 0,
   };
@@ -405,6 +426,8 @@ async function _write(
   pathKey: string | null,
 ): Promise<Response> {
   _requireJson(req);
+  const overloaded = ctx.backend.overloaded();
+  if (overloaded !== null) throw _overloadedError(ctx, overloaded, pathKey);
   using deadline = _deadline(ctx.apiTimeoutMs, req.signal);
   const bytes = await _readBody(ctx, req, deadline);
   const body = _parseObject(bytes);
@@ -495,15 +518,7 @@ async function _backendFailure(
   if (err instanceof NotAppliedError) {
     throw new _ApiError(503, `${err.message}; retrying is safe`, { k }, ctx.retryAfter);
   }
-  if (err instanceof OverloadedError) {
-    throw new _ApiError(
-      503,
-      `${err.message}; the write was not applied, retrying later is safe`,
-      { k, pending_proposals: err.pendingProposals, pending_bytes: err.pendingBytes },
-      ctx.retryAfter,
-      false,
-    );
-  }
+  if (err instanceof OverloadedError) throw _overloadedError(ctx, err, k);
   if (err instanceof StoppingError) {
     throw new _ApiError(503, `${err.message}; retry on another node`, { k }, ctx.retryAfter);
   }
@@ -527,6 +542,21 @@ async function _backendFailure(
     throw new _ApiError(504, err.message, { k, outcome: "unknown" });
   }
   throw err;
+}
+
+/** The answer to a write refused for overload: 503, not logged (one line each would flood). */
+function _overloadedError(ctx: _Context, err: OverloadedError, k: string | null): _ApiError {
+  return new _ApiError(
+    503,
+    `${err.message}; the write was not applied, retrying later is safe`,
+    {
+      ...(k === null ? {} : { k }),
+      pending_proposals: err.pendingProposals,
+      pending_bytes: err.pendingBytes,
+    },
+    ctx.retryAfter,
+    false,
+  );
 }
 
 /** Forwards the original request to the leader and relays its answer. */
@@ -661,6 +691,16 @@ async function _relay(
   }
   const hasBody = res.status !== 204 && res.status !== 304;
   return new Response(hasBody ? answer : null, { status: res.status, headers: relayed });
+}
+
+/**
+ * The bytes a request's body will hold: its `Content-Length` (at most `maxBodyBytes`: a larger one
+ * is refused unread), or `maxBodyBytes` for a `POST` or `PUT` that declares none.
+ */
+function _declaredBodyBytes(ctx: _Context, req: Request): number {
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  if (Number.isSafeInteger(declared) && declared >= 0) return Math.min(declared, ctx.maxBodyBytes);
+  return req.method === "POST" || req.method === "PUT" ? ctx.maxBodyBytes : 0;
 }
 
 /**

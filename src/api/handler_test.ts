@@ -37,6 +37,8 @@ class FakeBackend implements KvBackend {
   hang: false | "ignoring the signal" | "until aborted" = false;
   ready = true;
   leader: NodeStatus["leader"] = { id: "n1", api_url: "http://n1.test:7777" };
+  /** What overloaded() answers. */
+  overload: OverloadedError | null = null;
   /** Makes snapshot() stream this instead of the data. */
   snapshotSource: (() => ReadableStream<Uint8Array>) | null = null;
   #called = Promise.withResolvers<void>();
@@ -78,6 +80,10 @@ class FakeBackend implements KvBackend {
 
   isReady(): boolean {
     return this.ready;
+  }
+
+  overloaded(): OverloadedError | null {
+    return this.overload;
   }
 
   snapshot(): { index: number; stream: ReadableStream<Uint8Array> } {
@@ -713,6 +719,7 @@ Deno.test("createApiHandler() rejects options out of range", () => {
       { apiFwdTimeoutMs: 0 },
       { retryAfterSeconds: -1 },
       { maxInflightRequests: 0 },
+      { maxInflightBytes: 0 },
       { maxForwardedRequests: 1.5 },
       { maxConcurrentBackups: -1 },
       { backupTimeoutMs: 0 },
@@ -909,6 +916,60 @@ Deno.test("past maxInflightRequests a request is answered 429 at once, unread, a
   assert.deepEqual(logs, []);
 });
 
+Deno.test("past maxInflightBytes of declared bodies a request is answered 429 at once, unread", async () => {
+  const { handler, backend } = setup({ maxInflightBytes: 100 });
+  backend.hang = "until aborted";
+  const client = new AbortController();
+  const body = JSON.stringify({ k: "a", v: "x".repeat(50) }); // 65 bytes
+  const first = handler(
+    new Request("http://127.0.0.1/v1/data", {
+      method: "POST",
+      headers: { ...JSON_TYPE, "content-length": String(body.length) },
+      body,
+      signal: client.signal,
+    }),
+  );
+  await backend.called;
+  // 65 + 40 > 100: refused without being read.
+  const { stream, state } = countingStream(encoder.encode("x".repeat(40)), 1);
+  const refused = await handler(
+    new Request("http://127.0.0.1/v1/data", {
+      method: "POST",
+      headers: { ...JSON_TYPE, "content-length": "40" },
+      body: stream,
+    }),
+  );
+  assert.equal(refused.headers.get("retry-after"), "1");
+  assert.deepEqual(await expectJson(refused, 429), { error: "too many requests" });
+  assert.equal(state.pulls, 0);
+  // A body of unknown length counts as maxBodyBytes; requests without a body count nothing.
+  const chunked = countingStream(encoder.encode("{}"), 1);
+  const unknown = await handler(
+    new Request("http://127.0.0.1/v1/data", {
+      method: "POST",
+      headers: JSON_TYPE,
+      body: chunked.stream,
+    }),
+  );
+  await expectJson(unknown, 429);
+  assert.equal(chunked.state.pulls, 0);
+  backend.hang = false;
+  await expectJson(await handler(new Request("http://127.0.0.1/v1/status")), 200);
+  client.abort();
+  await expectJson(await first, 499);
+  // Alone, a request may be as large as the body limit allows.
+  await expectJson(
+    await handler(
+      new Request("http://127.0.0.1/v1/data", {
+        method: "POST",
+        headers: { ...JSON_TYPE, "content-length": "152" },
+        body: JSON.stringify({ k: "b", v: "y".repeat(136) }),
+      }),
+    ),
+    200,
+  );
+});
+
 Deno.test("past maxForwardedRequests a request that needs the leader is answered 429 without a forward", async () => {
   let hang = true;
   const leader = fakeForwarder((init) =>
@@ -948,6 +1009,30 @@ Deno.test("OverloadedError is answered with 503 and Retry-After, and not logged"
   assert.equal(body.pending_proposals, 8);
   assert.equal(body.pending_bytes, 800);
   assert.deepEqual(logs, []);
+});
+
+Deno.test("a leader already full of pending writes refuses one with 503 before reading its body", async () => {
+  const { handler, backend, logs } = setup();
+  backend.overload = new OverloadedError({ proposals: 9, bytes: 90 }, {
+    proposals: 8,
+    bytes: 4096,
+  });
+  const { stream, state } = countingStream(encoder.encode('{"k":"a","v":"1"}'), 1);
+  const res = await handler(
+    new Request("http://127.0.0.1/v1/data", { method: "POST", headers: JSON_TYPE, body: stream }),
+  );
+  assert.equal(res.headers.get("retry-after"), "1");
+  const body = await expectJson(res, 503);
+  assert.match(String(body.error), /^the leader has 9 writes \(90 bytes\) waiting/);
+  assert.equal(state.pulls, 0);
+  assert.deepEqual(backend.calls, []);
+  assert.deepEqual(logs, []);
+  // A delete carries no body: it goes on to the backend, whose own check decides.
+  await expectJson(
+    await handler(new Request("http://127.0.0.1/v1/data/a", { method: "DELETE" })),
+    200,
+  );
+  assert.deepEqual(backend.calls, ["delete a"]);
 });
 
 /** A snapshot stream that yields chunks for ever, recording whether it was cancelled. */

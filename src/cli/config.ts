@@ -83,6 +83,8 @@ export interface NodeConfig {
   maxValueBytes: number;
   /** Client API requests in progress at once before 429. Default 1024. */
   maxInflightRequests: number;
+  /** Bytes of request bodies in progress at once before 429. Default 64 MiB. */
+  maxInflightBytes: number;
   /** Requests being forwarded to the leader at once before 429. Default 256. */
   maxForwardedRequests: number;
   /** Writes proposed by the leader but not yet applied before 503. Default 4096. */
@@ -316,6 +318,7 @@ export function parseArgs(
     maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,
     maxInflightRequests: settings.positiveInt("--max-inflight-requests") ??
       DEFAULTS.maxInflightRequests,
+    maxInflightBytes: settings.positiveInt("--max-inflight-bytes") ?? DEFAULTS.maxInflightBytes,
     maxForwardedRequests: settings.positiveInt("--max-forwarded-requests") ??
       DEFAULTS.maxForwardedRequests,
     maxPendingProposals: settings.positiveInt("--max-pending-proposals") ??

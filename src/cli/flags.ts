@@ -40,6 +40,8 @@ export const DEFAULTS = {
   maxValueBytes: 1_048_576,
   /** Default of `--max-inflight-requests`. */
   maxInflightRequests: 1024,
+  /** Default of `--max-inflight-bytes` (64 MiB). */
+  maxInflightBytes: 64 * 1024 * 1024,
   /** Default of `--max-forwarded-requests`. */
   maxForwardedRequests: 256,
   /** Default of `--max-pending-proposals`. */
@@ -257,6 +259,14 @@ export const FLAGS: readonly FlagInfo[] = [
     "<n>",
     String(_D.maxInflightRequests),
     "Client API requests in progress at once (/health and /ready aside); past it: 429 at once",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-inflight-bytes",
+    "<bytes>",
+    `${_D.maxInflightBytes} (64 MiB)`,
+    "Bytes of request bodies in progress at once (Content-Length, or the body limit when not " +
+      "declared); past it: 429 at once",
   ),
   _flag(
     "Limits and logging",

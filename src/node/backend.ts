@@ -72,6 +72,12 @@ export interface KvBackend {
   snapshot(): { index: number; stream: ReadableStream<Uint8Array> };
   /** Whether the node knows a leader and has applied everything that leader had committed when last heard. */
   isReady(): boolean;
+  /**
+   * Whether this node, as the leader, is already full of writes waiting to be applied: then it
+   * returns the {@linkcode OverloadedError} a write would get, so that the API can refuse one
+   * before reading its body. Null otherwise (the write's own check still applies).
+   */
+  overloaded(): OverloadedError | null;
 }
 
 /** A write was proposed but whether it took effect is unknown (it may still commit). */

@@ -374,6 +374,12 @@ export class RaftNode implements KvBackend {
     };
   }
 
+  /** The error a write would get now for overload, if this leader is full; see KvBackend. */
+  overloaded(): OverloadedError | null {
+    if (this.#stopping || this.#core.role !== "leader" || !this.#overloaded(1)) return null;
+    return this.#overloadedError();
+  }
+
   /** Whether a leader is known and everything known committed is applied here. */
   isReady(): boolean {
     if (this.#stopping || this.#core.leader === NONE) return false;
@@ -389,12 +395,7 @@ export class RaftNode implements KvBackend {
     if (signal.aborted) return Promise.reject(signal.reason);
     const data = encodeCommand(cmd);
     if (this.#core.role === "leader" && this.#overloaded(data.byteLength)) {
-      return Promise.reject(
-        new OverloadedError(
-          { proposals: this.#pending.size, bytes: this.#pendingBytes },
-          { proposals: this.#maxPendingProposals, bytes: this.#maxPendingBytes },
-        ),
-      );
+      return Promise.reject(this.#overloadedError());
     }
     let placed: { index: number; term: number };
     try {
@@ -443,6 +444,13 @@ export class RaftNode implements KvBackend {
       if (index <= applied) this.#untrackPending(index);
     }
     return full();
+  }
+
+  #overloadedError(): OverloadedError {
+    return new OverloadedError(
+      { proposals: this.#pending.size, bytes: this.#pendingBytes },
+      { proposals: this.#maxPendingProposals, bytes: this.#maxPendingBytes },
+    );
   }
 
   /** Forgets the pending proposal at `index`, if any. */

@@ -287,7 +287,9 @@ Deno.test("a leader refuses writes past its pending-proposal limits, and applies
     node = await startSolo(root, { maxPendingProposals: 4, maxPendingBytes: 1_000_000 });
     const solo = node;
     // Proposed in one turn of the event loop: nothing is applied in between.
+    assert.equal(solo.overloaded(), null);
     const writes = Array.from({ length: 10 }, (_, i) => solo.put(`k${i}`, "v", signal()));
+    assert.ok(solo.overloaded() instanceof OverloadedError, "full after 4 proposals");
     const outcomes = await Promise.allSettled(writes);
     const refused = outcomes.flatMap((o, i) => o.status === "rejected" ? [i] : []);
     assert.deepEqual(refused, [4, 5, 6, 7, 8, 9]);
@@ -300,6 +302,7 @@ Deno.test("a leader refuses writes past its pending-proposal limits, and applies
       assert.equal(await solo.get(`k${i}`, "linearizable", signal()), i < 4 ? "v" : null);
     }
     // Once applied they no longer count: the next batch goes through.
+    assert.equal(solo.overloaded(), null);
     const more = await Promise.all([0, 1, 2, 3].map((i) => solo.put(`m${i}`, "v", signal())));
     assert.equal(more.length, 4);
   } finally {
