@@ -5,11 +5,23 @@
  *
  * Requests are held in flight deterministically: a raw HTTP/1.1 request whose body has not all
  * been sent keeps the handler waiting; writes stay pending on a leader whose followers are
- * frozen with SIGSTOP. The load test past the default limits is `deno task overload`.
+ * frozen with SIGSTOP. A node whose open-file limit is reached by connections listens again once
+ * they close. The load test past the default limits is `deno task overload`.
  */
 
 import assert from "node:assert/strict";
-import { type HttpResult, type ProcessCluster, startCluster, waitFor } from "./_harness.ts";
+import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import {
+  buildClusterConfig,
+  freePorts,
+  httpRequest,
+  type HttpResult,
+  type ProcessCluster,
+  startCluster,
+  waitFor,
+  writeClusterFile,
+} from "./_harness.ts";
 
 const MAX_INFLIGHT = 6;
 const MAX_PENDING = 4;
@@ -196,4 +208,92 @@ Deno.test("past --max-pending-proposals the leader refuses writes with 503, appl
   assert.equal(read.status, 404, `the refused write was applied: ${read.text}`);
   await _assertServes(cluster, leader, "after-pending");
   assert.ok(cluster.ids.every((id) => cluster.isRunning(id)));
+});
+
+Deno.test({
+  name: "a node out of file descriptors for connections listens again once they close",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const root = await Deno.makeTempDir({ prefix: "raftkv-limits-" });
+    const [apiPort = 0, rpcPort = 0] = freePorts(2);
+    const configPath = join(root, "cluster.config.json");
+    await writeClusterFile(
+      configPath,
+      buildClusterConfig({ apiPorts: [apiPort], rpcPorts: [rpcPort] }),
+    );
+    // The harness starts deno directly; this node needs a low open-file limit, set by sh.
+    const child = new Deno.Command("sh", {
+      args: [
+        "-c",
+        'ulimit -n 256 && exec "$@"',
+        "sh",
+        Deno.execPath(),
+        "run",
+        "--allow-all",
+        fileURLToPath(new URL("../main.ts", import.meta.url)),
+        "--id",
+        "node-1",
+        "--cluster-config-path",
+        configPath,
+        "--data-dir",
+        join(root, "node-1"),
+        "--listen-host",
+        "127.0.0.1",
+      ],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const output: string[] = [];
+    const pump = async (stream: ReadableStream<Uint8Array>) => {
+      for await (const text of stream.pipeThrough(new TextDecoderStream())) output.push(text);
+    };
+    const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+    let exited: Deno.CommandStatus | null = null;
+    const status = child.status.then((s) => exited = s);
+    const api = `http://127.0.0.1:${apiPort}`;
+    const conns: Deno.TcpConn[] = [];
+    try {
+      await waitFor(async () => (await httpRequest(`${api}/health`, "GET")).status === 200, {
+        deadlineMs: 30_000,
+        message: () => `the node to start: ${output.join("")}`,
+      });
+      // More connections than the node has descriptors: it cannot accept them all.
+      for (let i = 0; i < 400; i++) {
+        try {
+          conns.push(await Deno.connect({ hostname: "127.0.0.1", port: apiPort }));
+        } catch {
+          break; // The listen queue is full too.
+        }
+      }
+      await waitFor(() => output.join("").includes("REST API stopped accepting connections"), {
+        deadlineMs: 10_000,
+        message: () => `the node to run out of descriptors: ${output.join("")}`,
+      });
+      for (const conn of conns.splice(0)) conn.close();
+      // Once they are closed, it listens again, and a write on a new connection works.
+      await waitFor(async () => {
+        using client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+        const put = await fetch(`${api}/v1/data`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ k: "a", v: "1" }),
+          client,
+          signal: AbortSignal.timeout(5000),
+        });
+        await put.body?.cancel();
+        return put.status === 200;
+      }, { deadlineMs: 15_000, message: () => `a write after the connections closed` });
+      assert.equal(exited, null, `the node exited: ${output.join("")}`);
+      assert.match(output.join(""), /Too many open files/);
+      assert.equal(output.join("").match(/REST API listening on/g)?.length, 2, output.join(""));
+    } finally {
+      for (const conn of conns) conn.close();
+      if (exited === null) child.kill("SIGKILL");
+      await status;
+      await pumps;
+      await Deno.remove(root, { recursive: true });
+    }
+  },
 });
