@@ -81,6 +81,8 @@ export async function main(args: string[]): Promise<number> {
     electionTimeoutMs: config.electionTimeoutMs,
     snapshotThreshold: config.snapshotThreshold,
     snapshotThresholdBytes: config.snapshotThresholdBytes,
+    maxPendingProposals: config.maxPendingProposals,
+    maxPendingBytes: config.maxPendingBytes,
     logger: log,
     onFatal: (e) => {
       fatal = e;
@@ -98,7 +100,8 @@ export async function main(args: string[]): Promise<number> {
     },
   });
 
-  Deno.serve(
+  _serveAgain(
+    "peer RPC",
     {
       port: config.rpcPort,
       hostname: config.listenHost,
@@ -118,6 +121,7 @@ export async function main(args: string[]): Promise<number> {
       maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
       logger: rateLimited(log, 5_000),
     }),
+    log,
   );
   const api = createApiHandler(node, {
     selfId: config.id,
@@ -125,14 +129,21 @@ export async function main(args: string[]): Promise<number> {
     apiFwdTimeoutMs: config.apiFwdTimeoutMs,
     maxKeyBytes: config.maxKeyBytes,
     maxValueBytes: config.maxValueBytes,
+    maxInflightRequests: config.maxInflightRequests,
+    maxInflightBytes: config.maxInflightBytes,
+    maxForwardedRequests: config.maxForwardedRequests,
+    maxConcurrentBackups: config.maxConcurrentBackups,
+    backupTimeoutMs: config.backupTimeoutMs,
   });
-  const apiServer = Deno.serve(
+  const apiServer = _serveAgain(
+    "REST API",
     {
       port: config.apiPort,
       hostname: config.listenHost,
       onListen: (a) => log.info(`REST API listening on ${a.hostname}:${a.port}`),
     },
     api,
+    log,
   );
   node.start();
   log.info(`started ${config.id} with ${config.peers.length} members`);
@@ -156,6 +167,52 @@ export async function main(args: string[]): Promise<number> {
   // (denoland/deno#36788): one node's restart would kill another. A closed socket is handled.
   log.info("stopped");
   return fatal ? 1 : 0;
+}
+
+/**
+ * `Deno.serve`, but when the server stops accepting connections on an error (out of file
+ * descriptors: every connection holds one, and `Deno.serve` has no cap on connections), it
+ * listens again a second later instead of taking the process down; connections already open
+ * keep being served meanwhile. The first listen's error (port in use) is thrown as usual.
+ */
+function _serveAgain(
+  name: string,
+  options: Deno.ServeTcpOptions,
+  handler: Deno.ServeHandler<Deno.NetAddr>,
+  log: Logger,
+): { shutdown(): Promise<void> } {
+  let stopping = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const listen = (): Deno.HttpServer<Deno.NetAddr> => {
+    const server = Deno.serve(options, handler);
+    server.finished.catch((e) => {
+      if (stopping) return;
+      log.error(`${name} stopped accepting connections (${_message(e)}); listening again in 1 s`);
+      const retry = () => {
+        if (stopping) return;
+        try {
+          current = listen();
+        } catch (err) {
+          log.error(`${name} cannot listen yet (${_message(err)}); trying again in 1 s`);
+          timer = setTimeout(retry, 1000);
+        }
+      };
+      timer = setTimeout(retry, 1000);
+    });
+    return server;
+  };
+  let current = listen();
+  return {
+    shutdown: async () => {
+      stopping = true;
+      clearTimeout(timer);
+      await current.shutdown();
+    },
+  };
+}
+
+function _message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }
 
 /** Waits for `promise`, but no longer than `ms`. */

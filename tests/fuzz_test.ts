@@ -52,8 +52,40 @@ function _validWriteBody(body: Uint8Array | null, pathKey: string | null): boole
     _utf8Length(v) <= MAX_VALUE_BYTES;
 }
 
+/** Whether a `Content-Type` says JSON, as the API requires of a write. */
+function _isJsonType(type: string | undefined): boolean {
+  return type?.split(";", 1)[0]?.trim().toLowerCase() === "application/json";
+}
+
+/**
+ * Whether the request gets past routing, method and path-key checks to the write handler, which
+ * checks the `Content-Type` first.
+ */
+function _reachesWrite(method: string, target: string): boolean {
+  let url: URL;
+  try {
+    url = new URL(target, "http://raftkv.test");
+  } catch {
+    return false;
+  }
+  const path = url.pathname;
+  if (path === "/v1/data") return method === "POST";
+  if (!path.startsWith("/v1/data/") || method !== "PUT") return false;
+  try {
+    return _validKey(decodeURIComponent(path.slice("/v1/data/".length)));
+  } catch {
+    return false;
+  }
+}
+
 /** Whether the API would serve this request successfully (a read or a write). */
-function _wouldSucceed(method: string, target: string, body: Uint8Array | null): boolean {
+function _wouldSucceed(
+  method: string,
+  target: string,
+  body: Uint8Array | null,
+  headers: Record<string, string>,
+): boolean {
+  if (_reachesWrite(method, target) && !_isJsonType(headers["content-type"])) return false;
   let url: URL;
   try {
     url = new URL(target, "http://raftkv.test");
@@ -102,6 +134,7 @@ interface FuzzCase {
   mayGetNoAnswer?: boolean;
 }
 
+/** Content types other than JSON (null: none). */
 const _CONTENT_TYPES = [
   null,
   "application/json",
@@ -254,9 +287,19 @@ function _validLookingKey(rng: Rng): string {
   return rng.pick(["a", "b", "key-1", "ü", "a/b", "space key", "fuzz-known-3", "%41"]);
 }
 
+const _JSON_TYPES = ["application/json", "application/json; charset=utf-8", "Application/JSON"];
+
+/**
+ * Headers for a generated request: usually a JSON content type when it has a body (so that the
+ * body is what gets tested), sometimes another type or none.
+ */
 function _headersFor(rng: Rng, body: Uint8Array | null): Record<string, string> {
   const headers: Record<string, string> = {};
-  const type = body === null ? null : rng.pick(_CONTENT_TYPES);
+  const type = body === null
+    ? null
+    : rng.chance(0.7)
+    ? rng.pick(_JSON_TYPES)
+    : rng.pick(_CONTENT_TYPES);
   if (type !== null) headers["content-type"] = type;
   if (rng.chance(0.05)) headers["x-raftkv-forwarded-by"] = rng.pick(["node-1", "evil", ""]);
   return headers;
@@ -495,6 +538,25 @@ const _GENERATORS: readonly [number, string, _Generator][] = [
     };
   }],
   [8, "raw HTTP", (rng) => _rawCase(rng)],
+  [6, "not JSON content type", (rng) => {
+    const put = rng.chance(0.3);
+    const key = _validLookingKey(rng);
+    const type = rng.pick([
+      ..._CONTENT_TYPES.filter((t) => t === null || !_isJsonType(t)),
+      "text/json",
+      "application/jsonp",
+      "application/vnd.api+json",
+      "application/json-seq",
+    ]);
+    return {
+      category: "not JSON content type",
+      method: put ? "PUT" : "POST",
+      target: put ? `/v1/data/${encodeURIComponent(key)}` : "/v1/data",
+      headers: type === null ? {} : { "content-type": type },
+      body: _bytes(JSON.stringify(put ? { v: "content type" } : { k: key, v: "content type" })),
+      expect: [415],
+    };
+  }],
 ];
 
 const _TOTAL_WEIGHT = _GENERATORS.reduce((n, [weight]) => n + weight, 0);
@@ -539,12 +601,12 @@ function _rawCase(rng: Rng): ReturnType<_Generator> {
     ],
     [
       "body shorter than content-length",
-      `POST /v1/data HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n${partial}`,
+      `POST /v1/data HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n${partial}`,
       [400, 408],
     ],
     [
       "chunked body cut short",
-      `POST /v1/data HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${
+      `POST /v1/data HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${
         cut.toString(16)
       }\r\n${partial}\r\n`,
       [400, 408],
@@ -602,8 +664,14 @@ function _generate(seed: number, index: number): FuzzCase {
     const via = partial.via ?? (rng.chance(0.25) ? "http2" : "http1");
     const fuzz: FuzzCase = { ...partial, via, headers: partial.headers ?? {} };
     if (via !== "raw") {
-      fuzz.headers = { ..._headersFor(rng, fuzz.body), ...fuzz.headers };
-      if (_wouldSucceed(fuzz.method, fuzz.target, fuzz.body)) continue; // Valid by chance.
+      // A generator that sets headers sets them all.
+      if (partial.headers === undefined) fuzz.headers = _headersFor(rng, fuzz.body);
+      if (_wouldSucceed(fuzz.method, fuzz.target, fuzz.body, fuzz.headers)) {
+        continue; // Valid by chance.
+      }
+      if (_reachesWrite(fuzz.method, fuzz.target) && !_isJsonType(fuzz.headers["content-type"])) {
+        fuzz.expect = [415]; // Refused before the body is read.
+      }
     }
     return fuzz;
   }
@@ -993,7 +1061,8 @@ Deno.test("bodies that are cut short or trickle in slowly are refused and change
       _sendRaw(
         port(id),
         _bytes(
-          `POST /v1/data HTTP/1.1\r\nHost: x\r\nContent-Length: ${valid.length}\r\n\r\n${cut}`,
+          `POST /v1/data HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+            `Content-Length: ${valid.length}\r\n\r\n${cut}`,
         ),
         { closeWrite: true },
       ).then((answer) =>
@@ -1006,7 +1075,10 @@ Deno.test("bodies that are cut short or trickle in slowly are refused and change
     checks.push(
       _sendRaw(
         port(id),
-        _bytes(`PUT /v1/data/fuzz-known-2 HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"v":`),
+        _bytes(
+          "PUT /v1/data/fuzz-known-2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+            'Content-Length: 50\r\n\r\n{"v":',
+        ),
         { timeoutMs: API_TIMEOUT_MS + 8000 },
       ).then((answer) => expectAnswer(`stalled body on ${id}`, answer, [408])),
     );
@@ -1054,6 +1126,7 @@ Deno.test("bodies that are cut short or trickle in slowly are refused and change
       try {
         const response = await fetch(`${cluster.api(id)}/v1/data`, {
           method: "POST",
+          headers: { "content-type": "application/json" },
           body: stream,
           signal: AbortSignal.timeout(10_000),
         });

@@ -33,6 +33,7 @@ async function writeMany(url: string, count: number, concurrency: number): Promi
       for (let attempt = 0;; attempt++) {
         const res = await fetch(`${url}/v1/data`, {
           method: "POST",
+          headers: { "content-type": "application/json" },
           body: JSON.stringify({ k: `key-${key}`, v: value }),
           signal: AbortSignal.timeout(10_000),
         });

@@ -11,6 +11,7 @@
  * | `GET`    | `/v1/data/{key}`  |                 | 200 `{"k","v"}`, or 404                 |
  * | `DELETE` | `/v1/data/{key}`  |                 | 200 `{"k","deleted","index"}`           |
  * | `GET`    | `/v1/status`      |                 | 200 the node's {@linkcode NodeStatus}   |
+ * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                  |
  * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)   |
  * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
  *
@@ -19,8 +20,17 @@
  * Keys in the path are percent-encoded (`/v1/data/a%2Fb` is the key `a/b`); everything after
  * `/v1/data/` is the key, so an unencoded `/` is part of it too. The path is normalized as URLs
  * are (`a/../b` is `b`), so the keys `.` and `..` can be written but not addressed in a path.
- * The request body is read as JSON whatever its `Content-Type` (lenient, like the original);
- * fields other than `k` and `v` are ignored.
+ * `POST` and `PUT` (which always carry a body) must say `Content-Type: application/json`
+ * (parameters such as `; charset=utf-8` are allowed, case does not matter); anything else is
+ * refused with 415 before the body is read. A browser can send a form or `text/plain` to another
+ * origin without asking first, but not `application/json`, so a page cannot write by accident.
+ * Fields other than `k` and `v` are ignored.
+ *
+ * Back-pressure: past `maxInflightRequests` requests, or `maxInflightBytes` of their bodies, in
+ * progress (`/health` and `/ready` aside) a request is answered 429 at once, its body unread; past `maxForwardedRequests` forwards in
+ * progress a request that needs the leader is answered 429; past `maxConcurrentBackups` backups
+ * streaming, `/v1/snapshot` is answered 429; a backup not fully read within `backupTimeoutMs`
+ * is cut off. All of these carry `Retry-After`.
  *
  * Every error answer is JSON, `{"error": "..."}` plus details, with `Content-Type:
  * application/json`. A rejected request changes nothing: everything is validated before the
@@ -40,6 +50,7 @@ import {
   NotAppliedError,
   NotLeaderError,
   OutcomeUnknownError,
+  OverloadedError,
   StoppingError,
 } from "../node/backend.ts";
 import { fetchForwarder, ForwardConnectError, type Forwarder } from "./forwarder.ts";
@@ -101,7 +112,44 @@ export interface ApiOptions {
    */
   forward?: Forwarder;
   /**
-   * The `Retry-After` header, in seconds, of answers that say "try again" (503).
+   * Most requests in progress on this node at once; one more is answered 429 with `Retry-After`
+   * at once, without reading its body. `GET /health` and `GET /ready` are not counted.
+   *
+   * @default {1024}
+   */
+  maxInflightRequests?: number;
+  /**
+   * Most bytes of request bodies in progress at once: a request counts its `Content-Length`, or
+   * `maxBodyBytes` when a `POST` or `PUT` declares none (a chunked body). One that would pass it
+   * is answered 429 with `Retry-After` at once, without reading its body, unless it is the only
+   * request in progress. Bounds the memory that bodies being read and parsed hold.
+   *
+   * @default {67108864}
+   */
+  maxInflightBytes?: number;
+  /**
+   * Most requests being forwarded to the leader at once; one more that needs forwarding is
+   * answered 429 with `Retry-After` (nothing was sent).
+   *
+   * @default {256}
+   */
+  maxForwardedRequests?: number;
+  /**
+   * Most `GET /v1/snapshot` downloads streaming at once; one more is answered 429 with
+   * `Retry-After`. Each holds a copy-on-write view of the state that grows with every write.
+   *
+   * @default {2}
+   */
+  maxConcurrentBackups?: number;
+  /**
+   * Deadline of a `GET /v1/snapshot` download in milliseconds: a reader that has not taken the
+   * whole stream by then gets a broken stream, and the view it held is released.
+   *
+   * @default {600000}
+   */
+  backupTimeoutMs?: number;
+  /**
+   * The `Retry-After` header, in seconds, of answers that say "try again" (429, 503).
    *
    * @default {1}
    */
@@ -125,11 +173,13 @@ export interface ApiOptions {
  * forwarded again (the answer is 503).
  *
  * Status codes: 200 success; 400 malformed request; 404 unknown path or key; 405 wrong method
- * (with `Allow`); 408 body not received in time; 413 key, value or body too large; 499 the
- * client went away; 500 unexpected failure; 502 a forwarded write failed after it may have been
- * sent; 503 no leader, not applied, shutting down, leader unreachable or changed (with
- * `Retry-After`); 504 deadline passed (a write may or may not have been applied); 507 the
- * leader's disk is full (`{"error":"no space left on device","alarm":"NOSPACE"}`; nothing done).
+ * (with `Allow`); 408 body not received in time; 413 key, value or body too large; 415 a write
+ * without `Content-Type: application/json`; 429 too many requests, forwards or backups in progress
+ * (with `Retry-After`); 499 the client went away; 500 unexpected failure; 502 a forwarded write
+ * failed after it may have been sent; 503 no leader, not applied, too many writes waiting on the
+ * leader, shutting down, leader unreachable or changed (with `Retry-After`); 504 deadline passed
+ * (a write may or may not have been applied); 507 the leader's disk is full
+ * (`{"error":"no space left on device","alarm":"NOSPACE"}`; nothing done).
  *
  * @example Usage
  * ```ts ignore
@@ -158,12 +208,24 @@ export function createApiHandler(
     } catch {
       return _errorResponse(new _ApiError(400, `the request URL ${_quote(req.url)} is not valid`));
     }
+    const counted = url.pathname !== "/health" && url.pathname !== "/ready";
+    const bytes = counted ? _declaredBodyBytes(ctx, req) : 0;
+    if (counted) {
+      if (
+        ctx.inflight >= ctx.maxInflightRequests ||
+        (ctx.inflight > 0 && ctx.inflightBytes + bytes > ctx.maxInflightBytes)
+      ) {
+        return _json(429, { error: "too many requests" }, ctx.retryAfter);
+      }
+      ctx.inflight++;
+      ctx.inflightBytes += bytes;
+    }
     try {
       return await _route(ctx, req, url);
     } catch (err) {
       const apiError = err instanceof _ApiError ? err : undefined;
       if (apiError !== undefined) {
-        if (apiError.status >= 500) {
+        if (apiError.status >= 500 && apiError.logged) {
           ctx.logError(_logLine(req, url, apiError.status, apiError.message));
         }
         return _errorResponse(apiError);
@@ -174,6 +236,11 @@ export function createApiHandler(
       return _errorResponse(
         new _ApiError(500, "internal error while serving the request; the node's log has details"),
       );
+    } finally {
+      if (counted) {
+        ctx.inflight--;
+        ctx.inflightBytes -= bytes;
+      }
     }
   };
 }
@@ -189,6 +256,16 @@ interface _Context {
   forward: Forwarder;
   retryAfter: Record<string, string>;
   logError: (line: string) => void;
+  maxInflightRequests: number;
+  maxForwardedRequests: number;
+  maxConcurrentBackups: number;
+  backupTimeoutMs: number;
+  maxInflightBytes: number;
+  /** Requests in progress (counted ones) and their bodies' bytes, forwards in progress, backups streaming. */
+  inflight: number;
+  inflightBytes: number;
+  forwarding: number;
+  backups: number;
 }
 
 /** The deadline of one request: its signal, and whether the time ran out or the client left. */
@@ -199,13 +276,17 @@ interface _Deadline extends Disposable {
   clientGone(): boolean;
 }
 
-/** A failure answered as JSON `{"error": message, ...extra}`. */
+/**
+ * A failure answered as JSON `{"error": message, ...extra}`. A 5xx one is logged unless `logged`
+ * is false (answers to overload: one line each would flood the log exactly when it hurts).
+ */
 class _ApiError extends Error {
   constructor(
     readonly status: number,
     message: string,
     readonly extra: Record<string, unknown> = {},
     readonly headers: Record<string, string> = {},
+    readonly logged = true,
   ) {
     super(message);
     this.name = "_ApiError";
@@ -243,6 +324,21 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     forward: options.forward ?? fetchForwarder,
     retryAfter: { "retry-after": String(retryAfterSeconds) },
     logError: options.logError ?? ((line) => console.error(line)),
+    maxInflightRequests: _positiveInt("maxInflightRequests", options.maxInflightRequests ?? 1024),
+    maxInflightBytes: _positiveInt("maxInflightBytes", options.maxInflightBytes ?? 64 << 20),
+    maxForwardedRequests: _positiveInt(
+      "maxForwardedRequests",
+      options.maxForwardedRequests ?? 256,
+    ),
+    maxConcurrentBackups: _positiveInt(
+      "maxConcurrentBackups",
+      options.maxConcurrentBackups ?? 2,
+    ),
+    backupTimeoutMs: _positiveInt("backupTimeoutMs", options.backupTimeoutMs ?? 600_000),
+    inflight: 0,
+    inflightBytes: 0,
+    forwarding: 0,
+    backups: 0,
   };
 }
 
@@ -270,8 +366,16 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
       return _json(200, ctx.backend.status());
     case "/v1/snapshot": {
       _allow(req, path, ["GET"]);
+      if (ctx.backups >= ctx.maxConcurrentBackups) {
+        throw new _ApiError(
+          429,
+          `too many backups in progress (${ctx.backups}; the limit is ${ctx.maxConcurrentBackups}, maxConcurrentBackups)`,
+          { limit: ctx.maxConcurrentBackups },
+          ctx.retryAfter,
+        );
+      }
       const snap = ctx.backend.snapshot();
-      return new Response(snap.stream, {
+      return new Response(_boundedBackup(ctx, snap.stream), {
         headers: {
           "content-type": "application/octet-stream",
           "content-disposition": `attachment; filename="raftkv-${snap.index}.snap"`,
@@ -323,6 +427,9 @@ async function _write(
   url: URL,
   pathKey: string | null,
 ): Promise<Response> {
+  _requireJson(req);
+  const overloaded = ctx.backend.overloaded();
+  if (overloaded !== null) throw _overloadedError(ctx, overloaded, pathKey);
   using deadline = _deadline(ctx.apiTimeoutMs, req.signal);
   const bytes = await _readBody(ctx, req, deadline);
   const body = _parseObject(bytes);
@@ -413,6 +520,7 @@ async function _backendFailure(
   if (err instanceof NotAppliedError) {
     throw new _ApiError(503, `${err.message}; retrying is safe`, { k }, ctx.retryAfter);
   }
+  if (err instanceof OverloadedError) throw _overloadedError(ctx, err, k);
   if (err instanceof StoppingError) {
     throw new _ApiError(503, `${err.message}; retry on another node`, { k }, ctx.retryAfter);
   }
@@ -439,6 +547,21 @@ async function _backendFailure(
     throw new _ApiError(504, err.message, { k, outcome: "unknown" });
   }
   throw err;
+}
+
+/** The answer to a write refused for overload: 503, not logged (one line each would flood). */
+function _overloadedError(ctx: _Context, err: OverloadedError, k: string | null): _ApiError {
+  return new _ApiError(
+    503,
+    `${err.message}; the write was not applied, retrying later is safe`,
+    {
+      ...(k === null ? {} : { k }),
+      pending_proposals: err.pendingProposals,
+      pending_bytes: err.pendingBytes,
+    },
+    ctx.retryAfter,
+    false,
+  );
 }
 
 /** Forwards the original request to the leader and relays its answer. */
@@ -489,6 +612,35 @@ async function _forward(
       ctx.retryAfter,
     );
   }
+  if (ctx.forwarding >= ctx.maxForwardedRequests) {
+    throw new _ApiError(
+      429,
+      `too many requests being forwarded to the leader ${
+        _quote(leader.id)
+      } (the limit is ${ctx.maxForwardedRequests}, maxForwardedRequests); nothing was sent`,
+      { k, limit: ctx.maxForwardedRequests },
+      ctx.retryAfter,
+    );
+  }
+  ctx.forwarding++;
+  try {
+    return await _relay(ctx, req, url, body, leader, target, op);
+  } finally {
+    ctx.forwarding--;
+  }
+}
+
+/** Sends the request to the leader at `target` and relays its answer (see {@linkcode _forward}). */
+async function _relay(
+  ctx: _Context,
+  req: Request,
+  url: URL,
+  body: Uint8Array<ArrayBuffer> | null,
+  leader: { id: string; api_url: string },
+  target: string,
+  op: { write: boolean; key: string },
+): Promise<Response> {
+  const k = op.key;
   const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: ctx.selfId };
   const contentType = req.headers.get("content-type");
   if (contentType !== null) headers["content-type"] = contentType;
@@ -544,6 +696,90 @@ async function _forward(
   }
   const hasBody = res.status !== 204 && res.status !== 304;
   return new Response(hasBody ? answer : null, { status: res.status, headers: relayed });
+}
+
+/**
+ * The bytes a request's body will hold: its `Content-Length` (at most `maxBodyBytes`: a larger one
+ * is refused unread), or `maxBodyBytes` for a `POST` or `PUT` that declares none.
+ */
+function _declaredBodyBytes(ctx: _Context, req: Request): number {
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  if (Number.isSafeInteger(declared) && declared >= 0) return Math.min(declared, ctx.maxBodyBytes);
+  return req.method === "POST" || req.method === "PUT" ? ctx.maxBodyBytes : 0;
+}
+
+/**
+ * Refuses a request whose `Content-Type` is not `application/json` (any parameters, any case),
+ * before its body is read.
+ */
+function _requireJson(req: Request): void {
+  const type = req.headers.get("content-type");
+  const media = type?.split(";", 1)[0]?.trim().toLowerCase();
+  if (media === "application/json") return;
+  throw new _ApiError(
+    415,
+    type === null
+      ? `the request has no Content-Type; send the JSON body with Content-Type: application/json`
+      : `the request's Content-Type is ${
+        _quote(type)
+      }; send the JSON body with Content-Type: application/json`,
+    { content_type: type },
+  );
+}
+
+/**
+ * Wraps a backup stream so that it counts as one of the `maxConcurrentBackups` until it ends
+ * (read to the end, cancelled by the client, failed or timed out), and fails once
+ * `backupTimeoutMs` has passed: the source is then cancelled, which releases its view.
+ */
+function _boundedBackup(
+  ctx: _Context,
+  source: ReadableStream<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  ctx.backups++;
+  const reader = source.getReader();
+  let ended = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const end = () => {
+    if (ended) return false;
+    ended = true;
+    ctx.backups--;
+    clearTimeout(timer);
+    return true;
+  };
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      timer = setTimeout(() => {
+        if (!end()) return;
+        const reason = new DOMException(
+          `the backup was not read within ${ctx.backupTimeoutMs}ms (backupTimeoutMs); cut off`,
+          "TimeoutError",
+        );
+        controller.error(reason);
+        reader.cancel(reason).catch(() => {});
+      }, ctx.backupTimeoutMs);
+    },
+    async pull(controller) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        if (end()) controller.error(err);
+        return;
+      }
+      if (ended) return; // Timed out while waiting: the stream has already failed.
+      if (next.done) {
+        end();
+        controller.close();
+      } else {
+        controller.enqueue(next.value);
+      }
+    },
+    async cancel(reason) {
+      end();
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
 }
 
 /** Reads the whole body, refusing one over `maxBodyBytes` without reading the rest. */

@@ -8,6 +8,7 @@ import {
   NotAppliedError,
   NotLeaderError,
   OutcomeUnknownError,
+  OverloadedError,
   StoppingError,
   type WriteResult,
 } from "../node/backend.ts";
@@ -37,6 +38,10 @@ class FakeBackend implements KvBackend {
   hang: false | "ignoring the signal" | "until aborted" = false;
   ready = true;
   leader: NodeStatus["leader"] = { id: "n1", api_url: "http://n1.test:7777" };
+  /** What overloaded() answers. */
+  overload: OverloadedError | null = null;
+  /** Makes snapshot() stream this instead of the data. */
+  snapshotSource: (() => ReadableStream<Uint8Array>) | null = null;
   #called = Promise.withResolvers<void>();
 
   /** Resolves once a put, delete or get has been called. */
@@ -79,8 +84,13 @@ class FakeBackend implements KvBackend {
     return this.ready;
   }
 
+  overloaded(): OverloadedError | null {
+    return this.overload;
+  }
+
   snapshot(): { index: number; stream: ReadableStream<Uint8Array> } {
     this.calls.push("snapshot");
+    if (this.snapshotSource !== null) return { index: this.index, stream: this.snapshotSource() };
     const bytes = new TextEncoder().encode(JSON.stringify([...this.data]));
     return { index: this.index, stream: ReadableStream.from([bytes]) };
   }
@@ -183,6 +193,7 @@ async function expectError(res: Response, status: number, error: RegExp): Promis
 }
 
 const encoder = new TextEncoder();
+const JSON_TYPE = { "content-type": "application/json" };
 
 /** A request body stream that counts the chunks pulled from it and whether it was cancelled. */
 function countingStream(chunk: Uint8Array, chunks = Infinity) {
@@ -358,7 +369,7 @@ Deno.test("a body declared larger than maxBodyBytes is rejected with 413 without
   const res = await handler(
     new Request("http://127.0.0.1/v1/data", {
       method: "POST",
-      headers: { "content-length": "101" },
+      headers: { "content-length": "101", "content-type": "application/json" },
       body: stream,
     }),
   );
@@ -371,7 +382,7 @@ Deno.test("a streamed body is rejected with 413 as soon as it passes maxBodyByte
   const { handler, backend } = setup({ maxBodyBytes: 100 });
   const { stream, state } = countingStream(encoder.encode("x".repeat(30)));
   const res = await handler(
-    new Request("http://127.0.0.1/v1/data", { method: "POST", body: stream }),
+    new Request("http://127.0.0.1/v1/data", { method: "POST", headers: JSON_TYPE, body: stream }),
   );
   await expectError(res, 413, /^the request body exceeds the limit of 100 bytes \(maxBodyBytes\)$/);
   assert.equal(state.pulls, 4); // 120 bytes: the fourth chunk crosses the limit
@@ -385,7 +396,7 @@ Deno.test("a streamed body within maxBodyBytes is read whole", async () => {
   const chunks = [body.slice(0, 10), body.slice(10, 40), body.slice(40)];
   const stream = ReadableStream.from(chunks.map((c) => encoder.encode(c)));
   const res = await handler(
-    new Request("http://127.0.0.1/v1/data", { method: "POST", body: stream }),
+    new Request("http://127.0.0.1/v1/data", { method: "POST", headers: JSON_TYPE, body: stream }),
   );
   assert.equal((await expectJson(res, 200)).v, "x".repeat(60));
   assert.deepEqual(backend.calls, [`put a=${"x".repeat(60)}`]);
@@ -578,7 +589,9 @@ Deno.test("a follower forwards reads and deletes with the encoded path and query
   backend.followN2();
   await call("GET", "/v1/data/a%2Fb%20c?consistency=lease");
   await call("DELETE", "/v1/data/%F0%9F%94%91");
-  await call("PUT", "/v1/data/k", '{"v":"2"}', { "content-type": "text/plain" });
+  await call("PUT", "/v1/data/k", '{"v":"2"}', {
+    "content-type": "Application/JSON; charset=UTF-8",
+  });
   assert.deepEqual(
     leader.calls.map((c) => [c.method, c.url, c.body && new TextDecoder().decode(c.body)]),
     [
@@ -587,7 +600,7 @@ Deno.test("a follower forwards reads and deletes with the encoded path and query
       ["PUT", `${LEADER_URL}/v1/data/k`, '{"v":"2"}'],
     ],
   );
-  assert.equal(leader.calls[2]?.headers.get("content-type"), "text/plain");
+  assert.equal(leader.calls[2]?.headers.get("content-type"), "Application/JSON; charset=UTF-8");
   assert.ok(leader.calls.every((c) => c.headers.get(FORWARDED_BY_HEADER) === "n1"));
 });
 
@@ -612,6 +625,7 @@ Deno.test("a request that was already forwarded is not forwarded again", async (
   const { call, backend } = setup({ forward: leader.forward });
   backend.followN2();
   const res = await call("POST", "/v1/data", '{"k":"a","v":"1"}', {
+    ...JSON_TYPE,
     [FORWARDED_BY_HEADER]: "n3",
   });
   assert.equal(res.headers.get("retry-after"), "1");
@@ -725,6 +739,11 @@ Deno.test("createApiHandler() rejects options out of range", () => {
       { apiTimeoutMs: Number.NaN },
       { apiFwdTimeoutMs: 0 },
       { retryAfterSeconds: -1 },
+      { maxInflightRequests: 0 },
+      { maxInflightBytes: 0 },
+      { maxForwardedRequests: 1.5 },
+      { maxConcurrentBackups: -1 },
+      { backupTimeoutMs: 0 },
     ]
   ) {
     assert.throws(() => createApiHandler(backend, { selfId: "n1", ...bad }), RangeError);
@@ -746,7 +765,13 @@ Deno.test("a follower forwards to a real leader over cleartext HTTP/2 on one con
     follower.error = new NotLeaderError("n2");
     const handler = createApiHandler(follower, { selfId: "n1" }); // the default forwarder
     const call = (method: string, path: string, body?: string) =>
-      handler(new Request(`http://127.0.0.1:1/v1/data${path}`, { method, body: body ?? null }));
+      handler(
+        new Request(`http://127.0.0.1:1/v1/data${path}`, {
+          method,
+          headers: body === undefined ? {} : JSON_TYPE,
+          body: body ?? null,
+        }),
+      );
 
     assert.deepEqual(await expectJson(await call("POST", "", '{"k":"a/b","v":"1"}'), 200), {
       k: "a/b",
@@ -797,7 +822,11 @@ Deno.test("the default forwarder reports a refusing leader as 503 for reads and 
     // fetch may re-send a delivered request and report only the retry's connect error: a
     // forwarded write that failed is never called "not applied".
     const write = await handler(
-      new Request("http://127.0.0.1/v1/data", { method: "POST", body: '{"k":"a","v":"1"}' }),
+      new Request("http://127.0.0.1/v1/data", {
+        method: "POST",
+        headers: JSON_TYPE,
+        body: '{"k":"a","v":"1"}',
+      }),
     );
     const body = await write.json();
     assert.equal(write.status, 502);
@@ -822,4 +851,265 @@ Deno.test("GET /v1/snapshot streams the backend's snapshot as a download", async
   const post = await handler(new Request("http://n1.test:7777/v1/snapshot", { method: "POST" }));
   assert.equal(post.status, 405);
   await post.body?.cancel();
+});
+
+Deno.test("a write without Content-Type: application/json is refused with 415 before its body is read", async () => {
+  const refused: (string | null)[] = [
+    null,
+    "text/plain",
+    "text/plain;charset=UTF-8",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=xyz",
+    "text/json",
+    "application/jsonx",
+    "application/json, text/plain",
+    "",
+  ];
+  for (const type of refused) {
+    for (const [method, path] of [["POST", "/v1/data"], ["PUT", "/v1/data/a"]] as const) {
+      const { handler, backend, logs } = setup();
+      const { stream, state } = countingStream(encoder.encode('{"k":"a","v":"1"}'), 1);
+      const headers: Record<string, string> = type === null ? {} : { "content-type": type };
+      const res = await handler(
+        new Request(`http://127.0.0.1${path}`, { method, headers, body: stream }),
+      );
+      const body = await expectJson(res, 415);
+      assert.match(String(body.error), /Content-Type: application\/json/, String(type));
+      assert.equal(body.content_type, type);
+      assert.equal(state.pulls, 0, `${method} with ${type}: the body was read`);
+      assert.deepEqual(backend.calls, []);
+      assert.deepEqual(logs, []);
+    }
+  }
+});
+
+Deno.test("application/json is accepted in any case and with parameters, and DELETE needs no type", async () => {
+  const { call, backend } = setup();
+  const accepted = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "APPLICATION/JSON;charset=UTF-8",
+    " Application/Json ; foo=bar",
+  ];
+  for (const [i, type] of accepted.entries()) {
+    const res = await call("POST", "/v1/data", `{"k":"k${i}","v":"1"}`, { "content-type": type });
+    await expectJson(res, 200);
+  }
+  await expectJson(await call("PUT", "/v1/data/p", '{"v":"2"}'), 200);
+  await expectJson(await call("DELETE", "/v1/data/p", undefined, {}), 200);
+  assert.deepEqual(backend.calls, [
+    "put k0=1",
+    "put k1=1",
+    "put k2=1",
+    "put k3=1",
+    "put p=2",
+    "delete p",
+  ]);
+});
+
+Deno.test("past maxInflightRequests a request is answered 429 at once, unread, and /health still answers", async () => {
+  const { handler, backend, logs } = setup({ maxInflightRequests: 2 });
+  backend.hang = "until aborted";
+  const clients = [new AbortController(), new AbortController()];
+  const hanging = clients.map((client, i) =>
+    handler(
+      new Request(`http://127.0.0.1/v1/data/k${i}`, { method: "GET", signal: client.signal }),
+    )
+  );
+  await backend.called;
+  const { stream, state } = countingStream(encoder.encode('{"k":"a","v":"1"}'), 1);
+  const refused = await handler(
+    new Request("http://127.0.0.1/v1/data", { method: "POST", headers: JSON_TYPE, body: stream }),
+  );
+  assert.equal(refused.headers.get("retry-after"), "1");
+  assert.deepEqual(await expectJson(refused, 429), { error: "too many requests" });
+  assert.equal(state.pulls, 0);
+  await expectJson(await handler(new Request("http://127.0.0.1/health")), 200);
+  await expectJson(await handler(new Request("http://127.0.0.1/ready")), 200);
+  await expectJson(await handler(new Request("http://127.0.0.1/v1/status")), 429);
+
+  // Once the requests in flight end, the node serves again.
+  for (const client of clients) client.abort();
+  for (const res of await Promise.all(hanging)) await expectJson(res, 499);
+  backend.hang = false;
+  await expectJson(await handler(new Request("http://127.0.0.1/v1/status")), 200);
+  assert.deepEqual(backend.calls, ["get k0 linearizable", "get k1 linearizable"]);
+  assert.deepEqual(logs, []);
+});
+
+Deno.test("past maxInflightBytes of declared bodies a request is answered 429 at once, unread", async () => {
+  const { handler, backend } = setup({ maxInflightBytes: 100 });
+  backend.hang = "until aborted";
+  const client = new AbortController();
+  const body = JSON.stringify({ k: "a", v: "x".repeat(50) }); // 65 bytes
+  const first = handler(
+    new Request("http://127.0.0.1/v1/data", {
+      method: "POST",
+      headers: { ...JSON_TYPE, "content-length": String(body.length) },
+      body,
+      signal: client.signal,
+    }),
+  );
+  await backend.called;
+  // 65 + 40 > 100: refused without being read.
+  const { stream, state } = countingStream(encoder.encode("x".repeat(40)), 1);
+  const refused = await handler(
+    new Request("http://127.0.0.1/v1/data", {
+      method: "POST",
+      headers: { ...JSON_TYPE, "content-length": "40" },
+      body: stream,
+    }),
+  );
+  assert.equal(refused.headers.get("retry-after"), "1");
+  assert.deepEqual(await expectJson(refused, 429), { error: "too many requests" });
+  assert.equal(state.pulls, 0);
+  // A body of unknown length counts as maxBodyBytes; requests without a body count nothing.
+  const chunked = countingStream(encoder.encode("{}"), 1);
+  const unknown = await handler(
+    new Request("http://127.0.0.1/v1/data", {
+      method: "POST",
+      headers: JSON_TYPE,
+      body: chunked.stream,
+    }),
+  );
+  await expectJson(unknown, 429);
+  assert.equal(chunked.state.pulls, 0);
+  backend.hang = false;
+  await expectJson(await handler(new Request("http://127.0.0.1/v1/status")), 200);
+  client.abort();
+  await expectJson(await first, 499);
+  // Alone, a request may be as large as the body limit allows.
+  await expectJson(
+    await handler(
+      new Request("http://127.0.0.1/v1/data", {
+        method: "POST",
+        headers: { ...JSON_TYPE, "content-length": "152" },
+        body: JSON.stringify({ k: "b", v: "y".repeat(136) }),
+      }),
+    ),
+    200,
+  );
+});
+
+Deno.test("past maxForwardedRequests a request that needs the leader is answered 429 without a forward", async () => {
+  let hang = true;
+  const leader = fakeForwarder((init) =>
+    hang ? neverAnswers(init) : new Response('{"k":"c","v":"1"}', { headers: JSON_TYPE })
+  );
+  const { handler, call, backend } = setup({ forward: leader.forward, maxForwardedRequests: 1 });
+  backend.followN2();
+  const client = new AbortController();
+  const first = handler(new Request("http://127.0.0.1/v1/data/a", { signal: client.signal }));
+  while (leader.calls.length === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+  const res = await call("POST", "/v1/data", '{"k":"b","v":"1"}');
+  assert.equal(res.headers.get("retry-after"), "1");
+  const body = await expectJson(res, 429);
+  assert.match(
+    String(body.error),
+    /^too many requests being forwarded to the leader "n2" .*nothing was sent$/,
+  );
+  assert.equal(leader.calls.length, 1);
+  client.abort();
+  await expectJson(await first, 499);
+  // The slot is free again.
+  hang = false;
+  assert.deepEqual(await expectJson(await call("GET", "/v1/data/c"), 200), { k: "c", v: "1" });
+  assert.equal(leader.calls.length, 2);
+});
+
+Deno.test("OverloadedError is answered with 503 and Retry-After, and not logged", async () => {
+  const { call, backend, logs } = setup();
+  backend.error = new OverloadedError({ proposals: 8, bytes: 800 }, { proposals: 8, bytes: 4096 });
+  const res = await call("PUT", "/v1/data/a", '{"v":"1"}');
+  assert.equal(res.headers.get("retry-after"), "1");
+  const body = await expectJson(res, 503);
+  assert.match(
+    String(body.error),
+    /^the leader has 8 writes \(800 bytes\) waiting .*; the write was not applied, retrying later is safe$/,
+  );
+  assert.equal(body.pending_proposals, 8);
+  assert.equal(body.pending_bytes, 800);
+  assert.deepEqual(logs, []);
+});
+
+Deno.test("a leader already full of pending writes refuses one with 503 before reading its body", async () => {
+  const { handler, backend, logs } = setup();
+  backend.overload = new OverloadedError({ proposals: 9, bytes: 90 }, {
+    proposals: 8,
+    bytes: 4096,
+  });
+  const { stream, state } = countingStream(encoder.encode('{"k":"a","v":"1"}'), 1);
+  const res = await handler(
+    new Request("http://127.0.0.1/v1/data", { method: "POST", headers: JSON_TYPE, body: stream }),
+  );
+  assert.equal(res.headers.get("retry-after"), "1");
+  const body = await expectJson(res, 503);
+  assert.match(String(body.error), /^the leader has 9 writes \(90 bytes\) waiting/);
+  assert.equal(state.pulls, 0);
+  assert.deepEqual(backend.calls, []);
+  assert.deepEqual(logs, []);
+  // A delete carries no body: it goes on to the backend, whose own check decides.
+  await expectJson(
+    await handler(new Request("http://127.0.0.1/v1/data/a", { method: "DELETE" })),
+    200,
+  );
+  assert.deepEqual(backend.calls, ["delete a"]);
+});
+
+/** A snapshot stream that yields chunks for ever, recording whether it was cancelled. */
+function endlessSnapshot() {
+  const state = { cancelled: false, pulls: 0 };
+  const stream = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      state.pulls++;
+      controller.enqueue(encoder.encode("chunk"));
+    },
+    cancel() {
+      state.cancelled = true;
+    },
+  }, { highWaterMark: 0 });
+  return { stream, state };
+}
+
+Deno.test("past maxConcurrentBackups a backup is answered 429 until one ends", async () => {
+  const { handler, backend } = setup({ maxConcurrentBackups: 1 });
+  const first = await handler(new Request("http://127.0.0.1/v1/snapshot"));
+  assert.equal(first.status, 200);
+  const second = await handler(new Request("http://127.0.0.1/v1/snapshot"));
+  assert.equal(second.headers.get("retry-after"), "1");
+  await expectError(second, 429, /^too many backups in progress \(1; the limit is 1/);
+  assert.equal(await first.text(), "[]"); // read to the end: the slot is free
+  const third = await handler(new Request("http://127.0.0.1/v1/snapshot"));
+  assert.equal(third.status, 200);
+  await third.body?.cancel(); // a client that goes away frees it too
+  const fourth = await handler(new Request("http://127.0.0.1/v1/snapshot"));
+  assert.equal(fourth.status, 200);
+  await fourth.body?.cancel();
+  assert.deepEqual(backend.calls, ["snapshot", "snapshot", "snapshot"]);
+});
+
+Deno.test("a backup not read within backupTimeoutMs fails and releases its source", async () => {
+  const { handler, backend } = setup({ maxConcurrentBackups: 1, backupTimeoutMs: 50 });
+  const source = endlessSnapshot();
+  backend.snapshotSource = () => source.stream;
+  const res = await handler(new Request("http://127.0.0.1/v1/snapshot"));
+  assert.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  assert.equal(new TextDecoder().decode((await reader.read()).value), "chunk");
+  // The reader stalls: at the deadline the source is cancelled and the stream fails.
+  const deadline = performance.now() + 5000;
+  while (!source.state.cancelled) {
+    assert.ok(performance.now() < deadline, "the source was not cancelled within 5 s");
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  await assert.rejects(
+    reader.read(),
+    (err: Error) =>
+      err.name === "TimeoutError" && /within 50ms \(backupTimeoutMs\)/.test(err.message),
+  );
+  assert.equal(source.state.cancelled, true);
+  backend.snapshotSource = null;
+  const next = await handler(new Request("http://127.0.0.1/v1/snapshot"));
+  assert.equal(next.status, 200, "the slot was released");
+  await next.body?.cancel();
 });

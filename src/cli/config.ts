@@ -83,6 +83,20 @@ export interface NodeConfig {
   maxKeyBytes: number;
   /** Largest value accepted, in bytes. Default 1048576. */
   maxValueBytes: number;
+  /** Client API requests in progress at once before 429. Default 1024. */
+  maxInflightRequests: number;
+  /** Bytes of request bodies in progress at once before 429. Default 64 MiB. */
+  maxInflightBytes: number;
+  /** Requests being forwarded to the leader at once before 429. Default 256. */
+  maxForwardedRequests: number;
+  /** Writes proposed by the leader but not yet applied before 503. Default 4096. */
+  maxPendingProposals: number;
+  /** Bytes of writes proposed by the leader but not yet applied before 503. Default 64 MiB. */
+  maxPendingBytes: number;
+  /** Backups (`GET /v1/snapshot`) streaming at once before 429. Default 2. */
+  maxConcurrentBackups: number;
+  /** Time limit of one backup download in milliseconds. Default 600000 (10 minutes). */
+  backupTimeoutMs: number;
   /** Least severe log level printed. Default `"info"`. */
   logLevel: LogLevel;
 }
@@ -306,6 +320,17 @@ export function parseArgs(
     restoreFrom: settings.string("--restore-from") ?? null,
     maxKeyBytes: settings.positiveInt("--max-key-bytes") ?? DEFAULTS.maxKeyBytes,
     maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,
+    maxInflightRequests: settings.positiveInt("--max-inflight-requests") ??
+      DEFAULTS.maxInflightRequests,
+    maxInflightBytes: settings.positiveInt("--max-inflight-bytes") ?? DEFAULTS.maxInflightBytes,
+    maxForwardedRequests: settings.positiveInt("--max-forwarded-requests") ??
+      DEFAULTS.maxForwardedRequests,
+    maxPendingProposals: settings.positiveInt("--max-pending-proposals") ??
+      DEFAULTS.maxPendingProposals,
+    maxPendingBytes: settings.positiveInt("--max-pending-bytes") ?? DEFAULTS.maxPendingBytes,
+    maxConcurrentBackups: settings.positiveInt("--max-concurrent-backups") ??
+      DEFAULTS.maxConcurrentBackups,
+    backupTimeoutMs: settings.duration("--backup-timeout") ?? DEFAULTS.backupTimeoutMs,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,
   };
   return { kind: "run", config, warnings: _unknownEnvWarnings(env) };

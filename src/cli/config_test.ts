@@ -74,6 +74,13 @@ const _DEFAULT_CONFIG: NodeConfig = {
   restoreFrom: null,
   maxKeyBytes: 1024,
   maxValueBytes: 1048576,
+  maxInflightRequests: 1024,
+  maxInflightBytes: 67108864,
+  maxForwardedRequests: 256,
+  maxPendingProposals: 4096,
+  maxPendingBytes: 67108864,
+  maxConcurrentBackups: 2,
+  backupTimeoutMs: 600_000,
   logLevel: "info",
 };
 
@@ -109,6 +116,13 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--max-conn-retry-attempts", "7", { maxConnRetryAttempts: 7 }],
   ["--max-key-bytes", "64", { maxKeyBytes: 64 }],
   ["--max-value-bytes", "4096", { maxValueBytes: 4096 }],
+  ["--max-inflight-requests", "4", { maxInflightRequests: 4 }],
+  ["--max-inflight-bytes", "100000", { maxInflightBytes: 100_000 }],
+  ["--max-forwarded-requests", "3", { maxForwardedRequests: 3 }],
+  ["--max-pending-proposals", "8", { maxPendingProposals: 8 }],
+  ["--max-pending-bytes", "65536", { maxPendingBytes: 65536 }],
+  ["--max-concurrent-backups", "1", { maxConcurrentBackups: 1 }],
+  ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
   ["--log-level", "debug", { logLevel: "debug" }],
 ];
 const _FILES = _files({ [_FILE_PATH]: _FILE, "other.json": _FILE });
@@ -248,14 +262,19 @@ Deno.test("parseArgs() rejects an API port equal to the RPC port", () => {
 });
 
 Deno.test("parseArgs() rejects counts and sizes that are not positive integers", () => {
-  for (
-    const flag of [
-      "--snapshot-threshold",
-      "--snapshot-threshold-bytes",
-      "--max-key-bytes",
-      "--max-value-bytes",
-    ]
-  ) {
+  const flags = [
+    "--snapshot-threshold",
+    "--snapshot-threshold-bytes",
+    "--max-key-bytes",
+    "--max-value-bytes",
+    "--max-inflight-requests",
+    "--max-inflight-bytes",
+    "--max-forwarded-requests",
+    "--max-pending-proposals",
+    "--max-pending-bytes",
+    "--max-concurrent-backups",
+  ];
+  for (const flag of flags) {
     for (const value of ["0", "-3", "1.5", "ten", "1e3"]) {
       _assertConfigError(
         () => parseArgs(["--id", "node-1", flag, value], {}, _files()),

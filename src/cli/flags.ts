@@ -40,6 +40,20 @@ export const DEFAULTS = {
   maxKeyBytes: 1024,
   /** Default of `--max-value-bytes` (1 MiB). */
   maxValueBytes: 1_048_576,
+  /** Default of `--max-inflight-requests`. */
+  maxInflightRequests: 1024,
+  /** Default of `--max-inflight-bytes` (64 MiB). */
+  maxInflightBytes: 64 * 1024 * 1024,
+  /** Default of `--max-forwarded-requests`. */
+  maxForwardedRequests: 256,
+  /** Default of `--max-pending-proposals`. */
+  maxPendingProposals: 4096,
+  /** Default of `--max-pending-bytes` (64 MiB). */
+  maxPendingBytes: 64 * 1024 * 1024,
+  /** Default of `--max-concurrent-backups`. */
+  maxConcurrentBackups: 2,
+  /** Default of `--backup-timeout`, in milliseconds (10 minutes). */
+  backupTimeoutMs: 600_000,
   /** Default of `--log-level`. */
   logLevel: "info",
   /** Default of `--rpc-port` in k8s join mode. */
@@ -222,6 +236,13 @@ export const FLAGS: readonly FlagInfo[] = [
   ),
   _flag(
     "Timing",
+    "--backup-timeout",
+    "<duration>",
+    "10m",
+    "Time limit of one GET /v1/snapshot download; a reader still behind then is cut off",
+  ),
+  _flag(
+    "Timing",
     "--max-conn-retry-attempts",
     "<n>",
     String(_D.maxConnRetryAttempts),
@@ -240,6 +261,49 @@ export const FLAGS: readonly FlagInfo[] = [
     "<bytes>",
     `${_D.maxValueBytes} (1 MiB)`,
     "Largest value accepted, in bytes",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-inflight-requests",
+    "<n>",
+    String(_D.maxInflightRequests),
+    "Client API requests in progress at once (/health and /ready aside); past it: 429 at once",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-inflight-bytes",
+    "<bytes>",
+    `${_D.maxInflightBytes} (64 MiB)`,
+    "Bytes of request bodies in progress at once (Content-Length, or the body limit when not " +
+      "declared); past it: 429 at once",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-forwarded-requests",
+    "<n>",
+    String(_D.maxForwardedRequests),
+    "Requests being forwarded to the leader at once; past it: 429",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-pending-proposals",
+    "<n>",
+    String(_D.maxPendingProposals),
+    "Writes the leader has proposed but not yet applied; past it a write is refused with 503",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-pending-bytes",
+    "<bytes>",
+    `${_D.maxPendingBytes} (64 MiB)`,
+    "Bytes of writes the leader has proposed but not yet applied; past it: 503",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-concurrent-backups",
+    "<n>",
+    String(_D.maxConcurrentBackups),
+    "GET /v1/snapshot downloads streaming at once; past it: 429",
   ),
   _flag(
     "Limits and logging",

@@ -64,6 +64,8 @@ export type Alarm = "NOSPACE";
  * - {@linkcode StoppingError}: the node is shutting down. The API answers 503.
  * - {@linkcode NoSpaceError}: this node leads but its disk is full; nothing was done. The API
  *   answers 507.
+ * - {@linkcode OverloadedError}: the leader has too many writes waiting to be applied; this one
+ *   was not proposed. Safe to retry later. The API answers 503.
  */
 export interface KvBackend {
   /** Writes `value` under `key` once committed and applied. */
@@ -81,6 +83,12 @@ export interface KvBackend {
   snapshot(): { index: number; stream: ReadableStream<Uint8Array> };
   /** Whether the node knows a leader and has applied everything that leader had committed when last heard. */
   isReady(): boolean;
+  /**
+   * Whether this node, as the leader, is already full of writes waiting to be applied: then it
+   * returns the {@linkcode OverloadedError} a write would get, so that the API can refuse one
+   * before reading its body. Null otherwise (the write's own check still applies).
+   */
+  overloaded(): OverloadedError | null;
 }
 
 /** A write was proposed but whether it took effect is unknown (it may still commit). */
@@ -119,5 +127,35 @@ export class NoSpaceError extends Error {
   constructor(message = "no space left on device") {
     super(message);
     this.name = "NoSpaceError";
+  }
+}
+
+/**
+ * The leader has too many proposals waiting to be applied (by count or by bytes), so this write
+ * was refused before it was proposed: it definitely did not take effect. Retrying later is safe.
+ */
+export class OverloadedError extends Error {
+  /** Proposals waiting to be applied when the write was refused. */
+  readonly pendingProposals: number;
+  /** Their encoded size in bytes. */
+  readonly pendingBytes: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param pending The proposals waiting and their size when the write was refused.
+   * @param limits The limits that were reached.
+   */
+  constructor(
+    pending: { proposals: number; bytes: number },
+    limits: { proposals: number; bytes: number },
+  ) {
+    super(
+      `the leader has ${pending.proposals} writes (${pending.bytes} bytes) waiting to be applied; ` +
+        `the limit is ${limits.proposals} writes or ${limits.bytes} bytes`,
+    );
+    this.name = "OverloadedError";
+    this.pendingProposals = pending.proposals;
+    this.pendingBytes = pending.bytes;
   }
 }

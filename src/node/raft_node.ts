@@ -44,6 +44,7 @@ import {
   NoSpaceError,
   NotAppliedError,
   OutcomeUnknownError,
+  OverloadedError,
   StoppingError,
   type WriteResult,
 } from "./backend.ts";
@@ -143,6 +144,17 @@ export interface RaftNodeOptions {
   onFatal?: (error: unknown) => void;
   /** Where log lines go. Default: console. */
   logger?: Pick<Console, "info" | "warn" | "error" | "debug">;
+  /**
+   * Most of this leader's proposals waiting to be applied (proposed, not yet applied); a write
+   * past it is refused with {@linkcode OverloadedError} before it is proposed. Default 4096.
+   */
+  maxPendingProposals?: number;
+  /**
+   * Most bytes (encoded commands) of this leader's proposals waiting to be applied; a write that
+   * would pass it is refused with {@linkcode OverloadedError}, unless nothing is waiting (so one
+   * write larger than the limit can still go through alone). Default 64 MiB.
+   */
+  maxPendingBytes?: number;
 }
 
 interface Waiter {
@@ -240,6 +252,12 @@ export class RaftNode implements KvBackend {
   #stopping = false;
   #failed = false;
   #waiters = new Map<number, Waiter>();
+  /** The encoded size of each proposal of this node not yet seen applied, by log index. */
+  #pending = new Map<number, number>();
+  /** The sum of `#pending`'s sizes. */
+  #pendingBytes = 0;
+  readonly #maxPendingProposals: number;
+  readonly #maxPendingBytes: number;
   #readQueue: PendingRead[] = [];
   #readRounds = new Map<number, ReadRound>();
   #readSeq = 0;
@@ -285,6 +303,8 @@ export class RaftNode implements KvBackend {
     this.#snapshotThreshold = options.snapshotThreshold ?? 10_000;
     this.#receivedSweepMs = options.receivedSweepMs ?? 60_000;
     this.#snapshotThresholdBytes = options.snapshotThresholdBytes ?? 64 * 1024 * 1024;
+    this.#maxPendingProposals = options.maxPendingProposals ?? 4096;
+    this.#maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024;
     this.#catchUpEntries = options.snapshotCatchUpEntries ??
       Math.min(5000, this.#snapshotThreshold);
     const snapshot = this.#storage.snapshot;
@@ -448,6 +468,12 @@ export class RaftNode implements KvBackend {
     };
   }
 
+  /** The error a write would get now for overload, if this leader is full; see KvBackend. */
+  overloaded(): OverloadedError | null {
+    if (this.#stopping || this.#core.role !== "leader" || !this.#overloaded(1)) return null;
+    return this.#overloadedError();
+  }
+
   /** Whether a leader is known and everything known committed is applied here. */
   isReady(): boolean {
     if (this.#stopping || this.#core.leader === NONE) return false;
@@ -461,12 +487,19 @@ export class RaftNode implements KvBackend {
   #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult & { index: number }> {
     if (this.#stopping) return Promise.reject(new StoppingError());
     if (signal.aborted) return Promise.reject(signal.reason);
+    const data = encodeCommand(cmd);
+    if (this.#core.role === "leader" && this.#overloaded(data.byteLength)) {
+      return Promise.reject(this.#overloadedError());
+    }
     let placed: { index: number; term: number };
     try {
-      placed = this.#core.propose(encodeCommand(cmd));
+      placed = this.#core.propose(data);
     } catch (e) {
       return Promise.reject(e);
     }
+    this.#untrackPending(placed.index);
+    this.#pending.set(placed.index, data.byteLength);
+    this.#pendingBytes += data.byteLength;
     this.#schedule();
     // A proposal of an earlier term at this index was overwritten before it was seen applied.
     this.#waiters.get(placed.index)?.reject(new NotAppliedError());
@@ -489,6 +522,37 @@ export class RaftNode implements KvBackend {
       signal.addEventListener("abort", onAbort, { once: true });
       this.#waiters.set(placed.index, waiter);
     });
+  }
+
+  /**
+   * Whether one more proposal of `size` bytes would pass the pending limits. Proposals a received
+   * snapshot skipped over are never seen applied one by one: they are dropped here first.
+   */
+  #overloaded(size: number): boolean {
+    const full = () =>
+      this.#pending.size >= this.#maxPendingProposals ||
+      (this.#pending.size > 0 && this.#pendingBytes + size > this.#maxPendingBytes);
+    if (!full()) return false;
+    const applied = this.#kv.appliedIndex;
+    for (const index of this.#pending.keys()) {
+      if (index <= applied) this.#untrackPending(index);
+    }
+    return full();
+  }
+
+  #overloadedError(): OverloadedError {
+    return new OverloadedError(
+      { proposals: this.#pending.size, bytes: this.#pendingBytes },
+      { proposals: this.#maxPendingProposals, bytes: this.#maxPendingBytes },
+    );
+  }
+
+  /** Forgets the pending proposal at `index`, if any. */
+  #untrackPending(index: number): void {
+    const size = this.#pending.get(index);
+    if (size === undefined) return;
+    this.#pending.delete(index);
+    this.#pendingBytes -= size;
   }
 
   /**
@@ -812,6 +876,7 @@ export class RaftNode implements KvBackend {
       } else {
         this.#kv.advance(e.index);
       }
+      this.#untrackPending(e.index);
       const w = this.#waiters.get(e.index);
       if (!w) continue;
       this.#waiters.delete(e.index);

@@ -3,8 +3,9 @@ import { join } from "node:path";
 import { NotLeaderError } from "../raft/errors.ts";
 import { MemoryNetwork } from "../transport/memory_transport.ts";
 import { PeerRefusedError, type TransportHandlers } from "../transport/transport.ts";
-import { message, MessageType } from "../raft/types.ts";
-import { NoSpaceError, NotAppliedError, OutcomeUnknownError } from "./backend.ts";
+import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
+import { encodeCommand } from "../kv/state_machine.ts";
+import { NoSpaceError, NotAppliedError, OutcomeUnknownError, OverloadedError } from "./backend.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
 import { encodeSnapshot, listSnapshots } from "../snapshot/snapshot_file.ts";
@@ -634,6 +635,195 @@ Deno.test("large values trigger snapshots by log bytes long before the entry thr
     }
   } finally {
     await node.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+/** Starts a one-member cluster (it elects itself) on real files, with `extra` options. */
+async function startSolo(root: string, extra: Partial<RaftNodeOptions>): Promise<RaftNode> {
+  const storage = await openDiskStorage({
+    walDir: join(root, "wal"),
+    raftStatePath: join(root, "raft-state.json"),
+    logMetadataPath: join(root, "log-metadata.json"),
+    snapshotDir: join(root, "snapshots"),
+  });
+  const node = new RaftNode({
+    id: "solo",
+    members: [{ id: "solo", rpcUrl: "mem://solo", apiUrl: "http://solo" }],
+    storage,
+    heartbeatMs: 10,
+    electionTimeoutMs: 100,
+    seed: 7,
+    logger: SILENT,
+    transport: (h) => new MemoryNetwork().connect("solo", h),
+    ...extra,
+  });
+  node.start();
+  await waitFor(() => node.isReady(), "the single node to lead");
+  return node;
+}
+
+Deno.test("a leader refuses writes past its pending-proposal limits, and applies none of them", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    node = await startSolo(root, { maxPendingProposals: 4, maxPendingBytes: 1_000_000 });
+    const solo = node;
+    // Proposed in one turn of the event loop: nothing is applied in between.
+    assert.equal(solo.overloaded(), null);
+    const writes = Array.from({ length: 10 }, (_, i) => solo.put(`k${i}`, "v", signal()));
+    assert.ok(solo.overloaded() instanceof OverloadedError, "full after 4 proposals");
+    const outcomes = await Promise.allSettled(writes);
+    const refused = outcomes.flatMap((o, i) => o.status === "rejected" ? [i] : []);
+    assert.deepEqual(refused, [4, 5, 6, 7, 8, 9]);
+    for (const i of refused) {
+      const reason = (outcomes[i] as PromiseRejectedResult).reason;
+      assert.ok(reason instanceof OverloadedError, String(reason));
+      assert.equal(reason.pendingProposals, 4);
+    }
+    for (let i = 0; i < 10; i++) {
+      assert.equal(await solo.get(`k${i}`, "linearizable", signal()), i < 4 ? "v" : null);
+    }
+    // Once applied they no longer count: the next batch goes through.
+    assert.equal(solo.overloaded(), null);
+    const more = await Promise.all([0, 1, 2, 3].map((i) => solo.put(`m${i}`, "v", signal())));
+    assert.equal(more.length, 4);
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader refuses a write that would pass its pending-bytes limit unless none is pending", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    node = await startSolo(root, { maxPendingProposals: 100, maxPendingBytes: 2500 });
+    const solo = node;
+    const big = "x".repeat(1000);
+    const outcomes = await Promise.allSettled([
+      solo.put("a", big, signal()),
+      solo.put("b", big, signal()),
+      solo.put("c", big, signal()),
+    ]);
+    assert.deepEqual(outcomes.map((o) => o.status), ["fulfilled", "fulfilled", "rejected"]);
+    assert.ok((outcomes[2] as PromiseRejectedResult).reason instanceof OverloadedError);
+    assert.equal(await solo.get("c", "linearizable", signal()), null);
+    // A single write larger than the limit still goes through when nothing is pending.
+    await solo.put("huge", "y".repeat(5000), signal());
+    assert.equal((await solo.get("huge", "linearizable", signal()))?.length, 5000);
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+/** Every file and directory under `dir` with its permission bits, as `path: mode` lines. */
+async function _modes(dir: string): Promise<string[]> {
+  const lines: string[] = [];
+  for await (const item of Deno.readDir(dir)) {
+    const path = join(dir, item.name);
+    const mode = (await Deno.stat(path)).mode! & 0o777;
+    lines.push(`${path}: ${mode.toString(8)}`);
+    if (item.isDirectory) lines.push(...await _modes(path));
+  }
+  return lines;
+}
+
+Deno.test({
+  name: "every file and directory a node creates is private to its owner",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+    let node: RaftNode | undefined;
+    try {
+      node = await startSolo(join(root, "data", "solo"), { snapshotThreshold: 5 });
+      for (let i = 0; i < 12; i++) await node.put(`k${i}`, "v", signal());
+      const solo = node;
+      await waitFor(() => solo.status().applied_index >= 12, "the writes to apply");
+      await node.stop();
+      node = undefined;
+      const lines = await _modes(root);
+      const names = lines.map((line) => line.slice(0, line.lastIndexOf(":")));
+      for (const expected of ["wal", "raft-state.json", "log-metadata.json", "snapshots"]) {
+        assert.ok(names.includes(join(root, "data", "solo", expected)), `${expected} missing`);
+      }
+      assert.ok(names.some((name) => name.endsWith(".snap")), "no snapshot was taken");
+      assert.ok(names.some((name) => name.endsWith(".wal")), "no WAL segment");
+      const wrong = [];
+      for await (const line of lines) {
+        const path = line.slice(0, line.lastIndexOf(":"));
+        const isDir = (await Deno.stat(path)).isDirectory;
+        if (!line.endsWith(isDir ? ": 700" : ": 600")) wrong.push(line);
+      }
+      assert.deepEqual(wrong, []);
+    } finally {
+      await node?.stop();
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});
+
+Deno.test("a follower applies in order a commit that spans several apply batches", async () => {
+  // A follower answers every message after its write; a write with nothing to write must not
+  // run the next Ready (with the next batch of committed entries) before this one is applied.
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    const storage = await openDiskStorage({
+      walDir: join(root, "wal"),
+      raftStatePath: join(root, "raft-state.json"),
+      logMetadataPath: join(root, "log-metadata.json"),
+      snapshotDir: join(root, "snapshots"),
+    });
+    const sent: Message[] = [];
+    const fatal: unknown[] = [];
+    let handlers: TransportHandlers | undefined;
+    node = new RaftNode({
+      id: "b",
+      members: IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` })),
+      storage,
+      logger: SILENT,
+      onFatal: (e) => fatal.push(e),
+      transport: (h) => {
+        handlers = h;
+        return {
+          send: (messages) => sent.push(...messages),
+          sendSnapshot: () => Promise.reject(new Error("no snapshots here")),
+          close: () => Promise.resolve(),
+        };
+      },
+    });
+    // Not started: no ticks, so no elections; this test plays the leader "a".
+    const big = "x".repeat(1 << 20);
+    const entries = Array.from({ length: 8 }, (_, i) => ({
+      term: 1,
+      index: i + 1,
+      type: EntryType.Normal,
+      data: encodeCommand({ op: "put", key: `k${i}`, value: `${i}${big}` }),
+    }));
+    handlers!.onMessages([
+      message({ type: MessageType.App, from: "a", to: "b", term: 1, entries, commit: 0 }),
+    ]);
+    await waitFor(
+      () => sent.some((m) => m.type === MessageType.AppResp && m.index === 8),
+      "the entries to be written",
+    );
+    // More than one apply batch (4 MiB) of entries becomes committed at once.
+    handlers!.onMessages([
+      message({ type: MessageType.Heartbeat, from: "a", to: "b", term: 1, commit: 8 }),
+    ]);
+    const follower = node;
+    await waitFor(
+      () => follower.status().applied_index === 8 || fatal.length > 0,
+      "the entries to be applied",
+    );
+    assert.deepEqual(fatal, []);
+    for (let i = 0; i < 8; i++) {
+      assert.equal((await follower.get(`k${i}`, "stale", signal()))?.slice(0, 1), String(i));
+    }
+  } finally {
+    await node?.stop();
     await Deno.remove(root, { recursive: true });
   }
 });
