@@ -54,6 +54,7 @@ import {
 import { encodeSnapshot } from "../storage/snapshot_file.ts";
 import { CorruptFileError, isNoSpace } from "../storage/errors.ts";
 import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
+import { type Cancel, type Clock, realClock } from "./clock.ts";
 
 /** Names a snapshot: the last log index it covers and the term of that entry. */
 export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
@@ -140,6 +141,11 @@ export interface RaftNodeOptions {
   electionTimeoutMs?: number;
   /** Seed for the election jitter. Default: random. */
   seed?: number;
+  /**
+   * The time and timers the node runs on: ticks, the disk-full retry back-off, snapshot retry
+   * pauses and the received-snapshot sweep. Default {@linkcode realClock}.
+   */
+  clock?: Clock;
   /** Applied entries between snapshots. Default 10000. */
   snapshotThreshold?: number;
   /**
@@ -242,8 +248,9 @@ export class RaftNode implements KvBackend {
   readonly #onFatal: (e: unknown) => void;
   readonly #log: Pick<Console, "info" | "warn" | "error" | "debug">;
 
-  #timer: ReturnType<typeof setInterval> | undefined;
-  #sweepTimer: ReturnType<typeof setInterval> | undefined;
+  readonly #clock: Clock;
+  #cancelTicks: Cancel | undefined;
+  #cancelSweep: Cancel | undefined;
   readonly #receivedSweepMs: number;
   /** Received snapshots being written by uploads in progress, by {@linkcode _key}. */
   readonly #uploads = new Map<string, SnapshotId>();
@@ -273,7 +280,7 @@ export class RaftNode implements KvBackend {
   readonly #catchUpEntries: number;
   /** Bytes appended to the log since the last snapshot began (see snapshotThresholdBytes). */
   #logBytes = 0;
-  /** No snapshot starts before this time (performance.now()), after one the disk refused. */
+  /** No snapshot starts before this time (on the clock), after one the disk refused. */
   #snapshotRetryAt = 0;
   #snapshotting = false;
   #snapshotTask: Promise<void> = Promise.resolve();
@@ -294,6 +301,7 @@ export class RaftNode implements KvBackend {
   constructor(options: RaftNodeOptions) {
     this.id = options.id;
     this.#storage = options.storage;
+    this.#clock = options.clock ?? realClock;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
     this.#heartbeatMs = options.heartbeatMs ?? 100;
     const electionTicks = Math.max(
@@ -336,12 +344,12 @@ export class RaftNode implements KvBackend {
 
   /** Starts ticking. A single-member cluster elects itself at once. */
   start(): void {
-    this.#tickOrigin = performance.now();
-    this.#timer = setInterval(() => {
+    this.#tickOrigin = this.#clock.now();
+    this.#cancelTicks = this.#clock.every(this.#heartbeatMs, () => {
       this.#catchUpTicks();
       this.#retryWrite();
-    }, this.#heartbeatMs);
-    this.#sweepTimer = setInterval(() => this.#sweepReceived(), this.#receivedSweepMs);
+    });
+    this.#cancelSweep = this.#clock.every(this.#receivedSweepMs, () => this.#sweepReceived());
     if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
     this.#schedule();
   }
@@ -350,8 +358,8 @@ export class RaftNode implements KvBackend {
   async stop(): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
-    clearInterval(this.#timer);
-    clearInterval(this.#sweepTimer);
+    this.#cancelTicks?.();
+    this.#cancelSweep?.();
     this.#failUnconfirmedReads(new StoppingError());
     for (const round of this.#readsAwaitingApply) {
       for (const r of round.reads) r.reject(new StoppingError());
@@ -519,7 +527,7 @@ export class RaftNode implements KvBackend {
    * the ticks a stalled timer missed (capped: beyond a few election timeouts more change nothing).
    */
   #catchUpTicks(): void {
-    const due = Math.floor((performance.now() - this.#tickOrigin) / this.#heartbeatMs);
+    const due = Math.floor((this.#clock.now() - this.#tickOrigin) / this.#heartbeatMs);
     if (due <= this.#ticked) return;
     const n = Math.min(due - this.#ticked, this.#maxCatchUpTicks);
     this.#ticked = due;
@@ -532,7 +540,7 @@ export class RaftNode implements KvBackend {
   /** Logs (at most once a minute) that elections are refused because the term hit MAX_TERM. */
   #warnIfTermExhausted(): void {
     const refused = this.#core.electionsRefused;
-    const now = performance.now();
+    const now = this.#clock.now();
     if (refused === this.#termWarning.refused || now - this.#termWarning.at < 60_000) return;
     this.#termWarning = { at: now, refused };
     this.#log.warn(
@@ -581,7 +589,8 @@ export class RaftNode implements KvBackend {
     if (this.#failed) return;
     this.#failed = true;
     this.#stopping = true;
-    clearInterval(this.#timer);
+    this.#cancelTicks?.();
+    this.#cancelSweep?.();
     this.#log.error("fatal:", e);
     this.#onFatal(e);
   }
@@ -771,7 +780,7 @@ export class RaftNode implements KvBackend {
 
   /** Raises the NOSPACE alarm (or backs off further if it is up): see the class doc. */
   #raiseNoSpace(e: unknown): void {
-    const now = performance.now();
+    const now = this.#clock.now();
     if (this.#noSpace) {
       this.#noSpace.delayMs = Math.min(2 * this.#noSpace.delayMs, _NOSPACE_MAX_RETRY_MS);
       this.#noSpace.retryAt = now + this.#noSpace.delayMs;
@@ -791,7 +800,7 @@ export class RaftNode implements KvBackend {
   }
 
   #clearNoSpace(): void {
-    const seconds = (performance.now() - this.#noSpace!.since) / 1000;
+    const seconds = (this.#clock.now() - this.#noSpace!.since) / 1000;
     this.#noSpace = null;
     this.#log.info(`NOSPACE cleared: the disk took the write after ${seconds.toFixed(1)} s`);
   }
@@ -800,7 +809,7 @@ export class RaftNode implements KvBackend {
   #retryWrite(): void {
     const noSpace = this.#noSpace;
     if (!noSpace || this.#writerActive || this.#failed || this.#stopping) return;
-    if (performance.now() < noSpace.retryAt) return;
+    if (this.#clock.now() < noSpace.retryAt) return;
     this.#writerActive = true;
     this.#writing = this.#writeLoop();
   }
@@ -865,11 +874,11 @@ export class RaftNode implements KvBackend {
     ) {
       return;
     }
-    if (performance.now() < this.#snapshotRetryAt) return;
+    if (this.#clock.now() < this.#snapshotRetryAt) return;
     this.#snapshotting = true;
     this.#snapshotTask = this.#takeSnapshot().catch((e) => {
       if (isNoSpace(e)) {
-        this.#snapshotRetryAt = performance.now() + _NOSPACE_MAX_RETRY_MS;
+        this.#snapshotRetryAt = this.#clock.now() + _NOSPACE_MAX_RETRY_MS;
         this.#log.warn(`snapshot not written, the disk is full: ${(e as Error).message}`);
       } else if (!this.#stopping) {
         this.#fail(e);
@@ -888,7 +897,7 @@ export class RaftNode implements KvBackend {
       term: this.#core.log.term(view.index)!,
       voters: [...this.#core.voters],
     };
-    const started = performance.now();
+    const started = this.#clock.now();
     const logBytes = this.#logBytes;
     this.#storage.rollLog();
     try {
@@ -911,7 +920,7 @@ export class RaftNode implements KvBackend {
     this.#kickWriter();
     this.#log.info(
       `snapshot at index ${meta.index} (${view.count} keys) in ${
-        Math.round(performance.now() - started)
+        Math.round(this.#clock.now() - started)
       } ms`,
     );
   }
@@ -1031,7 +1040,7 @@ export class RaftNode implements KvBackend {
       const removed = await this.#storage.sweepReceived(
         this.#neededReceived(),
         this.#receivedSweepMs,
-        performance.now(),
+        this.#clock.now(),
       );
       for (const name of removed) this.#log.info(`removed stale received snapshot ${name}`);
     } catch (e) {
