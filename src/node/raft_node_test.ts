@@ -8,7 +8,9 @@ import { encodeCommand } from "../kv/state_machine.ts";
 import { NoSpaceError, NotAppliedError, OutcomeUnknownError, OverloadedError } from "./backend.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
-import { encodeSnapshot, listSnapshots } from "../snapshot/snapshot_file.ts";
+import { encodeSnapshot, listSnapshots } from "../storage/snapshot_file.ts";
+import { SimClock } from "../../testing/sim_clock.ts";
+import { SimFileSystem } from "../../testing/sim_fs.ts";
 
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -408,7 +410,10 @@ interface Disk {
   refused: number;
 }
 
-/** Wraps `storage` so that its writes fail as on a full disk while `disk.full` is set. */
+/**
+ * Wraps `storage` so that its log, hard-state and install writes fail as on a full disk while
+ * `disk.full` is set (snapshot files still go through).
+ */
 function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
   const check = () => {
     if (!disk.full) return;
@@ -416,7 +421,10 @@ function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
     throw Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
   };
   return {
-    ...storage,
+    hardState: storage.hardState,
+    snapshot: storage.snapshot,
+    snapshotData: storage.snapshotData,
+    entries: storage.entries,
     append: async (entries) => {
       check();
       await storage.append(entries);
@@ -425,14 +433,21 @@ function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
       check();
       await storage.saveHardState(hs);
     },
+    rollLog: () => storage.rollLog(),
+    saveSnapshot: (meta, count, pairs) => storage.saveSnapshot(meta, count, pairs),
     snapshotTaken: async (meta, compactTo) => {
       check();
       await storage.snapshotTaken(meta, compactTo);
     },
-    installReceived: async (meta, path) => {
+    openSnapshot: (id) => storage.openSnapshot(id),
+    receiveSnapshot: (meta, body) => storage.receiveSnapshot(meta, body),
+    discardReceived: (id) => storage.discardReceived(id),
+    sweepReceived: (keep, olderThanMs, now) => storage.sweepReceived(keep, olderThanMs, now),
+    installReceived: async (meta) => {
       check();
-      return await storage.installReceived(meta, path);
+      await storage.installReceived(meta);
     },
+    close: () => storage.close(),
   };
 }
 
@@ -826,4 +841,64 @@ Deno.test("a follower applies in order a commit that spans several apply batches
     await node?.stop();
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("nodes on a simulated clock and disk tick only as the clock advances, then elect a leader", async () => {
+  const clock = new SimClock();
+  const fs = new SimFileSystem();
+  const net = new MemoryNetwork();
+  const members = IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` }));
+  const nodes: RaftNode[] = [];
+  for (const [i, id] of IDS.entries()) {
+    const storage = await openDiskStorage({
+      walDir: `/${id}/wal`,
+      raftStatePath: `/${id}/raft-state.json`,
+      logMetadataPath: `/${id}/log-metadata.json`,
+      snapshotDir: `/${id}/snapshots`,
+    }, { fs });
+    nodes.push(
+      new RaftNode({
+        id,
+        members,
+        storage,
+        clock,
+        // Minutes of simulated time: on the real clock no leader could be elected in time.
+        heartbeatMs: 10_000,
+        electionTimeoutMs: 100_000,
+        seed: 70 + i,
+        logger: SILENT,
+        transport: (h) => net.connect(id, h),
+      }),
+    );
+  }
+  try {
+    for (const n of nodes) n.start();
+    // Election timeouts are at least 10 ticks: 9 ticks of simulated time start no election,
+    // however long the machine takes over them.
+    for (let t = 0; t < 9; t++) {
+      clock.advance(10_000);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.deepEqual(nodes.map((n) => n.status().term), [0, 0, 0]);
+    assert.equal(leaderOf(nodes), undefined);
+    const end = performance.now() + 10_000;
+    while (leaderOf(nodes)?.isReady() !== true) {
+      assert.ok(performance.now() < end, "no leader after 10 s of real time");
+      clock.advance(10_000);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    const leader = leaderOf(nodes)!;
+    let written = false;
+    const put = leader.put("k", "v", signal()).finally(() => written = true);
+    while (!written) {
+      assert.ok(performance.now() < end, "the write did not commit");
+      clock.advance(10_000);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await put;
+    assert.equal(await leader.get("k", "stale", signal()), "v");
+  } finally {
+    for (const n of nodes) await n.stop();
+  }
+  assert.equal(clock.pending, 0, "stopping cancelled every timer");
 });

@@ -2658,7 +2658,7 @@ function _makeSnap(meta: SnapshotMeta, pairs: [string, string][]): _Snap {
   };
 }
 
-/** About the size of a snapshot file holding `pairs` (src/snapshot/snapshot_file.ts layout). */
+/** About the size of a snapshot file holding `pairs` (src/storage/snapshot_file.ts layout). */
 function _snapshotBytes(pairs: Iterable<[string, string]>): number {
   let bytes = 100;
   for (const [k, v] of pairs) bytes += 8 + k.length + v.length;
