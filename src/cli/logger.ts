@@ -11,9 +11,13 @@ const ORDER: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
 /** The logging methods the program uses (a subset of `Console`). */
 export interface Logger {
+  /** Detail for tracing a problem; shown only at level `debug`. */
   debug(...data: unknown[]): void;
+  /** A normal event worth a line (elections, snapshots, start and stop). */
   info(...data: unknown[]): void;
+  /** Something went wrong but the node carries on (a refused peer, a full disk). */
   warn(...data: unknown[]): void;
+  /** The node cannot carry on, or an operation failed for a reason nobody expected. */
   error(...data: unknown[]): void;
 }
 

@@ -32,13 +32,19 @@ export interface DeleteResult extends WriteResult {
 
 /** A node's view of the cluster, as `GET /v1/status` shows it. */
 export interface NodeStatus {
+  /** This node's id. */
   id: NodeId;
+  /** Its role now. */
   role: Role;
+  /** The latest term it has seen. */
   term: number;
   /** The known leader, or null. */
   leader: { id: NodeId; api_url: string } | null;
+  /** The highest log index it knows committed. */
   commit_index: number;
+  /** The highest log index its state machine has applied. */
   applied_index: number;
+  /** The index of the last entry in its log. */
   last_index: number;
   /** Conditions the node is in: `NOSPACE` while its disk is full (see {@linkcode NoSpaceError}). */
   alarms: Alarm[];

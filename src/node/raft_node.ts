@@ -121,8 +121,11 @@ export interface NodeStorage {
 
 /** A member of the cluster as the driver needs it. */
 export interface Member {
+  /** Its node id (`node_id` in the cluster file). */
   id: NodeId;
+  /** Where its peer server listens (`rpc_url`). */
   rpcUrl: string;
+  /** Where its REST API listens (`api_url`): followers forward to it and status names it. */
   apiUrl: string;
 }
 

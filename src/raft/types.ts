@@ -100,8 +100,11 @@ export enum MessageType {
  * / empty. One flat shape keeps the codec and the simulator simple.
  */
 export interface Message {
+  /** What kind of message it is; it decides which other fields mean something. */
   type: MessageType;
+  /** The sender. */
   from: NodeId;
+  /** The addressee. */
   to: NodeId;
   /** The sender's term (for PreVote: the term it would campaign in). */
   term: number;
