@@ -32,13 +32,19 @@ export interface DeleteResult extends WriteResult {
 
 /** A node's view of the cluster, as `GET /v1/status` shows it. */
 export interface NodeStatus {
+  /** This node's id. */
   id: NodeId;
+  /** Its role in the current term. */
   role: Role;
+  /** The current term. */
   term: number;
   /** The known leader, or null. */
   leader: { id: NodeId; api_url: string } | null;
+  /** The index of the last entry known to be committed. */
   commit_index: number;
+  /** The index of the last entry applied to the key-value state. */
   applied_index: number;
+  /** The index of the last entry in this node's log. */
   last_index: number;
   /** Conditions the node is in: `NOSPACE` while its disk is full (see {@linkcode NoSpaceError}). */
   alarms: Alarm[];
