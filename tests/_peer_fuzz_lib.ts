@@ -44,6 +44,7 @@ import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
 import { type Entry, EntryType, type Message, MessageType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import { Rng } from "./_chaos_lib.ts";
+import { utf8Length as _utf8Length } from "../src/util/utf8.ts";
 
 /** What the generator knows about the node a request goes to. */
 export interface FuzzTarget {
@@ -364,10 +365,6 @@ function _concat(...parts: Uint8Array[]): Uint8Array {
     off += part.byteLength;
   }
   return out;
-}
-
-function _utf8Length(text: string): number {
-  return _encoder.encode(text).byteLength;
 }
 
 /** A header value node:http2 accepts: printable ASCII, at most `max` characters. */

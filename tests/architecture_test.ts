@@ -1,6 +1,8 @@
 /**
  * Keeps the import graph pointing one way: main -> api/node/transport/storage/kv/cli -> raft.
- * Each folder of src/ may import only the folders listed for it here. Test support in testing/
+ * Each folder of src/ may import only the folders listed for it here. src/util holds small pure
+ * helpers shared across folders: it imports nothing, and every folder but the Raft core (which
+ * imports nothing at all) may use it. Test support in testing/
  * may import src/ (and itself), never tests/ or scripts/; src/ ships without testing/ (only its
  * `_test.ts` files may import it).
  */
@@ -8,14 +10,15 @@ import assert from "node:assert/strict";
 import { join, relative } from "node:path";
 
 const ALLOWED: Record<string, string[]> = {
+  util: [],
   raft: [],
-  kv: [],
-  check: [],
-  cli: [],
-  storage: ["raft"],
-  transport: ["raft"],
-  node: ["raft", "kv", "storage", "transport"],
-  api: ["node", "raft"],
+  kv: ["util"],
+  check: ["util"],
+  cli: ["util"],
+  storage: ["raft", "util"],
+  transport: ["raft", "util"],
+  node: ["raft", "kv", "storage", "transport", "util"],
+  api: ["node", "raft", "util"],
 };
 
 async function* walk(dir: string, tests = false): AsyncGenerator<string> {

@@ -59,7 +59,10 @@ let _client: Deno.HttpClient | null = null;
  * @returns The leader's response (its body not yet read).
  * @throws {ForwardConnectError} If no connection to the leader could be made.
  */
-export const fetchForwarder: Forwarder = async (url, init) => {
+export const fetchForwarder: Forwarder = async (
+  url: string,
+  init: RequestInit & { signal: AbortSignal },
+): Promise<Response> => {
   _client ??= Deno.createHttpClient({ http2: true, http1: false });
   try {
     return await fetch(url, { ...init, client: _client });

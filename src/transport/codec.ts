@@ -32,6 +32,7 @@
  * @module
  */
 
+import { utf8Length } from "../util/utf8.ts";
 import {
   type Entry,
   EntryType,
@@ -191,7 +192,7 @@ function _writeEntry(view: DataView, bytes: Uint8Array, off: number, entry: Entr
 
 /** Writes a u16 length and the UTF-8 bytes; the length was validated by {@linkcode _stringSize}. */
 function _writeString(view: DataView, bytes: Uint8Array, off: number, s: string): number {
-  const len = _utf8Length(s);
+  const len = utf8Length(s);
   view.setUint16(off, len);
   off += 2;
   if (len === s.length) {
@@ -204,33 +205,13 @@ function _writeString(view: DataView, bytes: Uint8Array, off: number, s: string)
 }
 
 function _stringSize(s: string, field: string): number {
-  const len = _utf8Length(s);
+  const len = utf8Length(s);
   if (len > _MAX_STRING_BYTES) {
     throw new RangeError(
       `Cannot encode message: ${field} is ${len} bytes of UTF-8, more than ${_MAX_STRING_BYTES}`,
     );
   }
   return 2 + len;
-}
-
-/** The number of bytes `TextEncoder` produces for `s` (a lone surrogate becomes U+FFFD: 3). */
-function _utf8Length(s: string): number {
-  let len = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x80) len += 1;
-    else if (c < 0x800) len += 2;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
-      const next = s.charCodeAt(i + 1);
-      if (next >= 0xdc00 && next <= 0xdfff) {
-        len += 4;
-        i++;
-      } else {
-        len += 3;
-      }
-    } else len += 3;
-  }
-  return len;
 }
 
 function _checkNum(value: number, field: string): number {

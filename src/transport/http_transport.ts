@@ -77,6 +77,7 @@ import {
   type TransportHandlers,
   type TransportLogger,
 } from "./transport.ts";
+import { nonNegativeInt as _nonNegativeInt, positiveInt as _positiveInt } from "../util/options.ts";
 
 /** The path batches of messages are posted to, below a peer's `rpcUrl`. */
 export const MESSAGES_PATH = "/raft/messages";
@@ -1043,20 +1044,4 @@ function _endpoint(peer: PeerAddress, path: string): string {
   url.search = "";
   url.hash = "";
   return url.href;
-}
-
-function _positiveInt(name: string, value: number | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (!Number.isSafeInteger(value) || value < 1) {
-    throw new RangeError(`Option "${name}" must be a positive integer, got "${value}"`);
-  }
-  return value;
-}
-
-function _nonNegativeInt(name: string, value: number | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (!Number.isSafeInteger(value) || value < 0) {
-    throw new RangeError(`Option "${name}" must be a non-negative integer, got "${value}"`);
-  }
-  return value;
 }

@@ -1,0 +1,42 @@
+/**
+ * UTF-8 sizes of strings, computed without encoding them.
+ *
+ * @module
+ */
+
+/**
+ * The number of bytes `new TextEncoder().encode(text)` produces, without encoding: a code point
+ * below U+0080 is 1 byte, below U+0800 2, a surrogate pair 4, anything else 3. A lone surrogate
+ * (one not part of a high-then-low pair) counts 3, because the encoder replaces it by U+FFFD.
+ *
+ * @example Usage
+ * ```ts
+ * import { utf8Length } from "./utf8.ts";
+ *
+ * utf8Length("a"); // 1
+ * utf8Length("é"); // 2
+ * utf8Length("😀"); // 4
+ * utf8Length("\ud800"); // 3, as U+FFFD
+ * ```
+ *
+ * @param text Any string, well-formed or not.
+ * @returns Its length in UTF-8 bytes.
+ */
+export function utf8Length(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) {
+        bytes += 4; // a surrogate pair: one code point of 4 bytes
+        i++;
+      } else {
+        bytes += 3; // a lone high surrogate: U+FFFD
+      }
+    } else bytes += 3; // the rest of the BMP, or a lone surrogate (U+FFFD)
+  }
+  return bytes;
+}
