@@ -490,7 +490,11 @@ async function _poll(state: _State, signal: AbortSignal, stopFuzz: AbortControll
       if (status.term > known) state.terms.set(status.id, status.term);
       state.highestTerm = Math.max(state.highestTerm, status.term);
       if (status.term >= ABSURD_TERM && !state.absurd.has(status.id)) {
+        // Above MAX_TERM: only a message the validator must refuse could have brought it.
         state.absurd.add(status.id);
+        state.anomalies.push(
+          `${status.id} took the term ${describeNumber(status.term)}, above the node's limit`,
+        );
         state.log(`${status.id} took the absurd term ${describeNumber(status.term)}`);
       }
       if (status.role === "leader" && status.id !== state.lastLeader) {
