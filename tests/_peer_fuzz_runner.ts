@@ -166,6 +166,8 @@ interface _State {
   readonly answers: Map<string, number>;
   /** The bodies of 5xx answers, by text, with counts. */
   readonly serverErrors: Map<string, number>;
+  /** Answers that quoted a path under the cluster's data directory: how many, and the first. */
+  readonly pathLeaks: { count: number; first: string | null };
   readonly deaths: NodeDeath[];
   readonly anomalies: string[];
   /** Nodes being restarted after a death (triage mode) or down for good. */
@@ -216,6 +218,7 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
     byKind: new Map(),
     answers: new Map(),
     serverErrors: new Map(),
+    pathLeaks: { count: 0, first: null },
     deaths: [],
     anomalies: [],
     down: new Set(),
@@ -282,6 +285,11 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
     await Promise.all(clients);
     stopPolling.abort();
     await polling;
+  }
+  if (state.pathLeaks.count > 0) {
+    state.anomalies.push(
+      `${state.pathLeaks.count} answers quoted a local path, such as: ${state.pathLeaks.first}`,
+    );
   }
   if (state.sent.messages < options.messages && state.deaths.length === 0) {
     state.anomalies.push(
@@ -387,6 +395,11 @@ async function _send(
       signal,
     });
     const text = await _readWithin(res, signal);
+    // An answer to a peer never names the node's files.
+    if (text.includes(state.cluster.dataRoot)) {
+      state.pathLeaks.count++;
+      state.pathLeaks.first ??= `${res.status} ${_escapeControls(text.slice(0, 300))}`;
+    }
     if (res.status >= 500) {
       const key = `${res.status} ${_errorText(text)}`;
       // Bounded: past 100 distinct texts, the rest are counted together.
