@@ -955,9 +955,10 @@ export class RaftNode implements KvBackend {
       try {
         loaded = await readSnapshotFile(path);
       } catch (e) {
-        // The peer sent bytes that are not a snapshot: its fault, not this node's.
+        // The peer sent bytes that are not a snapshot: its fault, not this node's. The answer
+        // says what is wrong, never where the node keeps its files.
         if (!(e instanceof CorruptFileError)) throw e;
-        throw new PeerRefusedError(`received snapshot is not valid: ${e.message}`);
+        throw new PeerRefusedError(`received snapshot is not valid: ${e.reason}`);
       }
       if (loaded.header.index !== meta.index || loaded.header.term !== meta.term) {
         throw new PeerRefusedError(
