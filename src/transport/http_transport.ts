@@ -56,8 +56,10 @@
  *    disagrees with committed entries (`409`; the batch's earlier messages were taken).
  *
  * A snapshot upload that breaks its size limit gets `413`, its time limits `408`; either way
- * the partial file is removed. Other errors reply `404` unknown path, `405` wrong method, `500`
- * the handler failed. Every error is JSON `{"error": "..."}`.
+ * the partial file is removed. A request whose body breaks off gets `400`. Other errors reply
+ * `404` unknown path, `405` wrong method, `500` this node failed (its disk, say): the details,
+ * which may name the node's files, go to its log and never to the peer. Every error is JSON
+ * `{"error": "..."}`.
  *
  * Not checked yet: authenticity. Until peers authenticate (TLS with client certificates), a
  * forged message that claims a member's id and carries sane fields is accepted.
@@ -665,7 +667,13 @@ export function createPeerHandler(
     tails.set(from, tail);
     let waited = previous === undefined;
     try {
-      const body = await _readBody(req, maxBodyBytes);
+      let body: Uint8Array | null;
+      try {
+        body = await _readBody(req, maxBodyBytes);
+      } catch (err) {
+        // The sender reset the request or cut its body short.
+        return refuse(400, `The request body broke off: ${_describe(err)}`, from);
+      }
       if (body === null) {
         return refuse(413, `Request body exceeds the limit of ${maxBodyBytes} bytes`, from);
       }
@@ -746,8 +754,14 @@ export function createPeerHandler(
       const limit = guard.failure();
       if (limit !== null) return refuse(limit.status, limit.message, from);
       if (err instanceof PeerRefusedError) return refuse(409, err.message, from);
+      const broken = guard.bodyError();
+      if (broken !== null) {
+        return refuse(400, `The snapshot upload broke off: ${_describe(broken)}`, from);
+      }
+      // This node's own failure (its disk, most likely): the details, which name its files,
+      // go to its log, not to the peer.
       logger.warn(`Storing the snapshot from "${msg.from}" failed: ${_describe(err)}`, err);
-      return _error(500, err instanceof Error ? err.message : String(err));
+      return _error(500, _INTERNAL_ERROR);
     } finally {
       uploading = false;
       await guard.dispose();
@@ -780,7 +794,7 @@ export function createPeerHandler(
         : await handleSnapshot(req, from);
     } catch (err) {
       logger.warn(`Peer request failed: ${_describe(err)}`, err);
-      return _error(500, err instanceof Error ? err.message : String(err));
+      return _error(500, _INTERNAL_ERROR);
     } finally {
       if (req.body !== null && !req.body.locked && !req.bodyUsed) {
         await req.body.cancel().catch(() => {});
@@ -788,6 +802,9 @@ export function createPeerHandler(
     }
   };
 }
+
+/** The error text of a 500 answer: the details stay in the node's log. */
+const _INTERNAL_ERROR = "The request failed on this node (the details are in its log)";
 
 /** The HTTP status of each kind of refusal. */
 const _REFUSAL_STATUS: Record<RefusalKind, number> = {
@@ -810,7 +827,8 @@ class _UploadLimitError extends Error {
 /**
  * Wraps a snapshot upload's body so that it fails (and stops reading the request) once it passes
  * `maxBytes`, sends nothing for `idleMs` while a read waits, or is not finished after `totalMs`.
- * `failure()` says which limit broke; `dispose()` clears the timers and releases the request.
+ * `failure()` says which limit broke, `bodyError()` how the request body itself failed (the
+ * sender reset or cut it); `dispose()` clears the timers and releases the request.
  */
 function _guardBody(
   source: ReadableStream<Uint8Array> | null,
@@ -820,11 +838,13 @@ function _guardBody(
 ): {
   stream: ReadableStream<Uint8Array>;
   failure(): _UploadLimitError | null;
+  bodyError(): unknown;
   dispose(): Promise<void>;
 } {
   const reader = (source ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() }))
     .getReader();
   let failure: _UploadLimitError | null = null;
+  let bodyError: unknown = null;
   let controller!: ReadableStreamDefaultController<Uint8Array>;
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
   let finished = false;
@@ -860,6 +880,7 @@ function _guardBody(
         clearTimeout(idleTimer);
         if (failure === null) {
           finished = true;
+          bodyError = err ?? new Error("the request body failed");
           clearTimeout(totalTimer);
           c.error(err);
         }
@@ -891,6 +912,7 @@ function _guardBody(
   return {
     stream,
     failure: () => failure,
+    bodyError: () => bodyError,
     async dispose() {
       clearTimeout(idleTimer);
       clearTimeout(totalTimer);
