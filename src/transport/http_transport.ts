@@ -448,41 +448,43 @@ export class HttpTransport implements Transport {
       let res: Response;
       // A plain timer, cleared on completion: AbortSignal.timeout would fire (and build a
       // DOMException) for every batch long after it was answered. close() ends the requests by
-      // closing the client.
+      // closing the client. The deadline covers reading an error's body too.
       const deadline = new AbortController();
       const timer = setTimeout(
         () => deadline.abort(new DOMException("peer request timed out", "TimeoutError")),
         this.#rpcTimeoutMs,
       );
       try {
-        res = await this.#client.fetch(peer.messagesUrl, {
-          method: "POST",
-          headers: this.#headers,
-          body: batch.bytes,
-          signal: deadline.signal,
-        });
-      } catch (err) {
-        if (this.#closed) return;
-        lastError = err;
-        this.#logger.debug(
-          `Attempt ${attempt + 1} to send ${batch.count} messages to peer "${peer.id}" failed`,
-          err,
+        try {
+          res = await this.#client.fetch(peer.messagesUrl, {
+            method: "POST",
+            headers: this.#headers,
+            body: batch.bytes,
+            signal: deadline.signal,
+          });
+        } catch (err) {
+          if (this.#closed) return;
+          lastError = err;
+          this.#logger.debug(
+            `Attempt ${attempt + 1} to send ${batch.count} messages to peer "${peer.id}" failed`,
+            err,
+          );
+          continue;
+        }
+        if (res.ok) {
+          await _discardBody(res);
+          peer.sent += batch.count;
+          return;
+        }
+        const detail = await _errorDetail(res, deadline.signal);
+        peer.failed += batch.count;
+        this.#logger.warn(
+          `Peer "${peer.id}" refused ${batch.count} messages: HTTP ${res.status}: ${detail}`,
         );
-        continue;
+        return;
       } finally {
         clearTimeout(timer);
       }
-      if (res.ok) {
-        await _discardBody(res);
-        peer.sent += batch.count;
-        return;
-      }
-      const detail = await _errorDetail(res);
-      peer.failed += batch.count;
-      this.#logger.warn(
-        `Peer "${peer.id}" refused ${batch.count} messages: HTTP ${res.status}: ${detail}`,
-      );
-      return;
     }
     peer.failed += batch.count;
     this.#logger.warn(
@@ -561,7 +563,7 @@ export class HttpTransport implements Transport {
       await _discardBody(res);
       return undefined;
     }
-    const detail = await _errorDetail(res);
+    const detail = await _errorDetail(res, signal);
     throw new Error(
       `Peer "${peer.id}" refused the snapshot: HTTP ${res.status}: ${detail}`,
     );
@@ -1026,10 +1028,19 @@ async function _discardBody(res: Response): Promise<void> {
   await res.body?.cancel().catch(() => {});
 }
 
-/** The `error` of a JSON error response, else the body text (shortened). */
-async function _errorDetail(res: Response): Promise<string> {
+/**
+ * The `error` of a JSON error response, else the body text (shortened). Reading ends when
+ * `signal` aborts (the request's deadline): a body that never ends cannot hold up the sender.
+ */
+async function _errorDetail(res: Response, signal: AbortSignal): Promise<string> {
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
   try {
-    const text = await res.text();
+    const text = await Promise.race([res.text(), aborted]);
     try {
       const json = JSON.parse(text);
       if (typeof json?.error === "string") return json.error;
@@ -1038,7 +1049,11 @@ async function _errorDetail(res: Response): Promise<string> {
     }
     return text.length > 200 ? `${text.slice(0, 200)}...` : text;
   } catch (err) {
+    await res.body?.cancel().catch(() => {});
     return `(unreadable body: ${err})`;
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+    aborted.catch(() => {});
   }
 }
 

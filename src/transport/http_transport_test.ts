@@ -294,6 +294,48 @@ Deno.test("HttpTransport caps a batch at maxBatchBytes", async () => {
   }
 });
 
+Deno.test("HttpTransport gives up reading a refusal whose body never ends at the request's deadline", async () => {
+  const changed = new Condition();
+  const b = _recording(changed);
+  const inner = createPeerHandler(b.handlers);
+  let refusals = 0;
+  const server = _serve(async (req) => {
+    if (refusals > 0) return inner(req);
+    refusals++;
+    await req.arrayBuffer();
+    // Headers and the start of an error body, then nothing: the stream stays open.
+    const body = new ReadableStream<Uint8Array>({
+      start: (c) => c.enqueue(new TextEncoder().encode('{"error":"no')),
+    });
+    return new Response(body, { status: 409, headers: { "content-type": "application/json" } });
+  });
+  const warnings: string[] = [];
+  const transport = new HttpTransport({}, {
+    self: "a",
+    peers: [{ id: "b", rpcUrl: _url(server) }],
+    rpcTimeoutMs: 300,
+    maxInflightPerPeer: 1,
+    logger: { debug() {}, warn: (m) => (warnings.push(m), changed.notify()) },
+  });
+  try {
+    const start = performance.now();
+    transport.send([sampleMessage(MessageType.Heartbeat, "a", "b", 1)]);
+    await changed.until(() => warnings.length === 1, "the refusal to be reported", 5000);
+    const elapsed = performance.now() - start;
+    assert.ok(elapsed >= 250 && elapsed < 3000, `reported after ${elapsed} ms`);
+    assert.match(warnings[0]!, /refused 1 messages: HTTP 409: \(unreadable body: .*timed out/);
+    assert.strictEqual(transport.stats()["b"]!.failed, 1);
+    // The peer's queue is not stuck behind it.
+    const next = sampleMessage(MessageType.Heartbeat, "a", "b", 2);
+    transport.send([next]);
+    await changed.until(() => b.batches.length === 1, "the next batch");
+    assert.deepStrictEqual(b.batches, [[next]]);
+  } finally {
+    await transport.close();
+    await server.shutdown();
+  }
+});
+
 Deno.test("HttpTransport drops a message the codec cannot encode and sends the rest", async () => {
   const changed = new Condition();
   const b = _recording(changed);
