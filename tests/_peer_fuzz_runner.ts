@@ -421,9 +421,9 @@ async function _send(
 }
 
 /**
- * Reads the body as text until `signal` aborts, then cancels it. (A response stream that closes
- * without ending, such as a HEAD answer, leaves the project's HTTP/2 client's body open, and the
- * request's signal no longer reaches it.) A body that fails reads as what arrived: nothing.
+ * Reads the body as text (at most 64 KiB) until `signal` aborts, then cancels it: a node that
+ * sends headers and then never ends the body cannot stall a worker. A body that fails reads as
+ * what arrived: nothing.
  */
 async function _readWithin(res: Response, signal: AbortSignal): Promise<string> {
   if (res.body === null) return "";
