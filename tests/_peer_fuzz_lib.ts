@@ -27,11 +27,13 @@
  * grant, an acknowledgement) is indistinguishable from the real thing, and a correct node would
  * follow it into losing data. The generator never sends such a message: whenever the body's
  * `from` or the `x-raftkv-from` header names another member and the term is neither stale (below
- * the node's last observed term, which only grows) nor absurd (2^32 or more, or not a safe
- * integer), the message is limited to shapes that at worst disturb leadership
- * ({@linkcode isForgeable} is the rule). Those disturbing shapes (a vote request with an empty
- * log, `TimeoutNow`, a heartbeat without commit index, from a member at the term or a little
- * above) are rare, so that a correct node keeps a leader most of the time. Everything else is
+ * the node's last observed term, which only grows) nor one the node refuses (above `MAX_TERM`,
+ * 2^48, or not a safe integer), the message is limited to shapes that at worst disturb
+ * leadership, at the node's term or a little above ({@linkcode isForgeable} is the rule). A
+ * member's term far above the node's is never sent, whatever the shape: the node must adopt any
+ * term up to `MAX_TERM`, and a cluster pushed to `MAX_TERM` can never elect a leader again. The
+ * disturbing shapes (a vote request with an empty log, `TimeoutNow`, a heartbeat without commit
+ * index) are rare, so that a correct node keeps a leader most of the time. Everything else is
  * malformed, from a non-member or from the node itself, stale, or extreme, and a hardened node
  * must refuse it without stopping.
  *
@@ -41,7 +43,7 @@
  */
 
 import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
-import { type Entry, EntryType, type Message, MessageType } from "../src/raft/types.ts";
+import { type Entry, EntryType, MAX_TERM, type Message, MessageType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import { Rng } from "./_chaos_lib.ts";
 import { utf8Length as _utf8Length } from "../src/util/utf8.ts";
@@ -108,8 +110,20 @@ export const CATEGORY_WEIGHTS: Readonly<Record<FuzzCategory, number>> = Object.f
   protocol: 18,
 });
 
-/** Terms from 2^32 up are absurd: no real cluster gets there. */
-export const ABSURD_TERM = 2 ** 32;
+/**
+ * The lowest absurd term: the node refuses every message with a term above `MAX_TERM` (2^48).
+ * Lower terms, however unlikely, are valid: a node adopts them from a member.
+ */
+export const ABSURD_TERM = MAX_TERM + 1;
+
+/**
+ * How far above the node's term a member's message may go (the `plausible` disturbing ones):
+ * such a message costs an election, and the term grows by at most this much.
+ */
+export const PLAUSIBLE_RISE = 3;
+
+/** Previous indexes from 2^32 up are absurd: no follower has them, so it refuses the append. */
+const _ABSURD_INDEX = 2 ** 32;
 
 /** The path of message batches. */
 const _MESSAGES = "/raft/messages";
@@ -148,7 +162,8 @@ const _UNENCODABLE: readonly number[] = [
   Number.MIN_VALUE,
   -0,
 ];
-const _ABSURD_TERMS: readonly number[] = [2 ** 32, 2 ** 48, _MAX - 1, _MAX];
+/** Terms the node refuses, put into a member's message that could otherwise pass. */
+const _ABSURD_TERMS: readonly number[] = [ABSURD_TERM, 2 ** 52, _MAX - 1, _MAX];
 /** Sender ids that are not members (built lazily: two are long). */
 const _NON_MEMBERS: readonly string[] = [
   "node-4",
@@ -257,11 +272,13 @@ export function forgeableMessages(req: PeerRequest, target: FuzzTarget): Message
  * Tells whether a message could pass for a real one from a member: the rule the generator keeps
  * to (see the module doc). True when the body's `from` or the header names a member other than
  * the target, the term is a safe integer that is neither stale (below `target.term`) nor absurd
- * (at least {@linkcode ABSURD_TERM}), and the shape is not one of the harmless or merely
- * disturbing ones: a `PreVote` or `Vote` claiming an empty log, a `PreVoteResp`, a refusing
- * `VoteResp` or `AppResp`, a `Heartbeat` without commit index or read context, a `TimeoutNow`,
- * an `App` without entries or commit index whose previous index is absurd; all without entries
- * or snapshot.
+ * (at least {@linkcode ABSURD_TERM}), and either the term is more than
+ * {@linkcode PLAUSIBLE_RISE} above the node's (`target.term`, or 1 when unknown: the node would
+ * adopt it, and enough of those exhaust the terms) or the shape is not one of the harmless or
+ * merely disturbing ones: a `PreVote` or `Vote` claiming an empty log, a `PreVoteResp`, a
+ * refusing `VoteResp` or `AppResp`, a `Heartbeat` without commit index or read context, a
+ * `TimeoutNow`, an `App` without entries or commit index whose previous index is absurd (2^32
+ * or more); all without entries or snapshot.
  *
  * @param msg The message.
  * @param header The `x-raftkv-from` header sent with it, or `null`.
@@ -276,6 +293,7 @@ export function isForgeable(msg: Message, header: string | null, target: FuzzTar
   if (!Number.isSafeInteger(term) || term < 0 || Object.is(term, -0)) return false;
   if (target.term !== null && term < target.term) return false;
   if (term >= ABSURD_TERM) return false;
+  if (term > (target.term ?? 1) + PLAUSIBLE_RISE) return true;
   return !_harmlessShape(msg);
 }
 
@@ -295,7 +313,7 @@ function _harmlessShape(msg: Message): boolean {
     case MessageType.TimeoutNow:
       return true;
     case MessageType.App:
-      return msg.commit === 0 && msg.index >= ABSURD_TERM;
+      return msg.commit === 0 && msg.index >= _ABSURD_INDEX;
     default:
       return false;
   }
@@ -775,7 +793,9 @@ class _Gen {
       // Disturbing: may cost the cluster its leader for an election.
       kind = "disturbing";
       const type = rng.pick([MessageType.Vote, MessageType.TimeoutNow, MessageType.Heartbeat]);
-      const term = type === MessageType.TimeoutNow ? known : _near(known, rng.int(1, 4));
+      const term = type === MessageType.TimeoutNow
+        ? known
+        : _near(known, rng.int(1, PLAUSIBLE_RISE + 1));
       msgs.push(base(type, term));
     }
     const header = rng.chance(0.9) ? from : null;

@@ -166,6 +166,8 @@ interface _State {
   readonly answers: Map<string, number>;
   /** The bodies of 5xx answers, by text, with counts. */
   readonly serverErrors: Map<string, number>;
+  /** Answers that quoted a path under the cluster's data directory: how many, and the first. */
+  readonly pathLeaks: { count: number; first: string | null };
   readonly deaths: NodeDeath[];
   readonly anomalies: string[];
   /** Nodes being restarted after a death (triage mode) or down for good. */
@@ -216,6 +218,7 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
     byKind: new Map(),
     answers: new Map(),
     serverErrors: new Map(),
+    pathLeaks: { count: 0, first: null },
     deaths: [],
     anomalies: [],
     down: new Set(),
@@ -282,6 +285,11 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
     await Promise.all(clients);
     stopPolling.abort();
     await polling;
+  }
+  if (state.pathLeaks.count > 0) {
+    state.anomalies.push(
+      `${state.pathLeaks.count} answers quoted a local path, such as: ${state.pathLeaks.first}`,
+    );
   }
   if (state.sent.messages < options.messages && state.deaths.length === 0) {
     state.anomalies.push(
@@ -387,6 +395,11 @@ async function _send(
       signal,
     });
     const text = await _readWithin(res, signal);
+    // An answer to a peer never names the node's files.
+    if (text.includes(state.cluster.dataRoot)) {
+      state.pathLeaks.count++;
+      state.pathLeaks.first ??= `${res.status} ${_escapeControls(text.slice(0, 300))}`;
+    }
     if (res.status >= 500) {
       const key = `${res.status} ${_errorText(text)}`;
       // Bounded: past 100 distinct texts, the rest are counted together.
@@ -408,9 +421,9 @@ async function _send(
 }
 
 /**
- * Reads the body as text until `signal` aborts, then cancels it. (A response stream that closes
- * without ending, such as a HEAD answer, leaves the project's HTTP/2 client's body open, and the
- * request's signal no longer reaches it.) A body that fails reads as what arrived: nothing.
+ * Reads the body as text (at most 64 KiB) until `signal` aborts, then cancels it: a node that
+ * sends headers and then never ends the body cannot stall a worker. A body that fails reads as
+ * what arrived: nothing.
  */
 async function _readWithin(res: Response, signal: AbortSignal): Promise<string> {
   if (res.body === null) return "";
@@ -490,7 +503,11 @@ async function _poll(state: _State, signal: AbortSignal, stopFuzz: AbortControll
       if (status.term > known) state.terms.set(status.id, status.term);
       state.highestTerm = Math.max(state.highestTerm, status.term);
       if (status.term >= ABSURD_TERM && !state.absurd.has(status.id)) {
+        // Above MAX_TERM: only a message the validator must refuse could have brought it.
         state.absurd.add(status.id);
+        state.anomalies.push(
+          `${status.id} took the term ${describeNumber(status.term)}, above the node's limit`,
+        );
         state.log(`${status.id} took the absurd term ${describeNumber(status.term)}`);
       }
       if (status.role === "leader" && status.id !== state.lastLeader) {

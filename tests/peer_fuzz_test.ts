@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { decodeMessages } from "../src/transport/codec.ts";
-import { type Message, message, MessageType } from "../src/raft/types.ts";
+import { MAX_TERM, type Message, message, MessageType } from "../src/raft/types.ts";
 import { randomSeed } from "./_chaos_lib.ts";
 import {
   ABSURD_TERM,
@@ -18,6 +18,7 @@ import {
   generatePeerRequest,
   isForgeable,
   type PeerRequest,
+  PLAUSIBLE_RISE,
 } from "./_peer_fuzz_lib.ts";
 import { runPeerFuzz } from "./_peer_fuzz_runner.ts";
 
@@ -128,6 +129,13 @@ Deno.test("isForgeable flags a member's plausible leader message and nothing sta
   const heartbeat = message({ type: MessageType.Heartbeat, from: "node-3", to: "node-2", term: 8 });
   assert.equal(isForgeable(heartbeat, "node-3", target), false);
   assert.equal(isForgeable({ ...heartbeat, commit: 5 }, "node-3", target), true);
+  // The node adopts any term up to MAX_TERM from a member: far above its own, even a harmless
+  // shape could push the cluster to MAX_TERM, where it can never elect a leader again.
+  assert.equal(isForgeable({ ...heartbeat, term: 7 + PLAUSIBLE_RISE }, "node-3", target), false);
+  assert.equal(isForgeable({ ...heartbeat, term: 8 + PLAUSIBLE_RISE }, "node-3", target), true);
+  assert.equal(isForgeable({ ...heartbeat, term: 2 ** 32 }, "node-3", target), true);
+  assert.equal(isForgeable({ ...heartbeat, term: MAX_TERM }, "node-3", target), true);
+  assert.equal(isForgeable({ ...heartbeat, term: MAX_TERM + 1 }, "node-3", target), false);
   const grant = message({ type: MessageType.VoteResp, from: "node-3", to: "node-2", term: 7 });
   assert.equal(isForgeable(grant, "node-3", target), true);
   assert.equal(isForgeable({ ...grant, reject: true }, "node-3", target), false);
@@ -156,7 +164,7 @@ Deno.test("no generated message could pass for a member's, and plausible ones st
           `request ${index} (term ${term}): ${req.category}/${req.kind} ${req.detail}`,
         );
         if (req.category === "plausible" && term !== null) {
-          assert.ok(msg.term <= Math.min(term + 3, Number.MAX_SAFE_INTEGER), req.detail);
+          assert.ok(msg.term <= term + PLAUSIBLE_RISE, req.detail);
         }
       }
       if (req.category === "plausible") plausible++;

