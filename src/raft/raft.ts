@@ -83,11 +83,18 @@ const EMPTY = new Uint8Array(0);
 /**
  * A Raft node's consensus state machine.
  *
- * @example
+ * @example A single node elects itself and hands out its first entry to persist
  * ```ts
+ * import { RaftCore } from "./raft.ts";
+ * import { seededRandom } from "./rand.ts";
+ *
  * const core = new RaftCore({ id: "a", voters: ["a"], random: seededRandom(1) });
  * core.campaign();
- * const rd = core.ready(); // persist rd.entries, then core.persisted(...)
+ * const rd = core.ready();
+ * // The driver persists rd.entries and rd.hardState, then reports the write.
+ * const last = rd.entries.at(-1)!;
+ * core.persisted(last.index, last.term);
+ * console.assert(core.role === "leader");
  * ```
  */
 export class RaftCore {
