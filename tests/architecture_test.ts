@@ -14,8 +14,7 @@ const ALLOWED: Record<string, string[]> = {
   cli: [],
   storage: ["raft"],
   transport: ["raft"],
-  snapshot: ["raft", "kv", "storage"],
-  node: ["raft", "kv", "storage", "transport", "snapshot"],
+  node: ["raft", "kv", "storage", "transport"],
   api: ["node", "raft"],
 };
 

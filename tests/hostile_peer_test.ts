@@ -18,7 +18,7 @@ import {
   message,
   MessageType,
 } from "../src/raft/types.ts";
-import { encodeSnapshot } from "../src/snapshot/snapshot_file.ts";
+import { encodeSnapshot } from "../src/storage/snapshot_file.ts";
 import { encodeMessages } from "../src/transport/codec.ts";
 import { H2Client } from "../src/transport/h2_client.ts";
 import {

@@ -1,7 +1,10 @@
 /**
- * The node's durable state on real files: the WAL directory, the hard-state file, the log
+ * The node's durable state on a file system: the WAL directory, the hard-state file, the log
  * metadata file and the snapshot directory (see src/storage/README.md and
- * src/snapshot/snapshot_file.ts for their formats), opened and recovered together.
+ * src/storage/snapshot_file.ts for their formats), opened and recovered together, and kept up to
+ * date through the {@linkcode NodeStorage} operations. Every file operation goes through the
+ * {@linkcode FileSystem} given in the options (the real disk by default), so a simulation can run
+ * this very code on a simulated disk.
  *
  * Start-up loads the newest snapshot and replays the WAL after it. A corrupt newest snapshot
  * stops the node with the file named: it never silently starts from less.
@@ -11,20 +14,25 @@
 
 import { dirname, join } from "node:path";
 import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
-import { loadHardState, saveHardState } from "../storage/hard_state.ts";
-import { loadLogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
-import { Wal } from "../storage/wal.ts";
-import { createDirectory, syncDirectory } from "../storage/durable_file.ts";
+import { createDirectory } from "../storage/durable_file.ts";
 import { CorruptFileError } from "../storage/errors.ts";
+import type { FileSystem } from "../storage/fs.ts";
+import { loadHardState, saveHardState } from "../storage/hard_state.ts";
+import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
+import { realFs } from "../storage/real_fs.ts";
 import {
+  encodeSnapshot,
   listSnapshots,
   type LoadedSnapshot,
+  openSnapshotStream,
   pruneSnapshots,
   readSnapshotFile,
+  removeStaleReceived,
   snapshotName,
   writeSnapshotFile,
-} from "../snapshot/snapshot_file.ts";
-import type { NodeStorage } from "./raft_node.ts";
+} from "../storage/snapshot_file.ts";
+import { Wal } from "../storage/wal.ts";
+import type { NodeStorage, SnapshotId } from "./raft_node.ts";
 
 /** Where a node keeps its files. */
 export interface DiskPaths {
@@ -40,13 +48,15 @@ export interface DiskPaths {
 
 /** Options for {@linkcode openDiskStorage}. */
 export interface DiskStorageOptions {
+  /** The file system holding the files. Default: the real disk ({@linkcode realFs}). */
+  fs?: FileSystem;
   /** WAL segment size in bytes. Default: the WAL's default (64 MiB). */
   segmentSize?: number;
   /** How many snapshot files to keep. Default 2. */
   keepSnapshots?: number;
   /**
-   * A backup file (the snapshot format) to start from when the node has no data yet; ignored
-   * (with `onNotice`) when it has. Default: none.
+   * A backup file (the snapshot format, on the same file system) to start from when the node has
+   * no data yet; ignored (with `onNotice`) when it has. Default: none.
    */
   restoreFrom?: string | null;
   /** Told about decisions worth logging. Default: nothing. */
@@ -54,66 +64,60 @@ export interface DiskStorageOptions {
 }
 
 /**
- * Opens (creating if needed) and recovers a node's files. Throws if any of them is corrupt: the
+ * Opens (creating if needed) and recovers a node's files, in this order:
+ *
+ * 1. the hard state (term, vote, commit);
+ * 2. the log metadata (which snapshot the log was compacted to);
+ * 3. the WAL, replayed (a torn final record is cut off);
+ * 4. a backup to start from, if `restoreFrom` names one and the node has no data;
+ * 5. an install of a received snapshot that a crash interrupted after its reset record: the
+ *    received file is renamed into place;
+ * 6. the newest snapshot (leftover temp and received files are removed first);
+ * 7. the log entries after it.
+ *
+ * @param paths Where the files are.
+ * @param options The file system and how to keep the files.
+ * @returns The recovered storage, open for writing.
+ * @throws {CorruptFileError} If any file is corrupt, or the files disagree (the log metadata
+ * names a snapshot that is missing, or entries between the snapshot and the log are missing): the
  * node must not start on data it cannot trust.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { openDiskStorage } from "./disk_storage.ts";
+ *
+ * const storage = await openDiskStorage({
+ *   walDir: "data/wal",
+ *   raftStatePath: "data/raft-state.json",
+ *   logMetadataPath: "data/log-metadata.json",
+ *   snapshotDir: "data/snapshots",
+ * });
+ * console.log(storage.hardState, storage.entries.length);
+ * await storage.close();
+ * ```
  */
 export async function openDiskStorage(
   paths: DiskPaths,
   options: DiskStorageOptions = {},
-): Promise<NodeStorage & { readonly wal: Wal }> {
-  await createDirectory(dirname(paths.raftStatePath));
-  await createDirectory(dirname(paths.logMetadataPath));
-  await createDirectory(paths.snapshotDir);
-  const keep = options.keepSnapshots ?? 2;
-  const hardState = await loadHardState(paths.raftStatePath);
-  const metadata = await loadLogMetadata(paths.logMetadataPath);
-  const wal = await Wal.open(
-    paths.walDir,
-    options.segmentSize === undefined ? {} : { segmentSize: options.segmentSize },
-  );
+): Promise<DiskStorage> {
+  const fs = options.fs ?? realFs;
+  await createDirectory(dirname(paths.raftStatePath), fs);
+  await createDirectory(dirname(paths.logMetadataPath), fs);
+  await createDirectory(paths.snapshotDir, fs);
 
-  // The log starts right after a reset record when a received snapshot was being installed:
-  // finish that installation if a crash interrupted it.
-  const logStart = (wal.entries[0]?.index ?? wal.lastIndex + 1) - 1;
-  let snapshots = await listSnapshots(paths.snapshotDir);
+  const hardState = await loadHardState(paths.raftStatePath, fs);
+  const metadata = await loadLogMetadata(paths.logMetadataPath, fs);
+  const wal = await Wal.open(paths.walDir, {
+    fs,
+    ...(options.segmentSize === undefined ? {} : { segmentSize: options.segmentSize }),
+  });
   if (options.restoreFrom) {
-    const empty = snapshots.length === 0 && wal.lastIndex === 0 && hardState.term === 0;
-    if (empty) {
-      await _restoreBackup(options.restoreFrom, paths);
-      snapshots = await listSnapshots(paths.snapshotDir);
-      options.onNotice?.(`restored from ${options.restoreFrom} (index ${snapshots[0]!.index})`);
-    } else {
-      options.onNotice?.(`--restore-from ignored: this node already has data`);
-    }
+    await _restoreIfEmpty(fs, paths, options.restoreFrom, hardState, wal, options.onNotice);
   }
-  if (logStart > (snapshots[0]?.index ?? 0)) {
-    await _completeReceivedSnapshot(paths.snapshotDir, logStart);
-    snapshots = await listSnapshots(paths.snapshotDir);
-  }
+  await _completeInterruptedInstall(fs, paths.snapshotDir, wal);
+  const loaded = await _loadNewestSnapshot(fs, paths, options.keepSnapshots ?? 2, metadata);
+  const entries = _entriesAfter(paths.walDir, wal, loaded?.header.index ?? 0);
 
-  await pruneSnapshots(paths.snapshotDir, keep, { leftovers: true });
-  let loaded: LoadedSnapshot | null = null;
-  const newest = snapshots[0];
-  if (newest) {
-    // A damaged newest snapshot is an error, not a reason to fall back silently.
-    loaded = await readSnapshotFile(newest.path);
-  }
-  const snapIndex = loaded?.header.index ?? 0;
-  if (metadata.snapshotIndex > snapIndex) {
-    throw new CorruptFileError(
-      paths.logMetadataPath,
-      `it records a snapshot at index ${metadata.snapshotIndex} but the newest snapshot in ${paths.snapshotDir} is at ${snapIndex}`,
-    );
-  }
-  const entries = wal.entries.filter((e) => e.index > snapIndex);
-  if ((entries[0]?.index ?? snapIndex + 1) > snapIndex + 1) {
-    throw new CorruptFileError(
-      paths.walDir,
-      `the log starts at ${
-        entries[0]!.index
-      } but the newest snapshot ends at ${snapIndex}: entries are missing`,
-    );
-  }
   const snapshot: SnapshotMeta | null = loaded
     ? { index: loaded.header.index, term: loaded.header.term, voters: loaded.header.voters }
     : null;
@@ -121,57 +125,171 @@ export async function openDiskStorage(
     // A restored backup (or a crash right after one): the log continues after the snapshot.
     await wal.reset(snapshot.index, snapshot.term);
   }
-
-  return {
-    wal,
+  return new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, {
     hardState,
     snapshot,
     snapshotData: loaded?.pairs ?? [],
-    snapshotPath: newest?.path ?? null,
-    snapshotDir: paths.snapshotDir,
     entries,
-    append: (batch: Entry[]) => wal.append(batch),
-    saveHardState: (hs: HardState) => saveHardState(paths.raftStatePath, hs),
-    async snapshotTaken(meta: SnapshotMeta, compactTo: number): Promise<void> {
-      await saveLogMetadata(paths.logMetadataPath, {
-        firstIndex: compactTo + 1,
-        snapshotIndex: meta.index,
-        snapshotTerm: meta.term,
-      });
-      await wal.compact(compactTo);
-      await pruneSnapshots(paths.snapshotDir, keep);
-    },
-    rollLog: () => wal.rollNext(),
-    async installReceived(meta: SnapshotMeta, receivedPath: string): Promise<string> {
-      const path = join(paths.snapshotDir, snapshotName(meta.index, meta.term));
-      if (await _exists(receivedPath)) {
-        // The file must be there before the reset record (the commit point) promises it is.
-        // After the reset record, start-up completes the install from the received file.
-        await wal.reset(meta.index, meta.term);
-        await Deno.rename(receivedPath, path);
-        await syncDirectory(paths.snapshotDir);
-      } else {
-        // A retry after the disk was full: an earlier attempt got as far as the rename (which
-        // came after the reset record), or the received file is gone and this throws.
-        await Deno.stat(path);
-      }
-      await saveLogMetadata(paths.logMetadataPath, {
-        firstIndex: meta.index + 1,
-        snapshotIndex: meta.index,
-        snapshotTerm: meta.term,
-      });
-      // A newer snapshot may already have been received: keep it.
-      await pruneSnapshots(paths.snapshotDir, keep, { receivedUpTo: meta.index });
-      return path;
-    },
-    close: () => wal.close(),
-  };
+  });
+}
+
+/** What {@linkcode openDiskStorage} recovered. */
+interface _Recovered {
+  hardState: HardState;
+  snapshot: SnapshotMeta | null;
+  snapshotData: Iterable<[string, string]>;
+  entries: Entry[];
+}
+
+/**
+ * A node's recovered files, open for writing: the {@linkcode NodeStorage} a
+ * {@linkcode RaftNode} runs on. Made by {@linkcode openDiskStorage}.
+ */
+export class DiskStorage implements NodeStorage {
+  /** The write-ahead log (for tests and tools: the node goes through the methods). */
+  readonly wal: Wal;
+  readonly hardState: HardState;
+  readonly snapshot: SnapshotMeta | null;
+  readonly snapshotData: Iterable<[string, string]>;
+  readonly entries: Entry[];
+  readonly #fs: FileSystem;
+  readonly #paths: DiskPaths;
+  readonly #keep: number;
+  /** When each unneeded received file was first seen by a sweep (see removeStaleReceived). */
+  readonly #unneededSince = new Map<string, number>();
+
+  /** Use {@linkcode openDiskStorage}. */
+  constructor(fs: FileSystem, paths: DiskPaths, keep: number, wal: Wal, recovered: _Recovered) {
+    this.#fs = fs;
+    this.#paths = paths;
+    this.#keep = keep;
+    this.wal = wal;
+    this.hardState = recovered.hardState;
+    this.snapshot = recovered.snapshot;
+    this.snapshotData = recovered.snapshotData;
+    this.entries = recovered.entries;
+  }
+
+  append(entries: Entry[]): Promise<void> {
+    return this.wal.append(entries);
+  }
+
+  saveHardState(hardState: HardState): Promise<void> {
+    return saveHardState(this.#paths.raftStatePath, hardState, this.#fs);
+  }
+
+  rollLog(): void {
+    this.wal.rollNext();
+  }
+
+  async saveSnapshot(
+    meta: SnapshotMeta,
+    count: number,
+    pairs: Iterable<[string, string]>,
+  ): Promise<void> {
+    const header = { index: meta.index, term: meta.term, voters: meta.voters, count };
+    await writeSnapshotFile(
+      this.#paths.snapshotDir,
+      encodeSnapshot(header, pairs),
+      snapshotName(meta.index, meta.term),
+      this.#fs,
+    );
+  }
+
+  async snapshotTaken(meta: SnapshotMeta, compactTo: number): Promise<void> {
+    await saveLogMetadata(this.#paths.logMetadataPath, {
+      firstIndex: compactTo + 1,
+      snapshotIndex: meta.index,
+      snapshotTerm: meta.term,
+    }, this.#fs);
+    await this.wal.compact(compactTo);
+    await pruneSnapshots(this.#paths.snapshotDir, this.#keep, {}, this.#fs);
+  }
+
+  openSnapshot(id: SnapshotId): Promise<ReadableStream<Uint8Array>> {
+    return openSnapshotStream(this.#snapshotPath(id), this.#fs);
+  }
+
+  async receiveSnapshot(
+    meta: SnapshotMeta,
+    body: ReadableStream<Uint8Array>,
+  ): Promise<[string, string][]> {
+    const path = await writeSnapshotFile(
+      this.#paths.snapshotDir,
+      body,
+      _receivedName(meta),
+      this.#fs,
+    );
+    const { header, pairs } = await readSnapshotFile(path, this.#fs);
+    if (header.index !== meta.index || header.term !== meta.term) {
+      throw new CorruptFileError(
+        path,
+        `it holds (${header.index}, ${header.term}), expected (${meta.index}, ${meta.term})`,
+      );
+    }
+    return pairs;
+  }
+
+  async discardReceived(id: SnapshotId): Promise<void> {
+    await this.#fs.remove(join(this.#paths.snapshotDir, _receivedName(id))).catch(() => {});
+  }
+
+  sweepReceived(
+    keep: Iterable<SnapshotId>,
+    olderThanMs: number,
+    now: number,
+  ): Promise<string[]> {
+    return removeStaleReceived(this.#paths.snapshotDir, {
+      keep: new Set([...keep].map(_receivedName)),
+      olderThanMs,
+      now,
+      seen: this.#unneededSince,
+    }, this.#fs);
+  }
+
+  async installReceived(meta: SnapshotMeta): Promise<void> {
+    const fs = this.#fs;
+    const dir = this.#paths.snapshotDir;
+    const received = join(dir, _receivedName(meta));
+    const path = this.#snapshotPath(meta);
+    if (await _exists(fs, received)) {
+      // The file must be there before the reset record (the commit point) promises it is.
+      // After the reset record, start-up completes the install from the received file.
+      await this.wal.reset(meta.index, meta.term);
+      await fs.rename(received, path);
+      await fs.syncDir(dir);
+    } else {
+      // A retry after the disk was full: an earlier attempt got as far as the rename (which
+      // came after the reset record), or the received file is gone and this throws.
+      await fs.stat(path);
+    }
+    await saveLogMetadata(this.#paths.logMetadataPath, {
+      firstIndex: meta.index + 1,
+      snapshotIndex: meta.index,
+      snapshotTerm: meta.term,
+    }, fs);
+    // A newer snapshot may already have been received: keep it.
+    await pruneSnapshots(dir, this.#keep, { receivedUpTo: meta.index }, fs);
+  }
+
+  close(): Promise<void> {
+    return this.wal.close();
+  }
+
+  #snapshotPath(id: SnapshotId): string {
+    return join(this.#paths.snapshotDir, snapshotName(id.index, id.term));
+  }
+}
+
+/** The file name of the received snapshot `id` until it is installed. */
+function _receivedName(id: SnapshotId): string {
+  return `${snapshotName(id.index, id.term)}.recv`;
 }
 
 /** Whether `path` exists. */
-async function _exists(path: string): Promise<boolean> {
+async function _exists(fs: FileSystem, path: string): Promise<boolean> {
   try {
-    await Deno.stat(path);
+    await fs.stat(path);
     return true;
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;
@@ -179,34 +297,104 @@ async function _exists(path: string): Promise<boolean> {
   }
 }
 
-/** Verifies a backup and installs it as the node's first snapshot. */
-async function _restoreBackup(file: string, paths: DiskPaths): Promise<void> {
-  const { header } = await readSnapshotFile(file);
-  const source = await Deno.open(file, { read: true });
+/**
+ * Installs the backup `file` as the node's first snapshot if the node has no data at all (no
+ * snapshot, no log, no term); otherwise only says that it was ignored.
+ */
+async function _restoreIfEmpty(
+  fs: FileSystem,
+  paths: DiskPaths,
+  file: string,
+  hardState: HardState,
+  wal: Wal,
+  onNotice: ((message: string) => void) | undefined,
+): Promise<void> {
+  const snapshots = await listSnapshots(paths.snapshotDir, fs);
+  if (snapshots.length > 0 || wal.lastIndex !== 0 || hardState.term !== 0) {
+    onNotice?.(`--restore-from ignored: this node already has data`);
+    return;
+  }
+  const { header } = await readSnapshotFile(file, fs);
+  const source = await fs.open(file, "read");
   await writeSnapshotFile(
     paths.snapshotDir,
     source.readable,
     snapshotName(header.index, header.term),
+    fs,
   );
   await saveLogMetadata(paths.logMetadataPath, {
     firstIndex: header.index + 1,
     snapshotIndex: header.index,
     snapshotTerm: header.term,
-  });
+  }, fs);
+  onNotice?.(`restored from ${file} (index ${header.index})`);
 }
 
-/** Renames the received snapshot ending at `index` into place, after a crash mid-install. */
-async function _completeReceivedSnapshot(dir: string, index: number): Promise<void> {
-  const prefix = `snap-${String(index).padStart(16, "0")}-`;
-  for await (const e of Deno.readDir(dir)) {
+/**
+ * Finishes installing a received snapshot if a crash interrupted it: the log then starts right
+ * after a reset record beyond the newest snapshot file, and the received file for that index is
+ * renamed into place.
+ *
+ * @throws {CorruptFileError} If no received file for the reset's index exists.
+ */
+async function _completeInterruptedInstall(fs: FileSystem, dir: string, wal: Wal): Promise<void> {
+  const logStart = (wal.entries[0]?.index ?? wal.lastIndex + 1) - 1;
+  const newest = (await listSnapshots(dir, fs))[0]?.index ?? 0;
+  if (logStart <= newest) return;
+  const prefix = `snap-${String(logStart).padStart(16, "0")}-`;
+  for (const e of await fs.readDir(dir)) {
     if (e.name.startsWith(prefix) && e.name.endsWith(".snap.recv")) {
-      await Deno.rename(join(dir, e.name), join(dir, e.name.slice(0, -".recv".length)));
-      await syncDirectory(dir);
+      await fs.rename(join(dir, e.name), join(dir, e.name.slice(0, -".recv".length)));
+      await fs.syncDir(dir);
       return;
     }
   }
   throw new CorruptFileError(
     dir,
-    `the log was reset to a snapshot at index ${index}, but no snapshot file for it exists`,
+    `the log was reset to a snapshot at index ${logStart}, but no snapshot file for it exists`,
   );
+}
+
+/**
+ * Removes leftover temp and received files and snapshots beyond the newest `keep`, then reads
+ * the newest snapshot, which must be at least the one the log metadata records.
+ *
+ * @returns The newest snapshot, or null if there is none.
+ * @throws {CorruptFileError} If the newest snapshot is damaged (never a reason to fall back
+ * silently to an older one), or older than the log metadata says.
+ */
+async function _loadNewestSnapshot(
+  fs: FileSystem,
+  paths: DiskPaths,
+  keep: number,
+  metadata: LogMetadata,
+): Promise<LoadedSnapshot | null> {
+  const newest = (await listSnapshots(paths.snapshotDir, fs))[0];
+  await pruneSnapshots(paths.snapshotDir, keep, { leftovers: true }, fs);
+  const loaded = newest ? await readSnapshotFile(newest.path, fs) : null;
+  const index = loaded?.header.index ?? 0;
+  if (metadata.snapshotIndex > index) {
+    throw new CorruptFileError(
+      paths.logMetadataPath,
+      `it records a snapshot at index ${metadata.snapshotIndex} but the newest snapshot in ${paths.snapshotDir} is at ${index}`,
+    );
+  }
+  return loaded;
+}
+
+/**
+ * The replayed entries after a snapshot at `index`.
+ *
+ * @throws {CorruptFileError} If the log starts beyond `index + 1`: entries are missing.
+ */
+function _entriesAfter(walDir: string, wal: Wal, index: number): Entry[] {
+  const entries = wal.entries.filter((e) => e.index > index);
+  const first = entries[0]?.index ?? index + 1;
+  if (first > index + 1) {
+    throw new CorruptFileError(
+      walDir,
+      `the log starts at ${first} but the newest snapshot ends at ${index}: entries are missing`,
+    );
+  }
+  return entries;
 }

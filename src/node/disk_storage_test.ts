@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { encodeSnapshot, snapshotName, writeSnapshotFile } from "../snapshot/snapshot_file.ts";
+import { encodeSnapshot, snapshotName } from "../storage/snapshot_file.ts";
 import { EntryType } from "../raft/types.ts";
+import { CrashedError, SimFileSystem } from "../../testing/sim_fs.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 
 function paths(dir: string) {
@@ -22,11 +23,9 @@ Deno.test("installing a received snapshot that found the disk full part-way can 
       [1, 2, 3].map((index) => ({ term: 1, index, type: EntryType.Normal, data })),
     );
     const meta = { index: 10, term: 2, voters: ["a"] };
-    const received = await writeSnapshotFile(
-      storage.snapshotDir,
-      encodeSnapshot({ ...meta, count: 1 }, [["k", "v"]]),
-      `${snapshotName(10, 2)}.recv`,
-    );
+    const body = ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, [["k", "v"]]));
+    assert.deepEqual(await storage.receiveSnapshot(meta, body), [["k", "v"]]);
+    const snapshotDir = paths(dir).snapshotDir;
     // The reset record and the rename go through; the log metadata's temp file finds the disk full.
     const proto = Deno.FsFile.prototype;
     const { write } = proto;
@@ -40,16 +39,15 @@ Deno.test("installing a received snapshot that found the disk full part-way can 
       return write.call(this, p);
     };
     try {
-      await assert.rejects(storage.installReceived(meta, received), { code: "ENOSPC" });
+      await assert.rejects(storage.installReceived(meta), { code: "ENOSPC" });
     } finally {
       proto.write = write;
     }
     const names = [];
-    for await (const e of Deno.readDir(storage.snapshotDir)) names.push(e.name);
+    for await (const e of Deno.readDir(snapshotDir)) names.push(e.name);
     assert.deepEqual(names, [snapshotName(10, 2)], "renamed, and no temp file left behind");
 
-    const path = await storage.installReceived(meta, received);
-    assert.equal(path, join(storage.snapshotDir, snapshotName(10, 2)));
+    await storage.installReceived(meta);
     await storage.close();
 
     const again = await openDiskStorage(paths(dir));
@@ -61,4 +59,133 @@ Deno.test("installing a received snapshot that found the disk full part-way can 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** Entries `from`..`to` of term 1, each holding its index as text. */
+function _entries(from: number, to: number) {
+  const out = [];
+  for (let index = from; index <= to; index++) {
+    out.push({
+      term: 1,
+      index,
+      type: EntryType.Normal,
+      data: new TextEncoder().encode(`e${index}`),
+    });
+  }
+  return out;
+}
+
+/**
+ * A simulated disk on which the test can hold every sync: `held` resolves once a sync is waiting
+ * (its write already made), and `release` lets the waiting syncs go on.
+ */
+function _holdableDisk() {
+  let hold = false;
+  let reached = Promise.withResolvers<void>();
+  let gate = Promise.withResolvers<void>();
+  const fs = new SimFileSystem({
+    delay: async (op) => {
+      if (!hold || op !== "sync") return;
+      reached.resolve();
+      await gate.promise;
+    },
+  });
+  return {
+    fs,
+    hold() {
+      hold = true;
+      reached = Promise.withResolvers<void>();
+      gate = Promise.withResolvers<void>();
+    },
+    get held() {
+      return reached.promise;
+    },
+    release() {
+      hold = false;
+      gate.resolve();
+    },
+  };
+}
+
+/** Writes hard state and entries 1-3 (synced), then crashes with entries 4-5 written, unsynced. */
+async function _crashMidAppend(random?: () => number): Promise<SimFileSystem> {
+  const disk = _holdableDisk();
+  const storage = await openDiskStorage(paths("/node"), { fs: disk.fs });
+  await storage.saveHardState({ term: 1, vote: "a", commit: 3 });
+  await storage.append(_entries(1, 3));
+  disk.hold();
+  const unsynced = storage.append(_entries(4, 5));
+  await disk.held;
+  const image = disk.fs.crash(random);
+  disk.release();
+  await assert.rejects(unsynced, CrashedError);
+  return image;
+}
+
+Deno.test("on a simulated disk a crash keeps only what was synced, and start-up reads it back", async () => {
+  const image = await _crashMidAppend();
+  const storage = await openDiskStorage(paths("/node"), { fs: image });
+  assert.deepEqual(storage.hardState, { term: 1, vote: "a", commit: 3 });
+  assert.deepEqual(storage.entries, _entries(1, 3));
+  assert.equal(storage.wal.tornTail, null);
+  await storage.append(_entries(4, 4));
+  await storage.close();
+  const again = await openDiskStorage(paths("/node"), { fs: image.crash() });
+  assert.deepEqual(again.entries, _entries(1, 4), "the write after recovery was synced");
+  await again.close();
+});
+
+Deno.test("on a simulated disk a crash that tears the last write leaves a tail that start-up cuts", async () => {
+  // Keep none of the segment's unsynced writes whole, then a fifth of the next one (entries 4-5):
+  // part of entry 4's record.
+  const draws = [0, 0.5, 0.2];
+  const image = await _crashMidAppend(() => draws.shift() ?? 0);
+  assert.equal(draws.length, 0, "the crash tore the write");
+  const storage = await openDiskStorage(paths("/node"), { fs: image });
+  assert.deepEqual(storage.entries, _entries(1, 3));
+  const torn = storage.wal.tornTail;
+  assert.ok(torn !== null && torn.bytes > 0, `torn tail: ${JSON.stringify(torn)}`);
+  const size = (await image.stat(torn.path)).size;
+  assert.equal(size, torn.offset, "the segment was cut back to its last whole record");
+  await storage.append(_entries(4, 5));
+  await storage.close();
+  const again = await openDiskStorage(paths("/node"), { fs: image.crash() });
+  assert.deepEqual(again.entries, _entries(1, 5));
+  assert.equal(again.wal.tornTail, null);
+  await again.close();
+});
+
+Deno.test("on a simulated disk a snapshot taken, received and installed survives a crash", async () => {
+  const fs = new SimFileSystem();
+  const storage = await openDiskStorage(paths("/node"), { fs });
+  await storage.append(_entries(1, 6));
+  const taken = { index: 4, term: 1, voters: ["a"] };
+  await storage.saveSnapshot(taken, 2, [["a", "1"], ["b", "2"]]);
+  await storage.snapshotTaken(taken, 4);
+  const meta = { index: 9, term: 2, voters: ["a"] };
+  const body = ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, [["k", "v"]]));
+  assert.deepEqual(await storage.receiveSnapshot(meta, body), [["k", "v"]]);
+  const sent = await Array.fromAsync(await storage.openSnapshot(taken));
+  assert.ok(sent.reduce((n, c) => n + c.length, 0) > 0);
+
+  let image = fs.crash();
+  let again = await openDiskStorage(paths("/node"), { fs: image });
+  assert.deepEqual(again.snapshot, taken);
+  assert.deepEqual([...again.snapshotData], [["a", "1"], ["b", "2"]]);
+  assert.deepEqual(again.entries, _entries(5, 6));
+  // Start-up removed the received file: it can no longer be installed.
+  await assert.rejects(again.installReceived(meta), Deno.errors.NotFound);
+  await again.receiveSnapshot(
+    meta,
+    ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, [["k", "v"]])),
+  );
+  await again.installReceived(meta);
+
+  image = image.crash();
+  again = await openDiskStorage(paths("/node"), { fs: image });
+  assert.deepEqual(again.snapshot, meta);
+  assert.deepEqual([...again.snapshotData], [["k", "v"]]);
+  assert.deepEqual(again.entries, []);
+  assert.equal(again.wal.lastIndex, 9);
+  await again.close();
 });

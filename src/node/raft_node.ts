@@ -13,7 +13,6 @@
  * @module
  */
 
-import { join } from "node:path";
 import { RaftCore } from "../raft/raft.ts";
 import { NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
@@ -53,45 +52,68 @@ import {
   type Transport,
   type TransportHandlers,
 } from "../transport/transport.ts";
-import {
-  encodeSnapshot,
-  openSnapshotStream,
-  readSnapshotFile,
-  removeStaleReceived,
-  snapshotName,
-  writeSnapshotFile,
-} from "../snapshot/snapshot_file.ts";
+import { encodeSnapshot } from "../storage/snapshot_file.ts";
 import { CorruptFileError, isNoSpace } from "../storage/errors.ts";
 import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 
-/** The durable state a node recovered, and the operations the driver needs to keep it durable. */
+/** Names a snapshot: the last log index it covers and the term of that entry. */
+export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
+
+/**
+ * The durable state a node recovered, and the operations the driver needs to keep it durable.
+ * Where and how it is kept (files, paths, formats) is the implementation's business
+ * (`DiskStorage` in `disk_storage.ts`).
+ *
+ * Every operation here that fails for lack of space (ENOSPC, EDQUOT: `isNoSpace` is true) leaves
+ * nothing half done that a retry of the same call cannot finish; any other failure is fatal.
+ */
 export interface NodeStorage {
   /** The hard state recovered at start-up. */
   readonly hardState: HardState;
-  /** The snapshot recovered at start-up (its data already loaded into `snapshotData`), or null. */
+  /** The snapshot recovered at start-up (its data in `snapshotData`), or null. */
   readonly snapshot: SnapshotMeta | null;
   /** The key-value pairs of that snapshot. */
   readonly snapshotData: Iterable<[string, string]>;
   /** The log entries after the snapshot, recovered at start-up. */
   readonly entries: Entry[];
-  /**
-   * Appends entries (truncating a conflicting suffix first) with one write and one sync. Every
-   * operation here that fails for lack of space (ENOSPC, EDQUOT) leaves nothing half done that a
-   * retry of the same call cannot finish.
-   */
+  /** Appends entries (truncating a conflicting suffix first) with one write and one sync. */
   append(entries: Entry[]): Promise<void>;
   /** Durably replaces the hard state. */
   saveHardState(hs: HardState): Promise<void>;
-  /** The snapshot directory. */
-  readonly snapshotDir: string;
-  /** The file of the recovered snapshot, or null. */
-  readonly snapshotPath: string | null;
   /** Makes the log's next write start a new segment (called when a snapshot begins). */
   rollLog(): void;
-  /** Records a saved snapshot and drops log segments wholly at or below `compactTo`. */
+  /**
+   * Durably saves a snapshot of the state taken by this node: `count` pairs, read lazily. It
+   * becomes the node's snapshot only with {@linkcode NodeStorage.snapshotTaken}.
+   */
+  saveSnapshot(meta: SnapshotMeta, count: number, pairs: Iterable<[string, string]>): Promise<void>;
+  /** Records a saved snapshot and drops log entries wholly at or below `compactTo`. */
   snapshotTaken(meta: SnapshotMeta, compactTo: number): Promise<void>;
-  /** Installs a snapshot received from the leader; returns its final path. */
-  installReceived(meta: SnapshotMeta, receivedPath: string): Promise<string>;
+  /** Streams a saved or installed snapshot, in the snapshot file format (to send to a peer). */
+  openSnapshot(id: SnapshotId): Promise<ReadableStream<Uint8Array>>;
+  /**
+   * Durably stores a snapshot streamed by the leader as a received one (it replaces nothing
+   * until installed), verifies it, and returns its pairs.
+   *
+   * @throws {CorruptFileError} If the bytes are not a valid snapshot, or not the one `meta` names.
+   */
+  receiveSnapshot(
+    meta: SnapshotMeta,
+    body: ReadableStream<Uint8Array>,
+  ): Promise<[string, string][]>;
+  /** Removes a received snapshot that will not be installed; a missing one is no error. */
+  discardReceived(id: SnapshotId): Promise<void>;
+  /**
+   * Removes received snapshots not in `keep` that were found unneeded by a sweep at least
+   * `olderThanMs` before `now` (on the node's clock): leftovers of failed, superseded or refused
+   * uploads. Start-up removes every one. Returns what it removed, for the log.
+   */
+  sweepReceived(keep: Iterable<SnapshotId>, olderThanMs: number, now: number): Promise<string[]>;
+  /**
+   * Installs the received snapshot `meta` (see {@linkcode NodeStorage.receiveSnapshot}): the log
+   * is reset to it and it becomes the node's snapshot, atomically with respect to a crash.
+   */
+  installReceived(meta: SnapshotMeta): Promise<void>;
   /** Releases files. */
   close(): Promise<void>;
 }
@@ -132,9 +154,9 @@ export interface RaftNodeOptions {
    */
   snapshotCatchUpEntries?: number;
   /**
-   * How often received snapshot files (`.recv`) that nothing needs any more (superseded, refused,
-   * or left by an upload that failed without cleaning up) are removed, and how long such a file
-   * must have been untouched. Start-up removes every one left over. Default 60000.
+   * How often received snapshots that nothing needs any more (superseded, refused, or left by an
+   * upload that failed without cleaning up) are removed, and how long before that a sweep must
+   * have found one unneeded. Start-up removes every one left over. Default 60000.
    */
   receivedSweepMs?: number;
   /**
@@ -196,7 +218,7 @@ interface WriteJob {
    */
   done: number;
   /** A received snapshot to install before the entries. */
-  install: { meta: SnapshotMeta; path: string } | null;
+  install: SnapshotMeta | null;
   entries: Entry[];
   hardState: HardState | null;
   messages: Message[];
@@ -205,7 +227,7 @@ interface WriteJob {
 }
 
 interface ReceivedSnapshot {
-  path: string;
+  meta: SnapshotMeta;
   pairs: [string, string][];
 }
 
@@ -249,10 +271,10 @@ export class RaftNode implements KvBackend {
   #timer: ReturnType<typeof setInterval> | undefined;
   #sweepTimer: ReturnType<typeof setInterval> | undefined;
   readonly #receivedSweepMs: number;
-  /** Received snapshot files being written by uploads in progress. */
-  readonly #uploads = new Set<string>();
-  /** Received snapshot files handed to the write loop for installing. */
-  readonly #installing = new Set<string>();
+  /** Received snapshots being written by uploads in progress, by {@linkcode _key}. */
+  readonly #uploads = new Map<string, SnapshotId>();
+  /** Received snapshots handed to the write loop for installing, by {@linkcode _key}. */
+  readonly #installing = new Map<string, SnapshotId>();
   #sweeping = false;
   /** When the last "elections refused at MAX_TERM" warning was logged, and the count then. */
   #termWarning = { at: -Infinity, refused: 0 };
@@ -281,7 +303,8 @@ export class RaftNode implements KvBackend {
   #snapshotRetryAt = 0;
   #snapshotting = false;
   #snapshotTask: Promise<void> = Promise.resolve();
-  #snapshotFile: { index: number; path: string } | null = null;
+  /** The node's newest snapshot (saved or installed), the one sent to followers. */
+  #snapshotFile: SnapshotId | null = null;
   #received = new Map<number, ReceivedSnapshot>();
   /** Set while the write loop runs (cleared synchronously when it drains the queue). */
   #writerActive = false;
@@ -316,7 +339,7 @@ export class RaftNode implements KvBackend {
     const snapshot = this.#storage.snapshot;
     if (snapshot) {
       this.#kv.reset(this.#storage.snapshotData, snapshot.index);
-      this.#snapshotFile = { index: snapshot.index, path: this.#storage.snapshotPath! };
+      this.#snapshotFile = { index: snapshot.index, term: snapshot.term };
     }
     this.#core = new RaftCore({
       id: this.id,
@@ -769,8 +792,10 @@ export class RaftNode implements KvBackend {
   /** Does the steps of `job` not done yet, in order, counting each one done as it completes. */
   async #write(job: WriteJob): Promise<void> {
     if (job.done < 1 && job.install) {
-      const path = await this.#storage.installReceived(job.install.meta, job.install.path);
-      this.#snapshotFile = { index: job.install.meta.index, path };
+      const { index, term } = job.install;
+      await this.#storage.installReceived(job.install);
+      this.#installing.delete(_key(job.install));
+      this.#snapshotFile = { index, term };
       this.#logBytes = 0;
     }
     job.done = Math.max(job.done, 1);
@@ -912,13 +937,8 @@ export class RaftNode implements KvBackend {
     const started = performance.now();
     const logBytes = this.#logBytes;
     this.#storage.rollLog();
-    let path: string;
     try {
-      path = await writeSnapshotFile(
-        this.#storage.snapshotDir,
-        encodeSnapshot({ ...meta, count: view.count }, view.pairs()),
-        snapshotName(meta.index, meta.term),
-      );
+      await this.#storage.saveSnapshot(meta, view.count, view.pairs());
     } finally {
       view.close();
     }
@@ -928,7 +948,7 @@ export class RaftNode implements KvBackend {
       // file (pruning removes it) but do not make it current.
       return;
     }
-    this.#snapshotFile = { index: meta.index, path };
+    this.#snapshotFile = { index: meta.index, term: meta.term };
     this.#logBytes = Math.max(0, this.#logBytes - logBytes);
     const compactTo = Math.max(this.#core.log.snapIndex, this.#keepFrom(meta.index) - 1);
     this.#core.snapshotSaved(meta, compactTo);
@@ -968,7 +988,7 @@ export class RaftNode implements KvBackend {
       return;
     }
     this.#log.info(`sending snapshot at index ${file.index} to ${m.to}`);
-    this.#transport.sendSnapshot(m, () => openSnapshotStream(file.path)).then(
+    this.#transport.sendSnapshot(m, () => this.#storage.openSnapshot(file)).then(
       () => this.#guard(() => this.#core.reportSnapshot(m.to, true)),
       (e) => {
         this.#log.warn(`sending snapshot to ${m.to} failed: ${e instanceof Error ? e.message : e}`);
@@ -989,39 +1009,34 @@ export class RaftNode implements KvBackend {
     if (!meta) throw new PeerRefusedError(`Snap from "${m.from}" without snapshot metadata`);
     const early = this.#core.refusal(m);
     if (early !== null) throw new PeerRefusedError(early);
-    const name = `${snapshotName(meta.index, meta.term)}.recv`;
-    const path = join(this.#storage.snapshotDir, name);
-    if (this.#uploads.has(path)) {
-      throw new PeerRefusedError(`snapshot ${name} is already being received`);
+    const key = _key(meta);
+    if (this.#uploads.has(key)) {
+      throw new PeerRefusedError(
+        `snapshot (${meta.index}, ${meta.term}) is already being received`,
+      );
     }
-    this.#uploads.add(path);
-    let loaded;
+    this.#uploads.set(key, meta);
+    let pairs;
     try {
-      await writeSnapshotFile(this.#storage.snapshotDir, body, name);
       try {
-        loaded = await readSnapshotFile(path);
+        pairs = await this.#storage.receiveSnapshot(meta, body);
       } catch (e) {
-        // The peer sent bytes that are not a snapshot: its fault, not this node's.
+        // The peer sent bytes that are not the snapshot it named: its fault, not this node's.
         if (!(e instanceof CorruptFileError)) throw e;
         throw new PeerRefusedError(`received snapshot is not valid: ${e.message}`);
       }
-      if (loaded.header.index !== meta.index || loaded.header.term !== meta.term) {
-        throw new PeerRefusedError(
-          `received snapshot holds (${loaded.header.index}, ${loaded.header.term}), expected (${meta.index}, ${meta.term})`,
-        );
-      }
     } catch (e) {
-      // writeSnapshotFile removed its temp file; remove the received file too, unless an earlier
+      // The storage removed its temp file; remove the received one too, unless an earlier
       // upload of the same snapshot left it and it is still needed.
-      this.#uploads.delete(path);
-      if (!this.#receivedNeeded().has(path)) await Deno.remove(path).catch(() => {});
+      this.#uploads.delete(key);
+      if (!this.#receivedNeeded(meta)) await this.#storage.discardReceived(meta);
       throw e;
     } finally {
-      this.#uploads.delete(path);
+      this.#uploads.delete(key);
     }
     // Only the newest received snapshot can still be installed.
     this.#received.clear();
-    this.#received.set(meta.index, { path, pairs: loaded.pairs });
+    this.#received.set(meta.index, { meta, pairs });
     if (this.#stopping) return;
     const refused: string[] = [];
     this.#guard(() => {
@@ -1030,37 +1045,41 @@ export class RaftNode implements KvBackend {
     });
     if (refused.length > 0) {
       // Refused after all (the state changed during the upload): nothing will install it.
-      if (this.#received.get(meta.index)?.path === path) this.#received.delete(meta.index);
-      if (!this.#receivedNeeded().has(path)) await Deno.remove(path).catch(() => {});
+      const received = this.#received.get(meta.index);
+      if (received && _key(received.meta) === key) this.#received.delete(meta.index);
+      if (!this.#receivedNeeded(meta)) await this.#storage.discardReceived(meta);
       throw new PeerRefusedError(refused.join("; "));
     }
   }
 
-  /** The received snapshot files still needed: being written, received, or being installed. */
-  #receivedNeeded(): Set<string> {
-    const keep = new Set([...this.#uploads, ...this.#installing]);
-    for (const r of this.#received.values()) keep.add(r.path);
-    return keep;
+  /** The received snapshots still needed: being written, received, or being installed. */
+  #neededReceived(): SnapshotId[] {
+    const needed = [...this.#uploads.values(), ...this.#installing.values()];
+    for (const r of this.#received.values()) needed.push(r.meta);
+    return needed;
+  }
+
+  /** Whether the received snapshot `id` is still needed (see #neededReceived). */
+  #receivedNeeded(id: SnapshotId): boolean {
+    const key = _key(id);
+    return this.#neededReceived().some((n) => _key(n) === key);
   }
 
   /**
-   * Removes received snapshot files nothing needs: not being written, not waiting to be
-   * installed, and untouched for a sweep interval (superseded or refused ones, leftovers of
-   * failed uploads).
+   * Removes received snapshots nothing needs: not being written, not waiting to be installed,
+   * and found unneeded a sweep interval ago (superseded or refused ones, leftovers of failed
+   * uploads).
    */
   async #sweepReceived(): Promise<void> {
     if (this.#sweeping || this.#stopping) return;
     this.#sweeping = true;
     try {
-      for (const path of this.#installing) {
-        // Installed (renamed into place): no longer a received file.
-        if (!(await _exists(path))) this.#installing.delete(path);
-      }
-      const removed = await removeStaleReceived(this.#storage.snapshotDir, {
-        keep: this.#receivedNeeded(),
-        olderThanMs: this.#receivedSweepMs,
-      });
-      for (const path of removed) this.#log.info(`removed stale received snapshot ${path}`);
+      const removed = await this.#storage.sweepReceived(
+        this.#neededReceived(),
+        this.#receivedSweepMs,
+        performance.now(),
+      );
+      for (const name of removed) this.#log.info(`removed stale received snapshot ${name}`);
     } catch (e) {
       this.#log.warn(
         `removing stale received snapshots failed: ${e instanceof Error ? e.message : e}`,
@@ -1075,7 +1094,7 @@ export class RaftNode implements KvBackend {
     const received = this.#received.get(meta.index);
     if (!received) throw new Error(`no received snapshot at index ${meta.index} to install`);
     this.#received.clear();
-    this.#installing.add(received.path);
+    this.#installing.set(_key(meta), meta);
     this.#kv.reset(received.pairs, meta.index);
     for (const [index, w] of this.#waiters) {
       if (index <= meta.index) {
@@ -1086,7 +1105,7 @@ export class RaftNode implements KvBackend {
     // Install before writing anything that follows it.
     const job: WriteJob = {
       done: 0,
-      install: { meta, path: received.path },
+      install: meta,
       entries: [],
       hardState: null,
       messages: [],
@@ -1140,15 +1159,11 @@ export class RaftNode implements KvBackend {
   }
 }
 
-/** Whether a file exists (a failure other than "not found" counts as existing: keep it). */
-async function _exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    return !(e instanceof Deno.errors.NotFound);
-  }
+/** A received snapshot's key in the driver's maps. */
+function _key(id: SnapshotId): string {
+  return `${id.index}/${id.term}`;
 }
+
 /** The first retry of a write the full disk refused, in milliseconds. */
 const _NOSPACE_FIRST_RETRY_MS = 500;
 /** The longest pause between retries while the disk is full (also for snapshots). */

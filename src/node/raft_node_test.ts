@@ -7,7 +7,7 @@ import { message, MessageType } from "../raft/types.ts";
 import { NoSpaceError, NotAppliedError, OutcomeUnknownError } from "./backend.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
-import { encodeSnapshot, listSnapshots } from "../snapshot/snapshot_file.ts";
+import { encodeSnapshot, listSnapshots } from "../storage/snapshot_file.ts";
 
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -407,7 +407,10 @@ interface Disk {
   refused: number;
 }
 
-/** Wraps `storage` so that its writes fail as on a full disk while `disk.full` is set. */
+/**
+ * Wraps `storage` so that its log, hard-state and install writes fail as on a full disk while
+ * `disk.full` is set (snapshot files still go through).
+ */
 function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
   const check = () => {
     if (!disk.full) return;
@@ -415,7 +418,10 @@ function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
     throw Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
   };
   return {
-    ...storage,
+    hardState: storage.hardState,
+    snapshot: storage.snapshot,
+    snapshotData: storage.snapshotData,
+    entries: storage.entries,
     append: async (entries) => {
       check();
       await storage.append(entries);
@@ -424,14 +430,21 @@ function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
       check();
       await storage.saveHardState(hs);
     },
+    rollLog: () => storage.rollLog(),
+    saveSnapshot: (meta, count, pairs) => storage.saveSnapshot(meta, count, pairs),
     snapshotTaken: async (meta, compactTo) => {
       check();
       await storage.snapshotTaken(meta, compactTo);
     },
-    installReceived: async (meta, path) => {
+    openSnapshot: (id) => storage.openSnapshot(id),
+    receiveSnapshot: (meta, body) => storage.receiveSnapshot(meta, body),
+    discardReceived: (id) => storage.discardReceived(id),
+    sweepReceived: (keep, olderThanMs, now) => storage.sweepReceived(keep, olderThanMs, now),
+    installReceived: async (meta) => {
       check();
-      return await storage.installReceived(meta, path);
+      await storage.installReceived(meta);
     },
+    close: () => storage.close(),
   };
 }
 

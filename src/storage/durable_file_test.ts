@@ -1,13 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import {
-  createDirectory,
-  DIR_MODE,
-  FILE_MODE,
-  syncDirectory,
-  writeAll,
-  writeFileDurably,
-} from "./durable_file.ts";
+import { createDirectory, writeFileDurably } from "./durable_file.ts";
+import { DIRECTORY_MODE, FILE_MODE } from "./fs.ts";
 
 async function _withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "raftkv-durable-" });
@@ -74,34 +68,6 @@ Deno.test("writeFileDurably() throws NotFound when the directory is missing", as
   });
 });
 
-Deno.test("syncDirectory() syncs an existing directory and throws for a missing one", async () => {
-  await _withDir(async (dir) => {
-    await syncDirectory(dir);
-    await assert.rejects(syncDirectory(join(dir, "missing")), Deno.errors.NotFound);
-  });
-});
-
-Deno.test("writeAll() keeps writing after partial writes", async () => {
-  const received: number[] = [];
-  const file = {
-    write(p: Uint8Array): Promise<number> {
-      const n = Math.min(3, p.length);
-      received.push(...p.subarray(0, n));
-      return Promise.resolve(n);
-    },
-  } as unknown as Deno.FsFile;
-  await writeAll(file, Uint8Array.from({ length: 10 }, (_, i) => i));
-  assert.deepEqual(received, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-});
-
-Deno.test("writeAll() throws WriteZero when a write accepts nothing", async () => {
-  const file = { write: () => Promise.resolve(0) } as unknown as Deno.FsFile;
-  await assert.rejects(writeAll(file, new Uint8Array(4)), {
-    name: "WriteZero",
-    message: "write accepted 0 of 4 bytes",
-  });
-});
-
 Deno.test("writeFileDurably() on a full disk keeps the old content and removes its temp file", async () => {
   await _withDir(async (dir) => {
     const path = join(dir, "state.json");
@@ -151,7 +117,7 @@ Deno.test({
       await Deno.chmod(dir, 0o755);
       const deep = join(dir, "a", "b", "c");
       await createDirectory(deep);
-      assert.equal(DIR_MODE, 0o700);
+      assert.equal(DIRECTORY_MODE, 0o700);
       for (const level of [join(dir, "a"), join(dir, "a", "b"), deep]) {
         assert.equal(await _mode(level), 0o700, level);
       }

@@ -10,6 +10,8 @@
 import type { HardState } from "../raft/types.ts";
 import { decodeCheckedJson, encodeCheckedJson } from "./checked_json.ts";
 import { writeFileDurably } from "./durable_file.ts";
+import type { FileSystem } from "./fs.ts";
+import { realFs } from "./real_fs.ts";
 
 const _SCHEMA = { term: "integer", vote: "string", commit: "integer" } as const;
 
@@ -19,6 +21,7 @@ const _SCHEMA = { term: "integer", vote: "string", commit: "integer" } as const;
  *
  * @param path The hard state file (`--raft-state-path`). Its directory must exist.
  * @param hardState The state to save.
+ * @param fs The file system. Default {@linkcode realFs}.
  * @throws {RangeError} If `term` or `commit` is not a non-negative safe integer.
  *
  * @example Usage
@@ -29,22 +32,30 @@ const _SCHEMA = { term: "integer", vote: "string", commit: "integer" } as const;
  * const hardState = await loadHardState("data/raft-state.json");
  * ```
  */
-export async function saveHardState(path: string, hardState: HardState): Promise<void> {
+export async function saveHardState(
+  path: string,
+  hardState: HardState,
+  fs: FileSystem = realFs,
+): Promise<void> {
   const { term, vote, commit } = hardState;
-  await writeFileDurably(path, encodeCheckedJson(_SCHEMA, { term, vote, commit }));
+  await writeFileDurably(path, encodeCheckedJson(_SCHEMA, { term, vote, commit }), fs);
 }
 
 /**
  * Loads the hard state saved at `path`.
  *
  * @param path The hard state file.
+ * @param fs The file system. Default {@linkcode realFs}.
  * @returns The saved state, or `{ term: 0, vote: "", commit: 0 }` if the file does not exist.
  * @throws {CorruptFileError} If the file is not a valid hard state file (the message names it).
  */
-export async function loadHardState(path: string): Promise<HardState> {
+export async function loadHardState(
+  path: string,
+  fs: FileSystem = realFs,
+): Promise<HardState> {
   let bytes: Uint8Array;
   try {
-    bytes = await Deno.readFile(path);
+    bytes = await fs.readFile(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return { term: 0, vote: "", commit: 0 };
     throw error;

@@ -11,6 +11,8 @@
 import { decodeCheckedJson, encodeCheckedJson } from "./checked_json.ts";
 import { writeFileDurably } from "./durable_file.ts";
 import { CorruptFileError } from "./errors.ts";
+import type { FileSystem } from "./fs.ts";
+import { realFs } from "./real_fs.ts";
 
 /** Where the log starts after compaction. */
 export interface LogMetadata {
@@ -44,6 +46,7 @@ const _SCHEMA = {
  *
  * @param path The log metadata file. Its directory must exist.
  * @param metadata The metadata to save.
+ * @param fs The file system. Default {@linkcode realFs}.
  * @throws {RangeError} If a field is not a non-negative safe integer, or `firstIndex` is not
  * between 1 and `snapshotIndex + 1`.
  *
@@ -59,7 +62,11 @@ const _SCHEMA = {
  * const metadata = await loadLogMetadata("data/log-metadata.json");
  * ```
  */
-export async function saveLogMetadata(path: string, metadata: LogMetadata): Promise<void> {
+export async function saveLogMetadata(
+  path: string,
+  metadata: LogMetadata,
+  fs: FileSystem = realFs,
+): Promise<void> {
   const { firstIndex, snapshotIndex, snapshotTerm } = metadata;
   if (!(firstIndex >= 1 && firstIndex <= snapshotIndex + 1)) {
     throw new RangeError(
@@ -73,21 +80,25 @@ export async function saveLogMetadata(path: string, metadata: LogMetadata): Prom
     snapshot_index: snapshotIndex,
     snapshot_term: snapshotTerm,
   });
-  await writeFileDurably(path, bytes);
+  await writeFileDurably(path, bytes, fs);
 }
 
 /**
  * Loads the log metadata saved at `path`.
  *
  * @param path The log metadata file.
+ * @param fs The file system. Default {@linkcode realFs}.
  * @returns The saved metadata, or a copy of {@linkcode INITIAL_LOG_METADATA} if the file does not
  * exist.
  * @throws {CorruptFileError} If the file is not a valid log metadata file (the message names it).
  */
-export async function loadLogMetadata(path: string): Promise<LogMetadata> {
+export async function loadLogMetadata(
+  path: string,
+  fs: FileSystem = realFs,
+): Promise<LogMetadata> {
   let bytes: Uint8Array;
   try {
-    bytes = await Deno.readFile(path);
+    bytes = await fs.readFile(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return { ...INITIAL_LOG_METADATA };
     throw error;

@@ -10,8 +10,9 @@
 
 import { dirname, join } from "node:path";
 import type { Entry } from "../raft/types.ts";
-import { DIR_MODE, FILE_MODE, syncDirectory, writeAll } from "./durable_file.ts";
 import { isNoSpace, WalCorruptionError } from "./errors.ts";
+import { type FileSystem, type FsFile, writeAll } from "./fs.ts";
+import { realFs } from "./real_fs.ts";
 import { decodeRecord, type DecodeResult, HEADER_SIZE, RecordEncoder } from "./wal_record.ts";
 
 /** The default {@linkcode WalOptions.segmentSize}: 64 MiB. */
@@ -26,6 +27,12 @@ export interface WalOptions {
    * @default {67108864} (64 MiB)
    */
   segmentSize?: number;
+  /**
+   * The file system the segments live on.
+   *
+   * @default {realFs} the real disk
+   */
+  fs?: FileSystem;
 }
 
 /** Describes the incomplete final record that recovery cut off. */
@@ -86,8 +93,9 @@ export class Wal {
   /** The torn final record recovery cut off, or null if the log ended cleanly. */
   readonly tornTail: TornTail | null;
 
+  #fs: FileSystem;
   #segments: _Segment[];
-  #file: Deno.FsFile | null;
+  #file: FsFile | null;
   #segmentSize: number;
   #lastIndex: number;
   #encoder = new RecordEncoder();
@@ -98,11 +106,13 @@ export class Wal {
 
   private constructor(
     dir: string,
+    fs: FileSystem,
     segmentSize: number,
     recovered: _Recovered,
-    file: Deno.FsFile | null,
+    file: FsFile | null,
   ) {
     this.dir = dir;
+    this.#fs = fs;
     this.#segmentSize = segmentSize;
     this.entries = recovered.log.entries;
     this.tornTail = recovered.tornTail;
@@ -129,11 +139,12 @@ export class Wal {
     if (!Number.isSafeInteger(segmentSize) || segmentSize < 1) {
       throw new RangeError(`WAL segmentSize must be a positive integer, found ${segmentSize}`);
     }
-    await _ensureDirectory(dir);
-    const recovered = await _recover(dir);
+    const fs = options.fs ?? realFs;
+    await _ensureDirectory(fs, dir);
+    const recovered = await _recover(fs, dir);
     const last = recovered.segments.at(-1);
-    const file = last ? await Deno.open(last.path, { write: true, append: true }) : null;
-    return new Wal(dir, segmentSize, recovered, file);
+    const file = last ? await fs.open(last.path, "append") : null;
+    return new Wal(dir, fs, segmentSize, recovered, file);
   }
 
   /** The index of the last entry written (a reset's index if none since it); 0 for no log. */
@@ -245,10 +256,10 @@ export class Wal {
     try {
       let deleted = 0;
       while (this.#segments.length > 1 && this.#segments[0]!.maxIndex <= index) {
-        await Deno.remove(this.#segments[0]!.path);
+        await this.#fs.remove(this.#segments[0]!.path);
         this.#segments.shift();
         deleted++;
-        await syncDirectory(this.dir);
+        await this.#fs.syncDir(this.dir);
       }
       return deleted;
     } finally {
@@ -341,10 +352,10 @@ export class Wal {
       this.#file?.close();
       this.#file = null;
       this.#segments.pop();
-      await Deno.remove(rolled.path);
-      await syncDirectory(this.dir);
+      await this.#fs.remove(rolled.path);
+      await this.#fs.syncDir(this.dir);
       const previous = this.#segments.at(-1);
-      if (previous) this.#file = await Deno.open(previous.path, { write: true, append: true });
+      if (previous) this.#file = await this.#fs.open(previous.path, "append");
       return;
     }
     const segment = this.#segments.at(-1);
@@ -357,17 +368,12 @@ export class Wal {
   async #roll(firstIndex: number): Promise<_Segment> {
     const sequence = (this.#segments.at(-1)?.sequence ?? 0) + 1;
     const path = join(this.dir, segmentName(sequence, firstIndex));
-    const file = await Deno.open(path, {
-      write: true,
-      append: true,
-      createNew: true,
-      mode: FILE_MODE,
-    });
+    const file = await this.#fs.open(path, "create-new");
     try {
-      await syncDirectory(this.dir);
+      await this.#fs.syncDir(this.dir);
     } catch (error) {
       file.close();
-      await Deno.remove(path).catch(() => {});
+      await this.#fs.remove(path).catch(() => {});
       throw error;
     }
     this.#file?.close();
@@ -398,9 +404,9 @@ export function segmentName(sequence: number, firstIndex: number): string {
 }
 
 /** Creates `dir` if it is missing, and makes its creation durable. */
-async function _ensureDirectory(dir: string): Promise<void> {
+async function _ensureDirectory(fs: FileSystem, dir: string): Promise<void> {
   try {
-    const info = await Deno.stat(dir);
+    const info = await fs.stat(dir);
     if (!info.isDirectory) {
       throw new Deno.errors.NotADirectory(`WAL path "${dir}" is not a directory`);
     }
@@ -408,8 +414,8 @@ async function _ensureDirectory(dir: string): Promise<void> {
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-  await Deno.mkdir(dir, { recursive: true, mode: DIR_MODE });
-  await syncDirectory(dirname(dir));
+  await fs.mkdir(dir);
+  await fs.syncDir(dirname(dir));
 }
 
 /** Everything {@linkcode _recover} learns from the directory. */
@@ -420,9 +426,9 @@ interface _Recovered {
 }
 
 /** Lists, checks and replays the segments, repairing a torn tail. */
-async function _recover(dir: string): Promise<_Recovered> {
+async function _recover(fs: FileSystem, dir: string): Promise<_Recovered> {
   const found: { sequence: number; firstIndex: number; path: string }[] = [];
-  for await (const item of Deno.readDir(dir)) {
+  for (const item of await fs.readDir(dir)) {
     const match = item.isFile ? _SEGMENT_NAME.exec(item.name) : null;
     if (match) {
       found.push({
@@ -450,11 +456,11 @@ async function _recover(dir: string): Promise<_Recovered> {
       );
     }
     const isLast = k === found.length - 1;
-    const bytes = await Deno.readFile(path);
+    const bytes = await fs.readFile(path);
     const { end, maxIndex } = _replaySegment(path, bytes, firstIndex, isLast, log);
     if (end < bytes.length) {
       tornTail = { path, offset: end, bytes: bytes.length - end };
-      using file = await Deno.open(path, { write: true });
+      using file = await fs.open(path, "append");
       await file.truncate(end);
       await file.sync();
     }
@@ -463,8 +469,8 @@ async function _recover(dir: string): Promise<_Recovered> {
 
   const last = segments.at(-1);
   if (last && last.size === 0) {
-    await Deno.remove(last.path);
-    await syncDirectory(dir);
+    await fs.remove(last.path);
+    await fs.syncDir(dir);
     segments.pop();
   }
   return { log, segments, tornTail };

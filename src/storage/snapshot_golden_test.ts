@@ -2,7 +2,7 @@
  * The golden byte fixture for the snapshot format (see src/storage/README.md, "Golden
  * fixtures"): the committed file must still decode to the values written out here, and writing
  * those values today must give the committed bytes exactly. After a deliberate format change,
- * rewrite it with `REWRITE=1 scripts/deno test --allow-all src/snapshot/snapshot_golden_test.ts`.
+ * rewrite it with `REWRITE=1 scripts/deno test --allow-all src/storage/snapshot_golden_test.ts`.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";

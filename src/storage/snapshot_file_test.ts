@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { CorruptFileError } from "../storage/errors.ts";
+import { CorruptFileError } from "./errors.ts";
 import {
   encodeSnapshot,
   listSnapshots,
@@ -139,7 +139,7 @@ Deno.test("pruning after an install keeps received snapshots newer than the one 
   }
 });
 
-Deno.test("stale received files are removed unless kept or recently touched; others are left alone", async () => {
+Deno.test("stale received files are removed once unneeded for long enough, unless kept; others are left alone", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const names = [
@@ -151,15 +151,25 @@ Deno.test("stale received files are removed unless kept or recently touched; oth
       `${snapshotName(9, 1)}.tmp`, // a local snapshot being written, never touched
     ];
     for (const name of names) await Deno.writeFile(join(dir, name), new Uint8Array(3));
-    const keep = new Set([join(dir, names[2]!), join(dir, `${snapshotName(8, 1)}.recv`)]);
-    // Nothing is old enough yet.
-    assert.deepEqual(await removeStaleReceived(dir, { keep, olderThanMs: 60_000 }), []);
-    const later = Date.now() + 120_000;
-    const removed = await removeStaleReceived(dir, { keep, olderThanMs: 60_000, now: later });
-    assert.deepEqual(removed.sort(), [join(dir, names[0]!), join(dir, names[1]!)]);
+    const keep = new Set([names[2]!, `${snapshotName(8, 1)}.recv`]);
+    const seen = new Map<string, number>();
+    const sweep = (now: number, keeping = keep) =>
+      removeStaleReceived(dir, { keep: keeping, olderThanMs: 60_000, now, seen });
+    // The first sweep only notes the unneeded files; the next one before a minute passed neither.
+    assert.deepEqual(await sweep(1_000), []);
+    assert.deepEqual(await sweep(60_999), []);
+    // A file needed again is forgotten: its minute starts over when it is unneeded again.
+    assert.deepEqual(await sweep(61_000, new Set([...keep, names[0]!])), [names[1]!]);
+    assert.deepEqual(await sweep(62_000), []);
+    assert.deepEqual(await sweep(122_000), [names[0]!]);
     const left = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
     assert.deepEqual(left, names.slice(2).sort());
-    assert.deepEqual(await removeStaleReceived(join(dir, "missing"), { keep, olderThanMs: 0 }), []);
+    assert.deepEqual(seen.size, 0, "removed files are forgotten");
+    const missing = join(dir, "missing");
+    assert.deepEqual(
+      await removeStaleReceived(missing, { keep, olderThanMs: 0, now: 0, seen }),
+      [],
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

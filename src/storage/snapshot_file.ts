@@ -14,15 +14,21 @@
  *
  * Files are named `snap-<index>-<term>.snap` (16-digit zero-padded decimals, so names sort by
  * index). They are written to `<name>.tmp`, synced, renamed and the directory synced. A snapshot
- * received from a leader is kept as `<name>.recv` until the node installs it.
+ * received from a leader is kept as `<name>.recv` until the node installs it. The storage README
+ * says how they fit with the WAL and the log metadata.
+ *
+ * Every function that touches files takes the {@linkcode FileSystem} last (default
+ * {@linkcode realFs}).
  *
  * @module
  */
 
 import { join } from "node:path";
-import { crc32cRange } from "../storage/crc32c.ts";
-import { createDirectory, FILE_MODE, syncDirectory, writeAll } from "../storage/durable_file.ts";
-import { CorruptFileError } from "../storage/errors.ts";
+import { crc32cRange } from "./crc32c.ts";
+import { createDirectory } from "./durable_file.ts";
+import { CorruptFileError } from "./errors.ts";
+import { type FileSystem, writeAll } from "./fs.ts";
+import { realFs } from "./real_fs.ts";
 
 /** What a snapshot covers. */
 export interface SnapshotHeader {
@@ -38,14 +44,19 @@ export interface SnapshotHeader {
 
 /** A snapshot file found on disk. */
 export interface SnapshotFileInfo {
+  /** The file. */
   path: string;
+  /** The last log index it covers. */
   index: number;
+  /** The term of that entry. */
   term: number;
 }
 
 /** A fully read and verified snapshot. */
 export interface LoadedSnapshot {
+  /** What it covers. */
   header: SnapshotHeader;
+  /** Its key-value pairs, in the order stored. */
   pairs: [string, string][];
 }
 
@@ -123,22 +134,23 @@ export async function writeSnapshotFile(
   dir: string,
   chunks: AsyncIterable<Uint8Array>,
   name: string,
+  fs: FileSystem = realFs,
 ): Promise<string> {
-  await createDirectory(dir);
+  await createDirectory(dir, fs);
   const path = join(dir, name);
   const tmp = `${path}.tmp`;
-  const file = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: FILE_MODE });
+  const file = await fs.open(tmp, "truncate");
   try {
     for await (const chunk of chunks) await writeAll(file, chunk);
     await file.sync();
   } catch (e) {
     file.close();
-    await Deno.remove(tmp).catch(() => {});
+    await fs.remove(tmp).catch(() => {});
     throw e;
   }
   file.close();
-  await Deno.rename(tmp, path);
-  await syncDirectory(dir);
+  await fs.rename(tmp, path);
+  await fs.syncDir(dir);
   return path;
 }
 
@@ -211,15 +223,21 @@ function _utf8(bytes: Uint8Array, start: number, end: number): string {
 }
 
 /** Reads and verifies the snapshot file at `path`. */
-export async function readSnapshotFile(path: string): Promise<LoadedSnapshot> {
-  return decodeSnapshot(await Deno.readFile(path), path);
+export async function readSnapshotFile(
+  path: string,
+  fs: FileSystem = realFs,
+): Promise<LoadedSnapshot> {
+  return decodeSnapshot(await fs.readFile(path), path);
 }
 
 /** The complete snapshot files in `dir` (not temp or received ones), newest first. */
-export async function listSnapshots(dir: string): Promise<SnapshotFileInfo[]> {
+export async function listSnapshots(
+  dir: string,
+  fs: FileSystem = realFs,
+): Promise<SnapshotFileInfo[]> {
   const out: SnapshotFileInfo[] = [];
   try {
-    for await (const e of Deno.readDir(dir)) {
+    for (const e of await fs.readDir(dir)) {
       const m = NAME.exec(e.name);
       if (e.isFile && m) out.push({ path: join(dir, e.name), index: +m[1]!, term: +m[2]! });
     }
@@ -243,11 +261,12 @@ export async function pruneSnapshots(
   dir: string,
   keep: number,
   options: PruneOptions = {},
+  fs: FileSystem = realFs,
 ): Promise<void> {
-  const all = await listSnapshots(dir);
-  for (const s of all.slice(keep)) await Deno.remove(s.path).catch(() => {});
+  const all = await listSnapshots(dir, fs);
+  for (const s of all.slice(keep)) await fs.remove(s.path).catch(() => {});
   if (!options.leftovers && options.receivedUpTo === undefined) return;
-  for await (const e of Deno.readDir(dir)) {
+  for (const e of await fs.readDir(dir)) {
     let remove = false;
     if (options.leftovers) {
       remove = e.name.endsWith(".tmp") || e.name.endsWith(".recv");
@@ -255,66 +274,82 @@ export async function pruneSnapshots(
       const m = RECEIVED.exec(e.name);
       remove = m !== null && +m[1]! <= options.receivedUpTo!;
     }
-    if (remove) await Deno.remove(join(dir, e.name)).catch(() => {});
+    if (remove) await fs.remove(join(dir, e.name)).catch(() => {});
   }
 }
 
 /** Options of {@linkcode removeStaleReceived}. */
 export interface StaleReceivedOptions {
-  /** Paths still needed (being written, waiting to be installed): never removed. */
+  /** Names of received files still needed (being written, waiting to be installed): kept. */
   keep: ReadonlySet<string>;
-  /** Only files not modified for at least this many milliseconds are removed. */
+  /** Only files unneeded for at least this many milliseconds are removed. */
   olderThanMs: number;
-  /** The current time, in milliseconds since the epoch. Default: `Date.now()`. */
-  now?: number;
+  /** The current time in milliseconds, on the clock `seen` was filled from. */
+  now: number;
+  /**
+   * When each received file was first found unneeded, by name: state the caller keeps between
+   * calls (start with an empty map). This call adds the files it finds unneeded for the first
+   * time, and forgets those it removes, those needed again and those gone.
+   */
+  seen: Map<string, number>;
 }
 
 /**
  * Removes received snapshot files (`.snap.recv`, and the `.snap.recv.tmp` of an upload) in `dir`
- * that are not in `options.keep` and were not modified for `options.olderThanMs`: those of
- * uploads that failed without cleaning up, or that were superseded or not installed. Returns the
- * removed paths. A running node calls it now and then; start-up removes every such file with
+ * that are not in `options.keep` (a temp file is kept with its `.snap.recv` name) and were found
+ * unneeded by an earlier call at least `options.olderThanMs` ago: those of uploads that failed
+ * without cleaning up, or that were superseded or not installed. A file is never removed by the
+ * call that first finds it, so one whose upload began after `keep` was computed survives. Returns
+ * the removed names. A running node calls it now and then; start-up removes every such file with
  * {@linkcode pruneSnapshots}.
  */
 export async function removeStaleReceived(
   dir: string,
   options: StaleReceivedOptions,
+  fs: FileSystem = realFs,
 ): Promise<string[]> {
-  const now = options.now ?? Date.now();
+  const { keep, seen, now } = options;
   const removed: string[] = [];
-  let entries: Deno.DirEntry[];
+  let entries;
   try {
-    entries = await Array.fromAsync(Deno.readDir(dir));
+    entries = await fs.readDir(dir);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return removed;
+    if (e instanceof Deno.errors.NotFound) {
+      seen.clear();
+      return removed;
+    }
     throw e;
   }
+  const present = new Set<string>();
   for (const e of entries) {
-    if (!e.isFile || !(e.name.endsWith(".snap.recv") || e.name.endsWith(".snap.recv.tmp"))) {
+    const { name } = e;
+    if (!e.isFile || !(name.endsWith(".snap.recv") || name.endsWith(".snap.recv.tmp"))) continue;
+    const base = name.endsWith(".tmp") ? name.slice(0, -".tmp".length) : name;
+    if (keep.has(name) || keep.has(base)) continue;
+    present.add(name);
+    const since = seen.get(name);
+    if (since === undefined) {
+      seen.set(name, now);
       continue;
     }
-    const path = join(dir, e.name);
-    const base = e.name.endsWith(".tmp") ? path.slice(0, -".tmp".length) : path;
-    if (options.keep.has(path) || options.keep.has(base)) continue;
-    let mtime: number;
+    if (now - since < options.olderThanMs) continue;
     try {
-      mtime = (await Deno.stat(path)).mtime?.getTime() ?? 0;
-    } catch {
-      continue; // gone meanwhile
-    }
-    if (now - mtime < options.olderThanMs) continue;
-    try {
-      await Deno.remove(path);
-      removed.push(path);
+      await fs.remove(join(dir, name));
+      removed.push(name);
     } catch (err) {
       if (!(err instanceof Deno.errors.NotFound)) throw err;
     }
+    present.delete(name);
   }
+  for (const name of seen.keys()) if (!present.has(name)) seen.delete(name);
   return removed;
 }
 
 /** Streams the file at `path` (for sending a snapshot to a peer or a client). */
-export async function openSnapshotStream(path: string): Promise<ReadableStream<Uint8Array>> {
-  const file = await Deno.open(path, { read: true });
+export async function openSnapshotStream(
+  path: string,
+  fs: FileSystem = realFs,
+): Promise<ReadableStream<Uint8Array>> {
+  const file = await fs.open(path, "read");
   return file.readable;
 }
