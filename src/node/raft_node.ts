@@ -14,6 +14,7 @@
  */
 
 import { RaftCore } from "../raft/raft.ts";
+import { type Cancel, type Clock, realClock } from "./clock.ts";
 import { NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
 import {
@@ -164,6 +165,12 @@ export interface RaftNodeOptions {
    * broken invariant).
    */
   onFatal?: (error: unknown) => void;
+  /**
+   * Time and timers: the tick interval, the sweep of received snapshots, the back-off of writes
+   * and snapshots the disk refused. Default: the machine's clock ({@linkcode realClock}); a
+   * simulation passes a simulated one.
+   */
+  clock?: Clock;
   /** Where log lines go. Default: console. */
   logger?: Pick<Console, "info" | "warn" | "error" | "debug">;
 }
@@ -265,11 +272,12 @@ export class RaftNode implements KvBackend {
   readonly #transport: Transport;
   readonly #members: Map<NodeId, Member>;
   readonly #heartbeatMs: number;
+  readonly #clock: Clock;
   readonly #onFatal: (e: unknown) => void;
   readonly #log: Pick<Console, "info" | "warn" | "error" | "debug">;
 
-  #timer: ReturnType<typeof setInterval> | undefined;
-  #sweepTimer: ReturnType<typeof setInterval> | undefined;
+  #stopTicking: Cancel | undefined;
+  #stopSweeping: Cancel | undefined;
   readonly #receivedSweepMs: number;
   /** Received snapshots being written by uploads in progress, by {@linkcode _key}. */
   readonly #uploads = new Map<string, SnapshotId>();
@@ -299,7 +307,7 @@ export class RaftNode implements KvBackend {
   readonly #catchUpEntries: number;
   /** Bytes appended to the log since the last snapshot began (see snapshotThresholdBytes). */
   #logBytes = 0;
-  /** No snapshot starts before this time (performance.now()), after one the disk refused. */
+  /** No snapshot starts before this time (the node's clock), after one the disk refused. */
   #snapshotRetryAt = 0;
   #snapshotting = false;
   #snapshotTask: Promise<void> = Promise.resolve();
@@ -322,6 +330,7 @@ export class RaftNode implements KvBackend {
     this.#storage = options.storage;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
     this.#heartbeatMs = options.heartbeatMs ?? 100;
+    this.#clock = options.clock ?? realClock;
     const electionTicks = Math.max(
       2,
       Math.round((options.electionTimeoutMs ?? 1000) / this.#heartbeatMs),
@@ -362,12 +371,12 @@ export class RaftNode implements KvBackend {
 
   /** Starts ticking. A single-member cluster elects itself at once. */
   start(): void {
-    this.#tickOrigin = performance.now();
-    this.#timer = setInterval(() => {
+    this.#tickOrigin = this.#clock.now();
+    this.#stopTicking = this.#clock.every(this.#heartbeatMs, () => {
       this.#catchUpTicks();
       this.#retryWrite();
-    }, this.#heartbeatMs);
-    this.#sweepTimer = setInterval(() => this.#sweepReceived(), this.#receivedSweepMs);
+    });
+    this.#stopSweeping = this.#clock.every(this.#receivedSweepMs, () => this.#sweepReceived());
     if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
     this.#schedule();
   }
@@ -376,8 +385,8 @@ export class RaftNode implements KvBackend {
   async stop(): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
-    clearInterval(this.#timer);
-    clearInterval(this.#sweepTimer);
+    this.#stopTicking?.();
+    this.#stopSweeping?.();
     this.#failUnconfirmedReads(new StoppingError());
     for (const round of this.#readsAwaitingApply) {
       for (const r of round.reads) r.reject(new StoppingError());
@@ -565,7 +574,7 @@ export class RaftNode implements KvBackend {
    * the ticks a stalled timer missed (capped: beyond a few election timeouts more change nothing).
    */
   #catchUpTicks(): void {
-    const due = Math.floor((performance.now() - this.#tickOrigin) / this.#heartbeatMs);
+    const due = Math.floor((this.#clock.now() - this.#tickOrigin) / this.#heartbeatMs);
     if (due <= this.#ticked) return;
     const n = Math.min(due - this.#ticked, this.#maxCatchUpTicks);
     this.#ticked = due;
@@ -578,7 +587,7 @@ export class RaftNode implements KvBackend {
   /** Logs (at most once a minute) that elections are refused because the term hit MAX_TERM. */
   #warnIfTermExhausted(): void {
     const refused = this.#core.electionsRefused;
-    const now = performance.now();
+    const now = this.#clock.now();
     if (refused === this.#termWarning.refused || now - this.#termWarning.at < 60_000) return;
     this.#termWarning = { at: now, refused };
     this.#log.warn(
@@ -627,7 +636,7 @@ export class RaftNode implements KvBackend {
     if (this.#failed) return;
     this.#failed = true;
     this.#stopping = true;
-    clearInterval(this.#timer);
+    this.#stopTicking?.();
     this.#log.error("fatal:", e);
     this.#onFatal(e);
   }
@@ -817,7 +826,7 @@ export class RaftNode implements KvBackend {
 
   /** Raises the NOSPACE alarm (or backs off further if it is up): see the class doc. */
   #raiseNoSpace(e: unknown): void {
-    const now = performance.now();
+    const now = this.#clock.now();
     if (this.#noSpace) {
       this.#noSpace.delayMs = Math.min(2 * this.#noSpace.delayMs, _NOSPACE_MAX_RETRY_MS);
       this.#noSpace.retryAt = now + this.#noSpace.delayMs;
@@ -837,7 +846,7 @@ export class RaftNode implements KvBackend {
   }
 
   #clearNoSpace(): void {
-    const seconds = (performance.now() - this.#noSpace!.since) / 1000;
+    const seconds = (this.#clock.now() - this.#noSpace!.since) / 1000;
     this.#noSpace = null;
     this.#log.info(`NOSPACE cleared: the disk took the write after ${seconds.toFixed(1)} s`);
   }
@@ -846,7 +855,7 @@ export class RaftNode implements KvBackend {
   #retryWrite(): void {
     const noSpace = this.#noSpace;
     if (!noSpace || this.#writerActive || this.#failed || this.#stopping) return;
-    if (performance.now() < noSpace.retryAt) return;
+    if (this.#clock.now() < noSpace.retryAt) return;
     this.#writerActive = true;
     this.#writing = this.#writeLoop();
   }
@@ -911,11 +920,11 @@ export class RaftNode implements KvBackend {
     ) {
       return;
     }
-    if (performance.now() < this.#snapshotRetryAt) return;
+    if (this.#clock.now() < this.#snapshotRetryAt) return;
     this.#snapshotting = true;
     this.#snapshotTask = this.#takeSnapshot().catch((e) => {
       if (isNoSpace(e)) {
-        this.#snapshotRetryAt = performance.now() + _NOSPACE_MAX_RETRY_MS;
+        this.#snapshotRetryAt = this.#clock.now() + _NOSPACE_MAX_RETRY_MS;
         this.#log.warn(`snapshot not written, the disk is full: ${(e as Error).message}`);
       } else if (!this.#stopping) {
         this.#fail(e);
@@ -934,7 +943,7 @@ export class RaftNode implements KvBackend {
       term: this.#core.log.term(view.index)!,
       voters: [...this.#core.voters],
     };
-    const started = performance.now();
+    const started = this.#clock.now();
     const logBytes = this.#logBytes;
     this.#storage.rollLog();
     try {
@@ -957,7 +966,7 @@ export class RaftNode implements KvBackend {
     this.#kickWriter();
     this.#log.info(
       `snapshot at index ${meta.index} (${view.count} keys) in ${
-        Math.round(performance.now() - started)
+        Math.round(this.#clock.now() - started)
       } ms`,
     );
   }
@@ -1077,7 +1086,7 @@ export class RaftNode implements KvBackend {
       const removed = await this.#storage.sweepReceived(
         this.#neededReceived(),
         this.#receivedSweepMs,
-        performance.now(),
+        this.#clock.now(),
       );
       for (const name of removed) this.#log.info(`removed stale received snapshot ${name}`);
     } catch (e) {
