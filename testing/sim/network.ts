@@ -21,22 +21,13 @@ import {
 import { PeerValidator } from "../../src/raft/validate.ts";
 import { decodeCommand } from "../../src/kv/state_machine.ts";
 import type { NodeClock } from "./node_clock.ts";
+import type { FaultOptions, SimulationStats } from "./simulator.ts";
 
-/** The network's share of the fault mix (see `FaultOptions` in the simulator). */
-export interface NetworkFaults {
-  /** Probability that a batch is lost. */
-  dropRate: number;
-  /** Probability that a batch is delivered twice. */
-  duplicateRate: number;
-  /** Shortest delay. */
-  minDelayMs: number;
-  /** Longest ordinary delay. */
-  maxDelayMs: number;
-  /** Probability that a batch is held back by up to `slowDelayMs` more (reordering). */
-  slowRate: number;
-  /** The longest extra delay of a slow batch. */
-  slowDelayMs: number;
-}
+/** The network's share of the fault mix. */
+export type NetworkFaults = Pick<
+  FaultOptions,
+  "dropRate" | "duplicateRate" | "minDelayMs" | "maxDelayMs" | "slowRate" | "slowDelayMs"
+>;
 
 /** What the network needs from the simulation. */
 export interface NetworkHost {
@@ -52,21 +43,16 @@ export interface NetworkHost {
   violation(check: "peer-refusal" | "node-error", detail: string): void;
 }
 
-/** Counters of the network. */
-export interface NetworkStats {
-  /** Messages handed to the network. */
-  messagesSent: number;
-  /** Messages lost (randomly, to a partition or to a down node). */
-  messagesDropped: number;
-  /** Messages delivered twice. */
-  messagesDuplicated: number;
-  /** Snapshot transfers started. */
-  snapshotsSent: number;
-  /** Transfers that failed (the sender was told). */
-  snapshotSendsFailed: number;
-  /** Snapshots the receiver stored and accepted. */
-  snapshotsReceived: number;
-}
+/** The network's counters (see `SimulationStats`). */
+export type NetworkStats = Pick<
+  SimulationStats,
+  | "messagesSent"
+  | "messagesDropped"
+  | "messagesDuplicated"
+  | "snapshotsSent"
+  | "snapshotSendsFailed"
+  | "snapshotsReceived"
+>;
 
 interface _Endpoint {
   id: NodeId;
