@@ -14,7 +14,6 @@
  */
 
 import { RaftCore } from "../raft/raft.ts";
-import { type Cancel, type Clock, realClock } from "./clock.ts";
 import { NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
 import {
@@ -56,6 +55,7 @@ import {
 import { encodeSnapshot } from "../storage/snapshot_file.ts";
 import { CorruptFileError, isNoSpace } from "../storage/errors.ts";
 import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
+import { type Cancel, type Clock, realClock } from "./clock.ts";
 
 /** Names a snapshot: the last log index it covers and the term of that entry. */
 export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
@@ -142,6 +142,11 @@ export interface RaftNodeOptions {
   electionTimeoutMs?: number;
   /** Seed for the election jitter. Default: random. */
   seed?: number;
+  /**
+   * The time and timers the node runs on: ticks, the disk-full retry back-off, snapshot retry
+   * pauses and the received-snapshot sweep. Default {@linkcode realClock}.
+   */
+  clock?: Clock;
   /** Applied entries between snapshots. Default 10000. */
   snapshotThreshold?: number;
   /**
@@ -165,12 +170,6 @@ export interface RaftNodeOptions {
    * broken invariant).
    */
   onFatal?: (error: unknown) => void;
-  /**
-   * Time and timers: the tick interval, the sweep of received snapshots, the back-off of writes
-   * and snapshots the disk refused. Default: the machine's clock ({@linkcode realClock}); a
-   * simulation passes a simulated one.
-   */
-  clock?: Clock;
   /** Where log lines go. Default: console. */
   logger?: Pick<Console, "info" | "warn" | "error" | "debug">;
 }
@@ -272,12 +271,12 @@ export class RaftNode implements KvBackend {
   readonly #transport: Transport;
   readonly #members: Map<NodeId, Member>;
   readonly #heartbeatMs: number;
-  readonly #clock: Clock;
   readonly #onFatal: (e: unknown) => void;
   readonly #log: Pick<Console, "info" | "warn" | "error" | "debug">;
 
-  #stopTicking: Cancel | undefined;
-  #stopSweeping: Cancel | undefined;
+  readonly #clock: Clock;
+  #cancelTicks: Cancel | undefined;
+  #cancelSweep: Cancel | undefined;
   readonly #receivedSweepMs: number;
   /** Received snapshots being written by uploads in progress, by {@linkcode _key}. */
   readonly #uploads = new Map<string, SnapshotId>();
@@ -307,7 +306,7 @@ export class RaftNode implements KvBackend {
   readonly #catchUpEntries: number;
   /** Bytes appended to the log since the last snapshot began (see snapshotThresholdBytes). */
   #logBytes = 0;
-  /** No snapshot starts before this time (the node's clock), after one the disk refused. */
+  /** No snapshot starts before this time (on the clock), after one the disk refused. */
   #snapshotRetryAt = 0;
   #snapshotting = false;
   #snapshotTask: Promise<void> = Promise.resolve();
@@ -328,9 +327,9 @@ export class RaftNode implements KvBackend {
   constructor(options: RaftNodeOptions) {
     this.id = options.id;
     this.#storage = options.storage;
+    this.#clock = options.clock ?? realClock;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
     this.#heartbeatMs = options.heartbeatMs ?? 100;
-    this.#clock = options.clock ?? realClock;
     const electionTicks = Math.max(
       2,
       Math.round((options.electionTimeoutMs ?? 1000) / this.#heartbeatMs),
@@ -372,11 +371,11 @@ export class RaftNode implements KvBackend {
   /** Starts ticking. A single-member cluster elects itself at once. */
   start(): void {
     this.#tickOrigin = this.#clock.now();
-    this.#stopTicking = this.#clock.every(this.#heartbeatMs, () => {
+    this.#cancelTicks = this.#clock.every(this.#heartbeatMs, () => {
       this.#catchUpTicks();
       this.#retryWrite();
     });
-    this.#stopSweeping = this.#clock.every(this.#receivedSweepMs, () => this.#sweepReceived());
+    this.#cancelSweep = this.#clock.every(this.#receivedSweepMs, () => this.#sweepReceived());
     if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
     this.#schedule();
   }
@@ -385,8 +384,8 @@ export class RaftNode implements KvBackend {
   async stop(): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
-    this.#stopTicking?.();
-    this.#stopSweeping?.();
+    this.#cancelTicks?.();
+    this.#cancelSweep?.();
     this.#failUnconfirmedReads(new StoppingError());
     for (const round of this.#readsAwaitingApply) {
       for (const r of round.reads) r.reject(new StoppingError());
@@ -636,7 +635,8 @@ export class RaftNode implements KvBackend {
     if (this.#failed) return;
     this.#failed = true;
     this.#stopping = true;
-    this.#stopTicking?.();
+    this.#cancelTicks?.();
+    this.#cancelSweep?.();
     this.#log.error("fatal:", e);
     this.#onFatal(e);
   }

@@ -8,6 +8,8 @@ import { NoSpaceError, NotAppliedError, OutcomeUnknownError } from "./backend.ts
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
 import { encodeSnapshot, listSnapshots } from "../storage/snapshot_file.ts";
+import { SimClock } from "../../testing/sim_clock.ts";
+import { SimFileSystem } from "../../testing/sim_fs.ts";
 
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -649,4 +651,64 @@ Deno.test("large values trigger snapshots by log bytes long before the entry thr
     await node.stop();
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("nodes on a simulated clock and disk tick only as the clock advances, then elect a leader", async () => {
+  const clock = new SimClock();
+  const fs = new SimFileSystem();
+  const net = new MemoryNetwork();
+  const members = IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` }));
+  const nodes: RaftNode[] = [];
+  for (const [i, id] of IDS.entries()) {
+    const storage = await openDiskStorage({
+      walDir: `/${id}/wal`,
+      raftStatePath: `/${id}/raft-state.json`,
+      logMetadataPath: `/${id}/log-metadata.json`,
+      snapshotDir: `/${id}/snapshots`,
+    }, { fs });
+    nodes.push(
+      new RaftNode({
+        id,
+        members,
+        storage,
+        clock,
+        // Minutes of simulated time: on the real clock no leader could be elected in time.
+        heartbeatMs: 10_000,
+        electionTimeoutMs: 100_000,
+        seed: 70 + i,
+        logger: SILENT,
+        transport: (h) => net.connect(id, h),
+      }),
+    );
+  }
+  try {
+    for (const n of nodes) n.start();
+    // Election timeouts are at least 10 ticks: 9 ticks of simulated time start no election,
+    // however long the machine takes over them.
+    for (let t = 0; t < 9; t++) {
+      clock.advance(10_000);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.deepEqual(nodes.map((n) => n.status().term), [0, 0, 0]);
+    assert.equal(leaderOf(nodes), undefined);
+    const end = performance.now() + 10_000;
+    while (leaderOf(nodes)?.isReady() !== true) {
+      assert.ok(performance.now() < end, "no leader after 10 s of real time");
+      clock.advance(10_000);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    const leader = leaderOf(nodes)!;
+    let written = false;
+    const put = leader.put("k", "v", signal()).finally(() => written = true);
+    while (!written) {
+      assert.ok(performance.now() < end, "the write did not commit");
+      clock.advance(10_000);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await put;
+    assert.equal(await leader.get("k", "stale", signal()), "v");
+  } finally {
+    for (const n of nodes) await n.stop();
+  }
+  assert.equal(clock.pending, 0, "stopping cancelled every timer");
 });
