@@ -76,7 +76,7 @@ function _assertExercised(totals: Record<string, number>, keys: (keyof Simulatio
 
 Deno.test("three-node clusters of real nodes lose no acknowledged write and stay linearizable under every fault mix", async () => {
   const { failures, totals } = await _runSeeds(
-    _range(1, 60),
+    _range(1, 150),
     (seed) => ({ seed, nodes: 3, durationMs: 10_000 }),
   );
   assert.equal(failures.length, 0, _describe(failures));
@@ -93,12 +93,12 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "messagesDuplicated",
     "snapshotsTaken",
   ]);
-  assert.ok(totals.elections! > 60, `only ${totals.elections} elections in 60 runs`);
+  assert.ok(totals.elections! > 150, `only ${totals.elections} elections in 150 runs`);
 });
 
 Deno.test("five-node clusters of real nodes lose no acknowledged write and stay linearizable under every fault mix", async () => {
   const { failures, totals } = await _runSeeds(
-    _range(10_001, 30),
+    _range(10_001, 80),
     (seed) => ({ seed, nodes: 5, durationMs: 10_000 }),
   );
   assert.equal(failures.length, 0, _describe(failures));
@@ -108,7 +108,7 @@ Deno.test("five-node clusters of real nodes lose no acknowledged write and stay 
 Deno.test("snapshots, log compaction and snapshot transfers keep every check under every fault mix", async () => {
   // Small thresholds and few catch-up entries: followers just behind need a snapshot. One seed in
   // three runs crash-heavy with slow disks, so that crashes land inside installs.
-  const { failures, totals } = await _runSeeds(_range(30_001, 40), (seed) => ({
+  const { failures, totals } = await _runSeeds(_range(30_001, 100), (seed) => ({
     seed,
     nodes: seed % 2 === 0 ? 5 : 3,
     durationMs: 8_000,
@@ -129,7 +129,7 @@ Deno.test("snapshots, log compaction and snapshot transfers keep every check und
 });
 
 Deno.test("lease reads stay linearizable under every fault mix", async () => {
-  const { failures, totals } = await _runSeeds(_range(20_001, 15), (seed) => ({
+  const { failures, totals } = await _runSeeds(_range(20_001, 40), (seed) => ({
     seed,
     nodes: seed % 2 === 0 ? 3 : 5,
     durationMs: 8_000,
@@ -140,7 +140,7 @@ Deno.test("lease reads stay linearizable under every fault mix", async () => {
 });
 
 Deno.test("lease reads stay linearizable when a paused leader resumes after being replaced", async () => {
-  const { failures, totals } = await _runSeeds(_range(60, 15), (seed) => ({
+  const { failures, totals } = await _runSeeds(_range(60, 40), (seed) => ({
     seed,
     nodes: 3,
     durationMs: 8_000,
