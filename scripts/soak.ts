@@ -1,6 +1,7 @@
 /**
- * Soak test: runs the deterministic cluster simulator (`tests/sim/simulator.ts`) over many seeds,
- * or replays one seed with its full event trace.
+ * Soak test: runs the deterministic cluster simulation (`testing/sim/simulator.ts`: the real node,
+ * storage and recovery code on a simulated disk, clock and network) over many seeds, or replays
+ * one seed with its full trace.
  *
  * ```sh
  * deno run -A scripts/soak.ts --seeds 10000 [--start 1] [--nodes 3|5|mixed] [--duration-ms N] [--jobs 2]
@@ -12,8 +13,7 @@
  * consistency, `--snapshot-threshold N` takes a snapshot every N applied entries (0: never; `on`:
  * a threshold drawn per seed from 20, 50 and 200, with the seed's catch-up entries; default: drawn
  * per seed, off for about a quarter of the seeds), `--catch-up-entries N` keeps N entries before a
- * snapshot, `--model-fix <name>,...` models a proposed fix of a bug found in src/ (see `ModelFix`
- * in the simulator), `--bug <name>` runs a deliberately broken driver (see `DriverBug`),
+ * snapshot, `--disk-fault <name>` runs on a misbehaving disk (see `DiskFault` in the simulator),
  * `--disable check,...` switches checks off, `--no-trace` replays without the trace.
  *
  * Prints progress and a summary; exits with status 1 if any seed fails.
@@ -25,26 +25,23 @@ import { parseArgs } from "node:util";
 import {
   type CheckName,
   DEFAULT_DURATION_MS,
-  DRIVER_BUGS,
-  type DriverBug,
+  DISK_FAULTS,
+  type DiskFault,
   type FaultOptions,
-  MODEL_FIXES,
-  type ModelFix,
   nodesForSeed,
   runSimulation,
   SimulationFailure,
   type SimulationOptions,
   snapshotDefaults,
-} from "../tests/sim/simulator.ts";
-import { runSoakSeed, type SoakReply } from "../tests/sim/soak_worker.ts";
+} from "../testing/sim/simulator.ts";
+import { runSoakSeed, type SoakReply } from "../testing/sim/soak_worker.ts";
 
 const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-reads FRACTION
-  --snapshot-threshold N|on --catch-up-entries N --model-fix ${MODEL_FIXES.join(",")}
-  --disable check,check
-  --bug ${DRIVER_BUGS.join("|")}`;
+  --snapshot-threshold N|on --catch-up-entries N --disable check,check
+  --disk-fault ${DISK_FAULTS.join("|")}`;
 
 function _int(name: string, text: string | undefined, fallback: number, min = 0): number {
   if (text === undefined) return fallback;
@@ -61,12 +58,11 @@ interface _Common {
   faults?: Partial<FaultOptions>;
   clients?: number;
   keys?: number;
-  bug?: DriverBug;
+  diskFault?: DiskFault;
   leaseReads?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
   snapshotThreshold?: number | "on";
   catchUpEntries?: number;
-  modelFixes?: ModelFix[];
   disabledChecks?: CheckName[];
 }
 
@@ -91,17 +87,16 @@ function _options(seed: number, common: _Common): SimulationOptions {
     }
     if (common.catchUpEntries !== undefined) options.catchUpEntries = common.catchUpEntries;
   }
-  if (common.modelFixes) options.modelFixes = common.modelFixes;
-  if (common.bug) options.bug = common.bug;
+  if (common.diskFault) options.diskFault = common.diskFault;
   if (common.disabledChecks) options.disabledChecks = common.disabledChecks;
   return options;
 }
 
-function _replay(seed: number, common: _Common, trace: boolean): number {
+async function _replay(seed: number, common: _Common, trace: boolean): Promise<number> {
   const options = _options(seed, common);
   if (trace) options.onTrace = (line) => console.log(line);
   try {
-    const r = runSimulation(options);
+    const r = await runSimulation(options);
     console.log(
       `\nseed ${seed}: ok (profile ${r.profile}, snapshot threshold ${r.snapshotThreshold}, ` +
         `catch-up entries ${r.catchUpEntries}, digest ${r.digest})`,
@@ -162,9 +157,9 @@ async function _soak(start: number, count: number, jobs: number, common: _Common
 
   const seeds = Array.from({ length: count }, (_, i) => start + i);
   if (jobs <= 1) {
-    for (const seed of seeds) onReply(runSoakSeed(_options(seed, common)));
+    for (const seed of seeds) onReply(await runSoakSeed(_options(seed, common)));
   } else {
-    const url = new URL("../tests/sim/soak_worker.ts", import.meta.url);
+    const url = new URL("../testing/sim/soak_worker.ts", import.meta.url);
     let next = 0;
     await Promise.all(Array.from({ length: jobs }, () =>
       new Promise<void>((resolve, reject) => {
@@ -198,7 +193,7 @@ async function _soak(start: number, count: number, jobs: number, common: _Common
 seeds run:        ${done} (${start}..${
     start + count - 1
   }), nodes ${common.nodes}, ${common.durationMs} virtual ms each${
-    common.bug ? `, DRIVER BUG ${common.bug}` : ""
+    common.diskFault ? `, DISK FAULT ${common.diskFault}` : ""
   }
 wall time:        ${wall.toFixed(1)} s with ${jobs} job(s): ${
     (wall * 1000 / done).toFixed(1)
@@ -213,16 +208,12 @@ faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures,
   } of ${t("messagesSent")} messages dropped, ${t("messagesDuplicated")} duplicated
 elections:        ${t("elections")} (max term ${maxTerm}), ${t("diskWrites")} disk writes, ${
     t("events")
-  } events
+  } steps
 snapshots:        ${t("snapshotsTaken")} taken, ${t("snapshotsSent")} sent (${
     t("snapshotSendsFailed")
-  } failed), ${t("snapshotsReceived")} received, ${t("snapshotsInstalled")} installed; ${
-    t("segmentsCompacted")
-  } WAL segments compacted
-restarts:         ${t("snapshotRestarts")} from a snapshot, ${
-    t("installsCompletedAtStartup")
-  } completing an interrupted install; snapshot threshold ${_thresholdText(common)}${
-    common.modelFixes ? `; MODELLED FIXES ${common.modelFixes.join(", ")}` : ""
+  } failed), ${t("snapshotsReceived")} received, ${t("snapshotsInstalled")} installed
+restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
+    _thresholdText(common)
   }
 profiles:         ${Object.entries(profiles).sort().map(([k, v]) => `${k} ${v}`).join(", ")}
 linearizability:  ${
@@ -249,11 +240,10 @@ async function _main(): Promise<number> {
       faults: { type: "string" },
       clients: { type: "string" },
       keys: { type: "string" },
-      bug: { type: "string" },
+      "disk-fault": { type: "string" },
       "lease-reads": { type: "string" },
       "snapshot-threshold": { type: "string" },
       "catch-up-entries": { type: "string" },
-      "model-fix": { type: "string" },
       disable: { type: "string" },
       jobs: { type: "string" },
       "no-trace": { type: "boolean" },
@@ -287,11 +277,14 @@ async function _main(): Promise<number> {
   }
   if (values.clients !== undefined) common.clients = _int("clients", values.clients, 0, 1);
   if (values.keys !== undefined) common.keys = _int("keys", values.keys, 0, 1);
-  if (values.bug !== undefined) {
-    if (!(DRIVER_BUGS as readonly string[]).includes(values.bug)) {
-      throw new RangeError(`--bug must be one of ${DRIVER_BUGS.join(", ")}`);
+  const fault = values["disk-fault"];
+  if (fault !== undefined) {
+    if (!(DISK_FAULTS as readonly string[]).includes(fault)) {
+      throw new RangeError(
+        `--disk-fault must be one of ${DISK_FAULTS.join(", ")}, got ${JSON.stringify(fault)}`,
+      );
     }
-    common.bug = values.bug as DriverBug;
+    common.diskFault = fault as DiskFault;
   }
   if (values["lease-reads"] !== undefined) {
     const rate = Number(values["lease-reads"]);
@@ -309,20 +302,11 @@ async function _main(): Promise<number> {
   if (values["catch-up-entries"] !== undefined) {
     common.catchUpEntries = _int("catch-up-entries", values["catch-up-entries"], 0);
   }
-  if (values["model-fix"] !== undefined) {
-    const fixes = values["model-fix"].split(",").filter(Boolean);
-    for (const f of fixes) {
-      if (!(MODEL_FIXES as readonly string[]).includes(f)) {
-        throw new RangeError(`--model-fix must name some of ${MODEL_FIXES.join(", ")}`);
-      }
-    }
-    common.modelFixes = fixes as ModelFix[];
-  }
   if (values.disable !== undefined) {
     common.disabledChecks = values.disable.split(",").filter(Boolean) as CheckName[];
   }
   if (values.seed !== undefined) {
-    return _replay(_int("seed", values.seed, 0), common, !values["no-trace"]);
+    return await _replay(_int("seed", values.seed, 0), common, !values["no-trace"]);
   }
   const count = _int("seeds", values.seeds, 100, 1);
   const start = _int("start", values.start, 1);

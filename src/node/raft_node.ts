@@ -26,6 +26,7 @@ import {
   type NodeId,
   NONE,
   type Ready,
+  type Role,
   type SnapshotMeta,
 } from "../raft/types.ts";
 import {
@@ -186,6 +187,31 @@ export interface RaftNodeOptions {
    * write larger than the limit can still go through alone). Default 64 MiB.
    */
   maxPendingBytes?: number;
+}
+
+/**
+ * A read-only look inside a running node, for simulations and tests that check Raft's safety
+ * properties from outside (see {@linkcode RaftNode.inspect}). Values are read when asked.
+ */
+export interface NodeInspection {
+  /** The node's role. */
+  readonly role: Role;
+  /** The current term. */
+  readonly term: number;
+  /** The known leader, or "" if none. */
+  readonly leader: NodeId;
+  /** The commit index. */
+  readonly commit: number;
+  /** The index the key-value state has applied up to. */
+  readonly applied: number;
+  /** The first index the log holds (the one after its snapshot). */
+  readonly firstIndex: number;
+  /** The last index of the log (in memory: it may not be on disk yet). */
+  readonly lastIndex: number;
+  /** The entry at `index` if the log holds it (from `firstIndex` to `lastIndex`). */
+  entry(index: number): Entry | undefined;
+  /** The applied value of `key`, as a stale read returns it. */
+  value(key: string): string | null;
 }
 
 interface Waiter {
@@ -506,6 +532,26 @@ export class RaftNode implements KvBackend {
   overloaded(): OverloadedError | null {
     if (this.#stopping || this.#core.role !== "leader" || !this.#overloaded(1)) return null;
     return this.#overloadedError();
+  }
+
+  /** A read-only look at the node's Raft state and applied data: see {@linkcode NodeInspection}. */
+  inspect(): NodeInspection {
+    const core = this.#core;
+    const log = core.log;
+    return {
+      role: core.role,
+      term: core.term,
+      leader: core.leader,
+      commit: log.committed,
+      applied: this.#kv.appliedIndex,
+      firstIndex: log.firstIndex(),
+      lastIndex: log.lastIndex(),
+      entry: (index) =>
+        index >= log.firstIndex() && index <= log.lastIndex()
+          ? log.slice(index, index + 1)[0]
+          : undefined,
+      value: (key) => this.#kv.get(key),
+    };
   }
 
   /** Whether a leader is known and everything known committed is applied here. */

@@ -1,6 +1,6 @@
 /**
- * A worker for `scripts/soak.ts --jobs N`: runs the seeds it is sent and posts back one summary
- * per seed.
+ * A worker for `scripts/soak.ts --jobs N`: runs the seeds it is sent, one at a time, and posts
+ * back one summary per seed.
  *
  * @module
  */
@@ -19,10 +19,10 @@ export type SoakReply =
   | { seed: number; ok: false; ms: number; check: string; message: string; replay: string };
 
 /** Runs one seed and summarizes it as a {@linkcode SoakReply}. */
-export function runSoakSeed(options: SimulationOptions): SoakReply {
+export async function runSoakSeed(options: SimulationOptions): Promise<SoakReply> {
   const start = performance.now();
   try {
-    const r = runSimulation(options);
+    const r = await runSimulation(options);
     return {
       seed: options.seed,
       ok: true,
@@ -55,5 +55,7 @@ interface _WorkerScope {
 
 if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
   const scope = globalThis as unknown as _WorkerScope;
-  scope.onmessage = (e) => scope.postMessage(runSoakSeed(e.data.options));
+  scope.onmessage = (e) => {
+    runSoakSeed(e.data.options).then((reply) => scope.postMessage(reply));
+  };
 }
