@@ -13,6 +13,7 @@ import {
   ENV_VARS,
   HOSTS_OVERRIDE_ENV,
   parseHostsOverride,
+  PERMISSION_FLAGS,
   readEnv,
 } from "./src/cli/env.ts";
 import { healthcheck } from "./src/cli/healthcheck.ts";
@@ -28,7 +29,14 @@ import { createPeerHandler, HttpTransport } from "./src/transport/http_transport
 /** The program's version, from deno.json (embedded at compile time). */
 export const VERSION: string = denoJson.version;
 
-export { applyHostsOverride, ENV_VARS, healthcheck, HOSTS_OVERRIDE_ENV, parseHostsOverride };
+export {
+  applyHostsOverride,
+  ENV_VARS,
+  healthcheck,
+  HOSTS_OVERRIDE_ENV,
+  parseHostsOverride,
+  PERMISSION_FLAGS,
+};
 
 /** Runs a node until SIGINT/SIGTERM; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {

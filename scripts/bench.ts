@@ -60,7 +60,7 @@
 
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { freePorts, type ProcessCluster, startCluster, waitFor } from "../tests/_harness.ts";
+import { freePorts, type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import {
   BENCH_USAGE,
   type BenchOptions,

@@ -19,7 +19,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { FAULT_KINDS, type FaultKind, randomSeed, runChaos } from "../tests/_chaos_lib.ts";
+import { FAULT_KINDS, type FaultKind, randomSeed, runChaos } from "../testing/chaos_lib.ts";
 
 const _USAGE = `usage: deno task chaos [--duration SECONDS] [--nodes N] [--seed N] [--clients N]
   [--keys N] [--snapshot-threshold N] [--lease-reads 0.3] [--faults ${

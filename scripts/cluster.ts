@@ -20,6 +20,7 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { join, resolve } from "node:path";
+import { readLines } from "../testing/read_lines.ts";
 
 /** One member of a cluster file, spelled as in the file. */
 export interface ClusterEntry {
@@ -519,27 +520,6 @@ export function bannerLines(
     `  curl ${writeUrl}/v1/status`,
     "Press Ctrl-C to stop all nodes.",
   ];
-}
-
-/**
- * Splits a byte stream into lines (without their `\n` or `\r\n`); a last line without a
- * newline is returned too.
- *
- * @param stream The stream to read to its end.
- * @returns The lines, as they arrive.
- */
-export async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  let pending = "";
-  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-    pending += chunk;
-    let newline = pending.indexOf("\n");
-    while (newline !== -1) {
-      yield pending.slice(0, newline).replace(/\r$/, "");
-      pending = pending.slice(newline + 1);
-      newline = pending.indexOf("\n");
-    }
-  }
-  if (pending !== "") yield pending.replace(/\r$/, "");
 }
 
 /**

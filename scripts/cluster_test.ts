@@ -15,13 +15,13 @@ import {
   parseClusterArgs,
   parseClusterConfig,
   prefixWidth,
-  readLines,
   shouldGenerate,
   shouldUseColor,
   urlPort,
   UsageError,
 } from "./cluster.ts";
-import { freePorts, httpRequest, waitFor } from "../tests/_harness.ts";
+import { freePorts, httpRequest, waitFor } from "../testing/harness.ts";
+import { readLines } from "../testing/read_lines.ts";
 
 const _DEFAULTS: ClusterOptions = {
   help: false,
@@ -281,15 +281,6 @@ Deno.test("bannerLines() lists the API URLs and the curl quick start", () => {
   const single = bannerLines(entries.slice(0, 1), null, "c.json").join("\n");
   assert.ok(single.includes("curl http://localhost:7777/v1/data/a"), single);
   assert.ok(!single.includes("(leader)"));
-});
-
-Deno.test("readLines() splits a byte stream into lines across chunks", async () => {
-  const encoder = new TextEncoder();
-  const chunks = ["first li", "ne\r\nsecond\n\nthi", "rd \u00e9", "\u00e8 no newline"];
-  const stream = ReadableStream.from(chunks.map((chunk) => encoder.encode(chunk)));
-  const lines = await Array.fromAsync(readLines(stream));
-  assert.deepEqual(lines, ["first line", "second", "", "third \u00e9\u00e8 no newline"]);
-  assert.deepEqual(await Array.fromAsync(readLines(ReadableStream.from<Uint8Array>([]))), []);
 });
 
 Deno.test("the tests run the launcher with the permissions of deno task cluster", () => {

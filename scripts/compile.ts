@@ -10,7 +10,7 @@
  * The binary's permissions are baked in: network (it listens and talks to peers whose addresses
  * are only known at run time), read and write (the data directory and the cluster file are only
  * known at run time too, so they cannot be narrowed to paths at compile time), and the
- * environment variables it reads ({@linkcode ENV_VARS}) and no others.
+ * environment variables it reads and no others (`PERMISSION_FLAGS` in main.ts).
  *
  * `deno compile` downloads the `denort` runtime of the running Deno version for each target from
  * dl.deno.land (and caches it in `$DENO_DIR/dl`). Without access to it, set `DENORT_BIN` to a
@@ -21,7 +21,7 @@
  * @module
  */
 
-import { ENV_VARS } from "../main.ts";
+import { PERMISSION_FLAGS } from "../main.ts";
 
 /** The targets `--all` builds. */
 export const TARGETS: readonly string[] = [
@@ -29,15 +29,6 @@ export const TARGETS: readonly string[] = [
   "aarch64-unknown-linux-gnu",
   "x86_64-apple-darwin",
   "aarch64-apple-darwin",
-];
-
-/** The permissions baked into the binary: exactly what the node needs. */
-export const PERMISSION_FLAGS: readonly string[] = [
-  "--allow-net",
-  // The data paths and the cluster file are only known at run time.
-  "--allow-read",
-  "--allow-write",
-  `--allow-env=${ENV_VARS.join(",")}`,
 ];
 
 /** The message printed when `deno compile` could not download the `denort` runtime. */

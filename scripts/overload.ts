@@ -57,7 +57,7 @@
 
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { type ProcessCluster, startCluster, waitFor } from "../tests/_harness.ts";
+import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { parseProcStatusKb } from "./bench_lib.ts";
 
 const _encoder = new TextEncoder();

@@ -1,5 +1,5 @@
 /**
- * Peer-protocol fuzz run against a live three-node cluster (see `tests/_peer_fuzz_runner.ts`):
+ * Peer-protocol fuzz run against a live three-node cluster (see `testing/peer_fuzz_runner.ts`):
  * generated hostile peer requests (well-framed messages with extreme fields, mutated and random
  * bytes, wrong endpoints, methods and headers) to every node's peer port while clients write
  * and read through the API; then every node is stopped with SIGTERM and started again, and the
@@ -19,9 +19,9 @@
  */
 
 import { parseArgs } from "node:util";
-import { randomSeed } from "../tests/_chaos_lib.ts";
-import { FUZZ_CATEGORIES, type FuzzCategory } from "../tests/_peer_fuzz_lib.ts";
-import { runPeerFuzz } from "../tests/_peer_fuzz_runner.ts";
+import { randomSeed } from "../testing/chaos_lib.ts";
+import { FUZZ_CATEGORIES, type FuzzCategory } from "../testing/peer_fuzz_lib.ts";
+import { runPeerFuzz } from "../testing/peer_fuzz_runner.ts";
 
 const _USAGE = `usage: deno task fuzz:peer [--messages N] [--seed N] [--concurrency N] [--clients N]
   [--keys N] [--max-minutes N] [--categories ${FUZZ_CATEGORIES.join(",")}] [--keep-going]

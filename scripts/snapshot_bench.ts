@@ -38,7 +38,7 @@
 
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { httpRequest, type ProcessCluster, startCluster, waitFor } from "../tests/_harness.ts";
+import { httpRequest, type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { describeCode } from "./bench.ts";
 import {
   formatBytes,

@@ -13,7 +13,6 @@ const ALLOWED: Record<string, string[]> = {
   util: [],
   raft: [],
   kv: ["util"],
-  check: ["util"],
   cli: ["util"],
   storage: ["raft", "util"],
   transport: ["raft", "util"],

@@ -1,12 +1,12 @@
 /**
  * Faults against real node processes whose peer links go through TCP proxies (see
- * `tests/_chaos_lib.ts`): two targeted partition tests, then a one-minute chaos run (longer runs:
+ * `testing/chaos_lib.ts`): two targeted partition tests, then a one-minute chaos run (longer runs:
  * `deno task chaos --duration 300`). Set `CHAOS_SEED` to replay the chaos run's schedule.
  */
 
 import assert from "node:assert/strict";
-import { waitFor } from "./_harness.ts";
-import { ChaosCluster, randomSeed, runChaos } from "./_chaos_lib.ts";
+import { waitFor } from "../testing/harness.ts";
+import { ChaosCluster, randomSeed, runChaos } from "../testing/chaos_lib.ts";
 
 const _MODES = ["drop", "refuse"] as const;
 

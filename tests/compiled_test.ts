@@ -1,7 +1,8 @@
 /**
  * The shipped program: `--version`, the `healthcheck` subcommand the container image uses, the
- * compile task's explanation of a missing `denort` runtime, and (where a `denort` is available
- * through DENORT_BIN) the compiled binary running the README's quick start as a 3-node cluster.
+ * permissions baked into the binary, and (where a `denort` is available through DENORT_BIN) the
+ * compiled binary running the README's quick start as a 3-node cluster. The compile task's own
+ * errors are tested beside it (scripts/compile_test.ts).
  *
  * Processes run with the permissions baked into the binary (PERMISSION_FLAGS), so a variable
  * read outside the `--allow-env` list fails here too.
@@ -10,11 +11,7 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import denoJson from "../deno.json" with { type: "json" };
-import {
-  classifyCompileFailure,
-  DENORT_UNREACHABLE_MESSAGE,
-  PERMISSION_FLAGS,
-} from "../scripts/compile.ts";
+import { PERMISSION_FLAGS } from "../main.ts";
 import {
   buildClusterConfig,
   freePort,
@@ -22,11 +19,10 @@ import {
   httpRequest,
   waitFor,
   writeClusterFile,
-} from "./_harness.ts";
+} from "../testing/harness.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
-const HOST = Deno.build.target;
 
 interface Output {
   code: number;
@@ -124,66 +120,9 @@ Deno.test("healthcheck exits 0 only for a 200 within 2 seconds", async () => {
   }
 });
 
-// ---- the compile task ---------------------------------------------------------------------------
+// ---- the binary's permissions ----------------------------------------------------------------
 
-/** Real `deno compile` 2.9.6 output, captured without network access. */
-const SAMPLES = {
-  noDns: `Check main.ts
-Compile main.ts to dist/raftkv
-Download https://dl.deno.land/release/v2.9.6/denort-x86_64-unknown-linux-gnu.zip
-error: Writing deno compile executable to temporary file 'dist/raftkv.tmp-d49e41e646eb805a'
-
-Caused by:
-    0: Setting up base binary.
-    1: error sending request for url (https://dl.deno.land/release/v2.9.6/denort-x86_64-unknown-linux-gnu.zip): client error (Connect): dns error: failed to lookup address information: Name or service not known
-    2: client error (Connect)
-    3: dns error
-    4: failed to lookup address information: Name or service not known
-`,
-  refused: `Download https://dl.deno.land/release/v2.9.6/denort-aarch64-apple-darwin.zip
-error: Writing deno compile executable to temporary file 'dist/raftkv-aarch64-apple-darwin.tmp-1'
-
-Caused by:
-    0: Setting up base binary.
-    1: error sending request for url (https://dl.deno.land/release/v2.9.6/denort-aarch64-apple-darwin.zip): client error (Connect): tcp connect error: Connection refused (os error 111)
-`,
-  missingDenort: `\x1b[0m\x1b[32mCompile\x1b[0m main.ts to dist/raftkv
-\x1b[0m\x1b[1m\x1b[31merror\x1b[0m: Writing deno compile executable to temporary file 'dist/raftkv.tmp-5a11'
-
-Caused by:
-    0: Could not find denort at '/opt/denort'
-    1: No such file or directory (os error 2)
-`,
-  typeError: `Check main.ts
-TS2322 [ERROR]: Type 'string' is not assignable to type 'number'.
-error: Type checking failed.
-`,
-};
-
-Deno.test("compile: classifies a failed denort download and a wrong DENORT_BIN", () => {
-  const host = { target: "x86_64-unknown-linux-gnu", hostTarget: "x86_64-unknown-linux-gnu" };
-  const context = { ...host, denoVersion: "2.9.6" };
-  assert.equal(classifyCompileFailure(SAMPLES.noDns, context), DENORT_UNREACHABLE_MESSAGE);
-  assert.equal(classifyCompileFailure(SAMPLES.refused, context), DENORT_UNREACHABLE_MESSAGE);
-  assert.match(DENORT_UNREACHABLE_MESSAGE, /dl\.deno\.land.*unreachable.*DENORT_BIN=/);
-
-  const cross = classifyCompileFailure(SAMPLES.refused, {
-    ...context,
-    target: "aarch64-apple-darwin",
-  });
-  assert.ok(cross?.startsWith(DENORT_UNREACHABLE_MESSAGE), cross ?? "null");
-  assert.match(cross ?? "", /only the host target/);
-  assert.match(cross ?? "", /denort-aarch64-apple-darwin\.zip/);
-
-  const missing = classifyCompileFailure(SAMPLES.missingDenort, context);
-  assert.match(missing ?? "", /^DENORT_BIN=\/opt\/denort is not a readable file/);
-  assert.match(missing ?? "", /Deno 2\.9\.6/);
-
-  assert.equal(classifyCompileFailure(SAMPLES.typeError, context), null);
-  assert.equal(classifyCompileFailure("", context), null);
-});
-
-Deno.test("compile: bakes in only the permissions the node needs", async () => {
+Deno.test("the binary has only the permissions the node needs", async () => {
   assert.deepEqual(PERMISSION_FLAGS.slice(0, 3), ["--allow-net", "--allow-read", "--allow-write"]);
   const env = PERMISSION_FLAGS[3] ?? "";
   assert.match(env, /^--allow-env=RAFTKV_[A-Z0-9_]+(,[A-Z0-9_]+)+$/);
@@ -195,52 +134,6 @@ Deno.test("compile: bakes in only the permissions the node needs", async () => {
   const { code, stderr } = await runMain([], cleanEnv({ RAFTKV_JOIN_MODE: "k8s" }));
   assert.equal(code, 2, stderr);
   assert.match(stderr, /Missing the replica count/);
-});
-
-Deno.test("compile task: a missing DENORT_BIN file is named in the error", async () => {
-  const out = await Deno.makeTempDir({ prefix: "raftkv-compile-" });
-  try {
-    const denort = `${out}/no-such-denort`;
-    const result = await run(
-      Deno.execPath(),
-      ["task", "compile", "--out-dir", out],
-      cleanEnv({ DENORT_BIN: denort }),
-    );
-    assert.equal(result.code, 1, result.stderr);
-    assert.ok(
-      result.stderr.includes(
-        `compile: ${HOST} failed: DENORT_BIN=${denort} is not a readable file`,
-      ),
-      result.stderr,
-    );
-    assert.deepEqual([...Deno.readDirSync(out)], [], "nothing is left behind");
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
-});
-
-Deno.test("compile task: an unreachable dl.deno.land gets the clear message", async () => {
-  // A fresh DENO_DIR has no cached denort, and a proxy on a closed port fails the download the
-  // same way an unreachable network does, without sending anything off this machine. The task's
-  // command runs without `deno task`, which would first try to cache the lockfile's npm packages
-  // (the tests' YAML parser) into the fresh DENO_DIR through that proxy.
-  const [deno, ...task] = denoJson.tasks.compile.split(" ");
-  assert.equal(deno, "deno");
-  const dir = await Deno.makeTempDir({ prefix: "raftkv-compile-" });
-  try {
-    const result = await run(
-      Deno.execPath(),
-      [...task, "--out-dir", `${dir}/out`],
-      cleanEnv({ DENO_DIR: `${dir}/deno-dir`, HTTPS_PROXY: `http://127.0.0.1:${freePort()}` }),
-    );
-    assert.equal(result.code, 1, result.stderr);
-    assert.ok(
-      result.stderr.includes(`compile: ${HOST} failed: ${DENORT_UNREACHABLE_MESSAGE}`),
-      result.stderr,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 });
 
 // ---- the compiled binary ------------------------------------------------------------------------

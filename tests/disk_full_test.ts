@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type HttpResult, type ProcessCluster, startCluster, waitFor } from "./_harness.ts";
+import { type HttpResult, type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 
 const SKIP = Deno.build.os !== "linux"
   ? `mounting a tmpfs needs Linux, not ${Deno.build.os}`

@@ -4,8 +4,14 @@
  */
 
 import assert from "node:assert/strict";
-import { type ProcessCluster, startCluster, waitFor } from "./_harness.ts";
-import { type Attempt, attempt, createFreshConnectionClient, delay, Rng } from "./_chaos_lib.ts";
+import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import {
+  type Attempt,
+  attempt,
+  createFreshConnectionClient,
+  delay,
+  Rng,
+} from "../testing/chaos_lib.ts";
 
 /** How a write ended, from the client's point of view. */
 type WriteOutcome =

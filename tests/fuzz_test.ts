@@ -10,8 +10,8 @@
  */
 
 import assert from "node:assert/strict";
-import { type NodeStatus, type ProcessCluster, startCluster, waitFor } from "./_harness.ts";
-import { Rng } from "./_chaos_lib.ts";
+import { type NodeStatus, type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { Rng } from "../testing/chaos_lib.ts";
 
 const MAX_KEY_BYTES = 1024;
 const MAX_VALUE_BYTES = 1024 * 1024;

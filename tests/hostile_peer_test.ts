@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type ProcessCluster, startCluster, waitFor } from "./_harness.ts";
+import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import {
   type Entry,

@@ -16,10 +16,14 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { parseAllDocuments } from "yaml";
-import { applyHostsOverride, HOSTS_OVERRIDE_ENV, parseHostsOverride } from "../main.ts";
-import { PERMISSION_FLAGS } from "../scripts/compile.ts";
+import {
+  applyHostsOverride,
+  HOSTS_OVERRIDE_ENV,
+  parseHostsOverride,
+  PERMISSION_FLAGS,
+} from "../main.ts";
 import { derivePeersForK8s } from "../src/cli/k8s.ts";
-import { freePorts, httpRequest, type HttpResult, waitFor } from "./_harness.ts";
+import { freePorts, httpRequest, type HttpResult, waitFor } from "../testing/harness.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));

@@ -21,7 +21,7 @@ import {
   startCluster,
   waitFor,
   writeClusterFile,
-} from "./_harness.ts";
+} from "../testing/harness.ts";
 
 const MAX_INFLIGHT = 6;
 const MAX_PENDING = 4;

@@ -1,6 +1,6 @@
 /**
  * Hostile peer traffic: the generator's own rules (pure, fast), then a short fuzz run against a
- * live three-node cluster under a write load (`tests/_peer_fuzz_runner.ts`; the long run is
+ * live three-node cluster under a write load (`testing/peer_fuzz_runner.ts`; the long run is
  * `deno task fuzz:peer --messages 100000`).
  *
  * Set `PEER_FUZZ_SEED` to replay the live run, `PEER_FUZZ_MESSAGES` to change its length.
@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { decodeMessages } from "../src/transport/codec.ts";
 import { MAX_TERM, type Message, message, MessageType } from "../src/raft/types.ts";
-import { randomSeed } from "./_chaos_lib.ts";
+import { randomSeed } from "../testing/chaos_lib.ts";
 import {
   ABSURD_TERM,
   FUZZ_CATEGORIES,
@@ -19,8 +19,8 @@ import {
   isForgeable,
   type PeerRequest,
   PLAUSIBLE_RISE,
-} from "./_peer_fuzz_lib.ts";
-import { runPeerFuzz } from "./_peer_fuzz_runner.ts";
+} from "../testing/peer_fuzz_lib.ts";
+import { runPeerFuzz } from "../testing/peer_fuzz_runner.ts";
 
 const _MEMBERS = ["node-1", "node-2", "node-3"];
 

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { startCluster, waitFor } from "./_harness.ts";
+import { startCluster, waitFor } from "../testing/harness.ts";
 
 const KEYS = 2_000;
 const WRITES = 20_000;

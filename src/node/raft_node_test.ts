@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { NotLeaderError } from "../raft/errors.ts";
-import { MemoryNetwork } from "../transport/memory_transport.ts";
+import { MemoryNetwork } from "../../testing/memory_transport.ts";
 import { PeerRefusedError, type TransportHandlers } from "../transport/transport.ts";
 import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
 import { encodeCommand } from "../kv/state_machine.ts";

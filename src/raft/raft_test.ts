@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { entriesWithTerms, TestCluster } from "./_test_cluster.ts";
+import { entriesWithTerms, TestCluster } from "../../testing/raft_cluster.ts";
 import { NotLeaderError } from "./errors.ts";
 import { RaftCore } from "./raft.ts";
 import { seededRandom } from "./rand.ts";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
 import { CODEC_MAGIC, decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
-import { sampleMessage } from "./transport_conformance.ts";
+import { sampleMessage } from "../../testing/transport_conformance.ts";
 
 const _TYPES = Object.values(MessageType).filter((v): v is MessageType => typeof v === "number");
 

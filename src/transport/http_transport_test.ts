@@ -10,7 +10,11 @@ import {
   type HttpTransportOptions,
   MESSAGE_HEADER,
 } from "./http_transport.ts";
-import { Condition, sampleMessage, testTransportConformance } from "./transport_conformance.ts";
+import {
+  Condition,
+  sampleMessage,
+  testTransportConformance,
+} from "../../testing/transport_conformance.ts";
 import { PeerRefusedError, type TransportHandlers } from "./transport.ts";
 
 /** Options that keep failure tests short. */

@@ -10,8 +10,8 @@
  */
 
 import assert from "node:assert/strict";
-import { EntryType, type Message, MessageType, type NodeId } from "../raft/types.ts";
-import type { Transport, TransportHandlers } from "./transport.ts";
+import { EntryType, type Message, MessageType, type NodeId } from "../src/raft/types.ts";
+import type { Transport, TransportHandlers } from "../src/transport/transport.ts";
 
 /** A live node of a conformance cluster: what its transport must deliver to. */
 export interface ConformanceNode {

@@ -24,7 +24,7 @@ import {
   describeHistory,
   type Operation,
   type OperationKind,
-} from "../src/check/linearizability.ts";
+} from "./linearizability.ts";
 import { seededRandom } from "../src/raft/rand.ts";
 import {
   buildClusterConfig,
@@ -34,8 +34,8 @@ import {
   ProcessCluster,
   waitFor,
   writeClusterFile,
-} from "./_harness.ts";
-import { type LinkMode, LinkProxy } from "./_proxy.ts";
+} from "./harness.ts";
+import { type LinkMode, LinkProxy } from "./proxy.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Randomness.

@@ -45,7 +45,7 @@
 import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
 import { type Entry, EntryType, MAX_TERM, type Message, MessageType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
-import { Rng } from "./_chaos_lib.ts";
+import { Rng } from "./chaos_lib.ts";
 import { utf8Length as _utf8Length } from "../src/util/utf8.ts";
 
 /** What the generator knows about the node a request goes to. */

@@ -24,9 +24,9 @@
  * @module
  */
 
-import { type Message, MessageType, type NodeId } from "../raft/types.ts";
-import { decodeMessages, encodeMessages } from "./codec.ts";
-import type { Transport, TransportHandlers } from "./transport.ts";
+import { type Message, MessageType, type NodeId } from "../src/raft/types.ts";
+import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
+import type { Transport, TransportHandlers } from "../src/transport/transport.ts";
 
 /** Options for {@linkcode MemoryNetwork}. */
 export interface MemoryNetworkOptions {

@@ -1,8 +1,8 @@
 /**
  * The peer-protocol fuzz run: a live three-node cluster (real processes on free ports, through
- * `tests/_harness.ts`) takes a client write load (the chaos run's workload, with its history)
+ * `testing/harness.ts`) takes a client write load (the chaos run's workload, with its history)
  * while every node's peer port receives generated hostile requests
- * (`tests/_peer_fuzz_lib.ts`). Then every node is stopped with SIGTERM and started again on its
+ * (`testing/peer_fuzz_lib.ts`). Then every node is stopped with SIGTERM and started again on its
  * data, and the checks run: no node stopped during the fuzz, each stopped cleanly and came back
  * ready, every acknowledged write is still readable, and the history is linearizable.
  *
@@ -25,8 +25,8 @@ import {
   runClient,
   type Workload,
   type WorkloadCheck,
-} from "./_chaos_lib.ts";
-import { type ProcessCluster, startCluster, waitFor } from "./_harness.ts";
+} from "./chaos_lib.ts";
+import { type ProcessCluster, startCluster, waitFor } from "./harness.ts";
 import {
   ABSURD_TERM,
   describeNumber,
@@ -36,7 +36,7 @@ import {
   type FuzzTarget,
   generatePeerRequest,
   type PeerRequest,
-} from "./_peer_fuzz_lib.ts";
+} from "./peer_fuzz_lib.ts";
 
 /** Options of {@linkcode runPeerFuzz}. */
 export interface PeerFuzzOptions {

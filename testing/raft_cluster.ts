@@ -1,12 +1,12 @@
 /**
  * A tiny synchronous in-memory cluster for the core's unit tests: ticks by hand, delivers
- * messages in order, persists instantly. (The full fault-injecting simulator lives in tests/.)
+ * messages in order, persists instantly. (The simulation of whole nodes, with faults, is in testing/sim/.)
  *
  * @module
  */
 
-import { type RaftConfig, RaftCore } from "./raft.ts";
-import { seededRandom } from "./rand.ts";
+import { type RaftConfig, RaftCore } from "../src/raft/raft.ts";
+import { seededRandom } from "../src/raft/rand.ts";
 import {
   type Entry,
   EntryType,
@@ -14,7 +14,7 @@ import {
   type Message,
   MessageType,
   type NodeId,
-} from "./types.ts";
+} from "../src/raft/types.ts";
 
 /** Decides whether a message is delivered (true/false), or delivers a replacement. */
 export type Filter = (m: Message) => boolean | Message;
@@ -39,6 +39,7 @@ export function entriesWithTerms(terms: number[]): Entry[] {
 
 /** A set of cores wired through a message queue. */
 export class TestCluster {
+  /** The cores, by node id, in the order of the ids given to the constructor. */
   readonly nodes = new Map<NodeId, RaftCore>();
   /** Entries each node applied, in order. */
   readonly applied = new Map<NodeId, Entry[]>();

@@ -9,7 +9,7 @@ import {
   startCluster,
   waitFor,
   writeClusterFile,
-} from "./_harness.ts";
+} from "./harness.ts";
 
 /**
  * A stand-in for main.ts: reads the flags the harness passes, serves `/health` and

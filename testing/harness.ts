@@ -8,7 +8,7 @@
  * printed, and on disposal kills everything and removes the temporary directory.
  *
  * ```ts ignore
- * import { startCluster } from "./_harness.ts";
+ * import { startCluster } from "./harness.ts";
  *
  * Deno.test("a write survives the leader's crash", async () => {
  *   await using cluster = await startCluster({ size: 3 });
@@ -25,7 +25,7 @@
 
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
-import { readLines } from "../scripts/cluster.ts";
+import { readLines } from "./read_lines.ts";
 
 /** One entry of a cluster file, spelled as in the file. */
 export interface ClusterFileEntry {
@@ -208,7 +208,7 @@ export function freePort(hostname = "127.0.0.1"): number {
  *
  * @example Usage
  * ```ts
- * import { buildClusterConfig } from "./_harness.ts";
+ * import { buildClusterConfig } from "./harness.ts";
  *
  * const [first] = buildClusterConfig({ apiPorts: [8001], rpcPorts: [9001] });
  * console.assert(first?.api_url === "http://127.0.0.1:8001");
@@ -256,7 +256,7 @@ export async function writeClusterFile(
  *
  * @example Usage
  * ```ts ignore
- * import { waitFor } from "./_harness.ts";
+ * import { waitFor } from "./harness.ts";
  *
  * await waitFor(async () => (await cluster.request("node-2", "GET", "/v1/data/a")).status === 200, {
  *   deadlineMs: 5000,
@@ -861,7 +861,7 @@ export class ProcessCluster implements AsyncDisposable {
  *
  * @example Usage
  * ```ts ignore
- * import { startCluster } from "./_harness.ts";
+ * import { startCluster } from "./harness.ts";
  *
  * await using cluster = await startCluster({ size: 5, nodeFlags: ["--snapshot-threshold", "10"] });
  * const leader = await cluster.waitForLeader();

@@ -14,7 +14,7 @@
  *   (their streams lost bytes, so they cannot carry on) and new connections flow.
  *
  * ```ts ignore
- * import { LinkProxy } from "./_proxy.ts";
+ * import { LinkProxy } from "./proxy.ts";
  *
  * await using proxy = LinkProxy.listen({ port: 6000 });
  * proxy.setMode("drop"); // partition

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { type Message, MessageType, type NodeId } from "../raft/types.ts";
+import { type Message, MessageType, type NodeId } from "../src/raft/types.ts";
 import { MemoryNetwork, type MemoryTransport } from "./memory_transport.ts";
 import { Condition, sampleMessage, testTransportConformance } from "./transport_conformance.ts";
-import type { TransportHandlers } from "./transport.ts";
+import type { TransportHandlers } from "../src/transport/transport.ts";
 
 testTransportConformance("MemoryTransport", (live) => {
   const network = new MemoryNetwork();
