@@ -114,7 +114,7 @@ export const CATEGORY_WEIGHTS: Readonly<Record<FuzzCategory, number>> = Object.f
  * The lowest absurd term: the node refuses every message with a term above `MAX_TERM` (2^48).
  * Lower terms, however unlikely, are valid: a node adopts them from a member.
  */
-export const ABSURD_TERM = MAX_TERM + 1;
+export const ABSURD_TERM: number = MAX_TERM + 1;
 
 /**
  * How far above the node's term a member's message may go (the `plausible` disturbing ones):

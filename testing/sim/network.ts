@@ -67,6 +67,7 @@ interface _Endpoint {
 
 /** Connects the nodes of one simulated cluster; see the module doc. */
 export class SimNetwork {
+  /** Counts of the messages and snapshot transfers the network carried, dropped or duplicated. */
   readonly stats: NetworkStats = {
     messagesSent: 0,
     messagesDropped: 0,
