@@ -212,6 +212,11 @@ export interface NodeInspection {
   entry(index: number): Entry | undefined;
   /** The applied value of `key`, as a stale read returns it. */
   value(key: string): string | null;
+  /**
+   * The applied key-value pairs: an iterator over the live data, valid until the node applies
+   * the next entry (read it at once). Read-only; a simulation's fault injection uses it.
+   */
+  entries(): Iterable<[string, string]>;
 }
 
 interface Waiter {
@@ -551,6 +556,7 @@ export class RaftNode implements KvBackend {
           ? log.slice(index, index + 1)[0]
           : undefined,
       value: (key) => this.#kv.get(key),
+      entries: () => this.#kv.data.entries(),
     };
   }
 

@@ -17,8 +17,10 @@
  * leader-isolating partitions; crashes that keep only what was synced (sometimes part of the
  * unsynced writes too, possibly torn: {@linkcode SimFileSystem.crash}); whole-cluster power
  * failures; process pauses; clock skew; slow disks. Fault injections for the guard tests
- * ({@linkcode DiskFault}) misbehave at the file-system or storage seam, never in a copy of the
- * driver.
+ * ({@linkcode DiskFault}: a disk that acknowledges syncs early or forgets a synced write, a
+ * storage that compacts past its snapshot, installs a received snapshot without its WAL reset
+ * record, or snapshots the live state) misbehave at the file-system or storage seam, never in a
+ * copy of the driver.
  *
  * Checked from outside after every step, through {@linkcode RaftNode.inspect}, the storage calls
  * and the disk images: election safety, log matching, leader completeness, state-machine safety
@@ -108,14 +110,27 @@ export interface FaultOptions {
  *   record forgotten).
  * - `compact-past-snapshot`: the storage compacts the WAL up to its last index after each
  *   snapshot, dropping entries after the snapshot's index.
+ * - `install-without-reset`: the storage installs a received snapshot without writing the WAL
+ *   reset record (the install's commit point; the WAL's `reset` is patched to do nothing), so the
+ *   log on disk does not restart after the snapshot.
+ * - `snapshot-live-state`: the storage writes a snapshot of the node's live data (read through
+ *   {@linkcode NodeInspection.entries} a few ticks after the snapshot began, so entries applied
+ *   meanwhile leak in) instead of the copy-on-write view at the snapshot's index.
  */
-export type DiskFault = "ack-before-sync" | "forget-synced" | "compact-past-snapshot";
+export type DiskFault =
+  | "ack-before-sync"
+  | "forget-synced"
+  | "compact-past-snapshot"
+  | "install-without-reset"
+  | "snapshot-live-state";
 
 /** Every {@linkcode DiskFault}, for command-line parsing. */
 export const DISK_FAULTS: readonly DiskFault[] = [
   "ack-before-sync",
   "forget-synced",
   "compact-past-snapshot",
+  "install-without-reset",
+  "snapshot-live-state",
 ];
 
 /** The names of the checks, as {@linkcode SimulationFailure.check} reports them. */
@@ -842,7 +857,7 @@ class _Simulation {
     }
     if (n.inc !== inc) return;
     this.#checkRecovered(n, inner);
-    const storage = this.#watchStorage(n, inc, inner);
+    const storage = this.#watchStorage(n, inc, clock, inner);
     const threshold = this.#snapshotThreshold;
     const tickMs = this.#faults.tickMs;
     const node = new RaftNode({
@@ -925,15 +940,35 @@ class _Simulation {
 
   /**
    * The storage as the node sees it: the real one, with the calls that make something durable
-   * reporting it when they complete (and the `compact-past-snapshot` fault injected).
+   * reporting it when they complete (and the `compact-past-snapshot`, `install-without-reset`
+   * and `snapshot-live-state` faults injected).
    */
   #watchStorage(
     n: _Node,
     inc: number,
+    clock: NodeClock,
     inner: Awaited<ReturnType<typeof openDiskStorage>>,
   ): NodeStorage {
     const live = () => n.inc === inc;
+    const fault = this.#opts.diskFault;
+    if (fault === "install-without-reset") {
+      // Only an install writes a reset record once the storage is open (start-up's repair of a
+      // log behind its snapshot already ran), so this drops exactly the install's commit point.
+      inner.wal.reset = () => Promise.resolve();
+    }
+    const tickMs = this.#faults.tickMs;
     const overrides: Partial<NodeStorage> = {
+      saveSnapshot: async (meta, count, pairs) => {
+        if (fault !== "snapshot-live-state") return inner.saveSnapshot(meta, count, pairs);
+        // Let the node apply more entries (up to 10 ticks), then write its live data instead.
+        for (let i = 0; i < 10 && (n.node?.inspect().applied ?? 0) <= meta.index; i++) {
+          await new Promise<void>((resolve) => clock.schedule(tickMs, resolve));
+        }
+        const node = n.node;
+        if (!live() || !node) return;
+        const leaky = [...node.inspect().entries()];
+        await inner.saveSnapshot(meta, leaky.length, leaky);
+      },
       append: async (entries: Entry[]) => {
         const from = entries[0]?.index ?? Infinity;
         n.writingFrom = Math.min(n.writingFrom, from);
@@ -954,7 +989,7 @@ class _Simulation {
       },
       snapshotTaken: async (meta, compactTo) => {
         await inner.snapshotTaken(meta, compactTo);
-        if (this.#opts.diskFault === "compact-past-snapshot") {
+        if (fault === "compact-past-snapshot") {
           await inner.wal.compact(inner.wal.lastIndex);
         }
         if (!live()) return;

@@ -245,6 +245,31 @@ Deno.test("a storage that compacts the log past its snapshot is caught", async (
   assert.match(failures[0]!.replay, /--snapshot-threshold 20 .*--disk-fault compact-past-snapshot/);
 });
 
+Deno.test("a storage that installs a received snapshot without its WAL reset record is caught", async () => {
+  // The WAL still ends where it did before the install; the node's next append after the
+  // snapshot leaves a gap, which the real WAL refuses: the node stops (node-error).
+  const { failures } = await _faulty("install-without-reset", 20, {
+    snapshotThreshold: 20,
+    catchUpEntries: 0,
+  });
+  assert.ok(failures.length > 0, "no seed caught the install without a reset record");
+  const f = failures[0]!;
+  assert.equal(f.check, "node-error", _describe(failures));
+  assert.match(f.message, /Cannot append entry \d+: the WAL's last index is \d+/);
+  assert.match(f.replay, /--disk-fault install-without-reset/);
+});
+
+Deno.test("a storage that writes the live state instead of the state at the snapshot's index is caught by the applied-state check", async () => {
+  const { failures } = await _faulty("snapshot-live-state", 20, {
+    snapshotThreshold: 20,
+    catchUpEntries: 0,
+  });
+  assert.ok(failures.length > 0, "no seed caught the snapshots of the live state");
+  assert.equal(failures[0]!.check, "state-machine-safety", _describe(failures));
+  assert.match(failures[0]!.message, /applied up to \d+ but holds/);
+  assert.match(failures[0]!.replay, /--disk-fault snapshot-live-state/);
+});
+
 Deno.test("a failing seed fails the same way when replayed", async () => {
   const { failures } = await _faulty("forget-synced", 10);
   assert.ok(failures.length > 0, "expected a failing seed");
