@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import denoJson from "../deno.json" with { type: "json" };
 import { classifyCompileFailure, DENORT_UNREACHABLE_MESSAGE } from "./compile.ts";
-import { freePort } from "../testing/harness.ts";
+import { cleanEnv, freePort } from "../testing/harness.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const HOST = Deno.build.target;
@@ -17,16 +17,6 @@ interface Output {
   code: number;
   stdout: string;
   stderr: string;
-}
-
-/** The environment of the test without anything that could configure a node, denort or a proxy. */
-function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const dropped = /^(RAFTKV_.*|DENORT_BIN|(https?|all|no)_proxy)$/i;
-  return {
-    ...Object.fromEntries(Object.entries(Deno.env.toObject()).filter(([k]) => !dropped.test(k))),
-    NO_COLOR: "1",
-    ...extra,
-  };
 }
 
 /** Runs the compile script through Deno in the project root with exactly `env`. */

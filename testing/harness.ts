@@ -191,6 +191,23 @@ export function freePorts(count: number, hostname = "127.0.0.1"): number[] {
 }
 
 /**
+ * The environment of this process without anything that could configure a node, denort or a
+ * proxy (`RAFTKV_*`, `DENORT_BIN`, `*_proxy`), plus `NO_COLOR=1` and `extra`: for a child that
+ * must see only what its test gives it.
+ *
+ * @param extra Variables to set on top.
+ * @returns The environment to pass with `clearEnv: true`.
+ */
+export function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
+  const dropped = /^(RAFTKV_.*|DENORT_BIN|(https?|all|no)_proxy)$/i;
+  return {
+    ...Object.fromEntries(Object.entries(Deno.env.toObject()).filter(([k]) => !dropped.test(k))),
+    NO_COLOR: "1",
+    ...extra,
+  };
+}
+
+/**
  * Picks one TCP port that is free right now; see {@linkcode freePorts}.
  *
  * @param hostname The address to probe. Default `"127.0.0.1"`.

@@ -43,7 +43,14 @@
  */
 
 import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
-import { type Entry, EntryType, MAX_TERM, type Message, MessageType } from "../src/raft/types.ts";
+import {
+  type Entry,
+  EntryType,
+  MAX_TERM,
+  type Message,
+  message,
+  MessageType,
+} from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import { Rng } from "./chaos_lib.ts";
 import { utf8Length as _utf8Length } from "../src/util/utf8.ts";
@@ -727,20 +734,8 @@ class _Gen {
     const roll = rng.float();
     const msgs: Message[] = [];
     let kind: string;
-    const base = (type: MessageType, term: number): Message => ({
-      type,
-      from,
-      to: target.self,
-      term,
-      logTerm: 0,
-      index: 0,
-      entries: [],
-      commit: 0,
-      reject: false,
-      rejectHint: 0,
-      context: 0,
-      snapshot: null,
-    });
+    const base = (type: MessageType, term: number): Message =>
+      message({ type, from, to: target.self, term });
     const known = target.term ?? 1;
     if (stale !== null && roll < 0.7) {
       // A stale message of any shape: a correct node ignores it (or answers with its term).

@@ -14,6 +14,7 @@ import denoJson from "../deno.json" with { type: "json" };
 import { PERMISSION_FLAGS } from "../main.ts";
 import {
   buildClusterConfig,
+  cleanEnv,
   freePort,
   freePorts,
   httpRequest,
@@ -28,16 +29,6 @@ interface Output {
   code: number;
   stdout: string;
   stderr: string;
-}
-
-/** The environment of the test without anything that could configure a node or a proxy. */
-function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const dropped = /^(RAFTKV_.*|DENORT_BIN|(https?|all|no)_proxy)$/i;
-  return {
-    ...Object.fromEntries(Object.entries(Deno.env.toObject()).filter(([k]) => !dropped.test(k))),
-    NO_COLOR: "1",
-    ...extra,
-  };
 }
 
 async function run(
