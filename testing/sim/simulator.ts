@@ -480,7 +480,7 @@ interface _Node {
   durableHs: HardState;
   /** The first index an append or install in flight may change (Infinity when none). */
   writingFrom: number;
-  /** The same, frozen when the node crashed. */
+  /** The same, frozen when the node crashed: the lowest over crashes since the last recovery check. */
   crashWritingFrom: number;
 }
 
@@ -1026,7 +1026,9 @@ class _Simulation {
     n.node = null;
     n.starting = false;
     n.inc++;
-    n.crashWritingFrom = n.writingFrom;
+    // A crash while starting (before the recovery check ran) must not forget a write that was
+    // in flight at an earlier crash: its bytes may still be in the disk image.
+    n.crashWritingFrom = Math.min(n.crashWritingFrom, n.writingFrom);
     n.writingFrom = Infinity;
     this.#stats.crashes++;
     const f = this.#faults;
