@@ -8,28 +8,14 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import denoJson from "../deno.json" with { type: "json" };
 import { classifyCompileFailure, DENORT_UNREACHABLE_MESSAGE } from "./compile.ts";
-import { cleanEnv, freePort } from "../testing/harness.ts";
+import { cleanEnv, type CommandOutput, freePort, runCommand } from "../testing/harness.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const HOST = Deno.build.target;
 
-interface Output {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs the compile script through Deno in the project root with exactly `env`. */
-async function run(args: string[], env: Record<string, string>): Promise<Output> {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args,
-    env,
-    clearEnv: true,
-    cwd: ROOT,
-    stdin: "null",
-  }).output();
-  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+function run(args: string[], env: Record<string, string>): Promise<CommandOutput> {
+  return runCommand(Deno.execPath(), args, env, ROOT);
 }
 
 // ---- the compile task ---------------------------------------------------------------------------

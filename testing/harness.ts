@@ -190,6 +190,37 @@ export function freePorts(count: number, hostname = "127.0.0.1"): number[] {
   }
 }
 
+/** What a finished child process printed, and its exit code. */
+export interface CommandOutput {
+  /** The exit code. */
+  code: number;
+  /** Everything it wrote to stdout. */
+  stdout: string;
+  /** Everything it wrote to stderr. */
+  stderr: string;
+}
+
+/**
+ * Runs `command` to completion in `cwd` with exactly `env` (no inherited variables) and no stdin.
+ *
+ * @param command The program.
+ * @param args Its arguments.
+ * @param env Its whole environment (see {@linkcode cleanEnv}).
+ * @param cwd Its working directory.
+ * @returns Its exit code and output.
+ */
+export async function runCommand(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  cwd: string,
+): Promise<CommandOutput> {
+  const output = await new Deno.Command(command, { args, env, clearEnv: true, cwd, stdin: "null" })
+    .output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+}
+
 /**
  * The environment of this process without anything that could configure a node, denort or a
  * proxy (`RAFTKV_*`, `DENORT_BIN`, `*_proxy`), plus `NO_COLOR=1` and `extra`: for a child that

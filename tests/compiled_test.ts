@@ -15,9 +15,11 @@ import { PERMISSION_FLAGS } from "../main.ts";
 import {
   buildClusterConfig,
   cleanEnv,
+  type CommandOutput,
   freePort,
   freePorts,
   httpRequest,
+  runCommand,
   waitFor,
   writeClusterFile,
 } from "../testing/harness.ts";
@@ -25,30 +27,16 @@ import {
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 
-interface Output {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(
+function run(
   command: string,
   args: string[],
   env: Record<string, string> = cleanEnv(),
-): Promise<Output> {
-  const output = await new Deno.Command(command, {
-    args,
-    env,
-    clearEnv: true,
-    cwd: ROOT,
-    stdin: "null",
-  }).output();
-  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+): Promise<CommandOutput> {
+  return runCommand(command, args, env, ROOT);
 }
 
 /** `deno run` of main.ts with the binary's permissions. */
-function runMain(args: string[], env?: Record<string, string>): Promise<Output> {
+function runMain(args: string[], env?: Record<string, string>): Promise<CommandOutput> {
   return run(Deno.execPath(), ["run", "--no-prompt", ...PERMISSION_FLAGS, MAIN, ...args], env);
 }
 
