@@ -1,0 +1,186 @@
+/**
+ * A throwaway certificate authority for local TLS clusters and tests, made with the `openssl`
+ * command (no hand-written ASN.1).
+ *
+ * {@linkcode makeCertificates} writes into a directory:
+ * - `ca.crt` / `ca.key`: a self-signed CA (EC P-256);
+ * - `<node_id>.crt` / `<node_id>.key` per node: signed by the CA, subject CN = the node id (the
+ *   identity a peer presents for mutual TLS), usable as server and client certificate, valid for
+ *   `localhost`, `127.0.0.1`, `::1` and any extra host names given;
+ * - `other-ca.crt` / `other-ca.key` when `untrustedCa` is set: a second CA nobody trusts, and a
+ *   certificate from it per entry of `untrustedNodes`, to test that such a peer is refused.
+ *
+ * Private keys are written 0600.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { makeCertificates } from "./certs.ts";
+ *
+ * const dir = await Deno.makeTempDir();
+ * const certs = await makeCertificates(dir, { nodes: ["node-1", "node-2", "node-3"] });
+ * console.log(certs.ca, certs.node("node-1").cert, certs.node("node-1").key);
+ * ```
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+
+/** The files of one certificate and its private key. */
+export interface CertificatePair {
+  /** PEM certificate file. */
+  cert: string;
+  /** PEM private key file (mode 0600). */
+  key: string;
+}
+
+/** What {@linkcode makeCertificates} wrote. */
+export interface Certificates {
+  /** The directory everything is in. */
+  dir: string;
+  /** The CA certificate file every node and client trusts. */
+  ca: string;
+  /** The certificate and key of a node named in `nodes` (or `untrustedNodes`). */
+  node(id: string): CertificatePair;
+}
+
+/** Options for {@linkcode makeCertificates}. */
+export interface MakeCertificatesOptions {
+  /** Node ids: one certificate each, CN = the id. */
+  nodes: readonly string[];
+  /** Extra DNS names or IP addresses every node certificate is valid for. */
+  hosts?: readonly string[];
+  /** Certificates signed by a second, untrusted CA, one per id (CN = the id). */
+  untrustedNodes?: readonly string[];
+  /** Days the certificates are valid (default 365). */
+  days?: number;
+}
+
+/**
+ * Creates a CA and one certificate per node with `openssl`.
+ *
+ * @param dir An existing directory to write the files into.
+ * @param options The node ids and host names.
+ * @returns Where the files are.
+ * @throws {Error} If `openssl` is missing or fails.
+ */
+export async function makeCertificates(
+  dir: string,
+  options: MakeCertificatesOptions,
+): Promise<Certificates> {
+  const days = String(options.days ?? 365);
+  const hosts = ["localhost", "127.0.0.1", "::1", ...(options.hosts ?? [])];
+  const san = hosts.map((h) => (_isIp(h) ? `IP:${h}` : `DNS:${h}`)).join(",");
+  const files = new Map<string, CertificatePair>();
+
+  const makeCa = async (name: string) => {
+    await _openssl([
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      join(dir, `${name}.key`),
+      "-out",
+      join(dir, `${name}.crt`),
+      "-days",
+      days,
+      "-subj",
+      `/CN=raftkv ${name}`,
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    await Deno.chmod(join(dir, `${name}.key`), 0o600);
+  };
+
+  const makeLeaf = async (id: string, ca: string) => {
+    if (!/^[A-Za-z0-9._-]+$/.test(id)) throw new Error(`node id ${id} cannot name a file`);
+    const key = join(dir, `${id}.key`);
+    const cert = join(dir, `${id}.crt`);
+    const csr = join(dir, `${id}.csr`);
+    const ext = join(dir, `${id}.ext`);
+    await _openssl([
+      "req",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      key,
+      "-out",
+      csr,
+      "-subj",
+      `/CN=${id}`,
+    ]);
+    await Deno.writeTextFile(
+      ext,
+      [
+        "basicConstraints=CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        "extendedKeyUsage=serverAuth,clientAuth",
+        `subjectAltName=${san}`,
+        "",
+      ].join("\n"),
+    );
+    await _openssl([
+      "x509",
+      "-req",
+      "-in",
+      csr,
+      "-CA",
+      join(dir, `${ca}.crt`),
+      "-CAkey",
+      join(dir, `${ca}.key`),
+      "-CAcreateserial",
+      "-out",
+      cert,
+      "-days",
+      days,
+      "-extfile",
+      ext,
+    ]);
+    await Deno.remove(csr);
+    await Deno.remove(ext);
+    await Deno.chmod(key, 0o600);
+    files.set(id, { cert, key });
+  };
+
+  await makeCa("ca");
+  for (const id of options.nodes) await makeLeaf(id, "ca");
+  if (options.untrustedNodes?.length) {
+    await makeCa("other-ca");
+    for (const id of options.untrustedNodes) await makeLeaf(id, "other-ca");
+  }
+  return {
+    dir,
+    ca: join(dir, "ca.crt"),
+    node(id: string): CertificatePair {
+      const pair = files.get(id);
+      if (!pair) throw new Error(`no certificate was made for ${id}`);
+      return pair;
+    },
+  };
+}
+
+function _isIp(host: string): boolean {
+  return /^\d+\.\d+\.\d+\.\d+$/.test(host) || host.includes(":");
+}
+
+async function _openssl(args: string[]): Promise<void> {
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command("openssl", { args, stdout: "piped", stderr: "piped" }).output();
+  } catch (e) {
+    throw new Error(`cannot run openssl (is it installed?): ${e instanceof Error ? e.message : e}`);
+  }
+  if (!out.success) {
+    const err = new TextDecoder().decode(out.stderr).trim();
+    throw new Error(`openssl ${args[0]} failed: ${err}`);
+  }
+}

@@ -1,0 +1,31 @@
+import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import { makeCertificates } from "./certs.ts";
+
+Deno.test("makeCertificates: node certificates name the node and chain to the CA", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, {
+      nodes: ["node-1", "node-2"],
+      hosts: ["raftkv-0.example"],
+      untrustedNodes: ["node-9"],
+    });
+    const ca = new X509Certificate(await Deno.readTextFile(certs.ca));
+    const other = new X509Certificate(await Deno.readTextFile(`${dir}/other-ca.crt`));
+    for (const id of ["node-1", "node-2"]) {
+      const cert = new X509Certificate(await Deno.readTextFile(certs.node(id).cert));
+      assert.match(cert.subject, new RegExp(`CN=${id}`));
+      assert.ok(cert.verify(ca.publicKey), `${id} is signed by the CA`);
+      assert.ok(cert.checkHost("localhost"));
+      assert.ok(cert.checkHost("raftkv-0.example"));
+      assert.ok(cert.checkIP("127.0.0.1"));
+      assert.equal((await Deno.stat(certs.node(id).key)).mode! & 0o777, 0o600);
+    }
+    const stranger = new X509Certificate(await Deno.readTextFile(certs.node("node-9").cert));
+    assert.ok(!stranger.verify(ca.publicKey));
+    assert.ok(stranger.verify(other.publicKey));
+    assert.throws(() => certs.node("node-3"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
