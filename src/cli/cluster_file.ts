@@ -50,7 +50,8 @@ export function urlPort(url: string): number {
  *
  * Rejects anything but a non-empty JSON array of objects with exactly the string fields
  * `node_id`, `rpc_url` and `api_url`; ids that do not match {@linkcode NODE_ID_PATTERN};
- * duplicate ids; URLs that do not parse, are not `http:`/`https:`, or carry a path, query,
+ * duplicate ids; URLs that do not parse (a bare `host:port`, as the original Go project wrote
+ * them, is read as `http://host:port`), are not `http:`/`https:`, or carry a path, query,
  * fragment or credentials; and any `host:port` used twice (across all `rpc_url`s and
  * `api_url`s).
  *
@@ -157,10 +158,17 @@ export function parseClusterFile(text: string, path: string): PeerConfig[] {
   return peers;
 }
 
+/**
+ * `host:port` with no scheme, as the original Go project's cluster files spell addresses
+ * (`"localhost:6666"`, `"10.0.0.5:6666"`, `"[::1]:6666"`): read as `http://host:port`.
+ */
+const _BARE_HOST_PORT =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):\d{1,5}$/;
+
 function _parseUrl(text: string, where: string): URL {
   let url: URL;
   try {
-    url = new URL(text);
+    url = new URL(_BARE_HOST_PORT.test(text) ? `http://${text}` : text);
   } catch (error) {
     throw new ConfigError(`${where} ${JSON.stringify(text)} is not a valid URL`, {
       cause: error,

@@ -115,6 +115,20 @@ Deno.test("parseClusterFile() rejects an rpc_url equal to an api_url", () => {
   );
 });
 
+Deno.test("parseClusterFile() reads a bare host:port (the original project's form) as http", () => {
+  const peers = parseClusterFile(
+    JSON.stringify([
+      { node_id: "node-1", rpc_url: "localhost:6666", api_url: "localhost:7777" },
+      { node_id: "node-2", rpc_url: "10.0.0.2:6666", api_url: "[::1]:7778" },
+    ]),
+    "config.json",
+  );
+  assert.deepEqual(peers, [
+    { id: "node-1", rpcUrl: "http://localhost:6666", apiUrl: "http://localhost:7777" },
+    { id: "node-2", rpcUrl: "http://10.0.0.2:6666", apiUrl: "http://[::1]:7778" },
+  ]);
+});
+
 Deno.test("parseClusterFile() counts a default port as that port", () => {
   _assertRejects(
     [_node("a", "http://host", "http://host:80")],
@@ -124,8 +138,12 @@ Deno.test("parseClusterFile() counts a default port as that port", () => {
 
 Deno.test("parseClusterFile() rejects unparsable URLs", () => {
   _assertRejects(
-    [_node("a", "localhost:6666", "http://localhost:7777")],
-    'rpc_url "localhost:6666"',
+    [_node("a", "localhost:", "http://localhost:7777")],
+    'rpc_url "localhost:"',
+  );
+  _assertRejects(
+    [_node("a", "localhost:6666/x", "http://localhost:7777")],
+    'rpc_url "localhost:6666/x"',
   );
   _assertRejects(
     [_node("a", "http://localhost:6666", "not a url")],
@@ -144,8 +162,8 @@ Deno.test("parseClusterFile() rejects schemes other than http and https", () => 
     'only "http" and "https"',
   );
   _assertRejects(
-    [_node("a", "localhost:6666", "http://localhost:7777")],
-    'has scheme "localhost"',
+    [_node("a", "mailto:ops@example.com", "http://localhost:7777")],
+    'has scheme "mailto"',
   );
 });
 

@@ -134,7 +134,8 @@ export interface ParseArgsOptions {
   hostname?: () => string | undefined;
 }
 
-const _JOIN_MODES: readonly JoinMode[] = ["static", "k8s"];
+// "cluster-file" is the original Go project's name for the static mode; both spellings work.
+const _JOIN_MODES = ["static", "cluster-file", "k8s"] as const;
 const _LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
 const _K8S_FLAGS = ["--k8s-replicas", "--k8s-service", "--k8s-namespace", "--k8s-cluster-domain"];
 
@@ -177,7 +178,8 @@ export function parseArgs(
   if (parsed.switches.has("--version")) return { kind: "version" };
   const settings = new _Settings(parsed.values, env);
 
-  const joinMode = settings.choice("--join-mode", _JOIN_MODES) ?? DEFAULTS.joinMode;
+  const joinChoice = settings.choice("--join-mode", _JOIN_MODES) ?? DEFAULTS.joinMode;
+  const joinMode: JoinMode = joinChoice === "cluster-file" ? "static" : joinChoice;
   let id: string;
   let peers: PeerConfig[];
   let apiPort: number;

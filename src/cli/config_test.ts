@@ -295,7 +295,7 @@ Deno.test("parseArgs() rejects an unknown log level or join mode", () => {
   );
   _assertConfigError(
     () => parseArgs(["--id", "node-1"], { RAFTKV_JOIN_MODE: "dns" }, _files()),
-    'Invalid value for RAFTKV_JOIN_MODE: "dns" is not one of "static", "k8s"',
+    'Invalid value for RAFTKV_JOIN_MODE: "dns" is not one of "static", "cluster-file", "k8s"',
   );
 });
 

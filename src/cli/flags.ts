@@ -112,7 +112,7 @@ export const FLAGS: readonly FlagInfo[] = [
     "--join-mode",
     "<mode>",
     _D.joinMode,
-    '"static" reads peers from the cluster file; "k8s" derives them from a StatefulSet',
+    '"static" (or "cluster-file") reads peers from the cluster file; "k8s" derives them from a StatefulSet',
   ),
   _flag(
     "Node",
