@@ -138,6 +138,25 @@ Deno.test("k8s: the StatefulSet is wired to its headless Service, volume and siz
   assert.ok(claim.spec.resources.requests.storage);
 });
 
+Deno.test("k8s: a NetworkPolicy lets only members reach the peer port", () => {
+  const { docs, labels } = k8s();
+  const policy = only(docs, "NetworkPolicy");
+  assert.equal(policy.apiVersion, "networking.k8s.io/v1");
+  assert.ok(selects(policy.spec.podSelector.matchLabels, labels), "it applies to the pods");
+  assert.deepEqual(policy.spec.policyTypes, ["Ingress"]);
+  const rules: Doc[] = policy.spec.ingress;
+  const forPort = (name: string) => rules.filter((r) => r.ports.some((p: Doc) => p.port === name));
+  const [peer, ...morePeer] = forPort("rpc");
+  assert.equal(morePeer.length, 0, "one rule names the peer port");
+  assert.ok(peer.from?.length > 0, "the peer port is not open to everyone");
+  for (const source of peer.from) {
+    assert.deepEqual(Object.keys(source), ["podSelector"], "peers are pods, not IP blocks");
+    assert.ok(selects(source.podSelector.matchLabels, labels), "only raftkv pods");
+  }
+  assert.equal(peer.ports.length, 1, "the peer rule opens nothing else");
+  assert.equal(forPort("api").length, 1, "clients reach the API");
+});
+
 Deno.test("k8s: no storageClassName anywhere (the cluster's default class)", () => {
   const { docs } = k8s();
   const found = docs.flatMap((doc) =>
