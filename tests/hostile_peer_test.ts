@@ -7,6 +7,7 @@
  */
 
 import assert from "node:assert/strict";
+import { contentOf } from "../testing/snapshot_pairs.ts";
 import { join } from "node:path";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
@@ -146,7 +147,7 @@ function put(index: number, term: number, key: string): Entry {
 
 async function _snapshotBytes(index: number, term: number, voters: string[]): Promise<Uint8Array> {
   const chunks = await Array.fromAsync(
-    encodeSnapshot({ index, term, voters, count: 1 }, [["forged-snap", "forged"]]),
+    encodeSnapshot({ index, term, voters, count: 1 }, contentOf([["forged-snap", "forged"]])),
   );
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
   let at = 0;

@@ -19,6 +19,7 @@ import {
 } from "./errors.ts";
 import { ForwardConnectError, type Forwarder } from "./forwarder.ts";
 import type { ApiLimits } from "./limits.ts";
+import { IDEMPOTENCY_HEADER, INDEX_HEADER, REPLAYED_HEADER } from "./outcome.ts";
 
 /** The header a node adds to a request it forwards; its value is the forwarding node's id. */
 export const FORWARDED_BY_HEADER = "x-raftkv-forwarded-by";
@@ -45,9 +46,9 @@ export interface ForwardContext {
 }
 
 /**
- * Forwards the original request (method, path, query, `Content-Type` and body bytes) to the
- * leader and relays its answer: status, `Content-Type`, `Retry-After` and body, plus the
- * {@linkcode FORWARDED_TO_HEADER}. A request that already carries the
+ * Forwards the original request (method, path, query, `Content-Type`, `Idempotency-Key` and body
+ * bytes) to the leader and relays its answer: status, `Content-Type`, `Retry-After`, the
+ * applied index and idempotent-replay headers and body, plus the {@linkcode FORWARDED_TO_HEADER}. A request that already carries the
  * {@linkcode FORWARDED_BY_HEADER} is never forwarded again.
  *
  * @param ctx The handler's options and budgets.
@@ -141,8 +142,10 @@ async function _relay(
 ): Promise<Response> {
   const k = op.key;
   const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: ctx.selfId };
-  const contentType = req.headers.get("content-type");
-  if (contentType !== null) headers["content-type"] = contentType;
+  for (const name of ["content-type", IDEMPOTENCY_HEADER]) {
+    const value = req.headers.get(name);
+    if (value !== null) headers[name] = value;
+  }
   using deadline = startDeadline(ctx.apiFwdTimeoutMs, req.signal);
   const init: RequestInit & { signal: AbortSignal } = {
     method: req.method,
@@ -186,7 +189,7 @@ async function _relay(
     );
   }
   const relayed = new Headers({ [FORWARDED_TO_HEADER]: leader.id });
-  for (const name of ["content-type", "retry-after"]) {
+  for (const name of ["content-type", "retry-after", INDEX_HEADER, REPLAYED_HEADER]) {
     const value = res.headers.get(name);
     if (value !== null) relayed.set(name, value);
   }

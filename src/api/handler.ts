@@ -46,33 +46,17 @@
  * @module
  */
 
-import { type KvBackend, NotLeaderError } from "../node/backend.ts";
+import type { KvBackend } from "../node/backend.ts";
 import { nonNegativeInt, positiveInt } from "../util/options.ts";
-import { type Deadline, raceAbort, startDeadline } from "./deadline.ts";
-import {
-  ApiError,
-  backendError,
-  errorResponse,
-  jsonResponse,
-  logLine,
-  type Operation,
-  overloadedError,
-  quote,
-} from "./errors.ts";
-import { type ForwardContext, forwardToLeader } from "./forward.ts";
+import type { ApiContext } from "./context.ts";
+import { ApiError, errorResponse, jsonResponse, logLine, quote } from "./errors.ts";
 import { fetchForwarder, type Forwarder } from "./forwarder.ts";
+import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
+import { INDEX_HEADER } from "./outcome.ts";
 import { ApiLimits } from "./limits.ts";
-import {
-  checkKey,
-  checkValue,
-  parseObject,
-  pathKey,
-  readBody,
-  readConsistency,
-  requireJson,
-  stringField,
-  writeKey,
-} from "./validate.ts";
+import { deleteRangeRoute, readRangeRoute } from "./ranges.ts";
+import { txnRoute } from "./txn.ts";
+import { checkKey, pathKey } from "./validate.ts";
 
 export {
   closeForwarder,
@@ -81,6 +65,7 @@ export {
   type Forwarder,
 } from "./forwarder.ts";
 export { FORWARDED_BY_HEADER, FORWARDED_TO_HEADER } from "./forward.ts";
+export { IDEMPOTENCY_HEADER, INDEX_HEADER, REPLAYED_HEADER } from "./outcome.ts";
 // The node's side of the API, re-exported so that the API's documentation is whole.
 export type {
   Alarm,
@@ -240,20 +225,23 @@ export function createApiHandler(
       return jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
     }
     try {
-      return await _route(ctx, req, url);
+      return _withIndex(ctx, await _route(ctx, req, url));
     } catch (err) {
       const apiError = err instanceof ApiError ? err : undefined;
       if (apiError !== undefined) {
         if (apiError.status >= 500 && apiError.logged) {
           ctx.logError(logLine(req, url, apiError.status, apiError.message));
         }
-        return errorResponse(apiError);
+        return _withIndex(ctx, errorResponse(apiError));
       }
       ctx.logError(
         logLine(req, url, 500, err instanceof Error ? (err.stack ?? String(err)) : String(err)),
       );
-      return errorResponse(
-        new ApiError(500, "internal error while serving the request; the node's log has details"),
+      return _withIndex(
+        ctx,
+        errorResponse(
+          new ApiError(500, "internal error while serving the request; the node's log has details"),
+        ),
       );
     } finally {
       if (counted) ctx.limits.releaseRequest(bytes);
@@ -261,14 +249,19 @@ export function createApiHandler(
   };
 }
 
-/** The checked options of one handler, and its budgets. */
-interface _Context extends ForwardContext {
-  backend: KvBackend;
-  apiTimeoutMs: number;
-  maxKeyBytes: number;
-  maxValueBytes: number;
-  maxBodyBytes: number;
+/**
+ * Adds the {@linkcode INDEX_HEADER} to an answer that does not carry it yet (a read sets the
+ * index it saw; a relayed answer carries the leader's): this node's applied index.
+ */
+function _withIndex(ctx: _Context, res: Response): Response {
+  if (!res.headers.has(INDEX_HEADER)) {
+    res.headers.set(INDEX_HEADER, String(ctx.backend.status().applied_index));
+  }
+  return res;
 }
+
+/** The checked options of one handler, and its budgets. */
+type _Context = ApiContext;
 
 const _DATA_PREFIX = "/v1/data/";
 
@@ -328,15 +321,20 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
       _allow(req, path, ["GET"]);
       return _backup(ctx);
     case "/v1/data":
+      _allow(req, path, ["GET", "POST", "DELETE"]);
+      if (req.method === "GET") return await readRangeRoute(ctx, req, url);
+      if (req.method === "DELETE") return await deleteRangeRoute(ctx, req, url);
+      return await writeRoute(ctx, req, url, null);
+    case "/v1/txn":
       _allow(req, path, ["POST"]);
-      return await _write(ctx, req, url, null);
+      return await txnRoute(ctx, req, url);
   }
   if (!path.startsWith(_DATA_PREFIX)) {
     throw new ApiError(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/snapshot, /health and /ready`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/snapshot, /health and /ready`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);
@@ -344,11 +342,11 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
   checkKey(key, ctx.maxKeyBytes);
   switch (req.method) {
     case "GET":
-      return await _read(ctx, req, url, key);
+      return await readRoute(ctx, req, url, key);
     case "PUT":
-      return await _write(ctx, req, url, key);
+      return await writeRoute(ctx, req, url, key);
     default:
-      return await _delete(ctx, req, url, key);
+      return await deleteRoute(ctx, req, url, key);
   }
 }
 
@@ -384,80 +382,4 @@ function _backup(ctx: _Context): Response {
       "x-raftkv-snapshot-index": String(snap.index),
     },
   });
-}
-
-/** `POST /v1/data` (`pathKey` null) and `PUT /v1/data/{key}`. */
-async function _write(
-  ctx: _Context,
-  req: Request,
-  url: URL,
-  pathKey: string | null,
-): Promise<Response> {
-  requireJson(req);
-  const overloaded = ctx.backend.overloaded();
-  if (overloaded !== null) throw overloadedError(overloaded, pathKey, ctx.retryAfter);
-  using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
-  const bytes = await readBody(req, ctx.maxBodyBytes, deadline);
-  const body = parseObject(bytes);
-  const key = writeKey(body, pathKey);
-  const value = stringField(body, "v", "the value");
-  checkKey(key, ctx.maxKeyBytes);
-  checkValue(key, value, ctx.maxValueBytes);
-  try {
-    const result = await raceAbort(
-      (signal) => ctx.backend.put(key, value, signal),
-      deadline.signal,
-    );
-    return jsonResponse(200, { k: key, v: value, index: result.index });
-  } catch (err) {
-    return await _backendFailure(ctx, req, url, bytes, err, deadline, { write: true, key });
-  }
-}
-
-/** `GET /v1/data/{key}`. */
-async function _read(ctx: _Context, req: Request, url: URL, key: string): Promise<Response> {
-  const consistency = readConsistency(url, key);
-  using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
-  try {
-    const value = await raceAbort(
-      (signal) => ctx.backend.get(key, consistency, signal),
-      deadline.signal,
-    );
-    return value === null
-      ? jsonResponse(404, { error: "key not found", k: key })
-      : jsonResponse(200, { k: key, v: value });
-  } catch (err) {
-    return await _backendFailure(ctx, req, url, null, err, deadline, { write: false, key });
-  }
-}
-
-/** `DELETE /v1/data/{key}`. */
-async function _delete(ctx: _Context, req: Request, url: URL, key: string): Promise<Response> {
-  using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
-  try {
-    const result = await raceAbort((signal) => ctx.backend.delete(key, signal), deadline.signal);
-    return jsonResponse(200, { k: key, deleted: result.deleted, index: result.index });
-  } catch (err) {
-    return await _backendFailure(ctx, req, url, null, err, deadline, { write: true, key });
-  }
-}
-
-/**
- * Turns what the backend threw into an answer: a forward to the leader for
- * {@linkcode NotLeaderError}, else an {@linkcode ApiError} (see {@linkcode backendError}), else
- * the error itself (a 500).
- */
-async function _backendFailure(
-  ctx: _Context,
-  req: Request,
-  url: URL,
-  body: Uint8Array<ArrayBuffer> | null,
-  err: unknown,
-  deadline: Deadline,
-  op: Operation,
-): Promise<Response> {
-  if (err instanceof NotLeaderError) {
-    return await forwardToLeader(ctx, req, url, body, err, op);
-  }
-  throw backendError(err, deadline, op, ctx.retryAfter) ?? err;
 }

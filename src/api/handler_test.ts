@@ -1,17 +1,21 @@
 import assert from "node:assert/strict";
 import {
   type Consistency,
-  type DeleteResult,
   type KvBackend,
+  type KvResult,
   type NodeStatus,
   NoSpaceError,
   NotAppliedError,
   NotLeaderError,
   OutcomeUnknownError,
   OverloadedError,
+  type PlainCommand,
+  type RangeAnswer,
+  type RangeQuery,
+  type ReadResult,
   StoppingError,
-  type WriteResult,
 } from "../node/backend.ts";
+import { KvStateMachine } from "../kv/state_machine.ts";
 import {
   type ApiOptions,
   closeForwarder,
@@ -24,17 +28,29 @@ import {
 
 const LEADER_URL = "http://n2.test:7777";
 
-/** An in-memory backend that records every call and can be told to fail or hang. */
+/**
+ * A backend on a real state machine, without Raft: writes apply at once. It records every call
+ * and can be told to fail or hang.
+ */
 class FakeBackend implements KvBackend {
-  readonly data = new Map<string, string>();
-  /** One line per put, delete or get, such as `"put a=1"`. */
+  readonly kv = new KvStateMachine();
+  /** Reads and writes the state directly, like a Map (a write is a put at the next index). */
+  readonly data = ((kv: KvStateMachine) => ({
+    set: (k: string, v: string) => kv.apply(kv.appliedIndex + 1, { op: "put", key: k, value: v }),
+    get: (k: string) => kv.get(k) ?? undefined,
+    get size() {
+      return kv.size;
+    },
+  }))(this.kv);
+  /** One line per call, such as `"put a=1"` or `"get a linearizable"`. */
   readonly calls: string[] = [];
   /** The signal of each call, in order. */
   readonly signals: AbortSignal[] = [];
-  index = 0;
-  /** Thrown by every put, delete and get instead of doing it. */
+  /** The wall clock stamped into idempotent writes. */
+  now = 1_000_000;
+  /** Thrown by every read and write instead of doing it. */
   error: unknown = null;
-  /** Makes put, delete and get never settle, or settle only by rejecting when their signal aborts. */
+  /** Makes reads and writes never settle, or settle only by rejecting when their signal aborts. */
   hang: false | "ignoring the signal" | "until aborted" = false;
   ready = true;
   leader: NodeStatus["leader"] = { id: "n1", api_url: "http://n1.test:7777" };
@@ -44,27 +60,63 @@ class FakeBackend implements KvBackend {
   snapshotSource: (() => ReadableStream<Uint8Array>) | null = null;
   #called = Promise.withResolvers<void>();
 
-  /** Resolves once a put, delete or get has been called. */
+  /** Resolves once a read or write has been called. */
   get called(): Promise<void> {
     return this.#called.promise;
   }
 
-  put(key: string, value: string, signal: AbortSignal): Promise<WriteResult> {
-    return this.#op(`put ${key}=${value}`, signal, () => {
-      this.data.set(key, value);
-      return { index: ++this.index };
-    });
+  /** The index of the last write. */
+  get index(): number {
+    return this.kv.appliedIndex;
   }
 
-  delete(key: string, signal: AbortSignal): Promise<DeleteResult> {
-    return this.#op(`delete ${key}`, signal, () => ({
-      deleted: this.data.delete(key),
-      index: ++this.index,
+  write(cmd: PlainCommand, signal: AbortSignal, idempotencyKey?: string | null): Promise<KvResult> {
+    let line: string;
+    switch (cmd.op) {
+      case "put":
+        line = `put ${cmd.key}=${cmd.value}`;
+        break;
+      case "delete":
+        line = `delete ${cmd.key}`;
+        break;
+      case "delete_range":
+        line = `delete_range ${JSON.stringify(cmd.range)}`;
+        break;
+      case "txn":
+        line = `txn ${cmd.compare.length}/${cmd.success.length}/${cmd.failure.length}`;
+        break;
+    }
+    if ("cas" in cmd) line += ` cas=${cmd.cas}`;
+    if (idempotencyKey) line += ` idempotency-key=${idempotencyKey}`;
+    return this.#op(line, signal, () =>
+      this.kv.apply(
+        this.kv.appliedIndex + 1,
+        idempotencyKey
+          ? {
+            op: "idempotent",
+            id: idempotencyKey,
+            at: this.now,
+            ttlMs: 60_000,
+            maxKeys: 1000,
+            maxBytes: 1 << 20,
+            command: cmd,
+          }
+          : cmd,
+      ));
+  }
+
+  read(key: string, consistency: Consistency, signal: AbortSignal): Promise<ReadResult> {
+    return this.#op(`get ${key} ${consistency}`, signal, () => ({
+      entry: this.kv.entry(key),
+      index: this.kv.appliedIndex,
     }));
   }
 
-  get(key: string, consistency: Consistency, signal: AbortSignal): Promise<string | null> {
-    return this.#op(`get ${key} ${consistency}`, signal, () => this.data.get(key) ?? null);
+  range(query: RangeQuery, consistency: Consistency, signal: AbortSignal): Promise<RangeAnswer> {
+    return this.#op(`range ${JSON.stringify(query)} ${consistency}`, signal, () => ({
+      ...this.kv.range(query),
+      index: this.kv.appliedIndex,
+    }));
   }
 
   status(): NodeStatus {
@@ -91,7 +143,7 @@ class FakeBackend implements KvBackend {
   snapshot(): { index: number; stream: ReadableStream<Uint8Array> } {
     this.calls.push("snapshot");
     if (this.snapshotSource !== null) return { index: this.index, stream: this.snapshotSource() };
-    const bytes = new TextEncoder().encode(JSON.stringify([...this.data]));
+    const bytes = new TextEncoder().encode(JSON.stringify([...this.kv.entries()]));
     return { index: this.index, stream: ReadableStream.from([bytes]) };
   }
 
@@ -214,9 +266,15 @@ Deno.test("the quick start sequence writes, reads, deletes and then misses a key
   const { call, backend, logs } = setup();
   assert.deepEqual(
     await expectJson(await call("POST", "/v1/data", '{"k":"a","v":"1"}'), 200),
-    { k: "a", v: "1", index: 1 },
+    { k: "a", v: "1", index: 1, create_index: 1, mod_index: 1, version: 1 },
   );
-  assert.deepEqual(await expectJson(await call("GET", "/v1/data/a"), 200), { k: "a", v: "1" });
+  assert.deepEqual(await expectJson(await call("GET", "/v1/data/a"), 200), {
+    k: "a",
+    v: "1",
+    create_index: 1,
+    mod_index: 1,
+    version: 1,
+  });
   assert.deepEqual(
     await expectJson(await call("DELETE", "/v1/data/a"), 200),
     { k: "a", deleted: true, index: 2 },
@@ -243,11 +301,11 @@ Deno.test("PUT /v1/data/{key} writes the value in the body under the key in the 
   const { call, backend } = setup();
   assert.deepEqual(
     await expectJson(await call("PUT", "/v1/data/a%2Fb", '{"v":"2"}'), 200),
-    { k: "a/b", v: "2", index: 1 },
+    { k: "a/b", v: "2", index: 1, create_index: 1, mod_index: 1, version: 1 },
   );
   assert.deepEqual(
     await expectJson(await call("PUT", "/v1/data/c", '{"k":"c","v":"3"}'), 200),
-    { k: "c", v: "3", index: 2 },
+    { k: "c", v: "3", index: 2, create_index: 2, mod_index: 2, version: 1 },
   );
   await expectError(
     await call("PUT", "/v1/data/c", '{"k":"d","v":"3"}'),
@@ -267,9 +325,13 @@ Deno.test("keys are percent-decoded from the path, including slashes, spaces and
     );
     assert.equal(written.k, key);
     const path = `/v1/data/${encodeURIComponent(key)}`;
-    assert.deepEqual(await expectJson(await call("GET", path), 200), {
+    const read = await expectJson(await call("GET", path), 200);
+    assert.deepEqual(read, {
       k: key,
       v: `value of ${key}`,
+      create_index: written.index,
+      mod_index: written.index,
+      version: 1,
     });
     assert.equal((await expectJson(await call("DELETE", path), 200)).deleted, true);
     assert.deepEqual(backend.calls.slice(-2), [`get ${key} linearizable`, `delete ${key}`]);
@@ -283,6 +345,9 @@ Deno.test("an unencoded slash after /v1/data/ is part of the key", async () => {
   assert.deepEqual(await expectJson(await call("GET", "/v1/data/a/b/c"), 200), {
     k: "a/b/c",
     v: "1",
+    create_index: 1,
+    mod_index: 1,
+    version: 1,
   });
 });
 
@@ -421,8 +486,9 @@ Deno.test("a known path with the wrong method is answered with 405 and Allow", a
   const cases: [method: string, path: string, allow: string][] = [
     ["PATCH", "/v1/data/a", "GET, PUT, DELETE"],
     ["POST", "/v1/data/a", "GET, PUT, DELETE"],
-    ["GET", "/v1/data", "POST"],
-    ["DELETE", "/v1/data", "POST"],
+    ["PUT", "/v1/data", "GET, POST, DELETE"],
+    ["PATCH", "/v1/data", "GET, POST, DELETE"],
+    ["GET", "/v1/txn", "POST"],
     ["POST", "/health", "GET"],
     ["PUT", "/ready", "GET"],
     ["DELETE", "/v1/status", "GET"],
@@ -777,10 +843,16 @@ Deno.test("a follower forwards to a real leader over cleartext HTTP/2 on one con
       k: "a/b",
       v: "1",
       index: 1,
+      create_index: 1,
+      mod_index: 1,
+      version: 1,
     });
     assert.deepEqual(await expectJson(await call("GET", "/a%2Fb?consistency=lease"), 200), {
       k: "a/b",
       v: "1",
+      create_index: 1,
+      mod_index: 1,
+      version: 1,
     });
     assert.deepEqual(await expectJson(await call("DELETE", "/a%2Fb"), 200), {
       k: "a/b",
@@ -839,15 +911,17 @@ Deno.test("the default forwarder reports a refusing leader as 503 for reads and 
 
 Deno.test("GET /v1/snapshot streams the backend's snapshot as a download", async () => {
   const backend = new FakeBackend();
+  for (let i = 1; i < 9; i++) backend.kv.advance(i);
   backend.data.set("a", "1");
-  backend.index = 9;
   const handler = createApiHandler(backend, { selfId: "n1" });
   const res = await handler(new Request("http://n1.test:7777/v1/snapshot"));
   assert.equal(res.status, 200);
   assert.equal(res.headers.get("content-type"), "application/octet-stream");
   assert.equal(res.headers.get("x-raftkv-snapshot-index"), "9");
   assert.match(res.headers.get("content-disposition")!, /raftkv-9\.snap/);
-  assert.equal(await res.text(), '[["a","1"]]');
+  assert.deepEqual(await res.json(), [
+    { key: "a", value: "1", createIndex: 9, modIndex: 9, version: 1 },
+  ]);
   const post = await handler(new Request("http://n1.test:7777/v1/snapshot", { method: "POST" }));
   assert.equal(post.status, 405);
   await post.body?.cancel();

@@ -249,11 +249,11 @@ export function checkValue(key: string, value: string, maxValueBytes: number): v
  * The consistency a read asks for in `?consistency=`.
  *
  * @param url The request's URL.
- * @param key The key read, echoed as `k`.
+ * @param key The key read, echoed as `k` (none for a range).
  * @returns `linearizable` (the default), `stale` or `lease`.
  * @throws {ApiError} 400 for any other value.
  */
-export function readConsistency(url: URL, key: string): Consistency {
+export function readConsistency(url: URL, key?: string): Consistency {
   const raw = url.searchParams.get("consistency") ?? "linearizable";
   const consistency = _CONSISTENCIES.find((c) => c === raw);
   if (consistency === undefined) {
@@ -264,4 +264,70 @@ export function readConsistency(url: URL, key: string): Consistency {
     );
   }
   return consistency;
+}
+
+/**
+ * The compare-and-set condition of a write: `?cas=N` in the query, or `"cas": N` in the body
+ * (both may be given if they agree). `N` is the `mod_index` the key must have; 0 means it must
+ * not exist.
+ *
+ * @param url The request's URL.
+ * @param body The parsed body, or null for a request without one.
+ * @param key The key written, echoed as `k`.
+ * @returns `N`, or undefined for an unconditional write.
+ * @throws {ApiError} 400 if either is not a non-negative integer up to 2^53 - 1, or they differ.
+ */
+export function casParam(
+  url: URL,
+  body: Record<string, unknown> | null,
+  key: string,
+): number | undefined {
+  const raw = url.searchParams.get("cas");
+  let fromQuery: number | undefined;
+  if (raw !== null) {
+    fromQuery = /^\d{1,16}$/.test(raw) ? Number(raw) : NaN;
+    if (!Number.isSafeInteger(fromQuery)) {
+      throw new ApiError(
+        400,
+        `cas=${
+          quote(raw)
+        } must be a non-negative integer (the mod_index the key must have; 0: it must not exist)`,
+        { k: key },
+      );
+    }
+  }
+  if (body === null || !Object.hasOwn(body, "cas")) return fromQuery;
+  const value = body.cas;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+    throw new ApiError(
+      400,
+      `"cas" must be a non-negative integer (the mod_index the key must have; 0: it must not exist), not ${
+        describe(value)
+      }`,
+      { k: key },
+    );
+  }
+  if (fromQuery !== undefined && fromQuery !== value) {
+    throw new ApiError(
+      400,
+      `cas=${fromQuery} in the query differs from "cas": ${value} in the body; give one`,
+      { k: key },
+    );
+  }
+  return value;
+}
+
+/**
+ * A yes/no query parameter: absent, `false` or `0` is no; present empty, `true` or `1` is yes.
+ *
+ * @param url The request's URL.
+ * @param name The parameter.
+ * @returns Its value.
+ * @throws {ApiError} 400 for anything else.
+ */
+export function flagParam(url: URL, name: string): boolean {
+  const raw = url.searchParams.get(name);
+  if (raw === null || raw === "false" || raw === "0") return false;
+  if (raw === "" || raw === "true" || raw === "1") return true;
+  throw new ApiError(400, `${name}=${quote(raw)} must be true or false`);
 }

@@ -1,119 +1,333 @@
 /**
- * The deterministic key-value state machine: commands are applied in log order to an in-memory
- * map. Given the same entries, every node ends in the same state.
+ * The deterministic key-value state machine: commands are applied in log order to a map kept in
+ * key order. Given the same entries, every node ends in the same state, and gives the same
+ * results.
  *
- * Commands travel in log entries in a small binary form (see {@linkcode encodeCommand}).
+ * Every key carries its revision: `createIndex` (the log index of the write that created it),
+ * `modIndex` (of the last write to it) and `version` (how many writes since it was created, 1
+ * for a new key). A delete removes the key with its revision; writing it again starts afresh.
+ *
+ * Commands travel in log entries in a small binary form (see `command.ts`, re-exported here).
+ * Besides puts and deletes there are conditional ones (compare-and-set on `mod_index`), range
+ * deletes, transactions, and idempotent commands, whose outcomes the state machine remembers
+ * (bounded and expiring, as the entry itself says) so that a retry is answered, not applied
+ * again.
  *
  * @module
  */
 
-/** A state-changing command. */
-export type KvCommand =
-  | { op: "put"; key: string; value: string }
-  | { op: "delete"; key: string };
+import {
+  type Compare,
+  decodeCommand,
+  encodeCommand,
+  type KeyRange,
+  type KvCommand,
+  type PlainCommand,
+  type TxnOp,
+} from "./command.ts";
+import { compareKeys, OrderedMap, type OrderedMapVersion } from "./ordered_map.ts";
 
-/** What applying a command produced. */
-export type KvResult =
-  | { op: "put" }
-  | { op: "delete"; deleted: boolean };
+export {
+  type Compare,
+  type CompareOp,
+  type CompareTarget,
+  decodeCommand,
+  encodeCommand,
+  type IdempotentCommand,
+  type KeyRange,
+  type KvCommand,
+  type PlainCommand,
+  type TxnOp,
+} from "./command.ts";
+export { compareKeys } from "./ordered_map.ts";
 
-const OP_PUT = 1;
-const OP_DELETE = 2;
-const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: true });
-
-/**
- * Encodes a command: `op` (1 byte: 1 put, 2 delete), key length (u32, big-endian), the key's
- * UTF-8 bytes, then (put only) the value's UTF-8 bytes to the end.
- */
-export function encodeCommand(cmd: KvCommand): Uint8Array {
-  const key = encoder.encode(cmd.key);
-  const value = cmd.op === "put" ? encoder.encode(cmd.value) : new Uint8Array(0);
-  const out = new Uint8Array(5 + key.length + value.length);
-  out[0] = cmd.op === "put" ? OP_PUT : OP_DELETE;
-  new DataView(out.buffer).setUint32(1, key.length);
-  out.set(key, 5);
-  out.set(value, 5 + key.length);
-  return out;
+/** A key, its value and its revision. Immutable: a write stores a new one. */
+export interface KvEntry {
+  /** The key. */
+  readonly key: string;
+  /** The value. */
+  readonly value: string;
+  /** The log index of the write that created the key. */
+  readonly createIndex: number;
+  /** The log index of the last write to the key. */
+  readonly modIndex: number;
+  /** Writes to the key since it was created (1 after the first). */
+  readonly version: number;
 }
 
-/** Decodes a command written by {@linkcode encodeCommand}; throws RangeError on malformed bytes. */
-export function decodeCommand(bytes: Uint8Array): KvCommand {
-  if (bytes.length < 5) throw new RangeError(`command too short: ${bytes.length} bytes`);
-  const op = bytes[0];
-  const keyLen = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(1);
-  if (5 + keyLen > bytes.length) {
-    throw new RangeError(`command key length ${keyLen} runs past its ${bytes.length} bytes`);
-  }
-  const key = decoder.decode(bytes.subarray(5, 5 + keyLen));
-  if (op === OP_PUT) return { op: "put", key, value: decoder.decode(bytes.subarray(5 + keyLen)) };
-  if (op === OP_DELETE) {
-    if (5 + keyLen !== bytes.length) throw new RangeError("delete command has trailing bytes");
-    return { op: "delete", key };
-  }
-  throw new RangeError(`unknown command op ${op}`);
+/** The outcome of one operation of a transaction. */
+export type TxnOpResult =
+  | { op: "put"; key: string; createIndex: number; modIndex: number; version: number }
+  | { op: "delete"; key: string; deleted: boolean }
+  | { op: "get"; key: string; entry: KvEntry | null };
+
+/**
+ * What applying a command produced. `index` is the log index where it took effect; a result
+ * replayed for a repeated idempotency key says `replayed: true` and keeps the first `index`.
+ */
+export type KvResult =
+  & (
+    | { op: "put"; index: number; createIndex: number; modIndex: number; version: number }
+    | { op: "delete"; index: number; deleted: boolean }
+    /** A compare-and-set whose condition did not hold: nothing changed. */
+    | { op: "cas_failed"; index: number; key: string; current: KvEntry | null }
+    | { op: "delete_range"; index: number; deleted: number }
+    | { op: "txn"; index: number; succeeded: boolean; results: TxnOpResult[] }
+    /** The idempotency key was used for a different command: nothing changed. */
+    | { op: "idempotency_mismatch"; index: number; id: string }
+  )
+  & { replayed?: true };
+
+/** A read of a range of keys (see {@linkcode KvStateMachine.range}). */
+export interface RangeQuery {
+  /** The keys. */
+  range: KeyRange;
+  /** Start at this key instead (a continuation); it must lie in the range. */
+  from?: string;
+  /** Most entries returned. */
+  limit: number;
+  /** Stop after the entry that brings keys and values to this many UTF-16 units (at least one entry). */
+  maxChars: number;
+  /** Count the entries of the whole range (from `from`) instead of returning them. */
+  countOnly?: boolean;
+}
+
+/** What {@linkcode KvStateMachine.range} found. */
+export interface RangeResult {
+  /** The entries, in key order (empty for `countOnly`). */
+  entries: KvEntry[];
+  /** The key to continue from, or null when the range has no more. */
+  next: string | null;
+  /** For `countOnly`, how many entries there are; else the number returned. */
+  count: number;
 }
 
 /**
  * A consistent view of the state at one index, readable while later entries keep being applied
- * (copy-on-write: the first change to a key after the view began saves its old value).
+ * (the map is copy-on-write, see `ordered_map.ts`).
  */
 export interface StateView {
   /** The applied index the view shows. */
   readonly index: number;
-  /** The number of pairs in the view. */
+  /** The number of entries in the view. */
   readonly count: number;
-  /** The view's pairs, in no particular order; may be read slowly, across many event-loop turns. */
-  pairs(): Iterable<[string, string]>;
-  /** Releases the view (stops saving old values for it). */
+  /** The view's entries, in key order; may be read slowly, across many event-loop turns. */
+  entries(): Iterable<KvEntry>;
+  /** The remembered idempotent outcomes, each encoded (opaque to storage). */
+  readonly sessions: readonly Uint8Array[];
+  /** Releases the view. */
   close(): void;
 }
 
-/** The key-value map and the index of the last entry applied to it. */
+/** What a snapshot holds for the state machine: its entries and remembered outcomes. */
+export interface KvSnapshotData {
+  /** The entries (any order; a snapshot written by this version has them in key order). */
+  entries: Iterable<KvEntry>;
+  /** The encoded idempotent outcomes, oldest first. */
+  sessions: Iterable<Uint8Array>;
+}
+
+/** A remembered idempotent outcome. */
+interface _Session {
+  id: string;
+  /** A hash of the command's bytes, to tell a retry from a reuse of the key. */
+  fingerprint: number;
+  /** When it is forgotten, on the leaders' clocks (milliseconds since the epoch). */
+  expiresAt: number;
+  /** The outcome, as JSON. */
+  result: string;
+  /** The record as stored in snapshots. */
+  bytes: Uint8Array;
+}
+
+const _encoder = new TextEncoder();
+const _decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** The key-value map in key order, its revisions, and the index of the last entry applied. */
 export class KvStateMachine {
-  /** The live data (replaced, not cleared, by {@linkcode KvStateMachine.reset}). */
-  data: Map<string, string> = new Map();
+  #data = new OrderedMap<KvEntry>();
   /** The index of the last log entry applied (including no-ops). */
   appliedIndex = 0;
-  /** Open views: for each, the value each changed key had when it began (undefined = absent). */
-  #views = new Set<Map<string, string | undefined>>();
+  /** Remembered idempotent outcomes by id, oldest first (a Map keeps insertion order). */
+  #sessions = new Map<string, _Session>();
+  #sessionBytes = 0;
 
-  /**
-   * Opens a consistent view of the current state (see {@linkcode StateView}). It copies the key
-   * list (one pointer per key, no values), so that a key changed after the reading passed it is
-   * neither missed nor read twice.
-   */
+  /** The number of keys. */
+  get size(): number {
+    return this.#data.size;
+  }
+
+  /** The number of remembered idempotent outcomes. */
+  get sessionCount(): number {
+    return this.#sessions.size;
+  }
+
+  /** The remembered idempotent outcomes, oldest first, encoded as in snapshots. */
+  sessionRecords(): Uint8Array[] {
+    return [...this.#sessions.values()].map((s) => s.bytes);
+  }
+
+  /** Opens a consistent view of the current state (see {@linkcode StateView}). */
   view(): StateView {
-    const saved = new Map<string, string | undefined>();
-    this.#views.add(saved);
-    const data = this.data;
-    const keys = Array.from(data.keys());
+    const version: OrderedMapVersion<KvEntry> = this.#data.freeze();
     return {
       index: this.appliedIndex,
-      count: keys.length,
-      *pairs() {
-        // A key changed since the view began has its old value in `saved`.
-        for (const k of keys) yield [k, saved.has(k) ? saved.get(k)! : data.get(k)!];
-      },
-      close: () => {
-        this.#views.delete(saved);
-      },
+      count: version.size,
+      entries: () => version.values(),
+      sessions: this.sessionRecords(),
+      close: () => {},
     };
   }
 
-  #save(key: string): void {
-    for (const saved of this.#views) if (!saved.has(key)) saved.set(key, this.data.get(key));
+  /**
+   * Applies one command at `index`, which must be `appliedIndex + 1` (see {@linkcode advance}).
+   * Accepts the command's bytes as well (decoded here).
+   */
+  apply(index: number, command: KvCommand | Uint8Array): KvResult {
+    this.advance(index);
+    const cmd = command instanceof Uint8Array ? decodeCommand(command) : command;
+    if (cmd.op !== "idempotent") return this.#applyPlain(index, cmd);
+
+    const now = cmd.at;
+    // Forget outcomes that expired, oldest first (a later one may expire sooner: it is dropped
+    // when found, or when it reaches the front).
+    for (const s of this.#sessions.values()) {
+      if (s.expiresAt > now) break;
+      this.#forget(s);
+    }
+    const fingerprint = _hash(
+      command instanceof Uint8Array ? _innerBytes(command) : encodeCommand(cmd.command),
+    );
+    const seen = this.#sessions.get(cmd.id);
+    if (seen !== undefined) {
+      if (seen.expiresAt > now) {
+        if (seen.fingerprint !== fingerprint) {
+          return { op: "idempotency_mismatch", index, id: cmd.id };
+        }
+        return { ...(JSON.parse(seen.result) as KvResult), replayed: true };
+      }
+      this.#forget(seen);
+    }
+    const result = this.#applyPlain(index, cmd.command);
+    const text = JSON.stringify(result);
+    const session: _Session = {
+      id: cmd.id,
+      fingerprint,
+      expiresAt: now + cmd.ttlMs,
+      result: text,
+      bytes: _encodeSession(cmd.id, fingerprint, now + cmd.ttlMs, text),
+    };
+    this.#sessions.set(cmd.id, session);
+    this.#sessionBytes += session.bytes.length;
+    for (const s of this.#sessions.values()) {
+      if (this.#sessions.size <= cmd.maxKeys && this.#sessionBytes <= cmd.maxBytes) break;
+      this.#forget(s);
+    }
+    return result;
   }
 
-  /** Applies one command at `index`, which must be `appliedIndex + 1` (see {@linkcode advance}). */
-  apply(index: number, cmd: KvCommand): KvResult {
-    this.advance(index);
-    if (this.#views.size > 0) this.#save(cmd.key);
-    if (cmd.op === "put") {
-      this.data.set(cmd.key, cmd.value);
-      return { op: "put" };
+  #forget(s: _Session): void {
+    this.#sessions.delete(s.id);
+    this.#sessionBytes -= s.bytes.length;
+  }
+
+  #applyPlain(index: number, cmd: PlainCommand): KvResult {
+    switch (cmd.op) {
+      case "put": {
+        const current = this.#data.get(cmd.key) ?? null;
+        if (cmd.cas !== undefined && (current?.modIndex ?? 0) !== cmd.cas) {
+          return { op: "cas_failed", index, key: cmd.key, current };
+        }
+        const e = this.#put(index, cmd.key, cmd.value, current);
+        return {
+          op: "put",
+          index,
+          createIndex: e.createIndex,
+          modIndex: e.modIndex,
+          version: e.version,
+        };
+      }
+      case "delete": {
+        if (cmd.cas !== undefined) {
+          const current = this.#data.get(cmd.key) ?? null;
+          if ((current?.modIndex ?? 0) !== cmd.cas) {
+            return { op: "cas_failed", index, key: cmd.key, current };
+          }
+        }
+        return { op: "delete", index, deleted: this.#data.delete(cmd.key) !== undefined };
+      }
+      case "delete_range": {
+        const keys: string[] = [];
+        for (const e of _inRange(this.#data.values(_start(cmd.range)), cmd.range)) keys.push(e.key);
+        for (const k of keys) this.#data.delete(k);
+        return { op: "delete_range", index, deleted: keys.length };
+      }
+      case "txn": {
+        const succeeded = cmd.compare.every((c) => this.#holds(c));
+        const results = (succeeded ? cmd.success : cmd.failure).map((op) => this.#txnOp(index, op));
+        return { op: "txn", index, succeeded, results };
+      }
     }
-    return { op: "delete", deleted: this.data.delete(cmd.key) };
+  }
+
+  #put(index: number, key: string, value: string, current: KvEntry | null): KvEntry {
+    const e: KvEntry = current === null
+      ? { key, value, createIndex: index, modIndex: index, version: 1 }
+      : {
+        key,
+        value,
+        createIndex: current.createIndex,
+        modIndex: index,
+        version: current.version + 1,
+      };
+    this.#data.set(e);
+    return e;
+  }
+
+  #holds(c: Compare): boolean {
+    const e = this.#data.get(c.key);
+    if (c.target === "exists") return (e !== undefined) === (c.op === "=" ? c.value : !c.value);
+    let d: number;
+    if (c.target === "value") {
+      if (e === undefined) return false;
+      d = compareKeys(e.value, c.value);
+    } else {
+      const field = c.target === "version"
+        ? e?.version
+        : c.target === "mod_index"
+        ? e?.modIndex
+        : e?.createIndex;
+      d = (field ?? 0) - c.value;
+    }
+    switch (c.op) {
+      case "=":
+        return d === 0;
+      case "!=":
+        return d !== 0;
+      case "<":
+        return d < 0;
+      case ">":
+        return d > 0;
+    }
+  }
+
+  #txnOp(index: number, op: TxnOp): TxnOpResult {
+    switch (op.op) {
+      case "put": {
+        const e = this.#put(index, op.key, op.value, this.#data.get(op.key) ?? null);
+        return {
+          op: "put",
+          key: op.key,
+          createIndex: e.createIndex,
+          modIndex: e.modIndex,
+          version: e.version,
+        };
+      }
+      case "delete":
+        return { op: "delete", key: op.key, deleted: this.#data.delete(op.key) !== undefined };
+      case "get":
+        return { op: "get", key: op.key, entry: this.#data.get(op.key) ?? null };
+    }
   }
 
   /**
@@ -132,18 +346,153 @@ export class KvStateMachine {
     this.appliedIndex = index;
   }
 
+  /** The entry under `key`, or null. */
+  entry(key: string): KvEntry | null {
+    return this.#data.get(key) ?? null;
+  }
+
   /** The value under `key`, or null. */
   get(key: string): string | null {
-    return this.data.get(key) ?? null;
+    return this.#data.get(key)?.value ?? null;
+  }
+
+  /** Every entry in key order: read it at once (the next apply may change what it walks). */
+  entries(): IterableIterator<KvEntry> {
+    return this.#data.values();
   }
 
   /**
-   * Replaces the whole state (after loading a snapshot). Views opened before keep the map they
-   * were reading, which nothing changes any more, so they stay consistent.
+   * Reads a range in key order. The cost is proportional to what it returns (or counts), not to
+   * the number of keys: the map finds the start in O(log n) and walks on from there.
    */
-  reset(entries: Iterable<[string, string]>, appliedIndex: number): void {
-    this.#views.clear();
-    this.data = new Map(entries);
+  range(q: RangeQuery): RangeResult {
+    const first = q.from !== undefined && compareKeys(q.from, _start(q.range)) > 0
+      ? q.from
+      : _start(q.range);
+    const it = _inRange(this.#data.values(first), q.range);
+    if (q.countOnly) {
+      let count = 0;
+      for (const _ of it) count++;
+      return { entries: [], next: null, count };
+    }
+    const entries: KvEntry[] = [];
+    let chars = 0;
+    for (const e of it) {
+      if (entries.length >= q.limit || (entries.length > 0 && chars >= q.maxChars)) {
+        return { entries, next: e.key, count: entries.length };
+      }
+      entries.push(e);
+      chars += e.key.length + e.value.length;
+    }
+    return { entries, next: null, count: entries.length };
+  }
+
+  /**
+   * Replaces the whole state (after loading a snapshot). Views opened before keep the version
+   * they were reading, which nothing changes.
+   *
+   * @throws {RangeError} If a key appears twice, or a session record is malformed.
+   */
+  reset(data: KvSnapshotData, appliedIndex: number): void {
+    const entries = Array.isArray(data.entries) ? data.entries : [...data.entries];
+    let sorted = true;
+    for (let i = 1; i < entries.length && sorted; i++) {
+      sorted = compareKeys(entries[i - 1]!.key, entries[i]!.key) < 0;
+    }
+    const ordered = sorted ? entries : entries.slice().sort((a, b) => compareKeys(a.key, b.key));
+    const map = OrderedMap.fromSorted<KvEntry>(ordered);
+    const sessions = new Map<string, _Session>();
+    let bytes = 0;
+    for (const record of data.sessions) {
+      const s = _decodeSession(record);
+      sessions.set(s.id, s);
+      bytes += s.bytes.length;
+    }
+    this.#data = map;
+    this.#sessions = sessions;
+    this.#sessionBytes = bytes;
     this.appliedIndex = appliedIndex;
   }
+}
+
+/** The first key a range can hold. */
+function _start(range: KeyRange): string {
+  return "prefix" in range ? range.prefix : range.start;
+}
+
+/** The entries of `it` (which starts at or after the range's start) until the range ends. */
+function* _inRange(it: Iterator<KvEntry>, range: KeyRange): Generator<KvEntry> {
+  const prefix = "prefix" in range ? range.prefix : null;
+  const end = "prefix" in range ? null : range.end;
+  for (let r = it.next(); !r.done; r = it.next()) {
+    const k = r.value.key;
+    if (prefix !== null ? !k.startsWith(prefix) : end !== null && compareKeys(k, end) >= 0) {
+      return;
+    }
+    yield r.value;
+  }
+}
+
+/**
+ * A 53-bit hash (cyrb53) of a command's bytes, the same on every replica: it tells a retry of
+ * an idempotent command from a different command sent with the same key.
+ */
+function _hash(data: Uint8Array): number {
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let i = 0; i < data.length; i++) {
+    const c = data[i]!;
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0);
+}
+
+/** The inner command's bytes of an encoded idempotent command: after the fixed header. */
+function _innerBytes(bytes: Uint8Array): Uint8Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const idLen = view.getUint32(1);
+  return bytes.subarray(1 + 4 + idLen + 8 + 4 + 4 + 4);
+}
+
+/** A session record: id (u32 length + UTF-8), f64 fingerprint, f64 expiresAt, the result JSON. */
+function _encodeSession(id: string, fingerprint: number, expiresAt: number, result: string) {
+  const idBytes = _encoder.encode(id);
+  const res = _encoder.encode(result);
+  const out = new Uint8Array(4 + idBytes.length + 16 + res.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, idBytes.length);
+  out.set(idBytes, 4);
+  view.setFloat64(4 + idBytes.length, fingerprint);
+  view.setFloat64(12 + idBytes.length, expiresAt);
+  out.set(res, 20 + idBytes.length);
+  return out;
+}
+
+function _decodeSession(bytes: Uint8Array): _Session {
+  const fail = (why: string): never => {
+    throw new RangeError(`malformed idempotency record (${bytes.length} bytes): ${why}`);
+  };
+  if (bytes.length < 20) fail("too short");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const idLen = view.getUint32(0);
+  if (20 + idLen > bytes.length) fail(`id length ${idLen} runs past the record`);
+  let id = "";
+  let result = "";
+  try {
+    id = _decoder.decode(bytes.subarray(4, 4 + idLen));
+    result = _decoder.decode(bytes.subarray(20 + idLen));
+    JSON.parse(result);
+  } catch (e) {
+    fail(e instanceof Error ? e.message : String(e));
+  }
+  return {
+    id,
+    fingerprint: view.getFloat64(4 + idLen),
+    expiresAt: view.getFloat64(12 + idLen),
+    result,
+    bytes: bytes.slice(),
+  };
 }

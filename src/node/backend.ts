@@ -6,8 +6,29 @@
  */
 
 import type { NodeId, Role } from "../raft/types.ts";
+import type {
+  KvEntry,
+  KvResult,
+  PlainCommand,
+  RangeQuery,
+  RangeResult,
+} from "../kv/state_machine.ts";
 
 export { NotLeaderError } from "../raft/errors.ts";
+export { compareKeys } from "../kv/state_machine.ts";
+export type {
+  Compare,
+  CompareOp,
+  CompareTarget,
+  KeyRange,
+  KvEntry,
+  KvResult,
+  PlainCommand,
+  RangeQuery,
+  RangeResult,
+  TxnOp,
+  TxnOpResult,
+} from "../kv/state_machine.ts";
 
 /** How a read is served. */
 export type Consistency =
@@ -28,6 +49,20 @@ export interface WriteResult {
 export interface DeleteResult extends WriteResult {
   /** Whether the key existed before. */
   deleted: boolean;
+}
+
+/** The answer to a read of one key. */
+export interface ReadResult {
+  /** The key's entry (value and revision), or null when it does not exist. */
+  entry: KvEntry | null;
+  /** The applied index of the state the read saw. */
+  index: number;
+}
+
+/** The answer to a read of a range of keys. */
+export interface RangeAnswer extends RangeResult {
+  /** The applied index of the state the read saw. */
+  index: number;
 }
 
 /** A node's view of the cluster, as `GET /v1/status` shows it. */
@@ -74,12 +109,17 @@ export type Alarm = "NOSPACE";
  *   was not proposed. Safe to retry later. The API answers 503.
  */
 export interface KvBackend {
-  /** Writes `value` under `key` once committed and applied. */
-  put(key: string, value: string, signal: AbortSignal): Promise<WriteResult>;
-  /** Deletes `key` once committed and applied. */
-  delete(key: string, signal: AbortSignal): Promise<DeleteResult>;
-  /** Reads `key` (null when absent) with the given consistency. */
-  get(key: string, consistency: Consistency, signal: AbortSignal): Promise<string | null>;
+  /**
+   * Proposes `cmd` and resolves with its result once committed and applied (a failed
+   * compare-and-set is a result too, `cas_failed`). With an `idempotencyKey`, a repeat of the
+   * same key and command is answered with the first outcome (`replayed: true`) and not applied
+   * again; the same key with a different command gets `idempotency_mismatch`.
+   */
+  write(cmd: PlainCommand, signal: AbortSignal, idempotencyKey?: string | null): Promise<KvResult>;
+  /** Reads `key`'s entry (null when absent) with the given consistency. */
+  read(key: string, consistency: Consistency, signal: AbortSignal): Promise<ReadResult>;
+  /** Reads a range of keys in key order with the given consistency. */
+  range(query: RangeQuery, consistency: Consistency, signal: AbortSignal): Promise<RangeAnswer>;
   /** The node's current status. */
   status(): NodeStatus;
   /**

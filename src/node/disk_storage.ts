@@ -28,11 +28,12 @@ import {
   pruneSnapshots,
   readSnapshotFile,
   removeStaleReceived,
+  type SnapshotContent,
   snapshotName,
   writeSnapshotFile,
 } from "../storage/snapshot_file.ts";
 import { Wal } from "../storage/wal.ts";
-import type { NodeStorage, SnapshotId } from "./raft_node.ts";
+import type { NodeStorage, SnapshotData, SnapshotId } from "./raft_node.ts";
 
 /** Where a node keeps its files. */
 export interface DiskPaths {
@@ -128,7 +129,7 @@ export async function openDiskStorage(
   return new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, {
     hardState,
     snapshot,
-    snapshotData: loaded?.pairs ?? [],
+    snapshotData: { entries: loaded?.entries ?? [], sessions: loaded?.sessions ?? [] },
     entries,
   });
 }
@@ -137,7 +138,7 @@ export async function openDiskStorage(
 interface _Recovered {
   hardState: HardState;
   snapshot: SnapshotMeta | null;
-  snapshotData: Iterable<[string, string]>;
+  snapshotData: SnapshotData;
   entries: Entry[];
 }
 
@@ -150,7 +151,7 @@ export class DiskStorage implements NodeStorage {
   readonly wal: Wal;
   readonly hardState: HardState;
   readonly snapshot: SnapshotMeta | null;
-  readonly snapshotData: Iterable<[string, string]>;
+  readonly snapshotData: SnapshotData;
   readonly entries: Entry[];
   readonly #fs: FileSystem;
   readonly #paths: DiskPaths;
@@ -185,12 +186,12 @@ export class DiskStorage implements NodeStorage {
   async saveSnapshot(
     meta: SnapshotMeta,
     count: number,
-    pairs: Iterable<[string, string]>,
+    content: SnapshotContent,
   ): Promise<void> {
     const header = { index: meta.index, term: meta.term, voters: meta.voters, count };
     await writeSnapshotFile(
       this.#paths.snapshotDir,
-      encodeSnapshot(header, pairs),
+      encodeSnapshot(header, content),
       snapshotName(meta.index, meta.term),
       this.#fs,
     );
@@ -213,21 +214,21 @@ export class DiskStorage implements NodeStorage {
   async receiveSnapshot(
     meta: SnapshotMeta,
     body: ReadableStream<Uint8Array>,
-  ): Promise<[string, string][]> {
+  ): Promise<SnapshotData> {
     const path = await writeSnapshotFile(
       this.#paths.snapshotDir,
       body,
       _receivedName(meta),
       this.#fs,
     );
-    const { header, pairs } = await readSnapshotFile(path, this.#fs);
+    const { header, entries, sessions } = await readSnapshotFile(path, this.#fs);
     if (header.index !== meta.index || header.term !== meta.term) {
       throw new CorruptFileError(
         path,
         `it holds (${header.index}, ${header.term}), expected (${meta.index}, ${meta.term})`,
       );
     }
-    return pairs;
+    return { entries, sessions };
   }
 
   async discardReceived(id: SnapshotId): Promise<void> {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { contentOf, pairsOf } from "../../testing/snapshot_pairs.ts";
 import { join } from "node:path";
 import { encodeSnapshot, snapshotName } from "../storage/snapshot_file.ts";
 import { EntryType } from "../raft/types.ts";
@@ -23,8 +24,10 @@ Deno.test("installing a received snapshot that found the disk full part-way can 
       [1, 2, 3].map((index) => ({ term: 1, index, type: EntryType.Normal, data })),
     );
     const meta = { index: 10, term: 2, voters: ["a"] };
-    const body = ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, [["k", "v"]]));
-    assert.deepEqual(await storage.receiveSnapshot(meta, body), [["k", "v"]]);
+    const body = ReadableStream.from(
+      encodeSnapshot({ ...meta, count: 1 }, contentOf([["k", "v"]])),
+    );
+    assert.deepEqual(pairsOf(await storage.receiveSnapshot(meta, body)), [["k", "v"]]);
     const snapshotDir = paths(dir).snapshotDir;
     // The reset record and the rename go through; the log metadata's temp file finds the disk full.
     const proto = Deno.FsFile.prototype;
@@ -52,7 +55,7 @@ Deno.test("installing a received snapshot that found the disk full part-way can 
 
     const again = await openDiskStorage(paths(dir));
     assert.deepEqual(again.snapshot, meta);
-    assert.deepEqual([...again.snapshotData], [["k", "v"]]);
+    assert.deepEqual(pairsOf(again.snapshotData), [["k", "v"]]);
     assert.deepEqual(again.entries, []);
     assert.equal(again.wal.lastIndex, 10);
     await again.close();
@@ -160,31 +163,31 @@ Deno.test("on a simulated disk a snapshot taken, received and installed survives
   const storage = await openDiskStorage(paths("/node"), { fs });
   await storage.append(_entries(1, 6));
   const taken = { index: 4, term: 1, voters: ["a"] };
-  await storage.saveSnapshot(taken, 2, [["a", "1"], ["b", "2"]]);
+  await storage.saveSnapshot(taken, 2, contentOf([["a", "1"], ["b", "2"]]));
   await storage.snapshotTaken(taken, 4);
   const meta = { index: 9, term: 2, voters: ["a"] };
-  const body = ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, [["k", "v"]]));
-  assert.deepEqual(await storage.receiveSnapshot(meta, body), [["k", "v"]]);
+  const body = ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, contentOf([["k", "v"]])));
+  assert.deepEqual(pairsOf(await storage.receiveSnapshot(meta, body)), [["k", "v"]]);
   const sent = await Array.fromAsync(await storage.openSnapshot(taken));
   assert.ok(sent.reduce((n, c) => n + c.length, 0) > 0);
 
   let image = fs.crash();
   let again = await openDiskStorage(paths("/node"), { fs: image });
   assert.deepEqual(again.snapshot, taken);
-  assert.deepEqual([...again.snapshotData], [["a", "1"], ["b", "2"]]);
+  assert.deepEqual(pairsOf(again.snapshotData), [["a", "1"], ["b", "2"]]);
   assert.deepEqual(again.entries, _entries(5, 6));
   // Start-up removed the received file: it can no longer be installed.
   await assert.rejects(again.installReceived(meta), Deno.errors.NotFound);
   await again.receiveSnapshot(
     meta,
-    ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, [["k", "v"]])),
+    ReadableStream.from(encodeSnapshot({ ...meta, count: 1 }, contentOf([["k", "v"]]))),
   );
   await again.installReceived(meta);
 
   image = image.crash();
   again = await openDiskStorage(paths("/node"), { fs: image });
   assert.deepEqual(again.snapshot, meta);
-  assert.deepEqual([...again.snapshotData], [["k", "v"]]);
+  assert.deepEqual(pairsOf(again.snapshotData), [["k", "v"]]);
   assert.deepEqual(again.entries, []);
   assert.equal(again.wal.lastIndex, 9);
   await again.close();

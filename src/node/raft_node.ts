@@ -30,11 +30,13 @@ import {
   type SnapshotMeta,
 } from "../raft/types.ts";
 import {
-  decodeCommand,
   encodeCommand,
   type KvCommand,
+  type KvEntry,
   type KvResult,
   KvStateMachine,
+  type PlainCommand,
+  type RangeQuery,
 } from "../kv/state_machine.ts";
 import {
   type Consistency,
@@ -45,6 +47,8 @@ import {
   NotAppliedError,
   OutcomeUnknownError,
   OverloadedError,
+  type RangeAnswer,
+  type ReadResult,
   StoppingError,
   type WriteResult,
 } from "./backend.ts";
@@ -53,13 +57,25 @@ import {
   type Transport,
   type TransportHandlers,
 } from "../transport/transport.ts";
-import { encodeSnapshot } from "../storage/snapshot_file.ts";
+import {
+  encodeSnapshot,
+  type SnapshotContent,
+  type SnapshotEntry,
+} from "../storage/snapshot_file.ts";
 import { CorruptFileError, isNoSpace } from "../storage/errors.ts";
 import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 import { type Cancel, type Clock, realClock } from "./clock.ts";
 
 /** Names a snapshot: the last log index it covers and the term of that entry. */
 export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
+
+/** A loaded snapshot's state: its entries (keys, values, revisions) and session records. */
+export interface SnapshotData {
+  /** The entries, in the order stored. */
+  entries: SnapshotEntry[];
+  /** The state machine's remembered idempotent outcomes. */
+  sessions: Uint8Array[];
+}
 
 /**
  * The durable state a node recovered, and the operations the driver needs to keep it durable.
@@ -74,8 +90,8 @@ export interface NodeStorage {
   readonly hardState: HardState;
   /** The snapshot recovered at start-up (its data in `snapshotData`), or null. */
   readonly snapshot: SnapshotMeta | null;
-  /** The key-value pairs of that snapshot. */
-  readonly snapshotData: Iterable<[string, string]>;
+  /** The entries and session records of that snapshot. */
+  readonly snapshotData: SnapshotData;
   /** The log entries after the snapshot, recovered at start-up. */
   readonly entries: Entry[];
   /** Appends entries (truncating a conflicting suffix first) with one write and one sync. */
@@ -85,24 +101,25 @@ export interface NodeStorage {
   /** Makes the log's next write start a new segment (called when a snapshot begins). */
   rollLog(): void;
   /**
-   * Durably saves a snapshot of the state taken by this node: `count` pairs, read lazily. It
-   * becomes the node's snapshot only with {@linkcode NodeStorage.snapshotTaken}.
+   * Durably saves a snapshot of the state taken by this node: `count` entries, read lazily, and
+   * the session records. It becomes the node's snapshot only with
+   * {@linkcode NodeStorage.snapshotTaken}.
    */
-  saveSnapshot(meta: SnapshotMeta, count: number, pairs: Iterable<[string, string]>): Promise<void>;
+  saveSnapshot(meta: SnapshotMeta, count: number, content: SnapshotContent): Promise<void>;
   /** Records a saved snapshot and drops log entries wholly at or below `compactTo`. */
   snapshotTaken(meta: SnapshotMeta, compactTo: number): Promise<void>;
   /** Streams a saved or installed snapshot, in the snapshot file format (to send to a peer). */
   openSnapshot(id: SnapshotId): Promise<ReadableStream<Uint8Array>>;
   /**
    * Durably stores a snapshot streamed by the leader as a received one (it replaces nothing
-   * until installed), verifies it, and returns its pairs.
+   * until installed), verifies it, and returns its data.
    *
    * @throws {CorruptFileError} If the bytes are not a valid snapshot, or not the one `meta` names.
    */
   receiveSnapshot(
     meta: SnapshotMeta,
     body: ReadableStream<Uint8Array>,
-  ): Promise<[string, string][]>;
+  ): Promise<SnapshotData>;
   /** Removes a received snapshot that will not be installed; a missing one is no error. */
   discardReceived(id: SnapshotId): Promise<void>;
   /**
@@ -187,7 +204,26 @@ export interface RaftNodeOptions {
    * write larger than the limit can still go through alone). Default 64 MiB.
    */
   maxPendingBytes?: number;
+  /**
+   * The wall clock (milliseconds since the epoch) a leader stamps into writes that carry an
+   * idempotency key; the state machine decides their expiry from that stamp alone, so every
+   * replica decides the same. Default `Date.now`.
+   */
+  wallClock?: () => number;
+  /** How long the outcome of an idempotent write is remembered, in milliseconds. Default 1 hour. */
+  idempotencyTtlMs?: number;
+  /** Most idempotent outcomes remembered (the oldest go first). Default 100000. */
+  maxIdempotencyKeys?: number;
+  /** Most bytes of idempotent outcomes remembered (the oldest go first). Default 64 MiB. */
+  maxIdempotencyBytes?: number;
 }
+
+/** The idempotency defaults of {@linkcode RaftNodeOptions}. */
+export const IDEMPOTENCY_DEFAULTS = {
+  ttlMs: 3_600_000,
+  maxKeys: 100_000,
+  maxBytes: 64 * 1024 * 1024,
+} as const;
 
 /**
  * A read-only look inside a running node, for simulations and tests that check Raft's safety
@@ -212,22 +248,26 @@ export interface NodeInspection {
   entry(index: number): Entry | undefined;
   /** The applied value of `key`, as a stale read returns it. */
   value(key: string): string | null;
+  /** The applied entry of `key` (value and revision), or null. */
+  kvEntry(key: string): KvEntry | null;
   /**
-   * The applied key-value pairs: an iterator over the live data, valid until the node applies
-   * the next entry (read it at once). Read-only; a simulation's fault injection uses it.
+   * The applied entries in key order: an iterator over the live data, valid until the node
+   * applies the next entry (read it at once). Read-only; a simulation's fault injection uses it.
    */
-  entries(): Iterable<[string, string]>;
+  entries(): Iterable<KvEntry>;
+  /** The state machine's remembered idempotent outcomes, encoded as in snapshots. */
+  sessions(): readonly Uint8Array[];
 }
 
 interface Waiter {
   term: number;
-  resolve: (r: KvResult & { index: number }) => void;
+  resolve: (r: KvResult) => void;
   reject: (e: unknown) => void;
 }
 
 interface PendingRead {
-  key: string;
-  resolve: (v: string | null) => void;
+  /** Answers the read from the state as it is now. */
+  serve: () => void;
   reject: (e: unknown) => void;
 }
 
@@ -254,7 +294,7 @@ interface WriteJob {
 
 interface ReceivedSnapshot {
   meta: SnapshotMeta;
-  pairs: [string, string][];
+  data: SnapshotData;
 }
 
 /**
@@ -348,6 +388,8 @@ export class RaftNode implements KvBackend {
   #noSpace: { since: number; retryAt: number; delayMs: number } | null = null;
   /** The term on disk: heartbeat answers in it need no write first. */
   #durableTerm: number;
+  readonly #wallClock: () => number;
+  readonly #idempotency: { ttlMs: number; maxKeys: number; maxBytes: number };
 
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
@@ -372,6 +414,12 @@ export class RaftNode implements KvBackend {
     this.#maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024;
     this.#catchUpEntries = options.snapshotCatchUpEntries ??
       Math.min(5000, this.#snapshotThreshold);
+    this.#wallClock = options.wallClock ?? Date.now;
+    this.#idempotency = {
+      ttlMs: options.idempotencyTtlMs ?? IDEMPOTENCY_DEFAULTS.ttlMs,
+      maxKeys: options.maxIdempotencyKeys ?? IDEMPOTENCY_DEFAULTS.maxKeys,
+      maxBytes: options.maxIdempotencyBytes ?? IDEMPOTENCY_DEFAULTS.maxBytes,
+    };
     const snapshot = this.#storage.snapshot;
     if (snapshot) {
       this.#kv.reset(this.#storage.snapshotData, snapshot.index);
@@ -431,24 +479,65 @@ export class RaftNode implements KvBackend {
 
   // ---- KvBackend ----------------------------------------------------------------------------
 
+  /**
+   * Proposes `cmd` and resolves with its result once it is committed and applied. With an
+   * `idempotencyKey` the leader stamps its wall clock and the idempotency limits into the entry,
+   * and a repeat of the same key and command within the time to live is answered with the first
+   * outcome (`replayed: true`) instead of being applied again.
+   */
+  async write(
+    cmd: PlainCommand,
+    signal: AbortSignal,
+    idempotencyKey?: string | null,
+  ): Promise<KvResult> {
+    this.#refuseWhenFull();
+    const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
+      op: "idempotent",
+      id: idempotencyKey,
+      at: this.#wallClock(),
+      ...this.#idempotency,
+      command: cmd,
+    };
+    return await this.#propose(full, signal);
+  }
+
   /** Writes `value` under `key` once committed and applied. */
   async put(key: string, value: string, signal: AbortSignal): Promise<WriteResult> {
-    this.#refuseWhenFull();
-    const r = await this.#propose({ op: "put", key, value }, signal);
+    const r = await this.write({ op: "put", key, value }, signal);
     return { index: r.index };
   }
 
   /** Deletes `key` once committed and applied. */
   async delete(key: string, signal: AbortSignal): Promise<DeleteResult> {
-    this.#refuseWhenFull();
-    const r = await this.#propose({ op: "delete", key }, signal);
+    const r = await this.write({ op: "delete", key }, signal);
     return { index: r.index, deleted: r.op === "delete" && r.deleted };
   }
 
-  /** Reads `key` with the given consistency (see {@linkcode Consistency}). */
-  get(key: string, consistency: Consistency, signal: AbortSignal): Promise<string | null> {
+  /** Reads `key` with the given consistency (see {@linkcode Consistency}): its value or null. */
+  async get(key: string, consistency: Consistency, signal: AbortSignal): Promise<string | null> {
+    return (await this.read(key, consistency, signal)).entry?.value ?? null;
+  }
+
+  /** Reads `key`'s entry with the given consistency, and the applied index it reflects. */
+  read(key: string, consistency: Consistency, signal: AbortSignal): Promise<ReadResult> {
+    return this.#read(consistency, signal, () => ({
+      entry: this.#kv.entry(key),
+      index: this.#kv.appliedIndex,
+    }));
+  }
+
+  /** Reads a range of keys with the given consistency (see {@linkcode KvStateMachine.range}). */
+  range(query: RangeQuery, consistency: Consistency, signal: AbortSignal): Promise<RangeAnswer> {
+    return this.#read(consistency, signal, () => ({
+      ...this.#kv.range(query),
+      index: this.#kv.appliedIndex,
+    }));
+  }
+
+  /** Answers `serve()` once a read with the given consistency may see the state. */
+  #read<T>(consistency: Consistency, signal: AbortSignal, serve: () => T): Promise<T> {
     if (this.#stopping) return Promise.reject(new StoppingError());
-    if (consistency === "stale") return Promise.resolve(this.#kv.get(key));
+    if (consistency === "stale") return Promise.resolve(serve());
     if (this.#core.role !== "leader") {
       return Promise.reject(new NotLeaderError(this.#core.leader));
     }
@@ -459,21 +548,21 @@ export class RaftNode implements KvBackend {
       const index = this.#core.role === "leader" ? this.#core.leaseRead() : null;
       // Within the lease and applied far enough: answer at once. Otherwise fall back to ReadIndex.
       if (index !== null && this.#kv.appliedIndex >= index) {
-        return Promise.resolve(this.#kv.get(key));
+        return Promise.resolve(serve());
       }
     }
     return new Promise((resolve, reject) => {
-      const read: PendingRead = { key, resolve, reject };
+      const read: PendingRead = { serve: () => {}, reject };
       const onAbort = () => {
         read.reject = () => {};
-        read.resolve = () => {};
+        read.serve = () => {};
         reject(signal.reason);
       };
       if (signal.aborted) return onAbort();
       signal.addEventListener("abort", onAbort, { once: true });
-      read.resolve = (v) => {
+      read.serve = () => {
         signal.removeEventListener("abort", onAbort);
-        resolve(v);
+        resolve(serve());
       };
       read.reject = (e) => {
         signal.removeEventListener("abort", onAbort);
@@ -494,7 +583,7 @@ export class RaftNode implements KvBackend {
       voters: [...this.#core.voters],
       count: view.count,
     };
-    const chunks = encodeSnapshot(header, view.pairs());
+    const chunks = encodeSnapshot(header, { entries: view.entries(), sessions: view.sessions });
     const stream = new ReadableStream<Uint8Array>({
       async pull(controller) {
         try {
@@ -556,7 +645,9 @@ export class RaftNode implements KvBackend {
           ? log.slice(index, index + 1)[0]
           : undefined,
       value: (key) => this.#kv.get(key),
-      entries: () => this.#kv.data.entries(),
+      kvEntry: (key) => this.#kv.entry(key),
+      entries: () => this.#kv.entries(),
+      sessions: () => this.#kv.sessionRecords(),
     };
   }
 
@@ -570,7 +661,7 @@ export class RaftNode implements KvBackend {
 
   // ---- inputs -------------------------------------------------------------------------------
 
-  #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult & { index: number }> {
+  #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult> {
     if (this.#stopping) return Promise.reject(new StoppingError());
     if (signal.aborted) return Promise.reject(signal.reason);
     const data = encodeCommand(cmd);
@@ -961,7 +1052,7 @@ export class RaftNode implements KvBackend {
     for (const e of entries) {
       let result: KvResult | null = null;
       if (e.type === EntryType.Normal) {
-        result = this.#kv.apply(e.index, decodeCommand(e.data));
+        result = this.#kv.apply(e.index, e.data);
       } else {
         this.#kv.advance(e.index);
       }
@@ -970,7 +1061,7 @@ export class RaftNode implements KvBackend {
       if (!w) continue;
       this.#waiters.delete(e.index);
       if (w.term === e.term && result) {
-        w.resolve({ ...result, index: e.index });
+        w.resolve(result);
       } else {
         // Another leader's entry took this index: ours was never committed and never will be.
         w.reject(new NotAppliedError());
@@ -1021,7 +1112,10 @@ export class RaftNode implements KvBackend {
     const logBytes = this.#logBytes;
     this.#storage.rollLog();
     try {
-      await this.#storage.saveSnapshot(meta, view.count, view.pairs());
+      await this.#storage.saveSnapshot(meta, view.count, {
+        entries: view.entries(),
+        sessions: view.sessions,
+      });
     } finally {
       view.close();
     }
@@ -1099,10 +1193,10 @@ export class RaftNode implements KvBackend {
       );
     }
     this.#uploads.set(key, meta);
-    let pairs;
+    let data;
     try {
       try {
-        pairs = await this.#storage.receiveSnapshot(meta, body);
+        data = await this.#storage.receiveSnapshot(meta, body);
       } catch (e) {
         // The peer sent bytes that are not the snapshot it named: its fault, not this node's. The
         // answer says what is wrong, never where the node keeps its files.
@@ -1120,7 +1214,7 @@ export class RaftNode implements KvBackend {
     }
     // Only the newest received snapshot can still be installed.
     this.#received.clear();
-    this.#received.set(meta.index, { meta, pairs });
+    this.#received.set(meta.index, { meta, data });
     if (this.#stopping) return;
     const refused: string[] = [];
     this.#guard(() => {
@@ -1179,7 +1273,7 @@ export class RaftNode implements KvBackend {
     if (!received) throw new Error(`no received snapshot at index ${meta.index} to install`);
     this.#received.clear();
     this.#installing.set(_key(meta), meta);
-    this.#kv.reset(received.pairs, meta.index);
+    this.#kv.reset(received.data, meta.index);
     for (const [index, w] of this.#waiters) {
       if (index <= meta.index) {
         this.#waiters.delete(index);
@@ -1222,7 +1316,7 @@ export class RaftNode implements KvBackend {
     const still: ReadRound[] = [];
     for (const round of this.#readsAwaitingApply) {
       if (round.index! <= applied) {
-        for (const r of round.reads) r.resolve(this.#kv.get(r.key));
+        for (const r of round.reads) r.serve();
       } else {
         still.push(round);
       }

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { contentOf } from "../../testing/snapshot_pairs.ts";
 import { join } from "node:path";
 import { NotLeaderError } from "../raft/errors.ts";
 import { MemoryNetwork } from "../../testing/memory_transport.ts";
@@ -290,7 +291,7 @@ Deno.test("a snapshot upload that fails or is refused leaves no received file; a
   const msg = snap({ type: MessageType.Snap, from: "a", to: "b", term: 1, snapshot: meta });
   const bytes = async (index: number) => {
     const chunks = await Array.fromAsync(
-      encodeSnapshot({ ...meta, index, count: 1 }, [["k", "v"]]),
+      encodeSnapshot({ ...meta, index, count: 1 }, contentOf([["k", "v"]])),
     );
     return new Blob(chunks as BlobPart[]).stream();
   };
@@ -436,7 +437,7 @@ function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
       await storage.saveHardState(hs);
     },
     rollLog: () => storage.rollLog(),
-    saveSnapshot: (meta, count, pairs) => storage.saveSnapshot(meta, count, pairs),
+    saveSnapshot: (meta, count, content) => storage.saveSnapshot(meta, count, content),
     snapshotTaken: async (meta, compactTo) => {
       check();
       await storage.snapshotTaken(meta, compactTo);

@@ -1,16 +1,22 @@
 /**
  * Snapshot files: the whole key-value state at one log index, in one self-checking file.
  *
- * Layout (all integers big-endian):
+ * Layout (all integers big-endian; a u64 is two u32, high then low, up to 2^53 - 1):
  *
  * ```
- * magic      8 bytes  "RKVSNAP1"
+ * magic      8 bytes  "RKVSNAP2"
  * hdrLen     u32      length of the header JSON
  * header     hdrLen   UTF-8 JSON {"index","term","voters","count"}
- * count x:   u32 keyLen, key (UTF-8), u32 valueLen, value (UTF-8)
+ * count x:   u32 keyLen, key (UTF-8), u32 valueLen, value (UTF-8),
+ *            u64 createIndex, u64 modIndex, u64 version
+ * sessions   u32      the number of session records, then each as u32 length and its bytes
  * trailer    8 bytes  "RKVSEND1"
  * crc        u32      CRC-32C of every byte before it (the trailer included)
  * ```
+ *
+ * Session records are the state machine's remembered idempotent outcomes, opaque here. Files of
+ * the first version (magic "RKVSNAP1": pairs of key and value only, no sessions) still load:
+ * each key gets `createIndex` = `modIndex` = the snapshot's index and `version` 1.
  *
  * Files are named `snap-<index>-<term>.snap` (16-digit zero-padded decimals, so names sort by
  * index). They are written to `<name>.tmp`, synced, renamed and the directory synced. A snapshot
@@ -38,7 +44,7 @@ export interface SnapshotHeader {
   term: number;
   /** The voting members at that point. */
   voters: string[];
-  /** The number of key-value pairs. */
+  /** The number of entries (keys). */
   count: number;
 }
 
@@ -52,15 +58,41 @@ export interface SnapshotFileInfo {
   term: number;
 }
 
+/** One key of a snapshot: its value and revision. */
+export interface SnapshotEntry {
+  /** The key. */
+  readonly key: string;
+  /** Its value. */
+  readonly value: string;
+  /** The log index that created it. */
+  readonly createIndex: number;
+  /** The log index that last wrote it. */
+  readonly modIndex: number;
+  /** Writes since it was created. */
+  readonly version: number;
+}
+
+/** What a snapshot holds besides its header. */
+export interface SnapshotContent {
+  /** The entries, read lazily (their number is the header's `count`). */
+  entries: Iterable<SnapshotEntry>;
+  /** The session records (opaque bytes of the state machine). */
+  sessions: readonly Uint8Array[];
+}
+
 /** A fully read and verified snapshot. */
 export interface LoadedSnapshot {
   /** What it covers. */
   header: SnapshotHeader;
-  /** Its key-value pairs, in the order stored. */
-  pairs: [string, string][];
+  /** Its entries, in the order stored. */
+  entries: SnapshotEntry[];
+  /** Its session records. */
+  sessions: Uint8Array[];
 }
 
-const MAGIC = new TextEncoder().encode("RKVSNAP1");
+const MAGIC = new TextEncoder().encode("RKVSNAP2");
+/** The first format: pairs only. */
+const MAGIC_V1 = new TextEncoder().encode("RKVSNAP1");
 const TRAILER = new TextEncoder().encode("RKVSEND1");
 const NAME = /^snap-(\d{16})-(\d{16})\.snap$/;
 const RECEIVED = /^snap-(\d{16})-(\d{16})\.snap\.recv$/;
@@ -75,11 +107,11 @@ export function snapshotName(index: number, term: number): string {
 
 /**
  * Encodes a snapshot as a stream of chunks of about 256 KiB, so a large state is never one
- * string or one buffer. `pairs` is read lazily, chunk by chunk.
+ * string or one buffer. The entries are read lazily, chunk by chunk.
  */
 export async function* encodeSnapshot(
   header: SnapshotHeader,
-  pairs: Iterable<[string, string]>,
+  content: SnapshotContent,
 ): AsyncGenerator<Uint8Array> {
   let crc = 0;
   const headerBytes = encoder.encode(JSON.stringify(header));
@@ -93,30 +125,45 @@ export async function* encodeSnapshot(
   let buf = new Uint8Array(CHUNK);
   let view = new DataView(buf.buffer);
   let at = 0;
-  let written = 0;
-  for (const [k, v] of pairs) {
-    // Worst case UTF-8 is 3 bytes per UTF-16 unit.
-    const need = 8 + 3 * (k.length + v.length);
-    if (at + need > buf.length) {
-      if (at > 0) {
-        const out = buf.subarray(0, at);
-        crc = crc32cRange(out, 0, out.length, crc);
-        yield out;
-      }
-      buf = new Uint8Array(Math.max(CHUNK, need));
-      view = new DataView(buf.buffer);
-      at = 0;
+  /** Makes room for `need` more bytes, yielding the full chunk first. */
+  function* room(need: number): Generator<Uint8Array> {
+    if (at + need <= buf.length) return;
+    if (at > 0) {
+      const out = buf.subarray(0, at);
+      crc = crc32cRange(out, 0, out.length, crc);
+      yield out;
     }
-    const kLen = encoder.encodeInto(k, buf.subarray(at + 4)).written;
+    buf = new Uint8Array(Math.max(CHUNK, need));
+    view = new DataView(buf.buffer);
+    at = 0;
+  }
+  let written = 0;
+  for (const e of content.entries) {
+    // Worst case UTF-8 is 3 bytes per UTF-16 unit.
+    yield* room(8 + 3 * (e.key.length + e.value.length) + 24);
+    const kLen = encoder.encodeInto(e.key, buf.subarray(at + 4)).written;
     view.setUint32(at, kLen);
     at += 4 + kLen;
-    const vLen = encoder.encodeInto(v, buf.subarray(at + 4)).written;
+    const vLen = encoder.encodeInto(e.value, buf.subarray(at + 4)).written;
     view.setUint32(at, vLen);
     at += 4 + vLen;
+    for (const n of [e.createIndex, e.modIndex, e.version]) {
+      _setU64(view, at, n);
+      at += 8;
+    }
     written++;
   }
   if (written !== header.count) {
-    throw new RangeError(`snapshot header says ${header.count} pairs but ${written} were given`);
+    throw new RangeError(`snapshot header says ${header.count} entries but ${written} were given`);
+  }
+  yield* room(4);
+  view.setUint32(at, content.sessions.length);
+  at += 4;
+  for (const s of content.sessions) {
+    yield* room(4 + s.length);
+    view.setUint32(at, s.length);
+    buf.set(s, at + 4);
+    at += 4 + s.length;
   }
   const tail = new Uint8Array(at + TRAILER.length + 4);
   tail.set(buf.subarray(0, at), 0);
@@ -124,6 +171,12 @@ export async function* encodeSnapshot(
   crc = crc32cRange(tail, 0, at + TRAILER.length, crc);
   new DataView(tail.buffer).setUint32(at + TRAILER.length, crc);
   yield tail;
+}
+
+function _setU64(view: DataView, at: number, n: number): void {
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${n} is not a u64 up to 2^53-1`);
+  view.setUint32(at, Math.floor(n / 2 ** 32));
+  view.setUint32(at + 4, n >>> 0);
 }
 
 /**
@@ -161,7 +214,8 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
   };
   const min = MAGIC.length + 4 + TRAILER.length + 4;
   if (bytes.length < min) fail(`file too short (${bytes.length} bytes)`, 0);
-  for (let i = 0; i < MAGIC.length; i++) if (bytes[i] !== MAGIC[i]) fail("bad magic", 0);
+  const v1 = MAGIC_V1.every((b, i) => bytes[i] === b);
+  if (!v1 && !MAGIC.every((b, i) => bytes[i] === b)) fail("bad magic", 0);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const end = bytes.length - TRAILER.length - 4;
   for (let i = 0; i < TRAILER.length; i++) {
@@ -186,21 +240,49 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
     fail(`malformed header ${JSON.stringify(header)}`, at);
   }
   at += hdrLen;
-  const pairs: [string, string][] = new Array(header.count);
+  const u64 = (what: string): number => {
+    if (at + 8 > end) fail(`${what} runs past the data`, at);
+    const n = view.getUint32(at) * 2 ** 32 + view.getUint32(at + 4);
+    if (!Number.isSafeInteger(n)) fail(`${what} ${n} is above 2^53-1`, at);
+    at += 8;
+    return n;
+  };
+  const entries: SnapshotEntry[] = new Array(header.count);
   for (let i = 0; i < header.count; i++) {
-    if (at + 4 > end) fail(`pair ${i} of ${header.count} missing`, at);
+    if (at + 4 > end) fail(`entry ${i} of ${header.count} missing`, at);
     const kLen = view.getUint32(at);
     if (at + 4 + kLen + 4 > end) fail(`key ${i} runs past the data`, at);
-    const k = _utf8(bytes, at + 4, at + 4 + kLen);
+    const key = _utf8(bytes, at + 4, at + 4 + kLen);
     at += 4 + kLen;
     const vLen = view.getUint32(at);
     if (at + 4 + vLen > end) fail(`value ${i} runs past the data`, at);
-    const v = _utf8(bytes, at + 4, at + 4 + vLen);
+    const value = _utf8(bytes, at + 4, at + 4 + vLen);
     at += 4 + vLen;
-    pairs[i] = [k, v];
+    entries[i] = v1
+      ? { key, value, createIndex: header.index, modIndex: header.index, version: 1 }
+      : {
+        key,
+        value,
+        createIndex: u64(`create index ${i}`),
+        modIndex: u64(`mod index ${i}`),
+        version: u64(`version ${i}`),
+      };
   }
-  if (at !== end) fail(`${end - at} unexpected bytes after the last pair`, at);
-  return { header, pairs };
+  const sessions: Uint8Array[] = [];
+  if (!v1) {
+    if (at + 4 > end) fail("session count missing", at);
+    const n = view.getUint32(at);
+    at += 4;
+    for (let i = 0; i < n; i++) {
+      if (at + 4 > end) fail(`session ${i} of ${n} missing`, at);
+      const len = view.getUint32(at);
+      if (at + 4 + len > end) fail(`session ${i} runs past the data`, at);
+      sessions.push(bytes.slice(at + 4, at + 4 + len));
+      at += 4 + len;
+    }
+  }
+  if (at !== end) fail(`${end - at} unexpected bytes after the last entry`, at);
+  return { header, entries, sessions };
 }
 
 /**

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { contentOf } from "../../testing/snapshot_pairs.ts";
 import { CorruptFileError } from "./errors.ts";
 import {
   encodeSnapshot,
@@ -16,23 +17,51 @@ function pairs(n: number, valueSize = 20): [string, string][] {
   return Array.from({ length: n }, (_, i) => [`key-${i}-ключ`, `${i}`.padEnd(valueSize, "v")]);
 }
 
-async function write(dir: string, index: number, data: [string, string][]): Promise<string> {
+async function write(
+  dir: string,
+  index: number,
+  data: [string, string][],
+  sessions: Uint8Array[] = [],
+): Promise<string> {
   const header: SnapshotHeader = { index, term: 2, voters: ["a", "b", "c"], count: data.length };
-  return await writeSnapshotFile(dir, encodeSnapshot(header, data), snapshotName(index, 2));
+  return await writeSnapshotFile(
+    dir,
+    encodeSnapshot(header, { ...contentOf(data, index), sessions }),
+    snapshotName(index, 2),
+  );
 }
 
-Deno.test("a snapshot file round-trips every pair and its header", async () => {
+Deno.test("a snapshot file round-trips every entry, its revision, the sessions and the header", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const data = pairs(20_000);
     data.push(["", ""], ["big", "x".repeat(600_000)]);
-    const path = await write(dir, 42, data);
+    const content = contentOf(data);
+    // Revisions up to 2^53-1, and sessions of every size (a large one spans chunks).
+    const entries = content.entries.map((e, i) => ({
+      ...e,
+      createIndex: i,
+      modIndex: i === 7 ? 2 ** 53 - 1 : i + 1,
+      version: i % 5 + 1,
+    }));
+    const sessions = [
+      new Uint8Array(0),
+      new Uint8Array([1, 2, 3]),
+      new Uint8Array(400_000).fill(7),
+    ];
+    const header: SnapshotHeader = { index: 42, term: 2, voters: ["a", "b", "c"], count: 20_002 };
+    const path = await writeSnapshotFile(
+      dir,
+      encodeSnapshot(header, { entries, sessions }),
+      snapshotName(42, 2),
+    );
     const loaded = await readSnapshotFile(path);
-    assert.deepEqual(loaded.header, { index: 42, term: 2, voters: ["a", "b", "c"], count: 20_002 });
-    assert.deepEqual(loaded.pairs, data);
-    const entries = [];
-    for await (const e of Deno.readDir(dir)) entries.push(e.name);
-    assert.deepEqual(entries, [snapshotName(42, 2)], "no temp file left behind");
+    assert.deepEqual(loaded.header, header);
+    assert.deepEqual(loaded.entries, entries);
+    assert.deepEqual(loaded.sessions, sessions);
+    const names = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    assert.deepEqual(names, [snapshotName(42, 2)], "no temp file left behind");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -86,10 +115,14 @@ Deno.test("a process killed while writing a snapshot leaves the previous one usa
       import { encodeSnapshot, snapshotName, writeSnapshotFile } from ${
       JSON.stringify(new URL("./snapshot_file.ts", import.meta.url).href)
     };
-      function* slow() { for (let i = 0; ; i++) yield ["k" + i, "v".repeat(100)]; }
+      function* slow() {
+        for (let i = 0; ; i++) {
+          yield { key: "k" + i, value: "v".repeat(100), createIndex: 1, modIndex: 1, version: 1 };
+        }
+      }
       await writeSnapshotFile(${
       JSON.stringify(dir)
-    }, encodeSnapshot({ index: 99, term: 3, voters: [], count: 1e12 }, slow()), snapshotName(99, 3));
+    }, encodeSnapshot({ index: 99, term: 3, voters: [], count: 1e12 }, { entries: slow(), sessions: [] }), snapshotName(99, 3));
     `;
     const child = new Deno.Command(Deno.execPath(), {
       args: ["eval", code],
@@ -114,7 +147,7 @@ Deno.test("a process killed while writing a snapshot leaves the previous one usa
     const found = await listSnapshots(dir);
     assert.deepEqual(found.map((s) => s.index), [10], "the half-written snapshot is not listed");
     const loaded = await readSnapshotFile(found[0]!.path);
-    assert.equal(loaded.pairs.length, 100);
+    assert.equal(loaded.entries.length, 100);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -214,7 +247,7 @@ Deno.test({
       const name = snapshotName(5, 2);
       const tempModes: number[] = [];
       const chunks = async function* () {
-        for await (const chunk of encodeSnapshot(header, [["k", "v"]])) {
+        for await (const chunk of encodeSnapshot(header, contentOf([["k", "v"]]))) {
           // While the snapshot is being written, its temp file exists.
           tempModes.push((await Deno.stat(join(dir, `${name}.tmp`))).mode! & 0o777);
           yield chunk;
@@ -223,7 +256,7 @@ Deno.test({
       const path = await writeSnapshotFile(dir, chunks(), name);
       const received = await writeSnapshotFile(
         dir,
-        encodeSnapshot(header, [["k", "v"]]),
+        encodeSnapshot(header, contentOf([["k", "v"]])),
         `${name}.recv`,
       );
       assert.ok(tempModes.length > 0);

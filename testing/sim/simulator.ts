@@ -967,7 +967,7 @@ class _Simulation {
         const node = n.node;
         if (!live() || !node) return;
         const leaky = [...node.inspect().entries()];
-        await inner.saveSnapshot(meta, leaky.length, leaky);
+        await inner.saveSnapshot(meta, leaky.length, { entries: leaky, sessions: [] });
       },
       append: async (entries: Entry[]) => {
         const from = entries[0]?.index ?? Infinity;
@@ -1135,7 +1135,8 @@ class _Simulation {
       if (data) {
         const cmd = decodeCommand(data);
         if (cmd.op === "put") this.#ref.set(cmd.key, cmd.value);
-        else this.#ref.delete(cmd.key);
+        else if (cmd.op === "delete") this.#ref.delete(cmd.key);
+        else throw new Error(`the reference state does not model ${cmd.op} commands`);
       }
       this.#refDigest[i] = _stateDigest(this.#keys, (k) => this.#ref.get(k) ?? null);
     }
@@ -1165,7 +1166,9 @@ class _Simulation {
       const data = this.#committedData[i];
       if (!data) continue;
       const cmd = decodeCommand(data);
-      if (cmd.key === key) return cmd.op === "put" ? cmd.value : null;
+      if ((cmd.op === "put" || cmd.op === "delete") && cmd.key === key) {
+        return cmd.op === "put" ? cmd.value : null;
+      }
     }
     return null;
   }

@@ -1,0 +1,141 @@
+/**
+ * The routes of one key: `GET`, `PUT` and `DELETE /v1/data/{key}`, and `POST /v1/data`.
+ *
+ * - Reads answer the key's value and revision (`create_index`, `mod_index`, `version`), with
+ *   the applied index the read saw in the {@linkcode INDEX_HEADER}.
+ * - Writes take a compare-and-set condition, `?cas=N` or `"cas": N` (see `casParam`): the key's
+ *   `mod_index` must be `N` (0: it must not exist), else 412 with its current revision, and
+ *   nothing changes.
+ * - Writes take an `Idempotency-Key` header: a retry with the same key and request is answered
+ *   with the first outcome and applied once (see `outcome.ts`).
+ *
+ * @module
+ */
+
+import type { KvResult, PlainCommand } from "../node/backend.ts";
+import { type ApiContext, backendFailure } from "./context.ts";
+import { raceAbort, startDeadline } from "./deadline.ts";
+import { jsonResponse, overloadedError } from "./errors.ts";
+import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome.ts";
+import {
+  casParam,
+  checkKey,
+  checkValue,
+  parseObject,
+  readBody,
+  readConsistency,
+  requireJson,
+  stringField,
+  writeKey,
+} from "./validate.ts";
+
+/**
+ * `POST /v1/data` (`pathKey` null) and `PUT /v1/data/{key}`: 200
+ * `{"k","v","index","create_index","mod_index","version"}` once applied.
+ *
+ * @param ctx The handler's context.
+ * @param req The request.
+ * @param url Its parsed URL.
+ * @param pathKey The key in the path, or null for `POST /v1/data`.
+ * @returns The answer.
+ */
+export async function writeRoute(
+  ctx: ApiContext,
+  req: Request,
+  url: URL,
+  pathKey: string | null,
+): Promise<Response> {
+  requireJson(req);
+  const overloaded = ctx.backend.overloaded();
+  if (overloaded !== null) throw overloadedError(overloaded, pathKey, ctx.retryAfter);
+  const idem = idempotencyKey(req);
+  using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
+  const bytes = await readBody(req, ctx.maxBodyBytes, deadline);
+  const body = parseObject(bytes);
+  const key = writeKey(body, pathKey);
+  const value = stringField(body, "v", "the value");
+  checkKey(key, ctx.maxKeyBytes);
+  checkValue(key, value, ctx.maxValueBytes);
+  const cas = casParam(url, body, key);
+  const cmd: PlainCommand = cas === undefined
+    ? { op: "put", key, value }
+    : { op: "put", key, value, cas };
+  let result: KvResult;
+  try {
+    result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);
+  } catch (err) {
+    return await backendFailure(ctx, req, url, bytes, err, deadline, { write: true, key });
+  }
+  return writeOutcome(result, cas, (r) => ({
+    k: key,
+    v: value,
+    index: r.index,
+    ...(r.op === "put"
+      ? { create_index: r.createIndex, mod_index: r.modIndex, version: r.version }
+      : {}),
+  }));
+}
+
+/**
+ * `GET /v1/data/{key}`: 200 `{"k","v","create_index","mod_index","version"}`, or 404.
+ *
+ * @param ctx The handler's context.
+ * @param req The request.
+ * @param url Its parsed URL.
+ * @param key The key.
+ * @returns The answer.
+ */
+export async function readRoute(
+  ctx: ApiContext,
+  req: Request,
+  url: URL,
+  key: string,
+): Promise<Response> {
+  const consistency = readConsistency(url, key);
+  using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
+  try {
+    const r = await raceAbort(
+      (signal) => ctx.backend.read(key, consistency, signal),
+      deadline.signal,
+    );
+    const headers = { [INDEX_HEADER]: String(r.index) };
+    return r.entry === null
+      ? jsonResponse(404, { error: "key not found", k: key }, headers)
+      : jsonResponse(200, entryJson(r.entry), headers);
+  } catch (err) {
+    return await backendFailure(ctx, req, url, null, err, deadline, { write: false, key });
+  }
+}
+
+/**
+ * `DELETE /v1/data/{key}`: 200 `{"k","deleted","index"}`; with `?cas=N`, 412 unless the key's
+ * `mod_index` is `N`.
+ *
+ * @param ctx The handler's context.
+ * @param req The request.
+ * @param url Its parsed URL.
+ * @param key The key.
+ * @returns The answer.
+ */
+export async function deleteRoute(
+  ctx: ApiContext,
+  req: Request,
+  url: URL,
+  key: string,
+): Promise<Response> {
+  const idem = idempotencyKey(req);
+  const cas = casParam(url, null, key);
+  const cmd: PlainCommand = cas === undefined ? { op: "delete", key } : { op: "delete", key, cas };
+  using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
+  let result: KvResult;
+  try {
+    result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);
+  } catch (err) {
+    return await backendFailure(ctx, req, url, null, err, deadline, { write: true, key });
+  }
+  return writeOutcome(result, cas, (r) => ({
+    k: key,
+    deleted: r.op === "delete" && r.deleted,
+    index: r.index,
+  }));
+}

@@ -1,0 +1,184 @@
+/**
+ * A reference model of the key-value state machine, written as plainly as possible and apart
+ * from `src/kv/`: a `Map` of entries, ranges by sorting every key, remembered idempotent outcomes
+ * in an array scanned from the front. It gives the same results as `KvStateMachine` should, so
+ * tests and the simulation can check the real state machine (and whole clusters) against it.
+ *
+ * It shares only the command types and the key order with the real code: the order is checked on
+ * its own against UTF-8 bytes in `src/kv/ordered_map_test.ts`.
+ *
+ * @module
+ */
+
+import {
+  compareKeys,
+  encodeCommand,
+  type KeyRange,
+  type KvCommand,
+  type KvEntry,
+  type KvResult,
+  type PlainCommand,
+  type TxnOpResult,
+} from "../src/kv/state_machine.ts";
+
+interface _Remembered {
+  id: string;
+  bytes: string;
+  expiresAt: number;
+  result: KvResult;
+  size: number;
+}
+
+/** The reference model: see the module doc. */
+export class KvModel {
+  /** The entries by key. */
+  readonly data = new Map<string, KvEntry>();
+  #remembered: _Remembered[] = [];
+  /** How many times a command ran (not replayed), by idempotency key. */
+  readonly appliedById = new Map<string, number>();
+
+  /** Applies `cmd` as the entry at `index` and returns its result. */
+  apply(index: number, cmd: KvCommand): KvResult {
+    if (cmd.op !== "idempotent") return this.#plain(index, cmd);
+    // Expired outcomes go from the front only (as far as the first one still alive), or when hit.
+    while (this.#remembered[0] !== undefined && this.#remembered[0].expiresAt <= cmd.at) {
+      this.#remembered.shift();
+    }
+    const bytes = Array.from(encodeCommand(cmd.command)).join(",");
+    const found = this.#remembered.findIndex((r) => r.id === cmd.id);
+    if (found >= 0) {
+      const r = this.#remembered[found]!;
+      if (r.expiresAt > cmd.at) {
+        if (r.bytes !== bytes) return { op: "idempotency_mismatch", index, id: cmd.id };
+        return { ...structuredClone(r.result), replayed: true };
+      }
+      this.#remembered.splice(found, 1);
+    }
+    const result = this.#plain(index, cmd.command);
+    this.appliedById.set(cmd.id, (this.appliedById.get(cmd.id) ?? 0) + 1);
+    this.#remembered.push({
+      id: cmd.id,
+      bytes,
+      expiresAt: cmd.at + cmd.ttlMs,
+      result: structuredClone(result),
+      size: _sessionSize(cmd.id, result),
+    });
+    const total = () => this.#remembered.reduce((n, r) => n + r.size, 0);
+    while (
+      this.#remembered.length > cmd.maxKeys ||
+      (this.#remembered.length > 0 && total() > cmd.maxBytes)
+    ) {
+      this.#remembered.shift();
+    }
+    return result;
+  }
+
+  /** The ids whose outcomes are remembered, oldest first. */
+  rememberedIds(): string[] {
+    return this.#remembered.map((r) => r.id);
+  }
+
+  /** The entries of `range` in key order. */
+  range(range: KeyRange): KvEntry[] {
+    return [...this.data.keys()].sort(compareKeys).filter((k) => inRange(k, range)).map((k) =>
+      this.data.get(k)!
+    );
+  }
+
+  #plain(index: number, cmd: PlainCommand): KvResult {
+    const cur = (k: string) => this.data.get(k) ?? null;
+    switch (cmd.op) {
+      case "put": {
+        if (cmd.cas !== undefined && (cur(cmd.key)?.modIndex ?? 0) !== cmd.cas) {
+          return { op: "cas_failed", index, key: cmd.key, current: cur(cmd.key) };
+        }
+        const e = this.#write(index, cmd.key, cmd.value);
+        return {
+          op: "put",
+          index,
+          createIndex: e.createIndex,
+          modIndex: e.modIndex,
+          version: e.version,
+        };
+      }
+      case "delete":
+        if (cmd.cas !== undefined && (cur(cmd.key)?.modIndex ?? 0) !== cmd.cas) {
+          return { op: "cas_failed", index, key: cmd.key, current: cur(cmd.key) };
+        }
+        return { op: "delete", index, deleted: this.data.delete(cmd.key) };
+      case "delete_range": {
+        const keys = this.range(cmd.range).map((e) => e.key);
+        for (const k of keys) this.data.delete(k);
+        return { op: "delete_range", index, deleted: keys.length };
+      }
+      case "txn": {
+        let succeeded = true;
+        for (const c of cmd.compare) {
+          const e = cur(c.key);
+          let ok: boolean;
+          if (c.target === "exists") {
+            ok = c.op === "=" ? (e !== null) === c.value : (e !== null) !== c.value;
+          } else if (c.target === "value") {
+            ok = e !== null && _test(compareKeys(e.value, c.value), c.op);
+          } else {
+            const n = e === null
+              ? 0
+              : { version: e.version, mod_index: e.modIndex, create_index: e.createIndex }[
+                c.target
+              ];
+            ok = _test(n - c.value, c.op);
+          }
+          if (!ok) succeeded = false;
+        }
+        const results: TxnOpResult[] = [];
+        for (const op of succeeded ? cmd.success : cmd.failure) {
+          if (op.op === "put") {
+            const e = this.#write(index, op.key, op.value);
+            results.push({
+              op: "put",
+              key: op.key,
+              createIndex: e.createIndex,
+              modIndex: e.modIndex,
+              version: e.version,
+            });
+          } else if (op.op === "delete") {
+            results.push({ op: "delete", key: op.key, deleted: this.data.delete(op.key) });
+          } else {
+            results.push({ op: "get", key: op.key, entry: cur(op.key) });
+          }
+        }
+        return { op: "txn", index, succeeded, results };
+      }
+    }
+  }
+
+  #write(index: number, key: string, value: string): KvEntry {
+    const old = this.data.get(key);
+    const e: KvEntry = {
+      key,
+      value,
+      createIndex: old?.createIndex ?? index,
+      modIndex: index,
+      version: (old?.version ?? 0) + 1,
+    };
+    this.data.set(key, e);
+    return e;
+  }
+}
+
+/** Whether `key` lies in `range`. */
+export function inRange(key: string, range: KeyRange): boolean {
+  if ("prefix" in range) return key.startsWith(range.prefix);
+  return compareKeys(key, range.start) >= 0 &&
+    (range.end === null || compareKeys(key, range.end) < 0);
+}
+
+function _test(d: number, op: "=" | "!=" | "<" | ">"): boolean {
+  return op === "=" ? d === 0 : op === "!=" ? d !== 0 : op === "<" ? d < 0 : d > 0;
+}
+
+/** The bytes the state machine counts for a remembered outcome (its snapshot record). */
+function _sessionSize(id: string, result: KvResult): number {
+  const enc = new TextEncoder();
+  return 4 + enc.encode(id).length + 16 + enc.encode(JSON.stringify(result)).length;
+}
