@@ -1,9 +1,11 @@
 /**
- * A linearizability checker for histories of key-value operations (`put`, `get`, `delete`).
+ * A linearizability checker for histories of key-value operations (`put`, `get`, `delete`, and
+ * compare-and-set `cas`).
  *
  * The model: every key is an independent register whose initial state is "absent" (`null`).
- * `put(key, value)` sets it, `delete(key)` makes it absent again, and `get(key)` returns the
- * current value or `null` when absent. A history is the list of {@linkcode Operation}s that
+ * `put(key, value)` sets it, `delete(key)` makes it absent again, `get(key)` returns the
+ * current value or `null` when absent, and `cas(key, expect, value)` sets it to `value` (absent
+ * for `null`) only if it holds `expect` (`null`: only if absent). A history is the list of {@linkcode Operation}s that
  * concurrent clients recorded, each with its invocation time and its completion time. The history
  * is linearizable when every operation can be given a single instant between its invocation and
  * its completion such that, taken in that order, the operations are a legal sequential run of the
@@ -31,6 +33,13 @@
  *
  * - Leave out operations that definitely failed (e.g. rejected with 400, or answered with a
  *   definite "not applied"): they had no effect and constrain nothing.
+ * - A `cas` is recorded only when it applied (or may have: its outcome unknown). A failed one
+ *   changed nothing and only observed the register: record it as a `get` of the value it found
+ *   (or leave it out when it does not say). raftkv's compare-and-set names a `mod_index`, which
+ *   a client with unique values per key translates into the value written at that index.
+ * - A multi-key read (a range) is, key by key, a `get` of each key of the range over the same
+ *   interval, with `null` for the keys it did not return. This checks each key; that the keys
+ *   came from one state is a separate check (for example against the log).
  * - An operation whose outcome is unknown (timeout, crash, connection cut) is recorded with
  *   `return: null`. A `get` with an unknown outcome constrains nothing and is dropped. A `put` or
  *   `delete` with an unknown outcome may take effect at any instant after its call, or never.
@@ -65,7 +74,7 @@
  */
 
 /** The operations the key-value store offers. */
-export type OperationKind = "put" | "get" | "delete";
+export type OperationKind = "put" | "get" | "delete" | "cas";
 
 /** One operation of a history, as a client recorded it. */
 export interface Operation {
@@ -75,8 +84,13 @@ export interface Operation {
   kind: OperationKind;
   /** The key it acts on. */
   key: string;
-  /** put: the value written. get: the value observed (null = not found). delete: unused. */
+  /**
+   * put: the value written. get: the value observed (null = not found). delete: unused. cas: the
+   * value written (null: the key is deleted).
+   */
   value: string | null;
+  /** cas only: the value the register must hold for it to apply (null: absent). */
+  expect?: string | null;
   /** Invocation time (any monotonic number, e.g. `performance.now()`). */
   call: number;
   /**
@@ -274,6 +288,7 @@ export function describeHistory(
 const _PUT = 0;
 const _GET = 1;
 const _DELETE = 2;
+const _CAS = 3;
 
 /** An operation of one key, ready for the search. */
 interface _Op {
@@ -284,6 +299,8 @@ interface _Op {
   kind: number;
   /** The interned value: 0 is "absent", for a delete always 0. */
   value: number;
+  /** For a cas, the interned value it needs (0: absent); unused otherwise. */
+  expect: number;
   call: number;
   /** The return time; `Infinity` for a put/delete of unknown outcome. */
   ret: number;
@@ -306,6 +323,7 @@ const _NO_OP: _Op = {
   index: -1,
   kind: _GET,
   value: 0,
+  expect: 0,
   call: -Infinity,
   ret: -Infinity,
   required: false,
@@ -353,8 +371,16 @@ interface _CacheEntry {
 function _validate(op: Operation, i: number): void {
   const where = `history[${i}]`;
   if (op === null || typeof op !== "object") throw new TypeError(`${where} is not an operation`);
-  if (op.kind !== "put" && op.kind !== "get" && op.kind !== "delete") {
+  if (op.kind !== "put" && op.kind !== "get" && op.kind !== "delete" && op.kind !== "cas") {
     throw new TypeError(`${where}: unknown kind ${JSON.stringify(op.kind)}`);
+  }
+  if (op.kind === "cas") {
+    if (op.value !== null && typeof op.value !== "string") {
+      throw new TypeError(`${where}: a cas must carry a string value or null`);
+    }
+    if (op.expect === undefined || (op.expect !== null && typeof op.expect !== "string")) {
+      throw new TypeError(`${where}: a cas must carry an expected string value or null`);
+    }
   }
   if (typeof op.key !== "string") throw new TypeError(`${where}: key must be a string`);
   if (op.kind === "put" && typeof op.value !== "string") {
@@ -376,13 +402,20 @@ function _validate(op: Operation, i: number): void {
   }
 }
 
-/** Returns a reason if some completed get of `ops` saw a value no put of the key wrote. */
+/**
+ * Returns a reason if some completed get of `ops` saw a value no write of the key wrote (or a
+ * completed cas needed one).
+ */
 function _findUnwrittenRead(key: string, ops: readonly Operation[]): string | null {
   const written = new Set<string>();
-  for (const op of ops) if (op.kind === "put" && op.value !== null) written.add(op.value);
-  const index = ops.findIndex((op) =>
-    op.kind === "get" && op.return !== null && op.value !== null && !written.has(op.value)
-  );
+  for (const op of ops) {
+    if ((op.kind === "put" || op.kind === "cas") && op.value !== null) written.add(op.value);
+  }
+  const index = ops.findIndex((op) => {
+    if (op.return === null) return false;
+    const seen = op.kind === "get" ? op.value : op.kind === "cas" ? op.expect ?? null : null;
+    return seen !== null && !written.has(seen);
+  });
   const op = ops[index];
   if (op === undefined) return null;
   return `key ${JSON.stringify(key)} is not linearizable: ${_describeOne(op, index)} observed a ` +
@@ -395,11 +428,11 @@ function _findUnwrittenRead(key: string, ops: readonly Operation[]): string | nu
  * and simplifies operations of unknown outcome without changing the answer:
  *
  * - a get of unknown outcome constrains nothing: dropped;
- * - a put/delete of unknown outcome whose value no completed get returning at or after its call
- *   observed is dropped: in any linearization, the stretch between it and the next write holds
+ * - a put/delete/cas of unknown outcome whose value no completed get returning at or after its
+ *   call observed (nor any cas needed) is dropped: in any linearization, the stretch between it and the next write holds
  *   no get (such a get would read its value), so removing it leaves a valid linearization;
- * - a put of unknown outcome that is the only write of a value some completed get observed must
- *   take effect before the earliest such get returns: it becomes a required operation with that
+ * - a put or cas of unknown outcome that is the only write of a value some completed get observed
+ *   (or a completed cas needed) must take effect before the earliest such operation returns: it becomes a required operation with that
  *   return time (unless that is before its call, which the search then reports as a violation).
  */
 function _prepare(ops: readonly Operation[]): _Prepared {
@@ -416,16 +449,24 @@ function _prepare(ops: readonly Operation[]): _Prepared {
     return id;
   };
   const valueIds = ops.map((op) => (op.kind === "delete" ? 0 : intern(op.value)));
-  // Per value: how many puts write it, and the earliest and latest return of a get observing it.
+  const expectIds = ops.map((op) => (op.kind === "cas" ? intern(op.expect ?? null) : 0));
+  // Per value: how many writes write it, and the earliest and latest return of an operation
+  // observing it (a get that returned it, a cas that needed it; an unknown cas at any time).
   const writers = new Array<number>(values.length).fill(0);
   const firstRead = new Array<number>(values.length).fill(Infinity);
   const lastRead = new Array<number>(values.length).fill(-Infinity);
   ops.forEach((op, i) => {
     const v = valueIds[i] ?? 0;
-    if (op.kind === "put") writers[v] = (writers[v] ?? 0) + 1;
+    if (op.kind === "put" || op.kind === "cas") writers[v] = (writers[v] ?? 0) + 1;
     if (op.kind === "get" && op.return !== null) {
       firstRead[v] = Math.min(firstRead[v] ?? Infinity, op.return);
       lastRead[v] = Math.max(lastRead[v] ?? -Infinity, op.return);
+    }
+    if (op.kind === "cas") {
+      const e = expectIds[i] ?? 0;
+      const at = op.return ?? Infinity;
+      if (op.return !== null) firstRead[e] = Math.min(firstRead[e] ?? Infinity, at);
+      lastRead[e] = Math.max(lastRead[e] ?? -Infinity, at);
     }
   });
 
@@ -439,7 +480,10 @@ function _prepare(ops: readonly Operation[]): _Prepared {
       if (op.kind === "get") return;
       if ((lastRead[value] ?? -Infinity) < op.call) return;
       const first = firstRead[value] ?? Infinity;
-      if (op.kind === "put" && writers[value] === 1 && first >= op.call) {
+      if (
+        (op.kind === "put" || (op.kind === "cas" && value !== 0)) && writers[value] === 1 &&
+        first >= op.call && first < Infinity
+      ) {
         ret = first;
         required = true;
       }
@@ -447,8 +491,15 @@ function _prepare(ops: readonly Operation[]): _Prepared {
     prepared.push({
       bit: prepared.length,
       index,
-      kind: op.kind === "put" ? _PUT : op.kind === "get" ? _GET : _DELETE,
+      kind: op.kind === "put"
+        ? _PUT
+        : op.kind === "get"
+        ? _GET
+        : op.kind === "cas"
+        ? _CAS
+        : _DELETE,
       value,
+      expect: expectIds[index] ?? 0,
       call: op.call,
       ret,
       required,
@@ -555,7 +606,10 @@ function _searchKey(prepared: _Prepared, deadline: number): _Outcome {
     if (!dead && entry !== null && entry.isCall) {
       // No get is enabled here (looked for when the configuration was reached): try writes.
       const op: _Op = entry.op;
-      if (op.kind !== _GET && linearize(entry, op.value, false)) {
+      if (
+        op.kind !== _GET && (op.kind !== _CAS || op.expect === state) &&
+        linearize(entry, op.value, false)
+      ) {
         if (remaining === 0) return { kind: "ok" };
         entry = head.next;
         fresh = true;
@@ -712,6 +766,8 @@ function _formatOp(op: Operation): string {
       return `get(${key}) -> ${JSON.stringify(op.value)}`;
     case "delete":
       return `delete(${key})`;
+    case "cas":
+      return `cas(${key}, ${JSON.stringify(op.expect ?? null)} -> ${JSON.stringify(op.value)})`;
   }
 }
 

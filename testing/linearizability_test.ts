@@ -33,6 +33,17 @@ function del(client: number, key: string, call: number, ret: number | null): Ope
   return { client, kind: "delete", key, value: null, call, return: ret };
 }
 
+function cas(
+  client: number,
+  key: string,
+  expect: string | null,
+  value: string | null,
+  call: number,
+  ret: number | null,
+): Operation {
+  return { client, kind: "cas", key, expect, value, call, return: ret };
+}
+
 function assertOk(result: CheckResult, message = ""): void {
   assert.equal(
     result.ok,
@@ -69,6 +80,8 @@ interface GenerateOptions {
   keys: number;
   /** Probability that an operation's outcome is unknown (return null). */
   unknownRate: number;
+  /** Probability that a write is a compare-and-set (default 0). */
+  casRate?: number;
 }
 
 /**
@@ -87,7 +100,8 @@ function generateHistory(random: () => number, options: GenerateOptions): Operat
     });
     const key = `k${Math.floor(random() * options.keys)}`;
     const r = random();
-    const kind = r < 0.45 ? "get" : r < 0.9 ? "put" : "delete";
+    let kind: Operation["kind"] = r < 0.45 ? "get" : r < 0.9 ? "put" : "delete";
+    if (kind !== "get" && random() < (options.casRate ?? 0)) kind = "cas";
     const call = (cursor[client] ?? 0) + random() * 2;
     const at = call + random() * 5;
     const ret = at + random() * 5;
@@ -96,22 +110,46 @@ function generateHistory(random: () => number, options: GenerateOptions): Operat
       client,
       kind,
       key,
-      value: kind === "put" ? `c${client}-${n}` : kind === "get" ? "not-decided-yet" : null,
+      value: kind === "put" || kind === "cas"
+        ? `c${client}-${n}`
+        : kind === "get"
+        ? "not-decided-yet"
+        : null,
       call,
       return: unknown ? null : ret,
     };
+    if (kind === "cas") {
+      // Expect a value of this key planned so far (or absent): it holds or not when applied.
+      const earlier = planned.filter((p) => p.op.key === key && p.op.kind !== "get");
+      op.expect = random() < 0.2 || earlier.length === 0
+        ? null
+        : earlier[earlier.length - 1 - Math.floor(random() * Math.min(3, earlier.length))]!.op
+          .value;
+    }
     cursor[client] = ret;
     const lateAt = call + random() * 30;
     planned.push({ op, at: !unknown ? at : random() < 0.5 ? null : lateAt });
   }
   const state = new Map<string, string | null>();
   const applied = planned.filter((p) => p.at !== null).sort((a, b) => (a.at ?? 0) - (b.at ?? 0));
+  /** Failed compare-and-sets, with the value they found. */
+  const failed = new Map<Operation, string | null>();
   for (const { op } of applied) {
     if (op.kind === "put") state.set(op.key, op.value);
     else if (op.kind === "delete") state.set(op.key, null);
-    else op.value = state.get(op.key) ?? null;
+    else if (op.kind === "cas") {
+      const found = state.get(op.key) ?? null;
+      if (found === op.expect) state.set(op.key, op.value);
+      else failed.set(op, found);
+    } else op.value = state.get(op.key) ?? null;
   }
-  return planned.map((p) => p.op);
+  // A failed compare-and-set is recorded as the read it was (see the module doc); one of unknown
+  // outcome stays a cas: as far as its client knows, it may have applied.
+  return planned.map(({ op }) => {
+    if (!failed.has(op) || op.return === null) return op;
+    const { expect: _, ...rest } = op;
+    return { ...rest, kind: "get", value: failed.get(op) ?? null };
+  });
 }
 
 function completedGets(history: Operation[]): number[] {
@@ -376,6 +414,15 @@ Deno.test("checkLinearizability() throws on malformed operations", () => {
     TypeError,
   );
   assert.throws(() => checkLinearizability([], { timeoutMs: -1 }), RangeError);
+  assert.throws(
+    () =>
+      checkLinearizability([{ client: 1, kind: "cas", key: "k", value: "v", call: 0, return: 1 }]),
+    /a cas must carry an expected string value or null/,
+  );
+  assert.throws(
+    () => checkLinearizability([{ ...cas(1, "k", null, "v", 0, 1), value: 5 as never }]),
+    /a cas must carry a string value or null/,
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -391,6 +438,7 @@ Deno.test("checkLinearizability() accepts random linearizable histories and reje
       operations: 10 + Math.floor(random() * 80),
       keys: 1 + Math.floor(random() * 3),
       unknownRate: random() * 0.2,
+      casRate: seed % 2 === 0 ? 0.5 : 0,
     });
     const at = `seed ${seed}: `;
     assertOk(checkLinearizability(history), at);
@@ -408,7 +456,8 @@ Deno.test("checkLinearizability() accepts random linearizable histories and reje
 
     // A value written only by a put called after the read returned.
     const future = history.find((op) =>
-      op.kind === "put" && op.key === victim.key && op.call > (victim.return ?? Infinity)
+      (op.kind === "put" || op.kind === "cas") && op.key === victim.key &&
+      op.call > (victim.return ?? Infinity) && op.value !== null
     );
     if (future !== undefined) {
       futureChecked++;
@@ -450,7 +499,12 @@ function bruteForce(history: Operation[]): boolean {
       // Real time: nothing still undone may have returned before `op` was called.
       if (list.some((o) => !done.has(o) && o.return !== null && o.return < op.call)) continue;
       if (op.kind === "get" && op.value !== state) continue;
-      const next = op.kind === "put" ? op.value : op.kind === "delete" ? null : state;
+      if (op.kind === "cas" && (op.expect ?? null) !== state) continue;
+      const next = op.kind === "put" || op.kind === "cas"
+        ? op.value
+        : op.kind === "delete"
+        ? null
+        : state;
       done.add(op);
       const found = search(list, done, next);
       done.delete(op);
@@ -489,16 +543,109 @@ Deno.test("checkLinearizability() agrees with a brute-force search on tiny rando
   assert.ok(rejected > 500 && rejected < 2500, `${rejected} of 3000 rejected`);
 });
 
+Deno.test("checkLinearizability() agrees with a brute-force search on tiny random histories with compare-and-set", () => {
+  let rejected = 0;
+  let casApplied = 0;
+  for (let seed = 1; seed <= 3000; seed++) {
+    const random = seeded(1_000_000 + seed);
+    const values = ["a", "b", "c"];
+    const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)] as T;
+    const history: Operation[] = [];
+    const count = 1 + Math.floor(random() * 7);
+    for (let i = 0; i < count; i++) {
+      const kind = pick(["put", "cas", "cas", "get", "get", "delete"] as const);
+      const call = Math.floor(random() * 10);
+      const ret = random() < 0.2 ? null : call + Math.floor(random() * 5);
+      const key = pick(["x", "x", "y"]);
+      if (kind === "cas") {
+        history.push(cas(i, key, pick([...values, null]), pick([...values, null]), call, ret));
+        continue;
+      }
+      const value = kind === "put" ? pick(values) : kind === "get" ? pick([...values, null]) : null;
+      history.push({ client: i, kind, key, value, call, return: ret });
+    }
+    const expected = bruteForce(history);
+    const result = checkLinearizability(history);
+    assert.equal(
+      result.ok,
+      expected,
+      `seed ${seed}: brute force says ${expected}\n${describeHistory(history)}`,
+    );
+    if (!expected) rejected++;
+    if (expected && history.some((op) => op.kind === "cas" && op.return !== null)) casApplied++;
+  }
+  assert.ok(rejected > 500 && rejected < 2500, `${rejected} of 3000 rejected`);
+  assert.ok(casApplied > 150, `only ${casApplied} accepted histories with a completed cas`);
+});
+
+Deno.test("checkLinearizability() rejects two compare-and-sets that both applied from one value", () => {
+  // The lost update a lock must prevent: both "acquire" from absent.
+  assertViolation(
+    checkLinearizability([
+      cas(1, "lock", null, "alice", 0, 10),
+      cas(2, "lock", null, "bob", 20, 30),
+    ]),
+    "lock",
+  );
+  assertViolation(
+    checkLinearizability([
+      put(0, "x", "a", 0, 1),
+      cas(1, "x", "a", "b", 2, 10),
+      cas(2, "x", "a", "c", 3, 11),
+      get(3, "x", "c", 12, 13),
+    ]),
+    "x",
+  );
+  // Released in between: fine.
+  assertOk(checkLinearizability([
+    cas(1, "lock", null, "alice", 0, 10),
+    cas(1, "lock", "alice", null, 11, 15),
+    cas(2, "lock", null, "bob", 5, 30),
+  ]));
+  // A cas that needed a value nobody wrote.
+  const reason = assertViolation(
+    checkLinearizability([put(0, "x", "a", 0, 1), cas(1, "x", "z", "b", 2, 3)]),
+    "x",
+  );
+  assert.match(reason, /observed a value that no put of this key wrote/);
+});
+
+Deno.test("checkLinearizability() lets a compare-and-set of unknown outcome take effect when its value is read", () => {
+  assertOk(checkLinearizability([
+    put(0, "x", "a", 0, 1),
+    cas(1, "x", "a", "b", 2, null),
+    get(2, "x", "a", 3, 4),
+    get(2, "x", "b", 50, 51),
+  ]));
+  // Its value was read before its expected value was there: it cannot have applied.
+  assertViolation(
+    checkLinearizability([
+      cas(1, "x", "a", "b", 0, null),
+      get(2, "x", "b", 1, 2),
+      put(0, "x", "a", 10, 11),
+    ]),
+    "x",
+  );
+  // Never observed: it may never have applied.
+  assertOk(checkLinearizability([
+    put(0, "x", "a", 0, 1),
+    cas(1, "x", "a", "b", 2, null),
+    get(2, "x", "a", 30, 31),
+  ]));
+});
+
 // ---------------------------------------------------------------------------------------------
 // Size and time budget.
 
-Deno.test("checkLinearizability() checks 2000 operations of 8 to 10 concurrent clients on one key", () => {
-  for (const [seed, clients, unknownRate] of [[7, 8, 0], [8, 8, 0.02], [9, 10, 0.05]] as const) {
+Deno.test("checkLinearizability() checks 2000 operations of 8 to 10 concurrent clients on one key, with or without compare-and-set", () => {
+  const runs = [[7, 8, 0, 0], [8, 8, 0.02, 0], [9, 10, 0.05, 0], [10, 8, 0.02, 0.5]] as const;
+  for (const [seed, clients, unknownRate, casRate] of runs) {
     const history = generateHistory(seeded(seed), {
       clients,
       operations: 2000,
       keys: 1,
       unknownRate,
+      casRate,
     });
     const result = checkLinearizability(history, { timeoutMs: 30_000 });
     assertOk(result, `seed ${seed}: `);

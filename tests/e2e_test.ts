@@ -170,7 +170,8 @@ Deno.test("the quick start works through every node", async () => {
 
   const get = await cluster.request("node-2", "GET", "/v1/data/a");
   assert.equal(get.status, 200, get.text);
-  assert.deepEqual(get.json, { k: "a", v: "1" });
+  const index = putBody.index;
+  assert.deepEqual(get.json, { k: "a", v: "1", create_index: index, mod_index: index, version: 1 });
   note(get.headers);
 
   const del = await cluster.request("node-3", "DELETE", "/v1/data/a");

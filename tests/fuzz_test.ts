@@ -69,7 +69,7 @@ function _reachesWrite(method: string, target: string): boolean {
     return false;
   }
   const path = url.pathname;
-  if (path === "/v1/data") return method === "POST";
+  if (path === "/v1/data" || path === "/v1/txn") return method === "POST";
   if (!path.startsWith("/v1/data/") || method !== "PUT") return false;
   try {
     return _validKey(decodeURIComponent(path.slice("/v1/data/".length)));
@@ -94,7 +94,12 @@ function _wouldSucceed(
   }
   const path = url.pathname;
   if (["/health", "/ready", "/v1/status", "/v1/snapshot"].includes(path)) return method === "GET";
-  if (path === "/v1/data") return method === "POST" && _validWriteBody(body, null);
+  if (path === "/v1/data") {
+    // Listing keys is a read; a range delete needs ?prefix= or ?start= (it never has one here).
+    if (method === "GET") return _validRangeQuery(url);
+    return method === "POST" && _validWriteBody(body, null);
+  }
+  if (path === "/v1/txn") return method === "POST" && _isEmptyTxn(body);
   if (!path.startsWith("/v1/data/")) return false;
   if (!["GET", "PUT", "DELETE"].includes(method)) return false;
   let key: string;
@@ -110,6 +115,25 @@ function _wouldSucceed(
     return ["linearizable", "stale", "lease"].includes(consistency);
   }
   return _validWriteBody(body, key);
+}
+
+/** Whether a `GET /v1/data` query is one the API serves (only plain ones are generated). */
+function _validRangeQuery(url: URL): boolean {
+  for (const [name, value] of url.searchParams) {
+    if (name !== "consistency" || !["linearizable", "stale", "lease"].includes(value)) return false;
+  }
+  return true;
+}
+
+/** Whether a body is a transaction that does nothing (`{}`), the only one the fuzz could send. */
+function _isEmptyTxn(body: Uint8Array | null): boolean {
+  try {
+    const value = JSON.parse(new TextDecoder().decode(body ?? new Uint8Array(0)));
+    return typeof value === "object" && value !== null && !Array.isArray(value) &&
+      Object.keys(value).length === 0;
+  } catch {
+    return false;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,8 +279,9 @@ const _KNOWN_ROUTES: readonly { path: string; allowed: readonly string[] }[] = [
   { path: "/ready", allowed: ["GET"] },
   { path: "/v1/status", allowed: ["GET"] },
   { path: "/v1/snapshot", allowed: ["GET"] },
-  { path: "/v1/data", allowed: ["POST"] },
+  { path: "/v1/data", allowed: ["GET", "POST", "DELETE"] },
   { path: "/v1/data/some-key", allowed: ["GET", "PUT", "DELETE"] },
+  { path: "/v1/txn", allowed: ["POST"] },
 ];
 
 const _METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "FOO", "PROPFIND"];
