@@ -160,6 +160,7 @@ export function createFreshConnectionClient(): Deno.HttpClient {
  * @param body A JSON body, if any.
  * @param timeoutMs The deadline of the whole exchange.
  * @param client The HTTP client. Default: `fetch`'s shared, pooling one.
+ * @param headers More request headers (such as `Idempotency-Key`).
  * @returns The answer, or what went wrong.
  */
 export async function attempt(
@@ -168,13 +169,14 @@ export async function attempt(
   body: unknown,
   timeoutMs: number,
   client?: Deno.HttpClient,
+  headers: Record<string, string> = {},
 ): Promise<Attempt> {
   const signal = AbortSignal.timeout(timeoutMs);
-  const init: RequestInit & { client?: Deno.HttpClient } = { method, signal };
+  const init: RequestInit & { client?: Deno.HttpClient } = { method, signal, headers };
   if (client !== undefined) init.client = client;
   if (body !== undefined) {
     init.body = JSON.stringify(body);
-    init.headers = { "content-type": "application/json" };
+    init.headers = { ...headers, "content-type": "application/json" };
   }
   let response: Response | undefined;
   try {
@@ -519,7 +521,7 @@ export interface ChaosReport {
   /** On failure: the failing key's timeline, the anomalies in full and the node logs. */
   details: string;
   /** Operation counts, overall and per kind. */
-  ops: OpCounts & { byKind: Record<OperationKind, OpCounts> };
+  ops: OpCounts & { byKind: Record<OperationKind | "range", OpCounts> };
   /** Faults injected, by kind (and `<kind>-leader` for those aimed at the leader). */
   faults: Record<string, number>;
   /** How many times a new leader was observed. */
@@ -567,8 +569,15 @@ export interface Workload {
   readonly failedPuts: Map<string, string>;
   /** Problems found along the way (malformed answers, crashes, ...). */
   readonly anomalies: string[];
-  /** Operation counts by kind. */
-  readonly counts: Record<OperationKind, OpCounts>;
+  /** Operation counts by kind (`range`: reads of every key at once). */
+  readonly counts: Record<OperationKind | "range", OpCounts>;
+  /**
+   * The `mod_index` each written value was seen at (values are unique per write): a value seen
+   * at two is a write applied twice.
+   */
+  readonly modIndexOf: Map<string, number>;
+  /** Writes sent more than once with one idempotency key, and those answered as replays. */
+  readonly retries: { retried: number; replayed: number };
   /** The share of reads sent with `consistency=lease`. */
   readonly leaseFraction: number;
   /** The reads of the history that were lease reads. */
@@ -600,7 +609,9 @@ export function createWorkload(
     acked: [],
     failedPuts: new Map(),
     anomalies: [],
-    counts: { put: _zero(), get: _zero(), delete: _zero() },
+    counts: { put: _zero(), get: _zero(), delete: _zero(), cas: _zero(), range: _zero() },
+    modIndexOf: new Map(),
+    retries: { retried: 0, replayed: 0 },
     leaseFraction: options.leaseReads ?? 0.3,
     leaseReads: new WeakSet(),
     log: options.log ?? (() => {}),
@@ -702,8 +713,13 @@ function _zero(): OpCounts {
 }
 
 /**
- * Runs one client: one operation at a time (45% reads, 40% puts, 15% deletes) on random keys
- * through random nodes, recorded in the workload, until `until` passes or aborts.
+ * Runs one client: one operation at a time on random keys through random nodes, recorded in the
+ * workload, until `until` passes or aborts: 35% reads, 25% puts, 18% compare-and-sets, 12%
+ * deletes, 10% reads of every key at once (a range). Half the puts and every compare-and-set
+ * carry an `Idempotency-Key` and are sent again with it (through another node) while their
+ * outcome is unknown, up to four times: the history holds one operation from the first call to
+ * the last answer. A compare-and-set names the `mod_index` the client last saw for the key (0
+ * when it saw none); its expected value is the one seen with that index.
  *
  * @param state The workload to record into.
  * @param client The client's number (distinct per concurrent client).
@@ -722,31 +738,199 @@ export async function runClient(
 ): Promise<void> {
   const { processes } = state;
   const going = typeof until === "number" ? () => performance.now() < until : () => !until.aborted;
+  /** What this client last saw of each key: its mod_index and value (0 and null: absent). */
+  const seen = new Map<string, { modIndex: number; value: string | null }>();
+  const learn = (key: string, modIndex: number, value: string | null) => {
+    seen.set(key, { modIndex, value });
+  };
   let seq = 0;
   while (going()) {
     const key = rng.pick(keys);
     const node = rng.pick(processes.ids);
     const roll = rng.float();
-    const kind: OperationKind = roll < 0.45 ? "get" : roll < 0.85 ? "put" : "delete";
-    const value = kind === "put" ? `c${client}-${++seq}` : null;
-    const url = `${processes.api(node)}/v1/data${
+    if (roll >= 0.9) {
+      if (!await _rangeRead(state, client, node, keys, timeoutMs, learn)) {
+        await delay(rng.between(20, 120));
+      }
+      continue;
+    }
+    const kind: OperationKind = roll < 0.35
+      ? "get"
+      : roll < 0.6
+      ? "put"
+      : roll < 0.78
+      ? "cas"
+      : "delete";
+    const value = kind === "put" || kind === "cas" ? `c${client}-${++seq}` : null;
+    const known = seen.get(key) ?? { modIndex: 0, value: null };
+    let url = `${processes.api(node)}/v1/data${
       kind === "put" ? "" : `/${encodeURIComponent(key)}`
     }`;
-    const method = kind === "put" ? "POST" : kind === "get" ? "GET" : "DELETE";
+    if (kind === "cas") url += `?cas=${known.modIndex}`;
+    const method = kind === "put"
+      ? "POST"
+      : kind === "get"
+      ? "GET"
+      : kind === "cas"
+      ? "PUT"
+      : "DELETE";
     const lease = kind === "get" && rng.chance(state.leaseFraction);
-    const call = performance.now();
-    const result = await attempt(
-      lease ? `${url}?consistency=lease` : url,
-      method,
-      kind === "put" ? { k: key, v: value } : undefined,
-      timeoutMs,
-      state.http,
-    );
-    const ret = performance.now();
-    const op = { client, kind, key, value, call };
-    const definite = _record(state, op, ret, node, result, lease);
+    const body = kind === "put" ? { k: key, v: value } : kind === "cas" ? { v: value } : undefined;
+    const op: Omit<Operation, "return"> = kind === "cas"
+      ? { client, kind, key, value, expect: known.value, call: performance.now() }
+      : { client, kind, key, value, call: performance.now() };
+    let definite: boolean;
+    if (kind === "cas" || (kind === "put" && rng.chance(0.5))) {
+      definite = await _retried(state, op, node, url, method, body, timeoutMs, rng, learn);
+    } else {
+      const result = await attempt(
+        lease ? `${url}?consistency=lease` : url,
+        method,
+        body,
+        timeoutMs,
+        state.http,
+      );
+      definite = _record(state, op, performance.now(), node, result, lease, learn);
+    }
     // A quick definite failure (no leader, node down): pause a little rather than spin.
     if (!definite) await delay(rng.between(20, 120));
+  }
+}
+
+/** Whether an answer leaves a write's outcome unknown (so that it is worth sending again). */
+function _unknown(result: Attempt): boolean {
+  if (result.kind === "error") return !result.connectFailed;
+  return result.status === 502 || result.status === 504;
+}
+
+/**
+ * Sends a write with an idempotency key, again through other nodes while its outcome is unknown
+ * (up to four times), and records it as one operation. An attempt refused for sure (503, no
+ * connection) after one of unknown outcome leaves the whole unknown: that one may still apply.
+ */
+async function _retried(
+  state: Workload,
+  op: Omit<Operation, "return">,
+  firstNode: string,
+  url: string,
+  method: string,
+  body: unknown,
+  timeoutMs: number,
+  rng: Rng,
+  learn: (key: string, modIndex: number, value: string | null) => void,
+): Promise<boolean> {
+  const headers = { "idempotency-key": `${op.value}` };
+  let node = firstNode;
+  let target = url;
+  let sawUnknown = false;
+  for (let n = 0;; n++) {
+    const result = await attempt(target, method, body, timeoutMs, state.http, headers);
+    const last = n === 3 || !_unknown(result);
+    if (!last) {
+      sawUnknown = true;
+      if (n === 0) state.retries.retried++;
+      await delay(rng.between(50, 250));
+      const next = rng.pick(state.processes.ids);
+      target = url.replace(state.processes.api(node), state.processes.api(next));
+      node = next;
+      continue;
+    }
+    if (result.kind === "answer" && result.headers.get("idempotent-replayed") === "true") {
+      state.retries.replayed++;
+    }
+    // Unknown before, now refused for sure: still unknown as a whole.
+    const refused = result.kind === "error" ? result.connectFailed : result.status === 503;
+    if (sawUnknown && refused) {
+      return _record(state, op, performance.now(), node, _UNKNOWN, false, learn);
+    }
+    return _record(state, op, performance.now(), node, result, false, learn);
+  }
+}
+
+const _UNKNOWN: Attempt = {
+  kind: "error",
+  connectFailed: false,
+  timedOut: true,
+  message: "an earlier attempt's outcome is unknown",
+};
+
+/**
+ * Reads every key at once (`GET /v1/data?prefix=key-`) and records it, key by key, as reads
+ * over the same interval; returns whether it got an answer.
+ */
+async function _rangeRead(
+  state: Workload,
+  client: number,
+  node: string,
+  keys: readonly string[],
+  timeoutMs: number,
+  learn: (key: string, modIndex: number, value: string | null) => void,
+): Promise<boolean> {
+  const counts = state.counts.range;
+  counts.total++;
+  const call = performance.now();
+  const result = await attempt(
+    `${state.processes.api(node)}/v1/data?prefix=key-`,
+    "GET",
+    undefined,
+    timeoutMs,
+    state.http,
+  );
+  const ret = performance.now();
+  const body = result.kind === "answer" && typeof result.json === "object" && result.json !== null
+    ? result.json as { items?: unknown; next?: unknown; error?: unknown }
+    : null;
+  if (result.kind === "error" || result.status !== 200) {
+    counts.failed++;
+    if (result.kind === "answer" && result.status !== 503 && result.status !== 504) {
+      state.anomalies.push(
+        `a range read via ${node}: ${result.status} ${result.text.slice(0, 300)}`,
+      );
+    }
+    return false;
+  }
+  const items = Array.isArray(body?.items) ? body.items as Record<string, unknown>[] : null;
+  if (items === null || body?.next !== null) {
+    state.anomalies.push(`a range read via ${node}: a malformed body ${result.text.slice(0, 300)}`);
+    return true;
+  }
+  counts.ok++;
+  const found = new Map<string, string>();
+  let previous = "";
+  for (const item of items) {
+    const k = item.k;
+    const v = item.v;
+    const m = item.mod_index;
+    if (typeof k !== "string" || typeof v !== "string" || typeof m !== "number" || k <= previous) {
+      state.anomalies.push(
+        `a range read via ${node}: a bad or unordered item ${JSON.stringify(item)}`,
+      );
+      continue;
+    }
+    previous = k;
+    found.set(k, v);
+    _observe(state, k, v, m, `a range read via ${node}`);
+  }
+  for (const key of keys) {
+    const value = found.get(key) ?? null;
+    state.history.push({ client, kind: "get", key, value, call, return: ret });
+    const m = items.find((i) => i.k === key)?.mod_index;
+    learn(key, typeof m === "number" ? m : 0, value);
+  }
+  return true;
+}
+
+/** Notes that `value` of `key` was seen at `modIndex`; a second index means it was applied twice. */
+function _observe(state: Workload, key: string, value: string, modIndex: number, where: string) {
+  const before = state.modIndexOf.get(value);
+  if (before === undefined) {
+    state.modIndexOf.set(value, modIndex);
+  } else if (before !== modIndex) {
+    state.anomalies.push(
+      `${JSON.stringify(value)} of ${
+        JSON.stringify(key)
+      } seen at mod_index ${before} and ${modIndex} (${where}): a write applied twice`,
+    );
   }
 }
 
@@ -758,11 +942,12 @@ function _record(
   node: string,
   result: Attempt,
   lease = false,
+  learn: (key: string, modIndex: number, value: string | null) => void = () => {},
 ): boolean {
   const counts = state.counts[op.kind];
   counts.total++;
   const where = `${op.kind}(${JSON.stringify(op.key)}${
-    op.kind === "put" ? `, ${JSON.stringify(op.value)}` : ""
+    op.kind === "put" || op.kind === "cas" ? `, ${JSON.stringify(op.value)}` : ""
   }) via ${node} at ${((op.call - state.start) / 1000).toFixed(3)} s`;
   const isWrite = op.kind !== "get";
   const unknownWrite = () => {
@@ -772,7 +957,7 @@ function _record(
   if (result.kind === "error") {
     if (!isWrite || result.connectFailed) counts.failed++;
     else unknownWrite();
-    if (op.kind === "put" && op.value !== null && result.connectFailed) {
+    if ((op.kind === "put" || op.kind === "cas") && op.value !== null && result.connectFailed) {
       state.failedPuts.set(op.value, `${where}: no connection (${result.message})`);
     }
     return false;
@@ -785,11 +970,17 @@ function _record(
   if (status >= 400 && typeof body.error !== "string") malformed("no JSON error body");
   if (op.kind === "get") {
     if (status === 200) {
-      if (body.k !== op.key || typeof body.v !== "string") malformed("a malformed body");
+      if (body.k !== op.key || typeof body.v !== "string" || typeof body.mod_index !== "number") {
+        malformed("a malformed body");
+      }
       counts.ok++;
       const read = { ...op, value: typeof body.v === "string" ? body.v : null, return: ret };
       state.history.push(read);
       if (lease) state.leaseReads.add(read);
+      if (typeof body.v === "string" && typeof body.mod_index === "number") {
+        _observe(state, op.key, body.v, body.mod_index, where);
+        learn(op.key, body.mod_index, body.v);
+      }
       return true;
     }
     if (status === 404 && body.error === "key not found") {
@@ -797,6 +988,7 @@ function _record(
       const read = { ...op, value: null, return: ret };
       state.history.push(read);
       if (lease) state.leaseReads.add(read);
+      learn(op.key, 0, null);
       return true;
     }
     counts.failed++;
@@ -806,19 +998,45 @@ function _record(
   if (status === 200) {
     const index = body.index;
     const good = body.k === op.key &&
-      (op.kind === "put" ? body.v === op.value : typeof body.deleted === "boolean") &&
-      typeof index === "number" && Number.isSafeInteger(index) && index > 0;
+      (op.kind === "delete" ? typeof body.deleted === "boolean" : body.v === op.value) &&
+      typeof index === "number" && Number.isSafeInteger(index) && index > 0 &&
+      (op.kind === "delete" || body.mod_index === index);
     if (!good) malformed("a malformed body");
     counts.ok++;
     const recorded: Operation = { ...op, return: ret };
     state.history.push(recorded);
-    if (typeof index === "number") state.acked.push({ op: recorded, index });
+    if (typeof index === "number") {
+      state.acked.push({ op: recorded, index });
+      if (op.kind === "delete") learn(op.key, 0, null);
+      else if (op.value !== null) {
+        _observe(state, op.key, op.value, index, where);
+        learn(op.key, index, op.value);
+      }
+    }
+    return true;
+  }
+  if (status === 412 && op.kind === "cas") {
+    // The condition did not hold: nothing changed, and it saw the key's current state.
+    const current = body.current as Record<string, unknown> | null | undefined;
+    const value = current === null ? null : current?.v;
+    const m = current === null ? 0 : current?.mod_index;
+    if ((value !== null && typeof value !== "string") || typeof m !== "number") {
+      malformed("a malformed 412 body");
+      counts.failed++;
+      return true;
+    }
+    counts.ok++;
+    const { expect: _, ...rest } = op;
+    state.history.push({ ...rest, kind: "get", value, return: ret });
+    if (op.value !== null) state.failedPuts.set(op.value, `${where}: 412 (its condition failed)`);
+    if (value !== null) _observe(state, op.key, value, m, where);
+    learn(op.key, m, value);
     return true;
   }
   if (status === 503) {
     // "Definitely not applied": left out of the history, so a read of its value would fail it.
     counts.failed++;
-    if (op.kind === "put" && op.value !== null) {
+    if ((op.kind === "put" || op.kind === "cas") && op.value !== null) {
       state.failedPuts.set(
         op.value,
         `${where}: 503 after ${(ret - op.call).toFixed(1)} ms, headers ${
@@ -1081,8 +1299,12 @@ export async function finalReads(
         }
         const body = result.json as Record<string, unknown> | null;
         let value: string | null;
-        if (result.status === 200 && typeof body?.v === "string") value = body.v;
-        else if (result.status === 404 && body?.error === "key not found") value = null;
+        if (result.status === 200 && typeof body?.v === "string") {
+          value = body.v;
+          if (typeof body.mod_index === "number") {
+            _observe(state, key, body.v, body.mod_index, `the final read of ${key}`);
+          }
+        } else if (result.status === 404 && body?.error === "key not found") value = null;
         else {
           lastProblem = `${node}: ${result.status} ${result.text.slice(0, 200)}`;
           return false;
@@ -1178,7 +1400,9 @@ export function findLostWrites(
     const candidates = writes.filter((op) =>
       !acked.some((later) => op.return !== null && later.call > op.return)
     );
-    const expected = candidates.map((op) => op.kind === "put" ? op.value : null);
+    const expected = candidates.map((op) =>
+      op.kind === "put" || op.kind === "cas" ? op.value : null
+    );
     if (acked.length === 0) expected.push(null);
     if (expected.includes(finalValue)) continue;
     const last = [...acked].sort((a, b) => (b.return ?? 0) - (a.return ?? 0))[0];
@@ -1189,7 +1413,7 @@ export function findLostWrites(
       reason: last === undefined
         ? `no write of this key was acknowledged, yet it reads ${JSON.stringify(finalValue)}`
         : `the last acknowledged write was ${last.kind}(${
-          last.kind === "put" ? JSON.stringify(last.value) : ""
+          last.kind === "put" || last.kind === "cas" ? JSON.stringify(last.value) : ""
         }) by client ${last.client}, yet the key reads ${JSON.stringify(finalValue)}`,
     });
   }
@@ -1237,7 +1461,7 @@ export function checkIndexOrder(acked: readonly { op: Operation; index: number }
 }
 
 function _describeOp(op: Operation): string {
-  const value = op.kind === "put" ? `, ${JSON.stringify(op.value)}` : "";
+  const value = op.kind === "put" || op.kind === "cas" ? `, ${JSON.stringify(op.value)}` : "";
   return `${op.kind}(${JSON.stringify(op.key)}${value}) by client ${op.client} [${
     op.call.toFixed(1)
   } → ${op.return === null ? "?" : op.return.toFixed(1)}]`;
@@ -1296,7 +1520,7 @@ export function checkWorkload(
   const linearizability = checkLinearizability(history, { timeoutMs });
   const lostWrites = findLostWrites(history, finals);
   const total = _zero();
-  for (const kind of ["put", "get", "delete"] as const) {
+  for (const kind of ["put", "get", "delete", "cas", "range"] as const) {
     for (const field of ["total", "ok", "unknown", "failed"] as const) {
       total[field] += counts[kind][field];
     }
@@ -1307,7 +1531,7 @@ export function checkWorkload(
     ? `NO (key ${JSON.stringify(linearizability.key)})`
     : `unknown (${linearizability.reason})`;
   const leaseOk = history.filter((op) => state.leaseReads.has(op)).length;
-  const kindText = (kind: OperationKind) => {
+  const kindText = (kind: OperationKind | "range") => {
     const c = counts[kind];
     return `${kind} ${c.total} (ok ${c.ok}${
       kind === "get" ? ` of which ${leaseOk} lease reads` : ""
@@ -1316,7 +1540,11 @@ export function checkWorkload(
   const summary = [
     `ops: ${total.total} total, ${total.ok} ok, ${total.unknown} unknown, ${total.failed} failed; ${
       kindText("put")
-    }; ${kindText("get")}; ${kindText("delete")}`,
+    }; ${kindText("cas")} (failed compare-and-sets count as reads); ${kindText("get")}; ${
+      kindText("range")
+    }; ${
+      kindText("delete")
+    }; ${state.retries.retried} writes sent again with their idempotency key, ${state.retries.replayed} answered as replays; ${state.modIndexOf.size} written values each seen at one mod_index`,
     `log indexes of ${state.acked.length} acknowledged writes: ${
       orderProblems.length === 0 ? "distinct and in real-time order" : "OUT OF ORDER"
     }`,
