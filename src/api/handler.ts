@@ -4,16 +4,24 @@
  *
  * Routes:
  *
- * | Method   | Path              | Body            | Answer                                  |
- * | -------- | ----------------- | --------------- | --------------------------------------- |
- * | `POST`   | `/v1/data`        | `{"k","v"}`     | 200 `{"k","v","index"}` once applied    |
- * | `PUT`    | `/v1/data/{key}`  | `{"v"}`         | 200 `{"k","v","index"}` once applied    |
- * | `GET`    | `/v1/data/{key}`  |                 | 200 `{"k","v"}`, or 404                 |
- * | `DELETE` | `/v1/data/{key}`  |                 | 200 `{"k","deleted","index"}`           |
- * | `GET`    | `/v1/status`      |                 | 200 the node's {@linkcode NodeStatus}   |
- * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                  |
- * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)   |
- * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
+ * | Method   | Path              | Body            | Answer                                          |
+ * | -------- | ----------------- | --------------- | ----------------------------------------------- |
+ * | `POST`   | `/v1/data`        | `{"k","v"}`     | 200 `{"k","v","index",...revision}` once applied |
+ * | `PUT`    | `/v1/data/{key}`  | `{"v"}`         | 200 `{"k","v","index",...revision}` once applied |
+ * | `GET`    | `/v1/data/{key}`  |                 | 200 `{"k","v",...revision}`, or 404             |
+ * | `DELETE` | `/v1/data/{key}`  |                 | 200 `{"k","deleted","index"}`                   |
+ * | `GET`    | `/v1/data`        |                 | 200 `{"items","next"}`: a range (`ranges.ts`)   |
+ * | `DELETE` | `/v1/data`        |                 | 200 `{"deleted","index"}`: a range              |
+ * | `POST`   | `/v1/txn`         | a transaction   | 200 `{"succeeded","index","results"}` (`txn.ts`) |
+ * | `GET`    | `/v1/status`      |                 | 200 the node's {@linkcode NodeStatus}           |
+ * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                          |
+ * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)           |
+ * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503                    |
+ *
+ * A revision is `create_index`, `mod_index`, `version`. Writes take a compare-and-set condition
+ * (`?cas=N` or `"cas": N`: 412 when it fails) and an `Idempotency-Key` header (a retry answers the
+ * first outcome; 422 for a key reused for another request): see `keys.ts` and `outcome.ts`. Every
+ * answer carries {@linkcode INDEX_HEADER}, the applied index it reflects.
  *
  * `GET /v1/data/{key}` takes `?consistency=linearizable|stale|lease` (default `linearizable`).
  *
@@ -184,8 +192,9 @@ export interface ApiOptions {
  * forwarded again (the answer is 503).
  *
  * Status codes: 200 success; 400 malformed request; 404 unknown path or key; 405 wrong method
- * (with `Allow`); 408 body not received in time; 413 key, value or body too large; 415 a write
- * without `Content-Type: application/json`; 429 too many requests, forwards or backups in progress
+ * (with `Allow`); 408 body not received in time; 412 a compare-and-set whose condition failed;
+ * 413 key, value or body too large, or a transaction too long; 415 a write without
+ * `Content-Type: application/json`; 422 an idempotency key reused for a different request; 429 too many requests, forwards or backups in progress
  * (with `Retry-After`); 499 the client went away; 500 unexpected failure; 502 a forwarded write
  * failed after it may have been sent; 503 no leader, not applied, too many writes waiting on the
  * leader, shutting down, leader unreachable or changed (with `Retry-After`); 504 deadline passed
