@@ -15,14 +15,21 @@
  * - **Durability.** fsync is on for both: a raftkv write is acknowledged once it is synced on a
  *   majority (raftkv has no way to turn that off); etcd runs with its default (fsync on). Data
  *   lives in fresh temporary directories, removed at the end.
- * - **Workloads.** Before measuring, 10000 keys `pre-00000`..`pre-09999` with 100-byte values
- *   are written to each system, then a short unmeasured warm-up (writes and reads at 16
+ * - **Workloads.** Before measuring, 10000 keys `pre-00000`..`pre-09999` and 100 keys
+ *   `rng/000`..`rng/099` with 100-byte values are written to each system, then a short unmeasured warm-up (writes and reads at 16
  *   connections) lets the JIT and the connection pools settle. A cell is one workload at one
  *   concurrency against one member for `--duration` seconds:
  *   - *writes*: each request writes a new, unique key with a 100-byte value (raftkv:
  *     `POST /v1/data`; etcd: `POST /v3/kv/put` through its JSON gateway, base64 key and value);
  *   - *reads*: each request reads a random preloaded key, linearizably (raftkv:
  *     `GET /v1/data/<key>`, ReadIndex; etcd: `POST /v3/kv/range`, its default linearizable read);
+ *   - *ranges*: each request reads the 100 keys preloaded under `rng/` (100-byte values) with
+ *     one linearizable range read (raftkv: `GET /v1/data?prefix=rng/`; etcd: `POST /v3/kv/range`
+ *     with `range_end` `rng0`);
+ *   - *cas*: each request is a compare-and-set that creates a new, unique key with a 100-byte
+ *     value only if it does not exist (raftkv: `PUT /v1/data/<key>?cas=0`; etcd: `POST
+ *     /v3/kv/txn` comparing the key's `create_revision` with 0, then putting it), so every one
+ *     succeeds and each is a condition checked and a write committed;
  *   - against the *leader*, or against a *follower*, which forwards to the leader (raftkv over
  *     its HTTP/2 forwarder; etcd forwards proposals and ReadIndex requests over its peer links).
  * - **Load generator.** `wrk` when it is installed (one thread, `-c N` keep-alive connections,
@@ -65,6 +72,7 @@ import {
   BENCH_USAGE,
   type BenchOptions,
   type BenchRequest,
+  casRequest,
   type CellResult,
   etcdGateway,
   formatMs,
@@ -83,6 +91,9 @@ import {
   PRELOAD_KEYS,
   preloadKey,
   profileTable,
+  RANGE_KEYS,
+  rangeKey,
+  rangeRequest,
   readRequest,
   resourceTable,
   resultsTable,
@@ -534,9 +545,16 @@ function _post(url: string, body: string, timeoutMs: number): Promise<_Response>
 }
 
 function _request(sys: _System, op: Op, key: string): BenchRequest {
-  return op === "writes"
-    ? writeRequest(sys.name, key, sys.gateway)
-    : readRequest(sys.name, key, sys.gateway);
+  switch (op) {
+    case "writes":
+      return writeRequest(sys.name, key, sys.gateway);
+    case "reads":
+      return readRequest(sys.name, key, sys.gateway);
+    case "ranges":
+      return rangeRequest(sys.name, sys.gateway);
+    case "cas":
+      return casRequest(sys.name, key, sys.gateway);
+  }
 }
 
 /** Writes the preloaded keys with 32 concurrent writers; each key is retried a few times. */
@@ -560,8 +578,36 @@ async function _preload(sys: _System, url: string): Promise<void> {
     }
   };
   await Promise.all(Array.from({ length: 32 }, worker));
+  for (let i = 0; i < RANGE_KEYS && failures.length === 0; i++) {
+    const res = await _send(url, writeRequest(sys.name, rangeKey(i), sys.gateway), 10_000);
+    if (res.status !== 200) {
+      failures.push(`${rangeKey(i)}: ${res.status} ${res.text.slice(0, 200)}`);
+    }
+  }
   if (failures.length > 0) {
     throw new Error(`preloading ${sys.name} failed:\n${failures.join("\n")}`);
+  }
+  // A compare-and-set of a new key succeeds, so the cas cells measure conditions that hold.
+  const cas = await _send(url, casRequest(sys.name, "cas-probe", sys.gateway), 10_000);
+  const held = sys.name === "raftkv"
+    ? cas.status === 200
+    : cas.status === 200 && (JSON.parse(cas.text) as { succeeded?: boolean }).succeeded === true;
+  if (!held) {
+    throw new Error(`${sys.name}: the probe compare-and-set gave ${cas.status} ${cas.text}`);
+  }
+  // A range read finds every range key, so the range cells read 100 keys each.
+  const listed = await _send(url, rangeRequest(sys.name, sys.gateway), 10_000);
+  const count = listed.status !== 200
+    ? -1
+    : sys.name === "raftkv"
+    ? (JSON.parse(listed.text) as { items?: unknown[] }).items?.length
+    : Number((JSON.parse(listed.text) as { count?: string }).count);
+  if (count !== RANGE_KEYS) {
+    throw new Error(
+      `${sys.name}: the range read after the preload gave ${listed.status} ${
+        listed.text.slice(0, 300)
+      }`,
+    );
   }
   // Check that a linearizable read finds a preloaded key, so the read cells measure real hits.
   const probe = preloadKey(PRELOAD_KEYS - 1);
@@ -591,7 +637,9 @@ interface _LoadSpec {
 
 async function _runWrk(spec: _LoadSpec): Promise<LoadResult> {
   const limit = _REQUESTS_PER_SEC_BOUND * spec.durationSec;
-  const mode = `${spec.sys.name}-${spec.op === "writes" ? "write" : "read"}`;
+  const mode = `${spec.sys.name}-${
+    { writes: "write", reads: "read", ranges: "range", cas: "cas" }[spec.op]
+  }`;
   const args = [
     "-t1",
     `-c${spec.connections}`,
@@ -652,7 +700,7 @@ async function _runBuiltin(spec: _LoadSpec): Promise<LoadResult> {
   const loop = async () => {
     while (performance.now() < deadline && issued < limit) {
       const n = issued++;
-      const key = spec.op === "writes"
+      const key = spec.op === "writes" || spec.op === "cas"
         ? `${spec.prefix}${n}`
         : preloadKey(Math.floor(Math.random() * PRELOAD_KEYS));
       const req = _request(spec.sys, spec.op, key);

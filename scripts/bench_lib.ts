@@ -21,8 +21,21 @@ export const DEFAULT_CONNECTIONS: readonly number[] = Object.freeze([1, 16, 64, 
 /** The default duration of one cell, in seconds. */
 export const DEFAULT_DURATION_SEC = 10;
 
-/** The workloads: unique-key writes, or linearizable reads of preloaded keys. */
-export type Op = "writes" | "reads";
+/**
+ * The workloads: unique-key writes, linearizable reads of preloaded keys, linearizable reads of
+ * the {@linkcode RANGE_KEYS} keys under {@linkcode RANGE_PREFIX}, or compare-and-sets that create
+ * unique keys only if they do not exist.
+ */
+export type Op = "writes" | "reads" | "ranges" | "cas";
+
+/** Every workload, in the order the matrix runs them. */
+export const OPS: readonly Op[] = Object.freeze(["writes", "reads", "ranges", "cas"]);
+
+/** The prefix of the keys the range workload reads. */
+export const RANGE_PREFIX = "rng/";
+
+/** How many keys are preloaded under {@linkcode RANGE_PREFIX} (one range reads them all). */
+export const RANGE_KEYS = 100;
 
 /** Which member the load generator talks to. */
 export type Target = "leader" | "follower";
@@ -43,10 +56,20 @@ export function preloadKey(i: number): string {
   return `pre-${String(i).padStart(5, "0")}`;
 }
 
+/**
+ * The key of the `i`th key of the range workload: `rng/000` to `rng/099`.
+ *
+ * @param i The number, from 0.
+ * @returns The key.
+ */
+export function rangeKey(i: number): string {
+  return `${RANGE_PREFIX}${String(i).padStart(3, "0")}`;
+}
+
 /** An HTTP request of the benchmark, independent of who sends it. */
 export interface BenchRequest {
-  /** `GET` or `POST`. */
-  method: "GET" | "POST";
+  /** `GET`, `POST` or `PUT`. */
+  method: "GET" | "POST" | "PUT";
   /** The path and query. */
   path: string;
   /** The JSON body, for POST. */
@@ -102,6 +125,65 @@ export function readRequest(system: SystemName, key: string, gateway = "/v3"): B
     path: `${gateway}/kv/range`,
     body: JSON.stringify({ key: base64(key) }),
   };
+}
+
+/**
+ * The linearizable read of every key under {@linkcode RANGE_PREFIX}.
+ *
+ * @param system raftkv (`GET /v1/data?prefix=rng/`) or etcd (`POST <gateway>/kv/range` with
+ * `range_end` the prefix's successor, `rng0`).
+ * @param gateway etcd's JSON gateway prefix.
+ * @returns The request.
+ */
+export function rangeRequest(system: SystemName, gateway = "/v3"): BenchRequest {
+  if (system === "raftkv") {
+    return { method: "GET", path: `/v1/data?prefix=${encodeURIComponent(RANGE_PREFIX)}` };
+  }
+  return {
+    method: "POST",
+    path: `${gateway}/kv/range`,
+    body: JSON.stringify({ key: base64(RANGE_PREFIX), range_end: base64(prefixEnd(RANGE_PREFIX)) }),
+  };
+}
+
+/**
+ * The compare-and-set that writes `key` with the benchmark {@linkcode VALUE} only if it does not
+ * exist yet (each request names a new key, so each one succeeds).
+ *
+ * @param system raftkv (`PUT /v1/data/<key>?cas=0`) or etcd (`POST <gateway>/kv/txn` comparing the
+ * key's `create_revision` with 0, then putting it).
+ * @param key The key.
+ * @param gateway etcd's JSON gateway prefix.
+ * @returns The request.
+ */
+export function casRequest(system: SystemName, key: string, gateway = "/v3"): BenchRequest {
+  if (system === "raftkv") {
+    return {
+      method: "PUT",
+      path: `/v1/data/${encodeURIComponent(key)}?cas=0`,
+      body: JSON.stringify({ v: VALUE }),
+    };
+  }
+  return {
+    method: "POST",
+    path: `${gateway}/kv/txn`,
+    body: JSON.stringify({
+      compare: [{ key: base64(key), target: "CREATE", result: "EQUAL", create_revision: "0" }],
+      success: [{ request_put: { key: base64(key), value: base64(VALUE) } }],
+    }),
+  };
+}
+
+/**
+ * The end of etcd's range for a prefix: the prefix with its last byte plus one (ASCII only).
+ *
+ * @param prefix The prefix, ASCII, its last character below U+007F.
+ * @returns The end (exclusive).
+ */
+export function prefixEnd(prefix: string): string {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  if (!(last < 0x7f)) throw new RangeError(`prefixEnd takes an ASCII prefix, got ${prefix}`);
+  return prefix.slice(0, -1) + String.fromCharCode(last + 1);
 }
 
 /**
@@ -170,7 +252,7 @@ export const BENCH_USAGE = `usage: deno task bench [options]
   --connections LIST     concurrent connections, comma-separated (default ${
   DEFAULT_CONNECTIONS.join(",")
 })
-  --only writes|reads    one workload only (default both)
+  --only writes|reads|ranges|cas  one workload only (default all four)
   --target leader|follower|both   where the load goes (default both)
   --no-etcd              do not compare with etcd even if it is installed
   --runs N               repeat the whole matrix N times and report medians (default 1)
@@ -227,9 +309,11 @@ export function parseBenchArgs(args: string[]): BenchOptions {
   const connections = values.connections === undefined
     ? [...DEFAULT_CONNECTIONS]
     : values.connections.split(",").map((part) => _positiveInt("connections", part.trim(), 10_000));
-  const only = values.only;
-  if (only !== undefined && only !== "writes" && only !== "reads") {
-    throw new UsageError(`--only must be writes or reads, got ${JSON.stringify(only)}`);
+  const only = OPS.find((op) => op === values.only);
+  if (values.only !== undefined && only === undefined) {
+    throw new UsageError(
+      `--only must be writes, reads, ranges or cas, got ${JSON.stringify(values.only)}`,
+    );
   }
   const target = values.target ?? "both";
   if (target !== "leader" && target !== "follower" && target !== "both") {
@@ -245,7 +329,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     help: values.help ?? false,
     durationSec,
     connections,
-    ops: only === undefined ? ["writes", "reads"] : [only],
+    ops: only === undefined ? [...OPS] : [only],
     targets: target === "both" ? ["leader", "follower"] : [target],
     etcd: !(values["no-etcd"] ?? false),
     runs: values.runs === undefined ? 1 : _positiveInt("runs", values.runs, 100),

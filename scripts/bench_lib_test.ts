@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   base64,
+  casRequest,
   cellKey,
   type CellResult,
   type CpuProfile,
@@ -26,8 +27,13 @@ import {
   parseSnapshotLine,
   parseWrkResult,
   percentile,
+  prefixEnd,
   preloadKey,
   profileTable,
+  RANGE_KEYS,
+  RANGE_PREFIX,
+  rangeKey,
+  rangeRequest,
   readRequest,
   resourceTable,
   resultsTable,
@@ -76,6 +82,30 @@ Deno.test("writeRequest() and readRequest() build both systems' requests", () =>
   assert.deepEqual(JSON.parse(range.body!), { key: "cHJlLTAwMDAx" });
 });
 
+Deno.test("rangeRequest() and casRequest() build both systems' requests", () => {
+  assert.equal(RANGE_KEYS, 100);
+  assert.equal(rangeKey(0), "rng/000");
+  assert.equal(rangeKey(99), "rng/099");
+  assert.ok(rangeKey(99).startsWith(RANGE_PREFIX));
+  assert.equal(prefixEnd("rng/"), "rng0");
+  assert.throws(() => prefixEnd("a\u007f"), RangeError);
+  assert.deepEqual(rangeRequest("raftkv"), { method: "GET", path: "/v1/data?prefix=rng%2F" });
+  const range = rangeRequest("etcd");
+  assert.equal(range.path, "/v3/kv/range");
+  assert.deepEqual(JSON.parse(range.body!), { key: btoa("rng/"), range_end: btoa("rng0") });
+  assert.deepEqual(casRequest("raftkv", "c/1"), {
+    method: "PUT",
+    path: "/v1/data/c%2F1?cas=0",
+    body: JSON.stringify({ v: VALUE }),
+  });
+  const txn = casRequest("etcd", "c/1", "/v3beta");
+  assert.equal(txn.path, "/v3beta/kv/txn");
+  assert.deepEqual(JSON.parse(txn.body!), {
+    compare: [{ key: btoa("c/1"), target: "CREATE", result: "EQUAL", create_revision: "0" }],
+    success: [{ request_put: { key: btoa("c/1"), value: btoa(VALUE) } }],
+  });
+});
+
 Deno.test("etcdGateway() and parseEtcdVersion() pick the JSON gateway of a version", () => {
   assert.equal(parseEtcdVersion("etcd Version: 3.4.23\nGit SHA: Not provided\n"), "3.4.23");
   assert.equal(parseEtcdVersion("etcd Version: v3.5.9"), "3.5.9");
@@ -92,7 +122,7 @@ Deno.test("parseBenchArgs() fills in the defaults", () => {
     help: false,
     durationSec: 10,
     connections: [...DEFAULT_CONNECTIONS],
-    ops: ["writes", "reads"],
+    ops: ["writes", "reads", "ranges", "cas"],
     targets: ["leader", "follower"],
     etcd: true,
     runs: 1,
@@ -142,6 +172,8 @@ Deno.test("parseBenchArgs() reads every option", () => {
   assert.equal(parseBenchArgs(["-h"]).help, true);
   assert.deepEqual(parseBenchArgs(["--target", "leader"]).targets, ["leader"]);
   assert.deepEqual(parseBenchArgs(["--only", "writes"]).ops, ["writes"]);
+  assert.deepEqual(parseBenchArgs(["--only", "ranges"]).ops, ["ranges"]);
+  assert.deepEqual(parseBenchArgs(["--only", "cas"]).ops, ["cas"]);
 });
 
 Deno.test("parseBenchArgs() rejects bad values and unknown options", () => {

@@ -6,8 +6,12 @@
 -- <mode> is one of
 --   raftkv-write  POST /v1/data {"k":"<prefix><n>","v":"<100 bytes>"}, n = 0, 1, 2, ... (unique)
 --   raftkv-read   GET /v1/data/pre-<i> for a random preloaded key i (linearizable, the default)
+--   raftkv-range  GET /v1/data?prefix=rng%2F: the 100 keys rng/000..rng/099 (linearizable)
+--   raftkv-cas    PUT /v1/data/<prefix><n>?cas=0 {"v":"<100 bytes>"} (create only if absent)
 --   etcd-write    POST <gw>/kv/put {"key":b64("<prefix><n>"),"value":b64(<100 bytes>)}
 --   etcd-read     POST <gw>/kv/range {"key":b64("pre-<i>")} (linearizable, the default)
+--   etcd-range    POST <gw>/kv/range {"key":b64("rng/"),"range_end":b64("rng0")}
+--   etcd-cas      POST <gw>/kv/txn: compare create_revision of <prefix><n> with 0, then put it
 -- where <gw> is the etcd JSON gateway prefix, "/v3" (etcd >= 3.4) unless a fifth argument says
 -- otherwise. Each thread numbers its writes with its own counter, so keys are unique when
 -- <prefix> is unique per thread and cell (bench.ts runs one thread, -t1).
@@ -68,8 +72,12 @@ function init(args)
   keys = tonumber(args[3] or "10000")
   limit = tonumber(args[4] or "1000000")
   gateway = args[5] or "/v3"
-  if mode ~= "raftkv-write" and mode ~= "raftkv-read" and mode ~= "etcd-write" and
-      mode ~= "etcd-read" then
+  local modes = {
+    ["raftkv-write"] = true, ["raftkv-read"] = true, ["raftkv-range"] = true,
+    ["raftkv-cas"] = true, ["etcd-write"] = true, ["etcd-read"] = true, ["etcd-range"] = true,
+    ["etcd-cas"] = true,
+  }
+  if not modes[mode] then
     error("unknown mode " .. mode)
   end
   math.randomseed(12345)
@@ -87,9 +95,23 @@ function request()
       '{"k":"' .. prefix .. n .. '","v":"' .. VALUE .. '"}')
   elseif mode == "raftkv-read" then
     return wrk.format("GET", "/v1/data/" .. preloaded(math.random(0, keys - 1)), {}, nil)
+  elseif mode == "raftkv-range" then
+    return wrk.format("GET", "/v1/data?prefix=rng%2F", {}, nil)
+  elseif mode == "raftkv-cas" then
+    return wrk.format("PUT", "/v1/data/" .. prefix .. n .. "?cas=0", headers,
+      '{"v":"' .. VALUE .. '"}')
   elseif mode == "etcd-write" then
     return wrk.format("POST", gateway .. "/kv/put", headers,
       '{"key":"' .. b64(prefix .. n) .. '","value":"' .. value64 .. '"}')
+  elseif mode == "etcd-range" then
+    return wrk.format("POST", gateway .. "/kv/range", headers,
+      '{"key":"' .. b64("rng/") .. '","range_end":"' .. b64("rng0") .. '"}')
+  elseif mode == "etcd-cas" then
+    local key64 = b64(prefix .. n)
+    return wrk.format("POST", gateway .. "/kv/txn", headers,
+      '{"compare":[{"key":"' .. key64 .. '","target":"CREATE","result":"EQUAL",' ..
+      '"create_revision":"0"}],"success":[{"request_put":{"key":"' .. key64 ..
+      '","value":"' .. value64 .. '"}}]}')
   else
     return wrk.format("POST", gateway .. "/kv/range", headers,
       '{"key":"' .. b64(preloaded(math.random(0, keys - 1))) .. '"}')
