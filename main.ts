@@ -25,6 +25,7 @@ import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
+import { MetricsRegistry } from "./src/util/metrics.ts";
 
 /** The program's version, from deno.json (embedded at compile time). */
 export const VERSION: string = denoJson.version;
@@ -67,11 +68,14 @@ export async function main(args: string[]): Promise<number> {
     throw e;
   }
 
+  // Every layer registers its metrics here; GET /metrics on the API port renders them.
+  const metrics = new MetricsRegistry();
   let storage;
   try {
     storage = await openDiskStorage(config, {
       restoreFrom: config.restoreFrom,
       onNotice: (m) => log.info(m),
+      metrics,
     });
   } catch (e) {
     log.error(`cannot open the node's data: ${e instanceof Error ? e.message : e}`);
@@ -91,6 +95,7 @@ export async function main(args: string[]): Promise<number> {
     snapshotThresholdBytes: config.snapshotThresholdBytes,
     maxPendingProposals: config.maxPendingProposals,
     maxPendingBytes: config.maxPendingBytes,
+    metrics,
     logger: log,
     onFatal: (e) => {
       fatal = e;
@@ -104,6 +109,7 @@ export async function main(args: string[]): Promise<number> {
         rpcTimeoutMs: config.rpcTimeoutMs,
         maxConnRetryAttempts: config.maxConnRetryAttempts,
         logger: rateLimited(log, 5_000),
+        metrics,
       });
     },
   });
@@ -142,6 +148,7 @@ export async function main(args: string[]): Promise<number> {
     maxForwardedRequests: config.maxForwardedRequests,
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
+    metrics,
   });
   const apiServer = _serveAgain(
     "REST API",

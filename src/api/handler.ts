@@ -14,6 +14,7 @@
  * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                  |
  * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)   |
  * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
+ * | `GET`    | `/metrics`        |                 | 200 this node's Prometheus metrics      |
  *
  * `GET /v1/data/{key}` takes `?consistency=linearizable|stale|lease` (default `linearizable`).
  *
@@ -31,6 +32,7 @@
  * past `maxForwardedRequests` forwards in progress a request that needs the leader is answered
  * 429; past `maxConcurrentBackups` backups streaming, `/v1/snapshot` is answered 429; a backup
  * not fully read within `backupTimeoutMs` is cut off. All of these carry `Retry-After`.
+ * `/metrics` is not counted either: a node at its limits can still be watched.
  *
  * Every error answer is JSON, `{"error": "..."}` plus details, with `Content-Type:
  * application/json`. A rejected request changes nothing: everything is validated before the
@@ -48,6 +50,8 @@
 
 import { type KvBackend, NotLeaderError } from "../node/backend.ts";
 import { nonNegativeInt, positiveInt } from "../util/options.ts";
+import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../util/metrics.ts";
+import { HttpMetrics } from "./http_metrics.ts";
 import { type Deadline, raceAbort, startDeadline } from "./deadline.ts";
 import {
   ApiError,
@@ -187,6 +191,13 @@ export interface ApiOptions {
    * @default {console.error}
    */
   logError?: (line: string) => void;
+  /**
+   * The registry `GET /metrics` renders (this node's, never forwarded); the API's own metrics
+   * are registered in it.
+   *
+   * @default {a registry of its own, holding only the API's metrics}
+   */
+  metrics?: MetricsRegistry;
 }
 
 /**
@@ -227,14 +238,22 @@ export function createApiHandler(
   options: ApiOptions,
 ): (req: Request) => Promise<Response> {
   const ctx = _resolveOptions(backend, options);
+  const http = new HttpMetrics(ctx.metrics, ctx.limits);
   return async (req) => {
+    const started = performance.now();
     let url: URL;
     try {
       url = new URL(req.url);
     } catch {
-      return errorResponse(new ApiError(400, `the request URL ${quote(req.url)} is not valid`));
+      const error = new ApiError(400, `the request URL ${quote(req.url)} is not valid`);
+      return http.record(null, req.method, errorResponse(error), started);
     }
-    const counted = url.pathname !== "/health" && url.pathname !== "/ready";
+    return http.record(url.pathname, req.method, await serve(req, url), started);
+  };
+
+  async function serve(req: Request, url: URL): Promise<Response> {
+    const counted = url.pathname !== "/health" && url.pathname !== "/ready" &&
+      url.pathname !== "/metrics";
     const bytes = counted ? ctx.limits.declaredBodyBytes(req) : 0;
     if (counted && !ctx.limits.admitRequest(bytes)) {
       return jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
@@ -258,7 +277,7 @@ export function createApiHandler(
     } finally {
       if (counted) ctx.limits.releaseRequest(bytes);
     }
-  };
+  }
 }
 
 /** The checked options of one handler, and its budgets. */
@@ -268,6 +287,7 @@ interface _Context extends ForwardContext {
   maxKeyBytes: number;
   maxValueBytes: number;
   maxBodyBytes: number;
+  metrics: MetricsRegistry;
 }
 
 const _DATA_PREFIX = "/v1/data/";
@@ -306,6 +326,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     retryAfter: { "retry-after": String(retryAfterSeconds) },
     logError: options.logError ?? ((line) => console.error(line)),
     limits,
+    metrics: options.metrics ?? new MetricsRegistry(),
   };
 }
 
@@ -330,13 +351,18 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
     case "/v1/data":
       _allow(req, path, ["POST"]);
       return await _write(ctx, req, url, null);
+    case "/metrics":
+      _allow(req, path, ["GET"]);
+      return new Response(ctx.metrics.render(), {
+        headers: { "content-type": METRICS_CONTENT_TYPE },
+      });
   }
   if (!path.startsWith(_DATA_PREFIX)) {
     throw new ApiError(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/snapshot, /health and /ready`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/snapshot, /health, /ready and /metrics`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

@@ -267,7 +267,7 @@ export const FLAGS: readonly FlagInfo[] = [
     "--max-inflight-requests",
     "<n>",
     String(_D.maxInflightRequests),
-    "Client API requests in progress at once (/health and /ready aside); past it: 429 at once",
+    "Client API requests in progress at once (/health, /ready, /metrics aside); past it: 429 at once",
   ),
   _flag(
     "Limits and logging",
