@@ -149,6 +149,7 @@ export async function main(args: string[]): Promise<number> {
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
     metrics,
+    members: config.peers,
   });
   const apiServer = _serveAgain(
     "REST API",

@@ -15,6 +15,7 @@
  * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)   |
  * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
  * | `GET`    | `/metrics`        |                 | 200 this node's Prometheus metrics      |
+ * | `GET`    | `/v1/cluster`     |                 | 200 every member's status and numbers   |
  *
  * `GET /v1/data/{key}` takes `?consistency=linearizable|stale|lease` (default `linearizable`).
  *
@@ -66,6 +67,7 @@ import {
 import { type ForwardContext, forwardToLeader } from "./forward.ts";
 import { fetchForwarder, type Forwarder } from "./forwarder.ts";
 import { ApiLimits } from "./limits.ts";
+import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
 import {
   checkKey,
   checkValue,
@@ -97,6 +99,7 @@ export type {
   WriteResult,
 } from "../node/backend.ts";
 export type { NodeId, Role } from "../raft/types.ts";
+export type { ClusterMember, ClusterView, MemberView } from "./cluster.ts";
 
 /** Options of {@linkcode createApiHandler}. */
 export interface ApiOptions {
@@ -198,6 +201,13 @@ export interface ApiOptions {
    * @default {a registry of its own, holding only the API's metrics}
    */
   metrics?: MetricsRegistry;
+  /**
+   * Every member of the cluster, this node included, for `GET /v1/cluster` (which asks the
+   * others at these URLs).
+   *
+   * @default {[] (only this node)}
+   */
+  members?: readonly ClusterMember[];
 }
 
 /**
@@ -288,6 +298,7 @@ interface _Context extends ForwardContext {
   maxValueBytes: number;
   maxBodyBytes: number;
   metrics: MetricsRegistry;
+  members: readonly ClusterMember[];
 }
 
 const _DATA_PREFIX = "/v1/data/";
@@ -327,6 +338,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     logError: options.logError ?? ((line) => console.error(line)),
     limits,
     metrics: options.metrics ?? new MetricsRegistry(),
+    members: options.members ?? [],
   };
 }
 
@@ -356,13 +368,29 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
       return new Response(ctx.metrics.render(), {
         headers: { "content-type": METRICS_CONTENT_TYPE },
       });
+    case "/v1/cluster":
+      _allow(req, path, ["GET"]);
+      return jsonResponse(
+        200,
+        await gatherCluster({
+          selfId: ctx.selfId,
+          backend: ctx.backend,
+          renderMetrics: () => ctx.metrics.render(),
+          members: ctx.members,
+          forward: ctx.forward,
+          authorization: req.headers.get("authorization"),
+          timeoutMs: MEMBER_TIMEOUT_MS,
+          signal: req.signal,
+        }),
+        { "cache-control": "no-store" },
+      );
   }
   if (!path.startsWith(_DATA_PREFIX)) {
     throw new ApiError(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/snapshot, /health, /ready and /metrics`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/cluster, /v1/snapshot, /health, /ready and /metrics`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

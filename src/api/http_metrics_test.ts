@@ -180,6 +180,7 @@ Deno.test("route labels are the API's templates, whatever the path", () => {
   assert.equal(routeOf("/v1/data/a%2Fb/c"), "/v1/data/{key}");
   assert.equal(routeOf("/metrics"), "/metrics");
   assert.equal(routeOf("/metrics/"), OTHER_ROUTE);
+  assert.equal(routeOf("/v1/cluster"), "/v1/cluster");
   assert.equal(routeOf("/v1/statusx"), OTHER_ROUTE);
   assert.equal(routeOf(null), OTHER_ROUTE);
 });
