@@ -16,6 +16,7 @@
  * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
  * | `GET`    | `/metrics`        |                 | 200 this node's Prometheus metrics      |
  * | `GET`    | `/v1/cluster`     |                 | 200 every member's status and numbers   |
+ * | `GET`    | `/ui/`            |                 | 200 the dashboard (`/ui` redirects)     |
  *
  * `GET /v1/data/{key}` takes `?consistency=linearizable|stale|lease` (default `linearizable`).
  *
@@ -68,6 +69,7 @@ import { type ForwardContext, forwardToLeader } from "./forward.ts";
 import { fetchForwarder, type Forwarder } from "./forwarder.ts";
 import { ApiLimits } from "./limits.ts";
 import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
+import { isUiPath, uiResponse } from "./ui.ts";
 import {
   checkKey,
   checkValue,
@@ -385,12 +387,16 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
         { "cache-control": "no-store" },
       );
   }
+  if (isUiPath(path)) {
+    _allow(req, "/ui", ["GET"]);
+    return uiResponse(path);
+  }
   if (!path.startsWith(_DATA_PREFIX)) {
     throw new ApiError(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/cluster, /v1/snapshot, /health, /ready and /metrics`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/cluster, /v1/snapshot, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

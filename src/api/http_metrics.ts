@@ -25,7 +25,9 @@ export function routeOf(pathname: string | null): string {
     case "/metrics":
       return pathname;
   }
-  return pathname !== null && pathname.startsWith("/v1/data/") ? "/v1/data/{key}" : OTHER_ROUTE;
+  if (pathname === null) return OTHER_ROUTE;
+  if (pathname.startsWith("/v1/data/")) return "/v1/data/{key}";
+  return pathname === "/ui" || pathname.startsWith("/ui/") ? "/ui" : OTHER_ROUTE;
 }
 
 const _METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);

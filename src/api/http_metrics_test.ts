@@ -181,6 +181,9 @@ Deno.test("route labels are the API's templates, whatever the path", () => {
   assert.equal(routeOf("/metrics"), "/metrics");
   assert.equal(routeOf("/metrics/"), OTHER_ROUTE);
   assert.equal(routeOf("/v1/cluster"), "/v1/cluster");
+  assert.equal(routeOf("/ui"), "/ui");
+  assert.equal(routeOf("/ui/app.js"), "/ui");
+  assert.equal(routeOf("/uix"), OTHER_ROUTE);
   assert.equal(routeOf("/v1/statusx"), OTHER_ROUTE);
   assert.equal(routeOf(null), OTHER_ROUTE);
 });
