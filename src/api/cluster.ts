@@ -175,11 +175,14 @@ function _errorOf(text: string): string {
   return text.length > 200 ? `${text.slice(0, 200)}...` : text;
 }
 
-/** The innermost message of an error chain (fetch wraps the cause of a failed connection). */
+/**
+ * The innermost message of an error chain (fetch may wrap the cause of a failed connection),
+ * without fetch's `error sending request for url (...)` prefix: the member's URL is beside it.
+ */
 function _innermost(err: unknown): string {
   let message = errorMessage(err);
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
     message = e.message;
   }
-  return message;
+  return message.replace(/^error sending request for url \([^)]*\): /, "");
 }
