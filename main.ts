@@ -56,7 +56,7 @@ export async function main(args: string[]): Promise<number> {
     }
     const hosts = parseHostsOverride(Deno.env.get(HOSTS_OVERRIDE_ENV) ?? "");
     config = { ...parsed.config, peers: applyHostsOverride(parsed.config.peers, hosts) };
-    log = createLogger(config.id, config.logLevel);
+    log = createLogger(config.id, config.logLevel, console, config.logFormat);
     for (const w of parsed.warnings) log.warn(w);
     for (const [name, address] of hosts) log.info(`${HOSTS_OVERRIDE_ENV}: ${name} -> ${address}`);
   } catch (e) {
@@ -149,6 +149,7 @@ export async function main(args: string[]): Promise<number> {
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
     metrics,
+    logError: (line) => log.error(line),
   });
   const apiServer = _serveAgain(
     "REST API",

@@ -56,6 +56,8 @@ export const DEFAULTS = {
   backupTimeoutMs: 600_000,
   /** Default of `--log-level`. */
   logLevel: "info",
+  /** Default of `--log-format`. */
+  logFormat: "text",
   /** Default of `--rpc-port` in k8s join mode. */
   k8sRpcPort: 6666,
   /** Default of `--api-port` in k8s join mode. */
@@ -311,6 +313,14 @@ export const FLAGS: readonly FlagInfo[] = [
     "<level>",
     _D.logLevel,
     'Least severe log level printed: "debug", "info", "warn" or "error"',
+  ),
+  _flag(
+    "Limits and logging",
+    "--log-format",
+    "<format>",
+    _D.logFormat,
+    '"text" (one line: time, level, node id, message) or "json" (one JSON object a line with ' +
+      "the same fields: time, level, node, message), for log shippers",
   ),
   _flag(
     "Kubernetes (--join-mode k8s)",
