@@ -73,6 +73,8 @@ export interface NodeStatus {
   applied_index: number;
   /** Index of the last entry in the node's log. */
   last_index: number;
+  /** Every member and its client API address. */
+  members?: { id: string; api_url: string }[];
   /** Conditions the node reports, such as `"NOSPACE"` while its disk is full. */
   alarms?: string[];
 }
