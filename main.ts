@@ -10,6 +10,7 @@ import denoJson from "./deno.json" with { type: "json" };
 import { ConfigError, type NodeConfig, parseArgs } from "./src/cli/config.ts";
 import {
   applyHostsOverride,
+  DEBUG_STALE_READS_ENV,
   ENV_VARS,
   HOSTS_OVERRIDE_ENV,
   parseHostsOverride,
@@ -20,6 +21,7 @@ import { healthcheck } from "./src/cli/healthcheck.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
 import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
+import { applyDebugFaults } from "./src/node/debug_faults.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
@@ -137,7 +139,8 @@ export async function main(args: string[]): Promise<number> {
     }),
     log,
   );
-  const api = createApiHandler(node, {
+  const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
+  const api = createApiHandler(applyDebugFaults(node, faults, log), {
     selfId: config.id,
     apiTimeoutMs: config.apiTimeoutMs,
     apiFwdTimeoutMs: config.apiFwdTimeoutMs,
