@@ -18,6 +18,7 @@ import {
   readEnv,
 } from "./src/cli/env.ts";
 import { healthcheck } from "./src/cli/healthcheck.ts";
+import { isClientCommand, runClient } from "./src/cli/client/client.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
 import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
@@ -44,6 +45,7 @@ export {
 /** Runs a node until SIGINT/SIGTERM; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
   if (args[0] === "healthcheck") return await healthcheck(args.slice(1));
+  if (isClientCommand(args[0])) return await runClient(args);
   let config: NodeConfig;
   let log: Logger;
   try {

@@ -8,6 +8,7 @@
 import { ConfigError } from "./errors.ts";
 import type { PeerConfig } from "./cluster_file.ts";
 import { ENV_PREFIX, FLAGS } from "./flags.ts";
+import { CLIENT_ENV_VARS } from "./client/options.ts";
 
 /**
  * Test and operations seam: `name=address,name=address` maps peer host names to addresses before
@@ -25,8 +26,8 @@ export const DEBUG_STALE_READS_ENV = "RAFTKV_DEBUG_STALE_READS";
 
 /**
  * Every environment variable the program reads: one per flag, `HOSTNAME` and `POD_NAMESPACE`
- * (k8s join mode), {@linkcode HOSTS_OVERRIDE_ENV} and {@linkcode DEBUG_STALE_READS_ENV}. The
- * compiled binary may read only these.
+ * (k8s join mode), {@linkcode HOSTS_OVERRIDE_ENV}, {@linkcode DEBUG_STALE_READS_ENV} and the
+ * command-line client's (`RAFTKV_ENDPOINTS`, ...). The compiled binary may read only these.
  */
 export const ENV_VARS: readonly string[] = [
   ...FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]),
@@ -34,6 +35,7 @@ export const ENV_VARS: readonly string[] = [
   "POD_NAMESPACE",
   HOSTS_OVERRIDE_ENV,
   DEBUG_STALE_READS_ENV,
+  ...CLIENT_ENV_VARS,
 ];
 
 /**
@@ -110,6 +112,7 @@ export function readEnv(): Record<string, string> {
   }
   names.delete(HOSTS_OVERRIDE_ENV);
   names.delete(DEBUG_STALE_READS_ENV);
+  for (const name of CLIENT_ENV_VARS) names.delete(name); // the client's, not the node's
   const env: Record<string, string> = {};
   for (const name of names) {
     const value = Deno.env.get(name);

@@ -527,6 +527,7 @@ export function helpText(): string {
     "  raftkv --id <id> [flags]                            peers from the cluster file",
     "  raftkv --join-mode k8s --k8s-replicas <n> [flags]   peers from a Kubernetes StatefulSet",
     "  raftkv healthcheck [--url <url>]                    exit 0 if /health answers 200 (for containers)",
+    "  raftkv <command> [options]                          the client; raftkv help lists its commands",
     "",
     ..._wrap(
       "Every flag can also be set by the environment variable shown (an empty variable counts " +
