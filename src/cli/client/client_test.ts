@@ -38,6 +38,8 @@ Deno.test("bad usage exits 2 with one line saying what is wrong, before any requ
     [["get", "a", "--timeout", "0"], /--timeout: "0" is not positive/],
     [["get", ""], /the key must not be empty/],
     [["get", "a", "--consistency", "eventual"], /--consistency: "eventual" is not one of/],
+    [["verify", "--clients", "0"], /--clients: "0" is not a whole number from 1 to 1000/],
+    [["verify", "--duration", "1x"], /--duration: /],
     [["snapshot"], /^raftkv snapshot: snapshot needs a subcommand:\n {2}raftkv snapshot save FILE/],
     [["snapshot", "load", "f"], /snapshot needs a subcommand, not "load"/],
     [["snapshot", "save"], /missing arguments; usage: raftkv snapshot save \[options\] FILE/],
@@ -85,7 +87,7 @@ Deno.test("--help, -h and raftkv help print usage and exit 0 without touching th
   const overview = await run(["help"]);
   assert.equal(overview.code, 0);
   for (
-    const name of ["get", "put", "del", "status", "snapshot save", "snapshot restore"]
+    const name of ["get", "put", "del", "status", "snapshot save", "snapshot restore", "verify"]
   ) {
     assert.match(overview.out, new RegExp(`^ {2}${name} `, "m"), name);
   }
