@@ -95,7 +95,7 @@ export const SNAPSHOT_SAVE: Command = {
     };
     ctx.print(
       result,
-      `saved the snapshot at index ${header.index} (term ${header.term}, ${header.count} keys) ` +
+      `saved the snapshot at index ${header.index} (term ${header.term}, ${_keys(header.count)}) ` +
         `to ${file} (${bytes} bytes) from ${endpoint}`,
     );
     return EXIT.ok;
@@ -178,7 +178,7 @@ export const SNAPSHOT_RESTORE: Command = {
       },
       [
         `${file}: a valid snapshot at index ${header.index} (term ${header.term}) with ` +
-        `${header.count} keys, taken in a cluster of ${header.voters.join(", ")}`,
+        `${_keys(header.count)}, taken in a cluster of ${header.voters.join(", ")}`,
         "Start each node of the new cluster from it with an empty data directory and its usual " +
         "flags (such as --cluster-config-path), for example:",
         ...commands.map((c) => `  ${c.join(" ")}`),
@@ -187,6 +187,10 @@ export const SNAPSHOT_RESTORE: Command = {
     return EXIT.ok;
   },
 };
+
+function _keys(count: number): string {
+  return `${count} ${count === 1 ? "key" : "keys"}`;
+}
 
 /** What in `dir` shows that a node already keeps its data there (empty when nothing does). */
 async function _nodeData(dir: string): Promise<string[]> {
