@@ -74,20 +74,25 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
   const all = cluster.ids.map((id) => cluster.api(id)).join(",");
   const ep = ["--endpoints", all];
 
+  // Commands that do not depend on each other run at once: each is a process of its own.
   await t.step(
     "put, get and del print the value and the index; -o json gives the API's objects",
     async () => {
-      const put = await raftkv(["put", "greeting", "hello world", ...ep]);
+      const [put, putJson] = await Promise.all([
+        raftkv(["put", "greeting", "hello world", ...ep]),
+        raftkv(["put", "a/b c", "2", "-o", "json", ...ep]),
+      ]);
       _expect(put, 0, "put");
       assert.match(put.stdout, /^OK \(index \d+\)\n$/);
-      const putJson = await raftkv(["put", "a/b c", "2", "-o", "json", ...ep]);
       _expect(putJson, 0, "put -o json");
       assert.deepEqual(Object.keys(putJson.json!), ["k", "v", "index"]);
       assert.equal(putJson.json!.k, "a/b c");
-      const get = await raftkv(["get", "greeting", ...ep]);
+      const [get, getJson] = await Promise.all([
+        raftkv(["get", "greeting", ...ep]),
+        raftkv(["get", "a/b c", "-o", "json", ...ep]),
+      ]);
       _expect(get, 0, "get");
       assert.equal(get.stdout, "hello world\n");
-      const getJson = await raftkv(["get", "a/b c", "-o", "json", ...ep]);
       assert.deepEqual(getJson.json, { k: "a/b c", v: "2" });
       const del = await raftkv(["del", "a/b c", ...ep]);
       _expect(del, 0, "del");
@@ -113,11 +118,15 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
   );
 
   await t.step("a missing key exits 3 from get and from del", async () => {
-    const get = await raftkv(["get", "nothing-here", ...ep]);
+    const [get, getJson, del, delJson] = await Promise.all([
+      raftkv(["get", "nothing-here", ...ep]),
+      raftkv(["get", "nothing-here", "-o", "json", ...ep]),
+      raftkv(["del", "nothing-here", ...ep]),
+      raftkv(["del", "nothing-here", "-o", "json", ...ep]),
+    ]);
     _expect(get, 3, "get missing");
     assert.equal(get.stdout, "");
     assert.match(get.stderr, /^raftkv get: key "nothing-here" not found\n$/);
-    const getJson = await raftkv(["get", "nothing-here", "-o", "json", ...ep]);
     _expect(getJson, 3, "get missing -o json");
     assert.deepEqual(getJson.json, {
       k: "nothing-here",
@@ -125,62 +134,50 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       error: 'key "nothing-here" not found',
       exit_code: 3,
     });
-    const del = await raftkv(["del", "nothing-here", ...ep]);
     _expect(del, 3, "del missing");
     assert.match(del.stderr, /not found: nothing was deleted/);
-    const delJson = await raftkv(["del", "nothing-here", "-o", "json", ...ep]);
     _expect(delJson, 3, "del missing -o json");
     assert.equal(delJson.json!.deleted, false);
   });
 
-  await t.step("reads take --consistency; a follower serves stale reads itself", async () => {
-    const stale = await raftkv([
-      "get",
-      "greeting",
-      "--consistency",
-      "stale",
-      "--endpoints",
-      cluster.api(follower),
-    ]);
-    _expect(stale, 0, "stale read on a follower");
-    assert.equal(stale.stdout, "hello world\n");
-    _expect(await raftkv(["get", "greeting", "--consistency", "eventual", ...ep]), 2, "bad mode");
-  });
-
-  await t.step("endpoints are tried in turn; none reachable exits 4", async () => {
+  await t.step("endpoints are tried in turn; none reachable exits 4; stale reads", async () => {
     const [dead1, dead2] = _deadEndpoints(2);
-    const next = await raftkv([
-      "get",
-      "greeting",
-      "--endpoints",
-      `${dead1},${cluster.api(follower)}`,
+    const [next, none, noneJson, stale] = await Promise.all([
+      raftkv(["get", "greeting", "--endpoints", `${dead1},${cluster.api(follower)}`]),
+      raftkv(["put", "k", "v", "--endpoints", `${dead1},${dead2}`]),
+      raftkv(["status", "-o", "json", "--endpoints", dead1!]),
+      // A follower serves a stale read itself.
+      raftkv(["get", "greeting", "--consistency", "stale", "--endpoints", cluster.api(follower)]),
     ]);
     _expect(next, 0, "a dead endpoint first");
-    const none = await raftkv(["put", "k", "v", "--endpoints", `${dead1},${dead2}`]);
+    assert.equal(next.stdout, "hello world\n");
     _expect(none, 4, "no endpoint reachable");
     assert.match(
       none.stderr,
       /no endpoint could be reached: http:\/\/127\.0\.0\.1:\d+: .*refused/i,
     );
-    const noneJson = await raftkv(["status", "-o", "json", "--endpoints", dead1!]);
     _expect(noneJson, 4, "status -o json, no endpoint");
     assert.equal(noneJson.json!.exit_code, 4);
     assert.match(String(noneJson.json!.error), /no endpoint could be reached/);
+    _expect(stale, 0, "stale read on a follower");
+    assert.equal(stale.stdout, "hello world\n");
   });
 
   await t.step(
     "bad usage exits 2; --help exits 0 (the cases are in src/cli/client/client_test.ts)",
     async () => {
-      const usage = await raftkv(["get"]);
+      const [usage, help, node] = await Promise.all([
+        raftkv(["get"]),
+        raftkv(["status", "--help"]),
+        raftkv(["--help"]),
+      ]);
       _expect(usage, 2, "get without a key");
       assert.match(
         usage.stderr,
         /^raftkv get: missing arguments; usage: raftkv get \[options\] KEY/,
       );
-      const help = await raftkv(["status", "--help"]);
       _expect(help, 0, "status --help");
       assert.ok(help.stdout.startsWith("Usage: raftkv status [options]"), help.stdout);
-      const node = await raftkv(["--help"]);
       assert.match(
         node.stdout,
         /raftkv <command> \[options\] +the client; raftkv help lists its commands/,
@@ -256,7 +253,26 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
     });
 
     await t.step("snapshot restore checks the backup and prints how to start from it", async () => {
-      const run = await raftkv(["snapshot", "restore", backup]);
+      const bytes = await Deno.readFile(backup);
+      bytes[bytes.length - 20] = bytes[bytes.length - 20]! ^ 0xff;
+      await Deno.writeFile(join(dir, "bad.snap"), bytes);
+      const newDir = join(dir, "new");
+      const [run, json, used, bad] = await Promise.all([
+        raftkv(["snapshot", "restore", backup]),
+        raftkv([
+          "snapshot",
+          "restore",
+          backup,
+          "--data-dir",
+          newDir,
+          "--id",
+          "node-9",
+          "-o",
+          "json",
+        ]),
+        raftkv(["snapshot", "restore", backup, "--data-dir", cluster.node(leader).dataDir]),
+        raftkv(["snapshot", "restore", join(dir, "bad.snap")]),
+      ]);
       _expect(run, 0, "snapshot restore");
       assert.match(run.stdout, /a valid snapshot at index \d+ \(term \d+\) with 2 keys/);
       for (const id of cluster.ids) {
@@ -267,43 +283,21 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
           run.stdout,
         );
       }
-      const json = await raftkv([
-        "snapshot",
-        "restore",
-        backup,
-        "--data-dir",
-        join(dir, "new"),
-        "--id",
-        "node-9",
-        "-o",
-        "json",
-      ]);
       _expect(json, 0, "restore -o json");
       assert.deepEqual(json.json!.commands, [[
         "raftkv",
         "--id",
         "node-9",
         "--data-dir",
-        join(dir, "new"),
+        newDir,
         "--restore-from",
         backup,
       ]]);
-      const used = await raftkv([
-        "snapshot",
-        "restore",
-        backup,
-        "--data-dir",
-        cluster.node(leader).dataDir,
-      ]);
       _expect(used, 6, "a data directory in use");
       assert.match(
         used.stderr,
         /already holds a node's data \(raft-state\.json, .*wal\/\).*would ignore --restore-from/,
       );
-      const bytes = await Deno.readFile(backup);
-      bytes[bytes.length - 20] = bytes[bytes.length - 20]! ^ 0xff;
-      await Deno.writeFile(join(dir, "bad.snap"), bytes);
-      const bad = await raftkv(["snapshot", "restore", join(dir, "bad.snap")]);
       _expect(bad, 1, "a damaged backup");
       assert.match(bad.stderr, /is not a usable backup: .*checksum mismatch/);
     });
@@ -444,11 +438,12 @@ Deno.test("answers 401 and 403 exit 5, 409 and 412 exit 6 (a stand-in server: th
   const port = server.addr.port;
   try {
     const ep = ["--endpoints", `127.0.0.1:${port}`];
-    for (const [key, code] of [["a", 5], ["b", 5], ["c", 6], ["d", 6], ["e", 1]] as const) {
-      const run = await raftkv(["put", key, "v", ...ep]);
-      _expect(run, code, `put ${key}`);
-      assert.match(run.stderr, /refused with \d{3}/);
-    }
+    const cases = [["a", 5], ["b", 5], ["c", 6], ["d", 6], ["e", 1]] as const;
+    const runs = await Promise.all(cases.map(([key]) => raftkv(["put", key, "v", ...ep])));
+    cases.forEach(([key, code], i) => {
+      _expect(runs[i]!, code, `put ${key}`);
+      assert.match(runs[i]!.stderr, /refused with \d{3}/);
+    });
     const json = await raftkv(["get", "a", "-o", "json", ...ep]);
     _expect(json, 5, "get a -o json");
     assert.deepEqual(json.json, {
