@@ -10,6 +10,7 @@ import denoJson from "./deno.json" with { type: "json" };
 import { ConfigError, type NodeConfig, parseArgs } from "./src/cli/config.ts";
 import {
   applyHostsOverride,
+  DEBUG_STALE_READS_ENV,
   ENV_VARS,
   HOSTS_OVERRIDE_ENV,
   parseHostsOverride,
@@ -17,9 +18,11 @@ import {
   readEnv,
 } from "./src/cli/env.ts";
 import { healthcheck } from "./src/cli/healthcheck.ts";
+import { isClientCommand, runClient } from "./src/cli/client/client.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
 import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
+import { applyDebugFaults } from "./src/node/debug_faults.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
@@ -42,6 +45,7 @@ export {
 /** Runs a node until SIGINT/SIGTERM; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
   if (args[0] === "healthcheck") return await healthcheck(args.slice(1));
+  if (isClientCommand(args[0])) return await runClient(args);
   let config: NodeConfig;
   let log: Logger;
   try {
@@ -56,7 +60,7 @@ export async function main(args: string[]): Promise<number> {
     }
     const hosts = parseHostsOverride(Deno.env.get(HOSTS_OVERRIDE_ENV) ?? "");
     config = { ...parsed.config, peers: applyHostsOverride(parsed.config.peers, hosts) };
-    log = createLogger(config.id, config.logLevel);
+    log = createLogger(config.id, config.logLevel, console, config.logFormat);
     for (const w of parsed.warnings) log.warn(w);
     for (const [name, address] of hosts) log.info(`${HOSTS_OVERRIDE_ENV}: ${name} -> ${address}`);
   } catch (e) {
@@ -137,7 +141,8 @@ export async function main(args: string[]): Promise<number> {
     }),
     log,
   );
-  const api = createApiHandler(node, {
+  const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
+  const api = createApiHandler(applyDebugFaults(node, faults, log), {
     selfId: config.id,
     apiTimeoutMs: config.apiTimeoutMs,
     apiFwdTimeoutMs: config.apiFwdTimeoutMs,
@@ -150,6 +155,7 @@ export async function main(args: string[]): Promise<number> {
     backupTimeoutMs: config.backupTimeoutMs,
     metrics,
     members: config.peers,
+    logError: (line) => log.error(line),
   });
   const apiServer = _serveAgain(
     "REST API",

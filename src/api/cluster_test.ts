@@ -14,6 +14,7 @@ function status(id: string, role: NodeStatus["role"], leader: string): NodeStatu
     applied_index: 41,
     last_index: 43,
     alarms: [],
+    members: ["a", "b", "c"].map((m) => ({ id: m, api_url: `http://${m}.test:7777` })),
   };
 }
 

@@ -32,6 +32,7 @@ class FollowerBackend implements KvBackend {
       commit_index: 0,
       applied_index: 0,
       last_index: 0,
+      members: [],
       alarms: [],
     };
   }

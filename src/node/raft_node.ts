@@ -535,6 +535,7 @@ export class RaftNode implements KvBackend {
       commit_index: this.#core.log.committed,
       applied_index: this.#kv.appliedIndex,
       last_index: this.#core.log.lastIndex(),
+      members: [...this.#members.values()].map((m) => ({ id: m.id, api_url: m.apiUrl })),
       alarms: this.#noSpace ? ["NOSPACE"] : [],
     };
   }

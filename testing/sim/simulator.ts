@@ -30,7 +30,7 @@
  * told was durable (`recovery`); every delivered message passes the real peer validator and is
  * taken by the node (`peer-refusal`). At the end, after healing everything: liveness (a leader
  * serves a read of every key in time), convergence of every node's data, and linearizability of
- * the client history (`testing/linearizability.ts`).
+ * the client history (`src/check/linearizability.ts`).
  *
  * @module
  */
@@ -48,7 +48,11 @@ import {
   OutcomeUnknownError,
   StoppingError,
 } from "../../src/node/backend.ts";
-import { checkLinearizability, describeHistory, type Operation } from "../linearizability.ts";
+import {
+  checkLinearizability,
+  describeHistory,
+  type Operation,
+} from "../../src/check/linearizability.ts";
 import { SimClock } from "../sim_clock.ts";
 import { SimFileSystem } from "../sim_fs.ts";
 import { NodeClock } from "./node_clock.ts";
