@@ -328,60 +328,45 @@ export function runSimulation(options: SimulationOptions): Promise<SimulationRes
 }
 
 /** What the simulation knows about one node, across its incarnations. */
-interface _Node {
-  id: NodeId;
-  /** Its disk (replaced by the durable image at each crash). */
-  fs: SimFileSystem;
+class _Node {
   /** The running incarnation and its clock; null while down (the node also while starting). */
-  node: RaftNode | null;
-  clock: NodeClock | null;
+  node: RaftNode | null = null;
+  clock: NodeClock | null = null;
   /** Counts incarnations; anything from an older one is ignored. */
-  inc: number;
-  starting: boolean;
-  pausedUntil: number;
+  inc = 0;
+  starting = false;
   /** The highest commit index and the applied index this incarnation reported. */
-  lastCommit: number;
-  lastApplied: number;
+  lastCommit = 0;
+  lastApplied = 0;
   /** Terms of the entries last seen in its log, by index (for log matching). */
-  seen: number[];
+  seen = [0];
   /**
    * What the storage told the node is durable: the term of each log entry, the snapshot index
    * and the hard state. A crash must keep all of it (see `#checkRecovered`).
    */
-  durable: number[];
-  durableSnap: number;
-  durableHs: HardState;
+  durable = [0];
+  durableSnap = 0;
+  durableHs: HardState = { term: 0, vote: "", commit: 0 };
   /** The first index an append or install in flight may change (Infinity when none). */
-  writingFrom: number;
+  writingFrom = Infinity;
   /** The same, frozen at a crash: the lowest over the crashes since the last recovery check. */
-  crashWritingFrom: number;
+  crashWritingFrom = Infinity;
+
+  /** A node that has not started yet, with an empty disk (replaced by its image at a crash). */
+  constructor(readonly id: NodeId, public fs: SimFileSystem) {}
 }
 
-interface _Client {
-  id: number;
-  op: _ClientOp | null;
-  /** The index of the node believed to lead, or -1. */
-  hint: number;
-  seq: number;
-  final: boolean;
-}
+/** A client: its id, the index of the node it believes leads (-1: none), whether it reads last. */
+type _Client = { id: number; hint: number; final: boolean };
 
 interface _ClientOp extends Omit<Operation, "client" | "return"> {
   client: _Client;
   lease: boolean;
-  attempt: number;
-  done: boolean;
   /** Aborted when the operation ends: every call still waiting on a node gives up. */
   abort: AbortController;
 }
 
-/** A committed entry as first seen, and the term in which it was first known committed. */
-interface _Committed {
-  term: number;
-  hash: number;
-  data: Uint8Array | null;
-  knownIn: number;
-}
+type _Committed = { term: number; hash: number; data: Uint8Array | null; knownIn: number };
 
 type _Outcome =
   | { kind: "ok"; index: number }
@@ -408,12 +393,13 @@ class _Simulation {
   } as SimulationStats;
   #network!: SimNetwork;
   #nodes: _Node[] = [];
-  #clients: _Client[] = [];
+  /** The clients still running, plus one until the final heal. */
+  #active = 1;
   #history: Operation[] = [];
-  #acked = new Map<string, { node: NodeId; index: number }>();
+  /** Acknowledged writes ("key=value") -> the node and the index it gave, for failure messages. */
+  #acked = new Map<string, string>();
   #partitionId = 0;
   #phase: "run" | "drain" | "final" | "converge" | "done" = "run";
-  #finalPending = 0;
   #failure: SimulationFailure | null = null;
   #trace: string[] = [];
   #digest = 0x811c9dc5;
@@ -422,7 +408,10 @@ class _Simulation {
   #leaders = new Map<number, NodeId>();
   /** (index, term) -> hash of the entry, as first seen in any log. */
   #entryHash = new Map<number, number>();
-  /** The committed entries by index; holes where no node showed one yet. */
+  /**
+   * The committed entries by index as first seen (holes where no node showed one yet), with the
+   * term in which each was first known committed.
+   */
   #committed: (_Committed | undefined)[] = [{ term: 0, hash: 0, data: null, knownIn: 0 }];
   #maxCommit = 0;
   /** The reference state: the data after applying the committed entries up to `#refIndex`. */
@@ -480,10 +469,8 @@ class _Simulation {
       }, ids);
       this.#nodes = ids.map((id) => this.#newNode(id));
       for (const n of this.#nodes) this.#restart(n);
-      for (let i = 0; i < (this.#opts.clients ?? this.#opts.nodes + 1); i++) {
-        const c: _Client = { id: i + 1, op: null, hint: -1, seq: 0, final: false };
-        this.#clients.push(c);
-        this.#clientStart(c);
+      for (let id = 1; id <= (this.#opts.clients ?? this.#opts.nodes + 1); id++, this.#active++) {
+        this.#client({ id, hint: -1, final: false }).catch((e) => this.#caught(e, ` in c${id}`));
       }
       const f = this.#faults;
       this.#every(f.partitionEveryMs, () => this.#partition());
@@ -556,7 +543,7 @@ class _Simulation {
       const durable = `durable log ${n.durable.length - 1}, snapshot ${n.durableSnap}`;
       if (!n.node) return `  ${n.id}: ${n.starting ? "starting" : "down"} (${durable})`;
       const s = n.node.inspect();
-      const paused = n.clock?.paused ? ` paused until ${n.pausedUntil.toFixed(0)}` : "";
+      const paused = n.clock?.paused ? " paused" : "";
       return `  ${n.id}: ${s.role} term ${s.term} leader ${s.leader || "-"} log ` +
         `${s.firstIndex}..${s.lastIndex} commit ${s.commit} applied ${s.applied} (${durable})${paused}`;
     });
@@ -588,23 +575,7 @@ class _Simulation {
   // ---- nodes: start, crash, restart -----------------------------------------------------------
 
   #newNode(id: NodeId): _Node {
-    const n: _Node = {
-      id,
-      fs: new SimFileSystem({ delay: (op) => this.#diskDelay(n, op) }),
-      node: null,
-      clock: null,
-      inc: 0,
-      starting: false,
-      pausedUntil: 0,
-      lastCommit: 0,
-      lastApplied: 0,
-      seen: [0],
-      durable: [0],
-      durableSnap: 0,
-      durableHs: { term: 0, vote: "", commit: 0 },
-      writingFrom: Infinity,
-      crashWritingFrom: Infinity,
-    };
+    const n: _Node = new _Node(id, new SimFileSystem({ delay: (op) => this.#diskDelay(n, op) }));
     n.fs.faults.ackBeforeSync = this.#opts.diskFault === "ack-before-sync";
     if (this.#opts.diskFault === "forget-synced") {
       n.fs.faults.forgetLastSynced = (path) => path.endsWith(".wal");
@@ -712,12 +683,8 @@ class _Simulation {
     }
     n.durable = terms;
     for (let i = 1; i <= snapIndex; i++) n.durable[i] ??= -1;
-    [n.durableSnap, n.durableHs, n.writingFrom, n.crashWritingFrom] = [
-      snapIndex,
-      { ...hs },
-      Infinity,
-      Infinity,
-    ];
+    [n.durableSnap, n.durableHs] = [snapIndex, { ...hs }];
+    n.writingFrom = n.crashWritingFrom = Infinity;
   }
 
   /**
@@ -928,141 +895,102 @@ class _Simulation {
 
   // ---- clients --------------------------------------------------------------------------------
 
-  #clientStart(c: _Client): void {
-    if (this.#phase === "run") this.#later(this.#random(0, 30), () => this.#clientIssue(c));
-    else this.#maybeStartFinalReads();
+  #sleep(ms: number): Promise<null> {
+    return new Promise((resolve) => this.#later(ms, () => resolve(null)));
   }
 
-  #clientIssue(c: _Client): void {
-    if (this.#phase !== "run") return this.#maybeStartFinalReads();
-    const r = this.#rng();
-    const kind = r < 0.45 ? "put" : r < 0.6 ? "delete" : "get";
-    const key = this.#pick(this.#keys);
-    const value = kind === "put" ? `c${c.id}-${++c.seq}` : null;
-    const lease = kind === "get" && this.#rng() < (this.#opts.leaseReads ?? 0);
-    const op = this.#newOp(c, kind, key, value, lease);
-    this.#later(this.#opts.opTimeoutMs ?? 3000, () => {
-      if (op.done) return;
-      // A write may have been proposed by a node that then crashed or lost its leadership.
-      this.#unknownOutcome(op);
-      c.hint = -1;
-      this.#finish(op);
-    });
-    this.#attempt(op);
+  /** A client: one operation at a time (a put, delete or read of a random key) until the heal. */
+  async #client(c: _Client): Promise<void> {
+    for (let seq = 1; this.#phase === "run"; seq++) {
+      await this.#sleep(this.#random(0, 30));
+      if (this.#phase !== "run") break;
+      const r = this.#rng();
+      const kind = r < 0.45 ? "put" : r < 0.6 ? "delete" : "get";
+      const key = this.#pick(this.#keys);
+      const lease = kind === "get" && this.#rng() < (this.#opts.leaseReads ?? 0);
+      const value = kind === "put" ? `c${c.id}-${seq}` : null;
+      await this.#perform(this.#newOp(c, kind, key, value, lease), this.#opts.opTimeoutMs ?? 3000);
+    }
+    if (--this.#active === 0) this.#finalReads();
   }
 
   #newOp(c: _Client, kind: _ClientOp["kind"], key: string, value: string | null, lease = false) {
-    const [call, abort] = [this.#clock.now(), new AbortController()];
-    const op: _ClientOp = {
-      client: c,
-      kind,
-      key,
-      value,
-      lease,
-      call,
-      attempt: 0,
-      done: false,
-      abort,
-    };
-    return c.op = op;
+    const call = this.#clock.now();
+    return { client: c, kind, key, value, lease, call, abort: new AbortController() };
   }
 
-  #attempt(op: _ClientOp): void {
+  /**
+   * Sends `op` to nodes (following leader hints, retrying where it was refused) until it ends or
+   * times out, and records its outcome.
+   */
+  async #perform(op: _ClientOp, timeoutMs: number): Promise<void> {
     const c = op.client;
-    const attempt = ++op.attempt;
-    const useHint = c.hint >= 0 && this.#rng() < 0.7;
-    const target = this.#nodes[useHint ? c.hint : Math.floor(this.#rng() * this.#nodes.length)]!;
-    this.#later(this.#random(0.1, 2), () => {
-      // The request reaches the node's process: it runs when the process runs.
-      if (target.node && target.clock) target.clock.run(() => this.#arrive(target, op, attempt));
-      else this.#respond(op, attempt, { kind: "refused" }, target);
-    });
-    if (c.final) {
-      // Final reads retry on silence: a read has no effect, so retrying is always safe.
-      this.#later(1000, () => {
-        if (!op.done && op.attempt === attempt) this.#attempt(op);
-      });
-    }
-  }
-
-  #arrive(n: _Node, op: _ClientOp, attempt: number): void {
-    const node = n.node;
-    if (op.done || op.attempt !== attempt) return;
-    if (!node) return this.#respond(op, attempt, { kind: "refused" }, n);
-    const signal = op.abort.signal;
-    const call: Promise<_Outcome> = op.kind === "get"
-      ? node.get(op.key, op.lease ? "lease" : "linearizable", signal)
-        .then((value) => ({ kind: "value", value }))
-      : (op.kind === "put" ? node.put(op.key, op.value!, signal) : node.delete(op.key, signal))
-        .then((r) => ({ kind: "ok", index: r.index }));
-    call.then((outcome) => outcome, _outcomeOf)
-      .then((outcome) => this.#respond(op, attempt, outcome, n))
-      .catch((e) => this.#caught(e, ` answering a client on ${n.id}`));
-  }
-
-  /** The answer travels back to the client, which acts on it. */
-  #respond(op: _ClientOp, attempt: number, outcome: _Outcome, n: _Node): void {
-    const stale = () => op.done || op.attempt !== attempt;
-    if (stale()) return;
-    this.#later(this.#random(0.1, 2), () => {
-      if (stale()) return;
-      const c = op.client;
-      const what = `c${c.id} ${op.lease ? "lease-" : ""}${op.kind}(${op.key}${
-        op.value ? `=${op.value}` : ""
-      }) <- ${n.id}: ${outcome.kind}`;
-      const now = this.#clock.now();
-      switch (outcome.kind) {
-        case "notLeader":
-        case "refused":
-          c.hint = outcome.kind === "refused"
-            ? -1
-            : this.#nodes.findIndex((x) => x.id === outcome.leader);
-          this.#later(this.#random(5, 50), () => {
-            if (!op.done && op.attempt === attempt) this.#attempt(op);
-          });
-          return;
-        case "ok":
-          this.#stats.writesOk++;
-          this.#acked.set(`${op.key}=${op.value ?? `delete by c${c.id}`}`, {
-            node: n.id,
-            index: outcome.index,
-          });
-          this.#note(`${what} @${outcome.index}`);
-          this.#history.push(_operation(op, now));
-          break;
-        case "value":
-          this.#stats.readsOk++;
-          if (op.lease) this.#stats.leaseReadsOk++;
-          this.#note(`${what} ${JSON.stringify(outcome.value)}`);
-          this.#history.push({ ..._operation(op, now), value: outcome.value });
-          break;
-        case "notApplied":
-          this.#stats.writesFailed++;
-          break;
-        case "unknown":
-          this.#unknownOutcome(op);
+    const deadline = this.#clock.now() + timeoutMs;
+    let [outcome, n]: [_Outcome | null, _Node | null] = [null, null];
+    while (!outcome && this.#clock.now() < deadline) {
+      const useHint = c.hint >= 0 && this.#rng() < 0.7;
+      n = this.#nodes[useHint ? c.hint : Math.floor(this.#rng() * this.#nodes.length)]!;
+      // A final read retries on silence: a read has no effect, so retrying is always safe.
+      const wait = c.final ? 1000 : deadline - this.#clock.now();
+      outcome = await Promise.race([this.#request(n, op), this.#sleep(wait)]);
+      if (outcome?.kind === "notLeader" || outcome?.kind === "refused") {
+        const leader = outcome.kind === "notLeader" ? outcome.leader : "";
+        c.hint = this.#nodes.findIndex((x) => x.id === leader);
+        outcome = null;
+        await this.#sleep(Math.min(this.#random(5, 50), deadline - this.#clock.now()));
       }
-      this.#finish(op);
-    });
-  }
-
-  /** A read given up is dropped; a write whose outcome is unknown is recorded as such. */
-  #unknownOutcome(op: _ClientOp): void {
-    if (op.kind === "get") {
+    }
+    op.abort.abort();
+    const what = `c${c.id} ${op.lease ? "lease-" : ""}${op.kind}(${op.key}${
+      op.value ? `=${op.value}` : ""
+    }) <- ${n?.id}: ${outcome?.kind ?? "timeout"}`;
+    const ret = this.#clock.now();
+    if (outcome?.kind === "ok") {
+      this.#stats.writesOk++;
+      this.#acked.set(
+        `${op.key}=${op.value ?? `delete by c${c.id}`}`,
+        `${n?.id} at ${outcome.index}`,
+      );
+      this.#note(`${what} @${outcome.index}`);
+      this.#history.push(_operation(op, ret));
+    } else if (outcome?.kind === "value") {
+      this.#stats.readsOk++;
+      if (op.lease) this.#stats.leaseReadsOk++;
+      this.#note(`${what} ${JSON.stringify(outcome.value)}`);
+      this.#history.push({ ..._operation(op, ret), value: outcome.value });
+    } else if (outcome?.kind === "notApplied") {
+      this.#stats.writesFailed++;
+    } else if (op.kind === "get") { // unknown outcome or timed out: a read is dropped
       this.#stats.readsDropped++;
-    } else {
+    } else { // a write may have been proposed by a node that then crashed or lost its leadership
       this.#stats.writesUnknown++;
       this.#history.push(_operation(op, null));
     }
+    if (!outcome) c.hint = -1;
   }
 
-  #finish(op: _ClientOp): void {
-    op.done = true;
-    op.abort.abort();
-    const c = op.client;
-    c.op = null;
-    if (!c.final) this.#clientStart(c);
-    else if (--this.#finalPending === 0) this.#startConvergence();
+  /** Sends `op` to node `n` and resolves with the answer (or never, if it is lost on the way). */
+  async #request(n: _Node, op: _ClientOp): Promise<_Outcome> {
+    await this.#sleep(this.#random(0.1, 2));
+    const outcome = await new Promise<_Outcome>((resolve) => {
+      const refused = () => resolve({ kind: "refused" });
+      // The request reaches the node's process: it runs when the process runs.
+      if (!n.node || !n.clock) return refused();
+      n.clock.run(() => {
+        const node = n.node;
+        if (op.abort.signal.aborted) return;
+        if (!node) return refused();
+        const signal = op.abort.signal;
+        const call: Promise<_Outcome> = op.kind === "get"
+          ? node.get(op.key, op.lease ? "lease" : "linearizable", signal)
+            .then((value) => ({ kind: "value", value }))
+          : (op.kind === "put" ? node.put(op.key, op.value!, signal) : node.delete(op.key, signal))
+            .then((r) => ({ kind: "ok", index: r.index }));
+        call.then(resolve, (e) => resolve(_outcomeOf(e)));
+      });
+    });
+    await this.#sleep(this.#random(0.1, 2));
+    return outcome;
   }
 
   // ---- faults ---------------------------------------------------------------------------------
@@ -1077,14 +1005,10 @@ class _Simulation {
     });
   }
 
+  /** The node that leads the highest term, if any. */
   #leader(): _Node | null {
-    let best: _Node | null = null;
-    let term = -1;
-    for (const n of this.#nodes) {
-      const s = n.node?.inspect();
-      if (s?.role === "leader" && s.term > term) [best, term] = [n, s.term];
-    }
-    return best;
+    const leaders = this.#nodes.filter((n) => n.node?.inspect().role === "leader");
+    return leaders.sort((a, b) => b.node!.inspect().term - a.node!.inspect().term)[0] ?? null;
   }
 
   #partition(): void {
@@ -1092,15 +1016,8 @@ class _Simulation {
     if (net.cut) return; // one partition at a time
     const all = this.#nodes.map((n) => n.id);
     const target = this.#leader()?.id ?? this.#pick(all);
-    const kind = this.#pick([
-      "split",
-      "split",
-      "one-way",
-      "isolate-leader",
-      "leader-cannot-send",
-      "leader-cannot-hear",
-      "bridge",
-    ]);
+    const kinds = "split split one-way isolate-leader leader-cannot-send leader-cannot-hear bridge";
+    const kind = this.#pick(kinds.split(" "));
     const links = new Set<string>();
     const cut = (a: NodeId, b: NodeId, both = true) => {
       links.add(`${a}>${b}`);
@@ -1162,9 +1079,9 @@ class _Simulation {
     const n = leader && !leader.clock!.paused && this.#rng() < 0.5 ? leader : this.#pick(up);
     const clock = n.clock!;
     const ms = this.#random(50, Math.max(100, this.#faults.maxPauseMs));
-    [clock.paused, n.pausedUntil] = [true, this.#clock.now() + ms];
+    clock.paused = true;
     this.#stats.pauses++;
-    this.#note(`PAUSE ${n.id} until ${n.pausedUntil.toFixed(0)}`);
+    this.#note(`PAUSE ${n.id} until ${(this.#clock.now() + ms).toFixed(0)}`);
     this.#later(ms, () => clock.resume());
   }
 
@@ -1179,23 +1096,22 @@ class _Simulation {
       n.clock?.resume();
       this.#restart(n);
     }
-    this.#maybeStartFinalReads();
+    if (--this.#active === 0) this.#finalReads();
   }
 
-  #maybeStartFinalReads(): void {
-    if (this.#phase !== "drain" || this.#clients.some((c) => c.op !== null)) return;
+  /** Once every client stopped: a read of every key, which must complete in time (liveness). */
+  #finalReads(): void {
     this.#phase = "final";
     this.#note("FINAL READS of every key");
-    this.#finalPending = this.#keys.length;
-    this.#keys.forEach((key, i) => {
-      const c: _Client = { id: 1000 + i, op: null, hint: -1, seq: 0, final: true };
-      this.#clients.push(c);
-      this.#attempt(this.#newOp(c, "get", key, null));
-    });
+    const reads = this.#keys.map((key, i) =>
+      this.#newOp({ id: 1000 + i, hint: -1, final: true }, "get", key, null)
+    );
+    Promise.all(reads.map((op) => this.#perform(op, Infinity))).then(() => this.#startConvergence())
+      .catch((e) => this.#caught(e, " in the final reads"));
     const livenessMs = this.#opts.livenessMs ?? 20_000;
     this.#later(livenessMs, () => {
       if (this.#phase !== "final") return;
-      const missing = this.#clients.filter((c) => c.final && c.op).map((c) => c.op!.key);
+      const missing = reads.filter((op) => !op.abort.signal.aborted).map((op) => op.key);
       this.#fail(
         "liveness",
         `the final reads of ${missing.join(", ")} did not complete within ${livenessMs} ms ` +
@@ -1217,15 +1133,9 @@ class _Simulation {
         }
         return this.#later(50, poll);
       }
-      const [first, ...rest] = this.#nodes.map((n) => [n.id, n.node!.inspect()] as const);
-      for (const [id, s] of rest) {
-        const differ = this.#keys.filter((k) => s.value(k) !== first![1].value(k));
-        if (differ.length > 0) {
-          this.#fail(
-            "convergence",
-            `${id} and ${first![0]} applied up to ${c} but hold different values of ${differ}`,
-          );
-        }
+      const states = this.#nodes.map((n) => `${n.id} ${this.#state(n.node!.inspect().value)}`);
+      if (new Set(states.map((s) => s.replace(/^\S+ /, ""))).size > 1) {
+        this.#fail("convergence", `applied up to ${c} but hold different data: ${states}`);
       }
       this.#note(`CONVERGED at commit ${c}`);
       this.#phase = "done";
@@ -1242,7 +1152,7 @@ class _Simulation {
     if (result.ok === "unknown") this.#stats.linearizability = "unknown";
     if (result.ok !== false) return;
     const acked = [...this.#acked].filter(([k]) => k.startsWith(`${result.key}=`)).slice(-10)
-      .map(([k, v]) => `  ${k} acknowledged by ${v.node} at index ${v.index}`);
+      .map(([k, v]) => `  ${k} acknowledged by ${v}`);
     const finals = this.#nodes.map((n) =>
       `${n.id}=${JSON.stringify(n.node?.inspect().value(result.key))}`
     );
