@@ -35,33 +35,39 @@ import { SimFileSystem } from "../sim_fs.ts";
 import { NodeClock } from "./node_clock.ts";
 import { SimNetwork } from "./network.ts";
 
-/** The fault mix of a run. Rates are probabilities in [0, 1]; times are virtual milliseconds. */
-export interface FaultOptions {
+/**
+ * The base of every fault mix: no faults, the fastest network and disk. Rates are probabilities
+ * in [0, 1]; times are virtual milliseconds.
+ */
+export const FAULTS_OFF = {
   /** Time between ticks; the leader heartbeats every tick (the timing, not a fault). */
-  tickMs: number;
-  /** Probability that a batch of messages is lost. */ dropRate: number;
-  /** Probability that a batch is delivered twice. */ duplicateRate: number;
-  /** Shortest network delay. */ minDelayMs: number;
-  /** Longest ordinary network delay. */ maxDelayMs: number;
+  tickMs: 10,
+  /** Probability that a batch of messages is lost. */ dropRate: 0,
+  /** Probability that a batch is delivered twice. */ duplicateRate: 0,
+  /** Shortest network delay. */ minDelayMs: 0.5,
+  /** Longest ordinary network delay. */ maxDelayMs: 2,
   /** Probability that a batch is held back by up to `slowDelayMs` more (reordering). */
-  slowRate: number;
-  /** The longest extra delay of a slow batch. */ slowDelayMs: number;
-  /** Mean time between partitions; 0 disables them. */ partitionEveryMs: number;
-  /** The longest a partition lasts before it heals. */ maxPartitionMs: number;
-  /** Mean time between crashes; 0 disables them. */ crashEveryMs: number;
-  /** The longest a crashed node stays down. */ maxDowntimeMs: number;
-  /** Probability that a crash is a power failure of every node. */ powerFailureRate: number;
+  slowRate: 0,
+  /** The longest extra delay of a slow batch. */ slowDelayMs: 0,
+  /** Mean time between partitions; 0 disables them. */ partitionEveryMs: 0,
+  /** The longest a partition lasts before it heals. */ maxPartitionMs: 0,
+  /** Mean time between crashes; 0 disables them. */ crashEveryMs: 0,
+  /** The longest a crashed node stays down. */ maxDowntimeMs: 0,
+  /** Probability that a crash is a power failure of every node. */ powerFailureRate: 0,
   /**
    * Probability that a crash keeps part of the unsynced writes (in order, the next one possibly
    * torn) and directory changes; otherwise only what was synced survives.
    */
-  tornWriteRate: number;
-  /** Mean time between process pauses; 0 disables them. */ pauseEveryMs: number;
-  /** The longest pause. */ maxPauseMs: number;
-  /** Largest deviation of a node's clock rate from real time (0.05 = 5 %). */ clockSkew: number;
-  /** Shortest sync of a file or directory. */ minDiskMs: number;
-  /** Longest sync. */ maxDiskMs: number;
-}
+  tornWriteRate: 0,
+  /** Mean time between process pauses; 0 disables them. */ pauseEveryMs: 0,
+  /** The longest pause. */ maxPauseMs: 0,
+  /** Largest deviation of a node's clock rate from real time (0.05 = 5 %). */ clockSkew: 0,
+  /** Shortest sync of a file or directory. */ minDiskMs: 0.5,
+  /** Longest sync. */ maxDiskMs: 2,
+};
+
+/** The fault mix of a run: see {@linkcode FAULTS_OFF} for what each field means. */
+export type FaultOptions = typeof FAULTS_OFF;
 
 /** Every {@linkcode DiskFault}, for command-line parsing. */
 export const DISK_FAULTS = [
@@ -209,23 +215,10 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   const tickMs = [10, 20, 50, 100][Math.floor(r() * 4)]!;
   const election = tickMs * 10;
   const calm: FaultOptions = {
+    ...FAULTS_OFF,
     tickMs,
-    dropRate: 0,
-    duplicateRate: 0,
-    minDelayMs: 0.5,
     maxDelayMs: between(2, 15),
-    slowRate: 0,
-    slowDelayMs: 0,
-    partitionEveryMs: 0,
-    maxPartitionMs: 0,
-    crashEveryMs: 0,
-    maxDowntimeMs: 0,
-    powerFailureRate: 0,
-    tornWriteRate: 0,
-    pauseEveryMs: 0,
-    maxPauseMs: 0,
     clockSkew: between(0, 0.02),
-    minDiskMs: 0.5,
     maxDiskMs: between(2, 20),
   };
   const lossy = (): Partial<FaultOptions> => ({
@@ -263,7 +256,7 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
       ...pauses(between(3, 10)),
     })],
   ];
-  let pick = r() * 14; // the sum of the weights
+  let pick = r() * table.reduce((sum, [, weight]) => sum + weight, 0);
   const [name, , make] = table.find(([, weight]) => (pick -= weight) < 0)!;
   return { name, faults: { ...calm, ...make() } };
 }
@@ -909,14 +902,14 @@ class _Simulation {
       const key = this.#pick(this.#keys);
       const lease = kind === "get" && this.#rng() < (this.#opts.leaseReads ?? 0);
       const value = kind === "put" ? `c${c.id}-${seq}` : null;
-      await this.#perform(this.#newOp(c, kind, key, value, lease), this.#opts.opTimeoutMs ?? 3000);
+      const op = this.#newOp(c, { kind, key, value, lease });
+      await this.#perform(op, this.#opts.opTimeoutMs ?? 3000);
     }
     if (--this.#active === 0) this.#finalReads();
   }
 
-  #newOp(c: _Client, kind: _ClientOp["kind"], key: string, value: string | null, lease = false) {
-    const call = this.#clock.now();
-    return { client: c, kind, key, value, lease, call, abort: new AbortController() };
+  #newOp(client: _Client, op: Pick<_ClientOp, "kind" | "key" | "value" | "lease">): _ClientOp {
+    return { ...op, client, call: this.#clock.now(), abort: new AbortController() };
   }
 
   /**
@@ -1104,7 +1097,12 @@ class _Simulation {
     this.#phase = "final";
     this.#note("FINAL READS of every key");
     const reads = this.#keys.map((key, i) =>
-      this.#newOp({ id: 1000 + i, hint: -1, final: true }, "get", key, null)
+      this.#newOp({ id: 1000 + i, hint: -1, final: true }, {
+        kind: "get",
+        key,
+        value: null,
+        lease: false,
+      })
     );
     Promise.all(reads.map((op) => this.#perform(op, Infinity))).then(() => this.#startConvergence())
       .catch((e) => this.#caught(e, " in the final reads"));
@@ -1133,9 +1131,10 @@ class _Simulation {
         }
         return this.#later(50, poll);
       }
-      const states = this.#nodes.map((n) => `${n.id} ${this.#state(n.node!.inspect().value)}`);
-      if (new Set(states.map((s) => s.replace(/^\S+ /, ""))).size > 1) {
-        this.#fail("convergence", `applied up to ${c} but hold different data: ${states}`);
+      const states = this.#nodes.map((n) => this.#state(n.node!.inspect().value));
+      if (states.some((state) => state !== states[0])) {
+        const all = this.#nodes.map((n, i) => `${n.id} ${states[i]}`).join(", ");
+        this.#fail("convergence", `every node applied up to ${c}, holding different data: ${all}`);
       }
       this.#note(`CONVERGED at commit ${c}`);
       this.#phase = "done";
