@@ -10,6 +10,7 @@ import denoJson from "./deno.json" with { type: "json" };
 import { ConfigError, type NodeConfig, parseArgs } from "./src/cli/config.ts";
 import {
   applyHostsOverride,
+  DEBUG_STALE_READS_ENV,
   ENV_VARS,
   HOSTS_OVERRIDE_ENV,
   parseHostsOverride,
@@ -17,14 +18,17 @@ import {
   readEnv,
 } from "./src/cli/env.ts";
 import { healthcheck } from "./src/cli/healthcheck.ts";
+import { isClientCommand, runClient } from "./src/cli/client/client.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
 import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
+import { applyDebugFaults } from "./src/node/debug_faults.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
+import { MetricsRegistry } from "./src/util/metrics.ts";
 
 /** The program's version, from deno.json (embedded at compile time). */
 export const VERSION: string = denoJson.version;
@@ -41,6 +45,7 @@ export {
 /** Runs a node until SIGINT/SIGTERM; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
   if (args[0] === "healthcheck") return await healthcheck(args.slice(1));
+  if (isClientCommand(args[0])) return await runClient(args);
   let config: NodeConfig;
   let log: Logger;
   try {
@@ -55,7 +60,7 @@ export async function main(args: string[]): Promise<number> {
     }
     const hosts = parseHostsOverride(Deno.env.get(HOSTS_OVERRIDE_ENV) ?? "");
     config = { ...parsed.config, peers: applyHostsOverride(parsed.config.peers, hosts) };
-    log = createLogger(config.id, config.logLevel);
+    log = createLogger(config.id, config.logLevel, console, config.logFormat);
     for (const w of parsed.warnings) log.warn(w);
     for (const [name, address] of hosts) log.info(`${HOSTS_OVERRIDE_ENV}: ${name} -> ${address}`);
   } catch (e) {
@@ -67,11 +72,14 @@ export async function main(args: string[]): Promise<number> {
     throw e;
   }
 
+  // Every layer registers its metrics here; GET /metrics on the API port renders them.
+  const metrics = new MetricsRegistry();
   let storage;
   try {
     storage = await openDiskStorage(config, {
       restoreFrom: config.restoreFrom,
       onNotice: (m) => log.info(m),
+      metrics,
     });
   } catch (e) {
     log.error(`cannot open the node's data: ${e instanceof Error ? e.message : e}`);
@@ -91,6 +99,7 @@ export async function main(args: string[]): Promise<number> {
     snapshotThresholdBytes: config.snapshotThresholdBytes,
     maxPendingProposals: config.maxPendingProposals,
     maxPendingBytes: config.maxPendingBytes,
+    metrics,
     logger: log,
     onFatal: (e) => {
       fatal = e;
@@ -104,6 +113,7 @@ export async function main(args: string[]): Promise<number> {
         rpcTimeoutMs: config.rpcTimeoutMs,
         maxConnRetryAttempts: config.maxConnRetryAttempts,
         logger: rateLimited(log, 5_000),
+        metrics,
       });
     },
   });
@@ -131,7 +141,8 @@ export async function main(args: string[]): Promise<number> {
     }),
     log,
   );
-  const api = createApiHandler(node, {
+  const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
+  const api = createApiHandler(applyDebugFaults(node, faults, log), {
     selfId: config.id,
     apiTimeoutMs: config.apiTimeoutMs,
     apiFwdTimeoutMs: config.apiFwdTimeoutMs,
@@ -142,6 +153,9 @@ export async function main(args: string[]): Promise<number> {
     maxForwardedRequests: config.maxForwardedRequests,
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
+    metrics,
+    members: config.peers,
+    logError: (line) => log.error(line),
   });
   const apiServer = _serveAgain(
     "REST API",

@@ -201,6 +201,11 @@ wall time:        ${wall.toFixed(1)} s with ${jobs} job(s): ${
 ops checked:      ${t("historyOps")} (writes ok ${t("writesOk")}, unknown outcome ${
     t("writesUnknown")
   }, definitely failed ${t("writesFailed")}; reads ok ${t("readsOk")}, dropped ${t("readsDropped")})
+coordination:     ${t("casOk")} compare-and-sets applied, ${t("casFailed")} refused; ${
+    t("rangeReadsOk")
+  } range reads; ${t("idempotentRetries")} writes sent again with their idempotency key, ${
+    t("idempotentReplays")
+  } answered as replays
 faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures, ${
     t("tornWrites")
   } torn writes), ${t("partitions")} partitions, ${t("pauses")} pauses, ${

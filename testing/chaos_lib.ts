@@ -24,7 +24,7 @@ import {
   describeHistory,
   type Operation,
   type OperationKind,
-} from "./linearizability.ts";
+} from "../src/check/linearizability.ts";
 import { seededRandom } from "../src/raft/rand.ts";
 import {
   buildClusterConfig,
@@ -338,11 +338,16 @@ export class ChaosCluster implements AsyncDisposable {
    *
    * @param id The node.
    * @param deadlineMs How long to wait for `/health`.
+   * @param env Environment variables for this start only.
    */
-  async startNode(id: string, deadlineMs = 30_000): Promise<void> {
+  async startNode(
+    id: string,
+    deadlineMs = 30_000,
+    env: Record<string, string> = {},
+  ): Promise<void> {
     const file = this.#configFiles.get(id);
     if (file === undefined) throw new Error(`no node ${id}`);
-    await this.processes.start(id, { flags: ["--cluster-config-path", file], deadlineMs });
+    await this.processes.start(id, { flags: ["--cluster-config-path", file], deadlineMs, env });
   }
 
   /** The proxy of the link `from` -> `to`. */

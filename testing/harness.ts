@@ -73,6 +73,8 @@ export interface NodeStatus {
   applied_index: number;
   /** Index of the last entry in the node's log. */
   last_index: number;
+  /** Every member and its client API address. */
+  members?: { id: string; api_url: string }[];
   /** Conditions the node reports, such as `"NOSPACE"` while its disk is full. */
   alarms?: string[];
 }
@@ -151,6 +153,8 @@ export interface StartNodeOptions {
   deadlineMs?: number;
   /** Flags for this start only, after the cluster's node flags. */
   flags?: string[];
+  /** Environment variables for this start only, on top of the cluster's. */
+  env?: Record<string, string>;
 }
 
 /** Flags the harness passes to every node before the test's own `nodeFlags`. */
@@ -561,7 +565,7 @@ export class ProcessCluster implements AsyncDisposable {
    * answer `/health` in time; the message includes its recent output.
    */
   async start(id: string, options: StartNodeOptions = {}): Promise<void> {
-    this.#spawn(id, options.flags ?? []);
+    this.#spawn(id, options.flags ?? [], options.env ?? {});
     if (options.waitForHealth ?? true) {
       await this.waitForHealth(id, options.deadlineMs ?? _DEFAULT_START_DEADLINE_MS);
     }
@@ -803,7 +807,7 @@ export class ProcessCluster implements AsyncDisposable {
   }
 
   /** Spawns a node's process without waiting for it; used by `start` and `startCluster`. */
-  #spawn(id: string, extraFlags: readonly string[]): void {
+  #spawn(id: string, extraFlags: readonly string[], extraEnv: Record<string, string> = {}): void {
     if (this.#closed) throw new Error("The cluster is closed");
     const node = this.#node(id);
     if (node.proc !== null && node.proc.status === null) {
@@ -825,7 +829,7 @@ export class ProcessCluster implements AsyncDisposable {
     ];
     const child = new Deno.Command(Deno.execPath(), {
       args,
-      env: this.#env,
+      env: { ...this.#env, ...extraEnv },
       clearEnv: true,
       stdin: "null",
       stdout: "piped",

@@ -50,8 +50,8 @@ export interface LeaseLockOptions {
   requestTimeoutMs?: number;
 }
 
-/** What a request got: an answer, or nothing that says anything (timeout, cut connection). */
-type _Answer = { status: number; body: Record<string, unknown> } | null;
+/** What a request got: an answer, or null for nothing that says anything (a timeout, a cut). */
+export type LockAnswer = { status: number; body: Record<string, unknown> } | null;
 
 /** A lease lock on one key: see the module doc. */
 export class LeaseLock {
@@ -166,7 +166,7 @@ export class LeaseLock {
   }
 
   /** Reads a key through the cluster (linearizable): its answer, or null. */
-  async read(key: string): Promise<_Answer> {
+  async read(key: string): Promise<LockAnswer> {
     return await this.#request("GET", `/v1/data/${encodeURIComponent(key)}`);
   }
 
@@ -209,7 +209,7 @@ export class LeaseLock {
   }
 
   /** `PUT ?cas=` with an idempotency key, retried while its outcome is unknown. */
-  async #cas(cas: number, value: string): Promise<_Answer> {
+  async #cas(cas: number, value: string): Promise<LockAnswer> {
     return await this.#retrying(
       "PUT",
       `/v1/data/${encodeURIComponent(this.#o.key)}?cas=${cas}`,
@@ -227,7 +227,7 @@ export class LeaseLock {
     path: string,
     body: unknown,
     idempotencyKey: string,
-  ): Promise<_Answer> {
+  ): Promise<LockAnswer> {
     const until = performance.now() + this.#o.ttlMs;
     for (;;) {
       const r = await this.#request(method, path, body, { "idempotency-key": idempotencyKey });
@@ -243,7 +243,7 @@ export class LeaseLock {
     path: string,
     body?: unknown,
     headers: Record<string, string> = {},
-  ): Promise<_Answer> {
+  ): Promise<LockAnswer> {
     const url = this.#o.urls[this.#next % this.#o.urls.length]!;
     try {
       const res = await fetch(url + path, {

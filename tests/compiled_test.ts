@@ -194,6 +194,12 @@ Deno.test({
       assert.equal(deleted.status, 200, deleted.text);
       const gone = await httpRequest(`${api[0]}/v1/data/a`, "GET");
       assert.equal(gone.status, 404, gone.text);
+      // The dashboard's files are embedded in the binary.
+      const page = await httpRequest(`${api[1]}/ui/`, "GET");
+      assert.equal(page.status, 200, page.text);
+      assert.match(page.text, /<script type="module" src="app\.js">/);
+      const script = await httpRequest(`${api[1]}/ui/app.js`, "GET");
+      assert.match(script.text, /v1\/cluster/);
 
       // The image's STOPSIGNAL: every node stops cleanly within 10 seconds.
       for (const child of children) child.kill("SIGTERM");

@@ -539,8 +539,19 @@ Deno.test("health, readiness and status agree on a live cluster, and readiness d
     assert.ok(status !== null, `${id} gave no status`);
     assert.deepEqual(
       Object.keys(status).sort(),
-      ["alarms", "applied_index", "commit_index", "id", "last_index", "leader", "role", "term"],
+      [
+        "alarms",
+        "applied_index",
+        "commit_index",
+        "id",
+        "last_index",
+        "leader",
+        "members",
+        "role",
+        "term",
+      ],
     );
+    assert.deepEqual(status.members, cluster.ids.map((m) => ({ id: m, api_url: cluster.api(m) })));
     assert.deepEqual(status.alarms, [], `${id} reports an alarm`);
     assert.equal(status.id, id);
     assert.ok(status.role === "leader" || status.role === "follower", status.role);

@@ -4,24 +4,28 @@
  *
  * Routes:
  *
- * | Method   | Path              | Body            | Answer                                          |
- * | -------- | ----------------- | --------------- | ----------------------------------------------- |
- * | `POST`   | `/v1/data`        | `{"k","v"}`     | 200 `{"k","v","index",...revision}` once applied |
- * | `PUT`    | `/v1/data/{key}`  | `{"v"}`         | 200 `{"k","v","index",...revision}` once applied |
- * | `GET`    | `/v1/data/{key}`  |                 | 200 `{"k","v",...revision}`, or 404             |
- * | `DELETE` | `/v1/data/{key}`  |                 | 200 `{"k","deleted","index"}`                   |
- * | `GET`    | `/v1/data`        |                 | 200 `{"items","next"}`: a range (`ranges.ts`)   |
- * | `DELETE` | `/v1/data`        |                 | 200 `{"deleted","index"}`: a range              |
- * | `POST`   | `/v1/txn`         | a transaction   | 200 `{"succeeded","index","results"}` (`txn.ts`) |
- * | `GET`    | `/v1/status`      |                 | 200 the node's {@linkcode NodeStatus}           |
- * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                          |
- * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)           |
- * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503                    |
+ * | Method   | Path              | Body            | Answer                                  |
+ * | -------- | ----------------- | --------------- | --------------------------------------- |
+ * | `POST`   | `/v1/data`        | `{"k","v"}`     | 200 `{"k","v","index",...revision}`     |
+ * | `PUT`    | `/v1/data/{key}`  | `{"v"}`         | 200 `{"k","v","index",...revision}`     |
+ * | `GET`    | `/v1/data/{key}`  |                 | 200 `{"k","v",...revision}`, or 404     |
+ * | `DELETE` | `/v1/data/{key}`  |                 | 200 `{"k","deleted","index"}`           |
+ * | `GET`    | `/v1/data`        |                 | 200 `{"items","next"}`: a range         |
+ * | `DELETE` | `/v1/data`        |                 | 200 `{"deleted","index"}`: a range      |
+ * | `POST`   | `/v1/txn`         | a transaction   | 200 `{"succeeded","index","results"}`   |
+ * | `GET`    | `/v1/status`      |                 | 200 the node's {@linkcode NodeStatus}   |
+ * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                  |
+ * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)   |
+ * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
+ * | `GET`    | `/metrics`        |                 | 200 this node's Prometheus metrics      |
+ * | `GET`    | `/v1/cluster`     |                 | 200 every member's status and numbers   |
+ * | `GET`    | `/ui/`            |                 | 200 the dashboard (`/ui` redirects)     |
  *
  * A revision is `create_index`, `mod_index`, `version`. Writes take a compare-and-set condition
  * (`?cas=N` or `"cas": N`: 412 when it fails) and an `Idempotency-Key` header (a retry answers the
- * first outcome; 422 for a key reused for another request): see `keys.ts` and `outcome.ts`. Every
- * answer carries {@linkcode INDEX_HEADER}, the applied index it reflects.
+ * first outcome; 422 for a key reused for another request): see `keys.ts` and `outcome.ts`.
+ * Ranges are in `ranges.ts`, transactions in `txn.ts`. Every answer carries
+ * {@linkcode INDEX_HEADER}, the applied index it reflects.
  *
  * `GET /v1/data/{key}` takes `?consistency=linearizable|stale|lease` (default `linearizable`).
  *
@@ -39,6 +43,7 @@
  * past `maxForwardedRequests` forwards in progress a request that needs the leader is answered
  * 429; past `maxConcurrentBackups` backups streaming, `/v1/snapshot` is answered 429; a backup
  * not fully read within `backupTimeoutMs` is cut off. All of these carry `Retry-After`.
+ * `/metrics` is not counted either: a node at its limits can still be watched.
  *
  * Every error answer is JSON, `{"error": "..."}` plus details, with `Content-Type:
  * application/json`. A rejected request changes nothing: everything is validated before the
@@ -56,14 +61,18 @@
 
 import type { KvBackend } from "../node/backend.ts";
 import { nonNegativeInt, positiveInt } from "../util/options.ts";
+import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../util/metrics.ts";
+import { HttpMetrics } from "./http_metrics.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError, errorResponse, jsonResponse, logLine, quote } from "./errors.ts";
 import { fetchForwarder, type Forwarder } from "./forwarder.ts";
 import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
 import { INDEX_HEADER } from "./outcome.ts";
-import { ApiLimits } from "./limits.ts";
 import { deleteRangeRoute, readRangeRoute } from "./ranges.ts";
 import { txnRoute } from "./txn.ts";
+import { ApiLimits } from "./limits.ts";
+import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
+import { isUiPath, uiResponse } from "./ui.ts";
 import { checkKey, pathKey } from "./validate.ts";
 
 export {
@@ -86,6 +95,7 @@ export type {
   WriteResult,
 } from "../node/backend.ts";
 export type { NodeId, Role } from "../raft/types.ts";
+export type { ClusterMember, ClusterView, MemberView } from "./cluster.ts";
 
 /** Options of {@linkcode createApiHandler}. */
 export interface ApiOptions {
@@ -180,6 +190,20 @@ export interface ApiOptions {
    * @default {console.error}
    */
   logError?: (line: string) => void;
+  /**
+   * The registry `GET /metrics` renders (this node's, never forwarded); the API's own metrics
+   * are registered in it.
+   *
+   * @default {a registry of its own, holding only the API's metrics}
+   */
+  metrics?: MetricsRegistry;
+  /**
+   * Every member of the cluster, this node included, for `GET /v1/cluster` (which asks the
+   * others at these URLs).
+   *
+   * @default {[] (only this node)}
+   */
+  members?: readonly ClusterMember[];
 }
 
 /**
@@ -221,27 +245,35 @@ export function createApiHandler(
   options: ApiOptions,
 ): (req: Request) => Promise<Response> {
   const ctx = _resolveOptions(backend, options);
+  const http = new HttpMetrics(ctx.metrics, ctx.limits);
   return async (req) => {
+    const started = performance.now();
     let url: URL;
     try {
       url = new URL(req.url);
     } catch {
-      return errorResponse(new ApiError(400, `the request URL ${quote(req.url)} is not valid`));
+      const error = new ApiError(400, `the request URL ${quote(req.url)} is not valid`);
+      return http.record(null, req.method, errorResponse(error), started);
     }
-    const counted = url.pathname !== "/health" && url.pathname !== "/ready";
+    return http.record(url.pathname, req.method, await serve(req, url), started);
+  };
+
+  async function serve(req: Request, url: URL): Promise<Response> {
+    const counted = url.pathname !== "/health" && url.pathname !== "/ready" &&
+      url.pathname !== "/metrics";
     const bytes = counted ? ctx.limits.declaredBodyBytes(req) : 0;
     if (counted && !ctx.limits.admitRequest(bytes)) {
       return jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
     }
     try {
-      return _withIndex(ctx, await _route(ctx, req, url));
+      return _withIndex(ctx, await _route(ctx, req, url), url);
     } catch (err) {
       const apiError = err instanceof ApiError ? err : undefined;
       if (apiError !== undefined) {
         if (apiError.status >= 500 && apiError.logged) {
           ctx.logError(logLine(req, url, apiError.status, apiError.message));
         }
-        return _withIndex(ctx, errorResponse(apiError));
+        return _withIndex(ctx, errorResponse(apiError), url);
       }
       ctx.logError(
         logLine(req, url, 500, err instanceof Error ? (err.stack ?? String(err)) : String(err)),
@@ -251,26 +283,31 @@ export function createApiHandler(
         errorResponse(
           new ApiError(500, "internal error while serving the request; the node's log has details"),
         ),
+        url,
       );
     } finally {
       if (counted) ctx.limits.releaseRequest(bytes);
     }
-  };
+  }
 }
 
 /**
  * Adds the {@linkcode INDEX_HEADER} to an answer that does not carry it yet (a read sets the
- * index it saw; a relayed answer carries the leader's): this node's applied index.
+ * index it saw; a relayed answer carries the leader's): this node's applied index. The
+ * dashboard's files are not answers about the data and go without it.
  */
-function _withIndex(ctx: _Context, res: Response): Response {
-  if (!res.headers.has(INDEX_HEADER)) {
+function _withIndex(ctx: _Context, res: Response, url: URL): Response {
+  if (!isUiPath(url.pathname) && !res.headers.has(INDEX_HEADER)) {
     res.headers.set(INDEX_HEADER, String(ctx.backend.status().applied_index));
   }
   return res;
 }
 
 /** The checked options of one handler, and its budgets. */
-type _Context = ApiContext;
+interface _Context extends ApiContext {
+  metrics: MetricsRegistry;
+  members: readonly ClusterMember[];
+}
 
 const _DATA_PREFIX = "/v1/data/";
 
@@ -308,6 +345,8 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     retryAfter: { "retry-after": String(retryAfterSeconds) },
     logError: options.logError ?? ((line) => console.error(line)),
     limits,
+    metrics: options.metrics ?? new MetricsRegistry(),
+    members: options.members ?? [],
   };
 }
 
@@ -337,13 +376,38 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
     case "/v1/txn":
       _allow(req, path, ["POST"]);
       return await txnRoute(ctx, req, url);
+    case "/metrics":
+      _allow(req, path, ["GET"]);
+      return new Response(ctx.metrics.render(), {
+        headers: { "content-type": METRICS_CONTENT_TYPE },
+      });
+    case "/v1/cluster":
+      _allow(req, path, ["GET"]);
+      return jsonResponse(
+        200,
+        await gatherCluster({
+          selfId: ctx.selfId,
+          backend: ctx.backend,
+          renderMetrics: () => ctx.metrics.render(),
+          members: ctx.members,
+          forward: ctx.forward,
+          authorization: req.headers.get("authorization"),
+          timeoutMs: MEMBER_TIMEOUT_MS,
+          signal: req.signal,
+        }),
+        { "cache-control": "no-store" },
+      );
+  }
+  if (isUiPath(path)) {
+    _allow(req, "/ui", ["GET"]);
+    return uiResponse(path);
   }
   if (!path.startsWith(_DATA_PREFIX)) {
     throw new ApiError(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/snapshot, /health and /ready`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

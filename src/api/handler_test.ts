@@ -128,6 +128,7 @@ class FakeBackend implements KvBackend {
       commit_index: this.index,
       applied_index: this.index,
       last_index: this.index,
+      members: [{ id: "n1", api_url: "http://n1.test:7777" }, { id: "n2", api_url: LEADER_URL }],
       alarms: [],
     };
   }
@@ -774,6 +775,7 @@ Deno.test("GET /v1/status answers the backend's status", async () => {
     commit_index: 0,
     applied_index: 0,
     last_index: 0,
+    members: [{ id: "n1", api_url: "http://n1.test:7777" }, { id: "n2", api_url: LEADER_URL }],
     alarms: [],
   });
 });

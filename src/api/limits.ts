@@ -9,7 +9,7 @@
 
 /** The budgets of {@linkcode ApiLimits}, already checked (see `ApiOptions` for defaults). */
 export interface LimitOptions {
-  /** Most requests in progress at once (`/health` and `/ready` are not counted). */
+  /** Most requests in progress at once (`/health`, `/ready` and `/metrics` are not counted). */
   maxInflightRequests: number;
   /** Most bytes of request bodies in progress at once, unless only one request is. */
   maxInflightBytes: number;
@@ -44,6 +44,21 @@ export class ApiLimits {
   /** Backups streaming now. */
   get backups(): number {
     return this.#backups;
+  }
+
+  /** Requests in progress now (`/health`, `/ready` and `/metrics` are not counted). */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** Bytes of request bodies counted in progress now. */
+  get inflightBytes(): number {
+    return this.#inflightBytes;
+  }
+
+  /** Requests being forwarded to the leader now. */
+  get forwarding(): number {
+    return this.#forwarding;
   }
 
   /**

@@ -32,6 +32,9 @@ export type JoinMode = "static" | "k8s";
 /** The least severe level of log message printed. */
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
+/** How log lines are written: plain text, or one JSON object a line. */
+export type LogFormat = "text" | "json";
+
 /** A node's fully resolved configuration. */
 export interface NodeConfig {
   /** This node's id; always one of `peers`. */
@@ -99,6 +102,8 @@ export interface NodeConfig {
   backupTimeoutMs: number;
   /** Least severe log level printed. Default `"info"`. */
   logLevel: LogLevel;
+  /** How log lines are written. Default `"text"`. */
+  logFormat: LogFormat;
 }
 
 /** What {@linkcode parseArgs} decided the program should do. */
@@ -137,6 +142,7 @@ export interface ParseArgsOptions {
 // "cluster-file" is the original Go project's name for the static mode; both spellings work.
 const _JOIN_MODES = ["static", "cluster-file", "k8s"] as const;
 const _LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+const _LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 const _K8S_FLAGS = ["--k8s-replicas", "--k8s-service", "--k8s-namespace", "--k8s-cluster-domain"];
 
 /**
@@ -334,6 +340,7 @@ export function parseArgs(
       DEFAULTS.maxConcurrentBackups,
     backupTimeoutMs: settings.duration("--backup-timeout") ?? DEFAULTS.backupTimeoutMs,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,
+    logFormat: settings.choice("--log-format", _LOG_FORMATS) ?? DEFAULTS.logFormat,
   };
   return { kind: "run", config, warnings: _unknownEnvWarnings(env) };
 }

@@ -82,6 +82,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   maxConcurrentBackups: 2,
   backupTimeoutMs: 600_000,
   logLevel: "info",
+  logFormat: "text",
 };
 
 Deno.test("parseArgs() fills in every default from --id and the cluster file alone", () => {
@@ -124,6 +125,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--max-concurrent-backups", "1", { maxConcurrentBackups: 1 }],
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
   ["--log-level", "debug", { logLevel: "debug" }],
+  ["--log-format", "json", { logFormat: "json" }],
 ];
 const _FILES = _files({ [_FILE_PATH]: _FILE, "other.json": _FILE });
 
@@ -288,10 +290,14 @@ Deno.test("parseArgs() rejects counts and sizes that are not positive integers",
   );
 });
 
-Deno.test("parseArgs() rejects an unknown log level or join mode", () => {
+Deno.test("parseArgs() rejects an unknown log level, log format or join mode", () => {
   _assertConfigError(
     () => parseArgs(["--id", "node-1", "--log-level", "verbose"], {}, _files()),
     'Invalid value for --log-level: "verbose" is not one of "debug", "info", "warn", "error"',
+  );
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1"], { RAFTKV_LOG_FORMAT: "logfmt" }, _files()),
+    'Invalid value for RAFTKV_LOG_FORMAT: "logfmt" is not one of "text", "json"',
   );
   _assertConfigError(
     () => parseArgs(["--id", "node-1"], { RAFTKV_JOIN_MODE: "dns" }, _files()),

@@ -8,6 +8,7 @@
 import { ConfigError } from "./errors.ts";
 import type { PeerConfig } from "./cluster_file.ts";
 import { ENV_PREFIX, FLAGS } from "./flags.ts";
+import { CLIENT_ENV_VARS } from "./client/options.ts";
 
 /**
  * Test and operations seam: `name=address,name=address` maps peer host names to addresses before
@@ -17,14 +18,24 @@ import { ENV_PREFIX, FLAGS } from "./flags.ts";
 export const HOSTS_OVERRIDE_ENV = "RAFTKV_HOSTS_OVERRIDE";
 
 /**
+ * A fault for tests only, never on by default: `1` makes a follower answer reads from its own
+ * state without ReadIndex, so they are not linearizable (see `src/node/debug_faults.ts`). It
+ * proves that `raftkv verify` finds stale reads; a node with it on says so loudly in its log.
+ */
+export const DEBUG_STALE_READS_ENV = "RAFTKV_DEBUG_STALE_READS";
+
+/**
  * Every environment variable the program reads: one per flag, `HOSTNAME` and `POD_NAMESPACE`
- * (k8s join mode) and {@linkcode HOSTS_OVERRIDE_ENV}. The compiled binary may read only these.
+ * (k8s join mode), {@linkcode HOSTS_OVERRIDE_ENV}, {@linkcode DEBUG_STALE_READS_ENV} and the
+ * command-line client's (`RAFTKV_ENDPOINTS`, ...). The compiled binary may read only these.
  */
 export const ENV_VARS: readonly string[] = [
   ...FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]),
   "HOSTNAME",
   "POD_NAMESPACE",
   HOSTS_OVERRIDE_ENV,
+  DEBUG_STALE_READS_ENV,
+  ...CLIENT_ENV_VARS,
 ];
 
 /**
@@ -100,6 +111,8 @@ export function readEnv(): Record<string, string> {
     }
   }
   names.delete(HOSTS_OVERRIDE_ENV);
+  names.delete(DEBUG_STALE_READS_ENV);
+  for (const name of CLIENT_ENV_VARS) names.delete(name); // the client's, not the node's
   const env: Record<string, string> = {};
   for (const name of names) {
     const value = Deno.env.get(name);

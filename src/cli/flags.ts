@@ -56,6 +56,8 @@ export const DEFAULTS = {
   backupTimeoutMs: 600_000,
   /** Default of `--log-level`. */
   logLevel: "info",
+  /** Default of `--log-format`. */
+  logFormat: "text",
   /** Default of `--rpc-port` in k8s join mode. */
   k8sRpcPort: 6666,
   /** Default of `--api-port` in k8s join mode. */
@@ -267,7 +269,7 @@ export const FLAGS: readonly FlagInfo[] = [
     "--max-inflight-requests",
     "<n>",
     String(_D.maxInflightRequests),
-    "Client API requests in progress at once (/health and /ready aside); past it: 429 at once",
+    "Client API requests in progress at once (/health, /ready, /metrics aside); past it: 429 at once",
   ),
   _flag(
     "Limits and logging",
@@ -311,6 +313,14 @@ export const FLAGS: readonly FlagInfo[] = [
     "<level>",
     _D.logLevel,
     'Least severe log level printed: "debug", "info", "warn" or "error"',
+  ),
+  _flag(
+    "Limits and logging",
+    "--log-format",
+    "<format>",
+    _D.logFormat,
+    '"text" (one line: time, level, node id, message) or "json" (one JSON object a line with ' +
+      "the same fields: time, level, node, message), for log shippers",
   ),
   _flag(
     "Kubernetes (--join-mode k8s)",
@@ -517,6 +527,7 @@ export function helpText(): string {
     "  raftkv --id <id> [flags]                            peers from the cluster file",
     "  raftkv --join-mode k8s --k8s-replicas <n> [flags]   peers from a Kubernetes StatefulSet",
     "  raftkv healthcheck [--url <url>]                    exit 0 if /health answers 200 (for containers)",
+    "  raftkv <command> [options]                          the client; raftkv help lists its commands",
     "",
     ..._wrap(
       "Every flag can also be set by the environment variable shown (an empty variable counts " +

@@ -1,5 +1,6 @@
 /**
- * A small levelled logger writing one line per event, prefixed with time, level and node id.
+ * A small levelled logger writing one line per event: time, level, node id and message, as text
+ * or as one JSON object a line (`--log-format json`, for log shippers).
  *
  * @module
  */
@@ -21,15 +22,44 @@ export interface Logger {
   error(...data: unknown[]): void;
 }
 
+/** How log lines are written; see {@linkcode createLogger}. */
+export type LogFormat = "text" | "json";
+
 /**
  * Creates a logger for node `id` that drops events below `level`. Errors and warnings go to
  * stderr, the rest to stdout.
+ *
+ * `format` `"text"` (the default) writes `<time> <LEVEL> <id>: <message>`. `"json"` writes the
+ * same fields as one JSON object a line, `{"time","level","node","message"}` (the level in lower
+ * case); values that are not strings are rendered into the message as the text form shows them
+ * (an error with its stack), so no line spans several lines.
+ *
+ * @example Usage
+ * ```ts
+ * import { createLogger } from "./logger.ts";
+ *
+ * const lines: string[] = [];
+ * const sink = { debug: () => {}, info: (line: string) => lines.push(line), warn() {}, error() {} };
+ * createLogger("node-1", "info", sink, "json").info("elected", 3);
+ * console.assert(JSON.parse(lines[0]!).message === "elected 3");
+ * ```
  */
-export function createLogger(id: string, level: Level, sink: Logger = console): Logger {
+export function createLogger(
+  id: string,
+  level: Level,
+  sink: Logger = console,
+  format: LogFormat = "text",
+): Logger {
   const min = ORDER[level];
   const make = (l: Level, write: (...d: unknown[]) => void) => (...data: unknown[]) => {
     if (ORDER[l] < min) return;
-    write(`${new Date().toISOString()} ${l.toUpperCase().padEnd(5)} ${id}:`, ...data);
+    const time = new Date().toISOString();
+    if (format === "json") {
+      const message = data.map((d) => typeof d === "string" ? d : Deno.inspect(d)).join(" ");
+      write(JSON.stringify({ time, level: l, node: id, message }));
+    } else {
+      write(`${time} ${l.toUpperCase().padEnd(5)} ${id}:`, ...data);
+    }
   };
   return {
     debug: make("debug", sink.debug.bind(sink)),

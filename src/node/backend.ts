@@ -81,6 +81,8 @@ export interface NodeStatus {
   applied_index: number;
   /** The index of the last entry in its log. */
   last_index: number;
+  /** Every member of the cluster (this node included) and its client API address. */
+  members: { id: NodeId; api_url: string }[];
   /** Conditions the node is in: `NOSPACE` while its disk is full (see {@linkcode NoSpaceError}). */
   alarms: Alarm[];
 }

@@ -65,6 +65,8 @@ import {
 import { CorruptFileError, isNoSpace } from "../storage/errors.ts";
 import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 import { type Cancel, type Clock, realClock } from "./clock.ts";
+import { MetricsRegistry } from "../util/metrics.ts";
+import { type NodeGauges, NodeMetrics } from "./node_metrics.ts";
 
 /** Names a snapshot: the last log index it covers and the term of that entry. */
 export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
@@ -216,6 +218,8 @@ export interface RaftNodeOptions {
   maxIdempotencyKeys?: number;
   /** Most bytes of idempotent outcomes remembered (the oldest go first). Default 64 MiB. */
   maxIdempotencyBytes?: number;
+  /** Where the node's metrics are registered (see `node_metrics.ts`). Default: its own registry. */
+  metrics?: MetricsRegistry;
 }
 
 /** The idempotency defaults of {@linkcode RaftNodeOptions}. */
@@ -390,6 +394,7 @@ export class RaftNode implements KvBackend {
   #durableTerm: number;
   readonly #wallClock: () => number;
   readonly #idempotency: { ttlMs: number; maxKeys: number; maxBytes: number };
+  readonly #metrics: NodeMetrics;
 
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
@@ -437,6 +442,7 @@ export class RaftNode implements KvBackend {
     });
     // The recovered term is on disk (in the hard state, or as the term of the last log entry).
     this.#durableTerm = this.#core.term;
+    this.#metrics = new NodeMetrics(options.metrics ?? new MetricsRegistry(), () => this.#gauges());
     this.#transport = options.transport({
       onMessages: (msgs) => this.#onMessages(this.#admit(msgs)),
       onSnapshot: (msg, body) => this.#receiveSnapshot(msg, body),
@@ -618,6 +624,7 @@ export class RaftNode implements KvBackend {
       commit_index: this.#core.log.committed,
       applied_index: this.#kv.appliedIndex,
       last_index: this.#core.log.lastIndex(),
+      members: [...this.#members.values()].map((m) => ({ id: m.id, api_url: m.apiUrl })),
       alarms: this.#noSpace ? ["NOSPACE"] : [],
     };
   }
@@ -625,7 +632,10 @@ export class RaftNode implements KvBackend {
   /** The error a write would get now for overload, if this leader is full; see KvBackend. */
   overloaded(): OverloadedError | null {
     if (this.#stopping || this.#core.role !== "leader" || !this.#overloaded(1)) return null;
-    return this.#overloadedError();
+    // The API refuses the write with this error: count it as a failed proposal.
+    const error = this.#overloadedError();
+    this.#metrics.proposalFailed(error);
+    return error;
   }
 
   /** A read-only look at the node's Raft state and applied data: see {@linkcode NodeInspection}. */
@@ -662,11 +672,11 @@ export class RaftNode implements KvBackend {
   // ---- inputs -------------------------------------------------------------------------------
 
   #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult> {
-    if (this.#stopping) return Promise.reject(new StoppingError());
+    if (this.#stopping) return this.#refuse(new StoppingError());
     if (signal.aborted) return Promise.reject(signal.reason);
     const data = encodeCommand(cmd);
     if (this.#core.role === "leader" && this.#overloaded(data.byteLength)) {
-      return Promise.reject(this.#overloadedError());
+      return this.#refuse(this.#overloadedError());
     }
     let placed: { index: number; term: number };
     try {
@@ -685,20 +695,58 @@ export class RaftNode implements KvBackend {
         term: placed.term,
         resolve: (r) => {
           signal.removeEventListener("abort", onAbort);
+          this.#metrics.proposalsCommitted.inc();
           resolve(r);
         },
         reject: (e) => {
           signal.removeEventListener("abort", onAbort);
+          this.#metrics.proposalFailed(e);
           reject(e);
         },
       };
       const onAbort = () => {
         if (this.#waiters.get(placed.index) === waiter) this.#waiters.delete(placed.index);
+        this.#metrics.proposalFailed(null);
         reject(new OutcomeUnknownError());
       };
       signal.addEventListener("abort", onAbort, { once: true });
       this.#waiters.set(placed.index, waiter);
     });
+  }
+
+  /** Counts a write refused before it was proposed, and rejects with `error`. */
+  #refuse(error: Error): Promise<never> {
+    this.#metrics.proposalFailed(error);
+    return Promise.reject(error);
+  }
+
+  /** The node's state for the scrape-time gauges (see `node_metrics.ts`). */
+  #gauges(): NodeGauges {
+    const core = this.#core;
+    const last = core.log.lastIndex();
+    const leader = core.role === "leader";
+    let reads = this.#readQueue.length;
+    for (const round of this.#readRounds.values()) reads += round.reads.length;
+    for (const round of this.#readsAwaitingApply) reads += round.reads.length;
+    return {
+      role: core.role,
+      hasLeader: core.leader !== NONE,
+      term: core.term,
+      commit: core.log.committed,
+      applied: this.#kv.appliedIndex,
+      lastIndex: last,
+      snapshotIndex: this.#snapshotFile?.index ?? 0,
+      pendingProposals: this.#pending.size,
+      pendingProposalBytes: this.#pendingBytes,
+      pendingReads: reads,
+      pendingWrites: this.#pendingWrites.length + (this.#heldJob ? 1 : 0),
+      noSpace: this.#noSpace !== null,
+      lag: leader
+        ? [...core.progress].filter(([id]) => id !== this.id).map((
+          [id, pr],
+        ) => [id, last - pr.match])
+        : null,
+    };
   }
 
   /**
@@ -842,6 +890,7 @@ export class RaftNode implements KvBackend {
   }
 
   #handleReady(rd: Ready): void {
+    this.#metrics.sawLeader(this.#core.leader !== NONE, this.#core.term);
     if (rd.softState) {
       if (rd.softState.role !== "leader") {
         this.#failUnconfirmedReads(new NotLeaderError(rd.softState.leader));
@@ -1026,7 +1075,11 @@ export class RaftNode implements KvBackend {
 
   /** A leader refuses new writes while its disk is full (a follower forwards them). */
   #refuseWhenFull(): void {
-    if (this.#noSpace && this.#core.role === "leader" && !this.#stopping) throw new NoSpaceError();
+    if (this.#noSpace && this.#core.role === "leader" && !this.#stopping) {
+      const error = new NoSpaceError();
+      this.#metrics.proposalFailed(error);
+      throw error;
+    }
   }
 
   /**
@@ -1049,6 +1102,7 @@ export class RaftNode implements KvBackend {
   }
 
   #apply(entries: Entry[]): void {
+    const started = this.#clock.now();
     for (const e of entries) {
       let result: KvResult | null = null;
       if (e.type === EntryType.Normal) {
@@ -1067,6 +1121,7 @@ export class RaftNode implements KvBackend {
         w.reject(new NotAppliedError());
       }
     }
+    this.#metrics.applyDuration.observe((this.#clock.now() - started) / 1000);
     this.#maybeSnapshot();
   }
 
@@ -1119,6 +1174,7 @@ export class RaftNode implements KvBackend {
     } finally {
       view.close();
     }
+    this.#metrics.snapshotSaveDuration.observe((this.#clock.now() - started) / 1000);
     if (this.#failed) return;
     if (meta.index <= (this.#snapshotFile?.index ?? 0) || meta.index < this.#core.log.snapIndex) {
       // A snapshot from the leader was installed meanwhile: this one is older; keep it as a

@@ -754,3 +754,15 @@ Deno.test({
       }
     }),
 });
+
+Deno.test("Wal reports how long each append's sync took to its syncDuration observer", async () => {
+  await _withDir(async (dir) => {
+    const seconds: number[] = [];
+    await _using(dir, async (wal) => {
+      await wal.append(_range(1, 3));
+      await wal.append(_range(4, 4));
+    }, { syncDuration: { observe: (s) => seconds.push(s) } });
+    assert.equal(seconds.length, 2, "one sync per append");
+    assert.ok(seconds.every((s) => s >= 0 && s < 60), String(seconds));
+  });
+});

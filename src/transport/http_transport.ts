@@ -80,6 +80,7 @@ import {
   type TransportLogger,
 } from "./transport.ts";
 import { nonNegativeInt as _nonNegativeInt, positiveInt as _positiveInt } from "../util/options.ts";
+import { exponentialBuckets, type Histogram, MetricsRegistry } from "../util/metrics.ts";
 
 /** The path batches of messages are posted to, below a peer's `rpcUrl`. */
 export const MESSAGES_PATH = "/raft/messages";
@@ -140,6 +141,11 @@ export interface HttpTransportOptions {
   maxBatchBytes?: number;
   /** Where drops and retries are reported. Default: {@linkcode SILENT_LOGGER}. */
   logger?: TransportLogger;
+  /**
+   * Where the transport's metrics are registered: each peer's round-trip time and queue depth.
+   * Default: a registry of its own that nothing reads.
+   */
+  metrics?: MetricsRegistry;
 }
 
 /**
@@ -207,6 +213,8 @@ interface _Peer {
   sent: number;
   dropped: number;
   failed: number;
+  /** Seconds from sending a batch to the peer's answer, for the batches it took. */
+  rtt: Histogram;
 }
 
 /**
@@ -263,6 +271,21 @@ export class HttpTransport implements Transport {
       [FROM_HEADER]: options.self,
     };
     if (options.cluster !== undefined) this.#headers[CLUSTER_HEADER] = options.cluster;
+    const metrics = options.metrics ?? new MetricsRegistry();
+    const rtt = metrics.histogramVec(
+      "raftkv_peer_round_trip_time_seconds",
+      "Time from sending a batch of Raft messages to a peer until its answer, for the batches it took.",
+      exponentialBuckets(0.0001, 2, 16),
+      ["peer"],
+    );
+    const queued = metrics.gaugeVec(
+      "raftkv_peer_queued_messages",
+      "Raft messages waiting to be sent to a peer.",
+      ["peer"],
+    );
+    metrics.onCollect(() => {
+      for (const p of this.#peers.values()) queued.labels(p.id).set(p.queue.length);
+    });
     for (const peer of options.peers) {
       if (peer.id === options.self) continue;
       if (this.#peers.has(peer.id)) {
@@ -278,6 +301,7 @@ export class HttpTransport implements Transport {
         sent: 0,
         dropped: 0,
         failed: 0,
+        rtt: rtt.labels(peer.id),
       });
     }
     this.#client = new H2Client();
@@ -455,6 +479,7 @@ export class HttpTransport implements Transport {
         () => deadline.abort(new DOMException("peer request timed out", "TimeoutError")),
         this.#rpcTimeoutMs,
       );
+      const sentAt = performance.now();
       try {
         try {
           res = await this.#client.fetch(peer.messagesUrl, {
@@ -473,6 +498,7 @@ export class HttpTransport implements Transport {
           continue;
         }
         if (res.ok) {
+          peer.rtt.observe((performance.now() - sentAt) / 1000);
           await _discardBody(res);
           peer.sent += batch.count;
           return;

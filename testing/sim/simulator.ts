@@ -1,302 +1,232 @@
 /**
  * A deterministic simulation of whole raftkv clusters that runs the REAL node: each node is a
- * {@linkcode RaftNode} (`src/node/raft_node.ts`, the driver the binary runs) over the real storage
- * ({@linkcode openDiskStorage}: the WAL, hard-state, log-metadata and snapshot files, and their
- * start-up recovery) on a simulated disk ({@linkcode SimFileSystem}), a simulated clock (one
- * {@linkcode SimClock}, seen by each node through a rate-scaled {@linkcode NodeClock}) and a
- * simulated network ({@linkcode SimNetwork}, carrying the real wire format).
+ * {@linkcode RaftNode} (the driver the binary runs) over the real storage and its start-up
+ * recovery ({@linkcode openDiskStorage}) on a simulated disk ({@linkcode SimFileSystem}), a
+ * simulated clock ({@linkcode SimClock}, seen by each node through a rate-scaled
+ * {@linkcode NodeClock}) and a simulated network ({@linkcode SimNetwork}, the real wire format).
  *
- * One run is determined by its options (above all its seed): one seeded PRNG drives every choice
- * the simulation makes (delays, faults, client operations, what a crash keeps of unsynced data,
- * every node's election jitter), and nothing reads the real clock or touches a real file or
- * socket. The event loop advances the shared clock to the next due timer, fires it, and then lets
- * every promise settle (a macrotask round trip through a `MessageChannel`, so that all microtasks
- * ran) before checking the cluster and taking the next timer.
+ * A run is determined by its options (above all its seed): one seeded PRNG drives every choice,
+ * and nothing reads the real clock or touches a real file or socket. The event loop advances the
+ * shared clock to the next due timer, fires it, lets every promise settle, and checks the cluster.
  *
  * Faults: message loss, duplication, delay and reordering; symmetric, asymmetric and
- * leader-isolating partitions; crashes that keep only what was synced (sometimes part of the
- * unsynced writes too, possibly torn: {@linkcode SimFileSystem.crash}); whole-cluster power
- * failures; process pauses; clock skew; slow disks. Fault injections for the guard tests
- * ({@linkcode DiskFault}: a disk that acknowledges syncs early or forgets a synced write, a
- * storage that compacts past its snapshot, installs a received snapshot without its WAL reset
- * record, or snapshots the live state) misbehave at the file-system or storage seam, never in a
- * copy of the driver.
+ * leader-isolating partitions; crashes that keep only what was synced (or part of the unsynced
+ * writes too, possibly torn); whole-cluster power failures; process pauses; clock skew; slow
+ * disks; and, for the guard tests, a {@linkcode DiskFault} at the file-system or storage seam.
  *
- * Checked from outside after every step, through {@linkcode RaftNode.inspect}, the storage calls
- * and the disk images: election safety, log matching, leader completeness, state-machine safety
- * (every committed index holds one entry everywhere, and every node's applied data equals the
- * reference state at its applied index), commit monotonicity, that every committed entry is on
- * disk on a majority, and after every restart that the disk gave back everything the node was
- * told was durable (`recovery`); every delivered message passes the real peer validator and is
- * taken by the node (`peer-refusal`). At the end, after healing everything: liveness (a leader
- * serves a read of every key in time), convergence of every node's data, and linearizability of
- * the client history (`testing/linearizability.ts`).
+ * Checked after every step, from outside (through {@linkcode RaftNode.inspect}, the storage calls
+ * and the disk images): the {@linkcode CheckName}s, the applied state (values, revisions and
+ * remembered idempotent outcomes) against a reference model fed the committed log
+ * (`testing/kv_model.ts`). At the end, after healing everything: liveness, convergence,
+ * linearizability of the client history (`src/check/linearizability.ts`), that every range read saw
+ * the committed state at the index it reported, and that no write sent with an idempotency key was
+ * applied more than once.
+ *
+ * Clients put, delete, read (one key, or every key as a range), and compare-and-set (on the
+ * `mod_index` they last saw, or as a transaction comparing the value); half the puts and every
+ * compare-and-set carry an idempotency key and are sent again, to other nodes, while their outcome
+ * is unknown (across crashes and leader changes), recorded as one operation.
  *
  * @module
  */
 
 import { RaftNode } from "../../src/node/raft_node.ts";
 import type { NodeInspection, NodeStorage } from "../../src/node/raft_node.ts";
-import { openDiskStorage } from "../../src/node/disk_storage.ts";
+import { type DiskStorage, openDiskStorage } from "../../src/node/disk_storage.ts";
 import { seededRandom } from "../../src/raft/rand.ts";
 import { type Entry, EntryType, type HardState, type NodeId } from "../../src/raft/types.ts";
 import { NotLeaderError } from "../../src/raft/errors.ts";
-import { decodeCommand } from "../../src/kv/state_machine.ts";
 import {
-  NoSpaceError,
-  NotAppliedError,
-  OutcomeUnknownError,
-  StoppingError,
-} from "../../src/node/backend.ts";
-import { checkLinearizability, describeHistory, type Operation } from "../linearizability.ts";
+  decodeCommand,
+  type KvEntry,
+  type KvResult,
+  type PlainCommand,
+} from "../../src/kv/state_machine.ts";
+import { NoSpaceError, NotAppliedError, StoppingError } from "../../src/node/backend.ts";
+import { KvModel } from "../kv_model.ts";
+import {
+  checkLinearizability,
+  describeHistory,
+  type Operation,
+} from "../../src/check/linearizability.ts";
 import { SimClock } from "../sim_clock.ts";
 import { SimFileSystem } from "../sim_fs.ts";
 import { NodeClock } from "./node_clock.ts";
 import { SimNetwork } from "./network.ts";
 
-// ---- public API -------------------------------------------------------------------------------
-
-/** The fault mix of a run. Rates are probabilities in [0, 1]; times are virtual milliseconds. */
-export interface FaultOptions {
+/**
+ * The base of every fault mix: no faults, the fastest network and disk. Rates are probabilities
+ * in [0, 1]; times are virtual milliseconds.
+ */
+export const FAULTS_OFF = {
   /** Time between ticks; the leader heartbeats every tick (the timing, not a fault). */
-  tickMs: number;
-  /** Probability that a batch of messages is lost. */
-  dropRate: number;
-  /** Probability that a batch is delivered twice. */
-  duplicateRate: number;
-  /** Shortest network delay. */
-  minDelayMs: number;
-  /** Longest ordinary network delay. */
-  maxDelayMs: number;
-  /** Probability that a batch is held back by up to `slowDelayMs` more (heavy reordering). */
-  slowRate: number;
-  /** The longest extra delay of a slow batch. */
-  slowDelayMs: number;
-  /** Mean time between partitions; 0 disables them. */
-  partitionEveryMs: number;
-  /** The longest a partition lasts before it heals. */
-  maxPartitionMs: number;
-  /** Mean time between crashes; 0 disables them. */
-  crashEveryMs: number;
-  /** The longest a crashed node stays down. */
-  maxDowntimeMs: number;
-  /** Probability that a crash is a power failure of every node at once. */
-  powerFailureRate: number;
+  tickMs: 10,
+  /** Probability that a batch of messages is lost. */ dropRate: 0,
+  /** Probability that a batch is delivered twice. */ duplicateRate: 0,
+  /** Shortest network delay. */ minDelayMs: 0.5,
+  /** Longest ordinary network delay. */ maxDelayMs: 2,
+  /** Probability that a batch is held back by up to `slowDelayMs` more (reordering). */
+  slowRate: 0,
+  /** The longest extra delay of a slow batch. */ slowDelayMs: 0,
+  /** Mean time between partitions; 0 disables them. */ partitionEveryMs: 0,
+  /** The longest a partition lasts before it heals. */ maxPartitionMs: 0,
+  /** Mean time between crashes; 0 disables them. */ crashEveryMs: 0,
+  /** The longest a crashed node stays down. */ maxDowntimeMs: 0,
+  /** Probability that a crash is a power failure of every node. */ powerFailureRate: 0,
   /**
    * Probability that a crash keeps part of the unsynced writes (in order, the next one possibly
    * torn) and directory changes; otherwise only what was synced survives.
    */
-  tornWriteRate: number;
-  /** Mean time between process pauses; 0 disables them. */
-  pauseEveryMs: number;
-  /** The longest pause. */
-  maxPauseMs: number;
-  /** Largest deviation of a node's clock rate from real time (0.05 = 5 %). */
-  clockSkew: number;
-  /** Shortest sync of a file or directory. */
-  minDiskMs: number;
-  /** Longest sync. */
-  maxDiskMs: number;
-}
+  tornWriteRate: 0,
+  /** Mean time between process pauses; 0 disables them. */ pauseEveryMs: 0,
+  /** The longest pause. */ maxPauseMs: 0,
+  /** Largest deviation of a node's clock rate from real time (0.05 = 5 %). */ clockSkew: 0,
+  /** Shortest sync of a file or directory. */ minDiskMs: 0.5,
+  /** Longest sync. */ maxDiskMs: 2,
+};
 
-/**
- * A misbehaving disk or storage layer, for the guard tests that prove the checks catch a node
- * that loses acknowledged data. Each acts at a seam; the node's code is the real one.
- *
- * - `ack-before-sync`: the disk acknowledges syncs without making anything durable
- *   ({@linkcode SimFileSystem.faults}); votes and append acknowledgements leave before the data
- *   they promise is on disk.
- * - `forget-synced`: a crash loses the last synced write of a WAL segment (an acknowledged
- *   record forgotten).
- * - `compact-past-snapshot`: the storage compacts the WAL up to its last index after each
- *   snapshot, dropping entries after the snapshot's index.
- * - `install-without-reset`: the storage installs a received snapshot without writing the WAL
- *   reset record (the install's commit point; the WAL's `reset` is patched to do nothing), so the
- *   log on disk does not restart after the snapshot.
- * - `snapshot-live-state`: the storage writes a snapshot of the node's live data (read through
- *   {@linkcode NodeInspection.entries} a few ticks after the snapshot began, so entries applied
- *   meanwhile leak in) instead of the copy-on-write view at the snapshot's index.
- */
-export type DiskFault =
-  | "ack-before-sync"
-  | "forget-synced"
-  | "compact-past-snapshot"
-  | "install-without-reset"
-  | "snapshot-live-state";
+/** The fault mix of a run: see {@linkcode FAULTS_OFF} for what each field means. */
+export type FaultOptions = typeof FAULTS_OFF;
 
 /** Every {@linkcode DiskFault}, for command-line parsing. */
-export const DISK_FAULTS: readonly DiskFault[] = [
+export const DISK_FAULTS = [
   "ack-before-sync",
   "forget-synced",
   "compact-past-snapshot",
   "install-without-reset",
   "snapshot-live-state",
-];
+] as const;
+
+/**
+ * A misbehaving disk or storage layer, for the guard tests that prove the checks catch a node that
+ * loses acknowledged data; each acts at a seam, the node's code is the real one. `ack-before-sync`:
+ * the disk acknowledges syncs without making anything durable. `forget-synced`: a crash loses the
+ * last synced write of a WAL segment. `compact-past-snapshot`: the storage compacts the WAL to its
+ * last index after each snapshot. `install-without-reset`: it installs a received snapshot without
+ * the WAL reset record (the install's commit point). `snapshot-live-state`: it writes the node's
+ * live data a few ticks after a snapshot began instead of the copy-on-write view at its index.
+ */
+export type DiskFault = (typeof DISK_FAULTS)[number];
 
 /** The names of the checks, as {@linkcode SimulationFailure.check} reports them. */
 export type CheckName =
   | "election-safety"
   | "log-matching"
   | "leader-completeness"
-  | "state-machine-safety"
+  | "state-machine-safety" // one entry per committed index; applied data = the reference state
   | "commit-monotonic"
-  | "durable-majority"
-  | "recovery"
+  | "durable-majority" // every committed entry is on disk on a majority
+  | "recovery" // a restart gives back everything the storage acknowledged as durable
   | "node-error"
-  | "peer-refusal"
+  | "peer-refusal" // every delivered message passes the peer validator and the core takes it
   | "liveness"
   | "convergence"
   | "linearizability"
+  | "range-snapshot" // a range read holds the committed state at the index it reported
+  | "at-most-once" // a write sent with an idempotency key applied once, its answers agreeing
   | "runaway";
 
 /** The options of one run. */
 export interface SimulationOptions {
-  /** The seed every random choice derives from. */
-  seed: number;
-  /** The cluster size. */
-  nodes: 3 | 5;
-  /** Virtual time with clients and faults active, before the final heal. */
-  durationMs: number;
-  /** Overrides of the fault mix (default: a mix chosen from the seed, see {@linkcode faultProfile}). */
+  /** The seed every random choice derives from. */ seed: number;
+  /** The cluster size. */ nodes: 3 | 5;
+  /** Virtual time with clients and faults active, before the final heal. */ durationMs: number;
+  /** Overrides of the fault mix. Default: one drawn from the seed ({@linkcode faultProfile}). */
   faults?: Partial<FaultOptions>;
-  /** Concurrent clients. Default: the cluster size plus one. */
-  clients?: number;
-  /** Size of the key space. Default 3 (so that clients contend). */
-  keys?: number;
+  /** Concurrent clients. Default: the cluster size plus one. */ clients?: number;
+  /** Size of the key space. Default 3 (so that clients contend). */ keys?: number;
   /** Ticks without a leader before an election (randomized up to twice that). Default 10. */
   electionTicks?: number;
-  /** A client gives up on an operation after this long. Default 3000. */
-  opTimeoutMs?: number;
-  /** After the final heal, the final reads must all succeed within this long. Default 20000. */
+  /** A client gives up on an operation after this long. Default 3000. */ opTimeoutMs?: number;
+  /** After the final heal, the final reads must succeed within this long. Default 20000. */
   livenessMs?: number;
   /** Fraction of client reads sent with the "lease" consistency. Default 0. */
   leaseReads?: number;
   /**
-   * Applied entries between snapshots (`snapshotThreshold` of the node); 0 switches snapshots
-   * off. Default: drawn from the seed, see {@linkcode snapshotDefaults}.
+   * Applied entries between snapshots (the node's `snapshotThreshold`); 0: no snapshots.
+   * Default: drawn from the seed ({@linkcode snapshotDefaults}).
    */
   snapshotThreshold?: number;
   /**
-   * Entries kept in the log before a snapshot's index (`snapshotCatchUpEntries` of the node).
-   * Default: drawn from the seed, see {@linkcode snapshotDefaults}.
+   * Entries kept before a snapshot's index (`snapshotCatchUpEntries`). Default: drawn from the
+   * seed, or the threshold (at most 5000) when the options set one.
    */
   catchUpEntries?: number;
-  /** A misbehaving disk (guard tests). Default: none. */
-  diskFault?: DiskFault;
-  /** Checks to switch off (guard tests show the remaining ones still catch a fault). */
+  /** A misbehaving disk (guard tests). Default: none. */ diskFault?: DiskFault;
+  /** Checks to switch off (guard tests show the others still catch a fault). Default: none. */
   disabledChecks?: CheckName[];
-  /** Receives every line of the trace (slow: for replaying one seed). */
+  /** Receives every line of the trace (slow: for replaying one seed). Default: none. */
   onTrace?: (line: string) => void;
-  /** Time budget of the final linearizability check in (real) milliseconds. Default 20000. */
+  /** Time budget of the final linearizability check in real ms. Default 20000. */
   linearizabilityTimeoutMs?: number;
 }
 
-/** Counters describing a run. */
-export interface SimulationStats {
-  /** Steps of the event loop (timer due times reached). */
-  events: number;
-  /** Virtual time at the end of the run. */
-  virtualMs: number;
-  /** Writes acknowledged to clients. */
-  writesOk: number;
-  /** Writes whose outcome the client could not learn (recorded with an unknown return). */
-  writesUnknown: number;
-  /** Writes that definitely did not take effect (recorded nothing). */
-  writesFailed: number;
-  /** Linearizable reads served to clients (final reads included). */
-  readsOk: number;
-  /** Of those, reads sent with the "lease" consistency. */
-  leaseReadsOk: number;
-  /** Reads given up after a timeout (not recorded). */
-  readsDropped: number;
-  /** Operations in the checked history. */
-  historyOps: number;
-  /** Terms that had a leader. */
-  elections: number;
-  /** The highest term any node reached. */
-  maxTerm: number;
-  /** The highest committed index. */
-  maxCommit: number;
-  /** Node crashes (power failures count once per node). */
-  crashes: number;
-  /** Whole-cluster power failures. */
-  powerFailures: number;
-  /** Crashes that left part of an unsynced write on disk, cut inside it. */
-  tornWrites: number;
-  /** Partitions injected. */
-  partitions: number;
-  /** Process pauses injected. */
-  pauses: number;
-  /** Messages handed to the network. */
-  messagesSent: number;
-  /** Messages lost (randomly, to a partition or to a down node). */
-  messagesDropped: number;
-  /** Messages delivered twice. */
-  messagesDuplicated: number;
-  /** Log appends and hard-state saves the storage completed. */
-  diskWrites: number;
-  /** Snapshots a node wrote of its own state (and compacted its log after). */
-  snapshotsTaken: number;
-  /** Snapshot transfers a leader started. */
-  snapshotsSent: number;
-  /** Of those, transfers that failed. */
-  snapshotSendsFailed: number;
-  /** Snapshots a follower received and stored. */
-  snapshotsReceived: number;
-  /** Received snapshots installed. */
-  snapshotsInstalled: number;
-  /** Restarts that loaded a snapshot. */
-  snapshotRestarts: number;
-  /** The linearizability verdict: "unknown" when its time budget ran out. */
-  linearizability: "ok" | "unknown";
-}
+/** The counters of {@linkcode SimulationStats}. */
+export const COUNTERS = [
+  "events", // steps of the event loop
+  "virtualMs",
+  "writesOk", // writes acknowledged to clients
+  "writesUnknown", // writes whose outcome the client could not learn (unknown return)
+  "writesFailed", // writes that definitely did not take effect
+  "readsOk", // linearizable reads served, final reads included
+  "leaseReadsOk",
+  "readsDropped", // reads given up after a timeout (not recorded)
+  "rangeReadsOk", // reads of every key at once, each key recorded as a read
+  "casOk", // compare-and-sets that applied (transactions comparing the value included)
+  "casFailed", // compare-and-sets whose condition failed (recorded as the read they were)
+  "idempotentRetries", // requests sent again with the idempotency key of an unknown outcome
+  "idempotentReplays", // answers that replayed a remembered outcome
+  "historyOps", // operations in the checked history
+  "elections", // terms that had a leader
+  "maxTerm",
+  "maxCommit",
+  "crashes", // node crashes (power failures count once per node)
+  "powerFailures",
+  "tornWrites", // crashes that left part of an unsynced write on disk, cut inside it
+  "partitions",
+  "pauses",
+  "messagesSent",
+  "messagesDropped", // randomly, to a partition or to a down node
+  "messagesDuplicated",
+  "diskWrites", // log appends and hard-state saves completed
+  "snapshotsTaken", // snapshots a node wrote of its own state
+  "snapshotsSent", // transfers a leader started
+  "snapshotSendsFailed",
+  "snapshotsReceived", // snapshots a follower received and stored
+  "snapshotsInstalled",
+  "snapshotRestarts", // restarts that loaded a snapshot
+] as const;
+
+/** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
+export type SimulationStats =
+  & Record<(typeof COUNTERS)[number], number>
+  & { linearizability: "ok" | "unknown" };
 
 /** The outcome of a run that passed every check. */
 export interface SimulationResult {
-  /** The seed. */
-  seed: number;
-  /** The cluster size. */
-  nodes: 3 | 5;
-  /** The virtual duration with faults active. */
-  durationMs: number;
-  /** The name of the fault mix. */
-  profile: string;
-  /** The fault mix actually used. */
-  faults: FaultOptions;
-  /** The snapshot threshold used (0: no snapshots). */
-  snapshotThreshold: number;
-  /** The catch-up entries used. */
-  catchUpEntries: number;
-  /** Counters. */
-  stats: SimulationStats;
-  /** A hash of the run's trace and history: equal digests mean identical runs. */
-  digest: string;
-  /** The command replaying this run. */
-  replay: string;
+  /** The name of the fault mix ("+overrides" when the options changed it). */ profile: string;
+  /** The fault mix used. */ faults: FaultOptions;
+  /** The snapshot threshold used (0: no snapshots). */ snapshotThreshold: number;
+  /** The catch-up entries used. */ catchUpEntries: number;
+  /** Counters. */ stats: SimulationStats;
+  /** A hash of the run's trace and history: equal digests mean identical runs. */ digest: string;
 }
 
 /** A run broke a check. The message starts with the seed and holds the replay command. */
 export class SimulationFailure extends Error {
-  /** The seed of the failing run. */
-  readonly seed: number;
-  /** The check that failed. */
-  readonly check: CheckName;
-  /** One shell command replaying the run with its full trace. */
-  readonly replay: string;
-  /** The last lines of the trace before the failure. */
-  readonly trace: string[];
-
-  /** Creates the failure; the message is built from the parts. */
-  constructor(seed: number, check: CheckName, detail: string, replay: string, trace: string[]) {
+  /** Creates the failure; the message says the seed, the check, the detail and the trace tail. */
+  constructor(
+    /** The seed of the failing run. */ readonly seed: number,
+    /** The check that failed. */ readonly check: CheckName,
+    detail: string,
+    /** One shell command replaying the run with its full trace. */ readonly replay: string,
+    /** The last lines of the trace before the failure. */ readonly trace: string[],
+  ) {
     super(
       `seed ${seed}: ${check} violated: ${detail}\nreplay: ${replay}\n` +
         `last ${trace.length} events:\n${trace.join("\n")}`,
     );
     this.name = "SimulationFailure";
-    this.seed = seed;
-    this.check = check;
-    this.replay = replay;
-    this.trace = trace;
   }
 }
 
@@ -311,23 +241,10 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   const tickMs = [10, 20, 50, 100][Math.floor(r() * 4)]!;
   const election = tickMs * 10;
   const calm: FaultOptions = {
+    ...FAULTS_OFF,
     tickMs,
-    dropRate: 0,
-    duplicateRate: 0,
-    minDelayMs: 0.5,
     maxDelayMs: between(2, 15),
-    slowRate: 0,
-    slowDelayMs: 0,
-    partitionEveryMs: 0,
-    maxPartitionMs: 0,
-    crashEveryMs: 0,
-    maxDowntimeMs: 0,
-    powerFailureRate: 0,
-    tornWriteRate: 0,
-    pauseEveryMs: 0,
-    maxPauseMs: 0,
     clockSkew: between(0, 0.02),
-    minDiskMs: 0.5,
     maxDiskMs: between(2, 20),
   };
   const lossy = (): Partial<FaultOptions> => ({
@@ -365,13 +282,9 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
       ...pauses(between(3, 10)),
     })],
   ];
-  const total = table.reduce((s, [, w]) => s + w, 0);
-  let pick = r() * total;
-  for (const [name, weight, make] of table) {
-    pick -= weight;
-    if (pick < 0) return { name, faults: { ...calm, ...make() } };
-  }
-  return { name: "calm", faults: calm };
+  let pick = r() * table.reduce((sum, [, weight]) => sum + weight, 0);
+  const [name, , make] = table.find(([, weight]) => (pick -= weight) < 0)!;
+  return { name, faults: { ...calm, ...make() } };
 }
 
 /** The snapshot thresholds a seed draws from when its run does not set one (0: off). */
@@ -389,8 +302,7 @@ export function snapshotDefaults(
   const r = seededRandom((seed ^ 0x27d4eb2f) >>> 0);
   const choices = on ? SNAPSHOT_THRESHOLDS.filter((t) => t > 0) : SNAPSHOT_THRESHOLDS;
   const snapshotThreshold = choices[Math.floor(r() * choices.length)]!;
-  const catchUpEntries = [0, 5, snapshotThreshold][Math.floor(r() * 3)]!;
-  return { snapshotThreshold, catchUpEntries };
+  return { snapshotThreshold, catchUpEntries: [0, 5, snapshotThreshold][Math.floor(r() * 3)]! };
 }
 
 /** The default virtual duration of a run, as used by the soak script. */
@@ -402,30 +314,22 @@ export function nodesForSeed(seed: number): 3 | 5 {
 }
 
 /** The one-line shell command replaying a run with these options (and printing its trace). */
-export function replayCommand(options: SimulationOptions): string {
-  const parts = [
-    "deno run -A scripts/soak.ts",
-    `--seed ${options.seed}`,
-    `--nodes ${options.nodes}`,
-    `--duration-ms ${options.durationMs}`,
+export function replayCommand(o: SimulationOptions): string {
+  const flags: [string, unknown][] = [
+    ["seed", o.seed],
+    ["nodes", o.nodes],
+    ["duration-ms", o.durationMs],
+    ["faults", Object.keys(o.faults ?? {}).length ? `'${JSON.stringify(o.faults)}'` : undefined],
+    ["clients", o.clients],
+    ["keys", o.keys],
+    ["lease-reads", o.leaseReads],
+    ["snapshot-threshold", o.snapshotThreshold],
+    ["catch-up-entries", o.catchUpEntries],
+    ["disk-fault", o.diskFault],
+    ["disable", o.disabledChecks?.join(",") || undefined],
   ];
-  if (options.faults && Object.keys(options.faults).length > 0) {
-    parts.push(`--faults '${JSON.stringify(options.faults)}'`);
-  }
-  if (options.clients !== undefined) parts.push(`--clients ${options.clients}`);
-  if (options.keys !== undefined) parts.push(`--keys ${options.keys}`);
-  if (options.leaseReads !== undefined) parts.push(`--lease-reads ${options.leaseReads}`);
-  if (options.snapshotThreshold !== undefined) {
-    parts.push(`--snapshot-threshold ${options.snapshotThreshold}`);
-  }
-  if (options.catchUpEntries !== undefined) {
-    parts.push(`--catch-up-entries ${options.catchUpEntries}`);
-  }
-  if (options.diskFault !== undefined) parts.push(`--disk-fault ${options.diskFault}`);
-  if (options.disabledChecks && options.disabledChecks.length > 0) {
-    parts.push(`--disable ${options.disabledChecks.join(",")}`);
-  }
-  return parts.join(" ");
+  const set = flags.filter(([, v]) => v !== undefined).map(([name, v]) => `--${name} ${v}`);
+  return ["deno run -A scripts/soak.ts", ...set].join(" ");
 }
 
 /**
@@ -442,155 +346,121 @@ export function runSimulation(options: SimulationOptions): Promise<SimulationRes
   return new _Simulation(options).run();
 }
 
-// ---- internals --------------------------------------------------------------------------------
+/** What the simulation knows about one node, across its incarnations. */
+class _Node {
+  /** The running incarnation and its clock; null while down (the node also while starting). */
+  node: RaftNode | null = null;
+  clock: NodeClock | null = null;
+  /** Counts incarnations; anything from an older one is ignored. */
+  inc = 0;
+  starting = false;
+  /** The highest commit index and the applied index this incarnation reported. */
+  lastCommit = 0;
+  lastApplied = 0;
+  /** Terms of the entries last seen in its log, by index (for log matching). */
+  seen = [0];
+  /**
+   * What the storage told the node is durable: the term of each log entry, the snapshot index
+   * and the hard state. A crash must keep all of it (see `#checkRecovered`).
+   */
+  durable = [0];
+  durableSnap = 0;
+  durableHs: HardState = { term: 0, vote: "", commit: 0 };
+  /** The first index an append or install in flight may change (Infinity when none). */
+  writingFrom = Infinity;
+  /** The same, frozen at a crash: the lowest over the crashes since the last recovery check. */
+  crashWritingFrom = Infinity;
+  /** The shared time this incarnation's clock started at (its wall clock counts from there). */
+  wallBase = 0;
 
-const _TRACE_TAIL = 60;
-/** Where each node keeps its files on its own simulated disk. */
-const _PATHS = {
-  walDir: "/data/wal",
-  raftStatePath: "/data/raft_state.json",
-  logMetadataPath: "/data/log_metadata.json",
-  snapshotDir: "/data/snapshots",
+  /** A node that has not started yet, with an empty disk (replaced by its image at a crash). */
+  constructor(readonly id: NodeId, public fs: SimFileSystem) {}
+}
+
+/**
+ * A client: its id, the index of the node it believes leads (-1: none), whether it reads last,
+ * and what it last saw of each key (its mod_index and value; absent: 0 and null).
+ */
+type _Client = {
+  id: number;
+  hint: number;
+  final: boolean;
+  seen?: Map<string, { modIndex: number; value: string | null }>;
 };
 
-/** What the simulation knows about one node, across its incarnations. */
-interface _Node {
-  id: NodeId;
-  index: number;
-  /** Its disk (replaced by the durable image at each crash). */
-  fs: SimFileSystem;
-  /** The running incarnation, or null while down or starting. */
-  node: RaftNode | null;
-  clock: NodeClock | null;
-  /** Counts incarnations; anything from an older one is ignored. */
-  inc: number;
-  starting: boolean;
-  pausedUntil: number;
-  /** The highest commit index this incarnation reported. */
-  lastCommit: number;
-  lastApplied: number;
-  /** Terms of the entries last seen in its log, by index (for log matching). */
-  seen: number[];
-  /**
-   * What the storage told the node is durable: the term of each log entry, the snapshot index,
-   * and the hard state. A crash must keep all of it (see `_checkRecovered`).
-   */
-  durable: number[];
-  durableSnap: number;
-  durableHs: HardState;
-  /** The first index an append or install in flight may change (Infinity when none). */
-  writingFrom: number;
-  /** The same, frozen when the node crashed: the lowest over crashes since the last recovery check. */
-  crashWritingFrom: number;
-}
-
-interface _Client {
-  id: number;
-  op: _ClientOp | null;
-  hint: number;
-  seq: number;
-  final: boolean;
-}
-
-interface _ClientOp {
+interface _ClientOp extends Omit<Operation, "client" | "return"> {
   client: _Client;
-  kind: "put" | "delete" | "get";
   lease: boolean;
-  key: string;
-  value: string | null;
-  call: number;
-  attempt: number;
-  done: boolean;
-  /** Aborted at the deadline: every call still waiting on a node gives up. */
+  /** Aborted when the operation ends: every call still waiting on a node gives up. */
   abort: AbortController;
+  /** A compare-and-set's form: on the `mod_index` (a put with `cas`), or a transaction. */
+  casForm?: { modIndex: number } | { txn: true };
+  /** The idempotency key a write is sent with (again, while its outcome is unknown). */
+  idem?: string;
+  /** A read of every key at once. */
+  range?: boolean;
 }
+
+type _Committed = { term: number; hash: number; data: Uint8Array | null; knownIn: number };
 
 type _Outcome =
-  | { kind: "ok"; index: number }
-  | { kind: "value"; value: string | null }
+  | { kind: "ok"; index: number; modIndex: number; replayed: boolean }
+  /** A compare-and-set whose condition failed, and what it found. */
+  | { kind: "casFailed"; index: number; current: KvEntry | null; replayed: boolean }
+  | { kind: "value"; value: string | null; entry: KvEntry | null }
+  | { kind: "range"; entries: KvEntry[]; index: number }
   | { kind: "notApplied" }
   | { kind: "unknown" }
-  | { kind: "notLeader"; leader: NodeId }
-  | { kind: "refused" };
+  | { kind: "refused" }
+  | { kind: "notLeader"; leader: NodeId };
 
 class _Simulation {
   readonly #opts: SimulationOptions;
   readonly #faults: FaultOptions;
   readonly #profile: string;
   readonly #rng: () => number;
-  readonly #electionTicks: number;
-  readonly #opTimeoutMs: number;
-  readonly #livenessMs: number;
-  readonly #quorum: number;
   readonly #keys: string[];
   readonly #disabled: Set<CheckName>;
-  readonly #replay: string;
-  readonly #onTrace: ((line: string) => void) | undefined;
   readonly #snapshotThreshold: number;
   readonly #catchUpEntries: number;
   readonly #segmentSize: number;
-
   readonly #clock = new SimClock();
+  readonly #stats = {
+    ...Object.fromEntries(COUNTERS.map((k) => [k, 0])),
+    linearizability: "ok",
+  } as SimulationStats;
   #network!: SimNetwork;
   #nodes: _Node[] = [];
-  #clients: _Client[] = [];
+  /** The clients still running, plus one until the final heal. */
+  #active = 1;
   #history: Operation[] = [];
-  #acked = new Map<string, { node: NodeId; index: number }>();
+  /** Acknowledged writes ("key=value") -> the node and the index it gave, for failure messages. */
+  #acked = new Map<string, string>();
   #partitionId = 0;
   #phase: "run" | "drain" | "final" | "converge" | "done" = "run";
-  #finalPending = 0;
   #failure: SimulationFailure | null = null;
+  #trace: string[] = [];
+  #digest = 0x811c9dc5;
 
   /** term -> id of its leader. */
   #leaders = new Map<number, NodeId>();
-  /** (index, term) -> hash of the entry's data, as first seen in any log. */
+  /** (index, term) -> hash of the entry, as first seen in any log. */
   #entryHash = new Map<number, number>();
-  /** The committed entries: term, and data hash; holes where no node showed it yet. */
-  #committedTerm: number[] = [0];
-  #committedHash: number[] = [0];
-  #committedData: (Uint8Array | null)[] = [null];
-  /** The term in which each index was first known committed. */
-  #commitTerm: number[] = [0];
+  /**
+   * The committed entries by index as first seen (holes where no node showed one yet), with the
+   * term in which each was first known committed.
+   */
+  #committed: (_Committed | undefined)[] = [{ term: 0, hash: 0, data: null, knownIn: 0 }];
   #maxCommit = 0;
-  /** The reference state: the data after applying the committed entries up to `#refIndex`. */
-  #ref = new Map<string, string>();
+  /** The reference state: the model after applying the committed entries up to `#refIndex`. */
+  #ref = new KvModel();
   #refIndex = 0;
-  /** {@linkcode _stateDigest} of the reference state after each index. */
-  #refDigest: number[] = [0];
-
-  #ring: string[] = [];
-  #ringPos = 0;
-  #digest = 0x811c9dc5;
-  #stats: SimulationStats = {
-    events: 0,
-    virtualMs: 0,
-    writesOk: 0,
-    writesUnknown: 0,
-    writesFailed: 0,
-    readsOk: 0,
-    leaseReadsOk: 0,
-    readsDropped: 0,
-    historyOps: 0,
-    elections: 0,
-    maxTerm: 0,
-    maxCommit: 0,
-    crashes: 0,
-    powerFailures: 0,
-    tornWrites: 0,
-    partitions: 0,
-    pauses: 0,
-    messagesSent: 0,
-    messagesDropped: 0,
-    messagesDuplicated: 0,
-    diskWrites: 0,
-    snapshotsTaken: 0,
-    snapshotsSent: 0,
-    snapshotSendsFailed: 0,
-    snapshotsReceived: 0,
-    snapshotsInstalled: 0,
-    snapshotRestarts: 0,
-    linearizability: "ok",
-  };
+  /** Range reads to check once the reference reaches their index: the index and the state seen. */
+  #rangeReads: { index: number; state: string; what: string }[] = [];
+  /** Every idempotency key clients sent, with the indexes their definite answers named. */
+  #idemAnswers = new Map<string, Set<number>>();
+  /** {@linkcode _Simulation.#state} of the reference state after each index. */
+  #refStates: string[] = [];
 
   constructor(opts: SimulationOptions) {
     if (opts.nodes !== 3 && opts.nodes !== 5) {
@@ -599,48 +469,31 @@ class _Simulation {
     if (!Number.isSafeInteger(opts.seed)) throw new RangeError(`bad seed ${opts.seed}`);
     this.#opts = opts;
     const profile = faultProfile(opts.seed);
-    this.#profile = opts.faults && Object.keys(opts.faults).length > 0
-      ? `${profile.name}+overrides`
-      : profile.name;
+    const overridden = Object.keys(opts.faults ?? {}).length > 0;
+    this.#profile = overridden ? `${profile.name}+overrides` : profile.name;
     this.#faults = { ...profile.faults, ...opts.faults };
     this.#rng = seededRandom(opts.seed);
-    this.#electionTicks = opts.electionTicks ?? 10;
-    this.#opTimeoutMs = opts.opTimeoutMs ?? 3000;
-    this.#livenessMs = opts.livenessMs ?? 20_000;
-    this.#quorum = Math.floor(opts.nodes / 2) + 1;
     this.#keys = Array.from({ length: opts.keys ?? 3 }, (_, i) => `k${i}`);
+    this.#refStates[0] = this.#state(() => null, 0);
     this.#disabled = new Set(opts.disabledChecks ?? []);
-    this.#replay = replayCommand(opts);
-    this.#onTrace = opts.onTrace;
     const snap = snapshotDefaults(opts.seed);
     this.#snapshotThreshold = opts.snapshotThreshold ?? snap.snapshotThreshold;
     this.#catchUpEntries = opts.catchUpEntries ??
       (opts.snapshotThreshold === undefined
         ? snap.catchUpEntries
         : Math.min(5000, this.#snapshotThreshold));
-    for (
-      const [name, v] of [["snapshotThreshold", this.#snapshotThreshold], [
-        "catchUpEntries",
-        this.#catchUpEntries,
-      ]] as const
-    ) {
-      if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`bad ${name} ${v}`);
+    for (const v of [this.#snapshotThreshold, this.#catchUpEntries]) {
+      if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`bad snapshot setting ${v}`);
     }
     // Small segments, so that rolling, compaction and multi-segment replay all happen.
-    this.#segmentSize = [2048, 8192, 65536][Math.floor(this.#rng() * 3)]!;
+    this.#segmentSize = this.#pick([2048, 8192, 65536]);
   }
 
-  // ---- the event loop -------------------------------------------------------------------------
-
   async run(): Promise<SimulationResult> {
+    // Resolving `settle()` takes a macrotask round trip: every microtask queued so far has run.
     const channel = new MessageChannel();
-    let wake: (() => void) | null = null;
-    channel.port1.onmessage = () => {
-      const w = wake;
-      wake = null;
-      w?.();
-    };
-    /** Resolves once every microtask queued so far (and those they queue) has run. */
+    let wake = () => {};
+    channel.port1.onmessage = () => wake();
     const settle = () =>
       new Promise<void>((resolve) => {
         wake = resolve;
@@ -648,65 +501,50 @@ class _Simulation {
       });
     try {
       const ids = Array.from({ length: this.#opts.nodes }, (_, i) => `n${i + 1}`);
-      const f = this.#faults;
-      this.#network = new SimNetwork(
-        {
-          random: this.#rng,
-          now: () => this.#clock.now(),
-          later: (ms, fn) => this.#later(ms, fn),
-          note: (text) => this.#note(text),
-          violation: (check, detail) => this.#violation(check, detail),
-        },
-        f,
-        ids,
-      );
-      this.#nodes = ids.map((id, index) => this.#newNode(id, index));
+      this.#network = new SimNetwork({
+        faults: this.#faults,
+        stats: this.#stats,
+        random: this.#rng,
+        later: (ms, fn) => this.#later(ms, fn),
+        note: (text) => this.#note(text),
+        refused: (detail) => this.#violation("peer-refusal", detail),
+      }, ids);
+      this.#nodes = ids.map((id) => this.#newNode(id));
       for (const n of this.#nodes) this.#restart(n);
-      const clients = this.#opts.clients ?? this.#opts.nodes + 1;
-      for (let i = 0; i < clients; i++) {
-        const c: _Client = { id: i + 1, op: null, hint: -1, seq: 0, final: false };
-        this.#clients.push(c);
-        this.#clientStart(c);
+      for (let id = 1; id <= (this.#opts.clients ?? this.#opts.nodes + 1); id++, this.#active++) {
+        this.#client({ id, hint: -1, final: false }).catch((e) => this.#caught(e, ` in c${id}`));
       }
-      this.#scheduleFaults();
+      const f = this.#faults;
+      this.#every(f.partitionEveryMs, () => this.#partition());
+      this.#every(f.crashEveryMs, () => this.#crashSome());
+      this.#every(f.pauseEveryMs, () => this.#pause());
       this.#later(this.#opts.durationMs, () => this.#finalHeal());
 
       const maxEvents = 200_000 + this.#opts.durationMs * 400;
       await settle();
       while (this.#phase !== "done") {
-        this.#throwFailure();
         const due = this.#clock.nextDue();
         if (due === null) this.#fail("runaway", "no timer is set: the simulation stalled");
         this.#mix(Math.floor(due * 1000));
         try {
           this.#clock.runUntil(due);
         } catch (e) {
-          if (!(e instanceof SimulationFailure)) {
-            this.#fail("node-error", `unexpected error: ${(e as Error)?.stack ?? e}`);
-          }
+          this.#caught(e, "");
         }
         await settle();
-        this.#throwFailure();
+        if (this.#failure) throw this.#failure;
         for (const n of this.#nodes) this.#check(n);
-        if (++this.#stats.events > maxEvents) {
-          this.#fail("runaway", `more than ${maxEvents} steps`);
-        }
+        if (++this.#stats.events > maxEvents) this.#fail("runaway", `over ${maxEvents} steps`);
       }
-      this.#throwFailure();
       this.#stats.virtualMs = Math.round(this.#clock.now());
-      Object.assign(this.#stats, this.#network.stats);
       this.#checkHistory();
       return {
-        seed: this.#opts.seed,
-        nodes: this.#opts.nodes,
-        durationMs: this.#opts.durationMs,
         profile: this.#profile,
         faults: this.#faults,
         snapshotThreshold: this.#snapshotThreshold,
         catchUpEntries: this.#catchUpEntries,
         stats: this.#stats,
         digest: (this.#digest >>> 0).toString(16).padStart(8, "0"),
-        replay: this.#replay,
       };
     } finally {
       for (const n of this.#nodes) n.clock?.kill();
@@ -737,22 +575,8 @@ class _Simulation {
   #note(text: string): void {
     const line = `${this.#clock.now().toFixed(3).padStart(10)}  ${text}`;
     for (let i = 0; i < text.length; i += 7) this.#mix(text.charCodeAt(i));
-    this.#ring[this.#ringPos] = line;
-    this.#ringPos = (this.#ringPos + 1) % _TRACE_TAIL;
-    this.#onTrace?.(line);
-  }
-
-  #traceTail(): string[] {
-    const out: string[] = [];
-    for (let i = 0; i < _TRACE_TAIL; i++) {
-      const line = this.#ring[(this.#ringPos + i) % _TRACE_TAIL];
-      if (line !== undefined) out.push(line);
-    }
-    return out;
-  }
-
-  #throwFailure(): void {
-    if (this.#failure) throw this.#failure;
+    if (this.#trace.push(line) > 60) this.#trace.shift();
+    this.#opts.onTrace?.(line);
   }
 
   #fail(check: CheckName, detail: string): never {
@@ -761,21 +585,17 @@ class _Simulation {
       const durable = `durable log ${n.durable.length - 1}, snapshot ${n.durableSnap}`;
       if (!n.node) return `  ${n.id}: ${n.starting ? "starting" : "down"} (${durable})`;
       const s = n.node.inspect();
-      return `  ${n.id}: ${s.role} term ${s.term} leader ${
-        s.leader || "-"
-      } log ${s.firstIndex}..${s.lastIndex} ` +
-        `commit ${s.commit} applied ${s.applied} (${durable})${
-          n.pausedUntil > this.#clock.now() ? ` paused until ${n.pausedUntil.toFixed(0)}` : ""
-        }`;
+      const paused = n.clock?.paused ? " paused" : "";
+      return `  ${n.id}: ${s.role} term ${s.term} leader ${s.leader || "-"} log ` +
+        `${s.firstIndex}..${s.lastIndex} commit ${s.commit} applied ${s.applied} (${durable})${paused}`;
     });
+    const at = `at virtual time ${this.#clock.now().toFixed(3)} ms (profile ${this.#profile})`;
     this.#failure = new SimulationFailure(
       this.#opts.seed,
       check,
-      `${detail}\nat virtual time ${
-        this.#clock.now().toFixed(3)
-      } ms (profile ${this.#profile}); nodes:\n${state.join("\n")}`,
-      this.#replay,
-      this.#traceTail(),
+      `${detail}\n${at}; nodes:\n${state.join("\n")}`,
+      replayCommand(this.#opts),
+      [...this.#trace],
     );
     throw this.#failure;
   }
@@ -784,11 +604,11 @@ class _Simulation {
     if (!this.#disabled.has(check)) this.#fail(check, detail);
   }
 
-  /** Records a failure raised where nobody awaits it (a node's callback or promise). */
+  /** Records an error raised where nobody awaits it (a node's callback or promise). */
   #caught(e: unknown, where: string): void {
     if (e instanceof SimulationFailure) return;
     try {
-      this.#fail("node-error", `unexpected error ${where}: ${(e as Error)?.stack ?? e}`);
+      this.#fail("node-error", `unexpected error${where}: ${(e as Error)?.stack ?? e}`);
     } catch {
       // Recorded; the event loop throws it.
     }
@@ -796,39 +616,20 @@ class _Simulation {
 
   // ---- nodes: start, crash, restart -----------------------------------------------------------
 
-  #newNode(id: NodeId, index: number): _Node {
-    const n: _Node = {
-      id,
-      index,
-      fs: new SimFileSystem(),
-      node: null,
-      clock: null,
-      inc: 0,
-      starting: false,
-      pausedUntil: 0,
-      lastCommit: 0,
-      lastApplied: 0,
-      seen: [0],
-      durable: [0],
-      durableSnap: 0,
-      durableHs: { term: 0, vote: "", commit: 0 },
-      writingFrom: Infinity,
-      crashWritingFrom: Infinity,
-    };
-    n.fs = new SimFileSystem({ delay: (op) => this.#diskDelay(n, op) });
-    const fault = this.#opts.diskFault;
-    if (fault === "ack-before-sync") n.fs.faults.ackBeforeSync = true;
-    if (fault === "forget-synced") n.fs.faults.forgetLastSynced = (p) => p.endsWith(".wal");
+  #newNode(id: NodeId): _Node {
+    const n: _Node = new _Node(id, new SimFileSystem({ delay: (op) => this.#diskDelay(n, op) }));
+    n.fs.faults.ackBeforeSync = this.#opts.diskFault === "ack-before-sync";
+    if (this.#opts.diskFault === "forget-synced") {
+      n.fs.faults.forgetLastSynced = (path) => path.endsWith(".wal");
+    }
     return n;
   }
 
   /** Syncs take a disk delay on the node's clock (so a paused node's disk waits too). */
   #diskDelay(n: _Node, op: string): Promise<void> | void {
-    if (op !== "sync" && op !== "syncDir") return;
     const clock = n.clock;
-    if (!clock) return;
-    const f = this.#faults;
-    const ms = this.#random(f.minDiskMs, f.maxDiskMs);
+    if ((op !== "sync" && op !== "syncDir") || !clock) return;
+    const ms = this.#random(this.#faults.minDiskMs, this.#faults.maxDiskMs);
     return new Promise((resolve) => clock.schedule(ms, resolve));
   }
 
@@ -838,61 +639,60 @@ class _Simulation {
     const inc = ++n.inc;
     const skew = this.#faults.clockSkew;
     const clock = new NodeClock(this.#clock, 1 + this.#random(-skew, skew), (e) => {
-      this.#caught(e, `on ${n.id}`);
+      this.#caught(e, ` on ${n.id}`);
     });
     n.clock = clock;
-    n.pausedUntil = 0;
+    n.wallBase = this.#clock.now();
     const seed = Math.floor(this.#rng() * 2 ** 32);
     this.#note(`${n.id} starts (incarnation ${inc})`);
-    this.#open(n, inc, clock, seed).catch((e) => this.#caught(e, `starting ${n.id}`));
+    this.#open(n, inc, clock, seed).catch((e) => this.#caught(e, ` starting ${n.id}`));
   }
 
   async #open(n: _Node, inc: number, clock: NodeClock, seed: number): Promise<void> {
+    const paths = {
+      walDir: "/data/wal",
+      raftStatePath: "/data/raft_state.json",
+      logMetadataPath: "/data/log_metadata.json",
+      snapshotDir: "/data/snapshots",
+    };
     let inner;
     try {
-      inner = await openDiskStorage(_PATHS, { fs: n.fs, segmentSize: this.#segmentSize });
+      inner = await openDiskStorage(paths, { fs: n.fs, segmentSize: this.#segmentSize });
     } catch (e) {
       if (n.inc !== inc) return; // crashed again while recovering
       this.#fail("recovery", `${n.id} cannot start: ${(e as Error)?.message ?? e}`);
     }
     if (n.inc !== inc) return;
     this.#checkRecovered(n, inner);
-    const storage = this.#watchStorage(n, inc, clock, inner);
-    const threshold = this.#snapshotThreshold;
-    const tickMs = this.#faults.tickMs;
+    const log = (level: string) => (...args: unknown[]) => {
+      if (n.inc !== inc) return;
+      this.#note(`${n.id} ${level}: ${args.map((a) => (a as Error)?.message ?? a).join(" ")}`);
+    };
+    const { tickMs } = this.#faults;
     const node = new RaftNode({
       id: n.id,
       members: this.#nodes.map((m) => ({ id: m.id, rpcUrl: `sim://${m.id}`, apiUrl: m.id })),
-      storage,
-      transport: (handlers) => this.#network.connect(n.id, inc, clock, handlers),
+      storage: this.#watchStorage(n, inc, clock, inner),
+      transport: (handlers) => this.#network.connect(n.id, clock, handlers),
       clock,
       heartbeatMs: tickMs,
-      electionTimeoutMs: tickMs * this.#electionTicks,
+      electionTimeoutMs: tickMs * (this.#opts.electionTicks ?? 10),
       seed,
-      snapshotThreshold: threshold === 0 ? Number.MAX_SAFE_INTEGER : threshold,
+      snapshotThreshold: this.#snapshotThreshold || Number.MAX_SAFE_INTEGER,
       snapshotThresholdBytes: Number.MAX_SAFE_INTEGER,
       snapshotCatchUpEntries: this.#catchUpEntries,
+      // The leader's wall clock, stamped into idempotent writes: the node's own (skewed) clock.
+      wallClock: () => _WALL_CLOCK_ORIGIN + n.wallBase + clock.now(),
+      // Short enough that outcomes expire within a run, long enough for every retry.
+      idempotencyTtlMs: 10_000,
+      maxIdempotencyKeys: 1000,
       onFatal: (e) => {
-        if (n.inc === inc) this.#caught(e, `(fatal) on ${n.id}`);
+        if (n.inc === inc) this.#caught(e, ` (fatal) on ${n.id}`);
       },
-      logger: this.#logger(n, inc),
+      logger: { info: log("info"), warn: log("warn"), error: log("error"), debug: () => {} },
     });
-    n.node = node;
-    n.starting = false;
-    n.lastCommit = 0;
-    n.lastApplied = -1;
-    n.seen = [0];
+    [n.node, n.starting, n.lastCommit, n.lastApplied, n.seen] = [node, false, 0, -1, [0]];
     node.start();
-  }
-
-  #logger(n: _Node, inc: number): Pick<Console, "info" | "warn" | "error" | "debug"> {
-    const log = (level: string) => (...args: unknown[]) => {
-      if (n.inc !== inc) return;
-      this.#note(
-        `${n.id} ${level}: ${args.map((a) => (a as Error)?.message ?? String(a)).join(" ")}`,
-      );
-    };
-    return { info: log("info"), warn: log("warn"), error: log("error"), debug: () => {} };
   }
 
   /** The recovered state must hold everything the node was told was durable before it crashed. */
@@ -903,18 +703,17 @@ class _Simulation {
     for (const e of rec.entries) terms[e.index] = e.term;
     // The entries an append in flight at the crash may have changed are not owed.
     const owed = Math.min(n.durable.length - 1, n.crashWritingFrom - 1);
-    for (let i = Math.max(1, snapIndex + 1); i <= owed; i++) {
+    for (let i = Math.max(1, snapIndex + 1, n.durableSnap + 1); i <= owed; i++) {
       const want = n.durable[i];
-      if (want === undefined || i <= n.durableSnap) continue;
-      if (terms[i] !== want) {
-        this.#violation(
-          "recovery",
-          `${n.id} lost entry ${i} (term ${want}) that its storage had acknowledged: after the ` +
-            `restart its log holds ${
-              terms[i] === undefined ? "nothing" : `term ${terms[i]}`
-            } there (snapshot ${snapIndex}, log to ${rec.entries.at(-1)?.index ?? snapIndex})`,
-        );
-      }
+      if (want === undefined || terms[i] === want) continue;
+      const found = terms[i] === undefined ? "nothing" : `term ${terms[i]}`;
+      this.#violation(
+        "recovery",
+        `${n.id} lost entry ${i} (term ${want}) that its storage had acknowledged: after the ` +
+          `restart its log holds ${found} there (snapshot ${snapIndex}, log to ${
+            rec.entries.at(-1)?.index ?? snapIndex
+          })`,
+      );
     }
     if (snapIndex < Math.min(n.durableSnap, n.crashWritingFrom - 1)) {
       this.#violation(
@@ -922,33 +721,25 @@ class _Simulation {
         `${n.id} restarted from the snapshot at ${snapIndex} but had stored one at ${n.durableSnap}`,
       );
     }
-    const hs = rec.hardState;
-    const was = n.durableHs;
+    const [hs, was] = [rec.hardState, n.durableHs];
     if (hs.term < was.term || (hs.term === was.term && was.vote !== "" && hs.vote !== was.vote)) {
       this.#violation(
         "recovery",
-        `${n.id} restarted with term ${hs.term} vote "${hs.vote}" but had stored term ${was.term} vote "${was.vote}"`,
+        `${n.id} restarted with term ${hs.term} vote "${hs.vote}" but had stored term ${was.term} ` +
+          `vote "${was.vote}"`,
       );
     }
     n.durable = terms;
     for (let i = 1; i <= snapIndex; i++) n.durable[i] ??= -1;
-    n.durableSnap = snapIndex;
-    n.durableHs = { ...hs };
-    n.writingFrom = Infinity;
-    n.crashWritingFrom = Infinity;
+    [n.durableSnap, n.durableHs] = [snapIndex, { ...hs }];
+    n.writingFrom = n.crashWritingFrom = Infinity;
   }
 
   /**
    * The storage as the node sees it: the real one, with the calls that make something durable
-   * reporting it when they complete (and the `compact-past-snapshot`, `install-without-reset`
-   * and `snapshot-live-state` faults injected).
+   * reporting it when they complete (and the storage-seam {@linkcode DiskFault}s injected).
    */
-  #watchStorage(
-    n: _Node,
-    inc: number,
-    clock: NodeClock,
-    inner: Awaited<ReturnType<typeof openDiskStorage>>,
-  ): NodeStorage {
+  #watchStorage(n: _Node, inc: number, clock: NodeClock, inner: DiskStorage): NodeStorage {
     const live = () => n.inc === inc;
     const fault = this.#opts.diskFault;
     if (fault === "install-without-reset") {
@@ -956,32 +747,28 @@ class _Simulation {
       // log behind its snapshot already ran), so this drops exactly the install's commit point.
       inner.wal.reset = () => Promise.resolve();
     }
-    const tickMs = this.#faults.tickMs;
     const overrides: Partial<NodeStorage> = {
       saveSnapshot: async (meta, count, pairs) => {
         if (fault !== "snapshot-live-state") return inner.saveSnapshot(meta, count, pairs);
         // Let the node apply more entries (up to 10 ticks), then write its live data instead.
         for (let i = 0; i < 10 && (n.node?.inspect().applied ?? 0) <= meta.index; i++) {
-          await new Promise<void>((resolve) => clock.schedule(tickMs, resolve));
+          await new Promise<void>((resolve) => clock.schedule(this.#faults.tickMs, resolve));
         }
-        const node = n.node;
-        if (!live() || !node) return;
-        const leaky = [...node.inspect().entries()];
+        if (!live() || !n.node) return;
+        const leaky = [...n.node.inspect().entries()];
         await inner.saveSnapshot(meta, leaky.length, { entries: leaky, sessions: [] });
       },
-      append: async (entries: Entry[]) => {
+      append: async (entries) => {
         const from = entries[0]?.index ?? Infinity;
         n.writingFrom = Math.min(n.writingFrom, from);
         await inner.append(entries);
         if (!live()) return;
         n.writingFrom = Infinity;
-        if (entries.length > 0) {
-          n.durable.length = Math.min(n.durable.length, from);
-          for (const e of entries) n.durable[e.index] = e.term;
-        }
+        if (entries.length > 0) n.durable.length = Math.min(n.durable.length, from);
+        for (const e of entries) n.durable[e.index] = e.term;
         this.#stats.diskWrites++;
       },
-      saveHardState: async (hs: HardState) => {
+      saveHardState: async (hs) => {
         await inner.saveHardState(hs);
         if (!live()) return;
         n.durableHs = { ...hs };
@@ -989,31 +776,25 @@ class _Simulation {
       },
       snapshotTaken: async (meta, compactTo) => {
         await inner.snapshotTaken(meta, compactTo);
-        if (fault === "compact-past-snapshot") {
-          await inner.wal.compact(inner.wal.lastIndex);
-        }
+        if (fault === "compact-past-snapshot") await inner.wal.compact(inner.wal.lastIndex);
         if (!live()) return;
         n.durableSnap = Math.max(n.durableSnap, meta.index);
         this.#stats.snapshotsTaken++;
       },
-      installReceived: (async (...args: Parameters<NodeStorage["installReceived"]>) => {
-        const meta = args[0];
+      installReceived: async (meta) => {
         n.writingFrom = 0;
-        const out = await inner.installReceived(...args);
-        if (!live()) return out;
+        await inner.installReceived(meta);
+        if (!live()) return;
         n.writingFrom = Infinity;
-        n.durable.length = meta.index + 1;
-        for (let i = 1; i <= meta.index; i++) n.durable[i] = -1;
+        n.durable = Array.from({ length: meta.index + 1 }, (_, i) => i === 0 ? 0 : -1);
         n.durableSnap = meta.index;
         this.#stats.snapshotsInstalled++;
-        return out;
-      }) as NodeStorage["installReceived"],
+      },
     };
     return new Proxy(inner, {
-      get(target, prop) {
-        const own = (overrides as Record<string | symbol, unknown>)[prop];
-        if (own !== undefined) return own;
-        const value = Reflect.get(target, prop, target);
+      get: (target, prop) => {
+        const value = (overrides as Record<PropertyKey, unknown>)[prop] ??
+          Reflect.get(target, prop);
         return typeof value === "function" ? value.bind(target) : value;
       },
     });
@@ -1022,19 +803,16 @@ class _Simulation {
   #crash(n: _Node, why: string): void {
     if (!n.node && !n.starting) return;
     n.clock?.kill();
-    n.clock = null;
-    n.node = null;
-    n.starting = false;
+    [n.clock, n.node, n.starting] = [null, null, false];
     n.inc++;
     // A crash while starting (before the recovery check ran) must not forget a write that was
     // in flight at an earlier crash: its bytes may still be in the disk image.
     n.crashWritingFrom = Math.min(n.crashWritingFrom, n.writingFrom);
     n.writingFrom = Infinity;
     this.#stats.crashes++;
-    const f = this.#faults;
-    const keep = this.#rng() < f.tornWriteRate;
-    const entries = keep && this.#rng() < 0.5;
-    n.fs = n.fs.crash(keep ? this.#rng : undefined, { keepUnsyncedEntries: entries });
+    const keep = this.#rng() < this.#faults.tornWriteRate;
+    const keepUnsyncedEntries = keep && this.#rng() < 0.5;
+    n.fs = n.fs.crash(keep ? this.#rng : undefined, { keepUnsyncedEntries });
     const notes = n.fs.crashNotes;
     if (notes.some((t) => t.includes("of the next write"))) this.#stats.tornWrites++;
     this.#note(`CRASH ${n.id} (${why})${notes.length ? `: ${notes.join("; ")}` : ""}`);
@@ -1044,31 +822,27 @@ class _Simulation {
 
   /** Checks one node's state after a step. */
   #check(n: _Node): void {
-    const node = n.node;
-    if (!node) return;
-    const s = node.inspect();
-    if (s.term > this.#stats.maxTerm) this.#stats.maxTerm = s.term;
+    if (!n.node) return;
+    const s = n.node.inspect();
+    this.#stats.maxTerm = Math.max(this.#stats.maxTerm, s.term);
     this.#checkLog(n, s);
     if (s.commit < n.lastCommit) {
       this.#violation(
         "commit-monotonic",
         `${n.id}: commit index went back from ${n.lastCommit} to ${s.commit}`,
       );
-    }
-    if (s.commit > n.lastCommit) {
+    } else if (s.commit > n.lastCommit) {
       this.#learnCommitted(n, s, n.lastCommit + 1, s.commit);
       n.lastCommit = s.commit;
     }
-    if (s.role === "leader") {
-      const prev = this.#leaders.get(s.term);
-      if (prev === undefined) {
-        this.#leaders.set(s.term, n.id);
-        this.#stats.elections++;
-        this.#note(`${n.id} leads term ${s.term}`);
-        this.#checkLeaderCompleteness(n, s);
-      } else if (prev !== n.id) {
-        this.#violation("election-safety", `two leaders in term ${s.term}: ${prev} and ${n.id}`);
-      }
+    const leader = this.#leaders.get(s.term);
+    if (s.role === "leader" && leader === undefined) {
+      this.#leaders.set(s.term, n.id);
+      this.#stats.elections++;
+      this.#note(`${n.id} leads term ${s.term}`);
+      this.#checkLeaderCompleteness(n, s);
+    } else if (s.role === "leader" && leader !== n.id) {
+      this.#violation("election-safety", `two leaders in term ${s.term}: ${leader} and ${n.id}`);
     }
     if (s.applied !== n.lastApplied) {
       n.lastApplied = s.applied;
@@ -1078,24 +852,21 @@ class _Simulation {
 
   /** Every (index, term) holds one entry in every log (log matching, entry by entry). */
   #checkLog(n: _Node, s: NodeInspection): void {
-    const seen = n.seen;
     for (let i = s.lastIndex; i >= s.firstIndex; i--) {
       const e = s.entry(i)!;
-      if (seen[i] === e.term) break;
-      seen[i] = e.term;
-      const key = i * 1_048_576 + e.term;
-      const h = _hash(e);
+      if (n.seen[i] === e.term) break;
+      n.seen[i] = e.term;
+      const [key, h] = [i * 1_048_576 + e.term, _hash(e)];
       const known = this.#entryHash.get(key);
-      if (known === undefined) {
-        this.#entryHash.set(key, h);
-      } else if (known !== h) {
+      if (known === undefined) this.#entryHash.set(key, h);
+      else if (known !== h) {
         this.#violation(
           "log-matching",
           `${n.id} holds an entry at index ${i} term ${e.term} that differs from another node's`,
         );
       }
     }
-    seen.length = s.lastIndex + 1;
+    n.seen.length = s.lastIndex + 1;
   }
 
   /** The node knows entries `from..to` are committed: compare with (or extend) the record. */
@@ -1105,94 +876,75 @@ class _Simulation {
       if (e === undefined) {
         this.#fail("log-matching", `${n.id}: commit ${to} is past its last index ${s.lastIndex}`);
       }
-      const term = this.#committedTerm[i];
-      if (term === undefined) {
-        this.#committedTerm[i] = e.term;
-        this.#committedHash[i] = _hash(e);
-        this.#committedData[i] = e.type === EntryType.Normal ? e.data : null;
-        this.#commitTerm[i] = s.term;
-      } else if (term !== e.term || this.#committedHash[i] !== _hash(e)) {
+      const known = this.#committed[i];
+      const data = e.type === EntryType.Normal ? e.data : null;
+      if (!known) this.#committed[i] = { term: e.term, hash: _hash(e), data, knownIn: s.term };
+      else if (known.term !== e.term || known.hash !== _hash(e)) {
         this.#violation(
           "state-machine-safety",
           `${n.id} holds as committed an entry at index ${i} (term ${e.term}) that differs from ` +
-            `the entry committed there before (term ${term})`,
+            `the entry committed there before (term ${known.term})`,
         );
       }
     }
-    if (to > this.#maxCommit) {
-      this.#maxCommit = to;
-      this.#stats.maxCommit = to;
-      this.#advanceReference();
-      this.#checkDurableMajority(`when ${n.id} learned commit ${to}`, to);
+    if (to <= this.#maxCommit) return;
+    this.#maxCommit = this.#stats.maxCommit = to;
+    // Apply newly known committed entries to the reference state.
+    for (let c; (c = this.#committed[this.#refIndex + 1]); this.#refIndex++) {
+      const i = this.#refIndex + 1;
+      if (c.data) this.#ref.apply(i, decodeCommand(c.data));
+      this.#refStates[i] = this.#state(
+        (k) => this.#ref.data.get(k) ?? null,
+        this.#ref.rememberedIds().length,
+      );
     }
+    this.#checkDurableMajority(`when ${n.id} learned commit ${to}`, to);
   }
 
-  /** Applies newly known committed entries to the reference state. */
-  #advanceReference(): void {
-    while (this.#committedTerm[this.#refIndex + 1] !== undefined) {
-      const i = ++this.#refIndex;
-      const data = this.#committedData[i];
-      if (data) {
-        const cmd = decodeCommand(data);
-        if (cmd.op === "put") this.#ref.set(cmd.key, cmd.value);
-        else if (cmd.op === "delete") this.#ref.delete(cmd.key);
-        else throw new Error(`the reference state does not model ${cmd.op} commands`);
-      }
-      this.#refDigest[i] = _stateDigest(this.#keys, (k) => this.#ref.get(k) ?? null);
-    }
+  /**
+   * Every key's value and revision, and how many idempotent outcomes are remembered, as a string
+   * to compare.
+   */
+  #state(entry: (key: string) => KvEntry | null, remembered: number | null): string {
+    const keys = this.#keys.map((k) => {
+      const e = entry(k);
+      return [k, e === null ? null : [e.value, e.createIndex, e.modIndex, e.version]];
+    });
+    return JSON.stringify({
+      ...Object.fromEntries(keys),
+      ...(remembered === null ? {} : { remembered }),
+    });
   }
 
   /** A node's applied data equals the reference state at its applied index. */
   #checkApplied(n: _Node, s: NodeInspection): void {
     if (s.applied > this.#refIndex || s.applied === 0) return;
-    const want = this.#refDigest[s.applied];
-    if (want === undefined) return;
-    if (_stateDigest(this.#keys, s.value) !== want) {
-      const differ = this.#keys.filter((k) => s.value(k) !== (this.#valueAt(k, s.applied)));
+    const [got, want] = [this.#state(s.kvEntry, s.sessions().length), this.#refStates[s.applied]];
+    if (got !== want) {
       this.#violation(
         "state-machine-safety",
-        `${n.id} applied up to ${s.applied} but holds ${
-          differ.map((k) => `${k}=${JSON.stringify(s.value(k))}`).join(" ")
-        } where the committed log gives ${
-          differ.map((k) => `${k}=${JSON.stringify(this.#valueAt(k, s.applied))}`).join(" ")
-        }`,
+        `${n.id} applied up to ${s.applied} but holds ${got} where the committed log gives ${want}`,
       );
     }
-  }
-
-  /** The value of `key` after applying the committed log up to `index`. */
-  #valueAt(key: string, index: number): string | null {
-    for (let i = index; i > 0; i--) {
-      const data = this.#committedData[i];
-      if (!data) continue;
-      const cmd = decodeCommand(data);
-      if ((cmd.op === "put" || cmd.op === "delete") && cmd.key === key) {
-        return cmd.op === "put" ? cmd.value : null;
-      }
-    }
-    return null;
   }
 
   #checkLeaderCompleteness(n: _Node, s: NodeInspection): void {
     let i = this.#maxCommit;
-    while (i > 0 && (this.#commitTerm[i] ?? 0) >= s.term) i--;
-    if (i === 0 || i < s.firstIndex) return;
-    const e = s.entry(i);
-    const want = this.#committedTerm[i];
-    if (want !== undefined && e?.term !== want) {
-      this.#violation(
-        "leader-completeness",
-        `${n.id} became leader of term ${s.term} without the entry committed at index ${i} ` +
-          `(its log ends at ${s.lastIndex})`,
-      );
-    }
+    while (i > 0 && (this.#committed[i]?.knownIn ?? 0) >= s.term) i--;
+    const want = this.#committed[i]?.term;
+    if (i === 0 || i < s.firstIndex || want === undefined || s.entry(i)?.term === want) return;
+    this.#violation(
+      "leader-completeness",
+      `${n.id} became leader of term ${s.term} without the entry committed at index ${i} ` +
+        `(its log ends at ${s.lastIndex})`,
+    );
   }
 
   #checkDurableMajority(when: string, c: number): void {
-    const want = this.#committedTerm[c];
+    const want = this.#committed[c]?.term;
     if (want === undefined) return;
     const holders = this.#nodes.filter((n) => n.durableSnap >= c || n.durable[c] === want);
-    if (holders.length < this.#quorum) {
+    if (holders.length < Math.floor(this.#nodes.length / 2) + 1) {
       this.#violation(
         "durable-majority",
         `${when}: committed entry ${c} is durable on ${holders.length} node(s) ` +
@@ -1203,321 +955,281 @@ class _Simulation {
 
   // ---- clients --------------------------------------------------------------------------------
 
-  #clientStart(c: _Client): void {
-    if (this.#phase !== "run") {
-      this.#maybeStartFinalReads();
-      return;
-    }
-    this.#later(this.#random(0, 30), () => this.#clientIssue(c));
+  #sleep(ms: number): Promise<null> {
+    return new Promise((resolve) => this.#later(ms, () => resolve(null)));
   }
 
-  #clientIssue(c: _Client): void {
-    if (this.#phase !== "run") {
-      this.#maybeStartFinalReads();
-      return;
+  /**
+   * A client: one operation at a time on a random key until the heal: puts (half of them with an
+   * idempotency key), deletes, reads of one key or of every key (a range), and compare-and-sets
+   * (on the mod_index last seen, or as a transaction comparing the value, always with an
+   * idempotency key).
+   */
+  async #client(c: _Client): Promise<void> {
+    c.seen = new Map();
+    for (let seq = 1; this.#phase === "run"; seq++) {
+      await this.#sleep(this.#random(0, 30));
+      if (this.#phase !== "run") break;
+      const r = this.#rng();
+      const key = this.#pick(this.#keys);
+      const value = `c${c.id}-${seq}`;
+      let op: _ClientOp;
+      if (r < 0.3) {
+        op = this.#newOp(c, { kind: "put", key, value, lease: false });
+        if (this.#rng() < 0.5) op.idem = value;
+      } else if (r < 0.42) {
+        op = this.#newOp(c, { kind: "delete", key, value: null, lease: false });
+      } else if (r < 0.6) {
+        const known = c.seen.get(key) ?? { modIndex: 0, value: null };
+        op = this.#newOp(c, { kind: "cas", key, value, lease: false });
+        op.expect = known.value;
+        op.casForm = this.#rng() < 0.7 ? { modIndex: known.modIndex } : { txn: true };
+        op.idem = value;
+      } else {
+        const lease = this.#rng() < (this.#opts.leaseReads ?? 0);
+        op = this.#newOp(c, { kind: "get", key, value: null, lease });
+        op.range = this.#rng() < 0.2;
+      }
+      await this.#perform(op, this.#opts.opTimeoutMs ?? 3000);
     }
-    const r = this.#rng();
-    const kind = r < 0.45 ? "put" : r < 0.6 ? "delete" : "get";
-    const key = this.#pick(this.#keys);
-    const value = kind === "put" ? `c${c.id}-${++c.seq}` : null;
-    const op: _ClientOp = {
-      client: c,
-      kind,
-      lease: kind === "get" && this.#rng() < (this.#opts.leaseReads ?? 0),
-      key,
-      value,
-      call: this.#clock.now(),
-      attempt: 0,
-      done: false,
-      abort: new AbortController(),
-    };
-    c.op = op;
-    this.#later(this.#opTimeoutMs, () => this.#onTimeout(op));
-    this.#attempt(op);
+    if (--this.#active === 0) this.#finalReads();
   }
 
-  #attempt(op: _ClientOp): void {
+  #newOp(client: _Client, op: Pick<_ClientOp, "kind" | "key" | "value" | "lease">): _ClientOp {
+    return { ...op, client, call: this.#clock.now(), abort: new AbortController() };
+  }
+
+  /**
+   * Sends `op` to nodes (following leader hints, retrying where it was refused, and, for a write
+   * with an idempotency key, where its outcome is unknown) until it ends or times out, and records
+   * its outcome.
+   */
+  async #perform(op: _ClientOp, timeoutMs: number): Promise<void> {
     const c = op.client;
-    const attempt = ++op.attempt;
-    const useHint = c.hint >= 0 && this.#rng() < 0.7;
-    const target = this.#nodes[useHint ? c.hint : Math.floor(this.#rng() * this.#nodes.length)]!;
-    this.#later(this.#random(0.1, 2), () => {
-      const clock = target.clock;
-      if (!target.node || !clock) return this.#respond(op, attempt, { kind: "refused" }, target);
-      // The request reaches the node's process: it runs when the process runs.
-      clock.run(() => this.#arrive(target, op, attempt));
-    });
-    if (c.final) {
-      // Final reads retry on silence: a read has no effect, so retrying is always safe.
-      this.#later(1000, () => {
-        if (!op.done && op.attempt === attempt) this.#attempt(op);
-      });
-    }
-  }
-
-  #arrive(n: _Node, op: _ClientOp, attempt: number): void {
-    if (op.done || op.attempt !== attempt) return;
-    const node = n.node;
-    if (!node) return this.#respond(op, attempt, { kind: "refused" }, n);
-    const signal = op.abort.signal;
-    const call: Promise<_Outcome> = op.kind === "put"
-      ? node.put(op.key, op.value!, signal).then((r) => ({ kind: "ok", index: r.index }))
-      : op.kind === "delete"
-      ? node.delete(op.key, signal).then((r) => ({ kind: "ok", index: r.index }))
-      : node.get(op.key, op.lease ? "lease" : "linearizable", signal).then((value) => ({
-        kind: "value",
-        value,
-      }));
-    call.then(
-      (outcome) => this.#respond(op, attempt, outcome, n),
-      (e) => this.#respond(op, attempt, _outcomeOf(e), n),
-    ).catch((e) => this.#caught(e, `answering a client on ${n.id}`));
-  }
-
-  #respond(op: _ClientOp, attempt: number, outcome: _Outcome, n: _Node): void {
-    if (op.done || op.attempt !== attempt) return;
-    this.#later(this.#random(0.1, 2), () => this.#onResponse(op, attempt, outcome, n));
-  }
-
-  #onResponse(op: _ClientOp, attempt: number, outcome: _Outcome, n: _Node): void {
-    if (op.done || op.attempt !== attempt) return;
-    const c = op.client;
-    const what = `c${c.id} ${op.lease ? "lease-" : ""}${op.kind}(${op.key}${
-      op.value ? `=${op.value}` : ""
-    }) <- ${n.id}: ${outcome.kind}`;
-    switch (outcome.kind) {
-      case "ok":
-        this.#stats.writesOk++;
-        this.#acked.set(`${op.key}=${op.value ?? `delete by c${c.id}`}`, {
-          node: n.id,
-          index: outcome.index,
-        });
-        this.#note(`${what} @${outcome.index}`);
-        this.#history.push(this.#operation(op, this.#clock.now()));
-        this.#finish(op);
-        return;
-      case "value":
-        this.#stats.readsOk++;
-        if (op.lease) this.#stats.leaseReadsOk++;
-        this.#note(`${what} ${JSON.stringify(outcome.value)}`);
-        this.#history.push({ ...this.#operation(op, this.#clock.now()), value: outcome.value });
-        this.#finish(op);
-        return;
-      case "notApplied":
-        this.#stats.writesFailed++;
-        this.#finish(op);
-        return;
-      case "unknown":
-        if (op.kind === "get") {
-          this.#stats.readsDropped++;
-        } else {
-          this.#stats.writesUnknown++;
-          this.#history.push(this.#operation(op, null));
-        }
-        this.#finish(op);
-        return;
-      case "notLeader":
-        c.hint = this.#nodes.findIndex((x) => x.id === outcome.leader);
-        this.#retry(op);
-        return;
-      case "refused":
+    const deadline = this.#clock.now() + timeoutMs;
+    let [outcome, n]: [_Outcome | null, _Node | null] = [null, null];
+    let unknownBefore = false;
+    while (!outcome && this.#clock.now() < deadline) {
+      const useHint = c.hint >= 0 && this.#rng() < 0.7;
+      n = this.#nodes[useHint ? c.hint : Math.floor(this.#rng() * this.#nodes.length)]!;
+      // A final read retries on silence: a read has no effect, so retrying is always safe. So
+      // does a write with an idempotency key: a repeat is answered, not applied again.
+      const left = deadline - this.#clock.now();
+      const wait = c.final ? 1000 : op.idem ? Math.min(600, left) : left;
+      outcome = await Promise.race([this.#request(n, op), this.#sleep(wait)]);
+      if (outcome?.kind === "notLeader" || outcome?.kind === "refused") {
+        const leader = outcome.kind === "notLeader" ? outcome.leader : "";
+        c.hint = this.#nodes.findIndex((x) => x.id === leader);
+        outcome = null;
+        await this.#sleep(Math.min(this.#random(5, 50), deadline - this.#clock.now()));
+      } else if (op.idem && (outcome === null || outcome.kind === "unknown")) {
+        if (this.#clock.now() >= deadline) break;
+        unknownBefore = true;
+        this.#stats.idempotentRetries++;
+        this.#note(`c${c.id} ${op.kind}(${op.key}=${op.value}) unknown at ${n.id}: sent again`);
+        outcome = null;
         c.hint = -1;
-        this.#retry(op);
-        return;
+        await this.#sleep(Math.min(this.#random(5, 50), deadline - this.#clock.now()));
+      }
     }
-  }
-
-  #retry(op: _ClientOp): void {
-    const attempt = op.attempt;
-    this.#later(this.#random(5, 50), () => {
-      if (!op.done && op.attempt === attempt) this.#attempt(op);
-    });
-  }
-
-  #onTimeout(op: _ClientOp): void {
-    if (op.done) return;
-    if (op.kind === "get") {
-      this.#stats.readsDropped++;
-    } else {
-      // It may have been proposed by a node that then crashed or lost its leadership.
-      this.#stats.writesUnknown++;
-      this.#history.push(this.#operation(op, null));
-    }
-    op.client.hint = -1;
-    this.#finish(op);
-  }
-
-  #operation(op: _ClientOp, ret: number | null): Operation {
-    return {
-      client: op.client.id,
-      kind: op.kind,
-      key: op.key,
-      value: op.value,
-      call: op.call,
-      return: ret,
-    };
-  }
-
-  #finish(op: _ClientOp): void {
-    op.done = true;
     op.abort.abort();
-    const c = op.client;
-    c.op = null;
-    if (c.final) {
-      if (--this.#finalPending === 0) this.#startConvergence();
-      return;
+    // Refused for sure after an attempt of unknown outcome: that one may still apply.
+    if (unknownBefore && outcome?.kind === "notApplied") outcome = { kind: "unknown" };
+    const what = `c${c.id} ${op.lease ? "lease-" : ""}${
+      op.range ? "range-" : ""
+    }${op.kind}(${op.key}${op.value ? `=${op.value}` : ""}) <- ${n?.id}: ${
+      outcome?.kind ?? "timeout"
+    }`;
+    const ret = this.#clock.now();
+    const seen = c.seen ?? new Map();
+    if (op.idem && (outcome?.kind === "ok" || outcome?.kind === "casFailed")) {
+      const answers = this.#idemAnswers.get(op.idem) ?? new Set();
+      answers.add(outcome.index);
+      this.#idemAnswers.set(op.idem, answers);
+      if (outcome.replayed) this.#stats.idempotentReplays++;
+    } else if (op.idem) {
+      this.#idemAnswers.set(op.idem, this.#idemAnswers.get(op.idem) ?? new Set());
     }
-    this.#clientStart(c);
+    if (outcome?.kind === "ok") {
+      this.#stats.writesOk++;
+      if (op.kind === "cas") this.#stats.casOk++;
+      this.#acked.set(
+        `${op.key}=${op.value ?? `delete by c${c.id}`}`,
+        `${n?.id} at ${outcome.index}`,
+      );
+      this.#note(`${what} @${outcome.index}${outcome.replayed ? " (replayed)" : ""}`);
+      this.#history.push(_operation(op, ret));
+      seen.set(op.key, {
+        modIndex: op.kind === "delete" ? 0 : outcome.modIndex,
+        value: op.kind === "delete" ? null : op.value,
+      });
+    } else if (outcome?.kind === "casFailed") {
+      // The condition did not hold: nothing changed; it read the key's current value.
+      this.#stats.casFailed++;
+      const found = outcome.current;
+      this.#note(`${what} @${outcome.index} found ${JSON.stringify(found?.value ?? null)}`);
+      this.#history.push({ ..._operation(op, ret), kind: "get", value: found?.value ?? null });
+      seen.set(op.key, { modIndex: found?.modIndex ?? 0, value: found?.value ?? null });
+    } else if (outcome?.kind === "value") {
+      this.#stats.readsOk++;
+      if (op.lease) this.#stats.leaseReadsOk++;
+      this.#note(`${what} ${JSON.stringify(outcome.value)}`);
+      this.#history.push({ ..._operation(op, ret), value: outcome.value });
+      seen.set(op.key, { modIndex: outcome.entry?.modIndex ?? 0, value: outcome.value });
+    } else if (outcome?.kind === "range") {
+      this.#stats.readsOk++;
+      this.#stats.rangeReadsOk++;
+      if (op.lease) this.#stats.leaseReadsOk++;
+      const found = new Map(outcome.entries.map((e) => [e.key, e]));
+      this.#note(`${what} @${outcome.index} ${outcome.entries.map((e) => e.value).join(",")}`);
+      for (const key of this.#keys) {
+        const e = found.get(key) ?? null;
+        this.#history.push({ ..._operation(op, ret), key, value: e?.value ?? null });
+        seen.set(key, { modIndex: e?.modIndex ?? 0, value: e?.value ?? null });
+      }
+      this.#rangeReads.push({
+        index: outcome.index,
+        state: this.#state((k) => found.get(k) ?? null, null),
+        what: `${what} at index ${outcome.index}`,
+      });
+    } else if (outcome?.kind === "notApplied") {
+      this.#stats.writesFailed++;
+    } else if (op.kind === "get") { // unknown outcome or timed out: a read is dropped
+      this.#stats.readsDropped++;
+    } else { // a write may have been proposed by a node that then crashed or lost its leadership
+      this.#stats.writesUnknown++;
+      this.#history.push(_operation(op, null));
+      seen.delete(op.key);
+    }
+    if (!outcome) c.hint = -1;
+  }
+
+  /** Sends `op` to node `n` and resolves with the answer (or never, if it is lost on the way). */
+  async #request(n: _Node, op: _ClientOp): Promise<_Outcome> {
+    await this.#sleep(this.#random(0.1, 2));
+    const outcome = await new Promise<_Outcome>((resolve) => {
+      const refused = () => resolve({ kind: "refused" });
+      // The request reaches the node's process: it runs when the process runs.
+      if (!n.node || !n.clock) return refused();
+      n.clock.run(() => {
+        const node = n.node;
+        if (op.abort.signal.aborted) return;
+        if (!node) return refused();
+        const signal = op.abort.signal;
+        const consistency = op.lease ? "lease" : "linearizable";
+        let call: Promise<_Outcome>;
+        if (op.kind === "get" && op.range) {
+          call = node.range(
+            { range: { prefix: "" }, limit: 1000, maxChars: 1 << 20 },
+            consistency,
+            signal,
+          )
+            .then((r) => ({ kind: "range", entries: r.entries, index: r.index }));
+        } else if (op.kind === "get") {
+          call = node.read(op.key, consistency, signal)
+            .then((r) => ({ kind: "value", value: r.entry?.value ?? null, entry: r.entry }));
+        } else {
+          call = node.write(_command(op), signal, op.idem ?? null).then((r) =>
+            _writeOutcome(op, r)
+          );
+        }
+        call.then(resolve, (e) => resolve(_outcomeOf(e)));
+      });
+    });
+    await this.#sleep(this.#random(0.1, 2));
+    return outcome;
   }
 
   // ---- faults ---------------------------------------------------------------------------------
 
-  #scheduleFaults(): void {
-    const f = this.#faults;
-    if (f.partitionEveryMs > 0) this.#every(f.partitionEveryMs, () => this.#partition());
-    if (f.crashEveryMs > 0) this.#every(f.crashEveryMs, () => this.#crashSome());
-    if (f.pauseEveryMs > 0) this.#every(f.pauseEveryMs, () => this.#pause());
-  }
-
-  /** Runs `fn` at random intervals averaging `meanMs` until the final heal. */
+  /** Runs `fn` at random intervals averaging `meanMs` (0: never) until the final heal. */
   #every(meanMs: number, fn: () => void): void {
-    const next = () => {
-      this.#later(this.#random(0.2, 1.8) * meanMs, () => {
-        if (this.#phase !== "run") return;
-        fn();
-        next();
-      });
-    };
-    next();
+    if (meanMs <= 0) return;
+    this.#later(this.#random(0.2, 1.8) * meanMs, () => {
+      if (this.#phase !== "run") return;
+      fn();
+      this.#every(meanMs, fn);
+    });
   }
 
+  /** The node that leads the highest term, if any. */
   #leader(): _Node | null {
-    let best: _Node | null = null;
-    let term = -1;
-    for (const n of this.#nodes) {
-      const s = n.node?.inspect();
-      if (s?.role === "leader" && s.term > term) [best, term] = [n, s.term];
-    }
-    return best;
+    const leaders = this.#nodes.filter((n) => n.node?.inspect().role === "leader");
+    return leaders.sort((a, b) => b.node!.inspect().term - a.node!.inspect().term)[0] ?? null;
   }
 
   #partition(): void {
     const net = this.#network;
-    if (net.partitioned) return; // one partition at a time
+    if (net.cut) return; // one partition at a time
     const all = this.#nodes.map((n) => n.id);
     const target = this.#leader()?.id ?? this.#pick(all);
-    const kind = this.#pick([
-      "split",
-      "split",
-      "one-way",
-      "isolate-leader",
-      "leader-cannot-send",
-      "leader-cannot-hear",
-      "bridge",
-    ]);
-    let text = "";
-    switch (kind) {
-      case "split": {
-        const shuffled = _shuffle(all, this.#rng);
-        const size = 1 + Math.floor(this.#rng() * Math.floor(all.length / 2));
-        const side = shuffled.slice(0, size);
-        for (const a of side) {
-          for (const b of all) {
-            if (!side.includes(b)) {
-              net.block(a, b);
-              net.block(b, a);
-            }
-          }
-        }
-        text = `split {${side}} | rest`;
-        break;
+    const kinds = "split split one-way isolate-leader leader-cannot-send leader-cannot-hear bridge";
+    const kind = this.#pick(kinds.split(" "));
+    const links = new Set<string>();
+    const cut = (a: NodeId, b: NodeId, both = true) => {
+      links.add(`${a}>${b}`);
+      if (both) links.add(`${b}>${a}`);
+    };
+    let text = `${kind} ${target}`;
+    if (kind === "split") {
+      const side = _shuffle(all, this.#rng)
+        .slice(0, 1 + Math.floor(this.#rng() * Math.floor(all.length / 2)));
+      for (const a of side) for (const b of all.filter((x) => !side.includes(x))) cut(a, b);
+      text = `split {${side}} | rest`;
+    } else if (kind === "bridge") {
+      const [bridge, ...rest] = _shuffle(all, this.#rng);
+      const [left, right] = [rest.slice(0, rest.length / 2), rest.slice(rest.length / 2)];
+      for (const a of left) for (const b of right) cut(a, b);
+      text = `bridge ${bridge} between {${left}} and {${right}}`;
+    } else if (kind === "one-way") {
+      for (let i = 0, pairs = 1 + Math.floor(this.#rng() * all.length); i < pairs; i++) {
+        const a = this.#pick(all);
+        cut(a, this.#pick(all.filter((x) => x !== a)), false);
       }
-      case "one-way": {
-        const pairs = 1 + Math.floor(this.#rng() * all.length);
-        const links: string[] = [];
-        for (let i = 0; i < pairs; i++) {
-          const a = this.#pick(all);
-          const b = this.#pick(all.filter((x) => x !== a));
-          net.block(a, b);
-          links.push(`${a}-/->${b}`);
-        }
-        text = `one-way ${links.join(" ")}`;
-        break;
-      }
-      case "isolate-leader":
-      case "leader-cannot-send":
-      case "leader-cannot-hear":
-        for (const b of all) {
-          if (b === target) continue;
-          if (kind !== "leader-cannot-hear") net.block(target, b);
-          if (kind !== "leader-cannot-send") net.block(b, target);
-        }
-        text = `${kind} ${target}`;
-        break;
-      case "bridge": {
-        const shuffled = _shuffle(all, this.#rng);
-        const rest = shuffled.slice(1);
-        const left = rest.slice(0, rest.length / 2);
-        const right = rest.slice(rest.length / 2);
-        for (const a of left) {
-          for (const b of right) {
-            net.block(a, b);
-            net.block(b, a);
-          }
-        }
-        text = `bridge ${shuffled[0]} between {${left}} and {${right}}`;
-        break;
+      text = `one-way ${[...links].join(" ")}`;
+    } else {
+      for (const b of all.filter((x) => x !== target)) {
+        if (kind !== "leader-cannot-hear") cut(target, b, false);
+        if (kind !== "leader-cannot-send") cut(b, target, false);
       }
     }
+    net.cut = (a, b) => links.has(`${a}>${b}`);
     this.#stats.partitions++;
     const id = ++this.#partitionId;
     const duration = this.#random(100, Math.max(200, this.#faults.maxPartitionMs));
     this.#note(`PARTITION ${text} for ${duration.toFixed(0)} ms`);
     this.#later(duration, () => {
-      if (this.#partitionId === id) net.heal();
+      if (this.#partitionId === id) net.cut = null;
     });
   }
 
   #crashSome(): void {
     const up = this.#nodes.filter((n) => n.node || n.starting);
     if (up.length === 0) return;
-    if (this.#rng() < this.#faults.powerFailureRate) {
-      this.#stats.powerFailures++;
-      for (const n of up) {
-        this.#crash(n, "power failure");
-        this.#restartLater(n);
-      }
-      return;
+    const power = this.#rng() < this.#faults.powerFailureRate;
+    const leader = power ? null : this.#leader();
+    const victims = power ? up : [leader && this.#rng() < 0.4 ? leader : this.#pick(up)];
+    if (power) this.#stats.powerFailures++;
+    for (const n of victims) {
+      this.#crash(n, power ? "power failure" : "crash");
+      const inc = n.inc;
+      this.#later(this.#random(20, Math.max(50, this.#faults.maxDowntimeMs)), () => {
+        if (n.inc === inc) this.#restart(n);
+      });
     }
-    const leader = this.#leader();
-    const n = leader && this.#rng() < 0.4 ? leader : this.#pick(up);
-    this.#crash(n, "crash");
-    this.#restartLater(n);
-  }
-
-  #restartLater(n: _Node): void {
-    const inc = n.inc;
-    const downFor = this.#random(20, Math.max(50, this.#faults.maxDowntimeMs));
-    this.#later(downFor, () => {
-      if (n.inc === inc) this.#restart(n);
-    });
   }
 
   #pause(): void {
-    const up = this.#nodes.filter((n) => n.node && n.clock && !n.clock.paused);
+    const up = this.#nodes.filter((n) => n.node && !n.clock!.paused);
     if (up.length === 0) return;
     const leader = this.#leader();
     const n = leader && !leader.clock!.paused && this.#rng() < 0.5 ? leader : this.#pick(up);
     const clock = n.clock!;
-    const until = this.#clock.now() + this.#random(50, Math.max(100, this.#faults.maxPauseMs));
-    clock.pause();
-    n.pausedUntil = until;
+    const ms = this.#random(50, Math.max(100, this.#faults.maxPauseMs));
+    clock.paused = true;
     this.#stats.pauses++;
-    this.#note(`PAUSE ${n.id} until ${until.toFixed(0)}`);
-    this.#later(until - this.#clock.now(), () => {
-      n.pausedUntil = 0;
-      clock.resume();
-    });
+    this.#note(`PAUSE ${n.id} until ${(this.#clock.now() + ms).toFixed(0)}`);
+    this.#later(ms, () => clock.resume());
   }
 
   // ---- the end: heal, liveness, convergence, linearizability ----------------------------------
@@ -1525,45 +1237,36 @@ class _Simulation {
   #finalHeal(): void {
     this.#phase = "drain";
     this.#partitionId++;
-    this.#network.heal();
+    this.#network.cut = null;
     this.#note("FINAL HEAL: partitions healed, paused nodes resume, crashed nodes restart");
     for (const n of this.#nodes) {
-      n.pausedUntil = 0;
       n.clock?.resume();
       this.#restart(n);
     }
-    this.#maybeStartFinalReads();
+    if (--this.#active === 0) this.#finalReads();
   }
 
-  #maybeStartFinalReads(): void {
-    if (this.#phase !== "drain") return;
-    if (this.#clients.some((c) => c.op !== null)) return;
+  /** Once every client stopped: a read of every key, which must complete in time (liveness). */
+  #finalReads(): void {
     this.#phase = "final";
     this.#note("FINAL READS of every key");
-    this.#finalPending = this.#keys.length;
-    this.#keys.forEach((key, i) => {
-      const c: _Client = { id: 1000 + i, op: null, hint: -1, seq: 0, final: true };
-      this.#clients.push(c);
-      const op: _ClientOp = {
-        client: c,
+    const reads = this.#keys.map((key, i) =>
+      this.#newOp({ id: 1000 + i, hint: -1, final: true }, {
         kind: "get",
-        lease: false,
         key,
         value: null,
-        call: this.#clock.now(),
-        attempt: 0,
-        done: false,
-        abort: new AbortController(),
-      };
-      c.op = op;
-      this.#attempt(op);
-    });
-    this.#later(this.#livenessMs, () => {
+        lease: false,
+      })
+    );
+    Promise.all(reads.map((op) => this.#perform(op, Infinity))).then(() => this.#startConvergence())
+      .catch((e) => this.#caught(e, " in the final reads"));
+    const livenessMs = this.#opts.livenessMs ?? 20_000;
+    this.#later(livenessMs, () => {
       if (this.#phase !== "final") return;
-      const missing = this.#clients.filter((c) => c.final && c.op).map((c) => c.op!.key);
+      const missing = reads.filter((op) => !op.abort.signal.aborted).map((op) => op.key);
       this.#fail(
         "liveness",
-        `the final reads of ${missing.join(", ")} did not complete within ${this.#livenessMs} ms ` +
+        `the final reads of ${missing.join(", ")} did not complete within ${livenessMs} ms ` +
           `after every fault healed (leader: ${this.#leader()?.id ?? "none"})`,
       );
     });
@@ -1574,92 +1277,170 @@ class _Simulation {
     const deadline = this.#clock.now() + 10_000;
     const poll = () => {
       const c = this.#maxCommit;
-      const lagging = this.#nodes.filter((n) => !n.node || n.node.inspect().applied !== c);
-      if (lagging.length === 0) {
-        const ref = this.#nodes[0]!.node!.inspect();
-        for (const n of this.#nodes) {
-          const s = n.node!.inspect();
-          const differ = this.#keys.filter((k) => s.value(k) !== ref.value(k));
-          if (differ.length > 0) {
-            this.#fail(
-              "convergence",
-              `${n.id} and ${
-                this.#nodes[0]!.id
-              } applied up to ${c} but hold different values of ${differ}`,
-            );
-          }
+      const lagging = this.#nodes.filter((n) => n.node?.inspect().applied !== c);
+      if (lagging.length > 0) {
+        if (this.#clock.now() >= deadline) {
+          const ids = lagging.map((n) => n.id).join(", ");
+          this.#fail("convergence", `${ids} did not apply up to commit ${c} within 10 s`);
         }
-        this.#note(`CONVERGED at commit ${c}`);
-        this.#phase = "done";
-        return;
+        return this.#later(50, poll);
       }
-      if (this.#clock.now() >= deadline) {
-        this.#fail(
-          "convergence",
-          `${lagging.map((n) => n.id).join(", ")} did not apply up to commit ${c} within 10 s`,
-        );
+      const states = this.#nodes.map((n) => {
+        const s = n.node!.inspect();
+        return this.#state(s.kvEntry, s.sessions().length);
+      });
+      if (states.some((state) => state !== states[0])) {
+        const all = this.#nodes.map((n, i) => `${n.id} ${states[i]}`).join(", ");
+        this.#fail("convergence", `every node applied up to ${c}, holding different data: ${all}`);
       }
-      this.#later(50, poll);
+      this.#note(`CONVERGED at commit ${c}`);
+      this.#phase = "done";
     };
     poll();
   }
 
+  /** Every range read held the committed state at the index it reported. */
+  #checkRanges(): void {
+    for (const r of this.#rangeReads) {
+      const ref = this.#refStates[r.index];
+      if (ref === undefined) continue; // beyond what the reference learned (never in practice)
+      const want = JSON.parse(ref) as Record<string, unknown>;
+      delete want.remembered;
+      if (JSON.stringify(want) !== r.state) {
+        this.#violation(
+          "range-snapshot",
+          `${r.what} returned ${r.state}, but the committed log gives ${JSON.stringify(want)}`,
+        );
+      }
+    }
+  }
+
+  /**
+   * Every write sent with an idempotency key: its definite answers (from any attempt) named one
+   * index, and the committed log applied it at most once (the reference model, which the nodes'
+   * states were checked against at every step, counts the applications).
+   */
+  #checkAtMostOnce(): void {
+    for (const [id, answers] of this.#idemAnswers) {
+      if (answers.size > 1) {
+        this.#violation(
+          "at-most-once",
+          `the write with idempotency key ${id} was answered with different indexes: ${
+            [
+              ...answers,
+            ].join(", ")
+          }`,
+        );
+      }
+      const applied = this.#ref.appliedById.get(id) ?? 0;
+      if (applied > 1) {
+        this.#violation(
+          "at-most-once",
+          `the write with idempotency key ${id} applied ${applied} times`,
+        );
+      }
+    }
+  }
+
   #checkHistory(): void {
+    this.#checkRanges();
+    this.#checkAtMostOnce();
     this.#stats.historyOps = this.#history.length;
     for (const op of this.#history) this.#mix(Math.floor((op.return ?? -1) * 1000));
     const result = checkLinearizability(this.#history, {
       timeoutMs: this.#opts.linearizabilityTimeoutMs ?? 20_000,
     });
-    if (result.ok === "unknown") {
-      this.#stats.linearizability = "unknown";
-      return;
-    }
-    if (result.ok) return;
-    const acked = [...this.#acked.entries()]
-      .filter(([k]) => k.startsWith(`${result.key}=`))
-      .slice(-10)
-      .map(([k, v]) => `  ${k} acknowledged by ${v.node} at index ${v.index}`);
+    if (result.ok === "unknown") this.#stats.linearizability = "unknown";
+    if (result.ok !== false) return;
+    const acked = [...this.#acked].filter(([k]) => k.startsWith(`${result.key}=`)).slice(-10)
+      .map(([k, v]) => `  ${k} acknowledged by ${v}`);
+    const finals = this.#nodes.map((n) =>
+      `${n.id}=${JSON.stringify(n.node?.inspect().value(result.key))}`
+    );
     this.#violation(
       "linearizability",
-      `the client history of key ${
-        JSON.stringify(result.key)
-      } is not linearizable:\n${result.reason}\n` +
-        `last acknowledged writes of that key:\n${acked.join("\n")}\nfinal values: ${
-          this.#nodes.map((n) => `${n.id}=${JSON.stringify(n.node?.inspect().value(result.key))}`)
-            .join(" ")
-        }\nfull history of the key:\n${describeHistory(result.operations, { maxLines: 60 })}`,
+      `the client history of key ${JSON.stringify(result.key)} is not linearizable:\n` +
+        `${result.reason}\nlast acknowledged writes of that key:\n${acked.join("\n")}\n` +
+        `final values: ${finals.join(" ")}\nfull history of the key:\n${
+          describeHistory(result.operations, { maxLines: 60 })
+        }`,
     );
   }
 }
 
-// ---- helpers ----------------------------------------------------------------------------------
+/** The command a client write sends. */
+function _command(op: _ClientOp): PlainCommand {
+  if (op.kind === "delete") return { op: "delete", key: op.key };
+  if (op.kind === "put") return { op: "put", key: op.key, value: op.value! };
+  const form = op.casForm!;
+  if ("modIndex" in form) return { op: "put", key: op.key, value: op.value!, cas: form.modIndex };
+  const expect = op.expect ?? null;
+  return {
+    op: "txn",
+    compare: [
+      expect === null
+        ? { key: op.key, target: "exists", op: "=", value: false }
+        : { key: op.key, target: "value", op: "=", value: expect },
+    ],
+    success: [{ op: "put", key: op.key, value: op.value! }],
+    failure: [{ op: "get", key: op.key }],
+  };
+}
+
+/** What a client learns from a write's result. */
+function _writeOutcome(op: _ClientOp, r: KvResult): _Outcome {
+  const replayed = r.replayed === true;
+  switch (r.op) {
+    case "put":
+      return { kind: "ok", index: r.index, modIndex: r.modIndex, replayed };
+    case "delete":
+      return { kind: "ok", index: r.index, modIndex: 0, replayed };
+    case "cas_failed":
+      return { kind: "casFailed", index: r.index, current: r.current, replayed };
+    case "txn": {
+      if (r.succeeded) {
+        const put = r.results[0];
+        return {
+          kind: "ok",
+          index: r.index,
+          modIndex: put?.op === "put" ? put.modIndex : 0,
+          replayed,
+        };
+      }
+      const get = r.results[0];
+      return {
+        kind: "casFailed",
+        index: r.index,
+        current: get?.op === "get" ? get.entry : null,
+        replayed,
+      };
+    }
+    default:
+      throw new Error(`unexpected result ${r.op} for ${op.kind}(${op.key})`);
+  }
+}
 
 /** What a client learns from a node's error. */
 function _outcomeOf(e: unknown): _Outcome {
   if (e instanceof NotLeaderError) return { kind: "notLeader", leader: e.leader };
   if (e instanceof NotAppliedError) return { kind: "notApplied" };
   if (e instanceof NoSpaceError || e instanceof StoppingError) return { kind: "refused" };
-  if (e instanceof OutcomeUnknownError) return { kind: "unknown" };
-  // An aborted read (the client gave up), or anything else: the outcome is unknown.
-  return { kind: "unknown" };
+  return { kind: "unknown" }; // OutcomeUnknownError, an aborted read, anything else
 }
+
+function _operation(op: _ClientOp, ret: number | null): Operation {
+  const { client, kind, key, value, call } = op;
+  const base = { client: client.id, kind, key, value, call, return: ret };
+  return kind === "cas" ? { ...base, expect: op.expect ?? null } : base;
+}
+
+/** The shared clock's origin as wall time (a leader stamps idempotent writes with it). */
+const _WALL_CLOCK_ORIGIN = 1_700_000_000_000;
 
 /** A hash of an entry's type and data. */
 function _hash(e: Entry): number {
   let h = Math.imul(0x811c9dc5 ^ e.type, 0x01000193);
   for (let i = 0; i < e.data.length; i++) h = Math.imul(h ^ e.data[i]!, 0x01000193);
-  return h >>> 0;
-}
-
-/** A hash of the values of `keys`. */
-function _stateDigest(keys: readonly string[], value: (key: string) => string | null): number {
-  let h = 0x811c9dc5;
-  for (const k of keys) {
-    const v = value(k);
-    const text = v === null ? "\u0000" : v;
-    for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-    h = Math.imul(h ^ 0xff, 0x01000193);
-  }
   return h >>> 0;
 }
 

@@ -1,61 +1,32 @@
 /**
  * A worker for `scripts/soak.ts --jobs N`: runs the seeds it is sent, one at a time, and posts
- * back one summary per seed.
+ * back one summary per seed (the script runs {@linkcode runSoakSeed} itself with one job).
  *
  * @module
  */
 
 import { runSimulation, SimulationFailure, type SimulationOptions } from "./simulator.ts";
 
-/** A request: run these options. */
-export interface SoakRequest {
-  /** The options of the run. */
-  options: SimulationOptions;
-}
-
-/** The answer for one seed. */
+/** The summary of one seed. */
 export type SoakReply =
   | { seed: number; ok: true; ms: number; profile: string; stats: Record<string, number | string> }
   | { seed: number; ok: false; ms: number; check: string; message: string; replay: string };
 
 /** Runs one seed and summarizes it as a {@linkcode SoakReply}. */
 export async function runSoakSeed(options: SimulationOptions): Promise<SoakReply> {
-  const start = performance.now();
+  const [seed, start] = [options.seed, performance.now()];
   try {
-    const r = await runSimulation(options);
-    return {
-      seed: options.seed,
-      ok: true,
-      ms: performance.now() - start,
-      profile: r.profile,
-      stats: { ...r.stats },
-    };
+    const { profile, stats } = await runSimulation(options);
+    return { seed, ok: true, ms: performance.now() - start, profile, stats: { ...stats } };
   } catch (e) {
-    const ms = performance.now() - start;
-    if (e instanceof SimulationFailure) {
-      return {
-        seed: options.seed,
-        ok: false,
-        ms,
-        check: e.check,
-        message: e.message,
-        replay: e.replay,
-      };
-    }
-    const message = `seed ${options.seed}: the simulator itself threw: ${(e as Error)?.stack ?? e}`;
-    return { seed: options.seed, ok: false, ms, check: "simulator", message, replay: "" };
+    const f = e instanceof SimulationFailure ? e : null;
+    const message = f?.message ?? `seed ${seed}: the simulator threw: ${(e as Error)?.stack ?? e}`;
+    const [check, replay] = [f?.check ?? "simulator", f?.replay ?? ""];
+    return { seed, ok: false, ms: performance.now() - start, check, message, replay };
   }
 }
 
-/** The worker side: present only when this module runs as a Worker. */
-interface _WorkerScope {
-  onmessage: ((e: MessageEvent<SoakRequest>) => void) | null;
-  postMessage(reply: SoakReply): void;
-}
-
-if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
-  const scope = globalThis as unknown as _WorkerScope;
-  scope.onmessage = (e) => {
-    runSoakSeed(e.data.options).then((reply) => scope.postMessage(reply));
-  };
+if ("WorkerGlobalScope" in globalThis) {
+  const scope = self as unknown as Worker; // the worker's side: a message in, a message out
+  scope.onmessage = async (e) => scope.postMessage(await runSoakSeed(e.data.options));
 }

@@ -248,7 +248,7 @@ Deno.test("a storage that compacts the log past its snapshot is caught", async (
 Deno.test("a storage that installs a received snapshot without its WAL reset record is caught", async () => {
   // The WAL still ends where it did before the install; the node's next append after the
   // snapshot leaves a gap, which the real WAL refuses: the node stops (node-error).
-  const { failures } = await _faulty("install-without-reset", 20, {
+  const { failures } = await _faulty("install-without-reset", 40, {
     snapshotThreshold: 20,
     catchUpEntries: 0,
   });

@@ -1,0 +1,124 @@
+/**
+ * The REST API's metrics: requests by route template, method and status code, their latency,
+ * and the requests, forwards and backups in progress. Routes are the API's fixed templates
+ * (`/v1/data/{key}`, never a key) and methods a fixed list, so the number of series is bounded
+ * whatever clients send.
+ *
+ * @module
+ */
+
+import type { CounterVec, Histogram, HistogramVec, MetricsRegistry } from "../util/metrics.ts";
+import type { ApiLimits } from "./limits.ts";
+
+/** The route label of a path that is none of the API's routes (or not a valid URL). */
+export const OTHER_ROUTE = "other";
+
+/** The route label of a request's path: its route template, or {@linkcode OTHER_ROUTE}. */
+export function routeOf(pathname: string | null): string {
+  switch (pathname) {
+    case "/v1/data":
+    case "/v1/status":
+    case "/v1/cluster":
+    case "/v1/snapshot":
+    case "/health":
+    case "/ready":
+    case "/metrics":
+      return pathname;
+  }
+  if (pathname === null) return OTHER_ROUTE;
+  if (pathname.startsWith("/v1/data/")) return "/v1/data/{key}";
+  return pathname === "/ui" || pathname.startsWith("/ui/") ? "/ui" : OTHER_ROUTE;
+}
+
+const _METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
+
+/** Request latency buckets, in seconds: 0.5 ms to 10 s (the request deadline is 5 s). */
+const _LATENCY_BUCKETS = [
+  0.0005,
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+];
+
+/** Counts and times the API's requests; see the module doc. */
+export class HttpMetrics {
+  readonly #requests: CounterVec;
+  readonly #duration: HistogramVec;
+
+  /**
+   * Registers the API's metrics in `registry`; the in-progress gauges read `limits` at each
+   * scrape.
+   *
+   * @throws {RangeError} If they are already registered there.
+   */
+  constructor(registry: MetricsRegistry, limits: ApiLimits) {
+    this.#requests = registry.counterVec(
+      "raftkv_http_requests_total",
+      "REST API requests answered, by route template, method and status code (forwarded requests count on each node they pass).",
+      ["route", "method", "code"],
+    );
+    this.#duration = registry.histogramVec(
+      "raftkv_http_request_duration_seconds",
+      "Time from a REST API request's arrival until its answer's headers were ready (a backup's streaming is not included).",
+      _LATENCY_BUCKETS,
+      ["route", "method"],
+    );
+    const inflight = registry.gauge(
+      "raftkv_http_requests_in_flight",
+      "REST API requests in progress (bounded by --max-inflight-requests; /health, /ready and /metrics are not counted).",
+    );
+    const inflightBytes = registry.gauge(
+      "raftkv_http_request_bytes_in_flight",
+      "Bytes of request bodies counted in progress (bounded by --max-inflight-bytes).",
+    );
+    const forwarding = registry.gauge(
+      "raftkv_http_forwards_in_flight",
+      "Requests being forwarded to the leader (bounded by --max-forwarded-requests).",
+    );
+    const backups = registry.gauge(
+      "raftkv_backups_in_flight",
+      "GET /v1/snapshot downloads streaming (bounded by --max-concurrent-backups).",
+    );
+    registry.onCollect(() => {
+      inflight.set(limits.inflight);
+      inflightBytes.set(limits.inflightBytes);
+      forwarding.set(limits.forwarding);
+      backups.set(limits.backups);
+    });
+  }
+
+  /**
+   * Counts an answered request and its latency; returns the response.
+   *
+   * @param pathname The request's path, or null when its URL did not parse.
+   * @param method The request's method.
+   * @param res The answer.
+   * @param startedMs When the request arrived, by `performance.now()`.
+   * @returns `res`.
+   */
+  record(pathname: string | null, method: string, res: Response, startedMs: number): Response {
+    const route = routeOf(pathname);
+    const m = _METHODS.has(method) ? method : "other";
+    this.#requests.labels(route, m, _code(res.status)).inc();
+    const h: Histogram = this.#duration.labels(route, m);
+    h.observe((performance.now() - startedMs) / 1000);
+    return res;
+  }
+}
+
+/** Status codes as label values, made once. */
+const _CODES: string[] = Array.from({ length: 600 }, (_, i) => String(i));
+
+function _code(status: number): string {
+  return _CODES[status] ?? String(status);
+}

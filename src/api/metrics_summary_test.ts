@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import { NodeMetrics } from "../node/node_metrics.ts";
+import { MetricsRegistry } from "../util/metrics.ts";
+import { HttpMetrics } from "./http_metrics.ts";
+import { ApiLimits } from "./limits.ts";
+import { parseExposition, summarizeMetrics } from "./metrics_summary.ts";
+
+Deno.test("exposition lines parse with escapes, braces in values and special numbers", () => {
+  const text = [
+    "# HELP m A metric.",
+    "# TYPE m counter",
+    "",
+    'm{route="/v1/data/{key}",note="a \\"b\\" \\\\ c\\nd",} 3',
+    "g -1.5e3",
+    'h_bucket{le="+Inf"} +Inf',
+    "n NaN 1700000000000",
+    "z{} -Inf",
+  ].join("\n");
+  const samples = parseExposition(text);
+  assert.deepEqual(samples.slice(0, 3), [
+    { name: "m", labels: { route: "/v1/data/{key}", note: 'a "b" \\ c\nd' }, value: 3 },
+    { name: "g", labels: {}, value: -1500 },
+    { name: "h_bucket", labels: { le: "+Inf" }, value: Infinity },
+  ]);
+  assert.ok(Number.isNaN(samples[3]!.value));
+  assert.equal(samples[4]!.value, -Infinity);
+});
+
+Deno.test("a line that is not a sample is refused, quoted", () => {
+  for (const bad of ["1abc 2", 'm{route="x} 1', "m{route=x} 1", "m", "m abc", 'm{a="1" b="2"} 1']) {
+    assert.throws(() => parseExposition(bad), SyntaxError, bad);
+  }
+});
+
+Deno.test("the summary reads a real node's metrics text", () => {
+  const registry = new MetricsRegistry();
+  const node = new NodeMetrics(registry, () => ({
+    role: "leader",
+    hasLeader: true,
+    term: 4,
+    commit: 10,
+    applied: 10,
+    lastIndex: 12,
+    snapshotIndex: 0,
+    pendingProposals: 0,
+    pendingProposalBytes: 0,
+    pendingReads: 0,
+    pendingWrites: 0,
+    noSpace: false,
+    lag: [["n2", 2], ["n3", 0]],
+  }));
+  const limits = new ApiLimits({
+    maxInflightRequests: 10,
+    maxInflightBytes: 1000,
+    maxBodyBytes: 100,
+    maxForwardedRequests: 10,
+    maxConcurrentBackups: 1,
+    backupTimeoutMs: 1000,
+  });
+  const http = new HttpMetrics(registry, limits);
+  node.sawLeader(true, 2);
+  node.sawLeader(true, 4);
+  node.proposalsCommitted.inc(7);
+  const answer = (path: string, method: string, status: number, ms: number) =>
+    http.record(path, method, new Response(null, { status }), performance.now() - ms);
+  answer("/v1/data", "POST", 200, 0);
+  answer("/v1/data/a%2Fb", "PUT", 200, 30);
+  answer("/v1/data/a", "DELETE", 504, 0);
+  answer("/v1/data/a", "GET", 200, 0);
+  answer("/v1/data/b", "GET", 404, 0);
+  // Not key-value requests: left out.
+  answer("/v1/status", "GET", 200, 0);
+  answer("/metrics", "GET", 200, 0);
+  answer("/v1/data/a", "PATCH", 405, 0);
+
+  const summary = summarizeMetrics(registry.render());
+  assert.equal(summary.leader_changes_total, 2);
+  assert.equal(summary.proposals_committed_total, 7);
+  assert.deepEqual(summary.requests_total, {
+    read: { "2xx": 1, "4xx": 1 },
+    write: { "2xx": 2, "5xx": 1 },
+  });
+  assert.deepEqual(summary.replication_lag_entries, { n2: 2, n3: 0 });
+  const write = summary.request_duration_seconds.write!;
+  assert.equal(write.cumulative.length, write.le.length + 1);
+  assert.equal(write.cumulative.at(-1), 3);
+  assert.ok(write.le.includes(0.0005) && write.le.includes(10));
+  // The PUT took about 30 ms: above 25 ms, so two of three writes are at or below 25 ms.
+  assert.equal(write.cumulative[write.le.indexOf(0.025)], 2);
+  assert.ok(write.sum >= 0.03);
+  assert.equal(summary.request_duration_seconds.read!.cumulative.at(-1), 2);
+});
+
+Deno.test("metrics that are missing count as zero or empty", () => {
+  assert.deepEqual(summarizeMetrics(""), {
+    leader_changes_total: 0,
+    proposals_committed_total: 0,
+    requests_total: { read: {}, write: {} },
+    request_duration_seconds: { read: null, write: null },
+    replication_lag_entries: {},
+  });
+});

@@ -1,0 +1,684 @@
+// The raftkv dashboard: polls GET /v1/cluster of the node that served the page once a second,
+// keeps the last five minutes in memory, and draws them. No dependency, no build step: the node
+// serves this file as it is (see src/api/ui.ts). The functions exported here hold the arithmetic
+// (rates, quantiles, who leads) and are unit-tested in Deno (app_test.ts); the page itself only
+// runs in a browser.
+
+/** How often the page asks for the cluster's state, in milliseconds. */
+export const POLL_MS = 1000;
+/** How much history the charts show by default, in milliseconds (`?minutes=N` changes it). */
+export const HISTORY_MS = 5 * 60 * 1000;
+/** The window rates and latency quantiles are computed over, in milliseconds. */
+export const WINDOW_MS = 5000;
+/** Where the bearer token is kept (per tab, cleared when the tab closes). */
+export const TOKEN_KEY = "raftkv.token";
+
+// ---- arithmetic ---------------------------------------------------------------------------------
+
+/**
+ * How much a counter rose between two readings; a counter that went down was reset (its node
+ * restarted), so the whole new value counts.
+ *
+ * @param {number} before
+ * @param {number} after
+ * @returns {number}
+ */
+export function counterDelta(before, after) {
+  return after >= before ? after - before : after;
+}
+
+/**
+ * The sum of the counts of some status classes (`"2xx"`, `"5xx"`, ...), all of them by default.
+ *
+ * @param {Record<string, number> | undefined} counts
+ * @param {(cls: string) => boolean} [which]
+ * @returns {number}
+ */
+export function sumCounts(counts, which = () => true) {
+  let total = 0;
+  for (const [cls, n] of Object.entries(counts ?? {})) if (which(cls)) total += n;
+  return total;
+}
+
+/**
+ * @typedef {{ le: number[], cumulative: number[], sum: number }} Histogram
+ * A cumulative histogram: finite bounds `le`, then `cumulative` counts, the last one the total.
+ */
+
+/**
+ * What a histogram gained between two readings; `after` whole when it was reset, or null when
+ * the two do not have the same buckets.
+ *
+ * @param {Histogram | null | undefined} before
+ * @param {Histogram | null | undefined} after
+ * @returns {Histogram | null}
+ */
+export function histogramDelta(before, after) {
+  if (!after) return null;
+  if (!before) return after;
+  if (!_sameBounds(before, after)) return null;
+  const cumulative = after.cumulative.map((c, i) => c - (before.cumulative[i] ?? 0));
+  if (cumulative.some((c) => c < 0)) return after;
+  return { le: after.le, cumulative, sum: after.sum - before.sum };
+}
+
+/**
+ * The sum of histograms with the same buckets (those with other buckets are left out).
+ *
+ * @param {(Histogram | null)[]} histograms
+ * @returns {Histogram | null}
+ */
+export function sumHistograms(histograms) {
+  /** @type {Histogram | null} */
+  let total = null;
+  for (const h of histograms) {
+    if (!h) continue;
+    if (total === null) {
+      total = { le: h.le, cumulative: [...h.cumulative], sum: h.sum };
+    } else if (_sameBounds(total, h)) {
+      const t = total;
+      h.cumulative.forEach((c, i) => t.cumulative[i] = (t.cumulative[i] ?? 0) + c);
+      t.sum += h.sum;
+    }
+  }
+  return total;
+}
+
+/**
+ * The q-quantile of a histogram, interpolated linearly inside its bucket as Prometheus'
+ * `histogram_quantile` does; null without observations. Observations above the highest finite
+ * bound are reported as that bound.
+ *
+ * @param {number} q Between 0 and 1.
+ * @param {Histogram | null} h
+ * @returns {number | null}
+ */
+export function quantile(q, h) {
+  if (!h) return null;
+  const total = h.cumulative[h.cumulative.length - 1] ?? 0;
+  if (total <= 0) return null;
+  const rank = q * total;
+  const i = h.cumulative.findIndex((c) => c >= rank);
+  if (i < 0 || i >= h.le.length) return h.le[h.le.length - 1] ?? null;
+  const lower = i === 0 ? 0 : h.le[i - 1];
+  const below = i === 0 ? 0 : h.cumulative[i - 1];
+  const inBucket = h.cumulative[i] - below;
+  if (inBucket <= 0) return h.le[i];
+  return lower + (h.le[i] - lower) * ((rank - below) / inBucket);
+}
+
+/**
+ * @param {Histogram} a
+ * @param {Histogram} b
+ */
+function _sameBounds(a, b) {
+  return a.le.length === b.le.length && a.cumulative.length === b.cumulative.length &&
+    a.le.every((x, i) => x === b.le[i]);
+}
+
+/**
+ * Who leads, from the members' statuses: among the members at the highest term seen, the one
+ * that says it leads, else the leader most of them name (which the node that gathered the
+ * statuses could not reach). Null while there is none.
+ *
+ * @param {{ members: { status: any }[] }} view The answer of `GET /v1/cluster`.
+ * @returns {{ id: string, term: number, reachable: boolean } | null}
+ */
+export function leaderOf(view) {
+  const statuses = view.members.map((m) => m.status).filter((s) => s);
+  if (statuses.length === 0) return null;
+  const term = Math.max(...statuses.map((s) => s.term));
+  const current = statuses.filter((s) => s.term === term);
+  const claim = current.find((s) => s.role === "leader");
+  if (claim) return { id: claim.id, term, reachable: true };
+  /** @type {Map<string, number>} */
+  const votes = new Map();
+  for (const s of current) if (s.leader) votes.set(s.leader.id, (votes.get(s.leader.id) ?? 0) + 1);
+  let best = null;
+  for (const [id, n] of votes) if (best === null || n > best[1]) best = [id, n];
+  return best === null ? null : { id: best[0], term, reachable: false };
+}
+
+/**
+ * @typedef {{
+ *   t: number, read: number | null, write: number | null, errors: number | null,
+ *   readP50: number | null, readP99: number | null, writeP50: number | null,
+ *   writeP99: number | null, members: Record<string, number>
+ * }} Point
+ * One moment of the charts: requests per second (reads, writes, 5xx answers) summed over the
+ * members, latency quantiles in seconds, and each member's requests per second.
+ */
+
+/** The polls of the last minutes, and the chart points computed from them. */
+export class History {
+  /**
+   * @param {{ keepMs?: number, windowMs?: number }} [options]
+   */
+  constructor(options = {}) {
+    this.keepMs = options.keepMs ?? HISTORY_MS;
+    this.windowMs = options.windowMs ?? WINDOW_MS;
+    /** @type {{ t: number, metrics: Map<string, any> }[]} */
+    this.samples = [];
+    /** @type {Point[]} */
+    this.points = [];
+  }
+
+  /**
+   * Records a poll and returns its chart point: rates and quantiles over the window (or since
+   * the previous poll, if it is older).
+   *
+   * @param {number} t When the poll was answered, in milliseconds.
+   * @param {{ members: { id: string, metrics: any }[] }} view The answer of `GET /v1/cluster`.
+   * @returns {Point}
+   */
+  add(t, view) {
+    const metrics = new Map();
+    for (const m of view.members) if (m.metrics) metrics.set(m.id, m.metrics);
+    const sample = { t, metrics };
+    const older = this.samples.filter((s) => s.t < t);
+    const base = older.find((s) => s.t >= t - this.windowMs) ?? older[older.length - 1];
+    const point = base ? _point(base, sample) : _emptyPoint(t);
+    this.samples.push(sample);
+    this.points.push(point);
+    const horizon = t - this.keepMs - this.windowMs;
+    while (this.samples.length > 0 && this.samples[0].t < horizon) this.samples.shift();
+    while (this.points.length > 0 && this.points[0].t < t - this.keepMs) this.points.shift();
+    return point;
+  }
+}
+
+/**
+ * @param {number} t
+ * @returns {Point}
+ */
+function _emptyPoint(t) {
+  return {
+    t,
+    read: null,
+    write: null,
+    errors: null,
+    readP50: null,
+    readP99: null,
+    writeP50: null,
+    writeP99: null,
+    members: {},
+  };
+}
+
+/**
+ * @param {{ t: number, metrics: Map<string, any> }} a
+ * @param {{ t: number, metrics: Map<string, any> }} b
+ * @returns {Point}
+ */
+function _point(a, b) {
+  const seconds = (b.t - a.t) / 1000;
+  const point = _emptyPoint(b.t);
+  let read = 0, write = 0, errors = 0, any = false;
+  /** @type {(Histogram | null)[]} */
+  const readH = [];
+  /** @type {(Histogram | null)[]} */
+  const writeH = [];
+  for (const [id, after] of b.metrics) {
+    const before = a.metrics.get(id);
+    if (!before) continue;
+    any = true;
+    const r = counterDelta(
+      sumCounts(before.requests_total.read),
+      sumCounts(after.requests_total.read),
+    );
+    const w = counterDelta(
+      sumCounts(before.requests_total.write),
+      sumCounts(after.requests_total.write),
+    );
+    const is5xx = (/** @type {string} */ cls) => cls.startsWith("5");
+    errors += counterDelta(
+      sumCounts(before.requests_total.read, is5xx) + sumCounts(before.requests_total.write, is5xx),
+      sumCounts(after.requests_total.read, is5xx) + sumCounts(after.requests_total.write, is5xx),
+    );
+    read += r;
+    write += w;
+    point.members[id] = (r + w) / seconds;
+    readH.push(
+      histogramDelta(before.request_duration_seconds.read, after.request_duration_seconds.read),
+    );
+    writeH.push(
+      histogramDelta(before.request_duration_seconds.write, after.request_duration_seconds.write),
+    );
+  }
+  if (!any || seconds <= 0) return point;
+  point.read = read / seconds;
+  point.write = write / seconds;
+  point.errors = errors / seconds;
+  const rh = sumHistograms(readH);
+  const wh = sumHistograms(writeH);
+  point.readP50 = quantile(0.5, rh);
+  point.readP99 = quantile(0.99, rh);
+  point.writeP50 = quantile(0.5, wh);
+  point.writeP99 = quantile(0.99, wh);
+  return point;
+}
+
+/**
+ * The history to keep, from the page's query (`?minutes=N`, 1 to 60), else the default.
+ *
+ * @param {string} search The page's `location.search`.
+ * @returns {number} Milliseconds.
+ */
+export function historyMs(search) {
+  const minutes = Number(new URLSearchParams(search).get("minutes"));
+  return Number.isInteger(minutes) && minutes >= 1 && minutes <= 60 ? minutes * 60_000 : HISTORY_MS;
+}
+
+// ---- formatting ---------------------------------------------------------------------------------
+
+/**
+ * A duration in seconds for people: `850 µs`, `3.2 ms`, `1.25 s`; `—` for null.
+ *
+ * @param {number | null} seconds
+ * @returns {string}
+ */
+export function formatSeconds(seconds) {
+  if (seconds === null || !Number.isFinite(seconds)) return "—";
+  if (seconds < 0.001) return `${Math.round(seconds * 1e6)} µs`;
+  if (seconds < 1) return `${_digits(seconds * 1000)} ms`;
+  return `${_digits(seconds)} s`;
+}
+
+/**
+ * A rate for people: `0`, `0.4`, `12.5`, `340`, `12.3k`; `—` for null.
+ *
+ * @param {number | null} perSecond
+ * @returns {string}
+ */
+export function formatRate(perSecond) {
+  if (perSecond === null || !Number.isFinite(perSecond)) return "—";
+  if (perSecond === 0) return "0";
+  if (perSecond >= 10_000) return `${_digits(perSecond / 1000)}k`;
+  return _digits(perSecond);
+}
+
+/** @param {number} x */
+function _digits(x) {
+  if (x >= 100) return String(Math.round(x));
+  if (x >= 10) return x.toFixed(1).replace(/\.0$/, "");
+  return x.toFixed(2).replace(/\.?0+$/, "");
+}
+
+/**
+ * The top of a chart's scale: the least of 1, 2, 2.5, 5 times a power of ten that is at least
+ * `value` (and `floor`).
+ *
+ * @param {number} value
+ * @param {number} floor
+ * @returns {number}
+ */
+export function niceMax(value, floor) {
+  const v = Math.max(value, floor);
+  const power = 10 ** Math.floor(Math.log10(v));
+  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= v * (1 - 1e-9)) return step * power;
+  return 10 * power;
+}
+
+// ---- the page -----------------------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+const CHART_W = 600;
+const CHART_H = 150;
+
+/** Runs the page: polls, renders, and asks for a token when the node wants one. */
+function start() {
+  const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
+  const keepMs = historyMs(location.search);
+  const history = new History({ keepMs });
+  for (const el of document.querySelectorAll(".span")) {
+    el.textContent = `· last ${keepMs / 60_000} min`;
+  }
+  /**
+   * Leaderships seen, oldest first; `initial` for the one found when the page opened.
+   * @type {{ t: number, from: string | null, to: string | null, term: number, initial: boolean }[]}
+   */
+  const changes = [];
+  /** @type {string | null | undefined} */
+  let lastLeader = undefined;
+  let timer = 0;
+  let polling = false;
+  let waitingForToken = false;
+  /** @type {string | null} */
+  let memoryToken = null;
+
+  const storage = {
+    get() {
+      try {
+        return sessionStorage.getItem(TOKEN_KEY);
+      } catch {
+        return memoryToken;
+      }
+    },
+    /** @param {string | null} value */
+    set(value) {
+      memoryToken = value;
+      try {
+        if (value === null) sessionStorage.removeItem(TOKEN_KEY);
+        else sessionStorage.setItem(TOKEN_KEY, value);
+      } catch {
+        // Storage refused (a private mode): the token lives in memory for this page.
+      }
+    },
+  };
+
+  /** @param {string | null} text */
+  function banner(text) {
+    const el = $("banner");
+    el.hidden = text === null;
+    el.textContent = text ?? "";
+    document.body.classList.toggle("stale", text !== null);
+  }
+
+  /** @param {string} message */
+  function askForToken(message) {
+    waitingForToken = true;
+    $("auth-message").textContent = message;
+    $("auth").hidden = false;
+    /** @type {HTMLInputElement} */ ($("token")).focus();
+  }
+
+  function schedule(delay = POLL_MS) {
+    clearTimeout(timer);
+    if (waitingForToken || document.hidden) return;
+    timer = setTimeout(poll, delay);
+  }
+
+  async function poll() {
+    if (polling) return;
+    polling = true;
+    const started = performance.now();
+    try {
+      const token = storage.get();
+      /** @type {Record<string, string>} */
+      const headers = { accept: "application/json" };
+      if (token) headers.authorization = `Bearer ${token}`;
+      const res = await fetch("../v1/cluster", {
+        headers,
+        cache: "no-store",
+        signal: AbortSignal.timeout(5000),
+      });
+      if (res.status === 401) {
+        if (token) storage.set(null);
+        banner(null);
+        askForToken(
+          token
+            ? "The token was refused (401). Enter another one."
+            : "This node asks for a bearer token (401).",
+        );
+        return;
+      }
+      if (!res.ok) {
+        const body = await res.json().catch(() => ({}));
+        const why = typeof body.error === "string" ? `: ${body.error}` : "";
+        if (res.status === 403) {
+          askForToken(`This token may not read the cluster's state (403)${why}.`);
+        }
+        banner(`GET /v1/cluster answered ${res.status}${why}`);
+        return;
+      }
+      const view = await res.json();
+      banner(null);
+      render(view);
+    } catch (err) {
+      banner(`Cannot reach this node (${err instanceof Error ? err.message : err}); retrying…`);
+    } finally {
+      polling = false;
+      schedule(Math.max(0, POLL_MS - (performance.now() - started)));
+    }
+  }
+
+  /** @param {any} view */
+  function render(view) {
+    const now = Date.now();
+    const point = history.add(now, view);
+    const leader = leaderOf(view);
+    const statuses = view.members.flatMap((/** @type {any} */ m) => m.status ? [m.status] : []);
+    const up = statuses.length;
+
+    const leaderId = leader ? leader.id : null;
+    if (leaderId !== lastLeader) {
+      if (lastLeader !== undefined || leaderId !== null) {
+        changes.push({
+          t: now,
+          from: lastLeader ?? null,
+          to: leaderId,
+          term: leader?.term ?? 0,
+          initial: lastLeader === undefined,
+        });
+        if (changes.length > 20) changes.shift();
+      }
+      lastLeader = leaderId;
+      renderChanges();
+    }
+
+    $("source").textContent = `${view.members.length} members · served by ${view.self} · updated ${
+      new Date(now).toLocaleTimeString([], { hour12: false })
+    }`;
+    $("leader").textContent = leaderId ?? "none";
+    $("leader").dataset.term = String(leader?.term ?? "");
+    $("leader-note").textContent = leader === null
+      ? "no leader known: an election may be under way"
+      : !leader.reachable
+      ? `not reachable from ${view.self}`
+      : changes[changes.length - 1]?.initial
+      ? "leading when this page opened"
+      : `since ${_time(changes[changes.length - 1]?.t ?? now)}`;
+    $("term").textContent = up
+      ? String(Math.max(...statuses.map((/** @type {any} */ s) => s.term)))
+      : "—";
+    $("commit").textContent = up
+      ? String(Math.max(...statuses.map((/** @type {any} */ s) => s.commit_index)))
+      : "—";
+    $("up").textContent = `${up} / ${view.members.length}`;
+    $("up").className = up === view.members.length
+      ? "big"
+      : `big ${up * 2 > view.members.length ? "state-warn" : "state-bad"}`;
+    const total = point.read === null || point.write === null ? null : point.read + point.write;
+    $("rate").textContent = formatRate(total);
+    $("rate-note").textContent = total === null
+      ? ""
+      : `${formatRate(point.read)} reads · ${formatRate(point.write)} writes · ${
+        formatRate(point.errors)
+      } 5xx`;
+    $("write-p99").textContent = formatSeconds(point.writeP99);
+    $("write-p50").textContent = point.writeP50 === null
+      ? ""
+      : `p50 ${formatSeconds(point.writeP50)}`;
+    $("read-p99").textContent = formatSeconds(point.readP99);
+    $("read-p50").textContent = point.readP50 === null ? "" : `p50 ${formatSeconds(point.readP50)}`;
+
+    renderMembers(view, leader, point);
+    renderCharts(now);
+  }
+
+  /**
+   * @param {any} view
+   * @param {{ id: string } | null} leader
+   * @param {Point} point
+   */
+  function renderMembers(view, leader, point) {
+    const leaderView = leader
+      ? view.members.find((/** @type {any} */ m) => m.id === leader.id)
+      : undefined;
+    const lags = leaderView?.metrics?.replication_lag_entries ?? {};
+    const rows = view.members.map((/** @type {any} */ m) => {
+      const s = m.status;
+      const tr = document.createElement("tr");
+      tr.dataset.id = m.id;
+      tr.dataset.role = s ? s.role : "unreachable";
+      if (!s) tr.className = "down";
+      /**
+       * @param {string} label
+       * @param {string | Node} content
+       * @param {string} [cls]
+       */
+      const cell = (label, content, cls) => {
+        const td = document.createElement("td");
+        td.dataset.label = label;
+        if (cls) td.className = cls;
+        td.append(content);
+        tr.append(td);
+        return td;
+      };
+      const name = document.createElement("span");
+      name.textContent = m.id;
+      const node = cell("Node", name);
+      if (m.self) {
+        const tag = document.createElement("span");
+        tag.className = "self";
+        tag.textContent = "this node";
+        node.append(tag);
+      }
+      const role = document.createElement("span");
+      role.className = `role ${s ? s.role : ""}`;
+      role.textContent = s ? s.role : "—";
+      cell("Role", role);
+      cell("Term", s ? String(s.term) : "—");
+      cell("Commit", s ? String(s.commit_index) : "—");
+      cell("Applied", s ? String(s.applied_index) : "—");
+      cell("Last index", s ? String(s.last_index) : "—");
+      const lag = lags[m.id];
+      const isLeader = leader !== null && m.id === leader.id;
+      cell(
+        "Lag",
+        isLeader ? "leader" : lag === undefined ? "—" : String(lag),
+        !isLeader && lag !== undefined && lag > 100 ? "lag-high" : undefined,
+      );
+      cell("Leader changes", m.metrics ? String(m.metrics.leader_changes_total) : "—");
+      const rate = point.members[m.id];
+      cell("Requests/s", rate === undefined ? "—" : formatRate(rate));
+      let state = "ok", cls = "state-ok";
+      if (!s || m.error) {
+        state = s ? m.error : `unreachable: ${m.error ?? "no answer"}`;
+        cls = s ? "state-warn" : "state-bad";
+      } else if (s.alarms.length > 0) {
+        state = `alarm: ${s.alarms.join(", ")}`;
+        cls = "state-bad";
+      } else if (s.applied_index < s.commit_index) {
+        state = `applying (${s.commit_index - s.applied_index} behind)`;
+        cls = "state-warn";
+      }
+      cell("State", state, cls);
+      return tr;
+    });
+    $("members").querySelector("tbody")?.replaceChildren(...rows);
+  }
+
+  function renderChanges() {
+    const items = changes.slice().reverse().map((c) => {
+      const li = document.createElement("li");
+      const time = document.createElement("time");
+      time.dateTime = new Date(c.t).toISOString();
+      time.textContent = _time(c.t);
+      li.append(time);
+      li.append(
+        c.to === null
+          ? `no leader (was ${c.from})`
+          : c.initial
+          ? `${c.to} leads (term ${c.term}) when the page opens`
+          : c.from === null
+          ? `${c.to} leads (term ${c.term})`
+          : `${c.from} → ${c.to} (term ${c.term})`,
+      );
+      return li;
+    });
+    $("changes").replaceChildren(...items);
+  }
+
+  /** @param {number} now */
+  function renderCharts(now) {
+    const points = history.points;
+    const rateMax = niceMax(
+      Math.max(0, ...points.flatMap((p) => [p.read ?? 0, p.write ?? 0, p.errors ?? 0])),
+      1,
+    );
+    $("rate-max").textContent = `${formatRate(rateMax)}/s`;
+    drawChart($("rate-chart"), now, rateMax, [
+      { cls: "read", values: points.map((p) => [p.t, p.read]) },
+      { cls: "write", values: points.map((p) => [p.t, p.write]) },
+      { cls: "error", values: points.map((p) => [p.t, p.errors]) },
+    ]);
+    const latencyMax = niceMax(
+      Math.max(0, ...points.flatMap((p) => [p.readP99 ?? 0, p.writeP99 ?? 0])),
+      0.001,
+    );
+    $("latency-max").textContent = formatSeconds(latencyMax);
+    drawChart($("latency-chart"), now, latencyMax, [
+      { cls: "write", values: points.map((p) => [p.t, p.writeP99]) },
+      { cls: "write dashed", values: points.map((p) => [p.t, p.writeP50]) },
+      { cls: "read", values: points.map((p) => [p.t, p.readP99]) },
+      { cls: "read dashed", values: points.map((p) => [p.t, p.readP50]) },
+    ]);
+  }
+
+  /**
+   * @param {Element} svg
+   * @param {number} now
+   * @param {number} yMax
+   * @param {{ cls: string, values: [number, number | null][] }[]} series
+   */
+  function drawChart(svg, now, yMax, series) {
+    const x = (/** @type {number} */ t) => ((t - (now - keepMs)) / keepMs) * CHART_W;
+    const y = (/** @type {number} */ v) =>
+      CHART_H - 2 - (Math.min(v, yMax) / yMax) * (CHART_H - 14);
+    /** @type {Element[]} */
+    const nodes = [];
+    for (const f of [0, 0.5, 1]) {
+      const line = document.createElementNS(SVG, "line");
+      const yy = String(y(f * yMax));
+      line.setAttribute("x1", "0");
+      line.setAttribute("x2", String(CHART_W));
+      line.setAttribute("y1", yy);
+      line.setAttribute("y2", yy);
+      nodes.push(line);
+    }
+    for (const s of series) {
+      /** @type {string[][]} */
+      const runs = [[]];
+      for (const [t, v] of s.values) {
+        if (v === null) {
+          if (runs[runs.length - 1].length > 0) runs.push([]);
+        } else {
+          runs[runs.length - 1].push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`);
+        }
+      }
+      for (const run of runs) {
+        if (run.length === 0) continue;
+        if (run.length === 1) run.push(run[0].replace(/^[\d.]+/, (n) => String(Number(n) + 2)));
+        const line = document.createElementNS(SVG, "polyline");
+        line.setAttribute("class", s.cls);
+        line.setAttribute("points", run.join(" "));
+        nodes.push(line);
+      }
+    }
+    svg.replaceChildren(...nodes);
+  }
+
+  $("auth").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = /** @type {HTMLInputElement} */ ($("token"));
+    const value = input.value.trim();
+    if (value === "") return;
+    storage.set(value);
+    input.value = "";
+    $("auth").hidden = true;
+    waitingForToken = false;
+    poll();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) poll();
+  });
+  poll();
+}
+
+/** @param {number} t */
+function _time(t) {
+  return new Date(t).toLocaleTimeString([], { hour12: false });
+}
+
+if (typeof document !== "undefined") start();

@@ -1,0 +1,198 @@
+// The dashboard's arithmetic, run in Deno on the very file the browser loads.
+import assert from "node:assert/strict";
+import {
+  counterDelta,
+  formatRate,
+  formatSeconds,
+  histogramDelta,
+  History,
+  HISTORY_MS,
+  historyMs,
+  leaderOf,
+  niceMax,
+  quantile,
+  sumCounts,
+  sumHistograms,
+} from "./app.js";
+
+const LE = [0.001, 0.01, 0.1, 1];
+
+/** Equal up to floating-point rounding. */
+function near(actual: number | null, expected: number, message?: string): void {
+  assert.ok(
+    actual !== null && Math.abs(actual - expected) < 1e-9,
+    message ?? `${actual} is not ${expected}`,
+  );
+}
+
+function hist(cumulative: number[], sum = 0) {
+  return { le: LE, cumulative, sum };
+}
+
+function status(id: string, role: string, term: number, leader: string | null) {
+  return {
+    id,
+    role,
+    term,
+    leader: leader === null ? null : { id: leader, api_url: `http://${leader}` },
+    commit_index: 1,
+    applied_index: 1,
+    last_index: 1,
+    alarms: [],
+  };
+}
+
+Deno.test("a counter that went down was reset, so its whole new value counts", () => {
+  assert.equal(counterDelta(10, 15), 5);
+  assert.equal(counterDelta(10, 10), 0);
+  assert.equal(counterDelta(10, 3), 3);
+});
+
+Deno.test("status class counts add up, all of them or the chosen ones", () => {
+  const counts = { "2xx": 5, "4xx": 2, "5xx": 1 };
+  assert.equal(sumCounts(counts), 8);
+  assert.equal(sumCounts(counts, (c: string) => c.startsWith("5")), 1);
+  assert.equal(sumCounts(undefined), 0);
+});
+
+Deno.test("quantiles interpolate inside the bucket as histogram_quantile does", () => {
+  // 10 observations: 4 at or below 1 ms, 10 at or below 10 ms.
+  const h = hist([4, 10, 10, 10, 10]);
+  assert.equal(quantile(0.4, h), 0.001);
+  // The 50th percentile is the 5th observation: 1/6 of the way through (1 ms, 10 ms].
+  near(quantile(0.5, h), 0.001 + 0.009 / 6);
+  near(quantile(1, h), 0.01);
+  // Everything above the last finite bound: reported as that bound.
+  assert.equal(quantile(0.99, hist([0, 0, 0, 0, 3])), 1);
+  // Everything in the first bucket: interpolated from 0.
+  assert.equal(quantile(0.5, hist([2, 2, 2, 2, 2])), 0.0005);
+  assert.equal(quantile(0.5, hist([0, 0, 0, 0, 0])), null);
+  assert.equal(quantile(0.5, null), null);
+});
+
+Deno.test("histogram deltas subtract, treat a reset as a fresh start, and refuse other buckets", () => {
+  assert.deepEqual(
+    histogramDelta(hist([1, 2, 3, 3, 3], 0.5), hist([2, 4, 6, 6, 7], 3)),
+    hist([1, 2, 3, 3, 4], 2.5),
+  );
+  const after = hist([1, 1, 1, 1, 1], 0.1);
+  assert.equal(histogramDelta(hist([5, 5, 5, 5, 5], 2), after), after);
+  assert.equal(histogramDelta(null, after), after);
+  assert.equal(histogramDelta(after, null), null);
+  const other = { le: [0.5], cumulative: [1, 1], sum: 0.2 };
+  assert.equal(histogramDelta(other, after), null);
+});
+
+Deno.test("histograms with the same buckets sum; others are left out", () => {
+  const other = { le: [0.5], cumulative: [1, 1], sum: 0.2 };
+  assert.deepEqual(
+    sumHistograms([hist([1, 1, 1, 1, 1], 1), null, other, hist([0, 1, 2, 2, 2], 2)]),
+    hist([1, 2, 3, 3, 3], 3),
+  );
+  assert.equal(sumHistograms([null]), null);
+});
+
+Deno.test("the leader is who claims it at the highest term, else whom that term's members name", () => {
+  const view = (...statuses: (ReturnType<typeof status> | null)[]) => ({
+    members: statuses.map((s) => ({ status: s })),
+  });
+  assert.deepEqual(
+    leaderOf(view(status("a", "leader", 2, "a"), status("b", "follower", 2, "a"), null)),
+    { id: "a", term: 2, reachable: true },
+  );
+  // A deposed leader still claiming term 2 loses to term 3's leader.
+  assert.deepEqual(
+    leaderOf(view(status("a", "leader", 2, "a"), status("b", "leader", 3, "b"))),
+    { id: "b", term: 3, reachable: true },
+  );
+  // The leader is unreachable from the node that asked: named by the followers.
+  assert.deepEqual(
+    leaderOf(view(null, status("b", "follower", 4, "a"), status("c", "follower", 4, "a"))),
+    { id: "a", term: 4, reachable: false },
+  );
+  // An election at term 5: nobody at that term knows a leader.
+  assert.equal(
+    leaderOf(view(status("b", "candidate", 5, null), status("c", "follower", 4, "a"))),
+    null,
+  );
+  assert.equal(leaderOf(view(null, null)), null);
+});
+
+function member(id: string, reads: number, writes: number, errors: number, h: number[] | null) {
+  return {
+    id,
+    metrics: {
+      leader_changes_total: 1,
+      proposals_committed_total: 0,
+      requests_total: { read: { "2xx": reads }, write: { "2xx": writes, "5xx": errors } },
+      request_duration_seconds: { read: null, write: h === null ? null : hist(h) },
+      replication_lag_entries: {},
+    },
+  };
+}
+
+Deno.test("the history turns counters into rates and quantiles over its window", () => {
+  const history = new History({ keepMs: 60_000, windowMs: 5_000 });
+  const first = history.add(1_000, { members: [member("a", 0, 0, 0, [0, 0, 0, 0, 0])] });
+  assert.equal(first.read, null, "no rate from a single poll");
+  const second = history.add(2_000, {
+    members: [member("a", 10, 4, 1, [0, 4, 4, 4, 4]), member("b", 7, 0, 0, null)],
+  });
+  // b has no earlier poll yet: only a counts. Writes count every answer, the 5xx one too.
+  assert.equal(second.read, 10);
+  assert.equal(second.write, 5);
+  assert.equal(second.errors, 1);
+  assert.equal(second.members.a, 15);
+  assert.equal(second.members.b, undefined);
+  near(second.writeP99, 0.001 + 0.009 * 0.99);
+  assert.equal(second.readP99, null);
+  // Later polls measure from the oldest poll within the window.
+  history.add(3_000, {
+    members: [member("a", 20, 4, 1, [0, 4, 4, 4, 4]), member("b", 9, 0, 0, null)],
+  });
+  const fourth = history.add(7_000, {
+    members: [member("a", 20, 8, 1, [0, 4, 8, 8, 8]), member("b", 12, 0, 0, null)],
+  });
+  // From t=2000 (5 s earlier): a read 10 more, b 5 more; 4 writes.
+  assert.equal(fourth.read, 15 / 5);
+  assert.equal(fourth.write, 4 / 5);
+  assert.equal(fourth.errors, 0);
+  near(fourth.writeP50, 0.01 + 0.09 * 0.5);
+  // A restarted member (counters back near 0) counts from 0, not negative.
+  const fifth = history.add(8_000, {
+    members: [member("a", 2, 0, 0, [0, 0, 0, 0, 0]), member("b", 12, 0, 0, null)],
+  });
+  assert.ok(fifth.read! >= 0 && fifth.write! >= 0);
+  // Points older than keepMs are dropped.
+  history.add(80_000, { members: [] });
+  assert.deepEqual(history.points.map((p: { t: number }) => p.t), [80_000]);
+});
+
+Deno.test("?minutes=N sets the history between 1 and 60 minutes", () => {
+  assert.equal(historyMs(""), HISTORY_MS);
+  assert.equal(historyMs("?minutes=1"), 60_000);
+  assert.equal(historyMs("?minutes=60"), 3_600_000);
+  for (const bad of ["?minutes=0", "?minutes=61", "?minutes=1.5", "?minutes=x"]) {
+    assert.equal(historyMs(bad), HISTORY_MS, bad);
+  }
+});
+
+Deno.test("durations, rates and chart scales read well", () => {
+  assert.equal(formatSeconds(null), "—");
+  assert.equal(formatSeconds(0.00085), "850 µs");
+  assert.equal(formatSeconds(0.0032), "3.2 ms");
+  assert.equal(formatSeconds(0.0456), "45.6 ms");
+  assert.equal(formatSeconds(0.25), "250 ms");
+  assert.equal(formatSeconds(1.25), "1.25 s");
+  assert.equal(formatRate(null), "—");
+  assert.equal(formatRate(0), "0");
+  assert.equal(formatRate(0.4), "0.4");
+  assert.equal(formatRate(12.54), "12.5");
+  assert.equal(formatRate(340.2), "340");
+  assert.equal(formatRate(12_345), "12.3k");
+  assert.equal(niceMax(0, 1), 1);
+  assert.equal(niceMax(3, 1), 5);
+  assert.equal(niceMax(116, 1), 200);
+  assert.equal(niceMax(0.236, 0.001), 0.25);
+  assert.equal(niceMax(0.5, 0.001), 0.5);
+});

@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { runClient } from "./client.ts";
+import type { ClientIo } from "./output.ts";
+
+/** Runs the client in this process with captured output and the given environment. */
+async function run(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string; err: string }> {
+  let out = "";
+  let err = "";
+  const io: ClientIo = {
+    out: (text) => out += text + "\n",
+    err: (text) => err += text + "\n",
+    env: (name) => env[name],
+    stdin: () => Promise.resolve(""),
+  };
+  const code = await runClient(args, io);
+  return { code, out, err };
+}
+
+Deno.test("bad usage exits 2 with one line saying what is wrong, before any request", async () => {
+  const cases: [string[], RegExp][] = [
+    [
+      ["get"],
+      /^raftkv get: missing arguments; usage: raftkv get \[options\] KEY \(see --help\)\n$/,
+    ],
+    [["get", "a", "b"], /unexpected argument "b"/],
+    [["put"], /missing arguments; usage: raftkv put \[options\] KEY \[VALUE\]/],
+    [["status", "x"], /unexpected argument "x"/],
+    [
+      ["del", "a", "--endpionts", "h:1"],
+      /unknown option "--endpionts" \(did you mean "--endpoints"\?\)/,
+    ],
+    [["get", "a", "-o", "yaml"], /-o: "yaml" is not "table" or "json"/],
+    [["get", "a", "--endpoints", "ftp://x:1"], /invalid endpoint "ftp:\/\/x:1"/],
+    [["get", "a", "--timeout", "soon"], /--timeout: /],
+    [["get", "a", "--timeout", "0"], /--timeout: "0" is not positive/],
+    [["get", ""], /the key must not be empty/],
+    [["get", "a", "--consistency", "eventual"], /--consistency: "eventual" is not one of/],
+    [["verify", "--clients", "0"], /--clients: "0" is not a whole number from 1 to 1000/],
+    [["verify", "--duration", "1x"], /--duration: /],
+    [["snapshot"], /^raftkv snapshot: snapshot needs a subcommand:\n {2}raftkv snapshot save FILE/],
+    [["snapshot", "load", "f"], /snapshot needs a subcommand, not "load"/],
+    [["snapshot", "save"], /missing arguments; usage: raftkv snapshot save \[options\] FILE/],
+    [["get", "a", "--cacert", "/nonexistent/ca.pem"], /cannot read the --cacert file/],
+  ];
+  for (const [args, message] of cases) {
+    const result = await run(args);
+    assert.equal(result.code, 2, `${args.join(" ")}: ${result.err}`);
+    assert.equal(result.out, "", args.join(" "));
+    assert.match(result.err, message, args.join(" "));
+  }
+});
+
+Deno.test("with -o json (or RAFTKV_OUTPUT=json) a usage error is one JSON object on stdout", async () => {
+  for (
+    const [args, env] of [
+      [["get", "-o", "json"], {}],
+      [["get", "--output=json"], {}],
+      [["get"], { RAFTKV_OUTPUT: "json" }],
+    ] as const
+  ) {
+    const result = await run([...args], env);
+    assert.equal(result.code, 2);
+    assert.equal(result.err, "");
+    assert.deepEqual(JSON.parse(result.out), {
+      error: "missing arguments; usage: raftkv get [options] KEY (see --help)",
+      exit_code: 2,
+    });
+  }
+});
+
+Deno.test("--help, -h and raftkv help print usage and exit 0 without touching the network", async () => {
+  for (
+    const args of [["get", "--help"], ["help", "get"], ["get", "a", "-h", "--endpoints", "x:1"]]
+  ) {
+    const result = await run(args);
+    assert.equal(result.code, 0, args.join(" "));
+    assert.ok(result.out.startsWith("Usage: raftkv get [options] KEY\n"), result.out);
+    assert.match(result.out, /--consistency <mode>/);
+    assert.match(result.out, /Global options:\n {2}--endpoints <urls>/);
+  }
+  const group = await run(["snapshot", "--help"]);
+  assert.equal(group.code, 0);
+  assert.match(group.out, /raftkv snapshot save FILE[^\n]*\n {2}raftkv snapshot restore FILE/);
+  const overview = await run(["help"]);
+  assert.equal(overview.code, 0);
+  for (
+    const name of ["get", "put", "del", "status", "snapshot save", "snapshot restore", "verify"]
+  ) {
+    assert.match(overview.out, new RegExp(`^ {2}${name} `, "m"), name);
+  }
+  assert.match(overview.out, /Not in this client: list, watch and members/);
+});

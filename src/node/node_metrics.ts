@@ -1,0 +1,199 @@
+/**
+ * The driver's metrics (see the README's metrics table): what {@linkcode RaftNode} counts as it
+ * goes (leader changes, proposal outcomes, apply and snapshot durations), and the gauges copied
+ * from its state at each scrape (role, term, indexes, queue depths, replication lag), so that
+ * the Ready loop pays nothing for them.
+ *
+ * @module
+ */
+
+import type { NodeId, Role } from "../raft/types.ts";
+import {
+  type Counter,
+  exponentialBuckets,
+  type Histogram,
+  type MetricsRegistry,
+} from "../util/metrics.ts";
+import { NoSpaceError, NotAppliedError, OverloadedError, StoppingError } from "./backend.ts";
+
+/** The node's state as the scrape-time gauges show it. */
+export interface NodeGauges {
+  /** This node's role. */
+  role: Role;
+  /** Whether a leader is known. */
+  hasLeader: boolean;
+  /** The current term. */
+  term: number;
+  /** The commit index. */
+  commit: number;
+  /** The index applied to the key-value state. */
+  applied: number;
+  /** The last index of the log (in memory: it may not be on disk yet). */
+  lastIndex: number;
+  /** The index of the newest snapshot (0 for none). */
+  snapshotIndex: number;
+  /** This leader's proposals not yet applied. */
+  pendingProposals: number;
+  /** Their encoded size in bytes. */
+  pendingProposalBytes: number;
+  /** Linearizable and lease reads waiting (queued, confirming leadership, or for the apply). */
+  pendingReads: number;
+  /** Write jobs (appends, hard state, compaction) waiting for the disk, the one in flight included. */
+  pendingWrites: number;
+  /** Whether the NOSPACE alarm is up. */
+  noSpace: boolean;
+  /** On a leader, how many entries each follower lacks (last index minus its match); else null. */
+  lag: Iterable<[NodeId, number]> | null;
+}
+
+/** Why a proposal failed, the `reason` label of `raftkv_proposals_failed_total`. */
+export type ProposalFailure =
+  | "overloaded"
+  | "no_space"
+  | "not_applied"
+  | "outcome_unknown"
+  | "stopping";
+
+const _ROLES: readonly Role[] = ["follower", "pre-candidate", "candidate", "leader"];
+
+/** The node's metrics, registered in a {@linkcode MetricsRegistry}. */
+export class NodeMetrics {
+  /** `raftkv_leader_changes_total`. */
+  readonly leaderChanges: Counter;
+  /** `raftkv_proposals_committed_total`. */
+  readonly proposalsCommitted: Counter;
+  /** `raftkv_apply_duration_seconds`. */
+  readonly applyDuration: Histogram;
+  /** `raftkv_snapshot_save_duration_seconds`. */
+  readonly snapshotSaveDuration: Histogram;
+  readonly #failed: Record<ProposalFailure, Counter>;
+  /** The term in which a leader was last seen (see {@linkcode NodeMetrics.sawLeader}). */
+  #leaderTerm = -1;
+
+  /**
+   * Registers the node's metrics in `registry`; `read` is called at each scrape for the gauges.
+   *
+   * @throws {RangeError} If they are already registered there.
+   */
+  constructor(registry: MetricsRegistry, read: () => NodeGauges) {
+    this.leaderChanges = registry.counter(
+      "raftkv_leader_changes_total",
+      "Leaderships this node has seen begin: a leader known in a term after none was (the first one seen after start counts).",
+    );
+    this.proposalsCommitted = registry.counter(
+      "raftkv_proposals_committed_total",
+      "Writes proposed by this node (as leader) that were committed and applied, and answered.",
+    );
+    const failed = registry.counterVec(
+      "raftkv_proposals_failed_total",
+      "Writes this node (as leader) refused or could not see through, by reason: overloaded, no_space (507), not_applied (another leader's entry took its place), outcome_unknown (client deadline or a snapshot replaced the log: it may still commit), stopping.",
+      ["reason"],
+    );
+    this.#failed = {
+      overloaded: failed.labels("overloaded"),
+      no_space: failed.labels("no_space"),
+      not_applied: failed.labels("not_applied"),
+      outcome_unknown: failed.labels("outcome_unknown"),
+      stopping: failed.labels("stopping"),
+    };
+    this.applyDuration = registry.histogram(
+      "raftkv_apply_duration_seconds",
+      "Time to apply one batch of committed entries to the key-value state.",
+      exponentialBuckets(0.00001, 2, 16),
+    );
+    this.snapshotSaveDuration = registry.histogram(
+      "raftkv_snapshot_save_duration_seconds",
+      "Time to write one snapshot of the state to disk (encode, write, fsync, rename).",
+      exponentialBuckets(0.001, 2, 16),
+    );
+
+    const isLeader = registry.gauge("raftkv_is_leader", "1 if this node is the leader, else 0.");
+    const hasLeader = registry.gauge("raftkv_has_leader", "1 if this node knows a leader, else 0.");
+    const role = registry.gaugeVec(
+      "raftkv_role",
+      "This node's role: 1 for the current one, 0 for the others.",
+      ["role"],
+    );
+    const roles = _ROLES.map((r) => [r, role.labels(r)] as const);
+    const term = registry.gauge("raftkv_term", "The current Raft term.");
+    const commit = registry.gauge("raftkv_commit_index", "The highest log index known committed.");
+    const applied = registry.gauge(
+      "raftkv_applied_index",
+      "The highest log index applied to the key-value state.",
+    );
+    const last = registry.gauge(
+      "raftkv_last_log_index",
+      "The last index of this node's log (appended, maybe not yet synced).",
+    );
+    const snapshot = registry.gauge(
+      "raftkv_snapshot_index",
+      "The last log index covered by this node's newest snapshot (0 for none).",
+    );
+    const pending = registry.gauge(
+      "raftkv_proposals_pending",
+      "Proposals of this leader waiting to be applied (bounded by --max-pending-proposals).",
+    );
+    const pendingBytes = registry.gauge(
+      "raftkv_proposals_pending_bytes",
+      "Encoded size of the proposals waiting to be applied (bounded by --max-pending-bytes).",
+    );
+    const reads = registry.gauge(
+      "raftkv_reads_pending",
+      "Linearizable and lease reads waiting on this leader (for a quorum round or the apply).",
+    );
+    const writes = registry.gauge(
+      "raftkv_disk_writes_pending",
+      "Write jobs (log appends, hard state, compaction) waiting for the disk, including the one in flight.",
+    );
+    const noSpace = registry.gauge(
+      "raftkv_nospace_alarm",
+      "1 while the NOSPACE alarm is up (the disk refused a write), else 0.",
+    );
+    const lag = registry.gaugeVec(
+      "raftkv_peer_replication_lag_entries",
+      "Log entries a follower lacks, as its leader sees it (last index minus the follower's match index); only the leader reports it.",
+      ["peer"],
+    );
+    registry.onCollect(() => {
+      const g = read();
+      isLeader.set(g.role === "leader" ? 1 : 0);
+      hasLeader.set(g.hasLeader ? 1 : 0);
+      for (const [r, child] of roles) child.set(r === g.role ? 1 : 0);
+      term.set(g.term);
+      commit.set(g.commit);
+      applied.set(g.applied);
+      last.set(g.lastIndex);
+      snapshot.set(g.snapshotIndex);
+      pending.set(g.pendingProposals);
+      pendingBytes.set(g.pendingProposalBytes);
+      reads.set(g.pendingReads);
+      writes.set(g.pendingWrites);
+      noSpace.set(g.noSpace ? 1 : 0);
+      lag.clear();
+      if (g.lag) { for (const [peer, entries] of g.lag) lag.labels(peer).set(entries); }
+    });
+  }
+
+  /**
+   * Called with the known leader after each Ready: counts a leader change when a leader is known
+   * in a term where none was seen yet (there is at most one leader per term).
+   */
+  sawLeader(leaderKnown: boolean, term: number): void {
+    if (!leaderKnown || term === this.#leaderTerm) return;
+    this.#leaderTerm = term;
+    this.leaderChanges.inc();
+  }
+
+  /** Counts a proposal that failed with `error` (see {@linkcode ProposalFailure}). */
+  proposalFailed(error: unknown): void {
+    this.#failed[_failure(error)].inc();
+  }
+}
+
+function _failure(error: unknown): ProposalFailure {
+  if (error instanceof OverloadedError) return "overloaded";
+  if (error instanceof NoSpaceError) return "no_space";
+  if (error instanceof NotAppliedError) return "not_applied";
+  if (error instanceof StoppingError) return "stopping";
+  return "outcome_unknown";
+}

@@ -1,0 +1,500 @@
+/**
+ * The command-line client (`raftkv get|put|del|status|snapshot|help`) run as its own process
+ * (`deno run main.ts <command>`, with only the permissions baked into the binary) against real
+ * node processes: results, `-o json` shapes, and every exit code it can get from a real cluster.
+ * `verify` has its own file.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { PERMISSION_FLAGS } from "../main.ts";
+import { decodeSnapshot } from "../src/storage/snapshot_file.ts";
+import { FLAGS } from "../src/cli/flags.ts";
+import { makeCertificates } from "../testing/certs.ts";
+import { cleanEnv, freePorts, startCluster, waitFor } from "../testing/harness.ts";
+
+const _MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+
+interface _Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** stdout parsed as JSON (one object), or undefined. */
+  json: Record<string, unknown> | undefined;
+}
+
+/** Runs `raftkv <args>` in a process of its own, with only `env` (no inherited RAFTKV_*). */
+async function raftkv(
+  args: string[],
+  options: { env?: Record<string, string>; stdin?: string } = {},
+): Promise<_Run> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args],
+    env: cleanEnv(options.env),
+    clearEnv: true,
+    stdin: options.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(options.stdin));
+    await writer.close();
+  }
+  const out = await child.output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  let json: Record<string, unknown> | undefined;
+  try {
+    json = JSON.parse(stdout);
+  } catch {
+    json = undefined;
+  }
+  return { code: out.code, stdout, stderr: new TextDecoder().decode(out.stderr), json };
+}
+
+function _expect(run: _Run, code: number, what: string): void {
+  assert.equal(
+    run.code,
+    code,
+    `${what}: exit ${run.code}\nstdout: ${run.stdout}\nstderr: ${run.stderr}`,
+  );
+}
+
+/** Endpoints on which nothing listens (picked free, then released). */
+function _deadEndpoints(n: number): string[] {
+  return freePorts(n).map((port) => `http://127.0.0.1:${port}`);
+}
+
+Deno.test("the client's commands against a real 3-node cluster: results, -o json and exit codes", async (t) => {
+  // A longer election timeout than the harness's: leader changes on a busy machine would only
+  // slow these tests down.
+  await using cluster = await startCluster({ size: 3, nodeFlags: ["--election-timeout", "1000"] });
+  const leader = await cluster.waitForLeader();
+  const follower = cluster.ids.find((id) => id !== leader)!;
+  const all = cluster.ids.map((id) => cluster.api(id)).join(",");
+  const ep = ["--endpoints", all];
+
+  // Commands that do not depend on each other run at once: each is a process of its own.
+  await t.step(
+    "put, get and del print the value and the index; -o json gives the API's objects",
+    async () => {
+      const [put, putJson] = await Promise.all([
+        raftkv(["put", "greeting", "hello world", ...ep]),
+        raftkv(["put", "a/b c", "2", "-o", "json", ...ep]),
+      ]);
+      _expect(put, 0, "put");
+      assert.match(put.stdout, /^OK \(index \d+\)\n$/);
+      _expect(putJson, 0, "put -o json");
+      assert.deepEqual(Object.keys(putJson.json!), ["k", "v", "index"]);
+      assert.equal(putJson.json!.k, "a/b c");
+      const [get, getJson] = await Promise.all([
+        raftkv(["get", "greeting", ...ep]),
+        raftkv(["get", "a/b c", "-o", "json", ...ep]),
+      ]);
+      _expect(get, 0, "get");
+      assert.equal(get.stdout, "hello world\n");
+      assert.deepEqual(getJson.json, { k: "a/b c", v: "2" });
+      const del = await raftkv(["del", "a/b c", ...ep]);
+      _expect(del, 0, "del");
+      assert.match(del.stdout, /^deleted \(index \d+\)\n$/);
+    },
+  );
+
+  await t.step(
+    "put without VALUE reads stdin exactly; a key starting with - goes after --",
+    async () => {
+      const value = "line 1\nline 2 ✓ ünïcode\n";
+      _expect(
+        await raftkv(["put", "--", "-dash"], { stdin: value, env: { RAFTKV_ENDPOINTS: all } }),
+        0,
+        "put stdin",
+      );
+      const got = await raftkv(["get", "-o", "json", "--", "-dash"], {
+        env: { RAFTKV_ENDPOINTS: all },
+      });
+      _expect(got, 0, "get -dash");
+      assert.equal(got.json!.v, value);
+    },
+  );
+
+  await t.step("a missing key exits 3 from get and from del", async () => {
+    const [get, getJson, del, delJson] = await Promise.all([
+      raftkv(["get", "nothing-here", ...ep]),
+      raftkv(["get", "nothing-here", "-o", "json", ...ep]),
+      raftkv(["del", "nothing-here", ...ep]),
+      raftkv(["del", "nothing-here", "-o", "json", ...ep]),
+    ]);
+    _expect(get, 3, "get missing");
+    assert.equal(get.stdout, "");
+    assert.match(get.stderr, /^raftkv get: key "nothing-here" not found\n$/);
+    _expect(getJson, 3, "get missing -o json");
+    assert.deepEqual(getJson.json, {
+      k: "nothing-here",
+      status: 404,
+      error: 'key "nothing-here" not found',
+      exit_code: 3,
+    });
+    _expect(del, 3, "del missing");
+    assert.match(del.stderr, /not found: nothing was deleted/);
+    _expect(delJson, 3, "del missing -o json");
+    assert.equal(delJson.json!.deleted, false);
+  });
+
+  await t.step("endpoints are tried in turn; none reachable exits 4; stale reads", async () => {
+    const [dead1, dead2] = _deadEndpoints(2);
+    const [next, none, noneJson, stale] = await Promise.all([
+      raftkv(["get", "greeting", "--endpoints", `${dead1},${cluster.api(follower)}`]),
+      raftkv(["put", "k", "v", "--endpoints", `${dead1},${dead2}`]),
+      raftkv(["status", "-o", "json", "--endpoints", dead1!]),
+      // A follower serves a stale read itself.
+      raftkv(["get", "greeting", "--consistency", "stale", "--endpoints", cluster.api(follower)]),
+    ]);
+    _expect(next, 0, "a dead endpoint first");
+    assert.equal(next.stdout, "hello world\n");
+    _expect(none, 4, "no endpoint reachable");
+    assert.match(
+      none.stderr,
+      /no endpoint could be reached: http:\/\/127\.0\.0\.1:\d+: .*refused/i,
+    );
+    _expect(noneJson, 4, "status -o json, no endpoint");
+    assert.equal(noneJson.json!.exit_code, 4);
+    assert.match(String(noneJson.json!.error), /no endpoint could be reached/);
+    _expect(stale, 0, "stale read on a follower");
+    assert.equal(stale.stdout, "hello world\n");
+  });
+
+  await t.step(
+    "bad usage exits 2; --help exits 0 (the cases are in src/cli/client/client_test.ts)",
+    async () => {
+      const [usage, help, node] = await Promise.all([
+        raftkv(["get"]),
+        raftkv(["status", "--help"]),
+        raftkv(["--help"]),
+      ]);
+      _expect(usage, 2, "get without a key");
+      assert.match(
+        usage.stderr,
+        /^raftkv get: missing arguments; usage: raftkv get \[options\] KEY/,
+      );
+      _expect(help, 0, "status --help");
+      assert.ok(help.stdout.startsWith("Usage: raftkv status [options]"), help.stdout);
+      assert.match(
+        node.stdout,
+        /raftkv <command> \[options\] +the client; raftkv help lists its commands/,
+      );
+    },
+  );
+
+  await t.step("status lists every member with role, term, indexes and lag", async () => {
+    // Once every member has applied what the leader committed, the lag is 0 everywhere (tried
+    // again while a leader change on a busy machine moves the indexes).
+    let last: _Run | undefined;
+    await waitFor(async () => {
+      last = await raftkv(["status", "--endpoints", cluster.api(follower)]);
+      const lines = last.stdout.trimEnd().split("\n");
+      if (last.code !== 0 || lines.length !== 4) return false;
+      const roles = cluster.ids.map((id) => {
+        const api = cluster.api(id).replaceAll(".", "\\.");
+        const row = new RegExp(
+          `^${id} +${api} +(leader|follower) +\\d+ +\\d+ +\\d+ +\\d+ +0$`,
+          "m",
+        );
+        return last!.stdout.match(row)?.[1];
+      });
+      return roles.sort().join() === "follower,follower,leader";
+    }, {
+      deadlineMs: 20_000,
+      message: () => `a status with one leader and no lag:\n${last?.stdout}${last?.stderr}`,
+    });
+    assert.match(last!.stdout, /^ID +ENDPOINT +ROLE +TERM +COMMIT +APPLIED +LAST +LAG +NOTE\n/);
+    const json = await raftkv(["status", "-o", "json", ...ep]);
+    _expect(json, 0, "status -o json");
+    assert.ok(cluster.ids.includes(String(json.json!.leader)), String(json.json!.leader));
+    const members = json.json!.members as Record<string, unknown>[];
+    assert.deepEqual(members.map((m) => m.id), cluster.ids);
+    for (const m of members) {
+      assert.deepEqual(Object.keys(m), ["id", "endpoint", "reachable", "status", "lag", "error"]);
+      assert.equal(m.reachable, true);
+      assert.equal(m.lag, 0);
+      assert.equal((m.status as { id: string }).id, m.id);
+    }
+  });
+
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-cli-" });
+  try {
+    const backup = join(dir, "backup.snap");
+
+    await t.step("snapshot save writes a verified backup atomically, mode 0600", async () => {
+      const run = await raftkv(["snapshot", "save", backup, ...ep]);
+      _expect(run, 0, "snapshot save");
+      assert.match(
+        run.stdout,
+        /^saved the snapshot at index \d+ \(term \d+, 2 keys\) to .*backup\.snap \(\d+ bytes\) from http/,
+      );
+      const { header, entries } = decodeSnapshot(await Deno.readFile(backup), backup);
+      assert.deepEqual(
+        new Map(entries.map((e) => [e.key, e.value])),
+        new Map([["greeting", "hello world"], ["-dash", "line 1\nline 2 ✓ ünïcode\n"]]),
+      );
+      assert.deepEqual(header.voters, cluster.ids);
+      assert.equal((await Deno.stat(backup)).mode! & 0o777, 0o600);
+      assert.deepEqual(
+        [...Deno.readDirSync(dir)].map((e) => e.name),
+        ["backup.snap"],
+        "no .part left",
+      );
+      const json = await raftkv(["snapshot", "save", join(dir, "b2.snap"), "-o", "json", ...ep]);
+      _expect(json, 0, "snapshot save -o json");
+      assert.deepEqual(
+        Object.keys(json.json!),
+        ["file", "bytes", "index", "term", "keys", "members", "endpoint"],
+      );
+      assert.ok(cluster.ids.map((id) => cluster.api(id)).includes(String(json.json!.endpoint)));
+    });
+
+    await t.step("snapshot restore checks the backup and prints how to start from it", async () => {
+      const bytes = await Deno.readFile(backup);
+      bytes[bytes.length - 20] = bytes[bytes.length - 20]! ^ 0xff;
+      await Deno.writeFile(join(dir, "bad.snap"), bytes);
+      const newDir = join(dir, "new");
+      const [run, json, used, bad] = await Promise.all([
+        raftkv(["snapshot", "restore", backup]),
+        raftkv([
+          "snapshot",
+          "restore",
+          backup,
+          "--data-dir",
+          newDir,
+          "--id",
+          "node-9",
+          "-o",
+          "json",
+        ]),
+        raftkv(["snapshot", "restore", backup, "--data-dir", cluster.node(leader).dataDir]),
+        raftkv(["snapshot", "restore", join(dir, "bad.snap")]),
+      ]);
+      _expect(run, 0, "snapshot restore");
+      assert.match(run.stdout, /a valid snapshot at index \d+ \(term \d+\) with 2 keys/);
+      for (const id of cluster.ids) {
+        assert.ok(
+          run.stdout.includes(
+            `  raftkv --id ${id} --data-dir data/${id} --restore-from ${backup}\n`,
+          ),
+          run.stdout,
+        );
+      }
+      _expect(json, 0, "restore -o json");
+      assert.deepEqual(json.json!.commands, [[
+        "raftkv",
+        "--id",
+        "node-9",
+        "--data-dir",
+        newDir,
+        "--restore-from",
+        backup,
+      ]]);
+      _expect(used, 6, "a data directory in use");
+      assert.match(
+        used.stderr,
+        /already holds a node's data \(raft-state\.json, .*wal\/\).*would ignore --restore-from/,
+      );
+      _expect(bad, 1, "a damaged backup");
+      assert.match(bad.stderr, /is not a usable backup: .*checksum mismatch/);
+    });
+
+    await t.step(
+      "a node started with --restore-from, as snapshot restore says, serves the backup's keys",
+      async () => {
+        await using restored = await startCluster({
+          size: 1,
+          nodeFlags: ["--restore-from", backup],
+        });
+        await restored.waitForLeader();
+        const got = await raftkv(["get", "greeting", "--endpoints", restored.api("node-1")]);
+        _expect(got, 0, "get from the restored node");
+        assert.equal(got.stdout, "hello world\n");
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+
+  await t.step("no answer within --timeout exits 1 (a paused node)", async () => {
+    cluster.pause(follower);
+    try {
+      const started = performance.now();
+      const run = await raftkv([
+        "put",
+        "k",
+        "v",
+        "--timeout",
+        "300ms",
+        "--endpoints",
+        cluster.api(follower),
+      ]);
+      _expect(run, 1, "a paused endpoint");
+      assert.match(
+        run.stderr,
+        /no answer within 300ms; the write may or may not have been applied/,
+      );
+      assert.ok(performance.now() - started < 10_000);
+    } finally {
+      cluster.resume(follower);
+    }
+  });
+
+  await t.step("status exits 1 and says which member did not answer", async () => {
+    await cluster.kill(follower);
+    const run = await raftkv(["status", ...ep]);
+    _expect(run, 1, "status with a member down");
+    assert.match(
+      run.stdout,
+      new RegExp(`^${follower} +\\S+ +- +- +- +- +- +- +no endpoint could be reached`, "m"),
+    );
+    assert.match(run.stderr, /1 of 3 members did not answer/);
+  });
+});
+
+Deno.test("--cacert trusts a private CA for https endpoints, and --token is sent as a bearer token", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-cli-tls-" });
+  await using cluster = await startCluster({ size: 1 });
+  await cluster.waitForLeader();
+  const certs = await makeCertificates(dir, { nodes: ["node-1"] });
+  // A TLS front for the node's API (the node itself has no TLS in this version), which notes
+  // the Authorization header of every request.
+  const seen: (string | null)[] = [];
+  const front = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: await Deno.readTextFile(certs.node("node-1").cert),
+    key: await Deno.readTextFile(certs.node("node-1").key),
+    onListen: () => {},
+  }, async (req) => {
+    seen.push(req.headers.get("authorization"));
+    const url = new URL(req.url);
+    const body = req.body === null ? undefined : await req.arrayBuffer();
+    const answer = await fetch(cluster.api("node-1") + url.pathname + url.search, {
+      method: req.method,
+      headers: req.headers,
+      ...(body === undefined ? {} : { body }),
+    });
+    return new Response(await answer.arrayBuffer(), {
+      status: answer.status,
+      headers: answer.headers,
+    });
+  });
+  try {
+    const https = `https://localhost:${front.addr.port}`;
+    const put = await raftkv([
+      "put",
+      "tls",
+      "yes",
+      "--endpoints",
+      https,
+      "--cacert",
+      certs.ca,
+      "--token",
+      "s3cret",
+    ]);
+    _expect(put, 0, "put over https with --cacert");
+    assert.deepEqual(seen, ["Bearer s3cret"]);
+    const get = await raftkv(["get", "tls", "--endpoints", https], {
+      env: { RAFTKV_CACERT: certs.ca, RAFTKV_TOKEN: "from-env" },
+    });
+    _expect(get, 0, "get with RAFTKV_CACERT");
+    assert.equal(get.stdout, "yes\n");
+    assert.deepEqual(seen, ["Bearer s3cret", "Bearer from-env"]);
+    const untrusted = await raftkv(["get", "tls", "--endpoints", https]);
+    _expect(untrusted, 4, "an unknown CA");
+    assert.match(untrusted.stderr, /certificate|UnknownIssuer/i);
+    const notPem = await raftkv([
+      "get",
+      "tls",
+      "--endpoints",
+      https,
+      "--cacert",
+      certs.node("node-1").key,
+    ]);
+    _expect(notPem, 2, "a --cacert that is no certificate");
+    assert.match(notPem.stderr, /holds no PEM certificate/);
+    assert.equal(seen.length, 2, "refused connections sent nothing");
+  } finally {
+    await front.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("answers 401 and 403 exit 5, 409 and 412 exit 6 (a stand-in server: the API has no tokens or conditional writes in this version)", async () => {
+  const statuses: Record<string, number> = {
+    "/v1/data/a": 401,
+    "/v1/data/b": 403,
+    "/v1/data/c": 409,
+    "/v1/data/d": 412,
+  };
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const status = statuses[new URL(req.url).pathname] ?? 500;
+    return Response.json({ error: `refused with ${status}` }, { status });
+  });
+  const port = server.addr.port;
+  try {
+    const ep = ["--endpoints", `127.0.0.1:${port}`];
+    const cases = [["a", 5], ["b", 5], ["c", 6], ["d", 6], ["e", 1]] as const;
+    const runs = await Promise.all(cases.map(([key]) => raftkv(["put", key, "v", ...ep])));
+    cases.forEach(([key, code], i) => {
+      _expect(runs[i]!, code, `put ${key}`);
+      assert.match(runs[i]!.stderr, /refused with \d{3}/);
+    });
+    const json = await raftkv(["get", "a", "-o", "json", ...ep]);
+    _expect(json, 5, "get a -o json");
+    assert.deepEqual(json.json, {
+      error:
+        `get "a": 401 refused with 401 (give a token with --token or RAFTKV_TOKEN) (from http://127.0.0.1:${port})`,
+      status: 401,
+      endpoint: `http://127.0.0.1:${port}`,
+      exit_code: 5,
+    });
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test({
+  name:
+    "a cluster with tokens answers a missing token with exit 5, a read token writing with exit 5",
+  // Runs once the node takes --tokens-file (bearer tokens with roles read, write, admin).
+  ignore: !FLAGS.some((flag) => flag.name === "--tokens-file"),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "raftkv-cli-tokens-" });
+    try {
+      const file = join(dir, "tokens.json");
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify([
+          { token: "reader-token-0123456789", role: "read", name: "reader" },
+          { token: "writer-token-0123456789", role: "write", name: "writer" },
+        ]),
+      );
+      await using cluster = await startCluster({ size: 1, nodeFlags: ["--tokens-file", file] });
+      await cluster.waitForLeader();
+      const ep = ["--endpoints", cluster.api("node-1")];
+      _expect(await raftkv(["put", "k", "v", ...ep]), 5, "no token");
+      _expect(
+        await raftkv(["put", "k", "v", "--token", "reader-token-0123456789", ...ep]),
+        5,
+        "read token",
+      );
+      _expect(
+        await raftkv(["put", "k", "v", "--token", "writer-token-0123456789", ...ep]),
+        0,
+        "write token",
+      );
+      _expect(
+        await raftkv(["get", "k", "--token", "reader-token-0123456789", ...ep]),
+        0,
+        "read token get",
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

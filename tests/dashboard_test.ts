@@ -1,0 +1,180 @@
+/**
+ * The dashboard (`/ui/`) in a real headless Chromium (Debian package `chromium`) driven through
+ * the DevTools protocol, against real node processes: the page on a follower shows the leader
+ * that `/v1/status` names, and after the leader is killed the new one within a few seconds; a
+ * node that answers 401 gets a token field, and the token typed there is sent as a bearer token.
+ * Every test also checks that the page raised no error: a Content-Security-Policy violation, an
+ * exception or a failed load would show up here.
+ */
+
+import assert from "node:assert/strict";
+import {
+  type Browser,
+  findChromium,
+  launchBrowser,
+  type Page,
+  textOf,
+  waitForText,
+  watchProblems,
+} from "../testing/browser.ts";
+import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+
+const CHROMIUM = findChromium();
+const SKIP = " (skipped: chromium not installed; apt-get install chromium, or set RAFTKV_CHROMIUM)";
+
+/** Each member row's id and role as the page shows them. */
+function rows(page: Page): Promise<string[][]> {
+  return page.$$eval(
+    "#members tbody tr",
+    (trs) =>
+      trs.map((tr) => [tr.getAttribute("data-id") ?? "", tr.getAttribute("data-role") ?? ""]),
+  );
+}
+
+/** Each live member's id and role by its own `/v1/status`; the others as unreachable. */
+async function roles(cluster: ProcessCluster): Promise<string[][]> {
+  return await Promise.all(cluster.ids.map(async (id) => {
+    const status = cluster.isRunning(id) ? await cluster.status(id) : null;
+    return [id, status?.role ?? "unreachable"];
+  }));
+}
+
+Deno.test({
+  name: "the dashboard in a real Chromium" + (CHROMIUM ? "" : SKIP),
+  ignore: CHROMIUM === null,
+  async fn(t) {
+    // The cluster and the browser start at the same time; both steps use them.
+    const [cluster, browser] = await Promise.all([
+      startCluster({ size: 3 }),
+      launchBrowser(CHROMIUM!),
+    ]);
+    try {
+      const leader = await cluster.waitForLeader();
+      const follower = cluster.ids.find((id) => id !== leader)!;
+      await t.step(
+        "behind a node that answers 401 it asks for a token and sends it as a bearer token",
+        () => tokenFlow(cluster, follower, browser),
+      );
+      await t.step(
+        "on a follower it shows the leader /v1/status names, and the next one soon after the leader is killed",
+        () => leaderChange(cluster, leader, follower, browser),
+      );
+    } finally {
+      await browser.close();
+      await cluster.close();
+    }
+  },
+});
+
+async function leaderChange(
+  cluster: ProcessCluster,
+  leader: string,
+  follower: string,
+  browser: Browser,
+): Promise<void> {
+  const page = await browser.newPage();
+  const problems = watchProblems(page);
+  const res = await page.goto(`${cluster.api(follower)}/ui`);
+  assert.equal(res?.status(), 200);
+  assert.equal(res?.url(), `${cluster.api(follower)}/ui/`, "/ui redirects to /ui/");
+  assert.match(res?.headers()["content-security-policy"] ?? "", /script-src 'self'/);
+
+  assert.equal((await cluster.status(follower))?.leader?.id, leader);
+  await waitForText(page, "#leader", (t) => t === leader, 5000, `the page to show ${leader}`);
+  assert.match((await textOf(page, "#source")) ?? "", new RegExp(`served by ${follower}\\b`));
+  // Every member's row carries the role its own /v1/status reports.
+  const expected = await roles(cluster);
+  await waitFor(async () => JSON.stringify(await rows(page)) === JSON.stringify(expected), {
+    message: `the member rows to read ${JSON.stringify(expected)}`,
+  });
+  assert.equal(await textOf(page, "#up"), "3 / 3");
+
+  const killed = performance.now();
+  await cluster.kill(leader);
+  const shown = await waitForText(
+    page,
+    "#leader",
+    (t) => t !== null && t !== leader && cluster.ids.includes(t),
+    5000,
+    `the page to show a leader other than the killed ${leader}`,
+  );
+  const seconds = (performance.now() - killed) / 1000;
+  const next = await cluster.waitForLeader();
+  assert.equal(shown, next, "the page shows the leader the survivors agree on");
+  assert.equal((await cluster.status(follower))?.leader?.id, next);
+  console.log(`the page showed ${next} ${seconds.toFixed(1)} s after ${leader} was killed`);
+
+  const after = await roles(cluster);
+  await waitFor(async () => JSON.stringify(await rows(page)) === JSON.stringify(after), {
+    message: `the member rows to read ${JSON.stringify(after)}`,
+  });
+  assert.equal(await textOf(page, "#up"), "2 / 3");
+  assert.match((await textOf(page, `#members tr[data-id="${leader}"]`)) ?? "", /unreachable/);
+  // The page noted both leaderships.
+  const changes = (await textOf(page, "#changes")) ?? "";
+  assert.match(changes, new RegExp(`${leader} leads`));
+  assert.match(changes, new RegExp(`${next}`));
+  assert.deepEqual(problems.lines, [], "the page raised no error");
+  await page.close();
+}
+
+const TOKEN = "s3cret-token";
+
+async function tokenFlow(cluster: ProcessCluster, node: string, browser: Browser): Promise<void> {
+  // In front of the node: /v1/* wants the token, the dashboard's own files are open.
+  const sent: (string | null)[] = [];
+  await using proxy = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    async (req) => {
+      const url = new URL(req.url);
+      const authorization = req.headers.get("authorization");
+      if (url.pathname.startsWith("/v1/")) {
+        sent.push(authorization);
+        if (authorization !== `Bearer ${TOKEN}`) {
+          return Response.json({ error: "a valid bearer token is required" }, {
+            status: 401,
+            headers: { "www-authenticate": "Bearer" },
+          });
+        }
+      }
+      const headers: Record<string, string> = authorization === null ? {} : { authorization };
+      const res = await fetch(`${cluster.api(node)}${url.pathname}${url.search}`, {
+        headers,
+        redirect: "manual",
+      });
+      return new Response(res.body, { status: res.status, headers: res.headers });
+    },
+  );
+  const origin = `http://127.0.0.1:${proxy.addr.port}`;
+  const page = await browser.newPage();
+  const problems = watchProblems(page);
+  const res = await page.goto(`${origin}/ui/`);
+  assert.equal(res?.status(), 200, "the page itself needs no token");
+  await page.waitForSelector("#auth:not([hidden])", { timeout: 5000 });
+  assert.match((await textOf(page, "#auth-message")) ?? "", /asks for a bearer token \(401\)/);
+  assert.equal(await textOf(page, "#leader"), "—", "nothing shown without the token");
+
+  await page.type("#token", "wrong");
+  await page.click("#auth button");
+  await waitForText(page, "#auth-message", (t) => /refused/.test(t ?? ""), 5000, "refusal");
+  assert.ok(sent.includes("Bearer wrong"));
+
+  await page.type("#token", TOKEN);
+  await page.click("#auth button");
+  const leader = (await cluster.status(node))?.leader?.id;
+  await waitForText(page, "#leader", (t) => t === leader, 5000, `the page to show ${leader}`);
+  assert.ok(await page.$eval("#auth", (el) => el.hasAttribute("hidden")));
+  assert.equal(await page.evaluate(`sessionStorage.getItem("raftkv.token")`), TOKEN);
+
+  // The token lives in the tab's session storage: a reload polls with it at once.
+  const before = sent.length;
+  await page.reload();
+  await waitForText(page, "#leader", (t) => t === leader, 5000, `${leader} after a reload`);
+  assert.ok(await page.$eval("#auth", (el) => el.hasAttribute("hidden")));
+  assert.ok(sent.slice(before).every((a) => a === `Bearer ${TOKEN}`), `${sent.slice(before)}`);
+
+  // The browser logs each 401 answer as a failed resource load; nothing else may go wrong.
+  const unexpected = problems.lines.filter((line) => !/status of 401/.test(line));
+  assert.deepEqual(unexpected, [], "the page raised no other error");
+  await page.close();
+}

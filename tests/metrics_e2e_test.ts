@@ -1,0 +1,109 @@
+/**
+ * `GET /metrics` on real node processes: every node's scrape passes the real Prometheus parser
+ * and linter (`promtool check metrics`, Debian package `prometheus`), and the values move with
+ * what happens: a write raises the commit index and the request counter of its route and status,
+ * a killed leader raises the leader changes seen by a survivor.
+ */
+
+import assert from "node:assert/strict";
+import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { findPromtool, parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
+
+const PROMTOOL = findPromtool();
+
+/** Scrapes one node, checks the answer with promtool, and returns its samples. */
+async function scrape(cluster: ProcessCluster, id: string): Promise<Map<string, number>> {
+  const res = await cluster.request(id, "GET", "/metrics");
+  assert.equal(res.status, 200, `${id}: ${res.text}`);
+  assert.equal(res.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+  const verdict = await promtoolCheck(res.text);
+  assert.ok(
+    verdict.ok,
+    `promtool check metrics on ${id} (exit ${verdict.code}):\n${verdict.output}`,
+  );
+  return parseSamples(res.text);
+}
+
+const POST_200 = 'raftkv_http_requests_total{route="/v1/data",method="POST",code="200"}';
+const PUT_200 = 'raftkv_http_requests_total{route="/v1/data/{key}",method="PUT",code="200"}';
+
+Deno.test({
+  name: PROMTOOL
+    ? "every node's /metrics passes promtool, and writes and a killed leader move the values"
+    : "every node's /metrics passes promtool (skipped: promtool not installed; apt-get install prometheus)",
+  ignore: PROMTOOL === null,
+  async fn() {
+    await using cluster = await startCluster({ size: 3 });
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.ids.find((id) => id !== leader)!;
+    const other = cluster.ids.find((id) => id !== leader && id !== follower)!;
+
+    const before = await scrape(cluster, leader);
+    assert.equal(sample(before, "raftkv_is_leader"), 1);
+    assert.equal(sample(before, 'raftkv_role{role="leader"}'), 1);
+    const commitBefore = sample(before, "raftkv_commit_index");
+    const postsBefore = before.get(POST_200) ?? 0;
+
+    // A write on the leader: committed and applied before the answer, so the next scrape shows it.
+    const write = await cluster.request(leader, "POST", "/v1/data", { k: "m1", v: "1" });
+    assert.equal(write.status, 200, write.text);
+    const index = (write.json as { index: number }).index;
+    const after = await scrape(cluster, leader);
+    assert.ok(sample(after, "raftkv_commit_index") >= index, `commit index below ${index}`);
+    assert.ok(sample(after, "raftkv_commit_index") > commitBefore);
+    assert.ok(sample(after, "raftkv_applied_index") >= index);
+    assert.equal(sample(after, POST_200), postsBefore + 1);
+    assert.ok(sample(after, "raftkv_proposals_committed_total") >= 1);
+    assert.ok(sample(after, "raftkv_wal_fsync_duration_seconds_count") >= 1);
+    assert.ok(
+      sample(after, 'raftkv_http_request_duration_seconds_count{route="/v1/data",method="POST"}') >=
+        1,
+    );
+    for (const peer of [follower, other]) {
+      // The leader has heard back from each follower, and knows how far behind it is.
+      assert.ok(sample(after, `raftkv_peer_round_trip_time_seconds_count{peer="${peer}"}`) > 0);
+      assert.ok(sample(after, `raftkv_peer_replication_lag_entries{peer="${peer}"}`) >= 0);
+    }
+
+    // A write through a follower counts on the follower (the route the client used, and the
+    // status relayed) and on the leader it was forwarded to.
+    const followerBefore = await scrape(cluster, follower);
+    assert.equal(sample(followerBefore, "raftkv_is_leader"), 0);
+    assert.deepEqual(
+      [...followerBefore.keys()].filter((k) => k.startsWith("raftkv_peer_replication_lag")),
+      [],
+      "only the leader reports replication lag",
+    );
+    const put = await cluster.request(follower, "PUT", "/v1/data/m2", { v: "2" });
+    assert.equal(put.status, 200, put.text);
+    const followerAfter = await scrape(cluster, follower);
+    assert.equal(
+      sample(followerAfter, PUT_200),
+      (followerBefore.get(PUT_200) ?? 0) + 1,
+    );
+    assert.ok(sample(await scrape(cluster, leader), PUT_200) >= 1);
+    // The follower applies the write soon after the leader.
+    const putIndex = (put.json as { index: number }).index;
+    await waitFor(async () => {
+      const s = parseSamples((await cluster.request(follower, "GET", "/metrics")).text);
+      return (s.get("raftkv_applied_index") ?? 0) >= putIndex;
+    }, { message: `${follower} to apply index ${putIndex}` });
+
+    // Killing the leader: each survivor sees a new leadership.
+    const changesBefore = new Map<string, number>();
+    for (const id of [follower, other]) {
+      changesBefore.set(id, sample(await scrape(cluster, id), "raftkv_leader_changes_total"));
+    }
+    await cluster.kill(leader);
+    const next = await cluster.waitForLeader();
+    assert.notEqual(next, leader);
+    for (const id of [follower, other]) {
+      const s = await scrape(cluster, id);
+      assert.ok(
+        sample(s, "raftkv_leader_changes_total") > changesBefore.get(id)!,
+        `${id}: leader changes did not rise above ${changesBefore.get(id)}`,
+      );
+      assert.equal(sample(s, "raftkv_is_leader"), id === next ? 1 : 0);
+    }
+  },
+});
