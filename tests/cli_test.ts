@@ -85,7 +85,14 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       _expect(put, 0, "put");
       assert.match(put.stdout, /^OK \(index \d+\)\n$/);
       _expect(putJson, 0, "put -o json");
-      assert.deepEqual(Object.keys(putJson.json!), ["k", "v", "index"]);
+      assert.deepEqual(Object.keys(putJson.json!), [
+        "k",
+        "v",
+        "index",
+        "create_index",
+        "mod_index",
+        "version",
+      ]);
       assert.equal(putJson.json!.k, "a/b c");
       const [get, getJson] = await Promise.all([
         raftkv(["get", "greeting", ...ep]),
@@ -93,7 +100,14 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       ]);
       _expect(get, 0, "get");
       assert.equal(get.stdout, "hello world\n");
-      assert.deepEqual(getJson.json, { k: "a/b c", v: "2" });
+      const index = putJson.json!.index;
+      assert.deepEqual(getJson.json, {
+        k: "a/b c",
+        v: "2",
+        create_index: index,
+        mod_index: index,
+        version: 1,
+      });
       const del = await raftkv(["del", "a/b c", ...ep]);
       _expect(del, 0, "del");
       assert.match(del.stdout, /^deleted \(index \d+\)\n$/);

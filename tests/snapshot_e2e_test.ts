@@ -100,7 +100,8 @@ Deno.test({
     for (let k = 0; k < KEYS; k += 7) {
       const r = await cluster.request(follower, "GET", `/v1/data/key-${k}?consistency=stale`);
       assert.equal(r.status, 200, `key-${k} on ${follower}`);
-      assert.deepEqual(r.json, { k: `key-${k}`, v: last[k] });
+      const { k: key, v } = r.json as { k: string; v: string };
+      assert.deepEqual({ k: key, v }, { k: `key-${k}`, v: last[k] });
     }
   },
 });
