@@ -671,6 +671,40 @@ Deno.test("a follower forwards reads and deletes with the encoded path and query
   assert.ok(leader.calls.every((c) => c.headers.get(FORWARDED_BY_HEADER) === "n1"));
 });
 
+Deno.test("a follower forwards the Idempotency-Key, ranges and transactions, and relays the index and replay headers", async () => {
+  const leader = fakeForwarder(() =>
+    new Response('{"k":"a","v":"1","index":7}', {
+      status: 200,
+      headers: {
+        "content-type": "application/json",
+        "x-raftkv-index": "9",
+        "idempotent-replayed": "true",
+      },
+    })
+  );
+  const { call, backend } = setup({ forward: leader.forward });
+  backend.followN2();
+  const res = await call("PUT", "/v1/data/a?cas=0", '{"v":"1"}', {
+    "content-type": "application/json",
+    "idempotency-key": "req-42",
+  });
+  assert.equal(res.headers.get("x-raftkv-index"), "9", "the leader's index, not this node's");
+  assert.equal(res.headers.get("idempotent-replayed"), "true");
+  await expectJson(res, 200);
+  await call("GET", "/v1/data?prefix=a&limit=5");
+  await call("DELETE", "/v1/data?prefix=a", undefined, { "idempotency-key": "req-43" });
+  await call("POST", "/v1/txn", "{}", { "content-type": "application/json" });
+  assert.deepEqual(
+    leader.calls.map((c) => [c.method, c.url, c.headers.get("idempotency-key")]),
+    [
+      ["PUT", `${LEADER_URL}/v1/data/a?cas=0`, "req-42"],
+      ["GET", `${LEADER_URL}/v1/data?prefix=a&limit=5`, null],
+      ["DELETE", `${LEADER_URL}/v1/data?prefix=a`, "req-43"],
+      ["POST", `${LEADER_URL}/v1/txn`, null],
+    ],
+  );
+});
+
 Deno.test("a follower relays the leader's errors with status, Retry-After and body", async () => {
   const leader = fakeForwarder(() =>
     new Response('{"error":"the node is shutting down"}', {
