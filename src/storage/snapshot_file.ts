@@ -240,10 +240,13 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
     fail(`malformed header ${JSON.stringify(header)}`, at);
   }
   at += hdrLen;
-  const u64 = (what: string): number => {
-    if (at + 8 > end) fail(`${what} runs past the data`, at);
-    const n = view.getUint32(at) * 2 ** 32 + view.getUint32(at + 4);
-    if (!Number.isSafeInteger(n)) fail(`${what} ${n} is above 2^53-1`, at);
+  /** The u64 at `at` (entry `i`'s revision field `f`), or a failure naming it. */
+  const u64 = (i: number, f: number): number => {
+    const what = () => `${["create index", "mod index", "version"][f]} of entry ${i}`;
+    if (at + 8 > end) fail(`${what()} runs past the data`, at);
+    const high = view.getUint32(at);
+    if (high > 0x1fffff) fail(`${what()} is above 2^53-1`, at);
+    const n = high * 4294967296 + view.getUint32(at + 4);
     at += 8;
     return n;
   };
@@ -260,13 +263,7 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
     at += 4 + vLen;
     entries[i] = v1
       ? { key, value, createIndex: header.index, modIndex: header.index, version: 1 }
-      : {
-        key,
-        value,
-        createIndex: u64(`create index ${i}`),
-        modIndex: u64(`mod index ${i}`),
-        version: u64(`version ${i}`),
-      };
+      : { key, value, createIndex: u64(i, 0), modIndex: u64(i, 1), version: u64(i, 2) };
   }
   const sessions: Uint8Array[] = [];
   if (!v1) {
