@@ -189,7 +189,8 @@ Deno.test({
       const put = await httpRequest(`${api[0]}/v1/data`, "POST", { k: "a", v: "1" });
       assert.equal(put.status, 200, put.text);
       const got = await httpRequest(`${api[1]}/v1/data/a`, "GET");
-      assert.deepEqual(got.json, { k: "a", v: "1" });
+      const { k, v } = got.json as { k: string; v: string };
+      assert.deepEqual({ k, v }, { k: "a", v: "1" });
       const deleted = await httpRequest(`${api[2]}/v1/data/a`, "DELETE");
       assert.equal(deleted.status, 200, deleted.text);
       const gone = await httpRequest(`${api[0]}/v1/data/a`, "GET");

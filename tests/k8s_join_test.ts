@@ -298,7 +298,8 @@ Deno.test({
       assert.equal(put.status, 200, put.text);
       const got = await reader.request("GET", "/v1/data/a");
       assert.equal(got.status, 200, got.text);
-      assert.deepEqual(got.json, { k: "a", v: "1" });
+      const { k, v } = got.json as { k: string; v: string };
+      assert.deepEqual({ k, v }, { k: "a", v: "1" });
 
       // Kill the leader outright; the other two elect a new one and keep taking writes.
       const killed = await leader.stop("SIGKILL");
@@ -330,7 +331,8 @@ Deno.test({
           message: () => `${leader.name} to hold ${k}=${v}\n${logs(pods)}`,
         });
         const read = await leader.request("GET", `/v1/data/${k}`);
-        assert.deepEqual(read.json, { k, v }, read.text);
+        const got = read.json as Doc;
+        assert.deepEqual({ k: got?.k, v: got?.v }, { k, v }, read.text);
       }
       assert.equal((await waitForLeader(pods, pods)).running, true);
 

@@ -126,7 +126,8 @@ async function _assertServes(cluster: ProcessCluster, id: string, key: string): 
     return put.status === 200;
   }, { deadlineMs: 15_000, message: () => `a write to ${id} after the load (last: ${last})` });
   const read = await cluster.request(id, "GET", `/v1/data/${key}`);
-  assert.deepEqual(read.json, { k: key, v: "after" });
+  const { k, v } = read.json as { k: string; v: string };
+  assert.deepEqual({ k, v }, { k: key, v: "after" });
 }
 
 Deno.test("past --max-inflight-requests a node answers 429 with Retry-After and recovers", async () => {
