@@ -7,7 +7,7 @@
 
 import { ConfigError } from "./errors.ts";
 import type { PeerConfig } from "./cluster_file.ts";
-import { ENV_PREFIX, FLAGS } from "./flags.ts";
+import { ENV_PREFIX, FLAGS, HEALTHCHECK_CACERT_ENV, TOKENS_ENV } from "./flags.ts";
 
 /**
  * Test and operations seam: `name=address,name=address` maps peer host names to addresses before
@@ -17,11 +17,14 @@ import { ENV_PREFIX, FLAGS } from "./flags.ts";
 export const HOSTS_OVERRIDE_ENV = "RAFTKV_HOSTS_OVERRIDE";
 
 /**
- * Every environment variable the program reads: one per flag, `HOSTNAME` and `POD_NAMESPACE`
- * (k8s join mode) and {@linkcode HOSTS_OVERRIDE_ENV}. The compiled binary may read only these.
+ * Every environment variable the program reads: one per flag, the tokens and the healthcheck's
+ * CA, `HOSTNAME` and `POD_NAMESPACE` (k8s join mode) and {@linkcode HOSTS_OVERRIDE_ENV}. The
+ * compiled binary may read only these.
  */
 export const ENV_VARS: readonly string[] = [
   ...FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]),
+  TOKENS_ENV,
+  HEALTHCHECK_CACERT_ENV,
   "HOSTNAME",
   "POD_NAMESPACE",
   HOSTS_OVERRIDE_ENV,
