@@ -123,6 +123,8 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
       ":path": target.pathname + target.search,
     };
     new Headers(init.headers).forEach((value, name) => headers[name] = value);
+    // As fetch would: the receiver counts a body of unknown length at its largest.
+    if (body !== null) headers["content-length"] = String(body.byteLength);
     let stream: http2.ClientHttp2Stream;
     try {
       const entry = open(target.origin);

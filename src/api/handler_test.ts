@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import {
   type Consistency,
   type DeleteResult,
@@ -771,12 +772,18 @@ Deno.test("a follower forwards to a real leader's peer port over cleartext HTTP/
   leaderBackend.leader = { id: "n2", api_url: "unused" };
   const members = [{ id: "n1", rpcUrl: "http://127.0.0.1:1" }];
   const leaderHandler = createApiHandler(leaderBackend, { selfId: "n2", members });
-  const seen: { path: string; forwardedBy: string | null; port: number }[] = [];
+  const seen: {
+    path: string;
+    forwardedBy: string | null;
+    length: string | null;
+    port: number;
+  }[] = [];
   // Stands in for the leader's peer server, which hands /forward/ paths to `forwarded`.
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req, info) => {
     seen.push({
       path: new URL(req.url).pathname,
       forwardedBy: req.headers.get(FORWARDED_BY_HEADER),
+      length: req.headers.get("content-length"),
       port: info.remoteAddr.port,
     });
     return leaderHandler.forwarded(req, null);
@@ -829,6 +836,9 @@ Deno.test("a follower forwards to a real leader's peer port over cleartext HTTP/
       "/forward/v1/data/a%2Fb",
     ]);
     assert.ok(seen.every((s) => s.forwardedBy === "n1"));
+    // The body's length is declared, or the leader would count it at its largest against
+    // maxInflightBytes (and refuse a burst of forwards with 429).
+    assert.equal(seen[0]?.length, String('{"k":"a/b","v":"1"}'.length));
     assert.equal(new Set(seen.map((s) => s.port)).size, 1, "one kept-alive connection");
   } finally {
     closeForwarder();
@@ -894,37 +904,46 @@ Deno.test("the default forwarder reports a leader that refuses connections as 50
   }
 });
 
-Deno.test("the default forwarder reports a leader that drops the connection after the request as unknown for a write", async () => {
-  // A server that reads the request and closes the connection without answering.
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const accepted = (async () => {
-    for await (const conn of listener) {
-      const buf = new Uint8Array(4096);
-      await conn.read(buf).catch(() => null);
+Deno.test("the default forwarder calls a write unknown only once the leader's HTTP/2 layer took the connection", async () => {
+  // A TCP server that reads what arrives and hangs up: no HTTP/2 greeting, so nothing was sent.
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const hangUp = (async () => {
+    for await (const conn of silent) {
+      await conn.read(new Uint8Array(4096)).catch(() => null);
       conn.close();
     }
   })();
+  // An HTTP/2 server that takes the request and then drops the connection: it may have acted.
+  const dropping = http2.createServer();
+  dropping.on("stream", (stream) => stream.session?.destroy());
+  const droppingPort = await new Promise<number>((resolve) => {
+    dropping.listen(0, "127.0.0.1", () => resolve((dropping.address() as { port: number }).port));
+  });
   const backend = new FakeBackend();
   backend.followN2();
-  const handler = createApiHandler(backend, {
-    selfId: "n1",
-    members: [{ id: "n2", rpcUrl: `http://127.0.0.1:${listener.addr.port}` }],
-    logError: () => {},
-  });
-  try {
-    const write = await handler(
+  const write = (port: number) =>
+    createApiHandler(backend, {
+      selfId: "n1",
+      members: [{ id: "n2", rpcUrl: `http://127.0.0.1:${port}` }],
+      logError: () => {},
+    })(
       new Request("http://127.0.0.1/v1/data", {
         method: "POST",
         headers: JSON_TYPE,
         body: '{"k":"a","v":"1"}',
       }),
     );
-    const body = await expectJson(write, 502);
+  try {
+    const refused = await write(silent.addr.port);
+    assert.equal(refused.headers.get("retry-after"), "1");
+    await expectError(refused, 503, /unreachable: the connection closed before the peer's HTTP\/2/);
+    const body = await expectJson(await write(droppingPort), 502);
     assert.equal(body.outcome, "unknown");
   } finally {
     closeForwarder();
-    listener.close();
-    await accepted.catch(() => {});
+    silent.close();
+    await hangUp.catch(() => {});
+    await new Promise<void>((resolve) => dropping.close(() => resolve()));
   }
 });
 
