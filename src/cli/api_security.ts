@@ -182,7 +182,7 @@ const _FIELDS = ["token", "role", "name"];
  *
  * @example Usage
  * ```ts
- * import { parseTokens } from "./tokens.ts";
+ * import { parseTokens } from "./api_security.ts";
  *
  * const tokens = parseTokens(
  *   '[{"token":"0123456789abcdef0123","role":"write","name":"ci"}]',
