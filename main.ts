@@ -20,7 +20,7 @@ import {
 import { healthcheck } from "./src/cli/healthcheck.ts";
 import { isClientCommand, runClient } from "./src/cli/client/client.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
-import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
+import { createApiHandler, createForwarder } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
 import { applyDebugFaults } from "./src/node/debug_faults.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
@@ -118,32 +118,15 @@ export async function main(args: string[]): Promise<number> {
     },
   });
 
-  _serveAgain(
-    "peer RPC",
-    {
-      port: config.rpcPort,
-      hostname: config.listenHost,
-      onListen: (a) => log.info(`peer RPC listening on ${a.hostname}:${a.port}`),
-    },
-    createPeerHandler(handlers!, {
-      self: config.id,
-      // Every peer message is checked before it reaches the node: members only, sane fields,
-      // commands that decode.
-      validator: new PeerValidator({
-        self: config.id,
-        members: config.peers.map((p) => p.id),
-        checkEntryData: decodeCommand,
-      }),
-      // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
-      // of a single command as large as the key and value limits allow.
-      maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
-      logger: rateLimited(log, 5_000),
-    }),
-    log,
-  );
+  // Forwards go to the leader's peer port (TLS settings for https peers go here).
+  const forwarder = createForwarder();
   const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
   const api = createApiHandler(applyDebugFaults(node, faults, log), {
     selfId: config.id,
+    members: config.peers,
+    tokens: config.tokens ?? [],
+    forward: forwarder.forward,
+    logRefusal: rateLimited(log, 5_000).warn,
     apiTimeoutMs: config.apiTimeoutMs,
     apiFwdTimeoutMs: config.apiFwdTimeoutMs,
     maxKeyBytes: config.maxKeyBytes,
@@ -154,15 +137,44 @@ export async function main(args: string[]): Promise<number> {
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
     metrics,
-    members: config.peers,
     logError: (line) => log.error(line),
   });
+  const peerHandler = createPeerHandler(handlers!, {
+    self: config.id,
+    // Every peer message is checked before it reaches the node: members only, sane fields,
+    // commands that decode.
+    validator: new PeerValidator({
+      self: config.id,
+      members: config.peers.map((p) => p.id),
+      checkEntryData: decodeCommand,
+    }),
+    // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
+    // of a single command as large as the key and value limits allow.
+    maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
+    logger: rateLimited(log, 5_000),
+    // Client requests a follower forwards, already authorised there.
+    forward: api.forwarded,
+  });
+  _serveAgain(
+    "peer RPC",
+    {
+      port: config.rpcPort,
+      hostname: config.listenHost,
+      onListen: (a) => log.info(`peer RPC listening on ${a.hostname}:${a.port}`),
+    },
+    (req) => peerHandler(req),
+    log,
+  );
   const apiServer = _serveAgain(
     "REST API",
     {
       port: config.apiPort,
       hostname: config.listenHost,
-      onListen: (a) => log.info(`REST API listening on ${a.hostname}:${a.port}`),
+      ...config.apiTls,
+      onListen: (a) =>
+        log.info(
+          `REST API listening on ${config.apiTls ? "https" : "http"}://${a.hostname}:${a.port}`,
+        ),
     },
     api,
     log,
@@ -182,7 +194,7 @@ export async function main(args: string[]): Promise<number> {
   // shutdown waits for idle HTTP/2 connections (a silent client) forever: give it a deadline.
   await _within(apiServer.shutdown(), 3_000);
   await node.stop();
-  closeForwarder();
+  forwarder.close();
   // The peer server is not shut down gracefully: its connections close when the process exits.
   // A graceful shutdown sends GOAWAY to the peers' node:http2 clients, and Deno's nghttp2 can
   // abort the whole peer process on a GOAWAY that arrives while requests are in flight

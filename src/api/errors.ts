@@ -14,6 +14,7 @@ import {
   OverloadedError,
   StoppingError,
 } from "../node/backend.ts";
+import type { Caller } from "./auth.ts";
 import type { Deadline } from "./deadline.ts";
 
 /** The status of the answer to a request whose client went away (nobody reads it). */
@@ -51,6 +52,8 @@ export interface Operation {
   write: boolean;
   /** The key, echoed as `k` in error answers. */
   key: string;
+  /** Who asked, once authorised; `null` when the API is open. A forward carries it on. */
+  caller: Caller | null;
 }
 
 /**

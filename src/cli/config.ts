@@ -7,6 +7,13 @@
  * @module
  */
 
+import {
+  type ApiTls,
+  openApiWarning,
+  readApiTls,
+  readTokens,
+  type TokenConfig,
+} from "./api_security.ts";
 import { parseClusterFile, type PeerConfig, urlPort } from "./cluster_file.ts";
 import { parseDuration } from "./duration.ts";
 import { ConfigError } from "./errors.ts";
@@ -15,14 +22,17 @@ import {
   DEFAULTS,
   ENV_PREFIX,
   FLAGS,
+  HEALTHCHECK_CACERT_ENV,
   helpText,
   type RawValue,
   tokenizeArgv,
+  TOKENS_ENV,
 } from "./flags.ts";
 import { derivePeersForK8s, parseStatefulSetHostname } from "./k8s.ts";
 
 export { ConfigError } from "./errors.ts";
 export type { PeerConfig } from "./cluster_file.ts";
+export type { AccessRole, ApiTls, TokenConfig } from "./api_security.ts";
 export { DEFAULTS, type FlagInfo, FLAGS, helpText } from "./flags.ts";
 export { derivePeersForK8s, type K8sPeerOptions } from "./k8s.ts";
 
@@ -104,6 +114,10 @@ export interface NodeConfig {
   logLevel: LogLevel;
   /** How log lines are written. Default `"text"`. */
   logFormat: LogFormat;
+  /** The client API's certificate and key (PEM) when it serves HTTPS, else `null`. */
+  apiTls: ApiTls | null;
+  /** The client API's bearer tokens, or `null` when it needs none (open). */
+  tokens: TokenConfig[] | null;
 }
 
 /** What {@linkcode parseArgs} decided the program should do. */
@@ -114,8 +128,9 @@ export type ParseResult =
     /** The node's configuration. */
     config: NodeConfig;
     /**
-     * Harmless problems worth logging: `RAFTKV_*` environment variables that match no flag
-     * (with a suggestion when one is close).
+     * Problems worth logging that do not stop the node: `RAFTKV_*` environment variables that
+     * match no flag (with a suggestion when one is close), and a client API open to the network
+     * without tokens.
      */
     warnings: string[];
   }
@@ -191,6 +206,8 @@ export function parseArgs(
   let apiPort: number;
   let rpcPort: number;
   let clusterConfigPath: string | null;
+  let apiTls: ApiTls | null;
+  const [certFile, keyFile] = [settings.raw("--api-cert"), settings.raw("--api-key")];
   if (joinMode === "static") {
     const misplaced = _K8S_FLAGS.find((name) => parsed.values.has(name));
     if (misplaced !== undefined) {
@@ -217,6 +234,7 @@ export function parseArgs(
       );
     }
     apiPort = settings.port("--api-port") ?? urlPort(self.apiUrl);
+    apiTls = readApiTls(certFile, keyFile, self.apiUrl, readFile);
     rpcPort = settings.port("--rpc-port") ?? urlPort(self.rpcUrl);
   } else {
     if (parsed.values.has("--cluster-config-path")) {
@@ -249,6 +267,11 @@ export function parseArgs(
       rpcPort,
       apiPort,
     });
+    // Every pod of a StatefulSet runs with the same settings: all serve HTTPS or none does.
+    apiTls = readApiTls(certFile, keyFile, null, readFile);
+    if (apiTls !== null) {
+      peers = peers.map((p) => ({ ...p, apiUrl: p.apiUrl.replace(/^http:/, "https:") }));
+    }
     const given = settings.raw("--id");
     const { setName, ordinal } = parseStatefulSetHostname(hostname);
     id = given?.value ?? `${setName}-${ordinal}`;
@@ -341,8 +364,12 @@ export function parseArgs(
     backupTimeoutMs: settings.duration("--backup-timeout") ?? DEFAULTS.backupTimeoutMs,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,
     logFormat: settings.choice("--log-format", _LOG_FORMATS) ?? DEFAULTS.logFormat,
+    apiTls,
+    tokens: readTokens(settings.raw("--tokens-file"), _nonEmpty(env[TOKENS_ENV]), readFile),
   };
-  return { kind: "run", config, warnings: _unknownEnvWarnings(env) };
+  const open = openApiWarning(listenHost, apiPort, config.tokens);
+  const warnings = [..._unknownEnvWarnings(env), ...(open === null ? [] : [open])];
+  return { kind: "run", config, warnings };
 }
 
 /** Looks settings up by flag, then environment variable, and validates them. */
@@ -449,7 +476,11 @@ function _readClusterFile(path: string, readFile: (path: string) => string): Pee
 }
 
 function _unknownEnvWarnings(env: Readonly<Record<string, string | undefined>>): string[] {
-  const known = FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]);
+  const known = [
+    ...FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]),
+    TOKENS_ENV,
+    HEALTHCHECK_CACERT_ENV,
+  ];
   return Object.keys(env)
     .filter((name) => name.startsWith(ENV_PREFIX) && !known.includes(name))
     .sort()

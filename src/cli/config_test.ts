@@ -83,13 +83,19 @@ const _DEFAULT_CONFIG: NodeConfig = {
   backupTimeoutMs: 600_000,
   logLevel: "info",
   logFormat: "text",
+  apiTls: null,
+  tokens: null,
 };
 
 Deno.test("parseArgs() fills in every default from --id and the cluster file alone", () => {
   assert.deepEqual(parseArgs(["--id", "node-1"], {}, _files()), {
     kind: "run",
     config: _DEFAULT_CONFIG,
-    warnings: [],
+    warnings: [
+      "The client API listens on 0.0.0.0:7777 without authentication: anyone who can reach it " +
+      "can read, write and download every key. Set --tokens-file (or RAFTKV_TOKENS), or " +
+      "--listen-host 127.0.0.1",
+    ],
   });
 });
 
@@ -156,6 +162,9 @@ Deno.test("parseArgs() tests cover every flag in the table", () => {
     "--k8s-service",
     "--k8s-namespace",
     "--k8s-cluster-domain",
+    "--api-cert",
+    "--api-key",
+    "--tokens-file",
     "--help",
     "--version",
   ]);
@@ -592,7 +601,7 @@ Deno.test("parseArgs() returns version for --version", () => {
 });
 
 Deno.test("parseArgs() warns about RAFTKV_ variables that match no flag", () => {
-  const result = parseArgs(["--id", "node-1"], {
+  const result = parseArgs(["--id", "node-1", "--listen-host", "127.0.0.1"], {
     RAFTKV_HEARTBEAT_MS: "50",
     RAFTKV_COLOUR: "red",
     PATH: "/bin",
@@ -611,4 +620,121 @@ Deno.test("parseArgs() accepts the repository's cluster.config.json", async () =
     assert.equal(config.rpcPort, 6666 + index);
     assert.equal(config.apiPort, 7777 + index);
   }
+});
+
+const _TLS_FILE = JSON.stringify([
+  { node_id: "node-1", rpc_url: "http://localhost:6666", api_url: "https://localhost:7777" },
+  { node_id: "node-2", rpc_url: "http://localhost:6667", api_url: "http://localhost:7778" },
+]);
+const _CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+const _KEY = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n";
+const _TOKENS = '[{"token":"0123456789abcdef","role":"read","name":"ro"}]';
+const _SECURITY_FILES = _files({
+  [_FILE_PATH]: _TLS_FILE,
+  "api.crt": _CERT,
+  "api.key": _KEY,
+  "tokens.json": _TOKENS,
+});
+
+Deno.test("parseArgs() reads --api-cert and --api-key for an https api_url, from flags or env", () => {
+  const tls = { cert: _CERT, key: _KEY };
+  const argv = ["--id", "node-1", "--api-cert", "api.crt", "--api-key=api.key"];
+  assert.deepEqual(_config(argv, {}, _SECURITY_FILES).apiTls, tls);
+  const env = { RAFTKV_ID: "node-1", RAFTKV_API_CERT: "api.crt", RAFTKV_API_KEY: "api.key" };
+  assert.deepEqual(_config([], env, _SECURITY_FILES).apiTls, tls);
+  assert.equal(_config(["--id", "node-2"], {}, _SECURITY_FILES).apiTls, null);
+});
+
+Deno.test("parseArgs() refuses TLS settings that do not fit this node's api_url", () => {
+  const run = (argv: string[]) => () => parseArgs(argv, {}, _SECURITY_FILES);
+  _assertConfigError(run(["--id", "node-1"]), '"https://localhost:7777" is https', "--api-cert");
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "api.crt"]),
+    "--api-cert is set but --api-key is not",
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-key", "api.key"]),
+    "--api-key is set but --api-cert is not",
+  );
+  _assertConfigError(
+    run(["--id", "node-2", "--api-cert", "api.crt", "--api-key", "api.key"]),
+    'api_url "http://localhost:7778" in the cluster file is http',
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "missing.crt", "--api-key", "api.key"]),
+    'Cannot read --api-cert "missing.crt"',
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "api.key", "--api-key", "api.key"]),
+    '--api-cert "api.key" does not hold a PEM certificate',
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "api.crt", "--api-key", "api.crt"]),
+    '--api-key "api.crt" does not hold a PEM private key',
+  );
+});
+
+Deno.test("parseArgs() serves every pod's API over https in k8s mode when TLS is set", () => {
+  const config = _config(
+    ["--join-mode", "k8s", "--k8s-replicas", "2", "--api-cert", "api.crt", "--api-key", "api.key"],
+    { HOSTNAME: "kv-0" },
+    _SECURITY_FILES,
+  );
+  assert.deepEqual(config.peers.map((p) => p.apiUrl), [
+    "https://kv-0.kv.default.svc.cluster.local:7777",
+    "https://kv-1.kv.default.svc.cluster.local:7777",
+  ]);
+  assert.ok(config.peers.every((p) => p.rpcUrl.startsWith("http://")));
+});
+
+Deno.test("parseArgs() reads the API's tokens from --tokens-file or RAFTKV_TOKENS, not both", () => {
+  const expected = [{ token: "0123456789abcdef", role: "read", name: "ro" }];
+  const base = ["--id", "node-2"];
+  assert.deepEqual(
+    _config([...base, "--tokens-file", "tokens.json"], {}, _SECURITY_FILES).tokens,
+    expected,
+  );
+  assert.deepEqual(
+    _config(base, { RAFTKV_TOKENS_FILE: "tokens.json" }, _SECURITY_FILES).tokens,
+    expected,
+  );
+  assert.deepEqual(_config(base, { RAFTKV_TOKENS: _TOKENS }, _SECURITY_FILES).tokens, expected);
+  _assertConfigError(
+    () =>
+      parseArgs(
+        [...base, "--tokens-file", "tokens.json"],
+        { RAFTKV_TOKENS: _TOKENS },
+        _SECURITY_FILES,
+      ),
+    "Both --tokens-file and RAFTKV_TOKENS are set",
+  );
+  _assertConfigError(
+    () => parseArgs([...base, "--tokens-file", "nope.json"], {}, _SECURITY_FILES),
+    'Cannot read --tokens-file "nope.json"',
+  );
+  _assertConfigError(
+    () =>
+      parseArgs(
+        base,
+        { RAFTKV_TOKENS: '[{"token":"0123456789abcdef","role":"root"}]' },
+        _SECURITY_FILES,
+      ),
+    "Invalid tokens in RAFTKV_TOKENS: entry 1",
+    '"role" is "root"',
+  );
+});
+
+Deno.test("parseArgs() warns about an API open beyond loopback only without tokens", () => {
+  const warnings = (argv: string[], env: Record<string, string> = {}) =>
+    (parseArgs(["--id", "node-2", ...argv], env, _SECURITY_FILES) as { warnings: string[] })
+      .warnings;
+  assert.match(warnings([]).join(), /listens on 0\.0\.0\.0:7778 without authentication/);
+  assert.match(warnings(["--listen-host", "10.0.0.5"]).join(), /10\.0\.0\.5:7778 without/);
+  assert.deepEqual(warnings(["--tokens-file", "tokens.json"]), []);
+  assert.deepEqual(warnings([], { RAFTKV_TOKENS: _TOKENS }), []);
+  for (const host of ["127.0.0.1", "127.1.2.3", "::1", "localhost"]) {
+    assert.deepEqual(warnings(["--listen-host", host]), [], host);
+  }
+  // The tokens variable is known, so it draws no "unknown variable" warning either.
+  assert.deepEqual(warnings(["--listen-host", "::1"], { RAFTKV_HEALTHCHECK_CACERT: "ca.crt" }), []);
 });

@@ -10,6 +10,15 @@ import { ConfigError } from "./errors.ts";
 /** Prefix of every environment variable that can stand in for a flag. */
 export const ENV_PREFIX = "RAFTKV_";
 
+/**
+ * The API's bearer tokens as JSON, in an environment variable that stands for no flag: a
+ * secret belongs in neither a command line nor `ps` output (`--tokens-file` names a file).
+ */
+export const TOKENS_ENV = "RAFTKV_TOKENS";
+
+/** The CA file `raftkv healthcheck` trusts when its `--cacert` is not given. */
+export const HEALTHCHECK_CACERT_ENV = "RAFTKV_HEALTHCHECK_CACERT";
+
 /** Default values of the settings that have a fixed default. */
 export const DEFAULTS = {
   /** Default of `--join-mode`. */
@@ -323,6 +332,23 @@ export const FLAGS: readonly FlagInfo[] = [
       "the same fields: time, level, node, message), for log shippers",
   ),
   _flag(
+    "Security",
+    "--api-cert",
+    "<file>",
+    "none (plain HTTP)",
+    "PEM certificate (chain) of the client API: serve HTTPS; needs --api-key, and this node's " +
+      "api_url must be https",
+  ),
+  _flag("Security", "--api-key", "<file>", "none", "PEM private key of --api-cert"),
+  _flag(
+    "Security",
+    "--tokens-file",
+    "<file>",
+    `none (${TOKENS_ENV}, else no authentication)`,
+    'Bearer tokens of the client API: a JSON array of {"token", "role", "name"}, roles "read", ' +
+      `"write", "admin"; ${TOKENS_ENV} may hold the same JSON instead`,
+  ),
+  _flag(
     "Kubernetes (--join-mode k8s)",
     "--k8s-replicas",
     "<n>",
@@ -526,7 +552,7 @@ export function helpText(): string {
     "Usage:",
     "  raftkv --id <id> [flags]                            peers from the cluster file",
     "  raftkv --join-mode k8s --k8s-replicas <n> [flags]   peers from a Kubernetes StatefulSet",
-    "  raftkv healthcheck [--url <url>]                    exit 0 if /health answers 200 (for containers)",
+    "  raftkv healthcheck [--url <url>] [--cacert <file>]  exit 0 if /health answers 200 (for containers)",
     "  raftkv <command> [options]                          the client; raftkv help lists its commands",
     "",
     ..._wrap(

@@ -34,6 +34,8 @@
  *   `snapshotReceiveTimeoutMs`). One upload at a time. Replies `204` once
  *   {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
  * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`.
+ * - `<rpcUrl>/forward/...`: a client request a follower forwards to the leader, handed as it is
+ *   to the `forward` option (the API's, wired by `main.ts`), none of the checks below applied.
  *
  * ## What the receiver checks (hostile or buggy peers)
  *
@@ -200,7 +202,15 @@ export interface PeerHandlerOptions {
   refusalLogIntervalMs?: number;
   /** Where refused requests and handler failures are reported. Default: {@linkcode SILENT_LOGGER}. */
   logger?: TransportLogger;
+  /**
+   * Serves requests below {@linkcode FORWARD_PATH_PREFIX}, client requests forwarded by another
+   * member, with the sender the handler was called with. Default: such paths get 404.
+   */
+  forward?: (req: Request, sender: string | null) => Promise<Response>;
 }
+
+/** The path prefix of client requests forwarded to this node (see `PeerHandlerOptions.forward`). */
+export const FORWARD_PATH_PREFIX = "/forward";
 
 /** One peer's sending state. */
 interface _Peer {
@@ -628,14 +638,15 @@ export class HttpTransport implements Transport {
 /**
  * Creates the receiving side: a handler for `POST /raft/messages` and `POST /raft/snapshot` (see
  * the module doc) to mount in `Deno.serve` or to call directly. It never throws: every failure
- * becomes a JSON error response.
+ * becomes a JSON error response. Its second argument is the peer's node id when the server
+ * authenticated the connection, else `null`; it is passed on to `options.forward`.
  *
  * @throws {RangeError} if a numeric option is out of range.
  */
 export function createPeerHandler(
   handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot">,
   options: PeerHandlerOptions = {},
-): (req: Request) => Promise<Response> {
+): (req: Request, sender?: string | null) => Promise<Response> {
   const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 16 << 20);
   const maxPerSender = _positiveInt("maxRequestsPerSender", options.maxRequestsPerSender, 8);
   const maxOrderWaitMs = _nonNegativeInt("maxOrderWaitMs", options.maxOrderWaitMs, 2000);
@@ -798,10 +809,13 @@ export function createPeerHandler(
     return new Response(null, { status: 204 });
   }
 
-  return async (req: Request): Promise<Response> => {
+  return async (req: Request, authenticated: string | null = null): Promise<Response> => {
     const from = req.headers.get(FROM_HEADER) ?? "";
     try {
       const path = new URL(req.url).pathname;
+      if (options.forward && path.startsWith(`${FORWARD_PATH_PREFIX}/`)) {
+        return await options.forward(req, authenticated);
+      }
       if (path !== MESSAGES_PATH && path !== SNAPSHOT_PATH) {
         return _error(404, `No such path "${path}"`);
       }

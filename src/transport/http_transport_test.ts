@@ -573,6 +573,34 @@ Deno.test("createPeerHandler answers an unknown path with 404 and a wrong method
   }
 });
 
+Deno.test("createPeerHandler hands /forward/ paths to the forward option with the authenticated sender", async () => {
+  const calls: { path: string; sender: string | null; body: string }[] = [];
+  const { handler, batches } = _handlerFixture({
+    forward: async (req, sender) => {
+      calls.push({ path: new URL(req.url).pathname, sender, body: await req.text() });
+      return Response.json({ ok: true }, { status: 201 });
+    },
+  });
+  // No x-raftkv-from and any method: the forward handler does its own checks.
+  const res = await handler(_post("/forward/v1/data", "x"));
+  assert.strictEqual(res.status, 201);
+  assert.deepStrictEqual(await res.json(), { ok: true });
+  await handler(new Request("http://node/forward/v1/data/a"), "a");
+  assert.deepStrictEqual(calls, [
+    { path: "/forward/v1/data", sender: null, body: "x" },
+    { path: "/forward/v1/data/a", sender: "a", body: "" },
+  ]);
+  // Only below the prefix, and never without the option.
+  assert.strictEqual((await handler(_post("/forwardx", "x"))).status, 404);
+  assert.strictEqual((await handler(_post("/forward", "x"))).status, 404);
+  const plain = _handlerFixture();
+  const missing = await plain.handler(_post("/forward/v1/data", "x"));
+  assert.strictEqual(missing.status, 404);
+  await _json(missing);
+  assert.strictEqual(calls.length, 2);
+  assert.deepStrictEqual(batches, []);
+});
+
 Deno.test("createPeerHandler answers a body over maxBodyBytes with 413, declared or streamed", async () => {
   const { handler, batches } = _handlerFixture({ maxBodyBytes: 1024 });
   const declared = await handler(_post("/raft/messages", new Uint8Array(2048)));
