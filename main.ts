@@ -7,7 +7,7 @@
  */
 
 import denoJson from "./deno.json" with { type: "json" };
-import { ConfigError, type NodeConfig, parseArgs } from "./src/cli/config.ts";
+import { ConfigError, type NodeConfig, parseArgs, peerSecurityWarning } from "./src/cli/config.ts";
 import {
   applyHostsOverride,
   ENV_VARS,
@@ -25,6 +25,7 @@ import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
+import { serveMutualTls } from "./src/transport/tls_server.ts";
 
 /** The program's version, from deno.json (embedded at compile time). */
 export const VERSION: string = denoJson.version;
@@ -104,33 +105,51 @@ export async function main(args: string[]): Promise<number> {
         rpcTimeoutMs: config.rpcTimeoutMs,
         maxConnRetryAttempts: config.maxConnRetryAttempts,
         logger: rateLimited(log, 5_000),
+        ...(config.peerTls === null ? {} : { tls: config.peerTls }),
       });
     },
   });
 
-  _serveAgain(
-    "peer RPC",
-    {
-      port: config.rpcPort,
-      hostname: config.listenHost,
-      onListen: (a) => log.info(`peer RPC listening on ${a.hostname}:${a.port}`),
-    },
-    createPeerHandler(handlers!, {
+  const peerHandler = createPeerHandler(handlers!, {
+    self: config.id,
+    // Every peer message is checked before it reaches the node: members only, sane fields,
+    // commands that decode.
+    validator: new PeerValidator({
       self: config.id,
-      // Every peer message is checked before it reaches the node: members only, sane fields,
-      // commands that decode.
-      validator: new PeerValidator({
-        self: config.id,
-        members: config.peers.map((p) => p.id),
-        checkEntryData: decodeCommand,
-      }),
-      // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
-      // of a single command as large as the key and value limits allow.
-      maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
-      logger: rateLimited(log, 5_000),
+      members: config.peers.map((p) => p.id),
+      checkEntryData: decodeCommand,
     }),
-    log,
-  );
+    // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
+    // of a single command as large as the key and value limits allow.
+    maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
+    // With mutual TLS the sender is the identity its certificate proves, never just a header.
+    requirePeerIdentity: config.peerTls !== null,
+    logger: rateLimited(log, 5_000),
+  });
+  const peerOnListen = (a: { hostname: string; port: number }) =>
+    log.info(
+      `peer RPC listening on ${a.hostname}:${a.port}` +
+        (config.peerTls === null ? " (h2c)" : " (TLS, client certificates required)"),
+    );
+  if (config.peerTls === null) {
+    _serveAgain(
+      "peer RPC",
+      { port: config.rpcPort, hostname: config.rpcListenHost, onListen: peerOnListen },
+      (req) => peerHandler(req, { peer: null }),
+      log,
+    );
+  } else {
+    // Never closed either (see the shutdown below).
+    await serveMutualTls({
+      ...config.peerTls,
+      port: config.rpcPort,
+      hostname: config.rpcListenHost,
+      onListen: peerOnListen,
+      logger: rateLimited(log, 5_000),
+    }, peerHandler);
+  }
+  const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
+  if (exposed !== null) log.warn(exposed);
   const api = createApiHandler(node, {
     selfId: config.id,
     apiTimeoutMs: config.apiTimeoutMs,
@@ -147,7 +166,7 @@ export async function main(args: string[]): Promise<number> {
     "REST API",
     {
       port: config.apiPort,
-      hostname: config.listenHost,
+      hostname: config.apiListenHost,
       onListen: (a) => log.info(`REST API listening on ${a.hostname}:${a.port}`),
     },
     api,

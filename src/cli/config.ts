@@ -20,11 +20,13 @@ import {
   tokenizeArgv,
 } from "./flags.ts";
 import { derivePeersForK8s, parseStatefulSetHostname } from "./k8s.ts";
+import { type PeerTlsConfig, resolvePeerTls } from "./peer_tls.ts";
 
 export { ConfigError } from "./errors.ts";
 export type { PeerConfig } from "./cluster_file.ts";
 export { DEFAULTS, type FlagInfo, FLAGS, helpText } from "./flags.ts";
 export { derivePeersForK8s, type K8sPeerOptions } from "./k8s.ts";
+export { peerSecurityWarning, type PeerTlsConfig } from "./peer_tls.ts";
 
 /** How a node finds its peers. */
 export type JoinMode = "static" | "k8s";
@@ -40,8 +42,12 @@ export interface NodeConfig {
   apiPort: number;
   /** Port of the Raft RPC server. */
   rpcPort: number;
-  /** Address both servers listen on. Default `"0.0.0.0"` (every interface). */
-  listenHost: string;
+  /** Address the peer server listens on: `--listen-host`, else the host of this node's rpcUrl. */
+  rpcListenHost: string;
+  /** Address the API server listens on: `--listen-host`, else the host of this node's apiUrl. */
+  apiListenHost: string;
+  /** Mutual TLS between peers (`--peer-cert`, `--peer-key`, `--peer-ca`), or null for h2c. */
+  peerTls: PeerTlsConfig | null;
   /**
    * The data directory the storage paths were derived from: `--data-dir`, else `data/<id>`;
    * `null` when all four storage paths were given explicitly and no `--data-dir` was.
@@ -233,6 +239,7 @@ export function parseArgs(
     apiPort = settings.port("--api-port") ?? DEFAULTS.k8sApiPort;
     rpcPort = settings.port("--rpc-port") ?? DEFAULTS.k8sRpcPort;
     peers = derivePeersForK8s({
+      rpcScheme: settings.raw("--peer-cert") ? "https" : "http",
       hostname,
       replicas,
       service: settings.string("--k8s-service"),
@@ -257,14 +264,27 @@ export function parseArgs(
     );
   }
 
-  const listenHost = settings.string("--listen-host") ?? DEFAULTS.listenHost;
-  if (/[\s/[\]]/.test(listenHost)) {
+  const listenHost = settings.string("--listen-host");
+  if (listenHost !== undefined && /[\s/[\]]/.test(listenHost)) {
     throw new ConfigError(
       `Invalid value for ${settings.raw("--listen-host")?.origin}: ${
         JSON.stringify(listenHost)
       } is not a host name or IP address (write IPv6 addresses without brackets, such as "::")`,
     );
   }
+
+  const self = peers.find((peer) => peer.id === id)!;
+  const peerTls = resolvePeerTls(
+    {
+      cert: settings.raw("--peer-cert"),
+      key: settings.raw("--peer-key"),
+      ca: settings.raw("--peer-ca"),
+    },
+    joinMode === "k8s" ? null : new URL(self.rpcUrl).protocol as "http:" | "https:",
+    `cluster file ${JSON.stringify(clusterConfigPath)}`,
+    id,
+    readFile,
+  );
 
   const walDir = settings.string("--log-entry-path");
   const logMetadataPath = settings.string("--log-metadata-path");
@@ -297,7 +317,10 @@ export function parseArgs(
     id,
     apiPort,
     rpcPort,
-    listenHost,
+    // Like etcd's listen URLs: a node listens where its own URLs say, unless told otherwise.
+    rpcListenHost: listenHost ?? _urlHost(self.rpcUrl),
+    apiListenHost: listenHost ?? _urlHost(self.apiUrl),
+    peerTls,
     dataDir,
     walDir: walDir ?? _join(base, "wal"),
     logMetadataPath: logMetadataPath ?? _join(base, "log-metadata.json"),
@@ -419,6 +442,11 @@ function _invalid(raw: RawValue, problem: string): ConfigError {
 
 function _nonEmpty(value: string | undefined): string | undefined {
   return value === "" ? undefined : value;
+}
+
+/** The host of a URL as an address to listen on (IPv6 without brackets). */
+function _urlHost(url: string): string {
+  return new URL(url).hostname.replace(/^\[(.*)\]$/, "$1");
 }
 
 function _join(dir: string, name: string): string {
