@@ -5,7 +5,8 @@
  * directory, starts one `deno run main.ts` process per node and waits until each answers
  * `/health`. The returned {@linkcode ProcessCluster} kills, stops, restarts, pauses and resumes
  * nodes, sends HTTP requests with deadlines, waits for a leader, keeps the last lines each node
- * printed, and on disposal kills everything and removes the temporary directory.
+ * printed, and on disposal kills everything and removes the temporary directory. With `tls`
+ * (certificates from `makeCertificates`), peers use mutual TLS over `https://` rpc_urls.
  *
  * ```ts ignore
  * import { startCluster } from "./harness.ts";
@@ -26,6 +27,7 @@
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { readLines } from "./read_lines.ts";
+import type { Certificates } from "./certs.ts";
 
 /** One entry of a cluster file, spelled as in the file. */
 export interface ClusterFileEntry {
@@ -141,6 +143,12 @@ export interface StartClusterOptions {
    * Default: whether the environment variable `RAFTKV_HARNESS_ECHO` is `1`.
    */
   echo?: boolean;
+  /**
+   * Mutual TLS between peers: certificates (from `makeCertificates`, with one per node id,
+   * `node-1` to `node-<size>`). The rpc_urls become `https://` and every node gets
+   * `--peer-cert`, `--peer-key` and `--peer-ca`. Default: cleartext peers.
+   */
+  tls?: Certificates;
 }
 
 /** Options of {@linkcode ProcessCluster.start}. */
@@ -262,21 +270,23 @@ export function freePort(hostname = "127.0.0.1"): number {
  * console.assert(first?.api_url === "http://127.0.0.1:8001");
  * ```
  *
- * @param options The ports (as many of each as nodes) and the host. Default host `127.0.0.1`.
+ * @param options The ports (as many of each as nodes), the host (default `127.0.0.1`) and the
+ * scheme of the rpc_urls (default `http`).
  * @returns The entries, in node order.
  */
 export function buildClusterConfig(options: {
   apiPorts: readonly number[];
   rpcPorts: readonly number[];
   host?: string;
+  rpcScheme?: "http" | "https";
 }): ClusterFileEntry[] {
-  const { apiPorts, rpcPorts, host = "127.0.0.1" } = options;
+  const { apiPorts, rpcPorts, host = "127.0.0.1", rpcScheme = "http" } = options;
   if (apiPorts.length !== rpcPorts.length) {
     throw new Error(`${apiPorts.length} API ports but ${rpcPorts.length} RPC ports`);
   }
   return apiPorts.map((apiPort, i) => ({
     node_id: `node-${i + 1}`,
-    rpc_url: `http://${host}:${rpcPorts[i]}`,
+    rpc_url: `${rpcScheme}://${host}:${rpcPorts[i]}`,
     api_url: `http://${host}:${apiPort}`,
   }));
 }
@@ -441,6 +451,7 @@ export class ProcessCluster implements AsyncDisposable {
   #nodeFlags: readonly string[];
   #env: Record<string, string>;
   #echo: boolean;
+  #tls: Certificates | null;
   #ownsDataRoot: boolean;
   #closed = false;
 
@@ -459,6 +470,7 @@ export class ProcessCluster implements AsyncDisposable {
     nodeFlags: readonly string[];
     env: Record<string, string>;
     echo: boolean;
+    tls?: Certificates | null;
   }) {
     this.dataRoot = init.dataRoot;
     this.configPath = init.configPath;
@@ -468,6 +480,7 @@ export class ProcessCluster implements AsyncDisposable {
     this.#nodeFlags = init.nodeFlags;
     this.#env = init.env;
     this.#echo = init.echo;
+    this.#tls = init.tls ?? null;
     this.#nodes = new Map(init.entries.map((entry) => [entry.node_id, {
       id: entry.node_id,
       entry,
@@ -820,6 +833,14 @@ export class ProcessCluster implements AsyncDisposable {
       "--data-dir",
       node.dataDir,
       ...DEFAULT_NODE_FLAGS,
+      ...(this.#tls === null ? [] : [
+        "--peer-cert",
+        this.#tls.node(id).cert,
+        "--peer-key",
+        this.#tls.node(id).key,
+        "--peer-ca",
+        this.#tls.ca,
+      ]),
       ...this.#nodeFlags,
       ...extraFlags,
     ];
@@ -931,6 +952,7 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<P
     const entries = buildClusterConfig({
       apiPorts: ports.slice(0, size),
       rpcPorts: ports.slice(size),
+      rpcScheme: options.tls === undefined ? "http" : "https",
     });
     const configPath = join(dataRoot, "cluster.config.json");
     await Deno.mkdir(dataRoot, { recursive: true });
@@ -949,6 +971,7 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<P
       nodeFlags: options.nodeFlags ?? [],
       env: { ..._inheritedEnv(), NO_COLOR: "1", ...options.env },
       echo: options.echo ?? Deno.env.get("RAFTKV_HARNESS_ECHO") === "1",
+      tls: options.tls ?? null,
     });
     const started = cluster;
     // The first failure kills every node, so the other health checks end at once too.
