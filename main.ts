@@ -7,7 +7,7 @@
  */
 
 import denoJson from "./deno.json" with { type: "json" };
-import { ConfigError, type NodeConfig, parseArgs } from "./src/cli/config.ts";
+import { ConfigError, type NodeConfig, parseArgs, peerSecurityWarning } from "./src/cli/config.ts";
 import {
   applyHostsOverride,
   DEBUG_STALE_READS_ENV,
@@ -29,6 +29,7 @@ import { PeerValidator } from "./src/raft/validate.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
+import { serveMutualTls } from "./src/transport/tls_server.ts";
 
 /** The program's version, from deno.json (embedded at compile time). */
 export const VERSION: string = denoJson.version;
@@ -114,12 +115,17 @@ export async function main(args: string[]): Promise<number> {
         maxConnRetryAttempts: config.maxConnRetryAttempts,
         logger: rateLimited(log, 5_000),
         metrics,
+        ...(config.peerTls === null ? {} : { tls: config.peerTls }),
       });
     },
   });
 
-  // Forwards go to the leader's peer port (TLS settings for https peers go here).
-  const forwarder = createForwarder();
+  // Forwards go to the leader's peer port, over mutual TLS when peers use it.
+  const forwarder = createForwarder(
+    config.peerTls === null
+      ? {}
+      : { ca: config.peerTls.ca, cert: config.peerTls.cert, key: config.peerTls.key },
+  );
   const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
   const api = createApiHandler(applyDebugFaults(node, faults, log), {
     selfId: config.id,
@@ -151,25 +157,41 @@ export async function main(args: string[]): Promise<number> {
     // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
     // of a single command as large as the key and value limits allow.
     maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
+    // With mutual TLS the sender is the identity its certificate proves, never just a header.
+    requirePeerIdentity: config.peerTls !== null,
     logger: rateLimited(log, 5_000),
     // Client requests a follower forwards, already authorised there.
     forward: api.forwarded,
   });
-  _serveAgain(
-    "peer RPC",
-    {
+  const peerOnListen = (a: { hostname: string; port: number }) =>
+    log.info(
+      `peer RPC listening on ${a.hostname}:${a.port}` +
+        (config.peerTls === null ? " (h2c)" : " (TLS, client certificates required)"),
+    );
+  if (config.peerTls === null) {
+    _serveAgain(
+      "peer RPC",
+      { port: config.rpcPort, hostname: config.rpcListenHost, onListen: peerOnListen },
+      (req) => peerHandler(req, { peer: null }),
+      log,
+    );
+  } else {
+    // Never closed either (see the shutdown below).
+    await serveMutualTls({
+      ...config.peerTls,
       port: config.rpcPort,
-      hostname: config.listenHost,
-      onListen: (a) => log.info(`peer RPC listening on ${a.hostname}:${a.port}`),
-    },
-    (req) => peerHandler(req),
-    log,
-  );
+      hostname: config.rpcListenHost,
+      onListen: peerOnListen,
+      logger: rateLimited(log, 5_000),
+    }, peerHandler);
+  }
+  const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
+  if (exposed !== null) log.warn(exposed);
   const apiServer = _serveAgain(
     "REST API",
     {
       port: config.apiPort,
-      hostname: config.listenHost,
+      hostname: config.apiListenHost,
       ...config.apiTls,
       onListen: (a) =>
         log.info(

@@ -5,7 +5,8 @@
  * directory, starts one `deno run main.ts` process per node and waits until each answers
  * `/health`. The returned {@linkcode ProcessCluster} kills, stops, restarts, pauses and resumes
  * nodes, sends HTTP requests with deadlines, waits for a leader, keeps the last lines each node
- * printed, and on disposal kills everything and removes the temporary directory.
+ * printed, and on disposal kills everything and removes the temporary directory. With `tls`
+ * (certificates from `makeCertificates`), peers use mutual TLS over `https://` rpc_urls.
  *
  * ```ts ignore
  * import { startCluster } from "./harness.ts";
@@ -158,6 +159,12 @@ export interface StartClusterOptions {
    * {@linkcode ProcessCluster.request} send only the headers given. Default: none.
    */
   token?: string;
+  /**
+   * Mutual TLS between peers: certificates (from `makeCertificates`, with one per node id,
+   * `node-1` to `node-<size>`). The rpc_urls become `https://` and every node gets
+   * `--peer-cert`, `--peer-key` and `--peer-ca`. Default: cleartext peers.
+   */
+  tls?: Certificates;
 }
 
 /** Options of {@linkcode ProcessCluster.start}. */
@@ -282,7 +289,7 @@ export function freePort(hostname = "127.0.0.1"): number {
  * ```
  *
  * @param options The ports (as many of each as nodes), the host (default `127.0.0.1`) and the
- * scheme of the api_urls (default `http`).
+ * schemes of the api_urls and rpc_urls (default `http`).
  * @returns The entries, in node order.
  */
 export function buildClusterConfig(options: {
@@ -290,14 +297,16 @@ export function buildClusterConfig(options: {
   rpcPorts: readonly number[];
   host?: string;
   apiScheme?: "http" | "https";
+  rpcScheme?: "http" | "https";
 }): ClusterFileEntry[] {
-  const { apiPorts, rpcPorts, host = "127.0.0.1", apiScheme = "http" } = options;
+  const { apiPorts, rpcPorts, host = "127.0.0.1", apiScheme = "http", rpcScheme = "http" } =
+    options;
   if (apiPorts.length !== rpcPorts.length) {
     throw new Error(`${apiPorts.length} API ports but ${rpcPorts.length} RPC ports`);
   }
   return apiPorts.map((apiPort, i) => ({
     node_id: `node-${i + 1}`,
-    rpc_url: `http://${host}:${rpcPorts[i]}`,
+    rpc_url: `${rpcScheme}://${host}:${rpcPorts[i]}`,
     api_url: `${apiScheme}://${host}:${apiPort}`,
   }));
 }
@@ -466,6 +475,7 @@ export class ProcessCluster implements AsyncDisposable {
   #apiCerts: Certificates | null;
   #client: Deno.HttpClient | undefined;
   #ownHeaders: Record<string, string>;
+  #tls: Certificates | null;
   #ownsDataRoot: boolean;
   #closed = false;
 
@@ -486,6 +496,7 @@ export class ProcessCluster implements AsyncDisposable {
     echo: boolean;
     apiCerts?: Certificates;
     token?: string;
+    tls?: Certificates | null;
   }) {
     this.dataRoot = init.dataRoot;
     this.configPath = init.configPath;
@@ -500,6 +511,7 @@ export class ProcessCluster implements AsyncDisposable {
       ? undefined
       : Deno.createHttpClient({ caCerts: [Deno.readTextFileSync(init.apiCerts.ca)] });
     this.#ownHeaders = init.token === undefined ? {} : { authorization: `Bearer ${init.token}` };
+    this.#tls = init.tls ?? null;
     this.#nodes = new Map(init.entries.map((entry) => [entry.node_id, {
       id: entry.node_id,
       entry,
@@ -867,6 +879,14 @@ export class ProcessCluster implements AsyncDisposable {
         "--api-key",
         this.#apiCerts.node(id).key,
       ]),
+      ...(this.#tls === null ? [] : [
+        "--peer-cert",
+        this.#tls.node(id).cert,
+        "--peer-key",
+        this.#tls.node(id).key,
+        "--peer-ca",
+        this.#tls.ca,
+      ]),
       ...this.#nodeFlags,
       ...extraFlags,
     ];
@@ -983,6 +1003,7 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<P
       apiPorts: ports.slice(0, size),
       rpcPorts: ports.slice(size),
       apiScheme: options.apiCerts === undefined ? "http" : "https",
+      rpcScheme: options.tls === undefined ? "http" : "https",
     });
     const configPath = join(dataRoot, "cluster.config.json");
     await Deno.mkdir(dataRoot, { recursive: true });
@@ -1003,6 +1024,7 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<P
       echo: options.echo ?? Deno.env.get("RAFTKV_HARNESS_ECHO") === "1",
       ...(options.apiCerts === undefined ? {} : { apiCerts: options.apiCerts }),
       ...(options.token === undefined ? {} : { token: options.token }),
+      tls: options.tls ?? null,
     });
     const started = cluster;
     // The first failure kills every node, so the other health checks end at once too.

@@ -217,6 +217,9 @@ Deno.test("k8s: the pods' environment over the image's is a valid k8s-mode confi
   assert.equal(result.config.id, "raftkv-1");
   assert.equal(result.config.apiPort, port("api"));
   assert.equal(result.config.rpcPort, port("rpc"));
+  // A node binds the host of its own URLs unless told otherwise: a pod must say every interface.
+  assert.equal(result.config.rpcListenHost, "0.0.0.0");
+  assert.equal(result.config.apiListenHost, "0.0.0.0");
   assert.deepEqual(
     result.config.peers.map((peer) => peer.rpcUrl),
     [0, 1, 2].map((i) =>
@@ -405,6 +408,22 @@ Deno.test("docker-cluster.sh: the cluster file names the containers on the defau
       assert.equal(urlPort(url), port);
     }
   }
+});
+
+Deno.test("docker-cluster.sh: the containers listen on every interface, as the image says", () => {
+  // Without RAFTKV_LISTEN_HOST a node would bind the host of its own URLs: its container name.
+  const env = Object.fromEntries(dockerfile().env);
+  assert.equal(env.RAFTKV_LISTEN_HOST, "0.0.0.0");
+  assert.ok(
+    !/RAFTKV_LISTEN_HOST/.test(text("scripts/docker-cluster.sh")),
+    "the script overrides it",
+  );
+  const file = text("deploy/docker/cluster.config.json");
+  const result = parseArgs([], { ...env, RAFTKV_ID: "raftkv-2" }, () => file);
+  assert.equal(result.kind, "run");
+  if (result.kind !== "run") return;
+  assert.equal(result.config.rpcListenHost, "0.0.0.0");
+  assert.equal(result.config.apiListenHost, "0.0.0.0");
 });
 
 Deno.test("docker-cluster.sh: up and down issue the expected engine commands", async () => {

@@ -29,12 +29,14 @@ import {
   TOKENS_ENV,
 } from "./flags.ts";
 import { derivePeersForK8s, parseStatefulSetHostname } from "./k8s.ts";
+import { type PeerTlsConfig, resolvePeerTls } from "./peer_tls.ts";
 
 export { ConfigError } from "./errors.ts";
 export type { PeerConfig } from "./cluster_file.ts";
 export type { AccessRole, ApiTls, TokenConfig } from "./api_security.ts";
 export { DEFAULTS, type FlagInfo, FLAGS, helpText } from "./flags.ts";
 export { derivePeersForK8s, type K8sPeerOptions } from "./k8s.ts";
+export { peerSecurityWarning, type PeerTlsConfig } from "./peer_tls.ts";
 
 /** How a node finds its peers. */
 export type JoinMode = "static" | "k8s";
@@ -53,8 +55,12 @@ export interface NodeConfig {
   apiPort: number;
   /** Port of the Raft RPC server. */
   rpcPort: number;
-  /** Address both servers listen on. Default `"0.0.0.0"` (every interface). */
-  listenHost: string;
+  /** Address the peer server listens on: `--listen-host`, else the host of this node's rpcUrl. */
+  rpcListenHost: string;
+  /** Address the API server listens on: `--listen-host`, else the host of this node's apiUrl. */
+  apiListenHost: string;
+  /** Mutual TLS between peers (`--peer-cert`, `--peer-key`, `--peer-ca`), or null for h2c. */
+  peerTls: PeerTlsConfig | null;
   /**
    * The data directory the storage paths were derived from: `--data-dir`, else `data/<id>`;
    * `null` when all four storage paths were given explicitly and no `--data-dir` was.
@@ -259,6 +265,7 @@ export function parseArgs(
     apiPort = settings.port("--api-port") ?? DEFAULTS.k8sApiPort;
     rpcPort = settings.port("--rpc-port") ?? DEFAULTS.k8sRpcPort;
     peers = derivePeersForK8s({
+      rpcScheme: settings.raw("--peer-cert") ? "https" : "http",
       hostname,
       replicas,
       service: settings.string("--k8s-service"),
@@ -288,14 +295,27 @@ export function parseArgs(
     );
   }
 
-  const listenHost = settings.string("--listen-host") ?? DEFAULTS.listenHost;
-  if (/[\s/[\]]/.test(listenHost)) {
+  const listenHost = settings.string("--listen-host");
+  if (listenHost !== undefined && /[\s/[\]]/.test(listenHost)) {
     throw new ConfigError(
       `Invalid value for ${settings.raw("--listen-host")?.origin}: ${
         JSON.stringify(listenHost)
       } is not a host name or IP address (write IPv6 addresses without brackets, such as "::")`,
     );
   }
+
+  const self = peers.find((peer) => peer.id === id)!;
+  const peerTls = resolvePeerTls(
+    {
+      cert: settings.raw("--peer-cert"),
+      key: settings.raw("--peer-key"),
+      ca: settings.raw("--peer-ca"),
+    },
+    joinMode === "k8s" ? null : new URL(self.rpcUrl).protocol as "http:" | "https:",
+    `cluster file ${JSON.stringify(clusterConfigPath)}`,
+    id,
+    readFile,
+  );
 
   const walDir = settings.string("--log-entry-path");
   const logMetadataPath = settings.string("--log-metadata-path");
@@ -328,7 +348,10 @@ export function parseArgs(
     id,
     apiPort,
     rpcPort,
-    listenHost,
+    // Like etcd's listen URLs: a node listens where its own URLs say, unless told otherwise.
+    rpcListenHost: listenHost ?? _urlHost(self.rpcUrl),
+    apiListenHost: listenHost ?? _urlHost(self.apiUrl),
+    peerTls,
     dataDir,
     walDir: walDir ?? _join(base, "wal"),
     logMetadataPath: logMetadataPath ?? _join(base, "log-metadata.json"),
@@ -367,7 +390,7 @@ export function parseArgs(
     apiTls,
     tokens: readTokens(settings.raw("--tokens-file"), _nonEmpty(env[TOKENS_ENV]), readFile),
   };
-  const open = openApiWarning(listenHost, apiPort, config.tokens);
+  const open = openApiWarning(config.apiListenHost, apiPort, config.tokens);
   const warnings = [..._unknownEnvWarnings(env), ...(open === null ? [] : [open])];
   return { kind: "run", config, warnings };
 }
@@ -455,6 +478,11 @@ function _invalid(raw: RawValue, problem: string): ConfigError {
 
 function _nonEmpty(value: string | undefined): string | undefined {
   return value === "" ? undefined : value;
+}
+
+/** The host of a URL as an address to listen on (IPv6 without brackets). */
+function _urlHost(url: string): string {
+  return new URL(url).hostname.replace(/^\[(.*)\]$/, "$1");
 }
 
 function _join(dir: string, name: string): string {

@@ -25,8 +25,6 @@ export const DEFAULTS = {
   joinMode: "static",
   /** Default of `--cluster-config-path`, relative to the working directory. */
   clusterConfigPath: "cluster.config.json",
-  /** Default of `--listen-host`: every interface. */
-  listenHost: "0.0.0.0",
   /** Default of `--data-dir`, before `<id>` is appended. */
   dataDirParent: "data",
   /** Default of `--election-timeout`, in milliseconds. */
@@ -150,8 +148,25 @@ export const FLAGS: readonly FlagInfo[] = [
     "Node",
     "--listen-host",
     "<host>",
-    `${_D.listenHost} (every interface)`,
-    "Address both servers listen on; 127.0.0.1 accepts local connections only",
+    "the host of this node's rpc_url (peer server) and of its api_url (API server)",
+    "Address both servers listen on instead; 0.0.0.0 is every interface (as in containers)",
+  ),
+  _flag(
+    "Peer security",
+    "--peer-cert",
+    "<file>",
+    "none: peers talk cleartext HTTP/2",
+    "This node's certificate (PEM, subject CN = its node id), served on the peer port and " +
+      "presented to peers. With --peer-key and --peer-ca it turns on mutual TLS between peers; " +
+      "the rpc_urls must then be https://",
+  ),
+  _flag("Peer security", "--peer-key", "<file>", "none", "The private key of --peer-cert (PEM)"),
+  _flag(
+    "Peer security",
+    "--peer-ca",
+    "<file>",
+    "none",
+    "The cluster CA (PEM): a peer's certificate must chain to it and name a member as its CN",
   ),
   _flag(
     "Storage",
