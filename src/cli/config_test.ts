@@ -83,6 +83,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   backupTimeoutMs: 600_000,
   logLevel: "info",
   logFormat: "text",
+  transferOnShutdown: true,
 };
 
 Deno.test("parseArgs() fills in every default from --id and the cluster file alone", () => {
@@ -126,6 +127,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
   ["--log-level", "debug", { logLevel: "debug" }],
   ["--log-format", "json", { logFormat: "json" }],
+  ["--transfer-on-shutdown", "false", { transferOnShutdown: false }],
 ];
 const _FILES = _files({ [_FILE_PATH]: _FILE, "other.json": _FILE });
 
