@@ -659,12 +659,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
 
   // ---- inputs -------------------------------------------------------------------------------
 
-  async #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult & { index: number }> {
+  #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult & { index: number }> {
     if (this.#core.role === "leader" && this.#core.leadTransferee !== NONE) {
       // Handing over: wait for the outcome, then propose here or fail towards the new leader.
-      await this.#transferSettled(signal);
+      return this.#transferSettled(signal).then(() => this.#proposeNow(cmd, signal));
     }
-    return await this.#proposeNow(cmd, signal);
+    return this.#proposeNow(cmd, signal);
   }
 
   #proposeNow(cmd: KvCommand, signal: AbortSignal): Promise<KvResult & { index: number }> {
