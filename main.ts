@@ -212,6 +212,7 @@ export async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGTERM", onSignal);
 
   log.info(fatal ? "stopping after a fatal error" : "stopping");
+  if (!fatal && config.transferOnShutdown) await _handOver(node, config.electionTimeoutMs, log);
   // Stop taking requests, finish the write in flight, then close the peer side. A server's
   // shutdown waits for idle HTTP/2 connections (a silent client) forever: give it a deadline.
   await _within(apiServer.shutdown(), 3_000);
@@ -265,6 +266,22 @@ function _serveAgain(
       await current.shutdown();
     },
   };
+}
+
+/**
+ * A leader about to stop hands leadership to the most caught-up voter first (within `ms`), so
+ * the cluster gets a new leader at once instead of after an election timeout; writes arriving
+ * meanwhile are forwarded to it. Anything that goes wrong is logged, and the node stops anyway.
+ */
+async function _handOver(node: RaftNode, ms: number, log: Logger): Promise<void> {
+  const status = node.status();
+  if (status.role !== "leader" || status.members.length < 2) return;
+  try {
+    const { leader } = await node.transferLeadership(null, AbortSignal.timeout(ms));
+    log.info(`handed leadership to ${leader} before stopping`);
+  } catch (e) {
+    log.warn(`could not hand leadership over before stopping (${_message(e)}); stopping anyway`);
+  }
 }
 
 function _message(e: unknown): string {

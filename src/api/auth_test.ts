@@ -32,6 +32,7 @@ Deno.test("requiredRole() maps every route to the role it needs", () => {
     ["GET", "/v1/data", "write"],
     ["GET", "/v1/snapshot", "admin"],
     ["POST", "/v1/members", "admin"],
+    ["POST", "/v1/leader/transfer", "admin"],
     ["GET", "/v1/datax", "admin"],
     ["GET", "/", "admin"],
     ["GET", "/health/", "admin"],

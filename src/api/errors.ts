@@ -50,8 +50,8 @@ export class ApiError extends Error {
 export interface Operation {
   /** Whether it changes data: a timed-out write may have been applied, a read never was. */
   write: boolean;
-  /** The key, echoed as `k` in error answers. */
-  key: string;
+  /** The key, echoed as `k` in error answers; absent for an operation on no key. */
+  key?: string;
   /** Who asked, once authorised; `null` when the API is open. A forward carries it on. */
   caller: Caller | null;
 }
@@ -77,7 +77,7 @@ export function backendError(
   if (err instanceof NotAppliedError) {
     return new ApiError(503, `${err.message}; retrying is safe`, { k }, retryAfter);
   }
-  if (err instanceof OverloadedError) return overloadedError(err, k, retryAfter);
+  if (err instanceof OverloadedError) return overloadedError(err, k ?? null, retryAfter);
   if (err instanceof StoppingError) {
     return new ApiError(503, `${err.message}; retry on another node`, { k }, retryAfter);
   }

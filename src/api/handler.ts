@@ -17,6 +17,7 @@
  * | `GET`    | `/metrics`        |                 | 200 this node's Prometheus metrics      |
  * | `GET`    | `/v1/cluster`     |                 | 200 every member's status and numbers   |
  * | `GET`    | `/ui/`            |                 | 200 the dashboard (`/ui` redirects)     |
+ * | `POST`   | `/v1/leader/transfer` | `{"to"}`, optional | 200 `{"leader","previous"}` (admin) |
  *
  * `GET /v1/data/{key}` takes `?consistency=linearizable|stale|lease` (default `linearizable`).
  *
@@ -78,6 +79,7 @@ import { defaultForwarder, type Forwarder } from "./forwarder.ts";
 import { ApiLimits } from "./limits.ts";
 import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
 import { isUiPath, uiResponse } from "./ui.ts";
+import { leaderTransferRoute } from "./admin.ts";
 import {
   checkKey,
   checkValue,
@@ -480,6 +482,9 @@ async function _route(
         }),
         { "cache-control": "no-store" },
       );
+    case "/v1/leader/transfer":
+      _allow(req, path, ["POST"]);
+      return await leaderTransferRoute(ctx, req, url, caller);
   }
   if (isUiPath(path)) {
     _allow(req, "/ui", ["GET"]);
@@ -490,7 +495,7 @@ async function _route(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/cluster, /v1/snapshot, /health, /ready, /metrics and /ui/`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

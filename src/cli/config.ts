@@ -84,6 +84,8 @@ export interface NodeConfig {
   electionTimeoutMs: number;
   /** Leader heartbeat interval in milliseconds. Default 100. */
   heartbeatMs: number;
+  /** Whether a leader hands leadership over before it stops on a signal. Default true. */
+  transferOnShutdown: boolean;
   /** Time limit of one Raft RPC in milliseconds. Default 2000. */
   rpcTimeoutMs: number;
   /** Time limit of one client API request in milliseconds. Default 5000. */
@@ -164,6 +166,7 @@ export interface ParseArgsOptions {
 const _JOIN_MODES = ["static", "cluster-file", "k8s"] as const;
 const _LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
 const _LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
+const _BOOLS = ["true", "false"] as const;
 const _K8S_FLAGS = ["--k8s-replicas", "--k8s-service", "--k8s-namespace", "--k8s-cluster-domain"];
 
 /**
@@ -362,6 +365,8 @@ export function parseArgs(
     peers,
     electionTimeoutMs,
     heartbeatMs,
+    transferOnShutdown: (settings.choice("--transfer-on-shutdown", _BOOLS) ??
+      DEFAULTS.transferOnShutdown) === "true",
     rpcTimeoutMs: settings.duration("--rpc-timeout") ?? DEFAULTS.rpcTimeoutMs,
     apiTimeoutMs: settings.duration("--api-timeout") ?? DEFAULTS.apiTimeoutMs,
     apiFwdTimeoutMs: settings.duration("--api-fwd-timeout") ?? DEFAULTS.apiFwdTimeoutMs,

@@ -88,6 +88,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   logFormat: "text",
   apiTls: null,
   tokens: null,
+  transferOnShutdown: true,
 };
 
 Deno.test("parseArgs() fills in every default from --id and the cluster file alone", () => {
@@ -131,6 +132,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
   ["--log-level", "debug", { logLevel: "debug" }],
   ["--log-format", "json", { logFormat: "json" }],
+  ["--transfer-on-shutdown", "false", { transferOnShutdown: false }],
 ];
 const _FILES = _files({ [_FILE_PATH]: _FILE, "other.json": _FILE });
 

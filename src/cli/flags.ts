@@ -31,6 +31,8 @@ export const DEFAULTS = {
   electionTimeoutMs: 1000,
   /** Default of `--heartbeat`, in milliseconds. */
   heartbeatMs: 100,
+  /** Default of `--transfer-on-shutdown`. */
+  transferOnShutdown: "true",
   /** Default of `--rpc-timeout`, in milliseconds. */
   rpcTimeoutMs: 2000,
   /** Default of `--api-timeout`, in milliseconds. */
@@ -238,6 +240,13 @@ export const FLAGS: readonly FlagInfo[] = [
     `${_D.heartbeatMs}ms`,
     "Interval between the leader's heartbeats",
     ["--heartbeat-interval"],
+  ),
+  _flag(
+    "Timing",
+    "--transfer-on-shutdown",
+    "<bool>",
+    _D.transferOnShutdown,
+    '"true": a leader stopped by SIGTERM/SIGINT first hands leadership over (up to an election timeout); "false": it just stops',
   ),
   _flag(
     "Timing",

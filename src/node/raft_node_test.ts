@@ -1,11 +1,18 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { NotLeaderError } from "../raft/errors.ts";
+import { LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 import { MemoryNetwork } from "../../testing/memory_transport.ts";
 import { PeerRefusedError, type TransportHandlers } from "../transport/transport.ts";
 import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
 import { encodeCommand } from "../kv/state_machine.ts";
-import { NoSpaceError, NotAppliedError, OutcomeUnknownError, OverloadedError } from "./backend.ts";
+import {
+  NoSpaceError,
+  NotAppliedError,
+  OutcomeUnknownError,
+  OverloadedError,
+  TransferAbortedError,
+  UnknownMemberError,
+} from "./backend.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
 import { encodeSnapshot, listSnapshots } from "../storage/snapshot_file.ts";
@@ -165,6 +172,48 @@ Deno.test("a leader cut off from its peers stops confirming reads and steps down
       "rejoin",
     );
     assert.equal(await leader.get("a", "stale", signal()), "2");
+  } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader transfer hands over to the chosen node; writes held meanwhile fail towards it", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  try {
+    const net = new MemoryNetwork();
+    nodes = await startNodes(root, net, 11);
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("a", "1", signal());
+    const [target, other] = nodes.filter((n) => n !== leader);
+    await assert.rejects(leader.transferLeadership("zz", signal()), UnknownMemberError);
+    await assert.rejects(target!.transferLeadership(null, signal()), NotLeaderError);
+    assert.deepEqual(await leader.transferLeadership(leader.id, signal()), { leader: leader.id });
+
+    const transfer = leader.transferLeadership(target!.id, signal());
+    // Asked while the first transfer runs: refused; a write waits for the outcome.
+    await assert.rejects(leader.transferLeadership(other!.id, signal()), LeaderTransferError);
+    const held = leader.put("b", "2", signal());
+    assert.deepEqual(await transfer, { leader: target!.id });
+    await assert.rejects(held, (e) => e instanceof NotLeaderError && e.leader === target!.id);
+    await waitFor(() => target!.isReady(), "the new leader to be ready");
+    assert.equal(target!.status().role, "leader");
+    await target!.put("b", "3", signal());
+    assert.equal(await target!.get("a", "linearizable", signal()), "1");
+
+    // A transfer to a node cut off from the leader is abandoned: the leader leads on and
+    // proposes the writes it held.
+    const now = target!;
+    const cutOff = nodes.find((n) => n !== now && n.status().role !== "leader")!;
+    for (const n of nodes) if (n !== cutOff) net.partition(n.id, cutOff.id);
+    const failed = now.transferLeadership(cutOff.id, signal());
+    const waiting = now.put("c", "4", signal());
+    await assert.rejects(failed, TransferAbortedError);
+    assert.equal((await waiting).index > 0, true);
+    assert.equal(now.status().role, "leader");
+    net.heal();
   } finally {
     for (const n of nodes) await n.stop();
     await Deno.remove(root, { recursive: true });
