@@ -11,6 +11,7 @@ import denoJson from "../deno.json" with { type: "json" };
 import { parseClusterFile, urlPort } from "../src/cli/cluster_file.ts";
 import { parseArgs } from "../src/cli/config.ts";
 import { DEFAULTS, FLAGS } from "../src/cli/flags.ts";
+import { makeCertificates } from "../testing/certs.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const K8S_DIR = `${ROOT}deploy/k8s/`;
@@ -478,6 +479,69 @@ Deno.test("docker-cluster.sh: up and down issue the expected engine commands", a
 
     const bad = await bash([SCRIPT, "down", "--everything"], env);
     assert.equal(bad.code, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("docker-cluster.sh: TLS_DIR mounts the secrets and configures a valid TLS node", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-docker-tls-" });
+  try {
+    const tls = `${dir}/tls`;
+    await Deno.mkdir(tls);
+    const nodes = ["raftkv-1", "raftkv-2", "raftkv-3"];
+    await makeCertificates(tls, { nodes, hosts: nodes });
+    await Deno.writeTextFile(
+      `${tls}/tokens.json`,
+      JSON.stringify([{ token: "0123456789abcdef0123", role: "admin", name: "ops" }]),
+    );
+    const log = `${dir}/log`;
+    const stub = `${dir}/docker`;
+    await Deno.writeTextFile(
+      stub,
+      `#!/usr/bin/env bash\necho "$*" >> "${log}"\n` +
+        `if [[ "$2" == inspect ]]; then exit 1; fi\nexit 0\n`,
+    );
+    await Deno.chmod(stub, 0o755);
+    const env = {
+      DOCKER: stub,
+      WAIT: "0",
+      SKIP_BUILD: "1",
+      TLS_DIR: tls,
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+    };
+    const up = await bash([SCRIPT, "up"], env);
+    assert.equal(up.code, 0, up.stderr);
+    const calls = (await Deno.readTextFile(log)).trim().split("\n");
+    const { env: imageEnv } = dockerfile();
+    const secrets = "/etc/raftkv/secrets";
+    for (const node of nodes) {
+      const run = calls.find((call) => call.includes(`--name ${node} `));
+      assert.ok(run, `no run of ${node}`);
+      assert.ok(run.includes(`--volume ${tls}:${secrets}:ro`), run);
+      assert.ok(run.includes("deploy/docker/cluster.tls.config.json:"), run);
+      // The container's environment over the image's, with the mounted files, is a valid
+      // configuration of a TLS node with tokens.
+      const vars: Record<string, string> = Object.fromEntries(imageEnv);
+      for (const m of run.matchAll(/--env (\S+?)=(\S+)/g)) vars[m[1]!] = m[2]!;
+      const files = (path: string): string => {
+        if (path === imageEnv.get("RAFTKV_CLUSTER_CONFIG_PATH")) {
+          return text("deploy/docker/cluster.tls.config.json");
+        }
+        assert.ok(path.startsWith(`${secrets}/`), `reads ${path} outside the secrets`);
+        return Deno.readTextFileSync(`${tls}/${path.slice(secrets.length + 1)}`);
+      };
+      const result = parseArgs([], vars, files);
+      assert.equal(result.kind, "run");
+      if (result.kind !== "run") return;
+      assert.equal(result.config.id, node);
+      assert.ok(result.config.peerTls, "peers use mutual TLS");
+      assert.ok(result.config.apiTls, "the API serves HTTPS");
+      assert.equal(result.config.tokens?.length, 1);
+      assert.ok(result.config.peers.every((p) => p.rpcUrl.startsWith("https://")));
+      assert.equal(vars.RAFTKV_HEALTHCHECK_CACERT, `${secrets}/ca.crt`);
+      assert.deepEqual(result.warnings, []);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
