@@ -546,3 +546,84 @@ Deno.test("docker-cluster.sh: TLS_DIR mounts the secrets and configures a valid 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("k8s tls overlay: every pod reads its own certificate and the tokens from Secrets", async () => {
+  const overlay = `${K8S_DIR}tls/`;
+  const kustomization = parseAllDocuments(Deno.readTextFileSync(`${overlay}kustomization.yaml`))
+    .map((doc) => doc.toJS())[0];
+  assert.deepEqual(kustomization.resources, ["../"]);
+  const patchDocs = parseAllDocuments(
+    Deno.readTextFileSync(`${overlay}${kustomization.patches[0].path}`),
+  );
+  for (const doc of patchDocs) assert.deepEqual(doc.errors, []);
+  const patch = patchDocs[0]!.toJS();
+  const { set, env: baseEnv } = k8s();
+  assert.equal(patch.kind, "StatefulSet");
+  assert.equal(patch.metadata.name, set.metadata.name);
+  const podSpec = patch.spec.template.spec;
+  const container = podSpec.containers[0];
+  for (const probe of ["livenessProbe", "readinessProbe", "startupProbe"]) {
+    assert.equal(container[probe].httpGet.scheme, "HTTPS", probe);
+  }
+  // Which Secret key each mounted path is.
+  const generated = new Map<string, string[]>(
+    kustomization.secretGenerator.map((g: Doc) => [
+      g.name,
+      g.files.map((f: string) => f.split("/").at(-1)),
+    ]),
+  );
+  const mounts = new Map<string, string[]>();
+  for (const m of container.volumeMounts) {
+    const volume = podSpec.volumes.find((v: Doc) => v.name === m.name);
+    const keys = generated.get(volume.secret.secretName);
+    assert.ok(keys, `${m.name} mounts a generated Secret`);
+    assert.equal(m.readOnly, true);
+    mounts.set(m.mountPath, keys);
+  }
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-k8s-tls-" });
+  try {
+    const pods = Array.from({ length: set.spec.replicas }, (_, i) => `${set.metadata.name}-${i}`);
+    await makeCertificates(dir, {
+      nodes: pods,
+      hosts: [`*.${set.spec.serviceName}.shop.svc.cluster.local`],
+    });
+    await Deno.writeTextFile(
+      `${dir}/tokens.json`,
+      JSON.stringify([{ token: "0123456789abcdef0123", role: "admin", name: "ops" }]),
+    );
+    for (const pod of pods) {
+      const vars: Record<string, string> = {
+        ...Object.fromEntries(dockerfile().env),
+        HOSTNAME: pod,
+        POD_NAMESPACE: "shop",
+      };
+      for (const [name, entry] of baseEnv) if (entry.value !== undefined) vars[name] = entry.value;
+      for (const e of container.env) {
+        if (e.name === "POD_NAME") {
+          assert.equal(e.valueFrom.fieldRef.fieldPath, "metadata.name");
+          continue;
+        }
+        assert.ok(KNOWN_ENV.has(e.name), `${e.name} is not a variable the node reads`);
+        vars[e.name] = String(e.value).replaceAll("$(POD_NAME)", pod);
+      }
+      const files = (path: string): string => {
+        const mount = [...mounts.keys()].find((m) => path.startsWith(`${m}/`));
+        assert.ok(mount, `reads ${path}, which no Secret holds`);
+        const key = path.slice(mount.length + 1);
+        assert.ok(mounts.get(mount)!.includes(key), `the Secret has no key ${key}`);
+        return Deno.readTextFileSync(`${dir}/${key}`);
+      };
+      const result = parseArgs([], vars, files);
+      assert.equal(result.kind, "run");
+      if (result.kind !== "run") return;
+      assert.equal(result.config.id, pod);
+      assert.ok(result.config.peerTls && result.config.apiTls, `${pod}: TLS on both ports`);
+      assert.equal(result.config.tokens?.length, 1);
+      assert.ok(result.config.peers.every((p) => p.rpcUrl.startsWith("https://")));
+      assert.ok(result.config.peers.every((p) => p.apiUrl.startsWith("https://")));
+      assert.deepEqual(result.warnings, []);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
