@@ -51,8 +51,8 @@ async function startNode(
     id,
     members,
     storage,
-    heartbeatMs: 10,
-    electionTimeoutMs: 100,
+    heartbeatMs: 25,
+    electionTimeoutMs: 400, // loaded machines delay ticks: no needless elections
     seed,
     logger: SILENT,
     transport: (h) => net.connect(id, h),
@@ -75,8 +75,8 @@ async function startNodes(root: string, net: MemoryNetwork, seed: number): Promi
       id,
       members,
       storage,
-      heartbeatMs: 10,
-      electionTimeoutMs: 100,
+      heartbeatMs: 25,
+      electionTimeoutMs: 400,
       seed: seed + i,
       logger: SILENT,
       transport: (h) => net.connect(id, h),
@@ -235,26 +235,29 @@ Deno.test("snapshots bound the log; a lagging node and a wiped node catch up by 
     const leader = leaderOf(all())!;
     const lagging = IDS.find((id) => id !== leader.id)!;
     for (const other of IDS) if (other !== lagging) net.partition(lagging, other);
-    for (let i = 0; i < 500; i++) await leader.put(`k${i % 50}`, `v${i}`, signal());
-    await waitFor(() => leader.status().applied_index >= 500, "the leader to apply");
-    const snaps = await listSnapshots(join(root, leader.id, "snapshots"));
+    // Through whichever node leads: a loaded machine can delay ticks past an election timeout.
+    for (let i = 0; i < 500; i++) await putOnLeader(all, `k${i % 50}`, `v${i}`);
+    await waitFor(() => leaderOf(all())?.isReady() === true, "a leader");
+    const now = leaderOf(all())!;
+    await waitFor(() => now.status().applied_index >= 500, "the leader to apply");
+    const snaps = await listSnapshots(join(root, now.id, "snapshots"));
     assert.ok(snaps.length >= 1 && snaps[0]!.index >= 400, `snapshots: ${JSON.stringify(snaps)}`);
     net.heal();
-    const target = leader.status().commit_index;
+    const target = now.status().commit_index;
     await waitFor(() => nodes.get(lagging)!.status().applied_index >= target, "snapshot catch-up");
     for (let i = 450; i < 500; i++) {
       assert.equal(await nodes.get(lagging)!.get(`k${i % 50}`, "stale", signal()), `v${i}`);
     }
 
     // Wipe a follower completely and start it again: it comes back by snapshot.
-    const wiped = IDS.find((id) => id !== leader.id && id !== lagging)!;
+    const wiped = IDS.find((id) => id !== now.id && id !== lagging)!;
     await nodes.get(wiped)!.stop();
     await Deno.remove(join(root, wiped), { recursive: true });
     const fresh = await startNode(root, net, wiped, 77, opts);
     nodes.set(wiped, fresh);
     fresh.start();
-    await leader.put("after-wipe", "yes", signal());
-    const commit = leader.status().commit_index;
+    await putOnLeader(all, "after-wipe", "yes");
+    const commit = leaderOf(all())?.status().commit_index ?? now.status().commit_index;
     await waitFor(() => fresh.status().applied_index >= commit, "the wiped node to catch up");
     assert.equal(await fresh.get("after-wipe", "stale", signal()), "yes");
     assert.equal(await fresh.get("k49", "stale", signal()), "v499");
