@@ -7,7 +7,7 @@
  */
 
 import denoJson from "./deno.json" with { type: "json" };
-import { ConfigError, type NodeConfig, parseArgs } from "./src/cli/config.ts";
+import { ConfigError, type NodeConfig, parseArgs, peerSecurityWarning } from "./src/cli/config.ts";
 import {
   applyHostsOverride,
   DEBUG_STALE_READS_ENV,
@@ -20,7 +20,7 @@ import {
 import { healthcheck } from "./src/cli/healthcheck.ts";
 import { isClientCommand, runClient } from "./src/cli/client/client.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
-import { closeForwarder, createApiHandler } from "./src/api/handler.ts";
+import { createApiHandler, createForwarder } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
 import { applyDebugFaults } from "./src/node/debug_faults.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
@@ -29,6 +29,7 @@ import { PeerValidator } from "./src/raft/validate.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
+import { serveMutualTls } from "./src/transport/tls_server.ts";
 
 /** The program's version, from deno.json (embedded at compile time). */
 export const VERSION: string = denoJson.version;
@@ -114,36 +115,24 @@ export async function main(args: string[]): Promise<number> {
         maxConnRetryAttempts: config.maxConnRetryAttempts,
         logger: rateLimited(log, 5_000),
         metrics,
+        ...(config.peerTls === null ? {} : { tls: config.peerTls }),
       });
     },
   });
 
-  _serveAgain(
-    "peer RPC",
-    {
-      port: config.rpcPort,
-      hostname: config.listenHost,
-      onListen: (a) => log.info(`peer RPC listening on ${a.hostname}:${a.port}`),
-    },
-    createPeerHandler(handlers!, {
-      self: config.id,
-      // Every peer message is checked before it reaches the node: members only, sane fields,
-      // commands that decode.
-      validator: new PeerValidator({
-        self: config.id,
-        members: config.peers.map((p) => p.id),
-        checkEntryData: decodeCommand,
-      }),
-      // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
-      // of a single command as large as the key and value limits allow.
-      maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
-      logger: rateLimited(log, 5_000),
-    }),
-    log,
+  // Forwards go to the leader's peer port, over mutual TLS when peers use it.
+  const forwarder = createForwarder(
+    config.peerTls === null
+      ? {}
+      : { ca: config.peerTls.ca, cert: config.peerTls.cert, key: config.peerTls.key },
   );
   const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
   const api = createApiHandler(applyDebugFaults(node, faults, log), {
     selfId: config.id,
+    members: config.peers,
+    tokens: config.tokens ?? [],
+    forward: forwarder.forward,
+    logRefusal: rateLimited(log, 5_000).warn,
     apiTimeoutMs: config.apiTimeoutMs,
     apiFwdTimeoutMs: config.apiFwdTimeoutMs,
     maxKeyBytes: config.maxKeyBytes,
@@ -154,15 +143,60 @@ export async function main(args: string[]): Promise<number> {
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
     metrics,
-    members: config.peers,
     logError: (line) => log.error(line),
   });
+  const peerHandler = createPeerHandler(handlers!, {
+    self: config.id,
+    // Every peer message is checked before it reaches the node: members only, sane fields,
+    // commands that decode.
+    validator: new PeerValidator({
+      self: config.id,
+      members: config.peers.map((p) => p.id),
+      checkEntryData: decodeCommand,
+    }),
+    // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
+    // of a single command as large as the key and value limits allow.
+    maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
+    // With mutual TLS the sender is the identity its certificate proves, never just a header.
+    requirePeerIdentity: config.peerTls !== null,
+    logger: rateLimited(log, 5_000),
+    // Client requests a follower forwards, already authorised there.
+    forward: api.forwarded,
+  });
+  const peerOnListen = (a: { hostname: string; port: number }) =>
+    log.info(
+      `peer RPC listening on ${a.hostname}:${a.port}` +
+        (config.peerTls === null ? " (h2c)" : " (TLS, client certificates required)"),
+    );
+  if (config.peerTls === null) {
+    _serveAgain(
+      "peer RPC",
+      { port: config.rpcPort, hostname: config.rpcListenHost, onListen: peerOnListen },
+      (req) => peerHandler(req, { peer: null }),
+      log,
+    );
+  } else {
+    // Never closed either (see the shutdown below).
+    await serveMutualTls({
+      ...config.peerTls,
+      port: config.rpcPort,
+      hostname: config.rpcListenHost,
+      onListen: peerOnListen,
+      logger: rateLimited(log, 5_000),
+    }, peerHandler);
+  }
+  const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
+  if (exposed !== null) log.warn(exposed);
   const apiServer = _serveAgain(
     "REST API",
     {
       port: config.apiPort,
-      hostname: config.listenHost,
-      onListen: (a) => log.info(`REST API listening on ${a.hostname}:${a.port}`),
+      hostname: config.apiListenHost,
+      ...config.apiTls,
+      onListen: (a) =>
+        log.info(
+          `REST API listening on ${config.apiTls ? "https" : "http"}://${a.hostname}:${a.port}`,
+        ),
     },
     api,
     log,
@@ -178,11 +212,12 @@ export async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGTERM", onSignal);
 
   log.info(fatal ? "stopping after a fatal error" : "stopping");
+  if (!fatal && config.transferOnShutdown) await _handOver(node, config.electionTimeoutMs, log);
   // Stop taking requests, finish the write in flight, then close the peer side. A server's
   // shutdown waits for idle HTTP/2 connections (a silent client) forever: give it a deadline.
   await _within(apiServer.shutdown(), 3_000);
   await node.stop();
-  closeForwarder();
+  forwarder.close();
   // The peer server is not shut down gracefully: its connections close when the process exits.
   // A graceful shutdown sends GOAWAY to the peers' node:http2 clients, and Deno's nghttp2 can
   // abort the whole peer process on a GOAWAY that arrives while requests are in flight
@@ -231,6 +266,22 @@ function _serveAgain(
       await current.shutdown();
     },
   };
+}
+
+/**
+ * A leader about to stop hands leadership to the most caught-up voter first (within `ms`), so
+ * the cluster gets a new leader at once instead of after an election timeout; writes arriving
+ * meanwhile are forwarded to it. Anything that goes wrong is logged, and the node stops anyway.
+ */
+async function _handOver(node: RaftNode, ms: number, log: Logger): Promise<void> {
+  const status = node.status();
+  if (status.role !== "leader" || status.members.length < 2) return;
+  try {
+    const { leader } = await node.transferLeadership(null, AbortSignal.timeout(ms));
+    log.info(`handed leadership to ${leader} before stopping`);
+  } catch (e) {
+    log.warn(`could not hand leadership over before stopping (${_message(e)}); stopping anyway`);
+  }
 }
 
 function _message(e: unknown): string {

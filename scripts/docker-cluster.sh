@@ -14,6 +14,13 @@
 # Environment: DOCKER (default "docker"; "podman" works too), IMAGE (default "raftkv:local"),
 # SKIP_BUILD=1 to use an IMAGE that is already built or pulled, WAIT=0 to return from `up`
 # without waiting (at most 60 s, with curl) for every node to answer /ready.
+#
+# TLS_DIR=<dir> runs the cluster with mutual TLS between peers, HTTPS on the API and bearer
+# tokens: <dir> holds ca.crt, raftkv-N.crt/.key and tokens.json, as made by
+#   deno task certs --dir <dir> --nodes raftkv-1,raftkv-2,raftkv-3 \
+#     --host raftkv-1 --host raftkv-2 --host raftkv-3
+# and is mounted read-only at /etc/raftkv/secrets (the cluster file is then
+# deploy/docker/cluster.tls.config.json, with https URLs).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +28,14 @@ docker="${DOCKER:-docker}"
 image="${IMAGE:-raftkv:local}"
 network="raftkv"
 cluster_file="$root/deploy/docker/cluster.config.json"
+tls_dir="${TLS_DIR:-}"
+scheme=http
+if [[ -n "$tls_dir" ]]; then
+  tls_dir="$(cd "$tls_dir" && pwd)"
+  cluster_file="$root/deploy/docker/cluster.tls.config.json"
+  scheme=https
+fi
+secrets=/etc/raftkv/secrets
 nodes=(raftkv-1 raftkv-2 raftkv-3)
 host_ports=(7777 7778 7779)
 
@@ -56,6 +71,22 @@ up() {
       "$docker" start "$node" >/dev/null
       continue
     fi
+    local tls_args=()
+    if [[ -n "$tls_dir" ]]; then
+      for f in ca.crt "$node.crt" "$node.key" tokens.json; do
+        [[ -r "$tls_dir/$f" ]] || { echo "docker-cluster: $tls_dir/$f is missing" >&2; exit 1; }
+      done
+      tls_args=(
+        --volume "$tls_dir:$secrets:ro"
+        --env "RAFTKV_PEER_CA=$secrets/ca.crt"
+        --env "RAFTKV_PEER_CERT=$secrets/$node.crt"
+        --env "RAFTKV_PEER_KEY=$secrets/$node.key"
+        --env "RAFTKV_API_CERT=$secrets/$node.crt"
+        --env "RAFTKV_API_KEY=$secrets/$node.key"
+        --env "RAFTKV_TOKENS_FILE=$secrets/tokens.json"
+        --env "RAFTKV_HEALTHCHECK_CACERT=$secrets/ca.crt"
+      )
+    fi
     "$docker" run --detach \
       --name "$node" \
       --hostname "$node" \
@@ -64,9 +95,10 @@ up() {
       --volume "$node-data:/data" \
       --volume "$cluster_file:/etc/raftkv/cluster.config.json:ro" \
       --env "RAFTKV_ID=$node" \
+      ${tls_args[@]+"${tls_args[@]}"} \
       --restart unless-stopped \
       "$image" >/dev/null
-    echo "docker-cluster: started $node (API on http://127.0.0.1:${host_ports[$i]})"
+    echo "docker-cluster: started $node (API on $scheme://127.0.0.1:${host_ports[$i]})"
   done
   wait_ready
 }
@@ -81,17 +113,25 @@ wait_ready() {
     return 0
   fi
   local deadline=$((SECONDS + 60)) port ready
+  local curl_tls=()
+  [[ -z "$tls_dir" ]] || curl_tls=(--cacert "$tls_dir/ca.crt")
   while ((SECONDS < deadline)); do
     ready=0
     for port in "${host_ports[@]}"; do
-      if curl -fsS --max-time 2 "http://127.0.0.1:$port/ready" >/dev/null 2>&1; then
+      if curl -fsS --max-time 2 ${curl_tls[@]+"${curl_tls[@]}"} "$scheme://127.0.0.1:$port/ready" >/dev/null 2>&1; then
         ready=$((ready + 1))
       fi
     done
     if ((ready == ${#host_ports[@]})); then
       echo "docker-cluster: all ${#nodes[@]} nodes are ready, e.g.:"
-      echo "  curl -X POST -H 'content-type: application/json' -d '{\"k\":\"a\",\"v\":\"1\"}' http://127.0.0.1:7777/v1/data"
-      echo "  curl http://127.0.0.1:7778/v1/data/a"
+      if [[ -n "$tls_dir" ]]; then
+        echo "  TOKEN=<the write token in $tls_dir/tokens.json>"
+        echo "  curl --cacert $tls_dir/ca.crt -H \"Authorization: Bearer \$TOKEN\" -X POST -H 'content-type: application/json' -d '{\"k\":\"a\",\"v\":\"1\"}' https://localhost:7777/v1/data"
+        echo "  curl --cacert $tls_dir/ca.crt -H \"Authorization: Bearer \$TOKEN\" https://localhost:7778/v1/data/a"
+      else
+        echo "  curl -X POST -H 'content-type: application/json' -d '{\"k\":\"a\",\"v\":\"1\"}' http://127.0.0.1:7777/v1/data"
+        echo "  curl http://127.0.0.1:7778/v1/data/a"
+      fi
       return 0
     fi
     sleep 1
@@ -111,7 +151,11 @@ status() {
     fi
     state="$("$docker" inspect --format '{{.State.Status}} {{if .State.Health}}({{.State.Health.Status}}){{end}}' "$node")"
     if command -v curl >/dev/null 2>&1; then
-      state="$state, /v1/status: $(curl -sS --max-time 2 "http://127.0.0.1:${host_ports[$i]}/v1/status" 2>&1 || true)"
+      if [[ -n "$tls_dir" ]]; then # /v1/status needs a token; /ready is open
+        state="$state, /ready: $(curl -sS --max-time 2 --cacert "$tls_dir/ca.crt" "https://127.0.0.1:${host_ports[$i]}/ready" 2>&1 || true)"
+      else
+        state="$state, /v1/status: $(curl -sS --max-time 2 "http://127.0.0.1:${host_ports[$i]}/v1/status" 2>&1 || true)"
+      fi
     fi
     echo "$node: $state"
   done

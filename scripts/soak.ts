@@ -217,6 +217,9 @@ elections:        ${t("elections")} (max term ${maxTerm}), ${t("diskWrites")} di
 snapshots:        ${t("snapshotsTaken")} taken, ${t("snapshotsSent")} sent (${
     t("snapshotSendsFailed")
   } failed), ${t("snapshotsReceived")} received, ${t("snapshotsInstalled")} installed
+transfers:        ${t("transfers")} leader transfers started, ${t("transfersDone")} done, ${
+    t("transfersAborted")
+  } abandoned
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }

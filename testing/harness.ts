@@ -5,7 +5,8 @@
  * directory, starts one `deno run main.ts` process per node and waits until each answers
  * `/health`. The returned {@linkcode ProcessCluster} kills, stops, restarts, pauses and resumes
  * nodes, sends HTTP requests with deadlines, waits for a leader, keeps the last lines each node
- * printed, and on disposal kills everything and removes the temporary directory.
+ * printed, and on disposal kills everything and removes the temporary directory. With `tls`
+ * (certificates from `makeCertificates`), peers use mutual TLS over `https://` rpc_urls.
  *
  * ```ts ignore
  * import { startCluster } from "./harness.ts";
@@ -25,6 +26,7 @@
 
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
+import type { Certificates } from "./certs.ts";
 import { readLines } from "./read_lines.ts";
 
 /** One entry of a cluster file, spelled as in the file. */
@@ -99,6 +101,8 @@ export interface RequestOptions {
   headers?: Record<string, string>;
   /** How to treat redirects, as in `fetch`. Default `"follow"`. */
   redirect?: RequestRedirect;
+  /** The HTTP client to send with (one that trusts a test CA, say). Default: fetch's own. */
+  client?: Deno.HttpClient;
 }
 
 /** Options of {@linkcode waitFor}. */
@@ -143,6 +147,24 @@ export interface StartClusterOptions {
    * Default: whether the environment variable `RAFTKV_HARNESS_ECHO` is `1`.
    */
   echo?: boolean;
+  /**
+   * Serve every node's client API over HTTPS: `https` api_urls, each node started with
+   * `--api-cert`/`--api-key` of its own certificate from these (see `testing/certs.ts`), and the
+   * harness's requests trusting their CA. Default: plain HTTP.
+   */
+  apiCerts?: Certificates;
+  /**
+   * The bearer token the harness's own requests send ({@linkcode ProcessCluster.status},
+   * {@linkcode ProcessCluster.waitForLeader}); requests made with
+   * {@linkcode ProcessCluster.request} send only the headers given. Default: none.
+   */
+  token?: string;
+  /**
+   * Mutual TLS between peers: certificates (from `makeCertificates`, with one per node id,
+   * `node-1` to `node-<size>`). The rpc_urls become `https://` and every node gets
+   * `--peer-cert`, `--peer-key` and `--peer-ca`. Default: cleartext peers.
+   */
+  tls?: Certificates;
 }
 
 /** Options of {@linkcode ProcessCluster.start}. */
@@ -266,22 +288,26 @@ export function freePort(hostname = "127.0.0.1"): number {
  * console.assert(first?.api_url === "http://127.0.0.1:8001");
  * ```
  *
- * @param options The ports (as many of each as nodes) and the host. Default host `127.0.0.1`.
+ * @param options The ports (as many of each as nodes), the host (default `127.0.0.1`) and the
+ * schemes of the api_urls and rpc_urls (default `http`).
  * @returns The entries, in node order.
  */
 export function buildClusterConfig(options: {
   apiPorts: readonly number[];
   rpcPorts: readonly number[];
   host?: string;
+  apiScheme?: "http" | "https";
+  rpcScheme?: "http" | "https";
 }): ClusterFileEntry[] {
-  const { apiPorts, rpcPorts, host = "127.0.0.1" } = options;
+  const { apiPorts, rpcPorts, host = "127.0.0.1", apiScheme = "http", rpcScheme = "http" } =
+    options;
   if (apiPorts.length !== rpcPorts.length) {
     throw new Error(`${apiPorts.length} API ports but ${rpcPorts.length} RPC ports`);
   }
   return apiPorts.map((apiPort, i) => ({
     node_id: `node-${i + 1}`,
-    rpc_url: `http://${host}:${rpcPorts[i]}`,
-    api_url: `http://${host}:${apiPort}`,
+    rpc_url: `${rpcScheme}://${host}:${rpcPorts[i]}`,
+    api_url: `${apiScheme}://${host}:${apiPort}`,
   }));
 }
 
@@ -387,7 +413,8 @@ export async function httpRequest(
   const signal = AbortSignal.timeout(timeoutMs);
   let response: Response | undefined;
   try {
-    const init: RequestInit = { method, headers, signal, redirect };
+    const init: RequestInit & { client?: Deno.HttpClient } = { method, headers, signal, redirect };
+    if (options.client !== undefined) init.client = options.client;
     if (payload !== undefined) init.body = payload;
     response = await fetch(url, init);
     const text = await response.text();
@@ -445,6 +472,10 @@ export class ProcessCluster implements AsyncDisposable {
   #nodeFlags: readonly string[];
   #env: Record<string, string>;
   #echo: boolean;
+  #apiCerts: Certificates | null;
+  #client: Deno.HttpClient | undefined;
+  #ownHeaders: Record<string, string>;
+  #tls: Certificates | null;
   #ownsDataRoot: boolean;
   #closed = false;
 
@@ -463,6 +494,9 @@ export class ProcessCluster implements AsyncDisposable {
     nodeFlags: readonly string[];
     env: Record<string, string>;
     echo: boolean;
+    apiCerts?: Certificates;
+    token?: string;
+    tls?: Certificates | null;
   }) {
     this.dataRoot = init.dataRoot;
     this.configPath = init.configPath;
@@ -472,6 +506,12 @@ export class ProcessCluster implements AsyncDisposable {
     this.#nodeFlags = init.nodeFlags;
     this.#env = init.env;
     this.#echo = init.echo;
+    this.#apiCerts = init.apiCerts ?? null;
+    this.#client = init.apiCerts === undefined
+      ? undefined
+      : Deno.createHttpClient({ caCerts: [Deno.readTextFileSync(init.apiCerts.ca)] });
+    this.#ownHeaders = init.token === undefined ? {} : { authorization: `Bearer ${init.token}` };
+    this.#tls = init.tls ?? null;
     this.#nodes = new Map(init.entries.map((entry) => [entry.node_id, {
       id: entry.node_id,
       entry,
@@ -587,6 +627,7 @@ export class ProcessCluster implements AsyncDisposable {
         if (seen.exit !== null) return true;
         const result = await httpRequest(`${node.entry.api_url}/health`, "GET", undefined, {
           timeoutMs: 1000,
+          ...this.#clientOption(),
         });
         return result.status === 200;
       }, { deadlineMs, intervalMs: 50, message: `${id} to answer GET /health with 200` });
@@ -687,7 +728,8 @@ export class ProcessCluster implements AsyncDisposable {
    * @param method The HTTP method.
    * @param path The path, such as `"/v1/data/a"`.
    * @param body The request body, if any (non-strings are sent as JSON).
-   * @param options Deadline (default 5000 ms), headers, redirect mode.
+   * @param options Deadline (default 5000 ms), headers, redirect mode (and with `apiCerts`, a
+   * client that trusts their CA).
    * @returns Status, text, parsed JSON (or `null`) and headers.
    */
   request(
@@ -697,7 +739,10 @@ export class ProcessCluster implements AsyncDisposable {
     body?: unknown,
     options?: RequestOptions,
   ): Promise<HttpResult> {
-    return httpRequest(`${this.api(id)}${path}`, method, body, options);
+    return httpRequest(`${this.api(id)}${path}`, method, body, {
+      ...this.#clientOption(),
+      ...options,
+    });
   }
 
   /**
@@ -709,7 +754,10 @@ export class ProcessCluster implements AsyncDisposable {
    */
   async status(id: string, timeoutMs = 1000): Promise<NodeStatus | null> {
     try {
-      const result = await this.request(id, "GET", "/v1/status", undefined, { timeoutMs });
+      const result = await this.request(id, "GET", "/v1/status", undefined, {
+        timeoutMs,
+        headers: this.#ownHeaders,
+      });
       if (result.status !== 200 || typeof result.json !== "object" || result.json === null) {
         return null;
       }
@@ -796,6 +844,7 @@ export class ProcessCluster implements AsyncDisposable {
       if (proc.status === null) _signal(proc, "SIGKILL");
     }
     await Promise.all(procs.map((proc) => proc.finished));
+    this.#client?.close();
     if (this.#ownsDataRoot) {
       await Deno.remove(this.dataRoot, { recursive: true }).catch(() => {});
     }
@@ -824,6 +873,20 @@ export class ProcessCluster implements AsyncDisposable {
       "--data-dir",
       node.dataDir,
       ...DEFAULT_NODE_FLAGS,
+      ...(this.#apiCerts === null ? [] : [
+        "--api-cert",
+        this.#apiCerts.node(id).cert,
+        "--api-key",
+        this.#apiCerts.node(id).key,
+      ]),
+      ...(this.#tls === null ? [] : [
+        "--peer-cert",
+        this.#tls.node(id).cert,
+        "--peer-key",
+        this.#tls.node(id).key,
+        "--peer-ca",
+        this.#tls.ca,
+      ]),
       ...this.#nodeFlags,
       ...extraFlags,
     ];
@@ -873,6 +936,10 @@ export class ProcessCluster implements AsyncDisposable {
       node.lines.splice(0, node.lines.length - LOG_LINES_KEPT);
     }
     if (this.#echo) console.error(`[${node.id}] ${line}`);
+  }
+
+  #clientOption(): { client?: Deno.HttpClient } {
+    return this.#client === undefined ? {} : { client: this.#client };
   }
 
   #node(id: string): _Node {
@@ -935,6 +1002,8 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<P
     const entries = buildClusterConfig({
       apiPorts: ports.slice(0, size),
       rpcPorts: ports.slice(size),
+      apiScheme: options.apiCerts === undefined ? "http" : "https",
+      rpcScheme: options.tls === undefined ? "http" : "https",
     });
     const configPath = join(dataRoot, "cluster.config.json");
     await Deno.mkdir(dataRoot, { recursive: true });
@@ -953,6 +1022,9 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<P
       nodeFlags: options.nodeFlags ?? [],
       env: { ..._inheritedEnv(), NO_COLOR: "1", ...options.env },
       echo: options.echo ?? Deno.env.get("RAFTKV_HARNESS_ECHO") === "1",
+      ...(options.apiCerts === undefined ? {} : { apiCerts: options.apiCerts }),
+      ...(options.token === undefined ? {} : { token: options.token }),
+      tls: options.tls ?? null,
     });
     const started = cluster;
     // The first failure kills every node, so the other health checks end at once too.

@@ -21,7 +21,8 @@
  * - `tick ID [n]` ticks one node n times (default 1); `tick-all [n]` ticks every live node.
  * - `campaign ID` starts an election; `propose ID text...` proposes the rest of the line;
  *   `read-index ID id` asks for a ReadIndex read; `lease-read ID` prints the index a lease read
- *   may serve, or that the lease does not hold.
+ *   may serve, or that the lease does not hold; `transfer-leadership ID [TO]` asks leader ID to
+ *   hand its leadership to TO (default: the most caught-up voter) and prints the target.
  * - `process-ready [ID...]` takes one Ready from each node given (default: every live node that
  *   has one), prints it, persists it (snapshot, entries, hard state), calls `persisted()` and
  *   queues its messages (persisted messages after the others).
@@ -327,6 +328,8 @@ export class RaftInteraction {
         return this.#readIndex(c);
       case "lease-read":
         return this.#leaseRead(c);
+      case "transfer-leadership":
+        return this.#transferLeadership(c);
       case "process-ready":
         return this.#processReadies(c);
       case "deliver":
@@ -545,6 +548,13 @@ export class RaftInteraction {
       const index = core.leaseRead();
       return index === null ? "no lease: read refused" : `lease holds: read at index=${index}`;
     });
+  }
+
+  #transferLeadership(c: Command): string[] {
+    const core = this.#live(c, c.args[0]);
+    const to = c.args[1];
+    if (to !== undefined) this.#node(c, to);
+    return this.#try(() => `transferring leadership to ${core.transferLeadership(to)}`);
   }
 
   #processReadies(c: Command): string[] {
@@ -773,6 +783,7 @@ export class RaftInteraction {
       `  snapshot: ${snapshot ? formatSnapshot(snapshot) : "none"}`,
     ];
     if (core.role === "leader") {
+      if (core.leadTransferee !== NONE) lines.push(`  transferring to ${core.leadTransferee}`);
       for (const v of [...core.voters].sort(_byId)) {
         const pr = core.progress.get(v)!;
         if (v === core.id) {

@@ -9,7 +9,6 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PERMISSION_FLAGS } from "../main.ts";
 import { decodeSnapshot } from "../src/storage/snapshot_file.ts";
-import { FLAGS } from "../src/cli/flags.ts";
 import { makeCertificates } from "../testing/certs.ts";
 import { cleanEnv, freePorts, startCluster, waitFor } from "../testing/harness.ts";
 
@@ -475,8 +474,6 @@ Deno.test("answers 401 and 403 exit 5, 409 and 412 exit 6 (a stand-in server: th
 Deno.test({
   name:
     "a cluster with tokens answers a missing token with exit 5, a read token writing with exit 5",
-  // Runs once the node takes --tokens-file (bearer tokens with roles read, write, admin).
-  ignore: !FLAGS.some((flag) => flag.name === "--tokens-file"),
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "raftkv-cli-tokens-" });
     try {
@@ -488,7 +485,11 @@ Deno.test({
           { token: "writer-token-0123456789", role: "write", name: "writer" },
         ]),
       );
-      await using cluster = await startCluster({ size: 1, nodeFlags: ["--tokens-file", file] });
+      await using cluster = await startCluster({
+        size: 1,
+        nodeFlags: ["--tokens-file", file],
+        token: "reader-token-0123456789",
+      });
       await cluster.waitForLeader();
       const ep = ["--endpoints", cluster.api("node-1")];
       _expect(await raftkv(["put", "k", "v", ...ep]), 5, "no token");

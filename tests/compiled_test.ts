@@ -9,9 +9,11 @@
  */
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import denoJson from "../deno.json" with { type: "json" };
 import { PERMISSION_FLAGS } from "../main.ts";
+import { makeCertificates } from "../testing/certs.ts";
 import {
   buildClusterConfig,
   cleanEnv,
@@ -96,6 +98,55 @@ Deno.test("healthcheck exits 0 only for a 200 within 2 seconds", async () => {
   } finally {
     for (const resolve of pending) resolve();
     await server.shutdown();
+  }
+});
+
+Deno.test("healthcheck checks an https API against --cacert or RAFTKV_HEALTHCHECK_CACERT", async () => {
+  const dir = await Deno.makeTempDir();
+  const certs = await makeCertificates(dir, { nodes: ["node-1"], untrustedNodes: ["other"] });
+  const { cert, key } = certs.node("node-1");
+  // On 127.0.0.2, which the certificate does not name: the chain is checked, the name is not.
+  const server = Deno.serve({
+    hostname: "127.0.0.2",
+    port: 0,
+    cert: await Deno.readTextFile(cert),
+    key: await Deno.readTextFile(key),
+    onListen() {},
+  }, () => new Response("{}"));
+  const port = String(server.addr.port);
+  try {
+    const check = (args: string[], env: Record<string, string> = {}) =>
+      runMain(["healthcheck", ...args], cleanEnv(env));
+    const url = `https://127.0.0.2:${port}/health`;
+    for (
+      const [args, env] of [
+        [["--url", url, "--cacert", certs.ca], {}],
+        [[`--url=${url}`, `--cacert=${certs.ca}`], {}],
+        [["--url", url], { RAFTKV_HEALTHCHECK_CACERT: certs.ca }],
+        // The default URL is https when the node's API has a certificate.
+        [[], {
+          RAFTKV_API_PORT: port,
+          RAFTKV_LISTEN_HOST: "127.0.0.2",
+          RAFTKV_API_CERT: cert,
+          RAFTKV_HEALTHCHECK_CACERT: certs.ca,
+        }],
+      ] as const
+    ) {
+      const ok = await check([...args], env);
+      assert.equal(ok.code, 0, `${args} ${JSON.stringify(env)}: ${ok.stderr}`);
+    }
+    // A certificate from a CA it was not told to trust, or none told: unhealthy.
+    const otherCa = join(certs.dir, "other-ca.crt");
+    for (const args of [["--url", url, "--cacert", otherCa], ["--url", url]]) {
+      const refused = await check(args);
+      assert.equal(refused.code, 1, args.join(" "));
+      assert.match(refused.stderr, /^unhealthy: https:/);
+    }
+    // Plain HTTP to a TLS port is unhealthy too.
+    assert.equal((await check(["--url", `http://127.0.0.2:${port}/health`])).code, 1);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

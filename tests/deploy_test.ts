@@ -11,6 +11,7 @@ import denoJson from "../deno.json" with { type: "json" };
 import { parseClusterFile, urlPort } from "../src/cli/cluster_file.ts";
 import { parseArgs } from "../src/cli/config.ts";
 import { DEFAULTS, FLAGS } from "../src/cli/flags.ts";
+import { makeCertificates } from "../testing/certs.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const K8S_DIR = `${ROOT}deploy/k8s/`;
@@ -211,10 +212,15 @@ Deno.test("k8s: the pods' environment over the image's is a valid k8s-mode confi
   const result = parseArgs([], vars, () => assert.fail("k8s mode reads no cluster file"));
   assert.equal(result.kind, "run");
   if (result.kind !== "run") return;
-  assert.deepEqual(result.warnings, []);
+  // No unknown variables; manifests without tokens also get the warning that the API is open.
+  const open = (w: string) => result.config.tokens === null && /API listens on .* without/.test(w);
+  assert.deepEqual(result.warnings.filter((w) => !open(w)), []);
   assert.equal(result.config.id, "raftkv-1");
   assert.equal(result.config.apiPort, port("api"));
   assert.equal(result.config.rpcPort, port("rpc"));
+  // A node binds the host of its own URLs unless told otherwise: a pod must say every interface.
+  assert.equal(result.config.rpcListenHost, "0.0.0.0");
+  assert.equal(result.config.apiListenHost, "0.0.0.0");
   assert.deepEqual(
     result.config.peers.map((peer) => peer.rpcUrl),
     [0, 1, 2].map((i) =>
@@ -405,6 +411,22 @@ Deno.test("docker-cluster.sh: the cluster file names the containers on the defau
   }
 });
 
+Deno.test("docker-cluster.sh: the containers listen on every interface, as the image says", () => {
+  // Without RAFTKV_LISTEN_HOST a node would bind the host of its own URLs: its container name.
+  const env = Object.fromEntries(dockerfile().env);
+  assert.equal(env.RAFTKV_LISTEN_HOST, "0.0.0.0");
+  assert.ok(
+    !/RAFTKV_LISTEN_HOST/.test(text("scripts/docker-cluster.sh")),
+    "the script overrides it",
+  );
+  const file = text("deploy/docker/cluster.config.json");
+  const result = parseArgs([], { ...env, RAFTKV_ID: "raftkv-2" }, () => file);
+  assert.equal(result.kind, "run");
+  if (result.kind !== "run") return;
+  assert.equal(result.config.rpcListenHost, "0.0.0.0");
+  assert.equal(result.config.apiListenHost, "0.0.0.0");
+});
+
 Deno.test("docker-cluster.sh: up and down issue the expected engine commands", async () => {
   const dir = await Deno.makeTempDir({ prefix: "raftkv-docker-stub-" });
   try {
@@ -457,6 +479,150 @@ Deno.test("docker-cluster.sh: up and down issue the expected engine commands", a
 
     const bad = await bash([SCRIPT, "down", "--everything"], env);
     assert.equal(bad.code, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("docker-cluster.sh: TLS_DIR mounts the secrets and configures a valid TLS node", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-docker-tls-" });
+  try {
+    const tls = `${dir}/tls`;
+    await Deno.mkdir(tls);
+    const nodes = ["raftkv-1", "raftkv-2", "raftkv-3"];
+    await makeCertificates(tls, { nodes, hosts: nodes });
+    await Deno.writeTextFile(
+      `${tls}/tokens.json`,
+      JSON.stringify([{ token: "0123456789abcdef0123", role: "admin", name: "ops" }]),
+    );
+    const log = `${dir}/log`;
+    const stub = `${dir}/docker`;
+    await Deno.writeTextFile(
+      stub,
+      `#!/usr/bin/env bash\necho "$*" >> "${log}"\n` +
+        `if [[ "$2" == inspect ]]; then exit 1; fi\nexit 0\n`,
+    );
+    await Deno.chmod(stub, 0o755);
+    const env = {
+      DOCKER: stub,
+      WAIT: "0",
+      SKIP_BUILD: "1",
+      TLS_DIR: tls,
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+    };
+    const up = await bash([SCRIPT, "up"], env);
+    assert.equal(up.code, 0, up.stderr);
+    const calls = (await Deno.readTextFile(log)).trim().split("\n");
+    const { env: imageEnv } = dockerfile();
+    const secrets = "/etc/raftkv/secrets";
+    for (const node of nodes) {
+      const run = calls.find((call) => call.includes(`--name ${node} `));
+      assert.ok(run, `no run of ${node}`);
+      assert.ok(run.includes(`--volume ${tls}:${secrets}:ro`), run);
+      assert.ok(run.includes("deploy/docker/cluster.tls.config.json:"), run);
+      // The container's environment over the image's, with the mounted files, is a valid
+      // configuration of a TLS node with tokens.
+      const vars: Record<string, string> = Object.fromEntries(imageEnv);
+      for (const m of run.matchAll(/--env (\S+?)=(\S+)/g)) vars[m[1]!] = m[2]!;
+      const files = (path: string): string => {
+        if (path === imageEnv.get("RAFTKV_CLUSTER_CONFIG_PATH")) {
+          return text("deploy/docker/cluster.tls.config.json");
+        }
+        assert.ok(path.startsWith(`${secrets}/`), `reads ${path} outside the secrets`);
+        return Deno.readTextFileSync(`${tls}/${path.slice(secrets.length + 1)}`);
+      };
+      const result = parseArgs([], vars, files);
+      assert.equal(result.kind, "run");
+      if (result.kind !== "run") return;
+      assert.equal(result.config.id, node);
+      assert.ok(result.config.peerTls, "peers use mutual TLS");
+      assert.ok(result.config.apiTls, "the API serves HTTPS");
+      assert.equal(result.config.tokens?.length, 1);
+      assert.ok(result.config.peers.every((p) => p.rpcUrl.startsWith("https://")));
+      assert.equal(vars.RAFTKV_HEALTHCHECK_CACERT, `${secrets}/ca.crt`);
+      assert.deepEqual(result.warnings, []);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("k8s tls overlay: every pod reads its own certificate and the tokens from Secrets", async () => {
+  const overlay = `${K8S_DIR}tls/`;
+  const kustomization = parseAllDocuments(Deno.readTextFileSync(`${overlay}kustomization.yaml`))
+    .map((doc) => doc.toJS())[0];
+  assert.deepEqual(kustomization.resources, ["../"]);
+  const patchDocs = parseAllDocuments(
+    Deno.readTextFileSync(`${overlay}${kustomization.patches[0].path}`),
+  );
+  for (const doc of patchDocs) assert.deepEqual(doc.errors, []);
+  const patch = patchDocs[0]!.toJS();
+  const { set, env: baseEnv } = k8s();
+  assert.equal(patch.kind, "StatefulSet");
+  assert.equal(patch.metadata.name, set.metadata.name);
+  const podSpec = patch.spec.template.spec;
+  const container = podSpec.containers[0];
+  for (const probe of ["livenessProbe", "readinessProbe", "startupProbe"]) {
+    assert.equal(container[probe].httpGet.scheme, "HTTPS", probe);
+  }
+  // Which Secret key each mounted path is.
+  const generated = new Map<string, string[]>(
+    kustomization.secretGenerator.map((g: Doc) => [
+      g.name,
+      g.files.map((f: string) => f.split("/").at(-1)),
+    ]),
+  );
+  const mounts = new Map<string, string[]>();
+  for (const m of container.volumeMounts) {
+    const volume = podSpec.volumes.find((v: Doc) => v.name === m.name);
+    const keys = generated.get(volume.secret.secretName);
+    assert.ok(keys, `${m.name} mounts a generated Secret`);
+    assert.equal(m.readOnly, true);
+    mounts.set(m.mountPath, keys);
+  }
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-k8s-tls-" });
+  try {
+    const pods = Array.from({ length: set.spec.replicas }, (_, i) => `${set.metadata.name}-${i}`);
+    await makeCertificates(dir, {
+      nodes: pods,
+      hosts: [`*.${set.spec.serviceName}.shop.svc.cluster.local`],
+    });
+    await Deno.writeTextFile(
+      `${dir}/tokens.json`,
+      JSON.stringify([{ token: "0123456789abcdef0123", role: "admin", name: "ops" }]),
+    );
+    for (const pod of pods) {
+      const vars: Record<string, string> = {
+        ...Object.fromEntries(dockerfile().env),
+        HOSTNAME: pod,
+        POD_NAMESPACE: "shop",
+      };
+      for (const [name, entry] of baseEnv) if (entry.value !== undefined) vars[name] = entry.value;
+      for (const e of container.env) {
+        if (e.name === "POD_NAME") {
+          assert.equal(e.valueFrom.fieldRef.fieldPath, "metadata.name");
+          continue;
+        }
+        assert.ok(KNOWN_ENV.has(e.name), `${e.name} is not a variable the node reads`);
+        vars[e.name] = String(e.value).replaceAll("$(POD_NAME)", pod);
+      }
+      const files = (path: string): string => {
+        const mount = [...mounts.keys()].find((m) => path.startsWith(`${m}/`));
+        assert.ok(mount, `reads ${path}, which no Secret holds`);
+        const key = path.slice(mount.length + 1);
+        assert.ok(mounts.get(mount)!.includes(key), `the Secret has no key ${key}`);
+        return Deno.readTextFileSync(`${dir}/${key}`);
+      };
+      const result = parseArgs([], vars, files);
+      assert.equal(result.kind, "run");
+      if (result.kind !== "run") return;
+      assert.equal(result.config.id, pod);
+      assert.ok(result.config.peerTls && result.config.apiTls, `${pod}: TLS on both ports`);
+      assert.equal(result.config.tokens?.length, 1);
+      assert.ok(result.config.peers.every((p) => p.rpcUrl.startsWith("https://")));
+      assert.ok(result.config.peers.every((p) => p.apiUrl.startsWith("https://")));
+      assert.deepEqual(result.warnings, []);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -8,8 +8,8 @@
 
 import assert from "node:assert/strict";
 import { contentOf } from "../testing/snapshot_pairs.ts";
-import { join } from "node:path";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { observeNode as observed } from "../testing/node_state.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import {
   type Entry,
@@ -86,46 +86,6 @@ async function _errorOf(res: Response): Promise<string> {
   } catch {
     return text;
   }
-}
-
-/**
- * Everything on a node's disk that a peer message could change: the hard-state file, and the
- * name and bytes of every WAL and snapshot-directory file.
- */
-async function diskState(dataDir: string): Promise<string> {
-  const lines = [`raft-state.json ${await _digest(join(dataDir, "raft-state.json"))}`];
-  for (const dir of ["wal", "snapshots"]) {
-    const names: string[] = [];
-    try {
-      for await (const e of Deno.readDir(join(dataDir, dir))) names.push(e.name);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
-    for (const name of names.sort()) {
-      lines.push(`${dir}/${name} ${await _digest(join(dataDir, dir, name))}`);
-    }
-  }
-  return lines.join("\n");
-}
-
-async function _digest(path: string): Promise<string> {
-  const bytes = await Deno.readFile(path);
-  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return `${bytes.byteLength} bytes sha256 ${hash.toHex()}`;
-}
-
-/** What a node reports that a forged message could change. */
-async function observed(cluster: ProcessCluster, id: string) {
-  const status = await cluster.status(id, 3000);
-  assert.ok(status !== null, `${id} does not answer /v1/status`);
-  return {
-    term: status.term,
-    role: status.role,
-    leader: status.leader?.id ?? null,
-    commit: status.commit_index,
-    last: status.last_index,
-    disk: await diskState(cluster.node(id).dataDir),
-  };
 }
 
 /** A stale (local) read on one node: null when the key is absent there. */

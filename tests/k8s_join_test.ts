@@ -290,7 +290,7 @@ Deno.test({
         [true, true, true],
       );
 
-      // A write through a follower (forwarded to the leader at its overridden api_url) is
+      // A write through a follower (forwarded to the leader at its overridden rpc_url) is
       // readable through the other follower.
       const [writer, reader] = pods.filter((pod) => pod !== leader);
       assert.ok(writer && reader);

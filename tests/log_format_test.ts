@@ -20,7 +20,7 @@ Deno.test("a node started with RAFTKV_LOG_FORMAT=json prints only JSON lines wit
   }
   const messages = lines.map((line) => JSON.parse(line).message);
   assert.ok(
-    messages.some((m) => m.startsWith("REST API listening on 127.0.0.1:")),
+    messages.some((m) => m.startsWith("REST API listening on http://127.0.0.1:")),
     messages.join("\n"),
   );
   assert.ok(messages.includes("stopped"), messages.join("\n"));

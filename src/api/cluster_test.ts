@@ -35,9 +35,9 @@ function backend(s: NodeStatus): KvBackend {
 }
 
 const MEMBERS = [
-  { id: "n1", apiUrl: "http://n1.test:7777" },
-  { id: "n2", apiUrl: "http://n2.test:7777" },
-  { id: "n3", apiUrl: "http://n3.test:7777" },
+  { id: "n1", apiUrl: "http://n1.test:7777", rpcUrl: "http://n1.test:6666" },
+  { id: "n2", apiUrl: "http://n2.test:7777", rpcUrl: "http://n2.test:6666" },
+  { id: "n3", apiUrl: "http://n3.test:7777", rpcUrl: "http://n3.test:6666" },
 ];
 
 const N2_METRICS = [

@@ -14,6 +14,7 @@ import {
   OverloadedError,
   StoppingError,
 } from "../node/backend.ts";
+import type { Caller } from "./auth.ts";
 import type { Deadline } from "./deadline.ts";
 
 /** The status of the answer to a request whose client went away (nobody reads it). */
@@ -49,8 +50,10 @@ export class ApiError extends Error {
 export interface Operation {
   /** Whether it changes data: a timed-out write may have been applied, a read never was. */
   write: boolean;
-  /** The key, echoed as `k` in error answers; undefined for a range or a transaction. */
-  key: string | undefined;
+  /** The key, echoed as `k` in error answers; absent for an operation on no key. */
+  key?: string;
+  /** Who asked, once authorised; `null` when the API is open. A forward carries it on. */
+  caller: Caller | null;
 }
 
 /**

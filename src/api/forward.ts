@@ -1,13 +1,27 @@
 /**
- * Forwarding a client request from a follower to the leader: when it may be forwarded, where to
- * (the leader's `api_url` from the node's status), within which budget and deadline, and how the
- * leader's answer is relayed. The HTTP client that carries it is a {@linkcode Forwarder} (see
+ * Forwarding a client request from a follower to the leader: when it may be forwarded, where to,
+ * within which budget and deadline, how the leader's answer is relayed, and how the leader takes
+ * a forwarded request in. The HTTP client that carries it is a {@linkcode Forwarder} (see
  * `forwarder.ts`).
+ *
+ * A request is authorised once, on the node that received it from the client. The follower then
+ * sends it to the leader's peer port (its `rpc_url`), below {@linkcode FORWARD_PATH_PREFIX}, with
+ * the authorised caller in the {@linkcode CALLER_HEADER}; the leader's peer server hands it to
+ * {@linkcode acceptForwarded}, which trusts that caller without a token. The client API never
+ * reads that header, so a client cannot claim an identity; the peer port is for members only.
  *
  * @module
  */
 
 import type { KvBackend, NodeStatus, NotLeaderError } from "../node/backend.ts";
+import {
+  type Caller,
+  CALLER_HEADER,
+  formatCaller,
+  parseCaller,
+  type TokenAuthenticator,
+  WWW_AUTHENTICATE,
+} from "./auth.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import {
   ApiError,
@@ -27,10 +41,20 @@ export const FORWARDED_BY_HEADER = "x-raftkv-forwarded-by";
 /** The header on a relayed answer naming the leader that gave it. */
 export const FORWARDED_TO_HEADER = "x-raftkv-forwarded-to";
 
+/**
+ * The path prefix of forwarded requests on the leader's peer port: `/v1/data/a` is forwarded to
+ * `<rpc_url>/forward/v1/data/a`.
+ */
+export const FORWARD_PATH_PREFIX = "/forward";
+
 /** What forwarding needs of the API handler (its checked options and budgets). */
 export interface ForwardContext {
-  /** Asked for the leader's id and `api_url`. */
+  /** Asked for the leader's id. */
   backend: Pick<KvBackend, "status">;
+  /** Each member's peer URL (`rpc_url`) by id: where a forward to that member goes. */
+  peerUrls: ReadonlyMap<string, string>;
+  /** This node's tokens, or `null` when its API is open. */
+  auth: TokenAuthenticator | null;
   /** This node's id, sent in the {@linkcode FORWARDED_BY_HEADER}. */
   selfId: string;
   /** Sends the request to the leader. */
@@ -47,8 +71,10 @@ export interface ForwardContext {
 
 /**
  * Forwards the original request (method, path, query, `Content-Type`, `Idempotency-Key` and body
- * bytes) to the leader and relays its answer: status, `Content-Type`, `Retry-After`, the
- * applied index and idempotent-replay headers and body, plus the {@linkcode FORWARDED_TO_HEADER}. A request that already carries the
+ * bytes, and the caller in `op`) to the leader's peer URL below {@linkcode FORWARD_PATH_PREFIX}
+ * and relays its answer: status, `Content-Type`, `Retry-After`, the applied index and
+ * idempotent-replay headers and body, plus the {@linkcode FORWARDED_TO_HEADER}. A request that
+ * already carries the
  * {@linkcode FORWARDED_BY_HEADER} is never forwarded again.
  *
  * @param ctx The handler's options and budgets.
@@ -88,7 +114,7 @@ export async function forwardToLeader(
   } catch {
     leader = null;
   }
-  if (leader === null || leader.id === ctx.selfId || leader.api_url === "") {
+  if (leader === null || leader.id === ctx.selfId) {
     const hint = notLeader.leader === "" ? "" : ` (last heard of: ${quote(notLeader.leader)})`;
     throw new ApiError(
       503,
@@ -97,14 +123,17 @@ export async function forwardToLeader(
       ctx.retryAfter,
     );
   }
-  const target = leader.api_url.replace(/\/+$/, "") + url.pathname + url.search;
+  const rpcUrl = ctx.peerUrls.get(leader.id);
+  const target = rpcUrl?.replace(/\/+$/, "") + FORWARD_PATH_PREFIX + url.pathname + url.search;
   const protocol = URL.parse(target)?.protocol;
-  if (protocol !== "http:" && protocol !== "https:") {
+  if (rpcUrl === undefined || (protocol !== "http:" && protocol !== "https:")) {
     throw new ApiError(
       503,
-      `cannot forward to the leader ${quote(leader.id)}: its api_url ${
-        quote(leader.api_url)
-      } is not an http(s) URL`,
+      `cannot forward to the leader ${quote(leader.id)}: ${
+        rpcUrl === undefined
+          ? "it is not a member this node knows"
+          : `its peer URL ${quote(rpcUrl)} is not an http(s) URL`
+      }`,
       { k, leader: leader.id },
       ctx.retryAfter,
     );
@@ -121,7 +150,7 @@ export async function forwardToLeader(
     );
   }
   try {
-    return await _relay(ctx, req, url, body, leader, target, op);
+    return await _relay(ctx, req, body, { id: leader.id, url: rpcUrl }, target, op);
   } finally {
     ctx.limits.releaseForward();
   }
@@ -134,14 +163,14 @@ export async function forwardToLeader(
 async function _relay(
   ctx: ForwardContext,
   req: Request,
-  url: URL,
   body: Uint8Array<ArrayBuffer> | null,
-  leader: { id: string; api_url: string },
+  leader: { id: string; url: string },
   target: string,
   op: Operation,
 ): Promise<Response> {
   const k = op.key;
   const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: ctx.selfId };
+  if (op.caller) headers[CALLER_HEADER] = formatCaller(op.caller);
   for (const name of ["content-type", IDEMPOTENCY_HEADER]) {
     const value = req.headers.get(name);
     if (value !== null) headers[name] = value;
@@ -154,7 +183,7 @@ async function _relay(
     signal: deadline.signal,
   };
   if (body !== null) init.body = body;
-  const where = `the leader ${quote(leader.id)} at ${leader.api_url}`;
+  const where = `the leader ${quote(leader.id)} at ${leader.url}`;
   let res: Response;
   let answer: ArrayBuffer;
   try {
@@ -194,8 +223,80 @@ async function _relay(
     if (value !== null) relayed.set(name, value);
   }
   if (res.status >= 500) {
-    ctx.logError(logLine(req, url, res.status, `relayed from ${where}`));
+    ctx.logError(logLine(req, new URL(req.url), res.status, `relayed from ${where}`));
   }
   const hasBody = res.status !== 204 && res.status !== 304;
   return new Response(hasBody ? answer : null, { status: res.status, headers: relayed });
+}
+
+/** A forwarded request as the leader serves it. */
+export interface AcceptedForward {
+  /** The request, at its API path (the prefix removed), with its headers, body and signal. */
+  req: Request;
+  /** Its URL. */
+  url: URL;
+  /** The caller the forwarding node authorised, or `null` when that node's API is open. */
+  caller: Caller | null;
+}
+
+/**
+ * Takes in a request that arrived on this node's peer port below
+ * {@linkcode FORWARD_PATH_PREFIX}: checks where it comes from and whom it is for, and returns it
+ * at its API path with the caller already authorised (its token is not asked for again).
+ *
+ * @param ctx The handler's options.
+ * @param req The request as the peer server got it.
+ * @param sender The sending member's node id when the peer transport authenticated it (mutual
+ * TLS), else `null` (the peer port is then trusted as a whole).
+ * @returns The request to serve and its caller.
+ * @throws {ApiError} 404 for a path that is never forwarded (only `/v1/data` and
+ * `/v1/leader/transfer` are); 400 without a
+ * {@linkcode FORWARDED_BY_HEADER} or with a malformed {@linkcode CALLER_HEADER}; 403 when the
+ * forwarding node is not another member, or not the authenticated sender; 401 without a caller
+ * while this node requires tokens.
+ */
+export function acceptForwarded(
+  ctx: ForwardContext,
+  req: Request,
+  sender: string | null,
+): AcceptedForward {
+  const outer = new URL(req.url);
+  const path = outer.pathname.slice(FORWARD_PATH_PREFIX.length);
+  if (
+    !outer.pathname.startsWith(FORWARD_PATH_PREFIX) ||
+    (path !== "/v1/data" && !path.startsWith("/v1/data/") && path !== "/v1/txn" &&
+      path !== "/v1/leader/transfer")
+  ) {
+    throw new ApiError(404, `no such forwarding path ${quote(outer.pathname)}`);
+  }
+  const by = req.headers.get(FORWARDED_BY_HEADER);
+  if (by === null) {
+    throw new ApiError(400, `a forwarded request must name its sender in ${FORWARDED_BY_HEADER}`);
+  }
+  if (by === ctx.selfId || !ctx.peerUrls.has(by) || (sender !== null && sender !== by)) {
+    throw new ApiError(
+      403,
+      `a request forwarded by ${quote(by)}${
+        sender === null ? "" : ` on a connection of ${quote(sender)}`
+      } is refused: only another member forwards, in its own name`,
+    );
+  }
+  const value = req.headers.get(CALLER_HEADER);
+  const caller = value === null ? null : parseCaller(value);
+  if (value !== null && caller === null) {
+    throw new ApiError(400, `the ${CALLER_HEADER} header ${quote(value)} is not "<role> <name>"`);
+  }
+  if (caller === null && ctx.auth !== null) {
+    throw new ApiError(
+      401,
+      `${quote(by)} forwarded a request without a caller, but this node requires tokens: give ` +
+        "every node the same tokens",
+      {},
+      { "www-authenticate": WWW_AUTHENTICATE },
+    );
+  }
+  const url = new URL(path + outer.search, outer.origin);
+  const init: RequestInit = { method: req.method, headers: req.headers, signal: req.signal };
+  if (req.body !== null) init.body = req.body;
+  return { req: new Request(url, init), url, caller };
 }

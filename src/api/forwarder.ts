@@ -1,10 +1,16 @@
 /**
  * How a follower hands a client request to the leader: a {@linkcode Forwarder} function, and the
- * default one, {@linkcode fetchForwarder}, which speaks cleartext HTTP/2 (h2c, prior knowledge)
- * over one shared, kept-alive client.
+ * HTTP/2 client that implements it, {@linkcode createForwarder}: one kept-alive, multiplexed
+ * connection per leader, cleartext (h2c, prior knowledge) for `http:` peer URLs and TLS, with a
+ * client certificate when one is given, for `https:` ones.
+ *
+ * Why `node:http2` and not `fetch`: forwards go to the leader's peer port, and `fetch` refuses the
+ * Fetch Standard's "bad ports", which include 6665-6669, where the default peer ports are.
  *
  * @module
  */
+
+import http2 from "node:http2";
 
 /**
  * Sends one request to the leader and resolves with its response.
@@ -30,56 +36,207 @@ export class ForwardConnectError extends Error {
   }
 }
 
-// Deno's fetch reports a failed connection attempt (refused, DNS, unreachable) as
-// "client error (Connect)"; anything else may have happened after the request was sent.
-const _CONNECT_FAILURE_RE = /\(Connect\)|connection refused|dns error/i;
+/** TLS settings of {@linkcode createForwarder}, used for `https:` peer URLs only. */
+export interface ForwarderOptions {
+  /** PEM certificates of the CAs that sign the peers' certificates. Default: the system's. */
+  ca?: string | string[];
+  /** PEM certificate this node presents to the peer (mutual TLS). Default: none. */
+  cert?: string;
+  /** PEM private key of `cert`. Default: none. */
+  key?: string;
+}
 
-let _client: Deno.HttpClient | null = null;
+/** A {@linkcode Forwarder} with the connections it keeps. */
+export interface ForwarderClient {
+  /** Sends one request (see {@linkcode Forwarder}). */
+  forward: Forwarder;
+  /** Closes every connection (forwards in flight fail); later forwards open new ones. */
+  close(): void;
+}
 
 /**
- * The default {@linkcode Forwarder}: `fetch` through one shared `Deno.HttpClient` that speaks
- * only HTTP/2 without TLS (prior knowledge), so that every forward to the leader reuses one
- * kept-alive, multiplexed connection. `Deno.serve` accepts such connections.
- *
- * The client is created on first use; {@linkcode closeForwarder} closes it.
+ * Creates an HTTP/2 {@linkcode Forwarder}: one connection per origin, opened on first use, kept
+ * alive and reopened after it drops. A request is sent only once the peer's HTTP/2 layer has
+ * greeted the connection, so one whose connection never got that far (refused, no route, TLS
+ * handshake refused, client certificate refused) is rejected with a
+ * {@linkcode ForwardConnectError}: nothing was sent, so even a write was certainly not applied.
+ * A failure after that may have reached the leader.
  *
  * @example Usage
  * ```ts ignore
- * import { closeForwarder, fetchForwarder } from "./forwarder.ts";
+ * import { createForwarder } from "./forwarder.ts";
  *
- * const res = await fetchForwarder("http://127.0.0.1:7777/health", {
+ * const client = createForwarder({ ca: caPem, cert: nodePem, key: nodeKeyPem });
+ * const res = await client.forward("https://10.0.0.2:6666/forward/v1/data/a", {
  *   signal: AbortSignal.timeout(1000),
  * });
- * console.log(res.status);
- * closeForwarder();
+ * console.log(res.status, await res.text());
+ * client.close();
  * ```
+ *
+ * @param options The TLS settings for `https:` URLs.
+ * @returns The forwarder and a way to close its connections.
+ */
+export function createForwarder(options: ForwarderOptions = {}): ForwarderClient {
+  const sessions = new Map<string, _Session>();
+  const tls: http2.SecureClientSessionOptions = {};
+  if (options.ca !== undefined) tls.ca = options.ca;
+  if (options.cert !== undefined) tls.cert = options.cert;
+  if (options.key !== undefined) tls.key = options.key;
+
+  const open = (origin: string): _Session => {
+    const existing = sessions.get(origin);
+    if (existing && !existing.session.closed && !existing.session.destroyed) return existing;
+    const session = http2.connect(origin, origin.startsWith("https:") ? tls : {});
+    const forget = () => {
+      if (sessions.get(origin) === entry) sessions.delete(origin);
+    };
+    const entry: _Session = {
+      session,
+      // Requests wait for the peer's SETTINGS frame: until then the connection may still be
+      // refused (with TLS 1.3 the server checks the client's certificate after the client
+      // deems the handshake done), and a request sent meanwhile could not be called unsent.
+      greeted: new Promise<void>((resolve, reject) => {
+        session.once("remoteSettings", () => resolve());
+        session.once("error", reject);
+        session.once(
+          "close",
+          () => reject(new Error("the connection closed before the peer's HTTP/2 greeting")),
+        );
+      }),
+    };
+    entry.greeted.catch(() => {});
+    session.on("error", forget);
+    session.on("close", forget);
+    session.on("goaway", forget);
+    sessions.set(origin, entry);
+    return entry;
+  };
+
+  const forward: Forwarder = async (url, init) => {
+    const signal = init.signal;
+    signal.throwIfAborted();
+    const target = new URL(url);
+    const body = _bodyBytes(init.body);
+    const headers: http2.OutgoingHttpHeaders = {
+      ":method": init.method ?? "GET",
+      ":path": target.pathname + target.search,
+    };
+    new Headers(init.headers).forEach((value, name) => headers[name] = value);
+    // As fetch would: the receiver counts a body of unknown length at its largest.
+    if (body !== null) headers["content-length"] = String(body.byteLength);
+    let stream: http2.ClientHttp2Stream;
+    try {
+      const entry = open(target.origin);
+      await _untilAborted(entry.greeted, signal);
+      stream = entry.session.request(headers, { endStream: body === null });
+    } catch (e) {
+      if (signal.aborted) throw signal.reason;
+      throw new ForwardConnectError(_message(e), { cause: e });
+    }
+    return await _exchange(stream, body, signal);
+  };
+
+  return {
+    forward,
+    close() {
+      for (const { session } of sessions.values()) session.destroy();
+      sessions.clear();
+    },
+  };
+}
+
+/**
+ * Sends `body` on `stream` and resolves with the response once its headers arrive; its body
+ * streams. Rejects on a reset or closed stream, and with the signal's reason once it aborts.
+ */
+function _exchange(
+  stream: http2.ClientHttp2Stream,
+  body: Uint8Array | null,
+  signal: AbortSignal,
+): Promise<Response> {
+  return new Promise<Response>((resolve, reject) => {
+    let settled = false;
+    let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
+    let bodyDone = false;
+    const fail = (e: unknown) => {
+      signal.removeEventListener("abort", onAbort);
+      if (!settled) {
+        settled = true;
+        reject(signal.aborted ? signal.reason : e);
+      } else if (!bodyDone) {
+        bodyDone = true;
+        try {
+          controller?.error(e);
+        } catch { /* already closed */ }
+      }
+    };
+    const onAbort = () => {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      fail(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    stream.on("error", fail);
+    stream.on("close", () => {
+      fail(new Error(`the HTTP/2 stream closed (code ${stream.rstCode}) before the answer ended`));
+    });
+    stream.on("response", (h) => {
+      const status = Number(h[":status"]);
+      const out = new Headers();
+      for (const [name, value] of Object.entries(h)) {
+        if (!name.startsWith(":") && value !== undefined) {
+          out.set(name, Array.isArray(value) ? value.join(", ") : String(value));
+        }
+      }
+      const nullBody = status === 204 || status === 304;
+      const answer = nullBody ? null : new ReadableStream<Uint8Array>({
+        start(c) {
+          controller = c;
+          stream.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
+          stream.on("end", () => {
+            if (bodyDone) return;
+            bodyDone = true;
+            signal.removeEventListener("abort", onAbort);
+            c.close();
+          });
+        },
+        cancel() {
+          bodyDone = true;
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+        },
+      });
+      if (nullBody) {
+        bodyDone = true;
+        signal.removeEventListener("abort", onAbort);
+        stream.resume();
+      }
+      settled = true;
+      resolve(new Response(answer, { status, headers: out }));
+    });
+    if (body !== null) stream.end(body);
+  });
+}
+
+let _default: ForwarderClient | null = null;
+
+/**
+ * The {@linkcode Forwarder} the API uses when given none: a {@linkcode createForwarder} client
+ * without TLS settings (the system's CAs for `https:` peers), created on first use and closed by
+ * {@linkcode closeForwarder}.
  *
  * @param url The absolute URL to send the request to.
  * @param init The request; `init.signal` bounds the whole exchange.
  * @returns The leader's response (its body not yet read).
  * @throws {ForwardConnectError} If no connection to the leader could be made.
  */
-export const fetchForwarder: Forwarder = async (
-  url: string,
-  init: RequestInit & { signal: AbortSignal },
-): Promise<Response> => {
-  _client ??= Deno.createHttpClient({ http2: true, http1: false });
-  try {
-    return await fetch(url, { ...init, client: _client });
-  } catch (err) {
-    // Only a read may be called "never sent": fetch can re-send a request it had already
-    // delivered and report just the retry's connect error, so for a write the outcome is unknown.
-    const read = (init.method ?? "GET").toUpperCase() === "GET";
-    if (read && !init.signal.aborted && _isConnectFailure(err)) {
-      throw new ForwardConnectError(_innermostMessage(err), { cause: err });
-    }
-    throw err;
-  }
+export const defaultForwarder: Forwarder = (url, init): Promise<Response> => {
+  _default ??= createForwarder();
+  return _default.forward(url, init);
 };
 
 /**
- * Closes the client shared by {@linkcode fetchForwarder} (forwards in flight fail). Safe to call
- * more than once; a later forward opens a new client.
+ * Closes the connections of {@linkcode defaultForwarder} (forwards in flight fail). Safe to call
+ * more than once; a later forward opens a new connection.
  *
  * @example Usage
  * ```ts
@@ -89,22 +246,38 @@ export const fetchForwarder: Forwarder = async (
  * ```
  */
 export function closeForwarder(): void {
-  const client = _client;
-  _client = null;
+  const client = _default;
+  _default = null;
   client?.close();
 }
 
-function _isConnectFailure(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    if (_CONNECT_FAILURE_RE.test(e.message)) return true;
-  }
-  return false;
+/** One connection, and whether the peer's HTTP/2 layer greeted it. */
+interface _Session {
+  session: http2.ClientHttp2Session;
+  /** Resolves once the peer's SETTINGS arrived; rejects if the connection fails first. */
+  greeted: Promise<void>;
 }
 
-function _innermostMessage(err: unknown): string {
-  let message = String(err);
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    message = e.message;
-  }
-  return message;
+/** Waits for `promise`, or rejects with the signal's reason once it aborts. */
+function _untilAborted(promise: Promise<void>, signal: AbortSignal): Promise<void> {
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+  return Promise.race([promise, aborted]).finally(() =>
+    signal.removeEventListener("abort", onAbort)
+  );
+}
+
+function _bodyBytes(body: BodyInit | null | undefined): Uint8Array | null {
+  if (body === undefined || body === null) return null;
+  if (body instanceof Uint8Array) return body;
+  if (typeof body === "string") return new TextEncoder().encode(body);
+  if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  throw new TypeError("a forwarded body must be bytes or a string");
+}
+
+function _message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }

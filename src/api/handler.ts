@@ -20,6 +20,7 @@
  * | `GET`    | `/metrics`        |                 | 200 this node's Prometheus metrics      |
  * | `GET`    | `/v1/cluster`     |                 | 200 every member's status and numbers   |
  * | `GET`    | `/ui/`            |                 | 200 the dashboard (`/ui` redirects)     |
+ * | `POST`   | `/v1/leader/transfer` | `{"to"}`, optional | 200 `{"leader","previous"}` (admin) |
  *
  * A revision is `create_index`, `mod_index`, `version`. Writes take a compare-and-set condition
  * (`?cas=N` or `"cas": N`: 412 when it fails) and an `Idempotency-Key` header (a retry answers the
@@ -49,12 +50,19 @@
  * application/json`. A rejected request changes nothing: everything is validated before the
  * backend is called.
  *
+ * Authentication: with `tokens` set, every request but `/health` and `/ready` needs
+ * `Authorization: Bearer <token>` of a role that allows it (`read` for reads and `/v1/status`,
+ * `write` for writes, `admin` for `/v1/snapshot` and anything else): 401 with
+ * `WWW-Authenticate: Bearer realm="raftkv"` without a known token, 403 when its role falls short.
+ * This is checked first, before the request counts against any budget or its body is read.
+ *
  * A node that is not the leader forwards writes and linearizable or lease reads to the leader it
  * knows, and relays the answer; see {@linkcode createApiHandler}.
  *
- * This module routes; the rest lives beside it: `validate.ts` (request checks), `deadline.ts`
- * (request deadlines), `errors.ts` (error answers), `limits.ts` (the 429 budgets), `forward.ts`
- * (forwarding to the leader) and `forwarder.ts` (the HTTP client that carries forwards).
+ * This module routes; the rest lives beside it: `auth.ts` (tokens and roles), `validate.ts`
+ * (request checks), `deadline.ts` (request deadlines), `errors.ts` (error answers), `limits.ts`
+ * (the 429 budgets), `forward.ts` (forwarding to the leader) and `forwarder.ts` (the HTTP client
+ * that carries forwards).
  *
  * @module
  */
@@ -63,26 +71,39 @@ import type { KvBackend } from "../node/backend.ts";
 import { nonNegativeInt, positiveInt } from "../util/options.ts";
 import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../util/metrics.ts";
 import { HttpMetrics } from "./http_metrics.ts";
+import { type ApiToken, type Caller, requiredRole, TokenAuthenticator } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError, errorResponse, jsonResponse, logLine, quote } from "./errors.ts";
-import { fetchForwarder, type Forwarder } from "./forwarder.ts";
+import { acceptForwarded } from "./forward.ts";
+import { defaultForwarder, type Forwarder } from "./forwarder.ts";
 import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
+import { ApiLimits } from "./limits.ts";
 import { INDEX_HEADER } from "./outcome.ts";
 import { deleteRangeRoute, readRangeRoute } from "./ranges.ts";
 import { txnRoute } from "./txn.ts";
-import { ApiLimits } from "./limits.ts";
 import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
 import { isUiPath, uiResponse } from "./ui.ts";
+import { leaderTransferRoute } from "./admin.ts";
 import { checkKey, pathKey } from "./validate.ts";
 
 export {
   closeForwarder,
-  fetchForwarder,
+  createForwarder,
+  defaultForwarder,
   ForwardConnectError,
   type Forwarder,
+  type ForwarderOptions,
 } from "./forwarder.ts";
-export { FORWARDED_BY_HEADER, FORWARDED_TO_HEADER } from "./forward.ts";
+export { FORWARD_PATH_PREFIX, FORWARDED_BY_HEADER, FORWARDED_TO_HEADER } from "./forward.ts";
 export { IDEMPOTENCY_HEADER, INDEX_HEADER, REPLAYED_HEADER } from "./outcome.ts";
+export {
+  type AccessRole,
+  type ApiToken,
+  type Caller,
+  CALLER_HEADER,
+  requiredRole,
+  WWW_AUTHENTICATE,
+} from "./auth.ts";
 // The node's side of the API, re-exported so that the API's documentation is whole.
 export type {
   Alarm,
@@ -135,9 +156,24 @@ export interface ApiOptions {
    */
   maxBodyBytes?: number;
   /**
+   * Every member, this node included: a follower forwards to the leader's peer URL (`rpc_url`),
+   * below {@linkcode FORWARD_PATH_PREFIX}, and only a listed member may forward to this node
+   * (without the list a follower cannot forward: 503); `GET /v1/cluster` asks the others at their
+   * API URLs.
+   *
+   * @default {[]}
+   */
+  members?: readonly (ClusterMember & { rpcUrl: string })[];
+  /**
+   * The bearer tokens the API accepts. Without them (or with none) the API is open.
+   *
+   * @default {[]}
+   */
+  tokens?: readonly ApiToken[];
+  /**
    * Sends forwarded requests to the leader.
    *
-   * @default {fetchForwarder}
+   * @default {defaultForwarder}
    */
   forward?: Forwarder;
   /**
@@ -198,12 +234,28 @@ export interface ApiOptions {
    */
   metrics?: MetricsRegistry;
   /**
-   * Every member of the cluster, this node included, for `GET /v1/cluster` (which asks the
-   * others at these URLs).
+   * Receives one line per request refused with 401 or 403 (the token's name, never the token).
    *
-   * @default {[] (only this node)}
+   * @default {not logged}
    */
-  members?: readonly ClusterMember[];
+  logRefusal?: (line: string) => void;
+}
+
+/**
+ * The REST API's request handler, plus its entry for requests forwarded by another member.
+ */
+export interface ApiHandler {
+  /** Serves a client request (authorised here when tokens are configured). */
+  (req: Request): Promise<Response>;
+  /**
+   * Serves a request another member forwarded to this node's peer port below
+   * {@linkcode FORWARD_PATH_PREFIX}, as authorised by that member (see `acceptForwarded` in
+   * `forward.ts`).
+   *
+   * @param req The request as the peer server got it.
+   * @param sender The sending member's id when the peer transport authenticated it, else `null`.
+   */
+  forwarded(req: Request, sender: string | null): Promise<Response>;
 }
 
 /**
@@ -211,14 +263,18 @@ export interface ApiOptions {
  *
  * When the backend throws {@linkcode NotLeaderError} and `backend.status().leader` names another
  * node, the original request (method, path, query and body bytes) is forwarded to that node's
- * `api_url` with the {@linkcode FORWARDED_BY_HEADER}, and its status, `Content-Type`,
+ * peer URL below {@linkcode FORWARD_PATH_PREFIX} with the {@linkcode FORWARDED_BY_HEADER} and the
+ * caller this node authorised ({@linkcode CALLER_HEADER}), and its status, `Content-Type`,
  * `Retry-After` and body are relayed. A request that already carries that header is never
- * forwarded again (the answer is 503).
+ * forwarded again (the answer is 503). The leader serves it through
+ * {@linkcode ApiHandler.forwarded}.
  *
- * Status codes: 200 success; 400 malformed request; 404 unknown path or key; 405 wrong method
+ * Status codes: 200 success; 400 malformed request; 401 no known token; 403 the token's role
+ * does not allow the request; 404 unknown path or key; 405 wrong method
  * (with `Allow`); 408 body not received in time; 412 a compare-and-set whose condition failed;
  * 413 key, value or body too large, or a transaction too long; 415 a write without
- * `Content-Type: application/json`; 422 an idempotency key reused for a different request; 429 too many requests, forwards or backups in progress
+ * `Content-Type: application/json`; 422 an idempotency key reused for a different request; 429 too
+ * many requests, forwards or backups in progress
  * (with `Retry-After`); 499 the client went away; 500 unexpected failure; 502 a forwarded write
  * failed after it may have been sent; 503 no leader, not applied, too many writes waiting on the
  * leader, shutting down, leader unreachable or changed (with `Retry-After`); 504 deadline passed
@@ -240,25 +296,11 @@ export interface ApiOptions {
  * @returns The handler to pass to `Deno.serve`.
  * @throws {RangeError} If an option is out of range.
  */
-export function createApiHandler(
-  backend: KvBackend,
-  options: ApiOptions,
-): (req: Request) => Promise<Response> {
+export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHandler {
   const ctx = _resolveOptions(backend, options);
   const http = new HttpMetrics(ctx.metrics, ctx.limits);
-  return async (req) => {
-    const started = performance.now();
-    let url: URL;
-    try {
-      url = new URL(req.url);
-    } catch {
-      const error = new ApiError(400, `the request URL ${quote(req.url)} is not valid`);
-      return http.record(null, req.method, errorResponse(error), started);
-    }
-    return http.record(url.pathname, req.method, await serve(req, url), started);
-  };
-
-  async function serve(req: Request, url: URL): Promise<Response> {
+  const logRefusal = options.logRefusal ?? (() => {});
+  const serve = async (req: Request, url: URL, caller: Caller | null): Promise<Response> => {
     const counted = url.pathname !== "/health" && url.pathname !== "/ready" &&
       url.pathname !== "/metrics";
     const bytes = counted ? ctx.limits.declaredBodyBytes(req) : 0;
@@ -266,17 +308,23 @@ export function createApiHandler(
       return jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
     }
     try {
-      return _withIndex(ctx, await _route(ctx, req, url), url);
+      return _withIndex(ctx, await _route(ctx, req, url, caller), url);
     } catch (err) {
+      const by = caller === null ? "" : ` (caller ${quote(caller.name)})`;
       const apiError = err instanceof ApiError ? err : undefined;
       if (apiError !== undefined) {
         if (apiError.status >= 500 && apiError.logged) {
-          ctx.logError(logLine(req, url, apiError.status, apiError.message));
+          ctx.logError(logLine(req, url, apiError.status, apiError.message + by));
         }
         return _withIndex(ctx, errorResponse(apiError), url);
       }
       ctx.logError(
-        logLine(req, url, 500, err instanceof Error ? (err.stack ?? String(err)) : String(err)),
+        logLine(
+          req,
+          url,
+          500,
+          (err instanceof Error ? (err.stack ?? String(err)) : String(err)) + by,
+        ),
       );
       return _withIndex(
         ctx,
@@ -288,7 +336,48 @@ export function createApiHandler(
     } finally {
       if (counted) ctx.limits.releaseRequest(bytes);
     }
-  }
+  };
+  /** Answers an authentication refusal (401, 403) or a bad forward, logging it. */
+  const refuse = (req: Request, err: unknown): Response => {
+    if (!(err instanceof ApiError)) throw err;
+    logRefusal(
+      logLine(req, URL.parse(req.url) ?? new URL("http://invalid"), err.status, err.message),
+    );
+    return errorResponse(err);
+  };
+  const handler = async (req: Request): Promise<Response> => {
+    const started = performance.now();
+    let url: URL;
+    try {
+      url = new URL(req.url);
+    } catch {
+      const error = new ApiError(400, `the request URL ${quote(req.url)} is not valid`);
+      return http.record(null, req.method, errorResponse(error), started);
+    }
+    let caller: Caller | null = null;
+    const needed = ctx.auth === null ? null : requiredRole(req.method, url.pathname);
+    if (needed !== null) {
+      try {
+        caller = ctx.auth!.authorize(req, needed);
+      } catch (err) {
+        return http.record(url.pathname, req.method, refuse(req, err), started);
+      }
+    }
+    return http.record(url.pathname, req.method, await serve(req, url, caller), started);
+  };
+  return Object.assign(handler, {
+    forwarded: async (req: Request, sender: string | null): Promise<Response> => {
+      const started = performance.now();
+      let accepted;
+      try {
+        accepted = acceptForwarded(ctx, req, sender);
+      } catch (err) {
+        return http.record(null, req.method, refuse(req, err), started);
+      }
+      const res = await serve(accepted.req, accepted.url, accepted.caller);
+      return http.record(accepted.url.pathname, req.method, res, started);
+    },
+  });
 }
 
 /**
@@ -341,7 +430,11 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     maxKeyBytes,
     maxValueBytes,
     maxBodyBytes,
-    forward: options.forward ?? fetchForwarder,
+    forward: options.forward ?? defaultForwarder,
+    peerUrls: new Map((options.members ?? []).map((m) => [m.id, m.rpcUrl])),
+    auth: options.tokens === undefined || options.tokens.length === 0
+      ? null
+      : new TokenAuthenticator(options.tokens),
     retryAfter: { "retry-after": String(retryAfterSeconds) },
     logError: options.logError ?? ((line) => console.error(line)),
     limits,
@@ -350,7 +443,12 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
   };
 }
 
-async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> {
+async function _route(
+  ctx: _Context,
+  req: Request,
+  url: URL,
+  caller: Caller | null,
+): Promise<Response> {
   const path = url.pathname;
   switch (path) {
     case "/health":
@@ -370,12 +468,12 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
       return _backup(ctx);
     case "/v1/data":
       _allow(req, path, ["GET", "POST", "DELETE"]);
-      if (req.method === "GET") return await readRangeRoute(ctx, req, url);
-      if (req.method === "DELETE") return await deleteRangeRoute(ctx, req, url);
-      return await writeRoute(ctx, req, url, null);
+      if (req.method === "GET") return await readRangeRoute(ctx, req, url, caller);
+      if (req.method === "DELETE") return await deleteRangeRoute(ctx, req, url, caller);
+      return await writeRoute(ctx, req, url, null, caller);
     case "/v1/txn":
       _allow(req, path, ["POST"]);
-      return await txnRoute(ctx, req, url);
+      return await txnRoute(ctx, req, url, caller);
     case "/metrics":
       _allow(req, path, ["GET"]);
       return new Response(ctx.metrics.render(), {
@@ -397,6 +495,9 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
         }),
         { "cache-control": "no-store" },
       );
+    case "/v1/leader/transfer":
+      _allow(req, path, ["POST"]);
+      return await leaderTransferRoute(ctx, req, url, caller);
   }
   if (isUiPath(path)) {
     _allow(req, "/ui", ["GET"]);
@@ -407,7 +508,7 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /health, /ready, /metrics and /ui/`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);
@@ -415,11 +516,11 @@ async function _route(ctx: _Context, req: Request, url: URL): Promise<Response> 
   checkKey(key, ctx.maxKeyBytes);
   switch (req.method) {
     case "GET":
-      return await readRoute(ctx, req, url, key);
+      return await readRoute(ctx, req, url, key, caller);
     case "PUT":
-      return await writeRoute(ctx, req, url, key);
+      return await writeRoute(ctx, req, url, key, caller);
     default:
-      return await deleteRoute(ctx, req, url, key);
+      return await deleteRoute(ctx, req, url, key, caller);
   }
 }
 

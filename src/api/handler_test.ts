@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import {
   type Consistency,
   type KvBackend,
@@ -18,15 +19,24 @@ import {
 import { KvStateMachine } from "../kv/state_machine.ts";
 import {
   type ApiOptions,
+  CALLER_HEADER,
   closeForwarder,
   createApiHandler,
   ForwardConnectError,
   FORWARDED_BY_HEADER,
   FORWARDED_TO_HEADER,
   type Forwarder,
+  WWW_AUTHENTICATE,
 } from "./handler.ts";
 
 const LEADER_URL = "http://n2.test:7777";
+/** The leader's peer URL, where forwards go. */
+const LEADER_RPC = "http://n2.test:6666";
+const MEMBERS = [
+  { id: "n1", rpcUrl: "http://n1.test:6666", apiUrl: "http://n1.test:7777" },
+  { id: "n2", rpcUrl: LEADER_RPC, apiUrl: "http://n2.test:7777" },
+  { id: "n3", rpcUrl: "http://n3.test:6666", apiUrl: "http://n3.test:7777" },
+];
 
 /**
  * A backend on a real state machine, without Raft: writes apply at once. It records every call
@@ -213,6 +223,7 @@ function setup(options: Partial<ApiOptions> = {}) {
   });
   const handler = createApiHandler(backend, {
     selfId: "n1",
+    members: MEMBERS,
     forward: forwarder.forward,
     logError: (line) => logs.push(line),
     ...options,
@@ -641,11 +652,12 @@ Deno.test("a follower forwards writes to the leader and relays its answer", asyn
   assert.equal(res.headers.get("x-other"), null);
   const [sent] = leader.calls;
   assert.ok(sent !== undefined);
-  assert.equal(sent.url, `${LEADER_URL}/v1/data?x=1`);
+  assert.equal(sent.url, `${LEADER_RPC}/forward/v1/data?x=1`);
   assert.equal(sent.method, "POST");
   assert.deepEqual(sent.body, encoder.encode(body));
   assert.equal(sent.headers.get("content-type"), "application/json");
   assert.equal(sent.headers.get(FORWARDED_BY_HEADER), "n1");
+  assert.equal(sent.headers.get(CALLER_HEADER), null, "an open API has no caller to pass on");
   assert.deepEqual(backend.calls, ["put a b=1"]);
   assert.equal(backend.data.size, 0);
 });
@@ -662,9 +674,9 @@ Deno.test("a follower forwards reads and deletes with the encoded path and query
   assert.deepEqual(
     leader.calls.map((c) => [c.method, c.url, c.body && new TextDecoder().decode(c.body)]),
     [
-      ["GET", `${LEADER_URL}/v1/data/a%2Fb%20c?consistency=lease`, null],
-      ["DELETE", `${LEADER_URL}/v1/data/%F0%9F%94%91`, null],
-      ["PUT", `${LEADER_URL}/v1/data/k`, '{"v":"2"}'],
+      ["GET", `${LEADER_RPC}/forward/v1/data/a%2Fb%20c?consistency=lease`, null],
+      ["DELETE", `${LEADER_RPC}/forward/v1/data/%F0%9F%94%91`, null],
+      ["PUT", `${LEADER_RPC}/forward/v1/data/k`, '{"v":"2"}'],
     ],
   );
   assert.equal(leader.calls[2]?.headers.get("content-type"), "Application/JSON; charset=UTF-8");
@@ -697,10 +709,10 @@ Deno.test("a follower forwards the Idempotency-Key, ranges and transactions, and
   assert.deepEqual(
     leader.calls.map((c) => [c.method, c.url, c.headers.get("idempotency-key")]),
     [
-      ["PUT", `${LEADER_URL}/v1/data/a?cas=0`, "req-42"],
-      ["GET", `${LEADER_URL}/v1/data?prefix=a&limit=5`, null],
-      ["DELETE", `${LEADER_URL}/v1/data?prefix=a`, "req-43"],
-      ["POST", `${LEADER_URL}/v1/txn`, null],
+      ["PUT", `${LEADER_RPC}/forward/v1/data/a?cas=0`, "req-42"],
+      ["GET", `${LEADER_RPC}/forward/v1/data?prefix=a&limit=5`, null],
+      ["DELETE", `${LEADER_RPC}/forward/v1/data?prefix=a`, "req-43"],
+      ["POST", `${LEADER_RPC}/forward/v1/txn`, null],
     ],
   );
 });
@@ -762,22 +774,27 @@ Deno.test("a forward that cannot connect to the leader is answered with 503 and 
     await expectError(
       res,
       503,
-      /^the leader "n2" at http:\/\/n2\.test:7777 unreachable: tcp connect error: Connection refused/,
+      /^the leader "n2" at http:\/\/n2\.test:6666 unreachable: tcp connect error: Connection refused/,
     );
   }
 });
 
-Deno.test("a leader whose api_url is not a URL is answered with 503, without a forward", async () => {
+Deno.test("a leader that is not a known member, or whose peer URL is not a URL, is answered with 503, without a forward", async () => {
   const leader = fakeForwarder(() => new Response("{}"));
-  const { call, backend } = setup({ forward: leader.forward });
+  const { call, backend } = setup({
+    forward: leader.forward,
+    members: [...MEMBERS, { id: "n4", rpcUrl: "n4:6666 oops", apiUrl: "http://n4.test:7777" }],
+  });
   backend.followN2();
-  backend.leader = { id: "n2", api_url: "n2:7777 oops" };
+  backend.leader = { id: "n9", api_url: "http://n9.test:7777" };
   const res = await call("POST", "/v1/data", '{"k":"a","v":"1"}');
   assert.equal(res.headers.get("retry-after"), "1");
+  await expectError(res, 503, /^cannot forward to the leader "n9": it is not a member this node/);
+  backend.leader = { id: "n4", api_url: "http://n4.test:7777" };
   await expectError(
-    res,
+    await call("GET", "/v1/data/a"),
     503,
-    /^cannot forward to the leader "n2": its api_url "n2:7777 oops" is not/,
+    /^cannot forward to the leader "n4": its peer URL "n4:6666 oops" is not an http\(s\) URL$/,
   );
   assert.equal(leader.calls.length, 0);
 });
@@ -852,20 +869,39 @@ Deno.test("createApiHandler() rejects options out of range", () => {
   }
 });
 
-Deno.test("a follower forwards to a real leader over cleartext HTTP/2 on one connection", async () => {
+Deno.test("a follower forwards to a real leader's peer port over cleartext HTTP/2 on one connection", async () => {
   const leaderBackend = new FakeBackend();
   leaderBackend.leader = { id: "n2", api_url: "unused" };
-  const leaderHandler = createApiHandler(leaderBackend, { selfId: "n2" });
-  const seen: { forwardedBy: string | null; port: number }[] = [];
+  const members = [{ id: "n1", rpcUrl: "http://127.0.0.1:1", apiUrl: "http://n1.test:7777" }];
+  const leaderHandler = createApiHandler(leaderBackend, { selfId: "n2", members });
+  const seen: {
+    path: string;
+    forwardedBy: string | null;
+    length: string | null;
+    port: number;
+  }[] = [];
+  // Stands in for the leader's peer server, which hands /forward/ paths to `forwarded`.
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req, info) => {
-    seen.push({ forwardedBy: req.headers.get(FORWARDED_BY_HEADER), port: info.remoteAddr.port });
-    return leaderHandler(req);
+    seen.push({
+      path: new URL(req.url).pathname,
+      forwardedBy: req.headers.get(FORWARDED_BY_HEADER),
+      length: req.headers.get("content-length"),
+      port: info.remoteAddr.port,
+    });
+    return leaderHandler.forwarded(req, null);
   });
   try {
     const follower = new FakeBackend();
-    follower.leader = { id: "n2", api_url: `http://127.0.0.1:${server.addr.port}/` };
+    follower.leader = { id: "n2", api_url: "http://unused.test:1" };
     follower.error = new NotLeaderError("n2");
-    const handler = createApiHandler(follower, { selfId: "n1" }); // the default forwarder
+    const handler = createApiHandler(follower, {
+      selfId: "n1",
+      members: [...members, {
+        id: "n2",
+        rpcUrl: `http://127.0.0.1:${server.addr.port}/`,
+        apiUrl: "http://n2.test:7777",
+      }],
+    }); // the default forwarder
     const call = (method: string, path: string, body?: string) =>
       handler(
         new Request(`http://127.0.0.1:1/v1/data${path}`, {
@@ -905,8 +941,16 @@ Deno.test("a follower forwards to a real leader over cleartext HTTP/2 on one con
       "delete a/b",
       "get a/b linearizable",
     ]);
-    assert.equal(seen.length, 4);
+    assert.deepEqual(seen.map((s) => s.path), [
+      "/forward/v1/data",
+      "/forward/v1/data/a%2Fb",
+      "/forward/v1/data/a%2Fb",
+      "/forward/v1/data/a%2Fb",
+    ]);
     assert.ok(seen.every((s) => s.forwardedBy === "n1"));
+    // The body's length is declared, or the leader would count it at its largest against
+    // maxInflightBytes (and refuse a burst of forwards with 429).
+    assert.equal(seen[0]?.length, String('{"k":"a/b","v":"1"}'.length));
     assert.equal(new Set(seen.map((s) => s.port)).size, 1, "one kept-alive connection");
   } finally {
     closeForwarder();
@@ -914,21 +958,49 @@ Deno.test("a follower forwards to a real leader over cleartext HTTP/2 on one con
   }
 });
 
-Deno.test("the default forwarder reports a refusing leader as 503 for reads and as unknown for writes", async () => {
+Deno.test("the default forwarder reaches a leader on a port fetch refuses (6665-6669)", async () => {
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve(
+      { hostname: "127.0.0.1", port: 6669, onListen() {} },
+      () => Response.json({ k: "a", v: "1" }),
+    );
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) return; // someone else has the port: nothing to learn
+    throw e;
+  }
+  try {
+    const backend = new FakeBackend();
+    backend.followN2();
+    const handler = createApiHandler(backend, {
+      selfId: "n1",
+      members: [{ id: "n2", rpcUrl: "http://127.0.0.1:6669", apiUrl: "http://n2.test:7777" }],
+    });
+    const res = await handler(new Request("http://127.0.0.1/v1/data/a"));
+    assert.deepEqual(await expectJson(res, 200), { k: "a", v: "1" });
+  } finally {
+    closeForwarder();
+    await server.shutdown();
+  }
+});
+
+Deno.test("the default forwarder reports a leader that refuses connections as 503: nothing was sent", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = listener.addr.port;
   listener.close();
   const backend = new FakeBackend();
-  backend.leader = { id: "n2", api_url: `http://127.0.0.1:${port}` };
-  backend.error = new NotLeaderError("n2");
+  backend.followN2();
   const logs: string[] = [];
-  const handler = createApiHandler(backend, { selfId: "n1", logError: (l) => logs.push(l) });
+  const handler = createApiHandler(backend, {
+    selfId: "n1",
+    members: [{ id: "n2", rpcUrl: `http://127.0.0.1:${port}`, apiUrl: "http://n2.test:7777" }],
+    logError: (l) => logs.push(l),
+  });
   try {
     const read = await handler(new Request("http://127.0.0.1/v1/data/a"));
     assert.equal(read.headers.get("retry-after"), "1");
     await expectError(read, 503, /^the leader "n2" at http:\/\/127\.0\.0\.1:\d+ unreachable: /);
-    // fetch may re-send a delivered request and report only the retry's connect error: a
-    // forwarded write that failed is never called "not applied".
+    // No connection came up, so the write was never sent: definitely not applied.
     const write = await handler(
       new Request("http://127.0.0.1/v1/data", {
         method: "POST",
@@ -936,12 +1008,54 @@ Deno.test("the default forwarder reports a refusing leader as 503 for reads and 
         body: '{"k":"a","v":"1"}',
       }),
     );
-    const body = await write.json();
-    assert.equal(write.status, 502);
-    assert.equal(body.outcome, "unknown");
+    assert.equal(write.headers.get("retry-after"), "1");
+    await expectError(write, 503, /unreachable: .*(refused|ECONNREFUSED)/i);
     assert.equal(logs.length, 2);
   } finally {
     closeForwarder();
+  }
+});
+
+Deno.test("the default forwarder calls a write unknown only once the leader's HTTP/2 layer took the connection", async () => {
+  // A TCP server that reads what arrives and hangs up: no HTTP/2 greeting, so nothing was sent.
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const hangUp = (async () => {
+    for await (const conn of silent) {
+      await conn.read(new Uint8Array(4096)).catch(() => null);
+      conn.close();
+    }
+  })();
+  // An HTTP/2 server that takes the request and then drops the connection: it may have acted.
+  const dropping = http2.createServer();
+  dropping.on("stream", (stream) => stream.session?.destroy());
+  const droppingPort = await new Promise<number>((resolve) => {
+    dropping.listen(0, "127.0.0.1", () => resolve((dropping.address() as { port: number }).port));
+  });
+  const backend = new FakeBackend();
+  backend.followN2();
+  const write = (port: number) =>
+    createApiHandler(backend, {
+      selfId: "n1",
+      members: [{ id: "n2", rpcUrl: `http://127.0.0.1:${port}`, apiUrl: "http://n2.test:7777" }],
+      logError: () => {},
+    })(
+      new Request("http://127.0.0.1/v1/data", {
+        method: "POST",
+        headers: JSON_TYPE,
+        body: '{"k":"a","v":"1"}',
+      }),
+    );
+  try {
+    const refused = await write(silent.addr.port);
+    assert.equal(refused.headers.get("retry-after"), "1");
+    await expectError(refused, 503, /unreachable: the connection closed before the peer's HTTP\/2/);
+    const body = await expectJson(await write(droppingPort), 502);
+    assert.equal(body.outcome, "unknown");
+  } finally {
+    closeForwarder();
+    silent.close();
+    await hangUp.catch(() => {});
+    await new Promise<void>((resolve) => dropping.close(() => resolve()));
   }
 });
 
@@ -1222,4 +1336,258 @@ Deno.test("a backup not read within backupTimeoutMs fails and releases its sourc
   const next = await handler(new Request("http://127.0.0.1/v1/snapshot"));
   assert.equal(next.status, 200, "the slot was released");
   await next.body?.cancel();
+});
+
+const TOKENS = [
+  { token: "read-token-0123456789", role: "read", name: "reader" },
+  { token: "write-token-0123456789", role: "write", name: "writer" },
+  { token: "admin-token-0123456789", role: "admin" },
+] as const;
+
+function bearer(token: string, extra: Record<string, string> = {}): Record<string, string> {
+  return { authorization: `Bearer ${token}`, ...extra };
+}
+
+Deno.test("with tokens, a request without a known token is answered 401 JSON with WWW-Authenticate", async () => {
+  const refusals: string[] = [];
+  const { call, backend } = setup({ tokens: TOKENS, logRefusal: (l) => refusals.push(l) });
+  for (
+    const headers of [
+      {},
+      { authorization: "Basic dXNlcjpwYXNz" },
+      { authorization: "Bearer" },
+      bearer("not-a-token-0123456789"),
+      bearer("read-token-012345678"),
+      bearer("read-token-01234567890"),
+    ]
+  ) {
+    const res = await call("GET", "/v1/data/a", undefined, headers);
+    assert.equal(res.headers.get("www-authenticate"), WWW_AUTHENTICATE);
+    const body = await expectJson(res, 401);
+    assert.equal(typeof body.error, "string", JSON.stringify(headers));
+  }
+  // Refused before anything else: no backend call, no body read, nothing counted.
+  const write = await call("POST", "/v1/data", '{"k":"a","v":"1"}');
+  await expectError(write, 401, /needs a token: send Authorization: Bearer <token>$/);
+  assert.deepEqual(backend.calls, []);
+  assert.equal(refusals.length, 7);
+  assert.ok(refusals.every((l) => !l.includes("token-0123")), "no token in the log");
+});
+
+Deno.test("with tokens, roles allow reads, writes and the snapshot in order: read < write < admin", async () => {
+  const refusals: string[] = [];
+  const { call, backend } = setup({ tokens: TOKENS, logRefusal: (l) => refusals.push(l) });
+  const [read, write, admin] = TOKENS.map((t) => t.token) as [string, string, string];
+  const put = (token: string) => call("PUT", "/v1/data/a", '{"v":"1"}', bearer(token, JSON_TYPE));
+
+  const denied = await expectJson(await put(read), 403);
+  assert.match(
+    String(denied.error),
+    /^the token "reader" has the role read; this request needs write$/,
+  );
+  assert.deepEqual({ role: denied.role, needed: denied.needed }, { role: "read", needed: "write" });
+  await expectError(
+    await call("DELETE", "/v1/data/a", undefined, bearer(read)),
+    403,
+    /needs write/,
+  );
+  assert.deepEqual(backend.calls, []);
+
+  await expectJson(await put(write), 200);
+  assert.deepEqual(
+    await expectJson(await call("GET", "/v1/data/a", undefined, bearer(read)), 200),
+    {
+      k: "a",
+      v: "1",
+      create_index: 1,
+      mod_index: 1,
+      version: 1,
+    },
+  );
+  await expectJson(await call("GET", "/v1/status", undefined, bearer(read)), 200);
+  await expectError(await call("GET", "/v1/status"), 401, /needs a token/);
+
+  await expectError(
+    await call("GET", "/v1/snapshot", undefined, bearer(write)),
+    403,
+    /has the role write; this request needs admin$/,
+  );
+  const snap = await call("GET", "/v1/snapshot", undefined, bearer(admin));
+  assert.equal(snap.status, 200);
+  await snap.body?.cancel();
+  await expectJson(await call("DELETE", "/v1/data/a", undefined, bearer(admin)), 200);
+  // Unknown paths need admin too: whatever is added later is closed until listed.
+  await expectError(await call("GET", "/v1/other", undefined, bearer(write)), 403, /needs admin/);
+  await expectError(await call("GET", "/v1/other", undefined, bearer(admin)), 404, /no such path/);
+
+  assert.equal(refusals.length, 5);
+  assert.match(refusals[0]!, /^raftkv api: PUT \/v1\/data\/a -> 403: the token "reader"/);
+  assert.ok(refusals.every((l) => TOKENS.every((t) => !l.includes(t.token))));
+});
+
+Deno.test("with tokens, /health and /ready stay open", async () => {
+  const { call } = setup({ tokens: TOKENS });
+  await expectJson(await call("GET", "/health"), 200);
+  await expectJson(await call("GET", "/ready"), 200);
+});
+
+Deno.test("a follower with tokens forwards the authorised caller, never the token", async () => {
+  const leader = fakeForwarder(() => Response.json({ k: "a", v: "1", index: 3 }));
+  const { call, backend } = setup({ tokens: TOKENS, forward: leader.forward });
+  backend.followN2();
+  await expectJson(
+    await call("POST", "/v1/data", '{"k":"a","v":"1"}', bearer(TOKENS[1].token, JSON_TYPE)),
+    200,
+  );
+  await expectJson(await call("GET", "/v1/data/a", undefined, bearer(TOKENS[2].token)), 200);
+  // A refused request is never forwarded.
+  await expectError(
+    await call("DELETE", "/v1/data/a", undefined, bearer(TOKENS[0].token)),
+    403,
+    /needs write/,
+  );
+  assert.deepEqual(leader.calls.map((c) => c.headers.get(CALLER_HEADER)), [
+    "write writer",
+    "admin token-3",
+  ]);
+  assert.ok(leader.calls.every((c) => c.headers.get("authorization") === null));
+});
+
+/** A request as it reaches the leader's peer port from member `by`. */
+function forwardedRequest(
+  path: string,
+  headers: Record<string, string>,
+  init: { method?: string; body?: string } = {},
+): Request {
+  return new Request(`http://127.0.0.1:6666${path}`, {
+    method: init.method ?? "GET",
+    headers,
+    body: init.body ?? null,
+  });
+}
+
+Deno.test("the leader serves a forwarded request as its follower authorised it, without a token", async () => {
+  const { handler, backend } = setup({ tokens: TOKENS });
+  const res = await handler.forwarded(
+    forwardedRequest("/forward/v1/data?x=1", {
+      [FORWARDED_BY_HEADER]: "n3",
+      [CALLER_HEADER]: "write ci",
+      ...JSON_TYPE,
+    }, { method: "POST", body: '{"k":"a","v":"1"}' }),
+    null,
+  );
+  assert.deepEqual(await expectJson(res, 200), {
+    k: "a",
+    v: "1",
+    index: 1,
+    create_index: 1,
+    mod_index: 1,
+    version: 1,
+  });
+  const read = await handler.forwarded(
+    forwardedRequest("/forward/v1/data/a?consistency=lease", {
+      [FORWARDED_BY_HEADER]: "n3",
+      [CALLER_HEADER]: "read dashboard",
+    }),
+    "n3",
+  );
+  assert.deepEqual(await expectJson(read, 200), {
+    k: "a",
+    v: "1",
+    create_index: 1,
+    mod_index: 1,
+    version: 1,
+  });
+  assert.deepEqual(backend.calls, ["put a=1", "get a lease"]);
+});
+
+Deno.test("the leader refuses a forwarded request from a stranger, a lying sender, without a caller, or off /v1/data", async () => {
+  const refusals: string[] = [];
+  const { handler, backend } = setup({ tokens: TOKENS, logRefusal: (l) => refusals.push(l) });
+  const post = (path: string, headers: Record<string, string>, sender: string | null = null) =>
+    handler.forwarded(
+      forwardedRequest(path, { ...JSON_TYPE, ...headers }, {
+        method: "POST",
+        body: '{"k":"a","v":"1"}',
+      }),
+      sender,
+    );
+  const caller = { [CALLER_HEADER]: "admin ops" };
+  await expectError(await post("/forward/v1/data", caller), 400, /must name its sender/);
+  for (const by of ["n9", "n1", ""]) {
+    await expectError(
+      await post("/forward/v1/data", { ...caller, [FORWARDED_BY_HEADER]: by }),
+      403,
+      /only another member forwards, in its own name$/,
+    );
+  }
+  await expectError(
+    await post("/forward/v1/data", { ...caller, [FORWARDED_BY_HEADER]: "n3" }, "n2"),
+    403,
+    /forwarded by "n3" on a connection of "n2" is refused/,
+  );
+  const anonymous = await post("/forward/v1/data", { [FORWARDED_BY_HEADER]: "n3" });
+  assert.equal(anonymous.headers.get("www-authenticate"), WWW_AUTHENTICATE);
+  await expectError(anonymous, 401, /without a caller, but this node requires tokens/);
+  for (const value of ["root ops", "write", "write two words", "write \u00e9"]) {
+    await expectError(
+      await post("/forward/v1/data", { [FORWARDED_BY_HEADER]: "n3", [CALLER_HEADER]: value }),
+      400,
+      /is not "<role> <name>"$/,
+    );
+  }
+  for (
+    const path of ["/forward/v1/snapshot", "/forward/v1/status", "/forward/health", "/forward"]
+  ) {
+    await expectError(
+      await post(path, { ...caller, [FORWARDED_BY_HEADER]: "n3" }),
+      404,
+      /no such forwarding path/,
+    );
+  }
+  assert.deepEqual(backend.calls, []);
+  assert.equal(refusals.length, 14);
+});
+
+Deno.test("an open leader serves forwarded requests with or without a caller", async () => {
+  const { handler, backend } = setup();
+  for (const extra of [{}, { [CALLER_HEADER]: "read x" }]) {
+    const res = await handler.forwarded(
+      forwardedRequest("/forward/v1/data/a?consistency=stale", {
+        [FORWARDED_BY_HEADER]: "n2",
+        ...extra,
+      }),
+      null,
+    );
+    await expectJson(res, 404);
+  }
+  assert.deepEqual(backend.calls, ["get a stale", "get a stale"]);
+});
+
+Deno.test("a forwarded request the leader no longer leads for is not forwarded again", async () => {
+  const leader = fakeForwarder(() => new Response("{}"));
+  const { handler, backend } = setup({ tokens: TOKENS, forward: leader.forward });
+  backend.followN2();
+  const res = await handler.forwarded(
+    forwardedRequest("/forward/v1/data/a", {
+      [FORWARDED_BY_HEADER]: "n3",
+      [CALLER_HEADER]: "read r",
+    }),
+    null,
+  );
+  await expectError(res, 503, /forwarded here by "n3" .*the leader changed; retry$/);
+  assert.equal(leader.calls.length, 0);
+});
+
+Deno.test("a 5xx log line names the caller, never the token", async () => {
+  const { call, backend, logs } = setup({ tokens: TOKENS });
+  backend.error = new RangeError("boom");
+  await expectError(
+    await call("GET", "/v1/data/a", undefined, bearer(TOKENS[0].token)),
+    500,
+    /^internal/,
+  );
+  assert.equal(logs.length, 1);
+  assert.match(logs[0]!, /boom[\s\S]* \(caller "reader"\)$/);
+  assert.ok(!logs[0]!.includes(TOKENS[0].token));
 });

@@ -65,6 +65,11 @@ function setup(maxInflightRequests = 1024, apiTimeoutMs = 5000) {
   const handler = createApiHandler(backend, {
     selfId: "n1",
     forward,
+    members: ["n1", "n2"].map((id) => ({
+      id,
+      apiUrl: `http://${id}.test:7777`,
+      rpcUrl: `http://${id}.test:6666`,
+    })),
     metrics: registry,
     maxInflightRequests,
     apiTimeoutMs,

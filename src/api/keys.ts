@@ -13,6 +13,7 @@
  */
 
 import type { KvResult, PlainCommand } from "../node/backend.ts";
+import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { jsonResponse, overloadedError } from "./errors.ts";
@@ -37,6 +38,7 @@ import {
  * @param req The request.
  * @param url Its parsed URL.
  * @param pathKey The key in the path, or null for `POST /v1/data`.
+ * @param caller Who asked, once authorised (null when the API is open); a forward carries it on.
  * @returns The answer.
  */
 export async function writeRoute(
@@ -44,6 +46,7 @@ export async function writeRoute(
   req: Request,
   url: URL,
   pathKey: string | null,
+  caller: Caller | null,
 ): Promise<Response> {
   requireJson(req);
   const overloaded = ctx.backend.overloaded();
@@ -64,7 +67,7 @@ export async function writeRoute(
   try {
     result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);
   } catch (err) {
-    return await backendFailure(ctx, req, url, bytes, err, deadline, { write: true, key });
+    return await backendFailure(ctx, req, url, bytes, err, deadline, { write: true, key, caller });
   }
   return writeOutcome(result, cas, (r) => ({
     k: key,
@@ -83,6 +86,7 @@ export async function writeRoute(
  * @param req The request.
  * @param url Its parsed URL.
  * @param key The key.
+ * @param caller Who asked, once authorised (null when the API is open); a forward carries it on.
  * @returns The answer.
  */
 export async function readRoute(
@@ -90,6 +94,7 @@ export async function readRoute(
   req: Request,
   url: URL,
   key: string,
+  caller: Caller | null,
 ): Promise<Response> {
   const consistency = readConsistency(url, key);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
@@ -103,7 +108,7 @@ export async function readRoute(
       ? jsonResponse(404, { error: "key not found", k: key }, headers)
       : jsonResponse(200, entryJson(r.entry), headers);
   } catch (err) {
-    return await backendFailure(ctx, req, url, null, err, deadline, { write: false, key });
+    return await backendFailure(ctx, req, url, null, err, deadline, { write: false, key, caller });
   }
 }
 
@@ -115,6 +120,7 @@ export async function readRoute(
  * @param req The request.
  * @param url Its parsed URL.
  * @param key The key.
+ * @param caller Who asked, once authorised (null when the API is open); a forward carries it on.
  * @returns The answer.
  */
 export async function deleteRoute(
@@ -122,6 +128,7 @@ export async function deleteRoute(
   req: Request,
   url: URL,
   key: string,
+  caller: Caller | null,
 ): Promise<Response> {
   const idem = idempotencyKey(req);
   const cas = casParam(url, null, key);
@@ -131,7 +138,7 @@ export async function deleteRoute(
   try {
     result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);
   } catch (err) {
-    return await backendFailure(ctx, req, url, null, err, deadline, { write: true, key });
+    return await backendFailure(ctx, req, url, null, err, deadline, { write: true, key, caller });
   }
   return writeOutcome(result, cas, (r) => ({
     k: key,

@@ -16,6 +16,7 @@
 
 import { compareKeys, type KeyRange, type KvResult, type RangeAnswer } from "../node/backend.ts";
 import { utf8Length } from "../util/utf8.ts";
+import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, quote } from "./errors.ts";
@@ -48,12 +49,14 @@ const _DELETE_PARAMS = new Set(["prefix", "start", "end"]);
  * @param ctx The handler's context.
  * @param req The request.
  * @param url Its parsed URL.
+ * @param caller Who asked, once authorised (null when the API is open); a forward carries it on.
  * @returns The answer.
  */
 export async function readRangeRoute(
   ctx: ApiContext,
   req: Request,
   url: URL,
+  caller: Caller | null,
 ): Promise<Response> {
   _onlyParams(url, _READ_PARAMS, "reading a range");
   const range = _keyRange(url, ctx.maxKeyBytes) ?? { prefix: "" };
@@ -81,10 +84,7 @@ export async function readRangeRoute(
       deadline.signal,
     );
   } catch (err) {
-    return await backendFailure(ctx, req, url, null, err, deadline, {
-      write: false,
-      key: undefined,
-    });
+    return await backendFailure(ctx, req, url, null, err, deadline, { write: false, caller });
   }
   const headers = { [INDEX_HEADER]: String(r.index) };
   if (countOnly) return jsonResponse(200, { count: r.count }, headers);
@@ -101,12 +101,14 @@ export async function readRangeRoute(
  * @param ctx The handler's context.
  * @param req The request.
  * @param url Its parsed URL.
+ * @param caller Who asked, once authorised (null when the API is open); a forward carries it on.
  * @returns The answer.
  */
 export async function deleteRangeRoute(
   ctx: ApiContext,
   req: Request,
   url: URL,
+  caller: Caller | null,
 ): Promise<Response> {
   _onlyParams(url, _DELETE_PARAMS, "deleting a range");
   const range = _keyRange(url, ctx.maxKeyBytes);
@@ -125,10 +127,7 @@ export async function deleteRangeRoute(
       deadline.signal,
     );
   } catch (err) {
-    return await backendFailure(ctx, req, url, null, err, deadline, {
-      write: true,
-      key: undefined,
-    });
+    return await backendFailure(ctx, req, url, null, err, deadline, { write: true, caller });
   }
   return writeOutcome(result, undefined, (r) => ({
     deleted: r.op === "delete_range" ? r.deleted : 0,

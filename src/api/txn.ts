@@ -32,6 +32,7 @@ import type {
   TxnOp,
   TxnOpResult,
 } from "../node/backend.ts";
+import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, describe, overloadedError, quote } from "./errors.ts";
@@ -50,9 +51,15 @@ const _OPS: readonly CompareOp[] = ["=", "!=", "<", ">"];
  * @param ctx The handler's context.
  * @param req The request.
  * @param url Its parsed URL.
+ * @param caller Who asked, once authorised (null when the API is open); a forward carries it on.
  * @returns The answer.
  */
-export async function txnRoute(ctx: ApiContext, req: Request, url: URL): Promise<Response> {
+export async function txnRoute(
+  ctx: ApiContext,
+  req: Request,
+  url: URL,
+  caller: Caller | null,
+): Promise<Response> {
   requireJson(req);
   const overloaded = ctx.backend.overloaded();
   if (overloaded !== null) throw overloadedError(overloaded, null, ctx.retryAfter);
@@ -64,10 +71,7 @@ export async function txnRoute(ctx: ApiContext, req: Request, url: URL): Promise
   try {
     result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);
   } catch (err) {
-    return await backendFailure(ctx, req, url, bytes, err, deadline, {
-      write: true,
-      key: undefined,
-    });
+    return await backendFailure(ctx, req, url, bytes, err, deadline, { write: true, caller });
   }
   return writeOutcome(
     result,

@@ -52,8 +52,8 @@ export function urlPort(url: string): number {
  * `node_id`, `rpc_url` and `api_url`; ids that do not match {@linkcode NODE_ID_PATTERN};
  * duplicate ids; URLs that do not parse (a bare `host:port`, as the original Go project wrote
  * them, is read as `http://host:port`), are not `http:`/`https:`, or carry a path, query,
- * fragment or credentials; and any `host:port` used twice (across all `rpc_url`s and
- * `api_url`s).
+ * fragment or credentials; any `host:port` used twice (across all `rpc_url`s and `api_url`s);
+ * and `rpc_url`s that mix `http:` and `https:` (peers either all use TLS or none does).
  *
  * @example Usage
  * ```ts
@@ -155,6 +155,18 @@ export function parseClusterFile(text: string, path: string): PeerConfig[] {
     const [rpcUrl = "", apiUrl = ""] = urls;
     peers.push({ id, rpcUrl, apiUrl });
   });
+  const scheme = (peer: PeerConfig) => new URL(peer.rpcUrl).protocol.slice(0, -1);
+  const first = peers[0]!;
+  const odd = peers.findIndex((peer) => scheme(peer) !== scheme(first));
+  if (odd !== -1) {
+    throw new ConfigError(
+      `${file}: the rpc_urls mix ${scheme(first)} (entry 1, node_id ${
+        JSON.stringify(first.id)
+      }) and ${scheme(peers[odd]!)} (entry ${odd + 1}, node_id ${
+        JSON.stringify(peers[odd]!.id)
+      }): peers either all use TLS (https) or none does (http)`,
+    );
+  }
   return peers;
 }
 

@@ -179,3 +179,16 @@ Deno.test("urlPort() returns the explicit port or the scheme's default", () => {
   assert.equal(urlPort("http://localhost"), 80);
   assert.equal(urlPort("https://localhost"), 443);
 });
+
+Deno.test("parseClusterFile() accepts https rpc_urls but refuses a mix of http and https", () => {
+  const https = _THREE.map((n) => ({ ...n, rpc_url: n.rpc_url.replace("http:", "https:") }));
+  assert.deepEqual(
+    parseClusterFile(JSON.stringify(https), "peers.json").map((p) => p.rpcUrl),
+    ["https://localhost:6666", "https://localhost:6667", "https://localhost:6668"],
+  );
+  _assertRejects(
+    [https[0], _THREE[1], https[2]],
+    'the rpc_urls mix https (entry 1, node_id "node-1") and http (entry 2, node_id "node-2")',
+    "peers either all use TLS (https) or none does (http)",
+  );
+});

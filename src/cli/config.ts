@@ -7,6 +7,13 @@
  * @module
  */
 
+import {
+  type ApiTls,
+  openApiWarning,
+  readApiTls,
+  readTokens,
+  type TokenConfig,
+} from "./api_security.ts";
 import { parseClusterFile, type PeerConfig, urlPort } from "./cluster_file.ts";
 import { parseDuration } from "./duration.ts";
 import { ConfigError } from "./errors.ts";
@@ -15,16 +22,21 @@ import {
   DEFAULTS,
   ENV_PREFIX,
   FLAGS,
+  HEALTHCHECK_CACERT_ENV,
   helpText,
   type RawValue,
   tokenizeArgv,
+  TOKENS_ENV,
 } from "./flags.ts";
 import { derivePeersForK8s, parseStatefulSetHostname } from "./k8s.ts";
+import { type PeerTlsConfig, resolvePeerTls } from "./peer_tls.ts";
 
 export { ConfigError } from "./errors.ts";
 export type { PeerConfig } from "./cluster_file.ts";
+export type { AccessRole, ApiTls, TokenConfig } from "./api_security.ts";
 export { DEFAULTS, type FlagInfo, FLAGS, helpText } from "./flags.ts";
 export { derivePeersForK8s, type K8sPeerOptions } from "./k8s.ts";
+export { peerSecurityWarning, type PeerTlsConfig } from "./peer_tls.ts";
 
 /** How a node finds its peers. */
 export type JoinMode = "static" | "k8s";
@@ -43,8 +55,12 @@ export interface NodeConfig {
   apiPort: number;
   /** Port of the Raft RPC server. */
   rpcPort: number;
-  /** Address both servers listen on. Default `"0.0.0.0"` (every interface). */
-  listenHost: string;
+  /** Address the peer server listens on: `--listen-host`, else the host of this node's rpcUrl. */
+  rpcListenHost: string;
+  /** Address the API server listens on: `--listen-host`, else the host of this node's apiUrl. */
+  apiListenHost: string;
+  /** Mutual TLS between peers (`--peer-cert`, `--peer-key`, `--peer-ca`), or null for h2c. */
+  peerTls: PeerTlsConfig | null;
   /**
    * The data directory the storage paths were derived from: `--data-dir`, else `data/<id>`;
    * `null` when all four storage paths were given explicitly and no `--data-dir` was.
@@ -68,6 +84,8 @@ export interface NodeConfig {
   electionTimeoutMs: number;
   /** Leader heartbeat interval in milliseconds. Default 100. */
   heartbeatMs: number;
+  /** Whether a leader hands leadership over before it stops on a signal. Default true. */
+  transferOnShutdown: boolean;
   /** Time limit of one Raft RPC in milliseconds. Default 2000. */
   rpcTimeoutMs: number;
   /** Time limit of one client API request in milliseconds. Default 5000. */
@@ -104,6 +122,10 @@ export interface NodeConfig {
   logLevel: LogLevel;
   /** How log lines are written. Default `"text"`. */
   logFormat: LogFormat;
+  /** The client API's certificate and key (PEM) when it serves HTTPS, else `null`. */
+  apiTls: ApiTls | null;
+  /** The client API's bearer tokens, or `null` when it needs none (open). */
+  tokens: TokenConfig[] | null;
 }
 
 /** What {@linkcode parseArgs} decided the program should do. */
@@ -114,8 +136,9 @@ export type ParseResult =
     /** The node's configuration. */
     config: NodeConfig;
     /**
-     * Harmless problems worth logging: `RAFTKV_*` environment variables that match no flag
-     * (with a suggestion when one is close).
+     * Problems worth logging that do not stop the node: `RAFTKV_*` environment variables that
+     * match no flag (with a suggestion when one is close), and a client API open to the network
+     * without tokens.
      */
     warnings: string[];
   }
@@ -143,6 +166,7 @@ export interface ParseArgsOptions {
 const _JOIN_MODES = ["static", "cluster-file", "k8s"] as const;
 const _LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
 const _LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
+const _BOOLS = ["true", "false"] as const;
 const _K8S_FLAGS = ["--k8s-replicas", "--k8s-service", "--k8s-namespace", "--k8s-cluster-domain"];
 
 /**
@@ -191,6 +215,8 @@ export function parseArgs(
   let apiPort: number;
   let rpcPort: number;
   let clusterConfigPath: string | null;
+  let apiTls: ApiTls | null;
+  const [certFile, keyFile] = [settings.raw("--api-cert"), settings.raw("--api-key")];
   if (joinMode === "static") {
     const misplaced = _K8S_FLAGS.find((name) => parsed.values.has(name));
     if (misplaced !== undefined) {
@@ -217,6 +243,7 @@ export function parseArgs(
       );
     }
     apiPort = settings.port("--api-port") ?? urlPort(self.apiUrl);
+    apiTls = readApiTls(certFile, keyFile, self.apiUrl, readFile);
     rpcPort = settings.port("--rpc-port") ?? urlPort(self.rpcUrl);
   } else {
     if (parsed.values.has("--cluster-config-path")) {
@@ -241,6 +268,7 @@ export function parseArgs(
     apiPort = settings.port("--api-port") ?? DEFAULTS.k8sApiPort;
     rpcPort = settings.port("--rpc-port") ?? DEFAULTS.k8sRpcPort;
     peers = derivePeersForK8s({
+      rpcScheme: settings.raw("--peer-cert") ? "https" : "http",
       hostname,
       replicas,
       service: settings.string("--k8s-service"),
@@ -249,6 +277,11 @@ export function parseArgs(
       rpcPort,
       apiPort,
     });
+    // Every pod of a StatefulSet runs with the same settings: all serve HTTPS or none does.
+    apiTls = readApiTls(certFile, keyFile, null, readFile);
+    if (apiTls !== null) {
+      peers = peers.map((p) => ({ ...p, apiUrl: p.apiUrl.replace(/^http:/, "https:") }));
+    }
     const given = settings.raw("--id");
     const { setName, ordinal } = parseStatefulSetHostname(hostname);
     id = given?.value ?? `${setName}-${ordinal}`;
@@ -265,14 +298,27 @@ export function parseArgs(
     );
   }
 
-  const listenHost = settings.string("--listen-host") ?? DEFAULTS.listenHost;
-  if (/[\s/[\]]/.test(listenHost)) {
+  const listenHost = settings.string("--listen-host");
+  if (listenHost !== undefined && /[\s/[\]]/.test(listenHost)) {
     throw new ConfigError(
       `Invalid value for ${settings.raw("--listen-host")?.origin}: ${
         JSON.stringify(listenHost)
       } is not a host name or IP address (write IPv6 addresses without brackets, such as "::")`,
     );
   }
+
+  const self = peers.find((peer) => peer.id === id)!;
+  const peerTls = resolvePeerTls(
+    {
+      cert: settings.raw("--peer-cert"),
+      key: settings.raw("--peer-key"),
+      ca: settings.raw("--peer-ca"),
+    },
+    joinMode === "k8s" ? null : new URL(self.rpcUrl).protocol as "http:" | "https:",
+    `cluster file ${JSON.stringify(clusterConfigPath)}`,
+    id,
+    readFile,
+  );
 
   const walDir = settings.string("--log-entry-path");
   const logMetadataPath = settings.string("--log-metadata-path");
@@ -305,7 +351,10 @@ export function parseArgs(
     id,
     apiPort,
     rpcPort,
-    listenHost,
+    // Like etcd's listen URLs: a node listens where its own URLs say, unless told otherwise.
+    rpcListenHost: listenHost ?? _urlHost(self.rpcUrl),
+    apiListenHost: listenHost ?? _urlHost(self.apiUrl),
+    peerTls,
     dataDir,
     walDir: walDir ?? _join(base, "wal"),
     logMetadataPath: logMetadataPath ?? _join(base, "log-metadata.json"),
@@ -316,6 +365,8 @@ export function parseArgs(
     peers,
     electionTimeoutMs,
     heartbeatMs,
+    transferOnShutdown: (settings.choice("--transfer-on-shutdown", _BOOLS) ??
+      DEFAULTS.transferOnShutdown) === "true",
     rpcTimeoutMs: settings.duration("--rpc-timeout") ?? DEFAULTS.rpcTimeoutMs,
     apiTimeoutMs: settings.duration("--api-timeout") ?? DEFAULTS.apiTimeoutMs,
     apiFwdTimeoutMs: settings.duration("--api-fwd-timeout") ?? DEFAULTS.apiFwdTimeoutMs,
@@ -341,8 +392,12 @@ export function parseArgs(
     backupTimeoutMs: settings.duration("--backup-timeout") ?? DEFAULTS.backupTimeoutMs,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,
     logFormat: settings.choice("--log-format", _LOG_FORMATS) ?? DEFAULTS.logFormat,
+    apiTls,
+    tokens: readTokens(settings.raw("--tokens-file"), _nonEmpty(env[TOKENS_ENV]), readFile),
   };
-  return { kind: "run", config, warnings: _unknownEnvWarnings(env) };
+  const open = openApiWarning(config.apiListenHost, apiPort, config.tokens);
+  const warnings = [..._unknownEnvWarnings(env), ...(open === null ? [] : [open])];
+  return { kind: "run", config, warnings };
 }
 
 /** Looks settings up by flag, then environment variable, and validates them. */
@@ -430,6 +485,11 @@ function _nonEmpty(value: string | undefined): string | undefined {
   return value === "" ? undefined : value;
 }
 
+/** The host of a URL as an address to listen on (IPv6 without brackets). */
+function _urlHost(url: string): string {
+  return new URL(url).hostname.replace(/^\[(.*)\]$/, "$1");
+}
+
 function _join(dir: string, name: string): string {
   return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
 }
@@ -449,7 +509,11 @@ function _readClusterFile(path: string, readFile: (path: string) => string): Pee
 }
 
 function _unknownEnvWarnings(env: Readonly<Record<string, string | undefined>>): string[] {
-  const known = FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]);
+  const known = [
+    ...FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]),
+    TOKENS_ENV,
+    HEALTHCHECK_CACERT_ENV,
+  ];
   return Object.keys(env)
     .filter((name) => name.startsWith(ENV_PREFIX) && !known.includes(name))
     .sort()

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { makeCertificates } from "../../testing/certs.ts";
 import { ConfigError, FLAGS, type NodeConfig, parseArgs, type ParseArgsOptions } from "./config.ts";
 
 const _FILE_PATH = "cluster.config.json";
@@ -54,7 +55,9 @@ const _DEFAULT_CONFIG: NodeConfig = {
   id: "node-1",
   apiPort: 7777,
   rpcPort: 6666,
-  listenHost: "0.0.0.0",
+  rpcListenHost: "localhost",
+  apiListenHost: "localhost",
+  peerTls: null,
   dataDir: "data/node-1",
   walDir: "data/node-1/wal",
   logMetadataPath: "data/node-1/log-metadata.json",
@@ -83,6 +86,9 @@ const _DEFAULT_CONFIG: NodeConfig = {
   backupTimeoutMs: 600_000,
   logLevel: "info",
   logFormat: "text",
+  apiTls: null,
+  tokens: null,
+  transferOnShutdown: true,
 };
 
 Deno.test("parseArgs() fills in every default from --id and the cluster file alone", () => {
@@ -98,7 +104,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--id", "node-2", { id: "node-2", apiPort: 7778, rpcPort: 6667, dataDir: "data/node-2" }],
   ["--api-port", "9001", { apiPort: 9001 }],
   ["--rpc-port", "9002", { rpcPort: 9002 }],
-  ["--listen-host", "127.0.0.1", { listenHost: "127.0.0.1" }],
+  ["--listen-host", "0.0.0.0", { rpcListenHost: "0.0.0.0", apiListenHost: "0.0.0.0" }],
   ["--data-dir", "/var/lib/kv", { dataDir: "/var/lib/kv", walDir: "/var/lib/kv/wal" }],
   ["--log-entry-path", "/wal", { walDir: "/wal" }],
   ["--log-metadata-path", "/meta.json", { logMetadataPath: "/meta.json" }],
@@ -126,6 +132,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
   ["--log-level", "debug", { logLevel: "debug" }],
   ["--log-format", "json", { logFormat: "json" }],
+  ["--transfer-on-shutdown", "false", { transferOnShutdown: false }],
 ];
 const _FILES = _files({ [_FILE_PATH]: _FILE, "other.json": _FILE });
 
@@ -156,6 +163,12 @@ Deno.test("parseArgs() tests cover every flag in the table", () => {
     "--k8s-service",
     "--k8s-namespace",
     "--k8s-cluster-domain",
+    "--api-cert",
+    "--api-key",
+    "--tokens-file",
+    "--peer-cert",
+    "--peer-key",
+    "--peer-ca",
     "--help",
     "--version",
   ]);
@@ -312,7 +325,7 @@ Deno.test("parseArgs() rejects a listen host that is not a bare host", () => {
       `Invalid value for --listen-host: ${JSON.stringify(host)} is not a host name or IP address`,
     );
   }
-  assert.equal(_config(["--id", "node-1", "--listen-host", "::"]).listenHost, "::");
+  assert.equal(_config(["--id", "node-1", "--listen-host", "::"]).rpcListenHost, "::");
 });
 
 Deno.test("parseArgs() rejects an unknown flag and suggests the closest one", () => {
@@ -388,11 +401,12 @@ Deno.test("parseArgs() takes the ports from this node's URLs in the cluster file
   assert.equal(config.apiPort, 7779);
   assert.equal(config.rpcPort, 6668);
   const file = JSON.stringify([
-    { node_id: "a", rpc_url: "https://kv-a.example", api_url: "http://kv-a.example" },
+    { node_id: "a", rpc_url: "http://kv-a.example", api_url: "http://kv-a.example:8080" },
   ]);
   const fromDefaults = _config(["--id", "a"], {}, _files({ [_FILE_PATH]: file }));
-  assert.equal(fromDefaults.rpcPort, 443);
-  assert.equal(fromDefaults.apiPort, 80);
+  assert.equal(fromDefaults.rpcPort, 80);
+  assert.equal(fromDefaults.apiPort, 8080);
+  // (An https URL without a port means 443: see urlPort; serving it needs --api-cert.)
 });
 
 Deno.test("parseArgs() lets explicit ports differ from the cluster file", () => {
@@ -592,7 +606,7 @@ Deno.test("parseArgs() returns version for --version", () => {
 });
 
 Deno.test("parseArgs() warns about RAFTKV_ variables that match no flag", () => {
-  const result = parseArgs(["--id", "node-1"], {
+  const result = parseArgs(["--id", "node-1", "--listen-host", "127.0.0.1"], {
     RAFTKV_HEARTBEAT_MS: "50",
     RAFTKV_COLOUR: "red",
     PATH: "/bin",
@@ -611,4 +625,295 @@ Deno.test("parseArgs() accepts the repository's cluster.config.json", async () =
     assert.equal(config.rpcPort, 6666 + index);
     assert.equal(config.apiPort, 7777 + index);
   }
+});
+
+const _TLS_FILE = JSON.stringify([
+  { node_id: "node-1", rpc_url: "http://localhost:6666", api_url: "https://localhost:7777" },
+  { node_id: "node-2", rpc_url: "http://localhost:6667", api_url: "http://localhost:7778" },
+]);
+const _CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+const _KEY = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n";
+const _TOKENS = '[{"token":"0123456789abcdef","role":"read","name":"ro"}]';
+const _SECURITY_FILES = _files({
+  [_FILE_PATH]: _TLS_FILE,
+  "api.crt": _CERT,
+  "api.key": _KEY,
+  "tokens.json": _TOKENS,
+});
+
+Deno.test("parseArgs() reads --api-cert and --api-key for an https api_url, from flags or env", () => {
+  const tls = { cert: _CERT, key: _KEY };
+  const argv = ["--id", "node-1", "--api-cert", "api.crt", "--api-key=api.key"];
+  assert.deepEqual(_config(argv, {}, _SECURITY_FILES).apiTls, tls);
+  const env = { RAFTKV_ID: "node-1", RAFTKV_API_CERT: "api.crt", RAFTKV_API_KEY: "api.key" };
+  assert.deepEqual(_config([], env, _SECURITY_FILES).apiTls, tls);
+  assert.equal(_config(["--id", "node-2"], {}, _SECURITY_FILES).apiTls, null);
+});
+
+Deno.test("parseArgs() refuses TLS settings that do not fit this node's api_url", () => {
+  const run = (argv: string[]) => () => parseArgs(argv, {}, _SECURITY_FILES);
+  _assertConfigError(run(["--id", "node-1"]), '"https://localhost:7777" is https', "--api-cert");
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "api.crt"]),
+    "--api-cert is set but --api-key is not",
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-key", "api.key"]),
+    "--api-key is set but --api-cert is not",
+  );
+  _assertConfigError(
+    run(["--id", "node-2", "--api-cert", "api.crt", "--api-key", "api.key"]),
+    'api_url "http://localhost:7778" in the cluster file is http',
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "missing.crt", "--api-key", "api.key"]),
+    'Cannot read --api-cert "missing.crt"',
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "api.key", "--api-key", "api.key"]),
+    '--api-cert "api.key" does not hold a PEM certificate',
+  );
+  _assertConfigError(
+    run(["--id", "node-1", "--api-cert", "api.crt", "--api-key", "api.crt"]),
+    '--api-key "api.crt" does not hold a PEM private key',
+  );
+});
+
+Deno.test("parseArgs() serves every pod's API over https in k8s mode when TLS is set", () => {
+  const config = _config(
+    ["--join-mode", "k8s", "--k8s-replicas", "2", "--api-cert", "api.crt", "--api-key", "api.key"],
+    { HOSTNAME: "kv-0" },
+    _SECURITY_FILES,
+  );
+  assert.deepEqual(config.peers.map((p) => p.apiUrl), [
+    "https://kv-0.kv.default.svc.cluster.local:7777",
+    "https://kv-1.kv.default.svc.cluster.local:7777",
+  ]);
+  assert.ok(config.peers.every((p) => p.rpcUrl.startsWith("http://")));
+});
+
+Deno.test("parseArgs() reads the API's tokens from --tokens-file or RAFTKV_TOKENS, not both", () => {
+  const expected = [{ token: "0123456789abcdef", role: "read", name: "ro" }];
+  const base = ["--id", "node-2"];
+  assert.deepEqual(
+    _config([...base, "--tokens-file", "tokens.json"], {}, _SECURITY_FILES).tokens,
+    expected,
+  );
+  assert.deepEqual(
+    _config(base, { RAFTKV_TOKENS_FILE: "tokens.json" }, _SECURITY_FILES).tokens,
+    expected,
+  );
+  assert.deepEqual(_config(base, { RAFTKV_TOKENS: _TOKENS }, _SECURITY_FILES).tokens, expected);
+  _assertConfigError(
+    () =>
+      parseArgs(
+        [...base, "--tokens-file", "tokens.json"],
+        { RAFTKV_TOKENS: _TOKENS },
+        _SECURITY_FILES,
+      ),
+    "Both --tokens-file and RAFTKV_TOKENS are set",
+  );
+  _assertConfigError(
+    () => parseArgs([...base, "--tokens-file", "nope.json"], {}, _SECURITY_FILES),
+    'Cannot read --tokens-file "nope.json"',
+  );
+  _assertConfigError(
+    () =>
+      parseArgs(
+        base,
+        { RAFTKV_TOKENS: '[{"token":"0123456789abcdef","role":"root"}]' },
+        _SECURITY_FILES,
+      ),
+    "Invalid tokens in RAFTKV_TOKENS: entry 1",
+    '"role" is "root"',
+  );
+});
+
+Deno.test("parseArgs() warns about an API open beyond loopback only without tokens", () => {
+  const warnings = (argv: string[], env: Record<string, string> = {}) =>
+    (parseArgs(["--id", "node-2", ...argv], env, _SECURITY_FILES) as { warnings: string[] })
+      .warnings;
+  // By default the API binds its api_url's host (localhost here): no warning.
+  assert.deepEqual(warnings([]), []);
+  assert.match(
+    warnings(["--listen-host", "0.0.0.0"]).join(),
+    /listens on 0\.0\.0\.0:7778 without authentication/,
+  );
+  assert.match(warnings(["--listen-host", "10.0.0.5"]).join(), /10\.0\.0\.5:7778 without/);
+  assert.deepEqual(warnings(["--tokens-file", "tokens.json"]), []);
+  assert.deepEqual(warnings([], { RAFTKV_TOKENS: _TOKENS }), []);
+  for (const host of ["127.0.0.1", "127.1.2.3", "::1", "localhost"]) {
+    assert.deepEqual(warnings(["--listen-host", host]), [], host);
+  }
+  // The tokens variable is known, so it draws no "unknown variable" warning either.
+  assert.deepEqual(warnings(["--listen-host", "::1"], { RAFTKV_HEALTHCHECK_CACERT: "ca.crt" }), []);
+});
+
+Deno.test("parseArgs() listens on the hosts of this node's own URLs unless --listen-host overrides both", () => {
+  const file = JSON.stringify([
+    { node_id: "node-1", rpc_url: "http://10.0.0.1:6666", api_url: "http://[::1]:7777" },
+    { node_id: "node-2", rpc_url: "http://10.0.0.2:6666", api_url: "http://10.0.0.2:7777" },
+  ]);
+  const files = _files({ [_FILE_PATH]: file });
+  const own = _config(["--id", "node-1"], {}, files);
+  assert.deepEqual([own.rpcListenHost, own.apiListenHost], ["10.0.0.1", "::1"]);
+  for (
+    const config of [
+      _config(["--id", "node-1", "--listen-host", "0.0.0.0"], {}, files),
+      _config(["--id", "node-1"], { RAFTKV_LISTEN_HOST: "0.0.0.0" }, files),
+    ]
+  ) {
+    assert.deepEqual([config.rpcListenHost, config.apiListenHost], ["0.0.0.0", "0.0.0.0"]);
+  }
+  const pod = _k8s(["--k8s-replicas", "3"]);
+  assert.equal(pod.rpcListenHost, "raftkv-1.raftkv.default.svc.cluster.local");
+});
+
+/** Certificates for node-1..3 and a second CA's node-1, as a readFile map beside the cluster files. */
+async function _tlsFiles() {
+  const dir = await Deno.makeTempDir();
+  const other = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["node-1", "node-2", "raftkv-1"] });
+    const stranger = await makeCertificates(other, { nodes: ["node-1"] });
+    const read = (path: string) => Deno.readTextFileSync(path);
+    const https = _FILE.replaceAll('"rpc_url":"http:', '"rpc_url":"https:');
+    const files: Record<string, string> = {
+      [_FILE_PATH]: https,
+      "plain.json": _FILE,
+      "ca.pem": read(certs.ca),
+      "node-1.pem": read(certs.node("node-1").cert),
+      "node-1.key": read(certs.node("node-1").key),
+      "node-2.pem": read(certs.node("node-2").cert),
+      "node-2.key": read(certs.node("node-2").key),
+      "raftkv-1.pem": read(certs.node("raftkv-1").cert),
+      "raftkv-1.key": read(certs.node("raftkv-1").key),
+      "other-node-1.pem": read(stranger.node("node-1").cert),
+      "other-node-1.key": read(stranger.node("node-1").key),
+      "garbage.pem": "not a certificate\n",
+    };
+    return { files, read: _files(files) };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(other, { recursive: true });
+  }
+}
+
+const _TLS_FLAGS = [
+  "--id",
+  "node-1",
+  "--peer-cert",
+  "node-1.pem",
+  "--peer-key",
+  "node-1.key",
+  "--peer-ca",
+  "ca.pem",
+];
+
+Deno.test("parseArgs() turns on peer TLS with https:// rpc_urls and all three files, from flags or variables", async () => {
+  const { files, read } = await _tlsFiles();
+  const env = {
+    RAFTKV_ID: "node-1",
+    RAFTKV_PEER_CERT: "node-1.pem",
+    RAFTKV_PEER_KEY: "node-1.key",
+    RAFTKV_PEER_CA: "ca.pem",
+  };
+  for (const config of [_config(_TLS_FLAGS, {}, read), _config([], env, read)]) {
+    assert.deepEqual(config.peerTls, {
+      ca: files["ca.pem"],
+      cert: files["node-1.pem"],
+      key: files["node-1.key"],
+      caPath: "ca.pem",
+      certPath: "node-1.pem",
+      keyPath: "node-1.key",
+    });
+    assert.equal(config.peers[1]?.rpcUrl, "https://localhost:6667");
+  }
+  // In k8s mode the files turn the derived rpc URLs into https:// ones.
+  const pod = _config(
+    ["--join-mode", "k8s", "--k8s-replicas", "3", ..._TLS_FLAGS.slice(2)].map((a) =>
+      a.replace("node-1", "raftkv-1")
+    ),
+    { HOSTNAME: "raftkv-1" },
+    read,
+  );
+  assert.equal(pod.peers[0]?.rpcUrl, "https://raftkv-0.raftkv.default.svc.cluster.local:6666");
+  assert.equal(pod.peers[0]?.apiUrl, "http://raftkv-0.raftkv.default.svc.cluster.local:7777");
+  assert.equal(pod.peerTls?.certPath, "raftkv-1.pem");
+});
+
+Deno.test("parseArgs() refuses peer TLS settings that do not fit the rpc_urls or each other", async () => {
+  const { read } = await _tlsFiles();
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1"], {}, read),
+    'The cluster file "cluster.config.json" lists https:// rpc_urls, which need mutual TLS',
+    "--peer-cert, --peer-key and --peer-ca",
+  );
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1", "--peer-cert", "node-1.pem"], {}, read),
+    "Peer TLS needs --peer-cert, --peer-key and --peer-ca together: --peer-cert is set, " +
+      "but not --peer-key or --peer-ca",
+  );
+  _assertConfigError(
+    () =>
+      parseArgs(
+        ["--id", "node-1", "--peer-cert", "node-1.pem"],
+        { RAFTKV_PEER_CA: "ca.pem" },
+        read,
+      ),
+    "--peer-cert and RAFTKV_PEER_CA are set, but not --peer-key",
+  );
+  _assertConfigError(
+    () => parseArgs([..._TLS_FLAGS, "--cluster-config-path", "plain.json"], {}, read),
+    "--peer-cert, --peer-key and --peer-ca turn on TLS between peers, but the cluster file " +
+      '"plain.json" lists http:// rpc_urls: write them as https://',
+  );
+  _assertConfigError(
+    () =>
+      parseArgs(["--join-mode", "k8s", "--k8s-replicas", "3", "--peer-key", "k"], {
+        HOSTNAME: "raftkv-1",
+      }, read),
+    "--peer-key is set, but not --peer-cert or --peer-ca",
+  );
+});
+
+Deno.test("parseArgs() refuses peer TLS files that are missing, not PEM, mismatched or not this node's", async () => {
+  const { read } = await _tlsFiles();
+  const withFiles = (cert: string, key: string, ca = "ca.pem") =>
+    parseArgs(
+      ["--id", "node-1", "--peer-cert", cert, "--peer-key", key, "--peer-ca", ca],
+      {},
+      read,
+    );
+  _assertConfigError(
+    () => withFiles("node-1.pem", "node-1.key", "missing.pem"),
+    'Cannot read the file of --peer-ca "missing.pem": No such file: missing.pem',
+  );
+  _assertConfigError(
+    () => withFiles("garbage.pem", "node-1.key"),
+    'Invalid value for --peer-cert: "garbage.pem" holds no PEM certificate',
+  );
+  _assertConfigError(
+    () => withFiles("node-1.pem", "node-1.key", "node-1.key"),
+    'Invalid value for --peer-ca: "node-1.key" holds no PEM certificate',
+  );
+  _assertConfigError(
+    () => withFiles("node-1.pem", "garbage.pem"),
+    'Invalid value for --peer-key: "garbage.pem" holds no PEM private key',
+  );
+  _assertConfigError(
+    () => withFiles("node-1.pem", "node-2.key"),
+    'The key in --peer-key "node-2.key" does not belong to the certificate in --peer-cert ' +
+      '"node-1.pem"',
+  );
+  _assertConfigError(
+    () => withFiles("node-2.pem", "node-2.key"),
+    'The certificate in --peer-cert "node-2.pem" has subject "CN=node-2"',
+    "it must be CN=node-1, this node's id",
+  );
+  _assertConfigError(
+    () => withFiles("other-node-1.pem", "other-node-1.key"),
+    'The certificate in --peer-cert "other-node-1.pem" is not signed by the CA in --peer-ca ' +
+      '"ca.pem"',
+  );
 });

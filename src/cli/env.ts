@@ -7,7 +7,7 @@
 
 import { ConfigError } from "./errors.ts";
 import type { PeerConfig } from "./cluster_file.ts";
-import { ENV_PREFIX, FLAGS } from "./flags.ts";
+import { ENV_PREFIX, FLAGS, HEALTHCHECK_CACERT_ENV, TOKENS_ENV } from "./flags.ts";
 import { CLIENT_ENV_VARS } from "./client/options.ts";
 
 /**
@@ -25,12 +25,15 @@ export const HOSTS_OVERRIDE_ENV = "RAFTKV_HOSTS_OVERRIDE";
 export const DEBUG_STALE_READS_ENV = "RAFTKV_DEBUG_STALE_READS";
 
 /**
- * Every environment variable the program reads: one per flag, `HOSTNAME` and `POD_NAMESPACE`
- * (k8s join mode), {@linkcode HOSTS_OVERRIDE_ENV}, {@linkcode DEBUG_STALE_READS_ENV} and the
- * command-line client's (`RAFTKV_ENDPOINTS`, ...). The compiled binary may read only these.
+ * Every environment variable the program reads: one per flag, the tokens and the healthcheck's
+ * CA, `HOSTNAME` and `POD_NAMESPACE` (k8s join mode), {@linkcode HOSTS_OVERRIDE_ENV},
+ * {@linkcode DEBUG_STALE_READS_ENV} and the command-line client's (`RAFTKV_ENDPOINTS`, ...). The
+ * compiled binary may read only these.
  */
 export const ENV_VARS: readonly string[] = [
   ...FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]),
+  TOKENS_ENV,
+  HEALTHCHECK_CACERT_ENV,
   "HOSTNAME",
   "POD_NAMESPACE",
   HOSTS_OVERRIDE_ENV,

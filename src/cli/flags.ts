@@ -10,20 +10,29 @@ import { ConfigError } from "./errors.ts";
 /** Prefix of every environment variable that can stand in for a flag. */
 export const ENV_PREFIX = "RAFTKV_";
 
+/**
+ * The API's bearer tokens as JSON, in an environment variable that stands for no flag: a
+ * secret belongs in neither a command line nor `ps` output (`--tokens-file` names a file).
+ */
+export const TOKENS_ENV = "RAFTKV_TOKENS";
+
+/** The CA file `raftkv healthcheck` trusts when its `--cacert` is not given. */
+export const HEALTHCHECK_CACERT_ENV = "RAFTKV_HEALTHCHECK_CACERT";
+
 /** Default values of the settings that have a fixed default. */
 export const DEFAULTS = {
   /** Default of `--join-mode`. */
   joinMode: "static",
   /** Default of `--cluster-config-path`, relative to the working directory. */
   clusterConfigPath: "cluster.config.json",
-  /** Default of `--listen-host`: every interface. */
-  listenHost: "0.0.0.0",
   /** Default of `--data-dir`, before `<id>` is appended. */
   dataDirParent: "data",
   /** Default of `--election-timeout`, in milliseconds. */
   electionTimeoutMs: 1000,
   /** Default of `--heartbeat`, in milliseconds. */
   heartbeatMs: 100,
+  /** Default of `--transfer-on-shutdown`. */
+  transferOnShutdown: "true",
   /** Default of `--rpc-timeout`, in milliseconds. */
   rpcTimeoutMs: 2000,
   /** Default of `--api-timeout`, in milliseconds. */
@@ -141,8 +150,25 @@ export const FLAGS: readonly FlagInfo[] = [
     "Node",
     "--listen-host",
     "<host>",
-    `${_D.listenHost} (every interface)`,
-    "Address both servers listen on; 127.0.0.1 accepts local connections only",
+    "the host of this node's rpc_url (peer server) and of its api_url (API server)",
+    "Address both servers listen on instead; 0.0.0.0 is every interface (as in containers)",
+  ),
+  _flag(
+    "Peer security",
+    "--peer-cert",
+    "<file>",
+    "none: peers talk cleartext HTTP/2",
+    "This node's certificate (PEM, subject CN = its node id), served on the peer port and " +
+      "presented to peers. With --peer-key and --peer-ca it turns on mutual TLS between peers; " +
+      "the rpc_urls must then be https://",
+  ),
+  _flag("Peer security", "--peer-key", "<file>", "none", "The private key of --peer-cert (PEM)"),
+  _flag(
+    "Peer security",
+    "--peer-ca",
+    "<file>",
+    "none",
+    "The cluster CA (PEM): a peer's certificate must chain to it and name a member as its CN",
   ),
   _flag(
     "Storage",
@@ -214,6 +240,13 @@ export const FLAGS: readonly FlagInfo[] = [
     `${_D.heartbeatMs}ms`,
     "Interval between the leader's heartbeats",
     ["--heartbeat-interval"],
+  ),
+  _flag(
+    "Timing",
+    "--transfer-on-shutdown",
+    "<bool>",
+    _D.transferOnShutdown,
+    '"true": a leader stopped by SIGTERM/SIGINT first hands leadership over (up to an election timeout); "false": it just stops',
   ),
   _flag(
     "Timing",
@@ -321,6 +354,23 @@ export const FLAGS: readonly FlagInfo[] = [
     _D.logFormat,
     '"text" (one line: time, level, node id, message) or "json" (one JSON object a line with ' +
       "the same fields: time, level, node, message), for log shippers",
+  ),
+  _flag(
+    "Security",
+    "--api-cert",
+    "<file>",
+    "none (plain HTTP)",
+    "PEM certificate (chain) of the client API: serve HTTPS; needs --api-key, and this node's " +
+      "api_url must be https",
+  ),
+  _flag("Security", "--api-key", "<file>", "none", "PEM private key of --api-cert"),
+  _flag(
+    "Security",
+    "--tokens-file",
+    "<file>",
+    `none (${TOKENS_ENV}, else no authentication)`,
+    'Bearer tokens of the client API: a JSON array of {"token", "role", "name"}, roles "read", ' +
+      `"write", "admin"; ${TOKENS_ENV} may hold the same JSON instead`,
   ),
   _flag(
     "Kubernetes (--join-mode k8s)",
@@ -526,7 +576,7 @@ export function helpText(): string {
     "Usage:",
     "  raftkv --id <id> [flags]                            peers from the cluster file",
     "  raftkv --join-mode k8s --k8s-replicas <n> [flags]   peers from a Kubernetes StatefulSet",
-    "  raftkv healthcheck [--url <url>]                    exit 0 if /health answers 200 (for containers)",
+    "  raftkv healthcheck [--url <url>] [--cacert <file>]  exit 0 if /health answers 200 (for containers)",
     "  raftkv <command> [options]                          the client; raftkv help lists its commands",
     "",
     ..._wrap(

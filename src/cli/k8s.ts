@@ -35,6 +35,8 @@ export interface K8sPeerOptions {
   rpcPort: number;
   /** The client API port every pod listens on. Required. */
   apiPort: number;
+  /** `"https"` when peers use mutual TLS. Defaults to `"http"`. */
+  rpcScheme?: "http" | "https" | undefined;
 }
 
 const _DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -75,7 +77,8 @@ export function parseStatefulSetHostname(hostname: string): StatefulSetPod {
 /**
  * Derives every member of a StatefulSet-hosted cluster, including this pod: node ids are the pod
  * names `<set>-0` … `<set>-<replicas-1>` and URLs use the pods' stable DNS names under the
- * headless Service, `http://<set>-<i>.<service>.<namespace>.svc.<domain>:<port>`.
+ * headless Service, `http://<set>-<i>.<service>.<namespace>.svc.<domain>:<port>` (`https://` for
+ * the `rpcUrl`s when `rpcScheme` says so).
  *
  * @example Usage
  * ```ts
@@ -138,7 +141,11 @@ export function derivePeersForK8s(options: K8sPeerOptions): PeerConfig[] {
   for (let i = 0; i < replicas; i++) {
     const id = `${setName}-${i}`;
     const host = `${id}.${service}.${namespace}.svc.${domain}`;
-    peers.push({ id, rpcUrl: `http://${host}:${rpcPort}`, apiUrl: `http://${host}:${apiPort}` });
+    peers.push({
+      id,
+      rpcUrl: `${options.rpcScheme ?? "http"}://${host}:${rpcPort}`,
+      apiUrl: `http://${host}:${apiPort}`,
+    });
   }
   return peers;
 }

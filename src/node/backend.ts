@@ -14,7 +14,7 @@ import type {
   RangeResult,
 } from "../kv/state_machine.ts";
 
-export { NotLeaderError } from "../raft/errors.ts";
+export { LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 export { compareKeys } from "../kv/state_machine.ts";
 export type {
   Compare,
@@ -137,6 +137,8 @@ export interface KvBackend {
    * before reading its body. Null otherwise (the write's own check still applies).
    */
   overloaded(): OverloadedError | null;
+  /** Leader transfer (an admin operation); a backend without it answers the route with 501. */
+  transferLeadership?: LeaderTransfer["transferLeadership"];
 }
 
 /** A write was proposed but whether it took effect is unknown (it may still commit). */
@@ -206,4 +208,64 @@ export class OverloadedError extends Error {
     this.pendingProposals = pending.proposals;
     this.pendingBytes = pending.bytes;
   }
+}
+
+/** Names a node that is not a member of the cluster (a leader transfer's target, say). */
+export class UnknownMemberError extends Error {
+  /** The id given. */
+  readonly id: NodeId;
+
+  /** Creates the error; `members` are listed in the message. */
+  constructor(id: NodeId, members: readonly NodeId[]) {
+    super(`"${id}" is not a member of the cluster; the members are ${JSON.stringify(members)}`);
+    this.name = "UnknownMemberError";
+    this.id = id;
+  }
+}
+
+/** Names a member that does not vote, where only a voter will do (a leader transfer's target). */
+export class NotVoterError extends Error {
+  /** The id given. */
+  readonly id: NodeId;
+
+  /** Creates the error. */
+  constructor(id: NodeId) {
+    super(`"${id}" is not a voter: leadership can only go to a voter`);
+    this.name = "NotVoterError";
+    this.id = id;
+  }
+}
+
+/**
+ * A leader transfer that ended without a new leader: the target did not take over within an
+ * election timeout, and this node leads on.
+ */
+export class TransferAbortedError extends Error {
+  /** The node leadership was to go to. */
+  readonly target: NodeId;
+
+  /** Creates the error. */
+  constructor(target: NodeId) {
+    super(
+      `the leader transfer to "${target}" was abandoned: it did not take over within an ` +
+        `election timeout (unreachable, or too far behind); this node still leads`,
+    );
+    this.name = "TransferAbortedError";
+    this.target = target;
+  }
+}
+
+/** A node's leader transfer, an admin operation (see `RaftNode.transferLeadership`). */
+export interface LeaderTransfer {
+  /**
+   * Hands this leader's leadership to `to` (null: the most caught-up voter) and resolves with
+   * the new leader once this node knows it.
+   *
+   * @throws {NotLeaderError} On a node that does not lead (forward the request to the leader).
+   * @throws {UnknownMemberError} If `to` is not a member.
+   * @throws {NotVoterError} If `to` does not vote.
+   * @throws {LeaderTransferError} While another transfer is in progress.
+   * @throws {TransferAbortedError} If the target did not take over within an election timeout.
+   */
+  transferLeadership(to: NodeId | null, signal: AbortSignal): Promise<{ leader: NodeId }>;
 }

@@ -14,7 +14,7 @@
  */
 
 import { RaftCore } from "../raft/raft.ts";
-import { NotLeaderError } from "../raft/errors.ts";
+import { LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
 import {
   type Entry,
@@ -42,14 +42,18 @@ import {
   type Consistency,
   type DeleteResult,
   type KvBackend,
+  type LeaderTransfer,
   type NodeStatus,
   NoSpaceError,
   NotAppliedError,
+  NotVoterError,
   OutcomeUnknownError,
   OverloadedError,
   type RangeAnswer,
   type ReadResult,
   StoppingError,
+  TransferAbortedError,
+  UnknownMemberError,
   type WriteResult,
 } from "./backend.ts";
 import {
@@ -326,7 +330,7 @@ interface ReceivedSnapshot {
  *   held write. When every disk is full nothing commits past its durable index, so it keeps
  *   leading: writes are refused with 507 and reads are served.
  */
-export class RaftNode implements KvBackend {
+export class RaftNode implements KvBackend, LeaderTransfer {
   /** This node's id. */
   readonly id: NodeId;
   readonly #core: RaftCore;
@@ -390,6 +394,8 @@ export class RaftNode implements KvBackend {
   #heldJob: WriteJob | null = null;
   /** Set while the disk is full (the NOSPACE alarm): when to retry the held job, and the backoff. */
   #noSpace: { since: number; retryAt: number; delayMs: number } | null = null;
+  /** Called once a leader transfer settles (see #transferSettled): API callers, held writes. */
+  #transferWaiters: (() => void)[] = [];
   /** The term on disk: heartbeat answers in it need no write first. */
   #durableTerm: number;
   readonly #wallClock: () => number;
@@ -473,6 +479,7 @@ export class RaftNode implements KvBackend {
       for (const r of round.reads) r.reject(new StoppingError());
     }
     this.#readsAwaitingApply = [];
+    this.#settleTransfers();
     await this.#snapshotTask;
     while (this.#writerActive) await this.#writing;
     for (const w of this.#waiters.values()) {
@@ -669,9 +676,89 @@ export class RaftNode implements KvBackend {
     return this.#kv.appliedIndex >= log.committed;
   }
 
+  /**
+   * Hands this leader's leadership to `to` (null: the voter whose log matches the most of this
+   * one's) and resolves with the new leader once this node hears from it: see
+   * {@linkcode RaftCore.transferLeadership}. Writes that arrive meanwhile wait for the outcome:
+   * once another node leads they fail with {@linkcode NotLeaderError} naming it (the API forwards
+   * them there); if the transfer is abandoned they are proposed here. `to` being this leader
+   * resolves at once.
+   *
+   * @throws {StoppingError} If the node is stopping.
+   * @throws {UnknownMemberError} If `to` is not a member.
+   * @throws {NotLeaderError} On a node that does not lead.
+   * @throws {NotVoterError} If `to` does not vote.
+   * @throws {LeaderTransferError} While another transfer is in progress.
+   * @throws {TransferAbortedError} If the target did not take over within an election timeout.
+   */
+  async transferLeadership(to: NodeId | null, signal: AbortSignal): Promise<{ leader: NodeId }> {
+    if (this.#stopping) throw new StoppingError();
+    if (to !== null && !this.#members.has(to)) {
+      throw new UnknownMemberError(to, [...this.#members.keys()]);
+    }
+    const core = this.#core;
+    if (core.role !== "leader") throw new NotLeaderError(core.leader);
+    if (to === this.id) return { leader: this.id };
+    if (to !== null && !core.voters.includes(to)) throw new NotVoterError(to);
+    if (core.leadTransferee !== NONE) throw new LeaderTransferError(core.leadTransferee);
+    let target: NodeId = NONE;
+    this.#guard(() => target = core.transferLeadership(to ?? undefined));
+    if (this.#failed) throw new StoppingError();
+    this.#log.info(`transferring leadership to ${target}`);
+    await this.#transferSettled(signal);
+    if (this.#stopping) throw new StoppingError();
+    if (core.role === "leader") throw new TransferAbortedError(target);
+    this.#log.info(`leadership transferred: ${core.leader} leads term ${core.term}`);
+    return { leader: core.leader };
+  }
+
+  /** Whether no leader transfer is waiting to end: see {@linkcode RaftNode.#transferSettled}. */
+  #transferSettledNow(): boolean {
+    const core = this.#core;
+    return this.#stopping || (core.role === "leader" && core.leadTransferee === NONE) ||
+      (core.role !== "leader" && core.leader !== NONE);
+  }
+
+  /**
+   * Resolves once a transfer started here has ended: this node leads on with no transfer, another
+   * node is known to lead, or this node stops. Rejects with the signal's reason when it aborts.
+   */
+  #transferSettled(signal: AbortSignal): Promise<void> {
+    if (this.#transferSettledNow()) return Promise.resolve();
+    if (signal.aborted) return Promise.reject(signal.reason);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        this.#transferWaiters = this.#transferWaiters.filter((w) => w !== done);
+        reject(signal.reason);
+      };
+      const done = () => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#transferWaiters.push(done);
+    });
+  }
+
+  /** Wakes whoever waits on a transfer that has ended (called after each round of Readies). */
+  #settleTransfers(): void {
+    if (this.#transferWaiters.length === 0 || !this.#transferSettledNow()) return;
+    const waiters = this.#transferWaiters;
+    this.#transferWaiters = [];
+    for (const w of waiters) w();
+  }
+
   // ---- inputs -------------------------------------------------------------------------------
 
   #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult> {
+    if (this.#core.role === "leader" && this.#core.leadTransferee !== NONE) {
+      // Handing over: wait for the outcome, then propose here or fail towards the new leader.
+      return this.#transferSettled(signal).then(() => this.#proposeNow(cmd, signal));
+    }
+    return this.#proposeNow(cmd, signal);
+  }
+
+  #proposeNow(cmd: KvCommand, signal: AbortSignal): Promise<KvResult> {
     if (this.#stopping) return this.#refuse(new StoppingError());
     if (signal.aborted) return Promise.reject(signal.reason);
     const data = encodeCommand(cmd);
@@ -884,6 +971,7 @@ export class RaftNode implements KvBackend {
         const rd = this.#core.ready();
         this.#handleReady(rd);
       }
+      this.#settleTransfers();
     } finally {
       this.#processing = false;
     }

@@ -1,12 +1,19 @@
 import assert from "node:assert/strict";
 import { contentOf } from "../../testing/snapshot_pairs.ts";
 import { join } from "node:path";
-import { NotLeaderError } from "../raft/errors.ts";
+import { LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 import { MemoryNetwork } from "../../testing/memory_transport.ts";
 import { PeerRefusedError, type TransportHandlers } from "../transport/transport.ts";
 import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
 import { encodeCommand } from "../kv/state_machine.ts";
-import { NoSpaceError, NotAppliedError, OutcomeUnknownError, OverloadedError } from "./backend.ts";
+import {
+  NoSpaceError,
+  NotAppliedError,
+  OutcomeUnknownError,
+  OverloadedError,
+  TransferAbortedError,
+  UnknownMemberError,
+} from "./backend.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
 import { encodeSnapshot, listSnapshots } from "../storage/snapshot_file.ts";
@@ -45,8 +52,8 @@ async function startNode(
     id,
     members,
     storage,
-    heartbeatMs: 10,
-    electionTimeoutMs: 100,
+    heartbeatMs: 25,
+    electionTimeoutMs: 400, // loaded machines delay ticks: no needless elections
     seed,
     logger: SILENT,
     transport: (h) => net.connect(id, h),
@@ -69,8 +76,8 @@ async function startNodes(root: string, net: MemoryNetwork, seed: number): Promi
       id,
       members,
       storage,
-      heartbeatMs: 10,
-      electionTimeoutMs: 100,
+      heartbeatMs: 25,
+      electionTimeoutMs: 400,
       seed: seed + i,
       logger: SILENT,
       transport: (h) => net.connect(id, h),
@@ -172,6 +179,48 @@ Deno.test("a leader cut off from its peers stops confirming reads and steps down
   }
 });
 
+Deno.test("a leader transfer hands over to the chosen node; writes held meanwhile fail towards it", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  try {
+    const net = new MemoryNetwork();
+    nodes = await startNodes(root, net, 11);
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("a", "1", signal());
+    const [target, other] = nodes.filter((n) => n !== leader);
+    await assert.rejects(leader.transferLeadership("zz", signal()), UnknownMemberError);
+    await assert.rejects(target!.transferLeadership(null, signal()), NotLeaderError);
+    assert.deepEqual(await leader.transferLeadership(leader.id, signal()), { leader: leader.id });
+
+    const transfer = leader.transferLeadership(target!.id, signal());
+    // Asked while the first transfer runs: refused; a write waits for the outcome.
+    await assert.rejects(leader.transferLeadership(other!.id, signal()), LeaderTransferError);
+    const held = leader.put("b", "2", signal());
+    assert.deepEqual(await transfer, { leader: target!.id });
+    await assert.rejects(held, (e) => e instanceof NotLeaderError && e.leader === target!.id);
+    await waitFor(() => target!.isReady(), "the new leader to be ready");
+    assert.equal(target!.status().role, "leader");
+    await target!.put("b", "3", signal());
+    assert.equal(await target!.get("a", "linearizable", signal()), "1");
+
+    // A transfer to a node cut off from the leader is abandoned: the leader leads on and
+    // proposes the writes it held.
+    const now = target!;
+    const cutOff = nodes.find((n) => n !== now && n.status().role !== "leader")!;
+    for (const n of nodes) if (n !== cutOff) net.partition(n.id, cutOff.id);
+    const failed = now.transferLeadership(cutOff.id, signal());
+    const waiting = now.put("c", "4", signal());
+    await assert.rejects(failed, TransferAbortedError);
+    assert.equal((await waiting).index > 0, true);
+    assert.equal(now.status().role, "leader");
+    net.heal();
+  } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("snapshots bound the log; a lagging node and a wiped node catch up by snapshot", async () => {
   const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
   const nodes = new Map<string, RaftNode>();
@@ -187,26 +236,29 @@ Deno.test("snapshots bound the log; a lagging node and a wiped node catch up by 
     const leader = leaderOf(all())!;
     const lagging = IDS.find((id) => id !== leader.id)!;
     for (const other of IDS) if (other !== lagging) net.partition(lagging, other);
-    for (let i = 0; i < 500; i++) await leader.put(`k${i % 50}`, `v${i}`, signal());
-    await waitFor(() => leader.status().applied_index >= 500, "the leader to apply");
-    const snaps = await listSnapshots(join(root, leader.id, "snapshots"));
+    // Through whichever node leads: a loaded machine can delay ticks past an election timeout.
+    for (let i = 0; i < 500; i++) await putOnLeader(all, `k${i % 50}`, `v${i}`);
+    await waitFor(() => leaderOf(all())?.isReady() === true, "a leader");
+    const now = leaderOf(all())!;
+    await waitFor(() => now.status().applied_index >= 500, "the leader to apply");
+    const snaps = await listSnapshots(join(root, now.id, "snapshots"));
     assert.ok(snaps.length >= 1 && snaps[0]!.index >= 400, `snapshots: ${JSON.stringify(snaps)}`);
     net.heal();
-    const target = leader.status().commit_index;
+    const target = now.status().commit_index;
     await waitFor(() => nodes.get(lagging)!.status().applied_index >= target, "snapshot catch-up");
     for (let i = 450; i < 500; i++) {
       assert.equal(await nodes.get(lagging)!.get(`k${i % 50}`, "stale", signal()), `v${i}`);
     }
 
     // Wipe a follower completely and start it again: it comes back by snapshot.
-    const wiped = IDS.find((id) => id !== leader.id && id !== lagging)!;
+    const wiped = IDS.find((id) => id !== now.id && id !== lagging)!;
     await nodes.get(wiped)!.stop();
     await Deno.remove(join(root, wiped), { recursive: true });
     const fresh = await startNode(root, net, wiped, 77, opts);
     nodes.set(wiped, fresh);
     fresh.start();
-    await leader.put("after-wipe", "yes", signal());
-    const commit = leader.status().commit_index;
+    await putOnLeader(all, "after-wipe", "yes");
+    const commit = leaderOf(all())?.status().commit_index ?? now.status().commit_index;
     await waitFor(() => fresh.status().applied_index >= commit, "the wiped node to catch up");
     assert.equal(await fresh.get("after-wipe", "stale", signal()), "yes");
     assert.equal(await fresh.get("k49", "stale", signal()), "v499");

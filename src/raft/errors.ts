@@ -30,3 +30,19 @@ export class RaftInvariantError extends Error {
     this.name = "RaftInvariantError";
   }
 }
+
+/**
+ * Thrown by a leader that is handing its leadership over (`RaftCore.transferLeadership`):
+ * it takes no proposal meanwhile, and no second transfer to another node.
+ */
+export class LeaderTransferError extends Error {
+  /** The node leadership is being transferred to. */
+  readonly transferee: NodeId;
+
+  /** Creates the error for a transfer to `transferee` in progress. */
+  constructor(transferee: NodeId, message?: string) {
+    super(message ?? `leadership is being transferred to "${transferee}"`);
+    this.name = "LeaderTransferError";
+    this.transferee = transferee;
+  }
+}

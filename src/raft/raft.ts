@@ -9,15 +9,16 @@
  * Implements leader election with PreVote and CheckQuorum, log replication with the
  * prev-index/prev-term check and conflict truncation, commitment only of the leader's own term by
  * a majority (a no-op entry opens every term), pipelined appends with flow control, snapshots for
- * lagging followers, and ReadIndex for linearizable reads.
+ * lagging followers, ReadIndex for linearizable reads, and leader transfer (TimeoutNow).
  *
  * @module
  */
 
-import { NotLeaderError, RaftInvariantError } from "./errors.ts";
+import { LeaderTransferError, NotLeaderError, RaftInvariantError } from "./errors.ts";
 import { RaftLog } from "./log.ts";
 import { Progress } from "./progress.ts";
 import {
+  CAMPAIGN_TRANSFER,
   type Entry,
   EntryType,
   type HardState,
@@ -150,6 +151,12 @@ export class RaftCore {
   /** Invariant: covers every compacted entry (`index >= log.snapIndex`) once anything is compacted. */
   #latestSnapshot: SnapshotMeta | null = null;
   #broadcastPending = false;
+  /** The voter this leader is handing leadership to, or NONE (see transferLeadership). */
+  #transferee: NodeId = NONE;
+  /** Leader ticks since the transfer began; it is abandoned after an election timeout. */
+  #transferElapsed = 0;
+  /** Whether this leader sent TimeoutNow in its term: its lease no longer holds (see leaseRead). */
+  #leaseRevoked = false;
   #electionsRefused = 0;
   #prevSoft: SoftState;
   #prevHard: HardState;
@@ -213,6 +220,11 @@ export class RaftCore {
     return this.#electionsRefused;
   }
 
+  /** The voter a leader transfer in progress hands leadership to, or {@linkcode NONE}. */
+  get leadTransferee(): NodeId {
+    return this.#transferee;
+  }
+
   /** Ticks since the last election reset (for tests and status). */
   get electionElapsed(): number {
     return this.#electionElapsed;
@@ -238,6 +250,7 @@ export class RaftCore {
    */
   propose(data: Uint8Array): { index: number; term: number } {
     if (this.role !== "leader") throw new NotLeaderError(this.leader);
+    if (this.#transferee !== NONE) throw new LeaderTransferError(this.#transferee);
     const index = this.log.lastIndex() + 1;
     this.log.truncateAndAppend([{ term: this.term, index, type: EntryType.Normal, data }]);
     this.#broadcastPending = true;
@@ -259,6 +272,65 @@ export class RaftCore {
       return;
     }
     this.#startRead(id);
+  }
+
+  /**
+   * Hands this leader's leadership to `to` (Raft's TimeoutNow, dissertation 3.10), or, without
+   * `to`, to the voter whose log matches the most of this one's. Returns the chosen voter.
+   *
+   * Until the transfer ends the leader refuses proposals ({@linkcode LeaderTransferError}), so
+   * that the target can catch up; it brings the target's log up to its last index, then sends it
+   * TimeoutNow, and the target campaigns at once, without a pre-vote and with a vote request that
+   * voters grant even while they hear from this leader ({@linkcode CAMPAIGN_TRANSFER}). The
+   * transfer ends when this node stops leading, or is abandoned after an election timeout (the
+   * leader takes proposals again). A leader that sent TimeoutNow serves no more lease reads in its
+   * term. Asking again for the same target changes nothing.
+   *
+   * @throws {NotLeaderError} On any node but the leader.
+   * @throws {LeaderTransferError} While a transfer to another node is in progress.
+   * @throws {RangeError} If `to` is this node or not a voter, or there is no other voter.
+   */
+  transferLeadership(to?: NodeId): NodeId {
+    if (this.role !== "leader") throw new NotLeaderError(this.leader);
+    if (to === this.id) throw new RangeError(`"${to}" already leads term ${this.term}`);
+    if (to !== undefined && !this.#voters.includes(to)) {
+      throw new RangeError(`"${to}" is not a voter: leadership can only go to a voter`);
+    }
+    if (this.#transferee !== NONE) {
+      if (to === undefined || to === this.#transferee) return this.#transferee;
+      throw new LeaderTransferError(
+        this.#transferee,
+        `leadership is already being transferred to "${this.#transferee}"; not to "${to}"`,
+      );
+    }
+    const target = to ?? this.#mostCaughtUp();
+    if (target === NONE) throw new RangeError("there is no other voter to hand leadership to");
+    this.#transferee = target;
+    this.#transferElapsed = 0;
+    const pr = this.progress.get(target)!;
+    if (pr.match === this.log.lastIndex()) {
+      this.#sendTimeoutNow(target);
+    } else {
+      this.#sendAppend(target, pr);
+    }
+    return target;
+  }
+
+  /** The other voter whose log matches the most of the leader's (ties: the first), or NONE. */
+  #mostCaughtUp(): NodeId {
+    let best: NodeId = NONE;
+    let bestMatch = -1;
+    for (const v of this.#voters) {
+      if (v === this.id) continue;
+      const match = this.progress.get(v)?.match ?? 0;
+      if (match > bestMatch) [best, bestMatch] = [v, match];
+    }
+    return best;
+  }
+
+  #sendTimeoutNow(to: NodeId): void {
+    this.#leaseRevoked = true;
+    this.#send(message({ type: MessageType.TimeoutNow, to }));
   }
 
   /**
@@ -286,7 +358,9 @@ export class RaftCore {
       if (m.type === MessageType.Vote || m.type === MessageType.PreVote) {
         // After a restart this node may have answered a leader just before crashing: it
         // honours that possible lease for one election timeout too.
+        // A campaign a leader transfer started was asked for by that leader: no lease to keep.
         const inLease = this.#checkQuorum &&
+          !(m.type === MessageType.Vote && m.context === CAMPAIGN_TRANSFER) &&
           (this.leader !== NONE || this.#startupLease) &&
           this.#electionElapsed < this.#electionTicks;
         if (inLease) return null; // a live leader was heard recently: do not be disrupted
@@ -338,7 +412,7 @@ export class RaftCore {
    *   later one) disagrees with an entry at or below our commit index: committed entries are in
    *   the log of every leader of a later term;
    * - an append, heartbeat or snapshot in our term from a node other than the leader we know in
-   *   that term (one leader per term); a TimeoutNow from anyone but that leader;
+   *   that term (one leader per term), and a TimeoutNow from another node than that leader;
    * - on a leader, in its term: an append response for an index beyond its last one, or a
    *   heartbeat response for a read round it has not sent.
    *
@@ -370,7 +444,7 @@ export class RaftCore {
     if (leaderTraffic && this.leader !== NONE && this.leader !== m.from) {
       return `${what}: "${this.leader}" already leads term ${m.term}`;
     }
-    if (m.type === MessageType.TimeoutNow && this.leader !== m.from) {
+    if (m.type === MessageType.TimeoutNow && this.leader !== NONE && this.leader !== m.from) {
       return `${what}: only the leader of term ${m.term} may send it`;
     }
     if (this.role === "leader") {
@@ -493,6 +567,8 @@ export class RaftCore {
     this.#randomizedElectionTimeout = this.#electionTicks +
       Math.floor(this.#random() * this.#electionTicks);
     this.#votes.clear();
+    this.#transferee = NONE;
+    this.#leaseRevoked = false;
     const last = this.log.lastIndex();
     for (const id of this.#voters) {
       const fresh = new Progress(last + 1, this.#maxInflight);
@@ -552,7 +628,7 @@ export class RaftCore {
     this.#broadcastPending = true;
   }
 
-  #startElection(pre: boolean): void {
+  #startElection(pre: boolean, transfer = false): void {
     if (this.term >= MAX_TERM) {
       // One more term would pass the bound: stay a follower (the driver logs it).
       this.#electionsRefused++;
@@ -583,6 +659,7 @@ export class RaftCore {
         term,
         index: this.log.lastIndex(),
         logTerm: this.log.lastTerm(),
+        context: transfer && !pre ? CAMPAIGN_TRANSFER : 0,
       }));
     }
   }
@@ -622,6 +699,10 @@ export class RaftCore {
       // Nobody in a majority answered within an election timeout: a new leader may exist.
       this.#becomeFollower(this.term, NONE);
       return;
+    }
+    if (this.#transferee !== NONE && ++this.#transferElapsed >= this.#electionTicks) {
+      // The target did not take over within an election timeout: lead on, take proposals again.
+      this.#transferee = NONE;
     }
     if (this.#heartbeatElapsed >= this.#heartbeatTicks) {
       this.#heartbeatElapsed = 0;
@@ -676,7 +757,8 @@ export class RaftCore {
         this.#handleSnapshot(m);
         return;
       case MessageType.TimeoutNow:
-        this.#startElection(false);
+        // The leader asks this node to take over: campaign now, skipping the pre-vote.
+        this.#startElection(false, true);
         return;
       default:
         return; // stale responses
@@ -692,6 +774,10 @@ export class RaftCore {
         // A leader exists in this term.
         this.#becomeFollower(m.term, m.from);
         this.#stepFollower(m);
+        return;
+      case MessageType.TimeoutNow:
+        // The leader's TimeoutNow reached a node whose own timer had just fired: take over.
+        if (this.role === "pre-candidate") this.#startElection(false, true);
         return;
       case myResp:
         if (this.#poll(m.from, !m.reject)) {
@@ -818,6 +904,10 @@ export class RaftCore {
     }
     // Followers learn the new commit index in the next Ready's broadcast (one per Ready).
     if (this.#maybeCommit()) this.#broadcastPending = true;
+    if (m.from === this.#transferee && pr.match === this.log.lastIndex()) {
+      // The target holds the whole log now (no proposal can extend it meanwhile): hand over.
+      this.#sendTimeoutNow(m.from);
+    }
     while (!pr.isPaused() && pr.next <= this.log.lastIndex()) {
       if (!this.#sendAppend(m.from, pr, true)) break;
     }
@@ -970,10 +1060,12 @@ export class RaftCore {
    * The lease: a quorum answered a heartbeat round sent less than (election timeout - margin)
    * ticks ago. Those followers will not vote for anyone else until an election timeout after
    * they got that round, so no other leader can exist meanwhile, as long as clocks drift by less
-   * than the margin. Also null until the leader has committed an entry of its term.
+   * than the margin. Also null until the leader has committed an entry of its term, during a
+   * leader transfer, and for the rest of the term once this leader sent TimeoutNow: the target's
+   * vote requests are granted regardless of that promise.
    */
   leaseRead(): number | null {
-    if (this.role !== "leader") return null;
+    if (this.role !== "leader" || this.#leaseRevoked || this.#transferee !== NONE) return null;
     if (this.log.term(this.log.committed) !== this.term) return null;
     if (this.#voters.length === 1) return this.log.committed;
     const sentAt = this.#roundSentAt.get(this.#quorumRound());

@@ -61,6 +61,14 @@ export interface HardState {
   commit: number;
 }
 
+/**
+ * The `context` of a {@linkcode MessageType.Vote} sent by a candidate that campaigns because its
+ * leader told it to ({@linkcode MessageType.TimeoutNow}, a leader transfer): voters grant it even
+ * while they still hear from that leader (the CheckQuorum lease guard), since the leader asked for
+ * it. Any other vote request carries 0.
+ */
+export const CAMPAIGN_TRANSFER = 1;
+
 /** Describes the state a snapshot captures. */
 export interface SnapshotMeta {
   /** The index of the last entry the snapshot includes. */
@@ -127,7 +135,10 @@ export interface Message {
   reject: boolean;
   /** AppResp on reject: the follower's last index, a hint where the leader should probe next. */
   rejectHint: number;
-  /** Heartbeat/HeartbeatResp: the read-index round this heartbeat confirms (0 = none). */
+  /**
+   * Heartbeat/HeartbeatResp: the read-index round this heartbeat confirms (0 = none). Vote:
+   * {@linkcode CAMPAIGN_TRANSFER} for a campaign a leader transfer started, else 0.
+   */
   context: number;
   /** Snap: what the snapshot covers. The bytes are streamed by the transport, not carried here. */
   snapshot: SnapshotMeta | null;

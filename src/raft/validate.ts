@@ -20,6 +20,7 @@
  */
 
 import {
+  CAMPAIGN_TRANSFER,
   type Entry,
   EntryType,
   MAX_INDEX,
@@ -72,7 +73,7 @@ type _Field =
   | "snapshot";
 
 const _FIELDS: Record<MessageType, ReadonlySet<_Field>> = {
-  [MessageType.Vote]: new Set(["logTerm", "index"]),
+  [MessageType.Vote]: new Set(["logTerm", "index", "context"]),
   [MessageType.VoteResp]: new Set(["reject"]),
   [MessageType.PreVote]: new Set(["logTerm", "index"]),
   [MessageType.PreVoteResp]: new Set(["reject"]),
@@ -221,6 +222,12 @@ export class PeerValidator {
         return null;
       case MessageType.Snap:
         return this.#checkSnapshot(m.snapshot, m.term);
+      case MessageType.Vote:
+        if (m.context !== 0 && m.context !== CAMPAIGN_TRANSFER) {
+          return `a vote request's context is 0 or ${CAMPAIGN_TRANSFER} (a leader transfer), ` +
+            `got ${m.context}`;
+        }
+        return null;
       default:
         return null;
     }

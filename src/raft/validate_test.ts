@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  CAMPAIGN_TRANSFER,
   type Entry,
   EntryType,
   MAX_INDEX,
@@ -80,6 +81,8 @@ Deno.test("every message type the core sends passes, alone and in one batch", ()
     message({ type: MessageType.AppResp, from: "n1", to: "n2", term: 5 }),
     message({ type: MessageType.PreVoteResp, from: "n1", to: "n2", term: 0, reject: true }),
     message({ type: MessageType.App, from: "n1", to: "n2", term: 1 }),
+    // A vote request of a campaign a leader transfer started.
+    message({ type: MessageType.Vote, from: "n1", to: "n2", term: 5, context: CAMPAIGN_TRANSFER }),
   ];
   assert.equal(validator.checkBatch("n1", minimal, "messages"), null);
   // No data check configured: any Normal entry data passes.
@@ -257,6 +260,11 @@ Deno.test("fields a message type never sets must be zero, empty or null", () => 
     [{ ...good(MessageType.TimeoutNow), context: 2 }],
     "invalid",
     /context is not used .* "2"/,
+  );
+  refused(
+    [{ ...good(MessageType.Vote), context: 2 }],
+    "invalid",
+    /a vote request's context is 0 or 1 \(a leader transfer\), got 2/,
   );
   refused(
     [{ ...good(MessageType.App), snapshot: { index: 1, term: 1, voters: MEMBERS } }],

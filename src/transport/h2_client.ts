@@ -1,6 +1,7 @@
 /**
- * A minimal fetch-shaped HTTP/2 client over `node:http2`: cleartext HTTP/2 with prior knowledge,
- * one multiplexed connection per origin, kept alive and reopened when it drops.
+ * A minimal fetch-shaped HTTP/2 client over `node:http2`: cleartext HTTP/2 with prior knowledge
+ * for `http:` URLs, HTTP/2 over TLS for `https:` URLs (with a client certificate, for mutual
+ * TLS), one multiplexed connection per origin, kept alive and reopened when it drops.
  *
  * Why not `fetch`: since Deno 2.8, `fetch` enforces the Fetch Standard's "bad port" list, which
  * includes 6665-6669 (IRC). raftkv's default peer ports are 6666-6668 (kept from the original
@@ -11,6 +12,30 @@
  */
 
 import http2 from "node:http2";
+import tls from "node:tls";
+import { writeBody } from "./h2_body.ts";
+
+/** The TLS settings of an {@linkcode H2Client}, for `https:` URLs. */
+export interface H2TlsOptions {
+  /** PEM CA certificate(s) the server's certificate must chain to (instead of the system's). */
+  ca: string;
+  /** PEM client certificate presented to the server (mutual TLS). Default: none. */
+  cert?: string;
+  /** PEM private key of `cert`. Default: none. */
+  key?: string;
+  /**
+   * The subject CN the server's certificate must carry when connecting to `origin` (such as
+   * `https://10.0.0.2:6666`), on top of the usual host name check; `null` checks the host name
+   * only. Default: the host name only.
+   */
+  expectedName?: (origin: string) => string | null;
+}
+
+/** Options for {@linkcode H2Client}. */
+export interface H2ClientOptions {
+  /** TLS settings for `https:` URLs. Default: none, and `https:` URLs use the system's CAs. */
+  tls?: H2TlsOptions;
+}
 
 /** What {@linkcode H2Client.fetch} accepts. */
 export interface H2RequestInit {
@@ -28,6 +53,12 @@ export interface H2RequestInit {
 export class H2Client {
   #sessions = new Map<string, http2.ClientHttp2Session>();
   #closed = false;
+  readonly #tls: H2TlsOptions | undefined;
+
+  /** Creates a client; nothing connects before the first request. */
+  constructor(options: H2ClientOptions = {}) {
+    this.#tls = options.tls;
+  }
 
   /**
    * Sends one request and resolves with the response once its headers arrive; the body streams.
@@ -120,7 +151,7 @@ export class H2Client {
       } else if (body instanceof Uint8Array) {
         req.end(body);
       } else {
-        _pipe(body, req).catch((e) => {
+        writeBody(body, req).catch((e) => {
           req.close(http2.constants.NGHTTP2_CANCEL);
           fail(e);
         });
@@ -138,7 +169,9 @@ export class H2Client {
   #session(origin: string): http2.ClientHttp2Session {
     const existing = this.#sessions.get(origin);
     if (existing && !existing.closed && !existing.destroyed) return existing;
-    const session = http2.connect(origin);
+    const session = origin.startsWith("https:")
+      ? http2.connect(origin, this.#tlsOptions(origin))
+      : http2.connect(origin);
     // Errors reach the pending requests; the session is dropped so the next request reconnects.
     session.on("error", () => {});
     const forget = () => {
@@ -150,37 +183,27 @@ export class H2Client {
     this.#sessions.set(origin, session);
     return session;
   }
-}
 
-/** Writes a stream into an HTTP/2 request with back-pressure, then ends it. */
-async function _pipe(
-  source: ReadableStream<Uint8Array>,
-  req: http2.ClientHttp2Stream,
-): Promise<void> {
-  const reader = source.getReader();
-  try {
-    while (true) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (req.destroyed) throw new Error("the HTTP/2 stream was closed while sending");
-      if (!req.write(value)) {
-        await new Promise<void>((resolve, reject) => {
-          const onDrain = () => {
-            req.off("close", onClose);
-            resolve();
-          };
-          const onClose = () => {
-            req.off("drain", onDrain);
-            reject(new Error("the HTTP/2 stream was closed while sending"));
-          };
-          req.once("drain", onDrain);
-          req.once("close", onClose);
-        });
-      }
-    }
-    req.end();
-  } catch (e) {
-    await reader.cancel(e).catch(() => {});
-    throw e;
+  #tlsOptions(origin: string): http2.SecureClientSessionOptions {
+    const options = this.#tls;
+    if (options === undefined) return {};
+    const wanted = options.expectedName?.(origin) ?? null;
+    return {
+      ca: options.ca,
+      ...(options.cert === undefined ? {} : { cert: options.cert }),
+      ...(options.key === undefined ? {} : { key: options.key }),
+      checkServerIdentity: (host, cert) => {
+        const wrongHost = tls.checkServerIdentity(host, cert);
+        if (wrongHost !== undefined) return wrongHost;
+        const name = cert.subject?.CN;
+        if (wanted !== null && name !== wanted) {
+          return new Error(
+            `the server at ${origin} presented a certificate for ${JSON.stringify(name)}, ` +
+              `not for ${JSON.stringify(wanted)}`,
+          );
+        }
+        return undefined;
+      },
+    };
   }
 }

@@ -1,22 +1,27 @@
 /**
- * The real {@linkcode Transport}: Raft messages and snapshots over cleartext HTTP/2.
+ * The real {@linkcode Transport}: Raft messages and snapshots over HTTP/2, in cleartext (h2c) or
+ * over mutual TLS.
  *
  * ## Client ({@linkcode HttpTransport})
  *
- * One {@linkcode H2Client} (`node:http2`, HTTP/2 with prior knowledge: h2c, no upgrade) serves
- * every peer, so each peer gets one keep-alive connection that multiplexes all requests. (Not
- * `fetch`: it refuses the Fetch Standard's "bad ports", which include the default peer ports
- * 6666-6668.) Each peer has its own
- * bounded queue and up to `maxInflightPerPeer` requests in flight; whenever a slot is free, the
- * sender takes everything queued (up to `maxBatchBytes`) and posts it as one batch. Peers never wait
- * for each other. A request that fails to connect or times out is retried with exponential backoff;
+ * One {@linkcode H2Client} (`node:http2`; for `http:` peers HTTP/2 with prior knowledge: h2c, no
+ * upgrade; for `https:` peers TLS with this node's certificate, accepting only a server
+ * certificate from the cluster CA whose subject CN is the peer's node id) serves every peer, so
+ * each peer gets one keep-alive connection that multiplexes all requests. (Not `fetch`: it refuses
+ * the Fetch Standard's "bad ports", which include the default peer ports 6666-6668.) Each peer has
+ * its own bounded queue and up to `maxInflightPerPeer` requests in flight; whenever a slot is free,
+ * the sender takes everything queued (up to `maxBatchBytes`) and posts it as one batch. Peers never
+ * wait for each other. A request that fails to connect or times out is retried with exponential backoff;
  * when the retries are spent the batch is dropped and {@linkcode TransportHandlers.onUnreachable}
  * is called. A full queue drops its oldest `App`/`Heartbeat` messages first: Raft recovers from
  * lost messages, and these are the ones the leader resends anyway.
  *
  * ## Server ({@linkcode createPeerHandler})
  *
- * A plain `(req: Request) => Promise<Response>` to mount in `Deno.serve`. Batches from one sender
+ * A plain `(req: Request, info?: PeerRequestInfo) => Promise<Response>`: mounted in `Deno.serve`
+ * for h2c (`info.peer` null: the sender is who the request says it is), or behind
+ * {@linkcode serveMutualTls} (`info.peer` is the node id the client certificate proves, and a
+ * request claiming anyone else is refused). Batches from one sender
  * are handed to {@linkcode TransportHandlers.onMessages} in the order their requests arrived, even
  * when pipelined requests finish reading their bodies out of order (a batch waits at most
  * `maxOrderWaitMs` for an earlier one). With HTTP/2, requests from one client arrive in the order
@@ -34,6 +39,8 @@
  *   `snapshotReceiveTimeoutMs`). One upload at a time. Replies `204` once
  *   {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
  * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`.
+ * - `<rpcUrl>/forward/...`: a client request a follower forwards to the leader, handed as it is
+ *   to the `forward` option (the API's, wired by `main.ts`), none of the checks below applied.
  *
  * ## What the receiver checks (hostile or buggy peers)
  *
@@ -43,12 +50,15 @@
  *
  * 1. the cluster header (`403`);
  * 2. the sender: `x-raftkv-from` must name another member (`403`), checked before anything is
- *    read or stored, so strangers cannot grow the per-sender state;
+ *    read or stored, so strangers cannot grow the per-sender state; with mutual TLS, the
+ *    identity the connection proved must be another member and `x-raftkv-from` must name it
+ *    (`403`);
  * 3. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
  *    snapshot upload at a time (`429`);
  * 4. the body size (`413`) and the codec (`400`);
  * 5. every message, by the `validator` (`src/raft/validate.ts`): its `from` is the header's
- *    sender (`403` when that claimed sender is not a member, else `400`), its `to` is this node
+ *    sender (`403` when that claimed sender is not a member or, with mutual TLS, is not the
+ *    proven identity, else `400`), its `to` is this node
  *    (`421`), its type belongs on the path, every term and index is within bounds, only the
  *    fields its type uses are set, an append's entries follow its index with sane terms and
  *    every command decodes, a snapshot's metadata is sane (`400`);
@@ -61,13 +71,14 @@
  * which may name the node's files, go to its log and never to the peer. Every error is JSON
  * `{"error": "..."}`.
  *
- * Not checked yet: authenticity. Until peers authenticate (TLS with client certificates), a
- * forged message that claims a member's id and carries sane fields is accepted.
+ * Authenticity: only with mutual TLS. Over h2c, a forged message that claims a member's id and
+ * carries sane fields is accepted.
  *
  * @module
  */
 
 import { H2Client } from "./h2_client.ts";
+import type { PeerRequestInfo } from "./tls_server.ts";
 import { type Message, MessageType, type NodeId } from "../raft/types.ts";
 import { decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
 import type { PeerRefusal, PeerValidator, RefusalKind } from "../raft/validate.ts";
@@ -103,6 +114,18 @@ export interface PeerAddress {
   rpcUrl: string;
 }
 
+export type { PeerRequestInfo } from "./tls_server.ts";
+
+/** The PEM texts a node needs for mutual TLS with its peers. */
+export interface PeerTlsFiles {
+  /** The cluster CA certificate(s): peers' certificates must chain to it. */
+  ca: string;
+  /** This node's certificate (subject CN = its node id), presented to peers. */
+  cert: string;
+  /** The private key of `cert`. */
+  key: string;
+}
+
 /** Options for {@linkcode HttpTransport}. */
 export interface HttpTransportOptions {
   /** This node's id, sent as `x-raftkv-from`. */
@@ -111,6 +134,13 @@ export interface HttpTransportOptions {
   peers: PeerAddress[];
   /** Sent as `x-raftkv-cluster` when set. Default: not sent. */
   cluster?: string;
+  /**
+   * For `https:` peers: the cluster CA, and this node's certificate and key to present. A peer's
+   * server certificate must chain to the CA, be valid for the host in its `rpcUrl` and name the
+   * peer's id as its subject CN. Default: none (`https:` peers are then checked against the
+   * system's CAs and host names only, without a client certificate).
+   */
+  tls?: PeerTlsFiles;
   /** How long one message request may take before it counts as failed. Default: 2000. */
   rpcTimeoutMs?: number;
   /**
@@ -189,6 +219,13 @@ export interface PeerHandlerOptions {
   /** When set, requests whose `x-raftkv-cluster` differs get 403. Default: any cluster accepted. */
   cluster?: string;
   /**
+   * Whether every request must come with a proven identity (`info.peer`, from mutual TLS);
+   * requests without one get 403. Set it when the handler is served with
+   * {@linkcode serveMutualTls}, so that it can never be reached unauthenticated by mistake.
+   * Default: false.
+   */
+  requirePeerIdentity?: boolean;
+  /**
    * When set and no `validator` is given, batches holding a message whose `to` differs get 421
    * (the validator checks this itself). Default: not checked.
    */
@@ -200,7 +237,15 @@ export interface PeerHandlerOptions {
   refusalLogIntervalMs?: number;
   /** Where refused requests and handler failures are reported. Default: {@linkcode SILENT_LOGGER}. */
   logger?: TransportLogger;
+  /**
+   * Serves requests below {@linkcode FORWARD_PATH_PREFIX}, client requests forwarded by another
+   * member, with the sender the handler was called with. Default: such paths get 404.
+   */
+  forward?: (req: Request, sender: string | null) => Promise<Response>;
 }
+
+/** The path prefix of client requests forwarded to this node (see `PeerHandlerOptions.forward`). */
+export const FORWARD_PATH_PREFIX = "/forward";
 
 /** One peer's sending state. */
 interface _Peer {
@@ -304,7 +349,12 @@ export class HttpTransport implements Transport {
         rtt: rtt.labels(peer.id),
       });
     }
-    this.#client = new H2Client();
+    const expected = new Map(
+      [...this.#peers.values()].map((p) => [new URL(p.messagesUrl).origin, p.id]),
+    );
+    this.#client = options.tls === undefined ? new H2Client() : new H2Client({
+      tls: { ...options.tls, expectedName: (origin) => expected.get(origin) ?? null },
+    });
   }
 
   /**
@@ -628,14 +678,16 @@ export class HttpTransport implements Transport {
 /**
  * Creates the receiving side: a handler for `POST /raft/messages` and `POST /raft/snapshot` (see
  * the module doc) to mount in `Deno.serve` or to call directly. It never throws: every failure
- * becomes a JSON error response.
+ * becomes a JSON error response. Its second argument says who the connection proved the peer to
+ * be (the client certificate's CN with mutual TLS; `peer: null` for h2c); that id is also what
+ * `options.forward` gets.
  *
  * @throws {RangeError} if a numeric option is out of range.
  */
 export function createPeerHandler(
   handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot">,
   options: PeerHandlerOptions = {},
-): (req: Request) => Promise<Response> {
+): (req: Request, info?: PeerRequestInfo) => Promise<Response> {
   const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 16 << 20);
   const maxPerSender = _positiveInt("maxRequestsPerSender", options.maxRequestsPerSender, 8);
   const maxOrderWaitMs = _nonNegativeInt("maxOrderWaitMs", options.maxOrderWaitMs, 2000);
@@ -649,6 +701,7 @@ export function createPeerHandler(
   const logEveryMs = _nonNegativeInt("refusalLogIntervalMs", options.refusalLogIntervalMs, 5000);
   const logger = options.logger ?? SILENT_LOGGER;
   const { cluster, self, validator } = options;
+  const requireIdentity = options.requirePeerIdentity ?? false;
   /** Per sender: settles once every batch that arrived so far has been delivered or failed. */
   const tails = new Map<string, Promise<void>>();
   /** Per sender: `/raft/messages` requests in progress. Only validated senders get an entry. */
@@ -677,7 +730,7 @@ export function createPeerHandler(
     return refuse(_REFUSAL_STATUS[refusal.kind], refusal.reason, from);
   }
 
-  async function handleMessages(req: Request, from: string): Promise<Response> {
+  async function handleMessages(req: Request, from: string, proven: boolean): Promise<Response> {
     const count = active.get(from) ?? 0;
     if (count >= maxPerSender) {
       return refuse(
@@ -712,6 +765,10 @@ export function createPeerHandler(
       } catch (err) {
         return refuse(400, err instanceof Error ? err.message : String(err), from);
       }
+      if (proven) {
+        const forged = _claimedByAnother(messages, from);
+        if (forged !== null) return refuse(403, forged, from);
+      }
       if (validator !== undefined) {
         const refusal = validator.checkBatch(from, messages, "messages");
         if (refusal !== null) return refuseFor(refusal, from);
@@ -745,7 +802,7 @@ export function createPeerHandler(
     }
   }
 
-  async function handleSnapshot(req: Request, from: string): Promise<Response> {
+  async function handleSnapshot(req: Request, from: string, proven: boolean): Promise<Response> {
     const encoded = req.headers.get(MESSAGE_HEADER);
     if (encoded === null) return refuse(400, `Missing header "${MESSAGE_HEADER}"`, from);
     let msg: Message;
@@ -757,6 +814,10 @@ export function createPeerHandler(
       msg = messages[0]!;
     } catch (err) {
       return refuse(400, `Invalid header "${MESSAGE_HEADER}": ${(err as Error).message}`, from);
+    }
+    if (proven) {
+      const forged = _claimedByAnother([msg], from);
+      if (forged !== null) return refuse(403, forged, from);
     }
     if (validator !== undefined) {
       const refusal = validator.checkBatch(from, [msg], "snapshot");
@@ -798,10 +859,43 @@ export function createPeerHandler(
     return new Response(null, { status: 204 });
   }
 
-  return async (req: Request): Promise<Response> => {
+  /**
+   * Who sent the request, or the refusal: with a proven identity, that identity, which must be
+   * another member and the one `x-raftkv-from` names; without, whoever the header names.
+   */
+  function authenticate(req: Request, info: PeerRequestInfo | undefined): string | Response {
+    const from = req.headers.get(FROM_HEADER) ?? "";
+    const peer = info?.peer ?? null;
+    if (peer === null) {
+      if (requireIdentity) return refuse(403, "The connection proved no identity", from);
+      return from;
+    }
+    const member = validator?.checkSender(peer) ?? null;
+    if (member !== null) {
+      return refuse(403, `The connection proved ${_quoteId(peer)}: ${member.reason}`, from);
+    }
+    if (from !== peer) {
+      return refuse(
+        403,
+        `Sender ${_quoteId(from)} claimed on a connection that proved ${_quoteId(peer)}`,
+        from,
+      );
+    }
+    return peer;
+  }
+
+  return async (req: Request, info?: PeerRequestInfo): Promise<Response> => {
     const from = req.headers.get(FROM_HEADER) ?? "";
     try {
       const path = new URL(req.url).pathname;
+      if (options.forward && path.startsWith(`${FORWARD_PATH_PREFIX}/`)) {
+        // The API checks that the proven peer (if any) is the member that says it forwarded.
+        const peer = info?.peer ?? null;
+        if (peer === null && requireIdentity) {
+          return refuse(403, "The connection proved no identity", from);
+        }
+        return await options.forward(req, peer);
+      }
       if (path !== MESSAGES_PATH && path !== SNAPSHOT_PATH) {
         return _error(404, `No such path "${path}"`);
       }
@@ -815,12 +909,16 @@ export function createPeerHandler(
           from,
         );
       }
-      // A sender that is not another member is refused before anything is read or stored.
-      const sender = validator?.checkSender(from) ?? null;
-      if (sender !== null) return refuseFor(sender, from);
+      // A sender that is not another member, or not the one the connection proved, is refused
+      // before anything is read or stored.
+      const sender = authenticate(req, info);
+      if (sender instanceof Response) return sender;
+      const refusal = validator?.checkSender(sender) ?? null;
+      if (refusal !== null) return refuseFor(refusal, sender);
+      const proven = (info?.peer ?? null) !== null;
       return path === MESSAGES_PATH
-        ? await handleMessages(req, from)
-        : await handleSnapshot(req, from);
+        ? await handleMessages(req, sender, proven)
+        : await handleSnapshot(req, sender, proven);
     } catch (err) {
       logger.warn(`Peer request failed: ${_describe(err)}`, err);
       return _error(500, _INTERNAL_ERROR);
@@ -830,6 +928,15 @@ export function createPeerHandler(
       }
     }
   };
+}
+
+/** Why a batch from proven sender `from` is refused, if a message claims another sender. */
+function _claimedByAnother(messages: readonly Message[], from: string): string | null {
+  const i = messages.findIndex((m) => m.from !== from);
+  if (i === -1) return null;
+  return `Message ${i + 1} of ${messages.length} claims sender ${
+    _quoteId(messages[i]!.from)
+  } on a connection that proved ${_quoteId(from)}`;
 }
 
 /** The error text of a 500 answer: the details stay in the node's log. */

@@ -16,6 +16,8 @@ import {
   testTransportConformance,
 } from "../../testing/transport_conformance.ts";
 import { PeerRefusedError, type TransportHandlers } from "./transport.ts";
+import { serveMutualTls, type TlsServer } from "./tls_server.ts";
+import { makeCertificates } from "../../testing/certs.ts";
 
 /** Options that keep failure tests short. */
 const _FAST: Partial<HttpTransportOptions> = {
@@ -59,6 +61,57 @@ testTransportConformance("HttpTransport", (live, dead) => {
       for (const s of servers.values()) await s.shutdown();
     },
   });
+});
+
+testTransportConformance("HttpTransport over mutual TLS", async (live, dead) => {
+  const dir = await Deno.makeTempDir();
+  const servers = new Map<NodeId, TlsServer>();
+  const transports = new Map<NodeId, HttpTransport>();
+  const close = async () => {
+    for (const t of transports.values()) await t.close();
+    for (const s of servers.values()) await s.close();
+    await Deno.remove(dir, { recursive: true });
+  };
+  try {
+    const certs = await makeCertificates(dir, { nodes: live.map((node) => node.id) });
+    const read = (path: string) => Deno.readTextFileSync(path);
+    const ca = read(certs.ca);
+    const files = (id: NodeId) => ({
+      ca,
+      cert: read(certs.node(id).cert),
+      key: read(certs.node(id).key),
+    });
+    for (const node of live) {
+      const handler = createPeerHandler(node.handlers, {
+        self: node.id,
+        requirePeerIdentity: true,
+      });
+      servers.set(
+        node.id,
+        await serveMutualTls(
+          { hostname: "127.0.0.1", port: 0, ...files(node.id) },
+          (req, info) => handler(req, info),
+        ),
+      );
+    }
+    const peers = [
+      ...live.map((node) => ({
+        id: node.id,
+        rpcUrl: `https://127.0.0.1:${servers.get(node.id)!.addr.port}`,
+      })),
+      ...dead.map((id) => ({ id, rpcUrl: _deadUrl().replace("http:", "https:") })),
+    ];
+    for (const node of live) {
+      transports.set(
+        node.id,
+        new HttpTransport(node.handlers, { ..._FAST, self: node.id, peers, tls: files(node.id) }),
+      );
+    }
+    return { transports, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
 });
 
 /** Handlers that record what arrives and notify `changed`. */
@@ -573,6 +626,34 @@ Deno.test("createPeerHandler answers an unknown path with 404 and a wrong method
   }
 });
 
+Deno.test("createPeerHandler hands /forward/ paths to the forward option with the authenticated sender", async () => {
+  const calls: { path: string; sender: string | null; body: string }[] = [];
+  const { handler, batches } = _handlerFixture({
+    forward: async (req, sender) => {
+      calls.push({ path: new URL(req.url).pathname, sender, body: await req.text() });
+      return Response.json({ ok: true }, { status: 201 });
+    },
+  });
+  // No x-raftkv-from and any method: the forward handler does its own checks.
+  const res = await handler(_post("/forward/v1/data", "x"));
+  assert.strictEqual(res.status, 201);
+  assert.deepStrictEqual(await res.json(), { ok: true });
+  await handler(new Request("http://node/forward/v1/data/a"), { peer: "a" });
+  assert.deepStrictEqual(calls, [
+    { path: "/forward/v1/data", sender: null, body: "x" },
+    { path: "/forward/v1/data/a", sender: "a", body: "" },
+  ]);
+  // Only below the prefix, and never without the option.
+  assert.strictEqual((await handler(_post("/forwardx", "x"))).status, 404);
+  assert.strictEqual((await handler(_post("/forward", "x"))).status, 404);
+  const plain = _handlerFixture();
+  const missing = await plain.handler(_post("/forward/v1/data", "x"));
+  assert.strictEqual(missing.status, 404);
+  await _json(missing);
+  assert.strictEqual(calls.length, 2);
+  assert.deepStrictEqual(batches, []);
+});
+
 Deno.test("createPeerHandler answers a body over maxBodyBytes with 413, declared or streamed", async () => {
   const { handler, batches } = _handlerFixture({ maxBodyBytes: 1024 });
   const declared = await handler(_post("/raft/messages", new Uint8Array(2048)));
@@ -872,6 +953,70 @@ Deno.test("with a validator, every message is checked: bad fields 400, a claimed
     _post("/raft/messages", encodeMessages([_heartbeat()]), { [FROM_HEADER]: "n1" }),
   );
   assert.strictEqual(ok.status, 204);
+  assert.strictEqual(batches.length, 1);
+});
+
+Deno.test("with a proven identity, it is the sender: another in the header or a message, or a non-member, gets 403 and nothing is handed on", async () => {
+  const { handler, batches, snapshots, warnings } = _guardedFixture();
+  const n1 = { peer: "n1" };
+  const hb = (from: string, msgs: Message[]) =>
+    _post("/raft/messages", encodeMessages(msgs), { [FROM_HEADER]: from });
+  const cases: [Request, { peer: string }, RegExp][] = [
+    [hb("n3", [_heartbeat("n3")]), n1, /Sender "n3" claimed on a connection that proved "n1"/],
+    [hb("", [_heartbeat("n1")]), n1, /Sender "" claimed on a connection that proved "n1"/],
+    [
+      hb("n1", [_heartbeat("n1"), _heartbeat("n3")]),
+      n1,
+      /Message 2 of 2 claims sender "n3" on a connection that proved "n1"/,
+    ],
+    [hb("evil", [_heartbeat("evil")]), { peer: "evil" }, /proved "evil": sender "evil" is not a/],
+    [hb("n2", [_heartbeat("n2")]), { peer: "n2" }, /proved "n2": sender "n2" is this node/],
+    [
+      _post("/raft/snapshot", new Uint8Array(100), _snapHeaders(_snap("n3"))),
+      n1,
+      /Sender "n3" claimed on a connection that proved "n1"/,
+    ],
+    [
+      _post("/raft/snapshot", new Uint8Array(100), _snapHeaders(_snap("n3"), "n1")),
+      n1,
+      /Message 1 of 1 claims sender "n3" on a connection that proved "n1"/,
+    ],
+  ];
+  for (const [req, info, pattern] of cases) {
+    const res = await handler(req, info);
+    assert.strictEqual(res.status, 403, pattern.source);
+    assert.match((await _json(res)).error, pattern);
+  }
+  assert.strictEqual(batches.length + snapshots.length, 0, "a refused request was handed on");
+  assert.match(warnings[0]!, /^Refused a peer request with 403 \(sender "n3"\): Sender "n3"/);
+  // The header is checked before the body is read.
+  const body = _stalledBody(encodeMessages([_heartbeat("n3")]));
+  const unread = await handler(
+    _post("/raft/messages", body.stream, { [FROM_HEADER]: "n3" }),
+    n1,
+  );
+  assert.strictEqual(unread.status, 403);
+  assert.strictEqual(body.pulls(), 0, "the body was read");
+  // The member's own messages and snapshots pass.
+  assert.strictEqual((await handler(hb("n1", [_heartbeat("n1")]), n1)).status, 204);
+  const snap = await handler(
+    _post("/raft/snapshot", new Uint8Array(100), _snapHeaders(_snap("n1"))),
+    n1,
+  );
+  assert.strictEqual(snap.status, 204);
+  assert.strictEqual(batches.length, 1);
+  assert.deepStrictEqual(snapshots.map((x) => x.bytes), [100]);
+});
+
+Deno.test("with requirePeerIdentity, a request without a proven identity gets 403", async () => {
+  const { handler, batches } = _guardedFixture({ requirePeerIdentity: true });
+  const req = () =>
+    _post("/raft/messages", encodeMessages([_heartbeat()]), { [FROM_HEADER]: "n1" });
+  for (const res of [await handler(req()), await handler(req(), { peer: null })]) {
+    assert.strictEqual(res.status, 403);
+    assert.match((await _json(res)).error, /The connection proved no identity/);
+  }
+  assert.strictEqual((await handler(req(), { peer: "n1" })).status, 204);
   assert.strictEqual(batches.length, 1);
 });
 

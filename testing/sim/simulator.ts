@@ -12,7 +12,8 @@
  * Faults: message loss, duplication, delay and reordering; symmetric, asymmetric and
  * leader-isolating partitions; crashes that keep only what was synced (or part of the unsynced
  * writes too, possibly torn); whole-cluster power failures; process pauses; clock skew; slow
- * disks; and, for the guard tests, a {@linkcode DiskFault} at the file-system or storage seam.
+ * disks; leader transfers requested at random (to a random node, possibly down or cut off, or to
+ * the most caught-up one); and, for the guard tests, a {@linkcode DiskFault} at the file-system or storage seam.
  *
  * Checked after every step, from outside (through {@linkcode RaftNode.inspect}, the storage calls
  * and the disk images): the {@linkcode CheckName}s, the applied state (values, revisions and
@@ -35,14 +36,19 @@ import type { NodeInspection, NodeStorage } from "../../src/node/raft_node.ts";
 import { type DiskStorage, openDiskStorage } from "../../src/node/disk_storage.ts";
 import { seededRandom } from "../../src/raft/rand.ts";
 import { type Entry, EntryType, type HardState, type NodeId } from "../../src/raft/types.ts";
-import { NotLeaderError } from "../../src/raft/errors.ts";
+import { LeaderTransferError, NotLeaderError } from "../../src/raft/errors.ts";
 import {
   decodeCommand,
   type KvEntry,
   type KvResult,
   type PlainCommand,
 } from "../../src/kv/state_machine.ts";
-import { NoSpaceError, NotAppliedError, StoppingError } from "../../src/node/backend.ts";
+import {
+  NoSpaceError,
+  NotAppliedError,
+  StoppingError,
+  TransferAbortedError,
+} from "../../src/node/backend.ts";
 import { KvModel } from "../kv_model.ts";
 import {
   checkLinearizability,
@@ -81,6 +87,7 @@ export const FAULTS_OFF = {
   /** Mean time between process pauses; 0 disables them. */ pauseEveryMs: 0,
   /** The longest pause. */ maxPauseMs: 0,
   /** Largest deviation of a node's clock rate from real time (0.05 = 5 %). */ clockSkew: 0,
+  /** Mean time between leader transfer requests; 0 disables them. */ transferEveryMs: 0,
   /** Shortest sync of a file or directory. */ minDiskMs: 0.5,
   /** Longest sync. */ maxDiskMs: 2,
 };
@@ -195,6 +202,9 @@ export const COUNTERS = [
   "snapshotsReceived", // snapshots a follower received and stored
   "snapshotsInstalled",
   "snapshotRestarts", // restarts that loaded a snapshot
+  "transfers", // leader transfers a leader started
+  "transfersDone", // ... that ended with another node leading
+  "transfersAborted", // ... abandoned (the target did not take over in time) or given up on
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -284,7 +294,9 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   ];
   let pick = r() * table.reduce((sum, [, weight]) => sum + weight, 0);
   const [name, , make] = table.find(([, weight]) => (pick -= weight) < 0)!;
-  return { name, faults: { ...calm, ...make() } };
+  // Drawn last, so that the draws above are what they were before transfers existed.
+  const transferEveryMs = r() < 0.6 ? between(1, 6) * election : 0;
+  return { name, faults: { ...calm, ...make(), transferEveryMs } };
 }
 
 /** The snapshot thresholds a seed draws from when its run does not set one (0: off). */
@@ -518,6 +530,7 @@ class _Simulation {
       this.#every(f.partitionEveryMs, () => this.#partition());
       this.#every(f.crashEveryMs, () => this.#crashSome());
       this.#every(f.pauseEveryMs, () => this.#pause());
+      this.#every(f.transferEveryMs, () => this.#transfer());
       this.#later(this.#opts.durationMs, () => this.#finalHeal());
 
       const maxEvents = 200_000 + this.#opts.durationMs * 400;
@@ -1230,6 +1243,45 @@ class _Simulation {
     this.#stats.pauses++;
     this.#note(`PAUSE ${n.id} until ${(this.#clock.now() + ms).toFixed(0)}`);
     this.#later(ms, () => clock.resume());
+  }
+
+  /**
+   * Asks the leader to hand leadership over: to a random other node (possibly down, paused or cut
+   * off, so that the transfer is abandoned) or, half the time, to the most caught-up voter.
+   */
+  #transfer(): void {
+    const n = this.#leader();
+    if (!n || !n.node || !n.clock) return;
+    const others = this.#nodes.filter((x) => x !== n);
+    const to = this.#rng() < 0.5 ? null : this.#pick(others).id;
+    const abort = new AbortController();
+    const inc = n.inc;
+    this.#note(`TRANSFER leadership from ${n.id} to ${to ?? "the most caught-up voter"}`);
+    n.clock.run(() => {
+      const node = n.node;
+      if (!node || n.inc !== inc) return;
+      node.transferLeadership(to, abort.signal).then(
+        ({ leader }) => {
+          this.#stats.transfersDone++;
+          this.#note(`${n.id} handed leadership to ${leader}`);
+        },
+        (e) => {
+          if (n.inc !== inc) return; // crashed meanwhile
+          if (e instanceof TransferAbortedError || e === abort.signal.reason) {
+            this.#stats.transfersAborted++;
+            this.#note(`${n.id}: transfer ended without a new leader: ${(e as Error).message}`);
+          } else if (
+            !(e instanceof NotLeaderError || e instanceof StoppingError ||
+              e instanceof LeaderTransferError) // one transfer at a time
+          ) {
+            this.#caught(e, ` in a leader transfer on ${n.id}`);
+          }
+        },
+      );
+      if (node.inspect().role === "leader") this.#stats.transfers++;
+    });
+    // A caller gives up after a few election timeouts (the node abandons it after one).
+    this.#later(this.#faults.tickMs * (this.#opts.electionTicks ?? 10) * 3, () => abort.abort());
   }
 
   // ---- the end: heal, liveness, convergence, linearizability ----------------------------------

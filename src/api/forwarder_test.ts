@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import http2 from "node:http2";
+import type { TLSSocket } from "node:tls";
+import { makeCertificates } from "../../testing/certs.ts";
+import { createForwarder, ForwardConnectError } from "./forwarder.ts";
+
+/** A TLS HTTP/2 server that requires a client certificate from `ca`, as a peer port with mTLS. */
+async function mutualTlsServer(files: { ca: string; cert: string; key: string }) {
+  const seen: { path: string; method: string; clientCn: string | null; body: string }[] = [];
+  const server = http2.createSecureServer({
+    ca: await Deno.readTextFile(files.ca),
+    cert: await Deno.readTextFile(files.cert),
+    key: await Deno.readTextFile(files.key),
+    requestCert: true,
+    rejectUnauthorized: true,
+  });
+  server.on("stream", (stream, headers) => {
+    const socket = stream.session?.socket as TLSSocket | undefined;
+    const cn = socket?.getPeerCertificate()?.subject?.CN ?? null;
+    let body = "";
+    stream.on("data", (chunk: Uint8Array) => body += new TextDecoder().decode(chunk));
+    stream.on("end", () => {
+      seen.push({
+        path: String(headers[":path"]),
+        method: String(headers[":method"]),
+        clientCn: typeof cn === "string" ? cn : null,
+        body,
+      });
+      stream.respond({ ":status": 200, "content-type": "application/json", "x-seen": "1" });
+      stream.end(JSON.stringify({ ok: true }));
+    });
+  });
+  server.on("tlsClientError", () => {});
+  const port = await new Promise<number>((resolve) => {
+    server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+  });
+  return {
+    port,
+    seen,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+Deno.test("createForwarder() speaks TLS with a client certificate to an https peer URL", async () => {
+  const dir = await Deno.makeTempDir();
+  const certs = await makeCertificates(dir, {
+    nodes: ["n1", "n2"],
+    untrustedNodes: ["intruder"],
+  });
+  const n1 = certs.node("n1");
+  const server = await mutualTlsServer({ ca: certs.ca, ...certs.node("n2") });
+  const ca = await Deno.readTextFile(certs.ca);
+  const url = `https://localhost:${server.port}/forward/v1/data?x=1`;
+  const init = () => ({
+    method: "POST",
+    headers: { "content-type": "application/json", "x-raftkv-forwarded-by": "n1" },
+    body: new TextEncoder().encode('{"k":"a","v":"1"}'),
+    signal: AbortSignal.timeout(5000),
+  });
+  const trusted = createForwarder({
+    ca,
+    cert: await Deno.readTextFile(n1.cert),
+    key: await Deno.readTextFile(n1.key),
+  });
+  const anonymous = createForwarder({ ca });
+  const intruder = createForwarder({
+    ca,
+    cert: await Deno.readTextFile(certs.node("intruder").cert),
+    key: await Deno.readTextFile(certs.node("intruder").key),
+  });
+  const noCa = createForwarder();
+  try {
+    for (let i = 0; i < 2; i++) {
+      const res = await trusted.forward(url, init());
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("x-seen"), "1");
+      assert.deepEqual(await res.json(), { ok: true });
+    }
+    assert.deepEqual(server.seen.map((s) => [s.method, s.path, s.clientCn, s.body]), [
+      ["POST", "/forward/v1/data?x=1", "n1", '{"k":"a","v":"1"}'],
+      ["POST", "/forward/v1/data?x=1", "n1", '{"k":"a","v":"1"}'],
+    ]);
+    // Refused handshakes: no client certificate, one from another CA, a server this node does
+    // not trust. Nothing was sent, so each is a connect failure (a write was not applied).
+    for (const client of [anonymous, intruder, noCa]) {
+      await assert.rejects(() => client.forward(url, init()), ForwardConnectError);
+    }
+    assert.equal(server.seen.length, 2);
+  } finally {
+    for (const client of [trusted, anonymous, intruder, noCa]) client.close();
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("createForwarder() rejects with the signal's reason once it aborts", async () => {
+  // A cleartext HTTP/2 server that never answers.
+  const server = http2.createServer();
+  const arrived = Promise.withResolvers<void>();
+  server.on("stream", () => arrived.resolve());
+  const port = await new Promise<number>((resolve) => {
+    server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+  });
+  const client = createForwarder();
+  try {
+    const controller = new AbortController();
+    const pending = client.forward(`http://127.0.0.1:${port}/forward/v1/data/a`, {
+      signal: controller.signal,
+    });
+    await arrived.promise;
+    controller.abort(new DOMException("gave up", "TimeoutError"));
+    await assert.rejects(
+      () => pending,
+      (e) => e instanceof DOMException && e.message === "gave up",
+    );
+  } finally {
+    client.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});

@@ -1,0 +1,240 @@
+import assert from "node:assert/strict";
+import { makeCertificates } from "../../testing/certs.ts";
+import { H2Client } from "./h2_client.ts";
+import { type PeerRequestHandler, serveMutualTls, type TlsServer } from "./tls_server.ts";
+
+/** PEM texts of a CA, node-1..3, "stranger" (signed by the CA, not a member) and node-9 (other CA). */
+async function pems(dir: string) {
+  const certs = await makeCertificates(dir, {
+    nodes: ["node-1", "node-2", "node-3", "stranger"],
+    untrustedNodes: ["node-9"],
+  });
+  const read = (path: string) => Deno.readTextFileSync(path);
+  const pair = (id: string) => ({ cert: read(certs.node(id).cert), key: read(certs.node(id).key) });
+  return { ca: read(certs.ca), pair };
+}
+
+type Pems = Awaited<ReturnType<typeof pems>>;
+
+/** Runs `fn` with certificates and a server for node-1 running `handler`; cleans everything up. */
+async function withServer(
+  handler: PeerRequestHandler,
+  fn: (server: TlsServer, p: Pems, warnings: string[]) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  const warnings: string[] = [];
+  try {
+    const p = await pems(dir);
+    const server = await serveMutualTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      ...p.pair("node-1"),
+      ca: p.ca,
+      logger: { debug() {}, warn: (m: string) => warnings.push(m) },
+    }, handler);
+    try {
+      await fn(server, p, warnings);
+    } finally {
+      await server.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function client(p: Pems, id: string | null, expected: string | null = "node-1"): H2Client {
+  return new H2Client({
+    tls: { ca: p.ca, ...(id === null ? {} : p.pair(id)), expectedName: () => expected },
+  });
+}
+
+/** A body of `count` chunks of `size` bytes, counting how many were pulled. */
+function counted(count: number, size: number) {
+  let pulls = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    pull(c) {
+      if (pulls === count) return c.close();
+      pulls++;
+      c.enqueue(new Uint8Array(size).fill(pulls & 0xff));
+    },
+  }, { highWaterMark: 0 });
+  return { stream, pulls: () => pulls };
+}
+
+Deno.test("the TLS server hands requests to the handler with the client certificate's CN; bodies stream both ways", async () => {
+  await withServer(async (req, info) => {
+    const bytes = (await req.arrayBuffer()).byteLength;
+    const reply = counted(40, 100_000);
+    return new Response(reply.stream, {
+      headers: { "x-peer": String(info.peer), "x-received": String(bytes) },
+    });
+  }, async (server, p) => {
+    const h2 = client(p, "node-2");
+    try {
+      const body = counted(30, 100_000);
+      const res = await h2.fetch(`https://localhost:${server.addr.port}/raft/messages?x=1`, {
+        method: "POST",
+        body: body.stream,
+      });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("x-peer"), "node-2");
+      assert.equal(res.headers.get("x-received"), "3000000");
+      assert.equal((await res.arrayBuffer()).byteLength, 4_000_000);
+      // Another connection proves another identity.
+      const other = client(p, "node-3");
+      try {
+        const res3 = await other.fetch(`https://127.0.0.1:${server.addr.port}/`);
+        assert.equal(res3.headers.get("x-peer"), "node-3");
+        await res3.body?.cancel();
+      } finally {
+        other.close();
+      }
+    } finally {
+      h2.close();
+    }
+  });
+});
+
+Deno.test("Deno's fetch with a client certificate (createHttpClient, HTTP/2 only) reaches the TLS server; without one it fails", async () => {
+  await withServer(async (req, info) => {
+    return Response.json({ peer: info.peer, body: await req.text(), method: req.method });
+  }, async (server, p) => {
+    const url = `https://localhost:${server.addr.port}/forward/v1/data`;
+    const withCert = Deno.createHttpClient({
+      caCerts: [p.ca],
+      ...p.pair("node-2"),
+      http1: false,
+      http2: true,
+    });
+    try {
+      const res = await fetch(url, {
+        client: withCert,
+        method: "PUT",
+        body: '{"v":"1"}',
+        signal: AbortSignal.timeout(5000),
+      });
+      assert.equal(res.status, 200);
+      assert.deepEqual(await res.json(), { peer: "node-2", body: '{"v":"1"}', method: "PUT" });
+    } finally {
+      withCert.close();
+    }
+    const without = Deno.createHttpClient({ caCerts: [p.ca], http1: false, http2: true });
+    try {
+      await assert.rejects(fetch(url, { client: without, signal: AbortSignal.timeout(5000) }));
+    } finally {
+      without.close();
+    }
+  });
+});
+
+Deno.test("a client without a certificate, or with one from another CA, is refused at the handshake", async () => {
+  let calls = 0;
+  await withServer(() => {
+    calls++;
+    return Promise.resolve(new Response("reached"));
+  }, async (server, p, warnings) => {
+    const url = `https://localhost:${server.addr.port}/raft/messages`;
+    for (const id of [null, "node-9"]) {
+      const h2 = client(p, id);
+      try {
+        await assert.rejects(
+          h2.fetch(url, {
+            method: "POST",
+            body: new Uint8Array(10),
+            signal: AbortSignal.timeout(5000),
+          }),
+          `${id ?? "no certificate"} was let through`,
+        );
+      } finally {
+        h2.close();
+      }
+    }
+    assert.equal(calls, 0);
+    assert.ok(
+      warnings.some((w) => w.startsWith("Refused a TLS connection to the peer port: ")),
+      warnings.join("\n"),
+    );
+  });
+});
+
+Deno.test("the client refuses a server whose certificate does not name the node it meant to reach", async () => {
+  await withServer(() => Promise.resolve(new Response("reached")), async (server, p) => {
+    const h2 = client(p, "node-2", "node-3");
+    try {
+      await assert.rejects(
+        h2.fetch(`https://localhost:${server.addr.port}/`, { signal: AbortSignal.timeout(5000) }),
+        /presented a certificate for "node-1", not for "node-3"/,
+      );
+    } finally {
+      h2.close();
+    }
+    // The host name is checked too: the node certificates are not valid for 127.0.0.2.
+    const byName = client(p, "node-2", "node-1");
+    try {
+      await assert.rejects(
+        byName.fetch(`https://127.0.0.2:${server.addr.port}/`, {
+          signal: AbortSignal.timeout(5000),
+        }),
+      );
+    } catch (err) {
+      // Not every system routes 127.0.0.2 to loopback; then nothing listens there at all.
+      if (Deno.build.os === "linux") throw err;
+    } finally {
+      byName.close();
+    }
+  });
+});
+
+Deno.test("an upload the handler refuses unread is stopped; one the handler reads is held back by flow control", async () => {
+  let slowReader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  const read = Promise.withResolvers<void>();
+  await withServer((req) => {
+    if (new URL(req.url).pathname === "/refuse") {
+      return Promise.resolve(Response.json({ error: "no" }, { status: 403 }));
+    }
+    slowReader = req.body!.getReader();
+    read.resolve();
+    return new Promise(() => {}); // reads later, answers never
+  }, async (server, p) => {
+    const h2 = client(p, "node-2");
+    try {
+      const refused = counted(1000, 64 << 10); // 64 MiB, if it were all sent
+      const res = await h2.fetch(`https://localhost:${server.addr.port}/refuse`, {
+        method: "POST",
+        body: refused.stream,
+        signal: AbortSignal.timeout(5000),
+      });
+      assert.equal(res.status, 403);
+      assert.deepEqual(await res.json(), { error: "no" });
+      assert.ok(refused.pulls() < 20, `the refused upload went on: ${refused.pulls()} chunks`);
+
+      const held = counted(1000, 64 << 10);
+      const abort = new AbortController();
+      const pending = h2.fetch(`https://localhost:${server.addr.port}/slow`, {
+        method: "POST",
+        body: held.stream,
+        signal: abort.signal,
+      });
+      await read.promise;
+      const first = await slowReader!.read();
+      assert.equal(first.done, false);
+      // Give the sender time to push what flow control lets through, then check it stopped.
+      let before = -1;
+      while (held.pulls() !== before) {
+        before = held.pulls();
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      assert.ok(held.pulls() < 40, `flow control did not hold the sender: ${held.pulls()} chunks`);
+      // The sender gives up: the handler's read fails instead of ending.
+      abort.abort(new Error("gone"));
+      await assert.rejects(pending, /gone/);
+      await assert.rejects(
+        (async () => {
+          while (!(await slowReader!.read()).done) { /* drain */ }
+        })(),
+      );
+    } finally {
+      h2.close();
+    }
+  });
+});

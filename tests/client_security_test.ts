@@ -1,0 +1,265 @@
+/**
+ * Client security with real node processes: bearer tokens and roles on every node, forwarding
+ * that carries the caller authorised by the follower, and the quick start over HTTPS with the
+ * real `curl` and the test CA.
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { PERMISSION_FLAGS } from "../main.ts";
+import { makeCertificates } from "../testing/certs.ts";
+import {
+  cleanEnv,
+  type HttpResult,
+  type ProcessCluster,
+  runCommand,
+  startCluster,
+  waitFor,
+} from "../testing/harness.ts";
+
+/** A fresh random token (32 hex digits). */
+function newToken(): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)))
+    .map((b) => b.toString(16).padStart(2, "0"))
+    .join("");
+}
+
+/** Writes a tokens file with a read, a write and an admin token; returns the tokens. */
+async function writeTokens(dir: string) {
+  const tokens = { read: newToken(), write: newToken(), admin: newToken() };
+  const path = join(dir, "tokens.json");
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify([
+      { token: tokens.read, role: "read", name: "reader" },
+      { token: tokens.write, role: "write", name: "writer" },
+      { token: tokens.admin, role: "admin", name: "ops" },
+    ]),
+  );
+  return { path, tokens };
+}
+
+function bearer(token: string): Record<string, string> {
+  return { authorization: `Bearer ${token}` };
+}
+
+/** Asserts a JSON answer of `status`; returns its body. */
+function expectJson(res: HttpResult, status: number, what: string): Record<string, unknown> {
+  assert.equal(res.status, status, `${what}: ${res.status} ${res.text}`);
+  assert.equal(res.headers.get("content-type"), "application/json", what);
+  assert.ok(typeof res.json === "object" && res.json !== null, `${what}: ${res.text}`);
+  return res.json as Record<string, unknown>;
+}
+
+/** The node's applied index, read with `token`. */
+async function applied(cluster: ProcessCluster, id: string, token: string): Promise<number> {
+  const res = await cluster.request(id, "GET", "/v1/status", undefined, { headers: bearer(token) });
+  return Number((res.json as { applied_index: number }).applied_index);
+}
+
+Deno.test("with tokens, every node refuses what a caller's role does not allow, and a follower forwards only authorised writes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-auth-" });
+  try {
+    const { path, tokens } = await writeTokens(dir);
+    await using cluster = await startCluster({
+      size: 3,
+      nodeFlags: ["--tokens-file", path],
+      token: tokens.read,
+    });
+    const leader = await cluster.waitForLeader();
+    const [follower, other] = cluster.ids.filter((id) => id !== leader) as [string, string];
+
+    // No token, or an unknown one: 401 JSON with WWW-Authenticate, on followers and leader.
+    for (const id of cluster.ids) {
+      for (const headers of [{}, bearer(newToken()), { authorization: `Basic ${btoa("a:b")}` }]) {
+        for (
+          const [method, path, body] of [
+            ["GET", "/v1/data/a", undefined],
+            ["POST", "/v1/data", { k: "a", v: "x" }],
+            ["GET", "/v1/status", undefined],
+            ["GET", "/v1/snapshot", undefined],
+          ] as const
+        ) {
+          const res = await cluster.request(id, method, path, body, { headers });
+          const json = expectJson(res, 401, `${id} ${method} ${path} ${JSON.stringify(headers)}`);
+          assert.equal(typeof json.error, "string");
+          assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="raftkv"');
+        }
+      }
+      // The probes stay open.
+      assert.equal((await cluster.request(id, "GET", "/health")).status, 200);
+      assert.equal((await cluster.request(id, "GET", "/ready")).status, 200);
+    }
+
+    // A write with a write token through a follower is forwarded and applied.
+    const put = await cluster.request(follower, "POST", "/v1/data", { k: "a", v: "1" }, {
+      headers: bearer(tokens.write),
+    });
+    assert.deepEqual(
+      { ...expectJson(put, 200, "forwarded write"), index: 0 },
+      { k: "a", v: "1", index: 0 },
+    );
+    assert.equal(put.headers.get("x-raftkv-forwarded-to"), leader);
+    // A read token reads it, through the other follower (forwarded, linearizable) and stale.
+    for (const query of ["", "?consistency=stale"]) {
+      await waitFor(async () => {
+        const got = await cluster.request(other, "GET", `/v1/data/a${query}`, undefined, {
+          headers: bearer(tokens.read),
+        });
+        return got.status === 200 && (got.json as { v?: string }).v === "1";
+      }, { message: `${other} to read a=1${query}` });
+    }
+
+    // Refused writes through a follower: nothing is forwarded or applied.
+    const before = await applied(cluster, leader, tokens.read);
+    const refusals: [string, string, unknown, Record<string, string>, number][] = [
+      ["POST", "/v1/data", { k: "b", v: "1" }, bearer(tokens.read), 403],
+      ["PUT", "/v1/data/b", { v: "1" }, bearer(tokens.read), 403],
+      ["DELETE", "/v1/data/a", undefined, bearer(tokens.read), 403],
+      ["POST", "/v1/data", { k: "b", v: "1" }, {}, 401],
+      ["DELETE", "/v1/data/a", undefined, bearer(newToken()), 401],
+    ];
+    for (const [method, path, body, headers, status] of refusals) {
+      const res = await cluster.request(follower, method, path, body, { headers });
+      const json = expectJson(res, status, `${follower} ${method} ${path}`);
+      if (status === 403) {
+        assert.match(String(json.error), /the token "reader" has the role read; .* needs write/);
+      }
+      assert.equal(res.headers.get("x-raftkv-forwarded-to"), null, "not forwarded");
+    }
+    // A write the leader commits after them proves the refusals would have been applied by now.
+    const marker = await cluster.request(leader, "PUT", "/v1/data/c", { v: "1" }, {
+      headers: bearer(tokens.admin),
+    });
+    expectJson(marker, 200, "marker write");
+    assert.equal(await applied(cluster, leader, tokens.read), before + 1, "only the marker");
+    for (const id of cluster.ids) {
+      await waitFor(async () => {
+        const c = await cluster.request(id, "GET", "/v1/data/c?consistency=stale", undefined, {
+          headers: bearer(tokens.read),
+        });
+        return c.status === 200;
+      }, { message: `${id} to apply the marker` });
+      const a = await cluster.request(id, "GET", "/v1/data/a?consistency=stale", undefined, {
+        headers: bearer(tokens.read),
+      });
+      assert.deepEqual(a.json, { k: "a", v: "1" }, `${id}: a was not deleted`);
+      const b = await cluster.request(id, "GET", "/v1/data/b?consistency=stale", undefined, {
+        headers: bearer(tokens.read),
+      });
+      assert.equal(b.status, 404, `${id}: b was never written`);
+    }
+
+    // Only admin gets the snapshot.
+    for (const id of [leader, follower]) {
+      for (const token of [tokens.read, tokens.write]) {
+        const res = await cluster.request(id, "GET", "/v1/snapshot", undefined, {
+          headers: bearer(token),
+        });
+        const json = expectJson(res, 403, `${id} snapshot`);
+        assert.match(String(json.error), /this request needs admin$/);
+      }
+      const snap = await cluster.request(id, "GET", "/v1/snapshot", undefined, {
+        headers: bearer(tokens.admin),
+      });
+      assert.equal(snap.status, 200);
+      assert.equal(snap.headers.get("content-type"), "application/octet-stream");
+      assert.ok(snap.text.length > 0);
+    }
+
+    // Refusals are logged by token name; no token ever reaches a log.
+    const logs = cluster.ids.flatMap((id) => cluster.logs(id)).join("\n");
+    assert.match(logs, /-> 403: the token "reader" has the role read/);
+    for (const token of Object.values(tokens)) assert.ok(!logs.includes(token), "a token leaked");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a 3-node HTTPS cluster with tokens runs the quick start with curl --cacert", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-tls-" });
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["node-1", "node-2", "node-3"] });
+    const { path, tokens } = await writeTokens(dir);
+    await using cluster = await startCluster({
+      size: 3,
+      apiCerts: certs,
+      nodeFlags: ["--tokens-file", path],
+      token: tokens.read,
+    });
+    await cluster.waitForLeader();
+    const [n1, n2, n3] = cluster.ids.map((id) => cluster.api(id)) as [string, string, string];
+    assert.match(n1, /^https:\/\/127\.0\.0\.1:\d+$/);
+    const curl = async (args: string[]) => {
+      const out = await runCommand("curl", ["-sS", "--max-time", "10", ...args], cleanEnv(), dir);
+      return out;
+    };
+    const auth = (token: string) => ["-H", `Authorization: Bearer ${token}`];
+    const ca = ["--cacert", certs.ca];
+
+    const put = await curl([
+      ...ca,
+      ...auth(tokens.write),
+      "-X",
+      "POST",
+      "-H",
+      "Content-Type: application/json",
+      "-d",
+      '{"k":"a","v":"1"}',
+      `${n1}/v1/data`,
+    ]);
+    assert.equal(put.code, 0, put.stderr);
+    const written = JSON.parse(put.stdout);
+    assert.deepEqual({ ...written, index: 0 }, { k: "a", v: "1", index: 0 });
+    assert.ok(written.index > 0);
+
+    const got = await curl([...ca, ...auth(tokens.read), `${n2}/v1/data/a`]);
+    assert.equal(got.code, 0, got.stderr);
+    assert.deepEqual(JSON.parse(got.stdout), { k: "a", v: "1" });
+
+    const del = await curl([...ca, ...auth(tokens.write), "-X", "DELETE", `${n3}/v1/data/a`]);
+    assert.equal(del.code, 0, del.stderr);
+    assert.deepEqual({ ...JSON.parse(del.stdout), index: 0 }, { k: "a", deleted: true, index: 0 });
+
+    const gone = await curl([
+      ...ca,
+      ...auth(tokens.read),
+      "-w",
+      "\n%{http_code}",
+      `${n1}/v1/data/a`,
+    ]);
+    assert.equal(gone.code, 0, gone.stderr);
+    const [body, status] = gone.stdout.split("\n");
+    assert.equal(status, "404");
+    assert.deepEqual(JSON.parse(body ?? ""), { error: "key not found", k: "a" });
+
+    // The status names https leaders.
+    const status1 = await curl([...ca, ...auth(tokens.read), `${n1}/v1/status`]);
+    assert.match(JSON.parse(status1.stdout).leader.api_url, /^https:\/\//);
+
+    // Without the token: 401; without the CA, curl refuses the certificate (exit 60); plain
+    // HTTP to the TLS port gets no answer.
+    const anonymous = await curl([...ca, "-w", "\n%{http_code}", `${n2}/v1/data/a`]);
+    assert.equal(anonymous.stdout.split("\n").at(-1), "401");
+    const untrusted = await curl([...auth(tokens.read), `${n2}/v1/data/a`]);
+    assert.equal(untrusted.code, 60, untrusted.stderr);
+    const plain = await curl([...auth(tokens.read), n2.replace("https:", "http:") + "/health"]);
+    assert.notEqual(plain.code, 0);
+
+    // The container healthcheck reaches the HTTPS API with the CA.
+    const port = String(cluster.node("node-1").apiPort);
+    const health = await runCommand(
+      Deno.execPath(),
+      ["run", "--no-prompt", ...PERMISSION_FLAGS, join(Deno.cwd(), "main.ts"), "healthcheck"],
+      cleanEnv({
+        RAFTKV_API_PORT: port,
+        RAFTKV_API_CERT: certs.node("node-1").cert,
+        RAFTKV_HEALTHCHECK_CACERT: certs.ca,
+      }),
+      dir,
+    );
+    assert.equal(health.code, 0, health.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

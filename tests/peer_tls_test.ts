@@ -1,0 +1,370 @@
+/**
+ * Mutual TLS between peers, with real processes: a three-node cluster whose rpc_urls are
+ * `https://` and whose nodes present certificates from one CA (subject CN = node id). It elects a
+ * leader and replicates; a client holding node-2's valid certificate that claims to be node-3 is
+ * refused with 403; a client with no certificate, or one from another CA (even one naming a
+ * member), fails the TLS handshake; a certificate from the cluster CA whose CN is not a member
+ * gets 403. None of these change anything on any node. Nodes restarted gracefully or killed
+ * come back without taking their peers down.
+ */
+
+import assert from "node:assert/strict";
+import { type Certificates, makeCertificates } from "../testing/certs.ts";
+import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { type ObservedState, observeNode } from "../testing/node_state.ts";
+import { encodeCommand } from "../src/kv/state_machine.ts";
+import { EntryType, type Message, message, MessageType } from "../src/raft/types.ts";
+import { encodeMessages } from "../src/transport/codec.ts";
+import { H2Client } from "../src/transport/h2_client.ts";
+import {
+  FROM_HEADER,
+  MESSAGE_HEADER,
+  MESSAGES_PATH,
+  SNAPSHOT_PATH,
+} from "../src/transport/http_transport.ts";
+
+/** Slower elections than the harness default: an unrelated election would change the terms. */
+const NODE_FLAGS = ["--election-timeout", "2000", "--heartbeat", "100"];
+
+/** An HTTP/2 client presenting `pair` (or no certificate) and trusting the cluster CA. */
+function peerClient(ca: string, pair: { cert: string; key: string } | null): H2Client {
+  const read = (path: string) => Deno.readTextFileSync(path);
+  return new H2Client({
+    tls: {
+      ca: read(ca),
+      ...(pair === null ? {} : { cert: read(pair.cert), key: read(pair.key) }),
+    },
+  });
+}
+
+interface Answer {
+  status: number;
+  error: string;
+}
+
+/** Posts a batch to `target`'s peer port with `from` in the header. */
+async function post(
+  client: H2Client,
+  cluster: ProcessCluster,
+  target: string,
+  from: string,
+  messages: Message[],
+): Promise<Answer> {
+  const res = await client.fetch(`${cluster.rpc(target)}${MESSAGES_PATH}`, {
+    method: "POST",
+    headers: { "content-type": "application/octet-stream", [FROM_HEADER]: from },
+    body: encodeMessages(messages),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  return { status: res.status, error: text === "" ? "" : String(JSON.parse(text).error) };
+}
+
+/** Uploads a (tiny, bogus) snapshot to `target`'s peer port with `from` in the header. */
+async function upload(
+  client: H2Client,
+  cluster: ProcessCluster,
+  target: string,
+  from: string,
+  msg: Message,
+): Promise<Answer> {
+  const res = await client.fetch(`${cluster.rpc(target)}${SNAPSHOT_PATH}`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/octet-stream",
+      [FROM_HEADER]: from,
+      [MESSAGE_HEADER]: encodeMessages([msg]).toBase64({
+        alphabet: "base64url",
+        omitPadding: true,
+      }),
+    },
+    body: new Uint8Array(4096),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  return { status: res.status, error: text === "" ? "" : String(JSON.parse(text).error) };
+}
+
+async function staleRead(cluster: ProcessCluster, id: string, key: string): Promise<string | null> {
+  const res = await cluster.request(id, "GET", `/v1/data/${key}?consistency=stale`);
+  if (res.status === 404) return null;
+  assert.equal(res.status, 200, res.text);
+  return (res.json as { v: string }).v;
+}
+
+Deno.test("peers with mutual TLS replicate, refuse impostors at the handshake or with 403, and survive restarts", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-peer-tls-" });
+  try {
+    const certs = await makeCertificates(dir, {
+      nodes: ["node-1", "node-2", "node-3", "stranger"],
+      untrustedNodes: ["node-9"],
+    });
+    // Someone else's CA, with a certificate that names a member.
+    await Deno.mkdir(`${dir}/impostor`);
+    const impostor: Certificates = await makeCertificates(`${dir}/impostor`, {
+      nodes: ["node-3"],
+    });
+    await using cluster = await startCluster({ size: 3, tls: certs, nodeFlags: NODE_FLAGS });
+    const ids = cluster.ids;
+    assert.ok(ids.every((id) => cluster.rpc(id).startsWith("https://127.0.0.1:")));
+    let leader = await cluster.waitForLeader(20_000);
+
+    await t.step("a leader is elected over TLS and writes replicate to every node", async () => {
+      const follower = ids.find((id) => id !== leader)!;
+      for (let i = 0; i < 5; i++) {
+        const via = i % 2 === 0 ? leader : follower;
+        const res = await cluster.request(via, "PUT", `/v1/data/real-${i}`, { v: `v${i}` });
+        assert.equal(res.status, 200, res.text);
+      }
+      await waitFor(async () => {
+        const values = await Promise.all(ids.map((id) => staleRead(cluster, id, "real-4")));
+        return values.every((v) => v === "v4");
+      }, { deadlineMs: 10_000, message: "every node to apply the writes" });
+      for (const id of ids) {
+        const lines = cluster.logs(id);
+        assert.ok(
+          lines.some((l) => l.includes("(TLS, client certificates required)")),
+          `${id} did not log its TLS peer server\n${cluster.formatLogs([id], 20)}`,
+        );
+        assert.ok(!lines.some((l) => l.includes("without peer authentication")), id);
+      }
+    });
+
+    // From here on, nothing may change: every node has applied every write.
+    const settled = await observeNode(cluster, leader);
+    await waitFor(async () => {
+      const all = await Promise.all(ids.map((id) => cluster.status(id)));
+      return all.every((s) => s?.applied_index === settled.commit && s.term === settled.term);
+    }, { deadlineMs: 10_000, message: "every node to apply every write" });
+    const T = settled.term;
+    const before = new Map<string, ObservedState>();
+    for (const id of ids) before.set(id, await observeNode(cluster, id));
+    const target = "node-1";
+    const last = before.get(target)!.last;
+    const unchanged = async (what: string) => {
+      for (const id of ids) {
+        assert.ok(cluster.isRunning(id), `${id} stopped after ${what}`);
+        assert.deepEqual(await observeNode(cluster, id), before.get(id), `${id} changed: ${what}`);
+      }
+      assert.equal(await staleRead(cluster, target, "forged"), null, `forged was written: ${what}`);
+    };
+    const append = (from: string) =>
+      message({
+        type: MessageType.App,
+        from,
+        to: target,
+        term: T + 5,
+        index: last,
+        logTerm: T,
+        entries: [{
+          index: last + 1,
+          term: T + 5,
+          type: EntryType.Normal,
+          data: encodeCommand({ op: "put", key: "forged", value: "x" }),
+        }],
+        commit: last + 1,
+      });
+    const vote = (from: string) =>
+      message({
+        type: MessageType.Vote,
+        from,
+        to: target,
+        term: T + 5,
+        index: last + 10,
+        logTerm: T + 5,
+      });
+    const snap = (from: string) =>
+      message({
+        type: MessageType.Snap,
+        from,
+        to: target,
+        term: T + 5,
+        snapshot: { index: last + 100, term: T + 5, voters: ids },
+      });
+
+    await t.step(
+      "node-2's certificate claiming to be node-3 gets 403 and changes nothing",
+      async () => {
+        const asNode2 = peerClient(certs.ca, certs.node("node-2"));
+        try {
+          const claimed = /claimed on a connection that proved "node-2"/;
+          const inside = /claims sender "node-3" on a connection that proved "node-2"/;
+          const answers: [string, Answer, RegExp][] = [
+            [
+              "header and message",
+              await post(asNode2, cluster, target, "node-3", [append("node-3")]),
+              claimed,
+            ],
+            [
+              "vote, header",
+              await post(asNode2, cluster, target, "node-3", [vote("node-3")]),
+              claimed,
+            ],
+            [
+              "message only",
+              await post(asNode2, cluster, target, "node-2", [vote("node-3")]),
+              inside,
+            ],
+            [
+              "a message among its own",
+              await post(asNode2, cluster, target, "node-2", [vote("node-2"), append("node-3")]),
+              inside,
+            ],
+            [
+              "snapshot, header",
+              await upload(asNode2, cluster, target, "node-3", snap("node-3")),
+              claimed,
+            ],
+            [
+              "snapshot, message",
+              await upload(asNode2, cluster, target, "node-2", snap("node-3")),
+              inside,
+            ],
+          ];
+          for (const [what, answer, pattern] of answers) {
+            assert.equal(answer.status, 403, `${what}: ${answer.error}`);
+            assert.match(answer.error, pattern, what);
+          }
+        } finally {
+          asNode2.close();
+        }
+        await unchanged("node-2 claiming to be node-3");
+        await waitFor(
+          () =>
+            cluster.logs(target).some((l) =>
+              l.includes('Refused a peer request with 403 (sender "node-3")')
+            ),
+          { deadlineMs: 5000, message: "the refusal to be logged" },
+        );
+      },
+    );
+
+    await t.step("no certificate, or one from another CA, fails the handshake", async () => {
+      const url = `${cluster.rpc(target)}${MESSAGES_PATH}`;
+      const attempts: [string, H2Client][] = [
+        ["no certificate", peerClient(certs.ca, null)],
+        ["the untrusted CA's node-9", peerClient(certs.ca, certs.node("node-9"))],
+        ["another CA's node-3", peerClient(certs.ca, impostor.node("node-3"))],
+      ];
+      for (const [what, client] of attempts) {
+        try {
+          await assert.rejects(
+            client.fetch(url, {
+              method: "POST",
+              headers: { [FROM_HEADER]: "node-3" },
+              body: encodeMessages([append("node-3")]),
+              signal: AbortSignal.timeout(5000),
+            }),
+            `${what} was let through`,
+          );
+        } finally {
+          client.close();
+        }
+      }
+      // Deno's own fetch without a client certificate fares no better.
+      const http = Deno.createHttpClient({
+        caCerts: [Deno.readTextFileSync(certs.ca)],
+        http1: false,
+        http2: true,
+      });
+      try {
+        await assert.rejects(
+          fetch(url, { client: http, method: "POST", signal: AbortSignal.timeout(5000) }),
+        );
+      } finally {
+        http.close();
+      }
+      await unchanged("handshakes without a trusted certificate");
+      await waitFor(
+        () =>
+          cluster.logs(target).some((l) => l.includes("Refused a TLS connection to the peer port")),
+        { deadlineMs: 5000, message: "the refused handshake to be logged" },
+      );
+    });
+
+    await t.step(
+      "a certificate from the cluster CA whose CN is not a member gets 403",
+      async () => {
+        const asStranger = peerClient(certs.ca, certs.node("stranger"));
+        try {
+          for (const from of ["stranger", "node-3"]) {
+            const answer = await post(asStranger, cluster, target, from, [append(from)]);
+            assert.equal(answer.status, 403, answer.error);
+            assert.match(answer.error, /proved "stranger": sender "stranger" is not a member/);
+          }
+          const snapshot = await upload(asStranger, cluster, target, "stranger", snap("stranger"));
+          assert.equal(snapshot.status, 403, snapshot.error);
+        } finally {
+          asStranger.close();
+        }
+        await unchanged("a non-member's certificate");
+      },
+    );
+
+    await t.step(
+      "restarted and killed nodes come back without taking their peers down",
+      async () => {
+        let written = 0;
+        const acked: number[] = [];
+        let writing = true;
+        const writer = (async () => {
+          while (writing) {
+            const i = written++;
+            const via = cluster.liveIds()[i % Math.max(1, cluster.liveIds().length)];
+            if (via === undefined) continue;
+            try {
+              const res = await cluster.request(via, "PUT", `/v1/data/w-${i}`, { v: `${i}` }, {
+                timeoutMs: 3000,
+              });
+              if (res.status === 200) acked.push(i);
+            } catch { /* a node going down: the write may or may not have happened */ }
+          }
+        })();
+        try {
+          for (
+            const [id, how] of [[leader, "SIGTERM"], [ids.find((id) => id !== leader)!, "SIGKILL"]]
+          ) {
+            const exit = await cluster.kill(id!, how as Deno.Signal);
+            if (how === "SIGTERM") assert.equal(exit.code, 0, `${id} did not stop cleanly`);
+            await cluster.start(id!);
+            leader = await cluster.waitForLeader(20_000);
+            for (const other of ids) {
+              assert.ok(
+                cluster.isRunning(other),
+                `${other} died when ${id} restarted\n${cluster.formatLogs([other], 40)}`,
+              );
+            }
+            const before = acked.length;
+            await waitFor(() => acked.length > before + 5, {
+              deadlineMs: 15_000,
+              message: `writes to go on after ${id} restarted`,
+            });
+          }
+        } finally {
+          writing = false;
+          await writer;
+        }
+        assert.ok(acked.length > 10, `only ${acked.length} writes acknowledged`);
+        leader = await cluster.waitForLeader(20_000);
+        for (const i of acked) {
+          const res = await cluster.request(leader, "GET", `/v1/data/w-${i}`);
+          assert.equal(res.status, 200, `acknowledged write w-${i} is missing: ${res.text}`);
+        }
+        for (const id of ids) assert.ok(cluster.isRunning(id), id);
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a node warns at start when its peer port listens beyond loopback without mutual TLS", async () => {
+  await using cluster = await startCluster({ size: 1, nodeFlags: ["--listen-host", "0.0.0.0"] });
+  await waitFor(
+    () =>
+      cluster.logs("node-1").some((l) =>
+        l.includes("The peer port listens on 0.0.0.0 without peer authentication")
+      ),
+    { deadlineMs: 5000, message: "the warning" },
+  );
+});
