@@ -437,7 +437,7 @@ Deno.test("--cacert trusts a private CA for https endpoints, and --token is sent
   }
 });
 
-Deno.test("answers 401 and 403 exit 5, 409 and 412 exit 6 (a stand-in server: the API has no tokens or conditional writes in this version)", async () => {
+Deno.test("answers 401 and 403 exit 5, 409 and 412 exit 6 (a stand-in server answering each status; the real cluster tests cover tokens and --cas too)", async () => {
   const statuses: Record<string, number> = {
     "/v1/data/a": 401,
     "/v1/data/b": 403,
@@ -512,4 +512,36 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("list pages through a prefix in key order; put and del --cas exit 6 on a conflict", async () => {
+  await using cluster = await startCluster({ size: 1 });
+  await cluster.waitForLeader();
+  const ep = ["--endpoints", cluster.api("node-1")];
+  for (const [k, v] of [["app/b", "2"], ["app/a", "1"], ["app/c", "3"], ["other", "x"]]) {
+    _expect(await raftkv(["put", k!, v!, ...ep]), 0, `put ${k}`);
+  }
+  const all = await raftkv(["list", "app/", ...ep]);
+  _expect(all, 0, "list");
+  assert.equal(all.stdout, "app/a=1\napp/b=2\napp/c=3\n");
+  const keys = await raftkv(["list", "app/", "--keys-only", "--limit", "2", ...ep]);
+  _expect(keys, 0, "list --keys-only --limit 2");
+  assert.equal(keys.stdout, "app/a\napp/b\n");
+  const json = await raftkv(["list", "app/", "-o", "json", ...ep]);
+  const items = json.json?.items as { k: string; mod_index: number }[];
+  assert.deepEqual(items.map((i) => i.k), ["app/a", "app/b", "app/c"]);
+  assert.equal((await raftkv(["list", "none/", ...ep])).stdout, "");
+
+  const modIndex = items[0]!.mod_index;
+  _expect(await raftkv(["put", "app/a", "new", "--cas", "0", ...ep]), 6, "create over a key");
+  _expect(await raftkv(["put", "app/a", "new", "--cas", String(modIndex + 1000), ...ep]), 6, "");
+  _expect(await raftkv(["put", "app/a", "new", "--cas", String(modIndex), ...ep]), 0, "cas put");
+  _expect(await raftkv(["put", "fresh", "1", "--cas", "0", ...ep]), 0, "create if absent");
+  _expect(
+    await raftkv(["del", "app/b", "--cas", "999999", ...ep]),
+    6,
+    "del with a stale mod_index",
+  );
+  assert.equal((await raftkv(["get", "app/b", ...ep])).stdout, "2\n", "nothing was deleted");
+  _expect(await raftkv(["put", "app/a", "x", "--cas", "abc", ...ep]), 2, "a bad --cas");
 });

@@ -1,6 +1,6 @@
 /**
  * The command-line client in the node's binary, in the spirit of `etcdctl`: `raftkv get KEY`,
- * `put`, `del`, `status`, `snapshot save|restore`, `verify`, and `raftkv help`. It talks only the
+ * `put`, `del`, `list`, `status`, `snapshot save|restore`, `verify`, and `raftkv help`. It talks only the
  * public REST API.
  *
  * @module
@@ -13,7 +13,7 @@ import {
   commandHelp,
   EXIT_CODES_HELP,
 } from "./command.ts";
-import { DEL, GET, PUT } from "./kv.ts";
+import { DEL, GET, LIST, PUT } from "./kv.ts";
 import {
   ClientError,
   formatOptions,
@@ -34,6 +34,7 @@ export const COMMANDS: readonly Command[] = [
   GET,
   PUT,
   DEL,
+  LIST,
   STATUS,
   SNAPSHOT_SAVE,
   SNAPSHOT_RESTORE,
@@ -47,7 +48,7 @@ const _FIRST_WORDS = new Set([...COMMANDS.map((c) => c.name.split(" ")[0]!), "he
  * client instead of a node (a node's arguments are all flags).
  *
  * @param word The first argument.
- * @returns True for `get`, `put`, `del`, `status`, `snapshot`, `verify` and `help`.
+ * @returns True for `get`, `put`, `del`, `list`, `status`, `snapshot`, `verify` and `help`.
  */
 export function isClientCommand(word: string | undefined): boolean {
   return word !== undefined && _FIRST_WORDS.has(word);
@@ -70,8 +71,8 @@ export function clientHelp(): string {
     `  ${"help".padEnd(width)}this text; raftkv <command> --help for a command's own`,
     "",
     ...wrap(
-      "Not in this client: list, watch and members, which need the API's range reads, change " +
-        "feed and membership changes, none of which the API has in this version.",
+      "Not in this client: watch and members, which need the API's change feed and membership " +
+        "changes, which the API does not have in this version.",
       100,
     ),
     "",

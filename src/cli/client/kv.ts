@@ -1,12 +1,12 @@
 /**
- * The key-value subcommands: `get`, `put` and `del`.
+ * The key-value subcommands: `get`, `put`, `del` and `list`.
  *
  * @module
  */
 
 import type { Command, CommandContext } from "./command.ts";
 import { answerError } from "./http.ts";
-import { ClientError, EXIT, usageError } from "./options.ts";
+import { ClientError, EXIT, type OptionSpec, usageError } from "./options.ts";
 
 const _CONSISTENCIES = ["linearizable", "lease", "stale"];
 
@@ -19,6 +19,25 @@ function _key(ctx: CommandContext): string {
   const key = ctx.args[0] ?? "";
   if (key === "") throw usageError("the key must not be empty");
   return key;
+}
+
+/** The `--cas` option of `put` and `del`. */
+const CAS_OPTION: OptionSpec = {
+  name: "--cas",
+  value: "<mod_index>",
+  default: "",
+  description: "write only if the key's mod_index is this (0: only if the key does not " +
+    "exist); otherwise exit 6 and change nothing",
+};
+
+/** The `?cas=N` query of `--cas`, or "". */
+function _cas(ctx: CommandContext): string {
+  const cas = ctx.line.values.get("--cas");
+  if (cas === undefined) return "";
+  if (!/^\d{1,15}$/.test(cas.value)) {
+    throw usageError(`invalid value for --cas: ${JSON.stringify(cas.value)} is not a mod_index`);
+  }
+  return `?cas=${cas.value}`;
 }
 
 /** `raftkv get KEY`. */
@@ -76,13 +95,14 @@ export const PUT: Command = {
   description: "Writes VALUE under KEY and prints OK with the log index once it is committed " +
     '(-o json: the API\'s {"k","v","index"}). Without VALUE, the value is all of stdin. When ' +
     "no answer arrives in time (exit 1), the write may or may not have been applied.",
-  options: [],
+  options: [CAS_OPTION],
   arity: [1, 2],
   async run(ctx) {
     const key = _key(ctx);
+    const cas = _cas(ctx);
     const value = ctx.args[1] ?? await ctx.io.stdin();
     const client = await ctx.client();
-    const answer = await client.send("PUT", keyPath(key), { body: { v: value } });
+    const answer = await client.send("PUT", keyPath(key) + cas, { body: { v: value } });
     if (answer.status !== 200) throw answerError(answer, `put ${JSON.stringify(key)}`);
     const index = (answer.json as { index?: unknown } | null)?.index;
     ctx.print(answer.json, `OK (index ${index})`);
@@ -97,12 +117,13 @@ export const DEL: Command = {
   summary: "delete a key",
   description: "Deletes KEY and prints the log index of the delete (-o json: the API's " +
     '{"k","deleted","index"}). A key that did not exist exits 3 (nothing was deleted).',
-  options: [],
+  options: [CAS_OPTION],
   arity: [1, 1],
   async run(ctx) {
     const key = _key(ctx);
+    const cas = _cas(ctx);
     const client = await ctx.client();
-    const answer = await client.send("DELETE", keyPath(key));
+    const answer = await client.send("DELETE", keyPath(key) + cas);
     if (answer.status !== 200) throw answerError(answer, `del ${JSON.stringify(key)}`);
     const body = answer.json as { deleted?: unknown; index?: unknown } | null;
     if (body?.deleted === false) {
@@ -111,6 +132,68 @@ export const DEL: Command = {
       return EXIT.notFound;
     }
     ctx.print(answer.json, `deleted (index ${body?.index})`);
+    return EXIT.ok;
+  },
+};
+
+/** One item of a range answer. */
+interface _Item {
+  k: string;
+  v?: string;
+}
+
+/** `raftkv list [PREFIX]`. */
+export const LIST: Command = {
+  name: "list",
+  args: "[PREFIX]",
+  summary: "list the keys under a prefix, in key order",
+  description: "Prints every key starting with PREFIX (every key without one), in key order, " +
+    "one per line as KEY=VALUE (--keys-only: KEY), reading page by page with the API's " +
+    'continuation token (-o json: {"items":[...]} with every key\'s revisions). Linearizable ' +
+    "unless --consistency says otherwise.",
+  options: [
+    { name: "--keys-only", value: null, default: "", description: "print the keys only" },
+    { name: "--limit", value: "<n>", default: "every key", description: "print at most n keys" },
+    {
+      name: "--consistency",
+      value: "<mode>",
+      default: "linearizable",
+      description: '"linearizable", "lease" or "stale", as for get',
+    },
+  ],
+  arity: [0, 1],
+  async run(ctx) {
+    const prefix = ctx.args[0] ?? "";
+    const keysOnly = ctx.line.switches.has("--keys-only");
+    const limitText = ctx.line.values.get("--limit")?.value;
+    const limit = limitText === undefined ? Infinity : Number(limitText);
+    if (limitText !== undefined && !(Number.isInteger(limit) && limit > 0)) {
+      throw usageError(`invalid value for --limit: ${JSON.stringify(limitText)}`);
+    }
+    const consistency = ctx.line.values.get("--consistency")?.value;
+    if (consistency !== undefined && !_CONSISTENCIES.includes(consistency)) {
+      throw usageError(`invalid value for --consistency: ${JSON.stringify(consistency)}`);
+    }
+    const client = await ctx.client();
+    const items: _Item[] = [];
+    let next: string | null = null;
+    do {
+      const query = new URLSearchParams({ prefix });
+      query.set("limit", String(Math.min(1000, limit - items.length)));
+      if (keysOnly) query.set("keys_only", "");
+      if (consistency !== undefined) query.set("consistency", consistency);
+      if (next !== null) query.set("next", next);
+      const answer = await client.send("GET", `/v1/data?${query}`);
+      if (answer.status !== 200) throw answerError(answer, `list ${JSON.stringify(prefix)}`);
+      const body = answer.json as { items?: unknown; next?: unknown } | null;
+      if (!Array.isArray(body?.items) || !(typeof body.next === "string" || body.next === null)) {
+        throw new ClientError(`list: unexpected answer ${answer.text.slice(0, 200)}`, EXIT.error);
+      }
+      items.push(...(body.items as _Item[]));
+      next = body.next as string | null;
+    } while (next !== null && items.length < limit);
+    const lines = items.map((item) => keysOnly ? item.k : `${item.k}=${item.v ?? ""}`);
+    ctx.print({ items }, lines.length > 0 ? lines.join("\n") : null);
     return EXIT.ok;
   },
 };
