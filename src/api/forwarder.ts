@@ -195,6 +195,19 @@ function _exchange(
           stream.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
           stream.on("end", () => {
             if (bodyDone) return;
+            // Deno ends a client stream also when its connection breaks after the headers (the
+            // leader died, the link was cut), with a reset code set: relaying that body as
+            // complete would turn a cut answer into a wrong one (a 200 with an empty body).
+            if (
+              stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR
+            ) {
+              fail(
+                new Error(
+                  `the HTTP/2 stream closed (code ${stream.rstCode}) before the answer ended`,
+                ),
+              );
+              return;
+            }
             bodyDone = true;
             signal.removeEventListener("abort", onAbort);
             c.close();

@@ -129,6 +129,16 @@ export class H2Client {
             req.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
             req.on("end", () => {
               if (bodyDone) return;
+              // Deno ends a client stream also when its connection breaks after the headers (the
+              // server died, the link was cut), with a reset code set: that body is cut, not done.
+              if (req.rstCode !== undefined && req.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+                fail(
+                  new Error(
+                    `HTTP/2 stream closed before the response body ended (code ${req.rstCode})`,
+                  ),
+                );
+                return;
+              }
               bodyDone = true;
               try {
                 c.close();
