@@ -146,3 +146,52 @@ Deno.test("createForwarder() fails an answer whose connection breaks after the h
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 });
+
+Deno.test("createForwarder() closes its connections without GOAWAY, which a node:http2 server can die of", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["n1", "n2"] });
+    const server = http2.createSecureServer({
+      ca: await Deno.readTextFile(certs.ca),
+      cert: await Deno.readTextFile(certs.node("n2").cert),
+      key: await Deno.readTextFile(certs.node("n2").key),
+      requestCert: true,
+      rejectUnauthorized: true,
+    });
+    const seen: string[] = [];
+    const closed = Promise.withResolvers<void>();
+    const arrived = Promise.withResolvers<void>();
+    server.on("session", (session) => {
+      session.on("goaway", (code: number) => seen.push(`GOAWAY ${code}`));
+      session.on("error", () => {});
+      session.on("close", () => closed.resolve());
+    });
+    server.on("stream", (stream) => {
+      stream.on("error", () => {});
+      arrived.resolve(); // and never answer: the forward is in flight when the client closes
+    });
+    const port = await new Promise<number>((resolve) => {
+      server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+    });
+    const client = createForwarder({
+      ca: await Deno.readTextFile(certs.ca),
+      cert: await Deno.readTextFile(certs.node("n1").cert),
+      key: await Deno.readTextFile(certs.node("n1").key),
+    });
+    try {
+      const pending = client.forward(`https://localhost:${port}/forward/v1/data/a`, {
+        signal: AbortSignal.timeout(5000),
+      });
+      await arrived.promise;
+      client.close();
+      await assert.rejects(pending);
+      await closed.promise;
+      assert.deepEqual(seen, [], "the leader was told GOAWAY");
+    } finally {
+      client.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
+import { makeCertificates } from "../../testing/certs.ts";
 import { LinkProxy } from "../../testing/proxy.ts";
 import { H2Client } from "./h2_client.ts";
 
@@ -139,5 +140,53 @@ Deno.test("a response whose connection breaks after the headers fails a read of 
   } finally {
     client.close();
     await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+Deno.test("closing the client drops its connections without GOAWAY, which a node:http2 server can die of", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["server"] });
+    const read = (path: string) => Deno.readTextFileSync(path);
+    for (const scheme of ["https", "http"]) {
+      const server = scheme === "https"
+        ? http2.createSecureServer({
+          cert: read(certs.node("server").cert),
+          key: read(certs.node("server").key),
+        })
+        : http2.createServer();
+      const seen: string[] = [];
+      const closed = Promise.withResolvers<void>();
+      const arrived = Promise.withResolvers<void>();
+      server.on("session", (session) => {
+        session.on("goaway", (code: number) => seen.push(`GOAWAY ${code}`));
+        session.on("error", () => {});
+        session.on("close", () => closed.resolve());
+      });
+      server.on("stream", (stream) => {
+        stream.on("error", () => {});
+        arrived.resolve(); // and never answer: the request is in flight when the client closes
+      });
+      const port = await new Promise<number>((resolve) => {
+        server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+      });
+      const client = new H2Client({ tls: { ca: read(certs.ca) } });
+      try {
+        const pending = client.fetch(`${scheme}://localhost:${port}/raft`, {
+          method: "POST",
+          body: new Uint8Array(10),
+        });
+        await arrived.promise;
+        client.close();
+        await assert.rejects(pending);
+        await closed.promise;
+        assert.deepEqual(seen, [], `${scheme}: the server was told GOAWAY`);
+      } finally {
+        client.close();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
