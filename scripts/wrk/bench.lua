@@ -9,7 +9,8 @@
 --   etcd-write    POST <gw>/kv/put {"key":b64("<prefix><n>"),"value":b64(<100 bytes>)}
 --   etcd-read     POST <gw>/kv/range {"key":b64("pre-<i>")} (linearizable, the default)
 -- where <gw> is the etcd JSON gateway prefix, "/v3" (etcd >= 3.4) unless a fifth argument says
--- otherwise. Each thread numbers its writes with its own counter, so keys are unique when
+-- otherwise. An Authorization header given to wrk (-H "Authorization: Bearer <token>") goes with
+-- every request (wrk itself adds -H headers only to requests built from its defaults). Each thread numbers its writes with its own counter, so keys are unique when
 -- <prefix> is unique per thread and cell (bench.ts runs one thread, -t1).
 --
 -- The thread stops after <max requests> requests (a bound besides -d; the few requests that
@@ -60,6 +61,7 @@ non2xx = 0
 
 local mode, prefix, keys, limit, gateway
 local headers = { ["Content-Type"] = "application/json" }
+local get_headers = {}
 local value64 = b64(VALUE)
 
 function init(args)
@@ -71,6 +73,12 @@ function init(args)
   if mode ~= "raftkv-write" and mode ~= "raftkv-read" and mode ~= "etcd-write" and
       mode ~= "etcd-read" then
     error("unknown mode " .. mode)
+  end
+  for name, value in pairs(wrk.headers) do
+    if string.lower(name) == "authorization" then
+      headers["Authorization"] = value
+      get_headers["Authorization"] = value
+    end
   end
   math.randomseed(12345)
 end
@@ -86,7 +94,7 @@ function request()
     return wrk.format("POST", "/v1/data", headers,
       '{"k":"' .. prefix .. n .. '","v":"' .. VALUE .. '"}')
   elseif mode == "raftkv-read" then
-    return wrk.format("GET", "/v1/data/" .. preloaded(math.random(0, keys - 1)), {}, nil)
+    return wrk.format("GET", "/v1/data/" .. preloaded(math.random(0, keys - 1)), get_headers, nil)
   elseif mode == "etcd-write" then
     return wrk.format("POST", gateway .. "/kv/put", headers,
       '{"key":"' .. b64(prefix .. n) .. '","value":"' .. value64 .. '"}')
