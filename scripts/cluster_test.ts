@@ -805,6 +805,38 @@ Deno.test("the launcher explains a missing cluster file and a usage error", asyn
   assert.match(help.stdout.join("\n"), /Usage: deno task cluster/);
 });
 
+/**
+ * Stops a launcher that runs real nodes: SIGTERM (it stops its nodes), SIGKILL after 20 s; then
+ * kills any node it started that still runs (a SIGKILLed launcher leaves its children behind),
+ * checking by `/proc/<pid>/cmdline` that the pid is still that node.
+ */
+async function _stopRealLauncher(launcher: _Launcher, dir: string): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    launcher.child.kill("SIGTERM");
+    const stopped = await Promise.race([
+      launcher.done.then(() => true),
+      new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), 20_000)),
+    ]);
+    if (!stopped) launcher.child.kill("SIGKILL");
+  } catch {
+    // Already exited.
+  } finally {
+    clearTimeout(timer);
+  }
+  await launcher.done;
+  for (const line of launcher.stdout) {
+    const pid = Number(/^\[cluster\] +started node-\d+ \(pid (\d+)\)$/.exec(line)?.[1]);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      if (!Deno.readTextFileSync(`/proc/${pid}/cmdline`).includes(dir)) continue;
+      Deno.kill(pid, "SIGKILL");
+    } catch {
+      // Gone.
+    }
+  }
+}
+
 /** A run of `count` consecutive ports that are free right now (the launcher numbers ports). */
 function _freePortRun(count: number): number {
   for (let attempt = 0; attempt < 200; attempt++) {
@@ -962,7 +994,7 @@ Deno.test("the launcher with --tls runs a real TLS cluster whose banner's curl c
       assert.ok(launcher.stdout.join("\n").includes(`node-${i} exited with code 0`));
     }
   } finally {
-    await _stopLauncher(launcher);
+    await _stopRealLauncher(launcher, dir);
     await Deno.remove(dir, { recursive: true });
   }
 });
