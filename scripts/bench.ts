@@ -50,6 +50,16 @@
  * - **Repetitions.** `--runs N` repeats the whole matrix on the same clusters (writes keep
  *   adding keys) and reports, per cell, the median of the throughputs and of each percentile
  *   over the runs, the sum of the errors and the highest peak RSS.
+ * - **TLS** (`--tls`). A second cluster of each system, started beside the first and measured
+ *   on the same cells right after it: raftkv with every security setting on (peer mutual TLS,
+ *   the API over HTTPS, bearer tokens from a tokens file; the load sends a write token in an
+ *   `Authorization` header, so every request is authenticated and checked against its role);
+ *   etcd with TLS on its client and peer URLs and peer client certificates (no etcd
+ *   authentication: it would add a token round trip per session, not per request). The
+ *   certificates are EC P-256 from one throwaway CA (`testing/certs.ts`). `wrk` does not verify
+ *   the server's certificate (the built-in generator does, with the CA); both keep their
+ *   connections alive, so a cell pays one handshake per connection and then the per-record cost.
+ *   A table of TLS/plaintext ratios per system and cell follows the main one.
  * - **Bounds.** Each cell stops after its duration, or after 100000 requests per second of
  *   duration, whichever comes first; a stuck load generator is killed 60 s after its cell
  *   should have ended. Everything started is stopped at the end, also on failure and Ctrl-C.
@@ -57,6 +67,7 @@
  * ```sh
  * deno task bench                                  # the whole matrix, 10 s per cell
  * deno task bench --runs 3 --json bench.json       # medians of 3 runs, and the raw data
+ * deno task bench --tls --target leader --connections 64   # what TLS costs, 64 connections
  * deno task bench --only writes --target leader --connections 64 --no-etcd --cpu-prof prof/
  *     # CPU profile of the leader under writes (the profile covers the node's whole life:
  *     # preload, warm-up and the cells; the top functions by self time are printed)
@@ -68,6 +79,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePorts, type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { type Certificates, makeCertificates } from "../testing/certs.ts";
 import {
   BENCH_USAGE,
   type BenchOptions,
@@ -99,8 +111,10 @@ import {
   resultsTable,
   summarizeCells,
   summarizeCpuProfile,
+  systemLabel,
   type SystemName,
   type Target,
+  tlsTable,
   UsageError,
   VALUE,
   writeRequest,
@@ -297,8 +311,25 @@ interface _Roles {
   followers: string[];
 }
 
-interface _System {
+/** How the benchmark's own requests reach a system: a client trusting its CA, headers. */
+interface _Access {
+  /** An HTTP client trusting the system's CA (TLS), or `undefined` for fetch's own. */
+  client: Deno.HttpClient | undefined;
+  /** Headers every request carries (a bearer token). */
+  headers: Record<string, string>;
+}
+
+const _PLAIN: _Access = { client: undefined, headers: {} };
+
+/** `raftkv`, `etcd`, `raftkv+TLS`, `etcd+TLS`. */
+function _label(sys: { name: SystemName; tls: boolean }): string {
+  return systemLabel({ system: sys.name, tls: sys.tls });
+}
+
+interface _System extends _Access {
   name: SystemName;
+  /** Whether this cluster runs with TLS (see `--tls`). */
+  tls: boolean;
   /** The gateway prefix (etcd) for request building. */
   gateway: string;
   roles(): Promise<_Roles>;
@@ -313,9 +344,15 @@ class _Raftkv implements _System {
   readonly name = "raftkv";
   readonly gateway = "";
   readonly cluster: ProcessCluster;
+  readonly tls: boolean;
+  readonly client: Deno.HttpClient | undefined;
+  readonly headers: Record<string, string>;
 
-  constructor(cluster: ProcessCluster) {
+  constructor(cluster: ProcessCluster, access: _Access = _PLAIN) {
     this.cluster = cluster;
+    this.tls = access.client !== undefined;
+    this.client = access.client;
+    this.headers = access.headers;
   }
 
   async roles(): Promise<_Roles> {
@@ -339,7 +376,7 @@ class _Raftkv implements _System {
         : status.signal !== null
         ? `was killed by ${status.signal}`
         : `exited with code ${status.code}`;
-      return `raftkv ${id} ${how}\n${this.cluster.formatLogs([id], 40)}`;
+      return `${_label(this)} ${id} ${how}\n${this.cluster.formatLogs([id], 40)}`;
     });
   }
 
@@ -349,6 +386,7 @@ class _Raftkv implements _System {
       this.cluster.liveIds().map((id) => this.cluster.stop(id, 60_000).catch(() => {})),
     );
     await this.cluster.close();
+    this.client?.close();
   }
 }
 
@@ -364,23 +402,38 @@ class _Etcd implements _System {
   readonly name = "etcd";
   readonly gateway: string;
   readonly version: string;
+  readonly tls: boolean;
+  readonly client: Deno.HttpClient | undefined;
+  readonly headers: Record<string, string> = {};
   #members: _EtcdMember[];
   #root: string;
 
-  private constructor(version: string, root: string, members: _EtcdMember[]) {
+  private constructor(
+    version: string,
+    root: string,
+    members: _EtcdMember[],
+    client: Deno.HttpClient | undefined,
+  ) {
     this.version = version;
     this.gateway = etcdGateway(version);
     this.#root = root;
     this.#members = members;
+    this.tls = client !== undefined;
+    this.client = client;
   }
 
-  /** Starts a 3-member cluster on free loopback ports and waits for a leader. */
-  static async start(version: string): Promise<_Etcd> {
+  /**
+   * Starts a 3-member cluster on free loopback ports and waits for a leader. With `certs`
+   * (holding `etcd-1` to `etcd-3`), client and peer URLs are https and peers present
+   * certificates.
+   */
+  static async start(version: string, certs?: Certificates): Promise<_Etcd> {
     const root = await Deno.makeTempDir({ prefix: "raftkv-bench-etcd-" });
     const ports = freePorts(6);
     const ids = ["etcd-1", "etcd-2", "etcd-3"];
-    const peer = (i: number) => `http://127.0.0.1:${ports[3 + i]}`;
-    const client = (i: number) => `http://127.0.0.1:${ports[i]}`;
+    const scheme = certs === undefined ? "http" : "https";
+    const peer = (i: number) => `${scheme}://127.0.0.1:${ports[3 + i]}`;
+    const client = (i: number) => `${scheme}://127.0.0.1:${ports[i]}`;
     const initial = ids.map((id, i) => `${id}=${peer(i)}`).join(",");
     const token = `raftkv-bench-${Date.now()}`;
     const members: _EtcdMember[] = ids.map((id, i) => {
@@ -409,6 +462,19 @@ class _Etcd implements _System {
         "zap",
         "--log-level",
         "warn",
+        ...(certs === undefined ? [] : [
+          "--cert-file",
+          certs.node(id).cert,
+          "--key-file",
+          certs.node(id).key,
+          "--peer-cert-file",
+          certs.node(id).cert,
+          "--peer-key-file",
+          certs.node(id).key,
+          "--peer-trusted-ca-file",
+          certs.ca,
+          "--peer-client-cert-auth",
+        ]),
       ];
       const child = new Deno.Command("etcd", {
         args,
@@ -422,7 +488,14 @@ class _Etcd implements _System {
       _pumpLines(child.stderr, member.lines);
       return member;
     });
-    const etcd = new _Etcd(version, root, members);
+    const etcd = new _Etcd(
+      version,
+      root,
+      members,
+      certs === undefined
+        ? undefined
+        : Deno.createHttpClient({ caCerts: [await Deno.readTextFile(certs.ca)] }),
+    );
     try {
       await etcd.roles(30_000);
     } catch (error) {
@@ -437,7 +510,12 @@ class _Etcd implements _System {
     const found: { roles: _Roles | null } = { roles: null };
     await waitFor(async () => {
       const statuses = await Promise.all(this.#members.map(async (m) => {
-        const res = await _post(`${m.clientUrl}${this.gateway}/maintenance/status`, "{}", 2000);
+        const res = await _post(
+          `${m.clientUrl}${this.gateway}/maintenance/status`,
+          "{}",
+          2000,
+          this,
+        );
         if (res.status !== 200) return null;
         const json = JSON.parse(res.text) as { header?: { member_id?: string }; leader?: string };
         return { id: m.id, self: json.header?.member_id, leader: json.leader };
@@ -466,7 +544,7 @@ class _Etcd implements _System {
 
   deaths(): string[] {
     return this.#members.filter((m) => m.exit !== null).map((m) =>
-      `etcd ${m.id} exited (code ${m.exit?.code}, signal ${m.exit?.signal})\n${
+      `${_label(this)} ${m.id} exited (code ${m.exit?.code}, signal ${m.exit?.signal})\n${
         m.lines.slice(-40).join("\n")
       }`
     );
@@ -475,6 +553,7 @@ class _Etcd implements _System {
   async close(): Promise<void> {
     await Promise.all(this.#members.map((m) => _stopChild(m.child, 10_000)));
     await Deno.remove(this.#root, { recursive: true }).catch(() => {});
+    this.client?.close();
   }
 
   #member(id: string): _EtcdMember {
@@ -529,19 +608,29 @@ interface _Response {
   text: string;
 }
 
-async function _send(base: string, req: BenchRequest, timeoutMs: number): Promise<_Response> {
-  const init: RequestInit = { method: req.method, signal: AbortSignal.timeout(timeoutMs) };
+async function _send(
+  base: string,
+  req: BenchRequest,
+  timeoutMs: number,
+  access: _Access,
+): Promise<_Response> {
+  const init: RequestInit & { client?: Deno.HttpClient } = {
+    method: req.method,
+    signal: AbortSignal.timeout(timeoutMs),
+    headers: access.headers,
+  };
+  if (access.client !== undefined) init.client = access.client;
   if (req.body !== undefined) {
     init.body = req.body;
-    init.headers = { "content-type": "application/json" };
+    init.headers = { ...access.headers, "content-type": "application/json" };
   }
   const res = await fetch(`${base}${req.path}`, init);
   return { status: res.status, text: await res.text() };
 }
 
-function _post(url: string, body: string, timeoutMs: number): Promise<_Response> {
+function _post(url: string, body: string, timeoutMs: number, access: _Access): Promise<_Response> {
   const parsed = new URL(url);
-  return _send(parsed.origin, { method: "POST", path: parsed.pathname, body }, timeoutMs);
+  return _send(parsed.origin, { method: "POST", path: parsed.pathname, body }, timeoutMs, access);
 }
 
 function _request(sys: _System, op: Op, key: string): BenchRequest {
@@ -566,7 +655,7 @@ async function _preload(sys: _System, url: string): Promise<void> {
       const key = preloadKey(next++);
       for (let attempt = 1;; attempt++) {
         try {
-          const res = await _send(url, writeRequest(sys.name, key, sys.gateway), 10_000);
+          const res = await _send(url, writeRequest(sys.name, key, sys.gateway), 10_000, sys);
           if (res.status === 200) break;
           if (attempt >= 5) failures.push(`${key}: ${res.status} ${res.text.slice(0, 200)}`);
         } catch (error) {
@@ -579,16 +668,16 @@ async function _preload(sys: _System, url: string): Promise<void> {
   };
   await Promise.all(Array.from({ length: 32 }, worker));
   for (let i = 0; i < RANGE_KEYS && failures.length === 0; i++) {
-    const res = await _send(url, writeRequest(sys.name, rangeKey(i), sys.gateway), 10_000);
+    const res = await _send(url, writeRequest(sys.name, rangeKey(i), sys.gateway), 10_000, sys);
     if (res.status !== 200) {
       failures.push(`${rangeKey(i)}: ${res.status} ${res.text.slice(0, 200)}`);
     }
   }
   if (failures.length > 0) {
-    throw new Error(`preloading ${sys.name} failed:\n${failures.join("\n")}`);
+    throw new Error(`preloading ${_label(sys)} failed:\n${failures.join("\n")}`);
   }
   // A compare-and-set of a new key succeeds, so the cas cells measure conditions that hold.
-  const cas = await _send(url, casRequest(sys.name, "cas-probe", sys.gateway), 10_000);
+  const cas = await _send(url, casRequest(sys.name, "cas-probe", sys.gateway), 10_000, sys);
   const held = sys.name === "raftkv"
     ? cas.status === 200
     : cas.status === 200 && (JSON.parse(cas.text) as { succeeded?: boolean }).succeeded === true;
@@ -596,7 +685,7 @@ async function _preload(sys: _System, url: string): Promise<void> {
     throw new Error(`${sys.name}: the probe compare-and-set gave ${cas.status} ${cas.text}`);
   }
   // A range read finds every range key, so the range cells read 100 keys each.
-  const listed = await _send(url, rangeRequest(sys.name, sys.gateway), 10_000);
+  const listed = await _send(url, rangeRequest(sys.name, sys.gateway), 10_000, sys);
   const count = listed.status !== 200
     ? -1
     : sys.name === "raftkv"
@@ -611,14 +700,14 @@ async function _preload(sys: _System, url: string): Promise<void> {
   }
   // Check that a linearizable read finds a preloaded key, so the read cells measure real hits.
   const probe = preloadKey(PRELOAD_KEYS - 1);
-  const res = await _send(url, readRequest(sys.name, probe, sys.gateway), 10_000);
+  const res = await _send(url, readRequest(sys.name, probe, sys.gateway), 10_000, sys);
   const found = sys.name === "raftkv"
     ? res.status === 200 && (JSON.parse(res.text) as { v?: string }).v === VALUE
     : res.status === 200 &&
       (JSON.parse(res.text) as { kvs?: { value?: string }[] }).kvs?.[0]?.value === btoa(VALUE);
   if (!found) {
     throw new Error(
-      `${sys.name}: reading ${probe} after the preload gave ${res.status} ${res.text}`,
+      `${_label(sys)}: reading ${probe} after the preload gave ${res.status} ${res.text}`,
     );
   }
 }
@@ -642,6 +731,8 @@ async function _runWrk(spec: _LoadSpec): Promise<LoadResult> {
   }`;
   const args = [
     "-t1",
+    // The token (wrk sends -H headers only through the script, which copies Authorization).
+    ...Object.entries(spec.sys.headers).flatMap(([name, value]) => ["-H", `${name}: ${value}`]),
     `-c${spec.connections}`,
     `-d${spec.durationSec}s`,
     "--latency",
@@ -706,7 +797,7 @@ async function _runBuiltin(spec: _LoadSpec): Promise<LoadResult> {
       const req = _request(spec.sys, spec.op, key);
       const t0 = performance.now();
       try {
-        const res = await _send(spec.url, req, _REQUEST_TIMEOUT_MS);
+        const res = await _send(spec.url, req, _REQUEST_TIMEOUT_MS, spec.sys);
         latencies.push(performance.now() - t0);
         if (res.status < 200 || res.status > 299) non2xx++;
       } catch {
@@ -739,7 +830,7 @@ async function _measureCell(
   _checkAlive(sys);
   const roles = await sys.roles();
   const targetId = target === "leader" ? roles.leader : roles.followers[0];
-  if (targetId === undefined) throw new Error(`${sys.name} has no follower`);
+  if (targetId === undefined) throw new Error(`${_label(sys)} has no follower`);
   const order = [roles.leader, ...roles.followers];
   const members: _Member[] = order.map((id) => ({
     id,
@@ -769,7 +860,7 @@ async function _measureCell(
   else if (after.leader !== roles.leader) {
     notes.push(`leader changed from ${roles.leader} to ${after.leader}`);
   }
-  return { system: sys.name, op, target, connections, run, load, nodes, notes };
+  return { system: sys.name, tls: sys.tls, op, target, connections, run, load, nodes, notes };
 }
 
 /** Stops the benchmark when a member died: later cells would measure a different cluster. */
@@ -777,7 +868,9 @@ function _checkAlive(sys: _System): void {
   const deaths = sys.deaths();
   if (deaths.length > 0) {
     throw new Error(
-      `a ${sys.name} member is gone; stopping, as the remaining cells would not be comparable:\n${
+      `a ${
+        _label(sys)
+      } member is gone; stopping, as the remaining cells would not be comparable:\n${
         deaths.join("\n")
       }`,
     );
@@ -788,7 +881,7 @@ function _cellLine(cell: CellResult, runs: number): string {
   const l = cell.load;
   const cpu = cell.nodes.map((n) => `${Number.isFinite(n.cpuPct) ? n.cpuPct.toFixed(0) : "-"}%`);
   const rss = cell.nodes.map((n) => n.peakRssKb === null ? "-" : (n.peakRssKb / 1024).toFixed(0));
-  return `run ${cell.run}/${runs} ${cell.system.padEnd(6)} ${cell.op.padEnd(6)} ${
+  return `run ${cell.run}/${runs} ${systemLabel(cell).padEnd(10)} ${cell.op.padEnd(6)} ${
     cell.target.padEnd(8)
   } c=${String(cell.connections).padEnd(3)} ${formatRate(l.rps).padStart(7)} req/s  p50 ${
     formatMs(l.p50Ms)
@@ -877,7 +970,9 @@ export async function main(args: string[]): Promise<number> {
   console.log(
     `cells: ${options.ops.join(", ")} x ${options.targets.join(", ")} x ${
       options.connections.join(", ")
-    } connections, ${options.durationSec} s each, ${options.runs} run(s)\n`,
+    } connections, ${options.durationSec} s each, ${options.runs} run(s)${
+      options.tls ? "; each system also with TLS (raftkv: peer mTLS, HTTPS API, tokens)" : ""
+    }\n`,
   );
 
   const onSignal = () => {
@@ -905,17 +1000,45 @@ export async function main(args: string[]): Promise<number> {
     const sysRaftkv = raftkv;
     _onCleanup(() => sysRaftkv.close());
     const systems: _System[] = [raftkv];
+    const secure = options.tls ? await _makeSecurity() : null;
+    if (secure !== null) {
+      const tlsCluster = await startCluster({
+        size: 3,
+        nodeFlags: [
+          "--election-timeout",
+          "1000",
+          "--heartbeat",
+          "100",
+          "--tokens-file",
+          secure.tokensFile,
+        ],
+        tls: secure.certs,
+        apiCerts: secure.certs,
+        token: secure.token,
+      });
+      const sys = new _Raftkv(tlsCluster, {
+        client: Deno.createHttpClient({ caCerts: [await Deno.readTextFile(secure.certs.ca)] }),
+        headers: { authorization: `Bearer ${secure.token}` },
+      });
+      _onCleanup(() => sys.close());
+      systems.push(sys);
+    }
     if (etcdVersion !== null) {
       const etcd = await _Etcd.start(etcdVersion);
       _onCleanup(() => etcd.close());
       systems.push(etcd);
+      if (secure !== null) {
+        const etcdTls = await _Etcd.start(etcdVersion, secure.certs);
+        _onCleanup(() => etcdTls.close());
+        systems.push(etcdTls);
+      }
     }
     for (const sys of systems) {
       const roles = await sys.roles();
       const t0 = performance.now();
       await _preload(sys, sys.url(roles.leader));
       console.log(
-        `${sys.name}: leader ${roles.leader}; preloaded ${PRELOAD_KEYS} keys in ${
+        `${_label(sys)}: leader ${roles.leader}; preloaded ${PRELOAD_KEYS} keys in ${
           ((performance.now() - t0) / 1000).toFixed(1)
         } s`,
       );
@@ -963,6 +1086,28 @@ export async function main(args: string[]): Promise<number> {
     console.log(`\nwrote ${options.json}`);
   }
   return 0;
+}
+
+/**
+ * Certificates for the TLS clusters (`node-1`..`node-3` and `etcd-1`..`etcd-3`, valid for
+ * 127.0.0.1) and a tokens file with one write token, in a temporary directory removed at the end.
+ */
+async function _makeSecurity(): Promise<
+  { certs: Certificates; tokensFile: string; token: string }
+> {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-bench-tls-" });
+  _onCleanup(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
+  const certs = await makeCertificates(dir, {
+    nodes: ["node-1", "node-2", "node-3", "etcd-1", "etcd-2", "etcd-3"],
+  });
+  const token = Array.from(crypto.getRandomValues(new Uint8Array(32)))
+    .map((b) => b.toString(16).padStart(2, "0"))
+    .join("");
+  const tokensFile = join(dir, "tokens.json");
+  await Deno.writeTextFile(tokensFile, JSON.stringify([{ token, role: "write", name: "bench" }]), {
+    mode: 0o600,
+  });
+  return { certs, tokensFile, token };
 }
 
 async function _reportProfile(
@@ -1024,10 +1169,17 @@ function _report(
       `\nratios are raftkv / etcd: req/s above 1 means raftkv is faster, p99 above 1 means raftkv's p99 is higher (worse).`,
     );
   }
+  const tls = tlsTable(summaries);
+  if (tls !== null) {
+    console.log(
+      `\nWhat TLS costs (raftkv+TLS: peer mutual TLS, HTTPS API, a bearer token on every request; etcd+TLS: client and peer TLS; wrk does not verify certificates). Ratios are TLS / plaintext: req/s below 1 and p99 above 1 are the cost:\n`,
+    );
+    console.log(tls);
+  }
   console.log(`\nCPU in % of one core and peak RSS per member, the leader (L) first:\n`);
   console.log(resourceTable(summaries));
   const notes = summaries.flatMap((s) =>
-    s.notes.map((note) => `${s.system} ${s.op}/${s.target}/${s.connections}: ${note}`)
+    s.notes.map((note) => `${systemLabel(s)} ${s.op}/${s.target}/${s.connections}: ${note}`)
   );
   if (notes.length > 0) console.log(`\nnotes:\n${notes.map((n) => `- ${n}`).join("\n")}`);
   return {

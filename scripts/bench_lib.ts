@@ -244,6 +244,11 @@ export interface BenchOptions {
   cpuProf: string | undefined;
   /** `--top`: how many functions of the leader's CPU profile to print. */
   top: number;
+  /**
+   * `--tls`: also measure each system with TLS: raftkv with peer mutual TLS, an HTTPS API and
+   * bearer tokens; etcd with TLS on its client and peer URLs (peer client certificates).
+   */
+  tls: boolean;
 }
 
 /** The usage text of `scripts/bench.ts`. */
@@ -260,6 +265,9 @@ export const BENCH_USAGE = `usage: deno task bench [options]
   --loadgen auto|wrk|deno  load generator (default auto: wrk when installed)
   --cpu-prof DIR         run the raftkv nodes with --cpu-prof into DIR, summarize the leader's
   --top N                functions shown from the CPU profile (default 15)
+  --tls                  also run every cell against a second cluster of each system with TLS
+                         (raftkv: peer mTLS, HTTPS API and tokens; etcd: client and peer TLS)
+                         and report the TLS/plaintext ratios
   -h, --help             this text`;
 
 function _positiveInt(name: string, text: string, max = 1_000_000): number {
@@ -298,6 +306,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
         loadgen: { type: "string" },
         "cpu-prof": { type: "string" },
         top: { type: "string" },
+        tls: { type: "boolean" },
       },
     }));
   } catch (error) {
@@ -337,6 +346,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     loadgen,
     cpuProf: values["cpu-prof"],
     top: values.top === undefined ? 15 : _positiveInt("top", values.top, 1000),
+    tls: values.tls ?? false,
   };
 }
 
@@ -573,6 +583,8 @@ export interface NodeUsage {
 export interface CellResult {
   /** The system. */
   system: SystemName;
+  /** Whether the system ran with TLS (see `BenchOptions.tls`). Default `false`. */
+  tls?: boolean;
   /** The workload. */
   op: Op;
   /** Where the load went. */
@@ -593,6 +605,8 @@ export interface CellResult {
 export interface CellSummary {
   /** The system. */
   system: SystemName;
+  /** Whether the system ran with TLS. */
+  tls: boolean;
   /** The workload. */
   op: Op;
   /** Where the load went. */
@@ -640,7 +654,7 @@ export function cellKey(cell: { op: Op; target: Target; connections: number }): 
 export function summarizeCells(cells: readonly CellResult[]): CellSummary[] {
   const groups = new Map<string, CellResult[]>();
   for (const cell of cells) {
-    const key = `${cell.system}:${cellKey(cell)}`;
+    const key = `${systemLabel(cell)}:${cellKey(cell)}`;
     const group = groups.get(key);
     if (group === undefined) groups.set(key, [cell]);
     else group.push(cell);
@@ -651,6 +665,7 @@ export function summarizeCells(cells: readonly CellResult[]): CellSummary[] {
     const at = (i: number) => group.map((cell) => cell.nodes[i]).filter((n) => n !== undefined);
     return {
       system: first.system,
+      tls: first.tls ?? false,
       op: first.op,
       target: first.target,
       connections: first.connections,
@@ -669,6 +684,16 @@ export function summarizeCells(cells: readonly CellResult[]): CellSummary[] {
       notes: group.flatMap((cell) => cell.notes.map((note) => `run ${cell.run}: ${note}`)),
     };
   });
+}
+
+/**
+ * Names a system as the tables print it: `raftkv`, `etcd`, or with `+TLS`.
+ *
+ * @param cell A cell or summary.
+ * @returns Such as `"raftkv+TLS"`.
+ */
+export function systemLabel(cell: { system: SystemName; tls?: boolean }): string {
+  return cell.tls ? `${cell.system}+TLS` : cell.system;
 }
 
 /**
@@ -754,8 +779,10 @@ export function markdownTable(
  * @returns The markdown table.
  */
 export function resultsTable(summaries: readonly CellSummary[]): string {
-  const raftkv = summaries.filter((s) => s.system === "raftkv");
-  const etcd = new Map(summaries.filter((s) => s.system === "etcd").map((s) => [cellKey(s), s]));
+  const raftkv = summaries.filter((s) => s.system === "raftkv" && !s.tls);
+  const etcd = new Map(
+    summaries.filter((s) => s.system === "etcd" && !s.tls).map((s) => [cellKey(s), s]),
+  );
   const withEtcd = etcd.size > 0;
   const headers = ["workload", "target", "conns", "raftkv req/s", "p50 ms", "p99 ms", "p99.9 ms"];
   headers.push("errors");
@@ -799,6 +826,55 @@ export function resultsTable(summaries: readonly CellSummary[]): string {
 }
 
 /**
+ * What TLS costs: for each system and cell measured both ways, plaintext and TLS side by side
+ * with the TLS/plaintext ratios of throughput and p99.
+ *
+ * @param summaries The medians from {@linkcode summarizeCells}.
+ * @returns The markdown table, or `null` when no cell was measured with TLS.
+ */
+export function tlsTable(summaries: readonly CellSummary[]): string | null {
+  const secured = new Map(
+    summaries.filter((s) => s.tls).map((s) => [`${s.system}:${cellKey(s)}`, s]),
+  );
+  if (secured.size === 0) return null;
+  const headers = [
+    "system",
+    "workload",
+    "target",
+    "conns",
+    "plain req/s",
+    "p50 ms",
+    "p99 ms",
+    "TLS req/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "req/s TLS/plain",
+    "p99 TLS/plain",
+  ];
+  const rows = summaries.filter((s) => !s.tls).flatMap((plain) => {
+    const t = secured.get(`${plain.system}:${cellKey(plain)}`);
+    if (t === undefined) return [];
+    return [[
+      plain.system,
+      plain.op,
+      plain.target,
+      String(plain.connections),
+      formatRate(plain.rps),
+      formatMs(plain.p50Ms),
+      formatMs(plain.p99Ms),
+      formatRate(t.rps),
+      formatMs(t.p50Ms),
+      formatMs(t.p99Ms),
+      `${plain.errors} / ${t.errors}`,
+      formatRatio(t.rps, plain.rps),
+      formatRatio(t.p99Ms, plain.p99Ms),
+    ]];
+  });
+  return markdownTable(headers, rows, headers.map((_, i) => i >= 3));
+}
+
+/**
  * The resource table: CPU (percent of one core) and peak RSS of each member per cell, the leader
  * first.
  *
@@ -818,7 +894,7 @@ export function resourceTable(summaries: readonly CellSummary[]): string {
     s.op,
     s.target,
     String(s.connections),
-    s.system,
+    systemLabel(s),
     s.cpuPct.map((pct) => Number.isFinite(pct) ? pct.toFixed(0) : "-").join(" / "),
     s.peakRssKb.map(formatMiB).join(" / "),
   ]);

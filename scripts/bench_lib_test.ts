@@ -39,6 +39,8 @@ import {
   resultsTable,
   summarizeCells,
   summarizeCpuProfile,
+  systemLabel,
+  tlsTable,
   UsageError,
   VALUE,
   writeRequest,
@@ -130,6 +132,7 @@ Deno.test("parseBenchArgs() fills in the defaults", () => {
     loadgen: "auto",
     cpuProf: undefined,
     top: 15,
+    tls: false,
   });
 });
 
@@ -154,6 +157,7 @@ Deno.test("parseBenchArgs() reads every option", () => {
       "prof",
       "--top",
       "20",
+      "--tls",
     ]),
     {
       help: false,
@@ -167,6 +171,7 @@ Deno.test("parseBenchArgs() reads every option", () => {
       loadgen: "deno",
       cpuProf: "prof",
       top: 20,
+      tls: true,
     },
   );
   assert.equal(parseBenchArgs(["-h"]).help, true);
@@ -376,6 +381,32 @@ Deno.test("resultsTable() adds etcd's columns and the ratios when etcd was measu
   const resources = resourceTable(summarizeCells([_cell("raftkv", 1, 100, 10)]));
   assert.ok(resources.includes("10 / 10"), resources);
   assert.ok(resources.includes("0 / -"), resources);
+});
+
+Deno.test("tlsTable() sets each system's TLS cells beside its plaintext ones, which resultsTable() keeps to itself", () => {
+  const tls = (cell: CellResult): CellResult => ({ ...cell, tls: true });
+  const cells = [
+    _cell("raftkv", 1, 400, 10),
+    tls(_cell("raftkv", 1, 300, 15, 2)),
+    _cell("etcd", 1, 500, 4),
+    tls(_cell("etcd", 1, 250, 8)),
+  ];
+  const summaries = summarizeCells(cells);
+  assert.deepEqual(summaries.map(systemLabel), ["raftkv", "raftkv+TLS", "etcd", "etcd+TLS"]);
+  assert.equal(tlsTable(summarizeCells([_cell("raftkv", 1, 400, 10)])), null);
+  const lines = tlsTable(summaries)!.split("\n");
+  assert.equal(lines.length, 4);
+  assert.match(lines[0]!, /plain req\/s .* TLS req\/s .* req\/s TLS\/plain \| p99 TLS\/plain/);
+  assert.match(
+    lines[2]!,
+    /^\| raftkv +\| writes +\| leader +\| +16 \| +400 \|.*\| +300 \|.*\| +0 \/ 2 \| +0\.75x \| +1\.50x \|$/,
+  );
+  assert.match(lines[3]!, /^\| etcd .*\| +0\.50x \| +2\.00x \|$/);
+  // The raftkv/etcd table compares plaintext with plaintext only.
+  const results = resultsTable(summaries).split("\n");
+  assert.equal(results.length, 3);
+  assert.ok(results[2]!.includes("0.80x"), results[2]);
+  assert.ok(resourceTable(summaries).includes("raftkv+TLS"));
 });
 
 Deno.test("summarizeCpuProfile() sums self time per function and per file", () => {

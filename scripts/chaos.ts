@@ -8,9 +8,13 @@
  * ```sh
  * deno task chaos --duration 300 --nodes 3 [--seed N] [--clients 5] [--keys 8]
  *   [--snapshot-threshold 500] [--lease-reads 0.3]
- *   [--faults kill,stop,pause,isolate,oneway,split,links] [--echo]
+ *   [--faults kill,stop,pause,isolate,oneway,split,links] [--tls] [--echo]
  *   [--keep] [-- node flags...]
  * ```
+ *
+ * `--tls` runs the cluster with every security setting on: mutual TLS between peers (through the
+ * proxies, which pass TLS through), HTTPS on the API and bearer tokens; the clients trust the CA
+ * and send a write token.
  *
  * Prints progress and a summary (lines starting with `chaos:`); on a violation also the failing
  * key's timeline, the anomalies and the node logs, and exits with status 1.
@@ -24,7 +28,7 @@ import { FAULT_KINDS, type FaultKind, randomSeed, runChaos } from "../testing/ch
 const _USAGE = `usage: deno task chaos [--duration SECONDS] [--nodes N] [--seed N] [--clients N]
   [--keys N] [--snapshot-threshold N] [--lease-reads 0.3] [--faults ${
   FAULT_KINDS.join(",")
-}] [--echo] [--keep]
+}] [--tls] [--echo] [--keep]
   [-- node flags...]
 
   --duration  seconds of faults (default 60)
@@ -35,6 +39,7 @@ const _USAGE = `usage: deno task chaos [--duration SECONDS] [--nodes N] [--seed 
   --snapshot-threshold  the nodes' --snapshot-threshold (default 500, so snapshots happen)
   --lease-reads  the share of reads sent with consistency=lease (default 0.3)
   --faults    fault kinds to inject (default: all)
+  --tls       peer mutual TLS, HTTPS API and tokens (clients send a write token)
   --echo      copy the nodes' output to stderr
   --keep      keep the data directory`;
 
@@ -60,6 +65,7 @@ async function _main(args: string[]): Promise<number> {
       "snapshot-threshold": { type: "string" },
       "lease-reads": { type: "string" },
       faults: { type: "string" },
+      tls: { type: "boolean", default: false },
       echo: { type: "boolean", default: false },
       keep: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
@@ -90,7 +96,9 @@ async function _main(args: string[]): Promise<number> {
     );
   }
   console.log(
-    `chaos: starting seed ${seed}, ${nodes} nodes, ${clients} clients, ${keys} keys, ${durationS} s`,
+    `chaos: starting seed ${seed}, ${nodes} nodes, ${clients} clients, ${keys} keys, ${durationS} s${
+      values.tls ? ", TLS and tokens" : ""
+    }`,
   );
   const started = performance.now();
   const report = await runChaos({
@@ -106,6 +114,7 @@ async function _main(args: string[]): Promise<number> {
     checkTimeoutMs: 120_000,
     echo: values.echo,
     keepData: values.keep,
+    tls: values.tls,
     log: (line) => {
       const at = ((performance.now() - started) / 1000).toFixed(1).padStart(6);
       console.log(`[${at} s] ${line}`);

@@ -12,7 +12,14 @@
  * deno task cluster                          # the nodes of cluster.config.json
  * deno task cluster --size 5 --fresh         # five new nodes on ports 7777+ / 6666+
  * deno task cluster -- --election-timeout 500  # flags after `--` go to every node
+ * deno task cluster --tls                    # mutual TLS between peers, HTTPS API, tokens
  * ```
+ *
+ * With `--tls` the launcher makes (once, into `<dir>/tls/`) a local CA, a certificate per node
+ * (CN = node id, valid for `localhost`, `127.0.0.1`, `::1` and `--host`) with `openssl`, and a
+ * tokens file with one random token per role (read, write, admin; mode 0600); it generates a
+ * cluster file with `https://` URLs, starts every node with the certificate and token flags, and
+ * prints the curl calls with `--cacert` and the tokens.
  *
  * @module
  */
@@ -21,6 +28,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { join, resolve } from "node:path";
 import { readLines } from "../testing/read_lines.ts";
+import { makeCertificates } from "../testing/certs.ts";
 
 /** One member of a cluster file, spelled as in the file. */
 export interface ClusterEntry {
@@ -56,6 +64,8 @@ export interface ClusterOptions {
   main: string | undefined;
   /** `--grace`: milliseconds a node gets to stop after SIGTERM before it is killed. */
   graceMs: number;
+  /** `--tls`: mutual TLS between peers, HTTPS API and bearer tokens (certificates made once). */
+  tls: boolean;
   /** Everything after `--`: flags passed on to every node. */
   nodeArgs: string[];
 }
@@ -70,6 +80,8 @@ export interface GenerateOptions {
   apiBasePort: number;
   /** RPC port of `node-1`; node `i` gets `rpcBasePort + i - 1`. */
   rpcBasePort: number;
+  /** `https://` URLs instead of `http://`. Default `false`. */
+  tls?: boolean;
 }
 
 /** A mistake on the launcher's command line; the message says what is wrong. */
@@ -108,6 +120,8 @@ export const STARTUP_DEADLINE_MS = 30_000;
 export const GENERATED_CONFIG_NAME = "cluster.config.json";
 /** Label of the launcher's own output lines. */
 export const LAUNCHER_LABEL = "cluster";
+/** Directory inside `--dir` holding the certificates and tokens of a `--tls` cluster. */
+export const TLS_DIR_NAME = "tls";
 
 const _ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -123,6 +137,7 @@ const _PARSE_OPTIONS = {
   "exit-on-failure": { type: "boolean" },
   main: { type: "string" },
   grace: { type: "string" },
+  tls: { type: "boolean" },
 } as const;
 
 /**
@@ -151,15 +166,19 @@ Options:
   --grace <ms>           Time a node gets to stop after SIGTERM before SIGKILL
                          (default: ${DEFAULT_GRACE_MS})
   --main <file>          Node program to run (default: main.ts of this repository)
+  --tls                  Mutual TLS between peers, HTTPS API and bearer tokens: makes a local
+                         CA, node certificates and a tokens file (read, write, admin) once, in
+                         <dir>/${TLS_DIR_NAME}/, and generates a cluster file with https URLs
   -h, --help             Print this help
 
-Giving --size, --host or a base port generates the cluster file; otherwise --config is used.
+Giving --size, --host, a base port or --tls generates the cluster file; otherwise --config is used.
 Flags after "--" are passed to every node, e.g. "-- --election-timeout 500 --log-level debug".
 Ctrl-C or SIGTERM stops all nodes; press Ctrl-C again to kill them at once.
 
 Examples:
   deno task cluster
   deno task cluster --size 5 --fresh
+  deno task cluster --tls
   deno task cluster --api-base-port 8000 --rpc-base-port 9000 -- --heartbeat 50
 `;
 }
@@ -233,20 +252,21 @@ export function parseClusterArgs(args: readonly string[]): ClusterOptions {
     exitOnFailure: values["exit-on-failure"] ?? false,
     main: values.main,
     graceMs,
+    tls: values.tls ?? false,
     nodeArgs,
   };
 }
 
 /**
- * Tells whether the options ask for a generated cluster file: `--size`, `--host` or a base
- * port was given.
+ * Tells whether the options ask for a generated cluster file: `--size`, `--host`, a base port
+ * or `--tls` was given.
  *
  * @param options The launcher's settings.
  * @returns `true` to generate `<dir>/cluster.config.json`, `false` to use `--config`.
  */
 export function shouldGenerate(options: ClusterOptions): boolean {
   return options.size !== undefined || options.host !== undefined ||
-    options.apiBasePort !== undefined || options.rpcBasePort !== undefined;
+    options.apiBasePort !== undefined || options.rpcBasePort !== undefined || options.tls;
 }
 
 /**
@@ -292,10 +312,11 @@ export function generateClusterConfig(options: GenerateOptions): ClusterEntry[] 
   const host = options.host.includes(":") && !options.host.startsWith("[")
     ? `[${options.host}]`
     : options.host;
+  const scheme = options.tls ? "https" : "http";
   return Array.from({ length: size }, (_, i) => ({
     node_id: `node-${i + 1}`,
-    rpc_url: `http://${host}:${rpcBasePort + i}`,
-    api_url: `http://${host}:${apiBasePort + i}`,
+    rpc_url: `${scheme}://${host}:${rpcBasePort + i}`,
+    api_url: `${scheme}://${host}:${apiBasePort + i}`,
   }));
 }
 
@@ -490,34 +511,245 @@ export function describeExit(status: Deno.CommandStatus): string {
     : `exited with code ${status.code}`;
 }
 
+/** The tokens of a `--tls` cluster, one per role. */
+export interface LocalTokens {
+  /** May read (`GET /v1/data/:k`, `/v1/status`, ...). */
+  read: string;
+  /** May read and write. */
+  write: string;
+  /** May do anything, `GET /v1/snapshot` included. */
+  admin: string;
+}
+
+/** The certificates and tokens of a `--tls` cluster; see {@linkcode prepareLocalTls}. */
+export interface LocalTls {
+  /** The directory holding them (`<dir>/tls`). */
+  dir: string;
+  /** The CA certificate every node and client trusts (curl's `--cacert`). */
+  ca: string;
+  /** The tokens file every node gets (`--tokens-file`). */
+  tokensFile: string;
+  /** The tokens, one per role. */
+  tokens: LocalTokens;
+  /** Whether the CA and certificates were made now (else kept from an earlier start). */
+  madeCertificates: boolean;
+  /** Whether the tokens file was made now (else kept from an earlier start). */
+  madeTokens: boolean;
+  /** A node's certificate (CN = its id) and private key, for both its peer and API ports. */
+  node(id: string): { cert: string; key: string };
+}
+
+/**
+ * Makes, or finds from an earlier start, what a local TLS cluster needs in `dir`: a CA
+ * (`ca.crt`), a certificate and key per node (`<id>.crt`, `<id>.key`; CN = the id, valid for
+ * `localhost`, `127.0.0.1`, `::1` and `hosts`), made with `openssl` through `testing/certs.ts`,
+ * and `tokens.json` with one random token (32 bytes from `crypto.getRandomValues`, hex) per role,
+ * written with mode 0600. The certificates are made again, CA included, when one is missing,
+ * does not chain to the CA, does not cover a host or expires within a day; the tokens file is
+ * kept as long as it exists, so tokens stay valid across restarts and `--fresh`.
+ *
+ * @param dir The directory (created with mode 0700 if missing).
+ * @param ids The node ids.
+ * @param hosts The host names or addresses clients and peers use (brackets around IPv6 allowed).
+ * @returns Where everything is, and the tokens.
+ * @throws {ClusterError} If `openssl` is missing or fails, or the tokens file is unusable.
+ */
+export async function prepareLocalTls(
+  dir: string,
+  ids: readonly string[],
+  hosts: readonly string[],
+): Promise<LocalTls> {
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const wanted = [...new Set(hosts.map((h) => h.replace(/^\[(.*)\]$/, "$1")))];
+  const extra = wanted.filter((h) => !["localhost", "127.0.0.1", "::1"].includes(h));
+  const madeCertificates = !(await _certificatesFit(dir, ids, wanted));
+  if (madeCertificates) {
+    try {
+      await makeCertificates(dir, { nodes: ids, hosts: extra });
+    } catch (error) {
+      throw new ClusterError(
+        `Cannot make the certificates in ${dir}: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+  }
+  const tokensFile = join(dir, "tokens.json");
+  const { tokens, made: madeTokens } = await _tokens(tokensFile);
+  return {
+    dir,
+    ca: join(dir, "ca.crt"),
+    tokensFile,
+    tokens,
+    madeCertificates,
+    madeTokens,
+    node: (id: string) => ({ cert: join(dir, `${id}.crt`), key: join(dir, `${id}.key`) }),
+  };
+}
+
+/** Whether the CA and every node's certificate exist, chain to it, cover `hosts` and last a day. */
+async function _certificatesFit(
+  dir: string,
+  ids: readonly string[],
+  hosts: readonly string[],
+): Promise<boolean> {
+  const certs = ids.map((id) => join(dir, `${id}.crt`));
+  const files = [join(dir, "ca.crt"), ...certs, ...ids.map((id) => join(dir, `${id}.key`))];
+  for (const file of files) if (!(await _isFile(file))) return false;
+  const verify = await _opensslOk(["verify", "-CAfile", join(dir, "ca.crt"), ...certs]);
+  if (!verify.ok) return false;
+  for (const cert of certs) {
+    if (!(await _opensslOk(["x509", "-noout", "-in", cert, "-checkend", "86400"])).ok) return false;
+    // `openssl x509` checks only the last -checkhost (or -checkip) it is given: one call each.
+    for (const host of hosts) {
+      const check = _isIpAddress(host) ? "-checkip" : "-checkhost";
+      const x509 = await _opensslOk(["x509", "-noout", "-in", cert, check, host]);
+      if (!x509.ok || !x509.out.includes(" does match")) return false;
+    }
+  }
+  return true;
+}
+
+async function _opensslOk(args: string[]): Promise<{ ok: boolean; out: string }> {
+  try {
+    const out = await new Deno.Command("openssl", { args, stdout: "piped", stderr: "piped" })
+      .output();
+    return { ok: out.success, out: new TextDecoder().decode(out.stdout) };
+  } catch {
+    return { ok: false, out: "" };
+  }
+}
+
+function _isIpAddress(host: string): boolean {
+  return /^\d+\.\d+\.\d+\.\d+$/.test(host) || host.includes(":");
+}
+
+const _ROLES = ["read", "write", "admin"] as const;
+
+/** Reads the tokens file, or writes a new one (mode 0600) when there is none. */
+async function _tokens(file: string): Promise<{ tokens: LocalTokens; made: boolean }> {
+  let text: string | null = null;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw new ClusterError(`Cannot read ${file}: ${(error as Error).message}`);
+    }
+  }
+  if (text === null) {
+    const tokens: LocalTokens = { read: _newToken(), write: _newToken(), admin: _newToken() };
+    const entries = _ROLES.map((role) => ({ token: tokens[role], role, name: `local-${role}` }));
+    await Deno.writeTextFile(file, `${JSON.stringify(entries, null, 2)}\n`, {
+      mode: 0o600,
+      createNew: true,
+    });
+    await Deno.chmod(file, 0o600);
+    return { tokens, made: true };
+  }
+  const found: Partial<LocalTokens> = {};
+  try {
+    for (const entry of JSON.parse(text) as { token?: unknown; role?: unknown }[]) {
+      const role = _ROLES.find((r) => r === entry.role);
+      if (role !== undefined && typeof entry.token === "string") found[role] ??= entry.token;
+    }
+  } catch {
+    // Reported below.
+  }
+  const missing = _ROLES.filter((role) => found[role] === undefined);
+  if (missing.length > 0) {
+    throw new ClusterError(
+      `${file} has no token for the role(s) ${missing.join(", ")}; ` +
+        "delete it to have a new one made",
+    );
+  }
+  return { tokens: found as LocalTokens, made: false };
+}
+
+function _newToken(): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(32)))
+    .map((byte) => byte.toString(16).padStart(2, "0"))
+    .join("");
+}
+
+/**
+ * Quotes a word for a POSIX shell when it needs quoting.
+ *
+ * @param word The word.
+ * @returns The word as is when it holds only safe characters, else in single quotes.
+ */
+export function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_\/.:=@%+,-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
 /**
  * Builds the banner printed once the cluster is up: the API URLs, the leader and a curl quick
- * start that writes through one node and reads through another.
+ * start that writes through one node and reads through another. With `security` (a `--tls`
+ * cluster), every curl call trusts the CA and sends a token: write through the first node, read
+ * through a follower (forwarded to the leader), delete through a third, read the 404, back up.
  *
  * @param entries The cluster file's entries.
  * @param leaderId The id of the current leader, if known.
  * @param configPath The cluster file in use.
+ * @param security The CA and tokens of a `--tls` cluster.
  * @returns The banner's lines.
  */
 export function bannerLines(
   entries: readonly ClusterEntry[],
   leaderId: string | null,
   configPath: string,
+  security?: Pick<LocalTls, "ca" | "tokens" | "tokensFile" | "dir">,
 ): string[] {
   const width = Math.max(...entries.map((entry) => entry.node_id.length));
   const writeUrl = _origin(entries[0]?.api_url ?? "");
   const readUrl = _origin(entries[1]?.api_url ?? entries[0]?.api_url ?? "");
-  return [
+  const head = [
     `raftkv cluster of ${entries.length} node(s) is up (cluster file: ${configPath})`,
     ...entries.map((entry) =>
       `  ${entry.node_id.padEnd(width)}  API ${_origin(entry.api_url)}  RPC ${
         _origin(entry.rpc_url)
       }${entry.node_id === leaderId ? "  (leader)" : ""}`
     ),
+  ];
+  if (security !== undefined) return [...head, ..._tlsQuickStart(entries, leaderId, security)];
+  return [
+    ...head,
     "Quick start (any node accepts requests):",
     `  curl -X POST -H 'Content-Type: application/json' -d '{"k":"a","v":"1"}' ${writeUrl}/v1/data`,
     `  curl ${readUrl}/v1/data/a`,
     `  curl ${writeUrl}/v1/status`,
+    "Press Ctrl-C to stop all nodes.",
+  ];
+}
+
+function _tlsQuickStart(
+  entries: readonly ClusterEntry[],
+  leaderId: string | null,
+  security: Pick<LocalTls, "ca" | "tokens" | "tokensFile" | "dir">,
+): string[] {
+  const first = entries[0];
+  const reader = entries.find((e) => e !== first && e.node_id !== leaderId) ?? entries[1] ?? first;
+  const deleter = entries.find((e) => e !== first && e !== reader) ?? first;
+  const url = (entry: ClusterEntry | undefined) => _origin(entry?.api_url ?? "");
+  const curl = (role: keyof LocalTokens, rest: string) =>
+    `  curl --cacert ${shellQuote(security.ca)} -H "Authorization: Bearer ${
+      security.tokens[role]
+    }" ${rest}`;
+  const readNote = reader?.node_id === leaderId ? "" : ", a follower";
+  return [
+    `TLS: mutual TLS between peers, HTTPS API; CA and node certificates in ${security.dir}`,
+    `Tokens (read, write, admin) in ${security.tokensFile}: every request but /health and ` +
+    "/ready needs one",
+    "Quick start (any node accepts requests):",
+    `  # write through ${first?.node_id}, read through ${reader?.node_id}${readNote}, delete, ` +
+    "read the 404, back up (admin), status",
+    curl(
+      "write",
+      `-X POST -H 'Content-Type: application/json' -d '{"k":"a","v":"1"}' ${url(first)}/v1/data`,
+    ),
+    curl("read", `${url(reader)}/v1/data/a`),
+    curl("write", `-X DELETE ${url(deleter)}/v1/data/a`),
+    curl("read", `-i ${url(first)}/v1/data/a`),
+    curl("admin", `-o backup.snap ${url(first)}/v1/snapshot`),
+    curl("read", `${url(first)}/v1/status`),
     "Press Ctrl-C to stop all nodes.",
   ];
 }
@@ -606,6 +838,25 @@ async function _run(options: ClusterOptions): Promise<number> {
     if (options.fresh) await Deno.remove(node.dataDir, { recursive: true }).catch(_ignoreNotFound);
     await Deno.mkdir(node.dataDir, { recursive: true });
   }
+  const security = options.tls
+    ? await prepareLocalTls(
+      join(baseDir, TLS_DIR_NAME),
+      entries.map((entry) => entry.node_id),
+      entries.flatMap((entry) =>
+        [entry.api_url, entry.rpc_url].map((url) => new URL(url).hostname)
+      ),
+    )
+    : null;
+  if (security !== null) {
+    say(
+      `TLS: ${
+        security.madeCertificates ? "made" : "using"
+      } the CA and node certificates in ${security.dir}, ${
+        security.madeTokens ? "made" : "using"
+      } the tokens in ${security.tokensFile}`,
+    );
+  }
+  const access = _startupAccess(security);
 
   let stopping = false;
   let exitCode = 0;
@@ -658,6 +909,7 @@ async function _run(options: ClusterOptions): Promise<number> {
         configPath,
         "--data-dir",
         node.dataDir,
+        ...(security === null ? [] : _securityFlags(security, node.entry.node_id)),
         ...options.nodeArgs,
       ];
       try {
@@ -699,9 +951,12 @@ async function _run(options: ClusterOptions): Promise<number> {
       })();
     }
 
-    const startup = _awaitStartup(nodes, startupAbort.signal).then((result) => {
+    const startup = _awaitStartup(nodes, startupAbort.signal, access).then((result) => {
       if (result.ok) {
-        for (const line of bannerLines(entries, result.leaderId, configPath)) say(line);
+        const lines = security === null
+          ? bannerLines(entries, result.leaderId, configPath)
+          : bannerLines(entries, result.leaderId, configPath, security);
+        for (const line of lines) say(line);
       } else if (!stopping) {
         warn(`the cluster is not up after ${STARTUP_DEADLINE_MS / 1000}s: ${result.problem}`);
         warn("the nodes keep running; watch their output above");
@@ -714,6 +969,7 @@ async function _run(options: ClusterOptions): Promise<number> {
     say(exitCode === 0 ? "all nodes stopped" : "cluster stopped after a failure");
     return exitCode;
   } finally {
+    access.client?.close();
     for (const { signal, handler } of handlers) {
       try {
         Deno.removeSignalListener(signal, handler);
@@ -722,6 +978,39 @@ async function _run(options: ClusterOptions): Promise<number> {
       }
     }
   }
+}
+
+/** A node's flags for peer mutual TLS, HTTPS on the API and the tokens file. */
+function _securityFlags(security: LocalTls, id: string): string[] {
+  const { cert, key } = security.node(id);
+  return [
+    "--peer-cert",
+    cert,
+    "--peer-key",
+    key,
+    "--peer-ca",
+    security.ca,
+    "--api-cert",
+    cert,
+    "--api-key",
+    key,
+    "--tokens-file",
+    security.tokensFile,
+  ];
+}
+
+/** How the launcher's own requests reach the nodes: trusting the CA, with the read token. */
+interface _Access {
+  client?: Deno.HttpClient;
+  headers: Record<string, string>;
+}
+
+function _startupAccess(security: LocalTls | null): _Access {
+  if (security === null) return { headers: {} };
+  return {
+    client: Deno.createHttpClient({ caCerts: [Deno.readTextFileSync(security.ca)] }),
+    headers: { authorization: `Bearer ${security.tokens.read}` },
+  };
 }
 
 async function _loadConfig(
@@ -737,6 +1026,7 @@ async function _loadConfig(
     host: options.host ?? DEFAULT_HOST,
     apiBasePort: options.apiBasePort ?? DEFAULT_API_BASE_PORT,
     rpcBasePort: options.rpcBasePort ?? DEFAULT_RPC_BASE_PORT,
+    tls: options.tls,
   });
   const dir = resolve(options.dir);
   await Deno.mkdir(dir, { recursive: true });
@@ -804,21 +1094,25 @@ function _portProblem(port: number, hostname: string): string | null {
 
 type _StartupResult = { ok: true; leaderId: string | null } | { ok: false; problem: string };
 
-async function _awaitStartup(nodes: readonly _Node[], abort: AbortSignal): Promise<_StartupResult> {
+async function _awaitStartup(
+  nodes: readonly _Node[],
+  abort: AbortSignal,
+  access: _Access,
+): Promise<_StartupResult> {
   const deadline = Date.now() + STARTUP_DEADLINE_MS;
   let problem = "no node answered yet";
   while (!abort.aborted) {
     const live = nodes.filter((node) => node.child !== null && node.exited === null);
     if (live.length === 0) return { ok: false, problem: "no node is running" };
     const health = await Promise.all(
-      live.map((node) => _getJson(`${_origin(node.entry.api_url)}/health`, abort)),
+      live.map((node) => _getJson(`${_origin(node.entry.api_url)}/health`, abort, access)),
     );
     const unhealthy = live.filter((_, i) => health[i]?.status !== 200);
     if (unhealthy.length > 0) {
       problem = `no answer to /health from ${unhealthy.map((n) => n.entry.node_id).join(", ")}`;
     } else {
       const statuses = await Promise.all(
-        live.map((node) => _getJson(`${_origin(node.entry.api_url)}/v1/status`, abort)),
+        live.map((node) => _getJson(`${_origin(node.entry.api_url)}/v1/status`, abort, access)),
       );
       const leaderId = statuses.map((s) => _leaderOf(s?.json)).find((id) => id !== null);
       if (leaderId !== undefined) return { ok: true, leaderId };
@@ -841,10 +1135,13 @@ function _leaderOf(status: unknown): string | null {
 async function _getJson(
   url: string,
   abort: AbortSignal,
+  access: _Access,
 ): Promise<{ status: number; json: unknown } | null> {
   try {
     const response = await fetch(url, {
       signal: AbortSignal.any([abort, AbortSignal.timeout(1000)]),
+      headers: access.headers,
+      ...(access.client === undefined ? {} : { client: access.client }),
     });
     const text = await response.text();
     let json: unknown = null;

@@ -15,12 +15,14 @@ import {
   parseClusterArgs,
   parseClusterConfig,
   prefixWidth,
+  prepareLocalTls,
+  shellQuote,
   shouldGenerate,
   shouldUseColor,
   urlPort,
   UsageError,
 } from "./cluster.ts";
-import { freePorts, httpRequest, waitFor } from "../testing/harness.ts";
+import { cleanEnv, freePorts, httpRequest, runCommand, waitFor } from "../testing/harness.ts";
 import { readLines } from "../testing/read_lines.ts";
 
 const _DEFAULTS: ClusterOptions = {
@@ -35,6 +37,7 @@ const _DEFAULTS: ClusterOptions = {
   exitOnFailure: false,
   main: undefined,
   graceMs: DEFAULT_GRACE_MS,
+  tls: false,
   nodeArgs: [],
 };
 
@@ -61,6 +64,7 @@ Deno.test("parseClusterArgs() reads every option", () => {
       "fake.ts",
       "--grace",
       "250",
+      "--tls",
     ]),
     {
       help: false,
@@ -74,6 +78,7 @@ Deno.test("parseClusterArgs() reads every option", () => {
       exitOnFailure: true,
       main: "fake.ts",
       graceMs: 250,
+      tls: true,
       nodeArgs: [],
     },
   );
@@ -124,6 +129,7 @@ Deno.test("shouldGenerate() is true when the size, host or a base port is given"
   assert.equal(shouldGenerate({ ..._DEFAULTS, host: "127.0.0.1" }), true);
   assert.equal(shouldGenerate({ ..._DEFAULTS, apiBasePort: 8000 }), true);
   assert.equal(shouldGenerate({ ..._DEFAULTS, rpcBasePort: 9000 }), true);
+  assert.equal(shouldGenerate({ ..._DEFAULTS, tls: true }), true);
   assert.equal(shouldGenerate({ ..._DEFAULTS, fresh: true, nodeArgs: ["--x"] }), false);
 });
 
@@ -152,6 +158,19 @@ Deno.test("generateClusterConfig() numbers nodes and ports from the bases", () =
   assert.equal(
     generateClusterConfig({ size: 7, host: "h", apiBasePort: 7777, rpcBasePort: 6666 }).length,
     7,
+  );
+});
+
+Deno.test("generateClusterConfig() with tls writes https URLs", () => {
+  assert.deepEqual(
+    generateClusterConfig({
+      size: 1,
+      host: "localhost",
+      apiBasePort: 1,
+      rpcBasePort: 2,
+      tls: true,
+    }),
+    [{ node_id: "node-1", rpc_url: "https://localhost:2", api_url: "https://localhost:1" }],
   );
 });
 
@@ -283,6 +302,111 @@ Deno.test("bannerLines() lists the API URLs and the curl quick start", () => {
   assert.ok(!single.includes("(leader)"));
 });
 
+Deno.test("bannerLines() of a TLS cluster quotes the CA, sends tokens and reads via a follower", () => {
+  const entries = generateClusterConfig({
+    size: 3,
+    host: "localhost",
+    apiBasePort: 7777,
+    rpcBasePort: 6666,
+    tls: true,
+  });
+  const security = {
+    dir: "/x/tls",
+    ca: "/x y/tls/ca.crt",
+    tokensFile: "/x/tls/tokens.json",
+    tokens: { read: "R".repeat(16), write: "W".repeat(16), admin: "A".repeat(16) },
+  };
+  const prefix = `curl --cacert '/x y/tls/ca.crt' -H "Authorization: Bearer`;
+  const cases: [string, number, number][] = [["node-2", 3, 2], ["node-3", 2, 3], ["node-1", 2, 3]];
+  for (const [leader, reader, deleter] of cases) {
+    const lines = bannerLines(entries, leader, "c.json", security).map((line) => line.trim());
+    const curls = lines.filter((line) => line.startsWith("curl "));
+    assert.deepEqual(curls, [
+      `${prefix} ${"W".repeat(16)}" -X POST -H 'Content-Type: application/json' ` +
+      `-d '{"k":"a","v":"1"}' https://localhost:7777/v1/data`,
+      `${prefix} ${"R".repeat(16)}" https://localhost:777${6 + reader}/v1/data/a`,
+      `${prefix} ${"W".repeat(16)}" -X DELETE https://localhost:777${6 + deleter}/v1/data/a`,
+      `${prefix} ${"R".repeat(16)}" -i https://localhost:7777/v1/data/a`,
+      `${prefix} ${"A".repeat(16)}" -o backup.snap https://localhost:7777/v1/snapshot`,
+      `${prefix} ${"R".repeat(16)}" https://localhost:7777/v1/status`,
+    ], `leader ${leader}`);
+    assert.ok(
+      lines.some((line) => line.startsWith(`${leader}  API https://`) && line.endsWith("(leader)")),
+    );
+    assert.ok(
+      lines.some((line) => line.includes(`read through node-${reader}, a follower`)),
+      leader,
+    );
+    assert.ok(lines.some((line) => line.includes("/x/tls/tokens.json")));
+  }
+  assert.equal(shellQuote("/a/b-c_d.crt"), "/a/b-c_d.crt");
+  assert.equal(shellQuote("it's here"), `'it'\\''s here'`);
+});
+
+Deno.test("prepareLocalTls() makes the CA, certificates and 0600 tokens once, and again only when they no longer fit", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-cluster-tls-" });
+  try {
+    const tls = join(dir, "tls");
+    const first = await prepareLocalTls(tls, ["node-1", "node-2"], ["localhost"]);
+    assert.equal(first.madeCertificates, true);
+    assert.equal(first.madeTokens, true);
+    assert.equal((await Deno.stat(tls)).mode! & 0o777, 0o700);
+    assert.equal((await Deno.stat(first.tokensFile)).mode! & 0o777, 0o600);
+    assert.equal((await Deno.stat(first.node("node-2").key)).mode! & 0o777, 0o600);
+    const written = JSON.parse(await Deno.readTextFile(first.tokensFile));
+    assert.deepEqual(written.map((t: { role: string }) => t.role), ["read", "write", "admin"]);
+    const tokens = Object.values(first.tokens);
+    assert.equal(new Set(tokens).size, 3);
+    for (const token of tokens) assert.match(token, /^[0-9a-f]{64}$/);
+    const subject = await runCommand(
+      "openssl",
+      ["x509", "-noout", "-subject", "-ext", "subjectAltName", "-in", first.node("node-2").cert],
+      cleanEnv(),
+      dir,
+    );
+    assert.match(subject.stdout, /CN ?= ?node-2/);
+    assert.match(
+      subject.stdout,
+      /DNS:localhost, IP Address:127\.0\.0\.1, IP Address:0:0:0:0:0:0:0:1/,
+    );
+
+    // A second start finds everything as it was.
+    const ca = await Deno.readTextFile(first.ca);
+    const again = await prepareLocalTls(tls, ["node-1", "node-2"], ["localhost"]);
+    assert.equal(again.madeCertificates, false);
+    assert.equal(again.madeTokens, false);
+    assert.deepEqual(again.tokens, first.tokens);
+    assert.equal(await Deno.readTextFile(again.ca), ca);
+
+    // A node more, or a host the certificates do not cover: new certificates, the same tokens.
+    const bigger = await prepareLocalTls(tls, ["node-1", "node-2", "node-3"], ["localhost"]);
+    assert.equal(bigger.madeCertificates, true);
+    assert.notEqual(await Deno.readTextFile(bigger.ca), ca);
+    assert.deepEqual(bigger.tokens, first.tokens);
+    const ids = ["node-1", "node-2", "node-3"];
+    assert.equal((await prepareLocalTls(tls, ids, ["127.0.0.1"])).madeCertificates, false);
+    const elsewhere = await prepareLocalTls(tls, ids, ["[fd00::5]", "raft.example"]);
+    assert.equal(elsewhere.madeCertificates, true);
+    const san = await runCommand(
+      "openssl",
+      ["x509", "-noout", "-ext", "subjectAltName", "-in", elsewhere.node("node-3").cert],
+      cleanEnv(),
+      dir,
+    );
+    assert.match(san.stdout, /IP Address:FD00:0:0:0:0:0:0:5, DNS:raft\.example/i);
+    assert.equal((await prepareLocalTls(tls, ids, ["raft.example"])).madeCertificates, false);
+
+    // A tokens file that lacks a role is not silently replaced.
+    await Deno.writeTextFile(first.tokensFile, '[{"token":"x","role":"read"}]');
+    await assert.rejects(
+      prepareLocalTls(tls, ids, ["localhost"]),
+      /has no token for the role\(s\) write, admin; delete it/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("the tests run the launcher with the permissions of deno task cluster", () => {
   assert.deepEqual(_TASK_PERMISSIONS, [
     "--allow-net",
@@ -307,6 +431,7 @@ Deno.test("helpText() documents every option", () => {
       "--exit-on-failure",
       "--grace",
       "--main",
+      "--tls",
       "--help",
     ]
   ) {
@@ -678,4 +803,198 @@ Deno.test("the launcher explains a missing cluster file and a usage error", asyn
   const help = _launch(["--help"]);
   assert.equal((await help.done).code, 0);
   assert.match(help.stdout.join("\n"), /Usage: deno task cluster/);
+});
+
+/**
+ * Stops a launcher that runs real nodes: SIGTERM (it stops its nodes), SIGKILL after 20 s; then
+ * kills any node it started that still runs (a SIGKILLed launcher leaves its children behind),
+ * checking by `/proc/<pid>/cmdline` that the pid is still that node.
+ */
+async function _stopRealLauncher(launcher: _Launcher, dir: string): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    launcher.child.kill("SIGTERM");
+    const stopped = await Promise.race([
+      launcher.done.then(() => true),
+      new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), 20_000)),
+    ]);
+    if (!stopped) launcher.child.kill("SIGKILL");
+  } catch {
+    // Already exited.
+  } finally {
+    clearTimeout(timer);
+  }
+  await launcher.done;
+  for (const line of launcher.stdout) {
+    const pid = Number(/^\[cluster\] +started node-\d+ \(pid (\d+)\)$/.exec(line)?.[1]);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      if (!Deno.readTextFileSync(`/proc/${pid}/cmdline`).includes(dir)) continue;
+      Deno.kill(pid, "SIGKILL");
+    } catch {
+      // Gone.
+    }
+  }
+}
+
+/** A run of `count` consecutive ports that are free right now (the launcher numbers ports). */
+function _freePortRun(count: number): number {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    const listeners: Deno.TcpListener[] = [];
+    try {
+      for (let port = base; port < base + count; port++) {
+        listeners.push(Deno.listen({ hostname: "127.0.0.1", port }));
+      }
+      return base;
+    } catch {
+      // Taken: try another base.
+    } finally {
+      for (const listener of listeners) listener.close();
+    }
+  }
+  throw new Error(`no run of ${count} free ports found`);
+}
+
+Deno.test("the launcher with --tls runs a real TLS cluster whose banner's curl calls work", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-cluster-tls-run-" });
+  const base = _freePortRun(6);
+  const launcher = _launch([
+    "--tls",
+    "--size",
+    "3",
+    "--host",
+    "127.0.0.1",
+    "--api-base-port",
+    String(base),
+    "--rpc-base-port",
+    String(base + 3),
+    "--dir",
+    dir,
+  ]);
+  try {
+    await waitFor(() => launcher.stdout.some((line) => line.includes("Press Ctrl-C")), {
+      deadlineMs: 60_000,
+      message: () => `the banner\n${launcher.output()}`,
+    });
+    const config = JSON.parse(await Deno.readTextFile(join(dir, "cluster.config.json")));
+    assert.deepEqual(
+      config,
+      generateClusterConfig({
+        size: 3,
+        host: "127.0.0.1",
+        apiBasePort: base,
+        rpcBasePort: base + 3,
+        tls: true,
+      }),
+    );
+    const out = launcher.stdout.join("\n");
+    assert.match(out, /TLS: made the CA and node certificates in /);
+    // The banner comes once a node names a leader; let the election settle before writing.
+    const client = Deno.createHttpClient({
+      caCerts: [await Deno.readTextFile(join(dir, "tls", "ca.crt"))],
+    });
+    try {
+      const tokens = JSON.parse(await Deno.readTextFile(join(dir, "tls", "tokens.json")));
+      const read = { authorization: `Bearer ${tokens[0].token}` };
+      await waitFor(async () => {
+        const leaders = await Promise.all(config.map(async (entry: { api_url: string }) => {
+          const res = await httpRequest(`${entry.api_url}/v1/status`, "GET", undefined, {
+            client,
+            headers: read,
+            timeoutMs: 1000,
+          }).catch(() => null);
+          return (res?.json as { leader?: { id?: string } } | null)?.leader?.id ?? null;
+        }));
+        return leaders[0] !== null && leaders.every((id) => id === leaders[0]);
+      }, {
+        deadlineMs: 30_000,
+        message: () => `the nodes to agree on a leader\n${launcher.output()}`,
+      });
+    } finally {
+      client.close();
+    }
+    const leader = /(node-\d) +API .*\(leader\)/.exec(out)?.[1];
+    const curls = launcher.stdout
+      .filter((line) => line.startsWith("[cluster]   curl "))
+      .map((line) => line.slice("[cluster] ".length).trim());
+    assert.equal(curls.length, 6, out);
+    const reader = /(https:\/\/127\.0\.0\.1:\d+)\/v1\/data\/a$/.exec(curls[1] ?? "")?.[1];
+    const readerId = config.find((e: { api_url: string }) => e.api_url === reader)?.node_id;
+    assert.ok(readerId !== undefined && readerId !== leader, `${readerId} reads, ${leader} leads`);
+
+    // Each banner line, run as a user would paste it.
+    const run = async (line: string) => {
+      const result = await runCommand(
+        "bash",
+        ["-c", `${line} --silent --show-error`],
+        cleanEnv(),
+        dir,
+      );
+      assert.equal(result.code, 0, `${line}\n${result.stderr}`);
+      return result.stdout;
+    };
+    const [post, get, del, gone, backup, status] = curls as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+    ];
+    const written = JSON.parse(await run(post));
+    assert.deepEqual({ ...written, index: 0 }, { k: "a", v: "1", index: 0 });
+    assert.deepEqual(JSON.parse(await run(get)), { k: "a", v: "1" });
+    assert.deepEqual(
+      { ...JSON.parse(await run(del)), index: 0 },
+      { k: "a", deleted: true, index: 0 },
+    );
+    const notFound = await run(gone);
+    assert.match(notFound, /^HTTP\/2 404/);
+    assert.ok(notFound.trimEnd().endsWith('{"error":"key not found","k":"a"}'), notFound);
+    await run(backup);
+    assert.ok((await Deno.stat(join(dir, "backup.snap"))).size > 0);
+    assert.equal(JSON.parse(await run(status)).leader.api_url.startsWith("https://"), true);
+
+    // Without a token a write is refused with 401; the read token cannot write (403). Over
+    // HTTP/1.1: the node answers before reading the body and then resets the HTTP/2 stream with
+    // NO_ERROR, as RFC 9113 section 8.1 allows, which curl 7.88 sometimes reports as error 92
+    // instead of the answer it got.
+    const ca = join(dir, "tls", "ca.crt");
+    const tokens = JSON.parse(await Deno.readTextFile(join(dir, "tls", "tokens.json")));
+    const readToken = tokens.find((t: { role: string }) => t.role === "read").token;
+    const refusals: [string[], string][] = [
+      [[], "401"],
+      [["-H", `Authorization: Bearer ${readToken}`], "403"],
+    ];
+    for (const [headers, code] of refusals) {
+      const args = ["--silent", "--http1.1", "--cacert", ca, ...headers, "-w", "\n%{http_code}"];
+      args.push("-H", "Content-Type: application/json", "-d", '{"k":"b","v":"1"}');
+      const refused = await runCommand(
+        "curl",
+        [...args, `https://127.0.0.1:${base}/v1/data`],
+        cleanEnv(),
+        dir,
+      );
+      assert.equal(
+        refused.stdout.split("\n").at(-1),
+        code,
+        `${refused.stdout}\n${refused.stderr}\n${launcher.output()}`,
+      );
+    }
+    const b = await run(
+      get.replace("/v1/data/a", "/v1/data/b") + " -o /dev/null -w '%{http_code}'",
+    );
+    assert.equal(b, "404");
+
+    launcher.child.kill("SIGTERM");
+    const stopped = await launcher.done;
+    assert.equal(stopped.code, 0, launcher.output());
+    for (let i = 1; i <= 3; i++) {
+      assert.ok(launcher.stdout.join("\n").includes(`node-${i} exited with code 0`));
+    }
+  } finally {
+    await _stopRealLauncher(launcher, dir);
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -13,6 +13,11 @@
  * The seed fixes every random choice (operations, keys, nodes, faults and waits); the
  * interleaving still depends on timing, so a seed reproduces the schedule, not the exact run.
  *
+ * With `tls`, the cluster runs with every security setting on: mutual TLS between peers (the
+ * proxies pass the TLS bytes through; certificates are valid for `127.0.0.1`, so the host-name
+ * check holds through a proxy, and the peer's CN is still the node behind it), HTTPS on the API
+ * and bearer tokens; the clients trust the CA and send a write token.
+ *
  * @module
  */
 
@@ -36,6 +41,7 @@ import {
   writeClusterFile,
 } from "./harness.ts";
 import { type LinkMode, LinkProxy } from "./proxy.ts";
+import { makeCertificates } from "./certs.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Randomness.
@@ -145,8 +151,13 @@ const _CONNECT_FAILURE_RE = /\(Connect\)|connection refused|os error 111/i;
  *
  * @returns The client; close it when done.
  */
-export function createFreshConnectionClient(): Deno.HttpClient {
-  return Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+export function createFreshConnectionClient(
+  options: { caCerts?: string[] } = {},
+): Deno.HttpClient {
+  return Deno.createHttpClient({
+    poolMaxIdlePerHost: 0,
+    ...(options.caCerts === undefined ? {} : { caCerts: options.caCerts }),
+  });
 }
 
 /**
@@ -160,7 +171,7 @@ export function createFreshConnectionClient(): Deno.HttpClient {
  * @param body A JSON body, if any.
  * @param timeoutMs The deadline of the whole exchange.
  * @param client The HTTP client. Default: `fetch`'s shared, pooling one.
- * @param headers More request headers (such as `Idempotency-Key`).
+ * @param headers More request headers (such as `authorization` or `Idempotency-Key`).
  * @returns The answer, or what went wrong.
  */
 export async function attempt(
@@ -232,6 +243,19 @@ export interface ChaosClusterOptions {
   keepData?: boolean;
   /** The node program. Default: the repository's `main.ts`. */
   mainScript?: string;
+  /**
+   * Every security setting: mutual TLS between peers (through the proxies), HTTPS on the API,
+   * bearer tokens. Default `false`.
+   */
+  tls?: boolean;
+}
+
+/** The CA and tokens of a {@linkcode ChaosCluster} started with `tls`. */
+export interface ChaosSecurity {
+  /** The CA certificate file the nodes' certificates chain to. */
+  ca: string;
+  /** One token per role, as in the nodes' tokens file. */
+  tokens: { read: string; write: string; admin: string };
 }
 
 /** A directed peer link: `from` sends its Raft messages to `to` through it. */
@@ -253,6 +277,8 @@ export class ChaosCluster implements AsyncDisposable {
   readonly ids: readonly string[];
   /** The directory holding the cluster files and the node directories. */
   readonly dataRoot: string;
+  /** The CA and tokens when started with `tls`, else `null`. */
+  readonly security: ChaosSecurity | null;
   #proxies: Map<string, LinkProxy>;
   #configFiles: Map<string, string>;
   #closed = false;
@@ -261,18 +287,20 @@ export class ChaosCluster implements AsyncDisposable {
     processes: ProcessCluster,
     proxies: Map<string, LinkProxy>,
     configFiles: Map<string, string>,
+    security: ChaosSecurity | null,
   ) {
     this.processes = processes;
     this.ids = processes.ids;
     this.dataRoot = processes.dataRoot;
     this.#proxies = proxies;
     this.#configFiles = configFiles;
+    this.security = security;
   }
 
   /**
    * Starts the proxies and the nodes, and waits until every node answers `/health`.
    *
-   * @param options Size, node flags, echo.
+   * @param options Size, node flags, echo, TLS.
    * @returns The running cluster.
    */
   static async start(options: ChaosClusterOptions): Promise<ChaosCluster> {
@@ -287,10 +315,14 @@ export class ChaosCluster implements AsyncDisposable {
       for (const from of ids) {
         for (const to of ids) if (from !== to) proxies.set(_linkKey(from, to), LinkProxy.listen());
       }
+      const tls = options.tls ?? false;
+      const scheme = tls ? "https" : "http";
       const ports = freePorts(2 * size);
       const entries = buildClusterConfig({
         apiPorts: ports.slice(0, size),
         rpcPorts: ports.slice(size),
+        apiScheme: scheme,
+        rpcScheme: scheme,
       });
       const configPath = join(dataRoot, "cluster.config.json");
       await writeClusterFile(configPath, entries);
@@ -302,12 +334,13 @@ export class ChaosCluster implements AsyncDisposable {
           const proxy = proxies.get(_linkKey(self.node_id, entry.node_id));
           if (proxy === undefined) throw new Error(`no proxy ${self.node_id}->${entry.node_id}`);
           proxy.target.port = Number(new URL(entry.rpc_url).port);
-          return { ...entry, rpc_url: `http://127.0.0.1:${proxy.port}` };
+          return { ...entry, rpc_url: `${scheme}://127.0.0.1:${proxy.port}` };
         });
         const file = join(dataRoot, `cluster-${self.node_id}.json`);
         await writeClusterFile(file, view);
         configFiles.set(self.node_id, file);
       }
+      const secure = tls ? await _makeSecurity(dataRoot, ids) : null;
       const processes = new ProcessCluster({
         dataRoot,
         ownsDataRoot: !(options.keepData ?? false),
@@ -315,11 +348,17 @@ export class ChaosCluster implements AsyncDisposable {
         entries,
         mainScript: options.mainScript ?? fileURLToPath(new URL("../main.ts", import.meta.url)),
         denoArgs: ["--allow-all"],
-        nodeFlags: options.nodeFlags ?? [],
+        nodeFlags: [
+          ...(secure === null ? [] : ["--tokens-file", secure.tokensFile]),
+          ...(options.nodeFlags ?? []),
+        ],
         env: { ..._inheritedEnv(), NO_COLOR: "1" },
         echo: options.echo ?? Deno.env.get("RAFTKV_HARNESS_ECHO") === "1",
+        ...(secure === null
+          ? {}
+          : { tls: secure.certs, apiCerts: secure.certs, token: secure.security.tokens.read }),
       });
-      cluster = new ChaosCluster(processes, proxies, configFiles);
+      cluster = new ChaosCluster(processes, proxies, configFiles, secure?.security ?? null);
       const started = cluster;
       await Promise.all(ids.map((id) => started.startNode(id)));
       return started;
@@ -410,6 +449,27 @@ export class ChaosCluster implements AsyncDisposable {
   }
 }
 
+/** Certificates for every node (valid for 127.0.0.1) and a tokens file, in `<dataRoot>/tls`. */
+async function _makeSecurity(dataRoot: string, ids: readonly string[]) {
+  const dir = join(dataRoot, "tls");
+  await Deno.mkdir(dir, { mode: 0o700 });
+  const certs = await makeCertificates(dir, { nodes: ids });
+  const token = () =>
+    Array.from(crypto.getRandomValues(new Uint8Array(32)))
+      .map((b) => b.toString(16).padStart(2, "0"))
+      .join("");
+  const tokens = { read: token(), write: token(), admin: token() };
+  const tokensFile = join(dir, "tokens.json");
+  const entries = (["read", "write", "admin"] as const).map((role) => ({
+    token: tokens[role],
+    role,
+    name: `chaos-${role}`,
+  }));
+  await Deno.writeTextFile(tokensFile, JSON.stringify(entries), { mode: 0o600 });
+  const security: ChaosSecurity = { ca: certs.ca, tokens };
+  return { certs, tokensFile, security };
+}
+
 function _linkKey(from: string, to: string): string {
   return `${from}->${to}`;
 }
@@ -481,6 +541,11 @@ export interface ChaosOptions {
   echo?: boolean;
   /** Keep the data directory. */
   keepData?: boolean;
+  /**
+   * Run with peer mutual TLS, HTTPS on the API and bearer tokens; the clients trust the CA and
+   * send a write token. Default `false`.
+   */
+  tls?: boolean;
 }
 
 /** Flags the chaos run gives every node (before `nodeFlags`). */
@@ -566,6 +631,8 @@ export interface Workload {
   readonly processes: ProcessCluster;
   /** The clients' HTTP client: a fresh connection per request (see `attempt`). */
   readonly http: Deno.HttpClient;
+  /** Headers every client request sends (a bearer token when the nodes ask for one). */
+  readonly headers: Record<string, string>;
   /** Every operation with a definite or unknown outcome, in the order they ended. */
   readonly history: Operation[];
   /** The acknowledged writes with their log indexes. */
@@ -599,17 +666,24 @@ export interface Workload {
  * @param processes The cluster the clients talk to.
  * @param http The clients' HTTP client; use {@linkcode createFreshConnectionClient}.
  * @param options `leaseReads`: the share of reads sent with `consistency=lease` (default 0.3);
- * `log`: where progress lines go (default nowhere); `start`: the run's start (default now).
+ * `log`: where progress lines go (default nowhere); `start`: the run's start (default now);
+ * `headers`: sent with every client request (default none).
  * @returns An empty workload.
  */
 export function createWorkload(
   processes: ProcessCluster,
   http: Deno.HttpClient,
-  options: { leaseReads?: number; log?: (line: string) => void; start?: number } = {},
+  options: {
+    leaseReads?: number;
+    log?: (line: string) => void;
+    start?: number;
+    headers?: Record<string, string>;
+  } = {},
 ): Workload {
   return {
     processes,
     http,
+    headers: options.headers ?? {},
     history: [],
     acked: [],
     failedPuts: new Map(),
@@ -663,15 +737,20 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     ],
     ...(options.echo === undefined ? {} : { echo: options.echo }),
     ...(options.keepData === undefined ? {} : { keepData: options.keepData }),
+    tls: options.tls ?? false,
   });
   if (options.keepData) log(`data directory: ${chaos.dataRoot}`);
   const monitor = new _LeaderMonitor(chaos);
-  using http = createFreshConnectionClient();
+  const security = chaos.security;
+  using http = createFreshConnectionClient(
+    security === null ? {} : { caCerts: [await Deno.readTextFile(security.ca)] },
+  );
   const state: _RunState = {
     ...createWorkload(chaos.processes, http, {
       leaseReads: options.leaseReads ?? 0.3,
       log,
       start: started,
+      headers: security === null ? {} : { authorization: `Bearer ${security.tokens.write}` },
     }),
     chaos,
     faults: {},
@@ -794,6 +873,7 @@ export async function runClient(
         body,
         timeoutMs,
         state.http,
+        state.headers,
       );
       definite = _record(state, op, performance.now(), node, result, lease, learn);
     }
@@ -824,7 +904,7 @@ async function _retried(
   rng: Rng,
   learn: (key: string, modIndex: number, value: string | null) => void,
 ): Promise<boolean> {
-  const headers = { "idempotency-key": `${op.value}` };
+  const headers = { ...state.headers, "idempotency-key": `${op.value}` };
   let node = firstNode;
   let target = url;
   let sawUnknown = false;
@@ -880,6 +960,7 @@ async function _rangeRead(
     undefined,
     timeoutMs,
     state.http,
+    state.headers,
   );
   const ret = performance.now();
   const body = result.kind === "answer" && typeof result.json === "object" && result.json !== null
@@ -1296,6 +1377,7 @@ export async function finalReads(
           undefined,
           5000,
           state.http,
+          state.headers,
         );
         const ret = performance.now();
         if (result.kind === "error") {
@@ -1359,13 +1441,19 @@ export async function checkConvergence(state: Workload, keys: readonly string[])
             "GET",
             `/v1/data/${encodeURIComponent(key)}?consistency=stale`,
             undefined,
-            { timeoutMs: 2000 },
+            { timeoutMs: 2000, headers: state.headers },
           );
           const body = result.json as Record<string, unknown> | null;
+          if (result.status !== 200 && result.status !== 404) {
+            // Not an answer about the key (refused, overloaded): no view to compare.
+            lastDifference = `${id}: ${result.status} ${result.text.slice(0, 200)}`;
+            return null;
+          }
           values.push(result.status === 200 && typeof body?.v === "string" ? body.v : null);
         }
         return values;
       }));
+      if (views.includes(null)) return false;
       const after = await Promise.all(ids.map((id) => processes.status(id, 2000)));
       if (after.some((s, i) => s === null || s.applied_index !== before[i]?.applied_index)) {
         return false; // Something was applied meanwhile: compare again.
@@ -1616,7 +1704,7 @@ function _report(
       (options.durationMs / 1000).toFixed(0)
     } s of faults, ${(elapsedMs / 1000).toFixed(1)} s in all, snapshot threshold ${
       options.snapshotThreshold ?? 500
-    }`,
+    }${options.tls ? "; peer mutual TLS, HTTPS API, tokens (clients: write token)" : ""}`,
     opsLine ?? "",
     `faults: ${faultTotal} injected${faultText === "" ? "" : `: ${faultText}`}${
       state.externalKills > 0 ? `; ${state.externalKills} SIGKILLs from outside the run` : ""

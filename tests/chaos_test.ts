@@ -1,7 +1,9 @@
 /**
  * Faults against real node processes whose peer links go through TCP proxies (see
- * `testing/chaos_lib.ts`): two targeted partition tests, then a one-minute chaos run (longer runs:
- * `deno task chaos --duration 300`). Set `CHAOS_SEED` to replay the chaos run's schedule.
+ * `testing/chaos_lib.ts`): two targeted partition tests (the first also on a cluster with peer
+ * mutual TLS, HTTPS and tokens, whose TLS connections the proxies carry), then a one-minute chaos
+ * run (longer runs: `deno task chaos --duration 300`, `--tls`). Set `CHAOS_SEED` to replay the
+ * chaos run's schedule.
  */
 
 import assert from "node:assert/strict";
@@ -10,10 +12,17 @@ import { ChaosCluster, randomSeed, runChaos } from "../testing/chaos_lib.ts";
 
 const _MODES = ["drop", "refuse"] as const;
 
-Deno.test("a node cut off from its peers rejoins once the links heal, whether they dropped or refused traffic", async () => {
-  for (const mode of _MODES) {
-    await using chaos = await ChaosCluster.start({ size: 3 });
+Deno.test("a node cut off from its peers rejoins once the links heal, whether they dropped or refused traffic, over TLS too", async () => {
+  const cases: { mode: (typeof _MODES)[number]; tls: boolean }[] = [
+    ..._MODES.map((mode) => ({ mode, tls: false })),
+    { mode: "drop", tls: true },
+  ];
+  for (const { mode, tls } of cases) {
+    await using chaos = await ChaosCluster.start({ size: 3, tls });
     const processes = chaos.processes;
+    const token = chaos.security?.tokens.write;
+    const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+    if (tls) assert.match(processes.rpc("node-1"), /^https:/);
     const leader = await processes.waitForLeader(20_000);
     const follower = chaos.ids.find((id) => id !== leader) ?? "node-2";
 
@@ -22,7 +31,9 @@ Deno.test("a node cut off from its peers rejoins once the links heal, whether th
       deadlineMs: 10_000,
       message: `${follower} to notice it lost the leader (${mode})`,
     });
-    const put = await processes.request(leader, "POST", "/v1/data", { k: "k", v: mode });
+    const put = await processes.request(leader, "POST", "/v1/data", { k: "k", v: mode }, {
+      headers,
+    });
     assert.equal(put.status, 200, put.text);
     const index = (put.json as { index: number }).index;
 
@@ -38,13 +49,19 @@ Deno.test("a node cut off from its peers rejoins once the links heal, whether th
           processes.formatLogs(undefined, 15)
         }`,
     });
-    const stale = await processes.request(follower, "GET", "/v1/data/k?consistency=stale");
+    const stale = await processes.request(
+      follower,
+      "GET",
+      "/v1/data/k?consistency=stale",
+      undefined,
+      { headers },
+    );
     assert.equal(stale.status, 200, stale.text);
     assert.equal((stale.json as { v: string }).v, mode);
     console.log(
-      `${follower} rejoined ${
-        (performance.now() - healed).toFixed(0)
-      } ms after the ${mode} links healed`,
+      `${follower} rejoined ${(performance.now() - healed).toFixed(0)} ms after the ${mode} links${
+        tls ? " (TLS)" : ""
+      } healed`,
     );
   }
 });

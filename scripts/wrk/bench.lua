@@ -13,7 +13,8 @@
 --   etcd-range    POST <gw>/kv/range {"key":b64("rng/"),"range_end":b64("rng0")}
 --   etcd-cas      POST <gw>/kv/txn: compare create_revision of <prefix><n> with 0, then put it
 -- where <gw> is the etcd JSON gateway prefix, "/v3" (etcd >= 3.4) unless a fifth argument says
--- otherwise. Each thread numbers its writes with its own counter, so keys are unique when
+-- otherwise. An Authorization header given to wrk (-H "Authorization: Bearer <token>") goes with
+-- every request (wrk itself adds -H headers only to requests built from its defaults). Each thread numbers its writes with its own counter, so keys are unique when
 -- <prefix> is unique per thread and cell (bench.ts runs one thread, -t1).
 --
 -- The thread stops after <max requests> requests (a bound besides -d; the few requests that
@@ -64,6 +65,7 @@ non2xx = 0
 
 local mode, prefix, keys, limit, gateway
 local headers = { ["Content-Type"] = "application/json" }
+local get_headers = {}
 local value64 = b64(VALUE)
 
 function init(args)
@@ -80,6 +82,12 @@ function init(args)
   if not modes[mode] then
     error("unknown mode " .. mode)
   end
+  for name, value in pairs(wrk.headers) do
+    if string.lower(name) == "authorization" then
+      headers["Authorization"] = value
+      get_headers["Authorization"] = value
+    end
+  end
   math.randomseed(12345)
 end
 
@@ -94,9 +102,9 @@ function request()
     return wrk.format("POST", "/v1/data", headers,
       '{"k":"' .. prefix .. n .. '","v":"' .. VALUE .. '"}')
   elseif mode == "raftkv-read" then
-    return wrk.format("GET", "/v1/data/" .. preloaded(math.random(0, keys - 1)), {}, nil)
+    return wrk.format("GET", "/v1/data/" .. preloaded(math.random(0, keys - 1)), get_headers, nil)
   elseif mode == "raftkv-range" then
-    return wrk.format("GET", "/v1/data?prefix=rng%2F", {}, nil)
+    return wrk.format("GET", "/v1/data?prefix=rng%2F", get_headers, nil)
   elseif mode == "raftkv-cas" then
     return wrk.format("PUT", "/v1/data/" .. prefix .. n .. "?cas=0", headers,
       '{"v":"' .. VALUE .. '"}')

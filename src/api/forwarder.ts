@@ -11,6 +11,8 @@
  */
 
 import http2 from "node:http2";
+import net from "node:net";
+import tls from "node:tls";
 
 /**
  * Sends one request to the leader and resolves with its response.
@@ -79,15 +81,24 @@ export interface ForwarderClient {
  */
 export function createForwarder(options: ForwarderOptions = {}): ForwarderClient {
   const sessions = new Map<string, _Session>();
-  const tls: http2.SecureClientSessionOptions = {};
-  if (options.ca !== undefined) tls.ca = options.ca;
-  if (options.cert !== undefined) tls.cert = options.cert;
-  if (options.key !== undefined) tls.key = options.key;
+  const sockets = new Set<net.Socket>();
+  const tlsOptions: tls.ConnectionOptions = {};
+  if (options.ca !== undefined) tlsOptions.ca = options.ca;
+  if (options.cert !== undefined) tlsOptions.cert = options.cert;
+  if (options.key !== undefined) tlsOptions.key = options.key;
 
   const open = (origin: string): _Session => {
     const existing = sessions.get(origin);
     if (existing && !existing.session.closed && !existing.session.destroyed) return existing;
-    const session = http2.connect(origin, origin.startsWith("https:") ? tls : {});
+    const https = origin.startsWith("https:");
+    // The forwarder opens the socket itself, so that close() can drop it before the session.
+    const createConnection = () => {
+      const socket = _connect(new URL(origin), https ? tlsOptions : null);
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+      return socket;
+    };
+    const session = http2.connect(origin, { ...(https ? tlsOptions : {}), createConnection });
     const forget = () => {
       if (sessions.get(origin) === entry) sessions.delete(origin);
     };
@@ -140,6 +151,11 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
   return {
     forward,
     close() {
+      // Sockets first: a session destroyed while its socket is open says GOAWAY, and Deno's
+      // nghttp2 can abort a process whose node:http2 server (the TLS peer server) receives one
+      // while requests are in flight (denoland/deno#36788). A closed connection is handled.
+      for (const socket of sockets) socket.destroy();
+      sockets.clear();
       for (const { session } of sessions.values()) session.destroy();
       sessions.clear();
     },
@@ -195,6 +211,19 @@ function _exchange(
           stream.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
           stream.on("end", () => {
             if (bodyDone) return;
+            // Deno ends a client stream also when its connection breaks after the headers (the
+            // leader died, the link was cut), with a reset code set: relaying that body as
+            // complete would turn a cut answer into a wrong one (a 200 with an empty body).
+            if (
+              stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR
+            ) {
+              fail(
+                new Error(
+                  `the HTTP/2 stream closed (code ${stream.rstCode}) before the answer ended`,
+                ),
+              );
+              return;
+            }
             bodyDone = true;
             signal.removeEventListener("abort", onAbort);
             c.close();
@@ -280,4 +309,21 @@ function _bodyBytes(body: BodyInit | null | undefined): Uint8Array | null {
 
 function _message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Opens the TCP (or, with `tlsOptions`, TLS with ALPN `h2`) connection to `url`'s host and port,
+ * as `http2.connect` would.
+ */
+function _connect(url: URL, tlsOptions: tls.ConnectionOptions | null): net.Socket {
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+  const port = Number(url.port || (tlsOptions === null ? 80 : 443));
+  if (tlsOptions === null) return net.connect({ host, port });
+  return tls.connect({
+    ...tlsOptions,
+    host,
+    port,
+    ALPNProtocols: ["h2"],
+    ...(net.isIP(host) === 0 ? { servername: host } : {}),
+  });
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { makeCertificates } from "../../testing/certs.ts";
+import { LinkProxy } from "../../testing/proxy.ts";
 import { createForwarder, ForwardConnectError } from "./forwarder.ts";
 
 /** A TLS HTTP/2 server that requires a client certificate from `ca`, as a peer port with mTLS. */
@@ -116,5 +117,81 @@ Deno.test("createForwarder() rejects with the signal's reason once it aborts", a
   } finally {
     client.close();
     await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+Deno.test("createForwarder() fails an answer whose connection breaks after the headers instead of ending it", async () => {
+  // The leader's TLS peer server (node:http2) sends the headers on their own; a leader killed
+  // before the body leaves the stream "ended" in Deno, with a reset code. Relaying that as a
+  // whole answer would give the client a 200 with an empty body.
+  const server = http2.createServer();
+  server.on("stream", (stream) => {
+    stream.respond({ ":status": 200, "content-type": "application/json" });
+  });
+  const port = await new Promise<number>((resolve) => {
+    server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+  });
+  await using proxy = LinkProxy.listen({ port });
+  const client = createForwarder();
+  try {
+    const res = await client.forward(`http://127.0.0.1:${proxy.port}/forward/v1/data/a`, {
+      signal: AbortSignal.timeout(5000),
+    });
+    assert.equal(res.status, 200);
+    const body = res.arrayBuffer();
+    proxy.setMode("refuse"); // the connection closes, as when the leader's process dies
+    await assert.rejects(body, /the HTTP\/2 stream closed \(code 8\) before the answer ended/);
+  } finally {
+    client.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+Deno.test("createForwarder() closes its connections without GOAWAY, which a node:http2 server can die of", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["n1", "n2"] });
+    const server = http2.createSecureServer({
+      ca: await Deno.readTextFile(certs.ca),
+      cert: await Deno.readTextFile(certs.node("n2").cert),
+      key: await Deno.readTextFile(certs.node("n2").key),
+      requestCert: true,
+      rejectUnauthorized: true,
+    });
+    const seen: string[] = [];
+    const closed = Promise.withResolvers<void>();
+    const arrived = Promise.withResolvers<void>();
+    server.on("session", (session) => {
+      session.on("goaway", (code: number) => seen.push(`GOAWAY ${code}`));
+      session.on("error", () => {});
+      session.on("close", () => closed.resolve());
+    });
+    server.on("stream", (stream) => {
+      stream.on("error", () => {});
+      arrived.resolve(); // and never answer: the forward is in flight when the client closes
+    });
+    const port = await new Promise<number>((resolve) => {
+      server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+    });
+    const client = createForwarder({
+      ca: await Deno.readTextFile(certs.ca),
+      cert: await Deno.readTextFile(certs.node("n1").cert),
+      key: await Deno.readTextFile(certs.node("n1").key),
+    });
+    try {
+      const pending = client.forward(`https://localhost:${port}/forward/v1/data/a`, {
+        signal: AbortSignal.timeout(5000),
+      });
+      await arrived.promise;
+      client.close();
+      await assert.rejects(pending);
+      await closed.promise;
+      assert.deepEqual(seen, [], "the leader was told GOAWAY");
+    } finally {
+      client.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -12,6 +12,7 @@
  */
 
 import http2 from "node:http2";
+import net from "node:net";
 import tls from "node:tls";
 import { writeBody } from "./h2_body.ts";
 
@@ -52,6 +53,7 @@ export interface H2RequestInit {
 /** A connection pool of HTTP/2 sessions, one per origin. */
 export class H2Client {
   #sessions = new Map<string, http2.ClientHttp2Session>();
+  #sockets = new Set<net.Socket>();
   #closed = false;
   readonly #tls: H2TlsOptions | undefined;
 
@@ -129,6 +131,16 @@ export class H2Client {
             req.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
             req.on("end", () => {
               if (bodyDone) return;
+              // Deno ends a client stream also when its connection breaks after the headers (the
+              // server died, the link was cut), with a reset code set: that body is cut, not done.
+              if (req.rstCode !== undefined && req.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+                fail(
+                  new Error(
+                    `HTTP/2 stream closed before the response body ended (code ${req.rstCode})`,
+                  ),
+                );
+                return;
+              }
               bodyDone = true;
               try {
                 c.close();
@@ -159,9 +171,18 @@ export class H2Client {
     });
   }
 
-  /** Closes every connection; later requests are refused. */
+  /**
+   * Closes every connection, without GOAWAY; later requests are refused.
+   *
+   * The sockets close first: a session destroyed while its socket is open says GOAWAY, and Deno's
+   * nghttp2 can abort a process whose `node:http2` server (the TLS peer server) receives one
+   * while requests are in flight (denoland/deno#36788), so one node's graceful stop took a peer
+   * down. A closed connection is handled.
+   */
   close(): void {
     this.#closed = true;
+    for (const socket of this.#sockets) socket.destroy();
+    this.#sockets.clear();
     for (const s of this.#sessions.values()) s.destroy();
     this.#sessions.clear();
   }
@@ -169,9 +190,16 @@ export class H2Client {
   #session(origin: string): http2.ClientHttp2Session {
     const existing = this.#sessions.get(origin);
     if (existing && !existing.closed && !existing.destroyed) return existing;
-    const session = origin.startsWith("https:")
-      ? http2.connect(origin, this.#tlsOptions(origin))
-      : http2.connect(origin);
+    const https = origin.startsWith("https:");
+    const tlsOptions = https ? this.#tlsOptions(origin) : {};
+    // The client opens the socket itself, so that close() can drop it before the session.
+    const createConnection = () => {
+      const socket = _connect(new URL(origin), https ? tlsOptions : null);
+      this.#sockets.add(socket);
+      socket.once("close", () => this.#sockets.delete(socket));
+      return socket;
+    };
+    const session = http2.connect(origin, { ...tlsOptions, createConnection });
     // Errors reach the pending requests; the session is dropped so the next request reconnects.
     session.on("error", () => {});
     const forget = () => {
@@ -184,7 +212,7 @@ export class H2Client {
     return session;
   }
 
-  #tlsOptions(origin: string): http2.SecureClientSessionOptions {
+  #tlsOptions(origin: string): tls.ConnectionOptions {
     const options = this.#tls;
     if (options === undefined) return {};
     const wanted = options.expectedName?.(origin) ?? null;
@@ -206,4 +234,21 @@ export class H2Client {
       },
     };
   }
+}
+
+/**
+ * Opens the TCP (or, with `tls`, TLS with ALPN `h2`) connection to `url`'s host and port, as
+ * `http2.connect` would.
+ */
+function _connect(url: URL, tlsOptions: tls.ConnectionOptions | null): net.Socket {
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+  const port = Number(url.port || (tlsOptions === null ? 80 : 443));
+  if (tlsOptions === null) return net.connect({ host, port });
+  return tls.connect({
+    ...tlsOptions,
+    host,
+    port,
+    ALPNProtocols: ["h2"],
+    ...(net.isIP(host) === 0 ? { servername: host } : {}),
+  });
 }

@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import http2 from "node:http2";
+import { makeCertificates } from "../../testing/certs.ts";
+import { LinkProxy } from "../../testing/proxy.ts";
 import { H2Client } from "./h2_client.ts";
 
 function serveOn(port: number, handler: (req: Request) => Response | Promise<Response>) {
@@ -111,5 +114,79 @@ Deno.test("a response stream that closes without ending fails a read of its body
     clearTimeout(timer);
     client.close();
     await server.shutdown();
+  }
+});
+
+Deno.test("a response whose connection breaks after the headers fails a read of its body instead of ending it", async () => {
+  // node:http2 (the TLS peer server) sends the headers on their own; a server that dies before
+  // the body leaves its client's stream "ended" in Deno, with a reset code.
+  const server = http2.createServer();
+  server.on("stream", (stream) => {
+    stream.respond({ ":status": 200, "content-type": "application/json" });
+    stream.write('{"k":"a",');
+  });
+  const port = await new Promise<number>((resolve) => {
+    server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+  });
+  await using proxy = LinkProxy.listen({ port });
+  const client = new H2Client();
+  try {
+    const res = await client.fetch(`http://127.0.0.1:${proxy.port}/`);
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    assert.equal(new TextDecoder().decode((await reader.read()).value), '{"k":"a",');
+    proxy.setMode("refuse"); // the connection closes, as when the server's process dies
+    await assert.rejects(reader.read(), /closed before the response body ended \(code 8\)/);
+  } finally {
+    client.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+Deno.test("closing the client drops its connections without GOAWAY, which a node:http2 server can die of", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["server"] });
+    const read = (path: string) => Deno.readTextFileSync(path);
+    for (const scheme of ["https", "http"]) {
+      const server = scheme === "https"
+        ? http2.createSecureServer({
+          cert: read(certs.node("server").cert),
+          key: read(certs.node("server").key),
+        })
+        : http2.createServer();
+      const seen: string[] = [];
+      const closed = Promise.withResolvers<void>();
+      const arrived = Promise.withResolvers<void>();
+      server.on("session", (session) => {
+        session.on("goaway", (code: number) => seen.push(`GOAWAY ${code}`));
+        session.on("error", () => {});
+        session.on("close", () => closed.resolve());
+      });
+      server.on("stream", (stream) => {
+        stream.on("error", () => {});
+        arrived.resolve(); // and never answer: the request is in flight when the client closes
+      });
+      const port = await new Promise<number>((resolve) => {
+        server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+      });
+      const client = new H2Client({ tls: { ca: read(certs.ca) } });
+      try {
+        const pending = client.fetch(`${scheme}://localhost:${port}/raft`, {
+          method: "POST",
+          body: new Uint8Array(10),
+        });
+        await arrived.promise;
+        client.close();
+        await assert.rejects(pending);
+        await closed.promise;
+        assert.deepEqual(seen, [], `${scheme}: the server was told GOAWAY`);
+      } finally {
+        client.close();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
