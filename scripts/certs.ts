@@ -25,45 +25,12 @@
 
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { makeCertificates } from "../testing/certs.ts";
+import { makeCertificates, TOKEN_ROLES, writeTokensFile } from "../testing/certs.ts";
 
 const USAGE = `Usage: deno task certs --dir DIR --nodes ID,ID,... [--host NAME]... [--days N]
 
 Writes DIR/ca.crt, DIR/<id>.crt and DIR/<id>.key per node (CN = the node id) and DIR/tokens.json
 (one random token per role: read, write, admin). DIR must not hold a CA already.`;
-
-/** The roles a generated tokens file holds, one token each. */
-export const TOKEN_ROLES = ["read", "write", "admin"] as const;
-
-/**
- * A random bearer token: 32 random bytes as 64 hex digits.
- *
- * @returns The token.
- */
-export function randomToken(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(32));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/**
- * Writes `dir/tokens.json` (mode 0600) with one random token per role, named after the role.
- *
- * @param dir An existing directory.
- * @returns The file's path and the token of each role.
- */
-export async function writeTokensFile(
-  dir: string,
-): Promise<{ path: string; tokens: Record<(typeof TOKEN_ROLES)[number], string> }> {
-  const tokens = Object.fromEntries(TOKEN_ROLES.map((role) => [role, randomToken()])) as Record<
-    (typeof TOKEN_ROLES)[number],
-    string
-  >;
-  const path = join(dir, "tokens.json");
-  const body = TOKEN_ROLES.map((role) => ({ token: tokens[role], role, name: role }));
-  await Deno.writeTextFile(path, JSON.stringify(body, null, 2) + "\n", { mode: 0o600 });
-  await Deno.chmod(path, 0o600);
-  return { path, tokens };
-}
 
 async function main(args: string[]): Promise<number> {
   let values;
@@ -102,7 +69,8 @@ async function main(args: string[]): Promise<number> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   const certs = await makeCertificates(values.dir, { nodes, hosts: values.host ?? [], days });
-  const { path } = await writeTokensFile(values.dir);
+  const path = join(values.dir, "tokens.json");
+  await writeTokensFile(path);
   console.log(`CA:     ${certs.ca}`);
   for (const id of nodes) console.log(`${id}: ${certs.node(id).cert} ${certs.node(id).key}`);
   console.log(`tokens: ${path} (roles ${TOKEN_ROLES.join(", ")})`);

@@ -28,7 +28,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { join, resolve } from "node:path";
 import { readLines } from "../testing/read_lines.ts";
-import { makeCertificates } from "../testing/certs.ts";
+import { makeCertificates, TOKEN_ROLES, writeTokensFile } from "../testing/certs.ts";
 
 /** One member of a cluster file, spelled as in the file. */
 export interface ClusterEntry {
@@ -623,8 +623,6 @@ function _isIpAddress(host: string): boolean {
   return /^\d+\.\d+\.\d+\.\d+$/.test(host) || host.includes(":");
 }
 
-const _ROLES = ["read", "write", "admin"] as const;
-
 /** Reads the tokens file, or writes a new one (mode 0600) when there is none. */
 async function _tokens(file: string): Promise<{ tokens: LocalTokens; made: boolean }> {
   let text: string | null = null;
@@ -635,26 +633,17 @@ async function _tokens(file: string): Promise<{ tokens: LocalTokens; made: boole
       throw new ClusterError(`Cannot read ${file}: ${(error as Error).message}`);
     }
   }
-  if (text === null) {
-    const tokens: LocalTokens = { read: _newToken(), write: _newToken(), admin: _newToken() };
-    const entries = _ROLES.map((role) => ({ token: tokens[role], role, name: `local-${role}` }));
-    await Deno.writeTextFile(file, `${JSON.stringify(entries, null, 2)}\n`, {
-      mode: 0o600,
-      createNew: true,
-    });
-    await Deno.chmod(file, 0o600);
-    return { tokens, made: true };
-  }
+  if (text === null) return { tokens: await writeTokensFile(file, "local-"), made: true };
   const found: Partial<LocalTokens> = {};
   try {
     for (const entry of JSON.parse(text) as { token?: unknown; role?: unknown }[]) {
-      const role = _ROLES.find((r) => r === entry.role);
+      const role = TOKEN_ROLES.find((r) => r === entry.role);
       if (role !== undefined && typeof entry.token === "string") found[role] ??= entry.token;
     }
   } catch {
     // Reported below.
   }
-  const missing = _ROLES.filter((role) => found[role] === undefined);
+  const missing = TOKEN_ROLES.filter((role) => found[role] === undefined);
   if (missing.length > 0) {
     throw new ClusterError(
       `${file} has no token for the role(s) ${missing.join(", ")}; ` +
@@ -662,12 +651,6 @@ async function _tokens(file: string): Promise<{ tokens: LocalTokens; made: boole
     );
   }
   return { tokens: found as LocalTokens, made: false };
-}
-
-function _newToken(): string {
-  return Array.from(crypto.getRandomValues(new Uint8Array(32)))
-    .map((byte) => byte.toString(16).padStart(2, "0"))
-    .join("");
 }
 
 /**

@@ -168,6 +168,47 @@ export async function makeCertificates(
   };
 }
 
+/** The roles of a tokens file made by {@linkcode writeTokensFile}, one token each. */
+export const TOKEN_ROLES = ["read", "write", "admin"] as const;
+
+/** One token per role. */
+export type RoleTokens = Record<(typeof TOKEN_ROLES)[number], string>;
+
+/**
+ * A random bearer token: 32 bytes from `crypto.getRandomValues`, as 64 hex digits.
+ *
+ * @returns The token.
+ */
+export function randomToken(): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(32)))
+    .map((byte) => byte.toString(16).padStart(2, "0"))
+    .join("");
+}
+
+/**
+ * Writes a new tokens file for `--tokens-file` (mode 0600; never over an existing file) with one
+ * random token per role, named `<namePrefix><role>`.
+ *
+ * @param path The file to create.
+ * @param namePrefix Prefix of each token's name (default none).
+ * @returns The token of each role.
+ * @throws {Deno.errors.AlreadyExists} If the file exists.
+ */
+export async function writeTokensFile(path: string, namePrefix = ""): Promise<RoleTokens> {
+  const tokens = Object.fromEntries(TOKEN_ROLES.map((role) => [role, randomToken()])) as RoleTokens;
+  const entries = TOKEN_ROLES.map((role) => ({
+    token: tokens[role],
+    role,
+    name: `${namePrefix}${role}`,
+  }));
+  await Deno.writeTextFile(path, `${JSON.stringify(entries, null, 2)}\n`, {
+    mode: 0o600,
+    createNew: true,
+  });
+  await Deno.chmod(path, 0o600);
+  return tokens;
+}
+
 function _isIp(host: string): boolean {
   return /^\d+\.\d+\.\d+\.\d+$/.test(host) || host.includes(":");
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { makeCertificates } from "./certs.ts";
+import { makeCertificates, TOKEN_ROLES, writeTokensFile } from "./certs.ts";
 
 Deno.test("makeCertificates: node certificates name the node and chain to the CA", async () => {
   const dir = await Deno.makeTempDir();
@@ -25,6 +25,30 @@ Deno.test("makeCertificates: node certificates name the node and chain to the CA
     assert.ok(!stranger.verify(ca.publicKey));
     assert.ok(stranger.verify(other.publicKey));
     assert.throws(() => certs.node("node-3"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("writeTokensFile: one fresh token per role, mode 0600, never over a file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/tokens.json`;
+    const tokens = await writeTokensFile(path, "x-");
+    const entries = JSON.parse(await Deno.readTextFile(path));
+    assert.deepEqual(entries.map((e: { role: string }) => e.role), [...TOKEN_ROLES]);
+    assert.deepEqual(entries.map((e: { name: string }) => e.name), [
+      "x-read",
+      "x-write",
+      "x-admin",
+    ]);
+    for (const e of entries) {
+      assert.match(e.token, /^[0-9a-f]{64}$/);
+      assert.equal(tokens[e.role as keyof typeof tokens], e.token);
+    }
+    assert.equal(new Set(entries.map((e: { token: string }) => e.token)).size, 3);
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+    await assert.rejects(writeTokensFile(path), Deno.errors.AlreadyExists);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
