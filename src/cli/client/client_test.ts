@@ -91,5 +91,5 @@ Deno.test("--help, -h and raftkv help print usage and exit 0 without touching th
   ) {
     assert.match(overview.out, new RegExp(`^ {2}${name} `, "m"), name);
   }
-  assert.match(overview.out, /Not in this client: list, watch and members/);
+  assert.match(overview.out, /Not in this client: watch and members/);
 });
