@@ -11,8 +11,9 @@
  */
 
 import http2 from "node:http2";
-import net from "node:net";
-import tls from "node:tls";
+import type net from "node:net";
+import type tls from "node:tls";
+import { connectH2Socket } from "../util/h2_socket.ts";
 
 /**
  * Sends one request to the leader and resolves with its response.
@@ -93,7 +94,7 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
     const https = origin.startsWith("https:");
     // The forwarder opens the socket itself, so that close() can drop it before the session.
     const createConnection = () => {
-      const socket = _connect(new URL(origin), https ? tlsOptions : null);
+      const socket = connectH2Socket(new URL(origin), https ? tlsOptions : null);
       sockets.add(socket);
       socket.once("close", () => sockets.delete(socket));
       return socket;
@@ -309,21 +310,4 @@ function _bodyBytes(body: BodyInit | null | undefined): Uint8Array | null {
 
 function _message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/**
- * Opens the TCP (or, with `tlsOptions`, TLS with ALPN `h2`) connection to `url`'s host and port,
- * as `http2.connect` would.
- */
-function _connect(url: URL, tlsOptions: tls.ConnectionOptions | null): net.Socket {
-  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  const port = Number(url.port || (tlsOptions === null ? 80 : 443));
-  if (tlsOptions === null) return net.connect({ host, port });
-  return tls.connect({
-    ...tlsOptions,
-    host,
-    port,
-    ALPNProtocols: ["h2"],
-    ...(net.isIP(host) === 0 ? { servername: host } : {}),
-  });
 }

@@ -12,9 +12,10 @@
  */
 
 import http2 from "node:http2";
-import net from "node:net";
+import type net from "node:net";
 import tls from "node:tls";
 import { writeBody } from "./h2_body.ts";
+import { connectH2Socket } from "../util/h2_socket.ts";
 
 /** The TLS settings of an {@linkcode H2Client}, for `https:` URLs. */
 export interface H2TlsOptions {
@@ -194,7 +195,7 @@ export class H2Client {
     const tlsOptions = https ? this.#tlsOptions(origin) : {};
     // The client opens the socket itself, so that close() can drop it before the session.
     const createConnection = () => {
-      const socket = _connect(new URL(origin), https ? tlsOptions : null);
+      const socket = connectH2Socket(new URL(origin), https ? tlsOptions : null);
       this.#sockets.add(socket);
       socket.once("close", () => this.#sockets.delete(socket));
       return socket;
@@ -234,21 +235,4 @@ export class H2Client {
       },
     };
   }
-}
-
-/**
- * Opens the TCP (or, with `tls`, TLS with ALPN `h2`) connection to `url`'s host and port, as
- * `http2.connect` would.
- */
-function _connect(url: URL, tlsOptions: tls.ConnectionOptions | null): net.Socket {
-  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  const port = Number(url.port || (tlsOptions === null ? 80 : 443));
-  if (tlsOptions === null) return net.connect({ host, port });
-  return tls.connect({
-    ...tlsOptions,
-    host,
-    port,
-    ALPNProtocols: ["h2"],
-    ...(net.isIP(host) === 0 ? { servername: host } : {}),
-  });
 }
