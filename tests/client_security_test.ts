@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { PERMISSION_FLAGS } from "../main.ts";
-import { makeCertificates } from "../testing/certs.ts";
+import { makeCertificates, randomToken } from "../testing/certs.ts";
 import {
   cleanEnv,
   type HttpResult,
@@ -17,16 +17,9 @@ import {
   waitFor,
 } from "../testing/harness.ts";
 
-/** A fresh random token (32 hex digits). */
-function newToken(): string {
-  return Array.from(crypto.getRandomValues(new Uint8Array(16)))
-    .map((b) => b.toString(16).padStart(2, "0"))
-    .join("");
-}
-
 /** Writes a tokens file with a read, a write and an admin token; returns the tokens. */
 async function writeTokens(dir: string) {
-  const tokens = { read: newToken(), write: newToken(), admin: newToken() };
+  const tokens = { read: randomToken(), write: randomToken(), admin: randomToken() };
   const path = join(dir, "tokens.json");
   await Deno.writeTextFile(
     path,
@@ -71,7 +64,9 @@ Deno.test("with tokens, every node refuses what a caller's role does not allow, 
 
     // No token, or an unknown one: 401 JSON with WWW-Authenticate, on followers and leader.
     for (const id of cluster.ids) {
-      for (const headers of [{}, bearer(newToken()), { authorization: `Basic ${btoa("a:b")}` }]) {
+      for (
+        const headers of [{}, bearer(randomToken()), { authorization: `Basic ${btoa("a:b")}` }]
+      ) {
         for (
           const [method, path, body] of [
             ["GET", "/v1/data/a", undefined],
@@ -114,7 +109,7 @@ Deno.test("with tokens, every node refuses what a caller's role does not allow, 
       ["PUT", "/v1/data/b", { v: "1" }, bearer(tokens.read), 403],
       ["DELETE", "/v1/data/a", undefined, bearer(tokens.read), 403],
       ["POST", "/v1/data", { k: "b", v: "1" }, {}, 401],
-      ["DELETE", "/v1/data/a", undefined, bearer(newToken()), 401],
+      ["DELETE", "/v1/data/a", undefined, bearer(randomToken()), 401],
     ];
     for (const [method, path, body, headers, status] of refusals) {
       const res = await cluster.request(follower, method, path, body, { headers });

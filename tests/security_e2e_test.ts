@@ -11,7 +11,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { makeCertificates } from "../testing/certs.ts";
+import { makeCertificates, randomToken } from "../testing/certs.ts";
 import {
   cleanEnv,
   type ProcessCluster,
@@ -19,13 +19,6 @@ import {
   startCluster,
   waitFor,
 } from "../testing/harness.ts";
-
-/** A fresh random token (64 hex digits). */
-function newToken(): string {
-  return Array.from(crypto.getRandomValues(new Uint8Array(32)))
-    .map((b) => b.toString(16).padStart(2, "0"))
-    .join("");
-}
 
 /** An answer read from `curl -i`: status, lower-cased headers and body. */
 interface CurlAnswer {
@@ -52,7 +45,7 @@ Deno.test("with peer mTLS, HTTPS and tokens together, followers forward the quic
   try {
     const ids = ["node-1", "node-2", "node-3"];
     const certs = await makeCertificates(dir, { nodes: ids });
-    const tokens = { read: newToken(), write: newToken(), admin: newToken() };
+    const tokens = { read: randomToken(), write: randomToken(), admin: randomToken() };
     const tokensFile = join(dir, "tokens.json");
     await Deno.writeTextFile(
       tokensFile,
@@ -147,7 +140,7 @@ Deno.test("with peer mTLS, HTTPS and tokens together, followers forward the quic
     const refusals: [string, string[], string | undefined, number][] = [
       ["/v1/data", ["-X", "POST", "-H", json, "-d", '{"k":"b","v":"x"}'], undefined, 401],
       ["/v1/data", ["-X", "POST", "-H", json, "-d", '{"k":"b","v":"x"}'], tokens.read, 403],
-      ["/v1/data/b", ["-X", "PUT", "-H", json, "-d", '{"v":"x"}'], newToken(), 401],
+      ["/v1/data/b", ["-X", "PUT", "-H", json, "-d", '{"v":"x"}'], randomToken(), 401],
       ["/v1/data/b", ["-X", "PUT", "-H", json, "-d", '{"v":"x"}'], tokens.read, 403],
       ["/v1/data/c", ["-X", "DELETE"], tokens.read, 403],
     ];
