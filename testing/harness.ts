@@ -28,6 +28,7 @@ import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import type { Certificates } from "./certs.ts";
 import { readLines } from "./read_lines.ts";
+import type { MemberStatus as NodeStatus } from "../src/cli/client/status.ts";
 
 /** One entry of a cluster file, spelled as in the file. */
 export interface ClusterFileEntry {
@@ -59,27 +60,8 @@ export interface NodeInfo {
   paused: boolean;
 }
 
-/** The body of `GET /v1/status`. */
-export interface NodeStatus {
-  /** The node's id. */
-  id: string;
-  /** `"leader"`, `"follower"`, `"candidate"` (or another role the node reports). */
-  role: string;
-  /** The node's current term. */
-  term: number;
-  /** The leader the node knows of, if any. */
-  leader: { id: string; api_url: string } | null;
-  /** Highest log index known to be committed. */
-  commit_index: number;
-  /** Highest log index applied to the state machine. */
-  applied_index: number;
-  /** Index of the last entry in the node's log. */
-  last_index: number;
-  /** Every member and its client API address. */
-  members?: { id: string; api_url: string }[];
-  /** Conditions the node reports, such as `"NOSPACE"` while its disk is full. */
-  alarms?: string[];
-}
+/** The body of `GET /v1/status`, as the command-line client reads it. */
+export type { NodeStatus };
 
 /** The outcome of an HTTP request made by {@linkcode httpRequest}. */
 export interface HttpResult {
