@@ -673,7 +673,10 @@ class _Simulation {
       inner = await openDiskStorage(paths, { fs: n.fs, segmentSize: this.#segmentSize });
     } catch (e) {
       if (n.inc !== inc) return; // crashed again while recovering
-      this.#fail("recovery", `${n.id} cannot start: ${(e as Error)?.message ?? e}`);
+      // Seen from outside, a node that refuses to start is a node that never comes back: with the
+      // internal recovery check disabled, it is reported as the liveness failure a user would see.
+      const check = this.#disabled.has("recovery") ? "liveness" : "recovery";
+      this.#fail(check, `${n.id} cannot start: ${(e as Error)?.message ?? e}`);
     }
     if (n.inc !== inc) return;
     this.#checkRecovered(n, inner);
