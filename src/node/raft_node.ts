@@ -81,6 +81,8 @@ export interface SnapshotData {
   entries: SnapshotEntry[];
   /** The state machine's remembered idempotent outcomes. */
   sessions: Uint8Array[];
+  /** The state machine's leases with their keys (none in snapshots written before leases). */
+  leases?: Uint8Array[];
 }
 
 /**
@@ -596,7 +598,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       voters: [...this.#core.voters],
       count: view.count,
     };
-    const chunks = encodeSnapshot(header, { entries: view.entries(), sessions: view.sessions });
+    const chunks = encodeSnapshot(header, {
+      entries: view.entries(),
+      sessions: view.sessions,
+      leases: view.leases,
+    });
     const stream = new ReadableStream<Uint8Array>({
       async pull(controller) {
         try {
@@ -1258,6 +1264,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       await this.#storage.saveSnapshot(meta, view.count, {
         entries: view.entries(),
         sessions: view.sessions,
+        leases: view.leases,
       });
     } finally {
       view.close();
