@@ -271,6 +271,10 @@ export interface NodeInspection {
   entries(): Iterable<KvEntry>;
   /** The state machine's remembered idempotent outcomes, encoded as in snapshots. */
   sessions(): readonly Uint8Array[];
+  /** The lease `key` is attached to in the applied state, or null. */
+  leaseOf(key: string): number | null;
+  /** The number of leases in the applied state. */
+  readonly leaseCount: number;
 }
 
 interface Waiter {
@@ -689,6 +693,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       kvEntry: (key) => this.#kv.entry(key),
       entries: () => this.#kv.entries(),
       sessions: () => this.#kv.sessionRecords(),
+      leaseOf: (key) => this.#kv.leaseOf(key),
+      leaseCount: this.#kv.leaseCount,
     };
   }
 
