@@ -16,7 +16,8 @@
  *
  * Grants, puts and revocations go through the log like every write. Keep-alives and the time
  * left are the leader's (it alone tracks deadlines, see `src/node/lease_tracker.ts`): a follower
- * forwards them to the leader.
+ * forwards them to the leader. A grant and a revocation take an `Idempotency-Key` like any write
+ * (a retry is answered with the first outcome).
  *
  * @module
  */
@@ -28,6 +29,8 @@ import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, quote } from "./errors.ts";
 import { parseObject, readBody, requireJson } from "./validate.ts";
+import { idempotencyKey, REPLAYED_HEADER } from "./outcome.ts";
+import type { KvResult } from "../node/backend.ts";
 
 /** The longest time to live, in milliseconds (about 24.8 days). */
 export const MAX_LEASE_TTL_MS = 2_147_483_647;
@@ -204,6 +207,7 @@ async function _grant(
   caller: Caller | null,
 ): Promise<Response> {
   requireJson(req);
+  const idem = idempotencyKey(req);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   const bytes = await readBody(req, 4096, deadline);
   const body = parseObject(bytes);
@@ -213,14 +217,37 @@ async function _grant(
   const ttlMs = parseTtl(body.ttl, '"ttl"');
   try {
     const r = await raceAbort(
-      (signal) => ctx.backend.write({ op: "lease_grant", ttlMs }, signal),
+      (signal) => ctx.backend.write({ op: "lease_grant", ttlMs }, signal, idem),
       deadline.signal,
     );
-    if (r.op !== "lease_grant") throw new Error(`a lease grant answered ${r.op}`);
-    return jsonResponse(201, { id: r.id, ttl: ttlText(ttlMs), ttl_ms: ttlMs, index: r.index });
+    if (r.op !== "lease_grant") throw _unexpected(r);
+    return jsonResponse(
+      201,
+      { id: r.id, ttl: ttlText(ttlMs), ttl_ms: ttlMs, index: r.index },
+      _replayed(r),
+    );
   } catch (err) {
     return await backendFailure(ctx, req, url, bytes, err, deadline, { write: true, caller });
   }
+}
+
+/** The answer to a result a lease write cannot have, but for a reused idempotency key (422). */
+function _unexpected(r: KvResult): Error {
+  if (r.op === "idempotency_mismatch") {
+    return new ApiError(
+      422,
+      `the Idempotency-Key ${
+        quote(r.id)
+      } was first used for a different request; nothing was done (use a new key for a new request)`,
+      { idempotency_key: r.id },
+    );
+  }
+  return new Error(`a lease write answered ${r.op}`);
+}
+
+/** The headers of a replayed outcome. */
+function _replayed(r: KvResult): Record<string, string> {
+  return r.replayed ? { [REPLAYED_HEADER]: "true" } : {};
 }
 
 async function _revoke(
@@ -230,15 +257,21 @@ async function _revoke(
   caller: Caller | null,
   id: number,
 ): Promise<Response> {
+  const idem = idempotencyKey(req);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   try {
     const r = await raceAbort(
-      (signal) => ctx.backend.write({ op: "lease_revoke", ids: [id], reason: "revoke" }, signal),
+      (signal) =>
+        ctx.backend.write({ op: "lease_revoke", ids: [id], reason: "revoke" }, signal, idem),
       deadline.signal,
     );
-    if (r.op !== "lease_revoke") throw new Error(`a lease revoke answered ${r.op}`);
+    if (r.op !== "lease_revoke") throw _unexpected(r);
     if (r.revoked.length === 0) throw _notFound(id);
-    return jsonResponse(200, { id, revoked: true, deleted: r.deleted, index: r.index });
+    return jsonResponse(
+      200,
+      { id, revoked: true, deleted: r.deleted, index: r.index },
+      _replayed(r),
+    );
   } catch (err) {
     if (err instanceof ApiError) throw err;
     return await backendFailure(ctx, req, url, null, err, deadline, { write: true, caller });
