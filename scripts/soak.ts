@@ -9,7 +9,8 @@
  * ```
  *
  * Other options (as printed in a failure's replay command): `--faults '<json>'` overrides the fault
- * mix, `--clients N`, `--keys N`, `--lease-reads F` sends that fraction of reads with the "lease"
+ * mix, `--clients N`, `--keys N`, `--lease-holders N` (clients holding leases; default 1),
+ * `--lease-reads F` sends that fraction of reads with the "lease"
  * consistency, `--snapshot-threshold N` takes a snapshot every N applied entries (0: never; `on`:
  * a threshold drawn per seed from 20, 50 and 200, with the seed's catch-up entries; default: drawn
  * per seed, off for about a quarter of the seeds), `--catch-up-entries N` keeps N entries before a
@@ -39,7 +40,8 @@ import { runSoakSeed, type SoakReply } from "../testing/sim/soak_worker.ts";
 const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
-options shared by both: --faults '<json>' --clients N --keys N --lease-reads FRACTION
+options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
+  --lease-reads FRACTION
   --snapshot-threshold N|on --catch-up-entries N --disable check,check
   --disk-fault ${DISK_FAULTS.join("|")}`;
 
@@ -60,6 +62,7 @@ interface _Common {
   keys?: number;
   diskFault?: DiskFault;
   leaseReads?: number;
+  leaseHolders?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
   snapshotThreshold?: number | "on";
   catchUpEntries?: number;
@@ -76,6 +79,7 @@ function _options(seed: number, common: _Common): SimulationOptions {
   if (common.clients !== undefined) options.clients = common.clients;
   if (common.keys !== undefined) options.keys = common.keys;
   if (common.leaseReads !== undefined) options.leaseReads = common.leaseReads;
+  if (common.leaseHolders !== undefined) options.leaseHolders = common.leaseHolders;
   if (common.snapshotThreshold === "on") {
     // Explicit per seed, so that a failure's replay command carries them.
     const drawn = snapshotDefaults(seed, true);
@@ -206,6 +210,11 @@ coordination:     ${t("casOk")} compare-and-sets applied, ${t("casFailed")} refu
   } range reads; ${t("idempotentRetries")} writes sent again with their idempotency key, ${
     t("idempotentReplays")
   } answered as replays
+leases:           ${t("leasesGranted")} granted, ${
+    t("leaseKeepAlives")
+  } keep-alives acknowledged, ${t("leasesRevoked")} revoked, ${t("leasesExpired")} expired (${
+    t("leaseBoundChecks")
+  } checked against the bound)
 faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures, ${
     t("tornWrites")
   } torn writes), ${t("partitions")} partitions, ${t("pauses")} pauses, ${
@@ -250,6 +259,7 @@ async function _main(): Promise<number> {
       keys: { type: "string" },
       "disk-fault": { type: "string" },
       "lease-reads": { type: "string" },
+      "lease-holders": { type: "string" },
       "snapshot-threshold": { type: "string" },
       "catch-up-entries": { type: "string" },
       disable: { type: "string" },
@@ -285,6 +295,9 @@ async function _main(): Promise<number> {
   }
   if (values.clients !== undefined) common.clients = _int("clients", values.clients, 0, 1);
   if (values.keys !== undefined) common.keys = _int("keys", values.keys, 0, 1);
+  if (values["lease-holders"] !== undefined) {
+    common.leaseHolders = _int("lease-holders", values["lease-holders"], 0, 0);
+  }
   const fault = values["disk-fault"];
   if (fault !== undefined) {
     if (!(DISK_FAULTS as readonly string[]).includes(fault)) {

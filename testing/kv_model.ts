@@ -1,7 +1,7 @@
 /**
  * A reference model of the key-value state machine, written as plainly as possible and apart
  * from `src/kv/`: a `Map` of entries, ranges by sorting every key, remembered idempotent outcomes
- * in an array scanned from the front. It gives the same results as `KvStateMachine` should, so
+ * in an array scanned from the front, leases as a map of ids and a map of key to lease id. It gives the same results as `KvStateMachine` should, so
  * tests and the simulation can check the real state machine (and whole clusters) against it.
  *
  * It shares only the command types and the key order with the real code: the order is checked on
@@ -36,6 +36,10 @@ export class KvModel {
   #remembered: _Remembered[] = [];
   /** How many times a command ran (not replayed), by idempotency key. */
   readonly appliedById = new Map<string, number>();
+  /** The leases' time to live by id. */
+  readonly leases = new Map<number, number>();
+  /** The lease each attached key belongs to. */
+  readonly keyLease = new Map<string, number>();
 
   /** Applies `cmd` as the entry at `index` and returns its result. */
   apply(index: number, cmd: KvCommand): KvResult {
@@ -92,23 +96,52 @@ export class KvModel {
         if (cmd.cas !== undefined && (cur(cmd.key)?.modIndex ?? 0) !== cmd.cas) {
           return { op: "cas_failed", index, key: cmd.key, current: cur(cmd.key) };
         }
+        let lease: number | null = null;
+        if (cmd.lease !== undefined) {
+          if ("ttlMs" in cmd.lease) {
+            this.leases.set(index, cmd.lease.ttlMs);
+            lease = index;
+          } else if (this.leases.has(cmd.lease.id)) {
+            lease = cmd.lease.id;
+          } else {
+            return { op: "lease_not_found", index, lease: cmd.lease.id };
+          }
+        }
         const e = this.#write(index, cmd.key, cmd.value);
-        return {
+        if (lease !== null) this.keyLease.set(cmd.key, lease);
+        const result: KvResult = {
           op: "put",
           index,
           createIndex: e.createIndex,
           modIndex: e.modIndex,
           version: e.version,
         };
+        if (lease !== null) result.lease = lease;
+        return result;
       }
       case "delete":
         if (cmd.cas !== undefined && (cur(cmd.key)?.modIndex ?? 0) !== cmd.cas) {
           return { op: "cas_failed", index, key: cmd.key, current: cur(cmd.key) };
         }
-        return { op: "delete", index, deleted: this.data.delete(cmd.key) };
+        return { op: "delete", index, deleted: this.#delete(cmd.key) };
+      case "lease_grant":
+        this.leases.set(index, cmd.ttlMs);
+        return { op: "lease_grant", index, id: index, ttlMs: cmd.ttlMs };
+      case "lease_revoke": {
+        const revoked = cmd.ids.filter((id) => this.leases.has(id));
+        const deleted: string[] = [];
+        for (const id of revoked) {
+          this.leases.delete(id);
+          const keys = [...this.keyLease].filter(([, l]) => l === id).map(([k]) => k);
+          for (const k of keys.sort(compareKeys)) {
+            if (this.#delete(k)) deleted.push(k);
+          }
+        }
+        return { op: "lease_revoke", index, revoked, deleted };
+      }
       case "delete_range": {
         const keys = this.range(cmd.range).map((e) => e.key);
-        for (const k of keys) this.data.delete(k);
+        for (const k of keys) this.#delete(k);
         return { op: "delete_range", index, deleted: keys.length };
       }
       case "txn": {
@@ -142,7 +175,7 @@ export class KvModel {
               version: e.version,
             });
           } else if (op.op === "delete") {
-            results.push({ op: "delete", key: op.key, deleted: this.data.delete(op.key) });
+            results.push({ op: "delete", key: op.key, deleted: this.#delete(op.key) });
           } else {
             results.push({ op: "get", key: op.key, entry: cur(op.key) });
           }
@@ -152,7 +185,14 @@ export class KvModel {
     }
   }
 
+  /** Deletes `key` and detaches it from its lease; whether it existed. */
+  #delete(key: string): boolean {
+    this.keyLease.delete(key);
+    return this.data.delete(key);
+  }
+
   #write(index: number, key: string, value: string): KvEntry {
+    this.keyLease.delete(key);
     const old = this.data.get(key);
     const e: KvEntry = {
       key,

@@ -22,6 +22,14 @@
  * so a retry after a timeout or a lost answer is answered with its first outcome instead of a
  * misleading 412.
  *
+ * With `useLease` (`--lease` on the command line) the lock uses the cluster's leases instead of
+ * the waiter's clock: acquire by granting a lease and writing the key with `?cas=0&lease=ID`, keep
+ * it by keeping the lease alive (a 404 means it expired: stop at once), release by revoking the
+ * lease. A waiter only waits for the key to be gone: a dead or frozen holder's lease expires on
+ * the leader and takes the key with it. The holder still counts the lock as its own only until
+ * its last acknowledged keep-alive was sent plus the TTL minus a margin, and fenced work is what
+ * keeps the work safe.
+ *
  * Leader election is the same lock: the leader holds it and publishes itself in the value, the
  * others wait to take it over and read the value to find the leader.
  *
@@ -48,6 +56,8 @@ export interface LeaseLockOptions {
   pollMs?: number;
   /** One request's deadline, in ms. Default ttlMs / 3. */
   requestTimeoutMs?: number;
+  /** Hold the lock with a lease of the cluster (see the module doc). Default false. */
+  useLease?: boolean;
 }
 
 /** What a request got: an answer, or null for nothing that says anything (a timeout, a cut). */
@@ -69,12 +79,15 @@ export class LeaseLock {
   #releasing = false;
   #lost: (() => void) | null = null;
   #seq = 0;
+  /** The lease the lock's key is attached to (with `useLease`), or null. */
+  #lease: number | null = null;
 
   /** A lock with `options`; nothing is sent until {@linkcode LeaseLock.acquire}. */
   constructor(options: LeaseLockOptions) {
     this.#o = {
       pollMs: Math.max(5, Math.floor(options.ttlMs / 10)),
       requestTimeoutMs: Math.max(50, Math.floor(options.ttlMs / 3)),
+      useLease: false,
       ...options,
     };
   }
@@ -98,6 +111,7 @@ export class LeaseLock {
    */
   async acquire(onLost: () => void = () => {}): Promise<number> {
     const value = `${this.#o.owner}/${crypto.randomUUID()}`;
+    if (this.#o.useLease) return await this.#acquireWithLease(value, onLost);
     let seen: { modIndex: number; since: number } | null = null;
     for (;;) {
       const read = await this.#request("GET", `/v1/data/${encodeURIComponent(this.#o.key)}`);
@@ -122,12 +136,86 @@ export class LeaseLock {
     }
   }
 
+  /**
+   * Acquires with a lease: waits until the key is gone, then grants a lease and writes the key
+   * attached to it (only if it does not exist).
+   */
+  async #acquireWithLease(value: string, onLost: () => void): Promise<number> {
+    const path = `/v1/data/${encodeURIComponent(this.#o.key)}`;
+    for (let attempt = 1;; attempt++) {
+      const read = await this.#request("GET", path);
+      if (read?.status !== 404) {
+        await _sleep(this.#o.pollMs);
+        continue;
+      }
+      const sent = performance.now();
+      const grant = await this.#retrying(
+        "POST",
+        "/v1/leases",
+        { ttl: `${this.#o.ttlMs}ms` },
+        `${value}/grant/${attempt}`,
+      );
+      if (grant?.status !== 201) continue;
+      const lease = grant.body.id as number;
+      const r = await this.#retrying(
+        "PUT",
+        `${path}?cas=0&lease=${lease}`,
+        { v: value },
+        `${value}/acquire/${attempt}`,
+      );
+      if (r?.status === 200) {
+        this.#lease = lease;
+        this.#holdLease(value, lease, sent, onLost);
+        return r.body.mod_index as number;
+      }
+      // Taken meanwhile (or the lease expired already): give the lease back, wait again.
+      await this.#request("DELETE", `/v1/leases/${lease}`);
+    }
+  }
+
+  /** Keeps the lease alive every third of its TTL; a 404, or no answer in time, loses the lock. */
+  #holdLease(value: string, lease: number, sentAt: number, onLost: () => void): void {
+    this.#value = value;
+    this.#validUntil = sentAt + this.#o.ttlMs * 0.8;
+    this.#lost = onLost;
+    this.#releasing = false;
+    const renew = async () => {
+      if (this.#value !== value) return;
+      const sent = performance.now();
+      const r = await this.#request("POST", `/v1/leases/${lease}/keepalive`);
+      if (this.#value !== value) return;
+      if (r?.status === 200) {
+        this.#validUntil = sent + this.#o.ttlMs * 0.8;
+      } else if (r?.status === 404 || performance.now() >= this.#validUntil) {
+        this.#lose();
+        return;
+      }
+      const pause = r?.status === 200 ? this.#o.ttlMs / 3 : this.#o.pollMs;
+      if (!this.#releasing) this.#renewer = setTimeout(tick, pause);
+    };
+    const tick = () => {
+      this.#renewal = renew();
+    };
+    this.#renewer = setTimeout(tick, this.#o.ttlMs / 3);
+  }
+
   /** Stops renewing and deletes the lock if it is still ours. */
   async release(): Promise<void> {
     const value = this.#value;
     if (value === null) return;
     clearTimeout(this.#renewer);
     this.#releasing = true;
+    if (this.#lease !== null) {
+      await this.#renewal;
+      const lease = this.#lease;
+      const still = this.#value === value;
+      this.#stop();
+      // Revoking the lease deletes the key with it.
+      if (still) {
+        await this.#retrying("DELETE", `/v1/leases/${lease}`, undefined, `${value}/release`);
+      }
+      return;
+    }
     // A renewal in flight moves mod_index: wait for it, or the delete's condition would fail.
     await this.#renewal;
     const modIndex = this.#modIndex;
@@ -206,6 +294,7 @@ export class LeaseLock {
     clearTimeout(this.#renewer);
     this.#value = null;
     this.#lost = null;
+    this.#lease = null;
   }
 
   /** `PUT ?cas=` with an idempotency key, retried while its outcome is unknown. */
@@ -284,6 +373,7 @@ async function _main(): Promise<void> {
       key: { type: "string", default: "locks/demo" },
       owner: { type: "string", default: `client-${Deno.pid}` },
       ttl: { type: "string", default: "1000" },
+      lease: { type: "boolean", default: false },
       rounds: { type: "string", default: "3" },
       work: { type: "string", default: "5" },
     },
@@ -295,6 +385,7 @@ async function _main(): Promise<void> {
     key: values.key,
     owner: values.owner,
     ttlMs: Number(values.ttl),
+    useLease: values.lease,
   });
   const counter = `${values.key}/counter`;
   for (let round = 0; round < Number(values.rounds); round++) {

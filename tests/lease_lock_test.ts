@@ -6,7 +6,8 @@
  * after a third took over, and then the cluster's leader is killed. Checks: the lock is taken
  * over after the time to live, the frozen holder notices it lost the lock, every surviving
  * client finishes, the fencing tokens grow from one holder to the next, and no two holders'
- * work ever interleaved (every counter value was written once).
+ * work ever interleaved (every counter value was written once). It runs twice: with the lock kept
+ * by rewriting the key (compare-and-set), and held by a lease of the cluster (`--lease`).
  */
 
 import assert from "node:assert/strict";
@@ -32,7 +33,7 @@ interface Client {
   output: Promise<void>;
 }
 
-function spawnClient(owner: string, urls: string[]): Client {
+function spawnClient(owner: string, urls: string[], lease: boolean): Client {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -44,6 +45,7 @@ function spawnClient(owner: string, urls: string[]): Client {
       `--ttl=${TTL_MS}`,
       "--rounds=2",
       "--work=6",
+      ...(lease ? ["--lease"] : []),
     ],
     stdout: "piped",
     stderr: "inherit",
@@ -57,11 +59,19 @@ function spawnClient(owner: string, urls: string[]): Client {
 }
 
 Deno.test("competing clients share a lock; a killed holder's lock is taken over and fenced work never interleaves", async () => {
+  await competeForTheLock(false);
+});
+
+Deno.test("the same with the lock held by a lease of the cluster: a dead or frozen holder's key expires", async () => {
+  await competeForTheLock(true);
+});
+
+async function competeForTheLock(lease: boolean): Promise<void> {
   await using cluster = await startCluster({ size: 3 });
   await cluster.waitForLeader(15_000);
   const urls = cluster.ids.map((id) => cluster.api(id));
   const clients = ["c1", "c2", "c3"].map((owner, i) =>
-    spawnClient(owner, [...urls.slice(i), ...urls.slice(0, i)])
+    spawnClient(owner, [...urls.slice(i), ...urls.slice(0, i)], lease)
   );
   const all = () => clients.flatMap((c) => c.events).sort((a, b) => a.t - b.t);
   try {
@@ -159,4 +169,4 @@ Deno.test("competing clients share a lock; a killed holder's lock is taken over 
       await c.output.catch(() => {});
     }
   }
-});
+}

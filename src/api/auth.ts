@@ -92,6 +92,9 @@ export function requiredRole(method: string, path: string): AccessRole | null {
   if (path === "/v1/status" || path === "/v1/cluster" || path === "/metrics") return "read";
   if (path === "/v1/data") return method === "GET" || method === "HEAD" ? "read" : "write";
   if (path === "/v1/txn") return "write";
+  if (path === "/v1/leases" || path.startsWith("/v1/leases/")) {
+    return method === "GET" || method === "HEAD" ? "read" : "write";
+  }
   if (path.startsWith("/v1/data/")) return method === "GET" || method === "HEAD" ? "read" : "write";
   return "admin";
 }

@@ -265,7 +265,7 @@ export function acceptForwarded(
   if (
     !outer.pathname.startsWith(FORWARD_PATH_PREFIX) ||
     (path !== "/v1/data" && !path.startsWith("/v1/data/") && path !== "/v1/txn" &&
-      path !== "/v1/leader/transfer")
+      path !== "/v1/leader/transfer" && path !== "/v1/leases" && !path.startsWith("/v1/leases/"))
   ) {
     throw new ApiError(404, `no such forwarding path ${quote(outer.pathname)}`);
   }

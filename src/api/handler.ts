@@ -21,6 +21,7 @@
  * | `GET`    | `/v1/cluster`     |                 | 200 every member's status and numbers   |
  * | `GET`    | `/ui/`            |                 | 200 the dashboard (`/ui` redirects)     |
  * | `POST`   | `/v1/leader/transfer` | `{"to"}`, optional | 200 `{"leader","previous"}` (admin) |
+ * | `POST`   | `/v1/leases`      | `{"ttl"}`       | 201 `{"id","ttl",...}`; more in `leases.ts` |
  *
  * A revision is `create_index`, `mod_index`, `version`. Writes take a compare-and-set condition
  * (`?cas=N` or `"cas": N`: 412 when it fails) and an `Idempotency-Key` header (a retry answers the
@@ -81,6 +82,7 @@ import { ApiLimits } from "./limits.ts";
 import { INDEX_HEADER } from "./outcome.ts";
 import { deleteRangeRoute, readRangeRoute } from "./ranges.ts";
 import { txnRoute } from "./txn.ts";
+import { leaseRoutes, LEASES_PATH } from "./leases.ts";
 import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
 import { isUiPath, uiResponse } from "./ui.ts";
 import { leaderTransferRoute } from "./admin.ts";
@@ -499,6 +501,15 @@ async function _route(
       _allow(req, path, ["POST"]);
       return await leaderTransferRoute(ctx, req, url, caller);
   }
+  if (path === LEASES_PATH || path.startsWith(LEASES_PATH + "/")) {
+    return await leaseRoutes(
+      ctx,
+      req,
+      url,
+      caller,
+      (route, methods) => _allow(req, route, methods),
+    );
+  }
   if (isUiPath(path)) {
     _allow(req, "/ui", ["GET"]);
     return uiResponse(path);
@@ -508,7 +519,7 @@ async function _route(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /health, /ready, /metrics and /ui/`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /v1/leases, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

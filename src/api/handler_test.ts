@@ -95,7 +95,14 @@ class FakeBackend implements KvBackend {
       case "txn":
         line = `txn ${cmd.compare.length}/${cmd.success.length}/${cmd.failure.length}`;
         break;
+      case "lease_grant":
+        line = `lease_grant ${cmd.ttlMs}`;
+        break;
+      case "lease_revoke":
+        line = `lease_revoke ${cmd.reason} ${cmd.ids.join(",")}`;
+        break;
     }
+    if (cmd.op === "put" && cmd.lease) line += ` lease=${JSON.stringify(cmd.lease)}`;
     if ("cas" in cmd) line += ` cas=${cmd.cas}`;
     if (idempotencyKey) line += ` idempotency-key=${idempotencyKey}`;
     return this.#op(line, signal, () =>

@@ -6,6 +6,8 @@
  * - Writes take a compare-and-set condition, `?cas=N` or `"cas": N` (see `casParam`): the key's
  *   `mod_index` must be `N` (0: it must not exist), else 412 with its current revision, and
  *   nothing changes.
+ * - A put takes `?lease=ID` (attach the key to a lease; 404 when it does not exist) or `?ttl=10s`
+ *   (a new lease for this key alone); see `leases.ts`. Without either it detaches the key.
  * - Writes take an `Idempotency-Key` header: a retry with the same key and request is answered
  *   with the first outcome and applied once (see `outcome.ts`).
  *
@@ -16,7 +18,8 @@ import type { KvResult, PlainCommand } from "../node/backend.ts";
 import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
-import { jsonResponse, overloadedError } from "./errors.ts";
+import { ApiError, jsonResponse, overloadedError } from "./errors.ts";
+import { leaseParam } from "./leases.ts";
 import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome.ts";
 import {
   casParam,
@@ -60,14 +63,23 @@ export async function writeRoute(
   checkKey(key, ctx.maxKeyBytes);
   checkValue(key, value, ctx.maxValueBytes);
   const cas = casParam(url, body, key);
+  const lease = leaseParam(url);
   const cmd: PlainCommand = cas === undefined
     ? { op: "put", key, value }
     : { op: "put", key, value, cas };
+  if (lease !== undefined) cmd.lease = lease;
   let result: KvResult;
   try {
     result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);
   } catch (err) {
     return await backendFailure(ctx, req, url, bytes, err, deadline, { write: true, key, caller });
+  }
+  if (result.op === "lease_not_found") {
+    throw new ApiError(
+      404,
+      `lease ${result.lease} not found (never granted, revoked, or expired); nothing was written`,
+      { k: key, lease: result.lease },
+    );
   }
   return writeOutcome(result, cas, (r) => ({
     k: key,
@@ -76,6 +88,7 @@ export async function writeRoute(
     ...(r.op === "put"
       ? { create_index: r.createIndex, mod_index: r.modIndex, version: r.version }
       : {}),
+    ...(r.op === "put" && r.lease !== undefined ? { lease: r.lease } : {}),
   }));
 }
 

@@ -49,6 +49,11 @@
  * - Values should be unique per key (e.g. `"client3-17"`): a history that writes the same value
  *   twice is still checked correctly, but the checker cannot tell which write a read saw, so it
  *   finds fewer bugs.
+ * - Deletes nobody asked for, such as a key removed because its lease was revoked or expired,
+ *   are writes too: record each as a `delete` of its own (a client id used for nothing else),
+ *   from when its cause could first take effect (when the revoke or expire entry was proposed)
+ *   to when it was known done (committed). Left out, a read of the expired key would look like
+ *   a lost write.
  * - Lost writes: to catch an acknowledged write that later disappears, end the test by reading
  *   every key once after all writes have returned (or timed out) and add those reads to the
  *   history. A lost write then shows up as a non-linearizable read.

@@ -176,6 +176,21 @@ Deno.test("checkLinearizability() accepts a sequential history", () => {
   assert.deepEqual(result, { ok: true, keys: 1, operations: 5, dropped: 0 });
 });
 
+Deno.test("checkLinearizability() sees a lease expiry recorded as a delete of its own", () => {
+  const before = [put(1, "lock", "a", 0, 1), get(2, "lock", "a", 2, 3)];
+  const after = get(2, "lock", null, 20, 21);
+  // Without the expiry the read of the expired key is a lost write...
+  assert.equal(checkLinearizability([...before, after]).ok, false);
+  // ...with it (proposed at 10, known committed at 12, a client of its own) it is linearizable,
+  assertOk(checkLinearizability([...before, del(1_000_000, "lock", 10, 12), after]));
+  // and a read that saw the key after the expiry was done is not.
+  const late = get(2, "lock", "a", 30, 31);
+  assert.equal(
+    checkLinearizability([...before, del(1_000_000, "lock", 10, 12), after, late]).ok,
+    false,
+  );
+});
+
 Deno.test("checkLinearizability() accepts a read concurrent with a write that sees either value", () => {
   for (const seen of ["a", "b"]) {
     assertOk(

@@ -14,7 +14,10 @@
  * | 4    | delete if `mod_index` | u64 expected `mod_index`, key                                         |
  * | 5    | delete a range        | u8 kind: 0 prefix (string); 1 from (string) on; 2 from, to (strings)  |
  * | 6    | transaction           | u16 n, n compares; u16 n, n success ops; u16 n, n failure ops         |
- * | 7    | idempotent            | id (string), f64 leader time (ms), u32 ttl (ms), u32 max keys, u32 max bytes, then a command of codes 1-6 to the end |
+ * | 7    | idempotent            | id (string), f64 leader time (ms), u32 ttl (ms), u32 max keys, u32 max bytes, then a command of codes 1-6 or 8-10 to the end |
+ * | 8    | lease grant           | u32 ttl (ms); the lease's id is the entry's index                     |
+ * | 9    | put with a lease      | u8 flags (1: cas, 2: new lease), u64 cas if flagged, u64 lease id or (new lease) u32 ttl (ms), key, value to the end |
+ * | 10   | lease revoke          | u8 reason (0 revoke, 1 expire), u32 n, n u64 lease ids                |
  *
  * A compare is u8 target (0 value, 1 version, 2 mod_index, 3 create_index, 4 exists), u8 op (0
  * `=`, 1 `!=`, 2 `<`, 3 `>`), the key (string), then the operand: a string for value, a u64 for
@@ -57,14 +60,29 @@ export type TxnOp =
 
 /** A command that is not wrapped in an idempotency record. */
 export type PlainCommand =
-  /** Writes `value` under `key`; with `cas`, only if the key's mod_index is `cas` (0: absent). */
-  | { op: "put"; key: string; value: string; cas?: number }
+  /**
+   * Writes `value` under `key`; with `cas`, only if the key's mod_index is `cas` (0: absent).
+   * With `lease` the key is attached to that lease (`{id}`: an existing one; `{ttlMs}`: a new one
+   * granted by this entry, whose id is the entry's index); without, it is detached from any.
+   */
+  | { op: "put"; key: string; value: string; cas?: number; lease?: LeaseRef }
   /** Deletes `key`; with `cas`, only if its mod_index is `cas` (0: only if absent). */
   | { op: "delete"; key: string; cas?: number }
   /** Deletes every key in `range`. */
   | { op: "delete_range"; range: KeyRange }
   /** Runs `success` if every compare holds, else `failure`, as one step. */
-  | { op: "txn"; compare: Compare[]; success: TxnOp[]; failure: TxnOp[] };
+  | { op: "txn"; compare: Compare[]; success: TxnOp[]; failure: TxnOp[] }
+  /** Grants a lease of `ttlMs`; its id is the entry's index. */
+  | { op: "lease_grant"; ttlMs: number }
+  /**
+   * Ends the leases `ids` and deletes every key attached to them, in this one entry: revoked by
+   * a client, or expired (proposed by the leader when their deadline passed). Unknown ids are
+   * skipped.
+   */
+  | { op: "lease_revoke"; ids: number[]; reason: "revoke" | "expire" };
+
+/** Which lease a put attaches its key to: an existing one, or a new one granted with the put. */
+export type LeaseRef = { id: number } | { ttlMs: number };
 
 /**
  * A command carrying an idempotency key: applied once, and its outcome replayed for a repeat of
@@ -98,6 +116,9 @@ const _DELETE_IF = 4;
 const _DELETE_RANGE = 5;
 const _TXN = 6;
 const _IDEMPOTENT = 7;
+const _LEASE_GRANT = 8;
+const _PUT_LEASE = 9;
+const _LEASE_REVOKE = 10;
 
 const _TARGETS: readonly CompareTarget[] = [
   "value",
@@ -127,6 +148,17 @@ export function encodeCommand(cmd: KvCommand): Uint8Array {
 function _encode(w: _Writer, cmd: KvCommand): void {
   switch (cmd.op) {
     case "put":
+      if (cmd.lease !== undefined) {
+        w.u8(_PUT_LEASE);
+        const fresh = "ttlMs" in cmd.lease;
+        w.u8((cmd.cas === undefined ? 0 : 1) | (fresh ? 2 : 0));
+        if (cmd.cas !== undefined) w.u64(cmd.cas);
+        if ("ttlMs" in cmd.lease) w.u32(cmd.lease.ttlMs);
+        else w.u64(cmd.lease.id);
+        w.str(cmd.key);
+        w.rest(cmd.value);
+        return;
+      }
       if (cmd.cas === undefined) {
         w.u8(_PUT);
       } else {
@@ -161,6 +193,16 @@ function _encode(w: _Writer, cmd: KvCommand): void {
           if (op.op === "put") w.str(op.value);
         }
       }
+      return;
+    case "lease_grant":
+      w.u8(_LEASE_GRANT);
+      w.u32(cmd.ttlMs);
+      return;
+    case "lease_revoke":
+      w.u8(_LEASE_REVOKE);
+      w.u8(cmd.reason === "expire" ? 1 : 0);
+      w.u32(cmd.ids.length);
+      for (const id of cmd.ids) w.u64(id);
       return;
     case "idempotent":
       if ((cmd.command.op as string) === "idempotent") {
@@ -262,6 +304,30 @@ function _decodePlain(r: _Reader, op: number): PlainCommand {
       const failure = _decodeTxnOps(r);
       r.end("txn");
       return { op: "txn", compare, success, failure };
+    }
+    case _LEASE_GRANT: {
+      const ttlMs = r.u32();
+      r.end("lease_grant");
+      return { op: "lease_grant", ttlMs };
+    }
+    case _PUT_LEASE: {
+      const flags = r.u8();
+      if (flags > 3) throw new RangeError(`unknown put flags ${flags}`);
+      const cas = (flags & 1) !== 0 ? r.u64() : undefined;
+      const lease: LeaseRef = (flags & 2) !== 0 ? { ttlMs: r.u32() } : { id: r.u64() };
+      const key = r.str();
+      const value = r.rest();
+      return cas === undefined
+        ? { op: "put", key, value, lease }
+        : { op: "put", key, value, cas, lease };
+    }
+    case _LEASE_REVOKE: {
+      const reason = r.u8();
+      if (reason > 1) throw new RangeError(`unknown lease revoke reason ${reason}`);
+      const ids: number[] = [];
+      for (let n = r.u32(); n > 0; n--) ids.push(r.u64());
+      r.end("lease_revoke");
+      return { op: "lease_revoke", ids, reason: reason === 1 ? "expire" : "revoke" };
     }
   }
   throw new RangeError(`unknown command op ${op}`);

@@ -13,7 +13,7 @@ import { decodeCommand, encodeCommand, type KvCommand } from "./state_machine.ts
 
 const FIXTURE = fileURLToPath(new URL("../storage/testdata/commands.bin", import.meta.url));
 
-/** One command of every op code (1 to 7), in the order written. */
+/** One command of every op code (1 to 10), in the order written. */
 const COMMANDS: KvCommand[] = [
   { op: "put", key: "alpha", value: "1" },
   { op: "delete", key: "ключ" },
@@ -39,6 +39,11 @@ const COMMANDS: KvCommand[] = [
     maxBytes: 64 << 20,
     command: { op: "put", key: "k", value: "v", cas: 5 },
   },
+  { op: "lease_grant", ttlMs: 10_000 },
+  { op: "put", key: "svc/a", value: "up", lease: { id: 2 ** 33 + 8 } },
+  { op: "put", key: "lock", value: "me", cas: 0, lease: { ttlMs: 5_000 } },
+  { op: "lease_revoke", ids: [8, 2 ** 33 + 8], reason: "expire" },
+  { op: "lease_revoke", ids: [], reason: "revoke" },
 ];
 
 /** The first two commands, byte by byte: length, op 1, key length, "alpha", "1"; then op 2. */

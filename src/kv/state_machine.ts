@@ -13,6 +13,12 @@
  * (bounded and expiring, as the entry itself says) so that a retry is answered, not applied
  * again.
  *
+ * Leases: a lease (granted by an entry, whose index is its id) has a time to live; a put can
+ * attach its key to one (a later put without it, or a delete, detaches the key again). Revoking a
+ * lease, or its expiry (decided by the leader and proposed as an entry, see `raft_node.ts`),
+ * deletes every key attached to it in that one entry. The state machine keeps no time: it only
+ * holds which leases exist, their time to live and their keys.
+ *
  * @module
  */
 
@@ -22,6 +28,7 @@ import {
   encodeCommand,
   type KeyRange,
   type KvCommand,
+  type LeaseRef,
   type PlainCommand,
   type TxnOp,
 } from "./command.ts";
@@ -36,6 +43,7 @@ export {
   type IdempotentCommand,
   type KeyRange,
   type KvCommand,
+  type LeaseRef,
   type PlainCommand,
   type TxnOp,
 } from "./command.ts";
@@ -67,7 +75,20 @@ export type TxnOpResult =
  */
 export type KvResult =
   & (
-    | { op: "put"; index: number; createIndex: number; modIndex: number; version: number }
+    | {
+      op: "put";
+      index: number;
+      createIndex: number;
+      modIndex: number;
+      version: number;
+      /** The lease the key is attached to, if any. */
+      lease?: number;
+    }
+    /** A put named a lease that does not exist (never granted, revoked or expired). */
+    | { op: "lease_not_found"; index: number; lease: number }
+    | { op: "lease_grant"; index: number; id: number; ttlMs: number }
+    /** `revoked`: the leases that existed and ended; `deleted`: their keys, now gone. */
+    | { op: "lease_revoke"; index: number; revoked: number[]; deleted: string[] }
     | { op: "delete"; index: number; deleted: boolean }
     /** A compare-and-set whose condition did not hold: nothing changed. */
     | { op: "cas_failed"; index: number; key: string; current: KvEntry | null }
@@ -115,6 +136,8 @@ export interface StateView {
   entries(): Iterable<KvEntry>;
   /** The remembered idempotent outcomes, each encoded (opaque to storage). */
   readonly sessions: readonly Uint8Array[];
+  /** The leases with their keys, each encoded (opaque to storage). */
+  readonly leases: readonly Uint8Array[];
   /** Releases the view. */
   close(): void;
 }
@@ -125,6 +148,24 @@ export interface KvSnapshotData {
   entries: Iterable<KvEntry>;
   /** The encoded idempotent outcomes, oldest first. */
   sessions: Iterable<Uint8Array>;
+  /** The encoded leases with their keys (none in snapshots written before leases). */
+  leases?: Iterable<Uint8Array>;
+}
+
+/** A lease as the state machine holds it. */
+export interface LeaseInfo {
+  /** Its id: the index of the entry that granted it. */
+  readonly id: number;
+  /** Its time to live in milliseconds. */
+  readonly ttlMs: number;
+  /** The keys attached to it, in key order. */
+  readonly keys: string[];
+}
+
+interface _Lease {
+  id: number;
+  ttlMs: number;
+  keys: Set<string>;
 }
 
 /** A remembered idempotent outcome. */
@@ -151,6 +192,10 @@ export class KvStateMachine {
   /** Remembered idempotent outcomes by id, oldest first (a Map keeps insertion order). */
   #sessions = new Map<string, _Session>();
   #sessionBytes = 0;
+  /** The leases by id. */
+  #leases = new Map<number, _Lease>();
+  /** Which lease each attached key belongs to. */
+  #keyLease = new Map<string, number>();
 
   /** The number of keys. */
   get size(): number {
@@ -167,6 +212,32 @@ export class KvStateMachine {
     return [...this.#sessions.values()].map((s) => s.bytes);
   }
 
+  /** The number of leases. */
+  get leaseCount(): number {
+    return this.#leases.size;
+  }
+
+  /** The lease `id` with its keys, or null if there is none. */
+  lease(id: number): LeaseInfo | null {
+    const l = this.#leases.get(id);
+    return l === undefined ? null : _leaseInfo(l);
+  }
+
+  /** Every lease, by id. */
+  leases(): LeaseInfo[] {
+    return [...this.#leases.values()].sort((a, b) => a.id - b.id).map(_leaseInfo);
+  }
+
+  /** The lease `key` is attached to, or null. */
+  leaseOf(key: string): number | null {
+    return this.#keyLease.get(key) ?? null;
+  }
+
+  /** The leases, encoded as in snapshots (in id order). */
+  leaseRecords(): Uint8Array[] {
+    return this.leases().map(_encodeLease);
+  }
+
   /** Opens a consistent view of the current state (see {@linkcode StateView}). */
   view(): StateView {
     const version: OrderedMapVersion<KvEntry> = this.#data.freeze();
@@ -175,6 +246,7 @@ export class KvStateMachine {
       count: version.size,
       entries: () => version.values(),
       sessions: this.sessionRecords(),
+      leases: this.leaseRecords(),
       close: () => {},
     };
   }
@@ -238,15 +310,27 @@ export class KvStateMachine {
         if (cmd.cas !== undefined && (current?.modIndex ?? 0) !== cmd.cas) {
           return { op: "cas_failed", index, key: cmd.key, current };
         }
-        const e = this.#put(index, cmd.key, cmd.value, current);
-        return {
+        const lease = cmd.lease === undefined ? null : this.#leaseFor(index, cmd.lease);
+        if (lease === undefined) {
+          return { op: "lease_not_found", index, lease: (cmd.lease as { id: number }).id };
+        }
+        const e = this.#put(index, cmd.key, cmd.value, current, lease);
+        const result: KvResult = {
           op: "put",
           index,
           createIndex: e.createIndex,
           modIndex: e.modIndex,
           version: e.version,
         };
+        if (lease !== null) result.lease = lease.id;
+        return result;
       }
+      case "lease_grant": {
+        this.#leases.set(index, { id: index, ttlMs: cmd.ttlMs, keys: new Set() });
+        return { op: "lease_grant", index, id: index, ttlMs: cmd.ttlMs };
+      }
+      case "lease_revoke":
+        return this.#revoke(index, cmd.ids, cmd.reason);
       case "delete": {
         if (cmd.cas !== undefined) {
           const current = this.#data.get(cmd.key) ?? null;
@@ -254,12 +338,12 @@ export class KvStateMachine {
             return { op: "cas_failed", index, key: cmd.key, current };
           }
         }
-        return { op: "delete", index, deleted: this.#data.delete(cmd.key) !== undefined };
+        return { op: "delete", index, deleted: this.#delete(cmd.key) };
       }
       case "delete_range": {
         const keys: string[] = [];
         for (const e of _inRange(this.#data.values(_start(cmd.range)), cmd.range)) keys.push(e.key);
-        for (const k of keys) this.#data.delete(k);
+        for (const k of keys) this.#delete(k);
         return { op: "delete_range", index, deleted: keys.length };
       }
       case "txn": {
@@ -270,7 +354,70 @@ export class KvStateMachine {
     }
   }
 
-  #put(index: number, key: string, value: string, current: KvEntry | null): KvEntry {
+  /**
+   * The lease a put attaches to: an existing one (undefined if there is none), or a new one
+   * granted at `index`.
+   */
+  #leaseFor(index: number, ref: LeaseRef): _Lease | undefined {
+    if ("id" in ref) return this.#leases.get(ref.id);
+    const lease: _Lease = { id: index, ttlMs: ref.ttlMs, keys: new Set() };
+    this.#leases.set(index, lease);
+    return lease;
+  }
+
+  /** Deletes `key` (detaching it from its lease); whether it existed. */
+  #delete(key: string): boolean {
+    this.#detach(key);
+    return this.#data.delete(key) !== undefined;
+  }
+
+  /** Detaches `key` from its lease, if any. */
+  #detach(key: string): void {
+    const id = this.#keyLease.get(key);
+    if (id === undefined) return;
+    this.#keyLease.delete(key);
+    this.#leases.get(id)?.keys.delete(key);
+  }
+
+  /**
+   * Ends the leases `ids` (unknown ones are skipped) and deletes their keys: the one place where
+   * keys go because their lease ended, by revocation or expiry alike.
+   */
+  #revoke(index: number, ids: number[], reason: "revoke" | "expire"): KvResult {
+    const revoked: number[] = [];
+    const deleted: string[] = [];
+    for (const id of ids) {
+      const lease = this.#leases.get(id);
+      if (lease === undefined) continue;
+      this.#leases.delete(id);
+      revoked.push(id);
+      for (const key of [...lease.keys].sort(compareKeys)) {
+        this.#keyLease.delete(key);
+        if (this.#data.delete(key) !== undefined) deleted.push(key);
+      }
+    }
+    this.#leaseKeysDeleted(index, deleted, reason);
+    return { op: "lease_revoke", index, revoked, deleted };
+  }
+
+  /**
+   * Called once per revoke or expire entry with the keys it deleted (in the order deleted): the
+   * place where they become `expire` changes of the keys (for watchers), whatever the reason.
+   */
+  #leaseKeysDeleted(_index: number, _keys: string[], _reason: "revoke" | "expire"): void {}
+
+  #put(
+    index: number,
+    key: string,
+    value: string,
+    current: KvEntry | null,
+    lease: _Lease | null = null,
+  ): KvEntry {
+    this.#detach(key);
+    if (lease !== null) {
+      lease.keys.add(key);
+      this.#keyLease.set(key, lease.id);
+    }
     const e: KvEntry = current === null
       ? { key, value, createIndex: index, modIndex: index, version: 1 }
       : {
@@ -324,7 +471,7 @@ export class KvStateMachine {
         };
       }
       case "delete":
-        return { op: "delete", key: op.key, deleted: this.#data.delete(op.key) !== undefined };
+        return { op: "delete", key: op.key, deleted: this.#delete(op.key) };
       case "get":
         return { op: "get", key: op.key, entry: this.#data.get(op.key) ?? null };
     }
@@ -408,9 +555,22 @@ export class KvStateMachine {
       sessions.set(s.id, s);
       bytes += s.bytes.length;
     }
+    const leases = new Map<number, _Lease>();
+    const keyLease = new Map<string, number>();
+    for (const record of data.leases ?? []) {
+      const l = _decodeLease(record);
+      if (leases.has(l.id)) throw new RangeError(`lease ${l.id} appears twice`);
+      leases.set(l.id, l);
+      for (const k of l.keys) {
+        if (keyLease.has(k)) throw new RangeError(`key ${JSON.stringify(k)} is in two leases`);
+        keyLease.set(k, l.id);
+      }
+    }
     this.#data = map;
     this.#sessions = sessions;
     this.#sessionBytes = bytes;
+    this.#leases = leases;
+    this.#keyLease = keyLease;
     this.appliedIndex = appliedIndex;
   }
 }
@@ -495,4 +655,52 @@ function _decodeSession(bytes: Uint8Array): _Session {
     result,
     bytes: bytes.slice(),
   };
+}
+
+function _leaseInfo(l: _Lease): LeaseInfo {
+  return { id: l.id, ttlMs: l.ttlMs, keys: [...l.keys].sort(compareKeys) };
+}
+
+/** A lease record: u64 id (two u32), u32 ttl (ms), u32 n, n keys (u32 length + UTF-8). */
+function _encodeLease(l: LeaseInfo): Uint8Array {
+  const keys = l.keys.map((k) => _encoder.encode(k));
+  const out = new Uint8Array(16 + keys.reduce((n, k) => n + 4 + k.length, 0));
+  const view = new DataView(out.buffer);
+  view.setUint32(0, Math.floor(l.id / 2 ** 32));
+  view.setUint32(4, l.id >>> 0);
+  view.setUint32(8, l.ttlMs);
+  view.setUint32(12, keys.length);
+  let at = 16;
+  for (const k of keys) {
+    view.setUint32(at, k.length);
+    out.set(k, at + 4);
+    at += 4 + k.length;
+  }
+  return out;
+}
+
+function _decodeLease(bytes: Uint8Array): _Lease {
+  const fail = (why: string): never => {
+    throw new RangeError(`malformed lease record (${bytes.length} bytes): ${why}`);
+  };
+  if (bytes.length < 16) fail("too short");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const id = view.getUint32(0) * 2 ** 32 + view.getUint32(4);
+  if (!Number.isSafeInteger(id)) fail(`id ${id} is above 2^53-1`);
+  const ttlMs = view.getUint32(8);
+  const keys = new Set<string>();
+  let at = 16;
+  for (let n = view.getUint32(12); n > 0; n--) {
+    if (at + 4 > bytes.length) fail("a key runs past the record");
+    const len = view.getUint32(at);
+    if (at + 4 + len > bytes.length) fail("a key runs past the record");
+    try {
+      keys.add(_decoder.decode(bytes.subarray(at + 4, at + 4 + len)));
+    } catch (e) {
+      fail(e instanceof Error ? e.message : String(e));
+    }
+    at += 4 + len;
+  }
+  if (at !== bytes.length) fail("trailing bytes");
+  return { id, ttlMs, keys };
 }

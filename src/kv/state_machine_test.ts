@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { KvModel } from "../../testing/kv_model.ts";
 import {
+  compareKeys,
   decodeCommand,
   encodeCommand,
   type KvCommand,
@@ -56,6 +57,21 @@ const ALL_KINDS: KvCommand[] = [
     maxBytes: 64 << 20,
     command: { op: "put", key: "k", value: "v", cas: 3 },
   },
+  { op: "lease_grant", ttlMs: 10_000 },
+  { op: "lease_grant", ttlMs: 0 },
+  { op: "put", key: "svc/1", value: "up", lease: { id: 2 ** 53 - 1 } },
+  { op: "put", key: "lock", value: "", cas: 0, lease: { ttlMs: 2 ** 32 - 1 } },
+  { op: "lease_revoke", ids: [1, 2, 2 ** 40], reason: "revoke" },
+  { op: "lease_revoke", ids: [], reason: "expire" },
+  {
+    op: "idempotent",
+    id: "g",
+    at: 5,
+    ttlMs: 1,
+    maxKeys: 1,
+    maxBytes: 1,
+    command: { op: "put", key: "k", value: "v", lease: { id: 3 } },
+  },
   {
     op: "idempotent",
     id: "",
@@ -95,8 +111,8 @@ Deno.test("malformed commands are rejected, not misread", () => {
     }
   }
   const badOp = encodeCommand({ op: "put", key: "abc", value: "v" });
-  badOp[0] = 9;
-  assert.throws(() => decodeCommand(badOp), /unknown command op 9/);
+  badOp[0] = 11;
+  assert.throws(() => decodeCommand(badOp), /unknown command op 11/);
   const del = encodeCommand({ op: "delete", key: "k" });
   assert.throws(() => decodeCommand(new Uint8Array([...del, 1])), /trailing/);
   // An idempotent command wrapping another, a u64 above 2^53-1, an unknown range kind.
@@ -447,9 +463,30 @@ Deno.test("random commands give the same results and state as the reference mode
       const cur = (k: string) => model.data.get(k)?.modIndex ?? 0;
       const value = `v${index}`;
       const makePlain = (): PlainCommand => {
-        switch (pick(["put", "put", "cas", "del", "delcas", "range", "txn"])) {
+        const leaseIds = [...model.leases.keys()];
+        switch (pick(["put", "put", "cas", "del", "delcas", "range", "txn", "lease"])) {
           case "put":
             return { op: "put", key: pick(keys), value };
+          case "lease":
+            switch (pick(["grant", "attach", "attach", "ttl", "revoke", "expire"])) {
+              case "grant":
+                return { op: "lease_grant", ttlMs: Math.floor(random() * 10_000) };
+              case "attach":
+                return {
+                  op: "put",
+                  key: pick(keys),
+                  value,
+                  lease: { id: leaseIds.length > 0 && random() < 0.9 ? pick(leaseIds) : index },
+                };
+              case "ttl":
+                return { op: "put", key: pick(keys), value, lease: { ttlMs: 1000 } };
+              default:
+                return {
+                  op: "lease_revoke",
+                  ids: leaseIds.filter(() => random() < 0.3).concat(random() < 0.2 ? [index] : []),
+                  reason: random() < 0.5 ? "revoke" : "expire",
+                };
+            }
           case "cas": {
             const k = pick(keys);
             return { op: "put", key: k, value, cas: random() < 0.7 ? cur(k) : index };
@@ -528,14 +565,80 @@ Deno.test("random commands give the same results and state as the reference mode
       assert.deepEqual(replica.apply(index, encodeCommand(cmd)), expected);
       if (index % 500 === 0) {
         assert.deepEqual([...sm.entries()], model.range({ prefix: "" }), `state at ${index}`);
+        assert.deepEqual(sm.leases(), modelLeases(model), `leases at ${index}`);
         // A replica restarted from a snapshot of this state keeps giving the same results.
         const view = replica.view();
-        replica.reset({ entries: view.entries(), sessions: view.sessions }, view.index);
+        replica.reset(
+          { entries: view.entries(), sessions: view.sessions, leases: view.leases },
+          view.index,
+        );
+        assert.deepEqual(replica.leases(), sm.leases());
       }
     }
     assert.deepEqual([...sm.entries()], model.range({ prefix: "" }));
     assert.deepEqual([...replica.entries()], [...sm.entries()]);
   }
+});
+
+/** The model's leases as the state machine lists them. */
+function modelLeases(model: KvModel) {
+  return [...model.leases].sort((a, b) => a[0] - b[0]).map(([id, ttlMs]) => ({
+    id,
+    ttlMs,
+    keys: [...model.keyLease].filter(([, l]) => l === id).map(([k]) => k).sort(compareKeys),
+  }));
+}
+
+Deno.test("a lease's keys go in the one entry that revokes or expires it", () => {
+  const sm = new KvStateMachine();
+  assert.deepEqual(sm.apply(1, { op: "lease_grant", ttlMs: 5000 }), {
+    op: "lease_grant",
+    index: 1,
+    id: 1,
+    ttlMs: 5000,
+  });
+  assert.equal(sm.apply(2, { op: "put", key: "a", value: "1", lease: { id: 1 } }).op, "put");
+  assert.equal(sm.apply(3, { op: "put", key: "b", value: "2", lease: { id: 1 } }).op, "put");
+  assert.equal(sm.apply(4, { op: "put", key: "c", value: "3", lease: { id: 1 } }).op, "put");
+  // An unknown lease: nothing written.
+  assert.deepEqual(sm.apply(5, { op: "put", key: "d", value: "4", lease: { id: 99 } }), {
+    op: "lease_not_found",
+    index: 5,
+    lease: 99,
+  });
+  assert.equal(sm.get("d"), null);
+  // A put without the lease detaches "b"; a delete detaches "c" (and a new "c" is not attached).
+  sm.apply(6, { op: "put", key: "b", value: "plain" });
+  sm.apply(7, { op: "delete", key: "c" });
+  sm.apply(8, { op: "put", key: "c", value: "again" });
+  assert.deepEqual(sm.lease(1), { id: 1, ttlMs: 5000, keys: ["a"] });
+  assert.equal(sm.leaseOf("b"), null);
+  // The ttl shorthand: a new lease whose id is the put's index.
+  const r = sm.apply(9, { op: "put", key: "e", value: "5", lease: { ttlMs: 1000 } });
+  assert.equal(r.op === "put" && r.lease, 9);
+  assert.deepEqual(sm.lease(9), { id: 9, ttlMs: 1000, keys: ["e"] });
+  // A snapshot keeps leases and attachments.
+  const view = sm.view();
+  const copy = new KvStateMachine();
+  copy.reset({ entries: view.entries(), sessions: view.sessions, leases: view.leases }, 9);
+  assert.deepEqual(copy.leases(), sm.leases());
+  // One entry expires both leases and deletes their keys; the others stay.
+  assert.deepEqual(sm.apply(10, { op: "lease_revoke", ids: [9, 1, 42], reason: "expire" }), {
+    op: "lease_revoke",
+    index: 10,
+    revoked: [9, 1],
+    deleted: ["e", "a"],
+  });
+  assert.deepEqual([...sm.entries()].map((e) => e.key), ["b", "c"]);
+  assert.equal(sm.leaseCount, 0);
+  // A snapshot written before leases loads with none.
+  const old = new KvStateMachine();
+  old.reset({ entries: view.entries(), sessions: [] }, 9);
+  assert.equal(old.leaseCount, 0);
+  assert.throws(
+    () => old.reset({ entries: [], sessions: [], leases: [new Uint8Array([1, 2])] }, 1),
+    RangeError,
+  );
 });
 
 Deno.test("a view keeps showing the state it began with while writes go on", () => {

@@ -23,6 +23,8 @@ export type {
   KeyRange,
   KvEntry,
   KvResult,
+  LeaseInfo,
+  LeaseRef,
   PlainCommand,
   RangeQuery,
   RangeResult,
@@ -139,6 +141,52 @@ export interface KvBackend {
   overloaded(): OverloadedError | null;
   /** Leader transfer (an admin operation); a backend without it answers the route with 501. */
   transferLeadership?: LeaderTransfer["transferLeadership"];
+  /** The leader's side of leases; a backend without it answers the lease routes with 501. */
+  leases?: LeaseBackend;
+}
+
+/** A lease as the leader sees it: its time to live, the time left, its keys. */
+export interface LeaseStatus {
+  /** Its id (the index of the entry that granted it). */
+  id: number;
+  /** Its time to live in milliseconds. */
+  ttlMs: number;
+  /** Milliseconds until the leader expires it, unless kept alive (0: expiring now). */
+  remainingMs: number;
+  /** The keys attached to it, in key order. */
+  keys: string[];
+}
+
+/**
+ * What only the leader can answer about leases: it alone tracks their deadlines. Grants, puts
+ * with a lease and revocations are commands ({@linkcode KvBackend.write}). Both methods throw
+ * {@linkcode NotLeaderError} on a follower (the API forwards), and
+ * {@linkcode LeaseNotFoundError} for a lease that does not exist.
+ */
+export interface LeaseBackend {
+  /**
+   * Renews lease `id`: once the leader confirmed with a quorum that it still leads, its deadline
+   * becomes at least the time the request arrived plus its time to live.
+   */
+  keepAlive(id: number, signal: AbortSignal): Promise<LeaseStatus>;
+  /** Lease `id`, or every lease (`null`), after a linearizable read on the leader. */
+  leaseStatus(id: number | null, signal: AbortSignal): Promise<LeaseStatus[]>;
+}
+
+/** The lease does not exist: never granted, revoked, or expired. */
+export class LeaseNotFoundError extends Error {
+  /** The lease asked for. */
+  readonly id: number;
+  /**
+   * Creates the error.
+   *
+   * @param id The lease asked for.
+   */
+  constructor(id: number) {
+    super(`lease ${id} not found (never granted, revoked, or expired)`);
+    this.name = "LeaseNotFoundError";
+    this.id = id;
+  }
 }
 
 /** A write was proposed but whether it took effect is unknown (it may still commit). */

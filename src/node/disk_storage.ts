@@ -145,7 +145,11 @@ export async function openDiskStorage(
   const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, {
     hardState,
     snapshot,
-    snapshotData: { entries: loaded?.entries ?? [], sessions: loaded?.sessions ?? [] },
+    snapshotData: {
+      entries: loaded?.entries ?? [],
+      sessions: loaded?.sessions ?? [],
+      leases: loaded?.leases ?? [],
+    },
     entries,
   }, snapshotSize);
   if (snapshot) await storage._measureSnapshot(snapshot);
@@ -249,14 +253,14 @@ export class DiskStorage implements NodeStorage {
       _receivedName(meta),
       this.#fs,
     );
-    const { header, entries, sessions } = await readSnapshotFile(path, this.#fs);
+    const { header, entries, sessions, leases } = await readSnapshotFile(path, this.#fs);
     if (header.index !== meta.index || header.term !== meta.term) {
       throw new CorruptFileError(
         path,
         `it holds (${header.index}, ${header.term}), expected (${meta.index}, ${meta.term})`,
       );
     }
-    return { entries, sessions };
+    return { entries, sessions, leases };
   }
 
   async discardReceived(id: SnapshotId): Promise<void> {

@@ -43,6 +43,9 @@ import {
   type DeleteResult,
   type KvBackend,
   type LeaderTransfer,
+  type LeaseBackend,
+  LeaseNotFoundError,
+  type LeaseStatus,
   type NodeStatus,
   NoSpaceError,
   NotAppliedError,
@@ -71,6 +74,7 @@ import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 import { type Cancel, type Clock, realClock } from "./clock.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { type NodeGauges, NodeMetrics } from "./node_metrics.ts";
+import { LeaseTracker } from "./lease_tracker.ts";
 
 /** Names a snapshot: the last log index it covers and the term of that entry. */
 export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
@@ -81,6 +85,8 @@ export interface SnapshotData {
   entries: SnapshotEntry[];
   /** The state machine's remembered idempotent outcomes. */
   sessions: Uint8Array[];
+  /** The state machine's leases with their keys (none in snapshots written before leases). */
+  leases?: Uint8Array[];
 }
 
 /**
@@ -265,6 +271,10 @@ export interface NodeInspection {
   entries(): Iterable<KvEntry>;
   /** The state machine's remembered idempotent outcomes, encoded as in snapshots. */
   sessions(): readonly Uint8Array[];
+  /** The lease `key` is attached to in the applied state, or null. */
+  leaseOf(key: string): number | null;
+  /** The number of leases in the applied state. */
+  readonly leaseCount: number;
 }
 
 interface Waiter {
@@ -401,6 +411,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   readonly #wallClock: () => number;
   readonly #idempotency: { ttlMs: number; maxKeys: number; maxBytes: number };
   readonly #metrics: NodeMetrics;
+  /** The leases' deadlines, enforced while this node leads (see `lease_tracker.ts`). */
+  readonly #leases: LeaseTracker;
+  /** The leader's side of leases: keep-alives and the time left (see {@linkcode LeaseBackend}). */
+  readonly leases: LeaseBackend = {
+    keepAlive: (id, signal) => this.#keepAlive(id, signal),
+    leaseStatus: (id, signal) => this.#leaseStatus(id, signal),
+  };
 
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
@@ -431,9 +448,15 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       maxKeys: options.maxIdempotencyKeys ?? IDEMPOTENCY_DEFAULTS.maxKeys,
       maxBytes: options.maxIdempotencyBytes ?? IDEMPOTENCY_DEFAULTS.maxBytes,
     };
+    this.#leases = new LeaseTracker(
+      this.#clock,
+      options.electionTimeoutMs ?? 1000,
+      (id) => this.#kv.lease(id),
+    );
     const snapshot = this.#storage.snapshot;
     if (snapshot) {
       this.#kv.reset(this.#storage.snapshotData, snapshot.index);
+      this.#leases.reset(this.#kv.leases());
       this.#snapshotFile = { index: snapshot.index, term: snapshot.term };
     }
     this.#core = new RaftCore({
@@ -462,6 +485,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#cancelTicks = this.#clock.every(this.#heartbeatMs, () => {
       this.#catchUpTicks();
       this.#retryWrite();
+      this.#expireLeases();
     });
     this.#cancelSweep = this.#clock.every(this.#receivedSweepMs, () => this.#sweepReceived());
     if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
@@ -596,7 +620,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       voters: [...this.#core.voters],
       count: view.count,
     };
-    const chunks = encodeSnapshot(header, { entries: view.entries(), sessions: view.sessions });
+    const chunks = encodeSnapshot(header, {
+      entries: view.entries(),
+      sessions: view.sessions,
+      leases: view.leases,
+    });
     const stream = new ReadableStream<Uint8Array>({
       async pull(controller) {
         try {
@@ -665,6 +693,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       kvEntry: (key) => this.#kv.entry(key),
       entries: () => this.#kv.entries(),
       sessions: () => this.#kv.sessionRecords(),
+      leaseOf: (key) => this.#kv.leaseOf(key),
+      leaseCount: this.#kv.leaseCount,
     };
   }
 
@@ -746,6 +776,59 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const waiters = this.#transferWaiters;
     this.#transferWaiters = [];
     for (const w of waiters) w();
+  }
+
+  // ---- leases -------------------------------------------------------------------------------
+
+  /**
+   * Called every tick: as the leader, proposes one entry expiring every lease now due. A failed
+   * proposal (lost leadership, a full disk, overload) leaves them due for the next tick.
+   */
+  #expireLeases(): void {
+    if (this.#stopping || this.#core.role !== "leader" || this.#noSpace) return;
+    if (this.#core.leadTransferee !== NONE) return;
+    const ids = this.#leases.due();
+    if (ids.length === 0) return;
+    this.#log.debug(`expiring leases ${ids.join(", ")}`);
+    this.#propose({ op: "lease_revoke", ids, reason: "expire" }, new AbortController().signal)
+      .catch(() => this.#leases.failed(ids));
+  }
+
+  /** See {@linkcode LeaseBackend.keepAlive}. */
+  async #keepAlive(id: number, signal: AbortSignal): Promise<LeaseStatus> {
+    const from = this.#clock.now();
+    const term = await this.#confirmLeading(signal);
+    const lease = this.#kv.lease(id);
+    if (lease === null || this.#leases.isExpiring(id)) throw new LeaseNotFoundError(id);
+    if (this.#core.term !== term || this.#core.role !== "leader") {
+      throw new NotLeaderError(this.#core.leader);
+    }
+    this.#leases.renew(id, lease.ttlMs, from);
+    return { ...lease, remainingMs: this.#leases.remaining(id) };
+  }
+
+  /** See {@linkcode LeaseBackend.leaseStatus}. */
+  async #leaseStatus(id: number | null, signal: AbortSignal): Promise<LeaseStatus[]> {
+    await this.#confirmLeading(signal);
+    const leases = id === null ? this.#kv.leases() : [this.#kv.lease(id)];
+    return leases.map((l) => {
+      if (l === null) throw new LeaseNotFoundError(id!);
+      return { ...l, remainingMs: this.#leases.remaining(l.id) };
+    });
+  }
+
+  /**
+   * Waits until this node, as the leader, has confirmed with a quorum that it leads (and applied
+   * what it had committed when asked); returns its term then.
+   */
+  async #confirmLeading(signal: AbortSignal): Promise<number> {
+    if (this.#core.role !== "leader") throw new NotLeaderError(this.#core.leader);
+    const term = this.#core.term;
+    await this.#read("linearizable", signal, () => null);
+    if (this.#core.term !== term || this.#core.role !== "leader") {
+      throw new NotLeaderError(this.#core.leader);
+    }
+    return term;
   }
 
   // ---- inputs -------------------------------------------------------------------------------
@@ -982,6 +1065,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (rd.softState) {
       if (rd.softState.role !== "leader") {
         this.#failUnconfirmedReads(new NotLeaderError(rd.softState.leader));
+        this.#leases.demote();
+      } else {
+        this.#leases.promote(this.#kv.leases());
       }
       this.#log.info(
         `${rd.softState.role} in term ${this.#core.term}, leader ${
@@ -1195,6 +1281,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       let result: KvResult | null = null;
       if (e.type === EntryType.Normal) {
         result = this.#kv.apply(e.index, e.data);
+        this.#leases.applied(result);
       } else {
         this.#kv.advance(e.index);
       }
@@ -1258,6 +1345,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       await this.#storage.saveSnapshot(meta, view.count, {
         entries: view.entries(),
         sessions: view.sessions,
+        leases: view.leases,
       });
     } finally {
       view.close();
@@ -1418,6 +1506,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#received.clear();
     this.#installing.set(_key(meta), meta);
     this.#kv.reset(received.data, meta.index);
+    if (this.#core.role === "leader") {
+      this.#leases.promote(this.#kv.leases());
+    } else {
+      this.#leases.reset(this.#kv.leases());
+    }
     for (const [index, w] of this.#waiters) {
       if (index <= meta.index) {
         this.#waiters.delete(index);

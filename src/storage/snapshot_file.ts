@@ -4,19 +4,22 @@
  * Layout (all integers big-endian; a u64 is two u32, high then low, up to 2^53 - 1):
  *
  * ```
- * magic      8 bytes  "RKVSNAP2"
+ * magic      8 bytes  "RKVSNAP3"
  * hdrLen     u32      length of the header JSON
  * header     hdrLen   UTF-8 JSON {"index","term","voters","count"}
  * count x:   u32 keyLen, key (UTF-8), u32 valueLen, value (UTF-8),
  *            u64 createIndex, u64 modIndex, u64 version
  * sessions   u32      the number of session records, then each as u32 length and its bytes
+ * leases     u32      the number of lease records, then each as u32 length and its bytes
  * trailer    8 bytes  "RKVSEND1"
  * crc        u32      CRC-32C of every byte before it (the trailer included)
  * ```
  *
- * Session records are the state machine's remembered idempotent outcomes, opaque here. Files of
- * the first version (magic "RKVSNAP1": pairs of key and value only, no sessions) still load:
- * each key gets `createIndex` = `modIndex` = the snapshot's index and `version` 1.
+ * Session records are the state machine's remembered idempotent outcomes, lease records its
+ * leases with their keys, both opaque here. Files of earlier versions still load: the second
+ * (magic "RKVSNAP2") has no lease section, so no leases; the first ("RKVSNAP1": pairs of key and
+ * value only, no sessions) gives each key `createIndex` = `modIndex` = the snapshot's index and
+ * `version` 1.
  *
  * Files are named `snap-<index>-<term>.snap` (16-digit zero-padded decimals, so names sort by
  * index). They are written to `<name>.tmp`, synced, renamed and the directory synced. A snapshot
@@ -78,6 +81,8 @@ export interface SnapshotContent {
   entries: Iterable<SnapshotEntry>;
   /** The session records (opaque bytes of the state machine). */
   sessions: readonly Uint8Array[];
+  /** The lease records (opaque bytes of the state machine); none if absent. */
+  leases?: readonly Uint8Array[];
 }
 
 /** A fully read and verified snapshot. */
@@ -88,9 +93,13 @@ export interface LoadedSnapshot {
   entries: SnapshotEntry[];
   /** Its session records. */
   sessions: Uint8Array[];
+  /** Its lease records (none in files of earlier versions). */
+  leases: Uint8Array[];
 }
 
-const MAGIC = new TextEncoder().encode("RKVSNAP2");
+const MAGIC = new TextEncoder().encode("RKVSNAP3");
+/** The second format: no lease section. */
+const MAGIC_V2 = new TextEncoder().encode("RKVSNAP2");
 /** The first format: pairs only. */
 const MAGIC_V1 = new TextEncoder().encode("RKVSNAP1");
 const TRAILER = new TextEncoder().encode("RKVSEND1");
@@ -156,14 +165,16 @@ export async function* encodeSnapshot(
   if (written !== header.count) {
     throw new RangeError(`snapshot header says ${header.count} entries but ${written} were given`);
   }
-  yield* room(4);
-  view.setUint32(at, content.sessions.length);
-  at += 4;
-  for (const s of content.sessions) {
-    yield* room(4 + s.length);
-    view.setUint32(at, s.length);
-    buf.set(s, at + 4);
-    at += 4 + s.length;
+  for (const records of [content.sessions, content.leases ?? []]) {
+    yield* room(4);
+    view.setUint32(at, records.length);
+    at += 4;
+    for (const s of records) {
+      yield* room(4 + s.length);
+      view.setUint32(at, s.length);
+      buf.set(s, at + 4);
+      at += 4 + s.length;
+    }
   }
   const tail = new Uint8Array(at + TRAILER.length + 4);
   tail.set(buf.subarray(0, at), 0);
@@ -215,7 +226,8 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
   const min = MAGIC.length + 4 + TRAILER.length + 4;
   if (bytes.length < min) fail(`file too short (${bytes.length} bytes)`, 0);
   const v1 = MAGIC_V1.every((b, i) => bytes[i] === b);
-  if (!v1 && !MAGIC.every((b, i) => bytes[i] === b)) fail("bad magic", 0);
+  const v2 = MAGIC_V2.every((b, i) => bytes[i] === b);
+  if (!v1 && !v2 && !MAGIC.every((b, i) => bytes[i] === b)) fail("bad magic", 0);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const end = bytes.length - TRAILER.length - 4;
   for (let i = 0; i < TRAILER.length; i++) {
@@ -265,21 +277,25 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
       ? { key, value, createIndex: header.index, modIndex: header.index, version: 1 }
       : { key, value, createIndex: u64(i, 0), modIndex: u64(i, 1), version: u64(i, 2) };
   }
-  const sessions: Uint8Array[] = [];
-  if (!v1) {
-    if (at + 4 > end) fail("session count missing", at);
+  /** The records of a section (`what`: "session" or "lease"). */
+  const records = (what: string): Uint8Array[] => {
+    const out: Uint8Array[] = [];
+    if (at + 4 > end) fail(`${what} count missing`, at);
     const n = view.getUint32(at);
     at += 4;
     for (let i = 0; i < n; i++) {
-      if (at + 4 > end) fail(`session ${i} of ${n} missing`, at);
+      if (at + 4 > end) fail(`${what} ${i} of ${n} missing`, at);
       const len = view.getUint32(at);
-      if (at + 4 + len > end) fail(`session ${i} runs past the data`, at);
-      sessions.push(bytes.slice(at + 4, at + 4 + len));
+      if (at + 4 + len > end) fail(`${what} ${i} runs past the data`, at);
+      out.push(bytes.slice(at + 4, at + 4 + len));
       at += 4 + len;
     }
-  }
+    return out;
+  };
+  const sessions = v1 ? [] : records("session");
+  const leases = v1 || v2 ? [] : records("lease");
   if (at !== end) fail(`${end - at} unexpected bytes after the last entry`, at);
-  return { header, entries, sessions };
+  return { header, entries, sessions, leases };
 }
 
 /**

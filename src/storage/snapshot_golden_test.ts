@@ -20,8 +20,10 @@ import {
 const TESTDATA = fileURLToPath(new URL("./testdata/", import.meta.url));
 /** The first format ("RKVSNAP1": pairs only), written by an earlier version: it must still load. */
 const FIXTURE_V1 = join(TESTDATA, snapshotName(42, 3));
-/** The current format ("RKVSNAP2": entries with revisions, then session records). */
-const FIXTURE = join(TESTDATA, "v2-" + snapshotName(42, 3));
+/** The second format ("RKVSNAP2": entries with revisions, then session records, no leases). */
+const FIXTURE_V2 = join(TESTDATA, "v2-" + snapshotName(42, 3));
+/** The current format ("RKVSNAP3": as the second, then lease records). */
+const FIXTURE = join(TESTDATA, "v3-" + snapshotName(42, 3));
 
 const HEADER: SnapshotHeader = {
   index: 42,
@@ -47,6 +49,8 @@ const ENTRIES: SnapshotEntry[] = PAIRS.map(([key, value], i) => ({
   version: i + 1,
 }));
 const SESSIONS = [new TextEncoder().encode("session one"), new Uint8Array([0, 255])];
+/** The v3 fixture's lease records (opaque here): one, then an empty one. */
+const LEASES = [new TextEncoder().encode("lease 7"), new Uint8Array([])];
 
 /**
  * The v1 file's first bytes: the magic "RKVSNAP1", then the header's length as a u32 big-endian
@@ -67,8 +71,15 @@ const END_V1 = `
   52 4b 56 53 45 4e 44 31  a4 c4 fc d0`;
 
 /** The v2 file's first bytes: the magic "RKVSNAP2", then the same header. */
-const START = `
+const START_V2 = `
   52 4b 56 53 4e 41 50 32  00 00 00 45
+  ${
+  hexBytes(new TextEncoder().encode('{"index":42,"term":3,"voters":["node-1","node-2","node-3"]'))
+}`;
+
+/** The v3 file's first bytes: the magic "RKVSNAP3", then the same header. */
+const START = `
+  52 4b 56 53 4e 41 50 33  00 00 00 45
   ${
   hexBytes(new TextEncoder().encode('{"index":42,"term":3,"voters":["node-1","node-2","node-3"]'))
 }`;
@@ -78,10 +89,19 @@ const START = `
  * mod index 13, version 4, each a u64 as two u32 big-endian), 2 session records ("session one",
  * then the bytes 00 ff), the trailer and the CRC-32C.
  */
-const END_PREFIX = `
+const END_PREFIX_V2 = `
   00 00 00 0b  65 6d 70 74 79 20 76 61 6c 75 65  00 00 00 00
   00 00 00 00 00 00 00 06  00 00 00 00 00 00 00 0d  00 00 00 00 00 00 00 04
   00 00 00 02  00 00 00 0b  73 65 73 73 69 6f 6e 20 6f 6e 65  00 00 00 02  00 ff
+  52 4b 56 53 45 4e 44 31`;
+
+/**
+ * The v3 file's last bytes: as v2's, then 2 lease records ("lease 7", then an empty one) before
+ * the trailer.
+ */
+const END_PREFIX = `
+  00 00 00 02  00 00 00 0b  73 65 73 73 69 6f 6e 20 6f 6e 65  00 00 00 02  00 ff
+  00 00 00 02  00 00 00 07  6c 65 61 73 65 20 37  00 00 00 00
   52 4b 56 53 45 4e 44 31`;
 
 Deno.test("the committed first-format snapshot still loads, each key with the snapshot's index", async () => {
@@ -95,6 +115,7 @@ Deno.test("the committed first-format snapshot still loads, each key with the sn
       version: 1,
     })),
     sessions: [],
+    leases: [],
   });
   const bytes = await Deno.readFile(FIXTURE_V1);
   const start = fromHex(START_V1);
@@ -103,11 +124,26 @@ Deno.test("the committed first-format snapshot still loads, each key with the sn
   assert.equal(hexBytes(bytes, bytes.length - end.length), hexBytes(end));
 });
 
+Deno.test("the committed second-format snapshot still loads, with no leases", async () => {
+  assert.deepEqual(await readSnapshotFile(FIXTURE_V2), {
+    header: HEADER,
+    entries: ENTRIES,
+    sessions: SESSIONS,
+    leases: [],
+  });
+  const bytes = await Deno.readFile(FIXTURE_V2);
+  const start = fromHex(START_V2);
+  assert.equal(hexBytes(bytes, 0, start.length), hexBytes(start));
+  const end = fromHex(END_PREFIX_V2);
+  assert.equal(hexBytes(bytes, bytes.length - 4 - end.length, bytes.length - 4), hexBytes(end));
+});
+
 Deno.test("the committed snapshot file decodes to the values it was written from", async () => {
   assert.deepEqual(await readSnapshotFile(FIXTURE), {
     header: HEADER,
     entries: ENTRIES,
     sessions: SESSIONS,
+    leases: LEASES,
   });
   const bytes = await Deno.readFile(FIXTURE);
   const start = fromHex(START);
@@ -121,7 +157,7 @@ Deno.test("writeSnapshotFile() produces the committed snapshot file byte for byt
   try {
     const path = await writeSnapshotFile(
       dir,
-      encodeSnapshot(HEADER, { entries: ENTRIES, sessions: SESSIONS }),
+      encodeSnapshot(HEADER, { entries: ENTRIES, sessions: SESSIONS, leases: LEASES }),
       snapshotName(42, 3),
     );
     assert.equal(path, join(dir, "snap-0000000000000042-0000000000000003.snap"));

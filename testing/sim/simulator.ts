@@ -28,6 +28,16 @@
  * compare-and-set carry an idempotency key and are sent again, to other nodes, while their outcome
  * is unknown (across crashes and leader changes), recorded as one operation.
  *
+ * Lease holders grant leases, attach keys to them (puts in the history like any other), keep
+ * some alive for a while and then revoke or abandon them. Every committed revoke or expire entry
+ * goes into the history as a delete of each key it removed (from when the entry was first seen in
+ * a log to when it was known committed), so reads of expired keys are checked like any other.
+ * Checked for every committed expiry: it was not proposed before the last acknowledged keep-alive
+ * (or grant) was sent plus the TTL ("lease-early"), nor later than the README's bound: the last
+ * renewal that may have reached the leader, or the leader's election, plus the TTL (at least the
+ * election timeout), plus a tick ("lease-bound"; clock skew allowed for, leaders that were paused
+ * not checked). The lease attachments of every node equal the reference model's at its index.
+ *
  * @module
  */
 
@@ -41,9 +51,11 @@ import {
   decodeCommand,
   type KvEntry,
   type KvResult,
+  type LeaseRef,
   type PlainCommand,
 } from "../../src/kv/state_machine.ts";
 import {
+  LeaseNotFoundError,
   NoSpaceError,
   NotAppliedError,
   StoppingError,
@@ -131,6 +143,8 @@ export type CheckName =
   | "linearizability"
   | "range-snapshot" // a range read holds the committed state at the index it reported
   | "at-most-once" // a write sent with an idempotency key applied once, its answers agreeing
+  | "lease-early" // a lease expired before its last acknowledged keep-alive's send time + TTL
+  | "lease-bound" // a lease expired later than the documented bound after it was due
   | "runaway";
 
 /** The options of one run. */
@@ -149,6 +163,8 @@ export interface SimulationOptions {
   livenessMs?: number;
   /** Fraction of client reads sent with the "lease" consistency. Default 0. */
   leaseReads?: number;
+  /** Clients that grant leases, attach keys and keep them alive or abandon them. Default 1. */
+  leaseHolders?: number;
   /**
    * Applied entries between snapshots (the node's `snapshotThreshold`); 0: no snapshots.
    * Default: drawn from the seed ({@linkcode snapshotDefaults}).
@@ -205,6 +221,11 @@ export const COUNTERS = [
   "transfers", // leader transfers a leader started
   "transfersDone", // ... that ended with another node leading
   "transfersAborted", // ... abandoned (the target did not take over in time) or given up on
+  "leasesGranted", // grants acknowledged to lease holders
+  "leaseKeepAlives", // keep-alives acknowledged
+  "leasesRevoked", // leases ended by a committed revoke entry
+  "leasesExpired", // leases ended by a committed expire entry
+  "leaseBoundChecks", // expiries checked against the upper bound (a paused leader's are not)
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -335,6 +356,7 @@ export function replayCommand(o: SimulationOptions): string {
     ["clients", o.clients],
     ["keys", o.keys],
     ["lease-reads", o.leaseReads],
+    ["lease-holders", o.leaseHolders],
     ["snapshot-threshold", o.snapshotThreshold],
     ["catch-up-entries", o.catchUpEntries],
     ["disk-fault", o.diskFault],
@@ -411,7 +433,21 @@ interface _ClientOp extends Omit<Operation, "client" | "return"> {
   idem?: string;
   /** A read of every key at once. */
   range?: boolean;
+  /** The lease a put attaches its key to. */
+  leaseRef?: LeaseRef;
 }
+
+/** What a lease holder knows of a lease it was granted (times on the shared clock). */
+interface _LeaseInfo {
+  ttlMs: number;
+  /** When the last acknowledged grant or keep-alive was sent. */
+  lastAckedSend: number;
+  /** After this no grant or keep-alive request can reach a node (its attempt was aborted). */
+  lastAttemptEnd: number;
+}
+
+/** What a lease call got. */
+type _LeaseAnswer<T> = { kind: "answered"; value: T } | { kind: "notFound" };
 
 type _Committed = { term: number; hash: number; data: Uint8Array | null; knownIn: number };
 
@@ -473,6 +509,20 @@ class _Simulation {
   #idemAnswers = new Map<string, Set<number>>();
   /** {@linkcode _Simulation.#state} of the reference state after each index. */
   #refStates: string[] = [];
+  /** {@linkcode _Simulation.#leaseState} of the reference state after each index. */
+  #refLeaseStates: string[] = [];
+  /** When each (index, term) was first seen in a log (key: index * 2^20 + term). */
+  #firstSeen = new Map<number, number>();
+  /** When each term's leader was first seen leading. */
+  #leaderSince = new Map<number, number>();
+  /** When an entry of each term was first known committed (its leader then applies the log). */
+  #termCommitted = new Map<number, number>();
+  /** The pauses of each node: [start, end] on the shared clock. */
+  #pausesOf = new Map<NodeId, [number, number][]>();
+  /** The leases lease holders were granted, by id. */
+  #leaseInfo = new Map<number, _LeaseInfo>();
+  /** Client ids of the deletes recorded for revoke and expire entries (one each). */
+  #endClient = 1_000_000;
 
   constructor(opts: SimulationOptions) {
     if (opts.nodes !== 3 && opts.nodes !== 5) {
@@ -487,6 +537,7 @@ class _Simulation {
     this.#rng = seededRandom(opts.seed);
     this.#keys = Array.from({ length: opts.keys ?? 3 }, (_, i) => `k${i}`);
     this.#refStates[0] = this.#state(() => null, 0);
+    this.#refLeaseStates[0] = this.#leaseState(() => null, 0);
     this.#disabled = new Set(opts.disabledChecks ?? []);
     const snap = snapshotDefaults(opts.seed);
     this.#snapshotThreshold = opts.snapshotThreshold ?? snap.snapshotThreshold;
@@ -523,8 +574,14 @@ class _Simulation {
       }, ids);
       this.#nodes = ids.map((id) => this.#newNode(id));
       for (const n of this.#nodes) this.#restart(n);
-      for (let id = 1; id <= (this.#opts.clients ?? this.#opts.nodes + 1); id++, this.#active++) {
+      const clients = this.#opts.clients ?? this.#opts.nodes + 1;
+      for (let id = 1; id <= clients; id++, this.#active++) {
         this.#client({ id, hint: -1, final: false }).catch((e) => this.#caught(e, ` in c${id}`));
+      }
+      for (let i = 1; i <= (this.#opts.leaseHolders ?? 1); i++, this.#active++) {
+        const id = clients + i;
+        this.#leaseClient({ id, hint: -1, final: false })
+          .catch((e) => this.#caught(e, ` in c${id}`));
       }
       const f = this.#faults;
       this.#every(f.partitionEveryMs, () => this.#partition());
@@ -772,7 +829,8 @@ class _Simulation {
         }
         if (!live() || !n.node) return;
         const leaky = [...n.node.inspect().entries()];
-        await inner.saveSnapshot(meta, leaky.length, { entries: leaky, sessions: [] });
+        const leases = pairs.leases ?? [];
+        await inner.saveSnapshot(meta, leaky.length, { entries: leaky, sessions: [], leases });
       },
       append: async (entries) => {
         const from = entries[0]?.index ?? Infinity;
@@ -854,6 +912,7 @@ class _Simulation {
     const leader = this.#leaders.get(s.term);
     if (s.role === "leader" && leader === undefined) {
       this.#leaders.set(s.term, n.id);
+      this.#leaderSince.set(s.term, this.#clock.now());
       this.#stats.elections++;
       this.#note(`${n.id} leads term ${s.term}`);
       this.#checkLeaderCompleteness(n, s);
@@ -874,6 +933,7 @@ class _Simulation {
       n.seen[i] = e.term;
       const [key, h] = [i * 1_048_576 + e.term, _hash(e)];
       const known = this.#entryHash.get(key);
+      if (!this.#firstSeen.has(key)) this.#firstSeen.set(key, this.#clock.now());
       if (known === undefined) this.#entryHash.set(key, h);
       else if (known !== h) {
         this.#violation(
@@ -894,6 +954,7 @@ class _Simulation {
       }
       const known = this.#committed[i];
       const data = e.type === EntryType.Normal ? e.data : null;
+      if (!this.#termCommitted.has(e.term)) this.#termCommitted.set(e.term, this.#clock.now());
       if (!known) this.#committed[i] = { term: e.term, hash: _hash(e), data, knownIn: s.term };
       else if (known.term !== e.term || known.hash !== _hash(e)) {
         this.#violation(
@@ -908,10 +969,20 @@ class _Simulation {
     // Apply newly known committed entries to the reference state.
     for (let c; (c = this.#committed[this.#refIndex + 1]); this.#refIndex++) {
       const i = this.#refIndex + 1;
-      if (c.data) this.#ref.apply(i, decodeCommand(c.data));
+      if (c.data) {
+        const cmd = decodeCommand(c.data);
+        const result = this.#ref.apply(i, cmd);
+        if (result.op === "lease_revoke" && cmd.op === "lease_revoke") {
+          this.#leaseEnded(i, c.term, result, cmd.reason);
+        }
+      }
       this.#refStates[i] = this.#state(
         (k) => this.#ref.data.get(k) ?? null,
         this.#ref.rememberedIds().length,
+      );
+      this.#refLeaseStates[i] = this.#leaseState(
+        (k) => this.#ref.keyLease.get(k) ?? null,
+        this.#ref.leases.size,
       );
     }
     this.#checkDurableMajority(`when ${n.id} learned commit ${to}`, to);
@@ -932,6 +1003,86 @@ class _Simulation {
     });
   }
 
+  /** Which lease each key is attached to, and how many leases there are, as a string. */
+  #leaseState(leaseOf: (key: string) => number | null, leases: number): string {
+    return JSON.stringify([leases, ...this.#keys.map(leaseOf)]);
+  }
+
+  /**
+   * A committed revoke or expire entry at `index` (of `term`) removed `result.deleted`: each a
+   * delete in the history, from when the entry was first seen in a log to now (when it is known
+   * committed). An expiry is checked against the leases' promises (see the module doc).
+   */
+  #leaseEnded(
+    index: number,
+    term: number,
+    result: Extract<KvResult, { op: "lease_revoke" }>,
+    reason: "revoke" | "expire",
+  ): void {
+    const now = this.#clock.now();
+    const proposed = this.#firstSeen.get(index * 1_048_576 + term) ?? now;
+    for (const key of result.deleted) {
+      this.#history.push({
+        client: this.#endClient++,
+        kind: "delete",
+        key,
+        value: null,
+        call: proposed,
+        return: now,
+      });
+    }
+    this.#note(
+      `${reason} of lease(s) ${result.revoked.join(",")} committed at ${index} (proposed at ` +
+        `${proposed.toFixed(1)}), deleting ${result.deleted.join(",") || "nothing"}`,
+    );
+    if (reason === "revoke") {
+      this.#stats.leasesRevoked += result.revoked.length;
+      return;
+    }
+    this.#stats.leasesExpired += result.revoked.length;
+    const skew = this.#faults.clockSkew;
+    const tick = this.#faults.tickMs;
+    const election = tick * (this.#opts.electionTicks ?? 10);
+    const since = this.#leaderSince.get(term);
+    // A new leader gives each lease its TTL once it has applied the log: after its first commit.
+    const applying = Math.max(since ?? 0, this.#termCommitted.get(term) ?? 0);
+    const leader = this.#leaders.get(term);
+    for (const id of result.revoked) {
+      const info = this.#leaseInfo.get(id);
+      if (info === undefined) continue;
+      const earliest = info.lastAckedSend + info.ttlMs / (1 + skew);
+      if (proposed < earliest - 1) {
+        this.#violation(
+          "lease-early",
+          `lease ${id} (ttl ${info.ttlMs}ms) was expired by the entry at index ${index}, ` +
+            `proposed at ${proposed.toFixed(1)}, before ${earliest.toFixed(1)}: its last ` +
+            `acknowledged grant or keep-alive was sent at ${info.lastAckedSend.toFixed(1)}`,
+        );
+      }
+      if (since === undefined || leader === undefined) continue;
+      const paused = (this.#pausesOf.get(leader) ?? []).some(([a, b]) =>
+        a <= proposed && b >= since
+      );
+      if (paused) continue;
+      const due = Math.max(
+        info.lastAttemptEnd + info.ttlMs / (1 - skew),
+        applying + Math.max(info.ttlMs, election) / (1 - skew),
+      );
+      const latest = due + 2 * tick / (1 - skew) +
+        (this.#faults.transferEveryMs > 0 ? 2 * election : 0) + 1;
+      this.#stats.leaseBoundChecks++;
+      if (proposed > latest) {
+        this.#violation(
+          "lease-bound",
+          `lease ${id} (ttl ${info.ttlMs}ms) was expired by the entry at index ${index}, ` +
+            `proposed at ${proposed.toFixed(1)}, after ${latest.toFixed(1)}: its last renewal ` +
+            `could reach a node until ${info.lastAttemptEnd.toFixed(1)} and ${leader} led ` +
+            `term ${term} from ${since.toFixed(1)}, its first commit at ${applying.toFixed(1)}`,
+        );
+      }
+    }
+  }
+
   /** A node's applied data equals the reference state at its applied index. */
   #checkApplied(n: _Node, s: NodeInspection): void {
     if (s.applied > this.#refIndex || s.applied === 0) return;
@@ -940,6 +1091,14 @@ class _Simulation {
       this.#violation(
         "state-machine-safety",
         `${n.id} applied up to ${s.applied} but holds ${got} where the committed log gives ${want}`,
+      );
+    }
+    const leases = this.#leaseState((k) => s.leaseOf(k), s.leaseCount);
+    if (leases !== this.#refLeaseStates[s.applied]) {
+      this.#violation(
+        "state-machine-safety",
+        `${n.id} applied up to ${s.applied} but its leases are ${leases} where the committed ` +
+          `log gives ${this.#refLeaseStates[s.applied]}`,
       );
     }
   }
@@ -1009,6 +1168,128 @@ class _Simulation {
       await this.#perform(op, this.#opts.opTimeoutMs ?? 3000);
     }
     if (--this.#active === 0) this.#finalReads();
+  }
+
+  /**
+   * A lease holder: grants a lease (3, 5 or 8 election timeouts), attaches one or two keys to it,
+   * keeps it alive for zero to five rounds (every third of its TTL, or a little sooner), then
+   * revokes it (a third of the time) or abandons it, and starts again.
+   */
+  async #leaseClient(c: _Client): Promise<void> {
+    c.seen = new Map();
+    const election = this.#faults.tickMs * (this.#opts.electionTicks ?? 10);
+    for (let seq = 1; this.#phase === "run"; seq++) {
+      await this.#sleep(this.#random(0, 50));
+      if (this.#phase !== "run") break;
+      const ttlMs = Math.round(this.#pick([3, 5, 8]) * election);
+      const sent = this.#clock.now();
+      const grant = await this.#leaseCall(
+        c,
+        (node, signal) => node.write({ op: "lease_grant", ttlMs }, signal),
+        this.#opts.opTimeoutMs ?? 3000,
+      );
+      const granted = grant.answer?.kind === "answered" ? grant.answer.value : null;
+      if (granted?.op !== "lease_grant") continue; // unknown: left to expire on its own
+      const id = granted.id;
+      const info: _LeaseInfo = { ttlMs, lastAckedSend: sent, lastAttemptEnd: grant.end };
+      this.#leaseInfo.set(id, info);
+      this.#stats.leasesGranted++;
+      this.#note(`c${c.id} granted lease ${id} (ttl ${ttlMs}ms)`);
+      for (let j = 0, n = 1 + Math.floor(this.#rng() * 2); j < n && this.#phase === "run"; j++) {
+        const key = this.#pick(this.#keys);
+        const op = this.#newOp(c, {
+          kind: "put",
+          key,
+          value: `c${c.id}-${seq}-L${j}`,
+          lease: false,
+        });
+        op.leaseRef = { id };
+        await this.#perform(op, this.#opts.opTimeoutMs ?? 3000);
+      }
+      let alive = true;
+      for (let r = Math.floor(this.#rng() * 6); r > 0 && alive && this.#phase === "run"; r--) {
+        await this.#sleep(this.#random(0.5, 1) * ttlMs / 3);
+        const sent = this.#clock.now();
+        const k = await this.#leaseCall(
+          c,
+          (node, signal) => node.leases.keepAlive(id, signal),
+          ttlMs / 3,
+        );
+        info.lastAttemptEnd = Math.max(info.lastAttemptEnd, k.end);
+        if (k.answer?.kind === "answered") {
+          info.lastAckedSend = Math.max(info.lastAckedSend, sent);
+          this.#stats.leaseKeepAlives++;
+          this.#note(`c${c.id} kept lease ${id} alive (sent ${sent.toFixed(1)})`);
+        } else if (k.answer?.kind === "notFound") {
+          alive = false;
+          this.#note(`c${c.id} found lease ${id} gone`);
+        }
+      }
+      if (alive && this.#phase === "run" && this.#rng() < 0.3) {
+        await this.#leaseCall(
+          c,
+          (node, signal) => node.write({ op: "lease_revoke", ids: [id], reason: "revoke" }, signal),
+          this.#opts.opTimeoutMs ?? 3000,
+        );
+      }
+    }
+    if (--this.#active === 0) this.#finalReads();
+  }
+
+  /**
+   * Calls `fn` on nodes (following leader hints; again where it was refused or not applied) until
+   * it answers, it is unknown whether it took effect, or `timeoutMs` passes. `end` is when the
+   * call was given up: after it no request of the call reaches a node.
+   */
+  async #leaseCall<T>(
+    c: _Client,
+    fn: (node: RaftNode, signal: AbortSignal) => Promise<T>,
+    timeoutMs: number,
+  ): Promise<{ answer: _LeaseAnswer<T> | null; end: number }> {
+    const abort = new AbortController();
+    const deadline = this.#clock.now() + timeoutMs;
+    let answer: _LeaseAnswer<T> | null = null;
+    while (answer === null && this.#clock.now() < deadline) {
+      const useHint = c.hint >= 0 && this.#rng() < 0.7;
+      const n = this.#nodes[useHint ? c.hint : Math.floor(this.#rng() * this.#nodes.length)]!;
+      const got = await Promise.race([
+        this.#callOn(n, abort.signal, fn),
+        this.#sleep(deadline - this.#clock.now()),
+      ]);
+      if (got === null || got.kind === "unknown") break;
+      if (got.kind === "answered" || got.kind === "notFound") {
+        answer = got;
+      } else {
+        c.hint = got.kind === "notLeader" ? this.#nodes.findIndex((x) => x.id === got.leader) : -1;
+        await this.#sleep(Math.min(this.#random(5, 50), deadline - this.#clock.now()));
+      }
+    }
+    abort.abort();
+    if (answer === null) c.hint = -1;
+    return { answer, end: this.#clock.now() };
+  }
+
+  /** Runs `fn` on node `n` as a request would (or never, if it is lost on the way). */
+  async #callOn<T>(
+    n: _Node,
+    signal: AbortSignal,
+    fn: (node: RaftNode, signal: AbortSignal) => Promise<T>,
+  ): Promise<_LeaseAnswer<T> | _Outcome> {
+    await this.#sleep(this.#random(0.1, 2));
+    const out = await new Promise<_LeaseAnswer<T> | _Outcome>((resolve) => {
+      if (!n.node || !n.clock) return resolve({ kind: "refused" });
+      n.clock.run(() => {
+        const node = n.node;
+        if (signal.aborted) return;
+        if (!node) return resolve({ kind: "refused" });
+        fn(node, signal).then(
+          (value) => resolve({ kind: "answered", value }),
+          (e) => resolve(e instanceof LeaseNotFoundError ? { kind: "notFound" } : _outcomeOf(e)),
+        );
+      });
+    });
+    await this.#sleep(this.#random(0.1, 2));
+    return out;
   }
 
   #newOp(client: _Client, op: Pick<_ClientOp, "kind" | "key" | "value" | "lease">): _ClientOp {
@@ -1244,6 +1525,9 @@ class _Simulation {
     const ms = this.#random(50, Math.max(100, this.#faults.maxPauseMs));
     clock.paused = true;
     this.#stats.pauses++;
+    const pauses = this.#pausesOf.get(n.id) ?? [];
+    pauses.push([this.#clock.now(), this.#clock.now() + ms]);
+    this.#pausesOf.set(n.id, pauses);
     this.#note(`PAUSE ${n.id} until ${(this.#clock.now() + ms).toFixed(0)}`);
     this.#later(ms, () => clock.resume());
   }
@@ -1426,7 +1710,11 @@ class _Simulation {
 /** The command a client write sends. */
 function _command(op: _ClientOp): PlainCommand {
   if (op.kind === "delete") return { op: "delete", key: op.key };
-  if (op.kind === "put") return { op: "put", key: op.key, value: op.value! };
+  if (op.kind === "put") {
+    return op.leaseRef === undefined
+      ? { op: "put", key: op.key, value: op.value! }
+      : { op: "put", key: op.key, value: op.value!, lease: op.leaseRef };
+  }
   const form = op.casForm!;
   if ("modIndex" in form) return { op: "put", key: op.key, value: op.value!, cas: form.modIndex };
   const expect = op.expect ?? null;
@@ -1452,6 +1740,8 @@ function _writeOutcome(op: _ClientOp, r: KvResult): _Outcome {
       return { kind: "ok", index: r.index, modIndex: 0, replayed };
     case "cas_failed":
       return { kind: "casFailed", index: r.index, current: r.current, replayed };
+    case "lease_not_found": // nothing was written
+      return { kind: "notApplied" };
     case "txn": {
       if (r.succeeded) {
         const put = r.results[0];

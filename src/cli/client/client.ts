@@ -1,6 +1,7 @@
 /**
  * The command-line client in the node's binary, in the spirit of `etcdctl`: `raftkv get KEY`,
- * `put`, `del`, `list`, `status`, `snapshot save|restore`, `verify`, and `raftkv help`. It talks only the
+ * `put`, `del`, `list`, `lease grant|keepalive|revoke|list`, `status`, `snapshot save|restore`,
+ * `verify`, and `raftkv help`. It talks only the
  * public REST API.
  *
  * @module
@@ -14,6 +15,7 @@ import {
   EXIT_CODES_HELP,
 } from "./command.ts";
 import { DEL, GET, LIST, PUT } from "./kv.ts";
+import { LEASE_GRANT, LEASE_KEEPALIVE, LEASE_LIST, LEASE_REVOKE } from "./lease.ts";
 import {
   ClientError,
   formatOptions,
@@ -35,6 +37,10 @@ export const COMMANDS: readonly Command[] = [
   PUT,
   DEL,
   LIST,
+  LEASE_GRANT,
+  LEASE_KEEPALIVE,
+  LEASE_REVOKE,
+  LEASE_LIST,
   STATUS,
   SNAPSHOT_SAVE,
   SNAPSHOT_RESTORE,
@@ -48,7 +54,8 @@ const _FIRST_WORDS = new Set([...COMMANDS.map((c) => c.name.split(" ")[0]!), "he
  * client instead of a node (a node's arguments are all flags).
  *
  * @param word The first argument.
- * @returns True for `get`, `put`, `del`, `list`, `status`, `snapshot`, `verify` and `help`.
+ * @returns True for `get`, `put`, `del`, `list`, `lease`, `status`, `snapshot`, `verify` and
+ * `help`.
  */
 export function isClientCommand(word: string | undefined): boolean {
   return word !== undefined && _FIRST_WORDS.has(word);

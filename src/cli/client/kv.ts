@@ -95,15 +95,60 @@ export const PUT: Command = {
   description: "Writes VALUE under KEY and prints OK with the log index once it is committed " +
     '(-o json: the API\'s {"k","v","index"}). Without VALUE, the value is all of stdin. When ' +
     "no answer arrives in time (exit 1), the write may or may not have been applied.",
-  options: [CAS_OPTION],
+  options: [
+    CAS_OPTION,
+    {
+      name: "--lease",
+      value: "<id>",
+      default: "",
+      description: "attach the key to this lease (see raftkv lease grant): it is deleted when " +
+        "the lease is revoked or expires; exit 3 if the lease does not exist",
+    },
+    {
+      name: "--ttl",
+      value: "<duration>",
+      default: "",
+      description: "grant a new lease of this time to live (10s, 1m) for this key alone; the " +
+        "answer's lease is its id, to keep alive",
+    },
+  ],
   arity: [1, 2],
   async run(ctx) {
     const key = _key(ctx);
-    const cas = _cas(ctx);
+    const query = new URLSearchParams(_cas(ctx).slice(1));
+    const lease = ctx.line.values.get("--lease")?.value;
+    const ttl = ctx.line.values.get("--ttl")?.value;
+    if (lease !== undefined && ttl !== undefined) {
+      throw usageError("give --lease or --ttl, not both");
+    }
+    if (lease !== undefined) {
+      if (!/^[1-9]\d{0,15}$/.test(lease)) {
+        throw usageError(`invalid value for --lease: ${JSON.stringify(lease)} is not a lease id`);
+      }
+      query.set("lease", lease);
+    }
+    if (ttl !== undefined) query.set("ttl", ttl);
     const value = ctx.args[1] ?? await ctx.io.stdin();
     const client = await ctx.client();
-    const answer = await client.send("PUT", keyPath(key) + cas, { body: { v: value } });
+    const search = query.size > 0 ? `?${query}` : "";
+    const answer = await client.send("PUT", keyPath(key) + search, { body: { v: value } });
+    if (answer.status === 404) {
+      throw new ClientError(
+        `put ${JSON.stringify(key)}: lease ${lease} not found; nothing was written`,
+        EXIT.notFound,
+        { k: key, lease: Number(lease), status: 404 },
+      );
+    }
+    if (answer.status === 400 && ttl !== undefined) {
+      throw usageError(`put: ${(answer.json as { error?: string } | null)?.error}`);
+    }
     if (answer.status !== 200) throw answerError(answer, `put ${JSON.stringify(key)}`);
+    const leaseId = (answer.json as { lease?: unknown } | null)?.lease;
+    if (leaseId !== undefined) {
+      const index = (answer.json as { index?: unknown } | null)?.index;
+      ctx.print(answer.json, `OK (index ${index}, lease ${leaseId})`);
+      return EXIT.ok;
+    }
     const index = (answer.json as { index?: unknown } | null)?.index;
     ctx.print(answer.json, `OK (index ${index})`);
     return EXIT.ok;

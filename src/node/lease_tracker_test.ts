@@ -1,0 +1,62 @@
+import assert from "node:assert/strict";
+import { SimClock } from "../../testing/sim_clock.ts";
+import { KvStateMachine } from "../kv/state_machine.ts";
+import { LeaseTracker } from "./lease_tracker.ts";
+
+/** A state machine and a tracker following it, on a simulated clock (election timeout 1000). */
+function setup() {
+  const clock = new SimClock();
+  const kv = new KvStateMachine();
+  const tracker = new LeaseTracker(clock, 1000, (id) => kv.lease(id));
+  let index = 0;
+  const apply = (cmd: Parameters<KvStateMachine["apply"]>[1]) => {
+    const r = kv.apply(++index, cmd);
+    tracker.applied(r);
+    return r;
+  };
+  return { clock, kv, tracker, apply };
+}
+
+Deno.test("a lease is due one TTL after its grant, and a renewal moves that to arrival + TTL", () => {
+  const { clock, tracker, apply } = setup();
+  apply({ op: "lease_grant", ttlMs: 3000 }); // lease 1
+  apply({ op: "put", key: "k", value: "v", lease: { ttlMs: 500 } }); // lease 2, granted by a put
+  assert.equal(tracker.remaining(1), 3000);
+  assert.equal(tracker.remaining(2), 500);
+  clock.advance(500);
+  assert.deepEqual(tracker.due(), [2]);
+  assert.deepEqual(tracker.due(), [], "a lease being expired is not due twice");
+  assert.ok(tracker.isExpiring(2));
+  tracker.failed([2]);
+  assert.deepEqual(tracker.due(), [2], "a failed expiry is due again");
+  // A renewal counted from when it arrived (before the quorum confirmed), never shortening.
+  clock.advance(2000);
+  tracker.renew(1, 3000, clock.now() - 100);
+  assert.equal(tracker.remaining(1), 2900);
+  tracker.renew(1, 3000, 0);
+  assert.equal(tracker.remaining(1), 2900);
+  // The expiry applied: no longer tracked.
+  apply({ op: "lease_revoke", ids: [2], reason: "expire" });
+  assert.equal(tracker.isExpiring(2), false);
+  assert.equal(tracker.size, 1);
+});
+
+Deno.test("a new leader gives every lease max(TTL, election timeout) from its promotion", () => {
+  const { clock, kv, tracker, apply } = setup();
+  apply({ op: "lease_grant", ttlMs: 200 }); // shorter than the election timeout
+  apply({ op: "lease_grant", ttlMs: 5000 });
+  clock.advance(4000);
+  assert.deepEqual(tracker.due(), [1]);
+  tracker.promote(kv.leases());
+  assert.equal(tracker.isExpiring(1), false);
+  assert.equal(tracker.remaining(1), 1000);
+  assert.equal(tracker.remaining(2), 5000);
+  clock.advance(999);
+  assert.deepEqual(tracker.due(), []);
+  clock.advance(1);
+  assert.deepEqual(tracker.due(), [1]);
+  // After a snapshot: every lease of the state, a full TTL from now.
+  tracker.reset(kv.leases());
+  assert.equal(tracker.remaining(1), 200);
+  assert.equal(tracker.remaining(2), 5000);
+});
