@@ -26,6 +26,7 @@ import {
   type TxnOp,
 } from "./command.ts";
 import { compareKeys, OrderedMap, type OrderedMapVersion } from "./ordered_map.ts";
+import { DEFAULT_HISTORY_EVENTS, EventHistory, type KvEventType } from "./events.ts";
 
 export {
   type Compare,
@@ -40,6 +41,14 @@ export {
   type TxnOp,
 } from "./command.ts";
 export { compareKeys } from "./ordered_map.ts";
+export {
+  DEFAULT_HISTORY_EVENTS,
+  EventHistory,
+  type EventSink,
+  HistoryCompactedError,
+  type KvEvent,
+  type KvEventType,
+} from "./events.ts";
 
 /** A key, its value and its revision. Immutable: a write stores a new one. */
 export interface KvEntry {
@@ -146,6 +155,21 @@ const _decoder = new TextDecoder("utf-8", { fatal: true });
 /** The key-value map in key order, its revisions, and the index of the last entry applied. */
 export class KvStateMachine {
   #data = new OrderedMap<KvEntry>();
+  /**
+   * The newest changes, one event per key changed, that watches are served from (see
+   * `events.ts`).
+   */
+  readonly events: EventHistory;
+
+  /**
+   * Creates an empty state machine.
+   *
+   * @param options `historyEvents`: the most change events kept for watches (default
+   * {@linkcode DEFAULT_HISTORY_EVENTS}).
+   */
+  constructor(options: { historyEvents?: number } = {}) {
+    this.events = new EventHistory(options.historyEvents ?? DEFAULT_HISTORY_EVENTS);
+  }
   /** The index of the last log entry applied (including no-ops). */
   appliedIndex = 0;
   /** Remembered idempotent outcomes by id, oldest first (a Map keeps insertion order). */
@@ -254,12 +278,12 @@ export class KvStateMachine {
             return { op: "cas_failed", index, key: cmd.key, current };
           }
         }
-        return { op: "delete", index, deleted: this.#data.delete(cmd.key) !== undefined };
+        return { op: "delete", index, deleted: this.#delete(index, cmd.key, "delete") };
       }
       case "delete_range": {
         const keys: string[] = [];
         for (const e of _inRange(this.#data.values(_start(cmd.range)), cmd.range)) keys.push(e.key);
-        for (const k of keys) this.#data.delete(k);
+        for (const k of keys) this.#delete(index, k, "delete");
         return { op: "delete_range", index, deleted: keys.length };
       }
       case "txn": {
@@ -281,7 +305,20 @@ export class KvStateMachine {
         version: current.version + 1,
       };
     this.#data.set(e);
+    this.events.record(index, "put", key, value);
     return e;
+  }
+
+  /**
+   * Deletes `key` at `index`, recording the change (`delete`, or `expire` for a key whose lease
+   * ended). Every deletion goes through here.
+   *
+   * @returns Whether the key existed.
+   */
+  #delete(index: number, key: string, type: Exclude<KvEventType, "put">): boolean {
+    if (this.#data.delete(key) === undefined) return false;
+    this.events.record(index, type, key, null);
+    return true;
   }
 
   #holds(c: Compare): boolean {
@@ -324,7 +361,7 @@ export class KvStateMachine {
         };
       }
       case "delete":
-        return { op: "delete", key: op.key, deleted: this.#data.delete(op.key) !== undefined };
+        return { op: "delete", key: op.key, deleted: this.#delete(index, op.key, "delete") };
       case "get":
         return { op: "get", key: op.key, entry: this.#data.get(op.key) ?? null };
     }
@@ -412,6 +449,7 @@ export class KvStateMachine {
     this.#sessions = sessions;
     this.#sessionBytes = bytes;
     this.appliedIndex = appliedIndex;
+    this.events.reset(appliedIndex);
   }
 }
 

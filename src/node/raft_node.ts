@@ -41,6 +41,7 @@ import {
 import {
   type Consistency,
   type DeleteResult,
+  type EventHistory,
   type KvBackend,
   type LeaderTransfer,
   type NodeStatus,
@@ -224,6 +225,8 @@ export interface RaftNodeOptions {
   maxIdempotencyBytes?: number;
   /** Where the node's metrics are registered (see `node_metrics.ts`). Default: its own registry. */
   metrics?: MetricsRegistry;
+  /** Most change events kept for watches (see `events.ts`). Default 10000. */
+  watchHistoryEvents?: number;
 }
 
 /** The idempotency defaults of {@linkcode RaftNodeOptions}. */
@@ -334,7 +337,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** This node's id. */
   readonly id: NodeId;
   readonly #core: RaftCore;
-  readonly #kv = new KvStateMachine();
+  readonly #kv: KvStateMachine;
   readonly #storage: NodeStorage;
   readonly #transport: Transport;
   readonly #members: Map<NodeId, Member>;
@@ -405,6 +408,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
     this.id = options.id;
+    this.#kv = new KvStateMachine(
+      options.watchHistoryEvents === undefined ? {} : { historyEvents: options.watchHistoryEvents },
+    );
     this.#storage = options.storage;
     this.#clock = options.clock ?? realClock;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
@@ -480,6 +486,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
     this.#readsAwaitingApply = [];
     this.#settleTransfers();
+    this.#kv.events.closeAll("the node is shutting down");
     await this.#snapshotTask;
     while (this.#writerActive) await this.#writing;
     for (const w of this.#waiters.values()) {
@@ -491,6 +498,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   // ---- KvBackend ----------------------------------------------------------------------------
+
+  /** The change history of the applied state, that watches are served from (see KvBackend). */
+  watchHistory(): EventHistory {
+    if (this.#stopping) throw new StoppingError();
+    return this.#kv.events;
+  }
 
   /**
    * Proposes `cmd` and resolves with its result once it is committed and applied. With an
