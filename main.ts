@@ -100,6 +100,7 @@ export async function main(args: string[]): Promise<number> {
     snapshotThresholdBytes: config.snapshotThresholdBytes,
     maxPendingProposals: config.maxPendingProposals,
     maxPendingBytes: config.maxPendingBytes,
+    watchHistoryEvents: config.watchHistoryEvents,
     metrics,
     logger: log,
     onFatal: (e) => {
@@ -142,6 +143,8 @@ export async function main(args: string[]): Promise<number> {
     maxForwardedRequests: config.maxForwardedRequests,
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
+    watchBufferEvents: config.watchBufferEvents,
+    watchHeartbeatMs: config.watchHeartbeatMs,
     metrics,
     logError: (line) => log.error(line),
   });

@@ -14,6 +14,7 @@
  * | `DELETE` | `/v1/data`        |                 | 200 `{"deleted","index"}`: a range      |
  * | `POST`   | `/v1/txn`         | a transaction   | 200 `{"succeeded","index","results"}`   |
  * | `GET`    | `/v1/status`      |                 | 200 the node's {@linkcode NodeStatus}   |
+ * | `GET`    | `/v1/watch`       |                 | 200 changes as Server-Sent Events       |
  * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                  |
  * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)   |
  * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
@@ -85,6 +86,7 @@ import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.
 import { isUiPath, uiResponse } from "./ui.ts";
 import { leaderTransferRoute } from "./admin.ts";
 import { checkKey, pathKey } from "./validate.ts";
+import { watchRoute } from "./watch.ts";
 
 export {
   closeForwarder,
@@ -233,6 +235,19 @@ export interface ApiOptions {
    * @default {a registry of its own, holding only the API's metrics}
    */
   metrics?: MetricsRegistry;
+  /**
+   * Interval of the comment heartbeats of a `GET /v1/watch` stream, in milliseconds.
+   *
+   * @default {15000}
+   */
+  watchHeartbeatMs?: number;
+  /**
+   * Most events waiting for one watcher that does not read fast enough (beyond the backlog it
+   * asked for); one more and it is cut off with a final `event: error` (see `watch.ts`).
+   *
+   * @default {1024}
+   */
+  watchBufferEvents?: number;
   /**
    * Receives one line per request refused with 401 or 403 (the token's name, never the token).
    *
@@ -395,6 +410,8 @@ function _withIndex(ctx: _Context, res: Response, url: URL): Response {
 /** The checked options of one handler, and its budgets. */
 interface _Context extends ApiContext {
   metrics: MetricsRegistry;
+  watchHeartbeatMs: number;
+  watchBufferEvents: number;
   members: readonly ClusterMember[];
 }
 
@@ -440,6 +457,8 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     limits,
     metrics: options.metrics ?? new MetricsRegistry(),
     members: options.members ?? [],
+    watchHeartbeatMs: positiveInt("watchHeartbeatMs", options.watchHeartbeatMs, 15_000),
+    watchBufferEvents: positiveInt("watchBufferEvents", options.watchBufferEvents, 1024),
   };
 }
 
@@ -466,6 +485,9 @@ async function _route(
     case "/v1/snapshot":
       _allow(req, path, ["GET"]);
       return _backup(ctx);
+    case "/v1/watch":
+      _allow(req, path, ["GET"]);
+      return watchRoute(ctx, req, url);
     case "/v1/data":
       _allow(req, path, ["GET", "POST", "DELETE"]);
       if (req.method === "GET") return await readRangeRoute(ctx, req, url, caller);
@@ -508,7 +530,7 @@ async function _route(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /health, /ready, /metrics and /ui/`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/watch, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);
