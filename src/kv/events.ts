@@ -77,6 +77,7 @@ export class EventHistory {
   #size = 0;
   #oldestIndex = 1;
   #sinks = new Set<EventSink>();
+  #closed: string | null = null;
 
   /**
    * Creates an empty history that starts at index 1.
@@ -143,10 +144,15 @@ export class EventHistory {
    *
    * @param from The first index wanted, or null for only what comes next.
    * @param sink Receives the events.
-   * @returns The function that ends the subscription.
+   * @returns The function that ends the subscription. Once {@linkcode close}d, `sink.close` is
+   * called at once instead.
    * @throws {HistoryCompactedError} If `from` is older than {@linkcode oldestIndex}.
    */
   subscribe(from: number | null, sink: EventSink): () => void {
+    if (this.#closed !== null) {
+      sink.close(this.#closed);
+      return () => {};
+    }
     if (from !== null) {
       if (from < this.#oldestIndex) throw new HistoryCompactedError(from, this.#oldestIndex);
       for (const e of this.since(from)) sink.event(e);
@@ -184,7 +190,16 @@ export class EventHistory {
     );
   }
 
-  /** Ends every subscription (the node stops). */
+  /**
+   * Ends every subscription, and every later one at once (the node stops): their streams end
+   * cleanly before the server goes away.
+   */
+  close(reason: string): void {
+    this.#closed ??= reason;
+    this.closeAll(reason);
+  }
+
+  /** Ends every subscription there is now. */
   closeAll(reason: string): void {
     const sinks = [...this.#sinks];
     this.#sinks.clear();

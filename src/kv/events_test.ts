@@ -97,3 +97,17 @@ Deno.test("a snapshot restarts the history after its index and ends the subscrip
   sm.apply(51, { op: "put", key: "z", value: "10" });
   assert.deepEqual(after.events.map((e) => e.k + e.v), ["z10"]);
 });
+
+Deno.test("a closed history ends its subscriptions and every later one at once", () => {
+  const h = new EventHistory(10);
+  const before = collect();
+  h.subscribe(null, before);
+  h.close("stopping");
+  const after = collect();
+  h.subscribe(1, after);
+  h.record(1, "put", "a", "1");
+  assert.deepEqual(before.closed, ["stopping"]);
+  assert.deepEqual(after.closed, ["stopping"]);
+  assert.deepEqual(after.events, []);
+  assert.equal(h.subscribers, 0);
+});

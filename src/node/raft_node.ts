@@ -486,7 +486,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
     this.#readsAwaitingApply = [];
     this.#settleTransfers();
-    this.#kv.events.closeAll("the node is shutting down");
+    this.closeWatches();
     await this.#snapshotTask;
     while (this.#writerActive) await this.#writing;
     for (const w of this.#waiters.values()) {
@@ -498,6 +498,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   // ---- KvBackend ----------------------------------------------------------------------------
+
+  /**
+   * Ends every watch with a final event, and every watch opened from now on: called as the node
+   * begins to stop, so that the streams end cleanly before the API server goes away.
+   */
+  closeWatches(): void {
+    this.#kv.events.close("the node is shutting down");
+  }
 
   /** The change history of the applied state, that watches are served from (see KvBackend). */
   watchHistory(): EventHistory {
