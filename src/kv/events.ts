@@ -153,13 +153,25 @@ export class EventHistory {
       sink.close(this.#closed);
       return () => {};
     }
+    let added = sink;
     if (from !== null) {
       if (from < this.#oldestIndex) throw new HistoryCompactedError(from, this.#oldestIndex);
       for (const e of this.since(from)) sink.event(e);
+      // On a node that has not yet applied up to `from`, changes before it are still to come:
+      // the subscription skips them.
+      const newest = this.#size === 0 ? 0 : this.#at(this.#size - 1)!.index;
+      if (newest < from - 1) {
+        added = {
+          event: (e) => {
+            if (e.index >= from) sink.event(e);
+          },
+          close: (reason) => sink.close(reason),
+        };
+      }
     }
-    this.#sinks.add(sink);
+    this.#sinks.add(added);
     return () => {
-      this.#sinks.delete(sink);
+      this.#sinks.delete(added);
     };
   }
 

@@ -111,3 +111,14 @@ Deno.test("a closed history ends its subscriptions and every later one at once",
   assert.deepEqual(after.events, []);
   assert.equal(h.subscribers, 0);
 });
+
+Deno.test("a subscription from past the newest change skips what comes before its index", () => {
+  const h = new EventHistory(10);
+  h.record(1, "put", "a", "1");
+  const sink = collect();
+  h.subscribe(4, sink); // a node behind the watcher's position
+  h.record(2, "put", "a", "2");
+  h.record(3, "put", "a", "3");
+  h.record(4, "put", "a", "4");
+  assert.deepEqual(sink.events.map((e) => e.index), [4]);
+});
