@@ -9,11 +9,25 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { PERMISSION_FLAGS } from "../main.ts";
-import { cleanEnv, httpRequest, startCluster, waitFor } from "../testing/harness.ts";
+import { cleanEnv, freePorts, httpRequest, startCluster, waitFor } from "../testing/harness.ts";
 import { Watcher, type WatchEvent } from "../testing/watcher.ts";
 import { readSse } from "../src/util/sse.ts";
 
 const _MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+
+/** Runs `raftkv <args>` to its end. */
+async function raftkv(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args],
+    env: cleanEnv(),
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
 
 /** A write through any live node, retried on other nodes; its index, or null if unknown. */
 async function put(urls: readonly string[], key: string, value: string): Promise<number | null> {
@@ -119,9 +133,14 @@ Deno.test("a watch from before the history is 410 with the oldest index; a slow 
   assert.equal(final.event, "error", `ends with an error event after ${events.length} events`);
   assert.match(JSON.parse(final.data).error, /fell more than 4 events behind/);
   assert.ok(events.length < 80, `cut off before the end (${events.length} events)`);
-  // The node is fine: a new watcher gets what comes next.
+  // The node is fine: it still answers.
   const status = await httpRequest(`${url}/v1/status`, "GET");
   assert.equal(status.status, 200);
+
+  // The client: a --from older than the history exits 1 and names the oldest index.
+  const tooOld = await raftkv(["watch", "k", "--from", "1", "--endpoints", url]);
+  assert.equal(tooOld.code, 1, tooOld.stderr);
+  assert.match(tooOld.stderr, /410 .*oldest index \d+/);
 });
 
 Deno.test("raftkv watch prints changes and carries on at the next endpoint when its node dies", async () => {
@@ -199,4 +218,18 @@ Deno.test("raftkv watch prints changes and carries on at the next endpoint when 
     }
     await child.status;
   }
+});
+
+Deno.test("raftkv watch: bad usage exits 2, no reachable endpoint exits 4", async () => {
+  const usage = await raftkv(["watch"]);
+  assert.equal(usage.code, 2, usage.stderr);
+  assert.match(usage.stderr, /either KEY or --prefix/);
+  const both = await raftkv(["watch", "k", "--prefix", "p"]);
+  assert.equal(both.code, 2, both.stderr);
+  const help = await raftkv(["watch", "--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /Usage: raftkv watch .*\[KEY\]/);
+  const dead = freePorts(1).map((p) => `http://127.0.0.1:${p}`).join(",");
+  const unreachable = await raftkv(["watch", "k", "--endpoints", dead, "--timeout", "1s"]);
+  assert.equal(unreachable.code, 4, unreachable.stderr);
 });

@@ -286,7 +286,8 @@ export interface ApiHandler {
  *
  * Status codes: 200 success; 400 malformed request; 401 no known token; 403 the token's role
  * does not allow the request; 404 unknown path or key; 405 wrong method
- * (with `Allow`); 408 body not received in time; 412 a compare-and-set whose condition failed;
+ * (with `Allow`); 408 body not received in time; 410 a watch from an index older than the change
+ * history; 412 a compare-and-set whose condition failed;
  * 413 key, value or body too large, or a transaction too long; 415 a write without
  * `Content-Type: application/json`; 422 an idempotency key reused for a different request; 429 too
  * many requests, forwards or backups in progress

@@ -72,6 +72,21 @@ export interface WatchContext {
 const _encoder = new TextEncoder();
 
 /**
+ * The SSE text of the last event encoded: the history hands each event to every watcher in
+ * turn, so with many watchers it is encoded once, not once per watcher.
+ */
+let _lastEvent: KvEvent | null = null;
+let _lastText = "";
+
+function _eventText(e: KvEvent): string {
+  if (e !== _lastEvent) {
+    _lastText = `id: ${e.index}\ndata: ${JSON.stringify(e)}\n\n`;
+    _lastEvent = e;
+  }
+  return _lastText;
+}
+
+/**
  * `GET /v1/watch`: the stream of changes described in the module doc.
  *
  * @param ctx The handler's context.
@@ -283,7 +298,7 @@ class _Watcher implements EventSink {
       return;
     }
     this.#lastIndex = e.index;
-    this.#push(`id: ${e.index}\ndata: ${JSON.stringify(e)}\n\n`);
+    this.#push(_eventText(e));
   }
 
   close(reason: string): void {
