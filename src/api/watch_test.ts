@@ -230,3 +230,19 @@ Deno.test("wait durations parse with units and are capped", () => {
   assert.equal(parseWait("2"), 2000);
   assert.equal(MAX_BLOCKING_WAIT_MS, 300_000);
 });
+
+Deno.test("with tokens a watch and a blocking read need the read role", async () => {
+  const { backend, get } = setup({ tokens: [{ token: "r-token", role: "read" }] });
+  backend.put("a", "1");
+  const none = await get("/v1/watch?key=a");
+  assert.equal(none.status, 401);
+  await none.body?.cancel();
+  const ok = await get("/v1/watch?key=a&from=1", { headers: { authorization: "Bearer r-token" } });
+  assert.equal(ok.status, 200);
+  const first = await readSse(ok.body!).next();
+  assert.equal(JSON.parse(first.value!.data).v, "1");
+  await ok.body!.cancel().catch(() => {});
+  const blocked = await get("/v1/data/a?index=0&wait=1s");
+  assert.equal(blocked.status, 401);
+  await blocked.body?.cancel();
+});
