@@ -100,6 +100,7 @@ export async function main(args: string[]): Promise<number> {
     snapshotThresholdBytes: config.snapshotThresholdBytes,
     maxPendingProposals: config.maxPendingProposals,
     maxPendingBytes: config.maxPendingBytes,
+    watchHistoryEvents: config.watchHistoryEvents,
     metrics,
     logger: log,
     onFatal: (e) => {
@@ -142,6 +143,8 @@ export async function main(args: string[]): Promise<number> {
     maxForwardedRequests: config.maxForwardedRequests,
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
+    watchBufferEvents: config.watchBufferEvents,
+    watchHeartbeatMs: config.watchHeartbeatMs,
     metrics,
     logError: (line) => log.error(line),
   });
@@ -215,6 +218,8 @@ export async function main(args: string[]): Promise<number> {
   if (!fatal && config.transferOnShutdown) await _handOver(node, config.electionTimeoutMs, log);
   // Stop taking requests, finish the write in flight, then close the peer side. A server's
   // shutdown waits for idle HTTP/2 connections (a silent client) forever: give it a deadline.
+  // Watch streams never end by themselves: end them first, each with a final event.
+  node.closeWatches();
   await _within(apiServer.shutdown(), 3_000);
   await node.stop();
   forwarder.close();

@@ -32,6 +32,11 @@
  *     succeeds and each is a condition checked and a write committed;
  *   - against the *leader*, or against a *follower*, which forwards to the leader (raftkv over
  *     its HTTP/2 forwarder; etcd forwards proposals and ReadIndex requests over its peer links).
+ *   - *watch fan-out* (after the matrix; `--watchers`, default 1000): that many watchers of one
+ *     prefix spread over the members (raftkv: `GET /v1/watch`, Server-Sent Events; etcd: its
+ *     gateway's streaming `POST /v3/watch`) while 4 writers write under the prefix on the leader
+ *     for `--duration`; events delivered per second and the delay from each write's
+ *     acknowledgement to each delivery, p50 and p99 (see `bench_watch.ts`).
  * - **Load generator.** `wrk` when it is installed (one thread, `-c N` keep-alive connections,
  *   `--latency`, `--timeout` beyond the cell so no latency is dropped, `scripts/wrk/bench.lua`
  *   builds the requests and prints the percentiles in `done()`); otherwise a built-in one: N
@@ -119,6 +124,12 @@ import {
   VALUE,
   writeRequest,
 } from "./bench_lib.ts";
+import {
+  measureWatchFanout,
+  watchFanoutLine,
+  type WatchFanoutResult,
+  watchFanoutTable,
+} from "./bench_watch.ts";
 
 const _WRK_SCRIPT = fileURLToPath(new URL("./wrk/bench.lua", import.meta.url));
 const _REQUESTS_PER_SEC_BOUND = 100_000;
@@ -985,6 +996,7 @@ export async function main(args: string[]): Promise<number> {
   Deno.addSignalListener("SIGTERM", onSignal);
 
   const cells: CellResult[] = [];
+  const watchCells: WatchFanoutResult[] = [];
   let raftkv: _Raftkv | null = null;
   let profileOut: unknown = null;
   try {
@@ -1062,6 +1074,32 @@ export async function main(args: string[]): Promise<number> {
       }
     }
 
+    // The watch fan-out cell (see bench_watch.ts), each system in turn, alternating per run.
+    for (let run = 1; run <= options.runs && options.watchers > 0; run++) {
+      const order = run % 2 === 1 ? systems : [...systems].reverse();
+      for (const sys of order) {
+        const roles = await sys.roles();
+        const r = await measureWatchFanout(
+          {
+            system: sys.name,
+            label: _label(sys),
+            urls: [roles.leader, ...roles.followers].map((id) => sys.url(id)),
+            leaderUrl: sys.url(roles.leader),
+            gateway: sys.gateway,
+            client: sys.client,
+            headers: sys.headers,
+          },
+          options.watchers,
+          options.durationSec,
+          run,
+        );
+        watchCells.push(r);
+        console.log(watchFanoutLine(r));
+        _checkAlive(sys);
+        await _sleep(1000);
+      }
+    }
+
     const leaderAtEnd = (await raftkv.roles().catch(() => null))?.leader ?? null;
     const leaderPid = leaderAtEnd === null ? null : raftkv.pid(leaderAtEnd);
     if (options.cpuProf !== undefined) {
@@ -1072,7 +1110,9 @@ export async function main(args: string[]): Promise<number> {
     if (!_interrupted) {
       console.error(`bench failed: ${error instanceof Error ? error.stack : error}`);
     }
-    if (cells.length > 0) _report(options, machine, loadBefore, loadgen, etcdVersion, cells, null);
+    if (cells.length + watchCells.length > 0) {
+      _report(options, machine, loadBefore, loadgen, etcdVersion, cells, watchCells, null);
+    }
     await _cleanupAll();
     return 1;
   } finally {
@@ -1080,7 +1120,16 @@ export async function main(args: string[]): Promise<number> {
     Deno.removeSignalListener("SIGTERM", onSignal);
   }
   await _cleanupAll();
-  const report = _report(options, machine, loadBefore, loadgen, etcdVersion, cells, profileOut);
+  const report = _report(
+    options,
+    machine,
+    loadBefore,
+    loadgen,
+    etcdVersion,
+    cells,
+    watchCells,
+    profileOut,
+  );
   if (options.json !== undefined) {
     await Deno.writeTextFile(options.json, JSON.stringify(report, null, 2) + "\n");
     console.log(`\nwrote ${options.json}`);
@@ -1146,11 +1195,12 @@ function _report(
   loadgen: LoadGenerator,
   etcdVersion: string | null,
   cells: CellResult[],
+  watchCells: WatchFanoutResult[],
   profile: unknown,
 ): unknown {
   const summaries = summarizeCells(cells);
   const loadAfter = _loadAvg();
-  const runs = Math.max(...cells.map((c) => c.run));
+  const runs = Math.max(1, ...cells.map((c) => c.run));
   console.log(
     `\n## Results (${
       runs > 1 ? `median of ${runs} runs` : "1 run"
@@ -1163,26 +1213,35 @@ function _report(
       loadBefore?.join(" ") ?? "?"
     } at start, ${loadAfter?.join(" ") ?? "?"} at end\n`,
   );
-  console.log(resultsTable(summaries));
-  if (etcdVersion !== null) {
-    console.log(
-      `\nratios are raftkv / etcd: req/s above 1 means raftkv is faster, p99 above 1 means raftkv's p99 is higher (worse).`,
+  if (cells.length > 0) {
+    console.log(resultsTable(summaries));
+    if (etcdVersion !== null) {
+      console.log(
+        `\nratios are raftkv / etcd: req/s above 1 means raftkv is faster, p99 above 1 means raftkv's p99 is higher (worse).`,
+      );
+    }
+    const tls = tlsTable(summaries);
+    if (tls !== null) {
+      console.log(
+        `\nWhat TLS costs (raftkv+TLS: peer mutual TLS, HTTPS API, a bearer token on every request; etcd+TLS: client and peer TLS; wrk does not verify certificates). Ratios are TLS / plaintext: req/s below 1 and p99 above 1 are the cost:\n`,
+      );
+      console.log(tls);
+    }
+    console.log(`\nCPU in % of one core and peak RSS per member, the leader (L) first:\n`);
+    console.log(resourceTable(summaries));
+    const notes = summaries.flatMap((s) =>
+      s.notes.map((note) => `${systemLabel(s)} ${s.op}/${s.target}/${s.connections}: ${note}`)
     );
+    if (notes.length > 0) console.log(`\nnotes:\n${notes.map((n) => `- ${n}`).join("\n")}`);
   }
-  const tls = tlsTable(summaries);
-  if (tls !== null) {
+  if (watchCells.length > 0) {
     console.log(
-      `\nWhat TLS costs (raftkv+TLS: peer mutual TLS, HTTPS API, a bearer token on every request; etcd+TLS: client and peer TLS; wrk does not verify certificates). Ratios are TLS / plaintext: req/s below 1 and p99 above 1 are the cost:\n`,
+      `\nWatch fan-out: ${options.watchers} watchers of one prefix spread over the members, 4 writers on the leader for ${options.durationSec} s; delay from a write's acknowledgement to each delivery (deliveries before it count as 0):\n`,
     );
-    console.log(tls);
+    console.log(watchFanoutTable(watchCells));
   }
-  console.log(`\nCPU in % of one core and peak RSS per member, the leader (L) first:\n`);
-  console.log(resourceTable(summaries));
-  const notes = summaries.flatMap((s) =>
-    s.notes.map((note) => `${systemLabel(s)} ${s.op}/${s.target}/${s.connections}: ${note}`)
-  );
-  if (notes.length > 0) console.log(`\nnotes:\n${notes.map((n) => `- ${n}`).join("\n")}`);
   return {
+    watchCells,
     machine,
     loadAverage: { start: loadBefore, end: loadAfter },
     options,

@@ -37,6 +37,9 @@ export const RANGE_PREFIX = "rng/";
 /** How many keys are preloaded under {@linkcode RANGE_PREFIX} (one range reads them all). */
 export const RANGE_KEYS = 100;
 
+/** The default of `--watchers`. */
+export const DEFAULT_WATCHERS = 1000;
+
 /** Which member the load generator talks to. */
 export type Target = "leader" | "follower";
 
@@ -230,6 +233,11 @@ export interface BenchOptions {
   connections: number[];
   /** `--only`: the workloads. */
   ops: Op[];
+  /**
+   * `--watchers`: concurrent watchers of one prefix in the watch fan-out cell (0: no such cell;
+   * `--only watch` runs it alone, another `--only` leaves it out).
+   */
+  watchers: number;
   /** `--target`: the members to load. */
   targets: Target[];
   /** Not `--no-etcd`: compare with etcd when it is installed. */
@@ -257,7 +265,8 @@ export const BENCH_USAGE = `usage: deno task bench [options]
   --connections LIST     concurrent connections, comma-separated (default ${
   DEFAULT_CONNECTIONS.join(",")
 })
-  --only writes|reads|ranges|cas  one workload only (default all four)
+  --only writes|reads|ranges|cas|watch  one workload only (default all four, then watch)
+  --watchers N           watchers of one prefix in the watch fan-out cell (default 1000; 0: skip)
   --target leader|follower|both   where the load goes (default both)
   --no-etcd              do not compare with etcd even if it is installed
   --runs N               repeat the whole matrix N times and report medians (default 1)
@@ -299,6 +308,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
         duration: { type: "string" },
         connections: { type: "string" },
         only: { type: "string" },
+        watchers: { type: "string" },
         target: { type: "string" },
         "no-etcd": { type: "boolean" },
         runs: { type: "string" },
@@ -319,11 +329,16 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     ? [...DEFAULT_CONNECTIONS]
     : values.connections.split(",").map((part) => _positiveInt("connections", part.trim(), 10_000));
   const only = OPS.find((op) => op === values.only);
-  if (values.only !== undefined && only === undefined) {
+  if (values.only !== undefined && only === undefined && values.only !== "watch") {
     throw new UsageError(
-      `--only must be writes, reads, ranges or cas, got ${JSON.stringify(values.only)}`,
+      `--only must be writes, reads, ranges, cas or watch, got ${JSON.stringify(values.only)}`,
     );
   }
+  const watchers = values.watchers !== undefined
+    ? (values.watchers === "0" ? 0 : _positiveInt("watchers", values.watchers, 10_000))
+    : values.only === undefined || values.only === "watch"
+    ? DEFAULT_WATCHERS
+    : 0;
   const target = values.target ?? "both";
   if (target !== "leader" && target !== "follower" && target !== "both") {
     throw new UsageError(
@@ -338,7 +353,8 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     help: values.help ?? false,
     durationSec,
     connections,
-    ops: only === undefined ? [...OPS] : [only],
+    ops: values.only === "watch" ? [] : only === undefined ? [...OPS] : [only],
+    watchers,
     targets: target === "both" ? ["leader", "follower"] : [target],
     etcd: !(values["no-etcd"] ?? false),
     runs: values.runs === undefined ? 1 : _positiveInt("runs", values.runs, 100),

@@ -125,6 +125,7 @@ Deno.test("parseBenchArgs() fills in the defaults", () => {
     durationSec: 10,
     connections: [...DEFAULT_CONNECTIONS],
     ops: ["writes", "reads", "ranges", "cas"],
+    watchers: 1000,
     targets: ["leader", "follower"],
     etcd: true,
     runs: 1,
@@ -164,6 +165,7 @@ Deno.test("parseBenchArgs() reads every option", () => {
       durationSec: 3,
       connections: [2, 8],
       ops: ["reads"],
+      watchers: 0,
       targets: ["follower"],
       etcd: false,
       runs: 5,
@@ -519,4 +521,11 @@ Deno.test("liveDataBytes() counts the digits of every key", () => {
   assert.equal(liveDataBytes("", 11, 0), 12);
   assert.equal(liveDataBytes("", 1_000_000, 0), 5_888_890);
   assert.equal(liveDataBytes("k-", 1_000_000, 100), 107_888_890);
+});
+
+Deno.test("parseBenchArgs() runs the watch fan-out cell alone with --only watch", () => {
+  const o = parseBenchArgs(["--only", "watch", "--watchers", "50"]);
+  assert.deepEqual([o.ops, o.watchers], [[], 50]);
+  assert.equal(parseBenchArgs(["--watchers", "0"]).watchers, 0);
+  assert.equal(parseBenchArgs(["--only", "watch"]).watchers, 1000);
 });

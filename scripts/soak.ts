@@ -41,7 +41,7 @@ const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
-  --lease-reads FRACTION
+  --lease-reads FRACTION --watchers N --watch-fault repeat|skip
   --snapshot-threshold N|on --catch-up-entries N --disable check,check
   --disk-fault ${DISK_FAULTS.join("|")}`;
 
@@ -61,6 +61,8 @@ interface _Common {
   clients?: number;
   keys?: number;
   diskFault?: DiskFault;
+  watchers?: number;
+  watchFault?: "repeat" | "skip";
   leaseReads?: number;
   leaseHolders?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
@@ -92,6 +94,8 @@ function _options(seed: number, common: _Common): SimulationOptions {
     if (common.catchUpEntries !== undefined) options.catchUpEntries = common.catchUpEntries;
   }
   if (common.diskFault) options.diskFault = common.diskFault;
+  if (common.watchers !== undefined) options.watchers = common.watchers;
+  if (common.watchFault) options.watchFault = common.watchFault;
   if (common.disabledChecks) options.disabledChecks = common.disabledChecks;
   return options;
 }
@@ -229,6 +233,9 @@ snapshots:        ${t("snapshotsTaken")} taken, ${t("snapshotsSent")} sent (${
 transfers:        ${t("transfers")} leader transfers started, ${t("transfersDone")} done, ${
     t("transfersAborted")
   } abandoned
+watches:          ${t("watchEvents")} events received, ${
+    t("watchReconnects")
+  } reconnects to another node, ${t("watchResyncs")} refused as older than the history (410)
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }
@@ -258,6 +265,8 @@ async function _main(): Promise<number> {
       clients: { type: "string" },
       keys: { type: "string" },
       "disk-fault": { type: "string" },
+      watchers: { type: "string" },
+      "watch-fault": { type: "string" },
       "lease-reads": { type: "string" },
       "lease-holders": { type: "string" },
       "snapshot-threshold": { type: "string" },
@@ -297,6 +306,16 @@ async function _main(): Promise<number> {
   if (values.keys !== undefined) common.keys = _int("keys", values.keys, 0, 1);
   if (values["lease-holders"] !== undefined) {
     common.leaseHolders = _int("lease-holders", values["lease-holders"], 0, 0);
+  }
+  if (values.watchers !== undefined) common.watchers = _int("watchers", values.watchers, 0, 0);
+  const watchFault = values["watch-fault"];
+  if (watchFault !== undefined) {
+    if (watchFault !== "repeat" && watchFault !== "skip") {
+      throw new RangeError(
+        `--watch-fault must be repeat or skip, got ${JSON.stringify(watchFault)}`,
+      );
+    }
+    common.watchFault = watchFault;
   }
   const fault = values["disk-fault"];
   if (fault !== undefined) {

@@ -16,6 +16,7 @@ import {
   waitFor,
 } from "../testing/harness.ts";
 import { readLines } from "../testing/read_lines.ts";
+import { Watcher } from "../testing/watcher.ts";
 
 const _MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 /** The harness's election timeout (see DEFAULT_NODE_FLAGS). */
@@ -89,6 +90,10 @@ Deno.test("leases through the API: attach, keep alive, revoke at once, expire on
   const leader = await cluster.waitForLeader(15_000);
   const follower = cluster.ids.find((id) => id !== leader)!;
   const api = cluster.api(follower);
+  // A watcher of every key, on the other follower: it sees each lease's keys go as `expire`.
+  const other = cluster.ids.find((i) => i !== leader && i !== follower)!;
+  await using watcher = new Watcher({ filter: "prefix=", urls: () => [cluster.api(other)] });
+  await watcher.connected;
 
   // Granted through a follower (forwarded to the leader).
   const TTL = 1500;
@@ -146,6 +151,16 @@ Deno.test("leases through the API: attach, keep alive, revoke at once, expire on
   assert.equal(revoke.status, 200, revoke.text);
   assert.deepEqual((revoke.json as { deleted: string[] }).deleted, ["svc/a"]);
   assert.equal(await exists(cluster.api(leader), "svc/a"), false);
+  // The watcher saw the expired key and the revoked one go as `expire` changes, after their puts.
+  const revokeIndex = (revoke.json as { index: number }).index;
+  await waitFor(() => watcher.events.some((e) => e.k === "svc/a" && e.type !== "put"), {
+    deadlineMs: 5000,
+    message: "the watcher did not see svc/a go",
+  });
+  const ends = watcher.events.filter((e) => e.type !== "put").map((e) => `${e.type} ${e.k}`);
+  assert.deepEqual(ends, ["expire tmp", "expire svc/a"]);
+  const svcEnd = watcher.events.find((e) => e.k === "svc/a" && e.type === "expire")!;
+  assert.equal(svcEnd.index, revokeIndex);
   const again = await call(`${api}/v1/leases/${id}`, "DELETE");
   assert.equal(again.status, 404, again.text);
   const list = await call(`${api}/v1/leases`, "GET");

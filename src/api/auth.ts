@@ -90,6 +90,7 @@ export function requiredRole(method: string, path: string): AccessRole | null {
     return null;
   }
   if (path === "/v1/status" || path === "/v1/cluster" || path === "/metrics") return "read";
+  if (path === "/v1/watch") return method === "GET" || method === "HEAD" ? "read" : "write";
   if (path === "/v1/data") return method === "GET" || method === "HEAD" ? "read" : "write";
   if (path === "/v1/txn") return "write";
   if (path === "/v1/leases" || path.startsWith("/v1/leases/")) {

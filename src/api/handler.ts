@@ -14,6 +14,7 @@
  * | `DELETE` | `/v1/data`        |                 | 200 `{"deleted","index"}`: a range      |
  * | `POST`   | `/v1/txn`         | a transaction   | 200 `{"succeeded","index","results"}`   |
  * | `GET`    | `/v1/status`      |                 | 200 the node's {@linkcode NodeStatus}   |
+ * | `GET`    | `/v1/watch`       |                 | 200 changes as Server-Sent Events       |
  * | `GET`    | `/v1/snapshot`    |                 | 200 a backup, streamed                  |
  * | `GET`    | `/health`         |                 | 200 `{"status":"ok"}` (process alive)   |
  * | `GET`    | `/ready`          |                 | 200 `{"ready":true}`, or 503            |
@@ -87,6 +88,7 @@ import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.
 import { isUiPath, uiResponse } from "./ui.ts";
 import { leaderTransferRoute } from "./admin.ts";
 import { checkKey, pathKey } from "./validate.ts";
+import { watchRoute } from "./watch.ts";
 
 export {
   closeForwarder,
@@ -236,6 +238,19 @@ export interface ApiOptions {
    */
   metrics?: MetricsRegistry;
   /**
+   * Interval of the comment heartbeats of a `GET /v1/watch` stream, in milliseconds.
+   *
+   * @default {15000}
+   */
+  watchHeartbeatMs?: number;
+  /**
+   * Most events waiting for one watcher that does not read fast enough (beyond the backlog it
+   * asked for); one more and it is cut off with a final `event: error` (see `watch.ts`).
+   *
+   * @default {1024}
+   */
+  watchBufferEvents?: number;
+  /**
    * Receives one line per request refused with 401 or 403 (the token's name, never the token).
    *
    * @default {not logged}
@@ -273,7 +288,8 @@ export interface ApiHandler {
  *
  * Status codes: 200 success; 400 malformed request; 401 no known token; 403 the token's role
  * does not allow the request; 404 unknown path or key; 405 wrong method
- * (with `Allow`); 408 body not received in time; 412 a compare-and-set whose condition failed;
+ * (with `Allow`); 408 body not received in time; 410 a watch from an index older than the change
+ * history; 412 a compare-and-set whose condition failed;
  * 413 key, value or body too large, or a transaction too long; 415 a write without
  * `Content-Type: application/json`; 422 an idempotency key reused for a different request; 429 too
  * many requests, forwards or backups in progress
@@ -397,6 +413,8 @@ function _withIndex(ctx: _Context, res: Response, url: URL): Response {
 /** The checked options of one handler, and its budgets. */
 interface _Context extends ApiContext {
   metrics: MetricsRegistry;
+  watchHeartbeatMs: number;
+  watchBufferEvents: number;
   members: readonly ClusterMember[];
 }
 
@@ -442,6 +460,8 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     limits,
     metrics: options.metrics ?? new MetricsRegistry(),
     members: options.members ?? [],
+    watchHeartbeatMs: positiveInt("watchHeartbeatMs", options.watchHeartbeatMs, 15_000),
+    watchBufferEvents: positiveInt("watchBufferEvents", options.watchBufferEvents, 1024),
   };
 }
 
@@ -468,6 +488,9 @@ async function _route(
     case "/v1/snapshot":
       _allow(req, path, ["GET"]);
       return _backup(ctx);
+    case "/v1/watch":
+      _allow(req, path, ["GET"]);
+      return watchRoute(ctx, req, url);
     case "/v1/data":
       _allow(req, path, ["GET", "POST", "DELETE"]);
       if (req.method === "GET") return await readRangeRoute(ctx, req, url, caller);
@@ -519,7 +542,7 @@ async function _route(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /v1/leases, /health, /ready, /metrics and /ui/`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/watch, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /v1/leases, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

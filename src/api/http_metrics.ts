@@ -18,6 +18,7 @@ export function routeOf(pathname: string | null): string {
   switch (pathname) {
     case "/v1/data":
     case "/v1/status":
+    case "/v1/watch":
     case "/v1/cluster":
     case "/v1/snapshot":
     case "/health":

@@ -20,6 +20,7 @@ import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, overloadedError } from "./errors.ts";
 import { leaseParam } from "./leases.ts";
+import { blockingWait } from "./watch.ts";
 import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome.ts";
 import {
   casParam,
@@ -93,7 +94,8 @@ export async function writeRoute(
 }
 
 /**
- * `GET /v1/data/{key}`: 200 `{"k","v","create_index","mod_index","version"}`, or 404.
+ * `GET /v1/data/{key}`: 200 `{"k","v","create_index","mod_index","version"}`, or 404. With
+ * `?index=N` (and `&wait=D`) it first waits for the key to change after `N` (see `watch.ts`).
  *
  * @param ctx The handler's context.
  * @param req The request.
@@ -110,6 +112,7 @@ export async function readRoute(
   caller: Caller | null,
 ): Promise<Response> {
   const consistency = readConsistency(url, key);
+  await blockingWait(ctx, req, url, key);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   try {
     const r = await raceAbort(

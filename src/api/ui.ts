@@ -16,6 +16,8 @@ import html from "./ui/index.html" with { type: "text" };
 import script from "./ui/app.js" with { type: "text" };
 import css from "./ui/app.css" with { type: "text" };
 import icon from "./ui/icon.svg" with { type: "text" };
+import watchHtml from "./ui/watch.html" with { type: "text" };
+import watchScript from "./ui/watch.js" with { type: "text" };
 import { ApiError, quote } from "./errors.ts";
 
 /** The Content-Security-Policy of every `/ui` answer. */
@@ -50,6 +52,9 @@ const _ASSETS: ReadonlyMap<string, { body: string; type: string }> = new Map([
   ["/ui/app.js", { body: script, type: "text/javascript; charset=utf-8" }],
   ["/ui/app.css", { body: css, type: "text/css; charset=utf-8" }],
   ["/ui/icon.svg", { body: icon, type: "image/svg+xml" }],
+  // A live list of changes through EventSource on GET /v1/watch (see watch.js).
+  ["/ui/watch.html", { body: watchHtml, type: "text/html; charset=utf-8" }],
+  ["/ui/watch.js", { body: watchScript, type: "text/javascript; charset=utf-8" }],
 ]);
 
 /**

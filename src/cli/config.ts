@@ -118,6 +118,12 @@ export interface NodeConfig {
   maxConcurrentBackups: number;
   /** Time limit of one backup download in milliseconds. Default 600000 (10 minutes). */
   backupTimeoutMs: number;
+  /** Change events kept for watches. Default 10000. */
+  watchHistoryEvents: number;
+  /** Events waiting for one slow watcher before it is cut off. Default 1024. */
+  watchBufferEvents: number;
+  /** Interval of a watch stream's heartbeats in milliseconds. Default 15000. */
+  watchHeartbeatMs: number;
   /** Least severe log level printed. Default `"info"`. */
   logLevel: LogLevel;
   /** How log lines are written. Default `"text"`. */
@@ -390,6 +396,9 @@ export function parseArgs(
     maxConcurrentBackups: settings.positiveInt("--max-concurrent-backups") ??
       DEFAULTS.maxConcurrentBackups,
     backupTimeoutMs: settings.duration("--backup-timeout") ?? DEFAULTS.backupTimeoutMs,
+    watchHistoryEvents: settings.positiveInt("--watch-history") ?? DEFAULTS.watchHistoryEvents,
+    watchBufferEvents: settings.positiveInt("--watch-buffer") ?? DEFAULTS.watchBufferEvents,
+    watchHeartbeatMs: settings.duration("--watch-heartbeat") ?? DEFAULTS.watchHeartbeatMs,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,
     logFormat: settings.choice("--log-format", _LOG_FORMATS) ?? DEFAULTS.logFormat,
     apiTls,

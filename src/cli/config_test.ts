@@ -84,6 +84,9 @@ const _DEFAULT_CONFIG: NodeConfig = {
   maxPendingBytes: 67108864,
   maxConcurrentBackups: 2,
   backupTimeoutMs: 600_000,
+  watchHistoryEvents: 10_000,
+  watchBufferEvents: 1024,
+  watchHeartbeatMs: 15_000,
   logLevel: "info",
   logFormat: "text",
   apiTls: null,
@@ -130,6 +133,9 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--max-pending-bytes", "65536", { maxPendingBytes: 65536 }],
   ["--max-concurrent-backups", "1", { maxConcurrentBackups: 1 }],
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
+  ["--watch-history", "500", { watchHistoryEvents: 500 }],
+  ["--watch-buffer", "16", { watchBufferEvents: 16 }],
+  ["--watch-heartbeat", "2s", { watchHeartbeatMs: 2000 }],
   ["--log-level", "debug", { logLevel: "debug" }],
   ["--log-format", "json", { logFormat: "json" }],
   ["--transfer-on-shutdown", "false", { transferOnShutdown: false }],
@@ -288,6 +294,8 @@ Deno.test("parseArgs() rejects counts and sizes that are not positive integers",
     "--max-pending-proposals",
     "--max-pending-bytes",
     "--max-concurrent-backups",
+    "--watch-history",
+    "--watch-buffer",
   ];
   for (const flag of flags) {
     for (const value of ["0", "-3", "1.5", "ten", "1e3"]) {

@@ -63,6 +63,12 @@ export const DEFAULTS = {
   maxConcurrentBackups: 2,
   /** Default of `--backup-timeout`, in milliseconds (10 minutes). */
   backupTimeoutMs: 600_000,
+  /** Default of `--watch-history`: change events kept for watches. */
+  watchHistoryEvents: 10_000,
+  /** Default of `--watch-buffer`: events waiting for one slow watcher. */
+  watchBufferEvents: 1024,
+  /** Default of `--watch-heartbeat`, in milliseconds. */
+  watchHeartbeatMs: 15_000,
   /** Default of `--log-level`. */
   logLevel: "info",
   /** Default of `--log-format`. */
@@ -339,6 +345,27 @@ export const FLAGS: readonly FlagInfo[] = [
     "<n>",
     String(_D.maxConcurrentBackups),
     "GET /v1/snapshot downloads streaming at once; past it: 429",
+  ),
+  _flag(
+    "Limits and logging",
+    "--watch-history",
+    "<n>",
+    String(_D.watchHistoryEvents),
+    "Change events kept for watches; GET /v1/watch from an older index: 410",
+  ),
+  _flag(
+    "Limits and logging",
+    "--watch-buffer",
+    "<n>",
+    String(_D.watchBufferEvents),
+    "Events waiting for one watcher that reads too slowly before it is cut off",
+  ),
+  _flag(
+    "Limits and logging",
+    "--watch-heartbeat",
+    "<duration>",
+    `${_D.watchHeartbeatMs / 1000}s`,
+    "Interval of the comment heartbeats of a GET /v1/watch stream",
   ),
   _flag(
     "Limits and logging",

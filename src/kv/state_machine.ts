@@ -33,6 +33,7 @@ import {
   type TxnOp,
 } from "./command.ts";
 import { compareKeys, OrderedMap, type OrderedMapVersion } from "./ordered_map.ts";
+import { DEFAULT_HISTORY_EVENTS, EventHistory, type KvEventType } from "./events.ts";
 
 export {
   type Compare,
@@ -48,6 +49,14 @@ export {
   type TxnOp,
 } from "./command.ts";
 export { compareKeys } from "./ordered_map.ts";
+export {
+  DEFAULT_HISTORY_EVENTS,
+  EventHistory,
+  type EventSink,
+  HistoryCompactedError,
+  type KvEvent,
+  type KvEventType,
+} from "./events.ts";
 
 /** A key, its value and its revision. Immutable: a write stores a new one. */
 export interface KvEntry {
@@ -187,6 +196,21 @@ const _decoder = new TextDecoder("utf-8", { fatal: true });
 /** The key-value map in key order, its revisions, and the index of the last entry applied. */
 export class KvStateMachine {
   #data = new OrderedMap<KvEntry>();
+  /**
+   * The newest changes, one event per key changed, that watches are served from (see
+   * `events.ts`).
+   */
+  readonly events: EventHistory;
+
+  /**
+   * Creates an empty state machine.
+   *
+   * @param options `historyEvents`: the most change events kept for watches (default
+   * {@linkcode DEFAULT_HISTORY_EVENTS}).
+   */
+  constructor(options: { historyEvents?: number } = {}) {
+    this.events = new EventHistory(options.historyEvents ?? DEFAULT_HISTORY_EVENTS);
+  }
   /** The index of the last log entry applied (including no-ops). */
   appliedIndex = 0;
   /** Remembered idempotent outcomes by id, oldest first (a Map keeps insertion order). */
@@ -330,7 +354,7 @@ export class KvStateMachine {
         return { op: "lease_grant", index, id: index, ttlMs: cmd.ttlMs };
       }
       case "lease_revoke":
-        return this.#revoke(index, cmd.ids, cmd.reason);
+        return this.#revoke(index, cmd.ids);
       case "delete": {
         if (cmd.cas !== undefined) {
           const current = this.#data.get(cmd.key) ?? null;
@@ -338,12 +362,12 @@ export class KvStateMachine {
             return { op: "cas_failed", index, key: cmd.key, current };
           }
         }
-        return { op: "delete", index, deleted: this.#delete(cmd.key) };
+        return { op: "delete", index, deleted: this.#delete(index, cmd.key, "delete") };
       }
       case "delete_range": {
         const keys: string[] = [];
         for (const e of _inRange(this.#data.values(_start(cmd.range)), cmd.range)) keys.push(e.key);
-        for (const k of keys) this.#delete(k);
+        for (const k of keys) this.#delete(index, k, "delete");
         return { op: "delete_range", index, deleted: keys.length };
       }
       case "txn": {
@@ -365,12 +389,6 @@ export class KvStateMachine {
     return lease;
   }
 
-  /** Deletes `key` (detaching it from its lease); whether it existed. */
-  #delete(key: string): boolean {
-    this.#detach(key);
-    return this.#data.delete(key) !== undefined;
-  }
-
   /** Detaches `key` from its lease, if any. */
   #detach(key: string): void {
     const id = this.#keyLease.get(key);
@@ -383,7 +401,7 @@ export class KvStateMachine {
    * Ends the leases `ids` (unknown ones are skipped) and deletes their keys: the one place where
    * keys go because their lease ended, by revocation or expiry alike.
    */
-  #revoke(index: number, ids: number[], reason: "revoke" | "expire"): KvResult {
+  #revoke(index: number, ids: number[]): KvResult {
     const revoked: number[] = [];
     const deleted: string[] = [];
     for (const id of ids) {
@@ -392,19 +410,12 @@ export class KvStateMachine {
       this.#leases.delete(id);
       revoked.push(id);
       for (const key of [...lease.keys].sort(compareKeys)) {
-        this.#keyLease.delete(key);
-        if (this.#data.delete(key) !== undefined) deleted.push(key);
+        // Revoked or expired alike, watchers see the key go as an `expire` change.
+        if (this.#delete(index, key, "expire")) deleted.push(key);
       }
     }
-    this.#leaseKeysDeleted(index, deleted, reason);
     return { op: "lease_revoke", index, revoked, deleted };
   }
-
-  /**
-   * Called once per revoke or expire entry with the keys it deleted (in the order deleted): the
-   * place where they become `expire` changes of the keys (for watchers), whatever the reason.
-   */
-  #leaseKeysDeleted(_index: number, _keys: string[], _reason: "revoke" | "expire"): void {}
 
   #put(
     index: number,
@@ -428,7 +439,21 @@ export class KvStateMachine {
         version: current.version + 1,
       };
     this.#data.set(e);
+    this.events.record(index, "put", key, value);
     return e;
+  }
+
+  /**
+   * Deletes `key` at `index`, detaching it from its lease and recording the change (`delete`, or
+   * `expire` for a key whose lease ended). Every deletion goes through here.
+   *
+   * @returns Whether the key existed.
+   */
+  #delete(index: number, key: string, type: Exclude<KvEventType, "put">): boolean {
+    this.#detach(key);
+    if (this.#data.delete(key) === undefined) return false;
+    this.events.record(index, type, key, null);
+    return true;
   }
 
   #holds(c: Compare): boolean {
@@ -471,7 +496,7 @@ export class KvStateMachine {
         };
       }
       case "delete":
-        return { op: "delete", key: op.key, deleted: this.#delete(op.key) };
+        return { op: "delete", key: op.key, deleted: this.#delete(index, op.key, "delete") };
       case "get":
         return { op: "get", key: op.key, entry: this.#data.get(op.key) ?? null };
     }
@@ -572,6 +597,7 @@ export class KvStateMachine {
     this.#leases = leases;
     this.#keyLease = keyLease;
     this.appliedIndex = appliedIndex;
+    this.events.reset(appliedIndex);
   }
 }
 

@@ -631,6 +631,11 @@ Deno.test("a lease's keys go in the one entry that revokes or expires it", () =>
   });
   assert.deepEqual([...sm.entries()].map((e) => e.key), ["b", "c"]);
   assert.equal(sm.leaseCount, 0);
+  // Watchers see those keys go as `expire` changes at that index; a plain delete stays `delete`.
+  assert.deepEqual(
+    [...sm.events.since(7)].map((e) => `${e.index} ${e.type} ${e.k}`),
+    ["7 delete c", "8 put c", "9 put e", "10 expire e", "10 expire a"],
+  );
   // A snapshot written before leases loads with none.
   const old = new KvStateMachine();
   old.reset({ entries: view.entries(), sessions: [] }, 9);

@@ -7,6 +7,7 @@
 
 import type { NodeId, Role } from "../raft/types.ts";
 import type {
+  EventHistory,
   KvEntry,
   KvResult,
   PlainCommand,
@@ -16,12 +17,17 @@ import type {
 
 export { LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 export { compareKeys } from "../kv/state_machine.ts";
+export { HistoryCompactedError } from "../kv/state_machine.ts";
 export type {
   Compare,
   CompareOp,
   CompareTarget,
+  EventHistory,
+  EventSink,
   KeyRange,
   KvEntry,
+  KvEvent,
+  KvEventType,
   KvResult,
   LeaseInfo,
   LeaseRef,
@@ -139,6 +145,14 @@ export interface KvBackend {
    * before reading its body. Null otherwise (the write's own check still applies).
    */
   overloaded(): OverloadedError | null;
+  /**
+   * The change history of this node's applied state (see `events.ts`): watches and blocking
+   * reads subscribe to it. Its subscriptions end when the node stops. A backend without it
+   * answers watches with 501.
+   *
+   * @throws {StoppingError} If the node is stopping.
+   */
+  watchHistory?(): EventHistory;
   /** Leader transfer (an admin operation); a backend without it answers the route with 501. */
   transferLeadership?: LeaderTransfer["transferLeadership"];
   /** The leader's side of leases; a backend without it answers the lease routes with 501. */

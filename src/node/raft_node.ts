@@ -41,6 +41,7 @@ import {
 import {
   type Consistency,
   type DeleteResult,
+  type EventHistory,
   type KvBackend,
   type LeaderTransfer,
   type LeaseBackend,
@@ -230,6 +231,8 @@ export interface RaftNodeOptions {
   maxIdempotencyBytes?: number;
   /** Where the node's metrics are registered (see `node_metrics.ts`). Default: its own registry. */
   metrics?: MetricsRegistry;
+  /** Most change events kept for watches (see `events.ts`). Default 10000. */
+  watchHistoryEvents?: number;
 }
 
 /** The idempotency defaults of {@linkcode RaftNodeOptions}. */
@@ -344,7 +347,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** This node's id. */
   readonly id: NodeId;
   readonly #core: RaftCore;
-  readonly #kv = new KvStateMachine();
+  readonly #kv: KvStateMachine;
   readonly #storage: NodeStorage;
   readonly #transport: Transport;
   readonly #members: Map<NodeId, Member>;
@@ -422,6 +425,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
     this.id = options.id;
+    this.#kv = new KvStateMachine(
+      options.watchHistoryEvents === undefined ? {} : { historyEvents: options.watchHistoryEvents },
+    );
     this.#storage = options.storage;
     this.#clock = options.clock ?? realClock;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
@@ -504,6 +510,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
     this.#readsAwaitingApply = [];
     this.#settleTransfers();
+    this.closeWatches();
     await this.#snapshotTask;
     while (this.#writerActive) await this.#writing;
     for (const w of this.#waiters.values()) {
@@ -515,6 +522,20 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   // ---- KvBackend ----------------------------------------------------------------------------
+
+  /**
+   * Ends every watch with a final event, and every watch opened from now on: called as the node
+   * begins to stop, so that the streams end cleanly before the API server goes away.
+   */
+  closeWatches(): void {
+    this.#kv.events.close("the node is shutting down");
+  }
+
+  /** The change history of the applied state, that watches are served from (see KvBackend). */
+  watchHistory(): EventHistory {
+    if (this.#stopping) throw new StoppingError();
+    return this.#kv.events;
+  }
 
   /**
    * Proposes `cmd` and resolves with its result once it is committed and applied. With an

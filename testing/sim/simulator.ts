@@ -23,6 +23,14 @@
  * the committed state at the index it reported, and that no write sent with an idempotency key was
  * applied more than once.
  *
+ * Watchers follow the changes of a key or a prefix (`watchHistory().subscribe`, what
+ * `GET /v1/watch` serves), each on a random node, moving to another one when theirs crashes or
+ * ends the subscription, and now and then at random (a client whose connection broke), asking
+ * from the index after the last change they saw; a `from` older than the node's history starts a
+ * new stretch at the oldest index (the client re-reads). Checked at the end: within each stretch a
+ * watcher saw every committed change of its keys exactly once, in index order, as the committed
+ * log gives them (the `watch` check).
+ *
  * Clients put, delete, read (one key, or every key as a range), and compare-and-set (on the
  * `mod_index` they last saw, or as a transaction comparing the value); half the puts and every
  * compare-and-set carry an idempotency key and are sent again, to other nodes, while their outcome
@@ -55,6 +63,8 @@ import {
   type PlainCommand,
 } from "../../src/kv/state_machine.ts";
 import {
+  HistoryCompactedError,
+  type KvEvent,
   LeaseNotFoundError,
   NoSpaceError,
   NotAppliedError,
@@ -145,6 +155,7 @@ export type CheckName =
   | "at-most-once" // a write sent with an idempotency key applied once, its answers agreeing
   | "lease-early" // a lease expired before its last acknowledged keep-alive's send time + TTL
   | "lease-bound" // a lease expired later than the documented bound after it was due
+  | "watch" // every watcher saw each committed change of its keys once, in index order
   | "runaway";
 
 /** The options of one run. */
@@ -155,6 +166,13 @@ export interface SimulationOptions {
   /** Overrides of the fault mix. Default: one drawn from the seed ({@linkcode faultProfile}). */
   faults?: Partial<FaultOptions>;
   /** Concurrent clients. Default: the cluster size plus one. */ clients?: number;
+  /** Watchers of a key or a prefix. Default: the cluster size minus one. */ watchers?: number;
+  /**
+   * A misbehaving watcher (guard tests that prove the `watch` check catches it): on reconnect it
+   * asks from its last index (`repeat`: sees a change twice) or skips one index (`skip`).
+   * Default: none.
+   */
+  watchFault?: "repeat" | "skip";
   /** Size of the key space. Default 3 (so that clients contend). */ keys?: number;
   /** Ticks without a leader before an election (randomized up to twice that). Default 10. */
   electionTicks?: number;
@@ -226,6 +244,9 @@ export const COUNTERS = [
   "leasesRevoked", // leases ended by a committed revoke entry
   "leasesExpired", // leases ended by a committed expire entry
   "leaseBoundChecks", // expiries checked against the upper bound (a paused leader's are not)
+  "watchEvents", // change events watchers received
+  "watchReconnects", // watchers that moved to another node (after a crash, or at random)
+  "watchResyncs", // reconnects refused because the history no longer held the index (410)
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -360,6 +381,8 @@ export function replayCommand(o: SimulationOptions): string {
     ["snapshot-threshold", o.snapshotThreshold],
     ["catch-up-entries", o.catchUpEntries],
     ["disk-fault", o.diskFault],
+    ["watchers", o.watchers],
+    ["watch-fault", o.watchFault],
     ["disable", o.disabledChecks?.join(",") || undefined],
   ];
   const set = flags.filter(([, v]) => v !== undefined).map(([name, v]) => `--${name} ${v}`);
@@ -449,6 +472,24 @@ interface _LeaseInfo {
 /** What a lease call got. */
 type _LeaseAnswer<T> = { kind: "answered"; value: T } | { kind: "notFound" };
 
+/**
+ * A watcher: what it watches, the node it follows (and that node's incarnation), the first index
+ * it has not seen yet, the events it received, and where each stretch without a gap began (a new
+ * one after a 410).
+ */
+type _Watcher = {
+  id: number;
+  filter: { key: string } | { prefix: string };
+  node: _Node | null;
+  inc: number;
+  stop: () => void;
+  next: number | null;
+  events: KvEvent[];
+  stretches: { from: number; firstEvent: number }[];
+  /** When it next looks at its connection (virtual ms). */
+  dueAt: number;
+};
+
 type _Committed = { term: number; hash: number; data: Uint8Array | null; knownIn: number };
 
 type _Outcome =
@@ -523,6 +564,13 @@ class _Simulation {
   #leaseInfo = new Map<number, _LeaseInfo>();
   /** Client ids of the deletes recorded for revoke and expire entries (one each). */
   #endClient = 1_000_000;
+  /** The changes each committed index made to the reference state, in key order. */
+  #refChanges: { type: string; k: string; v: string | null }[][] = [[]];
+  #watchers: _Watcher[] = [];
+  /** The watchers' own random source, so that they change none of the other draws. */
+  readonly #watchRng: () => number;
+  /** The nodes' `watchHistoryEvents`. */
+  readonly #watchHistory: number;
 
   constructor(opts: SimulationOptions) {
     if (opts.nodes !== 3 && opts.nodes !== 5) {
@@ -535,6 +583,9 @@ class _Simulation {
     this.#profile = overridden ? `${profile.name}+overrides` : profile.name;
     this.#faults = { ...profile.faults, ...opts.faults };
     this.#rng = seededRandom(opts.seed);
+    this.#watchRng = seededRandom((opts.seed ^ 0x3c6ef372) >>> 0);
+    // Half the runs keep a short change history, so that watchers fall out of it (410).
+    this.#watchHistory = this.#watchRng() < 0.5 ? 10_000 : 10 + Math.floor(this.#watchRng() * 90);
     this.#keys = Array.from({ length: opts.keys ?? 3 }, (_, i) => `k${i}`);
     this.#refStates[0] = this.#state(() => null, 0);
     this.#refLeaseStates[0] = this.#leaseState(() => null, 0);
@@ -584,6 +635,9 @@ class _Simulation {
           .catch((e) => this.#caught(e, ` in c${id}`));
       }
       const f = this.#faults;
+      for (let id = 1; id <= (this.#opts.watchers ?? this.#opts.nodes - 1); id++) {
+        this.#startWatcher(id);
+      }
       this.#every(f.partitionEveryMs, () => this.#partition());
       this.#every(f.crashEveryMs, () => this.#crashSome());
       this.#every(f.pauseEveryMs, () => this.#pause());
@@ -604,9 +658,11 @@ class _Simulation {
         await settle();
         if (this.#failure) throw this.#failure;
         for (const n of this.#nodes) this.#check(n);
+        this.#tendWatchers();
         if (++this.#stats.events > maxEvents) this.#fail("runaway", `over ${maxEvents} steps`);
       }
       this.#stats.virtualMs = Math.round(this.#clock.now());
+      this.#checkWatchers();
       this.#checkHistory();
       return {
         profile: this.#profile,
@@ -759,6 +815,7 @@ class _Simulation {
       // Short enough that outcomes expire within a run, long enough for every retry.
       idempotencyTtlMs: 10_000,
       maxIdempotencyKeys: 1000,
+      watchHistoryEvents: this.#watchHistory,
       onFatal: (e) => {
         if (n.inc === inc) this.#caught(e, ` (fatal) on ${n.id}`);
       },
@@ -969,13 +1026,27 @@ class _Simulation {
     // Apply newly known committed entries to the reference state.
     for (let c; (c = this.#committed[this.#refIndex + 1]); this.#refIndex++) {
       const i = this.#refIndex + 1;
+      const before = this.#keys.map((k) => this.#ref.data.get(k) ?? null);
+      let ended = false;
       if (c.data) {
         const cmd = decodeCommand(c.data);
         const result = this.#ref.apply(i, cmd);
         if (result.op === "lease_revoke" && cmd.op === "lease_revoke") {
           this.#leaseEnded(i, c.term, result, cmd.reason);
+          ended = true;
         }
       }
+      // A key whose lease ended (revoked or expired) goes as an `expire` change.
+      const gone = ended ? "expire" : "delete";
+      this.#refChanges[i] = this.#keys.flatMap(
+        (k, j): { type: string; k: string; v: string | null }[] => {
+          const [was, now] = [before[j], this.#ref.data.get(k) ?? null];
+          if (now !== null && now.modIndex !== was?.modIndex) {
+            return [{ type: "put", k, v: now.value }];
+          }
+          return now === null && was !== null ? [{ type: gone, k, v: null }] : [];
+        },
+      );
       this.#refStates[i] = this.#state(
         (k) => this.#ref.data.get(k) ?? null,
         this.#ref.rememberedIds().length,
@@ -1677,6 +1748,145 @@ class _Simulation {
           "at-most-once",
           `the write with idempotency key ${id} applied ${applied} times`,
         );
+      }
+    }
+  }
+
+  // ---- watchers -------------------------------------------------------------------------------
+
+  #startWatcher(id: number): void {
+    const r = this.#watchRng;
+    const keyed = r() < 0.5;
+    const key = this.#keys[Math.floor(r() * this.#keys.length)]!;
+    const prefixes = ["", "k", key];
+    const w: _Watcher = {
+      id,
+      filter: keyed ? { key } : { prefix: prefixes[Math.floor(r() * prefixes.length)]! },
+      node: null,
+      inc: 0,
+      stop: () => {},
+      // Half start from index 1, the others from whatever comes next.
+      next: r() < 0.5 ? 1 : null,
+      events: [],
+      stretches: [],
+      dueAt: r() * 200,
+    };
+    this.#watchers.push(w);
+  }
+
+  /**
+   * After each step: every watcher whose time has come looks at its connection, and moves when
+   * its node is gone, or at random. (Watchers set no timers of their own, so that they leave the
+   * run's steps, and so everything the nodes do, as they would be without them.)
+   */
+  #tendWatchers(): void {
+    const now = this.#clock.now();
+    const r = this.#watchRng;
+    for (const w of this.#watchers) {
+      if (w.dueAt > now) continue;
+      w.dueAt = now + 10 + r() * 100;
+      const gone = w.node === null || w.node.inc !== w.inc || w.node.node === null;
+      if (gone || r() < 0.03) {
+        w.stop();
+        w.node = null;
+        this.#connectWatcher(w);
+      }
+    }
+  }
+
+  #connectWatcher(w: _Watcher): void {
+    const live = this.#nodes.filter((n) => n.node !== null && n.clock?.paused !== true);
+    if (live.length === 0) return;
+    const n = live[Math.floor(this.#watchRng() * live.length)]!;
+    const node = n.node!;
+    const inc = n.inc;
+    if (w.stretches.length > 0) this.#stats.watchReconnects++;
+    let from = w.next;
+    if (from !== null && w.events.length > 0 && this.#opts.watchFault !== undefined) {
+      from += this.#opts.watchFault === "repeat" ? -1 : 1;
+    }
+    const sink = {
+      event: (e: KvEvent) => {
+        if (n.inc !== inc || w.node !== n) return;
+        const match = "key" in w.filter ? e.k === w.filter.key : e.k.startsWith(w.filter.prefix);
+        if (!match) return;
+        w.events.push(e);
+        w.next = e.index + 1;
+        this.#stats.watchEvents++;
+      },
+      close: (reason: string) => {
+        if (w.node !== n) return;
+        this.#note(`watcher w${w.id} on ${n.id} closed: ${reason}`);
+        w.node = null;
+      },
+    };
+    try {
+      const history = node.watchHistory();
+      if (from === null) from = node.inspect().applied + 1;
+      if (w.stretches.length === 0) w.stretches.push({ from, firstEvent: 0 });
+      w.next = from;
+      [w.node, w.inc] = [n, inc];
+      w.stop = history.subscribe(from, sink);
+      this.#note(`watcher w${w.id} follows ${n.id} from ${from}`);
+    } catch (e) {
+      w.node = null;
+      if (!(e instanceof HistoryCompactedError)) throw e;
+      // The client re-reads the state and watches on from the oldest index (a new stretch).
+      this.#stats.watchResyncs++;
+      this.#note(`watcher w${w.id} on ${n.id}: from ${from} is gone, resyncs at ${e.oldestIndex}`);
+      w.next = e.oldestIndex;
+      w.stretches.push({ from: e.oldestIndex, firstEvent: w.events.length });
+    }
+  }
+
+  /**
+   * Within each stretch a watcher saw, for every index from the stretch's start to the last index
+   * it is known to have covered, exactly the committed changes of its keys there (in key order
+   * within an index), and the indexes in order.
+   */
+  #checkWatchers(): void {
+    for (const w of this.#watchers) {
+      const matches = (k: string) =>
+        "key" in w.filter ? k === w.filter.key : k.startsWith(w.filter.prefix);
+      const what = `watcher w${w.id} of ${JSON.stringify(w.filter)}`;
+      for (let j = 0; j < w.stretches.length; j++) {
+        const { from, firstEvent } = w.stretches[j]!;
+        const end = w.stretches[j + 1]?.firstEvent ?? w.events.length;
+        const got = w.events.slice(firstEvent, end);
+        // Covered: up to its last event; the last stretch up to what its live node applied.
+        let last = got.at(-1)?.index ?? from - 1;
+        const live = w.node !== null && w.node.inc === w.inc && w.node.node !== null;
+        if (j === w.stretches.length - 1 && live) {
+          last = Math.max(last, w.node!.node!.inspect().applied);
+        }
+        const want: string[] = [];
+        for (let i = from; i <= Math.min(last, this.#refIndex); i++) {
+          const changes = this.#refChanges[i] ?? [];
+          for (const c of changes) if (matches(c.k)) want.push(`${i} ${c.type} ${c.k}=${c.v}`);
+        }
+        const seen = [...got].sort((a, b) => a.index - b.index || (a.k < b.k ? -1 : 1))
+          .map((e) => `${e.index} ${e.type} ${e.k}=${e.v}`);
+        for (let i = 1; i < got.length; i++) {
+          if (got[i]!.index < got[i - 1]!.index) {
+            this.#violation(
+              "watch",
+              `${what} got index ${got[i]!.index} after ${got[i - 1]!.index}`,
+            );
+          }
+        }
+        if (JSON.stringify(seen) !== JSON.stringify(want)) {
+          const diff = (a: string[], b: string[]) => a.filter((x) => !b.includes(x)).slice(0, 5);
+          this.#violation(
+            "watch",
+            `${what}, stretch ${j} from ${from} to ${last}: got ${seen.length} events, the ` +
+              `committed log gives ${want.length}; missing ${JSON.stringify(diff(want, seen))}, ` +
+              `extra or repeated ${
+                JSON.stringify(
+                  seen.filter((x, i) => seen.indexOf(x) !== i || !want.includes(x)).slice(0, 5),
+                )
+              }`,
+          );
+        }
       }
     }
   }

@@ -98,6 +98,9 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "snapshotsTaken",
     "transfersDone",
     "transfersAborted",
+    "watchEvents",
+    "watchReconnects",
+    "watchResyncs",
   ]);
   assert.ok(totals.elections! > 150, `only ${totals.elections} elections in 150 runs`);
 });
@@ -185,13 +188,15 @@ Deno.test("a replay command names every option that shapes the run", () => {
     snapshotThreshold: 20,
     catchUpEntries: 5,
     diskFault: "forget-synced",
+    watchers: 3,
+    watchFault: "skip",
     disabledChecks: ["durable-majority"],
   });
   assert.equal(
     command,
     `deno run -A scripts/soak.ts --seed 7 --nodes 5 --duration-ms 1234 --faults '{"dropRate":0.5}' ` +
       "--clients 2 --keys 4 --lease-reads 0.25 --snapshot-threshold 20 --catch-up-entries 5 " +
-      "--disk-fault forget-synced --disable durable-majority",
+      "--disk-fault forget-synced --watchers 3 --watch-fault skip --disable durable-majority",
   );
 });
 
@@ -289,3 +294,21 @@ Deno.test("a failing seed fails the same way when replayed", async () => {
   }));
   assert.equal(again.failures[0]?.message, f.message);
 });
+
+for (const fault of ["repeat", "skip"] as const) {
+  Deno.test(`a watcher that resumes ${fault === "repeat" ? "at its last index" : "one index late"} is caught by the watch check`, async () => {
+    const { failures } = await _runSeeds(_range(1, 20), (seed) => ({
+      seed,
+      nodes: 3,
+      durationMs: 4_000,
+      watchers: 4,
+      watchFault: fault,
+    }), 1);
+    assert.ok(failures.length > 0, "no seed failed");
+    assert.equal(
+      failures[0]!.check,
+      "watch",
+      failures[0]!.message.split("\n").slice(0, 5).join("\n"),
+    );
+  });
+}

@@ -1,7 +1,7 @@
 /**
  * The command-line client in the node's binary, in the spirit of `etcdctl`: `raftkv get KEY`,
- * `put`, `del`, `list`, `lease grant|keepalive|revoke|list`, `status`, `snapshot save|restore`,
- * `verify`, and `raftkv help`. It talks only the
+ * `put`, `del`, `list`, `watch`, `lease grant|keepalive|revoke|list`, `status`,
+ * `snapshot save|restore`, `verify`, and `raftkv help`. It talks only the
  * public REST API.
  *
  * @module
@@ -28,6 +28,7 @@ import { type ClientIo, REAL_IO, reportError } from "./output.ts";
 import { SNAPSHOT_RESTORE, SNAPSHOT_SAVE } from "./snapshot.ts";
 import { STATUS } from "./status.ts";
 import { VERIFY } from "./verify.ts";
+import { WATCH } from "./watch.ts";
 
 export { CLIENT_ENV_VARS, EXIT } from "./options.ts";
 
@@ -41,6 +42,7 @@ export const COMMANDS: readonly Command[] = [
   LEASE_KEEPALIVE,
   LEASE_REVOKE,
   LEASE_LIST,
+  WATCH,
   STATUS,
   SNAPSHOT_SAVE,
   SNAPSHOT_RESTORE,
@@ -54,8 +56,8 @@ const _FIRST_WORDS = new Set([...COMMANDS.map((c) => c.name.split(" ")[0]!), "he
  * client instead of a node (a node's arguments are all flags).
  *
  * @param word The first argument.
- * @returns True for `get`, `put`, `del`, `list`, `lease`, `status`, `snapshot`, `verify` and
- * `help`.
+ * @returns True for `get`, `put`, `del`, `list`, `watch`, `lease`, `status`, `snapshot`,
+ * `verify` and `help`.
  */
 export function isClientCommand(word: string | undefined): boolean {
   return word !== undefined && _FIRST_WORDS.has(word);

@@ -1,0 +1,355 @@
+/**
+ * Watches and blocking reads: being told about changes instead of polling.
+ *
+ * `GET /v1/watch?key=K` (or `?prefix=P`) `&from=N` streams the changes of a key, or of every key
+ * under a prefix, as Server-Sent Events (`text/event-stream`: the browser's `EventSource`,
+ * `curl -N`). Any node serves it from its own applied state (followers too), out of the change
+ * history its state machine keeps (see `events.ts`). Each change is one event:
+ *
+ * ```text
+ * id: 42
+ * data: {"index":42,"type":"put","k":"a","v":"1","mod_index":42}
+ * ```
+ *
+ * `type` is `put`, `delete` or `expire` (a key deleted because its lease ended); `v` is null but
+ * for a put. One entry that changes several keys (a range delete, a transaction) gives several
+ * events with the same `id`, in the order the entry changed them, sent together. Every node
+ * applies the same entries, so every node sends the same events in the same order.
+ *
+ * - `from=N`: start with the changes at index `N`; without it, with the next index to be
+ *   applied (the answer's `X-Raftkv-Index` header holds the applied index it started after). A
+ *   `Last-Event-ID: N` header (what `EventSource` sends when it reconnects) means `from=N+1`.
+ *   A watcher that reconnects, to any node, with `from=` the last index it saw + 1 misses nothing
+ *   and sees nothing twice.
+ * - A `from` older than the history: 410 `{"error","oldest_index"}`: read the current state and
+ *   watch from the index of that read + 1.
+ * - A comment line (`: heartbeat`) goes out every `watchHeartbeatMs`, so that proxies keep the
+ *   stream open and a client can tell a quiet stream from a dead one.
+ * - A watcher that does not read fast enough has at most `watchBufferEvents` events waiting for
+ *   it (besides the backlog it asked for with `from`, which the history bounds): one more and it
+ *   gets a final `event: error` whose data says so, with the last index it was sent, and the
+ *   stream ends. The same final event ends the stream when the node stops, or when it installs a
+ *   snapshot (the changes the snapshot holds are not in its history).
+ *
+ * `GET /v1/data/{key}?index=N&wait=30s` is a blocking read (as Consul's): it answers once the
+ * key has changed at an index above `N` (at once when it already has, or when `N` is older than
+ * the history), or when the wait ends, whichever is first, then reads as a plain read does, with
+ * its consistency (a linearizable read still goes through the leader). `wait` defaults to and is
+ * capped at {@linkcode MAX_BLOCKING_WAIT_MS} (5 minutes). Pass the answer's `X-Raftkv-Index` as
+ * the next `index`.
+ *
+ * @module
+ */
+
+import {
+  type EventHistory,
+  type EventSink,
+  HistoryCompactedError,
+  type KvBackend,
+  type KvEvent,
+  StoppingError,
+} from "../node/backend.ts";
+import { ApiError, quote } from "./errors.ts";
+import { checkKey } from "./validate.ts";
+
+/** The longest wait of a blocking read (`?wait=`), in milliseconds: 5 minutes. */
+export const MAX_BLOCKING_WAIT_MS = 5 * 60_000;
+
+/** What a watch needs from the handler. */
+export interface WatchContext {
+  /** The node. */
+  backend: KvBackend;
+  /** Largest key in UTF-8 bytes. */
+  maxKeyBytes: number;
+  /** Interval of the heartbeat comments, in milliseconds. */
+  watchHeartbeatMs: number;
+  /** Most events waiting for one watcher (beyond its backlog) before it is cut off. */
+  watchBufferEvents: number;
+  /** `Retry-After` for 503 answers. */
+  retryAfter: Record<string, string>;
+}
+
+const _encoder = new TextEncoder();
+
+/**
+ * The SSE text of the last event encoded: the history hands each event to every watcher in
+ * turn, so with many watchers it is encoded once, not once per watcher.
+ */
+let _lastEvent: KvEvent | null = null;
+let _lastText = "";
+
+function _eventText(e: KvEvent): string {
+  if (e !== _lastEvent) {
+    _lastText = `id: ${e.index}\ndata: ${JSON.stringify(e)}\n\n`;
+    _lastEvent = e;
+  }
+  return _lastText;
+}
+
+/**
+ * `GET /v1/watch`: the stream of changes described in the module doc.
+ *
+ * @param ctx The handler's context.
+ * @param req The request.
+ * @param url Its parsed URL.
+ * @returns The event stream.
+ * @throws {ApiError} 400 for bad parameters, 410 for a `from` older than the history, 501
+ * without a history, 503 while the node stops.
+ */
+export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response {
+  const key = url.searchParams.get("key");
+  const prefix = url.searchParams.get("prefix");
+  if ((key === null) === (prefix === null)) {
+    throw new ApiError(400, "a watch takes exactly one of ?key=K and ?prefix=P");
+  }
+  if (key !== null) checkKey(key, ctx.maxKeyBytes);
+  if (prefix !== null && prefix !== "") checkKey(prefix, ctx.maxKeyBytes);
+  const from = _fromParam(url, req.headers.get("last-event-id"));
+  const history = _history(ctx);
+  if (from !== null && from < history.oldestIndex) {
+    throw new ApiError(410, new HistoryCompactedError(from, history.oldestIndex).message, {
+      oldest_index: history.oldestIndex,
+    });
+  }
+  const matches = key !== null ? (k: string) => k === key : (k: string) => k.startsWith(prefix!);
+  const watcher = new _Watcher(history, from, matches, ctx.watchBufferEvents);
+  const stream = new ReadableStream<Uint8Array>({
+    start: () => watcher.start(ctx.watchHeartbeatMs),
+    pull: async (controller) => {
+      const chunk = await watcher.take();
+      if (chunk === null) controller.close();
+      else controller.enqueue(_encoder.encode(chunk));
+    },
+    cancel: () => watcher.end(null),
+  }, { highWaterMark: 0 });
+  req.signal.addEventListener("abort", () => watcher.end(null), { once: true });
+  return new Response(stream, {
+    headers: {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-store",
+      "x-accel-buffering": "no",
+    },
+  });
+}
+
+/**
+ * Waits, for `GET /v1/data/{key}?index=N&wait=D`, until `key` changed at an index above `N` on
+ * this node, or the wait ends (see the module doc). Returns at once without `?index=`.
+ *
+ * @param ctx The handler's context.
+ * @param req The request (its end ends the wait).
+ * @param url Its parsed URL.
+ * @param key The key.
+ * @throws {ApiError} 400 for a malformed `index` or `wait`.
+ */
+export async function blockingWait(
+  ctx: Pick<WatchContext, "backend" | "retryAfter">,
+  req: Request,
+  url: URL,
+  key: string,
+): Promise<void> {
+  const indexText = url.searchParams.get("index");
+  const waitText = url.searchParams.get("wait");
+  if (indexText === null) {
+    if (waitText !== null) throw new ApiError(400, "?wait= needs ?index=N (the index last seen)");
+    return;
+  }
+  const index = _indexParam("index", indexText);
+  const waitMs = waitText === null
+    ? MAX_BLOCKING_WAIT_MS
+    : Math.min(parseWait(waitText), MAX_BLOCKING_WAIT_MS);
+  const history = _history(ctx);
+  if (index + 1 < history.oldestIndex || waitMs === 0) return;
+  await new Promise<void>((resolve) => {
+    let timer: ReturnType<typeof setTimeout> | undefined = undefined;
+    let stop = () => {};
+    const done = () => {
+      clearTimeout(timer);
+      stop();
+      req.signal.removeEventListener("abort", done);
+      resolve();
+    };
+    let changed = false;
+    const sink: EventSink = {
+      event: (e) => {
+        if (e.k === key && e.index > index && !changed) {
+          changed = true;
+          queueMicrotask(done);
+        }
+      },
+      close: () => queueMicrotask(done),
+    };
+    stop = history.subscribe(index + 1, sink);
+    if (changed) return;
+    timer = setTimeout(done, waitMs);
+    req.signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/**
+ * A duration of `?wait=`: a number with a unit, `ms`, `s`, `m` (`30s`, `1.5m`, `500ms`), or a
+ * plain number of seconds.
+ *
+ * @param text The parameter.
+ * @returns Milliseconds.
+ * @throws {ApiError} 400 if it is not a duration.
+ */
+export function parseWait(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text);
+  if (m === null) {
+    throw new ApiError(
+      400,
+      `?wait=${quote(text)} is not a duration; use a number with ms, s or m, such as 30s`,
+    );
+  }
+  const n = Number(m[1]);
+  return Math.round(m[2] === "ms" ? n : m[2] === "m" ? n * 60_000 : n * 1000);
+}
+
+function _history(ctx: Pick<WatchContext, "backend" | "retryAfter">): EventHistory {
+  if (ctx.backend.watchHistory === undefined) {
+    throw new ApiError(501, "this node does not keep a change history");
+  }
+  try {
+    return ctx.backend.watchHistory();
+  } catch (err) {
+    if (err instanceof StoppingError) {
+      throw new ApiError(503, `${err.message}; retry on another node`, {}, ctx.retryAfter);
+    }
+    throw err;
+  }
+}
+
+function _indexParam(name: string, text: string): number {
+  if (!/^\d{1,16}$/.test(text) || !Number.isSafeInteger(Number(text))) {
+    throw new ApiError(400, `?${name}=${quote(text)} is not a log index (a non-negative integer)`);
+  }
+  return Number(text);
+}
+
+/** `from=N`, else `Last-Event-ID: N` as N+1, else null. */
+function _fromParam(url: URL, lastEventId: string | null): number | null {
+  const from = url.searchParams.get("from");
+  if (from !== null) return _indexParam("from", from);
+  if (lastEventId !== null && lastEventId !== "") {
+    return _indexParam("Last-Event-ID", lastEventId.trim()) + 1;
+  }
+  return null;
+}
+
+/** One watch stream: the events waiting to be sent, bounded, and its end. */
+class _Watcher implements EventSink {
+  readonly #history: EventHistory;
+  readonly #from: number | null;
+  readonly #matches: (key: string) => boolean;
+  readonly #buffer: number;
+  #queue: string[] = [];
+  /** Events of the backlog still in the queue (they do not count against the buffer). */
+  #backlog = 0;
+  /** Whether the backlog is being handed over (it is not limited by the buffer). */
+  #catchingUp = false;
+  #lastIndex = 0;
+  #ended = false;
+  #final: string | null = null;
+  #wake: (() => void) | null = null;
+  #unsubscribe = () => {};
+  #heartbeat: ReturnType<typeof setInterval> | undefined;
+
+  constructor(
+    history: EventHistory,
+    from: number | null,
+    matches: (key: string) => boolean,
+    buffer: number,
+  ) {
+    this.#history = history;
+    this.#from = from;
+    this.#matches = matches;
+    this.#buffer = buffer;
+  }
+
+  start(heartbeatMs: number): void {
+    this.#queue.push(": watching\n\n");
+    this.#catchingUp = true;
+    try {
+      this.#unsubscribe = this.#history.subscribe(this.#from, this);
+    } finally {
+      this.#catchingUp = false;
+    }
+    this.#backlog = this.#queue.length;
+    this.#heartbeat = setInterval(() => {
+      if (this.#queue.length === 0) this.#push(": heartbeat\n\n");
+    }, heartbeatMs);
+  }
+
+  event(e: KvEvent): void {
+    if (this.#ended || !this.#matches(e.k)) return;
+    if (!this.#catchingUp && this.#queue.length - this.#backlog >= this.#buffer) {
+      this.end(
+        `event: error\ndata: ${
+          JSON.stringify({
+            error:
+              `this watcher fell more than ${this.#buffer} events behind and was cut off; reconnect with from=${
+                this.#lastIndex + 1
+              }`,
+            last_index: this.#lastIndex,
+          })
+        }\n\n`,
+      );
+      return;
+    }
+    this.#lastIndex = e.index;
+    this.#push(_eventText(e));
+  }
+
+  close(reason: string): void {
+    this.end(
+      `event: error\ndata: ${
+        JSON.stringify({
+          error: `${reason}; reconnect with from=${this.#lastIndex + 1}`,
+          last_index: this.#lastIndex,
+        })
+      }\n\n`,
+    );
+  }
+
+  /** Ends the stream after `final` (null: at once, the client went away). */
+  end(final: string | null): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#unsubscribe();
+    clearInterval(this.#heartbeat);
+    if (final === null) this.#queue = [];
+    this.#final = final;
+    this.#wakeUp();
+  }
+
+  /** The next text to send, waiting for one; null once the stream is over. */
+  async take(): Promise<string | null> {
+    while (this.#queue.length === 0 && this.#final === null && !this.#ended) {
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+    }
+    if (this.#queue.length > 0) {
+      const text = this.#queue.join("");
+      this.#queue = [];
+      this.#backlog = 0;
+      return text;
+    }
+    if (this.#final !== null) {
+      const text = this.#final;
+      this.#final = null;
+      return text;
+    }
+    return null;
+  }
+
+  #push(text: string): void {
+    this.#queue.push(text);
+    this.#wakeUp();
+  }
+
+  #wakeUp(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+}

@@ -1,0 +1,248 @@
+import assert from "node:assert/strict";
+import {
+  type Consistency,
+  type EventHistory,
+  type KvBackend,
+  type KvResult,
+  type NodeStatus,
+  type PlainCommand,
+  type RangeAnswer,
+  type RangeQuery,
+  type ReadResult,
+  StoppingError,
+} from "../node/backend.ts";
+import { KvStateMachine } from "../kv/state_machine.ts";
+import { readSse, type SseMessage } from "../util/sse.ts";
+import { type ApiOptions, createApiHandler, requiredRole } from "./handler.ts";
+import { MAX_BLOCKING_WAIT_MS, parseWait } from "./watch.ts";
+
+/** A backend on a real state machine without Raft: writes apply at once, reads are local. */
+class LocalBackend implements KvBackend {
+  readonly kv = new KvStateMachine({ historyEvents: 50 });
+  stopping = false;
+
+  put(key: string, value: string): number {
+    this.kv.apply(this.kv.appliedIndex + 1, { op: "put", key, value });
+    return this.kv.appliedIndex;
+  }
+
+  write(cmd: PlainCommand): Promise<KvResult> {
+    return Promise.resolve(this.kv.apply(this.kv.appliedIndex + 1, cmd));
+  }
+
+  read(key: string, _c: Consistency): Promise<ReadResult> {
+    return Promise.resolve({ entry: this.kv.entry(key), index: this.kv.appliedIndex });
+  }
+
+  range(query: RangeQuery): Promise<RangeAnswer> {
+    return Promise.resolve({ ...this.kv.range(query), index: this.kv.appliedIndex });
+  }
+
+  status(): NodeStatus {
+    const i = this.kv.appliedIndex;
+    return {
+      id: "n1",
+      role: "leader",
+      term: 1,
+      leader: { id: "n1", api_url: "http://n1.test" },
+      commit_index: i,
+      applied_index: i,
+      last_index: i,
+      members: [],
+      alarms: [],
+    };
+  }
+
+  snapshot(): never {
+    throw new Error("not here");
+  }
+
+  isReady(): boolean {
+    return true;
+  }
+
+  overloaded(): null {
+    return null;
+  }
+
+  watchHistory(): EventHistory {
+    if (this.stopping) throw new StoppingError();
+    return this.kv.events;
+  }
+}
+
+function setup(options: Partial<ApiOptions> = {}) {
+  const backend = new LocalBackend();
+  const handler = createApiHandler(backend, { selfId: "n1", logError: () => {}, ...options });
+  const get = (path: string, init: RequestInit = {}) =>
+    handler(new Request(`http://n1.test${path}`, init));
+  return { backend, get };
+}
+
+/** Reads `n` events (skipping none) from a watch answer. */
+async function take(
+  it: AsyncGenerator<SseMessage>,
+  n: number,
+): Promise<{ event: string; id: string | null; data: Record<string, unknown> }[]> {
+  const out = [];
+  while (out.length < n) {
+    const r = await it.next();
+    if (r.done) break;
+    out.push({ event: r.value.event, id: r.value.id, data: JSON.parse(r.value.data) });
+  }
+  return out;
+}
+
+Deno.test("a watch streams the changes of its key or prefix from an index, with ids", async () => {
+  const { backend, get } = setup();
+  backend.put("a/1", "x"); // 1
+  backend.put("b", "y"); // 2
+  backend.put("a/2", "z"); // 3
+  const res = await get("/v1/watch?prefix=a/&from=2");
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type")!, /^text\/event-stream/);
+  const it = readSse(res.body!);
+  await backend.write({ op: "delete_range", range: { prefix: "a/" } }); // 4
+  backend.put("a/3", "w"); // 5
+  const got = await take(it, 4);
+  assert.deepEqual(got.map((m) => [m.id, m.data.type, m.data.k, m.data.v, m.data.index]), [
+    ["3", "put", "a/2", "z", 3],
+    ["4", "delete", "a/1", null, 4],
+    ["4", "delete", "a/2", null, 4],
+    ["5", "put", "a/3", "w", 5],
+  ]);
+  assert.deepEqual(got[3]!.data, { index: 5, type: "put", k: "a/3", v: "w", mod_index: 5 });
+  await it.return(undefined);
+
+  // A key, from Last-Event-ID (after that id), and without from: only what comes next.
+  const resumed = readSse(
+    (await get("/v1/watch?key=a/3", { headers: { "last-event-id": "4" } })).body!,
+  );
+  assert.deepEqual((await take(resumed, 1)).map((m) => m.id), ["5"]);
+  await resumed.return(undefined);
+  const live = await get("/v1/watch?key=b");
+  assert.equal(live.headers.get("x-raftkv-index"), "5");
+  const liveIt = readSse(live.body!);
+  backend.put("b", "new"); // 6
+  assert.deepEqual((await take(liveIt, 1)).map((m) => [m.id, m.data.v]), [["6", "new"]]);
+  await liveIt.return(undefined);
+  assert.equal(backend.kv.events.subscribers, 0, "a closed stream unsubscribes");
+});
+
+Deno.test("a watch from before the history is refused with 410 and the oldest index", async () => {
+  const { backend, get } = setup();
+  for (let i = 0; i < 60; i++) backend.put("k", String(i)); // history of 50
+  const res = await get("/v1/watch?key=k&from=3");
+  assert.equal(res.status, 410);
+  const body = await res.json();
+  assert.equal(body.oldest_index, 11);
+  assert.match(body.error, /older than the change history/);
+  const ok = await get("/v1/watch?key=k&from=11");
+  assert.equal(ok.status, 200);
+  await ok.body!.cancel();
+});
+
+Deno.test("a watch is refused malformed parameters", async () => {
+  const { get } = setup();
+  for (const q of ["", "?key=a&prefix=b", "?key=a&from=-1", "?key=a&from=x"]) {
+    const res = await get(`/v1/watch${q}`);
+    assert.equal(res.status, 400, q);
+    await res.body?.cancel();
+  }
+  const post = await get("/v1/watch?key=a", { method: "POST" });
+  assert.equal(post.status, 405);
+  await post.body?.cancel();
+  assert.equal(requiredRole("GET", "/v1/watch"), "read");
+});
+
+Deno.test("a watcher that does not read is cut off with a final error event", async () => {
+  const { backend, get } = setup({ watchBufferEvents: 5 });
+  const res = await get("/v1/watch?prefix=");
+  for (let i = 0; i < 20; i++) backend.put("k", String(i));
+  assert.equal(backend.kv.events.subscribers, 0, "cut off at once, not when read");
+  const all = [];
+  for await (const m of readSse(res.body!)) all.push(m);
+  assert.equal(all.length, 6);
+  assert.deepEqual(all.slice(0, 5).map((m) => m.id), ["1", "2", "3", "4", "5"]);
+  assert.equal(all[5]!.event, "error");
+  const err = JSON.parse(all[5]!.data);
+  assert.equal(err.last_index, 5);
+  assert.match(err.error, /fell more than 5 events behind.*from=6/);
+});
+
+Deno.test("heartbeats are comments; stopping the node ends the stream with an error event", async () => {
+  const { backend, get } = setup({ watchHeartbeatMs: 20 });
+  const res = await get("/v1/watch?key=a");
+  let beats = 0;
+  const it = readSse(res.body!, (c) => {
+    if (c === "heartbeat") beats++;
+    if (beats === 2) {
+      backend.stopping = true;
+      backend.kv.events.closeAll("the node is shutting down");
+    }
+  });
+  const rest = [];
+  for await (const m of it) rest.push(m);
+  assert.equal(beats, 2);
+  assert.equal(rest.length, 1);
+  assert.equal(rest[0]!.event, "error");
+  assert.match(JSON.parse(rest[0]!.data).error, /shutting down/);
+  const refused = await get("/v1/watch?key=a");
+  assert.equal(refused.status, 503);
+  await refused.body?.cancel();
+});
+
+Deno.test("a blocking read answers when the key changes after the index, or when the wait ends", async () => {
+  const { backend, get } = setup();
+  backend.put("a", "1"); // 1
+  backend.put("other", "x"); // 2
+  // Already changed after 0: at once.
+  const now = await get("/v1/data/a?index=0&wait=10s");
+  assert.equal((await now.json()).v, "1");
+  // Waits for a change of "a" only.
+  let answered = false;
+  const pending = get("/v1/data/a?index=2&wait=30s").then(async (r) => {
+    answered = true;
+    return { status: r.status, body: await r.json(), index: r.headers.get("x-raftkv-index") };
+  });
+  backend.put("other", "y"); // 3
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(answered, false);
+  await backend.write({ op: "delete", key: "a" }); // 4
+  const got = await pending;
+  assert.equal(got.status, 404);
+  assert.equal(got.index, "4");
+  // Nothing changes: the wait ends and the current state is answered.
+  const started = performance.now();
+  const quiet = await get("/v1/data/other?index=4&wait=50ms");
+  assert.ok(performance.now() - started >= 45);
+  assert.equal((await quiet.json()).v, "y");
+  assert.equal(backend.kv.events.subscribers, 0);
+  const bad = await get("/v1/data/a?index=1&wait=forever");
+  assert.equal(bad.status, 400);
+  await bad.body?.cancel();
+});
+
+Deno.test("wait durations parse with units and are capped", () => {
+  assert.equal(parseWait("30s"), 30_000);
+  assert.equal(parseWait("1.5m"), 90_000);
+  assert.equal(parseWait("250ms"), 250);
+  assert.equal(parseWait("2"), 2000);
+  assert.equal(MAX_BLOCKING_WAIT_MS, 300_000);
+});
+
+Deno.test("with tokens a watch and a blocking read need the read role", async () => {
+  const { backend, get } = setup({ tokens: [{ token: "r-token", role: "read" }] });
+  backend.put("a", "1");
+  const none = await get("/v1/watch?key=a");
+  assert.equal(none.status, 401);
+  await none.body?.cancel();
+  const ok = await get("/v1/watch?key=a&from=1", { headers: { authorization: "Bearer r-token" } });
+  assert.equal(ok.status, 200);
+  const first = await readSse(ok.body!).next();
+  assert.equal(JSON.parse(first.value!.data).v, "1");
+  await ok.body!.cancel().catch(() => {});
+  const blocked = await get("/v1/data/a?index=0&wait=1s");
+  assert.equal(blocked.status, 401);
+  await blocked.body?.cancel();
+});

@@ -1,0 +1,190 @@
+/**
+ * `raftkv watch`: prints the changes of a key or a prefix as they are committed, from
+ * `GET /v1/watch`, and carries on across the endpoints when a node goes away.
+ *
+ * @module
+ */
+
+import { readSse } from "../../util/sse.ts";
+import type { Command, CommandContext } from "./command.ts";
+import { answerError, NoAnswerError } from "./http.ts";
+import { ClientError, EXIT, usageError } from "./options.ts";
+
+/** A change, as the API sends it. */
+interface _Event {
+  index: number;
+  type: string;
+  k: string;
+  v: string | null;
+  mod_index: number;
+}
+
+/** `raftkv watch KEY | --prefix P`. */
+export const WATCH: Command = {
+  name: "watch",
+  args: "[KEY]",
+  summary: "print the changes of a key or a prefix as they happen",
+  description: "Prints each change of KEY (or, with --prefix, of every key under P) as it is " +
+    "committed: one line per change, INDEX TYPE KEY VALUE, tab-separated (TYPE is put, delete " +
+    'or expire; -o json: the API\'s {"index","type","k","v","mod_index"}, one per line). When ' +
+    "the node it reads from goes away (or cuts it off), it goes on from the next endpoint " +
+    "where it left off, seeing every change once. Runs until interrupted, or until --count " +
+    "changes were printed. A --from older than the history nodes keep exits 1 with the oldest " +
+    "index still available.",
+  options: [
+    {
+      name: "--prefix",
+      value: "<prefix>",
+      default: "",
+      description: "watch every key that starts with this instead of one KEY",
+    },
+    {
+      name: "--from",
+      value: "<index>",
+      default: "the next change",
+      description: "start with the changes at this log index (which may be in the past)",
+    },
+    {
+      name: "--count",
+      value: "<n>",
+      default: "no limit",
+      description: "exit 0 after printing this many changes",
+    },
+  ],
+  arity: [0, 1],
+  async run(ctx) {
+    const prefix = ctx.line.values.get("--prefix")?.value;
+    const key = ctx.args[0];
+    if ((prefix === undefined) === (key === undefined)) {
+      throw usageError("give either KEY or --prefix P (not both)");
+    }
+    if (key === "") throw usageError("the key must not be empty");
+    const from = _intOption(ctx, "--from");
+    const count = _intOption(ctx, "--count");
+    const stop = new AbortController();
+    const onSigint = () => stop.abort();
+    Deno.addSignalListener("SIGINT", onSigint);
+    try {
+      return await watch(ctx, {
+        filter: key !== undefined ? { key } : { prefix: prefix! },
+        from,
+        count,
+        signal: stop.signal,
+      });
+    } finally {
+      Deno.removeSignalListener("SIGINT", onSigint);
+    }
+  },
+};
+
+function _intOption(ctx: CommandContext, name: string): number | null {
+  const option = ctx.line.values.get(name);
+  if (option === undefined) return null;
+  if (!/^\d{1,15}$/.test(option.value)) {
+    throw usageError(
+      `invalid value for ${name}: ${JSON.stringify(option.value)} is not a non-negative integer`,
+    );
+  }
+  return Number(option.value);
+}
+
+/**
+ * Follows the watch, reconnecting on the next endpoint when a stream ends. Each reconnect asks
+ * from the index of the last change printed and skips the changes of that index already printed
+ * (one entry can change several keys; a stream broken between them resumes inside the entry).
+ *
+ * @returns The exit code.
+ */
+async function watch(
+  ctx: CommandContext,
+  options: {
+    filter: { key: string } | { prefix: string };
+    from: number | null;
+    count: number | null;
+    signal: AbortSignal;
+  },
+): Promise<number> {
+  const client = await ctx.client();
+  const filter = "key" in options.filter
+    ? `key=${encodeURIComponent(options.filter.key)}`
+    : `prefix=${encodeURIComponent(options.filter.prefix)}`;
+  let from = options.from;
+  /** The index of the last change printed, and how many of its changes were printed. */
+  let last = 0;
+  let seenAtLast = 0;
+  let printed = 0;
+  let endpoint = 0;
+  let quietFailures = 0;
+  while (!options.signal.aborted) {
+    const path = `/v1/watch?${filter}${from === null ? "" : `&from=${from}`}`;
+    let response: Response;
+    let answeredBy: string;
+    try {
+      ({ response, endpoint: answeredBy } = await client.stream(path, { first: endpoint }));
+    } catch (error) {
+      if (error instanceof NoAnswerError && error.kind === "unreachable") throw error;
+      if (++quietFailures > client.endpoints.length * 3) throw error;
+      endpoint++;
+      continue;
+    }
+    if (response.status !== 200) {
+      const text = await response.text();
+      let json: unknown = null;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        // Not JSON.
+      }
+      throw answerError(
+        { status: response.status, json, text, endpoint: answeredBy },
+        `watch ${filter}`,
+      );
+    }
+    if (from === null) {
+      // Started with what comes next: a reconnect goes on after the index this stream started at.
+      from = Number(response.headers.get("x-raftkv-index") ?? "0") + 1;
+    }
+    const onAbort = () => response.body?.cancel().catch(() => {});
+    options.signal.addEventListener("abort", onAbort, { once: true });
+    let skip = seenAtLast;
+    try {
+      for await (const message of readSse(response.body!)) {
+        if (message.event === "error") {
+          ctx.io.err(`raftkv watch: ${answeredBy}: ${_reason(message.data)}; reconnecting`);
+          break;
+        }
+        const e = JSON.parse(message.data) as _Event;
+        if (e.index === from && skip > 0) {
+          skip--;
+          continue;
+        }
+        quietFailures = 0;
+        if (e.index !== last) seenAtLast = 0;
+        last = e.index;
+        seenAtLast++;
+        ctx.print(e, `${e.index}\t${e.type}\t${e.k}\t${e.v ?? ""}`);
+        if (options.count !== null && ++printed >= options.count) return EXIT.ok;
+      }
+    } catch {
+      // The connection broke: go on elsewhere.
+    } finally {
+      options.signal.removeEventListener("abort", onAbort);
+    }
+    if (last > 0) from = last;
+    endpoint++;
+  }
+  if (options.count !== null && printed < options.count) {
+    throw new ClientError(`interrupted after ${printed} of ${options.count} changes`, EXIT.error);
+  }
+  return EXIT.ok;
+}
+
+function _reason(data: string): string {
+  try {
+    const body = JSON.parse(data) as { error?: unknown };
+    if (typeof body.error === "string") return body.error;
+  } catch {
+    // Not JSON.
+  }
+  return data;
+}
