@@ -30,8 +30,10 @@
  *     value only if it does not exist (raftkv: `PUT /v1/data/<key>?cas=0`; etcd: `POST
  *     /v3/kv/txn` comparing the key's `create_revision` with 0, then putting it), so every one
  *     succeeds and each is a condition checked and a write committed;
- *   - against the *leader*, or against a *follower*, which forwards to the leader (raftkv over
- *     its HTTP/2 forwarder; etcd forwards proposals and ReadIndex requests over its peer links).
+ *   - against the *leader*, or against a *follower*: writes are forwarded to the leader (raftkv
+ *     over its HTTP/2 forwarder; etcd forwards proposals over its peer links); linearizable
+ *     reads are served by the follower after it asked the leader for the read index (both
+ *     systems: one ReadIndex message over the peer links per round of reads).
  * - **Load generator.** `wrk` when it is installed (one thread, `-c N` keep-alive connections,
  *   `--latency`, `--timeout` beyond the cell so no latency is dropped, `scripts/wrk/bench.lua`
  *   builds the requests and prints the percentiles in `done()`); otherwise a built-in one: N
