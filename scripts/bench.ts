@@ -30,8 +30,10 @@
  *     value only if it does not exist (raftkv: `PUT /v1/data/<key>?cas=0`; etcd: `POST
  *     /v3/kv/txn` comparing the key's `create_revision` with 0, then putting it), so every one
  *     succeeds and each is a condition checked and a write committed;
- *   - against the *leader*, or against a *follower*, which forwards to the leader (raftkv over
- *     its HTTP/2 forwarder; etcd forwards proposals and ReadIndex requests over its peer links).
+ *   - against the *leader*, or against a *follower*: writes are forwarded to the leader (raftkv
+ *     over its HTTP/2 forwarder; etcd forwards proposals over its peer links); linearizable
+ *     reads are served by the follower after it asked the leader for the read index (both
+ *     systems: one ReadIndex message over the peer links per round of reads).
  *   - *watch fan-out* (after the matrix; `--watchers`, default 1000): that many watchers of one
  *     prefix spread over the members (raftkv: `GET /v1/watch`, Server-Sent Events; etcd: its
  *     gateway's streaming `POST /v3/watch`) while 4 writers write under the prefix on the leader

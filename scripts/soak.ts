@@ -208,7 +208,9 @@ wall time:        ${wall.toFixed(1)} s with ${jobs} job(s): ${
   } ms per seed
 ops checked:      ${t("historyOps")} (writes ok ${t("writesOk")}, unknown outcome ${
     t("writesUnknown")
-  }, definitely failed ${t("writesFailed")}; reads ok ${t("readsOk")}, dropped ${t("readsDropped")})
+  }, definitely failed ${t("writesFailed")}; reads ok ${t("readsOk")} (${
+    t("followerReadsOk")
+  } served by a follower), dropped ${t("readsDropped")})
 coordination:     ${t("casOk")} compare-and-sets applied, ${t("casFailed")} refused; ${
     t("rangeReadsOk")
   } range reads; ${t("idempotentRetries")} writes sent again with their idempotency key, ${

@@ -146,6 +146,8 @@ const _FIELDS: Record<MessageType, (keyof Message)[]> = {
   [MessageType.HeartbeatResp]: ["index", "context"],
   [MessageType.Snap]: ["snapshot"],
   [MessageType.TimeoutNow]: [],
+  [MessageType.ReadIndex]: ["context"],
+  [MessageType.ReadIndexResp]: ["index", "context"],
 };
 
 /** Every optional field, in the order extras are printed. */

@@ -178,7 +178,7 @@ Deno.test({
       assert.equal(relayed.status, 507, `a follower relays the leader's answer: ${relayed.text}`);
       for (const id of c.ids) await waitAlarm(c, id, true);
       await assertNothingLost(c, leader);
-      await assertNothingLost(c, follower2); // linearizable: forwarded to the leader
+      await assertNothingLost(c, follower2); // linearizable: the leader confirms the read index
       const stale = await c.request(follower2, "GET", "/v1/data/start-3?consistency=stale");
       assert.equal(stale.status, 200);
 

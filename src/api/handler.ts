@@ -58,8 +58,9 @@
  * `WWW-Authenticate: Bearer realm="raftkv"` without a known token, 403 when its role falls short.
  * This is checked first, before the request counts against any budget or its body is read.
  *
- * A node that is not the leader forwards writes and linearizable or lease reads to the leader it
- * knows, and relays the answer; see {@linkcode createApiHandler}.
+ * A node that is not the leader forwards writes, and the reads its backend cannot confirm itself
+ * (a follower serves linearizable and lease reads through its leader's read index), to the leader
+ * it knows, and relays the answer; see {@linkcode createApiHandler}.
  *
  * This module routes; the rest lives beside it: `auth.ts` (tokens and roles), `validate.ts`
  * (request checks), `deadline.ts` (request deadlines), `errors.ts` (error answers), `limits.ts`

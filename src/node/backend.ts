@@ -40,11 +40,17 @@ export type {
 
 /** How a read is served. */
 export type Consistency =
-  /** ReadIndex: the leader confirms with a quorum that it still leads (the default). */
+  /**
+   * ReadIndex: the leader confirms with a quorum that it still leads (the default); a follower
+   * asks its leader for that read index and serves the read itself once applied that far.
+   */
   | "linearizable"
   /** Answered from this node's state without any round trip: may be stale. */
   | "stale"
-  /** Leader only: answered while its lease holds, without a round trip. */
+  /**
+   * On the leader, answered while its lease holds without a round trip; elsewhere, and when the
+   * lease does not hold, as `linearizable`.
+   */
   | "lease";
 
 /** The result of a committed and applied write. */
@@ -107,7 +113,9 @@ export type Alarm = "NOSPACE";
  *
  * Errors are part of the contract:
  * - {@linkcode NotLeaderError}: this node is not the leader (its `leader` says who is, or "" if
- *   none is known); nothing was done. The API forwards or answers 503.
+ *   none is known) and cannot do this here (writes; reads on a node that knows no leader, or a
+ *   follower whose leader changed before it confirmed the read); nothing was done. The API
+ *   forwards or answers 503.
  * - {@linkcode OutcomeUnknownError}: the write was proposed but its fate is unknown within the
  *   deadline (it may still commit). The API answers 504.
  * - {@linkcode NotAppliedError}: the write definitely did not and will not take effect (e.g. the

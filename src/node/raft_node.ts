@@ -596,10 +596,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #read<T>(consistency: Consistency, signal: AbortSignal, serve: () => T): Promise<T> {
     if (this.#stopping) return Promise.reject(new StoppingError());
     if (consistency === "stale") return Promise.resolve(serve());
-    if (this.#core.role !== "leader") {
-      return Promise.reject(new NotLeaderError(this.#core.leader));
-    }
-    if (consistency === "lease") {
+    if (!this.#canConfirmReads()) return Promise.reject(new NotLeaderError(this.#core.leader));
+    if (consistency === "lease" && this.#core.role === "leader") {
       // After a stall (a paused process, a long GC) the ticks owed must land first, or a lease
       // that expired in real time would still look valid.
       this.#catchUpTicks();
@@ -1559,13 +1557,23 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (this.#readQueue.length === 0 || this.#readRounds.size > 0) return;
     const reads = this.#readQueue;
     this.#readQueue = [];
-    if (this.#core.role !== "leader") {
+    if (!this.#canConfirmReads()) {
       for (const r of reads) r.reject(new NotLeaderError(this.#core.leader));
       return;
     }
     const id = ++this.#readSeq;
     this.#readRounds.set(id, { reads, index: null });
     this.#core.readIndex(id);
+  }
+
+  /**
+   * Whether a linearizable read can start here: on the leader, or on a follower that knows its
+   * leader (it asks the leader for the read index and serves the read itself; a lease read on a
+   * follower takes that path too).
+   */
+  #canConfirmReads(): boolean {
+    const role = this.#core.role;
+    return role === "leader" || (role === "follower" && this.#core.leader !== NONE);
   }
 
   #serveReads(): void {

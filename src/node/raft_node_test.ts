@@ -127,7 +127,14 @@ Deno.test("three nodes on real files elect a leader, replicate writes and surviv
     assert.equal(del.deleted, true);
     assert.equal(await leader.get("k7", "linearizable", signal()), null);
     const follower = nodes.find((n) => n !== leader)!;
-    await assert.rejects(follower.get("k1", "linearizable", signal()), NotLeaderError);
+    // A follower serves linearizable (and lease) reads itself after asking the leader for the
+    // read index: they see the delete the leader just acknowledged. Writes still need the leader.
+    assert.equal(await follower.get("k7", "linearizable", signal()), null);
+    assert.equal(await follower.get("k1", "linearizable", signal()), "v1");
+    const many = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => follower.get(`k${i}`, "lease", signal())),
+    );
+    assert.deepEqual(many, Array.from({ length: 20 }, (_, i) => i === 7 ? null : `v${i}`));
     await assert.rejects(follower.put("x", "y", signal()), NotLeaderError);
     await waitFor(() => follower.status().applied_index >= del.index, "the follower to catch up");
     assert.equal(await follower.get("k1", "stale", signal()), "v1");
@@ -166,13 +173,55 @@ Deno.test("a leader cut off from its peers stops confirming reads and steps down
     await waitFor(() => leader.status().role !== "leader", "the isolated leader to step down");
     const others = nodes.filter((n) => n !== leader);
     await waitFor(() => leaderOf(others)?.isReady() === true, "a new leader on the majority side");
-    await leaderOf(others)!.put("a", "2", signal());
+    const put = await leaderOf(others)!.put("a", "2", signal());
+    // A follower of the new leader reads the new value through its leader's read index.
+    const follower = others.find((n) => n.status().role === "follower")!;
+    assert.equal(await follower.get("a", "linearizable", signal()), "2");
+    assert.ok(follower.status().applied_index >= put.index);
     net.heal();
     await waitFor(
       () => leader.status().applied_index >= leaderOf(others)!.status().commit_index,
       "rejoin",
     );
     assert.equal(await leader.get("a", "stale", signal()), "2");
+  } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a follower cut off from its leader serves no linearizable read", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  try {
+    const net = new MemoryNetwork();
+    nodes = await startNodes(root, net, 11);
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("a", "1", signal());
+    const follower = nodes.find((n) => n !== leader)!;
+    assert.equal(await follower.get("a", "linearizable", signal()), "1");
+    net.partition(leader.id, follower.id);
+    await leader.put("a", "2", signal());
+    // Its ReadIndex requests are lost: the read must not answer the old value. It fails when
+    // the follower gives up on its leader, or times out.
+    const read = follower.get("a", "linearizable", AbortSignal.timeout(1_500));
+    await assert.rejects(
+      read,
+      (e: unknown) => e instanceof NotLeaderError || e instanceof DOMException,
+    );
+    net.heal();
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader after the heal");
+    const reader = nodes.find((n) => n.status().role === "follower")!;
+    for (let attempt = 0;; attempt++) {
+      try {
+        assert.equal(await reader.get("a", "linearizable", signal()), "2");
+        break;
+      } catch (e) {
+        if (attempt >= 10 || !(e instanceof NotLeaderError)) throw e;
+        await waitFor(() => reader.status().leader !== null, "a known leader");
+      }
+    }
   } finally {
     for (const n of nodes) await n.stop();
     await Deno.remove(root, { recursive: true });

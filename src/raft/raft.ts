@@ -74,6 +74,8 @@ type StepFn = (m: Message) => void;
 
 interface PendingRead {
   id: number;
+  /** Who asked: this node (a ReadState) or a follower (a ReadIndexResp with `id` as context). */
+  from: NodeId;
   index: number;
   /** The heartbeat round whose answers by a quorum confirm this read. */
   round: number;
@@ -146,7 +148,17 @@ export class RaftCore {
   /** Until an election timeout has passed since start-up, assume a leader may hold a lease. */
   #startupLease = true;
   readonly #leaseMarginTicks: number;
-  #readsAwaitingCommit: number[] = [];
+  #readsAwaitingCommit: { id: number; from: NodeId }[] = [];
+  /**
+   * A follower's reads sent to the leader as ReadIndex and not answered yet: read id -> the
+   * follower tick it was (last) sent at. Sent again every {@linkcode _readRetryTicks} ticks while
+   * unanswered (the request or its answer may be lost); dropped when the leader or role changes
+   * (the driver fails those reads on the same Ready's soft state).
+   */
+  #remoteReads = new Map<number, number>();
+  /** Ticks seen while not leading: the clock of {@linkcode RaftCore.#remoteReads}. */
+  #followerTicks = 0;
+  readonly #readRetryTicks: number;
   #pendingSnapshot: SnapshotMeta | null = null;
   /** Invariant: covers every compacted entry (`index >= log.snapIndex`) once anything is compacted. */
   #latestSnapshot: SnapshotMeta | null = null;
@@ -185,6 +197,7 @@ export class RaftCore {
     this.#leaseMarginTicks = config.leaseMarginTicks ??
       Math.max(1, Math.floor(this.#electionTicks / 5));
     this.#random = config.random;
+    this.#readRetryTicks = Math.max(1, Math.ceil(this.#electionTicks / 2));
     this.log = new RaftLog(config.snapshot ?? null, config.entries ?? []);
     this.#latestSnapshot = config.snapshot ?? null;
     const hs = config.hardState ?? { term: 0, vote: NONE, commit: 0 };
@@ -261,17 +274,35 @@ export class RaftCore {
    * Asks the leader to confirm it still leads, so reads issued now see every write that completed
    * before. When confirmed, a {@linkcode ReadState} with this `id` appears in a Ready: reads may
    * be served once the state machine has applied its index. `id` must be positive and increasing.
-   * Throws {@linkcode NotLeaderError} on any other node.
+   *
+   * On a follower that knows its leader, the request goes to the leader as one
+   * {@linkcode MessageType.ReadIndex} message (sent at once, and again while unanswered); the
+   * leader confirms it like its own reads and answers with its commit index, and the ReadState
+   * appears here, so the follower serves the read from its own state (etcd's ReadIndex on
+   * followers). Reads a follower sent are dropped when its leader or role changes: the Ready
+   * with that {@linkcode SoftState} is the driver's cue to fail them.
+   * Throws {@linkcode NotLeaderError} on a candidate or a follower that knows no leader.
    */
   readIndex(id: number): void {
-    if (this.role !== "leader") throw new NotLeaderError(this.leader);
-    if (id <= 0) throw new RangeError(`read id must be positive, got ${id}`);
-    if (this.log.term(this.log.committed) !== this.term) {
-      // Not yet committed an entry of this term: the commit index may be behind. Wait.
-      this.#readsAwaitingCommit.push(id);
+    if (this.role === "follower" && this.leader !== NONE) {
+      if (id <= 0) throw new RangeError(`read id must be positive, got ${id}`);
+      this.#remoteReads.set(id, this.#followerTicks);
+      this.#send(message({ type: MessageType.ReadIndex, to: this.leader, context: id }));
       return;
     }
-    this.#startRead(id);
+    if (this.role !== "leader") throw new NotLeaderError(this.leader);
+    if (id <= 0) throw new RangeError(`read id must be positive, got ${id}`);
+    this.#requestRead(id, this.id);
+  }
+
+  /** A read asked by `from` (this node or a follower): starts its round, or waits for a commit. */
+  #requestRead(id: number, from: NodeId): void {
+    if (this.log.term(this.log.committed) !== this.term) {
+      // Not yet committed an entry of this term: the commit index may be behind. Wait.
+      this.#readsAwaitingCommit.push({ id, from });
+      return;
+    }
+    this.#startRead(id, from);
   }
 
   /**
@@ -444,7 +475,10 @@ export class RaftCore {
     if (leaderTraffic && this.leader !== NONE && this.leader !== m.from) {
       return `${what}: "${this.leader}" already leads term ${m.term}`;
     }
-    if (m.type === MessageType.TimeoutNow && this.leader !== NONE && this.leader !== m.from) {
+    if (
+      (m.type === MessageType.TimeoutNow || m.type === MessageType.ReadIndexResp) &&
+      this.leader !== NONE && this.leader !== m.from
+    ) {
       return `${what}: only the leader of term ${m.term} may send it`;
     }
     if (this.role === "leader") {
@@ -530,6 +564,8 @@ export class RaftCore {
     if (this.#prevSoft.leader !== this.leader || this.#prevSoft.role !== this.role) {
       softState = { leader: this.leader, role: this.role };
       this.#prevSoft = softState;
+      // The driver fails unconfirmed reads on this soft state: forget the ones sent to a leader.
+      if (this.role !== "leader") this.#remoteReads.clear();
     }
     let hardState: HardState | null = null;
     if (this.#prevHard.term !== this.term || this.#prevHard.vote !== this.vote) {
@@ -621,6 +657,11 @@ export class RaftCore {
     this.#step = this.#stepLeader;
     this.#tick = this.#tickHeartbeat;
     this.#leaderTicks = 0;
+    // Reads this node sent to a former leader and that no Ready dropped yet: confirm them itself.
+    for (const id of this.#remoteReads.keys()) {
+      this.#readsAwaitingCommit.push({ id, from: this.id });
+    }
+    this.#remoteReads.clear();
     for (const pr of this.progress.values()) pr.lastActive = 0;
     // The no-op entry: committing it commits every earlier entry (Figure 8).
     const index = this.log.lastIndex() + 1;
@@ -683,6 +724,14 @@ export class RaftCore {
 
   #tickElection = (): void => {
     this.#electionElapsed++;
+    this.#followerTicks++;
+    if (this.#remoteReads.size > 0 && this.role === "follower" && this.leader !== NONE) {
+      for (const [id, sentAt] of this.#remoteReads) {
+        if (this.#followerTicks - sentAt < this.#readRetryTicks) continue;
+        this.#remoteReads.set(id, this.#followerTicks);
+        this.#send(message({ type: MessageType.ReadIndex, to: this.leader, context: id }));
+      }
+    }
     if (this.#electionElapsed >= this.#electionTicks) this.#startupLease = false;
     if (this.#electionElapsed >= this.#randomizedElectionTimeout) {
       this.#electionElapsed = 0;
@@ -760,6 +809,12 @@ export class RaftCore {
         // The leader asks this node to take over: campaign now, skipping the pre-vote.
         this.#startElection(false, true);
         return;
+      case MessageType.ReadIndexResp:
+        // Only the leader of this term answers (see refusal); unknown ids are old or dropped.
+        if (this.#remoteReads.delete(m.context)) {
+          this.#readStates.push({ id: m.context, index: m.index });
+        }
+        return;
       default:
         return; // stale responses
     }
@@ -812,6 +867,9 @@ export class RaftCore {
           this.#roundAcked.set(m.from, m.context);
           this.#releaseReads();
         }
+        return;
+      case MessageType.ReadIndex:
+        this.#requestRead(m.context, m.from);
         return;
       default:
         return;
@@ -938,9 +996,11 @@ export class RaftCore {
     }
     if (m.type === MessageType.PreVote && m.term === 0) m.term = this.term + 1;
     const leaderTraffic = m.type === MessageType.App || m.type === MessageType.Heartbeat ||
-      m.type === MessageType.Snap || m.type === MessageType.TimeoutNow;
-    // A leader's appends may overlap its own sync; everything else waits for the sync.
-    if (leaderTraffic && this.role === "leader") {
+      m.type === MessageType.Snap || m.type === MessageType.TimeoutNow ||
+      m.type === MessageType.ReadIndexResp;
+    // A leader's appends may overlap its own sync; everything else waits for the sync, but a
+    // follower's ReadIndex, which promises nothing and carries its leader's term.
+    if ((leaderTraffic && this.role === "leader") || m.type === MessageType.ReadIndex) {
       this.#messages.push(m);
     } else {
       this.#persistedMessages.push(m);
@@ -1016,21 +1076,21 @@ export class RaftCore {
 
   // ---- reads --------------------------------------------------------------------------------
 
-  #startRead(id: number): void {
+  #startRead(id: number, from: NodeId): void {
     if (this.#voters.length === 1) {
       this.#readStates.push({ id, index: this.log.committed });
       return;
     }
-    this.#pendingReads.push({ id, index: this.log.committed, round: this.#round + 1 });
+    this.#pendingReads.push({ id, from, index: this.log.committed, round: this.#round + 1 });
     this.#bcastHeartbeat();
   }
 
   #releaseReadsAwaitingCommit(): void {
     if (this.#readsAwaitingCommit.length === 0) return;
     if (this.log.term(this.log.committed) !== this.term) return;
-    const ids = this.#readsAwaitingCommit;
+    const reads = this.#readsAwaitingCommit;
     this.#readsAwaitingCommit = [];
-    for (const id of ids) this.#startRead(id);
+    for (const r of reads) this.#startRead(r.id, r.from);
   }
 
   /** The newest round a quorum (this node included) has answered. */
@@ -1050,7 +1110,16 @@ export class RaftCore {
     let n = 0;
     while (n < this.#pendingReads.length && this.#pendingReads[n]!.round <= confirmed) n++;
     for (const r of this.#pendingReads.splice(0, n)) {
-      this.#readStates.push({ id: r.id, index: r.index });
+      if (r.from === this.id) {
+        this.#readStates.push({ id: r.id, index: r.index });
+      } else {
+        this.#send(message({
+          type: MessageType.ReadIndexResp,
+          to: r.from,
+          index: r.index,
+          context: r.id,
+        }));
+      }
     }
   }
 

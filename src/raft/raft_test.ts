@@ -432,7 +432,7 @@ Deno.test("messages from this node, from non-voters or above MAX_TERM are refuse
   assert.equal(f.term, MAX_TERM);
 });
 
-Deno.test("a second leader in one term, or a TimeoutNow from a non-leader, is refused", () => {
+Deno.test("a second leader in one term, or a TimeoutNow or read index answer from a non-leader, is refused", () => {
   const f = _committedFollower();
   assert.equal(
     f.step(message({ type: MessageType.Heartbeat, from: "n1", to: "n2", term: 3 })),
@@ -448,6 +448,20 @@ Deno.test("a second leader in one term, or a TimeoutNow from a non-leader, is re
   const timeout = message({ type: MessageType.TimeoutNow, from: "n3", to: "n2", term: 3 });
   assert.match(f.step(timeout) ?? "", /only the leader of term 3 may send it/);
   assert.deepEqual(_observable(f), before);
+  // A read index answer, too, comes only from the leader: another node cannot make a follower
+  // serve a read at an index of its choosing.
+  f.readIndex(4);
+  const sent = f.ready().messages;
+  assert.deepEqual(sent.map((m) => [m.type, m.to, m.context]), [[MessageType.ReadIndex, "n1", 4]]);
+  const answer = (from: string) =>
+    message({ type: MessageType.ReadIndexResp, from, to: "n2", term: 3, index: 1, context: 4 });
+  assert.match(f.step(answer("n3")) ?? "", /only the leader of term 3 may send it/);
+  assert.equal(f.hasReady(), false);
+  assert.equal(f.step(answer("n1")), null);
+  assert.deepEqual(f.ready().readStates, [{ id: 4, index: 1 }]);
+  // A repeated answer (a duplicate, or one to a request sent again) is ignored.
+  assert.equal(f.step(answer("n1")), null);
+  assert.equal(f.hasReady(), false);
 });
 
 Deno.test("a leader refuses an append answer beyond its log and a heartbeat answer for a round it never sent", () => {

@@ -101,6 +101,16 @@ export enum MessageType {
   Snap = 9,
   /** Leader tells a follower whose log is up to date to start an election now. */
   TimeoutNow = 10,
+  /**
+   * Follower asks the leader for a read index (ReadIndex served on the follower); `context`
+   * identifies the request and comes back in the answer.
+   */
+  ReadIndex = 11,
+  /**
+   * Leader's answer to {@linkcode MessageType.ReadIndex} once it confirmed it still leads:
+   * `index` is its commit index when the request arrived, `context` the request's.
+   */
+  ReadIndexResp = 12,
 }
 
 /**
@@ -136,7 +146,8 @@ export interface Message {
   /** AppResp on reject: the follower's last index, a hint where the leader should probe next. */
   rejectHint: number;
   /**
-   * Heartbeat/HeartbeatResp: the read-index round this heartbeat confirms (0 = none). Vote:
+   * Heartbeat/HeartbeatResp: the read-index round this heartbeat confirms (0 = none).
+   * ReadIndex/ReadIndexResp: the follower's request id. Vote:
    * {@linkcode CAMPAIGN_TRANSFER} for a campaign a leader transfer started, else 0.
    */
   context: number;

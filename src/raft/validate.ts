@@ -83,6 +83,8 @@ const _FIELDS: Record<MessageType, ReadonlySet<_Field>> = {
   [MessageType.HeartbeatResp]: new Set(["index", "context"]),
   [MessageType.Snap]: new Set(["snapshot"]),
   [MessageType.TimeoutNow]: new Set([]),
+  [MessageType.ReadIndex]: new Set(["context"]),
+  [MessageType.ReadIndexResp]: new Set(["index", "context"]),
 };
 
 /** Requests are sent by a node in a term it started or joined, so never in term 0. */
@@ -93,6 +95,8 @@ const _NEEDS_TERM: ReadonlySet<MessageType> = new Set([
   MessageType.Heartbeat,
   MessageType.Snap,
   MessageType.TimeoutNow,
+  MessageType.ReadIndex,
+  MessageType.ReadIndexResp,
 ]);
 
 /** The longest id quoted in a reason: a hostile id can be 64 KiB long. */

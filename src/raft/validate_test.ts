@@ -50,6 +50,10 @@ function good(type: MessageType): Message {
       return message({ ...base, snapshot: { index: 100, term: 4, voters: MEMBERS } });
     case MessageType.TimeoutNow:
       return message(base);
+    case MessageType.ReadIndex:
+      return message({ ...base, context: 3 });
+    case MessageType.ReadIndexResp:
+      return message({ ...base, index: 9, context: 3 });
   }
 }
 
@@ -219,6 +223,7 @@ Deno.test("requests need a term of at least 1 and a logTerm within the message's
       MessageType.App,
       MessageType.Heartbeat,
       MessageType.TimeoutNow,
+      MessageType.ReadIndex,
     ]
   ) {
     refused(
@@ -260,6 +265,11 @@ Deno.test("fields a message type never sets must be zero, empty or null", () => 
     [{ ...good(MessageType.TimeoutNow), context: 2 }],
     "invalid",
     /context is not used .* "2"/,
+  );
+  refused(
+    [{ ...good(MessageType.ReadIndex), index: 4 }],
+    "invalid",
+    /ReadIndex message: index is not used .* "4"/,
   );
   refused(
     [{ ...good(MessageType.Vote), context: 2 }],

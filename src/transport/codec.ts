@@ -17,7 +17,7 @@
  * batch    = magic:u8 (0xA1: 0xA0 | version 1)
  *            count:u32
  *            message * count
- * message  = type:u8 (a MessageType, 1..10)
+ * message  = type:u8 (a MessageType, 1..12)
  *            from:str  to:str
  *            term:num  logTerm:num  index:num  commit:num  rejectHint:num  context:num
  *            reject:u8 (0 or 1)
@@ -224,7 +224,7 @@ function _checkNum(value: number, field: string): number {
 }
 
 function _isMessageType(type: number): type is MessageType {
-  return Number.isInteger(type) && type >= MessageType.Vote && type <= MessageType.TimeoutNow;
+  return Number.isInteger(type) && type >= MessageType.Vote && type <= MessageType.ReadIndexResp;
 }
 
 function _readMessage(r: _Reader): Message {

@@ -21,7 +21,7 @@ function _decodeError(bytes: Uint8Array, pattern: RegExp): void {
 
 Deno.test("encodeMessages and decodeMessages round-trip every message type", () => {
   const msgs = _TYPES.map((type, i) => sampleMessage(type, "node-a", "node-b", i + 1, [3, 0]));
-  assert.strictEqual(msgs.length, 10);
+  assert.strictEqual(msgs.length, 12);
   const decoded = decodeMessages(encodeMessages(msgs));
   assert.deepStrictEqual(decoded, msgs);
   assert.ok(decoded.some((m) => m.snapshot !== null), "no snapshot meta in the sample");
@@ -115,7 +115,7 @@ Deno.test("decodeMessages rejects a bad magic byte", () => {
 });
 
 Deno.test("decodeMessages rejects an unknown message type", () => {
-  for (const type of [0, 11, 255]) {
+  for (const type of [0, 13, 255]) {
     const bytes = encodeMessages([sampleMessage(MessageType.App, "a", "b", 1)]);
     bytes[_TYPE_OFFSET] = type;
     _decodeError(bytes, new RegExp(`unknown message type ${type} at offset ${_TYPE_OFFSET}`));

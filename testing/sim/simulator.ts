@@ -211,6 +211,7 @@ export const COUNTERS = [
   "writesFailed", // writes that definitely did not take effect
   "readsOk", // linearizable reads served, final reads included
   "leaseReadsOk",
+  "followerReadsOk", // linearizable or lease reads a follower served (ReadIndex from its leader)
   "readsDropped", // reads given up after a timeout (not recorded)
   "rangeReadsOk", // reads of every key at once, each key recorded as a read
   "casOk", // compare-and-sets that applied (transactions comparing the value included)
@@ -1500,6 +1501,16 @@ class _Simulation {
           call = node.write(_command(op), signal, op.idem ?? null).then((r) =>
             _writeOutcome(op, r)
           );
+        }
+        if (op.kind === "get") {
+          // A read a follower answered went through its leader's read index (follower ReadIndex).
+          call = call.then((o) => {
+            if (o.kind === "value" || o.kind === "range") {
+              const role = node.status().role;
+              if (role !== "leader") this.#stats.followerReadsOk++;
+            }
+            return o;
+          });
         }
         call.then(resolve, (e) => resolve(_outcomeOf(e)));
       });

@@ -88,6 +88,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "writesOk",
     "writesUnknown",
     "readsOk",
+    "followerReadsOk",
     "crashes",
     "powerFailures",
     "tornWrites",
@@ -111,7 +112,14 @@ Deno.test("five-node clusters of real nodes lose no acknowledged write and stay 
     (seed) => ({ seed, nodes: 5, durationMs: 10_000 }),
   );
   assert.equal(failures.length, 0, _describe(failures));
-  _assertExercised(totals, ["writesOk", "readsOk", "crashes", "partitions", "pauses"]);
+  _assertExercised(totals, [
+    "writesOk",
+    "readsOk",
+    "followerReadsOk",
+    "crashes",
+    "partitions",
+    "pauses",
+  ]);
 });
 
 Deno.test("snapshots, log compaction and snapshot transfers keep every check under every fault mix", async () => {
@@ -145,7 +153,7 @@ Deno.test("lease reads stay linearizable under every fault mix", async () => {
     leaseReads: 0.5,
   }));
   assert.equal(failures.length, 0, _describe(failures));
-  _assertExercised(totals, ["leaseReadsOk", "partitions", "crashes"]);
+  _assertExercised(totals, ["leaseReadsOk", "followerReadsOk", "partitions", "crashes"]);
 });
 
 Deno.test("lease reads stay linearizable when a paused leader resumes after being replaced", async () => {
