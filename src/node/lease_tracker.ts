@@ -36,6 +36,8 @@ export class LeaseTracker {
   #deadlines = new Map<number, number>();
   /** Leases whose expiry was proposed and not yet applied (or failed). */
   #expiring = new Set<number>();
+  /** The term in which this node took over the deadlines as leader (0: not leading). */
+  #term = 0;
 
   /**
    * Creates an empty tracker.
@@ -89,7 +91,8 @@ export class LeaseTracker {
    * This node became the leader: every lease gets now + max(TTL, election timeout), since the
    * keep-alives the old leader took are unknown here.
    */
-  promote(leases: readonly LeaseInfo[]): void {
+  promote(leases: readonly LeaseInfo[], term: number): void {
+    this.#term = term;
     const now = this.#clock.now();
     this.#deadlines = new Map(
       leases.map((l) => [l.id, now + Math.max(l.ttlMs, this.#electionTimeoutMs)]),
@@ -99,7 +102,18 @@ export class LeaseTracker {
 
   /** This node stopped leading: expiries it proposed will fail or be applied anyway. */
   demote(): void {
+    this.#term = 0;
     this.#expiring.clear();
+  }
+
+  /**
+   * Whether the deadlines are this leader's of `term`: taken over by {@linkcode promote} in that
+   * term. Until then (a node that has just won an election but not yet handled the news) they are
+   * whatever it kept while following, blind to the old leader's keep-alives, and must not expire
+   * anything.
+   */
+  leadsIn(term: number): boolean {
+    return term !== 0 && this.#term === term;
   }
 
   /** Whether the expiry of `id` was proposed (a keep-alive comes too late). */

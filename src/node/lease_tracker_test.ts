@@ -47,7 +47,11 @@ Deno.test("a new leader gives every lease max(TTL, election timeout) from its pr
   apply({ op: "lease_grant", ttlMs: 5000 });
   clock.advance(4000);
   assert.deepEqual(tracker.due(), [1]);
-  tracker.promote(kv.leases());
+  // Deadlines kept while following are not a leader's to enforce until it takes them over.
+  assert.equal(tracker.leadsIn(7), false);
+  tracker.promote(kv.leases(), 7);
+  assert.equal(tracker.leadsIn(7), true);
+  assert.equal(tracker.leadsIn(8), false);
   assert.equal(tracker.isExpiring(1), false);
   assert.equal(tracker.remaining(1), 1000);
   assert.equal(tracker.remaining(2), 5000);
@@ -55,6 +59,8 @@ Deno.test("a new leader gives every lease max(TTL, election timeout) from its pr
   assert.deepEqual(tracker.due(), []);
   clock.advance(1);
   assert.deepEqual(tracker.due(), [1]);
+  tracker.demote();
+  assert.equal(tracker.leadsIn(7), false);
   // After a snapshot: every lease of the state, a full TTL from now.
   tracker.reset(kv.leases());
   assert.equal(tracker.remaining(1), 200);

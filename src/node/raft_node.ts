@@ -805,7 +805,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    */
   #expireLeases(): void {
     if (this.#stopping || this.#core.role !== "leader" || this.#noSpace) return;
-    if (this.#core.leadTransferee !== NONE) return;
+    if (this.#core.leadTransferee !== NONE || !this.#leases.leadsIn(this.#core.term)) return;
     const ids = this.#leases.due();
     if (ids.length === 0) return;
     this.#log.debug(`expiring leases ${ids.join(", ")}`);
@@ -1086,7 +1086,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         this.#failUnconfirmedReads(new NotLeaderError(rd.softState.leader));
         this.#leases.demote();
       } else {
-        this.#leases.promote(this.#kv.leases());
+        this.#leases.promote(this.#kv.leases(), this.#core.term);
       }
       this.#log.info(
         `${rd.softState.role} in term ${this.#core.term}, leader ${
@@ -1526,7 +1526,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#installing.set(_key(meta), meta);
     this.#kv.reset(received.data, meta.index);
     if (this.#core.role === "leader") {
-      this.#leases.promote(this.#kv.leases());
+      this.#leases.promote(this.#kv.leases(), this.#core.term);
     } else {
       this.#leases.reset(this.#kv.leases());
     }
