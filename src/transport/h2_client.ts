@@ -49,6 +49,11 @@ export interface H2RequestInit {
   body?: Uint8Array | ReadableStream<Uint8Array> | null;
   /** Aborting it cancels the HTTP/2 stream (the receiver sees the body fail, not end). */
   signal?: AbortSignal;
+  /**
+   * Instead of `body`: called with the HTTP/2 stream as soon as the request is sent, for a body
+   * the caller writes (and ends) itself, such as a long-lived stream of frames. Default: none.
+   */
+  onStream?: (stream: http2.ClientHttp2Stream) => void;
 }
 
 /** A connection pool of HTTP/2 sessions, one per origin. */
@@ -159,7 +164,9 @@ export class H2Client {
         resolve(new Response(nullBody ? null : body, { status, headers: out }));
       });
       const body = init.body;
-      if (!body) {
+      if (init.onStream !== undefined) {
+        init.onStream(req);
+      } else if (!body) {
         req.end();
       } else if (body instanceof Uint8Array) {
         req.end(body);

@@ -9,12 +9,21 @@
  * certificate from the cluster CA whose subject CN is the peer's node id) serves every peer, so
  * each peer gets one keep-alive connection that multiplexes all requests. (Not `fetch`: it refuses
  * the Fetch Standard's "bad ports", which include the default peer ports 6666-6668.) Each peer has
- * its own bounded queue and up to `maxInflightPerPeer` requests in flight; whenever a slot is free,
- * the sender takes everything queued (up to `maxBatchBytes`) and posts it as one batch. Peers never
- * wait for each other. A request that fails to connect or times out is retried with exponential backoff;
- * when the retries are spent the batch is dropped and {@linkcode TransportHandlers.onUnreachable}
- * is called. A full queue drops its oldest `App`/`Heartbeat` messages first: Raft recovers from
- * lost messages, and these are the ones the leader resends anyway.
+ * its own bounded queue and one long-lived message stream (`POST /raft/stream`) on that
+ * connection: the sender takes everything queued (up to `maxBatchBytes`) and writes it as one
+ * frame, with no answer to wait for. When the stream's buffer is full (the peer or the network does
+ * not keep up), messages wait in the queue until it drains; a buffer that does not drain within four
+ * `rpcTimeoutMs` counts as a broken stream. Peers never wait for each other. A stream that breaks
+ * (what was written to it may be lost) is reopened on the next send; opening one that fails to
+ * connect, times out or is refused is retried with exponential backoff, and when the retries are
+ * spent what is queued is dropped and {@linkcode TransportHandlers.onUnreachable} is called. A
+ * full queue drops its oldest `App`/`Heartbeat` messages first (counted in `dropped`): Raft
+ * recovers from lost messages, and these are the ones the leader resends anyway.
+ *
+ * A peer that answers the stream with `404` (a version before the stream) is sent one request per
+ * batch instead (`POST /raft/messages`, up to `maxInflightPerPeer` in flight, each retried on
+ * connection failures and timeouts as above), and the stream is tried again after a minute. The
+ * option `stream: false` always sends requests.
  *
  * ## Server ({@linkcode createPeerHandler})
  *
@@ -30,6 +39,11 @@
  *
  * ## Wire protocol
  *
+ * - `POST <rpcUrl>/raft/stream`: the body is a sequence of frames, each a 4-byte big-endian length
+ *   and that many bytes of {@linkcode encodeMessages} output (at most `maxBodyBytes` each), for as
+ *   long as the sender keeps it open. The receiver checks the sender as for a request and answers
+ *   `200` at once, before reading anything; it ends its empty answer when it gives the stream up
+ *   (the sender then closes its side). Never carries `Snap`.
  * - `POST <rpcUrl>/raft/messages`: body = {@linkcode encodeMessages} bytes
  *   (`Content-Type: application/octet-stream`), at most `maxBodyBytes`. Replies `204` once the
  *   batch was handed over. Never carries `Snap`.
@@ -54,7 +68,8 @@
  *    identity the connection proved must be another member and `x-raftkv-from` must name it
  *    (`403`);
  * 3. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
- *    snapshot upload at a time (`429`);
+ *    snapshot upload at a time (`429`); one message stream (a new one ends the older: the sender
+ *    gave it up, though a connection that died silently may not say so);
  * 4. the body size (`413`) and the codec (`400`);
  * 5. every message, by the `validator` (`src/raft/validate.ts`): its `from` is the header's
  *    sender (`403` when that claimed sender is not a member or, with mutual TLS, is not the
@@ -64,6 +79,12 @@
  *    every command decodes, a snapshot's metadata is sane (`400`);
  * 6. the Raft core's own refusals of messages no correct peer sends, such as an append that
  *    disagrees with committed entries (`409`; the batch's earlier messages were taken).
+ *
+ * A message stream is checked the same way: 1 to 3 before it is accepted (a refused one gets the
+ * status and is never read); then 4 and 5 for every frame. A frame over the size limit or one the
+ * codec rejects, or a message claiming another sender than the proven identity, ends the stream
+ * (logged with the status a request would have got); a batch that fails any other check of 5 or
+ * 6 is dropped and logged, and the stream goes on.
  *
  * A snapshot upload that breaks its size limit gets `413`, its time limits `408`; either way
  * the partial file is removed. A request whose body breaks off gets `400`. Other errors reply
@@ -77,6 +98,7 @@
  * @module
  */
 
+import type http2 from "node:http2";
 import { H2Client } from "./h2_client.ts";
 import type { PeerRequestInfo } from "./tls_server.ts";
 import { type Message, MessageType, type NodeId } from "../raft/types.ts";
@@ -95,6 +117,11 @@ import { exponentialBuckets, type Histogram, MetricsRegistry } from "../util/met
 
 /** The path batches of messages are posted to, below a peer's `rpcUrl`. */
 export const MESSAGES_PATH = "/raft/messages";
+/**
+ * The path of the long-lived message stream, below a peer's `rpcUrl`: the request body carries
+ * frames (see {@linkcode STREAM_PATH} in the module doc), the response stays open and empty.
+ */
+export const STREAM_PATH = "/raft/stream";
 /** The path snapshots are streamed to, below a peer's `rpcUrl`. */
 export const SNAPSHOT_PATH = "/raft/snapshot";
 /** The header naming the sending node. */
@@ -105,6 +132,12 @@ export const CLUSTER_HEADER = "x-raftkv-cluster";
 export const MESSAGE_HEADER = "x-raftkv-message";
 
 const _MAX_BACKOFF_MS = 1000;
+/** How long a peer without the message stream (an older version) gets requests before a retry. */
+const _LEGACY_RETRY_MS = 60_000;
+/** How many `rpcTimeoutMs` a stream's full buffer may take to drain before it counts as broken. */
+const _STALL_TIMEOUTS = 4;
+/** `NGHTTP2_CANCEL`: the RST_STREAM code of a stream given up. */
+const _NGHTTP2_CANCEL = 8;
 
 /** A peer and where its peer handler listens. */
 export interface PeerAddress {
@@ -171,6 +204,13 @@ export interface HttpTransportOptions {
   maxBatchBytes?: number;
   /** Where drops and retries are reported. Default: {@linkcode SILENT_LOGGER}. */
   logger?: TransportLogger;
+  /**
+   * Whether messages go over one long-lived stream per peer (`POST /raft/stream`, a batch is one
+   * frame write and gets no answer) rather than one request per batch (`POST /raft/messages`).
+   * A peer that does not know the stream (`404`: an older version) is sent per-batch requests
+   * for a minute before the stream is tried again. Default: true.
+   */
+  stream?: boolean;
   /**
    * Where the transport's metrics are registered: each peer's round-trip time and queue depth.
    * Default: a registry of its own that nothing reads.
@@ -260,6 +300,15 @@ interface _Peer {
   failed: number;
   /** Seconds from sending a batch to the peer's answer, for the batches it took. */
   rtt: Histogram;
+  streamUrl: string;
+  /** The open message stream, once the peer accepted it. */
+  stream: http2.ClientHttp2Stream | null;
+  /** Whether a stream is being opened (with retries). */
+  opening: boolean;
+  /** Whether the open stream's buffer is full (waiting for `drain`). */
+  blocked: boolean;
+  /** Until when (performance.now()) the peer gets per-batch requests: it does not know the stream. */
+  legacyUntil: number;
 }
 
 /**
@@ -291,6 +340,7 @@ export class HttpTransport implements Transport {
   readonly #maxQueued: number;
   readonly #maxBatchBytes: number;
   readonly #logger: TransportLogger;
+  readonly #useStream: boolean;
   #closed = false;
   #closing: Promise<void> | null = null;
 
@@ -311,6 +361,7 @@ export class HttpTransport implements Transport {
     this.#maxQueued = _positiveInt("maxQueuedPerPeer", options.maxQueuedPerPeer, 4096);
     this.#maxBatchBytes = _positiveInt("maxBatchBytes", options.maxBatchBytes, 8 << 20);
     this.#logger = options.logger ?? SILENT_LOGGER;
+    this.#useStream = options.stream ?? true;
     this.#headers = {
       "content-type": "application/octet-stream",
       [FROM_HEADER]: options.self,
@@ -347,6 +398,11 @@ export class HttpTransport implements Transport {
         dropped: 0,
         failed: 0,
         rtt: rtt.labels(peer.id),
+        streamUrl: _endpoint(peer, STREAM_PATH),
+        stream: null,
+        opening: false,
+        blocked: false,
+        legacyUntil: 0,
       });
     }
     const expected = new Map(
@@ -415,13 +471,16 @@ export class HttpTransport implements Transport {
     return result;
   }
 
-  /** Returns each peer's counters. */
+  /**
+   * Returns each peer's counters. Over a message stream, `sent` counts the messages written to it
+   * (there is no acknowledgement) and `inflight` is 1 while the stream is open.
+   */
   stats(): Record<NodeId, PeerStats> {
     const out: Record<NodeId, PeerStats> = {};
     for (const p of this.#peers.values()) {
       out[p.id] = {
         queued: p.queue.length,
-        inflight: p.inflight,
+        inflight: p.inflight + (p.stream === null ? 0 : 1),
         sent: p.sent,
         dropped: p.dropped,
         failed: p.failed,
@@ -448,8 +507,143 @@ export class HttpTransport implements Transport {
     while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
   }
 
-  /** Starts requests while the peer has queued messages and free in-flight slots. */
+  /** Sends what is queued: over the peer's stream or, for an older peer, as requests. */
   #pump(peer: _Peer): void {
+    if (this.#useStream && performance.now() >= peer.legacyUntil) this.#pumpStream(peer);
+    else this.#pumpRequests(peer);
+  }
+
+  /**
+   * Writes everything queued to the peer's stream, one frame per batch, until the stream's buffer
+   * is full (then the queue holds the rest, bounded by `maxQueuedPerPeer`, until `drain`); opens
+   * the stream first if there is none.
+   */
+  #pumpStream(peer: _Peer): void {
+    if (this.#closed || peer.queue.length === 0) return;
+    const stream = peer.stream;
+    if (stream === null) {
+      if (!peer.opening) this.#openStream(peer);
+      return;
+    }
+    while (!peer.blocked && peer.queue.length > 0) {
+      const batch = this.#takeBatch(peer);
+      if (batch === null) continue;
+      const frame = new Uint8Array(4 + batch.bytes.byteLength);
+      new DataView(frame.buffer).setUint32(0, batch.bytes.byteLength);
+      frame.set(batch.bytes, 4);
+      peer.sent += batch.count;
+      if (!stream.write(frame)) {
+        // The peer (or the network) does not keep up: wait for the buffer to drain, and give the
+        // stream up as broken if it does not drain within a few rpcTimeoutMs (a large frame may
+        // need several flow-control round trips).
+        peer.blocked = true;
+        const timer = setTimeout(() => {
+          this.#logger.debug(`The stream to peer "${peer.id}" stalled; reopening it`);
+          stream.close(_NGHTTP2_CANCEL);
+        }, this.#rpcTimeoutMs * _STALL_TIMEOUTS);
+        const resume = () => {
+          clearTimeout(timer);
+          stream.off("drain", resume);
+          stream.off("close", resume);
+          peer.blocked = false;
+          if (peer.stream === stream) this.#pump(peer);
+        };
+        stream.on("drain", resume);
+        stream.on("close", resume);
+      }
+    }
+  }
+
+  /**
+   * Opens the peer's stream, retrying with backoff; when every attempt failed, drops what is
+   * queued and reports the peer unreachable (the next send tries again).
+   */
+  #openStream(peer: _Peer): void {
+    peer.opening = true;
+    const task = this.#connectStream(peer).finally(() => {
+      peer.opening = false;
+      this.#tasks.delete(task);
+      if (peer.stream !== null || performance.now() < peer.legacyUntil) this.#pump(peer);
+    });
+    this.#tasks.add(task);
+  }
+
+  async #connectStream(peer: _Peer): Promise<void> {
+    let lastError: unknown = null;
+    for (let attempt = 0; attempt <= this.#retries; attempt++) {
+      if (attempt > 0 && !(await this.#backoff(attempt))) return;
+      if (this.#closed) return;
+      let stream: http2.ClientHttp2Stream | null = null;
+      const deadline = new AbortController();
+      const timer = setTimeout(
+        () => deadline.abort(new DOMException("peer stream timed out", "TimeoutError")),
+        this.#rpcTimeoutMs,
+      );
+      let res: Response;
+      try {
+        res = await this.#client.fetch(peer.streamUrl, {
+          method: "POST",
+          headers: this.#headers,
+          signal: deadline.signal,
+          onStream: (s) => stream = s,
+        });
+      } catch (err) {
+        clearTimeout(timer);
+        if (this.#closed) return;
+        lastError = err;
+        this.#logger.debug(
+          `Attempt ${attempt + 1} to open a stream to peer "${peer.id}" failed`,
+          err,
+        );
+        continue;
+      }
+      if (res.status === 200 && stream !== null) {
+        clearTimeout(timer);
+        const open: http2.ClientHttp2Stream = stream;
+        peer.stream = open;
+        // The peer ends its (empty) answer when it gives the stream up: then so does this side.
+        res.body?.pipeTo(new WritableStream()).catch(() => {}).finally(() =>
+          open.close(_NGHTTP2_CANCEL)
+        );
+        open.on("close", () => {
+          if (peer.stream !== open) return;
+          peer.stream = null;
+          this.#logger.debug(`The stream to peer "${peer.id}" closed (code ${open.rstCode})`);
+          // Reopened by the next send (right away if messages are waiting).
+          if (!this.#closed && peer.queue.length > 0) this.#pump(peer);
+        });
+        return;
+      }
+      try {
+        if (res.status === 404) {
+          // A peer of an older version: per-batch requests for a while.
+          await _discardBody(res);
+          peer.legacyUntil = performance.now() + _LEGACY_RETRY_MS;
+          this.#logger.debug(`Peer "${peer.id}" has no message stream; sending requests`);
+          return;
+        }
+        const detail = await _errorDetail(res, deadline.signal);
+        lastError = new Error(`HTTP ${res.status}: ${detail}`);
+        this.#logger.warn(
+          `Peer "${peer.id}" refused the message stream: HTTP ${res.status}: ${detail}`,
+        );
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    const dropped = peer.queue.length;
+    peer.failed += dropped;
+    peer.queue = [];
+    this.#logger.warn(
+      `Dropped ${dropped} messages for unreachable peer "${peer.id}" after ` +
+        `${this.#retries + 1} attempts to open a stream`,
+      lastError,
+    );
+    this.#reportUnreachable(peer.id);
+  }
+
+  /** Starts requests while the peer has queued messages and free in-flight slots. */
+  #pumpRequests(peer: _Peer): void {
     while (!this.#closed && peer.inflight < this.#maxInflight && peer.queue.length > 0) {
       const batch = this.#takeBatch(peer);
       if (batch === null) continue;
@@ -457,7 +651,7 @@ export class HttpTransport implements Transport {
       const task = this.#deliver(peer, batch).finally(() => {
         peer.inflight--;
         this.#tasks.delete(task);
-        this.#pump(peer);
+        this.#pumpRequests(peer);
       });
       this.#tasks.add(task);
     }
@@ -706,6 +900,8 @@ export function createPeerHandler(
   const tails = new Map<string, Promise<void>>();
   /** Per sender: `/raft/messages` requests in progress. Only validated senders get an entry. */
   const active = new Map<string, number>();
+  /** Per sender: ends its open message stream. Only validated senders get an entry. */
+  const streams = new Map<string, () => void>();
   let uploading = false;
   /** Per HTTP status: when a refusal was last logged, and how many were left out since. */
   const reported = new Map<number, { at: number; skipped: number }>();
@@ -802,6 +998,91 @@ export function createPeerHandler(
     }
   }
 
+  /**
+   * A sender's long-lived stream: answers `200` at once (the stream is accepted) and hands every
+   * frame's batch on as it arrives, checked like a request's body. A frame over `maxBodyBytes`,
+   * one the codec refuses or, with a proven identity, a message claiming another sender ends the
+   * stream (a sender that writes them is broken or hostile); a batch the validator or the node
+   * refuses is dropped and the stream goes on, as a refused request would be answered and the
+   * next one taken.
+   */
+  function handleStream(req: Request, from: string, proven: boolean): Response {
+    if (req.body === null) return refuse(400, "The stream has no body", from);
+    const reader = req.body.getReader();
+    // A sender has one stream: a new one means it gave the old one up (which, on a connection
+    // that died silently, this side might never notice), so the old one ends.
+    streams.get(from)?.();
+    const stop = () => void reader.cancel().catch(() => {});
+    streams.set(from, stop);
+    let answer!: ReadableStreamDefaultController<Uint8Array>;
+    const response = new ReadableStream<Uint8Array>({
+      start(c) {
+        answer = c;
+      },
+      cancel() {
+        reader.cancel().catch(() => {});
+      },
+    });
+    /** Handles one frame's bytes; returns why the stream must end, or null to go on. */
+    const onFrame = (bytes: Uint8Array): string | null => {
+      let messages: Message[];
+      try {
+        messages = decodeMessages(bytes);
+      } catch (err) {
+        refuse(400, `A stream frame: ${_describe(err)}`, from);
+        return "a frame the codec refused";
+      }
+      if (proven) {
+        const forged = _claimedByAnother(messages, from);
+        if (forged !== null) {
+          refuse(403, forged, from);
+          return "a message claimed another sender";
+        }
+      }
+      if (validator !== undefined) {
+        const refusal = validator.checkBatch(from, messages, "messages");
+        if (refusal !== null) {
+          refuseFor(refusal, from);
+          return null;
+        }
+      } else if (self !== undefined) {
+        const stray = messages.find((m) => m.to !== self);
+        if (stray !== undefined) {
+          refuse(421, `Message addressed to "${stray.to}" reached node "${self}"`, from);
+          return null;
+        }
+      }
+      try {
+        handlers.onMessages(messages);
+      } catch (err) {
+        if (err instanceof PeerRefusedError) refuse(409, err.message, from);
+        else logger.warn(`Handling a batch from ${_quoteId(from)} failed: ${_describe(err)}`, err);
+      }
+      return null;
+    };
+    (async () => {
+      let broken: string | null = null;
+      try {
+        broken = await _readFrames(reader, maxBodyBytes, onFrame);
+        if (broken !== null && broken.startsWith("A frame of")) refuse(413, broken, from);
+      } catch (err) {
+        broken = `the stream broke off: ${_describe(err)}`;
+        logger.debug(`The stream from ${_quoteId(from)} broke off: ${_describe(err)}`);
+      } finally {
+        if (streams.get(from) === stop) streams.delete(from);
+        reader.cancel().catch(() => {});
+        // Ending the answer ends the stream: the sender sees it and, if it has more, reopens.
+        try {
+          answer.close();
+        } catch { /* already cancelled */ }
+      }
+    })();
+    return new Response(response, {
+      status: 200,
+      headers: { "content-type": "application/octet-stream" },
+    });
+  }
+
   async function handleSnapshot(req: Request, from: string, proven: boolean): Promise<Response> {
     const encoded = req.headers.get(MESSAGE_HEADER);
     if (encoded === null) return refuse(400, `Missing header "${MESSAGE_HEADER}"`, from);
@@ -896,7 +1177,7 @@ export function createPeerHandler(
         }
         return await options.forward(req, peer);
       }
-      if (path !== MESSAGES_PATH && path !== SNAPSHOT_PATH) {
+      if (path !== MESSAGES_PATH && path !== SNAPSHOT_PATH && path !== STREAM_PATH) {
         return _error(404, `No such path "${path}"`);
       }
       if (req.method !== "POST") {
@@ -916,6 +1197,7 @@ export function createPeerHandler(
       const refusal = validator?.checkSender(sender) ?? null;
       if (refusal !== null) return refuseFor(refusal, sender);
       const proven = (info?.peer ?? null) !== null;
+      if (path === STREAM_PATH) return handleStream(req, sender, proven);
       return path === MESSAGES_PATH
         ? await handleMessages(req, sender, proven)
         : await handleSnapshot(req, sender, proven);
@@ -1114,6 +1396,76 @@ function _abortableBody(
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
+}
+
+/**
+ * Reads a message stream's frames (a 4-byte big-endian length, then that many bytes of
+ * {@linkcode encodeMessages} output) and hands each to `onFrame`, until the body ends (null), a
+ * frame is longer than `limit` or `onFrame` says why to stop (the reason). Rejects when the body
+ * breaks off.
+ */
+async function _readFrames(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  limit: number,
+  onFrame: (bytes: Uint8Array) => string | null,
+): Promise<string | null> {
+  /** Received bytes not yet handed on: `chunks[0]` from `offset`. */
+  let chunks: Uint8Array[] = [];
+  let offset = 0;
+  let buffered = 0;
+  /** The length of the frame being read, once its prefix is in; -1 before. */
+  let need = -1;
+  const take = (n: number): Uint8Array => {
+    const first = chunks[0]!;
+    let out: Uint8Array;
+    if (first.byteLength - offset >= n) {
+      // A copy, not a view: decoded entries keep views of the frame, and a view would keep the
+      // whole chunk (and the buffer under it) alive for as long as the entry lives in the log.
+      out = first.slice(offset, offset + n);
+      offset += n;
+    } else {
+      out = new Uint8Array(n);
+      let filled = 0;
+      while (filled < n) {
+        const chunk = chunks[0]!;
+        const part = Math.min(n - filled, chunk.byteLength - offset);
+        out.set(chunk.subarray(offset, offset + part), filled);
+        filled += part;
+        offset += part;
+        if (offset === chunk.byteLength) {
+          chunks.shift();
+          offset = 0;
+        }
+      }
+    }
+    if (chunks.length > 0 && offset === chunks[0]!.byteLength) {
+      chunks.shift();
+      offset = 0;
+    }
+    buffered -= n;
+    return out;
+  };
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return buffered === 0 ? null : "the stream ended inside a frame";
+    if (value.byteLength === 0) continue;
+    chunks.push(value);
+    buffered += value.byteLength;
+    for (;;) {
+      if (need === -1) {
+        if (buffered < 4) break;
+        const prefix = take(4);
+        need = ((prefix[0]! << 24) | (prefix[1]! << 16) | (prefix[2]! << 8) | prefix[3]!) >>> 0;
+        if (need > limit) return `A frame of ${need} bytes exceeds the limit of ${limit} bytes`;
+      }
+      if (buffered < need) break;
+      const frame = take(need);
+      need = -1;
+      const stop = onFrame(frame);
+      if (stop !== null) return stop;
+    }
+    if (chunks.length === 0) chunks = [];
+  }
 }
 
 /** Resolves once `promise` settles or `ms` have passed, whichever comes first. */

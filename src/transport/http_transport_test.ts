@@ -9,6 +9,7 @@ import {
   HttpTransport,
   type HttpTransportOptions,
   MESSAGE_HEADER,
+  STREAM_PATH,
 } from "./http_transport.ts";
 import {
   Condition,
@@ -230,16 +231,20 @@ Deno.test("HttpTransport speaks HTTP/2 with prior knowledge over one multiplexed
   });
   try {
     const sent: Message[] = [];
+    // The first message opens the stream; the rest follow on it, in several frames.
+    sent.push(sampleMessage(MessageType.App, "a", "b", 1000));
+    transport.send([sent[0]!]);
+    await changed.until(() => b.batches.length === 1, "the first message");
     for (let i = 0; i < 200; i++) {
       const msg = sampleMessage(MessageType.App, "a", "b", i, [i * 100]);
       sent.push(msg);
       transport.send([msg]);
-      // Spread the sends over several turns so that several requests are in flight at once.
+      // Spread the sends over several turns so that they go in several frames.
       if (i % 10 === 0) await Promise.resolve();
     }
     await changed.until(() => b.batches.flat().length === sent.length, "all messages");
     assert.deepStrictEqual(b.batches.flat(), sent);
-    assert.ok(b.batches.length > 1, "expected several requests");
+    assert.ok(b.batches.length > 2, "expected several frames");
     assert.deepStrictEqual(proxy.prefaces, [_H2_PREFACE]);
   } finally {
     await transport.close();
@@ -301,6 +306,7 @@ Deno.test("HttpTransport drops the oldest App and Heartbeat messages when a queu
     peers: [{ id: "b", rpcUrl: _url(server) }],
     maxInflightPerPeer: 1,
     maxQueuedPerPeer: 3,
+    stream: false,
   });
   try {
     const first = sampleMessage(MessageType.App, "a", "b", 0);
@@ -372,6 +378,7 @@ Deno.test("HttpTransport gives up reading a refusal whose body never ends at the
     peers: [{ id: "b", rpcUrl: _url(server) }],
     rpcTimeoutMs: 300,
     maxInflightPerPeer: 1,
+    stream: false,
     logger: { debug() {}, warn: (m) => (warnings.push(m), changed.notify()) },
   });
   try {
@@ -1198,4 +1205,260 @@ Deno.test("a snapshot the node refuses with PeerRefusedError gets 409", async ()
   const res = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
   assert.strictEqual(res.status, 409);
   assert.match((await _json(res)).error, /already leads term 3/);
+});
+
+/** One frame of a message stream: the batch's length (4 bytes, big-endian), then the batch. */
+function _frame(msgs: Message[]): Uint8Array {
+  const bytes = encodeMessages(msgs);
+  const out = new Uint8Array(4 + bytes.length);
+  new DataView(out.buffer).setUint32(0, bytes.length);
+  out.set(bytes, 4);
+  return out;
+}
+
+/** A request body the test writes to piece by piece. */
+function _pushBody() {
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  let pulls = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    start: (c) => void (controller = c),
+    pull: () => void pulls++,
+  });
+  return {
+    stream,
+    push: (bytes: Uint8Array) => controller.enqueue(bytes),
+    end: () => controller.close(),
+    pulls: () => pulls,
+  };
+}
+
+/** Resolves once the (empty) answer of a message stream ends; rejects after `ms`. */
+async function _answerEnds(res: Response, ms = 5000): Promise<void> {
+  const reader = res.body!.getReader();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) =>
+    timer = setTimeout(() => reject(new Error(`the stream's answer did not end in ${ms} ms`)), ms)
+  );
+  try {
+    for (;;) {
+      const { done } = await Promise.race([reader.read(), expired]);
+      if (done) return;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("a message stream hands on each frame as it arrives, split anywhere, and drops a refused batch but goes on", async () => {
+  const { handler, batches, warnings } = _guardedFixture();
+  const body = _pushBody();
+  const res = await handler(_post(STREAM_PATH, body.stream, { [FROM_HEADER]: "n1" }));
+  assert.strictEqual(res.status, 200);
+  const first = _frame([_heartbeat("n1", { commit: 1 })]);
+  body.push(first.subarray(0, 2));
+  body.push(first.subarray(2, 7));
+  body.push(first.subarray(7));
+  const until = (n: number) =>
+    new Promise<void>((resolve, reject) => {
+      const start = performance.now();
+      const check = () => {
+        if (batches.length >= n) return resolve();
+        if (performance.now() - start > 5000) return reject(new Error(`${n} batches`));
+        setTimeout(check, 5);
+      };
+      check();
+    });
+  await until(1);
+  // A term out of bounds: that batch is refused (and logged), the stream goes on.
+  const bad = _frame([_heartbeat("n1", { term: Number.MAX_SAFE_INTEGER })]);
+  const next = _frame([_heartbeat("n1", { commit: 2 }), _heartbeat("n1", { commit: 3 })]);
+  const both = new Uint8Array(bad.length + next.length);
+  both.set(bad);
+  both.set(next, bad.length);
+  body.push(both);
+  await until(2);
+  assert.deepStrictEqual(batches.map((b) => b.map((m) => m.commit)), [[1], [2, 3]]);
+  assert.match(warnings[0]!, /term 9007199254740991 is above/);
+  body.end();
+  await _answerEnds(res);
+});
+
+Deno.test("a message stream ends at a frame over maxBodyBytes, before reading it", async () => {
+  const { handler, batches, warnings } = _guardedFixture({ maxBodyBytes: 64 });
+  const body = _pushBody();
+  const res = await handler(_post(STREAM_PATH, body.stream, { [FROM_HEADER]: "n1" }));
+  assert.strictEqual(res.status, 200);
+  const huge = new Uint8Array(4);
+  new DataView(huge.buffer).setUint32(0, 65);
+  body.push(huge);
+  await _answerEnds(res);
+  assert.deepStrictEqual(batches, []);
+  assert.match(warnings.join("\n"), /413 .*A frame of 65 bytes exceeds the limit of 64 bytes/);
+});
+
+Deno.test("on an authenticated message stream, a message claiming another sender ends the stream and nothing after it is handed on", async () => {
+  const { handler, batches, warnings } = _guardedFixture({ requirePeerIdentity: true });
+  const body = _pushBody();
+  const res = await handler(
+    _post(STREAM_PATH, body.stream, { [FROM_HEADER]: "n1" }),
+    { peer: "n1" },
+  );
+  assert.strictEqual(res.status, 200);
+  body.push(_frame([_heartbeat("n1")]));
+  body.push(_frame([_heartbeat("n1"), _heartbeat("n3")]));
+  body.push(_frame([_heartbeat("n1")]));
+  await _answerEnds(res);
+  assert.strictEqual(batches.length, 1);
+  assert.match(
+    warnings.join("\n"),
+    /403 .*Message 2 of 2 claims sender "n3" on a connection that proved "n1"/,
+  );
+});
+
+Deno.test("a message stream from a non-member, an unproven one, or one claiming another than the proven identity gets 403 before its body is read", async () => {
+  const { handler, batches } = _guardedFixture({ requirePeerIdentity: true });
+  const cases: [string, { peer: string | null }, RegExp][] = [
+    ["evil", { peer: "evil" }, /proved "evil": sender "evil" is not a/],
+    ["n2", { peer: "n2" }, /proved "n2": sender "n2" is this node/],
+    ["n3", { peer: "n1" }, /Sender "n3" claimed on a connection that proved "n1"/],
+    ["n1", { peer: null }, /The connection proved no identity/],
+  ];
+  for (const [from, info, pattern] of cases) {
+    const body = _stalledBody(_frame([_heartbeat(from)]));
+    const res = await handler(_post(STREAM_PATH, body.stream, { [FROM_HEADER]: from }), info);
+    assert.strictEqual(res.status, 403, pattern.source);
+    assert.match((await _json(res)).error, pattern);
+    assert.strictEqual(body.pulls(), 0, "the body was read");
+  }
+  assert.deepStrictEqual(batches, []);
+});
+
+Deno.test("HttpTransport reopens a stream that broke mid-frame and delivers the later batches", async () => {
+  const changed = new Condition();
+  const b = _recording(changed);
+  const server = _serve(createPeerHandler(b.handlers));
+  // A proxy that, once armed, passes on part of the next chunk from the sender and cuts both
+  // connections.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let armed = false;
+  let accepted = 0;
+  const conns = new Set<Deno.Conn>();
+  const closeBoth = (x: Deno.Conn, y: Deno.Conn) => {
+    for (const c of [x, y]) {
+      conns.delete(c);
+      try {
+        c.close();
+      } catch { /* already closed */ }
+    }
+  };
+  const pipe = async (from: Deno.Conn, to: Deno.Conn, cut: boolean) => {
+    try {
+      for await (const chunk of from.readable.values({ preventCancel: true })) {
+        if (cut && armed && chunk.length > 100) {
+          armed = false;
+          await to.write(chunk.subarray(0, chunk.length >> 1));
+          break;
+        }
+        let off = 0;
+        while (off < chunk.length) off += await to.write(chunk.subarray(off));
+      }
+    } catch { /* either side closed */ }
+    closeBoth(from, to);
+  };
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        accepted++;
+        const upstream = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+        conns.add(conn).add(upstream);
+        pipe(conn, upstream, true);
+        pipe(upstream, conn, false);
+      }
+    } catch { /* closed */ }
+  })();
+  const transport = new HttpTransport(b.handlers, {
+    self: "a",
+    peers: [{ id: "b", rpcUrl: `http://127.0.0.1:${listener.addr.port}` }],
+    ..._FAST,
+  });
+  try {
+    const first = sampleMessage(MessageType.App, "a", "b", 1);
+    transport.send([first]);
+    await changed.until(() => b.batches.length === 1, "the first batch");
+    armed = true;
+    transport.send([sampleMessage(MessageType.App, "a", "b", 2, [50_000])]);
+    // The stream breaks: the transport notices (no stream left open) without a further send.
+    const start = performance.now();
+    while (transport.stats()["b"]!.inflight !== 0) {
+      assert.ok(performance.now() - start < 5000, "the broken stream was not noticed");
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    const later = [3, 4].map((i) => sampleMessage(MessageType.App, "a", "b", i));
+    transport.send([later[0]!]);
+    transport.send([later[1]!]);
+    await changed.until(() => b.batches.flat().length === 3, "the later batches");
+    // The cut frame was never handed on, in part or whole; the later ones arrived in order.
+    assert.deepStrictEqual(b.batches.flat(), [first, ...later]);
+    assert.strictEqual(accepted, 2);
+    assert.deepStrictEqual(b.unreachable, []);
+  } finally {
+    await transport.close();
+    listener.close();
+    await accepting;
+    for (const c of [...conns]) {
+      try {
+        c.close();
+      } catch { /* already closed */ }
+    }
+    await server.shutdown();
+  }
+});
+
+Deno.test("HttpTransport sends requests to a peer without the message stream (an older version)", async () => {
+  const changed = new Condition();
+  const b = _recording(changed);
+  const inner = createPeerHandler(b.handlers);
+  const paths: string[] = [];
+  const server = _serve((req) => {
+    const path = new URL(req.url).pathname;
+    paths.push(path);
+    return path === STREAM_PATH ? Promise.resolve(new Response(null, { status: 404 })) : inner(req);
+  });
+  const transport = new HttpTransport(b.handlers, {
+    self: "a",
+    peers: [{ id: "b", rpcUrl: _url(server) }],
+    ..._FAST,
+  });
+  try {
+    const msgs = [1, 2, 3].map((i) => sampleMessage(MessageType.App, "a", "b", i));
+    transport.send([msgs[0]!]);
+    await changed.until(() => b.batches.length === 1, "the first batch");
+    transport.send(msgs.slice(1));
+    await changed.until(() => b.batches.flat().length === 3, "the later batch");
+    assert.deepStrictEqual(b.batches.flat(), msgs);
+    assert.deepStrictEqual(paths, [STREAM_PATH, "/raft/messages", "/raft/messages"]);
+    assert.deepStrictEqual(b.unreachable, []);
+  } finally {
+    await transport.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("a sender has one message stream: a new one ends the older", async () => {
+  const { handler, batches } = _guardedFixture();
+  const old = _pushBody();
+  const oldRes = await handler(_post(STREAM_PATH, old.stream, { [FROM_HEADER]: "n1" }));
+  const other = _pushBody();
+  const otherRes = await handler(_post(STREAM_PATH, other.stream, { [FROM_HEADER]: "n3" }));
+  const next = _pushBody();
+  const nextRes = await handler(_post(STREAM_PATH, next.stream, { [FROM_HEADER]: "n1" }));
+  assert.deepStrictEqual([oldRes.status, otherRes.status, nextRes.status], [200, 200, 200]);
+  await _answerEnds(oldRes);
+  next.push(_frame([_heartbeat("n1")]));
+  other.push(_frame([_heartbeat("n3")]));
+  next.end();
+  other.end();
+  await _answerEnds(nextRes);
+  await _answerEnds(otherRes);
+  assert.deepStrictEqual(batches.map((b) => b[0]!.from).sort(), ["n1", "n3"]);
 });
