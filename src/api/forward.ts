@@ -52,7 +52,7 @@ export interface ForwardContext {
   /** Asked for the leader's id. */
   backend: Pick<KvBackend, "status">;
   /** Each member's peer URL (`rpc_url`) by id: where a forward to that member goes. */
-  peerUrls: ReadonlyMap<string, string>;
+  peerUrls: Pick<ReadonlyMap<string, string>, "get" | "has">;
   /** This node's tokens, or `null` when its API is open. */
   auth: TokenAuthenticator | null;
   /** This node's id, sent in the {@linkcode FORWARDED_BY_HEADER}. */

@@ -84,6 +84,7 @@ import { txnRoute } from "./txn.ts";
 import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
 import { isUiPath, uiResponse } from "./ui.ts";
 import { leaderTransferRoute } from "./admin.ts";
+import { addMemberRoute, listMembersRoute, MEMBERS_PREFIX, removeMemberRoute } from "./members.ts";
 import { checkKey, pathKey } from "./validate.ts";
 
 export {
@@ -431,7 +432,8 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     maxValueBytes,
     maxBodyBytes,
     forward: options.forward ?? defaultForwarder,
-    peerUrls: new Map((options.members ?? []).map((m) => [m.id, m.rpcUrl])),
+    // A live view: the caller may change the members array in place (membership changes).
+    peerUrls: _liveUrls(options.members ?? []),
     auth: options.tokens === undefined || options.tokens.length === 0
       ? null
       : new TokenAuthenticator(options.tokens),
@@ -440,6 +442,16 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     limits,
     metrics: options.metrics ?? new MetricsRegistry(),
     members: options.members ?? [],
+  };
+}
+
+/** Each member's peer URL by id, read from `members` at each call (it may change in place). */
+function _liveUrls(
+  members: readonly { id: string; rpcUrl: string }[],
+): Pick<ReadonlyMap<string, string>, "get" | "has"> {
+  return {
+    get: (id) => members.find((m) => m.id === id)?.rpcUrl,
+    has: (id) => members.some((m) => m.id === id),
   };
 }
 
@@ -498,6 +510,15 @@ async function _route(
     case "/v1/leader/transfer":
       _allow(req, path, ["POST"]);
       return await leaderTransferRoute(ctx, req, url, caller);
+    case "/v1/members":
+      _allow(req, path, ["GET", "POST"]);
+      if (req.method === "GET") return listMembersRoute(ctx);
+      return await addMemberRoute(ctx, req, url, caller);
+  }
+  if (path.startsWith(MEMBERS_PREFIX)) {
+    _allow(req, "/v1/members/{id}", ["DELETE"]);
+    const id = decodeURIComponent(path.slice(MEMBERS_PREFIX.length));
+    return await removeMemberRoute(ctx, req, url, id, caller);
   }
   if (isUiPath(path)) {
     _allow(req, "/ui", ["GET"]);
@@ -508,7 +529,7 @@ async function _route(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /health, /ready, /metrics and /ui/`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /v1/members, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

@@ -134,6 +134,13 @@ export const FLAGS: readonly FlagInfo[] = [
   ),
   _flag(
     "Node",
+    "--join",
+    "<api_url>",
+    "none",
+    "Join the running cluster that this member's API serves: with an empty data directory the node asks to be added (as a learner) and waits for the leader; it never starts a cluster of its own. A node with data ignores it. Only this node's own entry of the cluster file is used",
+  ),
+  _flag(
+    "Node",
     "--api-port",
     "<port>",
     `the port of this node's api_url in the cluster file; ${_D.k8sApiPort} in k8s mode`,

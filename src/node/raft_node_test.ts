@@ -374,10 +374,10 @@ Deno.test("a snapshot upload that fails or is refused leaves no received file; a
         !e.message.includes(root),
     );
     assert.deepEqual(await files(), []);
-    // From a node that is not a voter: refused before anything is written.
+    // From a node that is not a member: refused before anything is written.
     await assert.rejects(
       handlers.onSnapshot({ ...msg, from: "evil" }, await bytes(50)),
-      (e: unknown) => e instanceof PeerRefusedError && /not another voter/.test(e.message),
+      (e: unknown) => e instanceof PeerRefusedError && /not a member/.test(e.message),
     );
     assert.deepEqual(await files(), []);
     // A Snap without its snapshot, and a message the core refuses, are refused (not fatal).
