@@ -227,6 +227,10 @@ export async function main(args: string[]): Promise<number> {
       token: Deno.env.get("RAFTKV_TOKEN"),
       log,
       signal: joining.signal,
+      onMembers: (rows) =>
+        node.learnAddresses(
+          rows.map((m) => ({ id: m.node_id, rpcUrl: m.rpc_url, apiUrl: m.api_url })),
+        ),
     }).catch((e) => log.error(`joining failed: ${_message(e)}`));
   }
 

@@ -21,6 +21,9 @@
  * | `GET`    | `/v1/cluster`     |                 | 200 every member's status and numbers   |
  * | `GET`    | `/ui/`            |                 | 200 the dashboard (`/ui` redirects)     |
  * | `POST`   | `/v1/leader/transfer` | `{"to"}`, optional | 200 `{"leader","previous"}` (admin) |
+ * | `GET`    | `/v1/members`     |                 | 200 `{"members":[...]}` (admin)         |
+ * | `POST`   | `/v1/members`     | `{"node_id","rpc_url","api_url"}` | 201, joins as a learner (admin) |
+ * | `DELETE` | `/v1/members/:id` |                 | 200 `{"removed","index","members"}` (admin) |
  *
  * A revision is `create_index`, `mod_index`, `version`. Writes take a compare-and-set condition
  * (`?cas=N` or `"cas": N`: 412 when it fails) and an `Idempotency-Key` header (a retry answers the

@@ -19,6 +19,8 @@ export interface JoinRequest {
   log: { info(m: string): void; warn(m: string): void; error(m: string): void };
   /** Stops the attempts (the node is stopping). */
   signal: AbortSignal;
+  /** Called with the members the cluster answered with (their addresses), once added. */
+  onMembers?: (members: { node_id: string; rpc_url: string; api_url: string }[]) => void;
   /** Pause between attempts, in ms. Default 1000. */
   retryMs?: number;
 }
@@ -48,6 +50,7 @@ export async function requestJoin(r: JoinRequest): Promise<boolean> {
       });
       const answer = await res.json().catch(() => ({})) as Record<string, unknown>;
       if (res.status === 201) {
+        if (Array.isArray(answer.members)) r.onMembers?.(answer.members);
         r.log.info(
           `joined the cluster through ${r.joinUrl}: added as a learner (entry ${answer.index})`,
         );
@@ -105,9 +108,11 @@ async function _alreadyMember(r: JoinRequest, headers: Record<string, string>): 
     const { members } = await res.json() as {
       members: { node_id: string; rpc_url: string; api_url: string }[];
     };
-    return members.some((m) =>
+    const found = members.some((m) =>
       m.node_id === r.self.id && m.rpc_url === r.self.rpcUrl && m.api_url === r.self.apiUrl
     );
+    if (found) r.onMembers?.(members);
+    return found;
   } catch {
     return false;
   }

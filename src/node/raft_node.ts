@@ -499,16 +499,27 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    */
   #syncMembership(): void {
     const core = this.#core;
-    const key = `${core.confIndex}|${core.voters.join(",")}|${core.learners.join(",")}`;
+    const settled = core.log.committed >= core.confIndex;
+    const key = `${core.confIndex}|${settled}|${core.voters.join(",")}|${core.learners.join(",")}`;
     if (key === this.#confKey) return;
-    const first = this.#confKey === "";
+    const first = this.#confKey === "" && this.#members.size === this.#bootstrap.size;
     this.#confKey = key;
     const conf = core.confState();
+    // Until the newest configuration is committed, the members of the committed one stay in
+    // the address book too: a leader that removes itself (or a removed follower) must still
+    // be heard, and answered, until the change commits.
+    const committed = settled ? conf : core.confAt(core.log.committed);
     const members = new Map<NodeId, Member>();
-    for (const id of [...conf.voters, ...conf.learners]) {
+    const ids = new Set([
+      ...conf.voters,
+      ...conf.learners,
+      ...committed.voters,
+      ...committed.learners,
+    ]);
+    for (const id of ids) {
       members.set(
         id,
-        parseMemberInfo(id, conf.info[id]) ?? this.#bootstrap.get(id) ?? {
+        parseMemberInfo(id, conf.info[id] ?? committed.info[id]) ?? this.#bootstrap.get(id) ?? {
           id,
           rpcUrl: "",
           apiUrl: "",
@@ -542,6 +553,17 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     } else if (!core.removed) {
       this.#saidRemoved = false;
     }
+  }
+
+  /**
+   * Learns members' addresses from outside the log: a joining node hears them in the answer to
+   * its request to be added, before the configuration entry reaches it, and must answer the
+   * leader meanwhile. Addresses in the configuration, once it has one, take precedence.
+   */
+  learnAddresses(members: readonly Member[]): void {
+    for (const m of members) if (m.id !== this.id) this.#bootstrap.set(m.id, m);
+    this.#confKey = "";
+    this.#syncMembership();
   }
 
   /** Membership changes (admin operations): see {@linkcode Membership}. */
