@@ -9,6 +9,20 @@ import assert from "node:assert/strict";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { attempt, createFreshConnectionClient } from "../testing/chaos_lib.ts";
 import { checkLinearizability, type Operation } from "../src/check/linearizability.ts";
+import { runClient } from "../src/cli/client/client.ts";
+
+/** Runs the command-line client; returns its exit code and what it printed. */
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await runClient(args, {
+    out: (t) => out.push(t),
+    err: (t) => err.push(t),
+    env: () => undefined,
+    stdin: () => Promise.resolve(""),
+  });
+  return { code, out: out.join("\n"), err: err.join("\n") };
+}
 
 const WRITERS = 3;
 
@@ -145,6 +159,31 @@ Deno.test("members are added, removed (the leader too) and replaced under load; 
   try {
     await waitFor(() => load.acked >= 20, { message: "writes to flow" });
 
+    // Clear refusals: an id or an address in use, an unknown member.
+    const taken = await attempt(`${cluster.api("node-1")}/v1/members`, "POST", {
+      node_id: "node-2",
+      rpc_url: "http://127.0.0.1:1",
+      api_url: "http://127.0.0.1:2",
+    }, 5000);
+    assert.ok(taken.kind === "answer" && taken.status === 409, JSON.stringify(taken));
+    assert.equal((taken.json as { code: string }).code, "exists");
+    const sameAddress = await attempt(`${cluster.api("node-2")}/v1/members`, "POST", {
+      node_id: "node-9",
+      rpc_url: cluster.rpc("node-3"),
+      api_url: "http://127.0.0.1:2",
+    }, 5000);
+    assert.ok(sameAddress.kind === "answer" && sameAddress.status === 409);
+    const unknown = await attempt(
+      `${cluster.api("node-3")}/v1/members/node-9`,
+      "DELETE",
+      undefined,
+      5000,
+    );
+    assert.ok(unknown.kind === "answer" && unknown.status === 404, JSON.stringify(unknown));
+    const listed = await cli(["members", "list", "--endpoints", cluster.api("node-1")]);
+    assert.equal(listed.code, 0, listed.err);
+    assert.match(listed.out, /^ID\s+ROLE\s+RPC URL\s+API URL\nnode-1\s+voter\s+http/);
+
     // Grow: node-4 and node-5 join as learners and are promoted to voters.
     for (const id of ["node-4", "node-5"]) {
       await cluster.addNode(id);
@@ -196,6 +235,12 @@ Deno.test("members are added, removed (the leader too) and replaced under load; 
       "node-6 to replace the wiped node as a voter",
     );
     load.targets = [...load.targets, "node-6"];
+    const json = await cli(["members", "list", "-o", "json", "--endpoints", cluster.api("node-6")]);
+    assert.equal(json.code, 0, json.err);
+    assert.deepEqual(
+      (JSON.parse(json.out) as { members: MemberRow[] }).members.map((m) => m.node_id).sort(),
+      [...load.targets].sort(),
+    );
     const before = load.acked;
     await waitFor(() => load.acked >= before + 20, { message: "writes to flow after the changes" });
   } catch (e) {
