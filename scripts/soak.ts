@@ -220,6 +220,9 @@ snapshots:        ${t("snapshotsTaken")} taken, ${t("snapshotsSent")} sent (${
 transfers:        ${t("transfers")} leader transfers started, ${t("transfersDone")} done, ${
     t("transfersAborted")
   } abandoned
+membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
+    t("promotions")
+  } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }
