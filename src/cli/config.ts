@@ -312,7 +312,14 @@ export function parseArgs(
     );
   }
 
-  const join = _joinUrl(settings);
+  let join = _joinUrl(settings);
+  if (joinMode === "k8s") {
+    // The bootstrap pods form the cluster (--join does not apply to them); a pod beyond the
+    // bootstrap replica count joins, through --join or else through pod 0.
+    const { ordinal } = parseStatefulSetHostname(id);
+    const bootstrap = settings.positiveInt("--k8s-replicas")!;
+    join = ordinal < bootstrap ? null : join ?? peers[0]!.apiUrl;
+  }
   // A joining node takes only its own URLs from the cluster file; the rest it learns.
   if (join !== null) peers = peers.filter((peer) => peer.id === id);
   const self = peers.find((peer) => peer.id === id)!;

@@ -571,11 +571,20 @@ Deno.test("parseArgs() rejects a hostname that is not a StatefulSet pod name", (
   );
 });
 
-Deno.test("parseArgs() rejects an ordinal outside the replica count", () => {
-  _assertConfigError(
-    () => _k8s(["--k8s-replicas", "3"], { HOSTNAME: "raftkv-5" }),
-    'Hostname "raftkv-5" has ordinal 5, but the StatefulSet has only 3 replica(s)',
-  );
+Deno.test("parseArgs() in k8s mode: a pod beyond the bootstrap replicas joins; the others never do", () => {
+  const joining = _k8s(["--k8s-replicas", "3"], { HOSTNAME: "raftkv-5" });
+  assert.equal(joining.id, "raftkv-5");
+  assert.deepEqual(joining.peers.map((p) => p.id), ["raftkv-5"]);
+  assert.match(joining.join ?? "", /^http:\/\/raftkv-0\.raftkv\./);
+  const viaService = _k8s(["--k8s-replicas", "3", "--join", "http://raftkv:7777"], {
+    HOSTNAME: "raftkv-3",
+  });
+  assert.equal(viaService.join, "http://raftkv:7777");
+  const bootstrap = _k8s(["--k8s-replicas", "3", "--join", "http://raftkv:7777"], {
+    HOSTNAME: "raftkv-1",
+  });
+  assert.equal(bootstrap.join, null);
+  assert.equal(bootstrap.peers.length, 3);
 });
 
 Deno.test("parseArgs() accepts an explicit --id in k8s mode only if it is one of the pods", () => {
