@@ -573,6 +573,17 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     remove: (id, signal) => this.#changeMembership({ op: "remove", node: id }, signal),
   };
 
+  /**
+   * Whether messages from `id` are taken: any sender while this node has no configuration yet
+   * (it waits to join), else a member of the address book or of the configuration just appended
+   * (a batch may carry the entry that adds its sender before the book follows).
+   */
+  #knows(id: NodeId): boolean {
+    const core = this.#core;
+    return core.voters.length === 0 || this.#members.has(id) || core.voters.includes(id) ||
+      core.learners.includes(id);
+  }
+
   #memberViews(): MemberView[] {
     const learners = new Set(this.#core.learners);
     const ids = [...this.#core.voters, ...this.#core.learners];
@@ -1112,7 +1123,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       for (const m of msgs) {
         const reason = m.type === MessageType.Snap
           ? `Snap from "${m.from}" without its snapshot`
-          : this.#core.voters.length > 0 && !this.#members.has(m.from)
+          : !this.#knows(m.from)
           ? `${MessageType[m.type]} from "${m.from}": the sender is not a member`
           : this.#core.step(m);
         if (reason !== null) refused.push(reason);
@@ -1547,7 +1558,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const meta = m.snapshot;
     if (this.#stopping) throw new StoppingError();
     if (!meta) throw new PeerRefusedError(`Snap from "${m.from}" without snapshot metadata`);
-    if (this.#core.voters.length > 0 && !this.#members.has(m.from)) {
+    if (!this.#knows(m.from)) {
       throw new PeerRefusedError(`Snap from "${m.from}": the sender is not a member`);
     }
     const early = this.#core.refusal(m);

@@ -892,14 +892,29 @@ export class RaftCore {
       pr.lastActive = this.#leaderTicks;
       this.progress.set(id, pr);
     }
-    for (const id of [...this.progress.keys()]) {
-      if (id !== this.id && !this.#isMember(id)) this.progress.delete(id);
-    }
+    this.#pruneProgress();
     if (
       (this.role === "candidate" || this.role === "pre-candidate") &&
       !this.#voters.includes(this.id)
     ) {
       this.#becomeFollower(this.term, NONE);
+    }
+  }
+
+  /**
+   * Drops the progress of nodes that are neither in the newest configuration nor in the committed
+   * one. A removed node keeps its progress until its removal commits: the leader goes on sending
+   * it the log, so that it normally gets the entry that removes it and knows it is out, instead of
+   * timing out and campaigning in vain.
+   */
+  #pruneProgress(): void {
+    const self = this.#isMember(this.id) ? 0 : 1;
+    if (this.progress.size <= this.#voters.length + this.#learners.length + self) return;
+    const committed = this.confAt(Math.max(this.log.committed, this.log.snapIndex));
+    for (const id of [...this.progress.keys()]) {
+      if (id === this.id || this.#isMember(id)) continue;
+      if (committed.voters.includes(id) || committed.learners.includes(id)) continue;
+      this.progress.delete(id);
     }
   }
 
@@ -1192,6 +1207,7 @@ export class RaftCore {
     if (q > this.log.committed && this.log.term(q) === this.term) {
       this.log.commitTo(q);
       this.#releaseReadsAwaitingCommit();
+      this.#pruneProgress();
       this.#maybeStepDownRemoved();
       return true;
     }
