@@ -734,7 +734,11 @@ export class RaftCore {
     this.#leaseRevoked = false;
     const last = this.log.lastIndex();
     this.progress.clear();
-    for (const id of new Set([...this.#voters, ...this.#learners, this.id])) {
+    // Members of the committed configuration too: one being removed still gets the log until
+    // its removal commits (see #pruneProgress).
+    const committed = this.confAt(Math.max(this.log.committed, this.log.snapIndex));
+    const ids = [...this.#voters, ...this.#learners, this.id, ...committed.voters];
+    for (const id of new Set([...ids, ...committed.learners])) {
       const fresh = new Progress(last + 1, this.#maxInflight);
       if (id === this.id) fresh.match = this.log.stable;
       this.progress.set(id, fresh);
