@@ -222,7 +222,9 @@ transfers:        ${t("transfers")} leader transfers started, ${t("transfersDone
   } abandoned
 membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
     t("promotions")
-  } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished
+  } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${
+    t("staleMembers")
+  } members that did not know the final leader
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }

@@ -1474,12 +1474,19 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   async #takeSnapshot(): Promise<void> {
     const view = this.#kv.view();
     const conf = this.#core.confAt(view.index);
+    // A cluster whose membership never changed writes its snapshots as before (voters only):
+    // the cluster file gives the same members and addresses.
+    const boot = this.#bootstrap;
+    const asBooted = conf.learners.length === 0 && conf.voters.length === boot.size &&
+      conf.voters.every((id) => {
+        const m = boot.get(id);
+        return m !== undefined && conf.info[id] === memberInfo(m);
+      });
     const meta: SnapshotMeta = {
       index: view.index,
       term: this.#core.log.term(view.index)!,
       voters: conf.voters,
-      learners: conf.learners,
-      info: conf.info,
+      ...(asBooted ? {} : { learners: conf.learners, info: conf.info }),
     };
     const started = this.#clock.now();
     const logBytes = this.#logBytes;
