@@ -26,6 +26,7 @@ import { applyDebugFaults } from "./src/node/debug_faults.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
+import { requestJoin } from "./src/cli/join.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
@@ -87,12 +88,32 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
 
+  // Every peer message is checked before it reaches the node: members only, sane fields,
+  // commands that decode. The members follow the configuration (membership changes).
+  const validator = new PeerValidator({
+    self: config.id,
+    members: config.peers.map((p) => p.id),
+    checkEntryData: decodeCommand,
+  });
+  // Changed in place as the configuration changes: the API forwards to the leader's rpc_url.
+  const liveMembers = [...config.peers];
+  // With --join, only a node with no data asks to be added; one with data is a member already.
+  const joinNow = config.join !== null && storage.snapshot === null &&
+    storage.entries.length === 0 && storage.hardState.term === 0;
+  if (config.join !== null && !joinNow) {
+    log.info(`--join ${config.join} ignored: this node has data; it uses the configuration in it`);
+  }
   let handlers: TransportHandlers | undefined;
   let fatal: unknown = null;
   const stopped = Promise.withResolvers<void>();
   const node = new RaftNode({
     id: config.id,
     members: config.peers,
+    join: config.join !== null,
+    onMembership: (members, open) => {
+      validator.setMembers(members.map((m) => m.id), open);
+      liveMembers.splice(0, liveMembers.length, ...members);
+    },
     storage,
     heartbeatMs: config.heartbeatMs,
     electionTimeoutMs: config.electionTimeoutMs,
@@ -130,7 +151,7 @@ export async function main(args: string[]): Promise<number> {
   const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
   const api = createApiHandler(applyDebugFaults(node, faults, log), {
     selfId: config.id,
-    members: config.peers,
+    members: liveMembers,
     tokens: config.tokens ?? [],
     forward: forwarder.forward,
     logRefusal: rateLimited(log, 5_000).warn,
@@ -150,13 +171,7 @@ export async function main(args: string[]): Promise<number> {
   });
   const peerHandler = createPeerHandler(handlers!, {
     self: config.id,
-    // Every peer message is checked before it reaches the node: members only, sane fields,
-    // commands that decode.
-    validator: new PeerValidator({
-      self: config.id,
-      members: config.peers.map((p) => p.id),
-      checkEntryData: decodeCommand,
-    }),
+    validator,
     // A batch is at most the sender's maxBatchBytes (8 MiB), or one larger message: an append
     // of a single command as large as the key and value limits allow.
     maxBodyBytes: Math.max(16 << 20, config.maxKeyBytes + config.maxValueBytes + (1 << 20)),
@@ -205,7 +220,22 @@ export async function main(args: string[]): Promise<number> {
     log,
   );
   node.start();
-  log.info(`started ${config.id} with ${config.peers.length} members`);
+  log.info(`started ${config.id} with ${node.status().members.length} members`);
+  const joining = new AbortController();
+  if (joinNow) {
+    const self = config.peers.find((p) => p.id === config.id)!;
+    requestJoin({
+      joinUrl: config.join!,
+      self,
+      token: Deno.env.get("RAFTKV_TOKEN"),
+      log,
+      signal: joining.signal,
+      onMembers: (rows) =>
+        node.learnAddresses(
+          rows.map((m) => ({ id: m.node_id, rpcUrl: m.rpc_url, apiUrl: m.api_url })),
+        ),
+    }).catch((e) => log.error(`joining failed: ${_message(e)}`));
+  }
 
   const onSignal = () => stopped.resolve();
   Deno.addSignalListener("SIGINT", onSignal);
@@ -214,6 +244,7 @@ export async function main(args: string[]): Promise<number> {
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
 
+  joining.abort();
   log.info(fatal ? "stopping after a fatal error" : "stopping");
   if (!fatal && config.transferOnShutdown) await _handOver(node, config.electionTimeoutMs, log);
   // Stop taking requests, finish the write in flight, then close the peer side. A server's

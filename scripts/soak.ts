@@ -238,6 +238,11 @@ transfers:        ${t("transfers")} leader transfers started, ${t("transfersDone
 watches:          ${t("watchEvents")} events received, ${
     t("watchReconnects")
   } reconnects to another node, ${t("watchResyncs")} refused as older than the history (410)
+membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
+    t("promotions")
+  } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${
+    t("staleMembers")
+  } members that did not know the final leader
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }

@@ -436,6 +436,8 @@ interface _Node {
   dataDir: string;
   lines: string[];
   proc: _Process | null;
+  /** Its own cluster file (a node added later lists only itself), or null: the cluster's. */
+  configPath: string | null;
 }
 
 /**
@@ -502,7 +504,42 @@ export class ProcessCluster implements AsyncDisposable {
       dataDir: join(init.dataRoot, entry.node_id),
       lines: [],
       proc: null,
+      configPath: null,
     }]));
+  }
+
+  /**
+   * Adds a node that is not in the cluster file (to be started with `--join`, say): free ports,
+   * an empty data directory, and a cluster file of its own that lists only itself (a joining
+   * node takes only its own URLs from it). Start it with {@linkcode ProcessCluster.start}.
+   *
+   * @param id The new node's id.
+   * @returns The new node.
+   */
+  async addNode(id: string): Promise<NodeInfo> {
+    if (this.#nodes.has(id)) throw new Error(`${id} is already a node of this cluster`);
+    const [apiPort, rpcPort] = freePorts(2);
+    const entry: ClusterFileEntry = {
+      node_id: id,
+      rpc_url: `${this.#tls === null ? "http" : "https"}://127.0.0.1:${rpcPort}`,
+      api_url: `${this.#apiCerts === null ? "http" : "https"}://127.0.0.1:${apiPort}`,
+    };
+    const dataDir = join(this.dataRoot, id);
+    await Deno.mkdir(dataDir, { recursive: true });
+    const configPath = join(this.dataRoot, `${id}.cluster.json`);
+    await writeClusterFile(configPath, [entry]);
+    const node: _Node = {
+      id,
+      entry,
+      apiPort: apiPort!,
+      rpcPort: rpcPort!,
+      dataDir,
+      lines: [],
+      proc: null,
+      configPath,
+    };
+    this.#nodes.set(id, node);
+    return this.#info(node);
   }
 
   /** The nodes, in id order, with their current process ids. */
@@ -851,7 +888,7 @@ export class ProcessCluster implements AsyncDisposable {
       "--id",
       id,
       "--cluster-config-path",
-      this.configPath,
+      node.configPath ?? this.configPath,
       "--data-dir",
       node.dataDir,
       ...DEFAULT_NODE_FLAGS,

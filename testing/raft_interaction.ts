@@ -11,7 +11,8 @@
  * Commands (`ID` is a node id; `[...]` is optional):
  *
  * - `add-nodes N [key=value...]` adds N nodes. Keys: `voters=1,2,3` (default: the nodes added by
- *   this command), `prevote=true|false` (default true), `checkquorum=true|false` (default true),
+ *   this command; `voters=` alone: none, a node waiting to join), `learners=4,5` (default none),
+ *   `promotelag=N` (the core's learner promotion bound), `prevote=true|false` (default true), `checkquorum=true|false` (default true),
  *   `election=T` (default 10), `heartbeat=T` (default 1), `leasemargin=T` (default the core's),
  *   `maxinflight=N`, `maxmsgbytes=N`, `timeouts=10,12,15` (each node's randomized election
  *   timeout; default: no jitter, the timeout is exactly `election` ticks), `seed=S` (jitter from a
@@ -22,7 +23,9 @@
  * - `campaign ID` starts an election; `propose ID text...` proposes the rest of the line;
  *   `read-index ID id` asks for a ReadIndex read; `lease-read ID` prints the index a lease read
  *   may serve, or that the lease does not hold; `transfer-leadership ID [TO]` asks leader ID to
- *   hand its leadership to TO (default: the most caught-up voter) and prints the target.
+ *   hand its leadership to TO (default: the most caught-up voter) and prints the target;
+ *   `conf-change ID add-learner|promote|remove NODE` asks leader ID for a membership change and
+ *   prints the new configuration's index; `conf ID...` prints each node's configuration.
  * - `process-ready [ID...]` takes one Ready from each node given (default: every live node that
  *   has one), prints it, persists it (snapshot, entries, hard state), calls `persisted()` and
  *   queues its messages (persisted messages after the others).
@@ -75,6 +78,8 @@ export class UsageError extends Error {
 /** The options a node is created (and restarted) with. */
 interface _NodeOptions {
   voters: NodeId[];
+  learners: NodeId[];
+  promoteLag: number | null;
   preVote: boolean;
   checkQuorum: boolean;
   electionTicks: number;
@@ -131,7 +136,8 @@ export function formatEntries(entries: readonly Entry[]): string {
 
 /** Formats snapshot metadata as `index=I term=T voters=[...]`. */
 export function formatSnapshot(s: SnapshotMeta): string {
-  return `index=${s.index} term=${s.term} voters=[${s.voters.join(",")}]`;
+  const learners = s.learners?.length ? ` learners=[${s.learners.join(",")}]` : "";
+  return `index=${s.index} term=${s.term} voters=[${s.voters.join(",")}]${learners}`;
 }
 
 /** The fields each message type uses, printed in this order after `term`. */
@@ -269,6 +275,8 @@ function _bool(command: Command, what: string, text: string): boolean {
 
 const _ADD_NODES_OPTIONS = [
   "voters",
+  "learners",
+  "promotelag",
   "prevote",
   "checkquorum",
   "election",
@@ -332,6 +340,10 @@ export class RaftInteraction {
         return this.#leaseRead(c);
       case "transfer-leadership":
         return this.#transferLeadership(c);
+      case "conf-change":
+        return this.#confChange(c);
+      case "conf":
+        return this.#ids(c, c.args).map((id) => this.#conf(id));
       case "process-ready":
         return this.#processReadies(c);
       case "deliver":
@@ -412,6 +424,8 @@ export class RaftInteraction {
     return new RaftCore({
       id: node.id,
       voters: o.voters,
+      learners: o.learners,
+      ...(o.promoteLag !== null ? { promoteLag: o.promoteLag } : {}),
       preVote: o.preVote,
       checkQuorum: o.checkQuorum,
       electionTicks: o.electionTicks,
@@ -439,7 +453,9 @@ export class RaftInteraction {
     }
     const first = this.#nodes.size + 1;
     const ids = Array.from({ length: count }, (_, i) => String(first + i));
-    const voters = o.has("voters") ? o.get("voters")!.split(",") : ids;
+    const list = (v: string) => v === "" ? [] : v.split(",");
+    const voters = o.has("voters") ? list(o.get("voters")!) : ids;
+    const learners = o.has("learners") ? list(o.get("learners")!) : [];
     const terms = o.has("log") && o.get("log") !== ""
       ? o.get("log")!.split(",").map((t) => _int(c, "a log term", t))
       : [];
@@ -458,6 +474,8 @@ export class RaftInteraction {
     }
     const options: _NodeOptions = {
       voters,
+      learners,
+      promoteLag: get("promotelag") === undefined ? null : _int(c, "promotelag", get("promotelag")),
       preVote: get("prevote") === undefined ? true : _bool(c, "prevote", get("prevote")!),
       checkQuorum: get("checkquorum") === undefined
         ? true
@@ -557,6 +575,28 @@ export class RaftInteraction {
     const to = c.args[1];
     if (to !== undefined) this.#node(c, to);
     return this.#try(() => `transferring leadership to ${core.transferLeadership(to)}`);
+  }
+
+  #confChange(c: Command): string[] {
+    const core = this.#live(c, c.args[0]);
+    const op = c.args[1];
+    const node = c.args[2];
+    if ((op !== "add-learner" && op !== "promote" && op !== "remove") || node === undefined) {
+      throw new UsageError(c, "usage: conf-change ID add-learner|promote|remove NODE");
+    }
+    return this.#try(() => {
+      const { index } = core.proposeConfChange({ op, node });
+      return `configuration proposed at index ${index}`;
+    });
+  }
+
+  #conf(id: NodeId): string {
+    const core = this.#nodes.get(id)!.core;
+    if (!core) return `${id}: crashed`;
+    const c = core.confState();
+    return `${id}: voters=[${c.voters.join(",")}] learners=[${
+      c.learners.join(",")
+    }] index=${core.confIndex}${core.removed ? " (removed)" : ""}`;
   }
 
   #processReadies(c: Command): string[] {
@@ -745,7 +785,8 @@ export class RaftInteraction {
     const index = core.log.applied;
     const term = core.log.term(index);
     if (index === 0 || term === undefined) return ["error: nothing applied to snapshot"];
-    const meta: SnapshotMeta = { index, term, voters: [...core.voters] };
+    const conf = core.confAt(index);
+    const meta: SnapshotMeta = { index, term, voters: conf.voters, learners: conf.learners };
     return this.#try(() => {
       core.snapshotSaved(meta, core.log.snapIndex);
       if (!node.disk.snapshot || node.disk.snapshot.index < index) {
@@ -786,8 +827,9 @@ export class RaftInteraction {
     ];
     if (core.role === "leader") {
       if (core.leadTransferee !== NONE) lines.push(`  transferring to ${core.leadTransferee}`);
-      for (const v of [...core.voters].sort(_byId)) {
+      for (const v of [...core.progress.keys()].sort(_byId)) {
         const pr = core.progress.get(v)!;
+        const learner = core.learners.includes(v) ? " (learner)" : "";
         if (v === core.id) {
           lines.push(`  progress ${v}: match=${pr.match} (self)`);
           continue;
@@ -796,7 +838,7 @@ export class RaftInteraction {
         if (pr.state === "probe" && pr.probeSent) state += " (probe sent)";
         if (pr.state === "replicate") state += ` inflight=${pr.inflights.count}`;
         if (pr.state === "snapshot") state += ` pending=${pr.pendingSnapshot}`;
-        lines.push(`  progress ${v}: match=${pr.match} next=${pr.next} ${state}`);
+        lines.push(`  progress ${v}: match=${pr.match} next=${pr.next} ${state}${learner}`);
       }
     }
     return lines;

@@ -121,8 +121,13 @@ Deno.test("k8s: the StatefulSet is wired to its headless Service, volume and siz
   assert.equal(set.spec.serviceName, headless.metadata.name);
   assert.equal(env.get("RAFTKV_K8S_SERVICE")?.value, headless.metadata.name);
   assert.equal(env.get("RAFTKV_JOIN_MODE")?.value, "k8s");
+  // The bootstrap size equals the initial replicas; pods added by a scale-up join through
+  // the client Service.
   assert.equal(env.get("RAFTKV_K8S_REPLICAS")?.value, String(set.spec.replicas));
   assert.equal(set.spec.replicas, 3);
+  const client0 = only(docs, "Service", (svc) => svc.spec.clusterIP !== "None");
+  const apiPort = client0.spec.ports.find((p: Doc) => p.targetPort === "api").port;
+  assert.equal(env.get("RAFTKV_JOIN")?.value, `http://${client0.metadata.name}:${apiPort}`);
   assert.equal(set.spec.podManagementPolicy, "Parallel");
   assert.ok(selects(set.spec.selector.matchLabels, labels));
   assert.equal(pod.spec.enableServiceLinks, false, "service links add RAFTKV_* variables");

@@ -52,7 +52,7 @@ export interface ForwardContext {
   /** Asked for the leader's id. */
   backend: Pick<KvBackend, "status">;
   /** Each member's peer URL (`rpc_url`) by id: where a forward to that member goes. */
-  peerUrls: ReadonlyMap<string, string>;
+  peerUrls: Pick<ReadonlyMap<string, string>, "get" | "has">;
   /** This node's tokens, or `null` when its API is open. */
   auth: TokenAuthenticator | null;
   /** This node's id, sent in the {@linkcode FORWARDED_BY_HEADER}. */
@@ -249,8 +249,8 @@ export interface AcceptedForward {
  * @param sender The sending member's node id when the peer transport authenticated it (mutual
  * TLS), else `null` (the peer port is then trusted as a whole).
  * @returns The request to serve and its caller.
- * @throws {ApiError} 404 for a path that is never forwarded (only `/v1/data` and
- * `/v1/leader/transfer` are); 400 without a
+ * @throws {ApiError} 404 for a path that is never forwarded (only `/v1/data`, `/v1/txn`,
+ * `/v1/leader/transfer` and `/v1/members` are); 400 without a
  * {@linkcode FORWARDED_BY_HEADER} or with a malformed {@linkcode CALLER_HEADER}; 403 when the
  * forwarding node is not another member, or not the authenticated sender; 401 without a caller
  * while this node requires tokens.
@@ -265,7 +265,8 @@ export function acceptForwarded(
   if (
     !outer.pathname.startsWith(FORWARD_PATH_PREFIX) ||
     (path !== "/v1/data" && !path.startsWith("/v1/data/") && path !== "/v1/txn" &&
-      path !== "/v1/leader/transfer" && path !== "/v1/leases" && !path.startsWith("/v1/leases/"))
+      path !== "/v1/leader/transfer" && path !== "/v1/leases" && !path.startsWith("/v1/leases/") &&
+      path !== "/v1/members" && !path.startsWith("/v1/members/"))
   ) {
     throw new ApiError(404, `no such forwarding path ${quote(outer.pathname)}`);
   }

@@ -23,6 +23,9 @@
  * | `GET`    | `/ui/`            |                 | 200 the dashboard (`/ui` redirects)     |
  * | `POST`   | `/v1/leader/transfer` | `{"to"}`, optional | 200 `{"leader","previous"}` (admin) |
  * | `POST`   | `/v1/leases`      | `{"ttl"}`       | 201 `{"id","ttl",...}`; more in `leases.ts` |
+ * | `GET`    | `/v1/members`     |                 | 200 `{"members":[...]}` (admin)         |
+ * | `POST`   | `/v1/members`     | `{"node_id","rpc_url","api_url"}` | 201, joins as a learner (admin) |
+ * | `DELETE` | `/v1/members/:id` |                 | 200 `{"removed","index","members"}` (admin) |
  *
  * A revision is `create_index`, `mod_index`, `version`. Writes take a compare-and-set condition
  * (`?cas=N` or `"cas": N`: 412 when it fails) and an `Idempotency-Key` header (a retry answers the
@@ -88,6 +91,7 @@ import { leaseRoutes, LEASES_PATH } from "./leases.ts";
 import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.ts";
 import { isUiPath, uiResponse } from "./ui.ts";
 import { leaderTransferRoute } from "./admin.ts";
+import { addMemberRoute, listMembersRoute, MEMBERS_PREFIX, removeMemberRoute } from "./members.ts";
 import { checkKey, pathKey } from "./validate.ts";
 import { watchRoute } from "./watch.ts";
 
@@ -452,7 +456,8 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     maxValueBytes,
     maxBodyBytes,
     forward: options.forward ?? defaultForwarder,
-    peerUrls: new Map((options.members ?? []).map((m) => [m.id, m.rpcUrl])),
+    // A live view: the caller may change the members array in place (membership changes).
+    peerUrls: _liveUrls(options.members ?? []),
     auth: options.tokens === undefined || options.tokens.length === 0
       ? null
       : new TokenAuthenticator(options.tokens),
@@ -463,6 +468,16 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     members: options.members ?? [],
     watchHeartbeatMs: positiveInt("watchHeartbeatMs", options.watchHeartbeatMs, 15_000),
     watchBufferEvents: positiveInt("watchBufferEvents", options.watchBufferEvents, 1024),
+  };
+}
+
+/** Each member's peer URL by id, read from `members` at each call (it may change in place). */
+function _liveUrls(
+  members: readonly { id: string; rpcUrl: string }[],
+): Pick<ReadonlyMap<string, string>, "get" | "has"> {
+  return {
+    get: (id) => members.find((m) => m.id === id)?.rpcUrl,
+    has: (id) => members.some((m) => m.id === id),
   };
 }
 
@@ -524,6 +539,15 @@ async function _route(
     case "/v1/leader/transfer":
       _allow(req, path, ["POST"]);
       return await leaderTransferRoute(ctx, req, url, caller);
+    case "/v1/members":
+      _allow(req, path, ["GET", "POST"]);
+      if (req.method === "GET") return listMembersRoute(ctx);
+      return await addMemberRoute(ctx, req, url, caller);
+  }
+  if (path.startsWith(MEMBERS_PREFIX)) {
+    _allow(req, "/v1/members/{id}", ["DELETE"]);
+    const id = decodeURIComponent(path.slice(MEMBERS_PREFIX.length));
+    return await removeMemberRoute(ctx, req, url, id, caller);
   }
   if (path === LEASES_PATH || path.startsWith(LEASES_PATH + "/")) {
     return await leaseRoutes(
@@ -543,7 +567,7 @@ async function _route(
       404,
       `no such path ${
         quote(path)
-      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/watch, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /v1/leases, /health, /ready, /metrics and /ui/`,
+      }; the API serves /v1/data, /v1/data/{key}, /v1/txn, /v1/watch, /v1/status, /v1/cluster, /v1/snapshot, /v1/leader/transfer, /v1/leases, /v1/members, /health, /ready, /metrics and /ui/`,
     );
   }
   _allow(req, "/v1/data/{key}", ["GET", "PUT", "DELETE"]);

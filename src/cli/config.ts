@@ -98,6 +98,11 @@ export interface NodeConfig {
   snapshotThreshold: number;
   /** Log bytes written since the last snapshot that trigger a new one. Default 67108864 (64 MiB). */
   snapshotThresholdBytes: number;
+  /**
+   * The API URL of a member of the running cluster this node joins (`--join`), or null. The
+   * node then starts with no configuration and is added by the leader (see `RaftNode`).
+   */
+  join: string | null;
   /** A backup to start from when the node has no data yet (`--restore-from`), or null. */
   restoreFrom: string | null;
   /** Largest key accepted, in bytes. Default 1024. */
@@ -313,6 +318,16 @@ export function parseArgs(
     );
   }
 
+  let join = _joinUrl(settings);
+  if (joinMode === "k8s") {
+    // The bootstrap pods form the cluster (--join does not apply to them); a pod beyond the
+    // bootstrap replica count joins, through --join or else through pod 0.
+    const { ordinal } = parseStatefulSetHostname(id);
+    const bootstrap = settings.positiveInt("--k8s-replicas")!;
+    join = ordinal < bootstrap ? null : join ?? peers[0]!.apiUrl;
+  }
+  // A joining node takes only its own URLs from the cluster file; the rest it learns.
+  if (join !== null) peers = peers.filter((peer) => peer.id === id);
   const self = peers.find((peer) => peer.id === id)!;
   const peerTls = resolvePeerTls(
     {
@@ -383,6 +398,7 @@ export function parseArgs(
     snapshotThresholdBytes: settings.positiveInt("--snapshot-threshold-bytes") ??
       DEFAULTS.snapshotThresholdBytes,
     restoreFrom: settings.string("--restore-from") ?? null,
+    join,
     maxKeyBytes: settings.positiveInt("--max-key-bytes") ?? DEFAULTS.maxKeyBytes,
     maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,
     maxInflightRequests: settings.positiveInt("--max-inflight-requests") ??
@@ -501,6 +517,27 @@ function _urlHost(url: string): string {
 
 function _join(dir: string, name: string): string {
   return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
+/** The `--join` URL, checked: an http(s) URL. */
+function _joinUrl(settings: _Settings): string | null {
+  const raw = settings.raw("--join");
+  if (raw === undefined || raw.value === "") return null;
+  let url: URL;
+  try {
+    url = new URL(raw.value);
+  } catch {
+    throw new ConfigError(
+      `Invalid value for ${raw.origin}: ${JSON.stringify(raw.value)} is not a URL ` +
+        `(give the api_url of a member, such as http://10.0.0.1:8001)`,
+    );
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new ConfigError(
+      `Invalid value for ${raw.origin}: ${JSON.stringify(raw.value)} is not an http(s) URL`,
+    );
+  }
+  return raw.value.replace(/\/+$/, "");
 }
 
 function _readClusterFile(path: string, readFile: (path: string) => string): PeerConfig[] {

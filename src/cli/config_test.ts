@@ -75,6 +75,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   snapshotThreshold: 10000,
   snapshotThresholdBytes: 67108864,
   restoreFrom: null,
+  join: null,
   maxKeyBytes: 1024,
   maxValueBytes: 1048576,
   maxInflightRequests: 1024,
@@ -116,6 +117,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--snapshot-threshold", "50", { snapshotThreshold: 50 }],
   ["--snapshot-threshold-bytes", "1048576", { snapshotThresholdBytes: 1_048_576 }],
   ["--restore-from", "backup.snap", { restoreFrom: "backup.snap" }],
+  ["--join", "http://10.0.0.1:8001/", { join: "http://10.0.0.1:8001" }],
   ["--join-mode", "static", { joinMode: "static" }],
   ["--cluster-config-path", "other.json", { clusterConfigPath: "other.json" }],
   ["--election-timeout", "3s", { electionTimeoutMs: 3000 }],
@@ -577,11 +579,20 @@ Deno.test("parseArgs() rejects a hostname that is not a StatefulSet pod name", (
   );
 });
 
-Deno.test("parseArgs() rejects an ordinal outside the replica count", () => {
-  _assertConfigError(
-    () => _k8s(["--k8s-replicas", "3"], { HOSTNAME: "raftkv-5" }),
-    'Hostname "raftkv-5" has ordinal 5, but the StatefulSet has only 3 replica(s)',
-  );
+Deno.test("parseArgs() in k8s mode: a pod beyond the bootstrap replicas joins; the others never do", () => {
+  const joining = _k8s(["--k8s-replicas", "3"], { HOSTNAME: "raftkv-5" });
+  assert.equal(joining.id, "raftkv-5");
+  assert.deepEqual(joining.peers.map((p) => p.id), ["raftkv-5"]);
+  assert.match(joining.join ?? "", /^http:\/\/raftkv-0\.raftkv\./);
+  const viaService = _k8s(["--k8s-replicas", "3", "--join", "http://raftkv:7777"], {
+    HOSTNAME: "raftkv-3",
+  });
+  assert.equal(viaService.join, "http://raftkv:7777");
+  const bootstrap = _k8s(["--k8s-replicas", "3", "--join", "http://raftkv:7777"], {
+    HOSTNAME: "raftkv-1",
+  });
+  assert.equal(bootstrap.join, null);
+  assert.equal(bootstrap.peers.length, 3);
 });
 
 Deno.test("parseArgs() accepts an explicit --id in k8s mode only if it is one of the pods", () => {
@@ -923,5 +934,21 @@ Deno.test("parseArgs() refuses peer TLS files that are missing, not PEM, mismatc
     () => withFiles("other-node-1.pem", "other-node-1.key"),
     'The certificate in --peer-cert "other-node-1.pem" is not signed by the CA in --peer-ca ' +
       '"ca.pem"',
+  );
+});
+
+Deno.test("parseArgs() with --join keeps only this node's own cluster file entry; a bad URL is named", () => {
+  const config = _config(["--id", "node-1", "--join", "http://10.0.0.1:8001"], {}, _FILES);
+  assert.deepEqual(config.peers.map((p) => p.id), ["node-1"]);
+  assert.equal(config.join, "http://10.0.0.1:8001");
+  _assertConfigError(
+    () => _config(["--id", "node-1", "--join", "ftp://10.0.0.1:8001"], {}, _FILES),
+    "--join",
+    "not an http(s) URL",
+  );
+  _assertConfigError(
+    () => _config(["--id", "node-1", "--join", "not a url"], {}, _FILES),
+    "--join",
+    "is not a URL",
   );
 });

@@ -140,6 +140,13 @@ export const FLAGS: readonly FlagInfo[] = [
   ),
   _flag(
     "Node",
+    "--join",
+    "<api_url>",
+    "none",
+    "Join the running cluster that this member's API serves: with an empty data directory the node asks to be added (as a learner) and waits for the leader; it never starts a cluster of its own. A node with data ignores it. Only this node's own entry of the cluster file is used. In k8s mode it applies only to pods beyond --k8s-replicas",
+  ),
+  _flag(
+    "Node",
     "--api-port",
     "<port>",
     `the port of this node's api_url in the cluster file; ${_D.k8sApiPort} in k8s mode`,
@@ -404,7 +411,7 @@ export const FLAGS: readonly FlagInfo[] = [
     "--k8s-replicas",
     "<n>",
     "required in k8s mode",
-    "The StatefulSet's replica count, which is the cluster's size",
+    "The bootstrap size: pods 0 to n-1 form the cluster; a pod with a higher ordinal (after kubectl scale) joins it (--join, default pod 0's API). Keep it when scaling",
   ),
   _flag(
     "Kubernetes (--join-mode k8s)",

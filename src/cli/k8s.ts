@@ -23,7 +23,11 @@ export interface K8sPeerOptions {
    * Required.
    */
   hostname: string;
-  /** The StatefulSet's replica count: the cluster has exactly this many members. Required. */
+  /**
+   * The bootstrap replica count: pods 0 to replicas-1 form the cluster. A pod with a higher
+   * ordinal (the StatefulSet was scaled up) is listed after them: it joins the running cluster.
+   * Required.
+   */
   replicas: number;
   /** The headless Service that governs the StatefulSet. Defaults to the StatefulSet's name. */
   service?: string | undefined;
@@ -108,15 +112,6 @@ export function derivePeersForK8s(options: K8sPeerOptions): PeerConfig[] {
   if (!Number.isSafeInteger(replicas) || replicas < 1) {
     throw new ConfigError(`Replica count ${replicas} is not a positive integer`);
   }
-  if (ordinal >= replicas) {
-    throw new ConfigError(
-      `Hostname ${
-        JSON.stringify(hostname)
-      } has ordinal ${ordinal}, but the StatefulSet has only ${replicas} replica(s) (ordinals 0-${
-        replicas - 1
-      }): set the replica count to the StatefulSet's spec.replicas`,
-    );
-  }
   for (const [what, name] of [["Service", service], ["namespace", namespace]] as const) {
     if (!_DNS_LABEL.test(name)) {
       throw new ConfigError(
@@ -138,7 +133,9 @@ export function derivePeersForK8s(options: K8sPeerOptions): PeerConfig[] {
     }
   }
   const peers: PeerConfig[] = [];
-  for (let i = 0; i < replicas; i++) {
+  // Pods beyond the bootstrap replica count (a scale-up) join: they list themselves after it.
+  for (let i = 0; i < Math.max(replicas, ordinal + 1); i++) {
+    if (i >= replicas && i !== ordinal) continue;
     const id = `${setName}-${i}`;
     const host = `${id}.${service}.${namespace}.svc.${domain}`;
     peers.push({

@@ -60,12 +60,9 @@ Deno.test("derivePeersForK8s() keeps dashes that belong to the StatefulSet's nam
   assert.equal(peers[0]?.rpcUrl, "http://my-kv-store-0.my-kv-store.default.svc.cluster.local:6666");
 });
 
-Deno.test("derivePeersForK8s() rejects an ordinal outside the replica count", () => {
-  assert.throws(() => derivePeersForK8s({ ..._BASE, hostname: "raftkv-3" }), {
-    name: "ConfigError",
-    message:
-      /"raftkv-3" has ordinal 3, but the StatefulSet has only 3 replica\(s\) \(ordinals 0-2\)/,
-  });
+Deno.test("derivePeersForK8s() lists a pod beyond the bootstrap replica count after them", () => {
+  const peers = derivePeersForK8s({ ..._BASE, hostname: "raftkv-4" });
+  assert.deepEqual(peers.map((p) => p.id), ["raftkv-0", "raftkv-1", "raftkv-2", "raftkv-4"]);
 });
 
 Deno.test("derivePeersForK8s() rejects a hostname without an ordinal", () => {

@@ -99,6 +99,12 @@ export interface NodeStatus {
   members: { id: NodeId; api_url: string }[];
   /** Conditions the node is in: `NOSPACE` while its disk is full (see {@linkcode NoSpaceError}). */
   alarms: Alarm[];
+  /**
+   * This node's place in the configuration it holds: `voter`, `learner`, `removed` (a change
+   * took it out: it takes no further part), or `joining` (started with `--join`, waiting for
+   * the leader to add it). Absent on backends without membership changes.
+   */
+  membership?: "voter" | "learner" | "removed" | "joining";
 }
 
 /**
@@ -163,6 +169,8 @@ export interface KvBackend {
   watchHistory?(): EventHistory;
   /** Leader transfer (an admin operation); a backend without it answers the route with 501. */
   transferLeadership?: LeaderTransfer["transferLeadership"];
+  /** Membership (admin operations); a backend without it answers the routes with 501. */
+  membership?: Membership;
   /** The leader's side of leases; a backend without it answers the lease routes with 501. */
   leases?: LeaseBackend;
 }
@@ -338,4 +346,57 @@ export interface LeaderTransfer {
    * @throws {TransferAbortedError} If the target did not take over within an election timeout.
    */
   transferLeadership(to: NodeId | null, signal: AbortSignal): Promise<{ leader: NodeId }>;
+}
+
+/** One member as `GET /v1/members` lists it. */
+export interface MemberView {
+  /** Its node id. */
+  node_id: NodeId;
+  /** Where its peer server listens. */
+  rpc_url: string;
+  /** Where its REST API listens. */
+  api_url: string;
+  /** Whether it votes, or only receives the log until it is caught up and promoted. */
+  role: "voter" | "learner";
+}
+
+/** Why a membership change was refused; the API answers 409 (400 for `unknown`). */
+export class MembershipError extends Error {
+  /**
+   * `exists` (the id or an address is taken), `unknown` (no such member), `last-voter`,
+   * `in-flight` (another change is not committed yet), `not-ready` (a new leader has not
+   * committed an entry of its term yet).
+   */
+  readonly code: string;
+
+  /** Creates the error. */
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = "MembershipError";
+    this.code = code;
+  }
+}
+
+/** A node's membership operations (admin operations; see `RaftNode`). */
+export interface Membership {
+  /** The members of the newest configuration this node holds. */
+  list(): MemberView[];
+  /**
+   * Adds a member as a learner (the leader promotes it once it is caught up) and resolves once
+   * the change is applied here.
+   *
+   * @throws {NotLeaderError} On a node that does not lead (forward to the leader).
+   * @throws {MembershipError} When the change is refused.
+   */
+  add(
+    member: { id: NodeId; rpcUrl: string; apiUrl: string },
+    signal: AbortSignal,
+  ): Promise<{ index: number }>;
+  /**
+   * Removes a member (voter or learner) and resolves once the change is applied here.
+   *
+   * @throws {NotLeaderError} On a node that does not lead (forward to the leader).
+   * @throws {MembershipError} When the change is refused.
+   */
+  remove(id: NodeId, signal: AbortSignal): Promise<{ index: number }>;
 }

@@ -136,7 +136,13 @@ export async function openDiskStorage(
   const entries = _entriesAfter(paths.walDir, wal, loaded?.header.index ?? 0);
 
   const snapshot: SnapshotMeta | null = loaded
-    ? { index: loaded.header.index, term: loaded.header.term, voters: loaded.header.voters }
+    ? {
+      index: loaded.header.index,
+      term: loaded.header.term,
+      voters: loaded.header.voters,
+      ...(loaded.header.learners ? { learners: loaded.header.learners } : {}),
+      ...(loaded.header.info ? { info: loaded.header.info } : {}),
+    }
     : null;
   if (snapshot && wal.lastIndex < snapshot.index) {
     // A restored backup (or a crash right after one): the log continues after the snapshot.
@@ -219,7 +225,15 @@ export class DiskStorage implements NodeStorage {
     count: number,
     content: SnapshotContent,
   ): Promise<void> {
-    const header = { index: meta.index, term: meta.term, voters: meta.voters, count };
+    const header = {
+      index: meta.index,
+      term: meta.term,
+      voters: meta.voters,
+      // Written only when there are any, so a file without learners keeps its old bytes.
+      ...(meta.learners?.length ? { learners: meta.learners } : {}),
+      ...(meta.info && Object.keys(meta.info).length > 0 ? { info: meta.info } : {}),
+      count,
+    };
     await writeSnapshotFile(
       this.#paths.snapshotDir,
       encodeSnapshot(header, content),

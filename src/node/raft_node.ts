@@ -14,7 +14,7 @@
  */
 
 import { RaftCore } from "../raft/raft.ts";
-import { LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
+import { ConfChangeError, LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
 import {
   type Entry,
@@ -47,6 +47,9 @@ import {
   type LeaseBackend,
   LeaseNotFoundError,
   type LeaseStatus,
+  type Membership,
+  MembershipError,
+  type MemberView,
   type NodeStatus,
   NoSpaceError,
   NotAppliedError,
@@ -164,8 +167,24 @@ export interface Member {
 export interface RaftNodeOptions {
   /** This node's id. */
   id: NodeId;
-  /** Every member, including this node. */
+  /**
+   * The bootstrap configuration: every member, including this node (the cluster file). Once the
+   * node's log or snapshot holds a configuration, that one is used and this list only fills in
+   * addresses it lacks.
+   */
   members: Member[];
+  /**
+   * The node joins an existing cluster (`--join`): it starts with no configuration at all, never
+   * campaigns, and waits for a leader to add it (its storage's configuration, once it has one,
+   * is used as for any node). Default false.
+   */
+  join?: boolean;
+  /**
+   * Called whenever the configuration in force changes (and once at start): the members with
+   * their addresses, and whether the node has no configuration yet (it waits to join: any
+   * sender must be heard). For the peer validator and the API's forwarding.
+   */
+  onMembership?: (members: readonly Member[], open: boolean) => void;
   /** The recovered storage. */
   storage: NodeStorage;
   /** Builds the peer transport, given the handlers for what arrives. */
@@ -350,7 +369,18 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   readonly #kv: KvStateMachine;
   readonly #storage: NodeStorage;
   readonly #transport: Transport;
-  readonly #members: Map<NodeId, Member>;
+  #members: Map<NodeId, Member>;
+  /** The bootstrap members (cluster file), for addresses a configuration lacks. */
+  readonly #bootstrap: Map<NodeId, Member>;
+  readonly #onMembership: ((members: readonly Member[], open: boolean) => void) | undefined;
+  /** What the configuration in force was when #members was last built from it. */
+  #confKey = "";
+  #saidRemoved = false;
+  /** Membership changes proposed here, waiting to be applied, by log index. */
+  #confWaiters = new Map<
+    number,
+    { term: number; resolve: () => void; reject: (e: unknown) => void }
+  >();
   readonly #heartbeatMs: number;
   readonly #onFatal: (e: unknown) => void;
   readonly #log: Pick<Console, "info" | "warn" | "error" | "debug">;
@@ -431,6 +461,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#storage = options.storage;
     this.#clock = options.clock ?? realClock;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
+    this.#bootstrap = new Map(this.#members);
+    this.#onMembership = options.onMembership;
     this.#heartbeatMs = options.heartbeatMs ?? 100;
     const electionTicks = Math.max(
       2,
@@ -467,7 +499,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
     this.#core = new RaftCore({
       id: this.id,
-      voters: options.members.map((m) => m.id),
+      // A joining node has no bootstrap configuration: it must never elect itself.
+      voters: options.join ? [] : options.members.map((m) => m.id),
+      info: options.join
+        ? {}
+        : Object.fromEntries(options.members.map((m) => [m.id, memberInfo(m)])),
       electionTicks,
       heartbeatTicks: 1,
       random: seededRandom(options.seed ?? Math.floor(Math.random() * 2 ** 32)),
@@ -483,6 +519,174 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       onSnapshot: (msg, body) => this.#receiveSnapshot(msg, body),
       onUnreachable: (peer) => this.#guard(() => this.#core.reportUnreachable(peer)),
     });
+    this.#syncMembership();
+  }
+
+  /**
+   * Rebuilds the member list from the configuration in force when it changed: the transport's
+   * address book, the validator and the API follow it. Says so when this node was removed.
+   */
+  #syncMembership(): void {
+    const core = this.#core;
+    const settled = core.log.committed >= core.confIndex;
+    const key = `${core.confIndex}|${settled}|${core.voters.join(",")}|${core.learners.join(",")}`;
+    if (key === this.#confKey) return;
+    const first = this.#confKey === "" && this.#members.size === this.#bootstrap.size;
+    this.#confKey = key;
+    const conf = core.confState();
+    // Until the newest configuration is committed, the members of the committed one stay in
+    // the address book too: a leader that removes itself (or a removed follower) must still
+    // be heard, and answered, until the change commits.
+    const committed = settled ? conf : core.confAt(core.log.committed);
+    const members = new Map<NodeId, Member>();
+    const ids = new Set([
+      ...conf.voters,
+      ...conf.learners,
+      ...committed.voters,
+      ...committed.learners,
+    ]);
+    for (const id of ids) {
+      members.set(
+        id,
+        parseMemberInfo(id, conf.info[id] ?? committed.info[id]) ?? this.#bootstrap.get(id) ?? {
+          id,
+          rpcUrl: "",
+          apiUrl: "",
+        },
+      );
+    }
+    const open = conf.voters.length === 0;
+    if (open) {
+      // Waiting to join: the bootstrap list (this node) is all there is.
+      for (const [id, m] of this.#bootstrap) members.set(id, m);
+    }
+    this.#members = members;
+    const peers = [...members.values()].filter((m) => m.id !== this.id && m.rpcUrl !== "");
+    this.#transport.setPeers?.(peers);
+    this.#onMembership?.([...members.values()], open);
+    if (open) {
+      this.#log.info("no configuration yet: waiting for a leader to add this node (--join)");
+    } else if (!first || core.confIndex > 0) {
+      this.#log.info(
+        `configuration: voters [${conf.voters.join(", ")}], learners [${
+          conf.learners.join(", ")
+        }] (entry ${core.confIndex})`,
+      );
+    }
+    if (core.removed && !this.#saidRemoved) {
+      this.#saidRemoved = true;
+      this.#log.warn(
+        `this node (${this.id}) was removed from the cluster: it takes no further part; ` +
+          `stop it, and to rejoin start it with an empty data directory and --join`,
+      );
+    } else if (!core.removed) {
+      this.#saidRemoved = false;
+    }
+  }
+
+  /**
+   * Learns members' addresses from outside the log: a joining node hears them in the answer to
+   * its request to be added, before the configuration entry reaches it, and must answer the
+   * leader meanwhile. Addresses in the configuration, once it has one, take precedence.
+   */
+  learnAddresses(members: readonly Member[]): void {
+    for (const m of members) if (m.id !== this.id) this.#bootstrap.set(m.id, m);
+    this.#confKey = "";
+    this.#syncMembership();
+  }
+
+  /** Membership changes (admin operations): see {@linkcode Membership}. */
+  readonly membership: Membership = {
+    list: () => this.#memberViews(),
+    add: (m, signal) => this.#addMember(m, signal),
+    remove: (id, signal) => this.#changeMembership({ op: "remove", node: id }, signal),
+  };
+
+  /**
+   * Whether messages from `id` are taken: any sender while this node has no configuration yet
+   * (it waits to join), else a member of the address book or of the configuration just appended
+   * (a batch may carry the entry that adds its sender before the book follows).
+   */
+  #knows(id: NodeId): boolean {
+    const core = this.#core;
+    return core.voters.length === 0 || this.#members.has(id) || core.voters.includes(id) ||
+      core.learners.includes(id);
+  }
+
+  #memberViews(): MemberView[] {
+    const learners = new Set(this.#core.learners);
+    const ids = [...this.#core.voters, ...this.#core.learners];
+    return ids.map((id) => {
+      const m = this.#members.get(id);
+      return {
+        node_id: id,
+        rpc_url: m?.rpcUrl ?? "",
+        api_url: m?.apiUrl ?? "",
+        role: learners.has(id) ? "learner" : "voter",
+      };
+    });
+  }
+
+  #addMember(
+    m: { id: NodeId; rpcUrl: string; apiUrl: string },
+    signal: AbortSignal,
+  ): Promise<{ index: number }> {
+    for (const [id, other] of this.#members) {
+      if (id === m.id) {
+        return Promise.reject(new MembershipError("exists", `"${id}" is already a member`));
+      }
+      if (other.rpcUrl === m.rpcUrl || other.apiUrl === m.apiUrl) {
+        return Promise.reject(
+          new MembershipError("exists", `member "${id}" already uses that address`),
+        );
+      }
+    }
+    return this.#changeMembership(
+      { op: "add-learner", node: m.id, info: memberInfo({ ...m }) },
+      signal,
+    );
+  }
+
+  #changeMembership(
+    change: { op: "add-learner" | "remove"; node: NodeId; info?: string },
+    signal: AbortSignal,
+  ): Promise<{ index: number }> {
+    if (this.#stopping || this.#failed) return Promise.reject(new StoppingError());
+    const core = this.#core;
+    if (core.role !== "leader") return Promise.reject(new NotLeaderError(core.leader));
+    let at: { index: number; term: number };
+    try {
+      at = core.proposeConfChange(change);
+    } catch (e) {
+      if (e instanceof ConfChangeError) {
+        return Promise.reject(new MembershipError(e.code, e.message));
+      }
+      if (e instanceof LeaderTransferError || e instanceof NotLeaderError) return Promise.reject(e);
+      this.#fail(e);
+      return Promise.reject(new StoppingError());
+    }
+    this.#log.info(`proposed membership change: ${change.op} ${change.node} (entry ${at.index})`);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        this.#confWaiters.delete(at.index);
+        reject(
+          new OutcomeUnknownError("the membership change was not applied within the deadline"),
+        );
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#confWaiters.set(at.index, {
+        term: at.term,
+        resolve: () => {
+          signal.removeEventListener("abort", onAbort);
+          resolve({ index: at.index });
+        },
+        reject: (e) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(e);
+        },
+      });
+      this.#schedule();
+    });
   }
 
   /** Starts ticking. A single-member cluster elects itself at once. */
@@ -494,7 +698,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       this.#expireLeases();
     });
     this.#cancelSweep = this.#clock.every(this.#receivedSweepMs, () => this.#sweepReceived());
-    if (this.#members.size === 1) this.#guard(() => this.#core.campaign());
+    const voters = this.#core.voters;
+    if (voters.length === 1 && voters[0] === this.id) this.#guard(() => this.#core.campaign());
     this.#schedule();
   }
 
@@ -517,6 +722,10 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       w.reject(new OutcomeUnknownError("the node stopped before the write was applied"));
     }
     this.#waiters.clear();
+    for (const w of this.#confWaiters.values()) {
+      w.reject(new OutcomeUnknownError("the node stopped before the change was applied"));
+    }
+    this.#confWaiters.clear();
     await this.#transport.close();
     await this.#storage.close();
   }
@@ -680,6 +889,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       last_index: this.#core.log.lastIndex(),
       members: [...this.#members.values()].map((m) => ({ id: m.id, api_url: m.apiUrl })),
       alarms: this.#noSpace ? ["NOSPACE"] : [],
+      membership: this.#core.voters.length === 0
+        ? "joining"
+        : this.#core.removed
+        ? "removed"
+        : this.#core.learners.includes(this.id)
+        ? "learner"
+        : "voter",
     };
   }
 
@@ -1009,6 +1225,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       for (const m of msgs) {
         const reason = m.type === MessageType.Snap
           ? `Snap from "${m.from}" without its snapshot`
+          : !this.#knows(m.from)
+          ? `${MessageType[m.type]} from "${m.from}": the sender is not a member`
           : this.#core.step(m);
         if (reason !== null) refused.push(reason);
       }
@@ -1074,12 +1292,15 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         this.#handleReady(rd);
       }
       this.#settleTransfers();
+      this.#syncMembership();
     } finally {
       this.#processing = false;
     }
   }
 
   #handleReady(rd: Ready): void {
+    // A configuration appended since the last Ready: messages to a new member need its address.
+    this.#syncMembership();
     this.#metrics.sawLeader(this.#core.leader !== NONE, this.#core.term);
     if (rd.softState) {
       if (rd.softState.role !== "leader") {
@@ -1305,6 +1526,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         this.#kv.advance(e.index);
       }
       this.#untrackPending(e.index);
+      const cw = this.#confWaiters.get(e.index);
+      if (cw) {
+        this.#confWaiters.delete(e.index);
+        if (cw.term === e.term && e.type === EntryType.ConfChange) cw.resolve();
+        else cw.reject(new NotAppliedError());
+      }
       const w = this.#waiters.get(e.index);
       if (!w) continue;
       this.#waiters.delete(e.index);
@@ -1352,10 +1579,20 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    */
   async #takeSnapshot(): Promise<void> {
     const view = this.#kv.view();
+    const conf = this.#core.confAt(view.index);
+    // A cluster whose membership never changed writes its snapshots as before (voters only):
+    // the cluster file gives the same members and addresses.
+    const boot = this.#bootstrap;
+    const asBooted = conf.learners.length === 0 && conf.voters.length === boot.size &&
+      conf.voters.every((id) => {
+        const m = boot.get(id);
+        return m !== undefined && conf.info[id] === memberInfo(m);
+      });
     const meta: SnapshotMeta = {
       index: view.index,
       term: this.#core.log.term(view.index)!,
-      voters: [...this.#core.voters],
+      voters: conf.voters,
+      ...(asBooted ? {} : { learners: conf.learners, info: conf.info }),
     };
     const started = this.#clock.now();
     const logBytes = this.#logBytes;
@@ -1435,6 +1672,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const meta = m.snapshot;
     if (this.#stopping) throw new StoppingError();
     if (!meta) throw new PeerRefusedError(`Snap from "${m.from}" without snapshot metadata`);
+    if (!this.#knows(m.from)) {
+      throw new PeerRefusedError(`Snap from "${m.from}": the sender is not a member`);
+    }
     const early = this.#core.refusal(m);
     if (early !== null) throw new PeerRefusedError(early);
     const key = _key(meta);
@@ -1614,3 +1854,20 @@ const _NOSPACE_FIRST_RETRY_MS = 500;
 const _NOSPACE_MAX_RETRY_MS = 5_000;
 /** The bytes a log record takes besides the entry's data. */
 const _RECORD_OVERHEAD = HEADER_SIZE + ENTRY_FIELDS_SIZE;
+
+/** A member's addresses as kept in the configuration (`ConfState.info`). */
+function memberInfo(m: { rpcUrl: string; apiUrl: string }): string {
+  return JSON.stringify({ rpc_url: m.rpcUrl, api_url: m.apiUrl });
+}
+
+/** The member a configuration's info describes, or null when it has none (or not this form). */
+function parseMemberInfo(id: NodeId, info: string | undefined): Member | null {
+  if (info === undefined) return null;
+  try {
+    const v = JSON.parse(info) as { rpc_url?: unknown; api_url?: unknown };
+    if (typeof v.rpc_url !== "string" || typeof v.api_url !== "string") return null;
+    return { id, rpcUrl: v.rpc_url, apiUrl: v.api_url };
+  } catch {
+    return null;
+  }
+}

@@ -7,6 +7,7 @@ import { PeerRefusedError, type TransportHandlers } from "../transport/transport
 import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
 import { encodeCommand } from "../kv/state_machine.ts";
 import {
+  MembershipError,
   NoSpaceError,
   NotAppliedError,
   OutcomeUnknownError,
@@ -423,10 +424,10 @@ Deno.test("a snapshot upload that fails or is refused leaves no received file; a
         !e.message.includes(root),
     );
     assert.deepEqual(await files(), []);
-    // From a node that is not a voter: refused before anything is written.
+    // From a node that is not a member: refused before anything is written.
     await assert.rejects(
       handlers.onSnapshot({ ...msg, from: "evil" }, await bytes(50)),
-      (e: unknown) => e instanceof PeerRefusedError && /not another voter/.test(e.message),
+      (e: unknown) => e instanceof PeerRefusedError && /not a member/.test(e.message),
     );
     assert.deepEqual(await files(), []);
     // A Snap without its snapshot, and a message the core refuses, are refused (not fatal).
@@ -1005,4 +1006,54 @@ Deno.test("nodes on a simulated clock and disk tick only as the clock advances, 
     for (const n of nodes) await n.stop();
   }
   assert.equal(clock.pending, 0, "stopping cancelled every timer");
+});
+
+Deno.test("a joining node never elects itself; added, it is promoted; its data dir keeps the configuration", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  let joiner: RaftNode | null = null;
+  try {
+    const net = new MemoryNetwork();
+    nodes = await startNodes(root, net, 11);
+    // "d" starts with --join and an empty data dir: alone, it waits and never campaigns.
+    const self = [{ id: "d", rpcUrl: "mem://d", apiUrl: "http://d" }];
+    joiner = await startNode(root, net, "d", 99, { join: true, members: self });
+    joiner.start();
+    await new Promise((r) => setTimeout(r, 1_200)); // three election timeouts
+    assert.equal(joiner.status().role, "follower");
+    assert.equal(joiner.status().term, 0);
+    assert.equal(joiner.status().membership, "joining");
+
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("k", "v", signal());
+    await leader.membership!.add({ id: "d", rpcUrl: "mem://d", apiUrl: "http://d" }, signal());
+    await waitFor(
+      () => leader.membership!.list().some((m) => m.node_id === "d" && m.role === "voter"),
+      "d to be promoted to voter",
+    );
+    await waitFor(() => joiner!.status().membership === "voter", "d to know it votes");
+    assert.equal(await joiner.get("k", "stale", signal()), "v");
+    await assert.rejects(
+      leader.membership!.add({ id: "e", rpcUrl: "mem://d", apiUrl: "http://e" }, signal()),
+      (e: unknown) => e instanceof MembershipError && e.code === "exists",
+    );
+
+    // Restarted, with --join still given, it uses the configuration from its data dir.
+    await joiner.stop();
+    joiner = await startNode(root, net, "d", 98, { join: true, members: self });
+    assert.deepEqual(
+      joiner.membership!.list().map((m) => `${m.node_id}:${m.role}`),
+      ["a:voter", "b:voter", "c:voter", "d:voter"],
+    );
+    joiner.start();
+
+    // Removed, it says so and takes no further part.
+    await leaderOf(nodes)!.membership!.remove("d", signal());
+    await waitFor(() => joiner!.status().membership === "removed", "d to know it was removed");
+  } finally {
+    for (const n of nodes) await n.stop();
+    await joiner?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
 });

@@ -46,3 +46,25 @@ export class LeaderTransferError extends Error {
     this.transferee = transferee;
   }
 }
+
+/** Why a membership change was refused (see `RaftCore.proposeConfChange`). */
+export type ConfChangeRefusal =
+  | "in-flight"
+  | "not-ready"
+  | "exists"
+  | "unknown"
+  | "not-learner"
+  | "last-voter";
+
+/** Thrown by a leader that refuses a membership change; `code` says why. */
+export class ConfChangeError extends Error {
+  /** The reason, for callers that map it to an answer (409 for all but `unknown`). */
+  readonly code: ConfChangeRefusal;
+
+  /** Creates the error. */
+  constructor(code: ConfChangeRefusal, message: string) {
+    super(message);
+    this.name = "ConfChangeError";
+    this.code = code;
+  }
+}

@@ -14,11 +14,20 @@
  * @module
  */
 
-import { LeaderTransferError, NotLeaderError, RaftInvariantError } from "./errors.ts";
+import {
+  ConfChangeError,
+  LeaderTransferError,
+  NotLeaderError,
+  RaftInvariantError,
+} from "./errors.ts";
 import { RaftLog } from "./log.ts";
 import { Progress } from "./progress.ts";
 import {
   CAMPAIGN_TRANSFER,
+  type ConfChange,
+  type ConfState,
+  decodeConfState,
+  encodeConfState,
   type Entry,
   EntryType,
   type HardState,
@@ -39,8 +48,21 @@ import {
 export interface RaftConfig {
   /** This node's id. */
   id: NodeId;
-  /** Every voting member, including this node. */
+  /**
+   * The bootstrap configuration's voting members. A configuration in the recovered snapshot or
+   * log takes precedence. Empty for a node that joins an existing cluster: it waits to be
+   * contacted by a leader and takes its configuration from what it replicates.
+   */
   voters: NodeId[];
+  /** The bootstrap configuration's learners. Default: none. */
+  learners?: NodeId[];
+  /** The bootstrap configuration's per-member data (see {@linkcode ConfState.info}). */
+  info?: Record<NodeId, string>;
+  /**
+   * A learner is promoted to voter (automatically, by the leader) once it replicates normally and
+   * its log is at most this many entries behind the leader's commit index. Default 64.
+   */
+  promoteLag?: number;
   /** Ticks without hearing from a leader before an election (randomized up to 2x). Default 10. */
   electionTicks?: number;
   /** Ticks between leader heartbeats. Default 1. */
@@ -83,6 +105,19 @@ interface PendingRead {
 
 const EMPTY = new Uint8Array(0);
 
+function copyConf(c: ConfState): ConfState {
+  return { voters: [...c.voters], learners: [...c.learners], info: { ...c.info } };
+}
+
+/** The configuration a snapshot records (snapshots older than learners have none). */
+function confOf(snap: SnapshotMeta): ConfState {
+  return {
+    voters: [...snap.voters],
+    learners: [...(snap.learners ?? [])],
+    info: { ...(snap.info ?? {}) },
+  };
+}
+
 /**
  * A Raft node's consensus state machine.
  *
@@ -116,7 +151,14 @@ export class RaftCore {
   /** Replication progress per follower (leader only, but kept for all voters). */
   readonly progress: Map<NodeId, Progress> = new Map();
 
-  readonly #voters: NodeId[];
+  #voters: NodeId[] = [];
+  #learners: NodeId[] = [];
+  #info: Record<NodeId, string> = {};
+  /** The configuration in force up to the log's snapshot index (snapshot or bootstrap). */
+  #baseConf: ConfState;
+  /** The configuration entries in the log after the snapshot, by increasing index. */
+  #confs: { index: number; term: number; conf: ConfState }[] = [];
+  readonly #promoteLag: number;
   readonly #electionTicks: number;
   readonly #heartbeatTicks: number;
   readonly #preVote: boolean;
@@ -176,12 +218,7 @@ export class RaftCore {
   /** Creates a node from its configuration and recovered state; it starts as a follower. */
   constructor(config: RaftConfig) {
     this.id = config.id;
-    this.#voters = [...config.voters];
-    if (!this.#voters.includes(this.id)) {
-      throw new RangeError(
-        `node "${this.id}" is not among the voters ${JSON.stringify(this.#voters)}`,
-      );
-    }
+    this.#promoteLag = config.promoteLag ?? 64;
     this.#electionTicks = config.electionTicks ?? 10;
     this.#heartbeatTicks = config.heartbeatTicks ?? 1;
     if (this.#heartbeatTicks >= this.#electionTicks) {
@@ -200,6 +237,13 @@ export class RaftCore {
     this.#readRetryTicks = Math.max(1, Math.ceil(this.#electionTicks / 2));
     this.log = new RaftLog(config.snapshot ?? null, config.entries ?? []);
     this.#latestSnapshot = config.snapshot ?? null;
+    this.#baseConf = config.snapshot ? confOf(config.snapshot) : {
+      voters: [...config.voters],
+      learners: [...(config.learners ?? [])],
+      info: { ...(config.info ?? {}) },
+    };
+    this.#noteEntries(config.entries ?? []);
+    this.#useConf(this.#currentConf());
     const hs = config.hardState ?? { term: 0, vote: NONE, commit: 0 };
     this.term = hs.term;
     this.vote = hs.vote;
@@ -212,7 +256,6 @@ export class RaftCore {
     this.log.commitTo(Math.min(hs.commit, this.log.lastIndex()));
     // A node that has never seen a term cannot have answered any leader.
     this.#startupLease = this.term > 0;
-    for (const v of this.#voters) this.progress.set(v, new Progress(1, this.#maxInflight));
     this.#step = this.#stepFollower;
     this.#tick = this.#tickElection;
     this.#becomeFollower(this.term, NONE);
@@ -220,9 +263,45 @@ export class RaftCore {
     this.#prevHard = { term: this.term, vote: this.vote, commit: this.log.committed };
   }
 
-  /** The voting members. */
+  /** The voting members (of the newest configuration in the log). */
   get voters(): readonly NodeId[] {
     return this.#voters;
+  }
+
+  /** The learners (of the newest configuration in the log). */
+  get learners(): readonly NodeId[] {
+    return this.#learners;
+  }
+
+  /** The newest configuration in the log (in force from when it was appended). */
+  confState(): ConfState {
+    return copyConf(this.#currentConf());
+  }
+
+  /** The index of the newest configuration entry in the log (0: the snapshot's or bootstrap's). */
+  get confIndex(): number {
+    return this.#confs.at(-1)?.index ?? 0;
+  }
+
+  /**
+   * The configuration in force at `index` (for the metadata of a snapshot taken there). `index`
+   * must not be below the log's snapshot index.
+   */
+  confAt(index: number): ConfState {
+    let c = this.#baseConf;
+    for (const e of this.#confs) {
+      if (e.index > index) break;
+      c = e.conf;
+    }
+    return copyConf(c);
+  }
+
+  /**
+   * Whether the newest configuration leaves this node out (it was removed: it takes no further
+   * part). False for a node with no configuration yet (one waiting to join).
+   */
+  get removed(): boolean {
+    return this.#voters.length > 0 && !this.#isMember(this.id);
   }
 
   /**
@@ -250,9 +329,9 @@ export class RaftCore {
     this.#tick();
   }
 
-  /** Starts an election now (used at bootstrap and by tests). */
+  /** Starts an election now (used at bootstrap and by tests); only a voter campaigns. */
   campaign(): void {
-    if (this.role === "leader") return;
+    if (this.role === "leader" || !this.#voters.includes(this.id)) return;
     this.#startElection(this.#preVote);
   }
 
@@ -266,6 +345,77 @@ export class RaftCore {
     if (this.#transferee !== NONE) throw new LeaderTransferError(this.#transferee);
     const index = this.log.lastIndex() + 1;
     this.log.truncateAndAppend([{ term: this.term, index, type: EntryType.Normal, data }]);
+    this.#broadcastPending = true;
+    return { index, term: this.term };
+  }
+
+  /**
+   * Proposes one single-server membership change (dissertation 4.1): add a learner, promote a
+   * learner, or remove a member. The new configuration is in force as soon as it is appended (on
+   * the leader here, on each follower when it appends the entry), so a change may only start once
+   * the previous one is committed, and only after this leader committed an entry of its own term
+   * (the fix to single-server changes in the dissertation's errata). Returns where the entry went.
+   *
+   * @throws {NotLeaderError} On any node but the leader.
+   * @throws {LeaderTransferError} During a leader transfer.
+   * @throws {ConfChangeError} When the change is refused (see its `code`).
+   */
+  proposeConfChange(change: ConfChange): { index: number; term: number } {
+    if (this.role !== "leader") throw new NotLeaderError(this.leader);
+    if (this.#transferee !== NONE) throw new LeaderTransferError(this.#transferee);
+    if (this.log.term(this.log.committed) !== this.term) {
+      throw new ConfChangeError(
+        "not-ready",
+        `the leader has not committed an entry of its term ${this.term} yet; retry shortly`,
+      );
+    }
+    if (this.confIndex > this.log.committed) {
+      throw new ConfChangeError(
+        "in-flight",
+        `another membership change (entry ${this.confIndex}) is not committed yet`,
+      );
+    }
+    const cur = this.#currentConf();
+    const next = copyConf(cur);
+    const n = change.node;
+    if (change.op === "add-learner") {
+      if (next.voters.includes(n) || next.learners.includes(n)) {
+        throw new ConfChangeError("exists", `"${n}" is already a member`);
+      }
+      next.learners.push(n);
+      if (change.info !== undefined) next.info[n] = change.info;
+    } else if (change.op === "promote") {
+      if (!next.learners.includes(n)) {
+        throw new ConfChangeError(
+          next.voters.includes(n) ? "not-learner" : "unknown",
+          next.voters.includes(n) ? `"${n}" is already a voter` : `"${n}" is not a member`,
+        );
+      }
+      next.learners = next.learners.filter((x) => x !== n);
+      next.voters.push(n);
+    } else {
+      if (next.voters.includes(n)) {
+        if (next.voters.length === 1) {
+          throw new ConfChangeError("last-voter", `"${n}" is the last voter; it cannot be removed`);
+        }
+        next.voters = next.voters.filter((x) => x !== n);
+      } else if (next.learners.includes(n)) {
+        next.learners = next.learners.filter((x) => x !== n);
+      } else {
+        throw new ConfChangeError("unknown", `"${n}" is not a member`);
+      }
+      delete next.info[n];
+    }
+    const index = this.log.lastIndex() + 1;
+    const entry: Entry = {
+      term: this.term,
+      index,
+      type: EntryType.ConfChange,
+      data: encodeConfState(next),
+    };
+    this.log.truncateAndAppend([entry]);
+    this.#noteEntries([entry]);
+    this.#useConf(next);
     this.#broadcastPending = true;
     return { index, term: this.term };
   }
@@ -437,7 +587,10 @@ export class RaftCore {
    * Why {@linkcode RaftCore.step} would refuse `m`, or null if it would take it. Refused are
    * messages that no correct peer sends, whatever the network does to them (loss, duplication,
    * delay, reordering):
-   * - from this node itself or from a node that is not a voter;
+   * - from this node itself (a sender outside this node's configuration is taken: its
+   *   configuration may be newer, as when a node added later leads; the transport only accepts
+   *   peers of the configuration's address book);
+   * - an append carrying a configuration entry that does not decode;
    * - with a term above {@linkcode MAX_TERM};
    * - an append whose entries are not contiguous after its `index`, or that (in our term or a
    *   later one) disagrees with an entry at or below our commit index: committed entries are in
@@ -452,9 +605,7 @@ export class RaftCore {
    */
   refusal(m: Message): string | null {
     const what = `${MessageType[m.type] ?? `message type ${m.type}`} from "${m.from}"`;
-    if (m.from === this.id || !this.#voters.includes(m.from)) {
-      return `${what}: the sender is not another voter`;
-    }
+    if (m.from === this.id) return `${what}: the sender is this node itself`;
     if (m.term > MAX_TERM) return `${what}: term ${m.term} is above ${MAX_TERM}`;
     if (m.term < this.term) return null; // stale: answered or ignored as Raft says
     const leaderTraffic = m.type === MessageType.App || m.type === MessageType.Heartbeat ||
@@ -463,6 +614,13 @@ export class RaftCore {
       for (let i = 0; i < m.entries.length; i++) {
         if (m.entries[i]!.index !== m.index + 1 + i) {
           return `${what}: entry ${m.entries[i]!.index} is not at index ${m.index + 1 + i}`;
+        }
+        if (m.entries[i]!.type === EntryType.ConfChange) {
+          try {
+            decodeConfState(m.entries[i]!.data);
+          } catch (err) {
+            return `${what}: entry ${m.entries[i]!.index}: ${(err as Error).message}`;
+          }
         }
       }
       const conflict = this.log.committedConflict(m.index, m.logTerm, m.entries);
@@ -533,7 +691,12 @@ export class RaftCore {
     if (!this.#latestSnapshot || meta.index > this.#latestSnapshot.index) {
       this.#latestSnapshot = { ...meta, voters: [...meta.voters] };
     }
-    this.log.compact(compactTo);
+    if (compactTo > this.log.snapIndex) {
+      const base = this.confAt(compactTo);
+      this.log.compact(compactTo);
+      this.#confs = this.#confs.filter((c) => c.index > compactTo);
+      this.#baseConf = base;
+    }
   }
 
   /** The newest snapshot the driver saved or installed, or null. */
@@ -606,7 +769,12 @@ export class RaftCore {
     this.#transferee = NONE;
     this.#leaseRevoked = false;
     const last = this.log.lastIndex();
-    for (const id of this.#voters) {
+    this.progress.clear();
+    // Members of the committed configuration too: one being removed still gets the log until
+    // its removal commits (see #pruneProgress).
+    const committed = this.confAt(Math.max(this.log.committed, this.log.snapIndex));
+    const ids = [...this.#voters, ...this.#learners, this.id, ...committed.voters];
+    for (const id of new Set([...ids, ...committed.learners])) {
       const fresh = new Progress(last + 1, this.#maxInflight);
       if (id === this.id) fresh.match = this.log.stable;
       this.progress.set(id, fresh);
@@ -670,6 +838,7 @@ export class RaftCore {
   }
 
   #startElection(pre: boolean, transfer = false): void {
+    if (!this.#voters.includes(this.id)) return;
     if (this.term >= MAX_TERM) {
       // One more term would pass the bound: stay a follower (the driver logs it).
       this.#electionsRefused++;
@@ -707,6 +876,7 @@ export class RaftCore {
 
   /** Records a vote; returns true once a majority granted. Rejections by a majority -> follower. */
   #poll(from: NodeId, granted: boolean): boolean {
+    if (!this.#voters.includes(from)) return false;
     if (!this.#votes.has(from)) this.#votes.set(from, granted);
     let yes = 0;
     let no = 0;
@@ -718,6 +888,110 @@ export class RaftCore {
 
   #quorum(): number {
     return Math.floor(this.#voters.length / 2) + 1;
+  }
+
+  #isMember(id: NodeId): boolean {
+    return this.#voters.includes(id) || this.#learners.includes(id);
+  }
+
+  /** Whether this node is the only voter (it decides alone). */
+  #soleVoter(): boolean {
+    return this.#voters.length === 1 && this.#voters[0] === this.id;
+  }
+
+  // ---- configuration ------------------------------------------------------------------------
+
+  #currentConf(): ConfState {
+    return this.#confs.at(-1)?.conf ?? this.#baseConf;
+  }
+
+  /**
+   * Records the configuration entries among `entries` that are now in the log, and forgets those
+   * the log no longer holds (a follower's log truncated by a new leader: its configuration rolls
+   * back to the previous one, as the dissertation's rule wants).
+   */
+  #noteEntries(entries: readonly Entry[]): void {
+    const last = this.log.lastIndex();
+    this.#confs = this.#confs.filter((c) => c.index <= last && this.log.term(c.index) === c.term);
+    for (const e of entries) {
+      if (e.type !== EntryType.ConfChange || this.log.term(e.index) !== e.term) continue;
+      if (e.index <= this.log.snapIndex) continue;
+      const rec = { index: e.index, term: e.term, conf: decodeConfState(e.data) };
+      const i = this.#confs.findIndex((c) => c.index >= e.index);
+      if (i === -1) this.#confs.push(rec);
+      else if (this.#confs[i]!.index === e.index) this.#confs[i] = rec;
+      else this.#confs.splice(i, 0, rec);
+    }
+  }
+
+  /** Puts `conf` in force: membership lists, and a progress for every member (and this node). */
+  #useConf(conf: ConfState): void {
+    this.#voters = [...conf.voters];
+    this.#learners = [...conf.learners];
+    this.#info = { ...conf.info };
+    const last = this.log.lastIndex();
+    for (const id of [...this.#voters, ...this.#learners, this.id]) {
+      if (this.progress.has(id)) continue;
+      const pr = new Progress(last + 1, this.#maxInflight);
+      if (id === this.id) pr.match = this.log.stable;
+      pr.lastActive = this.#leaderTicks;
+      this.progress.set(id, pr);
+    }
+    this.#pruneProgress();
+    if (
+      (this.role === "candidate" || this.role === "pre-candidate") &&
+      !this.#voters.includes(this.id)
+    ) {
+      this.#becomeFollower(this.term, NONE);
+    }
+  }
+
+  /**
+   * Drops the progress of nodes that are neither in the newest configuration nor in the committed
+   * one. A removed node keeps its progress until its removal commits: the leader goes on sending
+   * it the log, so that it normally gets the entry that removes it and knows it is out, instead of
+   * timing out and campaigning in vain.
+   */
+  #pruneProgress(): void {
+    const self = this.#isMember(this.id) ? 0 : 1;
+    if (this.progress.size <= this.#voters.length + this.#learners.length + self) return;
+    const committed = this.confAt(Math.max(this.log.committed, this.log.snapIndex));
+    for (const id of [...this.progress.keys()]) {
+      if (id === this.id || this.#isMember(id)) continue;
+      if (committed.voters.includes(id) || committed.learners.includes(id)) continue;
+      this.progress.delete(id);
+    }
+  }
+
+  /**
+   * A leader the committed configuration leaves out steps down (it led the change to its own
+   * removal without counting itself), handing leadership to the most caught-up voter.
+   */
+  #maybeStepDownRemoved(): void {
+    if (this.role !== "leader" || this.#voters.includes(this.id)) return;
+    if (this.log.committed < this.confIndex) return;
+    const target = this.#mostCaughtUp();
+    const caughtUp = target !== NONE &&
+      this.progress.get(target)!.match === this.log.lastIndex();
+    this.#becomeFollower(this.term, NONE);
+    if (caughtUp) this.#send(message({ type: MessageType.TimeoutNow, to: target }));
+  }
+
+  /**
+   * The leader promotes a learner that replicates normally and is within `promoteLag` entries of
+   * the commit index, when no other change is pending.
+   */
+  #maybePromote(): void {
+    if (this.role !== "leader" || this.#learners.length === 0 || this.#transferee !== NONE) return;
+    if (this.confIndex > this.log.committed) return;
+    if (this.log.term(this.log.committed) !== this.term) return;
+    for (const l of this.#learners) {
+      const pr = this.progress.get(l);
+      if (pr && pr.state === "replicate" && pr.match + this.#promoteLag >= this.log.committed) {
+        this.proposeConfChange({ op: "promote", node: l });
+        return;
+      }
+    }
   }
 
   // ---- ticks --------------------------------------------------------------------------------
@@ -734,6 +1008,11 @@ export class RaftCore {
     }
     if (this.#electionElapsed >= this.#electionTicks) this.#startupLease = false;
     if (this.#electionElapsed >= this.#randomizedElectionTimeout) {
+      if (!this.#voters.includes(this.id)) {
+        // A learner, a removed node or one waiting to join never campaigns.
+        this.#electionElapsed = 0;
+        return;
+      }
       this.#electionElapsed = 0;
       this.#startElection(this.#preVote);
     }
@@ -757,12 +1036,14 @@ export class RaftCore {
       this.#heartbeatElapsed = 0;
       this.#bcastHeartbeat();
     }
+    this.#maybePromote();
   };
 
   /** Whether a majority (counting this node) answered within the last election timeout. */
   #quorumActive(): boolean {
     let active = 0;
-    for (const [id, pr] of this.progress) {
+    for (const id of this.#voters) {
+      const pr = this.progress.get(id)!;
       if (id === this.id || this.#leaderTicks - pr.lastActive < this.#electionTicks) active++;
     }
     return active >= this.#quorum();
@@ -807,7 +1088,7 @@ export class RaftCore {
         return;
       case MessageType.TimeoutNow:
         // The leader asks this node to take over: campaign now, skipping the pre-vote.
-        this.#startElection(false, true);
+        if (this.#voters.includes(this.id)) this.#startElection(false, true);
         return;
       case MessageType.ReadIndexResp:
         // Only the leader of this term answers (see refusal); unknown ids are old or dropped.
@@ -886,6 +1167,8 @@ export class RaftCore {
       // A conflict at or below the commit index: refused by refusal() before it gets here.
       if (lastNew === null) return;
       // Never commit past what this message proved we match.
+      this.#noteEntries(m.entries);
+      this.#useConf(this.#currentConf());
       this.log.commitTo(Math.min(m.commit, lastNew));
       this.#send(message({ type: MessageType.AppResp, to: m.from, index: lastNew }));
       return;
@@ -932,6 +1215,9 @@ export class RaftCore {
       return;
     }
     this.log.restore(snap);
+    this.#baseConf = confOf(snap);
+    this.#confs = [];
+    this.#useConf(this.#baseConf);
     this.#latestSnapshot = snap;
     this.#pendingSnapshot = snap;
     this.#send(message({ type: MessageType.AppResp, to: m.from, index: snap.index }));
@@ -969,19 +1255,22 @@ export class RaftCore {
     while (!pr.isPaused() && pr.next <= this.log.lastIndex()) {
       if (!this.#sendAppend(m.from, pr, true)) break;
     }
+    this.#maybePromote();
   }
 
   /** Advances the commit index to what a majority holds, if it is of the current term. */
   #maybeCommit(): boolean {
     const matches: number[] = [];
-    for (const [id, pr] of this.progress) {
-      matches.push(id === this.id ? this.log.stable : pr.match);
+    for (const id of this.#voters) {
+      matches.push(id === this.id ? this.log.stable : this.progress.get(id)!.match);
     }
     matches.sort((a, b) => b - a);
     const q = matches[this.#quorum() - 1]!;
     if (q > this.log.committed && this.log.term(q) === this.term) {
       this.log.commitTo(q);
       this.#releaseReadsAwaitingCommit();
+      this.#pruneProgress();
+      this.#maybeStepDownRemoved();
       return true;
     }
     return false;
@@ -1077,7 +1366,7 @@ export class RaftCore {
   // ---- reads --------------------------------------------------------------------------------
 
   #startRead(id: number, from: NodeId): void {
-    if (this.#voters.length === 1) {
+    if (this.#soleVoter()) {
       this.#readStates.push({ id, index: this.log.committed });
       return;
     }
@@ -1136,7 +1425,7 @@ export class RaftCore {
   leaseRead(): number | null {
     if (this.role !== "leader" || this.#leaseRevoked || this.#transferee !== NONE) return null;
     if (this.log.term(this.log.committed) !== this.term) return null;
-    if (this.#voters.length === 1) return this.log.committed;
+    if (this.#soleVoter()) return this.log.committed;
     const sentAt = this.#roundSentAt.get(this.#quorumRound());
     if (sentAt === undefined) return null;
     const lease = this.#electionTicks - this.#leaseMarginTicks;

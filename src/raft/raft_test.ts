@@ -414,17 +414,15 @@ Deno.test("an append whose entries do not follow its index is refused and change
   assert.deepEqual(_observable(f), before);
 });
 
-Deno.test("messages from this node, from non-voters or above MAX_TERM are refused and change nothing", () => {
+Deno.test("messages from this node or above MAX_TERM are refused and change nothing", () => {
   const f = _committedFollower();
   f.ready();
   const before = _observable(f);
   const hb = (from: string, term: number) =>
     message({ type: MessageType.Heartbeat, from, to: "n2", term, commit: 3 });
-  assert.match(
-    f.step(hb("evil", 3)) ?? "",
-    /Heartbeat from "evil": the sender is not another voter/,
-  );
-  assert.match(f.step(hb("n2", 3)) ?? "", /not another voter/);
+  // A sender outside the configuration is not refused by the core (its configuration may be
+  // newer); the peer validator at the transport's edge keeps unknown nodes out.
+  assert.match(f.step(hb("n2", 3)) ?? "", /the sender is this node itself/);
   assert.match(f.step(hb("n1", MAX_TERM + 1)) ?? "", new RegExp(`term ${MAX_TERM + 1} is above`));
   assert.match(f.step(hb("n1", Number.MAX_SAFE_INTEGER)) ?? "", /is above/);
   assert.deepEqual(_observable(f), before);

@@ -34,6 +34,85 @@ export enum EntryType {
   Normal = 0,
   /** The empty entry a new leader appends to commit entries of earlier terms. */
   Noop = 1,
+  /**
+   * A membership change: `data` is the whole new configuration, {@linkcode encodeConfState}'s
+   * UTF-8 JSON. A node uses the newest configuration in its log as soon as it appends it.
+   */
+  ConfChange = 2,
+}
+
+/**
+ * A cluster configuration: who votes, who only receives the log, and what the driver keeps about
+ * each member (its addresses, opaque to Raft).
+ */
+export interface ConfState {
+  /** The voting members. */
+  voters: NodeId[];
+  /** Members that receive the log and snapshots but neither vote nor count for a quorum. */
+  learners: NodeId[];
+  /** Per-member data for the driver (for raftkv: the member's URLs as JSON), by node id. */
+  info: Record<NodeId, string>;
+}
+
+/** One single-server membership change, as a leader proposes it. */
+export interface ConfChange {
+  /** Add a learner, promote a learner to voter, or remove a voter or learner. */
+  op: "add-learner" | "promote" | "remove";
+  /** The member concerned. */
+  node: NodeId;
+  /** For `add-learner`: the member's data kept in {@linkcode ConfState.info}. */
+  info?: string;
+}
+
+const _confEncoder = new TextEncoder();
+const _confDecoder = new TextDecoder("utf-8", { fatal: true });
+
+/** Encodes a configuration as the data of a {@linkcode EntryType.ConfChange} entry. */
+export function encodeConfState(c: ConfState): Uint8Array {
+  return _confEncoder.encode(
+    JSON.stringify({ voters: c.voters, learners: c.learners, info: c.info }),
+  );
+}
+
+/**
+ * Decodes the data of a {@linkcode EntryType.ConfChange} entry.
+ *
+ * @throws {RangeError} If the bytes are not such a configuration (at least one voter, ids
+ *   non-empty strings listed once, info a map of strings).
+ */
+export function decodeConfState(data: Uint8Array): ConfState {
+  let v: unknown;
+  try {
+    v = JSON.parse(_confDecoder.decode(data));
+  } catch (err) {
+    throw new RangeError(`configuration entry is not JSON: ${(err as Error).message}`);
+  }
+  const o = v as { voters?: unknown; learners?: unknown; info?: unknown };
+  if (typeof v !== "object" || v === null) throw new RangeError("configuration is not an object");
+  const ids = (x: unknown, what: string): string[] => {
+    if (!Array.isArray(x) || x.some((s) => typeof s !== "string" || s === "")) {
+      throw new RangeError(`configuration ${what} must be a list of node ids`);
+    }
+    return x as string[];
+  };
+  const voters = ids(o.voters, "voters");
+  const learners = ids(o.learners ?? [], "learners");
+  if (voters.length === 0) throw new RangeError("configuration has no voter");
+  const all = new Set([...voters, ...learners]);
+  if (all.size !== voters.length + learners.length) {
+    throw new RangeError("configuration lists a node twice");
+  }
+  const info: Record<string, string> = {};
+  if (o.info !== undefined) {
+    if (typeof o.info !== "object" || o.info === null || Array.isArray(o.info)) {
+      throw new RangeError("configuration info must be an object");
+    }
+    for (const [k, s] of Object.entries(o.info)) {
+      if (typeof s !== "string") throw new RangeError(`configuration info of "${k}" is not text`);
+      info[k] = s;
+    }
+  }
+  return { voters, learners, info };
 }
 
 /** One log entry. Invariant: `index >= 1`, `term >= 1`. */
@@ -77,6 +156,10 @@ export interface SnapshotMeta {
   term: number;
   /** The voting members of the cluster at that point. */
   voters: NodeId[];
+  /** The learners at that point (absent in snapshots taken before learners existed: none). */
+  learners?: NodeId[];
+  /** The driver's per-member data at that point (see {@linkcode ConfState.info}); absent: none. */
+  info?: Record<NodeId, string>;
 }
 
 /** Every kind of message peers exchange. Values are part of the wire format: never renumber. */
@@ -171,7 +254,7 @@ export interface SoftState {
   role: Role;
 }
 
-/** The roles a node can take. */
+/** The roles a node can take (a learner or a removed node stays a follower). */
 export type Role = "follower" | "pre-candidate" | "candidate" | "leader";
 
 /**

@@ -21,6 +21,7 @@
 
 import {
   CAMPAIGN_TRANSFER,
+  decodeConfState,
   type Entry,
   EntryType,
   MAX_INDEX,
@@ -113,7 +114,9 @@ const _MAX_QUOTED = 64;
  */
 export class PeerValidator {
   readonly #self: NodeId;
-  readonly #members: ReadonlySet<NodeId>;
+  #members: ReadonlySet<NodeId>;
+  /** A node that waits to join has no configuration yet: it takes the first leader's word. */
+  #open = false;
   readonly #checkEntryData: ((data: Uint8Array) => unknown) | undefined;
 
   /**
@@ -134,6 +137,20 @@ export class PeerValidator {
   }
 
   /**
+   * Replaces the members messages may come from (the configuration changed), with `self` always
+   * among them. With `open`, any sender is taken: a node that waits to join knows no members yet
+   * and must hear the leader that adds it.
+   */
+  setMembers(members: Iterable<NodeId>, open = false): void {
+    this.#members = new Set([...members, this.#self]);
+    this.#open = open;
+  }
+
+  #isMember(id: NodeId): boolean {
+    return this.#open || this.#members.has(id);
+  }
+
+  /**
    * Checks the sender a request names (its `x-raftkv-from` header) before anything else is done
    * with the request: null if it is another member.
    */
@@ -141,7 +158,7 @@ export class PeerValidator {
     if (from === this.#self) {
       return _notMember(`sender ${_quote(from)} is this node`);
     }
-    if (!this.#members.has(from)) {
+    if (!this.#isMember(from)) {
       return _notMember(
         `sender ${_quote(from)} is not a member of ${_quoteList([...this.#members])}`,
       );
@@ -176,7 +193,7 @@ export class PeerValidator {
         : `message ${i + 1} of ${messages.length} (${_typeName(m.type)})`;
       if (m.from !== from) {
         const problem = `${at} claims sender ${_quote(m.from)} in a request from ${_quote(from)}`;
-        return this.#members.has(m.from) && m.from !== this.#self
+        return this.#isMember(m.from) && m.from !== this.#self
           ? _invalid(problem)
           : _notMember(problem);
       }
@@ -262,6 +279,12 @@ export class PeerValidator {
         if (e.data.byteLength !== 0) {
           return `entry ${e.index} is a no-op carrying ${e.data.byteLength} bytes of data`;
         }
+      } else if (e.type === EntryType.ConfChange) {
+        try {
+          decodeConfState(e.data);
+        } catch (err) {
+          return `entry ${e.index} does not hold a valid configuration: ${(err as Error).message}`;
+        }
       } else if (e.type === EntryType.Normal) {
         if (this.#checkEntryData !== undefined) {
           try {
@@ -292,11 +315,10 @@ export class PeerValidator {
     }
     if (snap.voters.length === 0) return "snapshot has no voters";
     const seen = new Set<string>();
-    for (const v of snap.voters) {
-      if (!this.#members.has(v)) {
-        return `snapshot voter ${_quote(v)} is not a member of ${_quoteList([...this.#members])}`;
-      }
-      if (seen.has(v)) return `snapshot voter ${_quote(v)} is listed twice`;
+    // Members may have joined since this node learned its configuration: any non-empty id goes.
+    for (const v of [...snap.voters, ...(snap.learners ?? [])]) {
+      if (v === "") return "snapshot lists an empty node id";
+      if (seen.has(v)) return `snapshot member ${_quote(v)} is listed twice`;
       seen.add(v);
     }
     return null;

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { assertGoldenBytes, fromHex, hexBytes } from "../../testing/golden_bytes.ts";
-import { type Entry, EntryType } from "../raft/types.ts";
+import { encodeConfState, type Entry, EntryType } from "../raft/types.ts";
 import { loadHardState, saveHardState } from "./hard_state.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "./log_metadata.ts";
 import { segmentName, Wal } from "./wal.ts";
@@ -147,6 +147,50 @@ Deno.test("saveLogMetadata() produces the committed log metadata file byte for b
     await saveLogMetadata(join(dir, "log-metadata.json"), LOG_METADATA);
     const bytes = await Deno.readFile(join(dir, "log-metadata.json"));
     await assertGoldenBytes(join(TESTDATA, "log-metadata.json"), bytes);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/**
+ * A segment with a configuration entry (membership changes): its own fixture, so the segment
+ * above keeps the bytes written before that entry type existed.
+ */
+const CONF_SEGMENT = join(TESTDATA, "wal-conf", segmentName(1, 1));
+const CONF_ENTRIES: Entry[] = [
+  _noop(1, 1),
+  {
+    term: 1,
+    index: 2,
+    type: EntryType.ConfChange,
+    data: encodeConfState({
+      voters: ["n1", "n2", "n3"],
+      learners: ["n4"],
+      info: { n4: '{"rpc_url":"http://h4:7001","api_url":"http://h4:8001"}' },
+    }),
+  },
+  _normal(1, 3, "after the change"),
+];
+
+Deno.test("the committed segment with a configuration entry replays to its entries, byte for byte", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-golden-wal-" });
+  try {
+    const wal = await Wal.open(join(dir, "wal"));
+    try {
+      await wal.append(CONF_ENTRIES);
+    } finally {
+      await wal.close();
+    }
+    await assertGoldenBytes(CONF_SEGMENT, await Deno.readFile(join(dir, "wal", segmentName(1, 1))));
+    const copy = join(dir, "copy");
+    await Deno.mkdir(copy);
+    await Deno.copyFile(CONF_SEGMENT, join(copy, segmentName(1, 1)));
+    const replayed = await Wal.open(copy);
+    try {
+      assert.deepEqual(replayed.entries, CONF_ENTRIES);
+    } finally {
+      await replayed.close();
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

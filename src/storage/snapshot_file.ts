@@ -6,7 +6,8 @@
  * ```
  * magic      8 bytes  "RKVSNAP3"
  * hdrLen     u32      length of the header JSON
- * header     hdrLen   UTF-8 JSON {"index","term","voters","count"}
+ * header     hdrLen   UTF-8 JSON {"index","term","voters","count"}, and since membership
+ *                     changes "learners" and "info" when there are any (older files lack them)
  * count x:   u32 keyLen, key (UTF-8), u32 valueLen, value (UTF-8),
  *            u64 createIndex, u64 modIndex, u64 version
  * sessions   u32      the number of session records, then each as u32 length and its bytes
@@ -47,6 +48,10 @@ export interface SnapshotHeader {
   term: number;
   /** The voting members at that point. */
   voters: string[];
+  /** The learners at that point (absent: none). */
+  learners?: string[];
+  /** The members' data (their URLs), by node id (absent: none). */
+  info?: Record<string, string>;
   /** The number of entries (keys). */
   count: number;
 }
@@ -247,7 +252,9 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
   }
   if (
     !Number.isSafeInteger(header.index) || !Number.isSafeInteger(header.term) ||
-    !Number.isSafeInteger(header.count) || !Array.isArray(header.voters)
+    !Number.isSafeInteger(header.count) || !Array.isArray(header.voters) ||
+    (header.learners !== undefined && !Array.isArray(header.learners)) ||
+    (header.info !== undefined && (typeof header.info !== "object" || header.info === null))
   ) {
     fail(`malformed header ${JSON.stringify(header)}`, at);
   }

@@ -166,3 +166,35 @@ Deno.test("writeSnapshotFile() produces the committed snapshot file byte for byt
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** A snapshot taken with learners and member data (membership changes) in its header. */
+const FIXTURE_MEMBERS = join(TESTDATA, "v2-members-" + snapshotName(42, 3));
+const HEADER_MEMBERS: SnapshotHeader = {
+  index: 42,
+  term: 3,
+  voters: ["node-1", "node-2", "node-3"],
+  learners: ["node-4"],
+  info: { "node-4": '{"rpc_url":"http://h4:7001","api_url":"http://h4:8001"}' },
+  count: 4,
+};
+
+Deno.test("a snapshot with learners is written byte for byte and reads back its header", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-golden-snap-" });
+  try {
+    const path = await writeSnapshotFile(
+      dir,
+      encodeSnapshot(HEADER_MEMBERS, { entries: ENTRIES, sessions: SESSIONS }),
+      snapshotName(42, 3),
+    );
+    await assertGoldenBytes(FIXTURE_MEMBERS, await Deno.readFile(path));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  assert.deepEqual(await readSnapshotFile(FIXTURE_MEMBERS), {
+    header: HEADER_MEMBERS,
+    entries: ENTRIES,
+    sessions: SESSIONS,
+  });
+  // The older fixture has neither: it loads with no learners.
+  assert.equal((await readSnapshotFile(FIXTURE)).header.learners, undefined);
+});

@@ -98,7 +98,7 @@ export class RecordEncoder {
     const { term, index, type, data } = entry;
     _checkPositive("Entry term", term);
     _checkPositive("Entry index", index);
-    if (type !== EntryType.Normal && type !== EntryType.Noop) {
+    if (type !== EntryType.Normal && type !== EntryType.Noop && type !== EntryType.ConfChange) {
       throw new TypeError(`Entry ${index} has unknown type ${String(type)}`);
     }
     if (!(data instanceof Uint8Array)) {
@@ -255,7 +255,10 @@ export function decodeRecord(bytes: Uint8Array, offset: number): DecodeResult {
     const entryType = bytes[payload + 16]!;
     if (!(term >= 1)) return malformed(_invalid("entry term", term));
     if (!(index >= 1)) return malformed(_invalid("entry index", index));
-    if (entryType !== EntryType.Normal && entryType !== EntryType.Noop) {
+    if (
+      entryType !== EntryType.Normal && entryType !== EntryType.Noop &&
+      entryType !== EntryType.ConfChange
+    ) {
       return malformed(`entry ${index} has unknown entry type ${entryType}`);
     }
     const data = bytes.slice(payload + ENTRY_FIELDS_SIZE, end);

@@ -22,9 +22,12 @@
  *            term:num  logTerm:num  index:num  commit:num  rejectHint:num  context:num
  *            reject:u8 (0 or 1)
  *            entryCount:u32  entry * entryCount
- *            hasSnapshot:u8 (0 or 1)  [snapshot if hasSnapshot = 1]
- * entry    = term:num  index:num  type:u8 (an EntryType, 0..1)  dataLength:u32  data:u8 * dataLength
+ *            hasSnapshot:u8 (0, 1, or 2: a snapshot with its learners and member data)
+ *            [snapshot if hasSnapshot > 0]
+ * entry    = term:num  index:num  type:u8 (an EntryType, 0..2)  dataLength:u32  data:u8 * dataLength
  * snapshot = index:num  term:num  voterCount:u16  voter:str * voterCount
+ *            [if hasSnapshot = 2: learnerCount:u16  learner:str * learnerCount
+ *                                 infoCount:u16  (id:str  info:str) * infoCount]
  * ```
  *
  * The batch must end exactly after its last message: trailing bytes are an error.
@@ -81,6 +84,18 @@ export function encodedMessageSize(msg: Message): number {
     }
     size += _SNAPSHOT_FIXED_BYTES;
     for (const voter of snap.voters) size += _stringSize(voter, "snapshot voter");
+    if (_hasConfExtras(snap)) {
+      const learners = snap.learners ?? [];
+      const info = Object.entries(snap.info ?? {});
+      if (learners.length > _MAX_VOTERS || info.length > _MAX_VOTERS) {
+        throw new RangeError(`Cannot encode message: snapshot has too many learners or members`);
+      }
+      size += 4;
+      for (const l of learners) size += _stringSize(l, "snapshot learner");
+      for (const [id, text] of info) {
+        size += _stringSize(id, "snapshot member") + _stringSize(text, "snapshot member info");
+      }
+    }
   }
   return size;
 }
@@ -161,18 +176,36 @@ function _writeMessage(view: DataView, bytes: Uint8Array, off: number, msg: Mess
     view.setUint8(off, 0);
     return off + 1;
   }
-  view.setUint8(off, 1);
+  const extras = _hasConfExtras(snap);
+  view.setUint8(off, extras ? 2 : 1);
   view.setFloat64(off + 1, _checkNum(snap.index, "snapshot.index"));
   view.setFloat64(off + 9, _checkNum(snap.term, "snapshot.term"));
   view.setUint16(off + 17, snap.voters.length);
   off += 19;
   for (const voter of snap.voters) off = _writeString(view, bytes, off, voter);
+  if (!extras) return off;
+  const learners = snap.learners ?? [];
+  view.setUint16(off, learners.length);
+  off += 2;
+  for (const l of learners) off = _writeString(view, bytes, off, l);
+  const info = Object.entries(snap.info ?? {});
+  view.setUint16(off, info.length);
+  off += 2;
+  for (const [id, text] of info) {
+    off = _writeString(view, bytes, off, id);
+    off = _writeString(view, bytes, off, text);
+  }
   return off;
+}
+
+/** Whether a snapshot needs the longer form (flag 2): it has learners or member data. */
+function _hasConfExtras(snap: SnapshotMeta): boolean {
+  return (snap.learners?.length ?? 0) > 0 || Object.keys(snap.info ?? {}).length > 0;
 }
 
 function _writeEntry(view: DataView, bytes: Uint8Array, off: number, entry: Entry): number {
   const type = entry.type;
-  if (type !== EntryType.Normal && type !== EntryType.Noop) {
+  if (type !== EntryType.Normal && type !== EntryType.Noop && type !== EntryType.ConfChange) {
     throw new RangeError(`Cannot encode entry ${entry.index}: unknown entry type "${type}"`);
   }
   const data = entry.data;
@@ -245,7 +278,12 @@ function _readMessage(r: _Reader): Message {
   const entries: Entry[] = [];
   for (let i = 0; i < entryCount; i++) entries.push(_readEntry(r));
   let snapshot: SnapshotMeta | null = null;
-  if (r.flag("snapshot flag")) {
+  const flagOffset = r.off;
+  const snapFlag = r.u8("snapshot flag");
+  if (snapFlag > 2) {
+    throw _decodeError(`snapshot flag must be 0, 1 or 2, got ${snapFlag}`, flagOffset);
+  }
+  if (snapFlag > 0) {
     const snapIndex = r.num("snapshot index");
     const snapTerm = r.num("snapshot term");
     const voterCount = r.u16("voter count");
@@ -253,6 +291,21 @@ function _readMessage(r: _Reader): Message {
     const voters: string[] = [];
     for (let i = 0; i < voterCount; i++) voters.push(r.str("voter"));
     snapshot = { index: snapIndex, term: snapTerm, voters };
+    if (snapFlag === 2) {
+      const learnerCount = r.u16("learner count");
+      r.expectRoom(learnerCount, 2, "learner", 2);
+      const learners: string[] = [];
+      for (let i = 0; i < learnerCount; i++) learners.push(r.str("learner"));
+      const infoCount = r.u16("member count");
+      r.expectRoom(infoCount, 4, "member", 2);
+      const info: Record<string, string> = {};
+      for (let i = 0; i < infoCount; i++) {
+        const id = r.str("member");
+        info[id] = r.str("member info");
+      }
+      snapshot.learners = learners;
+      snapshot.info = info;
+    }
   }
   return {
     type,
@@ -275,7 +328,7 @@ function _readEntry(r: _Reader): Entry {
   const index = r.num("entry index");
   const typeOffset = r.off;
   const type = r.u8("entry type");
-  if (type !== EntryType.Normal && type !== EntryType.Noop) {
+  if (type !== EntryType.Normal && type !== EntryType.Noop && type !== EntryType.ConfChange) {
     throw _decodeError(`unknown entry type ${type}`, typeOffset);
   }
   const len = r.u32("entry data length");

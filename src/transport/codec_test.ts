@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { EntryType, type Message, message, MessageType } from "../raft/types.ts";
+import { fileURLToPath } from "node:url";
+import { assertGoldenBytes } from "../../testing/golden_bytes.ts";
+import { encodeConfState, EntryType, type Message, message, MessageType } from "../raft/types.ts";
 import { CODEC_MAGIC, decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
 import { sampleMessage } from "../../testing/transport_conformance.ts";
 
@@ -146,7 +148,7 @@ Deno.test("decodeMessages rejects flags other than 0 and 1", () => {
   _decodeError(bytes, new RegExp(`reject must be 0 or 1, got 2 at offset ${_REJECT_OFFSET}`));
   const snapFlag = encodeMessages([sampleMessage(MessageType.App, "a", "b", 1)]);
   snapFlag[snapFlag.length - 1] = 3;
-  _decodeError(snapFlag, /snapshot flag must be 0 or 1, got 3/);
+  _decodeError(snapFlag, /snapshot flag must be 0, 1 or 2, got 3/);
 });
 
 Deno.test("decodeMessages rejects counts and lengths that run past the end", () => {
@@ -238,3 +240,66 @@ function _random(size: number): Uint8Array {
   }
   return out;
 }
+
+/**
+ * The golden batch for membership changes: an append carrying a configuration entry and a
+ * snapshot message with learners and member data (flag 2). Rewrite after a deliberate format
+ * change with `REWRITE=1 scripts/deno test --allow-all src/transport/codec_test.ts`.
+ */
+const _MEMBERSHIP_FIXTURE = fileURLToPath(new URL("./testdata/membership.bin", import.meta.url));
+const _MEMBERSHIP_BATCH: Message[] = [
+  message({
+    type: MessageType.App,
+    from: "n1",
+    to: "n4",
+    term: 3,
+    logTerm: 3,
+    index: 7,
+    commit: 7,
+    entries: [{
+      term: 3,
+      index: 8,
+      type: EntryType.ConfChange,
+      data: encodeConfState({
+        voters: ["n1", "n2", "n3"],
+        learners: ["n4"],
+        info: { n4: '{"rpc_url":"http://h4:7001","api_url":"http://h4:8001"}' },
+      }),
+    }],
+  }),
+  message({
+    type: MessageType.Snap,
+    from: "n1",
+    to: "n4",
+    term: 3,
+    snapshot: {
+      index: 7,
+      term: 3,
+      voters: ["n1", "n2", "n3"],
+      learners: ["n4"],
+      info: { n1: "one", n4: "four" },
+    },
+  }),
+];
+
+Deno.test("the committed membership batch decodes to its messages, and encodes to its bytes", async () => {
+  await assertGoldenBytes(_MEMBERSHIP_FIXTURE, encodeMessages(_MEMBERSHIP_BATCH));
+  const decoded = decodeMessages(await Deno.readFile(_MEMBERSHIP_FIXTURE));
+  assert.deepEqual(
+    decoded.map((m) => ({ ...m, entries: m.entries.map((e) => ({ ...e, data: [...e.data] })) })),
+    _MEMBERSHIP_BATCH.map((m) => ({
+      ...m,
+      entries: m.entries.map((e) => ({ ...e, data: [...e.data] })),
+    })),
+  );
+  // A snapshot without learners keeps the first form (flag 1), readable by older nodes.
+  const plain = encodeMessages([message({
+    type: MessageType.Snap,
+    from: "n1",
+    to: "n2",
+    term: 1,
+    snapshot: { index: 1, term: 1, voters: ["n1"], learners: [], info: {} },
+  })]);
+  // The flag sits before index, term, the voter count and one 2-byte id with its length.
+  assert.equal(plain[plain.length - (1 + 8 + 8 + 2 + 2 + 2)], 1);
+});

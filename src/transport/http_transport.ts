@@ -341,6 +341,10 @@ export class HttpTransport implements Transport {
   readonly #maxBatchBytes: number;
   readonly #logger: TransportLogger;
   readonly #useStream: boolean;
+  readonly #self: NodeId;
+  /** Each peer's origin, and the node id its TLS certificate must name. */
+  readonly #expected = new Map<string, NodeId>();
+  #rtt: { labels(peer: string): Histogram } | null = null;
   #closed = false;
   #closing: Promise<void> | null = null;
 
@@ -382,35 +386,64 @@ export class HttpTransport implements Transport {
     metrics.onCollect(() => {
       for (const p of this.#peers.values()) queued.labels(p.id).set(p.queue.length);
     });
+    this.#self = options.self;
+    this.#rtt = rtt;
     for (const peer of options.peers) {
       if (peer.id === options.self) continue;
       if (this.#peers.has(peer.id)) {
         throw new RangeError(`Cannot create transport: peer "${peer.id}" is listed twice`);
       }
-      this.#peers.set(peer.id, {
-        id: peer.id,
-        messagesUrl: _endpoint(peer, MESSAGES_PATH),
-        snapshotUrl: _endpoint(peer, SNAPSHOT_PATH),
-        queue: [],
-        inflight: 0,
-        pumpScheduled: false,
-        sent: 0,
-        dropped: 0,
-        failed: 0,
-        rtt: rtt.labels(peer.id),
-        streamUrl: _endpoint(peer, STREAM_PATH),
-        stream: null,
-        opening: false,
-        blocked: false,
-        legacyUntil: 0,
-      });
+      this.#addPeer(peer);
     }
-    const expected = new Map(
-      [...this.#peers.values()].map((p) => [new URL(p.messagesUrl).origin, p.id]),
-    );
+    const expected = this.#expected;
     this.#client = options.tls === undefined ? new H2Client() : new H2Client({
       tls: { ...options.tls, expectedName: (origin) => expected.get(origin) ?? null },
     });
+  }
+
+  #addPeer(peer: PeerAddress): void {
+    const p: _Peer = {
+      id: peer.id,
+      messagesUrl: _endpoint(peer, MESSAGES_PATH),
+      snapshotUrl: _endpoint(peer, SNAPSHOT_PATH),
+      queue: [],
+      inflight: 0,
+      pumpScheduled: false,
+      sent: 0,
+      dropped: 0,
+      failed: 0,
+      rtt: this.#rtt!.labels(peer.id),
+      streamUrl: _endpoint(peer, STREAM_PATH),
+      stream: null,
+      opening: false,
+      blocked: false,
+      legacyUntil: 0,
+    };
+    this.#peers.set(peer.id, p);
+    this.#expected.set(new URL(p.messagesUrl).origin, p.id);
+  }
+
+  /**
+   * Replaces the peer address book (the cluster's configuration changed): peers not listed any
+   * more are forgotten with what was queued for them, new ones are added, and a peer whose
+   * address changed is replaced. This node's own entry is skipped.
+   *
+   * @throws {TypeError} if a peer's `rpcUrl` is not an http(s) URL.
+   */
+  setPeers(peers: readonly PeerAddress[]): void {
+    const wanted = new Map(peers.filter((p) => p.id !== this.#self).map((p) => [p.id, p]));
+    for (const [id, p] of this.#peers) {
+      const next = wanted.get(id);
+      if (next !== undefined && _endpoint(next, MESSAGES_PATH) === p.messagesUrl) continue;
+      p.queue = [];
+      this.#peers.delete(id);
+      // Its stream goes too (one still being opened is closed when it opens, see below).
+      p.stream?.close(_NGHTTP2_CANCEL);
+      p.stream = null;
+      const origin = new URL(p.messagesUrl).origin;
+      if (this.#expected.get(origin) === id) this.#expected.delete(origin);
+    }
+    for (const [id, p] of wanted) if (!this.#peers.has(id)) this.#addPeer(p);
   }
 
   /**
@@ -600,6 +633,11 @@ export class HttpTransport implements Transport {
       if (res.status === 200 && stream !== null) {
         clearTimeout(timer);
         const open: http2.ClientHttp2Stream = stream;
+        if (this.#peers.get(peer.id) !== peer) {
+          // The peer left the address book (or moved) while its stream was being opened.
+          open.close(_NGHTTP2_CANCEL);
+          return;
+        }
         peer.stream = open;
         // The peer ends its (empty) answer when it gives the stream up: then so does this side.
         res.body?.pipeTo(new WritableStream()).catch(() => {}).finally(() =>

@@ -17,6 +17,11 @@ export interface Transport {
   /** Queues messages for their `to` peers; never blocks and never throws for a slow or dead peer. */
   send(messages: Message[]): void;
   /**
+   * Replaces the addresses of the peers to send to, when the cluster's configuration changes
+   * (a transport whose peers need no address, such as an in-memory one, may leave it out).
+   */
+  setPeers?(peers: readonly { id: NodeId; rpcUrl: string }[]): void;
+  /**
    * Streams a snapshot to a peer: `msg` is the {@linkcode MessageType.Snap} message, `open()`
    * returns the snapshot bytes as a stream (it may be called again to retry). Resolves when the
    * peer accepted it; rejects on failure.

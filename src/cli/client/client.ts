@@ -1,8 +1,8 @@
 /**
  * The command-line client in the node's binary, in the spirit of `etcdctl`: `raftkv get KEY`,
  * `put`, `del`, `list`, `watch`, `lease grant|keepalive|revoke|list`, `status`,
- * `snapshot save|restore`, `verify`, and `raftkv help`. It talks only the
- * public REST API.
+ * `members list|add|remove`, `snapshot save|restore`, `verify`, and `raftkv help`. It talks only
+ * the public REST API.
  *
  * @module
  */
@@ -27,6 +27,7 @@ import {
 import { type ClientIo, REAL_IO, reportError } from "./output.ts";
 import { SNAPSHOT_RESTORE, SNAPSHOT_SAVE } from "./snapshot.ts";
 import { STATUS } from "./status.ts";
+import { MEMBERS_ADD, MEMBERS_LIST, MEMBERS_REMOVE } from "./members.ts";
 import { VERIFY } from "./verify.ts";
 import { WATCH } from "./watch.ts";
 
@@ -44,6 +45,9 @@ export const COMMANDS: readonly Command[] = [
   LEASE_LIST,
   WATCH,
   STATUS,
+  MEMBERS_LIST,
+  MEMBERS_ADD,
+  MEMBERS_REMOVE,
   SNAPSHOT_SAVE,
   SNAPSHOT_RESTORE,
   VERIFY,
@@ -56,8 +60,8 @@ const _FIRST_WORDS = new Set([...COMMANDS.map((c) => c.name.split(" ")[0]!), "he
  * client instead of a node (a node's arguments are all flags).
  *
  * @param word The first argument.
- * @returns True for `get`, `put`, `del`, `list`, `watch`, `lease`, `status`, `snapshot`,
- * `verify` and `help`.
+ * @returns True for `get`, `put`, `del`, `list`, `watch`, `lease`, `status`, `members`,
+ * `snapshot`, `verify` and `help`.
  */
 export function isClientCommand(word: string | undefined): boolean {
   return word !== undefined && _FIRST_WORDS.has(word);

@@ -29,6 +29,8 @@ export interface MemberStatus {
   members?: { id: string; api_url: string }[];
   /** Its alarms. */
   alarms?: string[];
+  /** Its place in the configuration: voter, learner, removed or joining (newer nodes). */
+  membership?: string;
 }
 
 /** One row of `raftkv status -o json`. */

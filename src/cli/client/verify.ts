@@ -266,7 +266,7 @@ export async function runVerify(client: ApiClient, options: VerifyOptions): Prom
 export const VERIFY: Command = {
   name: "verify",
   args: "",
-  summary: "self-test: concurrent clients, their history checked for linearizability",
+  summary: "self-test: concurrent clients, history checked for linearizability",
   description: "A black-box self-test of a live cluster, through the public API only. For " +
     "--duration, --clients concurrent clients read, write and delete --keys keys under a prefix " +
     'of their own ("verify-<random>/"), client i starting at endpoint i (give every node\'s ' +
