@@ -168,7 +168,9 @@ Deno.test("writeSnapshotFile() produces the committed snapshot file byte for byt
 });
 
 /** A snapshot taken with learners and member data (membership changes) in its header. */
-const FIXTURE_MEMBERS = join(TESTDATA, "v2-members-" + snapshotName(42, 3));
+const FIXTURE_MEMBERS = join(TESTDATA, "v3-members-" + snapshotName(42, 3));
+/** The same, written by the format before leases (version 2): it still loads. */
+const FIXTURE_MEMBERS_V2 = join(TESTDATA, "v2-members-" + snapshotName(42, 3));
 const HEADER_MEMBERS: SnapshotHeader = {
   index: 42,
   term: 3,
@@ -183,7 +185,7 @@ Deno.test("a snapshot with learners is written byte for byte and reads back its 
   try {
     const path = await writeSnapshotFile(
       dir,
-      encodeSnapshot(HEADER_MEMBERS, { entries: ENTRIES, sessions: SESSIONS }),
+      encodeSnapshot(HEADER_MEMBERS, { entries: ENTRIES, sessions: SESSIONS, leases: LEASES }),
       snapshotName(42, 3),
     );
     await assertGoldenBytes(FIXTURE_MEMBERS, await Deno.readFile(path));
@@ -194,7 +196,13 @@ Deno.test("a snapshot with learners is written byte for byte and reads back its 
     header: HEADER_MEMBERS,
     entries: ENTRIES,
     sessions: SESSIONS,
+    leases: LEASES,
   });
+  // Written before leases existed: the same header, no leases.
+  const v2 = await readSnapshotFile(FIXTURE_MEMBERS_V2);
+  assert.deepEqual(v2.header, HEADER_MEMBERS);
+  assert.deepEqual([v2.entries, v2.sessions], [ENTRIES, SESSIONS]);
+  assert.deepEqual(v2.leases ?? [], []);
   // The older fixture has neither: it loads with no learners.
   assert.equal((await readSnapshotFile(FIXTURE)).header.learners, undefined);
 });
