@@ -80,6 +80,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     storage = await openDiskStorage(config, {
       restoreFrom: config.restoreFrom,
+      restoreVoters: config.peers.map((p) => p.id),
       onNotice: (m) => log.info(m),
       metrics,
     });

@@ -549,10 +549,12 @@ Deno.test("health, readiness and status agree on a live cluster, and readiness d
         "last_index",
         "leader",
         "members",
+        "membership",
         "role",
         "term",
       ],
     );
+    assert.equal(status.membership, "voter", `${id} is not a voter`);
     assert.deepEqual(status.members, cluster.ids.map((m) => ({ id: m, api_url: cluster.api(m) })));
     assert.deepEqual(status.alarms, [], `${id} reports an alarm`);
     assert.equal(status.id, id);

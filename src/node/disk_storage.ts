@@ -61,6 +61,13 @@ export interface DiskStorageOptions {
    * no data yet; ignored (with `onNotice`) when it has. Default: none.
    */
   restoreFrom?: string | null;
+  /**
+   * The voters of the cluster a restored backup starts (the cluster file's members): a restore
+   * bootstraps a new cluster, as `etcdutl snapshot restore` does, so the membership recorded in
+   * the backup (another cluster's, perhaps with other addresses) is replaced by this one. Default:
+   * the backup's own.
+   */
+  restoreVoters?: readonly string[];
   /** Told about decisions worth logging. Default: nothing. */
   onNotice?: (message: string) => void;
   /**
@@ -129,7 +136,7 @@ export async function openDiskStorage(
     ),
   });
   if (options.restoreFrom) {
-    await _restoreIfEmpty(fs, paths, options.restoreFrom, hardState, wal, options.onNotice);
+    await _restoreIfEmpty(fs, paths, options.restoreFrom, hardState, wal, options);
   }
   await _completeInterruptedInstall(fs, paths.snapshotDir, wal);
   const loaded = await _loadNewestSnapshot(fs, paths, options.keepSnapshots ?? 2, metadata);
@@ -365,18 +372,31 @@ async function _restoreIfEmpty(
   file: string,
   hardState: HardState,
   wal: Wal,
-  onNotice: ((message: string) => void) | undefined,
+  options: Pick<DiskStorageOptions, "onNotice" | "restoreVoters">,
 ): Promise<void> {
+  const onNotice = options.onNotice;
   const snapshots = await listSnapshots(paths.snapshotDir, fs);
   if (snapshots.length > 0 || wal.lastIndex !== 0 || hardState.term !== 0) {
     onNotice?.(`--restore-from ignored: this node already has data`);
     return;
   }
-  const { header } = await readSnapshotFile(file, fs);
-  const source = await fs.open(file, "read");
+  const loaded = await readSnapshotFile(file, fs);
+  const voters = options.restoreVoters;
+  // The new cluster's membership replaces the backup's; member addresses come from the
+  // cluster file, so the backup's are dropped with its learners.
+  const header = voters === undefined ? loaded.header : {
+    index: loaded.header.index,
+    term: loaded.header.term,
+    voters: [...voters],
+    count: loaded.header.count,
+  };
   await writeSnapshotFile(
     paths.snapshotDir,
-    source.readable,
+    encodeSnapshot(header, {
+      entries: loaded.entries,
+      sessions: loaded.sessions,
+      leases: loaded.leases,
+    }),
     snapshotName(header.index, header.term),
     fs,
   );

@@ -192,3 +192,42 @@ Deno.test("on a simulated disk a snapshot taken, received and installed survives
   assert.equal(again.wal.lastIndex, 9);
   await again.close();
 });
+
+Deno.test("a restored backup starts the cluster given at start, not the one it was taken in", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-disk-" });
+  try {
+    // A backup of a cluster that had grown: other voters, a learner, their addresses.
+    const backup = join(dir, "backup.snap");
+    const header = {
+      index: 7,
+      term: 2,
+      voters: ["old-1", "old-2", "old-3"],
+      learners: ["old-4"],
+      info: { "old-4": '{"rpc_url":"http://h4:1","api_url":"http://h4:2"}' },
+      count: 1,
+    };
+    const file = await Deno.open(backup, { write: true, create: true });
+    await ReadableStream.from(encodeSnapshot(header, contentOf([["k", "v"]]))).pipeTo(
+      file.writable,
+    );
+    const restored = await openDiskStorage(paths(join(dir, "a")), {
+      restoreFrom: backup,
+      restoreVoters: ["n1", "n2", "n3"],
+    });
+    assert.deepEqual(restored.snapshot, { index: 7, term: 2, voters: ["n1", "n2", "n3"] });
+    assert.deepEqual(pairsOf(restored.snapshotData), [["k", "v"]]);
+    await restored.close();
+    // Without voters given, the backup's configuration is kept as it was.
+    const kept = await openDiskStorage(paths(join(dir, "b")), { restoreFrom: backup });
+    assert.deepEqual(kept.snapshot, {
+      index: 7,
+      term: 2,
+      voters: header.voters,
+      learners: header.learners,
+      info: header.info,
+    });
+    await kept.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

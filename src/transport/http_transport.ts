@@ -136,6 +136,8 @@ const _MAX_BACKOFF_MS = 1000;
 const _LEGACY_RETRY_MS = 60_000;
 /** How many `rpcTimeoutMs` a stream's full buffer may take to drain before it counts as broken. */
 const _STALL_TIMEOUTS = 4;
+/** How often the round-trip time to a peer is measured on its stream (an HTTP/2 PING). */
+const _PING_EVERY_MS = 1000;
 /** `NGHTTP2_CANCEL`: the RST_STREAM code of a stream given up. */
 const _NGHTTP2_CANCEL = 8;
 
@@ -374,7 +376,7 @@ export class HttpTransport implements Transport {
     const metrics = options.metrics ?? new MetricsRegistry();
     const rtt = metrics.histogramVec(
       "raftkv_peer_round_trip_time_seconds",
-      "Time from sending a batch of Raft messages to a peer until its answer, for the batches it took.",
+      "Round-trip time to a peer: an HTTP/2 PING on its message stream, or a batch sent as a request until its answer.",
       exponentialBuckets(0.0001, 2, 16),
       ["peer"],
     );
@@ -643,7 +645,22 @@ export class HttpTransport implements Transport {
         res.body?.pipeTo(new WritableStream()).catch(() => {}).finally(() =>
           open.close(_NGHTTP2_CANCEL)
         );
+        // A stream carries no answers: its round-trip time is measured with HTTP/2 PINGs.
+        const ping = () => {
+          if (open.closed || open.session === undefined || open.session.destroyed) return;
+          try {
+            open.session.ping((err, ms) => {
+              if (err === null) peer.rtt.observe(ms / 1000);
+            });
+          } catch {
+            // Too many PINGs unanswered, or the session is closing: skip this one.
+          }
+        };
+        ping();
+        const pinger = setInterval(ping, _PING_EVERY_MS);
+        Deno.unrefTimer(pinger);
         open.on("close", () => {
+          clearInterval(pinger);
           if (peer.stream !== open) return;
           peer.stream = null;
           this.#logger.debug(`The stream to peer "${peer.id}" closed (code ${open.rstCode})`);
