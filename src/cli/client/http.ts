@@ -117,17 +117,7 @@ export class ApiClient {
    * @throws {NoAnswerError} When no endpoint answered within the deadline.
    */
   async send(method: string, path: string, options: SendOptions = {}): Promise<ApiAnswer> {
-    const response = await this.#exchange(method, path, options, async (res, endpoint) => {
-      const text = await res.text();
-      let json: unknown = null;
-      try {
-        json = text === "" ? null : JSON.parse(text);
-      } catch {
-        // Not JSON.
-      }
-      return { status: res.status, json, text, endpoint };
-    });
-    return response;
+    return await this.#exchange(method, path, options, readAnswer);
   }
 
   /**
@@ -306,6 +296,24 @@ export function exitCodeFor(status: number): number {
   if (status === 401 || status === 403) return EXIT.unauthorized;
   if (status === 409 || status === 412) return EXIT.conflict;
   return EXIT.error;
+}
+
+/**
+ * Reads a whole response as an {@linkcode ApiAnswer}: its text, and its JSON when it is JSON.
+ *
+ * @param res The response.
+ * @param endpoint The endpoint that gave it.
+ * @returns The answer.
+ */
+export async function readAnswer(res: Response, endpoint: string): Promise<ApiAnswer> {
+  const text = await res.text();
+  let json: unknown = null;
+  try {
+    json = text === "" ? null : JSON.parse(text);
+  } catch {
+    // Not JSON.
+  }
+  return { status: res.status, json, text, endpoint };
 }
 
 /**

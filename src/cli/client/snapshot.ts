@@ -11,7 +11,7 @@ import { writeAll } from "../../storage/fs.ts";
 import { realFs } from "../../storage/real_fs.ts";
 import { readSnapshotFile, type SnapshotHeader } from "../../storage/snapshot_file.ts";
 import type { Command } from "./command.ts";
-import { answerError, type ApiAnswer } from "./http.ts";
+import { answerError, readAnswer } from "./http.ts";
 import { ClientError, EXIT } from "./options.ts";
 import type { MemberStatus } from "./status.ts";
 
@@ -42,15 +42,7 @@ export const SNAPSHOT_SAVE: Command = {
     }
     const { response, endpoint } = await client.stream("/v1/snapshot", { endpoints });
     if (response.status !== 200) {
-      const text = await response.text();
-      let json: unknown = null;
-      try {
-        json = JSON.parse(text);
-      } catch {
-        // Not JSON.
-      }
-      const answer: ApiAnswer = { status: response.status, json, text, endpoint };
-      throw answerError(answer, "snapshot save");
+      throw answerError(await readAnswer(response, endpoint), "snapshot save");
     }
     const part = `${file}.part`;
     let bytes = 0;

@@ -7,7 +7,7 @@
 
 import { readSse } from "../../util/sse.ts";
 import type { Command, CommandContext } from "./command.ts";
-import { answerError, NoAnswerError } from "./http.ts";
+import { answerError, NoAnswerError, readAnswer } from "./http.ts";
 import { ClientError, EXIT, usageError } from "./options.ts";
 
 /** A change, as the API sends it. */
@@ -128,17 +128,7 @@ async function watch(
       continue;
     }
     if (response.status !== 200) {
-      const text = await response.text();
-      let json: unknown = null;
-      try {
-        json = JSON.parse(text);
-      } catch {
-        // Not JSON.
-      }
-      throw answerError(
-        { status: response.status, json, text, endpoint: answeredBy },
-        `watch ${filter}`,
-      );
+      throw answerError(await readAnswer(response, answeredBy), `watch ${filter}`);
     }
     if (from === null) {
       // Started with what comes next: a reconnect goes on after the index this stream started at.
