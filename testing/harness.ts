@@ -995,7 +995,8 @@ export class ProcessCluster implements AsyncDisposable {
 /**
  * Starts a cluster of real node processes on free ports and waits until each answers
  * `/health`. On any failure, whatever was started is killed and cleaned up before the error
- * is thrown.
+ * is thrown; a cluster in a data root of its own whose node found its port taken meanwhile is
+ * started again on new ports (up to three attempts).
  *
  * @example Usage
  * ```ts ignore
@@ -1009,6 +1010,19 @@ export class ProcessCluster implements AsyncDisposable {
  * @returns The running cluster; dispose of it to stop everything.
  */
 export async function startCluster(options: StartClusterOptions = {}): Promise<ProcessCluster> {
+  // Ports are picked free, then bound by the nodes a moment later: a test running in parallel can
+  // take one in between. A cluster in its own data root starts again on new ports (at most twice).
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await _startClusterOnce(options);
+    } catch (error) {
+      const taken = /AddrInUse|Address already in use/.test(String((error as Error)?.message));
+      if (!taken || options.dataRoot !== undefined || attempt >= 3) throw error;
+    }
+  }
+}
+
+async function _startClusterOnce(options: StartClusterOptions): Promise<ProcessCluster> {
   const size = options.size ?? 3;
   if (!Number.isInteger(size) || size < 1) {
     throw new Error(`startCluster: size must be a positive integer, got ${size}`);
