@@ -12,6 +12,7 @@ import {
   cleanEnv,
   httpRequest,
   type HttpResult,
+  runCommand,
   startCluster,
   waitFor,
 } from "../testing/harness.ts";
@@ -26,16 +27,9 @@ const SLACK_MS = 1500;
 
 /** Runs `raftkv <args>` as a process of its own; its exit code and output. */
 async function raftkv(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args],
-    env: cleanEnv(),
-    clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b).trim();
-  return { code: out.code, out: text(out.stdout), err: text(out.stderr) };
+  const argv = ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args];
+  const { code, stdout, stderr } = await runCommand(Deno.execPath(), argv, cleanEnv(), Deno.cwd());
+  return { code, out: stdout.trim(), err: stderr.trim() };
 }
 
 /** Whether `key` exists, read linearizably through `api` (null: no answer). */

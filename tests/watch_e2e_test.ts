@@ -9,24 +9,24 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { PERMISSION_FLAGS } from "../main.ts";
-import { cleanEnv, freePorts, httpRequest, startCluster, waitFor } from "../testing/harness.ts";
+import {
+  cleanEnv,
+  type CommandOutput,
+  freePorts,
+  httpRequest,
+  runCommand,
+  startCluster,
+  waitFor,
+} from "../testing/harness.ts";
 import { Watcher, type WatchEvent } from "../testing/watcher.ts";
 import { readSse } from "../src/util/sse.ts";
 
 const _MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 
 /** Runs `raftkv <args>` to its end. */
-async function raftkv(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args],
-    env: cleanEnv(),
-    clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+function raftkv(args: string[]): Promise<CommandOutput> {
+  const argv = ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args];
+  return runCommand(Deno.execPath(), argv, cleanEnv(), Deno.cwd());
 }
 
 /** A write through any live node, retried on other nodes; its index, or null if unknown. */
