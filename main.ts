@@ -167,6 +167,7 @@ export async function main(args: string[]): Promise<number> {
     backupTimeoutMs: config.backupTimeoutMs,
     watchBufferEvents: config.watchBufferEvents,
     watchHeartbeatMs: config.watchHeartbeatMs,
+    maxWatchers: config.maxWatchers,
     metrics,
     logError: (line) => log.error(line),
   });

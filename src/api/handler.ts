@@ -256,6 +256,13 @@ export interface ApiOptions {
    */
   watchBufferEvents?: number;
   /**
+   * Most `GET /v1/watch` streams open at once; one more is answered 429 with `Retry-After`.
+   * Each holds a buffer of up to `watchBufferEvents` events and a heartbeat timer.
+   *
+   * @default {10000}
+   */
+  maxWatchers?: number;
+  /**
    * Receives one line per request refused with 401 or 403 (the token's name, never the token).
    *
    * @default {not logged}
@@ -446,6 +453,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     maxForwardedRequests: positiveInt("maxForwardedRequests", options.maxForwardedRequests, 256),
     maxConcurrentBackups: positiveInt("maxConcurrentBackups", options.maxConcurrentBackups, 2),
     backupTimeoutMs: positiveInt("backupTimeoutMs", options.backupTimeoutMs, 600_000),
+    maxWatchers: positiveInt("maxWatchers", options.maxWatchers, 10_000),
   });
   return {
     backend,

@@ -1,6 +1,6 @@
 /**
  * The REST API's metrics: requests by route template, method and status code, their latency,
- * and the requests, forwards and backups in progress. Routes are the API's fixed templates
+ * and the requests, forwards, backups and watch streams in progress. Routes are the API's fixed templates
  * (`/v1/data/{key}`, never a key) and methods a fixed list, so the number of series is bounded
  * whatever clients send.
  *
@@ -90,11 +90,16 @@ export class HttpMetrics {
       "raftkv_backups_in_flight",
       "GET /v1/snapshot downloads streaming (bounded by --max-concurrent-backups).",
     );
+    const watchers = registry.gauge(
+      "raftkv_watchers",
+      "GET /v1/watch streams open (bounded by --max-watchers).",
+    );
     registry.onCollect(() => {
       inflight.set(limits.inflight);
       inflightBytes.set(limits.inflightBytes);
       forwarding.set(limits.forwarding);
       backups.set(limits.backups);
+      watchers.set(limits.watchers);
     });
   }
 

@@ -21,6 +21,8 @@ export interface LimitOptions {
   maxConcurrentBackups: number;
   /** Deadline of one backup download in milliseconds. */
   backupTimeoutMs: number;
+  /** Most watch streams open at once. */
+  maxWatchers: number;
 }
 
 /** The counts of one API handler against its budgets. */
@@ -31,6 +33,7 @@ export class ApiLimits {
   #inflightBytes = 0;
   #forwarding = 0;
   #backups = 0;
+  #watchers = 0;
 
   /**
    * Starts with nothing in progress.
@@ -44,6 +47,28 @@ export class ApiLimits {
   /** Backups streaming now. */
   get backups(): number {
     return this.#backups;
+  }
+
+  /** Watch streams open now. */
+  get watchers(): number {
+    return this.#watchers;
+  }
+
+  /**
+   * Counts one more watch stream open, unless `maxWatchers` are. Pair a `true` with
+   * {@linkcode ApiLimits.prototype.releaseWatcher} when the stream ends.
+   *
+   * @returns Whether the watch may open.
+   */
+  acquireWatcher(): boolean {
+    if (this.#watchers >= this.options.maxWatchers) return false;
+    this.#watchers++;
+    return true;
+  }
+
+  /** Ends a watch stream counted by {@linkcode ApiLimits.prototype.acquireWatcher}. */
+  releaseWatcher(): void {
+    this.#watchers--;
   }
 
   /** Requests in progress now (`/health`, `/ready` and `/metrics` are not counted). */

@@ -8,6 +8,7 @@ const OPTIONS: LimitOptions = {
   maxForwardedRequests: 1,
   maxConcurrentBackups: 1,
   backupTimeoutMs: 60_000,
+  maxWatchers: 2,
 };
 
 function request(method: string, contentLength?: string): Request {
@@ -87,4 +88,15 @@ Deno.test("a bounded backup not read within backupTimeoutMs fails, releases its 
   await assert.rejects(reader.read(), { name: "TimeoutError", message: /backupTimeoutMs/ });
   assert.equal(((await cancelledWith) as DOMException).name, "TimeoutError");
   assert.equal(limits.backups, 0);
+});
+
+Deno.test("watch streams are admitted up to maxWatchers and again once one ends", () => {
+  const limits = new ApiLimits(OPTIONS);
+  assert.equal(limits.acquireWatcher(), true);
+  assert.equal(limits.acquireWatcher(), true);
+  assert.equal(limits.acquireWatcher(), false);
+  assert.equal(limits.watchers, 2);
+  limits.releaseWatcher();
+  assert.equal(limits.watchers, 1);
+  assert.equal(limits.acquireWatcher(), true);
 });

@@ -56,6 +56,7 @@ Deno.test("the summary reads a real node's metrics text", () => {
     maxForwardedRequests: 10,
     maxConcurrentBackups: 1,
     backupTimeoutMs: 1000,
+    maxWatchers: 10,
   });
   const http = new HttpMetrics(registry, limits);
   node.sawLeader(true, 2);

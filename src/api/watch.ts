@@ -25,6 +25,8 @@
  *   watch from the index of that read + 1.
  * - A comment line (`: heartbeat`) goes out every `watchHeartbeatMs`, so that proxies keep the
  *   stream open and a client can tell a quiet stream from a dead one.
+ * - At most `maxWatchers` streams are open on one node at once (`--max-watchers`): one more is
+ *   answered 429 with `Retry-After`, nothing streamed.
  * - A watcher that does not read fast enough has at most `watchBufferEvents` events waiting for
  *   it (besides the backlog it asked for with `from`, which the history bounds): one more and it
  *   gets a final `event: error` whose data says so, with the last index it was sent, and the
@@ -50,6 +52,7 @@ import {
   StoppingError,
 } from "../node/backend.ts";
 import { ApiError, quote } from "./errors.ts";
+import type { ApiLimits } from "./limits.ts";
 import { checkKey } from "./validate.ts";
 
 /** The longest wait of a blocking read (`?wait=`), in milliseconds: 5 minutes. */
@@ -65,8 +68,10 @@ export interface WatchContext {
   watchHeartbeatMs: number;
   /** Most events waiting for one watcher (beyond its backlog) before it is cut off. */
   watchBufferEvents: number;
-  /** `Retry-After` for 503 answers. */
+  /** `Retry-After` for 429 and 503 answers. */
   retryAfter: Record<string, string>;
+  /** The node's budgets: watch streams open count against `maxWatchers`. */
+  limits: ApiLimits;
 }
 
 const _encoder = new TextEncoder();
@@ -93,8 +98,8 @@ function _eventText(e: KvEvent): string {
  * @param req The request.
  * @param url Its parsed URL.
  * @returns The event stream.
- * @throws {ApiError} 400 for bad parameters, 410 for a `from` older than the history, 501
- * without a history, 503 while the node stops.
+ * @throws {ApiError} 400 for bad parameters, 410 for a `from` older than the history, 429 past
+ * `maxWatchers` streams open, 501 without a history, 503 while the node stops.
  */
 export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response {
   const key = url.searchParams.get("key");
@@ -112,9 +117,32 @@ export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response 
     });
   }
   const matches = key !== null ? (k: string) => k === key : (k: string) => k.startsWith(prefix!);
-  const watcher = new _Watcher(history, from, matches, ctx.watchBufferEvents);
+  const { limits } = ctx;
+  if (!limits.acquireWatcher()) {
+    const max = limits.options.maxWatchers;
+    throw new ApiError(
+      429,
+      `too many watch streams open on this node (${limits.watchers}; the limit is ${max}, maxWatchers); retry later or on another node`,
+      { limit: max },
+      ctx.retryAfter,
+    );
+  }
+  const watcher = new _Watcher(
+    history,
+    from,
+    matches,
+    ctx.watchBufferEvents,
+    () => limits.releaseWatcher(),
+  );
   const stream = new ReadableStream<Uint8Array>({
-    start: () => watcher.start(ctx.watchHeartbeatMs),
+    start: () => {
+      try {
+        watcher.start(ctx.watchHeartbeatMs);
+      } catch (err) {
+        watcher.end(null);
+        throw err;
+      }
+    },
     pull: async (controller) => {
       const chunk = await watcher.take();
       if (chunk === null) controller.close();
@@ -254,17 +282,20 @@ class _Watcher implements EventSink {
   #wake: (() => void) | null = null;
   #unsubscribe = () => {};
   #heartbeat: ReturnType<typeof setInterval> | undefined;
+  readonly #onEnd: () => void;
 
   constructor(
     history: EventHistory,
     from: number | null,
     matches: (key: string) => boolean,
     buffer: number,
+    onEnd: () => void,
   ) {
     this.#history = history;
     this.#from = from;
     this.#matches = matches;
     this.#buffer = buffer;
+    this.#onEnd = onEnd;
   }
 
   start(heartbeatMs: number): void {
@@ -316,6 +347,7 @@ class _Watcher implements EventSink {
   end(final: string | null): void {
     if (this.#ended) return;
     this.#ended = true;
+    this.#onEnd();
     this.#unsubscribe();
     clearInterval(this.#heartbeat);
     if (final === null) this.#queue = [];

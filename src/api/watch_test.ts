@@ -246,3 +246,32 @@ Deno.test("with tokens a watch and a blocking read need the read role", async ()
   assert.equal(blocked.status, 401);
   await blocked.body?.cancel();
 });
+
+Deno.test("past maxWatchers a watch is answered 429 until a stream ends, by the client or by the node", async () => {
+  const { backend, get } = setup({ maxWatchers: 2, retryAfterSeconds: 3 });
+  assert.equal(backend.kv.events.oldestIndex, 1);
+  const first = await get("/v1/watch?key=a");
+  const second = await get("/v1/watch?prefix=b");
+  assert.equal(first.status, 200);
+  assert.equal(second.status, 200);
+  const refused = await get("/v1/watch?key=c");
+  assert.equal(refused.status, 429);
+  assert.equal(refused.headers.get("retry-after"), "3");
+  const body = await refused.json();
+  assert.match(body.error, /too many watch streams open on this node \(2; the limit is 2/);
+  assert.equal(body.limit, 2);
+  // The client goes away: its stream stops counting.
+  await first.body!.cancel();
+  const third = await get("/v1/watch?key=c");
+  assert.equal(third.status, 200);
+  assert.equal((await get("/v1/watch?key=d")).status, 429);
+  // The node ends the streams (as when it installs a snapshot): they stop counting.
+  backend.kv.events.closeAll("a snapshot was installed");
+  for (const res of [second, third]) {
+    const events = await take(readSse(res.body!), 1);
+    assert.equal(events[0]?.event, "error");
+  }
+  const again = await get("/v1/watch?key=e");
+  assert.equal(again.status, 200);
+  await again.body!.cancel();
+});

@@ -129,6 +129,8 @@ export interface NodeConfig {
   watchBufferEvents: number;
   /** Interval of a watch stream's heartbeats in milliseconds. Default 15000. */
   watchHeartbeatMs: number;
+  /** Watch streams open at once on the node before 429. Default 10000. */
+  maxWatchers: number;
   /** Least severe log level printed. Default `"info"`. */
   logLevel: LogLevel;
   /** How log lines are written. Default `"text"`. */
@@ -415,6 +417,7 @@ export function parseArgs(
     watchHistoryEvents: settings.positiveInt("--watch-history") ?? DEFAULTS.watchHistoryEvents,
     watchBufferEvents: settings.positiveInt("--watch-buffer") ?? DEFAULTS.watchBufferEvents,
     watchHeartbeatMs: settings.duration("--watch-heartbeat") ?? DEFAULTS.watchHeartbeatMs,
+    maxWatchers: settings.positiveInt("--max-watchers") ?? DEFAULTS.maxWatchers,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,
     logFormat: settings.choice("--log-format", _LOG_FORMATS) ?? DEFAULTS.logFormat,
     apiTls,

@@ -88,6 +88,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   watchHistoryEvents: 10_000,
   watchBufferEvents: 1024,
   watchHeartbeatMs: 15_000,
+  maxWatchers: 10_000,
   logLevel: "info",
   logFormat: "text",
   apiTls: null,
@@ -134,6 +135,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--max-pending-proposals", "8", { maxPendingProposals: 8 }],
   ["--max-pending-bytes", "65536", { maxPendingBytes: 65536 }],
   ["--max-concurrent-backups", "1", { maxConcurrentBackups: 1 }],
+  ["--max-watchers", "5", { maxWatchers: 5 }],
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
   ["--watch-history", "500", { watchHistoryEvents: 500 }],
   ["--watch-buffer", "16", { watchBufferEvents: 16 }],
@@ -298,6 +300,7 @@ Deno.test("parseArgs() rejects counts and sizes that are not positive integers",
     "--max-concurrent-backups",
     "--watch-history",
     "--watch-buffer",
+    "--max-watchers",
   ];
   for (const flag of flags) {
     for (const value of ["0", "-3", "1.5", "ten", "1e3"]) {

@@ -69,6 +69,8 @@ export const DEFAULTS = {
   watchBufferEvents: 1024,
   /** Default of `--watch-heartbeat`, in milliseconds. */
   watchHeartbeatMs: 15_000,
+  /** Default of `--max-watchers`: watch streams open at once on one node. */
+  maxWatchers: 10_000,
   /** Default of `--log-level`. */
   logLevel: "info",
   /** Default of `--log-format`. */
@@ -373,6 +375,13 @@ export const FLAGS: readonly FlagInfo[] = [
     "<duration>",
     `${_D.watchHeartbeatMs / 1000}s`,
     "Interval of the comment heartbeats of a GET /v1/watch stream",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-watchers",
+    "<n>",
+    String(_D.maxWatchers),
+    "GET /v1/watch streams open at once on this node; past it: 429",
   ),
   _flag(
     "Limits and logging",
