@@ -91,6 +91,8 @@ export interface WatchFanoutResult {
   sentP50Ms: number;
   /** The same, 99th percentile. */
   sentP99Ms: number;
+  /** The delay from acknowledgement, p99, of the watchers of each member (the leader first). */
+  memberP99Ms: number[];
   /** How long connecting every watcher took, in milliseconds. */
   connectMs: number;
   /**
@@ -218,6 +220,13 @@ export async function measureWatchFanout(
       outputs.push(out);
       await c.exited();
     }
+    const memberP99Ms = target.urls.map((_, m) =>
+      percentile(
+        Float64Array.from(outputs.flatMap((o) => o.fromAck.filter((_, k) => o.member[k] === m)))
+          .sort(),
+        99,
+      )
+    );
     const fromAck = Float64Array.from(outputs.flatMap((o) => o.fromAck)).sort();
     const fromSent = Float64Array.from(outputs.flatMap((o) => o.fromSent)).sort();
     const lastDelivery = Math.max(started, ...outputs.map((o) => o.lastDelivery));
@@ -237,6 +246,7 @@ export async function measureWatchFanout(
       sentP50Ms: percentile(fromSent, 50),
       sentP99Ms: percentile(fromSent, 99),
       connectMs,
+      memberP99Ms,
       clockErrorMs: Math.max(...clocks.map((c) => c.errorMs)),
       errors,
     };
@@ -253,7 +263,9 @@ export function watchFanoutLine(r: WatchFanoutResult): string {
     formatRate(r.eventsPerSec)
   } events/s delivered, delay from ack p50 ${formatMs(r.p50Ms)} ms p99 ${
     formatMs(r.p99Ms)
-  } ms, from send p50 ${formatMs(r.sentP50Ms)} ms p99 ${formatMs(r.sentP99Ms)} ms` +
+  } ms (p99 by member, leader first: ${
+    r.memberP99Ms.map((ms) => formatMs(ms)).join(", ")
+  } ms), from send p50 ${formatMs(r.sentP50Ms)} ms p99 ${formatMs(r.sentP99Ms)} ms` +
     `${missing > 0 ? `, ${missing} deliveries missing` : ""}${
       r.errors > 0 ? `, ${r.errors} errors` : ""
     } (connecting took ${formatMs(r.connectMs)} ms; clocks related within ${

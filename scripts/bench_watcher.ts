@@ -68,6 +68,8 @@ export interface FinishOutput {
   fromAck: number[];
   /** Delay from the write's sending to each of them, ms, unsorted. */
   fromSent: number[];
+  /** The member (index in the URLs) each of them came from. */
+  member: number[];
   /** The last of them, in this process's clock. */
   lastDelivery: number;
   /** Streams that ended or failed before `finish`. */
@@ -89,15 +91,17 @@ async function main(): Promise<void> {
     Deno.exit(3);
   }, config.lifetimeMs);
 
-  const arrivals = new Map<string, number[]>();
+  /** Per write's value, the arrival times of its deliveries and the member each came from. */
+  const arrivals = new Map<string, { at: number[]; member: number[] }>();
   let events = 0;
   let broken = 0;
   const errorSamples: string[] = [];
-  const deliver = (value: string) => {
+  const deliver = (member: number, value: string) => {
     const at = performance.now();
     let list = arrivals.get(value);
-    if (list === undefined) arrivals.set(value, list = []);
-    list.push(at);
+    if (list === undefined) arrivals.set(value, list = { at: [], member: [] });
+    list.at.push(at);
+    list.member.push(member);
     events++;
   };
   const fail = (w: _Watcher, error: unknown) => {
@@ -109,10 +113,11 @@ async function main(): Promise<void> {
   const readies: Promise<void>[] = [];
   const watchers: _Watcher[] = [];
   for (let i = 0; i < config.watchers; i++) {
-    const url = config.urls[(config.first + i) % config.urls.length]!;
+    const member = (config.first + i) % config.urls.length;
+    const url = config.urls[member]!;
     const ready = Promise.withResolvers<void>();
     const w: _Watcher = { conn: null, closing: false, done: Promise.resolve() };
-    w.done = _watch(config, url, w, ready, deliver).catch((error) => {
+    w.done = _watch(config, url, w, ready, (value) => deliver(member, value)).catch((error) => {
       ready.reject(error);
       fail(w, error);
     });
@@ -140,13 +145,16 @@ async function main(): Promise<void> {
         delivered: 0,
         fromAck: [],
         fromSent: [],
+        member: [],
         lastDelivery: 0,
         broken,
         errorSamples,
       };
       for (const [value, sentAt, ackAt] of acked) {
-        for (const at of arrivals.get(value) ?? []) {
+        const list = arrivals.get(value);
+        for (const [k, at] of (list?.at ?? []).entries()) {
           out.delivered++;
+          out.member.push(list!.member[k]!);
           out.fromAck.push(Math.round(Math.max(0, at - ackAt) * 1000) / 1000);
           out.fromSent.push(Math.round((at - sentAt) * 1000) / 1000);
           out.lastDelivery = Math.max(out.lastDelivery, at);
