@@ -29,6 +29,21 @@ export const FORWARD_BATCH_TYPE = "application/x-raftkv-forward-batch";
 /** Most requests in one batch; a follower with more pending sends several. */
 export const MAX_BATCH_ITEMS = 256;
 
+/**
+ * A follower starts a new batch once one holds this many body bytes, and sends a request with a
+ * larger body than {@linkcode MAX_BATCHED_BODY_BYTES} on its own.
+ */
+export const BATCH_BODY_BYTES = 1 << 20;
+
+/** The largest body of a request a follower puts in a batch. */
+export const MAX_BATCHED_BODY_BYTES = 64 << 10;
+
+/**
+ * The largest batch a leader accepts: well above what a follower sends (at most
+ * {@linkcode BATCH_BODY_BYTES} plus one request's body and the requests' headers).
+ */
+export const MAX_BATCH_BYTES = 16 << 20;
+
 /** One forwarded request in a batch. */
 export interface BatchItem {
   /** The HTTP method. */
@@ -235,14 +250,14 @@ export class AnswerReader {
  * @param req The batch request as the peer server got it.
  * @param sender The authenticated sending member, passed on to `serveOne`.
  * @param serveOne Serves one forwarded request (`ApiHandler.forwarded`).
- * @param maxBytes The largest batch body accepted.
+ * @param maxBytes The largest batch body accepted. Default {@linkcode MAX_BATCH_BYTES}.
  * @returns The streamed answers (200), or 400, 405 or 413 when the batch itself is refused.
  */
 export async function serveBatch(
   req: Request,
   sender: string | null,
   serveOne: (req: Request, sender: string | null) => Promise<Response>,
-  maxBytes: number,
+  maxBytes: number = MAX_BATCH_BYTES,
 ): Promise<Response> {
   const refuse = (status: number, error: string, headers: Record<string, string> = {}) =>
     new Response(JSON.stringify({ error }), {

@@ -16,11 +16,13 @@ import type tls from "node:tls";
 import { connectH2Socket } from "../util/h2_socket.ts";
 import {
   AnswerReader,
+  BATCH_BODY_BYTES,
   type BatchItem,
   encodeBatch,
   FORWARD_BATCH_PATH,
   FORWARD_BATCH_TYPE,
   MAX_BATCH_ITEMS,
+  MAX_BATCHED_BODY_BYTES,
 } from "./forward_batch.ts";
 
 /**
@@ -59,7 +61,7 @@ export interface ForwarderOptions {
    * Whether writes (`/forward/v1/data...` and `/forward/v1/txn` other than GET) pending at the
    * same time travel together as one batch to {@linkcode FORWARD_BATCH_PATH} (see
    * `forward_batch.ts`); a leader that does not know that path (404) is sent them one by one.
-   * Default: `false`.
+   * A write with a body over 64 KiB goes on its own. Default: `false`.
    */
   batch?: boolean;
 }
@@ -173,10 +175,19 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
     const queue = queues.get(origin);
     if (queue === undefined) return;
     queues.delete(origin);
-    const live = queue.filter((p) => !p.done);
-    for (let i = 0; i < live.length; i += MAX_BATCH_ITEMS) {
-      void sendBatch(origin, live.slice(i, i + MAX_BATCH_ITEMS));
+    let batch: _Pending[] = [];
+    let bytes = 0;
+    for (const p of queue) {
+      if (p.done) continue;
+      batch.push(p);
+      bytes += p.item.body?.byteLength ?? 0;
+      if (batch.length >= MAX_BATCH_ITEMS || bytes >= BATCH_BODY_BYTES) {
+        void sendBatch(origin, batch);
+        batch = [];
+        bytes = 0;
+      }
     }
+    if (batch.length > 0) void sendBatch(origin, batch);
   };
 
   const sendBatch = async (origin: string, items: _Pending[]): Promise<void> => {
@@ -217,11 +228,12 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
     ) {
       return forwardOne(url, init);
     }
+    const body = _bodyBytes(init.body);
+    if (body !== null && body.byteLength > MAX_BATCHED_BODY_BYTES) return forwardOne(url, init);
     const signal = init.signal;
     if (signal.aborted) return Promise.reject(signal.reason);
     const headers: Record<string, string> = {};
     new Headers(init.headers).forEach((value, name) => headers[name] = value);
-    const body = _bodyBytes(init.body);
     if (body !== null) headers["content-length"] = String(body.byteLength);
     return new Promise<Response>((resolve, reject) => {
       const onAbort = () => pending.fail(signal.reason);

@@ -210,7 +210,9 @@ async function batchServer(
     stream.on("error", () => {});
     stream.on("end", async () => {
       const body = new Uint8Array(await new Blob(chunks as BlobPart[]).arrayBuffer());
-      onBatch(decodeBatch(body), stream);
+      if (headers[":path"] === "/forward/batch") return onBatch(decodeBatch(body), stream);
+      stream.respond({ ":status": 200, "content-type": "application/json" });
+      stream.end("{}");
     });
   });
   const port = await new Promise<number>((resolve) => {
@@ -269,6 +271,18 @@ Deno.test("createForwarder({ batch }) sends writes of one turn as one batch, wit
     await (await client.forward(`${base}/v1/data/a`, { signal: AbortSignal.timeout(5000) }))
       .body?.cancel();
     assert.deepEqual(server.paths, ["/forward/batch", "/forward/v1/data/a"]);
+    // Nor is a write with a large body.
+    const large = await client.forward(`${base}/v1/data/big`, {
+      method: "PUT",
+      body: new Uint8Array(100_000),
+      signal: AbortSignal.timeout(5000),
+    });
+    await large.body?.cancel();
+    assert.deepEqual(server.paths, [
+      "/forward/batch",
+      "/forward/v1/data/a",
+      "/forward/v1/data/big",
+    ]);
   } finally {
     client.close();
     await server.close();

@@ -405,8 +405,7 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
       if (URL.parse(req.url)?.pathname === FORWARD_BATCH_PATH) {
         // Each request of the batch is served as if it had come on its own (a batch inside a
         // batch is not a forwarding path: 404).
-        const max = ctx.limits.options.maxInflightBytes;
-        return await serveBatch(req, sender, serveForwarded, max);
+        return await serveBatch(req, sender, serveForwarded);
       }
       return await serveForwarded(req, sender);
     },
