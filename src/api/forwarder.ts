@@ -279,6 +279,11 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
       sockets.clear();
       for (const { session } of sessions.values()) session.destroy();
       sessions.clear();
+      // Writes waiting for their batch were not sent.
+      for (const queue of queues.values()) {
+        for (const p of queue) p.fail(new ForwardConnectError("the forwarder was closed"));
+      }
+      queues.clear();
     },
   };
 }

@@ -315,6 +315,25 @@ Deno.test("createForwarder({ batch }) fails the writes a broken batch did not an
   }
 });
 
+Deno.test("createForwarder({ batch }) fails the writes still waiting for their batch when it closes, as unsent", async () => {
+  const server = await batchServer(() => {
+    throw new Error("nothing is sent after close()");
+  });
+  const client = createForwarder({ batch: true });
+  try {
+    const pending = client.forward(`http://127.0.0.1:${server.port}/forward/v1/data/a`, {
+      method: "DELETE",
+      signal: AbortSignal.timeout(5000),
+    });
+    client.close();
+    await assert.rejects(pending, ForwardConnectError);
+    assert.deepEqual(server.paths, []);
+  } finally {
+    client.close();
+    await server.close();
+  }
+});
+
 Deno.test("createForwarder({ batch }) reports a batch that could not connect as unsent", async () => {
   const server = await batchServer(() => {});
   const port = server.port;
