@@ -143,11 +143,12 @@ export async function main(args: string[]): Promise<number> {
     },
   });
 
-  // Forwards go to the leader's peer port, over mutual TLS when peers use it.
+  // Forwards go to the leader's peer port, over mutual TLS when peers use it; writes pending at
+  // the same time go together, as one batch.
   const forwarder = createForwarder(
     config.peerTls === null
-      ? {}
-      : { ca: config.peerTls.ca, cert: config.peerTls.cert, key: config.peerTls.key },
+      ? { batch: true }
+      : { batch: true, ca: config.peerTls.ca, cert: config.peerTls.cert, key: config.peerTls.key },
   );
   const faults = { staleReads: Deno.env.get(DEBUG_STALE_READS_ENV) }; // tests only, off by default
   const api = createApiHandler(applyDebugFaults(node, faults, log), {

@@ -14,6 +14,16 @@ import http2 from "node:http2";
 import type net from "node:net";
 import type tls from "node:tls";
 import { connectH2Socket } from "../util/h2_socket.ts";
+import {
+  AnswerReader,
+  BATCH_BODY_BYTES,
+  type BatchItem,
+  encodeBatch,
+  FORWARD_BATCH_PATH,
+  FORWARD_BATCH_TYPE,
+  MAX_BATCH_ITEMS,
+  MAX_BATCHED_BODY_BYTES,
+} from "./forward_batch.ts";
 
 /**
  * Sends one request to the leader and resolves with its response.
@@ -47,6 +57,13 @@ export interface ForwarderOptions {
   cert?: string;
   /** PEM private key of `cert`. Default: none. */
   key?: string;
+  /**
+   * Whether writes (`/forward/v1/data...` and `/forward/v1/txn` other than GET) pending at the
+   * same time travel together as one batch to {@linkcode FORWARD_BATCH_PATH} (see
+   * `forward_batch.ts`); a leader that does not know that path (404) is sent them one by one.
+   * A write with a body over 64 KiB goes on its own. Default: `false`.
+   */
+  batch?: boolean;
 }
 
 /** A {@linkcode Forwarder} with the connections it keeps. */
@@ -125,7 +142,7 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
     return entry;
   };
 
-  const forward: Forwarder = async (url, init) => {
+  const forwardOne: Forwarder = async (url, init) => {
     const signal = init.signal;
     signal.throwIfAborted();
     const target = new URL(url);
@@ -149,6 +166,109 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
     return await _exchange(stream, body, signal);
   };
 
+  /** Origins whose leader answered a batch with 404: they are sent one request at a time. */
+  const unbatched = new Set<string>();
+  /** Requests waiting for the next batch, by origin. */
+  const queues = new Map<string, _Pending[]>();
+
+  const flush = (origin: string): void => {
+    const queue = queues.get(origin);
+    if (queue === undefined) return;
+    queues.delete(origin);
+    let batch: _Pending[] = [];
+    let bytes = 0;
+    for (const p of queue) {
+      if (p.done) continue;
+      batch.push(p);
+      bytes += p.item.body?.byteLength ?? 0;
+      if (batch.length >= MAX_BATCH_ITEMS || bytes >= BATCH_BODY_BYTES) {
+        void sendBatch(origin, batch);
+        batch = [];
+        bytes = 0;
+      }
+    }
+    if (batch.length > 0) void sendBatch(origin, batch);
+  };
+
+  const sendBatch = async (origin: string, items: _Pending[]): Promise<void> => {
+    let stream: http2.ClientHttp2Stream;
+    try {
+      const entry = open(origin);
+      await entry.greeted;
+      const body = encodeBatch(items.filter((p) => !p.done).map((p) => p.item));
+      if (body.byteLength === 0) return;
+      stream = entry.session.request({
+        ":method": "POST",
+        ":path": FORWARD_BATCH_PATH,
+        "content-type": FORWARD_BATCH_TYPE,
+        "content-length": String(body.byteLength),
+      });
+      stream.end(body);
+    } catch (e) {
+      for (const p of items) p.fail(new ForwardConnectError(_message(e), { cause: e }));
+      return;
+    }
+    _exchangeBatch(stream, items, (p) => {
+      // The leader does not know batches (an older version): nothing of it was served.
+      unbatched.add(origin);
+      if (!p.done) forwardOne(p.url, p.init).then(p.answer, p.fail);
+    });
+  };
+
+  const forward: Forwarder = (url, init) => {
+    if (options.batch !== true) return forwardOne(url, init);
+    const target = new URL(url);
+    const method = init.method ?? "GET";
+    const path = target.pathname;
+    if (
+      method === "GET" || method === "HEAD" || unbatched.has(target.origin) ||
+      !path.startsWith("/forward/") ||
+      !(path === "/forward/v1/data" || path.startsWith("/forward/v1/data/") ||
+        path === "/forward/v1/txn")
+    ) {
+      return forwardOne(url, init);
+    }
+    const body = _bodyBytes(init.body);
+    if (body !== null && body.byteLength > MAX_BATCHED_BODY_BYTES) return forwardOne(url, init);
+    const signal = init.signal;
+    if (signal.aborted) return Promise.reject(signal.reason);
+    const headers: Record<string, string> = {};
+    new Headers(init.headers).forEach((value, name) => headers[name] = value);
+    if (body !== null) headers["content-length"] = String(body.byteLength);
+    return new Promise<Response>((resolve, reject) => {
+      const onAbort = () => pending.fail(signal.reason);
+      const pending: _Pending = {
+        item: { method, path: path.slice("/forward".length) + target.search, headers, body },
+        url,
+        init,
+        done: false,
+        answer: (res) => {
+          if (pending.done) return;
+          pending.done = true;
+          signal.removeEventListener("abort", onAbort);
+          resolve(res);
+        },
+        fail: (e) => {
+          if (pending.done) return;
+          pending.done = true;
+          signal.removeEventListener("abort", onAbort);
+          reject(signal.aborted ? signal.reason : e);
+        },
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      const origin = target.origin;
+      let queue = queues.get(origin);
+      if (queue === undefined) {
+        queue = [];
+        queues.set(origin, queue);
+        // What arrives in this turn of the event loop goes in the same batch.
+        setTimeout(() => flush(origin), 0);
+      }
+      queue.push(pending);
+      if (queue.length >= MAX_BATCH_ITEMS) flush(origin);
+    });
+  };
+
   return {
     forward,
     close() {
@@ -159,6 +279,11 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
       sockets.clear();
       for (const { session } of sessions.values()) session.destroy();
       sessions.clear();
+      // Writes waiting for their batch were not sent.
+      for (const queue of queues.values()) {
+        for (const p of queue) p.fail(new ForwardConnectError("the forwarder was closed"));
+      }
+      queues.clear();
     },
   };
 }
@@ -247,6 +372,91 @@ function _exchange(
   });
 }
 
+/** A request waiting in, or sent with, a batch. */
+interface _Pending {
+  item: BatchItem;
+  /** The request as given to the forwarder, to send it on its own instead. */
+  url: string;
+  init: RequestInit & { signal: AbortSignal };
+  /** Whether it was answered or failed (its signal aborted, say). */
+  done: boolean;
+  answer(res: Response): void;
+  fail(e: unknown): void;
+}
+
+/**
+ * Reads a batch's answer from `stream` and settles each of `items` with its own; on a 404 for the
+ * whole batch, hands each item to `unknown`. Any other status for the whole batch is every item's
+ * answer (the leader served none of them). Items without an answer when the stream ends fail.
+ */
+function _exchangeBatch(
+  stream: http2.ClientHttp2Stream,
+  items: readonly _Pending[],
+  unknown: (p: _Pending) => void,
+): void {
+  const live = items.filter((p) => !p.done);
+  /** Whether the items went to be sent one by one instead. */
+  let handedOver = false;
+  const failAll = (e: unknown) => {
+    if (handedOver) return;
+    for (const p of live) p.fail(e);
+  };
+  const cut = () =>
+    new Error(`the HTTP/2 stream closed (code ${stream.rstCode}) before the answer ended`);
+  stream.on("error", failAll);
+  stream.on("close", () => failAll(cut()));
+  stream.on("response", (h) => {
+    const status = Number(h[":status"]);
+    if (status === 200) {
+      const reader = new AnswerReader();
+      stream.on("data", (chunk: Uint8Array) => {
+        let answers;
+        try {
+          answers = reader.push(chunk);
+        } catch (e) {
+          stream.close(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+          failAll(e);
+          return;
+        }
+        for (const a of answers) {
+          const p = live[a.item];
+          if (p === undefined) continue;
+          const nullBody = a.status === 204 || a.status === 304;
+          p.answer(
+            new Response(nullBody ? null : a.body, { status: a.status, headers: a.headers }),
+          );
+        }
+      });
+      stream.on("end", () => failAll(cut()));
+      return;
+    }
+    const chunks: Uint8Array[] = [];
+    stream.on("data", (chunk: Uint8Array) => chunks.push(new Uint8Array(chunk)));
+    stream.on("end", () => {
+      if (stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+        failAll(cut());
+        return;
+      }
+      if (status === 404) {
+        handedOver = true;
+        for (const p of live) unknown(p);
+        return;
+      }
+      const headers = new Headers();
+      for (const [name, value] of Object.entries(h)) {
+        if (!name.startsWith(":") && value !== undefined) {
+          headers.set(name, Array.isArray(value) ? value.join(", ") : String(value));
+        }
+      }
+      const body = new Blob(chunks as BlobPart[]);
+      const nullBody = status === 204 || status === 304;
+      for (const p of live) {
+        p.answer(new Response(nullBody ? null : body, { status, headers: new Headers(headers) }));
+      }
+    });
+  });
+}
+
 let _default: ForwarderClient | null = null;
 
 /**
@@ -300,9 +510,9 @@ function _untilAborted(promise: Promise<void>, signal: AbortSignal): Promise<voi
   );
 }
 
-function _bodyBytes(body: BodyInit | null | undefined): Uint8Array | null {
+function _bodyBytes(body: BodyInit | null | undefined): Uint8Array<ArrayBuffer> | null {
   if (body === undefined || body === null) return null;
-  if (body instanceof Uint8Array) return body;
+  if (body instanceof Uint8Array) return body as Uint8Array<ArrayBuffer>;
   if (typeof body === "string") return new TextEncoder().encode(body);
   if (body instanceof ArrayBuffer) return new Uint8Array(body);
   throw new TypeError("a forwarded body must be bytes or a string");

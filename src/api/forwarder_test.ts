@@ -3,6 +3,7 @@ import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { makeCertificates } from "../../testing/certs.ts";
 import { LinkProxy } from "../../testing/proxy.ts";
+import { type BatchItem, decodeBatch, encodeAnswer, FORWARD_BATCH_TYPE } from "./forward_batch.ts";
 import { createForwarder, ForwardConnectError } from "./forwarder.ts";
 
 /** A TLS HTTP/2 server that requires a client certificate from `ca`, as a peer port with mTLS. */
@@ -193,5 +194,162 @@ Deno.test("createForwarder() closes its connections without GOAWAY, which a node
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A cleartext HTTP/2 server calling `onBatch` with each batch's requests and stream. */
+async function batchServer(
+  onBatch: (items: BatchItem[], stream: http2.ServerHttp2Stream) => void,
+) {
+  const server = http2.createServer();
+  const paths: string[] = [];
+  server.on("stream", (stream, headers) => {
+    paths.push(String(headers[":path"]));
+    const chunks: Uint8Array[] = [];
+    stream.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
+    stream.on("error", () => {});
+    stream.on("end", async () => {
+      const body = new Uint8Array(await new Blob(chunks as BlobPart[]).arrayBuffer());
+      if (headers[":path"] === "/forward/batch") return onBatch(decodeBatch(body), stream);
+      stream.respond({ ":status": 200, "content-type": "application/json" });
+      stream.end("{}");
+    });
+  });
+  const port = await new Promise<number>((resolve) => {
+    server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port));
+  });
+  return {
+    port,
+    paths,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+const answerFrame = (item: number, status: number, body: string) =>
+  encodeAnswer({
+    item,
+    status,
+    headers: { "content-type": "application/json" },
+    body: new TextEncoder().encode(body),
+  });
+
+Deno.test("createForwarder({ batch }) sends writes of one turn as one batch, without those aborted before it left", async () => {
+  const batches: BatchItem[][] = [];
+  const server = await batchServer((items, stream) => {
+    batches.push(items);
+    stream.respond({ ":status": 200, "content-type": FORWARD_BATCH_TYPE });
+    // Answers in reverse order, each as its own frame: they are matched by position.
+    for (let i = items.length - 1; i >= 0; i--) {
+      stream.write(answerFrame(i, 200 + i, JSON.stringify({ path: items[i]!.path })));
+    }
+    stream.end();
+  });
+  const client = createForwarder({ batch: true });
+  try {
+    const base = `http://127.0.0.1:${server.port}/forward`;
+    const send = (path: string, signal = AbortSignal.timeout(5000)) =>
+      client.forward(base + path, {
+        method: "PUT",
+        headers: { "content-type": "application/json", "x-raftkv-forwarded-by": "n1" },
+        body: new TextEncoder().encode('{"v":"1"}'),
+        signal,
+      });
+    const gone = new AbortController();
+    const answers = [send("/v1/data/a"), send("/v1/data/b", gone.signal), send("/v1/data/c?x=1")];
+    gone.abort(new Error("the client went away"));
+    await assert.rejects(answers[1]!, /the client went away/);
+    const a = await answers[0]!;
+    const c = await answers[2]!;
+    assert.deepEqual([a.status, await a.json()], [200, { path: "/v1/data/a" }]);
+    assert.deepEqual([c.status, await c.json()], [201, { path: "/v1/data/c?x=1" }]);
+    assert.deepEqual(server.paths, ["/forward/batch"]);
+    assert.deepEqual(
+      batches[0]!.map((it) => [it.method, it.path, it.headers["content-length"], it.body?.length]),
+      [["PUT", "/v1/data/a", "9", 9], ["PUT", "/v1/data/c?x=1", "9", 9]],
+    );
+    // Reads are not batched.
+    await (await client.forward(`${base}/v1/data/a`, { signal: AbortSignal.timeout(5000) }))
+      .body?.cancel();
+    assert.deepEqual(server.paths, ["/forward/batch", "/forward/v1/data/a"]);
+    // Nor is a write with a large body.
+    const large = await client.forward(`${base}/v1/data/big`, {
+      method: "PUT",
+      body: new Uint8Array(100_000),
+      signal: AbortSignal.timeout(5000),
+    });
+    await large.body?.cancel();
+    assert.deepEqual(server.paths, [
+      "/forward/batch",
+      "/forward/v1/data/a",
+      "/forward/v1/data/big",
+    ]);
+  } finally {
+    client.close();
+    await server.close();
+  }
+});
+
+Deno.test("createForwarder({ batch }) fails the writes a broken batch did not answer as possibly sent", async () => {
+  const server = await batchServer((_items, stream) => {
+    stream.respond({ ":status": 200, "content-type": FORWARD_BATCH_TYPE });
+    stream.write(answerFrame(0, 200, "{}"));
+    setTimeout(() => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR), 10);
+  });
+  const client = createForwarder({ batch: true });
+  try {
+    const send = (key: string) =>
+      client.forward(`http://127.0.0.1:${server.port}/forward/v1/data/${key}`, {
+        method: "DELETE",
+        signal: AbortSignal.timeout(5000),
+      });
+    const [a, b] = [send("a"), send("b")];
+    assert.equal((await a).status, 200);
+    await assert.rejects(
+      b,
+      (e) =>
+        !(e instanceof ForwardConnectError) && /closed .* before the answer ended/.test(String(e)),
+    );
+  } finally {
+    client.close();
+    await server.close();
+  }
+});
+
+Deno.test("createForwarder({ batch }) fails the writes still waiting for their batch when it closes, as unsent", async () => {
+  const server = await batchServer(() => {
+    throw new Error("nothing is sent after close()");
+  });
+  const client = createForwarder({ batch: true });
+  try {
+    const pending = client.forward(`http://127.0.0.1:${server.port}/forward/v1/data/a`, {
+      method: "DELETE",
+      signal: AbortSignal.timeout(5000),
+    });
+    client.close();
+    await assert.rejects(pending, ForwardConnectError);
+    assert.deepEqual(server.paths, []);
+  } finally {
+    client.close();
+    await server.close();
+  }
+});
+
+Deno.test("createForwarder({ batch }) reports a batch that could not connect as unsent", async () => {
+  const server = await batchServer(() => {});
+  const port = server.port;
+  await server.close();
+  const client = createForwarder({ batch: true });
+  try {
+    const send = (key: string) =>
+      client.forward(`http://127.0.0.1:${port}/forward/v1/data/${key}`, {
+        method: "DELETE",
+        signal: AbortSignal.timeout(5000),
+      });
+    const results = await Promise.allSettled([send("a"), send("b")]);
+    for (const r of results) {
+      assert.ok(r.status === "rejected" && r.reason instanceof ForwardConnectError, String(r));
+    }
+  } finally {
+    client.close();
   }
 });

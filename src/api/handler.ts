@@ -81,6 +81,7 @@ import { type ApiToken, type Caller, requiredRole, TokenAuthenticator } from "./
 import type { ApiContext } from "./context.ts";
 import { ApiError, errorResponse, jsonResponse, logLine, quote } from "./errors.ts";
 import { acceptForwarded } from "./forward.ts";
+import { FORWARD_BATCH_PATH, serveBatch } from "./forward_batch.ts";
 import { defaultForwarder, type Forwarder } from "./forwarder.ts";
 import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
 import { ApiLimits } from "./limits.ts";
@@ -395,17 +396,25 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
     }
     return http.record(url.pathname, req.method, await serve(req, url, caller), started);
   };
+  const serveForwarded = async (req: Request, sender: string | null): Promise<Response> => {
+    const started = performance.now();
+    let accepted;
+    try {
+      accepted = acceptForwarded(ctx, req, sender);
+    } catch (err) {
+      return http.record(null, req.method, refuse(req, err), started);
+    }
+    const res = await serve(accepted.req, accepted.url, accepted.caller);
+    return http.record(accepted.url.pathname, req.method, res, started);
+  };
   return Object.assign(handler, {
     forwarded: async (req: Request, sender: string | null): Promise<Response> => {
-      const started = performance.now();
-      let accepted;
-      try {
-        accepted = acceptForwarded(ctx, req, sender);
-      } catch (err) {
-        return http.record(null, req.method, refuse(req, err), started);
+      if (URL.parse(req.url)?.pathname === FORWARD_BATCH_PATH) {
+        // Each request of the batch is served as if it had come on its own (a batch inside a
+        // batch is not a forwarding path: 404).
+        return await serveBatch(req, sender, serveForwarded);
       }
-      const res = await serve(accepted.req, accepted.url, accepted.caller);
-      return http.record(accepted.url.pathname, req.method, res, started);
+      return await serveForwarded(req, sender);
     },
   });
 }
