@@ -10,8 +10,9 @@
  * each peer gets one keep-alive connection that multiplexes all requests. (Not `fetch`: it refuses
  * the Fetch Standard's "bad ports", which include the default peer ports 6666-6668.) Each peer has
  * its own bounded queue and one long-lived message stream (`POST /raft/stream`) on that
- * connection: the sender takes everything queued (up to `maxBatchBytes`) and writes it as one
- * frame, with no answer to wait for. When the stream's buffer is full (the peer or the network does
+ * connection: at the end of each event-loop turn that queued something, the sender takes
+ * everything queued (up to `maxBatchBytes`), merges adjacent appends that continue each other
+ * ({@linkcode coalesceMessages}), and writes it as one frame, with no answer to wait for. When the stream's buffer is full (the peer or the network does
  * not keep up), messages wait in the queue until it drains; a buffer that does not drain within four
  * `rpcTimeoutMs` counts as a broken stream. Peers never wait for each other. A stream that breaks
  * (what was written to it may be lost) is reopened on the next send; opening one that fails to
@@ -99,10 +100,12 @@
  */
 
 import type http2 from "node:http2";
+import { setImmediate } from "node:timers";
 import { H2Client } from "./h2_client.ts";
 import type { PeerRequestInfo } from "./tls_server.ts";
 import { type Message, MessageType, type NodeId } from "../raft/types.ts";
 import { decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
+import { coalesceMessages } from "./coalesce.ts";
 import type { PeerRefusal, PeerValidator, RefusalKind } from "../raft/validate.ts";
 import {
   PeerRefusedError,
@@ -463,9 +466,10 @@ export class HttpTransport implements Transport {
       if (peer.queue.length >= this.#maxQueued) _dropOldest(peer);
       peer.queue.push(msg);
       if (!peer.pumpScheduled) {
-        // Deferred to a microtask so that several send() calls in one turn share a batch.
+        // Deferred to the end of this event-loop turn so that what every I/O callback of the turn
+        // sends (each client request's proposal, each peer batch's answers) shares one frame.
         peer.pumpScheduled = true;
-        queueMicrotask(() => {
+        setImmediate(() => {
           peer.pumpScheduled = false;
           this.#pump(peer);
         });
@@ -714,7 +718,8 @@ export class HttpTransport implements Transport {
 
   /** Removes the next batch from the queue and encodes it; null if it could not be encoded. */
   #takeBatch(peer: _Peer): { bytes: Uint8Array<ArrayBuffer>; count: number } | null {
-    const queue = peer.queue;
+    const queue = coalesceMessages(peer.queue, this.#maxBatchBytes);
+    peer.queue = queue;
     let size = 5;
     let n = 0;
     while (n < queue.length) {

@@ -239,8 +239,8 @@ Deno.test("HttpTransport speaks HTTP/2 with prior knowledge over one multiplexed
       const msg = sampleMessage(MessageType.App, "a", "b", i, [i * 100]);
       sent.push(msg);
       transport.send([msg]);
-      // Spread the sends over several turns so that they go in several frames.
-      if (i % 10 === 0) await Promise.resolve();
+      // Spread the sends over several event-loop turns (what one turn sends shares a frame).
+      if (i % 10 === 0) await new Promise((resolve) => setTimeout(resolve, 0));
     }
     await changed.until(() => b.batches.flat().length === sent.length, "all messages");
     assert.deepStrictEqual(b.batches.flat(), sent);
@@ -249,6 +249,31 @@ Deno.test("HttpTransport speaks HTTP/2 with prior knowledge over one multiplexed
   } finally {
     await transport.close();
     await proxy.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HttpTransport writes what one event-loop turn sends to a peer as one frame", async () => {
+  const changed = new Condition();
+  const b = _recording(changed);
+  const server = _serve(createPeerHandler(b.handlers));
+  const transport = new HttpTransport({}, {
+    self: "a",
+    peers: [{ id: "b", rpcUrl: _url(server) }],
+  });
+  try {
+    transport.send([sampleMessage(MessageType.Heartbeat, "a", "b", 1)]);
+    await changed.until(() => b.batches.length === 1, "the stream to open");
+    // Sends from separate microtasks of one turn (as separate Readies make them).
+    for (let i = 0; i < 20; i++) {
+      transport.send([sampleMessage(MessageType.Heartbeat, "a", "b", 2 + i)]);
+      await Promise.resolve();
+    }
+    await changed.until(() => b.batches.flat().length === 21, "all messages");
+    assert.equal(b.batches.length, 2);
+    assert.equal(b.batches[1]!.length, 20);
+  } finally {
+    await transport.close();
     await server.shutdown();
   }
 });

@@ -11,12 +11,16 @@
 
 import { type Message, MessageType, type NodeId } from "../../src/raft/types.ts";
 import { decodeMessages, encodeMessages } from "../../src/transport/codec.ts";
+import { coalesceMessages } from "../../src/transport/coalesce.ts";
 import { PeerRefusedError, type Transport } from "../../src/transport/transport.ts";
 import type { TransportHandlers } from "../../src/transport/transport.ts";
 import { PeerValidator } from "../../src/raft/validate.ts";
 import { decodeCommand } from "../../src/kv/state_machine.ts";
 import type { NodeClock } from "./node_clock.ts";
 import type { FaultOptions, SimulationStats } from "./simulator.ts";
+
+/** The entry bytes one merged append may carry (the real transport's default batch size). */
+const _MAX_MERGED_ENTRY_BYTES = 8 * 1024 * 1024;
 
 /** What the network needs from the simulation. */
 export interface NetworkHost {
@@ -95,7 +99,9 @@ export class SimNetwork {
   #send(from: _Endpoint, messages: Message[]): void {
     if (!this.#alive(from)) return;
     const { faults, stats, random: r } = this.#host;
-    for (const [to, batch] of Map.groupBy(messages, (m) => m.to)) {
+    for (const [to, queued] of Map.groupBy(messages, (m) => m.to)) {
+      // As the real transport does with what it queued for a peer.
+      const batch = coalesceMessages(queued, _MAX_MERGED_ENTRY_BYTES);
       stats.messagesSent += batch.length;
       if (this.#reach(from.id, to) === null || r() < faults.dropRate) {
         stats.messagesDropped += batch.length;
