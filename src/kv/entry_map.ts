@@ -381,6 +381,11 @@ export class EntryMap {
     return true;
   }
 
+  /** The entries in key order (as {@linkcode EntryMap.values}). */
+  [Symbol.iterator](): IterableIterator<KvEntry> {
+    return _iterate(this.#root, undefined);
+  }
+
   /**
    * The entries in key order, from the first key at or after `start` (default: the first). The
    * map must not change while the iterator is in use; iterate a {@linkcode EntryMap.freeze}
@@ -550,7 +555,9 @@ export class EntryMapBuilder {
   #offs = new Uint32Array(2 * _BULK + 1);
   #nums = new Float64Array(3 * _BULK);
   #n = 0;
-  #last: string | null = null;
+  /** The previous key's bytes (its length in #prevLength), to check the order. */
+  #prev = new Uint8Array(256);
+  #prevLength = -1;
   #size = 0;
 
   /**
@@ -559,24 +566,76 @@ export class EntryMapBuilder {
    * @throws {RangeError} If its key does not come after the previous one.
    */
   add(key: string, value: string, createIndex: number, modIndex: number, version: number): void {
-    if (this.#last !== null && compareKeys(this.#last, key) >= 0) {
-      throw new RangeError(
-        `entries are not in increasing key order at ${this.#size}: ${JSON.stringify(key)}`,
-      );
-    }
-    this.#last = key;
-    if (this.#n === 0) this.#firsts.push(key);
-    const need = this.#at + 3 * (key.length + value.length);
-    if (need > this.#bytes.length) {
-      const bigger = new Uint8Array(2 * need);
-      bigger.set(this.#bytes.subarray(0, this.#at));
-      this.#bytes = bigger;
-    }
+    this.#room(3 * (key.length + value.length));
     const i = this.#n;
-    this.#offs[2 * i] = this.#at;
+    const start = this.#at;
     this.#at += _encoder.encodeInto(key, this.#bytes.subarray(this.#at)).written;
     this.#offs[2 * i + 1] = this.#at;
     this.#at += _encoder.encodeInto(value, this.#bytes.subarray(this.#at)).written;
+    this.#added(start, key, createIndex, modIndex, version);
+  }
+
+  /**
+   * Adds the next entry from UTF-8 bytes (as a snapshot file holds them, which saves making
+   * strings): its key is `bytes[keyStart, keyEnd)` and its value `bytes[valueStart, valueEnd)`.
+   * The caller has checked that they are valid UTF-8.
+   *
+   * @throws {RangeError} If its key does not come after the previous one.
+   */
+  addBytes(
+    bytes: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueStart: number,
+    valueEnd: number,
+    createIndex: number,
+    modIndex: number,
+    version: number,
+  ): void {
+    const keyLength = keyEnd - keyStart;
+    this.#room(keyLength + valueEnd - valueStart);
+    const start = this.#at;
+    this.#bytes.set(bytes.subarray(keyStart, keyEnd), start);
+    this.#bytes.set(bytes.subarray(valueStart, valueEnd), start + keyLength);
+    this.#at += keyLength + valueEnd - valueStart;
+    this.#offs[2 * this.#n + 1] = start + keyLength;
+    this.#added(start, null, createIndex, modIndex, version);
+  }
+
+  /** Makes room for `need` more bytes in the next leaf's buffer. */
+  #room(need: number): void {
+    if (this.#at + need <= this.#bytes.length) return;
+    const bigger = new Uint8Array(2 * (this.#at + need));
+    bigger.set(this.#bytes.subarray(0, this.#at));
+    this.#bytes = bigger;
+  }
+
+  /** Completes the entry whose bytes were just written at `start` (`key`: its key, if known). */
+  #added(
+    start: number,
+    key: string | null,
+    createIndex: number,
+    modIndex: number,
+    version: number,
+  ): void {
+    const i = this.#n;
+    const keyEnd = this.#offs[2 * i + 1]!;
+    const keyLength = keyEnd - start;
+    if (
+      this.#prevLength >= 0 &&
+      _compareBytes(this.#bytes, start, keyEnd, this.#prev.subarray(0, this.#prevLength)) <= 0
+    ) {
+      const shown = key ?? _utf8(this.#bytes, start, keyEnd);
+      this.#at = start;
+      throw new RangeError(
+        `entries are not in increasing key order at ${this.#size}: ${JSON.stringify(shown)}`,
+      );
+    }
+    if (keyLength > this.#prev.length) this.#prev = new Uint8Array(2 * keyLength);
+    this.#prev.set(this.#bytes.subarray(start, keyEnd));
+    this.#prevLength = keyLength;
+    if (i === 0) this.#firsts.push(key ?? _utf8(this.#bytes, start, keyEnd));
+    this.#offs[2 * i] = start;
     this.#nums[3 * i] = createIndex;
     this.#nums[3 * i + 1] = modIndex;
     this.#nums[3 * i + 2] = version;

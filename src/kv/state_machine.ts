@@ -145,7 +145,7 @@ export interface KvSnapshotData {
    * The entries (any order; a snapshot written by this version has them in key order), or a map
    * built from them as the snapshot was read (see `entry_map.ts`), which the state machine then owns.
    */
-  entries: Iterable<KvEntry> | EntryMap;
+  entries: Iterable<KvEntry>;
   /** The encoded idempotent outcomes, oldest first. */
   sessions: Iterable<Uint8Array>;
   /** The encoded leases with their keys (none in snapshots written before leases). */
