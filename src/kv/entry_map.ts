@@ -33,6 +33,9 @@ export interface KvEntry {
   readonly version: number;
 }
 
+/** The revision part of a {@linkcode KvEntry}. */
+export type Revision = Pick<KvEntry, "createIndex" | "modIndex" | "version">;
+
 /** A read-only version of an {@linkcode EntryMap}, as it was when frozen. */
 export interface EntryMapVersion {
   /** The number of entries. */
@@ -214,6 +217,32 @@ function _compareBytes(bytes: Uint8Array, start: number, end: number, key: Uint8
   return len - key.length;
 }
 
+/** Compares `a[start, end)` with `b[0, bLength)` byte by byte. */
+function _compareRanges(
+  a: Uint8Array,
+  start: number,
+  end: number,
+  b: Uint8Array,
+  bLength: number,
+): number {
+  const len = end - start;
+  const n = len < bLength ? len : bLength;
+  for (let i = 0; i < n; i++) {
+    const d = a[start + i]! - b[i]!;
+    if (d !== 0) return d;
+  }
+  return len - bLength;
+}
+
+/** Copies `from[start, end)` to `to` at `at` (a loop for short runs: no subarray to make). */
+function _copy(from: Uint8Array, start: number, end: number, to: Uint8Array, at: number): void {
+  if (end - start > 256) {
+    to.set(from.subarray(start, end), at);
+    return;
+  }
+  for (let i = start; i < end; i++) to[at++] = from[i]!;
+}
+
 /** The index of the first entry of `leaf` whose key is at or after `key`. */
 function _lowerBound(leaf: _Leaf, key: Uint8Array): number {
   let lo = 0;
@@ -350,6 +379,14 @@ export class EntryMap {
     return _get(this.#root, key);
   }
 
+  /** The revision of the entry under `key` (without reading its value), or undefined. */
+  revision(key: string): Revision | undefined {
+    const [leaf, i] = _locate(this.#root, key);
+    if (i < 0) return undefined;
+    const nums = leaf.nums;
+    return { createIndex: nums[3 * i]!, modIndex: nums[3 * i + 1]!, version: nums[3 * i + 2]! };
+  }
+
   /** Stores `entry` under its key, replacing the entry there. Returns whether one was there. */
   set(entry: KvEntry): boolean {
     this.#replaced = false;
@@ -446,7 +483,8 @@ export class EntryMap {
           epoch,
           [{ leaf: node, from: 0, to: node.n }],
           n - node.n + _SPARE,
-          need - _used(node) + (need >> 3),
+          // The copy holds the old entries first: room for them, then for what grows.
+          Math.max(0, need - _used(node)) + (need >> 3),
         );
       }
       _splice(own, i, same ? 1 : 0, packed);
@@ -595,8 +633,8 @@ export class EntryMapBuilder {
     const keyLength = keyEnd - keyStart;
     this.#room(keyLength + valueEnd - valueStart);
     const start = this.#at;
-    this.#bytes.set(bytes.subarray(keyStart, keyEnd), start);
-    this.#bytes.set(bytes.subarray(valueStart, valueEnd), start + keyLength);
+    _copy(bytes, keyStart, keyEnd, this.#bytes, start);
+    _copy(bytes, valueStart, valueEnd, this.#bytes, start + keyLength);
     this.#at += keyLength + valueEnd - valueStart;
     this.#offs[2 * this.#n + 1] = start + keyLength;
     this.#added(start, null, createIndex, modIndex, version);
@@ -623,7 +661,7 @@ export class EntryMapBuilder {
     const keyLength = keyEnd - start;
     if (
       this.#prevLength >= 0 &&
-      _compareBytes(this.#bytes, start, keyEnd, this.#prev.subarray(0, this.#prevLength)) <= 0
+      _compareRanges(this.#bytes, start, keyEnd, this.#prev, this.#prevLength) <= 0
     ) {
       const shown = key ?? _utf8(this.#bytes, start, keyEnd);
       this.#at = start;
@@ -632,7 +670,7 @@ export class EntryMapBuilder {
       );
     }
     if (keyLength > this.#prev.length) this.#prev = new Uint8Array(2 * keyLength);
-    this.#prev.set(this.#bytes.subarray(start, keyEnd));
+    _copy(this.#bytes, start, keyEnd, this.#prev, 0);
     this.#prevLength = keyLength;
     if (i === 0) this.#firsts.push(key ?? _utf8(this.#bytes, start, keyEnd));
     this.#offs[2 * i] = start;
@@ -710,13 +748,19 @@ function _childIndex(seps: string[], key: string, plain: boolean): number {
   return lo;
 }
 
-function _get(root: _Node, key: string): KvEntry | undefined {
+/** The leaf that holds `key` if any, and the position of `key` in it (-1: not there). */
+function _locate(root: _Node, key: string): [_Leaf, number] {
   const plain = _plain(key);
   let node = root;
   while (!node.leaf) node = node.kids[_childIndex(node.seps, key, plain)]!;
   const bytes = _keyBytes(key);
   const i = _lowerBound(node, bytes);
-  return _keyIs(node, i, bytes) ? _entryAt(node, i, key) : undefined;
+  return [node, _keyIs(node, i, bytes) ? i : -1];
+}
+
+function _get(root: _Node, key: string): KvEntry | undefined {
+  const [leaf, i] = _locate(root, key);
+  return i < 0 ? undefined : _entryAt(leaf, i, key);
 }
 
 function* _iterate(root: _Node, start: string | undefined): Generator<KvEntry> {

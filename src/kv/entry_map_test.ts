@@ -105,3 +105,23 @@ Deno.test("a builder refuses entries out of key order or repeated", () => {
   builder.add("\u{10000}", "4", 1, 1, 1);
   assert.deepEqual([...builder.finish().values()].map((e) => e.value), ["1", "3", "4"]);
 });
+
+Deno.test("a frozen leaf copied for a write that shrinks a value keeps room for the old entries", () => {
+  const map = new EntryMap();
+  const e = (value: string, modIndex: number) => ({
+    key: "a",
+    value,
+    createIndex: 1,
+    modIndex,
+    version: modIndex,
+  });
+  map.set(e("x".repeat(500), 1));
+  const before = map.freeze();
+  map.set(e("", 2));
+  assert.deepEqual(map.get("a"), e("", 2));
+  assert.deepEqual(before.get("a"), e("x".repeat(500), 1));
+  map.set(e("y".repeat(1000), 3));
+  map.freeze();
+  map.delete("a");
+  assert.equal(map.size, 0);
+});

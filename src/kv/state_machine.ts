@@ -33,7 +33,7 @@ import {
   type TxnOp,
 } from "./command.ts";
 import { compareKeys } from "./ordered_map.ts";
-import { EntryMap, type EntryMapVersion, type KvEntry } from "./entry_map.ts";
+import { EntryMap, type EntryMapVersion, type KvEntry, type Revision } from "./entry_map.ts";
 import { DEFAULT_HISTORY_EVENTS, EventHistory, type KvEventType } from "./events.ts";
 
 export {
@@ -321,9 +321,9 @@ export class KvStateMachine {
   #applyPlain(index: number, cmd: PlainCommand): KvResult {
     switch (cmd.op) {
       case "put": {
-        const current = this.#data.get(cmd.key) ?? null;
+        const current = this.#data.revision(cmd.key) ?? null;
         if (cmd.cas !== undefined && (current?.modIndex ?? 0) !== cmd.cas) {
-          return { op: "cas_failed", index, key: cmd.key, current };
+          return { op: "cas_failed", index, key: cmd.key, current: this.entry(cmd.key) };
         }
         const lease = cmd.lease === undefined ? null : this.#leaseFor(index, cmd.lease);
         if (lease === undefined) {
@@ -412,7 +412,7 @@ export class KvStateMachine {
     index: number,
     key: string,
     value: string,
-    current: KvEntry | null,
+    current: Revision | null,
     lease: _Lease | null = null,
   ): KvEntry {
     this.#detach(key);
@@ -477,7 +477,7 @@ export class KvStateMachine {
   #txnOp(index: number, op: TxnOp): TxnOpResult {
     switch (op.op) {
       case "put": {
-        const e = this.#put(index, op.key, op.value, this.#data.get(op.key) ?? null);
+        const e = this.#put(index, op.key, op.value, this.#data.revision(op.key) ?? null);
         return {
           op: "put",
           key: op.key,
