@@ -83,21 +83,41 @@ type _Node = _Leaf | _Branch;
 
 const _encoder = new TextEncoder();
 const _decoder = new TextDecoder("utf-8", { fatal: true });
-/** A new empty leaf of `epoch` with room for `cap` entries and `byteCount` bytes. */
-function _allocLeaf(epoch: number, cap: number, byteCount: number): _Leaf {
+/** The bytes a leaf of `cap` entries and `byteCount` bytes takes (a multiple of 8). */
+function _leafSize(cap: number, byteCount: number): number {
+  return (24 * cap + 4 * (2 * cap + 2) + byteCount + 7) & ~7;
+}
+
+/**
+ * A new empty leaf of `epoch` with room for `cap` entries and `byteCount` bytes: in a buffer of
+ * its own, or at `offset` (a multiple of 8) in `buffer`, shared with other leaves.
+ */
+function _allocLeaf(
+  epoch: number,
+  cap: number,
+  byteCount: number,
+  buffer: ArrayBuffer = new ArrayBuffer(_leafSize(cap, byteCount)),
+  offset = 0,
+): _Leaf {
   const numBytes = 24 * cap;
   const offBytes = 4 * (2 * cap + 2);
-  const buffer = new ArrayBuffer(numBytes + offBytes + byteCount);
   return {
     epoch,
     leaf: true,
     n: 0,
     cap,
-    nums: new Float64Array(buffer, 0, 3 * cap),
-    offs: new Uint32Array(buffer, numBytes, 2 * cap + 1),
-    bytes: new Uint8Array(buffer, numBytes + offBytes, byteCount),
+    nums: new Float64Array(buffer, offset, 3 * cap),
+    offs: new Uint32Array(buffer, offset + numBytes, 2 * cap + 1),
+    bytes: new Uint8Array(buffer, offset + numBytes + offBytes, byteCount),
   };
 }
+
+/**
+ * Bytes of the buffers a builder cuts its leaves from: one allocation per about 140 leaves
+ * instead of one each (allocating an ArrayBuffer costs tens of microseconds). A buffer is freed
+ * once none of its leaves is in use, so memory can at worst double while writes replace them.
+ */
+const _SLAB = 1 << 20;
 
 /** Entries of room a leaf gets when it is copied to grow. */
 const _SPARE = 8;
@@ -593,6 +613,9 @@ export class EntryMapBuilder {
   #offs = new Uint32Array(2 * _BULK + 1);
   #nums = new Float64Array(3 * _BULK);
   #n = 0;
+  /** The buffer leaves are cut from, and how much of it is used. */
+  #slab: ArrayBuffer | null = null;
+  #slabAt = 0;
   /** The previous key's bytes (its length in #prevLength), to check the order. */
   #prev = new Uint8Array(256);
   #prevLength = -1;
@@ -685,7 +708,13 @@ export class EntryMapBuilder {
   #flush(): void {
     const n = this.#n;
     if (n === 0) return;
-    const leaf = _allocLeaf(1, n, this.#at);
+    const size = _leafSize(n, this.#at);
+    if (this.#slab === null || this.#slabAt + size > this.#slab.byteLength) {
+      this.#slab = new ArrayBuffer(Math.max(_SLAB, size));
+      this.#slabAt = 0;
+    }
+    const leaf = _allocLeaf(1, n, this.#at, this.#slab, this.#slabAt);
+    this.#slabAt += size;
     leaf.n = n;
     this.#offs[2 * n] = this.#at;
     leaf.offs.set(this.#offs.subarray(0, 2 * n + 1));
