@@ -32,7 +32,8 @@ import {
   type PlainCommand,
   type TxnOp,
 } from "./command.ts";
-import { compareKeys, OrderedMap, type OrderedMapVersion } from "./ordered_map.ts";
+import { compareKeys } from "./ordered_map.ts";
+import { EntryMap, type EntryMapVersion, type KvEntry, type Revision } from "./entry_map.ts";
 import { DEFAULT_HISTORY_EVENTS, EventHistory, type KvEventType } from "./events.ts";
 
 export {
@@ -49,6 +50,7 @@ export {
   type TxnOp,
 } from "./command.ts";
 export { compareKeys } from "./ordered_map.ts";
+export { EntryMap, EntryMapBuilder, type KvEntry } from "./entry_map.ts";
 export {
   DEFAULT_HISTORY_EVENTS,
   EventHistory,
@@ -57,20 +59,6 @@ export {
   type KvEvent,
   type KvEventType,
 } from "./events.ts";
-
-/** A key, its value and its revision. Immutable: a write stores a new one. */
-export interface KvEntry {
-  /** The key. */
-  readonly key: string;
-  /** The value. */
-  readonly value: string;
-  /** The log index of the write that created the key. */
-  readonly createIndex: number;
-  /** The log index of the last write to the key. */
-  readonly modIndex: number;
-  /** Writes to the key since it was created (1 after the first). */
-  readonly version: number;
-}
 
 /** The outcome of one operation of a transaction. */
 export type TxnOpResult =
@@ -134,7 +122,7 @@ export interface RangeResult {
 
 /**
  * A consistent view of the state at one index, readable while later entries keep being applied
- * (the map is copy-on-write, see `ordered_map.ts`).
+ * (the map is copy-on-write, see `entry_map.ts`).
  */
 export interface StateView {
   /** The applied index the view shows. */
@@ -153,7 +141,10 @@ export interface StateView {
 
 /** What a snapshot holds for the state machine: its entries and remembered outcomes. */
 export interface KvSnapshotData {
-  /** The entries (any order; a snapshot written by this version has them in key order). */
+  /**
+   * The entries (any order; a snapshot written by this version has them in key order), or a map
+   * built from them as the snapshot was read (see `entry_map.ts`), which the state machine then owns.
+   */
   entries: Iterable<KvEntry>;
   /** The encoded idempotent outcomes, oldest first. */
   sessions: Iterable<Uint8Array>;
@@ -195,7 +186,7 @@ const _decoder = new TextDecoder("utf-8", { fatal: true });
 
 /** The key-value map in key order, its revisions, and the index of the last entry applied. */
 export class KvStateMachine {
-  #data = new OrderedMap<KvEntry>();
+  #data = new EntryMap();
   /**
    * The newest changes, one event per key changed, that watches are served from (see
    * `events.ts`).
@@ -264,7 +255,7 @@ export class KvStateMachine {
 
   /** Opens a consistent view of the current state (see {@linkcode StateView}). */
   view(): StateView {
-    const version: OrderedMapVersion<KvEntry> = this.#data.freeze();
+    const version: EntryMapVersion = this.#data.freeze();
     return {
       index: this.appliedIndex,
       count: version.size,
@@ -330,9 +321,9 @@ export class KvStateMachine {
   #applyPlain(index: number, cmd: PlainCommand): KvResult {
     switch (cmd.op) {
       case "put": {
-        const current = this.#data.get(cmd.key) ?? null;
+        const current = this.#data.revision(cmd.key) ?? null;
         if (cmd.cas !== undefined && (current?.modIndex ?? 0) !== cmd.cas) {
-          return { op: "cas_failed", index, key: cmd.key, current };
+          return { op: "cas_failed", index, key: cmd.key, current: this.entry(cmd.key) };
         }
         const lease = cmd.lease === undefined ? null : this.#leaseFor(index, cmd.lease);
         if (lease === undefined) {
@@ -421,7 +412,7 @@ export class KvStateMachine {
     index: number,
     key: string,
     value: string,
-    current: KvEntry | null,
+    current: Revision | null,
     lease: _Lease | null = null,
   ): KvEntry {
     this.#detach(key);
@@ -451,7 +442,7 @@ export class KvStateMachine {
    */
   #delete(index: number, key: string, type: Exclude<KvEventType, "put">): boolean {
     this.#detach(key);
-    if (this.#data.delete(key) === undefined) return false;
+    if (!this.#data.delete(key)) return false;
     this.events.record(index, type, key, null);
     return true;
   }
@@ -486,7 +477,7 @@ export class KvStateMachine {
   #txnOp(index: number, op: TxnOp): TxnOpResult {
     switch (op.op) {
       case "put": {
-        const e = this.#put(index, op.key, op.value, this.#data.get(op.key) ?? null);
+        const e = this.#put(index, op.key, op.value, this.#data.revision(op.key) ?? null);
         return {
           op: "put",
           key: op.key,
@@ -566,13 +557,7 @@ export class KvStateMachine {
    * @throws {RangeError} If a key appears twice, or a session record is malformed.
    */
   reset(data: KvSnapshotData, appliedIndex: number): void {
-    const entries = Array.isArray(data.entries) ? data.entries : [...data.entries];
-    let sorted = true;
-    for (let i = 1; i < entries.length && sorted; i++) {
-      sorted = compareKeys(entries[i - 1]!.key, entries[i]!.key) < 0;
-    }
-    const ordered = sorted ? entries : entries.slice().sort((a, b) => compareKeys(a.key, b.key));
-    const map = OrderedMap.fromSorted<KvEntry>(ordered);
+    const map = data.entries instanceof EntryMap ? data.entries : _mapOf(data.entries);
     const sessions = new Map<string, _Session>();
     let bytes = 0;
     for (const record of data.sessions) {
@@ -599,6 +584,23 @@ export class KvStateMachine {
     this.appliedIndex = appliedIndex;
     this.events.reset(appliedIndex);
   }
+}
+
+/** A map of `entries`, which are in key order unless an old snapshot says otherwise. */
+function _mapOf(iterable: Iterable<KvEntry>): EntryMap {
+  const entries = Array.isArray(iterable) ? iterable as KvEntry[] : [...iterable];
+  try {
+    return EntryMap.fromSorted(entries);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+  }
+  const sorted = entries.slice().sort((a, b) => compareKeys(a.key, b.key));
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i - 1]!.key === sorted[i]!.key) {
+      throw new RangeError(`key ${JSON.stringify(sorted[i]!.key)} appears twice`);
+    }
+  }
+  return EntryMap.fromSorted(sorted);
 }
 
 /** The first key a range can hold. */

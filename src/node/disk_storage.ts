@@ -21,6 +21,7 @@ import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
 import { realFs } from "../storage/real_fs.ts";
 import {
+  decodeSnapshot,
   encodeSnapshot,
   listSnapshots,
   type LoadedSnapshot,
@@ -29,11 +30,13 @@ import {
   readSnapshotFile,
   removeStaleReceived,
   type SnapshotContent,
+  type SnapshotEntry,
   snapshotName,
   writeSnapshotFile,
 } from "../storage/snapshot_file.ts";
 import { Wal } from "../storage/wal.ts";
 import { exponentialBuckets, type Gauge, MetricsRegistry } from "../util/metrics.ts";
+import { EntryMapBuilder } from "../kv/state_machine.ts";
 import type { NodeStorage, SnapshotData, SnapshotId } from "./raft_node.ts";
 
 /** Where a node keeps its files. */
@@ -186,8 +189,8 @@ export class DiskStorage implements NodeStorage {
   readonly wal: Wal;
   readonly hardState: HardState;
   readonly snapshot: SnapshotMeta | null;
-  readonly snapshotData: SnapshotData;
-  readonly entries: Entry[];
+  snapshotData: SnapshotData;
+  entries: Entry[];
   readonly #fs: FileSystem;
   readonly #paths: DiskPaths;
   readonly #keep: number;
@@ -217,6 +220,12 @@ export class DiskStorage implements NodeStorage {
 
   append(entries: Entry[]): Promise<void> {
     return this.wal.append(entries);
+  }
+
+  releaseRecovered(): void {
+    this.snapshotData = { entries: [], sessions: [], leases: [] };
+    this.entries = [];
+    this.wal.releaseRecovered();
   }
 
   saveHardState(hardState: HardState): Promise<void> {
@@ -274,7 +283,7 @@ export class DiskStorage implements NodeStorage {
       _receivedName(meta),
       this.#fs,
     );
-    const { header, entries, sessions, leases } = await readSnapshotFile(path, this.#fs);
+    const { header, entries, sessions, leases } = await _readSnapshotPacked(path, this.#fs);
     if (header.index !== meta.index || header.term !== meta.term) {
       throw new CorruptFileError(
         path,
@@ -433,6 +442,31 @@ async function _completeInterruptedInstall(fs: FileSystem, dir: string, wal: Wal
   );
 }
 
+/** A snapshot read with its entries as an iterable (see {@linkcode _readSnapshotPacked}). */
+type _PackedSnapshot = Omit<LoadedSnapshot, "entries"> & { entries: Iterable<SnapshotEntry> };
+
+/**
+ * Reads and verifies the snapshot at `path`, its entries going straight into the state machine's
+ * packed map (see `entry_map.ts`) without an object per entry, which takes a million keys in a
+ * fraction of the time and memory. A file whose keys are not in order (this version writes them
+ * in order) is read again into an array, which the state machine sorts.
+ */
+async function _readSnapshotPacked(path: string, fs: FileSystem): Promise<_PackedSnapshot> {
+  const bytes = await fs.readFile(path);
+  const builder = new EntryMapBuilder();
+  try {
+    const loaded = decodeSnapshot(bytes, path, builder);
+    // Nothing refers to the file's bytes any more (the sink and the records copied what they
+    // kept): free them now rather than at some later garbage collection, a snapshot's worth
+    // of memory at start-up.
+    (bytes.buffer as ArrayBuffer).transfer?.(0);
+    return { ...loaded, entries: builder.finish() };
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+  }
+  return decodeSnapshot(bytes, path);
+}
+
 /**
  * Removes leftover temp and received files and snapshots beyond the newest `keep`, then reads
  * the newest snapshot, which must be at least the one the log metadata records.
@@ -446,10 +480,10 @@ async function _loadNewestSnapshot(
   paths: DiskPaths,
   keep: number,
   metadata: LogMetadata,
-): Promise<LoadedSnapshot | null> {
+): Promise<_PackedSnapshot | null> {
   const newest = (await listSnapshots(paths.snapshotDir, fs))[0];
   await pruneSnapshots(paths.snapshotDir, keep, { leftovers: true }, fs);
-  const loaded = newest ? await readSnapshotFile(newest.path, fs) : null;
+  const loaded = newest ? await _readSnapshotPacked(newest.path, fs) : null;
   const index = loaded?.header.index ?? 0;
   if (metadata.snapshotIndex > index) {
     throw new CorruptFileError(

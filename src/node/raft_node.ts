@@ -85,8 +85,11 @@ export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
 
 /** A loaded snapshot's state: its entries (keys, values, revisions) and session records. */
 export interface SnapshotData {
-  /** The entries, in the order stored. */
-  entries: SnapshotEntry[];
+  /**
+   * The entries, in the order stored: an array, or the state machine's map built as the file was
+   * read (see `entry_map.ts`), which the state machine then takes over.
+   */
+  entries: Iterable<SnapshotEntry>;
   /** The state machine's remembered idempotent outcomes. */
   sessions: Uint8Array[];
   /** The state machine's leases with their keys (none in snapshots written before leases). */
@@ -138,6 +141,11 @@ export interface NodeStorage {
   ): Promise<SnapshotData>;
   /** Removes a received snapshot that will not be installed; a missing one is no error. */
   discardReceived(id: SnapshotId): Promise<void>;
+  /**
+   * Drops what was recovered at start-up (`snapshotData`, `entries`) once the node has taken it
+   * over, so that it is not kept twice: a million keys' worth after a restart (optional).
+   */
+  releaseRecovered?(): void;
   /**
    * Removes received snapshots not in `keep` that were found unneeded by a sweep at least
    * `olderThanMs` before `now` (on the node's clock): leftovers of failed, superseded or refused
@@ -511,6 +519,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       snapshot,
       entries: this.#storage.entries,
     });
+    this.#storage.releaseRecovered?.();
     // The recovered term is on disk (in the hard state, or as the term of the last log entry).
     this.#durableTerm = this.#core.term;
     this.#metrics = new NodeMetrics(options.metrics ?? new MetricsRegistry(), () => this.#gauges());

@@ -119,7 +119,7 @@ export interface FileSystem {
    */
   open(path: string, how: OpenHow, mode?: number): Promise<FsFile>;
   /**
-   * Reads the whole file at `path`.
+   * Reads the whole file at `path`, into a buffer of its own that the caller owns.
    *
    * @throws {Deno.errors.NotFound} If it is missing.
    * @throws {Deno.errors.IsADirectory} If it is a directory.

