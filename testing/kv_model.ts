@@ -5,7 +5,7 @@
  * tests and the simulation can check the real state machine (and whole clusters) against it.
  *
  * It shares only the command types and the key order with the real code: the order is checked on
- * its own against UTF-8 bytes in `src/kv/ordered_map_test.ts`.
+ * its own against UTF-8 bytes in `src/kv/key_order_test.ts`.
  *
  * @module
  */

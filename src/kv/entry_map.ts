@@ -2,14 +2,13 @@
  * The state machine's keys, values and revisions in key order, packed: a B+ tree whose leaves
  * each hold up to 64 entries in one buffer (keys and values as UTF-8 bytes, the three revision
  * numbers as float64s), instead of an object and two strings per key. A million keys of 100-byte
- * values take about 140 MB here, against about 250 MB as objects (see issue #15); the JavaScript
+ * values take about 140 MB here, against about 250 MB as one object and two strings per key; the JavaScript
  * heap holds only the tree's nodes, so the garbage collector has little to walk.
  *
- * Leaves never change once built: a write builds a new leaf (a copy of at most 64 entries) and
- * copies the path above it when that path belongs to a frozen version. So
- * {@linkcode EntryMap.freeze} returns a read-only version in constant time, as
- * {@linkcode OrderedMap} does (see `ordered_map.ts`, whose structure this follows), and reading a
- * frozen version while writes continue costs nothing extra.
+ * Copy-on-write: {@linkcode EntryMap.freeze} returns a read-only version in constant time by
+ * starting a new epoch. A leaf or branch of the current epoch is changed in place; one that
+ * belongs to a frozen version is copied (with the path above it) the first time a write touches
+ * it. So reading a frozen version while writes continue costs nothing extra.
  *
  * Keys are ordered by their UTF-8 bytes, which is the order of Unicode code points (see
  * {@linkcode compareKeys}); entries are returned as {@linkcode KvEntry} objects made on demand.
@@ -17,7 +16,7 @@
  * @module
  */
 
-import { compareKeys } from "./ordered_map.ts";
+import { compareKeys } from "./key_order.ts";
 
 /** A key, its value and its revision (the state machine's `KvEntry`). */
 export interface KvEntry {
@@ -758,7 +757,7 @@ const _HIGH_UNITS = /[\ud800-\uffff]/;
 
 /**
  * Whether `key` has no UTF-16 unit at or above U+D800: then comparing it with any key by code
- * unit (JavaScript's `<`) agrees with comparing by code point (see `ordered_map.ts`).
+ * unit (JavaScript's `<`) agrees with comparing by code point (see `key_order.ts`).
  */
 function _plain(key: string): boolean {
   return !_HIGH_UNITS.test(key);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { compareKeys } from "./ordered_map.ts";
+import { compareKeys } from "./key_order.ts";
 import { EntryMap, EntryMapBuilder, type EntryMapVersion, type KvEntry } from "./entry_map.ts";
 
 /** A small deterministic random generator (mulberry32). */

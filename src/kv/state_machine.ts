@@ -32,7 +32,7 @@ import {
   type PlainCommand,
   type TxnOp,
 } from "./command.ts";
-import { compareKeys } from "./ordered_map.ts";
+import { compareKeys } from "./key_order.ts";
 import { EntryMap, type EntryMapVersion, type KvEntry, type Revision } from "./entry_map.ts";
 import { DEFAULT_HISTORY_EVENTS, EventHistory, type KvEventType } from "./events.ts";
 
@@ -49,7 +49,7 @@ export {
   type PlainCommand,
   type TxnOp,
 } from "./command.ts";
-export { compareKeys } from "./ordered_map.ts";
+export { compareKeys } from "./key_order.ts";
 export { EntryMap, EntryMapBuilder, type KvEntry } from "./entry_map.ts";
 export {
   DEFAULT_HISTORY_EVENTS,
