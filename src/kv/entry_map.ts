@@ -2,8 +2,8 @@
  * The state machine's keys, values and revisions in key order, packed: a B+ tree whose leaves
  * each hold up to 64 entries in one buffer (keys and values as UTF-8 bytes, the three revision
  * numbers as float64s), instead of an object and two strings per key. A million keys of 100-byte
- * values take about 140 MB here, against about 250 MB as one object and two strings per key; the JavaScript
- * heap holds only the tree's nodes, so the garbage collector has little to walk.
+ * values take about 140 MB here, against about 250 MB as objects; the JavaScript heap holds only
+ * the tree's nodes, so the garbage collector has little to walk.
  *
  * Copy-on-write: {@linkcode EntryMap.freeze} returns a read-only version in constant time by
  * starting a new epoch. A leaf or branch of the current epoch is changed in place; one that
