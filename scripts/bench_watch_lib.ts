@@ -24,10 +24,12 @@ const _HEAD_END = new Uint8Array([13, 10, 13, 10]);
  * everything until the connection closes.
  *
  * ```ts
+ * import { HttpResponseReader } from "./bench_watch_lib.ts";
+ *
  * const reader = new HttpResponseReader();
- * const body = reader.push(bytes); // body bytes found in these bytes
- * reader.head; // null until the head is complete
- * reader.done; // true once the body ended (chunked or sized)
+ * const bytes = new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi");
+ * const chunks = reader.push(bytes); // the pieces of body found in these bytes
+ * console.log(reader.head?.status, new TextDecoder().decode(chunks[0]), reader.done); // 200 hi true
  * ```
  */
 export class HttpResponseReader {
