@@ -16,6 +16,7 @@
  * @module
  */
 
+import { decodeUtf8 } from "../util/utf8.ts";
 import { compareKeys } from "./key_order.ts";
 
 /** A key, its value and its revision (the state machine's `KvEntry`). */
@@ -81,7 +82,6 @@ interface _Branch {
 type _Node = _Leaf | _Branch;
 
 const _encoder = new TextEncoder();
-const _decoder = new TextDecoder("utf-8", { fatal: true });
 /** The bytes a leaf of `cap` entries and `byteCount` bytes takes (a multiple of 8). */
 function _leafSize(cap: number, byteCount: number): number {
   return (24 * cap + 4 * (2 * cap + 2) + byteCount + 7) & ~7;
@@ -281,34 +281,15 @@ function _keyIs(leaf: _Leaf, i: number, key: Uint8Array): boolean {
     _compareBytes(leaf.bytes, leaf.offs[2 * i]!, leaf.offs[2 * i + 1]!, key) === 0;
 }
 
-/**
- * Decodes UTF-8 bytes; short ASCII runs (most keys and values) skip TextDecoder, whose per-call
- * cost dominates small strings. Invalid UTF-8 cannot be here: every key and value was encoded
- * from a string.
- */
-function _utf8(bytes: Uint8Array, start: number, end: number): string {
-  if (end - start <= 256) {
-    let ascii = true;
-    for (let i = start; i < end; i++) {
-      if (bytes[i]! >= 0x80) {
-        ascii = false;
-        break;
-      }
-    }
-    if (ascii) return String.fromCharCode.apply(null, bytes.subarray(start, end) as never);
-  }
-  return _decoder.decode(bytes.subarray(start, end));
-}
-
 function _keyAt(leaf: _Leaf, i: number): string {
-  return _utf8(leaf.bytes, leaf.offs[2 * i]!, leaf.offs[2 * i + 1]!);
+  return decodeUtf8(leaf.bytes, leaf.offs[2 * i]!, leaf.offs[2 * i + 1]!);
 }
 
 function _entryAt(leaf: _Leaf, i: number, key?: string): KvEntry {
   const offs = leaf.offs;
   return {
-    key: key ?? _utf8(leaf.bytes, offs[2 * i]!, offs[2 * i + 1]!),
-    value: _utf8(leaf.bytes, offs[2 * i + 1]!, offs[2 * i + 2]!),
+    key: key ?? decodeUtf8(leaf.bytes, offs[2 * i]!, offs[2 * i + 1]!),
+    value: decodeUtf8(leaf.bytes, offs[2 * i + 1]!, offs[2 * i + 2]!),
     createIndex: leaf.nums[3 * i]!,
     modIndex: leaf.nums[3 * i + 1]!,
     version: leaf.nums[3 * i + 2]!,
@@ -685,7 +666,7 @@ export class EntryMapBuilder {
       this.#prevLength >= 0 &&
       _compareRanges(this.#bytes, start, keyEnd, this.#prev, this.#prevLength) <= 0
     ) {
-      const shown = key ?? _utf8(this.#bytes, start, keyEnd);
+      const shown = key ?? decodeUtf8(this.#bytes, start, keyEnd);
       this.#at = start;
       throw new RangeError(
         `entries are not in increasing key order at ${this.#size}: ${JSON.stringify(shown)}`,
@@ -694,7 +675,7 @@ export class EntryMapBuilder {
     if (keyLength > this.#prev.length) this.#prev = new Uint8Array(2 * keyLength);
     _copy(this.#bytes, start, keyEnd, this.#prev, 0);
     this.#prevLength = keyLength;
-    if (i === 0) this.#firsts.push(key ?? _utf8(this.#bytes, start, keyEnd));
+    if (i === 0) this.#firsts.push(key ?? decodeUtf8(this.#bytes, start, keyEnd));
     this.#offs[2 * i] = start;
     this.#nums[3 * i] = createIndex;
     this.#nums[3 * i + 1] = modIndex;

@@ -39,6 +39,7 @@ import { createDirectory } from "./durable_file.ts";
 import { CorruptFileError } from "./errors.ts";
 import { type FileSystem, writeAll } from "./fs.ts";
 import { realFs } from "./real_fs.ts";
+import { decodeUtf8 } from "../util/utf8.ts";
 
 /** What a snapshot covers. */
 export interface SnapshotHeader {
@@ -317,8 +318,8 @@ export function decodeSnapshot(
       else sink.addBytes(bytes, keyStart, keyEnd, valueStart, at, u64(i, 0), u64(i, 1), u64(i, 2));
       continue;
     }
-    const key = _utf8(bytes, keyStart, keyStart + kLen);
-    const value = _utf8(bytes, valueStart, at);
+    const key = decodeUtf8(bytes, keyStart, keyStart + kLen);
+    const value = decodeUtf8(bytes, valueStart, at);
     entries[i] = v1
       ? { key, value, createIndex: header.index, modIndex: header.index, version: 1 }
       : { key, value, createIndex: u64(i, 0), modIndex: u64(i, 1), version: u64(i, 2) };
@@ -342,25 +343,6 @@ export function decodeSnapshot(
   const leases = v1 || v2 ? [] : records("lease");
   if (at !== end) fail(`${end - at} unexpected bytes after the last entry`, at);
   return { header, entries, sessions, leases };
-}
-
-/**
- * Decodes UTF-8 bytes. Short ASCII strings (most keys and values) skip TextDecoder, whose per-call
- * cost dominated loading a snapshot of a million pairs; anything else goes through it, so
- * invalid UTF-8 is still rejected.
- */
-function _utf8(bytes: Uint8Array, start: number, end: number): string {
-  if (end - start <= 1024) {
-    let ascii = true;
-    for (let i = start; i < end; i++) {
-      if (bytes[i]! >= 0x80) {
-        ascii = false;
-        break;
-      }
-    }
-    if (ascii) return String.fromCharCode.apply(null, bytes.subarray(start, end) as never);
-  }
-  return decoder.decode(bytes.subarray(start, end));
 }
 
 /** Whether `bytes[start, end)` is valid UTF-8 (ASCII is checked without decoding). */

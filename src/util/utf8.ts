@@ -1,5 +1,5 @@
 /**
- * UTF-8 sizes of strings, computed without encoding them.
+ * UTF-8 sizes of strings, computed without encoding them, and a fast decoder for short runs.
  *
  * @module
  */
@@ -39,4 +39,40 @@ export function utf8Length(text: string): number {
     } else bytes += 3; // the rest of the BMP, or a lone surrogate (U+FFFD)
   }
   return bytes;
+}
+
+const _fatal = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Decodes `bytes[start, end)` as UTF-8. A run of up to 1024 ASCII bytes (most keys and values) is
+ * turned into a string directly: TextDecoder's per-call cost dominates small strings, such as the
+ * million pairs of a large snapshot. Anything else goes through a fatal TextDecoder.
+ *
+ * @example Usage
+ * ```ts
+ * import { decodeUtf8 } from "./utf8.ts";
+ *
+ * const bytes = new TextEncoder().encode("key=é");
+ * decodeUtf8(bytes, 0, 3); // "key"
+ * decodeUtf8(bytes, 4, bytes.length); // "é"
+ * ```
+ *
+ * @param bytes The bytes.
+ * @param start The first byte of the run.
+ * @param end The byte after its last.
+ * @returns The string.
+ * @throws {TypeError} If the run is not valid UTF-8.
+ */
+export function decodeUtf8(bytes: Uint8Array, start: number, end: number): string {
+  if (end - start <= 1024) {
+    let ascii = true;
+    for (let i = start; i < end; i++) {
+      if (bytes[i]! >= 0x80) {
+        ascii = false;
+        break;
+      }
+    }
+    if (ascii) return String.fromCharCode.apply(null, bytes.subarray(start, end) as never);
+  }
+  return _fatal.decode(bytes.subarray(start, end));
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { utf8Length } from "./utf8.ts";
+import { decodeUtf8, utf8Length } from "./utf8.ts";
 
 const encoder = new TextEncoder();
 
@@ -103,4 +103,24 @@ Deno.test("utf8Length() agrees with TextEncoder on random strings of random code
     const text = String.fromCharCode(...units);
     assert.equal(utf8Length(text), encodedLength(text), JSON.stringify(text));
   }
+});
+
+Deno.test("decodeUtf8 decodes ASCII runs, longer runs and non-ASCII as TextDecoder does, and rejects invalid UTF-8", () => {
+  const decoder = new TextDecoder();
+  const texts = [
+    "",
+    "k",
+    "a/b=c",
+    "x".repeat(1024),
+    "y".repeat(1025),
+    "é",
+    "a😀b",
+    "z".repeat(2000) + "é",
+  ];
+  for (const text of texts) {
+    const bytes = new TextEncoder().encode(`<${text}>`);
+    assert.equal(decodeUtf8(bytes, 1, bytes.length - 1), decoder.decode(bytes.subarray(1, -1)));
+  }
+  assert.throws(() => decodeUtf8(new Uint8Array([0x61, 0xff]), 0, 2), TypeError);
+  assert.throws(() => decodeUtf8(new Uint8Array([0xc3]), 0, 1), TypeError);
 });
