@@ -1,8 +1,8 @@
 /**
- * The REST API's metrics: requests by route template, method and status code, their latency,
- * and the requests, forwards, backups and watch streams in progress. Routes are the API's fixed templates
- * (`/v1/data/{key}`, never a key) and methods a fixed list, so the number of series is bounded
- * whatever clients send.
+ * The REST API's metrics: requests by route template, method and status code, their latency, and
+ * the requests, forwards, backups and watch streams in progress. Routes are the API's fixed
+ * templates (`/v1/data/{key}`, never a key) and methods a fixed list, so the number of series is
+ * bounded whatever clients send.
  *
  * @module
  */

@@ -10,16 +10,17 @@
  * each peer gets one keep-alive connection that multiplexes all requests. (Not `fetch`: it refuses
  * the Fetch Standard's "bad ports", which include the default peer ports 6666-6668.) Each peer has
  * its own bounded queue and one long-lived message stream (`POST /raft/stream`) on that
- * connection: at the end of each event-loop turn that queued something, the sender takes
- * everything queued (up to `maxBatchBytes`), merges adjacent appends that continue each other
- * ({@linkcode coalesceMessages}), and writes it as one frame, with no answer to wait for. When the stream's buffer is full (the peer or the network does
- * not keep up), messages wait in the queue until it drains; a buffer that does not drain within four
- * `rpcTimeoutMs` counts as a broken stream. Peers never wait for each other. A stream that breaks
- * (what was written to it may be lost) is reopened on the next send; opening one that fails to
- * connect, times out or is refused is retried with exponential backoff, and when the retries are
- * spent what is queued is dropped and {@linkcode TransportHandlers.onUnreachable} is called. A
- * full queue drops its oldest `App`/`Heartbeat` messages first (counted in `dropped`): Raft
- * recovers from lost messages, and these are the ones the leader resends anyway.
+ * connection: at the end of each event-loop turn that queued something, the sender takes everything
+ * queued (up to `maxBatchBytes`), merges adjacent appends that continue each other
+ * ({@linkcode coalesceMessages}), and writes it as one frame, with no answer to wait for. When the stream's
+ * buffer is full (the peer or the network does not keep up), messages wait in the queue until it
+ * drains; a buffer that does not drain within four `rpcTimeoutMs` counts as a broken stream. Peers
+ * never wait for each other. A stream that breaks (what was written to it may be lost) is reopened
+ * on the next send; opening one that fails to connect, times out or is refused is retried with
+ * exponential backoff, and when the retries are spent what is queued is dropped and
+ * {@linkcode TransportHandlers.onUnreachable} is called. A full queue drops its oldest `App`/`Heartbeat`
+ * messages first (counted in `dropped`): Raft recovers from lost messages, and these are the ones
+ * the leader resends anyway.
  *
  * A peer that answers the stream with `404` (a version before the stream) is sent one request per
  * batch instead (`POST /raft/messages`, up to `maxInflightPerPeer` in flight, each retried on
