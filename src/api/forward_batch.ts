@@ -20,6 +20,8 @@
  * @module
  */
 
+import { readBodyWithin } from "../util/body.ts";
+
 /** Where a follower sends a batch of forwarded requests on the leader's peer port. */
 export const FORWARD_BATCH_PATH = "/forward/batch";
 
@@ -269,7 +271,7 @@ export async function serveBatch(
   }
   let items: BatchItem[];
   try {
-    const bytes = await _readAll(req, maxBytes);
+    const bytes = await readBodyWithin(req, maxBytes);
     if (bytes === null) return refuse(413, `a batch is at most ${maxBytes} bytes`);
     items = decodeBatch(bytes);
   } catch (err) {
@@ -315,24 +317,4 @@ export async function serveBatch(
     },
   });
   return new Response(body, { status: 200, headers: { "content-type": FORWARD_BATCH_TYPE } });
-}
-
-/** Reads the whole body, or returns `null` once it passes `max` bytes. */
-async function _readAll(req: Request, max: number): Promise<Uint8Array | null> {
-  if (req.body === null) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for await (const chunk of req.body) {
-    total += chunk.byteLength;
-    if (total > max) return null;
-    chunks.push(chunk);
-  }
-  if (chunks.length === 1) return chunks[0]!;
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
 }

@@ -107,6 +107,7 @@ import type { PeerRequestInfo } from "./tls_server.ts";
 import { type Message, MessageType, type NodeId } from "../raft/types.ts";
 import { decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
 import { coalesceMessages } from "./coalesce.ts";
+import { readBodyWithin } from "../util/body.ts";
 import type { PeerRefusal, PeerValidator, RefusalKind } from "../raft/validate.ts";
 import {
   PeerRefusedError,
@@ -1008,7 +1009,7 @@ export function createPeerHandler(
     try {
       let body: Uint8Array | null;
       try {
-        body = await _readBody(req, maxBodyBytes);
+        body = await readBodyWithin(req, maxBodyBytes);
       } catch (err) {
         // The sender reset the request or cut its body short.
         return refuse(400, `The request body broke off: ${_describe(err)}`, from);
@@ -1535,35 +1536,6 @@ function _settledWithin(promise: Promise<unknown>, ms: number): Promise<void> {
   const expired = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
   const settled = promise.then(() => {}, () => {});
   return Promise.race([settled, expired]).finally(() => clearTimeout(timer));
-}
-
-/** Reads the whole body, or returns null (and stops reading) once it exceeds `limit` bytes. */
-async function _readBody(req: Request, limit: number): Promise<Uint8Array | null> {
-  const declared = req.headers.get("content-length");
-  if (declared !== null && Number(declared) > limit) return null;
-  if (req.body === null) return new Uint8Array(0);
-  if (declared !== null) return new Uint8Array(await req.arrayBuffer());
-  const reader = req.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > limit) {
-      await reader.cancel().catch(() => {});
-      return null;
-    }
-    chunks.push(value);
-  }
-  if (chunks.length === 1) return chunks[0]!;
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, off);
-    off += chunk.byteLength;
-  }
-  return out;
 }
 
 function _error(status: number, error: string, headers?: Record<string, string>): Response {

@@ -1,0 +1,41 @@
+/**
+ * Reading a request body within a size limit, for the peer endpoints that take whole bodies.
+ *
+ * @module
+ */
+
+/**
+ * Reads a request's whole body, or returns null (and stops reading) once it exceeds `limit` bytes;
+ * a `Content-Length` above `limit` is refused before anything is read.
+ *
+ * @param req The request.
+ * @param limit The most bytes accepted.
+ * @returns The body (empty without one), or null when it is too large.
+ */
+export async function readBodyWithin(req: Request, limit: number): Promise<Uint8Array | null> {
+  const declared = req.headers.get("content-length");
+  if (declared !== null && Number(declared) > limit) return null;
+  if (req.body === null) return new Uint8Array(0);
+  if (declared !== null) return new Uint8Array(await req.arrayBuffer());
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0]!;
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, off);
+    off += chunk.byteLength;
+  }
+  return out;
+}
