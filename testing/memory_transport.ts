@@ -26,7 +26,11 @@
 
 import { type Message, MessageType, type NodeId } from "../src/raft/types.ts";
 import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
-import type { Transport, TransportHandlers } from "../src/transport/transport.ts";
+import {
+  PeerRefusedError,
+  type Transport,
+  type TransportHandlers,
+} from "../src/transport/transport.ts";
 
 /** Options for {@linkcode MemoryNetwork}. */
 export interface MemoryNetworkOptions {
@@ -45,6 +49,12 @@ export interface MemoryNetworkStats {
   dropped: number;
   /** Messages not delivered because the receiver was unknown, closed or partitioned away. */
   unreachable: number;
+  /**
+   * Messages the receiver refused (its `onMessages` threw a {@linkcode PeerRefusedError}, such as
+   * one from a node that is no longer a member): a real transport answers those with a refusal
+   * and goes on, and so does this one.
+   */
+  refused: number;
 }
 
 /** A node's mailbox: tasks run on a later macrotask, in order. */
@@ -73,7 +83,7 @@ export class MemoryNetwork {
   readonly #cut = new Set<string>();
   readonly #useCodec: boolean;
   #dropFilter: ((msg: Message) => boolean) | null = null;
-  #stats: MemoryNetworkStats = { delivered: 0, dropped: 0, unreachable: 0 };
+  #stats: MemoryNetworkStats = { delivered: 0, dropped: 0, unreachable: 0, refused: 0 };
   readonly #internals: _Network = {
     send: (from, messages) => this.#send(from, messages),
     sendSnapshot: (from, msg, open) => this.#sendSnapshot(from, msg, open),
@@ -156,7 +166,12 @@ export class MemoryNetwork {
           return;
         }
         this.#stats.delivered += batch.length;
-        dest.handlers.onMessages(payload === null ? batch : decodeMessages(payload));
+        try {
+          dest.handlers.onMessages(payload === null ? batch : decodeMessages(payload));
+        } catch (err) {
+          if (!(err instanceof PeerRefusedError)) throw err;
+          this.#stats.refused += batch.length;
+        }
       });
     }
   }

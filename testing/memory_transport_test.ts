@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { type Message, MessageType, type NodeId } from "../src/raft/types.ts";
 import { MemoryNetwork, type MemoryTransport } from "./memory_transport.ts";
 import { Condition, sampleMessage, testTransportConformance } from "./transport_conformance.ts";
-import type { TransportHandlers } from "../src/transport/transport.ts";
+import { PeerRefusedError, type TransportHandlers } from "../src/transport/transport.ts";
 
 testTransportConformance("MemoryTransport", (live) => {
   const network = new MemoryNetwork();
@@ -75,7 +75,12 @@ Deno.test("MemoryNetwork partitions links both ways until healed", async () => {
     assert.deepStrictEqual(a.unreachable, ["b"]);
     assert.deepStrictEqual(b.unreachable, ["a"]);
     assert.deepStrictEqual(b.received, []);
-    assert.deepStrictEqual(network.stats(), { delivered: 1, dropped: 0, unreachable: 2 });
+    assert.deepStrictEqual(network.stats(), {
+      delivered: 1,
+      dropped: 0,
+      unreachable: 2,
+      refused: 0,
+    });
 
     network.heal();
     a.transport.send([sampleMessage(MessageType.App, "a", "b", 4)]);
@@ -182,5 +187,36 @@ Deno.test("MemoryTransport rejects a snapshot to an unreachable peer and reports
     );
   } finally {
     await a.transport.close();
+  }
+});
+
+Deno.test("MemoryNetwork counts a batch its receiver refuses and goes on delivering, as a real transport answers a refusal", async () => {
+  const network = new MemoryNetwork();
+  const changed = new Condition();
+  const a = _connect(network, "a", changed);
+  const received: Message[] = [];
+  const b = network.connect("b", {
+    onMessages(messages) {
+      if (messages.some((m) => m.from === "a")) throw new PeerRefusedError("a is not a member");
+      received.push(...messages);
+      changed.notify();
+    },
+    onSnapshot: () => Promise.resolve(),
+  });
+  const c = _connect(network, "c", changed);
+  try {
+    a.transport.send([sampleMessage(MessageType.PreVote, "a", "b", 1)]);
+    c.transport.send([sampleMessage(MessageType.App, "c", "b", 2)]);
+    await changed.until(() => received.length === 1, "the member's message after the refusal");
+    assert.deepStrictEqual(network.stats(), {
+      delivered: 2,
+      dropped: 0,
+      unreachable: 0,
+      refused: 1,
+    });
+  } finally {
+    await a.transport.close();
+    await b.close();
+    await c.transport.close();
   }
 });
