@@ -1048,7 +1048,13 @@ Deno.test("a joining node never elects itself; added, it is promoted; its data d
     );
     joiner.start();
 
-    // Removed, it says so and takes no further part.
+    // Removed, it says so and takes no further part. (A change is refused while another is not
+    // yet committed: the promotion is in force once appended, so wait for the leader to commit
+    // everything it has.)
+    await waitFor(() => {
+      const s = leaderOf(nodes)?.status();
+      return s !== undefined && s.commit_index >= s.last_index;
+    }, "the leader to commit the promotion");
     await leaderOf(nodes)!.membership!.remove("d", signal());
     await waitFor(() => joiner!.status().membership === "removed", "d to know it was removed");
   } finally {
