@@ -8,7 +8,8 @@
  *
  * ```sh
  * deno task fuzz:peer --messages 100000 [--seed N] [--concurrency 4] [--clients 4] [--keys 8]
- *   [--max-minutes 20] [--categories extreme,plausible,mutated,random,protocol] [--keep-going]
+ *   [--max-minutes 20] [--categories extreme,plausible,mutated,random,protocol,stream]
+ *   [--keep-going]
  *   [--echo] [-- node flags...]
  * ```
  *

@@ -3,7 +3,7 @@
  * hostile requests to a node's peer port, built from a seed.
  *
  * {@linkcode generatePeerRequest} turns `(seed, index, target)` into one HTTP request for the
- * peer server, in one of five categories:
+ * peer server, in one of six categories:
  *
  * - `extreme`: well-framed batches (encoded with `encodeMessages`) of every message type with
  *   extreme field values: 0, 1, 2^31, 2^32, 2^48, 2^53-1, the node's term plus or minus a little;
@@ -19,6 +19,12 @@
  *   in a snapshot header, missing, forged, empty and huge `x-raftkv-from`, snapshot uploads
  *   with bogus headers or bodies (never a valid snapshot file), declared lengths larger or
  *   smaller than the body, bodies cut off mid-stream.
+ * - `stream`: the long-lived message stream (`POST /raft/stream`), mostly under another
+ *   member's name: frames of extreme batches, `ReadIndex`/`ReadIndexResp` batches with wild
+ *   contexts and indexes, harmless batches, mutated or random bytes and empty frames; ending
+ *   whole, in a length prefix over the 16 MiB limit (or 2^32-1), a frame longer than the rest of
+ *   the stream, a prefix cut short, a prefix shorter than its batch, or a reset; often written in
+ *   pieces that split frames and length prefixes ({@linkcode PeerRequest.pieces}).
  *
  * ## What a correct node can survive
  *
@@ -69,7 +75,7 @@ export interface FuzzTarget {
 }
 
 /** The categories of generated requests (see the module doc). */
-export type FuzzCategory = "extreme" | "plausible" | "mutated" | "random" | "protocol";
+export type FuzzCategory = "extreme" | "plausible" | "mutated" | "random" | "protocol" | "stream";
 
 /** Every category, in a stable order. */
 export const FUZZ_CATEGORIES: readonly FuzzCategory[] = [
@@ -78,6 +84,7 @@ export const FUZZ_CATEGORIES: readonly FuzzCategory[] = [
   "mutated",
   "random",
   "protocol",
+  "stream",
 ];
 
 /** One generated request for a node's peer server. */
@@ -100,6 +107,12 @@ export interface PeerRequest {
    */
   cutAfter?: number;
   /**
+   * When set, the body is written in pieces that end at these offsets (increasing, each inside
+   * the body), each piece its own write after a short pause, so that frames and their length
+   * prefixes arrive split over several HTTP/2 DATA frames.
+   */
+  pieces?: readonly number[];
+  /**
    * How many peer messages it counts as: the messages of the batch it carries (or was made
    * from, before mutation), else 1.
    */
@@ -115,6 +128,7 @@ export const CATEGORY_WEIGHTS: Readonly<Record<FuzzCategory, number>> = Object.f
   mutated: 30,
   random: 9,
   protocol: 18,
+  stream: 16,
 });
 
 /**
@@ -136,6 +150,11 @@ const _ABSURD_INDEX = 2 ** 32;
 const _MESSAGES = "/raft/messages";
 /** The path of snapshot uploads. */
 const _SNAPSHOT = "/raft/snapshot";
+/** The path of the long-lived message stream. */
+const _STREAM = "/raft/stream";
+
+/** The largest frame a node takes on its message stream: its `maxBodyBytes` (16 MiB). */
+export const STREAM_FRAME_LIMIT: number = 16 << 20;
 const _FROM = "x-raftkv-from";
 const _MESSAGE = "x-raftkv-message";
 
@@ -201,6 +220,8 @@ const _ALL_TYPES: readonly MessageType[] = [
   MessageType.HeartbeatResp,
   MessageType.Snap,
   MessageType.TimeoutNow,
+  MessageType.ReadIndex,
+  MessageType.ReadIndexResp,
 ];
 
 const _encoder = new TextEncoder();
@@ -248,6 +269,8 @@ function _generate(g: _Gen, category: FuzzCategory): PeerRequest {
       return g.random();
     case "protocol":
       return g.protocol();
+    case "stream":
+      return g.stream();
   }
 }
 
@@ -261,8 +284,15 @@ function _generate(g: _Gen, category: FuzzCategory): PeerRequest {
  * @returns The forgeable messages (normally none).
  */
 export function forgeableMessages(req: PeerRequest, target: FuzzTarget): Message[] {
-  if (req.body === null || req.cutAfter !== undefined || req.method !== "POST") return [];
-  if (new URL(req.path, "http://x").pathname !== _MESSAGES) return [];
+  if (req.body === null || req.method !== "POST") return [];
+  const path = new URL(req.path, "http://x").pathname;
+  const header = req.headers[_FROM] ?? null;
+  if (path === _STREAM) {
+    // The frames before a cut are delivered: only the bytes after it are lost.
+    const bytes = req.cutAfter === undefined ? req.body : req.body.slice(0, req.cutAfter);
+    return streamBatches(bytes).flat().filter((msg) => isForgeable(msg, header, target));
+  }
+  if (req.cutAfter !== undefined || path !== _MESSAGES) return [];
   const declared = req.headers["content-length"];
   if (declared !== undefined && Number(declared) !== req.body.byteLength) return [];
   let msgs: Message[];
@@ -271,8 +301,33 @@ export function forgeableMessages(req: PeerRequest, target: FuzzTarget): Message
   } catch {
     return [];
   }
-  const header = req.headers[_FROM] ?? null;
   return msgs.filter((msg) => isForgeable(msg, header, target));
+}
+
+/**
+ * Reads a message stream's body as a node does: 4-byte big-endian length prefixes, each followed
+ * by that many bytes of one encoded batch, up to the first frame over `limit`, the first frame
+ * the codec refuses, or the end (a frame the body ends inside of is not delivered).
+ *
+ * @param body The stream's bytes.
+ * @param limit The largest frame the node takes. Default {@linkcode STREAM_FRAME_LIMIT}.
+ * @returns The batches the node would decode and hand to its validator, in order.
+ */
+export function streamBatches(body: Uint8Array, limit = STREAM_FRAME_LIMIT): Message[][] {
+  const batches: Message[][] = [];
+  const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+  let off = 0;
+  while (off + 4 <= body.byteLength) {
+    const need = view.getUint32(off);
+    if (need > limit || off + 4 + need > body.byteLength) break;
+    try {
+      batches.push(decodeMessages(body.subarray(off + 4, off + 4 + need)));
+    } catch {
+      break;
+    }
+    off += 4 + need;
+  }
+  return batches;
 }
 
 /**
@@ -284,8 +339,10 @@ export function forgeableMessages(req: PeerRequest, target: FuzzTarget): Message
  * adopt it, and enough of those exhaust the terms) or the shape is not one of the harmless or
  * merely disturbing ones: a `PreVote` or `Vote` claiming an empty log, a `PreVoteResp`, a
  * refusing `VoteResp` or `AppResp`, a `Heartbeat` without commit index or read context, a
- * `TimeoutNow`, an `App` without entries or commit index whose previous index is absurd (2^32
- * or more); all without entries or snapshot.
+ * `TimeoutNow`, a `ReadIndex` (a read index request, any context), an `App` without entries or
+ * commit index whose previous index is absurd (2^32 or more); all without entries or snapshot.
+ * A `ReadIndexResp` is never harmless: with a pending read's context, it makes a follower serve
+ * that read at the index it names.
  *
  * @param msg The message.
  * @param header The `x-raftkv-from` header sent with it, or `null`.
@@ -318,6 +375,10 @@ function _harmlessShape(msg: Message): boolean {
     case MessageType.Heartbeat:
       return msg.commit === 0 && msg.context === 0;
     case MessageType.TimeoutNow:
+      return true;
+    case MessageType.ReadIndex:
+      // A follower's request for a read index asks the leader to confirm a quorum and answer
+      // with its commit index: whatever the context, the answer is right for whoever gets it.
       return true;
     case MessageType.App:
       return msg.commit === 0 && msg.index >= _ABSURD_INDEX;
@@ -380,6 +441,13 @@ function _near(term: number, delta: number): number {
 
 function _short(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, max)}…(${text.length} chars)`;
+}
+
+/** A stream frame's 4-byte big-endian length prefix. */
+function _prefix(length: number): Uint8Array {
+  const out = new Uint8Array(4);
+  new DataView(out.buffer).setUint32(0, length >>> 0);
+  return out;
 }
 
 function _concat(...parts: Uint8Array[]): Uint8Array {
@@ -651,7 +719,12 @@ class _Gen {
       (this.target.term === null || term >= this.target.term);
     if (!claimed || !window) return false;
     if (msg.type === MessageType.PreVote) return false;
-    const quiet = [MessageType.PreVoteResp, MessageType.VoteResp, MessageType.AppResp];
+    const quiet = [
+      MessageType.PreVoteResp,
+      MessageType.VoteResp,
+      MessageType.AppResp,
+      MessageType.ReadIndex,
+    ];
     return !(quiet.includes(msg.type) && this.target.term !== null && term <= this.target.term);
   }
 
@@ -776,9 +849,13 @@ class _Gen {
         MessageType.PreVoteResp,
         MessageType.VoteResp,
         MessageType.AppResp,
+        MessageType.ReadIndex,
       ]);
       const msg = base(type, _near(known, type === MessageType.PreVote ? rng.int(0, 3) : 0));
-      msg.reject = type === MessageType.PreVoteResp ? rng.chance(0.5) : true;
+      msg.reject = type === MessageType.PreVoteResp
+        ? rng.chance(0.5)
+        : type !== MessageType.ReadIndex;
+      if (type === MessageType.ReadIndex) msg.context = this.num();
       if (type === MessageType.AppResp) {
         msg.index = rng.int(0, 30);
         msg.rejectHint = rng.int(0, 30);
@@ -957,6 +1034,195 @@ class _Gen {
       messages: 1,
       detail: `${size} random bytes, header from ${from.label}${header.label}`,
     };
+  }
+
+  /**
+   * A message stream (`POST /raft/stream`): frames of extreme, read-index, harmless, mutated,
+   * empty or random batches, mostly under another member's name (a stranger's stream is refused
+   * before it is read), ending well or in a length prefix over the limit, a frame longer than
+   * the stream, a prefix cut short, a prefix shorter than its batch, or a reset; often written
+   * in pieces that split frames and their prefixes.
+   */
+  stream(): PeerRequest {
+    const { rng } = this;
+    let header: string | null;
+    let senderLabel: string;
+    if (this.others.length > 0 && rng.chance(0.85)) {
+      header = rng.pick(this.others);
+      senderLabel = `${header}(member)`;
+    } else {
+      const from = this.sender();
+      const made = this.header(from.id);
+      header = made.value;
+      senderLabel = `${from.label}${made.label}`;
+    }
+    const member = header !== null && this.others.includes(header);
+    const count = rng.chance(0.5) ? rng.int(1, 4) : rng.int(4, 17);
+    const payloads: Uint8Array[] = [];
+    const labels: string[] = [];
+    const notes: string[] = [];
+    let messages = 0;
+    for (let i = 0; i < count; i++) {
+      const roll = rng.float();
+      let payload: Uint8Array;
+      let label: string;
+      if (roll < 0.4) {
+        const from = member && rng.chance(0.7) ? { id: header!, label: "header" } : undefined;
+        const batch = this.extremeBatch({ ...(from ? { from } : {}), header, max: 20 });
+        payload = encodeMessages(batch.msgs);
+        messages += batch.msgs.length;
+        label = batch.typeLabel;
+        if (notes.length < 3) notes.push(batch.notes.slice(0, 2).join(" "));
+      } else if (roll < 0.6) {
+        const msgs = this.readIndexBatch(header);
+        payload = encodeMessages(msgs);
+        messages += msgs.length;
+        label = "read index";
+        if (notes.length < 3) notes.push(msgs.slice(0, 2).map((m) => this.fields(m)).join(", "));
+      } else if (roll < 0.72) {
+        const msgs = this.harmlessBatch(header);
+        payload = encodeMessages(msgs);
+        messages += msgs.length;
+        label = "harmless";
+      } else if (roll < 0.86) {
+        const base = this.mutationBase();
+        const [name, bytes] = this.mutate(base.bytes, base.msgs[0]!);
+        payload = bytes;
+        messages += base.msgs.length;
+        label = `mutated (${name})`;
+      } else if (roll < 0.92) {
+        payload = new Uint8Array(0);
+        messages++;
+        label = "empty";
+      } else {
+        payload = this.bytes(rng.int(1, 256));
+        if (rng.chance(0.5)) payload[0] = 0xa1;
+        messages++;
+        label = "random bytes";
+      }
+      payloads.push(payload);
+      labels.push(label);
+    }
+    const frames = payloads.map((payload) => _concat(_prefix(payload.byteLength), payload));
+    let kind = "well framed";
+    let cutAfter: number | undefined;
+    const last = payloads.length - 1;
+    const ending = rng.float();
+    if (ending < 0.5) {
+      // Every frame whole.
+    } else if (ending < 0.6) {
+      const declared = rng.pick([
+        STREAM_FRAME_LIMIT + 1,
+        STREAM_FRAME_LIMIT * 2,
+        2 ** 31,
+        0xffffffff,
+      ]);
+      frames.push(_concat(_prefix(declared), this.bytes(rng.int(0, 64))));
+      kind = "oversized length prefix";
+      notes.push(`then a prefix of ${describeNumber(declared)} bytes`);
+    } else if (ending < 0.7) {
+      const more = rng.chance(0.7) ? rng.int(1, 1000) : STREAM_FRAME_LIMIT - payloads[last]!.length;
+      frames[last] = _concat(_prefix(payloads[last]!.byteLength + more), payloads[last]!);
+      kind = "frame longer than the stream";
+      notes.push(`the last prefix declares ${more} bytes more than follow`);
+    } else if (ending < 0.78) {
+      frames.push(_prefix(rng.int(0, STREAM_FRAME_LIMIT)).slice(0, rng.int(1, 4)));
+      kind = "stream ends inside a prefix";
+    } else if (ending < 0.88 && payloads[last]!.byteLength > 0) {
+      const short = rng.int(1, payloads[last]!.byteLength + 1);
+      frames[last] = _concat(_prefix(payloads[last]!.byteLength - short), payloads[last]!);
+      kind = "length prefix shorter than its batch";
+      notes.push(`the last prefix declares ${short} bytes fewer than its batch`);
+    } else {
+      kind = "reset mid-stream";
+    }
+    const body = _concat(...frames);
+    if (kind === "reset mid-stream") cutAfter = rng.int(0, body.byteLength);
+    let pieces: number[] | undefined;
+    if (rng.chance(0.6) && body.byteLength > 1) {
+      // Split inside length prefixes above all, and anywhere else now and then.
+      const cuts = new Set<number>();
+      let off = 0;
+      for (const frame of frames) {
+        if (rng.chance(0.4)) cuts.add(off + rng.int(1, 4));
+        if (rng.chance(0.2)) cuts.add(off + rng.int(0, frame.byteLength + 1));
+        off += frame.byteLength;
+      }
+      pieces = [...cuts].filter((at) => at > 0 && at < body.byteLength).sort((a, b) => a - b)
+        .slice(0, 64);
+      if (pieces.length === 0) pieces = undefined;
+      else notes.push(`written in ${pieces.length + 1} pieces`);
+    }
+    return {
+      category: "stream",
+      kind,
+      method: "POST",
+      path: _STREAM,
+      headers: this.headersFor(header),
+      body,
+      ...(cutAfter === undefined ? {} : { cutAfter }),
+      ...(pieces === undefined ? {} : { pieces }),
+      messages: Math.max(1, messages),
+      detail: `from-header ${senderLabel}; ${frames.length} frames: ${
+        [...new Set(labels)].slice(0, 5).join(", ")
+      }; ${notes.join("; ")}`,
+    };
+  }
+
+  /**
+   * A batch of `ReadIndex` and `ReadIndexResp` messages with wild fields, the second kind (and
+   * the first far above the node's term) defused when it names a member (see
+   * {@linkcode isForgeable}).
+   */
+  readIndexBatch(header: string | null): Message[] {
+    const { rng, target } = this;
+    const count = rng.chance(0.6) ? 1 : rng.int(2, 40);
+    const msgs: Message[] = [];
+    for (let i = 0; i < count; i++) {
+      const type = rng.chance(0.6) ? MessageType.ReadIndex : MessageType.ReadIndexResp;
+      const from = rng.chance(0.8) && header !== null ? header : this.sender().id;
+      const known = target.term ?? 1;
+      const msg = message({
+        type,
+        from,
+        to: this.to(),
+        term: rng.chance(0.6) ? known : this.term(),
+      });
+      msg.context = rng.chance(0.8) ? this.num() : rng.int(1, 30);
+      if (type === MessageType.ReadIndexResp || rng.chance(0.1)) msg.index = this.num();
+      if (rng.chance(0.08)) msg.commit = this.num();
+      if (rng.chance(0.05)) msg.logTerm = this.num();
+      if (rng.chance(0.05)) msg.reject = true;
+      this.defuse(msg, header);
+      msgs.push(msg);
+    }
+    return msgs;
+  }
+
+  /** A batch of messages a member could send at the node's term that change nothing. */
+  harmlessBatch(header: string | null): Message[] {
+    const { rng, target } = this;
+    const from = header ?? target.self;
+    const count = rng.int(1, 6);
+    const msgs: Message[] = [];
+    for (let i = 0; i < count; i++) {
+      const type = rng.pick([
+        MessageType.PreVoteResp,
+        MessageType.VoteResp,
+        MessageType.AppResp,
+        MessageType.ReadIndex,
+      ]);
+      const msg = message({ type, from, to: target.self, term: target.term ?? 1 });
+      if (type === MessageType.ReadIndex) msg.context = this.num();
+      else msg.reject = true;
+      if (type === MessageType.AppResp) {
+        msg.index = rng.int(0, 30);
+        msg.rejectHint = rng.int(0, 30);
+      }
+      this.defuse(msg, header);
+      msgs.push(msg);
+    }
+    return msgs;
   }
 
   protocol(): PeerRequest {

@@ -4,7 +4,10 @@
  * while every node's peer port receives generated hostile requests
  * (`testing/peer_fuzz_lib.ts`). Then every node is stopped with SIGTERM and started again on its
  * data, and the checks run: no node stopped during the fuzz, each stopped cleanly and came back
- * ready, every acknowledged write is still readable, and the history is linearizable.
+ * ready, every acknowledged write is still readable, no key but the clients' is in the store, and
+ * the history is linearizable. Message streams (`POST /raft/stream`) are sent like any request:
+ * their bodies are written in pieces when the generator splits them, and the answer (the node
+ * ends it when it gives the stream up, or once the body ended) is read to its end.
  *
  * Used by `tests/peer_fuzz_test.ts` (a short run) and `scripts/peer_fuzz.ts`
  * (`deno task fuzz:peer`, any length). Everything it starts is stopped before it returns or
@@ -63,6 +66,12 @@ export interface PeerFuzzOptions {
   maxFuzzMs?: number;
   /** The fewest writes that must be acknowledged during the fuzz. Default 20. */
   minAckedWrites?: number;
+  /**
+   * The smallest share of the clients' requests that must succeed during the fuzz: hostile
+   * input must not keep the cluster from serving. Default 0.6 (a run without hostile input
+   * loses a few to leader changes only).
+   */
+  minOkFraction?: number;
   /**
    * Triage mode: when a node stops during the fuzz, record it, start the node again and go on
    * (up to 50 times) instead of ending the fuzz. Default false.
@@ -306,6 +315,17 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
       } expected)`,
     );
   }
+  const c = state.workload.counts;
+  const ok = c.put.ok + c.get.ok + c.delete.ok;
+  const total = c.put.total + c.get.total + c.delete.total;
+  const minOk = options.minOkFraction ?? 0.6;
+  if (total > 0 && ok / total < minOk) {
+    state.anomalies.push(
+      `only ${ok} of ${total} client requests succeeded during the fuzz (at least ${
+        Math.round(minOk * 100)
+      }% expected): the nodes did not keep serving`,
+    );
+  }
   const end = await _finish(state, keys);
   return _report(state, end, fuzzMs);
 }
@@ -376,16 +396,8 @@ async function _send(
 ): Promise<string> {
   const signal = AbortSignal.timeout(timeoutMs);
   let body: Uint8Array | ReadableStream<Uint8Array> | null = req.body;
-  if (req.body !== null && req.cutAfter !== undefined) {
-    const head = req.body.slice(0, req.cutAfter);
-    body = new ReadableStream<Uint8Array>({
-      start(controller) {
-        if (head.byteLength > 0) controller.enqueue(head);
-      },
-      pull(controller) {
-        controller.error(new Error("the fuzz cut the body off"));
-      },
-    });
+  if (req.body !== null && (req.cutAfter !== undefined || req.pieces !== undefined)) {
+    body = _pieces(req.body, req.pieces ?? [], req.cutAfter);
   }
   try {
     const res = await client.fetch(`${base}${req.path}`, {
@@ -418,6 +430,38 @@ async function _send(
       : "";
     return /ECONNREFUSED/.test(message) ? "refused" : "reset";
   }
+}
+
+/**
+ * The body as a stream written in pieces ending at `ends` (each after a pause of a millisecond,
+ * so that each goes out as its own HTTP/2 DATA frame), then closed, or failed after `cutAfter`
+ * bytes (the client then resets the request).
+ */
+function _pieces(
+  bytes: Uint8Array,
+  ends: readonly number[],
+  cutAfter: number | undefined,
+): ReadableStream<Uint8Array> {
+  const stop = cutAfter ?? bytes.byteLength;
+  const bounds = [...ends.filter((at) => at < stop), stop];
+  let from = 0;
+  let next = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      // Each call enqueues a piece or ends the body: a call that did neither would never be
+      // followed by another.
+      while (next < bounds.length) {
+        if (next > 0) await new Promise((resolve) => setTimeout(resolve, 1));
+        const to = bounds[next++]!;
+        if (to <= from) continue;
+        controller.enqueue(bytes.slice(from, to));
+        from = to;
+        return;
+      }
+      if (cutAfter === undefined) controller.close();
+      else controller.error(new Error("the fuzz cut the body off"));
+    },
+  });
 }
 
 /**
@@ -644,8 +688,42 @@ async function _finish(state: _State, keys: readonly string[]): Promise<_End> {
       );
     }
   }
+  await _checkNoStrayKeys(state, keys);
   end.check = checkWorkload(workload, end.finalsAfter, state.options.checkTimeoutMs ?? 60_000);
   return end;
+}
+
+/**
+ * Lists every key the cluster holds (a linearizable read): only the clients' keys may be there.
+ * A forged command (a put to a `fuzz-` key, say) that reached the log would show up here even
+ * when it touched no key of the workload's history.
+ */
+async function _checkNoStrayKeys(state: _State, keys: readonly string[]): Promise<void> {
+  const { cluster } = state;
+  let listing: unknown = null;
+  for (const id of cluster.ids) {
+    const result = await cluster.request(id, "GET", "/v1/data?keys_only&limit=10000", undefined, {
+      timeoutMs: 5000,
+    }).catch(() => null);
+    if (result?.status === 200) {
+      listing = result.json;
+      break;
+    }
+  }
+  const items = (listing as { items?: { k?: unknown }[] } | null)?.items;
+  if (!Array.isArray(items)) {
+    state.anomalies.push("no node answered the listing of every key after the restart");
+    return;
+  }
+  const allowed = new Set(keys);
+  const stray = items.map((item) => String(item.k)).filter((k) => !allowed.has(k));
+  if (stray.length > 0) {
+    state.anomalies.push(
+      `${stray.length} keys no client wrote are in the store, such as ${
+        stray.slice(0, 5).map((k) => JSON.stringify(k)).join(", ")
+      }`,
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { decodeMessages } from "../src/transport/codec.ts";
+import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
 import { MAX_TERM, type Message, message, MessageType } from "../src/raft/types.ts";
 import { randomSeed } from "../testing/chaos_lib.ts";
 import {
@@ -19,6 +19,8 @@ import {
   isForgeable,
   type PeerRequest,
   PLAUSIBLE_RISE,
+  STREAM_FRAME_LIMIT,
+  streamBatches,
 } from "../testing/peer_fuzz_lib.ts";
 import { runPeerFuzz } from "../testing/peer_fuzz_runner.ts";
 
@@ -28,8 +30,15 @@ function _target(term: number | null, self = "node-2"): FuzzTarget {
   return { self, members: _MEMBERS, term };
 }
 
-/** The messages a request carries to /raft/messages, if its body decodes. */
+/**
+ * The messages a request carries to /raft/messages, if its body decodes, or those of the frames a
+ * node would decode from a /raft/stream body (before its cut, if any).
+ */
 function _decoded(req: PeerRequest): Message[] | null {
+  if (req.body !== null && req.path === "/raft/stream") {
+    return streamBatches(req.cutAfter === undefined ? req.body : req.body.slice(0, req.cutAfter))
+      .flat();
+  }
   if (req.body === null || req.path !== "/raft/messages") return null;
   try {
     return decodeMessages(req.body);
@@ -82,7 +91,7 @@ Deno.test("the generator covers every category, message type, extreme value and 
     }
   }
   assert.deepEqual([...categories].sort(), [...FUZZ_CATEGORIES].sort());
-  assert.equal(types.size, 10, `message types seen: ${[...types]}`);
+  assert.equal(types.size, 12, `message types seen: ${[...types]}`);
   for (const value of [0, 1, 2 ** 31, 2 ** 32, 2 ** 48, Number.MAX_SAFE_INTEGER, 11, 13]) {
     assert.ok(terms.has(value), `no message with term ${value}`);
   }
@@ -101,10 +110,92 @@ Deno.test("the generator covers every category, message type, extreme value and 
       "protocol/declared length",
       "protocol/wrong method",
       "random/random bytes",
+      "stream/well framed",
+      "stream/oversized length prefix",
+      "stream/frame longer than the stream",
+      "stream/stream ends inside a prefix",
+      "stream/length prefix shorter than its batch",
+      "stream/reset mid-stream",
     ]
   ) {
     assert.ok(kinds.has(kind), `no ${kind} request`);
   }
+});
+
+Deno.test("stream requests carry read-index messages, split prefixes and frames a node decodes", () => {
+  let streams = 0;
+  let split = 0;
+  let splitInPrefix = 0;
+  let readIndex = 0;
+  let readIndexResp = 0;
+  let memberStreams = 0;
+  let decodedFrames = 0;
+  for (let index = 0; index < 3000; index++) {
+    const req = generatePeerRequest(11, index, _target(12), ["stream"]);
+    assert.equal(req.category, "stream");
+    assert.equal(req.path, "/raft/stream");
+    streams++;
+    if (["node-1", "node-3"].includes(req.headers["x-raftkv-from"] ?? "")) memberStreams++;
+    const body = req.body!;
+    if (req.pieces !== undefined) {
+      split++;
+      for (let i = 0; i < req.pieces.length; i++) {
+        const at = req.pieces[i]!;
+        assert.ok(at > 0 && at < body.byteLength, `piece end ${at} of ${body.byteLength}`);
+        if (i > 0) assert.ok(at > req.pieces[i - 1]!, "piece ends increase");
+      }
+      // Is one of the cuts inside a length prefix of a whole frame?
+      let off = 0;
+      const prefixes: number[] = [];
+      const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+      while (off + 4 <= body.byteLength) {
+        prefixes.push(off);
+        off += 4 + view.getUint32(off);
+      }
+      if (req.pieces.some((at) => prefixes.some((p) => at > p && at < p + 4))) splitInPrefix++;
+    }
+    const batches = streamBatches(body);
+    decodedFrames += batches.length;
+    for (const msg of batches.flat()) {
+      if (msg.type === MessageType.ReadIndex) readIndex++;
+      if (msg.type === MessageType.ReadIndexResp) readIndexResp++;
+    }
+  }
+  assert.ok(memberStreams / streams > 0.7, `${memberStreams} of ${streams} streams from members`);
+  assert.ok(split > 1000, `only ${split} streams written in pieces`);
+  assert.ok(splitInPrefix > 500, `only ${splitInPrefix} streams split inside a length prefix`);
+  assert.ok(
+    readIndex > 1000 && readIndexResp > 500,
+    `${readIndex} ReadIndex, ${readIndexResp} resp`,
+  );
+  assert.ok(decodedFrames > 5000, `only ${decodedFrames} frames decode`);
+});
+
+Deno.test("streamBatches reads frames as a node does and stops where the node ends the stream", () => {
+  const hb = encodeMessages([
+    message({ type: MessageType.Heartbeat, from: "node-1", to: "node-2", term: 3 }),
+  ]);
+  const frame = (payload: Uint8Array, declared = payload.byteLength) => {
+    const out = new Uint8Array(4 + payload.byteLength);
+    new DataView(out.buffer).setUint32(0, declared);
+    out.set(payload, 4);
+    return out;
+  };
+  const join = (...parts: Uint8Array[]) => {
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+    let off = 0;
+    for (const p of parts) {
+      out.set(p, off);
+      off += p.byteLength;
+    }
+    return out;
+  };
+  assert.equal(streamBatches(join(frame(hb), frame(hb))).length, 2);
+  assert.equal(streamBatches(join(frame(hb), frame(hb)).slice(0, 4 + hb.byteLength + 3)).length, 1);
+  assert.equal(streamBatches(join(frame(hb), frame(hb, hb.byteLength + 1))).length, 1);
+  assert.equal(streamBatches(join(frame(hb), frame(Uint8Array.of(1, 2, 3)), frame(hb))).length, 1);
+  const over = join(frame(hb), frame(new Uint8Array(0), STREAM_FRAME_LIMIT + 1), frame(hb));
+  assert.equal(streamBatches(over).length, 1);
 });
 
 Deno.test("isForgeable flags a member's plausible leader message and nothing stale, absurd or harmless", () => {
@@ -139,6 +230,13 @@ Deno.test("isForgeable flags a member's plausible leader message and nothing sta
   const grant = message({ type: MessageType.VoteResp, from: "node-3", to: "node-2", term: 7 });
   assert.equal(isForgeable(grant, "node-3", target), true);
   assert.equal(isForgeable({ ...grant, reject: true }, "node-3", target), false);
+  // A read index request is answered with the leader's commit index whatever its context; an
+  // answer with a pending read's context would make a follower serve that read at its index.
+  const read = message({ type: MessageType.ReadIndex, from: "node-1", to: "node-2", term: 7 });
+  assert.equal(isForgeable({ ...read, context: Number.MAX_SAFE_INTEGER }, "node-1", target), false);
+  const answer = { ...read, type: MessageType.ReadIndexResp, index: 3, context: 1 };
+  assert.equal(isForgeable(answer, "node-1", target), true);
+  assert.equal(isForgeable({ ...answer, term: 6 }, "node-1", target), false, "stale");
   const vote = message({ type: MessageType.Vote, from: "node-1", to: "node-2", term: 8 });
   assert.equal(isForgeable(vote, "node-1", target), false);
   assert.equal(isForgeable({ ...vote, index: 5, logTerm: 7 }, "node-1", target), true);
@@ -182,7 +280,7 @@ Deno.test({
   fn: async () => {
     const seedText = Deno.env.get("PEER_FUZZ_SEED");
     const seed = seedText === undefined ? randomSeed() : Number(seedText);
-    const messages = Number(Deno.env.get("PEER_FUZZ_MESSAGES") ?? 5000);
+    const messages = Number(Deno.env.get("PEER_FUZZ_MESSAGES") ?? 6000);
     const report = await runPeerFuzz({
       seed,
       messages,

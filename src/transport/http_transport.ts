@@ -70,8 +70,10 @@
  *    identity the connection proved must be another member and `x-raftkv-from` must name it
  *    (`403`);
  * 3. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
- *    snapshot upload at a time (`429`); one message stream (a new one ends the older: the sender
- *    gave it up, though a connection that died silently may not say so);
+ *    snapshot upload at a time (`429`); at most `maxStreamsPerSender` message streams (one more
+ *    ends the idlest if it has been idle for `streamIdleMs`, a stream whose connection died
+ *    silently, else the newest: a stranger's streams under a member's name never end the
+ *    member's busy one);
  * 4. the body size (`413`) and the codec (`400`);
  * 5. every message, by the `validator` (`src/raft/validate.ts`): its `from` is the header's
  *    sender (`403` when that claimed sender is not a member or, with mutual TLS, is not the
@@ -251,6 +253,16 @@ export interface PeerHandlerOptions {
    * A node sends at most `maxInflightPerPeer` (default 2) at a time. Default: 8.
    */
   maxRequestsPerSender?: number;
+  /**
+   * How many message streams one sender may hold open at once. One more ends one of them: the
+   * one that delivered nothing for the longest, if that is at least `streamIdleMs` (a stream
+   * whose connection died silently), else the newest of them. A live sender's stream carries
+   * its heartbeats or their answers, so a stranger who opens streams under its name cannot end
+   * it. Default: 4.
+   */
+  maxStreamsPerSender?: number;
+  /** How long a stream may go without delivering a batch before it is the first to end. Default: 2000. */
+  streamIdleMs?: number;
   /**
    * How long a batch whose body is complete waits for an earlier request from the same sender
    * (whose body is still arriving) before it is delivered anyway. Bounds the damage of a request
@@ -946,6 +958,8 @@ export function createPeerHandler(
 ): (req: Request, info?: PeerRequestInfo) => Promise<Response> {
   const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 16 << 20);
   const maxPerSender = _positiveInt("maxRequestsPerSender", options.maxRequestsPerSender, 8);
+  const maxStreams = _positiveInt("maxStreamsPerSender", options.maxStreamsPerSender, 4);
+  const streamIdleMs = _positiveInt("streamIdleMs", options.streamIdleMs, 2000);
   const maxOrderWaitMs = _nonNegativeInt("maxOrderWaitMs", options.maxOrderWaitMs, 2000);
   const maxSnapshotBytes = _positiveInt("maxSnapshotBytes", options.maxSnapshotBytes, 4 * 2 ** 30);
   const idleMs = _positiveInt("snapshotIdleTimeoutMs", options.snapshotIdleTimeoutMs, 30_000);
@@ -962,8 +976,8 @@ export function createPeerHandler(
   const tails = new Map<string, Promise<void>>();
   /** Per sender: `/raft/messages` requests in progress. Only validated senders get an entry. */
   const active = new Map<string, number>();
-  /** Per sender: ends its open message stream. Only validated senders get an entry. */
-  const streams = new Map<string, () => void>();
+  /** Per sender: its open message streams. Only validated senders get an entry. */
+  const streams = new Map<string, Set<_OpenStream>>();
   let uploading = false;
   /** Per HTTP status: when a refusal was last logged, and how many were left out since. */
   const reported = new Map<number, { at: number; skipped: number }>();
@@ -1071,11 +1085,34 @@ export function createPeerHandler(
   function handleStream(req: Request, from: string, proven: boolean): Response {
     if (req.body === null) return refuse(400, "The stream has no body", from);
     const reader = req.body.getReader();
-    // A sender has one stream: a new one means it gave the old one up (which, on a connection
-    // that died silently, this side might never notice), so the old one ends.
-    streams.get(from)?.();
-    const stop = () => void reader.cancel().catch(() => {});
-    streams.set(from, stop);
+    // A sender normally has one stream; a new one may mean it gave an old one up (which, on a
+    // connection that died silently, this side might never notice), or be a stranger's under its
+    // name (without mutual TLS). Past the limit, one ends: the one idle the longest if it is
+    // idle (the dead one), else the newest, never a stream busy with the sender's traffic.
+    const open = streams.get(from) ?? new Set<_OpenStream>();
+    streams.set(from, open);
+    if (open.size >= maxStreams) {
+      const now = performance.now();
+      let idlest: _OpenStream | null = null;
+      let newest: _OpenStream | null = null;
+      for (const s of open) {
+        if (idlest === null || s.lastDelivery < idlest.lastDelivery) idlest = s;
+        if (newest === null || s.opened > newest.opened) newest = s;
+      }
+      const victim = now - idlest!.lastDelivery >= streamIdleMs ? idlest! : newest!;
+      open.delete(victim);
+      victim.stop();
+      logger.debug(
+        `Ended a message stream from ${_quoteId(from)}: more than ${maxStreams} were open`,
+      );
+    }
+    const opened = performance.now();
+    const entry: _OpenStream = {
+      stop: () => void reader.cancel().catch(() => {}),
+      opened,
+      lastDelivery: opened,
+    };
+    open.add(entry);
     let answer!: ReadableStreamDefaultController<Uint8Array>;
     const response = new ReadableStream<Uint8Array>({
       start(c) {
@@ -1116,6 +1153,7 @@ export function createPeerHandler(
       }
       try {
         handlers.onMessages(messages);
+        entry.lastDelivery = performance.now();
       } catch (err) {
         if (err instanceof PeerRefusedError) refuse(409, err.message, from);
         else logger.warn(`Handling a batch from ${_quoteId(from)} failed: ${_describe(err)}`, err);
@@ -1131,7 +1169,8 @@ export function createPeerHandler(
         broken = `the stream broke off: ${_describe(err)}`;
         logger.debug(`The stream from ${_quoteId(from)} broke off: ${_describe(err)}`);
       } finally {
-        if (streams.get(from) === stop) streams.delete(from);
+        open.delete(entry);
+        if (open.size === 0 && streams.get(from) === open) streams.delete(from);
         reader.cancel().catch(() => {});
         // Ending the answer ends the stream: the sender sees it and, if it has more, reopens.
         try {
@@ -1528,6 +1567,16 @@ async function _readFrames(
     }
     if (chunks.length === 0) chunks = [];
   }
+}
+
+/** A message stream a sender holds open. */
+interface _OpenStream {
+  /** Ends it (stops reading; the answer then ends). */
+  stop: () => void;
+  /** When it was accepted (performance.now()). */
+  opened: number;
+  /** When it last delivered a batch, or when it was accepted. */
+  lastDelivery: number;
 }
 
 /** Resolves once `promise` settles or `ms` have passed, whichever comes first. */

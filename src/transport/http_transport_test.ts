@@ -1469,21 +1469,64 @@ Deno.test("HttpTransport sends requests to a peer without the message stream (an
   }
 });
 
-Deno.test("a sender has one message stream: a new one ends the older", async () => {
-  const { handler, batches } = _guardedFixture();
-  const old = _pushBody();
-  const oldRes = await handler(_post(STREAM_PATH, old.stream, { [FROM_HEADER]: "n1" }));
+Deno.test("streams a stranger opens under a member's name do not end the member's busy stream", async () => {
+  // Without mutual TLS anyone can open streams naming a member: past the limit, the newest of
+  // them ends, not the member's own stream, which delivers the member's traffic.
+  const { handler, batches } = _guardedFixture({ maxStreamsPerSender: 4 });
+  const real = _pushBody();
+  const realRes = await handler(_post(STREAM_PATH, real.stream, { [FROM_HEADER]: "n1" }));
+  real.push(_frame([_heartbeat("n1")]));
+  const deadline = performance.now() + 5000;
+  while (batches.length < 1) {
+    assert.ok(performance.now() < deadline, "the first frame was not delivered");
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  const strangers = [];
+  for (let i = 0; i < 5; i++) {
+    const body = _pushBody();
+    const res = await handler(_post(STREAM_PATH, body.stream, { [FROM_HEADER]: "n1" }));
+    assert.strictEqual(res.status, 200);
+    strangers.push({ body, res });
+  }
+  // Four were open when the fifth and the sixth came: each ended the newest stranger's.
+  await _answerEnds(strangers[2]!.res);
+  await _answerEnds(strangers[3]!.res);
+  real.push(_frame([_heartbeat("n1")]));
+  while (batches.length < 2) {
+    assert.ok(performance.now() < deadline, "the member's second frame was not delivered");
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  for (const i of [0, 1, 4]) strangers[i]!.body.end();
+  for (const i of [0, 1, 4]) await _answerEnds(strangers[i]!.res);
+  real.end();
+  await _answerEnds(realRes);
+  assert.strictEqual(batches.length, 2);
+});
+
+Deno.test("past the stream limit, a stream idle for streamIdleMs ends first (its connection died silently)", async () => {
+  const { handler, batches } = _guardedFixture({ maxStreamsPerSender: 2, streamIdleMs: 1 });
+  const dead = _pushBody();
+  const deadRes = await handler(_post(STREAM_PATH, dead.stream, { [FROM_HEADER]: "n1" }));
   const other = _pushBody();
   const otherRes = await handler(_post(STREAM_PATH, other.stream, { [FROM_HEADER]: "n3" }));
+  const live = _pushBody();
+  const liveRes = await handler(_post(STREAM_PATH, live.stream, { [FROM_HEADER]: "n1" }));
+  live.push(_frame([_heartbeat("n1")]));
+  const deadline = performance.now() + 5000;
+  while (batches.length < 1) {
+    assert.ok(performance.now() < deadline, "the live stream's frame was not delivered");
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  // The dead stream has been idle for at least streamIdleMs once the clock moved past it.
+  const idleSince = performance.now();
+  while (performance.now() - idleSince < 2) await new Promise((r) => setTimeout(r, 1));
   const next = _pushBody();
   const nextRes = await handler(_post(STREAM_PATH, next.stream, { [FROM_HEADER]: "n1" }));
-  assert.deepStrictEqual([oldRes.status, otherRes.status, nextRes.status], [200, 200, 200]);
-  await _answerEnds(oldRes);
+  assert.deepStrictEqual([deadRes.status, liveRes.status, nextRes.status], [200, 200, 200]);
+  await _answerEnds(deadRes);
   next.push(_frame([_heartbeat("n1")]));
   other.push(_frame([_heartbeat("n3")]));
-  next.end();
-  other.end();
-  await _answerEnds(nextRes);
-  await _answerEnds(otherRes);
-  assert.deepStrictEqual(batches.map((b) => b[0]!.from).sort(), ["n1", "n3"]);
+  for (const b of [live, next, other]) b.end();
+  for (const r of [liveRes, nextRes, otherRes]) await _answerEnds(r);
+  assert.deepStrictEqual(batches.map((b) => b[0]!.from).sort(), ["n1", "n1", "n3"]);
 });
