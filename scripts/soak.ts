@@ -216,7 +216,7 @@ coordination:     ${t("casOk")} compare-and-sets applied, ${t("casFailed")} refu
   } range reads; ${t("idempotentRetries")} writes sent again with their idempotency key, ${
     t("idempotentReplays")
   } answered as replays
-leases:           ${t("leasesGranted")} granted, ${
+leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${
     t("leaseKeepAlives")
   } keep-alives acknowledged, ${t("leasesRevoked")} revoked, ${t("leasesExpired")} expired (${
     t("leaseBoundChecks")

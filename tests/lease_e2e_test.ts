@@ -288,3 +288,70 @@ Deno.test("an abandoned lease survives a leader change for at most max(TTL, elec
   assert.ok(goneAt - killedAt >= TTL, `gone ${goneAt - killedAt}ms after the leader died`);
   assert.ok(goneAt - putAt >= TTL);
 });
+
+Deno.test("a TTL below the minimum (1.5 election timeouts) is raised to it through the API and the CLI, and the lease lives that long", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader(15_000);
+  const follower = cluster.ids.find((id) => id !== leader)!;
+  const api = cluster.api(follower);
+  // The harness: 300 ms election timeout in 50 ms ticks, 6 ticks; the minimum is 9 ticks.
+  const MIN = 450;
+
+  // Granted through a follower: the leader raises it, and the answer gives the TTL granted.
+  const sent = performance.now();
+  const grant = await call(`${api}/v1/leases`, "POST", { ttl: "1ms" });
+  assert.equal(grant.status, 201, grant.text);
+  const body = grant.json as { id: number; ttl: string; ttl_ms: number; requested_ttl_ms: number };
+  assert.deepEqual([body.ttl, body.ttl_ms, body.requested_ttl_ms], ["450ms", MIN, 1]);
+  const shown = await call(`${api}/v1/leases/${body.id}`, "GET");
+  assert.equal(shown.status, 200, shown.text);
+  assert.equal((shown.json as { ttl_ms: number }).ttl_ms, MIN);
+  // A TTL at or above the minimum is granted as asked, with no requested_ttl_ms.
+  const exact = await call(`${api}/v1/leases`, "POST", { ttl: "450ms" });
+  assert.equal(exact.status, 201, exact.text);
+  assert.equal((exact.json as { ttl_ms: number }).ttl_ms, MIN);
+  assert.equal((exact.json as Record<string, unknown>).requested_ttl_ms, undefined);
+
+  // A put's own lease (?ttl=) is raised too; the answer says the TTL granted.
+  const put = await call(`${api}/v1/data/short?ttl=10ms`, "PUT", { v: "x" });
+  assert.equal(put.status, 200, put.text);
+  const p = put.json as { lease: number; lease_ttl: string; lease_ttl_ms: number };
+  assert.deepEqual([p.lease_ttl, p.lease_ttl_ms], ["450ms", MIN]);
+  const putLease = await call(`${api}/v1/leases/${p.lease}`, "GET");
+  assert.equal((putLease.json as { ttl_ms: number }).ttl_ms, MIN);
+  const longer = await call(`${api}/v1/data/long?ttl=2s`, "PUT", { v: "x" });
+  assert.equal((longer.json as { lease_ttl_ms: number }).lease_ttl_ms, 2000);
+
+  // Nobody keeps the first lease alive: it expires, but not before the minimum has passed since
+  // the grant was sent (its deadline is its apply time plus 450 ms, not plus 1 ms).
+  const attached = await call(`${api}/v1/data/svc%2Fshort?lease=${body.id}`, "PUT", { v: "x" });
+  if (attached.status === 200) {
+    let goneAt = 0;
+    await waitFor(async () => {
+      const e = await exists(api, "svc/short");
+      if (e === false) goneAt = performance.now();
+      return e === false;
+    }, { deadlineMs: 20_000, intervalMs: 20, message: "the short lease's key to expire" });
+    assert.ok(goneAt - sent >= MIN, `gone ${(goneAt - sent).toFixed(0)} ms after the grant`);
+  } else {
+    // On a loaded machine the lease may already be gone when the put arrives: still not before
+    // the minimum.
+    assert.equal(attached.status, 404, attached.text);
+    assert.ok(performance.now() - sent >= MIN, "the lease was gone before the minimum");
+  }
+
+  // The command-line client: stdout is the id alone, stderr says the TTL granted.
+  const ep = ["--endpoints", cluster.ids.map((i) => cluster.api(i)).join(",")];
+  const [granted, json, cliPut] = await Promise.all([
+    raftkv(["lease", "grant", "100ms", ...ep]),
+    raftkv(["lease", "grant", "1ms", ...ep, "-o", "json"]),
+    raftkv(["put", "cli/short", "x", "--ttl", "5ms", ...ep]),
+  ]);
+  assert.equal(granted.code, 0, granted.err);
+  assert.match(granted.out, /^\d+$/);
+  assert.match(granted.err, /100ms is below the cluster's minimum TTL: granted 450ms/);
+  assert.equal(json.code, 0, json.err);
+  assert.equal(JSON.parse(json.out).ttl_ms, MIN);
+  assert.equal(cliPut.code, 0, cliPut.err);
+  assert.match(cliPut.out, /^OK \(index \d+, lease \d+, ttl 450ms\)$/);
+});

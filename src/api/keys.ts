@@ -19,7 +19,7 @@ import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, overloadedError } from "./errors.ts";
-import { leaseParam } from "./leases.ts";
+import { leaseParam, newLeaseTtl } from "./leases.ts";
 import { blockingWait } from "./watch.ts";
 import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome.ts";
 import {
@@ -90,6 +90,7 @@ export async function writeRoute(
       ? { create_index: r.createIndex, mod_index: r.modIndex, version: r.version }
       : {}),
     ...(r.op === "put" && r.lease !== undefined ? { lease: r.lease } : {}),
+    ...(r.op === "put" && r.lease !== undefined ? newLeaseTtl(ctx, lease) : {}),
   }));
 }
 

@@ -12,7 +12,10 @@
  * A lease is `{"id","ttl","ttl_ms","remaining_ms","keys"}`. A `ttl` is a duration (`"10s"`,
  * `"500ms"`, `"1m30s"`) or a number of seconds. A put attaches its key with `?lease=ID` (404 when
  * the lease does not exist), or grants a new lease for it alone with `?ttl=10s` (the answer's
- * `lease` is its id); a put without either detaches the key from its lease.
+ * `lease` is its id, `lease_ttl` and `lease_ttl_ms` its TTL); a put without either detaches the
+ * key from its lease. A TTL below the node's minimum (one and a half election timeouts, see
+ * `minLeaseTtlMs` in `src/node/lease_tracker.ts`) is raised to it, and the answer gives the TTL
+ * granted (a grant's answer adds `requested_ttl_ms` then), as etcd does.
  *
  * Grants, puts and revocations go through the log like every write. Keep-alives and the time
  * left are the leader's (it alone tracks deadlines, see `src/node/lease_tracker.ts`): a follower
@@ -31,6 +34,7 @@ import { ApiError, jsonResponse, quote } from "./errors.ts";
 import { parseObject, readBody, requireJson } from "./validate.ts";
 import { idempotencyKey, REPLAYED_HEADER } from "./outcome.ts";
 import type { KvResult } from "../node/backend.ts";
+import { grantedTtlMs } from "../node/lease_tracker.ts";
 
 /** The longest time to live, in milliseconds (about 24.8 days). */
 export const MAX_LEASE_TTL_MS = 2_147_483_647;
@@ -89,6 +93,24 @@ export function leaseParam(url: URL): LeaseRef | undefined {
   if (id !== null) return { id: _leaseId(id) };
   if (ttl !== null) return { ttlMs: parseTtl(ttl, "ttl=") };
   return undefined;
+}
+
+/**
+ * The fields a put's answer adds for the new lease it granted (`?ttl=`): `lease_ttl` and
+ * `lease_ttl_ms`, the TTL as granted (raised to the node's minimum, as the node raised it in the
+ * command); none for a put that named an existing lease or none.
+ *
+ * @param ctx The handler's context (its backend's minimum TTL).
+ * @param lease The put's lease parameter.
+ * @returns The fields, or an empty object.
+ */
+export function newLeaseTtl(
+  ctx: ApiContext,
+  lease: LeaseRef | undefined,
+): { lease_ttl?: string; lease_ttl_ms?: number } {
+  if (lease === undefined || !("ttlMs" in lease)) return {};
+  const ms = grantedTtlMs(lease.ttlMs, ctx.backend.leases?.minTtlMs ?? 0);
+  return { lease_ttl: ttlText(ms), lease_ttl_ms: ms };
 }
 
 /** A lease id from the path or the query. */
@@ -221,9 +243,16 @@ async function _grant(
       deadline.signal,
     );
     if (r.op !== "lease_grant") throw _unexpected(r);
+    // The TTL granted: a request below the node's minimum was raised to it (as etcd does).
     return jsonResponse(
       201,
-      { id: r.id, ttl: ttlText(ttlMs), ttl_ms: ttlMs, index: r.index },
+      {
+        id: r.id,
+        ttl: ttlText(r.ttlMs),
+        ttl_ms: r.ttlMs,
+        index: r.index,
+        ...(r.ttlMs !== ttlMs ? { requested_ttl_ms: ttlMs } : {}),
+      },
       _replayed(r),
     );
   } catch (err) {

@@ -195,6 +195,11 @@ export interface LeaseStatus {
  */
 export interface LeaseBackend {
   /**
+   * The shortest time to live this node grants, in milliseconds: a grant or a put with `ttlMs`
+   * below it is written with this instead (see `minLeaseTtlMs` in `lease_tracker.ts`).
+   */
+  readonly minTtlMs: number;
+  /**
    * Renews lease `id`: once the leader confirmed with a quorum that it still leads, its deadline
    * becomes at least the time the request arrived plus its time to live.
    */

@@ -27,6 +27,41 @@ import type { LeaseInfo } from "../kv/state_machine.ts";
 import type { KvResult } from "./backend.ts";
 import type { Clock } from "./clock.ts";
 
+/**
+ * The shortest time to live a lease is granted (etcd's `minLeaseTTL`): one and a half election
+ * timeouts, counted in whole ticks as the core counts them (`floor(3 * electionTicks / 2)` ticks
+ * of `heartbeatMs`). A lease must not be able to expire faster than a leader change can take: a
+ * new leader starts every lease afresh and is elected, at best, an election timeout after the old
+ * one fell silent, and its randomized timeout can run up to twice that. etcd rounds the result up
+ * to whole seconds because its TTLs are whole seconds; TTLs here are milliseconds, so the value
+ * stays exact.
+ *
+ * @example
+ * ```ts
+ * minLeaseTtlMs(10, 100); // 1500: the defaults, --election-timeout 1s and --heartbeat 100ms
+ * minLeaseTtlMs(3, 100); // 400: 4 ticks of 100 ms
+ * ```
+ *
+ * @param electionTicks The election timeout in ticks (at least 1).
+ * @param heartbeatMs The length of a tick in milliseconds.
+ * @returns The minimum time to live in milliseconds.
+ */
+export function minLeaseTtlMs(electionTicks: number, heartbeatMs: number): number {
+  return Math.floor((3 * electionTicks) / 2) * heartbeatMs;
+}
+
+/**
+ * A requested time to live raised to `minimumMs` when it is shorter (etcd's lessor does the same
+ * on a grant, and answers with the TTL granted).
+ *
+ * @param requestedMs The time to live asked for.
+ * @param minimumMs The node's minimum ({@linkcode minLeaseTtlMs}).
+ * @returns The time to live granted.
+ */
+export function grantedTtlMs(requestedMs: number, minimumMs: number): number {
+  return Math.max(requestedMs, minimumMs);
+}
+
 /** The deadlines of the leases, as this node (when it leads) enforces them. */
 export class LeaseTracker {
   readonly #clock: Clock;

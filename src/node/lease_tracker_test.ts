@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { SimClock } from "../../testing/sim_clock.ts";
 import { KvStateMachine } from "../kv/state_machine.ts";
-import { LeaseTracker } from "./lease_tracker.ts";
+import { grantedTtlMs, LeaseTracker, minLeaseTtlMs } from "./lease_tracker.ts";
 
 /** A state machine and a tracker following it, on a simulated clock (election timeout 1000). */
 function setup() {
@@ -65,4 +65,15 @@ Deno.test("a new leader gives every lease max(TTL, election timeout) from its pr
   tracker.reset(kv.leases());
   assert.equal(tracker.remaining(1), 200);
   assert.equal(tracker.remaining(2), 5000);
+});
+
+Deno.test("the minimum TTL is one and a half election timeouts in whole ticks, as etcd's minLeaseTTL", () => {
+  assert.equal(minLeaseTtlMs(10, 100), 1500, "the defaults: 1 s election timeout, 100 ms ticks");
+  assert.equal(minLeaseTtlMs(6, 50), 450, "the test harness: 300 ms and 50 ms");
+  assert.equal(minLeaseTtlMs(3, 100), 400, "floor(4.5) ticks: 4");
+  assert.equal(minLeaseTtlMs(2, 10), 30);
+  assert.equal(grantedTtlMs(1, 1500), 1500, "raised");
+  assert.equal(grantedTtlMs(1499, 1500), 1500);
+  assert.equal(grantedTtlMs(1500, 1500), 1500);
+  assert.equal(grantedTtlMs(10_000, 1500), 10_000, "longer ones are kept");
 });

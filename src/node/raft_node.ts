@@ -78,7 +78,7 @@ import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 import { type Cancel, type Clock, realClock } from "./clock.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { type NodeGauges, NodeMetrics } from "./node_metrics.ts";
-import { LeaseTracker } from "./lease_tracker.ts";
+import { grantedTtlMs, LeaseTracker, minLeaseTtlMs } from "./lease_tracker.ts";
 
 /** Names a snapshot: the last log index it covers and the term of that entry. */
 export type SnapshotId = Pick<SnapshotMeta, "index" | "term">;
@@ -455,10 +455,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** The leases' deadlines, enforced while this node leads (see `lease_tracker.ts`). */
   readonly #leases: LeaseTracker;
   /** The leader's side of leases: keep-alives and the time left (see {@linkcode LeaseBackend}). */
-  readonly leases: LeaseBackend = {
-    keepAlive: (id, signal) => this.#keepAlive(id, signal),
-    leaseStatus: (id, signal) => this.#leaseStatus(id, signal),
-  };
+  readonly leases: LeaseBackend;
+  /** The shortest time to live this node grants (see {@linkcode minLeaseTtlMs}). */
+  readonly #minLeaseTtlMs: number;
 
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
@@ -499,6 +498,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       options.electionTimeoutMs ?? 1000,
       (id) => this.#kv.lease(id),
     );
+    this.#minLeaseTtlMs = minLeaseTtlMs(electionTicks, this.#heartbeatMs);
+    this.leases = {
+      keepAlive: (id, signal) => this.#keepAlive(id, signal),
+      leaseStatus: (id, signal) => this.#leaseStatus(id, signal),
+      minTtlMs: this.#minLeaseTtlMs,
+    };
     const snapshot = this.#storage.snapshot;
     if (snapshot) {
       this.#kv.reset(this.#storage.snapshotData, snapshot.index);
@@ -767,6 +772,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     idempotencyKey?: string | null,
   ): Promise<KvResult> {
     this.#refuseWhenFull();
+    cmd = this.#withMinimumTtl(cmd);
     const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
       op: "idempotent",
       id: idempotencyKey,
@@ -775,6 +781,20 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       command: cmd,
     };
     return await this.#propose(full, signal);
+  }
+
+  /**
+   * `cmd` with the time to live of the lease it grants (a grant, or a put with `ttlMs`) raised to
+   * this node's minimum: what the log records, so every replica applies the same.
+   */
+  #withMinimumTtl(cmd: PlainCommand): PlainCommand {
+    const min = this.#minLeaseTtlMs;
+    if (cmd.op === "lease_grant" && cmd.ttlMs < min) return { ...cmd, ttlMs: min };
+    if (cmd.op === "put" && cmd.lease !== undefined && "ttlMs" in cmd.lease) {
+      const ttlMs = grantedTtlMs(cmd.lease.ttlMs, min);
+      if (ttlMs !== cmd.lease.ttlMs) return { ...cmd, lease: { ttlMs } };
+    }
+    return cmd;
   }
 
   /** Writes `value` under `key` once committed and applied. */

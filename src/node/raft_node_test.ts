@@ -783,6 +783,42 @@ async function startSolo(root: string, extra: Partial<RaftNodeOptions>): Promise
   return node;
 }
 
+Deno.test("a grant or a put's new lease below the minimum TTL is written with the minimum; longer ones as asked", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    // 100 ms election timeout in 10 ms ticks: 10 ticks, so the minimum is 15 ticks, 150 ms.
+    node = await startSolo(root, {});
+    const solo = node;
+    assert.equal(solo.leases.minTtlMs, 150);
+    const short = await solo.write({ op: "lease_grant", ttlMs: 1 }, signal());
+    assert.ok(short.op === "lease_grant");
+    assert.equal(short.ttlMs, 150);
+    const long = await solo.write({ op: "lease_grant", ttlMs: 151 }, signal());
+    assert.ok(long.op === "lease_grant");
+    assert.equal(long.ttlMs, 151);
+    const put = await solo.write(
+      { op: "put", key: "k", value: "v", lease: { ttlMs: 20 } },
+      signal(),
+      "key-1",
+    );
+    assert.ok(put.op === "put" && put.lease !== undefined);
+    const [status] = await solo.leases.leaseStatus(put.lease, signal());
+    assert.equal(status!.ttlMs, 150, "the state (and so every replica) has the raised TTL");
+    // A retry with the same idempotency key is the same command, raised the same way.
+    const again = await solo.write(
+      { op: "put", key: "k", value: "v", lease: { ttlMs: 20 } },
+      signal(),
+      "key-1",
+    );
+    assert.equal(again.replayed, true);
+    assert.equal(again.index, put.index);
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("a leader refuses writes past its pending-proposal limits, and applies none of them", async () => {
   const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
   let node: RaftNode | undefined;

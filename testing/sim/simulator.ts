@@ -45,6 +45,9 @@
  * renewal that may have reached the leader, or the leader's election, plus the TTL (at least the
  * election timeout), plus a tick ("lease-bound"; clock skew allowed for, leaders that were paused
  * not checked). The lease attachments of every node equal the reference model's at its index.
+ * Some grants ask for less than the minimum TTL: each acknowledged grant must have the TTL asked
+ * for raised to the minimum, one and a half election timeouts ("lease-ttl"), and the checks
+ * above use the TTL granted.
  *
  * @module
  */
@@ -170,6 +173,7 @@ export type CheckName =
   | "at-most-once" // a write sent with an idempotency key applied once, its answers agreeing
   | "lease-early" // a lease expired before its last acknowledged keep-alive's send time + TTL
   | "lease-bound" // a lease expired later than the documented bound after it was due
+  | "lease-ttl" // a grant's TTL is not the one asked for raised to the minimum (1.5 elections)
   | "watch" // every watcher saw each committed change of its keys once, in index order
   | "disjoint-majorities" // consecutive committed configurations differ by one voter at most
   | "runaway";
@@ -257,6 +261,7 @@ export const COUNTERS = [
   "transfersDone", // ... that ended with another node leading
   "transfersAborted", // ... abandoned (the target did not take over in time) or given up on
   "leasesGranted", // grants acknowledged to lease holders
+  "leasesRaised", // ... asked below the minimum TTL and granted the minimum
   "leaseKeepAlives", // keep-alives acknowledged
   "leasesRevoked", // leases ended by a committed revoke entry
   "leasesExpired", // leases ended by a committed expire entry
@@ -1329,30 +1334,46 @@ class _Simulation {
   }
 
   /**
-   * A lease holder: grants a lease (3, 5 or 8 election timeouts), attaches one or two keys to it,
-   * keeps it alive for zero to five rounds (every third of its TTL, or a little sooner), then
-   * revokes it (a third of the time) or abandons it, and starts again.
+   * A lease holder: grants a lease (3, 5 or 8 election timeouts, or, one time in five, less than
+   * the minimum TTL of one and a half election timeouts, which the node must raise to it),
+   * attaches one or two keys to it, keeps it alive for zero to five rounds (every third of its
+   * TTL, or a little sooner), then revokes it (a third of the time) or abandons it, and starts
+   * again. The lease checks hold it to the TTL granted.
    */
   async #leaseClient(c: _Client): Promise<void> {
     c.seen = new Map();
-    const election = this.#faults.tickMs * (this.#opts.electionTicks ?? 10);
+    const ticks = this.#opts.electionTicks ?? 10;
+    const election = this.#faults.tickMs * ticks;
+    // etcd's rule, in whole ticks (see minLeaseTtlMs in src/node/lease_tracker.ts).
+    const minimum = Math.floor((3 * ticks) / 2) * this.#faults.tickMs;
     for (let seq = 1; this.#phase === "run"; seq++) {
       await this.#sleep(this.#random(0, 50));
       if (this.#phase !== "run") break;
-      const ttlMs = Math.round(this.#pick([3, 5, 8]) * election);
+      const asked = this.#rng() < 0.2
+        ? Math.max(1, Math.round(this.#pick([0.01, 0.3, 1, 1.4]) * election))
+        : Math.round(this.#pick([3, 5, 8]) * election);
       const sent = this.#clock.now();
       const grant = await this.#leaseCall(
         c,
-        (node, signal) => node.write({ op: "lease_grant", ttlMs }, signal),
+        (node, signal) => node.write({ op: "lease_grant", ttlMs: asked }, signal),
         this.#opts.opTimeoutMs ?? 3000,
       );
       const granted = grant.answer?.kind === "answered" ? grant.answer.value : null;
       if (granted?.op !== "lease_grant") continue; // unknown: left to expire on its own
       const id = granted.id;
+      const ttlMs = granted.ttlMs;
+      if (ttlMs !== Math.max(asked, minimum)) {
+        this.#violation(
+          "lease-ttl",
+          `lease ${id} was asked with ttl ${asked}ms and granted ${ttlMs}ms; the minimum is ` +
+            `${minimum}ms, so it should have been ${Math.max(asked, minimum)}ms`,
+        );
+      }
+      if (ttlMs !== asked) this.#stats.leasesRaised++;
       const info: _LeaseInfo = { ttlMs, lastAckedSend: sent, lastAttemptEnd: grant.end };
       this.#leaseInfo.set(id, info);
       this.#stats.leasesGranted++;
-      this.#note(`c${c.id} granted lease ${id} (ttl ${ttlMs}ms)`);
+      this.#note(`c${c.id} granted lease ${id} (ttl ${ttlMs}ms, asked ${asked}ms)`);
       for (let j = 0, n = 1 + Math.floor(this.#rng() * 2); j < n && this.#phase === "run"; j++) {
         const key = this.#pick(this.#keys);
         const op = this.#newOp(c, {

@@ -109,7 +109,8 @@ export const PUT: Command = {
       value: "<duration>",
       default: "",
       description: "grant a new lease of this time to live (10s, 1m) for this key alone; the " +
-        "answer's lease is its id, to keep alive",
+        "answer's lease is its id, to keep alive, with the TTL granted (at least the minimum, " +
+        "one and a half election timeouts)",
     },
   ],
   arity: [1, 2],
@@ -146,7 +147,10 @@ export const PUT: Command = {
     const leaseId = (answer.json as { lease?: unknown } | null)?.lease;
     if (leaseId !== undefined) {
       const index = (answer.json as { index?: unknown } | null)?.index;
-      ctx.print(answer.json, `OK (index ${index}, lease ${leaseId})`);
+      // A new lease (--ttl): its TTL as granted, raised to the cluster's minimum if shorter.
+      const granted = (answer.json as { lease_ttl?: unknown } | null)?.lease_ttl;
+      const ttlNote = granted === undefined ? "" : `, ttl ${granted}`;
+      ctx.print(answer.json, `OK (index ${index}, lease ${leaseId}${ttlNote})`);
       return EXIT.ok;
     }
     const index = (answer.json as { index?: unknown } | null)?.index;

@@ -49,7 +49,9 @@ export const LEASE_GRANT: Command = {
   args: "TTL",
   summary: "grant a lease (TTL like 10s) and print its id",
   description: "Grants a lease with time to live TTL (a duration like 10s, 500ms or 1m30s) and " +
-    'prints its id (-o json: the API\'s {"id","ttl","ttl_ms","index"}). Attach keys with ' +
+    'prints its id (-o json: the API\'s {"id","ttl","ttl_ms","index"}). A TTL below the ' +
+    "minimum (one and a half election timeouts) is raised to it, and stderr says so. " +
+    "Attach keys with " +
     "`raftkv put KEY VALUE --lease ID`; keep it with `raftkv lease keepalive ID`. When nobody " +
     "keeps it alive, the leader expires it after TTL and its keys are deleted.",
   options: [],
@@ -61,7 +63,15 @@ export const LEASE_GRANT: Command = {
       throw new ClientError(`lease grant: ${(answer.json as { error?: string })?.error}`, 2);
     }
     if (answer.status !== 201) throw answerError(answer, "lease grant");
-    const body = answer.json as { id: number };
+    const body = answer.json as { id: number; ttl?: string; requested_ttl_ms?: number };
+    if (!ctx.json && body.requested_ttl_ms !== undefined) {
+      // stdout stays the id alone (scripts read it); the raise is said on stderr.
+      ctx.io.err(
+        `raftkv lease grant: ${
+          ctx.args[0]
+        } is below the cluster's minimum TTL: granted ${body.ttl}`,
+      );
+    }
     ctx.print(answer.json, String(body.id));
     return EXIT.ok;
   },
