@@ -217,6 +217,8 @@ coordination:     ${t("casOk")} compare-and-sets applied, ${t("casFailed")} refu
     t("idempotentReplays")
   } answered as replays
 leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${
+    t("leaseTxnPuts")
+  } keys attached by a transaction (${t("leaseTxnRefused")} refused: lease gone), ${
     t("leaseKeepAlives")
   } keep-alives acknowledged, ${t("leasesRevoked")} revoked, ${t("leasesExpired")} expired (${
     t("leaseBoundChecks")

@@ -163,17 +163,29 @@ export class KvModel {
           }
           if (!ok) succeeded = false;
         }
+        const branch = succeeded ? cmd.success : cmd.failure;
+        const missing = branch.find((op) =>
+          op.op === "put" && op.lease !== undefined && !this.leases.has(op.lease)
+        );
+        if (missing !== undefined && missing.op === "put") {
+          return { op: "lease_not_found", index, lease: missing.lease! };
+        }
         const results: TxnOpResult[] = [];
-        for (const op of succeeded ? cmd.success : cmd.failure) {
+        for (const op of branch) {
           if (op.op === "put") {
             const e = this.#write(index, op.key, op.value);
-            results.push({
+            const result: TxnOpResult = {
               op: "put",
               key: op.key,
               createIndex: e.createIndex,
               modIndex: e.modIndex,
               version: e.version,
-            });
+            };
+            if (op.lease !== undefined) {
+              this.keyLease.set(op.key, op.lease);
+              result.lease = op.lease;
+            }
+            results.push(result);
           } else if (op.op === "delete") {
             results.push({ op: "delete", key: op.key, deleted: this.#delete(op.key) });
           } else {

@@ -355,3 +355,51 @@ Deno.test("a TTL below the minimum (1.5 election timeouts) is raised to it throu
   assert.equal(cliPut.code, 0, cliPut.err);
   assert.match(cliPut.out, /^OK \(index \d+, lease \d+, ttl 450ms\)$/);
 });
+
+Deno.test("a transaction's put attaches its key to a lease; one naming a missing lease does nothing (404)", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader(15_000);
+  const api = cluster.api(cluster.ids.find((id) => id !== leader)!);
+  const grant = await call(`${api}/v1/leases`, "POST", { ttl: "30s" });
+  assert.equal(grant.status, 201, grant.text);
+  const id = (grant.json as { id: number }).id;
+
+  // Through a follower (forwarded): the compare holds, both puts run, one with the lease.
+  const txn = await call(`${api}/v1/txn`, "POST", {
+    compare: [{ k: "svc/t", exists: false }],
+    success: [{ op: "put", k: "svc/t", v: "up", lease: id }, { op: "put", k: "plain", v: "1" }],
+    failure: [{ op: "get", k: "svc/t" }],
+  });
+  assert.equal(txn.status, 200, txn.text);
+  const results = (txn.json as { results: Record<string, unknown>[] }).results;
+  assert.equal((txn.json as { succeeded: boolean }).succeeded, true);
+  assert.equal(results[0]!.lease, id);
+  assert.equal(results[1]!.lease, undefined);
+  const shown = await call(`${api}/v1/leases/${id}`, "GET");
+  assert.deepEqual((shown.json as { keys: string[] }).keys, ["svc/t"]);
+
+  // A lease that does not exist: 404 as for a put, and nothing of the branch is written.
+  const missing = await call(`${api}/v1/txn`, "POST", {
+    success: [{ op: "put", k: "plain", v: "2" }, { op: "put", k: "svc/u", v: "x", lease: 999999 }],
+  });
+  assert.equal(missing.status, 404, missing.text);
+  assert.equal((missing.json as { lease: number }).lease, 999999);
+  assert.match((missing.json as { error: string }).error, /lease 999999 not found/);
+  const plain = await call(`${api}/v1/data/plain`, "GET");
+  assert.equal((plain.json as { v: string }).v, "1");
+  assert.equal(await exists(api, "svc/u"), false);
+  for (const bad of ["7", 0, -1, 1.5, null]) {
+    const r = await call(`${api}/v1/txn`, "POST", {
+      success: [{ op: "put", k: "a", v: "x", lease: bad }],
+    });
+    assert.equal(r.status, 400, `${JSON.stringify(bad)}: ${r.text}`);
+    assert.match((r.json as { error: string }).error, /"lease" must be a lease id/);
+  }
+
+  // Revoking the lease deletes the key the transaction attached, and only that one.
+  const revoked = await call(`${api}/v1/leases/${id}`, "DELETE");
+  assert.equal(revoked.status, 200, revoked.text);
+  assert.deepEqual((revoked.json as { deleted: string[] }).deleted, ["svc/t"]);
+  assert.equal(await exists(api, "svc/t"), false);
+  assert.equal(await exists(api, "plain"), true);
+});

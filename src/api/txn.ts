@@ -12,12 +12,16 @@
  * (integers) or `exists` (a boolean), and an optional `op`: `=` (the default), `!=`, `<` or
  * `>` (`exists` takes only `=` and `!=`). A missing key has version, mod_index and create_index
  * 0 and no value (a value compare with it is false). Strings compare by code point. An
- * operation is `{"op":"put","k","v"}`, `{"op":"delete","k"}` or `{"op":"get","k"}`; a branch
- * may write a key only once, and its gets see its earlier writes. At most
+ * operation is `{"op":"put","k","v"}` (with `"lease": ID`, the key is attached to that lease, as
+ * a put's `?lease=ID`; without, detached from any), `{"op":"delete","k"}` or `{"op":"get","k"}`;
+ * a branch may write a key only once, and its gets see its earlier writes. A put of the branch
+ * that runs naming a lease that does not exist when the transaction is applied fails the whole
+ * transaction, as it fails a put: 404 `{"error","lease"}`, nothing written. At most
  * {@linkcode MAX_TXN_OPS} compares, and as many operations per branch (413 past that).
  *
  * The answer is 200 `{"succeeded","index","results"}` whichever branch ran, with one result per
- * operation of that branch: `{"op":"put","k","create_index","mod_index","version"}`,
+ * operation of that branch: `{"op":"put","k","create_index","mod_index","version"}` (plus
+ * `"lease"` when it named one),
  * `{"op":"delete","k","deleted"}`, `{"op":"get","k","found":true,"v",...revision}` or
  * `{"op":"get","k","found":false}`.
  *
@@ -72,6 +76,14 @@ export async function txnRoute(
     result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);
   } catch (err) {
     return await backendFailure(ctx, req, url, bytes, err, deadline, { write: true, caller });
+  }
+  if (result.op === "lease_not_found") {
+    // As for a put naming a missing lease: the transaction did nothing.
+    throw new ApiError(
+      404,
+      `lease ${result.lease} not found (never granted, revoked, or expired); the transaction did nothing`,
+      { lease: result.lease },
+    );
   }
   return writeOutcome(
     result,
@@ -217,12 +229,20 @@ function _op(raw: unknown, where: string, maxKeyBytes: number, maxValueBytes: nu
   const o = _object(raw, where);
   const kind = o.op;
   if (kind === "put") {
-    _onlyFields(o, ["op", "k", "v"], where);
+    _onlyFields(o, ["op", "k", "v", "lease"], where);
     const key = _key(o, where, maxKeyBytes);
     if (!Object.hasOwn(o, "v")) throw new ApiError(400, `${where}: missing "v" (the value)`);
     const value = _string(o, "v", where);
     checkValue(key, value, maxValueBytes);
-    return { op: "put", key, value };
+    if (!Object.hasOwn(o, "lease")) return { op: "put", key, value };
+    const lease = o.lease;
+    if (typeof lease !== "number" || !Number.isSafeInteger(lease) || lease < 1) {
+      throw new ApiError(
+        400,
+        `${where}: "lease" must be a lease id (a positive integer), not ${describe(lease)}`,
+      );
+    }
+    return { op: "put", key, value, lease };
   }
   if (kind === "delete" || kind === "get") {
     _onlyFields(o, ["op", "k"], where);
@@ -240,6 +260,7 @@ function _resultJson(r: TxnOpResult): Record<string, unknown> {
         create_index: r.createIndex,
         mod_index: r.modIndex,
         version: r.version,
+        ...(r.lease === undefined ? {} : { lease: r.lease }),
       };
     case "delete":
       return { op: "delete", k: r.key, deleted: r.deleted };

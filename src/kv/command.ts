@@ -22,7 +22,9 @@
  * A compare is u8 target (0 value, 1 version, 2 mod_index, 3 create_index, 4 exists), u8 op (0
  * `=`, 1 `!=`, 2 `<`, 3 `>`), the key (string), then the operand: a string for value, a u64 for
  * the three numbers, a u8 (0 or 1) for exists (whose op is `=` or `!=`). A transaction op is u8
- * kind (0 put, 1 delete, 2 get), the key (string), and for a put the value (string).
+ * kind (0 put, 1 delete, 2 get, 3 put with a lease), the key (string), for a put the value
+ * (string), and for a put with a lease the lease's id (u64). Kind 3 came later: transactions
+ * without it are encoded, and decode, exactly as before.
  *
  * @module
  */
@@ -52,9 +54,12 @@ export type Compare =
   | { key: string; target: "version" | "mod_index" | "create_index"; op: CompareOp; value: number }
   | { key: string; target: "exists"; op: "=" | "!="; value: boolean };
 
-/** An operation of a transaction. */
+/**
+ * An operation of a transaction. A put with `lease` attaches its key to that existing lease (as a
+ * put's `lease: {id}`); without, the key is detached from any.
+ */
 export type TxnOp =
-  | { op: "put"; key: string; value: string }
+  | { op: "put"; key: string; value: string; lease?: number }
   | { op: "delete"; key: string }
   | { op: "get"; key: string };
 
@@ -129,6 +134,8 @@ const _TARGETS: readonly CompareTarget[] = [
 ];
 const _OPS: readonly CompareOp[] = ["=", "!=", "<", ">"];
 const _TXN_OPS = ["put", "delete", "get"] as const;
+/** The transaction op kind of a put with a lease (after the three of `_TXN_OPS`). */
+const _TXN_PUT_LEASE = 3;
 
 const _encoder = new TextEncoder();
 const _decoder = new TextDecoder("utf-8", { fatal: true });
@@ -188,9 +195,11 @@ function _encode(w: _Writer, cmd: KvCommand): void {
       for (const ops of [cmd.success, cmd.failure]) {
         w.u16(ops.length);
         for (const op of ops) {
-          w.u8(_TXN_OPS.indexOf(op.op));
+          const leased = op.op === "put" && op.lease !== undefined;
+          w.u8(leased ? _TXN_PUT_LEASE : _TXN_OPS.indexOf(op.op));
           w.str(op.key);
           if (op.op === "put") w.str(op.value);
+          if (op.op === "put" && op.lease !== undefined) w.u64(op.lease);
         }
       }
       return;
@@ -367,6 +376,12 @@ function _decodeTxnOps(r: _Reader): TxnOp[] {
   const ops: TxnOp[] = [];
   for (let n = r.u16(); n > 0; n--) {
     const k = r.u8();
+    if (k === _TXN_PUT_LEASE) {
+      const key = r.str();
+      const value = r.str();
+      ops.push({ op: "put", key, value, lease: r.u64() });
+      continue;
+    }
     const kind = _TXN_OPS[k];
     if (kind === undefined) throw new RangeError(`unknown transaction op ${k}`);
     const key = r.str();

@@ -3,7 +3,8 @@
  * peers hold them; see src/storage/README.md, "Golden fixtures"): `commands.bin` holds one
  * command of every op code, each as a u32 big-endian length and its bytes. The committed file must
  * still decode to the commands written out here, and encoding them today must give its bytes
- * exactly. After a deliberate format change (a new op code), rewrite it with
+ * exactly. After a deliberate format change (a new op code or transaction op kind: append the new
+ * command, so the earlier bytes stay as they were), rewrite it with
  * `REWRITE=1 scripts/deno test --allow-all src/kv/command_golden_test.ts`.
  */
 import assert from "node:assert/strict";
@@ -13,7 +14,10 @@ import { decodeCommand, encodeCommand, type KvCommand } from "./state_machine.ts
 
 const FIXTURE = fileURLToPath(new URL("../storage/testdata/commands.bin", import.meta.url));
 
-/** One command of every op code (1 to 10), in the order written. */
+/**
+ * One command of every op code (1 to 10), then a transaction with a put that names a lease, in
+ * the order written.
+ */
 const COMMANDS: KvCommand[] = [
   { op: "put", key: "alpha", value: "1" },
   { op: "delete", key: "ключ" },
@@ -44,6 +48,17 @@ const COMMANDS: KvCommand[] = [
   { op: "put", key: "lock", value: "me", cas: 0, lease: { ttlMs: 5_000 } },
   { op: "lease_revoke", ids: [8, 2 ** 33 + 8], reason: "expire" },
   { op: "lease_revoke", ids: [], reason: "revoke" },
+  // Transaction op kind 3 (a put with a lease) came later, appended here: the bytes before it in
+  // the file are those of the earlier fixture, unchanged.
+  {
+    op: "txn",
+    compare: [{ key: "svc/a", target: "version", op: ">", value: 0 }],
+    success: [
+      { op: "put", key: "svc/a", value: "up", lease: 2 ** 33 + 8 },
+      { op: "get", key: "svc/a" },
+    ],
+    failure: [{ op: "put", key: "svc/b", value: "down" }],
+  },
 ];
 
 /** The first two commands, byte by byte: length, op 1, key length, "alpha", "1"; then op 2. */

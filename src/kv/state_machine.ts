@@ -62,7 +62,15 @@ export {
 
 /** The outcome of one operation of a transaction. */
 export type TxnOpResult =
-  | { op: "put"; key: string; createIndex: number; modIndex: number; version: number }
+  | {
+    op: "put";
+    key: string;
+    createIndex: number;
+    modIndex: number;
+    version: number;
+    /** The lease the key was attached to, if the put named one. */
+    lease?: number;
+  }
   | { op: "delete"; key: string; deleted: boolean }
   | { op: "get"; key: string; entry: KvEntry | null };
 
@@ -363,7 +371,15 @@ export class KvStateMachine {
       }
       case "txn": {
         const succeeded = cmd.compare.every((c) => this.#holds(c));
-        const results = (succeeded ? cmd.success : cmd.failure).map((op) => this.#txnOp(index, op));
+        const branch = succeeded ? cmd.success : cmd.failure;
+        // A put naming a lease that does not exist fails the whole transaction, as it fails a
+        // put: nothing is written.
+        for (const op of branch) {
+          if (op.op === "put" && op.lease !== undefined && !this.#leases.has(op.lease)) {
+            return { op: "lease_not_found", index, lease: op.lease };
+          }
+        }
+        const results = branch.map((op) => this.#txnOp(index, op));
         return { op: "txn", index, succeeded, results };
       }
     }
@@ -477,13 +493,16 @@ export class KvStateMachine {
   #txnOp(index: number, op: TxnOp): TxnOpResult {
     switch (op.op) {
       case "put": {
-        const e = this.#put(index, op.key, op.value, this.#data.revision(op.key) ?? null);
+        // The lease exists: the transaction checked every put's before running any.
+        const lease = op.lease === undefined ? null : this.#leases.get(op.lease)!;
+        const e = this.#put(index, op.key, op.value, this.#data.revision(op.key) ?? null, lease);
         return {
           op: "put",
           key: op.key,
           createIndex: e.createIndex,
           modIndex: e.modIndex,
           version: e.version,
+          ...(lease === null ? {} : { lease: lease.id }),
         };
       }
       case "delete":

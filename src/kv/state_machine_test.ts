@@ -49,6 +49,16 @@ const ALL_KINDS: KvCommand[] = [
   },
   { op: "txn", compare: [], success: [], failure: [] },
   {
+    op: "txn",
+    compare: [{ key: "a", target: "exists", op: "=", value: true }],
+    success: [{ op: "put", key: "a", value: "l", lease: 2 ** 40 }, {
+      op: "put",
+      key: "b",
+      value: "",
+    }],
+    failure: [{ op: "put", key: "c", value: "m", lease: 1 }],
+  },
+  {
     op: "idempotent",
     id: "req-1",
     at: 1_700_000_000_123,
@@ -529,7 +539,17 @@ Deno.test("random commands give the same results and state as the reference mode
                   value: `v${Math.floor(random() * index)}`,
                 },
               ],
-              success: [{ op: "put", key: k, value }, { op: "get", key: pick(keys) }],
+              success: [
+                random() < 0.3
+                  ? {
+                    op: "put",
+                    key: k,
+                    value,
+                    lease: leaseIds.length > 0 && random() < 0.8 ? pick(leaseIds) : index,
+                  }
+                  : { op: "put", key: k, value },
+                { op: "get", key: pick(keys) },
+              ],
               failure: [{ op: "delete", key: pick(keys) }, { op: "get", key: k }],
             };
           }
@@ -667,4 +687,71 @@ Deno.test("a view keeps showing the state it began with while writes go on", () 
   }
   view.close();
   assert.deepEqual(seen, expected);
+});
+
+Deno.test("a transaction's put attaches its key to a lease that exists; a missing lease fails the whole transaction", () => {
+  const sm = new KvStateMachine();
+  sm.apply(1, { op: "lease_grant", ttlMs: 5000 });
+  sm.apply(2, { op: "put", key: "other", value: "o", lease: { id: 1 } });
+  const ok = sm.apply(3, {
+    op: "txn",
+    compare: [{ key: "svc", target: "exists", op: "=", value: false }],
+    success: [
+      { op: "put", key: "svc", value: "up", lease: 1 },
+      { op: "put", key: "plain", value: "p" },
+    ],
+    failure: [],
+  });
+  assert.ok(ok.op === "txn" && ok.succeeded);
+  assert.deepEqual(ok.results.map((r) => r.op === "put" ? r.lease : "?"), [1, undefined]);
+  assert.deepEqual(sm.lease(1)?.keys, ["other", "svc"]);
+  // A lease that does not exist: nothing of the branch is written, as a put with that lease.
+  const missing = sm.apply(4, {
+    op: "txn",
+    compare: [],
+    success: [{ op: "put", key: "plain", value: "changed" }, {
+      op: "put",
+      key: "svc",
+      value: "x",
+      lease: 99,
+    }],
+    failure: [],
+  });
+  assert.deepEqual(missing, { op: "lease_not_found", index: 4, lease: 99 });
+  assert.equal(sm.entry("plain")?.value, "p");
+  assert.equal(sm.entry("svc")?.value, "up");
+  // Only the branch that runs is checked: a failed compare runs the other one.
+  const other = sm.apply(5, {
+    op: "txn",
+    compare: [{ key: "svc", target: "exists", op: "=", value: false }],
+    success: [{ op: "put", key: "svc", value: "x", lease: 99 }],
+    failure: [{ op: "get", key: "svc" }],
+  });
+  assert.ok(other.op === "txn" && !other.succeeded);
+  // A transaction's put without a lease detaches the key, as a plain put does.
+  sm.apply(6, {
+    op: "txn",
+    compare: [],
+    success: [{ op: "put", key: "other", value: "o2" }],
+    failure: [],
+  });
+  assert.deepEqual(sm.lease(1)?.keys, ["svc"]);
+  // Revoking the lease deletes the key the transaction attached.
+  const revoked = sm.apply(7, { op: "lease_revoke", ids: [1], reason: "expire" });
+  assert.ok(revoked.op === "lease_revoke");
+  assert.deepEqual(revoked.deleted, ["svc"]);
+  assert.equal(sm.entry("svc"), null);
+  // The same through a snapshot: the attachment is state.
+  const a = new KvStateMachine();
+  a.apply(1, { op: "lease_grant", ttlMs: 5000 });
+  a.apply(2, {
+    op: "txn",
+    compare: [],
+    success: [{ op: "put", key: "k", value: "v", lease: 1 }],
+    failure: [],
+  });
+  const view = a.view();
+  const b = new KvStateMachine();
+  b.reset({ entries: view.entries(), sessions: view.sessions, leases: view.leases }, view.index);
+  assert.deepEqual(b.lease(1)?.keys, ["k"]);
 });

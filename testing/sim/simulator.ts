@@ -47,7 +47,9 @@
  * not checked). The lease attachments of every node equal the reference model's at its index.
  * Some grants ask for less than the minimum TTL: each acknowledged grant must have the TTL asked
  * for raised to the minimum, one and a half election timeouts ("lease-ttl"), and the checks
- * above use the TTL granted.
+ * above use the TTL granted. Some keys are attached by a transaction whose put names the lease
+ * (either branch), and some transactions name a lease just revoked: those must do nothing (a
+ * write not applied, in the history) and the lease attachments must still match the model's.
  *
  * @module
  */
@@ -262,6 +264,8 @@ export const COUNTERS = [
   "transfersAborted", // ... abandoned (the target did not take over in time) or given up on
   "leasesGranted", // grants acknowledged to lease holders
   "leasesRaised", // ... asked below the minimum TTL and granted the minimum
+  "leaseTxnPuts", // transactions whose put attached its key to a lease, acknowledged
+  "leaseTxnRefused", // ... that named a lease gone (revoked or expired) and did nothing
   "leaseKeepAlives", // keep-alives acknowledged
   "leasesRevoked", // leases ended by a committed revoke entry
   "leasesExpired", // leases ended by a committed expire entry
@@ -491,6 +495,11 @@ interface _ClientOp extends Omit<Operation, "client" | "return"> {
   range?: boolean;
   /** The lease a put attaches its key to. */
   leaseRef?: LeaseRef;
+  /**
+   * Sent as a transaction whose put names the lease (`leaseRef`, an id): `exists` on the key
+   * decides the branch, and both branches put the value with the lease.
+   */
+  txnLease?: { exists: boolean };
 }
 
 /** What a lease holder knows of a lease it was granted (times on the shared clock). */
@@ -1383,6 +1392,7 @@ class _Simulation {
           lease: false,
         });
         op.leaseRef = { id };
+        if (this.#rng() < 0.4) op.txnLease = { exists: this.#rng() < 0.5 };
         await this.#perform(op, this.#opts.opTimeoutMs ?? 3000);
       }
       let alive = true;
@@ -1405,11 +1415,24 @@ class _Simulation {
         }
       }
       if (alive && this.#phase === "run" && this.#rng() < 0.3) {
-        await this.#leaseCall(
+        const revoke = await this.#leaseCall(
           c,
           (node, signal) => node.write({ op: "lease_revoke", ids: [id], reason: "revoke" }, signal),
           this.#opts.opTimeoutMs ?? 3000,
         );
+        if (revoke.answer?.kind === "answered" && this.#phase === "run" && this.#rng() < 0.5) {
+          // A transaction naming the revoked lease: it must do nothing (a put with a missing
+          // lease is not applied), which the history and the reference state check.
+          const op = this.#newOp(c, {
+            kind: "put",
+            key: this.#pick(this.#keys),
+            value: `c${c.id}-${seq}-R`,
+            lease: false,
+          });
+          op.leaseRef = { id };
+          op.txnLease = { exists: this.#rng() < 0.5 };
+          await this.#perform(op, this.#opts.opTimeoutMs ?? 3000);
+        }
       }
     }
     if (--this.#active === 0) this.#finalReads();
@@ -1487,7 +1510,15 @@ class _Simulation {
     let unknownBefore = false;
     while (!outcome && this.#clock.now() < deadline) {
       const useHint = c.hint >= 0 && this.#rng() < 0.7;
-      n = this.#nodes[useHint ? c.hint : Math.floor(this.#rng() * this.#nodes.length)]!;
+      // A final read goes to a member of the cluster as it now is, as a client that follows the
+      // membership would: a removed node takes no further part, and a read sent to it goes
+      // unanswered (seed 30034 of the snapshot suite drew only removed nodes for 20 s).
+      const pool = c.final ? this.#nodes.filter((x) => this.#currentMembers().has(x.id)) : [];
+      n = useHint
+        ? this.#nodes[c.hint]!
+        : pool.length > 0
+        ? pool[Math.floor(this.#rng() * pool.length)]!
+        : this.#nodes[Math.floor(this.#rng() * this.#nodes.length)]!;
       // A final read retries on silence: a read has no effect, so retrying is always safe. So
       // does a write with an idempotency key: a repeat is answered, not applied again.
       const left = deadline - this.#clock.now();
@@ -1526,6 +1557,8 @@ class _Simulation {
     } else if (op.idem) {
       this.#idemAnswers.set(op.idem, this.#idemAnswers.get(op.idem) ?? new Set());
     }
+    if (op.txnLease !== undefined && outcome?.kind === "ok") this.#stats.leaseTxnPuts++;
+    if (op.txnLease !== undefined && outcome?.kind === "notApplied") this.#stats.leaseTxnRefused++;
     if (outcome?.kind === "ok") {
       this.#stats.writesOk++;
       if (op.kind === "cas") this.#stats.casOk++;
@@ -2147,6 +2180,15 @@ class _Simulation {
 /** The command a client write sends. */
 function _command(op: _ClientOp): PlainCommand {
   if (op.kind === "delete") return { op: "delete", key: op.key };
+  if (op.kind === "put" && op.txnLease !== undefined && op.leaseRef && "id" in op.leaseRef) {
+    const put = { op: "put" as const, key: op.key, value: op.value!, lease: op.leaseRef.id };
+    return {
+      op: "txn",
+      compare: [{ key: op.key, target: "exists", op: "=", value: op.txnLease.exists }],
+      success: [put, { op: "get", key: op.key }],
+      failure: [put],
+    };
+  }
   if (op.kind === "put") {
     return op.leaseRef === undefined
       ? { op: "put", key: op.key, value: op.value! }
@@ -2180,6 +2222,14 @@ function _writeOutcome(op: _ClientOp, r: KvResult): _Outcome {
     case "lease_not_found": // nothing was written
       return { kind: "notApplied" };
     case "txn": {
+      if (op.txnLease !== undefined) {
+        // Either branch puts first, with the lease.
+        const put = r.results[0];
+        if (put?.op !== "put" || put.lease !== (op.leaseRef as { id: number }).id) {
+          throw new Error(`a transaction put with a lease answered ${JSON.stringify(put)}`);
+        }
+        return { kind: "ok", index: r.index, modIndex: put.modIndex, replayed };
+      }
       if (r.succeeded) {
         const put = r.results[0];
         return {
