@@ -68,8 +68,8 @@ export interface PeerFuzzOptions {
   minAckedWrites?: number;
   /**
    * The smallest share of the clients' requests that must succeed during the fuzz: hostile
-   * input must not keep the cluster from serving. Default 0.6 (a run without hostile input
-   * loses a few to leader changes only).
+   * input must not keep the cluster from serving. Default 0.5: the rare disturbing messages a
+   * member could send cost an election each, about a fifth of a short run's requests.
    */
   minOkFraction?: number;
   /**
@@ -318,7 +318,7 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
   const c = state.workload.counts;
   const ok = c.put.ok + c.get.ok + c.delete.ok;
   const total = c.put.total + c.get.total + c.delete.total;
-  const minOk = options.minOkFraction ?? 0.6;
+  const minOk = options.minOkFraction ?? 0.5;
   if (total > 0 && ok / total < minOk) {
     state.anomalies.push(
       `only ${ok} of ${total} client requests succeeded during the fuzz (at least ${
