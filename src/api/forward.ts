@@ -261,16 +261,68 @@ export function acceptForwarded(
   sender: string | null,
 ): AcceptedForward {
   const outer = new URL(req.url);
+  const caller = _checkForwarded(ctx, outer.pathname, req.headers, sender);
   const path = outer.pathname.slice(FORWARD_PATH_PREFIX.length);
+  const url = new URL(path + outer.search, outer.origin);
+  const init: RequestInit = { method: req.method, headers: req.headers, signal: req.signal };
+  if (req.body !== null) init.body = req.body;
+  return { req: new Request(url, init), url, caller };
+}
+
+/**
+ * {@linkcode acceptForwarded} for one request of a batch (see `forward_batch.ts`), given by its
+ * parts: the same checks, and the request built once, at its API path.
+ *
+ * @param ctx The handler's options.
+ * @param item The request: method, path and query below {@linkcode FORWARD_PATH_PREFIX},
+ * headers and body.
+ * @param origin The origin of the batch's URL (the leader's peer URL as it was asked for).
+ * @param signal Aborts when the batch's sender goes away.
+ * @param sender As for {@linkcode acceptForwarded}.
+ * @returns The request to serve and its caller.
+ * @throws {ApiError} As {@linkcode acceptForwarded}.
+ */
+export function acceptForwardedItem(
+  ctx: ForwardContext,
+  item: {
+    method: string;
+    path: string;
+    headers: Record<string, string>;
+    body: Uint8Array<ArrayBuffer> | null;
+  },
+  origin: string,
+  signal: AbortSignal,
+  sender: string | null,
+): AcceptedForward {
+  // Concatenated, not resolved against the origin: a path such as `//host/x` stays a path.
+  const url = new URL(origin + item.path);
+  const headers = new Headers(item.headers);
+  const caller = _checkForwarded(ctx, FORWARD_PATH_PREFIX + url.pathname, headers, sender);
+  const init: RequestInit = { method: item.method, headers, signal };
+  if (item.body !== null) init.body = item.body;
+  return { req: new Request(url, init), url, caller };
+}
+
+/**
+ * The checks of {@linkcode acceptForwarded} on a forwarded request's path (with the prefix) and
+ * headers; returns the caller.
+ */
+function _checkForwarded(
+  ctx: ForwardContext,
+  pathname: string,
+  headers: Headers,
+  sender: string | null,
+): Caller | null {
+  const path = pathname.slice(FORWARD_PATH_PREFIX.length);
   if (
-    !outer.pathname.startsWith(FORWARD_PATH_PREFIX) ||
+    !pathname.startsWith(FORWARD_PATH_PREFIX) ||
     (path !== "/v1/data" && !path.startsWith("/v1/data/") && path !== "/v1/txn" &&
       path !== "/v1/leader/transfer" && path !== "/v1/leases" && !path.startsWith("/v1/leases/") &&
       path !== "/v1/members" && !path.startsWith("/v1/members/"))
   ) {
-    throw new ApiError(404, `no such forwarding path ${quote(outer.pathname)}`);
+    throw new ApiError(404, `no such forwarding path ${quote(pathname)}`);
   }
-  const by = req.headers.get(FORWARDED_BY_HEADER);
+  const by = headers.get(FORWARDED_BY_HEADER);
   if (by === null) {
     throw new ApiError(400, `a forwarded request must name its sender in ${FORWARDED_BY_HEADER}`);
   }
@@ -282,7 +334,7 @@ export function acceptForwarded(
       } is refused: only another member forwards, in its own name`,
     );
   }
-  const value = req.headers.get(CALLER_HEADER);
+  const value = headers.get(CALLER_HEADER);
   const caller = value === null ? null : parseCaller(value);
   if (value !== null && caller === null) {
     throw new ApiError(400, `the ${CALLER_HEADER} header ${quote(value)} is not "<role> <name>"`);
@@ -296,8 +348,5 @@ export function acceptForwarded(
       { "www-authenticate": WWW_AUTHENTICATE },
     );
   }
-  const url = new URL(path + outer.search, outer.origin);
-  const init: RequestInit = { method: req.method, headers: req.headers, signal: req.signal };
-  if (req.body !== null) init.body = req.body;
-  return { req: new Request(url, init), url, caller };
+  return caller;
 }

@@ -58,6 +58,16 @@ export interface BatchItem {
   body: Uint8Array<ArrayBuffer> | null;
 }
 
+/** What {@linkcode serveBatch} tells the server of each request about the batch it came in. */
+export interface BatchContext {
+  /** The origin of the batch's URL (the leader's peer URL, as the follower asked for it). */
+  origin: string;
+  /** Aborts once the follower gave the batch up. */
+  signal: AbortSignal;
+  /** The authenticated sending member, or `null` (see {@linkcode serveBatch}). */
+  sender: string | null;
+}
+
 /** One answer in a batch's response. */
 export interface BatchAnswer {
   /** The position of its request in the batch. */
@@ -246,19 +256,20 @@ export class AnswerReader {
 }
 
 /**
- * Serves a batch on the leader: decodes it, hands every request to `serveOne` (the handler of a
- * single forwarded request) in the same turn, and streams each answer back as it is ready.
+ * Serves a batch on the leader: decodes it, hands every request to `serveOne` (which serves it
+ * as a request forwarded on its own) in the same turn, and sends each answer back as it is ready:
+ * the answers ready together with the first as one body, any later one streamed after them.
  *
  * @param req The batch request as the peer server got it.
  * @param sender The authenticated sending member, passed on to `serveOne`.
- * @param serveOne Serves one forwarded request (`ApiHandler.forwarded`).
+ * @param serveOne Serves one forwarded request of the batch, given by its parts.
  * @param maxBytes The largest batch body accepted. Default {@linkcode MAX_BATCH_BYTES}.
- * @returns The streamed answers (200), or 400, 405 or 413 when the batch itself is refused.
+ * @returns The answers (200), or 400, 405 or 413 when the batch itself is refused.
  */
 export async function serveBatch(
   req: Request,
   sender: string | null,
-  serveOne: (req: Request, sender: string | null) => Promise<Response>,
+  serveOne: (item: BatchItem, batch: BatchContext) => Promise<Response>,
   maxBytes: number = MAX_BATCH_BYTES,
 ): Promise<Response> {
   const refuse = (status: number, error: string, headers: Record<string, string> = {}) =>
@@ -279,14 +290,8 @@ export async function serveBatch(
   }
   const origin = new URL(req.url).origin;
   const answers = items.map(async (item, index): Promise<Uint8Array> => {
-    const init: RequestInit = {
-      method: item.method,
-      headers: item.headers,
-      signal: req.signal,
-    };
-    if (item.body !== null) init.body = item.body;
     try {
-      const res = await serveOne(new Request(`${origin}/forward${item.path}`, init), sender);
+      const res = await serveOne(item, { origin, signal: req.signal, sender });
       const headers: Record<string, string> = {};
       res.headers.forEach((value, name) => headers[name] = value);
       const body = new Uint8Array(await res.arrayBuffer());
@@ -301,20 +306,52 @@ export async function serveBatch(
       });
     }
   });
-  const body = new ReadableStream<Uint8Array>({
-    start(controller) {
-      let left = answers.length;
-      if (left === 0) controller.close();
-      for (const answer of answers) {
-        // Never rejects: a failure is a 500 answer of its own.
-        void answer.then((frame) => {
-          try {
-            controller.enqueue(frame);
-            if (--left === 0) controller.close();
-          } catch { /* the follower went away */ }
-        });
+  // Answers ready by the time the first one is go out as one plain body (always so for a batch
+  // of one): a streamed body costs the leader more turns and the answer a later flush.
+  const ready: Uint8Array[] = [];
+  let left = answers.length;
+  let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
+  const first = Promise.withResolvers<void>();
+  if (left === 0) first.resolve();
+  for (const answer of answers) {
+    // Never rejects: a failure is a 500 answer of its own.
+    void answer.then((frame) => {
+      left--;
+      if (controller === null) {
+        ready.push(frame);
+        first.resolve();
+        return;
       }
+      try {
+        controller.enqueue(frame);
+        if (left === 0) controller.close();
+      } catch { /* the follower went away */ }
+    });
+  }
+  await first.promise;
+  if (left === 0) {
+    return new Response(_concat(ready), {
+      status: 200,
+      headers: { "content-type": FORWARD_BATCH_TYPE },
+    });
+  }
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+      for (const frame of ready) c.enqueue(frame);
     },
   });
   return new Response(body, { status: 200, headers: { "content-type": FORWARD_BATCH_TYPE } });
+}
+
+function _concat(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+  let total = 0;
+  for (const p of parts) total += p.byteLength;
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   AnswerReader,
+  type BatchContext,
   type BatchItem,
   decodeBatch,
   encodeAnswer,
@@ -90,12 +91,13 @@ Deno.test("answers are read back from any split of their frames", () => {
 Deno.test("serveBatch() serves every request at once and streams each answer as it is ready", async () => {
   const gates = [Promise.withResolvers<void>(), Promise.withResolvers<void>()];
   const seen: string[] = [];
-  const serveOne = async (req: Request, sender: string | null) => {
-    const url = new URL(req.url);
-    seen.push(`${req.method} ${url.pathname}${url.search} ${sender} ${await req.text()}`);
-    if (url.pathname === "/forward/v1/data/slow") await gates[0]!.promise;
-    if (url.pathname === "/forward/v1/data/boom") throw new Error("boom");
-    return new Response(JSON.stringify({ path: url.pathname }), {
+  const serveOne = async (item: BatchItem, batch: BatchContext) => {
+    const body = item.body === null ? "" : new TextDecoder().decode(item.body);
+    seen.push(`${item.method} ${batch.origin}${item.path} ${batch.sender} ${body}`);
+    await Promise.resolve();
+    if (item.path === "/v1/data/slow") await gates[0]!.promise;
+    if (item.path === "/v1/data/boom") throw new Error("boom");
+    return new Response(JSON.stringify({ path: item.path }), {
       status: 201,
       headers: { "content-type": "application/json", "x-raftkv-index": "3" },
     });
@@ -131,15 +133,51 @@ Deno.test("serveBatch() serves every request at once and streams each answer as 
   gates[0]!.resolve();
   const [last] = await next();
   assert.deepEqual([last!.item, last!.status, last!.headers["x-raftkv-index"]], [0, 201, "3"]);
-  assert.deepEqual(JSON.parse(new TextDecoder().decode(last!.body)), {
-    path: "/forward/v1/data/slow",
-  });
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(last!.body)), { path: "/v1/data/slow" });
   assert.equal((await stream.read()).done, true);
   assert.deepEqual(seen.sort(), [
-    "DELETE /forward/v1/data/fast?cas=2 n1 ",
-    "PUT /forward/v1/data/boom n1 3",
-    "PUT /forward/v1/data/slow n1 1",
+    "DELETE http://leader:6666/v1/data/fast?cas=2 n1 ",
+    "PUT http://leader:6666/v1/data/boom n1 3",
+    "PUT http://leader:6666/v1/data/slow n1 1",
   ]);
+});
+
+Deno.test("serveBatch() sends answers that are ready together as one body", async () => {
+  const served: string[] = [];
+  const serveOne = async (item: BatchItem) => {
+    served.push(item.path);
+    // Answered together, as the writes of one commit are.
+    await Promise.resolve();
+    return new Response(item.path, { status: 200 });
+  };
+  const items = ["/v1/data/a", "/v1/data/b", "/v1/data/c"].map((path) => ({
+    method: "PUT",
+    path,
+    headers: {},
+    body: enc.encode("{}"),
+  }));
+  for (const batch of [items.slice(0, 1), items, []]) {
+    const res = await serveBatch(
+      new Request("http://leader:6666/forward/batch", { method: "POST", body: encodeBatch(batch) }),
+      null,
+      serveOne,
+    );
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("content-type"), FORWARD_BATCH_TYPE);
+    const reader = res.body!.getReader();
+    const chunks: Uint8Array[] = [];
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      if (value.byteLength > 0) chunks.push(value);
+    }
+    assert.equal(chunks.length, batch.length === 0 ? 0 : 1);
+    const answers = chunks.flatMap((c) => new AnswerReader().push(c));
+    assert.deepEqual(
+      answers.map((a) => [a.item, new TextDecoder().decode(a.body)]).sort(),
+      batch.map((it, i) => [i, it.path]),
+    );
+  }
 });
 
 Deno.test("serveBatch() refuses a batch that is not a POST, too large or malformed, serving none of it", async () => {

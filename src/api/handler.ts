@@ -80,8 +80,13 @@ import { HttpMetrics } from "./http_metrics.ts";
 import { type ApiToken, type Caller, requiredRole, TokenAuthenticator } from "./auth.ts";
 import type { ApiContext } from "./context.ts";
 import { ApiError, errorResponse, jsonResponse, logLine, quote } from "./errors.ts";
-import { acceptForwarded } from "./forward.ts";
-import { FORWARD_BATCH_PATH, serveBatch } from "./forward_batch.ts";
+import { acceptForwarded, acceptForwardedItem, FORWARD_PATH_PREFIX } from "./forward.ts";
+import {
+  type BatchContext,
+  type BatchItem,
+  FORWARD_BATCH_PATH,
+  serveBatch,
+} from "./forward_batch.ts";
 import { defaultForwarder, type Forwarder } from "./forwarder.ts";
 import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
 import { ApiLimits } from "./limits.ts";
@@ -407,12 +412,27 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
     const res = await serve(accepted.req, accepted.url, accepted.caller);
     return http.record(accepted.url.pathname, req.method, res, started);
   };
+  /** {@linkcode serveForwarded} for a request of a batch, built once at its API path. */
+  const serveBatched = async (item: BatchItem, batch: BatchContext): Promise<Response> => {
+    const started = performance.now();
+    let accepted;
+    try {
+      accepted = acceptForwardedItem(ctx, item, batch.origin, batch.signal, batch.sender);
+    } catch (err) {
+      const as = new Request(`${batch.origin}${FORWARD_PATH_PREFIX}${item.path}`, {
+        method: item.method,
+      });
+      return http.record(null, item.method, refuse(as, err), started);
+    }
+    const res = await serve(accepted.req, accepted.url, accepted.caller);
+    return http.record(accepted.url.pathname, item.method, res, started);
+  };
   return Object.assign(handler, {
     forwarded: async (req: Request, sender: string | null): Promise<Response> => {
       if (URL.parse(req.url)?.pathname === FORWARD_BATCH_PATH) {
         // Each request of the batch is served as if it had come on its own (a batch inside a
         // batch is not a forwarding path: 404).
-        return await serveBatch(req, sender, serveForwarded);
+        return await serveBatch(req, sender, serveBatched);
       }
       return await serveForwarded(req, sender);
     },

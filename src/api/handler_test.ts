@@ -17,7 +17,9 @@ import {
   StoppingError,
 } from "../node/backend.ts";
 import { KvStateMachine } from "../kv/state_machine.ts";
+import { AnswerReader, encodeBatch } from "./forward_batch.ts";
 import {
+  type ApiHandler,
   type ApiOptions,
   CALLER_HEADER,
   closeForwarder,
@@ -1678,53 +1680,87 @@ Deno.test("the leader serves a forwarded request as its follower authorised it, 
   assert.deepEqual(backend.calls, ["put a=1", "get a lease"]);
 });
 
-Deno.test("the leader refuses a forwarded request from a stranger, a lying sender, without a caller, or off /v1/data", async () => {
-  const refusals: string[] = [];
-  const { handler, backend } = setup({ tokens: TOKENS, logRefusal: (l) => refusals.push(l) });
-  const post = (path: string, headers: Record<string, string>, sender: string | null = null) =>
-    handler.forwarded(
-      forwardedRequest(path, { ...JSON_TYPE, ...headers }, {
-        method: "POST",
-        body: '{"k":"a","v":"1"}',
-      }),
-      sender,
-    );
-  const caller = { [CALLER_HEADER]: "admin ops" };
-  await expectError(await post("/forward/v1/data", caller), 400, /must name its sender/);
-  for (const by of ["n9", "n1", ""]) {
-    await expectError(
-      await post("/forward/v1/data", { ...caller, [FORWARDED_BY_HEADER]: by }),
-      403,
-      /only another member forwards, in its own name$/,
-    );
-  }
-  await expectError(
-    await post("/forward/v1/data", { ...caller, [FORWARDED_BY_HEADER]: "n3" }, "n2"),
-    403,
-    /forwarded by "n3" on a connection of "n2" is refused/,
+/**
+ * Sends the request of {@linkcode forwardedRequest} to `handler` as the one request of a batch,
+ * and returns its answer.
+ */
+async function inBatch(
+  handler: ApiHandler,
+  path: string,
+  headers: Record<string, string>,
+  init: { method?: string; body?: string },
+  sender: string | null,
+): Promise<Response> {
+  const body = encodeBatch([{
+    method: init.method ?? "GET",
+    path: path.slice("/forward".length),
+    headers,
+    body: init.body === undefined ? null : new TextEncoder().encode(init.body),
+  }]);
+  const res = await handler.forwarded(
+    new Request("http://127.0.0.1:6666/forward/batch", { method: "POST", body }),
+    sender,
   );
-  const anonymous = await post("/forward/v1/data", { [FORWARDED_BY_HEADER]: "n3" });
-  assert.equal(anonymous.headers.get("www-authenticate"), WWW_AUTHENTICATE);
-  await expectError(anonymous, 401, /without a caller, but this node requires tokens/);
-  for (const value of ["root ops", "write", "write two words", "write \u00e9"]) {
+  assert.equal(res.status, 200);
+  const [answer, ...more] = new AnswerReader().push(new Uint8Array(await res.arrayBuffer()));
+  assert.ok(answer !== undefined && more.length === 0);
+  return new Response(answer.body, { status: answer.status, headers: answer.headers });
+}
+
+for (const via of ["on its own", "in a batch"]) {
+  Deno.test(`the leader refuses a forwarded request ${via} from a stranger, a lying sender, without a caller, or off /v1/data`, async () => {
+    const refusals: string[] = [];
+    const { handler, backend } = setup({ tokens: TOKENS, logRefusal: (l) => refusals.push(l) });
+    const post = (path: string, headers: Record<string, string>, sender: string | null = null) => {
+      const init = { method: "POST", body: '{"k":"a","v":"1"}' };
+      return via === "in a batch"
+        ? inBatch(handler, path, { ...JSON_TYPE, ...headers }, init, sender)
+        : handler.forwarded(forwardedRequest(path, { ...JSON_TYPE, ...headers }, init), sender);
+    };
+    const caller = { [CALLER_HEADER]: "admin ops" };
+    await expectError(await post("/forward/v1/data", caller), 400, /must name its sender/);
+    for (const by of ["n9", "n1", ""]) {
+      await expectError(
+        await post("/forward/v1/data", { ...caller, [FORWARDED_BY_HEADER]: by }),
+        403,
+        /only another member forwards, in its own name$/,
+      );
+    }
     await expectError(
-      await post("/forward/v1/data", { [FORWARDED_BY_HEADER]: "n3", [CALLER_HEADER]: value }),
-      400,
-      /is not "<role> <name>"$/,
+      await post("/forward/v1/data", { ...caller, [FORWARDED_BY_HEADER]: "n3" }, "n2"),
+      403,
+      /forwarded by "n3" on a connection of "n2" is refused/,
     );
-  }
-  for (
-    const path of ["/forward/v1/snapshot", "/forward/v1/status", "/forward/health", "/forward"]
-  ) {
-    await expectError(
-      await post(path, { ...caller, [FORWARDED_BY_HEADER]: "n3" }),
-      404,
-      /no such forwarding path/,
-    );
-  }
-  assert.deepEqual(backend.calls, []);
-  assert.equal(refusals.length, 14);
-});
+    const anonymous = await post("/forward/v1/data", { [FORWARDED_BY_HEADER]: "n3" });
+    assert.equal(anonymous.headers.get("www-authenticate"), WWW_AUTHENTICATE);
+    await expectError(anonymous, 401, /without a caller, but this node requires tokens/);
+    for (const value of ["root ops", "write", "write two words", "write \u00e9"]) {
+      await expectError(
+        await post("/forward/v1/data", { [FORWARDED_BY_HEADER]: "n3", [CALLER_HEADER]: value }),
+        400,
+        /is not "<role> <name>"$/,
+      );
+    }
+    for (
+      const path of [
+        "/forward/v1/snapshot",
+        "/forward/v1/status",
+        "/forward/health",
+        "/forward//n3/v1/data",
+        via === "in a batch" ? "/forward/" : "/forward",
+      ]
+    ) {
+      await expectError(
+        await post(path, { ...caller, [FORWARDED_BY_HEADER]: "n3" }),
+        404,
+        /no such forwarding path/,
+      );
+    }
+    assert.deepEqual(backend.calls, []);
+    assert.equal(refusals.length, 15);
+    assert.ok(refusals.every((l) => l.includes("POST /forward")), refusals.join("\n"));
+  });
+}
 
 Deno.test("an open leader serves forwarded requests with or without a caller", async () => {
   const { handler, backend } = setup();

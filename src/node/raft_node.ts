@@ -404,6 +404,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #sweeping = false;
   /** When the last "elections refused at MAX_TERM" warning was logged, and the count then. */
   #termWarning = { at: -Infinity, refused: 0 };
+  /** The error a follower refuses writes with (see {@linkcode RaftNode.#notLeader}). */
+  #notLeaderError: NotLeaderError | null = null;
   /** When ticking started, and how many ticks were given since: ticks follow the clock. */
   #tickOrigin = 0;
   #ticked = 0;
@@ -1109,9 +1111,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (this.#stopping) return this.#refuse(new StoppingError());
     if (signal.aborted) return Promise.reject(signal.reason);
     const data = encodeCommand(cmd);
-    if (this.#core.role === "leader" && this.#overloaded(data.byteLength)) {
-      return this.#refuse(this.#overloadedError());
-    }
+    if (this.#core.role !== "leader") return Promise.reject(this.#notLeader());
+    if (this.#overloaded(data.byteLength)) return this.#refuse(this.#overloadedError());
     let placed: { index: number; term: number };
     try {
       placed = this.#core.propose(data);
@@ -1146,6 +1147,18 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       signal.addEventListener("abort", onAbort, { once: true });
       this.#waiters.set(placed.index, waiter);
     });
+  }
+
+  /**
+   * The {@linkcode NotLeaderError} a follower refuses a write with, naming the leader it knows.
+   * A follower refuses every write it is sent (the API forwards it to the leader), and building
+   * an `Error` costs about as much as the rest of that refusal: one is kept per leader and thrown
+   * again (nothing changes it; its stack is that of the first refusal, which nobody reads).
+   */
+  #notLeader(): NotLeaderError {
+    const leader = this.#core.leader;
+    if (this.#notLeaderError?.leader !== leader) this.#notLeaderError = new NotLeaderError(leader);
+    return this.#notLeaderError;
   }
 
   /** Counts a write refused before it was proposed, and rejects with `error`. */

@@ -12,10 +12,12 @@
  * its own bounded queue and one long-lived message stream (`POST /raft/stream`) on that
  * connection: at the end of each event-loop turn that queued something, the sender takes everything
  * queued (up to `maxBatchBytes`), merges adjacent appends that continue each other
- * ({@linkcode coalesceMessages}), and writes it as one frame, with no answer to wait for. When the stream's
- * buffer is full (the peer or the network does not keep up), messages wait in the queue until it
- * drains; a buffer that does not drain within four `rpcTimeoutMs` counts as a broken stream. Peers
- * never wait for each other. A stream that breaks (what was written to it may be lost) is reopened
+ * ({@linkcode coalesceMessages}), and writes it as one frame, with no answer to wait for (when
+ * all that was queued is appends without entries, news of a commit, at the end of the next turn
+ * instead, so that the answers to the clients whose writes that commit acknowledged leave first).
+ * When the stream's buffer is full (the peer or the network does not keep up), messages wait in
+ * the queue until it drains; a buffer that does not drain within four `rpcTimeoutMs` counts as a
+ * broken stream. Peers never wait for each other. A stream that breaks (what was written to it may be lost) is reopened
  * on the next send; opening one that fails to connect, times out or is refused is retried with
  * exponential backoff, and when the retries are spent what is queued is dropped and
  * {@linkcode TransportHandlers.onUnreachable} is called. A full queue drops its oldest `App`/`Heartbeat`
@@ -314,6 +316,8 @@ interface _Peer {
   queue: Message[];
   inflight: number;
   pumpScheduled: boolean;
+  /** Whether something queued since the last pump cannot wait a turn (see {@linkcode _canWait}). */
+  urgent: boolean;
   sent: number;
   dropped: number;
   failed: number;
@@ -428,6 +432,7 @@ export class HttpTransport implements Transport {
       queue: [],
       inflight: 0,
       pumpScheduled: false,
+      urgent: false,
       sent: 0,
       dropped: 0,
       failed: 0,
@@ -479,14 +484,12 @@ export class HttpTransport implements Transport {
       }
       if (peer.queue.length >= this.#maxQueued) _dropOldest(peer);
       peer.queue.push(msg);
+      if (!_canWait(msg)) peer.urgent = true;
       if (!peer.pumpScheduled) {
         // Deferred to the end of this event-loop turn so that what every I/O callback of the turn
         // sends (each client request's proposal, each peer batch's answers) shares one frame.
         peer.pumpScheduled = true;
-        setImmediate(() => {
-          peer.pumpScheduled = false;
-          this.#pump(peer);
-        });
+        setImmediate(() => this.#turnEnded(peer, false));
       }
     }
   }
@@ -558,6 +561,22 @@ export class HttpTransport implements Transport {
     // Closing the client fails every request still in flight.
     this.#client.close();
     while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
+  }
+
+  /**
+   * Pumps the peer's queue at the end of the turn it was first sent to, or of the next turn when
+   * everything queued can wait (see {@linkcode _canWait}): a leader that has just committed
+   * writes its clients' answers before the news of that commit to its followers, instead of
+   * holding them behind those frames (each write to a peer stream costs about 0.1 ms).
+   */
+  #turnEnded(peer: _Peer, waited: boolean): void {
+    if (!waited && !peer.urgent) {
+      setImmediate(() => this.#turnEnded(peer, true));
+      return;
+    }
+    peer.pumpScheduled = false;
+    peer.urgent = false;
+    this.#pump(peer);
   }
 
   /** Sends what is queued: over the peer's stream or, for an older peer, as requests. */
@@ -1623,6 +1642,16 @@ async function _errorDetail(res: Response, signal: AbortSignal): Promise<string>
     signal.removeEventListener("abort", onAbort);
     aborted.catch(() => {});
   }
+}
+
+/**
+ * Whether `msg` may wait one more event-loop turn before it is written: an append without
+ * entries, which only tells a follower of a new commit index (or probes it). A write is answered
+ * once the leader has committed it, without waiting for that news; a read on a follower may wait
+ * for it to apply what the leader committed, one turn of the leader's event loop longer.
+ */
+function _canWait(msg: Message): boolean {
+  return msg.type === MessageType.App && msg.entries.length === 0;
 }
 
 /** Drops the oldest App/Heartbeat message (or, if there is none, the oldest message). */
