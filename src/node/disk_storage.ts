@@ -130,6 +130,9 @@ export async function openDiskStorage(
   const metadata = await loadLogMetadata(paths.logMetadataPath, fs);
   const wal = await Wal.open(paths.walDir, {
     fs,
+    // The newest snapshot covers at least what the log metadata records (else start-up fails
+    // below): the entries up to there are checked but not kept.
+    skipThrough: metadata.snapshotIndex,
     ...(options.segmentSize === undefined ? {} : { segmentSize: options.segmentSize }),
     syncDuration: metrics.histogram(
       "raftkv_wal_fsync_duration_seconds",
