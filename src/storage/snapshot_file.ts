@@ -521,9 +521,8 @@ export async function readSnapshotFile(
   w.view = new DataView(w.buf.buffer);
   /** Reads what fits after `w.end` (at least one byte), keeping the checksum and the tail. */
   const more = async (): Promise<void> => {
-    if (read === total) {
-      fail(`file longer than its size of ${total} bytes (changed while read?)`, total);
-    }
+    // Unreachable: the parser checks every length against the size before it asks for bytes.
+    if (read === total) fail("parse needs bytes past the end of the file", total);
     const n = await file.read(
       w.buf.subarray(w.end, w.end + Math.min(total - read, w.buf.length - w.end)),
     );
