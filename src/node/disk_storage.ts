@@ -21,7 +21,6 @@ import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
 import { realFs } from "../storage/real_fs.ts";
 import {
-  decodeSnapshot,
   encodeSnapshot,
   listSnapshots,
   type LoadedSnapshot,
@@ -131,6 +130,9 @@ export async function openDiskStorage(
   const metadata = await loadLogMetadata(paths.logMetadataPath, fs);
   const wal = await Wal.open(paths.walDir, {
     fs,
+    // The newest snapshot covers at least what the log metadata records (else start-up fails
+    // below): the entries up to there are checked but not kept.
+    skipThrough: metadata.snapshotIndex,
     ...(options.segmentSize === undefined ? {} : { segmentSize: options.segmentSize }),
     syncDuration: metrics.histogram(
       "raftkv_wal_fsync_duration_seconds",
@@ -448,23 +450,20 @@ type _PackedSnapshot = Omit<LoadedSnapshot, "entries"> & { entries: Iterable<Sna
 /**
  * Reads and verifies the snapshot at `path`, its entries going straight into the state machine's
  * packed map (see `entry_map.ts`) without an object per entry, which takes a million keys in a
- * fraction of the time and memory. A file whose keys are not in order (this version writes them
- * in order) is read again into an array, which the state machine sorts.
+ * fraction of the time and memory. The file is parsed as it is read, never held whole; the map
+ * built from it is dropped unless the whole file passes its checksum. A file whose keys are not
+ * in order (this version writes them in order) is read again into an array, which the state
+ * machine sorts.
  */
 async function _readSnapshotPacked(path: string, fs: FileSystem): Promise<_PackedSnapshot> {
-  const bytes = await fs.readFile(path);
   const builder = new EntryMapBuilder();
   try {
-    const loaded = decodeSnapshot(bytes, path, builder);
-    // Nothing refers to the file's bytes any more (the sink and the records copied what they
-    // kept): free them now rather than at some later garbage collection, a snapshot's worth
-    // of memory at start-up.
-    (bytes.buffer as ArrayBuffer).transfer?.(0);
+    const loaded = await readSnapshotFile(path, fs, builder);
     return { ...loaded, entries: builder.finish() };
   } catch (e) {
     if (!(e instanceof RangeError)) throw e;
   }
-  return decodeSnapshot(bytes, path);
+  return await readSnapshotFile(path, fs);
 }
 
 /**

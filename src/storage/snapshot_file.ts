@@ -248,37 +248,101 @@ export async function writeSnapshotFile(
 /**
  * Parses and verifies a snapshot held in memory; throws CorruptFileError naming `path`. With a
  * `sink`, the entries go to it as they are read (the result's `entries` is then empty); an error
- * the sink throws is passed on.
+ * the sink throws is passed on. The checksum is verified before any entry is parsed.
  */
 export function decodeSnapshot(
   bytes: Uint8Array,
   path: string,
   sink?: SnapshotEntrySink,
 ): LoadedSnapshot {
-  const fail = (what: string, offset: number): never => {
+  const fail: _Fail = _failer(path);
+  if (bytes.length >= _MIN_LENGTH) {
+    const end = bytes.length - _TAIL;
+    _checkEnd(fail, bytes.subarray(end), crc32cRange(bytes, 0, end + TRAILER.length), end);
+  }
+  const window: _Window = {
+    buf: bytes,
+    view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+    start: 0,
+    end: bytes.length,
+    base: 0,
+  };
+  const step = _parse(window, bytes.length, fail, sink).next();
+  // The parser checks every length against the size before it asks for more bytes, and all of
+  // them are here.
+  if (!step.done) throw new Error("the snapshot parser asked for bytes past the end");
+  return step.value;
+}
+
+/** The trailer and the checksum: the bytes after the data. */
+const _TAIL = 8 + 4;
+/** The shortest possible file: magic, header length, trailer, checksum. */
+const _MIN_LENGTH = 8 + 4 + _TAIL;
+/** The buffer {@linkcode readSnapshotFile} reads through (larger only for a larger entry). */
+const _READ_BUFFER = 1 << 20;
+
+/** A function that throws a CorruptFileError naming `path`. */
+type _Fail = (what: string, offset: number) => never;
+
+function _failer(path: string): _Fail {
+  return (what, offset) => {
     throw new CorruptFileError(path, `snapshot ${what} at byte offset ${offset}`);
   };
-  const min = MAGIC.length + 4 + TRAILER.length + 4;
-  if (bytes.length < min) fail(`file too short (${bytes.length} bytes)`, 0);
-  const v1 = MAGIC_V1.every((b, i) => bytes[i] === b);
-  const v2 = MAGIC_V2.every((b, i) => bytes[i] === b);
-  if (!v1 && !v2 && !MAGIC.every((b, i) => bytes[i] === b)) fail("bad magic", 0);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const end = bytes.length - TRAILER.length - 4;
+}
+
+/**
+ * Checks the trailer and the stored checksum (`tail`: the file's last 12 bytes; `end`: where the
+ * trailer starts) against the computed `crc`.
+ */
+function _checkEnd(fail: _Fail, tail: Uint8Array, crc: number, end: number): void {
   for (let i = 0; i < TRAILER.length; i++) {
-    if (bytes[end + i] !== TRAILER[i]) fail("missing trailer (truncated file?)", end);
+    if (tail[i] !== TRAILER[i]) fail("missing trailer (truncated file?)", end);
   }
-  const stored = view.getUint32(end + TRAILER.length);
-  const actual = crc32cRange(bytes, 0, end + TRAILER.length);
-  if (stored !== actual) fail(`checksum mismatch (stored ${stored}, computed ${actual})`, end);
-  const hdrLen = view.getUint32(MAGIC.length);
-  let at = MAGIC.length + 4;
-  if (at + hdrLen > end) fail(`header length ${hdrLen} runs past the data`, MAGIC.length);
+  const stored = new DataView(tail.buffer, tail.byteOffset, _TAIL).getUint32(TRAILER.length);
+  if (stored !== crc) fail(`checksum mismatch (stored ${stored}, computed ${crc})`, end);
+}
+
+/**
+ * The part of a file being parsed: `buf[start, end)` holds the file's bytes from offset
+ * `base + start` on; the parser advances `start` past what it consumed.
+ */
+interface _Window {
+  buf: Uint8Array;
+  view: DataView;
+  start: number;
+  end: number;
+  base: number;
+}
+
+/**
+ * Parses a snapshot of `total` bytes from `w`, up to its trailer (which, with the checksum, the
+ * caller checks). Yields how many bytes it needs from `w.start` on when the window holds fewer;
+ * it checks first that the file has them, so a caller can always provide them. Does not verify
+ * the checksum.
+ */
+function* _parse(
+  w: _Window,
+  total: number,
+  fail: _Fail,
+  sink: SnapshotEntrySink | undefined,
+): Generator<number, LoadedSnapshot, void> {
+  if (total < _MIN_LENGTH) fail(`file too short (${total} bytes)`, 0);
+  const end = total - _TAIL;
+  if (w.end - w.start < MAGIC.length + 4) yield MAGIC.length + 4;
+  const first = w.buf.subarray(w.start, w.start + MAGIC.length);
+  const v1 = MAGIC_V1.every((b, i) => first[i] === b);
+  const v2 = MAGIC_V2.every((b, i) => first[i] === b);
+  if (!v1 && !v2 && !MAGIC.every((b, i) => first[i] === b)) fail("bad magic", 0);
+  const hdrLen = w.view.getUint32(w.start + MAGIC.length);
+  w.start += MAGIC.length + 4;
+  const headerAt = MAGIC.length + 4;
+  if (headerAt + hdrLen > end) fail(`header length ${hdrLen} runs past the data`, MAGIC.length);
+  if (w.end - w.start < hdrLen) yield hdrLen;
   let header: SnapshotHeader;
   try {
-    header = JSON.parse(decoder.decode(bytes.subarray(at, at + hdrLen)));
+    header = JSON.parse(decoder.decode(w.buf.subarray(w.start, w.start + hdrLen)));
   } catch {
-    return fail("unreadable header", at);
+    return fail("unreadable header", headerAt);
   }
   if (
     !Number.isSafeInteger(header.index) || !Number.isSafeInteger(header.term) ||
@@ -286,63 +350,124 @@ export function decodeSnapshot(
     (header.learners !== undefined && !Array.isArray(header.learners)) ||
     (header.info !== undefined && (typeof header.info !== "object" || header.info === null))
   ) {
-    fail(`malformed header ${JSON.stringify(header)}`, at);
+    fail(`malformed header ${JSON.stringify(header)}`, headerAt);
   }
-  at += hdrLen;
-  /** The u64 at `at` (entry `i`'s revision field `f`), or a failure naming it. */
-  const u64 = (i: number, f: number): number => {
-    const what = () => `${["create index", "mod index", "version"][f]} of entry ${i}`;
-    if (at + 8 > end) fail(`${what()} runs past the data`, at);
-    const high = view.getUint32(at);
-    if (high > 0x1fffff) fail(`${what()} is above 2^53-1`, at);
-    const n = high * 4294967296 + view.getUint32(at + 4);
-    at += 8;
-    return n;
-  };
-  const entries: SnapshotEntry[] = sink === undefined ? new Array(header.count) : [];
-  for (let i = 0; i < header.count; i++) {
-    if (at + 4 > end) fail(`entry ${i} of ${header.count} missing`, at);
-    const kLen = view.getUint32(at);
-    if (at + 4 + kLen + 4 > end) fail(`key ${i} runs past the data`, at);
-    const keyStart = at + 4;
-    at += 4 + kLen;
-    const vLen = view.getUint32(at);
-    if (at + 4 + vLen > end) fail(`value ${i} runs past the data`, at);
-    const valueStart = at + 4;
-    at += 4 + vLen;
-    if (sink !== undefined) {
-      if (!_validUtf8(bytes, keyStart, keyStart + kLen)) fail(`key ${i} is not UTF-8`, keyStart);
-      if (!_validUtf8(bytes, valueStart, at)) fail(`value ${i} is not UTF-8`, valueStart);
-      const keyEnd = keyStart + kLen;
-      if (v1) sink.addBytes(bytes, keyStart, keyEnd, valueStart, at, header.index, header.index, 1);
-      else sink.addBytes(bytes, keyStart, keyEnd, valueStart, at, u64(i, 0), u64(i, 1), u64(i, 2));
-      continue;
-    }
-    const key = decodeUtf8(bytes, keyStart, keyStart + kLen);
-    const value = decodeUtf8(bytes, valueStart, at);
-    entries[i] = v1
-      ? { key, value, createIndex: header.index, modIndex: header.index, version: 1 }
-      : { key, value, createIndex: u64(i, 0), modIndex: u64(i, 1), version: u64(i, 2) };
+  w.start += hdrLen;
+  const entries: SnapshotEntry[] = [];
+  const state = { i: 0 };
+  for (;;) {
+    const need = _parseEntries(w, end, header, v1, fail, sink, entries, state);
+    if (need === 0) break;
+    yield need;
   }
   /** The records of a section (`what`: "session" or "lease"). */
-  const records = (what: string): Uint8Array[] => {
+  function* records(what: string): Generator<number, Uint8Array[], void> {
     const out: Uint8Array[] = [];
-    if (at + 4 > end) fail(`${what} count missing`, at);
-    const n = view.getUint32(at);
-    at += 4;
+    if (w.base + w.start + 4 > end) fail(`${what} count missing`, w.base + w.start);
+    if (w.end - w.start < 4) yield 4;
+    const n = w.view.getUint32(w.start);
+    w.start += 4;
     for (let i = 0; i < n; i++) {
+      const at = w.base + w.start;
       if (at + 4 > end) fail(`${what} ${i} of ${n} missing`, at);
-      const len = view.getUint32(at);
+      if (w.end - w.start < 4) yield 4;
+      const len = w.view.getUint32(w.start);
       if (at + 4 + len > end) fail(`${what} ${i} runs past the data`, at);
-      out.push(bytes.slice(at + 4, at + 4 + len));
-      at += 4 + len;
+      if (w.end - w.start < 4 + len) yield 4 + len;
+      out.push(w.buf.slice(w.start + 4, w.start + 4 + len));
+      w.start += 4 + len;
     }
     return out;
-  };
-  const sessions = v1 ? [] : records("session");
-  const leases = v1 || v2 ? [] : records("lease");
+  }
+  const sessions = v1 ? [] : yield* records("session");
+  const leases = v1 || v2 ? [] : yield* records("lease");
+  const at = w.base + w.start;
   if (at !== end) fail(`${end - at} unexpected bytes after the last entry`, at);
   return { header, entries, sessions, leases };
+}
+
+/**
+ * Parses the entries from `state.i` on while the window holds them whole, to `sink` or
+ * `entries`. Returns 0 when all `header.count` are done, else how many bytes from `w.start` on
+ * the next entry needs (the file has them: checked against `end`).
+ */
+function _parseEntries(
+  w: _Window,
+  end: number,
+  header: SnapshotHeader,
+  v1: boolean,
+  fail: _Fail,
+  sink: SnapshotEntrySink | undefined,
+  entries: SnapshotEntry[],
+  state: { i: number },
+): number {
+  const { buf, view, base } = w;
+  const count = header.count;
+  const have = w.end;
+  const extra = v1 ? 0 : 24;
+  let at = w.start;
+  let i = state.i;
+  let need = 0;
+  for (; i < count; i++) {
+    if (base + at + 4 > end) fail(`entry ${i} of ${count} missing`, base + at);
+    if (at + 4 > have) {
+      need = 4;
+      break;
+    }
+    const kLen = view.getUint32(at);
+    if (base + at + 4 + kLen + 4 > end) fail(`key ${i} runs past the data`, base + at);
+    if (at + 8 + kLen > have) {
+      need = 8 + kLen;
+      break;
+    }
+    const keyStart = at + 4;
+    const keyEnd = keyStart + kLen;
+    const vLen = view.getUint32(keyEnd);
+    const valueStart = keyEnd + 4;
+    const valueEnd = valueStart + vLen;
+    if (base + valueEnd > end) fail(`value ${i} runs past the data`, base + keyEnd);
+    if (base + valueEnd + extra > end) {
+      const f = Math.floor((end - base - valueEnd) / 8);
+      const what = ["create index", "mod index", "version"][f];
+      fail(`${what} of entry ${i} runs past the data`, base + valueEnd + 8 * f);
+    }
+    if (valueEnd + extra > have) {
+      need = valueEnd + extra - at;
+      break;
+    }
+    let createIndex = header.index;
+    let modIndex = header.index;
+    let version = 1;
+    if (!v1) {
+      createIndex = _u64(view, valueEnd, base, i, 0, fail);
+      modIndex = _u64(view, valueEnd + 8, base, i, 1, fail);
+      version = _u64(view, valueEnd + 16, base, i, 2, fail);
+    }
+    if (sink !== undefined) {
+      if (!_validUtf8(buf, keyStart, keyEnd)) fail(`key ${i} is not UTF-8`, base + keyStart);
+      if (!_validUtf8(buf, valueStart, valueEnd)) {
+        fail(`value ${i} is not UTF-8`, base + valueStart);
+      }
+      sink.addBytes(buf, keyStart, keyEnd, valueStart, valueEnd, createIndex, modIndex, version);
+    } else {
+      const key = decodeUtf8(buf, keyStart, keyEnd);
+      const value = decodeUtf8(buf, valueStart, valueEnd);
+      entries.push({ key, value, createIndex, modIndex, version });
+    }
+    at = valueEnd + extra;
+  }
+  w.start = at;
+  state.i = i;
+  return need;
+}
+
+/** The u64 at `view[at]` (entry `i`'s revision field `f`), or a failure naming it. */
+function _u64(view: DataView, at: number, base: number, i: number, f: number, fail: _Fail): number {
+  const high = view.getUint32(at);
+  if (high > 0x1fffff) {
+    fail(`${["create index", "mod index", "version"][f]} of entry ${i} is above 2^53-1`, base + at);
+  }
+  return high * 4294967296 + view.getUint32(at + 4);
 }
 
 /** Whether `bytes[start, end)` is valid UTF-8 (ASCII is checked without decoding). */
@@ -362,14 +487,109 @@ function _validUtf8(bytes: Uint8Array, start: number, end: number): boolean {
 
 /**
  * Reads and verifies the snapshot file at `path`; its entries go to `sink` if one is given (see
- * {@linkcode decodeSnapshot}).
+ * {@linkcode decodeSnapshot}). The file is read through a buffer of about 1 MiB (more only for a
+ * larger entry) and parsed as it is read, so a large snapshot is never held whole in memory.
+ *
+ * The checksum covers the whole file, so it is known only at the end: entries reach `sink`
+ * before the file is verified, and a caller must discard whatever the sink built when this
+ * throws. Any failure is reported as the checksum's (or the trailer's) if the file fails it:
+ * the rest of the file is read to tell, as when the whole file was verified before it was
+ * parsed; an error the sink throws on a file that passes is passed on.
+ *
+ * @throws {CorruptFileError} If the file is damaged, or changes size while it is read.
  */
 export async function readSnapshotFile(
   path: string,
   fs: FileSystem = realFs,
   sink?: SnapshotEntrySink,
 ): Promise<LoadedSnapshot> {
-  return decodeSnapshot(await fs.readFile(path), path, sink);
+  const fail: _Fail = _failer(path);
+  const total = (await fs.stat(path)).size;
+  using file = await fs.open(path, "read");
+  const crcEnd = total - 4;
+  const tail = new Uint8Array(_TAIL);
+  let crc = 0;
+  /** How much of the file has been read. */
+  let read = 0;
+  const w: _Window = {
+    buf: new Uint8Array(Math.min(_READ_BUFFER, Math.max(total, 1))),
+    view: null!,
+    start: 0,
+    end: 0,
+    base: 0,
+  };
+  w.view = new DataView(w.buf.buffer);
+  /** Reads what fits after `w.end` (at least one byte), keeping the checksum and the tail. */
+  const more = async (): Promise<void> => {
+    // Unreachable: the parser checks every length against the size before it asks for bytes.
+    if (read === total) fail("parse needs bytes past the end of the file", total);
+    const n = await file.read(
+      w.buf.subarray(w.end, w.end + Math.min(total - read, w.buf.length - w.end)),
+    );
+    if (n === null) {
+      fail(`file shorter than its size of ${total} bytes (changed while read?)`, read);
+    }
+    const from = w.end;
+    if (read < crcEnd) crc = crc32cRange(w.buf, from, from + Math.min(n, crcEnd - read), crc);
+    for (let k = Math.max(read, total - _TAIL); k < read + n; k++) {
+      tail[k - (total - _TAIL)] = w.buf[from + k - read]!;
+    }
+    read += n;
+    w.end += n;
+  };
+  /** Makes `need` bytes from `w.start` on available, moving or growing the buffer. */
+  const provide = async (need: number): Promise<void> => {
+    if (w.start > 0) {
+      w.buf.copyWithin(0, w.start, w.end);
+      w.base += w.start;
+      w.end -= w.start;
+      w.start = 0;
+    }
+    if (need > w.buf.length) {
+      const bigger = new Uint8Array(Math.max(need, 2 * w.buf.length));
+      bigger.set(w.buf.subarray(0, w.end));
+      w.buf = bigger;
+      w.view = new DataView(bigger.buffer);
+    }
+    while (w.end < need) await more();
+  };
+  /** Reads the rest of the file (for the checksum) and checks that nothing follows. */
+  const finish = async (): Promise<void> => {
+    while (read < total) {
+      w.start = w.end = 0;
+      await more();
+    }
+    if (await file.read(new Uint8Array(1)) !== null) {
+      fail(`file longer than its size of ${total} bytes (changed while read?)`, total);
+    }
+  };
+  let loaded: LoadedSnapshot;
+  try {
+    if (total < _MIN_LENGTH) fail(`file too short (${total} bytes)`, 0);
+    const parser = _parse(w, total, fail, sink);
+    for (;;) {
+      const step = parser.next();
+      if (step.done) {
+        loaded = step.value;
+        break;
+      }
+      await provide(step.value);
+    }
+    await finish();
+  } catch (e) {
+    // A damaged file is reported by its checksum, as if it had been checked first.
+    if (total >= _MIN_LENGTH) {
+      try {
+        await finish();
+      } catch {
+        throw e;
+      }
+      _checkEnd(fail, tail, crc, total - _TAIL);
+    }
+    throw e;
+  }
+  _checkEnd(fail, tail, crc, total - _TAIL);
+  return loaded;
 }
 
 /** The complete snapshot files in `dir` (not temp or received ones), newest first. */

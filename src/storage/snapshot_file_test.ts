@@ -1,8 +1,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { contentOf } from "../../testing/snapshot_pairs.ts";
+import { SimFileSystem } from "../../testing/sim_fs.ts";
 import { CorruptFileError } from "./errors.ts";
+import type { FileSystem } from "./fs.ts";
+import { realFs } from "./real_fs.ts";
 import {
+  decodeSnapshot,
   encodeSnapshot,
   listSnapshots,
   pruneSnapshots,
@@ -83,6 +87,118 @@ Deno.test("a damaged or truncated snapshot is reported, never loaded", async () 
       await assert.rejects(
         readSnapshotFile(path),
         (e: unknown) => e instanceof CorruptFileError && e.message.includes(path),
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A snapshot of a few MiB (more than the reader's buffer), with one entry larger than it. */
+async function writeLarge(dir: string, fs: FileSystem): Promise<string> {
+  const data = pairs(12_000, 100);
+  data.splice(6_000, 0, ["key-15000-big", "b".repeat(1_500_000) + "é"]);
+  data.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  const header: SnapshotHeader = { index: 9, term: 2, voters: ["a"], count: data.length };
+  const sessions = [new Uint8Array(3_000_000).fill(5), new Uint8Array([1])];
+  return await writeSnapshotFile(
+    dir,
+    encodeSnapshot(header, { ...contentOf(data, 9), sessions, leases: [new Uint8Array([2])] }),
+    snapshotName(9, 2),
+    fs,
+  );
+}
+
+/** A sink that keeps what it is given as strings, and can be told to throw at one entry. */
+function collector(throwAt = -1): {
+  got: string[];
+  addBytes(
+    bytes: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueStart: number,
+    valueEnd: number,
+    createIndex: number,
+    modIndex: number,
+    version: number,
+  ): void;
+} {
+  const got: string[] = [];
+  const text = new TextDecoder();
+  return {
+    got,
+    addBytes(bytes, keyStart, keyEnd, valueStart, valueEnd, createIndex, modIndex, version) {
+      if (got.length === throwAt) throw new RangeError("the sink refuses this entry");
+      const key = text.decode(bytes.subarray(keyStart, keyEnd));
+      const value = text.decode(bytes.subarray(valueStart, valueEnd));
+      got.push(`${key}=${value.length}:${value.slice(-3)}@${createIndex},${modIndex},${version}`);
+    },
+  };
+}
+
+for (
+  const [name, make] of [["real", () => realFs], ["simulated", () => new SimFileSystem()]] as const
+) {
+  Deno.test(`a snapshot larger than the read buffer is read as it decodes in memory (${name} files)`, async () => {
+    const fs: FileSystem = make();
+    const dir = name === "real" ? await Deno.makeTempDir() : "/snap";
+    try {
+      const path = await writeLarge(dir, fs);
+      const bytes = await fs.readFile(path);
+      assert.ok(bytes.length > 6_000_000);
+      const whole = decodeSnapshot(bytes, path);
+      const streamed = await readSnapshotFile(path, fs);
+      assert.deepEqual(streamed, whole);
+      assert.equal(streamed.entries.length, 12_001);
+      const fromBytes = collector();
+      const fromFile = collector();
+      decodeSnapshot(bytes, path, fromBytes);
+      const sunk = await readSnapshotFile(path, fs, fromFile);
+      assert.deepEqual(fromFile.got, fromBytes.got);
+      assert.equal(fromFile.got.length, 12_001);
+      assert.ok(fromFile.got.includes("key-15000-big=1500001:bbé@9,9,1"));
+      assert.deepEqual(sunk, { ...whole, entries: [] });
+    } finally {
+      if (name === "real") await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+Deno.test("a snapshot read as it is parsed still reports damage by its checksum, whatever the parse met first", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = await writeLarge(dir, realFs);
+    const good = await Deno.readFile(path);
+    // The sink's own error on a sound file is passed on.
+    await assert.rejects(readSnapshotFile(path, realFs, collector(8_000)), RangeError);
+    // Deep in the file: a key length made huge, a value byte, a byte the sink refuses.
+    const view = new DataView(good.buffer);
+    let at = 12 + view.getUint32(8);
+    for (let i = 0; i < 8_000; i++) {
+      at += 4 + view.getUint32(at) + 4 + view.getUint32(at + 4 + view.getUint32(at)) + 24;
+    }
+    for (
+      const [offset, sink] of [[at, undefined], [at + 10, collector()], [
+        at + 10,
+        collector(8_000),
+      ]] as const
+    ) {
+      const bad = good.slice();
+      bad[offset]! ^= 0x40;
+      await Deno.writeFile(path, bad);
+      await assert.rejects(
+        readSnapshotFile(path, realFs, sink),
+        (e: unknown) => e instanceof CorruptFileError && e.message.includes("checksum mismatch"),
+        `flip at ${offset}`,
+      );
+    }
+    // Cut short at either side of the large entry and the large session.
+    for (const cut of [2_000_000, good.length - 3_000_100, good.length - 12]) {
+      await Deno.writeFile(path, good.subarray(0, cut));
+      await assert.rejects(
+        readSnapshotFile(path, realFs, collector()),
+        CorruptFileError,
+        `cut at ${cut}`,
       );
     }
   } finally {

@@ -41,6 +41,14 @@ export interface WalOptions {
    * @default {undefined} not measured
    */
   syncDuration?: Observer;
+  /**
+   * Entries at or below this index are checked as usual on recovery but not kept in
+   * {@linkcode Wal.entries} (nor is their data copied): a snapshot the caller loads covers them.
+   * Truncations and resets apply as always.
+   *
+   * @default {0} every entry kept
+   */
+  skipThrough?: number;
 }
 
 /** Describes the incomplete final record that recovery cut off. */
@@ -153,7 +161,7 @@ export class Wal {
     }
     const fs = options.fs ?? realFs;
     await _ensureDirectory(fs, dir);
-    const recovered = await _recover(fs, dir);
+    const recovered = await _recover(fs, dir, options.skipThrough ?? 0);
     const last = recovered.segments.at(-1);
     const file = last ? await fs.open(last.path, "append") : null;
     return new Wal(dir, fs, segmentSize, recovered, file, options.syncDuration);
@@ -445,7 +453,7 @@ interface _Recovered {
 }
 
 /** Lists, checks and replays the segments, repairing a torn tail. */
-async function _recover(fs: FileSystem, dir: string): Promise<_Recovered> {
+async function _recover(fs: FileSystem, dir: string, skipThrough: number): Promise<_Recovered> {
   const found: { sequence: number; firstIndex: number; path: string }[] = [];
   for (const item of await fs.readDir(dir)) {
     const match = item.isFile ? _SEGMENT_NAME.exec(item.name) : null;
@@ -459,7 +467,7 @@ async function _recover(fs: FileSystem, dir: string): Promise<_Recovered> {
   }
   found.sort((a, b) => a.sequence - b.sequence);
 
-  const log = new _ReplayedLog();
+  const log = new _ReplayedLog(skipThrough);
   const segments: _Segment[] = [];
   let tornTail: TornTail | null = null;
   for (let k = 0; k < found.length; k++) {
@@ -511,7 +519,8 @@ function _replaySegment(
   let offset = 0;
   let maxIndex = 0;
   while (offset < bytes.length) {
-    const result = decodeRecord(bytes, offset);
+    // The data is copied only for entries the log keeps (below, in `append`).
+    const result = decodeRecord(bytes, offset, false);
     let index: number;
     let problem: string | null;
     if (result.kind === "entry") {
@@ -566,14 +575,25 @@ function _isTorn(bytes: Uint8Array, offset: number, result: DecodeResult): boole
   }
 }
 
-/** The log rebuilt by replay, with etcd-style truncation on a repeated index. */
+/**
+ * The log rebuilt by replay, with etcd-style truncation on a repeated index. Entries at or below
+ * `skipThrough` are followed (indices, truncations) but not kept.
+ */
 class _ReplayedLog {
   entries: Entry[] = [];
   /** The last index (a reset's index if no entry followed it); 0 before any record. */
   lastIndex = 0;
   #started = false;
+  readonly #skipThrough: number;
 
-  /** Appends `entry`, first cutting the log back to `entry.index - 1`; returns a problem, if any. */
+  constructor(skipThrough: number) {
+    this.#skipThrough = skipThrough;
+  }
+
+  /**
+   * Appends `entry` (its data a view of the segment: copied here if kept), first cutting the log
+   * back to `entry.index - 1`; returns a problem, if any.
+   */
   append(entry: Entry): string | null {
     const { index } = entry;
     if (this.#started && index > this.lastIndex + 1) {
@@ -583,7 +603,10 @@ class _ReplayedLog {
     if (head !== undefined && index <= this.lastIndex) {
       this.entries.length = index > head.index ? index - head.index : 0;
     }
-    this.entries.push(entry);
+    if (index > this.#skipThrough) {
+      entry.data = entry.data.slice();
+      this.entries.push(entry);
+    }
     this.lastIndex = index;
     this.#started = true;
     return null;

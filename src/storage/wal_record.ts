@@ -193,13 +193,16 @@ export type DecodeResult =
 
 /**
  * Decodes the record starting at `offset`. The entry data is copied, so the result does not keep
- * `bytes` alive. Never throws for bad input: every problem is described in the result.
+ * `bytes` alive, unless `copy` is false: then it is a view of `bytes` (for a caller that only
+ * checks the record, or copies the data itself). Never throws for bad input: every problem is
+ * described in the result.
  *
  * @param bytes A segment's content.
  * @param offset Where the record starts; must be below `bytes.length`.
+ * @param copy Whether to copy the entry data out of `bytes`. Default true.
  * @returns The record, or what is wrong with it.
  */
-export function decodeRecord(bytes: Uint8Array, offset: number): DecodeResult {
+export function decodeRecord(bytes: Uint8Array, offset: number, copy = true): DecodeResult {
   const available = bytes.length - offset;
   if (available < HEADER_SIZE) {
     return {
@@ -261,7 +264,9 @@ export function decodeRecord(bytes: Uint8Array, offset: number): DecodeResult {
     ) {
       return malformed(`entry ${index} has unknown entry type ${entryType}`);
     }
-    const data = bytes.slice(payload + ENTRY_FIELDS_SIZE, end);
+    const data = copy
+      ? bytes.slice(payload + ENTRY_FIELDS_SIZE, end)
+      : bytes.subarray(payload + ENTRY_FIELDS_SIZE, end);
     return { kind: "entry", entry: { term, index, type: entryType, data }, end };
   }
   if (type === RecordType.Reset) {

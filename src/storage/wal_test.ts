@@ -330,6 +330,32 @@ Deno.test("Wal.open() reports a flipped byte in an earlier record of the last se
   });
 });
 
+Deno.test("Wal.open() with skipThrough keeps only the entries after it, and still checks the rest", async () => {
+  await _withDir(async (dir) => {
+    const options = { segmentSize: 2 * _recordSize() };
+    await _write(
+      dir,
+      [_range(1, 2), _range(3, 4), _range(5, 6), _range(2, 3, 2), [_entry(4, 3)], _range(5, 6, 3)],
+      options,
+    );
+    const cases: [number, number][] = [[0, 1], [1, 2], [3, 4], [5, 6], [6, 7], [9, 7]];
+    for (const [skip, kept] of cases) {
+      await _using(dir, (wal) => {
+        const all = [_entry(1), ..._range(2, 3, 2), _entry(4, 3), ..._range(5, 6, 3)];
+        assert.deepEqual(wal.entries, all.slice(kept - 1), `skipThrough ${skip}`);
+        assert.equal(wal.lastIndex, 6);
+        // A kept entry's data is its own, not a view of the segment.
+        for (const e of wal.entries) assert.equal(e.data.buffer.byteLength, e.data.length);
+        return Promise.resolve();
+      }, { ...options, skipThrough: skip });
+    }
+    // Damage below the skipped index is still found.
+    const path = join(dir, segmentName(1, 1));
+    await _flipByte(path, 30);
+    await assert.rejects(Wal.open(dir, { ...options, skipThrough: 5 }), WalCorruptionError);
+  });
+});
+
 Deno.test("Wal.open() reports a flipped byte anywhere in an older segment", async () => {
   await _withDir(async (dir) => {
     const options = { segmentSize: 2 * _recordSize() };
