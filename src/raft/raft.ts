@@ -999,6 +999,8 @@ export class RaftCore {
   #tickElection = (): void => {
     this.#electionElapsed++;
     this.#followerTicks++;
+    // A removed node's reads are failed by its driver (the leader no longer answers it).
+    if (this.#remoteReads.size > 0 && this.removed) this.#remoteReads.clear();
     if (this.#remoteReads.size > 0 && this.role === "follower" && this.leader !== NONE) {
       for (const [id, sentAt] of this.#remoteReads) {
         if (this.#followerTicks - sentAt < this.#readRetryTicks) continue;
