@@ -1211,6 +1211,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       pendingProposals: this.#pending.size,
       pendingProposalBytes: this.#pendingBytes,
       pendingReads: reads,
+      peerReadsDropped: core.droppedReads,
       pendingWrites: this.#pendingWrites.length + (this.#heldJob ? 1 : 0),
       noSpace: this.#noSpace !== null,
       lag: leader
