@@ -245,6 +245,9 @@ membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members 
   } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${
     t("staleMembers")
   } members that did not know the final leader
+removed nodes:    ${t("removedRefusals")} client requests refused at once, ${
+    t("removedFinalReads")
+  } final reads sent to a removed node (each refused), ${t("removedWatchRefusals")} watches refused
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }

@@ -273,3 +273,49 @@ Deno.test("members are added, removed (the leader too) and replaced under load; 
       `operations, linearizable; ${((performance.now() - started) / 1000).toFixed(1)} s`,
   );
 });
+
+Deno.test("a removed node refuses reads, writes and watches at once with 503 removed, and is not ready", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  const gone = ["node-1", "node-2", "node-3"].find((id) => id !== leader)!;
+  const put = await attempt(`${cluster.api(leader)}/v1/data/k`, "PUT", { v: "1" }, 5000);
+  assert.ok(put.kind === "answer" && put.status === 200, JSON.stringify(put));
+  await change(cluster, () => leader, "DELETE", `/v1/members/${gone}`);
+  await waitFor(async () => {
+    const r = await attempt(`${cluster.api(gone)}/v1/status`, "GET", undefined, 2000);
+    return r.kind === "answer" && (r.json as { membership?: string }).membership === "removed";
+  }, { deadlineMs: 10_000, intervalMs: 50, message: `${gone} to know it was removed` });
+
+  // Each is refused well within the default API timeout, where it used to wait until then.
+  const api = cluster.api(gone);
+  const requests: [string, string, unknown][] = [
+    ["/v1/data/k", "GET", undefined],
+    ["/v1/data/k?consistency=lease", "GET", undefined],
+    ["/v1/data/k?consistency=stale", "GET", undefined],
+    ["/v1/data?prefix=", "GET", undefined],
+    ["/v1/data/k", "PUT", { v: "2" }],
+    ["/v1/data/k", "DELETE", undefined],
+    ["/v1/txn", "POST", { compare: [], success: [{ op: "get", k: "k" }], failure: [] }],
+    ["/v1/watch?prefix=", "GET", undefined],
+  ];
+  for (const [path, method, body] of requests) {
+    const started = performance.now();
+    const r = await attempt(`${api}${path}`, method, body, 1500);
+    const what = `${method} ${path}: ${JSON.stringify(r)}`;
+    assert.ok(r.kind === "answer" && r.status === 503, what);
+    const json = r.json as { error: string; code: string; node_id: string };
+    assert.equal(json.code, "removed", what);
+    assert.equal(json.node_id, gone, what);
+    assert.match(json.error, /has been removed from the cluster/, what);
+    assert.equal(r.headers.get("retry-after"), null, what);
+    assert.ok(performance.now() - started < 1000, `${what} took ${performance.now() - started} ms`);
+  }
+  const ready = await attempt(`${api}/ready`, "GET", undefined, 1500);
+  assert.ok(ready.kind === "answer" && ready.status === 503, JSON.stringify(ready));
+  assert.equal((ready.json as { code: string }).code, "removed");
+
+  // The members that remain serve on.
+  const other = ["node-1", "node-2", "node-3"].find((id) => id !== leader && id !== gone)!;
+  const read = await attempt(`${cluster.api(other)}/v1/data/k`, "GET", undefined, 5000);
+  assert.ok(read.kind === "answer" && read.status === 200, JSON.stringify(read));
+});

@@ -12,6 +12,7 @@ import {
   NotAppliedError,
   OutcomeUnknownError,
   OverloadedError,
+  RemovedError,
   StoppingError,
 } from "../node/backend.ts";
 import type { Caller } from "./auth.ts";
@@ -58,8 +59,10 @@ export interface Operation {
 
 /**
  * The answer to what the backend threw for `op` (other than `NotLeaderError`, which is answered
- * by a forward): 503 for not applied, overloaded or stopping, 507 for a full disk, 499 when the
- * client went away, 504 when the deadline passed or the outcome is unknown.
+ * by a forward): 503 for not applied, overloaded or stopping, 503 with `"code":"removed"` (and
+ * no `Retry-After`: this node will not serve it later either) on a node removed from the
+ * cluster, 507 for a full disk, 499 when the client went away, 504 when the deadline passed or
+ * the outcome is unknown.
  *
  * @param err What the backend threw.
  * @param deadline The request's deadline, to tell a timeout and a departed client apart.
@@ -81,6 +84,7 @@ export function backendError(
   if (err instanceof StoppingError) {
     return new ApiError(503, `${err.message}; retry on another node`, { k }, retryAfter);
   }
+  if (err instanceof RemovedError) return removedError(err, k);
   if (err instanceof NoSpaceError) {
     return new ApiError(507, err.message, { alarm: "NOSPACE", k });
   }
@@ -104,6 +108,19 @@ export function backendError(
     return new ApiError(504, err.message, { k, outcome: "unknown" });
   }
   return undefined;
+}
+
+/**
+ * The answer on a node removed from the cluster: 503 `{"error","code":"removed","node_id"}`,
+ * without `Retry-After` (this node will not serve the request later either: a client goes to
+ * another member, as it does on any 503). Nothing was done.
+ *
+ * @param err The backend's refusal.
+ * @param k The key, if the request named one.
+ * @returns The error to answer with.
+ */
+export function removedError(err: RemovedError, k?: string): ApiError {
+  return new ApiError(503, err.message, { code: "removed", node_id: err.id, k }, {}, false);
 }
 
 /**

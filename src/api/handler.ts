@@ -531,7 +531,15 @@ async function _route(
       return jsonResponse(200, { status: "ok" });
     case "/ready":
       _allow(req, path, ["GET"]);
-      return ctx.backend.isReady() ? jsonResponse(200, { ready: true }) : jsonResponse(503, {
+      if (ctx.backend.isReady()) return jsonResponse(200, { ready: true });
+      if (ctx.backend.status().membership === "removed") {
+        return jsonResponse(503, {
+          ready: false,
+          code: "removed",
+          error: "not ready: this node has been removed from the cluster",
+        });
+      }
+      return jsonResponse(503, {
         ready: false,
         error: "not ready: this node knows no leader or has not yet applied what it committed",
       }, ctx.retryAfter);

@@ -45,6 +45,7 @@ Deno.test("the summary reads a real node's metrics text", () => {
     pendingProposals: 0,
     pendingProposalBytes: 0,
     pendingReads: 0,
+    peerReadsDropped: 0,
     pendingWrites: 0,
     noSpace: false,
     lag: [["n2", 2], ["n3", 0]],

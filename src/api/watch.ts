@@ -49,9 +49,10 @@ import {
   HistoryCompactedError,
   type KvBackend,
   type KvEvent,
+  RemovedError,
   StoppingError,
 } from "../node/backend.ts";
-import { ApiError, quote } from "./errors.ts";
+import { ApiError, quote, removedError } from "./errors.ts";
 import type { ApiLimits } from "./limits.ts";
 import { checkKey } from "./validate.ts";
 
@@ -244,6 +245,7 @@ function _history(ctx: Pick<WatchContext, "backend" | "retryAfter">): EventHisto
     if (err instanceof StoppingError) {
       throw new ApiError(503, `${err.message}; retry on another node`, {}, ctx.retryAfter);
     }
+    if (err instanceof RemovedError) throw removedError(err);
     throw err;
   }
 }

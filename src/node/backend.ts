@@ -293,6 +293,30 @@ export class OverloadedError extends Error {
   }
 }
 
+/**
+ * This node has been removed from the cluster (the configuration it holds leaves it out): it
+ * takes no further part, so it refuses reads and writes at once instead of leaving them
+ * unanswered. Send them to a current member.
+ */
+export class RemovedError extends Error {
+  /** This node's id. */
+  readonly id: NodeId;
+
+  /**
+   * Creates the error.
+   *
+   * @param id This node's id.
+   */
+  constructor(id: NodeId) {
+    super(
+      `this node (${id}) has been removed from the cluster and takes no further part; ` +
+        `send requests to a current member`,
+    );
+    this.name = "RemovedError";
+    this.id = id;
+  }
+}
+
 /** Names a node that is not a member of the cluster (a leader transfer's target, say). */
 export class UnknownMemberError extends Error {
   /** The id given. */

@@ -38,6 +38,11 @@ export interface NodeGauges {
   pendingProposalBytes: number;
   /** Linearizable and lease reads waiting (queued, confirming leadership, or for the apply). */
   pendingReads: number;
+  /**
+   * Follower ReadIndex requests this node dropped as leader, since it started, because their
+   * sender had the most reads waiting already (a flood; see `MAX_PEER_PENDING_READS`).
+   */
+  peerReadsDropped: number;
   /** Write jobs (appends, hard state, compaction) waiting for the disk, the one in flight included. */
   pendingWrites: number;
   /** Whether the NOSPACE alarm is up. */
@@ -141,6 +146,10 @@ export class NodeMetrics {
       "raftkv_reads_pending",
       "Linearizable and lease reads waiting on this leader (for a quorum round or the apply).",
     );
+    const readsDropped = registry.counter(
+      "raftkv_peer_reads_dropped_total",
+      "Follower ReadIndex requests this leader dropped because their sender already had 8 reads waiting (a flood).",
+    );
     const writes = registry.gauge(
       "raftkv_disk_writes_pending",
       "Write jobs (log appends, hard state, compaction) waiting for the disk, including the one in flight.",
@@ -167,6 +176,9 @@ export class NodeMetrics {
       pending.set(g.pendingProposals);
       pendingBytes.set(g.pendingProposalBytes);
       reads.set(g.pendingReads);
+      if (g.peerReadsDropped > readsDropped.value) {
+        readsDropped.inc(g.peerReadsDropped - readsDropped.value);
+      }
       writes.set(g.pendingWrites);
       noSpace.set(g.noSpace ? 1 : 0);
       lag.clear();

@@ -104,6 +104,7 @@ Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk
     assert.equal(sample(s, "raftkv_commit_index"), now.commit_index);
     assert.equal(sample(s, "raftkv_applied_index"), now.applied_index);
     assert.equal(sample(s, "raftkv_last_log_index"), now.last_index);
+    assert.equal(sample(s, "raftkv_peer_reads_dropped_total"), 0); // no flood here
     assert.equal(sample(s, "raftkv_proposals_committed_total"), 25);
     assert.equal(sample(s, 'raftkv_proposals_failed_total{reason="overloaded"}'), 0);
     assert.equal(sample(s, "raftkv_proposals_pending"), 0);

@@ -58,6 +58,7 @@ import {
   OverloadedError,
   type RangeAnswer,
   type ReadResult,
+  RemovedError,
   StoppingError,
   TransferAbortedError,
   UnknownMemberError,
@@ -384,6 +385,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** What the configuration in force was when #members was last built from it. */
   #confKey = "";
   #saidRemoved = false;
+  /** Set once this node refuses requests as removed (see #isRemoved); cleared if it is not. */
+  #refusing = false;
   /** Membership changes proposed here, waiting to be applied, by log index. */
   #confWaiters = new Map<
     number,
@@ -601,6 +604,36 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /**
+   * Whether this node refuses reads and writes as removed: the configuration it holds leaves it
+   * out (see {@linkcode RaftCore.removed}) and it does not lead. A leader that removes itself
+   * keeps serving until the change commits and it steps down. A removed node gets no more of the
+   * log, so a read it would confirm with its old leader (who no longer answers it) or wait to
+   * apply would never be answered.
+   */
+  #isRemoved(): boolean {
+    return this.#core.removed && this.#core.role !== "leader";
+  }
+
+  /**
+   * Once this node is removed: fails every read it holds with {@linkcode RemovedError} (queued,
+   * waiting for the leader's confirmation, or for an index it will not apply), and ends its
+   * watches. New requests are refused as they arrive (#read, write, watchHistory).
+   */
+  #refuseWhenRemoved(): void {
+    const removed = this.#isRemoved();
+    if (removed === this.#refusing) return;
+    this.#refusing = removed;
+    if (!removed) return;
+    const e = new RemovedError(this.id);
+    this.#failUnconfirmedReads(e);
+    this.#serveReads();
+    const waiting = this.#readsAwaitingApply;
+    this.#readsAwaitingApply = [];
+    for (const round of waiting) for (const r of round.reads) r.reject(e);
+    this.#kv.events.closeAll(e.message);
+  }
+
+  /**
    * Learns members' addresses from outside the log: a joining node hears them in the answer to
    * its request to be added, before the configuration entry reaches it, and must answer the
    * leader meanwhile. Addresses in the configuration, once it has one, take precedence.
@@ -759,6 +792,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** The change history of the applied state, that watches are served from (see KvBackend). */
   watchHistory(): EventHistory {
     if (this.#stopping) throw new StoppingError();
+    if (this.#isRemoved()) throw new RemovedError(this.id);
     return this.#kv.events;
   }
 
@@ -773,6 +807,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     signal: AbortSignal,
     idempotencyKey?: string | null,
   ): Promise<KvResult> {
+    if (this.#isRemoved()) throw new RemovedError(this.id);
     this.#refuseWhenFull();
     cmd = this.#withMinimumTtl(cmd);
     const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
@@ -835,6 +870,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** Answers `serve()` once a read with the given consistency may see the state. */
   #read<T>(consistency: Consistency, signal: AbortSignal, serve: () => T): Promise<T> {
     if (this.#stopping) return Promise.reject(new StoppingError());
+    if (this.#isRemoved()) return Promise.reject(new RemovedError(this.id));
     if (consistency === "stale") return Promise.resolve(serve());
     if (!this.#canConfirmReads()) return Promise.reject(new NotLeaderError(this.#core.leader));
     if (consistency === "lease" && this.#core.role === "leader") {
@@ -966,7 +1002,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
 
   /** Whether a leader is known and everything known committed is applied here. */
   isReady(): boolean {
-    if (this.#stopping || this.#core.leader === NONE) return false;
+    if (this.#stopping || this.#core.leader === NONE || this.#isRemoved()) return false;
     const log = this.#core.log;
     if (this.#core.role === "leader" && log.term(log.committed) !== this.#core.term) return false;
     return this.#kv.appliedIndex >= log.committed;
@@ -1088,6 +1124,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    * what it had committed when asked); returns its term then.
    */
   async #confirmLeading(signal: AbortSignal): Promise<number> {
+    if (this.#isRemoved()) throw new RemovedError(this.id);
     if (this.#core.role !== "leader") throw new NotLeaderError(this.#core.leader);
     const term = this.#core.term;
     await this.#read("linearizable", signal, () => null);
@@ -1109,6 +1146,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
 
   #proposeNow(cmd: KvCommand, signal: AbortSignal): Promise<KvResult> {
     if (this.#stopping) return this.#refuse(new StoppingError());
+    if (this.#isRemoved()) return Promise.reject(new RemovedError(this.id));
     if (signal.aborted) return Promise.reject(signal.reason);
     const data = encodeCommand(cmd);
     if (this.#core.role !== "leader") return Promise.reject(this.#notLeader());
@@ -1186,6 +1224,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       pendingProposals: this.#pending.size,
       pendingProposalBytes: this.#pendingBytes,
       pendingReads: reads,
+      peerReadsDropped: core.droppedReads,
       pendingWrites: this.#pendingWrites.length + (this.#heldJob ? 1 : 0),
       noSpace: this.#noSpace !== null,
       lag: leader
@@ -1335,6 +1374,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       }
       this.#settleTransfers();
       this.#syncMembership();
+      this.#refuseWhenRemoved();
     } finally {
       this.#processing = false;
     }

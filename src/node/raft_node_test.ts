@@ -12,6 +12,7 @@ import {
   NotAppliedError,
   OutcomeUnknownError,
   OverloadedError,
+  RemovedError,
   TransferAbortedError,
   UnknownMemberError,
 } from "./backend.ts";
@@ -1096,6 +1097,69 @@ Deno.test("a joining node never elects itself; added, it is promoted; its data d
   } finally {
     for (const n of nodes) await n.stop();
     await joiner?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a removed node refuses reads, writes and watches at once, and fails the reads it held", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const net = new MemoryNetwork();
+  const nodes = await startNodes(root, net, 31);
+  try {
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("k", "v", signal());
+    const gone = nodes.find((n) => n !== leader)!;
+    await waitFor(
+      () => gone.isReady() && gone.status().applied_index >= 2,
+      "the follower to apply",
+    );
+    // The follower's ReadIndex requests are lost: a linearizable read it takes stays pending.
+    net.setDropFilter((m) => m.type === MessageType.ReadIndex && m.from === gone.id);
+    const heldRead: { outcome: unknown } = { outcome: "pending" };
+    const held = gone.get("k", "linearizable", signal()).then(
+      (v) => heldRead.outcome = v,
+      (e) => heldRead.outcome = e,
+    );
+    const watched: string[] = [];
+    gone.watchHistory().subscribe(null, { event: () => {}, close: (r) => watched.push(r) });
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(heldRead.outcome, "pending");
+
+    await leader.membership!.remove(gone.id, signal());
+    // The held read is answered with the refusal as soon as the node knows it was removed,
+    // long before its 5 s deadline; so is the watch.
+    await waitFor(() => heldRead.outcome !== "pending", "the held read to be refused", 2_000);
+    await held;
+    const got = heldRead.outcome as unknown; // (narrowed to "pending" by the assertion above)
+    assert.ok(got instanceof RemovedError, `the held read got ${got}`);
+    assert.match(got.message, /has been removed from the cluster/);
+    assert.equal(watched.length, 1);
+    assert.match(watched[0]!, /removed from the cluster/);
+    assert.equal(gone.status().membership, "removed");
+    assert.equal(gone.isReady(), false);
+
+    // New requests are refused at once, whatever their consistency.
+    const quick = () => AbortSignal.timeout(500);
+    for (const c of ["linearizable", "lease", "stale"] as const) {
+      await assert.rejects(gone.get("k", c, quick()), RemovedError, c);
+      await assert.rejects(
+        gone.range({ range: { prefix: "" }, limit: 10, maxChars: 1000 }, c, quick()),
+        RemovedError,
+        `range ${c}`,
+      );
+    }
+    await assert.rejects(gone.put("k", "w", quick()), RemovedError);
+    await assert.rejects(gone.write({ op: "delete", key: "k" }, quick()), RemovedError);
+    assert.throws(() => gone.watchHistory(), RemovedError);
+    await assert.rejects(gone.leases.keepAlive(1, quick()), RemovedError);
+    // The rest of the cluster goes on.
+    net.setDropFilter(null);
+    await leader.put("k", "w", signal());
+    const other = nodes.find((n) => n !== leader && n !== gone)!;
+    assert.equal(await other.get("k", "linearizable", signal()), "w");
+  } finally {
+    for (const n of nodes) await n.stop();
     await Deno.remove(root, { recursive: true });
   }
 });

@@ -105,6 +105,14 @@ interface PendingRead {
 
 const EMPTY = new Uint8Array(0);
 
+/**
+ * The most reads one follower may have waiting on the leader (for a heartbeat round, or for the
+ * leader's first commit in its term). A follower's driver has one read request out at a time (it
+ * batches its reads), sent again under the same id while unanswered, so only a flood reaches this;
+ * beyond it the sender's oldest waiting read is dropped unanswered (a real one is asked again).
+ */
+export const MAX_PEER_PENDING_READS = 8;
+
 function copyConf(c: ConfState): ConfState {
   return { voters: [...c.voters], learners: [...c.learners], info: { ...c.info } };
 }
@@ -191,6 +199,10 @@ export class RaftCore {
   #startupLease = true;
   readonly #leaseMarginTicks: number;
   #readsAwaitingCommit: { id: number; from: NodeId }[] = [];
+  /** Whether the newest heartbeat round is still in `#messages`, not handed out by a Ready yet. */
+  #roundQueued = false;
+  /** Follower reads dropped for {@linkcode MAX_PEER_PENDING_READS}: see `droppedReads`. */
+  #droppedReads = 0;
   /**
    * A follower's reads sent to the leader as ReadIndex and not answered yet: read id -> the
    * follower tick it was (last) sent at. Sent again every {@linkcode _readRetryTicks} ticks while
@@ -447,12 +459,45 @@ export class RaftCore {
 
   /** A read asked by `from` (this node or a follower): starts its round, or waits for a commit. */
   #requestRead(id: number, from: NodeId): void {
+    if (from !== this.id && !this.#admitPeerRead(id, from)) return;
     if (this.log.term(this.log.committed) !== this.term) {
       // Not yet committed an entry of this term: the commit index may be behind. Wait.
       this.#readsAwaitingCommit.push({ id, from });
       return;
     }
     this.#startRead(id, from);
+  }
+
+  /**
+   * Whether a follower's ReadIndex request is taken: not when the same read (sender and id: a
+   * request sent again) is already waiting, which is answered once. When the sender already has
+   * {@linkcode MAX_PEER_PENDING_READS} reads waiting, its oldest is dropped to make room.
+   */
+  #admitPeerRead(id: number, from: NodeId): boolean {
+    let count = 0;
+    let oldest: { list: { id: number; from: NodeId }[]; at: number } | null = null;
+    for (const list of [this.#readsAwaitingCommit, this.#pendingReads]) {
+      for (let i = 0; i < list.length; i++) {
+        const r = list[i]!;
+        if (r.from !== from) continue;
+        if (r.id === id) return false;
+        count++;
+        oldest ??= { list, at: i };
+      }
+    }
+    if (count >= MAX_PEER_PENDING_READS && oldest !== null) {
+      oldest.list.splice(oldest.at, 1);
+      this.#droppedReads++;
+    }
+    return true;
+  }
+
+  /**
+   * How many follower ReadIndex requests this node dropped as leader because their sender had
+   * {@linkcode MAX_PEER_PENDING_READS} waiting already (a flood): for metrics and tests.
+   */
+  get droppedReads(): number {
+    return this.#droppedReads;
   }
 
   /**
@@ -750,6 +795,7 @@ export class RaftCore {
     this.#messages = [];
     this.#persistedMessages = [];
     this.#readStates = [];
+    this.#roundQueued = false;
     return rd;
   }
 
@@ -780,6 +826,7 @@ export class RaftCore {
       this.progress.set(id, fresh);
     }
     this.#pendingReads = [];
+    this.#roundQueued = false;
     this.#roundSentAt.clear();
     this.#roundAcked.clear();
     this.#readsAwaitingCommit = [];
@@ -999,6 +1046,8 @@ export class RaftCore {
   #tickElection = (): void => {
     this.#electionElapsed++;
     this.#followerTicks++;
+    // A removed node's reads are failed by its driver (the leader no longer answers it).
+    if (this.#remoteReads.size > 0 && this.removed) this.#remoteReads.clear();
     if (this.#remoteReads.size > 0 && this.role === "follower" && this.leader !== NONE) {
       for (const [id, sentAt] of this.#remoteReads) {
         if (this.#followerTicks - sentAt < this.#readRetryTicks) continue;
@@ -1346,6 +1395,7 @@ export class RaftCore {
   /** Sends a heartbeat to every follower as the next numbered round. */
   #bcastHeartbeat(): void {
     const context = ++this.#round;
+    this.#roundQueued = true;
     this.#roundSentAt.set(context, this.#leaderTicks);
     // Rounds older than an election timeout no longer matter for leases; forget them.
     for (const [r, at] of this.#roundSentAt) {
@@ -1370,8 +1420,20 @@ export class RaftCore {
       this.#readStates.push({ id, index: this.log.committed });
       return;
     }
+    // Reads share rounds, as etcd batches ReadIndex requests: a read joins the newest round if
+    // its heartbeats are not handed out yet (they leave after the read arrived); else, while a
+    // round sent in this tick is unconfirmed, the next round, sent when that one is confirmed
+    // or by the next heartbeat tick. So a flood of requests costs about one round per tick, not
+    // one heartbeat broadcast each; a round whose answers were lost holds nothing up past a tick.
+    if (this.#roundQueued) {
+      this.#pendingReads.push({ id, from, index: this.log.committed, round: this.#round });
+      return;
+    }
+    const inFlight = this.#pendingReads.length > 0 &&
+      this.#pendingReads[0]!.round <= this.#round &&
+      this.#roundSentAt.get(this.#round) === this.#leaderTicks;
     this.#pendingReads.push({ id, from, index: this.log.committed, round: this.#round + 1 });
-    this.#bcastHeartbeat();
+    if (!inFlight) this.#bcastHeartbeat();
   }
 
   #releaseReadsAwaitingCommit(): void {
@@ -1410,6 +1472,9 @@ export class RaftCore {
         }));
       }
     }
+    // Reads that arrived while the confirmed round was in flight: their round goes out now.
+    const next = this.#pendingReads[0];
+    if (n > 0 && next !== undefined && next.round > this.#round) this.#bcastHeartbeat();
   }
 
   /**

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { entriesWithTerms, TestCluster } from "../../testing/raft_cluster.ts";
 import { NotLeaderError } from "./errors.ts";
-import { RaftCore } from "./raft.ts";
+import { MAX_PEER_PENDING_READS, RaftCore } from "./raft.ts";
 import { seededRandom } from "./rand.ts";
 import { MAX_TERM, type Message, message, MessageType, NONE } from "./types.ts";
 
@@ -551,7 +551,11 @@ Deno.test("a read is confirmed only after a quorum answers the leader's heartbea
     states = states.concat(rd.readStates.map((r) => r.id));
     return rd;
   };
+  // Read 8 arrived while read 7's round, sent in this tick, is unconfirmed: it shares the next
+  // round (no broadcast of its own), which the next heartbeat carries.
   c.stabilize();
+  assert.deepEqual(states, []);
+  c.tick(1);
   assert.deepEqual(states, [7, 8]);
 });
 
@@ -716,4 +720,46 @@ Deno.test("a follower that lost its log is brought back even when no new entry i
   c.applied.set(wiped, []);
   c.tick(5);
   assert.deepEqual(c.appliedText(wiped), ["w0", "w1", "w2", "w3", "w4"]);
+});
+
+Deno.test("a flood of ReadIndex requests costs one heartbeat round and keeps a bounded queue", () => {
+  const c = new TestCluster(THREE, 13);
+  const leader = c.electLeader();
+  c.tick(1);
+  const follower = THREE.find((id) => id !== leader.id)!;
+  const flood = 10_000;
+  for (let id = 1; id <= flood; id++) {
+    leader.step(message({
+      type: MessageType.ReadIndex,
+      from: follower,
+      to: leader.id,
+      term: leader.term,
+      context: id,
+    }));
+  }
+  const rd = leader.ready();
+  const heartbeats = rd.messages.filter((m) => m.type === MessageType.Heartbeat);
+  assert.equal(heartbeats.length, THREE.length - 1, "one round, not one per request");
+  assert.equal(leader.droppedReads, flood - MAX_PEER_PENDING_READS);
+  // The round's answers confirm only the newest reads the queue kept.
+  const answers: Message[] = [];
+  for (const hb of heartbeats) {
+    leader.step(message({
+      type: MessageType.HeartbeatResp,
+      from: hb.to,
+      to: leader.id,
+      term: leader.term,
+      index: leader.log.committed,
+      context: hb.context,
+    }));
+  }
+  answers.push(...leader.ready().messages.filter((m) => m.type === MessageType.ReadIndexResp));
+  assert.deepEqual(
+    answers.map((m) => m.context),
+    Array.from(
+      { length: MAX_PEER_PENDING_READS },
+      (_, i) => flood - MAX_PEER_PENDING_READS + 1 + i,
+    ),
+  );
+  assert.ok(answers.every((m) => m.to === follower && m.index === leader.log.committed));
 });

@@ -21,7 +21,10 @@
  * (`testing/kv_model.ts`). At the end, after healing everything: liveness, convergence,
  * linearizability of the client history (`src/check/linearizability.ts`), that every range read saw
  * the committed state at the index it reported, and that no write sent with an idempotency key was
- * applied more than once.
+ * applied more than once. Clients send requests to removed nodes too (during the run, and about
+ * three final reads in ten go to a node that knows it was removed): such a node must refuse them
+ * at once ({@linkcode RemovedError}), and a final read it leaves unanswered fails the run
+ * ("removed-refusal"); the client then goes to another node.
  *
  * Watchers follow the changes of a key or a prefix (`watchHistory().subscribe`, what
  * `GET /v1/watch` serves), each on a random node, moving to another one when theirs crashes or
@@ -82,6 +85,7 @@ import {
   NotAppliedError,
   NotVoterError,
   OutcomeUnknownError,
+  RemovedError,
   StoppingError,
   TransferAbortedError,
   UnknownMemberError,
@@ -178,6 +182,7 @@ export type CheckName =
   | "lease-ttl" // a grant's TTL is not the one asked for raised to the minimum (1.5 elections)
   | "watch" // every watcher saw each committed change of its keys once, in index order
   | "disjoint-majorities" // consecutive committed configurations differ by one voter at most
+  | "removed-refusal" // a node that knows it was removed refuses a final read at once
   | "runaway";
 
 /** The options of one run. */
@@ -278,6 +283,9 @@ export const COUNTERS = [
   "promotions", // learners the leader promoted to voter (committed configurations)
   "memberChangesRefused", // changes refused (another in progress, no leader, ...)
   "staleMembers", // members that did not know the final leader (a known limitation)
+  "removedRefusals", // client requests (reads, writes, lease calls) a removed node refused
+  "removedFinalReads", // final reads sent to a node that knew it was removed: each refused
+  "removedWatchRefusals", // watches a removed node refused (the watcher moved on)
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -543,6 +551,8 @@ type _Outcome =
   | { kind: "notApplied" }
   | { kind: "unknown" }
   | { kind: "refused" }
+  /** A removed node's refusal: the client goes to another node. */
+  | { kind: "removed" }
   | { kind: "notLeader"; leader: NodeId };
 
 class _Simulation {
@@ -1462,6 +1472,7 @@ class _Simulation {
       if (got.kind === "answered" || got.kind === "notFound") {
         answer = got;
       } else {
+        if (got.kind === "removed") this.#stats.removedRefusals++;
         c.hint = got.kind === "notLeader" ? this.#nodes.findIndex((x) => x.id === got.leader) : -1;
         await this.#sleep(Math.min(this.#random(5, 50), deadline - this.#clock.now()));
       }
@@ -1510,21 +1521,37 @@ class _Simulation {
     let unknownBefore = false;
     while (!outcome && this.#clock.now() < deadline) {
       const useHint = c.hint >= 0 && this.#rng() < 0.7;
-      // A final read goes to a member of the cluster as it now is, as a client that follows the
-      // membership would: a removed node takes no further part, and a read sent to it goes
-      // unanswered (seed 30034 of the snapshot suite drew only removed nodes for 20 s).
-      const pool = c.final ? this.#nodes.filter((x) => this.#currentMembers().has(x.id)) : [];
+      // A final read goes mostly to a member of the cluster as it now is, as a client that
+      // follows the membership would, and sometimes to a node that knows it was removed, which
+      // must refuse it at once (checked below).
+      const removed = c.final ? this.#nodes.filter((x) => this.#knowsRemoved(x)) : [];
+      const pool = c.final
+        ? (removed.length > 0 && this.#rng() < 0.3
+          ? removed
+          : this.#nodes.filter((x) => this.#currentMembers().has(x.id)))
+        : [];
       n = useHint
         ? this.#nodes[c.hint]!
         : pool.length > 0
         ? pool[Math.floor(this.#rng() * pool.length)]!
         : this.#nodes[Math.floor(this.#rng() * this.#nodes.length)]!;
+      const knewRemoved = c.final && this.#knowsRemoved(n);
+      if (knewRemoved) this.#stats.removedFinalReads++;
       // A final read retries on silence: a read has no effect, so retrying is always safe. So
       // does a write with an idempotency key: a repeat is answered, not applied again.
       const left = deadline - this.#clock.now();
       const wait = c.final ? 1000 : op.idem ? Math.min(600, left) : left;
       outcome = await Promise.race([this.#request(n, op), this.#sleep(wait)]);
-      if (outcome?.kind === "notLeader" || outcome?.kind === "refused") {
+      if (knewRemoved && outcome === null && this.#knowsRemoved(n)) {
+        this.#fail(
+          "removed-refusal",
+          `${n.id} knows it was removed, but left a final read of ${op.key} unanswered for ${wait} ms`,
+        );
+      }
+      if (outcome?.kind === "removed") this.#stats.removedRefusals++;
+      if (
+        outcome?.kind === "notLeader" || outcome?.kind === "refused" || outcome?.kind === "removed"
+      ) {
         const leader = outcome.kind === "notLeader" ? outcome.leader : "";
         c.hint = this.#nodes.findIndex((x) => x.id === leader);
         outcome = null;
@@ -1869,6 +1896,15 @@ class _Simulation {
     });
   }
 
+  /**
+   * Whether `n` runs, is not paused, and knows it was removed (its configuration leaves it out)
+   * while not leading: it must then refuse client requests at once.
+   */
+  #knowsRemoved(n: _Node): boolean {
+    if (!n.node || n.clock?.paused === true) return false;
+    return n.node.status().membership === "removed" && n.node.inspect().role !== "leader";
+  }
+
   /** The nodes of the newest configuration the nodes hold (the highest conf index wins). */
   #currentMembers(): Set<NodeId> {
     let best: { index: number; ids: string[] } | null = null;
@@ -2090,6 +2126,12 @@ class _Simulation {
       this.#note(`watcher w${w.id} follows ${n.id} from ${from}`);
     } catch (e) {
       w.node = null;
+      if (e instanceof RemovedError) {
+        // The watcher tries another node at its next look.
+        this.#stats.removedWatchRefusals++;
+        this.#note(`watcher w${w.id} on ${n.id}: refused, the node was removed`);
+        return;
+      }
       if (!(e instanceof HistoryCompactedError)) throw e;
       // The client re-reads the state and watches on from the oldest index (a new stretch).
       this.#stats.watchResyncs++;
@@ -2257,6 +2299,7 @@ function _outcomeOf(e: unknown): _Outcome {
   if (e instanceof NotLeaderError) return { kind: "notLeader", leader: e.leader };
   if (e instanceof NotAppliedError) return { kind: "notApplied" };
   if (e instanceof NoSpaceError || e instanceof StoppingError) return { kind: "refused" };
+  if (e instanceof RemovedError) return { kind: "removed" };
   return { kind: "unknown" }; // OutcomeUnknownError, an aborted read, anything else
 }
 
