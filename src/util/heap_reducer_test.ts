@@ -30,11 +30,23 @@ Deno.test("HeapReducer: compacts once a burst is over, not during it", () => {
   for (let i = 0; i < 5; i++) assert.deepEqual(r.step(5000), false);
   // Still busy: a dip to half the peak is not the end of the burst.
   assert.deepEqual(r.step(2500), false);
-  // A light load (200/s after 5000/s) is.
+  // A light load (200/s after 5000/s) is, once it has lasted three checks.
+  assert.deepEqual(r.step(200), false);
+  assert.deepEqual(r.step(200), false);
   assert.deepEqual(r.step(200), true);
   assert.deepEqual(r.collections.length, 1);
   // The peak starts again from the light load: it goes on without more collections.
   for (let i = 0; i < 100; i++) assert.deepEqual(r.step(200), false);
+});
+
+Deno.test("HeapReducer: a pause within a burst is not its end", () => {
+  const r = setup({ heapTotal: 300 * MiB, heapUsed: 90 * MiB });
+  for (let round = 0; round < 20; round++) {
+    r.step(5000);
+    assert.deepEqual(r.step(0), false);
+    assert.deepEqual(r.step(100), false);
+  }
+  assert.deepEqual(r.collections, []);
 });
 
 Deno.test("HeapReducer: never under a steady load", () => {
@@ -56,13 +68,15 @@ Deno.test("HeapReducer: only when the spare heap is large and more than what is 
 Deno.test("HeapReducer: at most once per minGapMs", () => {
   const r = setup({ heapTotal: 300 * MiB, heapUsed: 50 * MiB }, { minGapMs: 10_000 });
   r.step(5000);
+  r.step(0);
+  r.step(0);
   assert.deepEqual(r.step(0), true);
   // Bursts that end again within 10 s wait for the gap.
-  for (let i = 0; i < 8; i++) {
+  for (let i = 0; i < 6; i++) {
     r.step(5000);
-    r.step(0);
+    for (let j = 0; j < 3; j++) r.step(0);
   }
-  assert.deepEqual(r.collections, [2000, 12000]);
+  assert.deepEqual(r.collections, [4000, 16000, 28000]);
 });
 
 Deno.test("compactingCollector: releases the heap pages garbage left", () => {
