@@ -27,7 +27,8 @@
  *    `/health` answers (storage opened: snapshot and WAL read), until `/ready` answers 200 (a
  *    leader known and everything committed applied), and until a linearizable GET of a key
  *    written before the load returns its value.
- * 5. **Memory.** VmRSS and VmHWM of the node after the load and after the restart, against the
+ * 5. **Memory.** VmRSS and VmHWM of the node after the load, again after 20 idle seconds (once a
+ *    burst is over the node gives back the heap grown for it), and after the restart, against the
  *    live data size (the UTF-8 bytes of every key and value).
  *
  * Every phase is bounded in time (`--max-minutes` for the whole run) and the node, wrk and the
@@ -69,6 +70,8 @@ const _ID = "node-1";
 /** Written before the load, read back after the restart. */
 const _KNOWN_KEY = "known-key";
 const _KNOWN_VALUE = "written before the bulk load";
+/** How long the node idles after the load before its memory is read again. */
+const _SETTLE_MS = 20_000;
 
 function _sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -619,6 +622,9 @@ export async function main(args: string[]): Promise<number> {
     await bg.stop();
     const quietEndMs = _now();
     const memLoaded = _memory(node.node(_ID).pid);
+    await _sleep(_SETTLE_MS);
+    _checkAlive(node);
+    const memSettled = _memory(node.node(_ID).pid);
 
     // Latencies of the background stream.
     const during = writesDuring(bg.writes, measured.startMs, measured.endMs);
@@ -747,6 +753,12 @@ export async function main(args: string[]): Promise<number> {
         }x live data)`,
       ],
       [
+        `RSS ${_SETTLE_MS / 1000} s later, idle: VmRSS`,
+        `${mib(memSettled.rssKb)} (${
+          memSettled.rssKb === null ? "-" : ((memSettled.rssKb * 1024) / live).toFixed(1)
+        }x live data)`,
+      ],
+      [
         "RSS after the restart: VmRSS / VmHWM",
         `${mib(memRestarted.rssKb)} / ${mib(memRestarted.hwmKb)} (${
           memRestarted.rssKb === null ? "-" : ((memRestarted.rssKb * 1024) / live).toFixed(1)
@@ -783,7 +795,7 @@ export async function main(args: string[]): Promise<number> {
             },
             disk,
             restartMs: { stop: stopMs, ...times },
-            memoryKb: { loaded: memLoaded, restarted: memRestarted },
+            memoryKb: { loaded: memLoaded, settled: memSettled, restarted: memRestarted },
             liveDataBytes: live,
           },
           null,

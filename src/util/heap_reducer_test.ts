@@ -54,15 +54,17 @@ Deno.test("HeapReducer: never under a steady load", () => {
   for (let i = 0; i < 200; i++) assert.deepEqual(r.step(3000 + (i % 3) * 300), false);
 });
 
-Deno.test("HeapReducer: only when the spare heap is large and more than what is used", () => {
+Deno.test("HeapReducer: only when the spare heap is large enough", () => {
   // 40 MiB spare: not worth a pause.
   const small = setup({ heapTotal: 100 * MiB, heapUsed: 60 * MiB });
   small.step(5000);
   for (let i = 0; i < 10; i++) assert.deepEqual(small.step(0), false);
-  // 100 MiB spare, but 150 MiB in use: mostly live, little to give back.
+  // 100 MiB spare, even with 150 MiB in use (much of it garbage not yet collected).
   const used = setup({ heapTotal: 250 * MiB, heapUsed: 150 * MiB });
   used.step(5000);
-  for (let i = 0; i < 10; i++) assert.deepEqual(used.step(0), false);
+  used.step(0);
+  used.step(0);
+  assert.deepEqual(used.step(0), true);
 });
 
 Deno.test("HeapReducer: at most once per minGapMs", () => {
