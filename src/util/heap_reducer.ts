@@ -11,8 +11,9 @@
  *
  * {@linkcode HeapReducer} runs that collection once a burst is over: when the work rate (a counter
  * the caller gives, such as the applied index) has stayed at a quarter of its peak since the last
- * run or less (or at nothing) for `quietChecks` checks in a row, and the heap has at least `minSpareBytes` committed beyond what is in use
- * ("in use" counts garbage not yet collected, so it is no measure of what would remain). The collection stops the program while it runs (with a
+ * run or less (or at nothing) for `quietChecks` checks in a row, and the heap has at least
+ * `minSpareBytes` committed beyond what is in use ("in use" counts garbage not yet collected, so
+ * it is no measure of what would remain). The collection stops the program while it runs (with a
  * million keys, 1.2 to 2.2 s on a busy 2-core machine), so it runs at most once per `minGapMs`
  * and never under a steady load.
  *
