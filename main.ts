@@ -242,7 +242,9 @@ export async function main(args: string[]): Promise<number> {
   }
 
   // After a burst of writes, give the heap V8 grew for it back (see src/util/heap_reducer.ts).
-  const reducer = _startHeapReducer(() => node.status().applied_index, log);
+  const reducer = config.compactHeap
+    ? _startHeapReducer(() => node.status().applied_index, log)
+    : undefined;
 
   const onSignal = () => stopped.resolve();
   Deno.addSignalListener("SIGINT", onSignal);

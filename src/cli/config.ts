@@ -86,6 +86,11 @@ export interface NodeConfig {
   heartbeatMs: number;
   /** Whether a leader hands leadership over before it stops on a signal. Default true. */
   transferOnShutdown: boolean;
+  /**
+   * Whether the node runs a compacting garbage collection once a burst of writes is over, to give
+   * back the heap grown for it (it pauses the node while it runs). Default false.
+   */
+  compactHeap: boolean;
   /** Time limit of one Raft RPC in milliseconds. Default 2000. */
   rpcTimeoutMs: number;
   /** Time limit of one client API request in milliseconds. Default 5000. */
@@ -390,6 +395,7 @@ export function parseArgs(
     heartbeatMs,
     transferOnShutdown: (settings.choice("--transfer-on-shutdown", _BOOLS) ??
       DEFAULTS.transferOnShutdown) === "true",
+    compactHeap: (settings.choice("--compact-heap", _BOOLS) ?? DEFAULTS.compactHeap) === "true",
     rpcTimeoutMs: settings.duration("--rpc-timeout") ?? DEFAULTS.rpcTimeoutMs,
     apiTimeoutMs: settings.duration("--api-timeout") ?? DEFAULTS.apiTimeoutMs,
     apiFwdTimeoutMs: settings.duration("--api-fwd-timeout") ?? DEFAULTS.apiFwdTimeoutMs,

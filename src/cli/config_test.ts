@@ -94,6 +94,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   apiTls: null,
   tokens: null,
   transferOnShutdown: true,
+  compactHeap: false,
 };
 
 Deno.test("parseArgs() fills in every default from --id and the cluster file alone", () => {
@@ -143,6 +144,7 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--log-level", "debug", { logLevel: "debug" }],
   ["--log-format", "json", { logFormat: "json" }],
   ["--transfer-on-shutdown", "false", { transferOnShutdown: false }],
+  ["--compact-heap", "true", { compactHeap: true }],
 ];
 const _FILES = _files({ [_FILE_PATH]: _FILE, "other.json": _FILE });
 

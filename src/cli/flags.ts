@@ -33,6 +33,8 @@ export const DEFAULTS = {
   heartbeatMs: 100,
   /** Default of `--transfer-on-shutdown`. */
   transferOnShutdown: "true",
+  /** Default of `--compact-heap`: off, as each compaction pauses the node. */
+  compactHeap: "false",
   /** Default of `--rpc-timeout`, in milliseconds. */
   rpcTimeoutMs: 2000,
   /** Default of `--api-timeout`, in milliseconds. */
@@ -375,6 +377,13 @@ export const FLAGS: readonly FlagInfo[] = [
     "<duration>",
     `${_D.watchHeartbeatMs / 1000}s`,
     "Interval of the comment heartbeats of a GET /v1/watch stream",
+  ),
+  _flag(
+    "Limits and logging",
+    "--compact-heap",
+    "<bool>",
+    _D.compactHeap,
+    '"true": once a burst of writes is over, a compacting garbage collection gives back the heap it grew (pauses the node, about a second with a million keys)',
   ),
   _flag(
     "Limits and logging",
