@@ -416,12 +416,13 @@ Deno.test("a snapshot upload that fails or is refused leaves no received file; a
         e instanceof PeerRefusedError && /holds \(49, 1\), expected \(50, 1\)/.test(e.message),
     );
     assert.deepEqual(await files(), []);
-    // Not a snapshot at all: the refusal says why, but not where the node keeps its files.
+    // Not a snapshot at all: the refusal says why, but not where the node keeps its files. A
+    // damaged file is reported by its end (trailer and checksum) first, as if checked up front.
     await assert.rejects(
       handlers.onSnapshot(msg, new Blob([new Uint8Array(5000)]).stream()),
       (e: unknown) =>
         e instanceof PeerRefusedError &&
-        /received snapshot is not valid: snapshot bad magic/.test(e.message) &&
+        /received snapshot is not valid: snapshot missing trailer/.test(e.message) &&
         !e.message.includes(root),
     );
     assert.deepEqual(await files(), []);
