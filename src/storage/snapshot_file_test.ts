@@ -12,6 +12,7 @@ import {
   pruneSnapshots,
   readSnapshotFile,
   removeStaleReceived,
+  type SnapshotEntrySink,
   type SnapshotHeader,
   snapshotName,
   writeSnapshotFile,
@@ -110,19 +111,7 @@ async function writeLarge(dir: string, fs: FileSystem): Promise<string> {
 }
 
 /** A sink that keeps what it is given as strings, and can be told to throw at one entry. */
-function collector(throwAt = -1): {
-  got: string[];
-  addBytes(
-    bytes: Uint8Array,
-    keyStart: number,
-    keyEnd: number,
-    valueStart: number,
-    valueEnd: number,
-    createIndex: number,
-    modIndex: number,
-    version: number,
-  ): void;
-} {
+function collector(throwAt = -1): SnapshotEntrySink & { got: string[] } {
   const got: string[] = [];
   const text = new TextDecoder();
   return {
