@@ -60,6 +60,7 @@ import {
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import { Rng } from "./chaos_lib.ts";
 import { utf8Length as _utf8Length } from "../src/util/utf8.ts";
+import { concatBytes } from "../src/util/body.ts";
 
 /** What the generator knows about the node a request goes to. */
 export interface FuzzTarget {
@@ -451,13 +452,7 @@ function _prefix(length: number): Uint8Array {
 }
 
 function _concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let off = 0;
-  for (const part of parts) {
-    out.set(part, off);
-    off += part.byteLength;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /** A header value node:http2 accepts: printable ASCII, at most `max` characters. */

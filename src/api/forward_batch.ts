@@ -20,7 +20,7 @@
  * @module
  */
 
-import { readBodyWithin } from "../util/body.ts";
+import { concatBytes, readBodyWithin } from "../util/body.ts";
 
 /** Where a follower sends a batch of forwarded requests on the leader's peer port. */
 export const FORWARD_BATCH_PATH = "/forward/batch";
@@ -330,7 +330,7 @@ export async function serveBatch(
   }
   await first.promise;
   if (left === 0) {
-    return new Response(_concat(ready), {
+    return new Response(concatBytes(ready), {
       status: 200,
       headers: { "content-type": FORWARD_BATCH_TYPE },
     });
@@ -342,16 +342,4 @@ export async function serveBatch(
     },
   });
   return new Response(body, { status: 200, headers: { "content-type": FORWARD_BATCH_TYPE } });
-}
-
-function _concat(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
-  let total = 0;
-  for (const p of parts) total += p.byteLength;
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
 }

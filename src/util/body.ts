@@ -1,5 +1,6 @@
 /**
- * Reading a request body within a size limit, for the peer endpoints that take whole bodies.
+ * Reading a request body within a size limit, for the peer endpoints that take whole bodies, and
+ * joining byte chunks.
  *
  * @module
  */
@@ -31,11 +32,23 @@ export async function readBodyWithin(req: Request, limit: number): Promise<Uint8
     chunks.push(value);
   }
   if (chunks.length === 1) return chunks[0]!;
+  return concatBytes(chunks);
+}
+
+/**
+ * Joins byte chunks into one new array.
+ *
+ * @param parts The chunks, in order.
+ * @returns Their bytes, one after the other.
+ */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+  let total = 0;
+  for (const p of parts) total += p.byteLength;
   const out = new Uint8Array(total);
-  let off = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, off);
-    off += chunk.byteLength;
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
   }
   return out;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readBodyWithin } from "./body.ts";
+import { concatBytes, readBodyWithin } from "./body.ts";
 
 function streamed(parts: string[]): Request {
   const enc = new TextEncoder();
@@ -21,4 +21,12 @@ Deno.test("readBodyWithin reads a body up to its limit, sized or streamed, and r
   assert.equal(dec.decode((await readBodyWithin(streamed(["ab", "cd"]), 4))!), "abcd");
   assert.equal(await readBodyWithin(streamed(["ab", "cd", "e"]), 4), null);
   assert.equal((await readBodyWithin(new Request("http://peer.test/x"), 4))!.byteLength, 0);
+});
+
+Deno.test("concatBytes joins chunks in order, empty ones included, into a new array", () => {
+  const a = new Uint8Array([1, 2]);
+  const out = concatBytes([a, new Uint8Array(0), new Uint8Array([3])]);
+  assert.deepEqual([...out], [1, 2, 3]);
+  assert.notEqual(out.buffer, a.buffer);
+  assert.equal(concatBytes([]).byteLength, 0);
 });
