@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
 import { MAX_TERM, type Message, message, MessageType } from "../src/raft/types.ts";
+import { concatBytes } from "../src/util/body.ts";
 import { randomSeed } from "../testing/chaos_lib.ts";
 import {
   ABSURD_TERM,
@@ -181,15 +182,7 @@ Deno.test("streamBatches reads frames as a node does and stops where the node en
     out.set(payload, 4);
     return out;
   };
-  const join = (...parts: Uint8Array[]) => {
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-    let off = 0;
-    for (const p of parts) {
-      out.set(p, off);
-      off += p.byteLength;
-    }
-    return out;
-  };
+  const join = (...parts: Uint8Array[]) => concatBytes(parts);
   assert.equal(streamBatches(join(frame(hb), frame(hb))).length, 2);
   assert.equal(streamBatches(join(frame(hb), frame(hb)).slice(0, 4 + hb.byteLength + 3)).length, 1);
   assert.equal(streamBatches(join(frame(hb), frame(hb, hb.byteLength + 1))).length, 1);

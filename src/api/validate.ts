@@ -9,6 +9,7 @@
  */
 
 import type { Consistency } from "../node/backend.ts";
+import { concatBytes } from "../util/body.ts";
 import { utf8Length } from "../util/utf8.ts";
 import { raceAbort } from "./deadline.ts";
 import type { Deadline } from "./deadline.ts";
@@ -92,13 +93,7 @@ export async function readBody(
     }
     throw new ApiError(400, `the request body could not be read: ${errorMessage(err)}`);
   }
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
+  return concatBytes(chunks);
 }
 
 /**

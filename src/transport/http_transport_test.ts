@@ -19,6 +19,7 @@ import {
 import { PeerRefusedError, type TransportHandlers } from "./transport.ts";
 import { serveMutualTls, type TlsServer } from "./tls_server.ts";
 import { makeCertificates } from "../../testing/certs.ts";
+import { waitFor } from "../../testing/harness.ts";
 
 /** Options that keep failure tests short. */
 const _FAST: Partial<HttpTransportOptions> = {
@@ -1476,11 +1477,10 @@ Deno.test("streams a stranger opens under a member's name do not end the member'
   const real = _pushBody();
   const realRes = await handler(_post(STREAM_PATH, real.stream, { [FROM_HEADER]: "n1" }));
   real.push(_frame([_heartbeat("n1")]));
-  const deadline = performance.now() + 5000;
-  while (batches.length < 1) {
-    assert.ok(performance.now() < deadline, "the first frame was not delivered");
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
+  await waitFor(() => batches.length >= 1, {
+    intervalMs: 1,
+    message: "the first frame to be delivered",
+  });
   const strangers = [];
   for (let i = 0; i < 5; i++) {
     const body = _pushBody();
@@ -1492,10 +1492,10 @@ Deno.test("streams a stranger opens under a member's name do not end the member'
   await _answerEnds(strangers[2]!.res);
   await _answerEnds(strangers[3]!.res);
   real.push(_frame([_heartbeat("n1")]));
-  while (batches.length < 2) {
-    assert.ok(performance.now() < deadline, "the member's second frame was not delivered");
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
+  await waitFor(() => batches.length >= 2, {
+    intervalMs: 1,
+    message: "the member's second frame to be delivered",
+  });
   for (const i of [0, 1, 4]) strangers[i]!.body.end();
   for (const i of [0, 1, 4]) await _answerEnds(strangers[i]!.res);
   real.end();
@@ -1512,11 +1512,10 @@ Deno.test("past the stream limit, a stream idle for streamIdleMs ends first (its
   const live = _pushBody();
   const liveRes = await handler(_post(STREAM_PATH, live.stream, { [FROM_HEADER]: "n1" }));
   live.push(_frame([_heartbeat("n1")]));
-  const deadline = performance.now() + 5000;
-  while (batches.length < 1) {
-    assert.ok(performance.now() < deadline, "the live stream's frame was not delivered");
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
+  await waitFor(() => batches.length >= 1, {
+    intervalMs: 1,
+    message: "the live stream's frame to be delivered",
+  });
   // The dead stream has been idle for at least streamIdleMs once the clock moved past it.
   const idleSince = performance.now();
   while (performance.now() - idleSince < 2) await new Promise((r) => setTimeout(r, 1));
