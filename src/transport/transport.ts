@@ -45,6 +45,17 @@ export interface TransportHandlers {
   onSnapshot(msg: Message, body: ReadableStream<Uint8Array>): Promise<void>;
   /** Called when a peer could not be reached after the retries (the Raft core may then slow down probing). */
   onUnreachable?(peer: NodeId): void;
+  /**
+   * Whether what `from` sends is to be answered "you were removed" instead of taken: the index of
+   * this node's committed configuration when it and the newest one both leave `from` out, else 0
+   * (see `RaftCore.removedAt`). The HTTP peer handler answers such a sender `410`.
+   */
+  removedAt?(from: NodeId): number;
+  /**
+   * Called when `peer` answered that its committed configuration at `index` leaves this node out
+   * (the HTTP transport: a `410` with code `removed`). What was sent to it is dropped.
+   */
+  onRemoved?(peer: NodeId, index: number): void;
 }
 
 /**
