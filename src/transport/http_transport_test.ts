@@ -9,6 +9,7 @@ import {
   HttpTransport,
   type HttpTransportOptions,
   MESSAGE_HEADER,
+  REMOVED_AT_HEADER,
   STREAM_PATH,
 } from "./http_transport.ts";
 import {
@@ -1528,4 +1529,65 @@ Deno.test("past the stream limit, a stream idle for streamIdleMs ends first (its
   for (const b of [live, next, other]) b.end();
   for (const r of [liveRes, nextRes, otherRes]) await _answerEnds(r);
   assert.deepStrictEqual(batches.map((b) => b[0]!.from).sort(), ["n1", "n1", "n3"]);
+});
+
+Deno.test("a sender the node says was removed gets 410 removed with the index, before its body is read; the sending transport drops its queue and calls onRemoved", async () => {
+  const batches: Message[][] = [];
+  const handlers = {
+    onMessages: (messages: Message[]) => void batches.push(messages),
+    onSnapshot: async () => {},
+    // "n3" is outside this node's configurations since the committed one at index 7.
+    removedAt: (from: NodeId) => from === "n3" ? 7 : 0,
+  };
+  const handler = createPeerHandler(handlers, {
+    validator: new PeerValidator({ self: "n2", members: ["n1", "n2"] }),
+  });
+  const body = _stalledBody(encodeMessages([_heartbeat("n3")]));
+  const res = await handler(_post("/raft/messages", body.stream, { [FROM_HEADER]: "n3" }));
+  assert.strictEqual(res.status, 410);
+  assert.strictEqual(res.headers.get(REMOVED_AT_HEADER), "7");
+  const json = await res.json();
+  assert.strictEqual(json.code, "removed");
+  assert.strictEqual(json.index, 7);
+  assert.strictEqual(body.pulls(), 0, "the body was read");
+  // A stranger the node does not say was removed still gets 403.
+  const stranger = await handler(
+    _post("/raft/messages", encodeMessages([_heartbeat("n9")]), { [FROM_HEADER]: "n9" }),
+  );
+  assert.strictEqual(stranger.status, 403);
+  await stranger.body?.cancel();
+
+  const server = _serve(handler);
+  try {
+    for (const stream of [true, false]) {
+      const told: [NodeId, number][] = [];
+      const changed = new Condition();
+      const gone = new HttpTransport({
+        onRemoved: (peer, index) => {
+          told.push([peer, index]);
+          changed.notify();
+        },
+      }, { ..._FAST, self: "n3", stream, peers: [{ id: "n2", rpcUrl: _url(server) }] });
+      const member = new HttpTransport({}, {
+        ..._FAST,
+        self: "n1",
+        stream,
+        peers: [{ id: "n2", rpcUrl: _url(server) }],
+      });
+      try {
+        gone.send([message({ type: MessageType.PreVote, from: "n3", to: "n2", term: 2 })]);
+        await changed.until(() => told.length > 0, "onRemoved");
+        assert.deepStrictEqual(told, [["n2", 7]]);
+        const before = batches.length;
+        member.send([_heartbeat("n1")]);
+        await waitFor(() => batches.length > before, { message: "the member's batch" });
+        assert.ok(batches.every((b) => b.every((m) => m.from === "n1")), "a batch of n3 taken");
+      } finally {
+        await gone.close();
+        await member.close();
+      }
+    }
+  } finally {
+    await server.shutdown();
+  }
 });
