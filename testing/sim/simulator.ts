@@ -24,7 +24,11 @@
  * applied more than once. Clients send requests to removed nodes too (during the run, and about
  * three final reads in ten go to a node that knows it was removed): such a node must refuse them
  * at once ({@linkcode RemovedError}), and a final read it leaves unanswered fails the run
- * ("removed-refusal"); the client then goes to another node.
+ * ("removed-refusal"); the client then goes to another node. A peer answers a batch from a node
+ * its committed and newest configurations leave out "removed" (the real handler's 410, through
+ * the node's own `removedAt`), and the sender is told: after the final heal, a voter removed
+ * while it was down or cut off must know it ("removed-unaware"), and no member of the final
+ * configuration may count itself removed ("removed-member").
  *
  * Watchers follow the changes of a key or a prefix (`watchHistory().subscribe`, what
  * `GET /v1/watch` serves), each on a random node, moving to another one when theirs crashes or
