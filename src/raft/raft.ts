@@ -1193,7 +1193,7 @@ export class RaftCore {
         return;
       case MessageType.TimeoutNow:
         // The leader asks this node to take over: campaign now, skipping the pre-vote.
-        if (this.#voters.includes(this.id)) this.#startElection(false, true);
+        if (this.#voters.includes(this.id) && !this.removed) this.#startElection(false, true);
         return;
       case MessageType.ReadIndexResp:
         // Only the leader of this term answers (see refusal); unknown ids are old or dropped.
