@@ -546,6 +546,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         return at;
       },
       onRemoved: (peer, index) => this.#guard(() => this.#learnRemoved(peer, index)),
+      memberSince: () => this.#failed ? 0 : this.#core.memberSince,
     });
     this.#syncMembership();
   }

@@ -329,6 +329,15 @@ export class RaftCore {
   }
 
   /**
+   * The index of the configuration by which this node counts itself a member (see
+   * {@linkcode RaftCore.learnRemoved}); 0 when it does not (no configuration yet, or removed).
+   */
+  get memberSince(): number {
+    if (this.#voters.length === 0 || this.removed) return 0;
+    return Math.max(1, this.#selfConfIndex());
+  }
+
+  /**
    * Whether a peer told this node it was removed (see {@linkcode RaftCore.learnRemoved}) and
    * nothing this node holds since says otherwise.
    */

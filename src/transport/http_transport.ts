@@ -68,7 +68,8 @@
  *
  * 1. the cluster header (`403`);
  * 2. a sender that a committed membership change removed (outside both the committed and the
- *    newest configuration: {@linkcode TransportHandlers.removedAt}) gets `410`
+ *    newest configuration: {@linkcode TransportHandlers.removedAt}, at an index above the one
+ *    its `x-raftkv-member-since` header says it counts itself a member by) gets `410`
  *    `{"error","code":"removed","index"}` with the index also in the `x-raftkv-removed-at`
  *    header, so that a member that was down while its removal committed learns it; the sending
  *    transport drops what it queued for that peer and calls {@linkcode TransportHandlers.onRemoved};
@@ -142,6 +143,11 @@ export const SNAPSHOT_PATH = "/raft/snapshot";
 export const FROM_HEADER = "x-raftkv-from";
 /** The header naming the cluster (checked by the receiver when it is configured with one). */
 export const CLUSTER_HEADER = "x-raftkv-cluster";
+/**
+ * The header in which a sender says by which configuration index it counts itself a member
+ * ({@linkcode TransportHandlers.memberSince}); absent when it does not.
+ */
+export const MEMBER_SINCE_HEADER = "x-raftkv-member-since";
 /** The header of a `410` answer: the index of the committed configuration that left the sender out. */
 export const REMOVED_AT_HEADER = "x-raftkv-removed-at";
 /** The header carrying the `Snap` message of a snapshot request (unpadded base64url codec bytes). */
@@ -356,7 +362,7 @@ interface _Peer {
  * ```
  */
 export class HttpTransport implements Transport {
-  readonly #handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved">;
+  readonly #handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved" | "memberSince">;
   readonly #peers = new Map<NodeId, _Peer>();
   readonly #client: H2Client;
   readonly #abort = new AbortController();
@@ -386,7 +392,7 @@ export class HttpTransport implements Transport {
    * @throws {RangeError} if a numeric option is out of range or a peer id repeats.
    */
   constructor(
-    handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved">,
+    handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved" | "memberSince">,
     options: HttpTransportOptions,
   ) {
     this.#handlers = handlers;
@@ -665,7 +671,7 @@ export class HttpTransport implements Transport {
       try {
         res = await this.#client.fetch(peer.streamUrl, {
           method: "POST",
-          headers: this.#headers,
+          headers: this.#requestHeaders(),
           signal: deadline.signal,
           onStream: (s) => stream = s,
         });
@@ -832,7 +838,7 @@ export class HttpTransport implements Transport {
         try {
           res = await this.#client.fetch(peer.messagesUrl, {
             method: "POST",
-            headers: this.#headers,
+            headers: this.#requestHeaders(),
             body: batch.bytes,
             signal: deadline.signal,
           });
@@ -962,6 +968,12 @@ export class HttpTransport implements Transport {
       }, ms);
       signal.addEventListener("abort", onAbort, { once: true });
     });
+  }
+
+  /** The headers of a message request or stream: the fixed ones and this node's membership. */
+  #requestHeaders(): Record<string, string> {
+    const since = this.#handlers.memberSince?.() ?? 0;
+    return since > 0 ? { ...this.#headers, [MEMBER_SINCE_HEADER]: String(since) } : this.#headers;
   }
 
   /**
@@ -1369,10 +1381,13 @@ export function createPeerHandler(
       }
       // A sender that a committed membership change removed is told so (it may have been down
       // while its removal committed and cannot learn it from the log).
+      // Only a sender that says it counts itself a member, by a configuration older than the
+      // committed one that leaves it out, is told so: others (strangers) get 403 below.
       const proved = info?.peer ?? null;
-      if (proved === null || proved === from) {
+      const since = Number(req.headers.get(MEMBER_SINCE_HEADER) ?? "");
+      if ((proved === null || proved === from) && Number.isSafeInteger(since) && since > 0) {
         const removedAt = handlers.removedAt?.(proved ?? from) ?? 0;
-        if (removedAt > 0) return refuseRemoved(proved ?? from, removedAt);
+        if (removedAt > since) return refuseRemoved(proved ?? from, removedAt);
       }
       // A sender that is not another member, or not the one the connection proved, is refused
       // before anything is read or stored.

@@ -8,6 +8,7 @@ import {
   FROM_HEADER,
   HttpTransport,
   type HttpTransportOptions,
+  MEMBER_SINCE_HEADER,
   MESSAGE_HEADER,
   REMOVED_AT_HEADER,
   STREAM_PATH,
@@ -1543,19 +1544,26 @@ Deno.test("a sender the node says was removed gets 410 removed with the index, b
     validator: new PeerValidator({ self: "n2", members: ["n1", "n2"] }),
   });
   const body = _stalledBody(encodeMessages([_heartbeat("n3")]));
-  const res = await handler(_post("/raft/messages", body.stream, { [FROM_HEADER]: "n3" }));
+  const res = await handler(
+    _post("/raft/messages", body.stream, { [FROM_HEADER]: "n3", [MEMBER_SINCE_HEADER]: "2" }),
+  );
   assert.strictEqual(res.status, 410);
   assert.strictEqual(res.headers.get(REMOVED_AT_HEADER), "7");
   const json = await res.json();
   assert.strictEqual(json.code, "removed");
   assert.strictEqual(json.index, 7);
   assert.strictEqual(body.pulls(), 0, "the body was read");
-  // A stranger the node does not say was removed still gets 403.
-  const stranger = await handler(
-    _post("/raft/messages", encodeMessages([_heartbeat("n9")]), { [FROM_HEADER]: "n9" }),
-  );
-  assert.strictEqual(stranger.status, 403);
-  await stranger.body?.cancel();
+  // A sender that does not say it counts itself a member (a stranger), or says so by a
+  // configuration at or above that index (the peer lags behind its addition), gets 403.
+  for (const since of [undefined, "7", "9", "x"]) {
+    const headers: Record<string, string> = { [FROM_HEADER]: "n3" };
+    if (since !== undefined) headers[MEMBER_SINCE_HEADER] = since;
+    const other = await handler(
+      _post("/raft/messages", encodeMessages([_heartbeat("n3")]), headers),
+    );
+    assert.strictEqual(other.status, 403, `member since ${since}`);
+    await other.body?.cancel();
+  }
 
   const server = _serve(handler);
   try {
@@ -1563,6 +1571,7 @@ Deno.test("a sender the node says was removed gets 410 removed with the index, b
       const told: [NodeId, number][] = [];
       const changed = new Condition();
       const gone = new HttpTransport({
+        memberSince: () => 2,
         onRemoved: (peer, index) => {
           told.push([peer, index]);
           changed.notify();

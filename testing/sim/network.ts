@@ -141,11 +141,14 @@ export class SimNetwork {
    * transport's `onRemoved`.
    */
   #answerRemoved(from: NodeId, dst: _Endpoint): boolean {
-    const index = dst.handlers.removedAt?.(from) ?? 0;
-    if (index === 0) return false;
-    this.#host.stats.removedAnswers++;
+    // As the HTTP transport: only a sender that counts itself a member by an older configuration
+    // is told (its x-raftkv-member-since header).
     const src = this.#live.get(from);
-    if (src === undefined) return true;
+    const since = src?.handlers.memberSince?.() ?? 0;
+    if (src === undefined || since === 0) return false;
+    const index = dst.handlers.removedAt?.(from) ?? 0;
+    if (index <= since) return false;
+    this.#host.stats.removedAnswers++;
     this.#host.later(this.#delay(), () => {
       if (!this.#alive(src) || this.cut?.(dst.id, from)) return;
       src.clock.run(() => src.handlers.onRemoved?.(dst.id, index));
