@@ -56,7 +56,9 @@
  *   `maxSnapshotBytes`, with no pause longer than `snapshotIdleTimeoutMs` and done within
  *   `snapshotReceiveTimeoutMs`). One upload at a time. Replies `204` once
  *   {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
- * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`.
+ * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`;
+ *   message requests and streams also `x-raftkv-member-since` while the sender counts itself a
+ *   member ({@linkcode TransportHandlers.memberSince}).
  * - `<rpcUrl>/forward/...`: a client request a follower forwards to the leader, handed as it is
  *   to the `forward` option (the API's, wired by `main.ts`), none of the checks below applied.
  *
