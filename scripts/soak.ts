@@ -247,7 +247,10 @@ membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members 
   } members that did not know the final leader
 removed nodes:    ${t("removedRefusals")} client requests refused at once, ${
     t("removedFinalReads")
-  } final reads sent to a removed node (each refused), ${t("removedWatchRefusals")} watches refused
+  } final reads sent to a removed node (each refused), ${t("removedWatchRefusals")} watches refused,
+                  ${
+    t("removedAnswers")
+  } peer batches answered "removed" (sender outside the committed configuration)
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }

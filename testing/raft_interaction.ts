@@ -42,6 +42,10 @@
  *   the snapshot file); `compact ID index` drops the log up to `index`, which the latest snapshot
  *   must cover, from memory and from disk.
  * - `report-unreachable ID PEER` tells a leader a peer could not be reached.
+ * - `removed-at ID FROM` prints how node ID answers a peer message from FROM: taken, or "removed"
+ *   as of its committed configuration's index (`RaftCore.removedAt`); `learn-removed ID INDEX`
+ *   tells node ID a peer answered so (`RaftCore.learnRemoved`) and prints what it now counts
+ *   itself: removed or member.
  * - `status ID...` prints term, vote, role, leader, the log's marks and, on a leader, each
  *   follower's progress; `log ID...` prints the terms of each node's log.
  *
@@ -371,6 +375,10 @@ export class RaftInteraction {
         return this.#try(() =>
           this.#live(c, c.args[0]).reportUnreachable(this.#node(c, c.args[1]).id)
         );
+      case "removed-at":
+        return this.#removedAt(c);
+      case "learn-removed":
+        return this.#learnRemoved(c);
       case "status":
         return this.#ids(c, c.args).flatMap((id) => this.#status(id));
       case "log":
@@ -588,6 +596,28 @@ export class RaftInteraction {
       const { index } = core.proposeConfChange({ op, node });
       return `configuration proposed at index ${index}`;
     });
+  }
+
+  /** `removed-at ID FROM`: how node ID would answer a peer message from FROM. */
+  #removedAt(c: Command): string[] {
+    const core = this.#live(c, c.args[0]);
+    const from = this.#node(c, c.args[1]).id;
+    const at = core.removedAt(from);
+    return [
+      at > 0
+        ? `${core.id}: ${from} was removed (committed configuration ${at})`
+        : `${core.id}: takes ${from}`,
+    ];
+  }
+
+  /** `learn-removed ID INDEX`: node ID hears from a peer that it was removed as of INDEX. */
+  #learnRemoved(c: Command): string[] {
+    const core = this.#live(c, c.args[0]);
+    const index = Number(c.args[1]);
+    if (!Number.isSafeInteger(index) || index < 1) {
+      throw new UsageError(c, "usage: learn-removed ID INDEX");
+    }
+    return [`${core.id}: ${core.learnRemoved(index) ? "removed" : "member"}`];
   }
 
   #conf(id: NodeId): string {

@@ -319,3 +319,79 @@ Deno.test("a removed node refuses reads, writes and watches at once with 503 rem
   const read = await attempt(`${cluster.api(other)}/v1/data/k`, "GET", undefined, 5000);
   assert.ok(read.kind === "answer" && read.status === 200, JSON.stringify(read));
 });
+
+Deno.test("a member removed while it was down learns it from its peers on restart (410 removed); a joining node is not refused", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  const gone = ["node-1", "node-2", "node-3"].find((id) => id !== leader)!;
+  const other = ["node-1", "node-2", "node-3"].find((id) => id !== leader && id !== gone)!;
+  const put = await attempt(`${cluster.api(leader)}/v1/data/k`, "PUT", { v: "1" }, 5000);
+  assert.ok(put.kind === "answer" && put.status === 200, JSON.stringify(put));
+
+  // The member is down while its removal commits: its log never gets the removal.
+  assert.equal(await cluster.stop(gone), 0);
+  await change(cluster, () => leader, "DELETE", `/v1/members/${gone}`);
+  await waitMembers(cluster, () => other, (rows) => rows.length === 2, `${gone} to be removed`);
+
+  // Restarted, it still counts itself a voter and campaigns; the peers answer 410 removed, and
+  // it learns it was removed.
+  await cluster.start(gone);
+  await waitFor(async () => {
+    const s = await cluster.status(gone);
+    return (s as { membership?: string } | null)?.membership === "removed";
+  }, { deadlineMs: 15_000, intervalMs: 50, message: `${gone} to learn it was removed` });
+  const read = await attempt(`${cluster.api(gone)}/v1/data/k`, "GET", undefined, 1500);
+  assert.ok(read.kind === "answer" && read.status === 503, JSON.stringify(read));
+  assert.equal((read.json as { code: string }).code, "removed");
+  const write = await attempt(`${cluster.api(gone)}/v1/data/k`, "PUT", { v: "x" }, 1500);
+  assert.ok(write.kind === "answer" && write.status === 503, JSON.stringify(write));
+  assert.equal((write.json as { code: string }).code, "removed");
+  const ready = await attempt(`${cluster.api(gone)}/ready`, "GET", undefined, 1500);
+  assert.ok(ready.kind === "answer" && ready.status === 503, JSON.stringify(ready));
+  assert.equal((ready.json as { code: string }).code, "removed");
+  assert.ok(
+    cluster.logs(gone).some((l) => l.includes("was removed from the cluster while it was away")),
+    cluster.formatLogs([gone]),
+  );
+  // The peers counted the answers (the restarted node asked both for votes, or at least one).
+  let answered = 0;
+  for (const id of [leader, other]) {
+    const metrics = await attempt(`${cluster.api(id)}/metrics`, "GET", undefined, 2000);
+    assert.ok(metrics.kind === "answer" && metrics.status === 200, JSON.stringify(metrics));
+    answered += Number(/^raftkv_removed_peer_answers_total (\d+)/m.exec(metrics.text)?.[1] ?? 0);
+  }
+  assert.ok(answered > 0, `no peer counted a removed answer`);
+
+  // The cluster that remains is unaffected: it still has its leader, and takes writes and reads.
+  for (const id of [leader, other]) {
+    const s = await cluster.status(id);
+    assert.equal(s?.leader?.id, leader, `${id}: ${JSON.stringify(s)}\n${cluster.formatLogs()}`);
+  }
+  const put2 = await attempt(`${cluster.api(other)}/v1/data/k`, "PUT", { v: "2" }, 5000);
+  assert.ok(put2.kind === "answer" && put2.status === 200, JSON.stringify(put2));
+  const read2 = await attempt(`${cluster.api(leader)}/v1/data/k`, "GET", undefined, 5000);
+  assert.ok(read2.kind === "answer" && read2.status === 200, JSON.stringify(read2));
+  assert.equal((read2.json as { v: string }).v, "2");
+
+  // A node added now joins and is promoted; nobody tells it it was removed.
+  await cluster.addNode("node-4");
+  await cluster.start("node-4", { flags: ["--join", cluster.api(leader)] });
+  await waitMembers(
+    cluster,
+    () => leader,
+    (rows) => rows.some((m) => m.node_id === "node-4" && m.role === "voter"),
+    "node-4 to be a voter",
+  );
+  await waitFor(async () => {
+    const r = await attempt(`${cluster.api("node-4")}/v1/data/k`, "GET", undefined, 2000);
+    return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "2";
+  }, { deadlineMs: 10_000, intervalMs: 50, message: "node-4 to serve the read" });
+  const ready4 = await attempt(`${cluster.api("node-4")}/ready`, "GET", undefined, 1500);
+  assert.ok(ready4.kind === "answer" && ready4.status === 200, JSON.stringify(ready4));
+  const status4 = await cluster.status("node-4") as { membership?: string } | null;
+  assert.equal(status4?.membership, "voter");
+  assert.ok(
+    !cluster.logs("node-4").some((l) => l.includes("was removed from the cluster")),
+    cluster.formatLogs(["node-4"]),
+  );
+});

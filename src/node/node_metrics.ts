@@ -67,6 +67,8 @@ export class NodeMetrics {
   readonly leaderChanges: Counter;
   /** `raftkv_proposals_committed_total`. */
   readonly proposalsCommitted: Counter;
+  /** `raftkv_removed_peer_answers_total`. */
+  readonly removedPeerAnswers: Counter;
   /** `raftkv_apply_duration_seconds`. */
   readonly applyDuration: Histogram;
   /** `raftkv_snapshot_save_duration_seconds`. */
@@ -101,6 +103,10 @@ export class NodeMetrics {
       outcome_unknown: failed.labels("outcome_unknown"),
       stopping: failed.labels("stopping"),
     };
+    this.removedPeerAnswers = registry.counter(
+      "raftkv_removed_peer_answers_total",
+      "Peer requests this node answered 410 removed: their sender is outside its committed and newest configurations (a member removed while it was down, or cut off).",
+    );
     this.applyDuration = registry.histogram(
       "raftkv_apply_duration_seconds",
       "Time to apply one batch of committed entries to the key-value state.",

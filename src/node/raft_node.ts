@@ -385,6 +385,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** What the configuration in force was when #members was last built from it. */
   #confKey = "";
   #saidRemoved = false;
+  /** The last "removed" answer of a peer this node ignored (logged once per index). */
+  #ignoredRemovedAt = 0;
   /** Set once this node refuses requests as removed (see #isRemoved); cleared if it is not. */
   #refusing = false;
   /** Membership changes proposed here, waiting to be applied, by log index. */
@@ -537,6 +539,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       onMessages: (msgs) => this.#onMessages(this.#admit(msgs)),
       onSnapshot: (msg, body) => this.#receiveSnapshot(msg, body),
       onUnreachable: (peer) => this.#guard(() => this.#core.reportUnreachable(peer)),
+      removedAt: (from) => {
+        if (this.#failed) return 0;
+        const at = this.#core.removedAt(from);
+        if (at > 0) this.#metrics.removedPeerAnswers.inc();
+        return at;
+      },
+      onRemoved: (peer, index) => this.#guard(() => this.#learnRemoved(peer, index)),
+      memberSince: () => this.#failed ? 0 : this.#core.memberSince,
     });
     this.#syncMembership();
   }
@@ -601,6 +611,33 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     } else if (!core.removed) {
       this.#saidRemoved = false;
     }
+  }
+
+  /**
+   * A peer answered that its committed configuration at `index` leaves this node out: the core
+   * takes it only when `index` is above every configuration this node holds that lists it (see
+   * {@linkcode RaftCore.learnRemoved}); then this node refuses requests as removed and stops
+   * campaigning, as if its log held the removal.
+   */
+  #learnRemoved(peer: NodeId, index: number): void {
+    const core = this.#core;
+    const was = core.removed;
+    if (!core.learnRemoved(index) || was) {
+      if (!core.removed && index !== this.#ignoredRemovedAt) {
+        this.#ignoredRemovedAt = index;
+        this.#log.info(
+          `peer ${peer} answered that its committed configuration (entry ${index}) leaves this ` +
+            `node out, but this node holds a newer configuration that lists it: ignored`,
+        );
+      }
+      return;
+    }
+    this.#saidRemoved = true;
+    this.#log.warn(
+      `this node (${this.id}) was removed from the cluster while it was away: peer ${peer}'s ` +
+        `committed configuration (entry ${index}) leaves it out. It takes no further part; ` +
+        `stop it, and to rejoin start it with an empty data directory and --join`,
+    );
   }
 
   /**

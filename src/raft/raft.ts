@@ -224,6 +224,8 @@ export class RaftCore {
   /** Whether this leader sent TimeoutNow in its term: its lease no longer holds (see leaseRead). */
   #leaseRevoked = false;
   #electionsRefused = 0;
+  /** The committed configuration index a peer said leaves this node out (0: none). */
+  #learnedRemovedAt = 0;
   #prevSoft: SoftState;
   #prevHard: HardState;
 
@@ -313,7 +315,70 @@ export class RaftCore {
    * part). False for a node with no configuration yet (one waiting to join).
    */
   get removed(): boolean {
-    return this.#voters.length > 0 && !this.#isMember(this.id);
+    if (this.#voters.length === 0) return false;
+    return !this.#isMember(this.id) || this.#learnedRemovedAt > this.#selfConfIndex();
+  }
+
+  /**
+   * The index of the configuration this node knows itself a member by: its newest configuration
+   * entry, or the snapshot's index when the configuration comes from the snapshot (the entry that
+   * set it is at or below), or 0 for the bootstrap configuration.
+   */
+  #selfConfIndex(): number {
+    return Math.max(this.confIndex, this.log.snapIndex);
+  }
+
+  /**
+   * The index of the configuration by which this node counts itself a member (see
+   * {@linkcode RaftCore.learnRemoved}); 0 when it does not (no configuration yet, or removed).
+   */
+  get memberSince(): number {
+    if (this.#voters.length === 0 || this.removed) return 0;
+    return Math.max(1, this.#selfConfIndex());
+  }
+
+  /**
+   * Whether a peer told this node it was removed (see {@linkcode RaftCore.learnRemoved}) and
+   * nothing this node holds since says otherwise.
+   */
+  get learnedRemoved(): boolean {
+    return this.#voters.length > 0 && this.#learnedRemovedAt > this.#selfConfIndex();
+  }
+
+  /**
+   * Whether a peer message from `from` is to be answered "you were removed", and as of which
+   * index: the index of this node's committed configuration when that configuration and the
+   * newest one both leave `from` out; 0 otherwise (a member, this node, or a node with no
+   * configuration yet). The sender takes the answer only when that index is above every
+   * configuration it holds that lists it ({@linkcode RaftCore.learnRemoved}).
+   */
+  removedAt(from: NodeId): number {
+    if (from === this.id || this.#voters.length === 0 || this.#isMember(from)) return 0;
+    const at = Math.max(this.log.committed, this.log.snapIndex);
+    let index = this.log.snapIndex;
+    let conf = this.#baseConf;
+    for (const c of this.#confs) {
+      if (c.index > at) break;
+      [index, conf] = [c.index, c.conf];
+    }
+    if (conf.voters.includes(from) || conf.learners.includes(from)) return 0;
+    return Math.max(1, index);
+  }
+
+  /**
+   * A peer answered that the committed configuration at `index` leaves this node out. Taken only
+   * when `index` is above the configuration this node knows itself a member by: committed
+   * configurations form one history, so a later one that leaves this node out means it was
+   * removed since; a stale peer that has not seen this node's (re-)addition answers with an index
+   * below that addition and is ignored. A configuration entry or snapshot that lists this node
+   * above `index` clears it again. Returns whether this node now counts itself removed.
+   */
+  learnRemoved(index: number): boolean {
+    if (this.#voters.length === 0 || !this.#isMember(this.id)) return this.removed;
+    if (index <= this.#selfConfIndex() || index <= this.#learnedRemovedAt) return this.removed;
+    this.#learnedRemovedAt = index;
+    if (this.role !== "follower") this.#becomeFollower(this.term, NONE);
+    return this.removed;
   }
 
   /**
@@ -343,7 +408,7 @@ export class RaftCore {
 
   /** Starts an election now (used at bootstrap and by tests); only a voter campaigns. */
   campaign(): void {
-    if (this.role === "leader" || !this.#voters.includes(this.id)) return;
+    if (this.role === "leader" || !this.#voters.includes(this.id) || this.removed) return;
     this.#startElection(this.#preVote);
   }
 
@@ -1057,7 +1122,7 @@ export class RaftCore {
     }
     if (this.#electionElapsed >= this.#electionTicks) this.#startupLease = false;
     if (this.#electionElapsed >= this.#randomizedElectionTimeout) {
-      if (!this.#voters.includes(this.id)) {
+      if (!this.#voters.includes(this.id) || this.removed) {
         // A learner, a removed node or one waiting to join never campaigns.
         this.#electionElapsed = 0;
         return;
@@ -1137,7 +1202,7 @@ export class RaftCore {
         return;
       case MessageType.TimeoutNow:
         // The leader asks this node to take over: campaign now, skipping the pre-vote.
-        if (this.#voters.includes(this.id)) this.#startElection(false, true);
+        if (this.#voters.includes(this.id) && !this.removed) this.#startElection(false, true);
         return;
       case MessageType.ReadIndexResp:
         // Only the leader of this term answers (see refusal); unknown ids are old or dropped.

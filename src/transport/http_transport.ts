@@ -56,7 +56,9 @@
  *   `maxSnapshotBytes`, with no pause longer than `snapshotIdleTimeoutMs` and done within
  *   `snapshotReceiveTimeoutMs`). One upload at a time. Replies `204` once
  *   {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
- * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`.
+ * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`;
+ *   message requests and streams also `x-raftkv-member-since` while the sender counts itself a
+ *   member ({@linkcode TransportHandlers.memberSince}).
  * - `<rpcUrl>/forward/...`: a client request a follower forwards to the leader, handed as it is
  *   to the `forward` option (the API's, wired by `main.ts`), none of the checks below applied.
  *
@@ -67,30 +69,36 @@
  * those left out) and hands nothing on, so nothing reaches the Raft core or the disk:
  *
  * 1. the cluster header (`403`);
- * 2. the sender: `x-raftkv-from` must name another member (`403`), checked before anything is
+ * 2. a sender that a committed membership change removed (outside both the committed and the
+ *    newest configuration: {@linkcode TransportHandlers.removedAt}, at an index above the one
+ *    its `x-raftkv-member-since` header says it counts itself a member by) gets `410`
+ *    `{"error","code":"removed","index"}` with the index also in the `x-raftkv-removed-at`
+ *    header, so that a member that was down while its removal committed learns it; the sending
+ *    transport drops what it queued for that peer and calls {@linkcode TransportHandlers.onRemoved};
+ * 3. the sender: `x-raftkv-from` must name another member (`403`), checked before anything is
  *    read or stored, so strangers cannot grow the per-sender state; with mutual TLS, the
  *    identity the connection proved must be another member and `x-raftkv-from` must name it
  *    (`403`);
- * 3. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
+ * 4. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
  *    snapshot upload at a time (`429`); at most `maxStreamsPerSender` message streams (one more
  *    ends the idlest if it has been idle for `streamIdleMs`, a stream whose connection died
  *    silently, else the newest: a stranger's streams under a member's name never end the
  *    member's busy one);
- * 4. the body size (`413`) and the codec (`400`);
- * 5. every message, by the `validator` (`src/raft/validate.ts`): its `from` is the header's
+ * 5. the body size (`413`) and the codec (`400`);
+ * 6. every message, by the `validator` (`src/raft/validate.ts`): its `from` is the header's
  *    sender (`403` when that claimed sender is not a member or, with mutual TLS, is not the
  *    proven identity, else `400`), its `to` is this node
  *    (`421`), its type belongs on the path, every term and index is within bounds, only the
  *    fields its type uses are set, an append's entries follow its index with sane terms and
  *    every command decodes, a snapshot's metadata is sane (`400`);
- * 6. the Raft core's own refusals of messages no correct peer sends, such as an append that
+ * 7. the Raft core's own refusals of messages no correct peer sends, such as an append that
  *    disagrees with committed entries (`409`; the batch's earlier messages were taken).
  *
- * A message stream is checked the same way: 1 to 3 before it is accepted (a refused one gets the
- * status and is never read); then 4 and 5 for every frame. A frame over the size limit or one the
+ * A message stream is checked the same way: 1 to 4 before it is accepted (a refused one gets the
+ * status and is never read); then 5 and 6 for every frame. A frame over the size limit or one the
  * codec rejects, or a message claiming another sender than the proven identity, ends the stream
- * (logged with the status a request would have got); a batch that fails any other check of 5 or
- * 6 is dropped and logged, and the stream goes on.
+ * (logged with the status a request would have got); a batch that fails any other check of 6 or
+ * 7 is dropped and logged, and the stream goes on.
  *
  * A snapshot upload that breaks its size limit gets `413`, its time limits `408`; either way
  * the partial file is removed. A request whose body breaks off gets `400`. Other errors reply
@@ -137,6 +145,13 @@ export const SNAPSHOT_PATH = "/raft/snapshot";
 export const FROM_HEADER = "x-raftkv-from";
 /** The header naming the cluster (checked by the receiver when it is configured with one). */
 export const CLUSTER_HEADER = "x-raftkv-cluster";
+/**
+ * The header in which a sender says by which configuration index it counts itself a member
+ * ({@linkcode TransportHandlers.memberSince}); absent when it does not.
+ */
+export const MEMBER_SINCE_HEADER = "x-raftkv-member-since";
+/** The header of a `410` answer: the index of the committed configuration that left the sender out. */
+export const REMOVED_AT_HEADER = "x-raftkv-removed-at";
 /** The header carrying the `Snap` message of a snapshot request (unpadded base64url codec bytes). */
 export const MESSAGE_HEADER = "x-raftkv-message";
 
@@ -349,7 +364,7 @@ interface _Peer {
  * ```
  */
 export class HttpTransport implements Transport {
-  readonly #handlers: Pick<TransportHandlers, "onUnreachable">;
+  readonly #handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved" | "memberSince">;
   readonly #peers = new Map<NodeId, _Peer>();
   readonly #client: H2Client;
   readonly #abort = new AbortController();
@@ -378,7 +393,10 @@ export class HttpTransport implements Transport {
    * @throws {TypeError} if a peer's `rpcUrl` is not an http(s) URL.
    * @throws {RangeError} if a numeric option is out of range or a peer id repeats.
    */
-  constructor(handlers: Pick<TransportHandlers, "onUnreachable">, options: HttpTransportOptions) {
+  constructor(
+    handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved" | "memberSince">,
+    options: HttpTransportOptions,
+  ) {
     this.#handlers = handlers;
     this.#rpcTimeoutMs = _positiveInt("rpcTimeoutMs", options.rpcTimeoutMs, 2000);
     this.#snapshotTimeoutMs = _positiveInt("snapshotTimeoutMs", options.snapshotTimeoutMs, 600_000);
@@ -655,7 +673,7 @@ export class HttpTransport implements Transport {
       try {
         res = await this.#client.fetch(peer.streamUrl, {
           method: "POST",
-          headers: this.#headers,
+          headers: this.#requestHeaders(),
           signal: deadline.signal,
           onStream: (s) => stream = s,
         });
@@ -707,6 +725,7 @@ export class HttpTransport implements Transport {
         return;
       }
       try {
+        if (await this.#removedAnswer(peer, res)) return;
         if (res.status === 404) {
           // A peer of an older version: per-batch requests for a while.
           await _discardBody(res);
@@ -821,7 +840,7 @@ export class HttpTransport implements Transport {
         try {
           res = await this.#client.fetch(peer.messagesUrl, {
             method: "POST",
-            headers: this.#headers,
+            headers: this.#requestHeaders(),
             body: batch.bytes,
             signal: deadline.signal,
           });
@@ -840,6 +859,7 @@ export class HttpTransport implements Transport {
           peer.sent += batch.count;
           return;
         }
+        if (await this.#removedAnswer(peer, res)) return;
         const detail = await _errorDetail(res, deadline.signal);
         peer.failed += batch.count;
         this.#logger.warn(
@@ -952,6 +972,38 @@ export class HttpTransport implements Transport {
     });
   }
 
+  /** The headers of a message request or stream: the fixed ones and this node's membership. */
+  #requestHeaders(): Record<string, string> {
+    const since = this.#handlers.memberSince?.() ?? 0;
+    return since > 0 ? { ...this.#headers, [MEMBER_SINCE_HEADER]: String(since) } : this.#headers;
+  }
+
+  /**
+   * Whether `res` is the peer's answer that a committed configuration change removed this node
+   * (`410` with the index header): then what was queued for it is dropped and
+   * {@linkcode TransportHandlers.onRemoved} is told.
+   */
+  async #removedAnswer(peer: _Peer, res: Response): Promise<boolean> {
+    if (res.status !== 410) return false;
+    const index = Number(res.headers.get(REMOVED_AT_HEADER) ?? "");
+    if (!Number.isSafeInteger(index) || index < 1) return false;
+    await _discardBody(res);
+    const dropped = peer.queue.length;
+    peer.failed += dropped;
+    peer.queue = [];
+    this.#logger.warn(
+      `Peer "${peer.id}" answered that this node was removed from the cluster (its committed ` +
+        `configuration at index ${index} leaves it out); dropped ${dropped} queued messages`,
+    );
+    if (this.#closed) return true;
+    try {
+      this.#handlers.onRemoved?.(peer.id, index);
+    } catch (err) {
+      this.#logger.warn(`onRemoved("${peer.id}") threw`, err);
+    }
+    return true;
+  }
+
   #reportUnreachable(peer: NodeId): void {
     if (this.#closed) return;
     try {
@@ -972,7 +1024,7 @@ export class HttpTransport implements Transport {
  * @throws {RangeError} if a numeric option is out of range.
  */
 export function createPeerHandler(
-  handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot">,
+  handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot" | "removedAt">,
   options: PeerHandlerOptions = {},
 ): (req: Request, info?: PeerRequestInfo) => Promise<Response> {
   const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 16 << 20);
@@ -1002,7 +1054,12 @@ export function createPeerHandler(
   const reported = new Map<number, { at: number; skipped: number }>();
 
   /** Answers `status` with `reason`, logging it (at most once per interval per status). */
-  function refuse(status: number, reason: string, from: string): Response {
+  function refuse(
+    status: number,
+    reason: string,
+    from: string,
+    answer?: { body: Record<string, unknown>; headers: Record<string, string> },
+  ): Response {
     const now = performance.now();
     const last = reported.get(status);
     if (last === undefined || now - last.at >= logEveryMs) {
@@ -1014,7 +1071,21 @@ export function createPeerHandler(
     } else {
       last.skipped++;
     }
+    if (answer !== undefined) {
+      return Response.json({ error: reason, ...answer.body }, { status, headers: answer.headers });
+    }
     return _error(status, reason);
+  }
+
+  /** The `410` answer to a sender that a committed membership change removed. */
+  function refuseRemoved(from: string, index: number): Response {
+    return refuse(
+      410,
+      `Sender ${_quoteId(from)} was removed from the cluster: the committed configuration ` +
+        `(index ${index}) leaves it out`,
+      from,
+      { body: { code: "removed", index }, headers: { [REMOVED_AT_HEADER]: String(index) } },
+    );
   }
 
   function refuseFor(refusal: PeerRefusal, from: string): Response {
@@ -1309,6 +1380,16 @@ export function createPeerHandler(
           `Cluster "${req.headers.get(CLUSTER_HEADER) ?? ""}" does not match "${cluster}"`,
           from,
         );
+      }
+      // A sender that a committed membership change removed is told so (it may have been down
+      // while its removal committed and cannot learn it from the log).
+      // Only a sender that says it counts itself a member, by a configuration older than the
+      // committed one that leaves it out, is told so: others (strangers) get 403 below.
+      const proved = info?.peer ?? null;
+      const since = Number(req.headers.get(MEMBER_SINCE_HEADER) ?? "");
+      if ((proved === null || proved === from) && Number.isSafeInteger(since) && since > 0) {
+        const removedAt = handlers.removedAt?.(proved ?? from) ?? 0;
+        if (removedAt > since) return refuseRemoved(proved ?? from, removedAt);
       }
       // A sender that is not another member, or not the one the connection proved, is refused
       // before anything is read or stored.

@@ -8,7 +8,9 @@ import {
   FROM_HEADER,
   HttpTransport,
   type HttpTransportOptions,
+  MEMBER_SINCE_HEADER,
   MESSAGE_HEADER,
+  REMOVED_AT_HEADER,
   STREAM_PATH,
 } from "./http_transport.ts";
 import {
@@ -1528,4 +1530,73 @@ Deno.test("past the stream limit, a stream idle for streamIdleMs ends first (its
   for (const b of [live, next, other]) b.end();
   for (const r of [liveRes, nextRes, otherRes]) await _answerEnds(r);
   assert.deepStrictEqual(batches.map((b) => b[0]!.from).sort(), ["n1", "n1", "n3"]);
+});
+
+Deno.test("a sender the node says was removed gets 410 removed with the index, before its body is read; the sending transport drops its queue and calls onRemoved", async () => {
+  const batches: Message[][] = [];
+  const handlers = {
+    onMessages: (messages: Message[]) => void batches.push(messages),
+    onSnapshot: async () => {},
+    // "n3" is outside this node's configurations since the committed one at index 7.
+    removedAt: (from: NodeId) => from === "n3" ? 7 : 0,
+  };
+  const handler = createPeerHandler(handlers, {
+    validator: new PeerValidator({ self: "n2", members: ["n1", "n2"] }),
+  });
+  const body = _stalledBody(encodeMessages([_heartbeat("n3")]));
+  const res = await handler(
+    _post("/raft/messages", body.stream, { [FROM_HEADER]: "n3", [MEMBER_SINCE_HEADER]: "2" }),
+  );
+  assert.strictEqual(res.status, 410);
+  assert.strictEqual(res.headers.get(REMOVED_AT_HEADER), "7");
+  const json = await res.json();
+  assert.strictEqual(json.code, "removed");
+  assert.strictEqual(json.index, 7);
+  assert.strictEqual(body.pulls(), 0, "the body was read");
+  // A sender that does not say it counts itself a member (a stranger), or says so by a
+  // configuration at or above that index (the peer lags behind its addition), gets 403.
+  for (const since of [undefined, "7", "9", "x"]) {
+    const headers: Record<string, string> = { [FROM_HEADER]: "n3" };
+    if (since !== undefined) headers[MEMBER_SINCE_HEADER] = since;
+    const other = await handler(
+      _post("/raft/messages", encodeMessages([_heartbeat("n3")]), headers),
+    );
+    assert.strictEqual(other.status, 403, `member since ${since}`);
+    await other.body?.cancel();
+  }
+
+  const server = _serve(handler);
+  try {
+    for (const stream of [true, false]) {
+      const told: [NodeId, number][] = [];
+      const changed = new Condition();
+      const gone = new HttpTransport({
+        memberSince: () => 2,
+        onRemoved: (peer, index) => {
+          told.push([peer, index]);
+          changed.notify();
+        },
+      }, { ..._FAST, self: "n3", stream, peers: [{ id: "n2", rpcUrl: _url(server) }] });
+      const member = new HttpTransport({}, {
+        ..._FAST,
+        self: "n1",
+        stream,
+        peers: [{ id: "n2", rpcUrl: _url(server) }],
+      });
+      try {
+        gone.send([message({ type: MessageType.PreVote, from: "n3", to: "n2", term: 2 })]);
+        await changed.until(() => told.length > 0, "onRemoved");
+        assert.deepStrictEqual(told, [["n2", 7]]);
+        const before = batches.length;
+        member.send([_heartbeat("n1")]);
+        await waitFor(() => batches.length > before, { message: "the member's batch" });
+        assert.ok(batches.every((b) => b.every((m) => m.from === "n1")), "a batch of n3 taken");
+      } finally {
+        await gone.close();
+        await member.close();
+      }
+    }
+  } finally {
+    await server.shutdown();
+  }
 });

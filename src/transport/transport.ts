@@ -45,6 +45,25 @@ export interface TransportHandlers {
   onSnapshot(msg: Message, body: ReadableStream<Uint8Array>): Promise<void>;
   /** Called when a peer could not be reached after the retries (the Raft core may then slow down probing). */
   onUnreachable?(peer: NodeId): void;
+  /**
+   * Whether what `from` sends is to be answered "you were removed" instead of taken: the index of
+   * this node's committed configuration when it and the newest one both leave `from` out, else 0
+   * (see `RaftCore.removedAt`). The HTTP peer handler answers `410` when that index is above the
+   * one the sender says it is a member by ({@linkcode TransportHandlers.memberSince}).
+   */
+  removedAt?(from: NodeId): number;
+  /**
+   * The index of the configuration by which this node counts itself a member (its newest
+   * configuration entry, or its snapshot's index), 0 when it does not (joining or removed). Sent
+   * with every peer request; a peer whose committed configuration leaves this node out at a higher
+   * index answers "removed".
+   */
+  memberSince?(): number;
+  /**
+   * Called when `peer` answered that its committed configuration at `index` leaves this node out
+   * (the HTTP transport: a `410` with code `removed`). What was sent to it is dropped.
+   */
+  onRemoved?(peer: NodeId, index: number): void;
 }
 
 /**

@@ -124,6 +124,7 @@ export class SimNetwork {
 
   #deliver(from: NodeId, dst: _Endpoint, bytes: Uint8Array): void {
     if (!this.#alive(dst)) return;
+    if (this.#answerRemoved(from, dst)) return;
     const msgs = decodeMessages(bytes);
     if (!this.#accepts(from, dst, msgs, "messages")) return;
     try {
@@ -132,6 +133,27 @@ export class SimNetwork {
       if (!(e instanceof PeerRefusedError)) throw e;
       this.#host.refused(`${dst.id} refused a batch from ${from}: ${e.message}`);
     }
+  }
+
+  /**
+   * Whether `dst` answers `from` "removed" (the real peer handler's `410`, asked of the node
+   * itself): the batch is dropped and the answer travels back to the sender, as the HTTP
+   * transport's `onRemoved`.
+   */
+  #answerRemoved(from: NodeId, dst: _Endpoint): boolean {
+    // As the HTTP transport: only a sender that counts itself a member by an older configuration
+    // is told (its x-raftkv-member-since header).
+    const src = this.#live.get(from);
+    const since = src?.handlers.memberSince?.() ?? 0;
+    if (src === undefined || since === 0) return false;
+    const index = dst.handlers.removedAt?.(from) ?? 0;
+    if (index <= since) return false;
+    this.#host.stats.removedAnswers++;
+    this.#host.later(this.#delay(), () => {
+      if (!this.#alive(src) || this.cut?.(dst.id, from)) return;
+      src.clock.run(() => src.handlers.onRemoved?.(dst.id, index));
+    });
+    return true;
   }
 
   /** Whether the real peer validator of `dst` takes `msgs` from `from`; a refusal fails the run. */

@@ -24,7 +24,11 @@
  * applied more than once. Clients send requests to removed nodes too (during the run, and about
  * three final reads in ten go to a node that knows it was removed): such a node must refuse them
  * at once ({@linkcode RemovedError}), and a final read it leaves unanswered fails the run
- * ("removed-refusal"); the client then goes to another node.
+ * ("removed-refusal"); the client then goes to another node. A peer answers a batch from a node
+ * its committed and newest configurations leave out "removed" (the real handler's 410, through
+ * the node's own `removedAt`), and the sender is told: after the final heal, a voter removed
+ * while it was down or cut off must know it ("removed-unaware"), and no member of the final
+ * configuration may count itself removed ("removed-member").
  *
  * Watchers follow the changes of a key or a prefix (`watchHistory().subscribe`, what
  * `GET /v1/watch` serves), each on a random node, moving to another one when theirs crashes or
@@ -183,6 +187,8 @@ export type CheckName =
   | "watch" // every watcher saw each committed change of its keys once, in index order
   | "disjoint-majorities" // consecutive committed configurations differ by one voter at most
   | "removed-refusal" // a node that knows it was removed refuses a final read at once
+  | "removed-member" // no member of the final configuration counts itself removed
+  | "removed-unaware" // a voter removed while down knows it after the final heal
   | "runaway";
 
 /** The options of one run. */
@@ -286,6 +292,7 @@ export const COUNTERS = [
   "removedRefusals", // client requests (reads, writes, lease calls) a removed node refused
   "removedFinalReads", // final reads sent to a node that knew it was removed: each refused
   "removedWatchRefusals", // watches a removed node refused (the watcher moved on)
+  "removedAnswers", // peer batches answered "removed" (the sender is outside the committed configuration)
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -1988,6 +1995,29 @@ class _Simulation {
         if (this.#clock.now() >= deadline) {
           const ids = lagging.map((n) => n.id).join(", ");
           this.#fail("convergence", `${ids} did not apply up to commit ${c} within 10 s`);
+        }
+        return this.#later(50, poll);
+      }
+      // A voter removed while it was down (or cut off) never gets its removal from the log: the
+      // peers it campaigns to answer that their committed configuration leaves it out, and it
+      // must then know it was removed. A member of the cluster must never be told so. (A removed
+      // learner sends nothing, so it is not waited for.)
+      const wrong = this.#nodes.filter((n) =>
+        n.node && members.has(n.id) && n.node.status().membership === "removed"
+      );
+      if (wrong.length > 0) {
+        const ids = wrong.map((n) => n.id).join(", ");
+        this.#fail("removed-member", `${ids} count themselves removed, but are members`);
+        return;
+      }
+      const unaware = this.#nodes.filter((n) =>
+        n.node && !members.has(n.id) && n.node.status().membership === "voter"
+      );
+      if (unaware.length > 0) {
+        if (this.#clock.now() >= deadline) {
+          const ids = unaware.map((n) => n.id).join(", ");
+          this.#fail("removed-unaware", `${ids} were removed but still count themselves voters`);
+          return;
         }
         return this.#later(50, poll);
       }
