@@ -2,7 +2,13 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { assertGoldenBytes } from "../../testing/golden_bytes.ts";
 import { encodeConfState, EntryType, type Message, message, MessageType } from "../raft/types.ts";
-import { CODEC_MAGIC, decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
+import {
+  CODEC_MAGIC,
+  decodeMessages,
+  encodedMessageSize,
+  encodeMessageFrame,
+  encodeMessages,
+} from "./codec.ts";
 import { sampleMessage } from "../../testing/transport_conformance.ts";
 
 const _TYPES = Object.values(MessageType).filter((v): v is MessageType => typeof v === "number");
@@ -65,6 +71,38 @@ Deno.test("encodeMessages of no messages is a 5-byte header", () => {
   const bytes = encodeMessages([]);
   assert.deepStrictEqual(bytes, new Uint8Array([CODEC_MAGIC, 0, 0, 0, 0]));
   assert.deepStrictEqual(decodeMessages(bytes), []);
+});
+
+Deno.test("encodeMessageFrame is the 4-byte big-endian length, then the encodeMessages bytes", () => {
+  const cases: Message[][] = [
+    [],
+    _TYPES.map((type, i) => sampleMessage(type, "node-a", "node-b", i + 1, [3, 0])),
+    [{ ...sampleMessage(MessageType.App, "a", "b", 1), entries: [] }],
+  ];
+  for (const msgs of cases) {
+    const body = encodeMessages(msgs);
+    const frame = encodeMessageFrame(msgs);
+    assert.strictEqual(frame.byteLength, 4 + body.byteLength);
+    assert.strictEqual(new DataView(frame.buffer).getUint32(0), body.byteLength);
+    assert.deepStrictEqual(frame.subarray(4), body);
+    assert.deepStrictEqual(decodeMessages(frame.subarray(4)), msgs);
+  }
+  // The length is big-endian even past 16 bits: a frame carrying one 70 000-byte entry.
+  const big = [{
+    ...sampleMessage(MessageType.App, "a", "b", 1),
+    entries: [{ term: 1, index: 2, type: EntryType.Normal, data: _random(70_000) }],
+  }];
+  const frame = encodeMessageFrame(big);
+  const length = encodeMessages(big).byteLength;
+  assert.ok(length > 0xffff);
+  assert.deepStrictEqual(
+    [...frame.subarray(0, 4)],
+    [length >>> 24, (length >>> 16) & 0xff, (length >>> 8) & 0xff, length & 0xff],
+  );
+  assert.throws(
+    () => encodeMessageFrame([{ ...big[0]!, term: -1 }]),
+    /term must be a non-negative safe integer/,
+  );
 });
 
 Deno.test("encodedMessageSize matches the encoded size", () => {

@@ -117,7 +117,7 @@ import { setImmediate } from "node:timers";
 import { H2Client } from "./h2_client.ts";
 import type { PeerRequestInfo } from "./tls_server.ts";
 import { type Message, MessageType, type NodeId } from "../raft/types.ts";
-import { decodeMessages, encodedMessageSize, encodeMessages } from "./codec.ts";
+import { decodeMessages, encodedMessageSize, encodeMessageFrame, encodeMessages } from "./codec.ts";
 import { coalesceMessages } from "./coalesce.ts";
 import { readBodyWithin } from "../util/body.ts";
 import type { PeerRefusal, PeerValidator, RefusalKind } from "../raft/validate.ts";
@@ -616,13 +616,11 @@ export class HttpTransport implements Transport {
       return;
     }
     while (!peer.blocked && peer.queue.length > 0) {
-      const batch = this.#takeBatch(peer);
+      // Encoded straight into the frame, after room for its length: one buffer, one copy.
+      const batch = this.#takeBatch(peer, encodeMessageFrame);
       if (batch === null) continue;
-      const frame = new Uint8Array(4 + batch.bytes.byteLength);
-      new DataView(frame.buffer).setUint32(0, batch.bytes.byteLength);
-      frame.set(batch.bytes, 4);
       peer.sent += batch.count;
-      if (!stream.write(frame)) {
+      if (!stream.write(batch.bytes)) {
         // The peer (or the network) does not keep up: wait for the buffer to drain, and give the
         // stream up as broken if it does not drain within a few rpcTimeoutMs (a large frame may
         // need several flow-control round trips).
@@ -756,7 +754,7 @@ export class HttpTransport implements Transport {
   /** Starts requests while the peer has queued messages and free in-flight slots. */
   #pumpRequests(peer: _Peer): void {
     while (!this.#closed && peer.inflight < this.#maxInflight && peer.queue.length > 0) {
-      const batch = this.#takeBatch(peer);
+      const batch = this.#takeBatch(peer, encodeMessages);
       if (batch === null) continue;
       peer.inflight++;
       const task = this.#deliver(peer, batch).finally(() => {
@@ -768,8 +766,14 @@ export class HttpTransport implements Transport {
     }
   }
 
-  /** Removes the next batch from the queue and encodes it; null if it could not be encoded. */
-  #takeBatch(peer: _Peer): { bytes: Uint8Array<ArrayBuffer>; count: number } | null {
+  /**
+   * Removes the next batch from the queue and encodes it with `encode` (a request body or a stream
+   * frame); null if it could not be encoded.
+   */
+  #takeBatch(
+    peer: _Peer,
+    encode: (msgs: readonly Message[]) => Uint8Array<ArrayBuffer>,
+  ): { bytes: Uint8Array<ArrayBuffer>; count: number } | null {
     const queue = coalesceMessages(peer.queue, this.#maxBatchBytes);
     peer.queue = queue;
     let size = 5;
@@ -799,7 +803,7 @@ export class HttpTransport implements Transport {
       peer.queue = queue.slice(n);
     }
     try {
-      return { bytes: encodeMessages(batch), count: batch.length };
+      return { bytes: encode(batch), count: batch.length };
     } catch {
       // As above, for what only the writer checks (e.g. a term that is not a safe integer): find
       // the culprits one by one (rare, so the cost does not matter) and send the rest.
@@ -813,7 +817,7 @@ export class HttpTransport implements Transport {
           return false;
         }
       });
-      return good.length === 0 ? null : { bytes: encodeMessages(good), count: good.length };
+      return good.length === 0 ? null : { bytes: encode(good), count: good.length };
     }
   }
 
