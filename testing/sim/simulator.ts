@@ -2001,9 +2001,14 @@ class _Simulation {
       // A voter removed while it was down (or cut off) never gets its removal from the log: the
       // peers it campaigns to answer that their committed configuration leaves it out, and it
       // must then know it was removed. A member of the cluster must never be told so. (A removed
-      // learner sends nothing, so it is not waited for.)
+      // learner sends nothing, so it is not waited for.) The known limitation above is the one
+      // exception: a member left out as stale whose own configuration predates its addition
+      // (a snapshot taken before it joined, sent by a leader added after that snapshot) counts
+      // itself removed from that configuration, not from a peer's answer; it stays counted.
       const wrong = this.#nodes.filter((n) =>
-        n.node && members.has(n.id) && n.node.status().membership === "removed"
+        n.node && members.has(n.id) && n.node.status().membership === "removed" &&
+        !(this.#staleNoted.has(n.id) &&
+          !n.node.membership.list().some((m) => m.node_id === n.id))
       );
       if (wrong.length > 0) {
         const ids = wrong.map((n) => n.id).join(", ");
