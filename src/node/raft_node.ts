@@ -440,6 +440,10 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #logBytes = 0;
   /** No snapshot starts before this time (on the clock), after one the disk refused. */
   #snapshotRetryAt = 0;
+  /** A follower needs a snapshot newer than the newest file (see #sendSnapshot): take one now. */
+  #snapshotWanted = false;
+  /** The last "snapshot too old for this follower" note, so it is logged once per file and peer. */
+  #staleSnapshotNoted = "";
   #snapshotting = false;
   #snapshotTask: Promise<void> = Promise.resolve();
   /** The node's newest snapshot (saved or installed), the one sent to followers. */
@@ -1676,12 +1680,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const applied = this.#kv.appliedIndex;
     if (this.#snapshotting || applied <= last) return;
     if (
-      applied - last < this.#snapshotThreshold && this.#logBytes < this.#snapshotThresholdBytes
+      !this.#snapshotWanted && applied - last < this.#snapshotThreshold &&
+      this.#logBytes < this.#snapshotThresholdBytes
     ) {
       return;
     }
     if (this.#clock.now() < this.#snapshotRetryAt) return;
     this.#snapshotting = true;
+    this.#snapshotWanted = false;
     this.#snapshotTask = this.#takeSnapshot().catch((e) => {
       if (isNoSpace(e)) {
         this.#snapshotRetryAt = this.#clock.now() + _NOSPACE_MAX_RETRY_MS;
@@ -1764,10 +1770,20 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     return from;
   }
 
-  /** Streams the newest snapshot file to a follower that needs it. */
+  /**
+   * Streams the newest snapshot file to a follower that needs it. A snapshot taken before the
+   * follower (or this leader) was added is not sent while the follower is being added: installed,
+   * its configuration would leave the follower out (it would count itself removed) and this
+   * leader too (it would refuse this leader's messages as a non-member's). A newer snapshot is
+   * taken instead, once the addition is applied, and the core sends that one on its next try.
+   */
   #sendSnapshot(m: Message): void {
     const file = this.#snapshotFile;
     if (!file || file.index !== m.snapshot?.index) {
+      queueMicrotask(() => this.#guard(() => this.#core.reportSnapshot(m.to, false)));
+      return;
+    }
+    if (this.#snapshotTooOld(m.snapshot, m.to)) {
       queueMicrotask(() => this.#guard(() => this.#core.reportSnapshot(m.to, false)));
       return;
     }
@@ -1779,6 +1795,34 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         this.#guard(() => this.#core.reportSnapshot(m.to, false));
       },
     );
+  }
+
+  /**
+   * Whether the snapshot `meta` leaves out `to` or this node while `to` is a member of this
+   * node's newest configuration (it is being added, not removed); if so, asks for a newer
+   * snapshot once the applied configuration lists both.
+   */
+  #snapshotTooOld(meta: SnapshotMeta, to: NodeId): boolean {
+    const lists = (c: { voters: readonly NodeId[]; learners?: readonly NodeId[] }, id: NodeId) =>
+      c.voters.includes(id) || (c.learners ?? []).includes(id);
+    const core = this.#core;
+    if (lists(meta, to) && lists(meta, this.id)) return false;
+    if (!core.voters.includes(to) && !core.learners.includes(to)) return false;
+    const applied = this.#kv.appliedIndex;
+    const note = `${meta.index}|${to}`;
+    if (note !== this.#staleSnapshotNoted) {
+      this.#staleSnapshotNoted = note;
+      this.#log.info(
+        `not sending the snapshot at index ${meta.index} to ${to}: it predates ${to}'s or this ` +
+          `node's addition; taking a newer one`,
+      );
+    }
+    const conf = core.confAt(applied);
+    if (applied > meta.index && lists(conf, to) && lists(conf, this.id)) {
+      this.#snapshotWanted = true;
+      this.#maybeSnapshot();
+    }
+    return true;
   }
 
   /**
