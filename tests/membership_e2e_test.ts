@@ -395,3 +395,59 @@ Deno.test("a member removed while it was down learns it from its peers on restar
     cluster.formatLogs(["node-4"]),
   );
 });
+
+Deno.test("a node joining through a leader whose newest snapshot predates both their additions gets a newer snapshot and becomes a voter", async () => {
+  // A snapshot every 20 entries, keeping 20 before it: a node joining after 45 writes gets the
+  // leader's snapshot (its configuration: node-1 to node-3), and then applies too few entries of
+  // its own to take a newer one before it leads.
+  await using cluster = await startCluster({ size: 3, nodeFlags: ["--snapshot-threshold", "20"] });
+  const leader = await cluster.waitForLeader();
+  for (let i = 0; i < 45; i++) {
+    const r = await attempt(`${cluster.api(leader)}/v1/data/k${i}`, "PUT", { v: `${i}` }, 5000);
+    assert.ok(r.kind === "answer" && r.status === 200, JSON.stringify(r));
+  }
+  await cluster.addNode("node-4");
+  await cluster.start("node-4", { flags: ["--join", cluster.api(leader)] });
+  await waitMembers(
+    cluster,
+    () => leader,
+    (rows) => rows.some((m) => m.node_id === "node-4" && m.role === "voter"),
+    "node-4 to be a voter",
+  );
+  assert.ok(
+    cluster.logs("node-4").some((l) => l.includes("installing snapshot")),
+    `node-4 did not start from a snapshot\n${cluster.formatLogs(["node-4"])}`,
+  );
+  const moved = await attempt(`${cluster.api(leader)}/v1/leader/transfer`, "POST", {
+    to: "node-4",
+  }, 10_000);
+  assert.ok(moved.kind === "answer" && moved.status === 200, JSON.stringify(moved));
+  await waitFor(async () => (await cluster.status("node-4"))?.leader?.id === "node-4", {
+    deadlineMs: 10_000,
+    message: "node-4 to lead",
+  });
+
+  // node-4's newest snapshot leaves out node-4 and node-5: it must not be what node-5 installs.
+  await cluster.addNode("node-5");
+  await cluster.start("node-5", { flags: ["--join", cluster.api("node-4")] });
+  await waitMembers(
+    cluster,
+    () => "node-4",
+    (rows) => rows.some((m) => m.node_id === "node-5" && m.role === "voter"),
+    "node-5 to be a voter",
+  );
+  await waitFor(async () => {
+    const r = await attempt(`${cluster.api("node-5")}/v1/data/k44`, "GET", undefined, 2000);
+    return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "44";
+  }, { deadlineMs: 10_000, intervalMs: 50, message: "node-5 to serve a linearizable read" });
+  const status5 = await cluster.status("node-5") as { membership?: string } | null;
+  assert.equal(status5?.membership, "voter");
+  assert.ok(
+    !cluster.logs("node-5").some((l) => l.includes("was removed from the cluster")),
+    cluster.formatLogs(["node-5"]),
+  );
+  assert.ok(
+    cluster.logs("node-4").some((l) => l.includes("not sending the snapshot at index")),
+    `node-4 never refused its old snapshot\n${cluster.formatLogs(["node-4"])}`,
+  );
+});
