@@ -150,6 +150,18 @@ async function waitMembers(
   }, { deadlineMs: 20_000, intervalMs: 100, message });
 }
 
+/** Starts `id` with `--join` through `via()` and waits (asking `via()`) until it is a voter. */
+async function joinAsVoter(cluster: ProcessCluster, id: string, via: () => string): Promise<void> {
+  await cluster.addNode(id);
+  await cluster.start(id, { flags: ["--join", cluster.api(via())] });
+  await waitMembers(
+    cluster,
+    via,
+    (rows) => rows.some((m) => m.node_id === id && m.role === "voter"),
+    `${id} to be a voter`,
+  );
+}
+
 Deno.test("members are added, removed (the leader too) and replaced under load; no acknowledged write is lost", async () => {
   const started = performance.now();
   await using cluster = await startCluster({ size: 3 });
@@ -186,14 +198,7 @@ Deno.test("members are added, removed (the leader too) and replaced under load; 
 
     // Grow: node-4 and node-5 join as learners and are promoted to voters.
     for (const id of ["node-4", "node-5"]) {
-      await cluster.addNode(id);
-      await cluster.start(id, { flags: ["--join", cluster.api(someMember())] });
-      await waitMembers(
-        cluster,
-        someMember,
-        (rows) => rows.some((m) => m.node_id === id && m.role === "voter"),
-        `${id} to be a voter`,
-      );
+      await joinAsVoter(cluster, id, someMember);
       load.targets = [...load.targets, id];
     }
     assert.equal((await members(cluster, "node-4"))!.length, 5);
@@ -374,14 +379,7 @@ Deno.test("a member removed while it was down learns it from its peers on restar
   assert.equal((read2.json as { v: string }).v, "2");
 
   // A node added now joins and is promoted; nobody tells it it was removed.
-  await cluster.addNode("node-4");
-  await cluster.start("node-4", { flags: ["--join", cluster.api(leader)] });
-  await waitMembers(
-    cluster,
-    () => leader,
-    (rows) => rows.some((m) => m.node_id === "node-4" && m.role === "voter"),
-    "node-4 to be a voter",
-  );
+  await joinAsVoter(cluster, "node-4", () => leader);
   await waitFor(async () => {
     const r = await attempt(`${cluster.api("node-4")}/v1/data/k`, "GET", undefined, 2000);
     return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "2";
@@ -406,14 +404,7 @@ Deno.test("a node joining through a leader whose newest snapshot predates both t
     const r = await attempt(`${cluster.api(leader)}/v1/data/k${i}`, "PUT", { v: `${i}` }, 5000);
     assert.ok(r.kind === "answer" && r.status === 200, JSON.stringify(r));
   }
-  await cluster.addNode("node-4");
-  await cluster.start("node-4", { flags: ["--join", cluster.api(leader)] });
-  await waitMembers(
-    cluster,
-    () => leader,
-    (rows) => rows.some((m) => m.node_id === "node-4" && m.role === "voter"),
-    "node-4 to be a voter",
-  );
+  await joinAsVoter(cluster, "node-4", () => leader);
   assert.ok(
     cluster.logs("node-4").some((l) => l.includes("installing snapshot")),
     `node-4 did not start from a snapshot\n${cluster.formatLogs(["node-4"])}`,
@@ -428,14 +419,7 @@ Deno.test("a node joining through a leader whose newest snapshot predates both t
   });
 
   // node-4's newest snapshot leaves out node-4 and node-5: it must not be what node-5 installs.
-  await cluster.addNode("node-5");
-  await cluster.start("node-5", { flags: ["--join", cluster.api("node-4")] });
-  await waitMembers(
-    cluster,
-    () => "node-4",
-    (rows) => rows.some((m) => m.node_id === "node-5" && m.role === "voter"),
-    "node-5 to be a voter",
-  );
+  await joinAsVoter(cluster, "node-5", () => "node-4");
   await waitFor(async () => {
     const r = await attempt(`${cluster.api("node-5")}/v1/data/k44`, "GET", undefined, 2000);
     return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "44";
