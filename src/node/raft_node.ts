@@ -17,6 +17,7 @@ import { RaftCore } from "../raft/raft.ts";
 import { ConfChangeError, LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 import { seededRandom } from "../raft/rand.ts";
 import {
+  confLists,
   type Entry,
   EntryType,
   type HardState,
@@ -1803,11 +1804,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    * snapshot once the applied configuration lists both.
    */
   #snapshotTooOld(meta: SnapshotMeta, to: NodeId): boolean {
-    const lists = (c: { voters: readonly NodeId[]; learners?: readonly NodeId[] }, id: NodeId) =>
-      c.voters.includes(id) || (c.learners ?? []).includes(id);
     const core = this.#core;
-    if (lists(meta, to) && lists(meta, this.id)) return false;
-    if (!core.voters.includes(to) && !core.learners.includes(to)) return false;
+    if (confLists(meta, to) && confLists(meta, this.id)) return false;
+    if (!confLists(core, to)) return false;
     const applied = this.#kv.appliedIndex;
     const note = `${meta.index}|${to}`;
     if (note !== this.#staleSnapshotNoted) {
@@ -1818,7 +1817,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       );
     }
     const conf = core.confAt(applied);
-    if (applied > meta.index && lists(conf, to) && lists(conf, this.id)) {
+    if (applied > meta.index && confLists(conf, to) && confLists(conf, this.id)) {
       this.#snapshotWanted = true;
       this.#maybeSnapshot();
     }

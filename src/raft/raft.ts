@@ -25,6 +25,7 @@ import { Progress } from "./progress.ts";
 import {
   CAMPAIGN_TRANSFER,
   type ConfChange,
+  confLists,
   type ConfState,
   decodeConfState,
   encodeConfState,
@@ -361,7 +362,7 @@ export class RaftCore {
       if (c.index > at) break;
       [index, conf] = [c.index, c.conf];
     }
-    if (conf.voters.includes(from) || conf.learners.includes(from)) return 0;
+    if (confLists(conf, from)) return 0;
     return Math.max(1, index);
   }
 
@@ -456,7 +457,7 @@ export class RaftCore {
     const next = copyConf(cur);
     const n = change.node;
     if (change.op === "add-learner") {
-      if (next.voters.includes(n) || next.learners.includes(n)) {
+      if (confLists(next, n)) {
         throw new ConfChangeError("exists", `"${n}" is already a member`);
       }
       next.learners.push(n);
@@ -1070,7 +1071,7 @@ export class RaftCore {
     const committed = this.confAt(Math.max(this.log.committed, this.log.snapIndex));
     for (const id of [...this.progress.keys()]) {
       if (id === this.id || this.#isMember(id)) continue;
-      if (committed.voters.includes(id) || committed.learners.includes(id)) continue;
+      if (confLists(committed, id)) continue;
       this.progress.delete(id);
     }
   }

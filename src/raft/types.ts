@@ -54,6 +54,17 @@ export interface ConfState {
   info: Record<NodeId, string>;
 }
 
+/**
+ * Whether a configuration (or a snapshot's: its learners may be absent) lists `id` as a voter or
+ * a learner.
+ */
+export function confLists(
+  conf: { voters: readonly NodeId[]; learners?: readonly NodeId[] },
+  id: NodeId,
+): boolean {
+  return conf.voters.includes(id) || (conf.learners?.includes(id) ?? false);
+}
+
 /** One single-server membership change, as a leader proposes it. */
 export interface ConfChange {
   /** Add a learner, promote a learner to voter, or remove a voter or learner. */
