@@ -124,6 +124,7 @@ export async function main(args: string[]): Promise<number> {
     maxPendingProposals: config.maxPendingProposals,
     maxPendingBytes: config.maxPendingBytes,
     watchHistoryEvents: config.watchHistoryEvents,
+    watchHistoryBytes: config.watchHistoryBytes,
     metrics,
     logger: log,
     onFatal: (e) => {

@@ -1,6 +1,7 @@
 /**
  * Watches against real node processes: the same ordered stream on every node across a killed
- * leader, 410 for a `from` older than the history, the slow-watcher cutoff, and `raftkv watch`
+ * leader, 410 for a `from` older than the history (bounded by events or by bytes), the
+ * slow-watcher cutoff, and `raftkv watch`
  * carrying on across endpoints.
  *
  * @module
@@ -141,6 +142,41 @@ Deno.test("a watch from before the history is 410 with the oldest index; a slow 
   const tooOld = await raftkv(["watch", "k", "--from", "1", "--endpoints", url]);
   assert.equal(tooOld.code, 1, tooOld.stderr);
   assert.match(tooOld.stderr, /410 .*oldest index \d+/);
+});
+
+Deno.test("--watch-history-bytes bounds the history by bytes; a change larger than it is kept alone", async () => {
+  // A change of key "k" and a 1500-byte value counts 1 + 1500 + 64 = 1565 bytes: two fit in 4000.
+  await using cluster = await startCluster({
+    size: 1,
+    nodeFlags: ["--watch-history-bytes", "4000"],
+  });
+  await cluster.waitForLeader();
+  const url = cluster.api("node-1");
+  const value = "v".repeat(1499); // and a digit
+  const indexes: number[] = [];
+  for (let i = 0; i < 3; i++) indexes.push((await put([url], "k", value + i))!);
+  const gone = await httpRequest(`${url}/v1/watch?key=k&from=${indexes[0]}`, "GET");
+  assert.equal(gone.status, 410);
+  assert.equal((gone.json as { oldest_index: number }).oldest_index, indexes[0]! + 1);
+  const metrics = await httpRequest(`${url}/metrics`, "GET");
+  assert.match(metrics.text, /^raftkv_watch_history_events 2$/m);
+  assert.match(metrics.text, /^raftkv_watch_history_bytes 3130$/m);
+
+  // One change of 5000 bytes: everything before it goes, it stays, and a watch from it gets it.
+  const big = (await put([url], "k", "b".repeat(5000)))!;
+  const early = await httpRequest(`${url}/v1/watch?key=k&from=${indexes[2]}`, "GET");
+  assert.equal(early.status, 410);
+  assert.equal((early.json as { oldest_index: number }).oldest_index, big);
+  const res = await fetch(`${url}/v1/watch?key=k&from=${big}`);
+  assert.equal(res.status, 200);
+  const first = await readSse(res.body!).next();
+  const event = JSON.parse(first.value!.data) as WatchEvent;
+  await res.body!.cancel().catch(() => {});
+  assert.equal(event.index, big);
+  assert.equal(event.v, "b".repeat(5000));
+  const after = await httpRequest(`${url}/metrics`, "GET");
+  assert.match(after.text, /^raftkv_watch_history_events 1$/m);
+  assert.match(after.text, /^raftkv_watch_history_bytes 5065$/m);
 });
 
 Deno.test("raftkv watch prints changes and carries on at the next endpoint when its node dies", async () => {

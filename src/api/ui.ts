@@ -3,7 +3,8 @@
  * program (text imports, which `deno compile` includes like any module), served with strict
  * security headers. The page holds no data: it polls `GET /v1/cluster` (see `cluster.ts`) once
  * a second, so it stays open even where the API asks for a token; it sends the token a user
- * types in after a 401 as `Authorization: Bearer ...`.
+ * types in after a 401 as `Authorization: Bearer ...`. The watch page (`watch.html`) streams
+ * `GET /v1/watch` with `fetch` and the same token; both take it from `token.js`.
  *
  * The Content-Security-Policy allows nothing but this node's own script, style sheet, images
  * and `fetch`es: no inline script or style, no other origin, no framing, no form posts, and
@@ -18,6 +19,7 @@ import css from "./ui/app.css" with { type: "text" };
 import icon from "./ui/icon.svg" with { type: "text" };
 import watchHtml from "./ui/watch.html" with { type: "text" };
 import watchScript from "./ui/watch.js" with { type: "text" };
+import tokenScript from "./ui/token.js" with { type: "text" };
 import { ApiError, quote } from "./errors.ts";
 
 /** The Content-Security-Policy of every `/ui` answer. */
@@ -52,7 +54,9 @@ const _ASSETS: ReadonlyMap<string, { body: string; type: string }> = new Map([
   ["/ui/app.js", { body: script, type: "text/javascript; charset=utf-8" }],
   ["/ui/app.css", { body: css, type: "text/css; charset=utf-8" }],
   ["/ui/icon.svg", { body: icon, type: "image/svg+xml" }],
-  // A live list of changes through EventSource on GET /v1/watch (see watch.js).
+  // The bearer token's storage, header and form, shared by both pages (see token.js).
+  ["/ui/token.js", { body: tokenScript, type: "text/javascript; charset=utf-8" }],
+  // A live list of changes, streamed from GET /v1/watch with the tab's token (see watch.js).
   ["/ui/watch.html", { body: watchHtml, type: "text/html; charset=utf-8" }],
   ["/ui/watch.js", { body: watchScript, type: "text/javascript; charset=utf-8" }],
 ]);

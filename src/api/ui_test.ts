@@ -60,6 +60,9 @@ Deno.test("the dashboard's files are served with their types and strict security
     ["/ui/app.js", "text/javascript; charset=utf-8", /v1\/cluster/],
     ["/ui/app.css", "text/css; charset=utf-8", /prefers-color-scheme: dark/],
     ["/ui/icon.svg", "image/svg+xml", /<svg/],
+    ["/ui/token.js", "text/javascript; charset=utf-8", /TOKEN_KEY/],
+    ["/ui/watch.html", "text/html; charset=utf-8", /<title>raftkv watch<\/title>/],
+    ["/ui/watch.js", "text/javascript; charset=utf-8", /v1\/watch/],
   ];
   for (const [path, type, body] of expected) {
     const res = await get(path);
@@ -81,13 +84,16 @@ Deno.test("the page loads nothing from elsewhere and has no inline script or sty
   for (const [, url] of html.matchAll(/(?:src|href)="([^"]*)"/g)) {
     assert.match(url!, /^[a-z0-9.-]+\.(?:js|css|svg)$/, `${url} is a file beside the page`);
   }
-  const js = await (await get("/ui/app.js")).text();
-  // Trusted Types would refuse these anyway; the page builds its DOM from text.
-  assert.doesNotMatch(
-    js,
-    /innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function/,
-  );
-  assert.doesNotMatch(js, /https?:\/\/(?!www\.w3\.org\/2000\/svg)/, "no other origin");
+  for (const file of ["app.js", "token.js", "watch.js"]) {
+    const js = await (await get(`/ui/${file}`)).text();
+    // Trusted Types would refuse these anyway; the page builds its DOM from text.
+    assert.doesNotMatch(
+      js,
+      /innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function/,
+      file,
+    );
+    assert.doesNotMatch(js, /https?:\/\/(?!www\.w3\.org\/2000\/svg)/, `${file}: no other origin`);
+  }
 });
 
 Deno.test("/ui answers only GET, and unknown files under /ui/ are JSON 404s", async () => {

@@ -130,6 +130,8 @@ export interface NodeConfig {
   backupTimeoutMs: number;
   /** Change events kept for watches. Default 10000. */
   watchHistoryEvents: number;
+  /** Bytes of change events kept for watches (key, value and 64 per event). Default 64 MiB. */
+  watchHistoryBytes: number;
   /** Events waiting for one slow watcher before it is cut off. Default 1024. */
   watchBufferEvents: number;
   /** Interval of a watch stream's heartbeats in milliseconds. Default 15000. */
@@ -421,6 +423,8 @@ export function parseArgs(
       DEFAULTS.maxConcurrentBackups,
     backupTimeoutMs: settings.duration("--backup-timeout") ?? DEFAULTS.backupTimeoutMs,
     watchHistoryEvents: settings.positiveInt("--watch-history") ?? DEFAULTS.watchHistoryEvents,
+    watchHistoryBytes: settings.positiveInt("--watch-history-bytes") ??
+      DEFAULTS.watchHistoryBytes,
     watchBufferEvents: settings.positiveInt("--watch-buffer") ?? DEFAULTS.watchBufferEvents,
     watchHeartbeatMs: settings.duration("--watch-heartbeat") ?? DEFAULTS.watchHeartbeatMs,
     maxWatchers: settings.positiveInt("--max-watchers") ?? DEFAULTS.maxWatchers,

@@ -67,6 +67,8 @@ export const DEFAULTS = {
   backupTimeoutMs: 600_000,
   /** Default of `--watch-history`: change events kept for watches. */
   watchHistoryEvents: 10_000,
+  /** Default of `--watch-history-bytes` (64 MiB): bytes of change events kept for watches. */
+  watchHistoryBytes: 64 * 1024 * 1024,
   /** Default of `--watch-buffer`: events waiting for one slow watcher. */
   watchBufferEvents: 1024,
   /** Default of `--watch-heartbeat`, in milliseconds. */
@@ -363,6 +365,14 @@ export const FLAGS: readonly FlagInfo[] = [
     "<n>",
     String(_D.watchHistoryEvents),
     "Change events kept for watches; GET /v1/watch from an older index: 410",
+  ),
+  _flag(
+    "Limits and logging",
+    "--watch-history-bytes",
+    "<bytes>",
+    `${_D.watchHistoryBytes} (64 MiB)`,
+    "Bytes of change events kept for watches (key and value bytes + 64 each); the oldest go " +
+      "first; older from: 410",
   ),
   _flag(
     "Limits and logging",

@@ -7,13 +7,21 @@
  * every replica records the same events in the same order: a watcher can move to another node
  * and continue where it left off.
  *
- * The history keeps the newest `capacity` events. It covers the log indexes from
+ * The history keeps the newest events within two bounds: at most `capacity` events, and at most
+ * `maxBytes` bytes, an event counting its key's and value's UTF-8 bytes plus
+ * {@linkcode EVENT_OVERHEAD_BYTES} (see {@linkcode eventBytes}). The oldest whole indexes go first
+ * while either bound would be exceeded. The newest event is always kept, even one larger than
+ * `maxBytes` on its own (it is then the only one kept): memory stays below `maxBytes` plus one
+ * event, which the largest key and value accepted bound, and a watcher that reconnects right
+ * after such a write still finds it. It covers the log indexes from
  * {@linkcode EventHistory.oldestIndex} to the applied index: every change at an index in that
  * span is in it. Older indexes (evicted, or before the snapshot the state was loaded from) are
  * gone; a watch from there is refused with {@linkcode HistoryCompactedError}.
  *
  * @module
  */
+
+import { utf8Length } from "../util/utf8.ts";
 
 /** What happened to a key: written, deleted, or deleted because its lease ended. */
 export type KvEventType = "put" | "delete" | "expire";
@@ -66,13 +74,39 @@ export class HistoryCompactedError extends Error {
 /** Default of {@linkcode EventHistory}'s capacity (the `--watch-history` flag). */
 export const DEFAULT_HISTORY_EVENTS = 10_000;
 
+/** Default of {@linkcode EventHistory}'s byte bound (the `--watch-history-bytes` flag): 64 MiB. */
+export const DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024;
+
+/**
+ * What one event counts for in the byte bound beside its key and value: the event object, its
+ * fields and its slot in the ring, roughly.
+ */
+export const EVENT_OVERHEAD_BYTES = 64;
+
+/**
+ * The bytes one event counts for in {@linkcode EventHistory}'s byte bound: its key's and value's
+ * UTF-8 lengths plus {@linkcode EVENT_OVERHEAD_BYTES}.
+ *
+ * @param key The key.
+ * @param value The value of a put, else null.
+ * @returns The event's size in bytes.
+ */
+export function eventBytes(key: string, value: string | null): number {
+  return utf8Length(key) + (value === null ? 0 : utf8Length(value)) + EVENT_OVERHEAD_BYTES;
+}
+
 /**
  * The newest changes, in index order, and the subscriptions fed from them as they are recorded.
  */
 export class EventHistory {
   readonly #capacity: number;
+  readonly #maxBytes: number;
+  /** The sum of {@linkcode eventBytes} over the events kept. */
+  #bytes = 0;
   /** A ring of the newest events. */
   #ring: (KvEvent | undefined)[];
+  /** The {@linkcode eventBytes} of each event in the ring, at the same position. */
+  #costs: number[];
   #head = 0;
   #size = 0;
   #oldestIndex = 1;
@@ -83,14 +117,21 @@ export class EventHistory {
    * Creates an empty history that starts at index 1.
    *
    * @param capacity The most events kept.
-   * @throws {RangeError} If `capacity` is not a positive integer.
+   * @param maxBytes The most bytes of events kept (see {@linkcode eventBytes}); the newest event
+   * is kept even when it alone is larger.
+   * @throws {RangeError} If `capacity` or `maxBytes` is not a positive integer.
    */
-  constructor(capacity: number = DEFAULT_HISTORY_EVENTS) {
+  constructor(capacity: number = DEFAULT_HISTORY_EVENTS, maxBytes: number = DEFAULT_HISTORY_BYTES) {
     if (!Number.isSafeInteger(capacity) || capacity < 1) {
       throw new RangeError(`the watch history must hold at least 1 event, got ${capacity}`);
     }
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) {
+      throw new RangeError(`the watch history must hold at least 1 byte, got ${maxBytes}`);
+    }
     this.#capacity = capacity;
+    this.#maxBytes = maxBytes;
     this.#ring = new Array(Math.min(capacity, 1024));
+    this.#costs = new Array(this.#ring.length).fill(0);
   }
 
   /** The oldest index whose changes are all still here (a watch may start there). */
@@ -101,6 +142,11 @@ export class EventHistory {
   /** The number of events kept. */
   get size(): number {
     return this.#size;
+  }
+
+  /** The bytes the events kept count for (see {@linkcode eventBytes}). */
+  get bytes(): number {
+    return this.#bytes;
   }
 
   /** The number of subscriptions. */
@@ -118,23 +164,27 @@ export class EventHistory {
    * @param value The new value of a put, else null.
    */
   record(index: number, type: KvEventType, key: string, value: string | null): void {
-    const e: KvEvent = { index, type, k: key, v: type === "put" ? value : null, mod_index: index };
-    if (this.#size === this.#capacity) {
-      const evicted = this.#at(0)!;
-      this.#ring[this.#head] = undefined;
-      this.#head = (this.#head + 1) % this.#ring.length;
-      this.#size--;
-      this.#oldestIndex = evicted.index + 1;
-      // The rest of that index goes too: the history holds whole indexes only.
-      while (this.#size > 0 && this.#at(0)!.index < this.#oldestIndex) {
-        this.#ring[this.#head] = undefined;
-        this.#head = (this.#head + 1) % this.#ring.length;
-        this.#size--;
-      }
+    const v = type === "put" ? value : null;
+    const e: KvEvent = { index, type, k: key, v, mod_index: index };
+    const cost = eventBytes(key, v);
+    // Events of an index that lost its first events to the bounds (a transaction larger than
+    // them) are no use once the next index comes: no watch can start there.
+    while (this.#size > 0 && this.#at(0)!.index < this.#oldestIndex && index >= this.#oldestIndex) {
+      this.#dropOldest();
+    }
+    // Whole indexes go, oldest first, until the new event fits both bounds (or none is left).
+    while (
+      this.#size > 0 && (this.#size >= this.#capacity || this.#bytes + cost > this.#maxBytes)
+    ) {
+      this.#oldestIndex = Math.max(this.#oldestIndex, this.#at(0)!.index + 1);
+      while (this.#size > 0 && this.#at(0)!.index < this.#oldestIndex) this.#dropOldest();
     }
     if (this.#size === this.#ring.length) this.#grow();
-    this.#ring[(this.#head + this.#size) % this.#ring.length] = e;
+    const slot = (this.#head + this.#size) % this.#ring.length;
+    this.#ring[slot] = e;
+    this.#costs[slot] = cost;
     this.#size++;
+    this.#bytes += cost;
     for (const sink of this.#sinks) sink.event(e);
   }
 
@@ -194,8 +244,10 @@ export class EventHistory {
    */
   reset(index: number): void {
     this.#ring = new Array(Math.min(this.#capacity, 1024));
+    this.#costs = new Array(this.#ring.length).fill(0);
     this.#head = 0;
     this.#size = 0;
+    this.#bytes = 0;
     this.#oldestIndex = index + 1;
     this.closeAll(
       `the node installed a snapshot at index ${index}; changes up to it are not in its history`,
@@ -218,14 +270,27 @@ export class EventHistory {
     for (const sink of sinks) sink.close(reason);
   }
 
+  /** Removes the oldest event. */
+  #dropOldest(): void {
+    this.#bytes -= this.#costs[this.#head]!;
+    this.#ring[this.#head] = undefined;
+    this.#head = (this.#head + 1) % this.#ring.length;
+    this.#size--;
+  }
+
   #at(i: number): KvEvent | undefined {
     return this.#ring[(this.#head + i) % this.#ring.length];
   }
 
   #grow(): void {
     const next = new Array<KvEvent | undefined>(Math.min(this.#capacity, this.#ring.length * 2));
-    for (let i = 0; i < this.#size; i++) next[i] = this.#at(i);
+    const costs = new Array<number>(next.length).fill(0);
+    for (let i = 0; i < this.#size; i++) {
+      next[i] = this.#at(i);
+      costs[i] = this.#costs[(this.#head + i) % this.#ring.length]!;
+    }
     this.#ring = next;
+    this.#costs = costs;
     this.#head = 0;
   }
 }

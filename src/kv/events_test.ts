@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { EventHistory, HistoryCompactedError, type KvEvent } from "./events.ts";
+import {
+  EVENT_OVERHEAD_BYTES,
+  eventBytes,
+  EventHistory,
+  HistoryCompactedError,
+  type KvEvent,
+} from "./events.ts";
 import { KvStateMachine } from "./state_machine.ts";
 
 function collect(): {
@@ -77,6 +83,84 @@ Deno.test("the history is bounded and evicts whole indexes; older starts are ref
   for (let i = 5; i < 1000; i++) h.record(i, "put", "a", String(i));
   assert.equal(h.size, 3);
   assert.equal(h.oldestIndex, 997);
+});
+
+Deno.test("an event counts its key's and value's UTF-8 bytes plus a fixed overhead", () => {
+  assert.equal(eventBytes("k", "vv"), 3 + EVENT_OVERHEAD_BYTES);
+  assert.equal(eventBytes("é", null), 2 + EVENT_OVERHEAD_BYTES);
+  assert.equal(eventBytes("😀", "€"), 4 + 3 + EVENT_OVERHEAD_BYTES);
+});
+
+Deno.test("the history is bounded by bytes too: the oldest whole indexes go until a change fits", () => {
+  const value = "x".repeat(100);
+  const one = eventBytes("a", value); // 165
+  const h = new EventHistory(1000, 3 * one);
+  h.record(1, "put", "a", value);
+  h.record(2, "put", "a", value);
+  h.record(2, "put", "b", value);
+  assert.equal(h.bytes, 3 * one);
+  assert.equal(h.oldestIndex, 1);
+  h.record(3, "delete", "a", null); // needs 65 bytes: index 1 goes
+  assert.equal(h.oldestIndex, 2);
+  assert.equal(h.bytes, 2 * one + eventBytes("a", null));
+  h.record(4, "put", "c", value); // index 2 goes whole, though one of its events would do
+  assert.equal(h.oldestIndex, 3);
+  assert.deepEqual([...h.since(0)].map((e) => e.index), [3, 4]);
+  assert.equal(h.bytes, eventBytes("a", null) + one);
+  assert.throws(
+    () => h.subscribe(2, collect()),
+    (e) => e instanceof HistoryCompactedError && e.oldestIndex === 3,
+  );
+  // Many small changes: the count bound is far; the bytes keep it at 3 of these at most.
+  for (let i = 5; i < 500; i++) h.record(i, "put", "a", value);
+  assert.equal(h.size, 3);
+  assert.equal(h.bytes, 3 * one);
+  assert.equal(h.oldestIndex, 497);
+  // Multi-byte characters count as their UTF-8 bytes: a 50-character value of 2-byte ones
+  // counts as 100 bytes.
+  h.record(500, "put", "a", "é".repeat(50));
+  assert.equal(h.bytes, 3 * one);
+  assert.equal(h.oldestIndex, 498);
+});
+
+Deno.test("a change larger than the byte bound alone is kept alone, then goes with the next", () => {
+  const h = new EventHistory(1000, 1000);
+  h.record(1, "put", "a", "small");
+  h.record(2, "put", "a", "small");
+  const live = collect();
+  h.subscribe(null, live);
+  h.record(3, "put", "big", "y".repeat(5000));
+  assert.equal(h.size, 1);
+  assert.equal(h.oldestIndex, 3);
+  assert.equal(h.bytes, eventBytes("big", "y".repeat(5000)));
+  // A watcher from its index still gets it; the live subscription had it too.
+  const late = collect();
+  h.subscribe(3, late);
+  assert.deepEqual(late.events.map((e) => e.k), ["big"]);
+  assert.deepEqual(live.events.map((e) => e.k), ["big"]);
+  h.record(4, "put", "a", "small");
+  assert.equal(h.oldestIndex, 4);
+  assert.equal(h.bytes, eventBytes("a", "small"));
+  assert.throws(() => h.subscribe(3, collect()), HistoryCompactedError);
+});
+
+Deno.test("a transaction larger than the byte bound keeps only its newest change, and no start at its index", () => {
+  const h = new EventHistory(1000, 500);
+  h.record(1, "put", "a", "1");
+  for (const k of ["p", "q", "r"]) h.record(2, "put", k, "z".repeat(300));
+  // Index 2 is not whole any more: a watch may start only after it.
+  assert.equal(h.oldestIndex, 3);
+  assert.deepEqual([...h.since(3)], []);
+  assert.ok(h.bytes <= 500 + eventBytes("r", "z".repeat(300)));
+  assert.throws(() => h.subscribe(2, collect()), HistoryCompactedError);
+  h.record(3, "put", "a", "2");
+  assert.deepEqual([...h.since(0)].map((e) => `${e.index}${e.k}`), ["3a"]);
+  assert.equal(h.bytes, eventBytes("a", "2"));
+});
+
+Deno.test("a history's byte bound must be a positive integer", () => {
+  assert.throws(() => new EventHistory(10, 0), RangeError);
+  assert.throws(() => new EventHistory(10, 1.5), RangeError);
 });
 
 Deno.test("a snapshot restarts the history after its index and ends the subscriptions", () => {

@@ -34,7 +34,12 @@ import {
 } from "./command.ts";
 import { compareKeys } from "./key_order.ts";
 import { EntryMap, type EntryMapVersion, type KvEntry, type Revision } from "./entry_map.ts";
-import { DEFAULT_HISTORY_EVENTS, EventHistory, type KvEventType } from "./events.ts";
+import {
+  DEFAULT_HISTORY_BYTES,
+  DEFAULT_HISTORY_EVENTS,
+  EventHistory,
+  type KvEventType,
+} from "./events.ts";
 
 export {
   type Compare,
@@ -205,10 +210,14 @@ export class KvStateMachine {
    * Creates an empty state machine.
    *
    * @param options `historyEvents`: the most change events kept for watches (default
-   * {@linkcode DEFAULT_HISTORY_EVENTS}).
+   * {@linkcode DEFAULT_HISTORY_EVENTS}); `historyBytes`: the most bytes of them (default
+   * {@linkcode DEFAULT_HISTORY_BYTES}).
    */
-  constructor(options: { historyEvents?: number } = {}) {
-    this.events = new EventHistory(options.historyEvents ?? DEFAULT_HISTORY_EVENTS);
+  constructor(options: { historyEvents?: number; historyBytes?: number } = {}) {
+    this.events = new EventHistory(
+      options.historyEvents ?? DEFAULT_HISTORY_EVENTS,
+      options.historyBytes ?? DEFAULT_HISTORY_BYTES,
+    );
   }
   /** The index of the last log entry applied (including no-ops). */
   appliedIndex = 0;

@@ -47,6 +47,10 @@ export interface NodeGauges {
   pendingWrites: number;
   /** Whether the NOSPACE alarm is up. */
   noSpace: boolean;
+  /** Change events in the watch history (bounded by `--watch-history`). */
+  watchHistoryEvents: number;
+  /** Their bytes as the history counts them (bounded by `--watch-history-bytes`). */
+  watchHistoryBytes: number;
   /** On a leader, how many entries each follower lacks (last index minus its match); else null. */
   lag: Iterable<[NodeId, number]> | null;
 }
@@ -164,6 +168,14 @@ export class NodeMetrics {
       "raftkv_nospace_alarm",
       "1 while the NOSPACE alarm is up (the disk refused a write), else 0.",
     );
+    const historyEvents = registry.gauge(
+      "raftkv_watch_history_events",
+      "Change events kept for watches (bounded by --watch-history).",
+    );
+    const historyBytes = registry.gauge(
+      "raftkv_watch_history_bytes",
+      "Bytes of the change events kept for watches: key, value and 64 per event (bounded by --watch-history-bytes).",
+    );
     const lag = registry.gaugeVec(
       "raftkv_peer_replication_lag_entries",
       "Log entries a follower lacks, as its leader sees it (last index minus the follower's match index); only the leader reports it.",
@@ -187,6 +199,8 @@ export class NodeMetrics {
       }
       writes.set(g.pendingWrites);
       noSpace.set(g.noSpace ? 1 : 0);
+      historyEvents.set(g.watchHistoryEvents);
+      historyBytes.set(g.watchHistoryBytes);
       lag.clear();
       if (g.lag) { for (const [peer, entries] of g.lag) lag.labels(peer).set(entries); }
     });

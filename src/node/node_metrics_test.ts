@@ -72,10 +72,13 @@ async function leaderOf(members: _Member[]): Promise<_Member> {
   return leader!;
 }
 
-Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk and snapshots", async () => {
+Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk, snapshots and watch history", async () => {
   const root = await Deno.makeTempDir({ prefix: "raftkv-metrics-" });
   const net = new MemoryNetwork();
-  const members = await start(root, net, ["a", "b", "c"], { snapshotThreshold: 10 });
+  const members = await start(root, net, ["a", "b", "c"], {
+    snapshotThreshold: 10,
+    watchHistoryBytes: 1000,
+  });
   try {
     const leader = await leaderOf(members);
     const followers = members.filter((m) => m !== leader);
@@ -108,6 +111,9 @@ Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk
     assert.equal(sample(s, "raftkv_proposals_committed_total"), 25);
     assert.equal(sample(s, 'raftkv_proposals_failed_total{reason="overloaded"}'), 0);
     assert.equal(sample(s, "raftkv_proposals_pending"), 0);
+    // The watch history keeps what fits in 1000 bytes: k11..k24, 3 + 1 + 64 bytes each.
+    assert.equal(sample(s, "raftkv_watch_history_events"), 14);
+    assert.equal(sample(s, "raftkv_watch_history_bytes"), 14 * 68);
     // One leadership seen per term with a leader (a slow start may take more than one election).
     assert.ok(sample(s, "raftkv_leader_changes_total") >= 1);
     assert.ok(sample(s, "raftkv_leader_changes_total") <= now.term);

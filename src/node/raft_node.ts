@@ -262,6 +262,8 @@ export interface RaftNodeOptions {
   metrics?: MetricsRegistry;
   /** Most change events kept for watches (see `events.ts`). Default 10000. */
   watchHistoryEvents?: number;
+  /** Most bytes of change events kept for watches (see `events.ts`). Default 64 MiB. */
+  watchHistoryBytes?: number;
 }
 
 /** The idempotency defaults of {@linkcode RaftNodeOptions}. */
@@ -474,9 +476,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** Recovers a node from `options.storage`; call {@linkcode RaftNode.start} to begin. */
   constructor(options: RaftNodeOptions) {
     this.id = options.id;
-    this.#kv = new KvStateMachine(
-      options.watchHistoryEvents === undefined ? {} : { historyEvents: options.watchHistoryEvents },
-    );
+    this.#kv = new KvStateMachine({
+      ...(options.watchHistoryEvents === undefined
+        ? {}
+        : { historyEvents: options.watchHistoryEvents }),
+      ...(options.watchHistoryBytes === undefined
+        ? {}
+        : { historyBytes: options.watchHistoryBytes }),
+    });
     this.#storage = options.storage;
     this.#clock = options.clock ?? realClock;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
@@ -1269,6 +1276,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       peerReadsDropped: core.droppedReads,
       pendingWrites: this.#pendingWrites.length + (this.#heldJob ? 1 : 0),
       noSpace: this.#noSpace !== null,
+      watchHistoryEvents: this.#kv.events.size,
+      watchHistoryBytes: this.#kv.events.bytes,
       lag: leader
         ? [...core.progress].filter(([id]) => id !== this.id).map((
           [id, pr],

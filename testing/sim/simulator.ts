@@ -636,6 +636,8 @@ class _Simulation {
   readonly #watchRng: () => number;
   /** The nodes' `watchHistoryEvents`. */
   readonly #watchHistory: number;
+  /** The nodes' `watchHistoryBytes`. */
+  readonly #watchHistoryBytes: number;
 
   constructor(opts: SimulationOptions) {
     if (opts.nodes !== 3 && opts.nodes !== 5) {
@@ -651,6 +653,12 @@ class _Simulation {
     this.#watchRng = seededRandom((opts.seed ^ 0x3c6ef372) >>> 0);
     // Half the runs keep a short change history, so that watchers fall out of it (410).
     this.#watchHistory = this.#watchRng() < 0.5 ? 10_000 : 10 + Math.floor(this.#watchRng() * 90);
+    // A third of the runs, drawn apart so that the watchers' draws stay as they were, bound it by
+    // bytes: from under one change's worth (each kept alone) to about a hundred changes.
+    const bytesRng = seededRandom((opts.seed ^ 0x1f83d9ab) >>> 0);
+    this.#watchHistoryBytes = bytesRng() < 1 / 3
+      ? 64 + Math.floor(bytesRng() ** 2 * 8000)
+      : 64 * 1024 * 1024;
     this.#keys = Array.from({ length: opts.keys ?? 3 }, (_, i) => `k${i}`);
     this.#refStates[0] = this.#state(() => null, 0);
     this.#refLeaseStates[0] = this.#leaseState(() => null, 0);
@@ -896,6 +904,7 @@ class _Simulation {
       idempotencyTtlMs: 10_000,
       maxIdempotencyKeys: 1000,
       watchHistoryEvents: this.#watchHistory,
+      watchHistoryBytes: this.#watchHistoryBytes,
       onFatal: (e) => {
         if (n.inc === inc) this.#caught(e, ` (fatal) on ${n.id}`);
       },

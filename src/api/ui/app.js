@@ -10,8 +10,9 @@ export const POLL_MS = 1000;
 export const HISTORY_MS = 5 * 60 * 1000;
 /** The window rates and latency quantiles are computed over, in milliseconds. */
 export const WINDOW_MS = 5000;
-/** Where the bearer token is kept (per tab, cleared when the tab closes). */
-export const TOKEN_KEY = "raftkv.token";
+// The token's storage, header and form are shared with the watch page.
+import { refusalMessage, sessionStorageOrNull, tokenForm, tokenStore, withToken } from "./token.js";
+export { TOKEN_KEY } from "./token.js";
 
 // ---- arithmetic ---------------------------------------------------------------------------------
 
@@ -342,29 +343,8 @@ function start() {
   let lastLeader = undefined;
   let timer = 0;
   let polling = false;
-  let waitingForToken = false;
-  /** @type {string | null} */
-  let memoryToken = null;
-
-  const storage = {
-    get() {
-      try {
-        return sessionStorage.getItem(TOKEN_KEY);
-      } catch {
-        return memoryToken;
-      }
-    },
-    /** @param {string | null} value */
-    set(value) {
-      memoryToken = value;
-      try {
-        if (value === null) sessionStorage.removeItem(TOKEN_KEY);
-        else sessionStorage.setItem(TOKEN_KEY, value);
-      } catch {
-        // Storage refused (a private mode): the token lives in memory for this page.
-      }
-    },
-  };
+  const storage = tokenStore(sessionStorageOrNull());
+  const auth = tokenForm(storage, () => poll());
 
   /** @param {string | null} text */
   function banner(text) {
@@ -374,17 +354,9 @@ function start() {
     document.body.classList.toggle("stale", text !== null);
   }
 
-  /** @param {string} message */
-  function askForToken(message) {
-    waitingForToken = true;
-    $("auth-message").textContent = message;
-    $("auth").hidden = false;
-    /** @type {HTMLInputElement} */ ($("token")).focus();
-  }
-
   function schedule(delay = POLL_MS) {
     clearTimeout(timer);
-    if (waitingForToken || document.hidden) return;
+    if (auth.waiting || document.hidden) return;
     timer = setTimeout(poll, delay);
   }
 
@@ -393,31 +365,21 @@ function start() {
     polling = true;
     const started = performance.now();
     try {
-      const token = storage.get();
-      /** @type {Record<string, string>} */
-      const headers = { accept: "application/json" };
-      if (token) headers.authorization = `Bearer ${token}`;
       const res = await fetch("../v1/cluster", {
-        headers,
+        headers: withToken({ accept: "application/json" }, storage.get()),
         cache: "no-store",
         signal: AbortSignal.timeout(5000),
       });
       if (res.status === 401) {
-        if (token) storage.set(null);
         banner(null);
-        askForToken(
-          token
-            ? "The token was refused (401). Enter another one."
-            : "This node asks for a bearer token (401).",
-        );
+        auth.ask(/** @type {string} */ (refusalMessage(401, storage, "")));
         return;
       }
       if (!res.ok) {
         const body = await res.json().catch(() => ({}));
         const why = typeof body.error === "string" ? `: ${body.error}` : "";
-        if (res.status === 403) {
-          askForToken(`This token may not read the cluster's state (403)${why}.`);
-        }
+        const refused = refusalMessage(res.status, storage, "read the cluster's state", why);
+        if (refused !== null) auth.ask(refused);
         banner(`GET /v1/cluster answered ${res.status}${why}`);
         return;
       }
@@ -659,17 +621,6 @@ function start() {
     svg.replaceChildren(...nodes);
   }
 
-  $("auth").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const input = /** @type {HTMLInputElement} */ ($("token"));
-    const value = input.value.trim();
-    if (value === "") return;
-    storage.set(value);
-    input.value = "";
-    $("auth").hidden = true;
-    waitingForToken = false;
-    poll();
-  });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) poll();
   });
