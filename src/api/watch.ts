@@ -131,6 +131,9 @@ export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response 
   const watcher = new _Watcher(
     history,
     from,
+    // What the stream covers before its first event: without `from`, the applied index (the
+    // answer's X-Raftkv-Index), so that a stream ended before any change says where to go on.
+    from ?? ctx.backend.status().applied_index + 1,
     matches,
     ctx.watchBufferEvents,
     () => limits.releaseWatcher(),
@@ -278,7 +281,10 @@ class _Watcher implements EventSink {
   #backlog = 0;
   /** Whether the backlog is being handed over (it is not limited by the buffer). */
   #catchingUp = false;
-  #lastIndex = 0;
+  /** The newest index whose changes this stream has handled: queued, or none of them matched. */
+  #lastIndex: number;
+  /** The index of the newest event queued (the events of one entry are never split). */
+  #queuedIndex = 0;
   #ended = false;
   #final: string | null = null;
   #wake: (() => void) | null = null;
@@ -289,12 +295,14 @@ class _Watcher implements EventSink {
   constructor(
     history: EventHistory,
     from: number | null,
+    start: number,
     matches: (key: string) => boolean,
     buffer: number,
     onEnd: () => void,
   ) {
     this.#history = history;
     this.#from = from;
+    this.#lastIndex = start - 1;
     this.#matches = matches;
     this.#buffer = buffer;
     this.#onEnd = onEnd;
@@ -315,23 +323,29 @@ class _Watcher implements EventSink {
   }
 
   event(e: KvEvent): void {
-    if (this.#ended || !this.#matches(e.k)) return;
-    if (!this.#catchingUp && this.#queue.length - this.#backlog >= this.#buffer) {
-      this.end(
-        `event: error\ndata: ${
-          JSON.stringify({
-            error:
-              `this watcher fell more than ${this.#buffer} events behind and was cut off; reconnect with from=${
-                this.#lastIndex + 1
-              }`,
-            last_index: this.#lastIndex,
-          })
-        }\n\n`,
-      );
-      return;
+    if (this.#ended) return;
+    if (this.#matches(e.k)) {
+      // Cut off only between entries: everything before this one was queued, none of it twice.
+      const full = this.#queue.length - this.#backlog >= this.#buffer;
+      if (!this.#catchingUp && full && e.index !== this.#queuedIndex) {
+        const last = e.index - 1;
+        this.end(
+          `event: error\ndata: ${
+            JSON.stringify({
+              error:
+                `this watcher fell more than ${this.#buffer} events behind and was cut off; reconnect with from=${
+                  last + 1
+                }`,
+              last_index: last,
+            })
+          }\n\n`,
+        );
+        return;
+      }
+      this.#queuedIndex = e.index;
+      this.#push(_eventText(e));
     }
-    this.#lastIndex = e.index;
-    this.#push(_eventText(e));
+    this.#lastIndex = Math.max(this.#lastIndex, e.index);
   }
 
   close(reason: string): void {

@@ -275,3 +275,50 @@ Deno.test("past maxWatchers a watch is answered 429 until a stream ends, by the 
   assert.equal(again.status, 200);
   await again.body!.cancel();
 });
+
+Deno.test("a stream that ends before its first change says the index it started after", async () => {
+  const { backend, get } = setup();
+  backend.put("other", "1"); // 1
+  backend.put("other", "2"); // 2
+  const res = await get("/v1/watch?key=a");
+  assert.equal(res.headers.get("x-raftkv-index"), "2");
+  backend.put("other", "3"); // 3: not watched, but covered
+  backend.kv.events.closeAll("the node is shutting down");
+  const all = [];
+  for await (const m of readSse(res.body!)) all.push(m);
+  assert.deepEqual(all.map((m) => m.event), ["error"]);
+  const err = JSON.parse(all[0]!.data);
+  assert.equal(err.last_index, 3);
+  assert.match(err.error, /from=4/);
+
+  // With `from` ahead of the applied index, it covers up to the index before `from`.
+  const ahead = await get("/v1/watch?key=a&from=10");
+  backend.kv.events.closeAll("the node is shutting down");
+  const rest = [];
+  for await (const m of readSse(ahead.body!)) rest.push(m);
+  assert.equal(JSON.parse(rest[0]!.data).last_index, 9);
+});
+
+Deno.test("a watcher is cut off between entries, never inside one transaction's changes", async () => {
+  const { backend, get } = setup({ watchBufferEvents: 2 });
+  const res = await get("/v1/watch?prefix=");
+  backend.put("a", "1"); // 1
+  await backend.write({
+    op: "txn",
+    compare: [],
+    success: [
+      { op: "put", key: "b", value: "2" },
+      { op: "put", key: "c", value: "2" },
+      { op: "put", key: "d", value: "2" },
+    ],
+    failure: [],
+  }); // 2: three changes, past the buffer of two
+  backend.put("e", "3"); // 3: one more entry: cut off before it
+  const all = [];
+  for await (const m of readSse(res.body!)) all.push(m);
+  assert.deepEqual(all.map((m) => m.id), ["1", "2", "2", "2", null]);
+  assert.equal(all[4]!.event, "error");
+  const err = JSON.parse(all[4]!.data);
+  assert.equal(err.last_index, 2);
+  assert.match(err.error, /from=3/);
+});

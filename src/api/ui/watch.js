@@ -152,6 +152,10 @@ function start() {
       }
       return;
     }
+    // Without a `from` the stream starts after the node's applied index (the answer's
+    // X-Raftkv-Index): go on from there after a reconnect even if no change came before it.
+    const started = Number(res.headers.get("x-raftkv-index") ?? "");
+    if (next === null && Number.isSafeInteger(started) && started >= 0) next = started + 1;
     show("watching", "open");
     attempt = 0;
     /** @type {string | null} */
