@@ -1,15 +1,12 @@
 /**
- * The invariant checks (see the module doc of `simulator.ts` for the list): after every step,
- * each node's log, commit index, leadership and applied state against a record of what was
- * committed and a reference model fed the committed log; at a restart, that the storage gave
- * back everything it had acknowledged as durable; at the end, convergence, the removed-node
- * checks, range reads, at-most-once and the linearizability of the client history.
+ * The invariant checks listed in `simulator.ts`'s module doc: per step (against a record of what
+ * was committed and a reference model fed the committed log), at a restart, and at the end.
  *
  * @module
  */
 
 import type { NodeInspection, NodeStorage } from "../../src/node/raft_node.ts";
-import { decodeCommand, type KvEntry, type KvResult } from "../../src/kv/state_machine.ts";
+import { decodeCommand, type KvEntry } from "../../src/kv/state_machine.ts";
 import { decodeConfState, type Entry, EntryType, type NodeId } from "../../src/raft/types.ts";
 import {
   checkLinearizability,
@@ -18,24 +15,14 @@ import {
 } from "../../src/check/linearizability.ts";
 import { KvModel } from "../kv_model.ts";
 import { currentMembers, type SimContext, type SimNode } from "./context.ts";
+import type { LeaseHolders } from "./leases.ts";
 
 type _Committed = { term: number; hash: number; data: Uint8Array | null; knownIn: number };
-
-/**
- * Called for each committed revoke or expire entry as the reference model applies it (the lease
- * checks).
- */
-export type LeaseEnded = (
-  index: number,
-  term: number,
-  result: Extract<KvResult, { op: "lease_revoke" }>,
-  reason: "revoke" | "expire",
-) => void;
 
 /** The record of what was committed, the reference state, the client history, and the checks. */
 export class Checker {
   readonly #ctx: SimContext;
-  readonly #leaseEnded: LeaseEnded;
+  readonly #leases: Pick<LeaseHolders, "ended">;
   /** term -> id of its leader. */
   readonly leaders = new Map<number, NodeId>();
   /** The committed configurations: (index, voters), the bootstrap one first. */
@@ -75,9 +62,9 @@ export class Checker {
   /** The changes each committed index made to the reference state, in key order. */
   readonly refChanges: { type: string; k: string; v: string | null }[][] = [[]];
 
-  /** Starts the record at the bootstrap configuration `voters`. */
-  constructor(ctx: SimContext, voters: string[], leaseEnded: LeaseEnded) {
-    [this.#ctx, this.#leaseEnded, this.confs] = [ctx, leaseEnded, [{ index: 0, voters }]];
+  /** Starts the record at the bootstrap `voters`; `leases` hears of leases that end. */
+  constructor(ctx: SimContext, voters: string[], leases: Pick<LeaseHolders, "ended">) {
+    [this.#ctx, this.#leases, this.confs] = [ctx, leases, [{ index: 0, voters }]];
     this.#refStates[0] = this.state(() => null, 0);
     this.#refLeaseStates[0] = this.#leaseState(() => null, 0);
   }
@@ -210,7 +197,7 @@ export class Checker {
         const cmd = decodeCommand(c.data);
         const result = this.#ref.apply(i, cmd);
         if (result.op === "lease_revoke" && cmd.op === "lease_revoke") {
-          this.#leaseEnded(i, c.term, result, cmd.reason);
+          this.#leases.ended(i, c.term, result, cmd.reason);
           ended = true;
         }
       }
@@ -449,11 +436,8 @@ export class Checker {
       if (answers.size > 1) {
         this.#ctx.violation(
           "at-most-once",
-          `the write with idempotency key ${id} was answered with different indexes: ${
-            [
-              ...answers,
-            ].join(", ")
-          }`,
+          `the write with idempotency key ${id} was answered with different indexes: ` +
+            [...answers].join(", "),
         );
       }
       const applied = this.#ref.appliedById.get(id) ?? 0;

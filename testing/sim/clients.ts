@@ -1,8 +1,6 @@
 /**
- * The clients: each sends one operation at a time to the nodes (following leader hints, retrying
- * where it was refused, and, for a write with an idempotency key, where its outcome is unknown)
- * and records it in the client history the checks check; after the final heal, a final read of
- * every key. Also the request path the lease holders share ({@linkcode Clients.callOn}).
+ * The clients, the client history they record, the request path (shared with the lease holders)
+ * and the final reads.
  *
  * @module
  */
@@ -167,14 +165,11 @@ export class Clients {
           `${n.id} knows it was removed, but left a final read of ${op.key} unanswered for ${wait} ms`,
         );
       }
-      if (outcome?.kind === "removed") this.#ctx.stats.removedRefusals++;
       if (
         outcome?.kind === "notLeader" || outcome?.kind === "refused" || outcome?.kind === "removed"
       ) {
-        const leader = outcome.kind === "notLeader" ? outcome.leader : "";
-        c.hint = this.#ctx.nodes.findIndex((x) => x.id === leader);
+        await this.redirect(c, outcome, deadline);
         outcome = null;
-        await this.#ctx.sleep(Math.min(this.#ctx.random(5, 50), deadline - this.#ctx.clock.now()));
       } else if (op.idem && (outcome === null || outcome.kind === "unknown")) {
         if (this.#ctx.clock.now() >= deadline) break;
         unknownBefore = true;
@@ -182,12 +177,19 @@ export class Clients {
         this.#ctx.note(`c${c.id} ${op.kind}(${op.key}=${op.value}) unknown at ${n.id}: sent again`);
         outcome = null;
         c.hint = -1;
-        await this.#ctx.sleep(Math.min(this.#ctx.random(5, 50), deadline - this.#ctx.clock.now()));
+        await this.#backOff(deadline);
       }
     }
     op.abort.abort();
     // Refused for sure after an attempt of unknown outcome: that one may still apply.
     if (unknownBefore && outcome?.kind === "notApplied") outcome = { kind: "unknown" };
+    this.#record(op, outcome, n);
+    if (!outcome) c.hint = -1;
+  }
+
+  /** Records the outcome of `op` (null: timed out) that node `n` gave: counters, history, trace. */
+  #record(op: ClientOp, outcome: Outcome | null, n: SimNode | null): void {
+    const [c, stats, checker] = [op.client, this.#ctx.stats, this.#checker];
     const what = `c${c.id} ${op.lease ? "lease-" : ""}${
       op.range ? "range-" : ""
     }${op.kind}(${op.key}${op.value ? `=${op.value}` : ""}) <- ${n?.id}: ${
@@ -196,73 +198,85 @@ export class Clients {
     const ret = this.#ctx.clock.now();
     const seen = c.seen ?? new Map();
     if (op.idem && (outcome?.kind === "ok" || outcome?.kind === "casFailed")) {
-      const answers = this.#checker.idemAnswers.get(op.idem) ?? new Set();
+      const answers = checker.idemAnswers.get(op.idem) ?? new Set();
       answers.add(outcome.index);
-      this.#checker.idemAnswers.set(op.idem, answers);
-      if (outcome.replayed) this.#ctx.stats.idempotentReplays++;
+      checker.idemAnswers.set(op.idem, answers);
+      if (outcome.replayed) stats.idempotentReplays++;
     } else if (op.idem) {
-      this.#checker.idemAnswers.set(op.idem, this.#checker.idemAnswers.get(op.idem) ?? new Set());
+      checker.idemAnswers.set(op.idem, checker.idemAnswers.get(op.idem) ?? new Set());
     }
-    if (op.txnLease !== undefined && outcome?.kind === "ok") this.#ctx.stats.leaseTxnPuts++;
+    if (op.txnLease !== undefined && outcome?.kind === "ok") stats.leaseTxnPuts++;
     if (op.txnLease !== undefined && outcome?.kind === "notApplied") {
-      this.#ctx.stats.leaseTxnRefused++;
+      stats.leaseTxnRefused++;
     }
     if (outcome?.kind === "ok") {
-      this.#ctx.stats.writesOk++;
-      if (op.kind === "cas") this.#ctx.stats.casOk++;
-      this.#checker.acked.set(
+      stats.writesOk++;
+      if (op.kind === "cas") stats.casOk++;
+      checker.acked.set(
         `${op.key}=${op.value ?? `delete by c${c.id}`}`,
         `${n?.id} at ${outcome.index}`,
       );
       this.#ctx.note(`${what} @${outcome.index}${outcome.replayed ? " (replayed)" : ""}`);
-      this.#checker.history.push(_operation(op, ret));
+      checker.history.push(_operation(op, ret));
       seen.set(op.key, {
         modIndex: op.kind === "delete" ? 0 : outcome.modIndex,
         value: op.kind === "delete" ? null : op.value,
       });
     } else if (outcome?.kind === "casFailed") {
       // The condition did not hold: nothing changed; it read the key's current value.
-      this.#ctx.stats.casFailed++;
+      stats.casFailed++;
       const found = outcome.current;
       this.#ctx.note(`${what} @${outcome.index} found ${JSON.stringify(found?.value ?? null)}`);
-      this.#checker.history.push({
+      checker.history.push({
         ..._operation(op, ret),
         kind: "get",
         value: found?.value ?? null,
       });
       seen.set(op.key, { modIndex: found?.modIndex ?? 0, value: found?.value ?? null });
     } else if (outcome?.kind === "value") {
-      this.#ctx.stats.readsOk++;
-      if (op.lease) this.#ctx.stats.leaseReadsOk++;
+      stats.readsOk++;
+      if (op.lease) stats.leaseReadsOk++;
       this.#ctx.note(`${what} ${JSON.stringify(outcome.value)}`);
-      this.#checker.history.push({ ..._operation(op, ret), value: outcome.value });
+      checker.history.push({ ..._operation(op, ret), value: outcome.value });
       seen.set(op.key, { modIndex: outcome.entry?.modIndex ?? 0, value: outcome.value });
     } else if (outcome?.kind === "range") {
-      this.#ctx.stats.readsOk++;
-      this.#ctx.stats.rangeReadsOk++;
-      if (op.lease) this.#ctx.stats.leaseReadsOk++;
+      stats.readsOk++;
+      stats.rangeReadsOk++;
+      if (op.lease) stats.leaseReadsOk++;
       const found = new Map(outcome.entries.map((e) => [e.key, e]));
       this.#ctx.note(`${what} @${outcome.index} ${outcome.entries.map((e) => e.value).join(",")}`);
       for (const key of this.#ctx.keys) {
         const e = found.get(key) ?? null;
-        this.#checker.history.push({ ..._operation(op, ret), key, value: e?.value ?? null });
+        checker.history.push({ ..._operation(op, ret), key, value: e?.value ?? null });
         seen.set(key, { modIndex: e?.modIndex ?? 0, value: e?.value ?? null });
       }
-      this.#checker.rangeReads.push({
+      checker.rangeReads.push({
         index: outcome.index,
-        state: this.#checker.state((k) => found.get(k) ?? null, null),
+        state: checker.state((k) => found.get(k) ?? null, null),
         what: `${what} at index ${outcome.index}`,
       });
     } else if (outcome?.kind === "notApplied") {
-      this.#ctx.stats.writesFailed++;
+      stats.writesFailed++;
     } else if (op.kind === "get") { // unknown outcome or timed out: a read is dropped
-      this.#ctx.stats.readsDropped++;
+      stats.readsDropped++;
     } else { // a write may have been proposed by a node that then crashed or lost its leadership
-      this.#ctx.stats.writesUnknown++;
-      this.#checker.history.push(_operation(op, null));
+      stats.writesUnknown++;
+      checker.history.push(_operation(op, null));
       seen.delete(op.key);
     }
-    if (!outcome) c.hint = -1;
+  }
+
+  /** After a refusal: counts a removed node's, follows the leader hint, waits to try again. */
+  redirect(c: SimClient, got: Outcome, deadline: number): Promise<null> {
+    if (got.kind === "removed") this.#ctx.stats.removedRefusals++;
+    const leader = got.kind === "notLeader" ? got.leader : "";
+    c.hint = this.#ctx.nodes.findIndex((x) => x.id === leader);
+    return this.#backOff(deadline);
+  }
+
+  /** Waits 5 to 50 ms (not past `deadline`) before trying again. */
+  #backOff(deadline: number): Promise<null> {
+    return this.#ctx.sleep(Math.min(this.#ctx.random(5, 50), deadline - this.#ctx.clock.now()));
   }
 
   /** Sends `op` to node `n` and resolves with the answer (or never, if it is lost on the way). */
@@ -402,30 +416,20 @@ function _writeOutcome(op: ClientOp, r: KvResult): Outcome {
     case "lease_not_found": // nothing was written
       return { kind: "notApplied" };
     case "txn": {
+      // A transaction with a lease puts first in either branch; a compare-and-set puts when it
+      // succeeds and reads when it fails.
+      const [first, index] = [r.results[0], r.index];
       if (op.txnLease !== undefined) {
-        // Either branch puts first, with the lease.
-        const put = r.results[0];
-        if (put?.op !== "put" || put.lease !== (op.leaseRef as { id: number }).id) {
-          throw new Error(`a transaction put with a lease answered ${JSON.stringify(put)}`);
+        if (first?.op !== "put" || first.lease !== (op.leaseRef as { id: number }).id) {
+          throw new Error(`a transaction put with a lease answered ${JSON.stringify(first)}`);
         }
-        return { kind: "ok", index: r.index, modIndex: put.modIndex, replayed };
+        return { kind: "ok", index, modIndex: first.modIndex, replayed };
       }
       if (r.succeeded) {
-        const put = r.results[0];
-        return {
-          kind: "ok",
-          index: r.index,
-          modIndex: put?.op === "put" ? put.modIndex : 0,
-          replayed,
-        };
+        return { kind: "ok", index, modIndex: first?.op === "put" ? first.modIndex : 0, replayed };
       }
-      const get = r.results[0];
-      return {
-        kind: "casFailed",
-        index: r.index,
-        current: get?.op === "get" ? get.entry : null,
-        replayed,
-      };
+      const current = first?.op === "get" ? first.entry : null;
+      return { kind: "casFailed", index, current, replayed };
     }
     default:
       throw new Error(`unexpected result ${r.op} for ${op.kind}(${op.key})`);

@@ -1,7 +1,6 @@
 /**
- * What the parts of the simulation share ({@linkcode SimContext}): the engine in `simulator.ts`
- * implements it, and the clients, lease holders, watchers, faults and checks reach the run
- * through it alone. Also the simulation's record of one node ({@linkcode SimNode}).
+ * What the parts of the simulation share: the {@linkcode SimContext} the engine in `simulator.ts`
+ * implements, and the record of one node ({@linkcode SimNode}).
  *
  * @module
  */

@@ -1,7 +1,6 @@
 /**
- * The faults a run injects while clients run: partitions, crashes and power failures, process
- * pauses, leader transfers and membership changes, each at random intervals from the fault mix
- * (see `FaultOptions` in `simulator.ts`), until the final heal.
+ * The faults injected until the final heal: partitions, crashes, pauses, leader transfers and
+ * membership changes.
  *
  * @module
  */

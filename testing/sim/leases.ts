@@ -1,8 +1,5 @@
 /**
- * The lease holders and the lease checks: holders grant leases, attach keys to them, keep some
- * alive and revoke or abandon them; every committed revoke or expire entry goes into the client
- * history as deletes, and an expiry is checked against what the holder was promised
- * (`lease-early`, `lease-bound`; `lease-ttl` at the grant). See the module doc of `simulator.ts`.
+ * The lease holders and the lease checks (`lease-early`, `lease-bound`, `lease-ttl`).
  *
  * @module
  */
@@ -96,15 +93,7 @@ export class LeaseHolders {
         j++
       ) {
         const key = this.#ctx.pick(this.#ctx.keys);
-        const op = this.#clients.newOp(c, {
-          kind: "put",
-          key,
-          value: `c${c.id}-${seq}-L${j}`,
-          lease: false,
-        });
-        op.leaseRef = { id };
-        if (this.#ctx.rng() < 0.4) op.txnLease = { exists: this.#ctx.rng() < 0.5 };
-        await this.#clients.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
+        await this.#leasePut(c, key, `c${c.id}-${seq}-L${j}`, id, this.#ctx.rng() < 0.4);
       }
       let alive = true;
       for (
@@ -140,19 +129,19 @@ export class LeaseHolders {
         ) {
           // A transaction naming the revoked lease: it must do nothing (a put with a missing
           // lease is not applied), which the history and the reference state check.
-          const op = this.#clients.newOp(c, {
-            kind: "put",
-            key: this.#ctx.pick(this.#ctx.keys),
-            value: `c${c.id}-${seq}-R`,
-            lease: false,
-          });
-          op.leaseRef = { id };
-          op.txnLease = { exists: this.#ctx.rng() < 0.5 };
-          await this.#clients.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
+          await this.#leasePut(c, this.#ctx.pick(this.#ctx.keys), `c${c.id}-${seq}-R`, id, true);
         }
       }
     }
     this.#clients.done();
+  }
+
+  /** Puts `value` with lease `id`: as a put naming it, or (`txn`) a transaction's put. */
+  async #leasePut(c: SimClient, key: string, value: string, id: number, txn: boolean) {
+    const op = this.#clients.newOp(c, { kind: "put", key, value, lease: false });
+    op.leaseRef = { id };
+    if (txn) op.txnLease = { exists: this.#ctx.rng() < 0.5 };
+    await this.#clients.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
   }
 
   /**
@@ -187,11 +176,7 @@ export class LeaseHolders {
       if (got.kind === "answered" || got.kind === "notFound") {
         answer = got;
       } else {
-        if (got.kind === "removed") this.#ctx.stats.removedRefusals++;
-        c.hint = got.kind === "notLeader"
-          ? this.#ctx.nodes.findIndex((x) => x.id === got.leader)
-          : -1;
-        await this.#ctx.sleep(Math.min(this.#ctx.random(5, 50), deadline - this.#ctx.clock.now()));
+        await this.#clients.redirect(c, got, deadline);
       }
     }
     abort.abort();

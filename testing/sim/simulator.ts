@@ -58,6 +58,12 @@
  * (either branch), and some transactions name a lease just revoked: those must do nothing (a
  * write not applied, in the history) and the lease attachments must still match the model's.
  *
+ * The code: this file holds the options, results and fault profiles and the engine (nodes, their
+ * storage, clocks and network, the event loop); the parts reach the engine through the
+ * `SimContext` of `context.ts`: `clients.ts` (clients, their history, the final reads),
+ * `leases.ts` (lease holders, lease checks), `watchers.ts`, `faults.ts` and `checks.ts` (the
+ * record of what was committed, the reference model and the other checks).
+ *
  * @module
  */
 
@@ -453,7 +459,7 @@ class _Simulation implements SimContext {
   readonly #clients: Clients;
   readonly #leases: LeaseHolders;
   readonly #watchers: Watchers;
-  readonly #faultsOf: Faults;
+  readonly #injector: Faults;
 
   constructor(opts: SimulationOptions) {
     if (opts.nodes !== 3 && opts.nodes !== 5) {
@@ -469,10 +475,10 @@ class _Simulation implements SimContext {
     this.rng = seededRandom(opts.seed);
     this.keys = Array.from({ length: opts.keys ?? 3 }, (_, i) => `k${i}`);
     const ids = Array.from({ length: opts.nodes }, (_, i) => `n${i + 1}`);
-    this.#faultsOf = new Faults(this);
-    this.#checker = new Checker(this, ids, (...a) => this.#leases.ended(...a));
+    this.#injector = new Faults(this);
+    this.#checker = new Checker(this, ids, { ended: (...a) => this.#leases.ended(...a) });
     this.#clients = new Clients(this, this.#checker);
-    this.#leases = new LeaseHolders(this, this.#checker, this.#clients, this.#faultsOf.pausesOf);
+    this.#leases = new LeaseHolders(this, this.#checker, this.#clients, this.#injector.pausesOf);
     this.#watchers = new Watchers(this, this.#checker);
     this.#disabled = new Set(opts.disabledChecks ?? []);
     const snap = snapshotDefaults(opts.seed);
@@ -526,7 +532,7 @@ class _Simulation implements SimContext {
         this.#clients.start(clients + i, (c) => this.#leases.holder(c));
       }
       this.#watchers.start(this.opts.watchers ?? this.opts.nodes - 1);
-      this.#faultsOf.start(this.#network);
+      this.#injector.start(this.#network);
       this.later(this.opts.durationMs, () => this.#finalHeal());
 
       const maxEvents = 200_000 + this.opts.durationMs * 400;
@@ -812,7 +818,7 @@ class _Simulation implements SimContext {
 
   #finalHeal(): void {
     this.phase = "drain";
-    this.#faultsOf.heal();
+    this.#injector.heal();
     this.note("FINAL HEAL: partitions healed, paused nodes resume, crashed nodes restart");
     for (const n of this.nodes) {
       n.clock?.resume();

@@ -1,8 +1,6 @@
 /**
- * The watchers: each follows the changes of a key or a prefix on a node, moving when its node is
- * gone and now and then at random; at the end, the `watch` check (see the module doc of
- * `simulator.ts`). They draw from their own random source, so that they change none of the
- * run's other draws.
+ * The watchers and the `watch` check. They draw from their own random source, so that they change
+ * none of the run's other draws.
  *
  * @module
  */
@@ -182,16 +180,16 @@ export class Watchers {
           }
         }
         if (JSON.stringify(seen) !== JSON.stringify(want)) {
-          const diff = (a: string[], b: string[]) => a.filter((x) => !b.includes(x)).slice(0, 5);
+          const missing = want.filter((x) => !seen.includes(x)).slice(0, 5);
+          const extra = seen.filter((x, i) => seen.indexOf(x) !== i || !want.includes(x)).slice(
+            0,
+            5,
+          );
           this.#ctx.violation(
             "watch",
             `${what}, stretch ${j} from ${from} to ${last}: got ${seen.length} events, the ` +
-              `committed log gives ${want.length}; missing ${JSON.stringify(diff(want, seen))}, ` +
-              `extra or repeated ${
-                JSON.stringify(
-                  seen.filter((x, i) => seen.indexOf(x) !== i || !want.includes(x)).slice(0, 5),
-                )
-              }`,
+              `committed log gives ${want.length}; missing ${JSON.stringify(missing)}, ` +
+              `extra or repeated ${JSON.stringify(extra)}`,
           );
         }
       }
