@@ -137,11 +137,12 @@ export class LeaseHolders {
   }
 
   /** Puts `value` with lease `id`: as a put naming it, or (`txn`) a transaction's put. */
-  async #leasePut(c: SimClient, key: string, value: string, id: number, txn: boolean) {
+  #leasePut(c: SimClient, key: string, value: string, id: number, txn: boolean): Promise<void> {
     const op = this.#clients.newOp(c, { kind: "put", key, value, lease: false });
     op.leaseRef = { id };
     if (txn) op.txnLease = { exists: this.#ctx.rng() < 0.5 };
-    await this.#clients.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
+    // Not async: the caller awaits perform's own promise (one more hop would reorder the run).
+    return this.#clients.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
   }
 
   /**
