@@ -56,7 +56,7 @@ export class LeaseHolders {
   async holder(c: SimClient): Promise<void> {
     c.seen = new Map();
     const ticks = this.#ctx.opts.electionTicks ?? 10;
-    const election = this.#ctx.faults.tickMs * ticks;
+    const election = this.#ctx.electionMs;
     // etcd's rule, in whole ticks (see minLeaseTtlMs in src/node/lease_tracker.ts).
     const minimum = Math.floor((3 * ticks) / 2) * this.#ctx.faults.tickMs;
     for (let seq = 1; this.#ctx.phase === "run"; seq++) {
@@ -219,7 +219,7 @@ export class LeaseHolders {
     this.#ctx.stats.leasesExpired += result.revoked.length;
     const skew = this.#ctx.faults.clockSkew;
     const tick = this.#ctx.faults.tickMs;
-    const election = tick * (this.#ctx.opts.electionTicks ?? 10);
+    const election = this.#ctx.electionMs;
     const since = this.#checker.leaderSince.get(term);
     // A new leader gives each lease its TTL once it has applied the log: after its first commit.
     const applying = Math.max(since ?? 0, this.#checker.termCommitted.get(term) ?? 0);

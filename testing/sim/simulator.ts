@@ -702,7 +702,7 @@ class _Simulation implements SimContext {
       transport: (handlers) => this.#network.connect(n.id, clock, handlers),
       clock,
       heartbeatMs: tickMs,
-      electionTimeoutMs: tickMs * (this.opts.electionTicks ?? 10),
+      electionTimeoutMs: this.electionMs,
       seed,
       snapshotThreshold: this.#snapshotThreshold || Number.MAX_SAFE_INTEGER,
       snapshotThresholdBytes: Number.MAX_SAFE_INTEGER,

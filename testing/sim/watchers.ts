@@ -48,27 +48,24 @@ export class Watchers {
 
   /** Adds `count` watchers; they connect at their first look. */
   start(count: number): void {
-    for (let id = 1; id <= count; id++) this.#start(id);
-  }
-
-  #start(id: number): void {
     const r = this.#rng;
-    const keyed = r() < 0.5;
-    const key = this.#ctx.keys[Math.floor(r() * this.#ctx.keys.length)]!;
-    const prefixes = ["", "k", key];
-    const w: _Watcher = {
-      id,
-      filter: keyed ? { key } : { prefix: prefixes[Math.floor(r() * prefixes.length)]! },
-      node: null,
-      inc: 0,
-      stop: () => {},
-      // Half start from index 1, the others from whatever comes next.
-      next: r() < 0.5 ? 1 : null,
-      events: [],
-      stretches: [],
-      dueAt: r() * 200,
-    };
-    this.#all.push(w);
+    for (let id = 1; id <= count; id++) {
+      const keyed = r() < 0.5;
+      const key = this.#ctx.keys[Math.floor(r() * this.#ctx.keys.length)]!;
+      const prefixes = ["", "k", key];
+      this.#all.push({
+        id,
+        filter: keyed ? { key } : { prefix: prefixes[Math.floor(r() * prefixes.length)]! },
+        node: null,
+        inc: 0,
+        stop: () => {},
+        // Half start from index 1, the others from whatever comes next.
+        next: r() < 0.5 ? 1 : null,
+        events: [],
+        stretches: [],
+        dueAt: r() * 200,
+      });
+    }
   }
 
   /**
@@ -105,8 +102,7 @@ export class Watchers {
     const sink = {
       event: (e: KvEvent) => {
         if (n.inc !== inc || w.node !== n) return;
-        const match = "key" in w.filter ? e.k === w.filter.key : e.k.startsWith(w.filter.prefix);
-        if (!match) return;
+        if (!_matches(w, e.k)) return;
         w.events.push(e);
         w.next = e.index + 1;
         this.#ctx.stats.watchEvents++;
@@ -151,8 +147,6 @@ export class Watchers {
    */
   check(): void {
     for (const w of this.#all) {
-      const matches = (k: string) =>
-        "key" in w.filter ? k === w.filter.key : k.startsWith(w.filter.prefix);
       const what = `watcher w${w.id} of ${JSON.stringify(w.filter)}`;
       for (let j = 0; j < w.stretches.length; j++) {
         const { from, firstEvent } = w.stretches[j]!;
@@ -167,7 +161,7 @@ export class Watchers {
         const want: string[] = [];
         for (let i = from; i <= Math.min(last, this.#checker.refIndex); i++) {
           const changes = this.#checker.refChanges[i] ?? [];
-          for (const c of changes) if (matches(c.k)) want.push(`${i} ${c.type} ${c.k}=${c.v}`);
+          for (const c of changes) if (_matches(w, c.k)) want.push(`${i} ${c.type} ${c.k}=${c.v}`);
         }
         const seen = [...got].sort((a, b) => a.index - b.index || (a.k < b.k ? -1 : 1))
           .map((e) => `${e.index} ${e.type} ${e.k}=${e.v}`);
@@ -195,4 +189,9 @@ export class Watchers {
       }
     }
   }
+}
+
+/** Whether key `k` is one `w` watches. */
+function _matches(w: _Watcher, k: string): boolean {
+  return "key" in w.filter ? k === w.filter.key : k.startsWith(w.filter.prefix);
 }
