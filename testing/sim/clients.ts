@@ -1,0 +1,452 @@
+/**
+ * The clients, the client history they record, the request path (shared with the lease holders)
+ * and the final reads.
+ *
+ * @module
+ */
+
+import type { RaftNode } from "../../src/node/raft_node.ts";
+import type { NodeId } from "../../src/raft/types.ts";
+import { NotLeaderError } from "../../src/raft/errors.ts";
+import type { KvEntry, KvResult, LeaseRef, PlainCommand } from "../../src/kv/state_machine.ts";
+import {
+  NoSpaceError,
+  NotAppliedError,
+  RemovedError,
+  StoppingError,
+} from "../../src/node/backend.ts";
+import type { Operation } from "../../src/check/linearizability.ts";
+import type { Checker } from "./checks.ts";
+import {
+  currentMembers,
+  knowsRemoved,
+  type SimClient,
+  type SimContext,
+  type SimNode,
+} from "./context.ts";
+
+/** One client operation while it runs. */
+export interface ClientOp extends Omit<Operation, "client" | "return"> {
+  /** The client sending it. */
+  client: SimClient;
+  /** A read sent with the "lease" consistency. */
+  lease: boolean;
+  /** Aborted when the operation ends: every call still waiting on a node gives up. */
+  abort: AbortController;
+  /** A compare-and-set's form: on the `mod_index` (a put with `cas`), or a transaction. */
+  casForm?: { modIndex: number } | { txn: true };
+  /** The idempotency key a write is sent with (again, while its outcome is unknown). */
+  idem?: string;
+  /** A read of every key at once. */
+  range?: boolean;
+  /** The lease a put attaches its key to. */
+  leaseRef?: LeaseRef;
+  /**
+   * Sent as a transaction whose put names the lease (`leaseRef`, an id): `exists` on the key
+   * decides the branch, and both branches put the value with the lease.
+   */
+  txnLease?: { exists: boolean };
+}
+
+/** What a request got from a node. */
+export type Outcome =
+  | { kind: "ok"; index: number; modIndex: number; replayed: boolean }
+  /** A compare-and-set whose condition failed, and what it found. */
+  | { kind: "casFailed"; index: number; current: KvEntry | null; replayed: boolean }
+  | { kind: "value"; value: string | null; entry: KvEntry | null }
+  | { kind: "range"; entries: KvEntry[]; index: number }
+  | { kind: "notApplied" }
+  | { kind: "unknown" }
+  | { kind: "refused" }
+  /** A removed node's refusal: the client goes to another node. */
+  | { kind: "removed" }
+  | { kind: "notLeader"; leader: NodeId };
+
+/** The clients, the request path, and the final reads. */
+export class Clients {
+  readonly #ctx: SimContext;
+  readonly #checker: Checker;
+  /** The clients still running, plus one until the final heal. */
+  #active = 1;
+
+  /** Clients of the run `ctx` that record what they do for `checker`. */
+  constructor(ctx: SimContext, checker: Checker) {
+    [this.#ctx, this.#checker] = [ctx, checker];
+  }
+
+  /** Starts client `id` running `loop` (which calls {@linkcode Clients.done} when it stops). */
+  start(id: number, loop: (c: SimClient) => Promise<void>): void {
+    this.#active++;
+    loop({ id, hint: -1, final: false }).catch((e) => this.#ctx.caught(e, ` in c${id}`));
+  }
+
+  /** One client stopped (or the final heal came): after the last, the final reads. */
+  done(): void {
+    if (--this.#active === 0) this.#finalReads();
+  }
+
+  /**
+   * A client: one operation at a time on a random key until the heal: puts (half of them with an
+   * idempotency key), deletes, reads of one key or of every key (a range), and compare-and-sets
+   * (on the mod_index last seen, or as a transaction comparing the value, always with an
+   * idempotency key).
+   */
+  async client(c: SimClient): Promise<void> {
+    c.seen = new Map();
+    for (let seq = 1; this.#ctx.phase === "run"; seq++) {
+      await this.#ctx.sleep(this.#ctx.random(0, 30));
+      if (this.#ctx.phase !== "run") break;
+      const r = this.#ctx.rng();
+      const key = this.#ctx.pick(this.#ctx.keys);
+      const value = `c${c.id}-${seq}`;
+      let op: ClientOp;
+      if (r < 0.3) {
+        op = this.newOp(c, { kind: "put", key, value, lease: false });
+        if (this.#ctx.rng() < 0.5) op.idem = value;
+      } else if (r < 0.42) {
+        op = this.newOp(c, { kind: "delete", key, value: null, lease: false });
+      } else if (r < 0.6) {
+        const known = c.seen.get(key) ?? { modIndex: 0, value: null };
+        op = this.newOp(c, { kind: "cas", key, value, lease: false });
+        op.expect = known.value;
+        op.casForm = this.#ctx.rng() < 0.7 ? { modIndex: known.modIndex } : { txn: true };
+        op.idem = value;
+      } else {
+        const lease = this.#ctx.rng() < (this.#ctx.opts.leaseReads ?? 0);
+        op = this.newOp(c, { kind: "get", key, value: null, lease });
+        op.range = this.#ctx.rng() < 0.2;
+      }
+      await this.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
+    }
+    this.done();
+  }
+
+  /** A new operation of `client`, called now. */
+  newOp(client: SimClient, op: Pick<ClientOp, "kind" | "key" | "value" | "lease">): ClientOp {
+    return { ...op, client, call: this.#ctx.clock.now(), abort: new AbortController() };
+  }
+
+  /**
+   * Sends `op` to nodes (following leader hints, retrying where it was refused, and, for a write
+   * with an idempotency key, where its outcome is unknown) until it ends or times out, and records
+   * its outcome.
+   */
+  async perform(op: ClientOp, timeoutMs: number): Promise<void> {
+    const c = op.client;
+    const deadline = this.#ctx.clock.now() + timeoutMs;
+    let [outcome, n]: [Outcome | null, SimNode | null] = [null, null];
+    let unknownBefore = false;
+    while (!outcome && this.#ctx.clock.now() < deadline) {
+      const useHint = c.hint >= 0 && this.#ctx.rng() < 0.7;
+      // A final read goes mostly to a member of the cluster as it now is, as a client that
+      // follows the membership would, and sometimes to a node that knows it was removed, which
+      // must refuse it at once (checked below).
+      const removed = c.final ? this.#ctx.nodes.filter((x) => knowsRemoved(x)) : [];
+      const pool = c.final
+        ? (removed.length > 0 && this.#ctx.rng() < 0.3
+          ? removed
+          : this.#ctx.nodes.filter((x) => currentMembers(this.#ctx.nodes).has(x.id)))
+        : [];
+      n = useHint
+        ? this.#ctx.nodes[c.hint]!
+        : pool.length > 0
+        ? pool[Math.floor(this.#ctx.rng() * pool.length)]!
+        : this.#ctx.nodes[Math.floor(this.#ctx.rng() * this.#ctx.nodes.length)]!;
+      const knewRemoved = c.final && knowsRemoved(n);
+      if (knewRemoved) this.#ctx.stats.removedFinalReads++;
+      // A final read retries on silence: a read has no effect, so retrying is always safe. So
+      // does a write with an idempotency key: a repeat is answered, not applied again.
+      const left = deadline - this.#ctx.clock.now();
+      const wait = c.final ? 1000 : op.idem ? Math.min(600, left) : left;
+      outcome = await Promise.race([this.#request(n, op), this.#ctx.sleep(wait)]);
+      if (knewRemoved && outcome === null && knowsRemoved(n)) {
+        this.#ctx.fail(
+          "removed-refusal",
+          `${n.id} knows it was removed, but left a final read of ${op.key} unanswered for ${wait} ms`,
+        );
+      }
+      if (
+        outcome?.kind === "notLeader" || outcome?.kind === "refused" || outcome?.kind === "removed"
+      ) {
+        await this.redirect(c, outcome, deadline);
+        outcome = null;
+      } else if (op.idem && (outcome === null || outcome.kind === "unknown")) {
+        if (this.#ctx.clock.now() >= deadline) break;
+        unknownBefore = true;
+        this.#ctx.stats.idempotentRetries++;
+        this.#ctx.note(`c${c.id} ${op.kind}(${op.key}=${op.value}) unknown at ${n.id}: sent again`);
+        outcome = null;
+        c.hint = -1;
+        await this.#backOff(deadline);
+      }
+    }
+    op.abort.abort();
+    // Refused for sure after an attempt of unknown outcome: that one may still apply.
+    if (unknownBefore && outcome?.kind === "notApplied") outcome = { kind: "unknown" };
+    this.#record(op, outcome, n);
+    if (!outcome) c.hint = -1;
+  }
+
+  /** Records the outcome of `op` (null: timed out) that node `n` gave: counters, history, trace. */
+  #record(op: ClientOp, outcome: Outcome | null, n: SimNode | null): void {
+    const [c, stats, checker] = [op.client, this.#ctx.stats, this.#checker];
+    const what = `c${c.id} ${op.lease ? "lease-" : ""}${
+      op.range ? "range-" : ""
+    }${op.kind}(${op.key}${op.value ? `=${op.value}` : ""}) <- ${n?.id}: ${
+      outcome?.kind ?? "timeout"
+    }`;
+    const ret = this.#ctx.clock.now();
+    const seen = c.seen ?? new Map();
+    if (op.idem && (outcome?.kind === "ok" || outcome?.kind === "casFailed")) {
+      const answers = checker.idemAnswers.get(op.idem) ?? new Set();
+      answers.add(outcome.index);
+      checker.idemAnswers.set(op.idem, answers);
+      if (outcome.replayed) stats.idempotentReplays++;
+    } else if (op.idem) {
+      checker.idemAnswers.set(op.idem, checker.idemAnswers.get(op.idem) ?? new Set());
+    }
+    if (op.txnLease !== undefined && outcome?.kind === "ok") stats.leaseTxnPuts++;
+    if (op.txnLease !== undefined && outcome?.kind === "notApplied") {
+      stats.leaseTxnRefused++;
+    }
+    if (outcome?.kind === "ok") {
+      stats.writesOk++;
+      if (op.kind === "cas") stats.casOk++;
+      checker.acked.set(
+        `${op.key}=${op.value ?? `delete by c${c.id}`}`,
+        `${n?.id} at ${outcome.index}`,
+      );
+      this.#ctx.note(`${what} @${outcome.index}${outcome.replayed ? " (replayed)" : ""}`);
+      checker.history.push(_operation(op, ret));
+      seen.set(op.key, {
+        modIndex: op.kind === "delete" ? 0 : outcome.modIndex,
+        value: op.kind === "delete" ? null : op.value,
+      });
+    } else if (outcome?.kind === "casFailed") {
+      // The condition did not hold: nothing changed; it read the key's current value.
+      stats.casFailed++;
+      const found = outcome.current;
+      this.#ctx.note(`${what} @${outcome.index} found ${JSON.stringify(found?.value ?? null)}`);
+      checker.history.push({
+        ..._operation(op, ret),
+        kind: "get",
+        value: found?.value ?? null,
+      });
+      seen.set(op.key, { modIndex: found?.modIndex ?? 0, value: found?.value ?? null });
+    } else if (outcome?.kind === "value") {
+      stats.readsOk++;
+      if (op.lease) stats.leaseReadsOk++;
+      this.#ctx.note(`${what} ${JSON.stringify(outcome.value)}`);
+      checker.history.push({ ..._operation(op, ret), value: outcome.value });
+      seen.set(op.key, { modIndex: outcome.entry?.modIndex ?? 0, value: outcome.value });
+    } else if (outcome?.kind === "range") {
+      stats.readsOk++;
+      stats.rangeReadsOk++;
+      if (op.lease) stats.leaseReadsOk++;
+      const found = new Map(outcome.entries.map((e) => [e.key, e]));
+      this.#ctx.note(`${what} @${outcome.index} ${outcome.entries.map((e) => e.value).join(",")}`);
+      for (const key of this.#ctx.keys) {
+        const e = found.get(key) ?? null;
+        checker.history.push({ ..._operation(op, ret), key, value: e?.value ?? null });
+        seen.set(key, { modIndex: e?.modIndex ?? 0, value: e?.value ?? null });
+      }
+      checker.rangeReads.push({
+        index: outcome.index,
+        state: checker.state((k) => found.get(k) ?? null, null),
+        what: `${what} at index ${outcome.index}`,
+      });
+    } else if (outcome?.kind === "notApplied") {
+      stats.writesFailed++;
+    } else if (op.kind === "get") { // unknown outcome or timed out: a read is dropped
+      stats.readsDropped++;
+    } else { // a write may have been proposed by a node that then crashed or lost its leadership
+      stats.writesUnknown++;
+      checker.history.push(_operation(op, null));
+      seen.delete(op.key);
+    }
+  }
+
+  /** After a refusal: counts a removed node's, follows the leader hint, waits to try again. */
+  redirect(c: SimClient, got: Outcome, deadline: number): Promise<null> {
+    if (got.kind === "removed") this.#ctx.stats.removedRefusals++;
+    const leader = got.kind === "notLeader" ? got.leader : "";
+    c.hint = this.#ctx.nodes.findIndex((x) => x.id === leader);
+    return this.#backOff(deadline);
+  }
+
+  /** Waits 5 to 50 ms (not past `deadline`) before trying again. */
+  #backOff(deadline: number): Promise<null> {
+    return this.#ctx.sleep(Math.min(this.#ctx.random(5, 50), deadline - this.#ctx.clock.now()));
+  }
+
+  /** Sends `op` to node `n` and resolves with the answer (or never, if it is lost on the way). */
+  #request(n: SimNode, op: ClientOp): Promise<Outcome> {
+    return this.callOn(
+      n,
+      op.abort.signal,
+      (node, signal) => {
+        const consistency = op.lease ? "lease" : "linearizable";
+        let call: Promise<Outcome>;
+        if (op.kind === "get" && op.range) {
+          call = node.range(
+            { range: { prefix: "" }, limit: 1000, maxChars: 1 << 20 },
+            consistency,
+            signal,
+          )
+            .then((r) => ({ kind: "range", entries: r.entries, index: r.index }));
+        } else if (op.kind === "get") {
+          call = node.read(op.key, consistency, signal)
+            .then((r) => ({ kind: "value", value: r.entry?.value ?? null, entry: r.entry }));
+        } else {
+          call = node.write(_command(op), signal, op.idem ?? null).then((r) =>
+            _writeOutcome(op, r)
+          );
+        }
+        if (op.kind !== "get") return call;
+        // A read a follower answered went through its leader's read index (follower ReadIndex).
+        return call.then((o) => {
+          if (o.kind === "value" || o.kind === "range") {
+            const role = node.status().role;
+            if (role !== "leader") this.#ctx.stats.followerReadsOk++;
+          }
+          return o;
+        });
+      },
+      (o) => o,
+      outcomeOf,
+    );
+  }
+
+  /**
+   * Runs `fn` on node `n` as a request would: it reaches the node's process after a network delay
+   * and runs when the process runs; the answer (`answered(value)`, or `failed(error)`) comes back
+   * after another delay, or never, if the request is lost on the way. A node down refuses it.
+   */
+  async callOn<T, R>(
+    n: SimNode,
+    signal: AbortSignal,
+    fn: (node: RaftNode, signal: AbortSignal) => Promise<T>,
+    answered: (value: T) => R,
+    failed: (e: unknown) => R,
+  ): Promise<R | { kind: "refused" }> {
+    await this.#ctx.sleep(this.#ctx.random(0.1, 2));
+    const out = await new Promise<R | { kind: "refused" }>((resolve) => {
+      const refused = () => resolve({ kind: "refused" });
+      if (!n.node || !n.clock) return refused();
+      n.clock.run(() => {
+        const node = n.node;
+        if (signal.aborted) return;
+        if (!node) return refused();
+        fn(node, signal).then((value) => resolve(answered(value)), (e) => resolve(failed(e)));
+      });
+    });
+    await this.#ctx.sleep(this.#ctx.random(0.1, 2));
+    return out;
+  }
+
+  /** Once every client stopped: a read of every key, which must complete in time (liveness). */
+  #finalReads(): void {
+    this.#ctx.phase = "final";
+    this.#ctx.note("FINAL READS of every key");
+    const reads = this.#ctx.keys.map((key, i) =>
+      this.newOp({ id: 1000 + i, hint: -1, final: true }, {
+        kind: "get",
+        key,
+        value: null,
+        lease: false,
+      })
+    );
+    Promise.all(reads.map((op) => this.perform(op, Infinity))).then(() => this.#checker.converge())
+      .catch((e) => this.#ctx.caught(e, " in the final reads"));
+    const livenessMs = this.#ctx.opts.livenessMs ?? 20_000;
+    this.#ctx.later(livenessMs, () => {
+      if (this.#ctx.phase !== "final") return;
+      const missing = reads.filter((op) => !op.abort.signal.aborted).map((op) => op.key);
+      this.#ctx.fail(
+        "liveness",
+        `the final reads of ${missing.join(", ")} did not complete within ${livenessMs} ms ` +
+          `after every fault healed (leader: ${this.#ctx.leader()?.id ?? "none"})`,
+      );
+    });
+  }
+}
+
+/** The command a client write sends. */
+function _command(op: ClientOp): PlainCommand {
+  if (op.kind === "delete") return { op: "delete", key: op.key };
+  if (op.kind === "put" && op.txnLease !== undefined && op.leaseRef && "id" in op.leaseRef) {
+    const put = { op: "put" as const, key: op.key, value: op.value!, lease: op.leaseRef.id };
+    return {
+      op: "txn",
+      compare: [{ key: op.key, target: "exists", op: "=", value: op.txnLease.exists }],
+      success: [put, { op: "get", key: op.key }],
+      failure: [put],
+    };
+  }
+  if (op.kind === "put") {
+    return op.leaseRef === undefined
+      ? { op: "put", key: op.key, value: op.value! }
+      : { op: "put", key: op.key, value: op.value!, lease: op.leaseRef };
+  }
+  const form = op.casForm!;
+  if ("modIndex" in form) return { op: "put", key: op.key, value: op.value!, cas: form.modIndex };
+  const expect = op.expect ?? null;
+  return {
+    op: "txn",
+    compare: [
+      expect === null
+        ? { key: op.key, target: "exists", op: "=", value: false }
+        : { key: op.key, target: "value", op: "=", value: expect },
+    ],
+    success: [{ op: "put", key: op.key, value: op.value! }],
+    failure: [{ op: "get", key: op.key }],
+  };
+}
+
+/** What a client learns from a write's result. */
+function _writeOutcome(op: ClientOp, r: KvResult): Outcome {
+  const replayed = r.replayed === true;
+  switch (r.op) {
+    case "put":
+      return { kind: "ok", index: r.index, modIndex: r.modIndex, replayed };
+    case "delete":
+      return { kind: "ok", index: r.index, modIndex: 0, replayed };
+    case "cas_failed":
+      return { kind: "casFailed", index: r.index, current: r.current, replayed };
+    case "lease_not_found": // nothing was written
+      return { kind: "notApplied" };
+    case "txn": {
+      // A transaction with a lease puts first in either branch; a compare-and-set puts when it
+      // succeeds and reads when it fails.
+      const [first, index] = [r.results[0], r.index];
+      if (op.txnLease !== undefined) {
+        if (first?.op !== "put" || first.lease !== (op.leaseRef as { id: number }).id) {
+          throw new Error(`a transaction put with a lease answered ${JSON.stringify(first)}`);
+        }
+        return { kind: "ok", index, modIndex: first.modIndex, replayed };
+      }
+      if (r.succeeded) {
+        return { kind: "ok", index, modIndex: first?.op === "put" ? first.modIndex : 0, replayed };
+      }
+      const current = first?.op === "get" ? first.entry : null;
+      return { kind: "casFailed", index, current, replayed };
+    }
+    default:
+      throw new Error(`unexpected result ${r.op} for ${op.kind}(${op.key})`);
+  }
+}
+
+/** What a client learns from a node's error. */
+export function outcomeOf(e: unknown): Outcome {
+  if (e instanceof NotLeaderError) return { kind: "notLeader", leader: e.leader };
+  if (e instanceof NotAppliedError) return { kind: "notApplied" };
+  if (e instanceof NoSpaceError || e instanceof StoppingError) return { kind: "refused" };
+  if (e instanceof RemovedError) return { kind: "removed" };
+  return { kind: "unknown" }; // OutcomeUnknownError, an aborted read, anything else
+}
+
+function _operation(op: ClientOp, ret: number | null): Operation {
+  const { client, kind, key, value, call } = op;
+  const base = { client: client.id, kind, key, value, call, return: ret };
+  return kind === "cas" ? { ...base, expect: op.expect ?? null } : base;
+}

@@ -1,0 +1,266 @@
+/**
+ * The faults injected until the final heal: partitions, crashes, pauses, leader transfers and
+ * membership changes.
+ *
+ * @module
+ */
+
+import type { NodeId } from "../../src/raft/types.ts";
+import { LeaderTransferError, NotLeaderError } from "../../src/raft/errors.ts";
+import {
+  MembershipError,
+  NotAppliedError,
+  NotVoterError,
+  OutcomeUnknownError,
+  StoppingError,
+  TransferAbortedError,
+  UnknownMemberError,
+} from "../../src/node/backend.ts";
+import type { SimContext } from "./context.ts";
+import type { SimNetwork } from "./network.ts";
+
+/** The fault injection of a run. */
+export class Faults {
+  readonly #ctx: SimContext;
+  #network: SimNetwork | null = null;
+  #partitionId = 0;
+  /** A membership change the simulation asked for is in progress. */
+  #memberBusy = false;
+  /** The pauses of each node: [start, end] on the shared clock. */
+  readonly pausesOf = new Map<NodeId, [number, number][]>();
+
+  /** The faults of the run `ctx`. */
+  constructor(ctx: SimContext) {
+    this.#ctx = ctx;
+  }
+
+  /** Schedules every kind of fault the mix enables, on `network`. */
+  start(network: SimNetwork): void {
+    this.#network = network;
+    const f = this.#ctx.faults;
+    this.#every(f.partitionEveryMs, () => this.#partition());
+    this.#every(f.crashEveryMs, () => this.#crashSome());
+    this.#every(f.pauseEveryMs, () => this.#pause());
+    this.#every(f.transferEveryMs, () => this.#transfer());
+    this.#every(f.memberEveryMs, () => this.#memberChange());
+  }
+
+  /** Ends the partition in force, if any. */
+  heal(): void {
+    this.#partitionId++;
+    this.#network!.cut = null;
+  }
+
+  /** Runs `fn` at random intervals averaging `meanMs` (0: never) until the final heal. */
+  #every(meanMs: number, fn: () => void): void {
+    if (meanMs <= 0) return;
+    this.#ctx.later(this.#ctx.random(0.2, 1.8) * meanMs, () => {
+      if (this.#ctx.phase !== "run") return;
+      fn();
+      this.#every(meanMs, fn);
+    });
+  }
+
+  #partition(): void {
+    const net = this.#network!;
+    if (net.cut) return; // one partition at a time
+    const all = this.#ctx.nodes.map((n) => n.id);
+    const target = this.#ctx.leader()?.id ?? this.#ctx.pick(all);
+    const kinds = "split split one-way isolate-leader leader-cannot-send leader-cannot-hear bridge";
+    const kind = this.#ctx.pick(kinds.split(" "));
+    const links = new Set<string>();
+    const cut = (a: NodeId, b: NodeId, both = true) => {
+      links.add(`${a}>${b}`);
+      if (both) links.add(`${b}>${a}`);
+    };
+    let text = `${kind} ${target}`;
+    if (kind === "split") {
+      const side = _shuffle(all, this.#ctx.rng)
+        .slice(0, 1 + Math.floor(this.#ctx.rng() * Math.floor(all.length / 2)));
+      for (const a of side) for (const b of all.filter((x) => !side.includes(x))) cut(a, b);
+      text = `split {${side}} | rest`;
+    } else if (kind === "bridge") {
+      const [bridge, ...rest] = _shuffle(all, this.#ctx.rng);
+      const [left, right] = [rest.slice(0, rest.length / 2), rest.slice(rest.length / 2)];
+      for (const a of left) for (const b of right) cut(a, b);
+      text = `bridge ${bridge} between {${left}} and {${right}}`;
+    } else if (kind === "one-way") {
+      for (let i = 0, pairs = 1 + Math.floor(this.#ctx.rng() * all.length); i < pairs; i++) {
+        const a = this.#ctx.pick(all);
+        cut(a, this.#ctx.pick(all.filter((x) => x !== a)), false);
+      }
+      text = `one-way ${[...links].join(" ")}`;
+    } else {
+      for (const b of all.filter((x) => x !== target)) {
+        if (kind !== "leader-cannot-hear") cut(target, b, false);
+        if (kind !== "leader-cannot-send") cut(b, target, false);
+      }
+    }
+    net.cut = (a, b) => links.has(`${a}>${b}`);
+    this.#ctx.stats.partitions++;
+    const id = ++this.#partitionId;
+    const duration = this.#ctx.random(100, Math.max(200, this.#ctx.faults.maxPartitionMs));
+    this.#ctx.note(`PARTITION ${text} for ${duration.toFixed(0)} ms`);
+    this.#ctx.later(duration, () => {
+      if (this.#partitionId === id) net.cut = null;
+    });
+  }
+
+  #crashSome(): void {
+    const up = this.#ctx.nodes.filter((n) => n.node || n.starting);
+    if (up.length === 0) return;
+    const power = this.#ctx.rng() < this.#ctx.faults.powerFailureRate;
+    const leader = power ? null : this.#ctx.leader();
+    const victims = power ? up : [leader && this.#ctx.rng() < 0.4 ? leader : this.#ctx.pick(up)];
+    if (power) this.#ctx.stats.powerFailures++;
+    for (const n of victims) {
+      this.#ctx.crash(n, power ? "power failure" : "crash");
+      const inc = n.inc;
+      this.#ctx.later(this.#ctx.random(20, Math.max(50, this.#ctx.faults.maxDowntimeMs)), () => {
+        if (n.inc === inc) this.#ctx.restart(n);
+      });
+    }
+  }
+
+  #pause(): void {
+    const up = this.#ctx.nodes.filter((n) => n.node && !n.clock!.paused);
+    if (up.length === 0) return;
+    const leader = this.#ctx.leader();
+    const n = leader && !leader.clock!.paused && this.#ctx.rng() < 0.5
+      ? leader
+      : this.#ctx.pick(up);
+    const clock = n.clock!;
+    const ms = this.#ctx.random(50, Math.max(100, this.#ctx.faults.maxPauseMs));
+    clock.paused = true;
+    this.#ctx.stats.pauses++;
+    const pauses = this.pausesOf.get(n.id) ?? [];
+    pauses.push([this.#ctx.clock.now(), this.#ctx.clock.now() + ms]);
+    this.pausesOf.set(n.id, pauses);
+    this.#ctx.note(`PAUSE ${n.id} until ${(this.#ctx.clock.now() + ms).toFixed(0)}`);
+    this.#ctx.later(ms, () => clock.resume());
+  }
+
+  /**
+   * Asks the leader to hand leadership over: to a random other node (possibly down, paused or cut
+   * off, so that the transfer is abandoned) or, half the time, to the most caught-up voter.
+   */
+  #transfer(): void {
+    const n = this.#ctx.leader();
+    if (!n || !n.node || !n.clock) return;
+    const others = this.#ctx.nodes.filter((x) => x !== n);
+    const to = this.#ctx.rng() < 0.5 ? null : this.#ctx.pick(others).id;
+    const abort = new AbortController();
+    const inc = n.inc;
+    this.#ctx.note(`TRANSFER leadership from ${n.id} to ${to ?? "the most caught-up voter"}`);
+    n.clock.run(() => {
+      const node = n.node;
+      if (!node || n.inc !== inc) return;
+      node.transferLeadership(to, abort.signal).then(
+        ({ leader }) => {
+          this.#ctx.stats.transfersDone++;
+          this.#ctx.note(`${n.id} handed leadership to ${leader}`);
+        },
+        (e) => {
+          if (n.inc !== inc) return; // crashed meanwhile
+          if (e instanceof TransferAbortedError || e === abort.signal.reason) {
+            this.#ctx.stats.transfersAborted++;
+            this.#ctx.note(`${n.id}: transfer ended without a new leader: ${(e as Error).message}`);
+          } else if (
+            !(e instanceof NotLeaderError || e instanceof StoppingError ||
+              e instanceof LeaderTransferError || // one transfer at a time
+              e instanceof NotVoterError || e instanceof UnknownMemberError) // not a voter now
+          ) {
+            this.#ctx.caught(e, ` in a leader transfer on ${n.id}`);
+          }
+        },
+      );
+      if (node.inspect().role === "leader") this.#ctx.stats.transfers++;
+    });
+    // A caller gives up after a few election timeouts (the node abandons it after one).
+    this.#ctx.later(this.#ctx.electionMs * 3, () => abort.abort());
+  }
+
+  /**
+   * A membership change on the leader, one at a time: add a spare node (started with --join,
+   * added as a learner, promoted by the leader once caught up), or remove a member (the leader
+   * itself a third of the time), keeping at least three voters. A replacement is a removal
+   * followed, at the next change, by an addition. Crashes, partitions and pauses go on meanwhile.
+   */
+  #memberChange(): void {
+    if (this.#memberBusy) return;
+    const n = this.#ctx.leader();
+    if (!n || !n.node || !n.clock) return;
+    const node = n.node;
+    const members = node.membership.list();
+    const voters = members.filter((m) => m.role === "voter").map((m) => m.node_id);
+    const spare = this.#ctx.nodes.find((x) => x.spare && !x.added);
+    const canRemove = voters.length > 3 || members.length > voters.length;
+    let op: "add" | "remove";
+    if (spare && (!canRemove || this.#ctx.rng() < 0.5)) op = "add";
+    else if (canRemove) op = "remove";
+    else return;
+    let target: string;
+    if (op === "add") {
+      target = spare!.id;
+      spare!.added = true;
+      this.#ctx.restart(spare!);
+    } else {
+      const removable = voters.length > 3 ? members : members.filter((m) => m.role === "learner");
+      const self = removable.find((m) => m.node_id === n.id);
+      target = self && this.#ctx.rng() < 0.33 ? n.id : this.#ctx.pick(removable).node_id;
+    }
+    this.#memberBusy = true;
+    const inc = n.inc;
+    this.#ctx.note(`MEMBERSHIP ${op} ${target} (asked of ${n.id})`);
+    const abort = new AbortController();
+    n.clock.run(() => {
+      if (!n.node || n.inc !== inc) {
+        this.#memberBusy = false;
+        return;
+      }
+      const change = op === "add"
+        ? n.node.membership.add(
+          { id: target, rpcUrl: `sim://${target}`, apiUrl: target },
+          abort.signal,
+        )
+        : n.node.membership.remove(target, abort.signal);
+      change.then(
+        ({ index }) => {
+          this.#ctx.stats[op === "add" ? "memberAdds" : "memberRemoves"]++;
+          this.#ctx.note(`${n.id}: ${op} ${target} applied at ${index}`);
+        },
+        (e) => {
+          if (n.inc !== inc) return;
+          if (
+            e instanceof MembershipError || e instanceof NotLeaderError ||
+            e instanceof StoppingError || e instanceof NotAppliedError ||
+            e instanceof OutcomeUnknownError || e instanceof LeaderTransferError
+          ) {
+            this.#ctx.stats.memberChangesRefused++;
+            this.#ctx.note(`${n.id}: ${op} ${target} not done: ${(e as Error).message}`);
+            // A spare whose addition surely failed may be tried again later.
+            if (op === "add" && e instanceof MembershipError && e.code !== "exists") {
+              spare!.added = false;
+            }
+          } else {
+            this.#ctx.caught(e, ` in a membership change on ${n.id}`);
+          }
+        },
+      ).finally(() => this.#memberBusy = false);
+    });
+    this.#ctx.later(this.#ctx.electionMs * 5, () => {
+      abort.abort();
+      // Also when the leader crashed before it could take the change: the next one may start.
+      this.#memberBusy = false;
+    });
+  }
+}
+
+function _shuffle<T>(items: readonly T[], random: () => number): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
