@@ -239,7 +239,9 @@ transfers:        ${t("transfers")} leader transfers started, ${t("transfersDone
   } abandoned
 watches:          ${t("watchEvents")} events received, ${
     t("watchReconnects")
-  } reconnects to another node, ${t("watchResyncs")} refused as older than the history (410)
+  } reconnects to another node, ${t("watchResyncs")} refused as older than the history (410), ${
+    t("watchCutOffs")
+  } streams cut off for falling behind
 membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
     t("promotions")
   } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${

@@ -30,10 +30,11 @@
  * while it was down or cut off must know it ("removed-unaware"), and no member of the final
  * configuration may count itself removed ("removed-member").
  *
- * Watchers follow the changes of a key or a prefix (`watchHistory().subscribe`, what
- * `GET /v1/watch` serves), each on a random node, moving to another one when theirs crashes or
- * ends the subscription, and now and then at random (a client whose connection broke), asking
- * from the index after the last change they saw; a `from` older than the node's history starts a
+ * Watchers follow the changes of a key or a prefix through the API's watch route (`GET /v1/watch`,
+ * its stream, buffer, cut-off and final event), each on a random node, moving to another one when
+ * theirs crashes or ends the stream, and now and then at random (a client whose connection broke),
+ * asking from the index after the last change they saw (or after the `last_index` of the final
+ * event); some have a buffer small enough to be cut off; a `from` older than the node's history starts a
  * new stretch at the oldest index (the client re-reads). Checked at the end: within each stretch a
  * watcher saw every committed change of its keys exactly once, in index order, as the committed
  * log gives them (the `watch` check).
@@ -262,6 +263,7 @@ export const COUNTERS = [
   "watchEvents", // change events watchers received
   "watchReconnects", // watchers that moved to another node (after a crash, or at random)
   "watchResyncs", // reconnects refused because the history no longer held the index (410)
+  "watchCutOffs", // streams a node cut off for falling behind (a small watchBufferEvents)
   "memberAdds", // membership changes that added a node (as a learner), as applied
   "memberRemoves", // ... that removed a member (the leader included)
   "promotions", // learners the leader promoted to voter (committed configurations)
@@ -565,6 +567,7 @@ class _Simulation implements SimContext {
       };
     } finally {
       for (const n of this.nodes) n.clock?.kill();
+      this.#watchers.stopAll();
       channel.port1.close();
       channel.port2.close();
     }

@@ -6,7 +6,11 @@
  */
 
 import { seededRandom } from "../../src/raft/rand.ts";
-import { HistoryCompactedError, type KvEvent, RemovedError } from "../../src/node/backend.ts";
+import type { KvEvent } from "../../src/node/backend.ts";
+import { ApiError } from "../../src/api/errors.ts";
+import { ApiLimits } from "../../src/api/limits.ts";
+import { watchRoute } from "../../src/api/watch.ts";
+import { readSse } from "../../src/util/sse.ts";
 import type { Checker } from "./checks.ts";
 import type { SimContext, SimNode } from "./context.ts";
 
@@ -26,6 +30,10 @@ type _Watcher = {
   stretches: { from: number; firstEvent: number }[];
   /** When it next looks at its connection (virtual ms). */
   dueAt: number;
+  /** Its streams' `watchBufferEvents`: small ones are cut off when a node applies a batch. */
+  buffer: number;
+  /** Counts its connections: what an ended one still had buffered is not taken. */
+  conn: number;
 };
 
 /** The watchers of a run. */
@@ -35,6 +43,16 @@ export class Watchers {
   readonly #all: _Watcher[] = [];
   /** The watchers' own random source. */
   readonly #rng: () => number;
+  /** The watch streams' budget (one for every node: a limit never reached). */
+  readonly #limits = new ApiLimits({
+    maxInflightRequests: 1,
+    maxInflightBytes: 1,
+    maxBodyBytes: 1,
+    maxForwardedRequests: 1,
+    maxConcurrentBackups: 1,
+    backupTimeoutMs: 1,
+    maxWatchers: 1_000_000,
+  });
   /** The nodes' `watchHistoryEvents`. */
   readonly historyEvents: number;
   /** The nodes' `watchHistoryBytes`. */
@@ -72,6 +90,8 @@ export class Watchers {
         events: [],
         stretches: [],
         dueAt: r() * 200,
+        buffer: r() < 1 / 3 ? 1 + Math.floor(r() * 3) : 1024,
+        conn: 0,
       });
     }
   }
@@ -96,6 +116,11 @@ export class Watchers {
     }
   }
 
+  /** Ends every watcher's stream (the run is over). */
+  stopAll(): void {
+    for (const w of this.#all) w.stop();
+  }
+
   #connect(w: _Watcher): void {
     const live = this.#ctx.nodes.filter((n) => n.node !== null && n.clock?.paused !== true);
     if (live.length === 0) return;
@@ -107,45 +132,81 @@ export class Watchers {
     if (from !== null && w.events.length > 0 && this.#ctx.opts.watchFault !== undefined) {
       from += this.#ctx.opts.watchFault === "repeat" ? -1 : 1;
     }
-    const sink = {
-      event: (e: KvEvent) => {
-        if (n.inc !== inc || w.node !== n) return;
-        if (!_matches(w, e.k)) return;
-        w.events.push(e);
-        w.next = e.index + 1;
-        this.#ctx.stats.watchEvents++;
-      },
-      close: (reason: string) => {
-        if (w.node !== n) return;
-        this.#ctx.note(`watcher w${w.id} on ${n.id} closed: ${reason}`);
-        w.node = null;
-      },
-    };
+    // `GET /v1/watch` through the API's own route: its buffer, its cut-off and its final event.
+    const url = new URL(`http://${n.id}.sim/v1/watch`);
+    url.searchParams.set("key" in w.filter ? "key" : "prefix", Object.values(w.filter)[0]!);
+    if (from !== null) url.searchParams.set("from", String(from));
+    let res: Response;
     try {
-      const history = node.watchHistory();
-      if (from === null) from = node.inspect().applied + 1;
-      if (w.stretches.length === 0) w.stretches.push({ from, firstEvent: 0 });
-      w.next = from;
-      [w.node, w.inc] = [n, inc];
-      w.stop = history.subscribe(from, sink);
-      this.#ctx.note(`watcher w${w.id} follows ${n.id} from ${from}`);
+      res = watchRoute(
+        {
+          backend: node,
+          maxKeyBytes: 1024,
+          watchHeartbeatMs: 3_600_000, // never within a run: no real timer fires
+          watchBufferEvents: w.buffer,
+          retryAfter: {},
+          limits: this.#limits,
+        },
+        new Request(url),
+        url,
+      );
     } catch (e) {
       w.node = null;
-      if (e instanceof RemovedError) {
+      if (!(e instanceof ApiError)) throw e;
+      if (e.extra.code === "removed") {
         // The watcher tries another node at its next look.
         this.#ctx.stats.removedWatchRefusals++;
         this.#ctx.note(`watcher w${w.id} on ${n.id}: refused, the node was removed`);
         return;
       }
-      if (!(e instanceof HistoryCompactedError)) throw e;
+      if (e.status !== 410) throw e;
       // The client re-reads the state and watches on from the oldest index (a new stretch).
+      const oldest = e.extra.oldest_index as number;
       this.#ctx.stats.watchResyncs++;
-      this.#ctx.note(
-        `watcher w${w.id} on ${n.id}: from ${from} is gone, resyncs at ${e.oldestIndex}`,
-      );
-      w.next = e.oldestIndex;
-      w.stretches.push({ from: e.oldestIndex, firstEvent: w.events.length });
+      this.#ctx.note(`watcher w${w.id} on ${n.id}: from ${from} is gone, resyncs at ${oldest}`);
+      w.next = oldest;
+      w.stretches.push({ from: oldest, firstEvent: w.events.length });
+      return;
     }
+    // Without `from` it starts after the applied index (what the handler's X-Raftkv-Index says).
+    from ??= node.status().applied_index + 1;
+    if (w.stretches.length === 0) w.stretches.push({ from, firstEvent: 0 });
+    w.next = from;
+    [w.node, w.inc] = [n, inc];
+    this.#ctx.note(`watcher w${w.id} follows ${n.id} from ${from}`);
+    const reader = res.body!.getReader();
+    w.stop = () => void reader.cancel().catch(() => {});
+    const body = new ReadableStream<Uint8Array>({
+      pull: async (c) => {
+        const r = await reader.read();
+        if (r.done) c.close();
+        else c.enqueue(r.value);
+      },
+    });
+    this.#read(w, ++w.conn, body).catch((e) => this.#ctx.caught(e, ` (watcher w${w.id})`));
+  }
+
+  /** Takes a stream's events and its final event until it ends or the watcher moves on. */
+  async #read(w: _Watcher, conn: number, body: ReadableStream<Uint8Array>) {
+    const [n, inc] = [w.node!, w.inc];
+    for await (const m of readSse(body)) {
+      if (w.conn !== conn || n.inc !== inc || w.node !== n) return;
+      const data = JSON.parse(m.data);
+      if (m.event === "error") {
+        // The node ended the stream (cut off, stopping, a snapshot installed): go on after the
+        // last index it says it covered, on another connection.
+        this.#ctx.note(`watcher w${w.id} on ${n.id} closed: ${data.error}`);
+        w.next = data.last_index + 1;
+        if (data.error.includes("fell more than")) this.#ctx.stats.watchCutOffs++;
+        w.node = null; // it covers nothing past last_index
+        return;
+      }
+      const e = data as KvEvent;
+      w.events.push(e);
+      w.next = e.index + 1;
+      this.#ctx.stats.watchEvents++;
+    }
+    if (w.conn === conn && w.node === n && n.inc === inc) w.node = null;
   }
 
   /**

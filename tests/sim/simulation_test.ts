@@ -103,6 +103,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "watchEvents",
     "watchReconnects",
     "watchResyncs",
+    "watchCutOffs",
   ]);
   assert.ok(totals.elections! > 150, `only ${totals.elections} elections in 150 runs`);
 });
