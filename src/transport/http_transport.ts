@@ -56,9 +56,15 @@
  *   `maxSnapshotBytes`, with no pause longer than `snapshotIdleTimeoutMs` and done within
  *   `snapshotReceiveTimeoutMs`). One upload at a time. Replies `204` once
  *   {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
+ * - `POST <rpcUrl>/raft/members` ({@linkcode HttpTransport.queryMembers}): no body; replies `200`
+ *   with JSON `{"index","commit","members":[{"node_id","rpc_url","api_url","role"}]}`, the
+ *   receiver's committed configuration ({@linkcode TransportHandlers.committedMembers}: the one in
+ *   force at its commit index, the index of the entry or snapshot it comes from, and that commit
+ *   index), or `503` while it has none. A node that hears from no leader asks its peers this, to
+ *   learn of members added (or of its own removal) while it was away.
  * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`;
- *   message requests and streams also `x-raftkv-member-since` while the sender counts itself a
- *   member ({@linkcode TransportHandlers.memberSince}).
+ *   message requests, streams and members queries also `x-raftkv-member-since` while the sender
+ *   counts itself a member ({@linkcode TransportHandlers.memberSince}).
  * - `<rpcUrl>/forward/...`: a client request a follower forwards to the leader, handed as it is
  *   to the `forward` option (the API's, wired by `main.ts`), none of the checks below applied.
  *
@@ -78,7 +84,9 @@
  * 3. the sender: `x-raftkv-from` must name another member (`403`), checked before anything is
  *    read or stored, so strangers cannot grow the per-sender state; with mutual TLS, the
  *    identity the connection proved must be another member and `x-raftkv-from` must name it
- *    (`403`);
+ *    (`403`). A refused non-member is reported to {@linkcode TransportHandlers.onUnknownSender}
+ *    with the index its `x-raftkv-member-since` claims (the node may then ask its peers, rate
+ *    limited). A members query that passes this check is answered here;
  * 4. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
  *    snapshot upload at a time (`429`); at most `maxStreamsPerSender` message streams (one more
  *    ends the idlest if it has been idle for `streamIdleMs`, a stream whose connection died
