@@ -398,9 +398,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** The last "removed" answer of a peer this node ignored (logged once per index). */
   #ignoredRemovedAt = 0;
   /**
-   * The members of a peer's committed configuration newer than any this node holds (see
-   * #askMembers): heard (validator, address book, #knows) until this node's own configuration
-   * reaches that index.
+   * The members of a peer's committed configuration that lists members this node does not know
+   * (see #takeMembers): heard (validator, address book, #knows) until this node commits up to
+   * `until`, the peer's commit index then.
    */
   #vouched: { until: number; members: Member[] } | null = null;
   /**
@@ -794,11 +794,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /**
-   * One round of members queries, to every peer in the address book at once. The newest answer
-   * above this node's own configuration decides: when it lists this node, its members are heard
-   * until this node's log reaches it (a member added while this node was away, say one that now
-   * leads, can then bring it up to date); when it leaves this node out, this node learns it was
-   * removed (as from a peer's `410`).
+   * One round of members queries, to every peer in the address book at once; the answers go to
+   * #takeMembers. A member added while this node was away, say one that now leads, can then bring
+   * it up to date; a node removed while it was away learns it.
    */
   async #askMembers(): Promise<void> {
     this.#asking = true;
