@@ -596,7 +596,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       this.#saidRemoved = true;
       this.#log.warn(
         `this node (${this.id}) learned before it restarted that it was removed from the ` +
-          `cluster (a peer's committed configuration, entry ${mark}, leaves it out): it takes no ` +
+          `cluster (a peer's committed configuration as of index ${mark} leaves it out): it takes no ` +
           `further part; stop it, and to rejoin start it with an empty data directory and --join`,
       );
     }
@@ -692,7 +692,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       if (!core.removed && index !== this.#ignoredRemovedAt) {
         this.#ignoredRemovedAt = index;
         this.#log.info(
-          `peer ${peer} answered that its committed configuration (entry ${index}) leaves this ` +
+          `peer ${peer} answered that its committed configuration as of index ${index} leaves this ` +
             `node out, but this node holds a newer configuration that lists it: ignored`,
         );
       }
@@ -706,7 +706,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     );
     this.#log.warn(
       `this node (${this.id}) was removed from the cluster while it was away: peer ${peer}'s ` +
-        `committed configuration (entry ${index}) leaves it out. It takes no further part; ` +
+        `committed configuration as of index ${index} leaves it out. It takes no further part; ` +
         `stop it, and to rejoin start it with an empty data directory and --join`,
     );
   }
