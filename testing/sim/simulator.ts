@@ -26,9 +26,12 @@
  * at once ({@linkcode RemovedError}), and a final read it leaves unanswered fails the run
  * ("removed-refusal"); the client then goes to another node. A peer answers a batch from a node
  * its committed and newest configurations leave out "removed" (the real handler's 410, through
- * the node's own `removedAt`), and the sender is told: after the final heal, a voter removed
- * while it was down or cut off must know it ("removed-unaware"), and no member of the final
- * configuration may count itself removed ("removed-member").
+ * the node's own `removedAt`), and the sender is told; a node that hears from no leader asks its
+ * peers for their committed configuration (the real members query, `queryMembers`). After the
+ * final heal, a voter or learner removed while it was down or cut off must know it
+ * ("removed-unaware"), no member of the final configuration may count itself removed
+ * ("removed-member"), and a member that was away while the final leader joined must catch up
+ * ("stale-member").
  *
  * Watchers follow the changes of a key or a prefix (`watchHistory().subscribe`, what
  * `GET /v1/watch` serves), each on a random node, moving to another one when theirs crashes or
