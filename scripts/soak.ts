@@ -246,7 +246,9 @@ membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members 
     t("promotions")
   } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${
     t("staleMembers")
-  } members that did not know the final leader
+  } members that did not know the final leader (each caught up), ${
+    t("membersQueries")
+  } members queries
 removed nodes:    ${t("removedRefusals")} client requests refused at once, ${
     t("removedFinalReads")
   } final reads sent to a removed node (each refused), ${t("removedWatchRefusals")} watches refused,

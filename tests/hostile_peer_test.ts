@@ -24,6 +24,8 @@ import { encodeMessages } from "../src/transport/codec.ts";
 import { H2Client } from "../src/transport/h2_client.ts";
 import {
   FROM_HEADER,
+  MEMBER_SINCE_HEADER,
+  MEMBERS_PATH,
   MESSAGE_HEADER,
   MESSAGES_PATH,
   SNAPSHOT_PATH,
@@ -208,6 +210,61 @@ Deno.test("forged and malformed peer messages are refused, change nothing and st
         { deadlineMs: 5000, message: "the refusal to be logged" },
       );
     });
+
+    await t.step(
+      "a stranger claiming a configuration newer than the node's is refused, and makes it ask its peers at most once per election timeout",
+      async () => {
+        const queries = async () => {
+          const r = await cluster.request(target, "GET", "/metrics");
+          return Number(/^raftkv_members_queries_total (\d+)/m.exec(r.text)?.[1] ?? "NaN");
+        };
+        const first = await queries();
+        const started = performance.now();
+        const hb = message({
+          type: MessageType.Heartbeat,
+          from: "evil",
+          to: target,
+          term: T + 5,
+          commit: last + 50,
+        });
+        for (let i = 0; i < 100; i++) {
+          const headers = { [FROM_HEADER]: "evil", [MEMBER_SINCE_HEADER]: String(last + 1000) };
+          const sent = await client.fetch(`${cluster.rpc(target)}${MESSAGES_PATH}`, {
+            method: "POST",
+            headers: { "content-type": "application/octet-stream", ...headers },
+            body: encodeMessages([hb]),
+            signal: AbortSignal.timeout(5000),
+          });
+          assert.equal(sent.status, 403, await _errorOf(sent));
+          // Nor does it get the node's configuration.
+          const asked = await client.fetch(`${cluster.rpc(target)}${MEMBERS_PATH}`, {
+            method: "POST",
+            headers,
+            signal: AbortSignal.timeout(5000),
+          });
+          assert.equal(asked.status, 403, await _errorOf(asked));
+        }
+        const elapsed = performance.now() - started;
+        const rounds = (await queries()) - first;
+        // NODE_FLAGS: an election timeout of 2000 ms.
+        // It does ask (the stranger might be a member added while it was away), but only that.
+        assert.ok(
+          rounds >= 1 && rounds <= Math.ceil(elapsed / 2000) + 1,
+          `${rounds} query rounds in ${elapsed.toFixed(0)} ms`,
+        );
+        // A member asking gets the committed configuration.
+        const res = await client.fetch(`${cluster.rpc(target)}${MEMBERS_PATH}`, {
+          method: "POST",
+          headers: { [FROM_HEADER]: leader },
+          signal: AbortSignal.timeout(5000),
+        });
+        assert.equal(res.status, 200);
+        const conf = await res.json() as { commit: number; members: { node_id: string }[] };
+        assert.deepEqual(conf.members.map((m) => m.node_id).sort(), [...ids].sort());
+        assert.ok(conf.commit >= commit, JSON.stringify(conf));
+        await unchanged("the stranger claiming a newer configuration");
+      },
+    );
 
     await t.step(
       "a heartbeat claiming a member with term 2^53-1 gets 400 and the node keeps running",

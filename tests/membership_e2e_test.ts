@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { attempt, createFreshConnectionClient } from "../testing/chaos_lib.ts";
 import { checkLinearizability, type Operation } from "../src/check/linearizability.ts";
@@ -435,3 +436,135 @@ Deno.test("a node joining through a leader whose newest snapshot predates both t
     `node-4 never refused its old snapshot\n${cluster.formatLogs(["node-4"])}`,
   );
 });
+
+Deno.test("a member that was down while a new node joined and took the lead catches up while that node leads", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  const away = ["node-1", "node-2", "node-3"].find((id) => id !== leader)!;
+  const put0 = await attempt(`${cluster.api(leader)}/v1/data/k`, "PUT", { v: "0" }, 5000);
+  assert.ok(put0.kind === "answer" && put0.status === 200, JSON.stringify(put0));
+
+  // Away while node-4 joins and takes the lead: its configuration never lists node-4.
+  assert.equal(await cluster.stop(away), 0);
+  await joinAsVoter(cluster, "node-4", () => leader);
+  const moved = await attempt(`${cluster.api(leader)}/v1/leader/transfer`, "POST", {
+    to: "node-4",
+  }, 10_000);
+  assert.ok(moved.kind === "answer" && moved.status === 200, JSON.stringify(moved));
+  await waitFor(async () => (await cluster.status("node-4"))?.leader?.id === "node-4", {
+    deadlineMs: 10_000,
+    message: "node-4 to lead",
+  });
+  const term = (await cluster.status("node-4"))!.term;
+  for (let i = 1; i <= 5; i++) {
+    const r = await attempt(`${cluster.api("node-4")}/v1/data/k`, "PUT", { v: `${i}` }, 5000);
+    assert.ok(r.kind === "answer" && r.status === 200, JSON.stringify(r));
+  }
+
+  // Back, it refuses node-4 as a non-member at first, asks its peers for their committed
+  // configuration, hears node-4 on their word and applies what was written while it was away.
+  await cluster.start(away);
+  try {
+    await waitFor(async () => {
+      const r = await attempt(
+        `${cluster.api(away)}/v1/data/k?consistency=stale`,
+        "GET",
+        undefined,
+        2000,
+      );
+      return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "5";
+    }, { deadlineMs: 10_000, intervalMs: 50, message: `${away} to apply the writes` });
+    const back = await cluster.status(away);
+    assert.equal(back?.leader?.id, "node-4", JSON.stringify(back));
+    const now = await cluster.status("node-4");
+    assert.equal(now?.leader?.id, "node-4", JSON.stringify(now));
+    assert.equal(now?.term, term, "leadership moved: the test no longer shows the catch-up");
+    assert.ok(
+      cluster.logs(away).some((l) => l.includes("lists members this node does not know")),
+      cluster.formatLogs([away]),
+    );
+  } catch (e) {
+    console.error(cluster.formatLogs());
+    throw e;
+  }
+});
+
+Deno.test("a learner removed while it was down learns it on restart, and after another restart refuses clients at once", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  const [copied, other] = ["node-1", "node-2", "node-3"].filter((id) => id !== leader) as [
+    string,
+    string,
+  ];
+  const member = () => cluster.liveIds().find((id) => id !== "node-4")!;
+  try {
+    // node-4 is added as a learner while it is not running (the leader cannot reach it, so it is
+    // never promoted). It gets a member's data directory holding that addition: a learner that
+    // had replicated the log up to there and then went down.
+    await cluster.addNode("node-4");
+    await change(cluster, () => leader, "POST", "/v1/members", {
+      node_id: "node-4",
+      rpc_url: cluster.rpc("node-4"),
+      api_url: cluster.api("node-4"),
+    });
+    await waitFor(async () => {
+      const s = await cluster.status(copied);
+      return s !== null && s.commit_index === (await cluster.status(leader))?.commit_index;
+    }, { deadlineMs: 10_000, message: `${copied} to hold the addition` });
+    assert.equal(await cluster.stop(copied), 0);
+    await Deno.remove(cluster.node("node-4").dataDir, { recursive: true });
+    await _copyDir(cluster.node(copied).dataDir, cluster.node("node-4").dataDir);
+    await cluster.start(copied);
+
+    // Removed while it is down: nobody sends it anything afterwards.
+    await change(cluster, member, "DELETE", "/v1/members/node-4");
+    await waitMembers(cluster, member, (rows) => rows.length === 3, "node-4 to be removed");
+
+    // Started, it counts itself a learner and sends nothing on its own (it never campaigns);
+    // having heard from no leader for an election timeout, it asks its peers for their
+    // committed configuration and learns it was removed.
+    await cluster.start("node-4");
+    await waitFor(async () => (await cluster.status("node-4"))?.membership === "removed", {
+      deadlineMs: 10_000,
+      intervalMs: 50,
+      message: "node-4 to learn it was removed",
+    });
+    assert.ok(
+      cluster.logs("node-4").some((l) => l.includes("learners [node-4]")),
+      `node-4 did not start as a learner\n${cluster.formatLogs(["node-4"])}`,
+    );
+    for (const path of ["/v1/data/k", "/ready"]) {
+      const r = await attempt(`${cluster.api("node-4")}${path}`, "GET", undefined, 1500);
+      assert.ok(r.kind === "answer" && r.status === 503, `${path}: ${JSON.stringify(r)}`);
+      assert.equal((r.json as { code: string }).code, "removed");
+    }
+
+    // With every peer down, a restart refuses clients at once: the mark was kept on disk.
+    assert.equal(await cluster.stop("node-4"), 0);
+    for (const id of [leader, copied, other]) assert.equal(await cluster.stop(id), 0);
+    await cluster.start("node-4");
+    const status = await cluster.status("node-4");
+    assert.equal((status as { membership?: string } | null)?.membership, "removed");
+    const put = await attempt(`${cluster.api("node-4")}/v1/data/k`, "PUT", { v: "x" }, 1500);
+    assert.ok(put.kind === "answer" && put.status === 503, JSON.stringify(put));
+    assert.equal((put.json as { code: string }).code, "removed");
+    const ready = await attempt(`${cluster.api("node-4")}/ready`, "GET", undefined, 1500);
+    assert.ok(ready.kind === "answer" && ready.status === 503, JSON.stringify(ready));
+    assert.ok(
+      cluster.logs("node-4").some((l) => l.includes("learned before it restarted")),
+      cluster.formatLogs(["node-4"]),
+    );
+  } catch (e) {
+    console.error(cluster.formatLogs());
+    throw e;
+  }
+});
+
+/** Copies a directory tree (a stopped node's data directory). */
+async function _copyDir(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true });
+  for await (const e of Deno.readDir(from)) {
+    if (e.isDirectory) await _copyDir(join(from, e.name), join(to, e.name));
+    else if (e.isFile) await Deno.copyFile(join(from, e.name), join(to, e.name));
+  }
+}

@@ -18,6 +18,7 @@ import { encodeMessages } from "../src/transport/codec.ts";
 import { H2Client } from "../src/transport/h2_client.ts";
 import {
   FROM_HEADER,
+  MEMBERS_PATH,
   MESSAGE_HEADER,
   MESSAGES_PATH,
   SNAPSHOT_PATH,
@@ -82,6 +83,27 @@ async function upload(
     signal: AbortSignal.timeout(5000),
   });
   const text = await res.text();
+  return { status: res.status, error: text === "" ? "" : String(JSON.parse(text).error) };
+}
+
+/** Asks `target` for its committed configuration (`POST /raft/members`) with `from` in the header. */
+async function askMembers(
+  client: H2Client,
+  cluster: ProcessCluster,
+  target: string,
+  from: string,
+): Promise<Answer> {
+  const res = await client.fetch(`${cluster.rpc(target)}${MEMBERS_PATH}`, {
+    method: "POST",
+    headers: { [FROM_HEADER]: from },
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  if (res.status === 200) {
+    const ids = (JSON.parse(text) as { members: { node_id: string }[] }).members;
+    assert.deepEqual(ids.map((m) => m.node_id).sort(), ["node-1", "node-2", "node-3"]);
+    return { status: 200, error: "" };
+  }
   return { status: res.status, error: text === "" ? "" : String(JSON.parse(text).error) };
 }
 
@@ -225,6 +247,11 @@ Deno.test("peers with mutual TLS replicate, refuse impostors at the handshake or
             assert.equal(answer.status, 403, `${what}: ${answer.error}`);
             assert.match(answer.error, pattern, what);
           }
+          // Its members query is answered as node-2's, and refused under node-3's name.
+          assert.equal((await askMembers(asNode2, cluster, target, "node-2")).status, 200);
+          const impostor = await askMembers(asNode2, cluster, target, "node-3");
+          assert.equal(impostor.status, 403, impostor.error);
+          assert.match(impostor.error, claimed);
         } finally {
           asNode2.close();
         }
@@ -294,6 +321,8 @@ Deno.test("peers with mutual TLS replicate, refuse impostors at the handshake or
           }
           const snapshot = await upload(asStranger, cluster, target, "stranger", snap("stranger"));
           assert.equal(snapshot.status, 403, snapshot.error);
+          const asked = await askMembers(asStranger, cluster, target, "stranger");
+          assert.equal(asked.status, 403, asked.error);
         } finally {
           asStranger.close();
         }

@@ -19,6 +19,7 @@ import { CorruptFileError } from "../storage/errors.ts";
 import type { FileSystem } from "../storage/fs.ts";
 import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
+import { loadRemovedMark, removedMarkPath, saveRemovedMark } from "../storage/removed_mark.ts";
 import { realFs } from "../storage/real_fs.ts";
 import {
   encodeSnapshot,
@@ -127,6 +128,7 @@ export async function openDiskStorage(
   await createDirectory(paths.snapshotDir, fs);
 
   const hardState = await loadHardState(paths.raftStatePath, fs);
+  const removedAt = await loadRemovedMark(removedMarkPath(paths.raftStatePath), fs);
   const metadata = await loadLogMetadata(paths.logMetadataPath, fs);
   const wal = await Wal.open(paths.walDir, {
     fs,
@@ -162,6 +164,7 @@ export async function openDiskStorage(
   }
   const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, {
     hardState,
+    removedAt,
     snapshot,
     snapshotData: {
       entries: loaded?.entries ?? [],
@@ -177,6 +180,7 @@ export async function openDiskStorage(
 /** What {@linkcode openDiskStorage} recovered. */
 interface _Recovered {
   hardState: HardState;
+  removedAt: number;
   snapshot: SnapshotMeta | null;
   snapshotData: SnapshotData;
   entries: Entry[];
@@ -190,6 +194,7 @@ export class DiskStorage implements NodeStorage {
   /** The write-ahead log (for tests and tools: the node goes through the methods). */
   readonly wal: Wal;
   readonly hardState: HardState;
+  readonly removedAt: number;
   readonly snapshot: SnapshotMeta | null;
   snapshotData: SnapshotData;
   entries: Entry[];
@@ -215,6 +220,7 @@ export class DiskStorage implements NodeStorage {
     this.#keep = keep;
     this.wal = wal;
     this.hardState = recovered.hardState;
+    this.removedAt = recovered.removedAt;
     this.snapshot = recovered.snapshot;
     this.snapshotData = recovered.snapshotData;
     this.entries = recovered.entries;
@@ -232,6 +238,10 @@ export class DiskStorage implements NodeStorage {
 
   saveHardState(hardState: HardState): Promise<void> {
     return saveHardState(this.#paths.raftStatePath, hardState, this.#fs);
+  }
+
+  saveRemovedAt(index: number): Promise<void> {
+    return saveRemovedMark(removedMarkPath(this.#paths.raftStatePath), index, this.#fs);
   }
 
   rollLog(): void {

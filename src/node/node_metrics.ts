@@ -73,6 +73,8 @@ export class NodeMetrics {
   readonly proposalsCommitted: Counter;
   /** `raftkv_removed_peer_answers_total`. */
   readonly removedPeerAnswers: Counter;
+  /** `raftkv_members_queries_total`. */
+  readonly membersQueries: Counter;
   /** `raftkv_apply_duration_seconds`. */
   readonly applyDuration: Histogram;
   /** `raftkv_snapshot_save_duration_seconds`. */
@@ -110,6 +112,10 @@ export class NodeMetrics {
     this.removedPeerAnswers = registry.counter(
       "raftkv_removed_peer_answers_total",
       "Peer requests this node answered 410 removed: their sender is outside its committed and newest configurations (a member removed while it was down, or cut off).",
+    );
+    this.membersQueries = registry.counter(
+      "raftkv_members_queries_total",
+      "Rounds in which this node asked its peers for their committed configuration (it heard from no leader for an election timeout, or refused a sender that claims a newer configuration than its own).",
     );
     this.applyDuration = registry.histogram(
       "raftkv_apply_duration_seconds",

@@ -66,6 +66,7 @@ import {
   type WriteResult,
 } from "./backend.ts";
 import {
+  type CommittedMembers,
   PeerRefusedError,
   type Transport,
   type TransportHandlers,
@@ -119,6 +120,14 @@ export interface NodeStorage {
   append(entries: Entry[]): Promise<void>;
   /** Durably replaces the hard state. */
   saveHardState(hs: HardState): Promise<void>;
+  /**
+   * The "removed while away" mark recovered at start-up: the index of a peer's committed
+   * configuration that left this node out ({@linkcode RaftCore.learnRemoved}), 0 for none
+   * (optional: a storage without it keeps the mark in memory only).
+   */
+  readonly removedAt?: number;
+  /** Durably saves that mark (optional, see `removedAt`). */
+  saveRemovedAt?(index: number): Promise<void>;
   /** Makes the log's next write start a new segment (called when a snapshot begins). */
   rollLog(): void;
   /**
@@ -390,6 +399,25 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #saidRemoved = false;
   /** The last "removed" answer of a peer this node ignored (logged once per index). */
   #ignoredRemovedAt = 0;
+  /**
+   * The members of a peer's committed configuration that lists members this node does not know
+   * (see #takeMembers): heard (validator, address book, #knows) until this node commits up to
+   * `until`, the peer's commit index then.
+   */
+  #vouched: { until: number; members: Member[] } | null = null;
+  /**
+   * The index of the newest configuration this node saw committed (0: none yet), for peers that
+   * ask while a newer one is not (see #committedMembers).
+   */
+  #committedConfIndex = 0;
+  /** Members queries (#maybeAskMembers): when leader traffic was last taken here. */
+  #heardLeaderAt = 0;
+  /** When the last query round started, when the next may start on its own, its backoff. */
+  #askedAt = -Infinity;
+  #askAt = 0;
+  #askDelayMs: number;
+  #asking = false;
+  readonly #electionMs: number;
   /** Set once this node refuses requests as removed (see #isRemoved); cleared if it is not. */
   #refusing = false;
   /** Membership changes proposed here, waiting to be applied, by log index. */
@@ -490,6 +518,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#bootstrap = new Map(this.#members);
     this.#onMembership = options.onMembership;
     this.#heartbeatMs = options.heartbeatMs ?? 100;
+    this.#electionMs = options.electionTimeoutMs ?? 1000;
+    this.#askDelayMs = this.#electionMs;
     const electionTicks = Math.max(
       2,
       Math.round((options.electionTimeoutMs ?? 1000) / this.#heartbeatMs),
@@ -559,7 +589,24 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       },
       onRemoved: (peer, index) => this.#guard(() => this.#learnRemoved(peer, index)),
       memberSince: () => this.#failed ? 0 : this.#core.memberSince,
+      committedMembers: () => this.#failed ? null : this.#committedMembers(),
+      onUnknownSender: (_from, since) => {
+        // Only a sender that claims a configuration newer than this node's may be a member
+        // added while this node was away; anyone else is a stranger (or removed).
+        const core = this.#core;
+        if (since > Math.max(core.confIndex, core.log.snapIndex)) this.#maybeAskMembers(true);
+      },
     });
+    // A peer told this node before it restarted that it was removed (see #learnRemoved).
+    const mark = this.#storage.removedAt ?? 0;
+    if (mark > 0 && this.#core.learnRemoved(mark)) {
+      this.#saidRemoved = true;
+      this.#log.warn(
+        `this node (${this.id}) learned before it restarted that it was removed from the ` +
+          `cluster (a peer's committed configuration as of index ${mark} leaves it out): it takes no ` +
+          `further part; stop it, and to rejoin start it with an empty data directory and --join`,
+      );
+    }
     this.#syncMembership();
   }
 
@@ -570,7 +617,19 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #syncMembership(): void {
     const core = this.#core;
     const settled = core.log.committed >= core.confIndex;
-    const key = `${core.confIndex}|${settled}|${core.voters.join(",")}|${core.learners.join(",")}`;
+    const own = Math.max(core.confIndex, core.log.snapIndex);
+    if (settled) this.#committedConfIndex = Math.max(1, own);
+    const vouched = this.#vouched;
+    if (vouched !== null && (core.log.committed >= vouched.until || core.removed)) {
+      this.#log.info(
+        `this node committed up to ${core.log.committed}: the members a peer vouched for ` +
+          `(its commit index ${vouched.until}) are heard on its word no longer`,
+      );
+      this.#vouched = null;
+    }
+    const key = `${core.confIndex}|${settled}|${core.voters.join(",")}|${core.learners.join(",")}|${
+      this.#vouched?.until ?? 0
+    }`;
     if (key === this.#confKey) return;
     const first = this.#confKey === "" && this.#members.size === this.#bootstrap.size;
     this.#confKey = key;
@@ -596,6 +655,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         },
       );
     }
+    // Members added while this node was away, that a peer's committed configuration lists.
+    for (const m of this.#vouched?.members ?? []) if (!members.has(m.id)) members.set(m.id, m);
     const open = conf.voters.length === 0;
     if (open) {
       // Waiting to join: the bootstrap list (this node) is all there is.
@@ -638,16 +699,21 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       if (!core.removed && index !== this.#ignoredRemovedAt) {
         this.#ignoredRemovedAt = index;
         this.#log.info(
-          `peer ${peer} answered that its committed configuration (entry ${index}) leaves this ` +
+          `peer ${peer} answered that its committed configuration as of index ${index} leaves this ` +
             `node out, but this node holds a newer configuration that lists it: ignored`,
         );
       }
       return;
     }
     this.#saidRemoved = true;
+    // Kept, so that after a restart this node refuses clients at once (a learner, which sends
+    // nothing on its own, might not learn it again for long).
+    this.#storage.saveRemovedAt?.(index).catch((e) =>
+      this.#log.warn(`could not save that this node was removed (entry ${index}): ${e}`)
+    );
     this.#log.warn(
       `this node (${this.id}) was removed from the cluster while it was away: peer ${peer}'s ` +
-        `committed configuration (entry ${index}) leaves it out. It takes no further part; ` +
+        `committed configuration as of index ${index} leaves it out. It takes no further part; ` +
         `stop it, and to rejoin start it with an empty data directory and --join`,
     );
   }
@@ -709,6 +775,125 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const core = this.#core;
     return core.voters.length === 0 || this.#members.has(id) || core.voters.includes(id) ||
       core.learners.includes(id);
+  }
+
+  /**
+   * Asks the peers for their committed configuration (#askMembers) when this node has not taken
+   * leader traffic for an election timeout (`trigger` false, on a tick; the pause between rounds
+   * doubles up to eight election timeouts while nothing new is learned), or when a sender it
+   * refused claims a newer configuration than this node's (`trigger` true; at most one round per
+   * election timeout, whatever strangers send). Never while it leads, waits to join, or counts
+   * itself removed.
+   */
+  #maybeAskMembers(trigger: boolean): void {
+    const core = this.#core;
+    if (this.#stopping || this.#asking || this.#transport.queryMembers === undefined) return;
+    const now = this.#clock.now();
+    if (core.role === "leader") this.#heardLeaderAt = now;
+    if (core.role === "leader" || core.voters.length === 0 || core.removed) return;
+    if (trigger ? now - this.#askedAt < this.#electionMs : now < this.#askAt) return;
+    if (!trigger && now - this.#heardLeaderAt < this.#electionMs) return;
+    this.#askedAt = now;
+    this.#askAt = now + this.#askDelayMs;
+    this.#askDelayMs = Math.min(2 * this.#askDelayMs, 8 * this.#electionMs);
+    this.#metrics.membersQueries.inc();
+    void this.#askMembers();
+  }
+
+  /**
+   * One round of members queries, to every peer in the address book at once; the answers go to
+   * #takeMembers. A member added while this node was away, say one that now leads, can then bring
+   * it up to date; a node removed while it was away learns it.
+   */
+  async #askMembers(): Promise<void> {
+    this.#asking = true;
+    try {
+      const peers = [...this.#members.keys()].filter((id) => id !== this.id);
+      const answers = await Promise.all(
+        peers.map((peer) =>
+          this.#transport.queryMembers!(peer).then(
+            (a) => a === null ? null : { peer, ...a },
+            () => null,
+          )
+        ),
+      );
+      this.#guard(() => this.#takeMembers(answers));
+    } finally {
+      this.#asking = false;
+    }
+  }
+
+  /**
+   * Takes the most advanced answer of a query round (the highest commit index). Committed
+   * configurations form one history, so a peer's configuration in force at a commit index above
+   * the configuration this node counts itself a member by is newer than anything this node holds
+   * (a configuration entry of its own at or below that index either is in the peer's committed
+   * history or was truncated away). If it leaves this node out, this node was removed (or its
+   * addition never committed): it learns so as from a peer's `410`. If it lists this node and
+   * members this node does not know, those are heard until this node commits up to there.
+   */
+  #takeMembers(answers: ({ peer: NodeId } & CommittedMembers | null)[]): void {
+    const core = this.#core;
+    if (this.#stopping || core.voters.length === 0 || core.removed) return;
+    const own = Math.max(1, core.confIndex, core.log.snapIndex);
+    let best: { peer: NodeId } & CommittedMembers | null = null;
+    for (const a of answers) if (a && a.commit > (best?.commit ?? 0)) best = a;
+    if (best === null || best.commit <= core.log.committed) return;
+    if (!best.members.some((m) => m.node_id === this.id)) {
+      if (best.commit > own) this.#learnRemoved(best.peer, best.commit);
+      return;
+    }
+    const unknown = best.members.filter((m) => !this.#members.has(m.node_id));
+    if (unknown.length === 0) return;
+    this.#askDelayMs = this.#electionMs;
+    this.#vouched = {
+      until: best.commit,
+      members: best.members.map((m) => ({ id: m.node_id, rpcUrl: m.rpc_url, apiUrl: m.api_url })),
+    };
+    this.#log.info(
+      `peer ${best.peer}'s committed configuration (entry ${best.index}, in force at its commit ` +
+        `index ${best.commit}) lists members this node does not know: [${
+          unknown.map((m) => m.node_id).join(", ")
+        }]; they are heard until this node commits up to ${best.commit}`,
+    );
+    this.#syncMembership();
+  }
+
+  /**
+   * This node's committed configuration for a peer that asks: the configuration in force at the
+   * commit index, with the members' addresses; null while it has none (joining) or does not know
+   * the index of the committed one (restarted with a newer one not committed yet).
+   */
+  #committedMembers(): CommittedMembers | null {
+    const core = this.#core;
+    if (core.voters.length === 0) return null;
+    const commit = Math.max(core.log.committed, core.log.snapIndex);
+    const settled = core.log.committed >= core.confIndex;
+    const index = settled
+      ? Math.max(1, core.confIndex, core.log.snapIndex)
+      : this.#committedConfIndex;
+    if (index === 0) return null;
+    const conf = core.confAt(commit);
+    const learners = new Set(conf.learners);
+    return {
+      index,
+      commit: Math.max(commit, index),
+      members: [...conf.voters, ...conf.learners].map((id) => {
+        const m = parseMemberInfo(id, conf.info[id]) ?? this.#members.get(id);
+        return {
+          node_id: id,
+          rpc_url: m?.rpcUrl ?? "",
+          api_url: m?.apiUrl ?? "",
+          role: learners.has(id) ? "learner" : "voter",
+        };
+      }),
+    };
+  }
+
+  /** This node took leader traffic: no members query is needed, and the backoff starts over. */
+  #tookLeader(): void {
+    this.#heardLeaderAt = this.#clock.now();
+    this.#askDelayMs = this.#electionMs;
   }
 
   #memberViews(): MemberView[] {
@@ -794,7 +979,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       this.#catchUpTicks();
       this.#retryWrite();
       this.#expireLeases();
+      this.#maybeAskMembers(false);
     });
+    this.#heardLeaderAt = this.#clock.now();
     this.#cancelSweep = this.#clock.every(this.#receivedSweepMs, () => this.#sweepReceived());
     const voters = this.#core.voters;
     if (voters.length === 1 && voters[0] === this.id) this.#guard(() => this.#core.campaign());
@@ -1355,12 +1542,18 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const refused: string[] = [];
     this.#guard(() => {
       for (const m of msgs) {
+        const known = this.#knows(m.from);
         const reason = m.type === MessageType.Snap
           ? `Snap from "${m.from}" without its snapshot`
-          : !this.#knows(m.from)
+          : !known
           ? `${MessageType[m.type]} from "${m.from}": the sender is not a member`
           : this.#core.step(m);
         if (reason !== null) refused.push(reason);
+        if (!known && m.term >= this.#core.term) this.#maybeAskMembers(true);
+        if (
+          reason === null && this.#core.leader === m.from &&
+          (m.type === MessageType.App || m.type === MessageType.Heartbeat)
+        ) this.#tookLeader();
       }
     });
     if (refused.length > 0) {
@@ -1890,6 +2083,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       if (!this.#receivedNeeded(meta)) await this.#storage.discardReceived(meta);
       throw new PeerRefusedError(refused.join("; "));
     }
+    this.#tookLeader();
   }
 
   /** The received snapshots still needed: being written, received, or being installed. */

@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { assertGoldenBytes, fromHex, hexBytes } from "../../testing/golden_bytes.ts";
 import { encodeConfState, type Entry, EntryType } from "../raft/types.ts";
 import { loadHardState, saveHardState } from "./hard_state.ts";
+import { loadRemovedMark, removedMarkPath, saveRemovedMark } from "./removed_mark.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "./log_metadata.ts";
 import { segmentName, Wal } from "./wal.ts";
 import { decodeRecord } from "./wal_record.ts";
@@ -191,6 +192,26 @@ Deno.test("the committed segment with a configuration entry replays to its entri
     } finally {
       await replayed.close();
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+const REMOVED_AT = 57;
+const REMOVED_MARK_TEXT = '{"removed_at":57,"crc32c":"d1a6ad66"}\n';
+
+Deno.test("the committed removed-mark file decodes to the index it was written from", async () => {
+  const path = join(TESTDATA, "raft-state.json.removed");
+  assert.equal(await Deno.readTextFile(path), REMOVED_MARK_TEXT);
+  assert.equal(await loadRemovedMark(path), REMOVED_AT);
+});
+
+Deno.test("saveRemovedMark() produces the committed removed-mark file byte for byte", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-golden-removed-" });
+  try {
+    const path = removedMarkPath(join(dir, "raft-state.json"));
+    await saveRemovedMark(path, REMOVED_AT);
+    await assertGoldenBytes(join(TESTDATA, "raft-state.json.removed"), await Deno.readFile(path));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

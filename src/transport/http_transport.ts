@@ -56,9 +56,15 @@
  *   `maxSnapshotBytes`, with no pause longer than `snapshotIdleTimeoutMs` and done within
  *   `snapshotReceiveTimeoutMs`). One upload at a time. Replies `204` once
  *   {@linkcode TransportHandlers.onSnapshot} resolved (the snapshot is stored).
+ * - `POST <rpcUrl>/raft/members` ({@linkcode HttpTransport.queryMembers}): no body; replies `200`
+ *   with JSON `{"index","commit","members":[{"node_id","rpc_url","api_url","role"}]}`, the
+ *   receiver's committed configuration ({@linkcode TransportHandlers.committedMembers}: the one in
+ *   force at its commit index, the index of the entry or snapshot it comes from, and that commit
+ *   index), or `503` while it has none. A node that hears from no leader asks its peers this, to
+ *   learn of members added (or of its own removal) while it was away.
  * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`;
- *   message requests and streams also `x-raftkv-member-since` while the sender counts itself a
- *   member ({@linkcode TransportHandlers.memberSince}).
+ *   message requests, streams and members queries also `x-raftkv-member-since` while the sender
+ *   counts itself a member ({@linkcode TransportHandlers.memberSince}).
  * - `<rpcUrl>/forward/...`: a client request a follower forwards to the leader, handed as it is
  *   to the `forward` option (the API's, wired by `main.ts`), none of the checks below applied.
  *
@@ -78,7 +84,9 @@
  * 3. the sender: `x-raftkv-from` must name another member (`403`), checked before anything is
  *    read or stored, so strangers cannot grow the per-sender state; with mutual TLS, the
  *    identity the connection proved must be another member and `x-raftkv-from` must name it
- *    (`403`);
+ *    (`403`). A refused non-member is reported to {@linkcode TransportHandlers.onUnknownSender}
+ *    with the index its `x-raftkv-member-since` claims (the node may then ask its peers, rate
+ *    limited). A members query that passes this check is answered here;
  * 4. per sender, at most `maxRequestsPerSender` message requests in progress (`429`); one
  *    snapshot upload at a time (`429`); at most `maxStreamsPerSender` message streams (one more
  *    ends the idlest if it has been idle for `streamIdleMs`, a stream whose connection died
@@ -122,6 +130,8 @@ import { coalesceMessages } from "./coalesce.ts";
 import { readBodyWithin } from "../util/body.ts";
 import type { PeerRefusal, PeerValidator, RefusalKind } from "../raft/validate.ts";
 import {
+  type CommittedMembers,
+  type MemberRecord,
   PeerRefusedError,
   type PeerStats,
   SILENT_LOGGER,
@@ -139,6 +149,11 @@ export const MESSAGES_PATH = "/raft/messages";
  * frames (see {@linkcode STREAM_PATH} in the module doc), the response stays open and empty.
  */
 export const STREAM_PATH = "/raft/stream";
+/**
+ * The path a member asks a peer for its committed configuration at, below the peer's `rpcUrl`
+ * ({@linkcode HttpTransport.queryMembers}).
+ */
+export const MEMBERS_PATH = "/raft/members";
 /** The path snapshots are streamed to, below a peer's `rpcUrl`. */
 export const SNAPSHOT_PATH = "/raft/snapshot";
 /** The header naming the sending node. */
@@ -156,6 +171,30 @@ export const REMOVED_AT_HEADER = "x-raftkv-removed-at";
 export const MESSAGE_HEADER = "x-raftkv-message";
 
 const _MAX_BACKOFF_MS = 1000;
+/** The longest answer to a members query that is read (a configuration of a few thousand members). */
+const _MAX_MEMBERS_ANSWER = 1 << 20;
+
+/**
+ * Checks an answer to a members query:
+ * `{index, commit, members: [{node_id, rpc_url, api_url, role}]}` with `1 <= index <= commit`
+ * and string fields; null when anything is off.
+ */
+export function parseCommittedMembers(value: unknown): CommittedMembers | null {
+  if (typeof value !== "object" || value === null) return null;
+  const { index, commit, members } = value as Record<string, unknown>;
+  if (typeof index !== "number" || !Number.isSafeInteger(index) || index < 1) return null;
+  if (typeof commit !== "number" || !Number.isSafeInteger(commit) || commit < index) return null;
+  if (!Array.isArray(members) || members.length === 0 || members.length > 10_000) return null;
+  const out: MemberRecord[] = [];
+  for (const m of members) {
+    if (typeof m !== "object" || m === null) return null;
+    const { node_id, rpc_url, api_url, role } = m as Record<string, unknown>;
+    if (typeof node_id !== "string" || node_id === "" || typeof rpc_url !== "string") return null;
+    if (typeof api_url !== "string" || (role !== "voter" && role !== "learner")) return null;
+    out.push({ node_id, rpc_url, api_url, role });
+  }
+  return { index, commit, members: out };
+}
 /** How long a peer without the message stream (an older version) gets requests before a retry. */
 const _LEGACY_RETRY_MS = 60_000;
 /** How many `rpcTimeoutMs` a stream's full buffer may take to drain before it counts as broken. */
@@ -328,6 +367,8 @@ interface _Peer {
   id: NodeId;
   messagesUrl: string;
   snapshotUrl: string;
+  /** Where to ask for its committed configuration ({@linkcode MEMBERS_PATH}). */
+  membersUrl: string;
   queue: Message[];
   inflight: number;
   pumpScheduled: boolean;
@@ -447,6 +488,7 @@ export class HttpTransport implements Transport {
       id: peer.id,
       messagesUrl: _endpoint(peer, MESSAGES_PATH),
       snapshotUrl: _endpoint(peer, SNAPSHOT_PATH),
+      membersUrl: _endpoint(peer, MEMBERS_PATH),
       queue: [],
       inflight: 0,
       pumpScheduled: false,
@@ -561,6 +603,41 @@ export class HttpTransport implements Transport {
       };
     }
     return out;
+  }
+
+  /**
+   * Asks `peerId` for its committed configuration (`POST <rpcUrl>/raft/members`, within
+   * `rpcTimeoutMs`): null when it is not in the address book, cannot be reached, refuses or
+   * answers something malformed. A `410` "removed" answer calls
+   * {@linkcode TransportHandlers.onRemoved}, as for messages.
+   */
+  async queryMembers(peerId: NodeId): Promise<CommittedMembers | null> {
+    const peer = this.#peers.get(peerId);
+    if (peer === undefined || this.#closed) return null;
+    const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#rpcTimeoutMs)]);
+    try {
+      const res = await this.#client.fetch(peer.membersUrl, {
+        method: "POST",
+        headers: this.#requestHeaders(),
+        signal,
+      });
+      if (await this.#removedAnswer(peer, res)) return null;
+      if (res.status !== 200) {
+        this.#logger.debug(
+          `Peer "${peer.id}" refused the members query: HTTP ${res.status}: ${await _errorDetail(
+            res,
+            signal,
+          )}`,
+        );
+        return null;
+      }
+      const text = await res.text();
+      if (text.length > _MAX_MEMBERS_ANSWER) return null;
+      return parseCommittedMembers(JSON.parse(text));
+    } catch (err) {
+      this.#logger.debug(`Members query to peer "${peer.id}" failed: ${_describe(err)}`);
+      return null;
+    }
   }
 
   /**
@@ -1028,7 +1105,10 @@ export class HttpTransport implements Transport {
  * @throws {RangeError} if a numeric option is out of range.
  */
 export function createPeerHandler(
-  handlers: Pick<TransportHandlers, "onMessages" | "onSnapshot" | "removedAt">,
+  handlers: Pick<
+    TransportHandlers,
+    "onMessages" | "onSnapshot" | "removedAt" | "committedMembers" | "onUnknownSender"
+  >,
   options: PeerHandlerOptions = {},
 ): (req: Request, info?: PeerRequestInfo) => Promise<Response> {
   const maxBodyBytes = _positiveInt("maxBodyBytes", options.maxBodyBytes, 16 << 20);
@@ -1339,7 +1419,11 @@ export function createPeerHandler(
    * Who sent the request, or the refusal: with a proven identity, that identity, which must be
    * another member and the one `x-raftkv-from` names; without, whoever the header names.
    */
-  function authenticate(req: Request, info: PeerRequestInfo | undefined): string | Response {
+  function authenticate(
+    req: Request,
+    info: PeerRequestInfo | undefined,
+    since: number,
+  ): string | Response {
     const from = req.headers.get(FROM_HEADER) ?? "";
     const peer = info?.peer ?? null;
     if (peer === null) {
@@ -1348,6 +1432,7 @@ export function createPeerHandler(
     }
     const member = validator?.checkSender(peer) ?? null;
     if (member !== null) {
+      if (member.kind === "not-member" && from === peer) unknownSender(peer, since);
       return refuse(403, `The connection proved ${_quoteId(peer)}: ${member.reason}`, from);
     }
     if (from !== peer) {
@@ -1358,6 +1443,22 @@ export function createPeerHandler(
       );
     }
     return peer;
+  }
+
+  /** Tells the node a non-member was refused (it may be a member added while this one was away). */
+  function unknownSender(sender: string, since: number): void {
+    try {
+      handlers.onUnknownSender?.(sender, since);
+    } catch (err) {
+      logger.warn(`onUnknownSender threw: ${_describe(err)}`, err);
+    }
+  }
+
+  /** The answer to a members query: this node's committed configuration. */
+  function answerMembers(): Response {
+    const conf = handlers.committedMembers?.() ?? null;
+    if (conf === null) return _error(503, "This node has no configuration yet");
+    return Response.json(conf);
   }
 
   return async (req: Request, info?: PeerRequestInfo): Promise<Response> => {
@@ -1372,7 +1473,10 @@ export function createPeerHandler(
         }
         return await options.forward(req, peer);
       }
-      if (path !== MESSAGES_PATH && path !== SNAPSHOT_PATH && path !== STREAM_PATH) {
+      if (
+        path !== MESSAGES_PATH && path !== SNAPSHOT_PATH && path !== STREAM_PATH &&
+        path !== MEMBERS_PATH
+      ) {
         return _error(404, `No such path "${path}"`);
       }
       if (req.method !== "POST") {
@@ -1397,10 +1501,15 @@ export function createPeerHandler(
       }
       // A sender that is not another member, or not the one the connection proved, is refused
       // before anything is read or stored.
-      const sender = authenticate(req, info);
+      const claimed = Number.isSafeInteger(since) && since > 0 ? since : 0;
+      const sender = authenticate(req, info, claimed);
       if (sender instanceof Response) return sender;
       const refusal = validator?.checkSender(sender) ?? null;
-      if (refusal !== null) return refuseFor(refusal, sender);
+      if (refusal !== null) {
+        if (refusal.kind === "not-member") unknownSender(sender, claimed);
+        return refuseFor(refusal, sender);
+      }
+      if (path === MEMBERS_PATH) return answerMembers();
       const proven = (info?.peer ?? null) !== null;
       if (path === STREAM_PATH) return handleStream(req, sender, proven);
       return path === MESSAGES_PATH

@@ -9,7 +9,9 @@ import {
   HttpTransport,
   type HttpTransportOptions,
   MEMBER_SINCE_HEADER,
+  MEMBERS_PATH,
   MESSAGE_HEADER,
+  parseCommittedMembers,
   REMOVED_AT_HEADER,
   STREAM_PATH,
 } from "./http_transport.ts";
@@ -1598,5 +1600,74 @@ Deno.test("a sender the node says was removed gets 410 removed with the index, b
     }
   } finally {
     await server.shutdown();
+  }
+});
+
+Deno.test("createPeerHandler answers a member's members query with the committed configuration, a stranger's with 403", async () => {
+  const unknown: [NodeId, number][] = [];
+  const conf = {
+    index: 5,
+    commit: 9,
+    members: [
+      { node_id: "n1", rpc_url: "http://a:1", api_url: "http://a:2", role: "voter" as const },
+      { node_id: "n2", rpc_url: "http://b:1", api_url: "http://b:2", role: "voter" as const },
+      { node_id: "n4", rpc_url: "http://d:1", api_url: "http://d:2", role: "learner" as const },
+    ],
+  };
+  const handler = createPeerHandler({
+    onMessages: () => {},
+    onSnapshot: async () => {},
+    removedAt: (from: NodeId) => from === "n3" ? 7 : 0,
+    committedMembers: () => conf,
+    onUnknownSender: (from, since) => void unknown.push([from, since]),
+  }, { validator: new PeerValidator({ self: "n2", members: ["n1", "n2"] }), cluster: "c" });
+  const ask = (from: string, headers: Record<string, string> = {}) =>
+    handler(_post(MEMBERS_PATH, null, { [FROM_HEADER]: from, [CLUSTER_HEADER]: "c", ...headers }));
+
+  const ok = await ask("n1");
+  assert.strictEqual(ok.status, 200);
+  assert.deepStrictEqual(parseCommittedMembers(await ok.json()), conf);
+  // A stranger is refused and reported with the configuration it claims; one that claims none too.
+  for (const since of ["40", undefined]) {
+    const refused = await ask("evil", since === undefined ? {} : { [MEMBER_SINCE_HEADER]: since });
+    assert.strictEqual(refused.status, 403);
+    await refused.body?.cancel();
+  }
+  assert.deepStrictEqual(unknown, [["evil", 40], ["evil", 0]]);
+  // A removed member is told so; the wrong cluster is refused before anything else.
+  const removed = await ask("n3", { [MEMBER_SINCE_HEADER]: "2" });
+  assert.strictEqual(removed.status, 410);
+  assert.strictEqual(removed.headers.get(REMOVED_AT_HEADER), "7");
+  await removed.body?.cancel();
+  const other = await handler(_post(MEMBERS_PATH, null, { [FROM_HEADER]: "n1" }));
+  assert.strictEqual(other.status, 403);
+  await other.body?.cancel();
+  assert.strictEqual(unknown.length, 2);
+
+  // The client side: a member gets the answer; an answer that is not one is null.
+  const server = _serve(handler);
+  const client = new HttpTransport({}, {
+    ..._FAST,
+    self: "n1",
+    cluster: "c",
+    peers: [{ id: "n2", rpcUrl: _url(server) }],
+  });
+  try {
+    assert.deepStrictEqual(await client.queryMembers("n2"), conf);
+    assert.strictEqual(await client.queryMembers("n9"), null);
+  } finally {
+    await client.close();
+    await server.shutdown();
+  }
+  for (
+    const bad of [
+      null,
+      { index: 0, commit: 1, members: conf.members },
+      { index: 5, commit: 4, members: conf.members },
+      { index: 5, commit: 9, members: [] },
+      { index: 5, commit: 9, members: [{ ...conf.members[0], role: "boss" }] },
+    ]
+  ) {
+    assert.strictEqual(parseCommittedMembers(bad), null, JSON.stringify(bad));
   }
 });

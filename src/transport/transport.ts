@@ -27,6 +27,13 @@ export interface Transport {
    * peer accepted it; rejects on failure.
    */
   sendSnapshot(msg: Message, open: () => Promise<ReadableStream<Uint8Array>>): Promise<void>;
+  /**
+   * Asks `peer` for its committed configuration ({@linkcode TransportHandlers.committedMembers};
+   * the HTTP transport: `POST <rpcUrl>/raft/members`). Resolves null when the peer cannot be
+   * reached or refuses; a "removed" answer also calls {@linkcode TransportHandlers.onRemoved}.
+   * Optional: a transport without it never asks.
+   */
+  queryMembers?(peer: NodeId): Promise<CommittedMembers | null>;
   /** Stops sending: drops what is queued, aborts what is in flight and releases every resource. */
   close(): Promise<void>;
 }
@@ -64,6 +71,43 @@ export interface TransportHandlers {
    * (the HTTP transport: a `410` with code `removed`). What was sent to it is dropped.
    */
   onRemoved?(peer: NodeId, index: number): void;
+  /**
+   * This node's committed configuration, for a member that asks
+   * ({@linkcode Transport.queryMembers}); null while it has none (it waits to join).
+   */
+  committedMembers?(): CommittedMembers | null;
+  /**
+   * Called when a request was refused because its sender is not a member, with the index the
+   * sender says it counts itself a member by (its `x-raftkv-member-since`, 0 when absent): a
+   * sender that claims a configuration newer than any this node holds may be a member added while
+   * this node was away, and this node may then ask its peers (rate-limited).
+   */
+  onUnknownSender?(from: NodeId, memberSince: number): void;
+}
+
+/** A member as {@linkcode CommittedMembers} lists it (the API's member rows). */
+export interface MemberRecord {
+  /** Its node id. */
+  node_id: NodeId;
+  /** Where its peer server listens. */
+  rpc_url: string;
+  /** Where its REST API listens. */
+  api_url: string;
+  /** Whether it votes. */
+  role: "voter" | "learner";
+}
+
+/**
+ * A node's committed configuration: the configuration in force at its commit index, and the index
+ * of the entry (or snapshot) it comes from.
+ */
+export interface CommittedMembers {
+  /** The index of the configuration entry, or of the snapshot it comes from (>= 1). */
+  index: number;
+  /** The node's commit index (>= `index`): its configuration is the one in force there. */
+  commit: number;
+  /** Every member of it. */
+  members: MemberRecord[];
 }
 
 /**

@@ -27,7 +27,7 @@ export class Checker {
   readonly leaders = new Map<number, NodeId>();
   /** The committed configurations: (index, voters), the bootstrap one first. */
   readonly confs: { index: number; voters: string[] }[];
-  /** Members left out of the convergence check because they do not know the leader. */
+  /** Members counted as not knowing the leader when convergence began (each must catch up). */
   #staleNoted = new Set<NodeId>();
   /** (index, term) -> hash of the entry, as first seen in any log. */
   #entryHash = new Map<number, number>();
@@ -336,43 +336,49 @@ export class Checker {
     const poll = () => {
       const c = this.#maxCommit;
       // Removed nodes (and spares never added) take no further part: only members converge.
-      // Known limitation: a member whose own configuration predates the leader's addition does
-      // not know the leader and refuses it as a non-member; it cannot catch up while that node
-      // leads. It is left out here and counted (stats.staleMembers), not hidden.
+      // A member whose own configuration predates the leader's addition (it was away while the
+      // leader joined) must catch up too: it learns the leader from a peer's committed
+      // configuration (a members query). It is counted (stats.staleMembers) and, if it does not,
+      // fails "stale-member".
       const members = currentMembers(this.#ctx.nodes);
       const leader = this.#ctx.leader()?.id;
-      const nodes = this.#ctx.nodes.filter((n) => {
-        if (!members.has(n.id)) return false;
+      const stale = (n: SimNode) => {
         const own = n.node?.membership.list().map((m) => m.node_id) ?? [];
-        if (leader !== undefined && own.length > 0 && !own.includes(leader)) {
-          if (!this.#staleNoted.has(n.id)) {
-            this.#staleNoted.add(n.id);
-            this.#ctx.stats.staleMembers++;
-            this.#ctx.note(`${n.id} does not know the leader ${leader}: left out of convergence`);
-          }
-          return false;
+        return leader !== undefined && own.length > 0 && !own.includes(leader);
+      };
+      const nodes = this.#ctx.nodes.filter((n) => members.has(n.id));
+      for (const n of nodes) {
+        if (stale(n) && !this.#staleNoted.has(n.id)) {
+          this.#staleNoted.add(n.id);
+          this.#ctx.stats.staleMembers++;
+          this.#ctx.note(
+            `${n.id} does not know the leader ${leader}: it must learn it from a peer`,
+          );
         }
-        return true;
-      });
+      }
       const lagging = nodes.filter((n) => n.node?.inspect().applied !== c);
       if (lagging.length > 0) {
         if (this.#ctx.clock.now() >= deadline) {
           const ids = lagging.map((n) => n.id).join(", ");
+          const unknown = lagging.filter(stale).map((n) => n.id);
+          if (unknown.length > 0) {
+            this.#ctx.fail(
+              "stale-member",
+              `${unknown.join(", ")} did not learn the leader ${leader} (added while they were ` +
+                `away) and did not apply up to commit ${c} within 10 s`,
+            );
+          }
           this.#ctx.fail("convergence", `${ids} did not apply up to commit ${c} within 10 s`);
         }
         return this.#ctx.later(50, poll);
       }
       // A voter removed while it was down (or cut off) never gets its removal from the log: the
       // peers it campaigns to answer that their committed configuration leaves it out, and it
-      // must then know it was removed. A member of the cluster must never be told so. (A removed
-      // learner sends nothing, so it is not waited for.) The known limitation above is the one
-      // exception: a member left out as stale whose own configuration predates its addition
-      // (a snapshot taken before it joined, sent by a leader added after that snapshot) counts
-      // itself removed from that configuration, not from a peer's answer; it stays counted.
+      // must then know it was removed. A member of the cluster must never be told so. A removed
+      // learner sends nothing on its own: it asks its peers for their committed configuration
+      // once it has heard no leader for an election timeout, and must know it too.
       const wrong = this.#ctx.nodes.filter((n) =>
-        n.node && members.has(n.id) && n.node.status().membership === "removed" &&
-        !(this.#staleNoted.has(n.id) &&
-          !n.node.membership.list().some((m) => m.node_id === n.id))
+        n.node && members.has(n.id) && n.node.status().membership === "removed"
       );
       if (wrong.length > 0) {
         const ids = wrong.map((n) => n.id).join(", ");
@@ -380,14 +386,15 @@ export class Checker {
         return;
       }
       const unaware = this.#ctx.nodes.filter((n) =>
-        n.node && !members.has(n.id) && n.node.status().membership === "voter"
+        n.node && !members.has(n.id) &&
+        ["voter", "learner"].includes(n.node.status().membership ?? "")
       );
       if (unaware.length > 0) {
         if (this.#ctx.clock.now() >= deadline) {
           const ids = unaware.map((n) => n.id).join(", ");
           this.#ctx.fail(
             "removed-unaware",
-            `${ids} were removed but still count themselves voters`,
+            `${ids} were removed but still count themselves members`,
           );
           return;
         }

@@ -13,7 +13,7 @@ import { type Message, MessageType, type NodeId } from "../../src/raft/types.ts"
 import { decodeMessages, encodeMessages } from "../../src/transport/codec.ts";
 import { coalesceMessages } from "../../src/transport/coalesce.ts";
 import { PeerRefusedError, type Transport } from "../../src/transport/transport.ts";
-import type { TransportHandlers } from "../../src/transport/transport.ts";
+import type { CommittedMembers, TransportHandlers } from "../../src/transport/transport.ts";
 import { PeerValidator } from "../../src/raft/validate.ts";
 import { decodeCommand } from "../../src/kv/state_machine.ts";
 import type { NodeClock } from "./node_clock.ts";
@@ -73,6 +73,7 @@ export class SimNetwork {
     return {
       send: (messages) => this.#send(ep, messages),
       sendSnapshot: (msg, open) => this.#sendSnapshot(ep, msg, open),
+      queryMembers: (peer) => this.#queryMembers(ep, peer),
       close: () => {
         ep.closed = true;
         return Promise.resolve();
@@ -154,6 +155,35 @@ export class SimNetwork {
       src.clock.run(() => src.handlers.onRemoved?.(dst.id, index));
     });
     return true;
+  }
+
+  /**
+   * A members query (the HTTP transport's `POST /raft/members`): the request and the answer each
+   * take a network delay and are lost to a partition or a dead node (null, as a timeout); the
+   * receiver answers "removed" as for messages, else with its committed configuration.
+   */
+  #queryMembers(from: _Endpoint, to: NodeId): Promise<CommittedMembers | null> {
+    this.#host.stats.membersQueries++;
+    return new Promise((resolve) => {
+      const { faults, random: r } = this.#host;
+      if (!this.#alive(from)) return resolve(null);
+      const lost = faults.membersAnswerRate < 1 && r() >= faults.membersAnswerRate;
+      this.#host.later(this.#delay(), () => {
+        if (lost) return resolve(null);
+        const dst = this.#reach(from.id, to);
+        if (dst === null) return resolve(null);
+        dst.clock.run(() => {
+          if (!this.#alive(dst) || this.#answerRemoved(from.id, dst)) return resolve(null);
+          if (dst.validator.checkSender(from.id) !== null) return resolve(null);
+          const conf = dst.handlers.committedMembers?.() ?? null;
+          const answer = conf === null ? null : structuredClone(conf);
+          this.#host.later(this.#delay(), () => {
+            if (!this.#alive(from) || this.cut?.(to, from.id)) return resolve(null);
+            from.clock.run(() => resolve(answer));
+          });
+        });
+      });
+    });
   }
 
   /** Whether the real peer validator of `dst` takes `msgs` from `from`; a refusal fails the run. */

@@ -26,16 +26,19 @@
  * at once ({@linkcode RemovedError}), and a final read it leaves unanswered fails the run
  * ("removed-refusal"); the client then goes to another node. A peer answers a batch from a node
  * its committed and newest configurations leave out "removed" (the real handler's 410, through
- * the node's own `removedAt`), and the sender is told: after the final heal, a voter removed
- * while it was down or cut off must know it ("removed-unaware"), and no member of the final
- * configuration may count itself removed ("removed-member").
+ * the node's own `removedAt`), and the sender is told; a node that hears from no leader asks its
+ * peers for their committed configuration (the real members query, `queryMembers`). After the
+ * final heal, a voter or learner removed while it was down or cut off must know it
+ * ("removed-unaware"), no member of the final configuration may count itself removed
+ * ("removed-member"), and a member that was away while the final leader joined must catch up
+ * ("stale-member").
  *
  * Watchers follow the changes of a key or a prefix through the API's watch route (`GET /v1/watch`,
  * its stream, buffer, cut-off and final event), each on a random node, moving to another one when
  * theirs crashes or ends the stream, and now and then at random (a client whose connection broke),
  * asking from the index after the last change they saw (or after the `last_index` of the final
- * event); some have a buffer small enough to be cut off; a `from` older than the node's history starts a
- * new stretch at the oldest index (the client re-reads). Checked at the end: within each stretch a
+ * event); some have a buffer small enough to be cut off; a `from` older than the node's history
+ * starts a new stretch at the oldest index (the client re-reads). Checked at the end: within each stretch a
  * watcher saw every committed change of its keys exactly once, in index order, as the committed
  * log gives them (the `watch` check).
  *
@@ -117,6 +120,12 @@ export const FAULTS_OFF = {
    * remove, then add); 0 disables them, and the run has no spare nodes.
    */
   memberEveryMs: 0,
+  /**
+   * Probability that a members query (a node asking a peer for its committed configuration) is
+   * answered; the others are lost, like a timeout. 0 turns what the queries fix off, for guard
+   * tests: a member away while the leader joined, a learner removed while down.
+   */
+  membersAnswerRate: 1,
   /** Shortest sync of a file or directory. */ minDiskMs: 0.5,
   /** Longest sync. */ maxDiskMs: 2,
 };
@@ -167,7 +176,8 @@ export type CheckName =
   | "disjoint-majorities" // consecutive committed configurations differ by one voter at most
   | "removed-refusal" // a node that knows it was removed refuses a final read at once
   | "removed-member" // no member of the final configuration counts itself removed
-  | "removed-unaware" // a voter removed while down knows it after the final heal
+  | "removed-unaware" // a voter or learner removed while down knows it after the final heal
+  | "stale-member" // a member that does not know the final leader (added while it was away) catches up
   | "runaway";
 
 /** The options of one run. */
@@ -268,7 +278,8 @@ export const COUNTERS = [
   "memberRemoves", // ... that removed a member (the leader included)
   "promotions", // learners the leader promoted to voter (committed configurations)
   "memberChangesRefused", // changes refused (another in progress, no leader, ...)
-  "staleMembers", // members that did not know the final leader (a known limitation)
+  "staleMembers", // members that did not know the final leader when convergence began (each must catch up)
+  "membersQueries", // members queries a node sent (asking a peer for its committed configuration)
   "removedRefusals", // client requests (reads, writes, lease calls) a removed node refused
   "removedFinalReads", // final reads sent to a node that knew it was removed: each refused
   "removedWatchRefusals", // watches a removed node refused (the watcher moved on)

@@ -176,6 +176,49 @@ Deno.test("lease reads stay linearizable when a paused leader resumes after bein
   _assertExercised(totals, ["leaseReadsOk", "partitions", "pauses"]);
 });
 
+/**
+ * Frequent membership changes, leader transfers and long partitions on three nodes: members are
+ * often away while a node joins and then leads, and learners are removed while they are down.
+ */
+const AWAY: Partial<FaultOptions> = {
+  memberEveryMs: 300,
+  partitionEveryMs: 400,
+  maxPartitionMs: 6000,
+  transferEveryMs: 300,
+};
+/** Seeds of AWAY that, without the members queries, end with a stale member or unaware learner. */
+const AWAY_SEEDS: [number, CheckName][] = [
+  [100, "stale-member"],
+  [201, "stale-member"],
+  [210, "removed-unaware"],
+];
+
+Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
+  const seeds = [...AWAY_SEEDS.map(([seed]) => seed), ..._range(101, 10)];
+  const { failures, totals } = await _runSeeds(seeds, (seed) => ({
+    seed,
+    nodes: 3,
+    durationMs: 20_000,
+    faults: AWAY,
+  }));
+  assert.equal(failures.length, 0, _describe(failures));
+  _assertExercised(totals, ["memberAdds", "memberRemoves", "partitions", "membersQueries"]);
+});
+
+Deno.test("without answers to the members queries, a stale member and an unaware removed learner are caught", async () => {
+  for (const [seed, check] of AWAY_SEEDS) {
+    const { failures } = await _runSeeds([seed], (seed) => ({
+      seed,
+      nodes: 3,
+      durationMs: 20_000,
+      faults: { ...AWAY, membersAnswerRate: 0 },
+    }));
+    assert.equal(failures.length, 1, `seed ${seed} did not fail`);
+    assert.equal(failures[0]!.check, check, failures[0]!.message.split("\n")[0]);
+    assert.match(failures[0]!.replay, /"membersAnswerRate":0/);
+  }
+});
+
 Deno.test("the same options replay the very same run", async () => {
   const options: SimulationOptions = { seed: 42, nodes: 5, durationMs: 5_000 };
   const a = await runSimulation(options);
