@@ -151,6 +151,16 @@ async function waitMembers(
   }, { deadlineMs: 20_000, intervalMs: 100, message });
 }
 
+/** Asks leader `from` to hand the lead to `to` and waits until `to` leads. */
+async function handLead(cluster: ProcessCluster, from: string, to: string): Promise<void> {
+  const moved = await attempt(`${cluster.api(from)}/v1/leader/transfer`, "POST", { to }, 10_000);
+  assert.ok(moved.kind === "answer" && moved.status === 200, JSON.stringify(moved));
+  await waitFor(async () => (await cluster.status(to))?.leader?.id === to, {
+    deadlineMs: 10_000,
+    message: `${to} to lead`,
+  });
+}
+
 /** Starts `id` with `--join` through `via()` and waits (asking `via()`) until it is a voter. */
 async function joinAsVoter(cluster: ProcessCluster, id: string, via: () => string): Promise<void> {
   await cluster.addNode(id);
@@ -410,14 +420,7 @@ Deno.test("a node joining through a leader whose newest snapshot predates both t
     cluster.logs("node-4").some((l) => l.includes("installing snapshot")),
     `node-4 did not start from a snapshot\n${cluster.formatLogs(["node-4"])}`,
   );
-  const moved = await attempt(`${cluster.api(leader)}/v1/leader/transfer`, "POST", {
-    to: "node-4",
-  }, 10_000);
-  assert.ok(moved.kind === "answer" && moved.status === 200, JSON.stringify(moved));
-  await waitFor(async () => (await cluster.status("node-4"))?.leader?.id === "node-4", {
-    deadlineMs: 10_000,
-    message: "node-4 to lead",
-  });
+  await handLead(cluster, leader, "node-4");
 
   // node-4's newest snapshot leaves out node-4 and node-5: it must not be what node-5 installs.
   await joinAsVoter(cluster, "node-5", () => "node-4");
@@ -447,14 +450,7 @@ Deno.test("a member that was down while a new node joined and took the lead catc
   // Away while node-4 joins and takes the lead: its configuration never lists node-4.
   assert.equal(await cluster.stop(away), 0);
   await joinAsVoter(cluster, "node-4", () => leader);
-  const moved = await attempt(`${cluster.api(leader)}/v1/leader/transfer`, "POST", {
-    to: "node-4",
-  }, 10_000);
-  assert.ok(moved.kind === "answer" && moved.status === 200, JSON.stringify(moved));
-  await waitFor(async () => (await cluster.status("node-4"))?.leader?.id === "node-4", {
-    deadlineMs: 10_000,
-    message: "node-4 to lead",
-  });
+  await handLead(cluster, leader, "node-4");
   const term = (await cluster.status("node-4"))!.term;
   for (let i = 1; i <= 5; i++) {
     const r = await attempt(`${cluster.api("node-4")}/v1/data/k`, "PUT", { v: `${i}` }, 5000);

@@ -116,6 +116,22 @@ export class Watchers {
     }
   }
 
+  /**
+   * Whether a watcher on a live node has yet to receive a committed change of its keys that its
+   * node applied (its stream hands events on a few turns after the node applies them).
+   */
+  pending(): boolean {
+    return this.#all.some((w) => {
+      const n = w.node;
+      if (n === null || n.inc !== w.inc || n.node === null || w.next === null) return false;
+      const last = Math.min(n.node.inspect().applied, this.#checker.refIndex);
+      for (let i = w.next; i <= last; i++) {
+        if ((this.#checker.refChanges[i] ?? []).some((c) => _matches(w, c.k))) return true;
+      }
+      return false;
+    });
+  }
+
   /** Ends every watcher's stream (the run is over). */
   stopAll(): void {
     for (const w of this.#all) w.stop();
