@@ -631,9 +631,14 @@ export class HttpTransport implements Transport {
         );
         return null;
       }
-      const text = await res.text();
-      if (text.length > _MAX_MEMBERS_ANSWER) return null;
-      return parseCommittedMembers(JSON.parse(text));
+      const body = await readBodyWithin(res, _MAX_MEMBERS_ANSWER);
+      if (body === null) {
+        this.#logger.debug(
+          `Peer "${peer.id}" answered the members query with over ${_MAX_MEMBERS_ANSWER} bytes`,
+        );
+        return null;
+      }
+      return parseCommittedMembers(JSON.parse(new TextDecoder().decode(body)));
     } catch (err) {
       this.#logger.debug(`Members query to peer "${peer.id}" failed: ${_describe(err)}`);
       return null;

@@ -1659,6 +1659,38 @@ Deno.test("createPeerHandler answers a member's members query with the committed
     await client.close();
     await server.shutdown();
   }
+  // A peer whose answer never ends is cut off at the cap (1 MiB), not read until the timeout.
+  let cancelled = false;
+  const endless = _serve(() =>
+    Promise.resolve(
+      new Response(
+        new ReadableStream<Uint8Array>({
+          pull: (c) => c.enqueue(new Uint8Array(64 << 10).fill(0x20)),
+          cancel: () => {
+            cancelled = true;
+          },
+        }),
+        { headers: { "content-type": "application/json" } },
+      ),
+    )
+  );
+  const patient = new HttpTransport({}, {
+    ..._FAST,
+    rpcTimeoutMs: 60_000,
+    self: "n1",
+    cluster: "c",
+    peers: [{ id: "n2", rpcUrl: _url(endless) }],
+  });
+  try {
+    const started = performance.now();
+    assert.strictEqual(await patient.queryMembers("n2"), null);
+    const took = performance.now() - started;
+    assert.ok(took < 30_000, `the endless answer was read for ${took.toFixed(0)} ms`);
+  } finally {
+    await patient.close();
+    await endless.shutdown();
+  }
+  assert.ok(cancelled, "the endless answer's stream was not cancelled");
   for (
     const bad of [
       null,

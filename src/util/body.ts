@@ -1,19 +1,22 @@
 /**
- * Reading a request body within a size limit, for the peer endpoints that take whole bodies, and
- * joining byte chunks.
+ * Reading a request's or response's body within a size limit, for the peer endpoints that take
+ * whole bodies and the answers to members queries, and joining byte chunks.
  *
  * @module
  */
 
 /**
- * Reads a request's whole body, or returns null (and stops reading) once it exceeds `limit` bytes;
- * a `Content-Length` above `limit` is refused before anything is read.
+ * Reads a request's or response's whole body, or returns null (and stops reading) once it exceeds
+ * `limit` bytes; a `Content-Length` above `limit` is refused before anything is read.
  *
- * @param req The request.
+ * @param req The request or response.
  * @param limit The most bytes accepted.
  * @returns The body (empty without one), or null when it is too large.
  */
-export async function readBodyWithin(req: Request, limit: number): Promise<Uint8Array | null> {
+export async function readBodyWithin(
+  req: Request | Response,
+  limit: number,
+): Promise<Uint8Array | null> {
   const declared = req.headers.get("content-length");
   if (declared !== null && Number(declared) > limit) return null;
   if (req.body === null) return new Uint8Array(0);
