@@ -141,6 +141,11 @@ export class Checker {
       n.lastApplied = s.applied;
       this.#checkApplied(n, s);
     }
+    if (this.#ctx.faults.diskFullEveryMs > 0) {
+      const alarm = n.node.status().alarms.length > 0;
+      if (alarm && !n.alarm) this.#ctx.stats.noSpaceAlarms++;
+      n.alarm = alarm;
+    }
   }
 
   /** Every (index, term) holds one entry in every log (log matching, entry by entry). */
@@ -369,6 +374,16 @@ export class Checker {
             );
           }
           this.#ctx.fail("convergence", `${ids} did not apply up to commit ${c} within 10 s`);
+        }
+        return this.#ctx.later(50, poll);
+      }
+      // With space freed, a node whose disk was full writes what it held and clears its alarm
+      // by itself (it retries at least every 5 s), without a restart.
+      const alarmed = nodes.filter((n) => n.node!.status().alarms.length > 0);
+      if (alarmed.length > 0) {
+        if (this.#ctx.clock.now() >= deadline) {
+          const ids = alarmed.map((n) => n.id).join(", ");
+          this.#ctx.fail("convergence", `${ids} still raise the NOSPACE alarm with space freed`);
         }
         return this.#ctx.later(50, poll);
       }

@@ -313,7 +313,10 @@ export class Clients {
         });
       },
       (o) => o,
-      outcomeOf,
+      (e) => {
+        if (e instanceof NoSpaceError) this.#ctx.stats.noSpaceRefusals++;
+        return outcomeOf(e);
+      },
     );
   }
 

@@ -47,6 +47,8 @@ export class SimNode {
   spare = false;
   /** Whether a membership change ever asked to add it (a spare never added never starts). */
   added = false;
+  /** Whether its running incarnation had the NOSPACE alarm up when last checked. */
+  alarm = false;
 
   /** A node that has not started yet, with an empty disk (replaced by its image at a crash). */
   constructor(readonly id: NodeId, public fs: SimFileSystem) {}

@@ -26,8 +26,13 @@ export class Faults {
   #partitionId = 0;
   /** A membership change the simulation asked for is in progress. */
   #memberBusy = false;
-  /** The pauses of each node: [start, end] on the shared clock. */
-  readonly pausesOf = new Map<NodeId, [number, number][]>();
+  /** Until when (shared time) the disks of the disk-full episode in force stay full. */
+  #fullUntil = 0;
+  /**
+   * When each node could not act on time, [start, end] on the shared clock: its pauses, and the
+   * episodes its disk was full (a leader then proposes nothing, lease expiries included).
+   */
+  readonly stallsOf = new Map<NodeId, [number, number][]>();
 
   /** The faults of the run `ctx`. */
   constructor(ctx: SimContext) {
@@ -43,12 +48,14 @@ export class Faults {
     this.#every(f.pauseEveryMs, () => this.#pause());
     this.#every(f.transferEveryMs, () => this.#transfer());
     this.#every(f.memberEveryMs, () => this.#memberChange());
+    this.#every(f.diskFullEveryMs, () => this.#fillDisks());
   }
 
-  /** Ends the partition in force, if any. */
+  /** Ends the partition in force, if any, and frees every disk. */
   heal(): void {
     this.#partitionId++;
     this.#network!.cut = null;
+    for (const n of this.#ctx.nodes) n.fs.setCapacity(Infinity);
   }
 
   /** Runs `fn` at random intervals averaging `meanMs` (0: never) until the final heal. */
@@ -122,6 +129,35 @@ export class Faults {
     }
   }
 
+  /**
+   * Fills one node's disk, the leader's or every node's (spares included) until space is freed,
+   * one episode at a time: each keeps what it holds and takes nothing more, or up to 4 KiB more, so
+   * that the next write may fit only in part. A crash keeps the disk full (the crashed image keeps its capacity).
+   */
+  #fillDisks(): void {
+    const now = this.#ctx.clock.now();
+    if (now < this.#fullUntil) return;
+    const kind = this.#ctx.pick(["one", "leader", "every"]);
+    const leader = this.#ctx.leader();
+    const victims = kind === "every"
+      ? [...this.#ctx.nodes]
+      : [kind === "leader" && leader ? leader : this.#ctx.pick(this.#ctx.nodes)];
+    const ms = this.#ctx.random(100, Math.max(200, this.#ctx.faults.maxDiskFullMs));
+    for (const n of victims) {
+      const room = this.#ctx.rng() < 0.5 ? 0 : Math.floor(this.#ctx.random(0, 4096));
+      n.fs.setCapacity(n.fs.used + room);
+      this.#stalled(n.id, ms);
+    }
+    this.#fullUntil = now + ms;
+    this.#ctx.stats.diskFulls++;
+    this.#ctx.note(`DISK FULL on ${victims.map((n) => n.id).join(", ")} for ${ms.toFixed(0)} ms`);
+    this.#ctx.later(ms, () => {
+      if (this.#ctx.phase !== "run") return; // the final heal freed them
+      for (const n of victims) n.fs.setCapacity(Infinity);
+      this.#ctx.note(`DISK SPACE freed on ${victims.map((n) => n.id).join(", ")}`);
+    });
+  }
+
   #pause(): void {
     const up = this.#ctx.nodes.filter((n) => n.node && !n.clock!.paused);
     if (up.length === 0) return;
@@ -133,11 +169,17 @@ export class Faults {
     const ms = this.#ctx.random(50, Math.max(100, this.#ctx.faults.maxPauseMs));
     clock.paused = true;
     this.#ctx.stats.pauses++;
-    const pauses = this.pausesOf.get(n.id) ?? [];
-    pauses.push([this.#ctx.clock.now(), this.#ctx.clock.now() + ms]);
-    this.pausesOf.set(n.id, pauses);
+    this.#stalled(n.id, ms);
     this.#ctx.note(`PAUSE ${n.id} until ${(this.#ctx.clock.now() + ms).toFixed(0)}`);
     this.#ctx.later(ms, () => clock.resume());
+  }
+
+  /** Records that node `id` cannot act on time for the next `ms` (see `stallsOf`). */
+  #stalled(id: NodeId, ms: number): void {
+    const now = this.#ctx.clock.now();
+    const stalls = this.stallsOf.get(id) ?? [];
+    stalls.push([now, now + ms]);
+    this.stallsOf.set(id, stalls);
   }
 
   /**

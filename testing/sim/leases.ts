@@ -29,21 +29,21 @@ export class LeaseHolders {
   readonly #ctx: SimContext;
   readonly #checker: Checker;
   readonly #clients: Clients;
-  /** The pauses of each node: [start, end] on the shared clock. */
-  readonly #pausesOf: ReadonlyMap<NodeId, [number, number][]>;
+  /** When each node could not act on time (pauses, full disks): [start, end] on the shared clock. */
+  readonly #stallsOf: ReadonlyMap<NodeId, [number, number][]>;
   /** The leases lease holders were granted, by id. */
   #leaseInfo = new Map<number, _LeaseInfo>();
   /** Client ids of the deletes recorded for revoke and expire entries (one each). */
   #endClient = 1_000_000;
 
-  /** Lease holders of `ctx`, sending through `clients`; `pausesOf` are the nodes' pauses. */
+  /** Lease holders of `ctx`, sending through `clients`; `stallsOf` are the nodes' stalls. */
   constructor(
     ctx: SimContext,
     checker: Checker,
     clients: Clients,
-    pausesOf: ReadonlyMap<NodeId, [number, number][]>,
+    stallsOf: ReadonlyMap<NodeId, [number, number][]>,
   ) {
-    [this.#ctx, this.#checker, this.#clients, this.#pausesOf] = [ctx, checker, clients, pausesOf];
+    [this.#ctx, this.#checker, this.#clients, this.#stallsOf] = [ctx, checker, clients, stallsOf];
   }
 
   /**
@@ -237,10 +237,11 @@ export class LeaseHolders {
         );
       }
       if (since === undefined || leader === undefined) continue;
-      const paused = (this.#pausesOf.get(leader) ?? []).some(([a, b]) =>
+      // A paused leader, or one whose disk was full (it proposes nothing), is late with cause.
+      const stalled = (this.#stallsOf.get(leader) ?? []).some(([a, b]) =>
         a <= proposed && b >= since
       );
-      if (paused) continue;
+      if (stalled) continue;
       const due = Math.max(
         info.lastAttemptEnd + info.ttlMs / (1 - skew),
         applying + Math.max(info.ttlMs, election) / (1 - skew),

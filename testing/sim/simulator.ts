@@ -13,7 +13,8 @@
  * leader-isolating partitions; crashes that keep only what was synced (or part of the unsynced
  * writes too, possibly torn); whole-cluster power failures; process pauses; clock skew; slow
  * disks; leader transfers requested at random (to a random node, possibly down or cut off, or to
- * the most caught-up one); and, for the guard tests, a {@linkcode DiskFault} at the file-system or storage seam.
+ * the most caught-up one); full disks (one node's, the leader's or every node's, until space is
+ * freed: a member must then clear its NOSPACE alarm by itself); and, for the guard tests, a {@linkcode DiskFault} at the file-system or storage seam.
  *
  * Checked after every step, from outside (through {@linkcode RaftNode.inspect}, the storage calls
  * and the disk images): the {@linkcode CheckName}s, the applied state (values, revisions and
@@ -75,6 +76,7 @@ import { RaftNode } from "../../src/node/raft_node.ts";
 import type { NodeStorage } from "../../src/node/raft_node.ts";
 import { type DiskStorage, openDiskStorage } from "../../src/node/disk_storage.ts";
 import { seededRandom } from "../../src/raft/rand.ts";
+import { isNoSpace } from "../../src/storage/errors.ts";
 import type { NodeId } from "../../src/raft/types.ts";
 import { SimClock } from "../sim_clock.ts";
 import { SimFileSystem } from "../sim_fs.ts";
@@ -126,6 +128,12 @@ export const FAULTS_OFF = {
    * tests: a member away while the leader joined, a learner removed while down.
    */
   membersAnswerRate: 1,
+  /**
+   * Mean time between disk-full episodes (one node's disk, the leader's or every node's fills up,
+   * a few bytes to a few KiB short of the next writes, until space is freed); 0 disables them.
+   */
+  diskFullEveryMs: 0,
+  /** The longest a disk stays full. */ maxDiskFullMs: 0,
   /** Shortest sync of a file or directory. */ minDiskMs: 0.5,
   /** Longest sync. */ maxDiskMs: 2,
 };
@@ -140,6 +148,7 @@ export const DISK_FAULTS = [
   "compact-past-snapshot",
   "install-without-reset",
   "snapshot-live-state",
+  "nospace-fatal",
 ] as const;
 
 /**
@@ -150,6 +159,8 @@ export const DISK_FAULTS = [
  * last index after each snapshot. `install-without-reset`: it installs a received snapshot without
  * the WAL reset record (the install's commit point). `snapshot-live-state`: it writes the node's
  * live data a few ticks after a snapshot began instead of the copy-on-write view at its index.
+ * `nospace-fatal`: a log or hard-state write that finds the disk full fails as any other IO error
+ * would (as in the first version, where a full disk stopped the node for good).
  */
 export type DiskFault = (typeof DISK_FAULTS)[number];
 
@@ -269,7 +280,7 @@ export const COUNTERS = [
   "leaseKeepAlives", // keep-alives acknowledged
   "leasesRevoked", // leases ended by a committed revoke entry
   "leasesExpired", // leases ended by a committed expire entry
-  "leaseBoundChecks", // expiries checked against the upper bound (a paused leader's are not)
+  "leaseBoundChecks", // expiries checked against the upper bound (a paused or full leader's are not)
   "watchEvents", // change events watchers received
   "watchReconnects", // watchers that moved to another node (after a crash, or at random)
   "watchResyncs", // reconnects refused because the history no longer held the index (410)
@@ -284,6 +295,10 @@ export const COUNTERS = [
   "removedFinalReads", // final reads sent to a node that knew it was removed: each refused
   "removedWatchRefusals", // watches a removed node refused (the watcher moved on)
   "removedAnswers", // peer batches answered "removed" (the sender is outside the committed configuration)
+  "diskFulls", // disk-full episodes (one node, the leader, or every node)
+  "noSpaceAlarms", // NOSPACE alarms a node raised (a write refused for lack of space)
+  "noSpaceRefusals", // writes a leader refused for a full disk (definitely not applied)
+  "fullStarts", // restarts that could not open the storage for a full disk (tried again later)
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -377,7 +392,22 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   const transferEveryMs = r() < 0.6 ? between(1, 6) * election : 0;
   // Drawn after that, for the same reason: membership changes in half the runs.
   const memberEveryMs = r() < 0.5 ? between(1, 4) * election : 0;
-  return { name, faults: { ...calm, ...make(), transferEveryMs, memberEveryMs } };
+  const made = make();
+  // And full disks in a third of the runs, drawn after all of that.
+  const full = r() < 0.33;
+  const diskFullEveryMs = full ? between(2, 8) * election : 0;
+  const maxDiskFullMs = full ? between(1, 6) * election : 0;
+  return {
+    name,
+    faults: {
+      ...calm,
+      ...made,
+      transferEveryMs,
+      memberEveryMs,
+      diskFullEveryMs,
+      maxDiskFullMs,
+    },
+  };
 }
 
 /** The snapshot thresholds a seed draws from when its run does not set one (0: off). */
@@ -491,7 +521,7 @@ class _Simulation implements SimContext {
     this.#injector = new Faults(this);
     this.#checker = new Checker(this, ids, { ended: (...a) => this.#leases.ended(...a) });
     this.#clients = new Clients(this, this.#checker);
-    this.#leases = new LeaseHolders(this, this.#checker, this.#clients, this.#injector.pausesOf);
+    this.#leases = new LeaseHolders(this, this.#checker, this.#clients, this.#injector.stallsOf);
     this.#watchers = new Watchers(this, this.#checker);
     this.#disabled = new Set(opts.disabledChecks ?? []);
     const snap = snapshotDefaults(opts.seed);
@@ -697,6 +727,18 @@ class _Simulation implements SimContext {
       inner = await openDiskStorage(paths, { fs: n.fs, segmentSize: this.#segmentSize });
     } catch (e) {
       if (n.inc !== inc) return; // crashed again while recovering
+      if (isNoSpace(e)) {
+        // Start-up may have to write (a new WAL segment, say): on a full disk the process exits,
+        // and its supervisor starts it again a little later. Once space is freed it must start.
+        this.stats.fullStarts++;
+        this.note(`${n.id} cannot start, its disk is full: ${(e as Error).message}`);
+        n.clock?.kill();
+        [n.clock, n.starting] = [null, false];
+        this.later(this.random(50, 500), () => {
+          if (n.inc === inc) this.restart(n);
+        });
+        return;
+      }
       // Seen from outside, a node that refuses to start is a node that never comes back: with the
       // internal recovery check disabled, it is reported as the liveness failure a user would see.
       const check = this.#disabled.has("recovery") ? "liveness" : "recovery";
@@ -737,6 +779,7 @@ class _Simulation implements SimContext {
       logger: { info: log("info"), warn: log("warn"), error: log("error"), debug: () => {} },
     });
     [n.node, n.starting, n.lastCommit, n.lastApplied, n.seen] = [node, false, 0, -1, [0]];
+    n.alarm = false;
     node.start();
   }
 
@@ -752,6 +795,11 @@ class _Simulation implements SimContext {
       // log behind its snapshot already ran), so this drops exactly the install's commit point.
       inner.wal.reset = () => Promise.resolve();
     }
+    const fatal = (write: Promise<void>) =>
+      fault !== "nospace-fatal" ? write : write.catch((e) => {
+        // Not the no-space message: isNoSpace also recognises errors by it.
+        throw isNoSpace(e) ? new Error("disk write failed: input/output error") : e;
+      });
     const overrides: Partial<NodeStorage> = {
       saveSnapshot: async (meta, count, pairs) => {
         if (fault !== "snapshot-live-state") return inner.saveSnapshot(meta, count, pairs);
@@ -767,7 +815,7 @@ class _Simulation implements SimContext {
       append: async (entries) => {
         const from = entries[0]?.index ?? Infinity;
         n.writingFrom = Math.min(n.writingFrom, from);
-        await inner.append(entries);
+        await fatal(inner.append(entries));
         if (!live()) return;
         n.writingFrom = Infinity;
         if (entries.length > 0) n.durable.length = Math.min(n.durable.length, from);
@@ -775,7 +823,7 @@ class _Simulation implements SimContext {
         this.stats.diskWrites++;
       },
       saveHardState: async (hs) => {
-        await inner.saveHardState(hs);
+        await fatal(inner.saveHardState(hs));
         if (!live()) return;
         n.durableHs = { ...hs };
         this.stats.diskWrites++;

@@ -17,6 +17,7 @@ import {
 const CRASHY: Partial<FaultOptions> = {
   transferEveryMs: 0,
   memberEveryMs: 0, // the disk guards pin the seeds that catch them; membership changes shift them
+  diskFullEveryMs: 0, // and so do full disks
   crashEveryMs: 700,
   powerFailureRate: 0.4,
   tornWriteRate: 0.5,
@@ -104,6 +105,9 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "watchReconnects",
     "watchResyncs",
     "watchCutOffs",
+    "diskFulls",
+    "noSpaceAlarms",
+    "noSpaceRefusals",
   ]);
   assert.ok(totals.elections! > 150, `only ${totals.elections} elections in 150 runs`);
 });
@@ -185,6 +189,7 @@ const AWAY: Partial<FaultOptions> = {
   partitionEveryMs: 400,
   maxPartitionMs: 6000,
   transferEveryMs: 300,
+  diskFullEveryMs: 0, // the seeds below are pinned; full disks shift them
 };
 /** Seeds of AWAY that, without the members queries, end with a stale member or unaware learner. */
 const AWAY_SEEDS: [number, CheckName][] = [
@@ -321,6 +326,20 @@ Deno.test("a storage that installs a received snapshot without its WAL reset rec
   assert.equal(f.check, "node-error", _describe(failures));
   assert.match(f.message, /Cannot append entry \d+: the WAL's last index is \d+/);
   assert.match(f.replay, /--disk-fault install-without-reset/);
+});
+
+Deno.test("a node that stops when its disk is full is caught", async () => {
+  // Disks fill up often; a write that finds no space fails like any other IO error, which stops
+  // the node (node-error), as the first version's full disks did.
+  const { failures } = await _faulty("nospace-fatal", 10, {
+    faults: { ...CRASHY, diskFullEveryMs: 300, maxDiskFullMs: 600 },
+  });
+  assert.ok(failures.length > 0, "no seed caught the node stopping on a full disk");
+  const f = failures[0]!;
+  assert.equal(f.check, "node-error", _describe(failures));
+  assert.match(f.message, /disk write failed: input\/output error/);
+  assert.match(f.replay, /--disk-fault nospace-fatal/);
+  assert.match(f.replay, /"diskFullEveryMs":300/);
 });
 
 Deno.test("a storage that writes the live state instead of the state at the snapshot's index is caught by the applied-state check", async () => {
