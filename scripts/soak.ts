@@ -257,7 +257,7 @@ removed nodes:    ${t("removedRefusals")} client requests refused at once, ${
   } peer batches answered "removed" (sender outside the committed configuration)
 full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alarms raised, ${
     t("noSpaceRefusals")
-  } writes refused for a full disk (507), ${t("fullStarts")} restarts on a full disk tried again
+  } writes refused for a full disk (507), ${t("fullRestarts")} restarts on a full disk
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }

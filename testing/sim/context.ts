@@ -47,6 +47,8 @@ export class SimNode {
   spare = false;
   /** Whether a membership change ever asked to add it (a spare never added never starts). */
   added = false;
+  /** Whether its disk is full (a disk-full episode is in force on it). */
+  diskFull = false;
   /** Whether its running incarnation had the NOSPACE alarm up when last checked. */
   alarm = false;
 

@@ -1,6 +1,6 @@
 /**
- * The faults injected until the final heal: partitions, crashes, pauses, leader transfers and
- * membership changes.
+ * The faults injected until the final heal: partitions, crashes, pauses, leader transfers,
+ * membership changes and full disks.
  *
  * @module
  */
@@ -16,7 +16,7 @@ import {
   TransferAbortedError,
   UnknownMemberError,
 } from "../../src/node/backend.ts";
-import type { SimContext } from "./context.ts";
+import type { SimContext, SimNode } from "./context.ts";
 import type { SimNetwork } from "./network.ts";
 
 /** The fault injection of a run. */
@@ -55,7 +55,12 @@ export class Faults {
   heal(): void {
     this.#partitionId++;
     this.#network!.cut = null;
-    for (const n of this.#ctx.nodes) n.fs.setCapacity(Infinity);
+    for (const n of this.#ctx.nodes) this.#free(n);
+  }
+
+  #free(n: SimNode): void {
+    n.fs.setCapacity(Infinity);
+    n.diskFull = false;
   }
 
   /** Runs `fn` at random intervals averaging `meanMs` (0: never) until the final heal. */
@@ -146,6 +151,7 @@ export class Faults {
     for (const n of victims) {
       const room = this.#ctx.rng() < 0.5 ? 0 : Math.floor(this.#ctx.random(0, 4096));
       n.fs.setCapacity(n.fs.used + room);
+      n.diskFull = true;
       this.#stalled(n.id, ms);
     }
     this.#fullUntil = now + ms;
@@ -153,7 +159,7 @@ export class Faults {
     this.#ctx.note(`DISK FULL on ${victims.map((n) => n.id).join(", ")} for ${ms.toFixed(0)} ms`);
     this.#ctx.later(ms, () => {
       if (this.#ctx.phase !== "run") return; // the final heal freed them
-      for (const n of victims) n.fs.setCapacity(Infinity);
+      for (const n of victims) this.#free(n);
       this.#ctx.note(`DISK SPACE freed on ${victims.map((n) => n.id).join(", ")}`);
     });
   }

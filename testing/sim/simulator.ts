@@ -298,7 +298,7 @@ export const COUNTERS = [
   "diskFulls", // disk-full episodes (one node, the leader, or every node)
   "noSpaceAlarms", // NOSPACE alarms a node raised (a write refused for lack of space)
   "noSpaceRefusals", // writes a leader refused for a full disk (definitely not applied)
-  "fullStarts", // restarts that could not open the storage for a full disk (tried again later)
+  "fullRestarts", // restarts on a full disk (start-up writes no file data: it must succeed)
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -710,6 +710,7 @@ class _Simulation implements SimContext {
     });
     n.clock = clock;
     n.wallBase = this.clock.now();
+    if (n.diskFull) this.stats.fullRestarts++;
     const seed = Math.floor(this.rng() * 2 ** 32);
     this.note(`${n.id} starts (incarnation ${inc})`);
     this.#open(n, inc, clock, seed).catch((e) => this.caught(e, ` starting ${n.id}`));
@@ -727,20 +728,9 @@ class _Simulation implements SimContext {
       inner = await openDiskStorage(paths, { fs: n.fs, segmentSize: this.#segmentSize });
     } catch (e) {
       if (n.inc !== inc) return; // crashed again while recovering
-      if (isNoSpace(e)) {
-        // Start-up may have to write (a new WAL segment, say): on a full disk the process exits,
-        // and its supervisor starts it again a little later. Once space is freed it must start.
-        this.stats.fullStarts++;
-        this.note(`${n.id} cannot start, its disk is full: ${(e as Error).message}`);
-        n.clock?.kill();
-        [n.clock, n.starting] = [null, false];
-        this.later(this.random(50, 500), () => {
-          if (n.inc === inc) this.restart(n);
-        });
-        return;
-      }
-      // Seen from outside, a node that refuses to start is a node that never comes back: with the
-      // internal recovery check disabled, it is reported as the liveness failure a user would see.
+      // Seen from outside, a node that refuses to start is a node that never comes back (start-up
+      // writes no file data, so a full disk is no excuse): with the internal recovery check
+      // disabled, it is reported as the liveness failure a user would see.
       const check = this.#disabled.has("recovery") ? "liveness" : "recovery";
       this.fail(check, `${n.id} cannot start: ${(e as Error)?.message ?? e}`);
     }

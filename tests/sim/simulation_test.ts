@@ -108,6 +108,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "diskFulls",
     "noSpaceAlarms",
     "noSpaceRefusals",
+    "fullRestarts",
   ]);
   assert.ok(totals.elections! > 150, `only ${totals.elections} elections in 150 runs`);
 });
