@@ -137,7 +137,8 @@ export class Faults {
   /**
    * Fills one node's disk, the leader's or every node's (spares included) until space is freed,
    * one episode at a time: each keeps what it holds and takes nothing more, or up to 4 KiB more, so
-   * that the next write may fit only in part. A crash keeps the disk full (the crashed image keeps its capacity).
+   * that the next write may fit only in part. A crash keeps the disk full (the crashed image keeps
+   * its capacity).
    */
   #fillDisks(): void {
     const now = this.#ctx.clock.now();
