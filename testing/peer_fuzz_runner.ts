@@ -64,7 +64,11 @@ export interface PeerFuzzOptions {
    * fails. Default 1200000 (20 minutes).
    */
   maxFuzzMs?: number;
-  /** The fewest writes that must be acknowledged during the fuzz. Default 20. */
+  /**
+   * The fewest writes that must be acknowledged during the fuzz. Default 20. A fuzz that has sent
+   * its messages before then goes on sending more, for up to 30 s, so that a fast machine's short
+   * fuzz still overlaps that much load.
+   */
   minAckedWrites?: number;
   /**
    * The smallest share of the clients' requests that must succeed during the fuzz: hostile
@@ -187,6 +191,8 @@ interface _State {
   lastLeader: string | null;
   highestTerm: number;
   next: number;
+  /** When the last of `options.messages` was sent (null before). */
+  sentAllAt: number | null;
 }
 
 /**
@@ -236,6 +242,7 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
     lastLeader: null,
     highestTerm: 0,
     next: 0,
+    sentAllAt: null,
   };
   await cluster.waitForLeader(30_000);
   log(`cluster up; sending ${options.messages} messages (seed ${options.seed})`);
@@ -334,13 +341,25 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
 // Sending.
 
 /** One fuzz worker: its own HTTP/2 connection to one node, one request at a time. */
+/**
+ * Whether the fuzz goes on: until `options.messages` are sent, then while the clients have had
+ * fewer than `minAckedWrites` writes acknowledged, for at most 30 s more.
+ */
+function _more(state: _State): boolean {
+  const { options } = state;
+  if (state.sent.messages < options.messages) return true;
+  state.sentAllAt ??= performance.now();
+  return state.workload.acked.length < (options.minAckedWrites ?? 20) &&
+    performance.now() - state.sentAllAt < 30_000;
+}
+
 async function _worker(state: _State, id: string, stop: AbortSignal): Promise<void> {
   const { cluster, options } = state;
   const url = `http://127.0.0.1:${cluster.node(id).rpcPort}`;
   const client = new H2Client();
   const timeoutMs = options.requestTimeoutMs ?? 5000;
   try {
-    while (!stop.aborted && state.sent.messages < options.messages) {
+    while (!stop.aborted && _more(state)) {
       if (state.down.has(id)) {
         await delay(100, stop);
         continue;
