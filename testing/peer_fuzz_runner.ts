@@ -340,7 +340,6 @@ export async function runPeerFuzz(options: PeerFuzzOptions): Promise<PeerFuzzRep
 // ---------------------------------------------------------------------------------------------
 // Sending.
 
-/** One fuzz worker: its own HTTP/2 connection to one node, one request at a time. */
 /**
  * Whether the fuzz goes on: until `options.messages` are sent, then while the clients have had
  * fewer than `minAckedWrites` writes acknowledged, for at most 30 s more.
@@ -353,6 +352,7 @@ function _more(state: _State): boolean {
     performance.now() - state.sentAllAt < 30_000;
 }
 
+/** One fuzz worker: its own HTTP/2 connection to one node, one request at a time. */
 async function _worker(state: _State, id: string, stop: AbortSignal): Promise<void> {
   const { cluster, options } = state;
   const url = `http://127.0.0.1:${cluster.node(id).rpcPort}`;
