@@ -26,8 +26,6 @@ export class Faults {
   #partitionId = 0;
   /** A membership change the simulation asked for is in progress. */
   #memberBusy = false;
-  /** Until when (shared time) the disks of the disk-full episode in force stay full. */
-  #fullUntil = 0;
   /**
    * When each node could not act on time, [start, end] on the shared clock: its pauses, and the
    * episodes its disk was full (a leader then proposes nothing, lease expiries included).
@@ -141,8 +139,7 @@ export class Faults {
    * its capacity).
    */
   #fillDisks(): void {
-    const now = this.#ctx.clock.now();
-    if (now < this.#fullUntil) return;
+    if (this.#ctx.nodes.some((n) => n.diskFull)) return;
     const kind = this.#ctx.pick(["one", "leader", "every"]);
     const leader = this.#ctx.leader();
     const victims = kind === "every"
@@ -155,7 +152,6 @@ export class Faults {
       n.diskFull = true;
       this.#stalled(n.id, ms);
     }
-    this.#fullUntil = now + ms;
     this.#ctx.stats.diskFulls++;
     this.#ctx.note(`DISK FULL on ${victims.map((n) => n.id).join(", ")} for ${ms.toFixed(0)} ms`);
     this.#ctx.later(ms, () => {
