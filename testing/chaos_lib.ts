@@ -1,12 +1,15 @@
 /**
  * Chaos testing of a real raftkv cluster: node processes, concurrent clients, a nemesis that
- * kills, pauses and partitions nodes, and a check of the recorded history for linearizability
- * and lost writes. Used by `tests/chaos_test.ts` (a short run) and `scripts/chaos.ts` (any length).
+ * kills, pauses, partitions and slows down nodes, and a check of the recorded history for
+ * linearizability and lost writes. Used by `tests/chaos_test.ts` (a short run) and
+ * `scripts/chaos.ts` (any length).
  *
  * - {@linkcode ChaosCluster} starts node processes (through the process harness) whose peer
  *   links each go through a {@linkcode LinkProxy}: every node gets its own cluster file in which
  *   each peer's `rpc_url` is the proxy of the link from this node to that peer. Cutting a proxy
- *   cuts one direction of one link, so partitions can be symmetric, one-way or isolate the leader.
+ *   cuts one direction of one link, so partitions can be symmetric, one-way or isolate the leader;
+ *   slowing it gives that direction a one-way delay with jitter and stalls, like a long or lossy
+ *   network path.
  * - {@linkcode runChaos} runs the clients and the nemesis for a while, heals everything, reads
  *   every key once more and checks the history; it returns a {@linkcode ChaosReport}.
  *
@@ -40,7 +43,7 @@ import {
   waitFor,
   writeClusterFile,
 } from "./harness.ts";
-import { type LinkMode, LinkProxy } from "./proxy.ts";
+import { type LinkDelay, type LinkMode, LinkProxy } from "./proxy.ts";
 import { makeCertificates } from "./certs.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -406,14 +409,33 @@ export class ChaosCluster implements AsyncDisposable {
     for (const { from, to } of links) this.proxy(from, to).setMode(mode);
   }
 
-  /** Restores every link. */
+  /**
+   * Slows links down (see {@linkcode LinkProxy.setDelay}).
+   *
+   * @param links The directed links to slow.
+   * @param delay Their one-way delay, jitter and stalls.
+   * @param random The source of the per-chunk draws, in [0, 1). Default `Math.random`.
+   */
+  slow(links: readonly Link[], delay: LinkDelay, random?: () => number): void {
+    for (const { from, to } of links) this.proxy(from, to).setDelay(delay, random);
+  }
+
+  /** Restores every link: open, and fast. */
   healAll(): void {
-    for (const proxy of this.#proxies.values()) proxy.setMode("open");
+    for (const proxy of this.#proxies.values()) {
+      proxy.setMode("open");
+      proxy.setDelay(null);
+    }
   }
 
   /** The links currently cut, as `"a->b"`. */
   cutLinks(): string[] {
     return [...this.#proxies].filter(([, proxy]) => proxy.mode !== "open").map(([key]) => key);
+  }
+
+  /** Every directed link. */
+  allLinks(): Link[] {
+    return this.ids.flatMap((from) => this.linksFrom(from));
   }
 
   /** Every link from `id` to the other nodes. */
@@ -492,7 +514,12 @@ export type FaultKind =
   /** Split the nodes in two groups (a minority and a majority). */
   | "split"
   /** Cut one or two random directed links. */
-  | "links";
+  | "links"
+  /**
+   * Slow every link of one node (or, one time in three, every link): a one-way delay of 5-100 ms
+   * with as much jitter again, and stalls of 100-600 ms (lost packets sent again).
+   */
+  | "slow";
 
 /** Every fault kind, in a stable order. */
 export const FAULT_KINDS: readonly FaultKind[] = [
@@ -503,6 +530,7 @@ export const FAULT_KINDS: readonly FaultKind[] = [
   "oneway",
   "split",
   "links",
+  "slow",
 ];
 
 /** Options of {@linkcode runChaos}. */
@@ -1240,14 +1268,26 @@ async function _inject(
     }
     case "links": {
       const mode = _mode(rng);
-      const all: Link[] = [];
-      for (const from of chaos.ids) {
-        for (const to of chaos.ids) if (from !== to) all.push({ from, to });
-      }
-      chaos.cut(rng.shuffled(all).slice(0, rng.int(1, 3)), mode);
+      chaos.cut(rng.shuffled(chaos.allLinks()).slice(0, rng.int(1, 3)), mode);
       await hold(1000, 5000);
       chaos.healAll();
       return `links(${mode})`;
+    }
+    case "slow": {
+      const all = rng.chance(1 / 3);
+      const minMs = Math.round(rng.between(5, 100));
+      const maxMs = minMs + Math.round(rng.between(0, minMs));
+      const stallMs = Math.round(rng.between(100, 600));
+      const draws = rng.fork();
+      chaos.slow(
+        all ? chaos.allLinks() : [...chaos.linksFrom(target), ...chaos.linksTo(target)],
+        { minMs, maxMs, stallRate: 0.02, stallMs },
+        () => draws.float(),
+      );
+      await hold(2000, 6000);
+      chaos.healAll();
+      const delay = `${minMs}-${maxMs} ms, stalls of ${stallMs} ms`;
+      return all ? `slow-all(${delay})` : label(`slow(${delay})`);
     }
   }
 }

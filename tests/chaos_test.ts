@@ -1,7 +1,8 @@
 /**
  * Faults against real node processes whose peer links go through TCP proxies (see
  * `testing/chaos_lib.ts`): two targeted partition tests (the first also on a cluster with peer
- * mutual TLS, HTTPS and tokens, whose TLS connections the proxies carry), then a one-minute chaos
+ * mutual TLS, HTTPS and tokens, whose TLS connections the proxies carry), the cost of a slow
+ * network path to writes and reads, then a one-minute chaos
  * run (longer runs: `deno task chaos --duration 300`, `--tls`). Set `CHAOS_SEED` to replay the
  * chaos run's schedule.
  */
@@ -87,9 +88,52 @@ Deno.test("a node cut off from its peers still stops gracefully on SIGTERM", asy
   }
 });
 
+Deno.test("over slow links (a 25-35 ms one-way path) writes and linearizable reads take a round trip, writes through a follower two, lease reads none", async () => {
+  await using chaos = await ChaosCluster.start({ size: 3 });
+  const processes = chaos.processes;
+  chaos.slow(chaos.allLinks(), { minMs: 25, maxMs: 35 });
+  const leader = await processes.waitForLeader(20_000);
+  const follower = chaos.ids.find((id) => id !== leader) ?? "node-2";
+  const timed = async (id: string, method: string, path: string, body?: unknown) => {
+    const started = performance.now();
+    const result = await processes.request(id, method, path, body, { timeoutMs: 10_000 });
+    assert.equal(result.status, 200, `${method} ${path} on ${id}: ${result.text}`);
+    return performance.now() - started;
+  };
+  const median = (ms: number[]) => [...ms].sort((a, b) => a - b)[Math.floor(ms.length / 2)]!;
+  const writes: number[] = [];
+  const reads: number[] = [];
+  const leaseReads: number[] = [];
+  const forwarded: number[] = [];
+  for (let i = 0; i < 15; i++) {
+    writes.push(await timed(leader, "POST", "/v1/data", { k: `k${i}`, v: String(i) }));
+    reads.push(await timed(leader, "GET", `/v1/data/k${i}`));
+    leaseReads.push(await timed(leader, "GET", `/v1/data/k${i}?consistency=lease`));
+    forwarded.push(await timed(follower, "POST", "/v1/data", { k: `f${i}`, v: String(i) }));
+  }
+  const fmt = (ms: number[]) =>
+    `min ${Math.min(...ms).toFixed(1)} / median ${median(ms).toFixed(1)} ms`;
+  console.log(
+    `over 25-35 ms links: writes ${fmt(writes)}; linearizable reads ${fmt(reads)}; lease reads ${
+      fmt(leaseReads)
+    }; writes through a follower ${fmt(forwarded)}`,
+  );
+  // A commit needs a follower's answer: leader -> follower -> leader, two one-way delays at least.
+  assert.ok(Math.min(...writes) >= 50, `a write was acknowledged in ${fmt(writes)}`);
+  // A linearizable read confirms the leadership with a quorum after it arrives: a round trip too.
+  assert.ok(Math.min(...reads) >= 50, `a linearizable read answered in ${fmt(reads)}`);
+  // A lease read needs no round trip while the leader's lease holds.
+  assert.ok(median(leaseReads) < 50, `lease reads took ${fmt(leaseReads)}`);
+  // Through a follower: to the leader, the commit's round trip, and back.
+  assert.ok(Math.min(...forwarded) >= 100, `a forwarded write took ${fmt(forwarded)}`);
+  const read = await processes.request(follower, "GET", "/v1/data/f14");
+  assert.equal(read.status, 200, read.text);
+  assert.equal((read.json as { v: string }).v, "14");
+});
+
 Deno.test({
   name:
-    "under kills, stops, pauses and partitions the cluster stays linearizable and loses no acknowledged write",
+    "under kills, stops, pauses, partitions and slow links the cluster stays linearizable and loses no acknowledged write",
   fn: async () => {
     const seedText = Deno.env.get("CHAOS_SEED");
     const seed = seedText === undefined ? randomSeed() : Number(seedText);
