@@ -292,7 +292,7 @@ Deno.test("HttpTransport keeps sending to a live peer while another never answer
   const transport = new HttpTransport(a.handlers, {
     self: "a",
     peers: [{ id: "b", rpcUrl: _url(server) }, { id: "c", rpcUrl: hole.url }],
-    rpcTimeoutMs: 500,
+    rpcTimeoutMs: 1500,
     maxConnRetryAttempts: 1,
     retryBackoffMs: 1,
   });
@@ -306,9 +306,10 @@ Deno.test("HttpTransport keeps sending to a live peer while another never answer
     }
     await changed.until(() => b.batches.flat().length === 10, "b's heartbeats");
     const elapsed = performance.now() - start;
-    assert.ok(elapsed < 500, `b's heartbeats took ${elapsed} ms, as long as c's timeout`);
+    // Well under c's timeout, even on a busy machine: b's sends never waited for c's.
+    assert.ok(elapsed < 1500, `b's heartbeats took ${elapsed} ms, as long as c's timeout`);
     await changed.until(() => a.unreachable.includes("c"), `"c" to be reported unreachable`);
-    assert.ok(performance.now() - start >= 1000, "reported before two timeouts passed");
+    assert.ok(performance.now() - start >= 3000, "reported before two timeouts passed");
     assert.ok(hole.accepted() >= 1);
     assert.ok(!a.unreachable.includes("b"));
   } finally {
