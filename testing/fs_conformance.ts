@@ -324,4 +324,40 @@ export function testFileSystemConformance(name: string, factory: FsFactory): voi
       assert.equal((await fs.stat(file)).mode, 0o600, "an existing file keeps its mode");
     },
   );
+
+  test(
+    "a file's lock has one holder until released, and leaves the file as it was",
+    async (fs, dir) => {
+      const path = join(dir, "LOCK");
+      const first = await fs.tryLock(path);
+      assert.ok(first !== null, "a new lock file is locked");
+      assert.equal(await fs.tryLock(path), null, "a second holder is refused");
+      assert.deepEqual((await fs.readDir(dir)).map((e) => [e.name, e.isFile]), [["LOCK", true]]);
+      assert.equal((await fs.stat(path)).size, 0);
+      first.release();
+      first.release(); // Again: nothing happens.
+      {
+        using again = await fs.tryLock(path);
+        assert.ok(again !== null, "released, it can be taken again");
+        assert.equal(await fs.tryLock(path), null);
+      }
+      // `using` released it; an existing file with contents keeps them.
+      const other = join(dir, "held");
+      await _create(fs, other, _bytes(1, 2, 3));
+      const lock = await fs.tryLock(other);
+      assert.ok(lock !== null);
+      assert.ok(await fs.tryLock(path) !== null, "locks of two files are independent");
+      assert.deepEqual(await fs.readFile(other), _bytes(1, 2, 3));
+      lock.release();
+    },
+  );
+
+  test(
+    "a lock in a missing directory or on a directory is refused with Deno's error",
+    async (fs, dir) => {
+      await assert.rejects(fs.tryLock(join(dir, "missing", "LOCK")), Deno.errors.NotFound);
+      await fs.mkdir(join(dir, "d"));
+      await assert.rejects(fs.tryLock(join(dir, "d")), _code("EISDIR"));
+    },
+  );
 }

@@ -62,6 +62,7 @@ import {
   type DirEntry,
   FILE_MODE,
   type FileInfo,
+  type FileLock,
   type FileSystem,
   type FsFile,
   type OpenHow,
@@ -80,7 +81,8 @@ export type SimFsOp =
   | "mkdir"
   | "rename"
   | "remove"
-  | "syncDir";
+  | "syncDir"
+  | "lock";
 
 /** Options for a {@linkcode SimFileSystem}. */
 export interface SimFsOptions {
@@ -255,6 +257,15 @@ export class SimFileSystem implements FileSystem {
   syncDir(path: string): Promise<void> {
     return this.#disk.syncDir(path);
   }
+
+  /**
+   * See {@linkcode FileSystem.tryLock}. This instance is the machine's one process: a lock held
+   * is refused to a second `tryLock` until released, and a crash releases every lock (the
+   * returned instance holds none).
+   */
+  tryLock(path: string): Promise<FileLock | null> {
+    return this.#disk.tryLock(path);
+  }
 }
 
 // ---- the model ------------------------------------------------------------------------------
@@ -371,6 +382,8 @@ function _error(code: string, op: string, path: string): Error {
 class _Disk {
   used = 0;
   crashed = false;
+  /** The files whose lock is held (a crash makes a new disk, which holds none). */
+  locks = new Set<_File>();
   /** Entry changes not yet committed by a `syncDir`, oldest first. */
   journal: _EntryChange[] = [];
   /** How many file syncs made something durable. */
@@ -453,6 +466,27 @@ class _Disk {
       if (how === "truncate" && file.data.size > 0) this.truncate(file, 0);
     }
     return new _Handle(this, file, path, how);
+  }
+
+  async tryLock(path: string): Promise<FileLock | null> {
+    await this.before("lock", path);
+    const { dir, name, node } = this.lookup(path, "open");
+    if (node?.kind === "dir") throw _error("EISDIR", "open", path);
+    let file = node;
+    if (file === undefined) {
+      file = new _File(FILE_MODE);
+      this.change([{ dir, name, node: file }]);
+    }
+    if (this.locks.has(file)) return null;
+    const locked = file;
+    this.locks.add(locked);
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      this.locks.delete(locked);
+    };
+    return { release, [Symbol.dispose]: release };
   }
 
   truncate(file: _File, size: number): void {

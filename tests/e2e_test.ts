@@ -4,7 +4,14 @@
  */
 
 import assert from "node:assert/strict";
-import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { fileURLToPath } from "node:url";
+import {
+  cleanEnv,
+  DEFAULT_NODE_FLAGS,
+  type ProcessCluster,
+  startCluster,
+  waitFor,
+} from "../testing/harness.ts";
 import {
   type Attempt,
   attempt,
@@ -336,6 +343,52 @@ Deno.test("after all nodes are killed and restarted, all data is back", async ()
     if (value !== expected.get(key)) wrong.push(`${key}: ${value} (expected ${expected.get(key)})`);
   }
   assert.deepEqual(wrong, [], `wrong values after restarting every node (seed ${seed})`);
+});
+
+Deno.test("a second process on a node's data directory exits at once with the reason, and the lock dies with the node (kill -9)", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader(20_000);
+  const follower = cluster.ids.find((id) => id !== leader) ?? "node-2";
+  const first = await cluster.request(follower, "POST", "/v1/data", { k: "lock", v: "1" });
+  assert.equal(first.status, 200, first.text);
+
+  // The same node started again by hand (a second unit, a second container on the volume).
+  const second = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      fileURLToPath(new URL("../main.ts", import.meta.url)),
+      "--id",
+      follower,
+      "--cluster-config-path",
+      cluster.configPath,
+      "--data-dir",
+      cluster.node(follower).dataDir,
+      ...DEFAULT_NODE_FLAGS,
+    ],
+    env: cleanEnv(),
+    clearEnv: true,
+    stdin: "null",
+    signal: AbortSignal.timeout(30_000),
+  }).output();
+  const stderr = new TextDecoder().decode(second.stderr);
+  assert.equal(second.code, 1, stderr);
+  assert.match(stderr, /wal\/LOCK" is locked by another process: another node runs on these files/);
+
+  // The node that holds the lock goes on as if nothing happened.
+  const next = await cluster.request(follower, "POST", "/v1/data", { k: "lock", v: "2" });
+  assert.equal(next.status, 200, next.text);
+  // Killed, it holds nothing: it starts again on its data.
+  await cluster.kill(follower, "SIGKILL");
+  await cluster.start(follower);
+  const index = (next.json as { index: number }).index;
+  await waitFor(async () => ((await cluster.status(follower))?.applied_index ?? 0) >= index, {
+    deadlineMs: 15_000,
+    message: `${follower} to apply index ${index} after its restart`,
+  });
+  const read = await cluster.request(follower, "GET", "/v1/data/lock?consistency=stale");
+  assert.equal(read.status, 200, read.text);
+  assert.equal((read.json as { v: string }).v, "2");
 });
 
 Deno.test("a graceful SIGTERM exits 0 and the cluster keeps serving", async () => {

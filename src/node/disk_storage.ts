@@ -7,7 +7,9 @@
  * this very code on a simulated disk.
  *
  * Start-up loads the newest snapshot and replays the WAL after it. A corrupt newest snapshot
- * stops the node with the file named: it never silently starts from less.
+ * stops the node with the file named: it never silently starts from less. The files have one
+ * owner: the storage holds the lock of `LOCK` in the WAL directory ({@linkcode LOCK_FILE}) from
+ * before it reads anything until it is closed, and a second process refuses to start on them.
  *
  * @module
  */
@@ -15,8 +17,8 @@
 import { dirname, join } from "node:path";
 import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
 import { createDirectory } from "../storage/durable_file.ts";
-import { CorruptFileError } from "../storage/errors.ts";
-import type { FileSystem } from "../storage/fs.ts";
+import { CorruptFileError, DataLockedError } from "../storage/errors.ts";
+import type { FileLock, FileSystem } from "../storage/fs.ts";
 import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
 import { loadRemovedMark, removedMarkPath, saveRemovedMark } from "../storage/removed_mark.ts";
@@ -51,6 +53,12 @@ export interface DiskPaths {
   snapshotDir: string;
 }
 
+/**
+ * The lock file in the WAL directory that the open storage holds (as etcd locks its WAL files):
+ * empty, never read; the lock dies with the process.
+ */
+export const LOCK_FILE = "LOCK";
+
 /** Options for {@linkcode openDiskStorage}. */
 export interface DiskStorageOptions {
   /** The file system holding the files. Default: the real disk ({@linkcode realFs}). */
@@ -83,6 +91,9 @@ export interface DiskStorageOptions {
 /**
  * Opens (creating if needed) and recovers a node's files, in this order:
  *
+ * 0. the directories (made if missing), then the lock of {@linkcode LOCK_FILE} in the WAL
+ *    directory: another process holding it (another node on these files) is a
+ *    {@linkcode DataLockedError}, and no file is read or written;
  * 1. the hard state (term, vote, commit);
  * 2. the log metadata (which snapshot the log was compacted to);
  * 3. the WAL, replayed (a torn final record is cut off);
@@ -95,6 +106,7 @@ export interface DiskStorageOptions {
  * @param paths Where the files are.
  * @param options The file system and how to keep the files.
  * @returns The recovered storage, open for writing.
+ * @throws {DataLockedError} If another process holds the files' lock.
  * @throws {CorruptFileError} If any file is corrupt, or the files disagree (the log metadata
  * names a snapshot that is missing, or entries between the snapshot and the log are missing): the
  * node must not start on data it cannot trust.
@@ -119,13 +131,34 @@ export async function openDiskStorage(
 ): Promise<DiskStorage> {
   const fs = options.fs ?? realFs;
   const metrics = options.metrics ?? new MetricsRegistry();
+  // Directories first (creating one that exists changes nothing), then the lock.
+  await createDirectory(dirname(paths.raftStatePath), fs);
+  await createDirectory(dirname(paths.logMetadataPath), fs);
+  await createDirectory(paths.snapshotDir, fs);
+  await createDirectory(paths.walDir, fs);
+  const lockPath = join(paths.walDir, LOCK_FILE);
+  const lock = await fs.tryLock(lockPath);
+  if (lock === null) throw new DataLockedError(lockPath);
+  try {
+    return await _recover(paths, options, fs, metrics, lock);
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+
+/** {@linkcode openDiskStorage} once the lock is held: steps 1 to 7. */
+async function _recover(
+  paths: DiskPaths,
+  options: DiskStorageOptions,
+  fs: FileSystem,
+  metrics: MetricsRegistry,
+  lock: FileLock,
+): Promise<DiskStorage> {
   const snapshotSize = options.metrics?.gauge(
     "raftkv_snapshot_size_bytes",
     "Size of this node's newest snapshot file (saved, installed or loaded at start-up).",
   );
-  await createDirectory(dirname(paths.raftStatePath), fs);
-  await createDirectory(dirname(paths.logMetadataPath), fs);
-  await createDirectory(paths.snapshotDir, fs);
 
   const hardState = await loadHardState(paths.raftStatePath, fs);
   const removedAt = await loadRemovedMark(removedMarkPath(paths.raftStatePath), fs);
@@ -162,7 +195,7 @@ export async function openDiskStorage(
     // A restored backup (or a crash right after one): the log continues after the snapshot.
     await wal.reset(snapshot.index, snapshot.term);
   }
-  const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, {
+  const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, lock, {
     hardState,
     removedAt,
     snapshot,
@@ -204,6 +237,7 @@ export class DiskStorage implements NodeStorage {
   /** When each unneeded received file was first seen by a sweep (see removeStaleReceived). */
   readonly #unneededSince = new Map<string, number>();
   readonly #snapshotSize: Gauge | undefined;
+  readonly #lock: FileLock;
 
   /** Use {@linkcode openDiskStorage}. */
   constructor(
@@ -211,10 +245,12 @@ export class DiskStorage implements NodeStorage {
     paths: DiskPaths,
     keep: number,
     wal: Wal,
+    lock: FileLock,
     recovered: _Recovered,
     snapshotSize?: Gauge,
   ) {
     this.#fs = fs;
+    this.#lock = lock;
     this.#snapshotSize = snapshotSize;
     this.#paths = paths;
     this.#keep = keep;
@@ -348,8 +384,13 @@ export class DiskStorage implements NodeStorage {
     await this._measureSnapshot(meta);
   }
 
-  close(): Promise<void> {
-    return this.wal.close();
+  /** Closes the WAL, then releases the lock of the files (also when closing failed). */
+  async close(): Promise<void> {
+    try {
+      await this.wal.close();
+    } finally {
+      this.#lock.release();
+    }
   }
 
   /** Sets the snapshot size gauge to the size of the snapshot file `id` (if it can be read). */

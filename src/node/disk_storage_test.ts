@@ -4,8 +4,8 @@ import { join } from "node:path";
 import { encodeSnapshot, snapshotName } from "../storage/snapshot_file.ts";
 import { EntryType } from "../raft/types.ts";
 import { CrashedError, SimFileSystem } from "../../testing/sim_fs.ts";
-import { openDiskStorage } from "./disk_storage.ts";
-import { CorruptFileError } from "../storage/errors.ts";
+import { LOCK_FILE, openDiskStorage } from "./disk_storage.ts";
+import { CorruptFileError, DataLockedError } from "../storage/errors.ts";
 import { writeAll } from "../storage/fs.ts";
 
 function paths(dir: string) {
@@ -158,6 +158,54 @@ Deno.test("on a simulated disk a crash that tears the last write leaves a tail t
   assert.deepEqual(again.entries, _entries(1, 5));
   assert.equal(again.wal.tornTail, null);
   await again.close();
+});
+
+Deno.test("the files have one owner: another holder of the lock keeps start-up from reading or writing anything", async () => {
+  // A torn tail that start-up would cut, and another process holding the lock.
+  const draws = [0, 0.5, 0.2];
+  const image = await _crashMidAppend(() => draws.shift() ?? 0);
+  const lockPath = join(paths("/node").walDir, LOCK_FILE);
+  const other = await image.tryLock(lockPath);
+  assert.ok(other !== null);
+  const sizes = async () =>
+    await Promise.all(
+      (await image.readDir("/node/wal")).map(async (e) =>
+        `${e.name}:${(await image.stat(join("/node/wal", e.name))).size}`
+      ),
+    );
+  const before = await sizes();
+  await assert.rejects(openDiskStorage(paths("/node"), { fs: image }), (e) => {
+    assert.ok(e instanceof DataLockedError, String(e));
+    assert.equal(e.path, lockPath);
+    return true;
+  });
+  assert.deepEqual(await sizes(), before, "the torn tail is still there: nothing was cut");
+  other.release();
+  const storage = await openDiskStorage(paths("/node"), { fs: image });
+  assert.ok(storage.wal.tornTail !== null, "once the lock is free, start-up cuts the tail");
+  // While it is open, a second start-up on the same files is refused; after close it is not.
+  await assert.rejects(openDiskStorage(paths("/node"), { fs: image }), DataLockedError);
+  await storage.close();
+  const again = await openDiskStorage(paths("/node"), { fs: image });
+  // A crash (the process dies with the machine) releases it too.
+  const after = await openDiskStorage(paths("/node"), { fs: image.crash() });
+  assert.deepEqual(after.entries, again.entries);
+  await after.close();
+});
+
+Deno.test("on a real disk a second start-up on open files is refused until they are closed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-lock-" });
+  try {
+    const storage = await openDiskStorage(paths(dir));
+    await storage.append(_entries(1, 2));
+    await assert.rejects(openDiskStorage(paths(dir)), DataLockedError);
+    await storage.close();
+    const again = await openDiskStorage(paths(dir));
+    assert.deepEqual(again.entries, _entries(1, 2));
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("on a simulated disk a snapshot taken, received and installed survives a crash", async () => {

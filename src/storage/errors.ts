@@ -70,6 +70,37 @@ export class WalCorruptionError extends CorruptFileError {
 }
 
 /**
+ * Another process holds the lock of a node's files (see `openDiskStorage`): two nodes writing one
+ * WAL would corrupt it, and two with one hard state could vote twice in a term.
+ *
+ * @example Usage
+ * ```ts
+ * import { DataLockedError } from "./errors.ts";
+ *
+ * const error = new DataLockedError("data/node-1/wal/LOCK");
+ * console.assert(error.message.startsWith('"data/node-1/wal/LOCK" is locked by another process'));
+ * ```
+ */
+export class DataLockedError extends Error {
+  /** The lock file. */
+  readonly path: string;
+
+  /**
+   * Constructs a new instance.
+   *
+   * @param path The lock file another process holds.
+   */
+  constructor(path: string) {
+    super(
+      `"${path}" is locked by another process: another node runs on these files (two would ` +
+        `corrupt them); stop it, or give this node a data directory of its own`,
+    );
+    this.name = "DataLockedError";
+    this.path = path;
+  }
+}
+
+/**
  * Tells whether `error` says the file system is out of space (`ENOSPC`) or the user's quota is
  * used up (`EDQUOT`). Deno reports both as a plain `Error` with that `code` and the OS message
  * ("No space left on device (os error 28)", "Disk quota exceeded (os error 122)"). Such a write

@@ -24,6 +24,10 @@
  * - **Files are private.** New files get mode `0o600` and new directories `0o700` unless told
  *   otherwise (subject to the umask on real disks; ignored on Windows).
  * - **Listings are sorted** by name, so that callers (and simulations) see one order.
+ * - **Locks are exclusive and die with their holder.** {@linkcode FileSystem.tryLock} gives at
+ *   most one holder the lock of a file at a time (another open of the same file in the same
+ *   process included); it is released by {@linkcode FileLock.release}, or when the process ends
+ *   or the machine crashes. A lock is advisory: it keeps out only code that asks for it.
  *
  * Paths are plain strings as `node:path` builds them.
  *
@@ -105,6 +109,12 @@ export interface DirEntry {
   isDirectory: boolean;
 }
 
+/** The exclusive lock of a file, held until released (see {@linkcode FileSystem.tryLock}). */
+export interface FileLock extends Disposable {
+  /** Releases the lock; the file stays. Releasing again does nothing. */
+  release(): void;
+}
+
 /** The file operations the storage code performs; see the module doc for the guarantees. */
 export interface FileSystem {
   /**
@@ -169,6 +179,17 @@ export interface FileSystem {
    * @throws {Deno.errors.NotFound} If it is missing.
    */
   syncDir(path: string): Promise<void>;
+  /**
+   * Takes the exclusive lock of the file at `path`, creating an empty file (mode
+   * {@linkcode FILE_MODE}) if there is none; the file's contents are never read or changed. A
+   * created file's name is durable only once its directory is synced.
+   *
+   * @returns The lock, or `null` if another holder has it: another process, or another
+   * `tryLock` of this one not released yet.
+   * @throws {Deno.errors.NotFound} If the directory of `path` is missing.
+   * @throws {Deno.errors.IsADirectory} If `path` is a directory.
+   */
+  tryLock(path: string): Promise<FileLock | null>;
 }
 
 /**

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { DIRECTORY_MODE, FILE_MODE, type FileSystem, type OpenHow } from "./fs.ts";
+import { DIRECTORY_MODE, FILE_MODE, type FileLock, type FileSystem, type OpenHow } from "./fs.ts";
 
 const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
   "read": { read: true },
@@ -15,7 +15,8 @@ const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
 
 /**
  * The file system of the machine, through `Deno.*`. Handles are `Deno.FsFile`s; errors are the
- * ones Deno throws. {@linkcode FileSystem.syncDir} opens the directory and syncs it, except on
+ * ones Deno throws. {@linkcode FileSystem.tryLock} is `flock` (through `Deno.FsFile.tryLock`), held
+ * by an open handle: the kernel releases it when the process ends, however it ends. {@linkcode FileSystem.syncDir} opens the directory and syncs it, except on
  * Windows, which cannot open a directory for syncing (NTFS journals its metadata), where it only
  * checks that the directory exists; a file system that cannot sync directories (`EINVAL`) is
  * tolerated.
@@ -78,6 +79,24 @@ export const realFs: FileSystem = {
     } catch (error) {
       if ((error as { code?: unknown }).code !== "EINVAL") throw error;
     }
+  },
+  async tryLock(path) {
+    const file = await Deno.open(path, { read: true, write: true, create: true, mode: FILE_MODE });
+    let locked = false;
+    try {
+      locked = await file.tryLock(true);
+    } finally {
+      if (!locked) file.close();
+    }
+    if (!locked) return null;
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      file.close(); // Closing the only handle of the lock releases it.
+    };
+    const lock: FileLock = { release, [Symbol.dispose]: release };
+    return lock;
   },
 };
 
