@@ -241,7 +241,9 @@ watches:          ${t("watchEvents")} events received, ${
     t("watchReconnects")
   } reconnects to another node, ${t("watchResyncs")} refused as older than the history (410), ${
     t("watchCutOffs")
-  } streams cut off for falling behind
+  } streams cut off for falling behind, ${
+    t("watchMidEntryResumes")
+  } resumed inside one entry's changes
 membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
     t("promotions")
   } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${

@@ -1,7 +1,7 @@
 /**
  * A watcher of `GET /v1/watch` for tests and benchmarks: it keeps every event it receives and,
- * when its stream ends, reconnects to the next node of a list with `from=` the last index + 1,
- * as a client is meant to.
+ * when its stream ends, reconnects to the next node of a list after the last event it took (its
+ * id as `Last-Event-ID`, exact also inside one entry's changes), as a client is meant to.
  *
  * @module
  */
@@ -50,6 +50,8 @@ export class Watcher implements AsyncDisposable {
   count = 0;
   #options: WatcherOptions;
   #next: number | null;
+  /** The id of the last event taken (or the last index a final event covered), or null. */
+  #lastId: string | null = null;
   #node = 0;
   #abort = new AbortController();
   #done: Promise<void>;
@@ -71,7 +73,10 @@ export class Watcher implements AsyncDisposable {
     return this.#connected.promise;
   }
 
-  /** The index after the last event received (where a reconnect starts), or null. */
+  /**
+   * The first index not wholly received (where a reconnect starts: the index of the last event
+   * when more changes of its entry may follow), or null before the first stream.
+   */
   get next(): number | null {
     return this.#next;
   }
@@ -81,9 +86,15 @@ export class Watcher implements AsyncDisposable {
     while (!signal.aborted) {
       const urls = this.#options.urls();
       const url = urls[this.#node % urls.length]!;
-      const from = this.#next === null ? "" : `&from=${this.#next}`;
+      const from = this.#next === null || this.#lastId !== null ? "" : `&from=${this.#next}`;
+      const headers: Record<string, string> = this.#lastId === null
+        ? {}
+        : { "last-event-id": this.#lastId };
       try {
-        const res = await fetch(`${url}/v1/watch?${this.#options.filter}${from}`, { signal });
+        const res = await fetch(`${url}/v1/watch?${this.#options.filter}${from}`, {
+          signal,
+          headers,
+        });
         if (res.status !== 200) {
           this.refusals.push(`${res.status} ${await res.text()}`);
           this.#node++;
@@ -96,13 +107,17 @@ export class Watcher implements AsyncDisposable {
         for await (const m of readSse(res.body!)) {
           if (m.event === "error") {
             this.errors.push(m.data);
+            const last = (JSON.parse(m.data) as { last_index?: unknown }).last_index;
+            if (typeof last === "number") [this.#lastId, this.#next] = [String(last), last + 1];
             break;
           }
           const e = JSON.parse(m.data) as WatchEvent;
           if (this.#options.keep !== false) this.events.push(e);
           this.count++;
           this.#options.onEvent?.(e, performance.now());
-          this.#next = e.index + 1;
+          // `N:j`: more changes of entry N may follow.
+          this.#lastId = m.id ?? String(e.index);
+          this.#next = this.#lastId.includes(":") ? e.index : e.index + 1;
         }
       } catch {
         // The node went away: go on with the next one.

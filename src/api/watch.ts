@@ -13,14 +13,20 @@
  *
  * `type` is `put`, `delete` or `expire` (a key deleted because its lease ended); `v` is null but
  * for a put. One entry that changes several keys (a range delete, a transaction) gives several
- * events with the same `id`, in the order the entry changed them, sent together. Every node
- * applies the same entries, so every node sends the same events in the same order.
+ * events, in the order the entry changed them, sent together. Every node applies the same entries,
+ * so every node sends the same events in the same order.
+ *
+ * The `id:` of an event says how far the stream got: `N` once every change of entry `N` for this
+ * watch was sent (so the only or last event of an entry), `N:j` after the first `j` of them (the
+ * earlier events of an entry with several). A stream can break between two events of one entry,
+ * so the id, not the index in the data, is where to go on from.
  *
  * - `from=N`: start with the changes at index `N`; without it, with the next index to be
- *   applied (the answer's `X-Raftkv-Index` header holds the applied index it started after). A
- *   `Last-Event-ID: N` header (what `EventSource` sends when it reconnects) means `from=N+1`.
- *   A watcher that reconnects, to any node, with `from=` the last index it saw + 1 misses nothing
- *   and sees nothing twice.
+ *   applied (the answer's `X-Raftkv-Index` header holds the applied index it started after).
+ * - `Last-Event-ID: <id>` (what `EventSource` sends when it reconnects; any client may send it):
+ *   go on after that event: `N` means `from=N+1`, `N:j` the changes of entry `N` after its first
+ *   `j`. A watcher that reconnects, to any node, with the id of the last event it took misses
+ *   nothing and sees nothing twice. `from` wins over the header.
  * - A `from` older than the history: 410 `{"error","oldest_index"}`: read the current state and
  *   watch from the index of that read + 1.
  * - A comment line (`: heartbeat`) goes out every `watchHeartbeatMs`, so that proxies keep the
@@ -92,6 +98,11 @@ function _eventText(e: KvEvent): string {
   return _lastText;
 }
 
+/** An event that more changes of its entry follow: its id says how many of them were sent. */
+function _partText(e: KvEvent, sent: number): string {
+  return `id: ${e.index}:${sent}\ndata: ${JSON.stringify(e)}\n\n`;
+}
+
 /**
  * `GET /v1/watch`: the stream of changes described in the module doc.
  *
@@ -110,7 +121,7 @@ export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response 
   }
   if (key !== null) checkKey(key, ctx.maxKeyBytes);
   if (prefix !== null && prefix !== "") checkKey(prefix, ctx.maxKeyBytes);
-  const from = _fromParam(url, req.headers.get("last-event-id"));
+  const { from, skip } = _fromParam(url, req.headers.get("last-event-id"));
   const history = _history(ctx);
   if (from !== null && from < history.oldestIndex) {
     throw new ApiError(410, new HistoryCompactedError(from, history.oldestIndex).message, {
@@ -131,6 +142,7 @@ export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response 
   const watcher = new _Watcher(
     history,
     from,
+    skip,
     // What the stream covers before its first event: without `from`, the applied index (the
     // answer's X-Raftkv-Index), so that a stream ended before any change says where to go on.
     from ?? ctx.backend.status().applied_index + 1,
@@ -260,14 +272,22 @@ function _indexParam(name: string, text: string): number {
   return Number(text);
 }
 
-/** `from=N`, else `Last-Event-ID: N` as N+1, else null. */
-function _fromParam(url: URL, lastEventId: string | null): number | null {
+/**
+ * Where a stream starts: `from=N`; else after the event `Last-Event-ID` names (`N`: from `N + 1`;
+ * `N:j`: from `N`, its first `j` changes for this watch skipped); else the next index (null).
+ */
+function _fromParam(url: URL, lastEventId: string | null): { from: number | null; skip: number } {
   const from = url.searchParams.get("from");
-  if (from !== null) return _indexParam("from", from);
-  if (lastEventId !== null && lastEventId !== "") {
-    return _indexParam("Last-Event-ID", lastEventId.trim()) + 1;
+  if (from !== null) return { from: _indexParam("from", from), skip: 0 };
+  if (lastEventId === null || lastEventId.trim() === "") return { from: null, skip: 0 };
+  const id = lastEventId.trim();
+  const m = /^(\d{1,16}):(\d{1,9})$/.exec(id);
+  if (m === null) return { from: _indexParam("Last-Event-ID", id) + 1, skip: 0 };
+  const skip = Number(m[2]);
+  if (skip < 1) {
+    throw new ApiError(400, `Last-Event-ID ${quote(id)} is not an event id (N or N:j, j >= 1)`);
   }
-  return null;
+  return { from: _indexParam("Last-Event-ID", m[1]!), skip };
 }
 
 /** One watch stream: the events waiting to be sent, bounded, and its end. */
@@ -276,7 +296,13 @@ class _Watcher implements EventSink {
   readonly #from: number | null;
   readonly #matches: (key: string) => boolean;
   readonly #buffer: number;
-  #queue: string[] = [];
+  /** Comments, and events to send (their ids are set as they leave: see `take`). */
+  #queue: (string | KvEvent)[] = [];
+  /** Changes of entry `#from` still to skip (a `Last-Event-ID: N:j` resume). */
+  #skip: number;
+  /** The entry whose changes were sent last, and how many of them were (for `N:j` ids). */
+  #sentIndex: number;
+  #sentOfIndex: number;
   /** Events of the backlog still in the queue (they do not count against the buffer). */
   #backlog = 0;
   /** Whether the backlog is being handed over (it is not limited by the buffer). */
@@ -295,6 +321,7 @@ class _Watcher implements EventSink {
   constructor(
     history: EventHistory,
     from: number | null,
+    skip: number,
     start: number,
     matches: (key: string) => boolean,
     buffer: number,
@@ -302,6 +329,9 @@ class _Watcher implements EventSink {
   ) {
     this.#history = history;
     this.#from = from;
+    this.#skip = skip;
+    this.#sentIndex = from ?? 0;
+    this.#sentOfIndex = 0;
     this.#lastIndex = start - 1;
     this.#matches = matches;
     this.#buffer = buffer;
@@ -324,6 +354,13 @@ class _Watcher implements EventSink {
 
   event(e: KvEvent): void {
     if (this.#ended) return;
+    if (this.#skip > 0 && e.index === this.#from && this.#matches(e.k)) {
+      // Sent on the connection this one resumes.
+      this.#skip--;
+      this.#sentOfIndex++;
+      this.#lastIndex = Math.max(this.#lastIndex, e.index);
+      return;
+    }
     if (this.#matches(e.k)) {
       // Cut off only between entries: everything before this one was queued, none of it twice.
       const full = this.#queue.length - this.#backlog >= this.#buffer;
@@ -343,7 +380,7 @@ class _Watcher implements EventSink {
         return;
       }
       this.#queuedIndex = e.index;
-      this.#push(_eventText(e));
+      this.#push(e);
     }
     this.#lastIndex = Math.max(this.#lastIndex, e.index);
   }
@@ -371,15 +408,33 @@ class _Watcher implements EventSink {
     this.#wakeUp();
   }
 
-  /** The next text to send, waiting for one; null once the stream is over. */
+  /**
+   * The next text to send, waiting for one; null once the stream is over. The queue always holds
+   * whole entries (a node records an entry's changes in one synchronous apply, and this runs
+   * after it), so an event followed by one of the same index is not its entry's last: it gets
+   * the id `N:j`, the last one `N`.
+   */
   async take(): Promise<string | null> {
     while (this.#queue.length === 0 && this.#final === null && !this.#ended) {
       await new Promise<void>((resolve) => (this.#wake = resolve));
     }
     if (this.#queue.length > 0) {
-      const text = this.#queue.join("");
+      const items = this.#queue;
       this.#queue = [];
       this.#backlog = 0;
+      let text = "";
+      for (let i = 0; i < items.length; i++) {
+        const item = items[i]!;
+        if (typeof item === "string") {
+          text += item;
+          continue;
+        }
+        if (item.index !== this.#sentIndex) [this.#sentIndex, this.#sentOfIndex] = [item.index, 0];
+        this.#sentOfIndex++;
+        const next = items[i + 1];
+        const more = next !== undefined && typeof next !== "string" && next.index === item.index;
+        text += more ? _partText(item, this.#sentOfIndex) : _eventText(item);
+      }
       return text;
     }
     if (this.#final !== null) {
@@ -390,8 +445,8 @@ class _Watcher implements EventSink {
     return null;
   }
 
-  #push(text: string): void {
-    this.#queue.push(text);
+  #push(item: string | KvEvent): void {
+    this.#queue.push(item);
     this.#wakeUp();
   }
 

@@ -107,7 +107,7 @@ Deno.test("a watch streams the changes of its key or prefix from an index, with 
   const got = await take(it, 4);
   assert.deepEqual(got.map((m) => [m.id, m.data.type, m.data.k, m.data.v, m.data.index]), [
     ["3", "put", "a/2", "z", 3],
-    ["4", "delete", "a/1", null, 4],
+    ["4:1", "delete", "a/1", null, 4],
     ["4", "delete", "a/2", null, 4],
     ["5", "put", "a/3", "w", 5],
   ]);
@@ -316,9 +316,53 @@ Deno.test("a watcher is cut off between entries, never inside one transaction's 
   backend.put("e", "3"); // 3: one more entry: cut off before it
   const all = [];
   for await (const m of readSse(res.body!)) all.push(m);
-  assert.deepEqual(all.map((m) => m.id), ["1", "2", "2", "2", null]);
+  assert.deepEqual(all.map((m) => m.id), ["1", "2:1", "2:2", "2", null]);
   assert.equal(all[4]!.event, "error");
   const err = JSON.parse(all[4]!.data);
   assert.equal(err.last_index, 2);
   assert.match(err.error, /from=3/);
+});
+
+Deno.test("a stream broken inside an entry's changes resumes from the event id, on any node alike", async () => {
+  const { backend, get } = setup();
+  backend.put("p/a", "1"); // 1
+  backend.put("p/b", "1"); // 2
+  backend.put("q", "1"); // 3
+  backend.put("p/c", "1"); // 4
+  await backend.write({ op: "delete_range", range: { start: "p/a", end: "r" } }); // 5: 4 changes
+  backend.put("p/d", "2"); // 6
+  const ids = async (path: string, headers: Record<string, string> = {}, n = 10) => {
+    const it = readSse((await get(path, { headers })).body!);
+    const got = await take(it, n);
+    await it.return(undefined);
+    return got.map((m) => `${m.id} ${m.data.k}`);
+  };
+  // The prefix sees three of entry 5's four changes; the key q only one (the last for it).
+  assert.deepEqual(await ids("/v1/watch?prefix=p/&from=5", {}, 4), [
+    "5:1 p/a",
+    "5:2 p/b",
+    "5 p/c",
+    "6 p/d",
+  ]);
+  assert.deepEqual(await ids("/v1/watch?key=q&from=5", {}, 1), ["5 q"]);
+  // Broken after 5:1 or 5:2: the rest of entry 5, with the ids counted on.
+  assert.deepEqual(await ids("/v1/watch?prefix=p/", { "last-event-id": "5:1" }, 3), [
+    "5:2 p/b",
+    "5 p/c",
+    "6 p/d",
+  ]);
+  assert.deepEqual(await ids("/v1/watch?prefix=p/", { "last-event-id": "5:2" }, 2), [
+    "5 p/c",
+    "6 p/d",
+  ]);
+  // After the last one: the next entry. `from` wins over the header.
+  assert.deepEqual(await ids("/v1/watch?prefix=p/", { "last-event-id": "5" }, 1), ["6 p/d"]);
+  assert.deepEqual(await ids("/v1/watch?prefix=p/&from=4", { "last-event-id": "5:2" }, 1), [
+    "4 p/c",
+  ]);
+  for (const bad of ["5:0", "5:", ":1", "5:1:1", "x"]) {
+    const res = await get("/v1/watch?prefix=p/", { headers: { "last-event-id": bad } });
+    assert.equal(res.status, 400, `Last-Event-ID ${bad}`);
+    await res.body?.cancel();
+  }
 });

@@ -38,11 +38,11 @@
  * Watchers follow the changes of a key or a prefix through the API's watch route (`GET /v1/watch`,
  * its stream, buffer, cut-off and final event), each on a random node, moving to another one when
  * theirs crashes or ends the stream, and now and then at random (a client whose connection broke),
- * asking from the index after the last change they saw (or after the `last_index` of the final
- * event); some have a buffer small enough to be cut off; a `from` older than the node's history
- * starts a new stretch at the oldest index (the client re-reads). Checked at the end: within each stretch a
- * watcher saw every committed change of its keys exactly once, in index order, as the committed
- * log gives them (the `watch` check).
+ * going on after the last event they took (its id as `Last-Event-ID`, inside one entry's changes
+ * too), or after the `last_index` of the final event; some have a buffer small enough to be cut
+ * off; a `from` older than the node's history starts a new stretch at the oldest index (the client
+ * re-reads). Checked at the end: within each stretch a watcher saw every committed change of its
+ * keys exactly once, in index order, as the committed log gives them (the `watch` check).
  *
  * Clients put, delete, read (one key, or every key as a range), and compare-and-set (on the
  * `mod_index` they last saw, or as a transaction comparing the value); half the puts and every
@@ -286,6 +286,7 @@ export const COUNTERS = [
   "watchReconnects", // watchers that moved to another node (after a crash, or at random)
   "watchResyncs", // reconnects refused because the history no longer held the index (410)
   "watchCutOffs", // streams a node cut off for falling behind (a small watchBufferEvents)
+  "watchMidEntryResumes", // reconnects that went on inside one entry's changes (`N:j` event id)
   "memberAdds", // membership changes that added a node (as a learner), as applied
   "memberRemoves", // ... that removed a member (the leader included)
   "promotions", // learners the leader promoted to voter (committed configurations)

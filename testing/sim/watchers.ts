@@ -16,8 +16,9 @@ import type { SimContext, SimNode } from "./context.ts";
 
 /**
  * A watcher: what it watches, the node it follows (and that node's incarnation), the first index
- * it has not seen yet, the events it received, and where each stretch without a gap began (a new
- * one after a 410).
+ * it has not wholly seen yet and the id of the last event it took (where it goes on from, as
+ * `Last-Event-ID`), the events it received, and where each stretch without a gap began (a new one
+ * after a 410).
  */
 type _Watcher = {
   id: number;
@@ -26,6 +27,7 @@ type _Watcher = {
   inc: number;
   stop: () => void;
   next: number | null;
+  cursor: string | null;
   events: KvEvent[];
   stretches: { from: number; firstEvent: number }[];
   /** When it next looks at its connection (virtual ms). */
@@ -87,6 +89,7 @@ export class Watchers {
         stop: () => {},
         // Half start from index 1, the others from whatever comes next.
         next: r() < 0.5 ? 1 : null,
+        cursor: null,
         events: [],
         stretches: [],
         dueAt: r() * 200,
@@ -145,13 +148,18 @@ export class Watchers {
     const inc = n.inc;
     if (w.stretches.length > 0) this.#ctx.stats.watchReconnects++;
     let from = w.next;
-    if (from !== null && w.events.length > 0 && this.#ctx.opts.watchFault !== undefined) {
-      from += this.#ctx.opts.watchFault === "repeat" ? -1 : 1;
+    // After the last event taken, by its id (exact inside one entry's changes too); a guard fault
+    // goes on from an index one off instead.
+    const fault = this.#ctx.opts.watchFault;
+    const resume = w.cursor !== null && fault === undefined ? w.cursor : null;
+    if (from !== null && w.events.length > 0 && fault !== undefined) {
+      from += fault === "repeat" ? -1 : 1;
     }
     // `GET /v1/watch` through the API's own route: its buffer, its cut-off and its final event.
     const url = new URL(`http://${n.id}.sim/v1/watch`);
     url.searchParams.set("key" in w.filter ? "key" : "prefix", Object.values(w.filter)[0]!);
-    if (from !== null) url.searchParams.set("from", String(from));
+    if (from !== null && resume === null) url.searchParams.set("from", String(from));
+    if (resume?.includes(":")) this.#ctx.stats.watchMidEntryResumes++;
     let res: Response;
     try {
       res = watchRoute(
@@ -163,7 +171,7 @@ export class Watchers {
           retryAfter: {},
           limits: this.#limits,
         },
-        new Request(url),
+        new Request(url, resume === null ? {} : { headers: { "last-event-id": resume } }),
         url,
       );
     } catch (e) {
@@ -181,6 +189,7 @@ export class Watchers {
       this.#ctx.stats.watchResyncs++;
       this.#ctx.note(`watcher w${w.id} on ${n.id}: from ${from} is gone, resyncs at ${oldest}`);
       w.next = oldest;
+      w.cursor = null;
       w.stretches.push({ from: oldest, firstEvent: w.events.length });
       return;
     }
@@ -213,13 +222,16 @@ export class Watchers {
         // last index it says it covered, on another connection.
         this.#ctx.note(`watcher w${w.id} on ${n.id} closed: ${data.error}`);
         w.next = data.last_index + 1;
+        w.cursor = String(data.last_index);
         if (data.error.includes("fell more than")) this.#ctx.stats.watchCutOffs++;
         w.node = null; // it covers nothing past last_index
         return;
       }
       const e = data as KvEvent;
       w.events.push(e);
-      w.next = e.index + 1;
+      // `N:j`: more changes of entry N may follow.
+      w.cursor = m.id ?? String(e.index);
+      w.next = w.cursor.includes(":") ? e.index : e.index + 1;
       this.#ctx.stats.watchEvents++;
     }
     if (w.conn === conn && w.node === n && n.inc === inc) w.node = null;

@@ -3,7 +3,8 @@
 // Authorization header (EventSource cannot send headers; the token never goes in the URL).
 // `?key=K` or `?prefix=P` (default: every key), and `?from=N`, as the API takes them. A node that
 // asks for a token (401/403) gets the same token form as the dashboard (token.js). After a broken
-// stream the page reconnects from the index after the last change it listed, so the list goes on
+// stream the page reconnects after the last change it listed (its event id as `Last-Event-ID`,
+// which also covers a stream broken between two changes of one entry), so the list goes on
 // without a gap or a repeat. The SSE parser is exported for the tests (watch_test.ts).
 
 import { refusalMessage, sessionStorageOrNull, tokenForm, tokenStore, withToken } from "./token.js";
@@ -83,6 +84,12 @@ function start() {
   const fromParam = params.get("from");
   /** The index to watch from at the next connect; null: whatever comes next. */
   let next = fromParam === null || fromParam === "" ? null : Number(fromParam);
+  /**
+   * The id of the last event taken (or of the last index a final event said was covered): once
+   * set, each connect goes on after it (`Last-Event-ID`) instead of `from`.
+   * @type {string | null}
+   */
+  let lastId = null;
   let attempt = 0;
   let timer = 0;
 
@@ -124,13 +131,16 @@ function start() {
     clearTimeout(timer);
     if (auth.waiting) return;
     const q = new URLSearchParams(query);
-    if (next !== null) q.set("from", String(next));
+    if (lastId === null && next !== null) q.set("from", String(next));
+    /** @type {Record<string, string>} */
+    const headers = { accept: "text/event-stream" };
+    if (lastId !== null) headers["last-event-id"] = lastId;
     show("connecting…", "connecting");
     /** @type {Response} */
     let res;
     try {
       res = await fetch(`../v1/watch?${q}`, {
-        headers: withToken({ accept: "text/event-stream" }, storage.get()),
+        headers: withToken(headers, storage.get()),
         cache: "no-store",
       });
     } catch (err) {
@@ -172,11 +182,11 @@ function start() {
           const data = JSON.parse(m.data);
           if (m.event === "message") {
             add(data);
-            next = data.index + 1;
+            lastId = m.id ?? String(data.index);
           } else if (m.event === "error") {
             // The server's final event: why the stream ends, and where to go on from.
             reason = typeof data.error === "string" ? data.error : "the stream ended";
-            if (typeof data.last_index === "number") next = data.last_index + 1;
+            if (typeof data.last_index === "number") lastId = String(data.last_index);
           }
         }
       }
