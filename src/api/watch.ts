@@ -84,23 +84,24 @@ export interface WatchContext {
 const _encoder = new TextEncoder();
 
 /**
- * The SSE text of the last event encoded: the history hands each event to every watcher in
- * turn, so with many watchers it is encoded once, not once per watcher.
+ * The SSE `data:` text of the last event encoded: the history hands each event to every watcher
+ * in turn, so with many watchers it is encoded once, not once per watcher (each adds its `id:`).
  */
 let _lastEvent: KvEvent | null = null;
-let _lastText = "";
+let _lastData = "";
 
-function _eventText(e: KvEvent): string {
+function _dataText(e: KvEvent): string {
   if (e !== _lastEvent) {
-    _lastText = `id: ${e.index}\ndata: ${JSON.stringify(e)}\n\n`;
+    _lastData = `data: ${JSON.stringify(e)}\n\n`;
     _lastEvent = e;
   }
-  return _lastText;
+  return _lastData;
 }
 
-/** An event that more changes of its entry follow: its id says how many of them were sent. */
-function _partText(e: KvEvent, sent: number): string {
-  return `id: ${e.index}:${sent}\ndata: ${JSON.stringify(e)}\n\n`;
+/** An event waiting to be sent: its index and its encoded data (its id is set as it leaves). */
+interface _Queued {
+  index: number;
+  data: string;
 }
 
 /**
@@ -297,7 +298,7 @@ class _Watcher implements EventSink {
   readonly #matches: (key: string) => boolean;
   readonly #buffer: number;
   /** Comments, and events to send (their ids are set as they leave: see `take`). */
-  #queue: (string | KvEvent)[] = [];
+  #queue: (string | _Queued)[] = [];
   /** Changes of entry `#from` still to skip (a `Last-Event-ID: N:j` resume). */
   #skip: number;
   /** The entry whose changes were sent last, and how many of them were (for `N:j` ids). */
@@ -380,7 +381,7 @@ class _Watcher implements EventSink {
         return;
       }
       this.#queuedIndex = e.index;
-      this.#push(e);
+      this.#push({ index: e.index, data: _dataText(e) });
     }
     this.#lastIndex = Math.max(this.#lastIndex, e.index);
   }
@@ -433,7 +434,7 @@ class _Watcher implements EventSink {
         this.#sentOfIndex++;
         const next = items[i + 1];
         const more = next !== undefined && typeof next !== "string" && next.index === item.index;
-        text += more ? _partText(item, this.#sentOfIndex) : _eventText(item);
+        text += `id: ${item.index}${more ? `:${this.#sentOfIndex}` : ""}\n${item.data}`;
       }
       return text;
     }
@@ -445,7 +446,7 @@ class _Watcher implements EventSink {
     return null;
   }
 
-  #push(item: string | KvEvent): void {
+  #push(item: string | _Queued): void {
     this.#queue.push(item);
     this.#wakeUp();
   }
