@@ -194,9 +194,9 @@ const AWAY: Partial<FaultOptions> = {
 };
 /** Seeds of AWAY that, without the members queries, end with a stale member or unaware learner. */
 const AWAY_SEEDS: [number, CheckName][] = [
-  [100, "stale-member"],
-  [201, "stale-member"],
-  [210, "removed-unaware"],
+  [223, "removed-unaware"],
+  [260, "stale-member"],
+  [744, "stale-member"],
 ];
 
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
