@@ -297,11 +297,6 @@ export class LinkProxy implements AsyncDisposable {
   }
 }
 
-/**
- * The bytes a slow direction holds: each chunk leaves at its due time, or after the chunk before it
- * (never out of order). Bytes held when the pair starts dropping are lost, as a cut link loses what
- * was on the wire.
- */
 /** What a {@linkcode _HeldBytes} tells its proxy. */
 interface _HeldEvents {
   /** Bytes held (positive) or no longer held (negative). */
@@ -312,6 +307,11 @@ interface _HeldEvents {
   fail(): void;
 }
 
+/**
+ * The bytes a slow direction holds: each chunk leaves at its due time, or after the chunk before it
+ * (never out of order). Bytes held when the pair starts dropping are lost, as a cut link loses what
+ * was on the wire.
+ */
 class _HeldBytes {
   #pair: _Pair;
   #to: Deno.TcpConn;

@@ -15,11 +15,11 @@ const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
 
 /**
  * The file system of the machine, through `Deno.*`. Handles are `Deno.FsFile`s; errors are the
- * ones Deno throws. {@linkcode FileSystem.tryLock} is `flock` (through `Deno.FsFile.tryLock`), held
- * by an open handle: the kernel releases it when the process ends, however it ends. {@linkcode FileSystem.syncDir} opens the directory and syncs it, except on
+ * ones Deno throws. {@linkcode FileSystem.syncDir} opens the directory and syncs it, except on
  * Windows, which cannot open a directory for syncing (NTFS journals its metadata), where it only
  * checks that the directory exists; a file system that cannot sync directories (`EINVAL`) is
- * tolerated.
+ * tolerated. {@linkcode FileSystem.tryLock} is `flock` (through `Deno.FsFile.tryLock`), held by an
+ * open handle: the kernel releases it when the process ends, however it ends.
  *
  * @example Usage
  * ```ts ignore
