@@ -41,7 +41,7 @@ const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
-  --lease-reads FRACTION --watchers N --watch-fault repeat|skip
+  --lease-reads FRACTION --watchers N --watch-fault repeat|skip|index
   --snapshot-threshold N|on --catch-up-entries N --disable check,check
   --disk-fault ${DISK_FAULTS.join("|")}`;
 
@@ -62,7 +62,7 @@ interface _Common {
   keys?: number;
   diskFault?: DiskFault;
   watchers?: number;
-  watchFault?: "repeat" | "skip";
+  watchFault?: "repeat" | "skip" | "index";
   leaseReads?: number;
   leaseHolders?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
@@ -241,7 +241,7 @@ watches:          ${t("watchEvents")} events received, ${
     t("watchReconnects")
   } reconnects to another node, ${t("watchResyncs")} refused as older than the history (410), ${
     t("watchCutOffs")
-  } streams cut off for falling behind, ${
+  } streams cut off for falling behind, ${t("watchBreaks")} connections broken mid-stream, ${
     t("watchMidEntryResumes")
   } resumed inside one entry's changes
 membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
@@ -334,9 +334,9 @@ async function _main(): Promise<number> {
   if (values.watchers !== undefined) common.watchers = _int("watchers", values.watchers, 0, 0);
   const watchFault = values["watch-fault"];
   if (watchFault !== undefined) {
-    if (watchFault !== "repeat" && watchFault !== "skip") {
+    if (watchFault !== "repeat" && watchFault !== "skip" && watchFault !== "index") {
       throw new RangeError(
-        `--watch-fault must be repeat or skip, got ${JSON.stringify(watchFault)}`,
+        `--watch-fault must be repeat, skip or index, got ${JSON.stringify(watchFault)}`,
       );
     }
     common.watchFault = watchFault;

@@ -3,6 +3,7 @@ import {
   type CheckName,
   type DiskFault,
   type FaultOptions,
+  nodesForSeed,
   replayCommand,
   runSimulation,
   SimulationFailure,
@@ -105,6 +106,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "watchReconnects",
     "watchResyncs",
     "watchCutOffs",
+    "watchBreaks",
     "diskFulls",
     "noSpaceAlarms",
     "noSpaceRefusals",
@@ -366,6 +368,23 @@ Deno.test("a failing seed fails the same way when replayed", async () => {
     faults: CRASHY,
   }));
   assert.equal(again.failures[0]?.message, f.message);
+});
+
+Deno.test("a watcher that goes on after the index of an event inside an entry's changes, not after its id, is caught by the watch check", async () => {
+  // The protocol before event ids: a stream broken inside one entry's changes lost the rest.
+  const { failures } = await _runSeeds(_range(1, 60), (seed) => ({
+    seed,
+    nodes: nodesForSeed(seed),
+    durationMs: 20_000,
+    watchFault: "index",
+  }), 1);
+  assert.ok(failures.length > 0, "no seed failed");
+  assert.equal(
+    failures[0]!.check,
+    "watch",
+    failures[0]!.message.split("\n").slice(0, 5).join("\n"),
+  );
+  assert.match(failures[0]!.message, /missing \["\d+ (put|delete|expire) /);
 });
 
 for (const fault of ["repeat", "skip"] as const) {
