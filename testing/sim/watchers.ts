@@ -262,7 +262,8 @@ export class Watchers {
    * Within each stretch a watcher saw, for every index from the stretch's start to the last index
    * it is known to have covered, exactly the committed changes of its keys there (in key order
    * within an index), and the indexes in order. A stretch that ended inside an entry's changes
-   * (its last id `N:j`, the rest of N gone from every history) covers only what it got of N.
+   * (its last id `N:j`; the rest of N was refused with a 410, or the run ended first) covers only
+   * what it got of N.
    */
   check(): void {
     for (const w of this.#all) {
