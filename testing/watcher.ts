@@ -107,8 +107,10 @@ export class Watcher implements AsyncDisposable {
         for await (const m of readSse(res.body!)) {
           if (m.event === "error") {
             this.errors.push(m.data);
-            const last = (JSON.parse(m.data) as { last_index?: unknown }).last_index;
-            if (typeof last === "number") [this.#lastId, this.#next] = [String(last), last + 1];
+            const end = JSON.parse(m.data) as { last_index?: unknown; last_id?: unknown };
+            if (typeof end.last_index === "number" && typeof end.last_id === "string") {
+              [this.#lastId, this.#next] = [end.last_id, end.last_index + 1];
+            }
             break;
           }
           const e = JSON.parse(m.data) as WatchEvent;

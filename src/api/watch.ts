@@ -35,9 +35,10 @@
  *   answered 429 with `Retry-After`, nothing streamed.
  * - A watcher that does not read fast enough has at most `watchBufferEvents` events waiting for
  *   it (besides the backlog it asked for with `from`, which the history bounds): one more and it
- *   gets a final `event: error` whose data says so, with the last index it was sent, and the
- *   stream ends. The same final event ends the stream when the node stops, or when it installs a
- *   snapshot (the changes the snapshot holds are not in its history).
+ *   gets a final `event: error` whose data says so, with the last index it covered and the id to
+ *   go on after (`last_index`, `last_id`), and the stream ends. The same final event ends the
+ *   stream when the node stops, or when it installs a snapshot (the changes the snapshot holds
+ *   are not in its history).
  *
  * `GET /v1/data/{key}?index=N&wait=30s` is a blocking read (as Consul's): it answers once the
  * key has changed at an index above `N` (at once when it already has, or when `N` is older than
@@ -299,8 +300,9 @@ class _Watcher implements EventSink {
   readonly #buffer: number;
   /** Comments, and events to send (their ids are set as they leave: see `take`). */
   #queue: (string | _Queued)[] = [];
-  /** Changes of entry `#from` still to skip (a `Last-Event-ID: N:j` resume). */
+  /** Changes of entry `#from` still to skip (a `Last-Event-ID: N:j` resume), and all it had. */
   #skip: number;
+  readonly #resumedInside: number;
   /** The entry whose changes were sent last, and how many of them were (for `N:j` ids). */
   #sentIndex: number;
   #sentOfIndex: number;
@@ -331,6 +333,7 @@ class _Watcher implements EventSink {
     this.#history = history;
     this.#from = from;
     this.#skip = skip;
+    this.#resumedInside = skip;
     this.#sentIndex = from ?? 0;
     this.#sentOfIndex = 0;
     this.#lastIndex = start - 1;
@@ -366,17 +369,11 @@ class _Watcher implements EventSink {
       // Cut off only between entries: everything before this one was queued, none of it twice.
       const full = this.#queue.length - this.#backlog >= this.#buffer;
       if (!this.#catchingUp && full && e.index !== this.#queuedIndex) {
-        const last = e.index - 1;
         this.end(
-          `event: error\ndata: ${
-            JSON.stringify({
-              error:
-                `this watcher fell more than ${this.#buffer} events behind and was cut off; reconnect with from=${
-                  last + 1
-                }`,
-              last_index: last,
-            })
-          }\n\n`,
+          this.#finalEvent(
+            `this watcher fell more than ${this.#buffer} events behind and was cut off`,
+            e.index - 1,
+          ),
         );
         return;
       }
@@ -387,14 +384,22 @@ class _Watcher implements EventSink {
   }
 
   close(reason: string): void {
-    this.end(
-      `event: error\ndata: ${
-        JSON.stringify({
-          error: `${reason}; reconnect with from=${this.#lastIndex + 1}`,
-          last_index: this.#lastIndex,
-        })
-      }\n\n`,
-    );
+    this.end(this.#finalEvent(reason, this.#lastIndex));
+  }
+
+  /**
+   * The final event of a stream whose changes up to `last` were all sent: `last_index`, and
+   * `last_id`, the id to go on after. They differ only for a stream that resumed inside entry N
+   * (`Last-Event-ID: N:j`) and ends before the rest of N came: `last_index` is N - 1, and `last_id`
+   * is still `N:j` (the client has the first j of N; `from=N` would send them again).
+   */
+  #finalEvent(reason: string, last: number): string {
+    const inside = this.#resumedInside > 0 && this.#from !== null && last < this.#from;
+    const id = inside ? `${this.#from}:${this.#resumedInside}` : String(last);
+    const how = inside ? `Last-Event-ID: ${id}` : `from=${last + 1}`;
+    return `event: error\ndata: ${
+      JSON.stringify({ error: `${reason}; reconnect with ${how}`, last_index: last, last_id: id })
+    }\n\n`;
   }
 
   /** Ends the stream after `final` (null: at once, the client went away). */

@@ -366,3 +366,34 @@ Deno.test("a stream broken inside an entry's changes resumes from the event id, 
     await res.body?.cancel();
   }
 });
+
+Deno.test("a stream resumed inside an entry that ends before the rest came names the same id to go on after", async () => {
+  const { backend, get } = setup();
+  for (let i = 1; i <= 4; i++) backend.put(`p/${i}`, "x"); // 1..4
+  // A client that has the first change of entry 5 (from another node) resumes here before 5.
+  const res = await get("/v1/watch?prefix=p/", { headers: { "last-event-id": "5:1" } });
+  const it = readSse(res.body!);
+  backend.kv.events.closeAll("the node is shutting down");
+  const rest = [];
+  for await (const m of it) rest.push(m);
+  assert.deepEqual(rest.map((m) => m.event), ["error"]);
+  const final = JSON.parse(rest[0]!.data);
+  assert.equal(final.last_index, 4);
+  assert.equal(final.last_id, "5:1", "from=5 would send the first change of 5 again");
+  assert.match(final.error, /reconnect with Last-Event-ID: 5:1$/);
+
+  // Past entry 5 (here, one change for this watch: the client had it), the ids are whole again.
+  const again = setup();
+  for (let i = 1; i <= 4; i++) again.backend.put(`p/${i}`, "x");
+  const res2 = await again.get("/v1/watch?prefix=p/", { headers: { "last-event-id": "5:1" } });
+  const it2 = readSse(res2.body!);
+  await again.backend.write({ op: "delete_range", range: { prefix: "p/4" } }); // 5
+  again.backend.put("p/6", "y"); // 6
+  again.backend.kv.events.closeAll("the node is shutting down");
+  const rest2 = [];
+  for await (const m of it2) rest2.push(m);
+  assert.deepEqual(rest2.map((m) => [m.event, m.id]), [["message", "6"], ["error", null]]);
+  const final2 = JSON.parse(rest2[1]!.data);
+  assert.deepEqual([final2.last_index, final2.last_id], [6, "6"]);
+  assert.match(final2.error, /reconnect with from=7$/);
+});

@@ -234,8 +234,10 @@ export class Watchers {
         // The node ended the stream (cut off, stopping, a snapshot installed): go on after the
         // last index it says it covered, on another connection.
         this.#ctx.note(`watcher w${w.id} on ${n.id} closed: ${data.error}`);
+        // `last_id` is `N:j` when it resumed inside entry N and N did not come (`last_index` is
+        // then N - 1): it keeps that place.
+        w.cursor = String(data.last_id);
         w.next = data.last_index + 1;
-        w.cursor = String(data.last_index);
         if (data.error.includes("fell more than")) this.#ctx.stats.watchCutOffs++;
         w.node = null; // it covers nothing past last_index
         return;
@@ -262,8 +264,7 @@ export class Watchers {
    * Within each stretch a watcher saw, for every index from the stretch's start to the last index
    * it is known to have covered, exactly the committed changes of its keys there (in key order
    * within an index), and the indexes in order. A stretch that ended inside an entry's changes
-   * (its last id `N:j`; the rest of N was refused with a 410, or the run ended first) covers only
-   * what it got of N.
+   * (its last id `N:j`) covers only what it got of N, unless its live node has applied N.
    */
   check(): void {
     for (const w of this.#all) {
@@ -273,21 +274,21 @@ export class Watchers {
         const end = w.stretches[j + 1]?.firstEvent ?? w.events.length;
         const got = w.events.slice(firstEvent, end);
         // Covered: up to its last event; the last stretch up to what its live node applied.
-        let last = got.at(-1)?.index ?? from - 1;
-        const live = w.node !== null && w.node.inc === w.inc && w.node.node !== null;
-        if (j === w.stretches.length - 1 && live) {
-          last = Math.max(last, w.node!.node!.inspect().applied);
-        }
-        const cursor = j === w.stretches.length - 1
-          ? (live ? null : w.cursor)
-          : w.stretches[j]!.cursor;
-        const partial = cursor?.includes(":") === true;
+        const final = j === w.stretches.length - 1;
+        const live = final && w.node !== null && w.node.inc === w.inc && w.node.node !== null;
+        const applied = live ? w.node!.node!.inspect().applied : 0;
+        const last = Math.max(got.at(-1)?.index ?? from - 1, applied);
+        // Ended on an id `N:j`: the rest of N was not taken (refused with a 410, the run ended, or
+        // the live node it resumed on has not applied N yet), so only what it got of N counts.
+        const cursor = final ? w.cursor : w.stretches[j]!.cursor;
+        const cut = cursor?.includes(":") ? Number(cursor.split(":")[0]) : null;
+        const partial = cut !== null && applied < cut;
         const want: string[] = [];
         for (let i = from; i <= Math.min(last, this.#checker.refIndex); i++) {
           const changes = this.#checker.refChanges[i] ?? [];
           for (const c of changes) {
             if (!_matches(w, c.k)) continue;
-            if (partial && i === last && !got.some((e) => e.index === i && e.k === c.k)) continue;
+            if (partial && i === cut && !got.some((e) => e.index === i && e.k === c.k)) continue;
             want.push(`${i} ${c.type} ${c.k}=${c.v}`);
           }
         }

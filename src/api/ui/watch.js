@@ -186,7 +186,7 @@ function start() {
           } else if (m.event === "error") {
             // The server's final event: why the stream ends, and where to go on from.
             reason = typeof data.error === "string" ? data.error : "the stream ended";
-            if (typeof data.last_index === "number") lastId = String(data.last_index);
+            if (typeof data.last_id === "string") lastId = data.last_id;
           }
         }
       }
