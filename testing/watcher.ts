@@ -50,7 +50,7 @@ export class Watcher implements AsyncDisposable {
   count = 0;
   #options: WatcherOptions;
   #next: number | null;
-  /** The id of the last event taken (or the last index a final event covered), or null. */
+  /** The id of the last event taken (or the `last_id` a final event named), or null. */
   #lastId: string | null = null;
   #node = 0;
   #abort = new AbortController();

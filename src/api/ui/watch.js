@@ -85,8 +85,8 @@ function start() {
   /** The index to watch from at the next connect; null: whatever comes next. */
   let next = fromParam === null || fromParam === "" ? null : Number(fromParam);
   /**
-   * The id of the last event taken (or of the last index a final event said was covered): once
-   * set, each connect goes on after it (`Last-Event-ID`) instead of `from`.
+   * The id of the last event taken (or the `last_id` a final event named): once set, each connect
+   * goes on after it (`Last-Event-ID`) instead of `from`.
    * @type {string | null}
    */
   let lastId = null;
