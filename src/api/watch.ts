@@ -85,24 +85,28 @@ export interface WatchContext {
 const _encoder = new TextEncoder();
 
 /**
- * The SSE `data:` text of the last event encoded: the history hands each event to every watcher
- * in turn, so with many watchers it is encoded once, not once per watcher (each adds its `id:`).
+ * The SSE text of the last event encoded, with the id it has as its entry's last (or only) change
+ * (`id: N`), and its `data:` part alone: the history hands each event to every watcher in turn,
+ * so with many watchers it is encoded once, not once per watcher. Only an event that more changes
+ * of its entry follow gets a text of its own per watcher (`id: N:j`).
  */
 let _lastEvent: KvEvent | null = null;
-let _lastData = "";
+let _lastQueued: _Queued = { index: 0, data: "", whole: "" };
 
-function _dataText(e: KvEvent): string {
+function _queued(e: KvEvent): _Queued {
   if (e !== _lastEvent) {
-    _lastData = `data: ${JSON.stringify(e)}\n\n`;
+    const data = `data: ${JSON.stringify(e)}\n\n`;
+    _lastQueued = { index: e.index, data, whole: `id: ${e.index}\n${data}` };
     _lastEvent = e;
   }
-  return _lastData;
+  return _lastQueued;
 }
 
-/** An event waiting to be sent: its index and its encoded data (its id is set as it leaves). */
+/** An event waiting to be sent: its index, its data, and its text as its entry's last change. */
 interface _Queued {
   index: number;
   data: string;
+  whole: string;
 }
 
 /**
@@ -378,7 +382,7 @@ class _Watcher implements EventSink {
         return;
       }
       this.#queuedIndex = e.index;
-      this.#push({ index: e.index, data: _dataText(e) });
+      this.#push(_queued(e));
     }
     this.#lastIndex = Math.max(this.#lastIndex, e.index);
   }
@@ -439,7 +443,7 @@ class _Watcher implements EventSink {
         this.#sentOfIndex++;
         const next = items[i + 1];
         const more = next !== undefined && typeof next !== "string" && next.index === item.index;
-        text += `id: ${item.index}${more ? `:${this.#sentOfIndex}` : ""}\n${item.data}`;
+        text += more ? `id: ${item.index}:${this.#sentOfIndex}\n${item.data}` : item.whole;
       }
       return text;
     }
