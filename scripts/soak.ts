@@ -243,7 +243,7 @@ watches:          ${t("watchEvents")} events received, ${
     t("watchCutOffs")
   } streams cut off for falling behind, ${t("watchBreaks")} connections broken mid-stream, ${
     t("watchMidEntryResumes")
-  } resumed inside one entry's changes
+  } reconnects asking to resume inside one entry's changes
 membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
     t("promotions")
   } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${

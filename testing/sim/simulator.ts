@@ -39,7 +39,7 @@
  * its stream, buffer, cut-off and final event), each on a random node, moving to another one when
  * theirs crashes or ends the stream, and now and then at random (a client whose connection broke),
  * going on after the last event they took (its id as `Last-Event-ID`, inside one entry's changes
- * too), or after the `last_index` of the final event; some have a buffer small enough to be cut
+ * too), or after the `last_id` of the final event; some have a buffer small enough to be cut
  * off; a `from` older than the node's history starts a new stretch at the oldest index (the client
  * re-reads). Checked at the end: within each stretch a watcher saw every committed change of its
  * keys exactly once, in index order, as the committed log gives them (the `watch` check).
@@ -204,7 +204,7 @@ export interface SimulationOptions {
   /**
    * A misbehaving watcher (guard tests that prove the `watch` check catches it): on reconnect it
    * asks from its last index (`repeat`: sees a change twice), skips one index (`skip`), or goes on
-   * from the index after its last event's even when the event's id said more changes of that entry
+   * from the index after its last event even when that event's id said more changes of its entry
    * follow (`index`: the protocol before event ids). Default: none.
    */
   watchFault?: "repeat" | "skip" | "index";
@@ -288,7 +288,7 @@ export const COUNTERS = [
   "watchResyncs", // reconnects refused because the history no longer held the index (410)
   "watchCutOffs", // streams a node cut off for falling behind (a small watchBufferEvents)
   "watchBreaks", // watch connections that broke after a few events (the watcher moved on)
-  "watchMidEntryResumes", // reconnects that went on inside one entry's changes (`N:j` event id)
+  "watchMidEntryResumes", // reconnects asking to go on inside one entry's changes (`N:j` id)
   "memberAdds", // membership changes that added a node (as a learner), as applied
   "memberRemoves", // ... that removed a member (the leader included)
   "promotions", // learners the leader promoted to voter (committed configurations)
@@ -603,10 +603,11 @@ class _Simulation implements SimContext {
       // A stream hands on what its node applied a few turns later (a long backlog, many): let the
       // live ones deliver while they make progress (50 turns without an event received end the
       // wait, and a stream that never delivers fails the watch check).
-      for (let idle = 0; idle < 50 && this.#watchers.pending(); idle++) {
+      let idle = 0;
+      while (idle < 50 && this.#watchers.pending()) {
         const received = this.stats.watchEvents;
         await settle();
-        if (this.stats.watchEvents > received) idle = -1;
+        idle = this.stats.watchEvents > received ? 0 : idle + 1;
       }
       this.#watchers.check();
       this.#checker.checkHistory();
