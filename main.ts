@@ -8,6 +8,7 @@
 
 import denoJson from "./deno.json" with { type: "json" };
 import { ConfigError, type NodeConfig, parseArgs, peerSecurityWarning } from "./src/cli/config.ts";
+import { reloadTokensFile } from "./src/cli/api_security.ts";
 import {
   applyHostsOverride,
   DEBUG_STALE_READS_ENV,
@@ -250,9 +251,21 @@ export async function main(args: string[]): Promise<number> {
   const onSignal = () => stopped.resolve();
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
+  // SIGHUP reads the tokens file again: tokens are added, revoked or re-roled without a restart.
+  const onHangup = () => {
+    const said = reloadTokensFile(
+      config.tokensFile,
+      (tokens) => api.reloadTokens(tokens),
+      (p) => Deno.readTextFileSync(p),
+    );
+    log[said.level](said.message);
+  };
+  const hangup = Deno.build.os !== "windows";
+  if (hangup) Deno.addSignalListener("SIGHUP", onHangup);
   await stopped.promise;
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
+  if (hangup) Deno.removeSignalListener("SIGHUP", onHangup);
 
   joining.abort();
   clearInterval(reducer);

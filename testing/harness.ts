@@ -741,6 +741,22 @@ export class ProcessCluster implements AsyncDisposable {
   }
 
   /**
+   * Sends `signal` to a running node and returns at once, such as SIGHUP (the node reads its
+   * tokens file again). For stopping or pausing, use {@linkcode ProcessCluster.kill},
+   * {@linkcode ProcessCluster.stop} and {@linkcode ProcessCluster.pause}.
+   *
+   * @param id The node's id.
+   * @param signal The signal.
+   * @throws {Error} If the node is not running.
+   */
+  signal(id: string, signal: Deno.Signal): void {
+    const node = this.#node(id);
+    const proc = this.#running(node);
+    this.#log(node, `## harness: sending ${signal} to pid ${proc.child.pid}`);
+    _signal(proc, signal);
+  }
+
+  /**
    * Sends an HTTP request to a node's API; see {@linkcode httpRequest}.
    *
    * @param id The node's id.

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { PERMISSION_FLAGS } from "../main.ts";
 import { makeCertificates, randomToken } from "../testing/certs.ts";
+import { readSse } from "../src/util/sse.ts";
 import {
   cleanEnv,
   type HttpResult,
@@ -164,6 +165,78 @@ Deno.test("with tokens, every node refuses what a caller's role does not allow, 
     assert.match(logs, /-> 403: the token "reader" has the role read/);
     for (const token of Object.values(tokens)) assert.ok(!logs.includes(token), "a token leaked");
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused and their watch streams end; a bad file changes nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-reload-" });
+  const watching = new AbortController();
+  try {
+    const { path, tokens } = await writeTokens(dir);
+    await using cluster = await startCluster({
+      size: 1,
+      nodeFlags: ["--tokens-file", path],
+      token: tokens.admin,
+    });
+    const id = await cluster.waitForLeader();
+    const put = (token: string, v: string) =>
+      cluster.request(id, "POST", "/v1/data", { k: "a", v }, { headers: bearer(token) });
+    expectJson(await put(tokens.write, "1"), 200, "a write before the reload");
+    // A watch held open with the read token.
+    const res = await fetch(`${cluster.api(id)}/v1/watch?key=a&from=1`, {
+      headers: bearer(tokens.read),
+      signal: watching.signal,
+    });
+    assert.equal(res.status, 200);
+    const events = readSse(res.body!);
+    const first = await events.next();
+    assert.equal(JSON.parse(first.value!.data).v, "1");
+
+    // The file now revokes the read and write tokens and adds another.
+    const added = randomToken();
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify([
+        { token: tokens.admin, role: "admin", name: "ops" },
+        { token: added, role: "write", name: "deployer" },
+      ]),
+    );
+    cluster.signal(id, "SIGHUP");
+    await waitFor(async () => (await put(added, "2")).status === 200, {
+      deadlineMs: 10_000,
+      message: "the added token to be taken",
+    });
+    expectJson(await put(tokens.write, "3"), 401, "a revoked token");
+    const end = await events.next();
+    assert.equal(end.value?.event, "error", JSON.stringify(end.value));
+    assert.match(end.value!.data, /no longer allows it \(the node's tokens were reloaded\)/);
+    assert.equal((await events.next()).done, true, "the revoked watch stream ended");
+    await waitFor(
+      () =>
+        cluster.logs(id).some((l) =>
+          l.includes(`SIGHUP: reloaded 2 tokens from --tokens-file ${JSON.stringify(path)}`) &&
+          l.includes("ended 1 watch stream whose token no longer reads")
+        ),
+      { deadlineMs: 5_000, message: "the reload to be logged" },
+    );
+
+    // A file that does not parse changes nothing, and says so.
+    await Deno.writeTextFile(path, "[{");
+    cluster.signal(id, "SIGHUP");
+    await waitFor(
+      () => cluster.logs(id).some((l) => l.includes("SIGHUP: could not reload the tokens")),
+      { deadlineMs: 10_000, message: "the failed reload to be logged" },
+    );
+    expectJson(await put(added, "4"), 200, "the token in force after a failed reload");
+    expectJson(await put(tokens.write, "5"), 401, "still revoked after a failed reload");
+    assert.ok(cluster.isRunning(id), "SIGHUP does not stop the node");
+    const logs = cluster.logs(id).join("\n");
+    for (const token of [...Object.values(tokens), added]) {
+      assert.ok(!logs.includes(token), "a token leaked");
+    }
+  } finally {
+    watching.abort();
     await Deno.remove(dir, { recursive: true });
   }
 });

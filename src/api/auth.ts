@@ -113,10 +113,12 @@ export function bearerToken(header: string | null): string | null {
 }
 
 /**
- * The configured tokens, kept as SHA-256 hashes, and the check of a request against them.
+ * The configured tokens, kept as SHA-256 hashes, and the check of a request against them. The
+ * tokens can be replaced while the API runs ({@linkcode TokenAuthenticator.replace}: a node
+ * reloads its tokens file on SIGHUP).
  */
 export class TokenAuthenticator {
-  readonly #entries: { hash: Uint8Array; caller: Caller }[];
+  #entries: { hash: Uint8Array; caller: Caller }[];
 
   /**
    * Keeps the tokens' hashes.
@@ -126,18 +128,44 @@ export class TokenAuthenticator {
    * @throws {RangeError} If there are none, one is empty or repeats, or a role is unknown.
    */
   constructor(tokens: readonly ApiToken[]) {
-    if (tokens.length === 0) throw new RangeError("TokenAuthenticator needs at least one token");
-    const seen = new Set<string>();
-    this.#entries = tokens.map((t, i) => {
-      if (typeof t.token !== "string" || t.token === "" || seen.has(t.token)) {
-        throw new RangeError(`token ${i + 1} is empty or repeats an earlier one`);
-      }
-      if (!ACCESS_ROLES.includes(t.role)) {
-        throw new RangeError(`token ${i + 1} has an unknown role ${JSON.stringify(t.role)}`);
-      }
-      seen.add(t.token);
-      return { hash: _hash(t.token), caller: { name: t.name ?? `token-${i + 1}`, role: t.role } };
-    });
+    this.#entries = _entries(tokens);
+  }
+
+  /**
+   * Replaces every token: requests checked from now on need one of `tokens`. What a request was
+   * allowed to start and still runs (a watch stream) is checked again by its owner
+   * ({@linkcode TokenAuthenticator.permits}).
+   *
+   * @example Usage
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { TokenAuthenticator } from "./auth.ts";
+   *
+   * const auth = new TokenAuthenticator([{ token: "old-secret", role: "read" }]);
+   * auth.replace([{ token: "new-secret", role: "write", name: "ci" }]);
+   * assert.equal(auth.identify("old-secret"), null);
+   * assert.equal(auth.identify("new-secret")?.role, "write");
+   * ```
+   *
+   * @param tokens The new tokens (the same checks as the constructor's).
+   * @throws {RangeError} As the constructor; the tokens in force then stay in force.
+   */
+  replace(tokens: readonly ApiToken[]): void {
+    this.#entries = _entries(tokens);
+  }
+
+  /**
+   * Whether a request's bearer token is known and its role allows `needed` (the check of
+   * {@linkcode TokenAuthenticator.authorize}, without the error).
+   *
+   * @param req The request.
+   * @param needed The role it needs.
+   * @returns `true` when {@linkcode TokenAuthenticator.authorize} would let it through.
+   */
+  permits(req: Request, needed: AccessRole): boolean {
+    const token = bearerToken(req.headers.get("authorization"));
+    const caller = token === null ? null : this.identify(token);
+    return caller !== null && allows(caller.role, needed);
   }
 
   /**
@@ -214,6 +242,22 @@ export function parseCaller(value: string): Caller | null {
   const match = /^(read|write|admin) ([A-Za-z0-9][A-Za-z0-9._@-]{0,63})$/.exec(value);
   if (match === null) return null;
   return { role: match[1] as AccessRole, name: match[2]! };
+}
+
+/** Checks the tokens and keeps their hashes (see the {@linkcode TokenAuthenticator} constructor). */
+function _entries(tokens: readonly ApiToken[]): { hash: Uint8Array; caller: Caller }[] {
+  if (tokens.length === 0) throw new RangeError("TokenAuthenticator needs at least one token");
+  const seen = new Set<string>();
+  return tokens.map((t, i) => {
+    if (typeof t.token !== "string" || t.token === "" || seen.has(t.token)) {
+      throw new RangeError(`token ${i + 1} is empty or repeats an earlier one`);
+    }
+    if (!ACCESS_ROLES.includes(t.role)) {
+      throw new RangeError(`token ${i + 1} has an unknown role ${JSON.stringify(t.role)}`);
+    }
+    seen.add(t.token);
+    return { hash: _hash(t.token), caller: { name: t.name ?? `token-${i + 1}`, role: t.role } };
+  });
 }
 
 function _hash(token: string): Uint8Array {

@@ -291,6 +291,18 @@ export interface ApiHandler {
    * @param sender The sending member's id when the peer transport authenticated it, else `null`.
    */
   forwarded(req: Request, sender: string | null): Promise<Response>;
+  /**
+   * Replaces the bearer tokens the API accepts (a node reloads its tokens file on SIGHUP):
+   * requests from now on need one of `tokens`, and each watch stream whose token is no longer
+   * among them with a role that reads is ended with a final `event: error` saying so.
+   *
+   * @param tokens The new tokens.
+   * @returns How many watch streams were ended.
+   * @throws {RangeError} If the API was created without tokens (it stays open: tokens are turned
+   * on by a restart), or as {@linkcode TokenAuthenticator} for bad tokens; the tokens in force
+   * then stay in force.
+   */
+  reloadTokens(tokens: readonly ApiToken[]): number;
 }
 
 /**
@@ -427,7 +439,25 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
     const res = await serve(accepted.req, accepted.url, accepted.caller);
     return http.record(accepted.url.pathname, item.method, res, started);
   };
+  const reloadTokens = (tokens: readonly ApiToken[]): number => {
+    if (ctx.auth === null) {
+      throw new RangeError(
+        "this API was started without tokens: it stays open until the node is restarted with them",
+      );
+    }
+    ctx.auth.replace(tokens);
+    let ended = 0;
+    for (const watch of [...ctx.watches]) {
+      if (ctx.auth.permits(watch.req, "read")) continue;
+      watch.end(
+        "the token this stream was opened with no longer allows it (the node's tokens were reloaded)",
+      );
+      ended++;
+    }
+    return ended;
+  };
   return Object.assign(handler, {
+    reloadTokens,
     forwarded: async (req: Request, sender: string | null): Promise<Response> => {
       if (URL.parse(req.url)?.pathname === FORWARD_BATCH_PATH) {
         // Each request of the batch is served as if it had come on its own (a batch inside a
@@ -457,6 +487,8 @@ interface _Context extends ApiContext {
   watchHeartbeatMs: number;
   watchBufferEvents: number;
   members: readonly ClusterMember[];
+  /** The watch streams open, with their requests (see reloadTokens). */
+  watches: Set<{ req: Request; end: (reason: string) => void }>;
 }
 
 const _DATA_PREFIX = "/v1/data/";
@@ -505,6 +537,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     members: options.members ?? [],
     watchHeartbeatMs: positiveInt("watchHeartbeatMs", options.watchHeartbeatMs, 15_000),
     watchBufferEvents: positiveInt("watchBufferEvents", options.watchBufferEvents, 1024),
+    watches: new Set(),
   };
 }
 
@@ -551,7 +584,12 @@ async function _route(
       return _backup(ctx);
     case "/v1/watch":
       _allow(req, path, ["GET"]);
-      return watchRoute(ctx, req, url);
+      return watchRoute(ctx, req, url, (end) => {
+        // Checked again when the tokens are replaced (reloadTokens).
+        const watch = { req, end };
+        ctx.watches.add(watch);
+        return () => ctx.watches.delete(watch);
+      });
     case "/v1/data":
       _allow(req, path, ["GET", "POST", "DELETE"]);
       if (req.method === "GET") return await readRangeRoute(ctx, req, url, caller);

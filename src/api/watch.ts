@@ -115,11 +115,19 @@ interface _Queued {
  * @param ctx The handler's context.
  * @param req The request.
  * @param url Its parsed URL.
+ * @param track Given, once the stream runs, the function that ends it early with a final
+ * `event: error` naming a reason (as when the tokens were reloaded and this one's was revoked);
+ * returns the function to call when the stream ends.
  * @returns The event stream.
  * @throws {ApiError} 400 for bad parameters, 410 for a `from` older than the history, 429 past
  * `maxWatchers` streams open, 501 without a history, 503 while the node stops.
  */
-export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response {
+export function watchRoute(
+  ctx: WatchContext,
+  req: Request,
+  url: URL,
+  track?: (end: (reason: string) => void) => () => void,
+): Response {
   const key = url.searchParams.get("key");
   const prefix = url.searchParams.get("prefix");
   if ((key === null) === (prefix === null)) {
@@ -145,6 +153,7 @@ export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response 
       ctx.retryAfter,
     );
   }
+  let untrack = () => {};
   const watcher = new _Watcher(
     history,
     from,
@@ -154,8 +163,12 @@ export function watchRoute(ctx: WatchContext, req: Request, url: URL): Response 
     from ?? ctx.backend.status().applied_index + 1,
     matches,
     ctx.watchBufferEvents,
-    () => limits.releaseWatcher(),
+    () => {
+      limits.releaseWatcher();
+      untrack();
+    },
   );
+  if (track !== undefined) untrack = track((reason) => watcher.close(reason));
   const stream = new ReadableStream<Uint8Array>({
     start: () => {
       try {

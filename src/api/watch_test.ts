@@ -76,7 +76,7 @@ function setup(options: Partial<ApiOptions> = {}) {
   const handler = createApiHandler(backend, { selfId: "n1", logError: () => {}, ...options });
   const get = (path: string, init: RequestInit = {}) =>
     handler(new Request(`http://n1.test${path}`, init));
-  return { backend, get };
+  return { backend, get, handler };
 }
 
 /** Reads `n` events (skipping none) from a watch answer. */
@@ -245,6 +245,67 @@ Deno.test("with tokens a watch and a blocking read need the read role", async ()
   const blocked = await get("/v1/data/a?index=0&wait=1s");
   assert.equal(blocked.status, 401);
   await blocked.body?.cancel();
+});
+
+Deno.test("reloaded tokens apply from the next request, and end the watch streams whose token was revoked", async () => {
+  const bearer = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
+  const { backend, get, handler } = setup({
+    tokens: [
+      { token: "keep-token", role: "read" },
+      { token: "gone-token", role: "read" },
+      { token: "demoted-token", role: "admin" },
+    ],
+  });
+  backend.put("a", "1"); // 1
+  const watch = async (token: string) => {
+    const res = await get("/v1/watch?key=a&from=1", bearer(token));
+    assert.equal(res.status, 200);
+    const it = readSse(res.body!);
+    assert.deepEqual((await take(it, 1)).map((m) => m.data.v), ["1"]);
+    return it;
+  };
+  const [keep, gone, demoted] = [
+    await watch("keep-token"),
+    await watch("gone-token"),
+    await watch("demoted-token"),
+  ];
+
+  const ended = handler.reloadTokens([
+    { token: "keep-token", role: "read" },
+    { token: "demoted-token", role: "read" },
+    { token: "new-token", role: "write" },
+  ]);
+  assert.equal(ended, 1, "only the revoked token's stream ends");
+  const [final] = await take(gone, 1);
+  assert.equal(final!.event, "error");
+  assert.match(String(final!.data.error), /no longer allows it .*tokens were reloaded.*from=2/);
+  assert.equal(final!.data.last_index, 1);
+  assert.equal((await gone.next()).done, true);
+  backend.put("a", "2"); // 2
+  for (const it of [keep, demoted]) {
+    assert.deepEqual((await take(it, 1)).map((m) => [m.id, m.data.v]), [["2", "2"]]);
+  }
+  // Requests from now on: the revoked token is unknown, the new one known.
+  const revoked = await get("/v1/data/a", bearer("gone-token"));
+  assert.equal(revoked.status, 401);
+  await revoked.body?.cancel();
+  const added = await get("/v1/data/a", bearer("new-token"));
+  assert.equal(added.status, 200);
+  await added.body?.cancel();
+
+  // Bad tokens change nothing; an API started open stays open.
+  assert.throws(() => handler.reloadTokens([]), RangeError);
+  assert.throws(() => handler.reloadTokens([{ token: "x", role: "boss" as "read" }]), RangeError);
+  const still = await get("/v1/data/a", bearer("new-token"));
+  assert.equal(still.status, 200);
+  await still.body?.cancel();
+  assert.throws(
+    () => setup().handler.reloadTokens([{ token: "t", role: "read" }]),
+    /started without tokens/,
+  );
+  await keep.return(undefined);
+  await demoted.return(undefined);
+  assert.equal(backend.kv.events.subscribers, 0, "every stream unsubscribed");
 });
 
 Deno.test("past maxWatchers a watch is answered 429 until a stream ends, by the client or by the node", async () => {

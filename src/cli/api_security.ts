@@ -98,6 +98,62 @@ export function readTokens(
 }
 
 /**
+ * Reads the tokens file again (on SIGHUP) and hands its tokens to `replace`, which puts them in
+ * force. A file that cannot be read or holds bad tokens changes nothing: the tokens in force stay
+ * in force, and the answer says why.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { reloadTokensFile } from "./api_security.ts";
+ *
+ * const file = { value: "tokens.json", origin: "--tokens-file" };
+ * const text = JSON.stringify([{ token: "0123456789abcdef0123", role: "write", name: "ci" }]);
+ * const said = reloadTokensFile(file, (tokens) => tokens.length - 1, () => text);
+ * assert.equal(said.level, "info");
+ * assert.match(said.message, /reloaded 1 token from --tokens-file "tokens.json"/);
+ * ```
+ *
+ * @param file The `--tokens-file` setting, or `null` when the tokens came from elsewhere.
+ * @param replace Puts the tokens in force; returns how many watch streams it ended.
+ * @param readFile Reads a file's text.
+ * @returns What to log, and at which level.
+ */
+export function reloadTokensFile(
+  file: RawValue | null,
+  replace: (tokens: readonly TokenConfig[]) => number,
+  readFile: (path: string) => string,
+): { level: "info" | "warn" | "error"; message: string } {
+  if (file === null) {
+    return {
+      level: "warn",
+      message: `SIGHUP: this node has no --tokens-file to read again (tokens from ${TOKENS_ENV}, ` +
+        "or none, change with a restart); nothing changed",
+    };
+  }
+  try {
+    const tokens = readTokens(file, undefined, readFile)!;
+    const ended = replace(tokens);
+    const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? "" : "s"}`;
+    return {
+      level: "info",
+      message:
+        `SIGHUP: reloaded ${plural(tokens.length, "token")} from ${file.origin} ${
+          JSON.stringify(file.value)
+        }` +
+        (ended > 0 ? `; ended ${plural(ended, "watch stream")} whose token no longer reads` : ""),
+    };
+  } catch (e) {
+    return {
+      level: "error",
+      message: `SIGHUP: could not reload the tokens (${
+        e instanceof Error ? e.message : String(e)
+      }); the tokens in force stay in force`,
+    };
+  }
+}
+
+/**
  * Whether `host` (a listen address) accepts only connections from this machine: `localhost`,
  * `127.0.0.0/8` or `::1`.
  *

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { isLoopbackHost, MIN_TOKEN_LENGTH, parseTokens } from "./api_security.ts";
+import {
+  isLoopbackHost,
+  MIN_TOKEN_LENGTH,
+  parseTokens,
+  reloadTokensFile,
+  type TokenConfig,
+} from "./api_security.ts";
 import { ConfigError } from "./errors.ts";
 
 const GOOD = "0123456789abcdef0123456789abcdef";
@@ -88,4 +94,47 @@ Deno.test("isLoopbackHost() accepts only addresses of this machine", () => {
   for (const host of ["0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "127.0.0.1.example", "kv-0"]) {
     assert.ok(!isLoopbackHost(host), host);
   }
+});
+
+Deno.test("reloadTokensFile() puts the file's tokens in force, or changes nothing and says why", () => {
+  const file = { value: "t.json", origin: "--tokens-file" };
+  const given: (readonly TokenConfig[])[] = [];
+  const replace = (tokens: readonly TokenConfig[]) => {
+    given.push(tokens);
+    return given.length === 1 ? 0 : 3;
+  };
+  const text = JSON.stringify([{ token: GOOD, role: "read", name: "dashboard" }]);
+  assert.deepEqual(reloadTokensFile(file, replace, () => text), {
+    level: "info",
+    message: 'SIGHUP: reloaded 1 token from --tokens-file "t.json"',
+  });
+  assert.deepEqual(given, [[{ token: GOOD, role: "read", name: "dashboard" }]]);
+  const two = JSON.stringify([{ token: GOOD, role: "read" }, {
+    token: "B".repeat(16),
+    role: "admin",
+  }]);
+  assert.equal(
+    reloadTokensFile(file, replace, () => two).message,
+    'SIGHUP: reloaded 2 tokens from --tokens-file "t.json"; ended 3 watch streams whose token no ' +
+      "longer reads",
+  );
+
+  // Unreadable, or refused by parseTokens (never quoting a token): nothing is replaced.
+  const failures = [
+    () => {
+      throw new Deno.errors.NotFound("No such file or directory");
+    },
+    () => "[]",
+    () => JSON.stringify([{ token: "short-secret", role: "read" }]),
+  ];
+  for (const readFile of failures) {
+    const said = reloadTokensFile(file, replace, readFile);
+    assert.equal(said.level, "error");
+    assert.match(said.message, /^SIGHUP: could not reload the tokens \(.+\); the tokens in force/);
+    assert.doesNotMatch(said.message, /short-secret/);
+  }
+  assert.equal(given.length, 2, "a failed reload replaces nothing");
+  // Tokens from RAFTKV_TOKENS (or none) are not reloaded.
+  assert.equal(reloadTokensFile(null, replace, () => text).level, "warn");
+  assert.equal(given.length, 2);
 });

@@ -146,6 +146,11 @@ export interface NodeConfig {
   apiTls: ApiTls | null;
   /** The client API's bearer tokens, or `null` when it needs none (open). */
   tokens: TokenConfig[] | null;
+  /**
+   * Where the tokens came from when that was a file (`--tokens-file`): the node reads it again on
+   * SIGHUP. `null` for tokens from `RAFTKV_TOKENS`, or none.
+   */
+  tokensFile: RawValue | null;
 }
 
 /** What {@linkcode parseArgs} decided the program should do. */
@@ -432,6 +437,7 @@ export function parseArgs(
     logFormat: settings.choice("--log-format", _LOG_FORMATS) ?? DEFAULTS.logFormat,
     apiTls,
     tokens: readTokens(settings.raw("--tokens-file"), _nonEmpty(env[TOKENS_ENV]), readFile),
+    tokensFile: settings.raw("--tokens-file") ?? null,
   };
   const open = openApiWarning(config.apiListenHost, apiPort, config.tokens);
   const warnings = [..._unknownEnvWarnings(env), ...(open === null ? [] : [open])];

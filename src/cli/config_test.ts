@@ -94,6 +94,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   logFormat: "text",
   apiTls: null,
   tokens: null,
+  tokensFile: null,
   transferOnShutdown: true,
   compactHeap: false,
 };
@@ -730,6 +731,16 @@ Deno.test("parseArgs() reads the API's tokens from --tokens-file or RAFTKV_TOKEN
     expected,
   );
   assert.deepEqual(_config(base, { RAFTKV_TOKENS: _TOKENS }, _SECURITY_FILES).tokens, expected);
+  // Where they came from, for SIGHUP: only a file is read again.
+  assert.deepEqual(
+    _config([...base, "--tokens-file", "tokens.json"], {}, _SECURITY_FILES).tokensFile,
+    { value: "tokens.json", origin: "--tokens-file" },
+  );
+  assert.deepEqual(
+    _config(base, { RAFTKV_TOKENS_FILE: "tokens.json" }, _SECURITY_FILES).tokensFile,
+    { value: "tokens.json", origin: "RAFTKV_TOKENS_FILE" },
+  );
+  assert.equal(_config(base, { RAFTKV_TOKENS: _TOKENS }, _SECURITY_FILES).tokensFile, null);
   _assertConfigError(
     () =>
       parseArgs(

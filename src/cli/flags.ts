@@ -432,7 +432,7 @@ export const FLAGS: readonly FlagInfo[] = [
     "<file>",
     `none (${TOKENS_ENV}, else no authentication)`,
     'Bearer tokens of the client API: a JSON array of {"token", "role", "name"}, roles "read", ' +
-      `"write", "admin"; ${TOKENS_ENV} may hold the same JSON instead`,
+      `"write", "admin"; ${TOKENS_ENV} may hold the same JSON instead; SIGHUP reads the file again`,
   ),
   _flag(
     "Kubernetes (--join-mode k8s)",
