@@ -6,9 +6,17 @@
  * @module
  */
 
+import { X509Certificate } from "node:crypto";
 import denoJson from "./deno.json" with { type: "json" };
-import { ConfigError, type NodeConfig, parseArgs, peerSecurityWarning } from "./src/cli/config.ts";
-import { reloadTokensFile } from "./src/cli/api_security.ts";
+import {
+  ConfigError,
+  type NodeConfig,
+  parseArgs,
+  peerSecurityWarning,
+  reloadTlsFiles,
+} from "./src/cli/config.ts";
+import { type ApiTls, reloadTokensFile } from "./src/cli/api_security.ts";
+import type { PeerTlsConfig } from "./src/cli/peer_tls.ts";
 import {
   applyHostsOverride,
   DEBUG_STALE_READS_ENV,
@@ -32,7 +40,7 @@ import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
 import { compactingCollector, HeapReducer } from "./src/util/heap_reducer.ts";
-import { serveMutualTls } from "./src/transport/tls_server.ts";
+import { serveMutualTls, type TlsServer } from "./src/transport/tls_server.ts";
 
 /** The program's version, from deno.json (embedded at compile time). */
 export const VERSION: string = denoJson.version;
@@ -107,6 +115,7 @@ export async function main(args: string[]): Promise<number> {
     log.info(`--join ${config.join} ignored: this node has data; it uses the configuration in it`);
   }
   let handlers: TransportHandlers | undefined;
+  let transport: HttpTransport | undefined;
   let fatal: unknown = null;
   const stopped = Promise.withResolvers<void>();
   const node = new RaftNode({
@@ -134,7 +143,7 @@ export async function main(args: string[]): Promise<number> {
     },
     transport: (h) => {
       handlers = h;
-      return new HttpTransport(h, {
+      return transport = new HttpTransport(h, {
         self: config.id,
         peers: config.peers,
         rpcTimeoutMs: config.rpcTimeoutMs,
@@ -192,6 +201,7 @@ export async function main(args: string[]): Promise<number> {
       `peer RPC listening on ${a.hostname}:${a.port}` +
         (config.peerTls === null ? " (h2c)" : " (TLS, client certificates required)"),
     );
+  let peerTlsServer: TlsServer | null = null;
   if (config.peerTls === null) {
     _serveAgain(
       "peer RPC",
@@ -201,7 +211,7 @@ export async function main(args: string[]): Promise<number> {
     );
   } else {
     // Never closed either (see the shutdown below).
-    await serveMutualTls({
+    peerTlsServer = await serveMutualTls({
       ...config.peerTls,
       port: config.rpcPort,
       hostname: config.rpcListenHost,
@@ -211,20 +221,16 @@ export async function main(args: string[]): Promise<number> {
   }
   const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
   if (exposed !== null) log.warn(exposed);
-  const apiServer = _serveAgain(
-    "REST API",
-    {
-      port: config.apiPort,
-      hostname: config.apiListenHost,
-      ...config.apiTls,
-      onListen: (a) =>
-        log.info(
-          `REST API listening on ${config.apiTls ? "https" : "http"}://${a.hostname}:${a.port}`,
-        ),
-    },
-    api,
-    log,
-  );
+  const apiOptions: Deno.ServeTcpOptions = {
+    port: config.apiPort,
+    hostname: config.apiListenHost,
+    ...config.apiTls,
+    onListen: (a) =>
+      log.info(
+        `REST API listening on ${config.apiTls ? "https" : "http"}://${a.hostname}:${a.port}`,
+      ),
+  };
+  const apiServer = _serveAgain("REST API", apiOptions, api, log);
   node.start();
   log.info(`started ${config.id} with ${node.status().members.length} members`);
   const joining = new AbortController();
@@ -251,14 +257,25 @@ export async function main(args: string[]): Promise<number> {
   const onSignal = () => stopped.resolve();
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
-  // SIGHUP reads the tokens file again: tokens are added, revoked or re-roled without a restart.
+  // SIGHUP reads the tokens file and the TLS files again: tokens are added, revoked or re-roled
+  // and certificates rotated without a restart.
   const onHangup = () => {
-    const said = reloadTokensFile(
-      config.tokensFile,
-      (tokens) => api.reloadTokens(tokens),
-      (p) => Deno.readTextFileSync(p),
-    );
-    log[said.level](said.message);
+    const read = (p: string) => Deno.readTextFileSync(p);
+    const tls = config.tlsSources.peer !== null || config.tlsSources.api !== null;
+    if (config.tokens !== null || !tls) {
+      const said = reloadTokensFile(config.tokensFile, (t) => api.reloadTokens(t), read);
+      log[said.level](said.message);
+    }
+    if (tls) {
+      _reloadTls(config, read, log, {
+        peer: (files) => {
+          peerTlsServer?.setCredentials(files);
+          transport?.setTls(files);
+          forwarder.setTls(files);
+        },
+        api: (files) => apiServer.relisten({ ...apiOptions, ...files }),
+      });
+    }
   };
   const hangup = Deno.build.os !== "windows";
   if (hangup) Deno.addSignalListener("SIGHUP", onHangup);
@@ -291,41 +308,144 @@ export async function main(args: string[]): Promise<number> {
  * descriptors: every connection holds one, and `Deno.serve` has no cap on connections), it
  * listens again a second later instead of taking the process down; connections already open
  * keep being served meanwhile. The first listen's error (port in use) is thrown as usual.
+ *
+ * `relisten` swaps the server for one with new options (a rotated certificate): the old one stops
+ * accepting and finishes what it serves (watch streams included, until they end), and the new
+ * one listens on the same port as soon as the old listener has let it go (a few milliseconds in
+ * which new connections are refused). If the new options do not listen, the old ones listen
+ * again.
  */
 function _serveAgain(
   name: string,
-  options: Deno.ServeTcpOptions,
+  first: Deno.ServeTcpOptions,
   handler: Deno.ServeHandler<Deno.NetAddr>,
   log: Logger,
-): { shutdown(): Promise<void> } {
+): { shutdown(): Promise<void>; relisten(next: Deno.ServeTcpOptions): Promise<void> } {
   let stopping = false;
+  let options = first;
   let timer: ReturnType<typeof setTimeout> | undefined;
+  /** Servers `relisten` replaced, finishing what they serve. */
+  const retiring = new Set<Promise<void>>();
+  const retry = () => {
+    if (stopping) return;
+    try {
+      current = listen();
+    } catch (err) {
+      log.error(`${name} cannot listen yet (${_message(err)}); trying again in 1 s`);
+      timer = setTimeout(retry, 1000);
+    }
+  };
   const listen = (): Deno.HttpServer<Deno.NetAddr> => {
     const server = Deno.serve(options, handler);
     server.finished.catch((e) => {
-      if (stopping) return;
+      if (stopping || server !== current) return;
       log.error(`${name} stopped accepting connections (${_message(e)}); listening again in 1 s`);
-      const retry = () => {
-        if (stopping) return;
-        try {
-          current = listen();
-        } catch (err) {
-          log.error(`${name} cannot listen yet (${_message(err)}); trying again in 1 s`);
-          timer = setTimeout(retry, 1000);
-        }
-      };
       timer = setTimeout(retry, 1000);
     });
     return server;
+  };
+  /** Listens with `options`, waiting up to about a second for the port to be let go. */
+  const listenWhenFree = async (): Promise<Deno.HttpServer<Deno.NetAddr>> => {
+    for (let attempt = 0;; attempt++) {
+      try {
+        return listen();
+      } catch (err) {
+        if (!(err instanceof Deno.errors.AddrInUse) || attempt >= 100) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
   };
   let current = listen();
   return {
     shutdown: async () => {
       stopping = true;
       clearTimeout(timer);
-      await current.shutdown();
+      await Promise.all([current.shutdown(), ...retiring]);
+    },
+    relisten: async (next) => {
+      const previous = options;
+      const old = current;
+      const closing = old.shutdown().catch(() => {});
+      retiring.add(closing);
+      void closing.finally(() => retiring.delete(closing));
+      try {
+        options = next;
+        current = await listenWhenFree();
+      } catch (err) {
+        options = previous;
+        try {
+          current = await listenWhenFree();
+        } catch (again) {
+          log.error(`${name} cannot listen (${_message(again)}); trying again in 1 s`);
+          timer = setTimeout(retry, 1000);
+        }
+        throw err;
+      }
     },
   };
+}
+
+/**
+ * Reads the TLS files again (SIGHUP) and puts them in force: the peers' through `apply.peer`
+ * (the peer server and the clients), the API's through `apply.api`. Files that fail the checks
+ * change nothing; each outcome is logged.
+ */
+function _reloadTls(
+  config: NodeConfig,
+  read: (path: string) => string,
+  log: Logger,
+  apply: { peer(files: PeerTlsConfig): void; api(files: ApiTls): Promise<void> },
+): void {
+  let files;
+  try {
+    files = reloadTlsFiles(config, read);
+  } catch (e) {
+    log.error(
+      `SIGHUP: could not reload the TLS files (${
+        _message(e)
+      }); the certificates in force stay in force`,
+    );
+    return;
+  }
+  const { peer, api } = files;
+  if (peer !== null) {
+    try {
+      apply.peer(peer);
+      log.info(
+        `SIGHUP: reloaded the peer TLS files: ${
+          _describeCert(peer.cert)
+        }, for connections opened ` +
+          "from now on",
+      );
+    } catch (e) {
+      log.error(
+        `SIGHUP: could not use the new peer TLS files (${
+          _message(e)
+        }); the certificates in force stay in force`,
+      );
+    }
+  }
+  if (api !== null) {
+    apply.api(api).then(
+      () => log.info(`SIGHUP: reloaded the API's certificate: ${_describeCert(api.cert)}`),
+      (e) =>
+        log.error(
+          `SIGHUP: the API could not listen with the new certificate (${
+            _message(e)
+          }); it listens with the one in force`,
+        ),
+    );
+  }
+}
+
+/** A certificate's subject and expiry, for the log. */
+function _describeCert(pem: string): string {
+  try {
+    const cert = new X509Certificate(pem);
+    return `${cert.subject.replaceAll("\n", ", ")}, valid until ${cert.validTo}`;
+  } catch {
+    return "a certificate";
+  }
 }
 
 /** Checks every 2 s whether a burst of work is over and the heap worth compacting. */

@@ -54,6 +54,11 @@ export interface MakeCertificatesOptions {
   untrustedNodes?: readonly string[];
   /** Days the certificates are valid (default 365). */
   days?: number;
+  /**
+   * Keep the CA an earlier call wrote into `dir` and issue new certificates (new keys) from it,
+   * over the old files: a renewal, as before an expiry. Default: a new CA.
+   */
+  renew?: boolean;
 }
 
 /**
@@ -151,7 +156,7 @@ export async function makeCertificates(
     files.set(id, { cert, key });
   };
 
-  await makeCa("ca");
+  if (!options.renew) await makeCa("ca");
   for (const id of options.nodes) await makeLeaf(id, "ca");
   if (options.untrustedNodes?.length) {
     await makeCa("other-ca");

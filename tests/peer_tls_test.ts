@@ -9,6 +9,8 @@
  */
 
 import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import tls from "node:tls";
 import { type Certificates, makeCertificates } from "../testing/certs.ts";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { type ObservedState, observeNode } from "../testing/node_state.ts";
@@ -396,4 +398,131 @@ Deno.test("a node warns at start when its peer port listens beyond loopback with
       ),
     { deadlineMs: 5000, message: "the warning" },
   );
+});
+
+/**
+ * The certificate a TLS server on `port` presents (its SHA-256 fingerprint), connecting with
+ * `pair` (or none) and trusting `ca` (PEM texts); the handshake's error message if it fails.
+ */
+function presented(
+  port: number,
+  ca: string,
+  pair: { cert: string; key: string } | null,
+): Promise<{ fingerprint: string } | { error: string }> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({
+      host: "127.0.0.1",
+      port,
+      servername: "localhost",
+      ca,
+      ALPNProtocols: ["h2"],
+      ...(pair ?? {}),
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve({ error: "no answer within 5 s" });
+    }, 5000);
+    const done = (answer: { fingerprint: string } | { error: string }) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(answer);
+    };
+    // With TLS 1.3 the server checks the client's certificate after the client deems the
+    // handshake done: wait for its verdict (an alert) before calling the connection taken.
+    socket.once("secureConnect", () => {
+      const fingerprint = socket.getPeerCertificate().fingerprint256;
+      socket.write("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+      socket.once("data", () => done({ fingerprint }));
+    });
+    socket.once("error", (e) => done({ error: e.message }));
+    socket.once("close", () => done({ error: "closed" }));
+  });
+}
+
+Deno.test("SIGHUP rotates the certificates: the peer CA and the API certificate change without a restart; bad files change nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-rotate-" });
+  try {
+    const nodes = ["node-1", "node-2", "node-3"];
+    await Deno.mkdir(`${dir}/peer`);
+    await Deno.mkdir(`${dir}/api`);
+    const peerCerts = await makeCertificates(`${dir}/peer`, { nodes });
+    const apiCerts = await makeCertificates(`${dir}/api`, { nodes });
+    await using cluster = await startCluster({
+      size: 3,
+      tls: peerCerts,
+      apiCerts,
+      nodeFlags: NODE_FLAGS,
+    });
+    const read = (path: string) => Deno.readTextFileSync(path);
+    const fingerprint = (path: string) => new X509Certificate(read(path)).fingerprint256;
+    const pair = (certs: Certificates, id: string) => ({
+      cert: read(certs.node(id).cert),
+      key: read(certs.node(id).key),
+    });
+    const port = (url: string) => Number(new URL(url).port);
+    const leader = await cluster.waitForLeader(20_000);
+    const follower = nodes.find((id) => id !== leader)!;
+    const put = (id: string, k: string) => cluster.request(id, "PUT", `/v1/data/${k}`, { v: k });
+    assert.equal((await put(follower, "before")).status, 200);
+
+    // Renewed API certificates from the same CA; a new peer CA with new peer certificates. Both
+    // written over the files the nodes were started with.
+    const oldPeer = { ca: read(peerCerts.ca), node1: pair(peerCerts, "node-1") };
+    await makeCertificates(`${dir}/api`, { nodes, renew: true });
+    await makeCertificates(`${dir}/peer`, { nodes });
+    const newPeer = { ca: read(peerCerts.ca), node1: pair(peerCerts, "node-1") };
+    assert.notEqual(newPeer.ca, oldPeer.ca);
+    for (const id of nodes) cluster.signal(id, "SIGHUP");
+    for (const id of nodes) {
+      await waitFor(() => {
+        const lines = cluster.logs(id);
+        return lines.some((l) => l.includes("SIGHUP: reloaded the peer TLS files: CN=" + id)) &&
+          lines.some((l) => l.includes("SIGHUP: reloaded the API's certificate: CN=" + id));
+      }, { deadlineMs: 10_000, message: `${id} to reload its certificates` });
+    }
+
+    for (const id of nodes) {
+      // The API presents its renewed certificate to new connections.
+      const api = await presented(port(cluster.api(id)), read(apiCerts.ca), null);
+      assert.deepEqual(api, { fingerprint: fingerprint(apiCerts.node(id).cert) }, `${id} API`);
+      // The peer port presents the new certificate and takes only the new CA's.
+      const rpc = port(cluster.rpc(id));
+      const fresh = await presented(rpc, newPeer.ca, newPeer.node1);
+      assert.deepEqual(fresh, { fingerprint: fingerprint(peerCerts.node(id).cert) }, `${id} peer`);
+      const stale = await presented(rpc, oldPeer.ca, oldPeer.node1);
+      assert.ok("error" in stale, `${id} took the old CA's certificate: ${JSON.stringify(stale)}`);
+    }
+
+    // A follower restarted on the new files trusts only the new CA: the leader reaches it, and
+    // its forwards reach the leader, only with their new client certificates.
+    assert.equal(await cluster.stop(follower), 0);
+    await cluster.start(follower);
+    assert.equal((await put(leader, "after")).status, 200);
+    await waitFor(async () => {
+      const res = await cluster.request(follower, "GET", "/v1/data/after?consistency=stale");
+      return res.status === 200;
+    }, { deadlineMs: 15_000, message: `${follower} to get the leader's write over the new certs` });
+    // A node that has forwarded nothing yet opens its first connection to the leader now.
+    const leaderNow = await cluster.waitForLeader(20_000);
+    const via = nodes.find((id) => id !== follower && id !== leaderNow)!;
+    const forwarded = await put(via, "forwarded");
+    assert.equal(forwarded.status, 200, forwarded.text);
+
+    // Files that do not pass the checks change nothing.
+    const inForce = fingerprint(peerCerts.node(leaderNow).cert);
+    await Deno.writeTextFile(peerCerts.node(leaderNow).cert, "not a certificate\n");
+    cluster.signal(leaderNow, "SIGHUP");
+    await waitFor(
+      () =>
+        cluster.logs(leaderNow).some((l) =>
+          l.includes("SIGHUP: could not reload the TLS files") && l.includes("--peer-cert")
+        ),
+      { deadlineMs: 10_000, message: "the refused reload to be logged" },
+    );
+    const still = await presented(port(cluster.rpc(leaderNow)), newPeer.ca, newPeer.node1);
+    assert.deepEqual(still, { fingerprint: inForce });
+    assert.equal((await put(leaderNow, "still")).status, 200);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

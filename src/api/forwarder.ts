@@ -73,6 +73,11 @@ export interface ForwarderClient {
   forward: Forwarder;
   /** Closes every connection (forwards in flight fail); later forwards open new ones. */
   close(): void;
+  /**
+   * Replaces the TLS settings of the connections opened from now on (the node's certificates
+   * were rotated); connections already open keep theirs until they close.
+   */
+  setTls(options: Pick<ForwarderOptions, "ca" | "cert" | "key">): void;
 }
 
 /**
@@ -273,6 +278,12 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
 
   return {
     forward,
+    setTls(next) {
+      for (const name of ["ca", "cert", "key"] as const) {
+        if (next[name] === undefined) delete tlsOptions[name];
+        else tlsOptions[name] = next[name];
+      }
+    },
     close() {
       // Sockets first: a session destroyed while its socket is open says GOAWAY, and Deno's
       // nghttp2 can abort a process whose node:http2 server (the TLS peer server) receives one

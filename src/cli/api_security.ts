@@ -8,6 +8,7 @@
  * @module
  */
 
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { ConfigError } from "./errors.ts";
 import { type RawValue, TOKENS_ENV } from "./flags.ts";
 
@@ -62,6 +63,36 @@ export function readApiTls(
     cert: _readPem(cert, readFile, /-----BEGIN CERTIFICATE-----/, "a PEM certificate"),
     key: _readPem(key, readFile, /-----BEGIN [A-Z ]*PRIVATE KEY-----/, "a PEM private key"),
   };
+}
+
+/**
+ * Checks that the API's key belongs to its certificate (the first of the file's chain). Start-up
+ * leaves this to the server, which refuses to listen; a reload (SIGHUP) must know before it
+ * swaps the running server's certificate.
+ *
+ * @param tls The PEM texts {@linkcode readApiTls} read.
+ * @param cert The `--api-cert` setting, for messages.
+ * @param key The `--api-key` setting, for messages.
+ * @throws {ConfigError} If either does not parse, or the key is another certificate's.
+ */
+export function checkApiKeyPair(tls: ApiTls, cert: RawValue, key: RawValue): void {
+  const where = (s: RawValue) => `${s.origin} ${JSON.stringify(s.value)}`;
+  let matches: boolean;
+  try {
+    matches = new X509Certificate(tls.cert).checkPrivateKey(createPrivateKey(tls.key));
+  } catch (error) {
+    throw new ConfigError(
+      `${where(cert)} and ${where(key)} do not load as a certificate and its key (${
+        (error as Error).message
+      })`,
+      { cause: error },
+    );
+  }
+  if (!matches) {
+    throw new ConfigError(
+      `The key in ${where(key)} does not belong to the certificate in ${where(cert)}`,
+    );
+  }
 }
 
 /**

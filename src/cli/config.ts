@@ -9,6 +9,7 @@
 
 import {
   type ApiTls,
+  checkApiKeyPair,
   openApiWarning,
   readApiTls,
   readTokens,
@@ -29,7 +30,7 @@ import {
   TOKENS_ENV,
 } from "./flags.ts";
 import { derivePeersForK8s, parseStatefulSetHostname } from "./k8s.ts";
-import { type PeerTlsConfig, resolvePeerTls } from "./peer_tls.ts";
+import { type PeerTlsConfig, type PeerTlsSettings, resolvePeerTls } from "./peer_tls.ts";
 
 export { ConfigError } from "./errors.ts";
 export type { PeerConfig } from "./cluster_file.ts";
@@ -151,6 +152,45 @@ export interface NodeConfig {
    * SIGHUP. `null` for tokens from `RAFTKV_TOKENS`, or none.
    */
   tokensFile: RawValue | null;
+  /**
+   * Where the TLS files came from, for SIGHUP ({@linkcode reloadTlsFiles}): the peer settings when
+   * peers use mutual TLS, the API's certificate and key when it serves HTTPS; `null` otherwise.
+   */
+  tlsSources: TlsSources;
+}
+
+/** Where a node's TLS files came from (see {@linkcode NodeConfig.tlsSources}). */
+export interface TlsSources {
+  /** `--peer-cert`, `--peer-key` and `--peer-ca`, when peers use mutual TLS. */
+  peer: PeerTlsSettings | null;
+  /** `--api-cert` and `--api-key`, when the API serves HTTPS. */
+  api: { cert: RawValue; key: RawValue } | null;
+}
+
+/**
+ * Reads a node's TLS files again (on SIGHUP), with the checks they get at start-up, and for the
+ * API's also that the key belongs to the certificate (the server is swapped only once they
+ * load).
+ *
+ * @param config The node's id and where its files came from.
+ * @param readFile Reads a file's text.
+ * @returns The new PEM texts: the peers' when peers use TLS, the API's when it serves HTTPS.
+ * @throws {ConfigError} As at start-up, naming the setting and file.
+ */
+export function reloadTlsFiles(
+  config: Pick<NodeConfig, "id" | "tlsSources">,
+  readFile: (path: string) => string,
+): { peer: PeerTlsConfig | null; api: ApiTls | null } {
+  const { peer, api } = config.tlsSources;
+  const peerFiles = peer === null
+    ? null
+    : resolvePeerTls(peer, "https:", "cluster file", config.id, readFile);
+  let apiFiles: ApiTls | null = null;
+  if (api !== null) {
+    apiFiles = readApiTls(api.cert, api.key, null, readFile)!;
+    checkApiKeyPair(apiFiles, api.cert, api.key);
+  }
+  return { peer: peerFiles, api: apiFiles };
 }
 
 /** What {@linkcode parseArgs} decided the program should do. */
@@ -343,12 +383,13 @@ export function parseArgs(
   // A joining node takes only its own URLs from the cluster file; the rest it learns.
   if (join !== null) peers = peers.filter((peer) => peer.id === id);
   const self = peers.find((peer) => peer.id === id)!;
+  const peerTlsSettings: PeerTlsSettings = {
+    cert: settings.raw("--peer-cert"),
+    key: settings.raw("--peer-key"),
+    ca: settings.raw("--peer-ca"),
+  };
   const peerTls = resolvePeerTls(
-    {
-      cert: settings.raw("--peer-cert"),
-      key: settings.raw("--peer-key"),
-      ca: settings.raw("--peer-ca"),
-    },
+    peerTlsSettings,
     joinMode === "k8s" ? null : new URL(self.rpcUrl).protocol as "http:" | "https:",
     `cluster file ${JSON.stringify(clusterConfigPath)}`,
     id,
@@ -438,6 +479,10 @@ export function parseArgs(
     apiTls,
     tokens: readTokens(settings.raw("--tokens-file"), _nonEmpty(env[TOKENS_ENV]), readFile),
     tokensFile: settings.raw("--tokens-file") ?? null,
+    tlsSources: {
+      peer: peerTls === null ? null : peerTlsSettings,
+      api: apiTls === null ? null : { cert: certFile!, key: keyFile! },
+    },
   };
   const open = openApiWarning(config.apiListenHost, apiPort, config.tokens);
   const warnings = [..._unknownEnvWarnings(env), ...(open === null ? [] : [open])];

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { makeCertificates } from "../../testing/certs.ts";
-import { ConfigError, FLAGS, type NodeConfig, parseArgs, type ParseArgsOptions } from "./config.ts";
+import {
+  ConfigError,
+  FLAGS,
+  type NodeConfig,
+  parseArgs,
+  type ParseArgsOptions,
+  reloadTlsFiles,
+} from "./config.ts";
 
 const _FILE_PATH = "cluster.config.json";
 const _FILE = JSON.stringify([
@@ -95,6 +102,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   apiTls: null,
   tokens: null,
   tokensFile: null,
+  tlsSources: { peer: null, api: null },
   transferOnShutdown: true,
   compactHeap: false,
 };
@@ -877,6 +885,66 @@ Deno.test("parseArgs() turns on peer TLS with https:// rpc_urls and all three fi
   assert.equal(pod.peers[0]?.rpcUrl, "https://raftkv-0.raftkv.default.svc.cluster.local:6666");
   assert.equal(pod.peers[0]?.apiUrl, "http://raftkv-0.raftkv.default.svc.cluster.local:7777");
   assert.equal(pod.peerTls?.certPath, "raftkv-1.pem");
+});
+
+Deno.test("reloadTlsFiles() reads the TLS files again with the start-up checks, and the API key's match", async () => {
+  const { files, read } = await _tlsFiles();
+  const config = _config(_TLS_FLAGS, {}, read);
+  const raw = (value: string, origin: string) => ({ value, origin });
+  assert.deepEqual(config.tlsSources, {
+    peer: {
+      cert: raw("node-1.pem", "--peer-cert"),
+      key: raw("node-1.key", "--peer-key"),
+      ca: raw("ca.pem", "--peer-ca"),
+    },
+    api: null,
+  });
+  assert.deepEqual(_config(["--id", "node-1"]).tlsSources, { peer: null, api: null });
+
+  const disk: Record<string, string> = {
+    ...files,
+    "api.pem": files["node-2.pem"]!,
+    "api.key": files["node-2.key"]!,
+  };
+  const readDisk = (path: string) => {
+    const text = disk[path];
+    if (text === undefined) throw new Error(`No such file: ${path}`);
+    return text;
+  };
+  const sources = {
+    id: "node-1",
+    tlsSources: {
+      ...config.tlsSources,
+      api: { cert: raw("api.pem", "--api-cert"), key: raw("api.key", "--api-key") },
+    },
+  };
+  const same = reloadTlsFiles(sources, readDisk);
+  assert.equal(same.peer?.cert, files["node-1.pem"]);
+  assert.deepEqual(same.api, { cert: files["node-2.pem"], key: files["node-2.key"] });
+  // Replaced files get the start-up checks: another CA's certificate, another node's.
+  disk["node-1.pem"] = files["other-node-1.pem"]!;
+  disk["node-1.key"] = files["other-node-1.key"]!;
+  _assertConfigError(() => reloadTlsFiles(sources, readDisk), "is not signed by the CA");
+  disk["node-1.pem"] = files["node-2.pem"]!;
+  disk["node-1.key"] = files["node-2.key"]!;
+  _assertConfigError(() => reloadTlsFiles(sources, readDisk), "it must be CN=node-1");
+  disk["node-1.pem"] = files["node-1.pem"]!;
+  disk["node-1.key"] = files["node-1.key"]!;
+  disk["api.key"] = files["node-1.key"]!;
+  _assertConfigError(
+    () => reloadTlsFiles(sources, readDisk),
+    'The key in --api-key "api.key" does not belong to the certificate in --api-cert "api.pem"',
+  );
+  disk["api.pem"] = files["node-1.pem"]!;
+  assert.deepEqual(reloadTlsFiles(sources, readDisk).api, {
+    cert: files["node-1.pem"],
+    key: files["node-1.key"],
+  });
+  disk["api.pem"] = "garbage";
+  _assertConfigError(
+    () => reloadTlsFiles(sources, readDisk),
+    '--api-cert "api.pem" does not hold a PEM certificate',
+  );
 });
 
 Deno.test("parseArgs() refuses peer TLS settings that do not fit the rpc_urls or each other", async () => {

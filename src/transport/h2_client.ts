@@ -61,11 +61,24 @@ export class H2Client {
   #sessions = new Map<string, http2.ClientHttp2Session>();
   #sockets = new Set<net.Socket>();
   #closed = false;
-  readonly #tls: H2TlsOptions | undefined;
+  #tls: H2TlsOptions | undefined;
 
   /** Creates a client; nothing connects before the first request. */
   constructor(options: H2ClientOptions = {}) {
     this.#tls = options.tls;
+  }
+
+  /**
+   * Replaces the CA and the client certificate used by the connections opened from now on (the
+   * node's certificates were rotated); connections already open keep theirs until they close.
+   *
+   * @param files The new PEM texts.
+   * @throws {RangeError} If the client was created without TLS settings.
+   */
+  setTls(files: { ca: string; cert?: string; key?: string }): void {
+    if (this.#tls === undefined) throw new RangeError("this client was created without TLS");
+    const { expectedName } = this.#tls;
+    this.#tls = { ...files, ...(expectedName === undefined ? {} : { expectedName }) };
   }
 
   /**

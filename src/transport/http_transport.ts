@@ -483,6 +483,17 @@ export class HttpTransport implements Transport {
     });
   }
 
+  /**
+   * Takes rotated peer TLS files: connections to peers opened from now on present the new
+   * certificate and trust the new CA; those already open keep theirs until they close.
+   *
+   * @param files The new PEM texts.
+   * @throws {RangeError} If the transport was created without TLS.
+   */
+  setTls(files: PeerTlsFiles): void {
+    this.#client.setTls(files);
+  }
+
   #addPeer(peer: PeerAddress): void {
     const p: _Peer = {
       id: peer.id,

@@ -19,6 +19,7 @@
  * @module
  */
 
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { NodeId } from "../raft/types.ts";
@@ -63,6 +64,15 @@ export interface TlsServerOptions {
 export interface TlsServer {
   /** Where it listens. */
   readonly addr: { hostname: string; port: number };
+  /**
+   * Replaces the server's certificate, key and the CA client certificates must chain to, for the
+   * connections accepted from now on (the node's certificates were rotated); connections already
+   * open keep theirs. Clients still need a certificate.
+   *
+   * @throws {Error} If the key or a certificate does not load, or the key is not the
+   * certificate's; the ones in force stay in force.
+   */
+  setCredentials(files: { cert: string; key: string; ca: string }): void;
   /**
    * Stops listening and destroys every connection at once (for tests). A node does not call it:
    * a graceful close sends GOAWAY to the peers' clients, and Deno's nghttp2 can abort a process
@@ -198,6 +208,18 @@ export async function serveMutualTls(
   options.onListen?.(addr);
   return {
     addr,
+    setCredentials(files) {
+      // The runtime loads a new context lazily, at the next handshake: check the files first,
+      // or a bad swap would refuse every new connection.
+      const own = new X509Certificate(files.cert);
+      new X509Certificate(files.ca);
+      if (!own.checkPrivateKey(createPrivateKey(files.key))) {
+        throw new Error("the private key does not belong to the certificate");
+      }
+      // Client certificates stay required: that is the server's setting, not its context's
+      // (the tests check it after a swap).
+      server.setSecureContext(files);
+    },
     close() {
       closing = true;
       clearTimeout(retry);

@@ -157,6 +157,69 @@ Deno.test("a client without a certificate, or with one from another CA, is refus
   });
 });
 
+Deno.test("rotated credentials: new connections need the new CA's certificates, open ones go on, a bad swap changes nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const newer = await pems(dir);
+    await withServer(
+      (_req, info) => Promise.resolve(new Response(info.peer)),
+      async (server, p) => {
+        const url = `https://localhost:${server.addr.port}/raft/messages`;
+        const ask = (h2: H2Client) =>
+          h2.fetch(url, {
+            method: "POST",
+            body: new Uint8Array(1),
+            signal: AbortSignal.timeout(5000),
+          })
+            .then((r) => r.text());
+        const open = client(p, "node-2");
+        const unused = client(p, "node-3");
+        const before = client(p, "node-3");
+        const after = client(newer, "node-3");
+        const bare = client(newer, null);
+        try {
+          assert.equal(await ask(open), "node-2");
+          server.setCredentials({ ...newer.pair("node-1"), ca: newer.ca });
+          assert.equal(await ask(open), "node-2", "a connection open before the swap goes on");
+          await assert.rejects(ask(before), "a new connection with the old CA's certificate");
+          assert.equal(await ask(after), "node-3");
+          await assert.rejects(ask(bare), "a new connection without a certificate");
+          // A client given the new files before it connects presents them.
+          unused.setTls({ ca: newer.ca, ...newer.pair("node-3") });
+          assert.equal(await ask(unused), "node-3");
+          assert.throws(() =>
+            server.setCredentials({ cert: "not a certificate", key: "no key", ca: newer.ca })
+          );
+          const mismatched = { ...newer.pair("node-1"), key: p.pair("node-1").key, ca: newer.ca };
+          assert.throws(() => server.setCredentials(mismatched), /does not belong/);
+          const again = client(newer, "node-2");
+          try {
+            assert.equal(await ask(again), "node-2", "the credentials in force stayed in force");
+          } finally {
+            again.close();
+          }
+          // Moving to a new CA goes through a bundle of both: either CA's certificates are taken.
+          server.setCredentials({ ...newer.pair("node-1"), ca: p.ca + newer.ca });
+          for (const [pems, id] of [[p, "node-2"], [newer, "node-3"]] as const) {
+            const both = new H2Client({
+              tls: { ca: p.ca + newer.ca, ...pems.pair(id), expectedName: () => "node-1" },
+            });
+            try {
+              assert.equal(await ask(both), id);
+            } finally {
+              both.close();
+            }
+          }
+        } finally {
+          for (const h2 of [open, unused, before, after, bare]) h2.close();
+        }
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("the client refuses a server whose certificate does not name the node it meant to reach", async () => {
   await withServer(() => Promise.resolve(new Response("reached")), async (server, p) => {
     const h2 = client(p, "node-2", "node-3");
