@@ -39,6 +39,7 @@ import { requestJoin } from "./src/cli/join.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
+import { serveAgain, type ServeOptions } from "./src/util/serve.ts";
 import { compactingCollector, HeapReducer } from "./src/util/heap_reducer.ts";
 import { serveMutualTls, type TlsServer } from "./src/transport/tls_server.ts";
 
@@ -203,7 +204,7 @@ export async function main(args: string[]): Promise<number> {
     );
   let peerTlsServer: TlsServer | null = null;
   if (config.peerTls === null) {
-    _serveAgain(
+    serveAgain(
       "peer RPC",
       { port: config.rpcPort, hostname: config.rpcListenHost, onListen: peerOnListen },
       (req) => peerHandler(req, { peer: null }),
@@ -221,7 +222,7 @@ export async function main(args: string[]): Promise<number> {
   }
   const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
   if (exposed !== null) log.warn(exposed);
-  const apiOptions: Deno.ServeTcpOptions = {
+  const apiOptions: ServeOptions = {
     port: config.apiPort,
     hostname: config.apiListenHost,
     ...config.apiTls,
@@ -230,7 +231,7 @@ export async function main(args: string[]): Promise<number> {
         `REST API listening on ${config.apiTls ? "https" : "http"}://${a.hostname}:${a.port}`,
       ),
   };
-  const apiServer = _serveAgain("REST API", apiOptions, api, log);
+  const apiServer = serveAgain("REST API", apiOptions, api, log);
   node.start();
   log.info(`started ${config.id} with ${node.status().members.length} members`);
   const joining = new AbortController();
@@ -301,88 +302,6 @@ export async function main(args: string[]): Promise<number> {
   // (denoland/deno#36788): one node's restart would kill another. A closed socket is handled.
   log.info("stopped");
   return fatal ? 1 : 0;
-}
-
-/**
- * `Deno.serve`, but when the server stops accepting connections on an error (out of file
- * descriptors: every connection holds one, and `Deno.serve` has no cap on connections), it
- * listens again a second later instead of taking the process down; connections already open
- * keep being served meanwhile. The first listen's error (port in use) is thrown as usual.
- *
- * `relisten` swaps the server for one with new options (a rotated certificate): the old one stops
- * accepting and finishes what it serves (watch streams included, until they end), and the new
- * one listens on the same port as soon as the old listener has let it go (a few milliseconds in
- * which new connections are refused). If the new options do not listen, the old ones listen
- * again.
- */
-function _serveAgain(
-  name: string,
-  first: Deno.ServeTcpOptions,
-  handler: Deno.ServeHandler<Deno.NetAddr>,
-  log: Logger,
-): { shutdown(): Promise<void>; relisten(next: Deno.ServeTcpOptions): Promise<void> } {
-  let stopping = false;
-  let options = first;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  /** Servers `relisten` replaced, finishing what they serve. */
-  const retiring = new Set<Promise<void>>();
-  const retry = () => {
-    if (stopping) return;
-    try {
-      current = listen();
-    } catch (err) {
-      log.error(`${name} cannot listen yet (${_message(err)}); trying again in 1 s`);
-      timer = setTimeout(retry, 1000);
-    }
-  };
-  const listen = (): Deno.HttpServer<Deno.NetAddr> => {
-    const server = Deno.serve(options, handler);
-    server.finished.catch((e) => {
-      if (stopping || server !== current) return;
-      log.error(`${name} stopped accepting connections (${_message(e)}); listening again in 1 s`);
-      timer = setTimeout(retry, 1000);
-    });
-    return server;
-  };
-  /** Listens with `options`, waiting up to about a second for the port to be let go. */
-  const listenWhenFree = async (): Promise<Deno.HttpServer<Deno.NetAddr>> => {
-    for (let attempt = 0;; attempt++) {
-      try {
-        return listen();
-      } catch (err) {
-        if (!(err instanceof Deno.errors.AddrInUse) || attempt >= 100) throw err;
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-    }
-  };
-  let current = listen();
-  return {
-    shutdown: async () => {
-      stopping = true;
-      clearTimeout(timer);
-      await Promise.all([current.shutdown(), ...retiring]);
-    },
-    relisten: async (next) => {
-      const previous = options;
-      const old = current;
-      const closing = old.shutdown().catch(() => {});
-      retiring.add(closing);
-      void closing.finally(() => retiring.delete(closing));
-      try {
-        options = next;
-        current = await listenWhenFree();
-      } catch (err) {
-        options = previous;
-        try {
-          current = await listenWhenFree();
-        } catch (again) {
-          log.error(`${name} cannot listen (${_message(again)}); trying again in 1 s`);
-          timer = setTimeout(retry, 1000);
-        }
-        throw err;
-      }
-    },
-  };
 }
 
 /**

@@ -508,6 +508,18 @@ Deno.test("SIGHUP rotates the certificates: the peer CA and the API certificate 
     const forwarded = await put(via, "forwarded");
     assert.equal(forwarded.status, 200, forwarded.text);
 
+    // SIGHUPs in a burst swap the API's server one after the other; it keeps serving.
+    const swaps = () =>
+      cluster.logs(via).filter((l) => l.includes("SIGHUP: reloaded the API's certificate")).length;
+    const swapped = swaps();
+    for (let i = 0; i < 3; i++) cluster.signal(via, "SIGHUP");
+    await waitFor(() => swaps() > swapped, { deadlineMs: 10_000, message: "another swap" });
+    assert.equal((await put(via, "burst")).status, 200);
+    assert.ok(
+      !cluster.logs(via).some((l) => l.includes("cannot listen")),
+      cluster.formatLogs([via]),
+    );
+
     // Files that do not pass the checks change nothing.
     const inForce = fingerprint(peerCerts.node(leaderNow).cert);
     await Deno.writeTextFile(peerCerts.node(leaderNow).cert, "not a certificate\n");
