@@ -8,13 +8,14 @@
  * ```sh
  * deno task chaos --duration 300 --nodes 3 [--seed N] [--clients 5] [--keys 8]
  *   [--snapshot-threshold 500] [--lease-reads 0.3]
- *   [--faults kill,stop,pause,isolate,oneway,split,links] [--tls] [--echo]
+ *   [--faults kill,stop,pause,isolate,oneway,split,links,slow,rotate] [--tls] [--echo]
  *   [--keep] [-- node flags...]
  * ```
  *
  * `--tls` runs the cluster with every security setting on: mutual TLS between peers (through the
  * proxies, which pass TLS through), HTTPS on the API and bearer tokens; the clients trust the CA
- * and send a write token.
+ * and send a write token; the `rotate` fault (TLS runs only) renews the certificates and sends
+ * SIGHUP.
  *
  * Prints progress and a summary (lines starting with `chaos:`); on a violation also the failing
  * key's timeline, the anomalies and the node logs, and exits with status 1.

@@ -25,6 +25,7 @@
  */
 
 import { join } from "node:path";
+import tls from "node:tls";
 
 /** The files of one certificate and its private key. */
 export interface CertificatePair {
@@ -171,6 +172,53 @@ export async function makeCertificates(
       return pair;
     },
   };
+}
+
+/**
+ * The SHA-256 fingerprint of the certificate an HTTP/2 TLS server on `127.0.0.1:port` presents to
+ * a new connection (as `localhost`), trusting `ca` and presenting `pair` (PEM texts) if given.
+ * With TLS 1.3 the server checks a client's certificate after the client deems the handshake
+ * done, so this waits for the server's first HTTP/2 frame before it calls the connection taken.
+ *
+ * @param port The server's port.
+ * @param ca The PEM CA certificate(s) to trust.
+ * @param pair The client certificate and key to present, or `null`.
+ * @returns The fingerprint, as `X509Certificate.fingerprint256` gives it.
+ * @throws {Error} If the handshake fails (the server refused the client's certificate, or the
+ * client the server's) or nothing comes back within 5 s.
+ */
+export function servedCertificate(
+  port: number,
+  ca: string,
+  pair: { cert: string; key: string } | null = null,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: "127.0.0.1",
+      port,
+      servername: "localhost",
+      ca,
+      ALPNProtocols: ["h2"],
+      ...(pair ?? {}),
+    });
+    const timer = setTimeout(() => fail(new Error("no answer within 5 s")), 5000);
+    const fail = (e: Error) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(e);
+    };
+    socket.once("secureConnect", () => {
+      const fingerprint = socket.getPeerCertificate().fingerprint256;
+      socket.write("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+      socket.once("data", () => {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve(fingerprint);
+      });
+    });
+    socket.once("error", fail);
+    socket.once("close", () => fail(new Error("the server closed the connection")));
+  });
 }
 
 /** The roles of a tokens file made by {@linkcode writeTokensFile}, one token each. */

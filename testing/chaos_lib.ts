@@ -24,6 +24,7 @@
  * @module
  */
 
+import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -44,7 +45,7 @@ import {
   writeClusterFile,
 } from "./harness.ts";
 import { type LinkDelay, type LinkMode, LinkProxy } from "./proxy.ts";
-import { makeCertificates } from "./certs.ts";
+import { makeCertificates, servedCertificate } from "./certs.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Randomness.
@@ -410,6 +411,38 @@ export class ChaosCluster implements AsyncDisposable {
   }
 
   /**
+   * Renews every node's certificate and key in place (same CA; the tokens file is written again
+   * with the same tokens), then sends SIGHUP to each of `ids`, which reads its files again.
+   *
+   * @param ids The nodes to signal.
+   * @throws {Error} If the cluster was not started with `tls`.
+   */
+  async rotate(ids: readonly string[]): Promise<void> {
+    if (this.security === null) throw new Error("rotate needs a cluster started with tls");
+    const dir = join(this.dataRoot, "tls");
+    await makeCertificates(dir, { nodes: this.ids, renew: true });
+    const tokens = join(dir, "tokens.json");
+    await Deno.writeTextFile(tokens, await Deno.readTextFile(tokens), { mode: 0o600 });
+    for (const id of ids) if (this.processes.isRunning(id)) this.processes.signal(id, "SIGHUP");
+  }
+
+  /** The SHA-256 fingerprint of the certificate file of node `id` (clusters started with `tls`). */
+  async certificateFingerprint(id: string): Promise<string> {
+    const pem = await Deno.readTextFile(join(this.dataRoot, "tls", `${id}.crt`));
+    return new X509Certificate(pem).fingerprint256;
+  }
+
+  /**
+   * The SHA-256 fingerprint of the certificate node `id`'s API presents to a new connection
+   * (clusters started with `tls`).
+   */
+  async servedFingerprint(id: string): Promise<string> {
+    if (this.security === null) throw new Error("the API serves no certificate without tls");
+    const port = Number(new URL(this.processes.api(id)).port);
+    return await servedCertificate(port, await Deno.readTextFile(this.security.ca));
+  }
+
+  /**
    * Slows links down (see {@linkcode LinkProxy.setDelay}).
    *
    * @param links The directed links to slow.
@@ -519,7 +552,13 @@ export type FaultKind =
    * Slow every link of one node (or, one time in three, every link): a one-way delay of 5-100 ms
    * with as much jitter again, and stalls of 100-600 ms (lost packets sent again).
    */
-  | "slow";
+  | "slow"
+  /**
+   * Renew every node's certificates (same CA) and send SIGHUP to one node (or, one time in three,
+   * to every node): it swaps its API server and its peer credentials under load. The node must
+   * then present its new certificate. Runs with `tls` only.
+   */
+  | "rotate";
 
 /** Every fault kind, in a stable order. */
 export const FAULT_KINDS: readonly FaultKind[] = [
@@ -531,6 +570,7 @@ export const FAULT_KINDS: readonly FaultKind[] = [
   "split",
   "links",
   "slow",
+  "rotate",
 ];
 
 /** Options of {@linkcode runChaos}. */
@@ -1175,7 +1215,9 @@ async function _runNemesis(
   stopAt: number,
 ): Promise<void> {
   const { chaos, log } = state;
-  const usable = kinds.filter((kind) => kind !== "split" || chaos.ids.length >= 3);
+  const usable = kinds.filter((kind) =>
+    (kind !== "split" || chaos.ids.length >= 3) && (kind !== "rotate" || chaos.security !== null)
+  );
   if (usable.length === 0) {
     await delay(stopAt - performance.now());
     return;
@@ -1288,6 +1330,25 @@ async function _inject(
       chaos.healAll();
       const delay = `${minMs}-${maxMs} ms, stalls of ${stallMs} ms`;
       return all ? `slow-all(${delay})` : label(`slow(${delay})`);
+    }
+    case "rotate": {
+      const all = rng.chance(1 / 3);
+      const targets = (all ? chaos.ids : [target]).filter((id) => processes.isRunning(id));
+      await chaos.rotate(targets);
+      for (const id of targets) {
+        const wanted = await chaos.certificateFingerprint(id);
+        try {
+          await waitFor(
+            async () =>
+              !processes.isRunning(id) ||
+              await chaos.servedFingerprint(id).catch(() => null) === wanted,
+            { deadlineMs: 10_000, intervalMs: 100, message: `${id} to serve its new certificate` },
+          );
+        } catch (error) {
+          state.anomalies.push(`after SIGHUP: ${(error as Error).message}`);
+        }
+      }
+      return all ? "rotate-all" : label("rotate");
     }
   }
 }

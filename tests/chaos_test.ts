@@ -3,7 +3,8 @@
  * `testing/chaos_lib.ts`): two targeted partition tests (the first also on a cluster with peer
  * mutual TLS, HTTPS and tokens, whose TLS connections the proxies carry), the cost of a slow
  * network path to writes and reads, then a one-minute chaos
- * run (longer runs: `deno task chaos --duration 300`, `--tls`). Set `CHAOS_SEED` to replay the
+ * run (longer runs: `deno task chaos --duration 300`, `--tls`), and certificates rotated under
+ * load on a TLS cluster. Set `CHAOS_SEED` to replay the
  * chaos run's schedule.
  */
 
@@ -158,4 +159,29 @@ Deno.test({
     assert.ok(faults >= 5, `only ${faults} faults were injected (seed ${seed})`);
     assert.ok(report.ops.ok >= 300, `only ${report.ops.ok} operations succeeded (seed ${seed})`);
   },
+});
+
+Deno.test("certificates renewed and reloaded (SIGHUP) again and again under load: each node serves its new one, linearizable, no acknowledged write lost", async () => {
+  const seedText = Deno.env.get("CHAOS_SEED");
+  const seed = seedText === undefined ? randomSeed() : Number(seedText);
+  const report = await runChaos({
+    seed,
+    durationMs: 15_000,
+    nodes: 3,
+    clients: 4,
+    keys: 8,
+    checkTimeoutMs: 30_000,
+    faults: ["rotate"],
+    tls: true,
+  });
+  for (const line of report.summary) console.log(`chaos:rotate: ${line}`);
+  assert.ok(
+    report.ok,
+    `the rotation run with CHAOS_SEED=${seed} found problems:\n${
+      report.summary.join("\n")
+    }\n${report.details}`,
+  );
+  const rotations = report.faults["rotate"] ?? 0;
+  assert.ok(rotations >= 3, `only ${rotations} rotations (seed ${seed})`);
+  assert.ok(report.ops.ok >= 100, `only ${report.ops.ok} operations succeeded (seed ${seed})`);
 });

@@ -10,8 +10,7 @@
 
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import tls from "node:tls";
-import { type Certificates, makeCertificates } from "../testing/certs.ts";
+import { type Certificates, makeCertificates, servedCertificate } from "../testing/certs.ts";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { type ObservedState, observeNode } from "../testing/node_state.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
@@ -400,43 +399,16 @@ Deno.test("a node warns at start when its peer port listens beyond loopback with
   );
 });
 
-/**
- * The certificate a TLS server on `port` presents (its SHA-256 fingerprint), connecting with
- * `pair` (or none) and trusting `ca` (PEM texts); the handshake's error message if it fails.
- */
+/** What a TLS server on `port` presents to a new connection (see `servedCertificate`). */
 function presented(
   port: number,
   ca: string,
   pair: { cert: string; key: string } | null,
 ): Promise<{ fingerprint: string } | { error: string }> {
-  return new Promise((resolve) => {
-    const socket = tls.connect({
-      host: "127.0.0.1",
-      port,
-      servername: "localhost",
-      ca,
-      ALPNProtocols: ["h2"],
-      ...(pair ?? {}),
-    });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      resolve({ error: "no answer within 5 s" });
-    }, 5000);
-    const done = (answer: { fingerprint: string } | { error: string }) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(answer);
-    };
-    // With TLS 1.3 the server checks the client's certificate after the client deems the
-    // handshake done: wait for its verdict (an alert) before calling the connection taken.
-    socket.once("secureConnect", () => {
-      const fingerprint = socket.getPeerCertificate().fingerprint256;
-      socket.write("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-      socket.once("data", () => done({ fingerprint }));
-    });
-    socket.once("error", (e) => done({ error: e.message }));
-    socket.once("close", () => done({ error: "closed" }));
-  });
+  return servedCertificate(port, ca, pair).then(
+    (fingerprint) => ({ fingerprint }),
+    (e: Error) => ({ error: e.message }),
+  );
 }
 
 Deno.test("SIGHUP rotates the certificates: the peer CA and the API certificate change without a restart; bad files change nothing", async () => {
