@@ -232,6 +232,23 @@ export async function main(args: string[]): Promise<number> {
       ),
   };
   const apiServer = serveAgain("REST API", apiOptions, api, log);
+  // When each certificate in force expires, for alerts; set again when SIGHUP reloads it.
+  const expiry = metrics.gaugeVec(
+    "raftkv_tls_certificate_expiry_timestamp_seconds",
+    "When the certificate this node presents expires (seconds since the epoch), by use: peer " +
+      "(mutual TLS) or api (HTTPS); set again when SIGHUP reloads it",
+    ["use"],
+  );
+  const setExpiry = (use: "peer" | "api", pem: string) => {
+    try {
+      const at = Date.parse(new X509Certificate(pem).validTo);
+      if (Number.isFinite(at)) expiry.labels(use).set(at / 1000);
+    } catch {
+      // The server took it, so it serves; only its expiry stays unknown.
+    }
+  };
+  if (config.peerTls !== null) setExpiry("peer", config.peerTls.cert);
+  if (config.apiTls !== null) setExpiry("api", config.apiTls.cert);
   node.start();
   log.info(`started ${config.id} with ${node.status().members.length} members`);
   const joining = new AbortController();
@@ -273,8 +290,12 @@ export async function main(args: string[]): Promise<number> {
           peerTlsServer?.setCredentials(files);
           transport?.setTls(files);
           forwarder.setTls(files);
+          setExpiry("peer", files.cert);
         },
-        api: (files) => apiServer.relisten({ ...apiOptions, ...files }),
+        api: async (files) => {
+          await apiServer.relisten({ ...apiOptions, ...files });
+          setExpiry("api", files.cert);
+        },
       });
     }
   };

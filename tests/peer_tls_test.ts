@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { type Certificates, makeCertificates, servedCertificate } from "../testing/certs.ts";
+import { parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { type ObservedState, observeNode } from "../testing/node_state.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
@@ -435,6 +436,21 @@ Deno.test("SIGHUP rotates the certificates: the peer CA and the API certificate 
     const leader = await cluster.waitForLeader(20_000);
     const follower = nodes.find((id) => id !== leader)!;
     const put = (id: string, k: string) => cluster.request(id, "PUT", `/v1/data/${k}`, { v: k });
+    // The expiry of each certificate in force, from GET /metrics (checked by promtool).
+    const expiries = async (id: string) => {
+      const text = (await cluster.request(id, "GET", "/metrics")).text;
+      const verdict = await promtoolCheck(text);
+      assert.ok(verdict.ok, verdict.output);
+      const samples = parseSamples(text);
+      const series = (use: string) =>
+        sample(samples, `raftkv_tls_certificate_expiry_timestamp_seconds{use="${use}"}`);
+      return { peer: series("peer"), api: series("api") };
+    };
+    const notAfter = (path: string) => Date.parse(new X509Certificate(read(path)).validTo) / 1000;
+    assert.deepEqual(await expiries("node-1"), {
+      peer: notAfter(peerCerts.node("node-1").cert),
+      api: notAfter(apiCerts.node("node-1").cert),
+    });
     assert.equal((await put(follower, "before")).status, 200);
 
     // Renewed API certificates from the same CA; a new peer CA with new peer certificates. Both
@@ -454,6 +470,10 @@ Deno.test("SIGHUP rotates the certificates: the peer CA and the API certificate 
     }
 
     for (const id of nodes) {
+      assert.deepEqual(await expiries(id), {
+        peer: notAfter(peerCerts.node(id).cert),
+        api: notAfter(apiCerts.node(id).cert),
+      });
       // The API presents its renewed certificate to new connections.
       const api = await presented(port(cluster.api(id)), read(apiCerts.ca), null);
       assert.deepEqual(api, { fingerprint: fingerprint(apiCerts.node(id).cert) }, `${id} API`);
