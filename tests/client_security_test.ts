@@ -169,7 +169,7 @@ Deno.test("with tokens, every node refuses what a caller's role does not allow, 
   }
 });
 
-Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused and their watch streams end; a bad file changes nothing", async () => {
+Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused, their watch streams and blocking reads end; a bad file changes nothing", async () => {
   const dir = await Deno.makeTempDir({ prefix: "raftkv-reload-" });
   const watching = new AbortController();
   try {
@@ -192,6 +192,17 @@ Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused and their 
     const events = readSse(res.body!);
     const first = await events.next();
     assert.equal(JSON.parse(first.value!.data).v, "1");
+    // And a blocking read for a change that does not come, held until the node has it.
+    const blocked = fetch(`${cluster.api(id)}/v1/data/b?index=1000000&wait=60s`, {
+      headers: bearer(tokens.read),
+      signal: watching.signal,
+    });
+    await waitFor(async () => {
+      const metrics = await cluster.request(id, "GET", "/metrics", undefined, {
+        headers: bearer(tokens.admin),
+      });
+      return /^raftkv_http_requests_in_flight 1$/m.test(metrics.text);
+    }, { deadlineMs: 5_000, message: "the blocking read to be in flight" });
 
     // The file now revokes the read and write tokens and adds another.
     const added = randomToken();
@@ -212,11 +223,14 @@ Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused and their 
     assert.equal(end.value?.event, "error", JSON.stringify(end.value));
     assert.match(end.value!.data, /no longer allows it \(the node's tokens were reloaded\)/);
     assert.equal((await events.next()).done, true, "the revoked watch stream ended");
+    const unblocked = await blocked;
+    assert.equal(unblocked.status, 401, "the revoked blocking read ends at once");
+    assert.match((await unblocked.json()).error, /no longer allows it/);
     await waitFor(
       () =>
         cluster.logs(id).some((l) =>
           l.includes(`SIGHUP: reloaded 2 tokens from --tokens-file ${JSON.stringify(path)}`) &&
-          l.includes("ended 1 watch stream whose token no longer reads")
+          l.includes("ended 2 requests held on a revoked token (watch streams, blocking reads)")
         ),
       { deadlineMs: 5_000, message: "the reload to be logged" },
     );

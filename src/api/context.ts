@@ -23,6 +23,41 @@ export interface ApiContext extends ForwardContext {
   maxValueBytes: number;
   /** Largest request body in bytes. */
   maxBodyBytes: number;
+  /**
+   * What runs on a token's say-so and must end if the token is revoked (a watch stream, a
+   * blocking read): checked again when the tokens are reloaded (see {@linkcode holdForToken}).
+   */
+  held: Set<HeldForToken>;
+}
+
+/** A request still being served on the strength of its bearer token (see {@linkcode holdForToken}). */
+export interface HeldForToken {
+  /** The request, with its `Authorization` header. */
+  req: Request;
+  /** Ends what it runs, saying why. */
+  end(reason: string): void;
+}
+
+/**
+ * Registers a long-running request (a watch stream, a blocking read) that this node let in on
+ * its bearer token, so that a reload of the tokens that revokes it can end it (`end`). Requests
+ * without a token of their own (the API is open, or a member forwarded it with its caller) are
+ * not registered: there is nothing here to revoke.
+ *
+ * @param ctx The handler's context.
+ * @param req The request.
+ * @param end Ends what the request runs, saying why.
+ * @returns The function to call once the request is over.
+ */
+export function holdForToken(
+  ctx: Pick<ApiContext, "auth" | "held">,
+  req: Request,
+  end: (reason: string) => void,
+): () => void {
+  if (ctx.auth === null || !req.headers.has("authorization")) return () => {};
+  const held = { req, end };
+  ctx.held.add(held);
+  return () => ctx.held.delete(held);
 }
 
 /**

@@ -78,7 +78,7 @@ import { nonNegativeInt, positiveInt } from "../util/options.ts";
 import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../util/metrics.ts";
 import { HttpMetrics } from "./http_metrics.ts";
 import { type ApiToken, type Caller, requiredRole, TokenAuthenticator } from "./auth.ts";
-import type { ApiContext } from "./context.ts";
+import { type ApiContext, holdForToken } from "./context.ts";
 import { ApiError, errorResponse, jsonResponse, logLine, quote } from "./errors.ts";
 import { acceptForwarded, acceptForwardedItem, FORWARD_PATH_PREFIX } from "./forward.ts";
 import {
@@ -293,11 +293,12 @@ export interface ApiHandler {
   forwarded(req: Request, sender: string | null): Promise<Response>;
   /**
    * Replaces the bearer tokens the API accepts (a node reloads its tokens file on SIGHUP):
-   * requests from now on need one of `tokens`, and each watch stream whose token is no longer
-   * among them with a role that reads is ended with a final `event: error` saying so.
+   * requests from now on need one of `tokens`. What still runs on a token that is no longer
+   * among them with a role that reads ends at once: a watch stream with a final `event: error`
+   * saying so, a blocking read (`?index=&wait=`) with 401.
    *
    * @param tokens The new tokens.
-   * @returns How many watch streams were ended.
+   * @returns How many watch streams and blocking reads were ended.
    * @throws {RangeError} If the API was created without tokens (it stays open: tokens are turned
    * on by a restart), or as {@linkcode TokenAuthenticator} for bad tokens; the tokens in force
    * then stay in force.
@@ -447,10 +448,11 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
     }
     ctx.auth.replace(tokens);
     let ended = 0;
-    for (const watch of [...ctx.watches]) {
-      if (ctx.auth.permits(watch.req, "read")) continue;
-      watch.end(
-        "the token this stream was opened with no longer allows it (the node's tokens were reloaded)",
+    for (const held of [...ctx.held]) {
+      // Everything held (watch streams, blocking reads) needs the read role.
+      if (ctx.auth.permits(held.req, "read")) continue;
+      held.end(
+        "the token this request was made with no longer allows it (the node's tokens were reloaded)",
       );
       ended++;
     }
@@ -487,8 +489,6 @@ interface _Context extends ApiContext {
   watchHeartbeatMs: number;
   watchBufferEvents: number;
   members: readonly ClusterMember[];
-  /** The watch streams open, with their requests (see reloadTokens). */
-  watches: Set<{ req: Request; end: (reason: string) => void }>;
 }
 
 const _DATA_PREFIX = "/v1/data/";
@@ -537,7 +537,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     members: options.members ?? [],
     watchHeartbeatMs: positiveInt("watchHeartbeatMs", options.watchHeartbeatMs, 15_000),
     watchBufferEvents: positiveInt("watchBufferEvents", options.watchBufferEvents, 1024),
-    watches: new Set(),
+    held: new Set(),
   };
 }
 
@@ -584,12 +584,7 @@ async function _route(
       return _backup(ctx);
     case "/v1/watch":
       _allow(req, path, ["GET"]);
-      return watchRoute(ctx, req, url, (end) => {
-        // Checked again when the tokens are replaced (reloadTokens).
-        const watch = { req, end };
-        ctx.watches.add(watch);
-        return () => ctx.watches.delete(watch);
-      });
+      return watchRoute(ctx, req, url, (end) => holdForToken(ctx, req, end));
     case "/v1/data":
       _allow(req, path, ["GET", "POST", "DELETE"]);
       if (req.method === "GET") return await readRangeRoute(ctx, req, url, caller);

@@ -16,7 +16,7 @@
 
 import type { KvResult, PlainCommand } from "../node/backend.ts";
 import type { Caller } from "./auth.ts";
-import { type ApiContext, backendFailure } from "./context.ts";
+import { type ApiContext, backendFailure, holdForToken } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, overloadedError } from "./errors.ts";
 import { leaseParam, newLeaseTtl } from "./leases.ts";
@@ -113,7 +113,7 @@ export async function readRoute(
   caller: Caller | null,
 ): Promise<Response> {
   const consistency = readConsistency(url, key);
-  await blockingWait(ctx, req, url, key);
+  await blockingWait(ctx, req, url, key, (end) => holdForToken(ctx, req, end));
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   try {
     const r = await raceAbort(

@@ -59,6 +59,7 @@ import {
   RemovedError,
   StoppingError,
 } from "../node/backend.ts";
+import { WWW_AUTHENTICATE } from "./auth.ts";
 import { ApiError, quote, removedError } from "./errors.ts";
 import type { ApiLimits } from "./limits.ts";
 import { checkKey } from "./validate.ts";
@@ -203,13 +204,16 @@ export function watchRoute(
  * @param req The request (its end ends the wait).
  * @param url Its parsed URL.
  * @param key The key.
- * @throws {ApiError} 400 for a malformed `index` or `wait`.
+ * @param track Given the function that ends the wait early with a reason (the tokens were
+ * reloaded and this request's was revoked); returns the function to call when the wait is over.
+ * @throws {ApiError} 400 for a malformed `index` or `wait`; 401 when `track`'s function ended it.
  */
 export async function blockingWait(
   ctx: Pick<WatchContext, "backend" | "retryAfter">,
   req: Request,
   url: URL,
   key: string,
+  track?: (end: (reason: string) => void) => () => void,
 ): Promise<void> {
   const indexText = url.searchParams.get("index");
   const waitText = url.searchParams.get("wait");
@@ -223,12 +227,15 @@ export async function blockingWait(
     : Math.min(parseWait(waitText), MAX_BLOCKING_WAIT_MS);
   const history = _history(ctx);
   if (index + 1 < history.oldestIndex || waitMs === 0) return;
+  let revoked: string | null = null;
   await new Promise<void>((resolve) => {
     let timer: ReturnType<typeof setTimeout> | undefined = undefined;
     let stop = () => {};
+    let untrack = () => {};
     const done = () => {
       clearTimeout(timer);
       stop();
+      untrack();
       req.signal.removeEventListener("abort", done);
       resolve();
     };
@@ -246,7 +253,16 @@ export async function blockingWait(
     if (changed) return;
     timer = setTimeout(done, waitMs);
     req.signal.addEventListener("abort", done, { once: true });
+    if (track !== undefined) {
+      untrack = track((reason) => {
+        revoked = reason;
+        done();
+      });
+    }
   });
+  if (revoked !== null) {
+    throw new ApiError(401, revoked, {}, { "www-authenticate": WWW_AUTHENTICATE });
+  }
 }
 
 /**

@@ -247,7 +247,7 @@ Deno.test("with tokens a watch and a blocking read need the read role", async ()
   await blocked.body?.cancel();
 });
 
-Deno.test("reloaded tokens apply from the next request, and end the watch streams whose token was revoked", async () => {
+Deno.test("reloaded tokens apply from the next request, and end the watch streams and blocking reads whose token was revoked", async () => {
   const bearer = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
   const { backend, get, handler } = setup({
     tokens: [
@@ -270,12 +270,24 @@ Deno.test("reloaded tokens apply from the next request, and end the watch stream
     await watch("demoted-token"),
   ];
 
+  // Blocking reads for a change of "b": one on the token to be revoked, one on a kept token.
+  const goneWait = get("/v1/data/b?index=1&wait=1m", bearer("gone-token"));
+  const keptWait = get("/v1/data/b?index=1&wait=1m", bearer("keep-token"));
+  const waiting = () => backend.kv.events.subscribers === 5;
+  const until = performance.now() + 2_000;
+  while (!waiting() && performance.now() < until) await new Promise((r) => setTimeout(r, 1));
+  assert.ok(waiting(), "three streams and two blocking reads wait");
+
   const ended = handler.reloadTokens([
     { token: "keep-token", role: "read" },
     { token: "demoted-token", role: "read" },
     { token: "new-token", role: "write" },
   ]);
-  assert.equal(ended, 1, "only the revoked token's stream ends");
+  assert.equal(ended, 2, "only the revoked token's stream and blocking read end");
+  const refused = await goneWait;
+  assert.equal(refused.status, 401);
+  assert.equal(refused.headers.get("www-authenticate"), 'Bearer realm="raftkv"');
+  assert.match((await refused.json()).error, /no longer allows it/);
   const [final] = await take(gone, 1);
   assert.equal(final!.event, "error");
   assert.match(String(final!.data.error), /no longer allows it .*tokens were reloaded.*from=2/);
@@ -285,6 +297,10 @@ Deno.test("reloaded tokens apply from the next request, and end the watch stream
   for (const it of [keep, demoted]) {
     assert.deepEqual((await take(it, 1)).map((m) => [m.id, m.data.v]), [["2", "2"]]);
   }
+  backend.put("b", "1"); // 3
+  const answered = await keptWait;
+  assert.equal(answered.status, 200, "the kept token's blocking read goes on until the change");
+  assert.equal((await answered.json()).v, "1");
   // Requests from now on: the revoked token is unknown, the new one known.
   const revoked = await get("/v1/data/a", bearer("gone-token"));
   assert.equal(revoked.status, 401);

@@ -146,7 +146,8 @@ export function readTokens(
  * ```
  *
  * @param file The `--tokens-file` setting, or `null` when the tokens came from elsewhere.
- * @param replace Puts the tokens in force; returns how many watch streams it ended.
+ * @param replace Puts the tokens in force; returns how many requests held on a revoked token
+ * (watch streams, blocking reads) it ended.
  * @param readFile Reads a file's text.
  * @returns What to log, and at which level.
  */
@@ -172,7 +173,11 @@ export function reloadTokensFile(
         `SIGHUP: reloaded ${plural(tokens.length, "token")} from ${file.origin} ${
           JSON.stringify(file.value)
         }` +
-        (ended > 0 ? `; ended ${plural(ended, "watch stream")} whose token no longer reads` : ""),
+        (ended > 0
+          ? `; ended ${
+            plural(ended, "request")
+          } held on a revoked token (watch streams, blocking reads)`
+          : ""),
     };
   } catch (e) {
     return {

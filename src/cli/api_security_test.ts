@@ -115,8 +115,8 @@ Deno.test("reloadTokensFile() puts the file's tokens in force, or changes nothin
   }]);
   assert.equal(
     reloadTokensFile(file, replace, () => two).message,
-    'SIGHUP: reloaded 2 tokens from --tokens-file "t.json"; ended 3 watch streams whose token no ' +
-      "longer reads",
+    'SIGHUP: reloaded 2 tokens from --tokens-file "t.json"; ended 3 requests held on a revoked ' +
+      "token (watch streams, blocking reads)",
   );
 
   // Unreadable, or refused by parseTokens (never quoting a token): nothing is replaced.
