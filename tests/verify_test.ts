@@ -128,15 +128,25 @@ Deno.test("verify finds the stale reads of a cut-off node with RAFTKV_DEBUG_STAL
   const cutOff = "node-3";
   const others = ["node-1", "node-2"];
 
-  /** Cuts node-3 off from the others, and waits until they have a leader and it is not one. */
+  /**
+   * Cuts node-3 off from the others, and waits until they have a leader and node-3 knows none.
+   * While node-3 still believed in the old leader, a write sent to it was forwarded into the cut
+   * link and hung until its 5 s deadline: its verify clients spent the whole run on one write
+   * each, and the stale reads it serves never came.
+   */
   const partition = async () => {
     chaos.cut(chaos.linksBetween([cutOff], others), "drop");
     await waitFor(async () => {
       const statuses = await Promise.all(cluster.ids.map((id) => cluster.status(id)));
       const id = statuses.find((s) => s?.role === "leader" && s.id !== cutOff)?.id;
-      return id !== undefined && statuses[2]?.role !== "leader" &&
+      const alone = statuses[2];
+      return id !== undefined && alone !== null && alone !== undefined &&
+        alone.role !== "leader" && alone.leader === null &&
         statuses.every((s) => s?.id === cutOff || s?.leader?.id === id);
-    }, { deadlineMs: 20_000, message: "node-1 and node-2 to agree on a leader without node-3" });
+    }, {
+      deadlineMs: 20_000,
+      message: "node-1 and node-2 to agree on a leader, and node-3 to know none",
+    });
   };
 
   // The control: the same partition without the fault. node-3 forwards reads or refuses them.
