@@ -8,6 +8,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { intOption, UsageError } from "../testing/args.ts";
 
 /** The 100-byte value of every benchmark write (the same as `VALUE` in `scripts/wrk/bench.lua`). */
 export const VALUE: string = "0123456789".repeat(10);
@@ -215,13 +216,7 @@ export function parseEtcdVersion(output: string): string | null {
 // ---- options -----------------------------------------------------------------------------------
 
 /** A bad command line; the message says what is wrong. */
-export class UsageError extends Error {
-  /** @param message What is wrong. */
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
+export { UsageError };
 
 /** The options of `scripts/bench.ts`. */
 export interface BenchOptions {
@@ -279,16 +274,6 @@ export const BENCH_USAGE = `usage: deno task bench [options]
                          and report the TLS/plaintext ratios
   -h, --help             this text`;
 
-function _positiveInt(name: string, text: string, max = 1_000_000): number {
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 1 || n > max) {
-    throw new UsageError(
-      `--${name} must be an integer from 1 to ${max}, got ${JSON.stringify(text)}`,
-    );
-  }
-  return n;
-}
-
 /**
  * Parses the command line of `scripts/bench.ts`.
  *
@@ -322,12 +307,12 @@ export function parseBenchArgs(args: string[]): BenchOptions {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-  const durationSec = values.duration === undefined
-    ? DEFAULT_DURATION_SEC
-    : _positiveInt("duration", values.duration, 3600);
+  const durationSec = intOption("duration", values.duration, DEFAULT_DURATION_SEC, 1, 3600);
   const connections = values.connections === undefined
     ? [...DEFAULT_CONNECTIONS]
-    : values.connections.split(",").map((part) => _positiveInt("connections", part.trim(), 10_000));
+    : values.connections.split(",").map((part) =>
+      intOption("connections", part.trim(), 0, 1, 10_000)
+    );
   const only = OPS.find((op) => op === values.only);
   if (values.only !== undefined && only === undefined && values.only !== "watch") {
     throw new UsageError(
@@ -335,7 +320,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     );
   }
   const watchers = values.watchers !== undefined
-    ? (values.watchers === "0" ? 0 : _positiveInt("watchers", values.watchers, 10_000))
+    ? intOption("watchers", values.watchers, 0, 0, 10_000)
     : values.only === undefined || values.only === "watch"
     ? DEFAULT_WATCHERS
     : 0;
@@ -357,11 +342,11 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     watchers,
     targets: target === "both" ? ["leader", "follower"] : [target],
     etcd: !(values["no-etcd"] ?? false),
-    runs: values.runs === undefined ? 1 : _positiveInt("runs", values.runs, 100),
+    runs: intOption("runs", values.runs, 1, 1, 100),
     json: values.json,
     loadgen,
     cpuProf: values["cpu-prof"],
-    top: values.top === undefined ? 15 : _positiveInt("top", values.top, 1000),
+    top: intOption("top", values.top, 15, 1, 1000),
     tls: values.tls ?? false,
   };
 }
@@ -1166,7 +1151,7 @@ export function parseSnapshotBenchArgs(args: string[]): SnapshotBenchOptions {
     throw new UsageError((error as Error).message);
   }
   const int = (name: string, text: string | undefined, fallback: number, max: number) =>
-    text === undefined ? fallback : _positiveInt(name, text, max);
+    intOption(name, text, fallback, 1, max);
   const loadgen = values.loadgen ?? "auto";
   if (loadgen !== "auto" && loadgen !== "wrk" && loadgen !== "deno") {
     throw new UsageError(`--loadgen must be auto, wrk or deno, got ${JSON.stringify(loadgen)}`);

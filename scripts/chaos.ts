@@ -24,6 +24,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { intOption, UsageError } from "../testing/args.ts";
 import { FAULT_KINDS, type FaultKind, randomSeed, runChaos } from "../testing/chaos_lib.ts";
 
 const _USAGE = `usage: deno task chaos [--duration SECONDS] [--nodes N] [--seed N] [--clients N]
@@ -43,15 +44,6 @@ const _USAGE = `usage: deno task chaos [--duration SECONDS] [--nodes N] [--seed 
   --tls       peer mutual TLS, HTTPS API and tokens (clients send a write token)
   --echo      copy the nodes' output to stderr
   --keep      keep the data directory`;
-
-function _int(name: string, text: string | undefined, fallback: number, min: number): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < min) {
-    throw new RangeError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
-  }
-  return n;
-}
 
 async function _main(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -81,18 +73,18 @@ async function _main(args: string[]): Promise<number> {
     : values.faults.split(",").map((name) => name.trim()).filter((name) => name !== "");
   for (const name of faults) {
     if (!(FAULT_KINDS as readonly string[]).includes(name)) {
-      throw new RangeError(`unknown fault kind ${JSON.stringify(name)}; known: ${FAULT_KINDS}`);
+      throw new UsageError(`unknown fault kind ${JSON.stringify(name)}; known: ${FAULT_KINDS}`);
     }
   }
-  const seed = _int("seed", values.seed, randomSeed(), 0);
-  const durationS = _int("duration", values.duration, 60, 1);
-  const nodes = _int("nodes", values.nodes, 3, 1);
-  const clients = _int("clients", values.clients, 5, 1);
-  const keys = _int("keys", values.keys, 8, 1);
-  const snapshotThreshold = _int("snapshot-threshold", values["snapshot-threshold"], 500, 1);
+  const seed = intOption("seed", values.seed, randomSeed(), 0);
+  const durationS = intOption("duration", values.duration, 60, 1);
+  const nodes = intOption("nodes", values.nodes, 3, 1);
+  const clients = intOption("clients", values.clients, 5, 1);
+  const keys = intOption("keys", values.keys, 8, 1);
+  const snapshotThreshold = intOption("snapshot-threshold", values["snapshot-threshold"], 500, 1);
   const leaseReads = Number(values["lease-reads"] ?? 0.3);
   if (!(leaseReads >= 0 && leaseReads <= 1)) {
-    throw new RangeError(
+    throw new UsageError(
       `--lease-reads must be a number from 0 to 1, got ${values["lease-reads"]}`,
     );
   }
@@ -131,7 +123,7 @@ if (import.meta.main) {
   try {
     Deno.exit(await _main(Deno.args));
   } catch (error) {
-    if (error instanceof RangeError || (error as { code?: string }).code?.startsWith("ERR_PARSE")) {
+    if (error instanceof UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE")) {
       console.error(`chaos: ${(error as Error).message}\n${_USAGE}`);
       Deno.exit(2);
     }

@@ -57,6 +57,7 @@
 
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { intOption } from "../testing/args.ts";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { parseProcStatusKb } from "./bench_lib.ts";
 
@@ -100,13 +101,7 @@ function _parseOptions(args: string[]): Options {
     },
     strict: true,
   });
-  const int = (name: string, text: string, max: number): number => {
-    const n = Number(text);
-    if (!Number.isSafeInteger(n) || n < 1 || n > max) {
-      throw new RangeError(`--${name} must be a whole number from 1 to ${max}, got ${text}`);
-    }
-    return n;
-  };
+  const int = (name: string, text: string, max: number) => intOption(name, text, 0, 1, max);
   return {
     connections: int("connections", values.connections, 20_000),
     clients: int("clients", values.clients, 4096),

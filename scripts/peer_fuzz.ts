@@ -20,6 +20,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { intOption, UsageError } from "../testing/args.ts";
 import { randomSeed } from "../testing/chaos_lib.ts";
 import { FUZZ_CATEGORIES, type FuzzCategory } from "../testing/peer_fuzz_lib.ts";
 import { runPeerFuzz } from "../testing/peer_fuzz_runner.ts";
@@ -37,17 +38,6 @@ const _USAGE = `usage: deno task fuzz:peer [--messages N] [--seed N] [--concurre
   --categories   the kinds of requests to send (default: all)
   --keep-going   triage: when a node stops, record it, start it again and go on
   --echo         copy the nodes' output to stderr`;
-
-class _UsageError extends Error {}
-
-function _int(name: string, text: string | undefined, fallback: number, min: number): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < min) {
-    throw new _UsageError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
-  }
-  return n;
-}
 
 async function _main(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -75,21 +65,21 @@ async function _main(args: string[]): Promise<number> {
     : values.categories.split(",").map((name) => name.trim()).filter((name) => name !== "");
   for (const name of categories) {
     if (!(FUZZ_CATEGORIES as readonly string[]).includes(name)) {
-      throw new _UsageError(`unknown category ${JSON.stringify(name)}; known: ${FUZZ_CATEGORIES}`);
+      throw new UsageError(`unknown category ${JSON.stringify(name)}; known: ${FUZZ_CATEGORIES}`);
     }
   }
-  const seed = _int("seed", values.seed, randomSeed(), 0);
-  const messages = _int("messages", values.messages, 100_000, 1);
+  const seed = intOption("seed", values.seed, randomSeed(), 0);
+  const messages = intOption("messages", values.messages, 100_000, 1);
   const started = performance.now();
   console.log(`fuzz:peer: starting seed ${seed}, ${messages} messages`);
   const report = await runPeerFuzz({
     seed,
     messages,
     categories: categories as FuzzCategory[],
-    concurrency: _int("concurrency", values.concurrency, 4, 1),
-    clients: _int("clients", values.clients, 4, 1),
-    keys: _int("keys", values.keys, 8, 1),
-    maxFuzzMs: _int("max-minutes", values["max-minutes"], 20, 1) * 60_000,
+    concurrency: intOption("concurrency", values.concurrency, 4, 1),
+    clients: intOption("clients", values.clients, 4, 1),
+    keys: intOption("keys", values.keys, 8, 1),
+    maxFuzzMs: intOption("max-minutes", values["max-minutes"], 20, 1) * 60_000,
     keepGoing: values["keep-going"],
     nodeFlags: positionals,
     checkTimeoutMs: 120_000,
@@ -110,7 +100,7 @@ if (import.meta.main) {
     Deno.exit(await _main(Deno.args));
   } catch (error) {
     if (
-      error instanceof _UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE")
+      error instanceof UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE")
     ) {
       console.error(`fuzz:peer: ${(error as Error).message}\n${_USAGE}`);
       Deno.exit(2);

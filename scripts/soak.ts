@@ -23,6 +23,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { intOption, UsageError } from "../testing/args.ts";
 import {
   type CheckName,
   DEFAULT_DURATION_MS,
@@ -44,15 +45,6 @@ options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
   --lease-reads FRACTION --watchers N --watch-fault repeat|skip|index
   --snapshot-threshold N|on --catch-up-entries N --disable check,check
   --disk-fault ${DISK_FAULTS.join("|")}`;
-
-function _int(name: string, text: string | undefined, fallback: number, min = 0): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < min) {
-    throw new RangeError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
-  }
-  return n;
-}
 
 interface _Common {
   nodes: "3" | "5" | "mixed";
@@ -310,14 +302,14 @@ async function _main(): Promise<number> {
   const nodes = values.nodes ?? (values.seed !== undefined ? undefined : "mixed");
   const common: _Common = {
     nodes: "mixed",
-    durationMs: _int("duration-ms", values["duration-ms"], DEFAULT_DURATION_MS, 1),
+    durationMs: intOption("duration-ms", values["duration-ms"], DEFAULT_DURATION_MS, 1),
   };
   if (nodes === undefined) {
     common.nodes = "mixed";
   } else if (nodes === "3" || nodes === "5" || nodes === "mixed") {
     common.nodes = nodes;
   } else {
-    throw new RangeError(`--nodes must be 3, 5 or mixed, got ${JSON.stringify(nodes)}`);
+    throw new UsageError(`--nodes must be 3, 5 or mixed, got ${JSON.stringify(nodes)}`);
   }
   if (values.faults !== undefined) {
     const parsed: unknown = JSON.parse(values.faults);
@@ -326,16 +318,16 @@ async function _main(): Promise<number> {
     }
     common.faults = parsed as Partial<FaultOptions>;
   }
-  if (values.clients !== undefined) common.clients = _int("clients", values.clients, 0, 1);
-  if (values.keys !== undefined) common.keys = _int("keys", values.keys, 0, 1);
+  if (values.clients !== undefined) common.clients = intOption("clients", values.clients, 0, 1);
+  if (values.keys !== undefined) common.keys = intOption("keys", values.keys, 0, 1);
   if (values["lease-holders"] !== undefined) {
-    common.leaseHolders = _int("lease-holders", values["lease-holders"], 0, 0);
+    common.leaseHolders = intOption("lease-holders", values["lease-holders"], 0, 0);
   }
-  if (values.watchers !== undefined) common.watchers = _int("watchers", values.watchers, 0, 0);
+  if (values.watchers !== undefined) common.watchers = intOption("watchers", values.watchers, 0, 0);
   const watchFault = values["watch-fault"];
   if (watchFault !== undefined) {
     if (watchFault !== "repeat" && watchFault !== "skip" && watchFault !== "index") {
-      throw new RangeError(
+      throw new UsageError(
         `--watch-fault must be repeat, skip or index, got ${JSON.stringify(watchFault)}`,
       );
     }
@@ -344,7 +336,7 @@ async function _main(): Promise<number> {
   const fault = values["disk-fault"];
   if (fault !== undefined) {
     if (!(DISK_FAULTS as readonly string[]).includes(fault)) {
-      throw new RangeError(
+      throw new UsageError(
         `--disk-fault must be one of ${DISK_FAULTS.join(", ")}, got ${JSON.stringify(fault)}`,
       );
     }
@@ -353,7 +345,7 @@ async function _main(): Promise<number> {
   if (values["lease-reads"] !== undefined) {
     const rate = Number(values["lease-reads"]);
     if (!(rate >= 0 && rate <= 1)) {
-      throw new RangeError(
+      throw new UsageError(
         `--lease-reads must be a fraction in [0, 1], got ${values["lease-reads"]}`,
       );
     }
@@ -361,20 +353,22 @@ async function _main(): Promise<number> {
   }
   const threshold = values["snapshot-threshold"];
   if (threshold !== undefined) {
-    common.snapshotThreshold = threshold === "on" ? "on" : _int("snapshot-threshold", threshold, 0);
+    common.snapshotThreshold = threshold === "on"
+      ? "on"
+      : intOption("snapshot-threshold", threshold, 0);
   }
   if (values["catch-up-entries"] !== undefined) {
-    common.catchUpEntries = _int("catch-up-entries", values["catch-up-entries"], 0);
+    common.catchUpEntries = intOption("catch-up-entries", values["catch-up-entries"], 0);
   }
   if (values.disable !== undefined) {
     common.disabledChecks = values.disable.split(",").filter(Boolean) as CheckName[];
   }
   if (values.seed !== undefined) {
-    return await _replay(_int("seed", values.seed, 0), common, !values["no-trace"]);
+    return await _replay(intOption("seed", values.seed, 0), common, !values["no-trace"]);
   }
-  const count = _int("seeds", values.seeds, 100, 1);
-  const start = _int("start", values.start, 1);
-  const jobs = _int("jobs", values.jobs, 1, 1);
+  const count = intOption("seeds", values.seeds, 100, 1);
+  const start = intOption("start", values.start, 1);
+  const jobs = intOption("jobs", values.jobs, 1, 1);
   return await _soak(start, count, jobs, common);
 }
 

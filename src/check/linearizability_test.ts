@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { seededRandom } from "../raft/rand.ts";
 import {
   checkLinearizability,
   type CheckResult,
@@ -60,18 +61,6 @@ function assertViolation(result: CheckResult, key: string, message = ""): string
   assert.equal(result.key, key, message);
   assert.ok(result.operations.every((op) => op.key === key), message);
   return result.reason;
-}
-
-/** mulberry32: a seeded generator of numbers in [0, 1). */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 interface GenerateOptions {
@@ -447,7 +436,7 @@ Deno.test("checkLinearizability() accepts random linearizable histories and reje
   let staleChecked = 0;
   let futureChecked = 0;
   for (let seed = 1; seed <= 300; seed++) {
-    const random = seeded(seed);
+    const random = seededRandom(seed);
     const history = generateHistory(random, {
       clients: 2 + Math.floor(random() * 6),
       operations: 10 + Math.floor(random() * 80),
@@ -533,7 +522,7 @@ function bruteForce(history: Operation[]): boolean {
 Deno.test("checkLinearizability() agrees with a brute-force search on tiny random histories", () => {
   let rejected = 0;
   for (let seed = 1; seed <= 3000; seed++) {
-    const random = seeded(seed);
+    const random = seededRandom(seed);
     const values = ["a", "b", "c"];
     const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)] as T;
     const history: Operation[] = [];
@@ -562,7 +551,7 @@ Deno.test("checkLinearizability() agrees with a brute-force search on tiny rando
   let rejected = 0;
   let casApplied = 0;
   for (let seed = 1; seed <= 3000; seed++) {
-    const random = seeded(1_000_000 + seed);
+    const random = seededRandom(1_000_000 + seed);
     const values = ["a", "b", "c"];
     const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)] as T;
     const history: Operation[] = [];
@@ -655,7 +644,7 @@ Deno.test("checkLinearizability() lets a compare-and-set of unknown outcome take
 Deno.test("checkLinearizability() checks 2000 operations of 8 to 10 concurrent clients on one key, with or without compare-and-set", () => {
   const runs = [[7, 8, 0, 0], [8, 8, 0.02, 0], [9, 10, 0.05, 0], [10, 8, 0.02, 0.5]] as const;
   for (const [seed, clients, unknownRate, casRate] of runs) {
-    const history = generateHistory(seeded(seed), {
+    const history = generateHistory(seededRandom(seed), {
       clients,
       operations: 2000,
       keys: 1,
