@@ -14,6 +14,7 @@ import http2 from "node:http2";
 import { setImmediate } from "node:timers";
 import type net from "node:net";
 import type tls from "node:tls";
+import { h2Response, responseHeaders } from "../util/h2_response.ts";
 import { connectH2Socket } from "../util/h2_socket.ts";
 import {
   AnswerReader,
@@ -169,7 +170,9 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
       if (signal.aborted) throw signal.reason;
       throw new ForwardConnectError(_message(e), { cause: e });
     }
-    return await _exchange(stream, body, signal);
+    const answer = h2Response(stream, signal);
+    if (body !== null) stream.end(body);
+    return await answer;
   };
 
   /** Origins whose leader answered a batch with 404: they are sent one request at a time. */
@@ -301,90 +304,6 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
   };
 }
 
-/**
- * Sends `body` on `stream` and resolves with the response once its headers arrive; its body
- * streams. Rejects on a reset or closed stream, and with the signal's reason once it aborts.
- */
-function _exchange(
-  stream: http2.ClientHttp2Stream,
-  body: Uint8Array | null,
-  signal: AbortSignal,
-): Promise<Response> {
-  return new Promise<Response>((resolve, reject) => {
-    let settled = false;
-    let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
-    let bodyDone = false;
-    const fail = (e: unknown) => {
-      signal.removeEventListener("abort", onAbort);
-      if (!settled) {
-        settled = true;
-        reject(signal.aborted ? signal.reason : e);
-      } else if (!bodyDone) {
-        bodyDone = true;
-        try {
-          controller?.error(e);
-        } catch { /* already closed */ }
-      }
-    };
-    const onAbort = () => {
-      stream.close(http2.constants.NGHTTP2_CANCEL);
-      fail(signal.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    stream.on("error", fail);
-    stream.on("close", () => {
-      fail(new Error(`the HTTP/2 stream closed (code ${stream.rstCode}) before the answer ended`));
-    });
-    stream.on("response", (h) => {
-      const status = Number(h[":status"]);
-      const out = new Headers();
-      for (const [name, value] of Object.entries(h)) {
-        if (!name.startsWith(":") && value !== undefined) {
-          out.set(name, Array.isArray(value) ? value.join(", ") : String(value));
-        }
-      }
-      const nullBody = status === 204 || status === 304;
-      const answer = nullBody ? null : new ReadableStream<Uint8Array>({
-        start(c) {
-          controller = c;
-          stream.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
-          stream.on("end", () => {
-            if (bodyDone) return;
-            // Deno ends a client stream also when its connection breaks after the headers (the
-            // leader died, the link was cut), with a reset code set: relaying that body as
-            // complete would turn a cut answer into a wrong one (a 200 with an empty body).
-            if (
-              stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR
-            ) {
-              fail(
-                new Error(
-                  `the HTTP/2 stream closed (code ${stream.rstCode}) before the answer ended`,
-                ),
-              );
-              return;
-            }
-            bodyDone = true;
-            signal.removeEventListener("abort", onAbort);
-            c.close();
-          });
-        },
-        cancel() {
-          bodyDone = true;
-          stream.close(http2.constants.NGHTTP2_CANCEL);
-        },
-      });
-      if (nullBody) {
-        bodyDone = true;
-        signal.removeEventListener("abort", onAbort);
-        stream.resume();
-      }
-      settled = true;
-      resolve(new Response(answer, { status, headers: out }));
-    });
-    if (body !== null) stream.end(body);
-  });
-}
-
 /** A request waiting in, or sent with, a batch. */
 interface _Pending {
   item: BatchItem;
@@ -455,12 +374,7 @@ function _exchangeBatch(
         for (const p of live) unknown(p);
         return;
       }
-      const headers = new Headers();
-      for (const [name, value] of Object.entries(h)) {
-        if (!name.startsWith(":") && value !== undefined) {
-          headers.set(name, Array.isArray(value) ? value.join(", ") : String(value));
-        }
-      }
+      const headers = responseHeaders(h);
       const body = new Blob(chunks as BlobPart[]);
       const nullBody = status === 204 || status === 304;
       for (const p of live) {

@@ -15,6 +15,7 @@ import http2 from "node:http2";
 import type net from "node:net";
 import tls from "node:tls";
 import { writeBody } from "./h2_body.ts";
+import { h2Response } from "../util/h2_response.ts";
 import { connectH2Socket } from "../util/h2_socket.ts";
 
 /** The TLS settings of an {@linkcode H2Client}, for `https:` URLs. */
@@ -90,106 +91,33 @@ export class H2Client {
     const target = new URL(url);
     const signal = init.signal;
     if (signal?.aborted) return Promise.reject(signal.reason);
-    return new Promise<Response>((resolve, reject) => {
-      let session: http2.ClientHttp2Session;
-      try {
-        session = this.#session(target.origin);
-      } catch (e) {
-        return reject(e);
-      }
-      const req = session.request({
+    let req: http2.ClientHttp2Stream;
+    try {
+      req = this.#session(target.origin).request({
         ":method": init.method ?? "GET",
         ":path": target.pathname + target.search,
         ...init.headers,
       });
-      let settled = false;
-      let controller: ReadableStreamDefaultController<Uint8Array> | null = null;
-      /** Whether the response body has ended, failed or been cancelled. */
-      let bodyDone = false;
-      const fail = (e: unknown) => {
-        if (!settled) {
-          settled = true;
-          reject(e);
-        } else if (!bodyDone) {
-          bodyDone = true;
-          try {
-            controller?.error(e);
-          } catch { /* already closed */ }
-        }
-      };
-      const onAbort = () => {
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const answer = h2Response(req, signal);
+    const body = init.body;
+    if (init.onStream !== undefined) {
+      init.onStream(req);
+    } else if (!body) {
+      req.end();
+    } else if (body instanceof Uint8Array) {
+      req.end(body);
+    } else {
+      // A body that cannot be sent cancels the request, and its error is the answer's.
+      const unsent = writeBody(body, req).then(() => new Promise<never>(() => {}), (e) => {
         req.close(http2.constants.NGHTTP2_CANCEL);
-        fail(signal!.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      req.on("error", fail);
-      req.on("close", () => {
-        signal?.removeEventListener("abort", onAbort);
-        // A stream can close without an error event (connection closed or refused), and after
-        // the response without an end event (a HEAD answer, a reset): never leave the request,
-        // or a read of its body, hanging.
-        fail(
-          new Error(
-            settled
-              ? `HTTP/2 stream closed before the response body ended (code ${req.rstCode})`
-              : `HTTP/2 stream closed before a response (code ${req.rstCode})`,
-          ),
-        );
+        throw e;
       });
-      req.on("response", (headers) => {
-        const status = Number(headers[":status"]);
-        const out = new Headers();
-        for (const [k, v] of Object.entries(headers)) {
-          if (!k.startsWith(":") && v !== undefined) {
-            out.set(k, Array.isArray(v) ? v.join(", ") : String(v));
-          }
-        }
-        const body = new ReadableStream<Uint8Array>({
-          start(c) {
-            controller = c;
-            req.on("data", (chunk: Uint8Array) => c.enqueue(new Uint8Array(chunk)));
-            req.on("end", () => {
-              if (bodyDone) return;
-              // Deno ends a client stream also when its connection breaks after the headers (the
-              // server died, the link was cut), with a reset code set: that body is cut, not done.
-              if (req.rstCode !== undefined && req.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
-                fail(
-                  new Error(
-                    `HTTP/2 stream closed before the response body ended (code ${req.rstCode})`,
-                  ),
-                );
-                return;
-              }
-              bodyDone = true;
-              try {
-                c.close();
-              } catch { /* already errored */ }
-            });
-          },
-          cancel() {
-            bodyDone = true;
-            req.close(http2.constants.NGHTTP2_CANCEL);
-          },
-        });
-        settled = true;
-        const nullBody = status === 204 || status === 304;
-        if (nullBody) req.resume();
-        resolve(new Response(nullBody ? null : body, { status, headers: out }));
-      });
-      const body = init.body;
-      if (init.onStream !== undefined) {
-        init.onStream(req);
-      } else if (!body) {
-        req.end();
-      } else if (body instanceof Uint8Array) {
-        req.end(body);
-      } else {
-        writeBody(body, req).catch((e) => {
-          req.close(http2.constants.NGHTTP2_CANCEL);
-          fail(e);
-        });
-      }
-    });
+      return Promise.race([answer, unsent]);
+    }
+    return answer;
   }
 
   /**
