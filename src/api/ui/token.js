@@ -73,9 +73,10 @@ export function refusalMessage(status, store, what, why = "") {
 }
 
 /**
- * Wires the page's token form (`#auth`, with `#auth-message` and the `#token` field): `ask`
- * shows it with a message; a token typed in is kept in `store`, the form hides, and `onToken`
- * runs (to retry what was refused).
+ * Fills the page's empty token form (`<form id="auth" hidden>`, the same on every page) with its
+ * message (`#auth-message`), its field (`#token`) and its button, and wires it: `ask` shows it
+ * with a message; a token typed in is kept in `store`, the form hides, and `onToken` runs (to
+ * retry what was refused).
  *
  * @param {{ get(): string | null, set(value: string | null): void }} store The tab's token.
  * @param {() => void} onToken Called after a token was entered.
@@ -83,8 +84,34 @@ export function refusalMessage(status, store, what, why = "") {
  */
 export function tokenForm(store, onToken) {
   const form = /** @type {HTMLFormElement} */ (document.getElementById("auth"));
-  const message = /** @type {HTMLElement} */ (document.getElementById("auth-message"));
-  const input = /** @type {HTMLInputElement} */ (document.getElementById("token"));
+  const make = (
+    /** @type {string} */ tag,
+    /** @type {Record<string, string>} */ attributes = {},
+  ) => {
+    const element = document.createElement(tag);
+    for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+    return element;
+  };
+  const message = make("p", { id: "auth-message" });
+  const label = make("label", { for: "token" });
+  label.textContent = "Bearer token";
+  const input = /** @type {HTMLInputElement} */ (make("input", {
+    id: "token",
+    name: "token",
+    type: "password",
+    autocomplete: "off",
+    spellcheck: "false",
+    required: "",
+  }));
+  const button = make("button", { type: "submit" });
+  button.textContent = "Use token";
+  const row = make("span", { class: "auth-row" });
+  row.append(input, button);
+  const note = make("p", { class: "muted" });
+  const header = make("code");
+  header.textContent = "Authorization: Bearer …";
+  note.append("Kept in this tab only (session storage), sent as ", header, ".");
+  form.replaceChildren(message, label, row, note);
   let waiting = false;
   form.addEventListener("submit", (event) => {
     event.preventDefault();
