@@ -17,6 +17,7 @@ import {
 } from "./src/cli/config.ts";
 import { type ApiTls, reloadTokensFile } from "./src/cli/api_security.ts";
 import type { PeerTlsConfig } from "./src/cli/peer_tls.ts";
+import { FileChanges } from "./src/cli/file_changes.ts";
 import {
   applyHostsOverride,
   DEBUG_STALE_READS_ENV,
@@ -232,11 +233,11 @@ export async function main(args: string[]): Promise<number> {
       ),
   };
   const apiServer = serveAgain("REST API", apiOptions, api, log);
-  // When each certificate in force expires, for alerts; set again when SIGHUP reloads it.
+  // When each certificate in force expires, for alerts; set again when it is reloaded.
   const expiry = metrics.gaugeVec(
     "raftkv_tls_certificate_expiry_timestamp_seconds",
     "When the certificate this node presents expires (seconds since the epoch), by use: peer " +
-      "(mutual TLS) or api (HTTPS); set again when SIGHUP reloads it",
+      "(mutual TLS) or api (HTTPS); set again when it is reloaded",
     ["use"],
   );
   const setExpiry = (use: "peer" | "api", pem: string) => {
@@ -276,28 +277,46 @@ export async function main(args: string[]): Promise<number> {
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
   // SIGHUP reads the tokens file and the TLS files again: tokens are added, revoked or re-roled
-  // and certificates rotated without a restart.
-  const onHangup = () => {
+  // and certificates rotated without a restart. So does a change to those files, looked for every
+  // --reload-interval.
+  const reload = (reason: string, groups: readonly string[]) => {
     const read = (p: string) => Deno.readTextFileSync(p);
-    const tls = config.tlsSources.peer !== null || config.tlsSources.api !== null;
-    if (config.tokens !== null || !tls) {
-      const said = reloadTokensFile(config.tokensFile, (t) => api.reloadTokens(t), read);
+    if (groups.includes("tokens")) {
+      const said = reloadTokensFile(config.tokensFile, (t) => api.reloadTokens(t), read, reason);
       log[said.level](said.message);
     }
-    if (tls) {
-      _reloadTls(config, read, log, {
-        peer: (files) => {
-          peerTlsServer?.setCredentials(files);
-          transport?.setTls(files);
-          forwarder.setTls(files);
-          setExpiry("peer", files.cert);
-        },
-        api: async (files) => {
-          await apiServer.relisten({ ...apiOptions, ...files });
-          setExpiry("api", files.cert);
-        },
-      });
-    }
+    const { peer, api: apiFiles } = config.tlsSources;
+    const tlsSources = {
+      peer: groups.includes("peer") ? peer : null,
+      api: groups.includes("api") ? apiFiles : null,
+    };
+    if (tlsSources.peer === null && tlsSources.api === null) return;
+    _reloadTls(reason, { ...config, tlsSources }, read, log, {
+      peer: (files) => {
+        peerTlsServer?.setCredentials(files);
+        transport?.setTls(files);
+        forwarder.setTls(files);
+        setExpiry("peer", files.cert);
+      },
+      api: async (files) => {
+        await apiServer.relisten({ ...apiOptions, ...files });
+        setExpiry("api", files.cert);
+      },
+    });
+  };
+  const changes = new FileChanges(_reloadedFiles(config), (p) => Deno.readTextFileSync(p));
+  const looking = config.reloadIntervalMs > 0 && changes.groups.length > 0
+    ? setInterval(() => {
+      const changed = changes.poll();
+      if (changed.length > 0) reload("files changed", changed);
+    }, config.reloadIntervalMs)
+    : undefined;
+  const onHangup = () => {
+    const tls = config.tlsSources.peer !== null || config.tlsSources.api !== null;
+    // Without TLS, SIGHUP says so even when the node has no tokens file.
+    const groups = config.tokens !== null || !tls ? ["tokens", "peer", "api"] : ["peer", "api"];
+    changes.settle();
+    reload("SIGHUP", groups);
   };
   const hangup = Deno.build.os !== "windows";
   if (hangup) Deno.addSignalListener("SIGHUP", onHangup);
@@ -308,6 +327,7 @@ export async function main(args: string[]): Promise<number> {
 
   joining.abort();
   clearInterval(reducer);
+  clearInterval(looking);
   log.info(fatal ? "stopping after a fatal error" : "stopping");
   if (!fatal && config.transferOnShutdown) await _handOver(node, config.electionTimeoutMs, log);
   // Stop taking requests, finish the write in flight, then close the peer side. A server's
@@ -326,11 +346,13 @@ export async function main(args: string[]): Promise<number> {
 }
 
 /**
- * Reads the TLS files again (SIGHUP) and puts them in force: the peers' through `apply.peer`
+ * Reads the TLS files again (on SIGHUP, or because they changed: `reason` says which, in the
+ * log) and puts them in force: the peers' through `apply.peer`
  * (the peer server and the clients), the API's through `apply.api`. Files that fail the checks
  * change nothing; each outcome is logged.
  */
 function _reloadTls(
+  reason: string,
   config: NodeConfig,
   read: (path: string) => string,
   log: Logger,
@@ -341,7 +363,7 @@ function _reloadTls(
     files = reloadTlsFiles(config, read);
   } catch (e) {
     log.error(
-      `SIGHUP: could not reload the TLS files (${
+      `${reason}: could not reload the TLS files (${
         _message(e)
       }); the certificates in force stay in force`,
     );
@@ -352,14 +374,14 @@ function _reloadTls(
     try {
       apply.peer(peer);
       log.info(
-        `SIGHUP: reloaded the peer TLS files: ${
+        `${reason}: reloaded the peer TLS files: ${
           _describeCert(peer.cert)
         }, for connections opened ` +
           "from now on",
       );
     } catch (e) {
       log.error(
-        `SIGHUP: could not use the new peer TLS files (${
+        `${reason}: could not use the new peer TLS files (${
           _message(e)
         }); the certificates in force stay in force`,
       );
@@ -367,15 +389,27 @@ function _reloadTls(
   }
   if (api !== null) {
     apply.api(api).then(
-      () => log.info(`SIGHUP: reloaded the API's certificate: ${_describeCert(api.cert)}`),
+      () => log.info(`${reason}: reloaded the API's certificate: ${_describeCert(api.cert)}`),
       (e) =>
         log.error(
-          `SIGHUP: the API could not listen with the new certificate (${
+          `${reason}: the API could not listen with the new certificate (${
             _message(e)
           }); it listens with the one in force`,
         ),
     );
   }
+}
+
+/** The files a node loads again when they change, by group (see `FileChanges`). */
+function _reloadedFiles(config: NodeConfig): Record<string, string[]> {
+  const { peer, api } = config.tlsSources;
+  const paths = (...raws: ({ value: string } | undefined)[]) =>
+    raws.flatMap((raw) => raw === undefined ? [] : [raw.value]);
+  return {
+    tokens: paths(config.tokensFile ?? undefined),
+    peer: peer === null ? [] : paths(peer.cert, peer.key, peer.ca),
+    api: api === null ? [] : paths(api.cert, api.key),
+  };
 }
 
 /** A certificate's subject and expiry, for the log. */

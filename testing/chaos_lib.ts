@@ -556,7 +556,8 @@ export type FaultKind =
   /**
    * Renew every node's certificates (same CA) and send SIGHUP to one node (or, one time in three,
    * to every node): it swaps its API server and its peer credentials under load. The node must
-   * then present its new certificate. Runs with `tls` only.
+   * then present its new certificate. The nodes not signalled take the files by themselves once
+   * they look at them (`--reload-interval`). Runs with `tls` only.
    */
   | "rotate";
 

@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { PERMISSION_FLAGS } from "../main.ts";
-import { makeCertificates, randomToken } from "../testing/certs.ts";
+import { X509Certificate } from "node:crypto";
+import { makeCertificates, randomToken, servedCertificate } from "../testing/certs.ts";
 import { readSse } from "../src/util/sse.ts";
 import {
   cleanEnv,
@@ -176,7 +177,8 @@ Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused, their wat
     const { path, tokens } = await writeTokens(dir);
     await using cluster = await startCluster({
       size: 1,
-      nodeFlags: ["--tokens-file", path],
+      // SIGHUP alone: the node does not look at its files by itself.
+      nodeFlags: ["--tokens-file", path, "--reload-interval", "0"],
       token: tokens.admin,
     });
     const id = await cluster.waitForLeader();
@@ -348,3 +350,106 @@ function _kv(answer: unknown): { k: unknown; v: unknown } {
   const { k, v } = answer as { k?: unknown; v?: unknown };
   return { k, v };
 }
+
+Deno.test("changed files are loaded again without a signal: renewed certificates and a new tokens file take over on every node; a broken file changes nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-file-reload-" });
+  try {
+    const nodes = ["node-1", "node-2", "node-3"];
+    await Deno.mkdir(join(dir, "peer"));
+    await Deno.mkdir(join(dir, "api"));
+    const peerCerts = await makeCertificates(join(dir, "peer"), { nodes });
+    const apiCerts = await makeCertificates(join(dir, "api"), { nodes });
+    const { path, tokens } = await writeTokens(dir);
+    await using cluster = await startCluster({
+      size: 3,
+      tls: peerCerts,
+      apiCerts,
+      token: tokens.admin,
+      nodeFlags: ["--tokens-file", path, "--reload-interval", "200ms"],
+    });
+    const read = (file: string) => Deno.readTextFileSync(file);
+    const fingerprint = (file: string) => new X509Certificate(read(file)).fingerprint256;
+    const port = (url: string) => Number(new URL(url).port);
+    const client = {
+      cert: read(peerCerts.node("node-1").cert),
+      key: read(peerCerts.node("node-1").key),
+    };
+    const served = (id: string) =>
+      Promise.all([
+        servedCertificate(port(cluster.api(id)), read(apiCerts.ca), null),
+        servedCertificate(port(cluster.rpc(id)), read(peerCerts.ca), client),
+      ]).catch((e: Error) => [e.message, e.message]);
+    const leader = await cluster.waitForLeader(20_000);
+    const follower = nodes.find((id) => id !== leader)!;
+    const put = (token: string, k: string) =>
+      cluster.request(follower, "PUT", `/v1/data/${k}`, { v: k }, { headers: bearer(token) });
+    expectJson(await put(tokens.write, "before"), 200, "a forwarded write before the change");
+    const before = await served("node-2");
+
+    // Every certificate renewed in place, and a tokens file that revokes the write token and adds
+    // another; no signal.
+    await makeCertificates(join(dir, "api"), { nodes, renew: true });
+    await makeCertificates(join(dir, "peer"), { nodes, renew: true });
+    const added = randomToken();
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify([
+        { token: tokens.admin, role: "admin", name: "ops" },
+        { token: added, role: "write", name: "deployer" },
+      ]),
+    );
+    for (const id of nodes) {
+      const wanted = [fingerprint(apiCerts.node(id).cert), fingerprint(peerCerts.node(id).cert)];
+      assert.notDeepEqual(wanted, before, "the certificates were renewed");
+      let last: string[] = [];
+      await waitFor(async () => {
+        last = await served(id);
+        return last[0] === wanted[0] && last[1] === wanted[1];
+      }, {
+        deadlineMs: 10_000,
+        intervalMs: 100,
+        message: () => `${id} to serve its renewed certificates (it serves ${last.join(", ")})`,
+      });
+    }
+    await waitFor(async () => (await put(added, "added")).status === 200, {
+      deadlineMs: 10_000,
+      message: "the added token to be taken (forwarded over the renewed peer certificates)",
+    });
+    expectJson(await put(tokens.write, "revoked"), 401, "a revoked token");
+    const count = (id: string, text: string) =>
+      cluster.logs(id).filter((l) => l.includes(text)).length;
+    for (const id of nodes) {
+      await waitFor(
+        () =>
+          count(id, `files changed: reloaded the peer TLS files: CN=${id}`) === 1 &&
+          count(id, `files changed: reloaded the API's certificate: CN=${id}`) === 1 &&
+          count(id, `files changed: reloaded 2 tokens from --tokens-file`) === 1,
+        {
+          deadlineMs: 5_000,
+          message: () => `${id} to log each reload:\n${cluster.formatLogs([id])}`,
+        },
+      );
+    }
+
+    // A file broken in place (a renewal tool that died half way) changes nothing, and says so.
+    const inForce = await served(leader);
+    await Deno.writeTextFile(apiCerts.node(leader).cert, "not a certificate\n");
+    await waitFor(
+      () => count(leader, "files changed: could not reload the TLS files") === 1,
+      { deadlineMs: 10_000, message: "the refused reload to be logged" },
+    );
+    assert.deepEqual(await served(leader), inForce);
+    expectJson(await put(added, "after"), 200, "a write after the refused reload");
+    // Each change was loaded once, and nothing else was: the files held still since.
+    for (const id of nodes) {
+      assert.equal(count(id, "files changed: reloaded the API's certificate"), 1, id);
+      assert.equal(count(id, "files changed: reloaded the peer TLS files"), 1, id);
+    }
+    const logs = nodes.map((id) => cluster.logs(id).join("\n")).join("\n");
+    for (const token of [...Object.values(tokens), added]) {
+      assert.ok(!logs.includes(token), "a token leaked");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

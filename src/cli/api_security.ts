@@ -129,9 +129,9 @@ export function readTokens(
 }
 
 /**
- * Reads the tokens file again (on SIGHUP) and hands its tokens to `replace`, which puts them in
- * force. A file that cannot be read or holds bad tokens changes nothing: the tokens in force stay
- * in force, and the answer says why.
+ * Reads the tokens file again (on SIGHUP, or because it changed) and hands its tokens to
+ * `replace`, which puts them in force. A file that cannot be read or holds bad tokens changes
+ * nothing: the tokens in force stay in force, and the answer says why.
  *
  * @example Usage
  * ```ts
@@ -149,17 +149,20 @@ export function readTokens(
  * @param replace Puts the tokens in force; returns how many requests held on a revoked token
  * (watch streams, blocking reads) it ended.
  * @param readFile Reads a file's text.
+ * @param reason Why the file is read again, at the start of each message. Default `"SIGHUP"`.
  * @returns What to log, and at which level.
  */
 export function reloadTokensFile(
   file: RawValue | null,
   replace: (tokens: readonly TokenConfig[]) => number,
   readFile: (path: string) => string,
+  reason = "SIGHUP",
 ): { level: "info" | "warn" | "error"; message: string } {
   if (file === null) {
     return {
       level: "warn",
-      message: `SIGHUP: this node has no --tokens-file to read again (tokens from ${TOKENS_ENV}, ` +
+      message:
+        `${reason}: this node has no --tokens-file to read again (tokens from ${TOKENS_ENV}, ` +
         "or none, change with a restart); nothing changed",
     };
   }
@@ -170,7 +173,7 @@ export function reloadTokensFile(
     return {
       level: "info",
       message:
-        `SIGHUP: reloaded ${plural(tokens.length, "token")} from ${file.origin} ${
+        `${reason}: reloaded ${plural(tokens.length, "token")} from ${file.origin} ${
           JSON.stringify(file.value)
         }` +
         (ended > 0
@@ -182,7 +185,7 @@ export function reloadTokensFile(
   } catch (e) {
     return {
       level: "error",
-      message: `SIGHUP: could not reload the tokens (${
+      message: `${reason}: could not reload the tokens (${
         e instanceof Error ? e.message : String(e)
       }); the tokens in force stay in force`,
     };

@@ -157,6 +157,11 @@ export interface NodeConfig {
    * peers use mutual TLS, the API's certificate and key when it serves HTTPS; `null` otherwise.
    */
   tlsSources: TlsSources;
+  /**
+   * How often the node looks at its tokens file and TLS files for changes in milliseconds, or 0
+   * for never (only SIGHUP loads them again). Default 5000.
+   */
+  reloadIntervalMs: number;
 }
 
 /** Where a node's TLS files came from (see {@linkcode NodeConfig.tlsSources}). */
@@ -483,10 +488,21 @@ export function parseArgs(
       peer: peerTls === null ? null : peerTlsSettings,
       api: apiTls === null ? null : { cert: certFile!, key: keyFile! },
     },
+    reloadIntervalMs: _reloadInterval(settings),
   };
   const open = openApiWarning(config.apiListenHost, apiPort, config.tokens);
   const warnings = [..._unknownEnvWarnings(env), ...(open === null ? [] : [open])];
   return { kind: "run", config, warnings };
+}
+
+/** `--reload-interval`: 0 (off), or 100 ms or more (each look reads every file). */
+function _reloadInterval(settings: _Settings): number {
+  const ms = settings.duration("--reload-interval", true);
+  if (ms === undefined) return DEFAULTS.reloadIntervalMs;
+  if (ms > 0 && ms < 100) {
+    throw _invalid(settings.raw("--reload-interval")!, "is under 100ms (0 turns the looks off)");
+  }
+  return ms;
 }
 
 /** Looks settings up by flag, then environment variable, and validates them. */
@@ -535,7 +551,7 @@ class _Settings {
     return value;
   }
 
-  duration(name: string): number | undefined {
+  duration(name: string, zero = false): number | undefined {
     const raw = this.raw(name);
     if (raw === undefined) return undefined;
     let ms: number;
@@ -546,7 +562,7 @@ class _Settings {
         cause: error,
       });
     }
-    if (ms === 0) throw _invalid(raw, "is not a positive duration");
+    if (ms === 0 && !zero) throw _invalid(raw, "is not a positive duration");
     return ms;
   }
 

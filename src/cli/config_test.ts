@@ -103,6 +103,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   tokens: null,
   tokensFile: null,
   tlsSources: { peer: null, api: null },
+  reloadIntervalMs: 5000,
   transferOnShutdown: true,
   compactHeap: false,
 };
@@ -148,6 +149,9 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--max-concurrent-backups", "1", { maxConcurrentBackups: 1 }],
   ["--max-watchers", "5", { maxWatchers: 5 }],
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
+  ["--reload-interval", "30s", { reloadIntervalMs: 30_000 }],
+  ["--reload-interval", "0", { reloadIntervalMs: 0 }],
+  ["--reload-interval", "100ms", { reloadIntervalMs: 100 }],
   ["--watch-history", "500", { watchHistoryEvents: 500 }],
   ["--watch-history-bytes", "4096", { watchHistoryBytes: 4096 }],
   ["--watch-buffer", "16", { watchBufferEvents: 16 }],
@@ -256,6 +260,10 @@ Deno.test("parseArgs() rejects bad durations, naming the flag or variable", () =
   _assertConfigError(
     () => parseArgs(["--id", "node-1", "--api-fwd-timeout", "0s"], {}, _files()),
     'Invalid value for --api-fwd-timeout: "0s" is not a positive duration',
+  );
+  _assertConfigError(
+    () => parseArgs(["--id", "node-1"], { RAFTKV_RELOAD_INTERVAL: "99ms" }, _files()),
+    'Invalid value for RAFTKV_RELOAD_INTERVAL: "99ms" is under 100ms (0 turns the looks off)',
   );
 });
 

@@ -65,6 +65,8 @@ export const DEFAULTS = {
   maxConcurrentBackups: 2,
   /** Default of `--backup-timeout`, in milliseconds (10 minutes). */
   backupTimeoutMs: 600_000,
+  /** Default of `--reload-interval`, in milliseconds. */
+  reloadIntervalMs: 5_000,
   /** Default of `--watch-history`: change events kept for watches. */
   watchHistoryEvents: 10_000,
   /** Default of `--watch-history-bytes` (64 MiB): bytes of change events kept for watches. */
@@ -432,7 +434,15 @@ export const FLAGS: readonly FlagInfo[] = [
     "<file>",
     `none (${TOKENS_ENV}, else no authentication)`,
     'Bearer tokens of the client API: a JSON array of {"token", "role", "name"}, roles "read", ' +
-      `"write", "admin"; ${TOKENS_ENV} may hold the same JSON instead; SIGHUP reads the file again`,
+      `"write", "admin"; ${TOKENS_ENV} may hold the same JSON instead; read again when it changes and on SIGHUP`,
+  ),
+  _flag(
+    "Security",
+    "--reload-interval",
+    "<duration>",
+    `${_D.reloadIntervalMs / 1000}s`,
+    "How often the node looks at its --tokens-file and TLS files; once they changed and hold " +
+      "still for one more look, it loads them again as SIGHUP does (0: only on SIGHUP)",
   ),
   _flag(
     "Kubernetes (--join-mode k8s)",

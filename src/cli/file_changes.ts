@@ -1,0 +1,100 @@
+/**
+ * Notices that files a node loaded at start (its tokens file, its TLS certificates and keys) were
+ * changed, so that it can load them again without a signal: a renewal tool, or Kubernetes
+ * updating a mounted Secret, only has to write the files.
+ *
+ * @module
+ */
+
+/**
+ * Files in named groups (`"tokens"`, `"peer"`, `"api"`), checked by {@linkcode FileChanges.poll}:
+ * a group is reported once the contents of its files differ from those last settled (at start, or
+ * when they were last loaded), and have read the same in two checks in a row. A file being
+ * written, or a certificate renewed before its key, is thus not reported half done while the
+ * writer is still at it (a pause longer than a check still lets it through; the reload's checks
+ * then refuse it and the next change is reported again). A file that cannot be read counts as
+ * changed contents too, so that its loss is said in the log.
+ *
+ * @example Usage
+ * ```ts
+ * import { FileChanges } from "./file_changes.ts";
+ *
+ * const files = new Map([["tokens.json", "a"]]);
+ * const changes = new FileChanges({ tokens: ["tokens.json"] }, (p) => files.get(p)!);
+ * files.set("tokens.json", "b");
+ * changes.poll(); // [] : changed, but not yet seen the same twice
+ * changes.poll(); // ["tokens"]
+ * changes.poll(); // [] : settled
+ * ```
+ */
+export class FileChanges {
+  readonly #groups: ReadonlyMap<string, readonly string[]>;
+  readonly #read: (path: string) => string;
+  /** Each group's contents when it was last settled. */
+  readonly #settled = new Map<string, string>();
+  /** Each group's contents at the previous check. */
+  readonly #seen = new Map<string, string>();
+
+  /**
+   * Takes the files' contents now as the ones in force.
+   *
+   * @param groups The files of each group; a group without files is left out.
+   * @param read Reads a file's text; throws if it cannot.
+   */
+  constructor(groups: Record<string, readonly string[]>, read: (path: string) => string) {
+    this.#groups = new Map(Object.entries(groups).filter(([, paths]) => paths.length > 0));
+    this.#read = read;
+    this.settle();
+  }
+
+  /** The names of the groups that have files. */
+  get groups(): string[] {
+    return [...this.#groups.keys()];
+  }
+
+  /**
+   * Takes the contents of `names`' files now as the ones in force (they are about to be loaded,
+   * on a signal): they are reported again only once they change from these.
+   *
+   * @param names The groups. Default: all.
+   */
+  settle(names: readonly string[] = this.groups): void {
+    for (const name of names) {
+      const paths = this.#groups.get(name);
+      if (paths === undefined) continue;
+      const now = this.#contents(paths);
+      this.#settled.set(name, now);
+      this.#seen.set(name, now);
+    }
+  }
+
+  /**
+   * Reads every file once and returns the groups to load again: those whose contents differ from
+   * the settled ones and read the same at the previous check. They count as settled from then on.
+   *
+   * @returns The groups' names, in the order they were given.
+   */
+  poll(): string[] {
+    const changed: string[] = [];
+    for (const [name, paths] of this.#groups) {
+      const now = this.#contents(paths);
+      const before = this.#seen.get(name);
+      this.#seen.set(name, now);
+      if (now !== this.#settled.get(name) && now === before) {
+        this.#settled.set(name, now);
+        changed.push(name);
+      }
+    }
+    return changed;
+  }
+
+  #contents(paths: readonly string[]): string {
+    return JSON.stringify(paths.map((path) => {
+      try {
+        return [true, this.#read(path)];
+      } catch (e) {
+        return [false, e instanceof Error ? `${e.name}: ${e.message}` : String(e)];
+      }
+    }));
+  }
+}
