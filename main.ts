@@ -304,19 +304,33 @@ export async function main(args: string[]): Promise<number> {
       },
     });
   };
-  const changes = new FileChanges(_reloadedFiles(config), (p) => Deno.readTextFileSync(p));
+  // The looks read without blocking (a file system that hangs must not stop the node), and they
+  // and signals take turns: a look never compares with contents a signal is loading.
+  const changes = new FileChanges(_reloadedFiles(config), (p) => Deno.readTextFile(p));
+  await changes.settle();
+  let turns = Promise.resolve();
+  let looks = 0;
+  const inTurn = (work: () => Promise<void>) => {
+    turns = turns.then(work).catch((e) => log.error(`reloading files failed: ${_message(e)}`));
+  };
   const looking = config.reloadIntervalMs > 0 && changes.groups.length > 0
     ? setInterval(() => {
-      const changed = changes.poll();
-      if (changed.length > 0) reload("files changed", changed);
+      if (looks > 0) return; // the last look has not ended (a slow file system)
+      looks++;
+      inTurn(async () => {
+        const changed = await changes.poll().finally(() => looks--);
+        if (changed.length > 0) reload("files changed", changed);
+      });
     }, config.reloadIntervalMs)
     : undefined;
   const onHangup = () => {
     const tls = config.tlsSources.peer !== null || config.tlsSources.api !== null;
     // Without TLS, SIGHUP says so even when the node has no tokens file.
     const groups = config.tokens !== null || !tls ? ["tokens", "peer", "api"] : ["peer", "api"];
-    changes.settle();
-    reload("SIGHUP", groups);
+    inTurn(async () => {
+      await changes.settle();
+      reload("SIGHUP", groups);
+    });
   };
   const hangup = Deno.build.os !== "windows";
   if (hangup) Deno.addSignalListener("SIGHUP", onHangup);

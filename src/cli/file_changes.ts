@@ -20,31 +20,35 @@
  * import { FileChanges } from "./file_changes.ts";
  *
  * const files = new Map([["tokens.json", "a"]]);
- * const changes = new FileChanges({ tokens: ["tokens.json"] }, (p) => files.get(p)!);
+ * const changes = new FileChanges({ tokens: ["tokens.json"] }, async (p) => files.get(p)!);
+ * await changes.settle(); // the contents at start
  * files.set("tokens.json", "b");
- * changes.poll(); // [] : changed, but not yet seen the same twice
- * changes.poll(); // ["tokens"]
- * changes.poll(); // [] : settled
+ * await changes.poll(); // [] : changed, but not yet seen the same twice
+ * await changes.poll(); // ["tokens"]
+ * await changes.poll(); // [] : settled
  * ```
  */
 export class FileChanges {
   readonly #groups: ReadonlyMap<string, readonly string[]>;
-  readonly #read: (path: string) => string;
+  readonly #read: (path: string) => Promise<string>;
   /** Each group's contents when it was last settled. */
   readonly #settled = new Map<string, string>();
   /** Each group's contents at the previous check. */
   readonly #seen = new Map<string, string>();
 
   /**
-   * Takes the files' contents now as the ones in force.
+   * Watches nothing yet: {@linkcode FileChanges.settle} takes the contents in force.
    *
    * @param groups The files of each group; a group without files is left out.
-   * @param read Reads a file's text; throws if it cannot.
+   * @param read Reads a file's text (without blocking: a file system that hangs must not stop the
+   * node); rejects if it cannot.
    */
-  constructor(groups: Record<string, readonly string[]>, read: (path: string) => string) {
+  constructor(
+    groups: Record<string, readonly string[]>,
+    read: (path: string) => Promise<string>,
+  ) {
     this.#groups = new Map(Object.entries(groups).filter(([, paths]) => paths.length > 0));
     this.#read = read;
-    this.settle();
   }
 
   /** The names of the groups that have files. */
@@ -53,16 +57,16 @@ export class FileChanges {
   }
 
   /**
-   * Takes the contents of `names`' files now as the ones in force (they are about to be loaded,
-   * on a signal): they are reported again only once they change from these.
+   * Takes the contents of `names`' files now as the ones in force (at start, or because they are
+   * about to be loaded on a signal): they are reported again only once they change from these.
    *
    * @param names The groups. Default: all.
    */
-  settle(names: readonly string[] = this.groups): void {
+  async settle(names: readonly string[] = this.groups): Promise<void> {
     for (const name of names) {
       const paths = this.#groups.get(name);
       if (paths === undefined) continue;
-      const now = this.#contents(paths);
+      const now = await this.#contents(paths);
       this.#settled.set(name, now);
       this.#seen.set(name, now);
     }
@@ -74,10 +78,11 @@ export class FileChanges {
    *
    * @returns The groups' names, in the order they were given.
    */
-  poll(): string[] {
+  async poll(): Promise<string[]> {
     const changed: string[] = [];
     for (const [name, paths] of this.#groups) {
-      const now = this.#contents(paths);
+      const now = await this.#contents(paths);
+      if (!this.#settled.has(name)) continue; // never settled: nothing to compare with
       const before = this.#seen.get(name);
       this.#seen.set(name, now);
       if (now !== this.#settled.get(name) && now === before) {
@@ -88,13 +93,13 @@ export class FileChanges {
     return changed;
   }
 
-  #contents(paths: readonly string[]): string {
-    return JSON.stringify(paths.map((path) => {
-      try {
-        return [true, this.#read(path)];
-      } catch (e) {
-        return [false, e instanceof Error ? `${e.name}: ${e.message}` : String(e)];
-      }
-    }));
+  async #contents(paths: readonly string[]): Promise<string> {
+    const contents = await Promise.all(paths.map((path) =>
+      this.#read(path).then(
+        (text) => [true, text],
+        (e) => [false, e instanceof Error ? `${e.name}: ${e.message}` : String(e)],
+      )
+    ));
+    return JSON.stringify(contents);
   }
 }
