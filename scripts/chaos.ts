@@ -15,7 +15,7 @@
  * `--tls` runs the cluster with every security setting on: mutual TLS between peers (through the
  * proxies, which pass TLS through), HTTPS on the API and bearer tokens; the clients trust the CA
  * and send a write token; the `rotate` fault (TLS runs only) renews the certificates and sends
- * SIGHUP.
+ * SIGHUP to one node, to all, or to none (the nodes then find the changed files themselves).
  *
  * Prints progress and a summary (lines starting with `chaos:`); on a violation also the failing
  * key's timeline, the anomalies and the node logs, and exits with status 1.

@@ -554,10 +554,11 @@ export type FaultKind =
    */
   | "slow"
   /**
-   * Renew every node's certificates (same CA) and send SIGHUP to one node (or, one time in three,
-   * to every node): it swaps its API server and its peer credentials under load. The node must
-   * then present its new certificate. The nodes not signalled take the files by themselves once
-   * they look at them (`--reload-interval`). Runs with `tls` only.
+   * Renew every node's certificates (same CA) and send SIGHUP to one node, to every node, or (one
+   * time in three each) to none: a node swaps its API server and its peer credentials under load,
+   * on the signal or once it looks at its files (`--reload-interval`). Each node signalled, or
+   * every node when none is, must then present its new certificate within 10 s. Runs with `tls`
+   * only.
    */
   | "rotate";
 
@@ -623,6 +624,9 @@ export const CHAOS_NODE_FLAGS: readonly string[] = Object.freeze([
   "3000",
   "--api-fwd-timeout",
   "3000",
+  // Changed TLS and tokens files are taken within about a second (see the rotate fault).
+  "--reload-interval",
+  "500ms",
 ]);
 
 /** Counts of client operations. */
@@ -1333,10 +1337,13 @@ async function _inject(
       return all ? `slow-all(${delay})` : label(`slow(${delay})`);
     }
     case "rotate": {
-      const all = rng.chance(1 / 3);
-      const targets = (all ? chaos.ids : [target]).filter((id) => processes.isRunning(id));
-      await chaos.rotate(targets);
-      for (const id of targets) {
+      // SIGHUP to one node, to every node, or to none: then each takes the files when it next
+      // looks at them (--reload-interval, 500 ms in chaos runs).
+      const how = rng.int(0, 3);
+      const running = chaos.ids.filter((id) => processes.isRunning(id));
+      const signalled = how === 0 ? [target] : how === 1 ? running : [];
+      await chaos.rotate(signalled);
+      for (const id of how === 0 ? [target] : running) {
         const wanted = await chaos.certificateFingerprint(id);
         try {
           await waitFor(
@@ -1346,10 +1353,11 @@ async function _inject(
             { deadlineMs: 10_000, intervalMs: 100, message: `${id} to serve its new certificate` },
           );
         } catch (error) {
-          state.anomalies.push(`after SIGHUP: ${(error as Error).message}`);
+          const after = how === 2 ? "after a file change" : "after SIGHUP";
+          state.anomalies.push(`${after}: ${(error as Error).message}`);
         }
       }
-      return all ? "rotate-all" : label("rotate");
+      return how === 0 ? label("rotate") : how === 1 ? "rotate-all" : "rotate-files";
     }
   }
 }
