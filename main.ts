@@ -248,6 +248,13 @@ export async function main(args: string[]): Promise<number> {
       // The server took it, so it serves; only its expiry stays unknown.
     }
   };
+  const reloads = metrics.counterVec(
+    "raftkv_reloads_total",
+    "Loads of changed files (on SIGHUP or found changed) by what was loaded: tokens, peer (the " +
+      "peer TLS files) or api (the API's certificate), and result: ok, or failed (the files in " +
+      "force stay in force; the log says why)",
+    ["what", "result"],
+  );
   if (config.peerTls !== null) setExpiry("peer", config.peerTls.cert);
   if (config.apiTls !== null) setExpiry("api", config.apiTls.cert);
   node.start();
@@ -284,6 +291,9 @@ export async function main(args: string[]): Promise<number> {
     if (groups.includes("tokens")) {
       const said = reloadTokensFile(config.tokensFile, (t) => api.reloadTokens(t), read, reason);
       log[said.level](said.message);
+      if (said.level !== "warn") {
+        reloads.labels("tokens", said.level === "info" ? "ok" : "failed").inc();
+      }
     }
     const { peer, api: apiFiles } = config.tlsSources;
     const tlsSources = {
@@ -302,6 +312,7 @@ export async function main(args: string[]): Promise<number> {
         await apiServer.relisten({ ...apiOptions, ...files });
         setExpiry("api", files.cert);
       },
+      counted: (what, ok) => reloads.labels(what, ok ? "ok" : "failed").inc(),
     });
   };
   // The looks read without blocking (a file system that hangs must not stop the node), and they
@@ -370,12 +381,18 @@ function _reloadTls(
   config: NodeConfig,
   read: (path: string) => string,
   log: Logger,
-  apply: { peer(files: PeerTlsConfig): void; api(files: ApiTls): Promise<void> },
+  apply: {
+    peer(files: PeerTlsConfig): void;
+    api(files: ApiTls): Promise<void>;
+    counted(what: "peer" | "api", ok: boolean): void;
+  },
 ): void {
   let files;
   try {
     files = reloadTlsFiles(config, read);
   } catch (e) {
+    if (config.tlsSources.peer !== null) apply.counted("peer", false);
+    if (config.tlsSources.api !== null) apply.counted("api", false);
     log.error(
       `${reason}: could not reload the TLS files (${
         _message(e)
@@ -387,6 +404,7 @@ function _reloadTls(
   if (peer !== null) {
     try {
       apply.peer(peer);
+      apply.counted("peer", true);
       log.info(
         `${reason}: reloaded the peer TLS files: ${
           _describeCert(peer.cert)
@@ -394,6 +412,7 @@ function _reloadTls(
           "from now on",
       );
     } catch (e) {
+      apply.counted("peer", false);
       log.error(
         `${reason}: could not use the new peer TLS files (${
           _message(e)
@@ -403,13 +422,18 @@ function _reloadTls(
   }
   if (api !== null) {
     apply.api(api).then(
-      () => log.info(`${reason}: reloaded the API's certificate: ${_describeCert(api.cert)}`),
-      (e) =>
+      () => {
+        apply.counted("api", true);
+        log.info(`${reason}: reloaded the API's certificate: ${_describeCert(api.cert)}`);
+      },
+      (e) => {
+        apply.counted("api", false);
         log.error(
           `${reason}: the API could not listen with the new certificate (${
             _message(e)
           }); it listens with the one in force`,
-        ),
+        );
+      },
     );
   }
 }

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { PERMISSION_FLAGS } from "../main.ts";
 import { X509Certificate } from "node:crypto";
 import { makeCertificates, randomToken, servedCertificate } from "../testing/certs.ts";
+import { parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
 import { readSse } from "../src/util/sse.ts";
 import {
   cleanEnv,
@@ -440,6 +441,24 @@ Deno.test("changed files are loaded again without a signal: renewed certificates
     );
     assert.deepEqual(await served(leader), inForce);
     expectJson(await put(added, "after"), 200, "a write after the refused reload");
+    // The loads, counted (read with a real Prometheus parser).
+    const metrics = await cluster.request(leader, "GET", "/metrics", undefined, {
+      headers: bearer(tokens.admin),
+    });
+    const verdict = await promtoolCheck(metrics.text);
+    assert.ok(verdict.ok, verdict.output);
+    const samples = parseSamples(metrics.text);
+    const reloads = (what: string, result: string) =>
+      sample(samples, `raftkv_reloads_total{what="${what}",result="${result}"}`);
+    assert.deepEqual(
+      [
+        reloads("tokens", "ok"),
+        reloads("peer", "ok"),
+        reloads("api", "ok"),
+        reloads("api", "failed"),
+      ],
+      [1, 1, 1, 1],
+    );
     // Each change was loaded once, and nothing else was: the files held still since.
     for (const id of nodes) {
       assert.equal(count(id, "files changed: reloaded the API's certificate"), 1, id);
