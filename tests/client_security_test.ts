@@ -35,6 +35,22 @@ async function writeTokens(dir: string) {
   return { path, tokens };
 }
 
+/**
+ * Writes the tokens file again with the admin token and a new write token only (the read and
+ * write tokens revoked); returns the new token.
+ */
+async function rewriteTokens(path: string, admin: string): Promise<string> {
+  const added = randomToken();
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify([
+      { token: admin, role: "admin", name: "ops" },
+      { token: added, role: "write", name: "deployer" },
+    ]),
+  );
+  return added;
+}
+
 function bearer(token: string): Record<string, string> {
   return { authorization: `Bearer ${token}` };
 }
@@ -208,14 +224,7 @@ Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused, their wat
     }, { deadlineMs: 5_000, message: "the blocking read to be in flight" });
 
     // The file now revokes the read and write tokens and adds another.
-    const added = randomToken();
-    await Deno.writeTextFile(
-      path,
-      JSON.stringify([
-        { token: tokens.admin, role: "admin", name: "ops" },
-        { token: added, role: "write", name: "deployer" },
-      ]),
-    );
+    const added = await rewriteTokens(path, tokens.admin);
     cluster.signal(id, "SIGHUP");
     await waitFor(async () => (await put(added, "2")).status === 200, {
       deadlineMs: 10_000,
@@ -391,14 +400,7 @@ Deno.test("changed files are loaded again without a signal: renewed certificates
     // another; no signal.
     await makeCertificates(join(dir, "api"), { nodes, renew: true });
     await makeCertificates(join(dir, "peer"), { nodes, renew: true });
-    const added = randomToken();
-    await Deno.writeTextFile(
-      path,
-      JSON.stringify([
-        { token: tokens.admin, role: "admin", name: "ops" },
-        { token: added, role: "write", name: "deployer" },
-      ]),
-    );
+    const added = await rewriteTokens(path, tokens.admin);
     for (const id of nodes) {
       const wanted = [fingerprint(apiCerts.node(id).cert), fingerprint(peerCerts.node(id).cert)];
       assert.notDeepEqual(wanted, before, "the certificates were renewed");
