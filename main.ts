@@ -372,9 +372,9 @@ export async function main(args: string[]): Promise<number> {
 
 /**
  * Reads the TLS files again (on SIGHUP, or because they changed: `reason` says which, in the
- * log) and puts them in force: the peers' through `apply.peer`
- * (the peer server and the clients), the API's through `apply.api`. Files that fail the checks
- * change nothing; each outcome is logged.
+ * log) and puts them in force: the peers' through `apply.peer` (the peer server and the clients),
+ * the API's through `apply.api`. Files that fail the checks change nothing; each outcome is
+ * logged and counted through `apply.counted`.
  */
 function _reloadTls(
   reason: string,
