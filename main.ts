@@ -287,7 +287,8 @@ export async function main(args: string[]): Promise<number> {
   // and certificates rotated without a restart. So does a change to those files, looked for every
   // --reload-interval.
   const reload = (reason: string, groups: readonly string[]) => {
-    const read = (p: string) => Deno.readTextFileSync(p);
+    // The contents the look (or the signal's settle) just read: what held still is what loads.
+    const read = (p: string) => changes.text(p);
     if (groups.includes("tokens")) {
       const said = reloadTokensFile(config.tokensFile, (t) => api.reloadTokens(t), read, reason);
       log[said.level](said.message);

@@ -35,6 +35,8 @@ export class FileChanges {
   readonly #settled = new Map<string, string>();
   /** Each group's contents at the previous check. */
   readonly #seen = new Map<string, string>();
+  /** What the last read of each file gave: its text, or why it could not be read. */
+  readonly #last = new Map<string, { text: string } | { error: unknown }>();
 
   /**
    * Watches nothing yet: {@linkcode FileChanges.settle} takes the contents in force.
@@ -54,6 +56,21 @@ export class FileChanges {
   /** The names of the groups that have files. */
   get groups(): string[] {
     return [...this.#groups.keys()];
+  }
+
+  /**
+   * The text of `path` as the last look (or settle) read it: what a reload should load, so that
+   * it loads the very contents that were seen to hold still, not a write begun since.
+   *
+   * @param path One of the files.
+   * @returns Its text.
+   * @throws What reading it threw; a `RangeError` for a file never read.
+   */
+  text(path: string): string {
+    const last = this.#last.get(path);
+    if (last === undefined) throw new RangeError(`${path} was not read`);
+    if ("error" in last) throw last.error;
+    return last.text;
   }
 
   /**
@@ -96,8 +113,17 @@ export class FileChanges {
   async #contents(paths: readonly string[]): Promise<string> {
     const contents = await Promise.all(paths.map((path) =>
       this.#read(path).then(
-        (text) => [true, text],
-        (e) => [false, e instanceof Error ? `${e.name}: ${e.message}` : String(e)],
+        (text) => {
+          this.#last.set(path, { text });
+          return [true, text];
+        },
+        (error) => {
+          this.#last.set(path, { error });
+          return [
+            false,
+            error instanceof Error ? `${error.name}: ${error.message}` : String(error),
+          ];
+        },
       )
     ));
     return JSON.stringify(contents);

@@ -67,3 +67,20 @@ Deno.test("FileChanges.settle takes the contents now as loaded (a signal reloade
   assert.deepEqual(await changes.poll(), []);
   assert.deepEqual(await changes.poll(), []);
 });
+
+Deno.test("FileChanges.text gives the contents the last look read: what held still is what loads", async () => {
+  const { map, read } = disk({ "t.json": "t1" });
+  const changes = new FileChanges({ tokens: ["t.json"] }, read);
+  assert.throws(() => changes.text("t.json"), RangeError, "never read");
+  await changes.settle();
+  assert.equal(changes.text("t.json"), "t1");
+  map.set("t.json", "t2");
+  await changes.poll();
+  assert.deepEqual(await changes.poll(), ["tokens"]);
+  map.set("t.json", "t3 (a write begun since)");
+  assert.equal(changes.text("t.json"), "t2");
+  map.delete("t.json");
+  await changes.poll();
+  assert.throws(() => changes.text("t.json"), Deno.errors.NotFound);
+  assert.throws(() => changes.text("other.json"), RangeError, "not one of the files");
+});
