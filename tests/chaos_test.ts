@@ -10,7 +10,25 @@
 
 import assert from "node:assert/strict";
 import { waitFor } from "../testing/harness.ts";
-import { ChaosCluster, randomSeed, runChaos } from "../testing/chaos_lib.ts";
+import { ChaosCluster, type ChaosOptions, randomSeed, runChaos } from "../testing/chaos_lib.ts";
+
+/**
+ * A chaos run from `CHAOS_SEED` (or a random seed), its summary printed with `label`, that fails
+ * the test, naming the seed, if it found problems.
+ */
+async function checkedRun(label: string, options: Omit<ChaosOptions, "seed" | "checkTimeoutMs">) {
+  const seedText = Deno.env.get("CHAOS_SEED");
+  const seed = seedText === undefined ? randomSeed() : Number(seedText);
+  const report = await runChaos({ ...options, seed, checkTimeoutMs: 30_000 });
+  for (const line of report.summary) console.log(`${label}: ${line}`);
+  assert.ok(
+    report.ok,
+    `the ${label} run with CHAOS_SEED=${seed} found problems:\n${
+      report.summary.join("\n")
+    }\n${report.details}`,
+  );
+  return { seed, report };
+}
 
 const _MODES = ["drop", "refuse"] as const;
 
@@ -136,23 +154,12 @@ Deno.test({
   name:
     "under kills, stops, pauses, partitions and slow links the cluster stays linearizable and loses no acknowledged write",
   fn: async () => {
-    const seedText = Deno.env.get("CHAOS_SEED");
-    const seed = seedText === undefined ? randomSeed() : Number(seedText);
-    const report = await runChaos({
-      seed,
+    const { seed, report } = await checkedRun("chaos", {
       durationMs: 50_000,
       nodes: 3,
       clients: 5,
       keys: 8,
-      checkTimeoutMs: 30_000,
     });
-    for (const line of report.summary) console.log(`chaos: ${line}`);
-    assert.ok(
-      report.ok,
-      `the chaos run with CHAOS_SEED=${seed} found problems:\n${
-        report.summary.join("\n")
-      }\n${report.details}`,
-    );
     const faults = Object.entries(report.faults)
       .filter(([kind]) => !kind.endsWith("-leader"))
       .reduce((n, [, count]) => n + count, 0);
@@ -161,26 +168,15 @@ Deno.test({
   },
 });
 
-Deno.test("certificates renewed and reloaded (SIGHUP) again and again under load: each node serves its new one, linearizable, no acknowledged write lost", async () => {
-  const seedText = Deno.env.get("CHAOS_SEED");
-  const seed = seedText === undefined ? randomSeed() : Number(seedText);
-  const report = await runChaos({
-    seed,
+Deno.test("certificates renewed and reloaded (on SIGHUP or found in the files) again and again under load: each node serves its new one, linearizable, no acknowledged write lost", async () => {
+  const { seed, report } = await checkedRun("chaos:rotate", {
     durationMs: 15_000,
     nodes: 3,
     clients: 4,
     keys: 8,
-    checkTimeoutMs: 30_000,
     faults: ["rotate"],
     tls: true,
   });
-  for (const line of report.summary) console.log(`chaos:rotate: ${line}`);
-  assert.ok(
-    report.ok,
-    `the rotation run with CHAOS_SEED=${seed} found problems:\n${
-      report.summary.join("\n")
-    }\n${report.details}`,
-  );
   const rotations = report.faults["rotate"] ?? 0;
   assert.ok(rotations >= 3, `only ${rotations} rotations (seed ${seed})`);
   assert.ok(report.ops.ok >= 100, `only ${report.ops.ok} operations succeeded (seed ${seed})`);
