@@ -67,8 +67,8 @@ export function readApiTls(
 
 /**
  * Checks that the API's key belongs to its certificate (the first of the file's chain). Start-up
- * leaves this to the server, which refuses to listen; a reload (SIGHUP) must know before it
- * swaps the running server's certificate.
+ * leaves this to the server, which refuses to listen; a reload must know before it swaps the
+ * running server's certificate.
  *
  * @param tls The PEM texts {@linkcode readApiTls} read.
  * @param cert The `--api-cert` setting, for messages.

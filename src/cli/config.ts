@@ -149,11 +149,11 @@ export interface NodeConfig {
   tokens: TokenConfig[] | null;
   /**
    * Where the tokens came from when that was a file (`--tokens-file`): the node reads it again on
-   * SIGHUP. `null` for tokens from `RAFTKV_TOKENS`, or none.
+   * SIGHUP and when it changes. `null` for tokens from `RAFTKV_TOKENS`, or none.
    */
   tokensFile: RawValue | null;
   /**
-   * Where the TLS files came from, for SIGHUP ({@linkcode reloadTlsFiles}): the peer settings when
+   * Where the TLS files came from, for reloads ({@linkcode reloadTlsFiles}): the peer settings when
    * peers use mutual TLS, the API's certificate and key when it serves HTTPS; `null` otherwise.
    */
   tlsSources: TlsSources;
@@ -173,9 +173,9 @@ export interface TlsSources {
 }
 
 /**
- * Reads a node's TLS files again (on SIGHUP), with the checks they get at start-up, and for the
- * API's also that the key belongs to the certificate (the server is swapped only once they
- * load).
+ * Reads a node's TLS files again (on SIGHUP, or once they changed), with the checks they get at
+ * start-up, and for the API's also that the key belongs to the certificate (the server is
+ * swapped only once they load).
  *
  * @param config The node's id and where its files came from.
  * @param readFile Reads a file's text.
