@@ -60,10 +60,19 @@ export {
 export async function main(args: string[]): Promise<number> {
   if (args[0] === "healthcheck") return await healthcheck(args.slice(1));
   if (isClientCommand(args[0])) return await runClient(args);
+  // SIGHUP's default action stops the process: one that comes while the node starts (a reload
+  // sent to every node, one of them restarting) is held, and acted on once the node runs.
+  using hangups = _heldSignal("SIGHUP");
   let config: NodeConfig;
   let log: Logger;
+  // Every file start-up read, as it read it: the contents in force that later looks compare with.
+  const loaded = new Map<string, string>();
   try {
-    const parsed = parseArgs(args, readEnv(), (p) => Deno.readTextFileSync(p));
+    const parsed = parseArgs(args, readEnv(), (p) => {
+      const text = Deno.readTextFileSync(p);
+      loaded.set(p, text);
+      return text;
+    });
     if (parsed.kind === "help") {
       console.log(parsed.text);
       return 0;
@@ -319,7 +328,7 @@ export async function main(args: string[]): Promise<number> {
   // The looks read without blocking (a file system that hangs must not stop the node), and they
   // and signals take turns: a look never compares with contents a signal is loading.
   const changes = new FileChanges(_reloadedFiles(config), (p) => Deno.readTextFile(p));
-  await changes.settle();
+  await changes.settle(changes.groups, loaded);
   let turns = Promise.resolve();
   let looks = 0;
   const inTurn = (work: () => Promise<void>) => {
@@ -335,21 +344,18 @@ export async function main(args: string[]): Promise<number> {
       });
     }, config.reloadIntervalMs)
     : undefined;
-  const onHangup = () => {
+  hangups.handle((early) => {
     const tls = config.tlsSources.peer !== null || config.tlsSources.api !== null;
     // Without TLS, SIGHUP says so even when the node has no tokens file.
     const groups = config.tokens !== null || !tls ? ["tokens", "peer", "api"] : ["peer", "api"];
     inTurn(async () => {
       await changes.settle();
-      reload("SIGHUP", groups);
+      reload(early ? "SIGHUP while starting" : "SIGHUP", groups);
     });
-  };
-  const hangup = Deno.build.os !== "windows";
-  if (hangup) Deno.addSignalListener("SIGHUP", onHangup);
+  });
   await stopped.promise;
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
-  if (hangup) Deno.removeSignalListener("SIGHUP", onHangup);
 
   joining.abort();
   clearInterval(reducer);
@@ -448,6 +454,32 @@ function _reloadedFiles(config: NodeConfig): Record<string, string[]> {
     tokens: paths(config.tokensFile ?? undefined),
     peer: peer === null ? [] : paths(peer.cert, peer.key, peer.ca),
     api: api === null ? [] : paths(api.cert, api.key),
+  };
+}
+
+/**
+ * Listens for `signal` from now on (where the system has it): signals that come before
+ * `handle` is given are held and passed to it then, as one (`early` true); later ones are passed
+ * as they come. Disposing stops listening.
+ */
+function _heldSignal(signal: Deno.Signal): Disposable & {
+  handle(handler: (early: boolean) => void): void;
+} {
+  if (Deno.build.os === "windows") return { handle() {}, [Symbol.dispose]() {} };
+  let handler: ((early: boolean) => void) | null = null;
+  let held = false;
+  const listener = () => {
+    if (handler === null) held = true;
+    else handler(false);
+  };
+  Deno.addSignalListener(signal, listener);
+  return {
+    handle(given) {
+      handler = given;
+      if (held) given(true);
+      held = false;
+    },
+    [Symbol.dispose]: () => Deno.removeSignalListener(signal, listener),
   };
 }
 

@@ -267,6 +267,58 @@ Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused, their wat
   }
 });
 
+Deno.test("a SIGHUP while a node starts does not stop it: the node reloads its files once it runs", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-early-hup-" });
+  // The cluster file is a pipe (as `--cluster-config-path <(...)` gives): the node reads it at
+  // start, and waits there until the test writes it, with its listeners not added yet.
+  const pipe = join(dir, "cluster.pipe");
+  const made = await runCommand("mkfifo", [pipe], cleanEnv(), dir);
+  assert.equal(made.code, 0, made.stderr);
+  let opening: Promise<Deno.FsFile> | undefined;
+  let writer: Deno.FsFile | null = null;
+  try {
+    const { path, tokens } = await writeTokens(dir);
+    await using cluster = await startCluster({
+      size: 1,
+      nodeFlags: ["--tokens-file", path, "--reload-interval", "0", "--cluster-config-path", pipe],
+      token: tokens.admin,
+      waitForHealth: false,
+    });
+    const [id] = cluster.ids;
+    // Opening the pipe to write it returns once the node has opened it to read it.
+    opening = Deno.open(pipe, { write: true });
+    writer = await opening;
+    cluster.signal(id!, "SIGHUP");
+    await writer.write(new TextEncoder().encode(await Deno.readTextFile(cluster.configPath)));
+    writer.close();
+    writer = null;
+    opening = undefined;
+    await cluster.waitForHealth(id!);
+    await waitFor(
+      () =>
+        cluster.logs(id!).some((l) =>
+          /SIGHUP( while starting)?: reloaded 3 tokens from --tokens-file/.test(l)
+        ),
+      { deadlineMs: 10_000, message: "the held SIGHUP to reload the tokens file" },
+    );
+    assert.ok(cluster.isRunning(id!), "the SIGHUP did not stop the node");
+    await cluster.waitForLeader();
+    const put = await cluster.request(id!, "POST", "/v1/data", { k: "a", v: "1" }, {
+      headers: bearer(tokens.write),
+    });
+    expectJson(put, 200, "a write after the reload");
+  } finally {
+    if (opening !== undefined && writer === null) {
+      // The node ended before it opened the pipe: open its other end, so that the test's ends.
+      const reader = await Deno.open(pipe, { read: true });
+      writer = await opening;
+      reader.close();
+    }
+    writer?.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a 3-node HTTPS cluster with tokens runs the quick start with curl --cacert", async () => {
   const dir = await Deno.makeTempDir({ prefix: "raftkv-tls-" });
   try {

@@ -74,16 +74,22 @@ export class FileChanges {
   }
 
   /**
-   * Takes the contents of `names`' files now as the ones in force (at start, or because they are
+   * Takes the contents of `names`' files as the ones in force (at start, or because they are
    * about to be loaded on a signal): they are reported again only once they change from these.
    *
    * @param names The groups. Default: all.
+   * @param known Texts already read, by path: taken instead of reading those files now. At start
+   * these are what start-up loaded, so that a change made since start-up read them is still
+   * reported. Default: none (every file is read now).
    */
-  async settle(names: readonly string[] = this.groups): Promise<void> {
+  async settle(
+    names: readonly string[] = this.groups,
+    known: ReadonlyMap<string, string> = new Map(),
+  ): Promise<void> {
     for (const name of names) {
       const paths = this.#groups.get(name);
       if (paths === undefined) continue;
-      const now = await this.#contents(paths);
+      const now = await this.#contents(paths, known);
       this.#settled.set(name, now);
       this.#seen.set(name, now);
     }
@@ -110,9 +116,16 @@ export class FileChanges {
     return changed;
   }
 
-  async #contents(paths: readonly string[]): Promise<string> {
+  async #contents(
+    paths: readonly string[],
+    known: ReadonlyMap<string, string> = new Map(),
+  ): Promise<string> {
+    const read = (path: string) => {
+      const text = known.get(path);
+      return text === undefined ? this.#read(path) : Promise.resolve(text);
+    };
     const contents = await Promise.all(paths.map((path) =>
-      this.#read(path).then(
+      read(path).then(
         (text) => {
           this.#last.set(path, { text });
           return [true, text];

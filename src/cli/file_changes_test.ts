@@ -84,3 +84,22 @@ Deno.test("FileChanges.text gives the contents the last look read: what held sti
   assert.throws(() => changes.text("t.json"), Deno.errors.NotFound);
   assert.throws(() => changes.text("other.json"), RangeError, "not one of the files");
 });
+
+Deno.test("FileChanges.settle with what start-up read: a change made since then is still reported", async () => {
+  const { map, read } = disk({ "t.json": "t2 (written after start-up read it)", "a.crt": "c1" });
+  const changes = new FileChanges({ tokens: ["t.json"], api: ["a.crt"] }, read);
+  await changes.settle(changes.groups, new Map([["t.json", "t1"]]));
+  assert.equal(changes.text("t.json"), "t1", "the text start-up loaded");
+  assert.equal(changes.text("a.crt"), "c1", "a file start-up did not read is read now");
+  assert.deepEqual(await changes.poll(), [], "changed, not yet seen the same twice");
+  assert.deepEqual(await changes.poll(), ["tokens"]);
+  assert.equal(changes.text("t.json"), "t2 (written after start-up read it)");
+  map.set("a.crt", "c1");
+  assert.deepEqual(await changes.poll(), []);
+
+  // Without the texts start-up read, the change is taken as the contents in force: missed.
+  const missed = new FileChanges({ tokens: ["t.json"] }, read);
+  await missed.settle();
+  await missed.poll();
+  assert.deepEqual(await missed.poll(), []);
+});
