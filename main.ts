@@ -144,6 +144,7 @@ export async function main(args: string[]): Promise<number> {
     snapshotThresholdBytes: config.snapshotThresholdBytes,
     maxPendingProposals: config.maxPendingProposals,
     maxPendingBytes: config.maxPendingBytes,
+    quotaBytes: config.quotaBytes,
     watchHistoryEvents: config.watchHistoryEvents,
     watchHistoryBytes: config.watchHistoryBytes,
     metrics,

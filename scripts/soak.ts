@@ -15,6 +15,8 @@
  * a threshold drawn per seed from 20, 50 and 200, with the seed's catch-up entries; default: drawn
  * per seed, off for about a quarter of the seeds), `--catch-up-entries N` keeps N entries before a
  * snapshot, `--disk-fault <name>` runs on a misbehaving disk (see `DiskFault` in the simulator),
+ * `--quota-bytes N` gives the nodes that quota (0: none; default: drawn per seed, see
+ * `quotaForSeed`),
  * `--disable check,...` switches checks off, `--no-trace` replays without the trace.
  *
  * Prints progress and a summary; exits with status 1 if any seed fails.
@@ -43,7 +45,7 @@ const _USAGE = `usage:
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
   --lease-reads FRACTION --watchers N --watch-fault repeat|skip|index
-  --snapshot-threshold N|on --catch-up-entries N --disable check,check
+  --snapshot-threshold N|on --catch-up-entries N --disable check,check --quota-bytes N
   --disk-fault ${DISK_FAULTS.join("|")}`;
 
 interface _Common {
@@ -53,6 +55,7 @@ interface _Common {
   clients?: number;
   keys?: number;
   diskFault?: DiskFault;
+  quotaBytes?: number;
   watchers?: number;
   watchFault?: "repeat" | "skip" | "index";
   leaseReads?: number;
@@ -86,6 +89,7 @@ function _options(seed: number, common: _Common): SimulationOptions {
     if (common.catchUpEntries !== undefined) options.catchUpEntries = common.catchUpEntries;
   }
   if (common.diskFault) options.diskFault = common.diskFault;
+  if (common.quotaBytes !== undefined) options.quotaBytes = common.quotaBytes;
   if (common.watchers !== undefined) options.watchers = common.watchers;
   if (common.watchFault) options.watchFault = common.watchFault;
   if (common.disabledChecks) options.disabledChecks = common.disabledChecks;
@@ -252,6 +256,13 @@ removed nodes:    ${t("removedRefusals")} client requests refused at once, ${
 full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alarms raised, ${
     t("noSpaceRefusals")
   } writes refused for a full disk (507), ${t("fullRestarts")} restarts on a full disk
+quota:            ${t("quotaRefusals")} writes refused as past the quota (507); quota ${
+    common.quotaBytes === undefined
+      ? "drawn per seed (16-47 bytes for one seed in five, else none)"
+      : common.quotaBytes === 0
+      ? "none"
+      : `${common.quotaBytes} bytes`
+  }
 restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
     _thresholdText(common)
   }
@@ -281,6 +292,7 @@ async function _main(): Promise<number> {
       clients: { type: "string" },
       keys: { type: "string" },
       "disk-fault": { type: "string" },
+      "quota-bytes": { type: "string" },
       watchers: { type: "string" },
       "watch-fault": { type: "string" },
       "lease-reads": { type: "string" },
@@ -324,6 +336,9 @@ async function _main(): Promise<number> {
     common.leaseHolders = intOption("lease-holders", values["lease-holders"], 0, 0);
   }
   if (values.watchers !== undefined) common.watchers = intOption("watchers", values.watchers, 0, 0);
+  if (values["quota-bytes"] !== undefined) {
+    common.quotaBytes = intOption("quota-bytes", values["quota-bytes"], 0, 0);
+  }
   const watchFault = values["watch-fault"];
   if (watchFault !== undefined) {
     if (watchFault !== "repeat" && watchFault !== "skip" && watchFault !== "index") {

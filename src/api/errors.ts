@@ -12,6 +12,7 @@ import {
   NotAppliedError,
   OutcomeUnknownError,
   OverloadedError,
+  QuotaExceededError,
   RemovedError,
   StoppingError,
 } from "../node/backend.ts";
@@ -87,6 +88,11 @@ export function backendError(
   if (err instanceof RemovedError) return removedError(err, k);
   if (err instanceof NoSpaceError) {
     return new ApiError(507, err.message, { alarm: "NOSPACE", k });
+  }
+  if (err instanceof QuotaExceededError) {
+    // Not logged: a client filling the store would write one line per refused write.
+    const extra = { code: "quota_exceeded", data_bytes: err.dataBytes, k };
+    return new ApiError(507, err.message, { ...extra, quota_bytes: err.quotaBytes }, {}, false);
   }
   if (deadline.clientGone()) {
     return new ApiError(CLIENT_GONE_STATUS, "the client closed the request", { k });

@@ -48,6 +48,8 @@ Deno.test("the summary reads a real node's metrics text", () => {
     peerReadsDropped: 0,
     pendingWrites: 0,
     noSpace: false,
+    dataBytes: 0,
+    quotaBytes: 0,
     watchHistoryEvents: 0,
     watchHistoryBytes: 0,
     lag: [["n2", 2], ["n3", 0]],

@@ -125,6 +125,11 @@ export interface NodeConfig {
   maxPendingProposals: number;
   /** Bytes of writes proposed by the leader but not yet applied before 503. Default 64 MiB. */
   maxPendingBytes: number;
+  /**
+   * The most bytes of data (UTF-8 keys and values) a leader takes: a write that would pass it
+   * gets 507. 0 for none. Default 1 GiB.
+   */
+  quotaBytes: number;
   /** Backups (`GET /v1/snapshot`) streaming at once before 429. Default 2. */
   maxConcurrentBackups: number;
   /** Time limit of one backup download in milliseconds. Default 600000 (10 minutes). */
@@ -470,6 +475,7 @@ export function parseArgs(
     maxPendingProposals: settings.positiveInt("--max-pending-proposals") ??
       DEFAULTS.maxPendingProposals,
     maxPendingBytes: settings.positiveInt("--max-pending-bytes") ?? DEFAULTS.maxPendingBytes,
+    quotaBytes: settings.positiveInt("--quota-bytes", true) ?? DEFAULTS.quotaBytes,
     maxConcurrentBackups: settings.positiveInt("--max-concurrent-backups") ??
       DEFAULTS.maxConcurrentBackups,
     backupTimeoutMs: settings.duration("--backup-timeout") ?? DEFAULTS.backupTimeoutMs,
@@ -531,12 +537,13 @@ class _Settings {
     return this.raw(name)?.value;
   }
 
-  positiveInt(name: string): number | undefined {
+  /** A positive integer; with `zero`, 0 too (an "off"). */
+  positiveInt(name: string, zero = false): number | undefined {
     const raw = this.raw(name);
     if (raw === undefined) return undefined;
     const value = /^\d+$/.test(raw.value) ? Number(raw.value) : NaN;
-    if (!Number.isSafeInteger(value) || value < 1) {
-      throw _invalid(raw, "is not a positive integer");
+    if (!Number.isSafeInteger(value) || value < (zero ? 0 : 1)) {
+      throw _invalid(raw, zero ? "is not a whole number" : "is not a positive integer");
     }
     return value;
   }

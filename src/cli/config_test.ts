@@ -90,6 +90,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   maxForwardedRequests: 256,
   maxPendingProposals: 4096,
   maxPendingBytes: 67108864,
+  quotaBytes: 1073741824,
   maxConcurrentBackups: 2,
   backupTimeoutMs: 600_000,
   watchHistoryEvents: 10_000,
@@ -146,6 +147,8 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--max-forwarded-requests", "3", { maxForwardedRequests: 3 }],
   ["--max-pending-proposals", "8", { maxPendingProposals: 8 }],
   ["--max-pending-bytes", "65536", { maxPendingBytes: 65536 }],
+  ["--quota-bytes", "1000", { quotaBytes: 1000 }],
+  ["--quota-bytes", "0", { quotaBytes: 0 }],
   ["--max-concurrent-backups", "1", { maxConcurrentBackups: 1 }],
   ["--max-watchers", "5", { maxWatchers: 5 }],
   ["--backup-timeout", "90s", { backupTimeoutMs: 90_000 }],
@@ -335,6 +338,12 @@ Deno.test("parseArgs() rejects counts and sizes that are not positive integers",
     () => parseArgs(["--id", "node-1"], { RAFTKV_MAX_CONN_RETRY_ATTEMPTS: "many" }, _files()),
     'Invalid value for RAFTKV_MAX_CONN_RETRY_ATTEMPTS: "many" is not a positive integer',
   );
+  for (const value of ["-3", "1.5", "1GiB", "1e3"]) {
+    _assertConfigError(
+      () => parseArgs(["--id", "node-1", "--quota-bytes", value], {}, _files()),
+      `Invalid value for --quota-bytes: ${JSON.stringify(value)} is not a whole number`,
+    );
+  }
 });
 
 Deno.test("parseArgs() rejects an unknown log level, log format or join mode", () => {

@@ -61,6 +61,8 @@ export const DEFAULTS = {
   maxPendingProposals: 4096,
   /** Default of `--max-pending-bytes` (64 MiB). */
   maxPendingBytes: 64 * 1024 * 1024,
+  /** Default of `--quota-bytes` (1 GiB). */
+  quotaBytes: 1024 * 1024 * 1024,
   /** Default of `--max-concurrent-backups`. */
   maxConcurrentBackups: 2,
   /** Default of `--backup-timeout`, in milliseconds (10 minutes). */
@@ -353,6 +355,13 @@ export const FLAGS: readonly FlagInfo[] = [
     "<bytes>",
     `${_D.maxPendingBytes} (64 MiB)`,
     "Bytes of writes the leader has proposed but not yet applied; past it: 503",
+  ),
+  _flag(
+    "Limits and logging",
+    "--quota-bytes",
+    "<bytes>",
+    `${_D.quotaBytes} (1 GiB)`,
+    "Bytes of data (keys and values) the cluster holds; a write that would pass it: 507 (0: none)",
   ),
   _flag(
     "Limits and logging",

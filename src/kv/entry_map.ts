@@ -341,11 +341,15 @@ function _pack(e: KvEntry): _Packed {
 export class EntryMap {
   #root: _Node = _allocLeaf(1, 8, 512);
   #size = 0;
+  /** The UTF-8 bytes of every key and value. */
+  #bytes = 0;
   /** Branches of an older epoch belong to a frozen version: they are copied before a change. */
   #epoch = 1;
   // Outputs of #insert / #remove, to avoid allocating a result object per level.
   #replaced = false;
   #removed = false;
+  /** The bytes of the entry #insert replaced or #remove removed. */
+  #oldBytes = 0;
   #splitSep = "";
   #splitRight: _Node | null = null;
 
@@ -362,16 +366,22 @@ export class EntryMap {
   }
 
   /** @internal Used by {@linkcode EntryMapBuilder}. */
-  static _of(root: _Node, size: number): EntryMap {
+  static _of(root: _Node, size: number, bytes: number): EntryMap {
     const map = new EntryMap();
     map.#root = root;
     map.#size = size;
+    map.#bytes = bytes;
     return map;
   }
 
   /** The number of entries. */
   get size(): number {
     return this.#size;
+  }
+
+  /** The UTF-8 bytes of every key and value: the size of the data, as a quota counts it. */
+  get bytes(): number {
+    return this.#bytes;
   }
 
   /** The entry under `key`, or undefined. */
@@ -390,6 +400,7 @@ export class EntryMap {
   /** Stores `entry` under its key, replacing the entry there. Returns whether one was there. */
   set(entry: KvEntry): boolean {
     this.#replaced = false;
+    this.#oldBytes = 0;
     this.#splitRight = null;
     const packed = _pack(entry);
     const root = this.#insert(this.#root, entry.key, packed, _plain(entry.key));
@@ -405,6 +416,7 @@ export class EntryMap {
       this.#root = root;
     }
     if (!this.#replaced) this.#size++;
+    this.#bytes += packed.key.length + packed.value.length - this.#oldBytes;
     return this.#replaced;
   }
 
@@ -415,6 +427,7 @@ export class EntryMap {
     if (!this.#removed) return false;
     this.#root = !root.leaf && root.kids.length === 1 ? root.kids[0]! : root;
     this.#size--;
+    this.#bytes -= this.#oldBytes;
     return true;
   }
 
@@ -476,6 +489,7 @@ export class EntryMap {
       }
       const offs = node.offs;
       const old = same ? offs[2 * i + 2]! - offs[2 * i]! : 0;
+      this.#oldBytes = old;
       const need = _used(node) + packed.key.length + packed.value.length - old;
       let own = node;
       if (node.epoch !== epoch || n > node.cap || need > node.bytes.length) {
@@ -519,6 +533,7 @@ export class EntryMap {
       const i = _lowerBound(node, bytes);
       if (!_keyIs(node, i, bytes)) return node;
       this.#removed = true;
+      this.#oldBytes = node.offs[2 * i + 2]! - node.offs[2 * i]!;
       const own = node.epoch === this.#epoch
         ? node
         : _buildLeaf(this.#epoch, [{ leaf: node, from: 0, to: node.n }]);
@@ -600,6 +615,7 @@ export class EntryMapBuilder {
   #prev = new Uint8Array(256);
   #prevLength = -1;
   #size = 0;
+  #total = 0;
 
   /**
    * Adds the next entry.
@@ -682,6 +698,7 @@ export class EntryMapBuilder {
     this.#nums[3 * i + 2] = version;
     this.#n++;
     this.#size++;
+    this.#total += this.#at - start;
     if (this.#n === _BULK) this.#flush();
   }
 
@@ -726,7 +743,7 @@ export class EntryMapBuilder {
       level = up;
       firsts = upFirsts;
     }
-    return EntryMap._of(level[0]!, this.#size);
+    return EntryMap._of(level[0]!, this.#size, this.#total);
   }
 }
 

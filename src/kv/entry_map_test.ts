@@ -1,23 +1,21 @@
 import assert from "node:assert/strict";
 import { compareKeys } from "./key_order.ts";
 import { EntryMap, EntryMapBuilder, type EntryMapVersion, type KvEntry } from "./entry_map.ts";
-
-/** A small deterministic random generator (mulberry32). */
-function _random(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "../raft/rand.ts";
 
 const _ALPHABET = ["a", "b", "z", "é", "\uffff", "\u{10000}", "\u{1f600}", "0", ""];
 
 function _key(rand: () => number, range: number): string {
   const n = Math.floor(rand() * range);
   return `${_ALPHABET[n % _ALPHABET.length]}${n}`;
+}
+
+/** The UTF-8 bytes of the entries' keys and values, as `EntryMap.bytes` counts them. */
+function _bytes(entries: Iterable<KvEntry>): number {
+  const encoder = new TextEncoder();
+  let n = 0;
+  for (const e of entries) n += encoder.encode(e.key).length + encoder.encode(e.value).length;
+  return n;
 }
 
 function _sorted(model: Map<string, KvEntry>): KvEntry[] {
@@ -37,7 +35,7 @@ function _check(version: EntryMapVersion | EntryMap, expected: KvEntry[], probe:
 
 Deno.test("random puts and deletes read back as a sorted model, frozen versions unchanged", () => {
   for (const seed of [1, 2, 3]) {
-    const rand = _random(seed);
+    const rand = seededRandom(seed);
     const map = new EntryMap();
     const model = new Map<string, KvEntry>();
     const frozen: { version: EntryMapVersion; expected: KvEntry[] }[] = [];
@@ -61,6 +59,7 @@ Deno.test("random puts and deletes read back as a sorted model, frozen versions 
         model.set(key, e);
       }
       if (step % 2000 === 0) frozen.push({ version: map.freeze(), expected: _sorted(model) });
+      if (step % 500 === 0) assert.equal(map.bytes, _bytes(model.values()), `bytes at ${step}`);
     }
     const probe = Array.from({ length: 50 }, () => _key(rand, range));
     _check(map, _sorted(model), probe);
@@ -68,6 +67,7 @@ Deno.test("random puts and deletes read back as a sorted model, frozen versions 
     // Delete everything: the tree shrinks back to one leaf and stays consistent.
     for (const k of [...model.keys()]) assert.equal(map.delete(k), true);
     _check(map, [], probe);
+    assert.equal(map.bytes, 0);
   }
 });
 
@@ -85,6 +85,7 @@ Deno.test("a map built from sorted entries reads back, then takes writes", () =>
   entries.sort((a, b) => compareKeys(a.key, b.key));
   const map = EntryMap.fromSorted(entries);
   _check(map, entries, ["k1", "k4999", "k25", "nope", ""]);
+  assert.equal(map.bytes, _bytes(entries));
   const before = map.freeze();
   map.set({ key: "k1", value: "new", createIndex: 2, modIndex: 9000, version: 4 });
   map.delete("k2");
@@ -93,6 +94,7 @@ Deno.test("a map built from sorted entries reads back, then takes writes", () =>
   assert.equal(map.get("k2"), undefined);
   assert.equal(before.get("k2")?.value, "value 2");
   assert.equal(map.size, 4999);
+  assert.equal(map.bytes, _bytes(entries) - "value 1k2value 2".length + "new".length);
 });
 
 Deno.test("a builder refuses entries out of key order or repeated", () => {

@@ -40,6 +40,7 @@ import {
   EventHistory,
   type KvEventType,
 } from "./events.ts";
+import { utf8Length } from "../util/utf8.ts";
 
 export {
   type Compare,
@@ -232,6 +233,34 @@ export class KvStateMachine {
   /** The number of keys. */
   get size(): number {
     return this.#data.size;
+  }
+
+  /** The UTF-8 bytes of every key and value: the size of the data, as the quota counts it. */
+  get dataBytes(): number {
+    return this.#data.bytes;
+  }
+
+  /**
+   * How many bytes `cmd` would add to {@linkcode KvStateMachine.dataBytes} at most if it were
+   * applied now: for each key it puts, its key and value bytes less those of the entry there (a
+   * transaction counts the branch that adds more). Deletes and commands that put nothing add 0:
+   * a full store can always be emptied.
+   */
+  growth(cmd: PlainCommand): number {
+    const put = (key: string, value: string) => {
+      const old = this.#data.get(key);
+      return old === undefined
+        ? utf8Length(key) + utf8Length(value)
+        : utf8Length(value) - utf8Length(old.value);
+    };
+    const branch = (ops: readonly TxnOp[]) => {
+      let sum = 0;
+      for (const op of ops) if (op.op === "put") sum += Math.max(0, put(op.key, op.value));
+      return sum;
+    };
+    if (cmd.op === "put") return Math.max(0, put(cmd.key, cmd.value));
+    if (cmd.op === "txn") return Math.max(branch(cmd.success), branch(cmd.failure));
+    return 0;
   }
 
   /** The number of remembered idempotent outcomes. */

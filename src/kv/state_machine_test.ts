@@ -9,18 +9,7 @@ import {
   KvStateMachine,
   type PlainCommand,
 } from "./state_machine.ts";
-
-/** A small seeded generator (mulberry32). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+import { seededRandom } from "../raft/rand.ts";
 
 const ALL_KINDS: KvCommand[] = [
   { op: "put", key: "a", value: "1" },
@@ -461,7 +450,7 @@ Deno.test("ranges return keys in order within limits, with where to continue", (
 
 Deno.test("random commands give the same results and state as the reference model", () => {
   for (const seed of [11, 12, 13, 14]) {
-    const random = rng(seed);
+    const random = seededRandom(seed);
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
     const keys = ["a", "b", "p/1", "p/2", "p/3", "q", "\u{1f511}", "\uffff"];
     const sm = new KvStateMachine();
@@ -754,4 +743,38 @@ Deno.test("a transaction's put attaches its key to a lease that exists; a missin
   const b = new KvStateMachine();
   b.reset({ entries: view.entries(), sessions: view.sessions, leases: view.leases }, view.index);
   assert.deepEqual(b.lease(1)?.keys, ["k"]);
+});
+
+Deno.test("dataBytes counts the UTF-8 bytes of the keys and values; growth is what a write would add", () => {
+  const sm = new KvStateMachine();
+  assert.equal(sm.dataBytes, 0);
+  assert.equal(sm.growth({ op: "put", key: "ключ", value: "🔑" }), 8 + 4);
+  sm.apply(1, { op: "put", key: "ключ", value: "🔑" });
+  assert.equal(sm.dataBytes, 12);
+  assert.equal(
+    sm.growth({ op: "put", key: "ключ", value: "ab" }),
+    0,
+    "a smaller value adds nothing",
+  );
+  assert.equal(sm.growth({ op: "put", key: "ключ", value: "abcdef" }), 2);
+  assert.equal(sm.growth({ op: "delete", key: "ключ" }), 0);
+  assert.equal(sm.growth({ op: "delete_range", range: { prefix: "" } }), 0);
+  assert.equal(sm.growth({ op: "lease_grant", ttlMs: 5000 }), 0);
+  const txn: PlainCommand = {
+    op: "txn",
+    compare: [],
+    success: [{ op: "put", key: "a", value: "1" }, { op: "put", key: "ключ", value: "" }],
+    failure: [{ op: "put", key: "bbb", value: "22" }, { op: "delete", key: "ключ" }],
+  };
+  assert.equal(sm.growth(txn), 5, "the branch that adds more; a shrinking put counts 0");
+  sm.apply(2, { op: "put", key: "ключ", value: "" });
+  assert.equal(sm.dataBytes, 8);
+  sm.apply(3, { op: "put", key: "b", value: "\ud800" });
+  assert.equal(sm.dataBytes, 8 + 1 + 3, "a lone surrogate is stored as U+FFFD");
+  sm.apply(4, { op: "delete", key: "ключ" });
+  assert.equal(sm.dataBytes, 4);
+  const copy = new KvStateMachine();
+  const view = sm.view();
+  copy.reset({ entries: view.entries(), sessions: view.sessions, leases: view.leases }, 4);
+  assert.equal(copy.dataBytes, 4, "counted when restored from a snapshot");
 });

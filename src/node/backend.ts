@@ -129,6 +129,8 @@ export type Alarm = "NOSPACE";
  * - {@linkcode StoppingError}: the node is shutting down. The API answers 503.
  * - {@linkcode NoSpaceError}: this node leads but its disk is full; nothing was done. The API
  *   answers 507.
+ * - {@linkcode QuotaExceededError}: this node leads and the write would take the data past its
+ *   quota; nothing was done. The API answers 507.
  * - {@linkcode OverloadedError}: the leader has too many writes waiting to be applied; this one
  *   was not proposed. Safe to retry later. The API answers 503.
  */
@@ -260,6 +262,38 @@ export class NoSpaceError extends Error {
   constructor(message = "no space left on device") {
     super(message);
     this.name = "NoSpaceError";
+  }
+}
+
+/**
+ * The write was refused, nothing done: it would take the data (the UTF-8 bytes of every key and
+ * value, as this leader has applied them) past the quota (`--quota-bytes`). Deletes are never
+ * refused, so deleting keys makes room; writes that add no bytes (a smaller value) still go.
+ */
+export class QuotaExceededError extends Error {
+  /** The data's bytes when the write was refused. */
+  readonly dataBytes: number;
+  /** The quota in bytes. */
+  readonly quotaBytes: number;
+  /** The bytes the write would have added. */
+  readonly growth: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param dataBytes The data's bytes now.
+   * @param growth The bytes the write would add.
+   * @param quotaBytes The quota.
+   */
+  constructor(dataBytes: number, growth: number, quotaBytes: number) {
+    super(
+      `the data would pass its quota of ${quotaBytes} bytes: it holds ${dataBytes} bytes and ` +
+        `this write adds ${growth}; delete keys to make room`,
+    );
+    this.name = "QuotaExceededError";
+    this.dataBytes = dataBytes;
+    this.quotaBytes = quotaBytes;
+    this.growth = growth;
   }
 }
 

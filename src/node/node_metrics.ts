@@ -14,7 +14,13 @@ import {
   type Histogram,
   type MetricsRegistry,
 } from "../util/metrics.ts";
-import { NoSpaceError, NotAppliedError, OverloadedError, StoppingError } from "./backend.ts";
+import {
+  NoSpaceError,
+  NotAppliedError,
+  OverloadedError,
+  QuotaExceededError,
+  StoppingError,
+} from "./backend.ts";
 
 /** The node's state as the scrape-time gauges show it. */
 export interface NodeGauges {
@@ -47,6 +53,10 @@ export interface NodeGauges {
   pendingWrites: number;
   /** Whether the NOSPACE alarm is up. */
   noSpace: boolean;
+  /** The UTF-8 bytes of every key and value applied. */
+  dataBytes: number;
+  /** The quota of those bytes (`--quota-bytes`), or 0 for none. */
+  quotaBytes: number;
   /** Change events in the watch history (bounded by `--watch-history`). */
   watchHistoryEvents: number;
   /** Their bytes as the history counts them (bounded by `--watch-history-bytes`). */
@@ -59,6 +69,7 @@ export interface NodeGauges {
 export type ProposalFailure =
   | "overloaded"
   | "no_space"
+  | "quota"
   | "not_applied"
   | "outcome_unknown"
   | "stopping";
@@ -99,12 +110,13 @@ export class NodeMetrics {
     );
     const failed = registry.counterVec(
       "raftkv_proposals_failed_total",
-      "Writes this node (as leader) refused or could not see through, by reason: overloaded, no_space (507), not_applied (another leader's entry took its place), outcome_unknown (client deadline or a snapshot replaced the log: it may still commit), stopping.",
+      "Writes this node (as leader) refused or could not see through, by reason: overloaded, no_space (507, disk full), quota (507, --quota-bytes), not_applied (another leader's entry took its place), outcome_unknown (client deadline or a snapshot replaced the log: it may still commit), stopping.",
       ["reason"],
     );
     this.#failed = {
       overloaded: failed.labels("overloaded"),
       no_space: failed.labels("no_space"),
+      quota: failed.labels("quota"),
       not_applied: failed.labels("not_applied"),
       outcome_unknown: failed.labels("outcome_unknown"),
       stopping: failed.labels("stopping"),
@@ -174,6 +186,14 @@ export class NodeMetrics {
       "raftkv_nospace_alarm",
       "1 while the NOSPACE alarm is up (the disk refused a write), else 0.",
     );
+    const dataBytes = registry.gauge(
+      "raftkv_data_bytes",
+      "UTF-8 bytes of every key and value this node has applied: the size --quota-bytes limits.",
+    );
+    const quotaBytes = registry.gauge(
+      "raftkv_quota_bytes",
+      "The quota of raftkv_data_bytes (--quota-bytes); 0 for none. A leader refuses writes that would pass it (507).",
+    );
     const historyEvents = registry.gauge(
       "raftkv_watch_history_events",
       "Change events kept for watches (bounded by --watch-history).",
@@ -205,6 +225,8 @@ export class NodeMetrics {
       }
       writes.set(g.pendingWrites);
       noSpace.set(g.noSpace ? 1 : 0);
+      dataBytes.set(g.dataBytes);
+      quotaBytes.set(g.quotaBytes);
       historyEvents.set(g.watchHistoryEvents);
       historyBytes.set(g.watchHistoryBytes);
       lag.clear();
@@ -231,6 +253,7 @@ export class NodeMetrics {
 function _failure(error: unknown): ProposalFailure {
   if (error instanceof OverloadedError) return "overloaded";
   if (error instanceof NoSpaceError) return "no_space";
+  if (error instanceof QuotaExceededError) return "quota";
   if (error instanceof NotAppliedError) return "not_applied";
   if (error instanceof StoppingError) return "stopping";
   return "outcome_unknown";

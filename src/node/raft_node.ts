@@ -57,6 +57,7 @@ import {
   NotVoterError,
   OutcomeUnknownError,
   OverloadedError,
+  QuotaExceededError,
   type RangeAnswer,
   type ReadResult,
   RemovedError,
@@ -256,6 +257,13 @@ export interface RaftNodeOptions {
    */
   maxPendingBytes?: number;
   /**
+   * The most bytes of data (the UTF-8 bytes of every key and value) this node takes as leader: a
+   * write that would add bytes past it is refused with {@linkcode QuotaExceededError} before it
+   * is proposed. Only the leader's applied data is counted, so writes in flight at once can pass
+   * it by their own size. 0: no quota. Default 0.
+   */
+  quotaBytes?: number;
+  /**
    * The wall clock (milliseconds since the epoch) a leader stamps into writes that carry an
    * idempotency key; the state machine decides their expiry from that stamp alone, so every
    * replica decides the same. Default `Date.now`.
@@ -318,6 +326,8 @@ export interface NodeInspection {
   leaseOf(key: string): number | null;
   /** The number of leases in the applied state. */
   readonly leaseCount: number;
+  /** The UTF-8 bytes of the applied keys and values (what the quota counts). */
+  readonly dataBytes: number;
 }
 
 interface Waiter {
@@ -458,6 +468,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #pendingBytes = 0;
   readonly #maxPendingProposals: number;
   readonly #maxPendingBytes: number;
+  readonly #quotaBytes: number;
   #readQueue: PendingRead[] = [];
   #readRounds = new Map<number, ReadRound>();
   #readSeq = 0;
@@ -534,6 +545,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#snapshotThresholdBytes = options.snapshotThresholdBytes ?? 64 * 1024 * 1024;
     this.#maxPendingProposals = options.maxPendingProposals ?? 4096;
     this.#maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024;
+    this.#quotaBytes = options.quotaBytes ?? 0;
     this.#catchUpEntries = options.snapshotCatchUpEntries ??
       Math.min(5000, this.#snapshotThreshold);
     this.#wallClock = options.wallClock ?? Date.now;
@@ -1045,6 +1057,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   ): Promise<KvResult> {
     if (this.#isRemoved()) throw new RemovedError(this.id);
     this.#refuseWhenFull();
+    this.#refuseOverQuota(cmd);
     cmd = this.#withMinimumTtl(cmd);
     const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
       op: "idempotent",
@@ -1233,6 +1246,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       sessions: () => this.#kv.sessionRecords(),
       leaseOf: (key) => this.#kv.leaseOf(key),
       leaseCount: this.#kv.leaseCount,
+      dataBytes: this.#kv.dataBytes,
     };
   }
 
@@ -1463,6 +1477,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       peerReadsDropped: core.droppedReads,
       pendingWrites: this.#pendingWrites.length + (this.#heldJob ? 1 : 0),
       noSpace: this.#noSpace !== null,
+      dataBytes: this.#kv.dataBytes,
+      quotaBytes: this.#quotaBytes,
       watchHistoryEvents: this.#kv.events.size,
       watchHistoryBytes: this.#kv.events.bytes,
       lag: leader
@@ -1820,6 +1836,17 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       this.#metrics.proposalFailed(error);
       throw error;
     }
+  }
+
+  /** A leader refuses a write that would take the data past the quota (a follower forwards it). */
+  #refuseOverQuota(cmd: PlainCommand): void {
+    if (this.#quotaBytes === 0 || this.#core.role !== "leader" || this.#stopping) return;
+    const data = this.#kv.dataBytes;
+    const growth = this.#kv.growth(cmd);
+    if (growth === 0 || data + growth <= this.#quotaBytes) return;
+    const error = new QuotaExceededError(data, growth, this.#quotaBytes);
+    this.#metrics.proposalFailed(error);
+    throw error;
   }
 
   /**

@@ -12,6 +12,7 @@ import {
   NotAppliedError,
   OutcomeUnknownError,
   OverloadedError,
+  QuotaExceededError,
   RemovedError,
   TransferAbortedError,
   UnknownMemberError,
@@ -21,6 +22,7 @@ import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts
 import { encodeSnapshot, listSnapshots } from "../storage/snapshot_file.ts";
 import { SimClock } from "../../testing/sim_clock.ts";
 import { SimFileSystem } from "../../testing/sim_fs.ts";
+import { MetricsRegistry } from "../util/metrics.ts";
 
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -870,6 +872,44 @@ Deno.test("a leader refuses a write that would pass its pending-bytes limit unle
     // A single write larger than the limit still goes through when nothing is pending.
     await solo.put("huge", "y".repeat(5000), signal());
     assert.equal((await solo.get("huge", "linearizable", signal()))?.length, 5000);
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader refuses writes that would take the data past its quota; deletes and shrinking writes go, and make room", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    const metrics = new MetricsRegistry();
+    node = await startSolo(root, { quotaBytes: 100, metrics });
+    const solo = node;
+    await solo.put("a", "x".repeat(59), signal()); // 60 bytes
+    await solo.put("b", "y".repeat(39), signal()); // 100: exactly the quota
+    const refused = await solo.put("c", "z", signal()).then(() => null, (e) => e);
+    assert.ok(refused instanceof QuotaExceededError, String(refused));
+    assert.deepEqual(
+      [refused.dataBytes, refused.growth, refused.quotaBytes],
+      [100, 2, 100],
+    );
+    assert.equal(await solo.get("c", "linearizable", signal()), null, "nothing was applied");
+    // A transaction whose branch puts a new key is refused; one that only deletes is not.
+    const txn = await solo.write({
+      op: "txn",
+      compare: [],
+      success: [{ op: "put", key: "d", value: "1" }],
+      failure: [],
+    }, signal()).then(() => null, (e) => e);
+    assert.ok(txn instanceof QuotaExceededError, String(txn));
+    // Replacing a value with a smaller one adds nothing; a delete frees its bytes.
+    await solo.put("a", "x".repeat(9), signal()); // 10 bytes now
+    await solo.delete("b", signal());
+    await solo.put("c", "z".repeat(80), signal()); // 10 + 81
+    const text = metrics.render();
+    assert.match(text, /^raftkv_data_bytes 91$/m);
+    assert.match(text, /^raftkv_quota_bytes 100$/m);
+    assert.match(text, /^raftkv_proposals_failed_total\{reason="quota"\} 2$/m);
   } finally {
     await node?.stop();
     await Deno.remove(root, { recursive: true });

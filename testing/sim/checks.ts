@@ -14,6 +14,7 @@ import {
   type Operation,
 } from "../../src/check/linearizability.ts";
 import { KvModel } from "../kv_model.ts";
+import { utf8Length } from "../../src/util/utf8.ts";
 import { currentMembers, type SimContext, type SimNode } from "./context.ts";
 import type { LeaseHolders } from "./leases.ts";
 
@@ -53,6 +54,8 @@ export class Checker {
   #refStates: string[] = [];
   /** {@linkcode Checker.leaseState} of the reference state after each index. */
   #refLeaseStates: string[] = [];
+  /** The UTF-8 bytes of the reference state's keys and values after each index. */
+  #refBytes: number[] = [0];
   /** When each (index, term) was first seen in a log (key: index * 2^20 + term). */
   readonly firstSeen = new Map<number, number>();
   /** When each term's leader was first seen leading. */
@@ -225,6 +228,9 @@ export class Checker {
         (k) => this.#ref.keyLease.get(k) ?? null,
         this.#ref.leases.size,
       );
+      let bytes = 0;
+      for (const e of this.#ref.data.values()) bytes += utf8Length(e.key) + utf8Length(e.value);
+      this.#refBytes[i] = bytes;
     }
     this.#checkDurableMajority(`when ${n.id} learned commit ${to}`, to);
   }
@@ -257,6 +263,13 @@ export class Checker {
       this.#ctx.violation(
         "state-machine-safety",
         `${n.id} applied up to ${s.applied} but holds ${got} where the committed log gives ${want}`,
+      );
+    }
+    if (s.dataBytes !== this.#refBytes[s.applied]) {
+      this.#ctx.violation(
+        "state-machine-safety",
+        `${n.id} applied up to ${s.applied} counts ${s.dataBytes} bytes of data where the ` +
+          `committed log gives ${this.#refBytes[s.applied]} (the quota counts them)`,
       );
     }
     const leases = this.#leaseState((k) => s.leaseOf(k), s.leaseCount);

@@ -12,6 +12,7 @@ import type { KvEntry, KvResult, LeaseRef, PlainCommand } from "../../src/kv/sta
 import {
   NoSpaceError,
   NotAppliedError,
+  QuotaExceededError,
   RemovedError,
   StoppingError,
 } from "../../src/node/backend.ts";
@@ -55,7 +56,8 @@ export type Outcome =
   | { kind: "casFailed"; index: number; current: KvEntry | null; replayed: boolean }
   | { kind: "value"; value: string | null; entry: KvEntry | null }
   | { kind: "range"; entries: KvEntry[]; index: number }
-  | { kind: "notApplied" }
+  /** Did not and will not take effect (`quota`: refused as past the quota). */
+  | { kind: "notApplied"; quota?: true }
   | { kind: "unknown" }
   | { kind: "refused" }
   /** A removed node's refusal: the client goes to another node. */
@@ -206,7 +208,7 @@ export class Clients {
       checker.idemAnswers.set(op.idem, checker.idemAnswers.get(op.idem) ?? new Set());
     }
     if (op.txnLease !== undefined && outcome?.kind === "ok") stats.leaseTxnPuts++;
-    if (op.txnLease !== undefined && outcome?.kind === "notApplied") {
+    if (op.txnLease !== undefined && outcome?.kind === "notApplied" && !outcome.quota) {
       stats.leaseTxnRefused++;
     }
     if (outcome?.kind === "ok") {
@@ -315,6 +317,16 @@ export class Clients {
       (o) => o,
       (e) => {
         if (e instanceof NoSpaceError) this.#ctx.stats.noSpaceRefusals++;
+        if (e instanceof QuotaExceededError) {
+          this.#ctx.stats.quotaRefusals++;
+          if (op.kind === "delete" || e.growth <= 0) {
+            try {
+              this.#ctx.violation("quota", `${n.id} refused ${op.kind}(${op.key}): ${e.message}`);
+            } catch {
+              // Recorded; the event loop throws it (this answer may race a timeout nobody awaits).
+            }
+          }
+        }
         return outcomeOf(e);
       },
     );
@@ -443,6 +455,8 @@ function _writeOutcome(op: ClientOp, r: KvResult): Outcome {
 export function outcomeOf(e: unknown): Outcome {
   if (e instanceof NotLeaderError) return { kind: "notLeader", leader: e.leader };
   if (e instanceof NotAppliedError) return { kind: "notApplied" };
+  // Refused before it was proposed: it did not and will not take effect.
+  if (e instanceof QuotaExceededError) return { kind: "notApplied", quota: true };
   if (e instanceof NoSpaceError || e instanceof StoppingError) return { kind: "refused" };
   if (e instanceof RemovedError) return { kind: "removed" };
   return { kind: "unknown" }; // OutcomeUnknownError, an aborted read, anything else

@@ -190,6 +190,7 @@ export type CheckName =
   | "removed-member" // no member of the final configuration counts itself removed
   | "removed-unaware" // a voter or learner removed while down knows it after the final heal
   | "stale-member" // a member that does not know the final leader (added while it was away) catches up
+  | "quota" // only writes that add bytes are refused for the quota (never a delete)
   | "runaway";
 
 /** The options of one run. */
@@ -229,6 +230,11 @@ export interface SimulationOptions {
    */
   catchUpEntries?: number;
   /** A misbehaving disk (guard tests). Default: none. */ diskFault?: DiskFault;
+  /**
+   * The nodes' `quotaBytes` (0: none). Default: drawn from the seed ({@linkcode quotaForSeed}):
+   * small enough to refuse writes for one seed in five, none for the others.
+   */
+  quotaBytes?: number;
   /** Checks to switch off (guard tests show the others still catch a fault). Default: none. */
   disabledChecks?: CheckName[];
   /** Receives every line of the trace (slow: for replaying one seed). Default: none. */
@@ -302,6 +308,7 @@ export const COUNTERS = [
   "diskFulls", // disk-full episodes (one node, the leader, or every node)
   "noSpaceAlarms", // NOSPACE alarms a node raised (a write refused for lack of space)
   "noSpaceRefusals", // writes a leader refused for a full disk (definitely not applied)
+  "quotaRefusals", // writes a leader refused as past the quota (definitely not applied)
   "fullRestarts", // restarts on a full disk (start-up writes no file data: it must succeed)
 ] as const;
 
@@ -435,6 +442,14 @@ export function snapshotDefaults(
 /** The default virtual duration of a run, as used by the soak script. */
 export const DEFAULT_DURATION_MS = 20_000;
 
+/**
+ * The quota used by default for `seed`: for one seed in five, 16 to 47 bytes (the keys and values
+ * of a run are a few bytes each, so writes are refused while deletes make room); else none.
+ */
+export function quotaForSeed(seed: number): number {
+  return seed % 5 === 2 ? 16 + ((seed >>> 3) % 32) : 0;
+}
+
 /** The cluster size used for `seed` when sizes are mixed: 3 for 60 % of the seeds, else 5. */
 export function nodesForSeed(seed: number): 3 | 5 {
   return seed % 5 < 3 ? 3 : 5;
@@ -454,6 +469,7 @@ export function replayCommand(o: SimulationOptions): string {
     ["snapshot-threshold", o.snapshotThreshold],
     ["catch-up-entries", o.catchUpEntries],
     ["disk-fault", o.diskFault],
+    ["quota-bytes", o.quotaBytes],
     ["watchers", o.watchers],
     ["watch-fault", o.watchFault],
     ["disable", o.disabledChecks?.join(",") || undefined],
@@ -773,6 +789,7 @@ class _Simulation implements SimContext {
       maxIdempotencyKeys: 1000,
       watchHistoryEvents: this.#watchers.historyEvents,
       watchHistoryBytes: this.#watchers.historyBytes,
+      quotaBytes: this.opts.quotaBytes ?? quotaForSeed(this.opts.seed),
       onFatal: (e) => {
         if (n.inc === inc) this.caught(e, ` (fatal) on ${n.id}`);
       },

@@ -111,6 +111,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "noSpaceAlarms",
     "noSpaceRefusals",
     "fullRestarts",
+    "quotaRefusals",
   ]);
   assert.ok(totals.elections! > 150, `only ${totals.elections} elections in 150 runs`);
 });
@@ -129,6 +130,21 @@ Deno.test("five-node clusters of real nodes lose no acknowledged write and stay 
     "partitions",
     "pauses",
   ]);
+});
+
+Deno.test("a quota the data reach at once refuses the writes that add bytes, and every history stays linearizable", async () => {
+  // 12 bytes hold one key and a short value: most puts are refused; deletes and puts of a value
+  // no longer than the one there go through.
+  const { failures, totals } = await _runSeeds(
+    _range(40_001, 12),
+    (seed) => ({ seed, nodes: 3, durationMs: 6_000, quotaBytes: 12 }),
+  );
+  assert.equal(failures.length, 0, _describe(failures));
+  _assertExercised(totals, ["quotaRefusals", "writesOk", "readsOk", "crashes", "snapshotsTaken"]);
+  assert.ok(
+    totals.quotaRefusals! > totals.writesOk! / 4,
+    `only ${totals.quotaRefusals} refusals for ${totals.writesOk} writes`,
+  );
 });
 
 Deno.test("snapshots, log compaction and snapshot transfers keep every check under every fault mix", async () => {
