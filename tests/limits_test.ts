@@ -6,7 +6,8 @@
  * Requests are held in flight deterministically: a raw HTTP/1.1 request whose body has not all
  * been sent keeps the handler waiting; writes stay pending on a leader whose followers are
  * frozen with SIGSTOP. A node whose open-file limit is reached by connections listens again once
- * they close. The load test past the default limits is `deno task overload`.
+ * they close. Past `--quota-bytes` the leader refuses writes that add data with 507. The load
+ * test past the default limits is `deno task overload`.
  */
 
 import assert from "node:assert/strict";
@@ -22,6 +23,7 @@ import {
   waitFor,
   writeClusterFile,
 } from "../testing/harness.ts";
+import { parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
 
 const MAX_INFLIGHT = 6;
 const MAX_PENDING = 4;
@@ -297,4 +299,89 @@ Deno.test({
       await Deno.remove(root, { recursive: true });
     }
   },
+});
+
+Deno.test("past --quota-bytes the leader refuses writes that add data with 507, through a follower too; deletes make room, and a restart keeps the count", async () => {
+  const QUOTA = 1000;
+  await using cluster = await startCluster({
+    size: 3,
+    nodeFlags: ["--quota-bytes", String(QUOTA)],
+  });
+  const leader = await cluster.waitForLeader(20_000);
+  const follower = cluster.ids.find((id) => id !== leader)!;
+  // Keys "q0".."q9" with 98-byte values: 100 bytes each, 1000 in all: exactly the quota.
+  for (let i = 0; i < 10; i++) {
+    const put = await cluster.request(follower, "POST", "/v1/data", {
+      k: `q${i}`,
+      v: "v".repeat(98),
+    });
+    assert.equal(put.status, 200, put.text);
+  }
+  // One more byte is refused, through the follower as at the leader, and nothing is applied.
+  for (const id of [follower, leader]) {
+    const refused = await cluster.request(id, "POST", "/v1/data", { k: "over", v: "" });
+    assert.equal(refused.status, 507, refused.text);
+    assert.deepEqual(refused.json, {
+      error: `the data would pass its quota of ${QUOTA} bytes: it holds ${QUOTA} bytes and this ` +
+        "write adds 4; delete keys to make room",
+      code: "quota_exceeded",
+      data_bytes: QUOTA,
+      quota_bytes: QUOTA,
+      k: "over",
+    });
+  }
+  assert.equal((await cluster.request(leader, "GET", "/v1/data/over")).status, 404);
+  // A smaller value adds nothing; a delete frees its bytes for the next write.
+  const smaller = await cluster.request(follower, "POST", "/v1/data", { k: "q0", v: "v" });
+  assert.equal(smaller.status, 200, smaller.text);
+  assert.equal((await cluster.request(follower, "DELETE", "/v1/data/q1")).status, 200);
+  const fits = await cluster.request(follower, "POST", "/v1/data", {
+    k: "over",
+    v: "x".repeat(150),
+  });
+  assert.equal(fits.status, 200, fits.text);
+  const bytes = QUOTA - 97 - 100 + 4 + 150;
+
+  // Every node counts the same bytes (they applied the same entries); the leader counted its
+  // refusals. The metrics pass promtool.
+  const metricsOf = async (id: string) => {
+    const res = await cluster.request(id, "GET", "/metrics");
+    assert.equal(res.status, 200);
+    return res.text;
+  };
+  await waitFor(async () => {
+    for (const id of cluster.ids) {
+      if (sample(parseSamples(await metricsOf(id)), "raftkv_data_bytes") !== bytes) return false;
+    }
+    return true;
+  }, { deadlineMs: 10_000, message: `every node to count ${bytes} bytes of data` });
+  const text = await metricsOf(leader);
+  const checked = await promtoolCheck(text);
+  assert.ok(checked.ok, checked.output);
+  const samples = parseSamples(text);
+  assert.equal(sample(samples, "raftkv_quota_bytes"), QUOTA);
+  assert.equal(sample(samples, 'raftkv_proposals_failed_total{reason="quota"}'), 2);
+
+  // Restarted with a smaller quota, the node counts the data it recovered: past the new quota,
+  // writes that add bytes are refused, deletes are not.
+  for (const id of cluster.ids) assert.equal(await cluster.stop(id), 0);
+  for (const id of cluster.ids) {
+    await cluster.start(id, { flags: ["--quota-bytes", "500"], waitForHealth: false });
+  }
+  for (const id of cluster.ids) await cluster.waitForHealth(id);
+  const again = await cluster.waitForLeader(20_000);
+  await waitFor(
+    async () =>
+      (await cluster.request(again, "POST", "/v1/data", { k: "new", v: "" })).status === 507,
+    {
+      deadlineMs: 10_000,
+      message: "the restarted leader to refuse a write past the smaller quota",
+    },
+  );
+  assert.equal((await cluster.request(again, "DELETE", "/v1/data/q2")).status, 200);
+  assert.equal(
+    sample(parseSamples(await metricsOf(again)), "raftkv_data_bytes"),
+    bytes - 100,
+    "the count after a restart and a delete",
+  );
 });
