@@ -87,6 +87,21 @@ async function leaderChange(cluster: ProcessCluster, browser: Browser): Promise<
     message: `the member rows to read ${JSON.stringify(expected)}`,
   });
   assert.equal(await textOf(page, "#up"), "3 / 3");
+  // Each node's data against the quota (the default, 1 GiB): 4 + 1020 bytes after this write.
+  const put = await cluster.request(follower, "POST", "/v1/data", {
+    k: "dash",
+    v: "d".repeat(1020),
+  });
+  assert.equal(put.status, 200, put.text);
+  for (const id of cluster.ids) {
+    await waitForText(
+      page,
+      `#members tr[data-id="${id}"] td[data-label="Data"]`,
+      (t) => t === "1 KiB of 1 GiB",
+      5000,
+      `the page to show ${id}'s data as 1 KiB of its 1 GiB quota`,
+    );
+  }
 
   const killed = performance.now();
   await cluster.kill(leader);

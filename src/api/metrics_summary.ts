@@ -1,8 +1,8 @@
 /**
  * The few numbers of a node's `GET /metrics` text that the dashboard shows, read back from the
  * Prometheus text exposition format 0.0.4: leader changes, committed proposals, key-value
- * requests by kind and status class, their latency histogram, and (on the leader) the
- * replication lag of each follower. `GET /v1/cluster` sends them for every member, so that the
+ * requests by kind and status class, their latency histogram, the data's bytes and their quota,
+ * and (on the leader) the replication lag of each follower. `GET /v1/cluster` sends them for every member, so that the
  * page needs no parser of its own.
  *
  * @module
@@ -54,6 +54,10 @@ export interface MetricsSummary {
   request_duration_seconds: { read: HistogramSummary | null; write: HistogramSummary | null };
   /** `raftkv_peer_replication_lag_entries` by follower id: reported by the leader only. */
   replication_lag_entries: Record<string, number>;
+  /** `raftkv_data_bytes`: the bytes of the keys and values this node has applied. */
+  data_bytes: number;
+  /** `raftkv_quota_bytes`: the quota of those bytes (`--quota-bytes`), 0 for none. */
+  quota_bytes: number;
 }
 
 const _KV_ROUTES = new Set(["/v1/data", "/v1/data/{key}"]);
@@ -85,6 +89,8 @@ export function summarizeMetrics(text: string): MetricsSummary {
     requests_total: { read: {}, write: {} },
     request_duration_seconds: { read: null, write: null },
     replication_lag_entries: {},
+    data_bytes: 0,
+    quota_bytes: 0,
   };
   // Buckets by kind, summed over routes and methods: bound -> count.
   const buckets = { read: new Map<number, number>(), write: new Map<number, number>() };
@@ -96,6 +102,12 @@ export function summarizeMetrics(text: string): MetricsSummary {
         continue;
       case "raftkv_proposals_committed_total":
         summary.proposals_committed_total = s.value;
+        continue;
+      case "raftkv_data_bytes":
+        summary.data_bytes = s.value;
+        continue;
+      case "raftkv_quota_bytes":
+        summary.quota_bytes = s.value;
         continue;
       case "raftkv_peer_replication_lag_entries":
         if (s.labels.peer !== undefined) summary.replication_lag_entries[s.labels.peer] = s.value;

@@ -48,8 +48,8 @@ Deno.test("the summary reads a real node's metrics text", () => {
     peerReadsDropped: 0,
     pendingWrites: 0,
     noSpace: false,
-    dataBytes: 0,
-    quotaBytes: 0,
+    dataBytes: 1234,
+    quotaBytes: 4096,
     watchHistoryEvents: 0,
     watchHistoryBytes: 0,
     lag: [["n2", 2], ["n3", 0]],
@@ -87,6 +87,7 @@ Deno.test("the summary reads a real node's metrics text", () => {
     write: { "2xx": 2, "5xx": 1 },
   });
   assert.deepEqual(summary.replication_lag_entries, { n2: 2, n3: 0 });
+  assert.deepEqual([summary.data_bytes, summary.quota_bytes], [1234, 4096]);
   const write = summary.request_duration_seconds.write!;
   assert.equal(write.cumulative.length, write.le.length + 1);
   assert.equal(write.cumulative.at(-1), 3);
@@ -104,5 +105,7 @@ Deno.test("metrics that are missing count as zero or empty", () => {
     requests_total: { read: {}, write: {} },
     request_duration_seconds: { read: null, write: null },
     replication_lag_entries: {},
+    data_bytes: 0,
+    quota_bytes: 0,
   });
 });

@@ -298,6 +298,23 @@ export function formatRate(perSecond) {
   return _digits(perSecond);
 }
 
+/**
+ * A size in bytes for people: `0 B`, `512 B`, `1.5 KiB`, `64 MiB`, `1 GiB`.
+ *
+ * @param {number} bytes
+ * @returns {string}
+ */
+export function formatBytes(bytes) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${unit === 0 ? String(value) : _digits(value)} ${units[unit]}`;
+}
+
 /** @param {number} x */
 function _digits(x) {
   if (x >= 100) return String(Math.round(x));
@@ -512,6 +529,21 @@ function start() {
         !isLeader && lag !== undefined && lag > 100 ? "lag-high" : undefined,
       );
       cell("Leader changes", m.metrics ? String(m.metrics.leader_changes_total) : "—");
+      // The data and its quota (--quota-bytes): warned at 80 %, bad once writes are refused.
+      const data = m.metrics?.data_bytes, quota = m.metrics?.quota_bytes;
+      cell(
+        "Data",
+        data === undefined
+          ? "—"
+          : quota > 0
+          ? `${formatBytes(data)} of ${formatBytes(quota)}`
+          : formatBytes(data),
+        quota > 0 && data >= quota
+          ? "state-bad"
+          : quota > 0 && data >= 0.8 * quota
+          ? "state-warn"
+          : undefined,
+      );
       const rate = point.members[m.id];
       cell("Requests/s", rate === undefined ? "—" : formatRate(rate));
       let state = "ok", cls = "state-ok";

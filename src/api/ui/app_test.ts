@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import {
   counterDelta,
+  formatBytes,
   formatRate,
   formatSeconds,
   histogramDelta,
@@ -127,6 +128,8 @@ function member(id: string, reads: number, writes: number, errors: number, h: nu
       requests_total: { read: { "2xx": reads }, write: { "2xx": writes, "5xx": errors } },
       request_duration_seconds: { read: null, write: h === null ? null : hist(h) },
       replication_lag_entries: {},
+      data_bytes: 0,
+      quota_bytes: 0,
     },
   };
 }
@@ -190,6 +193,12 @@ Deno.test("durations, rates and chart scales read well", () => {
   assert.equal(formatRate(12.54), "12.5");
   assert.equal(formatRate(340.2), "340");
   assert.equal(formatRate(12_345), "12.3k");
+  assert.equal(formatBytes(0), "0 B");
+  assert.equal(formatBytes(512), "512 B");
+  assert.equal(formatBytes(1536), "1.5 KiB");
+  assert.equal(formatBytes(64 * 1024 * 1024), "64 MiB");
+  assert.equal(formatBytes(1024 ** 3), "1 GiB");
+  assert.equal(formatBytes(10.25 * 1024 ** 4), "10.3 TiB");
   assert.equal(niceMax(0, 1), 1);
   assert.equal(niceMax(3, 1), 5);
   assert.equal(niceMax(116, 1), 200);
