@@ -97,7 +97,7 @@ async function leaderChange(cluster: ProcessCluster, browser: Browser): Promise<
     await waitForText(
       page,
       `#members tr[data-id="${id}"] td[data-label="Data"]`,
-      (t) => t === "1 KiB of 1 GiB",
+      (t) => t === "1 KiB / 1 GiB",
       5000,
       `the page to show ${id}'s data as 1 KiB of its 1 GiB quota`,
     );

@@ -536,7 +536,7 @@ function start() {
         data === undefined
           ? "—"
           : quota > 0
-          ? `${formatBytes(data)} of ${formatBytes(quota)}`
+          ? `${formatBytes(data)} / ${formatBytes(quota)}`
           : formatBytes(data),
         quota > 0 && data >= quota
           ? "state-bad"
