@@ -637,8 +637,10 @@ export interface OpCounts {
   ok: number;
   /** Writes whose outcome is unknown (502, 504, timeout, connection cut). */
   unknown: number;
-  /** Definitely failed (503, refused connection), or reads that got no answer. */
+  /** Definitely failed (503, 507 past the quota, refused connection), or reads that got no answer. */
   failed: number;
+  /** Of those, writes refused as past the data quota (507 `quota_exceeded`; never a delete). */
+  quota: number;
 }
 
 /** A key whose final value cannot be the result of any write that could have been last. */
@@ -866,7 +868,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
 }
 
 function _zero(): OpCounts {
-  return { total: 0, ok: 0, unknown: 0, failed: 0 };
+  return { total: 0, ok: 0, unknown: 0, failed: 0, quota: 0 };
 }
 
 /**
@@ -1192,13 +1194,16 @@ function _record(
     learn(op.key, m, value);
     return true;
   }
-  if (status === 503) {
+  // Refused before it was proposed, as past the data quota: a delete never is (an anomaly).
+  const overQuota = status === 507 && body.code === "quota_exceeded" && op.kind !== "delete";
+  if (overQuota) counts.quota++;
+  if (status === 503 || overQuota) {
     // "Definitely not applied": left out of the history, so a read of its value would fail it.
     counts.failed++;
     if ((op.kind === "put" || op.kind === "cas") && op.value !== null) {
       state.failedPuts.set(
         op.value,
-        `${where}: 503 after ${(ret - op.call).toFixed(1)} ms, headers ${
+        `${where}: ${status} after ${(ret - op.call).toFixed(1)} ms, headers ${
           JSON.stringify([...result.headers])
         }, body ${result.text.slice(0, 400)}`,
       );
@@ -1724,7 +1729,7 @@ export function checkWorkload(
   const lostWrites = findLostWrites(history, finals);
   const total = _zero();
   for (const kind of ["put", "get", "delete", "cas", "range"] as const) {
-    for (const field of ["total", "ok", "unknown", "failed"] as const) {
+    for (const field of ["total", "ok", "unknown", "failed", "quota"] as const) {
       total[field] += counts[kind][field];
     }
   }
@@ -1738,7 +1743,9 @@ export function checkWorkload(
     const c = counts[kind];
     return `${kind} ${c.total} (ok ${c.ok}${
       kind === "get" ? ` of which ${leaseOk} lease reads` : ""
-    }, unknown ${c.unknown}, failed ${c.failed})`;
+    }, unknown ${c.unknown}, failed ${c.failed}${
+      c.quota > 0 ? `, ${c.quota} past the quota` : ""
+    })`;
   };
   const summary = [
     `ops: ${total.total} total, ${total.ok} ok, ${total.unknown} unknown, ${total.failed} failed; ${
