@@ -397,6 +397,12 @@ export class EntryMap {
     return { createIndex: nums[3 * i]!, modIndex: nums[3 * i + 1]!, version: nums[3 * i + 2]! };
   }
 
+  /** The UTF-8 bytes of the key and value under `key` (without reading the value), or 0. */
+  bytesOf(key: string): number {
+    const [leaf, i] = _locate(this.#root, key);
+    return i < 0 ? 0 : leaf.offs[2 * i + 2]! - leaf.offs[2 * i]!;
+  }
+
   /** Stores `entry` under its key, replacing the entry there. Returns whether one was there. */
   set(entry: KvEntry): boolean {
     this.#replaced = false;

@@ -59,7 +59,11 @@ Deno.test("random puts and deletes read back as a sorted model, frozen versions 
         model.set(key, e);
       }
       if (step % 2000 === 0) frozen.push({ version: map.freeze(), expected: _sorted(model) });
-      if (step % 500 === 0) assert.equal(map.bytes, _bytes(model.values()), `bytes at ${step}`);
+      if (step % 500 === 0) {
+        assert.equal(map.bytes, _bytes(model.values()), `bytes at ${step}`);
+        const e = model.get(key);
+        assert.equal(map.bytesOf(key), e === undefined ? 0 : _bytes([e]), `bytesOf at ${step}`);
+      }
     }
     const probe = Array.from({ length: 50 }, () => _key(rand, range));
     _check(map, _sorted(model), probe);

@@ -198,6 +198,22 @@ interface _Session {
 const _encoder = new TextEncoder();
 const _decoder = new TextDecoder("utf-8", { fatal: true });
 
+/**
+ * At least what `cmd` could add to {@linkcode KvStateMachine.dataBytes}, in constant time (a
+ * UTF-16 unit is at most 3 UTF-8 bytes): a write this bound keeps within a quota needs no closer
+ * look with {@linkcode KvStateMachine.growth}.
+ *
+ * @param cmd The command.
+ * @returns The bound in bytes; 0 for a command that puts nothing.
+ */
+export function growthBound(cmd: PlainCommand): number {
+  const branch = (ops: readonly TxnOp[]) =>
+    ops.reduce((sum, op) => op.op === "put" ? sum + 3 * (op.key.length + op.value.length) : sum, 0);
+  if (cmd.op === "put") return 3 * (cmd.key.length + cmd.value.length);
+  if (cmd.op === "txn") return branch(cmd.success) + branch(cmd.failure);
+  return 0;
+}
+
 /** The key-value map in key order, its revisions, and the index of the last entry applied. */
 export class KvStateMachine {
   #data = new EntryMap();
@@ -247,12 +263,8 @@ export class KvStateMachine {
    * a full store can always be emptied.
    */
   growth(cmd: PlainCommand): number {
-    const put = (key: string, value: string) => {
-      const old = this.#data.get(key);
-      return old === undefined
-        ? utf8Length(key) + utf8Length(value)
-        : utf8Length(value) - utf8Length(old.value);
-    };
+    const put = (key: string, value: string) =>
+      utf8Length(key) + utf8Length(value) - this.#data.bytesOf(key);
     const branch = (ops: readonly TxnOp[]) => {
       let sum = 0;
       for (const op of ops) if (op.op === "put") sum += Math.max(0, put(op.key, op.value));

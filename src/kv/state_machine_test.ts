@@ -4,6 +4,7 @@ import {
   compareKeys,
   decodeCommand,
   encodeCommand,
+  growthBound,
   type KvCommand,
   type KvEntry,
   KvStateMachine,
@@ -777,4 +778,11 @@ Deno.test("dataBytes counts the UTF-8 bytes of the keys and values; growth is wh
   const view = sm.view();
   copy.reset({ entries: view.entries(), sessions: view.sessions, leases: view.leases }, 4);
   assert.equal(copy.dataBytes, 4, "counted when restored from a snapshot");
+  // The constant-time bound is never below the growth.
+  for (const cmd of [...ALL_KINDS, txn]) {
+    if (cmd.op === "idempotent") continue;
+    assert.ok(growthBound(cmd) >= sm.growth(cmd), JSON.stringify(cmd));
+  }
+  assert.equal(growthBound({ op: "put", key: "ключ", value: "🔑" }), 3 * (4 + 2));
+  assert.equal(growthBound({ op: "delete", key: "a" }), 0);
 });

@@ -32,6 +32,7 @@ import {
 } from "../raft/types.ts";
 import {
   encodeCommand,
+  growthBound,
   type KvCommand,
   type KvEntry,
   type KvResult,
@@ -1842,6 +1843,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #refuseOverQuota(cmd: PlainCommand): void {
     if (this.#quotaBytes === 0 || this.#core.role !== "leader" || this.#stopping) return;
     const data = this.#kv.dataBytes;
+    if (data + growthBound(cmd) <= this.#quotaBytes) return; // far from it: no closer look
     const growth = this.#kv.growth(cmd);
     if (growth === 0 || data + growth <= this.#quotaBytes) return;
     const error = new QuotaExceededError(data, growth, this.#quotaBytes);
