@@ -209,7 +209,7 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       const roles = cluster.ids.map((id) => {
         const api = cluster.api(id).replaceAll(".", "\\.");
         const row = new RegExp(
-          `^${id} +${api} +(leader|follower) +\\d+ +\\d+ +\\d+ +\\d+ +0$`,
+          `^${id} +${api} +(leader|follower) +\\d+ +\\d+ +\\d+ +\\d+ +0 +\\d+ B of 1 GiB$`,
           "m",
         );
         return last!.stdout.match(row)?.[1];
@@ -219,7 +219,10 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       deadlineMs: 20_000,
       message: () => `a status with one leader and no lag:\n${last?.stdout}${last?.stderr}`,
     });
-    assert.match(last!.stdout, /^ID +ENDPOINT +ROLE +TERM +COMMIT +APPLIED +LAST +LAG +NOTE\n/);
+    assert.match(
+      last!.stdout,
+      /^ID +ENDPOINT +ROLE +TERM +COMMIT +APPLIED +LAST +LAG +DATA +NOTE\n/,
+    );
     const json = await raftkv(["status", "-o", "json", ...ep]);
     _expect(json, 0, "status -o json");
     assert.ok(cluster.ids.includes(String(json.json!.leader)), String(json.json!.leader));
@@ -230,6 +233,9 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       assert.equal(m.reachable, true);
       assert.equal(m.lag, 0);
       assert.equal((m.status as { id: string }).id, m.id);
+      const { data_bytes, quota_bytes } = m.status as { data_bytes: number; quota_bytes: number };
+      assert.ok(Number.isSafeInteger(data_bytes) && data_bytes > 0, String(data_bytes));
+      assert.equal(quota_bytes, 1024 ** 3, "the default quota");
     }
   });
 
@@ -362,7 +368,7 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
     _expect(run, 1, "status with a member down");
     assert.match(
       run.stdout,
-      new RegExp(`^${follower} +\\S+ +- +- +- +- +- +- +no endpoint could be reached`, "m"),
+      new RegExp(`^${follower} +\\S+ +- +- +- +- +- +- +- +no endpoint could be reached`, "m"),
     );
     assert.match(run.stderr, /1 of 3 members did not answer/);
   });

@@ -105,6 +105,13 @@ export interface NodeStatus {
    * the leader to add it). Absent on backends without membership changes.
    */
   membership?: "voter" | "learner" | "removed" | "joining";
+  /**
+   * The UTF-8 bytes of the keys and values it has applied: what its quota limits. Absent on
+   * backends that do not count them.
+   */
+  data_bytes?: number;
+  /** Its quota of those bytes (`--quota-bytes`), 0 for none. Absent as `data_bytes` is. */
+  quota_bytes?: number;
 }
 
 /**

@@ -1213,6 +1213,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         : this.#core.learners.includes(this.id)
         ? "learner"
         : "voter",
+      data_bytes: this.#kv.dataBytes,
+      quota_bytes: this.#quotaBytes,
     };
   }
 

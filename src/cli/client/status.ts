@@ -31,6 +31,10 @@ export interface MemberStatus {
   alarms?: string[];
   /** Its place in the configuration: voter, learner, removed or joining (newer nodes). */
   membership?: string;
+  /** The bytes of its keys and values (newer nodes). */
+  data_bytes?: number;
+  /** Its quota of those bytes, 0 for none (newer nodes). */
+  quota_bytes?: number;
 }
 
 /** One row of `raftkv status -o json`. */
@@ -105,7 +109,8 @@ export const STATUS: Command = {
   summary: "every member's role, term, indexes and lag",
   description: "Lists every member of the cluster (as the first endpoint that answers knows " +
     "them) with what its own GET /v1/status says: role, term, commit, applied and last index, " +
-    "and its lag: how many entries the leader knows committed that it has not applied yet. " +
+    "its lag: how many entries the leader knows committed that it has not applied yet, and " +
+    "its data (the bytes of its keys and values) against its quota. " +
     "Exits 0 when every member answered and one is the leader, else 1 (members that did not " +
     "answer are listed with the reason).",
   options: [],
@@ -128,11 +133,12 @@ export const STATUS: Command = {
           s === null ? "-" : String(s.applied_index),
           s === null ? "-" : String(s.last_index),
           m.lag === null ? "-" : String(m.lag),
+          _data(s),
           note,
         ];
       });
       ctx.io.out(formatTable(
-        ["ID", "ENDPOINT", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST", "LAG", "NOTE"],
+        ["ID", "ENDPOINT", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST", "LAG", "DATA", "NOTE"],
         rows,
       ));
     }
@@ -147,3 +153,15 @@ export const STATUS: Command = {
     return leader === null ? EXIT.error : EXIT.ok;
   },
 };
+
+/** A member's data for the table: `12.3 MiB`, or `12.3 MiB of 1 GiB` with a quota. */
+function _data(s: MemberStatus | null): string {
+  if (s?.data_bytes === undefined) return "-";
+  const size = (bytes: number) => {
+    const unit = ["GiB", "MiB", "KiB"].findIndex((_, i) => bytes >= 1024 ** (3 - i));
+    return unit < 0
+      ? `${bytes} B`
+      : `${Number((bytes / 1024 ** (3 - unit)).toFixed(1))} ${["GiB", "MiB", "KiB"][unit]}`;
+  };
+  return s.quota_bytes ? `${size(s.data_bytes)} of ${size(s.quota_bytes)}` : size(s.data_bytes);
+}
