@@ -598,16 +598,20 @@ Deno.test("health, readiness and status agree on a live cluster, and readiness d
         "alarms",
         "applied_index",
         "commit_index",
+        "data_bytes",
         "id",
         "last_index",
         "leader",
         "members",
         "membership",
+        "quota_bytes",
         "role",
         "term",
       ],
     );
     assert.equal(status.membership, "voter", `${id} is not a voter`);
+    assert.equal(status.quota_bytes, 1024 ** 3, `${id}: the default quota`);
+    assert.ok(status.data_bytes! > 0, `${id} counts no data after a write`);
     assert.deepEqual(status.members, cluster.ids.map((m) => ({ id: m, api_url: cluster.api(m) })));
     assert.deepEqual(status.alarms, [], `${id} reports an alarm`);
     assert.equal(status.id, id);
