@@ -158,10 +158,10 @@ export const STATUS: Command = {
 function _data(s: MemberStatus | null): string {
   if (s?.data_bytes === undefined) return "-";
   const size = (bytes: number) => {
-    const unit = ["GiB", "MiB", "KiB"].findIndex((_, i) => bytes >= 1024 ** (3 - i));
-    return unit < 0
-      ? `${bytes} B`
-      : `${Number((bytes / 1024 ** (3 - unit)).toFixed(1))} ${["GiB", "MiB", "KiB"][unit]}`;
+    for (const [unit, scale] of [["GiB", 1024 ** 3], ["MiB", 1024 ** 2], ["KiB", 1024]] as const) {
+      if (bytes >= scale) return `${Number((bytes / scale).toFixed(1))} ${unit}`;
+    }
+    return `${bytes} B`;
   };
   return s.quota_bytes ? `${size(s.data_bytes)} of ${size(s.quota_bytes)}` : size(s.data_bytes);
 }
