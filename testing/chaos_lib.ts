@@ -637,7 +637,10 @@ export interface OpCounts {
   ok: number;
   /** Writes whose outcome is unknown (502, 504, timeout, connection cut). */
   unknown: number;
-  /** Definitely failed (503, 507 past the quota, refused connection), or reads that got no answer. */
+  /**
+   * Definitely failed (503, 507 past the quota, refused connection), or reads that got no
+   * answer.
+   */
   failed: number;
   /** Of those, writes refused as past the data quota (507 `quota_exceeded`; never a delete). */
   quota: number;

@@ -2,8 +2,8 @@
  * The few numbers of a node's `GET /metrics` text that the dashboard shows, read back from the
  * Prometheus text exposition format 0.0.4: leader changes, committed proposals, key-value
  * requests by kind and status class, their latency histogram, the data's bytes and their quota,
- * and (on the leader) the replication lag of each follower. `GET /v1/cluster` sends them for every member, so that the
- * page needs no parser of its own.
+ * and (on the leader) the replication lag of each follower. `GET /v1/cluster` sends them for
+ * every member, so that the page needs no parser of its own.
  *
  * @module
  */
