@@ -1058,6 +1058,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   ): Promise<KvResult> {
     if (this.#isRemoved()) throw new RemovedError(this.id);
     this.#refuseWhenFull();
+    for (let wait; (wait = this.#admissionWait(cmd, signal)) !== null;) await wait;
+    // Judged by the leader that proposes it, in the term it proposes it in, with nothing between.
+    this.#refuseWhenFull();
     this.#refuseOverQuota(cmd);
     cmd = this.#withMinimumTtl(cmd);
     const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
@@ -1068,6 +1071,42 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       command: cmd,
     };
     return await this.#propose(full, signal);
+  }
+
+  /**
+   * What this leader must wait for before it can judge `cmd` as the node that will propose it,
+   * or null (at once, so that writes made in one turn are proposed in it):
+   * - a transfer of its leadership under way (one that ends with another leader leaves this node
+   *   a follower, that refuses the write towards it);
+   * - near the quota, an entry of its own term applied. A new leader may not yet have applied
+   *   what its predecessors committed (a restarted node applies only up to the commit index it
+   *   stored), so its count of the data may be short by what its log holds past that; it waits
+   *   as a linearizable read does.
+   *
+   * Either wait may end in a later term: ask again.
+   */
+  #admissionWait(cmd: PlainCommand, signal: AbortSignal): Promise<unknown> | null {
+    const core = this.#core;
+    if (this.#stopping || core.role !== "leader") return null;
+    if (core.leadTransferee !== NONE) return this.#transferSettled(signal);
+    if (this.#quotaBytes === 0 || core.log.term(this.#kv.appliedIndex) === core.term) return null;
+    const bound = growthBound(cmd);
+    if (bound === 0 || this.#kv.dataBytes + this.#unappliedBytes() + bound <= this.#quotaBytes) {
+      return null; // fits even if everything unapplied adds to the data
+    }
+    return this.#read("linearizable", signal, () => {});
+  }
+
+  /**
+   * The bytes of the entries this node's log holds past its applied index: at least what they
+   * can add to the data (keys and values are stored as UTF-8).
+   */
+  #unappliedBytes(): number {
+    const log = this.#core.log;
+    let bytes = 0;
+    const from = this.#kv.appliedIndex + 1;
+    for (const e of log.slice(from, log.lastIndex() + 1)) bytes += e.data.byteLength;
+    return bytes;
   }
 
   /**
@@ -1390,14 +1429,6 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   // ---- inputs -------------------------------------------------------------------------------
 
   #propose(cmd: KvCommand, signal: AbortSignal): Promise<KvResult> {
-    if (this.#core.role === "leader" && this.#core.leadTransferee !== NONE) {
-      // Handing over: wait for the outcome, then propose here or fail towards the new leader.
-      return this.#transferSettled(signal).then(() => this.#proposeNow(cmd, signal));
-    }
-    return this.#proposeNow(cmd, signal);
-  }
-
-  #proposeNow(cmd: KvCommand, signal: AbortSignal): Promise<KvResult> {
     if (this.#stopping) return this.#refuse(new StoppingError());
     if (this.#isRemoved()) return Promise.reject(new RemovedError(this.id));
     if (signal.aborted) return Promise.reject(signal.reason);

@@ -524,28 +524,32 @@ interface Disk {
  * `disk.full` is set (snapshot files still go through).
  */
 function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
-  const check = () => {
+  return guarded(storage, () => {
     if (!disk.full) return;
     disk.refused++;
     throw Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
-  };
+  });
+}
+
+/** Wraps `storage` so that its log, hard-state and install writes run `guard` first. */
+function guarded(storage: NodeStorage, guard: () => void | Promise<void>): NodeStorage {
   return {
     hardState: storage.hardState,
     snapshot: storage.snapshot,
     snapshotData: storage.snapshotData,
     entries: storage.entries,
     append: async (entries) => {
-      check();
+      await guard();
       await storage.append(entries);
     },
     saveHardState: async (hs) => {
-      check();
+      await guard();
       await storage.saveHardState(hs);
     },
     rollLog: () => storage.rollLog(),
     saveSnapshot: (meta, count, content) => storage.saveSnapshot(meta, count, content),
     snapshotTaken: async (meta, compactTo) => {
-      check();
+      await guard();
       await storage.snapshotTaken(meta, compactTo);
     },
     openSnapshot: (id) => storage.openSnapshot(id),
@@ -553,7 +557,7 @@ function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
     discardReceived: (id) => storage.discardReceived(id),
     sweepReceived: (keep, olderThanMs, now) => storage.sweepReceived(keep, olderThanMs, now),
     installReceived: async (meta) => {
-      check();
+      await guard();
       await storage.installReceived(meta);
     },
     close: () => storage.close(),
@@ -763,8 +767,15 @@ Deno.test("large values trigger snapshots by log bytes long before the entry thr
   }
 });
 
-/** Starts a one-member cluster (it elects itself) on real files, with `extra` options. */
-async function startSolo(root: string, extra: Partial<RaftNodeOptions>): Promise<RaftNode> {
+/**
+ * Starts a one-member cluster on real files, with `extra` options, and waits until it leads and
+ * has applied its log; `wrap` wraps its storage, and `ready: false` returns once it is started.
+ */
+async function startSolo(
+  root: string,
+  extra: Partial<RaftNodeOptions>,
+  { wrap = (s: NodeStorage) => s, ready = true } = {},
+): Promise<RaftNode> {
   const storage = await openDiskStorage({
     walDir: join(root, "wal"),
     raftStatePath: join(root, "raft-state.json"),
@@ -774,7 +785,7 @@ async function startSolo(root: string, extra: Partial<RaftNodeOptions>): Promise
   const node = new RaftNode({
     id: "solo",
     members: [{ id: "solo", rpcUrl: "mem://solo", apiUrl: "http://solo" }],
-    storage,
+    storage: wrap(storage),
     heartbeatMs: 10,
     electionTimeoutMs: 100,
     seed: 7,
@@ -783,7 +794,7 @@ async function startSolo(root: string, extra: Partial<RaftNodeOptions>): Promise
     ...extra,
   });
   node.start();
-  await waitFor(() => node.isReady(), "the single node to lead");
+  if (ready) await waitFor(() => node.isReady(), "the single node to lead");
   return node;
 }
 
@@ -910,6 +921,36 @@ Deno.test("a leader refuses writes that would take the data past its quota; dele
     assert.match(text, /^raftkv_data_bytes 91$/m);
     assert.match(text, /^raftkv_quota_bytes 100$/m);
     assert.match(text, /^raftkv_proposals_failed_total\{reason="quota"\} 2$/m);
+  } finally {
+    await node?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader restarted at its quota counts the data once it has applied its own term: a write that comes before is refused too", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let node: RaftNode | undefined;
+  try {
+    node = await startSolo(root, { quotaBytes: 10 });
+    await node.put("a", "x".repeat(9), signal()); // 10 bytes: the quota
+    await node.stop();
+    // Restarted, it applies up to the commit index it stored (at its election), and the rest
+    // once an entry of its new term commits. Its log writes are held, so it leads before that.
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => release = resolve);
+    const solo = node = await startSolo(root, { quotaBytes: 10 }, {
+      wrap: (s) => guarded(s, () => held),
+      ready: false,
+    });
+    await waitFor(() => solo.inspect().role === "leader", "the restarted node to lead");
+    assert.equal(solo.inspect().dataBytes, 0, "it leads before it has applied the data");
+    const write = solo.put("b", "", signal()).then(() => null, (e) => e);
+    release();
+    const refused = await write;
+    assert.ok(refused instanceof QuotaExceededError, String(refused));
+    assert.deepEqual([refused.dataBytes, refused.growth], [10, 1]);
+    assert.equal(await solo.get("b", "linearizable", signal()), null, "nothing was applied");
+    assert.equal(solo.inspect().dataBytes, 10);
   } finally {
     await node?.stop();
     await Deno.remove(root, { recursive: true });

@@ -6,7 +6,7 @@
  */
 
 import type { NodeInspection, NodeStorage } from "../../src/node/raft_node.ts";
-import { decodeCommand, type KvEntry } from "../../src/kv/state_machine.ts";
+import { decodeCommand, type KvCommand, type KvEntry } from "../../src/kv/state_machine.ts";
 import { decodeConfState, type Entry, EntryType, type NodeId } from "../../src/raft/types.ts";
 import {
   checkLinearizability,
@@ -62,6 +62,16 @@ export class Checker {
   readonly leaderSince = new Map<number, number>();
   /** When an entry of each term was first known committed (its leader then applies the log). */
   readonly termCommitted = new Map<number, number>();
+  /**
+   * The reference state over its current term's span (from the index before the term's first
+   * entry), per key: the most bytes the key held, and the fewest bytes the rest of the data
+   * held (see #checkAdmitted).
+   */
+  #termSpan = {
+    term: 0,
+    mostHeld: new Map<string, number>(),
+    leastRest: new Map<string, number>(),
+  };
   /** The changes each committed index made to the reference state, in key order. */
   readonly refChanges: { type: string; k: string; v: string | null }[][] = [[]];
 
@@ -201,8 +211,13 @@ export class Checker {
       const i = this.refIndex + 1;
       const before = this.#ctx.keys.map((k) => this.#ref.data.get(k) ?? null);
       let ended = false;
+      if (c.term !== this.#termSpan.term) {
+        this.#termSpan = { term: c.term, mostHeld: new Map(), leastRest: new Map() };
+        this.#spanReaches(this.#refBytes[i - 1]!);
+      }
       if (c.data) {
         const cmd = decodeCommand(c.data);
+        this.#checkAdmitted(i, c.term, cmd);
         const result = this.#ref.apply(i, cmd);
         if (result.op === "lease_revoke" && cmd.op === "lease_revoke") {
           this.#leases.ended(i, c.term, result, cmd.reason);
@@ -231,8 +246,42 @@ export class Checker {
       let bytes = 0;
       for (const e of this.#ref.data.values()) bytes += utf8Length(e.key) + utf8Length(e.value);
       this.#refBytes[i] = bytes;
+      this.#spanReaches(bytes);
     }
     this.#checkDurableMajority(`when ${n.id} learned commit ${to}`, to);
+  }
+
+  /** Takes the reference state, holding `bytes` of data, into the current term's span. */
+  #spanReaches(bytes: number): void {
+    const { mostHeld, leastRest } = this.#termSpan;
+    for (const k of this.#ctx.keys) {
+      const e = this.#ref.data.get(k);
+      const held = e === undefined ? 0 : utf8Length(e.key) + utf8Length(e.value);
+      mostHeld.set(k, Math.max(mostHeld.get(k) ?? 0, held));
+      leastRest.set(k, Math.min(leastRest.get(k) ?? Infinity, bytes - held));
+    }
+  }
+
+  /**
+   * A leader admits a put that adds bytes only if the data, with it, fits the quota; and it
+   * counts only once it has applied an entry of its own term, so what it counted is the
+   * reference state at some index of the term's span. A put no state of the span lets through
+   * (it adds bytes to each, and takes each past the quota) shows a leader that counted short.
+   */
+  #checkAdmitted(index: number, term: number, cmd: KvCommand): void {
+    const quota = this.#ctx.quotaBytes;
+    const put = cmd.op === "idempotent" ? cmd.command : cmd;
+    if (quota === 0 || put.op !== "put") return;
+    const bytes = utf8Length(put.key) + utf8Length(put.value);
+    const span = this.#termSpan;
+    const [held, rest] = [span.mostHeld.get(put.key) ?? 0, span.leastRest.get(put.key) ?? 0];
+    if (held >= bytes || rest + bytes <= quota) return;
+    this.#ctx.violation(
+      "quota",
+      `the leader of term ${term} admitted put(${put.key}) of ${bytes} bytes (entry ${index}) ` +
+        `though since its term began the key held at most ${held} bytes and the rest of the ` +
+        `data at least ${rest}: past the quota of ${quota}`,
+    );
   }
 
   /**

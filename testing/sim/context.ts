@@ -77,6 +77,7 @@ export interface SimContext {
   /** The counters. */ readonly stats: SimulationStats;
   /** The shared clock. */ readonly clock: SimClock;
   /** The key space. */ readonly keys: readonly string[];
+  /** The nodes' quota on the data in bytes (0: none). */ readonly quotaBytes: number;
   /** Every node, spares included. */ readonly nodes: readonly SimNode[];
   /** The run's random source. */ readonly rng: () => number;
   /** The election timeout (its lower bound). */ readonly electionMs: number;

@@ -190,7 +190,8 @@ export type CheckName =
   | "removed-member" // no member of the final configuration counts itself removed
   | "removed-unaware" // a voter or learner removed while down knows it after the final heal
   | "stale-member" // a member that does not know the final leader (added while it was away) catches up
-  | "quota" // only writes that add bytes are refused for the quota (never a delete)
+  | "quota" // only writes that add bytes are refused for the quota (never a delete), and a leader
+  // admits a new key only while the data it counts (all its term started from) is below it
   | "runaway";
 
 /** The options of one run. */
@@ -502,6 +503,7 @@ class _Simulation implements SimContext {
   readonly #profile: string;
   readonly rng: () => number;
   readonly keys: string[];
+  readonly quotaBytes: number;
   readonly electionMs: number;
   readonly #disabled: Set<CheckName>;
   readonly #snapshotThreshold: number;
@@ -537,6 +539,7 @@ class _Simulation implements SimContext {
     this.electionMs = this.faults.tickMs * (opts.electionTicks ?? 10);
     this.rng = seededRandom(opts.seed);
     this.keys = Array.from({ length: opts.keys ?? 3 }, (_, i) => `k${i}`);
+    this.quotaBytes = opts.quotaBytes ?? quotaForSeed(opts.seed);
     const ids = Array.from({ length: opts.nodes }, (_, i) => `n${i + 1}`);
     this.#injector = new Faults(this);
     this.#checker = new Checker(this, ids, { ended: (...a) => this.#leases.ended(...a) });
@@ -789,7 +792,7 @@ class _Simulation implements SimContext {
       maxIdempotencyKeys: 1000,
       watchHistoryEvents: this.#watchers.historyEvents,
       watchHistoryBytes: this.#watchers.historyBytes,
-      quotaBytes: this.opts.quotaBytes ?? quotaForSeed(this.opts.seed),
+      quotaBytes: this.quotaBytes,
       onFatal: (e) => {
         if (n.inc === inc) this.caught(e, ` (fatal) on ${n.id}`);
       },

@@ -213,8 +213,8 @@ const AWAY: Partial<FaultOptions> = {
 /** Seeds of AWAY that, without the members queries, end with a stale member or unaware learner. */
 const AWAY_SEEDS: [number, CheckName][] = [
   [223, "removed-unaware"],
-  [260, "stale-member"],
-  [744, "stale-member"],
+  [235, "stale-member"],
+  [650, "stale-member"],
 ];
 
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
