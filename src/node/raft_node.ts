@@ -503,6 +503,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #transferWaiters: (() => void)[] = [];
   /** The term on disk: heartbeat answers in it need no write first. */
   #durableTerm: number;
+  /** The commit index in the hard state on disk (see #saveCommit). */
+  #storedCommit: number;
   readonly #wallClock: () => number;
   readonly #idempotency: { ttlMs: number; maxKeys: number; maxBytes: number };
   readonly #metrics: NodeMetrics;
@@ -589,6 +591,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#storage.releaseRecovered?.();
     // The recovered term is on disk (in the hard state, or as the term of the last log entry).
     this.#durableTerm = this.#core.term;
+    this.#storedCommit = this.#storage.hardState.commit;
     this.#metrics = new NodeMetrics(options.metrics ?? new MetricsRegistry(), () => this.#gauges());
     this.#transport = options.transport({
       onMessages: (msgs) => this.#onMessages(this.#admit(msgs)),
@@ -1016,6 +1019,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.closeWatches();
     await this.#snapshotTask;
     while (this.#writerActive) await this.#writing;
+    await this.#saveCommit();
     for (const w of this.#waiters.values()) {
       w.reject(new OutcomeUnknownError("the node stopped before the write was applied"));
     }
@@ -1026,6 +1030,29 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#confWaiters.clear();
     await this.#transport.close();
     await this.#storage.close();
+  }
+
+  /**
+   * As it stops, once everything is written, stores the commit index with the term and vote. The
+   * hard state is written only when the term or vote changes, so it otherwise holds the commit
+   * index of the last election, and a restart would apply no further until a leader is heard from:
+   * `stale` reads would go back, and a lone node would serve nothing it had. Only as far as the
+   * log on disk reaches; best effort (a failure is logged, and the restart applies less).
+   */
+  async #saveCommit(): Promise<void> {
+    const core = this.#core;
+    const commit = Math.min(core.log.committed, core.log.stable);
+    if (this.#failed || this.#heldJob || this.#pendingWrites.length > 0) return;
+    if (commit <= this.#storedCommit) return;
+    try {
+      await this.#storage.saveHardState({ term: core.term, vote: core.vote, commit });
+    } catch (e) {
+      this.#log.warn(
+        `could not store the commit index ${commit} while stopping (${
+          e instanceof Error ? e.message : e
+        }): the restart applies only up to ${this.#storedCommit} until it hears from a leader`,
+      );
+    }
   }
 
   // ---- KvBackend ----------------------------------------------------------------------------
@@ -1819,6 +1846,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (job.done < 3 && job.hardState) {
       await this.#storage.saveHardState(job.hardState);
       this.#durableTerm = job.hardState.term;
+      this.#storedCommit = job.hardState.commit;
     }
     job.done = Math.max(job.done, 3);
     if (job.done < 4 && job.compact) {

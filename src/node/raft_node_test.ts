@@ -931,8 +931,17 @@ Deno.test("a leader restarted at its quota counts the data once it has applied i
   const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
   let node: RaftNode | undefined;
   try {
-    node = await startSolo(root, { quotaBytes: 10 });
+    // Its hard-state writes are dropped once `killed`: it goes down as a killed node does, with
+    // no commit index stored on the way out (see RaftNode.stop).
+    let killed = false;
+    node = await startSolo(root, { quotaBytes: 10 }, {
+      wrap: (s) => ({
+        ...guarded(s, () => {}),
+        saveHardState: (hs) => killed ? Promise.resolve() : s.saveHardState(hs),
+      }),
+    });
     await node.put("a", "x".repeat(9), signal()); // 10 bytes: the quota
+    killed = true;
     await node.stop();
     // Restarted, it applies up to the commit index it stored (at its election), and the rest
     // once an entry of its new term commits. Its log writes are held, so it leads before that.

@@ -98,6 +98,11 @@ export interface SimContext {
   /** The node that leads the highest term, if any. */ leader(): SimNode | null;
   /** Starts a node that is down. */ restart(n: SimNode): void;
   /** Crashes a node: it keeps what its disk keeps. */ crash(n: SimNode, why: string): void;
+  /**
+   * Stops a running node gracefully, then takes it down keeping what was synced; resolves with
+   * whether it went down so (not if it crashed meanwhile, or was not running).
+   */
+  stop(n: SimNode): Promise<boolean>;
 }
 
 /**

@@ -123,13 +123,25 @@ export class Faults {
     const leader = power ? null : this.#ctx.leader();
     const victims = power ? up : [leader && this.#ctx.rng() < 0.4 ? leader : this.#ctx.pick(up)];
     if (power) this.#ctx.stats.powerFailures++;
+    const stopRate = this.#ctx.faults.stopRate;
+    if (!power && victims[0]!.node && stopRate > 0 && this.#ctx.rng() < stopRate) {
+      const n = victims[0]!;
+      this.#ctx.stop(n).then((down) => down && this.#restartLater(n))
+        .catch((e) => this.#ctx.caught(e, ` stopping ${n.id}`));
+      return;
+    }
     for (const n of victims) {
       this.#ctx.crash(n, power ? "power failure" : "crash");
-      const inc = n.inc;
-      this.#ctx.later(this.#ctx.random(20, Math.max(50, this.#ctx.faults.maxDowntimeMs)), () => {
-        if (n.inc === inc) this.#ctx.restart(n);
-      });
+      this.#restartLater(n);
     }
+  }
+
+  /** Starts `n` again after a random downtime, unless it was started meanwhile. */
+  #restartLater(n: SimNode): void {
+    const inc = n.inc;
+    this.#ctx.later(this.#ctx.random(20, Math.max(50, this.#ctx.faults.maxDowntimeMs)), () => {
+      if (n.inc === inc) this.#ctx.restart(n);
+    });
   }
 
   /**

@@ -110,6 +110,11 @@ export const FAULTS_OFF = {
   /** The longest a crashed node stays down. */ maxDowntimeMs: 0,
   /** Probability that a crash is a power failure of every node. */ powerFailureRate: 0,
   /**
+   * Probability that a crash of one node is a graceful stop instead (`RaftNode.stop()`: it
+   * finishes its writes, stores its commit index and closes); then only synced bytes remain.
+   */
+  stopRate: 0,
+  /**
    * Probability that a crash keeps part of the unsynced writes (in order, the next one possibly
    * torn) and directory changes; otherwise only what was synced survives.
    */
@@ -267,6 +272,7 @@ export const COUNTERS = [
   "crashes", // node crashes (power failures count once per node)
   "powerFailures",
   "tornWrites", // crashes that left part of an unsynced write on disk, cut inside it
+  "stops", // graceful stops (RaftNode.stop(), then down like a crash that keeps what was synced)
   "partitions",
   "pauses",
   "messagesSent",
@@ -379,6 +385,7 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
     maxDowntimeMs: between(0.3, 4) * election,
     powerFailureRate: between(0, 0.2),
     tornWriteRate: between(0.2, 0.8),
+    stopRate: 0.3, // not drawn: the draws of the seeds' profiles stay as they were
   });
   const pauses = (every: number): Partial<FaultOptions> => ({
     pauseEveryMs: every * election,
@@ -876,6 +883,30 @@ class _Simulation implements SimContext {
 
   crash(n: SimNode, why: string): void {
     if (!n.node && !n.starting) return;
+    this.stats.crashes++;
+    const keep = this.rng() < this.faults.tornWriteRate;
+    const keepUnsyncedEntries = keep && this.rng() < 0.5;
+    this.#down(n, keep ? this.rng : undefined, keepUnsyncedEntries);
+    const notes = n.fs.crashNotes;
+    if (notes.some((t) => t.includes("of the next write"))) this.stats.tornWrites++;
+    this.note(`CRASH ${n.id} (${why})${notes.length ? `: ${notes.join("; ")}` : ""}`);
+  }
+
+  async stop(n: SimNode): Promise<boolean> {
+    const node = n.node;
+    if (!node) return false;
+    const inc = n.inc;
+    this.stats.stops++;
+    this.note(`STOP ${n.id}`);
+    await node.stop();
+    if (n.inc !== inc) return false; // it crashed while stopping
+    this.#down(n, undefined, false);
+    this.note(`${n.id} stopped`);
+    return true;
+  }
+
+  /** Takes `n` down: its disk keeps what was synced (and, with `rng`, part of the rest). */
+  #down(n: SimNode, rng: (() => number) | undefined, keepUnsyncedEntries: boolean): void {
     n.clock?.kill();
     [n.clock, n.node, n.starting] = [null, null, false];
     n.inc++;
@@ -883,13 +914,7 @@ class _Simulation implements SimContext {
     // in flight at an earlier crash: its bytes may still be in the disk image.
     n.crashWritingFrom = Math.min(n.crashWritingFrom, n.writingFrom);
     n.writingFrom = Infinity;
-    this.stats.crashes++;
-    const keep = this.rng() < this.faults.tornWriteRate;
-    const keepUnsyncedEntries = keep && this.rng() < 0.5;
-    n.fs = n.fs.crash(keep ? this.rng : undefined, { keepUnsyncedEntries });
-    const notes = n.fs.crashNotes;
-    if (notes.some((t) => t.includes("of the next write"))) this.stats.tornWrites++;
-    this.note(`CRASH ${n.id} (${why})${notes.length ? `: ${notes.join("; ")}` : ""}`);
+    n.fs = n.fs.crash(rng, { keepUnsyncedEntries });
   }
 
   /** The node that leads the highest term, if any. */

@@ -185,6 +185,11 @@ export class Watchers {
         this.#ctx.note(`watcher w${w.id} on ${n.id}: refused, the node was removed`);
         return;
       }
+      if (e.status === 503) {
+        // The node is stopping: the watcher tries another node at its next look.
+        this.#ctx.note(`watcher w${w.id} on ${n.id}: refused, the node is stopping`);
+        return;
+      }
       if (e.status !== 410) throw e;
       // The client re-reads the state and watches on from the oldest index (a new stretch).
       const oldest = e.extra.oldest_index as number;

@@ -19,6 +19,7 @@ const CRASHY: Partial<FaultOptions> = {
   transferEveryMs: 0,
   memberEveryMs: 0, // the disk guards pin the seeds that catch them; membership changes shift them
   diskFullEveryMs: 0, // and so do full disks
+  stopRate: 0, // and graceful stops
   crashEveryMs: 700,
   powerFailureRate: 0.4,
   tornWriteRate: 0.5,
@@ -95,6 +96,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "crashes",
     "powerFailures",
     "tornWrites",
+    "stops",
     "partitions",
     "pauses",
     "messagesDropped",
@@ -209,6 +211,7 @@ const AWAY: Partial<FaultOptions> = {
   maxPartitionMs: 6000,
   transferEveryMs: 300,
   diskFullEveryMs: 0, // the seeds below are pinned; full disks shift them
+  stopRate: 0, // and so do graceful stops
 };
 /** Seeds of AWAY that, without the members queries, end with a stale member or unaware learner. */
 const AWAY_SEEDS: [number, CheckName][] = [
