@@ -94,7 +94,8 @@ export interface DiskStorageOptions {
  * 0. the directories (made if missing), then the lock of {@linkcode LOCK_FILE} in the WAL
  *    directory: another process holding it (another node on these files) is a
  *    {@linkcode DataLockedError}, and no file is read or written;
- * 1. the hard state (term, vote, commit);
+ * 1. the hard state (term, vote, commit; the commit index raised to the WAL's newest commit record
+ *    in step 3);
  * 2. the log metadata (which snapshot the log was compacted to);
  * 3. the WAL, replayed (a torn final record is cut off);
  * 4. a backup to start from, if `restoreFrom` names one and the node has no data;
@@ -160,7 +161,7 @@ async function _recover(
     "Size of this node's newest snapshot file (saved, installed or loaded at start-up).",
   );
 
-  const hardState = await loadHardState(paths.raftStatePath, fs);
+  const storedHardState = await loadHardState(paths.raftStatePath, fs);
   const removedAt = await loadRemovedMark(removedMarkPath(paths.raftStatePath), fs);
   const metadata = await loadLogMetadata(paths.logMetadataPath, fs);
   const wal = await Wal.open(paths.walDir, {
@@ -175,6 +176,12 @@ async function _recover(
       exponentialBuckets(0.0001, 2, 16),
     ),
   });
+  // The hard state is written only when the term or vote changes; the WAL's commit records
+  // carry the commit index further (see the README, "Commit records").
+  const hardState = {
+    ...storedHardState,
+    commit: Math.max(storedHardState.commit, wal.committed),
+  };
   if (options.restoreFrom) {
     await _restoreIfEmpty(fs, paths, options.restoreFrom, hardState, wal, options);
   }
@@ -262,8 +269,12 @@ export class DiskStorage implements NodeStorage {
     this.entries = recovered.entries;
   }
 
-  append(entries: Entry[]): Promise<void> {
-    return this.wal.append(entries);
+  append(entries: Entry[], commit = 0): Promise<void> {
+    return this.wal.append(entries, commit);
+  }
+
+  recordCommit(commit: number): Promise<void> {
+    return this.wal.writeCommit(commit);
   }
 
   releaseRecovered(): void {

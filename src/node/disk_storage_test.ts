@@ -312,3 +312,26 @@ Deno.test("a restored backup starts the cluster given at start, not the one it w
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("start-up takes the commit index from the log's commit records when they are past the hard state's", async () => {
+  const fs = new SimFileSystem();
+  const storage = await openDiskStorage(paths("/node"), { fs });
+  await storage.saveHardState({ term: 2, vote: "a", commit: 1 });
+  await storage.append(_entries(1, 4), 3);
+  await storage.recordCommit(4);
+  await storage.close();
+  // A process that died: the unsynced record is there.
+  const killed = await openDiskStorage(paths("/node"), { fs });
+  assert.deepEqual(killed.hardState, { term: 2, vote: "a", commit: 4 });
+  await killed.close();
+  // A machine that crashed: the record synced with the entries is.
+  const image = fs.crash();
+  const crashed = await openDiskStorage(paths("/node"), { fs: image });
+  assert.deepEqual(crashed.hardState, { term: 2, vote: "a", commit: 3 });
+  // A hard state written later with a higher commit index wins.
+  await crashed.saveHardState({ term: 3, vote: "", commit: 4 });
+  await crashed.close();
+  const again = await openDiskStorage(paths("/node"), { fs: image.crash() });
+  assert.deepEqual(again.hardState, { term: 3, vote: "", commit: 4 });
+  await again.close();
+});

@@ -197,6 +197,62 @@ Deno.test("the committed segment with a configuration entry replays to its entri
   }
 });
 
+/**
+ * A segment with commit records (the commit index recorded after a batch, and alone): its own
+ * fixture, so the segments above keep the bytes written before that record type existed.
+ */
+const COMMIT_SEGMENT = join(TESTDATA, "wal-commit", segmentName(1, 1));
+/**
+ * The commit record, byte by byte: payload length 8, type 3 (commit), 3 reserved zero bytes, the
+ * payload's CRC-32C, the header's CRC-32C, then the commit index 2 (u64 LE).
+ */
+const COMMIT_RECORD_AT_2 = `
+  08 00 00 00  03  00 00 00  c4 48 50 1e  bf b3 a2 7f
+  02 00 00 00 00 00 00 00`;
+
+Deno.test("the committed segment with commit records replays to its entries and commit index, byte for byte", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-golden-wal-" });
+  try {
+    const wal = await Wal.open(join(dir, "wal"));
+    try {
+      await wal.append([_noop(1, 1), _normal(1, 2, "alpha")], 2);
+      await wal.append([_normal(1, 3, "beta")]);
+      await wal.writeCommit(3);
+    } finally {
+      await wal.close();
+    }
+    const bytes = await Deno.readFile(join(dir, "wal", segmentName(1, 1)));
+    await assertGoldenBytes(COMMIT_SEGMENT, bytes);
+    const golden = await Deno.readFile(COMMIT_SEGMENT);
+    const kinds: string[] = [];
+    for (let offset = 0; offset < golden.length;) {
+      const result = decodeRecord(golden, offset);
+      assert.ok(result.kind === "entry" || result.kind === "commit", JSON.stringify(result));
+      kinds.push(
+        result.kind === "commit" ? `commit ${result.index}` : `entry ${result.entry.index}`,
+      );
+      if (result.kind === "commit" && result.index === 2) {
+        const header = fromHex(COMMIT_RECORD_AT_2);
+        assert.equal(hexBytes(golden, offset, offset + header.length), hexBytes(header));
+      }
+      offset = result.end;
+    }
+    assert.deepEqual(kinds, ["entry 1", "entry 2", "commit 2", "entry 3", "commit 3"]);
+    const copy = join(dir, "copy");
+    await Deno.mkdir(copy);
+    await Deno.copyFile(COMMIT_SEGMENT, join(copy, segmentName(1, 1)));
+    const replayed = await Wal.open(copy);
+    try {
+      assert.equal(replayed.committed, 3);
+      assert.equal(replayed.lastIndex, 3);
+    } finally {
+      await replayed.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 const REMOVED_AT = 57;
 const REMOVED_MARK_TEXT = '{"removed_at":57,"crc32c":"d1a6ad66"}\n';
 

@@ -115,9 +115,13 @@ export class Wal {
   #file: FsFile | null;
   #segmentSize: number;
   #lastIndex: number;
+  /** The highest commit index written (or recovered) in a commit record; 0 for none. */
+  #committed: number;
   #encoder = new RecordEncoder();
   #busy = false;
   #rollNext = false;
+  /** The active segment ends in a commit record written without a sync. */
+  #unsynced = false;
   #closed = false;
   #failure: { error: unknown } | null = null;
   readonly #syncDuration: Observer | undefined;
@@ -137,6 +141,7 @@ export class Wal {
     this.entries = recovered.log.entries;
     this.tornTail = recovered.tornTail;
     this.#lastIndex = recovered.log.lastIndex;
+    this.#committed = recovered.log.committed;
     this.#segments = recovered.segments;
     this.#file = file;
   }
@@ -172,6 +177,16 @@ export class Wal {
     return this.#lastIndex;
   }
 
+  /**
+   * The highest commit index recorded in the WAL (recovered at open, then as written by
+   * {@linkcode Wal.append} and {@linkcode Wal.writeCommit}); 0 for none. Every entry up to it, as
+   * the log stood when the record was written, is committed. It may lag the node's commit index:
+   * it is a hint for the restart, not a promise made to anyone.
+   */
+  get committed(): number {
+    return this.#committed;
+  }
+
   /** The paths of the segment files, oldest first; the last one is the active segment. */
   get segmentPaths(): string[] {
     return this.#segments.map((segment) => segment.path);
@@ -192,15 +207,19 @@ export class Wal {
    * conflicting suffix): on replay the log is cut back to `index - 1` first.
    *
    * @param entries The entries, in index order. An empty batch writes nothing.
+   * @param commit The node's commit index as the log stands once the batch is written: recorded
+   * after the entries (in the same write and sync) when it is above {@linkcode Wal.committed}.
+   * Default 0: none.
    * @throws {RangeError} If the indices are not contiguous, leave a gap after the last index, or
-   * an index or term is not a safe integer of at least 1.
+   * an index or term is not a safe integer of at least 1, or `commit` is past the batch's last
+   * index.
    * @throws {TypeError} If an entry's type or data is invalid.
    * @throws {Deno.errors.Busy} If another operation is in flight.
    * @throws {Deno.errors.BadResource} If the WAL is closed or failed earlier.
    * @throws {Error} With code `ENOSPC` or `EDQUOT` if the disk is full: nothing was appended and
    * the WAL is still usable.
    */
-  async append(entries: readonly Entry[]): Promise<void> {
+  async append(entries: readonly Entry[], commit = 0): Promise<void> {
     this.#begin();
     try {
       const first = entries[0];
@@ -226,8 +245,42 @@ export class Wal {
         encoder.addEntry(entry);
       }
       const last = first.index + entries.length - 1;
+      const recordCommit = commit > this.#committed;
+      if (recordCommit) {
+        _checkCommit(commit, last);
+        encoder.addCommit(commit);
+      }
       await this.#write(encoder.bytes(), first.index, last);
       this.#lastIndex = last;
+      if (recordCommit) this.#committed = commit;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Records the commit index in the active segment without syncing it: it becomes durable with
+   * the next synced write, and survives a crash of the process (not of the machine) at once. Does
+   * nothing when `commit` is not above {@linkcode Wal.committed} or the WAL has no record yet.
+   * Never starts a new segment.
+   *
+   * @param commit The node's commit index; at most {@linkcode Wal.lastIndex}.
+   * @throws {RangeError} If `commit` is not a safe integer or is past the last index.
+   * @throws {Deno.errors.Busy} If another operation is in flight.
+   * @throws {Deno.errors.BadResource} If the WAL is closed or failed earlier.
+   * @throws {Error} With code `ENOSPC` or `EDQUOT` if the disk is full: nothing was written and
+   * the WAL is still usable.
+   */
+  async writeCommit(commit: number): Promise<void> {
+    this.#begin();
+    try {
+      const segment = this.#segments.at(-1);
+      if (commit <= this.#committed || !segment || segment.size === 0 || !this.#file) return;
+      _checkCommit(commit, this.#lastIndex);
+      this.#encoder.clear();
+      this.#encoder.addCommit(commit);
+      await this.#write(this.#encoder.bytes(), 0, 0, false);
+      this.#committed = commit;
     } finally {
       this.#busy = false;
     }
@@ -328,26 +381,36 @@ export class Wal {
   }
 
   /**
-   * Writes and syncs encoded records, rolling over first if they would overflow the active
-   * segment. A full disk is rolled back (see {@linkcode Wal.#rollBack}); any other failure leaves
-   * the WAL failed: the file may end in a partial record.
+   * Writes and (unless `sync` is false) syncs encoded records, rolling over first if they would
+   * overflow the active segment (never when `sync` is false: a commit record, which may not start
+   * a segment). A full disk is rolled back (see {@linkcode Wal.#rollBack}); any other failure
+   * leaves the WAL failed: the file may end in a partial record.
    */
-  async #write(bytes: Uint8Array, firstIndex: number, maxIndex: number): Promise<void> {
+  async #write(
+    bytes: Uint8Array,
+    firstIndex: number,
+    maxIndex: number,
+    sync = true,
+  ): Promise<void> {
     const rollNext = this.#rollNext;
     let rolled: _Segment | null = null;
     let segment = this.#segments.at(-1);
     try {
       if (
-        segment === undefined || this.#file === null || this.#rollNext ||
-        (segment.size > 0 && segment.size + bytes.length > this.#segmentSize)
+        segment === undefined || this.#file === null ||
+        (sync && (this.#rollNext ||
+          (segment.size > 0 && segment.size + bytes.length > this.#segmentSize)))
       ) {
         segment = rolled = await this.#roll(firstIndex);
         this.#rollNext = false;
       }
       await writeAll(this.#file!, bytes);
-      const syncStart = performance.now();
-      await this.#file!.syncData();
-      this.#syncDuration?.observe((performance.now() - syncStart) / 1000);
+      if (sync) {
+        const syncStart = performance.now();
+        await this.#file!.syncData();
+        this.#syncDuration?.observe((performance.now() - syncStart) / 1000);
+      }
+      this.#unsynced = !sync;
       segment.size += bytes.length;
       if (maxIndex > segment.maxIndex) segment.maxIndex = maxIndex;
     } catch (error) {
@@ -365,6 +428,7 @@ export class Wal {
         );
       }
       this.#rollNext = rollNext;
+      this.#unsynced = false; // the rollback synced what is left
       throw error;
     }
   }
@@ -391,8 +455,15 @@ export class Wal {
     await this.#file.syncData();
   }
 
-  /** Creates the next segment, makes its name durable, and makes it the active one. */
+  /**
+   * Creates the next segment, makes its name durable, and makes it the active one. A commit
+   * record the active segment ends in is synced first: only the last segment may have a torn tail.
+   */
   async #roll(firstIndex: number): Promise<_Segment> {
+    if (this.#unsynced && this.#file) {
+      await this.#file.syncData();
+      this.#unsynced = false;
+    }
     const sequence = (this.#segments.at(-1)?.sequence ?? 0) + 1;
     const path = join(this.dir, segmentName(sequence, firstIndex));
     const file = await this.#fs.open(path, "create-new");
@@ -503,6 +574,13 @@ async function _recover(fs: FileSystem, dir: string, skipThrough: number): Promi
   return { log, segments, tornTail };
 }
 
+/** Checks that a commit index to record is a safe integer no further than the log's `last`. */
+function _checkCommit(commit: number, last: number): void {
+  if (!Number.isSafeInteger(commit) || commit > last) {
+    throw new RangeError(`Cannot record commit index ${commit}: the log ends at ${last}`);
+  }
+}
+
 /**
  * Replays one segment into `log`.
  *
@@ -530,6 +608,12 @@ function _replaySegment(
       index = result.index;
       problem = null;
       log.reset(result.index);
+    } else if (result.kind === "commit") {
+      if (offset === 0) {
+        throw new WalCorruptionError(path, 0, "the segment starts with a commit record");
+      }
+      index = 0;
+      problem = log.commit(result.index);
     } else {
       if (isLast && _isTorn(bytes, offset, result)) break;
       throw new WalCorruptionError(path, offset, result.reason);
@@ -583,6 +667,8 @@ class _ReplayedLog {
   entries: Entry[] = [];
   /** The last index (a reset's index if no entry followed it); 0 before any record. */
   lastIndex = 0;
+  /** The highest commit index of any commit record; 0 for none. */
+  committed = 0;
   #started = false;
   readonly #skipThrough: number;
 
@@ -599,6 +685,9 @@ class _ReplayedLog {
     if (this.#started && index > this.lastIndex + 1) {
       return `entry index ${index} leaves a gap after index ${this.lastIndex}`;
     }
+    if (this.#started && index <= this.committed) {
+      return `entry ${index} would replace an entry at or below the commit index ${this.committed} recorded before it`;
+    }
     const head = this.entries[0];
     if (head !== undefined && index <= this.lastIndex) {
       this.entries.length = index > head.index ? index - head.index : 0;
@@ -609,6 +698,15 @@ class _ReplayedLog {
     }
     this.lastIndex = index;
     this.#started = true;
+    return null;
+  }
+
+  /** Records a commit index; returns a problem, if any. */
+  commit(index: number): string | null {
+    if (index > this.lastIndex) {
+      return `commit record ${index} is past the log's last index ${this.lastIndex}`;
+    }
+    if (index > this.committed) this.committed = index;
     return null;
   }
 

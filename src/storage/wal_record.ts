@@ -6,12 +6,13 @@
  *
  * ```
  * header  0  u32  payload length
- *         4  u8   record type (1 = entry, 2 = reset)
+ *         4  u8   record type (1 = entry, 2 = reset, 3 = commit)
  *         5  3    reserved, zero
  *         8  u32  CRC-32C of the payload
  *        12  u32  CRC-32C of header bytes 0..11
  * entry  16  u64 term, u64 index, u8 entry type, data...
  * reset  16  u64 index, u64 term
+ * commit 16  u64 commit index
  * ```
  *
  * @module
@@ -29,6 +30,9 @@ export const ENTRY_FIELDS_SIZE = 17;
 /** The size in bytes of a reset record's payload. */
 export const RESET_PAYLOAD_SIZE = 16;
 
+/** The size in bytes of a commit record's payload. */
+export const COMMIT_PAYLOAD_SIZE = 8;
+
 /** The largest payload a record can have (the length field is a u32). */
 export const MAX_PAYLOAD_SIZE = 0xffff_ffff;
 
@@ -38,6 +42,11 @@ export enum RecordType {
   Entry = 1,
   /** The log was replaced by a snapshot; carries the snapshot's last index and term. */
   Reset = 2,
+  /**
+   * The commit index the node knew when it wrote the record: every entry up to it, as the log
+   * stands at this point of the WAL, is committed. Never the first record of a segment.
+   */
+  Commit = 3,
 }
 
 const _INITIAL_CAPACITY = 64 * 1024;
@@ -133,6 +142,20 @@ export class RecordEncoder {
     this.#seal(start, RecordType.Reset, RESET_PAYLOAD_SIZE);
   }
 
+  /**
+   * Appends a commit record: on replay, the entries up to `index` as the log stands at that point
+   * are known committed.
+   *
+   * @param index The commit index.
+   * @throws {RangeError} If `index` is not a safe integer of at least 1.
+   */
+  addCommit(index: number): void {
+    _checkPositive("Commit index", index);
+    const start = this.#reserve(HEADER_SIZE + COMMIT_PAYLOAD_SIZE);
+    this.#setU64(start + HEADER_SIZE, index);
+    this.#seal(start, RecordType.Commit, COMMIT_PAYLOAD_SIZE);
+  }
+
   /** Makes room for `size` more bytes and returns where they start. */
   #reserve(size: number): number {
     const start = this.#length;
@@ -180,6 +203,8 @@ export type DecodeResult =
   | { kind: "entry"; entry: Entry; end: number }
   /** A verified reset record. */
   | { kind: "reset"; index: number; term: number; end: number }
+  /** A verified commit record. */
+  | { kind: "commit"; index: number; end: number }
   /** Fewer than {@linkcode HEADER_SIZE} bytes remain. */
   | { kind: "short-header"; reason: string }
   /** The header verifies but the payload runs past the end of the bytes. */
@@ -278,6 +303,14 @@ export function decodeRecord(bytes: Uint8Array, offset: number, copy = true): De
     if (!(index >= 1)) return malformed(_invalid("reset index", index));
     if (!(term >= 1)) return malformed(_invalid("reset term", term));
     return { kind: "reset", index, term, end };
+  }
+  if (type === RecordType.Commit) {
+    if (size !== COMMIT_PAYLOAD_SIZE) {
+      return malformed(`commit record payload is ${size} bytes, expected ${COMMIT_PAYLOAD_SIZE}`);
+    }
+    const index = _getU64(view, payload);
+    if (!(index >= 1)) return malformed(_invalid("commit index", index));
+    return { kind: "commit", index, end };
   }
   return malformed(`unknown record type ${type}`);
 }

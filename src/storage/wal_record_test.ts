@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { type Entry, EntryType } from "../raft/types.ts";
 import { crc32cRange } from "./crc32c.ts";
 import {
+  COMMIT_PAYLOAD_SIZE,
   decodeRecord,
   ENTRY_FIELDS_SIZE,
   HEADER_SIZE,
@@ -32,10 +33,11 @@ Deno.test("RecordEncoder encodes a batch back to back and decodeRecord() reads i
   ];
   for (const entry of entries) encoder.addEntry(entry);
   encoder.addReset(2 ** 33, 7);
+  encoder.addCommit(2 ** 33);
   const bytes = encoder.bytes();
   const expectedLength = entries.reduce(
     (sum, e) => sum + HEADER_SIZE + ENTRY_FIELDS_SIZE + e.data.length,
-    HEADER_SIZE + RESET_PAYLOAD_SIZE,
+    HEADER_SIZE + RESET_PAYLOAD_SIZE + HEADER_SIZE + COMMIT_PAYLOAD_SIZE,
   );
   assert.equal(bytes.length, expectedLength);
   assert.equal(encoder.length, expectedLength);
@@ -48,12 +50,41 @@ Deno.test("RecordEncoder encodes a batch back to back and decodeRecord() reads i
     assert.deepEqual(result.entry, entry);
     offset = result.end;
   }
-  assert.deepEqual(decodeRecord(bytes, offset), {
+  const reset = decodeRecord(bytes, offset);
+  assert.deepEqual(reset, {
     kind: "reset",
     index: 2 ** 33,
     term: 7,
+    end: bytes.length - HEADER_SIZE - COMMIT_PAYLOAD_SIZE,
+  });
+  assert.deepEqual(decodeRecord(bytes, bytes.length - HEADER_SIZE - COMMIT_PAYLOAD_SIZE), {
+    kind: "commit",
+    index: 2 ** 33,
     end: bytes.length,
   });
+});
+
+Deno.test("decodeRecord() reports a commit record with the wrong size or index as malformed", () => {
+  const encoder = new RecordEncoder();
+  encoder.addCommit(5);
+  const zero = encoder.bytes().slice();
+  new DataView(zero.buffer).setUint32(HEADER_SIZE, 0, true);
+  _reseal(zero);
+  assert.deepEqual(decodeRecord(zero, 0), {
+    kind: "malformed",
+    end: zero.length,
+    reason: "commit index is 0, expected at least 1",
+  });
+  const long = new Uint8Array(HEADER_SIZE + COMMIT_PAYLOAD_SIZE + 1);
+  long.set(encoder.bytes());
+  new DataView(long.buffer).setUint32(0, COMMIT_PAYLOAD_SIZE + 1, true);
+  _reseal(long);
+  assert.deepEqual(decodeRecord(long, 0), {
+    kind: "malformed",
+    end: long.length,
+    reason: "commit record payload is 9 bytes, expected 8",
+  });
+  assert.throws(() => encoder.addCommit(0), RangeError);
 });
 
 Deno.test("RecordEncoder.clear() starts a new batch in the same buffer", () => {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { basename, join } from "node:path";
+import { SimFileSystem } from "../../testing/sim_fs.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
 import { WalCorruptionError } from "./errors.ts";
 import { segmentName, Wal, type WalOptions } from "./wal.ts";
@@ -791,4 +792,131 @@ Deno.test("Wal reports how long each append's sync took to its syncDuration obse
     assert.equal(seconds.length, 2, "one sync per append");
     assert.ok(seconds.every((s) => s >= 0 && s < 60), String(seconds));
   });
+});
+
+Deno.test("Wal records the commit index after a batch, and recovers the highest one", async () => {
+  await _withDir(async (dir) => {
+    await _using(dir, async (wal) => {
+      assert.equal(wal.committed, 0);
+      await wal.append(_range(1, 3), 2);
+      assert.equal(wal.committed, 2);
+      await wal.append(_range(4, 5), 1); // not above: no record
+      await wal.append([_entry(6)]);
+      assert.equal(wal.committed, 2);
+      const [segment] = wal.segmentPaths;
+      assert.equal(await _size(segment!), 6 * _recordSize() + HEADER_SIZE + 8);
+      await wal.append([_entry(7)], 7);
+    });
+    await _using(dir, (wal) => {
+      assert.equal(wal.committed, 7);
+      assert.deepEqual(wal.entries, _range(1, 7));
+      return Promise.resolve();
+    });
+  });
+});
+
+Deno.test("Wal.writeCommit() does not sync: a process that dies keeps the record, a machine that crashes may not", async () => {
+  const fs = new SimFileSystem();
+  const dir = "/data/wal";
+  let wal = await Wal.open(dir, { fs });
+  await wal.writeCommit(1); // no record yet: nothing written
+  await wal.append(_range(1, 3));
+  await wal.writeCommit(2);
+  await wal.writeCommit(2); // not above: nothing written
+  assert.equal(wal.committed, 2);
+  await assert.rejects(wal.writeCommit(4), RangeError);
+  await wal.close();
+  // A process that dies keeps what it wrote (the page cache): reopen the same disk.
+  wal = await Wal.open(dir, { fs });
+  assert.equal(wal.committed, 2);
+  await wal.close();
+  // The machine crashes: the unsynced record is lost, the rest is whole.
+  const after = fs.crash();
+  wal = await Wal.open(dir, { fs: after });
+  assert.equal(wal.committed, 0);
+  assert.deepEqual(wal.entries, _range(1, 3));
+  assert.equal(wal.tornTail, null);
+  // The next synced write makes an unsynced record durable.
+  await wal.writeCommit(3);
+  await wal.append([_entry(4)]);
+  await wal.close();
+  wal = await Wal.open(dir, { fs: after.crash() });
+  assert.equal(wal.committed, 3);
+  await wal.close();
+});
+
+Deno.test("Wal syncs a commit record before it starts a new segment, so no older segment is torn", async () => {
+  const fs = new SimFileSystem();
+  const dir = "/data/wal";
+  const wal = await Wal.open(dir, { fs });
+  await wal.append(_range(1, 3));
+  await wal.writeCommit(3);
+  wal.rollNext();
+  await wal.append([_entry(4)]);
+  assert.equal(wal.segmentPaths.length, 2);
+  await wal.close();
+  const recovered = await Wal.open(dir, { fs: fs.crash() });
+  assert.equal(recovered.committed, 3);
+  assert.deepEqual(recovered.entries, _range(1, 4));
+  await recovered.close();
+});
+
+Deno.test("Wal.open() cuts a torn commit record off the last segment at every byte", async () => {
+  await _withDir(async (dir) => {
+    await _write(dir, [_range(1, 3)]);
+    await _using(dir, (wal) => wal.writeCommit(3));
+    const path = join(dir, segmentName(1, 1));
+    const whole = await Deno.readFile(path);
+    const before = 3 * _recordSize();
+    for (let cut = before; cut < whole.length; cut++) {
+      await Deno.writeFile(path, whole.subarray(0, cut));
+      await _using(dir, (wal) => {
+        assert.equal(wal.committed, 0, `cut at ${cut}`);
+        assert.deepEqual(wal.entries, _range(1, 3));
+        assert.equal(wal.tornTail?.bytes ?? 0, cut - before);
+        return Promise.resolve();
+      });
+    }
+  });
+});
+
+Deno.test("Wal.open() refuses commit records that contradict the log", async () => {
+  const encode = (build: (encoder: RecordEncoder) => void) => {
+    const encoder = new RecordEncoder();
+    build(encoder);
+    return encoder.bytes().slice();
+  };
+  const cases: [string, Uint8Array, RegExp][] = [
+    [
+      "past the last index",
+      encode((e) => (e.addEntry(_entry(1)), e.addCommit(2))),
+      /commit record 2 is past the log's last index 1/,
+    ],
+    [
+      "a committed entry replaced",
+      encode((
+        e,
+      ) => (e.addEntry(_entry(1)),
+        e.addEntry(_entry(2)),
+        e.addCommit(2),
+        e.addEntry(_entry(2, 2)))
+      ),
+      /entry 2 would replace an entry at or below the commit index 2/,
+    ],
+    [
+      "first in a segment",
+      encode((e) => (e.addCommit(1), e.addEntry(_entry(1)))),
+      /starts with a commit/,
+    ],
+  ];
+  for (const [what, bytes, message] of cases) {
+    await _withDir(async (dir) => {
+      await Deno.writeFile(join(dir, segmentName(1, 1)), bytes);
+      await assert.rejects(Wal.open(dir), (e) => {
+        assert.ok(e instanceof WalCorruptionError, what);
+        assert.match(e.message, message, what);
+        return true;
+      });
+    });
+  }
 });
