@@ -265,9 +265,9 @@ quota:            ${t("quotaRefusals")} writes refused as past the quota (507); 
       ? "none"
       : `${common.quotaBytes} bytes`
   }
-restarts:         ${t("snapshotRestarts")} from a snapshot; snapshot threshold ${
-    _thresholdText(common)
-  }
+restarts:         ${t("snapshotRestarts")} from a snapshot, ${
+    t("commitFromLog")
+  } with a commit index from the log's commit records; snapshot threshold ${_thresholdText(common)}
 profiles:         ${Object.entries(profiles).sort().map(([k, v]) => `${k} ${v}`).join(", ")}
 linearizability:  ${
     unknown.length === 0

@@ -116,6 +116,7 @@ export class Checker {
           `vote "${was.vote}"`,
       );
     }
+    if (hs.commit > Math.max(was.commit, snapIndex)) this.#ctx.stats.commitFromLog++;
     n.durable = terms;
     for (let i = 1; i <= snapIndex; i++) n.durable[i] ??= -1;
     [n.durableSnap, n.durableHs] = [snapIndex, { ...hs }];

@@ -285,6 +285,7 @@ export const COUNTERS = [
   "snapshotsReceived", // snapshots a follower received and stored
   "snapshotsInstalled",
   "snapshotRestarts", // restarts that loaded a snapshot
+  "commitFromLog", // restarts whose commit index came from the log's commit records
   "transfers", // leader transfers a leader started
   "transfersDone", // ... that ended with another node leading
   "transfersAborted", // ... abandoned (the target did not take over in time) or given up on
@@ -839,10 +840,10 @@ class _Simulation implements SimContext {
         const leases = pairs.leases ?? [];
         await inner.saveSnapshot(meta, leaky.length, { entries: leaky, sessions: [], leases });
       },
-      append: async (entries) => {
+      append: async (entries, commit) => {
         const from = entries[0]?.index ?? Infinity;
         n.writingFrom = Math.min(n.writingFrom, from);
-        await fatal(inner.append(entries));
+        await fatal(inner.append(entries, commit));
         if (!live()) return;
         n.writingFrom = Infinity;
         if (entries.length > 0) n.durable.length = Math.min(n.durable.length, from);
