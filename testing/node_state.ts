@@ -8,7 +8,8 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import type { ProcessCluster } from "./harness.ts";
+import { decodeRecord } from "../src/storage/wal_record.ts";
+import { type ProcessCluster, waitFor } from "./harness.ts";
 
 /** A node's state as seen from outside; equal before and after means nothing changed. */
 export interface ObservedState {
@@ -50,7 +51,32 @@ export async function diskState(dataDir: string): Promise<string> {
 }
 
 /**
- * Reads a node's status and disk state.
+ * The highest commit index recorded in a node's WAL (see "Commit records" in
+ * `src/storage/README.md`), read without repairing anything: a record still being written ends
+ * the scan of its segment.
+ *
+ * @param dataDir The node's data directory.
+ * @returns The commit index, 0 if none is recorded.
+ */
+export async function walCommit(dataDir: string): Promise<number> {
+  let commit = 0;
+  for await (const item of Deno.readDir(join(dataDir, "wal"))) {
+    if (!item.name.endsWith(".wal")) continue;
+    const bytes = await Deno.readFile(join(dataDir, "wal", item.name));
+    for (let offset = 0; offset < bytes.length;) {
+      const record = decodeRecord(bytes, offset, false);
+      if (record.kind !== "entry" && record.kind !== "reset" && record.kind !== "commit") break;
+      if (record.kind === "commit") commit = Math.max(commit, record.index);
+      offset = record.end;
+    }
+  }
+  return commit;
+}
+
+/**
+ * Reads a node's status and disk state, once the node has recorded its commit index in its WAL
+ * (it does so within two heartbeat intervals of going idle), so that a later observation of an
+ * untouched node finds the same bytes.
  *
  * @param cluster The cluster.
  * @param id The node's id.
@@ -58,7 +84,16 @@ export async function diskState(dataDir: string): Promise<string> {
  * @throws {assert.AssertionError} If the node does not answer `/v1/status`.
  */
 export async function observeNode(cluster: ProcessCluster, id: string): Promise<ObservedState> {
-  const status = await cluster.status(id, 3000);
+  const dataDir = cluster.node(id).dataDir;
+  let status = await cluster.status(id, 3000);
+  await waitFor(async () => {
+    status = await cluster.status(id, 3000);
+    return status !== null && await walCommit(dataDir) >= status.commit_index;
+  }, {
+    deadlineMs: 5_000,
+    intervalMs: 20,
+    message: () => `${id} to record its commit index ${status?.commit_index} in its WAL`,
+  });
   assert.ok(status !== null, `${id} does not answer /v1/status`);
   return {
     term: status.term,
@@ -66,7 +101,7 @@ export async function observeNode(cluster: ProcessCluster, id: string): Promise<
     leader: status.leader?.id ?? null,
     commit: status.commit_index,
     last: status.last_index,
-    disk: await diskState(cluster.node(id).dataDir),
+    disk: await diskState(dataDir),
   };
 }
 

@@ -91,6 +91,18 @@ async function alarms(c: ProcessCluster, id: string): Promise<string[] | undefin
   return (await c.status(id))?.alarms;
 }
 
+/** Waits until every node has applied what `leader` has committed. */
+async function waitCaughtUp(c: ProcessCluster, leader: string): Promise<void> {
+  const commit = (await c.status(leader))?.commit_index ?? Infinity;
+  for (const id of c.ids) {
+    await waitFor(async () => ((await c.status(id))?.applied_index ?? 0) >= commit, {
+      deadlineMs: 10_000,
+      intervalMs: 50,
+      message: `${id} to apply the leader's commit index ${commit}`,
+    });
+  }
+}
+
 async function waitAlarm(c: ProcessCluster, id: string, on: boolean): Promise<void> {
   await waitFor(async () => (await alarms(c, id))?.includes("NOSPACE") === on, {
     deadlineMs: 10_000,
@@ -168,8 +180,10 @@ Deno.test({
       await free(dir(leader));
       await waitAlarm(c, leader, false);
 
-      // (2) Every disk is full: writes are refused with a clear 507, reads are served.
+      // (2) Every disk is full: writes are refused with a clear 507, reads are served. First every
+      // node catches up (the one just freed may still lack what was committed while it was full).
       leader = await c.waitForLeader(10_000);
+      await waitCaughtUp(c, leader);
       for (const id of c.ids) await fill(dir(id));
       // The first writes may still fit in the last page of a WAL file, or end as 504 (in the
       // log, on no disk yet); then the leader knows and refuses.
@@ -179,7 +193,7 @@ Deno.test({
         const res = await put(c, leader, `refused-${++attempt}`, "x");
         if (res.status === 507) refused = res;
         return refused !== null;
-      }, { deadlineMs: 10_000, intervalMs: 100, message: "a write to be refused with 507" });
+      }, { deadlineMs: 20_000, intervalMs: 100, message: "a write to be refused with 507" });
       assert.deepEqual(refused!.json, {
         error: "no space left on device",
         alarm: "NOSPACE",
@@ -188,7 +202,21 @@ Deno.test({
       const follower2 = c.ids.find((id) => id !== leader)!;
       const relayed = await put(c, follower2, "refused-too", "x");
       assert.equal(relayed.status, 507, `a follower relays the leader's answer: ${relayed.text}`);
-      for (const id of c.ids) await waitAlarm(c, id, true);
+      // The nodes' logs differ in size by their commit records, so a follower's last page may
+      // still have held what it was sent: it is not full, and raises no alarm, but it lacks nothing
+      // that was committed.
+      await waitAlarm(c, leader, true);
+      const { commit_index: leaderCommit } = (await c.status(leader))!;
+      for (const id of c.ids.filter((id) => id !== leader)) {
+        await waitFor(async () => {
+          const s = await c.status(id);
+          return s !== null && (s.alarms?.includes("NOSPACE") || s.applied_index >= leaderCommit);
+        }, {
+          deadlineMs: 10_000,
+          intervalMs: 100,
+          message: `${id} to raise NOSPACE or to apply the leader's commit index ${leaderCommit}`,
+        });
+      }
       await assertNothingLost(c, leader);
       await assertNothingLost(c, follower2); // linearizable: the leader confirms the read index
       const stale = await c.request(follower2, "GET", "/v1/data/start-3?consistency=stale");

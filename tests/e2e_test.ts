@@ -4,9 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { decodeRecord } from "../src/storage/wal_record.ts";
+import { walCommit } from "../testing/node_state.ts";
 import {
   cleanEnv,
   DEFAULT_NODE_FLAGS,
@@ -359,7 +358,7 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
       for (const id of cluster.ids) {
         if (((await cluster.status(id))?.applied_index ?? 0) < index) return false;
         // Killed, a node has only what it wrote: wait for the log's record of the commit index.
-        if (signal === "SIGKILL" && await _walCommit(cluster.node(id).dataDir) < index) {
+        if (signal === "SIGKILL" && await walCommit(cluster.node(id).dataDir) < index) {
           return false;
         }
       }
@@ -382,25 +381,6 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
     const linearizable = await cluster.request(lone, "GET", "/v1/data/kept");
     assert.equal(linearizable.status, 503, linearizable.text);
   });
-}
-
-/** The highest commit index recorded in the newest WAL segment of a node (read, not repaired). */
-async function _walCommit(dataDir: string): Promise<number> {
-  const names: string[] = [];
-  for await (const item of Deno.readDir(join(dataDir, "wal"))) {
-    if (item.name.endsWith(".wal")) names.push(item.name);
-  }
-  const newest = names.sort().at(-1);
-  if (newest === undefined) return 0;
-  const bytes = await Deno.readFile(join(dataDir, "wal", newest));
-  let commit = 0;
-  for (let offset = 0; offset < bytes.length;) {
-    const record = decodeRecord(bytes, offset, false);
-    if (record.kind !== "entry" && record.kind !== "reset" && record.kind !== "commit") break;
-    if (record.kind === "commit") commit = Math.max(commit, record.index);
-    offset = record.end;
-  }
-  return commit;
 }
 
 Deno.test("a second process on a node's data directory exits at once with the reason, and the lock dies with the node (kill -9)", async () => {
