@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { decodeRecord } from "../src/storage/wal_record.ts";
-import { type ProcessCluster, waitFor } from "./harness.ts";
+import { type NodeStatus, type ProcessCluster, waitFor } from "./harness.ts";
 
 /** A node's state as seen from outside; equal before and after means nothing changed. */
 export interface ObservedState {
@@ -85,7 +85,7 @@ export async function walCommit(dataDir: string): Promise<number> {
  */
 export async function observeNode(cluster: ProcessCluster, id: string): Promise<ObservedState> {
   const dataDir = cluster.node(id).dataDir;
-  let status = await cluster.status(id, 3000);
+  let status = null as NodeStatus | null;
   await waitFor(async () => {
     status = await cluster.status(id, 3000);
     return status !== null && await walCommit(dataDir) >= status.commit_index;
