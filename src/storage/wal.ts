@@ -265,7 +265,7 @@ export class Wal {
    * Never starts a new segment.
    *
    * @param commit The node's commit index; at most {@linkcode Wal.lastIndex}.
-   * @throws {RangeError} If `commit` is not a safe integer or is past the last index.
+   * @throws {RangeError} If `commit` is not a safe integer of at least 1 or is past the last index.
    * @throws {Deno.errors.Busy} If another operation is in flight.
    * @throws {Deno.errors.BadResource} If the WAL is closed or failed earlier.
    * @throws {Error} With code `ENOSPC` or `EDQUOT` if the disk is full: nothing was written and
@@ -574,9 +574,12 @@ async function _recover(fs: FileSystem, dir: string, skipThrough: number): Promi
   return { log, segments, tornTail };
 }
 
-/** Checks that a commit index to record is a safe integer no further than the log's `last`. */
+/**
+ * Checks that a commit index to record is no further than the log's `last` (the encoder checks
+ * that it is a safe integer of at least 1).
+ */
 function _checkCommit(commit: number, last: number): void {
-  if (!Number.isSafeInteger(commit) || commit > last) {
+  if (commit > last) {
     throw new RangeError(`Cannot record commit index ${commit}: the log ends at ${last}`);
   }
 }
