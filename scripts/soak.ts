@@ -257,7 +257,11 @@ removed nodes:    ${t("removedRefusals")} client requests refused at once, ${
   } peer batches answered "removed" (sender outside the committed configuration)
 full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alarms raised, ${
     t("noSpaceRefusals")
-  } writes refused for a full disk (507), ${t("fullRestarts")} restarts on a full disk
+  } writes refused for a full disk (507; ${
+    t("peerNoSpaceRefusals")
+  } by a leader with room for its followers' full disks), ${
+    t("fullRestarts")
+  } restarts on a full disk
 quota:            ${t("quotaRefusals")} writes refused as past the quota (507); quota ${
     common.quotaBytes === undefined
       ? "drawn per seed (16-47 bytes for one seed in five, else none)"

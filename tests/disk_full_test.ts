@@ -1,7 +1,8 @@
 /**
  * A full disk with real processes on real file systems: each node's data directory is a small
  * tmpfs, filled with a filler file. One full disk (a follower's, then the leader's) leaves the
- * cluster acknowledging writes; every disk full refuses writes with 507 while reads are served;
+ * cluster acknowledging writes; both followers' disks full, or every disk, refuses writes with 507
+ * while reads are served;
  * deleting the fillers lets writes resume with no restart, and nothing acknowledged is lost.
  *
  * Mounting needs root on Linux: elsewhere the test is skipped, saying why.
@@ -87,6 +88,32 @@ async function putMany(c: ProcessCluster, prefix: string, count: number): Promis
   }
 }
 
+/**
+ * Writes `value` through `id` under new keys `${prefix}-N` until one is refused with 507 (the ones
+ * before may end as 504: in the leader's log, not yet known to be uncommittable); checks the
+ * answer's shape and returns it with its key.
+ */
+async function refusedWrite(
+  c: ProcessCluster,
+  id: string,
+  prefix: string,
+  value: string,
+): Promise<HttpResult & { k: string }> {
+  let refused: HttpResult | null = null;
+  let attempt = 0;
+  await waitFor(async () => {
+    const res = await put(c, id, `${prefix}-${++attempt}`, value);
+    if (res.status === 507) refused = res;
+    return refused !== null;
+  }, { deadlineMs: 20_000, intervalMs: 100, message: `a write to ${id} to be refused with 507` });
+  const k = `${prefix}-${attempt}`;
+  const json = refused!.json as Record<string, unknown>;
+  assert.deepEqual(Object.keys(json).sort(), ["alarm", "error", "k", "members"]);
+  assert.equal(json.alarm, "NOSPACE");
+  assert.equal(json.k, k);
+  return { ...refused!, k };
+}
+
 async function alarms(c: ProcessCluster, id: string): Promise<string[] | undefined> {
   return (await c.status(id))?.alarms;
 }
@@ -134,7 +161,7 @@ async function assertNothingLost(c: ProcessCluster, id: string): Promise<void> {
 
 Deno.test({
   name:
-    "a full disk is survived: one full disk leaves writes acknowledged, all full refuses writes with 507 and serves reads, and freeing space resumes writes without a restart" +
+    "a full disk is survived: one full disk leaves writes acknowledged, both followers' or every disk full refuses writes with 507 and serves reads, and freeing space resumes writes without a restart" +
     (SKIP === null ? "" : ` (skipped: ${SKIP})`),
   ignore: SKIP !== null,
   sanitizeOps: false,
@@ -180,6 +207,23 @@ Deno.test({
       await free(dir(leader));
       await waitAlarm(c, leader, false);
 
+      // (1c) Both followers' disks are full, the leader's is not: once their heartbeat answers say
+      // so, the leader refuses writes with 507 naming them (they could not commit), and serves reads.
+      leader = await c.waitForLeader(10_000);
+      await waitCaughtUp(c, leader);
+      const followers = c.ids.filter((id) => id !== leader);
+      for (const id of followers) await fill(dir(id));
+      const big = "x".repeat(8192); // larger than a page: see (2)
+      const peersFull = await refusedWrite(c, leader, "peers-full", big);
+      assert.deepEqual((peersFull.json as { members: string[] }).members.sort(), followers.sort());
+      assert.match((peersFull.json as { error: string }).error, /the disks of .* are full/);
+      for (const id of followers) await waitAlarm(c, id, true);
+      assert.deepEqual(await alarms(c, leader), [], "the leader's own disk has room");
+      await assertNothingLost(c, leader);
+      for (const id of followers) await free(dir(id));
+      for (const id of followers) await waitAlarm(c, id, false);
+      await putMany(c, "peers-freed", 5);
+
       // (2) Every disk is full: writes are refused with a clear 507, reads are served. First every
       // node catches up (the one just freed may still lack what was committed while it was full).
       leader = await c.waitForLeader(10_000);
@@ -189,19 +233,10 @@ Deno.test({
       // differ in size by their commit records, so each has its own room left: a write larger
       // than a page needs a new one on every node. It ends as 504 (in the leader's log, on no
       // disk); then the leader knows and refuses.
-      const big = "x".repeat(8192);
-      let refused: HttpResult | null = null;
-      let attempt = 0;
-      await waitFor(async () => {
-        const res = await put(c, leader, `refused-${++attempt}`, big);
-        if (res.status === 507) refused = res;
-        return refused !== null;
-      }, { deadlineMs: 20_000, intervalMs: 100, message: "a write to be refused with 507" });
-      assert.deepEqual(refused!.json, {
-        error: "no space left on device",
-        alarm: "NOSPACE",
-        k: `refused-${attempt}`,
-      });
+      const refused = await refusedWrite(c, leader, "refused", big);
+      const body = refused.json as { error: string; members: string[] };
+      assert.match(body.error, /^no space left on device/);
+      assert.ok(body.members.length > 0 && body.members.every((id) => c.ids.includes(id)));
       const follower2 = c.ids.find((id) => id !== leader)!;
       const relayed = await put(c, follower2, "refused-too", "x");
       assert.equal(relayed.status, 507, `a follower relays the leader's answer: ${relayed.text}`);
@@ -224,7 +259,7 @@ Deno.test({
       }
       for (const id of c.ids) await assertNothingLost(c, id);
       assert.ok(acked.size >= 40, `${acked.size} writes acknowledged`);
-      assert.ok(!acked.has(`refused-${attempt}`) && !acked.has("refused-too"));
+      assert.ok(!acked.has(refused.k) && !acked.has(peersFull.k) && !acked.has("refused-too"));
     } finally {
       await cluster?.close();
       for (const dir of mounted) await umount(dir);

@@ -87,7 +87,7 @@ export function backendError(
   }
   if (err instanceof RemovedError) return removedError(err, k);
   if (err instanceof NoSpaceError) {
-    return new ApiError(507, err.message, { alarm: "NOSPACE", k });
+    return new ApiError(507, err.message, { alarm: "NOSPACE", members: err.members, k });
   }
   if (err instanceof QuotaExceededError) {
     // Not logged: a client filling the store would write one line per refused write.

@@ -327,8 +327,9 @@ export interface ApiHandler {
  * (with `Retry-After`); 499 the client went away; 500 unexpected failure; 502 a forwarded write
  * failed after it may have been sent; 503 no leader, not applied, too many writes waiting on the
  * leader, shutting down, leader unreachable or changed (with `Retry-After`); 504 deadline passed
- * (a write may or may not have been applied); 507 the leader's disk is full
- * (`{"error":"no space left on device","alarm":"NOSPACE"}`), or the write would take the data past
+ * (a write may or may not have been applied); 507 the leader's disk is full, or the followers'
+ * are and the rest are not a quorum (`"alarm":"NOSPACE"`, with the full `members`), or the write
+ * would take the data past
  * its quota (`"code":"quota_exceeded"`, with `data_bytes` and `quota_bytes`); nothing done.
  *
  * @example Usage

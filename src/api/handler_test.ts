@@ -563,7 +563,7 @@ Deno.test("NotAppliedError and StoppingError are answered with 503 and Retry-Aft
 
 Deno.test("a write refused for a full disk is answered with 507 and the NOSPACE alarm", async () => {
   const { call, backend } = setup();
-  backend.error = new NoSpaceError();
+  backend.error = new NoSpaceError(undefined, ["n1"]);
   for (
     const res of [
       await call("POST", "/v1/data", '{"k":"a","v":"1"}'),
@@ -574,9 +574,21 @@ Deno.test("a write refused for a full disk is answered with 507 and the NOSPACE 
     assert.deepEqual(await expectJson(res, 507), {
       error: "no space left on device",
       alarm: "NOSPACE",
+      members: ["n1"],
       k: "a",
     });
   }
+  // Refused for the followers' disks: the answer names them.
+  backend.error = new NoSpaceError("no space left on device: the disks of n2, n3 are full", [
+    "n2",
+    "n3",
+  ]);
+  assert.deepEqual(await expectJson(await call("POST", "/v1/data", '{"k":"b","v":"1"}'), 507), {
+    error: "no space left on device: the disks of n2, n3 are full",
+    alarm: "NOSPACE",
+    members: ["n2", "n3"],
+    k: "b",
+  });
 });
 
 Deno.test("OutcomeUnknownError on a write is answered with 504", async () => {

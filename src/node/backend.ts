@@ -262,13 +262,18 @@ export class StoppingError extends Error {
 
 /**
  * The write was refused, nothing done: this node leads, but its disk is full (the `NOSPACE`
- * alarm), so it cannot append. Writes resume by themselves once space is freed.
+ * alarm), so it cannot append; or so many voters said their disks are full that the others are
+ * not a quorum, so it could not commit. Writes resume by themselves once space is freed.
  */
 export class NoSpaceError extends Error {
+  /** The members whose disks are full, as far as the refusing leader knows (it may be one). */
+  readonly members: readonly NodeId[];
+
   /** Creates the error. */
-  constructor(message = "no space left on device") {
+  constructor(message = "no space left on device", members: readonly NodeId[] = []) {
     super(message);
     this.name = "NoSpaceError";
+    this.members = members;
   }
 }
 

@@ -401,6 +401,10 @@ interface ReceivedSnapshot {
  *   entries waiting in memory stay what they were when the disk filled.
  * - A leader refuses new writes with {@linkcode NoSpaceError} (507); a follower forwards them to
  *   its leader as usual, which may well have space.
+ * - A full follower says so in its heartbeat answers (`reject` set). A leader whose followers
+ *   said so, within an election timeout, so that the voters left are not a quorum refuses new
+ *   writes with {@linkcode NoSpaceError} too, naming them: they could not commit, and would end
+ *   as timeouts of unknown outcome instead.
  * - Reads go on: stale reads everywhere, and linearizable and lease reads on a leader, which
  *   need no disk (ReadIndex is a heartbeat round).
  * - A leader hands over once the others commit entries it could not persist (its commit index
@@ -515,6 +519,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #heldJob: WriteJob | null = null;
   /** Set while the disk is full (the NOSPACE alarm): when to retry the held job, and the backoff. */
   #noSpace: { since: number; retryAt: number; delayMs: number } | null = null;
+  /**
+   * On a leader: the followers whose last heartbeat answer said their disk is full, with the term
+   * and time of that answer (it counts for an election timeout, in that term only).
+   */
+  readonly #fullPeers = new Map<NodeId, { term: number; at: number }>();
   /** Called once a leader transfer settles (see #transferSettled): API callers, held writes. */
   #transferWaiters: (() => void)[] = [];
   /** The term on disk: heartbeat answers in it need no write first. */
@@ -1652,6 +1661,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
           ? `${MessageType[m.type]} from "${m.from}": the sender is not a member`
           : this.#core.step(m);
         if (reason !== null) refused.push(reason);
+        else if (m.type === MessageType.HeartbeatResp) this.#notePeerDisk(m);
         if (!known && m.term >= this.#core.term) this.#maybeAskMembers(true);
         if (
           reason === null && this.#core.leader === m.from &&
@@ -1799,8 +1809,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
     for (const m of rd.persistedMessages) {
       if (this.#noSpace && m.type === MessageType.HeartbeatResp && m.term === this.#durableTerm) {
-        // Depends on nothing unwritten (see the class doc): do not hold it behind a full disk.
-        this.#transport.send([m]);
+        // Depends on nothing unwritten (see the class doc): do not hold it behind a full disk,
+        // and tell the leader why this node appends nothing.
+        this.#transport.send([{ ...m, reject: true }]);
       } else {
         job.messages.push(m);
       }
@@ -1954,12 +1965,52 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#writing = this.#writeLoop();
   }
 
-  /** A leader refuses new writes while its disk is full (a follower forwards them). */
+  /**
+   * A leader refuses new writes while its disk is full, or while the voters whose disks are not
+   * full (as their heartbeat answers say) are not a quorum. A follower forwards them.
+   */
   #refuseWhenFull(): void {
-    if (this.#noSpace && this.#core.role === "leader" && !this.#stopping) {
-      const error = new NoSpaceError();
+    if (this.#core.role !== "leader" || this.#stopping) return;
+    let error: NoSpaceError | null = null;
+    if (this.#noSpace) {
+      error = new NoSpaceError(undefined, [this.id]);
+    } else if (this.#fullPeers.size > 0) {
+      const voters = this.#core.voters;
+      const full = voters.filter((id) => this.#saidFull(id));
+      if (voters.length - full.length < Math.floor(voters.length / 2) + 1) {
+        error = new NoSpaceError(
+          `no space left on device: the disks of ${full.join(", ")} are full, and the ${
+            voters.length - full.length
+          } other voter(s) of ${voters.length} are not a quorum`,
+          full,
+        );
+      }
+    }
+    if (error) {
       this.#metrics.proposalFailed(error);
       throw error;
+    }
+  }
+
+  /** Whether follower `id` answered a heartbeat of this term, within an election timeout, full. */
+  #saidFull(id: NodeId): boolean {
+    const said = this.#fullPeers.get(id);
+    return said !== undefined && said.term === this.#core.term &&
+      this.#clock.now() - said.at <= this.#electionMs;
+  }
+
+  /**
+   * A leader notes a follower's heartbeat answer: `reject` says its disk is full (it appends
+   * nothing until a retry of its held write succeeds); without, that it is not (any longer).
+   */
+  #notePeerDisk(m: Message): void {
+    if (this.#core.role !== "leader" || m.term !== this.#core.term) return;
+    const was = this.#saidFull(m.from);
+    if (m.reject) {
+      if (!was) this.#log.warn(`NOSPACE on ${m.from}: its disk is full, it appends nothing`);
+      this.#fullPeers.set(m.from, { term: m.term, at: this.#clock.now() });
+    } else if (this.#fullPeers.delete(m.from) && was) {
+      this.#log.info(`NOSPACE cleared on ${m.from}`);
     }
   }
 

@@ -103,13 +103,20 @@ const signal = () => AbortSignal.timeout(5_000);
  * Writes through whichever node leads, trying again while leadership changes (a loaded machine
  * can delay ticks past an election timeout).
  */
+/**
+ * Writes through the leader, again after an election (or, once disks were full, until the
+ * leader's next heartbeat answers say the followers' disks took writes again).
+ */
 async function putOnLeader(nodes: () => RaftNode[], key: string, value: string): Promise<number> {
   for (let attempt = 0;; attempt++) {
     await waitFor(() => leaderOf(nodes())?.isReady() === true, "a leader");
     try {
       return (await leaderOf(nodes())!.put(key, value, signal())).index;
     } catch (e) {
-      if (attempt >= 10 || !(e instanceof NotLeaderError || e instanceof NotAppliedError)) throw e;
+      const again = e instanceof NotLeaderError || e instanceof NotAppliedError ||
+        e instanceof NoSpaceError;
+      if (attempt >= 10 || !again) throw e;
+      if (e instanceof NoSpaceError) await new Promise((r) => setTimeout(r, 20));
     }
   }
 }
@@ -538,9 +545,9 @@ function guarded(storage: NodeStorage, guard: () => void | Promise<void>): NodeS
     snapshot: storage.snapshot,
     snapshotData: storage.snapshotData,
     entries: storage.entries,
-    append: async (entries) => {
+    append: async (entries, commit) => {
       await guard();
-      await storage.append(entries);
+      await storage.append(entries, commit);
     },
     saveHardState: async (hs) => {
       await guard();
@@ -710,6 +717,51 @@ Deno.test("when every disk is full writes are refused with NoSpaceError, reads a
     for (const n of c.all()) {
       for (let i = 0; i < 10; i++) assert.equal(await n.get(`k${i}`, "stale", signal()), `v${i}`);
       assert.equal(await n.get("after", "stale", signal()), "y");
+    }
+    assert.deepEqual(c.fatal, []);
+  } finally {
+    for (const n of c.all()) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("when the followers' disks are full a leader with room refuses writes with NoSpaceError naming them, and writes resume once space is freed", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const c = await startFillable(root, 800);
+  try {
+    const written = await putOnLeader(c.all, "before", "1");
+    await waitFor(() => c.all().every((n) => n.status().applied_index >= written), "all to apply");
+    await waitFor(() => leaderOf(c.all())?.isReady() === true, "a leader");
+    const leader = leaderOf(c.all())!;
+    const followers = c.all().filter((n) => n !== leader);
+    for (const f of followers) c.disks.get(f.id)!.full = true;
+    // Writes go on until the followers' heartbeat answers say they are full: those end as
+    // timeouts of unknown outcome (on the leader's disk only). Then the leader refuses.
+    let refused: NoSpaceError | null = null;
+    let attempt = 0;
+    const end = performance.now() + 10_000;
+    while (refused === null) {
+      assert.ok(performance.now() < end, "no NoSpaceError within 10 s");
+      const e = await leader.put(`w${++attempt}`, "x", AbortSignal.timeout(300)).catch((e) => e);
+      if (e instanceof NoSpaceError) refused = e;
+      else assert.ok(e instanceof OutcomeUnknownError || e instanceof DOMException, String(e));
+    }
+    assert.deepEqual([...refused.members].sort(), followers.map((f) => f.id).sort());
+    assert.match(refused.message, /the disks of .* are full/);
+    assert.ok(followers.every(alarmed), "both followers raised NOSPACE");
+    assert.deepEqual(leader.status().alarms, [], "the leader's own disk is fine");
+    assert.equal(leader.status().role, "leader");
+    // Reads need no disk: the followers still answer heartbeats.
+    assert.equal(await leader.get("before", "linearizable", signal()), "1");
+
+    for (const f of followers) c.disks.get(f.id)!.full = false;
+    await waitFor(() => !c.all().some(alarmed), "the followers to clear NOSPACE");
+    const commit = await putOnLeader(c.all, "after", "y");
+    await waitFor(() => c.all().every((n) => n.status().applied_index >= commit), "all to apply");
+    for (const n of c.all()) {
+      assert.equal(await n.get("after", "stale", signal()), "y");
+      // The refused write was never proposed; the ones before it may have committed since.
+      assert.equal(await n.get(`w${attempt}`, "stale", signal()), null);
     }
     assert.deepEqual(c.fatal, []);
   } finally {

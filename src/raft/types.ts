@@ -235,7 +235,10 @@ export interface Message {
   entries: Entry[];
   /** App/Heartbeat: the leader's commit index (for Heartbeat capped by the follower's match). */
   commit: number;
-  /** Responses: true if the request was refused. */
+  /**
+   * Responses: true if the request was refused. HeartbeatResp: true if the follower's disk is full
+   * (it appends nothing until space is freed; the core ignores it, the driver tells its leader).
+   */
   reject: boolean;
   /** AppResp on reject: the follower's last index, a hint where the leader should probe next. */
   rejectHint: number;

@@ -81,7 +81,7 @@ const _FIELDS: Record<MessageType, ReadonlySet<_Field>> = {
   [MessageType.App]: new Set(["logTerm", "index", "entries", "commit"]),
   [MessageType.AppResp]: new Set(["logTerm", "index", "reject", "rejectHint"]),
   [MessageType.Heartbeat]: new Set(["commit", "context"]),
-  [MessageType.HeartbeatResp]: new Set(["index", "context"]),
+  [MessageType.HeartbeatResp]: new Set(["index", "reject", "context"]),
   [MessageType.Snap]: new Set(["snapshot"]),
   [MessageType.TimeoutNow]: new Set([]),
   [MessageType.ReadIndex]: new Set(["context"]),

@@ -87,6 +87,8 @@ Deno.test("every message type the core sends passes, alone and in one batch", ()
     message({ type: MessageType.App, from: "n1", to: "n2", term: 1 }),
     // A vote request of a campaign a leader transfer started.
     message({ type: MessageType.Vote, from: "n1", to: "n2", term: 5, context: CAMPAIGN_TRANSFER }),
+    // A heartbeat answer of a follower whose disk is full.
+    message({ type: MessageType.HeartbeatResp, from: "n1", to: "n2", term: 5, reject: true }),
   ];
   assert.equal(validator.checkBatch("n1", minimal, "messages"), null);
   // No data check configured: any Normal entry data passes.
@@ -257,10 +259,11 @@ Deno.test("fields a message type never sets must be zero, empty or null", () => 
     /entries is not used .* "1 entries"/,
   );
   refused(
-    [{ ...good(MessageType.HeartbeatResp), reject: true }],
+    [{ ...good(MessageType.HeartbeatResp), rejectHint: 3 }],
     "invalid",
-    /reject is not used .* "true"/,
+    /rejectHint is not used .* "3"/,
   );
+  refused([{ ...good(MessageType.Heartbeat), reject: true }], "invalid", /reject is not used/);
   refused(
     [{ ...good(MessageType.TimeoutNow), context: 2 }],
     "invalid",

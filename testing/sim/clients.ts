@@ -316,7 +316,10 @@ export class Clients {
       },
       (o) => o,
       (e) => {
-        if (e instanceof NoSpaceError) this.#ctx.stats.noSpaceRefusals++;
+        if (e instanceof NoSpaceError) {
+          this.#ctx.stats.noSpaceRefusals++;
+          if (!e.members.includes(n.id)) this.#ctx.stats.peerNoSpaceRefusals++;
+        }
         if (e instanceof QuotaExceededError) {
           this.#ctx.stats.quotaRefusals++;
           if (op.kind === "delete" || e.growth <= 0) {

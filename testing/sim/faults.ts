@@ -145,17 +145,20 @@ export class Faults {
   }
 
   /**
-   * Fills one node's disk, the leader's or every node's (spares included) until space is freed,
+   * Fills one node's disk, the leader's, every other node's (the followers', spares included) or
+   * every node's until space is freed,
    * one episode at a time: each keeps what it holds and takes nothing more, or up to 4 KiB more, so
    * that the next write may fit only in part. A crash keeps the disk full (the crashed image keeps
    * its capacity).
    */
   #fillDisks(): void {
     if (this.#ctx.nodes.some((n) => n.diskFull)) return;
-    const kind = this.#ctx.pick(["one", "leader", "every"]);
+    const kind = this.#ctx.pick(["one", "leader", "followers", "every"]);
     const leader = this.#ctx.leader();
     const victims = kind === "every"
       ? [...this.#ctx.nodes]
+      : kind === "followers" && leader
+      ? this.#ctx.nodes.filter((n) => n !== leader)
       : [kind === "leader" && leader ? leader : this.#ctx.pick(this.#ctx.nodes)];
     const ms = this.#ctx.random(100, Math.max(200, this.#ctx.faults.maxDiskFullMs));
     for (const n of victims) {

@@ -112,6 +112,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "diskFulls",
     "noSpaceAlarms",
     "noSpaceRefusals",
+    "peerNoSpaceRefusals",
     "fullRestarts",
     "quotaRefusals",
   ]);
