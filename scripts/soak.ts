@@ -234,7 +234,7 @@ snapshots:        ${t("snapshotsTaken")} taken, ${t("snapshotsSent")} sent (${
   } failed), ${t("snapshotsReceived")} received, ${t("snapshotsInstalled")} installed
 transfers:        ${t("transfers")} leader transfers started, ${t("transfersDone")} done, ${
     t("transfersAborted")
-  } abandoned
+  } abandoned (${t("transfersReelected")} of them by an election the old leader won again)
 watches:          ${t("watchEvents")} events received, ${
     t("watchReconnects")
   } reconnects to another node, ${t("watchResyncs")} refused as older than the history (410), ${

@@ -390,21 +390,27 @@ export class NotVoterError extends Error {
 }
 
 /**
- * A leader transfer that ended without a new leader: the target did not take over within an
- * election timeout, and this node leads on.
+ * A leader transfer that ended with this node leading: the target did not take over within an
+ * election timeout and this node leads on, or an election followed that this node won again.
  */
 export class TransferAbortedError extends Error {
   /** The node leadership was to go to. */
   readonly target: NodeId;
+  /** The term this node leads in now, if an election followed (else null: it led on). */
+  readonly reelectedIn: number | null;
 
   /** Creates the error. */
-  constructor(target: NodeId) {
+  constructor(target: NodeId, reelectedIn: number | null = null) {
     super(
-      `the leader transfer to "${target}" was abandoned: it did not take over within an ` +
-        `election timeout (unreachable, or too far behind); this node still leads`,
+      reelectedIn === null
+        ? `the leader transfer to "${target}" was abandoned: it did not take over within an ` +
+          `election timeout (unreachable, or too far behind); this node still leads`
+        : `the leader transfer to "${target}" failed: it did not win the election that followed, ` +
+          `and this node was elected again (term ${reelectedIn})`,
     );
     this.name = "TransferAbortedError";
     this.target = target;
+    this.reelectedIn = reelectedIn;
   }
 }
 
@@ -418,7 +424,8 @@ export interface LeaderTransfer {
    * @throws {UnknownMemberError} If `to` is not a member.
    * @throws {NotVoterError} If `to` does not vote.
    * @throws {LeaderTransferError} While another transfer is in progress.
-   * @throws {TransferAbortedError} If the target did not take over within an election timeout.
+   * @throws {TransferAbortedError} If this node leads at the end: the target did not take over
+   *   within an election timeout, or did not win the election that followed.
    */
   transferLeadership(to: NodeId | null, signal: AbortSignal): Promise<{ leader: NodeId }>;
 }

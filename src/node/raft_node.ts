@@ -1375,7 +1375,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    * @throws {NotLeaderError} On a node that does not lead.
    * @throws {NotVoterError} If `to` does not vote.
    * @throws {LeaderTransferError} While another transfer is in progress.
-   * @throws {TransferAbortedError} If the target did not take over within an election timeout.
+   * @throws {TransferAbortedError} If this node leads at the end: the target did not take over
+   *   within an election timeout, or did not win the election that followed.
    */
   async transferLeadership(to: NodeId | null, signal: AbortSignal): Promise<{ leader: NodeId }> {
     if (this.#stopping) throw new StoppingError();
@@ -1388,12 +1389,15 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (to !== null && !core.voters.includes(to)) throw new NotVoterError(to);
     if (core.leadTransferee !== NONE) throw new LeaderTransferError(core.leadTransferee);
     let target: NodeId = NONE;
+    const term = core.term;
     this.#guard(() => target = core.transferLeadership(to ?? undefined));
     if (this.#failed) throw new StoppingError();
     this.#log.info(`transferring leadership to ${target}`);
     await this.#transferSettled(signal);
     if (this.#stopping) throw new StoppingError();
-    if (core.role === "leader") throw new TransferAbortedError(target);
+    if (core.role === "leader") {
+      throw new TransferAbortedError(target, core.term === term ? null : core.term);
+    }
     this.#log.info(`leadership transferred: ${core.leader} leads term ${core.term}`);
     return { leader: core.leader };
   }

@@ -271,11 +271,56 @@ Deno.test("a leader transfer hands over to the chosen node; writes held meanwhil
     for (const n of nodes) if (n !== cutOff) net.partition(n.id, cutOff.id);
     const failed = now.transferLeadership(cutOff.id, signal());
     const waiting = now.put("c", "4", signal());
-    await assert.rejects(failed, TransferAbortedError);
+    await assert.rejects(
+      failed,
+      (e) =>
+        e instanceof TransferAbortedError && e.reelectedIn === null &&
+        /still leads/.test(e.message),
+    );
     assert.equal((await waiting).index > 0, true);
     assert.equal(now.status().role, "leader");
     net.heal();
   } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a leader transfer whose target loses the election that follows, won again by the leader, says so", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  const net = new MemoryNetwork();
+  try {
+    nodes = await startNodes(root, net, 31);
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("a", "1", signal());
+    const [target, other] = nodes.filter((n) => n !== leader);
+    const term = leader.status().term;
+    // The target's campaign reaches the leader (which steps down and votes for it) but neither
+    // the vote nor the third node; the third node's campaigns reach no one: only the old leader
+    // can win the elections that follow.
+    net.setDropFilter((m) =>
+      (m.from === target!.id && m.to === other!.id &&
+        (m.type === MessageType.Vote || m.type === MessageType.PreVote)) ||
+      (m.from === leader.id && m.to === target!.id && m.type === MessageType.VoteResp) ||
+      (m.from === other!.id && (m.type === MessageType.Vote || m.type === MessageType.PreVote))
+    );
+    const error = await leader.transferLeadership(target!.id, AbortSignal.timeout(20_000)).then(
+      () => null,
+      (e) => e,
+    );
+    assert.ok(error instanceof TransferAbortedError, String(error));
+    assert.equal(error.target, target!.id);
+    assert.equal(leader.status().role, "leader");
+    assert.ok(error.reelectedIn !== null && error.reelectedIn > term, String(error.reelectedIn));
+    assert.match(error.message, /this node was elected again \(term \d+\)/);
+    assert.doesNotMatch(error.message, /still leads/);
+    net.setDropFilter(null);
+    await waitFor(() => leader.isReady(), "the leader to be ready");
+    assert.equal(await leader.get("a", "linearizable", signal()), "1");
+  } finally {
+    net.setDropFilter(null);
     for (const n of nodes) await n.stop();
     await Deno.remove(root, { recursive: true });
   }

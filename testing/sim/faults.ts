@@ -215,6 +215,7 @@ export class Faults {
     n.clock.run(() => {
       const node = n.node;
       if (!node || n.inc !== inc) return;
+      const term = node.inspect().term;
       node.transferLeadership(to, abort.signal).then(
         ({ leader }) => {
           this.#ctx.stats.transfersDone++;
@@ -222,6 +223,16 @@ export class Faults {
         },
         (e) => {
           if (n.inc !== inc) return; // crashed meanwhile
+          if (e instanceof TransferAbortedError && e.reelectedIn !== null) {
+            // An election followed and this node won it again: in a later term.
+            if (e.reelectedIn <= term) {
+              this.#ctx.violation(
+                "node-error",
+                `${n.id} re-elected in ${e.reelectedIn} <= ${term}`,
+              );
+            }
+            this.#ctx.stats.transfersReelected++;
+          }
           if (e instanceof TransferAbortedError || e === abort.signal.reason) {
             this.#ctx.stats.transfersAborted++;
             this.#ctx.note(`${n.id}: transfer ended without a new leader: ${(e as Error).message}`);

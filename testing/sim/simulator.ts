@@ -289,6 +289,7 @@ export const COUNTERS = [
   "transfers", // leader transfers a leader started
   "transfersDone", // ... that ended with another node leading
   "transfersAborted", // ... abandoned (the target did not take over in time) or given up on
+  "transfersReelected", // ... of those, ended by an election the old leader won again
   "leasesGranted", // grants acknowledged to lease holders
   "leasesRaised", // ... asked below the minimum TTL and granted the minimum
   "leaseTxnPuts", // transactions whose put attached its key to a lease, acknowledged
