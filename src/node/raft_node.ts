@@ -1975,20 +1975,19 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    */
   #refuseWhenFull(): void {
     if (this.#core.role !== "leader" || this.#stopping) return;
+    if (!this.#noSpace && this.#fullPeers.size === 0) return;
+    const voters = this.#core.voters;
+    const full = voters.filter((id) => this.#saidFull(id));
     let error: NoSpaceError | null = null;
     if (this.#noSpace) {
-      error = new NoSpaceError(undefined, [this.id]);
-    } else if (this.#fullPeers.size > 0) {
-      const voters = this.#core.voters;
-      const full = voters.filter((id) => this.#saidFull(id));
-      if (voters.length - full.length < Math.floor(voters.length / 2) + 1) {
-        error = new NoSpaceError(
-          `no space left on device: the disks of ${full.join(", ")} are full, and the ${
-            voters.length - full.length
-          } other voter(s) of ${voters.length} are not a quorum`,
-          full,
-        );
-      }
+      error = new NoSpaceError(undefined, [this.id, ...full]);
+    } else if (voters.length - full.length < Math.floor(voters.length / 2) + 1) {
+      error = new NoSpaceError(
+        `no space left on device: the disks of ${full.join(", ")} are full, and the ${
+          voters.length - full.length
+        } other voter(s) of ${voters.length} are not a quorum`,
+        full,
+      );
     }
     if (error) {
       this.#metrics.proposalFailed(error);
