@@ -146,10 +146,9 @@ export class Faults {
 
   /**
    * Fills one node's disk, the leader's, every other node's (the followers', spares included) or
-   * every node's until space is freed,
-   * one episode at a time: each keeps what it holds and takes nothing more, or up to 4 KiB more, so
-   * that the next write may fit only in part. A crash keeps the disk full (the crashed image keeps
-   * its capacity).
+   * every node's until space is freed, one episode at a time: each keeps what it holds and takes
+   * nothing more, or up to 4 KiB more, so that the next write may fit only in part. A crash keeps
+   * the disk full (the crashed image keeps its capacity).
    */
   #fillDisks(): void {
     if (this.#ctx.nodes.some((n) => n.diskFull)) return;
