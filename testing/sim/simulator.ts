@@ -13,7 +13,7 @@
  * leader-isolating partitions; crashes that keep only what was synced (or part of the unsynced
  * writes too, possibly torn); whole-cluster power failures; process pauses; clock skew; slow
  * disks; leader transfers requested at random (to a random node, possibly down or cut off, or to
- * the most caught-up one); full disks (one node's, the leader's or every node's, until space is
+ * the most caught-up one); full disks (one node's, the leader's, the followers' or every node's, until space is
  * freed: a member must then clear its NOSPACE alarm by itself); and, for the guard tests, a
  * {@linkcode DiskFault} at the file-system or storage seam.
  *
@@ -135,7 +135,7 @@ export const FAULTS_OFF = {
    */
   membersAnswerRate: 1,
   /**
-   * Mean time between disk-full episodes (one node's disk, the leader's or every node's fills up,
+   * Mean time between disk-full episodes (one node's disk, the leader's, the followers' or every node's fills up,
    * with no room left or up to 4 KiB, until space is freed); 0 disables them.
    */
   diskFullEveryMs: 0,
@@ -314,7 +314,7 @@ export const COUNTERS = [
   "removedFinalReads", // final reads sent to a node that knew it was removed: each refused
   "removedWatchRefusals", // watches a removed node refused (the watcher moved on)
   "removedAnswers", // peer batches answered "removed" (the sender is outside the committed configuration)
-  "diskFulls", // disk-full episodes (one node, the leader, or every node)
+  "diskFulls", // disk-full episodes (one node, the leader, the followers, or every node)
   "noSpaceAlarms", // NOSPACE alarms a node raised (a write refused for lack of space)
   "noSpaceRefusals", // writes a leader refused for a full disk (definitely not applied)
   "peerNoSpaceRefusals", // ... for its followers' full disks, its own having room
