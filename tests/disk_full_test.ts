@@ -2,8 +2,8 @@
  * A full disk with real processes on real file systems: each node's data directory is a small
  * tmpfs, filled with a filler file. One full disk (a follower's, then the leader's) leaves the
  * cluster acknowledging writes; both followers' disks full, or every disk, refuses writes with 507
- * while reads are served;
- * deleting the fillers lets writes resume with no restart, and nothing acknowledged is lost.
+ * while reads are served; deleting the fillers lets writes resume with no restart, and nothing
+ * acknowledged is lost.
  *
  * Mounting needs root on Linux: elsewhere the test is skipped, saying why.
  */

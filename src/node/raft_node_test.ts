@@ -101,11 +101,8 @@ const signal = () => AbortSignal.timeout(5_000);
 
 /**
  * Writes through whichever node leads, trying again while leadership changes (a loaded machine
- * can delay ticks past an election timeout).
- */
-/**
- * Writes through the leader, again after an election (or, once disks were full, until the
- * leader's next heartbeat answers say the followers' disks took writes again).
+ * can delay ticks past an election timeout) and, once disks were full, until the leader's next
+ * heartbeat answers say the followers' disks take writes again.
  */
 async function putOnLeader(nodes: () => RaftNode[], key: string, value: string): Promise<number> {
   for (let attempt = 0;; attempt++) {
