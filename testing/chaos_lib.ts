@@ -252,6 +252,12 @@ export interface ChaosClusterOptions {
    * bearer tokens. Default `false`.
    */
   tls?: boolean;
+  /**
+   * Give each node a data directory on its own small tmpfs (64 MiB), so that
+   * {@linkcode ChaosCluster.fillDisk} can fill it. Only as root on Linux, and not with `keepData`
+   * (the tmpfs goes when the cluster closes); elsewhere {@linkcode ChaosCluster.fillable} is false.
+   */
+  fillable?: boolean;
 }
 
 /** The CA and tokens of a {@linkcode ChaosCluster} started with `tls`. */
@@ -283,8 +289,15 @@ export class ChaosCluster implements AsyncDisposable {
   readonly dataRoot: string;
   /** The CA and tokens when started with `tls`, else `null`. */
   readonly security: ChaosSecurity | null;
+  /** Whether each node's data directory is a tmpfs that {@linkcode fillDisk} can fill. */
+  get fillable(): boolean {
+    return this.#mounted.length > 0;
+  }
   #proxies: Map<string, LinkProxy>;
   #configFiles: Map<string, string>;
+  /** The tmpfs mount points (node data directories), unmounted on close. */
+  #mounted: string[] = [];
+  #ownsDataRoot = false;
   #closed = false;
 
   private constructor(
@@ -331,8 +344,13 @@ export class ChaosCluster implements AsyncDisposable {
       const configPath = join(dataRoot, "cluster.config.json");
       await writeClusterFile(configPath, entries);
       const configFiles = new Map<string, string>();
+      const mounted: string[] = [];
+      const fillable = (options.fillable ?? false) && !(options.keepData ?? false) &&
+        Deno.build.os === "linux" && Deno.uid() === 0;
       for (const self of entries) {
-        await Deno.mkdir(join(dataRoot, self.node_id), { recursive: true });
+        const dir = join(dataRoot, self.node_id);
+        await Deno.mkdir(dir, { recursive: true });
+        if (fillable && await _mountTmpfs(dir, "64m")) mounted.push(dir);
         const view: ClusterFileEntry[] = entries.map((entry) => {
           if (entry.node_id === self.node_id) return entry;
           const proxy = proxies.get(_linkKey(self.node_id, entry.node_id));
@@ -363,6 +381,9 @@ export class ChaosCluster implements AsyncDisposable {
           : { tls: secure.certs, apiCerts: secure.certs, token: secure.security.tokens.read }),
       });
       cluster = new ChaosCluster(processes, proxies, configFiles, secure?.security ?? null);
+      cluster.#mounted = mounted.length === ids.length ? mounted : [];
+      cluster.#ownsDataRoot = !(options.keepData ?? false);
+      if (cluster.#mounted.length === 0) { for (const dir of mounted) await _umount(dir); }
       const started = cluster;
       await Promise.all(ids.map((id) => started.startNode(id)));
       return started;
@@ -490,12 +511,43 @@ export class ChaosCluster implements AsyncDisposable {
     return links;
   }
 
+  /**
+   * Fills the disk (tmpfs) of node `id` with a filler file, to the last byte it takes.
+   *
+   * @throws {Error} If the cluster is not {@linkcode fillable}.
+   */
+  async fillDisk(id: string): Promise<void> {
+    if (!this.fillable) throw new Error("the cluster's data directories are not on a tmpfs");
+    const path = join(this.processes.node(id).dataDir, "filler");
+    using file = await Deno.open(path, { write: true, create: true, append: true });
+    for (const size of [1 << 20, 64 * 1024, 512]) {
+      const chunk = new Uint8Array(size);
+      try {
+        while (true) await file.write(chunk);
+      } catch (error) {
+        if ((error as { code?: string }).code !== "ENOSPC") throw error;
+      }
+    }
+  }
+
+  /** Deletes the filler file of node `id`, if any. */
+  async freeDisk(id: string): Promise<void> {
+    await Deno.remove(join(this.processes.node(id).dataDir, "filler")).catch((error) => {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    });
+  }
+
   /** Stops every node and proxy (and removes the data unless it is kept). */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await this.processes.close();
     await Promise.all([...this.#proxies.values()].map((proxy) => proxy.close()));
+    // The processes' cleanup could not remove the mount points: unmount, then remove the rest.
+    for (const dir of this.#mounted) await _umount(dir);
+    if (this.#mounted.length > 0 && this.#ownsDataRoot) {
+      await Deno.remove(this.dataRoot, { recursive: true }).catch(() => {});
+    }
   }
 
   /** Same as {@linkcode ChaosCluster.close}, for `await using`. */
@@ -523,6 +575,26 @@ async function _makeSecurity(dataRoot: string, ids: readonly string[]) {
   await Deno.writeTextFile(tokensFile, JSON.stringify(entries), { mode: 0o600 });
   const security: ChaosSecurity = { ca: certs.ca, tokens };
   return { certs, tokensFile, security };
+}
+
+/** Mounts a tmpfs of `size` on `dir`; false if it cannot (not root, no tmpfs). */
+async function _mountTmpfs(dir: string, size: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+/** Unmounts `dir` (lazily: a process that still holds a file there lets go of it later). */
+async function _umount(dir: string): Promise<void> {
+  await new Deno.Command("umount", { args: ["-l", dir], stdout: "null", stderr: "null" }).output()
+    .catch(() => {});
 }
 
 function _linkKey(from: string, to: string): string {
@@ -560,7 +632,14 @@ export type FaultKind =
    * every node when none is, must then present its new certificate within 10 s. Runs with `tls`
    * only.
    */
-  | "rotate";
+  | "rotate"
+  /**
+   * Fill the disk of one node, of the followers or of every node (each node's data directory is a
+   * small tmpfs, filled with a filler file), hold, then delete the fillers: writes are refused with
+   * 507 NOSPACE, or go on, and every node must clear its alarm after the final heal. Runs as root
+   * on Linux only (`mount -t tmpfs`).
+   */
+  | "full";
 
 /** Every fault kind, in a stable order. */
 export const FAULT_KINDS: readonly FaultKind[] = [
@@ -573,6 +652,7 @@ export const FAULT_KINDS: readonly FaultKind[] = [
   "links",
   "slow",
   "rotate",
+  "full",
 ];
 
 /** Options of {@linkcode runChaos}. */
@@ -638,12 +718,14 @@ export interface OpCounts {
   /** Writes whose outcome is unknown (502, 504, timeout, connection cut). */
   unknown: number;
   /**
-   * Definitely failed (503, 507 past the quota, refused connection), or reads that got no
-   * answer.
+   * Definitely failed (503, 507 past the quota or for full disks, refused connection), or reads
+   * that got no answer.
    */
   failed: number;
   /** Of those, writes refused as past the data quota (507 `quota_exceeded`; never a delete). */
   quota: number;
+  /** Of those, writes refused for full disks (507 with the `NOSPACE` alarm). */
+  noSpace: number;
 }
 
 /** A key whose final value cannot be the result of any write that could have been last. */
@@ -816,6 +898,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     ...(options.echo === undefined ? {} : { echo: options.echo }),
     ...(options.keepData === undefined ? {} : { keepData: options.keepData }),
     tls: options.tls ?? false,
+    fillable: faultKinds.includes("full"),
   });
   if (options.keepData) log(`data directory: ${chaos.dataRoot}`);
   const monitor = new _LeaderMonitor(chaos);
@@ -861,6 +944,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     }
     const finals = leaderKnown ? await finalReads(state, keys) : new Map();
     const converged = leaderKnown ? await checkConvergence(state, keys) : false;
+    if (chaos.fillable) await _checkAlarmsCleared(state);
     stopMonitor.abort();
     await monitoring;
     return _report(state, options, { finals, converged, keys, nodes, clientCount });
@@ -871,7 +955,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
 }
 
 function _zero(): OpCounts {
-  return { total: 0, ok: 0, unknown: 0, failed: 0, quota: 0 };
+  return { total: 0, ok: 0, unknown: 0, failed: 0, quota: 0, noSpace: 0 };
 }
 
 /**
@@ -1001,8 +1085,11 @@ async function _retried(
     if (result.kind === "answer" && result.headers.get("idempotent-replayed") === "true") {
       state.retries.replayed++;
     }
-    // Unknown before, now refused for sure: still unknown as a whole.
-    const refused = result.kind === "error" ? result.connectFailed : result.status === 503;
+    // Unknown before, now refused for sure (503, or 507 for the quota or a full disk: a refusal
+    // speaks only for this attempt): still unknown as a whole.
+    const refused = result.kind === "error"
+      ? result.connectFailed
+      : result.status === 503 || result.status === 507;
     if (sawUnknown && refused) {
       return _record(state, op, performance.now(), node, _UNKNOWN, false, learn);
     }
@@ -1200,7 +1287,10 @@ function _record(
   // Refused before it was proposed, as past the data quota: a delete never is (an anomaly).
   const overQuota = status === 507 && body.code === "quota_exceeded" && op.kind !== "delete";
   if (overQuota) counts.quota++;
-  if (status === 503 || overQuota) {
+  // Refused before it was proposed, for full disks (any kind of write).
+  const noSpace = status === 507 && body.alarm === "NOSPACE";
+  if (noSpace) counts.noSpace++;
+  if (status === 503 || overQuota || noSpace) {
     // "Definitely not applied": left out of the history, so a read of its value would fail it.
     counts.failed++;
     if ((op.kind === "put" || op.kind === "cas") && op.value !== null) {
@@ -1229,7 +1319,8 @@ async function _runNemesis(
 ): Promise<void> {
   const { chaos, log } = state;
   const usable = kinds.filter((kind) =>
-    (kind !== "split" || chaos.ids.length >= 3) && (kind !== "rotate" || chaos.security !== null)
+    (kind !== "split" || chaos.ids.length >= 3) &&
+    (kind !== "rotate" || chaos.security !== null) && (kind !== "full" || chaos.fillable)
   );
   if (usable.length === 0) {
     await delay(stopAt - performance.now());
@@ -1367,6 +1458,23 @@ async function _inject(
       }
       return how === 0 ? label("rotate") : how === 1 ? "rotate-all" : "rotate-files";
     }
+    case "full": {
+      // One node's disk (the leader's half the time), the followers' or every node's.
+      const how = rng.int(0, 3);
+      const victims = how === 0
+        ? [target]
+        : how === 1 && leader !== null
+        ? chaos.ids.filter((id) => id !== leader)
+        : [...chaos.ids];
+      for (const id of victims) await chaos.fillDisk(id);
+      await hold(1000, 4000);
+      for (const id of victims) await chaos.freeDisk(id);
+      return how === 0
+        ? label("full")
+        : how === 1 && leader !== null
+        ? "full-followers"
+        : "full-all";
+    }
   }
 }
 
@@ -1406,10 +1514,29 @@ async function _checkCrashes(state: _RunState): Promise<void> {
   }
 }
 
-/** Heals every link, resumes paused nodes and starts stopped ones. */
+/** After the final heal freed every disk: each node must clear its NOSPACE alarm by itself. */
+async function _checkAlarmsCleared(state: _RunState): Promise<void> {
+  for (const id of state.chaos.ids) {
+    try {
+      await waitFor(async () => {
+        const status = await state.chaos.processes.status(id);
+        return status !== null && (status.alarms ?? []).length === 0;
+      }, {
+        deadlineMs: 15_000,
+        intervalMs: 200,
+        message: `${id} to clear its alarms once every disk had room again`,
+      });
+    } catch (error) {
+      state.anomalies.push((error as Error).message);
+    }
+  }
+}
+
+/** Heals every link, frees every disk, resumes paused nodes and starts stopped ones. */
 async function _restoreAll(state: _RunState): Promise<void> {
   const { chaos } = state;
   chaos.healAll();
+  if (chaos.fillable) { for (const id of chaos.ids) await chaos.freeDisk(id); }
   for (const node of chaos.processes.nodes) {
     if (node.paused) chaos.processes.resume(node.id);
   }
@@ -1732,7 +1859,7 @@ export function checkWorkload(
   const lostWrites = findLostWrites(history, finals);
   const total = _zero();
   for (const kind of ["put", "get", "delete", "cas", "range"] as const) {
-    for (const field of ["total", "ok", "unknown", "failed", "quota"] as const) {
+    for (const field of ["total", "ok", "unknown", "failed", "quota", "noSpace"] as const) {
       total[field] += counts[kind][field];
     }
   }
@@ -1746,8 +1873,8 @@ export function checkWorkload(
     const c = counts[kind];
     return `${kind} ${c.total} (ok ${c.ok}${
       kind === "get" ? ` of which ${leaseOk} lease reads` : ""
-    }, unknown ${c.unknown}, failed ${c.failed}${
-      c.quota > 0 ? `, ${c.quota} past the quota` : ""
+    }, unknown ${c.unknown}, failed ${c.failed}${c.quota > 0 ? `, ${c.quota} past the quota` : ""}${
+      c.noSpace > 0 ? `, ${c.noSpace} for full disks` : ""
     })`;
   };
   const summary = [
