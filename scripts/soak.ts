@@ -261,7 +261,9 @@ full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alar
     t("peerNoSpaceRefusals")
   } by a leader with room for its followers' full disks), ${
     t("fullRestarts")
-  } restarts on a full disk
+  } restarts on a full disk; ${
+    t("unsettledRetries")
+  } retries refused so while an earlier attempt was in the log or applied (outcome unknown)
 quota:            ${t("quotaRefusals")} writes refused as past the quota (507); quota ${
     common.quotaBytes === undefined
       ? "drawn per seed (16-47 bytes for one seed in five, else none)"

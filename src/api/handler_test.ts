@@ -15,6 +15,7 @@ import {
   type RangeQuery,
   type ReadResult,
   StoppingError,
+  UnsettledRetryError,
 } from "../node/backend.ts";
 import { KvStateMachine } from "../kv/state_machine.ts";
 import { AnswerReader, encodeBatch } from "./forward_batch.ts";
@@ -606,6 +607,11 @@ Deno.test("OutcomeUnknownError on a write is answered with 504", async () => {
     assert.equal(body.k, "a");
   }
   assert.equal(logs.length, 2);
+  // A retry refused while an earlier attempt is in the log: unknown too, saying why.
+  backend.error = new UnsettledRetryError(new NoSpaceError());
+  const body = await expectJson(await call("POST", "/v1/data", '{"k":"a","v":"1"}'), 504);
+  assert.match(String(body.error), /an earlier attempt .* \(no space left on device\)/);
+  assert.equal(body.outcome, "unknown");
 });
 
 Deno.test("a write the backend does not finish within apiTimeoutMs is answered with 504", async () => {

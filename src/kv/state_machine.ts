@@ -280,6 +280,11 @@ export class KvStateMachine {
     return this.#sessions.size;
   }
 
+  /** Whether the outcome of idempotency key `id` is remembered (it may have expired since). */
+  hasSession(id: string): boolean {
+    return this.#sessions.has(id);
+  }
+
   /** The remembered idempotent outcomes, oldest first, encoded as in snapshots. */
   sessionRecords(): Uint8Array[] {
     return [...this.#sessions.values()].map((s) => s.bytes);

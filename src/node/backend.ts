@@ -130,12 +130,14 @@ export type Alarm = "NOSPACE";
  *   follower whose leader changed before it confirmed the read); nothing was done. The API
  *   forwards or answers 503.
  * - {@linkcode OutcomeUnknownError}: the write was proposed but its fate is unknown within the
- *   deadline (it may still commit). The API answers 504.
+ *   deadline (it may still commit), or ({@linkcode UnsettledRetryError}) a retry with an
+ *   idempotency key was refused while an earlier attempt is in the log or applied. The API
+ *   answers 504.
  * - {@linkcode NotAppliedError}: the write definitely did not and will not take effect (e.g. the
  *   leader lost its term before committing it). Safe to retry. The API answers 503.
  * - {@linkcode StoppingError}: the node is shutting down. The API answers 503.
- * - {@linkcode NoSpaceError}: this node leads but its disk is full; nothing was done. The API
- *   answers 507.
+ * - {@linkcode NoSpaceError}: this node leads but its disk is full, or its followers' are and the
+ *   others are not a quorum; nothing was done. The API answers 507.
  * - {@linkcode QuotaExceededError}: this node leads and the write would take the data past its
  *   quota; nothing was done. The API answers 507.
  * - {@linkcode OverloadedError}: the leader has too many writes waiting to be applied; this one
@@ -239,6 +241,26 @@ export class OutcomeUnknownError extends Error {
   constructor(message = "the write's outcome is unknown: it may or may not have been applied") {
     super(message);
     this.name = "OutcomeUnknownError";
+  }
+}
+
+/**
+ * A write sent with an idempotency key was refused before it was proposed (a full disk, the
+ * quota), but an earlier attempt with the same key is in the leader's log or was applied: the
+ * refusal speaks only for this attempt, so the write's outcome is unknown. Send it again later
+ * with the same key to learn the first outcome.
+ */
+export class UnsettledRetryError extends OutcomeUnknownError {
+  /** Why this attempt was refused. */
+  readonly refusal: Error;
+
+  /** Creates the error. */
+  constructor(refusal: Error) {
+    super(
+      `an earlier attempt with this Idempotency-Key is in the log or applied, and this one was refused (${refusal.message}): the write's outcome is unknown; send it again later with the same key`,
+    );
+    this.name = "UnsettledRetryError";
+    this.refusal = refusal;
   }
 }
 

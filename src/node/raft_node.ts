@@ -31,6 +31,7 @@ import {
   type SnapshotMeta,
 } from "../raft/types.ts";
 import {
+  decodeCommand,
   encodeCommand,
   growthBound,
   type KvCommand,
@@ -65,6 +66,7 @@ import {
   StoppingError,
   TransferAbortedError,
   UnknownMemberError,
+  UnsettledRetryError,
   type WriteResult,
 } from "./backend.ts";
 import {
@@ -1119,11 +1121,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     idempotencyKey?: string | null,
   ): Promise<KvResult> {
     if (this.#isRemoved()) throw new RemovedError(this.id);
-    this.#refuseWhenFull();
+    this.#unlessEarlierAttempt(idempotencyKey, () => this.#refuseWhenFull());
     for (let wait; (wait = this.#admissionWait(cmd, signal)) !== null;) await wait;
     // Judged by the leader that proposes it, in the term it proposes it in, with nothing between.
-    this.#refuseWhenFull();
-    this.#refuseOverQuota(cmd);
+    this.#unlessEarlierAttempt(idempotencyKey, () => {
+      this.#refuseWhenFull();
+      this.#refuseOverQuota(cmd);
+    });
     cmd = this.#withMinimumTtl(cmd);
     const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
       op: "idempotent",
@@ -1133,6 +1137,41 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       command: cmd,
     };
     return await this.#propose(full, signal);
+  }
+
+  /**
+   * Runs `refuse` (a check that refuses a write before it is proposed, for a full disk or the
+   * quota). A refusal speaks only for this attempt; when an earlier attempt with the same
+   * idempotency key is in this node's log past its applied index, or was applied (its outcome is
+   * remembered), the write's outcome is not "nothing done" but unknown: the refusal becomes an
+   * {@linkcode UnsettledRetryError} (504), so that the client sends it again later with the key
+   * and gets the first outcome. An earlier attempt this log does not hold (sent to an earlier
+   * leader) is not found: a 507 still speaks only for itself.
+   */
+  #unlessEarlierAttempt(idempotencyKey: string | null | undefined, refuse: () => void): void {
+    try {
+      refuse();
+    } catch (e) {
+      const refusal = e instanceof NoSpaceError || e instanceof QuotaExceededError;
+      if (!refusal || idempotencyKey === undefined || idempotencyKey === null) throw e;
+      if (!this.#kv.hasSession(idempotencyKey) && !this.#pendingAttempt(idempotencyKey)) throw e;
+      throw new UnsettledRetryError(e);
+    }
+  }
+
+  /** Whether the log holds, past the applied index, an idempotent command with `id`. */
+  #pendingAttempt(id: string): boolean {
+    const log = this.#core.log;
+    for (const e of log.slice(this.#kv.appliedIndex + 1, log.lastIndex() + 1)) {
+      if (e.type !== EntryType.Normal) continue;
+      try {
+        const cmd = decodeCommand(e.data);
+        if (cmd.op === "idempotent" && cmd.id === id) return true;
+      } catch {
+        // Not a command this node can read: not the attempt looked for.
+      }
+    }
+    return false;
   }
 
   /**

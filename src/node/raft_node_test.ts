@@ -16,6 +16,7 @@ import {
   RemovedError,
   TransferAbortedError,
   UnknownMemberError,
+  UnsettledRetryError,
 } from "./backend.ts";
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
@@ -787,9 +788,18 @@ Deno.test("when the followers' disks are full a leader with room refuses writes 
     await waitFor(() => leaderOf(c.all())?.isReady() === true, "a leader");
     const leader = leaderOf(c.all())!;
     const followers = c.all().filter((n) => n !== leader);
+    // A write with an idempotency key already applied, whose client learnt nothing (say).
+    const applied = await leader.write({ op: "put", key: "i0", value: "0" }, signal(), "key-0");
     for (const f of followers) c.disks.get(f.id)!.full = true;
     // Writes go on until the followers' heartbeat answers say they are full: those end as
-    // timeouts of unknown outcome (on the leader's disk only). Then the leader refuses.
+    // timeouts of unknown outcome (on the leader's disk only). Then the leader refuses. The
+    // first carries an idempotency key.
+    const first = await leader.write(
+      { op: "put", key: "i1", value: "1" },
+      AbortSignal.timeout(300),
+      "key-1",
+    ).catch((e) => e);
+    assert.ok(first instanceof OutcomeUnknownError || first instanceof DOMException, String(first));
     let refused: NoSpaceError | null = null;
     let attempt = 0;
     const end = performance.now() + 10_000;
@@ -799,6 +809,18 @@ Deno.test("when the followers' disks are full a leader with room refuses writes 
       if (e instanceof NoSpaceError) refused = e;
       else assert.ok(e instanceof OutcomeUnknownError || e instanceof DOMException, String(e));
     }
+    // Retries with those keys are not "nothing done": the earlier attempt is in the log, or was
+    // applied, so their outcome is unknown. A new key is refused.
+    for (const [key, k] of [["i1", "key-1"], ["i0", "key-0"]] as const) {
+      await assert.rejects(
+        leader.write({ op: "put", key, value: key.slice(1) }, signal(), k),
+        (e) => e instanceof UnsettledRetryError && e.refusal instanceof NoSpaceError,
+      );
+    }
+    await assert.rejects(
+      leader.write({ op: "put", key: "i2", value: "2" }, signal(), "key-2"),
+      NoSpaceError,
+    );
     assert.deepEqual([...refused.members].sort(), followers.map((f) => f.id).sort());
     assert.match(refused.message, /the disks of .* are full/);
     assert.ok(followers.every(alarmed), "both followers raised NOSPACE");
@@ -815,7 +837,14 @@ Deno.test("when the followers' disks are full a leader with room refuses writes 
       assert.equal(await n.get("after", "stale", signal()), "y");
       // The refused write was never proposed; the ones before it may have committed since.
       assert.equal(await n.get(`w${attempt}`, "stale", signal()), null);
+      assert.equal(await n.get("i2", "stale", signal()), null);
     }
+    // Sent again now, the keys' writes are answered with their first outcomes.
+    const again0 = await leader.write({ op: "put", key: "i0", value: "0" }, signal(), "key-0");
+    assert.deepEqual(again0, { ...applied, replayed: true });
+    const again1 = await leader.write({ op: "put", key: "i1", value: "1" }, signal(), "key-1");
+    assert.equal(again1.replayed, true);
+    assert.equal(await leader.get("i1", "linearizable", signal()), "1");
     assert.deepEqual(c.fatal, []);
   } finally {
     for (const n of c.all()) await n.stop();

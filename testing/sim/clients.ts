@@ -15,6 +15,7 @@ import {
   QuotaExceededError,
   RemovedError,
   StoppingError,
+  UnsettledRetryError,
 } from "../../src/node/backend.ts";
 import type { Operation } from "../../src/check/linearizability.ts";
 import type { Checker } from "./checks.ts";
@@ -316,6 +317,7 @@ export class Clients {
       },
       (o) => o,
       (e) => {
+        if (e instanceof UnsettledRetryError) this.#ctx.stats.unsettledRetries++;
         if (e instanceof NoSpaceError) {
           this.#ctx.stats.noSpaceRefusals++;
           if (!e.members.includes(n.id)) this.#ctx.stats.peerNoSpaceRefusals++;

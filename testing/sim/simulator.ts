@@ -318,6 +318,7 @@ export const COUNTERS = [
   "noSpaceAlarms", // NOSPACE alarms a node raised (a write refused for lack of space)
   "noSpaceRefusals", // writes a leader refused for a full disk (definitely not applied)
   "peerNoSpaceRefusals", // ... for its followers' full disks, its own having room
+  "unsettledRetries", // idempotent retries refused (full disk, quota) with an earlier attempt in the log or applied: unknown
   "quotaRefusals", // writes a leader refused as past the quota (definitely not applied)
   "fullRestarts", // restarts on a full disk (start-up writes no file data: it must succeed)
 ] as const;

@@ -113,6 +113,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "noSpaceAlarms",
     "noSpaceRefusals",
     "peerNoSpaceRefusals",
+    "unsettledRetries",
     "fullRestarts",
     "quotaRefusals",
   ]);
