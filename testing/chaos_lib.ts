@@ -325,6 +325,7 @@ export class ChaosCluster implements AsyncDisposable {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`bad cluster size ${size}`);
     const dataRoot = await Deno.makeTempDir({ prefix: "raftkv-chaos-" });
     const proxies = new Map<string, LinkProxy>();
+    const mounted: string[] = [];
     let cluster: ChaosCluster | undefined;
     try {
       const ids = Array.from({ length: size }, (_, i) => `node-${i + 1}`);
@@ -344,7 +345,6 @@ export class ChaosCluster implements AsyncDisposable {
       const configPath = join(dataRoot, "cluster.config.json");
       await writeClusterFile(configPath, entries);
       const configFiles = new Map<string, string>();
-      const mounted: string[] = [];
       const fillable = (options.fillable ?? false) && !(options.keepData ?? false) &&
         Deno.build.os === "linux" && Deno.uid() === 0;
       for (const self of entries) {
@@ -391,6 +391,7 @@ export class ChaosCluster implements AsyncDisposable {
       if (cluster !== undefined) await cluster.close();
       else {
         await Promise.all([...proxies.values()].map((proxy) => proxy.close()));
+        for (const dir of mounted) await _umount(dir);
         await Deno.remove(dataRoot, { recursive: true }).catch(() => {});
       }
       throw error;
