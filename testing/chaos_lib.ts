@@ -46,6 +46,7 @@ import {
 } from "./harness.ts";
 import { type LinkDelay, type LinkMode, LinkProxy } from "./proxy.ts";
 import { makeCertificates, servedCertificate } from "./certs.ts";
+import { fill, free, mountTmpfs, unmount } from "./tmpfs.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Randomness.
@@ -350,7 +351,7 @@ export class ChaosCluster implements AsyncDisposable {
       for (const self of entries) {
         const dir = join(dataRoot, self.node_id);
         await Deno.mkdir(dir, { recursive: true });
-        if (fillable && await _mountTmpfs(dir, "64m")) mounted.push(dir);
+        if (fillable && await mountTmpfs(dir, "64m") === null) mounted.push(dir);
         const view: ClusterFileEntry[] = entries.map((entry) => {
           if (entry.node_id === self.node_id) return entry;
           const proxy = proxies.get(_linkKey(self.node_id, entry.node_id));
@@ -519,23 +520,12 @@ export class ChaosCluster implements AsyncDisposable {
    */
   async fillDisk(id: string): Promise<void> {
     if (!this.fillable) throw new Error("the cluster's data directories are not on a tmpfs");
-    const path = join(this.processes.node(id).dataDir, "filler");
-    using file = await Deno.open(path, { write: true, create: true, append: true });
-    for (const size of [1 << 20, 64 * 1024, 512]) {
-      const chunk = new Uint8Array(size);
-      try {
-        while (true) await file.write(chunk);
-      } catch (error) {
-        if ((error as { code?: string }).code !== "ENOSPC") throw error;
-      }
-    }
+    await fill(this.processes.node(id).dataDir);
   }
 
   /** Deletes the filler file of node `id`, if any. */
   async freeDisk(id: string): Promise<void> {
-    await Deno.remove(join(this.processes.node(id).dataDir, "filler")).catch((error) => {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-    });
+    await free(this.processes.node(id).dataDir);
   }
 
   /** Stops every node and proxy (and removes the data unless it is kept). */
@@ -578,24 +568,9 @@ async function _makeSecurity(dataRoot: string, ids: readonly string[]) {
   return { certs, tokensFile, security };
 }
 
-/** Mounts a tmpfs of `size` on `dir`; false if it cannot (not root, no tmpfs). */
-async function _mountTmpfs(dir: string, size: string): Promise<boolean> {
-  try {
-    const out = await new Deno.Command("mount", {
-      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
-  } catch {
-    return false;
-  }
-}
-
-/** Unmounts `dir` (lazily: a process that still holds a file there lets go of it later). */
+/** Unmounts `dir` lazily (a process that still holds a file there lets go of it later). */
 async function _umount(dir: string): Promise<void> {
-  await new Deno.Command("umount", { args: ["-l", dir], stdout: "null", stderr: "null" }).output()
-    .catch(() => {});
+  await unmount(dir, true).catch(() => {});
 }
 
 function _linkKey(from: string, to: string): string {

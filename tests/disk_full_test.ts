@@ -10,54 +10,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type HttpResult, type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { fill, free, mountTmpfs, unmount } from "../testing/tmpfs.ts";
 
 const SKIP = Deno.build.os !== "linux"
   ? `mounting a tmpfs needs Linux, not ${Deno.build.os}`
   : Deno.uid() !== 0
   ? `mounting a tmpfs needs root (uid is ${Deno.uid()})`
   : null;
-
-/** Mounts a tmpfs of `size` on `dir`; returns why not, or null. */
-async function mountTmpfs(dir: string, size: string): Promise<string | null> {
-  try {
-    const out = await new Deno.Command("mount", {
-      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    return out.success ? null : new TextDecoder().decode(out.stderr).trim();
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error);
-  }
-}
-
-async function umount(dir: string): Promise<void> {
-  const out = await new Deno.Command("umount", { args: [dir], stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(`umount ${dir} failed: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
-}
-
-/** Takes every free byte of the file system holding `dir`, in a file named `filler`. */
-async function fill(dir: string): Promise<void> {
-  using file = await Deno.open(join(dir, "filler"), { write: true, create: true, append: true });
-  const chunk = new Uint8Array(64 * 1024);
-  try {
-    while (true) await file.write(chunk);
-  } catch (error) {
-    if ((error as { code?: string }).code !== "ENOSPC") throw error;
-  }
-  // Smaller writes take what the last chunk could not.
-  try {
-    while (true) await file.write(chunk.subarray(0, 512));
-  } catch (error) {
-    if ((error as { code?: string }).code !== "ENOSPC") throw error;
-  }
-}
-
-async function free(dir: string): Promise<void> {
-  await Deno.remove(join(dir, "filler"));
-}
 
 /** The writes the cluster acknowledged: the last acknowledged value of each key. */
 const acked = new Map<string, string>();
@@ -262,7 +221,7 @@ Deno.test({
       assert.ok(!acked.has(refused.k) && !acked.has(peersFull.k) && !acked.has("refused-too"));
     } finally {
       await cluster?.close();
-      for (const dir of mounted) await umount(dir);
+      for (const dir of mounted) await unmount(dir);
       await Deno.remove(root, { recursive: true });
     }
   },

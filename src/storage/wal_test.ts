@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { basename, join } from "node:path";
 import { SimFileSystem } from "../../testing/sim_fs.ts";
+import { mountTmpfs, unmount } from "../../testing/tmpfs.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
 import { WalCorruptionError } from "./errors.ts";
 import { segmentName, Wal, type WalOptions } from "./wal.ts";
@@ -736,28 +737,15 @@ async function _mountTmpfs(size: string): Promise<{ dir: string } | { skip: stri
   }
   if (Deno.uid() !== 0) return { skip: `mounting a tmpfs needs root (uid is ${Deno.uid()})` };
   const dir = await Deno.makeTempDir({ prefix: "raftkv-full-" });
-  let reason: string;
-  try {
-    const out = await new Deno.Command("mount", {
-      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    if (out.success) return { dir };
-    reason = new TextDecoder().decode(out.stderr).trim();
-  } catch (error) {
-    reason = error instanceof Error ? error.message : String(error);
-  }
+  const reason = await mountTmpfs(dir, size);
+  if (reason === null) return { dir };
   await Deno.remove(dir);
   return { skip: `mount -t tmpfs failed: ${reason}` };
 }
 
 /** Unmounts what {@linkcode _mountTmpfs} mounted and removes the directory. */
 async function _unmount(dir: string): Promise<void> {
-  const out = await new Deno.Command("umount", { args: [dir], stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(`umount ${dir} failed: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
+  await unmount(dir);
   await Deno.remove(dir, { recursive: true });
 }
 
