@@ -298,7 +298,6 @@ export class ChaosCluster implements AsyncDisposable {
   #configFiles: Map<string, string>;
   /** The tmpfs mount points (node data directories), unmounted on close. */
   #mounted: string[] = [];
-  #ownsDataRoot = false;
   #closed = false;
 
   private constructor(
@@ -383,7 +382,6 @@ export class ChaosCluster implements AsyncDisposable {
       });
       cluster = new ChaosCluster(processes, proxies, configFiles, secure?.security ?? null);
       cluster.#mounted = mounted.length === ids.length ? mounted : [];
-      cluster.#ownsDataRoot = !(options.keepData ?? false);
       if (cluster.#mounted.length === 0) { for (const dir of mounted) await _umount(dir); }
       const started = cluster;
       await Promise.all(ids.map((id) => started.startNode(id)));
@@ -534,9 +532,10 @@ export class ChaosCluster implements AsyncDisposable {
     this.#closed = true;
     await this.processes.close();
     await Promise.all([...this.#proxies.values()].map((proxy) => proxy.close()));
-    // The processes' cleanup could not remove the mount points: unmount, then remove the rest.
+    // The processes' cleanup could not remove the mount points: unmount, then remove the rest
+    // (a cluster that keeps its data mounts nothing).
     for (const dir of this.#mounted) await _umount(dir);
-    if (this.#mounted.length > 0 && this.#ownsDataRoot) {
+    if (this.#mounted.length > 0) {
       await Deno.remove(this.dataRoot, { recursive: true }).catch(() => {});
     }
   }
@@ -1437,19 +1436,16 @@ async function _inject(
     case "full": {
       // One node's disk (the leader's half the time), the followers' or every node's.
       const how = rng.int(0, 3);
+      const followers = how === 1 && leader !== null;
       const victims = how === 0
         ? [target]
-        : how === 1 && leader !== null
+        : followers
         ? chaos.ids.filter((id) => id !== leader)
         : [...chaos.ids];
       for (const id of victims) await chaos.fillDisk(id);
       await hold(1000, 4000);
       for (const id of victims) await chaos.freeDisk(id);
-      return how === 0
-        ? label("full")
-        : how === 1 && leader !== null
-        ? "full-followers"
-        : "full-all";
+      return how === 0 ? label("full") : followers ? "full-followers" : "full-all";
     }
   }
 }
