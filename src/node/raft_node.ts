@@ -1121,13 +1121,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     idempotencyKey?: string | null,
   ): Promise<KvResult> {
     if (this.#isRemoved()) throw new RemovedError(this.id);
-    this.#unlessEarlierAttempt(idempotencyKey, () => this.#refuseWhenFull());
+    this.#refuseWhenFull(idempotencyKey);
     for (let wait; (wait = this.#admissionWait(cmd, signal)) !== null;) await wait;
     // Judged by the leader that proposes it, in the term it proposes it in, with nothing between.
-    this.#unlessEarlierAttempt(idempotencyKey, () => {
-      this.#refuseWhenFull();
-      this.#refuseOverQuota(cmd);
-    });
+    this.#refuseWhenFull(idempotencyKey);
+    this.#refuseOverQuota(cmd, idempotencyKey);
     cmd = this.#withMinimumTtl(cmd);
     const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
       op: "idempotent",
@@ -1140,23 +1138,21 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /**
-   * Runs `refuse` (a check that refuses a write before it is proposed, for a full disk or the
-   * quota). A refusal speaks only for this attempt; when an earlier attempt with the same
-   * idempotency key is in this node's log past its applied index, or was applied (its outcome is
-   * remembered), the write's outcome is not "nothing done" but unknown: the refusal becomes an
-   * {@linkcode UnsettledRetryError} (504), so that the client sends it again later with the key
-   * and gets the first outcome. An earlier attempt this log does not hold (sent to an earlier
-   * leader) is not found: a 507 still speaks only for itself.
+   * Refuses a write before it is proposed (a full disk, the quota), counting it. A refusal speaks
+   * only for this attempt; when an earlier attempt with the same idempotency key is in this node's
+   * log past its applied index, or was applied (its outcome is remembered), the write's outcome is
+   * not "nothing done" but unknown: the refusal becomes an {@linkcode UnsettledRetryError} (504),
+   * so that the client sends it again later with the key and gets the first outcome. An earlier
+   * attempt this log does not hold (sent to an earlier leader) is not found: a 507 still speaks
+   * only for itself.
    */
-  #unlessEarlierAttempt(idempotencyKey: string | null | undefined, refuse: () => void): void {
-    try {
-      refuse();
-    } catch (e) {
-      const refusal = e instanceof NoSpaceError || e instanceof QuotaExceededError;
-      if (!refusal || idempotencyKey === undefined || idempotencyKey === null) throw e;
-      if (!this.#kv.hasSession(idempotencyKey) && !this.#pendingAttempt(idempotencyKey)) throw e;
-      throw new UnsettledRetryError(e);
-    }
+  #refuseWrite(error: NoSpaceError | QuotaExceededError, idempotencyKey?: string | null): never {
+    this.#metrics.proposalFailed(error);
+    if (
+      idempotencyKey !== undefined && idempotencyKey !== null &&
+      (this.#kv.hasSession(idempotencyKey) || this.#pendingAttempt(idempotencyKey))
+    ) throw new UnsettledRetryError(error);
+    throw error;
   }
 
   /** Whether the log holds, past the applied index, an idempotent command with `id`. */
@@ -2012,25 +2008,19 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    * A leader refuses new writes while its disk is full, or while the voters whose disks are not
    * full (as their heartbeat answers say) are not a quorum. A follower forwards them.
    */
-  #refuseWhenFull(): void {
+  #refuseWhenFull(idempotencyKey?: string | null): void {
     if (this.#core.role !== "leader" || this.#stopping) return;
     if (!this.#noSpace && this.#fullPeers.size === 0) return;
     const voters = this.#core.voters;
     const full = voters.filter((id) => this.#saidFull(id));
-    let error: NoSpaceError | null = null;
     if (this.#noSpace) {
-      error = new NoSpaceError(undefined, [this.id, ...full]);
-    } else if (voters.length - full.length < Math.floor(voters.length / 2) + 1) {
-      error = new NoSpaceError(
-        `no space left on device: the disks of ${full.join(", ")} are full, and the ${
-          voters.length - full.length
-        } other voter(s) of ${voters.length} are not a quorum`,
-        full,
-      );
+      this.#refuseWrite(new NoSpaceError(undefined, [this.id, ...full]), idempotencyKey);
     }
-    if (error) {
-      this.#metrics.proposalFailed(error);
-      throw error;
+    if (voters.length - full.length < Math.floor(voters.length / 2) + 1) {
+      const message = `no space left on device: the disks of ${full.join(", ")} are full, and the ${
+        voters.length - full.length
+      } other voter(s) of ${voters.length} are not a quorum`;
+      this.#refuseWrite(new NoSpaceError(message, full), idempotencyKey);
     }
   }
 
@@ -2057,15 +2047,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /** A leader refuses a write that would take the data past the quota (a follower forwards it). */
-  #refuseOverQuota(cmd: PlainCommand): void {
+  #refuseOverQuota(cmd: PlainCommand, idempotencyKey?: string | null): void {
     if (this.#quotaBytes === 0 || this.#core.role !== "leader" || this.#stopping) return;
     const data = this.#kv.dataBytes;
     if (data + growthBound(cmd) <= this.#quotaBytes) return; // far from it: no closer look
     const growth = this.#kv.growth(cmd);
     if (growth === 0 || data + growth <= this.#quotaBytes) return;
-    const error = new QuotaExceededError(data, growth, this.#quotaBytes);
-    this.#metrics.proposalFailed(error);
-    throw error;
+    this.#refuseWrite(new QuotaExceededError(data, growth, this.#quotaBytes), idempotencyKey);
   }
 
   /**
