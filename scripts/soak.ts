@@ -263,7 +263,9 @@ full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alar
     t("fullRestarts")
   } restarts on a full disk; ${
     t("unsettledRetries")
-  } retries refused so while an earlier attempt was in the log or applied (outcome unknown)
+  } retries refused so while an earlier attempt was in the log (outcome unknown), ${
+    t("refusedRetriesReplayed")
+  } answered instead with their first attempt's remembered outcome
 quota:            ${t("quotaRefusals")} writes refused as past the quota (507); quota ${
     common.quotaBytes === undefined
       ? "drawn per seed (16-47 bytes for one seed in five, else none)"

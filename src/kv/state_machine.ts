@@ -280,9 +280,17 @@ export class KvStateMachine {
     return this.#sessions.size;
   }
 
-  /** Whether the outcome of idempotency key `id` is remembered (it may have expired since). */
-  hasSession(id: string): boolean {
-    return this.#sessions.has(id);
+  /**
+   * What applying `command` with idempotency key `id` at wall-clock time `now` would answer from
+   * the remembered outcomes, without applying anything: the first outcome (`replayed: true`), or
+   * `idempotency_mismatch` (at the applied index) when the key was first used for another
+   * command; `null` when no outcome of `id` is remembered or it expired by `now` (applying would
+   * run the command).
+   */
+  remembered(id: string, command: PlainCommand, now: number): KvResult | null {
+    const seen = this.#sessions.get(id);
+    if (seen === undefined || seen.expiresAt <= now) return null;
+    return _answer(seen, _hash(encodeCommand(command)), this.appliedIndex);
   }
 
   /** The remembered idempotent outcomes, oldest first, encoded as in snapshots. */
@@ -350,12 +358,7 @@ export class KvStateMachine {
     );
     const seen = this.#sessions.get(cmd.id);
     if (seen !== undefined) {
-      if (seen.expiresAt > now) {
-        if (seen.fingerprint !== fingerprint) {
-          return { op: "idempotency_mismatch", index, id: cmd.id };
-        }
-        return { ...(JSON.parse(seen.result) as KvResult), replayed: true };
-      }
+      if (seen.expiresAt > now) return _answer(seen, fingerprint, index);
       this.#forget(seen);
     }
     const result = this.#applyPlain(index, cmd.command);
@@ -699,6 +702,15 @@ function* _inRange(it: Iterator<KvEntry>, range: KeyRange): Generator<KvEntry> {
  * A 53-bit hash (cyrb53) of a command's bytes, the same on every replica: it tells a retry of
  * an idempotent command from a different command sent with the same key.
  */
+/**
+ * The answer to a repeat of the command whose outcome `seen` remembers (the same fingerprint), or
+ * to another command under its key, at `index`.
+ */
+function _answer(seen: _Session, fingerprint: number, index: number): KvResult {
+  if (seen.fingerprint !== fingerprint) return { op: "idempotency_mismatch", index, id: seen.id };
+  return { ...(JSON.parse(seen.result) as KvResult), replayed: true };
+}
+
 function _hash(data: Uint8Array): number {
   let h1 = 0xdeadbeef;
   let h2 = 0x41c6ce57;

@@ -356,6 +356,27 @@ Deno.test("an idempotent command is applied once; a retry gets the first outcome
   assert.equal(sm.get("a"), null);
 });
 
+Deno.test("remembered() answers a retry as applying it would, without applying anything", () => {
+  const sm = new KvStateMachine();
+  const put = { op: "put", key: "a", value: "1", cas: 0 } as const;
+  const first = sm.apply(1, idem("r1", 1000, put, { ttlMs: 1000 }));
+  sm.apply(2, { op: "put", key: "b", value: "2" });
+  // The same command: the first outcome, as apply answers at the same time.
+  assert.deepEqual(sm.remembered("r1", put, 1999), { ...first, replayed: true });
+  assert.deepEqual(sm.remembered("r1", put, 1999), sm.apply(3, idem("r1", 1999, put)));
+  // Another command under the key: a mismatch at the applied index.
+  assert.deepEqual(sm.remembered("r1", { op: "put", key: "a", value: "2" }, 1999), {
+    op: "idempotency_mismatch",
+    index: 3,
+    id: "r1",
+  });
+  // Expired (applying would run the command again) or never seen: nothing remembered.
+  assert.equal(sm.remembered("r1", put, 2000), null);
+  assert.equal(sm.remembered("r9", put, 1000), null);
+  assert.equal(sm.appliedIndex, 3);
+  assert.equal(sm.entry("a")?.version, 1);
+});
+
 Deno.test("remembered outcomes expire by the leader's stamp and are bounded in count and bytes", () => {
   const sm = new KvStateMachine();
   let i = 0;

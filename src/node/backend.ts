@@ -131,7 +131,7 @@ export type Alarm = "NOSPACE";
  *   forwards or answers 503.
  * - {@linkcode OutcomeUnknownError}: the write was proposed but its fate is unknown within the
  *   deadline (it may still commit), or ({@linkcode UnsettledRetryError}) a retry with an
- *   idempotency key was refused while an earlier attempt is in the log or applied. The API
+ *   idempotency key was refused while an earlier attempt is in the log, not yet applied. The API
  *   answers 504.
  * - {@linkcode NotAppliedError}: the write definitely did not and will not take effect (e.g. the
  *   leader lost its term before committing it). Safe to retry. The API answers 503.
@@ -246,7 +246,7 @@ export class OutcomeUnknownError extends Error {
 
 /**
  * A write sent with an idempotency key was refused before it was proposed (a full disk, the
- * quota), but an earlier attempt with the same key is in the leader's log or was applied: the
+ * quota), but an earlier attempt with the same key is in the leader's log, not yet applied: the
  * refusal speaks only for this attempt, so the write's outcome is unknown. Send it again later
  * with the same key to learn the first outcome.
  */
@@ -257,7 +257,7 @@ export class UnsettledRetryError extends OutcomeUnknownError {
   /** Creates the error. */
   constructor(refusal: Error) {
     super(
-      `an earlier attempt with this Idempotency-Key is in the log or applied, and this one was refused (${refusal.message}): the write's outcome is unknown; send it again later with the same key`,
+      `an earlier attempt with this Idempotency-Key is in the log, not yet applied, and this one was refused (${refusal.message}): the write's outcome is unknown; send it again later with the same key`,
     );
     this.name = "UnsettledRetryError";
     this.refusal = refusal;

@@ -82,6 +82,8 @@ export class NodeMetrics {
   readonly leaderChanges: Counter;
   /** `raftkv_proposals_committed_total`. */
   readonly proposalsCommitted: Counter;
+  /** `raftkv_refused_retries_replayed_total`. */
+  readonly refusedRetriesReplayed: Counter;
   /** `raftkv_removed_peer_answers_total`. */
   readonly removedPeerAnswers: Counter;
   /** `raftkv_members_queries_total`. */
@@ -121,6 +123,10 @@ export class NodeMetrics {
       outcome_unknown: failed.labels("outcome_unknown"),
       stopping: failed.labels("stopping"),
     };
+    this.refusedRetriesReplayed = registry.counter(
+      "raftkv_refused_retries_replayed_total",
+      "Idempotent retries this node (as leader) would have refused (full disk, quota) that it answered with the remembered outcome of their first attempt instead, proposing nothing.",
+    );
     this.removedPeerAnswers = registry.counter(
       "raftkv_removed_peer_answers_total",
       "Peer requests this node answered 410 removed: their sender is outside its committed and newest configurations (a member removed while it was down, or cut off).",

@@ -1121,12 +1121,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     idempotencyKey?: string | null,
   ): Promise<KvResult> {
     if (this.#isRemoved()) throw new RemovedError(this.id);
-    this.#refuseWhenFull(idempotencyKey);
-    for (let wait; (wait = this.#admissionWait(cmd, signal)) !== null;) await wait;
-    // Judged by the leader that proposes it, in the term it proposes it in, with nothing between.
-    this.#refuseWhenFull(idempotencyKey);
-    this.#refuseOverQuota(cmd, idempotencyKey);
     cmd = this.#withMinimumTtl(cmd);
+    let refusal: NoSpaceError | QuotaExceededError | null = this.#fullDiskRefusal();
+    if (refusal === null) {
+      for (let wait; (wait = this.#admissionWait(cmd, signal)) !== null;) await wait;
+      // Judged by the leader that proposes it, in the term it proposes it in, with nothing between.
+      refusal = this.#fullDiskRefusal() ?? this.#quotaRefusal(cmd);
+    }
+    if (refusal !== null) return this.#refused(refusal, cmd, idempotencyKey);
     const full: KvCommand = idempotencyKey === undefined || idempotencyKey === null ? cmd : {
       op: "idempotent",
       id: idempotencyKey,
@@ -1138,20 +1140,32 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /**
-   * Refuses a write before it is proposed (a full disk, the quota), counting it. A refusal speaks
-   * only for this attempt; when an earlier attempt with the same idempotency key is in this node's
-   * log past its applied index, or was applied (its outcome is remembered), the write's outcome is
-   * not "nothing done" but unknown: the refusal becomes an {@linkcode UnsettledRetryError} (504),
-   * so that the client sends it again later with the key and gets the first outcome. An earlier
-   * attempt this log does not hold (sent to an earlier leader) is not found: a 507 still speaks
-   * only for itself.
+   * Answers a write the leader refuses before proposing it (a full disk, the quota). A refusal
+   * speaks only for this attempt. With an idempotency key whose first outcome this node remembers
+   * (unexpired), the write is answered as applying it would be, with nothing proposed: that outcome
+   * (`replayed: true`), or `idempotency_mismatch`. When an earlier attempt with the key is in this
+   * node's log past its applied index, the outcome is unknown: the refusal becomes an
+   * {@linkcode UnsettledRetryError} (504), so that the client sends it again later and gets the
+   * first outcome. Otherwise it is thrown (507), and counted. An earlier attempt this log does not
+   * hold (sent to an earlier leader) is not found: a 507 still speaks only for its own attempt.
    */
-  #refuseWrite(error: NoSpaceError | QuotaExceededError, idempotencyKey?: string | null): never {
+  #refused(
+    error: NoSpaceError | QuotaExceededError,
+    cmd: PlainCommand,
+    idempotencyKey?: string | null,
+  ): KvResult {
+    if (idempotencyKey !== undefined && idempotencyKey !== null) {
+      const remembered = this.#kv.remembered(idempotencyKey, cmd, this.#wallClock());
+      if (remembered !== null) {
+        this.#metrics.refusedRetriesReplayed.inc();
+        return remembered;
+      }
+      if (this.#pendingAttempt(idempotencyKey)) {
+        this.#metrics.proposalFailed(error);
+        throw new UnsettledRetryError(error);
+      }
+    }
     this.#metrics.proposalFailed(error);
-    if (
-      idempotencyKey !== undefined && idempotencyKey !== null &&
-      (this.#kv.hasSession(idempotencyKey) || this.#pendingAttempt(idempotencyKey))
-    ) throw new UnsettledRetryError(error);
     throw error;
   }
 
@@ -2005,23 +2019,20 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /**
-   * A leader refuses new writes while its disk is full, or while the voters whose disks are not
-   * full (as their heartbeat answers say) are not a quorum. A follower forwards them.
+   * Why a leader refuses new writes: its disk is full, or the voters whose disks are not full (as
+   * their heartbeat answers say) are not a quorum; `null` when it does not (a follower forwards).
    */
-  #refuseWhenFull(idempotencyKey?: string | null): void {
-    if (this.#core.role !== "leader" || this.#stopping) return;
-    if (!this.#noSpace && this.#fullPeers.size === 0) return;
+  #fullDiskRefusal(): NoSpaceError | null {
+    if (this.#core.role !== "leader" || this.#stopping) return null;
+    if (!this.#noSpace && this.#fullPeers.size === 0) return null;
     const voters = this.#core.voters;
     const full = voters.filter((id) => this.#saidFull(id));
-    if (this.#noSpace) {
-      this.#refuseWrite(new NoSpaceError(undefined, [this.id, ...full]), idempotencyKey);
-    }
-    if (voters.length - full.length < Math.floor(voters.length / 2) + 1) {
-      const message = `no space left on device: the disks of ${full.join(", ")} are full, and the ${
-        voters.length - full.length
-      } other voter(s) of ${voters.length} are not a quorum`;
-      this.#refuseWrite(new NoSpaceError(message, full), idempotencyKey);
-    }
+    if (this.#noSpace) return new NoSpaceError(undefined, [this.id, ...full]);
+    if (voters.length - full.length >= Math.floor(voters.length / 2) + 1) return null;
+    const message = `no space left on device: the disks of ${full.join(", ")} are full, and the ${
+      voters.length - full.length
+    } other voter(s) of ${voters.length} are not a quorum`;
+    return new NoSpaceError(message, full);
   }
 
   /** Whether follower `id` answered a heartbeat of this term, within an election timeout, full. */
@@ -2046,14 +2057,17 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
   }
 
-  /** A leader refuses a write that would take the data past the quota (a follower forwards it). */
-  #refuseOverQuota(cmd: PlainCommand, idempotencyKey?: string | null): void {
-    if (this.#quotaBytes === 0 || this.#core.role !== "leader" || this.#stopping) return;
+  /**
+   * Why a leader refuses a write: it would take the data past the quota; `null` when it does not
+   * (a follower forwards it).
+   */
+  #quotaRefusal(cmd: PlainCommand): QuotaExceededError | null {
+    if (this.#quotaBytes === 0 || this.#core.role !== "leader" || this.#stopping) return null;
     const data = this.#kv.dataBytes;
-    if (data + growthBound(cmd) <= this.#quotaBytes) return; // far from it: no closer look
+    if (data + growthBound(cmd) <= this.#quotaBytes) return null; // far from it: no closer look
     const growth = this.#kv.growth(cmd);
-    if (growth === 0 || data + growth <= this.#quotaBytes) return;
-    this.#refuseWrite(new QuotaExceededError(data, growth, this.#quotaBytes), idempotencyKey);
+    if (growth === 0 || data + growth <= this.#quotaBytes) return null;
+    return new QuotaExceededError(data, growth, this.#quotaBytes);
   }
 
   /**

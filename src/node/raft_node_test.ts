@@ -619,11 +619,13 @@ async function startFillable(root: string, seed: number) {
   const net = new MemoryNetwork();
   const disks = new Map<string, Disk>();
   const nodes = new Map<string, RaftNode>();
+  const metrics = new Map<string, MetricsRegistry>();
   const fatal: unknown[] = [];
   const members = IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` }));
   for (const [i, id] of IDS.entries()) {
     const dir = join(root, id);
     const disk = { full: false, refused: 0 };
+    metrics.set(id, new MetricsRegistry());
     const storage = await openDiskStorage({
       walDir: join(dir, "wal"),
       raftStatePath: join(dir, "raft-state.json"),
@@ -644,11 +646,12 @@ async function startFillable(root: string, seed: number) {
         logger: SILENT,
         onFatal: (e) => fatal.push(e),
         transport: (h) => net.connect(id, h),
+        metrics: metrics.get(id)!,
       }),
     );
   }
   for (const n of nodes.values()) n.start();
-  return { disks, nodes, fatal, all: () => [...nodes.values()] };
+  return { disks, nodes, metrics, fatal, all: () => [...nodes.values()] };
 }
 
 const alarmed = (n: RaftNode) => n.status().alarms.includes("NOSPACE");
@@ -809,14 +812,24 @@ Deno.test("when the followers' disks are full a leader with room refuses writes 
       if (e instanceof NoSpaceError) refused = e;
       else assert.ok(e instanceof OutcomeUnknownError || e instanceof DOMException, String(e));
     }
-    // Retries with those keys are not "nothing done": the earlier attempt is in the log, or was
-    // applied, so their outcome is unknown. A new key is refused.
-    for (const [key, k] of [["i1", "key-1"], ["i0", "key-0"]] as const) {
-      await assert.rejects(
-        leader.write({ op: "put", key, value: key.slice(1) }, signal(), k),
-        (e) => e instanceof UnsettledRetryError && e.refusal instanceof NoSpaceError,
-      );
-    }
+    // A retry whose earlier attempt is in the log is not "nothing done": its outcome is unknown.
+    await assert.rejects(
+      leader.write({ op: "put", key: "i1", value: "1" }, signal(), "key-1"),
+      (e) => e instanceof UnsettledRetryError && e.refusal instanceof NoSpaceError,
+    );
+    // One whose first attempt was applied gets that outcome at once, with nothing proposed; the
+    // key used for another write is answered as applying it would be. A new key is refused.
+    const last = leader.status().last_index;
+    assert.deepEqual(
+      await leader.write({ op: "put", key: "i0", value: "0" }, signal(), "key-0"),
+      { ...applied, replayed: true },
+    );
+    assert.deepEqual(
+      await leader.write({ op: "put", key: "i0", value: "other" }, signal(), "key-0"),
+      { op: "idempotency_mismatch", index: leader.status().applied_index, id: "key-0" },
+    );
+    assert.equal(leader.status().last_index, last, "nothing was proposed");
+    assert.match(c.metrics.get(leader.id)!.render(), /^raftkv_refused_retries_replayed_total 2$/m);
     await assert.rejects(
       leader.write({ op: "put", key: "i2", value: "2" }, signal(), "key-2"),
       NoSpaceError,

@@ -78,6 +78,7 @@ import type { NodeStorage } from "../../src/node/raft_node.ts";
 import { type DiskStorage, openDiskStorage } from "../../src/node/disk_storage.ts";
 import { seededRandom } from "../../src/raft/rand.ts";
 import { isNoSpace } from "../../src/storage/errors.ts";
+import { type Counter, MetricsRegistry } from "../../src/util/metrics.ts";
 import type { NodeId } from "../../src/raft/types.ts";
 import { SimClock } from "../sim_clock.ts";
 import { SimFileSystem } from "../sim_fs.ts";
@@ -318,7 +319,8 @@ export const COUNTERS = [
   "noSpaceAlarms", // NOSPACE alarms a node raised (a write refused for lack of space)
   "noSpaceRefusals", // writes a leader refused for a full disk (definitely not applied)
   "peerNoSpaceRefusals", // ... for its followers' full disks, its own having room
-  "unsettledRetries", // idempotent retries refused (full disk, quota) with an earlier attempt in the log or applied: unknown
+  "unsettledRetries", // idempotent retries refused (full disk, quota) with an earlier attempt in the log: unknown
+  "refusedRetriesReplayed", // ... whose first outcome the leader remembered: answered with it, nothing proposed
   "quotaRefusals", // writes a leader refused as past the quota (definitely not applied)
   "fullRestarts", // restarts on a full disk (start-up writes no file data: it must succeed)
 ] as const;
@@ -504,6 +506,22 @@ export function runSimulation(options: SimulationOptions): Promise<SimulationRes
   return new _Simulation(options).run();
 }
 
+/** A node's metrics registry that hands its count of refused retries answered by replay on. */
+class _CountReplays extends MetricsRegistry {
+  readonly #into: Counter[];
+
+  constructor(into: Counter[]) {
+    super();
+    this.#into = into;
+  }
+
+  override counter(name: string, help: string): Counter {
+    const counter = super.counter(name, help);
+    if (name === "raftkv_refused_retries_replayed_total") this.#into.push(counter);
+    return counter;
+  }
+}
+
 /**
  * The engine: the nodes (their storage, clocks and network), the event loop, tracing and failing;
  * the parts of the run reach it as their {@linkcode SimContext}.
@@ -536,6 +554,8 @@ class _Simulation implements SimContext {
   readonly #leases: LeaseHolders;
   readonly #watchers: Watchers;
   readonly #injector: Faults;
+  /** Each node start's count of refused retries answered from remembered outcomes. */
+  readonly #replayCounters: Counter[] = [];
 
   constructor(opts: SimulationOptions) {
     if (opts.nodes !== 3 && opts.nodes !== 5) {
@@ -641,6 +661,7 @@ class _Simulation implements SimContext {
       }
       this.#watchers.check();
       this.#checker.checkHistory();
+      this.stats.refusedRetriesReplayed = this.#replayCounters.reduce((n, c) => n + c.value, 0);
       return {
         profile: this.#profile,
         faults: this.faults,
@@ -808,6 +829,7 @@ class _Simulation implements SimContext {
         if (n.inc === inc) this.caught(e, ` (fatal) on ${n.id}`);
       },
       logger: { info: log("info"), warn: log("warn"), error: log("error"), debug: () => {} },
+      metrics: new _CountReplays(this.#replayCounters),
     });
     [n.node, n.starting, n.lastCommit, n.lastApplied, n.seen] = [node, false, 0, -1, [0]];
     n.alarm = false;
