@@ -168,7 +168,13 @@ Deno.test({
 
       // (1c) Both followers' disks are full, the leader's is not: once their heartbeat answers say
       // so, the leader refuses writes with 507 naming them (they could not commit), and serves reads.
+      // A retry of a write applied before, with its Idempotency-Key, is answered with the first
+      // outcome all the same: the leader remembers it, and proposes nothing.
       leader = await c.waitForLeader(10_000);
+      const keyed = { headers: { "idempotency-key": "peers-full-retry" }, timeoutMs: 5_000 };
+      const first = await c.request(leader, "POST", "/v1/data", { k: "keyed", v: "1" }, keyed);
+      assert.equal(first.status, 200, first.text);
+      acked.set("keyed", "1");
       await waitCaughtUp(c, leader);
       const followers = c.ids.filter((id) => id !== leader);
       for (const id of followers) await fill(dir(id));
@@ -176,6 +182,12 @@ Deno.test({
       const peersFull = await refusedWrite(c, leader, "peers-full", big);
       assert.deepEqual((peersFull.json as { members: string[] }).members.sort(), followers.sort());
       assert.match((peersFull.json as { error: string }).error, /the disks of .* are full/);
+      for (const via of [leader, followers[0]!]) {
+        const again = await c.request(via, "POST", "/v1/data", { k: "keyed", v: "1" }, keyed);
+        assert.equal(again.status, 200, `the retry through ${via}: ${again.text}`);
+        assert.equal(again.headers.get("idempotent-replayed"), "true");
+        assert.deepEqual(again.json, first.json);
+      }
       for (const id of followers) await waitAlarm(c, id, true);
       assert.deepEqual(await alarms(c, leader), [], "the leader's own disk has room");
       await assertNothingLost(c, leader);
