@@ -699,10 +699,6 @@ function* _inRange(it: Iterator<KvEntry>, range: KeyRange): Generator<KvEntry> {
 }
 
 /**
- * A 53-bit hash (cyrb53) of a command's bytes, the same on every replica: it tells a retry of
- * an idempotent command from a different command sent with the same key.
- */
-/**
  * The answer to a repeat of the command whose outcome `seen` remembers (the same fingerprint), or
  * to another command under its key, at `index`.
  */
@@ -711,6 +707,10 @@ function _answer(seen: _Session, fingerprint: number, index: number): KvResult {
   return { ...(JSON.parse(seen.result) as KvResult), replayed: true };
 }
 
+/**
+ * A 53-bit hash (cyrb53) of a command's bytes, the same on every replica: it tells a retry of
+ * an idempotent command from a different command sent with the same key.
+ */
 function _hash(data: Uint8Array): number {
   let h1 = 0xdeadbeef;
   let h2 = 0x41c6ce57;
