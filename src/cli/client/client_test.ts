@@ -93,3 +93,48 @@ Deno.test("--help, -h and raftkv help print usage and exit 0 without touching th
   }
   assert.match(overview.out, /Not in this client: watch and members/);
 });
+
+Deno.test("watch: a stream broken inside one entry's changes goes on after the last event's id (Last-Event-ID), at the next endpoint", async () => {
+  // Entry 7 changes two keys under the prefix. The first node sends its first change and stops;
+  // the second must be asked to go on after `7:1`, with no `from` (the id wins), and sends the
+  // second change.
+  const asked: { url: string; lastEventId: string | null }[] = [];
+  const event = (id: string, index: number, k: string) =>
+    `id: ${id}\ndata: ${JSON.stringify({ index, type: "put", k, v: k })}\n\n`;
+  // Each node's stream ends after its event (as when the node goes away).
+  const serve = (body: string) =>
+    Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+      asked.push({ url: req.url, lastEventId: req.headers.get("last-event-id") });
+      // A client that never gets on is stopped (it would reconnect for ever).
+      if (asked.length > 4) return Response.json({ error: "asked too often" }, { status: 400 });
+      return new Response(body, {
+        headers: { "content-type": "text/event-stream", "x-raftkv-index": "6" },
+      });
+    });
+  const first = serve(event("7:1", 7, "p/a"));
+  const second = serve(event("7", 7, "p/b"));
+  try {
+    const endpoints = [first, second].map((s) => `http://127.0.0.1:${s.addr.port}`).join(",");
+    const result = await run([
+      "watch",
+      "--prefix",
+      "p/",
+      "--from",
+      "7",
+      "--count",
+      "2",
+      "--endpoints",
+      endpoints,
+    ]);
+    assert.equal(result.code, 0, result.err);
+    assert.equal(result.out, "7\tput\tp/a\tp/a\n7\tput\tp/b\tp/b\n");
+    assert.equal(asked.length, 2, JSON.stringify(asked));
+    assert.equal(new URL(asked[0]!.url).searchParams.get("from"), "7");
+    assert.equal(asked[0]!.lastEventId, null);
+    assert.equal(new URL(asked[1]!.url).searchParams.get("from"), null);
+    assert.equal(new URL(asked[1]!.url).searchParams.get("prefix"), "p/");
+    assert.equal(asked[1]!.lastEventId, "7:1");
+  } finally {
+    await Promise.all([first.shutdown(), second.shutdown()]);
+  }
+});

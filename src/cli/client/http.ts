@@ -48,6 +48,8 @@ export interface SendOptions {
   timeoutMs?: number;
   /** Base URLs to try instead of the client's endpoints (such as a member's own address). */
   endpoints?: readonly string[];
+  /** Extra request headers (`Last-Event-ID`, say). */
+  headers?: Readonly<Record<string, string>>;
 }
 
 /** Why a request did not get an answer. */
@@ -172,7 +174,7 @@ export class ApiClient {
           const endpoint = endpoints[((options.first ?? 0) + i) % endpoints.length]!;
           let res: Response;
           try {
-            res = await fetch(endpoint + path, this.#init(method, options.body, signal));
+            res = await fetch(endpoint + path, this.#init(method, options, signal));
           } catch (error) {
             // A request in flight at the deadline may have reached the node.
             if (signal.aborted) throw this.#timedOut(method, path, timeoutMs, true, problems);
@@ -244,15 +246,15 @@ export class ApiClient {
 
   #init(
     method: string,
-    body: unknown,
+    options: SendOptions,
     signal: AbortSignal,
   ): RequestInit & { client?: Deno.HttpClient } {
-    const headers = new Headers();
+    const headers = new Headers(options.headers);
     if (this.#options.token !== null) headers.set("authorization", `Bearer ${this.#options.token}`);
     const init: RequestInit & { client?: Deno.HttpClient } = { method, headers, signal };
-    if (body !== undefined) {
+    if (options.body !== undefined) {
       headers.set("content-type", "application/json");
-      init.body = JSON.stringify(body);
+      init.body = JSON.stringify(options.body);
     }
     if (this.#http !== undefined) init.client = this.#http;
     return init;

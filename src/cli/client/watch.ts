@@ -89,9 +89,9 @@ function _intOption(ctx: CommandContext, name: string): number | null {
 }
 
 /**
- * Follows the watch, reconnecting on the next endpoint when a stream ends. Each reconnect asks
- * from the index of the last change printed and skips the changes of that index already printed
- * (one entry can change several keys; a stream broken between them resumes inside the entry).
+ * Follows the watch, reconnecting on the next endpoint when a stream ends. Each reconnect sends
+ * the id of the last change printed as `Last-Event-ID`, as `EventSource` does: the node goes on
+ * after it, inside one entry's changes when the stream broke between them (`N:j`).
  *
  * @returns The exit code.
  */
@@ -109,18 +109,21 @@ async function watch(
     ? `key=${encodeURIComponent(options.filter.key)}`
     : `prefix=${encodeURIComponent(options.filter.prefix)}`;
   let from = options.from;
-  /** The index of the last change printed, and how many of its changes were printed. */
-  let last = 0;
-  let seenAtLast = 0;
+  /** The id of the last change printed: where a reconnect goes on (it wins over `from`). */
+  let lastId: string | null = null;
   let printed = 0;
   let endpoint = 0;
   let quietFailures = 0;
   while (!options.signal.aborted) {
-    const path = `/v1/watch?${filter}${from === null ? "" : `&from=${from}`}`;
+    const path = `/v1/watch?${filter}${lastId !== null || from === null ? "" : `&from=${from}`}`;
+    const headers = lastId === null ? {} : { "last-event-id": lastId };
     let response: Response;
     let answeredBy: string;
     try {
-      ({ response, endpoint: answeredBy } = await client.stream(path, { first: endpoint }));
+      ({ response, endpoint: answeredBy } = await client.stream(path, {
+        first: endpoint,
+        headers,
+      }));
     } catch (error) {
       if (error instanceof NoAnswerError && error.kind === "unreachable") throw error;
       if (++quietFailures > client.endpoints.length * 3) throw error;
@@ -136,7 +139,6 @@ async function watch(
     }
     const onAbort = () => response.body?.cancel().catch(() => {});
     options.signal.addEventListener("abort", onAbort, { once: true });
-    let skip = seenAtLast;
     try {
       for await (const message of readSse(response.body!)) {
         if (message.event === "error") {
@@ -144,14 +146,8 @@ async function watch(
           break;
         }
         const e = JSON.parse(message.data) as _Event;
-        if (e.index === from && skip > 0) {
-          skip--;
-          continue;
-        }
         quietFailures = 0;
-        if (e.index !== last) seenAtLast = 0;
-        last = e.index;
-        seenAtLast++;
+        lastId = message.id ?? String(e.index);
         ctx.print(e, `${e.index}\t${e.type}\t${e.k}\t${e.v ?? ""}`);
         if (options.count !== null && ++printed >= options.count) return EXIT.ok;
       }
@@ -160,7 +156,6 @@ async function watch(
     } finally {
       options.signal.removeEventListener("abort", onAbort);
     }
-    if (last > 0) from = last;
     endpoint++;
   }
   if (options.count !== null && printed < options.count) {
