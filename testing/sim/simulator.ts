@@ -13,9 +13,9 @@
  * leader-isolating partitions; crashes that keep only what was synced (or part of the unsynced
  * writes too, possibly torn); whole-cluster power failures; process pauses; clock skew; slow
  * disks; leader transfers requested at random (to a random node, possibly down or cut off, or to
- * the most caught-up one); full disks (one node's, the leader's, the followers' or every node's, until space is
- * freed: a member must then clear its NOSPACE alarm by itself); and, for the guard tests, a
- * {@linkcode DiskFault} at the file-system or storage seam.
+ * the most caught-up one); full disks (one node's, the leader's, the followers' or every node's,
+ * until space is freed: a member must then clear its NOSPACE alarm by itself); and, for the guard
+ * tests, a {@linkcode DiskFault} at the file-system or storage seam.
  *
  * Checked after every step, from outside (through {@linkcode RaftNode.inspect}, the storage calls
  * and the disk images): the {@linkcode CheckName}s, the applied state (values, revisions and
@@ -136,8 +136,8 @@ export const FAULTS_OFF = {
    */
   membersAnswerRate: 1,
   /**
-   * Mean time between disk-full episodes (one node's disk, the leader's, the followers' or every node's fills up,
-   * with no room left or up to 4 KiB, until space is freed); 0 disables them.
+   * Mean time between disk-full episodes (one node's disk, the leader's, the followers' or every
+   * node's fills up, with no room left or up to 4 KiB, until space is freed); 0 disables them.
    */
   diskFullEveryMs: 0,
   /** The longest a disk stays full. */ maxDiskFullMs: 0,
