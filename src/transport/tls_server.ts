@@ -21,6 +21,7 @@
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import http2 from "node:http2";
+import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { NodeId } from "../raft/types.ts";
 import { readBody, writeBody } from "./h2_body.ts";
@@ -134,6 +135,13 @@ export async function serveMutualTls(
     settings: { initialWindowSize: _STREAM_WINDOW_BYTES },
   });
   const sessions = new Set<http2.ServerHttp2Session>();
+  // Connections still in their TLS handshake have no session yet: `close` destroys them too, or
+  // the server would wait for them (and nothing else may keep the process's event loop alive).
+  const sockets = new Set<Socket>();
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
   const identities = new WeakMap<http2.Http2Session, NodeId | null>();
   let closing = false;
   server.on("session", (session) => {
@@ -225,6 +233,7 @@ export async function serveMutualTls(
       clearTimeout(retry);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const session of sessions) session.destroy();
+      for (const socket of sockets) socket.destroy();
       return closed;
     },
   };

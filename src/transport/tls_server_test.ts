@@ -301,3 +301,31 @@ Deno.test("an upload the handler refuses unread is stopped; one the handler read
     }
   });
 });
+
+Deno.test("close() destroys connections still in their TLS handshake instead of waiting for them", async () => {
+  await withServer(() => Promise.resolve(new Response("ok")), async (server, p) => {
+    // A client that connected and never started its handshake has no HTTP/2 session yet.
+    const silent = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+    try {
+      // The listener accepts in order: once a later connection is answered, `silent` was taken.
+      const h2 = client(p, "node-2");
+      try {
+        const res = await h2.fetch(`https://127.0.0.1:${server.addr.port}/`);
+        assert.equal(await res.text(), "ok");
+      } finally {
+        h2.close();
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const outcome = await Promise.race([
+        server.close().then(() => "closed"),
+        new Promise<string>((resolve) => timer = setTimeout(() => resolve("waiting"), 5000)),
+      ]).finally(() => clearTimeout(timer));
+      assert.equal(outcome, "closed", "close() was still waiting after 5 s");
+      // The server dropped the silent connection: its read ends (or fails) instead of hanging.
+      const read = await silent.read(new Uint8Array(16)).catch(() => null);
+      assert.equal(read, null);
+    } finally {
+      silent.close();
+    }
+  });
+});
