@@ -52,6 +52,12 @@ export interface TlsServerOptions {
   key: string;
   /** PEM CA certificate(s) every client certificate must chain to. */
   ca: string;
+  /**
+   * How long a connection may take to complete its TLS handshake before it is dropped: a peer
+   * does it in milliseconds, and a client that connects and stays silent would otherwise hold a
+   * file descriptor for Node's default of two minutes. Default 10000.
+   */
+  handshakeTimeoutMs?: number;
   /** Called once the server listens. Default: nothing. */
   onListen?: (addr: { hostname: string; port: number }) => void;
   /**
@@ -82,6 +88,8 @@ export interface TlsServer {
   close(): Promise<void>;
 }
 
+/** The default of {@linkcode TlsServerOptions.handshakeTimeoutMs}. */
+const _HANDSHAKE_TIMEOUT_MS = 10_000;
 /** How many bytes a client may send on one stream before this server reads them. */
 const _STREAM_WINDOW_BYTES = 1 << 20;
 /** How many bytes a client may send on all streams of a connection before they are read. */
@@ -130,6 +138,7 @@ export async function serveMutualTls(
     requestCert: true,
     rejectUnauthorized: true,
     allowHTTP1: false,
+    handshakeTimeout: options.handshakeTimeoutMs ?? _HANDSHAKE_TIMEOUT_MS,
     // node:http2's 64 KiB default windows make a sender wait for a round trip every 64 KiB:
     // an 8 MiB batch of appends took about twice as long. A body still stops at these.
     settings: { initialWindowSize: _STREAM_WINDOW_BYTES },
@@ -152,8 +161,8 @@ export async function serveMutualTls(
     session.on("error", (err) => logger.debug(`A peer connection failed: ${_describe(err)}`));
   });
   server.on("tlsClientError", (err) => {
-    // No certificate, one the CA did not sign, or no TLS at all. (Deno has dropped the socket's
-    // address by now.)
+    // No certificate, one the CA did not sign, no TLS at all, or no handshake in time. (Deno has
+    // dropped the socket's address by now.)
     logger.warn(`Refused a TLS connection to the peer port: ${_describe(err)}`);
   });
   server.on("sessionError", (err) => logger.debug(`A peer connection failed: ${_describe(err)}`));

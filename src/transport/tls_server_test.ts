@@ -329,3 +329,50 @@ Deno.test("close() destroys connections still in their TLS handshake instead of 
     }
   });
 });
+
+Deno.test("a connection that does not complete its TLS handshake in time is dropped and reported", async () => {
+  const dir = await Deno.makeTempDir();
+  const warnings: string[] = [];
+  try {
+    const p = await pems(dir);
+    const server = await serveMutualTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      ...p.pair("node-1"),
+      ca: p.ca,
+      handshakeTimeoutMs: 300,
+      logger: { debug() {}, warn: (m: string) => warnings.push(m) },
+    }, () => Promise.resolve(new Response("ok")));
+    try {
+      const silent = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+      try {
+        const start = performance.now();
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const read = await Promise.race([
+          silent.read(new Uint8Array(16)).catch(() => null),
+          new Promise<string>((resolve) => timer = setTimeout(() => resolve("open"), 5000)),
+        ]).finally(() => clearTimeout(timer));
+        assert.equal(read, null, "the silent connection was still open after 5 s");
+        assert.ok(performance.now() - start >= 250, "dropped before its handshake time was up");
+        assert.ok(
+          warnings.some((w) => /handshake timeout/i.test(w)),
+          `no warning names the timeout: ${JSON.stringify(warnings)}`,
+        );
+      } finally {
+        silent.close();
+      }
+      // A client that does its handshake is served as before.
+      const h2 = client(p, "node-2");
+      try {
+        const res = await h2.fetch(`https://127.0.0.1:${server.addr.port}/`);
+        assert.equal(await res.text(), "ok");
+      } finally {
+        h2.close();
+      }
+    } finally {
+      await server.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
