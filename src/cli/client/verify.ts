@@ -14,7 +14,7 @@ import {
   type OperationKind,
 } from "../../check/linearizability.ts";
 import type { Command } from "./command.ts";
-import { answerError, type ApiClient, NoAnswerError } from "./http.ts";
+import { answerError, type ApiAnswer, type ApiClient, NoAnswerError } from "./http.ts";
 import { keyPath } from "./kv.ts";
 import {
   type ClientError,
@@ -46,9 +46,12 @@ export interface VerifyOptions {
 export type Outcome =
   /** Answered: it took effect (a read returned a value or "not found"). */
   | "ok"
-  /** Refused (4xx) or never sent: it had no effect, so the check leaves it out. */
+  /**
+   * Refused (4xx, or a 503 or 507 that raftkv documents as "not applied") or never sent: it had
+   * no effect, so the check leaves it out.
+   */
   | "failed"
-  /** A timeout, a broken connection or a 5xx: it may or may not have taken effect. */
+  /** A timeout, a broken connection or another 5xx: it may or may not have taken effect. */
   | "unknown";
 
 /** One operation of the recorded history. */
@@ -99,10 +102,13 @@ export interface VerifyReport {
  * to the run, one in ten deletes), client `i` starting at endpoint `i`, for `durationMs`; then
  * one linearizable read of every key, the check, and a delete of every key.
  *
- * Reads are linearizable (the API's default). A 2xx or a 404 read is an answer; a 4xx is a
- * refusal that changed nothing (left out of the check); no answer in time, a broken connection
- * after the request was sent, or a 5xx is an unknown outcome (kept, as possibly applied at any
- * later time). Only keys under the prefix are ever touched.
+ * Reads are linearizable (the API's default). A 2xx or a 404 read is an answer; a 4xx, or a 503
+ * or 507 with raftkv's JSON error (the API's "definitely not applied": no leader, overloaded,
+ * stopping, removed, no space, past the quota), is a refusal that changed nothing (left out of the
+ * check, so a refused write that shows up later is an anomaly); no answer in time, a broken
+ * connection after the request was sent, or another 5xx (a 504, or a 503 from something in
+ * between) is an unknown outcome (kept, as possibly applied at any later time). Only keys under
+ * the prefix are ever touched.
  *
  * @param client The client (its endpoints and token).
  * @param options Duration, clients, keys, deadlines.
@@ -156,6 +162,8 @@ export async function runVerify(client: ApiClient, options: VerifyOptions): Prom
         outcome = "ok";
       } else if (status >= 200 && status < 300) {
         outcome = "ok";
+      } else if (_refusedUndone(answer)) {
+        outcome = "failed";
       } else if (status >= 500) {
         outcome = "unknown";
       } else {
@@ -271,8 +279,9 @@ export const VERIFY: Command = {
     "--duration, --clients concurrent clients read, write and delete --keys keys under a prefix " +
     'of their own ("verify-<random>/"), client i starting at endpoint i (give every node\'s ' +
     "endpoint to test them all). Each operation is recorded with its call and return times and " +
-    "its outcome: an answer, a refusal (4xx: no effect), or unknown (no answer in time, a 5xx: " +
-    "it may or may not have taken effect). After a final read of every key, the history is " +
+    'its outcome: an answer, a refusal (4xx, or raftkv\'s 503 or 507 "not applied": no ' +
+    "effect), or unknown (no answer in time, another 5xx: it may or may not have taken effect). " +
+    "After a final read of every key, the history is " +
     "checked for linearizability, the verdict printed with the counts and the first anomaly if " +
     "any, and every key of the run deleted. No other key is touched (a write whose outcome was " +
     "unknown could still land after the clean-up).\n\nExits 0 when the history is linearizable, " +
@@ -403,4 +412,15 @@ function _randomHex(bytes: number): string {
   return [...crypto.getRandomValues(new Uint8Array(bytes))]
     .map((b) => b.toString(16).padStart(2, "0"))
     .join("");
+}
+
+/**
+ * Whether an answer is raftkv's refusal of what it did not do: a 503 or 507 with its JSON error
+ * body (`{"error": ...}`). A 503 from a proxy in front of the cluster is not one.
+ */
+function _refusedUndone(answer: ApiAnswer): boolean {
+  if (answer.status !== 503 && answer.status !== 507) return false;
+  const body = answer.json;
+  return typeof body === "object" && body !== null &&
+    typeof (body as { error?: unknown }).error === "string";
 }
