@@ -35,3 +35,46 @@ Deno.test({
     assert.equal(isNoSpace("No space left on device"), false);
   },
 });
+
+Deno.test("realFs: a lock just released is not refused while another thread starts processes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-fs-" });
+  // A child process holds a copy of every descriptor from its fork to its exec: the lock file
+  // of a lock just released included.
+  const spawner = new Worker(
+    URL.createObjectURL(
+      new Blob([
+        `self.onmessage = async () => {
+          for (let i = 0; i < 300; i++) await new Deno.Command("true").output();
+          self.postMessage("done");
+        };`,
+      ], { type: "application/javascript" }),
+    ),
+    { type: "module" },
+  );
+  try {
+    const spawning = new Promise<void>((resolve, reject) => {
+      spawner.onmessage = () => resolve();
+      spawner.onerror = (e) => reject(new Error(e.message));
+    });
+    let done = false;
+    spawning.then(() => done = true, () => done = true);
+    spawner.postMessage("go");
+    const path = `${dir}/LOCK`;
+    let attempts = 0;
+    while (!done) {
+      const lock = await realFs.tryLock(path);
+      assert.ok(lock !== null, `attempt ${attempts + 1} found the lock held`);
+      lock.release();
+      attempts++;
+    }
+    await spawning;
+    assert.ok(attempts > 10, `only ${attempts} attempts while processes started`);
+    // A lock that is held stays refused.
+    using held = await realFs.tryLock(path);
+    assert.ok(held !== null);
+    assert.equal(await realFs.tryLock(path), null);
+  } finally {
+    spawner.terminate();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

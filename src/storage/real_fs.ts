@@ -19,7 +19,8 @@ const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
  * Windows, which cannot open a directory for syncing (NTFS journals its metadata), where it only
  * checks that the directory exists; a file system that cannot sync directories (`EINVAL`) is
  * tolerated. {@linkcode FileSystem.tryLock} is `flock` (through `Deno.FsFile.tryLock`), held by an
- * open handle: the kernel releases it when the process ends, however it ends.
+ * open handle: the kernel releases it when the process ends, however it ends. A lock found held
+ * is tried again for half a second before `tryLock` says so (see there).
  *
  * @example Usage
  * ```ts ignore
@@ -81,24 +82,42 @@ export const realFs: FileSystem = {
     }
   },
   async tryLock(path) {
-    const file = await Deno.open(path, { read: true, write: true, create: true, mode: FILE_MODE });
-    let locked = false;
-    try {
-      locked = await file.tryLock(true);
-    } finally {
-      if (!locked) file.close();
+    // The lock belongs to the open file, and a child process that another thread is starting
+    // holds a copy of every descriptor from its fork to its exec: a lock released a moment ago
+    // can still be held for that long (it refused about one attempt in four in a loop beside a
+    // thread starting processes). Such a hold lasts microseconds; another node's lasts.
+    const deadline = performance.now() + _LOCK_PATIENCE_MS;
+    for (;;) {
+      const lock = await _tryLock(path);
+      if (lock !== null || performance.now() >= deadline) return lock;
+      await new Promise((resolve) => setTimeout(resolve, _LOCK_RETRY_MS));
     }
-    if (!locked) return null;
-    let held = true;
-    const release = () => {
-      if (!held) return;
-      held = false;
-      file.close(); // Closing the only handle of the lock releases it.
-    };
-    const lock: FileLock = { release, [Symbol.dispose]: release };
-    return lock;
   },
 };
+
+/** How long {@linkcode realFs}'s `tryLock` tries again before it says the lock is held. */
+const _LOCK_PATIENCE_MS = 500;
+/** The pause between two of its attempts. */
+const _LOCK_RETRY_MS = 10;
+
+/** One attempt at the `flock` of `path`. */
+async function _tryLock(path: string): Promise<FileLock | null> {
+  const file = await Deno.open(path, { read: true, write: true, create: true, mode: FILE_MODE });
+  let locked = false;
+  try {
+    locked = await file.tryLock(true);
+  } finally {
+    if (!locked) file.close();
+  }
+  if (!locked) return null;
+  let held = true;
+  const release = () => {
+    if (!held) return;
+    held = false;
+    file.close(); // Closing the only handle of the lock releases it.
+  };
+  return { release, [Symbol.dispose]: release };
+}
 
 /** The most bytes {@linkcode _readFile} asks for in one read. */
 const _READ_CHUNK = 8 << 20;
