@@ -483,6 +483,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** Set while #process runs: a nested call returns, and the running loop takes its work. */
   #processing = false;
   #stopping = false;
+  /** The stop under way or done: {@linkcode RaftNode.stop} runs once. */
+  #stopped: Promise<void> | null = null;
   #failed = false;
   #waiters = new Map<number, Waiter>();
   /** The encoded size of each proposal of this node not yet seen applied, by log index. */
@@ -1040,9 +1042,17 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#schedule();
   }
 
-  /** Stops: takes no new requests, finishes the write in flight, closes transport and storage. */
-  async stop(): Promise<void> {
-    if (this.#stopping) return;
+  /**
+   * Stops: takes no new requests, finishes the write in flight, closes transport and storage.
+   * After a fatal error too (the storage's lock is then released, and the requests still waiting
+   * are answered), though nothing more is written. Another call waits for the same stop.
+   */
+  stop(): Promise<void> {
+    this.#stopped ??= this.#stop();
+    return this.#stopped;
+  }
+
+  async #stop(): Promise<void> {
     this.#stopping = true;
     this.#cancelTicks?.();
     this.#cancelSweep?.();
@@ -1065,7 +1075,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
     this.#confWaiters.clear();
     await this.#transport.close();
-    await this.#storage.close();
+    try {
+      await this.#storage.close();
+    } catch (e) {
+      // After a fatal error the storage may be broken: what matters is that its lock is let go.
+      if (!this.#failed) throw e;
+      this.#log.warn(`closing the storage after the fatal error failed too: ${e}`);
+    }
   }
 
   /**

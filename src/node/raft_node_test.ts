@@ -1409,3 +1409,34 @@ Deno.test("a removed node refuses reads, writes and watches at once, and fails t
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("stop() after a fatal error answers the writes still waiting and lets go of the storage", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const fatal: unknown[] = [];
+  let broken = false;
+  try {
+    const node = await startSolo(root, { onFatal: (e) => fatal.push(e) }, {
+      wrap: (s) =>
+        guarded(s, () => {
+          if (broken) throw new Error("the disk broke");
+        }),
+    });
+    await node.put("a", "1", signal());
+    broken = true;
+    const write = node.put("b", "2", signal()).then(() => null, (e) => e);
+    await waitFor(() => fatal.length > 0, "the failed append to be fatal");
+    await Promise.all([node.stop(), node.stop()]);
+    const outcome = await write;
+    assert.ok(outcome instanceof OutcomeUnknownError, String(outcome));
+    // The lock was let go: the data directory opens again, with the first write in it.
+    const storage = await openDiskStorage({
+      walDir: join(root, "wal"),
+      raftStatePath: join(root, "raft-state.json"),
+      logMetadataPath: join(root, "log-metadata.json"),
+      snapshotDir: join(root, "snapshots"),
+    });
+    await storage.close();
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
