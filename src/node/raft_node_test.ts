@@ -1428,7 +1428,7 @@ Deno.test("stop() after a fatal error answers the writes still waiting and lets 
     await Promise.all([node.stop(), node.stop()]);
     const outcome = await write;
     assert.ok(outcome instanceof OutcomeUnknownError, String(outcome));
-    // The lock was let go: the data directory opens again, with the first write in it.
+    // The lock was let go: the data directory opens again.
     const storage = await openDiskStorage({
       walDir: join(root, "wal"),
       raftStatePath: join(root, "raft-state.json"),
