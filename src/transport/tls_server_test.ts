@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { makeCertificates } from "../../testing/certs.ts";
 import { H2Client } from "./h2_client.ts";
-import { type PeerRequestHandler, serveMutualTls, type TlsServer } from "./tls_server.ts";
+import {
+  type PeerRequestHandler,
+  serveMutualTls,
+  type TlsServer,
+  type TlsServerOptions,
+} from "./tls_server.ts";
 
 /** PEM texts of a CA, node-1..3, "stranger" (signed by the CA, not a member) and node-9 (other CA). */
 async function pems(dir: string) {
@@ -16,10 +21,14 @@ async function pems(dir: string) {
 
 type Pems = Awaited<ReturnType<typeof pems>>;
 
-/** Runs `fn` with certificates and a server for node-1 running `handler`; cleans everything up. */
+/**
+ * Runs `fn` with certificates and a server for node-1 running `handler` (with `options` on top of
+ * the defaults); cleans everything up.
+ */
 async function withServer(
   handler: PeerRequestHandler,
   fn: (server: TlsServer, p: Pems, warnings: string[]) => Promise<void>,
+  options: Partial<TlsServerOptions> = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir();
   const warnings: string[] = [];
@@ -31,6 +40,7 @@ async function withServer(
       ...p.pair("node-1"),
       ca: p.ca,
       logger: { debug() {}, warn: (m: string) => warnings.push(m) },
+      ...options,
     }, handler);
     try {
       await fn(server, p, warnings);
@@ -40,6 +50,15 @@ async function withServer(
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/** What `promise` gives, or `late` if it has not settled within `ms`. */
+async function within<T, L>(promise: Promise<T>, ms: number, late: L): Promise<T | L> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return await Promise.race([
+    promise,
+    new Promise<L>((resolve) => timer = setTimeout(() => resolve(late), ms)),
+  ]).finally(() => clearTimeout(timer));
 }
 
 function client(p: Pems, id: string | null, expected: string | null = "node-1"): H2Client {
@@ -315,11 +334,7 @@ Deno.test("close() destroys connections still in their TLS handshake instead of 
       } finally {
         h2.close();
       }
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const outcome = await Promise.race([
-        server.close().then(() => "closed"),
-        new Promise<string>((resolve) => timer = setTimeout(() => resolve("waiting"), 5000)),
-      ]).finally(() => clearTimeout(timer));
+      const outcome = await within(server.close().then(() => "closed"), 5000, "waiting");
       assert.equal(outcome, "closed", "close() was still waiting after 5 s");
       // The server dropped the silent connection: its read ends (or fails) instead of hanging.
       const read = await silent.read(new Uint8Array(16)).catch(() => null);
@@ -331,48 +346,27 @@ Deno.test("close() destroys connections still in their TLS handshake instead of 
 });
 
 Deno.test("a connection that does not complete its TLS handshake in time is dropped and reported", async () => {
-  const dir = await Deno.makeTempDir();
-  const warnings: string[] = [];
-  try {
-    const p = await pems(dir);
-    const server = await serveMutualTls({
-      hostname: "127.0.0.1",
-      port: 0,
-      ...p.pair("node-1"),
-      ca: p.ca,
-      handshakeTimeoutMs: 300,
-      logger: { debug() {}, warn: (m: string) => warnings.push(m) },
-    }, () => Promise.resolve(new Response("ok")));
+  await withServer(() => Promise.resolve(new Response("ok")), async (server, p, warnings) => {
+    const silent = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
     try {
-      const silent = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
-      try {
-        const start = performance.now();
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const read = await Promise.race([
-          silent.read(new Uint8Array(16)).catch(() => null),
-          new Promise<string>((resolve) => timer = setTimeout(() => resolve("open"), 5000)),
-        ]).finally(() => clearTimeout(timer));
-        assert.equal(read, null, "the silent connection was still open after 5 s");
-        assert.ok(performance.now() - start >= 250, "dropped before its handshake time was up");
-        assert.ok(
-          warnings.some((w) => /handshake timeout/i.test(w)),
-          `no warning names the timeout: ${JSON.stringify(warnings)}`,
-        );
-      } finally {
-        silent.close();
-      }
-      // A client that does its handshake is served as before.
-      const h2 = client(p, "node-2");
-      try {
-        const res = await h2.fetch(`https://127.0.0.1:${server.addr.port}/`);
-        assert.equal(await res.text(), "ok");
-      } finally {
-        h2.close();
-      }
+      const start = performance.now();
+      const read = await within(silent.read(new Uint8Array(16)).catch(() => null), 5000, "open");
+      assert.equal(read, null, "the silent connection was still open after 5 s");
+      assert.ok(performance.now() - start >= 250, "dropped before its handshake time was up");
+      assert.ok(
+        warnings.some((w) => /handshake timeout/i.test(w)),
+        `no warning names the timeout: ${JSON.stringify(warnings)}`,
+      );
     } finally {
-      await server.close();
+      silent.close();
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+    // A client that does its handshake is served as before.
+    const h2 = client(p, "node-2");
+    try {
+      const res = await h2.fetch(`https://127.0.0.1:${server.addr.port}/`);
+      assert.equal(await res.text(), "ok");
+    } finally {
+      h2.close();
+    }
+  }, { handshakeTimeoutMs: 300 });
 });
