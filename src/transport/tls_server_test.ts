@@ -52,6 +52,17 @@ async function withServer(
   }
 }
 
+/** A request of node-2 on a new connection is answered "ok". */
+async function assertAnswersOk(server: TlsServer, p: Pems): Promise<void> {
+  const h2 = client(p, "node-2");
+  try {
+    const res = await h2.fetch(`https://127.0.0.1:${server.addr.port}/`);
+    assert.equal(await res.text(), "ok");
+  } finally {
+    h2.close();
+  }
+}
+
 /** What `promise` gives, or `late` if it has not settled within `ms`. */
 async function within<T, L>(promise: Promise<T>, ms: number, late: L): Promise<T | L> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -327,13 +338,7 @@ Deno.test("close() destroys connections still in their TLS handshake instead of 
     const silent = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
     try {
       // The listener accepts in order: once a later connection is answered, `silent` was taken.
-      const h2 = client(p, "node-2");
-      try {
-        const res = await h2.fetch(`https://127.0.0.1:${server.addr.port}/`);
-        assert.equal(await res.text(), "ok");
-      } finally {
-        h2.close();
-      }
+      await assertAnswersOk(server, p);
       const outcome = await within(server.close().then(() => "closed"), 5000, "waiting");
       assert.equal(outcome, "closed", "close() was still waiting after 5 s");
       // The server dropped the silent connection: its read ends (or fails) instead of hanging.
@@ -361,12 +366,6 @@ Deno.test("a connection that does not complete its TLS handshake in time is drop
       silent.close();
     }
     // A client that does its handshake is served as before.
-    const h2 = client(p, "node-2");
-    try {
-      const res = await h2.fetch(`https://127.0.0.1:${server.addr.port}/`);
-      assert.equal(await res.text(), "ok");
-    } finally {
-      h2.close();
-    }
+    await assertAnswersOk(server, p);
   }, { handshakeTimeoutMs: 300 });
 });
