@@ -57,7 +57,9 @@ export interface MakeCertificatesOptions {
   days?: number;
   /**
    * Keep the CA an earlier call wrote into `dir` and issue new certificates (new keys) from it,
-   * over the old files: a renewal, as before an expiry. Default: a new CA.
+   * over the old files: a renewal, as before an expiry. Each node's new key and certificate
+   * replace the old files by two renames back to back, as a careful renewal tool does. Default:
+   * a new CA.
    */
   renew?: boolean;
 }
@@ -108,6 +110,9 @@ export async function makeCertificates(
     if (!/^[A-Za-z0-9._-]+$/.test(id)) throw new Error(`node id ${id} cannot name a file`);
     const key = join(dir, `${id}.key`);
     const cert = join(dir, `${id}.crt`);
+    // Made under other names and renamed into place back to back: a node watching the files
+    // never finds a new key beside the old certificate for longer than between two renames.
+    const [newKey, newCert] = [`${key}.new`, `${cert}.new`];
     const csr = join(dir, `${id}.csr`);
     const ext = join(dir, `${id}.ext`);
     await _openssl([
@@ -118,7 +123,7 @@ export async function makeCertificates(
       "ec_paramgen_curve:P-256",
       "-nodes",
       "-keyout",
-      key,
+      newKey,
       "-out",
       csr,
       "-subj",
@@ -145,7 +150,7 @@ export async function makeCertificates(
       join(dir, `${ca}.key`),
       "-CAcreateserial",
       "-out",
-      cert,
+      newCert,
       "-days",
       days,
       "-extfile",
@@ -153,7 +158,9 @@ export async function makeCertificates(
     ]);
     await Deno.remove(csr);
     await Deno.remove(ext);
-    await Deno.chmod(key, 0o600);
+    await Deno.chmod(newKey, 0o600);
+    await Deno.rename(newKey, key);
+    await Deno.rename(newCert, cert);
     files.set(id, { cert, key });
   };
 
