@@ -5,8 +5,8 @@
  *
  * Requests are held in flight deterministically: a raw HTTP/1.1 request whose body has not all
  * been sent keeps the handler waiting; writes stay pending on a leader whose followers are
- * frozen with SIGSTOP. A node whose open-file limit is reached by connections listens again once
- * they close. Past `--quota-bytes` the leader refuses writes that add data with 507. The load
+ * frozen with SIGSTOP. A node whose open-file limit is reached by connections keeps writing and
+ * taking snapshots (its storage keeps descriptors in reserve), and listens again once they close. Past `--quota-bytes` the leader refuses writes that add data with 507. The load
  * test past the default limits is `deno task overload`.
  */
 
@@ -214,7 +214,8 @@ Deno.test("past --max-pending-proposals the leader refuses writes with 503, appl
 });
 
 Deno.test({
-  name: "a node out of file descriptors for connections listens again once they close",
+  name:
+    "a node out of file descriptors for connections keeps writing and snapshotting, and listens again once they close",
   ignore: Deno.build.os === "windows",
   fn: async () => {
     const root = await Deno.makeTempDir({ prefix: "raftkv-limits-" });
@@ -242,6 +243,9 @@ Deno.test({
         join(root, "node-1"),
         "--listen-host",
         "127.0.0.1",
+        // A snapshot every three entries: each one opens files while no descriptor is free.
+        "--snapshot-threshold",
+        "3",
       ],
       env: { NO_COLOR: "1" },
       stdin: "null",
@@ -257,11 +261,24 @@ Deno.test({
     const status = child.status.then((s) => exited = s);
     const api = `http://127.0.0.1:${apiPort}`;
     const conns: Deno.TcpConn[] = [];
+    // One connection opened before the others and kept alive: writes go on over it.
+    using kept = Deno.createHttpClient({ poolMaxIdlePerHost: 1 });
+    const write = async (k: string) => {
+      const put = await fetch(`${api}/v1/data`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ k, v: "1" }),
+        client: kept,
+        signal: AbortSignal.timeout(5000),
+      });
+      return `${put.status} ${await put.text()}`;
+    };
     try {
       await waitFor(async () => (await httpRequest(`${api}/health`, "GET")).status === 200, {
         deadlineMs: 30_000,
         message: () => `the node to start: ${output.join("")}`,
       });
+      assert.match(await write("before"), /^200 /);
       // More connections than the node has descriptors: it cannot accept them all.
       for (let i = 0; i < 400; i++) {
         try {
@@ -273,6 +290,22 @@ Deno.test({
       await waitFor(() => output.join("").includes("REST API stopped accepting connections"), {
         deadlineMs: 10_000,
         message: () => `the node to run out of descriptors: ${output.join("")}`,
+      });
+      // Out of descriptors, the node still writes its WAL, and its snapshots (with their
+      // directory syncs, the log metadata and the listing that prunes old ones): it stopped
+      // the node before the storage kept descriptors in reserve.
+      const exhaustedAt = output.join("").length;
+      for (let i = 0; i < 7; i++) {
+        const answer = await write(`out-${i}`).catch((e) => `no answer: ${e}`);
+        assert.match(
+          answer,
+          /^200 /,
+          `write ${i} out of descriptors: ${answer}\n${output.join("")}`,
+        );
+      }
+      await waitFor(() => /snapshot at index \d+/.test(output.join("").slice(exhaustedAt)), {
+        deadlineMs: 10_000,
+        message: () => `a snapshot while out of descriptors: ${output.join("")}`,
       });
       for (const conn of conns.splice(0)) conn.close();
       // Once they are closed, it listens again, and a write on a new connection works.
@@ -289,6 +322,7 @@ Deno.test({
         return put.status === 200;
       }, { deadlineMs: 15_000, message: () => `a write after the connections closed` });
       assert.equal(exited, null, `the node exited: ${output.join("")}`);
+      assert.doesNotMatch(output.join(""), /fatal/);
       assert.match(output.join(""), /Too many open files/);
       assert.equal(output.join("").match(/REST API listening on/g)?.length, 2, output.join(""));
     } finally {

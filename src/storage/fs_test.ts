@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { testFileSystemConformance } from "../../testing/fs_conformance.ts";
 import { type FsFile, isNoSpace, writeAll } from "./fs.ts";
-import { realFs } from "./real_fs.ts";
+import { DESCRIPTOR_RESERVE, realFs } from "./real_fs.ts";
 
 testFileSystemConformance("realFs", async () => {
   const dir = await Deno.makeTempDir({ prefix: "raftkv-fs-" });
@@ -77,4 +77,89 @@ Deno.test("realFs: a lock just released is not refused while another thread star
     spawner.terminate();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/**
+ * What a process whose descriptors connections used up does with `realFs` (run in a child
+ * process with `ulimit -n 64`): every descriptor left is taken first, then the storage's own
+ * operations run, more of them than the reserve holds spares, then one handle more than it
+ * holds is opened at once.
+ */
+const _EXHAUSTED_CHILD = `
+import { DESCRIPTOR_RESERVE, realFs } from ${
+  JSON.stringify(new URL("./real_fs.ts", import.meta.url).href)
+};
+import { writeFileDurably } from ${
+  JSON.stringify(new URL("./durable_file.ts", import.meta.url).href)
+};
+import { writeAll } from ${JSON.stringify(new URL("./fs.ts", import.meta.url).href)};
+const dir = Deno.env.get("RAFTKV_TEST_DIR");
+const taken = [];
+const stillOut = () => {
+  try {
+    taken.push(Deno.openSync("/dev/null"));
+    return false;
+  } catch (e) {
+    if (e.code !== "EMFILE") throw e;
+    return true;
+  }
+};
+while (!stillOut());
+const bytes = new TextEncoder().encode("durable");
+const report = { taken: taken.length, rounds: 0, outAfterEachRound: true, overflow: null };
+for (let i = 0; i < 3 * DESCRIPTOR_RESERVE; i++) {
+  await writeFileDurably(dir + "/state-" + i, bytes, realFs);
+  {
+    using file = await realFs.open(dir + "/segment-" + i, "create-new");
+    await writeAll(file, bytes);
+    await file.syncData();
+  }
+  const back = new TextDecoder().decode(await realFs.readFile(dir + "/state-" + i));
+  if (back !== "durable") throw new Error("read back " + back);
+  if ((await realFs.readDir(dir)).length !== 2 * (i + 1)) throw new Error("listing");
+  await realFs.syncDir(dir);
+  report.outAfterEachRound &&= stillOut();
+  report.rounds++;
+}
+const open = [];
+try {
+  for (let i = 0; i <= DESCRIPTOR_RESERVE; i++) open.push(await realFs.open(dir + "/held-" + i, "truncate"));
+} catch (e) {
+  report.overflow = { held: open.length, code: e.code };
+}
+for (const file of open) file.close();
+console.log(JSON.stringify(report));
+`;
+
+Deno.test({
+  name:
+    "realFs: a process out of descriptors still writes, syncs, reads and lists its files from the reserve",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "raftkv-fs-" });
+    try {
+      const out = await new Deno.Command("sh", {
+        args: ["-c", 'ulimit -n 64 && exec "$@"', "sh", Deno.execPath(), "eval", _EXHAUSTED_CHILD],
+        env: { RAFTKV_TEST_DIR: dir, NO_COLOR: "1" },
+        stdin: "null",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout);
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, `the child failed: ${stderr}`);
+      const report = JSON.parse(text.trim());
+      assert.ok(report.taken > 0, text);
+      // 24 rounds of five operations each, with no descriptor left before or after any of them.
+      assert.deepEqual(
+        { rounds: report.rounds, outAfterEachRound: report.outAfterEachRound },
+        { rounds: 3 * DESCRIPTOR_RESERVE, outAfterEachRound: true },
+      );
+      // The reserve is finite: one handle more than it holds at once is refused, as before.
+      assert.deepEqual(report.overflow, { held: DESCRIPTOR_RESERVE, code: "EMFILE" });
+      // Two files a round, and the handles held at once (the refused one created nothing).
+      const names = (await realFs.readDir(dir)).map((e) => e.name);
+      assert.equal(names.length, 2 * 3 * DESCRIPTOR_RESERVE + DESCRIPTOR_RESERVE, names.join());
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

@@ -22,6 +22,17 @@ const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
  * open handle: the kernel releases it when the process ends, however it ends. A lock found held
  * is tried again for half a second before `tryLock` says so (see there).
  *
+ * **Out of descriptors.** The node's storage shares the process's descriptors with its
+ * connections, which clients can use up (`EMFILE`; `ENFILE` when the system's table is full). A
+ * WAL segment, a hard-state or snapshot file that could not be opened then would stop the node.
+ * So `realFs` keeps {@linkcode DESCRIPTOR_RESERVE} descriptors in reserve, open on `/dev/null`
+ * from when this module loads (before any connection): an operation here that needs a descriptor
+ * and finds none closes a spare and takes its descriptor in the same synchronous step, before
+ * the event loop can accept a connection into it. A handle that took a spare's place fills the
+ * reserve again when it is closed, in the same step; otherwise the reserve refills at the next
+ * operation that finds room. Only when the reserve is used up too does the operation fail as
+ * before. Not on Windows.
+ *
  * @example Usage
  * ```ts ignore
  * import { writeAll } from "./fs.ts";
@@ -39,7 +50,8 @@ const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
  */
 export const realFs: FileSystem = {
   open(path, how, mode = FILE_MODE) {
-    return Deno.open(path, { ..._OPEN_OPTIONS[how], mode });
+    const options = { ..._OPEN_OPTIONS[how], mode };
+    return _withDescriptor(() => Deno.open(path, options), () => Deno.openSync(path, options));
   },
   readFile(path) {
     return _readFile(path);
@@ -54,10 +66,11 @@ export const realFs: FileSystem = {
     };
   },
   async readDir(path) {
-    const entries = [];
-    for await (const { name, isFile, isDirectory } of Deno.readDir(path)) {
-      entries.push({ name, isFile, isDirectory });
-    }
+    const list = await _withDescriptor(
+      () => Array.fromAsync(Deno.readDir(path)),
+      () => [...Deno.readDirSync(path)],
+    );
+    const entries = list.map(({ name, isFile, isDirectory }) => ({ name, isFile, isDirectory }));
     return entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   },
   mkdir(path, mode = DIRECTORY_MODE) {
@@ -74,7 +87,11 @@ export const realFs: FileSystem = {
       await Deno.stat(path);
       return;
     }
-    using handle = await Deno.open(path, { read: true });
+    const options = { read: true };
+    using handle = await _withDescriptor(
+      () => Deno.open(path, options),
+      () => Deno.openSync(path, options),
+    );
     try {
       await handle.sync();
     } catch (error) {
@@ -95,6 +112,84 @@ export const realFs: FileSystem = {
   },
 };
 
+/** How many descriptors {@linkcode realFs} keeps in reserve: see its doc. */
+export const DESCRIPTOR_RESERVE = 8;
+
+/** The reserve's spare descriptors, opened as the module loads. */
+const _spares: Deno.FsFile[] = [];
+
+/** Opens spares until the reserve is full or no descriptor is left. */
+function _fillReserve(): void {
+  if (Deno.build.os === "windows") return;
+  while (_spares.length < DESCRIPTOR_RESERVE) {
+    try {
+      _spares.push(Deno.openSync("/dev/null", { read: true }));
+    } catch {
+      return; // None left now: the next operation tries again.
+    }
+  }
+}
+
+/** Whether `error` says the process (EMFILE) or the system (ENFILE) has no descriptor left. */
+function _outOfDescriptors(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "EMFILE" || code === "ENFILE";
+}
+
+/**
+ * Runs `attempt`, which needs a descriptor. If there is none, closes spares one at a time and
+ * runs `fallback` right after each, in the same synchronous step, until it gets one. A
+ * {@linkcode Deno.FsFile} the fallback returns fills the reserve again when it is closed; for
+ * anything else (the fallback took its descriptor and gave it back) the reserve is filled again
+ * at once.
+ */
+async function _withDescriptor<T>(
+  attempt: () => Promise<T>,
+  fallback: () => T,
+): Promise<T> {
+  if (_spares.length < DESCRIPTOR_RESERVE) _fillReserve();
+  let error: unknown;
+  try {
+    return await attempt();
+  } catch (e) {
+    if (!_outOfDescriptors(e)) throw e;
+    error = e;
+  }
+  for (let spare = _spares.pop(); spare !== undefined; spare = _spares.pop()) {
+    spare.close();
+    let got;
+    try {
+      got = fallback();
+    } catch (e) {
+      if (_outOfDescriptors(e)) {
+        error = e; // Another thread took the spare's descriptor first.
+        continue;
+      }
+      _fillReserve();
+      throw e;
+    }
+    if (got instanceof Deno.FsFile) return _refillOnClose(got) as T;
+    _fillReserve();
+    return got;
+  }
+  throw error;
+}
+
+/** Makes closing (or disposing) `file` fill the reserve again in the same step. */
+function _refillOnClose(file: Deno.FsFile): Deno.FsFile {
+  const close = file.close.bind(file);
+  const dispose = file[Symbol.dispose].bind(file);
+  file.close = () => {
+    close();
+    _fillReserve();
+  };
+  file[Symbol.dispose] = () => {
+    dispose();
+    _fillReserve();
+  };
+  return file;
+}
+
 /** How long {@linkcode realFs}'s `tryLock` tries again before it says the lock is held. */
 const _LOCK_PATIENCE_MS = 500;
 /** The pause between two of its attempts. */
@@ -102,7 +197,11 @@ const _LOCK_RETRY_MS = 10;
 
 /** One attempt at the `flock` of `path`. */
 async function _tryLock(path: string): Promise<FileLock | null> {
-  const file = await Deno.open(path, { read: true, write: true, create: true, mode: FILE_MODE });
+  const options = { read: true, write: true, create: true, mode: FILE_MODE };
+  const file = await _withDescriptor(
+    () => Deno.open(path, options),
+    () => Deno.openSync(path, options),
+  );
   let locked = false;
   try {
     locked = await file.tryLock(true);
@@ -128,7 +227,11 @@ const _READ_CHUNK = 8 << 20;
  * restart. A file that grows while it is read is read to its end.
  */
 async function _readFile(path: string): Promise<Uint8Array> {
-  using file = await Deno.open(path, { read: true });
+  const options = { read: true };
+  using file = await _withDescriptor(
+    () => Deno.open(path, options),
+    () => Deno.openSync(path, options),
+  );
   const size = (await file.stat()).size;
   let out = new Uint8Array(size);
   let at = 0;
@@ -150,3 +253,5 @@ async function _readFile(path: string): Promise<Uint8Array> {
     at += n;
   }
 }
+
+_fillReserve();
