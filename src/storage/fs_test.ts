@@ -81,9 +81,9 @@ Deno.test("realFs: a lock just released is not refused while another thread star
 
 /**
  * What a process whose descriptors connections used up does with `realFs` (run in a child
- * process with `ulimit -n 64`): every descriptor left is taken first, then the storage's own
- * operations run, more of them than the reserve holds spares, then one handle more than it
- * holds is opened at once.
+ * process with `ulimit -n 64`): a file is opened, every descriptor left is taken, one spare is
+ * used and the first file closed, then the storage's own operations run, more of them than the
+ * reserve holds spares, then one handle more than it holds is opened at once.
  */
 const _EXHAUSTED_CHILD = `
 import { DESCRIPTOR_RESERVE, realFs } from ${
@@ -94,6 +94,7 @@ import { writeFileDurably } from ${
 };
 import { writeAll } from ${JSON.stringify(new URL("./fs.ts", import.meta.url).href)};
 const dir = Deno.env.get("RAFTKV_TEST_DIR");
+const early = await realFs.open(dir + "/early", "truncate");
 const taken = [];
 const stillOut = () => {
   try {
@@ -105,8 +106,15 @@ const stillOut = () => {
   }
 };
 while (!stillOut());
+// With a spare in use, a file opened before gives its descriptor back to the reserve, not to
+// the next taker.
+const viaSpare = await realFs.open(dir + "/via-spare", "truncate");
+early.close();
+const earlyBackToReserve = stillOut();
+viaSpare.close();
+while (!stillOut());
 const bytes = new TextEncoder().encode("durable");
-const report = { taken: taken.length, rounds: 0, outAfterEachRound: true, overflow: null };
+const report = { taken: taken.length, earlyBackToReserve, rounds: 0, outAfterEachRound: true, overflow: null };
 for (let i = 0; i < 3 * DESCRIPTOR_RESERVE; i++) {
   await writeFileDurably(dir + "/state-" + i, bytes, realFs);
   {
@@ -116,7 +124,7 @@ for (let i = 0; i < 3 * DESCRIPTOR_RESERVE; i++) {
   }
   const back = new TextDecoder().decode(await realFs.readFile(dir + "/state-" + i));
   if (back !== "durable") throw new Error("read back " + back);
-  if ((await realFs.readDir(dir)).length !== 2 * (i + 1)) throw new Error("listing");
+  if ((await realFs.readDir(dir)).length !== 2 * (i + 1) + 2) throw new Error("listing");
   await realFs.syncDir(dir);
   report.outAfterEachRound &&= stillOut();
   report.rounds++;
@@ -148,6 +156,7 @@ Deno.test({
       assert.equal(out.code, 0, `the child failed: ${stderr}`);
       const report = JSON.parse(text.trim());
       assert.ok(report.taken > 0, text);
+      assert.equal(report.earlyBackToReserve, true, "a closed file's descriptor was left free");
       // 24 rounds of five operations each, with no descriptor left before or after any of them.
       assert.deepEqual(
         { rounds: report.rounds, outAfterEachRound: report.outAfterEachRound },
@@ -155,9 +164,10 @@ Deno.test({
       );
       // The reserve is finite: one handle more than it holds at once is refused, as before.
       assert.deepEqual(report.overflow, { held: DESCRIPTOR_RESERVE, code: "EMFILE" });
-      // Two files a round, and the handles held at once (the refused one created nothing).
+      // The two early files, two files a round, and the handles held at once (the refused one
+      // created nothing).
       const names = (await realFs.readDir(dir)).map((e) => e.name);
-      assert.equal(names.length, 2 * 3 * DESCRIPTOR_RESERVE + DESCRIPTOR_RESERVE, names.join());
+      assert.equal(names.length, 2 + 2 * 3 * DESCRIPTOR_RESERVE + DESCRIPTOR_RESERVE, names.join());
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -28,10 +28,10 @@ const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
  * So `realFs` keeps {@linkcode DESCRIPTOR_RESERVE} descriptors in reserve, open on `/dev/null`
  * from when this module loads (before any connection): an operation here that needs a descriptor
  * and finds none closes a spare and takes its descriptor in the same synchronous step, before
- * the event loop can accept a connection into it. A handle that took a spare's place fills the
- * reserve again when it is closed, in the same step; otherwise the reserve refills at the next
- * operation that finds room. Only when the reserve is used up too does the operation fail as
- * before. Not on Windows.
+ * the event loop can accept a connection into it. Closing a handle opened here fills the reserve
+ * again in the same step (so a descriptor the storage gives back goes to the reserve first, not
+ * to the next connection); otherwise the reserve refills at the next operation that finds room.
+ * Only when the reserve is used up too does the operation fail as before. Not on Windows.
  *
  * @example Usage
  * ```ts ignore
@@ -139,9 +139,8 @@ function _outOfDescriptors(error: unknown): boolean {
 /**
  * Runs `attempt`, which needs a descriptor. If there is none, closes spares one at a time and
  * runs `fallback` right after each, in the same synchronous step, until it gets one. A
- * {@linkcode Deno.FsFile} the fallback returns fills the reserve again when it is closed; for
- * anything else (the fallback took its descriptor and gave it back) the reserve is filled again
- * at once.
+ * {@linkcode Deno.FsFile} either returns fills the reserve again when it is closed; for anything
+ * else (the fallback took its descriptor and gave it back) the reserve is filled again at once.
  */
 async function _withDescriptor<T>(
   attempt: () => Promise<T>,
@@ -150,7 +149,7 @@ async function _withDescriptor<T>(
   if (_spares.length < DESCRIPTOR_RESERVE) _fillReserve();
   let error: unknown;
   try {
-    return await attempt();
+    return _refillOnClose(await attempt());
   } catch (e) {
     if (!_outOfDescriptors(e)) throw e;
     error = e;
@@ -168,15 +167,20 @@ async function _withDescriptor<T>(
       _fillReserve();
       throw e;
     }
-    if (got instanceof Deno.FsFile) return _refillOnClose(got) as T;
-    _fillReserve();
-    return got;
+    if (!(got instanceof Deno.FsFile)) _fillReserve();
+    return _refillOnClose(got);
   }
   throw error;
 }
 
-/** Makes closing (or disposing) `file` fill the reserve again in the same step. */
-function _refillOnClose(file: Deno.FsFile): Deno.FsFile {
+/**
+ * Makes closing (or disposing) `got`, if it is a file, fill the reserve again in the same step:
+ * a file opened before the descriptors ran out gives its descriptor to the reserve too (a WAL
+ * segment closed by a roll, say), rather than to the next connection.
+ */
+function _refillOnClose<T>(got: T): T {
+  if (!(got instanceof Deno.FsFile)) return got;
+  const file: Deno.FsFile = got;
   const close = file.close.bind(file);
   const dispose = file[Symbol.dispose].bind(file);
   file.close = () => {
@@ -187,7 +191,7 @@ function _refillOnClose(file: Deno.FsFile): Deno.FsFile {
     dispose();
     _fillReserve();
   };
-  return file;
+  return got;
 }
 
 /** How long {@linkcode realFs}'s `tryLock` tries again before it says the lock is held. */
