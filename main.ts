@@ -367,6 +367,10 @@ export async function main(args: string[]): Promise<number> {
   // shutdown waits for idle HTTP/2 connections (a silent client) forever: give it a deadline.
   // Watch streams never end by themselves: end them first, each with a final event.
   node.closeWatches();
+  // After a fatal error nothing is in flight to finish: stopping the node first answers the
+  // requests waiting on it at once (outcome unknown), which the API's shutdown would otherwise
+  // wait for until its deadline.
+  if (fatal) await node.stop();
   await _within(apiServer.shutdown(), 3_000);
   await node.stop();
   forwarder.close();
