@@ -8,8 +8,8 @@
  * ```sh
  * deno task chaos --duration 300 --nodes 3 [--seed N] [--clients 5] [--keys 8]
  *   [--snapshot-threshold 500] [--lease-reads 0.3]
- *   [--faults kill,stop,pause,isolate,oneway,split,links,slow,rotate,full] [--tls] [--echo]
- *   [--keep] [-- node flags...]
+ *   [--faults kill,stop,pause,isolate,oneway,split,links,slow,rotate,full,diskfail] [--tls]
+ *   [--echo] [--keep] [-- node flags...]
  * ```
  *
  * `--tls` runs the cluster with every security setting on: mutual TLS between peers (through the

@@ -47,6 +47,7 @@ import {
 import { type LinkDelay, type LinkMode, LinkProxy } from "./proxy.ts";
 import { makeCertificates, servedCertificate } from "./certs.ts";
 import { fill, free, mountTmpfs, unmount } from "./tmpfs.ts";
+import { type LoopDisk, mountLoopDisk } from "./loop_disk.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Randomness.
@@ -259,6 +260,13 @@ export interface ChaosClusterOptions {
    * (the tmpfs goes when the cluster closes); elsewhere {@linkcode ChaosCluster.fillable} is false.
    */
   fillable?: boolean;
+  /**
+   * Give each node a data directory on its own ext4 loop disk (64 MiB) instead, which
+   * {@linkcode ChaosCluster.failDisk} can shut down as a dying disk (and which
+   * {@linkcode ChaosCluster.fillDisk} can fill too). Only as root on Linux with loop devices, and
+   * not with `keepData`; elsewhere {@linkcode ChaosCluster.failable} is false.
+   */
+  failable?: boolean;
 }
 
 /** The CA and tokens of a {@linkcode ChaosCluster} started with `tls`. */
@@ -292,12 +300,18 @@ export class ChaosCluster implements AsyncDisposable {
   readonly security: ChaosSecurity | null;
   /** Whether each node's data directory is a tmpfs that {@linkcode fillDisk} can fill. */
   get fillable(): boolean {
-    return this.#mounted.length > 0;
+    return this.#mounted.length > 0 || this.failable;
+  }
+  /** Whether each node's data directory is a loop disk that {@linkcode failDisk} can fail. */
+  get failable(): boolean {
+    return this.#disks.size > 0;
   }
   #proxies: Map<string, LinkProxy>;
   #configFiles: Map<string, string>;
   /** The tmpfs mount points (node data directories), unmounted on close. */
   #mounted: string[] = [];
+  /** The loop disks holding the node data directories, by node, removed on close. */
+  #disks = new Map<string, LoopDisk>();
   #closed = false;
 
   private constructor(
@@ -326,6 +340,7 @@ export class ChaosCluster implements AsyncDisposable {
     const dataRoot = await Deno.makeTempDir({ prefix: "raftkv-chaos-" });
     const proxies = new Map<string, LinkProxy>();
     const mounted: string[] = [];
+    const disks = new Map<string, LoopDisk>();
     let cluster: ChaosCluster | undefined;
     try {
       const ids = Array.from({ length: size }, (_, i) => `node-${i + 1}`);
@@ -345,12 +360,18 @@ export class ChaosCluster implements AsyncDisposable {
       const configPath = join(dataRoot, "cluster.config.json");
       await writeClusterFile(configPath, entries);
       const configFiles = new Map<string, string>();
-      const fillable = (options.fillable ?? false) && !(options.keepData ?? false) &&
-        Deno.build.os === "linux" && Deno.uid() === 0;
+      const root = !(options.keepData ?? false) && Deno.build.os === "linux" && Deno.uid() === 0;
+      let failable = (options.failable ?? false) && root;
+      const fillable = (options.fillable ?? false) && root;
       for (const self of entries) {
         const dir = join(dataRoot, self.node_id);
         await Deno.mkdir(dir, { recursive: true });
-        if (fillable && await mountTmpfs(dir, "64m") === null) mounted.push(dir);
+        if (failable) {
+          const disk = await mountLoopDisk(dir, join(dataRoot, `${self.node_id}.img`), 64);
+          if (typeof disk !== "string") disks.set(self.node_id, disk);
+          else failable = false;
+        }
+        if (!failable && fillable && await mountTmpfs(dir, "64m") === null) mounted.push(dir);
         const view: ClusterFileEntry[] = entries.map((entry) => {
           if (entry.node_id === self.node_id) return entry;
           const proxy = proxies.get(_linkKey(self.node_id, entry.node_id));
@@ -381,6 +402,9 @@ export class ChaosCluster implements AsyncDisposable {
           : { tls: secure.certs, apiCerts: secure.certs, token: secure.security.tokens.read }),
       });
       cluster = new ChaosCluster(processes, proxies, configFiles, secure?.security ?? null);
+      // All or nothing: a loop disk for every node, else a tmpfs for every node, else neither.
+      if (failable && disks.size === ids.length) cluster.#disks = disks;
+      else for (const disk of disks.values()) await disk.remove();
       cluster.#mounted = mounted.length === ids.length ? mounted : [];
       if (cluster.#mounted.length === 0) { for (const dir of mounted) await _umount(dir); }
       const started = cluster;
@@ -391,6 +415,7 @@ export class ChaosCluster implements AsyncDisposable {
       else {
         await Promise.all([...proxies.values()].map((proxy) => proxy.close()));
         for (const dir of mounted) await _umount(dir);
+        for (const disk of disks.values()) await disk.remove().catch(() => {});
         await Deno.remove(dataRoot, { recursive: true }).catch(() => {});
       }
       throw error;
@@ -526,6 +551,26 @@ export class ChaosCluster implements AsyncDisposable {
     await free(this.processes.node(id).dataDir);
   }
 
+  /**
+   * Shuts down the loop disk of node `id` as a dying disk: every operation on it fails with EIO.
+   *
+   * @throws {Error} If the cluster is not {@linkcode failable}.
+   */
+  failDisk(id: string): void {
+    this.#disk(id).fail();
+  }
+
+  /** Mounts the failed loop disk of node `id` again: its data as it was at its last sync. */
+  async replaceDisk(id: string): Promise<void> {
+    await this.#disk(id).replace();
+  }
+
+  #disk(id: string): LoopDisk {
+    const disk = this.#disks.get(id);
+    if (disk === undefined) throw new Error(`the data directory of ${id} is not on a loop disk`);
+    return disk;
+  }
+
   /** Stops every node and proxy (and removes the data unless it is kept). */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -535,7 +580,8 @@ export class ChaosCluster implements AsyncDisposable {
     // The processes' cleanup could not remove the mount points: unmount, then remove the rest
     // (a cluster that keeps its data mounts nothing).
     for (const dir of this.#mounted) await _umount(dir);
-    if (this.#mounted.length > 0) {
+    for (const disk of this.#disks.values()) await disk.remove().catch(() => {});
+    if (this.#mounted.length > 0 || this.#disks.size > 0) {
       await Deno.remove(this.dataRoot, { recursive: true }).catch(() => {});
     }
   }
@@ -614,7 +660,14 @@ export type FaultKind =
    * 507 NOSPACE, or go on, and every node must clear its alarm after the final heal. Runs as root
    * on Linux only (`mount -t tmpfs`).
    */
-  | "full";
+  | "full"
+  /**
+   * Make the disk of one node fail (its data directory is an ext4 loop disk, shut down so that
+   * every operation fails with EIO): the node must exit with code 1 within 10 s; hold, then mount
+   * the disk again (its journal replayed: what was synced) and start the node. Runs as root on
+   * Linux with loop devices only.
+   */
+  | "diskfail";
 
 /** Every fault kind, in a stable order. */
 export const FAULT_KINDS: readonly FaultKind[] = [
@@ -628,6 +681,7 @@ export const FAULT_KINDS: readonly FaultKind[] = [
   "slow",
   "rotate",
   "full",
+  "diskfail",
 ];
 
 /** Options of {@linkcode runChaos}. */
@@ -874,6 +928,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     ...(options.keepData === undefined ? {} : { keepData: options.keepData }),
     tls: options.tls ?? false,
     fillable: faultKinds.includes("full"),
+    failable: faultKinds.includes("diskfail"),
   });
   if (options.keepData) log(`data directory: ${chaos.dataRoot}`);
   const monitor = new _LeaderMonitor(chaos);
@@ -1295,7 +1350,8 @@ async function _runNemesis(
   const { chaos, log } = state;
   const usable = kinds.filter((kind) =>
     (kind !== "split" || chaos.ids.length >= 3) &&
-    (kind !== "rotate" || chaos.security !== null) && (kind !== "full" || chaos.fillable)
+    (kind !== "rotate" || chaos.security !== null) && (kind !== "full" || chaos.fillable) &&
+    (kind !== "diskfail" || chaos.failable)
   );
   if (usable.length === 0) {
     await delay(stopAt - performance.now());
@@ -1446,6 +1502,31 @@ async function _inject(
       await hold(1000, 4000);
       for (const id of victims) await chaos.freeDisk(id);
       return how === 0 ? label("full") : followers ? "full-followers" : "full-all";
+    }
+    case "diskfail": {
+      if (!processes.isRunning(target)) return label("diskfail");
+      chaos.failDisk(target);
+      try {
+        await waitFor(() => !processes.isRunning(target), {
+          deadlineMs: 10_000,
+          intervalMs: 20,
+          message: `${target} to stop after its disk failed`,
+        });
+        const exit = processes.exitStatus(target);
+        if (exit?.code !== 1) {
+          state.anomalies.push(
+            `${target} exited with ${JSON.stringify(exit)} after its disk ` +
+              `failed (expected code 1)\n${processes.formatLogs([target], 30)}`,
+          );
+        }
+      } catch (error) {
+        state.anomalies.push(`${(error as Error).message}\n${processes.formatLogs([target], 30)}`);
+        if (processes.isRunning(target)) await processes.kill(target, "SIGKILL");
+      }
+      await hold(200, 2000);
+      await chaos.replaceDisk(target);
+      await _restart(state, target);
+      return label("diskfail");
     }
   }
 }

@@ -152,7 +152,7 @@ Deno.test("over slow links (a 25-35 ms one-way path) writes and linearizable rea
 
 Deno.test({
   name:
-    "under kills, stops, pauses, partitions and slow links the cluster stays linearizable and loses no acknowledged write",
+    "under kills, stops, pauses, partitions, slow links, full and failing disks the cluster stays linearizable and loses no acknowledged write",
   fn: async () => {
     const { seed, report } = await checkedRun("chaos", {
       durationMs: 50_000,
