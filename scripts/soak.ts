@@ -221,11 +221,11 @@ leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to 
   } checked against the bound)
 faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures, ${
     t("tornWrites")
-  } torn writes), ${t("stops")} graceful stops, ${t("partitions")} partitions, ${
-    t("pauses")
-  } pauses, ${t("messagesDropped")} of ${t("messagesSent")} messages dropped, ${
-    t("messagesDuplicated")
-  } duplicated
+  } torn writes), ${t("stops")} graceful stops, ${t("diskFailures")} failed disks (${
+    t("diskFailureStops")
+  } nodes stopped themselves on them), ${t("partitions")} partitions, ${t("pauses")} pauses, ${
+    t("messagesDropped")
+  } of ${t("messagesSent")} messages dropped, ${t("messagesDuplicated")} duplicated
 elections:        ${t("elections")} (max term ${maxTerm}), ${t("diskWrites")} disk writes, ${
     t("events")
   } steps

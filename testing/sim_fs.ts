@@ -43,6 +43,10 @@
  * - `faults.forgetLastSynced`: the crash drops the last write that a file sync made durable (an
  *   acknowledged record forgotten), restoring the file's bytes and size from before it (a
  *   truncation synced with it stays).
+ * - `faults.failed`: a dying disk. Every operation from then on (an operation waiting on `delay`
+ *   included) throws Deno's EIO error, `Input/output error (os error 5)` with `code` `"EIO"`,
+ *   and changes nothing. A crash does not carry it over: the image it returns is the disk as it
+ *   is mounted again (repaired, or its data on a new disk).
  *
  * ## Latency
  *
@@ -104,6 +108,8 @@ export interface SimFsFaults {
    * files whose path (in the crashed image) it accepts, e.g. `(path) => path.endsWith(".wal")`.
    */
   forgetLastSynced: boolean | ((path: string) => boolean);
+  /** Every operation fails with EIO (a dying disk); not carried over by a crash. */
+  failed: boolean;
 }
 
 /** Options for {@linkcode SimFileSystem.crash}. */
@@ -160,7 +166,7 @@ const _CHUNK = 64 * 1024;
  */
 export class SimFileSystem implements FileSystem {
   /** The fault injections in force; set their fields to turn them on. Carried over by a crash. */
-  readonly faults: SimFsFaults = { ackBeforeSync: false, forgetLastSynced: false };
+  readonly faults: SimFsFaults = { ackBeforeSync: false, forgetLastSynced: false, failed: false };
   #disk: _Disk;
   #crashNotes: readonly string[] = [];
 
@@ -202,7 +208,7 @@ export class SimFileSystem implements FileSystem {
   /**
    * Crashes the machine: this instance and its handles stop working (throwing
    * {@linkcode CrashedError}), and the returned instance holds what survived, as the module doc
-   * describes. It keeps the capacity, the `delay` function and the faults.
+   * describes. It keeps the capacity, the `delay` function and the faults (but `failed`).
    *
    * @param random A seeded source of numbers in [0, 1) that chooses what unsynced state
    * survives. Default: none, so nothing unsynced survives.
@@ -211,7 +217,7 @@ export class SimFileSystem implements FileSystem {
    */
   crash(random?: () => number, options: CrashOptions = {}): SimFileSystem {
     const fs = new SimFileSystem();
-    Object.assign(fs.faults, this.faults);
+    Object.assign(fs.faults, this.faults, { failed: false });
     const { disk, notes } = this.#disk.crash(random, options, fs.faults);
     fs.#disk = disk;
     fs.#crashNotes = notes;
@@ -373,6 +379,8 @@ function _error(code: string, op: string, path: string): Error {
       return make(new Error(`Bad file descriptor (os error 9): ${where}`));
     case "EINVAL":
       return make(new TypeError(`Invalid argument (os error 22): ${where}`));
+    case "EIO":
+      return make(new Error(`Input/output error (os error 5): ${where}`));
     default:
       throw new RangeError(`Unknown error code "${code}"`);
   }
@@ -399,9 +407,11 @@ class _Disk {
   /** Waits for the simulation to let `op` complete; throws if the machine crashed meanwhile. */
   async before(op: SimFsOp, path: string): Promise<void> {
     if (this.crashed) throw new CrashedError(`${op} '${path}'`);
+    if (this.faults.failed) throw _error("EIO", op, path);
     if (this.delay) {
       await this.delay(op, path);
       if (this.crashed) throw new CrashedError(`${op} '${path}'`);
+      if (this.faults.failed) throw _error("EIO", op, path);
     }
   }
 

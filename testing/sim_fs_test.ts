@@ -218,6 +218,42 @@ Deno.test("ackBeforeSync: a lying disk loses synced writes and synced entries at
   assert.deepEqual(await after.readFile("/d/old"), _bytes(1));
 });
 
+Deno.test("failed: a dying disk fails every operation with EIO, a sync in flight too; the crash image is the disk mounted again", async () => {
+  let hold: Promise<void> | undefined = undefined;
+  let release = () => {};
+  const fs = new SimFileSystem({ delay: (op) => op === "sync" ? hold : undefined });
+  await fs.mkdir("/d");
+  await fs.syncDir("/");
+  await _create(fs, "/d/a", _bytes(1), false);
+  await fs.syncDir("/d");
+  using a = await fs.open("/d/a", "append");
+  await writeAll(a, _bytes(2));
+  hold = new Promise<void>((resolve) => release = resolve);
+  const syncing = a.syncData();
+  fs.faults.failed = true;
+  release();
+  const eio = (e: unknown) =>
+    (e as { code?: string }).code === "EIO" && /^Input\/output error \(os error 5\)/.test(
+      (e as Error).message,
+    );
+  await assert.rejects(syncing, eio);
+  await assert.rejects(a.write(_bytes(3)), eio);
+  await assert.rejects(fs.open("/d/b", "create-new"), eio);
+  await assert.rejects(fs.readFile("/d/a"), eio);
+  await assert.rejects(fs.readDir("/d"), eio);
+  await assert.rejects(fs.stat("/d/a"), eio);
+  await assert.rejects(fs.rename("/d/a", "/d/c"), eio);
+  await assert.rejects(fs.remove("/d/a"), eio);
+  await assert.rejects(fs.mkdir("/e"), eio);
+  await assert.rejects(fs.syncDir("/d"), eio);
+  await assert.rejects(fs.tryLock("/d/lock"), eio);
+  assert.equal(isNoSpace(await fs.open("/d/x", "truncate").catch((e) => e)), false);
+  const after = fs.crash();
+  assert.equal(after.faults.failed, false);
+  assert.deepEqual(await _names(after, "/d"), ["a"]);
+  assert.deepEqual(await after.readFile("/d/a"), _bytes(1));
+});
+
 Deno.test("forgetLastSynced: the crash drops the last synced write and keeps the earlier ones", async () => {
   const fs = await _fresh();
   fs.faults.forgetLastSynced = true;

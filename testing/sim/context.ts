@@ -49,6 +49,8 @@ export class SimNode {
   added = false;
   /** Whether its disk is full (a disk-full episode is in force on it). */
   diskFull = false;
+  /** Whether its disk failed (EIO on every operation) under its running incarnation. */
+  diskFailed = false;
   /** Whether its running incarnation had the NOSPACE alarm up when last checked. */
   alarm = false;
 

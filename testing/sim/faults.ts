@@ -1,6 +1,6 @@
 /**
  * The faults injected until the final heal: partitions, crashes, pauses, leader transfers,
- * membership changes and full disks.
+ * membership changes, full disks and failing disks.
  *
  * @module
  */
@@ -49,11 +49,17 @@ export class Faults {
     this.#every(f.diskFullEveryMs, () => this.#fillDisks());
   }
 
-  /** Ends the partition in force, if any, and frees every disk. */
+  /**
+   * Ends the partition in force, if any, frees every disk, and takes down the nodes whose disk
+   * failed (mounted again, it restarts with the others).
+   */
   heal(): void {
     this.#partitionId++;
     this.#network!.cut = null;
-    for (const n of this.#ctx.nodes) this.#free(n);
+    for (const n of this.#ctx.nodes) {
+      this.#free(n);
+      if (n.diskFailed && (n.node || n.starting)) this.#ctx.crash(n, "disk failure, at the heal");
+    }
   }
 
   #free(n: SimNode): void {
@@ -126,18 +132,41 @@ export class Faults {
     const stopRate = this.#ctx.faults.stopRate;
     if (!power && victims[0]!.node && stopRate > 0 && this.#ctx.rng() < stopRate) {
       const n = victims[0]!;
-      this.#ctx.stop(n).then((down) => down && this.#restartLater(n))
+      this.#ctx.stop(n).then((down) => down && this.restartLater(n))
         .catch((e) => this.#ctx.caught(e, ` stopping ${n.id}`));
+      return;
+    }
+    const failRate = this.#ctx.faults.diskFailRate;
+    if (!power && victims[0]!.node && failRate > 0 && this.#ctx.rng() < failRate) {
+      this.#failDisk(victims[0]!);
       return;
     }
     for (const n of victims) {
       this.#ctx.crash(n, power ? "power failure" : "crash");
-      this.#restartLater(n);
+      this.restartLater(n);
     }
   }
 
+  /**
+   * Makes the disk of `n` fail: every operation on it throws EIO from now on. The node stops
+   * itself at its next disk operation (the simulator's `onFatal`, which also restarts it later);
+   * one that does none within the longest downtime is crashed and restarted.
+   */
+  #failDisk(n: SimNode): void {
+    n.fs.faults.failed = true;
+    n.diskFailed = true;
+    this.#ctx.stats.diskFailures++;
+    this.#ctx.note(`DISK FAILS on ${n.id}`);
+    const inc = n.inc;
+    this.#ctx.later(Math.max(50, this.#ctx.faults.maxDowntimeMs), () => {
+      if (n.inc !== inc || !n.diskFailed || this.#ctx.phase !== "run") return;
+      this.#ctx.crash(n, "disk failure, unnoticed");
+      this.restartLater(n);
+    });
+  }
+
   /** Starts `n` again after a random downtime, unless it was started meanwhile. */
-  #restartLater(n: SimNode): void {
+  restartLater(n: SimNode): void {
     const inc = n.inc;
     this.#ctx.later(this.#ctx.random(20, Math.max(50, this.#ctx.faults.maxDowntimeMs)), () => {
       if (n.inc === inc) this.#ctx.restart(n);

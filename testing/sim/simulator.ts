@@ -116,6 +116,14 @@ export const FAULTS_OFF = {
    */
   stopRate: 0,
   /**
+   * Probability that a crash of one running node (not a stop) is a disk failure instead: its disk
+   * fails every operation with EIO from then on. The node stops itself at its next disk operation
+   * (a fatal error; then `RaftNode.stop()`, as main.ts does) and goes down as in a crash (what its
+   * disk synced survives, part of the rest as `tornWriteRate` says); one that does no disk
+   * operation within `maxDowntimeMs` is crashed. It restarts later on the disk mounted again.
+   */
+  diskFailRate: 0,
+  /**
    * Probability that a crash keeps part of the unsynced writes (in order, the next one possibly
    * torn) and directory changes; otherwise only what was synced survives.
    */
@@ -274,6 +282,8 @@ export const COUNTERS = [
   "powerFailures",
   "tornWrites", // crashes that left part of an unsynced write on disk, cut inside it
   "stops", // graceful stops (RaftNode.stop(), then down like a crash that keeps what was synced)
+  "diskFailures", // disks that failed (EIO on every operation) under a running node
+  "diskFailureStops", // ... whose node stopped itself on it (a fatal error, then RaftNode.stop())
   "partitions",
   "pauses",
   "messagesSent",
@@ -422,6 +432,8 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   const full = r() < 0.33;
   const diskFullEveryMs = full ? between(2, 8) * election : 0;
   const maxDiskFullMs = full ? between(1, 6) * election : 0;
+  // And failing disks in half the runs (those with crashes), drawn last again.
+  const diskFailRate = r() < 0.5 ? 0.25 : 0;
   return {
     name,
     faults: {
@@ -431,6 +443,7 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
       memberEveryMs,
       diskFullEveryMs,
       maxDiskFullMs,
+      diskFailRate,
     },
   };
 }
@@ -826,7 +839,9 @@ class _Simulation implements SimContext {
       watchHistoryBytes: this.#watchers.historyBytes,
       quotaBytes: this.quotaBytes,
       onFatal: (e) => {
-        if (n.inc === inc) this.caught(e, ` (fatal) on ${n.id}`);
+        if (n.inc !== inc) return;
+        if (n.diskFailed && _isIoError(e)) this.#stopOnFailedDisk(n, inc);
+        else this.caught(e, ` (fatal) on ${n.id}`);
       },
       logger: { info: log("info"), warn: log("warn"), error: log("error"), debug: () => {} },
       metrics: new _CountReplays(this.#replayCounters),
@@ -931,6 +946,23 @@ class _Simulation implements SimContext {
     return true;
   }
 
+  /**
+   * After `n` stopped itself on its failed disk (a fatal error): `RaftNode.stop()`, as main.ts
+   * does (it answers what waits on the node and closes its storage), then down as in a crash; it
+   * restarts later on the disk mounted again.
+   */
+  #stopOnFailedDisk(n: SimNode, inc: number): void {
+    const node = n.node;
+    if (!node) return;
+    this.stats.diskFailureStops++;
+    this.note(`${n.id} stops after a fatal error on its failed disk`);
+    node.stop().then(() => {
+      if (n.inc !== inc) return; // crashed meanwhile (the final heal)
+      this.crash(n, "disk failure");
+      this.#injector.restartLater(n);
+    }, (e) => this.caught(e, ` stopping ${n.id} after its disk failed`));
+  }
+
   /** Takes `n` down: its disk keeps what was synced (and, with `rng`, part of the rest). */
   #down(n: SimNode, rng: (() => number) | undefined, keepUnsyncedEntries: boolean): void {
     n.clock?.kill();
@@ -941,6 +973,7 @@ class _Simulation implements SimContext {
     n.crashWritingFrom = Math.min(n.crashWritingFrom, n.writingFrom);
     n.writingFrom = Infinity;
     n.fs = n.fs.crash(rng, { keepUnsyncedEntries });
+    n.diskFailed = false; // the crash image is the disk mounted again
   }
 
   /** The node that leads the highest term, if any. */
@@ -963,6 +996,14 @@ class _Simulation implements SimContext {
     }
     this.#clients.done();
   }
+}
+
+/** Whether `error`, or an error it was caused by, is an I/O error (EIO) from the disk. */
+function _isIoError(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if ((e as { code?: unknown }).code === "EIO") return true;
+  }
+  return false;
 }
 
 /** The shared clock's origin as wall time (a leader stamps idempotent writes with it). */

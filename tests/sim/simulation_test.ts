@@ -20,6 +20,7 @@ const CRASHY: Partial<FaultOptions> = {
   memberEveryMs: 0, // the disk guards pin the seeds that catch them; membership changes shift them
   diskFullEveryMs: 0, // and so do full disks
   stopRate: 0, // and graceful stops
+  diskFailRate: 0, // and failing disks
   crashEveryMs: 700,
   powerFailureRate: 0.4,
   tornWriteRate: 0.5,
@@ -97,6 +98,8 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "powerFailures",
     "tornWrites",
     "stops",
+    "diskFailures",
+    "diskFailureStops",
     "partitions",
     "pauses",
     "messagesDropped",
@@ -214,6 +217,7 @@ const AWAY: Partial<FaultOptions> = {
   transferEveryMs: 300,
   diskFullEveryMs: 0, // the seeds below are pinned; full disks shift them
   stopRate: 0, // and so do graceful stops
+  diskFailRate: 0, // and failing disks
 };
 /** Seeds of AWAY that, without the members queries, end with a stale member or unaware learner. */
 const AWAY_SEEDS: [number, CheckName][] = [
