@@ -50,8 +50,7 @@ const _OPEN_OPTIONS: Record<OpenHow, Deno.OpenOptions> = {
  */
 export const realFs: FileSystem = {
   open(path, how, mode = FILE_MODE) {
-    const options = { ..._OPEN_OPTIONS[how], mode };
-    return _withDescriptor(() => Deno.open(path, options), () => Deno.openSync(path, options));
+    return _open(path, { ..._OPEN_OPTIONS[how], mode });
   },
   readFile(path) {
     return _readFile(path);
@@ -87,11 +86,7 @@ export const realFs: FileSystem = {
       await Deno.stat(path);
       return;
     }
-    const options = { read: true };
-    using handle = await _withDescriptor(
-      () => Deno.open(path, options),
-      () => Deno.openSync(path, options),
-    );
+    using handle = await _open(path, { read: true });
     try {
       await handle.sync();
     } catch (error) {
@@ -173,6 +168,11 @@ async function _withDescriptor<T>(
   throw error;
 }
 
+/** `Deno.open`, through the reserve when no descriptor is left (see {@linkcode realFs}). */
+function _open(path: string, options: Deno.OpenOptions): Promise<Deno.FsFile> {
+  return _withDescriptor(() => Deno.open(path, options), () => Deno.openSync(path, options));
+}
+
 /**
  * Makes closing (or disposing) `got`, if it is a file, fill the reserve again in the same step:
  * a file opened before the descriptors ran out gives its descriptor to the reserve too (a WAL
@@ -201,11 +201,7 @@ const _LOCK_RETRY_MS = 10;
 
 /** One attempt at the `flock` of `path`. */
 async function _tryLock(path: string): Promise<FileLock | null> {
-  const options = { read: true, write: true, create: true, mode: FILE_MODE };
-  const file = await _withDescriptor(
-    () => Deno.open(path, options),
-    () => Deno.openSync(path, options),
-  );
+  const file = await _open(path, { read: true, write: true, create: true, mode: FILE_MODE });
   let locked = false;
   try {
     locked = await file.tryLock(true);
@@ -231,11 +227,7 @@ const _READ_CHUNK = 8 << 20;
  * restart. A file that grows while it is read is read to its end.
  */
 async function _readFile(path: string): Promise<Uint8Array> {
-  const options = { read: true };
-  using file = await _withDescriptor(
-    () => Deno.open(path, options),
-    () => Deno.openSync(path, options),
-  );
+  using file = await _open(path, { read: true });
   const size = (await file.stat()).size;
   let out = new Uint8Array(size);
   let at = 0;
