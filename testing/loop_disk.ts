@@ -30,27 +30,27 @@ export interface LoopDisk {
   remove(): Promise<void>;
 }
 
-/** Runs a command; returns its error output if it failed, else null. */
-async function _run(command: string, args: string[]): Promise<string | null> {
+/** Runs a command: what it printed, or why it failed (its error output, or why it did not run). */
+async function _exec(
+  command: string,
+  args: string[],
+): Promise<{ out: string } | { error: string }> {
   try {
     const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" })
       .output();
-    if (out.success) return null;
+    if (out.success) return { out: new TextDecoder().decode(out.stdout).trim() };
     const text = new TextDecoder().decode(out.stderr).trim();
-    return `${command} ${args.join(" ")}: ${text || `exit ${out.code}`}`;
+    return { error: `${command} ${args.join(" ")}: ${text || `exit ${out.code}`}` };
   } catch (error) {
-    return `${command}: ${error instanceof Error ? error.message : error}`;
+    return { error: `${command}: ${error instanceof Error ? error.message : error}` };
   }
 }
 
-/** Runs a command and returns what it printed, or throws with its error output. */
+/** Runs a command and returns what it printed, or throws why it failed. */
 async function _output(command: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" }).output();
-  if (!out.success) {
-    const text = new TextDecoder().decode(out.stderr).trim();
-    throw new Error(`${command} ${args.join(" ")}: ${text || `exit ${out.code}`}`);
-  }
-  return new TextDecoder().decode(out.stdout).trim();
+  const result = await _exec(command, args);
+  if ("error" in result) throw new Error(result.error);
+  return result.out;
 }
 
 /**
@@ -70,17 +70,23 @@ export async function mountLoopDisk(
     using file = await Deno.open(image, { write: true, create: true, truncate: true });
     await file.truncate(sizeMiB << 20);
   }
-  let device: string;
-  try {
-    device = await _output("losetup", ["--find", "--show", image]);
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error);
-  }
-  const why = await _run("mkfs.ext4", ["-q", "-F", device]) ??
-    await _run("mount", ["-t", "ext4", device, dir]);
-  if (why !== null) {
-    await _run("losetup", ["--detach", device]);
-    return why;
+  const attached = await _exec("losetup", ["--find", "--show", image]);
+  if ("error" in attached) return attached.error;
+  const device = attached.out;
+  for (
+    const [command, ...args] of [["mkfs.ext4", "-q", "-F", device], [
+      "mount",
+      "-t",
+      "ext4",
+      device,
+      dir,
+    ]]
+  ) {
+    const result = await _exec(command!, args);
+    if ("error" in result) {
+      await _exec("losetup", ["--detach", device]);
+      return result.error;
+    }
   }
   let mounted = true;
   return {
