@@ -73,15 +73,8 @@ export async function mountLoopDisk(
   const attached = await _exec("losetup", ["--find", "--show", image]);
   if ("error" in attached) return attached.error;
   const device = attached.out;
-  for (
-    const [command, ...args] of [["mkfs.ext4", "-q", "-F", device], [
-      "mount",
-      "-t",
-      "ext4",
-      device,
-      dir,
-    ]]
-  ) {
+  const steps = [["mkfs.ext4", "-q", "-F", device], ["mount", "-t", "ext4", device, dir]];
+  for (const [command, ...args] of steps) {
     const result = await _exec(command!, args);
     if ("error" in result) {
       await _exec("losetup", ["--detach", device]);
