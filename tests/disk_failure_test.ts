@@ -41,6 +41,8 @@ Deno.test({
     const root = await Deno.makeTempDir({ prefix: "raftkv-disk-failure-" });
     let disk: LoopDisk | undefined;
     let cluster: ProcessCluster | undefined;
+    /** Whether the writers go on; also ended in `finally`, should the test fail. */
+    let writing = true;
     try {
       const dir = join(root, FAILING);
       await Deno.mkdir(dir);
@@ -70,7 +72,6 @@ Deno.test({
       const acked = new Map<string, string>();
       const refused: string[] = [];
       const answers = new Map<string, number>();
-      let writing = true;
       let failedAt = Infinity;
       /** How long requests to the failing node that were in flight when it failed took. */
       const waitedMs: number[] = [];
@@ -173,6 +174,7 @@ Deno.test({
           }`,
       );
     } finally {
+      writing = false;
       await cluster?.close();
       await disk?.remove();
       await Deno.remove(root, { recursive: true });
