@@ -406,13 +406,17 @@ class _Disk {
 
   /** Waits for the simulation to let `op` complete; throws if the machine crashed meanwhile. */
   async before(op: SimFsOp, path: string): Promise<void> {
-    if (this.crashed) throw new CrashedError(`${op} '${path}'`);
-    if (this.faults.failed) throw _error("EIO", op, path);
+    this.#mayRun(op, path);
     if (this.delay) {
       await this.delay(op, path);
-      if (this.crashed) throw new CrashedError(`${op} '${path}'`);
-      if (this.faults.failed) throw _error("EIO", op, path);
+      this.#mayRun(op, path);
     }
+  }
+
+  /** Throws if the machine crashed, or the disk failed (EIO). */
+  #mayRun(op: SimFsOp, path: string): void {
+    if (this.crashed) throw new CrashedError(`${op} '${path}'`);
+    if (this.faults.failed) throw _error("EIO", op, path);
   }
 
   /** Finds the directory that holds `path`'s last component, and what that names now. */

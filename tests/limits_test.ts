@@ -6,8 +6,9 @@
  * Requests are held in flight deterministically: a raw HTTP/1.1 request whose body has not all
  * been sent keeps the handler waiting; writes stay pending on a leader whose followers are
  * frozen with SIGSTOP. A node whose open-file limit is reached by connections keeps writing and
- * taking snapshots (its storage keeps descriptors in reserve), and listens again once they close. Past `--quota-bytes` the leader refuses writes that add data with 507. The load
- * test past the default limits is `deno task overload`.
+ * taking snapshots (its storage keeps descriptors in reserve), and listens again once they close.
+ * Past `--quota-bytes` the leader refuses writes that add data with 507. The load test past the
+ * default limits is `deno task overload`.
  */
 
 import assert from "node:assert/strict";
