@@ -12,16 +12,22 @@
 import { crc32c } from "./crc32c.ts";
 import { CorruptFileError } from "./errors.ts";
 
-/** The kind of each field: a non-negative safe integer or a string. */
-export type FieldKind = "integer" | "string";
+/**
+ * The kind of each field: a non-negative safe integer, a string, or a string that may be absent
+ * (`"string?"`: a field added to a format later, so that files written before it still load; an
+ * absent field is left out of the checksum, which therefore stays what it was).
+ */
+export type FieldKind = "integer" | "string" | "string?";
 
 /** Field names mapped to their kinds, in the order they are written and checksummed. */
 export type Schema = Record<string, FieldKind>;
 
-/** The values a {@linkcode Schema} describes. */
-export type FieldsOf<S extends Schema> = {
-  [F in keyof S]: S[F] extends "integer" ? number : string;
-};
+/** The values a {@linkcode Schema} describes; a `"string?"` field may be left out. */
+export type FieldsOf<S extends Schema> =
+  & {
+    [F in keyof S as S[F] extends "string?" ? never : F]: S[F] extends "integer" ? number : string;
+  }
+  & { [F in keyof S as S[F] extends "string?" ? F : never]?: string };
 
 const _CRC_FIELD = "crc32c";
 
@@ -84,6 +90,7 @@ export function decodeCheckedJson<S extends Schema>(
   const values: Record<string, number | string> = {};
   for (const [name, kind] of Object.entries(schema)) {
     const value = record[name];
+    if (value === undefined && kind === "string?") continue;
     if (value === undefined) throw new CorruptFileError(path, `missing field "${name}"`);
     const ok = kind === "integer"
       ? typeof value === "number" && Number.isSafeInteger(value) && value >= 0
@@ -118,6 +125,7 @@ function _ordered(schema: Schema, fields: Record<string, unknown>): Record<strin
   const ordered: Record<string, unknown> = {};
   for (const [name, kind] of Object.entries(schema)) {
     const value = fields[name];
+    if (value === undefined && kind === "string?") continue;
     if (kind === "integer") {
       if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
         throw new RangeError(

@@ -66,3 +66,32 @@ Deno.test("encodeCheckedJson() rejects values the decoder would refuse", () => {
     { name: "TypeError", message: 'Field "vote" must be a string, found null' },
   );
 });
+
+Deno.test("an optional string field may be left out, and then changes neither the bytes nor the checksum", () => {
+  const schema = { id: "string?", term: "integer", vote: "string" } as const;
+  const without = encodeCheckedJson(schema, { term: 3, vote: "n2" });
+  assert.equal(_text(without), _text(encodeCheckedJson(_SCHEMA, { term: 3, vote: "n2" })));
+  assert.deepEqual(decodeCheckedJson("f.json", without, schema), { term: 3, vote: "n2" });
+
+  const withId = encodeCheckedJson(schema, { id: "n1", term: 3, vote: "n2" });
+  assert.match(_text(withId), /^\{"id":"n1","term":3,"vote":"n2","crc32c":"[0-9a-f]{8}"\}\n$/);
+  assert.deepEqual(decodeCheckedJson("f.json", withId, schema), { id: "n1", term: 3, vote: "n2" });
+  // Still checksummed and checked when present: changed, of the wrong kind, or unknown to a
+  // schema without it.
+  const parsed = JSON.parse(_text(withId));
+  for (
+    const [bad, problem] of [
+      [{ ...parsed, id: "n9" }, "checksum mismatch"],
+      [{ ...parsed, id: 7 }, 'field "id" must be a string'],
+    ] as const
+  ) {
+    assert.throws(
+      () => decodeCheckedJson("f.json", _bytes(JSON.stringify(bad)), schema),
+      (e: unknown) => e instanceof CorruptFileError && e.message.includes(problem),
+    );
+  }
+  assert.throws(
+    () => decodeCheckedJson("f.json", withId, _SCHEMA),
+    (e: unknown) => e instanceof CorruptFileError && e.message.includes('unknown field "id"'),
+  );
+});

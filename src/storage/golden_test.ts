@@ -112,25 +112,37 @@ Deno.test("the WAL writer produces the committed segment byte for byte", async (
   }
 });
 
-const HARD_STATE = { term: 7, vote: "node-2", commit: 42 };
-const HARD_STATE_TEXT = '{"term":7,"vote":"node-2","commit":42,"crc32c":"f98f3031"}\n';
+/** The hard state as this version writes it: with the id of its node. */
+const HARD_STATE = { nodeId: "node-1", term: 7, vote: "node-2", commit: 42 };
+const HARD_STATE_TEXT =
+  '{"node_id":"node-1","term":7,"vote":"node-2","commit":42,"crc32c":"8f908e0a"}\n';
+/** As written before the node's id was recorded, and still written without one: it still loads. */
+const HARD_STATE_V1 = { term: 7, vote: "node-2", commit: 42 };
+const HARD_STATE_V1_TEXT = '{"term":7,"vote":"node-2","commit":42,"crc32c":"f98f3031"}\n';
 
-Deno.test("the committed hard state file decodes to the values it was written from", async () => {
-  const path = join(TESTDATA, "raft-state.json");
-  assert.equal(await Deno.readTextFile(path), HARD_STATE_TEXT);
-  assert.deepEqual(await loadHardState(path), HARD_STATE);
-});
+for (
+  const [name, values, text] of [
+    ["raft-state-node.json", HARD_STATE, HARD_STATE_TEXT],
+    ["raft-state.json", HARD_STATE_V1, HARD_STATE_V1_TEXT],
+  ] as const
+) {
+  Deno.test(`the committed hard state file ${name} decodes to the values it was written from`, async () => {
+    const path = join(TESTDATA, name);
+    assert.equal(await Deno.readTextFile(path), text);
+    assert.deepEqual(await loadHardState(path), values);
+  });
 
-Deno.test("saveHardState() produces the committed hard state file byte for byte", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "raftkv-golden-hs-" });
-  try {
-    await saveHardState(join(dir, "raft-state.json"), HARD_STATE);
-    const bytes = await Deno.readFile(join(dir, "raft-state.json"));
-    await assertGoldenBytes(join(TESTDATA, "raft-state.json"), bytes);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  Deno.test(`saveHardState() produces the committed hard state file ${name} byte for byte`, async () => {
+    const dir = await Deno.makeTempDir({ prefix: "raftkv-golden-hs-" });
+    try {
+      await saveHardState(join(dir, "raft-state.json"), values);
+      const bytes = await Deno.readFile(join(dir, "raft-state.json"));
+      await assertGoldenBytes(join(TESTDATA, name), bytes);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
 
 const LOG_METADATA: LogMetadata = { firstIndex: 96, snapshotIndex: 100, snapshotTerm: 4 };
 const LOG_METADATA_TEXT =

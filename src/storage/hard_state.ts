@@ -1,5 +1,6 @@
 /**
- * Saving and loading a node's hard state (term, vote, commit index).
+ * Saving and loading a node's hard state (term, vote, commit index), with the id of the node it
+ * belongs to.
  *
  * The file is one line of JSON with a checksum, replaced whole with
  * {@linkcode writeFileDurably}; see the README for the format.
@@ -13,14 +14,29 @@ import { writeFileDurably } from "./durable_file.ts";
 import type { FileSystem } from "./fs.ts";
 import { realFs } from "./real_fs.ts";
 
-const _SCHEMA = { term: "integer", vote: "string", commit: "integer" } as const;
+const _SCHEMA = {
+  node_id: "string?",
+  term: "integer",
+  vote: "string",
+  commit: "integer",
+} as const;
+
+/**
+ * The hard state as stored: with the id of the node whose term and vote these are. Files written
+ * before the id was recorded (and by callers that give none) have no `nodeId`.
+ */
+export interface StoredHardState extends HardState {
+  /** The node the state belongs to, when recorded. */
+  nodeId?: string;
+}
 
 /**
  * Durably replaces the hard state file at `path` with `hardState`. When it resolves the new state
  * survives a crash; if it throws, the file still holds the previous state.
  *
  * @param path The hard state file (`--raft-state-path`). Its directory must exist.
- * @param hardState The state to save.
+ * @param hardState The state to save, with the id of the node it belongs to when known (then
+ * written as `node_id`, first).
  * @param fs The file system. Default {@linkcode realFs}.
  * @throws {RangeError} If `term` or `commit` is not a non-negative safe integer.
  *
@@ -28,17 +44,25 @@ const _SCHEMA = { term: "integer", vote: "string", commit: "integer" } as const;
  * ```ts ignore
  * import { loadHardState, saveHardState } from "./hard_state.ts";
  *
- * await saveHardState("data/raft-state.json", { term: 3, vote: "node-2", commit: 17 });
+ * await saveHardState("data/raft-state.json", {
+ *   nodeId: "node-1",
+ *   term: 3,
+ *   vote: "node-2",
+ *   commit: 17,
+ * });
  * const hardState = await loadHardState("data/raft-state.json");
  * ```
  */
 export async function saveHardState(
   path: string,
-  hardState: HardState,
+  hardState: StoredHardState,
   fs: FileSystem = realFs,
 ): Promise<void> {
-  const { term, vote, commit } = hardState;
-  await writeFileDurably(path, encodeCheckedJson(_SCHEMA, { term, vote, commit }), fs);
+  const { nodeId, term, vote, commit } = hardState;
+  const fields = nodeId === undefined
+    ? { term, vote, commit }
+    : { node_id: nodeId, term, vote, commit };
+  await writeFileDurably(path, encodeCheckedJson(_SCHEMA, fields), fs);
 }
 
 /**
@@ -46,13 +70,14 @@ export async function saveHardState(
  *
  * @param path The hard state file.
  * @param fs The file system. Default {@linkcode realFs}.
- * @returns The saved state, or `{ term: 0, vote: "", commit: 0 }` if the file does not exist.
+ * @returns The saved state (`nodeId` only if the file records it), or
+ * `{ term: 0, vote: "", commit: 0 }` if the file does not exist.
  * @throws {CorruptFileError} If the file is not a valid hard state file (the message names it).
  */
 export async function loadHardState(
   path: string,
   fs: FileSystem = realFs,
-): Promise<HardState> {
+): Promise<StoredHardState> {
   let bytes: Uint8Array;
   try {
     bytes = await fs.readFile(path);
@@ -60,6 +85,6 @@ export async function loadHardState(
     if (error instanceof Deno.errors.NotFound) return { term: 0, vote: "", commit: 0 };
     throw error;
   }
-  const { term, vote, commit } = decodeCheckedJson(path, bytes, _SCHEMA);
-  return { term, vote, commit };
+  const { node_id: nodeId, term, vote, commit } = decodeCheckedJson(path, bytes, _SCHEMA);
+  return nodeId === undefined ? { term, vote, commit } : { nodeId, term, vote, commit };
 }

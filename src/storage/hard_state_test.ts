@@ -25,6 +25,22 @@ Deno.test("saveHardState() and loadHardState() round-trip the hard state", async
   });
 });
 
+Deno.test("the id of the node is saved first and loaded back; a file without one loads without it", async () => {
+  await _withDir(async (dir) => {
+    const path = join(dir, "raft-state.json");
+    await saveHardState(path, { nodeId: "node-1", term: 3, vote: "node-2", commit: 17 });
+    assert.match(await Deno.readTextFile(path), /^\{"node_id":"node-1","term":3,/);
+    assert.deepEqual(await loadHardState(path), {
+      nodeId: "node-1",
+      term: 3,
+      vote: "node-2",
+      commit: 17,
+    });
+    await saveHardState(path, { term: 4, vote: "", commit: 18 });
+    assert.deepEqual(await loadHardState(path), { term: 4, vote: "", commit: 18 });
+  });
+});
+
 Deno.test("loadHardState() returns the initial state when the file is missing", async () => {
   await _withDir(async (dir) => {
     assert.deepEqual(await loadHardState(join(dir, "raft-state.json")), {
