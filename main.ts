@@ -100,6 +100,7 @@ export async function main(args: string[]): Promise<number> {
   let storage;
   try {
     storage = await openDiskStorage(config, {
+      nodeId: config.id,
       restoreFrom: config.restoreFrom,
       restoreVoters: config.peers.map((p) => p.id),
       onNotice: (m) => log.info(m),

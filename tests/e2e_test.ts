@@ -383,25 +383,23 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
   });
 }
 
-Deno.test("a second process on a node's data directory exits at once with the reason, and the lock dies with the node (kill -9)", async () => {
-  await using cluster = await startCluster({ size: 3 });
-  const leader = await cluster.waitForLeader(20_000);
-  const follower = cluster.ids.find((id) => id !== leader) ?? "node-2";
-  const first = await cluster.request(follower, "POST", "/v1/data", { k: "lock", v: "1" });
-  assert.equal(first.status, 200, first.text);
-
-  // The same node started again by hand (a second unit, a second container on the volume).
-  const second = await new Deno.Command(Deno.execPath(), {
+/** Runs `main.ts` by hand as node `id` on `dataDir`, beside the harness's processes. */
+async function _startByHand(
+  cluster: ProcessCluster,
+  id: string,
+  dataDir: string,
+): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "-A",
       fileURLToPath(new URL("../main.ts", import.meta.url)),
       "--id",
-      follower,
+      id,
       "--cluster-config-path",
       cluster.configPath,
       "--data-dir",
-      cluster.node(follower).dataDir,
+      dataDir,
       ...DEFAULT_NODE_FLAGS,
     ],
     env: cleanEnv(),
@@ -409,15 +407,40 @@ Deno.test("a second process on a node's data directory exits at once with the re
     stdin: "null",
     signal: AbortSignal.timeout(30_000),
   }).output();
-  const stderr = new TextDecoder().decode(second.stderr);
-  assert.equal(second.code, 1, stderr);
-  assert.match(stderr, /wal\/LOCK" is locked by another process: another node runs on these files/);
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("a second process on a node's data directory, or another node on it, exits at once with the reason, and the lock dies with the node (kill -9)", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader(20_000);
+  const follower = cluster.ids.find((id) => id !== leader) ?? "node-2";
+  const first = await cluster.request(follower, "POST", "/v1/data", { k: "lock", v: "1" });
+  assert.equal(first.status, 200, first.text);
+
+  // The same node started again by hand (a second unit, a second container on the volume).
+  const second = await _startByHand(cluster, follower, cluster.node(follower).dataDir);
+  assert.equal(second.code, 1, second.stderr);
+  assert.match(
+    second.stderr,
+    /wal\/LOCK" is locked by another process: another node runs on these files/,
+  );
 
   // The node that holds the lock goes on as if nothing happened.
   const next = await cluster.request(follower, "POST", "/v1/data", { k: "lock", v: "2" });
   assert.equal(next.status, 200, next.text);
   // Killed, it holds nothing: it starts again on its data.
   await cluster.kill(follower, "SIGKILL");
+  // But not as another node (volumes swapped by mistake): its term and vote, and its log, are
+  // the follower's own.
+  const other = cluster.ids.find((id) => id !== follower)!;
+  const swapped = await _startByHand(cluster, other, cluster.node(follower).dataDir);
+  assert.equal(swapped.code, 1, swapped.stderr);
+  assert.match(
+    swapped.stderr,
+    new RegExp(
+      `raft-state.json" belongs to node "${follower}", not "${other}": these are another node's files`,
+    ),
+  );
   await cluster.start(follower);
   const index = (next.json as { index: number }).index;
   await waitFor(async () => ((await cluster.status(follower))?.applied_index ?? 0) >= index, {

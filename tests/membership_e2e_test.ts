@@ -11,6 +11,7 @@ import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.t
 import { attempt, createFreshConnectionClient } from "../testing/chaos_lib.ts";
 import { checkLinearizability, type Operation } from "../src/check/linearizability.ts";
 import { runClient } from "../src/cli/client/client.ts";
+import { loadHardState, saveHardState } from "../src/storage/hard_state.ts";
 
 /** Runs the command-line client; returns its exit code and what it printed. */
 async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -496,7 +497,8 @@ Deno.test("a learner removed while it was down learns it on restart, and after a
   try {
     // node-4 is added as a learner while it is not running (the leader cannot reach it, so it is
     // never promoted). It gets a member's data directory holding that addition: a learner that
-    // had replicated the log up to there and then went down.
+    // had replicated the log up to there and then went down. The hard state is made node-4's (a
+    // node refuses another's), with the term and no vote: a learner never votes.
     await cluster.addNode("node-4");
     await change(cluster, () => leader, "POST", "/v1/members", {
       node_id: "node-4",
@@ -510,6 +512,10 @@ Deno.test("a learner removed while it was down learns it on restart, and after a
     assert.equal(await cluster.stop(copied), 0);
     await Deno.remove(cluster.node("node-4").dataDir, { recursive: true });
     await _copyDir(cluster.node(copied).dataDir, cluster.node("node-4").dataDir);
+    const hardStatePath = join(cluster.node("node-4").dataDir, "raft-state.json");
+    const { nodeId, term, commit } = await loadHardState(hardStatePath);
+    assert.equal(nodeId, copied);
+    await saveHardState(hardStatePath, { nodeId: "node-4", term, vote: "", commit });
     await cluster.start(copied);
 
     // Removed while it is down: nobody sends it anything afterwards.

@@ -17,7 +17,7 @@
 import { dirname, join } from "node:path";
 import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
 import { createDirectory } from "../storage/durable_file.ts";
-import { CorruptFileError, DataLockedError } from "../storage/errors.ts";
+import { CorruptFileError, DataLockedError, ForeignDataError } from "../storage/errors.ts";
 import type { FileLock, FileSystem } from "../storage/fs.ts";
 import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
@@ -61,6 +61,12 @@ export const LOCK_FILE = "LOCK";
 
 /** Options for {@linkcode openDiskStorage}. */
 export interface DiskStorageOptions {
+  /**
+   * The id of the node the files are for: recorded with the hard state, and checked against the
+   * one recorded there at start-up (a {@linkcode ForeignDataError} when they differ). Default:
+   * none recorded or checked.
+   */
+  nodeId?: string;
   /** The file system holding the files. Default: the real disk ({@linkcode realFs}). */
   fs?: FileSystem;
   /** WAL segment size in bytes. Default: the WAL's default (64 MiB). */
@@ -95,7 +101,8 @@ export interface DiskStorageOptions {
  *    directory: another process holding it (another node on these files) is a
  *    {@linkcode DataLockedError}, and no file is read or written;
  * 1. the hard state (term, vote, commit; the commit index raised to the WAL's newest commit record
- *    in step 3);
+ *    in step 3): recorded for another node than `nodeId`, it is a {@linkcode ForeignDataError},
+ *    and nothing more is read or written;
  * 2. the log metadata (which snapshot the log was compacted to);
  * 3. the WAL, replayed (a torn final record is cut off);
  * 4. a backup to start from, if `restoreFrom` names one and the node has no data;
@@ -108,6 +115,7 @@ export interface DiskStorageOptions {
  * @param options The file system and how to keep the files.
  * @returns The recovered storage, open for writing.
  * @throws {DataLockedError} If another process holds the files' lock.
+ * @throws {ForeignDataError} If the hard state belongs to another node than `options.nodeId`.
  * @throws {CorruptFileError} If any file is corrupt, or the files disagree (the log metadata
  * names a snapshot that is missing, or entries between the snapshot and the log are missing): the
  * node must not start on data it cannot trust.
@@ -161,7 +169,10 @@ async function _recover(
     "Size of this node's newest snapshot file (saved, installed or loaded at start-up).",
   );
 
-  const storedHardState = await loadHardState(paths.raftStatePath, fs);
+  const { nodeId: owner, ...storedHardState } = await loadHardState(paths.raftStatePath, fs);
+  if (owner !== undefined && options.nodeId !== undefined && owner !== options.nodeId) {
+    throw new ForeignDataError(paths.raftStatePath, owner, options.nodeId);
+  }
   const removedAt = await loadRemovedMark(removedMarkPath(paths.raftStatePath), fs);
   const metadata = await loadLogMetadata(paths.logMetadataPath, fs);
   const wal = await Wal.open(paths.walDir, {
@@ -203,6 +214,7 @@ async function _recover(
     await wal.reset(snapshot.index, snapshot.term);
   }
   const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, lock, {
+    nodeId: options.nodeId,
     hardState,
     removedAt,
     snapshot,
@@ -219,6 +231,8 @@ async function _recover(
 
 /** What {@linkcode openDiskStorage} recovered. */
 interface _Recovered {
+  /** The node the files are for (`DiskStorageOptions.nodeId`), recorded with the hard state. */
+  nodeId: string | undefined;
   hardState: HardState;
   removedAt: number;
   snapshot: SnapshotMeta | null;
@@ -245,6 +259,7 @@ export class DiskStorage implements NodeStorage {
   readonly #unneededSince = new Map<string, number>();
   readonly #snapshotSize: Gauge | undefined;
   readonly #lock: FileLock;
+  readonly #nodeId: string | undefined;
 
   /** Use {@linkcode openDiskStorage}. */
   constructor(
@@ -258,6 +273,7 @@ export class DiskStorage implements NodeStorage {
   ) {
     this.#fs = fs;
     this.#lock = lock;
+    this.#nodeId = recovered.nodeId;
     this.#snapshotSize = snapshotSize;
     this.#paths = paths;
     this.#keep = keep;
@@ -284,7 +300,11 @@ export class DiskStorage implements NodeStorage {
   }
 
   saveHardState(hardState: HardState): Promise<void> {
-    return saveHardState(this.#paths.raftStatePath, hardState, this.#fs);
+    const { term, vote, commit } = hardState;
+    const stored = this.#nodeId === undefined
+      ? { term, vote, commit }
+      : { nodeId: this.#nodeId, term, vote, commit };
+    return saveHardState(this.#paths.raftStatePath, stored, this.#fs);
   }
 
   saveRemovedAt(index: number): Promise<void> {

@@ -5,7 +5,8 @@ import { encodeSnapshot, snapshotName } from "../storage/snapshot_file.ts";
 import { EntryType } from "../raft/types.ts";
 import { CrashedError, SimFileSystem } from "../../testing/sim_fs.ts";
 import { LOCK_FILE, openDiskStorage } from "./disk_storage.ts";
-import { CorruptFileError, DataLockedError } from "../storage/errors.ts";
+import { CorruptFileError, DataLockedError, ForeignDataError } from "../storage/errors.ts";
+import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { writeAll } from "../storage/fs.ts";
 
 function paths(dir: string) {
@@ -334,4 +335,74 @@ Deno.test("start-up takes the commit index from the log's commit records when th
   const again = await openDiskStorage(paths("/node"), { fs: image.crash() });
   assert.deepEqual(again.hardState, { term: 3, vote: "", commit: 4 });
   await again.close();
+});
+
+/** Every file below `dir` with its bytes, by path. */
+async function _files(dir: string): Promise<Map<string, string>> {
+  const files = new Map<string, string>();
+  for await (const e of Deno.readDir(dir)) {
+    const path = join(dir, e.name);
+    if (e.isDirectory) { for (const [p, bytes] of await _files(path)) files.set(p, bytes); }
+    else files.set(path, (await Deno.readFile(path)).join(","));
+  }
+  return files;
+}
+
+Deno.test("files whose hard state records another node are refused before anything is written", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-owner-" });
+  try {
+    const storage = await openDiskStorage(paths(dir), { nodeId: "node-2" });
+    await storage.saveHardState({ term: 5, vote: "node-3", commit: 0 });
+    await storage.append(_entries(1, 2));
+    await storage.close();
+    const hardState = await loadHardState(paths(dir).raftStatePath);
+    assert.deepEqual(hardState, { nodeId: "node-2", term: 5, vote: "node-3", commit: 0 });
+    const before = await _files(dir);
+
+    await assert.rejects(openDiskStorage(paths(dir), { nodeId: "node-1" }), (e: unknown) => {
+      assert.ok(e instanceof ForeignDataError, String(e));
+      assert.equal(e.owner, "node-2");
+      assert.ok(
+        e.message.startsWith(
+          `"${
+            paths(dir).raftStatePath
+          }" belongs to node "node-2", not "node-1": these are another node's files`,
+        ),
+        e.message,
+      );
+      return true;
+    });
+    assert.deepEqual(await _files(dir), before, "the refused start-up changed a file");
+
+    // Its own node opens them (the refusal let the lock go), and so does a tool that names none.
+    for (const options of [{ nodeId: "node-2" }, {}]) {
+      const again = await openDiskStorage(paths(dir), options);
+      assert.deepEqual(again.hardState, { term: 5, vote: "node-3", commit: 0 });
+      assert.deepEqual(again.entries, _entries(1, 2));
+      await again.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a hard state saved before node ids were recorded is taken by any node, which records its id on its next save", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-owner-" });
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+    await saveHardState(paths(dir).raftStatePath, { term: 5, vote: "node-3", commit: 0 });
+    const storage = await openDiskStorage(paths(dir), { nodeId: "node-1" });
+    assert.deepEqual(storage.hardState, { term: 5, vote: "node-3", commit: 0 });
+    await storage.saveHardState({ term: 6, vote: "", commit: 0 });
+    await storage.close();
+    assert.deepEqual(await loadHardState(paths(dir).raftStatePath), {
+      nodeId: "node-1",
+      term: 6,
+      vote: "",
+      commit: 0,
+    });
+    await assert.rejects(openDiskStorage(paths(dir), { nodeId: "node-2" }), ForeignDataError);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -101,6 +101,44 @@ export class DataLockedError extends Error {
 }
 
 /**
+ * A node's files belong to another node: the hard state records another node's id (see
+ * `openDiskStorage`). A node started on another's term and vote could vote twice in a term, and
+ * one started on another's log has lost what it acknowledged itself.
+ *
+ * @example Usage
+ * ```ts
+ * import { ForeignDataError } from "./errors.ts";
+ *
+ * const error = new ForeignDataError("data/node-2/raft-state.json", "node-2", "node-1");
+ * console.assert(error.message.startsWith('"data/node-2/raft-state.json" belongs to node "node-2"'));
+ * ```
+ */
+export class ForeignDataError extends Error {
+  /** The hard state file. */
+  readonly path: string;
+  /** The node the files belong to. */
+  readonly owner: string;
+
+  /**
+   * Constructs a new instance.
+   *
+   * @param path The hard state file.
+   * @param owner The node id it records.
+   * @param id The id of the node being started.
+   */
+  constructor(path: string, owner: string, id: string) {
+    super(
+      `"${path}" belongs to node "${owner}", not "${id}": these are another node's files (is ` +
+        `the data directory another node's?). Starting on them could vote twice in a term and ` +
+        `lose acknowledged writes; give this node its own data directory`,
+    );
+    this.name = "ForeignDataError";
+    this.path = path;
+    this.owner = owner;
+  }
+}
+
+/**
  * Tells whether `error` says the file system is out of space (`ENOSPC`) or the user's quota is
  * used up (`EDQUOT`). Deno reports both as a plain `Error` with that `code` and the OS message
  * ("No space left on device (os error 28)", "Disk quota exceeded (os error 122)"). Such a write

@@ -799,7 +799,11 @@ class _Simulation implements SimContext {
     };
     let inner;
     try {
-      inner = await openDiskStorage(paths, { fs: n.fs, segmentSize: this.#segmentSize });
+      inner = await openDiskStorage(paths, {
+        fs: n.fs,
+        nodeId: n.id,
+        segmentSize: this.#segmentSize,
+      });
     } catch (e) {
       if (n.inc !== inc) return; // crashed again while recovering
       // Seen from outside, a node that refuses to start is a node that never comes back (start-up
