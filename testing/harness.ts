@@ -179,10 +179,14 @@ const _DEFAULT_STOP_DEADLINE_MS = 10_000;
 const _DEFAULT_MAIN = new URL("../main.ts", import.meta.url);
 
 /**
- * Picks distinct TCP ports that are free right now, by listening on port 0 and reading the
- * port the system chose. All listeners stay open until every port is picked, so the ports are
- * distinct; they are closed before returning, so another process could in principle take one
- * before the test does.
+ * Picks distinct TCP ports that are free right now. They are drawn at random below the range the
+ * kernel gives outgoing connections their local ports from (Linux's `ip_local_port_range`, from
+ * 32768), from 10000 up: a port the kernel chose (listening on port 0) is one it may hand to the
+ * next outgoing connection of any process, and the tests running in parallel make many, so a
+ * node started a moment later could find it taken. Each port is checked by listening on it; all
+ * listeners stay open until every port is picked, so the ports are distinct; they are closed
+ * before returning, so another process could in principle take one before the test does (only one
+ * that picks ports the same way, at random among some 22,000).
  *
  * @param count How many ports to pick.
  * @param hostname The address to probe. Default `"127.0.0.1"`.
@@ -191,11 +195,39 @@ const _DEFAULT_MAIN = new URL("../main.ts", import.meta.url);
 export function freePorts(count: number, hostname = "127.0.0.1"): number[] {
   const listeners: Deno.TcpListener[] = [];
   try {
-    for (let i = 0; i < count; i++) listeners.push(Deno.listen({ hostname, port: 0 }));
+    while (listeners.length < count) listeners.push(_listenBelowEphemeral(hostname));
     return listeners.map((listener) => listener.addr.port);
   } finally {
     for (const listener of listeners) listener.close();
   }
+}
+
+/** The lowest port of the kernel's range for outgoing connections (Linux), else its default. */
+function _ephemeralLow(): number {
+  try {
+    const text = Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range");
+    const low = Number(text.trim().split(/\s+/)[0]);
+    if (Number.isInteger(low) && low > 0) return low;
+  } catch {
+    // Not Linux: the range Linux starts from by default (others start higher).
+  }
+  return 32768;
+}
+
+const _PICK_FROM = 10_000;
+const _PICK_TO = _ephemeralLow() - 1;
+
+/** Listens on a free port drawn from `_PICK_FROM`..`_PICK_TO` (the kernel's choice if none). */
+function _listenBelowEphemeral(hostname: string): Deno.TcpListener {
+  for (let attempt = 0; attempt < 100 && _PICK_TO - _PICK_FROM >= 1000; attempt++) {
+    const port = _PICK_FROM + Math.floor(Math.random() * (_PICK_TO - _PICK_FROM + 1));
+    try {
+      return Deno.listen({ hostname, port });
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse)) throw error;
+    }
+  }
+  return Deno.listen({ hostname, port: 0 });
 }
 
 /** What a finished child process printed, and its exit code. */

@@ -111,6 +111,19 @@ async function _rejection(promise: Promise<unknown>): Promise<Error> {
   throw new assert.AssertionError({ message: "expected a rejection" });
 }
 
+Deno.test("freePorts() picks ports below the kernel's range for outgoing connections", () => {
+  let low = 32768;
+  try {
+    low = Number(Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").split(/\s+/)[0]);
+  } catch {
+    // Not Linux.
+  }
+  const ports = freePorts(20);
+  for (const port of ports) {
+    assert.ok(port >= 10_000 && port < low, `port ${port} (range from ${low})`);
+  }
+});
+
 Deno.test("freePorts() returns distinct ports that can be listened on", () => {
   const ports = freePorts(6);
   assert.equal(ports.length, 6);
