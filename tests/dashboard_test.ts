@@ -39,6 +39,23 @@ async function roles(cluster: ProcessCluster): Promise<string[][]> {
   }));
 }
 
+/**
+ * Waits until the page's member rows carry the roles the members' own `/v1/status` report, both
+ * read again at each look: on a loaded machine an election may be under way (a candidate), and
+ * the roles change until it ends.
+ */
+async function rowsMatchRoles(cluster: ProcessCluster, page: Page): Promise<void> {
+  let [expected, shown]: string[][][] = [[], []];
+  await waitFor(async () => {
+    [expected, shown] = [await roles(cluster), await rows(page)];
+    return JSON.stringify(shown) === JSON.stringify(expected);
+  }, {
+    deadlineMs: 10_000,
+    message: () =>
+      `the member rows to read ${JSON.stringify(expected)} (they read ${JSON.stringify(shown)})`,
+  });
+}
+
 Deno.test({
   name: "the dashboard in a real Chromium" + (CHROMIUM ? "" : SKIP),
   ignore: CHROMIUM === null,
@@ -82,10 +99,7 @@ async function leaderChange(cluster: ProcessCluster, browser: Browser): Promise<
   await waitForText(page, "#leader", (t) => t === leader, 5000, `the page to show ${leader}`);
   assert.match((await textOf(page, "#source")) ?? "", new RegExp(`served by ${follower}\\b`));
   // Every member's row carries the role its own /v1/status reports.
-  const expected = await roles(cluster);
-  await waitFor(async () => JSON.stringify(await rows(page)) === JSON.stringify(expected), {
-    message: `the member rows to read ${JSON.stringify(expected)}`,
-  });
+  await rowsMatchRoles(cluster, page);
   assert.equal(await textOf(page, "#up"), "3 / 3");
   // Each node's data against the quota (the default, 1 GiB): 4 + 1020 bytes after this write.
   // A 503 (an election under way on a loaded machine) was not applied: send it again.
@@ -123,10 +137,7 @@ async function leaderChange(cluster: ProcessCluster, browser: Browser): Promise<
   });
   console.log(`the page showed ${next} ${seconds.toFixed(1)} s after ${leader} was killed`);
 
-  const after = await roles(cluster);
-  await waitFor(async () => JSON.stringify(await rows(page)) === JSON.stringify(after), {
-    message: `the member rows to read ${JSON.stringify(after)}`,
-  });
+  await rowsMatchRoles(cluster, page);
   assert.equal(await textOf(page, "#up"), "2 / 3");
   assert.match((await textOf(page, `#members tr[data-id="${leader}"]`)) ?? "", /unreachable/);
   // The page noted both leaderships.
