@@ -300,10 +300,7 @@ export class DiskStorage implements NodeStorage {
   }
 
   saveHardState(hardState: HardState): Promise<void> {
-    const { term, vote, commit } = hardState;
-    const stored = this.#nodeId === undefined
-      ? { term, vote, commit }
-      : { nodeId: this.#nodeId, term, vote, commit };
+    const stored = { ...hardState, nodeId: this.#nodeId };
     return saveHardState(this.#paths.raftStatePath, stored, this.#fs);
   }
 

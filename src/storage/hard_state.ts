@@ -26,8 +26,8 @@ const _SCHEMA = {
  * before the id was recorded (and by callers that give none) have no `nodeId`.
  */
 export interface StoredHardState extends HardState {
-  /** The node the state belongs to, when recorded. */
-  nodeId?: string;
+  /** The node the state belongs to, when recorded (undefined: none). */
+  nodeId?: string | undefined;
 }
 
 /**
