@@ -17,7 +17,12 @@
 import { dirname, join } from "node:path";
 import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
 import { createDirectory } from "../storage/durable_file.ts";
-import { CorruptFileError, DataLockedError, ForeignDataError } from "../storage/errors.ts";
+import {
+  CorruptFileError,
+  DataLockedError,
+  ForeignDataError,
+  isNoSpace,
+} from "../storage/errors.ts";
 import type { FileLock, FileSystem } from "../storage/fs.ts";
 import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { loadLogMetadata, type LogMetadata, saveLogMetadata } from "../storage/log_metadata.ts";
@@ -67,6 +72,15 @@ export interface DiskStorageOptions {
    * none recorded or checked.
    */
   nodeId?: string;
+  /**
+   * The id of the cluster this node bootstraps (`bootstrapClusterId`, from the cluster file's
+   * members and the cluster token): recorded with the hard state when the files record none and
+   * hold no data yet (a new node, or one about to be restored from a backup), and from then on
+   * the cluster this node belongs to. Files that record one keep theirs. Default: none (a node
+   * that joins a running cluster learns its cluster's id from the first peer that writes to it,
+   * {@linkcode DiskStorage.adoptClusterId}).
+   */
+  clusterId?: string;
   /** The file system holding the files. Default: the real disk ({@linkcode realFs}). */
   fs?: FileSystem;
   /** WAL segment size in bytes. Default: the WAL's default (64 MiB). */
@@ -102,7 +116,8 @@ export interface DiskStorageOptions {
  *    {@linkcode DataLockedError}, and no file is read or written;
  * 1. the hard state (term, vote, commit; the commit index raised to the WAL's newest commit record
  *    in step 3): recorded for another node than `nodeId`, it is a {@linkcode ForeignDataError},
- *    and nothing more is read or written;
+ *    and nothing more is read or written; with `clusterId` given, a node with no data and no
+ *    cluster recorded records it after step 3 (a full disk leaves that to its first write);
  * 2. the log metadata (which snapshot the log was compacted to);
  * 3. the WAL, replayed (a torn final record is cut off);
  * 4. a backup to start from, if `restoreFrom` names one and the node has no data;
@@ -169,7 +184,10 @@ async function _recover(
     "Size of this node's newest snapshot file (saved, installed or loaded at start-up).",
   );
 
-  const { nodeId: owner, ...storedHardState } = await loadHardState(paths.raftStatePath, fs);
+  const { nodeId: owner, clusterId: recordedCluster, ...storedHardState } = await loadHardState(
+    paths.raftStatePath,
+    fs,
+  );
   if (owner !== undefined && options.nodeId !== undefined && owner !== options.nodeId) {
     throw new ForeignDataError(paths.raftStatePath, owner, options.nodeId);
   }
@@ -193,6 +211,25 @@ async function _recover(
     ...storedHardState,
     commit: Math.max(storedHardState.commit, wal.committed),
   };
+  const nodeId = options.nodeId ?? owner;
+  // A new node of a new cluster (or one restored from a backup, which starts a new cluster)
+  // records the id of its cluster before anything else is written.
+  let clusterId = recordedCluster;
+  let clusterIdSaved = true;
+  if (clusterId === undefined && options.clusterId !== undefined) {
+    const empty = wal.lastIndex === 0 && hardState.term === 0 &&
+      (await listSnapshots(paths.snapshotDir, fs)).length === 0;
+    if (empty) {
+      clusterId = options.clusterId;
+      try {
+        await saveHardState(paths.raftStatePath, { ...hardState, nodeId, clusterId }, fs);
+      } catch (e) {
+        // Recorded with the node's first write instead (see DiskStorage.adoptClusterId).
+        if (!isNoSpace(e)) throw e;
+        clusterIdSaved = false;
+      }
+    }
+  }
   if (options.restoreFrom) {
     await _restoreIfEmpty(fs, paths, options.restoreFrom, hardState, wal, options);
   }
@@ -214,7 +251,9 @@ async function _recover(
     await wal.reset(snapshot.index, snapshot.term);
   }
   const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, lock, {
-    nodeId: options.nodeId,
+    nodeId,
+    clusterId,
+    clusterIdSaved,
     hardState,
     removedAt,
     snapshot,
@@ -233,6 +272,10 @@ async function _recover(
 interface _Recovered {
   /** The node the files are for (`DiskStorageOptions.nodeId`), recorded with the hard state. */
   nodeId: string | undefined;
+  /** The cluster that node belongs to, if known. */
+  clusterId: string | undefined;
+  /** Whether the hard state file records `clusterId` already. */
+  clusterIdSaved: boolean;
   hardState: HardState;
   removedAt: number;
   snapshot: SnapshotMeta | null;
@@ -260,6 +303,11 @@ export class DiskStorage implements NodeStorage {
   readonly #snapshotSize: Gauge | undefined;
   readonly #lock: FileLock;
   readonly #nodeId: string | undefined;
+  #clusterId: string | undefined;
+  /** Whether the hard state file records `#clusterId` (false: write it before anything else). */
+  #clusterIdSaved: boolean;
+  /** The hard state as last saved (or recovered). */
+  #savedHardState: HardState;
 
   /** Use {@linkcode openDiskStorage}. */
   constructor(
@@ -274,6 +322,9 @@ export class DiskStorage implements NodeStorage {
     this.#fs = fs;
     this.#lock = lock;
     this.#nodeId = recovered.nodeId;
+    this.#clusterId = recovered.clusterId;
+    this.#clusterIdSaved = recovered.clusterIdSaved;
+    this.#savedHardState = recovered.hardState;
     this.#snapshotSize = snapshotSize;
     this.#paths = paths;
     this.#keep = keep;
@@ -285,8 +336,36 @@ export class DiskStorage implements NodeStorage {
     this.entries = recovered.entries;
   }
 
-  append(entries: Entry[], commit = 0): Promise<void> {
-    return this.wal.append(entries, commit);
+  /**
+   * The id of the cluster this node belongs to: recorded in its files, given at a bootstrap
+   * (`DiskStorageOptions.clusterId`) or adopted; undefined while it knows none (a node that
+   * joins, before a peer wrote to it, or files from a version that recorded none).
+   */
+  get clusterId(): string | undefined {
+    return this.#clusterId;
+  }
+
+  /**
+   * Takes `id` as this node's cluster, if it has none: recorded with the next write, before
+   * anything that write stores (a node that joins takes its cluster's id from the first peer
+   * that writes to it, before it stores what that peer sent). An id already known is kept.
+   *
+   * @param id The cluster's id.
+   */
+  adoptClusterId(id: string): void {
+    if (this.#clusterId !== undefined) return;
+    this.#clusterId = id;
+    this.#clusterIdSaved = false;
+  }
+
+  /** Records an adopted cluster id not yet written, with the hard state as last saved. */
+  async #recordClusterId(): Promise<void> {
+    if (!this.#clusterIdSaved) await this.saveHardState(this.#savedHardState);
+  }
+
+  async append(entries: Entry[], commit = 0): Promise<void> {
+    await this.#recordClusterId();
+    return await this.wal.append(entries, commit);
   }
 
   recordCommit(commit: number): Promise<void> {
@@ -299,9 +378,12 @@ export class DiskStorage implements NodeStorage {
     this.wal.releaseRecovered();
   }
 
-  saveHardState(hardState: HardState): Promise<void> {
-    const stored = { ...hardState, nodeId: this.#nodeId };
-    return saveHardState(this.#paths.raftStatePath, stored, this.#fs);
+  async saveHardState(hardState: HardState): Promise<void> {
+    const clusterId = this.#clusterId;
+    const stored = { ...hardState, nodeId: this.#nodeId, clusterId };
+    await saveHardState(this.#paths.raftStatePath, stored, this.#fs);
+    this.#savedHardState = { term: hardState.term, vote: hardState.vote, commit: hardState.commit };
+    if (clusterId !== undefined) this.#clusterIdSaved = true;
   }
 
   saveRemovedAt(index: number): Promise<void> {
@@ -387,6 +469,7 @@ export class DiskStorage implements NodeStorage {
   }
 
   async installReceived(meta: SnapshotMeta): Promise<void> {
+    await this.#recordClusterId();
     const fs = this.#fs;
     const dir = this.#paths.snapshotDir;
     const received = join(dir, _receivedName(meta));

@@ -406,3 +406,78 @@ Deno.test("a hard state saved before node ids were recorded is taken by any node
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a new node records its cluster's id before anything else; files with data or an id keep theirs", async () => {
+  const fs = new SimFileSystem();
+  const storage = await openDiskStorage(paths("/a"), { fs, nodeId: "n1", clusterId: "c1" });
+  assert.equal(storage.clusterId, "c1");
+  await storage.close();
+  // Recorded and synced at start-up, before the node wrote anything.
+  const image = fs.crash();
+  assert.deepEqual(await loadHardState(paths("/a").raftStatePath, image), {
+    nodeId: "n1",
+    clusterId: "c1",
+    term: 0,
+    vote: "",
+    commit: 0,
+  });
+  // Once recorded, the id is the files' own: a start with another one (a changed cluster file)
+  // keeps it, and every save writes it.
+  const again = await openDiskStorage(paths("/a"), { fs: image, nodeId: "n1", clusterId: "c2" });
+  assert.equal(again.clusterId, "c1");
+  again.adoptClusterId("c3");
+  assert.equal(again.clusterId, "c1", "an id known is kept");
+  await again.saveHardState({ term: 4, vote: "n2", commit: 0 });
+  await again.close();
+  assert.equal((await loadHardState(paths("/a").raftStatePath, image)).clusterId, "c1");
+
+  // Files with data but no id (written before ids were recorded) stay without one.
+  const old = new SimFileSystem();
+  const first = await openDiskStorage(paths("/b"), { fs: old });
+  await first.append(_entries(1, 2));
+  await first.close();
+  const upgraded = await openDiskStorage(paths("/b"), { fs: old, clusterId: "c1" });
+  assert.equal(upgraded.clusterId, undefined);
+  await upgraded.saveHardState({ term: 1, vote: "", commit: 0 });
+  await upgraded.close();
+  assert.equal((await loadHardState(paths("/b").raftStatePath, old)).clusterId, undefined);
+});
+
+Deno.test("an adopted cluster id is durable before the first entry or snapshot it stores", async () => {
+  for (const first of ["append", "install"] as const) {
+    const fs = new SimFileSystem();
+    const storage = await openDiskStorage(paths("/j"), { fs, nodeId: "n4" });
+    assert.equal(storage.clusterId, undefined, "a node that joins knows no cluster");
+    storage.adoptClusterId("c1");
+    assert.equal(storage.clusterId, "c1");
+    if (first === "append") {
+      await storage.append(_entries(1, 2));
+    } else {
+      const meta = { index: 10, term: 2, voters: ["n1"] };
+      const body = ReadableStream.from(
+        encodeSnapshot({ ...meta, count: 1 }, contentOf([["k", "v"]])),
+      );
+      await storage.receiveSnapshot(meta, body);
+      await storage.installReceived(meta);
+    }
+    // A crash before the node saved a hard state of its own: the id is on disk all the same.
+    const image = fs.crash();
+    const again = await openDiskStorage(paths("/j"), { fs: image, nodeId: "n4" });
+    assert.equal(again.clusterId, "c1", first);
+    assert.deepEqual(again.hardState, { term: 0, vote: "", commit: 0 }, first);
+    await again.close();
+  }
+});
+
+Deno.test("a new node whose disk is full at its first start records its cluster's id with its first write", async () => {
+  const fs = new SimFileSystem();
+  fs.setCapacity(0);
+  const storage = await openDiskStorage(paths("/f"), { fs, nodeId: "n1", clusterId: "c1" });
+  assert.equal(storage.clusterId, "c1");
+  await assert.rejects(storage.append(_entries(1, 1)), (e: Error) => /space/i.test(e.message));
+  fs.setCapacity(Infinity);
+  await storage.append(_entries(1, 1));
+  await storage.close();
+  const image = fs.crash();
+  assert.equal((await loadHardState(paths("/f").raftStatePath, image)).clusterId, "c1");
+});

@@ -112,9 +112,19 @@ Deno.test("the WAL writer produces the committed segment byte for byte", async (
   }
 });
 
-/** The hard state as this version writes it: with the id of its node. */
-const HARD_STATE = { nodeId: "node-1", term: 7, vote: "node-2", commit: 42 };
+/** The hard state as this version writes it: with the id of its node and of its cluster. */
+const HARD_STATE = {
+  nodeId: "node-1",
+  clusterId: "3f5d0c2a9b71e864",
+  term: 7,
+  vote: "node-2",
+  commit: 42,
+};
 const HARD_STATE_TEXT =
+  '{"node_id":"node-1","cluster_id":"3f5d0c2a9b71e864","term":7,"vote":"node-2","commit":42,"crc32c":"2d41c945"}\n';
+/** As written before the cluster's id was recorded (and still without one): it still loads. */
+const HARD_STATE_NODE = { nodeId: "node-1", term: 7, vote: "node-2", commit: 42 };
+const HARD_STATE_NODE_TEXT =
   '{"node_id":"node-1","term":7,"vote":"node-2","commit":42,"crc32c":"8f908e0a"}\n';
 /** As written before the node's id was recorded, and still written without one: it still loads. */
 const HARD_STATE_V1 = { term: 7, vote: "node-2", commit: 42 };
@@ -122,7 +132,8 @@ const HARD_STATE_V1_TEXT = '{"term":7,"vote":"node-2","commit":42,"crc32c":"f98f
 
 for (
   const [name, values, text] of [
-    ["raft-state-node.json", HARD_STATE, HARD_STATE_TEXT],
+    ["raft-state-cluster.json", HARD_STATE, HARD_STATE_TEXT],
+    ["raft-state-node.json", HARD_STATE_NODE, HARD_STATE_NODE_TEXT],
     ["raft-state.json", HARD_STATE_V1, HARD_STATE_V1_TEXT],
   ] as const
 ) {

@@ -1,6 +1,6 @@
 /**
  * Saving and loading a node's hard state (term, vote, commit index), with the id of the node it
- * belongs to.
+ * belongs to and of the cluster that node belongs to.
  *
  * The file is one line of JSON with a checksum, replaced whole with
  * {@linkcode writeFileDurably}; see the README for the format.
@@ -16,18 +16,21 @@ import { realFs } from "./real_fs.ts";
 
 const _SCHEMA = {
   node_id: "string?",
+  cluster_id: "string?",
   term: "integer",
   vote: "string",
   commit: "integer",
 } as const;
 
 /**
- * The hard state as stored: with the id of the node whose term and vote these are. Files written
- * before the id was recorded (and by callers that give none) have no `nodeId`.
+ * The hard state as stored: with the id of the node whose term and vote these are, and of its
+ * cluster. Files written before an id was recorded (and by callers that give none) lack it.
  */
 export interface StoredHardState extends HardState {
   /** The node the state belongs to, when recorded (undefined: none). */
   nodeId?: string | undefined;
+  /** The cluster that node belongs to, when recorded (undefined: none). */
+  clusterId?: string | undefined;
 }
 
 /**
@@ -35,8 +38,8 @@ export interface StoredHardState extends HardState {
  * survives a crash; if it throws, the file still holds the previous state.
  *
  * @param path The hard state file (`--raft-state-path`). Its directory must exist.
- * @param hardState The state to save, with the id of the node it belongs to when known (then
- * written as `node_id`, first).
+ * @param hardState The state to save, with the id of the node it belongs to and of its cluster
+ * when known (then written as `node_id` and `cluster_id`, first).
  * @param fs The file system. Default {@linkcode realFs}.
  * @throws {RangeError} If `term` or `commit` is not a non-negative safe integer.
  *
@@ -46,6 +49,7 @@ export interface StoredHardState extends HardState {
  *
  * await saveHardState("data/raft-state.json", {
  *   nodeId: "node-1",
+ *   clusterId: "6a09e667f3bcc908",
  *   term: 3,
  *   vote: "node-2",
  *   commit: 17,
@@ -58,10 +62,14 @@ export async function saveHardState(
   hardState: StoredHardState,
   fs: FileSystem = realFs,
 ): Promise<void> {
-  const { nodeId, term, vote, commit } = hardState;
-  const fields = nodeId === undefined
-    ? { term, vote, commit }
-    : { node_id: nodeId, term, vote, commit };
+  const { nodeId, clusterId, term, vote, commit } = hardState;
+  const fields = {
+    ...(nodeId === undefined ? {} : { node_id: nodeId }),
+    ...(clusterId === undefined ? {} : { cluster_id: clusterId }),
+    term,
+    vote,
+    commit,
+  };
   await writeFileDurably(path, encodeCheckedJson(_SCHEMA, fields), fs);
 }
 
@@ -70,7 +78,7 @@ export async function saveHardState(
  *
  * @param path The hard state file.
  * @param fs The file system. Default {@linkcode realFs}.
- * @returns The saved state (`nodeId` only if the file records it), or
+ * @returns The saved state (`nodeId` and `clusterId` only if the file records them), or
  * `{ term: 0, vote: "", commit: 0 }` if the file does not exist.
  * @throws {CorruptFileError} If the file is not a valid hard state file (the message names it).
  */
@@ -85,6 +93,16 @@ export async function loadHardState(
     if (error instanceof Deno.errors.NotFound) return { term: 0, vote: "", commit: 0 };
     throw error;
   }
-  const { node_id: nodeId, term, vote, commit } = decodeCheckedJson(path, bytes, _SCHEMA);
-  return nodeId === undefined ? { term, vote, commit } : { nodeId, term, vote, commit };
+  const { node_id: nodeId, cluster_id: clusterId, term, vote, commit } = decodeCheckedJson(
+    path,
+    bytes,
+    _SCHEMA,
+  );
+  return {
+    ...(nodeId === undefined ? {} : { nodeId }),
+    ...(clusterId === undefined ? {} : { clusterId }),
+    term,
+    vote,
+    commit,
+  };
 }
