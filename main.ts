@@ -33,6 +33,7 @@ import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
 import { createApiHandler, createForwarder } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
 import { applyDebugFaults } from "./src/node/debug_faults.ts";
+import { bootstrapClusterId } from "./src/node/cluster_id.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
@@ -65,6 +66,9 @@ export async function main(args: string[]): Promise<number> {
   using hangups = _heldSignal("SIGHUP");
   let config: NodeConfig;
   let log: Logger;
+  // The id a new cluster gets, from the ids of the cluster file's members and the token; a
+  // joining node learns its cluster's instead.
+  let clusterId: string | undefined;
   // Every file start-up read, as it read it: the contents in force that later looks compare with.
   const loaded = new Map<string, string>();
   try {
@@ -83,6 +87,9 @@ export async function main(args: string[]): Promise<number> {
     }
     const hosts = parseHostsOverride(Deno.env.get(HOSTS_OVERRIDE_ENV) ?? "");
     config = { ...parsed.config, peers: applyHostsOverride(parsed.config.peers, hosts) };
+    clusterId = config.join === null
+      ? bootstrapClusterId(config.peers.map((p) => p.id), config.clusterToken)
+      : undefined;
     log = createLogger(config.id, config.logLevel, console, config.logFormat);
     for (const w of parsed.warnings) log.warn(w);
     for (const [name, address] of hosts) log.info(`${HOSTS_OVERRIDE_ENV}: ${name} -> ${address}`);
@@ -101,6 +108,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     storage = await openDiskStorage(config, {
       nodeId: config.id,
+      ...(clusterId === undefined ? {} : { clusterId }),
       restoreFrom: config.restoreFrom,
       restoreVoters: config.peers.map((p) => p.id),
       onNotice: (m) => log.info(m),
@@ -269,7 +277,11 @@ export async function main(args: string[]): Promise<number> {
   if (config.peerTls !== null) setExpiry("peer", config.peerTls.cert);
   if (config.apiTls !== null) setExpiry("api", config.apiTls.cert);
   node.start();
-  log.info(`started ${config.id} with ${node.status().members.length} members`);
+  const cluster = node.status().cluster_id;
+  log.info(
+    `started ${config.id} with ${node.status().members.length} members` +
+      (cluster === undefined ? "" : ` (cluster ${cluster})`),
+  );
   const joining = new AbortController();
   if (joinNow) {
     const self = config.peers.find((p) => p.id === config.id)!;
@@ -283,6 +295,7 @@ export async function main(args: string[]): Promise<number> {
         node.learnAddresses(
           rows.map((m) => ({ id: m.node_id, rpcUrl: m.rpc_url, apiUrl: m.api_url })),
         ),
+      onClusterId: (id) => node.confirmCluster(id, config.join!),
     }).catch((e) => log.error(`joining failed: ${_message(e)}`));
   }
 

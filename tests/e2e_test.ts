@@ -658,6 +658,7 @@ Deno.test("health, readiness and status agree on a live cluster, and readiness d
       [
         "alarms",
         "applied_index",
+        "cluster_id",
         "commit_index",
         "data_bytes",
         "id",

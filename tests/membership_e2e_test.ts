@@ -172,6 +172,10 @@ async function joinAsVoter(cluster: ProcessCluster, id: string, via: () => strin
     (rows) => rows.some((m) => m.node_id === id && m.role === "voter"),
     `${id} to be a voter`,
   );
+  // It took its cluster's id (from the leader's first write, or the answer to its join).
+  const [own, theirs] = await Promise.all([cluster.status(id), cluster.status(via())]);
+  assert.match(theirs?.cluster_id ?? "", /^[0-9a-f]{16}$/);
+  assert.equal(own?.cluster_id, theirs?.cluster_id);
 }
 
 Deno.test("members are added, removed (the leader too) and replaced under load; no acknowledged write is lost", async () => {

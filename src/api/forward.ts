@@ -31,7 +31,7 @@ import {
   type Operation,
   quote,
 } from "./errors.ts";
-import { ForwardConnectError, type Forwarder } from "./forwarder.ts";
+import { CLUSTER_HEADER, ForwardConnectError, type Forwarder } from "./forwarder.ts";
 import type { ApiLimits } from "./limits.ts";
 import { IDEMPOTENCY_HEADER, INDEX_HEADER, REPLAYED_HEADER } from "./outcome.ts";
 
@@ -109,8 +109,9 @@ export async function forwardToLeader(
     );
   }
   let leader: NodeStatus["leader"];
+  let cluster: string | undefined;
   try {
-    leader = ctx.backend.status().leader;
+    ({ leader, cluster_id: cluster } = ctx.backend.status());
   } catch {
     leader = null;
   }
@@ -150,7 +151,7 @@ export async function forwardToLeader(
     );
   }
   try {
-    return await _relay(ctx, req, body, { id: leader.id, url: rpcUrl }, target, op);
+    return await _relay(ctx, req, body, { id: leader.id, url: rpcUrl, cluster }, target, op);
   } finally {
     ctx.limits.releaseForward();
   }
@@ -164,12 +165,13 @@ async function _relay(
   ctx: ForwardContext,
   req: Request,
   body: Uint8Array<ArrayBuffer> | null,
-  leader: { id: string; url: string },
+  leader: { id: string; url: string; cluster: string | undefined },
   target: string,
   op: Operation,
 ): Promise<Response> {
   const k = op.key;
   const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: ctx.selfId };
+  if (leader.cluster !== undefined) headers[CLUSTER_HEADER] = leader.cluster;
   if (op.caller) headers[CALLER_HEADER] = formatCaller(op.caller);
   for (const name of ["content-type", IDEMPOTENCY_HEADER]) {
     const value = req.headers.get(name);

@@ -28,6 +28,13 @@ import {
 } from "./forward_batch.ts";
 
 /**
+ * The header naming the sender's cluster on the peer port (the peer transport's header of the
+ * same name): a forward, and a batch of them, carries it, so that the leader of another cluster
+ * refuses it.
+ */
+export const CLUSTER_HEADER = "x-raftkv-cluster";
+
+/**
  * Sends one request to the leader and resolves with its response.
  *
  * The contract the API relies on:
@@ -204,13 +211,17 @@ export function createForwarder(options: ForwarderOptions = {}): ForwarderClient
     try {
       const entry = open(origin);
       await entry.greeted;
-      const body = encodeBatch(items.filter((p) => !p.done).map((p) => p.item));
+      const live = items.filter((p) => !p.done).map((p) => p.item);
+      const body = encodeBatch(live);
       if (body.byteLength === 0) return;
+      // The batch goes as the node its writes come from: they all name the same cluster.
+      const cluster = live[0]?.headers[CLUSTER_HEADER];
       stream = entry.session.request({
         ":method": "POST",
         ":path": FORWARD_BATCH_PATH,
         "content-type": FORWARD_BATCH_TYPE,
         "content-length": String(body.byteLength),
+        ...(cluster === undefined ? {} : { [CLUSTER_HEADER]: cluster }),
       });
       stream.end(body);
     } catch (e) {

@@ -40,18 +40,28 @@ function _membership(ctx: MembersContext) {
   return m;
 }
 
+/** `{"cluster_id"}` when this node knows its cluster's id (a node that joins is told it so). */
+function _clusterId(ctx: MembersContext): { cluster_id?: string } {
+  const id = ctx.backend.status().cluster_id;
+  return id === undefined ? {} : { cluster_id: id };
+}
+
 /**
- * `GET /v1/members`: `{"members":[{"node_id","rpc_url","api_url","role"}]}` from the newest
- * configuration this node holds (the leader's is the newest).
+ * `GET /v1/members`: `{"members":[{"node_id","rpc_url","api_url","role"}],"cluster_id"}` from the
+ * newest configuration this node holds (the leader's is the newest), and the cluster's id when
+ * this node knows it.
  */
 export function listMembersRoute(ctx: MembersContext): Response {
-  return jsonResponse(200, { members: _membership(ctx).list() }, { "cache-control": "no-store" });
+  return jsonResponse(200, { members: _membership(ctx).list(), ..._clusterId(ctx) }, {
+    "cache-control": "no-store",
+  });
 }
 
 /**
  * `POST /v1/members` with `{"node_id","rpc_url","api_url"}`: adds the node as a learner (the
  * leader promotes it to voter once it is caught up). 201 `{"added": id, "index": n,
- * "members": [...]}` once the change is applied on the leader. Errors: 400 for a bad body; 409
+ * "members": [...], "cluster_id"}` once the change is applied on the leader (the id of the
+ * cluster the node joins, which it checks against the one its first peer named). Errors: 400 for a bad body; 409
  * for an id or address already in use, or while another change is in progress; 503 when no
  * leader is known; 504 when the change was not applied within the deadline.
  */
@@ -68,7 +78,12 @@ export async function addMemberRoute(
   const member = _memberBody(bytes);
   try {
     const { index } = await membership.add(member, deadline.signal);
-    return jsonResponse(201, { added: member.id, index, members: membership.list() });
+    return jsonResponse(201, {
+      added: member.id,
+      index,
+      members: membership.list(),
+      ..._clusterId(ctx),
+    });
   } catch (err) {
     if (err instanceof NotLeaderError) {
       return await forwardToLeader(ctx, req, url, bytes, err, { write: true, caller });

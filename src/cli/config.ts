@@ -111,6 +111,11 @@ export interface NodeConfig {
   join: string | null;
   /** A backup to start from when the node has no data yet (`--restore-from`), or null. */
   restoreFrom: string | null;
+  /**
+   * With the bootstrap members (`peers` when not joining), what a new cluster's id is made from
+   * (`--cluster-token`). Default `"raftkv"`.
+   */
+  clusterToken: string;
   /** Largest key accepted, in bytes. Default 1024. */
   maxKeyBytes: number;
   /** Largest value accepted, in bytes. Default 1048576. */
@@ -464,6 +469,7 @@ export function parseArgs(
     snapshotThresholdBytes: settings.positiveInt("--snapshot-threshold-bytes") ??
       DEFAULTS.snapshotThresholdBytes,
     restoreFrom: settings.string("--restore-from") ?? null,
+    clusterToken: settings.string("--cluster-token") ?? DEFAULTS.clusterToken,
     join,
     maxKeyBytes: settings.positiveInt("--max-key-bytes") ?? DEFAULTS.maxKeyBytes,
     maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,

@@ -25,6 +25,8 @@ export const DEFAULTS = {
   joinMode: "static",
   /** Default of `--cluster-config-path`, relative to the working directory. */
   clusterConfigPath: "cluster.config.json",
+  /** Default of `--cluster-token`. */
+  clusterToken: "raftkv",
   /** Default of `--data-dir`, before `<id>` is appended. */
   dataDirParent: "data",
   /** Default of `--election-timeout`, in milliseconds. */
@@ -147,6 +149,13 @@ export const FLAGS: readonly FlagInfo[] = [
     "<file>",
     _D.clusterConfigPath,
     "Cluster file (static mode): a JSON array of {node_id, rpc_url, api_url}",
+  ),
+  _flag(
+    "Node",
+    "--cluster-token",
+    "<token>",
+    _D.clusterToken,
+    "Makes a new cluster's id, with the cluster file's members: give every node of one cluster the same token, and each cluster its own (peers of another cluster are refused). Used only when a node starts with no data; not a secret",
   ),
   _flag(
     "Node",

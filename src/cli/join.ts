@@ -21,6 +21,8 @@ export interface JoinRequest {
   signal: AbortSignal;
   /** Called with the members the cluster answered with (their addresses), once added. */
   onMembers?: (members: { node_id: string; rpc_url: string; api_url: string }[]) => void;
+  /** Called with the id of the cluster joined, when its answer names it (once added). */
+  onClusterId?: (id: string) => void;
   /** Pause between attempts, in ms. Default 1000. */
   retryMs?: number;
 }
@@ -51,6 +53,7 @@ export async function requestJoin(r: JoinRequest): Promise<boolean> {
       const answer = await res.json().catch(() => ({})) as Record<string, unknown>;
       if (res.status === 201) {
         if (Array.isArray(answer.members)) r.onMembers?.(answer.members);
+        if (typeof answer.cluster_id === "string") r.onClusterId?.(answer.cluster_id);
         r.log.info(
           `joined the cluster through ${r.joinUrl}: added as a learner (entry ${answer.index})`,
         );
@@ -105,13 +108,15 @@ async function _alreadyMember(r: JoinRequest, headers: Record<string, string>): 
       await res.body?.cancel();
       return false;
     }
-    const { members } = await res.json() as {
+    const { members, cluster_id: clusterId } = await res.json() as {
       members: { node_id: string; rpc_url: string; api_url: string }[];
+      cluster_id?: unknown;
     };
     const found = members.some((m) =>
       m.node_id === r.self.id && m.rpc_url === r.self.rpcUrl && m.api_url === r.self.apiUrl
     );
     if (found) r.onMembers?.(members);
+    if (found && typeof clusterId === "string") r.onClusterId?.(clusterId);
     return found;
   } catch {
     return false;

@@ -112,6 +112,11 @@ export interface NodeStatus {
   data_bytes?: number;
   /** Its quota of those bytes (`--quota-bytes`), 0 for none. Absent as `data_bytes` is. */
   quota_bytes?: number;
+  /**
+   * The id of the cluster it belongs to (peers of another cluster are refused), absent while it
+   * knows none (a node that joins, before the leader wrote to it; a cluster made before ids).
+   */
+  cluster_id?: string;
 }
 
 /**

@@ -88,6 +88,8 @@ export class NodeMetrics {
   readonly removedPeerAnswers: Counter;
   /** `raftkv_members_queries_total`. */
   readonly membersQueries: Counter;
+  /** `raftkv_other_cluster_refusals_total`. */
+  readonly otherClusterRefusals: Counter;
   /** `raftkv_apply_duration_seconds`. */
   readonly applyDuration: Histogram;
   /** `raftkv_snapshot_save_duration_seconds`. */
@@ -134,6 +136,10 @@ export class NodeMetrics {
     this.membersQueries = registry.counter(
       "raftkv_members_queries_total",
       "Rounds in which this node asked its peers for their committed configuration (it heard from no leader for an election timeout, or refused a sender that claims a newer configuration than its own).",
+    );
+    this.otherClusterRefusals = registry.counter(
+      "raftkv_other_cluster_refusals_total",
+      "Peer requests this node refused because they came from another cluster (their cluster id differs from this node's): a cluster file or address that points at another cluster's node.",
     );
     this.applyDuration = registry.histogram(
       "raftkv_apply_duration_seconds",

@@ -83,6 +83,7 @@ import {
 import { CorruptFileError, isNoSpace } from "../storage/errors.ts";
 import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 import { type Cancel, type Clock, realClock } from "./clock.ts";
+import { CLUSTER_ID_PATTERN } from "./cluster_id.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { type NodeGauges, NodeMetrics } from "./node_metrics.ts";
 import { grantedTtlMs, LeaseTracker, minLeaseTtlMs } from "./lease_tracker.ts";
@@ -134,6 +135,16 @@ export interface NodeStorage {
   recordCommit?(commit: number): Promise<void>;
   /** Durably replaces the hard state. */
   saveHardState(hs: HardState): Promise<void>;
+  /**
+   * The id of the cluster this node belongs to, undefined while it knows none (optional: a
+   * storage without it takes part in no cluster check). Peers of another cluster are refused.
+   */
+  readonly clusterId?: string | undefined;
+  /**
+   * Takes `id` as this node's cluster if it knows none, recorded before anything its next write
+   * stores (optional, see `clusterId`).
+   */
+  adoptClusterId?(id: string): void;
   /**
    * The "removed while away" mark recovered at start-up: the index of a peer's committed
    * configuration that left this node out ({@linkcode RaftCore.learnRemoved}), 0 for none
@@ -642,6 +653,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       },
       onRemoved: (peer, index) => this.#guard(() => this.#learnRemoved(peer, index)),
       memberSince: () => this.#failed ? 0 : this.#core.memberSince,
+      clusterId: () => this.#storage.clusterId,
+      checkCluster: (claimed) => this.#checkCluster(claimed),
       committedMembers: () => this.#failed ? null : this.#committedMembers(),
       onUnknownSender: (_from, since) => {
         // Only a sender that claims a configuration newer than this node's may be a member
@@ -1381,7 +1394,62 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         : "voter",
       data_bytes: this.#kv.dataBytes,
       quota_bytes: this.#quotaBytes,
+      ...(this.#storage.clusterId === undefined ? {} : { cluster_id: this.#storage.clusterId }),
     };
+  }
+
+  /**
+   * Takes `id` as this node's cluster: the id the member it joined through (`source`, its
+   * `--join`) answered with. A node that knows none takes it. One that took another from the
+   * first peer that wrote to it was reached first by another cluster's node (which lists this
+   * node): it stops with a fatal error, as its data is that cluster's.
+   *
+   * @param id The cluster id the join's answer named.
+   * @param source Where the answer came from, for the error.
+   */
+  confirmCluster(id: string, source: string): void {
+    const own = this.#storage.clusterId;
+    if (own === id || this.#failed || !CLUSTER_ID_PATTERN.test(id)) return;
+    if (own === undefined) {
+      this.#storage.adoptClusterId?.(id);
+      this.#log.info(`this node belongs to cluster ${id} (the one it joined through ${source})`);
+      return;
+    }
+    this.#fail(
+      new Error(
+        `this node joined cluster ${JSON.stringify(id)} through ${source}, but took cluster ` +
+          `${JSON.stringify(own)} from the first peer that wrote to it: another cluster's node ` +
+          `(whose cluster file lists this node) reached it first. Stop it, empty its data ` +
+          `directory and start it again with --join`,
+      ),
+    );
+  }
+
+  /**
+   * Why a peer request that says it comes from cluster `claimed` is refused, or null: only when
+   * both sides know their cluster and the two differ (a request that names none, from a node that
+   * joins and has not learned it yet or from a cluster made before ids, is taken, as before). A
+   * node that knows none and holds nothing yet (it joins) takes the first well-formed one it is
+   * written to from: its cluster's, since only the members of a cluster write to a node they
+   * added.
+   */
+  #checkCluster(claimed: string | undefined): string | null {
+    if (claimed === undefined) return null;
+    const own = this.#storage.clusterId;
+    if (own === undefined) {
+      const core = this.#core;
+      const empty = core.term === 0 && core.log.lastIndex() === 0 && !this.#failed;
+      if (empty && CLUSTER_ID_PATTERN.test(claimed) && this.#storage.adoptClusterId) {
+        this.#storage.adoptClusterId(claimed);
+        this.#log.info(`this node belongs to cluster ${claimed} (learned from its first peer)`);
+      }
+      return null;
+    }
+    if (claimed === own) return null;
+    this.#metrics.otherClusterRefusals.inc();
+    return `the sender is a member of cluster ${JSON.stringify(claimed)}, this node of cluster ` +
+      `${JSON.stringify(own)}: two clusters' peers reach each other (check the cluster files' ` +
+      `rpc_urls and each cluster's --cluster-token)`;
   }
 
   /** The error a write would get now for overload, if this leader is full; see KvBackend. */

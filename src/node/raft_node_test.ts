@@ -1440,3 +1440,116 @@ Deno.test("stop() after a fatal error answers the writes still waiting and lets 
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("a node refuses peers of another cluster; one that joins learns its cluster from the first peer that writes to it", async () => {
+  const paths = {
+    walDir: "/d/wal",
+    raftStatePath: "/d/raft-state.json",
+    logMetadataPath: "/d/log-metadata.json",
+    snapshotDir: "/d/snapshots",
+  };
+  const ours = "0123456789abcdef";
+  const theirs = "fedcba9876543210";
+  const start = async (id: string, fs: SimFileSystem, extra: Partial<RaftNodeOptions>) => {
+    let handlers!: TransportHandlers;
+    const metrics = new MetricsRegistry();
+    const storage = await openDiskStorage(paths, { fs, nodeId: id });
+    const node = new RaftNode({
+      id,
+      members: IDS.map((id) => ({ id, rpcUrl: `mem://${id}`, apiUrl: `http://${id}` })),
+      logger: SILENT,
+      metrics,
+      transport: (h) => {
+        handlers = h;
+        return {
+          send: () => {},
+          sendSnapshot: () => Promise.reject(new Error("no snapshots here")),
+          close: () => Promise.resolve(),
+        };
+      },
+      ...extra,
+      storage,
+    });
+    const refusals = () =>
+      metrics.render().match(/^raftkv_other_cluster_refusals_total (\d+)$/m)?.[1];
+    return { node, handlers, refusals };
+  };
+
+  // A member of a cluster made with an id: its own is taken, another is refused and counted.
+  const fs = new SimFileSystem();
+  const opened = await openDiskStorage(paths, { fs, nodeId: "b", clusterId: ours });
+  await opened.close();
+  const member = await start("b", fs, {});
+  try {
+    assert.equal(member.handlers.clusterId?.(), ours);
+    assert.equal(member.node.status().cluster_id, ours);
+    assert.equal(member.handlers.checkCluster?.(ours), null);
+    assert.equal(member.handlers.checkCluster?.(undefined), null, "a peer that names none");
+    const refused = member.handlers.checkCluster?.(theirs);
+    assert.match(refused ?? "", new RegExp(`cluster "${theirs}", this node of cluster "${ours}"`));
+    assert.equal(member.refusals(), "1");
+  } finally {
+    await member.node.stop();
+  }
+
+  // A node that joins knows none: it takes the first well-formed id a peer names, and keeps it.
+  const joiner = await start("d", new SimFileSystem(), { join: true, members: [] });
+  try {
+    assert.equal(joiner.handlers.clusterId?.(), undefined);
+    assert.equal(joiner.node.status().cluster_id, undefined);
+    assert.equal(joiner.handlers.checkCluster?.(undefined), null);
+    assert.equal(joiner.handlers.checkCluster?.("not an id"), null);
+    assert.equal(joiner.handlers.clusterId?.(), undefined, "a malformed id is not taken");
+    assert.equal(joiner.handlers.checkCluster?.(ours), null);
+    assert.equal(joiner.handlers.clusterId?.(), ours);
+    assert.notEqual(joiner.handlers.checkCluster?.(theirs), null);
+    // The join's answer names the same cluster: nothing changes.
+    joiner.node.confirmCluster(ours, "http://member");
+    assert.equal(joiner.node.status().cluster_id, ours);
+  } finally {
+    await joiner.node.stop();
+  }
+
+  // The join's answer comes first: that id is taken, and a peer of another cluster is refused.
+  const answered = await start("d", new SimFileSystem(), { join: true, members: [] });
+  try {
+    answered.node.confirmCluster(ours, "http://member");
+    assert.equal(answered.handlers.clusterId?.(), ours);
+    assert.notEqual(answered.handlers.checkCluster?.(theirs), null);
+  } finally {
+    await answered.node.stop();
+  }
+
+  // Another cluster's node wrote first: the join's answer shows it, and the node stops.
+  const fatal: unknown[] = [];
+  const captured = await start("d", new SimFileSystem(), {
+    join: true,
+    members: [],
+    onFatal: (e) => fatal.push(e),
+  });
+  try {
+    assert.equal(captured.handlers.checkCluster?.(theirs), null);
+    captured.node.confirmCluster(ours, "http://member");
+    assert.equal(fatal.length, 1);
+    assert.match(
+      String(fatal[0]),
+      new RegExp(`joined cluster "${ours}" through http://member, but took cluster "${theirs}"`),
+    );
+  } finally {
+    await captured.node.stop();
+  }
+
+  // A node with data and no id (a cluster made before ids) takes none: it goes on as before.
+  const oldFs = new SimFileSystem();
+  const old = await openDiskStorage(paths, { fs: oldFs, nodeId: "c" });
+  await old.saveHardState({ term: 3, vote: "a", commit: 0 });
+  await old.close();
+  const upgraded = await start("c", oldFs, {});
+  try {
+    assert.equal(upgraded.handlers.checkCluster?.(ours), null);
+    assert.equal(upgraded.handlers.clusterId?.(), undefined);
+    assert.equal(upgraded.handlers.checkCluster?.(theirs), null);
+  } finally {
+    await upgraded.node.stop();
+  }
+});

@@ -62,11 +62,13 @@
  *   force at its commit index, the index of the entry or snapshot it comes from, and that commit
  *   index), or `503` while it has none. A node that hears from no leader asks its peers this, to
  *   learn of members added (or of its own removal) while it was away.
- * - Every request carries `x-raftkv-from: <sender id>` and, if configured, `x-raftkv-cluster`;
- *   message requests, streams and members queries also `x-raftkv-member-since` while the sender
- *   counts itself a member ({@linkcode TransportHandlers.memberSince}).
+ * - Every request carries `x-raftkv-from: <sender id>` and, once the sender knows its cluster,
+ *   `x-raftkv-cluster: <cluster id>` ({@linkcode TransportHandlers.clusterId}); message
+ *   requests, streams and members queries also `x-raftkv-member-since` while the sender counts
+ *   itself a member ({@linkcode TransportHandlers.memberSince}).
  * - `<rpcUrl>/forward/...`: a client request a follower forwards to the leader, handed as it is
- *   to the `forward` option (the API's, wired by `main.ts`), none of the checks below applied.
+ *   to the `forward` option (the API's, wired by `main.ts`) once the cluster check (1. below)
+ *   passed; none of the other checks below applied.
  *
  * ## What the receiver checks (hostile or buggy peers)
  *
@@ -74,7 +76,8 @@
  * request, logs a warning (at most one per status every `refusalLogIntervalMs`, with a count of
  * those left out) and hands nothing on, so nothing reaches the Raft core or the disk:
  *
- * 1. the cluster header (`403`);
+ * 1. the cluster: {@linkcode TransportHandlers.checkCluster} with the `x-raftkv-cluster` header
+ *    (`403` for a node of another cluster);
  * 2. a sender that a committed membership change removed (outside both the committed and the
  *    newest configuration: {@linkcode TransportHandlers.removedAt}, at an index above the one
  *    its `x-raftkv-member-since` header says it counts itself a member by) gets `410`
@@ -230,8 +233,6 @@ export interface HttpTransportOptions {
   self: NodeId;
   /** The peers to send to. An entry for `self` is ignored, so the whole cluster may be passed. */
   peers: PeerAddress[];
-  /** Sent as `x-raftkv-cluster` when set. Default: not sent. */
-  cluster?: string;
   /**
    * For `https:` peers: the cluster CA, and this node's certificate and key to present. A peer's
    * server certificate must chain to the CA, be valid for the host in its `rpcUrl` and name the
@@ -331,8 +332,6 @@ export interface PeerHandlerOptions {
   snapshotIdleTimeoutMs?: number;
   /** A snapshot upload not stored within this long fails with 408. Default: 600000 (10 min). */
   snapshotReceiveTimeoutMs?: number;
-  /** When set, requests whose `x-raftkv-cluster` differs get 403. Default: any cluster accepted. */
-  cluster?: string;
   /**
    * Whether every request must come with a proven identity (`info.peer`, from mutual TLS);
    * requests without one get 403. Set it when the handler is served with
@@ -405,7 +404,10 @@ interface _Peer {
  * ```
  */
 export class HttpTransport implements Transport {
-  readonly #handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved" | "memberSince">;
+  readonly #handlers: Pick<
+    TransportHandlers,
+    "onUnreachable" | "onRemoved" | "memberSince" | "clusterId"
+  >;
   readonly #peers = new Map<NodeId, _Peer>();
   readonly #client: H2Client;
   readonly #abort = new AbortController();
@@ -435,7 +437,10 @@ export class HttpTransport implements Transport {
    * @throws {RangeError} if a numeric option is out of range or a peer id repeats.
    */
   constructor(
-    handlers: Pick<TransportHandlers, "onUnreachable" | "onRemoved" | "memberSince">,
+    handlers: Pick<
+      TransportHandlers,
+      "onUnreachable" | "onRemoved" | "memberSince" | "clusterId"
+    >,
     options: HttpTransportOptions,
   ) {
     this.#handlers = handlers;
@@ -452,7 +457,6 @@ export class HttpTransport implements Transport {
       "content-type": "application/octet-stream",
       [FROM_HEADER]: options.self,
     };
-    if (options.cluster !== undefined) this.#headers[CLUSTER_HEADER] = options.cluster;
     const metrics = options.metrics ?? new MetricsRegistry();
     const rtt = metrics.histogramVec(
       "raftkv_peer_round_trip_time_seconds",
@@ -1022,7 +1026,7 @@ export class HttpTransport implements Transport {
     try {
       res = await this.#client.fetch(peer.snapshotUrl, {
         method: "POST",
-        headers: { ...this.#headers, [MESSAGE_HEADER]: header },
+        headers: { ...this.#fixedHeaders(), [MESSAGE_HEADER]: header },
         body: _abortableBody(source, signal),
         signal,
       });
@@ -1069,10 +1073,17 @@ export class HttpTransport implements Transport {
     });
   }
 
+  /** The headers of every request: the fixed ones and this node's cluster, once it knows it. */
+  #fixedHeaders(): Record<string, string> {
+    const cluster = this.#handlers.clusterId?.();
+    return cluster === undefined ? this.#headers : { ...this.#headers, [CLUSTER_HEADER]: cluster };
+  }
+
   /** The headers of a message request or stream: the fixed ones and this node's membership. */
   #requestHeaders(): Record<string, string> {
     const since = this.#handlers.memberSince?.() ?? 0;
-    return since > 0 ? { ...this.#headers, [MEMBER_SINCE_HEADER]: String(since) } : this.#headers;
+    const fixed = this.#fixedHeaders();
+    return since > 0 ? { ...fixed, [MEMBER_SINCE_HEADER]: String(since) } : fixed;
   }
 
   /**
@@ -1123,7 +1134,12 @@ export class HttpTransport implements Transport {
 export function createPeerHandler(
   handlers: Pick<
     TransportHandlers,
-    "onMessages" | "onSnapshot" | "removedAt" | "committedMembers" | "onUnknownSender"
+    | "onMessages"
+    | "onSnapshot"
+    | "removedAt"
+    | "committedMembers"
+    | "onUnknownSender"
+    | "checkCluster"
   >,
   options: PeerHandlerOptions = {},
 ): (req: Request, info?: PeerRequestInfo) => Promise<Response> {
@@ -1141,7 +1157,7 @@ export function createPeerHandler(
   );
   const logEveryMs = _nonNegativeInt("refusalLogIntervalMs", options.refusalLogIntervalMs, 5000);
   const logger = options.logger ?? SILENT_LOGGER;
-  const { cluster, self, validator } = options;
+  const { self, validator } = options;
   const requireIdentity = options.requirePeerIdentity ?? false;
   /** Per sender: settles once every batch that arrived so far has been delivered or failed. */
   const tails = new Map<string, Promise<void>>();
@@ -1481,6 +1497,9 @@ export function createPeerHandler(
     const from = req.headers.get(FROM_HEADER) ?? "";
     try {
       const path = new URL(req.url).pathname;
+      // Another cluster's node is refused before anything else, forwarded client requests too.
+      const otherCluster = handlers.checkCluster?.(req.headers.get(CLUSTER_HEADER) ?? undefined);
+      if (otherCluster) return refuse(403, `Refused: ${otherCluster}`, from);
       if (options.forward && path.startsWith(`${FORWARD_PATH_PREFIX}/`)) {
         // The API checks that the proven peer (if any) is the member that says it forwarded.
         const peer = info?.peer ?? null;
@@ -1497,13 +1516,6 @@ export function createPeerHandler(
       }
       if (req.method !== "POST") {
         return _error(405, `Method "${req.method}" not allowed on "${path}"`, { allow: "POST" });
-      }
-      if (cluster !== undefined && req.headers.get(CLUSTER_HEADER) !== cluster) {
-        return refuse(
-          403,
-          `Cluster "${req.headers.get(CLUSTER_HEADER) ?? ""}" does not match "${cluster}"`,
-          from,
-        );
       }
       // A sender that a committed membership change removed is told so (it may have been down
       // while its removal committed and cannot learn it from the log).

@@ -603,7 +603,10 @@ Deno.test("HttpTransport validates its options", () => {
 
 // --- The peer handler, called directly (no sockets). ---
 
-function _handlerFixture(options: Parameters<typeof createPeerHandler>[1] = {}) {
+function _handlerFixture(
+  options: Parameters<typeof createPeerHandler>[1] = {},
+  checkCluster?: (claimed: string | undefined) => string | null,
+) {
   const batches: Message[][] = [];
   const snapshots: { msg: Message; bytes: number }[] = [];
   const handler = createPeerHandler({
@@ -616,6 +619,7 @@ function _handlerFixture(options: Parameters<typeof createPeerHandler>[1] = {}) 
       }
       snapshots.push({ msg, bytes });
     },
+    ...(checkCluster === undefined ? {} : { checkCluster }),
   }, options);
   return { handler, batches, snapshots };
 }
@@ -718,15 +722,38 @@ Deno.test("createPeerHandler answers a body over maxBodyBytes with 413, declared
   assert.strictEqual(fits.status, 204);
 });
 
-Deno.test("createPeerHandler checks the cluster and the addressee when configured", async () => {
-  const { handler, batches } = _handlerFixture({ cluster: "prod", self: "b" });
+Deno.test("createPeerHandler asks the node about the sender's cluster first, and checks the addressee", async () => {
+  const claims: (string | undefined)[] = [];
+  const forwarded: string[] = [];
+  const { handler, batches } = _handlerFixture({
+    self: "b",
+    forward: (req) => {
+      forwarded.push(new URL(req.url).pathname);
+      return Promise.resolve(new Response(null, { status: 204 }));
+    },
+  }, (claimed) => {
+    claims.push(claimed);
+    return claimed === "test" ? `the sender is a member of cluster "${claimed}"` : null;
+  });
   const body = encodeMessages([sampleMessage(MessageType.App, "a", "b", 1)]);
   const wrongCluster = await handler(_post("/raft/messages", body, { [CLUSTER_HEADER]: "test" }));
   assert.strictEqual(wrongCluster.status, 403);
-  assert.match((await _json(wrongCluster)).error, /"test"/);
+  assert.match((await _json(wrongCluster)).error, /cluster "test"/);
+  // Before anything else: a members query, and a client request forwarded from that node, too.
+  for (const path of [MEMBERS_PATH, "/forward/v1/data/a", "/nowhere"]) {
+    const refused = await handler(_post(path, null, { [CLUSTER_HEADER]: "test" }));
+    assert.strictEqual(refused.status, 403, path);
+    await refused.body?.cancel();
+  }
+  assert.deepStrictEqual(forwarded, []);
+  const forward = await handler(_post("/forward/v1/data/a", null, { [CLUSTER_HEADER]: "prod" }));
+  assert.strictEqual(forward.status, 204);
+  assert.deepStrictEqual(forwarded, ["/forward/v1/data/a"]);
+  // A request that names no cluster is the node's to judge, like any other.
   const noCluster = await handler(_post("/raft/messages", body));
-  assert.strictEqual(noCluster.status, 403);
-  await noCluster.body?.cancel();
+  assert.strictEqual(noCluster.status, 204);
+  assert.strictEqual(batches.length, 1);
+  assert.deepStrictEqual(claims, ["test", "test", "test", "test", "prod", undefined]);
   const misaddressed = await handler(
     _post("/raft/messages", encodeMessages([sampleMessage(MessageType.App, "a", "c", 1)]), {
       [CLUSTER_HEADER]: "prod",
@@ -736,7 +763,7 @@ Deno.test("createPeerHandler checks the cluster and the addressee when configure
   assert.match((await _json(misaddressed)).error, /"c"/);
   const ok = await handler(_post("/raft/messages", body, { [CLUSTER_HEADER]: "prod" }));
   assert.strictEqual(ok.status, 204);
-  assert.strictEqual(batches.length, 1);
+  assert.strictEqual(batches.length, 2);
 });
 
 Deno.test("createPeerHandler delivers one sender's batches in arrival order", async () => {
@@ -1621,7 +1648,8 @@ Deno.test("createPeerHandler answers a member's members query with the committed
     removedAt: (from: NodeId) => from === "n3" ? 7 : 0,
     committedMembers: () => conf,
     onUnknownSender: (from, since) => void unknown.push([from, since]),
-  }, { validator: new PeerValidator({ self: "n2", members: ["n1", "n2"] }), cluster: "c" });
+    checkCluster: (claimed) => claimed === "c" ? null : `cluster ${claimed}`,
+  }, { validator: new PeerValidator({ self: "n2", members: ["n1", "n2"] }) });
   const ask = (from: string, headers: Record<string, string> = {}) =>
     handler(_post(MEMBERS_PATH, null, { [FROM_HEADER]: from, [CLUSTER_HEADER]: "c", ...headers }));
 
@@ -1647,10 +1675,10 @@ Deno.test("createPeerHandler answers a member's members query with the committed
 
   // The client side: a member gets the answer; an answer that is not one is null.
   const server = _serve(handler);
-  const client = new HttpTransport({}, {
+  // It sends the cluster its node knows.
+  const client = new HttpTransport({ clusterId: () => "c" }, {
     ..._FAST,
     self: "n1",
-    cluster: "c",
     peers: [{ id: "n2", rpcUrl: _url(server) }],
   });
   try {
@@ -1675,11 +1703,10 @@ Deno.test("createPeerHandler answers a member's members query with the committed
       ),
     )
   );
-  const patient = new HttpTransport({}, {
+  const patient = new HttpTransport({ clusterId: () => "c" }, {
     ..._FAST,
     rpcTimeoutMs: 60_000,
     self: "n1",
-    cluster: "c",
     peers: [{ id: "n2", rpcUrl: _url(endless) }],
   });
   try {

@@ -72,6 +72,17 @@ export interface TransportHandlers {
    */
   onRemoved?(peer: NodeId, index: number): void;
   /**
+   * The id of the cluster this node belongs to, sent with every peer request (the HTTP
+   * transport's `x-raftkv-cluster`); undefined while it knows none.
+   */
+  clusterId?(): string | undefined;
+  /**
+   * Why a request from a peer that says it belongs to cluster `claimed` (undefined: it names
+   * none) is refused, or null if it is taken; checked before anything else about the request. A
+   * node that knows no cluster yet may learn it here (see `RaftNode`).
+   */
+  checkCluster?(claimed: string | undefined): string | null;
+  /**
    * This node's committed configuration, for a member that asks
    * ({@linkcode Transport.queryMembers}); null while it has none (it waits to join).
    */

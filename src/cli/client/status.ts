@@ -35,6 +35,8 @@ export interface MemberStatus {
   data_bytes?: number;
   /** Its quota of those bytes, 0 for none (newer nodes). */
   quota_bytes?: number;
+  /** The id of its cluster, when it knows it (newer nodes). */
+  cluster_id?: string;
 }
 
 /** One row of `raftkv status -o json`. */
