@@ -1,11 +1,12 @@
 /**
  * The faults injected until the final heal: partitions, crashes, pauses, leader transfers,
- * membership changes, full disks and failing disks.
+ * membership changes, full disks, failing disks and another cluster's appends.
  *
  * @module
  */
 
-import type { NodeId } from "../../src/raft/types.ts";
+import { EntryType, message, MessageType, type NodeId } from "../../src/raft/types.ts";
+import { encodeCommand } from "../../src/kv/state_machine.ts";
 import { LeaderTransferError, NotLeaderError } from "../../src/raft/errors.ts";
 import {
   MembershipError,
@@ -47,6 +48,48 @@ export class Faults {
     this.#every(f.transferEveryMs, () => this.#transfer());
     this.#every(f.memberEveryMs, () => this.#memberChange());
     this.#every(f.diskFullEveryMs, () => this.#fillDisks());
+    this.#every(f.otherClusterEveryMs, () => this.#otherCluster());
+  }
+
+  /**
+   * A node of another cluster, with the id of one of this cluster's members (two clusters made
+   * from copies of one cluster file, one of them pointed at the other's node), sends a node that
+   * holds data an append that matches its log and commits a write of its own in a higher term.
+   * Refused for its cluster, it changes nothing; taken, it would make the node follow a stranger
+   * and apply a write no client sent, which the state-machine and linearizability checks catch.
+   * (A node that holds nothing yet and joins takes the first cluster that writes to it, so it is
+   * not a target: see the README's "Cluster ids".)
+   */
+  #otherCluster(): void {
+    const ctx = this.#ctx;
+    const targets = ctx.nodes.filter((n) => {
+      const s = n.node?.inspect();
+      return s !== undefined && (s.term > 0 || s.lastIndex > 0);
+    });
+    if (targets.length === 0) return;
+    const n = ctx.pick(targets);
+    const s = n.node!.inspect();
+    const last = s.entry(s.lastIndex);
+    const senders = ctx.nodes.filter((m) => m !== n && !m.spare).map((m) => m.id);
+    if (last === undefined || senders.length === 0) return;
+    const term = s.term + 1;
+    const index = s.lastIndex + 1;
+    const put = { op: "put" as const, key: ctx.pick(ctx.keys), value: "another cluster's" };
+    const msg = message({
+      type: MessageType.App,
+      from: ctx.pick(senders),
+      to: n.id,
+      term,
+      logTerm: last.term,
+      index: s.lastIndex,
+      entries: [{ term, index, type: EntryType.Normal, data: encodeCommand(put) }],
+      commit: index,
+    });
+    ctx.stats.otherClusterBatches++;
+    ctx.note(`OTHER CLUSTER: its ${msg.from} sends ${n.id} an append of ${index} in term ${term}`);
+    this.#network!.sendFromOtherCluster(n.id, [msg], _OTHER_CLUSTER).then((refused) => {
+      if (refused) ctx.stats.otherClusterRefusals++;
+    });
   }
 
   /**
@@ -327,6 +370,13 @@ export class Faults {
         ({ index }) => {
           this.#ctx.stats[op === "add" ? "memberAdds" : "memberRemoves"]++;
           this.#ctx.note(`${n.id}: ${op} ${target} applied at ${index}`);
+          // The answer to the node's join request names the cluster (main.ts confirms it).
+          const cluster = node.status().cluster_id;
+          if (op === "add" && cluster !== undefined) {
+            this.#ctx.later(1, () => {
+              spare!.clock?.run(() => spare!.node?.confirmCluster(cluster, n.id));
+            });
+          }
         },
         (e) => {
           if (n.inc !== inc) return;
@@ -363,3 +413,6 @@ function _shuffle<T>(items: readonly T[], random: () => number): T[] {
   }
   return out;
 }
+
+/** The id of the other cluster whose node writes to this one's. */
+const _OTHER_CLUSTER = "0123456789abcdef";

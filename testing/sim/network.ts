@@ -3,8 +3,10 @@
  * format ({@linkcode encodeMessages}) through the simulation's timers, with random delays, loss,
  * duplication, reordering and partitions. Snapshots stream from the sender's simulated disk, take
  * time by their size and may break part-way. Every delivery passes the peer validator a real node
- * runs in front of its core (`src/raft/validate.ts`); a batch between correct nodes that the
- * validator or the core refuses fails the run (`peer-refusal`).
+ * runs in front of its core (`src/raft/validate.ts`), after the node's cluster check (the HTTP
+ * transport's `x-raftkv-cluster`: each batch carries the cluster id its sender knew); a batch
+ * between correct nodes that the validator, the cluster check or the core refuses fails the run
+ * (`peer-refusal`). {@linkcode SimNetwork.sendFromOtherCluster} delivers another cluster's.
  *
  * @module
  */
@@ -110,21 +112,53 @@ export class SimNetwork {
         continue;
       }
       const bytes = encodeMessages(batch);
+      const cluster = from.handlers.clusterId?.();
       const copies = r() < faults.duplicateRate ? 2 : 1;
       if (copies === 2) stats.messagesDuplicated += batch.length;
       for (let i = 0; i < copies; i++) {
         this.#host.later(this.#delay(), () => {
           // Arrived at the receiver's machine: it runs the handler when it is not paused.
           const dst = this.#reach(from.id, to);
-          if (dst) dst.clock.run(() => this.#deliver(from.id, dst, bytes));
+          if (dst) dst.clock.run(() => this.#deliver(from.id, dst, bytes, cluster));
           else stats.messagesDropped += batch.length;
         });
       }
     }
   }
 
-  #deliver(from: NodeId, dst: _Endpoint, bytes: Uint8Array): void {
+  /**
+   * Delivers `msgs` to `to` as if a node of cluster `cluster` sent them (another cluster's node
+   * with the id of one of this cluster's members): resolves with whether the receiver refused
+   * them for their cluster (false also when it was down, or cut off from that member).
+   */
+  sendFromOtherCluster(to: NodeId, msgs: Message[], cluster: string): Promise<boolean> {
+    const from = msgs[0]!.from;
+    const bytes = encodeMessages(msgs);
+    return new Promise((resolve) => {
+      this.#host.later(this.#delay(), () => {
+        const dst = this.#reach(from, to);
+        if (dst === null) return resolve(false);
+        dst.clock.run(() => {
+          if (!this.#alive(dst)) return resolve(false);
+          const refusal = dst.handlers.checkCluster?.(cluster) ?? null;
+          if (refusal === null) this.#deliver(from, dst, bytes, cluster);
+          resolve(refusal !== null);
+        });
+      });
+    });
+  }
+
+  /** Whether `dst` refuses what a node of cluster `cluster` sent it; a refusal fails the run. */
+  #refusesCluster(from: NodeId, dst: _Endpoint, cluster: string | undefined): boolean {
+    const refusal = dst.handlers.checkCluster?.(cluster) ?? null;
+    if (refusal === null) return false;
+    this.#host.refused(`${dst.id} refused ${from} for its cluster: ${refusal}`);
+    return true;
+  }
+
+  #deliver(from: NodeId, dst: _Endpoint, bytes: Uint8Array, cluster: string | undefined): void {
     if (!this.#alive(dst)) return;
+    if (this.#refusesCluster(from, dst, cluster)) return;
     if (this.#answerRemoved(from, dst)) return;
     const msgs = decodeMessages(bytes);
     if (!this.#accepts(from, dst, msgs, "messages")) return;
@@ -173,7 +207,9 @@ export class SimNetwork {
         const dst = this.#reach(from.id, to);
         if (dst === null) return resolve(null);
         dst.clock.run(() => {
-          if (!this.#alive(dst) || this.#answerRemoved(from.id, dst)) return resolve(null);
+          if (!this.#alive(dst)) return resolve(null);
+          if (this.#refusesCluster(from.id, dst, from.handlers.clusterId?.())) return resolve(null);
+          if (this.#answerRemoved(from.id, dst)) return resolve(null);
           if (dst.validator.checkSender(from.id) !== null) return resolve(null);
           const conf = dst.handlers.committedMembers?.() ?? null;
           const answer = conf === null ? null : structuredClone(conf);
@@ -253,6 +289,9 @@ export class SimNetwork {
     );
     if (dst === null) throw new Error(`peer "${to}" went away during the snapshot transfer`);
     const copy = decodeMessages(encodeMessages([msg]))[0]!;
+    if (this.#refusesCluster(from.id, dst, from.handlers.clusterId?.())) {
+      throw new Error(`${dst.id} refused its cluster`);
+    }
     if (!this.#accepts(from.id, dst, [copy], "snapshot")) throw new Error(`${dst.id} refused it`);
     if (dst.uploading) throw new Error(`${dst.id} is receiving another snapshot (429)`);
     dst.uploading = true;

@@ -76,6 +76,7 @@
 import { RaftNode } from "../../src/node/raft_node.ts";
 import type { NodeStorage } from "../../src/node/raft_node.ts";
 import { type DiskStorage, openDiskStorage } from "../../src/node/disk_storage.ts";
+import { bootstrapClusterId } from "../../src/node/cluster_id.ts";
 import { seededRandom } from "../../src/raft/rand.ts";
 import { isNoSpace } from "../../src/storage/errors.ts";
 import { type Counter, MetricsRegistry } from "../../src/util/metrics.ts";
@@ -149,6 +150,13 @@ export const FAULTS_OFF = {
    */
   diskFullEveryMs: 0,
   /** The longest a disk stays full. */ maxDiskFullMs: 0,
+  /**
+   * Mean time between appends from another cluster (its node has the id of one of this cluster's
+   * members, as two clusters made from copies of one cluster file do, and a cluster file points
+   * at it): an append that would match a node's log and commit a write of its own; 0 disables
+   * them.
+   */
+  otherClusterEveryMs: 0,
   /** Shortest sync of a file or directory. */ minDiskMs: 0.5,
   /** Longest sync. */ maxDiskMs: 2,
 };
@@ -164,6 +172,7 @@ export const DISK_FAULTS = [
   "install-without-reset",
   "snapshot-live-state",
   "nospace-fatal",
+  "forget-cluster-id",
 ] as const;
 
 /**
@@ -176,6 +185,8 @@ export const DISK_FAULTS = [
  * live data a few ticks after a snapshot began instead of the copy-on-write view at its index.
  * `nospace-fatal`: a log or hard-state write that finds the disk full fails as any other IO error
  * would (as in the first version, where a full disk stopped the node for good).
+ * `forget-cluster-id`: the storage knows no cluster id (as files from before ids, or a storage
+ * that lost it), so the node takes peers of any cluster.
  */
 export type DiskFault = (typeof DISK_FAULTS)[number];
 
@@ -333,6 +344,8 @@ export const COUNTERS = [
   "refusedRetriesReplayed", // ... whose first outcome the leader remembered: answered with it, nothing proposed
   "quotaRefusals", // writes a leader refused as past the quota (definitely not applied)
   "fullRestarts", // restarts on a full disk (start-up writes no file data: it must succeed)
+  "otherClusterBatches", // forged appends from another cluster's node (same member ids) sent to a node
+  "otherClusterRefusals", // ... that the node refused (its cluster id differs)
 ] as const;
 
 /** Counters describing a run; `linearizability` is "unknown" when its time budget ran out. */
@@ -434,6 +447,8 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   const maxDiskFullMs = full ? between(1, 6) * election : 0;
   // And failing disks in half the runs (those with crashes), drawn last again.
   const diskFailRate = r() < 0.5 ? 0.25 : 0;
+  // And another cluster's appends in a third of the runs, drawn after everything else.
+  const otherClusterEveryMs = r() < 0.33 ? between(2, 8) * election : 0;
   return {
     name,
     faults: {
@@ -444,6 +459,7 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
       diskFullEveryMs,
       maxDiskFullMs,
       diskFailRate,
+      otherClusterEveryMs,
     },
   };
 }
@@ -545,6 +561,8 @@ class _Simulation implements SimContext {
   readonly #profile: string;
   readonly rng: () => number;
   readonly keys: string[];
+  /** The id the bootstrap members make for the cluster (see `src/node/cluster_id.ts`). */
+  readonly clusterId: string;
   readonly quotaBytes: number;
   readonly electionMs: number;
   readonly #disabled: Set<CheckName>;
@@ -585,6 +603,7 @@ class _Simulation implements SimContext {
     this.keys = Array.from({ length: opts.keys ?? 3 }, (_, i) => `k${i}`);
     this.quotaBytes = opts.quotaBytes ?? quotaForSeed(opts.seed);
     const ids = Array.from({ length: opts.nodes }, (_, i) => `n${i + 1}`);
+    this.clusterId = bootstrapClusterId(ids, "sim");
     this.#injector = new Faults(this);
     this.#checker = new Checker(this, ids, { ended: (...a) => this.#leases.ended(...a) });
     this.#clients = new Clients(this, this.#checker);
@@ -802,6 +821,9 @@ class _Simulation implements SimContext {
       inner = await openDiskStorage(paths, {
         fs: n.fs,
         nodeId: n.id,
+        // A bootstrap member makes the cluster's id from the members, as main.ts does; a spare
+        // joins, and learns it from the first member that writes to it.
+        ...(n.spare ? {} : { clusterId: this.clusterId }),
         segmentSize: this.#segmentSize,
       });
     } catch (e) {
@@ -873,6 +895,7 @@ class _Simulation implements SimContext {
         throw isNoSpace(e) ? new Error("disk write failed: input/output error") : e;
       });
     const overrides: Partial<NodeStorage> = {
+      ...(fault === "forget-cluster-id" ? { clusterId: undefined, adoptClusterId: () => {} } : {}),
       saveSnapshot: async (meta, count, pairs) => {
         if (fault !== "snapshot-live-state") return inner.saveSnapshot(meta, count, pairs);
         // Let the node apply more entries (up to 10 ticks), then write its live data instead.
@@ -919,8 +942,9 @@ class _Simulation implements SimContext {
     };
     return new Proxy(inner, {
       get: (target, prop) => {
-        const value = (overrides as Record<PropertyKey, unknown>)[prop] ??
-          Reflect.get(target, prop);
+        const value = Object.hasOwn(overrides, prop)
+          ? (overrides as Record<PropertyKey, unknown>)[prop]
+          : Reflect.get(target, prop);
         return typeof value === "function" ? value.bind(target) : value;
       },
     });

@@ -21,6 +21,7 @@ const CRASHY: Partial<FaultOptions> = {
   diskFullEveryMs: 0, // and so do full disks
   stopRate: 0, // and graceful stops
   diskFailRate: 0, // and failing disks
+  otherClusterEveryMs: 0, // and another cluster's appends
   crashEveryMs: 700,
   powerFailureRate: 0.4,
   tornWriteRate: 0.5,
@@ -119,6 +120,7 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "unsettledRetries",
     "fullRestarts",
     "quotaRefusals",
+    "otherClusterRefusals",
   ]);
   assert.ok(totals.elections! > 150, `only ${totals.elections} elections in 150 runs`);
 });
@@ -218,12 +220,13 @@ const AWAY: Partial<FaultOptions> = {
   diskFullEveryMs: 0, // the seeds below are pinned; full disks shift them
   stopRate: 0, // and so do graceful stops
   diskFailRate: 0, // and failing disks
+  otherClusterEveryMs: 0, // and another cluster's appends
 };
 /** Seeds of AWAY that, without the members queries, end with a stale member or unaware learner. */
 const AWAY_SEEDS: [number, CheckName][] = [
-  [46, "removed-unaware"],
-  [20, "stale-member"],
-  [160, "stale-member"],
+  [28, "removed-unaware"],
+  [4, "stale-member"],
+  [153, "stale-member"],
 ];
 
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
@@ -358,6 +361,23 @@ Deno.test("a storage that installs a received snapshot without its WAL reset rec
     /Cannot (record commit index \d+: the log ends at|append entry \d+: the WAL's last index is) \d+/,
   );
   assert.match(f.replay, /--disk-fault install-without-reset/);
+});
+
+Deno.test("appends from another cluster's node are refused; a storage that forgets its cluster id takes them and is caught", async () => {
+  const faults = { ...CRASHY, otherClusterEveryMs: 300 };
+  const { failures, totals } = await _runSeeds(
+    _range(1, 3),
+    (seed) => ({ seed, nodes: 3, durationMs: 6_000, faults }),
+  );
+  assert.equal(failures.length, 0, _describe(failures));
+  assert.ok(totals.otherClusterRefusals! >= 10, `only ${totals.otherClusterRefusals} refused`);
+  const caught = await _faulty("forget-cluster-id", 3, { faults });
+  assert.ok(
+    caught.failures.length > 0,
+    "no seed caught the node that took another cluster's append",
+  );
+  assert.match(caught.failures[0]!.replay, /--disk-fault forget-cluster-id/);
+  assert.match(caught.failures[0]!.replay, /"otherClusterEveryMs":300/);
 });
 
 Deno.test("a node that stops when its disk is full is caught", async () => {
