@@ -266,6 +266,9 @@ full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alar
   } retries refused so while an earlier attempt was in the log (outcome unknown), ${
     t("refusedRetriesReplayed")
   } answered instead with their first attempt's remembered outcome
+other clusters:   ${t("otherClusterBatches")} appends sent by another cluster's node, ${
+    t("otherClusterRefusals")
+  } refused for their cluster (the others reached no live node)
 quota:            ${t("quotaRefusals")} writes refused as past the quota (507); quota ${
     common.quotaBytes === undefined
       ? "drawn per seed (16-47 bytes for one seed in five, else none)"
