@@ -73,12 +73,12 @@ export interface DiskStorageOptions {
    */
   nodeId?: string;
   /**
-   * The id of the cluster this node bootstraps (`bootstrapClusterId`, from the cluster file's
-   * members and the cluster token): recorded with the hard state when the files record none and
-   * hold no data yet (a new node, or one about to be restored from a backup), and from then on
-   * the cluster this node belongs to. Files that record one keep theirs. Default: none (a node
-   * that joins a running cluster learns its cluster's id from the first peer that writes to it,
-   * {@linkcode DiskStorage.adoptClusterId}).
+   * The id of the cluster this node bootstraps (`bootstrapClusterId`, from the ids of the cluster
+   * file's members and the cluster token): recorded with the hard state when the files record
+   * none and hold no data yet (a new node, or one about to be restored from a backup), and from
+   * then on the cluster this node belongs to. Files that record one keep theirs. Default: none (a
+   * node that joins a running cluster learns its cluster's id from the first peer that writes to
+   * it or from its join's answer, {@linkcode DiskStorage.adoptClusterId}).
    */
   clusterId?: string;
   /** The file system holding the files. Default: the real disk ({@linkcode realFs}). */
