@@ -212,7 +212,9 @@ Deno.test("k8s: the pods' environment over the image's is a valid k8s-mode confi
     HOSTNAME: `${set.metadata.name}-1`,
   };
   for (const [name, entry] of env) {
-    vars[name] = entry.value ?? (name === "POD_NAMESPACE" ? "shop" : assert.fail(name));
+    // Kubernetes expands $(NAME) of a variable defined before it in the list.
+    const value = entry.value?.replace(/\$\(([A-Z_]+)\)/g, (_: string, v: string) => vars[v]!);
+    vars[name] = value ?? (name === "POD_NAMESPACE" ? "shop" : assert.fail(name));
   }
   const result = parseArgs([], vars, () => assert.fail("k8s mode reads no cluster file"));
   assert.equal(result.kind, "run");
@@ -221,6 +223,7 @@ Deno.test("k8s: the pods' environment over the image's is a valid k8s-mode confi
   const open = (w: string) => result.config.tokens === null && /API listens on .* without/.test(w);
   assert.deepEqual(result.warnings.filter((w) => !open(w)), []);
   assert.equal(result.config.id, "raftkv-1");
+  assert.equal(result.config.clusterToken, "shop/raftkv", "a cluster token per namespace");
   assert.equal(result.config.apiPort, port("api"));
   assert.equal(result.config.rpcPort, port("rpc"));
   // A node binds the host of its own URLs unless told otherwise: a pod must say every interface.
