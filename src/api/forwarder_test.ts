@@ -203,8 +203,10 @@ async function batchServer(
 ) {
   const server = http2.createServer();
   const paths: string[] = [];
+  const clusters: (string | undefined)[] = [];
   server.on("stream", (stream, headers) => {
     paths.push(String(headers[":path"]));
+    clusters.push(headers["x-raftkv-cluster"] as string | undefined);
     const chunks: Uint8Array[] = [];
     stream.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
     stream.on("error", () => {});
@@ -221,6 +223,7 @@ async function batchServer(
   return {
     port,
     paths,
+    clusters,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
@@ -250,7 +253,11 @@ Deno.test("createForwarder({ batch }) sends writes of one turn as one batch, wit
     const send = (path: string, signal = AbortSignal.timeout(5000)) =>
       client.forward(base + path, {
         method: "PUT",
-        headers: { "content-type": "application/json", "x-raftkv-forwarded-by": "n1" },
+        headers: {
+          "content-type": "application/json",
+          "x-raftkv-forwarded-by": "n1",
+          "x-raftkv-cluster": "0123456789abcdef",
+        },
         body: new TextEncoder().encode('{"v":"1"}'),
         signal,
       });
@@ -263,6 +270,8 @@ Deno.test("createForwarder({ batch }) sends writes of one turn as one batch, wit
     assert.deepEqual([a.status, await a.json()], [200, { path: "/v1/data/a" }]);
     assert.deepEqual([c.status, await c.json()], [201, { path: "/v1/data/c?x=1" }]);
     assert.deepEqual(server.paths, ["/forward/batch"]);
+    // The batch names its writes' cluster, so that another cluster's leader refuses it whole.
+    assert.deepEqual(server.clusters, ["0123456789abcdef"]);
     assert.deepEqual(
       batches[0]!.map((it) => [it.method, it.path, it.headers["content-length"], it.body?.length]),
       [["PUT", "/v1/data/a", "9", 9], ["PUT", "/v1/data/c?x=1", "9", 9]],

@@ -68,6 +68,8 @@ class FakeBackend implements KvBackend {
   hang: false | "ignoring the signal" | "until aborted" = false;
   ready = true;
   leader: NodeStatus["leader"] = { id: "n1", api_url: "http://n1.test:7777" };
+  /** The cluster id the status names, if any. */
+  clusterId: string | undefined = undefined;
   /** What overloaded() answers. */
   overload: OverloadedError | null = null;
   /** Makes snapshot() stream this instead of the data. */
@@ -151,6 +153,7 @@ class FakeBackend implements KvBackend {
       last_index: this.index,
       members: [{ id: "n1", api_url: "http://n1.test:7777" }, { id: "n2", api_url: LEADER_URL }],
       alarms: [],
+      ...(this.clusterId === undefined ? {} : { cluster_id: this.clusterId }),
     };
   }
 
@@ -673,6 +676,7 @@ Deno.test("a follower forwards writes to the leader and relays its answer", asyn
   );
   const { call, backend } = setup({ forward: leader.forward });
   backend.followN2();
+  backend.clusterId = "0123456789abcdef";
   const body = ' { "k" : "a b", "v":"1" } ';
   const res = await call("POST", "/v1/data?x=1", body, { "content-type": "application/json" });
   assert.deepEqual(await expectJson(res, 200), { k: "a b", v: "1", index: 7 });
@@ -685,6 +689,8 @@ Deno.test("a follower forwards writes to the leader and relays its answer", asyn
   assert.deepEqual(sent.body, encoder.encode(body));
   assert.equal(sent.headers.get("content-type"), "application/json");
   assert.equal(sent.headers.get(FORWARDED_BY_HEADER), "n1");
+  // It names this node's cluster: the leader of another cluster refuses it.
+  assert.equal(sent.headers.get("x-raftkv-cluster"), "0123456789abcdef");
   assert.equal(sent.headers.get(CALLER_HEADER), null, "an open API has no caller to pass on");
   assert.deepEqual(backend.calls, ["put a b=1"]);
   assert.equal(backend.data.size, 0);
