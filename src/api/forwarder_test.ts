@@ -4,7 +4,12 @@ import type { TLSSocket } from "node:tls";
 import { makeCertificates } from "../../testing/certs.ts";
 import { LinkProxy } from "../../testing/proxy.ts";
 import { type BatchItem, decodeBatch, encodeAnswer, FORWARD_BATCH_TYPE } from "./forward_batch.ts";
-import { createForwarder, ForwardConnectError } from "./forwarder.ts";
+import { CLUSTER_HEADER, createForwarder, ForwardConnectError } from "./forwarder.ts";
+import { FORWARD_PATH_PREFIX } from "./forward.ts";
+import {
+  CLUSTER_HEADER as PEER_CLUSTER_HEADER,
+  FORWARD_PATH_PREFIX as PEER_FORWARD_PATH_PREFIX,
+} from "../transport/http_transport.ts";
 
 /** A TLS HTTP/2 server that requires a client certificate from `ca`, as a peer port with mTLS. */
 async function mutualTlsServer(files: { ca: string; cert: string; key: string }) {
@@ -362,4 +367,10 @@ Deno.test("createForwarder({ batch }) reports a batch that could not connect as 
   } finally {
     client.close();
   }
+});
+
+Deno.test("a forward's path and cluster header are the ones the peer handler serves and checks", () => {
+  // Each side names them on its own (the API may not import the transport).
+  assert.equal(FORWARD_PATH_PREFIX, PEER_FORWARD_PATH_PREFIX);
+  assert.equal(CLUSTER_HEADER, PEER_CLUSTER_HEADER);
 });
