@@ -43,7 +43,7 @@
  *   must cover, from memory and from disk.
  * - `report-unreachable ID PEER` tells a leader a peer could not be reached.
  * - `removed-at ID FROM` prints how node ID answers a peer message from FROM: taken, or "removed"
- *   as of its committed configuration's index (`RaftCore.removedAt`); `learn-removed ID INDEX`
+ *   as of its commit index (`RaftCore.removedAt`); `learn-removed ID INDEX`
  *   tells node ID a peer answered so (`RaftCore.learnRemoved`) and prints what it now counts
  *   itself: removed or member.
  * - `status ID...` prints term, vote, role, leader, the log's marks and, on a leader, each

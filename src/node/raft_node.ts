@@ -906,7 +906,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     for (const a of answers) if (a && a.commit > (best?.commit ?? 0)) best = a;
     if (best === null || best.commit <= core.log.committed) return;
     if (!best.members.some((m) => m.node_id === this.id)) {
-      if (best.commit > own) this.#learnRemoved(best.peer, best.commit);
+      if (best.commit >= own) this.#learnRemoved(best.peer, best.commit);
       return;
     }
     const unknown = best.members.filter((m) => !this.#members.has(m.node_id));

@@ -317,7 +317,7 @@ export class RaftCore {
    */
   get removed(): boolean {
     if (this.#voters.length === 0) return false;
-    return !this.#isMember(this.id) || this.#learnedRemovedAt > this.#selfConfIndex();
+    return !this.#isMember(this.id) || this.learnedRemoved;
   }
 
   /**
@@ -343,40 +343,52 @@ export class RaftCore {
    * nothing this node holds since says otherwise.
    */
   get learnedRemoved(): boolean {
-    return this.#voters.length > 0 && this.#learnedRemovedAt > this.#selfConfIndex();
+    // At the index of its own configuration entry too: that entry is then not the committed one
+    // (see learnRemoved).
+    return this.#voters.length > 0 && this.#learnedRemovedAt > 0 &&
+      this.#learnedRemovedAt >= this.#selfConfIndex();
   }
 
   /**
    * Whether a peer message from `from` is to be answered "you were removed", and as of which
-   * index: the index of this node's committed configuration when that configuration and the
-   * newest one both leave `from` out; 0 otherwise (a member, this node, or a node with no
-   * configuration yet). The sender takes the answer only when that index is above every
-   * configuration it holds that lists it ({@linkcode RaftCore.learnRemoved}).
+   * index: this node's commit index when the configuration in force there and the newest one
+   * both leave `from` out; 0 otherwise (a member, this node, or a node with no configuration
+   * yet). The sender takes the answer only when that index is above every configuration it holds
+   * that lists it ({@linkcode RaftCore.learnRemoved}): committed history up to the commit index
+   * holds any such configuration entry, or truncated it away (an addition that never committed,
+   * overwritten by a later leader), and either way leaves the sender out at that index. (The
+   * index of the configuration entry itself would be below such an overwritten addition, and
+   * the sender would never learn it is no member.)
    */
   removedAt(from: NodeId): number {
     if (from === this.id || this.#voters.length === 0 || this.#isMember(from)) return 0;
     const at = Math.max(this.log.committed, this.log.snapIndex);
-    let index = this.log.snapIndex;
     let conf = this.#baseConf;
     for (const c of this.#confs) {
       if (c.index > at) break;
-      [index, conf] = [c.index, c.conf];
+      conf = c.conf;
     }
     if (confLists(conf, from)) return 0;
-    return Math.max(1, index);
+    return Math.max(1, at);
   }
 
   /**
-   * A peer answered that the committed configuration at `index` leaves this node out. Taken only
-   * when `index` is above the configuration this node knows itself a member by: committed
-   * configurations form one history, so a later one that leaves this node out means it was
-   * removed since; a stale peer that has not seen this node's (re-)addition answers with an index
-   * below that addition and is ignored. A configuration entry or snapshot that lists this node
+   * A peer answered that the configuration in force at its commit index `index` leaves this node
+   * out. Taken only when `index` is at or above the configuration this node knows itself a member
+   * by: committed configurations form one history, so one in force at or after that entry that
+   * leaves this node out means it was removed since, or that its entry there is not the committed
+   * one (its addition was overwritten); a stale peer that has not seen this node's (re-)addition
+   * answers with an index below that addition and is ignored. A configuration entry or snapshot that lists this node
    * above `index` clears it again. Returns whether this node now counts itself removed.
    */
   learnRemoved(index: number): boolean {
     if (this.#voters.length === 0 || !this.#isMember(this.id)) return this.removed;
-    if (index <= this.#selfConfIndex() || index <= this.#learnedRemovedAt) return this.removed;
+    // An index equal to this node's own configuration entry counts: the configuration in force
+    // at that committed index leaves this node out, so the entry there is not this node's (a
+    // new leader overwrote its addition).
+    if (index < 1 || index < this.#selfConfIndex() || index <= this.#learnedRemovedAt) {
+      return this.removed;
+    }
     this.#learnedRemovedAt = index;
     if (this.role !== "follower") this.#becomeFollower(this.term, NONE);
     return this.removed;

@@ -79,7 +79,7 @@
  * 1. the cluster: {@linkcode TransportHandlers.checkCluster} with the `x-raftkv-cluster` header
  *    (`403` for a node of another cluster);
  * 2. a sender that a committed membership change removed (outside both the committed and the
- *    newest configuration: {@linkcode TransportHandlers.removedAt}, at an index above the one
+ *    newest configuration: {@linkcode TransportHandlers.removedAt}, at an index at or above the one
  *    its `x-raftkv-member-since` header says it counts itself a member by) gets `410`
  *    `{"error","code":"removed","index"}` with the index also in the `x-raftkv-removed-at`
  *    header, so that a member that was down while its removal committed learns it; the sending
@@ -168,7 +168,7 @@ export const CLUSTER_HEADER = "x-raftkv-cluster";
  * ({@linkcode TransportHandlers.memberSince}); absent when it does not.
  */
 export const MEMBER_SINCE_HEADER = "x-raftkv-member-since";
-/** The header of a `410` answer: the index of the committed configuration that left the sender out. */
+/** The header of a `410` answer: the commit index at which the configuration leaves the sender out. */
 export const REMOVED_AT_HEADER = "x-raftkv-removed-at";
 /** The header carrying the `Snap` message of a snapshot request (unpadded base64url codec bytes). */
 export const MESSAGE_HEADER = "x-raftkv-message";
@@ -1197,8 +1197,8 @@ export function createPeerHandler(
   function refuseRemoved(from: string, index: number): Response {
     return refuse(
       410,
-      `Sender ${_quoteId(from)} was removed from the cluster: the committed configuration ` +
-        `(index ${index}) leaves it out`,
+      `Sender ${_quoteId(from)} was removed from the cluster: the configuration in force at ` +
+        `the commit index ${index} leaves it out`,
       from,
       { body: { code: "removed", index }, headers: { [REMOVED_AT_HEADER]: String(index) } },
     );
@@ -1525,7 +1525,7 @@ export function createPeerHandler(
       const since = Number(req.headers.get(MEMBER_SINCE_HEADER) ?? "");
       if ((proved === null || proved === from) && Number.isSafeInteger(since) && since > 0) {
         const removedAt = handlers.removedAt?.(proved ?? from) ?? 0;
-        if (removedAt > since) return refuseRemoved(proved ?? from, removedAt);
+        if (removedAt >= since) return refuseRemoved(proved ?? from, removedAt);
       }
       // A sender that is not another member, or not the one the connection proved, is refused
       // before anything is read or stored.

@@ -1583,9 +1583,20 @@ Deno.test("a sender the node says was removed gets 410 removed with the index, b
   assert.strictEqual(json.code, "removed");
   assert.strictEqual(json.index, 7);
   assert.strictEqual(body.pulls(), 0, "the body was read");
+  // One that counts itself a member by a configuration entry at that very index is told too (the
+  // index is a commit index: the committed entry there is not its addition, which a new leader
+  // overwrote).
+  const at = await handler(
+    _post("/raft/messages", encodeMessages([_heartbeat("n3")]), {
+      [FROM_HEADER]: "n3",
+      [MEMBER_SINCE_HEADER]: "7",
+    }),
+  );
+  assert.strictEqual(at.status, 410);
+  await at.body?.cancel();
   // A sender that does not say it counts itself a member (a stranger), or says so by a
-  // configuration at or above that index (the peer lags behind its addition), gets 403.
-  for (const since of [undefined, "7", "9", "x"]) {
+  // configuration above that index (the peer lags behind its addition), gets 403.
+  for (const since of [undefined, "8", "9", "x"]) {
     const headers: Record<string, string> = { [FROM_HEADER]: "n3" };
     if (since !== undefined) headers[MEMBER_SINCE_HEADER] = since;
     const other = await handler(

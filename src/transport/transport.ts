@@ -53,9 +53,9 @@ export interface TransportHandlers {
   /** Called when a peer could not be reached after the retries (the Raft core may then slow down probing). */
   onUnreachable?(peer: NodeId): void;
   /**
-   * Whether what `from` sends is to be answered "you were removed" instead of taken: the index of
-   * this node's committed configuration when it and the newest one both leave `from` out, else 0
-   * (see `RaftCore.removedAt`). The HTTP peer handler answers `410` when that index is above the
+   * Whether what `from` sends is to be answered "you were removed" instead of taken: this node's
+   * commit index when the configuration in force there and the newest one both leave `from` out,
+   * else 0 (see `RaftCore.removedAt`). The HTTP peer handler answers `410` when that index is at or above the
    * one the sender says it is a member by ({@linkcode TransportHandlers.memberSince}).
    */
   removedAt?(from: NodeId): number;

@@ -182,7 +182,7 @@ export class SimNetwork {
     const since = src?.handlers.memberSince?.() ?? 0;
     if (src === undefined || since === 0) return false;
     const index = dst.handlers.removedAt?.(from) ?? 0;
-    if (index <= since) return false;
+    if (index < since) return false;
     this.#host.stats.removedAnswers++;
     this.#host.later(this.#delay(), () => {
       if (!this.#alive(src) || this.cut?.(dst.id, from)) return;
