@@ -353,11 +353,11 @@ export class RaftCore {
    * Whether a peer message from `from` is to be answered "you were removed", and as of which
    * index: this node's commit index when the configuration in force there and the newest one
    * both leave `from` out; 0 otherwise (a member, this node, or a node with no configuration
-   * yet). The sender takes the answer only when that index is above every configuration it holds
-   * that lists it ({@linkcode RaftCore.learnRemoved}): committed history up to the commit index
-   * holds any such configuration entry, or truncated it away (an addition that never committed,
-   * overwritten by a later leader), and either way leaves the sender out at that index. (The
-   * index of the configuration entry itself would be below such an overwritten addition, and
+   * yet). The sender takes the answer only when that index is at or above every configuration it
+   * holds that lists it ({@linkcode RaftCore.learnRemoved}): committed history up to the commit
+   * index holds any such configuration entry, or truncated it away (an addition that never
+   * committed, overwritten by a later leader), and either way leaves the sender out at that index.
+   * (The index of the configuration entry itself would be below such an overwritten addition, and
    * the sender would never learn it is no member.)
    */
   removedAt(from: NodeId): number {
@@ -378,8 +378,9 @@ export class RaftCore {
    * by: committed configurations form one history, so one in force at or after that entry that
    * leaves this node out means it was removed since, or that its entry there is not the committed
    * one (its addition was overwritten); a stale peer that has not seen this node's (re-)addition
-   * answers with an index below that addition and is ignored. A configuration entry or snapshot that lists this node
-   * above `index` clears it again. Returns whether this node now counts itself removed.
+   * answers with an index below that addition and is ignored. A configuration entry or snapshot
+   * that lists this node above `index` clears it again. Returns whether this node now counts
+   * itself removed.
    */
   learnRemoved(index: number): boolean {
     if (this.#voters.length === 0 || !this.#isMember(this.id)) return this.removed;
