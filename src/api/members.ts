@@ -61,9 +61,9 @@ export function listMembersRoute(ctx: MembersContext): Response {
  * `POST /v1/members` with `{"node_id","rpc_url","api_url"}`: adds the node as a learner (the
  * leader promotes it to voter once it is caught up). 201 `{"added": id, "index": n,
  * "members": [...], "cluster_id"}` once the change is applied on the leader (the id of the
- * cluster the node joins, which it checks against the one its first peer named). Errors: 400 for a bad body; 409
- * for an id or address already in use, or while another change is in progress; 503 when no
- * leader is known; 504 when the change was not applied within the deadline.
+ * cluster the node joins, which it checks against the one its first peer named). Errors: 400 for
+ * a bad body; 409 for an id or address already in use, or while another change is in progress;
+ * 503 when no leader is known; 504 when the change was not applied within the deadline.
  */
 export async function addMemberRoute(
   ctx: MembersContext,

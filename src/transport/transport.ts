@@ -55,8 +55,8 @@ export interface TransportHandlers {
   /**
    * Whether what `from` sends is to be answered "you were removed" instead of taken: this node's
    * commit index when the configuration in force there and the newest one both leave `from` out,
-   * else 0 (see `RaftCore.removedAt`). The HTTP peer handler answers `410` when that index is at or above the
-   * one the sender says it is a member by ({@linkcode TransportHandlers.memberSince}).
+   * else 0 (see `RaftCore.removedAt`). The HTTP peer handler answers `410` when that index is at
+   * or above the one the sender says it is a member by ({@linkcode TransportHandlers.memberSince}).
    */
   removedAt?(from: NodeId): number;
   /**

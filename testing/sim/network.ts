@@ -140,9 +140,9 @@ export class SimNetwork {
         if (dst === null) return resolve(false);
         dst.clock.run(() => {
           if (!this.#alive(dst)) return resolve(false);
-          const refusal = dst.handlers.checkCluster?.(cluster) ?? null;
-          if (refusal === null) this.#deliver(from, dst, bytes, cluster);
-          resolve(refusal !== null);
+          const refused = (dst.handlers.checkCluster?.(cluster) ?? null) !== null;
+          if (!refused) this.#take(from, dst, bytes);
+          resolve(refused);
         });
       });
     });
@@ -159,6 +159,11 @@ export class SimNetwork {
   #deliver(from: NodeId, dst: _Endpoint, bytes: Uint8Array, cluster: string | undefined): void {
     if (!this.#alive(dst)) return;
     if (this.#refusesCluster(from, dst, cluster)) return;
+    this.#take(from, dst, bytes);
+  }
+
+  /** Hands a batch whose cluster passed to `dst`, as the peer handler's later checks do. */
+  #take(from: NodeId, dst: _Endpoint, bytes: Uint8Array): void {
     if (this.#answerRemoved(from, dst)) return;
     const msgs = decodeMessages(bytes);
     if (!this.#accepts(from, dst, msgs, "messages")) return;
