@@ -48,7 +48,7 @@ interface _Batch {
 
 /** Runs every seed; collects failures instead of stopping at the first. */
 async function _runSeeds(
-  seeds: number[],
+  seeds: readonly number[],
   make: (seed: number) => SimulationOptions,
   stopAfterFailures = Infinity,
 ): Promise<_Batch> {
@@ -424,11 +424,13 @@ const _WATCH_FAULTS = [
   { fault: "repeat", what: "resumes at its last index", seeds: _range(1, 20), long: false },
   { fault: "skip", what: "resumes one index late", seeds: _range(1, 20), long: false },
   // The protocol before event ids: a stream broken inside one entry's changes lost the rest of
-  // them. Such breaks need entries with several changes of a watcher's keys: longer runs.
+  // them. Such breaks need entries with several changes of a watcher's keys: longer runs, and
+  // few of them catch it. Seed 23 is the first of 1-60 that does (seen on this code); it runs
+  // first, and the rest of the range stays behind it for when a change moves the interleavings.
   {
     fault: "index",
     what: "goes on after the index of an event inside an entry's changes, not after its id,",
-    seeds: _range(1, 60),
+    seeds: [23, ..._range(1, 60).filter((seed) => seed !== 23)],
     long: true,
   },
 ] as const;
