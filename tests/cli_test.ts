@@ -338,6 +338,74 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
     await Deno.remove(dir, { recursive: true });
   }
 
+  await t.step(
+    "txn runs one branch, exits 0 or 6 by it; del --prefix deletes a range in one entry",
+    async () => {
+      for (const [k, v] of [["jobs/1", "a"], ["jobs/2", "b"], ["jobs/3", "c"], ["jobsx", "d"]]) {
+        _expect(await raftkv(["put", k!, v!, ...ep]), 0, `put ${k}`);
+      }
+      const claim = JSON.stringify({
+        compare: [{ k: "jobs/1", value: "a" }],
+        success: [{ op: "put", k: "jobs/1", v: "taken" }, { op: "get", k: "jobs/2" }],
+        failure: [{ op: "get", k: "jobs/1" }],
+      });
+      // From stdin through a follower (forwarded), then from a file with -o json.
+      const won = await raftkv(["txn", "--endpoints", cluster.api(follower)], { stdin: claim });
+      _expect(won, 0, "txn whose compares hold");
+      assert.match(
+        won.stdout,
+        /^succeeded \(index \d+\)\nput "jobs\/1" \(mod_index \d+\)\nget "jobs\/2" = "b"\n$/,
+      );
+      const file = await Deno.makeTempFile({ suffix: ".json" });
+      try {
+        await Deno.writeTextFile(file, claim);
+        const lost = await raftkv(["txn", file, ...ep]);
+        _expect(lost, 6, "txn whose compares do not hold");
+        assert.match(
+          lost.stdout,
+          /^compares failed: ran the failure branch \(index \d+\)\nget "jobs\/1" = "taken"\n$/,
+        );
+        const json = await raftkv(["txn", file, "-o", "json", ...ep]);
+        _expect(json, 6, "txn -o json");
+        assert.equal(json.json!.succeeded, false);
+        assert.deepEqual(Object.keys(json.json!), ["succeeded", "index", "results"]);
+      } finally {
+        await Deno.remove(file);
+      }
+      const bad = await raftkv(["txn", ...ep], { stdin: '{"compare":[{"k":"a","op":"~"}]}' });
+      _expect(bad, 2, "a malformed transaction");
+      assert.match(bad.stderr, /txn: .*compare\[0\]/);
+
+      const del = await raftkv(["del", "--prefix", "jobs/", ...ep]);
+      _expect(del, 0, "del --prefix");
+      assert.match(del.stdout, /^deleted 3 keys \(index \d+\)\n$/);
+      const left = await raftkv(["list", "jobs", "--keys-only", ...ep]);
+      assert.equal(left.stdout, "jobsx\n");
+      const none = await raftkv(["del", "--prefix", "jobs/", "-o", "json", ...ep]);
+      _expect(none, 0, "del --prefix with nothing under it");
+      assert.equal(none.json!.deleted, 0);
+    },
+  );
+
+  await t.step("leader transfer hands the leadership over and prints the new leader", async () => {
+    // Without an id, to the most caught-up voter; asked through a follower, which forwards it.
+    const any = await raftkv(["leader", "transfer", "--endpoints", cluster.api(follower)]);
+    _expect(any, 0, "leader transfer");
+    const first = any.stdout.match(/^the leader is now (\S+) \(was (\S+)\)\n$/);
+    assert.ok(first, any.stdout);
+    assert.equal(first[2], leader);
+    assert.notEqual(first[1], leader);
+    // Then to a named voter other than `follower`, which the steps below pause and stop.
+    const to = cluster.ids.find((id) => id !== follower && id !== first[1])!;
+    const named = await raftkv(["leader", "transfer", to, "-o", "json", ...ep]);
+    _expect(named, 0, `leader transfer ${to}`);
+    assert.deepEqual(named.json, { leader: to, previous: first[1] });
+    assert.equal((await cluster.status(to))?.role, "leader");
+    const unknown = await raftkv(["leader", "transfer", "node-9", ...ep]);
+    _expect(unknown, 1, "leader transfer to an unknown id");
+    assert.match(unknown.stderr, /leader transfer "node-9": 400 /);
+  });
+
   await t.step("no answer within --timeout exits 1 (a paused node)", async () => {
     cluster.pause(follower);
     try {

@@ -1,8 +1,8 @@
 /**
  * The command-line client in the node's binary, in the spirit of `etcdctl`: `raftkv get KEY`,
- * `put`, `del`, `list`, `watch`, `lease grant|keepalive|revoke|list`, `status`,
- * `members list|add|remove`, `snapshot save|restore`, `verify`, and `raftkv help`. It talks only
- * the public REST API.
+ * `put`, `del`, `list`, `txn`, `watch`, `lease grant|keepalive|revoke|list`, `status`,
+ * `members list|add|remove`, `leader transfer`, `snapshot save|restore`, `verify`, and
+ * `raftkv help`. It talks only the public REST API.
  *
  * @module
  */
@@ -15,6 +15,7 @@ import {
   EXIT_CODES_HELP,
 } from "./command.ts";
 import { DEL, GET, LIST, PUT } from "./kv.ts";
+import { LEADER_TRANSFER } from "./leader.ts";
 import { LEASE_GRANT, LEASE_KEEPALIVE, LEASE_LIST, LEASE_REVOKE } from "./lease.ts";
 import {
   ClientError,
@@ -28,6 +29,7 @@ import { type ClientIo, REAL_IO, reportError } from "./output.ts";
 import { SNAPSHOT_RESTORE, SNAPSHOT_SAVE } from "./snapshot.ts";
 import { STATUS } from "./status.ts";
 import { MEMBERS_ADD, MEMBERS_LIST, MEMBERS_REMOVE } from "./members.ts";
+import { TXN } from "./txn.ts";
 import { VERIFY } from "./verify.ts";
 import { WATCH } from "./watch.ts";
 
@@ -39,6 +41,7 @@ export const COMMANDS: readonly Command[] = [
   PUT,
   DEL,
   LIST,
+  TXN,
   LEASE_GRANT,
   LEASE_KEEPALIVE,
   LEASE_REVOKE,
@@ -48,6 +51,7 @@ export const COMMANDS: readonly Command[] = [
   MEMBERS_LIST,
   MEMBERS_ADD,
   MEMBERS_REMOVE,
+  LEADER_TRANSFER,
   SNAPSHOT_SAVE,
   SNAPSHOT_RESTORE,
   VERIFY,
@@ -60,8 +64,8 @@ const _FIRST_WORDS = new Set([...COMMANDS.map((c) => c.name.split(" ")[0]!), "he
  * client instead of a node (a node's arguments are all flags).
  *
  * @param word The first argument.
- * @returns True for `get`, `put`, `del`, `list`, `watch`, `lease`, `status`, `members`,
- * `snapshot`, `verify` and `help`.
+ * @returns True for `get`, `put`, `del`, `list`, `txn`, `watch`, `lease`, `status`, `members`,
+ * `leader`, `snapshot`, `verify` and `help`.
  */
 export function isClientCommand(word: string | undefined): boolean {
   return word !== undefined && _FIRST_WORDS.has(word);
@@ -82,12 +86,6 @@ export function clientHelp(): string {
     "Commands:",
     ...COMMANDS.map((c) => `  ${`${c.name} ${c.args}`.padEnd(width)}${c.summary}`),
     `  ${"help".padEnd(width)}this text; raftkv <command> --help for a command's own`,
-    "",
-    ...wrap(
-      "Not in this client: watch and members, which need the API's change feed and membership " +
-        "changes, which the API does not have in this version.",
-      100,
-    ),
     "",
     "Global options (every command):",
     ...formatOptions(GLOBAL_OPTIONS),

@@ -44,6 +44,12 @@ Deno.test("bad usage exits 2 with one line saying what is wrong, before any requ
     [["snapshot", "load", "f"], /snapshot needs a subcommand, not "load"/],
     [["snapshot", "save"], /missing arguments; usage: raftkv snapshot save \[options\] FILE/],
     [["get", "a", "--cacert", "/nonexistent/ca.pem"], /cannot read the --cacert file/],
+    [["del", "a", "--prefix", "--cas", "3"], /give --cas or --prefix, not both/],
+    [["txn"], /the transaction is not JSON/],
+    [["txn", "/nonexistent/txn.json"], /cannot read "\/nonexistent\/txn.json"/],
+    [["txn", "a", "b"], /unexpected argument "b"/],
+    [["leader"], /^raftkv leader: leader needs a subcommand:\n {2}raftkv leader transfer/],
+    [["leader", "transfer", ""], /the node id must not be empty/],
   ];
   for (const [args, message] of cases) {
     const result = await run(args);
@@ -87,11 +93,25 @@ Deno.test("--help, -h and raftkv help print usage and exit 0 without touching th
   const overview = await run(["help"]);
   assert.equal(overview.code, 0);
   for (
-    const name of ["get", "put", "del", "status", "snapshot save", "snapshot restore", "verify"]
+    const name of [
+      "get",
+      "put",
+      "del",
+      "list",
+      "txn",
+      "watch",
+      "status",
+      "members list",
+      "leader transfer",
+      "snapshot save",
+      "snapshot restore",
+      "verify",
+    ]
   ) {
     assert.match(overview.out, new RegExp(`^ {2}${name} `, "m"), name);
   }
-  assert.match(overview.out, /Not in this client: watch and members/);
+  // Every command the API serves is in the client: the overview names none as missing.
+  assert.doesNotMatch(overview.out, /Not in this client/);
 });
 
 Deno.test("watch: a stream broken inside one entry's changes goes on after the last event's id (Last-Event-ID), at the next endpoint", async () => {

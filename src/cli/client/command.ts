@@ -1,7 +1,6 @@
 /**
- * What a client subcommand is: its name, help and options, and the context it runs in. New
- * subcommands (such as `list`, `watch` and `members` once the API has ranges, watches and
- * membership changes) are one more {@linkcode Command} in the table of `client.ts`.
+ * What a client subcommand is: its name, help and options, and the context it runs in. A new
+ * subcommand is one more {@linkcode Command} in the table of `client.ts`.
  *
  * @module
  */

@@ -159,16 +159,25 @@ export const PUT: Command = {
   },
 };
 
-/** `raftkv del KEY`. */
+/** `raftkv del KEY`, and `raftkv del --prefix PREFIX`. */
 export const DEL: Command = {
   name: "del",
   args: "KEY",
-  summary: "delete a key",
+  summary: "delete a key (--prefix: every key under a prefix)",
   description: "Deletes KEY and prints the log index of the delete (-o json: the API's " +
-    '{"k","deleted","index"}). A key that did not exist exits 3 (nothing was deleted).',
-  options: [CAS_OPTION],
+    '{"k","deleted","index"}). A key that did not exist exits 3 (nothing was deleted).\n\n' +
+    "With --prefix, KEY is a prefix: every key that starts with it is deleted in one log entry " +
+    '(atomically), and the count is printed (-o json: the API\'s {"deleted","index"}); none ' +
+    'matching is not an error. An empty prefix ("") deletes every key.',
+  options: [CAS_OPTION, {
+    name: "--prefix",
+    value: null,
+    default: "",
+    description: "delete every key starting with KEY instead of KEY alone (not with --cas)",
+  }],
   arity: [1, 1],
   async run(ctx) {
+    if (ctx.line.switches.has("--prefix")) return await _deletePrefix(ctx);
     const key = _key(ctx);
     const cas = _cas(ctx);
     const client = await ctx.client();
@@ -184,6 +193,23 @@ export const DEL: Command = {
     return EXIT.ok;
   },
 };
+
+/** `raftkv del --prefix PREFIX`: `DELETE /v1/data?prefix=PREFIX`. */
+async function _deletePrefix(ctx: CommandContext): Promise<number> {
+  if (ctx.line.values.has("--cas")) throw usageError("give --cas or --prefix, not both");
+  const prefix = ctx.args[0]!;
+  const client = await ctx.client();
+  const answer = await client.send("DELETE", `/v1/data?${new URLSearchParams({ prefix })}`);
+  const what = `del --prefix ${JSON.stringify(prefix)}`;
+  if (answer.status !== 200) throw answerError(answer, what);
+  const body = answer.json as { deleted?: unknown; index?: unknown } | null;
+  if (typeof body?.deleted !== "number") {
+    throw new ClientError(`${what}: unexpected answer ${answer.text.slice(0, 200)}`, EXIT.error);
+  }
+  const keys = body.deleted === 1 ? "1 key" : `${body.deleted} keys`;
+  ctx.print(answer.json, `deleted ${keys} (index ${body.index})`);
+  return EXIT.ok;
+}
 
 /** One item of a range answer. */
 interface _Item {
