@@ -619,3 +619,130 @@ Deno.test("list pages through a prefix in key order; put and del --cas exit 6 on
   assert.equal((await raftkv(["get", "app/b", ...ep])).stdout, "2\n", "nothing was deleted");
   _expect(await raftkv(["put", "app/a", "x", "--cas", "abc", ...ep]), 2, "a bad --cas");
 });
+
+/** A `raftkv` process left running, its output gathered as it comes. */
+interface _Running {
+  child: Deno.ChildProcess;
+  out: () => string;
+  err: () => string;
+  /** Resolves with the exit code once it has exited and its output is read. */
+  exited: Promise<number>;
+}
+
+/** Starts `raftkv <args>` in a process of its own and gathers its output as it comes. */
+function _start(args: string[]): _Running {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args],
+    env: cleanEnv({}),
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let out = "";
+  let err = "";
+  const read = async (stream: ReadableStream<Uint8Array>, add: (s: string) => void) => {
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) add(chunk);
+  };
+  const exited = Promise.all([
+    read(child.stdout, (s) => out += s),
+    read(child.stderr, (s) => err += s),
+  ]).then(() => child.status).then((s) => s.code);
+  return { child, out: () => out, err: () => err, exited };
+}
+
+function _stop(run: _Running): void {
+  try {
+    run.child.kill("SIGKILL");
+  } catch { /* it has exited */ }
+}
+
+Deno.test("lock: waiters queue behind the holder and run their command once it releases, dies or loses its lease", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  const follower = cluster.ids.find((id) => id !== leader)!;
+  const ep = ["--endpoints", cluster.ids.map((id) => cluster.api(id)).join(",")];
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-lock-" });
+  const started: _Running[] = [];
+  const start = (args: string[]) => {
+    const run = _start(args);
+    started.push(run);
+    return run;
+  };
+  try {
+    // A holds the lock until SIGTERM; B, through a follower, waits behind it to run a command.
+    const a = start(["lock", "jobs/lock", "--ttl", "1s", "-o", "json", ...ep]);
+    await waitFor(() => a.out().includes("\n"), {
+      deadlineMs: 15_000,
+      message: () => `A to hold the lock (stderr: ${a.err()})`,
+    });
+    const held = JSON.parse(a.out()) as { key: string; lease: number; create_index: number };
+    assert.equal(held.key, `jobs/lock/${held.lease}`);
+    const marker = join(dir, "b");
+    const b = start([
+      "lock",
+      "jobs/lock",
+      "--ttl",
+      "1s",
+      "--endpoints",
+      cluster.api(follower),
+      "--",
+      "sh",
+      "-c",
+      `echo "$RAFTKV_LOCK_KEY $RAFTKV_LOCK_INDEX" > ${marker}; exit 7`,
+    ]);
+    await waitFor(() => b.err().includes(`waiting for ${held.key} `), {
+      deadlineMs: 15_000,
+      message: () => `B to wait for A's key (stderr: ${b.err()})`,
+    });
+    // B has read the line and found A's key ahead of its own: its command has not run.
+    await assert.rejects(Deno.stat(marker), Deno.errors.NotFound);
+    const line = await raftkv(["list", "jobs/lock/", "--keys-only", ...ep]);
+    assert.equal(line.stdout.split("\n").filter((k) => k !== "").length, 2, line.stdout);
+
+    a.child.kill("SIGTERM");
+    assert.equal(await a.exited, 0, `A released on SIGTERM: ${a.err()}`);
+    assert.equal(await b.exited, 7, `B exits with its command's code: ${b.err()}`);
+    const [bKey, bIndex] = (await Deno.readTextFile(marker)).trim().split(" ");
+    assert.match(bKey!, /^jobs\/lock\/\d+$/);
+    assert.ok(Number(bIndex) > held.create_index, `${bIndex} after ${held.create_index}`);
+    assert.match(b.err(), new RegExp(`holding ${bKey} \\(create_index ${bIndex}, lease \\d+\\)`));
+    const empty = await raftkv(["list", "jobs/lock/", "--keys-only", ...ep]);
+    assert.equal(empty.stdout, "", "both released: their leases revoked, their keys gone");
+
+    // A holder killed with SIGKILL keeps the lock until its lease expires; then the next runs.
+    const c = start(["lock", "jobs/lock", "--ttl", "1s", ...ep]);
+    await waitFor(() => c.out().startsWith("holding "), {
+      deadlineMs: 15_000,
+      message: () => `C to hold the lock (stderr: ${c.err()})`,
+    });
+    const after = join(dir, "d");
+    const d = start(["lock", "jobs/lock", ...ep, "--", "sh", "-c", `touch ${after}`]);
+    await waitFor(() => d.err().includes("waiting for jobs/lock/"), {
+      deadlineMs: 15_000,
+      message: () => `D to wait (stderr: ${d.err()})`,
+    });
+    c.child.kill("SIGKILL");
+    await c.exited;
+    assert.equal(await d.exited, 0, `D ran once C's lease expired: ${d.err()}`);
+    await Deno.stat(after);
+
+    // A holder whose lease is revoked under it has lost the lock: its command gets SIGTERM.
+    const e = start(["lock", "jobs/lock", "-o", "json", ...ep, "--", "sleep", "60"]);
+    await waitFor(() => e.err().includes("\n"), {
+      deadlineMs: 15_000,
+      message: () => `E to hold the lock (stderr: ${e.err()})`,
+    });
+    const eHeld = JSON.parse(e.err().split("\n")[0]!) as { lease: number };
+    _expect(await raftkv(["lease", "revoke", String(eHeld.lease), ...ep]), 0, "revoke E's lease");
+    const stopped = performance.now();
+    assert.equal(await e.exited, 1, e.err());
+    // With -o json the error is the one JSON object on stdout.
+    assert.match(e.out(), new RegExp(`"lost the lock: lease ${eHeld.lease} is gone`));
+    assert.ok(performance.now() - stopped < 10_000, "E stopped its command within seconds");
+  } finally {
+    for (const run of started) _stop(run);
+    await Promise.all(started.map((run) => run.exited.catch(() => {})));
+    await Deno.remove(dir, { recursive: true });
+  }
+});

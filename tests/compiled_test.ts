@@ -159,7 +159,9 @@ Deno.test("the binary has only the permissions the node needs", async () => {
   for (const name of ["RAFTKV_API_PORT", "RAFTKV_K8S_REPLICAS", "HOSTNAME", "POD_NAMESPACE"]) {
     assert.ok(env.split(/[=,]/).includes(name), `${name} is not readable`);
   }
-  assert.equal(PERMISSION_FLAGS.length, 4);
+  // Running programs: `raftkv lock NAME COMMAND` runs COMMAND (a node starts none).
+  assert.equal(PERMISSION_FLAGS[4], "--allow-run");
+  assert.equal(PERMISSION_FLAGS.length, 5);
   // A node started with exactly these permissions gets as far as its own configuration error.
   const { code, stderr } = await runMain([], cleanEnv({ RAFTKV_JOIN_MODE: "k8s" }));
   assert.equal(code, 2, stderr);

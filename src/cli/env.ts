@@ -45,13 +45,16 @@ export const ENV_VARS: readonly string[] = [
  * The Deno permissions the program needs, which the compiled binary has baked in and no others:
  * network (it listens and talks to peers whose addresses are only known at run time), read and
  * write (the data directory and the cluster file are only known at run time too, so they cannot
- * be narrowed to paths) and the environment variables in {@linkcode ENV_VARS}.
+ * be narrowed to paths), the environment variables in {@linkcode ENV_VARS}, and running programs
+ * (the client's `raftkv lock NAME COMMAND` runs COMMAND while it holds the lock; a node starts
+ * none).
  */
 export const PERMISSION_FLAGS: readonly string[] = [
   "--allow-net",
   "--allow-read",
   "--allow-write",
   `--allow-env=${ENV_VARS.join(",")}`,
+  "--allow-run",
 ];
 
 /**

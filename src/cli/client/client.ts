@@ -1,6 +1,6 @@
 /**
  * The command-line client in the node's binary, in the spirit of `etcdctl`: `raftkv get KEY`,
- * `put`, `del`, `list`, `txn`, `watch`, `lease grant|keepalive|revoke|list`, `status`,
+ * `put`, `del`, `list`, `txn`, `watch`, `lock`, `lease grant|keepalive|revoke|list`, `status`,
  * `members list|add|remove`, `leader transfer`, `snapshot save|restore`, `verify`, and
  * `raftkv help`. It talks only the public REST API.
  *
@@ -17,6 +17,7 @@ import {
 import { DEL, GET, LIST, PUT } from "./kv.ts";
 import { LEADER_TRANSFER } from "./leader.ts";
 import { LEASE_GRANT, LEASE_KEEPALIVE, LEASE_LIST, LEASE_REVOKE } from "./lease.ts";
+import { LOCK } from "./lock.ts";
 import {
   ClientError,
   formatOptions,
@@ -47,6 +48,7 @@ export const COMMANDS: readonly Command[] = [
   LEASE_REVOKE,
   LEASE_LIST,
   WATCH,
+  LOCK,
   STATUS,
   MEMBERS_LIST,
   MEMBERS_ADD,
@@ -64,7 +66,7 @@ const _FIRST_WORDS = new Set([...COMMANDS.map((c) => c.name.split(" ")[0]!), "he
  * client instead of a node (a node's arguments are all flags).
  *
  * @param word The first argument.
- * @returns True for `get`, `put`, `del`, `list`, `txn`, `watch`, `lease`, `status`, `members`,
+ * @returns True for `get`, `put`, `del`, `list`, `txn`, `watch`, `lock`, `lease`, `status`, `members`,
  * `leader`, `snapshot`, `verify` and `help`.
  */
 export function isClientCommand(word: string | undefined): boolean {

@@ -50,6 +50,9 @@ Deno.test("bad usage exits 2 with one line saying what is wrong, before any requ
     [["txn", "a", "b"], /unexpected argument "b"/],
     [["leader"], /^raftkv leader: leader needs a subcommand:\n {2}raftkv leader transfer/],
     [["leader", "transfer", ""], /the node id must not be empty/],
+    [["lock"], /missing arguments; usage: raftkv lock \[options\] NAME \[COMMAND...\]/],
+    [["lock", ""], /the lock name must not be empty/],
+    [["lock", "a", "--ttl", "soon"], /invalid value for --ttl: /],
   ];
   for (const [args, message] of cases) {
     const result = await run(args);

@@ -50,6 +50,8 @@ export interface SendOptions {
   endpoints?: readonly string[];
   /** Extra request headers (`Last-Event-ID`, say). */
   headers?: Readonly<Record<string, string>>;
+  /** Gives up when it aborts, as at the deadline. */
+  signal?: AbortSignal;
 }
 
 /** Why a request did not get an answer. */
@@ -161,7 +163,9 @@ export class ApiClient {
     const retryRefused = options.retryRefused ?? true;
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), timeoutMs);
-    const signal = controller.signal;
+    const signal = options.signal === undefined
+      ? controller.signal
+      : AbortSignal.any([controller.signal, options.signal]);
     const write = method !== "GET" && method !== "HEAD";
     const problems = new Map<string, string>();
     // The last refusal (503, 429), read at once (a small JSON body), given as the answer if the

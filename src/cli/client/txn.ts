@@ -41,7 +41,7 @@ function _resultLine(r: _Result): string {
 export const TXN: Command = {
   name: "txn",
   args: "[FILE]",
-  summary: "run a transaction: compares, then the success or the failure operations",
+  summary: "run a transaction: compares, then the success or failure operations",
   description: "Runs the transaction in FILE (without FILE, or with -, read from stdin): the " +
     'JSON body of POST /v1/txn, {"compare":[...],"success":[...],"failure":[...]} (see the ' +
     "README's Transactions). It is one log entry: the compares and the branch they pick are " +
