@@ -598,6 +598,9 @@ Deno.test("list pages through a prefix in key order; put and del --cas exit 6 on
   const all = await raftkv(["list", "app/", ...ep]);
   _expect(all, 0, "list");
   assert.equal(all.stdout, "app/a=1\napp/b=2\napp/c=3\n");
+  const got = await raftkv(["get", "--prefix", "app/", ...ep]);
+  _expect(got, 0, "get --prefix");
+  assert.equal(got.stdout, all.stdout, "get --prefix prints what list prints");
   const keys = await raftkv(["list", "app/", "--keys-only", "--limit", "2", ...ep]);
   _expect(keys, 0, "list --keys-only --limit 2");
   assert.equal(keys.stdout, "app/a\napp/b\n");

@@ -46,7 +46,8 @@ export const GET: Command = {
   args: "KEY",
   summary: "print the value of a key",
   description: "Prints the value of KEY (as is, followed by a newline; with -o json the API's " +
-    '{"k","v"}). A key that does not exist exits 3.',
+    '{"k","v"}). A key that does not exist exits 3. With --prefix, KEY is a prefix and the ' +
+    "keys under it are printed as list prints them (raftkv list KEY).",
   options: [{
     name: "--consistency",
     value: "<mode>",
@@ -54,9 +55,16 @@ export const GET: Command = {
     description: '"linearizable" (confirmed with a quorum by the leader), "lease" (the leader ' +
       'answers while its lease holds) or "stale" (the endpoint answers from its own state, may be ' +
       "behind)",
+  }, {
+    name: "--prefix",
+    value: null,
+    default: "",
+    description: "print every key starting with KEY, in key order, as KEY=VALUE lines (as " +
+      "etcdctl get --prefix; the same as raftkv list KEY)",
   }],
   arity: [1, 1],
   async run(ctx) {
+    if (ctx.line.switches.has("--prefix")) return await _list(ctx, ctx.args[0]!);
     const key = _key(ctx);
     const consistency = ctx.line.values.get("--consistency");
     if (consistency !== undefined && !_CONSISTENCIES.includes(consistency.value)) {
@@ -237,38 +245,40 @@ export const LIST: Command = {
     },
   ],
   arity: [0, 1],
-  async run(ctx) {
-    const prefix = ctx.args[0] ?? "";
-    const keysOnly = ctx.line.switches.has("--keys-only");
-    const limitText = ctx.line.values.get("--limit")?.value;
-    const limit = limitText === undefined ? Infinity : Number(limitText);
-    if (limitText !== undefined && !(Number.isInteger(limit) && limit > 0)) {
-      throw usageError(`invalid value for --limit: ${JSON.stringify(limitText)}`);
-    }
-    const consistency = ctx.line.values.get("--consistency")?.value;
-    if (consistency !== undefined && !_CONSISTENCIES.includes(consistency)) {
-      throw usageError(`invalid value for --consistency: ${JSON.stringify(consistency)}`);
-    }
-    const client = await ctx.client();
-    const items: _Item[] = [];
-    let next: string | null = null;
-    do {
-      const query = new URLSearchParams({ prefix });
-      query.set("limit", String(Math.min(1000, limit - items.length)));
-      if (keysOnly) query.set("keys_only", "");
-      if (consistency !== undefined) query.set("consistency", consistency);
-      if (next !== null) query.set("next", next);
-      const answer = await client.send("GET", `/v1/data?${query}`);
-      if (answer.status !== 200) throw answerError(answer, `list ${JSON.stringify(prefix)}`);
-      const body = answer.json as { items?: unknown; next?: unknown } | null;
-      if (!Array.isArray(body?.items) || !(typeof body.next === "string" || body.next === null)) {
-        throw new ClientError(`list: unexpected answer ${answer.text.slice(0, 200)}`, EXIT.error);
-      }
-      items.push(...(body.items as _Item[]));
-      next = body.next as string | null;
-    } while (next !== null && items.length < limit);
-    const lines = items.map((item) => keysOnly ? item.k : `${item.k}=${item.v ?? ""}`);
-    ctx.print({ items }, lines.length > 0 ? lines.join("\n") : null);
-    return EXIT.ok;
-  },
+  run: (ctx) => _list(ctx, ctx.args[0] ?? ""),
 };
+
+/** `raftkv list [PREFIX]`, and `raftkv get --prefix PREFIX`. */
+async function _list(ctx: CommandContext, prefix: string): Promise<number> {
+  const keysOnly = ctx.line.switches.has("--keys-only");
+  const limitText = ctx.line.values.get("--limit")?.value;
+  const limit = limitText === undefined ? Infinity : Number(limitText);
+  if (limitText !== undefined && !(Number.isInteger(limit) && limit > 0)) {
+    throw usageError(`invalid value for --limit: ${JSON.stringify(limitText)}`);
+  }
+  const consistency = ctx.line.values.get("--consistency")?.value;
+  if (consistency !== undefined && !_CONSISTENCIES.includes(consistency)) {
+    throw usageError(`invalid value for --consistency: ${JSON.stringify(consistency)}`);
+  }
+  const client = await ctx.client();
+  const items: _Item[] = [];
+  let next: string | null = null;
+  do {
+    const query = new URLSearchParams({ prefix });
+    query.set("limit", String(Math.min(1000, limit - items.length)));
+    if (keysOnly) query.set("keys_only", "");
+    if (consistency !== undefined) query.set("consistency", consistency);
+    if (next !== null) query.set("next", next);
+    const answer = await client.send("GET", `/v1/data?${query}`);
+    if (answer.status !== 200) throw answerError(answer, `list ${JSON.stringify(prefix)}`);
+    const body = answer.json as { items?: unknown; next?: unknown } | null;
+    if (!Array.isArray(body?.items) || !(typeof body.next === "string" || body.next === null)) {
+      throw new ClientError(`list: unexpected answer ${answer.text.slice(0, 200)}`, EXIT.error);
+    }
+    items.push(...(body.items as _Item[]));
+    next = body.next as string | null;
+  } while (next !== null && items.length < limit);
+  const lines = items.map((item) => keysOnly ? item.k : `${item.k}=${item.v ?? ""}`);
+  ctx.print({ items }, lines.length > 0 ? lines.join("\n") : null);
+  return EXIT.ok;
+}
