@@ -145,7 +145,7 @@ export async function forwardToLeader(
       429,
       `too many requests being forwarded to the leader ${
         quote(leader.id)
-      } (the limit is ${max}, maxForwardedRequests); nothing was sent`,
+      } (the limit is ${max}, --max-forwarded-requests); nothing was sent`,
       { k, limit: max },
       ctx.retryAfter,
     );

@@ -42,7 +42,7 @@
  * (parameters such as `; charset=utf-8` are allowed, case does not matter); anything else is
  * refused with 415 before the body is read. A browser can send a form or `text/plain` to another
  * origin without asking first, but not `application/json`, so a page cannot write by accident.
- * Fields other than `k` and `v` are ignored.
+ * Fields other than `k`, `v` and `cas` (a compare-and-set, as `?cas=N`) are ignored.
  *
  * Back-pressure: past `maxInflightRequests` requests, or `maxInflightBytes` of their bodies, in
  * progress (`/health` and `/ready` aside) a request is answered 429 at once, its body unread;
@@ -682,7 +682,7 @@ function _backup(ctx: _Context): Response {
   if (backups >= max) {
     throw new ApiError(
       429,
-      `too many backups in progress (${backups}; the limit is ${max}, maxConcurrentBackups)`,
+      `too many backups in progress (${backups}; the limit is ${max}, --max-concurrent-backups)`,
       { limit: max },
       ctx.retryAfter,
     );

@@ -435,12 +435,15 @@ Deno.test("keys and values over their limit in UTF-8 bytes are rejected with 413
     await call("POST", "/v1/data", JSON.stringify({ k: "ééé", v: "1" })),
     413,
   );
-  assert.match(String(tooLongKey.error), /key is 6 bytes .*the limit is 4 bytes \(maxKeyBytes\)/);
+  assert.match(
+    String(tooLongKey.error),
+    /key is 6 bytes .*the limit is 4 bytes \(--max-key-bytes\)/,
+  );
   assert.equal(tooLongKey.limit_bytes, 4);
   await expectError(
     await call("POST", "/v1/data", JSON.stringify({ k: "a", v: "€€" })),
     413,
-    /^the value is 6 bytes \(UTF-8\); the limit is 5 bytes \(maxValueBytes\)$/,
+    /^the value is 6 bytes \(UTF-8\); the limit is 5 bytes \(--max-value-bytes\)$/,
   );
   await expectError(
     await call("GET", `/v1/data/${encodeURIComponent("🔑🔑")}`),
@@ -475,7 +478,11 @@ Deno.test("a streamed body is rejected with 413 as soon as it passes maxBodyByte
   const res = await handler(
     new Request("http://127.0.0.1/v1/data", { method: "POST", headers: JSON_TYPE, body: stream }),
   );
-  await expectError(res, 413, /^the request body exceeds the limit of 100 bytes \(maxBodyBytes\)$/);
+  await expectError(
+    res,
+    413,
+    /^the request body exceeds the limit of 100 bytes \(--max-key-bytes plus --max-value-bytes plus 4 KiB\)$/,
+  );
   assert.equal(state.pulls, 4); // 120 bytes: the fourth chunk crosses the limit
   assert.equal(state.cancelled, true);
   assert.deepEqual(backend.calls, []);

@@ -184,7 +184,7 @@ function _keyRange(url: URL, maxKeyBytes: number): KeyRange | undefined {
         413,
         `${name} is ${
           utf8Length(v)
-        } bytes (UTF-8); the limit is ${maxKeyBytes} bytes (maxKeyBytes)`,
+        } bytes (UTF-8); the limit is ${maxKeyBytes} bytes (--max-key-bytes)`,
         { limit_bytes: maxKeyBytes, size_bytes: utf8Length(v) },
       );
     }

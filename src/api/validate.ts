@@ -60,7 +60,7 @@ export async function readBody(
   if (declared > max) {
     throw new ApiError(
       413,
-      `the request body is ${declared} bytes; the limit is ${max} bytes (maxBodyBytes)`,
+      `the request body is ${declared} bytes; the limit is ${max} bytes (--max-key-bytes plus --max-value-bytes plus 4 KiB)`,
       { limit_bytes: max, size_bytes: declared },
     );
   }
@@ -76,7 +76,7 @@ export async function readBody(
       if (total > max) {
         throw new ApiError(
           413,
-          `the request body exceeds the limit of ${max} bytes (maxBodyBytes)`,
+          `the request body exceeds the limit of ${max} bytes (--max-key-bytes plus --max-value-bytes plus 4 KiB)`,
           { limit_bytes: max },
         );
       }
@@ -215,7 +215,7 @@ export function checkKey(key: string, maxKeyBytes: number): void {
   if (size > maxKeyBytes) {
     throw new ApiError(
       413,
-      `the key is ${size} bytes (UTF-8); the limit is ${maxKeyBytes} bytes (maxKeyBytes)`,
+      `the key is ${size} bytes (UTF-8); the limit is ${maxKeyBytes} bytes (--max-key-bytes)`,
       { limit_bytes: maxKeyBytes, size_bytes: size },
     );
   }
@@ -234,7 +234,7 @@ export function checkValue(key: string, value: string, maxValueBytes: number): v
   if (valueBytes > maxValueBytes) {
     throw new ApiError(
       413,
-      `the value is ${valueBytes} bytes (UTF-8); the limit is ${maxValueBytes} bytes (maxValueBytes)`,
+      `the value is ${valueBytes} bytes (UTF-8); the limit is ${maxValueBytes} bytes (--max-value-bytes)`,
       { k: key, limit_bytes: maxValueBytes, size_bytes: valueBytes },
     );
   }

@@ -149,7 +149,7 @@ export function watchRoute(
     const max = limits.options.maxWatchers;
     throw new ApiError(
       429,
-      `too many watch streams open on this node (${limits.watchers}; the limit is ${max}, maxWatchers); retry later or on another node`,
+      `too many watch streams open on this node (${limits.watchers}; the limit is ${max}, --max-watchers); retry later or on another node`,
       { limit: max },
       ctx.retryAfter,
     );

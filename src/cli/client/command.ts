@@ -115,8 +115,8 @@ export class CommandContext {
 
 /** The exit codes, for every `--help`. */
 export const EXIT_CODES_HELP: string = `Exit codes: ${EXIT.ok} ok; ${EXIT.error} error from ` +
-  `the cluster, or unknown outcome (timeout, 5xx); ${EXIT.usage} bad usage; ${EXIT.notFound} key ` +
-  `not found; ${EXIT.unreachable} no endpoint reachable; ${EXIT.unauthorized} unauthorised ` +
+  `the cluster, or unknown outcome (timeout, 5xx); ${EXIT.usage} bad usage; ${EXIT.notFound} not ` +
+  `found (a key, a lease, a member); ${EXIT.unreachable} no endpoint reachable; ${EXIT.unauthorized} unauthorised ` +
   `(401/403); ${EXIT.conflict} conflict or precondition failed (409/412, a data directory in use); ` +
   `${EXIT.notLinearizable} not linearizable (verify).`;
 

@@ -20,7 +20,7 @@ export const EXIT = {
   error: 1,
   /** Bad usage: an unknown option, a missing argument, a bad value. */
   usage: 2,
-  /** The key was not found (`get`, `del`). */
+  /** Not found: the key (`get`, `del`), the lease, the member. */
   notFound: 3,
   /** No endpoint could be connected to. */
   unreachable: 4,
