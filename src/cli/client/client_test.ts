@@ -161,3 +161,56 @@ Deno.test("watch: a stream broken inside one entry's changes goes on after the l
     await Promise.all([first.shutdown(), second.shutdown()]);
   }
 });
+
+Deno.test("lock: a waiter whose key ahead is older than the nodes' history waits from the index it last saw, not from that key's creation", async () => {
+  // The key ahead, jobs/lock/5, was created at index 5, before the history a node keeps: a
+  // blocking read from index 5 is answered at once (index 1000). Asking from 5 again would spin;
+  // the next read must ask from 1000. After it the key is gone and the lock is this client's.
+  const waits: string[] = [];
+  let released = false;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const url = new URL(req.url);
+    const json = (body: unknown, status = 200) =>
+      Response.json(body, { status, headers: { "x-raftkv-index": "1000" } });
+    await req.body?.cancel();
+    if (url.pathname === "/v1/leases" && req.method === "POST") {
+      return json({ id: 50, ttl: "10s", ttl_ms: 10_000, index: 50 }, 201);
+    }
+    if (url.pathname === "/v1/leases/50/keepalive") return json({ id: 50, ttl_ms: 10_000 });
+    if (url.pathname === "/v1/leases/50" && req.method === "DELETE") {
+      released = true;
+      return json({ id: 50, revoked: true, deleted: ["jobs/lock/50"], index: 1002 });
+    }
+    if (url.pathname === "/v1/data/jobs%2Flock%2F50" && req.method === "PUT") {
+      assert.equal(url.search, "?cas=0&lease=50");
+      return json({ k: "jobs/lock/50", v: "me", index: 51, create_index: 51, mod_index: 51 });
+    }
+    const mine = { k: "jobs/lock/50", v: "me", create_index: 51 };
+    if (url.pathname === "/v1/data" && url.searchParams.get("prefix") === "jobs/lock/") {
+      const ahead = { k: "jobs/lock/5", v: "other", create_index: 5 };
+      return json({ items: waits.length < 2 ? [ahead, mine] : [mine], next: null });
+    }
+    if (url.pathname === "/v1/data/jobs%2Flock%2F5" && waits.length < 4) {
+      waits.push(url.searchParams.get("index")!);
+      return waits.length < 2 ? json({ k: "jobs/lock/5", v: "other" }) : json({}, 404);
+    }
+    return json({ error: `unexpected ${req.method} ${url.pathname}${url.search}` }, 400);
+  });
+  try {
+    const result = await run([
+      "lock",
+      "jobs/lock",
+      "--endpoints",
+      `http://127.0.0.1:${server.addr.port}`,
+      "--",
+      "true",
+    ]);
+    assert.equal(result.code, 0, result.err);
+    assert.deepEqual(waits, ["5", "1000"]);
+    assert.match(result.err, /waiting for jobs\/lock\/5 \(held or waited for by other\), 1 ahead/);
+    assert.match(result.err, /holding jobs\/lock\/50 \(create_index 51, lease 50\); running true/);
+    assert.ok(released, "the lease was revoked after the command");
+  } finally {
+    await server.shutdown();
+  }
+});

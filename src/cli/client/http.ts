@@ -30,6 +30,11 @@ export interface ApiAnswer {
   text: string;
   /** The endpoint that answered. */
   endpoint: string;
+  /**
+   * The applied index of the state the answer reflects (its `X-Raftkv-Index`), or null without
+   * one.
+   */
+  index: number | null;
 }
 
 /** Options of one {@linkcode ApiClient.send}. */
@@ -319,7 +324,14 @@ export async function readAnswer(res: Response, endpoint: string): Promise<ApiAn
   } catch {
     // Not JSON.
   }
-  return { status: res.status, json, text, endpoint };
+  const index = Number(res.headers.get("x-raftkv-index") ?? "");
+  return {
+    status: res.status,
+    json,
+    text,
+    endpoint,
+    index: Number.isSafeInteger(index) && index >= 0 ? index : null,
+  };
 }
 
 /**

@@ -133,6 +133,10 @@ async function _waitForTurn(
   stop: AbortSignal,
 ): Promise<void> {
   let said = "";
+  // A blocking read waits for a change above this index: the key's creation at first, then what
+  // the last answer had seen (a key created before the history nodes keep would otherwise be
+  // answered at once, again and again).
+  let seen = 0;
   while (!stop.aborted) {
     const line = await _queue(client, name);
     if (!line.some((e) => e.k === key)) {
@@ -145,7 +149,8 @@ async function _waitForTurn(
       `${ahead.length} ahead`;
     if (waiting !== said && !ctx.json) ctx.io.err(`raftkv lock: ${waiting}`);
     said = waiting;
-    const path = `/v1/data/${encodeURIComponent(next.k)}?index=${next.create_index}&wait=${_WAIT}`;
+    const since = Math.max(seen, next.create_index);
+    const path = `/v1/data/${encodeURIComponent(next.k)}?index=${since}&wait=${_WAIT}`;
     let answer;
     try {
       answer = await client.send("GET", path, {
@@ -159,6 +164,7 @@ async function _waitForTurn(
     if (answer.status !== 200 && answer.status !== 404) {
       throw answerError(answer, `lock: waiting for ${JSON.stringify(next.k)}`);
     }
+    seen = Math.max(seen, answer.index ?? 0);
   }
 }
 
