@@ -660,7 +660,7 @@ function _stop(run: _Running): void {
   } catch { /* it has exited */ }
 }
 
-Deno.test("lock: waiters queue behind the holder and run their command once it releases, dies or loses its lease", async () => {
+Deno.test("lock and elect: waiters queue behind the holder and go on once it releases, dies or loses its lease", async () => {
   await using cluster = await startCluster({ size: 3 });
   const leader = await cluster.waitForLeader();
   const follower = cluster.ids.find((id) => id !== leader)!;
@@ -743,6 +743,34 @@ Deno.test("lock: waiters queue behind the holder and run their command once it r
     // With -o json the error is the one JSON object on stdout.
     assert.match(e.out(), new RegExp(`"lost the lock: lease ${eHeld.lease} is gone`));
     assert.ok(performance.now() - stopped < 10_000, "E stopped its command within seconds");
+
+    // An election: the first candidate leads until it resigns; --leader says who leads.
+    const none = await raftkv(["elect", "svc", "--leader", ...ep]);
+    _expect(none, 3, "elect --leader with no candidate");
+    const f = start(["elect", "svc", "10.0.0.1:80", "--ttl", "1s", ...ep]);
+    await waitFor(() => f.out().startsWith("10.0.0.1:80\n"), {
+      deadlineMs: 15_000,
+      message: () => `F to lead (stdout: ${f.out()}, stderr: ${f.err()})`,
+    });
+    const g = start(["elect", "svc", "10.0.0.2:80", "--endpoints", cluster.api(follower)]);
+    await waitFor(() => g.err().includes("waiting for svc/"), {
+      deadlineMs: 15_000,
+      message: () => `G to wait (stderr: ${g.err()})`,
+    });
+    assert.match(g.err(), /\(proposing 10\.0\.0\.1:80\), 1 ahead/);
+    const leads = await raftkv(["elect", "svc", "--leader", ...ep]);
+    _expect(leads, 0, "elect --leader");
+    assert.equal(leads.stdout, "10.0.0.1:80\n");
+    f.child.kill("SIGTERM");
+    assert.equal(await f.exited, 0, `F resigned on SIGTERM: ${f.err()}`);
+    await waitFor(() => g.out().startsWith("10.0.0.2:80\n"), {
+      deadlineMs: 15_000,
+      message: () => `G to lead (stdout: ${g.out()}, stderr: ${g.err()})`,
+    });
+    const next = await raftkv(["elect", "svc", "--leader", "-o", "json", ...ep]);
+    assert.equal(next.json!.proposal, "10.0.0.2:80");
+    g.child.kill("SIGTERM");
+    assert.equal(await g.exited, 0, g.err());
   } finally {
     for (const run of started) _stop(run);
     await Promise.all(started.map((run) => run.exited.catch(() => {})));

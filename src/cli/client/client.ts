@@ -1,7 +1,7 @@
 /**
  * The command-line client in the node's binary, in the spirit of `etcdctl`: `raftkv get KEY`,
- * `put`, `del`, `list`, `txn`, `watch`, `lock`, `lease grant|keepalive|revoke|list`, `status`,
- * `members list|add|remove`, `leader transfer`, `snapshot save|restore`, `verify`, and
+ * `put`, `del`, `list`, `txn`, `watch`, `lock`, `elect`, `lease grant|keepalive|revoke|list`,
+ * `status`, `members list|add|remove`, `leader transfer`, `snapshot save|restore`, `verify`, and
  * `raftkv help`. It talks only the public REST API.
  *
  * @module
@@ -17,7 +17,7 @@ import {
 import { DEL, GET, LIST, PUT } from "./kv.ts";
 import { LEADER_TRANSFER } from "./leader.ts";
 import { LEASE_GRANT, LEASE_KEEPALIVE, LEASE_LIST, LEASE_REVOKE } from "./lease.ts";
-import { LOCK } from "./lock.ts";
+import { ELECT, LOCK } from "./lock.ts";
 import {
   ClientError,
   formatOptions,
@@ -49,6 +49,7 @@ export const COMMANDS: readonly Command[] = [
   LEASE_LIST,
   WATCH,
   LOCK,
+  ELECT,
   STATUS,
   MEMBERS_LIST,
   MEMBERS_ADD,
@@ -66,7 +67,8 @@ const _FIRST_WORDS = new Set([...COMMANDS.map((c) => c.name.split(" ")[0]!), "he
  * client instead of a node (a node's arguments are all flags).
  *
  * @param word The first argument.
- * @returns True for `get`, `put`, `del`, `list`, `txn`, `watch`, `lock`, `lease`, `status`, `members`,
+ * @returns True for `get`, `put`, `del`, `list`, `txn`, `watch`, `lock`, `elect`, `lease`, `status`,
+ * `members`,
  * `leader`, `snapshot`, `verify` and `help`.
  */
 export function isClientCommand(word: string | undefined): boolean {

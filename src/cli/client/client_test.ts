@@ -53,6 +53,9 @@ Deno.test("bad usage exits 2 with one line saying what is wrong, before any requ
     [["lock"], /missing arguments; usage: raftkv lock \[options\] NAME \[COMMAND...\]/],
     [["lock", ""], /the lock name must not be empty/],
     [["lock", "a", "--ttl", "soon"], /invalid value for --ttl: /],
+    [["elect", "svc"], /give a PROPOSAL to campaign with, or --leader/],
+    [["elect", "svc", "x", "--leader"], /--leader takes no PROPOSAL/],
+    [["elect", ""], /the election name must not be empty/],
   ];
   for (const [args, message] of cases) {
     const result = await run(args);
@@ -103,6 +106,8 @@ Deno.test("--help, -h and raftkv help print usage and exit 0 without touching th
       "list",
       "txn",
       "watch",
+      "lock",
+      "elect",
       "status",
       "members list",
       "leader transfer",

@@ -1,8 +1,10 @@
 /**
- * `raftkv lock NAME [COMMAND...]`: a distributed lock from the shell, as `etcdctl lock` is. The
- * holder's key lives under NAME and is attached to a lease the command keeps alive; waiters queue
- * in the order their keys were created, each waiting for the one before it to go, so a release
- * wakes one waiter, not all. A holder that dies lets its lease expire, and its key goes with it.
+ * `raftkv lock NAME [COMMAND...]` and `raftkv elect NAME [PROPOSAL]`: a distributed lock and a
+ * leader election from the shell, as `etcdctl lock` and `etcdctl elect` are. The holder's (the
+ * leader's) key lives under NAME and is attached to a lease the command keeps alive; waiters
+ * queue in the order their keys were created, each waiting for the one before it to go, so a
+ * release wakes one waiter, not all. A holder that dies lets its lease expire, and its key goes
+ * with it.
  *
  * @module
  */
@@ -51,70 +53,158 @@ export const LOCK: Command = {
   }],
   arity: [1, Infinity],
   async run(ctx) {
-    const name = ctx.args[0]!;
-    if (name === "") throw usageError("the lock name must not be empty");
-    const ttlText = ctx.line.values.get("--ttl")?.value ?? "10s";
+    const name = _name(ctx, "lock");
+    const value = `${Deno.env.get("HOSTNAME") ?? "?"} pid ${Deno.pid}`;
+    const command = ctx.args.slice(1);
+    return await _untilSignalled((stop) =>
+      _hold(ctx, "lock", name, value, stop, async (held, lost, keeperLost) => {
+        const line = `holding ${held.key} (create_index ${held.create_index}, lease ${held.lease})`;
+        if (command.length === 0) {
+          ctx.print(held, line);
+          await _until(lost);
+          return EXIT.ok;
+        }
+        if (ctx.json) ctx.io.err(JSON.stringify(held));
+        else ctx.io.err(`raftkv lock: ${line}; running ${command.join(" ")}`);
+        return await _run(command, held.key, held.create_index, keeperLost, stop);
+      })
+    );
+  },
+};
+
+/** `raftkv elect NAME [PROPOSAL]`. */
+export const ELECT: Command = {
+  name: "elect",
+  args: "NAME [PROPOSAL]",
+  summary: "lead NAME with PROPOSAL until interrupted (--leader: print who leads)",
+  description: "Campaigns in the election NAME with PROPOSAL (an address, say), as `etcdctl " +
+    "elect` does: candidates queue like the waiters of raftkv lock, and the oldest leads. " +
+    "Once this one leads it prints PROPOSAL and its key (-o json: " +
+    '{"key","lease","create_index","ttl_ms","proposal"}) and leads until the process is ' +
+    "interrupted (SIGINT or SIGTERM: it resigns, exit 0), or its lease is lost (exit 1). The " +
+    "key's create_index numbers the terms: fence a leader's writes with a transaction comparing " +
+    '{"k": KEY, "exists": true}.\n\n' +
+    "With --leader, prints the PROPOSAL of the candidate leading now and exits (3 when none " +
+    'does; -o json: {"key","proposal","create_index"}).',
+  options: [{
+    name: "--ttl",
+    value: "<duration>",
+    default: "10s",
+    description: "the lease's time to live: how long the leadership outlives this process if it " +
+      "dies (raised to the cluster's minimum if below it)",
+  }, {
+    name: "--leader",
+    value: null,
+    default: "",
+    description: "print the leading candidate's PROPOSAL and exit instead of campaigning",
+  }],
+  arity: [1, 2],
+  async run(ctx) {
+    const name = _name(ctx, "election");
+    const proposal = ctx.args[1];
+    if (ctx.line.switches.has("--leader")) {
+      if (proposal !== undefined) throw usageError("--leader takes no PROPOSAL");
+      const line = await _queue(await ctx.client(), name);
+      if (line.length === 0) {
+        throw new ClientError(`no candidate leads ${name}`, EXIT.notFound, { name });
+      }
+      const first = line.reduce((a, b) => (b.create_index < a.create_index ? b : a));
+      ctx.print(
+        { key: first.k, proposal: first.v, create_index: first.create_index },
+        first.v,
+      );
+      return EXIT.ok;
+    }
+    if (proposal === undefined) throw usageError("give a PROPOSAL to campaign with, or --leader");
+    return await _untilSignalled((stop) =>
+      _hold(ctx, "elect", name, proposal, stop, async (held, lost) => {
+        ctx.print(
+          { ...held, proposal },
+          `${proposal}\n(leading ${name}: key ${held.key}, create_index ${held.create_index})`,
+        );
+        await _until(lost);
+        return EXIT.ok;
+      })
+    );
+  },
+};
+
+/** The NAME argument, checked, and `--ttl`, checked. */
+function _name(ctx: CommandContext, what: string): string {
+  const name = ctx.args[0]!;
+  if (name === "") throw usageError(`the ${what} name must not be empty`);
+  const ttlText = ctx.line.values.get("--ttl")?.value;
+  if (ttlText !== undefined) {
     try {
       parseDuration(ttlText);
     } catch (error) {
       throw usageError(`invalid value for --ttl: ${(error as Error).message}`);
     }
-    const command = ctx.args.slice(1);
-    const client = await ctx.client();
-    const stop = new AbortController();
-    const onSignal = () => stop.abort();
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    for (const s of signals) Deno.addSignalListener(s, onSignal);
-    try {
-      return await _lock(ctx, client, name, ttlText, command, stop.signal);
-    } finally {
-      for (const s of signals) Deno.removeSignalListener(s, onSignal);
-    }
-  },
-};
+  }
+  return name;
+}
 
-async function _lock(
+/** Runs `body` with a signal that aborts on SIGINT or SIGTERM (which then stop nothing else). */
+async function _untilSignalled(body: (stop: AbortSignal) => Promise<number>): Promise<number> {
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  try {
+    return await body(stop.signal);
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+  }
+}
+
+/** What {@linkcode _hold} hands to its caller once the key is first in line. */
+interface _Held {
+  key: string;
+  lease: number;
+  create_index: number;
+  ttl_ms: number;
+}
+
+/**
+ * Queues a key `NAME/<lease>` holding `value` on a lease kept alive, waits until it is first in
+ * line, and runs `whileHeld` (given a signal that aborts when `stop` does or the lease is lost,
+ * and one for the lease alone); the lease is revoked afterwards. Throws when the lease is lost.
+ */
+async function _hold(
   ctx: CommandContext,
-  client: ApiClient,
+  command: "lock" | "elect",
   name: string,
-  ttl: string,
-  command: string[],
+  value: string,
   stop: AbortSignal,
+  whileHeld: (held: _Held, lost: AbortSignal, keeperLost: AbortSignal) => Promise<number>,
 ): Promise<number> {
+  const ttl = ctx.line.values.get("--ttl")?.value ?? "10s";
+  const client = await ctx.client();
   const granted = await client.send("POST", "/v1/leases", { body: { ttl } });
   if (granted.status === 400) {
-    throw usageError(`lock: ${(granted.json as { error?: string } | null)?.error}`);
+    throw usageError(`${(granted.json as { error?: string } | null)?.error}`);
   }
-  if (granted.status !== 201) throw answerError(granted, "lock: granting its lease");
+  if (granted.status !== 201) throw answerError(granted, "granting the lease");
   const lease = granted.json as { id: number; ttl_ms: number };
   const key = `${name}/${lease.id}`;
-  const keeper = new _Keeper(client, lease.id, lease.ttl_ms);
+  const what = command === "lock" ? "the lock" : "the leadership";
+  const keeper = new _Keeper(client, lease.id, lease.ttl_ms, what);
   try {
-    const value = `${Deno.env.get("HOSTNAME") ?? "?"} pid ${Deno.pid}`;
     const put = await client.send(
       "PUT",
       `/v1/data/${encodeURIComponent(key)}?cas=0&lease=${lease.id}`,
       { body: { v: value } },
     );
-    if (put.status !== 200) throw answerError(put, `lock: writing ${JSON.stringify(key)}`);
+    if (put.status !== 200) throw answerError(put, `writing ${JSON.stringify(key)}`);
     const index = (put.json as { create_index: number }).create_index;
     const lost = AbortSignal.any([stop, keeper.lost]);
-    await _waitForTurn(ctx, client, name, key, index, lost);
+    await _waitForTurn(ctx, command, client, name, key, index, lost);
     if (keeper.lost.aborted) throw keeper.lost.reason;
-    if (stop.aborted) {
-      throw new ClientError(`interrupted before taking the lock ${name}`, EXIT.error);
-    }
+    if (stop.aborted) throw new ClientError(`interrupted while waiting in ${name}`, EXIT.error);
     const held = { key, lease: lease.id, create_index: index, ttl_ms: lease.ttl_ms };
-    const line = `holding ${key} (create_index ${index}, lease ${lease.id})`;
-    if (command.length === 0) {
-      ctx.print(held, line);
-      await _until(lost);
-      if (keeper.lost.aborted) throw keeper.lost.reason;
-      return EXIT.ok;
-    }
-    if (ctx.json) ctx.io.err(JSON.stringify(held));
-    else ctx.io.err(`raftkv lock: ${line}; running ${command.join(" ")}`);
-    return await _run(command, key, index, keeper.lost, stop);
+    const code = await whileHeld(held, lost, keeper.lost);
+    if (keeper.lost.aborted) throw keeper.lost.reason;
+    return code;
   } finally {
     await keeper.release();
   }
@@ -126,6 +216,7 @@ async function _lock(
  */
 async function _waitForTurn(
   ctx: CommandContext,
+  command: "lock" | "elect",
   client: ApiClient,
   name: string,
   key: string,
@@ -140,14 +231,16 @@ async function _waitForTurn(
   while (!stop.aborted) {
     const line = await _queue(client, name);
     if (!line.some((e) => e.k === key)) {
-      throw new ClientError(`lost the lock ${name}: its key ${key} is gone`, EXIT.error);
+      const what = command === "lock" ? "the lock" : "the election";
+      throw new ClientError(`lost ${what} ${name}: its key ${key} is gone`, EXIT.error);
     }
     const ahead = line.filter((e) => e.create_index < index);
     if (ahead.length === 0) return;
     const next = ahead.reduce((a, b) => (b.create_index > a.create_index ? b : a));
-    const waiting = `waiting for ${next.k} (held or waited for by ${next.v}), ` +
+    const by = command === "lock" ? "held or waited for by" : "proposing";
+    const waiting = `waiting for ${next.k} (${by} ${next.v}), ` +
       `${ahead.length} ahead`;
-    if (waiting !== said && !ctx.json) ctx.io.err(`raftkv lock: ${waiting}`);
+    if (waiting !== said && !ctx.json) ctx.io.err(`raftkv ${command}: ${waiting}`);
     said = waiting;
     const since = Math.max(seen, next.create_index);
     const path = `/v1/data/${encodeURIComponent(next.k)}?index=${since}&wait=${_WAIT}`;
@@ -230,13 +323,15 @@ class _Keeper {
   readonly #client: ApiClient;
   readonly #id: number;
   readonly #ttlMs: number;
+  readonly #what: string;
   readonly #lost = new AbortController();
   readonly #done = new AbortController();
   readonly #loop: Promise<void>;
   #validUntil: number;
 
-  constructor(client: ApiClient, id: number, ttlMs: number) {
+  constructor(client: ApiClient, id: number, ttlMs: number, what: string) {
     this.#client = client;
+    this.#what = what;
     this.#id = id;
     this.#ttlMs = ttlMs;
     this.#validUntil = performance.now() + ttlMs;
@@ -249,7 +344,7 @@ class _Keeper {
   }
 
   #lose(why: string): void {
-    this.#lost.abort(new ClientError(`lost the lock: lease ${this.#id} ${why}`, EXIT.error));
+    this.#lost.abort(new ClientError(`lost ${this.#what}: lease ${this.#id} ${why}`, EXIT.error));
   }
 
   async #keep(): Promise<void> {
