@@ -31,8 +31,8 @@ export interface ServeAgain {
  * `relisten` swaps the server for one with new options (a rotated certificate): the old one stops
  * accepting and finishes what it serves (watch streams included, until they end), and the new
  * one listens on the same port as soon as the old listener has let it go (a few milliseconds in
- * which new connections are refused). If the new options do not listen, the old ones listen
- * again.
+ * which new connections are refused, or reset if they reached the old listener as it closed). If
+ * the new options do not listen, the old ones listen again.
  *
  * @example Usage
  * ```ts
