@@ -147,6 +147,14 @@ export interface StartClusterOptions {
    * `--peer-cert`, `--peer-key` and `--peer-ca`. Default: cleartext peers.
    */
   tls?: Certificates;
+  /**
+   * The cluster's `--cluster-token` (see {@linkcode ProcessCluster.clusterToken}). Default: a
+   * fresh random one, so that clusters of tests running at once never take each other's
+   * messages: a port one test's killed node let go can be picked by another test's node while
+   * the first cluster's nodes still send to it, and clusters with the same member ids and token
+   * would have the same cluster id.
+   */
+  clusterToken?: string;
 }
 
 /** Options of {@linkcode ProcessCluster.start}. */
@@ -482,6 +490,8 @@ export class ProcessCluster implements AsyncDisposable {
   readonly dataRoot: string;
   /** The cluster file the nodes were given. */
   readonly configPath: string;
+  /** The `--cluster-token` every node is started with (before the cluster's node flags). */
+  readonly clusterToken: string;
   #nodes: Map<string, _Node>;
   #mainScript: string;
   #denoArgs: readonly string[];
@@ -513,9 +523,11 @@ export class ProcessCluster implements AsyncDisposable {
     apiCerts?: Certificates;
     token?: string;
     tls?: Certificates | null;
+    clusterToken?: string;
   }) {
     this.dataRoot = init.dataRoot;
     this.configPath = init.configPath;
+    this.clusterToken = init.clusterToken ?? `test-${crypto.randomUUID()}`;
     this.#ownsDataRoot = init.ownsDataRoot;
     this.#mainScript = init.mainScript;
     this.#denoArgs = init.denoArgs;
@@ -940,6 +952,8 @@ export class ProcessCluster implements AsyncDisposable {
       "--data-dir",
       node.dataDir,
       ...DEFAULT_NODE_FLAGS,
+      "--cluster-token",
+      this.clusterToken,
       ...(this.#apiCerts === null ? [] : [
         "--api-cert",
         this.#apiCerts.node(id).cert,
@@ -1106,6 +1120,7 @@ async function _startClusterOnce(options: StartClusterOptions): Promise<ProcessC
       ...(options.apiCerts === undefined ? {} : { apiCerts: options.apiCerts }),
       ...(options.token === undefined ? {} : { token: options.token }),
       tls: options.tls ?? null,
+      ...(options.clusterToken === undefined ? {} : { clusterToken: options.clusterToken }),
     });
     const started = cluster;
     // The first failure kills every node, so the other health checks end at once too.

@@ -304,7 +304,15 @@ Deno.test("startCluster() starts, kills, restarts, pauses and stops node process
         "--data-dir",
         join(dataRoot, "node-2"),
       ]);
-      assert.deepEqual(args.slice(6), [...DEFAULT_NODE_FLAGS, "--heartbeat", "40"]);
+      // A token of the cluster's own, so that clusters of tests running at once stay apart.
+      assert.match(cluster.clusterToken, /^test-[0-9a-f-]{36}$/);
+      assert.deepEqual(args.slice(6), [
+        ...DEFAULT_NODE_FLAGS,
+        "--cluster-token",
+        cluster.clusterToken,
+        "--heartbeat",
+        "40",
+      ]);
 
       assert.equal(await cluster.waitForLeader(5000), "node-1");
       const status = await cluster.request("node-3", "GET", "/v1/status");

@@ -33,12 +33,12 @@ async function _otherClusterRefusals(cluster: ProcessCluster, id: string): Promi
 
 Deno.test("a node pointed at another cluster's node is refused by it, and neither cluster takes anything from the other", async () => {
   await using a = await startCluster();
-  await using b = await startCluster({ nodeFlags: ["--cluster-token", "cluster-b"] });
+  await using b = await startCluster({ clusterToken: "cluster-b" });
   try {
     await Promise.all([a.waitForLeader(), b.waitForLeader()]);
     // Each cluster's id is the one its members' ids and its token make: the same ids, so the
     // tokens tell them apart.
-    const idA = bootstrapClusterId(a.ids, "raftkv");
+    const idA = bootstrapClusterId(a.ids, a.clusterToken);
     const idB = bootstrapClusterId(b.ids, "cluster-b");
     assert.notEqual(idA, idB);
     assert.deepEqual(await _clusterIds(a), [idA, idA, idA]);
