@@ -46,8 +46,9 @@ export const GET: Command = {
   args: "KEY",
   summary: "print the value of a key",
   description: "Prints the value of KEY (as is, followed by a newline; with -o json the API's " +
-    '{"k","v","create_index","mod_index","version"}). A key that does not exist exits 3. With --prefix, KEY is a prefix and the ' +
-    "keys under it are printed as list prints them (raftkv list KEY).",
+    '{"k","v","create_index","mod_index","version"}). A key that does not exist exits 3. ' +
+    "With --prefix, KEY is a prefix and the keys under it are printed as list prints them " +
+    "(raftkv list KEY).",
   options: [{
     name: "--consistency",
     value: "<mode>",
