@@ -5,7 +5,7 @@
  */
 
 import type { Command, CommandContext } from "./command.ts";
-import { answerError } from "./http.ts";
+import { answerError, type ApiClient } from "./http.ts";
 import { ClientError, EXIT, type OptionSpec, usageError } from "./options.ts";
 
 const _CONSISTENCIES = ["linearizable", "lease", "stale"];
@@ -220,10 +220,63 @@ async function _deletePrefix(ctx: CommandContext): Promise<number> {
   return EXIT.ok;
 }
 
-/** One item of a range answer. */
-interface _Item {
+/** One item of a range answer (`v` absent with `keys_only`). */
+export interface RangeItem {
+  /** The key. */
   k: string;
+  /** Its value (absent with `keysOnly`). */
   v?: string;
+  /** The index of the entry that created it. */
+  create_index?: number;
+  /** The index of the entry that last wrote it. */
+  mod_index?: number;
+}
+
+/** What {@linkcode readRange} reads. */
+export interface RangeQuery {
+  /** The keys starting with this. */
+  prefix: string;
+  /** At most this many keys. Default: every one. */
+  limit?: number;
+  /** The keys alone, without their values. */
+  keysOnly?: boolean;
+  /** The read's `consistency`. Default: the API's (linearizable). */
+  consistency?: string;
+}
+
+/**
+ * Reads the keys of a prefix in key order, page by page with the API's continuation token.
+ *
+ * @param client The client.
+ * @param range What to read.
+ * @param what What is being done, for errors (`list "a/"`).
+ * @returns The items.
+ * @throws {ClientError} On an error answer or an answer that is not a range.
+ */
+export async function readRange(
+  client: ApiClient,
+  range: RangeQuery,
+  what: string,
+): Promise<RangeItem[]> {
+  const limit = range.limit ?? Infinity;
+  const items: RangeItem[] = [];
+  let next: string | null = null;
+  do {
+    const query = new URLSearchParams({ prefix: range.prefix });
+    query.set("limit", String(Math.min(1000, limit - items.length)));
+    if (range.keysOnly) query.set("keys_only", "");
+    if (range.consistency !== undefined) query.set("consistency", range.consistency);
+    if (next !== null) query.set("next", next);
+    const answer = await client.send("GET", `/v1/data?${query}`);
+    if (answer.status !== 200) throw answerError(answer, what);
+    const body = answer.json as { items?: unknown; next?: unknown } | null;
+    if (!Array.isArray(body?.items) || !(typeof body.next === "string" || body.next === null)) {
+      throw new ClientError(`${what}: unexpected answer ${answer.text.slice(0, 200)}`, EXIT.error);
+    }
+    items.push(...(body.items as RangeItem[]));
+    next = body.next as string | null;
+  } while (next !== null && items.length < limit);
+  return items;
 }
 
 /** `raftkv list [PREFIX]`. */
@@ -261,24 +314,11 @@ async function _list(ctx: CommandContext, prefix: string): Promise<number> {
   if (consistency !== undefined && !_CONSISTENCIES.includes(consistency)) {
     throw usageError(`invalid value for --consistency: ${JSON.stringify(consistency)}`);
   }
-  const client = await ctx.client();
-  const items: _Item[] = [];
-  let next: string | null = null;
-  do {
-    const query = new URLSearchParams({ prefix });
-    query.set("limit", String(Math.min(1000, limit - items.length)));
-    if (keysOnly) query.set("keys_only", "");
-    if (consistency !== undefined) query.set("consistency", consistency);
-    if (next !== null) query.set("next", next);
-    const answer = await client.send("GET", `/v1/data?${query}`);
-    if (answer.status !== 200) throw answerError(answer, `list ${JSON.stringify(prefix)}`);
-    const body = answer.json as { items?: unknown; next?: unknown } | null;
-    if (!Array.isArray(body?.items) || !(typeof body.next === "string" || body.next === null)) {
-      throw new ClientError(`list: unexpected answer ${answer.text.slice(0, 200)}`, EXIT.error);
-    }
-    items.push(...(body.items as _Item[]));
-    next = body.next as string | null;
-  } while (next !== null && items.length < limit);
+  const items = await readRange(
+    await ctx.client(),
+    { prefix, limit, keysOnly, ...(consistency === undefined ? {} : { consistency }) },
+    `list ${JSON.stringify(prefix)}`,
+  );
   const lines = items.map((item) => keysOnly ? item.k : `${item.k}=${item.v ?? ""}`);
   ctx.print({ items }, lines.length > 0 ? lines.join("\n") : null);
   return EXIT.ok;

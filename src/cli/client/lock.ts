@@ -11,6 +11,7 @@
 
 import type { Command, CommandContext } from "./command.ts";
 import { answerError, type ApiClient } from "./http.ts";
+import { readRange } from "./kv.ts";
 import { ClientError, EXIT, usageError } from "./options.ts";
 import { parseDuration } from "../duration.ts";
 
@@ -261,20 +262,9 @@ async function _waitForTurn(
   }
 }
 
-/** Every key of the lock's line (`NAME/`), page by page. */
+/** Every key of the line (`NAME/`), with its value and create_index. */
 async function _queue(client: ApiClient, name: string): Promise<_Entry[]> {
-  const items: _Entry[] = [];
-  let next: string | null = null;
-  do {
-    const query = new URLSearchParams({ prefix: `${name}/`, limit: "10000" });
-    if (next !== null) query.set("next", next);
-    const answer = await client.send("GET", `/v1/data?${query}`);
-    if (answer.status !== 200) throw answerError(answer, `lock: reading ${name}/`);
-    const body = answer.json as { items: _Entry[]; next: string | null };
-    items.push(...body.items);
-    next = body.next;
-  } while (next !== null);
-  return items;
+  return await readRange(client, { prefix: `${name}/` }, `reading ${name}/`) as _Entry[];
 }
 
 /** Runs COMMAND with the lock's key in its environment; SIGTERM when the lock is lost. */
