@@ -654,10 +654,23 @@ function _start(args: string[]): _Running {
   return { child, out: () => out, err: () => err, exited };
 }
 
-function _stop(run: _Running): void {
-  try {
-    run.child.kill("SIGKILL");
-  } catch { /* it has exited */ }
+/**
+ * Stops a client process and what it runs: SIGTERM first (the client passes it on to its
+ * COMMAND and releases its lease), SIGKILL if it has not exited within 5 s.
+ */
+async function _stop(run: _Running): Promise<void> {
+  const signal = (s: Deno.Signal) => {
+    try {
+      run.child.kill(s);
+    } catch { /* it has exited */ }
+  };
+  signal("SIGTERM");
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) => timer = setTimeout(() => resolve("late"), 5000));
+  const outcome = await Promise.race([run.exited.catch(() => "exited"), late]);
+  clearTimeout(timer);
+  if (outcome === "late") signal("SIGKILL");
+  await run.exited.catch(() => {});
 }
 
 Deno.test("lock and elect: waiters queue behind the holder and go on once it releases, dies or loses its lease", async () => {
@@ -772,8 +785,7 @@ Deno.test("lock and elect: waiters queue behind the holder and go on once it rel
     g.child.kill("SIGTERM");
     assert.equal(await g.exited, 0, g.err());
   } finally {
-    for (const run of started) _stop(run);
-    await Promise.all(started.map((run) => run.exited.catch(() => {})));
+    await Promise.all(started.map(_stop));
     await Deno.remove(dir, { recursive: true });
   }
 });
