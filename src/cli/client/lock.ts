@@ -12,7 +12,7 @@
 import type { Command, CommandContext } from "./command.ts";
 import { answerError, type ApiClient } from "./http.ts";
 import { readRange } from "./kv.ts";
-import { ClientError, EXIT, usageError } from "./options.ts";
+import { ClientError, EXIT, type OptionSpec, usageError } from "./options.ts";
 import { parseDuration } from "../duration.ts";
 
 /** A key of the lock's queue, as a range read gives it. */
@@ -25,6 +25,17 @@ interface _Entry {
 /** How long one blocking read waits for the key ahead to change. */
 const _WAIT = "30s";
 const _WAIT_MS = 30_000;
+
+/** The `--ttl` option of `lock` and `elect`: the lease that holds `what`. */
+function _ttlOption(what: string): OptionSpec {
+  return {
+    name: "--ttl",
+    value: "<duration>",
+    default: "10s",
+    description: `the lease's time to live: how long ${what} outlives this process if it ` +
+      "dies (raised to the cluster's minimum if below it)",
+  };
+}
 
 /** `raftkv lock NAME [COMMAND...]`. */
 export const LOCK: Command = {
@@ -45,13 +56,7 @@ export const LOCK: Command = {
     "If the lease is lost (revoked, or no renewal acknowledged for a whole TTL, such as when " +
     "the cluster cannot be reached), the lock is no longer held: COMMAND is sent SIGTERM and " +
     "the client exits 1. Interrupted before it holds the lock, it leaves the line and exits 1.",
-  options: [{
-    name: "--ttl",
-    value: "<duration>",
-    default: "10s",
-    description: "the lease's time to live: how long the lock outlives this process if it " +
-      "dies (raised to the cluster's minimum if below it)",
-  }],
+  options: [_ttlOption("the lock")],
   arity: [1, Infinity],
   async run(ctx) {
     const name = _name(ctx, "lock");
@@ -87,13 +92,7 @@ export const ELECT: Command = {
     '{"k": KEY, "exists": true}.\n\n' +
     "With --leader, prints the PROPOSAL of the candidate leading now and exits (3 when none " +
     'does; -o json: {"key","proposal","create_index"}).',
-  options: [{
-    name: "--ttl",
-    value: "<duration>",
-    default: "10s",
-    description: "the lease's time to live: how long the leadership outlives this process if it " +
-      "dies (raised to the cluster's minimum if below it)",
-  }, {
+  options: [_ttlOption("the leadership"), {
     name: "--leader",
     value: null,
     default: "",
