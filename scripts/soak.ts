@@ -44,7 +44,8 @@ const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
-  --lease-reads FRACTION --watchers N --watch-fault repeat|skip|index
+  --lease-reads FRACTION --watchers N --watch-fault repeat|skip|index --waiters N
+  --wait-fault early|late
   --snapshot-threshold N|on --catch-up-entries N --disable check,check --quota-bytes N
   --disk-fault ${DISK_FAULTS.join("|")}`;
 
@@ -58,6 +59,8 @@ interface _Common {
   quotaBytes?: number;
   watchers?: number;
   watchFault?: "repeat" | "skip" | "index";
+  waiters?: number;
+  waitFault?: "early" | "late";
   leaseReads?: number;
   leaseHolders?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
@@ -92,6 +95,8 @@ function _options(seed: number, common: _Common): SimulationOptions {
   if (common.quotaBytes !== undefined) options.quotaBytes = common.quotaBytes;
   if (common.watchers !== undefined) options.watchers = common.watchers;
   if (common.watchFault) options.watchFault = common.watchFault;
+  if (common.waiters !== undefined) options.waiters = common.waiters;
+  if (common.waitFault) options.waitFault = common.waitFault;
   if (common.disabledChecks) options.disabledChecks = common.disabledChecks;
   return options;
 }
@@ -242,6 +247,13 @@ watches:          ${t("watchEvents")} events received, ${
   } streams cut off for falling behind, ${t("watchBreaks")} connections broken mid-stream, ${
     t("watchMidEntryResumes")
   } reconnects asking to resume inside one entry's changes
+blocking reads:   ${t("blockingReads")} begun: ${t("blockingChanges")} woken by a change, ${
+    t("blockingTimeouts")
+  } timed out, ${t("blockingAtOnce")} answered at once, ${
+    t("blockingClosed")
+  } ended by their node stopping or installing a snapshot, ${t("blockingAborted")} given up, ${
+    t("blockingRefused")
+  } refused
 membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
     t("promotions")
   } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${
@@ -308,6 +320,8 @@ async function _main(): Promise<number> {
       "quota-bytes": { type: "string" },
       watchers: { type: "string" },
       "watch-fault": { type: "string" },
+      waiters: { type: "string" },
+      "wait-fault": { type: "string" },
       "lease-reads": { type: "string" },
       "lease-holders": { type: "string" },
       "snapshot-threshold": { type: "string" },
@@ -349,6 +363,7 @@ async function _main(): Promise<number> {
     common.leaseHolders = intOption("lease-holders", values["lease-holders"], 0, 0);
   }
   if (values.watchers !== undefined) common.watchers = intOption("watchers", values.watchers, 0, 0);
+  if (values.waiters !== undefined) common.waiters = intOption("waiters", values.waiters, 0, 0);
   if (values["quota-bytes"] !== undefined) {
     common.quotaBytes = intOption("quota-bytes", values["quota-bytes"], 0, 0);
   }
@@ -360,6 +375,13 @@ async function _main(): Promise<number> {
       );
     }
     common.watchFault = watchFault;
+  }
+  const waitFault = values["wait-fault"];
+  if (waitFault !== undefined) {
+    if (waitFault !== "early" && waitFault !== "late") {
+      throw new UsageError(`--wait-fault must be early or late, got ${JSON.stringify(waitFault)}`);
+    }
+    common.waitFault = waitFault;
   }
   const fault = values["disk-fault"];
   if (fault !== undefined) {

@@ -43,7 +43,9 @@
  * `GET /v1/data/{key}?index=N&wait=30s` is a blocking read (as Consul's): it answers once the
  * key has changed at an index above `N` (at once when it already has, or when `N` is older than
  * the history), or when the wait ends, whichever is first, then reads as a plain read does, with
- * its consistency (a linearizable read still goes through the leader). `wait` defaults to and is
+ * its consistency (a linearizable read still goes through the leader). It also answers early,
+ * with the key unchanged, when the node stops or installs a snapshot (its history starts anew);
+ * the client reads the answer's `X-Raftkv-Index` and waits again. `wait` defaults to and is
  * capped at {@linkcode MAX_BLOCKING_WAIT_MS} (5 minutes). Pass the answer's `X-Raftkv-Index` as
  * the next `index`.
  *
@@ -59,6 +61,7 @@ import {
   RemovedError,
   StoppingError,
 } from "../node/backend.ts";
+import { type Clock, realClock } from "../node/clock.ts";
 import { WWW_AUTHENTICATE } from "./auth.ts";
 import { ApiError, quote, removedError } from "./errors.ts";
 import type { ApiLimits } from "./limits.ts";
@@ -200,7 +203,8 @@ export function watchRoute(
  * Waits, for `GET /v1/data/{key}?index=N&wait=D`, until `key` changed at an index above `N` on
  * this node, or the wait ends (see the module doc). Returns at once without `?index=`.
  *
- * @param ctx The handler's context.
+ * @param ctx The handler's context; `clock` times the wait (default {@linkcode realClock}: a
+ * simulation passes its virtual one).
  * @param req The request (its end ends the wait).
  * @param url Its parsed URL.
  * @param key The key.
@@ -209,7 +213,7 @@ export function watchRoute(
  * @throws {ApiError} 400 for a malformed `index` or `wait`; 401 when `track`'s function ended it.
  */
 export async function blockingWait(
-  ctx: Pick<WatchContext, "backend" | "retryAfter">,
+  ctx: Pick<WatchContext, "backend" | "retryAfter"> & { clock?: Clock },
   req: Request,
   url: URL,
   key: string,
@@ -229,11 +233,11 @@ export async function blockingWait(
   if (index + 1 < history.oldestIndex || waitMs === 0) return;
   let revoked: string | null = null;
   await new Promise<void>((resolve) => {
-    let timer: ReturnType<typeof setTimeout> | undefined = undefined;
+    let cancelTimer = () => {};
     let stop = () => {};
     let untrack = () => {};
     const done = () => {
-      clearTimeout(timer);
+      cancelTimer();
       stop();
       untrack();
       req.signal.removeEventListener("abort", done);
@@ -251,7 +255,7 @@ export async function blockingWait(
     };
     stop = history.subscribe(index + 1, sink);
     if (changed) return;
-    timer = setTimeout(done, waitMs);
+    cancelTimer = (ctx.clock ?? realClock).after(waitMs, done);
     req.signal.addEventListener("abort", done, { once: true });
     if (track !== undefined) {
       untrack = track((reason) => {

@@ -14,7 +14,8 @@ import {
 import { KvStateMachine } from "../kv/state_machine.ts";
 import { readSse, type SseMessage } from "../util/sse.ts";
 import { type ApiOptions, createApiHandler, requiredRole } from "./handler.ts";
-import { MAX_BLOCKING_WAIT_MS, parseWait } from "./watch.ts";
+import { blockingWait, MAX_BLOCKING_WAIT_MS, parseWait } from "./watch.ts";
+import { SimClock } from "../../testing/sim_clock.ts";
 
 /** A backend on a real state machine without Raft: writes apply at once, reads are local. */
 class LocalBackend implements KvBackend {
@@ -221,6 +222,36 @@ Deno.test("a blocking read answers when the key changes after the index, or when
   const bad = await get("/v1/data/a?index=1&wait=forever");
   assert.equal(bad.status, 400);
   await bad.body?.cancel();
+});
+
+Deno.test("a blocking wait on an injected clock ends when that clock reaches the wait, on a change of its key, or on a snapshot", async () => {
+  const { backend } = setup();
+  backend.put("a", "1"); // 1
+  const clock = new SimClock();
+  const wait = (path: string) => {
+    const url = new URL(`http://n1.test${path}`);
+    let ended = false;
+    void blockingWait({ backend, retryAfter: {}, clock }, new Request(url), url, "a")
+      .then(() => ended = true);
+    // One macrotask: every promise callback due has run by then (the wait sets no real timer).
+    const turn = () => new Promise<void>((r) => setTimeout(r, 0)).then(() => ended);
+    return { turn };
+  };
+  const timed = wait("/v1/data/a?index=1&wait=100ms");
+  backend.put("b", "x"); // 2: another key
+  clock.advance(99);
+  assert.equal(await timed.turn(), false);
+  clock.advance(1);
+  assert.equal(await timed.turn(), true);
+  const woken = wait("/v1/data/a?index=2&wait=1m");
+  clock.advance(30_000);
+  backend.put("a", "2"); // 3
+  assert.equal(await woken.turn(), true);
+  assert.equal(clock.pending, 0, "the woken wait's timer is cancelled");
+  const reset = wait("/v1/data/a?index=3&wait=1m");
+  backend.kv.events.reset(10);
+  assert.equal(await reset.turn(), true);
+  assert.equal(backend.kv.events.subscribers, 0);
 });
 
 Deno.test("wait durations parse with units and are capped", () => {

@@ -43,6 +43,10 @@
  * off; a `from` older than the node's history starts a new stretch at the oldest index (the client
  * re-reads). Checked at the end: within each stretch a watcher saw every committed change of its
  * keys exactly once, in index order, as the committed log gives them (the `watch` check).
+ * Blocking readers (`waiters.ts`) wait on a random node for a key to change after an index,
+ * through the API's own `blockingWait` on a clock of their own: a wait woken by a change must have
+ * been woken by a committed change of its key after that index, and a wait that timed out must
+ * have had none applied on its node (the `blocking-read` check).
  *
  * Clients put, delete, read (one key, or every key as a range), and compare-and-set (on the
  * `mod_index` they last saw, or as a transaction comparing the value); half the puts and every
@@ -67,7 +71,7 @@
  * The code: this file holds the options, results and fault profiles and the engine (nodes, their
  * storage, clocks and network, the event loop); the parts reach the engine through the
  * `SimContext` of `context.ts`: `clients.ts` (clients, their history, the final reads),
- * `leases.ts` (lease holders, lease checks), `watchers.ts`, `faults.ts` and `checks.ts` (the
+ * `leases.ts` (lease holders, lease checks), `watchers.ts`, `waiters.ts`, `faults.ts` and `checks.ts` (the
  * record of what was committed, the reference model and the other checks).
  *
  * @module
@@ -90,6 +94,7 @@ import { Faults } from "./faults.ts";
 import { LeaseHolders } from "./leases.ts";
 import { NodeClock } from "./node_clock.ts";
 import { SimNetwork } from "./network.ts";
+import { Waiters } from "./waiters.ts";
 import { Watchers } from "./watchers.ts";
 
 /**
@@ -210,6 +215,7 @@ export type CheckName =
   | "lease-bound" // a lease expired later than the documented bound after it was due
   | "lease-ttl" // a grant's TTL is not the one asked for raised to the minimum (1.5 elections)
   | "watch" // every watcher saw each committed change of its keys once, in index order
+  | "blocking-read" // a blocking read woke on a committed change after its index, and timed out on none
   | "disjoint-majorities" // consecutive committed configurations differ by one voter at most
   | "removed-refusal" // a node that knows it was removed refuses a final read at once
   | "removed-member" // no member of the final configuration counts itself removed
@@ -235,6 +241,14 @@ export interface SimulationOptions {
    * follow (`index`: the protocol before event ids). Default: none.
    */
   watchFault?: "repeat" | "skip" | "index";
+  /** Blocking readers (`?index=N&wait=D`). Default: the cluster size minus one. */
+  waiters?: number;
+  /**
+   * A misbehaving blocking reader (guard tests that prove the `blocking-read` check catches it):
+   * it asks after the index before the one it saw (`early`: a change it has seen wakes it) or the
+   * one after it (`late`: it sleeps through the next change). Default: none.
+   */
+  waitFault?: "early" | "late";
   /** Size of the key space. Default 3 (so that clients contend). */ keys?: number;
   /** Ticks without a leader before an election (randomized up to twice that). Default 10. */
   electionTicks?: number;
@@ -326,6 +340,13 @@ export const COUNTERS = [
   "watchCutOffs", // streams a node cut off for falling behind (a small watchBufferEvents)
   "watchBreaks", // watch connections that broke after a few events (the watcher moved on)
   "watchMidEntryResumes", // reconnects asking to go on inside one entry's changes (`N:j` id)
+  "blockingReads", // blocking reads (`?index=N&wait=D`) begun
+  "blockingChanges", // ... that a change of their key after N woke
+  "blockingTimeouts", // ... whose wait ran out
+  "blockingAtOnce", // ... answered at once (N older than the history, or no wait)
+  "blockingClosed", // ... ended early by their node stopping or installing a snapshot
+  "blockingAborted", // ... the reader gave up on, or whose node crashed under them
+  "blockingRefused", // ... refused by a node stopping or removed
   "memberAdds", // membership changes that added a node (as a learner), as applied
   "memberRemoves", // ... that removed a member (the leader included)
   "promotions", // learners the leader promoted to voter (committed configurations)
@@ -515,6 +536,8 @@ export function replayCommand(o: SimulationOptions): string {
     ["quota-bytes", o.quotaBytes],
     ["watchers", o.watchers],
     ["watch-fault", o.watchFault],
+    ["waiters", o.waiters],
+    ["wait-fault", o.waitFault],
     ["disable", o.disabledChecks?.join(",") || undefined],
   ];
   const set = flags.filter(([, v]) => v !== undefined).map(([name, v]) => `--${name} ${v}`);
@@ -584,6 +607,7 @@ class _Simulation implements SimContext {
   readonly #clients: Clients;
   readonly #leases: LeaseHolders;
   readonly #watchers: Watchers;
+  readonly #waiters: Waiters;
   readonly #injector: Faults;
   /** Each node start's count of refused retries answered from remembered outcomes. */
   readonly #replayCounters: Counter[] = [];
@@ -609,6 +633,7 @@ class _Simulation implements SimContext {
     this.#clients = new Clients(this, this.#checker);
     this.#leases = new LeaseHolders(this, this.#checker, this.#clients, this.#injector.stallsOf);
     this.#watchers = new Watchers(this, this.#checker);
+    this.#waiters = new Waiters(this, this.#checker);
     this.#disabled = new Set(opts.disabledChecks ?? []);
     const snap = snapshotDefaults(opts.seed);
     this.#snapshotThreshold = opts.snapshotThreshold ?? snap.snapshotThreshold;
@@ -661,6 +686,7 @@ class _Simulation implements SimContext {
         this.#clients.start(clients + i, (c) => this.#leases.holder(c));
       }
       this.#watchers.start(this.opts.watchers ?? this.opts.nodes - 1);
+      this.#waiters.start(this.opts.waiters ?? this.opts.nodes - 1);
       this.#injector.start(this.#network);
       this.later(this.opts.durationMs, () => this.#finalHeal());
 
@@ -679,6 +705,7 @@ class _Simulation implements SimContext {
         if (this.#failure) throw this.#failure;
         for (const n of this.nodes) this.#checker.check(n);
         this.#watchers.tend();
+        this.#waiters.tend();
         if (++this.stats.events > maxEvents) this.fail("runaway", `over ${maxEvents} steps`);
       }
       this.stats.virtualMs = Math.round(this.clock.now());
@@ -692,6 +719,8 @@ class _Simulation implements SimContext {
         idle = this.stats.watchEvents > received ? 0 : idle + 1;
       }
       this.#watchers.check();
+      this.#waiters.stopAll();
+      this.#waiters.check();
       this.#checker.checkHistory();
       this.stats.refusedRetriesReplayed = this.#replayCounters.reduce((n, c) => n + c.value, 0);
       return {

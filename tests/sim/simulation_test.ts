@@ -113,6 +113,11 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "watchResyncs",
     "watchCutOffs",
     "watchBreaks",
+    "blockingChanges",
+    "blockingTimeouts",
+    "blockingAtOnce",
+    "blockingClosed",
+    "blockingAborted",
     "diskFulls",
     "noSpaceAlarms",
     "noSpaceRefusals",
@@ -279,13 +284,16 @@ Deno.test("a replay command names every option that shapes the run", () => {
     diskFault: "forget-synced",
     watchers: 3,
     watchFault: "skip",
+    waiters: 4,
+    waitFault: "late",
     disabledChecks: ["durable-majority"],
   });
   assert.equal(
     command,
     `deno run -A scripts/soak.ts --seed 7 --nodes 5 --duration-ms 1234 --faults '{"dropRate":0.5}' ` +
       "--clients 2 --keys 4 --lease-reads 0.25 --snapshot-threshold 20 --catch-up-entries 5 " +
-      "--disk-fault forget-synced --watchers 3 --watch-fault skip --disable durable-majority",
+      "--disk-fault forget-synced --watchers 3 --watch-fault skip --waiters 4 --wait-fault late " +
+      "--disable durable-majority",
   );
 });
 
@@ -451,5 +459,34 @@ for (const { fault, what, seeds, long } of _WATCH_FAULTS) {
       failures[0]!.message.split("\n").slice(0, 5).join("\n"),
     );
     assert.match(failures[0]!.message, /(missing|extra or repeated) \["\d+ (put|delete|expire) /);
+  });
+}
+
+/** Misbehaving blocking readers the blocking-read check must catch. */
+const _WAIT_FAULTS = [
+  {
+    fault: "early",
+    what: "asks after the index before the one it saw",
+    pattern: /not a change after/,
+  },
+  {
+    fault: "late",
+    what: "asks after the index after the one it saw",
+    pattern: /timed out, though/,
+  },
+] as const;
+
+for (const { fault, what, pattern } of _WAIT_FAULTS) {
+  Deno.test(`a blocking reader that ${what} is caught by the blocking-read check`, async () => {
+    const { failures } = await _runSeeds(_range(1, 20), (seed) => ({
+      seed,
+      nodes: 3,
+      durationMs: 4_000,
+      waitFault: fault,
+    }), 1);
+    assert.ok(failures.length > 0, "no seed failed");
+    const message = failures[0]!.message.split("\n").slice(0, 5).join("\n");
+    assert.equal(failures[0]!.check, "blocking-read", message);
+    assert.match(failures[0]!.message, pattern);
   });
 }
