@@ -214,9 +214,9 @@ ops checked:      ${t("historyOps")} (writes ok ${t("writesOk")}, unknown outcom
   } served by a follower), dropped ${t("readsDropped")})
 coordination:     ${t("casOk")} compare-and-sets applied, ${t("casFailed")} refused; ${
     t("rangeReadsOk")
-  } range reads; ${t("idempotentRetries")} writes sent again with their idempotency key, ${
-    t("idempotentReplays")
-  } answered as replays
+  } range reads, ${t("rangeDeletesOk")} range deletes; ${
+    t("idempotentRetries")
+  } writes sent again with their idempotency key, ${t("idempotentReplays")} answered as replays
 leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${
     t("leaseTxnPuts")
   } keys attached by a transaction (${t("leaseTxnRefused")} refused: lease gone), ${

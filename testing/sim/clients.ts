@@ -8,7 +8,15 @@
 import type { RaftNode } from "../../src/node/raft_node.ts";
 import type { NodeId } from "../../src/raft/types.ts";
 import { NotLeaderError } from "../../src/raft/errors.ts";
-import type { KvEntry, KvResult, LeaseRef, PlainCommand } from "../../src/kv/state_machine.ts";
+import {
+  compareKeys,
+  type KeyRange,
+  type KvEntry,
+  type KvResult,
+  type LeaseRef,
+  type PlainCommand,
+} from "../../src/kv/state_machine.ts";
+import { seededRandom } from "../../src/raft/rand.ts";
 import {
   NoSpaceError,
   NotAppliedError,
@@ -41,6 +49,8 @@ export interface ClientOp extends Omit<Operation, "client" | "return"> {
   idem?: string;
   /** A read of every key at once. */
   range?: boolean;
+  /** A delete of a range of keys (`delete_range`) instead of `key` alone. */
+  deleteRange?: KeyRange;
   /** The lease a put attaches its key to. */
   leaseRef?: LeaseRef;
   /**
@@ -71,10 +81,16 @@ export class Clients {
   readonly #checker: Checker;
   /** The clients still running, plus one until the final heal. */
   #active = 1;
+  /**
+   * Draws which deletes take a range, and which: apart from the run's source, so that adding
+   * range deletes left the run's other draws as they were.
+   */
+  readonly #rangeRng: () => number;
 
   /** Clients of the run `ctx` that record what they do for `checker`. */
   constructor(ctx: SimContext, checker: Checker) {
     [this.#ctx, this.#checker] = [ctx, checker];
+    this.#rangeRng = seededRandom((ctx.opts.seed ^ 0x510e527f) >>> 0);
   }
 
   /** Starts client `id` running `loop` (which calls {@linkcode Clients.done} when it stops). */
@@ -90,9 +106,10 @@ export class Clients {
 
   /**
    * A client: one operation at a time on a random key until the heal: puts (half of them with an
-   * idempotency key), deletes, reads of one key or of every key (a range), and compare-and-sets
-   * (on the mod_index last seen, or as a transaction comparing the value, always with an
-   * idempotency key).
+   * idempotency key), deletes (one in four of a range of keys, a prefix or from a key on, half of
+   * those with an idempotency key), reads of one key or of every key (a range), and
+   * compare-and-sets (on the mod_index last seen, or as a transaction comparing the value, always
+   * with an idempotency key).
    */
   async client(c: SimClient): Promise<void> {
     c.seen = new Map();
@@ -108,6 +125,10 @@ export class Clients {
         if (this.#ctx.rng() < 0.5) op.idem = value;
       } else if (r < 0.42) {
         op = this.newOp(c, { kind: "delete", key, value: null, lease: false });
+        if (this.#rangeRng() < 0.25) {
+          op.deleteRange = this.#drawRange(key);
+          if (this.#rangeRng() < 0.5) op.idem = value;
+        }
       } else if (r < 0.6) {
         const known = c.seen.get(key) ?? { modIndex: 0, value: null };
         op = this.newOp(c, { kind: "cas", key, value, lease: false });
@@ -122,6 +143,26 @@ export class Clients {
       await this.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
     }
     this.done();
+  }
+
+  /** A range of keys around `key`: every key, the keys under it as a prefix, or from it on. */
+  #drawRange(key: string): KeyRange {
+    const r = this.#rangeRng();
+    if (r < 0.3) return { prefix: "" };
+    if (r < 0.6) return { prefix: key };
+    const keys = this.#ctx.keys;
+    return { start: key, end: r < 0.8 ? null : keys[Math.floor(this.#rangeRng() * keys.length)]! };
+  }
+
+  /** The keys of the run that `op` writes: its range's, or its key. */
+  #written(op: ClientOp): string[] {
+    const range = op.deleteRange;
+    if (range === undefined) return [op.key];
+    return this.#ctx.keys.filter((k) =>
+      "prefix" in range
+        ? k.startsWith(range.prefix)
+        : compareKeys(k, range.start) >= 0 && (range.end === null || compareKeys(k, range.end) < 0)
+    );
   }
 
   /** A new operation of `client`, called now. */
@@ -193,9 +234,10 @@ export class Clients {
   /** Records the outcome of `op` (null: timed out) that node `n` gave: counters, history, trace. */
   #record(op: ClientOp, outcome: Outcome | null, n: SimNode | null): void {
     const [c, stats, checker] = [op.client, this.#ctx.stats, this.#checker];
+    const target = op.deleteRange ? JSON.stringify(op.deleteRange) : op.key;
     const what = `c${c.id} ${op.lease ? "lease-" : ""}${
       op.range ? "range-" : ""
-    }${op.kind}(${op.key}${op.value ? `=${op.value}` : ""}) <- ${n?.id}: ${
+    }${op.kind}(${target}${op.value ? `=${op.value}` : ""}) <- ${n?.id}: ${
       outcome?.kind ?? "timeout"
     }`;
     const ret = this.#ctx.clock.now();
@@ -215,16 +257,20 @@ export class Clients {
     if (outcome?.kind === "ok") {
       stats.writesOk++;
       if (op.kind === "cas") stats.casOk++;
-      checker.acked.set(
-        `${op.key}=${op.value ?? `delete by c${c.id}`}`,
-        `${n?.id} at ${outcome.index}`,
-      );
+      if (op.deleteRange) stats.rangeDeletesOk++;
       this.#ctx.note(`${what} @${outcome.index}${outcome.replayed ? " (replayed)" : ""}`);
-      checker.history.push(_operation(op, ret));
-      seen.set(op.key, {
-        modIndex: op.kind === "delete" ? 0 : outcome.modIndex,
-        value: op.kind === "delete" ? null : op.value,
-      });
+      // A range delete is in the history as a delete of each key in its range, all at once.
+      for (const key of this.#written(op)) {
+        checker.acked.set(
+          `${key}=${op.value ?? `delete by c${c.id}`}`,
+          `${n?.id} at ${outcome.index}`,
+        );
+        checker.history.push({ ..._operation(op, ret), key });
+        seen.set(key, {
+          modIndex: op.kind === "delete" ? 0 : outcome.modIndex,
+          value: op.kind === "delete" ? null : op.value,
+        });
+      }
     } else if (outcome?.kind === "casFailed") {
       // The condition did not hold: nothing changed; it read the key's current value.
       stats.casFailed++;
@@ -264,8 +310,10 @@ export class Clients {
       stats.readsDropped++;
     } else { // a write may have been proposed by a node that then crashed or lost its leadership
       stats.writesUnknown++;
-      checker.history.push(_operation(op, null));
-      seen.delete(op.key);
+      for (const key of this.#written(op)) {
+        checker.history.push({ ..._operation(op, null), key });
+        seen.delete(key);
+      }
     }
   }
 
@@ -393,6 +441,7 @@ export class Clients {
 
 /** The command a client write sends. */
 function _command(op: ClientOp): PlainCommand {
+  if (op.deleteRange) return { op: "delete_range", range: op.deleteRange };
   if (op.kind === "delete") return { op: "delete", key: op.key };
   if (op.kind === "put" && op.txnLease !== undefined && op.leaseRef && "id" in op.leaseRef) {
     const put = { op: "put" as const, key: op.key, value: op.value!, lease: op.leaseRef.id };
@@ -430,6 +479,7 @@ function _writeOutcome(op: ClientOp, r: KvResult): Outcome {
     case "put":
       return { kind: "ok", index: r.index, modIndex: r.modIndex, replayed };
     case "delete":
+    case "delete_range":
       return { kind: "ok", index: r.index, modIndex: 0, replayed };
     case "cas_failed":
       return { kind: "casFailed", index: r.index, current: r.current, replayed };

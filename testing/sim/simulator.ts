@@ -48,8 +48,9 @@
  * been woken by a committed change of its key after that index, and a wait that timed out must
  * have had none applied on its node (the `blocking-read` check).
  *
- * Clients put, delete, read (one key, or every key as a range), and compare-and-set (on the
- * `mod_index` they last saw, or as a transaction comparing the value); half the puts and every
+ * Clients put, delete (one key, or a range of keys: in the history as a delete of each key in it),
+ * read (one key, or every key as a range), and compare-and-set (on the `mod_index` they last saw,
+ * or as a transaction comparing the value); half the puts and range deletes and every
  * compare-and-set carry an idempotency key and are sent again, to other nodes, while their outcome
  * is unknown (across crashes and leader changes), recorded as one operation.
  *
@@ -295,6 +296,7 @@ export const COUNTERS = [
   "followerReadsOk", // linearizable or lease reads a follower served (ReadIndex from its leader)
   "readsDropped", // reads given up after a timeout (not recorded)
   "rangeReadsOk", // reads of every key at once, each key recorded as a read
+  "rangeDeletesOk", // deletes of a range of keys acknowledged, each key recorded as a delete
   "casOk", // compare-and-sets that applied (transactions comparing the value included)
   "casFailed", // compare-and-sets whose condition failed (recorded as the read they were)
   "idempotentRetries", // requests sent again with the idempotency key of an unknown outcome
