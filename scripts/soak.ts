@@ -212,9 +212,9 @@ ops checked:      ${t("historyOps")} (writes ok ${t("writesOk")}, unknown outcom
   }, definitely failed ${t("writesFailed")}; reads ok ${t("readsOk")} (${
     t("followerReadsOk")
   } served by a follower), dropped ${t("readsDropped")})
-coordination:     ${t("casOk")} compare-and-sets applied, ${t("casFailed")} refused; ${
-    t("rangeReadsOk")
-  } range reads, ${t("rangeDeletesOk")} range deletes; ${
+coordination:     ${t("casOk")} compare-and-sets applied (${t("casDeletesOk")} of them deletes), ${
+    t("casFailed")
+  } refused; ${t("rangeReadsOk")} range reads, ${t("rangeDeletesOk")} range deletes; ${
     t("idempotentRetries")
   } writes sent again with their idempotency key, ${t("idempotentReplays")} answered as replays
 leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${

@@ -82,15 +82,15 @@ export class Clients {
   /** The clients still running, plus one until the final heal. */
   #active = 1;
   /**
-   * Draws which deletes take a range, and which: apart from the run's source, so that adding
-   * range deletes left the run's other draws as they were.
+   * Draws which deletes take a range (and which range), and which compare-and-sets delete: apart
+   * from the run's source, so that adding them left the run's other draws as they were.
    */
-  readonly #rangeRng: () => number;
+  readonly #formRng: () => number;
 
   /** Clients of the run `ctx` that record what they do for `checker`. */
   constructor(ctx: SimContext, checker: Checker) {
     [this.#ctx, this.#checker] = [ctx, checker];
-    this.#rangeRng = seededRandom((ctx.opts.seed ^ 0x510e527f) >>> 0);
+    this.#formRng = seededRandom((ctx.opts.seed ^ 0x510e527f) >>> 0);
   }
 
   /** Starts client `id` running `loop` (which calls {@linkcode Clients.done} when it stops). */
@@ -109,7 +109,7 @@ export class Clients {
    * idempotency key), deletes (one in four of a range of keys, a prefix or from a key on, half of
    * those with an idempotency key), reads of one key or of every key (a range), and
    * compare-and-sets (on the mod_index last seen, or as a transaction comparing the value, always
-   * with an idempotency key).
+   * with an idempotency key; one in five deletes the key instead of putting a value).
    */
   async client(c: SimClient): Promise<void> {
     c.seen = new Map();
@@ -125,13 +125,15 @@ export class Clients {
         if (this.#ctx.rng() < 0.5) op.idem = value;
       } else if (r < 0.42) {
         op = this.newOp(c, { kind: "delete", key, value: null, lease: false });
-        if (this.#rangeRng() < 0.25) {
+        if (this.#formRng() < 0.25) {
           op.deleteRange = this.#drawRange(key);
-          if (this.#rangeRng() < 0.5) op.idem = value;
+          if (this.#formRng() < 0.5) op.idem = value;
         }
       } else if (r < 0.6) {
         const known = c.seen.get(key) ?? { modIndex: 0, value: null };
-        op = this.newOp(c, { kind: "cas", key, value, lease: false });
+        // One in five deletes the key if it holds what was last seen (a lock's release).
+        const del = this.#formRng() < 0.2;
+        op = this.newOp(c, { kind: "cas", key, value: del ? null : value, lease: false });
         op.expect = known.value;
         op.casForm = this.#ctx.rng() < 0.7 ? { modIndex: known.modIndex } : { txn: true };
         op.idem = value;
@@ -147,11 +149,11 @@ export class Clients {
 
   /** A range of keys around `key`: every key, the keys under it as a prefix, or from it on. */
   #drawRange(key: string): KeyRange {
-    const r = this.#rangeRng();
+    const r = this.#formRng();
     if (r < 0.3) return { prefix: "" };
     if (r < 0.6) return { prefix: key };
     const keys = this.#ctx.keys;
-    return { start: key, end: r < 0.8 ? null : keys[Math.floor(this.#rangeRng() * keys.length)]! };
+    return { start: key, end: r < 0.8 ? null : keys[Math.floor(this.#formRng() * keys.length)]! };
   }
 
   /** The keys of the run that `op` writes: its range's, or its key. */
@@ -257,6 +259,7 @@ export class Clients {
     if (outcome?.kind === "ok") {
       stats.writesOk++;
       if (op.kind === "cas") stats.casOk++;
+      if (op.kind === "cas" && op.value === null) stats.casDeletesOk++;
       if (op.deleteRange) stats.rangeDeletesOk++;
       this.#ctx.note(`${what} @${outcome.index}${outcome.replayed ? " (replayed)" : ""}`);
       // A range delete is in the history as a delete of each key in its range, all at once.
@@ -458,7 +461,12 @@ function _command(op: ClientOp): PlainCommand {
       : { op: "put", key: op.key, value: op.value!, lease: op.leaseRef };
   }
   const form = op.casForm!;
-  if ("modIndex" in form) return { op: "put", key: op.key, value: op.value!, cas: form.modIndex };
+  const del = op.value === null;
+  if ("modIndex" in form) {
+    return del
+      ? { op: "delete", key: op.key, cas: form.modIndex }
+      : { op: "put", key: op.key, value: op.value!, cas: form.modIndex };
+  }
   const expect = op.expect ?? null;
   return {
     op: "txn",
@@ -467,7 +475,7 @@ function _command(op: ClientOp): PlainCommand {
         ? { key: op.key, target: "exists", op: "=", value: false }
         : { key: op.key, target: "value", op: "=", value: expect },
     ],
-    success: [{ op: "put", key: op.key, value: op.value! }],
+    success: [del ? { op: "delete", key: op.key } : { op: "put", key: op.key, value: op.value! }],
     failure: [{ op: "get", key: op.key }],
   };
 }

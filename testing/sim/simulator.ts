@@ -50,9 +50,10 @@
  *
  * Clients put, delete (one key, or a range of keys: in the history as a delete of each key in it),
  * read (one key, or every key as a range), and compare-and-set (on the `mod_index` they last saw,
- * or as a transaction comparing the value); half the puts and range deletes and every
- * compare-and-set carry an idempotency key and are sent again, to other nodes, while their outcome
- * is unknown (across crashes and leader changes), recorded as one operation.
+ * or as a transaction comparing the value; one in five deletes instead of putting); half the puts
+ * and range deletes and every compare-and-set carry an idempotency key and are sent again, to
+ * other nodes, while their outcome is unknown (across crashes and leader changes), recorded as one
+ * operation.
  *
  * Lease holders grant leases, attach keys to them (puts in the history like any other), keep
  * some alive for a while and then revoke or abandon them. Every committed revoke or expire entry
@@ -299,6 +300,7 @@ export const COUNTERS = [
   "rangeDeletesOk", // deletes of a range of keys acknowledged, each key recorded as a delete
   "casOk", // compare-and-sets that applied (transactions comparing the value included)
   "casFailed", // compare-and-sets whose condition failed (recorded as the read they were)
+  "casDeletesOk", // compare-and-sets that deleted their key (on the mod_index, or a transaction)
   "idempotentRetries", // requests sent again with the idempotency key of an unknown outcome
   "idempotentReplays", // answers that replayed a remembered outcome
   "historyOps", // operations in the checked history
