@@ -1076,8 +1076,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#readsAwaitingApply = [];
     this.#settleTransfers();
     this.closeWatches();
-    await this.#snapshotTask;
-    while (this.#writerActive) await this.#writing;
+    // A write that ends applies entries, which may start a snapshot, whose log compaction needs
+    // the storage too: wait until neither runs (a snapshot started after the first wait once made
+    // closing the storage fail as busy).
+    while (this.#writerActive || this.#snapshotting) {
+      await (this.#writerActive ? this.#writing : this.#snapshotTask);
+    }
     await this.#saveCommit();
     for (const w of this.#waiters.values()) {
       w.reject(new OutcomeUnknownError("the node stopped before the write was applied"));
