@@ -62,7 +62,7 @@ export class Waiters {
   /** Times the waits (moved on to the run's time after each step). */
   readonly #clock = new SimClock();
   /** When each reader next starts a wait (virtual ms); Infinity while one is under way. */
-  #due: number[] = [];
+  readonly #due: number[] = [];
   readonly #waits: _Wait[] = [];
   /** The waits under way. */
   readonly #active = new Set<_Wait>();
