@@ -26,9 +26,20 @@ import { blockingWait } from "../../src/api/watch.ts";
 import { SimClock } from "../sim_clock.ts";
 import type { Checker } from "./checks.ts";
 import type { SimContext, SimNode } from "./context.ts";
+import type { SimulationStats } from "./simulator.ts";
 
 /** How a wait ended. */
 type _End = "change" | "timeout" | "at-once" | "closed" | "aborted" | "refused";
+
+/** The counter of each end. */
+const _COUNTERS = {
+  "change": "blockingChanges",
+  "timeout": "blockingTimeouts",
+  "at-once": "blockingAtOnce",
+  "closed": "blockingClosed",
+  "aborted": "blockingAborted",
+  "refused": "blockingRefused",
+} as const satisfies Record<_End, keyof SimulationStats>;
 
 /** One blocking read, from its start to its end. */
 type _Wait = {
@@ -154,8 +165,7 @@ export class Waiters {
       (e) => {
         if (!(e instanceof ApiError)) throw e;
         // The node is stopping or was removed: the reader tries again, elsewhere perhaps.
-        w.end = "refused";
-        ctx.stats.blockingRefused++;
+        this.#end(w, "refused");
       },
     ).catch((e) => ctx.caught(e, ` (blocking reader ${reader})`)).finally(() => {
       this.#active.delete(w);
@@ -205,18 +215,27 @@ export class Waiters {
     };
   }
 
+  /** Records how `w` ended, from what was seen while it waited. */
   #ended(w: _Wait): void {
-    const s = this.#ctx.stats;
-    if (w.event !== undefined) [w.end, s.blockingChanges] = ["change", s.blockingChanges + 1];
-    else if (w.timedOut) [w.end, s.blockingTimeouts] = ["timeout", s.blockingTimeouts + 1];
-    else if (w.aborted) [w.end, s.blockingAborted] = ["aborted", s.blockingAborted + 1];
-    else if (w.closed !== undefined) [w.end, s.blockingClosed] = ["closed", s.blockingClosed + 1];
-    else if (w.waitMs === 0 || w.asked + 1 < w.oldest) {
-      [w.end, s.blockingAtOnce] = ["at-once", s.blockingAtOnce + 1];
-    } else {
-      w.end = "change";
+    const end: _End | null = w.event !== undefined
+      ? "change"
+      : w.timedOut
+      ? "timeout"
+      : w.aborted
+      ? "aborted"
+      : w.closed !== undefined
+      ? "closed"
+      : w.waitMs === 0 || w.asked + 1 < w.oldest
+      ? "at-once"
+      : null;
+    if (end === null) {
       this.#ctx.violation("blocking-read", `${this.#what(w)} ended with no change, timeout or end`);
-    }
+    } else this.#end(w, end);
+  }
+
+  #end(w: _Wait, end: _End): void {
+    w.end = end;
+    this.#ctx.stats[_COUNTERS[end]]++;
   }
 
   /**
