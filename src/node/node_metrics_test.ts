@@ -75,9 +75,13 @@ async function leaderOf(members: _Member[]): Promise<_Member> {
 Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk, snapshots and watch history", async () => {
   const root = await Deno.makeTempDir({ prefix: "raftkv-metrics-" });
   const net = new MemoryNetwork();
+  // Every count below is of one leadership: an election timeout long enough that a loaded machine
+  // (a stall past the default 100 ms once moved the leadership mid-test in CI) keeps the leader.
   const members = await start(root, net, ["a", "b", "c"], {
     snapshotThreshold: 10,
     watchHistoryBytes: 1000,
+    heartbeatMs: 50,
+    electionTimeoutMs: 1000,
   });
   try {
     const leader = await leaderOf(members);
