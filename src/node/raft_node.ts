@@ -352,6 +352,8 @@ export interface NodeInspection {
   readonly leaseCount: number;
   /** The UTF-8 bytes of the applied keys and values (what the quota counts). */
   readonly dataBytes: number;
+  /** Whether the node holds the NOSPACE alarm (its disk was full; see `status().alarms`). */
+  readonly noSpace: boolean;
 }
 
 interface Waiter {
@@ -1488,6 +1490,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       leaseOf: (key) => this.#kv.leaseOf(key),
       leaseCount: this.#kv.leaseCount,
       dataBytes: this.#kv.dataBytes,
+      noSpace: this.#noSpace !== null,
     };
   }
 

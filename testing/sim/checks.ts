@@ -156,7 +156,7 @@ export class Checker {
       this.#checkApplied(n, s);
     }
     if (this.#ctx.faults.diskFullEveryMs > 0) {
-      const alarm = n.node.status().alarms.length > 0;
+      const alarm = s.noSpace;
       if (alarm && !n.alarm) this.#ctx.stats.noSpaceAlarms++;
       n.alarm = alarm;
     }

@@ -75,6 +75,12 @@ export type Outcome =
   | { kind: "removed" }
   | { kind: "notLeader"; leader: NodeId };
 
+/**
+ * The reason an operation's requests still in flight are aborted with once it ended: one shared
+ * `AbortError` (aborting without a reason makes a new one, with its stack, every time).
+ */
+const _ENDED = new DOMException("the operation ended", "AbortError");
+
 /** The clients, the request path, and the final reads. */
 export class Clients {
   readonly #ctx: SimContext;
@@ -226,7 +232,7 @@ export class Clients {
         await this.#backOff(deadline);
       }
     }
-    op.abort.abort();
+    op.abort.abort(_ENDED);
     // Refused for sure after an attempt of unknown outcome: that one may still apply.
     if (unknownBefore && outcome?.kind === "notApplied") outcome = { kind: "unknown" };
     this.#record(op, outcome, n);
