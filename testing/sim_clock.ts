@@ -6,12 +6,38 @@
  * Timers fire synchronously inside {@linkcode SimClock.runUntil}: promise callbacks a timer
  * schedules run only after `runUntil` returns. A simulation that wants them to run between two
  * timers steps one due time at a time (`runUntil(clock.nextDue()!)`) and lets its own queue
- * drain in between.
+ * drain in between ({@linkcode settle}).
  *
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import { type Cancel, checkPeriod, type Clock } from "../src/node/clock.ts";
+
+/**
+ * Resolves once every promise callback queued before the call has run, and every one those queue
+ * in turn, however long the chain: it waits for the runtime's next turn (`setImmediate`), which
+ * comes only when the microtask queue is empty. Work that waits on the runtime itself (a real
+ * timer, a real file, a socket) is not waited for; simulated work never does.
+ *
+ * A `MessageChannel` message is not such a turn in Deno: its delivery can run between the promise
+ * callbacks of a chain already going, after as few as three of them.
+ *
+ * @example Usage
+ * ```ts
+ * import { settle } from "./sim_clock.ts";
+ *
+ * let steps = 0;
+ * (async () => {
+ *   for (let i = 0; i < 1000; i++) await null, steps++;
+ * })();
+ * await settle();
+ * console.assert(steps === 1000);
+ * ```
+ */
+export function settle(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
 
 interface _Timer {
   due: number;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { testClockConformance } from "./clock_conformance.ts";
-import { SimClock } from "./sim_clock.ts";
+import { settle, SimClock } from "./sim_clock.ts";
 
 testClockConformance("SimClock", () => {
   const clock = new SimClock(1000);
@@ -98,4 +98,16 @@ Deno.test("many timers fire in (due, set) order", () => {
   const sorted = [...fired].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   assert.equal(fired.length, 500);
   assert.deepEqual(fired, sorted);
+});
+
+Deno.test("settle waits for every promise callback chain, however long, also right after a settle", async () => {
+  const steps = [0, 0];
+  const chain = async (i: number) => {
+    for (let k = 0; k < 10_000; k++) await null, steps[i]!++;
+  };
+  chain(0);
+  await settle();
+  chain(1); // started where a simulation starts a step's work: right after the last settle
+  await settle();
+  assert.deepEqual(steps, [10_000, 10_000]);
 });
