@@ -214,7 +214,9 @@ ops checked:      ${t("historyOps")} (writes ok ${t("writesOk")}, unknown outcom
   } served by a follower), dropped ${t("readsDropped")})
 coordination:     ${t("casOk")} compare-and-sets applied (${t("casDeletesOk")} of them deletes), ${
     t("casFailed")
-  } refused; ${t("rangeReadsOk")} range reads, ${t("rangeDeletesOk")} range deletes; ${
+  } refused; ${t("rangeReadsOk")} range reads (${t("rangePagesCut")} pages cut short, ${
+    t("rangeNextPages")
+  } next pages), ${t("rangeDeletesOk")} range deletes; ${
     t("idempotentRetries")
   } writes sent again with their idempotency key, ${t("idempotentReplays")} answered as replays
 leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${

@@ -47,7 +47,9 @@ export class Checker {
   /** Acknowledged writes ("key=value") -> the node and the index it gave, for failure messages. */
   readonly acked = new Map<string, string>();
   /** Range reads to check once the reference reaches their index: the index and the state seen. */
-  readonly rangeReads: { index: number; state: string; what: string }[] = [];
+  /** Range reads (a page each): the keys the page covered and what it held for them. */
+  readonly rangeReads: { index: number; keys: readonly string[]; state: string; what: string }[] =
+    [];
   /** Every idempotency key clients sent, with the indexes their definite answers named. */
   readonly idemAnswers = new Map<string, Set<number>>();
   /** {@linkcode Checker.state} of the reference state after each index. */
@@ -286,11 +288,15 @@ export class Checker {
   }
 
   /**
-   * Every key's value and revision, and how many idempotent outcomes are remembered, as a string
-   * to compare.
+   * Every key's value and revision (or those of `only`), and how many idempotent outcomes are
+   * remembered, as a string to compare.
    */
-  state(entry: (key: string) => KvEntry | null, remembered: number | null): string {
-    const keys = this.#ctx.keys.map((k) => {
+  state(
+    entry: (key: string) => KvEntry | null,
+    remembered: number | null,
+    only: readonly string[] = this.#ctx.keys,
+  ): string {
+    const keys = only.map((k) => {
       const e = entry(k);
       return [k, e === null ? null : [e.value, e.createIndex, e.modIndex, e.version]];
     });
@@ -495,13 +501,13 @@ export class Checker {
     poll();
   }
 
-  /** Every range read held the committed state at the index it reported. */
+  /** Every range read (each page) held the committed state of its keys at the index it reported. */
   #checkRanges(): void {
     for (const r of this.rangeReads) {
       const ref = this.#refStates[r.index];
       if (ref === undefined) continue; // beyond what the reference learned (never in practice)
-      const want = JSON.parse(ref) as Record<string, unknown>;
-      delete want.remembered;
+      const all = JSON.parse(ref) as Record<string, unknown>;
+      const want = Object.fromEntries(r.keys.map((k) => [k, all[k]]));
       if (JSON.stringify(want) !== r.state) {
         this.#ctx.violation(
           "range-snapshot",

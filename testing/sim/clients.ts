@@ -49,6 +49,11 @@ export interface ClientOp extends Omit<Operation, "client" | "return"> {
   idem?: string;
   /** A read of every key at once. */
   range?: boolean;
+  /**
+   * A range read's page: at most `limit` keys, from `from` on (a continuation of the page before);
+   * its answer's `next` (null: the range is done), once recorded.
+   */
+  page?: { limit: number; from?: string; next?: string | null };
   /** A delete of a range of keys (`delete_range`) instead of `key` alone. */
   deleteRange?: KeyRange;
   /** The lease a put attaches its key to. */
@@ -66,7 +71,7 @@ export type Outcome =
   /** A compare-and-set whose condition failed, and what it found. */
   | { kind: "casFailed"; index: number; current: KvEntry | null; replayed: boolean }
   | { kind: "value"; value: string | null; entry: KvEntry | null }
-  | { kind: "range"; entries: KvEntry[]; index: number }
+  | { kind: "range"; entries: KvEntry[]; index: number; next: string | null }
   /** Did not and will not take effect (`quota`: refused as past the quota). */
   | { kind: "notApplied"; quota?: true }
   | { kind: "unknown" }
@@ -89,7 +94,8 @@ export class Clients {
   #active = 1;
   /**
    * Draws which deletes take a range (and which range), and which compare-and-sets delete: apart
-   * from the run's source, so that adding them left the run's other draws as they were.
+   * from the run's source, so that adding them left the run's other draws as they were. Range
+   * reads draw their page size from it too.
    */
   readonly #formRng: () => number;
 
@@ -113,7 +119,8 @@ export class Clients {
   /**
    * A client: one operation at a time on a random key until the heal: puts (half of them with an
    * idempotency key), deletes (one in four of a range of keys, a prefix or from a key on, half of
-   * those with an idempotency key), reads of one key or of every key (a range), and
+   * those with an idempotency key), reads of one key or of every key (a range, a third of them in
+   * pages of one or two keys, each page a read of its own, at its own index), and
    * compare-and-sets (on the mod_index last seen, or as a transaction comparing the value, always
    * with an idempotency key; one in five deletes the key instead of putting a value).
    */
@@ -147,8 +154,17 @@ export class Clients {
         const lease = this.#ctx.rng() < (this.#ctx.opts.leaseReads ?? 0);
         op = this.newOp(c, { kind: "get", key, value: null, lease });
         op.range = this.#ctx.rng() < 0.2;
+        if (op.range) op.page = { limit: this.#ctx.pick([1, 2, 1000, 1000, 1000, 1000]) };
       }
       await this.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
+      // The next page of a paged range read, from where the last one ended, while the run goes on.
+      for (let from = op.page?.next; from && this.#ctx.phase === "run"; from = op.page?.next) {
+        this.#ctx.stats.rangeNextPages++;
+        op = this.newOp(c, { kind: "get", key, value: null, lease: op.lease });
+        op.range = true;
+        op.page = { limit: this.#formRng() < 0.5 ? 1 : 2, from };
+        await this.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
+      }
     }
     this.done();
   }
@@ -302,15 +318,26 @@ export class Clients {
       stats.rangeReadsOk++;
       if (op.lease) stats.leaseReadsOk++;
       const found = new Map(outcome.entries.map((e) => [e.key, e]));
-      this.#ctx.note(`${what} @${outcome.index} ${outcome.entries.map((e) => e.value).join(",")}`);
-      for (const key of this.#ctx.keys) {
+      const [from, next] = [op.page?.from ?? "", outcome.next];
+      if (op.page) op.page.next = next;
+      // The keys the page covers: from where it started up to (not including) where it ended.
+      const keys = this.#ctx.keys.filter((k) =>
+        compareKeys(k, from) >= 0 && (next === null || compareKeys(k, next) < 0)
+      );
+      this.#ctx.note(
+        `${what} @${outcome.index} ${outcome.entries.map((e) => e.value).join(",")}` +
+          (op.page?.from !== undefined || next !== null ? ` [${from}..${next ?? ""})` : ""),
+      );
+      for (const key of keys) {
         const e = found.get(key) ?? null;
         checker.history.push({ ..._operation(op, ret), key, value: e?.value ?? null });
         seen.set(key, { modIndex: e?.modIndex ?? 0, value: e?.value ?? null });
       }
+      if (next !== null) stats.rangePagesCut++;
       checker.rangeReads.push({
         index: outcome.index,
-        state: checker.state((k) => found.get(k) ?? null, null),
+        keys,
+        state: checker.state((k) => found.get(k) ?? null, null, keys),
         what: `${what} at index ${outcome.index}`,
       });
     } else if (outcome?.kind === "notApplied") {
@@ -348,12 +375,13 @@ export class Clients {
         const consistency = op.lease ? "lease" : "linearizable";
         let call: Promise<Outcome>;
         if (op.kind === "get" && op.range) {
+          const { limit, from } = op.page ?? { limit: 1000 };
           call = node.range(
-            { range: { prefix: "" }, limit: 1000, maxChars: 1 << 20 },
+            { range: { prefix: "" }, limit, maxChars: 1 << 20, ...(from ? { from } : {}) },
             consistency,
             signal,
           )
-            .then((r) => ({ kind: "range", entries: r.entries, index: r.index }));
+            .then((r) => ({ kind: "range", entries: r.entries, index: r.index, next: r.next }));
         } else if (op.kind === "get") {
           call = node.read(op.key, consistency, signal)
             .then((r) => ({ kind: "value", value: r.entry?.value ?? null, entry: r.entry }));

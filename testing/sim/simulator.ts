@@ -296,7 +296,9 @@ export const COUNTERS = [
   "leaseReadsOk",
   "followerReadsOk", // linearizable or lease reads a follower served (ReadIndex from its leader)
   "readsDropped", // reads given up after a timeout (not recorded)
-  "rangeReadsOk", // reads of every key at once, each key recorded as a read
+  "rangeReadsOk", // range reads (each page), each key the page covered recorded as a read
+  "rangePagesCut", // range reads whose page ended before the range did (a limit of one or two keys)
+  "rangeNextPages", // pages read from where the page before ended
   "rangeDeletesOk", // deletes of a range of keys acknowledged, each key recorded as a delete
   "casOk", // compare-and-sets that applied (transactions comparing the value included)
   "casFailed", // compare-and-sets whose condition failed (recorded as the read they were)
