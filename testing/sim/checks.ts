@@ -46,8 +46,10 @@ export class Checker {
   readonly history: Operation[] = [];
   /** Acknowledged writes ("key=value") -> the node and the index it gave, for failure messages. */
   readonly acked = new Map<string, string>();
-  /** Range reads to check once the reference reaches their index: the index and the state seen. */
-  /** Range reads (a page each): the keys the page covered and what it held for them. */
+  /**
+   * Range reads (a page each) to check once the reference reaches their index: the index, the keys
+   * the page covered and what it held for them.
+   */
   readonly rangeReads: { index: number; keys: readonly string[]; state: string; what: string }[] =
     [];
   /** Every idempotency key clients sent, with the indexes their definite answers named. */

@@ -94,8 +94,8 @@ export class Clients {
   #active = 1;
   /**
    * Draws which deletes take a range (and which range), and which compare-and-sets delete: apart
-   * from the run's source, so that adding them left the run's other draws as they were. Range
-   * reads draw their page size from it too.
+   * from the run's source, so that adding them left the run's other draws as they were. The size
+   * of a range read's next pages is drawn from it too.
    */
   readonly #formRng: () => number;
 

@@ -492,10 +492,11 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
 }
 
 /**
- * Frequent membership changes, leader transfers and long partitions (for three nodes): members
- * are often away while a node joins and then leads, and learners are removed while they are down.
- * Only these faults, so that a seed's run moves only when they or the clients change. The members
- * queries' guard test pins seeds of this mix; `deno task seeds:away` finds them anew.
+ * Frequent membership changes, leader transfers and long partitions (for three nodes), over the
+ * seed's own profile: members are often away while a node joins and then leads, and learners are
+ * removed while they are down. Full disks, graceful stops, failing disks and another cluster's
+ * appends are off, as when its seeds were first pinned. The members queries' guard test pins seeds
+ * of this mix; `deno task seeds:away` finds them anew.
  */
 export const AWAY_FAULTS: Readonly<Partial<FaultOptions>> = Object.freeze({
   memberEveryMs: 300,
