@@ -734,7 +734,7 @@ class _Simulation implements SimContext {
         idle = this.stats.watchEvents > received ? 0 : idle + 1;
       }
       this.#watchers.check();
-      this.#waiters.stopAll();
+      await this.#waiters.stopAll();
       this.#waiters.check();
       this.#checker.checkHistory();
       this.stats.refusedRetriesReplayed = this.#replayCounters.reduce((n, c) => n + c.value, 0);

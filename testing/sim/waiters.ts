@@ -23,7 +23,7 @@ import type { Clock } from "../../src/node/clock.ts";
 import type { RaftNode } from "../../src/node/raft_node.ts";
 import { ApiError } from "../../src/api/errors.ts";
 import { blockingWait } from "../../src/api/watch.ts";
-import { SimClock } from "../sim_clock.ts";
+import { settle, SimClock } from "../sim_clock.ts";
 import type { Checker } from "./checks.ts";
 import type { SimContext, SimNode } from "./context.ts";
 import type { SimulationStats } from "./simulator.ts";
@@ -104,9 +104,17 @@ export class Waiters {
     }
   }
 
-  /** Ends the waits still under way (the run is over). */
-  stopAll(): void {
+  /**
+   * Ends the waits still under way (the run is over): each aborted, each must then end (a wait
+   * that outlives its request's abort fails the `blocking-read` check). Their ends are counted
+   * before the run's counters are read.
+   */
+  async stopAll(): Promise<void> {
     for (const w of this.#active) this.#abort(w);
+    for (let turn = 0; turn < 50 && this.#active.size > 0; turn++) await settle();
+    for (const w of this.#active) {
+      this.#ctx.violation("blocking-read", `${this.#what(w)} did not end when it was aborted`);
+    }
   }
 
   #abort(w: _Wait): void {
