@@ -214,16 +214,22 @@ ops checked:      ${t("historyOps")} (writes ok ${t("writesOk")}, unknown outcom
   } served by a follower), dropped ${t("readsDropped")})
 coordination:     ${t("casOk")} compare-and-sets applied (${t("casDeletesOk")} of them deletes), ${
     t("casFailed")
-  } refused; ${t("rangeReadsOk")} range reads (${t("rangePagesCut")} pages cut short, ${
-    t("rangeNextPages")
-  } next pages), ${t("rangeDeletesOk")} range deletes; ${
-    t("idempotentRetries")
-  } writes sent again with their idempotency key, ${t("idempotentReplays")} answered as replays
+  } refused; ${t("multiTxnsOk")} transactions on three keys applied, ${
+    t("multiTxnsFailed")
+  } refused, ${t("txnAnswersChecked")} transaction answers checked against the log; ${
+    t("rangeReadsOk")
+  } range reads (${t("rangePagesCut")} pages cut short, ${t("rangeNextPages")} next pages), ${
+    t("rangeDeletesOk")
+  } range deletes; ${t("idempotentRetries")} writes sent again with their idempotency key, ${
+    t("idempotentReplays")
+  } answered as replays
 leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${
     t("leaseTxnPuts")
   } keys attached by a transaction (${t("leaseTxnRefused")} refused: lease gone), ${
     t("leaseKeepAlives")
-  } keep-alives acknowledged, ${t("leasesRevoked")} revoked, ${t("leasesExpired")} expired (${
+  } keep-alives acknowledged, ${t("leaseStatusReads")} status reads checked (${
+    t("leaseStatusGone")
+  } not found), ${t("leasesRevoked")} revoked, ${t("leasesExpired")} expired (${
     t("leaseBoundChecks")
   } checked against the bound)
 faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures, ${

@@ -6,7 +6,14 @@
  */
 
 import type { NodeInspection, NodeStorage } from "../../src/node/raft_node.ts";
-import { decodeCommand, type KvCommand, type KvEntry } from "../../src/kv/state_machine.ts";
+import type { LeaseStatus } from "../../src/node/backend.ts";
+import {
+  compareKeys,
+  decodeCommand,
+  type KvCommand,
+  type KvEntry,
+  type KvResult,
+} from "../../src/kv/state_machine.ts";
 import { decodeConfState, type Entry, EntryType, type NodeId } from "../../src/raft/types.ts";
 import {
   checkLinearizability,
@@ -52,6 +59,23 @@ export class Checker {
    */
   readonly rangeReads: { index: number; keys: readonly string[]; state: string; what: string }[] =
     [];
+  /** Every answer a node gave to a transaction: the index it named and the answer (`txnAnswer`). */
+  readonly txnAnswers: { index: number; answer: string; what: string }[] = [];
+  /** The committed log's answer to each transaction it applied (`txnAnswer`), by index. */
+  #refTxns = new Map<number, string>();
+  /**
+   * Every answered read of one lease's status (`id`) or of all (`id` null): what it gave (null:
+   * not found), and the highest commit any node knew when it was sent (`lo`) and answered (`hi`).
+   */
+  readonly leaseReads: {
+    id: number | null;
+    answer: LeaseStatus[] | null;
+    lo: number;
+    hi: number;
+    what: string;
+  }[] = [];
+  /** The reference's leases after each index: [id, ttl, keys in key order] by id, as a string. */
+  #refLeaseTables: string[] = ["[]"];
   /** Every idempotency key clients sent, with the indexes their definite answers named. */
   readonly idemAnswers = new Map<string, Set<number>>();
   /** {@linkcode Checker.state} of the reference state after each index. */
@@ -224,6 +248,7 @@ export class Checker {
         const cmd = decodeCommand(c.data);
         this.#checkAdmitted(i, c.term, cmd);
         const result = this.#ref.apply(i, cmd);
+        if (result.op === "txn" && result.index === i) this.#refTxns.set(i, txnAnswer(result));
         if (result.op === "lease_revoke" && cmd.op === "lease_revoke") {
           this.#leases.ended(i, c.term, result, cmd.reason);
           ended = true;
@@ -244,6 +269,7 @@ export class Checker {
         (k) => this.#ref.data.get(k) ?? null,
         this.#ref.rememberedIds().length,
       );
+      this.#refLeaseTables[i] = this.#leaseTable();
       this.#refLeaseStates[i] = this.#leaseState(
         (k) => this.#ref.keyLease.get(k) ?? null,
         this.#ref.leases.size,
@@ -306,6 +332,21 @@ export class Checker {
       ...Object.fromEntries(keys),
       ...(remembered === null ? {} : { remembered }),
     });
+  }
+
+  /** The highest commit index any node was seen to know. */
+  get maxCommit(): number {
+    return this.#maxCommit;
+  }
+
+  /** The reference's leases: [id, ttl, keys in key order] by id, as a string. */
+  #leaseTable(): string {
+    const keys = new Map<number, string[]>();
+    for (const [k, id] of this.#ref.keyLease) keys.set(id, [...keys.get(id) ?? [], k]);
+    const ids = [...this.#ref.leases.keys()].sort((a, b) => a - b);
+    return JSON.stringify(
+      ids.map((id) => [id, this.#ref.leases.get(id), (keys.get(id) ?? []).sort(compareKeys)]),
+    );
   }
 
   /** Which lease each key is attached to, and how many leases there are, as a string. */
@@ -520,6 +561,57 @@ export class Checker {
   }
 
   /**
+   * Every answer to a transaction is the committed log's at the index it named: the entry there is
+   * that transaction, and the branch that ran and every result (revisions, values read) are what
+   * applying the log gives, so its keys changed together, as its compares allowed.
+   */
+  #checkTxns(): void {
+    for (const t of this.txnAnswers) {
+      if (t.index > this.refIndex) continue; // beyond what the reference learned (never in practice)
+      const want = this.#refTxns.get(t.index) ?? "no transaction";
+      if (t.answer === want) continue;
+      this.#ctx.violation(
+        "transaction",
+        `${t.what} at index ${t.index} was ${t.answer}, but the committed log gives ${want}`,
+      );
+    }
+  }
+
+  /**
+   * Every answered lease status read gave the committed leases (their TTLs and keys), or for one
+   * lease that or its absence, at some index from the commit known when it was sent to the one
+   * known when it was answered (a linearizable read: after the leader confirmed it leads), and a
+   * time left from 0 to the TTL.
+   */
+  #checkLeaseReads(): void {
+    for (const r of this.leaseReads) {
+      const bad = r.answer?.find((l) => !(l.remainingMs >= 0 && l.remainingMs <= l.ttlMs));
+      if (bad !== undefined) {
+        this.#ctx.violation(
+          "lease-read",
+          `${r.what} gave lease ${bad.id} ${bad.remainingMs} ms left of a TTL of ${bad.ttlMs} ms`,
+        );
+      }
+      const got = JSON.stringify((r.answer ?? []).map((l) => [l.id, l.ttlMs, l.keys]));
+      const at = (i: number) => {
+        const table = this.#refLeaseTables[i]!;
+        if (r.id === null) return table;
+        const id = r.id;
+        return JSON.stringify((JSON.parse(table) as [number][]).filter((l) => l[0] === id));
+      };
+      const last = Math.min(r.hi, this.refIndex);
+      let found = false;
+      for (let i = r.lo; i <= last && !found; i++) found = at(i) === got;
+      if (found || last < r.hi) continue; // past what the reference learned (never in practice)
+      this.#ctx.violation(
+        "lease-read",
+        `${r.what} gave ${got}, but the committed leases were ${at(r.lo)} at ${r.lo} (sent) ` +
+          `and ${at(last)} at ${last} (answered), and none between gave it`,
+      );
+    }
+  }
+
+  /**
    * Every write sent with an idempotency key: its definite answers (from any attempt) named one
    * index, and the committed log applied it at most once (the reference model, which the nodes'
    * states were checked against at every step, counts the applications).
@@ -543,9 +635,15 @@ export class Checker {
     }
   }
 
-  /** The end checks of the client history: range reads, at-most-once, linearizability. */
+  /**
+   * The end checks of the client history: range reads, transactions, lease status reads,
+   * at-most-once, linearizability.
+   */
   checkHistory(): void {
     this.#checkRanges();
+    this.#ctx.stats.txnAnswersChecked = this.txnAnswers.length;
+    this.#checkTxns();
+    this.#checkLeaseReads();
     this.#checkAtMostOnce();
     this.#ctx.stats.historyOps = this.history.length;
     for (const op of this.history) this.#ctx.mix(Math.floor((op.return ?? -1) * 1000));
@@ -568,6 +666,26 @@ export class Checker {
         }`,
     );
   }
+}
+
+/**
+ * A transaction's answer as a string to compare: the branch that ran and every result (a read's
+ * entry as its value and revision).
+ */
+export function txnAnswer(r: Extract<KvResult, { op: "txn" }>): string {
+  return JSON.stringify([
+    r.succeeded,
+    r.results.map((x) =>
+      x.op === "get"
+        ? [
+          x.key,
+          x.entry && [x.entry.value, x.entry.createIndex, x.entry.modIndex, x.entry.version],
+        ]
+        : x.op === "put"
+        ? [x.key, x.createIndex, x.modIndex, x.version, x.lease ?? null]
+        : [x.key, x.deleted]
+    ),
+  ]);
 }
 
 /** A hash of an entry's type and data. */

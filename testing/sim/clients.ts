@@ -9,12 +9,14 @@ import type { RaftNode } from "../../src/node/raft_node.ts";
 import type { NodeId } from "../../src/raft/types.ts";
 import { NotLeaderError } from "../../src/raft/errors.ts";
 import {
+  type Compare,
   compareKeys,
   type KeyRange,
   type KvEntry,
   type KvResult,
   type LeaseRef,
   type PlainCommand,
+  type TxnOpResult,
 } from "../../src/kv/state_machine.ts";
 import { seededRandom } from "../../src/raft/rand.ts";
 import {
@@ -26,7 +28,7 @@ import {
   UnsettledRetryError,
 } from "../../src/node/backend.ts";
 import type { Operation } from "../../src/check/linearizability.ts";
-import type { Checker } from "./checks.ts";
+import { type Checker, txnAnswer } from "./checks.ts";
 import {
   currentMembers,
   knowsRemoved,
@@ -63,6 +65,12 @@ export interface ClientOp extends Omit<Operation, "client" | "return"> {
    * decides the branch, and both branches put the value with the lease.
    */
   txnLease?: { exists: boolean };
+  /**
+   * A transaction on three keys: it compares `key`'s value with `expect` (as a compare-and-set
+   * does) and `other`'s mod_index with `modIndex`; if both hold it puts `value` on `key`, puts it
+   * on `other` too (or deletes `other`) and reads `read`; if not, it reads `key` and `other`.
+   */
+  multi?: { other: string; modIndex: number; deleteOther: boolean; read: string };
 }
 
 /** What a request got from a node. */
@@ -70,6 +78,8 @@ export type Outcome =
   | { kind: "ok"; index: number; modIndex: number; replayed: boolean }
   /** A compare-and-set whose condition failed, and what it found. */
   | { kind: "casFailed"; index: number; current: KvEntry | null; replayed: boolean }
+  /** A transaction on several keys: the branch that ran, and its results. */
+  | { kind: "txn"; index: number; succeeded: boolean; results: TxnOpResult[]; replayed: boolean }
   | { kind: "value"; value: string | null; entry: KvEntry | null }
   | { kind: "range"; entries: KvEntry[]; index: number; next: string | null }
   /** Did not and will not take effect (`quota`: refused as past the quota). */
@@ -122,7 +132,8 @@ export class Clients {
    * those with an idempotency key), reads of one key or of every key (a range, a third of them in
    * pages of one or two keys, each page a read of its own, at its own index), and
    * compare-and-sets (on the mod_index last seen, or as a transaction comparing the value, always
-   * with an idempotency key; one in five deletes the key instead of putting a value).
+   * with an idempotency key; one in five deletes the key instead of putting a value); one in four
+   * compare-and-sets is a transaction on three keys instead ({@linkcode ClientOp.multi}).
    */
   async client(c: SimClient): Promise<void> {
     c.seen = new Map();
@@ -142,6 +153,8 @@ export class Clients {
           op.deleteRange = this.#drawRange(key);
           if (this.#formRng() < 0.5) op.idem = value;
         }
+      } else if (r < 0.6 && this.#ctx.keys.length >= 3 && this.#formRng() < 0.25) {
+        op = this.#multiOp(c, key, value);
       } else if (r < 0.6) {
         const known = c.seen.get(key) ?? { modIndex: 0, value: null };
         // One in five deletes the key if it holds what was last seen (a lock's release).
@@ -167,6 +180,19 @@ export class Clients {
       }
     }
     this.done();
+  }
+
+  /** A transaction of `c` on `key` and two other keys (see {@linkcode ClientOp.multi}). */
+  #multiOp(c: SimClient, key: string, value: string): ClientOp {
+    const rest = this.#ctx.keys.filter((k) => k !== key);
+    const other = rest.splice(Math.floor(this.#formRng() * rest.length), 1)[0]!;
+    const read = rest[Math.floor(this.#formRng() * rest.length)]!;
+    const op = this.newOp(c, { kind: "cas", key, value, lease: false });
+    op.expect = c.seen?.get(key)?.value ?? null;
+    const modIndex = c.seen?.get(other)?.modIndex ?? 0;
+    op.multi = { other, modIndex, deleteOther: this.#formRng() < 0.2, read };
+    op.idem = value;
+    return op;
   }
 
   /** A range of keys around `key`: every key, the keys under it as a prefix, or from it on. */
@@ -266,7 +292,10 @@ export class Clients {
     }`;
     const ret = this.#ctx.clock.now();
     const seen = c.seen ?? new Map();
-    if (op.idem && (outcome?.kind === "ok" || outcome?.kind === "casFailed")) {
+    if (
+      op.idem &&
+      (outcome?.kind === "ok" || outcome?.kind === "casFailed" || outcome?.kind === "txn")
+    ) {
       const answers = checker.idemAnswers.get(op.idem) ?? new Set();
       answers.add(outcome.index);
       checker.idemAnswers.set(op.idem, answers);
@@ -274,6 +303,7 @@ export class Clients {
     } else if (op.idem) {
       checker.idemAnswers.set(op.idem, checker.idemAnswers.get(op.idem) ?? new Set());
     }
+    if (op.multi) return this.#recordMulti(op, outcome, n, what, ret);
     if (op.txnLease !== undefined && outcome?.kind === "ok") stats.leaseTxnPuts++;
     if (op.txnLease !== undefined && outcome?.kind === "notApplied" && !outcome.quota) {
       stats.leaseTxnRefused++;
@@ -353,6 +383,72 @@ export class Clients {
     }
   }
 
+  /**
+   * Records a transaction on several keys (`op.multi`): in the history, per key, as what it was
+   * for that key: the compare-and-set of `key`, the put or delete of `other` and the read of `read`
+   * if it succeeded; the reads of `key` and `other` if not; the writes, of unknown outcome, if
+   * that is unknown. That the keys changed together, as the compares allowed, is the
+   * `transaction` check's (each answer against the committed log's at its index).
+   */
+  #recordMulti(
+    op: ClientOp,
+    outcome: Outcome | null,
+    n: SimNode | null,
+    what: string,
+    ret: number,
+  ): void {
+    const [c, stats, history] = [op.client, this.#ctx.stats, this.#checker.history];
+    const { other, deleteOther, read } = op.multi!;
+    const seen = c.seen ?? new Map();
+    const get = (key: string, e: KvEntry | null) => {
+      history.push({
+        client: c.id,
+        kind: "get",
+        key,
+        value: e?.value ?? null,
+        call: op.call,
+        return: ret,
+      });
+      seen.set(key, { modIndex: e?.modIndex ?? 0, value: e?.value ?? null });
+    };
+    const entryOf = (r: TxnOpResult | undefined) => (r?.op === "get" ? r.entry : null);
+    const second = (r: number | null): Operation => ({
+      client: c.id,
+      kind: deleteOther ? "delete" : "put",
+      key: other,
+      value: deleteOther ? null : op.value,
+      call: op.call,
+      return: r,
+    });
+    if (outcome?.kind === "txn" && outcome.succeeded) {
+      [stats.writesOk, stats.multiTxnsOk] = [stats.writesOk + 1, stats.multiTxnsOk + 1];
+      this.#ctx.note(`${what} @${outcome.index} with ${other}${deleteOther ? " deleted" : ""}`);
+      const [first, then] = [outcome.results[0], outcome.results[1]];
+      history.push(_operation(op, ret), second(ret));
+      seen.set(op.key, { modIndex: first?.op === "put" ? first.modIndex : 0, value: op.value });
+      seen.set(other, {
+        modIndex: then?.op === "put" ? then.modIndex : 0,
+        value: deleteOther ? null : op.value,
+      });
+      get(read, entryOf(outcome.results[2]));
+      const by = `${n?.id} at ${outcome.index} (a transaction)`;
+      this.#checker.acked.set(`${op.key}=${op.value}`, by);
+      this.#checker.acked.set(`${other}=${deleteOther ? `delete by c${c.id}` : op.value}`, by);
+    } else if (outcome?.kind === "txn") {
+      stats.multiTxnsFailed++;
+      this.#ctx.note(`${what} @${outcome.index} compares failed`);
+      get(op.key, entryOf(outcome.results[0]));
+      get(other, entryOf(outcome.results[1]));
+    } else if (outcome?.kind === "notApplied") {
+      stats.writesFailed++;
+    } else {
+      stats.writesUnknown++;
+      history.push(_operation(op, null), second(null));
+      seen.delete(op.key);
+      seen.delete(other);
+    }
+  }
+
   /** After a refusal: counts a removed node's, follows the leader hint, waits to try again. */
   redirect(c: SimClient, got: Outcome, deadline: number): Promise<null> {
     if (got.kind === "removed") this.#ctx.stats.removedRefusals++;
@@ -386,9 +482,16 @@ export class Clients {
           call = node.read(op.key, consistency, signal)
             .then((r) => ({ kind: "value", value: r.entry?.value ?? null, entry: r.entry }));
         } else {
-          call = node.write(_command(op), signal, op.idem ?? null).then((r) =>
-            _writeOutcome(op, r)
-          );
+          call = node.write(_command(op), signal, op.idem ?? null).then((r) => {
+            if (r.op === "txn") {
+              this.#checker.txnAnswers.push({
+                index: r.index,
+                answer: txnAnswer(r),
+                what: `${n.id}'s answer to c${op.client.id}'s transaction on ${op.key}`,
+              });
+            }
+            return _writeOutcome(op, r);
+          });
         }
         if (op.kind !== "get") return call;
         // A read a follower answered went through its leader's read index (follower ReadIndex).
@@ -479,6 +582,22 @@ export class Clients {
 /** The command a client write sends. */
 function _command(op: ClientOp): PlainCommand {
   if (op.deleteRange) return { op: "delete_range", range: op.deleteRange };
+  if (op.multi) {
+    const { other, modIndex, deleteOther, read } = op.multi;
+    return {
+      op: "txn",
+      compare: [
+        _valueCompare(op.key, op.expect ?? null),
+        { key: other, target: "mod_index", op: "=", value: modIndex },
+      ],
+      success: [
+        { op: "put", key: op.key, value: op.value! },
+        deleteOther ? { op: "delete", key: other } : { op: "put", key: other, value: op.value! },
+        { op: "get", key: read },
+      ],
+      failure: [{ op: "get", key: op.key }, { op: "get", key: other }],
+    };
+  }
   if (op.kind === "delete") return { op: "delete", key: op.key };
   if (op.kind === "put" && op.txnLease !== undefined && op.leaseRef && "id" in op.leaseRef) {
     const put = { op: "put" as const, key: op.key, value: op.value!, lease: op.leaseRef.id };
@@ -501,17 +620,19 @@ function _command(op: ClientOp): PlainCommand {
       ? { op: "delete", key: op.key, cas: form.modIndex }
       : { op: "put", key: op.key, value: op.value!, cas: form.modIndex };
   }
-  const expect = op.expect ?? null;
   return {
     op: "txn",
-    compare: [
-      expect === null
-        ? { key: op.key, target: "exists", op: "=", value: false }
-        : { key: op.key, target: "value", op: "=", value: expect },
-    ],
+    compare: [_valueCompare(op.key, op.expect ?? null)],
     success: [del ? { op: "delete", key: op.key } : { op: "put", key: op.key, value: op.value! }],
     failure: [{ op: "get", key: op.key }],
   };
+}
+
+/** A compare that holds when `key` holds `expect` (null: when it does not exist). */
+function _valueCompare(key: string, expect: string | null): Compare {
+  return expect === null
+    ? { key, target: "exists", op: "=", value: false }
+    : { key, target: "value", op: "=", value: expect };
 }
 
 /** What a client learns from a write's result. */
@@ -531,6 +652,9 @@ function _writeOutcome(op: ClientOp, r: KvResult): Outcome {
       // A transaction with a lease puts first in either branch; a compare-and-set puts when it
       // succeeds and reads when it fails.
       const [first, index] = [r.results[0], r.index];
+      if (op.multi) {
+        return { kind: "txn", index, succeeded: r.succeeded, results: r.results, replayed };
+      }
       if (op.txnLease !== undefined) {
         if (first?.op !== "put" || first.lease !== (op.leaseRef as { id: number }).id) {
           throw new Error(`a transaction put with a lease answered ${JSON.stringify(first)}`);

@@ -1,5 +1,6 @@
 /**
- * The lease holders and the lease checks (`lease-early`, `lease-bound`, `lease-ttl`).
+ * The lease holders and the lease checks (`lease-early`, `lease-bound`, `lease-ttl`; the
+ * `lease-read` check of their status reads is the checker's).
  *
  * @module
  */
@@ -95,6 +96,7 @@ export class LeaseHolders {
         const key = this.#ctx.pick(this.#ctx.keys);
         await this.#leasePut(c, key, `c${c.id}-${seq}-L${j}`, id, this.#ctx.rng() < 0.4);
       }
+      if (this.#ctx.phase === "run" && this.#ctx.rng() < 0.3) await this.#statusRead(c, id);
       let alive = true;
       for (
         let r = Math.floor(this.#ctx.rng() * 6);
@@ -117,6 +119,7 @@ export class LeaseHolders {
           alive = false;
           this.#ctx.note(`c${c.id} found lease ${id} gone`);
         }
+        if (this.#ctx.phase === "run" && this.#ctx.rng() < 0.25) await this.#statusRead(c, id);
       }
       if (alive && this.#ctx.phase === "run" && this.#ctx.rng() < 0.3) {
         const revoke = await this.#leaseCall(
@@ -124,6 +127,11 @@ export class LeaseHolders {
           (node, signal) => node.write({ op: "lease_revoke", ids: [id], reason: "revoke" }, signal),
           this.#ctx.opts.opTimeoutMs ?? 3000,
         );
+        if (
+          revoke.answer?.kind === "answered" && this.#ctx.phase === "run" && this.#ctx.rng() < 0.3
+        ) {
+          await this.#statusRead(c, id); // gone: no longer found
+        }
         if (
           revoke.answer?.kind === "answered" && this.#ctx.phase === "run" && this.#ctx.rng() < 0.5
         ) {
@@ -134,6 +142,32 @@ export class LeaseHolders {
       }
     }
     this.#clients.done();
+  }
+
+  /**
+   * Reads the status of lease `id` (`GET /v1/leases/:id`), or, half the time, of every lease
+   * (`GET /v1/leases`), from the leader; an answer is checked at the end (`lease-read`) against
+   * the committed leases while the read ran.
+   */
+  async #statusRead(c: SimClient, id: number): Promise<void> {
+    const one = this.#ctx.rng() < 0.5 ? id : null;
+    const lo = this.#checker.maxCommit;
+    const read = await this.#leaseCall(
+      c,
+      (node, signal) => node.leases.leaseStatus(one, signal),
+      this.#ctx.opts.opTimeoutMs ?? 3000,
+    );
+    if (read.answer === null) return; // unknown: a read, dropped
+    const answer = read.answer.kind === "answered" ? read.answer.value : null;
+    this.#ctx.stats.leaseStatusReads++;
+    if (answer === null) this.#ctx.stats.leaseStatusGone++;
+    const what = `c${c.id}'s read of ${one === null ? "every lease" : `lease ${one}`}`;
+    this.#ctx.note(
+      `${what}: ${
+        answer === null ? "not found" : answer.map((l) => `${l.id}[${l.keys}]`).join(" ")
+      }`,
+    );
+    this.#checker.leaseReads.push({ id: one, answer, lo, hi: this.#checker.maxCommit, what });
   }
 
   /** Puts `value` with lease `id`: as a put naming it, or (`txn`) a transaction's put. */

@@ -50,10 +50,13 @@
  *
  * Clients put, delete (one key, or a range of keys: in the history as a delete of each key in it),
  * read (one key, or every key as a range), and compare-and-set (on the `mod_index` they last saw,
- * or as a transaction comparing the value; one in five deletes instead of putting); half the puts
- * and range deletes and every compare-and-set carry an idempotency key and are sent again, to
- * other nodes, while their outcome is unknown (across crashes and leader changes), recorded as one
- * operation.
+ * or as a transaction comparing the value; one in five deletes instead of putting); one
+ * compare-and-set in four is a transaction on three keys instead (compares on two, writes both and
+ * reads the third if they hold, reads the two if not: in the history as what it was for each key);
+ * half the puts and range deletes and every compare-and-set carry an idempotency key and are sent
+ * again, to other nodes, while their outcome is unknown (across crashes and leader changes),
+ * recorded as one operation. Every answer to a transaction (of any form, replays included) must be
+ * the committed log's at the index it named: the branch and every result (the `transaction` check).
  *
  * Lease holders grant leases, attach keys to them (puts in the history like any other), keep
  * some alive for a while and then revoke or abandon them. Every committed revoke or expire entry
@@ -69,6 +72,11 @@
  * above use the TTL granted. Some keys are attached by a transaction whose put names the lease
  * (either branch), and some transactions name a lease just revoked: those must do nothing (a
  * write not applied, in the history) and the lease attachments must still match the model's.
+ * Lease holders also read their lease's status, or every lease's (the leader's `leaseStatus`, as
+ * `GET /v1/leases/:id` and `GET /v1/leases` do), now and then, and after a revocation: each answer
+ * must be the committed leases (ids, TTLs, keys), or the lease's absence, at some index from the
+ * commit known when it was sent to the one known when it was answered, with a time left from 0 to
+ * the TTL (the `lease-read` check).
  *
  * The code: this file holds the options, results and fault profiles and the engine (nodes, their
  * storage, clocks and network, the event loop); the parts reach the engine through the
@@ -213,9 +221,11 @@ export type CheckName =
   | "linearizability"
   | "range-snapshot" // a range read holds the committed state at the index it reported
   | "at-most-once" // a write sent with an idempotency key applied once, its answers agreeing
+  | "transaction" // a transaction's answer is the committed log's at the index it named
   | "lease-early" // a lease expired before its last acknowledged keep-alive's send time + TTL
   | "lease-bound" // a lease expired later than the documented bound after it was due
   | "lease-ttl" // a grant's TTL is not the one asked for raised to the minimum (1.5 elections)
+  | "lease-read" // a lease status read gave the committed leases at an index while it ran
   | "watch" // every watcher saw each committed change of its keys once, in index order
   | "blocking-read" // a blocking read woke on a committed change after its index, and timed out on none
   | "disjoint-majorities" // consecutive committed configurations differ by one voter at most
@@ -303,6 +313,9 @@ export const COUNTERS = [
   "casOk", // compare-and-sets that applied (transactions comparing the value included)
   "casFailed", // compare-and-sets whose condition failed (recorded as the read they were)
   "casDeletesOk", // compare-and-sets that deleted their key (on the mod_index, or a transaction)
+  "multiTxnsOk", // transactions on three keys whose compares held (two writes and a read)
+  "multiTxnsFailed", // ... whose compares did not (two reads)
+  "txnAnswersChecked", // answers to transactions checked against the committed log's
   "idempotentRetries", // requests sent again with the idempotency key of an unknown outcome
   "idempotentReplays", // answers that replayed a remembered outcome
   "historyOps", // operations in the checked history
@@ -337,6 +350,8 @@ export const COUNTERS = [
   "leaseTxnPuts", // transactions whose put attached its key to a lease, acknowledged
   "leaseTxnRefused", // ... that named a lease gone (revoked or expired) and did nothing
   "leaseKeepAlives", // keep-alives acknowledged
+  "leaseStatusReads", // reads of a lease's status (GET /v1/leases/:id) or of all (GET /v1/leases)
+  "leaseStatusGone", // ... of one lease, answered that it does not exist (404)
   "leasesRevoked", // leases ended by a committed revoke entry
   "leasesExpired", // leases ended by a committed expire entry
   "leaseBoundChecks", // expiries checked against the upper bound (a paused or full leader's are not)

@@ -118,6 +118,11 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "rangeNextPages",
     "rangeDeletesOk",
     "casDeletesOk",
+    "multiTxnsOk",
+    "multiTxnsFailed",
+    "txnAnswersChecked",
+    "leaseStatusReads",
+    "leaseStatusGone",
     "blockingChanges",
     "blockingTimeouts",
     "blockingAtOnce",
@@ -222,9 +227,9 @@ Deno.test("lease reads stay linearizable when a paused leader resumes after bein
  * Graceful stops under frequent snapshots and slow disks. A node stopped while the apply of the
  * write its stop waited for started a snapshot closed its storage under the snapshot's log
  * compaction, and the close failed as busy (found by the soak, seed 2283, on an earlier version of
- * the simulation). On the code before the fix, seeds 383 and 513 of this mix reach that moment
- * (found by running seeds 1..600 on it); a change to the run's sequence of events may stop them
- * from reaching it.
+ * the simulation). On the code before the fix, seed 61 of this mix reaches that moment (the only
+ * one of seeds 1..1200 run on it); a change to the run's sequence of events may stop it from
+ * reaching it.
  */
 const STOPS: Partial<FaultOptions> = {
   crashEveryMs: 250,
@@ -237,7 +242,7 @@ const STOPS: Partial<FaultOptions> = {
 };
 
 Deno.test("a graceful stop waits for the snapshot its last write started before closing the storage", async () => {
-  const { failures, totals } = await _runSeeds([383, 513], (seed) => ({
+  const { failures, totals } = await _runSeeds([61], (seed) => ({
     seed,
     nodes: 3,
     durationMs: 10_000,
@@ -254,9 +259,9 @@ Deno.test("a graceful stop waits for the snapshot its last write started before 
  * unaware learner (and pass with them): `deno task seeds:away` finds them anew when the runs move.
  */
 const AWAY_SEEDS: [number, CheckName][] = [
-  [6, "stale-member"],
-  [11, "stale-member"],
-  [93, "removed-unaware"],
+  [50, "stale-member"],
+  [58, "stale-member"],
+  [86, "removed-unaware"],
 ];
 
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
@@ -458,9 +463,9 @@ const _WATCH_FAULTS = [
   { fault: "skip", what: "resumes one index late", seeds: _range(1, 20), long: false },
   // The protocol before event ids: a stream broken inside one entry's changes lost the rest of
   // them. Such breaks need entries with several changes of a watcher's keys: longer runs, and
-  // few of them catch it. Seed 23 does (and seed 3, since a step settles every promise callback;
-  // seen on this code); it runs first, and the rest of the range stays behind it for when a change
-  // moves the interleavings.
+  // few of them caught it. Seed 23 does; it runs first, and the rest of the range stays behind it
+  // for when a change moves the interleavings. Since the clients' transactions on three keys
+  // (entries that change two keys at once), most seeds do: 35 of 1..60 on this code.
   {
     fault: "index",
     what: "goes on after the index of an event inside an entry's changes, not after its id,",
