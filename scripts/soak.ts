@@ -45,7 +45,7 @@ const _USAGE = `usage:
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
   --lease-reads FRACTION --watchers N --watch-fault repeat|skip|index --waiters N
-  --wait-fault early|late
+  --wait-fault early|late --backup-readers N
   --snapshot-threshold N|on --catch-up-entries N --disable check,check --quota-bytes N
   --disk-fault ${DISK_FAULTS.join("|")}`;
 
@@ -61,6 +61,7 @@ interface _Common {
   watchFault?: "repeat" | "skip" | "index";
   waiters?: number;
   waitFault?: "early" | "late";
+  backupReaders?: number;
   leaseReads?: number;
   leaseHolders?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
@@ -97,6 +98,7 @@ function _options(seed: number, common: _Common): SimulationOptions {
   if (common.watchFault) options.watchFault = common.watchFault;
   if (common.waiters !== undefined) options.waiters = common.waiters;
   if (common.waitFault) options.waitFault = common.waitFault;
+  if (common.backupReaders !== undefined) options.backupReaders = common.backupReaders;
   if (common.disabledChecks) options.disabledChecks = common.disabledChecks;
   return options;
 }
@@ -262,6 +264,9 @@ blocking reads:   ${t("blockingReads")} begun: ${t("blockingChanges")} woken by 
   } ended by their node stopping or installing a snapshot, ${t("blockingAborted")} given up, ${
     t("blockingRefused")
   } refused
+backups:          ${t("backupsTaken")} taken, ${
+    t("backupsRead")
+  } read to their end (each restored and checked), ${t("backupsBroken")} broken
 membership:       ${t("memberAdds")} nodes added, ${t("memberRemoves")} members removed, ${
     t("promotions")
   } learners promoted, ${t("memberChangesRefused")} changes refused or unfinished, ${
@@ -330,6 +335,7 @@ async function _main(): Promise<number> {
       "watch-fault": { type: "string" },
       waiters: { type: "string" },
       "wait-fault": { type: "string" },
+      "backup-readers": { type: "string" },
       "lease-reads": { type: "string" },
       "lease-holders": { type: "string" },
       "snapshot-threshold": { type: "string" },
@@ -372,6 +378,9 @@ async function _main(): Promise<number> {
   }
   if (values.watchers !== undefined) common.watchers = intOption("watchers", values.watchers, 0, 0);
   if (values.waiters !== undefined) common.waiters = intOption("waiters", values.waiters, 0, 0);
+  if (values["backup-readers"] !== undefined) {
+    common.backupReaders = intOption("backup-readers", values["backup-readers"], 0, 0);
+  }
   if (values["quota-bytes"] !== undefined) {
     common.quotaBytes = intOption("quota-bytes", values["quota-bytes"], 0, 0);
   }

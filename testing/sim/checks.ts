@@ -334,6 +334,14 @@ export class Checker {
     });
   }
 
+  /**
+   * The reference at `index`: {@linkcode Checker.state} of every key (with the remembered
+   * outcomes), and the leases as [id, ttl, keys in key order] by id, as strings.
+   */
+  refAt(index: number): [string | undefined, string | undefined] {
+    return [this.#refStates[index], this.#refLeaseTables[index]];
+  }
+
   /** The highest commit index any node was seen to know. */
   get maxCommit(): number {
     return this.#maxCommit;

@@ -46,7 +46,11 @@
  * Blocking readers (`waiters.ts`) wait on a random node for a key to change after an index,
  * through the API's own `blockingWait` on a clock of their own: a wait woken by a change must have
  * been woken by a committed change of its key after that index, and a wait that timed out must
- * have had none applied on its node (the `blocking-read` check).
+ * have had none applied on its node (the `blocking-read` check). Backup readers (`backups.ts`)
+ * take a live node's backup (`GET /v1/snapshot`: its `snapshot()` stream) and read it up to a
+ * second later (cancelled if the node crashes first); each backup read, restored into a fresh
+ * state machine, must hold the committed state at the index it names: data, revisions, remembered
+ * outcomes and leases (the `backup` check).
  *
  * Clients put, delete (one key, or a range of keys: in the history as a delete of each key in it),
  * read (one key, or every key as a range), and compare-and-set (on the `mod_index` they last saw,
@@ -81,7 +85,7 @@
  * The code: this file holds the options, results and fault profiles and the engine (nodes, their
  * storage, clocks and network, the event loop); the parts reach the engine through the
  * `SimContext` of `context.ts`: `clients.ts` (clients, their history, the final reads),
- * `leases.ts` (lease holders, lease checks), `watchers.ts`, `waiters.ts`, `faults.ts` and `checks.ts` (the
+ * `leases.ts` (lease holders, lease checks), `watchers.ts`, `waiters.ts`, `backups.ts`, `faults.ts` and `checks.ts` (the
  * record of what was committed, the reference model and the other checks).
  *
  * @module
@@ -105,6 +109,7 @@ import { LeaseHolders } from "./leases.ts";
 import { NodeClock } from "./node_clock.ts";
 import { SimNetwork } from "./network.ts";
 import { Waiters } from "./waiters.ts";
+import { BackupReaders } from "./backups.ts";
 import { Watchers } from "./watchers.ts";
 
 /**
@@ -228,6 +233,7 @@ export type CheckName =
   | "lease-read" // a lease status read gave the committed leases at an index while it ran
   | "watch" // every watcher saw each committed change of its keys once, in index order
   | "blocking-read" // a blocking read woke on a committed change after its index, and timed out on none
+  | "backup" // a backup, restored, holds the committed state at the index it names
   | "disjoint-majorities" // consecutive committed configurations differ by one voter at most
   | "removed-refusal" // a node that knows it was removed refuses a final read at once
   | "removed-member" // no member of the final configuration counts itself removed
@@ -261,6 +267,7 @@ export interface SimulationOptions {
    * one after it (`late`: it sleeps through the next change). Default: none.
    */
   waitFault?: "early" | "late";
+  /** Readers of backups (`GET /v1/snapshot`). Default 1. */ backupReaders?: number;
   /** Size of the key space. Default 3 (so that clients contend). */ keys?: number;
   /** Ticks without a leader before an election (randomized up to twice that). Default 10. */
   electionTicks?: number;
@@ -355,6 +362,9 @@ export const COUNTERS = [
   "leasesRevoked", // leases ended by a committed revoke entry
   "leasesExpired", // leases ended by a committed expire entry
   "leaseBoundChecks", // expiries checked against the upper bound (a paused or full leader's are not)
+  "backupsTaken", // backups (GET /v1/snapshot) taken of a live node
+  "backupsRead", // ... read to their end (each restored and checked against the committed state)
+  "backupsBroken", // ... whose download broke (their node crashed or stopped, or the run ended)
   "watchEvents", // change events watchers received
   "watchReconnects", // watchers that moved to another node (after a crash, or at random)
   "watchResyncs", // reconnects refused because the history no longer held the index (410)
@@ -577,6 +587,7 @@ export function replayCommand(o: SimulationOptions): string {
     ["watch-fault", o.watchFault],
     ["waiters", o.waiters],
     ["wait-fault", o.waitFault],
+    ["backup-readers", o.backupReaders],
     ["disable", o.disabledChecks?.join(",") || undefined],
   ];
   const set = flags.filter(([, v]) => v !== undefined).map(([name, v]) => `--${name} ${v}`);
@@ -647,6 +658,7 @@ class _Simulation implements SimContext {
   readonly #leases: LeaseHolders;
   readonly #watchers: Watchers;
   readonly #waiters: Waiters;
+  readonly #backups: BackupReaders;
   readonly #injector: Faults;
   /** Each node start's count of refused retries answered from remembered outcomes. */
   readonly #replayCounters: Counter[] = [];
@@ -673,6 +685,7 @@ class _Simulation implements SimContext {
     this.#leases = new LeaseHolders(this, this.#checker, this.#clients, this.#injector.stallsOf);
     this.#watchers = new Watchers(this, this.#checker);
     this.#waiters = new Waiters(this, this.#checker);
+    this.#backups = new BackupReaders(this, this.#checker);
     this.#disabled = new Set(opts.disabledChecks ?? []);
     const snap = snapshotDefaults(opts.seed);
     this.#snapshotThreshold = opts.snapshotThreshold ?? snap.snapshotThreshold;
@@ -717,6 +730,7 @@ class _Simulation implements SimContext {
       }
       this.#watchers.start(this.opts.watchers ?? this.opts.nodes - 1);
       this.#waiters.start(this.opts.waiters ?? this.opts.nodes - 1);
+      this.#backups.start(this.opts.backupReaders ?? 1);
       this.#injector.start(this.#network);
       this.later(this.opts.durationMs, () => this.#finalHeal());
 
@@ -736,6 +750,7 @@ class _Simulation implements SimContext {
         for (const n of this.nodes) this.#checker.check(n);
         this.#watchers.tend();
         this.#waiters.tend();
+        this.#backups.tend();
         if (++this.stats.events > maxEvents) this.fail("runaway", `over ${maxEvents} steps`);
       }
       this.stats.virtualMs = Math.round(this.clock.now());
@@ -751,6 +766,8 @@ class _Simulation implements SimContext {
       this.#watchers.check();
       await this.#waiters.stopAll();
       this.#waiters.check();
+      await this.#backups.stopAll();
+      this.#backups.check();
       this.#checker.checkHistory();
       this.stats.refusedRetriesReplayed = this.#replayCounters.reduce((n, c) => n + c.value, 0);
       return {

@@ -123,6 +123,8 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "txnAnswersChecked",
     "leaseStatusReads",
     "leaseStatusGone",
+    "backupsRead",
+    "backupsBroken",
     "blockingChanges",
     "blockingTimeouts",
     "blockingAtOnce",
@@ -316,6 +318,7 @@ Deno.test("a replay command names every option that shapes the run", () => {
     watchFault: "skip",
     waiters: 4,
     waitFault: "late",
+    backupReaders: 2,
     disabledChecks: ["durable-majority"],
   });
   assert.equal(
@@ -323,7 +326,7 @@ Deno.test("a replay command names every option that shapes the run", () => {
     `deno run -A scripts/soak.ts --seed 7 --nodes 5 --duration-ms 1234 --faults '{"dropRate":0.5}' ` +
       "--clients 2 --keys 4 --lease-reads 0.25 --snapshot-threshold 20 --catch-up-entries 5 " +
       "--disk-fault forget-synced --watchers 3 --watch-fault skip --waiters 4 --wait-fault late " +
-      "--disable durable-majority",
+      "--backup-readers 2 --disable durable-majority",
   );
 });
 
