@@ -25,7 +25,9 @@
  *   may serve, or that the lease does not hold; `transfer-leadership ID [TO]` asks leader ID to
  *   hand its leadership to TO (default: the most caught-up voter) and prints the target;
  *   `conf-change ID add-learner|promote|remove NODE` asks leader ID for a membership change and
- *   prints the new configuration's index; `conf ID...` prints each node's configuration.
+ *   prints the new configuration's index; `conf ID...` prints each node's configuration;
+ *   `committed-conf ID...` the configuration in force at each node's commit index (what it
+ *   answers a members query with) and the index of the entry that set it (0: bootstrap).
  * - `process-ready [ID...]` takes one Ready from each node given (default: every live node that
  *   has one), prints it, persists it (snapshot, entries, hard state), calls `persisted()` and
  *   queues its messages (persisted messages after the others).
@@ -348,6 +350,8 @@ export class RaftInteraction {
         return this.#confChange(c);
       case "conf":
         return this.#ids(c, c.args).map((id) => this.#conf(id));
+      case "committed-conf":
+        return this.#ids(c, c.args).map((id) => this.#committedConf(id));
       case "process-ready":
         return this.#processReadies(c);
       case "deliver":
@@ -627,6 +631,17 @@ export class RaftInteraction {
     return `${id}: voters=[${c.voters.join(",")}] learners=[${
       c.learners.join(",")
     }] index=${core.confIndex}${core.removed ? " (removed)" : ""}`;
+  }
+
+  /** The configuration in force at the node's commit index, and the entry that set it. */
+  #committedConf(id: NodeId): string {
+    const core = this.#nodes.get(id)!.core;
+    if (!core) return `${id}: crashed`;
+    const commit = Math.max(core.log.committed, core.log.snapIndex);
+    const c = core.confAt(commit);
+    return `${id}: at commit ${commit}: voters=[${c.voters.join(",")}] learners=[${
+      c.learners.join(",")
+    }] index=${core.confIndexAt(commit)}`;
   }
 
   #processReadies(c: Command): string[] {

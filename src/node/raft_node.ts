@@ -451,11 +451,6 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    * `until`, the peer's commit index then.
    */
   #vouched: { until: number; members: Member[] } | null = null;
-  /**
-   * The index of the newest configuration this node saw committed (0: none yet), for peers that
-   * ask while a newer one is not (see #committedMembers).
-   */
-  #committedConfIndex = 0;
   /** Members queries (#maybeAskMembers): when leader traffic was last taken here. */
   #heardLeaderAt = 0;
   /** When the last query round started, when the next may start on its own, its backoff. */
@@ -685,8 +680,6 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #syncMembership(): void {
     const core = this.#core;
     const settled = core.log.committed >= core.confIndex;
-    const own = Math.max(core.confIndex, core.log.snapIndex);
-    if (settled) this.#committedConfIndex = Math.max(1, own);
     const vouched = this.#vouched;
     if (vouched !== null && (core.log.committed >= vouched.until || core.removed)) {
       this.#log.info(
@@ -929,18 +922,16 @@ export class RaftNode implements KvBackend, LeaderTransfer {
 
   /**
    * This node's committed configuration for a peer that asks: the configuration in force at the
-   * commit index, with the members' addresses; null while it has none (joining) or does not know
-   * the index of the committed one (restarted with a newer one not committed yet).
+   * commit index, with the members' addresses; null while it has none (joining). A newer
+   * configuration in the log, not committed yet, does not count (after a restart, say); nor does
+   * this node's removal: what it committed is history every member shares, and a member that was
+   * away while the rest of the cluster was replaced may know no one else to ask.
    */
   #committedMembers(): CommittedMembers | null {
     const core = this.#core;
     if (core.voters.length === 0) return null;
     const commit = Math.max(core.log.committed, core.log.snapIndex);
-    const settled = core.log.committed >= core.confIndex;
-    const index = settled
-      ? Math.max(1, core.confIndex, core.log.snapIndex)
-      : this.#committedConfIndex;
-    if (index === 0) return null;
+    const index = Math.max(1, core.confIndexAt(commit));
     const conf = core.confAt(commit);
     const learners = new Set(conf.learners);
     return {

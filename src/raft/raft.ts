@@ -312,6 +312,20 @@ export class RaftCore {
   }
 
   /**
+   * The index of the configuration in force at `index`: its entry's, or the snapshot's index when
+   * it comes from the snapshot (the entry that set it is at or below), or 0 for the bootstrap
+   * configuration. `index` must not be below the log's snapshot index.
+   */
+  confIndexAt(index: number): number {
+    let at = this.log.snapIndex;
+    for (const e of this.#confs) {
+      if (e.index > index) break;
+      at = e.index;
+    }
+    return at;
+  }
+
+  /**
    * Whether the newest configuration leaves this node out (it was removed: it takes no further
    * part). False for a node with no configuration yet (one waiting to join).
    */

@@ -266,6 +266,24 @@ const AWAY_SEEDS: [number, CheckName][] = [
   [86, "removed-unaware"],
 ];
 
+/**
+ * A member whose disk failed before it stored anything, away while both other original members
+ * were replaced: on its return it knows only those two, both removed and restarted with a newer
+ * configuration not committed. They answered its members queries with nothing (they did not know
+ * the index of their committed configuration), so it never learned the new members and refused
+ * the new leader for good (`stale-member`; found by the soak, seed 5535 of this version's default
+ * mix). Now a node answers with the configuration in force at its commit index, removed or not.
+ */
+Deno.test("a member that knows only removed peers learns the new members from their committed configuration", async () => {
+  const { failures, totals } = await _runSeeds([5535], (seed) => ({
+    seed,
+    nodes: 3,
+    durationMs: 20_000,
+  }));
+  assert.equal(failures.length, 0, _describe(failures));
+  _assertExercised(totals, ["memberAdds", "memberRemoves", "membersQueries"]);
+});
+
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
   const seeds = [...AWAY_SEEDS.map(([seed]) => seed), ..._range(101, 10)];
   const { failures, totals } = await _runSeeds(seeds, (seed) => ({
