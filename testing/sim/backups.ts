@@ -171,6 +171,9 @@ async function _readAll(stream: ReadableStream<Uint8Array>): Promise<Uint8Array>
   for await (const chunk of stream) chunks.push(chunk);
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
   let at = 0;
-  for (const c of chunks) [out.set(c, at), at += c.length];
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
   return out;
 }

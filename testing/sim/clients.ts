@@ -421,7 +421,8 @@ export class Clients {
       return: r,
     });
     if (outcome?.kind === "txn" && outcome.succeeded) {
-      [stats.writesOk, stats.multiTxnsOk] = [stats.writesOk + 1, stats.multiTxnsOk + 1];
+      stats.writesOk++;
+      stats.multiTxnsOk++;
       this.#ctx.note(`${what} @${outcome.index} with ${other}${deleteOther ? " deleted" : ""}`);
       const [first, then] = [outcome.results[0], outcome.results[1]];
       history.push(_operation(op, ret), second(ret));
