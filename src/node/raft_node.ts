@@ -445,6 +445,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #saidRemoved = false;
   /** The last "removed" answer of a peer this node ignored (logged once per index). */
   #ignoredRemovedAt = 0;
+  /** The save of the removed mark in flight (see #learnRemoved): a stop waits for it. */
+  #removedSave: Promise<void> = Promise.resolve();
   /**
    * The members of a peer's committed configuration that lists members this node does not know
    * (see #takeMembers): heard (validator, address book, #knows) until this node commits up to
@@ -769,9 +771,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#saidRemoved = true;
     // Kept, so that after a restart this node refuses clients at once (a learner, which sends
     // nothing on its own, might not learn it again for long).
-    this.#storage.saveRemovedAt?.(index).catch((e) =>
-      this.#log.warn(`could not save that this node was removed (entry ${index}): ${e}`)
-    );
+    // A stop waits for the save: the mark must not be lost because the node was stopped at once.
+    const save = this.#storage.saveRemovedAt?.(index);
+    if (save !== undefined) {
+      const saved = save.catch((e) =>
+        this.#log.warn(`could not save that this node was removed (entry ${index}): ${e}`)
+      );
+      this.#removedSave = Promise.all([this.#removedSave, saved]).then(() => {});
+    }
     this.#log.warn(
       `this node (${this.id}) was removed from the cluster while it was away: peer ${peer}'s ` +
         `committed configuration as of index ${index} leaves it out. It takes no further part; ` +
@@ -1085,6 +1092,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     }
     this.#confWaiters.clear();
     await this.#transport.close();
+    await this.#removedSave;
     try {
       await this.#storage.close();
     } catch (e) {

@@ -21,6 +21,7 @@ import {
 import { openDiskStorage } from "./disk_storage.ts";
 import { type NodeStorage, RaftNode, type RaftNodeOptions } from "./raft_node.ts";
 import { encodeSnapshot, listSnapshots } from "../storage/snapshot_file.ts";
+import { loadRemovedMark, removedMarkPath } from "../storage/removed_mark.ts";
 import { SimClock } from "../../testing/sim_clock.ts";
 import { SimFileSystem } from "../../testing/sim_fs.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
@@ -1406,6 +1407,34 @@ Deno.test("a removed node refuses reads, writes and watches at once, and fails t
     assert.equal(await other.get("k", "linearizable", signal()), "w");
   } finally {
     for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a node told it was removed and stopped at once keeps the mark: the stop waits for its save", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let handlers: TransportHandlers | undefined;
+  try {
+    const node = await startSolo(root, {
+      transport: (h) => {
+        handlers = h;
+        return new MemoryNetwork().connect("solo", h);
+      },
+    }, {
+      // The mark's save is slow (a loaded disk): it is still in flight when the stop begins.
+      wrap: (s) => ({
+        ...guarded(s, () => {}),
+        saveRemovedAt: async (index) => {
+          await new Promise((r) => setTimeout(r, 200));
+          await s.saveRemovedAt!(index);
+        },
+      }),
+    });
+    handlers!.onRemoved!("peer", 7);
+    assert.equal(node.status().membership, "removed");
+    await node.stop();
+    assert.equal(await loadRemovedMark(removedMarkPath(join(root, "raft-state.json"))), 7);
+  } finally {
     await Deno.remove(root, { recursive: true });
   }
 });
