@@ -237,7 +237,12 @@ export interface RaftNodeOptions {
   heartbeatMs?: number;
   /** Election timeout in milliseconds (randomized up to twice that). Default 1000. */
   electionTimeoutMs?: number;
-  /** Seed for the election jitter. Default: random. */
+  /**
+   * Seed for the election jitter and for where this start's read ids begin. Default: random.
+   * A fixed seed must differ from one start of a data directory to the next: a start that began
+   * its read ids where an earlier one did could take an answer the leader still owed the earlier
+   * start for a read of its own (see {@linkcode RaftCore.readIndex}).
+   */
   seed?: number;
   /**
    * The time and timers the node runs on: ticks, the disk-full retry back-off, snapshot retry
@@ -620,6 +625,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       this.#leases.reset(this.#kv.leases());
       this.#snapshotFile = { index: snapshot.index, term: snapshot.term };
     }
+    const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
+    // Read ids are the contexts of ReadIndex requests: a leader takes a follower's request sent
+    // again under the same id as the one still waiting. A restarted follower that counted from 1
+    // again could therefore be answered, for a new read, with the index of a read it sent before
+    // it went down, which misses the writes acknowledged since: each start begins at its own
+    // random point instead (below 2^47, so ids stay far under MAX_INDEX).
+    this.#readSeq = _firstReadId(seededRandom((seed ^ 0x2545f491) >>> 0));
     this.#core = new RaftCore({
       id: this.id,
       // A joining node has no bootstrap configuration: it must never elect itself.
@@ -629,7 +641,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         : Object.fromEntries(options.members.map((m) => [m.id, memberInfo(m)])),
       electionTicks,
       heartbeatTicks: 1,
-      random: seededRandom(options.seed ?? Math.floor(Math.random() * 2 ** 32)),
+      random: seededRandom(seed),
       hardState: this.#storage.hardState,
       snapshot,
       entries: this.#storage.entries,
@@ -2574,4 +2586,9 @@ function parseMemberInfo(id: NodeId, info: string | undefined): Member | null {
   } catch {
     return null;
   }
+}
+
+/** Where a start's read ids begin: a random integer in [0, 2^47), from `random`. */
+function _firstReadId(random: () => number): number {
+  return Math.floor(random() * 2 ** 23) * 2 ** 24 + Math.floor(random() * 2 ** 24);
 }

@@ -238,6 +238,55 @@ Deno.test("a follower cut off from its leader serves no linearizable read", asyn
   }
 });
 
+Deno.test("a follower restarted while the leader holds its read does not take that read's answer for a new one", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  let nodes: RaftNode[] = [];
+  try {
+    const net = new MemoryNetwork();
+    nodes = await startNodes(root, net, 11);
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    await leader.put("k", "v1", signal());
+    const idx = nodes.findIndex((n) => n !== leader);
+    const follower = nodes[idx]!;
+    await waitFor(() => follower.status().applied_index >= 2, "the follower to apply v1");
+
+    // The leader hears no heartbeat answers, so it cannot confirm reads: it holds the follower's
+    // ReadIndex request. The follower goes down meanwhile (its read fails), and v2 is written.
+    let roundsHeld = 0; // answers to the heartbeats of a read round (context > 0) lost
+    const held = (m: Message) => {
+      if (m.type !== MessageType.HeartbeatResp || m.to !== leader.id) return false;
+      if (m.context > 0) roundsHeld++;
+      return true;
+    };
+    net.setDropFilter(held);
+    const first = follower.get("k", "linearizable", signal()).then(() => null, (e) => e);
+    await waitFor(() => roundsHeld > 0, "the leader to start a round for the follower's read");
+    await follower.stop();
+    assert.ok((await first) instanceof Error);
+    await leader.put("k", "v2", signal());
+
+    // Restarted, the follower gets no appends (so it still holds v1 only) until its new read has
+    // been answered; it knows the leader from its heartbeats.
+    net.setDropFilter((m) => held(m) || (m.type === MessageType.App && m.to === follower.id));
+    const again = await startNode(root, net, follower.id, 1234);
+    nodes[idx] = again;
+    again.start();
+    await waitFor(
+      () => again.status().leader?.id === leader.id,
+      "the restarted follower to know its leader",
+    );
+    const read = again.get("k", "linearizable", signal());
+    // Once the leader confirms its reads again, it answers the request it held from before the
+    // restart with the index of that time (v1 only). The new read must not take that answer.
+    net.setDropFilter(null);
+    assert.equal(await read, "v2");
+  } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("a leader transfer hands over to the chosen node; writes held meanwhile fail towards it", async () => {
   const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
   let nodes: RaftNode[] = [];

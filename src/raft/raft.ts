@@ -528,7 +528,9 @@ export class RaftCore {
   /**
    * Asks the leader to confirm it still leads, so reads issued now see every write that completed
    * before. When confirmed, a {@linkcode ReadState} with this `id` appears in a Ready: reads may
-   * be served once the state machine has applied its index. `id` must be positive and increasing.
+   * be served once the state machine has applied its index. `id` must be positive and increasing,
+   * and not one an earlier start of this node used: a leader may still hold that start's request
+   * and would take this one for it, answering it with that older index.
    *
    * On a follower that knows its leader, the request goes to the leader as one
    * {@linkcode MessageType.ReadIndex} message (sent at once, and again while unanswered); the
