@@ -21,6 +21,7 @@ import { FileChanges } from "./src/cli/file_changes.ts";
 import {
   applyHostsOverride,
   DEBUG_STALE_READS_ENV,
+  dropNodePermissions,
   ENV_VARS,
   HOSTS_OVERRIDE_ENV,
   parseHostsOverride,
@@ -101,6 +102,7 @@ export async function main(args: string[]): Promise<number> {
     }
     throw e;
   }
+  dropNodePermissions();
 
   // Every layer registers its metrics here; GET /metrics on the API port renders them.
   const metrics = new MetricsRegistry();

@@ -47,7 +47,7 @@ export const ENV_VARS: readonly string[] = [
  * write (the data directory and the cluster file are only known at run time too, so they cannot
  * be narrowed to paths), the environment variables in {@linkcode ENV_VARS}, and running programs
  * (the client's `raftkv lock NAME COMMAND` runs COMMAND while it holds the lock; a node starts
- * none).
+ * none, and gives the permission up at start: {@linkcode dropNodePermissions}).
  */
 export const PERMISSION_FLAGS: readonly string[] = [
   "--allow-net",
@@ -56,6 +56,16 @@ export const PERMISSION_FLAGS: readonly string[] = [
   `--allow-env=${ENV_VARS.join(",")}`,
   "--allow-run",
 ];
+
+/**
+ * Gives up, for the rest of the process, the one permission of {@linkcode PERMISSION_FLAGS} a
+ * node never uses: running programs (only the client's `raftkv lock` runs one). Called once a
+ * node's flags are parsed, so that a flaw anywhere in the node (in what it parses from a peer or
+ * a client, say) cannot start a process.
+ */
+export function dropNodePermissions(): void {
+  Deno.permissions.revokeSync({ name: "run" });
+}
 
 /**
  * Parses a {@linkcode HOSTS_OVERRIDE_ENV} value: comma-separated `name=address` pairs.
