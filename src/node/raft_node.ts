@@ -349,8 +349,8 @@ export interface NodeInspection {
    * applies the next entry (read it at once). Read-only; a simulation's fault injection uses it.
    */
   entries(): Iterable<KvEntry>;
-  /** The state machine's remembered idempotent outcomes, encoded as in snapshots. */
-  sessions(): readonly Uint8Array[];
+  /** How many idempotent outcomes the state machine remembers. */
+  readonly sessionCount: number;
   /** The lease `key` is attached to in the applied state, or null. */
   leaseOf(key: string): number | null;
   /** The number of leases in the applied state. */
@@ -445,9 +445,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** The bootstrap members (cluster file), for addresses a configuration lacks. */
   readonly #bootstrap: Map<NodeId, Member>;
   readonly #onMembership: ((members: readonly Member[], open: boolean) => void) | undefined;
-  /** What the configuration in force was when #members was last built from it. */
-  #confKey = "";
+  /** What the configuration in force was when #members was last built from it (null: never). */
+  #confSeen: _ConfSeen | null = null;
   #saidRemoved = false;
+  #inspectReaders:
+    | Pick<NodeInspection, "entry" | "value" | "kvEntry" | "entries" | "leaseOf">
+    | undefined;
   /** The last "removed" answer of a peer this node ignored (logged once per index). */
   #ignoredRemovedAt = 0;
   /** The save of the removed mark in flight (see #learnRemoved): a stop waits for it. */
@@ -702,12 +705,23 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       );
       this.#vouched = null;
     }
-    const key = `${core.confIndex}|${settled}|${core.voters.join(",")}|${core.learners.join(",")}|${
-      this.#vouched?.until ?? 0
-    }`;
-    if (key === this.#confKey) return;
-    const first = this.#confKey === "" && this.#members.size === this.#bootstrap.size;
-    this.#confKey = key;
+    // Runs for every Ready: compare first, without building anything.
+    const vouchedUntil = this.#vouched?.until ?? 0;
+    const was = this.#confSeen;
+    if (
+      was !== null && was.index === core.confIndex && was.settled === settled &&
+      was.vouchedUntil === vouchedUntil && _sameIds(was.voters, core.voters) &&
+      _sameIds(was.learners, core.learners)
+    ) return;
+    const first = was === null && this.#members.size === this.#bootstrap.size;
+    // The core replaces its member arrays when the configuration changes, never edits them.
+    this.#confSeen = {
+      index: core.confIndex,
+      settled,
+      voters: core.voters,
+      learners: core.learners,
+      vouchedUntil,
+    };
     const conf = core.confState();
     // Until the newest configuration is committed, the members of the committed one stay in
     // the address book too: a leader that removes itself (or a removed follower) must still
@@ -835,7 +849,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    */
   learnAddresses(members: readonly Member[]): void {
     for (const m of members) if (m.id !== this.id) this.#bootstrap.set(m.id, m);
-    this.#confKey = "";
+    this.#confSeen = null;
     this.#syncMembership();
   }
 
@@ -1482,25 +1496,36 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   inspect(): NodeInspection {
     const core = this.#core;
     const log = core.log;
+    const kv = this.#kv;
+    // A simulation inspects every node after every step: the functions are made once.
+    const read = this.#inspectReaders ??= {
+      entry: (index) => {
+        const log = this.#core.log;
+        return index >= log.firstIndex() && index <= log.lastIndex()
+          ? log.slice(index, index + 1)[0]
+          : undefined;
+      },
+      value: (key) => this.#kv.get(key),
+      kvEntry: (key) => this.#kv.entry(key),
+      entries: () => this.#kv.entries(),
+      leaseOf: (key) => this.#kv.leaseOf(key),
+    };
     return {
       role: core.role,
       term: core.term,
       leader: core.leader,
       commit: log.committed,
-      applied: this.#kv.appliedIndex,
+      applied: kv.appliedIndex,
       firstIndex: log.firstIndex(),
       lastIndex: log.lastIndex(),
-      entry: (index) =>
-        index >= log.firstIndex() && index <= log.lastIndex()
-          ? log.slice(index, index + 1)[0]
-          : undefined,
-      value: (key) => this.#kv.get(key),
-      kvEntry: (key) => this.#kv.entry(key),
-      entries: () => this.#kv.entries(),
-      sessions: () => this.#kv.sessionRecords(),
-      leaseOf: (key) => this.#kv.leaseOf(key),
-      leaseCount: this.#kv.leaseCount,
-      dataBytes: this.#kv.dataBytes,
+      entry: read.entry,
+      value: read.value,
+      kvEntry: read.kvEntry,
+      entries: read.entries,
+      sessionCount: kv.sessionCount,
+      leaseOf: read.leaseOf,
+      leaseCount: kv.leaseCount,
+      dataBytes: kv.dataBytes,
       noSpace: this.#noSpace !== null,
     };
   }
@@ -2560,6 +2585,22 @@ export class RaftNode implements KvBackend, LeaderTransfer {
 }
 
 /** A received snapshot's key in the driver's maps. */
+/** The configuration `#syncMembership` last built the member list from. */
+interface _ConfSeen {
+  index: number;
+  settled: boolean;
+  voters: readonly NodeId[];
+  learners: readonly NodeId[];
+  vouchedUntil: number;
+}
+
+function _sameIds(a: readonly NodeId[], b: readonly NodeId[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 function _key(id: SnapshotId): string {
   return `${id.index}/${id.term}`;
 }

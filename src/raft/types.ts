@@ -310,17 +310,20 @@ export interface Ready {
  * message shape has fields most types leave unused).
  */
 export function message(fields: Partial<Message> & Pick<Message, "type" | "to">): Message {
+  // Every field named, in one order: every message has the same shape, which keeps the code
+  // that reads messages (the codec above all) monomorphic.
   return {
-    from: NONE,
-    term: 0,
-    logTerm: 0,
-    index: 0,
-    entries: [],
-    commit: 0,
-    reject: false,
-    rejectHint: 0,
-    context: 0,
-    snapshot: null,
-    ...fields,
+    type: fields.type,
+    from: fields.from ?? NONE,
+    to: fields.to,
+    term: fields.term ?? 0,
+    logTerm: fields.logTerm ?? 0,
+    index: fields.index ?? 0,
+    entries: fields.entries ?? [],
+    commit: fields.commit ?? 0,
+    reject: fields.reject ?? false,
+    rejectHint: fields.rejectHint ?? 0,
+    context: fields.context ?? 0,
+    snapshot: fields.snapshot ?? null,
   };
 }

@@ -365,7 +365,7 @@ export class Checker {
   /** A node's applied data equals the reference state at its applied index. */
   #checkApplied(n: SimNode, s: NodeInspection): void {
     if (s.applied > this.refIndex || s.applied === 0) return;
-    const [got, want] = [this.state(s.kvEntry, s.sessions().length), this.#refStates[s.applied]];
+    const [got, want] = [this.state(s.kvEntry, s.sessionCount), this.#refStates[s.applied]];
     if (got !== want) {
       this.#ctx.violation(
         "state-machine-safety",
@@ -537,7 +537,7 @@ export class Checker {
       }
       const states = nodes.map((n) => {
         const s = n.node!.inspect();
-        return this.state(s.kvEntry, s.sessions().length);
+        return this.state(s.kvEntry, s.sessionCount);
       });
       if (states.some((state) => state !== states[0])) {
         const all = nodes.map((n, i) => `${n.id} ${states[i]}`).join(", ");
