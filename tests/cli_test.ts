@@ -116,7 +116,8 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
   await t.step(
     "put without VALUE reads stdin exactly; a key starting with - goes after --",
     async () => {
-      const value = "line 1\nline 2 ✓ ünïcode\n";
+      // Exactly: a U+FEFF that begins it is part of the value.
+      const value = "\ufeffline 1\nline 2 ✓ ünïcode\n";
       _expect(
         await raftkv(["put", "--", "-dash"], { stdin: value, env: { RAFTKV_ENDPOINTS: all } }),
         0,
@@ -253,7 +254,7 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       const { header, entries } = decodeSnapshot(await Deno.readFile(backup), backup);
       assert.deepEqual(
         new Map(entries.map((e) => [e.key, e.value])),
-        new Map([["greeting", "hello world"], ["-dash", "line 1\nline 2 ✓ ünïcode\n"]]),
+        new Map([["greeting", "hello world"], ["-dash", "\ufeffline 1\nline 2 ✓ ünïcode\n"]]),
       );
       assert.deepEqual(header.voters, cluster.ids);
       assert.equal((await Deno.stat(backup)).mode! & 0o777, 0o600);

@@ -248,6 +248,31 @@ Deno.test("a write retried with its Idempotency-Key after a timeout is applied o
   });
 });
 
+Deno.test("keys and values that begin with U+FEFF are kept as given, and a page continues at such a key", async () => {
+  await withNode(async (call) => {
+    // In code point order "\ufeffx" comes after "y": a token that lost its U+FEFF would name "x"
+    // and start the next page before "y" again.
+    for (const k of ["a", "b", "y", "\ufeffx", "\ufeffy"]) {
+      const put = await json(await call("POST", "/v1/data", { k, v: `\ufeff${k}` }), 200);
+      assert.equal(put.k, k);
+      assert.equal(put.v, `\ufeff${k}`);
+    }
+    const got = await json(await call("GET", `/v1/data/${encodeURIComponent("\ufeffx")}`), 200);
+    assert.deepEqual([got.k, got.v], ["\ufeffx", "\ufeff\ufeffx"]);
+    const seen: string[] = [];
+    let next: string | null = null;
+    do {
+      const page: Record<string, unknown> = await json(
+        await call("GET", `/v1/data?limit=3${next === null ? "" : `&next=${next}`}`),
+        200,
+      );
+      seen.push(...(page.items as { k: string }[]).map((i) => i.k));
+      next = page.next as string | null;
+    } while (next !== null);
+    assert.deepEqual(seen, ["a", "b", "y", "\ufeffx", "\ufeffy"]);
+  });
+});
+
 Deno.test("ranges list keys in key order, page by page, with keys_only and count_only", async () => {
   await withNode(async (call) => {
     const keys = ["app/b", "app/a", "app/c/1", "apple", "b", "app", "app/\u{1f511}", "app/\uffff"];

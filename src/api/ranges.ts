@@ -15,7 +15,7 @@
  */
 
 import { compareKeys, type KeyRange, type KvResult, type RangeAnswer } from "../node/backend.ts";
-import { utf8Length } from "../util/utf8.ts";
+import { decodeUtf8, utf8Length } from "../util/utf8.ts";
 import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
@@ -154,7 +154,7 @@ function _decodeNextToken(token: string): string | undefined {
   try {
     const bin = atob(token.replaceAll("-", "+").replaceAll("_", "/"));
     const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return decodeUtf8(bytes, 0, bytes.length);
   } catch {
     return undefined;
   }

@@ -29,6 +29,8 @@
  * @module
  */
 
+import { decodeUtf8 } from "../util/utf8.ts";
+
 /** Which keys a range covers: those starting with `prefix`, or from `start` to `end` (exclusive). */
 export type KeyRange =
   | { prefix: string }
@@ -138,7 +140,6 @@ const _TXN_OPS = ["put", "delete", "get"] as const;
 const _TXN_PUT_LEASE = 3;
 
 const _encoder = new TextEncoder();
-const _decoder = new TextDecoder("utf-8", { fatal: true });
 
 /**
  * Encodes a command in its binary form (see the module doc).
@@ -513,13 +514,13 @@ class _Reader {
   str(): string {
     const n = this.u32();
     this.#need(n, `a string of ${n} bytes`);
-    const s = _decoder.decode(this.#bytes.subarray(this.#at, this.#at + n));
+    const s = decodeUtf8(this.#bytes, this.#at, this.#at + n);
     this.#at += n;
     return s;
   }
 
   rest(): string {
-    const s = _decoder.decode(this.#bytes.subarray(this.#at));
+    const s = decodeUtf8(this.#bytes, this.#at, this.#bytes.length);
     this.#at = this.#bytes.length;
     return s;
   }

@@ -40,7 +40,7 @@ import {
   EventHistory,
   type KvEventType,
 } from "./events.ts";
-import { utf8Length } from "../util/utf8.ts";
+import { decodeUtf8, utf8Length } from "../util/utf8.ts";
 
 export {
   type Compare,
@@ -196,7 +196,6 @@ interface _Session {
 }
 
 const _encoder = new TextEncoder();
-const _decoder = new TextDecoder("utf-8", { fatal: true });
 
 /**
  * At least what `cmd` could add to {@linkcode KvStateMachine.dataBytes}, in constant time (a
@@ -756,8 +755,8 @@ function _decodeSession(bytes: Uint8Array): _Session {
   let id = "";
   let result = "";
   try {
-    id = _decoder.decode(bytes.subarray(4, 4 + idLen));
-    result = _decoder.decode(bytes.subarray(20 + idLen));
+    id = decodeUtf8(bytes, 4, 4 + idLen);
+    result = decodeUtf8(bytes, 20 + idLen, bytes.length);
     JSON.parse(result);
   } catch (e) {
     fail(e instanceof Error ? e.message : String(e));
@@ -809,7 +808,7 @@ function _decodeLease(bytes: Uint8Array): _Lease {
     const len = view.getUint32(at);
     if (at + 4 + len > bytes.length) fail("a key runs past the record");
     try {
-      keys.add(_decoder.decode(bytes.subarray(at + 4, at + 4 + len)));
+      keys.add(decodeUtf8(bytes, at + 4, at + 4 + len));
     } catch (e) {
       fail(e instanceof Error ? e.message : String(e));
     }

@@ -87,6 +87,45 @@ Deno.test("commands of every kind round-trip through their binary form", () => {
   for (const c of ALL_KINDS) assert.deepEqual(decodeCommand(encodeCommand(c)), c);
 });
 
+/** `value` with a U+FEFF before every string but the enumerations' (`op`, `target`, `reason`). */
+function _bomEverywhere<T>(value: T): T {
+  if (typeof value === "string") return `\ufeff${value}` as T;
+  if (Array.isArray(value)) return value.map(_bomEverywhere) as T;
+  if (value === null || typeof value !== "object") return value;
+  return Object.fromEntries(
+    Object.entries(value).map((
+      [k, v],
+    ) => [k, k === "op" || k === "target" || k === "reason" ? v : _bomEverywhere(v)]),
+  ) as T;
+}
+
+Deno.test("every string of every command keeps a leading U+FEFF through the binary form", () => {
+  for (const c of ALL_KINDS.map(_bomEverywhere)) {
+    assert.deepEqual(decodeCommand(encodeCommand(c)), c, JSON.stringify(c));
+  }
+});
+
+Deno.test("keys, values, lease keys and idempotency ids that begin with U+FEFF are kept as given, through a snapshot too", () => {
+  const [key, value, id] = ["\ufeffk", "\ufeffv", "\ufeffreq"];
+  const sm = new KvStateMachine();
+  sm.apply(1, { op: "lease_grant", ttlMs: 5000 });
+  sm.apply(2, idem(id, 0, { op: "put", key, value, lease: { id: 1 } }));
+  sm.apply(3, { op: "put", key: "\ufeff", value: "\ufeff" });
+  const want = [
+    { key: "\ufeff", value: "\ufeff", createIndex: 3, modIndex: 3, version: 1 },
+    { key, value, createIndex: 2, modIndex: 2, version: 1 },
+  ];
+  assert.deepEqual([...sm.entries()], want);
+  assert.equal(sm.get(key), value);
+  assert.deepEqual(sm.lease(1)?.keys, [key]);
+  const view = sm.view();
+  const copy = new KvStateMachine();
+  copy.reset({ entries: view.entries(), sessions: view.sessions, leases: view.leases }, 3);
+  assert.deepEqual([...copy.entries()], want);
+  assert.deepEqual(copy.lease(1)?.keys, [key]);
+  assert.equal(copy.remembered(id, { op: "put", key, value, lease: { id: 1 } }, 1)?.op, "put");
+});
+
 Deno.test("puts and deletes keep the binary form they always had", () => {
   // op 1, key length (u32 BE), key, value; op 2, key length, key.
   assert.deepEqual(

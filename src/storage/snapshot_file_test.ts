@@ -40,7 +40,8 @@ Deno.test("a snapshot file round-trips every entry, its revision, the sessions a
   const dir = await Deno.makeTempDir();
   try {
     const data = pairs(20_000);
-    data.push(["", ""], ["big", "x".repeat(600_000)]);
+    // U+FEFF leading a key or value is data (a decoder that takes it for a byte order mark drops it).
+    data.push(["", ""], ["big", "x".repeat(600_000)], ["\ufeff", "\ufeff"], ["\ufeffk", "\ufeffé"]);
     const content = contentOf(data);
     // Revisions up to 2^53-1, and sessions of every size (a large one spans chunks).
     const entries = content.entries.map((e, i) => ({
@@ -54,7 +55,7 @@ Deno.test("a snapshot file round-trips every entry, its revision, the sessions a
       new Uint8Array([1, 2, 3]),
       new Uint8Array(400_000).fill(7),
     ];
-    const header: SnapshotHeader = { index: 42, term: 2, voters: ["a", "b", "c"], count: 20_002 };
+    const header: SnapshotHeader = { index: 42, term: 2, voters: ["a", "b", "c"], count: 20_004 };
     const path = await writeSnapshotFile(
       dir,
       encodeSnapshot(header, { entries, sessions }),

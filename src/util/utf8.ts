@@ -41,12 +41,15 @@ export function utf8Length(text: string): number {
   return bytes;
 }
 
-const _fatal = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a U+FEFF that begins a key or a value is data. TextDecoder's default takes it for a
+// byte order mark and drops it (and `Response.text()` does the same).
+const _fatal = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Decodes `bytes[start, end)` as UTF-8. A run of up to 1024 ASCII bytes (most keys and values) is
  * turned into a string directly: TextDecoder's per-call cost dominates small strings, such as the
- * million pairs of a large snapshot. Anything else goes through a fatal TextDecoder.
+ * million pairs of a large snapshot. Anything else goes through a fatal TextDecoder. A leading
+ * U+FEFF is kept: in a key or a value it is data, not a byte order mark.
  *
  * @example Usage
  * ```ts

@@ -124,3 +124,18 @@ Deno.test("decodeUtf8 decodes ASCII runs, longer runs and non-ASCII as TextDecod
   assert.throws(() => decodeUtf8(new Uint8Array([0x61, 0xff]), 0, 2), TypeError);
   assert.throws(() => decodeUtf8(new Uint8Array([0xc3]), 0, 1), TypeError);
 });
+
+Deno.test("decodeUtf8 keeps a leading U+FEFF: in a key or a value it is data, not a byte order mark", () => {
+  const texts = [
+    "\ufeff",
+    "\ufeffk",
+    "\ufeff\ufeff",
+    "\ufeffé",
+    "\ufeff" + "x".repeat(2000),
+    "a\ufeff",
+  ];
+  for (const text of texts) {
+    const bytes = new TextEncoder().encode(`<${text}>`);
+    assert.equal(decodeUtf8(bytes, 1, bytes.length - 1), text, JSON.stringify(text));
+  }
+});

@@ -15,7 +15,7 @@ export interface ClientIo {
   err(text: string): void;
   /** Reads an environment variable. */
   env(name: string): string | undefined;
-  /** Reads all of stdin as text. */
+  /** Reads all of stdin as text, exactly: a U+FEFF that begins it is kept. */
   stdin(): Promise<string>;
 }
 
@@ -24,7 +24,11 @@ export const REAL_IO: ClientIo = {
   out: (text) => console.log(text),
   err: (text) => console.error(text),
   env: (name) => Deno.env.get(name),
-  stdin: () => new Response(Deno.stdin.readable).text(),
+  // Not `Response.text()`: it drops a leading U+FEFF, which in a value is data.
+  stdin: async () =>
+    new TextDecoder("utf-8", { ignoreBOM: true }).decode(
+      await new Response(Deno.stdin.readable).arrayBuffer(),
+    ),
 };
 
 /**

@@ -67,7 +67,8 @@ export const TXN: Command = {
     }
     let body: unknown;
     try {
-      body = JSON.parse(text);
+      // A JSON document may begin with a byte order mark (stdin keeps it; readTextFile drops it).
+      body = JSON.parse(text.startsWith("\ufeff") ? text.slice(1) : text);
     } catch (error) {
       throw usageError(`the transaction is not JSON: ${(error as Error).message}`);
     }
