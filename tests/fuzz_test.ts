@@ -44,7 +44,8 @@ function _validWriteBody(body: Uint8Array | null, pathKey: string | null): boole
   if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
   const object = value as Record<string, unknown>;
   const hasK = Object.hasOwn(object, "k");
-  if (pathKey === null ? !hasK || !_validKey(object.k) : hasK && object.k !== pathKey) {
+  const putKey = (k: unknown) => _validKey(k) && k !== "." && k !== "..";
+  if (pathKey === null ? !hasK || !putKey(object.k) : hasK && object.k !== pathKey) {
     return false;
   }
   const v = object.v;

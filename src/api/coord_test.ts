@@ -338,6 +338,39 @@ Deno.test("random Unicode keys and values read back exactly, by key, in a range 
   });
 });
 
+Deno.test("the keys . and .. cannot be written, since no URL path can name them; keys with dots otherwise work by path", async () => {
+  await withNode(async (call) => {
+    for (const k of [".", ".."]) {
+      await error(await call("POST", "/v1/data", { k, v: "x" }), 400, /cannot be written/);
+      await error(
+        await call("POST", "/v1/txn", { success: [{ op: "put", k, v: "x" }] }),
+        400,
+        /^success\[0\]: the key .* cannot be written/,
+      );
+      // What a client sends for them reaches another path: URL parsers drop the segment.
+      assert.equal(
+        new URL(`http://h/v1/data/${encodeURIComponent(k)}`).pathname,
+        k === "." ? "/v1/data/" : "/v1/",
+      );
+    }
+    // Reads and compares of them are fine (they find nothing).
+    const txn = await json(
+      await call("POST", "/v1/txn", {
+        compare: [{ k: "..", exists: false }],
+        success: [{ op: "get", k: "." }],
+      }),
+      200,
+    );
+    assert.equal(txn.succeeded, true);
+    for (const k of ["...", ".a", "a/..", "./a", "%2e%2e"]) {
+      await json(await call("POST", "/v1/data", { k, v: k }), 200);
+      const got = await json(await call("GET", `/v1/data/${encodeURIComponent(k)}`), 200);
+      assert.deepEqual([got.k, got.v], [k, k]);
+      await json(await call("DELETE", `/v1/data/${encodeURIComponent(k)}`), 200);
+    }
+  });
+});
+
 Deno.test("ranges list keys in key order, page by page, with keys_only and count_only", async () => {
   await withNode(async (call) => {
     const keys = ["app/b", "app/a", "app/c/1", "apple", "b", "app", "app/\u{1f511}", "app/\uffff"];

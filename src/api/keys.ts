@@ -25,6 +25,7 @@ import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome
 import {
   casParam,
   checkKey,
+  checkPutKey,
   checkValue,
   parseObject,
   readBody,
@@ -62,6 +63,7 @@ export async function writeRoute(
   const key = writeKey(body, pathKey);
   const value = stringField(body, "v", "the value");
   checkKey(key, ctx.maxKeyBytes);
+  checkPutKey(key);
   checkValue(key, value, ctx.maxValueBytes);
   const cas = casParam(url, body, key);
   const lease = leaseParam(url);

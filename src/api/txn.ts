@@ -41,7 +41,14 @@ import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, describe, overloadedError, quote } from "./errors.ts";
 import { entryJson, idempotencyKey, writeOutcome } from "./outcome.ts";
-import { checkKey, checkValue, parseObject, readBody, requireJson } from "./validate.ts";
+import {
+  checkKey,
+  checkPutKey,
+  checkValue,
+  parseObject,
+  readBody,
+  requireJson,
+} from "./validate.ts";
 
 /** The most compares, and the most operations per branch, of one transaction. */
 export const MAX_TXN_OPS = 128;
@@ -231,6 +238,7 @@ function _op(raw: unknown, where: string, maxKeyBytes: number, maxValueBytes: nu
   if (kind === "put") {
     _onlyFields(o, ["op", "k", "v", "lease"], where);
     const key = _key(o, where, maxKeyBytes);
+    checkPutKey(key, where);
     if (!Object.hasOwn(o, "v")) throw new ApiError(400, `${where}: missing "v" (the value)`);
     const value = _string(o, "v", where);
     checkValue(key, value, maxValueBytes);

@@ -222,6 +222,27 @@ export function checkKey(key: string, maxKeyBytes: number): void {
 }
 
 /**
+ * Refuses to create the keys `.` and `..`: no URL path can name them (URL parsers remove such
+ * segments, percent-encoded ones too, before a request is sent or routed), so
+ * `/v1/data/{key}` could never read, replace or delete them.
+ *
+ * @param key The key a put would write.
+ * @param where Where in the request it is (`success[0]`), to begin the message with.
+ * @throws {ApiError} 400 if it is `.` or `..`.
+ */
+export function checkPutKey(key: string, where?: string): void {
+  if (key === "." || key === "..") {
+    throw new ApiError(
+      400,
+      `${where === undefined ? "" : `${where}: `}the key ${
+        quote(key)
+      } cannot be written: a URL path cannot name it (URL parsers remove "." and ".." ` +
+        `segments, even percent-encoded), so /v1/data/{key} could never reach it`,
+    );
+  }
+}
+
+/**
  * Checks that a value is at most `maxValueBytes` in UTF-8.
  *
  * @param key The key it is written under, echoed as `k`.
