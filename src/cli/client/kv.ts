@@ -18,6 +18,13 @@ export function keyPath(key: string): string {
 function _key(ctx: CommandContext): string {
   const key = ctx.args[0] ?? "";
   if (key === "") throw usageError("the key must not be empty");
+  if (key === "." || key === "..") {
+    // The request would reach another path: URL parsers drop such segments, encoded or not.
+    throw usageError(
+      `the key ${JSON.stringify(key)} cannot be named in a URL path, so the cluster does not ` +
+        "take it (raftkv list and txn still reach one an earlier version stored)",
+    );
+  }
   return key;
 }
 
