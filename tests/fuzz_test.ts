@@ -43,6 +43,7 @@ function _validWriteBody(body: Uint8Array | null, pathKey: string | null): boole
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
   const object = value as Record<string, unknown>;
+  if (Object.keys(object).some((field) => !["k", "v", "cas"].includes(field))) return false;
   const hasK = Object.hasOwn(object, "k");
   const putKey = (k: unknown) => _validKey(k) && k !== "." && k !== "..";
   if (pathKey === null ? !hasK || !putKey(object.k) : hasK && object.k !== pathKey) {
@@ -98,7 +99,8 @@ function _wouldSucceed(
   if (path === "/v1/data") {
     // Listing keys is a read; a range delete needs ?prefix= or ?start= (it never has one here).
     if (method === "GET") return _validRangeQuery(url);
-    return method === "POST" && _validWriteBody(body, null);
+    return method === "POST" && _onlyParams(url, ["cas", "lease", "ttl"]) &&
+      _validWriteBody(body, null);
   }
   if (path === "/v1/txn") return method === "POST" && _isEmptyTxn(body);
   if (!path.startsWith("/v1/data/")) return false;
@@ -110,12 +112,19 @@ function _wouldSucceed(
     return false;
   }
   if (!_validKey(key)) return false;
+  const params = { GET: ["consistency", "index", "wait"], PUT: ["cas", "lease", "ttl"] };
+  if (!_onlyParams(url, params[method as keyof typeof params] ?? ["cas"])) return false;
   if (method === "DELETE") return true;
   if (method === "GET") {
     const consistency = url.searchParams.get("consistency") ?? "linearizable";
     return ["linearizable", "stale", "lease"].includes(consistency);
   }
   return _validWriteBody(body, key);
+}
+
+/** Whether the query names only parameters the route takes (a typo is refused). */
+function _onlyParams(url: URL, allowed: readonly string[]): boolean {
+  return [...url.searchParams.keys()].every((name) => allowed.includes(name));
 }
 
 /** Whether a `GET /v1/data` query is one the API serves (only plain ones are generated). */

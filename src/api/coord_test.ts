@@ -371,6 +371,43 @@ Deno.test("the keys . and .. cannot be written, since no URL path can name them;
   });
 });
 
+Deno.test("a misspelt parameter or body field is refused and changes nothing: a typo of cas never writes or deletes unconditionally", async () => {
+  await withNode(async (call) => {
+    const put = await json(await call("POST", "/v1/data", { k: "a", v: "1" }), 200);
+    await error(
+      await call("PUT", "/v1/data/a?cass=99", { v: "2" }),
+      400,
+      /unknown query parameter "cass" for writing a key; allowed: cas, lease, ttl/,
+    );
+    await error(
+      await call("POST", "/v1/data", { k: "a", v: "2", cass: 99 }),
+      400,
+      /unknown field "cass" in the request body; it takes k, v, cas/,
+    );
+    await error(
+      await call("PUT", "/v1/data/a", { v: "2", lease: 1 }),
+      400,
+      /unknown field "lease" in the request body/,
+    );
+    await error(
+      await call("DELETE", "/v1/data/a?cass=99"),
+      400,
+      /unknown query parameter "cass" for deleting a key; allowed: cas/,
+    );
+    await error(
+      await call("GET", "/v1/data/a?consistancy=stale"),
+      400,
+      /unknown query parameter "consistancy" for reading a key; allowed: consistency, index, wait/,
+    );
+    const got = await json(await call("GET", "/v1/data/a"), 200);
+    assert.deepEqual([got.v, got.mod_index], ["1", put.index]);
+    // The parameters each route takes still work.
+    await json(await call("PUT", `/v1/data/a?cas=${put.index}`, { v: "2", cas: put.index }), 200);
+    await json(await call("GET", "/v1/data/a?consistency=stale&index=0&wait=1ms"), 200);
+    await error(await call("DELETE", "/v1/data/a?cas=1"), 412, /did not hold|mod_index/);
+  });
+});
+
 Deno.test("ranges list keys in key order, page by page, with keys_only and count_only", async () => {
   await withNode(async (call) => {
     const keys = ["app/b", "app/a", "app/c/1", "apple", "b", "app", "app/\u{1f511}", "app/\uffff"];

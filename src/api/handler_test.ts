@@ -685,13 +685,13 @@ Deno.test("a follower forwards writes to the leader and relays its answer", asyn
   backend.followN2();
   backend.clusterId = "0123456789abcdef";
   const body = ' { "k" : "a b", "v":"1" } ';
-  const res = await call("POST", "/v1/data?x=1", body, { "content-type": "application/json" });
+  const res = await call("POST", "/v1/data?cas=0", body, { "content-type": "application/json" });
   assert.deepEqual(await expectJson(res, 200), { k: "a b", v: "1", index: 7 });
   assert.equal(res.headers.get(FORWARDED_TO_HEADER), "n2");
   assert.equal(res.headers.get("x-other"), null);
   const [sent] = leader.calls;
   assert.ok(sent !== undefined);
-  assert.equal(sent.url, `${LEADER_RPC}/forward/v1/data?x=1`);
+  assert.equal(sent.url, `${LEADER_RPC}/forward/v1/data?cas=0`);
   assert.equal(sent.method, "POST");
   assert.deepEqual(sent.body, encoder.encode(body));
   assert.equal(sent.headers.get("content-type"), "application/json");
@@ -699,7 +699,7 @@ Deno.test("a follower forwards writes to the leader and relays its answer", asyn
   // It names this node's cluster: the leader of another cluster refuses it.
   assert.equal(sent.headers.get("x-raftkv-cluster"), "0123456789abcdef");
   assert.equal(sent.headers.get(CALLER_HEADER), null, "an open API has no caller to pass on");
-  assert.deepEqual(backend.calls, ["put a b=1"]);
+  assert.deepEqual(backend.calls, ["put a b=1 cas=0"]);
   assert.equal(backend.data.size, 0);
 });
 
@@ -1679,7 +1679,7 @@ function forwardedRequest(
 Deno.test("the leader serves a forwarded request as its follower authorised it, without a token", async () => {
   const { handler, backend } = setup({ tokens: TOKENS });
   const res = await handler.forwarded(
-    forwardedRequest("/forward/v1/data?x=1", {
+    forwardedRequest("/forward/v1/data?cas=0", {
       [FORWARDED_BY_HEADER]: "n3",
       [CALLER_HEADER]: "write ci",
       ...JSON_TYPE,
@@ -1708,7 +1708,7 @@ Deno.test("the leader serves a forwarded request as its follower authorised it, 
     mod_index: 1,
     version: 1,
   });
-  assert.deepEqual(backend.calls, ["put a=1", "get a lease"]);
+  assert.deepEqual(backend.calls, ["put a=1 cas=0", "get a lease"]);
 });
 
 /**

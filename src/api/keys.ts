@@ -27,6 +27,8 @@ import {
   checkKey,
   checkPutKey,
   checkValue,
+  onlyFields,
+  onlyParams,
   parseObject,
   readBody,
   readConsistency,
@@ -34,6 +36,15 @@ import {
   stringField,
   writeKey,
 } from "./validate.ts";
+
+/** What a read of one key takes: `?consistency=`, and `?index=&wait=` to wait for a change. */
+const _READ_PARAMS: ReadonlySet<string> = new Set(["consistency", "index", "wait"]);
+/** What a write takes in its query: a compare-and-set, a lease (or a new one's TTL). */
+const _WRITE_PARAMS: ReadonlySet<string> = new Set(["cas", "lease", "ttl"]);
+/** What a write's body takes (`k` only with `POST /v1/data`, or equal to the path's key). */
+const _WRITE_FIELDS = ["k", "v", "cas"] as const;
+/** What a delete of one key takes: a compare-and-delete. */
+const _DELETE_PARAMS: ReadonlySet<string> = new Set(["cas"]);
 
 /**
  * `POST /v1/data` (`pathKey` null) and `PUT /v1/data/{key}`: 200
@@ -54,12 +65,14 @@ export async function writeRoute(
   caller: Caller | null,
 ): Promise<Response> {
   requireJson(req);
+  onlyParams(url, _WRITE_PARAMS, "writing a key");
   const overloaded = ctx.backend.overloaded();
   if (overloaded !== null) throw overloadedError(overloaded, pathKey, ctx.retryAfter);
   const idem = idempotencyKey(req);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   const bytes = await readBody(req, ctx.maxBodyBytes, deadline);
   const body = parseObject(bytes);
+  onlyFields(body, _WRITE_FIELDS, "the request body");
   const key = writeKey(body, pathKey);
   const value = stringField(body, "v", "the value");
   checkKey(key, ctx.maxKeyBytes);
@@ -114,6 +127,7 @@ export async function readRoute(
   key: string,
   caller: Caller | null,
 ): Promise<Response> {
+  onlyParams(url, _READ_PARAMS, "reading a key");
   const consistency = readConsistency(url, key);
   await blockingWait(ctx, req, url, key, (end) => holdForToken(ctx, req, end));
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
@@ -149,6 +163,7 @@ export async function deleteRoute(
   key: string,
   caller: Caller | null,
 ): Promise<Response> {
+  onlyParams(url, _DELETE_PARAMS, "deleting a key");
   const idem = idempotencyKey(req);
   const cas = casParam(url, null, key);
   const cmd: PlainCommand = cas === undefined ? { op: "delete", key } : { op: "delete", key, cas };

@@ -21,7 +21,7 @@ import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, quote } from "./errors.ts";
 import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome.ts";
-import { flagParam, readConsistency } from "./validate.ts";
+import { flagParam, onlyParams, readConsistency } from "./validate.ts";
 
 /** The most items a page may hold (`limit`). */
 export const MAX_RANGE_LIMIT = 10_000;
@@ -58,7 +58,7 @@ export async function readRangeRoute(
   url: URL,
   caller: Caller | null,
 ): Promise<Response> {
-  _onlyParams(url, _READ_PARAMS, "reading a range");
+  onlyParams(url, _READ_PARAMS, "reading a range");
   const range = _keyRange(url, ctx.maxKeyBytes) ?? { prefix: "" };
   const limit = _limit(url);
   const from = _next(url, range);
@@ -110,7 +110,7 @@ export async function deleteRangeRoute(
   url: URL,
   caller: Caller | null,
 ): Promise<Response> {
-  _onlyParams(url, _DELETE_PARAMS, "deleting a range");
+  onlyParams(url, _DELETE_PARAMS, "deleting a range");
   const range = _keyRange(url, ctx.maxKeyBytes);
   if (range === undefined) {
     throw new ApiError(
@@ -157,18 +157,6 @@ function _decodeNextToken(token: string): string | undefined {
     return decodeUtf8(bytes, 0, bytes.length);
   } catch {
     return undefined;
-  }
-}
-
-/** Refuses query parameters a route does not take (a typo must not widen a delete). */
-function _onlyParams(url: URL, allowed: Set<string>, what: string): void {
-  for (const name of url.searchParams.keys()) {
-    if (!allowed.has(name)) {
-      throw new ApiError(
-        400,
-        `unknown query parameter ${quote(name)} for ${what}; allowed: ${[...allowed].join(", ")}`,
-      );
-    }
   }
 }
 

@@ -45,6 +45,7 @@ import {
   checkKey,
   checkPutKey,
   checkValue,
+  onlyFields,
   parseObject,
   readBody,
   requireJson,
@@ -117,7 +118,7 @@ export function parseTxn(
   maxKeyBytes: number,
   maxValueBytes: number,
 ): Extract<PlainCommand, { op: "txn" }> {
-  _onlyFields(body, ["compare", "success", "failure"], "the transaction");
+  onlyFields(body, ["compare", "success", "failure"], "the transaction");
   const list = (name: string): unknown[] => {
     const v = body[name] ?? [];
     if (!Array.isArray(v)) {
@@ -158,17 +159,6 @@ function _object(v: unknown, where: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-function _onlyFields(o: Record<string, unknown>, fields: string[], where: string): void {
-  for (const name of Object.keys(o)) {
-    if (!fields.includes(name)) {
-      throw new ApiError(
-        400,
-        `unknown field ${quote(name)} in ${where}; it takes ${fields.join(", ")}`,
-      );
-    }
-  }
-}
-
 function _string(o: Record<string, unknown>, name: string, where: string): string {
   const v = o[name];
   if (typeof v !== "string") {
@@ -189,7 +179,7 @@ function _key(o: Record<string, unknown>, where: string, maxKeyBytes: number): s
 
 function _compare(raw: unknown, where: string, maxKeyBytes: number): Compare {
   const o = _object(raw, where);
-  _onlyFields(o, ["k", "op", ..._TARGETS], where);
+  onlyFields(o, ["k", "op", ..._TARGETS], where);
   const key = _key(o, where, maxKeyBytes);
   const targets = _TARGETS.filter((t) => Object.hasOwn(o, t));
   if (targets.length !== 1) {
@@ -236,7 +226,7 @@ function _op(raw: unknown, where: string, maxKeyBytes: number, maxValueBytes: nu
   const o = _object(raw, where);
   const kind = o.op;
   if (kind === "put") {
-    _onlyFields(o, ["op", "k", "v", "lease"], where);
+    onlyFields(o, ["op", "k", "v", "lease"], where);
     const key = _key(o, where, maxKeyBytes);
     checkPutKey(key, where);
     if (!Object.hasOwn(o, "v")) throw new ApiError(400, `${where}: missing "v" (the value)`);
@@ -253,7 +243,7 @@ function _op(raw: unknown, where: string, maxKeyBytes: number, maxValueBytes: nu
     return { op: "put", key, value, lease };
   }
   if (kind === "delete" || kind === "get") {
-    _onlyFields(o, ["op", "k"], where);
+    onlyFields(o, ["op", "k"], where);
     return { op: kind, key: _key(o, where, maxKeyBytes) };
   }
   throw new ApiError(400, `${where}: "op" must be "put", "delete" or "get", not ${describe(kind)}`);

@@ -134,6 +134,48 @@ export function parseObject(bytes: Uint8Array): Record<string, unknown> {
 }
 
 /**
+ * Refuses query parameters a route does not take: a typo (`?cass=3`) must not turn a conditional
+ * write or delete into an unconditional one, nor widen a range.
+ *
+ * @param url The request's URL.
+ * @param allowed The parameters the route takes.
+ * @param what What the route does, for the message, such as `"deleting a key"`.
+ * @throws {ApiError} 400 naming the first unknown parameter and the allowed ones.
+ */
+export function onlyParams(url: URL, allowed: ReadonlySet<string>, what: string): void {
+  for (const name of url.searchParams.keys()) {
+    if (!allowed.has(name)) {
+      const takes = allowed.size === 0 ? "it takes none" : `allowed: ${[...allowed].join(", ")}`;
+      throw new ApiError(400, `unknown query parameter ${quote(name)} for ${what}; ${takes}`);
+    }
+  }
+}
+
+/**
+ * Refuses fields a JSON object of a request does not take (a typo such as `"cass"` must not be
+ * ignored).
+ *
+ * @param o The object.
+ * @param fields The fields it takes.
+ * @param where What it is, for the message, such as `"the request body"` or `"compare[0]"`.
+ * @throws {ApiError} 400 naming the first unknown field and the fields it takes.
+ */
+export function onlyFields(
+  o: Record<string, unknown>,
+  fields: readonly string[],
+  where: string,
+): void {
+  for (const name of Object.keys(o)) {
+    if (!fields.includes(name)) {
+      throw new ApiError(
+        400,
+        `unknown field ${quote(name)} in ${where}; it takes ${fields.join(", ")}`,
+      );
+    }
+  }
+}
+
+/**
  * The string field `name` of a body: present, a string, and well-formed Unicode.
  *
  * @param body The parsed body.
