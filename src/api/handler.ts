@@ -562,10 +562,11 @@ async function _route(
   const path = url.pathname;
   switch (path) {
     case "/health":
-      _allow(req, path, ["GET"]);
+      // HEAD too, for monitors and load balancers that probe with it (Deno sends no body then).
+      _allow(req, path, ["GET", "HEAD"]);
       return jsonResponse(200, { status: "ok" });
     case "/ready":
-      _allow(req, path, ["GET"]);
+      _allow(req, path, ["GET", "HEAD"]);
       if (ctx.backend.isReady()) return jsonResponse(200, { ready: true });
       if (ctx.backend.status().membership === "removed") {
         return jsonResponse(503, {

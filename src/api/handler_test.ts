@@ -522,8 +522,8 @@ Deno.test("a known path with the wrong method is answered with 405 and Allow", a
     ["PUT", "/v1/data", "GET, POST, DELETE"],
     ["PATCH", "/v1/data", "GET, POST, DELETE"],
     ["GET", "/v1/txn", "POST"],
-    ["POST", "/health", "GET"],
-    ["PUT", "/ready", "GET"],
+    ["POST", "/health", "GET, HEAD"],
+    ["PUT", "/ready", "GET, HEAD"],
     ["DELETE", "/v1/status", "GET"],
   ];
   for (const [method, path, allow] of cases) {
@@ -876,6 +876,7 @@ Deno.test("GET /health answers ok even when the node is not ready", async () => 
   const { call, backend } = setup();
   backend.ready = false;
   assert.deepEqual(await expectJson(await call("GET", "/health"), 200), { status: "ok" });
+  assert.equal((await call("HEAD", "/health")).status, 200);
 });
 
 Deno.test("GET /ready answers 200 when ready and 503 otherwise, without logging", async () => {
@@ -883,6 +884,7 @@ Deno.test("GET /ready answers 200 when ready and 503 otherwise, without logging"
   assert.deepEqual(await expectJson(await call("GET", "/ready"), 200), { ready: true });
   backend.ready = false;
   const body = await expectJson(await call("GET", "/ready"), 503);
+  assert.equal((await call("HEAD", "/ready")).status, 503);
   assert.equal(body.ready, false);
   assert.match(String(body.error), /^not ready/);
   assert.deepEqual(logs, []);
