@@ -1507,8 +1507,13 @@ async function _inject(
       if (!processes.isRunning(target)) return label("diskfail");
       chaos.failDisk(target);
       try {
+        // A node learns that its disk failed at its next disk operation (README, Storage): that is
+        // at once under load, but a leader refusing every write (its followers' disks full, the
+        // others down, or the quota reached) writes nothing until that passes, so the deadline
+        // leaves room for it (a run waited more than 10 s once, with a full follower and the
+        // third node stopped).
         await waitFor(() => !processes.isRunning(target), {
-          deadlineMs: 10_000,
+          deadlineMs: 30_000,
           intervalMs: 20,
           message: `${target} to stop after its disk failed`,
         });
