@@ -95,7 +95,8 @@ function _wouldSucceed(
     return false;
   }
   const path = url.pathname;
-  if (["/health", "/ready", "/v1/status", "/v1/snapshot"].includes(path)) return method === "GET";
+  if (path === "/health" || path === "/ready") return method === "GET" || method === "HEAD";
+  if (["/v1/status", "/v1/snapshot"].includes(path)) return method === "GET";
   if (path === "/v1/data") {
     // Listing keys is a read; a range delete needs ?prefix= or ?start= (it never has one here).
     if (method === "GET") return _validRangeQuery(url);
@@ -285,8 +286,8 @@ const _UNKNOWN_PATHS = [
 ];
 
 const _KNOWN_ROUTES: readonly { path: string; allowed: readonly string[] }[] = [
-  { path: "/health", allowed: ["GET"] },
-  { path: "/ready", allowed: ["GET"] },
+  { path: "/health", allowed: ["GET", "HEAD"] },
+  { path: "/ready", allowed: ["GET", "HEAD"] },
   { path: "/v1/status", allowed: ["GET"] },
   { path: "/v1/snapshot", allowed: ["GET"] },
   { path: "/v1/data", allowed: ["GET", "POST", "DELETE"] },
