@@ -448,6 +448,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** What the configuration in force was when #members was last built from it (null: never). */
   #confSeen: _ConfSeen | null = null;
   #saidRemoved = false;
+  /** The functions of an inspection (see `inspect`), made on the first. */
   #inspectReaders:
     | Pick<NodeInspection, "entry" | "value" | "kvEntry" | "entries" | "leaseOf">
     | undefined;
@@ -2584,7 +2585,6 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 }
 
-/** A received snapshot's key in the driver's maps. */
 /** The configuration `#syncMembership` last built the member list from. */
 interface _ConfSeen {
   index: number;
@@ -2601,6 +2601,7 @@ function _sameIds(a: readonly NodeId[], b: readonly NodeId[]): boolean {
   return true;
 }
 
+/** A received snapshot's key in the driver's maps. */
 function _key(id: SnapshotId): string {
   return `${id.index}/${id.term}`;
 }
