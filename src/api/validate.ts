@@ -145,8 +145,10 @@ export function parseObject(bytes: Uint8Array): Record<string, unknown> {
 export function onlyParams(url: URL, allowed: ReadonlySet<string>, what: string): void {
   for (const name of url.searchParams.keys()) {
     if (!allowed.has(name)) {
-      const takes = allowed.size === 0 ? "it takes none" : `allowed: ${[...allowed].join(", ")}`;
-      throw new ApiError(400, `unknown query parameter ${quote(name)} for ${what}; ${takes}`);
+      throw new ApiError(
+        400,
+        `unknown query parameter ${quote(name)} for ${what}; allowed: ${[...allowed].join(", ")}`,
+      );
     }
   }
 }
