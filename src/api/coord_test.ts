@@ -78,6 +78,21 @@ async function json(res: Response, status: number): Promise<Record<string, unkno
   return JSON.parse(text);
 }
 
+/** Every item of a range, read page by page with the `next` tokens. */
+async function allPages(call: Call, query: string): Promise<{ k: string; v: string }[]> {
+  const items: { k: string; v: string }[] = [];
+  let next: string | null = null;
+  do {
+    const page = await json(
+      await call("GET", `/v1/data?${query}${next === null ? "" : `&next=${next}`}`),
+      200,
+    );
+    items.push(...(page.items as { k: string; v: string }[]));
+    next = page.next as string | null;
+  } while (next !== null);
+  return items;
+}
+
 async function error(res: Response, status: number, message: RegExp): Promise<void> {
   const body = await json(res, status);
   assert.match(String(body.error), message);
@@ -261,16 +276,7 @@ Deno.test("keys and values that begin with U+FEFF are kept as given, and a page 
     }
     const got = await json(await call("GET", `/v1/data/${encodeURIComponent("\ufeffx")}`), 200);
     assert.deepEqual([got.k, got.v], ["\ufeffx", "\ufeff\ufeffx"]);
-    const seen: string[] = [];
-    let next: string | null = null;
-    do {
-      const page: Record<string, unknown> = await json(
-        await call("GET", `/v1/data?limit=3${next === null ? "" : `&next=${next}`}`),
-        200,
-      );
-      seen.push(...(page.items as { k: string }[]).map((i) => i.k));
-      next = page.next as string | null;
-    } while (next !== null);
+    const seen = (await allPages(call, "limit=3")).map((i) => i.k);
     assert.deepEqual(seen, ["a", "b", "y", "\ufeffx", "\ufeffy"]);
   });
 });
@@ -310,13 +316,7 @@ Deno.test("random Unicode keys and values read back exactly, by key, in a range 
       const got = await json(await call("GET", `/v1/data/${encodeURIComponent(k)}`), 200);
       assert.deepEqual([got.k, got.v], [k, v], JSON.stringify(k));
     }
-    const all = await json(await call("GET", "/v1/data?prefix=r/&limit=7"), 200);
-    let items = all.items as { k: string; v: string }[];
-    for (let next = all.next as string | null; next !== null;) {
-      const page = await json(await call("GET", `/v1/data?prefix=r/&limit=7&next=${next}`), 200);
-      items = [...items, ...(page.items as { k: string; v: string }[])];
-      next = page.next as string | null;
-    }
+    const items = await allPages(call, "prefix=r/&limit=7");
     assert.deepEqual(
       items.map((i) => [i.k, i.v]),
       [...pairs].sort(([a], [b]) => compareKeys(a, b)),
