@@ -62,6 +62,8 @@ Deno.test({
     for (const peer of [follower, other]) {
       // The leader has heard back from each follower, and knows how far behind it is.
       assert.ok(sample(after, `raftkv_peer_round_trip_time_seconds_count{peer="${peer}"}`) > 0);
+      // A round trip takes time, even on loopback (a sum of 0 was a clock that did not run).
+      assert.ok(sample(after, `raftkv_peer_round_trip_time_seconds_sum{peer="${peer}"}`) > 0);
       assert.ok(sample(after, `raftkv_peer_replication_lag_entries{peer="${peer}"}`) >= 0);
     }
 
