@@ -56,6 +56,11 @@ export interface MakeCertificatesOptions {
   /** Days the certificates are valid (default 365). */
   days?: number;
   /**
+   * The node certificates' exact validity instead of `days` from now, as `YYYYMMDDHHMMSSZ` (for
+   * example `20200101000000Z`): a period in the past makes expired certificates.
+   */
+  validity?: { from: string; to: string };
+  /**
    * Keep the CA an earlier call wrote into `dir` and issue new certificates (new keys) from it,
    * over the old files: a renewal, as before an expiry. Each node's new key and certificate
    * replace the old files by two renames back to back, as a careful renewal tool does. Default:
@@ -139,23 +144,27 @@ export async function makeCertificates(
         "",
       ].join("\n"),
     );
-    await _openssl([
-      "x509",
-      "-req",
-      "-in",
-      csr,
-      "-CA",
-      join(dir, `${ca}.crt`),
-      "-CAkey",
-      join(dir, `${ca}.key`),
-      "-CAcreateserial",
-      "-out",
-      newCert,
-      "-days",
-      days,
-      "-extfile",
-      ext,
-    ]);
+    if (options.validity === undefined) {
+      await _openssl([
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        join(dir, `${ca}.crt`),
+        "-CAkey",
+        join(dir, `${ca}.key`),
+        "-CAcreateserial",
+        "-out",
+        newCert,
+        "-days",
+        days,
+        "-extfile",
+        ext,
+      ]);
+    } else {
+      await _signWithDates(dir, ca, csr, ext, newCert, options.validity);
+    }
     await Deno.remove(csr);
     await Deno.remove(ext);
     await Deno.chmod(newKey, 0o600);
@@ -271,6 +280,66 @@ export async function writeTokensFile(path: string, namePrefix = ""): Promise<Ro
 
 function _isIp(host: string): boolean {
   return /^\d+\.\d+\.\d+\.\d+$/.test(host) || host.includes(":");
+}
+
+/**
+ * Signs `csr` with the CA `ca` for exactly `validity`: `openssl x509` (3.0) dates a certificate
+ * from now, `openssl ca` takes a start and an end. Its database lives in a directory of its own,
+ * removed afterwards.
+ */
+async function _signWithDates(
+  dir: string,
+  ca: string,
+  csr: string,
+  ext: string,
+  out: string,
+  validity: { from: string; to: string },
+): Promise<void> {
+  const db = await Deno.makeTempDir({ dir, prefix: "ca-db-" });
+  try {
+    await Deno.writeTextFile(join(db, "index.txt"), "");
+    await Deno.writeTextFile(join(db, "serial"), `${crypto.randomUUID().replaceAll("-", "")}\n`);
+    await Deno.writeTextFile(
+      join(db, "ca.cnf"),
+      [
+        "[ca]",
+        "default_ca = this",
+        "[this]",
+        `database = ${join(db, "index.txt")}`,
+        `serial = ${join(db, "serial")}`,
+        `new_certs_dir = ${db}`,
+        "default_md = sha256",
+        "policy = any",
+        "unique_subject = no",
+        "[any]",
+        "commonName = supplied",
+        "",
+      ].join("\n"),
+    );
+    await _openssl([
+      "ca",
+      "-batch",
+      "-notext",
+      "-config",
+      join(db, "ca.cnf"),
+      "-cert",
+      join(dir, `${ca}.crt`),
+      "-keyfile",
+      join(dir, `${ca}.key`),
+      "-in",
+      csr,
+      "-out",
+      out,
+      "-startdate",
+      validity.from,
+      "-enddate",
+      validity.to,
+      "-extfile",
+      ext,
+    ]);
+  } finally {
+    await Deno.remove(db, { recursive: true });
+  }
 }
 
 async function _openssl(args: string[]): Promise<void> {

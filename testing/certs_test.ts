@@ -53,3 +53,28 @@ Deno.test("writeTokensFile: one fresh token per role, mode 0600, never over a fi
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("makeCertificates with a validity: renewed node certificates of the same CA for exactly that period", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["node-1"] });
+    const ca = new X509Certificate(await Deno.readTextFile(certs.ca));
+    await makeCertificates(dir, {
+      nodes: ["node-1"],
+      renew: true,
+      validity: { from: "20200101000000Z", to: "20210101000000Z" },
+    });
+    const cert = new X509Certificate(await Deno.readTextFile(certs.node("node-1").cert));
+    assert.equal(Date.parse(cert.validFrom), Date.parse("2020-01-01T00:00:00Z"));
+    assert.equal(Date.parse(cert.validTo), Date.parse("2021-01-01T00:00:00Z"));
+    assert.ok(cert.verify(ca.publicKey));
+    assert.match(cert.subject, /CN=node-1/);
+    assert.ok(cert.checkHost("localhost"));
+    // Only the CA's files and the node's stay behind (no database of openssl ca).
+    const names = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    assert.deepEqual(names.filter((n) => n.startsWith("ca-db-")), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -527,6 +527,7 @@ Deno.test("SIGHUP rotates the certificates: the peer CA and the API certificate 
 
     // Files that do not pass the checks change nothing.
     const inForce = fingerprint(peerCerts.node(leaderNow).cert);
+    const inForceText = read(peerCerts.node(leaderNow).cert);
     await Deno.writeTextFile(peerCerts.node(leaderNow).cert, "not a certificate\n");
     cluster.signal(leaderNow, "SIGHUP");
     await waitFor(
@@ -539,6 +540,30 @@ Deno.test("SIGHUP rotates the certificates: the peer CA and the API certificate 
     const still = await presented(port(cluster.rpc(leaderNow)), newPeer.ca, newPeer.node1);
     assert.deepEqual(still, { fingerprint: inForce });
     assert.equal((await put(leaderNow, "still")).status, 200);
+
+    // Nor does a renewal that has already expired: peers and clients would refuse it.
+    await Deno.writeTextFile(peerCerts.node(leaderNow).cert, inForceText);
+    const apiInForce = fingerprint(apiCerts.node(leaderNow).cert);
+    await makeCertificates(`${dir}/api`, {
+      nodes: [leaderNow],
+      renew: true,
+      validity: { from: "20200101000000Z", to: "20210101000000Z" },
+    });
+    const refused = () =>
+      cluster.logs(leaderNow).filter((l) =>
+        l.includes("SIGHUP: could not reload the TLS files") && l.includes("--api-cert") &&
+        l.includes("expired on 2021-01-01T00:00:00.000Z")
+      ).length;
+    cluster.signal(leaderNow, "SIGHUP");
+    await waitFor(() => refused() === 1, {
+      deadlineMs: 10_000,
+      message: "the expired certificate to be refused",
+    });
+    const apiNow = await presented(port(cluster.api(leaderNow)), read(apiCerts.ca), null);
+    assert.deepEqual(apiNow, { fingerprint: apiInForce }, "the API kept its certificate");
+    const metrics = parseSamples((await cluster.request(leaderNow, "GET", "/metrics")).text);
+    assert.ok(sample(metrics, 'raftkv_reloads_total{what="api",result="failed"}') >= 1);
+    assert.equal((await put(leaderNow, "still-after")).status, 200);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -9,6 +9,7 @@
  */
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
+import { checkCertificateDates } from "./cert_dates.ts";
 import { ConfigError } from "./errors.ts";
 import { type RawValue, TOKENS_ENV } from "./flags.ts";
 
@@ -30,15 +31,18 @@ export interface ApiTls {
  * @param apiUrl This node's `api_url` (in k8s mode the derived one, whose scheme follows the
  * files: pass `null`).
  * @param readFile Reads a file's text.
+ * @param now The time the certificate must be valid at, in milliseconds since the epoch.
  * @returns The PEM texts, or `null` for plain HTTP.
- * @throws {ConfigError} On one file without the other, a scheme that does not match, or a file
- * that cannot be read or holds no PEM certificate or key.
+ * @throws {ConfigError} On one file without the other, a scheme that does not match, a file
+ * that cannot be read or holds no PEM certificate or key, or a certificate that has expired or is
+ * not valid yet (see {@linkcode checkCertificateDates}).
  */
 export function readApiTls(
   cert: RawValue | undefined,
   key: RawValue | undefined,
   apiUrl: string | null,
   readFile: (path: string) => string,
+  now: number = Date.now(),
 ): ApiTls | null {
   const https = apiUrl !== null && apiUrl.startsWith("https:");
   if (cert === undefined && key === undefined) {
@@ -59,10 +63,20 @@ export function readApiTls(
       } in the cluster file is http: write it as https://`,
     );
   }
-  return {
+  const tls = {
     cert: _readPem(cert, readFile, /-----BEGIN CERTIFICATE-----/, "a PEM certificate"),
     key: _readPem(key, readFile, /-----BEGIN [A-Z ]*PRIVATE KEY-----/, "a PEM private key"),
   };
+  let parsed: X509Certificate | null = null;
+  try {
+    parsed = new X509Certificate(tls.cert);
+  } catch {
+    // Said by the server at start, and by checkApiKeyPair on a reload.
+  }
+  if (parsed !== null) {
+    checkCertificateDates(parsed, `${cert.origin} ${JSON.stringify(cert.value)}`, now);
+  }
+  return tls;
 }
 
 /**

@@ -189,20 +189,22 @@ export interface TlsSources {
  *
  * @param config The node's id and where its files came from.
  * @param readFile Reads a file's text.
+ * @param now The time the certificates must be valid at, in milliseconds since the epoch.
  * @returns The new PEM texts: the peers' when peers use TLS, the API's when it serves HTTPS.
  * @throws {ConfigError} As at start-up, naming the setting and file.
  */
 export function reloadTlsFiles(
   config: Pick<NodeConfig, "id" | "tlsSources">,
   readFile: (path: string) => string,
+  now: number = Date.now(),
 ): { peer: PeerTlsConfig | null; api: ApiTls | null } {
   const { peer, api } = config.tlsSources;
   const peerFiles = peer === null
     ? null
-    : resolvePeerTls(peer, "https:", "cluster file", config.id, readFile);
+    : resolvePeerTls(peer, "https:", "cluster file", config.id, readFile, now);
   let apiFiles: ApiTls | null = null;
   if (api !== null) {
-    apiFiles = readApiTls(api.cert, api.key, null, readFile)!;
+    apiFiles = readApiTls(api.cert, api.key, null, readFile, now)!;
     checkApiKeyPair(apiFiles, api.cert, api.key);
   }
   return { peer: peerFiles, api: apiFiles };
@@ -240,6 +242,11 @@ export interface ParseArgsOptions {
    * environment variable from `env`.
    */
   hostname?: () => string | undefined;
+  /**
+   * The time the TLS certificates must be valid at, in milliseconds since the epoch. Default:
+   * `Date.now()`.
+   */
+  now?: number;
 }
 
 // "cluster-file" is the original Go project's name for the static mode; both spellings work.
@@ -287,6 +294,7 @@ export function parseArgs(
   if (parsed.switches.has("--help")) return { kind: "help", text: helpText() };
   if (parsed.switches.has("--version")) return { kind: "version" };
   const settings = new _Settings(parsed.values, env);
+  const now = options.now ?? Date.now();
 
   const joinChoice = settings.choice("--join-mode", _JOIN_MODES) ?? DEFAULTS.joinMode;
   const joinMode: JoinMode = joinChoice === "cluster-file" ? "static" : joinChoice;
@@ -323,7 +331,7 @@ export function parseArgs(
       );
     }
     apiPort = settings.port("--api-port") ?? urlPort(self.apiUrl);
-    apiTls = readApiTls(certFile, keyFile, self.apiUrl, readFile);
+    apiTls = readApiTls(certFile, keyFile, self.apiUrl, readFile, now);
     rpcPort = settings.port("--rpc-port") ?? urlPort(self.rpcUrl);
   } else {
     if (parsed.values.has("--cluster-config-path")) {
@@ -358,7 +366,7 @@ export function parseArgs(
       apiPort,
     });
     // Every pod of a StatefulSet runs with the same settings: all serve HTTPS or none does.
-    apiTls = readApiTls(certFile, keyFile, null, readFile);
+    apiTls = readApiTls(certFile, keyFile, null, readFile, now);
     if (apiTls !== null) {
       peers = peers.map((p) => ({ ...p, apiUrl: p.apiUrl.replace(/^http:/, "https:") }));
     }
@@ -409,6 +417,7 @@ export function parseArgs(
     `cluster file ${JSON.stringify(clusterConfigPath)}`,
     id,
     readFile,
+    now,
   );
 
   const walDir = settings.string("--log-entry-path");

@@ -1,3 +1,4 @@
+import { X509Certificate } from "node:crypto";
 import assert from "node:assert/strict";
 import { makeCertificates } from "../../testing/certs.ts";
 import {
@@ -964,6 +965,76 @@ Deno.test("reloadTlsFiles() reads the TLS files again with the start-up checks, 
     () => reloadTlsFiles(sources, readDisk),
     '--api-cert "api.pem" does not hold a PEM certificate',
   );
+});
+
+Deno.test("parseArgs() and reloadTlsFiles() refuse certificates that expired or are not valid yet", async () => {
+  const { files, read } = await _tlsFiles();
+  const day = 86_400_000;
+  const issued = Date.parse(new X509Certificate(files["node-1.pem"]!).validFrom);
+  const api = ["--api-cert", "node-2.pem", "--api-key", "node-2.key"];
+  const https = _files({
+    ...files,
+    [_FILE_PATH]: _FILE.replaceAll("http:", "https:"),
+  });
+  const at = (now: number, argv = _TLS_FLAGS, readFile = read) => () =>
+    parseArgs(argv, {}, readFile, { now });
+  // Valid (365 days from their making), and within the clock skew allowed before it.
+  assert.equal(
+    _config(_TLS_FLAGS, {}, read, { now: issued + 364 * day }).peerTls?.certPath,
+    "node-1.pem",
+  );
+  assert.equal(
+    _config(_TLS_FLAGS, {}, read, { now: issued - 60_000 }).peerTls?.certPath,
+    "node-1.pem",
+  );
+  // The node's own certificate (the CA's runs as long: the CA's own end is checked too).
+  _assertConfigError(
+    at(issued + 366 * day),
+    'The certificate in --peer-cert "node-1.pem" expired on',
+  );
+  _assertConfigError(
+    at(issued - day),
+    'The certificate in --peer-cert "node-1.pem" is not valid before',
+    "is a clock wrong?",
+  );
+  // The API's.
+  const both = [..._TLS_FLAGS, ...api];
+  assert.ok(_config(both, {}, https, { now: issued + day }).apiTls !== null);
+  _assertConfigError(at(issued + 366 * day, both, https), "expired on");
+  const apiOnly = ["--id", "node-1", ...api];
+  _assertConfigError(
+    at(issued + 366 * day, apiOnly, _files({ ...files, [_FILE_PATH]: _TLS_FILE })),
+    'The certificate in --api-cert "node-2.pem" expired on',
+  );
+  // A lone CA past its end: no peer's certificate verifies.
+  const dir = await Deno.makeTempDir();
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["node-1"] });
+    const from = new Date(Date.now() - day).toISOString().replace(/[-:T]|\.\d+/g, "");
+    await makeCertificates(dir, {
+      nodes: ["node-1"],
+      renew: true,
+      validity: { from, to: "20991231000000Z" },
+    });
+    const longLived = _files({
+      [_FILE_PATH]: _FILE.replaceAll('"rpc_url":"http:', '"rpc_url":"https:'),
+      "ca.pem": Deno.readTextFileSync(certs.ca),
+      "node-1.pem": Deno.readTextFileSync(certs.node("node-1").cert),
+      "node-1.key": Deno.readTextFileSync(certs.node("node-1").key),
+    });
+    assert.ok(_config(_TLS_FLAGS, {}, longLived).peerTls !== null);
+    _assertConfigError(
+      at(Date.now() + 366 * day, _TLS_FLAGS, longLived),
+      'The certificate in --peer-ca "ca.pem" expired on',
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // A reload gets the same checks.
+  const config = _config(both, {}, https, { now: issued + day });
+  assert.ok(reloadTlsFiles(config, https, issued + day).peer !== null);
+  _assertConfigError(() => reloadTlsFiles(config, https, issued + 366 * day), "expired on");
+  _assertConfigError(() => reloadTlsFiles(config, https, issued - day), "is not valid before");
 });
 
 Deno.test("parseArgs() refuses peer TLS settings that do not fit the rpc_urls or each other", async () => {

@@ -7,6 +7,7 @@
  */
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
+import { checkCertificateDates } from "./cert_dates.ts";
 import { ConfigError } from "./errors.ts";
 import type { RawValue } from "./flags.ts";
 
@@ -40,8 +41,9 @@ export interface PeerTlsSettings {
  * Decides whether peers use mutual TLS and loads its files: all three settings with `https:`
  * `rpc_url`s, or none of them with `http:` ones. Anything else is a configuration error, as is a
  * file that cannot be read or parsed, a key that does not belong to the certificate, a
- * certificate whose subject CN is not this node's id (peers would refuse every request) or one
- * the CA did not sign (checked when each file holds a single certificate).
+ * certificate whose subject CN is not this node's id (peers would refuse every request), one
+ * the CA did not sign (checked when each file holds a single certificate), or a certificate (or a
+ * lone CA certificate) that has expired or is not valid yet (see {@linkcode checkCertificateDates}).
  *
  * @param settings The three settings.
  * @param scheme The scheme of every member's `rpc_url` (the cluster file checks that they agree),
@@ -49,6 +51,7 @@ export interface PeerTlsSettings {
  * @param where Where the `rpc_url`s come from, for messages, such as `cluster file "c.json"`.
  * @param id This node's id.
  * @param readFile Reads a file's text.
+ * @param now The time the certificates must be valid at, in milliseconds since the epoch.
  * @returns The files, or null for cleartext peers.
  * @throws {ConfigError} Naming the flag or variable and quoting the bad value.
  */
@@ -58,6 +61,7 @@ export function resolvePeerTls(
   where: string,
   id: string,
   readFile: (path: string) => string,
+  now: number = Date.now(),
 ): PeerTlsConfig | null {
   const names = { cert: "--peer-cert", key: "--peer-key", ca: "--peer-ca" } as const;
   const given = (["cert", "key", "ca"] as const).filter((k) => settings[k] !== undefined);
@@ -141,6 +145,12 @@ export function resolvePeerTls(
       `The certificate in ${cert.origin} ${JSON.stringify(cert.value)} is not signed by the CA ` +
         `in ${ca.origin} ${JSON.stringify(ca.value)}, so peers would refuse it`,
     );
+  }
+  checkCertificateDates(own, `${cert.origin} ${JSON.stringify(cert.value)}`, now);
+  // A bundle of CAs (while the CA is replaced) may hold an old one past its end; a lone CA must
+  // be valid, or no peer's certificate verifies.
+  if (_count(files.ca) === 1) {
+    checkCertificateDates(authority, `${ca.origin} ${JSON.stringify(ca.value)}`, now);
   }
   return files;
 }
