@@ -345,6 +345,11 @@ export async function main(args: string[]): Promise<number> {
   // The looks read without blocking (a file system that hangs must not stop the node), and they
   // and signals take turns: a look never compares with contents a signal is loading.
   const changes = new FileChanges(_reloadedFiles(config), (p) => Deno.readTextFile(p));
+  // Every series a reload can move exists from the start, at 0: an alert on its increase then
+  // fires on the first failure too (a series that appears at 1 has not increased).
+  for (const what of changes.groups) {
+    for (const result of ["ok", "failed"]) reloads.labels(what, result);
+  }
   await changes.settle(changes.groups, loaded);
   let turns = Promise.resolve();
   let looks = 0;
