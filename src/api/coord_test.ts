@@ -408,6 +408,47 @@ Deno.test("a misspelt parameter or body field is refused and changes nothing: a 
   });
 });
 
+Deno.test("a parameter given twice, or a body on a delete, is refused and changes nothing: neither widens a delete nor drops its condition", async () => {
+  await withNode(async (call) => {
+    const a = await json(await call("POST", "/v1/data", { k: "a", v: "1" }), 200);
+    await json(await call("POST", "/v1/data", { k: "zz/1", v: "1" }), 200);
+    await error(
+      await call("DELETE", "/v1/data?prefix=&prefix=zz/"),
+      400,
+      /the query parameter "prefix" is given 2 times; give it once/,
+    );
+    await error(await call("DELETE", "/v1/data?start=a&end=&end=b"), 400, /"end" is given 2/);
+    await error(await call("PUT", "/v1/data/a?cas=0&cas=5", { v: "2" }), 400, /"cas" is given 2/);
+    await error(
+      await call("GET", "/v1/data/a?consistency=stale&consistency=bogus"),
+      400,
+      /"consistency" is given 2/,
+    );
+    await error(await call("GET", "/v1/data?prefix=&prefix=zz/&count_only"), 400, /"prefix"/);
+    // A delete's body would be ignored: its cas, or another range.
+    await error(
+      await call("DELETE", "/v1/data/a", { cas: 999 }),
+      400,
+      /deleting a key takes no request body: .*\?cas=N/,
+    );
+    await error(
+      await call("DELETE", "/v1/data?prefix=zz/", { prefix: "a" }),
+      400,
+      /deleting a range takes no request body/,
+    );
+    await error(await call("DELETE", "/v1/data/a", "x"), 400, /takes no request body/);
+    const all = await json(await call("GET", "/v1/data?prefix="), 200);
+    assert.deepEqual((all.items as { k: string }[]).map((i) => i.k), ["a", "zz/1"]);
+    const got = await json(await call("GET", "/v1/data/a"), 200);
+    assert.equal(got.mod_index, a.index);
+    // An empty body is no body; each parameter once still works.
+    await json(await call("DELETE", `/v1/data/a?cas=${a.index}`, ""), 200);
+    await json(await call("DELETE", "/v1/data?prefix=zz/", ""), 200);
+    const none = await json(await call("GET", "/v1/data?prefix=&count_only"), 200);
+    assert.equal(none.count, 0);
+  });
+});
+
 Deno.test("ranges list keys in key order, page by page, with keys_only and count_only", async () => {
   await withNode(async (call) => {
     const keys = ["app/b", "app/a", "app/c/1", "apple", "b", "app", "app/\u{1f511}", "app/\uffff"];

@@ -98,7 +98,7 @@ import { type ClusterMember, gatherCluster, MEMBER_TIMEOUT_MS } from "./cluster.
 import { isUiPath, uiResponse } from "./ui.ts";
 import { leaderTransferRoute } from "./admin.ts";
 import { addMemberRoute, listMembersRoute, MEMBERS_PREFIX, removeMemberRoute } from "./members.ts";
-import { checkKey, pathKey } from "./validate.ts";
+import { checkKey, pathKey, singleParams } from "./validate.ts";
 import { watchRoute } from "./watch.ts";
 
 export {
@@ -359,6 +359,7 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
       return jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
     }
     try {
+      singleParams(url);
       return _withIndex(ctx, await _route(ctx, req, url, caller), url);
     } catch (err) {
       const by = caller === null ? "" : ` (caller ${quote(caller.name)})`;

@@ -32,6 +32,7 @@ import {
   parseObject,
   readBody,
   readConsistency,
+  refuseBody,
   requireJson,
   stringField,
   writeKey,
@@ -168,6 +169,13 @@ export async function deleteRoute(
   const cas = casParam(url, null, key);
   const cmd: PlainCommand = cas === undefined ? { op: "delete", key } : { op: "delete", key, cas };
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
+  await refuseBody(
+    req,
+    ctx.maxBodyBytes,
+    deadline,
+    "deleting a key takes no request body: for a compare-and-set delete, put the mod_index in " +
+      "the query (?cas=N)",
+  );
   let result: KvResult;
   try {
     result = await raceAbort((signal) => ctx.backend.write(cmd, signal, idem), deadline.signal);

@@ -21,7 +21,7 @@ import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, quote } from "./errors.ts";
 import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome.ts";
-import { flagParam, onlyParams, readConsistency } from "./validate.ts";
+import { flagParam, onlyParams, readConsistency, refuseBody } from "./validate.ts";
 
 /** The most items a page may hold (`limit`). */
 export const MAX_RANGE_LIMIT = 10_000;
@@ -120,6 +120,13 @@ export async function deleteRangeRoute(
   }
   const idem = idempotencyKey(req);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
+  await refuseBody(
+    req,
+    ctx.maxBodyBytes,
+    deadline,
+    "deleting a range takes no request body: say which keys in the query (?prefix=p, or " +
+      "?start=a&end=b)",
+  );
   let result: KvResult;
   try {
     result = await raceAbort(

@@ -97,6 +97,58 @@ export async function readBody(
 }
 
 /**
+ * Refuses a body where the route takes none: a `DELETE` whose body says `{"cas":3}` must not
+ * delete unconditionally. No body, or an empty one (`Content-Length: 0`, as some clients send on
+ * every request), passes.
+ *
+ * @param req The request.
+ * @param maxBodyBytes The largest body the API reads at all.
+ * @param deadline The request's deadline, which bounds the reading.
+ * @param message Why the body is refused (what to send instead).
+ * @throws {ApiError} 400 with `message` for a non-empty body; as {@linkcode readBody} for one
+ * too large, late or broken.
+ */
+export async function refuseBody(
+  req: Request,
+  maxBodyBytes: number,
+  deadline: Deadline,
+  message: string,
+): Promise<void> {
+  if (req.body === null) return;
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (declared > 0 && declared <= maxBodyBytes) {
+    // Known not to be empty: refused without reading it.
+    await req.body.cancel().catch(() => {});
+    throw new ApiError(400, message);
+  }
+  if ((await readBody(req, maxBodyBytes, deadline)).byteLength > 0) {
+    throw new ApiError(400, message);
+  }
+}
+
+/**
+ * Refuses a query parameter given more than once: the routes read one value of each, and taking
+ * the first of `?prefix=&prefix=users/` would delete every key.
+ *
+ * @param url The request's URL.
+ * @throws {ApiError} 400 naming the parameter.
+ */
+export function singleParams(url: URL): void {
+  const seen = new Set<string>();
+  for (const name of url.searchParams.keys()) {
+    if (seen.has(name)) {
+      throw new ApiError(
+        400,
+        `the query parameter ${quote(name)} is given ${
+          url.searchParams.getAll(name).length
+        } times; give it once`,
+      );
+    }
+    seen.add(name);
+  }
+}
+
+/**
  * Parses a body as a JSON object.
  *
  * @param bytes The body.
