@@ -131,8 +131,10 @@ export async function main(args: string[]): Promise<number> {
   // Changed in place as the configuration changes: the API forwards to the leader's rpc_url.
   const liveMembers = [...config.peers];
   // With --join, only a node with no data asks to be added; one with data is a member already.
+  // A term alone is no data: a node added that went down before its first snapshot arrived has
+  // one, and no configuration, so no addresses: asking again tells it the members.
   const joinNow = config.join !== null && storage.snapshot === null &&
-    storage.entries.length === 0 && storage.hardState.term === 0;
+    storage.entries.length === 0;
   if (config.join !== null && !joinNow) {
     log.info(`--join ${config.join} ignored: this node has data; it uses the configuration in it`);
   }

@@ -240,7 +240,9 @@ faults injected:  ${t("crashes")} crashes (${t("powerFailures")} power failures,
     t("diskFailureStops")
   } nodes stopped themselves on them), ${t("partitions")} partitions, ${t("pauses")} pauses, ${
     t("messagesDropped")
-  } of ${t("messagesSent")} messages dropped, ${t("messagesDuplicated")} duplicated
+  } of ${t("messagesSent")} messages dropped, ${t("messagesDuplicated")} duplicated, ${
+    t("messagesUnaddressed")
+  } not sent (no address for the peer)
 elections:        ${t("elections")} (max term ${maxTerm}), ${t("diskWrites")} disk writes, ${
     t("events")
   } steps

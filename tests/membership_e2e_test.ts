@@ -445,6 +445,57 @@ Deno.test("a node joining through a leader whose newest snapshot predates both t
   );
 });
 
+Deno.test("a node that joined a cluster restored from a backup reaches its members after a kill -9 and restart", async () => {
+  // The restored members' configuration has no addresses (their cluster file gives them); the
+  // joiner's cluster file lists only itself, so it knows the others' addresses only from the
+  // snapshot the leader sent it, which must record them.
+  await using cluster = await startCluster({ size: 3 });
+  const ids = ["node-1", "node-2", "node-3"];
+  let leader = await cluster.waitForLeader();
+  for (let i = 0; i < 5; i++) {
+    const r = await attempt(`${cluster.api(leader)}/v1/data/k${i}`, "PUT", { v: `${i}` }, 5000);
+    assert.ok(r.kind === "answer" && r.status === 200, JSON.stringify(r));
+  }
+  const backup = join(cluster.dataRoot, "backup.snap");
+  const res = await fetch(`${cluster.api(leader)}/v1/snapshot`);
+  assert.equal(res.status, 200);
+  await Deno.writeFile(backup, new Uint8Array(await res.arrayBuffer()));
+  for (const id of ids) assert.equal(await cluster.stop(id), 0);
+  for (const id of ids) {
+    await Deno.remove(cluster.node(id).dataDir, { recursive: true });
+    await Deno.mkdir(cluster.node(id).dataDir);
+  }
+  for (const id of ids) {
+    await cluster.start(id, { flags: ["--restore-from", backup, "--cluster-token", "restored"] });
+  }
+  leader = await cluster.waitForLeader();
+
+  await joinAsVoter(cluster, "node-4", () => leader);
+  await cluster.kill("node-4");
+  const after = await attempt(`${cluster.api(leader)}/v1/data/after`, "PUT", { v: "x" }, 5000);
+  assert.ok(after.kind === "answer" && after.status === 200, JSON.stringify(after));
+  await cluster.start("node-4");
+  // A linearizable read on node-4 is forwarded to the leader, and node-4 must have applied the
+  // write: both need the members' addresses.
+  await waitFor(async () => {
+    const r = await attempt(`${cluster.api("node-4")}/v1/data/after`, "GET", undefined, 2000);
+    return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "x";
+  }, {
+    deadlineMs: 15_000,
+    intervalMs: 100,
+    message: () => `node-4 to read the write after its restart\n${cluster.formatLogs(["node-4"])}`,
+  });
+  const members = await attempt(`${cluster.api("node-4")}/v1/members`, "GET", undefined, 2000);
+  assert.ok(members.kind === "answer" && members.status === 200, JSON.stringify(members));
+  for (const m of (members.json as { members: { node_id: string; rpc_url: string }[] }).members) {
+    assert.equal(m.rpc_url, cluster.rpc(m.node_id), `node-4's address for ${m.node_id}`);
+  }
+  assert.ok(
+    !cluster.logs("node-4").some((l) => l.includes("no address for member")),
+    cluster.formatLogs(["node-4"]),
+  );
+});
+
 Deno.test("a member that was down while a new node joined and took the lead catches up while that node leads", async () => {
   await using cluster = await startCluster({ size: 3 });
   const leader = await cluster.waitForLeader();

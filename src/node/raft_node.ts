@@ -18,6 +18,7 @@ import { ConfChangeError, LeaderTransferError, NotLeaderError } from "../raft/er
 import { seededRandom } from "../raft/rand.ts";
 import {
   confLists,
+  type ConfState,
   type Entry,
   EntryType,
   type HardState,
@@ -442,8 +443,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   readonly #storage: NodeStorage;
   readonly #transport: Transport;
   #members: Map<NodeId, Member>;
-  /** The bootstrap members (cluster file), for addresses a configuration lacks. */
+  /**
+   * The bootstrap members (cluster file), for addresses a configuration lacks, with those a
+   * joining node heard from the cluster ({@linkcode RaftNode.learnAddresses}).
+   */
   readonly #bootstrap: Map<NodeId, Member>;
+  /** The cluster file's members alone: what a restart knows without the configuration. */
+  readonly #clusterFile: ReadonlyMap<NodeId, Member>;
   readonly #onMembership: ((members: readonly Member[], open: boolean) => void) | undefined;
   /** What the configuration in force was when #members was last built from it (null: never). */
   #confSeen: _ConfSeen | null = null;
@@ -585,6 +591,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#clock = options.clock ?? realClock;
     this.#members = new Map(options.members.map((m) => [m.id, m]));
     this.#bootstrap = new Map(this.#members);
+    this.#clusterFile = new Map(this.#members);
     this.#onMembership = options.onMembership;
     this.#heartbeatMs = options.heartbeatMs ?? 100;
     this.#electionMs = options.electionTimeoutMs ?? 1000;
@@ -647,7 +654,16 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       heartbeatTicks: 1,
       random: seededRandom(seed),
       hardState: this.#storage.hardState,
-      snapshot,
+      // The configuration a configuration change copies must hold every member's addresses (a
+      // joining node learns them from it): a snapshot written as booted, or restored from a
+      // backup, has none, and the cluster file gives them.
+      snapshot: snapshot && {
+        ...snapshot,
+        info: _withAddresses(
+          { voters: snapshot.voters, learners: snapshot.learners ?? [], info: snapshot.info ?? {} },
+          this.#clusterFile,
+        ),
+      },
       entries: this.#storage.entries,
     });
     this.#storage.releaseRecovered?.();
@@ -763,6 +779,15 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         `configuration: voters [${conf.voters.join(", ")}], learners [${
           conf.learners.join(", ")
         }] (entry ${core.confIndex})`,
+      );
+    }
+    const unknown = [...members.values()].filter((m) => m.id !== this.id && m.rpcUrl === "");
+    if (!open && unknown.length > 0) {
+      this.#log.warn(
+        `no address for member(s) ${
+          unknown.map((m) => m.id).join(", ")
+        }: neither the configuration nor the cluster file gives one, so this node cannot send ` +
+          "them anything; list them in its cluster file (with their rpc_url and api_url)",
       );
     }
     if (core.removed && !this.#saidRemoved) {
@@ -2285,18 +2310,21 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const view = this.#kv.view();
     const conf = this.#core.confAt(view.index);
     // A cluster whose membership never changed writes its snapshots as before (voters only):
-    // the cluster file gives the same members and addresses.
-    const boot = this.#bootstrap;
-    const asBooted = conf.learners.length === 0 && conf.voters.length === boot.size &&
+    // the cluster file gives the same members and addresses (those the configuration has none
+    // for came from it). Not a joined node's: its cluster file lists only itself, whatever it
+    // heard since.
+    const file = this.#clusterFile;
+    const asBooted = conf.learners.length === 0 && conf.voters.length === file.size &&
       conf.voters.every((id) => {
-        const m = boot.get(id);
-        return m !== undefined && conf.info[id] === memberInfo(m);
+        const m = file.get(id);
+        const info = conf.info[id];
+        return m !== undefined && (info === undefined || info === memberInfo(m));
       });
     const meta: SnapshotMeta = {
       index: view.index,
       term: this.#core.log.term(view.index)!,
       voters: conf.voters,
-      ...(asBooted ? {} : { learners: conf.learners, info: conf.info }),
+      ...(asBooted ? {} : { learners: conf.learners, info: _withAddresses(conf, this.#bootstrap) }),
     };
     const started = this.#clock.now();
     const logBytes = this.#logBytes;
@@ -2616,6 +2644,28 @@ const _RECORD_OVERHEAD = HEADER_SIZE + ENTRY_FIELDS_SIZE;
 /** A member's addresses as kept in the configuration (`ConfState.info`). */
 function memberInfo(m: { rpcUrl: string; apiUrl: string }): string {
   return JSON.stringify({ rpc_url: m.rpcUrl, api_url: m.apiUrl });
+}
+
+/**
+ * `conf.info` with the addresses of the members it has none for taken from `known` (the cluster
+ * file, and what a joining node heard in the answer to its join request). A configuration that
+ * came from a snapshot written as booted (voters only), or from a restored backup, has no
+ * addresses: the cluster file gave them. A snapshot that records the members must record their
+ * addresses too, or a node that installs it (one that joined, whose cluster file lists only
+ * itself) knows no one once it restarts.
+ */
+function _withAddresses(
+  conf: ConfState,
+  known: ReadonlyMap<NodeId, Member>,
+): Record<NodeId, string> {
+  let info = conf.info;
+  for (const id of [...conf.voters, ...conf.learners]) {
+    const m = known.get(id);
+    if (info[id] !== undefined || m === undefined || m.rpcUrl === "") continue;
+    if (info === conf.info) info = { ...conf.info };
+    info[id] = memberInfo(m);
+  }
+  return info;
 }
 
 /** The member a configuration's info describes, or null when it has none (or not this form). */

@@ -47,6 +47,8 @@ export class SimNode {
   spare = false;
   /** Whether a membership change ever asked to add it (a spare never added never starts). */
   added = false;
+  /** The incarnation of a spare that heard the answer to its join (the members' addresses). */
+  joinAnswered = 0;
   /** Whether its disk is full (a disk-full episode is in force on it). */
   diskFull = false;
   /** Whether its disk failed (EIO on every operation) under its running incarnation. */

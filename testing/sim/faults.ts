@@ -370,12 +370,28 @@ export class Faults {
         ({ index }) => {
           this.#ctx.stats[op === "add" ? "memberAdds" : "memberRemoves"]++;
           this.#ctx.note(`${n.id}: ${op} ${target} applied at ${index}`);
-          // The answer to the node's join request names the cluster (main.ts confirms it).
+          // The answer to the node's join request names the cluster (main.ts confirms it) and
+          // lists the members with their addresses (main.ts passes them on).
           const cluster = node.status().cluster_id;
-          if (op === "add" && cluster !== undefined) {
-            this.#ctx.later(1, () => {
-              spare!.clock?.run(() => spare!.node?.confirmCluster(cluster, n.id));
-            });
+          if (op === "add") {
+            const members = node.membership.list()
+              .map((m) => ({ id: m.node_id, rpcUrl: m.rpc_url, apiUrl: m.api_url }));
+            // main.ts asks once its node runs: a spare still opening its storage hears it then.
+            const inc = spare!.inc;
+            const answer = () => {
+              if (spare!.inc !== inc) return;
+              if (spare!.node === null) {
+                if (spare!.starting) this.#ctx.later(10, answer);
+                return; // down again: it asks again when it restarts (askToJoin)
+              }
+              spare!.clock?.run(() => {
+                if (!spare!.node) return;
+                spare!.joinAnswered = inc;
+                spare!.node.learnAddresses(members);
+                if (cluster !== undefined) spare!.node.confirmCluster(cluster, n.id);
+              });
+            };
+            this.#ctx.later(1, answer);
           }
         },
         (e) => {

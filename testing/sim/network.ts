@@ -7,6 +7,9 @@
  * transport's `x-raftkv-cluster`: each batch carries the cluster id its sender knew); a batch
  * between correct nodes that the validator, the cluster check or the core refuses fails the run
  * (`peer-refusal`). {@linkcode SimNetwork.sendFromOtherCluster} delivers another cluster's.
+ * As the HTTP transport, a node reaches only the peers in its address book (its bootstrap
+ * members, then what the node passes to `setPeers`: the members whose addresses it knows);
+ * messages, snapshots and members queries for any other are dropped.
  *
  * @module
  */
@@ -47,6 +50,8 @@ interface _Endpoint {
   validator: PeerValidator;
   /** Set while a snapshot upload runs (a real peer handler takes one at a time). */
   uploading: boolean;
+  /** The peers this incarnation has addresses for. */
+  book: ReadonlySet<NodeId>;
   closed: boolean;
 }
 
@@ -63,19 +68,31 @@ export class SimNetwork {
     [this.#host, this.#members] = [host, members];
   }
 
-  /** Connects an incarnation of node `id`; its messages stop when `clock` dies. */
-  connect(id: NodeId, clock: NodeClock, handlers: TransportHandlers): Transport {
+  /**
+   * Connects an incarnation of node `id`, which knows the addresses of `peers` (its bootstrap
+   * members) until it says otherwise; its messages stop when `clock` dies.
+   */
+  connect(
+    id: NodeId,
+    clock: NodeClock,
+    handlers: TransportHandlers,
+    peers: readonly NodeId[],
+  ): Transport {
     const validator = new PeerValidator({
       self: id,
       members: this.#members,
       checkEntryData: decodeCommand,
     });
-    const ep: _Endpoint = { id, clock, handlers, validator, uploading: false, closed: false };
+    const book = new Set(peers);
+    const ep: _Endpoint = { id, clock, handlers, validator, uploading: false, closed: false, book };
     this.#live.set(id, ep);
     return {
       send: (messages) => this.#send(ep, messages),
       sendSnapshot: (msg, open) => this.#sendSnapshot(ep, msg, open),
       queryMembers: (peer) => this.#queryMembers(ep, peer),
+      setPeers: (peers) => {
+        ep.book = new Set(peers.map((p) => p.id));
+      },
       close: () => {
         ep.closed = true;
         return Promise.resolve();
@@ -103,6 +120,11 @@ export class SimNetwork {
     if (!this.#alive(from)) return;
     const { faults, stats, random: r } = this.#host;
     for (const [to, queued] of Map.groupBy(messages, (m) => m.to)) {
+      if (!from.book.has(to)) {
+        // The HTTP transport drops them too: it has no address to send them to.
+        stats.messagesUnaddressed += queued.length;
+        continue;
+      }
       // As the real transport does with what it queued for a peer.
       const batch = coalesceMessages(queued, _MAX_MERGED_ENTRY_BYTES);
       stats.messagesSent += batch.length;
@@ -202,6 +224,7 @@ export class SimNetwork {
    * receiver answers "removed" as for messages, else with its committed configuration.
    */
   #queryMembers(from: _Endpoint, to: NodeId): Promise<CommittedMembers | null> {
+    if (!from.book.has(to)) return Promise.resolve(null);
     this.#host.stats.membersQueries++;
     return new Promise((resolve) => {
       const { faults, random: r } = this.#host;
@@ -254,6 +277,7 @@ export class SimNetwork {
     if (msg.type !== MessageType.Snap) {
       throw new RangeError(`Cannot send snapshot: message type must be Snap, got ${msg.type}`);
     }
+    if (!from.book.has(msg.to)) throw new Error(`no address for peer "${msg.to}"`);
     const stats = this.#host.stats;
     stats.snapshotsSent++;
     // Like the real transport, give up after a while (a receiver that crashed never answers).

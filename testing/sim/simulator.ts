@@ -193,6 +193,7 @@ export const DISK_FAULTS = [
   "snapshot-live-state",
   "nospace-fatal",
   "forget-cluster-id",
+  "snapshot-without-addresses",
 ] as const;
 
 /**
@@ -206,7 +207,10 @@ export const DISK_FAULTS = [
  * `nospace-fatal`: a log or hard-state write that finds the disk full fails as any other IO error
  * would (as in the first version, where a full disk stopped the node for good).
  * `forget-cluster-id`: the storage knows no cluster id (as files from before ids, or a storage
- * that lost it), so the node takes peers of any cluster.
+ * that lost it), so the node takes peers of any cluster. `snapshot-without-addresses`: snapshots
+ * record the members without their addresses (as snapshots did whose configuration came from a
+ * snapshot written as booted, or from a restored backup): a node that restarts from one knows
+ * only the addresses its cluster file gives.
  */
 export type DiskFault = (typeof DISK_FAULTS)[number];
 
@@ -339,6 +343,7 @@ export const COUNTERS = [
   "pauses",
   "messagesSent",
   "messagesDropped", // randomly, to a partition or to a down node
+  "messagesUnaddressed", // to a peer the sender had no address for (as the HTTP transport drops them)
   "messagesDuplicated",
   "diskWrites", // log appends and hard-state saves completed
   "snapshotsTaken", // snapshots a node wrote of its own state
@@ -915,14 +920,25 @@ class _Simulation implements SimContext {
       this.note(`${n.id} ${level}: ${args.map((a) => (a as Error)?.message ?? a).join(" ")}`);
     };
     const { tickMs } = this.faults;
+    // main.ts asks to join only with no data (see #askToJoin).
+    const empty = inner.snapshot === null && inner.entries.length === 0;
+    // The bootstrap configuration (the cluster file); a spare's lists only itself: it joins (and
+    // never bootstraps), and knows the others' addresses only as the join's answer and the
+    // configuration give them.
+    const members = this.nodes.filter((m) => n.spare ? m === n : !m.spare)
+      .map((m) => ({ id: m.id, rpcUrl: `sim://${m.id}`, apiUrl: m.id }));
     const node = new RaftNode({
       id: n.id,
-      // The bootstrap configuration; a spare has none: it joins (and never bootstraps).
-      members: this.nodes.filter((m) => n.spare ? m === n : !m.spare)
-        .map((m) => ({ id: m.id, rpcUrl: `sim://${m.id}`, apiUrl: m.id })),
+      members,
       join: n.spare,
       storage: this.#watchStorage(n, inc, clock, inner),
-      transport: (handlers) => this.#network.connect(n.id, clock, handlers),
+      transport: (handlers) =>
+        this.#network.connect(
+          n.id,
+          clock,
+          handlers,
+          members.filter((m) => m.id !== n.id).map((m) => m.id),
+        ),
       clock,
       heartbeatMs: tickMs,
       electionTimeoutMs: this.electionMs,
@@ -949,6 +965,34 @@ class _Simulation implements SimContext {
     [n.node, n.starting, n.lastCommit, n.lastApplied, n.seen] = [node, false, 0, -1, [0]];
     n.alarm = false;
     node.start();
+    if (n.spare && empty) this.#askToJoin(n, inc);
+  }
+
+  /**
+   * A spare started with no data: main.ts, started with --join, asks to be added until it hears
+   * an answer, which lists the members (their addresses) and names the cluster. The membership
+   * change that adds it stands for the first request, and its outcome for the answer; when that
+   * outcome is lost (the change timed out, the node restarted before it heard it), the request
+   * asked again is answered that it is a member already, with the same list. Asked every second
+   * of the node's time until a live member lists it.
+   */
+  #askToJoin(n: SimNode, inc: number): void {
+    n.clock!.schedule(1_000, () => {
+      if (n.inc !== inc || !n.node || n.joinAnswered === inc) return;
+      for (const m of this.nodes) {
+        if (m === n || !m.node) continue;
+        const members = m.node.membership.list();
+        if (!members.some((x) => x.node_id === n.id)) continue;
+        n.node.learnAddresses(
+          members.map((x) => ({ id: x.node_id, rpcUrl: x.rpc_url, apiUrl: x.api_url })),
+        );
+        const cluster = m.node.status().cluster_id;
+        if (cluster !== undefined) n.node.confirmCluster(cluster, m.id);
+        n.joinAnswered = inc;
+        return;
+      }
+      this.#askToJoin(n, inc);
+    });
   }
 
   /**
@@ -971,6 +1015,10 @@ class _Simulation implements SimContext {
     const overrides: Partial<NodeStorage> = {
       ...(fault === "forget-cluster-id" ? { clusterId: undefined, adoptClusterId: () => {} } : {}),
       saveSnapshot: async (meta, count, pairs) => {
+        if (fault === "snapshot-without-addresses") {
+          const { info: _, ...bare } = meta;
+          return inner.saveSnapshot(bare, count, pairs);
+        }
         if (fault !== "snapshot-live-state") return inner.saveSnapshot(meta, count, pairs);
         // Let the node apply more entries (up to 10 ticks), then write its live data instead.
         for (let i = 0; i < 10 && (n.node?.inspect().applied ?? 0) <= meta.index; i++) {

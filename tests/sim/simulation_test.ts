@@ -261,8 +261,8 @@ Deno.test("a graceful stop waits for the snapshot its last write started before 
  * unaware learner (and pass with them): `deno task seeds:away` finds them anew when the runs move.
  */
 const AWAY_SEEDS: [number, CheckName][] = [
-  [50, "stale-member"],
-  [58, "stale-member"],
+  [59, "stale-member"],
+  [72, "stale-member"],
   [86, "removed-unaware"],
 ];
 
@@ -402,6 +402,22 @@ Deno.test("a storage that compacts the log past its snapshot is caught", async (
   });
   assert.ok(failures.length > 0, "no seed caught the compaction past the snapshot");
   assert.match(failures[0]!.replay, /--snapshot-threshold 20 .*--disk-fault compact-past-snapshot/);
+});
+
+Deno.test("snapshots that record the members without their addresses are caught: a joined node restarted from one knows no one", async () => {
+  // Membership changes and restarts with snapshots: a node added to the cluster (whose cluster
+  // file lists only itself) restarts from a snapshot of its own or the leader's.
+  const { failures } = await _runSeeds(_range(1, 10), (seed) => ({
+    seed,
+    nodes: 3,
+    durationMs: 20_000,
+    diskFault: "snapshot-without-addresses",
+  }), 1);
+  assert.ok(failures.length > 0, "no seed caught the snapshots without addresses");
+  const f = failures[0]!;
+  assert.equal(f.check, "convergence", _describe(failures));
+  assert.match(f.message, /no address for member\(s\)/);
+  assert.match(f.replay, /--disk-fault snapshot-without-addresses/);
 });
 
 Deno.test("a storage that installs a received snapshot without its WAL reset record is caught", async () => {
