@@ -29,7 +29,7 @@ import {
   readEnv,
 } from "./src/cli/env.ts";
 import { healthcheck } from "./src/cli/healthcheck.ts";
-import { isClientCommand, runClient } from "./src/cli/client/client.ts";
+import { clientArgs, runClient } from "./src/cli/client/client.ts";
 import { createLogger, type Logger, rateLimited } from "./src/cli/logger.ts";
 import { createApiHandler, createForwarder } from "./src/api/handler.ts";
 import { decodeCommand } from "./src/kv/state_machine.ts";
@@ -61,7 +61,8 @@ export {
 /** Runs a node until SIGINT/SIGTERM; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
   if (args[0] === "healthcheck") return await healthcheck(args.slice(1));
-  if (isClientCommand(args[0])) return await runClient(args);
+  const client = clientArgs(args);
+  if (client !== null) return await runClient(client);
   // SIGHUP's default action stops the process: one that comes while the node starts (a reload
   // sent to every node, one of them restarting) is held, and acted on once the node runs.
   using hangups = _heldSignal("SIGHUP");

@@ -25,7 +25,7 @@ interface _Run {
 /** Runs `raftkv <args>` in a process of its own, with only `env` (no inherited RAFTKV_*). */
 async function raftkv(
   args: string[],
-  options: { env?: Record<string, string>; stdin?: string } = {},
+  options: { env?: Record<string, string>; stdin?: string | Uint8Array } = {},
 ): Promise<_Run> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--no-prompt", ...PERMISSION_FLAGS, _MAIN, ...args],
@@ -37,7 +37,10 @@ async function raftkv(
   }).spawn();
   if (options.stdin !== undefined) {
     const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(options.stdin));
+    const bytes = typeof options.stdin === "string"
+      ? new TextEncoder().encode(options.stdin)
+      : options.stdin;
+    await writer.write(bytes);
     await writer.close();
   }
   const out = await child.output();
@@ -128,6 +131,18 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       });
       _expect(got, 0, "get -dash");
       assert.equal(got.json!.v, value);
+      // Bytes that are not UTF-8 are refused, not written changed (U+FFFD for each).
+      const binary = await raftkv(["put", "binary"], {
+        stdin: new Uint8Array([0x61, 0xff, 0xfe, 0x62]),
+        env: { RAFTKV_ENDPOINTS: all },
+      });
+      _expect(binary, 2, "put of bytes that are not UTF-8");
+      assert.match(binary.stderr, /stdin is not UTF-8 text: .*nothing was sent/);
+      _expect(
+        await raftkv(["get", "binary"], { env: { RAFTKV_ENDPOINTS: all } }),
+        3,
+        "the refused value was not written",
+      );
     },
   );
 
@@ -165,6 +180,18 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
     ]);
     _expect(next, 0, "a dead endpoint first");
     assert.equal(next.stdout, "hello world\n");
+    // Global options before the command, as etcdctl takes them.
+    const [before, beforeEq, beforeJson] = await Promise.all([
+      raftkv(["--endpoints", cluster.api(follower), "get", "greeting"]),
+      raftkv([`--endpoints=${cluster.api(follower)}`, "--timeout", "3s", "get", "greeting"]),
+      raftkv(["-o", "json", "--endpoints", cluster.api(follower), "get", "greeting"]),
+    ]);
+    _expect(before, 0, "--endpoints before get");
+    assert.equal(before.stdout, "hello world\n");
+    _expect(beforeEq, 0, "--endpoints= and --timeout before get");
+    assert.equal(beforeEq.stdout, "hello world\n");
+    _expect(beforeJson, 0, "-o json before get");
+    assert.equal(beforeJson.json!.v, "hello world");
     _expect(none, 4, "no endpoint reachable");
     assert.match(
       none.stderr,

@@ -76,6 +76,40 @@ export function isClientCommand(word: string | undefined): boolean {
 }
 
 /**
+ * The client's command line when `args` is one, the subcommand first: global options may come
+ * before it (`raftkv --endpoints h:7777 get k`, as etcdctl takes them), and are moved after its
+ * name. Null when `args` is not a client command line (a node's flags).
+ *
+ * @example Usage
+ * ```ts
+ * import { clientArgs } from "./client.ts";
+ *
+ * const line = clientArgs(["--endpoints", "h:7777", "-o", "json", "lease", "grant", "10s"]);
+ * console.assert(line?.join(" ") === "lease grant --endpoints h:7777 -o json 10s");
+ * console.assert(clientArgs(["--id", "node-1"]) === null);
+ * ```
+ *
+ * @param args The program's arguments.
+ * @returns The arguments for {@linkcode runClient}, or null.
+ */
+export function clientArgs(args: readonly string[]): string[] | null {
+  let i = 0;
+  while (i < args.length) {
+    const arg = args[i]!;
+    const eq = arg.startsWith("--") ? arg.indexOf("=") : -1;
+    const name = eq > 0 ? arg.slice(0, eq) : arg;
+    const global = GLOBAL_OPTIONS.find((o) =>
+      o.value !== null && (o.name === name || (eq < 0 && o.short === name))
+    );
+    if (global === undefined) break;
+    i += eq > 0 ? 1 : 2;
+  }
+  if (!isClientCommand(args[i])) return null;
+  const words = _find(`${args[i]} ${args[i + 1]}`) === undefined ? 1 : 2;
+  return [...args.slice(i, i + words), ...args.slice(0, i), ...args.slice(i + words)];
+}
+
+/**
  * The overview printed by `raftkv help`: the subcommands, the global options and the exit codes.
  *
  * @returns The text.

@@ -59,6 +59,8 @@ Deno.test("bad usage exits 2 with one line saying what is wrong, before any requ
     [["elect", "svc"], /give a PROPOSAL to campaign with, or --leader/],
     [["elect", "svc", "x", "--leader"], /--leader takes no PROPOSAL/],
     [["elect", ""], /the election name must not be empty/],
+    [["watch", "a", "--count", "0"], /--count: "0" is not a positive integer/],
+    [["watch", "a", "--from", "0"], /--from: "0" is not a positive integer/],
   ];
   for (const [args, message] of cases) {
     const result = await run(args);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { FLAGS } from "../flags.ts";
-import { clientHelp, COMMANDS, isClientCommand } from "./client.ts";
+import { clientArgs, clientHelp, COMMANDS, isClientCommand } from "./client.ts";
 import { commandHelp } from "./command.ts";
 import {
   CLIENT_ENV_VARS,
@@ -140,6 +140,35 @@ Deno.test("every command has a --help within 100 columns, and the overview lists
   for (const line of overview.split("\n")) assert.ok(line.length <= 100, line);
   assert.ok(!isClientCommand("--id"));
   assert.ok(!isClientCommand(undefined));
+});
+
+Deno.test("clientArgs() takes global options before the command, and leaves a node's flags alone", () => {
+  const line = (args: string[]) => clientArgs(args)?.join(" ") ?? null;
+  assert.equal(line(["get", "k"]), "get k");
+  assert.equal(line(["--endpoints", "h:1", "get", "k"]), "get --endpoints h:1 k");
+  assert.equal(
+    line(["--endpoints=h:1", "--timeout", "2s", "del", "k"]),
+    "del --endpoints=h:1 --timeout 2s k",
+  );
+  assert.equal(
+    line(["-o", "json", "--token", "t", "lease", "grant", "5s"]),
+    "lease grant -o json --token t 5s",
+  );
+  assert.equal(
+    line(["--cacert", "ca.pem", "snapshot", "save", "b.snap"]),
+    "snapshot save --cacert ca.pem b.snap",
+  );
+  assert.equal(
+    line(["--endpoints", "h:1", "lock", "l", "--", "sh"]),
+    "lock --endpoints h:1 l -- sh",
+  );
+  assert.equal(line(["--endpoints", "h:1", "help"]), "help --endpoints h:1");
+  // A node's command line, or an option without its value: not the client's.
+  assert.equal(line(["--id", "node-1"]), null);
+  assert.equal(line(["--endpoints", "h:1", "--id", "node-1"]), null);
+  assert.equal(line(["--endpoints"]), null);
+  assert.equal(line(["--help"]), null);
+  assert.equal(line([]), null);
 });
 
 Deno.test("formatTable() pads every column but the last", () => {

@@ -15,7 +15,11 @@ export interface ClientIo {
   err(text: string): void;
   /** Reads an environment variable. */
   env(name: string): string | undefined;
-  /** Reads all of stdin as text, exactly: a U+FEFF that begins it is kept. */
+  /**
+   * Reads all of stdin as text, exactly: a U+FEFF that begins it is kept. Throws a usage
+   * {@linkcode ClientError} when it is not UTF-8 (a value is text; changed bytes must not be
+   * written).
+   */
   stdin(): Promise<string>;
 }
 
@@ -24,11 +28,20 @@ export const REAL_IO: ClientIo = {
   out: (text) => console.log(text),
   err: (text) => console.error(text),
   env: (name) => Deno.env.get(name),
-  // Not `Response.text()`: it drops a leading U+FEFF, which in a value is data.
-  stdin: async () =>
-    new TextDecoder("utf-8", { ignoreBOM: true }).decode(
-      await new Response(Deno.stdin.readable).arrayBuffer(),
-    ),
+  // Not `Response.text()`: it drops a leading U+FEFF, which in a value is data, and replaces
+  // bytes that are not UTF-8 with U+FFFD, which would write another value than the one piped.
+  stdin: async () => {
+    const bytes = await new Response(Deno.stdin.readable).arrayBuffer();
+    try {
+      return new TextDecoder("utf-8", { ignoreBOM: true, fatal: true }).decode(bytes);
+    } catch {
+      throw new ClientError(
+        "stdin is not UTF-8 text: values are text (encode binary data first, in base64 for " +
+          "example); nothing was sent",
+        EXIT.usage,
+      );
+    }
+  },
 };
 
 /**

@@ -77,12 +77,13 @@ export const WATCH: Command = {
   },
 };
 
+/** A positive integer option (log indexes start at 1; a count of 0 would print nothing). */
 function _intOption(ctx: CommandContext, name: string): number | null {
   const option = ctx.line.values.get(name);
   if (option === undefined) return null;
-  if (!/^\d{1,15}$/.test(option.value)) {
+  if (!/^[1-9]\d{0,14}$/.test(option.value)) {
     throw usageError(
-      `invalid value for ${name}: ${JSON.stringify(option.value)} is not a non-negative integer`,
+      `invalid value for ${name}: ${JSON.stringify(option.value)} is not a positive integer`,
     );
   }
   return Number(option.value);
