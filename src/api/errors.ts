@@ -185,7 +185,8 @@ export function errorResponse(err: ApiError): Response {
 }
 
 /**
- * The one line logged for a 5xx answer: method, path and query, status and message.
+ * The one line logged for a 5xx answer or a refusal: method, path and query (the first 200
+ * characters), status and message.
  *
  * @param req The request.
  * @param url Its parsed URL.
@@ -194,7 +195,12 @@ export function errorResponse(err: ApiError): Response {
  * @returns The line.
  */
 export function logLine(req: Request, url: URL, status: number, message: string): string {
-  return `raftkv api: ${req.method} ${url.pathname}${url.search} -> ${status}: ${message}`;
+  // The target is the client's to choose: cut short (a URL may be tens of kilobytes).
+  const target = `${url.pathname}${url.search}`;
+  const shown = target.length > 200
+    ? `${target.slice(0, 200)}... (${target.length} chars)`
+    : target;
+  return `raftkv api: ${req.method} ${shown} -> ${status}: ${message}`;
 }
 
 /**

@@ -269,11 +269,12 @@ export interface ApiOptions {
    */
   maxWatchers?: number;
   /**
-   * Receives one line per request refused with 401 or 403 (the token's name, never the token).
+   * Receives one line per request refused with 401 or 403 (the token's name, never the token),
+   * and its kind for rate limiting (one per status: the line quotes the client's path).
    *
    * @default {not logged}
    */
-  logRefusal?: (line: string) => void;
+  logRefusal?: (line: string, kind: string) => void;
 }
 
 /**
@@ -392,8 +393,10 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
   /** Answers an authentication refusal (401, 403) or a bad forward, logging it. */
   const refuse = (req: Request, err: unknown): Response => {
     if (!(err instanceof ApiError)) throw err;
+    // One kind per status: the line quotes the path, which the client chooses.
     logRefusal(
       logLine(req, URL.parse(req.url) ?? new URL("http://invalid"), err.status, err.message),
+      `api refused ${err.status}`,
     );
     return errorResponse(err);
   };

@@ -17,10 +17,14 @@ export const OTHER_ROUTE = "other";
 export function routeOf(pathname: string | null): string {
   switch (pathname) {
     case "/v1/data":
+    case "/v1/txn":
     case "/v1/status":
     case "/v1/watch":
     case "/v1/cluster":
     case "/v1/snapshot":
+    case "/v1/leases":
+    case "/v1/members":
+    case "/v1/leader/transfer":
     case "/health":
     case "/ready":
     case "/metrics":
@@ -28,6 +32,9 @@ export function routeOf(pathname: string | null): string {
   }
   if (pathname === null) return OTHER_ROUTE;
   if (pathname.startsWith("/v1/data/")) return "/v1/data/{key}";
+  if (pathname.startsWith("/v1/members/")) return "/v1/members/{id}";
+  if (/^\/v1\/leases\/[^/]+$/.test(pathname)) return "/v1/leases/{id}";
+  if (/^\/v1\/leases\/[^/]+\/keepalive$/.test(pathname)) return "/v1/leases/{id}/keepalive";
   return pathname === "/ui" || pathname.startsWith("/ui/") ? "/ui" : OTHER_ROUTE;
 }
 

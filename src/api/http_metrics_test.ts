@@ -193,4 +193,13 @@ Deno.test("route labels are the API's templates, whatever the path", () => {
   assert.equal(routeOf("/uix"), OTHER_ROUTE);
   assert.equal(routeOf("/v1/statusx"), OTHER_ROUTE);
   assert.equal(routeOf(null), OTHER_ROUTE);
+  // Every route of the API has a template of its own, not "other" (which unknown paths get).
+  for (const route of ["/v1/txn", "/v1/leases", "/v1/members", "/v1/leader/transfer"]) {
+    assert.equal(routeOf(route), route);
+  }
+  assert.equal(routeOf("/v1/members/node-4"), "/v1/members/{id}");
+  assert.equal(routeOf("/v1/leases/57"), "/v1/leases/{id}");
+  assert.equal(routeOf("/v1/leases/57/keepalive"), "/v1/leases/{id}/keepalive");
+  assert.equal(routeOf("/v1/leases/57/x"), OTHER_ROUTE);
+  assert.equal(routeOf("/v1/txnx"), OTHER_ROUTE);
 });

@@ -311,7 +311,12 @@ export function parseTokens(text: string, origin: string): TokenConfig[] {
   try {
     data = JSON.parse(text);
   } catch (error) {
-    throw new ConfigError(`${where}: not valid JSON (${(error as Error).message})`);
+    // Not the parser's message: it quotes the text around the fault, which may be a token.
+    const at = /at position \d+(?: \(line \d+ column \d+\))?/.exec((error as Error).message);
+    throw new ConfigError(
+      `${where}: not valid JSON${at === null ? "" : ` (${at[0]})`}; the text is not quoted here, ` +
+        "as it holds tokens",
+    );
   }
   if (!Array.isArray(data)) {
     throw new ConfigError(`${where}: expected a JSON array of {"token", "role", "name"} objects`);

@@ -76,9 +76,16 @@ Deno.test("parseTokens() never quotes a token in its messages", () => {
     [{ token: `${secret} `, role: "read" }],
     [{ token: secret.slice(0, 8), role: "read" }],
   ];
-  for (const entries of cases) {
+  // Text that is not JSON: the parser's own messages quote the text around the fault.
+  const texts = [
+    ...cases.map((entries) => JSON.stringify(entries)),
+    secret,
+    `[{"token":"${secret}","role":read}]`,
+    `[{"token":"${secret}" "role":"read"}]`,
+  ];
+  for (const text of texts) {
     try {
-      parseTokens(JSON.stringify(entries), "RAFTKV_TOKENS");
+      parseTokens(text, "RAFTKV_TOKENS");
       assert.fail("expected a ConfigError");
     } catch (e) {
       assert.ok(e instanceof ConfigError);

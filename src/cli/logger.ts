@@ -70,25 +70,62 @@ export function createLogger(
 }
 
 /**
- * A transport logger that reports each kind of warning at most once per `intervalMs`, without
- * stack traces: a dead peer otherwise fills the log with one line per dropped batch.
+ * A logger for warnings that others can cause at will (a dead peer, a stranger's requests): each
+ * kind is logged at most once per `intervalMs`, at most `burst` lines of any kinds per
+ * `intervalMs` in all, and each line is cut to `maxLineChars`; without stack traces. What is left
+ * out is counted, and said with the next line logged. A kind is the message's first 48
+ * characters unless the caller names it: messages that quote what a client sent (a path) must,
+ * or every distinct path would be a kind of its own.
+ *
+ * @example Usage
+ * ```ts
+ * import { createLogger, rateLimited } from "./logger.ts";
+ *
+ * const lines: string[] = [];
+ * const sink = { ...console, warn: (...d: unknown[]) => lines.push(d.join(" ")) };
+ * const log = rateLimited(createLogger("n1", "info", sink), 5_000);
+ * for (let i = 0; i < 100; i++) log.warn(`refused GET /v1/data/k${i}: 401`, "api 401");
+ * console.assert(lines.length === 1);
+ * ```
+ *
+ * @param log Where the lines go.
+ * @param intervalMs The period of both limits.
+ * @param options `burst` (default 20), `maxLineChars` (default 2000), `now` (the clock, in ms).
+ * @returns The logger: `warn` takes the message and, optionally, its kind.
  */
 export function rateLimited(
   log: Logger,
   intervalMs: number,
-): { debug(message: string): void; warn(message: string): void } {
+  options: { burst?: number; maxLineChars?: number; now?: () => number } = {},
+): { debug(message: string): void; warn(message: string, kind?: string): void } {
+  const burst = options.burst ?? 20;
+  const maxChars = options.maxLineChars ?? 2000;
+  const now = options.now ?? (() => performance.now());
   const last = new Map<string, number>();
+  let windowStart = -Infinity;
+  let logged = 0;
+  let left = 0;
   return {
-    debug: (message: string) => log.debug(message),
-    warn: (message: string) => {
-      const key = message.slice(0, 48);
-      const now = performance.now();
-      if (now - (last.get(key) ?? -Infinity) < intervalMs) return;
-      // Messages quoting many different values (peer ids sent by a stranger) must not grow the
-      // map without bound: forgetting every key only lets one more line of each through.
+    debug: (message: string) => log.debug(_cut(message, maxChars)),
+    warn: (message: string, kind = message.slice(0, 48)) => {
+      const t = now();
+      if (t - windowStart >= intervalMs) [windowStart, logged] = [t, 0];
+      if (t - (last.get(kind) ?? -Infinity) < intervalMs || logged >= burst) {
+        left++;
+        return;
+      }
+      // Kinds quoting many different values (peer ids sent by a stranger) must not grow the map
+      // without bound: forgetting every kind only lets one more line of each through.
       if (last.size >= 1024) last.clear();
-      last.set(key, now);
-      log.warn(message);
+      last.set(kind, t);
+      logged++;
+      const more = left === 0 ? "" : ` (and ${left} warning(s) like those before not logged)`;
+      left = 0;
+      log.warn(_cut(message, maxChars) + more);
     },
   };
+}
+
+function _cut(message: string, max: number): string {
+  return message.length <= max ? message : `${message.slice(0, max)}... (${message.length} chars)`;
 }
