@@ -42,7 +42,7 @@ import { requestJoin } from "./src/cli/join.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
-import { serveAgain, type ServeOptions } from "./src/util/serve.ts";
+import { type ServeAgain, serveAgain, type ServeOptions } from "./src/util/serve.ts";
 import { compactingCollector, HeapReducer } from "./src/util/heap_reducer.ts";
 import { serveMutualTls, type TlsServer } from "./src/transport/tls_server.ts";
 
@@ -228,25 +228,6 @@ export async function main(args: string[]): Promise<number> {
         (config.peerTls === null ? " (h2c)" : " (TLS, client certificates required)"),
     );
   let peerTlsServer: TlsServer | null = null;
-  if (config.peerTls === null) {
-    serveAgain(
-      "peer RPC",
-      { port: config.rpcPort, hostname: config.rpcListenHost, onListen: peerOnListen },
-      (req) => peerHandler(req, { peer: null }),
-      log,
-    );
-  } else {
-    // Never closed either (see the shutdown below).
-    peerTlsServer = await serveMutualTls({
-      ...config.peerTls,
-      port: config.rpcPort,
-      hostname: config.rpcListenHost,
-      onListen: peerOnListen,
-      logger: rateLimited(log, 5_000),
-    }, peerHandler);
-  }
-  const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
-  if (exposed !== null) log.warn(exposed);
   const apiOptions: ServeOptions = {
     port: config.apiPort,
     hostname: config.apiListenHost,
@@ -256,7 +237,39 @@ export async function main(args: string[]): Promise<number> {
         `REST API listening on ${config.apiTls ? "https" : "http"}://${a.hostname}:${a.port}`,
       ),
   };
-  const apiServer = serveAgain("REST API", apiOptions, api, log);
+  let apiServer: ServeAgain;
+  try {
+    const peerPort = `the peer port ${config.rpcListenHost}:${config.rpcPort}`;
+    if (config.peerTls === null) {
+      await _listening(peerPort, () =>
+        serveAgain(
+          "peer RPC",
+          { port: config.rpcPort, hostname: config.rpcListenHost, onListen: peerOnListen },
+          (req) => peerHandler(req, { peer: null }),
+          log,
+        ));
+    } else {
+      // Never closed either (see the shutdown below).
+      peerTlsServer = await _listening(peerPort, () =>
+        serveMutualTls({
+          ...config.peerTls!,
+          port: config.rpcPort,
+          hostname: config.rpcListenHost,
+          onListen: peerOnListen,
+          logger: rateLimited(log, 5_000),
+        }, peerHandler));
+    }
+    apiServer = await _listening(
+      `the API port ${config.apiListenHost}:${config.apiPort}`,
+      () => serveAgain("REST API", apiOptions, api, log),
+    );
+  } catch (e) {
+    if (!(e instanceof _CannotListen)) throw e;
+    log.error(e.message);
+    return 1;
+  }
+  const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
+  if (exposed !== null) log.warn(exposed);
   // When each certificate in force expires, for alerts; set again when it is reloaded.
   const expiry = metrics.gaugeVec(
     "raftkv_tls_certificate_expiry_timestamp_seconds",
@@ -471,6 +484,32 @@ function _reloadTls(
         );
       },
     );
+  }
+}
+
+/** A server's port could not be had: said in one line, not with a stack trace. */
+class _CannotListen extends Error {}
+
+/**
+ * Runs a server's first listen, turning the errors of a port that cannot be had (in use, not an
+ * address of this machine, not allowed) into a {@linkcode _CannotListen} naming it.
+ */
+async function _listening<T>(what: string, listen: () => T | Promise<T>): Promise<T> {
+  try {
+    return await listen();
+  } catch (e) {
+    const busy = e instanceof Deno.errors.AddrInUse;
+    if (
+      busy || e instanceof Deno.errors.AddrNotAvailable ||
+      e instanceof Deno.errors.PermissionDenied
+    ) {
+      throw new _CannotListen(
+        `cannot listen on ${what}: ${_message(e)}` +
+          (busy ? " (another process has it: another node, or this one not yet stopped?)" : ""),
+        { cause: e },
+      );
+    }
+    throw e;
   }
 }
 

@@ -429,6 +429,16 @@ Deno.test("a second process on a node's data directory, or another node on it, e
     /wal\/LOCK" is locked by another process: another node runs on these files/,
   );
 
+  // On other files, its ports are taken (by the running node): one line saying so, no stack.
+  const elsewhere = await Deno.makeTempDir({ dir: cluster.dataRoot, prefix: "elsewhere-" });
+  const busy = await _startByHand(cluster, follower, elsewhere);
+  assert.equal(busy.code, 1, busy.stderr);
+  assert.match(
+    busy.stderr,
+    /cannot listen on the peer port 127\.0\.0\.1:\d+: .*another process has it/,
+  );
+  assert.doesNotMatch(busy.stderr, /\n\s+at /, "a stack trace was printed");
+
   // The node that holds the lock goes on as if nothing happened.
   const next = await cluster.request(follower, "POST", "/v1/data", { k: "lock", v: "2" });
   assert.equal(next.status, 200, next.text);
