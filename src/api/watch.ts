@@ -34,7 +34,9 @@
  * - At most `maxWatchers` streams are open on one node at once (`--max-watchers`): one more is
  *   answered 429 with `Retry-After`, nothing streamed.
  * - A watcher that does not read fast enough has at most `watchBufferEvents` events waiting for
- *   it (besides the backlog it asked for with `from`, which the history bounds): one more and it
+ *   it (besides the backlog it asked for with `from`, which the history bounds, and which it
+ *   shares with the history: a watcher holds a reference per event, and its text is made a
+ *   chunk of at most {@linkcode WATCH_CHUNK_CHARS} at a time, as the client reads): one more and it
  *   gets a final `event: error` whose data says so, with the last index it covered and the id to
  *   go on after (`last_index`, `last_id`), and the stream ends. The same final event ends the
  *   stream when the node stops, or when it installs a snapshot (the changes the snapshot holds
@@ -87,6 +89,13 @@ export interface WatchContext {
 }
 
 const _encoder = new TextEncoder();
+
+/**
+ * The most text one read of a watch stream makes at once (an event larger than it goes alone):
+ * a watcher that asked for a large backlog, and does not read it, holds one chunk of text, not
+ * the backlog's.
+ */
+export const WATCH_CHUNK_CHARS = 64 * 1024;
 
 /**
  * The SSE text of the last event encoded, with the id it has as its entry's last (or only) change
@@ -335,8 +344,11 @@ class _Watcher implements EventSink {
   readonly #from: number | null;
   readonly #matches: (key: string) => boolean;
   readonly #buffer: number;
-  /** Comments, and events to send (their ids are set as they leave: see `take`). */
-  #queue: (string | _Queued)[] = [];
+  /**
+   * Comments, and events to send: the history's own objects (their text is made, and their ids
+   * set, as they leave: see `take`).
+   */
+  #queue: (string | KvEvent)[] = [];
   /** Changes of entry `#from` still to skip (a `Last-Event-ID: N:j` resume), and all it had. */
   #skip: number;
   readonly #resumedInside: number;
@@ -415,7 +427,7 @@ class _Watcher implements EventSink {
         return;
       }
       this.#queuedIndex = e.index;
-      this.#push(_queued(e));
+      this.#push(e);
     }
     this.#lastIndex = Math.max(this.#lastIndex, e.index);
   }
@@ -463,21 +475,24 @@ class _Watcher implements EventSink {
     }
     if (this.#queue.length > 0) {
       const items = this.#queue;
-      this.#queue = [];
-      this.#backlog = 0;
       let text = "";
-      for (let i = 0; i < items.length; i++) {
+      let i = 0;
+      for (; i < items.length && text.length < WATCH_CHUNK_CHARS; i++) {
         const item = items[i]!;
         if (typeof item === "string") {
           text += item;
           continue;
         }
+        const q = _queued(item);
         if (item.index !== this.#sentIndex) [this.#sentIndex, this.#sentOfIndex] = [item.index, 0];
         this.#sentOfIndex++;
         const next = items[i + 1];
         const more = next !== undefined && typeof next !== "string" && next.index === item.index;
-        text += more ? `id: ${item.index}:${this.#sentOfIndex}\n${item.data}` : item.whole;
+        text += more ? `id: ${item.index}:${this.#sentOfIndex}\n${q.data}` : q.whole;
       }
+      // The rest waits for the next read; the backlog goes first, so it is what was taken.
+      this.#queue = i === items.length ? [] : items.slice(i);
+      this.#backlog = Math.max(0, this.#backlog - i);
       return text;
     }
     if (this.#final !== null) {
@@ -488,7 +503,7 @@ class _Watcher implements EventSink {
     return null;
   }
 
-  #push(item: string | _Queued): void {
+  #push(item: string | KvEvent): void {
     this.#queue.push(item);
     this.#wakeUp();
   }

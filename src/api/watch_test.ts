@@ -14,7 +14,7 @@ import {
 import { KvStateMachine } from "../kv/state_machine.ts";
 import { readSse, type SseMessage } from "../util/sse.ts";
 import { type ApiOptions, createApiHandler, requiredRole } from "./handler.ts";
-import { blockingWait, MAX_BLOCKING_WAIT_MS, parseWait } from "./watch.ts";
+import { blockingWait, MAX_BLOCKING_WAIT_MS, parseWait, WATCH_CHUNK_CHARS } from "./watch.ts";
 import { SimClock } from "../../testing/sim_clock.ts";
 
 /** A backend on a real state machine without Raft: writes apply at once, reads are local. */
@@ -405,6 +405,44 @@ Deno.test("a stream that ends before its first change says the index it started 
   const rest = [];
   for await (const m of readSse(ahead.body!)) rest.push(m);
   assert.equal(JSON.parse(rest[0]!.data).last_index, 9);
+});
+
+Deno.test("a large backlog streams a chunk at a time, not as one text, with the same events and ids", async () => {
+  const { backend, get } = setup();
+  const big = (n: number) => String(n % 10).repeat(10_000);
+  for (let i = 0; i < 20; i++) backend.put(`k${i}`, big(i)); // 1..20: 200 KB
+  await backend.write({
+    op: "txn",
+    compare: [],
+    success: [0, 1, 2].map((j) => ({ op: "put" as const, key: `t${j}`, value: big(j) })),
+    failure: [],
+  }); // 21: three changes, in whichever chunks they fall
+  backend.put("last", "x"); // 22
+  const res = await get("/v1/watch?prefix=&from=1");
+  const reader = res.body!.getReader();
+  const chunks: Uint8Array[] = [];
+  let text = "";
+  while (!text.includes("id: 22\n")) {
+    const r = await reader.read();
+    if (r.done) break;
+    chunks.push(r.value);
+    text += new TextDecoder().decode(r.value);
+  }
+  await reader.cancel();
+  // Each read made at most a chunk's worth of text (plus the event that crossed the line).
+  assert.ok(chunks.length > 3, `${chunks.length} chunks`);
+  for (const c of chunks) assert.ok(c.byteLength < WATCH_CHUNK_CHARS + 10_200, `${c.byteLength}`);
+  const events = [];
+  for await (const m of readSse(new Blob([text]).stream())) events.push(m);
+  assert.deepEqual(events.map((m) => m.id), [
+    ...Array.from({ length: 20 }, (_, i) => String(i + 1)),
+    "21:1",
+    "21:2",
+    "21",
+    "22",
+  ]);
+  assert.equal(JSON.parse(events[21]!.data).v, big(1));
+  assert.equal(backend.kv.events.subscribers, 0, "the cancelled stream unsubscribed");
 });
 
 Deno.test("a watcher is cut off between entries, never inside one transaction's changes", async () => {
