@@ -2348,7 +2348,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#snapshotFile = { index: meta.index, term: meta.term };
     this.#logBytes = Math.max(0, this.#logBytes - logBytes);
     const compactTo = Math.max(this.#core.log.snapIndex, this.#keepFrom(meta.index) - 1);
-    this.#core.snapshotSaved(meta, compactTo);
+    // What the core sends followers that need this snapshot: the configuration with every
+    // member's addresses, even when the file records the voters alone (a follower takes the
+    // message's, and copies it into the changes it makes when it leads).
+    this.#core.snapshotSaved(
+      { ...meta, learners: conf.learners, info: _withAddresses(conf, this.#bootstrap) },
+      compactTo,
+    );
     const job = this.#openJob();
     job.compact = { meta, compactTo };
     this.#kickWriter();
@@ -2437,6 +2443,13 @@ export class RaftNode implements KvBackend, LeaderTransfer {
    * upload leaves no file behind.
    */
   async #receiveSnapshot(m: Message, body: ReadableStream<Uint8Array>): Promise<void> {
+    if (m.snapshot) {
+      // From a leader of an earlier version, the voters may come without their addresses: the
+      // cluster file gives them, as at a start from such a snapshot.
+      const s = m.snapshot;
+      const conf = { voters: s.voters, learners: s.learners ?? [], info: s.info ?? {} };
+      m = { ...m, snapshot: { ...s, info: _withAddresses(conf, this.#clusterFile) } };
+    }
     const meta = m.snapshot;
     if (this.#stopping) throw new StoppingError();
     if (!meta) throw new PeerRefusedError(`Snap from "${m.from}" without snapshot metadata`);
