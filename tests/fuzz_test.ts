@@ -708,6 +708,9 @@ function _generate(seed: number, index: number): FuzzCase {
       if (_reachesWrite(fuzz.method, fuzz.target) && !_isJsonType(fuzz.headers["content-type"])) {
         fuzz.expect = [415]; // Refused before the body is read.
       }
+      if ("x-raftkv-forwarded-by" in fuzz.headers) {
+        fuzz.expect = [400]; // A member's header, from a client: refused before anything else.
+      }
     }
     return fuzz;
   }

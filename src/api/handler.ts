@@ -77,10 +77,21 @@ import type { KvBackend } from "../node/backend.ts";
 import { nonNegativeInt, positiveInt } from "../util/options.ts";
 import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../util/metrics.ts";
 import { HttpMetrics } from "./http_metrics.ts";
-import { type ApiToken, type Caller, requiredRole, TokenAuthenticator } from "./auth.ts";
+import {
+  type ApiToken,
+  type Caller,
+  CALLER_HEADER,
+  requiredRole,
+  TokenAuthenticator,
+} from "./auth.ts";
 import { type ApiContext, holdForToken } from "./context.ts";
 import { ApiError, errorResponse, jsonResponse, logLine, quote } from "./errors.ts";
-import { acceptForwarded, acceptForwardedItem, FORWARD_PATH_PREFIX } from "./forward.ts";
+import {
+  acceptForwarded,
+  acceptForwardedItem,
+  FORWARD_PATH_PREFIX,
+  FORWARDED_BY_HEADER,
+} from "./forward.ts";
 import {
   type BatchContext,
   type BatchItem,
@@ -408,6 +419,17 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
     } catch {
       const error = new ApiError(400, `the request URL ${quote(req.url)} is not valid`);
       return http.record(null, req.method, errorResponse(error), started);
+    }
+    // The headers a member sends with a forward come on the peer port only: from a client, the
+    // node would take its request as forwarded to it (and never forward it to the leader).
+    for (const name of [FORWARDED_BY_HEADER, CALLER_HEADER]) {
+      if (req.headers.has(name)) {
+        const error = new ApiError(
+          400,
+          `${name} is a header between members (on the peer port); a client must not send it`,
+        );
+        return http.record(url.pathname, req.method, errorResponse(error), started);
+      }
     }
     let caller: Caller | null = null;
     const needed = ctx.auth === null ? null : requiredRole(req.method, url.pathname);

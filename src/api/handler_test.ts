@@ -776,14 +776,26 @@ Deno.test("a follower relays the leader's errors with status, Retry-After and bo
 
 Deno.test("a request that was already forwarded is not forwarded again", async () => {
   const leader = fakeForwarder(() => new Response("{}"));
-  const { call, backend } = setup({ forward: leader.forward });
+  const { call, handler, backend } = setup({ forward: leader.forward });
   backend.followN2();
-  const res = await call("POST", "/v1/data", '{"k":"a","v":"1"}', {
-    ...JSON_TYPE,
-    [FORWARDED_BY_HEADER]: "n3",
-  });
+  const res = await handler.forwarded(
+    forwardedRequest("/forward/v1/data", { ...JSON_TYPE, [FORWARDED_BY_HEADER]: "n3" }, {
+      method: "POST",
+      body: '{"k":"a","v":"1"}',
+    }),
+    null,
+  );
   assert.equal(res.headers.get("retry-after"), "1");
   await expectError(res, 503, /forwarded here by "n3" .*the leader changed; retry$/);
+  assert.equal(leader.calls.length, 0);
+  // A client that sends the members' headers to the API port is refused, not taken for a member.
+  for (const header of [FORWARDED_BY_HEADER, CALLER_HEADER]) {
+    const sent = await call("POST", "/v1/data", '{"k":"a","v":"1"}', {
+      ...JSON_TYPE,
+      [header]: "n3",
+    });
+    await expectError(sent, 400, new RegExp(`^${header} is a header between members`));
+  }
   assert.equal(leader.calls.length, 0);
 });
 
