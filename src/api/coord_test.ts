@@ -449,6 +449,35 @@ Deno.test("a parameter given twice, or a body on a delete, is refused and change
   });
 });
 
+Deno.test("the lease routes refuse what they do not take: a parameter, a field, a body", async () => {
+  await withNode(async (call) => {
+    await error(
+      await call("POST", "/v1/leases?ttl=50s", { ttl: "5s" }),
+      400,
+      /unknown query parameter "ttl" for POST \/v1\/leases; it takes none/,
+    );
+    await error(
+      await call("POST", "/v1/leases", { ttl: "5s", id: 5 }),
+      400,
+      /unknown field "id" in the request body; it takes ttl/,
+    );
+    // Seconds as text, as etcdctl's lease grant takes them.
+    const lease = await json(await call("POST", "/v1/leases", { ttl: "10" }), 201);
+    assert.equal(lease.ttl_ms, 10_000);
+    const id = lease.id as number;
+    await error(
+      await call("POST", `/v1/leases/${id}/keepalive`, { ttl: "100s" }),
+      400,
+      /a keep-alive renews the lease's own TTL; it takes no body/,
+    );
+    await error(await call("DELETE", `/v1/leases/${id}`, { id }), 400, /takes no request body/);
+    await error(await call("GET", `/v1/leases/${id}?x=1`), 400, /unknown query parameter "x"/);
+    const kept = await json(await call("POST", `/v1/leases/${id}/keepalive`), 200);
+    assert.equal(kept.id, id);
+    await json(await call("DELETE", `/v1/leases/${id}`), 200);
+  });
+});
+
 Deno.test("ranges list keys in key order, page by page, with keys_only and count_only", async () => {
   await withNode(async (call) => {
     const keys = ["app/b", "app/a", "app/c/1", "apple", "b", "app", "app/\u{1f511}", "app/\uffff"];

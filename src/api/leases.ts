@@ -31,7 +31,14 @@ import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, quote } from "./errors.ts";
-import { parseObject, readBody, requireJson } from "./validate.ts";
+import {
+  onlyFields,
+  onlyParams,
+  parseObject,
+  readBody,
+  refuseBody,
+  requireJson,
+} from "./validate.ts";
 import { idempotencyKey, REPLAYED_HEADER } from "./outcome.ts";
 import type { KvResult } from "../node/backend.ts";
 import { grantedTtlMs } from "../node/lease_tracker.ts";
@@ -58,6 +65,9 @@ export function parseTtl(raw: unknown, where: string): number {
   let ms = NaN;
   if (typeof raw === "number") {
     ms = raw * 1000;
+  } else if (typeof raw === "string" && /^\d{1,12}(?:\.\d{1,3})?$/.test(raw)) {
+    // Seconds, as text (`?ttl=10`, `raftkv lease grant 10`) as well as a JSON number.
+    ms = Math.round(Number(raw) * 1000);
   } else if (typeof raw === "string" && _DURATION.test(raw)) {
     ms = 0;
     for (const [, n = "", unit = ""] of raw.matchAll(_PART)) ms += Number(n) * _UNIT_MS[unit]!;
@@ -166,6 +176,8 @@ export async function leaseRoutes(
 ): Promise<Response> {
   const leases = ctx.backend.leases;
   if (leases === undefined) throw new ApiError(501, "this node does not serve leases");
+  // A lease route takes no query parameter: `?ttl=` on a grant must not be ignored.
+  onlyParams(url, _NO_PARAMS, `${req.method} ${LEASES_PATH}`);
   const rest = url.pathname.slice(LEASES_PATH.length);
   if (rest === "" || rest === "/") {
     allow(LEASES_PATH, ["GET", "POST"]);
@@ -179,6 +191,7 @@ export async function leaseRoutes(
   const id = _leaseId(m[1]!);
   if (m[2] !== undefined) {
     allow(`${LEASES_PATH}/{id}/keepalive`, ["POST"]);
+    await _noBody(ctx, req, "a keep-alive renews the lease's own TTL; it takes no body");
     return await _leader(ctx, req, url, caller, id, async (signal) => {
       return jsonResponse(200, leaseJson(await leases.keepAlive(id, signal)));
     });
@@ -186,6 +199,14 @@ export async function leaseRoutes(
   allow(`${LEASES_PATH}/{id}`, ["GET", "DELETE"]);
   if (req.method === "GET") return await _status(ctx, req, url, caller, leases, id);
   return await _revoke(ctx, req, url, caller, id);
+}
+
+const _NO_PARAMS: ReadonlySet<string> = new Set();
+
+/** Refuses a body on a lease route that takes none (a keep-alive, a revoke). */
+async function _noBody(ctx: ApiContext, req: Request, message: string): Promise<void> {
+  using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
+  await refuseBody(req, ctx.maxBodyBytes, deadline, message);
 }
 
 /** Runs a leader-only lease call, forwarding on a follower, 404 for an unknown lease. */
@@ -233,6 +254,7 @@ async function _grant(
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   const bytes = await readBody(req, 4096, deadline);
   const body = parseObject(bytes);
+  onlyFields(body, ["ttl"], "the request body");
   if (!Object.hasOwn(body, "ttl")) {
     throw new ApiError(400, 'missing "ttl" (the lease\'s time to live, like "10s")');
   }
@@ -288,6 +310,7 @@ async function _revoke(
 ): Promise<Response> {
   const idem = idempotencyKey(req);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
+  await refuseBody(req, ctx.maxBodyBytes, deadline, "revoking a lease takes no request body");
   try {
     const r = await raceAbort(
       (signal) =>

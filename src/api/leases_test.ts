@@ -9,7 +9,12 @@ Deno.test("a TTL is a duration or a number of seconds, from 1ms to the limit", (
   assert.equal(parseTtl("1.5s", "ttl"), 1500);
   assert.equal(parseTtl(5, "ttl"), 5000);
   assert.equal(parseTtl(0.25, "ttl"), 250);
-  for (const bad of ["", "10", "soon", "0s", "-1s", "1.0005s", 0, -3, null, true, "1d"]) {
+  // Seconds as text too (`?ttl=10`, `raftkv lease grant 10`, as etcdctl takes them).
+  assert.equal(parseTtl("10", "ttl"), 10_000);
+  assert.equal(parseTtl("0.5", "ttl"), 500);
+  for (
+    const bad of ["", "soon", "0s", "-1s", "1.0005s", 0, -3, null, true, "1d", "0", "1e3", " 5"]
+  ) {
     assert.throws(() => parseTtl(bad, '"ttl"'), (e) => e instanceof ApiError && e.status === 400);
   }
   assert.equal(parseTtl(`${MAX_LEASE_TTL_MS}ms`, "ttl"), MAX_LEASE_TTL_MS);

@@ -199,7 +199,9 @@ export function onlyParams(url: URL, allowed: ReadonlySet<string>, what: string)
     if (!allowed.has(name)) {
       throw new ApiError(
         400,
-        `unknown query parameter ${quote(name)} for ${what}; allowed: ${[...allowed].join(", ")}`,
+        `unknown query parameter ${quote(name)} for ${what}; ${
+          allowed.size === 0 ? "it takes none" : `allowed: ${[...allowed].join(", ")}`
+        }`,
       );
     }
   }

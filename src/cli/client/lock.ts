@@ -134,7 +134,8 @@ function _name(ctx: CommandContext, what: string): string {
   const name = ctx.args[0]!;
   if (name === "") throw usageError(`the ${what} name must not be empty`);
   const ttlText = ctx.line.values.get("--ttl")?.value;
-  if (ttlText !== undefined) {
+  // A duration, or seconds (as the API takes a lease's TTL).
+  if (ttlText !== undefined && !/^\d{1,12}(?:\.\d{1,3})?$/.test(ttlText)) {
     try {
       parseDuration(ttlText);
     } catch (error) {
