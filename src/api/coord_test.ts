@@ -649,6 +649,8 @@ Deno.test("malformed or oversized transactions are refused before anything is do
     const cases: [unknown, number, RegExp][] = [
       [[], 400, /must be a JSON object/],
       [{ compare: {} }, 400, /"compare" must be an array/],
+      [{ compare: null }, 400, /"compare" must be an array, not null/],
+      [{ success: null }, 400, /"success" must be an array, not null/],
       [{ compare: [{ k: "a" }] }, 400, /compare\[0\] must have exactly one of value, version/],
       [{ compare: [{ k: "a", version: 1, value: "x" }] }, 400, /it has value, version/],
       [{ compare: [{ k: "a", versoin: 1 }] }, 400, /unknown field "versoin" in compare\[0\]/],

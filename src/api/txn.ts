@@ -120,7 +120,8 @@ export function parseTxn(
 ): Extract<PlainCommand, { op: "txn" }> {
   onlyFields(body, ["compare", "success", "failure"], "the transaction");
   const list = (name: string): unknown[] => {
-    const v = body[name] ?? [];
+    // Absent is empty; null is not an array (as `"success": {}` is not).
+    const v = Object.hasOwn(body, name) ? body[name] : [];
     if (!Array.isArray(v)) {
       throw new ApiError(400, `"${name}" must be an array, not ${describe(v)}`);
     }

@@ -172,6 +172,42 @@ Deno.test("watch: a stream broken inside one entry's changes goes on after the l
   }
 });
 
+Deno.test("watch: a key or value with a tab or line break stays on its line, as a JSON string", async () => {
+  const events = [
+    { index: 3, type: "put", k: "p/a", v: "line 1\nline 2\tend" },
+    { index: 4, type: "put", k: "p/\tb", v: "plain" },
+    { index: 5, type: "delete", k: "p/a", v: null },
+  ];
+  const body = events.map((e) => `id: ${e.index}\ndata: ${JSON.stringify(e)}\n\n`).join("");
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () =>
+      new Response(body, {
+        headers: { "content-type": "text/event-stream", "x-raftkv-index": "2" },
+      }),
+  );
+  try {
+    const result = await run([
+      "watch",
+      "--prefix",
+      "p/",
+      "--from",
+      "3",
+      "--count",
+      "3",
+      "--endpoints",
+      `http://127.0.0.1:${server.addr.port}`,
+    ]);
+    assert.equal(result.code, 0, result.err);
+    assert.equal(
+      result.out,
+      '3\tput\tp/a\t"line 1\\nline 2\\tend"\n4\tput\t"p/\\tb"\tplain\n5\tdelete\tp/a\t\n',
+    );
+  } finally {
+    await server.shutdown();
+  }
+});
+
 Deno.test("lock: a waiter whose key ahead is older than the nodes' history waits from the index it last saw, not from that key's creation", async () => {
   // The key ahead, jobs/lock/5, was created at index 5, before the history a node keeps: a
   // blocking read from index 5 is answered at once (index 1000). Asking from 5 again would spin;

@@ -26,7 +26,8 @@ export const WATCH: Command = {
   summary: "print the changes of a key or a prefix as they happen",
   description: "Prints each change of KEY (or, with --prefix, of every key under P) as it is " +
     "committed: one line per change, INDEX TYPE KEY VALUE, tab-separated (TYPE is put, delete " +
-    'or expire; -o json: the API\'s {"index","type","k","v","mod_index"}, one per line). When ' +
+    "or expire; a KEY or VALUE holding a tab or a line break is printed as a JSON string; " +
+    '-o json: the API\'s {"index","type","k","v","mod_index"}, one per line). When ' +
     "the node it reads from goes away (or cuts it off), it goes on from the next endpoint " +
     "where it left off, seeing every change once. Runs until interrupted, or until --count " +
     "changes were printed. A --from older than the history nodes keep exits 1 with the oldest " +
@@ -76,6 +77,11 @@ export const WATCH: Command = {
     }
   },
 };
+
+/** A key or value as one cell of a line: JSON-quoted when it holds a tab or a line break. */
+function _cell(text: string): string {
+  return /[\t\n\r]/.test(text) ? JSON.stringify(text) : text;
+}
 
 /** A positive integer option (log indexes start at 1; a count of 0 would print nothing). */
 function _intOption(ctx: CommandContext, name: string): number | null {
@@ -149,7 +155,7 @@ async function watch(
         const e = JSON.parse(message.data) as _Event;
         quietFailures = 0;
         lastId = message.id ?? String(e.index);
-        ctx.print(e, `${e.index}\t${e.type}\t${e.k}\t${e.v ?? ""}`);
+        ctx.print(e, `${e.index}\t${e.type}\t${_cell(e.k)}\t${_cell(e.v ?? "")}`);
         if (options.count !== null && ++printed >= options.count) return EXIT.ok;
       }
     } catch {
