@@ -284,6 +284,24 @@ Deno.test("a member that knows only removed peers learns the new members from th
   _assertExercised(totals, ["memberAdds", "memberRemoves", "membersQueries"]);
 });
 
+/**
+ * A follower that installed a snapshot whose metadata listed the voters without their addresses
+ * (as a leader sent it when its file recorded the voters alone) later led and removed a member:
+ * the change copied its configuration, addresses missing, and a node that had joined (whose
+ * cluster file lists only itself) knew no one after taking it (`convergence`; found by the soak,
+ * seed 21005, once the simulation modelled address books). Now the metadata a leader sends carries
+ * every member's address, and a follower fills what an older leader's lacks.
+ */
+Deno.test("a node that joined keeps its members' addresses through changes made by a leader that installed a snapshot", async () => {
+  const { failures, totals } = await _runSeeds([21005], (seed) => ({
+    seed,
+    nodes: 3,
+    durationMs: 20_000,
+  }));
+  assert.equal(failures.length, 0, _describe(failures));
+  _assertExercised(totals, ["memberAdds", "memberRemoves", "snapshotsInstalled"]);
+});
+
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
   const seeds = [...AWAY_SEEDS.map(([seed]) => seed), ..._range(101, 10)];
   const { failures, totals } = await _runSeeds(seeds, (seed) => ({
