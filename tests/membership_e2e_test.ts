@@ -496,6 +496,38 @@ Deno.test("a node that joined a cluster restored from a backup reaches its membe
   );
 });
 
+Deno.test("a node added that went down with a term but no data yet asks to join again, and learns its members from the answer", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  // node-4 is added while it is not running; its data directory holds only a hard state (as
+  // when it went down after it heard the leader's term, before its first snapshot arrived).
+  await cluster.addNode("node-4");
+  await change(cluster, () => leader, "POST", "/v1/members", {
+    node_id: "node-4",
+    rpc_url: cluster.rpc("node-4"),
+    api_url: cluster.api("node-4"),
+  });
+  const term = (await cluster.status(leader))!.term;
+  const hardStatePath = join(cluster.node("node-4").dataDir, "raft-state.json");
+  await saveHardState(hardStatePath, { nodeId: "node-4", term, vote: "", commit: 0 });
+  const w = await attempt(`${cluster.api(leader)}/v1/data/later`, "PUT", { v: "1" }, 5000);
+  assert.ok(w.kind === "answer" && w.status === 200, JSON.stringify(w));
+  // Its cluster file lists only itself: the members' addresses come from the join's answer.
+  await cluster.start("node-4", { flags: ["--join", cluster.api(leader)] });
+  await waitFor(async () => {
+    const r = await attempt(`${cluster.api("node-4")}/v1/data/later`, "GET", undefined, 2000);
+    return r.kind === "answer" && r.status === 200;
+  }, {
+    deadlineMs: 15_000,
+    intervalMs: 100,
+    message: () => `node-4 to serve a linearizable read\n${cluster.formatLogs(["node-4"])}`,
+  });
+  assert.ok(
+    cluster.logs("node-4").some((l) => l.includes("already a member of the cluster")),
+    cluster.formatLogs(["node-4"]),
+  );
+});
+
 Deno.test("a member that was down while a new node joined and took the lead catches up while that node leads", async () => {
   await using cluster = await startCluster({ size: 3 });
   const leader = await cluster.waitForLeader();
