@@ -349,6 +349,8 @@ class _Watcher implements EventSink {
    * set, as they leave: see `take`).
    */
   #queue: (string | KvEvent)[] = [];
+  /** Where the items still to send begin in `#queue` (those before it were sent). */
+  #head = 0;
   /** Changes of entry `#from` still to skip (a `Last-Event-ID: N:j` resume), and all it had. */
   #skip: number;
   readonly #resumedInside: number;
@@ -399,9 +401,9 @@ class _Watcher implements EventSink {
     } finally {
       this.#catchingUp = false;
     }
-    this.#backlog = this.#queue.length;
+    this.#backlog = this.#waiting;
     this.#heartbeat = setInterval(() => {
-      if (this.#queue.length === 0) this.#push(": heartbeat\n\n");
+      if (this.#waiting === 0) this.#push(": heartbeat\n\n");
     }, heartbeatMs);
   }
 
@@ -416,7 +418,7 @@ class _Watcher implements EventSink {
     }
     if (this.#matches(e.k)) {
       // Cut off only between entries: everything before this one was queued, none of it twice.
-      const full = this.#queue.length - this.#backlog >= this.#buffer;
+      const full = this.#waiting - this.#backlog >= this.#buffer;
       if (!this.#catchingUp && full && e.index !== this.#queuedIndex) {
         this.end(
           this.#finalEvent(
@@ -458,7 +460,7 @@ class _Watcher implements EventSink {
     this.#onEnd();
     this.#unsubscribe();
     clearInterval(this.#heartbeat);
-    if (final === null) this.#queue = [];
+    if (final === null) [this.#queue, this.#head] = [[], 0];
     this.#final = final;
     this.#wakeUp();
   }
@@ -470,13 +472,13 @@ class _Watcher implements EventSink {
    * the id `N:j`, the last one `N`.
    */
   async take(): Promise<string | null> {
-    while (this.#queue.length === 0 && this.#final === null && !this.#ended) {
+    while (this.#waiting === 0 && this.#final === null && !this.#ended) {
       await new Promise<void>((resolve) => (this.#wake = resolve));
     }
-    if (this.#queue.length > 0) {
+    if (this.#waiting > 0) {
       const items = this.#queue;
       let text = "";
-      let i = 0;
+      let i = this.#head;
       for (; i < items.length && text.length < WATCH_CHUNK_CHARS; i++) {
         const item = items[i]!;
         if (typeof item === "string") {
@@ -490,9 +492,13 @@ class _Watcher implements EventSink {
         const more = next !== undefined && typeof next !== "string" && next.index === item.index;
         text += more ? `id: ${item.index}:${this.#sentOfIndex}\n${q.data}` : q.whole;
       }
-      // The rest waits for the next read; the backlog goes first, so it is what was taken.
-      this.#queue = i === items.length ? [] : items.slice(i);
-      this.#backlog = Math.max(0, this.#backlog - i);
+      // The rest waits for the next read; the backlog goes first, so it is what was taken. The
+      // items sent are dropped once they are half the array (not at each read: a backlog of
+      // many small events would be copied again and again).
+      this.#backlog = Math.max(0, this.#backlog - (i - this.#head));
+      this.#head = i;
+      if (i === items.length) [this.#queue, this.#head] = [[], 0];
+      else if (i > items.length / 2) [this.#queue, this.#head] = [items.slice(i), 0];
       return text;
     }
     if (this.#final !== null) {
@@ -501,6 +507,11 @@ class _Watcher implements EventSink {
       return text;
     }
     return null;
+  }
+
+  /** The items still to send. */
+  get #waiting(): number {
+    return this.#queue.length - this.#head;
   }
 
   #push(item: string | KvEvent): void {
