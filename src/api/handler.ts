@@ -505,7 +505,9 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
  * dashboard's files are not answers about the data and go without it.
  */
 function _withIndex(ctx: _Context, res: Response, url: URL): Response {
-  if (!isUiPath(url.pathname) && !res.headers.has(INDEX_HEADER)) {
+  // Not on the probes, which need no token: how far the log has come is the cluster's business.
+  const probe = url.pathname === "/health" || url.pathname === "/ready";
+  if (!probe && !isUiPath(url.pathname) && !res.headers.has(INDEX_HEADER)) {
     res.headers.set(INDEX_HEADER, String(ctx.backend.status().applied_index));
   }
   return res;

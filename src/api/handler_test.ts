@@ -30,6 +30,7 @@ import {
   FORWARDED_BY_HEADER,
   FORWARDED_TO_HEADER,
   type Forwarder,
+  INDEX_HEADER,
   WWW_AUTHENTICATE,
 } from "./handler.ts";
 
@@ -889,6 +890,11 @@ Deno.test("GET /health answers ok even when the node is not ready", async () => 
   backend.ready = false;
   assert.deepEqual(await expectJson(await call("GET", "/health"), 200), { status: "ok" });
   assert.equal((await call("HEAD", "/health")).status, 200);
+  // The probes need no token, and tell nothing of the log (no applied index).
+  for (const path of ["/health", "/ready"]) {
+    assert.equal((await call("GET", path)).headers.get(INDEX_HEADER), null, path);
+  }
+  assert.notEqual((await call("GET", "/v1/status")).headers.get(INDEX_HEADER), null);
 });
 
 Deno.test("GET /ready answers 200 when ready and 503 otherwise, without logging", async () => {
