@@ -621,13 +621,17 @@ function _join(dir: string, name: string): string {
   return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
 }
 
-/** The `--join` URL, checked: an http(s) URL. */
+/** The `--join` URL, checked: an http(s) URL, or `host:port` for `http://host:port`. */
 function _joinUrl(settings: _Settings): string | null {
   const raw = settings.raw("--join");
   if (raw === undefined || raw.value === "") return null;
+  // As the client's --endpoints and a cluster file take it.
+  const text = /^(?:[^/:[\]]+|\[[0-9A-Fa-f:.]+\]):\d+$/.test(raw.value)
+    ? `http://${raw.value}`
+    : raw.value;
   let url: URL;
   try {
-    url = new URL(raw.value);
+    url = new URL(text);
   } catch {
     throw new ConfigError(
       `Invalid value for ${raw.origin}: ${JSON.stringify(raw.value)} is not a URL ` +
@@ -639,7 +643,7 @@ function _joinUrl(settings: _Settings): string | null {
       `Invalid value for ${raw.origin}: ${JSON.stringify(raw.value)} is not an http(s) URL`,
     );
   }
-  return raw.value.replace(/\/+$/, "");
+  return text.replace(/\/+$/, "");
 }
 
 function _readClusterFile(path: string, readFile: (path: string) => string): PeerConfig[] {

@@ -1127,4 +1127,14 @@ Deno.test("parseArgs() with --join keeps only this node's own cluster file entry
     "--join",
     "is not a URL",
   );
+  // host:port means http://host:port, as the client's --endpoints and cluster files take it.
+  for (
+    const [given, url] of [
+      ["10.0.0.1:8001", "http://10.0.0.1:8001"],
+      ["raftkv-0.raftkv:7777", "http://raftkv-0.raftkv:7777"],
+      ["[::1]:7777", "http://[::1]:7777"],
+    ]
+  ) {
+    assert.equal(_config(["--id", "node-1", "--join", given!], {}, _FILES).join, url);
+  }
 });
