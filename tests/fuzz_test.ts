@@ -15,7 +15,7 @@ import { Rng } from "../testing/chaos_lib.ts";
 
 const MAX_KEY_BYTES = 1024;
 const MAX_VALUE_BYTES = 1024 * 1024;
-const MAX_BODY_BYTES = MAX_KEY_BYTES + MAX_VALUE_BYTES + 4096;
+const MAX_BODY_BYTES = 6 * (MAX_KEY_BYTES + MAX_VALUE_BYTES) + 4096;
 const API_TIMEOUT_MS = 2000;
 const NODE_FLAGS = ["--api-timeout", String(API_TIMEOUT_MS), "--election-timeout", "1000"];
 

@@ -175,10 +175,11 @@ export interface ApiOptions {
    */
   maxValueBytes?: number;
   /**
-   * Largest request body in bytes. Note that JSON escapes (`\"`, `\u0000`) make a body longer
-   * than the value it carries.
+   * Largest request body in bytes. JSON escapes make a body longer than the value it carries, up
+   * to six times (`\u0000` for one byte): the default leaves room for a key and a value at their
+   * limits however a client's encoder escapes them.
    *
-   * @default {maxKeyBytes + maxValueBytes + 4096}
+   * @default {6 * (maxKeyBytes + maxValueBytes) + 4096}
    */
   maxBodyBytes?: number;
   /**
@@ -535,7 +536,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
   const maxBodyBytes = positiveInt(
     "maxBodyBytes",
     options.maxBodyBytes,
-    maxKeyBytes + maxValueBytes + 4096,
+    6 * (maxKeyBytes + maxValueBytes) + 4096,
   );
   const limits = new ApiLimits({
     maxInflightRequests: positiveInt("maxInflightRequests", options.maxInflightRequests, 1024),

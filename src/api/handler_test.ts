@@ -482,7 +482,7 @@ Deno.test("a streamed body is rejected with 413 as soon as it passes maxBodyByte
   await expectError(
     res,
     413,
-    /^the request body exceeds the limit of 100 bytes \(--max-key-bytes plus --max-value-bytes plus 4 KiB\)$/,
+    /^the request body exceeds the limit of 100 bytes \(six times --max-key-bytes plus --max-value-bytes, for JSON's escapes, plus 4 KiB\)$/,
   );
   assert.equal(state.pulls, 4); // 120 bytes: the fourth chunk crosses the limit
   assert.equal(state.cancelled, true);
@@ -501,11 +501,18 @@ Deno.test("a streamed body within maxBodyBytes is read whole", async () => {
   assert.deepEqual(backend.calls, [`put a=${"x".repeat(60)}`]);
 });
 
-Deno.test("the default maxBodyBytes leaves room for a key and value at their limits", async () => {
+Deno.test("the default maxBodyBytes leaves room for a key and value at their limits, however escaped", async () => {
   const { call } = setup({ maxKeyBytes: 10, maxValueBytes: 1000 });
   const body = JSON.stringify({ k: "k".repeat(10), v: "v".repeat(1000) });
   await expectJson(await call("POST", "/v1/data", body), 200);
-  await expectError(await call("POST", "/v1/data", "x".repeat(10 + 1000 + 4097)), 413, /5106/);
+  // Every byte of the value written as \u0022 (a quote): six times as long, still taken.
+  const escaped = `{"k":"${"k".repeat(10)}","v":"${"\\u0022".repeat(1000)}"}`;
+  await expectJson(await call("POST", "/v1/data", escaped), 200);
+  await expectError(
+    await call("POST", "/v1/data", "x".repeat(6 * (10 + 1000) + 4097)),
+    413,
+    /10156/,
+  );
 });
 
 Deno.test("an unknown path is answered with 404 naming it", async () => {

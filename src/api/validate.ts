@@ -60,7 +60,7 @@ export async function readBody(
   if (declared > max) {
     throw new ApiError(
       413,
-      `the request body is ${declared} bytes; the limit is ${max} bytes (--max-key-bytes plus --max-value-bytes plus 4 KiB)`,
+      `the request body is ${declared} bytes; the limit is ${max} bytes (six times --max-key-bytes plus --max-value-bytes, for JSON's escapes, plus 4 KiB)`,
       { limit_bytes: max, size_bytes: declared },
     );
   }
@@ -76,7 +76,7 @@ export async function readBody(
       if (total > max) {
         throw new ApiError(
           413,
-          `the request body exceeds the limit of ${max} bytes (--max-key-bytes plus --max-value-bytes plus 4 KiB)`,
+          `the request body exceeds the limit of ${max} bytes (six times --max-key-bytes plus --max-value-bytes, for JSON's escapes, plus 4 KiB)`,
           { limit_bytes: max },
         );
       }
