@@ -468,6 +468,18 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
     );
     assert.match(run.stderr, /1 of 3 members did not answer/);
   });
+
+  await t.step(
+    "a transfer to a voter that does not take over exits 1 at once, saying so",
+    async () => {
+      // The follower is down: the leader abandons the transfer after an election timeout.
+      const started = performance.now();
+      const run = await raftkv(["leader", "transfer", follower, "--timeout", "20s", ...ep]);
+      _expect(run, 1, "a transfer to a stopped voter");
+      assert.match(run.stderr, new RegExp(`"${follower}" was abandoned: it did not take over`));
+      assert.ok(performance.now() - started < 10_000, "it was tried again until --timeout");
+    },
+  );
 });
 
 Deno.test("--cacert trusts a private CA for https endpoints, and --token is sent as a bearer token", async () => {

@@ -19,27 +19,36 @@ export const LEADER_TRANSFER: Command = {
     "whose log matches the most of the leader's) and prints the new leader once it is known " +
     '(-o json: the API\'s {"leader","previous"}). An ID that is not a voter (unknown, a learner) ' +
     "exits 1 and changes nothing; a transfer while another is in progress exits 6; a target that " +
-    "did not take over in time (the leader leads on) is tried again until --timeout. Needs a " +
-    "token with the admin role when the cluster uses tokens.",
+    "did not take over in time (the leader leads on) exits 1 with the leader's reason (asking " +
+    "again would hold the writes up again). Needs a token with the admin role when the cluster " +
+    "uses tokens.",
   options: [],
   arity: [0, 1],
   async run(ctx) {
     const to = ctx.args[0];
     if (to === "") throw usageError("the node id must not be empty");
     const client = await ctx.client();
-    const answer = await client.send(
-      "POST",
-      "/v1/leader/transfer",
-      to === undefined ? {} : { body: { to } },
-    );
+    const body = to === undefined ? {} : { body: { to } };
     const what = to === undefined ? "leader transfer" : `leader transfer ${JSON.stringify(to)}`;
+    // Refusals that change nothing (no leader known, overloaded) are asked again; a transfer the
+    // leader abandoned (its 503 names the target, `to`) is not: each attempt holds writes up.
+    let answer = await client.send("POST", "/v1/leader/transfer", {
+      ...body,
+      retryRefused: false,
+    });
+    const abandoned = answer.status === 503 &&
+      typeof (answer.json as { to?: unknown } | null)?.to === "string";
+    if (abandoned) throw answerError(answer, what);
+    if (answer.status === 503 || answer.status === 429) {
+      answer = await client.send("POST", "/v1/leader/transfer", body);
+    }
     if (answer.status !== 200) throw answerError(answer, what);
-    const body = answer.json as { leader?: unknown; previous?: unknown } | null;
-    if (typeof body?.leader !== "string") {
+    const moved = answer.json as { leader?: unknown; previous?: unknown } | null;
+    if (typeof moved?.leader !== "string") {
       throw new ClientError(`${what}: unexpected answer ${answer.text.slice(0, 200)}`, EXIT.error);
     }
-    const was = typeof body.previous === "string" ? ` (was ${body.previous})` : "";
-    ctx.print(answer.json, `the leader is now ${body.leader}${was}`);
+    const was = typeof moved.previous === "string" ? ` (was ${moved.previous})` : "";
+    ctx.print(answer.json, `the leader is now ${moved.leader}${was}`);
     return EXIT.ok;
   },
 };
