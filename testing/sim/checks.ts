@@ -84,8 +84,18 @@ export class Checker {
   #refLeaseStates: string[] = [];
   /** The UTF-8 bytes of the reference state's keys and values after each index. */
   #refBytes: number[] = [0];
-  /** When each (index, term) was first seen in a log (key: index * 2^20 + term). */
+  /**
+   * When each (index, term) was first seen in a log, or handed to a node's storage to append,
+   * whichever came first (key: index * 2^20 + term): a leader that proposes an entry and dies of
+   * its failed disk in the same step is never seen holding it, yet proposed it then.
+   */
   readonly firstSeen = new Map<number, number>();
+
+  /** Notes that an entry exists now, if it was not seen before (see {@linkcode firstSeen}). */
+  noteSeen(index: number, term: number): void {
+    const key = index * 1_048_576 + term;
+    if (!this.firstSeen.has(key)) this.firstSeen.set(key, this.#ctx.clock.now());
+  }
   /** When each term's leader was first seen leading. */
   readonly leaderSince = new Map<number, number>();
   /** When an entry of each term was first known committed (its leader then applies the log). */

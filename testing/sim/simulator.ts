@@ -1030,6 +1030,7 @@ class _Simulation implements SimContext {
         await inner.saveSnapshot(meta, leaky.length, { entries: leaky, sessions: [], leases });
       },
       append: async (entries, commit) => {
+        for (const e of entries) this.#checker.noteSeen(e.index, e.term);
         const from = entries[0]?.index ?? Infinity;
         n.writingFrom = Math.min(n.writingFrom, from);
         await fatal(inner.append(entries, commit));

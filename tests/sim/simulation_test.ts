@@ -302,6 +302,22 @@ Deno.test("a node that joined keeps its members' addresses through changes made 
   _assertExercised(totals, ["memberAdds", "memberRemoves", "snapshotsInstalled"]);
 });
 
+/**
+ * A leader proposed a lease's expiry and died of its failed disk in the same step; a follower
+ * paused meanwhile took the entry when it resumed. The lease-bound check dated the proposal from
+ * that follower (late, a false failure; found by the soak, seed 29456): an entry now dates from
+ * when it was first handed to a node's storage, if that was before it was seen in a log.
+ */
+Deno.test("an expiry proposed by a leader that died in the same step is dated from its proposal", async () => {
+  const { failures, totals } = await _runSeeds([29456], (seed) => ({
+    seed,
+    nodes: 3,
+    durationMs: 20_000,
+  }));
+  assert.equal(failures.length, 0, _describe(failures));
+  _assertExercised(totals, ["leasesExpired", "leaseBoundChecks", "diskFailureStops"]);
+});
+
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
   const seeds = [...AWAY_SEEDS.map(([seed]) => seed), ..._range(101, 10)];
   const { failures, totals } = await _runSeeds(seeds, (seed) => ({
