@@ -735,11 +735,13 @@ Deno.test("lock and elect: waiters queue behind the holder and go on once it rel
     const held = JSON.parse(a.out()) as { key: string; lease: number; create_index: number };
     assert.equal(held.key, `jobs/lock/${held.lease}`);
     const marker = join(dir, "b");
+    // A TTL with room for a loaded machine: B's keep-alives go through a follower, and B only
+    // waits (it never has to lose its lease here).
     const b = start([
       "lock",
       "jobs/lock",
       "--ttl",
-      "1s",
+      "3s",
       "--endpoints",
       cluster.api(follower),
       "--",
