@@ -29,9 +29,13 @@ import { MetricsRegistry } from "../util/metrics.ts";
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
 
-async function waitFor(cond: () => boolean, what: string, deadlineMs = 10_000): Promise<void> {
+async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  what: string,
+  deadlineMs = 10_000,
+): Promise<void> {
   const end = performance.now() + deadlineMs;
-  while (!cond()) {
+  while (!(await cond())) {
     if (performance.now() > end) {
       throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}`);
     }
@@ -959,7 +963,12 @@ Deno.test("large values trigger snapshots by log bytes long before the entry thr
     // 3.2 MB written, 100 entries: the entry threshold alone would never have snapshotted.
     const snaps = await listSnapshots(join(root, "snapshots"));
     assert.ok(snaps.length >= 1 && snaps[0]!.index >= 60, `snapshots: ${JSON.stringify(snaps)}`);
-    assert.ok(most < 3 * threshold, `the WAL reached ${most} bytes (threshold ${threshold})`);
+    // Puts go on while a snapshot is written: on a loaded machine (a slow fsync) the WAL grows
+    // meanwhile (a CI run saw 3.6 thresholds), so the bound while writing is loose; once the
+    // snapshots are done the log holds about two thresholds. Without snapshots by bytes it would
+    // hold all 3.2 MB (12 thresholds).
+    assert.ok(most < 6 * threshold, `the WAL reached ${most} bytes (threshold ${threshold})`);
+    await waitFor(async () => (await walBytes()) < 3 * threshold, "the WAL to be compacted");
     for (let i = 90; i < 100; i++) {
       assert.equal(await node.get(`k${i % 10}`, "linearizable", signal()), value(i));
     }
