@@ -51,7 +51,9 @@ export async function leaderTransferRoute(
   const declared = req.headers.get("content-length");
   const hasBody = req.body !== null && declared !== "0";
   if (hasBody) requireJson(req);
-  const bytes = hasBody ? await readBody(req, _MAX_BODY, deadline) : new Uint8Array(0);
+  const bytes = hasBody
+    ? await readBody(req, _MAX_BODY, deadline, "the limit of this route")
+    : new Uint8Array(0);
   const to = _target(bytes);
   const previous = ctx.backend.status().id;
   try {

@@ -482,7 +482,7 @@ Deno.test("a streamed body is rejected with 413 as soon as it passes maxBodyByte
   await expectError(
     res,
     413,
-    /^the request body exceeds the limit of 100 bytes \(six times --max-key-bytes plus --max-value-bytes, for JSON's escapes, plus 4 KiB\)$/,
+    /^the request body exceeds the limit of 100 bytes \(six times the sum of --max-key-bytes and --max-value-bytes, for JSON's escapes, plus 4 KiB\)$/,
   );
   assert.equal(state.pulls, 4); // 120 bytes: the fourth chunk crosses the limit
   assert.equal(state.cancelled, true);

@@ -252,7 +252,7 @@ async function _grant(
   requireJson(req);
   const idem = idempotencyKey(req);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
-  const bytes = await readBody(req, 4096, deadline);
+  const bytes = await readBody(req, 4096, deadline, "the limit of this route");
   const body = parseObject(bytes);
   onlyFields(body, ["ttl"], "the request body");
   if (!Object.hasOwn(body, "ttl")) {

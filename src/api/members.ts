@@ -74,7 +74,7 @@ export async function addMemberRoute(
   const membership = _membership(ctx);
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   requireJson(req);
-  const bytes = await readBody(req, _MAX_BODY, deadline);
+  const bytes = await readBody(req, _MAX_BODY, deadline, "the limit of this route");
   const member = _memberBody(bytes);
   try {
     const { index } = await membership.add(member, deadline.signal);

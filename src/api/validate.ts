@@ -40,12 +40,17 @@ export function requireJson(req: Request): void {
   );
 }
 
+/** How the API's body limit is made, as its 413 says. */
+export const API_BODY_LIMIT =
+  "six times the sum of --max-key-bytes and --max-value-bytes, for JSON's escapes, plus 4 KiB";
+
 /**
  * Reads the whole body, refusing one over `maxBodyBytes` without reading the rest.
  *
  * @param req The request.
  * @param maxBodyBytes The largest body accepted.
  * @param deadline The request's deadline, which bounds the reading.
+ * @param limit Where the limit comes from, for the 413's message. Default: the API's body limit.
  * @returns The body's bytes (empty when there is none).
  * @throws {ApiError} 413 if the body is too large, 408 if it did not arrive in time, 499 if the
  * client went away, 400 if it could not be read.
@@ -54,13 +59,14 @@ export async function readBody(
   req: Request,
   maxBodyBytes: number,
   deadline: Deadline,
+  limit: string = API_BODY_LIMIT,
 ): Promise<Uint8Array<ArrayBuffer>> {
   const max = maxBodyBytes;
   const declared = Number(req.headers.get("content-length") ?? "0");
   if (declared > max) {
     throw new ApiError(
       413,
-      `the request body is ${declared} bytes; the limit is ${max} bytes (six times --max-key-bytes plus --max-value-bytes, for JSON's escapes, plus 4 KiB)`,
+      `the request body is ${declared} bytes; the limit is ${max} bytes (${limit})`,
       { limit_bytes: max, size_bytes: declared },
     );
   }
@@ -76,7 +82,7 @@ export async function readBody(
       if (total > max) {
         throw new ApiError(
           413,
-          `the request body exceeds the limit of ${max} bytes (six times --max-key-bytes plus --max-value-bytes, for JSON's escapes, plus 4 KiB)`,
+          `the request body exceeds the limit of ${max} bytes (${limit})`,
           { limit_bytes: max },
         );
       }
