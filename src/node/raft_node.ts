@@ -657,13 +657,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       // The configuration a configuration change copies must hold every member's addresses (a
       // joining node learns them from it): a snapshot written as booted, or restored from a
       // backup, has none, and the cluster file gives them.
-      snapshot: snapshot && {
-        ...snapshot,
-        info: _withAddresses(
-          { voters: snapshot.voters, learners: snapshot.learners ?? [], info: snapshot.info ?? {} },
-          this.#clusterFile,
-        ),
-      },
+      snapshot: snapshot && _metaWithAddresses(snapshot, this.#clusterFile),
       entries: this.#storage.entries,
     });
     this.#storage.releaseRecovered?.();
@@ -2446,9 +2440,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (m.snapshot) {
       // From a leader of an earlier version, the voters may come without their addresses: the
       // cluster file gives them, as at a start from such a snapshot.
-      const s = m.snapshot;
-      const conf = { voters: s.voters, learners: s.learners ?? [], info: s.info ?? {} };
-      m = { ...m, snapshot: { ...s, info: _withAddresses(conf, this.#clusterFile) } };
+      m = { ...m, snapshot: _metaWithAddresses(m.snapshot, this.#clusterFile) };
     }
     const meta = m.snapshot;
     if (this.#stopping) throw new StoppingError();
@@ -2679,6 +2671,12 @@ function _withAddresses(
     info[id] = memberInfo(m);
   }
   return info;
+}
+
+/** `meta` with the addresses its configuration lacks taken from `known` (see `_withAddresses`). */
+function _metaWithAddresses(meta: SnapshotMeta, known: ReadonlyMap<NodeId, Member>): SnapshotMeta {
+  const conf = { voters: meta.voters, learners: meta.learners ?? [], info: meta.info ?? {} };
+  return { ...meta, info: _withAddresses(conf, known) };
 }
 
 /** The member a configuration's info describes, or null when it has none (or not this form). */
