@@ -282,7 +282,9 @@ removed nodes:    ${t("removedRefusals")} client requests refused at once, ${
                   ${
     t("removedAnswers")
   } peer batches answered "removed" (sender outside the committed configuration)
-full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alarms raised, ${
+full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alarms raised (${
+    t("snapshotsNoRoom")
+  } snapshot transfers refused for want of room), ${
     t("noSpaceRefusals")
   } writes refused for a full disk (507; ${
     t("peerNoSpaceRefusals")

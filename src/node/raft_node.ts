@@ -72,6 +72,7 @@ import {
 } from "./backend.ts";
 import {
   type CommittedMembers,
+  PeerNoSpaceError,
   PeerRefusedError,
   type Transport,
   type TransportHandlers,
@@ -532,6 +533,16 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #logBytes = 0;
   /** No snapshot starts before this time (on the clock), after one the disk refused. */
   #snapshotRetryAt = 0;
+  /**
+   * The last snapshot the disk refused started a WAL segment that is still the newest: the next
+   * attempt writes into it rather than leaving one more segment per refused attempt.
+   */
+  #rolledForRefused = false;
+  /**
+   * On a leader: the followers a snapshot could not be sent to lately, and when to try again
+   * (a follower whose disk has no room for it is not sent it over and over). Cleared on success.
+   */
+  readonly #snapshotBackoff = new Map<NodeId, { until: number; delayMs: number }>();
   /** A follower needs a snapshot newer than the newest file (see #sendSnapshot): take one now. */
   #snapshotWanted = false;
   /** The last "snapshot too old for this follower" note, so it is logged once per file and peer. */
@@ -1352,7 +1363,10 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (this.#stopping) return Promise.reject(new StoppingError());
     if (this.#isRemoved()) return Promise.reject(new RemovedError(this.id));
     if (consistency === "stale") return Promise.resolve(serve());
-    if (!this.#canConfirmReads()) return Promise.reject(new NotLeaderError(this.#core.leader));
+    if (!this.#canConfirmReads() || (this.#noSpace && this.#core.role !== "leader")) {
+      // A full follower cannot apply what commits after its disk filled: the leader answers.
+      return Promise.reject(new NotLeaderError(this.#core.leader));
+    }
     if (consistency === "lease" && this.#core.role === "leader") {
       // After a stall (a paused process, a long GC) the ticks owed must land first, or a lease
       // that expired in real time would still look valid.
@@ -2129,8 +2143,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     job.done = 4;
   }
 
-  /** Raises the NOSPACE alarm (or backs off further if it is up): see the class doc. */
-  #raiseNoSpace(e: unknown): void {
+  /**
+   * Raises the NOSPACE alarm (or backs off further if it is up): see the class doc. `what` names
+   * what did not fit when it is not the held write.
+   */
+  #raiseNoSpace(e: unknown, what?: string): void {
     const now = this.#clock.now();
     if (this.#noSpace) {
       this.#noSpace.delayMs = Math.min(2 * this.#noSpace.delayMs, _NOSPACE_MAX_RETRY_MS);
@@ -2142,11 +2159,15 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       retryAt: now + _NOSPACE_FIRST_RETRY_MS,
       delayMs: _NOSPACE_FIRST_RETRY_MS,
     };
+    const why = e instanceof Error ? e.message : e;
     this.#log.error(
-      `NOSPACE: the disk is full (${
-        e instanceof Error ? e.message : e
-      }); writes are refused and reads served until a retry of the write succeeds`,
+      what === undefined
+        ? `NOSPACE: the disk is full (${why}); writes are refused and reads served until a retry of the write succeeds`
+        : `NOSPACE: the disk has no room for ${what} (${why}); it is taken when the leader sends it again`,
     );
+    // A follower can no longer apply what commits from now on: its linearizable and lease reads
+    // are answered by the leader (see #read).
+    if (this.#core.role !== "leader") this.#forwardReads();
     this.#schedule();
   }
 
@@ -2156,11 +2177,16 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#log.info(`NOSPACE cleared: the disk took the write after ${seconds.toFixed(1)} s`);
   }
 
-  /** Called every tick: while the disk is full, retries the held write when its time has come. */
+  /**
+   * Called every tick: while the disk is full, retries the held write when its time has come.
+   * With no write held (the alarm came from a snapshot the leader sent), the leader's next
+   * transfer or the next write tells.
+   */
   #retryWrite(): void {
     const noSpace = this.#noSpace;
     if (!noSpace || this.#writerActive || this.#failed || this.#stopping) return;
     if (this.#clock.now() < noSpace.retryAt) return;
+    if (!this.#heldJob && this.#pendingWrites.length === 0) return;
     this.#writerActive = true;
     this.#writing = this.#writeLoop();
   }
@@ -2289,6 +2315,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#snapshotTask = this.#takeSnapshot().catch((e) => {
       if (isNoSpace(e)) {
         this.#snapshotRetryAt = this.#clock.now() + _NOSPACE_MAX_RETRY_MS;
+        this.#rolledForRefused = true;
         this.#log.warn(`snapshot not written, the disk is full: ${(e as Error).message}`);
       } else if (!this.#stopping) {
         this.#fail(e);
@@ -2322,7 +2349,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     };
     const started = this.#clock.now();
     const logBytes = this.#logBytes;
-    this.#storage.rollLog();
+    if (!this.#rolledForRefused) this.#storage.rollLog();
+    this.#rolledForRefused = false;
     try {
       await this.#storage.saveSnapshot(meta, view.count, {
         entries: view.entries(),
@@ -2394,11 +2422,29 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       queueMicrotask(() => this.#guard(() => this.#core.reportSnapshot(m.to, false)));
       return;
     }
+    const backoff = this.#snapshotBackoff.get(m.to);
+    if (backoff && this.#clock.now() < backoff.until) {
+      // The last send failed a moment ago: the core asks again at a later heartbeat.
+      queueMicrotask(() => this.#guard(() => this.#core.reportSnapshot(m.to, false)));
+      return;
+    }
     this.#log.info(`sending snapshot at index ${file.index} to ${m.to}`);
     this.#transport.sendSnapshot(m, () => this.#storage.openSnapshot(file)).then(
-      () => this.#guard(() => this.#core.reportSnapshot(m.to, true)),
+      () => {
+        this.#snapshotBackoff.delete(m.to);
+        this.#guard(() => this.#core.reportSnapshot(m.to, true));
+      },
       (e) => {
-        this.#log.warn(`sending snapshot to ${m.to} failed: ${e instanceof Error ? e.message : e}`);
+        const delayMs = Math.min(
+          2 * (this.#snapshotBackoff.get(m.to)?.delayMs ?? _SNAPSHOT_FIRST_RETRY_MS / 2),
+          _NOSPACE_MAX_RETRY_MS,
+        );
+        this.#snapshotBackoff.set(m.to, { until: this.#clock.now() + delayMs, delayMs });
+        this.#log.warn(
+          `sending snapshot to ${m.to} failed (next try in ${delayMs / 1000} s): ${
+            e instanceof Error ? e.message : e
+          }`,
+        );
         this.#guard(() => this.#core.reportSnapshot(m.to, false));
       },
     );
@@ -2462,10 +2508,25 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       try {
         data = await this.#storage.receiveSnapshot(meta, body);
       } catch (e) {
+        if (isNoSpace(e)) {
+          // Raised like any write the disk refused: the leader hears of it (heartbeat answers),
+          // reads go to the leader, and a later transfer or write that fits clears it.
+          if (!this.#stopping) {
+            this.#raiseNoSpace(e, `the leader's snapshot at index ${meta.index}`);
+          }
+          throw new PeerNoSpaceError(
+            `no space left on device for the snapshot at index ${meta.index}`,
+          );
+        }
         // The peer sent bytes that are not the snapshot it named: its fault, not this node's. The
         // answer says what is wrong, never where the node keeps its files.
         if (!(e instanceof CorruptFileError)) throw e;
         throw new PeerRefusedError(`received snapshot is not valid: ${e.reason}`);
+      }
+      // It fit: the disk has room again, whatever write the alarm came from is retried as usual.
+      if (this.#noSpace && !this.#heldJob) {
+        this.#clearNoSpace();
+        this.#kickWriter();
       }
     } catch (e) {
       // The storage removed its temp file; remove the received one too, unless an earlier
@@ -2607,6 +2668,18 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /**
+   * Hands every waiting read back as {@linkcode NotLeaderError}, confirmed or not (the API
+   * forwards them to the leader): this follower's disk is full, and what they wait to apply may
+   * never be written here. A read has no effect, so asking the leader again is safe.
+   */
+  #forwardReads(): void {
+    const e = new NotLeaderError(this.#core.leader);
+    this.#failUnconfirmedReads(e);
+    for (const round of this.#readsAwaitingApply) for (const r of round.reads) r.reject(e);
+    this.#readsAwaitingApply = [];
+  }
+
+  /**
    * Fails reads not yet confirmed. Confirmed reads stay: their index is a valid linearization
    * point even if this node stops leading, so they are served once it has applied that far.
    */
@@ -2641,6 +2714,9 @@ function _key(id: SnapshotId): string {
 
 /** The first retry of a write the full disk refused, in milliseconds. */
 const _NOSPACE_FIRST_RETRY_MS = 500;
+/** The pause before sending a follower a snapshot again after a send failed (it then doubles). */
+const _SNAPSHOT_FIRST_RETRY_MS = 500;
+
 /** The longest pause between retries while the disk is full (also for snapshots). */
 const _NOSPACE_MAX_RETRY_MS = 5_000;
 /** The bytes a log record takes besides the entry's data. */

@@ -621,18 +621,34 @@ interface Disk {
   full: boolean;
   /** Writes refused so far. */
   refused: number;
+  /** While set, a snapshot sent by the leader does not fit (the rest still does). */
+  noRoomForSnapshots?: boolean;
+  /** Snapshots from the leader that arrived (stored or refused). */
+  snapshotsReceived?: number;
 }
+
+const _enospc = () =>
+  Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
 
 /**
  * Wraps `storage` so that its log, hard-state and install writes fail as on a full disk while
  * `disk.full` is set (snapshot files still go through).
  */
 function fillable(storage: NodeStorage, disk: Disk): NodeStorage {
-  return guarded(storage, () => {
+  const wrapped = guarded(storage, () => {
     if (!disk.full) return;
     disk.refused++;
-    throw Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
+    throw _enospc();
   });
+  return {
+    ...wrapped,
+    receiveSnapshot: async (meta, body) => {
+      disk.snapshotsReceived = (disk.snapshotsReceived ?? 0) + 1;
+      if (!disk.noRoomForSnapshots) return await storage.receiveSnapshot(meta, body);
+      await body.cancel();
+      throw _enospc();
+    },
+  };
 }
 
 /** Wraps `storage` so that its log, hard-state and install writes run `guard` first. */
@@ -669,7 +685,7 @@ function guarded(storage: NodeStorage, guard: () => void | Promise<void>): NodeS
 }
 
 /** Three nodes on real files whose disks the test can fill, and every fatal error they report. */
-async function startFillable(root: string, seed: number) {
+async function startFillable(root: string, seed: number, extra: Partial<RaftNodeOptions> = {}) {
   const net = new MemoryNetwork();
   const disks = new Map<string, Disk>();
   const nodes = new Map<string, RaftNode>();
@@ -701,14 +717,147 @@ async function startFillable(root: string, seed: number) {
         onFatal: (e) => fatal.push(e),
         transport: (h) => net.connect(id, h),
         metrics: metrics.get(id)!,
+        ...extra,
       }),
     );
   }
   for (const n of nodes.values()) n.start();
-  return { disks, nodes, metrics, fatal, all: () => [...nodes.values()] };
+  return { net, disks, nodes, metrics, fatal, all: () => [...nodes.values()] };
 }
 
 const alarmed = (n: RaftNode) => n.status().alarms.includes("NOSPACE");
+
+Deno.test("a follower with no room for the leader's snapshot raises NOSPACE, is sent it again only after a pause, and its reads go to the leader; freed, it catches up", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const c = await startFillable(root, 550, { snapshotThreshold: 20, snapshotCatchUpEntries: 5 });
+  try {
+    await waitFor(() => leaderOf(c.all())?.isReady() === true, "a leader");
+    const leader = leaderOf(c.all())!;
+    const follower = c.all().find((n) => n !== leader)!;
+    for (const n of c.all()) if (n !== follower) c.net.partition(follower.id, n.id);
+    let commit = 0;
+    for (let i = 0; i < 60; i++) commit = await putOnLeader(c.all, `k${i}`, `v${i}`);
+    const disk = c.disks.get(follower.id)!;
+    disk.noRoomForSnapshots = true;
+    c.net.heal();
+    await waitFor(() => alarmed(follower), "the follower to raise NOSPACE");
+    const now = leaderOf(c.all())!;
+    // A linearizable or lease read there would wait for entries its disk cannot take: the
+    // leader answers it instead (the API forwards NotLeaderError).
+    for (const consistency of ["linearizable", "lease"] as const) {
+      await assert.rejects(
+        follower.get("k0", consistency, signal()),
+        (e) => e instanceof NotLeaderError && e.leader === now.id,
+      );
+    }
+    // The leader pauses between transfers (0.5 s, doubling to 5 s): not one per heartbeat
+    // answer (every 20 ms here), as before.
+    const before = disk.snapshotsReceived!;
+    await new Promise((r) => setTimeout(r, 2000));
+    const sent = disk.snapshotsReceived! - before;
+    assert.ok(sent <= 5, `${sent} snapshot transfers in 2 s`);
+    assert.ok(alarmed(follower), "the alarm stays up while the snapshot does not fit");
+
+    disk.noRoomForSnapshots = false;
+    await waitFor(
+      () => !alarmed(follower) && follower.status().applied_index >= commit,
+      "the follower to take the snapshot, clear NOSPACE and catch up",
+    );
+    assert.equal(await follower.get("k59", "linearizable", signal()), "v59");
+    assert.deepEqual(c.fatal, []);
+  } finally {
+    for (const n of c.all()) await n.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("snapshots the disk refuses do not each start a WAL segment", async () => {
+  const clock = new SimClock();
+  const fs = new SimFileSystem();
+  const storage = await openDiskStorage({
+    walDir: "/solo/wal",
+    raftStatePath: "/solo/raft-state.json",
+    logMetadataPath: "/solo/log-metadata.json",
+    snapshotDir: "/solo/snapshots",
+  }, { fs });
+  let full = true;
+  let rolls = 0;
+  let saves = 0;
+  const node = new RaftNode({
+    id: "solo",
+    members: [{ id: "solo", rpcUrl: "mem://solo", apiUrl: "http://solo" }],
+    storage: {
+      ...storage,
+      append: (entries, commit) => storage.append(entries, commit),
+      saveHardState: (hs) => storage.saveHardState(hs),
+      rollLog: () => {
+        rolls++;
+        storage.rollLog();
+      },
+      saveSnapshot: (meta, count, content) => {
+        saves++;
+        return full ? Promise.reject(_enospc()) : storage.saveSnapshot(meta, count, content);
+      },
+      snapshotTaken: (meta, compactTo) => storage.snapshotTaken(meta, compactTo),
+      openSnapshot: (id) => storage.openSnapshot(id),
+      receiveSnapshot: (meta, body) => storage.receiveSnapshot(meta, body),
+      discardReceived: (id) => storage.discardReceived(id),
+      sweepReceived: (keep, olderThanMs, now) => storage.sweepReceived(keep, olderThanMs, now),
+      installReceived: (meta) => storage.installReceived(meta),
+      close: () => storage.close(),
+    },
+    clock,
+    heartbeatMs: 100,
+    electionTimeoutMs: 1000,
+    snapshotThreshold: 5,
+    seed: 9,
+    logger: SILENT,
+    transport: (h) => new MemoryNetwork().connect("solo", h),
+  });
+  const end = performance.now() + 10_000;
+  const drive = async (done: () => boolean, what: string) => {
+    while (!done()) {
+      assert.ok(performance.now() < end, `${what}: not within 10 s of real time`);
+      clock.advance(100);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  };
+  const puts = async (from: number, count: number) => {
+    for (let i = from; i < from + count; i++) {
+      let written = false;
+      node.put(`k${i}`, "v", signal()).finally(() => written = true);
+      await drive(() => written, `the put of k${i}`);
+    }
+  };
+  const segments = async () => (await fs.readDir("/solo/wal")).length;
+  try {
+    node.start();
+    await drive(() => node.isReady(), "the single node to lead");
+    await puts(0, 6);
+    await drive(() => saves === 1, "a first snapshot");
+    assert.equal(rolls, 1);
+    // Retried after 5 s of (simulated) time, with entries written in between: no new segment.
+    for (let round = 1; round <= 3; round++) {
+      clock.advance(5_000);
+      await puts(round * 10, 3);
+      await drive(() => saves === round + 1, `retry ${round}`);
+    }
+    assert.equal(rolls, 1, "one segment for the first refused snapshot, none for the retries");
+    const refusedSegments = await segments();
+    full = false;
+    clock.advance(5_000);
+    await puts(100, 3);
+    await drive(() => saves === 5 && node.inspect().firstIndex > 1, "a snapshot that fits");
+    assert.equal(rolls, 1);
+    assert.ok(await segments() <= refusedSegments, "the log did not grow by a segment");
+    // Once one fits, the next snapshot rolls the log again as usual.
+    await puts(200, 6);
+    await drive(() => saves === 6, "the next snapshot");
+    assert.equal(rolls, 2);
+  } finally {
+    await node.stop();
+  }
+});
 
 Deno.test("a follower whose disk fills raises NOSPACE while the others keep acknowledging writes, and catches up once space is freed", async () => {
   const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });

@@ -111,8 +111,9 @@
  * (logged with the status a request would have got); a batch that fails any other check of 6 or
  * 7 is dropped and logged, and the stream goes on.
  *
- * A snapshot upload that breaks its size limit gets `413`, its time limits `408`; either way
- * the partial file is removed. A request whose body breaks off gets `400`. Other errors reply
+ * A snapshot upload that breaks its size limit gets `413`, its time limits `408`, and one this
+ * node's disk has no room for `507` ({@linkcode PeerNoSpaceError}); either way the partial file is
+ * removed. A request whose body breaks off gets `400`. Other errors reply
  * `404` unknown path, `405` wrong method, `500` this node failed (its disk, say): the details,
  * which may name the node's files, go to its log and never to the peer. Every error is JSON
  * `{"error": "..."}`.
@@ -135,6 +136,7 @@ import type { PeerRefusal, PeerValidator, RefusalKind } from "../raft/validate.t
 import {
   type CommittedMembers,
   type MemberRecord,
+  PeerNoSpaceError,
   PeerRefusedError,
   type PeerStats,
   SILENT_LOGGER,
@@ -1434,6 +1436,7 @@ export function createPeerHandler(
       const limit = guard.failure();
       if (limit !== null) return refuse(limit.status, limit.message, from);
       if (err instanceof PeerRefusedError) return refuse(409, err.message, from);
+      if (err instanceof PeerNoSpaceError) return refuse(507, err.message, from);
       const broken = guard.bodyError();
       if (broken !== null) {
         return refuse(400, `The snapshot upload broke off: ${_describe(broken)}`, from);

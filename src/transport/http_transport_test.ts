@@ -20,7 +20,7 @@ import {
   sampleMessage,
   testTransportConformance,
 } from "../../testing/transport_conformance.ts";
-import { PeerRefusedError, type TransportHandlers } from "./transport.ts";
+import { PeerNoSpaceError, PeerRefusedError, type TransportHandlers } from "./transport.ts";
 import { serveMutualTls, type TlsServer } from "./tls_server.ts";
 import { makeCertificates } from "../../testing/certs.ts";
 import { waitFor } from "../../testing/harness.ts";
@@ -1263,6 +1263,19 @@ Deno.test("a snapshot the node refuses with PeerRefusedError gets 409", async ()
   const res = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
   assert.strictEqual(res.status, 409);
   assert.match((await _json(res)).error, /already leads term 3/);
+});
+
+Deno.test("a snapshot this node's disk has no room for gets 507 with the node's words, not its paths", async () => {
+  const { handler } = _guardedFixture({}, async (_msg, body) => {
+    await body.cancel();
+    throw new PeerNoSpaceError("no space left on device for the snapshot at index 9");
+  });
+  const res = await handler(_post("/raft/snapshot", new Uint8Array(10), _snapHeaders(_snap())));
+  assert.strictEqual(res.status, 507);
+  assert.strictEqual(
+    (await _json(res)).error,
+    "no space left on device for the snapshot at index 9",
+  );
 });
 
 /** One frame of a message stream: the batch's length (4 bytes, big-endian), then the batch. */

@@ -135,6 +135,19 @@ export class PeerRefusedError extends Error {
 }
 
 /**
+ * Thrown by {@linkcode TransportHandlers.onSnapshot} when this node's disk has no room for the
+ * snapshot: the peer is not at fault, and sending it again at once will not help. The HTTP peer
+ * handler answers `507` with the error's message (which must not name the node's files).
+ */
+export class PeerNoSpaceError extends Error {
+  /** Creates the error; `message` says what did not fit. */
+  constructor(message: string) {
+    super(message);
+    this.name = "PeerNoSpaceError";
+  }
+}
+
+/**
  * Where a transport reports what it drops or retries. `console` fits; the transports default to a
  * logger that discards everything.
  */

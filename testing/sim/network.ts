@@ -17,7 +17,11 @@
 import { type Message, MessageType, type NodeId } from "../../src/raft/types.ts";
 import { decodeMessages, encodeMessages } from "../../src/transport/codec.ts";
 import { coalesceMessages } from "../../src/transport/coalesce.ts";
-import { PeerRefusedError, type Transport } from "../../src/transport/transport.ts";
+import {
+  PeerNoSpaceError,
+  PeerRefusedError,
+  type Transport,
+} from "../../src/transport/transport.ts";
 import type { CommittedMembers, TransportHandlers } from "../../src/transport/transport.ts";
 import { PeerValidator } from "../../src/raft/validate.ts";
 import { decodeCommand } from "../../src/kv/state_machine.ts";
@@ -336,6 +340,7 @@ export class SimNetwork {
     try {
       await dst.handlers.onSnapshot(copy, body);
     } catch (e) {
+      if (e instanceof PeerNoSpaceError) this.#host.stats.snapshotsNoRoom++;
       // A correct receiver may refuse a duplicate upload of a snapshot it is receiving.
       if (
         e instanceof PeerRefusedError && !/already being received/.test(e.message) && breakAt < 0

@@ -395,6 +395,7 @@ export const COUNTERS = [
   "removedAnswers", // peer batches answered "removed" (the sender is outside the committed configuration)
   "diskFulls", // disk-full episodes (one node, the leader, the followers, or every node)
   "noSpaceAlarms", // NOSPACE alarms a node raised (a write refused for lack of space)
+  "snapshotsNoRoom", // snapshot transfers a follower refused for want of space (507; its alarm is raised)
   "noSpaceRefusals", // writes a leader refused for a full disk (definitely not applied)
   "peerNoSpaceRefusals", // ... for its followers' full disks, its own having room
   "unsettledRetries", // idempotent retries refused (full disk, quota) with an earlier attempt in the log: unknown
