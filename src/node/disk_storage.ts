@@ -250,6 +250,35 @@ async function _recover(
     // A restored backup (or a crash right after one): the log continues after the snapshot.
     await wal.reset(snapshot.index, snapshot.term);
   }
+  // Entries are durable before any record of their commit (the hard state, a commit record) is
+  // written, so a commit index past the end of the log means committed entries were lost: a WAL
+  // segment deleted or cut short. Starting on less would go back on what this node acknowledged.
+  const lastIndex = Math.max(wal.lastIndex, snapshot?.index ?? 0);
+  if (hardState.commit > lastIndex) {
+    throw new CorruptFileError(
+      paths.walDir,
+      `the log ends at index ${lastIndex}, but the node recorded index ${hardState.commit} as ` +
+        `committed: committed entries are missing (a WAL segment deleted or cut short). Put the ` +
+        `missing segments back, or empty the data directory and start the node with --join ` +
+        `(see "Data on disk" in the README)`,
+    );
+  }
+  if (wal.tornTail) {
+    const { path, offset, bytes } = wal.tornTail;
+    options.onNotice?.(
+      `cut ${bytes} bytes off the end of ${path} (offset ${offset}): a write the node had not ` +
+        `finished when it stopped`,
+    );
+  }
+  if (storedHardState.term === 0 && lastIndex > 0 && await _missing(fs, paths.raftStatePath)) {
+    // Entries are written before the hard state of their term: a crash between the two leaves
+    // this (and then no vote was sent). Otherwise the file was lost, and with it a vote.
+    options.onNotice?.(
+      `${paths.raftStatePath} is missing but the log holds entries: starting in the log's term ` +
+        `with no vote (expected only after a crash before the node's first state save; if the ` +
+        `file was deleted, this node may vote twice in a term)`,
+    );
+  }
   const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, lock, {
     nodeId,
     clusterId,
@@ -266,6 +295,17 @@ async function _recover(
   }, snapshotSize);
   if (snapshot) await storage._measureSnapshot(snapshot);
   return storage;
+}
+
+/** Whether `path` does not exist (any other error is thrown). */
+async function _missing(fs: FileSystem, path: string): Promise<boolean> {
+  try {
+    await fs.stat(path);
+    return false;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return true;
+    throw e;
+  }
 }
 
 /** What {@linkcode openDiskStorage} recovered. */

@@ -337,6 +337,62 @@ Deno.test("start-up takes the commit index from the log's commit records when th
   await again.close();
 });
 
+Deno.test("start-up refuses a log that ends before what the node recorded as committed (a WAL segment deleted or cut short)", async () => {
+  for (const damage of ["deleted", "cut short"]) {
+    const fs = new SimFileSystem();
+    const storage = await openDiskStorage(paths("/node"), { fs });
+    await storage.saveHardState({ term: 1, vote: "a", commit: 0 });
+    await storage.append(_entries(1, 4), 4);
+    storage.rollLog();
+    await storage.append(_entries(5, 8), 8);
+    await storage.saveHardState({ term: 2, vote: "a", commit: 8 });
+    await storage.close();
+    const segments = (await fs.readDir("/node/wal")).map((e) => e.name).filter((n) =>
+      n.endsWith(".wal")
+    ).sort();
+    assert.equal(segments.length, 2);
+    const newest = `/node/wal/${segments[1]}`;
+    if (damage === "deleted") {
+      await fs.remove(newest);
+    } else {
+      const file = await fs.open(newest, "append");
+      await file.truncate(Math.floor((await fs.stat(newest)).size / 2));
+      file.close();
+    }
+    await assert.rejects(
+      openDiskStorage(paths("/node"), { fs }),
+      (e) =>
+        e instanceof CorruptFileError && e.path === "/node/wal" &&
+        /the log ends at index [4-7], but the node recorded index 8 as committed/.test(e.message),
+      damage,
+    );
+  }
+});
+
+Deno.test("start-up says when it cuts a torn tail, and when the hard state is missing beside a log", async () => {
+  const notices: string[] = [];
+  const draws = [0, 0.5, 0.2]; // as in the torn-tail test above
+  const image = await _crashMidAppend(() => draws.shift() ?? 0);
+  const storage = await openDiskStorage(paths("/node"), {
+    fs: image,
+    onNotice: (m) => notices.push(m),
+  });
+  assert.ok(storage.wal.tornTail !== null);
+  assert.equal(notices.length, 1, notices.join("\n"));
+  assert.match(notices[0]!, /^cut \d+ bytes off the end of \/node\/wal\/.*\.wal \(offset \d+\)/);
+  await storage.close();
+  notices.length = 0;
+  await image.remove("/node/raft-state.json");
+  const again = await openDiskStorage(paths("/node"), {
+    fs: image,
+    onNotice: (m) => notices.push(m),
+  });
+  assert.deepEqual(again.hardState, { term: 0, vote: "", commit: 0 });
+  assert.equal(notices.length, 1, notices.join("\n"));
+  assert.match(notices[0]!, /raft-state\.json is missing but the log holds entries/);
+  await again.close();
+});
+
 /** Every file below `dir` with its bytes, by path. */
 async function _files(dir: string): Promise<Map<string, string>> {
   const files = new Map<string, string>();
