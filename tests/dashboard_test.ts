@@ -3,11 +3,15 @@
  * the DevTools protocol, against real node processes: the page on a follower shows the leader
  * that `/v1/status` names, and after the leader is killed the new one within a few seconds; a
  * node that answers 401 gets a token field, and the token typed there is sent as a bearer token.
+ * With tokens rotated on some nodes and not on others, a member that refuses the page's token is
+ * shown as refusing it, not as down, and once the page's own node refuses it, the figures it
+ * still shows are marked as stale.
  * Every test also checks that the page raised no error: a Content-Security-Policy violation, an
  * exception or a failed load would show up here.
  */
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import {
   type Browser,
   findChromium,
@@ -208,3 +212,99 @@ async function tokenFlow(cluster: ProcessCluster, node: string, browser: Browser
   assert.deepEqual(unexpected, [], "the page raised no other error");
   await page.close();
 }
+
+Deno.test({
+  name: "the dashboard shows members that refuse its token as up, and its figures as stale once " +
+    "its own node refuses it" + (CHROMIUM ? "" : SKIP),
+  ignore: CHROMIUM === null,
+  async fn() {
+    // Tokens being rotated: the new one is in force everywhere, the old one only on node-1 (the
+    // page's node) until its file loses it too.
+    const dir = await Deno.makeTempDir({ prefix: "raftkv-dashboard-tokens-" });
+    const old = "old-token-" + crypto.randomUUID();
+    const current = "new-token-" + crypto.randomUUID();
+    const tokens = (...list: string[]) =>
+      JSON.stringify(list.map((token, i) => ({ token, role: "read", name: `token-${i + 1}` })));
+    const newOnly = join(dir, "new.json");
+    const both = join(dir, "both.json");
+    await Deno.writeTextFile(newOnly, tokens(current));
+    await Deno.writeTextFile(both, tokens(old, current));
+    const [cluster, browser] = await Promise.all([
+      startCluster({ size: 3, nodeFlags: ["--tokens-file", newOnly], token: current }),
+      launchBrowser(CHROMIUM!),
+    ]);
+    try {
+      await cluster.waitForLeader();
+      // A repeated flag keeps its last value: node-1 comes back with both tokens.
+      await cluster.stop("node-1");
+      await cluster.start("node-1", { flags: ["--tokens-file", both] });
+      await cluster.waitForLeader();
+
+      const page = await browser.newPage();
+      const problems = watchProblems(page);
+      const res = await page.goto(`${cluster.api("node-1")}/ui/`);
+      assert.equal(res?.status(), 200);
+      await page.waitForSelector("#auth:not([hidden])", { timeout: 10_000 });
+      await page.type("#token", old);
+      await page.click("#auth button");
+
+      // node-2 and node-3 answer, but 401 to the old token: up, and refusing it.
+      for (const id of ["node-2", "node-3"]) {
+        await waitForText(
+          page,
+          `#members tr[data-id="${id}"] td[data-label="State"]`,
+          (t) => t === "refused the token (401)",
+          10_000,
+          `the page to show that ${id} refused the token`,
+        );
+      }
+      assert.equal(
+        await textOf(page, '#members tr[data-id="node-1"] td[data-label="State"]'),
+        "ok",
+      );
+      assert.deepEqual((await rows(page)).filter(([id]) => id !== "node-1"), [
+        ["node-2", "refused"],
+        ["node-3", "refused"],
+      ]);
+      assert.equal(await page.$$eval("#members tr.down", (trs) => trs.length), 0, "none is down");
+      assert.equal(await textOf(page, "#up"), "3 / 3", "a member that refuses the token is up");
+      assert.equal(await textOf(page, "#up-note"), "2 refused the token");
+      assert.ok(await page.$eval("#banner", (el) => el.hasAttribute("hidden")));
+
+      // The rotation reaches node-1: the page's own node refuses the old token. The form asks
+      // for a new one, and the figures left on the page say they are old.
+      const shown = await textOf(page, "#leader");
+      await Deno.writeTextFile(both, tokens(current));
+      cluster.signal("node-1", "SIGHUP");
+      await page.waitForSelector("#auth:not([hidden])", { timeout: 10_000 });
+      assert.match((await textOf(page, "#auth-message")) ?? "", /refused \(401\)/);
+      await waitForText(
+        page,
+        "#banner",
+        (t) => /answered 401 · stale since \d\d:\d\d:\d\d$/.test(t ?? ""),
+        5000,
+        "the banner to say the figures are stale",
+      );
+      assert.ok(await page.$eval("#banner", (el) => !el.hasAttribute("hidden")));
+      assert.ok(await page.$eval("body", (el) => el.classList.contains("stale")));
+      assert.equal(await textOf(page, "#leader"), shown, "the old figures stay, marked");
+
+      // The new token: fresh figures, no longer stale, and every member answers it.
+      await page.type("#token", current);
+      await page.click("#auth button");
+      await waitForText(page, "#up-note", (t) => t === "", 10_000, "no member to refuse the token");
+      assert.equal(await textOf(page, "#up"), "3 / 3");
+      assert.ok(await page.$eval("#banner", (el) => el.hasAttribute("hidden")));
+      assert.ok(await page.$eval("body", (el) => !el.classList.contains("stale")));
+
+      // The browser logs each 401 answer as a failed resource load; nothing else may go wrong.
+      const unexpected = problems.lines.filter((line) => !/status of 401/.test(line));
+      assert.deepEqual(unexpected, [], "the page raised no other error");
+      await page.close();
+    } finally {
+      await browser.close();
+      await cluster.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -213,3 +213,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "the watch page fits a phone's width with a long key and value" + (CHROMIUM ? "" : SKIP),
+  ignore: CHROMIUM === null,
+  async fn() {
+    const [cluster, browser] = await Promise.all([
+      startCluster({ size: 1 }),
+      launchBrowser(CHROMIUM!),
+    ]);
+    try {
+      await cluster.waitForLeader();
+      const page = await browser.newPage();
+      const problems = watchProblems(page);
+      await page.setViewport({ width: 360, height: 740 });
+      // A 300-character key without a break, watched by itself: it shows in the heading and
+      // in the event, with a value as long.
+      const key = "long/" + "k".repeat(295);
+      const value = "v".repeat(300);
+      const res = await page.goto(
+        `${cluster.api("node-1")}/ui/watch.html?key=${encodeURIComponent(key)}`,
+      );
+      assert.equal(res?.status(), 200);
+      await page.waitForSelector('#state[data-state="open"]', { timeout: 10_000 });
+      const put = await cluster.request("node-1", "PUT", `/v1/data/${encodeURIComponent(key)}`, {
+        v: value,
+      });
+      assert.equal(put.status, 200, put.text);
+      await listed(page, [`${(put.json as { index: number }).index} put ${key} = ${value}`]);
+      const [scrollWidth, clientWidth] = await page.evaluate(
+        `[document.scrollingElement.scrollWidth, document.scrollingElement.clientWidth]`,
+      ) as [number, number];
+      assert.equal(clientWidth, 360);
+      assert.ok(scrollWidth <= clientWidth, `the page is ${scrollWidth} px wide in ${clientWidth}`);
+      assert.deepEqual(problems.lines, [], "the page raised no error");
+      await page.close();
+    } finally {
+      await browser.close();
+      await cluster.close();
+    }
+  },
+});

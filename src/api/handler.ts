@@ -670,7 +670,7 @@ async function _route(
   }
   if (isUiPath(path)) {
     _allow(req, "/ui", ["GET"]);
-    return uiResponse(path);
+    return uiResponse(path, url.search);
   }
   if (!path.startsWith(_DATA_PREFIX)) {
     throw new ApiError(

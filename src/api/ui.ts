@@ -73,7 +73,8 @@ export function isUiPath(path: string): boolean {
 
 /**
  * The answer for a `GET` of a dashboard path: the file, or for `/ui` a redirect to `/ui/`
- * (relative, so that the page also works behind a proxy that serves it under a prefix).
+ * (relative, so that the page also works behind a proxy that serves it under a prefix) that
+ * keeps the query, such as `?minutes=15` (a browser does not carry it over by itself).
  *
  * @example Usage
  * ```ts
@@ -81,15 +82,18 @@ export function isUiPath(path: string): boolean {
  *
  * const res = uiResponse("/ui/");
  * console.assert(res.headers.get("content-type") === "text/html; charset=utf-8");
+ * console.assert(uiResponse("/ui", "?minutes=15").headers.get("location") === "ui/?minutes=15");
  * ```
  *
  * @param path A path for which {@linkcode isUiPath} holds.
+ * @param search The request's query with its `?` (a `URL`'s `search`), or `""`. Default `""`.
  * @returns The response.
  * @throws {ApiError} 404 for a path under `/ui/` that is none of its files.
  */
-export function uiResponse(path: string): Response {
+export function uiResponse(path: string, search = ""): Response {
   if (path === "/ui") {
-    return new Response(null, { status: 308, headers: { ...UI_HEADERS, location: "ui/" } });
+    const location = `ui/${search}`;
+    return new Response(null, { status: 308, headers: { ...UI_HEADERS, location } });
   }
   const asset = _ASSETS.get(path);
   if (asset === undefined) {

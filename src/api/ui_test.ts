@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { KvBackend } from "../node/backend.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { createApiHandler } from "./handler.ts";
-import { UI_CONTENT_SECURITY_POLICY } from "./ui.ts";
+import { UI_CONTENT_SECURITY_POLICY, uiResponse } from "./ui.ts";
 
 const unused = () => {
   throw new Error("the dashboard's files need no backend");
@@ -52,6 +52,30 @@ Deno.test("/ui redirects to /ui/ relatively, so the page also works under a prox
   assert.equal(res.status, 308);
   assert.equal(res.headers.get("location"), "ui/");
   assertStrictHeaders(res);
+});
+
+Deno.test("/ui keeps the query on its redirect, so /ui?minutes=15 opens the page on fifteen minutes", () => {
+  for (
+    const [search, location] of [
+      ["?minutes=15", "ui/?minutes=15"],
+      ["?minutes=5&x=a%20b", "ui/?minutes=5&x=a%20b"],
+      ["", "ui/"],
+    ]
+  ) {
+    const res = uiResponse("/ui", search);
+    assert.equal(res.status, 308, search);
+    assert.equal(res.headers.get("location"), location, search);
+    assertStrictHeaders(res);
+  }
+  // A page already under /ui/ keeps its own query: no redirect.
+  assert.equal(uiResponse("/ui/", "?minutes=15").status, 200);
+});
+
+Deno.test("the API's /ui?minutes=15 redirects with its query", async () => {
+  const res = await get("/ui?minutes=15");
+  assert.equal(res.status, 308);
+  assert.equal(res.headers.get("location"), "ui/?minutes=15");
+  await res.body?.cancel();
 });
 
 Deno.test("the dashboard's files are served with their types and strict security headers", async () => {

@@ -141,6 +141,32 @@ export function leaderOf(view) {
 }
 
 /**
+ * The status with which a member refused the token the page sent on (401: a token it does not
+ * know, such as after a rotation that has not reached it; 403: one too weak to read its status),
+ * or null when it did not. Such a member is up: it answered, only not with its figures.
+ *
+ * @param {{ status: any, http_status?: number }} member A member of `GET /v1/cluster`.
+ * @returns {401 | 403 | null}
+ */
+export function refusedToken(member) {
+  if (member.status) return null;
+  return member.http_status === 401 || member.http_status === 403 ? member.http_status : null;
+}
+
+/**
+ * How many members are up: those whose status came back, and those that answered but refused
+ * the token (see {@linkcode refusedToken}), which are also counted as `refused`.
+ *
+ * @param {{ members: { status: any, http_status?: number }[] }} view The answer of
+ * `GET /v1/cluster`.
+ * @returns {{ up: number, refused: number }}
+ */
+export function membersUp(view) {
+  const refused = view.members.filter((m) => refusedToken(m) !== null).length;
+  return { up: view.members.filter((m) => m.status).length + refused, refused };
+}
+
+/**
  * @typedef {{
  *   t: number, read: number | null, write: number | null, errors: number | null,
  *   readP50: number | null, readP99: number | null, writeP50: number | null,
@@ -360,14 +386,26 @@ function start() {
   let lastLeader = undefined;
   let timer = 0;
   let polling = false;
+  /**
+   * When the figures shown were polled, in milliseconds; null before the first poll.
+   * @type {number | null}
+   */
+  let shownAt = null;
   const storage = tokenStore(sessionStorageOrNull());
   const auth = tokenForm(storage, () => poll());
 
-  /** @param {string | null} text */
+  /**
+   * Says why the page cannot poll (null: it can), and that the figures shown, if any, are from
+   * the last poll that worked.
+   *
+   * @param {string | null} text
+   */
   function banner(text) {
     const el = $("banner");
     el.hidden = text === null;
-    el.textContent = text ?? "";
+    el.textContent = text === null || shownAt === null
+      ? text ?? ""
+      : `${text} · stale since ${_time(shownAt)}`;
     document.body.classList.toggle("stale", text !== null);
   }
 
@@ -388,8 +426,9 @@ function start() {
         signal: AbortSignal.timeout(5000),
       });
       if (res.status === 401) {
-        banner(null);
         auth.ask(/** @type {string} */ (refusalMessage(401, storage, "")));
+        // The form says what to do; figures already shown are marked as old.
+        banner(shownAt === null ? null : "GET /v1/cluster answered 401");
         return;
       }
       if (!res.ok) {
@@ -414,10 +453,11 @@ function start() {
   /** @param {any} view */
   function render(view) {
     const now = Date.now();
+    shownAt = now;
     const point = history.add(now, view);
     const leader = leaderOf(view);
     const statuses = view.members.flatMap((/** @type {any} */ m) => m.status ? [m.status] : []);
-    const up = statuses.length;
+    const { up, refused } = membersUp(view);
 
     const leaderId = leader ? leader.id : null;
     if (leaderId !== lastLeader) {
@@ -447,16 +487,17 @@ function start() {
       : changes[changes.length - 1]?.initial
       ? "leading when this page opened"
       : `since ${_time(changes[changes.length - 1]?.t ?? now)}`;
-    $("term").textContent = up
+    $("term").textContent = statuses.length
       ? String(Math.max(...statuses.map((/** @type {any} */ s) => s.term)))
       : "—";
-    $("commit").textContent = up
+    $("commit").textContent = statuses.length
       ? String(Math.max(...statuses.map((/** @type {any} */ s) => s.commit_index)))
       : "—";
     $("up").textContent = `${up} / ${view.members.length}`;
     $("up").className = up === view.members.length
       ? "big"
       : `big ${up * 2 > view.members.length ? "state-warn" : "state-bad"}`;
+    $("up-note").textContent = refused === 0 ? "" : `${refused} refused the token`;
     const total = point.read === null || point.write === null ? null : point.read + point.write;
     $("rate").textContent = formatRate(total);
     $("rate-note").textContent = total === null
@@ -487,10 +528,11 @@ function start() {
     const lags = leaderView?.metrics?.replication_lag_entries ?? {};
     const rows = view.members.map((/** @type {any} */ m) => {
       const s = m.status;
+      const refused = refusedToken(m);
       const tr = document.createElement("tr");
       tr.dataset.id = m.id;
-      tr.dataset.role = s ? s.role : "unreachable";
-      if (!s) tr.className = "down";
+      tr.dataset.role = s ? s.role : refused !== null ? "refused" : "unreachable";
+      if (!s && refused === null) tr.className = "down";
       /**
        * @param {string} label
        * @param {string | Node} content
@@ -547,7 +589,11 @@ function start() {
       const rate = point.members[m.id];
       cell("Requests/s", rate === undefined ? "—" : formatRate(rate));
       let state = "ok", cls = "state-ok";
-      if (!s || m.error) {
+      if (refused !== null) {
+        // Up, but not for this token (tokens rotated on it and not yet here, say).
+        state = `refused the token (${refused})`;
+        cls = "state-warn";
+      } else if (!s || m.error) {
         state = s ? m.error : `unreachable: ${m.error ?? "no answer"}`;
         cls = s ? "state-warn" : "state-bad";
       } else if (s.alarms.length > 0) {

@@ -10,8 +10,10 @@ import {
   HISTORY_MS,
   historyMs,
   leaderOf,
+  membersUp,
   niceMax,
   quantile,
+  refusedToken,
   sumCounts,
   sumHistograms,
 } from "./app.js";
@@ -133,6 +135,32 @@ function member(id: string, reads: number, writes: number, errors: number, h: nu
     },
   };
 }
+
+Deno.test("a member that refuses the page's token is up, not down", () => {
+  const view = {
+    members: [
+      { status: status("n1", "leader", 2, "n1"), error: null },
+      // Tokens rotated on n2 but not on n1: n2 answered, only not to this token.
+      {
+        status: null,
+        error: "/v1/status answered 401: a valid bearer token is required",
+        http_status: 401,
+      },
+      { status: null, error: "/v1/status answered 403: read needed", http_status: 403 },
+      { status: null, error: "connection refused" },
+      { status: null, error: "/v1/status answered 503: starting", http_status: 503 },
+      // Its status came back; only its metrics were refused.
+      {
+        status: status("n6", "follower", 2, "n1"),
+        error: "/metrics answered 401",
+        http_status: 401,
+      },
+    ],
+  };
+  assert.deepEqual(view.members.map(refusedToken), [null, 401, 403, null, null, null]);
+  assert.deepEqual(membersUp(view), { up: 4, refused: 2 });
+  assert.deepEqual(membersUp({ members: view.members.slice(3, 5) }), { up: 0, refused: 0 });
+});
 
 Deno.test("the history turns counters into rates and quantiles over its window", () => {
   const history = new History({ keepMs: 60_000, windowMs: 5_000 });

@@ -60,7 +60,7 @@ export const LOCK: Command = {
   arity: [1, Infinity],
   async run(ctx) {
     const name = _name(ctx, "lock");
-    const value = `${Deno.env.get("HOSTNAME") ?? "?"} pid ${Deno.pid}`;
+    const value = lockHolder(Deno.hostname, ctx.io.env, Deno.pid);
     const command = ctx.args.slice(1);
     return await _untilSignalled((stop) =>
       _hold(ctx, "lock", name, value, stop, async (held, lost, keeperLost) => {
@@ -77,6 +77,38 @@ export const LOCK: Command = {
     );
   },
 };
+
+/**
+ * The value of a `raftkv lock` key, which waiters print to say who holds or waits for the lock:
+ * `<host> pid <pid>`. The host is the system's host name, not the `HOSTNAME` variable, which a
+ * shell sets but does not export; that variable is the fallback when the host name cannot be
+ * had (without `--allow-sys`, say), and `unknown host` when it is not set either.
+ *
+ * @example Usage
+ * ```ts
+ * import { lockHolder } from "./lock.ts";
+ *
+ * console.assert(lockHolder(() => "build-7", () => undefined, 42) === "build-7 pid 42");
+ * ```
+ *
+ * @param hostname Gives the host name, such as `Deno.hostname`; may throw.
+ * @param env Reads an environment variable.
+ * @param pid The process id.
+ * @returns The value.
+ */
+export function lockHolder(
+  hostname: () => string,
+  env: (name: string) => string | undefined,
+  pid: number,
+): string {
+  let host = "";
+  try {
+    host = hostname();
+  } catch {
+    // No permission, or no host name: the variable, if a caller exported it, else unknown.
+  }
+  return `${host || env("HOSTNAME") || "unknown host"} pid ${pid}`;
+}
 
 /** `raftkv elect NAME [PROPOSAL]`. */
 export const ELECT: Command = {

@@ -1,0 +1,69 @@
+import assert from "node:assert/strict";
+import { runClient } from "./client.ts";
+import { lockHolder } from "./lock.ts";
+import type { ClientIo } from "./output.ts";
+
+const NO_ENV = () => undefined;
+
+Deno.test("lockHolder() names the system's host name, not the HOSTNAME variable a shell does not export", () => {
+  assert.equal(lockHolder(() => "build-7", NO_ENV, 42), "build-7 pid 42");
+  assert.equal(
+    lockHolder(() => "build-7", (name) => name === "HOSTNAME" ? "stale" : undefined, 42),
+    "build-7 pid 42",
+  );
+  // The real one, as `raftkv lock` calls it: this test runs with the host name allowed.
+  assert.equal(lockHolder(Deno.hostname, NO_ENV, Deno.pid), `${Deno.hostname()} pid ${Deno.pid}`);
+  assert.doesNotMatch(lockHolder(Deno.hostname, NO_ENV, Deno.pid), /^\?/);
+});
+
+Deno.test("lockHolder() falls back to HOSTNAME, then to 'unknown host', when the host name cannot be had", () => {
+  const denied = () => {
+    throw new Deno.errors.NotCapable('Requires sys access to "hostname"');
+  };
+  const env = (name: string) => name === "HOSTNAME" ? "ci-runner" : undefined;
+  assert.equal(lockHolder(denied, env, 7), "ci-runner pid 7");
+  assert.equal(lockHolder(denied, NO_ENV, 7), "unknown host pid 7");
+  assert.equal(lockHolder(() => "", NO_ENV, 7), "unknown host pid 7");
+});
+
+Deno.test("lock: the key's value names this host and process, whatever the environment holds", async () => {
+  // A shell's HOSTNAME is not exported, so the client's environment has none: the value (what
+  // waiters print after "held or waited for by") still names the host.
+  const values: string[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const url = new URL(req.url);
+    const json = (body: unknown, status = 200) =>
+      Response.json(body, { status, headers: { "x-raftkv-index": "60" } });
+    const body = req.method === "PUT" ? await req.json() : await req.body?.cancel();
+    if (url.pathname === "/v1/leases" && req.method === "POST") {
+      return json({ id: 50, ttl: "10s", ttl_ms: 10_000, index: 50 }, 201);
+    }
+    if (url.pathname === "/v1/leases/50/keepalive") return json({ id: 50, ttl_ms: 10_000 });
+    if (url.pathname === "/v1/leases/50" && req.method === "DELETE") {
+      return json({ id: 50, revoked: true, deleted: ["jobs/lock/50"], index: 60 });
+    }
+    if (url.pathname === "/v1/data/jobs%2Flock%2F50" && req.method === "PUT") {
+      values.push(body.v);
+      return json({ k: "jobs/lock/50", v: body.v, index: 51, create_index: 51, mod_index: 51 });
+    }
+    if (url.pathname === "/v1/data" && url.searchParams.get("prefix") === "jobs/lock/") {
+      return json({ items: [{ k: "jobs/lock/50", v: values[0], create_index: 51 }], next: null });
+    }
+    return json({ error: `unexpected ${req.method} ${url.pathname}${url.search}` }, 400);
+  });
+  try {
+    let err = "";
+    const io: ClientIo = {
+      out: () => {},
+      err: (text) => err += text + "\n",
+      env: NO_ENV,
+      stdin: () => Promise.resolve(""),
+    };
+    const endpoint = `http://127.0.0.1:${server.addr.port}`;
+    const code = await runClient(["lock", "jobs/lock", "--endpoints", endpoint, "--", "true"], io);
+    assert.equal(code, 0, err);
+    assert.deepEqual(values, [`${Deno.hostname()} pid ${Deno.pid}`]);
+  } finally {
+    await server.shutdown();
+  }
+});
