@@ -307,7 +307,9 @@ quota:            ${t("quotaRefusals")} writes refused as past the quota (507); 
   }
 restarts:         ${t("snapshotRestarts")} from a snapshot, ${
     t("commitFromLog")
-  } with a commit index from the log's commit records; snapshot threshold ${_thresholdText(common)}
+  } with a commit index from the log's commit records, ${
+    t("editedFileStarts")
+  } with a cluster file edited to list only the node; snapshot threshold ${_thresholdText(common)}
 profiles:         ${Object.entries(profiles).sort().map(([k, v]) => `${k} ${v}`).join(", ")}
 linearizability:  ${
     unknown.length === 0

@@ -81,6 +81,12 @@ export interface DiskStorageOptions {
    * it or from its join's answer, {@linkcode DiskStorage.adoptClusterId}).
    */
   clusterId?: string;
+  /**
+   * The voters of the cluster this node bootstraps (the cluster file's members), recorded with
+   * `clusterId` (and only then): at later starts {@linkcode DiskStorage.initialVoters} gives them,
+   * whatever the cluster file says by then. Default: none recorded.
+   */
+  initialVoters?: readonly string[];
   /** The file system holding the files. Default: the real disk ({@linkcode realFs}). */
   fs?: FileSystem;
   /** WAL segment size in bytes. Default: the WAL's default (64 MiB). */
@@ -184,10 +190,12 @@ async function _recover(
     "Size of this node's newest snapshot file (saved, installed or loaded at start-up).",
   );
 
-  const { nodeId: owner, clusterId: recordedCluster, ...storedHardState } = await loadHardState(
-    paths.raftStatePath,
-    fs,
-  );
+  const {
+    nodeId: owner,
+    clusterId: recordedCluster,
+    initialVoters: recordedVoters,
+    ...storedHardState
+  } = await loadHardState(paths.raftStatePath, fs);
   if (owner !== undefined && options.nodeId !== undefined && owner !== options.nodeId) {
     throw new ForeignDataError(paths.raftStatePath, owner, options.nodeId);
   }
@@ -215,14 +223,17 @@ async function _recover(
   // A new node of a new cluster (or one restored from a backup, which starts a new cluster)
   // records the id of its cluster before anything else is written.
   let clusterId = recordedCluster;
+  let initialVoters = recordedVoters;
   let clusterIdSaved = true;
   if (clusterId === undefined && options.clusterId !== undefined) {
     const empty = wal.lastIndex === 0 && hardState.term === 0 &&
       (await listSnapshots(paths.snapshotDir, fs)).length === 0;
     if (empty) {
       clusterId = options.clusterId;
+      initialVoters = options.initialVoters;
       try {
-        await saveHardState(paths.raftStatePath, { ...hardState, nodeId, clusterId }, fs);
+        const stored = { ...hardState, nodeId, clusterId, initialVoters };
+        await saveHardState(paths.raftStatePath, stored, fs);
       } catch (e) {
         // Recorded with the node's first write instead (see DiskStorage.adoptClusterId).
         if (!isNoSpace(e)) throw e;
@@ -282,6 +293,7 @@ async function _recover(
   const storage = new DiskStorage(fs, paths, options.keepSnapshots ?? 2, wal, lock, {
     nodeId,
     clusterId,
+    initialVoters,
     clusterIdSaved,
     hardState,
     removedAt,
@@ -314,6 +326,8 @@ interface _Recovered {
   nodeId: string | undefined;
   /** The cluster that node belongs to, if known. */
   clusterId: string | undefined;
+  /** The voters its cluster started with, if recorded. */
+  initialVoters: readonly string[] | undefined;
   /** Whether the hard state file records `clusterId` already. */
   clusterIdSaved: boolean;
   hardState: HardState;
@@ -344,6 +358,8 @@ export class DiskStorage implements NodeStorage {
   readonly #lock: FileLock;
   readonly #nodeId: string | undefined;
   #clusterId: string | undefined;
+  /** Recorded with the cluster id: see {@linkcode DiskStorage.initialVoters}. */
+  readonly #initialVoters: readonly string[] | undefined;
   /** Whether the hard state file records `#clusterId` (false: write it before anything else). */
   #clusterIdSaved: boolean;
   /** The hard state as last saved (or recovered). */
@@ -363,6 +379,7 @@ export class DiskStorage implements NodeStorage {
     this.#lock = lock;
     this.#nodeId = recovered.nodeId;
     this.#clusterId = recovered.clusterId;
+    this.#initialVoters = recovered.initialVoters;
     this.#clusterIdSaved = recovered.clusterIdSaved;
     this.#savedHardState = recovered.hardState;
     this.#snapshotSize = snapshotSize;
@@ -383,6 +400,15 @@ export class DiskStorage implements NodeStorage {
    */
   get clusterId(): string | undefined {
     return this.#clusterId;
+  }
+
+  /**
+   * The voters the cluster was started with, as this node recorded them when it started the
+   * cluster (`DiskStorageOptions.initialVoters`); undefined when none are recorded (a node that
+   * joined, or files of an earlier version).
+   */
+  get initialVoters(): readonly string[] | undefined {
+    return this.#initialVoters;
   }
 
   /**
@@ -420,7 +446,8 @@ export class DiskStorage implements NodeStorage {
 
   async saveHardState(hardState: HardState): Promise<void> {
     const clusterId = this.#clusterId;
-    const stored = { ...hardState, nodeId: this.#nodeId, clusterId };
+    const initialVoters = this.#initialVoters;
+    const stored = { ...hardState, nodeId: this.#nodeId, clusterId, initialVoters };
     await saveHardState(this.#paths.raftStatePath, stored, this.#fs);
     this.#savedHardState = { term: hardState.term, vote: hardState.vote, commit: hardState.commit };
     if (clusterId !== undefined) this.#clusterIdSaved = true;

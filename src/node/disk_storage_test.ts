@@ -499,6 +499,39 @@ Deno.test("a new node records its cluster's id before anything else; files with 
   assert.equal((await loadHardState(paths("/b").raftStatePath, old)).clusterId, undefined);
 });
 
+Deno.test("a new node records the voters its cluster starts with; later starts and saves keep them", async () => {
+  const fs = new SimFileSystem();
+  const opts = { fs, nodeId: "n1", clusterId: "c1", initialVoters: ["n1", "n2", "n3"] };
+  const storage = await openDiskStorage(paths("/a"), opts);
+  assert.deepEqual(storage.initialVoters, ["n1", "n2", "n3"]);
+  await storage.close();
+  const image = fs.crash();
+  assert.deepEqual(
+    (await loadHardState(paths("/a").raftStatePath, image)).initialVoters,
+    ["n1", "n2", "n3"],
+  );
+  // A later start with an edited cluster file keeps the recorded voters, and saves carry them.
+  const again = await openDiskStorage(paths("/a"), { ...opts, fs: image, initialVoters: ["n1"] });
+  assert.deepEqual(again.initialVoters, ["n1", "n2", "n3"]);
+  await again.saveHardState({ term: 4, vote: "n2", commit: 0 });
+  await again.close();
+  const saved = await loadHardState(paths("/a").raftStatePath, image);
+  assert.deepEqual(saved.initialVoters, ["n1", "n2", "n3"]);
+  assert.equal(saved.term, 4);
+
+  // A node that joins (no cluster id given) records none.
+  const other = new SimFileSystem();
+  const joined = await openDiskStorage(paths("/b"), {
+    fs: other,
+    nodeId: "n4",
+    initialVoters: ["n4"],
+  });
+  assert.equal(joined.initialVoters, undefined);
+  await joined.saveHardState({ term: 1, vote: "", commit: 0 });
+  await joined.close();
+  assert.equal((await loadHardState(paths("/b").raftStatePath, other)).initialVoters, undefined);
+});
+
 Deno.test("an adopted cluster id is durable before the first entry or snapshot it stores", async () => {
   for (const first of ["append", "install"] as const) {
     const fs = new SimFileSystem();

@@ -148,6 +148,14 @@ export interface NodeStorage {
    */
   adoptClusterId?(id: string): void;
   /**
+   * The voters the cluster was started with, as this node recorded them when it started the
+   * cluster (optional; undefined: none recorded). Until a snapshot or a configuration entry says
+   * otherwise they are the members, not those of `RaftNodeOptions.members` (a cluster file edited
+   * since must not change the membership: a node restarted with a file listing only itself would
+   * elect itself alone).
+   */
+  readonly initialVoters?: readonly string[] | undefined;
+  /**
    * The "removed while away" mark recovered at start-up: the index of a peer's committed
    * configuration that left this node out ({@linkcode RaftCore.learnRemoved}), 0 for none
    * (optional: a storage without it keeps the mark in memory only).
@@ -654,10 +662,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     // it went down, which misses the writes acknowledged since: each start begins at its own
     // random point instead (below 2^47, so ids stay far under MAX_INDEX).
     this.#readSeq = _firstReadId(seededRandom((seed ^ 0x2545f491) >>> 0));
+    // The members the cluster started with, as recorded then; the cluster file's only when none
+    // were recorded (files of an earlier version).
+    const fileVoters = options.members.map((m) => m.id);
+    const bootVoters = [...(this.#storage.initialVoters ?? fileVoters)];
     this.#core = new RaftCore({
       id: this.id,
       // A joining node has no bootstrap configuration: it must never elect itself.
-      voters: options.join ? [] : options.members.map((m) => m.id),
+      voters: options.join ? [] : bootVoters,
       info: options.join
         ? {}
         : Object.fromEntries(options.members.map((m) => [m.id, memberInfo(m)])),
@@ -672,6 +684,17 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       entries: this.#storage.entries,
     });
     this.#storage.releaseRecovered?.();
+    const inForce = [...this.#core.voters].sort();
+    if (
+      !options.join && !_sameIds(inForce, [...fileVoters].sort()) &&
+      _sameIds(inForce, [...bootVoters].sort())
+    ) {
+      this.#log.warn(
+        `the cluster file lists ${fileVoters.join(", ")}, but the cluster was started with ` +
+          `${bootVoters.join(", ")} (recorded in the data directory): those are the members; a ` +
+          `cluster file does not change them once the node has data (use raftkv members)`,
+      );
+    }
     // The recovered term is on disk (in the hard state, or as the term of the last log entry).
     this.#durableTerm = this.#core.term;
     this.#storedCommit = this.#storage.hardState.commit;

@@ -122,6 +122,10 @@ const HARD_STATE = {
 };
 const HARD_STATE_TEXT =
   '{"node_id":"node-1","cluster_id":"3f5d0c2a9b71e864","term":7,"vote":"node-2","commit":42,"crc32c":"2d41c945"}\n';
+/** As a node that started its cluster writes it: with the voters it started with. */
+const HARD_STATE_VOTERS = { ...HARD_STATE, initialVoters: ["node-1", "node-2", "node-3"] };
+const HARD_STATE_VOTERS_TEXT =
+  '{"node_id":"node-1","cluster_id":"3f5d0c2a9b71e864","initial_voters":"node-1,node-2,node-3","term":7,"vote":"node-2","commit":42,"crc32c":"4268e1f1"}\n';
 /** As written before the cluster's id was recorded (and still without one): it still loads. */
 const HARD_STATE_NODE = { nodeId: "node-1", term: 7, vote: "node-2", commit: 42 };
 const HARD_STATE_NODE_TEXT =
@@ -132,6 +136,7 @@ const HARD_STATE_V1_TEXT = '{"term":7,"vote":"node-2","commit":42,"crc32c":"f98f
 
 for (
   const [name, values, text] of [
+    ["raft-state-voters.json", HARD_STATE_VOTERS, HARD_STATE_VOTERS_TEXT],
     ["raft-state-cluster.json", HARD_STATE, HARD_STATE_TEXT],
     ["raft-state-node.json", HARD_STATE_NODE, HARD_STATE_NODE_TEXT],
     ["raft-state.json", HARD_STATE_V1, HARD_STATE_V1_TEXT],

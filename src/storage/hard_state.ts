@@ -10,6 +10,7 @@
 
 import type { HardState } from "../raft/types.ts";
 import { decodeCheckedJson, encodeCheckedJson } from "./checked_json.ts";
+import { CorruptFileError } from "./errors.ts";
 import { writeFileDurably } from "./durable_file.ts";
 import type { FileSystem } from "./fs.ts";
 import { realFs } from "./real_fs.ts";
@@ -17,6 +18,7 @@ import { realFs } from "./real_fs.ts";
 const _SCHEMA = {
   node_id: "string?",
   cluster_id: "string?",
+  initial_voters: "string?",
   term: "integer",
   vote: "string",
   commit: "integer",
@@ -31,6 +33,13 @@ export interface StoredHardState extends HardState {
   nodeId?: string | undefined;
   /** The cluster that node belongs to, when recorded (undefined: none). */
   clusterId?: string | undefined;
+  /**
+   * The voters the cluster was started with (its cluster file's members), recorded with the
+   * cluster's id by a node that started it (undefined: none recorded: a node that joined, or files
+   * of an earlier version). Until a snapshot or a configuration entry says otherwise, they are
+   * the cluster's members, whatever the cluster file says at a later start.
+   */
+  initialVoters?: readonly string[] | undefined;
 }
 
 /**
@@ -39,7 +48,8 @@ export interface StoredHardState extends HardState {
  *
  * @param path The hard state file (`--raft-state-path`). Its directory must exist.
  * @param hardState The state to save, with the id of the node it belongs to and of its cluster
- * when known (then written as `node_id` and `cluster_id`, first).
+ * when known (then written as `node_id` and `cluster_id`, first), and the voters it started with
+ * when given (`initial_voters`, comma-separated).
  * @param fs The file system. Default {@linkcode realFs}.
  * @throws {RangeError} If `term` or `commit` is not a non-negative safe integer.
  *
@@ -62,10 +72,14 @@ export async function saveHardState(
   hardState: StoredHardState,
   fs: FileSystem = realFs,
 ): Promise<void> {
-  const { nodeId, clusterId, term, vote, commit } = hardState;
+  const { nodeId, clusterId, initialVoters, term, vote, commit } = hardState;
+  if (initialVoters?.some((id) => id === "" || id.includes(","))) {
+    throw new TypeError(`initial voters must be ids without commas: ${initialVoters.join(" ")}`);
+  }
   const fields = {
     ...(nodeId === undefined ? {} : { node_id: nodeId }),
     ...(clusterId === undefined ? {} : { cluster_id: clusterId }),
+    ...(initialVoters?.length ? { initial_voters: initialVoters.join(",") } : {}),
     term,
     vote,
     commit,
@@ -93,16 +107,25 @@ export async function loadHardState(
     if (error instanceof Deno.errors.NotFound) return { term: 0, vote: "", commit: 0 };
     throw error;
   }
-  const { node_id: nodeId, cluster_id: clusterId, term, vote, commit } = decodeCheckedJson(
-    path,
-    bytes,
-    _SCHEMA,
-  );
+  const { node_id: nodeId, cluster_id: clusterId, initial_voters: voters, term, vote, commit } =
+    decodeCheckedJson(path, bytes, _SCHEMA);
   return {
     ...(nodeId === undefined ? {} : { nodeId }),
     ...(clusterId === undefined ? {} : { clusterId }),
+    ...(voters === undefined ? {} : { initialVoters: _voters(path, voters) }),
     term,
     vote,
     commit,
   };
+}
+
+function _voters(path: string, text: string): string[] {
+  const ids = text.split(",");
+  if (ids.some((id) => id === "")) {
+    throw new CorruptFileError(
+      path,
+      `field "initial_voters" holds an empty id: ${JSON.stringify(text)}`,
+    );
+  }
+  return ids;
 }

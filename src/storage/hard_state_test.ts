@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { encodeCheckedJson } from "./checked_json.ts";
 import { CorruptFileError } from "./errors.ts";
 import { loadHardState, saveHardState } from "./hard_state.ts";
 
@@ -73,4 +74,42 @@ Deno.test("saveHardState() rejects a term that is not a non-negative integer", a
     await assert.rejects(saveHardState(path, { term: -1, vote: "", commit: 0 }), RangeError);
     await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
   });
+});
+
+Deno.test("the voters a cluster started with are saved and loaded back; an empty id in them is damage", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-hs-" });
+  try {
+    const path = join(dir, "raft-state.json");
+    const saved = {
+      nodeId: "a",
+      clusterId: "c1",
+      initialVoters: ["a", "b", "c"],
+      term: 1,
+      vote: "",
+      commit: 0,
+    };
+    await saveHardState(path, saved);
+    assert.deepEqual(await loadHardState(path), saved);
+    // None given: none written (a joined node's file, or an earlier version's).
+    await saveHardState(path, { ...saved, initialVoters: [] });
+    assert.ok(!(await Deno.readTextFile(path)).includes("initial_voters"));
+    await assert.rejects(saveHardState(path, { ...saved, initialVoters: ["a,b"] }), TypeError);
+    // A file whose checksum is right but whose list holds an empty id.
+    const schema = {
+      node_id: "string?",
+      cluster_id: "string?",
+      initial_voters: "string?",
+      term: "integer",
+      vote: "string",
+      commit: "integer",
+    } as const;
+    const fields = { node_id: "a", initial_voters: "a,,b", term: 1, vote: "", commit: 0 };
+    await Deno.writeFile(path, encodeCheckedJson(schema, fields));
+    await assert.rejects(
+      loadHardState(path),
+      (e) => e instanceof CorruptFileError && /"initial_voters" holds an empty id/.test(e.message),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

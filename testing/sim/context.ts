@@ -55,6 +55,11 @@ export class SimNode {
   diskFailed = false;
   /** Whether its running incarnation had the NOSPACE alarm up when last checked. */
   alarm = false;
+  /**
+   * Whether its next start reads a cluster file edited to list only itself (an operator's
+   * mistake: `editedFileRate`); the file is put right at the start after that.
+   */
+  editedFile = false;
 
   /** A node that has not started yet, with an empty disk (replaced by its image at a crash). */
   constructor(readonly id: NodeId, public fs: SimFileSystem) {}

@@ -212,7 +212,19 @@ export class Faults {
   restartLater(n: SimNode): void {
     const inc = n.inc;
     this.#ctx.later(this.#ctx.random(20, Math.max(50, this.#ctx.faults.maxDowntimeMs)), () => {
-      if (n.inc === inc) this.#ctx.restart(n);
+      if (n.inc !== inc) return;
+      // Sometimes with a cluster file edited to list only itself (a node with data: a new one
+      // would start a cluster of its own, as it was told to).
+      const rate = this.#ctx.faults.editedFileRate;
+      if (
+        rate > 0 && !n.spare && n.durableHs.term > 0 && this.#ctx.phase === "run" &&
+        this.#ctx.rng() < rate
+      ) {
+        n.editedFile = true;
+        this.#ctx.stats.editedFileStarts++;
+        this.#ctx.note(`${n.id} restarts with a cluster file that lists only itself`);
+      }
+      this.#ctx.restart(n);
     });
   }
 

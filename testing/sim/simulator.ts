@@ -177,6 +177,13 @@ export const FAULTS_OFF = {
    * them.
    */
   otherClusterEveryMs: 0,
+  /**
+   * Probability that a bootstrap member that has data is restarted (after a crash or a stop)
+   * with a cluster file edited to list only itself; it is stopped and started with the right file
+   * within `maxDowntimeMs`. The membership must come from its data directory: with the file's, it
+   * would elect itself alone and commit without the others.
+   */
+  editedFileRate: 0,
   /** Shortest sync of a file or directory. */ minDiskMs: 0.5,
   /** Longest sync. */ maxDiskMs: 2,
 };
@@ -194,6 +201,7 @@ export const DISK_FAULTS = [
   "nospace-fatal",
   "forget-cluster-id",
   "snapshot-without-addresses",
+  "forget-initial-voters",
 ] as const;
 
 /**
@@ -210,7 +218,9 @@ export const DISK_FAULTS = [
  * that lost it), so the node takes peers of any cluster. `snapshot-without-addresses`: snapshots
  * record the members without their addresses (as snapshots did whose configuration came from a
  * snapshot written as booted, or from a restored backup): a node that restarts from one knows
- * only the addresses its cluster file gives.
+ * only the addresses its cluster file gives. `forget-initial-voters`: the storage knows no
+ * recorded initial voters (as files of an earlier version), so a node restarted with an edited
+ * cluster file takes the file's members.
  */
 export type DiskFault = (typeof DISK_FAULTS)[number];
 
@@ -402,6 +412,7 @@ export const COUNTERS = [
   "refusedRetriesReplayed", // ... whose first outcome the leader remembered: answered with it, nothing proposed
   "quotaRefusals", // writes a leader refused as past the quota (definitely not applied)
   "fullRestarts", // restarts on a full disk (start-up writes no file data: it must succeed)
+  "editedFileStarts", // restarts with a cluster file edited to list only the node itself
   "otherClusterBatches", // forged appends from another cluster's node (same member ids) sent to a node
   "otherClusterRefusals", // ... that the node refused (its cluster id differs)
 ] as const;
@@ -507,6 +518,8 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
   const diskFailRate = r() < 0.5 ? 0.25 : 0;
   // And another cluster's appends in a third of the runs, drawn after everything else.
   const otherClusterEveryMs = r() < 0.33 ? between(2, 8) * election : 0;
+  // And edited cluster files at restarts in half the runs (those with crashes), drawn last.
+  const editedFileRate = r() < 0.5 ? 0.1 : 0;
   return {
     name,
     faults: {
@@ -518,6 +531,7 @@ export function faultProfile(seed: number): { name: string; faults: FaultOptions
       maxDiskFullMs,
       diskFailRate,
       otherClusterEveryMs,
+      editedFileRate,
     },
   };
 }
@@ -538,6 +552,7 @@ export const AWAY_FAULTS: Readonly<Partial<FaultOptions>> = Object.freeze({
   stopRate: 0,
   diskFailRate: 0,
   otherClusterEveryMs: 0,
+  editedFileRate: 0,
 });
 
 /** The snapshot thresholds a seed draws from when its run does not set one (0: off). */
@@ -896,6 +911,9 @@ class _Simulation implements SimContext {
       logMetadataPath: "/data/log_metadata.json",
       snapshotDir: "/data/snapshots",
     };
+    const bootstrap = this.nodes.filter((m) => !m.spare).map((m) => m.id);
+    const edited = n.editedFile;
+    n.editedFile = false;
     let inner;
     try {
       inner = await openDiskStorage(paths, {
@@ -903,7 +921,8 @@ class _Simulation implements SimContext {
         nodeId: n.id,
         // A bootstrap member makes the cluster's id from the members, as main.ts does; a spare
         // joins, and learns it from the first member that writes to it.
-        ...(n.spare ? {} : { clusterId: this.clusterId }),
+        // With the voters it records at its first start (main.ts: the cluster file's members).
+        ...(n.spare ? {} : { clusterId: this.clusterId, initialVoters: bootstrap }),
         segmentSize: this.#segmentSize,
       });
     } catch (e) {
@@ -926,7 +945,7 @@ class _Simulation implements SimContext {
     // The bootstrap configuration (the cluster file); a spare's lists only itself: it joins (and
     // never bootstraps), and knows the others' addresses only as the join's answer and the
     // configuration give them.
-    const members = this.nodes.filter((m) => n.spare ? m === n : !m.spare)
+    const members = this.nodes.filter((m) => n.spare || edited ? m === n : !m.spare)
       .map((m) => ({ id: m.id, rpcUrl: `sim://${m.id}`, apiUrl: m.id }));
     const node = new RaftNode({
       id: n.id,
@@ -967,6 +986,20 @@ class _Simulation implements SimContext {
     n.alarm = false;
     node.start();
     if (n.spare && empty) this.#askToJoin(n, inc);
+    if (edited) this.#putFileRight(n, inc);
+  }
+
+  /**
+   * A node started with an edited cluster file (see `editedFileRate`): the operator puts the file
+   * right, stops the node and starts it again, within `maxDowntimeMs` of its time.
+   */
+  #putFileRight(n: SimNode, inc: number): void {
+    n.clock!.schedule(this.random(50, Math.max(100, this.faults.maxDowntimeMs)), () => {
+      if (n.inc !== inc || !n.node) return;
+      this.note(`${n.id}: its cluster file is put right; restarting it`);
+      this.stop(n).then((down) => down && this.restart(n))
+        .catch((e) => this.caught(e, ` stopping ${n.id}`));
+    });
   }
 
   /**
@@ -1015,6 +1048,7 @@ class _Simulation implements SimContext {
       });
     const overrides: Partial<NodeStorage> = {
       ...(fault === "forget-cluster-id" ? { clusterId: undefined, adoptClusterId: () => {} } : {}),
+      ...(fault === "forget-initial-voters" ? { initialVoters: undefined } : {}),
       saveSnapshot: async (meta, count, pairs) => {
         if (fault === "snapshot-without-addresses") {
           const { info: _, ...bare } = meta;

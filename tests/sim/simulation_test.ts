@@ -23,6 +23,7 @@ const CRASHY: Partial<FaultOptions> = {
   stopRate: 0, // and graceful stops
   diskFailRate: 0, // and failing disks
   otherClusterEveryMs: 0, // and another cluster's appends
+  editedFileRate: 0, // and edited cluster files
   crashEveryMs: 700,
   powerFailureRate: 0.4,
   tornWriteRate: 0.5,
@@ -439,6 +440,8 @@ Deno.test("snapshots that record the members without their addresses are caught:
     nodes: 3,
     durationMs: 20_000,
     diskFault: "snapshot-without-addresses",
+    // Edited cluster files (which also leave nodes without addresses) would shift what is caught.
+    faults: { editedFileRate: 0 },
   }), 1);
   assert.ok(failures.length > 0, "no seed caught the snapshots without addresses");
   const f = failures[0]!;
@@ -480,6 +483,19 @@ Deno.test("appends from another cluster's node are refused; a storage that forge
   );
   assert.match(caught.failures[0]!.replay, /--disk-fault forget-cluster-id/);
   assert.match(caught.failures[0]!.replay, /"otherClusterEveryMs":300/);
+});
+
+Deno.test("a node restarted with a cluster file that lists only itself keeps its cluster's members; one that takes the file's is caught", async () => {
+  const faults = { ...CRASHY, editedFileRate: 0.5, stopRate: 0.3 };
+  const { failures, totals } = await _runSeeds(
+    _range(1, 3),
+    (seed) => ({ seed, nodes: 3, durationMs: 6_000, faults }),
+  );
+  assert.equal(failures.length, 0, _describe(failures));
+  assert.ok(totals.editedFileStarts! >= 5, `only ${totals.editedFileStarts} edited restarts`);
+  const caught = await _faulty("forget-initial-voters", 5, { faults });
+  assert.ok(caught.failures.length > 0, "no seed caught the node that took the edited file");
+  assert.match(caught.failures[0]!.replay, /--disk-fault forget-initial-voters/);
 });
 
 Deno.test("a node that stops when its disk is full is caught", async () => {
