@@ -64,6 +64,13 @@ export interface DiskPaths {
  */
 export const LOCK_FILE = "LOCK";
 
+/**
+ * The suffix of the lock files beside the hard state and the log metadata (`raft-state.json.lock`),
+ * held like {@linkcode LOCK_FILE} (also in the snapshot directory): with each path set on its own,
+ * two processes may share one of them and not the WAL.
+ */
+export const LOCK_SUFFIX = ".lock";
+
 /** Options for {@linkcode openDiskStorage}. */
 export interface DiskStorageOptions {
   /**
@@ -166,15 +173,39 @@ export async function openDiskStorage(
   await createDirectory(dirname(paths.logMetadataPath), fs);
   await createDirectory(paths.snapshotDir, fs);
   await createDirectory(paths.walDir, fs);
-  const lockPath = join(paths.walDir, LOCK_FILE);
-  const lock = await fs.tryLock(lockPath);
-  if (lock === null) throw new DataLockedError(lockPath);
+  const lock = await _lockAll(fs, [
+    join(paths.walDir, LOCK_FILE),
+    // Each path can be set on its own (--raft-state-path, ...): two processes that share any of
+    // these files, not only the WAL, would undo each other's writes (a term going back).
+    `${paths.raftStatePath}${LOCK_SUFFIX}`,
+    `${paths.logMetadataPath}${LOCK_SUFFIX}`,
+    join(paths.snapshotDir, LOCK_FILE),
+  ]);
   try {
     return await _recover(paths, options, fs, metrics, lock);
   } catch (e) {
     lock.release();
     throw e;
   }
+}
+
+/** Takes every lock in `paths`, in order, as one; none is held if one is taken already. */
+async function _lockAll(fs: FileSystem, paths: string[]): Promise<FileLock> {
+  const held: FileLock[] = [];
+  const release = () => {
+    for (const l of held.splice(0).reverse()) l.release();
+  };
+  try {
+    for (const path of paths) {
+      const lock = await fs.tryLock(path);
+      if (lock === null) throw new DataLockedError(path);
+      held.push(lock);
+    }
+  } catch (e) {
+    release();
+    throw e;
+  }
+  return { release, [Symbol.dispose]: release };
 }
 
 /** {@linkcode openDiskStorage} once the lock is held: steps 1 to 7. */

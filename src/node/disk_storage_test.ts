@@ -50,7 +50,7 @@ Deno.test("installing a received snapshot that found the disk full part-way can 
       proto.write = write;
     }
     const names = [];
-    for await (const e of Deno.readDir(snapshotDir)) names.push(e.name);
+    for await (const e of Deno.readDir(snapshotDir)) if (e.name !== LOCK_FILE) names.push(e.name);
     assert.deepEqual(names, [snapshotName(10, 2)], "renamed, and no temp file left behind");
 
     await storage.installReceived(meta);
@@ -192,6 +192,35 @@ Deno.test("the files have one owner: another holder of the lock keeps start-up f
   const after = await openDiskStorage(paths("/node"), { fs: image.crash() });
   assert.deepEqual(after.entries, again.entries);
   await after.close();
+});
+
+Deno.test("a second start-up that shares only the hard state, the log metadata or the snapshots is refused", async () => {
+  const fs = new SimFileSystem();
+  const first = await openDiskStorage(paths("/a"), { fs, nodeId: "n1" });
+  try {
+    const shared = [
+      ["raftStatePath", "/a/raft-state.json.lock"],
+      ["logMetadataPath", "/a/log-metadata.json.lock"],
+      ["snapshotDir", "/a/snapshots/LOCK"],
+    ] as const;
+    for (const [key, lockFile] of shared) {
+      // Another process with its own files but this one of the first's (its own WAL directory).
+      const other = { ...paths("/b"), [key]: paths("/a")[key] };
+      await assert.rejects(
+        openDiskStorage(other, { fs, nodeId: "n1" }),
+        (e) => e instanceof DataLockedError && e.path === lockFile,
+        key,
+      );
+      // The refused start-up let go of the locks it had taken: /b opens once /a is not shared.
+      const own = await openDiskStorage(paths("/b"), { fs, nodeId: "n1" });
+      await own.close();
+    }
+  } finally {
+    await first.close();
+  }
+  // Closed, they open again.
+  const again = await openDiskStorage(paths("/a"), { fs, nodeId: "n1" });
+  await again.close();
 });
 
 Deno.test("on a real disk a second start-up on open files is refused until they are closed", async () => {
