@@ -1814,10 +1814,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       quotaBytes: this.#quotaBytes,
       watchHistoryEvents: this.#kv.events.size,
       watchHistoryBytes: this.#kv.events.bytes,
+      // A new leader knows a follower's position only once it answers an append (until then its
+      // match is 0, which is not a lag of the whole log): unknown ones are left out.
       lag: leader
-        ? [...core.progress].filter(([id]) => id !== this.id).map((
-          [id, pr],
-        ) => [id, last - pr.match])
+        ? [...core.progress].filter(([id, pr]) =>
+          id !== this.id && (pr.match > 0 || pr.state === "replicate")
+        ).map(([id, pr]) => [id, last - pr.match])
         : null,
     };
   }
