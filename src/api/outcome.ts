@@ -67,7 +67,19 @@ export function revisionJson(
  * @returns The JSON object.
  */
 export function entryJson(e: KvEntry, keysOnly = false): Record<string, unknown> {
-  return keysOnly ? { k: e.key, ...revisionJson(e) } : { k: e.key, v: e.value, ...revisionJson(e) };
+  if (keysOnly) return { k: e.key, ...revisionJson(e) };
+  return { k: e.key, ...valueJson(e), ...revisionJson(e) };
+}
+
+/**
+ * An entry's value as the API shows it: `{v}`, or `{v_omitted: true}` in a replayed outcome that
+ * did not remember a long value (see `REMEMBERED_VALUE_CHARS`).
+ *
+ * @param e The entry.
+ * @returns The JSON fields.
+ */
+export function valueJson(e: KvEntry): { v: string } | { v_omitted: true } {
+  return e.valueOmitted ? { v_omitted: true } : { v: e.value };
 }
 
 /**
@@ -96,7 +108,7 @@ export function writeOutcome(
       k: result.key,
       cas,
       index: result.index,
-      current: cur === null ? null : { v: cur.value, ...revisionJson(cur) },
+      current: cur === null ? null : { ...valueJson(cur), ...revisionJson(cur) },
     }, headers);
   }
   if (result.op === "idempotency_mismatch") {

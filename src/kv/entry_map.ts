@@ -31,6 +31,11 @@ export interface KvEntry {
   readonly modIndex: number;
   /** Writes to the key since it was created (1 after the first). */
   readonly version: number;
+  /**
+   * Set (with `value` empty) in a remembered outcome whose value was too long to remember (see
+   * `REMEMBERED_VALUE_CHARS` in `state_machine.ts`); never on an entry read from the state.
+   */
+  readonly valueOmitted?: true;
 }
 
 /** The revision part of a {@linkcode KvEntry}. */

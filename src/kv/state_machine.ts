@@ -361,7 +361,7 @@ export class KvStateMachine {
       this.#forget(seen);
     }
     const result = this.#applyPlain(index, cmd.command);
-    const text = JSON.stringify(result);
+    const text = JSON.stringify(_remembered(result));
     const session: _Session = {
       id: cmd.id,
       fingerprint,
@@ -701,6 +701,30 @@ function* _inRange(it: Iterator<KvEntry>, range: KeyRange): Generator<KvEntry> {
  * The answer to a repeat of the command whose outcome `seen` remembers (the same fingerprint), or
  * to another command under its key, at `index`.
  */
+/**
+ * The longest value (in UTF-16 code units) a remembered outcome keeps: a 412's current value and a
+ * transaction's get results may be as long as any value, and a few failed compare-and-sets on a
+ * large key would otherwise push every other outcome out of `maxBytes` within seconds (and a retry
+ * after that is applied again). Longer ones are left out (`valueOmitted`).
+ */
+export const REMEMBERED_VALUE_CHARS = 1024;
+
+/** `result` as it is remembered: values longer than {@linkcode REMEMBERED_VALUE_CHARS} left out. */
+function _remembered(result: KvResult): KvResult {
+  const trim = (e: KvEntry | null): KvEntry | null =>
+    e === null || e.value.length <= REMEMBERED_VALUE_CHARS
+      ? e
+      : { ...e, value: "", valueOmitted: true };
+  if (result.op === "cas_failed") return { ...result, current: trim(result.current) };
+  if (result.op === "txn") {
+    return {
+      ...result,
+      results: result.results.map((r) => r.op === "get" ? { ...r, entry: trim(r.entry) } : r),
+    };
+  }
+  return result;
+}
+
 function _answer(seen: _Session, fingerprint: number, index: number): KvResult {
   if (seen.fingerprint !== fingerprint) return { op: "idempotency_mismatch", index, id: seen.id };
   return { ...(JSON.parse(seen.result) as KvResult), replayed: true };

@@ -9,6 +9,7 @@ import {
   type KvEntry,
   KvStateMachine,
   type PlainCommand,
+  REMEMBERED_VALUE_CHARS,
 } from "./state_machine.ts";
 import { seededRandom } from "../raft/rand.ts";
 
@@ -442,6 +443,41 @@ Deno.test("remembered outcomes expire by the leader's stamp and are bounded in c
   const kept = sm.view().sessions;
   assert.ok(kept.length > 0 && kept.length < 50, `${kept.length} kept`);
   assert.ok(kept.reduce((n, b) => n + b.length, 0) <= 1000);
+});
+
+Deno.test("remembered outcomes leave long values out, so failed compare-and-sets on a large key cannot push other outcomes out", () => {
+  const sm = new KvStateMachine();
+  let i = 0;
+  const big = "x".repeat(REMEMBERED_VALUE_CHARS + 1);
+  const small = "y".repeat(REMEMBERED_VALUE_CHARS);
+  sm.apply(++i, { op: "put", key: "big", value: big });
+  sm.apply(++i, { op: "put", key: "small", value: small });
+  const victim = { op: "put", key: "job", value: "1", cas: 0 } as const;
+  const first = sm.apply(++i, idem("victim", 1000, victim, { maxBytes: 64 * 1024 }));
+  // Many failed compare-and-sets on the large key, each remembered under its own key.
+  const cas = { op: "put", key: "big", value: "z", cas: 999 } as const;
+  for (let n = 0; n < 200; n++) sm.apply(++i, idem(`cas-${n}`, 1000, cas, { maxBytes: 64 * 1024 }));
+  // The victim's outcome is still remembered: its retry is answered, not applied again.
+  assert.deepEqual(sm.apply(++i, idem("victim", 1000, victim)), { ...first, replayed: true });
+  // Applied, the 412 names the whole current value; replayed, the value is left out.
+  const applied = sm.apply(++i, idem("cas-new", 1000, cas));
+  assert.equal(applied.op === "cas_failed" && applied.current?.value, big);
+  const replayed = sm.apply(++i, idem("cas-new", 1000, cas));
+  assert.ok(replayed.op === "cas_failed" && replayed.replayed);
+  assert.deepEqual(replayed.current, { ...sm.entry("big")!, value: "", valueOmitted: true });
+  // A transaction's gets: the long value left out, a value of the limit kept.
+  const txn: PlainCommand = {
+    op: "txn",
+    compare: [],
+    success: [{ op: "get", key: "big" }, { op: "get", key: "small" }],
+    failure: [],
+  };
+  sm.apply(++i, idem("t", 1000, txn));
+  const again = sm.apply(++i, idem("t", 1000, txn));
+  assert.ok(again.op === "txn" && again.replayed);
+  const [g1, g2] = again.results;
+  assert.ok(g1?.op === "get" && g1.entry?.valueOmitted === true && g1.entry.value === "");
+  assert.ok(g2?.op === "get" && g2.entry?.value === small && g2.entry.valueOmitted === undefined);
 });
 
 Deno.test("a reset restores entries in any order, and the remembered outcomes", () => {
