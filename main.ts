@@ -114,6 +114,8 @@ export async function main(args: string[]): Promise<number> {
       ...(clusterId === undefined ? {} : { clusterId }),
       restoreFrom: config.restoreFrom,
       restoreVoters: config.peers.map((p) => p.id),
+      // Recorded with the cluster id at the first start: later starts take these, not the file's.
+      ...(clusterId === undefined ? {} : { initialVoters: config.peers.map((p) => p.id) }),
       onNotice: (m) => log.info(m),
       metrics,
     });

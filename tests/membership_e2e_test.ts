@@ -7,7 +7,14 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { fileURLToPath } from "node:url";
+import {
+  cleanEnv,
+  DEFAULT_NODE_FLAGS,
+  type ProcessCluster,
+  startCluster,
+  waitFor,
+} from "../testing/harness.ts";
 import { attempt, createFreshConnectionClient } from "../testing/chaos_lib.ts";
 import { checkLinearizability, type Operation } from "../src/check/linearizability.ts";
 import { runClient } from "../src/cli/client/client.ts";
@@ -293,6 +300,79 @@ Deno.test("members are added, removed (the leader too) and replaced under load; 
     `membership changes under load: ${load.acked} acknowledged writes, ${load.history.length} ` +
       `operations, linearizable; ${((performance.now() - started) / 1000).toFixed(1)} s`,
   );
+});
+
+Deno.test("a node restarted with a cluster file that lists only itself keeps its cluster's members: it neither leads alone nor acknowledges a write", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  const edited = cluster.ids.find((id) => id !== leader)!;
+  await cluster.stop(edited);
+  const put = await attempt(`${cluster.api(leader)}/v1/data/acked`, "PUT", { v: "1" }, 5000);
+  assert.ok(put.kind === "answer" && put.status === 200, JSON.stringify(put));
+  // The operator's mistake: the same data directory, a cluster file of this node alone.
+  const all = JSON.parse(await Deno.readTextFile(cluster.configPath)) as { node_id: string }[];
+  const solo = join(cluster.dataRoot, "solo.json");
+  await Deno.writeTextFile(solo, JSON.stringify(all.filter((m) => m.node_id === edited)));
+  const proc = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      fileURLToPath(new URL("../main.ts", import.meta.url)),
+      "--id",
+      edited,
+      "--cluster-config-path",
+      solo,
+      "--data-dir",
+      cluster.node(edited).dataDir,
+      ...DEFAULT_NODE_FLAGS,
+      "--cluster-token",
+      cluster.clusterToken,
+    ],
+    env: cleanEnv(),
+    clearEnv: true,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const log = { text: "" };
+  const reading = (async () => {
+    for await (const chunk of proc.stderr.pipeThrough(new TextDecoderStream())) log.text += chunk;
+  })();
+  try {
+    await waitFor(
+      () => /the cluster file lists .*, but the cluster was started with/.test(log.text),
+      {
+        deadlineMs: 20_000,
+        message: () => `the warning that the file's members are not used\n${log.text}`,
+      },
+    );
+    // Given a few election timeouts, it must not lead (as it would with the file's one voter),
+    // and a write through it must not be acknowledged.
+    const write = await attempt(`${cluster.api(edited)}/v1/data/split`, "PUT", { v: "x" }, 3000);
+    assert.ok(!(write.kind === "answer" && write.status === 200), JSON.stringify(write));
+    const status = await attempt(`${cluster.api(edited)}/v1/status`, "GET", undefined, 2000);
+    assert.ok(status.kind === "answer", JSON.stringify(status));
+    assert.notEqual((status.json as { role: string }).role, "leader");
+  } finally {
+    proc.kill("SIGKILL");
+    await proc.status;
+    await reading.catch(() => {});
+  }
+  // Started again with the right file, it catches up; the write it was sent never happened.
+  await cluster.start(edited);
+  await waitFor(async () => {
+    const r = await attempt(
+      `${cluster.api(edited)}/v1/data/acked?consistency=stale`,
+      "GET",
+      undefined,
+      2000,
+    );
+    return r.kind === "answer" && r.status === 200;
+  }, { deadlineMs: 20_000, intervalMs: 100, message: `${edited} to catch up` });
+  for (const id of cluster.ids) {
+    const r = await attempt(`${cluster.api(id)}/v1/data/split`, "GET", undefined, 5000);
+    assert.ok(r.kind === "answer" && r.status === 404, `${id}: ${JSON.stringify(r)}`);
+  }
 });
 
 Deno.test("a removed node refuses reads, writes and watches at once with 503 removed, and is not ready", async () => {
