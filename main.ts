@@ -309,6 +309,8 @@ export async function main(args: string[]): Promise<number> {
       joinUrl: config.join!,
       self,
       token: Deno.env.get("RAFTKV_TOKEN"),
+      // An https:// member's certificate may come from the cluster's own CA, as the peers' do.
+      caCerts: config.peerTls === null ? undefined : [config.peerTls.ca],
       log,
       signal: joining.signal,
       onMembers: (rows) =>

@@ -6,7 +6,8 @@
  * - `<node>.crt` / `<node>.key` per node: CN = the node id (the identity mutual TLS proves),
  *   valid for `localhost`, `127.0.0.1`, `::1` and every `--host`, for server and client use;
  * - `tokens.json`: one random bearer token per role (`read`, `write`, `admin`), for
- *   `--tokens-file`.
+ *   `--tokens-file`;
+ * - `admin.token`: the admin token alone, for `RAFTKV_TOKEN` (a node that joins, the client).
  *
  * Keys and tokens are written 0600. Made with the `openssl` command (see `testing/certs.ts`).
  *
@@ -14,10 +15,11 @@
  * # Docker (scripts/docker-cluster.sh with TLS_DIR=tls):
  * deno task certs --dir tls --nodes raftkv-1,raftkv-2,raftkv-3 \
  *   --host raftkv-1 --host raftkv-2 --host raftkv-3
- * # Kubernetes (deploy/k8s/tls): pods raftkv-0..2 of namespace raftkv
- * deno task certs --dir deploy/k8s/tls/secrets --nodes raftkv-0,raftkv-1,raftkv-2 \
- *   --host '*.raftkv-peers.raftkv.svc.cluster.local' --host raftkv.raftkv.svc \
- *   --host raftkv.raftkv.svc.cluster.local
+ * # Kubernetes (deploy/k8s/tls): pods raftkv-0..4 of namespace raftkv
+ * deno task certs --dir deploy/k8s/tls/secrets \
+ *   --nodes raftkv-0,raftkv-1,raftkv-2,raftkv-3,raftkv-4 \
+ *   --host '*.raftkv-peers.raftkv.svc.cluster.local' --host raftkv \
+ *   --host raftkv.raftkv.svc --host raftkv.raftkv.svc.cluster.local
  * ```
  *
  * @module
@@ -29,8 +31,9 @@ import { makeCertificates, TOKEN_ROLES, writeTokensFile } from "../testing/certs
 
 const USAGE = `Usage: deno task certs --dir DIR --nodes ID,ID,... [--host NAME]... [--days N]
 
-Writes DIR/ca.crt, DIR/<id>.crt and DIR/<id>.key per node (CN = the node id) and DIR/tokens.json
-(one random token per role: read, write, admin). DIR must not hold a CA already.`;
+Writes DIR/ca.crt, DIR/<id>.crt and DIR/<id>.key per node (CN = the node id), DIR/tokens.json
+(one random token per role: read, write, admin) and DIR/admin.token (the admin token alone, for
+RAFTKV_TOKEN). DIR must not hold a CA already.`;
 
 async function main(args: string[]): Promise<number> {
   let values;
@@ -70,10 +73,13 @@ async function main(args: string[]): Promise<number> {
   }
   const certs = await makeCertificates(values.dir, { nodes, hosts: values.host ?? [], days });
   const path = join(values.dir, "tokens.json");
-  await writeTokensFile(path);
+  const tokens = await writeTokensFile(path);
+  const adminPath = join(values.dir, "admin.token");
+  await Deno.writeTextFile(adminPath, tokens.admin, { mode: 0o600, createNew: true });
+  await Deno.chmod(adminPath, 0o600);
   console.log(`CA:     ${certs.ca}`);
   for (const id of nodes) console.log(`${id}: ${certs.node(id).cert} ${certs.node(id).key}`);
-  console.log(`tokens: ${path} (roles ${TOKEN_ROLES.join(", ")})`);
+  console.log(`tokens: ${path} (roles ${TOKEN_ROLES.join(", ")}), admin's alone: ${adminPath}`);
   return 0;
 }
 

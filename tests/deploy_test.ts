@@ -1,20 +1,24 @@
 /**
- * Static checks of the deployment files: the Kubernetes manifests (deploy/k8s/), the Dockerfile
- * and .dockerignore, and the container cluster script (scripts/docker-cluster.sh, run against a
- * stub `docker` that records its commands). Nothing here needs a container engine or a cluster.
+ * Static checks of the deployment files: the Kubernetes manifests (deploy/k8s/base/ and the TLS
+ * overlay deploy/k8s/tls/), the Dockerfile and .dockerignore, and the container cluster script
+ * (scripts/docker-cluster.sh, run against a stub `docker` that records its commands). Nothing here
+ * needs a container engine or a cluster; `kubectl kustomize` (offline) renders the manifests when
+ * kubectl is installed.
  */
 
 import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { parseAllDocuments } from "yaml";
 import denoJson from "../deno.json" with { type: "json" };
+import { CLIENT_ENV_VARS } from "../src/cli/client/options.ts";
 import { parseClusterFile, urlPort } from "../src/cli/cluster_file.ts";
 import { parseArgs } from "../src/cli/config.ts";
 import { DEFAULTS, FLAGS } from "../src/cli/flags.ts";
 import { makeCertificates } from "../testing/certs.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
-const K8S_DIR = `${ROOT}deploy/k8s/`;
+const K8S_DIR = `${ROOT}deploy/k8s/base/`;
 const KNOWN_ENV = new Set(FLAGS.flatMap((flag) => flag.env === null ? [] : [flag.env]));
 /** Variables the node reads that are not flags; Kubernetes sets HOSTNAME itself. */
 const K8S_ENV = new Set(["POD_NAMESPACE", "HOSTNAME"]);
@@ -34,7 +38,10 @@ function loadManifests(): Doc[] {
   const listed = new Set(files);
   for (const entry of Deno.readDirSync(K8S_DIR)) {
     if (entry.name.endsWith(".yaml") && entry.name !== "kustomization.yaml") {
-      assert.ok(listed.has(entry.name), `deploy/k8s/${entry.name} is not in kustomization.yaml`);
+      assert.ok(
+        listed.has(entry.name),
+        `deploy/k8s/base/${entry.name} is not in kustomization.yaml`,
+      );
     }
   }
   return files.flatMap((file) => {
@@ -563,16 +570,112 @@ Deno.test("docker-cluster.sh: TLS_DIR mounts the secrets and configures a valid 
   }
 });
 
-Deno.test("k8s tls overlay: every pod reads its own certificate and the tokens from Secrets", async () => {
-  const overlay = `${K8S_DIR}tls/`;
-  const kustomization = parseAllDocuments(Deno.readTextFileSync(`${overlay}kustomization.yaml`))
-    .map((doc) => doc.toJS())[0];
-  assert.deepEqual(kustomization.resources, ["../"]);
-  const patchDocs = parseAllDocuments(
-    Deno.readTextFileSync(`${overlay}${kustomization.patches[0].path}`),
+// ---- deploy/k8s/tls: the TLS overlay ------------------------------------------------------------
+
+const TLS_DIR = `${ROOT}deploy/k8s/tls/`;
+/** The variables of the command-line client, which a `kubectl exec`'d client reads in a pod. */
+const CLIENT_ENV = new Set(CLIENT_ENV_VARS);
+
+function yamlFile(path: string): Doc {
+  const docs = parseAllDocuments(Deno.readTextFileSync(path));
+  for (const doc of docs) assert.deepEqual(doc.errors, [], `YAML errors in ${path}`);
+  return docs[0]!.toJS();
+}
+
+/**
+ * The `deno task certs` command the overlay's comments tell users to run, as arguments of
+ * scripts/certs.ts with `--dir` replaced by `dir`.
+ */
+function documentedCertsArgs(dir: string): string[] {
+  const lines = Deno.readTextFileSync(`${TLS_DIR}kustomization.yaml`).split("\n")
+    .map((line) => line.replace(/^#\s*/, ""));
+  const start = lines.findIndex((line) => line.startsWith("deno task certs "));
+  assert.ok(start !== -1, "the overlay's comments show no `deno task certs` command");
+  let command = "";
+  for (let i = start; i < lines.length; i++) {
+    const line = lines[i]!.trimEnd();
+    command += ` ${line.replace(/\\$/, "")}`;
+    if (!line.endsWith("\\")) break;
+  }
+  const words = [...command.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+  assert.deepEqual(words.slice(0, 3), ["deno", "task", "certs"]);
+  const args = words.slice(3);
+  const at = args.indexOf("--dir");
+  assert.ok(at !== -1 && args[at + 1] === "deploy/k8s/tls/secrets", args.join(" "));
+  args[at + 1] = dir;
+  return args;
+}
+
+/** Runs the documented `deno task certs` command into `dir`, then removes the CA key as told. */
+async function documentedSecrets(dir: string): Promise<string[]> {
+  const args = documentedCertsArgs(dir);
+  const made = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}scripts/certs.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(made.code, 0, new TextDecoder().decode(made.stderr));
+  await Deno.remove(`${dir}/ca.key`);
+  return args;
+}
+
+/**
+ * A container's environment as Kubernetes sets it: in list order, each `$(NAME)` replaced by
+ * the value of a variable listed before it (others are left as written), `valueFrom` resolved
+ * by `from`. Returns the variables and the references left unexpanded.
+ */
+function expandEnv(
+  entries: Doc[],
+  from: (entry: Doc) => string,
+): { vars: Record<string, string>; unexpanded: string[] } {
+  const vars: Record<string, string> = {};
+  const unexpanded: string[] = [];
+  for (const entry of entries) {
+    vars[entry.name] = entry.value === undefined
+      ? from(entry)
+      : String(entry.value).replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (ref, name: string) => {
+        if (name in vars) return vars[name]!;
+        unexpanded.push(`${entry.name}: ${ref}`);
+        return ref;
+      });
+  }
+  return { vars, unexpanded };
+}
+
+/** A Secret's `data` value as text. */
+function base64Text(value: string): string {
+  return new TextDecoder().decode(Uint8Array.from(atob(value), (c) => c.charCodeAt(0)));
+}
+
+/** Whether one of the certificate's names covers `host` (wildcards as TLS clients read them). */
+function certificateNames(pem: string, host: string): boolean {
+  return new X509Certificate(pem).checkHost(host) !== undefined;
+}
+
+Deno.test("k8s: the base and the tls overlay are sibling folders, as kustomize requires", () => {
+  // kustomize refuses an overlay whose base folder contains it ("cycle detected").
+  const inK8s = [...Deno.readDirSync(`${ROOT}deploy/k8s/`)];
+  assert.ok(
+    !inK8s.some((entry) => entry.name === "kustomization.yaml"),
+    "deploy/k8s/ itself holds a kustomization, which contains deploy/k8s/tls/",
   );
-  for (const doc of patchDocs) assert.deepEqual(doc.errors, []);
-  const patch = patchDocs[0]!.toJS();
+  for (const dir of inK8s.filter((entry) => entry.isDirectory).map((entry) => entry.name)) {
+    const base = `${ROOT}deploy/k8s/${dir}/`;
+    const kustomization = yamlFile(`${base}kustomization.yaml`);
+    for (const resource of kustomization.resources ?? []) {
+      const target = new URL(resource, `file://${base}`).pathname.replace(/\/?$/, "/");
+      assert.ok(
+        !base.startsWith(target),
+        `deploy/k8s/${dir} lists ${resource}, which contains it: kustomize refuses that`,
+      );
+    }
+  }
+  assert.deepEqual(yamlFile(`${TLS_DIR}kustomization.yaml`).resources, ["../base"]);
+});
+
+Deno.test("k8s tls overlay: every pod reads its own certificate and the tokens from Secrets, and a pod beyond the bootstrap size joins over HTTPS", async () => {
+  const kustomization = yamlFile(`${TLS_DIR}kustomization.yaml`);
+  const patch = yamlFile(`${TLS_DIR}${kustomization.patches[0].path}`);
   const { set, env: baseEnv } = k8s();
   assert.equal(patch.kind, "StatefulSet");
   assert.equal(patch.metadata.name, set.metadata.name);
@@ -598,29 +701,38 @@ Deno.test("k8s tls overlay: every pod reads its own certificate and the tokens f
   }
   const dir = await Deno.makeTempDir({ prefix: "raftkv-k8s-tls-" });
   try {
-    const pods = Array.from({ length: set.spec.replicas }, (_, i) => `${set.metadata.name}-${i}`);
-    await makeCertificates(dir, {
-      nodes: pods,
-      hosts: [`*.${set.spec.serviceName}.shop.svc.cluster.local`],
-    });
-    await Deno.writeTextFile(
-      `${dir}/tokens.json`,
-      JSON.stringify([{ token: "0123456789abcdef0123", role: "admin", name: "ops" }]),
+    await documentedSecrets(dir);
+    const secretKey = (ref: Doc): string => {
+      assert.ok(generated.get(ref.name)?.includes(ref.key), `no Secret ${ref.name}/${ref.key}`);
+      return Deno.readTextFileSync(`${dir}/${ref.key}`);
+    };
+    // The bootstrap pods and the first one a scale-up adds, in the documented namespace.
+    const pods = Array.from(
+      { length: set.spec.replicas + 1 },
+      (_, i) => `${set.metadata.name}-${i}`,
     );
+    const tokens: Doc[] = JSON.parse(Deno.readTextFileSync(`${dir}/tokens.json`));
     for (const pod of pods) {
       const vars: Record<string, string> = {
         ...Object.fromEntries(dockerfile().env),
         HOSTNAME: pod,
-        POD_NAMESPACE: "shop",
+        POD_NAMESPACE: "raftkv",
       };
       for (const [name, entry] of baseEnv) if (entry.value !== undefined) vars[name] = entry.value;
+      const client: Record<string, string> = {};
       for (const e of container.env) {
         if (e.name === "POD_NAME") {
           assert.equal(e.valueFrom.fieldRef.fieldPath, "metadata.name");
           continue;
         }
-        assert.ok(KNOWN_ENV.has(e.name), `${e.name} is not a variable the node reads`);
-        vars[e.name] = String(e.value).replaceAll("$(POD_NAME)", pod);
+        const value = e.valueFrom?.secretKeyRef
+          ? secretKey(e.valueFrom.secretKeyRef)
+          : String(e.value).replaceAll("$(POD_NAME)", pod);
+        if (CLIENT_ENV.has(e.name)) client[e.name] = value;
+        else {
+          assert.ok(KNOWN_ENV.has(e.name), `${e.name} is not a variable the node reads`);
+          vars[e.name] = value;
+        }
       }
       const files = (path: string): string => {
         const mount = [...mounts.keys()].find((m) => path.startsWith(`${m}/`));
@@ -634,12 +746,213 @@ Deno.test("k8s tls overlay: every pod reads its own certificate and the tokens f
       if (result.kind !== "run") return;
       assert.equal(result.config.id, pod);
       assert.ok(result.config.peerTls && result.config.apiTls, `${pod}: TLS on both ports`);
-      assert.equal(result.config.tokens?.length, 1);
+      assert.equal(result.config.tokens?.length, tokens.length);
       assert.ok(result.config.peers.every((p) => p.rpcUrl.startsWith("https://")));
       assert.ok(result.config.peers.every((p) => p.apiUrl.startsWith("https://")));
       assert.deepEqual(result.warnings, []);
+
+      // The join (and a client run in the pod) sends an admin token of the tokens file...
+      const admin = tokens.find((t) => t.token === client.RAFTKV_TOKEN);
+      assert.equal(admin?.role, "admin", "RAFTKV_TOKEN is an admin token of tokens.json");
+      // ... and a client run in the pod reaches the pod's own HTTPS API, trusting the CA.
+      const endpoint = new URL(client.RAFTKV_ENDPOINTS ?? "");
+      assert.equal(endpoint.protocol, "https:");
+      assert.equal(Number(endpoint.port), result.config.apiPort);
+      assert.equal(client.RAFTKV_CACERT, result.config.peerTls.caPath);
+      const ordinal = Number(pod.split("-").at(-1));
+      if (ordinal < set.spec.replicas) {
+        assert.equal(result.config.join, null, `${pod} bootstraps`);
+        continue;
+      }
+      // A pod beyond the bootstrap size joins over HTTPS at a name every member's certificate
+      // holds (the client Service sends it to any of them).
+      const join = new URL(result.config.join ?? "");
+      assert.equal(join.protocol, "https:", `${pod} joins over HTTPS`);
+      assert.equal(Number(join.port), result.config.apiPort);
+      for (const member of pods.slice(0, set.spec.replicas)) {
+        const pem = Deno.readTextFileSync(`${dir}/${member}.crt`);
+        assert.ok(certificateNames(pem, join.hostname), `${member}.crt names ${join.hostname}`);
+        assert.ok(certificateNames(pem, endpoint.hostname), `${member}.crt names localhost`);
+      }
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/**
+ * Whether a `kubectl` executable is on PATH, looked up without running it (like
+ * {@linkcode hasShellcheck}).
+ */
+function hasKubectl(): boolean {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    try {
+      const info = Deno.statSync(`${dir}/kubectl`);
+      if (info.isFile && ((info.mode ?? 0) & 0o111) !== 0) return true;
+    } catch {
+      // Not in this directory.
+    }
+  }
+  return false;
+}
+
+/** `kubectl kustomize <dir>`: the manifests the folder renders to (offline). */
+async function kustomize(dir: string): Promise<Doc[]> {
+  const { code, stdout, stderr } = await new Deno.Command("kubectl", {
+    args: ["kustomize", dir],
+    stdin: "null",
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  assert.equal(code, 0, `kubectl kustomize ${dir}: ${decode(stderr)}`);
+  const docs = parseAllDocuments(decode(stdout));
+  for (const doc of docs) assert.deepEqual(doc.errors, []);
+  return docs.map((doc) => doc.toJS()).filter((doc) => doc !== null);
+}
+
+Deno.test({
+  name: hasKubectl()
+    ? "k8s: kubectl kustomize renders the base and the tls overlay, with its TLS settings"
+    : "k8s: kubectl kustomize renders the base and the tls overlay (skipped: kubectl not installed)",
+  ignore: !hasKubectl(),
+  async fn() {
+    // A copy of deploy/k8s with the documented secrets made in the overlay's folder.
+    const root = await Deno.makeTempDir({ prefix: "raftkv-kustomize-" });
+    try {
+      for (const folder of ["base", "tls"]) {
+        await Deno.mkdir(`${root}/${folder}`);
+        for (const entry of Deno.readDirSync(`${ROOT}deploy/k8s/${folder}`)) {
+          if (entry.isFile) {
+            await Deno.copyFile(
+              `${ROOT}deploy/k8s/${folder}/${entry.name}`,
+              `${root}/${folder}/${entry.name}`,
+            );
+          }
+        }
+      }
+      await documentedSecrets(`${root}/tls/secrets`);
+
+      const base = await kustomize(`${root}/base`);
+      const plain = k8s();
+      assert.deepEqual(
+        base.map((doc) => `${doc.kind}/${doc.metadata.name}`).sort(),
+        plain.docs.map((doc: Doc) => `${doc.kind}/${doc.metadata.name}`).sort(),
+      );
+      const baseSet = only(base, "StatefulSet");
+      const baseContainer = baseSet.spec.template.spec.containers[0];
+      assert.deepEqual(baseContainer.env, plain.container.env);
+
+      const tls = await kustomize(`${root}/tls`);
+      const set = only(tls, "StatefulSet");
+      const pod = set.spec.template.spec;
+      const container = pod.containers.find((c: Doc) => c.name === "raftkv");
+      for (const probe of ["livenessProbe", "readinessProbe", "startupProbe"]) {
+        assert.deepEqual(
+          container[probe].httpGet,
+          { ...baseContainer[probe].httpGet, scheme: "HTTPS" },
+          `${probe}: HTTPS, on the base's path and port`,
+        );
+      }
+      // The generated Secrets (names with a content hash) are what the pods mount and read.
+      const secrets = new Map<string, Doc>(
+        tls.filter((doc) => doc.kind === "Secret").map((doc) => [doc.metadata.name, doc]),
+      );
+      const volumes = new Map<string, Doc>(pod.volumes.map((v: Doc) => [v.name, v]));
+      const files = new Map<string, string>();
+      for (const mount of container.volumeMounts) {
+        const secretName = volumes.get(mount.name)?.secret?.secretName;
+        if (secretName === undefined) continue;
+        const secret = secrets.get(secretName);
+        assert.ok(secret, `${mount.name} mounts ${secretName}, which the output does not hold`);
+        for (const [key, value] of Object.entries(secret.data as Record<string, string>)) {
+          files.set(`${mount.mountPath}/${key}`, base64Text(value));
+        }
+      }
+      const names = new Set(container.env.map((e: Doc) => e.name));
+      for (
+        const name of [
+          "RAFTKV_PEER_CA",
+          "RAFTKV_PEER_CERT",
+          "RAFTKV_PEER_KEY",
+          "RAFTKV_API_CERT",
+          "RAFTKV_API_KEY",
+          "RAFTKV_TOKENS_FILE",
+          "RAFTKV_TOKEN",
+        ]
+      ) {
+        assert.ok(names.has(name), `the rendered StatefulSet sets no ${name}`);
+      }
+      const tokens: Doc[] = JSON.parse(
+        files.get(container.env.find((e: Doc) => e.name === "RAFTKV_TOKENS_FILE").value)!,
+      );
+      for (const ordinal of [0, set.spec.replicas]) {
+        const name = `${set.metadata.name}-${ordinal}`;
+        const { vars, unexpanded } = expandEnv(container.env, (entry) => {
+          const field = entry.valueFrom?.fieldRef?.fieldPath;
+          if (field === "metadata.name") return name;
+          if (field === "metadata.namespace") return "raftkv";
+          const ref = entry.valueFrom?.secretKeyRef;
+          const data = secrets.get(ref?.name)?.data?.[ref?.key];
+          assert.ok(data !== undefined, `${entry.name}: no Secret ${ref?.name} with ${ref?.key}`);
+          return base64Text(data);
+        });
+        assert.deepEqual(unexpanded, [], "references to variables not listed before them");
+        const node = Object.fromEntries(
+          Object.entries(vars).filter(([key]) => !CLIENT_ENV.has(key) && !K8S_ENV.has(key)),
+        );
+        const result = parseArgs(
+          [],
+          {
+            ...Object.fromEntries(dockerfile().env),
+            ...node,
+            HOSTNAME: name,
+            POD_NAMESPACE: vars.POD_NAMESPACE!,
+          },
+          (path) => files.get(path) ?? assert.fail(`${name} reads ${path}, which no Secret holds`),
+        );
+        assert.equal(result.kind, "run");
+        if (result.kind !== "run") return;
+        assert.deepEqual(result.warnings, []);
+        assert.ok(result.config.peerTls && result.config.apiTls, `${name}: TLS on both ports`);
+        assert.equal(tokens.find((t) => t.token === vars.RAFTKV_TOKEN)?.role, "admin");
+        if (ordinal === 0) {
+          assert.equal(result.config.join, null);
+          continue;
+        }
+        // The pod a scale-up adds has a certificate and joins over HTTPS, at a name its
+        // members' certificates hold.
+        const join = new URL(result.config.join ?? "");
+        assert.equal(join.protocol, "https:");
+        const memberCert = files.get(
+          `${container.volumeMounts[0].mountPath}/${set.metadata.name}-0.crt`,
+        );
+        assert.ok(memberCert && certificateNames(memberCert, join.hostname), join.hostname);
+      }
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});
+
+Deno.test("docs: kubectl exec runs /raftkv (not on PATH in the image) in the manifests' namespace", () => {
+  // The image's only file is /raftkv (see the Dockerfile's ENTRYPOINT): a bare `raftkv` is not
+  // found. Every manifest and the README use the namespace raftkv.
+  assert.deepEqual(JSON.parse(dockerfile().one("ENTRYPOINT")), ["/raftkv"]);
+  const sources = [
+    "README.md",
+    ...["base", "tls"].flatMap((folder) =>
+      [...Deno.readDirSync(`${ROOT}deploy/k8s/${folder}`)]
+        .filter((entry) => entry.name.endsWith(".yaml"))
+        .map((entry) => `deploy/k8s/${folder}/${entry.name}`)
+    ),
+  ];
+  let commands = 0;
+  for (const source of sources) {
+    for (const [command] of text(source).matchAll(/kubectl exec\b[^`\n)]*/g)) {
+      if (!command.includes(" -- ")) continue; // prose about the command, not the command
+      commands++;
+      assert.match(command, /\s(-n|--namespace)[ =]raftkv\s/, `${source}: ${command}`);
+      assert.match(command, /\s--\s\/raftkv\s/, `${source}: ${command}`);
+    }
+  }
+  assert.ok(commands >= 2, `found only ${commands} kubectl exec commands`);
 });

@@ -1,7 +1,7 @@
 /**
  * End-to-end test of `--join-mode k8s`: three real node processes configured only the way the
- * StatefulSet in deploy/k8s/ configures its pods (its container environment, HOSTNAME set to the
- * pod's name, POD_NAMESPACE from the downward API), run with the permissions baked into the
+ * StatefulSet in deploy/k8s/base/ configures its pods (its container environment, HOSTNAME set to
+ * the pod's name, POD_NAMESPACE from the downward API), run with the permissions baked into the
  * compiled binary.
  *
  * The image's ENV (Dockerfile) applies below the pod's, as in a container.
@@ -35,7 +35,7 @@ type Doc = any;
 
 /** The StatefulSet's container, from the manifests kustomization.yaml lists. */
 function loadStatefulSet(): { set: Doc; container: Doc } {
-  const dir = `${ROOT}deploy/k8s/`;
+  const dir = `${ROOT}deploy/k8s/base/`;
   const kustomization = parseAllDocuments(Deno.readTextFileSync(`${dir}kustomization.yaml`))[0]
     ?.toJS();
   const docs: Doc[] = kustomization.resources.flatMap((file: string) =>
@@ -43,7 +43,7 @@ function loadStatefulSet(): { set: Doc; container: Doc } {
   );
   const set = docs.find((doc) => doc?.kind === "StatefulSet");
   const container = set?.spec.template.spec.containers.find((c: Doc) => c.name === "raftkv");
-  assert.ok(container, "no StatefulSet with a raftkv container in deploy/k8s/");
+  assert.ok(container, "no StatefulSet with a raftkv container in deploy/k8s/base/");
   return { set, container };
 }
 

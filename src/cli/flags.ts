@@ -162,7 +162,7 @@ export const FLAGS: readonly FlagInfo[] = [
     "--join",
     "<api_url>",
     "none",
-    "Join the running cluster that this member's API serves (host:port means http://host:port): with an empty data directory the node asks to be added (as a learner) and waits for the leader; it never starts a cluster of its own. A node with data ignores it. Only this node's own entry of the cluster file is used. In k8s mode it applies only to pods beyond --k8s-replicas",
+    "Join the running cluster that this member's API serves (host:port means http://host:port): with an empty data directory the node asks to be added (as a learner) and waits for the leader; it never starts a cluster of its own. An https:// member's certificate must chain to --peer-ca or to a CA the system trusts; with tokens, set RAFTKV_TOKEN to an admin token. A node with data ignores it. Only this node's own entry of the cluster file is used. In k8s mode it applies only to pods beyond --k8s-replicas",
   ),
   _flag(
     "Node",

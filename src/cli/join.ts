@@ -2,7 +2,9 @@
  * `--join`: a new node asks a running cluster to add it. It posts its own id and URLs to
  * `POST /v1/members` of the member it was given (a follower forwards to the leader) until the
  * cluster has it, retrying while no leader is known or another change is in progress. The node
- * itself never campaigns meanwhile: it waits for the leader to contact it.
+ * itself never campaigns meanwhile: it waits for the leader to contact it. An `https://` member is
+ * checked against the system's CAs and the cluster CA the node has (`--peer-ca`), as the members'
+ * API certificates usually come from that CA.
  *
  * @module
  */
@@ -15,6 +17,11 @@ export interface JoinRequest {
   self: { id: string; rpcUrl: string; apiUrl: string };
   /** A bearer token with the admin role, when the cluster's API needs one. */
   token?: string | undefined;
+  /**
+   * PEM CA certificates an `https://` member's certificate may chain to, besides the system's
+   * CAs: the node's `--peer-ca`. Default: the system's CAs only.
+   */
+  caCerts?: readonly string[] | undefined;
   /** Where progress goes. */
   log: { info(m: string): void; warn(m: string): void; error(m: string): void };
   /** Stops the attempts (the node is stopping). */
@@ -41,6 +48,23 @@ export async function requestJoin(r: JoinRequest): Promise<boolean> {
     api_url: r.self.apiUrl,
   });
   const retryMs = r.retryMs ?? 1000;
+  const client = r.caCerts === undefined || r.caCerts.length === 0
+    ? undefined
+    : Deno.createHttpClient({ caCerts: [...r.caCerts] });
+  try {
+    return await _joinLoop(r, headers, body, retryMs, client);
+  } finally {
+    client?.close();
+  }
+}
+
+async function _joinLoop(
+  r: JoinRequest,
+  headers: Record<string, string>,
+  body: string,
+  retryMs: number,
+  client: Deno.HttpClient | undefined,
+): Promise<boolean> {
   while (!r.signal.aborted) {
     let wait = retryMs;
     try {
@@ -49,6 +73,7 @@ export async function requestJoin(r: JoinRequest): Promise<boolean> {
         headers,
         body,
         signal: AbortSignal.any([r.signal, AbortSignal.timeout(10_000)]),
+        ...(client === undefined ? {} : { client }),
       });
       const answer = await res.json().catch(() => ({})) as Record<string, unknown>;
       if (res.status === 201) {
@@ -60,7 +85,7 @@ export async function requestJoin(r: JoinRequest): Promise<boolean> {
         return true;
       }
       if (res.status === 409 && answer.code === "exists") {
-        if (await _alreadyMember(r, headers)) {
+        if (await _alreadyMember(r, headers, client)) {
           r.log.info(`already a member of the cluster at ${r.joinUrl}`);
           return true;
         }
@@ -98,11 +123,16 @@ export async function requestJoin(r: JoinRequest): Promise<boolean> {
 }
 
 /** Whether the cluster lists this node with these very URLs (added before a restart). */
-async function _alreadyMember(r: JoinRequest, headers: Record<string, string>): Promise<boolean> {
+async function _alreadyMember(
+  r: JoinRequest,
+  headers: Record<string, string>,
+  client: Deno.HttpClient | undefined,
+): Promise<boolean> {
   try {
     const res = await fetch(`${r.joinUrl}/v1/members`, {
       headers,
       signal: AbortSignal.any([r.signal, AbortSignal.timeout(10_000)]),
+      ...(client === undefined ? {} : { client }),
     });
     if (!res.ok) {
       await res.body?.cancel();
