@@ -7,6 +7,7 @@
  */
 
 import { X509Certificate } from "node:crypto";
+import { lookup } from "node:dns/promises";
 import denoJson from "./deno.json" with { type: "json" };
 import {
   ConfigError,
@@ -93,6 +94,13 @@ export async function main(args: string[]): Promise<number> {
       ? bootstrapClusterId(config.peers.map((p) => p.id), config.clusterToken)
       : undefined;
     log = createLogger(config.id, config.logLevel, console, config.logFormat);
+    // A host that does not resolve cannot be listened on: said in one line, before the warnings
+    // (which say where the servers listen).
+    const unresolved = await _unresolvedListenHost(config);
+    if (unresolved !== null) {
+      log.error(unresolved);
+      return 2;
+    }
     for (const w of parsed.warnings) log.warn(w);
     for (const [name, address] of hosts) log.info(`${HOSTS_OVERRIDE_ENV}: ${name} -> ${address}`);
   } catch (e) {
@@ -120,7 +128,7 @@ export async function main(args: string[]): Promise<number> {
       metrics,
     });
   } catch (e) {
-    log.error(`cannot open the node's data: ${e instanceof Error ? e.message : e}`);
+    log.error(`cannot open the node's data: ${_message(e)}${_dataPathsOf(config, e)}`);
     return 1;
   }
 
@@ -268,7 +276,7 @@ export async function main(args: string[]): Promise<number> {
   } catch (e) {
     if (!(e instanceof _CannotListen)) throw e;
     log.error(e.message);
-    return 1;
+    return e.exitCode;
   }
   const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
   if (exposed !== null) log.warn(exposed);
@@ -492,29 +500,100 @@ function _reloadTls(
 }
 
 /** A server's port could not be had: said in one line, not with a stack trace. */
-class _CannotListen extends Error {}
+class _CannotListen extends Error {
+  /** 2 when the configuration names a host that does not resolve, else 1. */
+  exitCode: 1 | 2 = 1;
+}
 
 /**
  * Runs a server's first listen, turning the errors of a port that cannot be had (in use, not an
- * address of this machine, not allowed) into a {@linkcode _CannotListen} naming it.
+ * address of this machine, not allowed, a host that does not resolve) into a
+ * {@linkcode _CannotListen} naming it.
  */
 async function _listening<T>(what: string, listen: () => T | Promise<T>): Promise<T> {
   try {
     return await listen();
   } catch (e) {
     const busy = e instanceof Deno.errors.AddrInUse;
+    // Deno's error for a host name that does not resolve has no class of its own.
+    const unresolved = e instanceof Error && /failed to lookup address/i.test(e.message);
     if (
-      busy || e instanceof Deno.errors.AddrNotAvailable ||
+      busy || unresolved || e instanceof Deno.errors.AddrNotAvailable ||
       e instanceof Deno.errors.PermissionDenied
     ) {
-      throw new _CannotListen(
+      const error = new _CannotListen(
         `cannot listen on ${what}: ${_message(e)}` +
           (busy ? " (another process has it: another node, or this one not yet stopped?)" : ""),
         { cause: e },
       );
+      if (unresolved) error.exitCode = 2;
+      throw error;
     }
     throw e;
   }
+}
+
+/**
+ * The first host the servers would listen on that does not resolve, said in one line that names
+ * where it was configured, or `null` when both resolve.
+ */
+async function _unresolvedListenHost(config: NodeConfig): Promise<string | null> {
+  const self = config.peers.find((p) => p.id === config.id);
+  const servers = [
+    { host: config.rpcListenHost, url: self?.rpcUrl, field: "rpc_url", port: config.rpcPort },
+    { host: config.apiListenHost, url: self?.apiUrl, field: "api_url", port: config.apiPort },
+  ];
+  for (const { host, url, field, port } of servers) {
+    try {
+      await lookup(host);
+    } catch (e) {
+      const fromUrl = url !== undefined &&
+        new URL(url).hostname.replace(/^\[(.*)\]$/, "$1") === host;
+      const where = !fromUrl
+        ? "--listen-host (or RAFTKV_LISTEN_HOST)"
+        : config.clusterConfigPath === null
+        ? `${config.id}'s ${field}`
+        : `${config.id}'s ${field} in the cluster file ${JSON.stringify(config.clusterConfigPath)}`;
+      return `cannot listen on ${host}:${port}: the host ${JSON.stringify(host)}, from ${where}, ` +
+        `does not resolve to an address (${_message(e)}); set --listen-host to an ` +
+        "address of this machine (0.0.0.0 is every interface), or correct the name";
+    }
+  }
+  return null;
+}
+
+/**
+ * The configured paths of the node's data, said after an error from opening them that names none
+ * (Deno's errors from opening a file often do not): the one that cannot be read when that can
+ * be told, else all of them. Empty when the error names one of them already.
+ */
+function _dataPathsOf(config: NodeConfig, e: unknown): string {
+  const paths: [string, string][] = [
+    ["the WAL directory", config.walDir],
+    ["the snapshot directory", config.snapshotDir],
+    ["the hard state file", config.raftStatePath],
+    ["the log metadata file", config.logMetadataPath],
+  ];
+  if (config.dataDir !== null) paths.unshift(["the data directory", config.dataDir]);
+  const message = _message(e);
+  if (paths.some(([, path]) => message.includes(path))) return "";
+  // Read each one as opening the data does: the first to fail as the error did is the one.
+  const failing = e instanceof Error
+    ? paths.find(([, path]) => {
+      try {
+        if (Deno.statSync(path).isDirectory) {
+          for (const _ of Deno.readDirSync(path)) break;
+        } else Deno.openSync(path).close();
+        return false;
+      } catch (again) {
+        return again instanceof Error && again.constructor === e.constructor;
+      }
+    })
+    : undefined;
+  if (failing !== undefined) return `: ${failing[0]} ${JSON.stringify(failing[1])}`;
+  return `; its paths: ${
+    paths.map(([what, path]) => `${what} ${JSON.stringify(path)}`).join(", ")
+  }`;
 }
 
 /** The files a node loads again when they change, by group (see `FileChanges`). */

@@ -387,11 +387,15 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
   });
 }
 
-/** Runs `main.ts` by hand as node `id` on `dataDir`, beside the harness's processes. */
+/**
+ * Runs `main.ts` by hand as node `id` on `dataDir`, beside the harness's processes, with
+ * `flags` after the usual ones.
+ */
 async function _startByHand(
   cluster: ProcessCluster,
   id: string,
   dataDir: string,
+  flags: string[] = [],
 ): Promise<{ code: number; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
@@ -405,6 +409,7 @@ async function _startByHand(
       "--data-dir",
       dataDir,
       ...DEFAULT_NODE_FLAGS,
+      ...flags,
     ],
     env: cleanEnv(),
     clearEnv: true,
@@ -438,6 +443,17 @@ Deno.test("a second process on a node's data directory, or another node on it, e
     /cannot listen on the peer port 127\.0\.0\.1:\d+: .*another process has it/,
   );
   assert.doesNotMatch(busy.stderr, /\n\s+at /, "a stack trace was printed");
+  // A host that does not resolve is bad configuration: one line naming it and the flag, exit 2.
+  const nowhere = await _startByHand(cluster, follower, elsewhere, [
+    "--listen-host",
+    "no.such.host.invalid",
+  ]);
+  assert.equal(nowhere.code, 2, nowhere.stderr);
+  assert.match(
+    nowhere.stderr,
+    /cannot listen on no\.such\.host\.invalid:\d+: the host "no\.such\.host\.invalid", from --listen-host .* does not resolve/,
+  );
+  assert.equal(nowhere.stderr.trim().split("\n").length, 1, nowhere.stderr);
 
   // The node that holds the lock goes on as if nothing happened.
   const next = await cluster.request(follower, "POST", "/v1/data", { k: "lock", v: "2" });
