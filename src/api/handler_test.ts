@@ -732,6 +732,23 @@ Deno.test("a follower forwards reads and deletes with the encoded path and query
   assert.ok(leader.calls.every((c) => c.headers.get(FORWARDED_BY_HEADER) === "n1"));
 });
 
+Deno.test("a remembered 404 for a missing lease is replayed under its Idempotency-Key with the replay header", async () => {
+  const { call } = setup();
+  const writes: [string, string, string][] = [
+    ["PUT", "/v1/data/h?lease=12345", '{"v":"8"}'],
+    ["POST", "/v1/txn", '{"success":[{"op":"put","k":"g","v":"7","lease":12345}]}'],
+  ];
+  for (const [method, path, body] of writes) {
+    const headers = { "content-type": "application/json", "idempotency-key": `req-404-${method}` };
+    const first = await call(method, path, body, headers);
+    assert.equal(first.headers.get("idempotent-replayed"), null, path);
+    const said = await expectJson(first, 404);
+    const again = await call(method, path, body, headers);
+    assert.equal(again.headers.get("idempotent-replayed"), "true", path);
+    assert.deepEqual(await expectJson(again, 404), said, path);
+  }
+});
+
 Deno.test("a follower forwards the Idempotency-Key, ranges and transactions, and relays the index and replay headers", async () => {
   const leader = fakeForwarder(() =>
     new Response('{"k":"a","v":"1","index":7}', {

@@ -21,7 +21,13 @@ import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, overloadedError } from "./errors.ts";
 import { leaseParam, newLeaseTtl } from "./leases.ts";
 import { blockingWait } from "./watch.ts";
-import { entryJson, idempotencyKey, INDEX_HEADER, writeOutcome } from "./outcome.ts";
+import {
+  entryJson,
+  idempotencyKey,
+  INDEX_HEADER,
+  REPLAYED_HEADER,
+  writeOutcome,
+} from "./outcome.ts";
 import {
   casParam,
   checkKey,
@@ -96,6 +102,8 @@ export async function writeRoute(
       404,
       `lease ${result.lease} not found (never granted, revoked, or expired); nothing was written`,
       { k: key, lease: result.lease },
+      // A replay of a remembered 404 says so, as a replayed 200 or 412 does.
+      result.replayed ? { [REPLAYED_HEADER]: "true" } : {},
     );
   }
   return writeOutcome(result, cas, (r) => ({

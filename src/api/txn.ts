@@ -40,7 +40,7 @@ import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure } from "./context.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, describe, overloadedError, quote } from "./errors.ts";
-import { entryJson, idempotencyKey, writeOutcome } from "./outcome.ts";
+import { entryJson, idempotencyKey, REPLAYED_HEADER, writeOutcome } from "./outcome.ts";
 import {
   checkKey,
   checkPutKey,
@@ -91,6 +91,8 @@ export async function txnRoute(
       404,
       `lease ${result.lease} not found (never granted, revoked, or expired); the transaction did nothing`,
       { lease: result.lease },
+      // A replay of a remembered 404 says so, as a replayed 200 or 412 does.
+      result.replayed ? { [REPLAYED_HEADER]: "true" } : {},
     );
   }
   return writeOutcome(
