@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PERMISSION_FLAGS } from "../main.ts";
+import { saveHardState } from "../src/storage/hard_state.ts";
 import { decodeSnapshot } from "../src/storage/snapshot_file.ts";
 import { makeCertificates } from "../testing/certs.ts";
 import { cleanEnv, freePorts, startCluster, waitFor } from "../testing/harness.ts";
@@ -304,7 +305,13 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
       bytes[bytes.length - 20] = bytes[bytes.length - 20]! ^ 0xff;
       await Deno.writeFile(join(dir, "bad.snap"), bytes);
       const newDir = join(dir, "new");
-      const [run, json, used, bad] = await Promise.all([
+      // As a restore that failed part-way leaves it: a hard state of term 0, empty folders. The
+      // node restores there, so the check accepts it.
+      const leftDir = join(dir, "left");
+      await Deno.mkdir(join(leftDir, "wal"), { recursive: true });
+      await Deno.mkdir(join(leftDir, "snapshots"));
+      await saveHardState(join(leftDir, "raft-state.json"), { term: 0, vote: "", commit: 0 });
+      const [run, json, used, bad, left] = await Promise.all([
         raftkv(["snapshot", "restore", backup]),
         raftkv([
           "snapshot",
@@ -319,6 +326,7 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
         ]),
         raftkv(["snapshot", "restore", backup, "--data-dir", cluster.node(leader).dataDir]),
         raftkv(["snapshot", "restore", join(dir, "bad.snap")]),
+        raftkv(["snapshot", "restore", backup, "--data-dir", leftDir]),
       ]);
       _expect(run, 0, "snapshot restore");
       assert.match(run.stdout, /a valid snapshot at index \d+ \(term \d+\) with 2 keys/);
@@ -345,6 +353,7 @@ Deno.test("the client's commands against a real 3-node cluster: results, -o json
         used.stderr,
         /already holds a node's data \(raft-state\.json, .*wal\/\).*would ignore --restore-from/,
       );
+      _expect(left, 0, "a data directory a failed restore left");
       _expect(bad, 1, "a damaged backup");
       assert.match(bad.stderr, /is not a usable backup: .*checksum mismatch/);
     });

@@ -6,9 +6,10 @@
  * @module
  */
 
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { writeAll } from "../../storage/fs.ts";
 import { realFs } from "../../storage/real_fs.ts";
+import { nodeDataIn } from "../node_data.ts";
 import { readSnapshotFile, type SnapshotHeader } from "../../storage/snapshot_file.ts";
 import type { Command } from "./command.ts";
 import { answerError, readAnswer } from "./http.ts";
@@ -135,7 +136,7 @@ export const SNAPSHOT_RESTORE: Command = {
     const dataDir = ctx.line.values.get("--data-dir")?.value ?? null;
     const id = ctx.line.values.get("--id")?.value ?? null;
     if (dataDir !== null) {
-      const found = await _nodeData(dataDir);
+      const found = await nodeDataIn(dataDir);
       if (found.length > 0) {
         throw new ClientError(
           `${dataDir} already holds a node's data (${found.join(", ")}): a node started there ` +
@@ -182,35 +183,4 @@ export const SNAPSHOT_RESTORE: Command = {
 
 function _keys(count: number): string {
   return `${count} ${count === 1 ? "key" : "keys"}`;
-}
-
-/** What in `dir` shows that a node already keeps its data there (empty when nothing does). */
-async function _nodeData(dir: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const name of ["raft-state.json", "log-metadata.json"]) {
-    if (await _exists(join(dir, name))) found.push(name);
-  }
-  for (const [sub, suffix] of [["wal", ".wal"], ["snapshots", ".snap"]] as const) {
-    try {
-      for await (const entry of Deno.readDir(join(dir, sub))) {
-        if (entry.name.endsWith(suffix)) {
-          found.push(`${sub}/`);
-          break;
-        }
-      }
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-    }
-  }
-  return found;
-}
-
-async function _exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }
