@@ -29,8 +29,10 @@ import { fileURLToPath } from "node:url";
 import { join, resolve } from "node:path";
 import { readLines } from "../testing/read_lines.ts";
 import { makeCertificates, TOKEN_ROLES, writeTokensFile } from "../testing/certs.ts";
+import { parseClusterFile } from "../src/cli/cluster_file.ts";
+import { ConfigError } from "../src/cli/errors.ts";
 
-/** One member of a cluster file, spelled as in the file. */
+/** One member of a cluster file, its URLs as the node reads them. */
 export interface ClusterEntry {
   /** The node's id. */
   node_id: string;
@@ -110,6 +112,8 @@ export const DEFAULT_API_BASE_PORT = 7777;
 export const DEFAULT_RPC_BASE_PORT = 6666;
 /** Default of `--dir`. */
 export const DEFAULT_DIR = "local-cluster";
+/** Size of a generated cluster file when neither `--size` nor a `--config` file gives one. */
+export const DEFAULT_SIZE = 3;
 /** Default of `--config`. */
 export const DEFAULT_CONFIG = "cluster.config.json";
 /** Default of `--grace`, in milliseconds. */
@@ -122,8 +126,6 @@ export const GENERATED_CONFIG_NAME = "cluster.config.json";
 export const LAUNCHER_LABEL = "cluster";
 /** Directory inside `--dir` holding the certificates and tokens of a `--tls` cluster. */
 export const TLS_DIR_NAME = "tls";
-
-const _ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 const _PARSE_OPTIONS = {
   help: { type: "boolean", short: "h" },
@@ -151,8 +153,8 @@ export function helpText(): string {
 Usage: deno task cluster [options] [-- <node flags>]
 
 Options:
-  --size <n>             Generate a cluster file with node-1..node-<n> (default: as many nodes
-                         as the --config file lists) and use it
+  --size <n>             Generate a cluster file with node-1..node-<n> and use it (default: as
+                         many nodes as the --config file lists, or ${DEFAULT_SIZE} without that file)
   --host <host>          Host name in the generated URLs (default: ${DEFAULT_HOST})
   --api-base-port <p>    API port of node-1 in the generated file; node-i gets p+i-1
                          (default: ${DEFAULT_API_BASE_PORT})
@@ -321,65 +323,26 @@ export function generateClusterConfig(options: GenerateOptions): ClusterEntry[] 
 }
 
 /**
- * Parses a cluster file, checking what the launcher relies on: a non-empty array of entries
- * with unique ids that can be directory names and `http(s)` URLs. The node itself validates
- * the file in full.
+ * Parses a cluster file with the node's own parser (`parseClusterFile` in
+ * src/cli/cluster_file.ts), so that the launcher takes every file a node takes, such as the
+ * original Go project's bare `localhost:6666` addresses, and refuses the others with the node's
+ * message.
  *
  * @param text The file's contents.
  * @param path The file's path, for error messages.
- * @returns The entries, in file order.
- * @throws {ClusterError} If the file does not have that shape.
+ * @returns The entries, in file order, with each URL as the node reads it (its origin, such as
+ * `"http://localhost:6666"` for `"localhost:6666"`).
+ * @throws {ClusterError} If a node would refuse the file.
  */
 export function parseClusterConfig(text: string, path: string): ClusterEntry[] {
-  const where = `Cluster file ${path}`;
-  let data: unknown;
+  let peers;
   try {
-    data = JSON.parse(text);
+    peers = parseClusterFile(text, path);
   } catch (error) {
-    throw new ClusterError(`${where} is not valid JSON: ${(error as Error).message}`);
+    if (!(error instanceof ConfigError)) throw error;
+    throw new ClusterError(error.message, { cause: error });
   }
-  if (!Array.isArray(data) || data.length === 0) {
-    throw new ClusterError(
-      `${where} must be a non-empty JSON array of {"node_id", "rpc_url", "api_url"} objects`,
-    );
-  }
-  const seen = new Set<string>();
-  return data.map((item: unknown, index) => {
-    const entry = `${where}, entry ${index + 1}`;
-    if (typeof item !== "object" || item === null) {
-      throw new ClusterError(`${entry}: expected an object`);
-    }
-    const record = item as Record<string, unknown>;
-    const result: Record<string, string> = {};
-    for (const field of ["node_id", "rpc_url", "api_url"]) {
-      const value = record[field];
-      if (typeof value !== "string" || value === "") {
-        throw new ClusterError(`${entry}: "${field}" must be a non-empty string`);
-      }
-      result[field] = value;
-    }
-    const id = result.node_id ?? "";
-    if (!_ID_PATTERN.test(id)) {
-      throw new ClusterError(
-        `${entry}: node_id ${JSON.stringify(id)} may hold only letters, digits, ".", "_", "-"`,
-      );
-    }
-    if (seen.has(id)) throw new ClusterError(`${entry}: node_id ${JSON.stringify(id)} repeats`);
-    seen.add(id);
-    for (const field of ["rpc_url", "api_url"]) {
-      const value = result[field] ?? "";
-      let url: URL;
-      try {
-        url = new URL(value);
-      } catch {
-        throw new ClusterError(`${entry}: ${field} ${JSON.stringify(value)} is not a URL`);
-      }
-      if (url.protocol !== "http:" && url.protocol !== "https:") {
-        throw new ClusterError(`${entry}: ${field} ${JSON.stringify(value)} is not http(s)`);
-      }
-    }
-    return { node_id: id, rpc_url: result.rpc_url ?? "", api_url: result.api_url ?? "" };
-  });
+  return peers.map((peer) => ({ node_id: peer.id, rpc_url: peer.rpcUrl, api_url: peer.apiUrl }));
 }
 
 /**
@@ -1003,7 +966,7 @@ async function _loadConfig(
     const configPath = resolve(options.config);
     return { entries: await _readConfig(configPath), configPath };
   }
-  const size = options.size ?? (await _readConfig(resolve(options.config))).length;
+  const size = options.size ?? await _configSize(options.config);
   const entries = generateClusterConfig({
     size,
     host: options.host ?? DEFAULT_HOST,
@@ -1030,6 +993,17 @@ async function _readConfig(path: string): Promise<ClusterEntry[]> {
     );
   }
   return parseClusterConfig(text, path);
+}
+
+/**
+ * The node count of the `--config` file, for a generated file without `--size`; the default size
+ * when that file is the default one and does not exist (the launcher runs outside the repository,
+ * say). A `--config` file named on the command line must exist.
+ */
+async function _configSize(config: string): Promise<number> {
+  const path = resolve(config);
+  if (config === DEFAULT_CONFIG && !(await _isFile(path))) return DEFAULT_SIZE;
+  return (await _readConfig(path)).length;
 }
 
 function _configText(entries: readonly ClusterEntry[]): string {

@@ -3,9 +3,11 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   bannerLines,
+  ClusterError,
   type ClusterOptions,
   colorFor,
   DEFAULT_GRACE_MS,
+  DEFAULT_SIZE,
   describeExit,
   findFlag,
   formatPrefix,
@@ -22,6 +24,8 @@ import {
   urlPort,
   UsageError,
 } from "./cluster.ts";
+import { parseClusterFile } from "../src/cli/cluster_file.ts";
+import { ConfigError } from "../src/cli/errors.ts";
 import { cleanEnv, freePorts, httpRequest, runCommand, waitFor } from "../testing/harness.ts";
 import { readLines } from "../testing/read_lines.ts";
 
@@ -191,28 +195,64 @@ Deno.test("generateClusterConfig() rejects overlapping or out-of-range ports", (
   generateClusterConfig({ size: 3, host: "h", apiBasePort: 7000, rpcBasePort: 7003 });
 });
 
-Deno.test("parseClusterConfig() reads entries and rejects what the launcher cannot use", () => {
-  const good = '[{"node_id":"a","rpc_url":"http://h:1","api_url":"https://h"}]';
-  assert.deepEqual(parseClusterConfig(good, "c.json"), [
-    { node_id: "a", rpc_url: "http://h:1", api_url: "https://h" },
-  ]);
-  const bad: [string, RegExp][] = [
-    ["{", /c\.json is not valid JSON/],
-    ["[]", /non-empty JSON array/],
-    ['{"node_id":"a"}', /non-empty JSON array/],
-    ["[1]", /entry 1: expected an object/],
-    ['[{"node_id":"a","rpc_url":"http://h:1"}]', /"api_url" must be a non-empty string/],
-    ['[{"node_id":"../x","rpc_url":"http://h:1","api_url":"http://h:2"}]', /may hold only/],
-    ['[{"node_id":"a","rpc_url":"h:1","api_url":"http://h:2"}]', /rpc_url "h:1" is not http/],
-    ['[{"node_id":"a","rpc_url":"nope","api_url":"http://h:2"}]', /rpc_url "nope" is not a URL/],
-    [
-      '[{"node_id":"a","rpc_url":"http://h:1","api_url":"http://h:2"},' +
-      '{"node_id":"a","rpc_url":"http://h:3","api_url":"http://h:4"}]',
-      /entry 2: node_id "a" repeats/,
-    ],
+Deno.test("parseClusterConfig() takes every cluster file the node takes, bare host:port too", () => {
+  const accepted = [
+    '[{"node_id":"a","rpc_url":"http://h:1","api_url":"https://h"}]',
+    // The original Go project's spelling: bare host:port, read as http://host:port.
+    JSON.stringify([
+      { node_id: "node-1", rpc_url: "localhost:21666", api_url: "localhost:21777" },
+      { node_id: "node-2", rpc_url: "127.0.0.1:21667", api_url: "127.0.0.1:21778" },
+      { node_id: "node-3", rpc_url: "[::1]:21668", api_url: "http://[::1]:21779/" },
+    ]),
   ];
-  for (const [text, message] of bad) {
-    assert.throws(() => parseClusterConfig(text, "c.json"), message, text);
+  for (const text of accepted) {
+    const node = parseClusterFile(text, "c.json");
+    assert.deepEqual(
+      parseClusterConfig(text, "c.json"),
+      node.map((peer) => ({ node_id: peer.id, rpc_url: peer.rpcUrl, api_url: peer.apiUrl })),
+      text,
+    );
+  }
+  assert.deepEqual(parseClusterConfig(accepted[1]!, "c.json")[0], {
+    node_id: "node-1",
+    rpc_url: "http://localhost:21666",
+    api_url: "http://localhost:21777",
+  });
+});
+
+Deno.test("parseClusterConfig() refuses what the node refuses, with the node's message", () => {
+  const refused = [
+    "{",
+    "[]",
+    '{"node_id":"a"}',
+    "[1]",
+    '[{"node_id":"a","rpc_url":"http://h:1"}]',
+    '[{"node_id":"../x","rpc_url":"http://h:1","api_url":"http://h:2"}]',
+    '[{"node_id":"a","rpc_url":"nope","api_url":"http://h:2"}]',
+    '[{"node_id":"a","rpc_url":"ftp://h:1","api_url":"http://h:2"}]',
+    '[{"node_id":"a","rpc_url":"http://h:1/x","api_url":"http://h:2"}]',
+    '[{"node_id":"a","rpc_url":"http://h:1","api_url":"h:1"}]',
+    '[{"node_id":"a","rpc_url":"http://h:1","api_url":"http://h:2","x":1}]',
+    '[{"node_id":"a","rpc_url":"http://h:1","api_url":"http://h:2"},' +
+    '{"node_id":"a","rpc_url":"http://h:3","api_url":"http://h:4"}]',
+    '[{"node_id":"a","rpc_url":"http://h:1","api_url":"http://h:2"},' +
+    '{"node_id":"b","rpc_url":"https://h:3","api_url":"http://h:4"}]',
+  ];
+  for (const text of refused) {
+    const node = (() => {
+      try {
+        parseClusterFile(text, "c.json");
+      } catch (error) {
+        assert.ok(error instanceof ConfigError, text);
+        return error.message;
+      }
+      assert.fail(`the node takes ${text}`);
+    })();
+    assert.throws(() => parseClusterConfig(text, "c.json"), (error: unknown) => {
+      assert.ok(error instanceof ClusterError, `${text}: ${error}`);
+      assert.equal(error.message, node);
+      return true;
+    });
   }
 });
 
@@ -460,15 +500,17 @@ console.error("warning line from " + id);
 if (Deno.env.get("FAKE_CRASH_ID") === id) Deno.exit(3);
 const peers = JSON.parse(Deno.readTextFileSync(flag("--cluster-config-path")));
 const me = peers.find((peer) => peer.node_id === id);
+// A bare host:port (the original Go project's spelling) means http://host:port.
+const url = (text) => new URL(text.includes("://") ? text : "http://" + text);
 const server = Deno.serve({
   hostname: flag("--listen-host") ?? "0.0.0.0",
-  port: Number(new URL(me.api_url).port),
+  port: Number(url(me.api_url).port),
   onListen() {},
 }, (request) => {
   const path = new URL(request.url).pathname;
   if (path === "/health") return new Response("ok");
   if (path === "/v1/status") {
-    return Response.json({ id, role: "x", term: 1, leader: { id: "node-1", api_url: peers[0].api_url } });
+    return Response.json({ id, role: "x", term: 1, leader: { id: "node-1", api_url: url(peers[0].api_url).origin } });
   }
   return new Response("not found", { status: 404 });
 });
@@ -503,10 +545,11 @@ interface _Launcher {
   output(): string;
 }
 
-function _launch(args: string[], env: Record<string, string> = {}): _Launcher {
+function _launch(args: string[], env: Record<string, string> = {}, cwd?: string): _Launcher {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ..._TASK_PERMISSIONS, _SCRIPT, ...args],
     env,
+    ...(cwd === undefined ? {} : { cwd }),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -803,6 +846,105 @@ Deno.test("the launcher explains a missing cluster file and a usage error", asyn
   const help = _launch(["--help"]);
   assert.equal((await help.done).code, 0);
   assert.match(help.stdout.join("\n"), /Usage: deno task cluster/);
+});
+
+/** Waits for the launcher's banner; fails at once if the launcher exits first. */
+async function _waitForBanner(launcher: _Launcher): Promise<void> {
+  let exited: Deno.CommandStatus | null = null;
+  launcher.done.then((status) => exited = status);
+  await waitFor(
+    () => exited !== null || launcher.stdout.some((line) => line.includes("Press Ctrl-C")),
+    { deadlineMs: 30_000, message: () => `the banner\n${launcher.output()}` },
+  );
+  assert.equal(exited, null, `the launcher exited before its banner\n${launcher.output()}`);
+}
+
+Deno.test("the launcher runs a cluster file of bare host:port addresses, as the node reads it", async () => {
+  await _withSetup(2, async ({ dir, fake, apiUrls }) => {
+    // The original Go project's spelling, which the node reads as http://host:port.
+    const ports = freePorts(2);
+    const bare = join(dir, "go-peers.json");
+    await Deno.writeTextFile(
+      bare,
+      JSON.stringify(apiUrls.map((url, i) => ({
+        node_id: `node-${i + 1}`,
+        rpc_url: `127.0.0.1:${ports[i]}`,
+        api_url: url.slice("http://".length),
+      }))),
+    );
+    const launcher = _launch([
+      "--config",
+      bare,
+      "--dir",
+      join(dir, "nodes"),
+      "--main",
+      fake,
+      "--",
+      "--listen-host",
+      "127.0.0.1",
+    ]);
+    try {
+      await _waitForBanner(launcher);
+      const out = launcher.stdout.join("\n");
+      for (const url of apiUrls) {
+        assert.ok(out.includes(`API ${url}`), out);
+        assert.ok(await _up(url));
+      }
+      launcher.child.kill("SIGTERM");
+      assert.equal((await launcher.done).code, 0, launcher.output());
+    } finally {
+      await _stopLauncher(launcher);
+    }
+  });
+});
+
+Deno.test("the launcher with a base port but no --size and no cluster file generates three nodes", async () => {
+  // Run outside the repository: no cluster.config.json to count the nodes of.
+  await _withSetup(1, async ({ dir, fake }) => {
+    const base = _freePortRun(6);
+    const nodes = join(dir, "nodes");
+    const args = [
+      "--host",
+      "127.0.0.1",
+      "--api-base-port",
+      String(base),
+      "--rpc-base-port",
+      String(base + DEFAULT_SIZE),
+      "--dir",
+      nodes,
+      "--main",
+      fake,
+      "--",
+      "--listen-host",
+      "127.0.0.1",
+    ];
+    const launcher = _launch(args, {}, dir);
+    try {
+      await _waitForBanner(launcher);
+      assert.deepEqual(
+        JSON.parse(await Deno.readTextFile(join(nodes, "cluster.config.json"))),
+        generateClusterConfig({
+          size: DEFAULT_SIZE,
+          host: "127.0.0.1",
+          apiBasePort: base,
+          rpcBasePort: base + DEFAULT_SIZE,
+        }),
+      );
+      launcher.child.kill("SIGTERM");
+      assert.equal((await launcher.done).code, 0, launcher.output());
+    } finally {
+      await _stopLauncher(launcher);
+    }
+
+    // A --config named on the command line must exist, even just to be counted.
+    const missing = _launch(["--config", join(dir, "none.json"), ...args], {}, dir);
+    try {
+      assert.equal((await missing.done).code, 1, missing.output());
+      assert.match(missing.stderr.join("\n"), /Cannot read the cluster file .*none\.json/);
+    } finally {
+      await _stopLauncher(missing);
+    }
+  });
 });
 
 /**
