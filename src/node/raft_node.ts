@@ -1587,11 +1587,18 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     };
   }
 
-  /** Whether a leader is known and everything known committed is applied here. */
+  /**
+   * Whether a leader is known, something is known committed (see below), and everything known
+   * committed is applied here.
+   */
   isReady(): boolean {
     if (this.#stopping || this.#core.leader === NONE || this.#isRemoved()) return false;
     const log = this.#core.log;
     if (this.#core.role === "leader" && log.term(log.committed) !== this.#core.term) return false;
+    // A cluster with a leader has committed at least that leader's first entry: a follower that
+    // knows of nothing committed (a wiped node joining, before its first append or snapshot) has
+    // not caught up, though its empty log is "applied".
+    if (log.committed === 0) return false;
     return this.#kv.appliedIndex >= log.committed;
   }
 
