@@ -346,10 +346,14 @@ Deno.test("a node restarted with a cluster file that lists only itself keeps its
         message: () => `the warning that the file's members are not used\n${log.text}`,
       },
     );
+    await waitFor(async () => {
+      const r = await attempt(`${cluster.api(edited)}/v1/status`, "GET", undefined, 2000);
+      return r.kind === "answer";
+    }, { deadlineMs: 20_000, intervalMs: 50, message: `${edited}'s API to answer` });
     // Given a few election timeouts, it must not lead (as it would with the file's one voter),
     // and a write through it must not be acknowledged.
     const write = await attempt(`${cluster.api(edited)}/v1/data/split`, "PUT", { v: "x" }, 3000);
-    assert.ok(!(write.kind === "answer" && write.status === 200), JSON.stringify(write));
+    assert.ok(write.kind === "answer" && write.status !== 200, JSON.stringify(write));
     const status = await attempt(`${cluster.api(edited)}/v1/status`, "GET", undefined, 2000);
     assert.ok(status.kind === "answer", JSON.stringify(status));
     assert.notEqual((status.json as { role: string }).role, "leader");
