@@ -338,8 +338,9 @@ async function _run(
 }
 
 /**
- * Keeps the lease alive every third of its TTL; `lost` aborts once it is gone (404) or no
- * renewal was acknowledged within a TTL of being sent (the lock may have expired meanwhile).
+ * Keeps the lease alive every third of its TTL (a refused or unanswered renewal is tried again
+ * after 0.2 s, at the next endpoint); `lost` aborts once it is gone (404) or no renewal was
+ * acknowledged within a TTL of being sent (the lock may have expired meanwhile).
  */
 class _Keeper {
   readonly #client: ApiClient;
@@ -371,21 +372,35 @@ class _Keeper {
 
   async #keep(): Promise<void> {
     const pauseMs = Math.max(10, Math.floor(this.#ttlMs / 3));
+    let first = 0;
     while (!this.#done.signal.aborted && !this.#lost.signal.aborted) {
       const sent = performance.now();
+      let renewed = false;
       try {
+        // A refusal (503 while the cluster elects a leader) comes back at once, not after the
+        // client's own pause (a second, as its Retry-After says): a renewal is tried again
+        // within a fifth of a second, at the next endpoint, while the lease may still be valid.
         const answer = await this.#client.send("POST", `/v1/leases/${this.#id}/keepalive`, {
-          timeoutMs: Math.max(100, this.#validUntil - sent),
+          timeoutMs: Math.max(100, Math.min(pauseMs, this.#validUntil - sent)),
+          retryRefused: false,
+          first,
         });
         if (answer.status === 404) return this.#lose("is gone (revoked or expired)");
-        if (answer.status === 200) this.#validUntil = sent + this.#ttlMs;
+        if (answer.status === 200) {
+          this.#validUntil = sent + this.#ttlMs;
+          renewed = true;
+        }
       } catch {
         // No answer (NoAnswerError): tried again until the lease may have expired.
       }
       if (performance.now() >= this.#validUntil) {
         return this.#lose(`had no renewal acknowledged within its TTL (${this.#ttlMs}ms)`);
       }
-      const wait = Math.min(pauseMs, Math.max(0, this.#validUntil - performance.now()));
+      if (!renewed) first++;
+      const wait = Math.min(
+        renewed ? pauseMs : Math.min(pauseMs, _RENEW_RETRY_MS),
+        Math.max(0, this.#validUntil - performance.now()),
+      );
       await _until(this.#done.signal, wait);
     }
   }
@@ -402,6 +417,9 @@ class _Keeper {
     }
   }
 }
+
+/** The pause before a renewal that was refused or not answered is tried again. */
+const _RENEW_RETRY_MS = 200;
 
 /** Resolves when `signal` aborts, or after `ms` if given. */
 function _until(signal: AbortSignal, ms?: number): Promise<undefined> {

@@ -67,3 +67,58 @@ Deno.test("lock: the key's value names this host and process, whatever the envir
     await server.shutdown();
   }
 });
+
+Deno.test("lock: renewals refused while the cluster elects a leader are tried again soon enough to keep a short lease", async () => {
+  // A 3 s lease, renewed every second; the cluster answers 503 (Retry-After: 1) for 1.3 s from
+  // the second renewal on, as while a leader is elected. Tried again only after the client's own
+  // one-second pause, the second refusal left the next try past the TTL, and the lock was lost.
+  let refuseUntil = 0;
+  let keepalives = 0;
+  let renewals = 0;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const url = new URL(req.url);
+    const json = (body: unknown, status = 200, headers: Record<string, string> = {}) =>
+      Response.json(body, { status, headers: { "x-raftkv-index": "60", ...headers } });
+    const body = req.method === "PUT" ? await req.json() : await req.body?.cancel();
+    if (url.pathname === "/v1/leases" && req.method === "POST") {
+      return json({ id: 50, ttl: "3s", ttl_ms: 3_000, index: 50 }, 201);
+    }
+    if (url.pathname === "/v1/leases/50/keepalive") {
+      if (++keepalives === 2) refuseUntil = performance.now() + 1300;
+      if (performance.now() < refuseUntil) {
+        return json({ error: "no leader known" }, 503, { "retry-after": "1" });
+      }
+      renewals++;
+      return json({ id: 50, ttl_ms: 3_000 });
+    }
+    if (url.pathname === "/v1/leases/50" && req.method === "DELETE") {
+      return json({ id: 50, revoked: true, deleted: ["jobs/lock/50"], index: 60 });
+    }
+    if (url.pathname === "/v1/data/jobs%2Flock%2F50" && req.method === "PUT") {
+      return json({ k: "jobs/lock/50", v: body.v, index: 51, create_index: 51, mod_index: 51 });
+    }
+    if (url.pathname === "/v1/data" && url.searchParams.get("prefix") === "jobs/lock/") {
+      return json({ items: [{ k: "jobs/lock/50", v: "me", create_index: 51 }], next: null });
+    }
+    return json({ error: `unexpected ${req.method} ${url.pathname}${url.search}` }, 400);
+  });
+  try {
+    let err = "";
+    const io: ClientIo = {
+      out: () => {},
+      err: (text) => err += text + "\n",
+      env: NO_ENV,
+      stdin: () => Promise.resolve(""),
+    };
+    const endpoint = `http://127.0.0.1:${server.addr.port}`;
+    const code = await runClient(
+      ["lock", "jobs/lock", "--ttl", "3s", "--endpoints", endpoint, "--", "sleep", "4"],
+      io,
+    );
+    assert.equal(code, 0, err);
+    assert.doesNotMatch(err, /lost/);
+    assert.ok(renewals >= 2, `${renewals} renewals acknowledged`);
+  } finally {
+    await server.shutdown();
+  }
+});
