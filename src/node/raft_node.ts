@@ -568,6 +568,12 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   /** Set while the disk is full (the NOSPACE alarm): when to retry the held job, and the backoff. */
   #noSpace: { since: number; retryAt: number; delayMs: number } | null = null;
   /**
+   * Set while the leader's snapshot did not fit on this follower's disk (the NOSPACE alarm too,
+   * but nothing is held: votes and the rest are written as usual). Cleared when a received
+   * snapshot fits, when entries are appended, and when this node leads.
+   */
+  #noRoomForSnapshot: { index: number; since: number } | null = null;
+  /**
    * On a leader: the followers whose last heartbeat answer said their disk is full, with the term
    * and time of that answer (it counts for an election timeout, in that term only).
    */
@@ -1386,7 +1392,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (this.#stopping) return Promise.reject(new StoppingError());
     if (this.#isRemoved()) return Promise.reject(new RemovedError(this.id));
     if (consistency === "stale") return Promise.resolve(serve());
-    if (!this.#canConfirmReads() || (this.#noSpace && this.#core.role !== "leader")) {
+    if (!this.#canConfirmReads() || (this.#cannotApply() && this.#core.role !== "leader")) {
       // A full follower cannot apply what commits after its disk filled: the leader answers.
       return Promise.reject(new NotLeaderError(this.#core.leader));
     }
@@ -1472,7 +1478,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       applied_index: this.#kv.appliedIndex,
       last_index: this.#core.log.lastIndex(),
       members: [...this.#members.values()].map((m) => ({ id: m.id, api_url: m.apiUrl })),
-      alarms: this.#noSpace ? ["NOSPACE"] : [],
+      alarms: this.#alarmed() ? ["NOSPACE"] : [],
       membership: this.#core.voters.length === 0
         ? "joining"
         : this.#core.removed
@@ -1583,7 +1589,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       leaseOf: read.leaseOf,
       leaseCount: kv.leaseCount,
       dataBytes: kv.dataBytes,
-      noSpace: this.#noSpace !== null,
+      noSpace: this.#alarmed(),
     };
   }
 
@@ -1816,7 +1822,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       pendingReads: reads,
       peerReadsDropped: core.droppedReads,
       pendingWrites: this.#pendingWrites.length + (this.#heldJob ? 1 : 0),
-      noSpace: this.#noSpace !== null,
+      noSpace: this.#alarmed(),
       dataBytes: this.#kv.dataBytes,
       quotaBytes: this.#quotaBytes,
       watchHistoryEvents: this.#kv.events.size,
@@ -1990,9 +1996,16 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     if (rd.softState) {
       if (rd.softState.role !== "leader") {
         this.#failUnconfirmedReads(new NotLeaderError(rd.softState.leader));
+        // A full leader that stepped down cannot apply what the others commit: its reads that
+        // wait to apply go to the new leader (see #read).
+        if (this.#cannotApply()) this.#forwardReads();
         this.#leases.demote();
       } else {
         this.#leases.promote(this.#kv.leases(), this.#core.term);
+        // A leader needs no snapshot; and what failed to reach a follower under an earlier
+        // leadership says nothing about this one.
+        this.#roomForSnapshot();
+        this.#snapshotBackoff.clear();
       }
       this.#log.info(
         `${rd.softState.role} in term ${this.#core.term}, leader ${
@@ -2100,9 +2113,15 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#kickWriter();
   }
 
-  /** Starts the write loop, unless it runs or waits for space (then its retry timer starts it). */
+  /**
+   * Starts the write loop, unless it runs or waits for space (then its retry timer starts it), or
+   * the node is stopping: #stop waits for a loop that runs (it writes what is queued), and then
+   * closes the storage, which no new loop may be using (messages still arriving while the
+   * transport closes make Readies). What is not written is not acknowledged: its messages wait
+   * for the write.
+   */
   #kickWriter(): void {
-    if (this.#writerActive || this.#noSpace) return;
+    if (this.#writerActive || this.#noSpace || this.#stopping) return;
     this.#writerActive = true;
     this.#writing = this.#writeLoop();
   }
@@ -2129,6 +2148,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         this.#wroteSinceTick = true;
         if (this.#failed) return;
         if (this.#noSpace) this.#clearNoSpace();
+        // Entries appended: this follower's log goes on from the leader's, so it needs no snapshot.
+        if (job.entries.length > 0) this.#roomForSnapshot();
         this.#transport.send(job.messages);
         const last = job.entries.at(-1);
         if (last) this.#core.persisted(last.index, last.term);
@@ -2175,11 +2196,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     job.done = 4;
   }
 
-  /**
-   * Raises the NOSPACE alarm (or backs off further if it is up): see the class doc. `what` names
-   * what did not fit when it is not the held write.
-   */
-  #raiseNoSpace(e: unknown, what?: string): void {
+  /** Raises the NOSPACE alarm (or backs off further if it is up): see the class doc. */
+  #raiseNoSpace(e: unknown): void {
     const now = this.#clock.now();
     if (this.#noSpace) {
       this.#noSpace.delayMs = Math.min(2 * this.#noSpace.delayMs, _NOSPACE_MAX_RETRY_MS);
@@ -2191,16 +2209,53 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       retryAt: now + _NOSPACE_FIRST_RETRY_MS,
       delayMs: _NOSPACE_FIRST_RETRY_MS,
     };
-    const why = e instanceof Error ? e.message : e;
     this.#log.error(
-      what === undefined
-        ? `NOSPACE: the disk is full (${why}); writes are refused and reads served until a retry of the write succeeds`
-        : `NOSPACE: the disk has no room for ${what} (${why}); it is taken when the leader sends it again`,
+      `NOSPACE: the disk is full (${
+        e instanceof Error ? e.message : e
+      }); writes are refused and reads served (a follower's linearizable and lease reads by the leader) until a retry of the write succeeds`,
     );
     // A follower can no longer apply what commits from now on: its linearizable and lease reads
     // are answered by the leader (see #read).
     if (this.#core.role !== "leader") this.#forwardReads();
     this.#schedule();
+  }
+
+  /**
+   * The leader's snapshot at `index` did not fit on this follower's disk: raises the NOSPACE
+   * alarm (see {@linkcode RaftNode.#noRoomForSnapshot}) and hands the reads waiting to apply to
+   * the leader: without the snapshot this node applies nothing more.
+   */
+  #noRoomFor(index: number, e: unknown): void {
+    if (this.#noRoomForSnapshot === null) {
+      this.#log.error(
+        `NOSPACE: the disk has no room for the leader's snapshot at index ${index} (${
+          e instanceof Error ? e.message : e
+        }); it is taken when the leader sends it again once space is freed`,
+      );
+    }
+    this.#noRoomForSnapshot = { index, since: this.#noRoomForSnapshot?.since ?? this.#clock.now() };
+    if (this.#core.role !== "leader") this.#forwardReads();
+  }
+
+  /** Clears what {@linkcode RaftNode.#noRoomFor} raised, if it is up. */
+  #roomForSnapshot(): void {
+    const was = this.#noRoomForSnapshot;
+    if (was === null) return;
+    this.#noRoomForSnapshot = null;
+    const seconds = (this.#clock.now() - was.since) / 1000;
+    this.#log.info(
+      `NOSPACE cleared: no snapshot is waiting for room (after ${seconds.toFixed(1)} s)`,
+    );
+  }
+
+  /** Whether the NOSPACE alarm is up: a write the disk refused, or the leader's snapshot. */
+  #alarmed(): boolean {
+    return this.#noSpace !== null || (this.#noRoomForSnapshot !== null && !this.#isRemoved());
+  }
+
+  /** Whether this node cannot apply what commits from now on (its disk is full). */
+  #cannotApply(): boolean {
+    return this.#noSpace !== null || this.#noRoomForSnapshot !== null;
   }
 
   #clearNoSpace(): void {
@@ -2209,16 +2264,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#log.info(`NOSPACE cleared: the disk took the write after ${seconds.toFixed(1)} s`);
   }
 
-  /**
-   * Called every tick: while the disk is full, retries the held write when its time has come.
-   * With no write held (the alarm came from a snapshot the leader sent), the leader's next
-   * transfer or the next write tells.
-   */
+  /** Called every tick: while the disk is full, retries the held write when its time has come. */
   #retryWrite(): void {
     const noSpace = this.#noSpace;
     if (!noSpace || this.#writerActive || this.#failed || this.#stopping) return;
     if (this.#clock.now() < noSpace.retryAt) return;
-    if (!this.#heldJob && this.#pendingWrites.length === 0) return;
     this.#writerActive = true;
     this.#writing = this.#writeLoop();
   }
@@ -2334,7 +2384,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #maybeSnapshot(): void {
     const last = this.#snapshotFile?.index ?? 0;
     const applied = this.#kv.appliedIndex;
-    if (this.#snapshotting || applied <= last) return;
+    if (this.#snapshotting || applied <= last || this.#stopping) return;
     if (
       !this.#snapshotWanted && applied - last < this.#snapshotThreshold &&
       this.#logBytes < this.#snapshotThresholdBytes
@@ -2541,11 +2591,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         data = await this.#storage.receiveSnapshot(meta, body);
       } catch (e) {
         if (isNoSpace(e)) {
-          // Raised like any write the disk refused: the leader hears of it (heartbeat answers),
-          // reads go to the leader, and a later transfer or write that fits clears it.
-          if (!this.#stopping) {
-            this.#raiseNoSpace(e, `the leader's snapshot at index ${meta.index}`);
-          }
+          if (!this.#stopping) this.#noRoomFor(meta.index, e);
           throw new PeerNoSpaceError(
             `no space left on device for the snapshot at index ${meta.index}`,
           );
@@ -2555,11 +2601,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         if (!(e instanceof CorruptFileError)) throw e;
         throw new PeerRefusedError(`received snapshot is not valid: ${e.reason}`);
       }
-      // It fit: the disk has room again, whatever write the alarm came from is retried as usual.
-      if (this.#noSpace && !this.#heldJob) {
-        this.#clearNoSpace();
-        this.#kickWriter();
-      }
+      // It fit (a write the disk refused is retried as usual, and clears its own alarm).
+      this.#roomForSnapshot();
     } catch (e) {
       // The storage removed its temp file; remove the received one too, unless an earlier
       // upload of the same snapshot left it and it is still needed.

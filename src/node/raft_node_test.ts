@@ -751,12 +751,13 @@ Deno.test("a follower with no room for the leader's snapshot raises NOSPACE, is 
         (e) => e instanceof NotLeaderError && e.leader === now.id,
       );
     }
-    // The leader pauses between transfers (0.5 s, doubling to 5 s): not one per heartbeat
-    // answer (every 20 ms here), as before.
+    // The leader pauses between transfers (0.5 s, then 1 s, doubling to 5 s), not one per
+    // heartbeat answer (every 20 ms here) as before: two more take at least 1.5 s.
     const before = disk.snapshotsReceived!;
-    await new Promise((r) => setTimeout(r, 2000));
-    const sent = disk.snapshotsReceived! - before;
-    assert.ok(sent <= 5, `${sent} snapshot transfers in 2 s`);
+    const started = performance.now();
+    await waitFor(() => disk.snapshotsReceived! >= before + 2, "two more snapshot transfers");
+    const took = performance.now() - started;
+    assert.ok(took >= 1200, `two more transfers within ${took.toFixed(0)} ms`);
     assert.ok(alarmed(follower), "the alarm stays up while the snapshot does not fit");
 
     disk.noRoomForSnapshots = false;
