@@ -14,7 +14,7 @@
  * @module
  */
 
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
 import { createDirectory } from "../storage/durable_file.ts";
 import {
@@ -189,14 +189,23 @@ export async function openDiskStorage(
   }
 }
 
-/** Takes every lock in `paths`, in order, as one; none is held if one is taken already. */
+/**
+ * Takes every lock in `paths`, in order, as one; none is held if one is taken already. A path
+ * given twice (the snapshot directory set to the WAL directory) is locked once.
+ */
 async function _lockAll(fs: FileSystem, paths: string[]): Promise<FileLock> {
   const held: FileLock[] = [];
   const release = () => {
-    for (const l of held.splice(0).reverse()) l.release();
+    for (const l of held.splice(0).reverse()) {
+      try {
+        l.release();
+      } catch {
+        // The lock dies with the process anyway; the others are still let go.
+      }
+    }
   };
   try {
-    for (const path of paths) {
+    for (const path of new Set(paths.map((p) => resolve(p)))) {
       const lock = await fs.tryLock(path);
       if (lock === null) throw new DataLockedError(path);
       held.push(lock);

@@ -221,6 +221,9 @@ Deno.test("a second start-up that shares only the hard state, the log metadata o
   // Closed, they open again.
   const again = await openDiskStorage(paths("/a"), { fs, nodeId: "n1" });
   await again.close();
+  // Snapshots in the WAL directory: its one LOCK file is locked once.
+  const together = await openDiskStorage({ ...paths("/c"), snapshotDir: "/c/wal" }, { fs });
+  await together.close();
 });
 
 Deno.test("on a real disk a second start-up on open files is refused until they are closed", async () => {
