@@ -159,9 +159,11 @@ Deno.test("the binary has only the permissions the node needs", async () => {
   for (const name of ["RAFTKV_API_PORT", "RAFTKV_K8S_REPLICAS", "HOSTNAME", "POD_NAMESPACE"]) {
     assert.ok(env.split(/[=,]/).includes(name), `${name} is not readable`);
   }
-  // Running programs: `raftkv lock NAME COMMAND` runs COMMAND (a node starts none).
+  // Running programs: `raftkv lock NAME COMMAND` runs COMMAND (a node starts none), and names
+  // its host in the lock's value.
   assert.equal(PERMISSION_FLAGS[4], "--allow-run");
-  assert.equal(PERMISSION_FLAGS.length, 5);
+  assert.equal(PERMISSION_FLAGS[5], "--allow-sys=hostname");
+  assert.equal(PERMISSION_FLAGS.length, 6);
   // A node started with exactly these permissions gets as far as its own configuration error.
   const { code, stderr } = await runMain([], cleanEnv({ RAFTKV_JOIN_MODE: "k8s" }));
   assert.equal(code, 2, stderr);

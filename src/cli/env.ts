@@ -47,7 +47,8 @@ export const ENV_VARS: readonly string[] = [
  * write (the data directory and the cluster file are only known at run time too, so they cannot
  * be narrowed to paths), the environment variables in {@linkcode ENV_VARS}, and running programs
  * (the client's `raftkv lock NAME COMMAND` runs COMMAND while it holds the lock; a node starts
- * none, and gives the permission up at start: {@linkcode dropNodePermissions}).
+ * none, and gives the permission up at start: {@linkcode dropNodePermissions}), and the host's
+ * name (the lock's value names its holder's host and process; a shell's HOSTNAME is not exported).
  */
 export const PERMISSION_FLAGS: readonly string[] = [
   "--allow-net",
@@ -55,16 +56,18 @@ export const PERMISSION_FLAGS: readonly string[] = [
   "--allow-write",
   `--allow-env=${ENV_VARS.join(",")}`,
   "--allow-run",
+  "--allow-sys=hostname",
 ];
 
 /**
- * Gives up, for the rest of the process, the one permission of {@linkcode PERMISSION_FLAGS} a
- * node never uses: running programs (only the client's `raftkv lock` runs one). Called once a
- * node's flags are parsed, so that a flaw anywhere in the node (in what it parses from a peer or
- * a client, say) cannot start a process.
+ * Gives up, for the rest of the process, the permissions of {@linkcode PERMISSION_FLAGS} a node
+ * never uses: running programs and the host's name (only the client's `raftkv lock` needs them).
+ * Called once a node's flags are parsed, so that a flaw anywhere in the node (in what it parses
+ * from a peer or a client, say) cannot start a process.
  */
 export function dropNodePermissions(): void {
   Deno.permissions.revokeSync({ name: "run" });
+  Deno.permissions.revokeSync({ name: "sys", kind: "hostname" });
 }
 
 /**
