@@ -576,7 +576,10 @@ function _dataPathsOf(config: NodeConfig, e: unknown): string {
   ];
   if (config.dataDir !== null) paths.unshift(["the data directory", config.dataDir]);
   const message = _message(e);
-  if (paths.some(([, path]) => message.includes(path))) return "";
+  const named = [...paths.map(([, path]) => path), config.restoreFrom ?? ""].filter((p) => p);
+  if (named.some((path) => message.includes(path))) return "";
+  // A file missing is no fault here (a new node has no log metadata yet): not one to blame.
+  if (e instanceof Deno.errors.NotFound) return "";
   // Read each one as opening the data does: the first to fail as the error did is the one.
   const failing = e instanceof Error
     ? paths.find(([, path]) => {
