@@ -350,8 +350,8 @@ Deno.test("a node restarted with a cluster file that lists only itself keeps its
       const r = await attempt(`${cluster.api(edited)}/v1/status`, "GET", undefined, 2000);
       return r.kind === "answer";
     }, { deadlineMs: 20_000, intervalMs: 50, message: `${edited}'s API to answer` });
-    // Given a few election timeouts, it must not lead (as it would with the file's one voter),
-    // and a write through it must not be acknowledged.
+    // It must not lead (with the file's one voter it led within an election timeout), and a
+    // write through it must not be acknowledged within 3 s (three election timeouts).
     const write = await attempt(`${cluster.api(edited)}/v1/data/split`, "PUT", { v: "x" }, 3000);
     assert.ok(write.kind === "answer" && write.status !== 200, JSON.stringify(write));
     const status = await attempt(`${cluster.api(edited)}/v1/status`, "GET", undefined, 2000);

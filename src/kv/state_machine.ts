@@ -698,10 +698,6 @@ function* _inRange(it: Iterator<KvEntry>, range: KeyRange): Generator<KvEntry> {
 }
 
 /**
- * The answer to a repeat of the command whose outcome `seen` remembers (the same fingerprint), or
- * to another command under its key, at `index`.
- */
-/**
  * The longest value (in UTF-16 code units) a remembered outcome keeps: a 412's current value and a
  * transaction's get results may be as long as any value, and a few failed compare-and-sets on a
  * large key would otherwise push every other outcome out of `maxBytes` within seconds (and a retry
@@ -725,6 +721,10 @@ function _remembered(result: KvResult): KvResult {
   return result;
 }
 
+/**
+ * The answer to a repeat of the command whose outcome `seen` remembers (the same fingerprint), or
+ * to another command under its key, at `index`.
+ */
 function _answer(seen: _Session, fingerprint: number, index: number): KvResult {
   if (seen.fingerprint !== fingerprint) return { op: "idempotency_mismatch", index, id: seen.id };
   return { ...(JSON.parse(seen.result) as KvResult), replayed: true };
