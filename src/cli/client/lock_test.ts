@@ -26,41 +26,65 @@ Deno.test("lockHolder() falls back to HOSTNAME, then to 'unknown host', when the
   assert.equal(lockHolder(() => "", NO_ENV, 7), "unknown host pid 7");
 });
 
+/** The answers of a JSON API with the index header raftkv gives (and extra headers). */
+function _json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
+  return Response.json(body, { status, headers: { "x-raftkv-index": "60", ...headers } });
+}
+
+/**
+ * A node's API as `raftkv lock` uses it, for lease 50 of `ttlMs` on `jobs/lock/`: the values
+ * written to the lock's key go to `values`, and `keepalive` answers each renewal.
+ */
+function _lockApi(
+  ttlMs: number,
+  values: string[],
+  keepalive: () => Response,
+): Deno.HttpServer<Deno.NetAddr> {
+  return Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const url = new URL(req.url);
+    const body = req.method === "PUT" ? await req.json() : await req.body?.cancel();
+    if (url.pathname === "/v1/leases" && req.method === "POST") {
+      return _json({ id: 50, ttl: `${ttlMs / 1000}s`, ttl_ms: ttlMs, index: 50 }, 201);
+    }
+    if (url.pathname === "/v1/leases/50/keepalive") return keepalive();
+    if (url.pathname === "/v1/leases/50" && req.method === "DELETE") {
+      return _json({ id: 50, revoked: true, deleted: ["jobs/lock/50"], index: 60 });
+    }
+    if (url.pathname === "/v1/data/jobs%2Flock%2F50" && req.method === "PUT") {
+      values.push(body.v);
+      return _json({ k: "jobs/lock/50", v: body.v, index: 51, create_index: 51, mod_index: 51 });
+    }
+    if (url.pathname === "/v1/data" && url.searchParams.get("prefix") === "jobs/lock/") {
+      return _json({ items: [{ k: "jobs/lock/50", v: values[0], create_index: 51 }], next: null });
+    }
+    return _json({ error: `unexpected ${req.method} ${url.pathname}${url.search}` }, 400);
+  });
+}
+
+/** Runs `raftkv lock jobs/lock` with `args` against `server`: its exit code and its stderr. */
+async function _lock(
+  server: Deno.HttpServer<Deno.NetAddr>,
+  args: string[],
+): Promise<{ code: number; err: string }> {
+  let err = "";
+  const io: ClientIo = {
+    out: () => {},
+    err: (text) => err += text + "\n",
+    env: NO_ENV,
+    stdin: () => Promise.resolve(""),
+  };
+  const endpoint = `http://127.0.0.1:${server.addr.port}`;
+  const code = await runClient(["lock", "jobs/lock", "--endpoints", endpoint, ...args], io);
+  return { code, err };
+}
+
 Deno.test("lock: the key's value names this host and process, whatever the environment holds", async () => {
   // A shell's HOSTNAME is not exported, so the client's environment has none: the value (what
   // waiters print after "held or waited for by") still names the host.
   const values: string[] = [];
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
-    const url = new URL(req.url);
-    const json = (body: unknown, status = 200) =>
-      Response.json(body, { status, headers: { "x-raftkv-index": "60" } });
-    const body = req.method === "PUT" ? await req.json() : await req.body?.cancel();
-    if (url.pathname === "/v1/leases" && req.method === "POST") {
-      return json({ id: 50, ttl: "10s", ttl_ms: 10_000, index: 50 }, 201);
-    }
-    if (url.pathname === "/v1/leases/50/keepalive") return json({ id: 50, ttl_ms: 10_000 });
-    if (url.pathname === "/v1/leases/50" && req.method === "DELETE") {
-      return json({ id: 50, revoked: true, deleted: ["jobs/lock/50"], index: 60 });
-    }
-    if (url.pathname === "/v1/data/jobs%2Flock%2F50" && req.method === "PUT") {
-      values.push(body.v);
-      return json({ k: "jobs/lock/50", v: body.v, index: 51, create_index: 51, mod_index: 51 });
-    }
-    if (url.pathname === "/v1/data" && url.searchParams.get("prefix") === "jobs/lock/") {
-      return json({ items: [{ k: "jobs/lock/50", v: values[0], create_index: 51 }], next: null });
-    }
-    return json({ error: `unexpected ${req.method} ${url.pathname}${url.search}` }, 400);
-  });
+  const server = _lockApi(10_000, values, () => _json({ id: 50, ttl_ms: 10_000 }));
   try {
-    let err = "";
-    const io: ClientIo = {
-      out: () => {},
-      err: (text) => err += text + "\n",
-      env: NO_ENV,
-      stdin: () => Promise.resolve(""),
-    };
-    const endpoint = `http://127.0.0.1:${server.addr.port}`;
-    const code = await runClient(["lock", "jobs/lock", "--endpoints", endpoint, "--", "true"], io);
+    const { code, err } = await _lock(server, ["--", "true"]);
     assert.equal(code, 0, err);
     assert.deepEqual(values, [`${Deno.hostname()} pid ${Deno.pid}`]);
   } finally {
@@ -75,46 +99,16 @@ Deno.test("lock: renewals refused while the cluster elects a leader are tried ag
   let refuseUntil = 0;
   let keepalives = 0;
   let renewals = 0;
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
-    const url = new URL(req.url);
-    const json = (body: unknown, status = 200, headers: Record<string, string> = {}) =>
-      Response.json(body, { status, headers: { "x-raftkv-index": "60", ...headers } });
-    const body = req.method === "PUT" ? await req.json() : await req.body?.cancel();
-    if (url.pathname === "/v1/leases" && req.method === "POST") {
-      return json({ id: 50, ttl: "3s", ttl_ms: 3_000, index: 50 }, 201);
+  const server = _lockApi(3_000, [], () => {
+    if (++keepalives === 2) refuseUntil = performance.now() + 1300;
+    if (performance.now() < refuseUntil) {
+      return _json({ error: "no leader known" }, 503, { "retry-after": "1" });
     }
-    if (url.pathname === "/v1/leases/50/keepalive") {
-      if (++keepalives === 2) refuseUntil = performance.now() + 1300;
-      if (performance.now() < refuseUntil) {
-        return json({ error: "no leader known" }, 503, { "retry-after": "1" });
-      }
-      renewals++;
-      return json({ id: 50, ttl_ms: 3_000 });
-    }
-    if (url.pathname === "/v1/leases/50" && req.method === "DELETE") {
-      return json({ id: 50, revoked: true, deleted: ["jobs/lock/50"], index: 60 });
-    }
-    if (url.pathname === "/v1/data/jobs%2Flock%2F50" && req.method === "PUT") {
-      return json({ k: "jobs/lock/50", v: body.v, index: 51, create_index: 51, mod_index: 51 });
-    }
-    if (url.pathname === "/v1/data" && url.searchParams.get("prefix") === "jobs/lock/") {
-      return json({ items: [{ k: "jobs/lock/50", v: "me", create_index: 51 }], next: null });
-    }
-    return json({ error: `unexpected ${req.method} ${url.pathname}${url.search}` }, 400);
+    renewals++;
+    return _json({ id: 50, ttl_ms: 3_000 });
   });
   try {
-    let err = "";
-    const io: ClientIo = {
-      out: () => {},
-      err: (text) => err += text + "\n",
-      env: NO_ENV,
-      stdin: () => Promise.resolve(""),
-    };
-    const endpoint = `http://127.0.0.1:${server.addr.port}`;
-    const code = await runClient(
-      ["lock", "jobs/lock", "--ttl", "3s", "--endpoints", endpoint, "--", "sleep", "4"],
-      io,
-    );
+    const { code, err } = await _lock(server, ["--ttl", "3s", "--", "sleep", "4"]);
     assert.equal(code, 0, err);
     assert.doesNotMatch(err, /lost/);
     assert.ok(renewals >= 2, `${renewals} renewals acknowledged`);
