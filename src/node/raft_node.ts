@@ -844,6 +844,18 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   #learnRemoved(peer: NodeId, index: number): void {
     const core = this.#core;
     const was = core.removed;
+    if (!was && core.contradictsCommitted(index)) {
+      if (index !== this.#ignoredRemovedAt) {
+        this.#ignoredRemovedAt = index;
+        this.#log.warn(
+          `peer ${peer} answered that its committed configuration as of index ${index} leaves ` +
+            `this node out, but this node committed that index with a configuration that lists ` +
+            `it: ${peer}'s log is not this cluster's (was it started on a cluster file that lists ` +
+            `fewer members?); ignored`,
+        );
+      }
+      return;
+    }
     if (!core.learnRemoved(index) || was) {
       if (!core.removed && index !== this.#ignoredRemovedAt) {
         this.#ignoredRemovedAt = index;

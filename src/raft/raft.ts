@@ -398,6 +398,7 @@ export class RaftCore {
    */
   learnRemoved(index: number): boolean {
     if (this.#voters.length === 0 || !this.#isMember(this.id)) return this.removed;
+    if (this.contradictsCommitted(index)) return this.removed;
     // An index equal to this node's own configuration entry counts: the configuration in force
     // at that committed index leaves this node out, so the entry there is not this node's (a
     // new leader overwrote its addition).
@@ -407,6 +408,18 @@ export class RaftCore {
     this.#learnedRemovedAt = index;
     if (this.role !== "follower") this.#becomeFollower(this.term, NONE);
     return this.removed;
+  }
+
+  /**
+   * Whether a peer's word that its configuration in force at its commit index `index` leaves this
+   * node out contradicts this node's own committed log: `index` is committed here too, and the
+   * configuration in force here at `index` lists this node. Committed logs agree in a correct
+   * cluster, so the peer's history is another one (a node started on a cluster file that listed
+   * fewer members elected itself and committed alone): its word is not taken.
+   */
+  contradictsCommitted(index: number): boolean {
+    if (index < this.log.snapIndex || index > this.log.committed) return false;
+    return confLists(this.confAt(index), this.id);
   }
 
   /**
