@@ -379,6 +379,59 @@ Deno.test("a node restarted with a cluster file that lists only itself keeps its
   }
 });
 
+Deno.test("a node whose files predate the record of its cluster's voters refuses to start on a cluster file that lists only itself, and records the voters with the right file", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  const leader = await cluster.waitForLeader();
+  const edited = cluster.ids.find((id) => id !== leader)!;
+  const put = await attempt(`${cluster.api(leader)}/v1/data/k`, "PUT", { v: "1" }, 5000);
+  assert.ok(put.kind === "answer" && put.status === 200, JSON.stringify(put));
+  assert.equal(await cluster.stop(edited), 0);
+  // As an earlier version left the hard state: the cluster's id, no initial voters.
+  const statePath = join(cluster.node(edited).dataDir, "raft-state.json");
+  const { initialVoters, ...legacy } = await loadHardState(statePath);
+  assert.equal(initialVoters?.length, 3);
+  await saveHardState(statePath, legacy);
+  const all = JSON.parse(await Deno.readTextFile(cluster.configPath)) as { node_id: string }[];
+  const solo = join(cluster.dataRoot, "solo.json");
+  await Deno.writeTextFile(solo, JSON.stringify(all.filter((m) => m.node_id === edited)));
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      fileURLToPath(new URL("../main.ts", import.meta.url)),
+      "--id",
+      edited,
+      "--cluster-config-path",
+      solo,
+      "--data-dir",
+      cluster.node(edited).dataDir,
+      ...DEFAULT_NODE_FLAGS,
+      "--cluster-token",
+      cluster.clusterToken,
+    ],
+    env: cleanEnv(),
+    clearEnv: true,
+    stdin: "null",
+    signal: AbortSignal.timeout(30_000),
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 1, stderr);
+  assert.match(stderr, /the cluster file's members \(or --cluster-token\) are not those/);
+  // With the file the cluster started with, it starts, records the voters, and catches up.
+  await cluster.start(edited);
+  await waitFor(async () => {
+    const r = await attempt(
+      `${cluster.api(edited)}/v1/data/k?consistency=stale`,
+      "GET",
+      undefined,
+      2000,
+    );
+    return r.kind === "answer" && r.status === 200;
+  }, { deadlineMs: 20_000, intervalMs: 100, message: `${edited} to catch up` });
+  assert.equal(await cluster.stop(edited), 0);
+  assert.equal((await loadHardState(statePath)).initialVoters?.length, 3);
+});
+
 Deno.test("a removed node refuses reads, writes and watches at once with 503 removed, and is not ready", async () => {
   await using cluster = await startCluster({ size: 3 });
   const leader = await cluster.waitForLeader();

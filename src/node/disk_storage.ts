@@ -15,7 +15,7 @@
  */
 
 import { dirname, join, resolve } from "node:path";
-import type { Entry, HardState, SnapshotMeta } from "../raft/types.ts";
+import { type Entry, EntryType, type HardState, type SnapshotMeta } from "../raft/types.ts";
 import { createDirectory } from "../storage/durable_file.ts";
 import {
   CorruptFileError,
@@ -70,6 +70,27 @@ export const LOCK_FILE = "LOCK";
  * two processes may share one of them and not the WAL.
  */
 export const LOCK_SUFFIX = ".lock";
+
+/**
+ * A node's files predate the record of the voters its cluster started with, hold no snapshot and
+ * no configuration entry, and the cluster file's members (or the cluster token) are not those the
+ * cluster started with: the node would take its members from a file that may list fewer of them.
+ */
+export class UnknownMembersError extends Error {
+  /** Creates the error for the hard state file `path` and the two cluster ids. */
+  constructor(path: string, recorded: string, fromFile: string) {
+    super(
+      `the cluster file's members (or --cluster-token) are not those this node's cluster started ` +
+        `with: "${path}" records cluster ${recorded}, the file and token make ${fromFile}. These ` +
+        `files predate the record of a cluster's starting members, and with no snapshot yet the ` +
+        `cluster file would decide who votes (a file edited to list fewer members would let this ` +
+        `node elect itself without the others). Start it with the cluster file and token the ` +
+        `cluster started with (the record is then written), or add or remove members with ` +
+        `raftkv members`,
+    );
+    this.name = "UnknownMembersError";
+  }
+}
 
 /** Options for {@linkcode openDiskStorage}. */
 export interface DiskStorageOptions {
@@ -300,6 +321,22 @@ async function _recover(
   if (snapshot && wal.lastIndex < snapshot.index) {
     // A restored backup (or a crash right after one): the log continues after the snapshot.
     await wal.reset(snapshot.index, snapshot.term);
+  }
+  if (
+    recordedCluster !== undefined && recordedVoters === undefined &&
+    options.clusterId !== undefined && options.initialVoters !== undefined
+  ) {
+    // Files of a version that did not record the voters a cluster started with: the cluster
+    // file gives them, which is right only if it is the one the cluster started with. Its
+    // members (and token) make the cluster id this node recorded then: if they still do, they
+    // are recorded now (with the next save); if not, and no snapshot or configuration entry
+    // says who the members are, the node must not start (with a file edited to list fewer
+    // members, it would elect itself without the others).
+    if (recordedCluster === options.clusterId) {
+      initialVoters = options.initialVoters;
+    } else if (snapshot === null && !entries.some((e) => e.type === EntryType.ConfChange)) {
+      throw new UnknownMembersError(paths.raftStatePath, recordedCluster, options.clusterId);
+    }
   }
   // Entries are durable before any record of their commit (the hard state, a commit record) is
   // written, so a commit index past the end of the log means committed entries were lost: a WAL

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { encodeSnapshot, snapshotName } from "../storage/snapshot_file.ts";
 import { EntryType } from "../raft/types.ts";
 import { CrashedError, SimFileSystem } from "../../testing/sim_fs.ts";
-import { LOCK_FILE, openDiskStorage } from "./disk_storage.ts";
+import { LOCK_FILE, openDiskStorage, UnknownMembersError } from "./disk_storage.ts";
 import { CorruptFileError, DataLockedError, ForeignDataError } from "../storage/errors.ts";
 import { loadHardState, saveHardState } from "../storage/hard_state.ts";
 import { writeAll } from "../storage/fs.ts";
@@ -562,6 +562,62 @@ Deno.test("a new node records the voters its cluster starts with; later starts a
   await joined.saveHardState({ term: 1, vote: "", commit: 0 });
   await joined.close();
   assert.equal((await loadHardState(paths("/b").raftStatePath, other)).initialVoters, undefined);
+});
+
+Deno.test("files of a version that recorded no initial voters: a cluster file that made the recorded cluster id is recorded; another is refused while it would decide the members", async () => {
+  const legacy = async (confEntry: boolean) => {
+    const fs = new SimFileSystem();
+    const storage = await openDiskStorage(paths("/a"), { fs, nodeId: "n1" });
+    await storage.append(_entries(1, 3));
+    if (confEntry) {
+      await storage.append([{
+        term: 1,
+        index: 4,
+        type: EntryType.ConfChange,
+        data: new Uint8Array(),
+      }]);
+    }
+    await storage.close();
+    // As the earlier version wrote it: the cluster's id, no voters.
+    const state = { nodeId: "n1", clusterId: "c1", term: 1, vote: "n2", commit: 3 };
+    await saveHardState(paths("/a").raftStatePath, state, fs);
+    return fs;
+  };
+  // Another cluster file (its members make another id) with only the bootstrap configuration.
+  const edited = await legacy(false);
+  await assert.rejects(
+    openDiskStorage(paths("/a"), {
+      fs: edited,
+      nodeId: "n1",
+      clusterId: "c2",
+      initialVoters: ["n1"],
+    }),
+    (e) =>
+      e instanceof UnknownMembersError &&
+      /records cluster c1, the file and token make c2/.test(e.message),
+  );
+  // The file the cluster started with: recorded from then on.
+  const voters = ["n1", "n2", "n3"];
+  const same = await openDiskStorage(paths("/a"), {
+    fs: edited,
+    nodeId: "n1",
+    clusterId: "c1",
+    initialVoters: voters,
+  });
+  assert.deepEqual(same.initialVoters, voters);
+  await same.saveHardState({ term: 2, vote: "", commit: 3 });
+  await same.close();
+  assert.deepEqual((await loadHardState(paths("/a").raftStatePath, edited)).initialVoters, voters);
+  // With a configuration entry in the log, the log says who the members are: not refused.
+  const changed = await legacy(true);
+  const opened = await openDiskStorage(paths("/a"), {
+    fs: changed,
+    nodeId: "n1",
+    clusterId: "c2",
+    initialVoters: ["n1"],
+  });
+  assert.equal(opened.initialVoters, undefined);
+  await opened.close();
 });
 
 Deno.test("an adopted cluster id is durable before the first entry or snapshot it stores", async () => {
