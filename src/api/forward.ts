@@ -106,6 +106,7 @@ export async function forwardToLeader(
       } as to the leader, but this node is not the leader: the leader changed; retry`,
       { k },
       ctx.retryAfter,
+      false, // as any election goes: not worth a log line per request
     );
   }
   let leader: NodeStatus["leader"];
@@ -122,6 +123,7 @@ export async function forwardToLeader(
       `this node is not the leader and knows no leader to forward to${hint}; retry later`,
       { k },
       ctx.retryAfter,
+      false, // while a leader is elected: the node logs its role changes, not each request
     );
   }
   const rpcUrl = ctx.peerUrls.get(leader.id);

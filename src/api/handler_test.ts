@@ -556,8 +556,8 @@ Deno.test("a node that knows no leader answers 503 with Retry-After", async () =
     await expectError(res, 503, /not the leader and knows no leader/);
   }
   assert.equal(forwarder.calls.length, 0);
-  assert.equal(logs.length, 2);
-  assert.match(logs[0] ?? "", /^raftkv api: POST \/v1\/data -> 503: /);
+  // Routine while a leader is elected: the node logs its role changes, not each request.
+  assert.deepEqual(logs, []);
 });
 
 Deno.test("a node that thinks it is the leader after NotLeaderError does not forward to itself", async () => {
