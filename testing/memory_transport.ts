@@ -27,6 +27,7 @@
 import { type Message, MessageType, type NodeId } from "../src/raft/types.ts";
 import { decodeMessages, encodeMessages } from "../src/transport/codec.ts";
 import {
+  PeerNoSpaceError,
   PeerRefusedError,
   type Transport,
   type TransportHandlers,
@@ -201,6 +202,9 @@ export class MemoryNetwork {
     } catch (err) {
       if (!body.locked) await body.cancel(err).catch(() => {});
       const detail = err instanceof Error ? err.message : String(err);
+      if (err instanceof PeerNoSpaceError) {
+        throw new PeerNoSpaceError(`Peer "${msg.to}" has no room for the snapshot: ${detail}`);
+      }
       throw new Error(`Peer "${msg.to}" refused the snapshot: ${detail}`, { cause: err });
     }
     if (!body.locked) await body.cancel().catch(() => {});

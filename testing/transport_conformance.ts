@@ -11,7 +11,11 @@
 
 import assert from "node:assert/strict";
 import { EntryType, type Message, MessageType, type NodeId } from "../src/raft/types.ts";
-import type { Transport, TransportHandlers } from "../src/transport/transport.ts";
+import {
+  PeerNoSpaceError,
+  type Transport,
+  type TransportHandlers,
+} from "../src/transport/transport.ts";
 
 /** A live node of a conformance cluster: what its transport must deliver to. */
 export interface ConformanceNode {
@@ -286,6 +290,29 @@ export function testTransportConformance(name: string, factory: ConformanceFacto
       // The transport still works afterwards.
       transport.send([sampleMessage(MessageType.Heartbeat, "a", "b", 6)]);
       await changed.until(() => b.batches.length === 1, "a message after the failed snapshot");
+    } finally {
+      await cluster.close();
+    }
+  });
+
+  Deno.test(`${name}: a snapshot the receiver has no room for rejects the sender with PeerNoSpaceError`, async () => {
+    const changed = new Condition();
+    const b = _recorder(changed, async (_msg, body) => {
+      await body.cancel();
+      throw new PeerNoSpaceError("no space left on device for the snapshot at index 5");
+    });
+    const a = _recorder(changed);
+    const cluster = await factory(_nodes(a, b), []);
+    try {
+      // The sender waits before it sends that peer a snapshot again (RaftNode), and only then.
+      await assert.rejects(
+        cluster.transports.get("a")!.sendSnapshot(
+          sampleMessage(MessageType.Snap, "a", "b", 5),
+          () => Promise.resolve(_snapshotSource(changed, () => Infinity)),
+        ),
+        (err: unknown) =>
+          err instanceof PeerNoSpaceError && /no space left on device/.test(err.message),
+      );
     } finally {
       await cluster.close();
     }

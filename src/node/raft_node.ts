@@ -2529,16 +2529,22 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         this.#guard(() => this.#core.reportSnapshot(m.to, true));
       },
       (e) => {
-        const delayMs = Math.min(
-          2 * (this.#snapshotBackoff.get(m.to)?.delayMs ?? _SNAPSHOT_FIRST_RETRY_MS / 2),
-          _NOSPACE_MAX_RETRY_MS,
-        );
-        this.#snapshotBackoff.set(m.to, { until: this.#clock.now() + delayMs, delayMs });
-        this.#log.warn(
-          `sending snapshot to ${m.to} failed (next try in ${delayMs / 1000} s): ${
-            e instanceof Error ? e.message : e
-          }`,
-        );
+        const why = e instanceof Error ? e.message : e;
+        if (e instanceof PeerNoSpaceError) {
+          // Sent again at once it would not fit either: wait (0.5 s, doubling to 5 s). Other
+          // failures (a connection broken mid-upload) are tried again at the next heartbeat.
+          const delayMs = Math.min(
+            2 * (this.#snapshotBackoff.get(m.to)?.delayMs ?? _SNAPSHOT_FIRST_RETRY_MS / 2),
+            _NOSPACE_MAX_RETRY_MS,
+          );
+          this.#snapshotBackoff.set(m.to, { until: this.#clock.now() + delayMs, delayMs });
+          this.#log.warn(
+            `sending snapshot to ${m.to} failed (next try in ${delayMs / 1000} s): ${why}`,
+          );
+        } else {
+          this.#snapshotBackoff.delete(m.to);
+          this.#log.warn(`sending snapshot to ${m.to} failed: ${why}`);
+        }
         this.#guard(() => this.#core.reportSnapshot(m.to, false));
       },
     );

@@ -1053,6 +1053,9 @@ export class HttpTransport implements Transport {
       return undefined;
     }
     const detail = await _errorDetail(res, signal);
+    if (res.status === 507) {
+      throw new PeerNoSpaceError(`Peer "${peer.id}" has no room for the snapshot: ${detail}`);
+    }
     throw new Error(
       `Peer "${peer.id}" refused the snapshot: HTTP ${res.status}: ${detail}`,
     );

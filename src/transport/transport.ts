@@ -24,7 +24,8 @@ export interface Transport {
   /**
    * Streams a snapshot to a peer: `msg` is the {@linkcode MessageType.Snap} message, `open()`
    * returns the snapshot bytes as a stream (it may be called again to retry). Resolves when the
-   * peer accepted it; rejects on failure.
+   * peer accepted it; rejects on failure, with a {@linkcode PeerNoSpaceError} when the peer's
+   * disk had no room for it (its `onSnapshot` threw one).
    */
   sendSnapshot(msg: Message, open: () => Promise<ReadableStream<Uint8Array>>): Promise<void>;
   /**

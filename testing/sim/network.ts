@@ -349,7 +349,9 @@ export class SimNetwork {
           `${dst.id} refused the snapshot at ${msg.snapshot?.index} from ${from.id}: ${e.message}`,
         );
       }
-      throw new Error(`${dst.id} did not take the snapshot: ${(e as Error)?.message ?? e}`);
+      const detail = `${dst.id} did not take the snapshot: ${(e as Error)?.message ?? e}`;
+      // As the HTTP transport tells a 507 apart.
+      throw e instanceof PeerNoSpaceError ? new PeerNoSpaceError(detail) : new Error(detail);
     } finally {
       dst.uploading = false;
     }
