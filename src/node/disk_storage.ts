@@ -329,9 +329,9 @@ async function _recover(
     // Files of a version that did not record the voters a cluster started with: the cluster
     // file gives them, which is right only if it is the one the cluster started with. Its
     // members (and token) make the cluster id this node recorded then: if they still do, they
-    // are recorded now; if not, and no snapshot or configuration entry
-    // says who the members are, the node must not start (with a file edited to list fewer
-    // members, it would elect itself without the others).
+    // are recorded now; if not, and no snapshot or configuration entry says who the members
+    // are, the node must not start (with a file edited to list fewer members, it would elect
+    // itself without the others).
     if (recordedCluster === options.clusterId) {
       initialVoters = options.initialVoters;
       // Recorded now, as a new node records them at its first start (with the next save, a stop
