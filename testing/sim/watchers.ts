@@ -196,7 +196,9 @@ export class Watchers {
       this.#ctx.stats.watchResyncs++;
       this.#ctx.note(`watcher w${w.id} on ${n.id}: from ${from} is gone, resyncs at ${oldest}`);
       w.next = oldest;
-      w.stretches.at(-1)!.cursor = w.cursor;
+      // (A watcher whose very first look asked from index 1 has no stretch yet to end.)
+      const ended = w.stretches.at(-1);
+      if (ended !== undefined) ended.cursor = w.cursor;
       w.cursor = null;
       w.stretches.push({ from: oldest, firstEvent: w.events.length });
       return;

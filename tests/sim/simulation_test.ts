@@ -336,6 +336,14 @@ Deno.test("a follower whose snapshot transfers break mid-upload is sent the snap
   await _soakSeed(34201, ["snapshotSendsFailed", "snapshotsInstalled"]);
 });
 
+/**
+ * A watcher's very first look asked from index 1 of a node whose history starts later: the
+ * simulation's watcher ended a stretch it had not begun and threw (found by the soak, seed 41433).
+ */
+Deno.test("a watcher whose first look is answered 410 starts its first stretch at the oldest index", async () => {
+  await _soakSeed(41433, ["watchResyncs"], 5);
+});
+
 Deno.test("members away while a new node joined and took the lead catch up, and learners removed while down learn it", async () => {
   const seeds = [...AWAY_SEEDS.map(([seed]) => seed), ..._range(101, 10)];
   const { failures, totals } = await _runSeeds(seeds, (seed) => ({
