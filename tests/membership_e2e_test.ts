@@ -302,6 +302,40 @@ Deno.test("members are added, removed (the leader too) and replaced under load; 
   );
 });
 
+/**
+ * The command that starts node `id` by hand on its own data directory with a cluster file that
+ * lists only itself (an operator's mistake), with `options` for its output.
+ */
+async function _onSoloFile(
+  cluster: ProcessCluster,
+  id: string,
+  options: Deno.CommandOptions,
+): Promise<Deno.Command> {
+  const all = JSON.parse(await Deno.readTextFile(cluster.configPath)) as { node_id: string }[];
+  const solo = join(cluster.dataRoot, "solo.json");
+  await Deno.writeTextFile(solo, JSON.stringify(all.filter((m) => m.node_id === id)));
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      fileURLToPath(new URL("../main.ts", import.meta.url)),
+      "--id",
+      id,
+      "--cluster-config-path",
+      solo,
+      "--data-dir",
+      cluster.node(id).dataDir,
+      ...DEFAULT_NODE_FLAGS,
+      "--cluster-token",
+      cluster.clusterToken,
+    ],
+    env: cleanEnv(),
+    clearEnv: true,
+    stdin: "null",
+    ...options,
+  });
+}
+
 Deno.test("a node restarted with a cluster file that lists only itself keeps its cluster's members: it neither leads alone nor acknowledges a write", async () => {
   await using cluster = await startCluster({ size: 3 });
   const leader = await cluster.waitForLeader();
@@ -310,30 +344,7 @@ Deno.test("a node restarted with a cluster file that lists only itself keeps its
   const put = await attempt(`${cluster.api(leader)}/v1/data/acked`, "PUT", { v: "1" }, 5000);
   assert.ok(put.kind === "answer" && put.status === 200, JSON.stringify(put));
   // The operator's mistake: the same data directory, a cluster file of this node alone.
-  const all = JSON.parse(await Deno.readTextFile(cluster.configPath)) as { node_id: string }[];
-  const solo = join(cluster.dataRoot, "solo.json");
-  await Deno.writeTextFile(solo, JSON.stringify(all.filter((m) => m.node_id === edited)));
-  const proc = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      fileURLToPath(new URL("../main.ts", import.meta.url)),
-      "--id",
-      edited,
-      "--cluster-config-path",
-      solo,
-      "--data-dir",
-      cluster.node(edited).dataDir,
-      ...DEFAULT_NODE_FLAGS,
-      "--cluster-token",
-      cluster.clusterToken,
-    ],
-    env: cleanEnv(),
-    clearEnv: true,
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
+  const proc = (await _onSoloFile(cluster, edited, { stdout: "null", stderr: "piped" })).spawn();
   const log = { text: "" };
   const reading = (async () => {
     for await (const chunk of proc.stderr.pipeThrough(new TextDecoderStream())) log.text += chunk;
@@ -391,29 +402,8 @@ Deno.test("a node whose files predate the record of its cluster's voters refuses
   const { initialVoters, ...legacy } = await loadHardState(statePath);
   assert.equal(initialVoters?.length, 3);
   await saveHardState(statePath, legacy);
-  const all = JSON.parse(await Deno.readTextFile(cluster.configPath)) as { node_id: string }[];
-  const solo = join(cluster.dataRoot, "solo.json");
-  await Deno.writeTextFile(solo, JSON.stringify(all.filter((m) => m.node_id === edited)));
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      fileURLToPath(new URL("../main.ts", import.meta.url)),
-      "--id",
-      edited,
-      "--cluster-config-path",
-      solo,
-      "--data-dir",
-      cluster.node(edited).dataDir,
-      ...DEFAULT_NODE_FLAGS,
-      "--cluster-token",
-      cluster.clusterToken,
-    ],
-    env: cleanEnv(),
-    clearEnv: true,
-    stdin: "null",
-    signal: AbortSignal.timeout(30_000),
-  }).output();
+  const out = await (await _onSoloFile(cluster, edited, { signal: AbortSignal.timeout(30_000) }))
+    .output();
   const stderr = new TextDecoder().decode(out.stderr);
   assert.equal(out.code, 1, stderr);
   assert.match(stderr, /the cluster file's members \(or --cluster-token\) are not those/);
