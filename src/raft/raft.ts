@@ -650,14 +650,23 @@ export class RaftCore {
     return target;
   }
 
-  /** The other voter whose log matches the most of the leader's (ties: the first), or NONE. */
+  /**
+   * The other voter whose log matches the most of the leader's (ties: the first), among those
+   * heard from within an election timeout if any was (one that stopped or was cut off would
+   * never campaign), or NONE.
+   */
   #mostCaughtUp(): NodeId {
     let best: NodeId = NONE;
     let bestMatch = -1;
+    let bestActive = false;
     for (const v of this.#voters) {
       if (v === this.id) continue;
-      const match = this.progress.get(v)?.match ?? 0;
-      if (match > bestMatch) [best, bestMatch] = [v, match];
+      const pr = this.progress.get(v);
+      const match = pr?.match ?? 0;
+      const active = pr !== undefined && this.#leaderTicks - pr.lastActive < this.#electionTicks;
+      if ((active && !bestActive) || (active === bestActive && match > bestMatch)) {
+        [best, bestMatch, bestActive] = [v, match, active];
+      }
     }
     return best;
   }
