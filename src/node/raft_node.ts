@@ -431,7 +431,8 @@ interface ReceivedSnapshot {
  *   entries waiting in memory stay what they were when the disk filled.
  * - A leader refuses new writes with {@linkcode NoSpaceError} (507); a follower forwards them to
  *   its leader as usual, which may well have space.
- * - A full follower says so in its heartbeat answers (`reject` set). A leader whose followers
+ * - A full follower says so in its heartbeat answers (`reject` set), and so does one that had no
+ *   room for the leader's snapshot (it appends nothing until one fits). A leader whose followers
  *   said so, within an election timeout, so that the voters left are not a quorum refuses new
  *   writes with {@linkcode NoSpaceError} too, naming them: they could not commit, and would end
  *   as timeouts of unknown outcome instead.
@@ -2083,6 +2084,10 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         // Depends on nothing unwritten (see the class doc): do not hold it behind a full disk,
         // and tell the leader why this node appends nothing.
         this.#transport.send([{ ...m, reject: true }]);
+      } else if (this.#noRoomForSnapshot && m.type === MessageType.HeartbeatResp) {
+        // Nothing is held, but without the leader's snapshot this node appends nothing either:
+        // the leader counts it as full when it decides whether writes can commit.
+        job.messages.push({ ...m, reject: true });
       } else {
         job.messages.push(m);
       }

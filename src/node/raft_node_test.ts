@@ -760,6 +760,22 @@ Deno.test("a follower with no room for the leader's snapshot raises NOSPACE, is 
     assert.ok(took >= 1200, `two more transfers within ${took.toFixed(0)} ms`);
     assert.ok(alarmed(follower), "the alarm stays up while the snapshot does not fit");
 
+    // It says so in its heartbeat answers: once the third voter's disk fills too, the leader
+    // refuses writes with 507 naming both (they could not commit) instead of letting them end
+    // as timeouts of unknown outcome.
+    const third = c.all().find((n) => n !== now && n !== follower)!;
+    c.disks.get(third.id)!.full = true;
+    let refused: NoSpaceError | null = null;
+    const end = performance.now() + 10_000;
+    while (refused === null) {
+      assert.ok(performance.now() < end, "no NoSpaceError within 10 s");
+      const e = await now.put("full", "x", AbortSignal.timeout(300)).catch((e) => e);
+      if (e instanceof NoSpaceError) refused = e;
+      else assert.ok(e instanceof OutcomeUnknownError || e instanceof DOMException, String(e));
+    }
+    assert.deepEqual([...refused.members].sort(), [follower.id, third.id].sort());
+    c.disks.get(third.id)!.full = false;
+
     disk.noRoomForSnapshots = false;
     await waitFor(
       () => !alarmed(follower) && follower.status().applied_index >= commit,
