@@ -11,7 +11,8 @@
  * Other options (as printed in a failure's replay command): `--faults '<json>'` overrides the fault
  * mix, `--clients N`, `--keys N`, `--lease-holders N` (clients holding leases; default 1),
  * `--lease-reads F` sends that fraction of reads with the "lease"
- * consistency, `--snapshot-threshold N` takes a snapshot every N applied entries (0: never; `on`:
+ * consistency, `--long-values F` makes that fraction of writes put values too long for a replayed
+ * answer to keep (default: drawn per seed, see `longValuesForSeed`), `--snapshot-threshold N` takes a snapshot every N applied entries (0: never; `on`:
  * a threshold drawn per seed from 20, 50 and 200, with the seed's catch-up entries; default: drawn
  * per seed, off for about a quarter of the seeds), `--catch-up-entries N` keeps N entries before a
  * snapshot, `--disk-fault <name>` runs on a misbehaving disk (see `DiskFault` in the simulator),
@@ -32,6 +33,7 @@ import {
   DISK_FAULTS,
   type DiskFault,
   type FaultOptions,
+  longValuesForSeed,
   nodesForSeed,
   runSimulation,
   SimulationFailure,
@@ -44,7 +46,7 @@ const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
 options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
-  --lease-reads FRACTION --watchers N --watch-fault repeat|skip|index --waiters N
+  --lease-reads FRACTION --long-values FRACTION --watchers N --watch-fault repeat|skip|index --waiters N
   --wait-fault early|late --backup-readers N
   --snapshot-threshold N|on --catch-up-entries N --disable check,check --quota-bytes N
   --disk-fault ${DISK_FAULTS.join("|")}`;
@@ -63,6 +65,7 @@ interface _Common {
   waitFault?: "early" | "late";
   backupReaders?: number;
   leaseReads?: number;
+  longValues?: number;
   leaseHolders?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
   snapshotThreshold?: number | "on";
@@ -80,6 +83,8 @@ function _options(seed: number, common: _Common): SimulationOptions {
   if (common.clients !== undefined) options.clients = common.clients;
   if (common.keys !== undefined) options.keys = common.keys;
   if (common.leaseReads !== undefined) options.leaseReads = common.leaseReads;
+  // Drawn per seed unless given, and explicit, so that a failure's replay command carries it.
+  options.longValues = common.longValues ?? longValuesForSeed(seed);
   if (common.leaseHolders !== undefined) options.leaseHolders = common.leaseHolders;
   if (common.snapshotThreshold === "on") {
     // Explicit per seed, so that a failure's replay command carries them.
@@ -224,7 +229,7 @@ coordination:     ${t("casOk")} compare-and-sets applied (${t("casDeletesOk")} o
     t("rangeDeletesOk")
   } range deletes; ${t("idempotentRetries")} writes sent again with their idempotency key, ${
     t("idempotentReplays")
-  } answered as replays
+  } answered as replays (${t("valuesOmitted")} values read left out of them: too long to remember)
 leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${
     t("leaseTxnPuts")
   } keys attached by a transaction (${t("leaseTxnRefused")} refused: lease gone), ${
@@ -343,6 +348,7 @@ async function _main(): Promise<number> {
       "wait-fault": { type: "string" },
       "backup-readers": { type: "string" },
       "lease-reads": { type: "string" },
+      "long-values": { type: "string" },
       "lease-holders": { type: "string" },
       "snapshot-threshold": { type: "string" },
       "catch-up-entries": { type: "string" },
@@ -423,6 +429,15 @@ async function _main(): Promise<number> {
       );
     }
     common.leaseReads = rate;
+  }
+  if (values["long-values"] !== undefined) {
+    const rate = Number(values["long-values"]);
+    if (!(rate >= 0 && rate <= 1)) {
+      throw new UsageError(
+        `--long-values must be a fraction in [0, 1], got ${values["long-values"]}`,
+      );
+    }
+    common.longValues = rate;
   }
   const threshold = values["snapshot-threshold"];
   if (threshold !== undefined) {

@@ -16,6 +16,7 @@ import {
   type KvResult,
   type LeaseRef,
   type PlainCommand,
+  REMEMBERED_VALUE_CHARS,
   type TxnOpResult,
 } from "../../src/kv/state_machine.ts";
 import { seededRandom } from "../../src/raft/rand.ts";
@@ -108,11 +109,14 @@ export class Clients {
    * of a range read's next pages is drawn from it too.
    */
   readonly #formRng: () => number;
+  /** Draws which writes put a long value (`longValues`), apart from the others for the same reason. */
+  readonly #valueRng: () => number;
 
   /** Clients of the run `ctx` that record what they do for `checker`. */
   constructor(ctx: SimContext, checker: Checker) {
     [this.#ctx, this.#checker] = [ctx, checker];
     this.#formRng = seededRandom((ctx.opts.seed ^ 0x510e527f) >>> 0);
+    this.#valueRng = seededRandom((ctx.opts.seed ^ 0x9b05688c) >>> 0);
   }
 
   /** Starts client `id` running `loop` (which calls {@linkcode Clients.done} when it stops). */
@@ -142,19 +146,21 @@ export class Clients {
       if (this.#ctx.phase !== "run") break;
       const r = this.#ctx.rng();
       const key = this.#ctx.pick(this.#ctx.keys);
-      const value = `c${c.id}-${seq}`;
+      // The write's name: its idempotency key, and its value unless that is a long one.
+      const name = `c${c.id}-${seq}`;
+      const value = this.#valueRng() < (this.#ctx.opts.longValues ?? 0) ? longValue(name) : name;
       let op: ClientOp;
       if (r < 0.3) {
         op = this.newOp(c, { kind: "put", key, value, lease: false });
-        if (this.#ctx.rng() < 0.5) op.idem = value;
+        if (this.#ctx.rng() < 0.5) op.idem = name;
       } else if (r < 0.42) {
         op = this.newOp(c, { kind: "delete", key, value: null, lease: false });
         if (this.#formRng() < 0.25) {
           op.deleteRange = this.#drawRange(key);
-          if (this.#formRng() < 0.5) op.idem = value;
+          if (this.#formRng() < 0.5) op.idem = name;
         }
       } else if (r < 0.6 && this.#ctx.keys.length >= 3 && this.#formRng() < 0.25) {
-        op = this.#multiOp(c, key, value);
+        op = this.#multiOp(c, key, value, name);
       } else if (r < 0.6) {
         const known = c.seen.get(key) ?? { modIndex: 0, value: null };
         // One in five deletes the key if it holds what was last seen (a lock's release).
@@ -162,7 +168,7 @@ export class Clients {
         op = this.newOp(c, { kind: "cas", key, value: del ? null : value, lease: false });
         op.expect = known.value;
         op.casForm = this.#ctx.rng() < 0.7 ? { modIndex: known.modIndex } : { txn: true };
-        op.idem = value;
+        op.idem = name;
       } else {
         const lease = this.#ctx.rng() < (this.#ctx.opts.leaseReads ?? 0);
         op = this.newOp(c, { kind: "get", key, value: null, lease });
@@ -183,7 +189,7 @@ export class Clients {
   }
 
   /** A transaction of `c` on `key` and two other keys (see {@linkcode ClientOp.multi}). */
-  #multiOp(c: SimClient, key: string, value: string): ClientOp {
+  #multiOp(c: SimClient, key: string, value: string, name: string): ClientOp {
     const rest = this.#ctx.keys.filter((k) => k !== key);
     const other = rest.splice(Math.floor(this.#formRng() * rest.length), 1)[0]!;
     const read = rest[Math.floor(this.#formRng() * rest.length)]!;
@@ -191,7 +197,7 @@ export class Clients {
     op.expect = c.seen?.get(key)?.value ?? null;
     const modIndex = c.seen?.get(other)?.modIndex ?? 0;
     op.multi = { other, modIndex, deleteOther: this.#formRng() < 0.2, read };
-    op.idem = value;
+    op.idem = name;
     return op;
   }
 
@@ -268,7 +274,9 @@ export class Clients {
         if (this.#ctx.clock.now() >= deadline) break;
         unknownBefore = true;
         this.#ctx.stats.idempotentRetries++;
-        this.#ctx.note(`c${c.id} ${op.kind}(${op.key}=${op.value}) unknown at ${n.id}: sent again`);
+        this.#ctx.note(
+          `c${c.id} ${op.kind}(${op.key}=${shown(op.value)}) unknown at ${n.id}: sent again`,
+        );
         outcome = null;
         c.hint = -1;
         await this.#backOff(deadline);
@@ -287,7 +295,7 @@ export class Clients {
     const target = op.deleteRange ? JSON.stringify(op.deleteRange) : op.key;
     const what = `c${c.id} ${op.lease ? "lease-" : ""}${
       op.range ? "range-" : ""
-    }${op.kind}(${target}${op.value ? `=${op.value}` : ""}) <- ${n?.id}: ${
+    }${op.kind}(${target}${op.value ? `=${shown(op.value)}` : ""}) <- ${n?.id}: ${
       outcome?.kind ?? "timeout"
     }`;
     const ret = this.#ctx.clock.now();
@@ -327,10 +335,17 @@ export class Clients {
         });
       }
     } else if (outcome?.kind === "casFailed") {
-      // The condition did not hold: nothing changed; it read the key's current value.
+      // The condition did not hold: nothing changed; it read the key's current value, unless a
+      // replay left out a long one (then it is not in the history: a read can be left out).
       stats.casFailed++;
       const found = outcome.current;
-      this.#ctx.note(`${what} @${outcome.index} found ${JSON.stringify(found?.value ?? null)}`);
+      if (found?.valueOmitted) {
+        stats.valuesOmitted++;
+        this.#ctx.note(`${what} @${outcome.index} found a value left out`);
+        seen.delete(op.key);
+        return;
+      }
+      this.#ctx.note(`${what} @${outcome.index} found ${shown(found?.value ?? null, true)}`);
       checker.history.push({
         ..._operation(op, ret),
         kind: "get",
@@ -340,7 +355,7 @@ export class Clients {
     } else if (outcome?.kind === "value") {
       stats.readsOk++;
       if (op.lease) stats.leaseReadsOk++;
-      this.#ctx.note(`${what} ${JSON.stringify(outcome.value)}`);
+      this.#ctx.note(`${what} ${shown(outcome.value, true)}`);
       checker.history.push({ ..._operation(op, ret), value: outcome.value });
       seen.set(op.key, { modIndex: outcome.entry?.modIndex ?? 0, value: outcome.value });
     } else if (outcome?.kind === "range") {
@@ -355,7 +370,7 @@ export class Clients {
         compareKeys(k, from) >= 0 && (next === null || compareKeys(k, next) < 0)
       );
       this.#ctx.note(
-        `${what} @${outcome.index} ${outcome.entries.map((e) => e.value).join(",")}` +
+        `${what} @${outcome.index} ${outcome.entries.map((e) => shown(e.value)).join(",")}` +
           (op.page?.from !== undefined || next !== null ? ` [${from}..${next ?? ""})` : ""),
       );
       for (const key of keys) {
@@ -401,6 +416,11 @@ export class Clients {
     const { other, deleteOther, read } = op.multi!;
     const seen = c.seen ?? new Map();
     const get = (key: string, e: KvEntry | null) => {
+      if (e?.valueOmitted) { // a replay left out a long value: not in the history
+        this.#ctx.stats.valuesOmitted++;
+        seen.delete(key);
+        return;
+      }
       history.push({
         client: c.id,
         kind: "get",
@@ -688,4 +708,20 @@ function _operation(op: ClientOp, ret: number | null): Operation {
   const { client, kind, key, value, call } = op;
   const base = { client: client.id, kind, key, value, call, return: ret };
   return kind === "cas" ? { ...base, expect: op.expect ?? null } : base;
+}
+
+/**
+ * The long value a write named `name` puts: longer than a remembered outcome keeps
+ * (`REMEMBERED_VALUE_CHARS`), so that a replayed answer that read it leaves it out.
+ */
+export function longValue(name: string): string {
+  return `${name}+${"x".repeat(REMEMBERED_VALUE_CHARS)}`;
+}
+
+/** A value for the trace (`json`: quoted): a long one as its name and length. */
+function shown(value: string | null, json = false): string {
+  if (value === null || value.length <= REMEMBERED_VALUE_CHARS) {
+    return json ? JSON.stringify(value) : String(value);
+  }
+  return `${value.slice(0, value.indexOf("+"))}+(${value.length} chars)`;
 }

@@ -290,6 +290,12 @@ export interface SimulationOptions {
   livenessMs?: number;
   /** Fraction of client reads sent with the "lease" consistency. Default 0. */
   leaseReads?: number;
+  /**
+   * Fraction of client writes whose value is longer than a remembered outcome keeps (see
+   * `REMEMBERED_VALUE_CHARS`), so that replayed answers leave values out. Default 0; the soak
+   * draws it per seed ({@linkcode longValuesForSeed}).
+   */
+  longValues?: number;
   /** Clients that grant leases, attach keys and keep them alive or abandon them. Default 1. */
   leaseHolders?: number;
   /**
@@ -339,6 +345,7 @@ export const COUNTERS = [
   "txnAnswersChecked", // answers to transactions checked against the committed log's
   "idempotentRetries", // requests sent again with the idempotency key of an unknown outcome
   "idempotentReplays", // answers that replayed a remembered outcome
+  "valuesOmitted", // values read that a replayed answer left out (too long to remember): not recorded
   "historyOps", // operations in the checked history
   "elections", // terms that had a leader
   "maxTerm",
@@ -584,6 +591,11 @@ export function quotaForSeed(seed: number): number {
   return seed % 5 === 2 ? 16 + ((seed >>> 3) % 32) : 0;
 }
 
+/** The `longValues` the soak uses for `seed`: one write in five for a quarter of the seeds. */
+export function longValuesForSeed(seed: number): number {
+  return seededRandom((seed ^ 0x1f83d9ab) >>> 0)() < 0.25 ? 0.2 : 0;
+}
+
 /** The cluster size used for `seed` when sizes are mixed: 3 for 60 % of the seeds, else 5. */
 export function nodesForSeed(seed: number): 3 | 5 {
   return seed % 5 < 3 ? 3 : 5;
@@ -599,6 +611,7 @@ export function replayCommand(o: SimulationOptions): string {
     ["clients", o.clients],
     ["keys", o.keys],
     ["lease-reads", o.leaseReads],
+    ["long-values", o.longValues || undefined],
     ["lease-holders", o.leaseHolders],
     ["snapshot-threshold", o.snapshotThreshold],
     ["catch-up-entries", o.catchUpEntries],
