@@ -52,8 +52,11 @@ export interface ClusterOptions {
   dir: string;
   /** `--fresh`: delete the node directories before starting. */
   fresh: boolean;
-  /** `--config`: the cluster file to read when none is generated. */
-  config: string;
+  /**
+   * `--config`: the cluster file to read when none is generated; `undefined` when not given (the
+   * default, {@linkcode DEFAULT_CONFIG}, which only a generated cluster may do without).
+   */
+  config: string | undefined;
   /** `--host`: host name in the URLs of a generated cluster file, if given. */
   host: string | undefined;
   /** `--api-base-port`: API port of the first node of a generated cluster file, if given. */
@@ -247,7 +250,7 @@ export function parseClusterArgs(args: readonly string[]): ClusterOptions {
     size,
     dir: values.dir ?? DEFAULT_DIR,
     fresh: values.fresh ?? false,
-    config: values.config ?? DEFAULT_CONFIG,
+    config: values.config,
     host: values.host,
     apiBasePort,
     rpcBasePort,
@@ -963,7 +966,7 @@ async function _loadConfig(
   options: ClusterOptions,
 ): Promise<{ entries: ClusterEntry[]; configPath: string }> {
   if (!shouldGenerate(options)) {
-    const configPath = resolve(options.config);
+    const configPath = resolve(options.config ?? DEFAULT_CONFIG);
     return { entries: await _readConfig(configPath), configPath };
   }
   const size = options.size ?? await _configSize(options.config);
@@ -997,12 +1000,13 @@ async function _readConfig(path: string): Promise<ClusterEntry[]> {
 
 /**
  * The node count of the `--config` file, for a generated file without `--size`; the default size
- * when that file is the default one and does not exist (the launcher runs outside the repository,
- * say). A `--config` file named on the command line must exist.
+ * when no `--config` was given and the default file does not exist (the launcher runs outside the
+ * repository, say). A `--config` file named on the command line must exist, even if it has the
+ * default file's name.
  */
-async function _configSize(config: string): Promise<number> {
-  const path = resolve(config);
-  if (config === DEFAULT_CONFIG && !(await _isFile(path))) return DEFAULT_SIZE;
+async function _configSize(config: string | undefined): Promise<number> {
+  const path = resolve(config ?? DEFAULT_CONFIG);
+  if (config === undefined && !(await _isFile(path))) return DEFAULT_SIZE;
   return (await _readConfig(path)).length;
 }
 

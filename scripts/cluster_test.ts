@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   bannerLines,
@@ -34,7 +34,7 @@ const _DEFAULTS: ClusterOptions = {
   size: undefined,
   dir: "local-cluster",
   fresh: false,
-  config: "cluster.config.json",
+  config: undefined,
   host: undefined,
   apiBasePort: undefined,
   rpcBasePort: undefined,
@@ -936,13 +936,19 @@ Deno.test("the launcher with a base port but no --size and no cluster file gener
       await _stopLauncher(launcher);
     }
 
-    // A --config named on the command line must exist, even just to be counted.
-    const missing = _launch(["--config", join(dir, "none.json"), ...args], {}, dir);
-    try {
-      assert.equal((await missing.done).code, 1, missing.output());
-      assert.match(missing.stderr.join("\n"), /Cannot read the cluster file .*none\.json/);
-    } finally {
-      await _stopLauncher(missing);
+    // A --config named on the command line must exist, even just to be counted, and even when
+    // it is the default file's name (it was taken for the default, and three nodes started).
+    for (const named of [join(dir, "none.json"), "cluster.config.json"]) {
+      const missing = _launch(["--config", named, ...args], {}, dir);
+      try {
+        assert.equal((await missing.done).code, 1, missing.output());
+        assert.match(
+          missing.stderr.join("\n"),
+          new RegExp(`Cannot read the cluster file .*${basename(named).replaceAll(".", "\\.")}`),
+        );
+      } finally {
+        await _stopLauncher(missing);
+      }
     }
   });
 });
