@@ -40,6 +40,7 @@ import { openDiskStorage } from "./src/node/disk_storage.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
 import { requestJoin } from "./src/cli/join.ts";
+import { apiPortWarning } from "./src/cli/fetch_ports.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
@@ -280,6 +281,9 @@ export async function main(args: string[]): Promise<number> {
   }
   const exposed = peerSecurityWarning(config.rpcListenHost, config.peerTls !== null);
   if (exposed !== null) log.warn(exposed);
+  const own = config.peers.find((p) => p.id === config.id);
+  const blockedApi = own === undefined ? null : apiPortWarning(own.apiUrl);
+  if (blockedApi !== null) log.warn(blockedApi);
   // When each certificate in force expires, for alerts; set again when it is reloaded.
   const expiry = metrics.gaugeVec(
     "raftkv_tls_certificate_expiry_timestamp_seconds",

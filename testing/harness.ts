@@ -29,6 +29,7 @@ import { join } from "node:path";
 import type { Certificates } from "./certs.ts";
 import { readLines } from "./read_lines.ts";
 import type { MemberStatus as NodeStatus } from "../src/cli/client/status.ts";
+import { FETCH_BAD_PORTS } from "../src/cli/fetch_ports.ts";
 
 /** One entry of a cluster file, spelled as in the file. */
 export interface ClusterFileEntry {
@@ -224,14 +225,12 @@ function _ephemeralLow(): number {
 
 const _PICK_FROM = 10_000;
 const _PICK_TO = _ephemeralLow() - 1;
-/** The Fetch Standard's "bad ports" from `_PICK_FROM` up: `fetch` refuses them (a node's API there is unreachable to the tests). */
-const _FETCH_BAD_PORTS = new Set([10080]);
 
 /** Listens on a free port drawn from `_PICK_FROM`..`_PICK_TO` (the kernel's choice if none). */
 function _listenBelowEphemeral(hostname: string): Deno.TcpListener {
   for (let attempt = 0; attempt < 100 && _PICK_TO - _PICK_FROM >= 1000; attempt++) {
     const port = _PICK_FROM + Math.floor(Math.random() * (_PICK_TO - _PICK_FROM + 1));
-    if (_FETCH_BAD_PORTS.has(port)) continue;
+    if (FETCH_BAD_PORTS.has(port)) continue; // fetch refuses them (10080 in this range)
     try {
       return Deno.listen({ hostname, port });
     } catch (error) {

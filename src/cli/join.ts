@@ -9,6 +9,8 @@
  * @module
  */
 
+import { blockedPortReason, fetchBlockedPort } from "./fetch_ports.ts";
+
 /** What {@linkcode requestJoin} needs. */
 export interface JoinRequest {
   /** The API URL of a member of the cluster (`--join`). */
@@ -40,6 +42,12 @@ export interface JoinRequest {
  * used by another member) or `signal` aborts (false).
  */
 export async function requestJoin(r: JoinRequest): Promise<boolean> {
+  const blocked = fetchBlockedPort(r.joinUrl);
+  if (blocked !== null) {
+    // fetch would refuse every attempt: trying again could never succeed.
+    r.log.error(`cannot join through ${r.joinUrl}: ${blockedPortReason(blocked)}`);
+    return false;
+  }
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (r.token) headers.authorization = `Bearer ${r.token}`;
   const body = JSON.stringify({

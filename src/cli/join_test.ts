@@ -98,3 +98,21 @@ Deno.test("requestJoin() without the CA does not trust a private CA's member and
     assert.match(lines.join("\n"), /warn cannot reach https:\/\/localhost:\d+ to join/);
   });
 });
+
+Deno.test("requestJoin() gives up at once, saying why, on a member whose port fetch refuses", async () => {
+  const lines: string[] = [];
+  const started = performance.now();
+  const joined = await requestJoin({
+    joinUrl: "http://127.0.0.1:10080",
+    self: SELF,
+    log: quietLog(lines),
+    signal: AbortSignal.timeout(10_000),
+    retryMs: 50,
+  });
+  assert.equal(joined, false);
+  // Not retried until the signal: no attempt could ever get through.
+  assert.ok(performance.now() - started < 5_000);
+  assert.equal(lines.length, 1, lines.join("\n"));
+  assert.match(lines[0]!, /^error cannot join through http:\/\/127\.0\.0\.1:10080: port 10080 /);
+  assert.match(lines[0]!, /bad ports/);
+});

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { blockedPortReason, fetchBlockedPort } from "../fetch_ports.ts";
 import { ClientError, EXIT } from "./options.ts";
 
 /** Options of {@linkcode ApiClient}. */
@@ -181,6 +182,12 @@ export class ApiClient {
       for (let round = 0;; round++) {
         for (let i = 0; i < endpoints.length; i++) {
           const endpoint = endpoints[((options.first ?? 0) + i) % endpoints.length]!;
+          // fetch would refuse it with a terse "Requests to port N are blocked": say why.
+          const blocked = fetchBlockedPort(endpoint);
+          if (blocked !== null) {
+            problems.set(endpoint, blockedPortReason(blocked));
+            continue;
+          }
           let res: Response;
           try {
             res = await fetch(endpoint + path, this.#init(method, options, signal));
