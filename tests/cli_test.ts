@@ -840,3 +840,102 @@ Deno.test("lock and elect: waiters queue behind the holder and go on once it rel
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("watch stops on SIGINT (Ctrl-C) with what it printed, its stream open", async () => {
+  await using cluster = await startCluster({ size: 3 });
+  await cluster.waitForLeader();
+  const ep = ["--endpoints", cluster.ids.map((id) => cluster.api(id)).join(",")];
+  const watch = _start(["watch", "--prefix", "sig/", ...ep]);
+  try {
+    // Once the stream is open (the node counts it), a change shows up on the watch's stdout.
+    await waitFor(async () => {
+      _expect(await raftkv(["put", "sig/a", "1", ...ep]), 0, "put");
+      return watch.out().includes("\tput\tsig/a\t1\n");
+    }, { deadlineMs: 15_000, message: () => `the watch to print (stderr: ${watch.err()})` });
+    watch.child.kill("SIGINT");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((resolve) => timer = setTimeout(() => resolve("late"), 5000));
+    const code = await Promise.race([watch.exited, late]);
+    clearTimeout(timer);
+    assert.equal(code, 0, `the watch exits 0 within 5 s of SIGINT (stderr: ${watch.err()})`);
+    assert.equal(watch.err(), "");
+  } finally {
+    await _stop(watch);
+  }
+});
+
+/** A port `fetch` refuses that is free here (an unprivileged one), or null. */
+function _freeBlockedPort(): number | null {
+  for (const port of [10080, 6669, 6665, 6679, 6697, 6566, 5061, 4190]) {
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+      return port;
+    } catch {
+      // Taken: the next.
+    }
+  }
+  return null;
+}
+
+Deno.test("a node whose api_url is on a port fetch refuses warns at start-up, and the client says why it cannot reach it", async () => {
+  const port = _freeBlockedPort();
+  if (port === null) return; // Every candidate is taken on this machine.
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-bad-port-" });
+  const [rpc] = freePorts(1);
+  const api = `http://127.0.0.1:${port}`;
+  await Deno.writeTextFile(
+    join(dir, "cluster.json"),
+    JSON.stringify([{ node_id: "node-1", rpc_url: `http://127.0.0.1:${rpc}`, api_url: api }]),
+  );
+  const node = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      _MAIN,
+      "--id",
+      "node-1",
+      "--cluster-config-path",
+      join(dir, "cluster.json"),
+      "--data-dir",
+      join(dir, "node-1"),
+    ],
+    env: cleanEnv({ NO_COLOR: "1" }),
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let log = "";
+  const read = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) log += chunk;
+  };
+  const reading = Promise.all([read(node.stdout), read(node.stderr)]);
+  try {
+    await waitFor(() => log.includes("REST API listening"), {
+      deadlineMs: 30_000,
+      message: () => `the node to start:\n${log}`,
+    });
+    assert.match(
+      log,
+      new RegExp(`WARN .*The API port ${port} \\(api_url ${api}\\) is on the Fetch Standard's`),
+    );
+    // It serves there (an HTTP client without the list reaches it)...
+    const health = await new Deno.Command("curl", { args: ["-sf", `${api}/health`] }).output()
+      .catch(() => null);
+    if (health !== null) assert.ok(health.success, "curl reaches the node");
+    // ...but the client cannot, and says why in one line, as any endpoint it cannot reach.
+    const got = await raftkv(["get", "a", "--endpoints", api]);
+    _expect(got, 4, "get from a refused port");
+    assert.equal(got.stderr.trim().split("\n").length, 1, got.stderr);
+    assert.match(got.stderr, new RegExp(`port ${port} is on the Fetch Standard's list of "bad`));
+    assert.doesNotMatch(got.stderr, /Requests to port|\n\s+at /);
+    // Among other endpoints it is skipped, as one that is down.
+    const other = await raftkv(["get", "a", "--endpoints", `${api},${_deadEndpoints(1)[0]}`]);
+    _expect(other, 4, "get with no reachable endpoint");
+  } finally {
+    node.kill("SIGTERM");
+    await node.status;
+    await reading;
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -127,11 +127,15 @@ async function watch(
     let response: Response;
     let answeredBy: string;
     try {
+      // The signal also ends the stream once it is open (cancelling the body would not: the
+      // reader below holds it locked, and an interrupted watch went on waiting for changes).
       ({ response, endpoint: answeredBy } = await client.stream(path, {
         first: endpoint,
         headers,
+        signal: options.signal,
       }));
     } catch (error) {
+      if (options.signal.aborted) break;
       if (error instanceof NoAnswerError && error.kind === "unreachable") throw error;
       if (++quietFailures > client.endpoints.length * 3) throw error;
       endpoint++;
@@ -144,8 +148,6 @@ async function watch(
       // Started with what comes next: a reconnect goes on after the index this stream started at.
       from = Number(response.headers.get("x-raftkv-index") ?? "0") + 1;
     }
-    const onAbort = () => response.body?.cancel().catch(() => {});
-    options.signal.addEventListener("abort", onAbort, { once: true });
     try {
       for await (const message of readSse(response.body!)) {
         if (message.event === "error") {
@@ -159,9 +161,7 @@ async function watch(
         if (options.count !== null && ++printed >= options.count) return EXIT.ok;
       }
     } catch {
-      // The connection broke: go on elsewhere.
-    } finally {
-      options.signal.removeEventListener("abort", onAbort);
+      // The connection broke (or the watch was interrupted): go on elsewhere.
     }
     endpoint++;
   }
