@@ -109,3 +109,39 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: PROMTOOL
+    ? "after a member is removed, the others' /metrics pass promtool and show no series of it"
+    : "after a member is removed (skipped: promtool not installed; apt-get install prometheus)",
+  ignore: PROMTOOL === null,
+  async fn() {
+    await using cluster = await startCluster({ size: 3 });
+    const leader = await cluster.waitForLeader();
+    const [gone, stays] = cluster.ids.filter((id) => id !== leader) as [string, string];
+    const of = (samples: Map<string, number>) =>
+      [...samples.keys()].filter((k) => k.includes(`peer="${gone}"`));
+    // Both survivors have sent to it, so both have its series before.
+    await waitFor(async () => of(await scrape(cluster, leader)).length > 0, {
+      message: `${leader} to report ${gone}`,
+    });
+    const removed = await cluster.request(leader, "DELETE", `/v1/members/${gone}`);
+    assert.equal(removed.status, 200, removed.text);
+    const index = (removed.json as { index: number }).index;
+    for (const id of [leader, stays]) {
+      await waitFor(
+        async () => sample(await scrape(cluster, id), "raftkv_applied_index") >= index,
+        {
+          message: `${id} to apply the removal (index ${index})`,
+        },
+      );
+      // Once the configuration without it is in force, its round-trip times, queue and lag are
+      // not shown any more (they would stay frozen at their last values).
+      let left: string[] = [];
+      await waitFor(async () => (left = of(await scrape(cluster, id))).length === 0, {
+        deadlineMs: 5_000,
+        message: () => `${id} to drop ${gone}'s series: ${left}`,
+      });
+    }
+  },
+});

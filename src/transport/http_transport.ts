@@ -145,7 +145,13 @@ import {
   type TransportLogger,
 } from "./transport.ts";
 import { nonNegativeInt as _nonNegativeInt, positiveInt as _positiveInt } from "../util/options.ts";
-import { exponentialBuckets, type Histogram, MetricsRegistry } from "../util/metrics.ts";
+import {
+  exponentialBuckets,
+  type GaugeVec,
+  type Histogram,
+  type HistogramVec,
+  MetricsRegistry,
+} from "../util/metrics.ts";
 
 /** The path batches of messages are posted to, below a peer's `rpcUrl`. */
 export const MESSAGES_PATH = "/raft/messages";
@@ -427,7 +433,8 @@ export class HttpTransport implements Transport {
   readonly #self: NodeId;
   /** Each peer's origin, and the node id its TLS certificate must name. */
   readonly #expected = new Map<string, NodeId>();
-  #rtt: { labels(peer: string): Histogram } | null = null;
+  #rtt: HistogramVec | null = null;
+  #queued: GaugeVec | null = null;
   #closed = false;
   #closing: Promise<void> | null = null;
 
@@ -476,6 +483,7 @@ export class HttpTransport implements Transport {
     });
     this.#self = options.self;
     this.#rtt = rtt;
+    this.#queued = queued;
     for (const peer of options.peers) {
       if (peer.id === options.self) continue;
       if (this.#peers.has(peer.id)) {
@@ -543,6 +551,11 @@ export class HttpTransport implements Transport {
       p.stream = null;
       const origin = new URL(p.messagesUrl).origin;
       if (this.#expected.get(origin) === id) this.#expected.delete(origin);
+      if (next === undefined) {
+        // No longer a member: its series go too (a scrape would show it forever, frozen).
+        this.#rtt?.remove(id);
+        this.#queued?.remove(id);
+      }
     }
     for (const [id, p] of wanted) if (!this.#peers.has(id)) this.#addPeer(p);
   }
