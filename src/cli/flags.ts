@@ -536,6 +536,13 @@ export function tokenizeArgv(argv: readonly string[]): ParsedArgv {
   const switches = new Set<string>();
   for (let i = 0; i < argv.length; i++) {
     const token = argv[i] ?? "";
+    if (i === 0 && /^[a-z][a-z-]*$/.test(token)) {
+      // A word where a command would be: a mistyped client command, most likely.
+      throw new ConfigError(
+        `Unknown command ${JSON.stringify(token)}: 'raftkv help' lists the client's commands ` +
+          '(a node takes only flags, such as "--id node-1")',
+      );
+    }
     if (!token.startsWith("-") || token === "-" || token === "--") {
       throw new ConfigError(
         `Unexpected argument ${

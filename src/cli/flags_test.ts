@@ -98,6 +98,18 @@ Deno.test("tokenizeArgv() rejects positional arguments", () => {
   }
 });
 
+Deno.test("tokenizeArgv() takes a word first for a mistyped client command", () => {
+  assert.throws(() => tokenizeArgv(["frob"]), {
+    name: "ConfigError",
+    message: `Unknown command "frob": 'raftkv help' lists the client's commands (a node takes ` +
+      'only flags, such as "--id node-1")',
+  });
+  // Not first, or not a word: a stray argument of a node's command line.
+  for (const argv of [["--id", "n", "frob"], ["node-1"]]) {
+    assert.throws(() => tokenizeArgv(argv), { message: /^Unexpected argument / });
+  }
+});
+
 Deno.test("tokenizeArgv() rejects an unknown flag and suggests the closest one", () => {
   assert.throws(() => tokenizeArgv(["--api-prot", "1"]), {
     name: "ConfigError",

@@ -46,7 +46,10 @@ Deno.test("bad usage exits 2 with one line saying what is wrong, before any requ
     [["snapshot"], /^raftkv snapshot: snapshot needs a subcommand:\n {2}raftkv snapshot save FILE/],
     [["snapshot", "load", "f"], /snapshot needs a subcommand, not "load"/],
     [["snapshot", "save"], /missing arguments; usage: raftkv snapshot save \[options\] FILE/],
-    [["get", "a", "--cacert", "/nonexistent/ca.pem"], /cannot read the --cacert file/],
+    [
+      ["get", "a", "--cacert", "/nonexistent/ca.pem"],
+      /cannot read the CA file "\/nonexistent\/ca\.pem" \(--cacert or RAFTKV_CACERT\)/,
+    ],
     [["del", "a", "--prefix", "--cas", "3"], /give --cas or --prefix, not both/],
     [["txn"], /the transaction is not JSON/],
     [["txn", "/nonexistent/txn.json"], /cannot read "\/nonexistent\/txn.json"/],

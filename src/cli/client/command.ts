@@ -85,11 +85,17 @@ export class CommandContext {
         caCert = await Deno.readTextFile(path);
       } catch (error) {
         throw usageError(
-          `cannot read the --cacert file ${JSON.stringify(path)}: ${(error as Error).message}`,
+          `cannot read the CA file ${JSON.stringify(path)} (--cacert or RAFTKV_CACERT): ${
+            (error as Error).message
+          }`,
         );
       }
       if (!caCert.includes("-----BEGIN CERTIFICATE-----")) {
-        throw usageError(`the --cacert file ${JSON.stringify(path)} holds no PEM certificate`);
+        throw usageError(
+          `the CA file ${
+            JSON.stringify(path)
+          } (--cacert or RAFTKV_CACERT) holds no PEM certificate`,
+        );
       }
     }
     this.#client = new ApiClient({
