@@ -143,5 +143,14 @@ Deno.test({
         message: () => `${id} to drop ${gone}'s series: ${left}`,
       });
     }
+    // The removed node, still running, says so (it follows no leader any more).
+    let last = new Map<string, number>();
+    await waitFor(
+      async () =>
+        (last = await scrape(cluster, gone)).get('raftkv_membership{membership="removed"}') === 1,
+      { message: () => `${gone} to report itself removed: ${[...last].join(" ")}` },
+    );
+    assert.equal(sample(last, 'raftkv_membership{membership="voter"}'), 0);
+    assert.equal(sample(last, "raftkv_has_leader"), 0);
   },
 });

@@ -37,6 +37,7 @@ Deno.test("the summary reads a real node's metrics text", () => {
   const node = new NodeMetrics(registry, () => ({
     role: "leader",
     hasLeader: true,
+    membership: "voter",
     term: 4,
     commit: 10,
     applied: 10,

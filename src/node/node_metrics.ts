@@ -26,8 +26,10 @@ import {
 export interface NodeGauges {
   /** This node's role. */
   role: Role;
-  /** Whether a leader is known. */
+  /** Whether a leader is known (never on a node that knows it was removed). */
   hasLeader: boolean;
+  /** What this node is in the cluster, as `GET /v1/status` says (`membership`). */
+  membership: MemberState;
   /** The current term. */
   term: number;
   /** The commit index. */
@@ -75,6 +77,10 @@ export type ProposalFailure =
   | "stopping";
 
 const _ROLES: readonly Role[] = ["follower", "pre-candidate", "candidate", "leader"];
+
+/** What a node is in its cluster: a voter, a learner, joining (no configuration yet) or removed. */
+export type MemberState = "voter" | "learner" | "joining" | "removed";
+const _MEMBERSHIPS: readonly MemberState[] = ["voter", "learner", "joining", "removed"];
 
 /** The node's metrics, registered in a {@linkcode MetricsRegistry}. */
 export class NodeMetrics {
@@ -160,6 +166,12 @@ export class NodeMetrics {
       ["role"],
     );
     const roles = _ROLES.map((r) => [r, role.labels(r)] as const);
+    const membership = registry.gaugeVec(
+      "raftkv_membership",
+      "What this node is in the cluster: 1 for the current one (voter, learner, joining, removed), 0 for the others.",
+      ["membership"],
+    );
+    const memberships = _MEMBERSHIPS.map((m) => [m, membership.labels(m)] as const);
     const term = registry.gauge("raftkv_term", "The current Raft term.");
     const commit = registry.gauge("raftkv_commit_index", "The highest log index known committed.");
     const applied = registry.gauge(
@@ -224,6 +236,7 @@ export class NodeMetrics {
       isLeader.set(g.role === "leader" ? 1 : 0);
       hasLeader.set(g.hasLeader ? 1 : 0);
       for (const [r, child] of roles) child.set(r === g.role ? 1 : 0);
+      for (const [m, child] of memberships) child.set(m === g.membership ? 1 : 0);
       term.set(g.term);
       commit.set(g.commit);
       applied.set(g.applied);

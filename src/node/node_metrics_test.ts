@@ -107,6 +107,8 @@ Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk
     assert.equal(sample(s, "raftkv_has_leader"), 1);
     assert.equal(sample(s, 'raftkv_role{role="leader"}'), 1);
     assert.equal(sample(s, 'raftkv_role{role="follower"}'), 0);
+    assert.equal(sample(s, 'raftkv_membership{membership="voter"}'), 1);
+    assert.equal(sample(s, 'raftkv_membership{membership="removed"}'), 0);
     assert.equal(sample(s, "raftkv_term"), now.term);
     assert.equal(sample(s, "raftkv_commit_index"), now.commit_index);
     assert.equal(sample(s, "raftkv_applied_index"), now.applied_index);

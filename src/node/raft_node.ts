@@ -87,7 +87,7 @@ import { ENTRY_FIELDS_SIZE, HEADER_SIZE } from "../storage/wal_record.ts";
 import { type Cancel, type Clock, realClock } from "./clock.ts";
 import { CLUSTER_ID_PATTERN } from "./cluster_id.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
-import { type NodeGauges, NodeMetrics } from "./node_metrics.ts";
+import { type MemberState, type NodeGauges, NodeMetrics } from "./node_metrics.ts";
 import { grantedTtlMs, LeaseTracker, minLeaseTtlMs } from "./lease_tracker.ts";
 
 /** Names a snapshot: the last log index it covers and the term of that entry. */
@@ -1492,13 +1492,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       last_index: this.#core.log.lastIndex(),
       members: [...this.#members.values()].map((m) => ({ id: m.id, api_url: m.apiUrl })),
       alarms: this.#alarmed() ? ["NOSPACE"] : [],
-      membership: this.#core.voters.length === 0
-        ? "joining"
-        : this.#core.removed
-        ? "removed"
-        : this.#core.learners.includes(this.id)
-        ? "learner"
-        : "voter",
+      membership: this.#membership(),
       data_bytes: this.#kv.dataBytes,
       quota_bytes: this.#quotaBytes,
       ...(this.#storage.clusterId === undefined ? {} : { cluster_id: this.#storage.clusterId }),
@@ -1814,6 +1808,14 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     return Promise.reject(error);
   }
 
+  /** What this node is in its cluster (`membership` in the status and the metrics). */
+  #membership(): MemberState {
+    const core = this.#core;
+    if (core.voters.length === 0) return "joining";
+    if (core.removed) return "removed";
+    return core.learners.includes(this.id) ? "learner" : "voter";
+  }
+
   /** The node's state for the scrape-time gauges (see `node_metrics.ts`). */
   #gauges(): NodeGauges {
     const core = this.#core;
@@ -1822,9 +1824,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     let reads = this.#readQueue.length;
     for (const round of this.#readRounds.values()) reads += round.reads.length;
     for (const round of this.#readsAwaitingApply) reads += round.reads.length;
+    const membership = this.#membership();
     return {
       role: core.role,
-      hasLeader: core.leader !== NONE,
+      hasLeader: core.leader !== NONE && membership !== "removed",
+      membership,
       term: core.term,
       commit: core.log.committed,
       applied: this.#kv.appliedIndex,
