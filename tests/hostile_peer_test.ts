@@ -344,6 +344,20 @@ Deno.test("forged and malformed peer messages are refused, change nothing and st
           upload.error,
           new RegExp(`snapshot term ${T + 1} is above the message term ${T}`),
         );
+
+        // A member that does not lead the term cannot take the node's one upload slot (the
+        // leader's transfer would wait behind it): refused before its body is read.
+        const other = ids.find((id) => id !== leader && id !== target)!;
+        const notLeader = await forgeSnapshot(
+          client,
+          cluster,
+          target,
+          other,
+          { ...snap, from: other },
+          await _snapshotBytes(last + 100, T, ids),
+        );
+        assert.equal(notLeader.status, 409, notLeader.error);
+        assert.match(notLeader.error, new RegExp(`the leader of that term is "${leader}"`));
         await unchanged("the malformed messages");
       },
     );

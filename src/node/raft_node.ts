@@ -710,6 +710,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     this.#transport = options.transport({
       onMessages: (msgs) => this.#onMessages(this.#admit(msgs)),
       onSnapshot: (msg, body) => this.#receiveSnapshot(msg, body),
+      snapshotRefusal: (m) => this.#snapshotRefusal(m),
       onUnreachable: (peer) => this.#guard(() => this.#core.reportUnreachable(peer)),
       removedAt: (from) => {
         if (this.#failed) return 0;
@@ -2583,6 +2584,18 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       this.#maybeSnapshot();
     }
     return true;
+  }
+
+  /** See {@linkcode TransportHandlers.snapshotRefusal}. */
+  #snapshotRefusal(m: Message): string | null {
+    const core = this.#core;
+    if (m.term < core.term) {
+      return `snapshot of term ${m.term} from "${m.from}": this node is in term ${core.term}`;
+    }
+    if (m.term === core.term && core.leader !== NONE && core.leader !== m.from) {
+      return `snapshot of term ${m.term} from "${m.from}": the leader of that term is "${core.leader}"`;
+    }
+    return null;
   }
 
   /**

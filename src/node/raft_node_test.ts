@@ -483,6 +483,47 @@ Deno.test("a backup streamed from a node starts a new cluster with the same data
   }
 });
 
+Deno.test("an upload of a snapshot of an earlier term, or of this term from another than its leader, is refused before its body", async () => {
+  const root = await Deno.makeTempDir();
+  const net = new MemoryNetwork();
+  let handlers!: TransportHandlers;
+  const node = await startNode(root, net, "b", 1, {
+    transport: (h) => {
+      handlers = h;
+      return net.connect("b", h);
+    },
+  });
+  const snap = (from: string, term: number) =>
+    message({
+      type: MessageType.Snap,
+      from,
+      to: "b",
+      term,
+      snapshot: { index: 50, term, voters: IDS },
+    });
+  try {
+    node.start();
+    assert.equal(handlers.snapshotRefusal!(snap("a", 1)), null, "no leader known yet");
+    handlers.onMessages([
+      message({ type: MessageType.Heartbeat, from: "a", to: "b", term: 3, commit: 0 }),
+    ]);
+    assert.equal(node.status().leader?.id, "a");
+    assert.match(
+      handlers.snapshotRefusal!(snap("a", 2)) ?? "",
+      /snapshot of term 2 from "a": this node is in term 3/,
+    );
+    assert.match(
+      handlers.snapshotRefusal!(snap("c", 3)) ?? "",
+      /snapshot of term 3 from "c": the leader of that term is "a"/,
+    );
+    assert.equal(handlers.snapshotRefusal!(snap("a", 3)), null, "its leader");
+    assert.equal(handlers.snapshotRefusal!(snap("c", 4)), null, "a later term: a new leader");
+  } finally {
+    await node.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("a snapshot upload that fails or is refused leaves no received file; a Snap without one is refused", async () => {
   const root = await Deno.makeTempDir();
   const net = new MemoryNetwork();

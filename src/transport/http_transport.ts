@@ -1156,6 +1156,7 @@ export function createPeerHandler(
     TransportHandlers,
     | "onMessages"
     | "onSnapshot"
+    | "snapshotRefusal"
     | "removedAt"
     | "committedMembers"
     | "onUnknownSender"
@@ -1441,6 +1442,8 @@ export function createPeerHandler(
         from,
       );
     }
+    const refused = handlers.snapshotRefusal?.(msg) ?? null;
+    if (refused !== null) return refuse(409, refused, from);
     if (uploading) {
       return refuse(429, "Another snapshot upload is in progress; try again later", from);
     }

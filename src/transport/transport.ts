@@ -51,6 +51,14 @@ export interface TransportHandlers {
    * waits for it). Rejects with {@linkcode PeerRefusedError} to refuse it.
    */
   onSnapshot(msg: Message, body: ReadableStream<Uint8Array>): Promise<void>;
+  /**
+   * Why the snapshot upload `msg` announces is refused before its body is read, or null: a Snap
+   * of an earlier term than this node's, or of its term from another node than the leader it
+   * follows (only a leader sends snapshots). The HTTP peer handler answers `409`, so that such an
+   * upload never holds its one upload slot (the leader's transfer would wait behind it) nor
+   * reaches the disk.
+   */
+  snapshotRefusal?(msg: Message): string | null;
   /** Called when a peer could not be reached after the retries (the Raft core may then slow down probing). */
   onUnreachable?(peer: NodeId): void;
   /**
