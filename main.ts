@@ -216,6 +216,8 @@ export async function main(args: string[]): Promise<number> {
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,
     watchBufferEvents: config.watchBufferEvents,
+    watchBufferBytes: config.watchBufferBytes,
+    maxWatchBytes: config.maxWatchBytes,
     watchHeartbeatMs: config.watchHeartbeatMs,
     maxWatchers: config.maxWatchers,
     metrics,

@@ -220,7 +220,8 @@ Deno.test("SIGHUP reloads the tokens file: revoked tokens are refused, their wat
       const metrics = await cluster.request(id, "GET", "/metrics", undefined, {
         headers: bearer(tokens.admin),
       });
-      return /^raftkv_http_requests_in_flight [1-9]\d*$/m.test(metrics.text);
+      // A waiting read holds no request slot; it counts as a blocking read.
+      return /^raftkv_blocking_reads [1-9]\d*$/m.test(metrics.text);
     }, { deadlineMs: 5_000, message: "the blocking read to be in flight" });
 
     // The file now revokes the read and write tokens and adds another.

@@ -45,7 +45,12 @@
  * Fields other than `k`, `v` and `cas` (a compare-and-set, as `?cas=N`) are ignored.
  *
  * Back-pressure: past `maxInflightRequests` requests, or `maxInflightBytes` of their bodies, in
- * progress (`/health` and `/ready` aside) a request is answered 429 at once, its body unread;
+ * progress (`/health`, `/ready` and `/metrics` aside) a request is answered 429 at once, its body
+ * unread. A request stays in progress, its answer's bytes counted too, until the server has taken
+ * the answer's body (chunk by chunk, as the client reads); one the client takes nothing of for
+ * `responseStallMs` is cut off. A blocking read gives its slot back while it waits (it counts
+ * against `maxWatchers` with the watch streams then) and takes one again to read (429 if none is
+ * free); watch streams and backups hold no slot once they stream;
  * past `maxForwardedRequests` forwards in progress a request that needs the leader is answered
  * 429; past `maxConcurrentBackups` backups streaming, `/v1/snapshot` is answered 429; a backup
  * not fully read within `backupTimeoutMs` is cut off. All of these carry `Retry-After`.
@@ -100,7 +105,7 @@ import {
 } from "./forward_batch.ts";
 import { defaultForwarder, type Forwarder } from "./forwarder.ts";
 import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
-import { ApiLimits } from "./limits.ts";
+import { type AdmittedRequest, ApiLimits, MIN_RESPONSE_STALL_MS } from "./limits.ts";
 import { INDEX_HEADER } from "./outcome.ts";
 import { deleteRangeRoute, readRangeRoute } from "./ranges.ts";
 import { txnRoute } from "./txn.ts";
@@ -205,7 +210,10 @@ export interface ApiOptions {
   forward?: Forwarder;
   /**
    * Most requests in progress on this node at once; one more is answered 429 with `Retry-After`
-   * at once, without reading its body. `GET /health` and `GET /ready` are not counted.
+   * at once, without reading its body. `GET /health`, `GET /ready` and `GET /metrics` are not
+   * counted. A request is in progress until its answer's body has been taken by the server (see
+   * `responseStallMs`), but not while a blocking read waits (those count against `maxWatchers`),
+   * nor while a watch stream or a backup streams (bounded by their own limits).
    *
    * @default {1024}
    */
@@ -214,11 +222,22 @@ export interface ApiOptions {
    * Most bytes of request bodies in progress at once: a request counts its `Content-Length`, or
    * `maxBodyBytes` when a `POST` or `PUT` declares none (a chunked body). One that would pass it
    * is answered 429 with `Retry-After` at once, without reading its body, unless it is the only
-   * request in progress. Bounds the memory that bodies being read and parsed hold.
+   * request in progress. An answer's body counts too, from when it is ready until the server has
+   * taken all of it. Bounds the memory that bodies being read and parsed, and answers a client
+   * does not read, hold.
    *
    * @default {67108864}
    */
   maxInflightBytes?: number;
+  /**
+   * How long an answer's body (other than a watch stream's or a backup's) may go without the
+   * server taking a chunk of it, in milliseconds: a client that does not read its answer (or an
+   * HTTP/2 stream whose flow-control window stays shut) is cut off then, and the request's slot
+   * and bytes are released. The server takes the body in chunks of `RESPONSE_CHUNK_BYTES` (64 KiB).
+   *
+   * @default {max(apiTimeoutMs, 30000)}
+   */
+  responseStallMs?: number;
   /**
    * Most requests being forwarded to the leader at once; one more that needs forwarding is
    * answered 429 with `Retry-After` (nothing was sent).
@@ -274,8 +293,24 @@ export interface ApiOptions {
    */
   watchBufferEvents?: number;
   /**
-   * Most `GET /v1/watch` streams open at once; one more is answered 429 with `Retry-After`.
-   * Each holds a buffer of up to `watchBufferEvents` events and a heartbeat timer.
+   * Most bytes of events waiting for one watcher (beyond its backlog; an event counts its key's
+   * and value's UTF-8 bytes plus 64); past it, it is cut off as past `watchBufferEvents`.
+   *
+   * @default {16777216}
+   */
+  watchBufferBytes?: number;
+  /**
+   * Most bytes of events waiting for all the watch streams together, each event counted once;
+   * past it the stream with the most waiting is cut off at once (see `watch.ts`).
+   *
+   * @default {268435456}
+   */
+  maxWatchBytes?: number;
+  /**
+   * Most `GET /v1/watch` streams open and blocking reads (`GET /v1/data/{key}?index=N`) waiting,
+   * together, at once; one more is answered 429 with `Retry-After`. Each stream holds a buffer of
+   * up to `watchBufferEvents` events and a heartbeat timer; each waiting read a subscription to
+   * the change history and a timer.
    *
    * @default {10000}
    */
@@ -367,40 +402,29 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
   const serve = async (req: Request, url: URL, caller: Caller | null): Promise<Response> => {
     const counted = url.pathname !== "/health" && url.pathname !== "/ready" &&
       url.pathname !== "/metrics";
-    const bytes = counted ? ctx.limits.declaredBodyBytes(req) : 0;
-    if (counted && !ctx.limits.admitRequest(bytes)) {
+    const admitted = counted ? ctx.limits.admit(ctx.limits.declaredBodyBytes(req)) : null;
+    if (counted && admitted === null) {
       return jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
     }
+    let res: Response;
     try {
-      singleParams(url);
-      return _withIndex(ctx, await _route(ctx, req, url, caller), url);
+      res = await _answer(ctx, req, url, caller, admitted);
     } catch (err) {
-      const by = caller === null ? "" : ` (caller ${quote(caller.name)})`;
-      const apiError = err instanceof ApiError ? err : undefined;
-      if (apiError !== undefined) {
-        if (apiError.status >= 500 && apiError.logged) {
-          ctx.logError(logLine(req, url, apiError.status, apiError.message + by));
-        }
-        return _withIndex(ctx, errorResponse(apiError), url);
-      }
-      ctx.logError(
-        logLine(
-          req,
-          url,
-          500,
-          (err instanceof Error ? (err.stack ?? String(err)) : String(err)) + by,
-        ),
-      );
-      return _withIndex(
-        ctx,
-        errorResponse(
-          new ApiError(500, "internal error while serving the request; the node's log has details"),
-        ),
-        url,
-      );
-    } finally {
-      if (counted) ctx.limits.releaseRequest(bytes);
+      admitted?.release();
+      throw err;
     }
+    if (admitted === null) return res;
+    // A watch stream and a backup are bounded apart (--max-watchers, --max-concurrent-backups and
+    // --backup-timeout); a HEAD answer's body is never sent.
+    const ownBound = res.status === 200 &&
+      (url.pathname === "/v1/watch" || url.pathname === "/v1/snapshot");
+    if (ownBound || req.method === "HEAD") {
+      admitted.release();
+      return res;
+    }
+    // Until its body has been taken by the server, the answer keeps the request's slot and counts
+    // its bytes (a client that does not read it cannot make answers pile up).
+    return await admitted.send(res);
   };
   /** Answers an authentication refusal (401, 403) or a bad forward, logging it. */
   const refuse = (req: Request, err: unknown): Response => {
@@ -500,6 +524,44 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
   });
 }
 
+/** The answer to an admitted (or uncounted) request, as `_route` gives it or as an error. */
+async function _answer(
+  ctx: _Context,
+  req: Request,
+  url: URL,
+  caller: Caller | null,
+  admitted: AdmittedRequest | null,
+): Promise<Response> {
+  try {
+    singleParams(url);
+    return _withIndex(ctx, await _route(ctx, req, url, caller, admitted), url);
+  } catch (err) {
+    const by = caller === null ? "" : ` (caller ${quote(caller.name)})`;
+    const apiError = err instanceof ApiError ? err : undefined;
+    if (apiError !== undefined) {
+      if (apiError.status >= 500 && apiError.logged) {
+        ctx.logError(logLine(req, url, apiError.status, apiError.message + by));
+      }
+      return _withIndex(ctx, errorResponse(apiError), url);
+    }
+    ctx.logError(
+      logLine(
+        req,
+        url,
+        500,
+        (err instanceof Error ? (err.stack ?? String(err)) : String(err)) + by,
+      ),
+    );
+    return _withIndex(
+      ctx,
+      errorResponse(
+        new ApiError(500, "internal error while serving the request; the node's log has details"),
+      ),
+      url,
+    );
+  }
+}
+
 /**
  * Adds the {@linkcode INDEX_HEADER} to an answer that does not carry it yet (a read sets the
  * index it saw; a relayed answer carries the leader's): this node's applied index. The
@@ -519,6 +581,8 @@ interface _Context extends ApiContext {
   metrics: MetricsRegistry;
   watchHeartbeatMs: number;
   watchBufferEvents: number;
+  watchBufferBytes: number;
+  maxWatchBytes: number;
   members: readonly ClusterMember[];
 }
 
@@ -546,6 +610,11 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     maxConcurrentBackups: positiveInt("maxConcurrentBackups", options.maxConcurrentBackups, 2),
     backupTimeoutMs: positiveInt("backupTimeoutMs", options.backupTimeoutMs, 600_000),
     maxWatchers: positiveInt("maxWatchers", options.maxWatchers, 10_000),
+    responseStallMs: positiveInt(
+      "responseStallMs",
+      options.responseStallMs,
+      Math.max(apiTimeoutMs, MIN_RESPONSE_STALL_MS),
+    ),
   });
   return {
     backend,
@@ -568,6 +637,8 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     members: options.members ?? [],
     watchHeartbeatMs: positiveInt("watchHeartbeatMs", options.watchHeartbeatMs, 15_000),
     watchBufferEvents: positiveInt("watchBufferEvents", options.watchBufferEvents, 1024),
+    watchBufferBytes: positiveInt("watchBufferBytes", options.watchBufferBytes, 16 << 20),
+    maxWatchBytes: positiveInt("maxWatchBytes", options.maxWatchBytes, 256 << 20),
     held: new Set(),
   };
 }
@@ -587,6 +658,7 @@ async function _route(
   req: Request,
   url: URL,
   caller: Caller | null,
+  admitted: AdmittedRequest | null,
 ): Promise<Response> {
   const path = url.pathname;
   switch (path) {
@@ -685,7 +757,7 @@ async function _route(
   checkKey(key, ctx.maxKeyBytes);
   switch (req.method) {
     case "GET":
-      return await readRoute(ctx, req, url, key, caller);
+      return await readRoute(ctx, req, url, key, caller, admitted);
     case "PUT":
       return await writeRoute(ctx, req, url, key, caller);
     default:

@@ -87,7 +87,7 @@ export class HttpMetrics {
     );
     const inflightBytes = registry.gauge(
       "raftkv_http_request_bytes_in_flight",
-      "Bytes of request bodies counted in progress (bounded by --max-inflight-bytes).",
+      "Bytes of request bodies, and of answers not yet taken by the server, counted in progress (bounded by --max-inflight-bytes).",
     );
     const forwarding = registry.gauge(
       "raftkv_http_forwards_in_flight",
@@ -99,7 +99,11 @@ export class HttpMetrics {
     );
     const watchers = registry.gauge(
       "raftkv_watchers",
-      "GET /v1/watch streams open (bounded by --max-watchers).",
+      "GET /v1/watch streams open (bounded by --max-watchers, with the blocking reads waiting).",
+    );
+    const blockingReads = registry.gauge(
+      "raftkv_blocking_reads",
+      "Blocking reads (GET /v1/data/{key}?index=N) waiting (bounded by --max-watchers, with the watch streams).",
     );
     registry.onCollect(() => {
       inflight.set(limits.inflight);
@@ -107,6 +111,7 @@ export class HttpMetrics {
       forwarding.set(limits.forwarding);
       backups.set(limits.backups);
       watchers.set(limits.watchers);
+      blockingReads.set(limits.blockingReads);
     });
   }
 

@@ -17,6 +17,7 @@
 import type { KvResult, PlainCommand } from "../node/backend.ts";
 import type { Caller } from "./auth.ts";
 import { type ApiContext, backendFailure, holdForToken } from "./context.ts";
+import type { AdmittedRequest } from "./limits.ts";
 import { raceAbort, startDeadline } from "./deadline.ts";
 import { ApiError, jsonResponse, overloadedError } from "./errors.ts";
 import { leaseParam, newLeaseTtl } from "./leases.ts";
@@ -43,6 +44,9 @@ import {
   stringField,
   writeKey,
 } from "./validate.ts";
+
+/** What a blocking read does with its request's slot (see {@linkcode AdmittedRequest}). */
+export type RequestSlot = Pick<AdmittedRequest, "pause" | "resume">;
 
 /** What a read of one key takes: `?consistency=`, and `?index=&wait=` to wait for a change. */
 const _READ_PARAMS: ReadonlySet<string> = new Set(["consistency", "index", "wait"]);
@@ -120,13 +124,17 @@ export async function writeRoute(
 
 /**
  * `GET /v1/data/{key}`: 200 `{"k","v","create_index","mod_index","version"}`, or 404. With
- * `?index=N` (and `&wait=D`) it first waits for the key to change after `N` (see `watch.ts`).
+ * `?index=N` (and `&wait=D`) it first waits for the key to change after `N` (see `watch.ts`):
+ * counted with the watch streams against `maxWatchers` (429 past it), without its request slot
+ * (429 when none is free for the read once the wait ends).
  *
  * @param ctx The handler's context.
  * @param req The request.
  * @param url Its parsed URL.
  * @param key The key.
  * @param caller Who asked, once authorised (null when the API is open); a forward carries it on.
+ * @param slot The request's slot against `maxInflightRequests`, given back while a blocking read
+ * waits (null: not counted).
  * @returns The answer.
  */
 export async function readRoute(
@@ -135,10 +143,19 @@ export async function readRoute(
   url: URL,
   key: string,
   caller: Caller | null,
+  slot: RequestSlot | null = null,
 ): Promise<Response> {
   onlyParams(url, _READ_PARAMS, "reading a key");
   const consistency = readConsistency(url, key);
-  await blockingWait(ctx, req, url, key, (end) => holdForToken(ctx, req, end));
+  if (url.searchParams.has("index")) {
+    await _waitForChange(ctx, req, url, key, slot);
+    // Waited here: a read the leader answers must not wait there again.
+    url = new URL(url);
+    url.searchParams.delete("index");
+    url.searchParams.delete("wait");
+  } else {
+    await blockingWait(ctx, req, url, key); // only checks that there is no ?wait= alone
+  }
   using deadline = startDeadline(ctx.apiTimeoutMs, req.signal);
   try {
     const r = await raceAbort(
@@ -151,6 +168,52 @@ export async function readRoute(
       : jsonResponse(200, entryJson(r.entry), headers);
   } catch (err) {
     return await backendFailure(ctx, req, url, null, err, deadline, { write: false, key, caller });
+  }
+}
+
+/**
+ * The wait of a blocking read (`?index=N`, see `blockingWait`): counted against `maxWatchers`
+ * with the watch streams (429 past it), and holding no request slot while it waits (the slot is
+ * given back when the wait starts and taken again when it ends: 429 if the node is full then).
+ */
+async function _waitForChange(
+  ctx: ApiContext,
+  req: Request,
+  url: URL,
+  key: string,
+  slot: RequestSlot | null,
+): Promise<void> {
+  const { limits } = ctx;
+  if (!limits.acquireBlockingRead()) {
+    const max = limits.options.maxWatchers;
+    throw new ApiError(
+      429,
+      `too many watch streams and blocking reads on this node (${
+        limits.watchers + limits.blockingReads
+      }; the limit is ${max}, --max-watchers); retry later or on another node`,
+      { k: key, limit: max },
+      ctx.retryAfter,
+    );
+  }
+  let paused = false;
+  try {
+    await blockingWait(ctx, req, url, key, (end) => {
+      // Called once the read waits (not when it answers at once).
+      const untrack = holdForToken(ctx, req, end);
+      slot?.pause();
+      paused = true;
+      return untrack;
+    });
+  } finally {
+    limits.releaseBlockingRead();
+  }
+  if (paused && slot !== null && !slot.resume()) {
+    throw new ApiError(
+      429,
+      `too many requests: the wait ended, but this node has no request slot free to read the key (--max-inflight-requests, --max-inflight-bytes); read it again`,
+      { k: key },
+      ctx.retryAfter,
+    );
   }
 }
 

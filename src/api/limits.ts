@@ -1,11 +1,27 @@
 /**
  * The budgets that bound what one API handler holds at once: requests in progress and the bytes
- * of their bodies, forwards to the leader in progress, and backups streaming (each with a
- * deadline). {@linkcode ApiLimits} keeps the counts; the handler answers 429 with `Retry-After`
- * when a budget is spent.
+ * of their bodies (a request's answer included, until the server has taken it: see
+ * {@linkcode AdmittedRequest}), forwards to the leader in progress, backups streaming (each with a
+ * deadline), and watch streams and blocking reads waiting. {@linkcode ApiLimits} keeps the counts;
+ * the handler answers 429 with `Retry-After` when a budget is spent.
  *
  * @module
  */
+
+/**
+ * The most bytes of an answer handed to the server at once (see
+ * {@linkcode AdmittedRequest.prototype.send}): a client that does not read holds at most a chunk
+ * or two of it in the server's buffers; the rest stays counted here.
+ */
+export const RESPONSE_CHUNK_BYTES = 64 * 1024;
+
+/**
+ * The least time an answer's body may go without the server taking a chunk of it before it is cut
+ * off (see {@linkcode AdmittedRequest.prototype.send}): the larger of this and `--api-timeout`.
+ */
+export const MIN_RESPONSE_STALL_MS = 30_000;
+
+const _EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
 
 /** The budgets of {@linkcode ApiLimits}, already checked (see `ApiOptions` for defaults). */
 export interface LimitOptions {
@@ -21,8 +37,15 @@ export interface LimitOptions {
   maxConcurrentBackups: number;
   /** Deadline of one backup download in milliseconds. */
   backupTimeoutMs: number;
-  /** Most watch streams open at once. */
+  /** Most watch streams open and blocking reads waiting, together, at once. */
   maxWatchers: number;
+  /**
+   * How long an answer's body may go without the server taking a chunk of it (the client reads
+   * nothing) before it is cut off, in milliseconds.
+   *
+   * @default {30000}
+   */
+  responseStallMs?: number;
 }
 
 /** The counts of one API handler against its budgets. */
@@ -34,6 +57,7 @@ export class ApiLimits {
   #forwarding = 0;
   #backups = 0;
   #watchers = 0;
+  #blockingReads = 0;
 
   /**
    * Starts with nothing in progress.
@@ -54,14 +78,19 @@ export class ApiLimits {
     return this.#watchers;
   }
 
+  /** Blocking reads (`?index=N`) waiting now. */
+  get blockingReads(): number {
+    return this.#blockingReads;
+  }
+
   /**
-   * Counts one more watch stream open, unless `maxWatchers` are. Pair a `true` with
-   * {@linkcode ApiLimits.prototype.releaseWatcher} when the stream ends.
+   * Counts one more watch stream open, unless `maxWatchers` watch streams and blocking reads are.
+   * Pair a `true` with {@linkcode ApiLimits.prototype.releaseWatcher} when the stream ends.
    *
    * @returns Whether the watch may open.
    */
   acquireWatcher(): boolean {
-    if (this.#watchers >= this.options.maxWatchers) return false;
+    if (this.#watchers + this.#blockingReads >= this.options.maxWatchers) return false;
     this.#watchers++;
     return true;
   }
@@ -71,12 +100,34 @@ export class ApiLimits {
     this.#watchers--;
   }
 
+  /**
+   * Counts one more blocking read (`GET /v1/data/{key}?index=N`) that may wait, unless
+   * `maxWatchers` watch streams and blocking reads are: both wait for changes, and both are
+   * bounded apart from the requests in progress (a waiting read holds no request slot). Pair a
+   * `true` with {@linkcode ApiLimits.prototype.releaseBlockingRead}.
+   *
+   * @returns Whether the read may wait.
+   */
+  acquireBlockingRead(): boolean {
+    if (this.#watchers + this.#blockingReads >= this.options.maxWatchers) return false;
+    this.#blockingReads++;
+    return true;
+  }
+
+  /** Ends a blocking read counted by {@linkcode ApiLimits.prototype.acquireBlockingRead}. */
+  releaseBlockingRead(): void {
+    this.#blockingReads--;
+  }
+
   /** Requests in progress now (`/health`, `/ready` and `/metrics` are not counted). */
   get inflight(): number {
     return this.#inflight;
   }
 
-  /** Bytes of request bodies counted in progress now. */
+  /**
+   * Bytes counted in progress now: the bodies of the requests in progress, and the answers not yet
+   * taken by the server.
+   */
   get inflightBytes(): number {
     return this.#inflightBytes;
   }
@@ -129,6 +180,21 @@ export class ApiLimits {
   releaseRequest(bytes: number): void {
     this.#inflight--;
     this.#inflightBytes -= bytes;
+  }
+
+  /**
+   * {@linkcode ApiLimits.prototype.admitRequest}, as an {@linkcode AdmittedRequest} that holds
+   * the slot until its answer is sent (or the request gives it up while it waits).
+   *
+   * @param bytes What {@linkcode ApiLimits.prototype.declaredBodyBytes} said for it.
+   * @returns The admitted request, or null when it must be refused (429).
+   */
+  admit(bytes: number): AdmittedRequest | null {
+    if (!this.admitRequest(bytes)) return null;
+    return new AdmittedRequest(this, bytes, {
+      hold: (n) => (this.#inflightBytes += n),
+      drop: (n) => (this.#inflightBytes -= n),
+    });
   }
 
   /**
@@ -203,5 +269,154 @@ export class ApiLimits {
         await reader.cancel(reason);
       },
     }, { highWaterMark: 0 });
+  }
+}
+
+/**
+ * A request admitted against `maxInflightRequests` and `maxInflightBytes`
+ * ({@linkcode ApiLimits.prototype.admit}). It holds its slot while it is served
+ * ({@linkcode AdmittedRequest.prototype.pause} gives it back while it only waits, as a blocking
+ * read does), and then while its answer's body is sent ({@linkcode AdmittedRequest.prototype.send}):
+ * an answer a client does not read keeps counting, so that such answers cannot pile up unbounded.
+ */
+export class AdmittedRequest {
+  readonly #limits: ApiLimits;
+  readonly #bytes: number;
+  readonly #answerBytes: { hold(n: number): void; drop(n: number): void };
+  #held = true;
+  #done = false;
+
+  /**
+   * Wraps a request already counted by `limits` (see {@linkcode ApiLimits.prototype.admit}).
+   *
+   * @param limits The budgets it counts against.
+   * @param bytes The bytes it was admitted with.
+   * @param answerBytes Counts and uncounts the bytes of its answer.
+   */
+  constructor(
+    limits: ApiLimits,
+    bytes: number,
+    answerBytes: { hold(n: number): void; drop(n: number): void },
+  ) {
+    [this.#limits, this.#bytes, this.#answerBytes] = [limits, bytes, answerBytes];
+  }
+
+  /** Whether it holds its slot now. */
+  get held(): boolean {
+    return this.#held;
+  }
+
+  /** Gives the slot back while the request waits (it does nothing then); no-op if not held. */
+  pause(): void {
+    if (!this.#held) return;
+    this.#held = false;
+    this.#limits.releaseRequest(this.#bytes);
+  }
+
+  /**
+   * Takes a slot again after {@linkcode AdmittedRequest.prototype.pause}, as a new request would.
+   *
+   * @returns Whether it got one (false: the node is full; answer 429).
+   */
+  resume(): boolean {
+    if (this.#held || this.#done) return this.#held;
+    this.#held = this.#limits.admitRequest(this.#bytes);
+    return this.#held;
+  }
+
+  /** Gives the slot back for good (the request is over); no-op if not held. */
+  release(): void {
+    this.#done = true;
+    this.pause();
+  }
+
+  /**
+   * The answer to send instead of `res`: the same status and headers (with its
+   * `Content-Length`), and its body handed to the server {@linkcode RESPONSE_CHUNK_BYTES} at a
+   * time, as it asks for them (a body of one chunk at most is handed over whole, and the request
+   * released, at once). Until the server has taken the last chunk, or the body was
+   * cancelled (the client went away), the request keeps its slot and the body's bytes count
+   * against `maxInflightBytes`. A body the server takes nothing of for `responseStallMs` (a client
+   * that reads nothing, or an HTTP/2 stream whose window stays shut) fails: the answer is cut off,
+   * and what it held is released. Without a body, or when the slot was already given back, the
+   * request is released and `res` returned as it is.
+   *
+   * @param res The answer, its body not yet read.
+   * @returns The answer to send.
+   */
+  async send(res: Response): Promise<Response> {
+    if (!this.#held || res.body === null) {
+      this.release();
+      return res;
+    }
+    let body: Uint8Array<ArrayBuffer>;
+    try {
+      body = new Uint8Array(await res.arrayBuffer());
+    } catch (err) {
+      this.release();
+      throw err;
+    }
+    const size = body.byteLength;
+    const headers = new Headers(res.headers);
+    const init = { status: res.status, statusText: res.statusText, headers };
+    if (size <= RESPONSE_CHUNK_BYTES) {
+      // One chunk: the server takes it whole at once. (Sent as it is: a streamed body is dropped
+      // by the server when the client has already closed its side, as a client that cut its
+      // request short may have, and its error would be lost.)
+      this.release();
+      return new Response(body, init);
+    }
+    this.#answerBytes.hold(size);
+    const stallMs = this.#limits.options.responseStallMs ?? MIN_RESPONSE_STALL_MS;
+    let offset = 0;
+    let ended = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const end = () => {
+      if (ended) return false;
+      ended = true;
+      clearTimeout(timer);
+      body = _EMPTY;
+      this.#answerBytes.drop(size);
+      this.release();
+      return true;
+    };
+    const arm = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+      clearTimeout(timer);
+      const t = setTimeout(() => {
+        if (!end()) return;
+        controller.error(
+          new DOMException(
+            `the client took nothing of the answer for ${stallMs}ms; cut off`,
+            "TimeoutError",
+          ),
+        );
+      }, stallMs);
+      // The node's servers keep it running; a stalled answer alone need not.
+      Deno.unrefTimer(t);
+      timer = t;
+    };
+    const stream = new ReadableStream<Uint8Array>({
+      start: (controller) => arm(controller),
+      pull: (controller) => {
+        if (ended) return;
+        const next = Math.min(offset + RESPONSE_CHUNK_BYTES, size);
+        // A copy unless it is the whole body: a view would keep all of it alive as long as the
+        // server holds the chunk, after it no longer counts.
+        controller.enqueue(offset === 0 && next === size ? body : body.slice(offset, next));
+        offset = next;
+        if (offset < size) {
+          arm(controller);
+          return;
+        }
+        // The last chunk is the server's now: at most one chunk of it stays, in its buffers.
+        end();
+        controller.close();
+      },
+      cancel: () => {
+        end();
+      },
+    }, { highWaterMark: 0 });
+    headers.set("content-length", String(size));
+    return new Response(stream, init);
   }
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ApiLimits, type LimitOptions } from "./limits.ts";
+import { ApiLimits, type LimitOptions, RESPONSE_CHUNK_BYTES } from "./limits.ts";
 
 const OPTIONS: LimitOptions = {
   maxInflightRequests: 2,
@@ -99,4 +99,101 @@ Deno.test("watch streams are admitted up to maxWatchers and again once one ends"
   limits.releaseWatcher();
   assert.equal(limits.watchers, 1);
   assert.equal(limits.acquireWatcher(), true);
+});
+
+Deno.test("watch streams and blocking reads share maxWatchers", () => {
+  const limits = new ApiLimits(OPTIONS);
+  assert.equal(limits.acquireBlockingRead(), true);
+  assert.equal(limits.acquireWatcher(), true);
+  assert.equal(limits.acquireBlockingRead(), false);
+  assert.equal(limits.acquireWatcher(), false);
+  assert.deepEqual([limits.watchers, limits.blockingReads], [1, 1]);
+  limits.releaseBlockingRead();
+  assert.equal(limits.acquireWatcher(), true);
+  assert.deepEqual([limits.watchers, limits.blockingReads], [2, 0]);
+});
+
+Deno.test("an admitted request gives its slot back while it pauses, and must find one free to resume", () => {
+  const limits = new ApiLimits(OPTIONS);
+  const waiting = limits.admit(10)!;
+  assert.equal(limits.inflight, 1);
+  waiting.pause();
+  waiting.pause(); // once only
+  assert.deepEqual([limits.inflight, limits.inflightBytes, waiting.held], [0, 0, false]);
+  const a = limits.admit(0)!;
+  const b = limits.admit(0)!;
+  assert.equal(limits.admit(0), null); // full
+  assert.equal(waiting.resume(), false);
+  a.release();
+  assert.equal(waiting.resume(), true);
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [2, 10]);
+  waiting.release();
+  b.release();
+  b.release(); // once only
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+  assert.equal(waiting.resume(), false); // over for good
+});
+
+Deno.test("an answer keeps its slot and counts its bytes until the server has taken its body, chunk by chunk", async () => {
+  const limits = new ApiLimits({ ...OPTIONS, maxInflightBytes: 1 << 20 });
+  const size = 2 * RESPONSE_CHUNK_BYTES + 5;
+  const body = new Uint8Array(size).map((_, i) => i % 251);
+  const admitted = limits.admit(7)!;
+  const res = await admitted.send(
+    new Response(body, { status: 201, headers: { "x-test": "1" } }),
+  );
+  assert.equal(res.status, 201);
+  assert.equal(res.headers.get("x-test"), "1");
+  assert.equal(res.headers.get("content-length"), String(size));
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [1, 7 + size]);
+  const reader = res.body!.getReader();
+  const chunks: number[] = [];
+  let got = new Uint8Array(0);
+  for (let i = 0; i < 2; i++) {
+    const { value } = await reader.read();
+    chunks.push(value!.byteLength);
+    got = new Uint8Array([...got, ...value!]);
+    assert.equal(limits.inflight, 1); // not all taken yet
+  }
+  const last = await reader.read();
+  chunks.push(last.value!.byteLength);
+  got = new Uint8Array([...got, ...last.value!]);
+  // The last chunk taken: released.
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+  assert.deepEqual(chunks, [RESPONSE_CHUNK_BYTES, RESPONSE_CHUNK_BYTES, 5]);
+  assert.deepEqual(got, body);
+  assert.equal((await reader.read()).done, true);
+});
+
+Deno.test("an answer cancelled by the client releases its slot; a small one or one without a body at once", async () => {
+  const limits = new ApiLimits(OPTIONS);
+  const res = await limits.admit(0)!.send(new Response("x".repeat(3 * RESPONSE_CHUNK_BYTES)));
+  assert.equal(limits.inflight, 1);
+  await res.body!.cancel("client left");
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+  await limits.admit(0)!.send(new Response(null, { status: 204 }));
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+  // An empty body, or one of a chunk at most, is handed over whole at once.
+  const empty = await limits.admit(0)!.send(new Response(""));
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+  assert.equal(await empty.text(), "");
+  const small = "z".repeat(RESPONSE_CHUNK_BYTES);
+  const one = await limits.admit(0)!.send(new Response(small, { status: 404 }));
+  assert.deepEqual([limits.inflight, limits.inflightBytes, one.status], [0, 0, 404]);
+  assert.equal(await one.text(), small);
+});
+
+Deno.test("an answer the server takes nothing of for responseStallMs is cut off and released", async () => {
+  const limits = new ApiLimits({ ...OPTIONS, maxInflightBytes: 1 << 20, responseStallMs: 30 });
+  const res = await limits.admit(0)!.send(new Response("y".repeat(2 * RESPONSE_CHUNK_BYTES)));
+  const reader = res.body!.getReader();
+  assert.equal((await reader.read()).value!.byteLength, RESPONSE_CHUNK_BYTES); // some progress
+  assert.equal(limits.inflight, 1);
+  // Then nothing for longer than the bound.
+  const started = Date.now();
+  while (limits.inflight > 0 && Date.now() - started < 5_000) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+  await assert.rejects(reader.read(), { name: "TimeoutError", message: /took nothing/ });
 });

@@ -33,14 +33,28 @@
  *   stream open and a client can tell a quiet stream from a dead one.
  * - At most `maxWatchers` streams are open on one node at once (`--max-watchers`): one more is
  *   answered 429 with `Retry-After`, nothing streamed.
- * - A watcher that does not read fast enough has at most `watchBufferEvents` events waiting for
- *   it (besides the backlog it asked for with `from`, which the history bounds, and which it
- *   shares with the history: a watcher holds a reference per event, and its text is made a
- *   chunk of at most {@linkcode WATCH_CHUNK_CHARS} at a time, as the client reads): one more and it
- *   gets a final `event: error` whose data says so, with the last index it covered and the id to
- *   go on after (`last_index`, `last_id`), and the stream ends. The same final event ends the
- *   stream when the node stops, or when it installs a snapshot (the changes the snapshot holds
- *   are not in its history).
+ * - A watcher that does not read fast enough has at most `watchBufferEvents` events, and at most
+ *   `watchBufferBytes` bytes of them (an event counting as in the history: `eventBytes`),
+ *   waiting for it (besides the backlog it asked for with `from`, which the history bounds, and
+ *   which it shares with the history: a watcher holds a reference per event, and its text is
+ *   made a chunk of at most {@linkcode WATCH_CHUNK_CHARS} at a time, as the client reads): one
+ *   more entry past either and it gets a final `event: error` whose data says so, with the last
+ *   index it covered and the id to go on after (`last_index`, `last_id`), and the stream ends.
+ *   The same final event ends the stream when the node stops, or when it installs a snapshot
+ *   (the changes the snapshot holds are not in its history).
+ * - All the watchers of a node together have at most `maxWatchBytes` bytes of events waiting,
+ *   each event counted once however many wait for it (a cut-off stream's count until it is read
+ *   or dropped): past it, once the entry is recorded, the stream with the most waiting is cut
+ *   off at once, its waiting events dropped, with a final event naming what it was handed last
+ *   (`N:j` when that was inside entry N), then the next, until they hold less.
+ * - What a stream was handed, the server takes into its own buffers whether or not the client
+ *   reads (measured: an HTTP/2 stream whose window stays shut takes about 64 KiB plus one or two
+ *   chunks, an HTTP/1.1 connection what the socket takes, MiBs, plus a chunk or two): those bytes
+ *   are not seen by the bounds above. So an event of at least {@linkcode SHARED_EVENT_CHARS}
+ *   characters is encoded once, and the same bytes are handed to every stream, alone: the
+ *   server's buffers of a thousand streams hold references to one copy of it, not a thousand.
+ *   Smaller events are copied into each stream's chunks (of at most
+ *   {@linkcode WATCH_CHUNK_CHARS}), as their ids differ.
  *
  * `GET /v1/data/{key}?index=N&wait=30s` is a blocking read (as Consul's): it answers once the
  * key has changed at an index above `N` (at once when it already has, or when `N` is older than
@@ -55,6 +69,7 @@
  */
 
 import {
+  eventBytes,
   type EventHistory,
   type EventSink,
   HistoryCompactedError,
@@ -82,6 +97,21 @@ export interface WatchContext {
   watchHeartbeatMs: number;
   /** Most events waiting for one watcher (beyond its backlog) before it is cut off. */
   watchBufferEvents: number;
+  /**
+   * Most bytes of events waiting for one watcher (beyond its backlog) before it is cut off, an
+   * event counting as in the history (see `eventBytes`).
+   *
+   * @default {DEFAULT_WATCH_BUFFER_BYTES}
+   */
+  watchBufferBytes?: number;
+  /**
+   * Most bytes of events waiting for all the node's watchers together (each event counted once
+   * however many wait for it); past it the watcher with the most waiting is cut off, then the
+   * next, until they hold less.
+   *
+   * @default {DEFAULT_MAX_WATCH_BYTES}
+   */
+  maxWatchBytes?: number;
   /** `Retry-After` for 429 and 503 answers. */
   retryAfter: Record<string, string>;
   /** The node's budgets: watch streams open count against `maxWatchers`. */
@@ -96,6 +126,107 @@ const _encoder = new TextEncoder();
  * the backlog's.
  */
 export const WATCH_CHUNK_CHARS = 64 * 1024;
+
+/** Default of {@linkcode WatchContext.watchBufferBytes}: 16 MiB. */
+export const DEFAULT_WATCH_BUFFER_BYTES = 16 * 1024 * 1024;
+
+/** Default of {@linkcode WatchContext.maxWatchBytes}: 256 MiB. */
+export const DEFAULT_MAX_WATCH_BYTES = 256 * 1024 * 1024;
+
+/**
+ * An event whose key and value have at least this many characters is a large one: its text is
+ * encoded once and the same bytes go to every watcher (the server below keeps a reference to
+ * them, not a copy per stream), alone, never copied into a watcher's own chunk.
+ */
+export const SHARED_EVENT_CHARS = 16 * 1024;
+
+/** The `data:` part of each large event, encoded once (kept as long as the event is). */
+const _sharedData = new WeakMap<KvEvent, Uint8Array>();
+
+function _isLarge(e: KvEvent): boolean {
+  return e.k.length + (e.v === null ? 0 : e.v.length) >= SHARED_EVENT_CHARS;
+}
+
+function _encodedData(e: KvEvent): Uint8Array {
+  let bytes = _sharedData.get(e);
+  if (bytes === undefined) {
+    bytes = _encoder.encode(`data: ${JSON.stringify(e)}\n\n`);
+    _sharedData.set(e, bytes);
+  }
+  return bytes;
+}
+
+/** {@linkcode eventBytes} of the last event asked for (each is handed to every watcher in turn). */
+let _lastCostEvent: KvEvent | null = null;
+let _lastCost = 0;
+
+function _cost(e: KvEvent): number {
+  if (e !== _lastCostEvent) [_lastCostEvent, _lastCost] = [e, eventBytes(e.k, e.v)];
+  return _lastCost;
+}
+
+/**
+ * The node-wide count of the bytes of events waiting in its watch streams (beyond their
+ * backlogs): each event counted once however many streams wait for it. One per handler (its
+ * {@linkcode ApiLimits}), so per node.
+ */
+class _WatchBytes {
+  total = 0;
+  readonly #refs = new Map<KvEvent, number>();
+  readonly watchers = new Set<_Watcher>();
+  #scheduled = false;
+
+  /** The bound (the newest handler context's `maxWatchBytes`). */
+  max: number;
+
+  constructor(max: number) {
+    this.max = max;
+  }
+
+  hold(e: KvEvent, cost: number): void {
+    const n = this.#refs.get(e) ?? 0;
+    this.#refs.set(e, n + 1);
+    if (n === 0) this.total += cost;
+    if (this.total > this.max && !this.#scheduled) {
+      // After the apply that recorded it: a watcher is cut off between entries only.
+      this.#scheduled = true;
+      queueMicrotask(() => this.#enforce());
+    }
+  }
+
+  drop(e: KvEvent, cost: number): void {
+    const n = this.#refs.get(e) ?? 0;
+    if (n > 1) this.#refs.set(e, n - 1);
+    else if (n === 1) {
+      this.#refs.delete(e);
+      this.total -= cost;
+    }
+  }
+
+  /** Cuts off the watchers with the most waiting, largest first, until the total is in bounds. */
+  #enforce(): void {
+    this.#scheduled = false;
+    while (this.total > this.max) {
+      let worst: _Watcher | null = null;
+      for (const w of this.watchers) {
+        if (w.waitingBytes > (worst?.waitingBytes ?? 0)) worst = w;
+      }
+      if (worst === null) return;
+      worst.shed(
+        `this node's watch streams held more than ${this.max} bytes of events waiting (--max-watch-bytes), and this one had the most (${worst.waitingBytes}); it was cut off`,
+      );
+    }
+  }
+}
+
+const _budgets = new WeakMap<ApiLimits, _WatchBytes>();
+
+function _budget(limits: ApiLimits, max: number): _WatchBytes {
+  let b = _budgets.get(limits);
+  if (b === undefined) _budgets.set(limits, b = new _WatchBytes(max));
+  b.max = max;
+  return b;
+}
 
 /**
  * The SSE text of the last event encoded, with the id it has as its entry's last (or only) change
@@ -175,7 +306,11 @@ export function watchRoute(
     // answer's X-Raftkv-Index), so that a stream ended before any change says where to go on.
     from ?? ctx.backend.status().applied_index + 1,
     matches,
-    ctx.watchBufferEvents,
+    {
+      events: ctx.watchBufferEvents,
+      bytes: ctx.watchBufferBytes ?? DEFAULT_WATCH_BUFFER_BYTES,
+      node: _budget(limits, ctx.maxWatchBytes ?? DEFAULT_MAX_WATCH_BYTES),
+    },
     () => {
       limits.releaseWatcher();
       untrack();
@@ -194,7 +329,8 @@ export function watchRoute(
     pull: async (controller) => {
       const chunk = await watcher.take();
       if (chunk === null) controller.close();
-      else controller.enqueue(_encoder.encode(chunk));
+      else if (typeof chunk === "string") controller.enqueue(_encoder.encode(chunk));
+      else for (const bytes of chunk) controller.enqueue(bytes);
     },
     cancel: () => watcher.end(null),
   }, { highWaterMark: 0 });
@@ -338,17 +474,31 @@ function _fromParam(url: URL, lastEventId: string | null): { from: number | null
   return { from: _indexParam("Last-Event-ID", m[1]!), skip };
 }
 
+/** A watcher's bounds: events and bytes waiting for it, and the node's count of them all. */
+interface _Buffer {
+  events: number;
+  bytes: number;
+  node: _WatchBytes;
+}
+
 /** One watch stream: the events waiting to be sent, bounded, and its end. */
 class _Watcher implements EventSink {
   readonly #history: EventHistory;
   readonly #from: number | null;
   readonly #matches: (key: string) => boolean;
-  readonly #buffer: number;
+  readonly #buffer: _Buffer;
   /**
    * Comments, and events to send: the history's own objects (their text is made, and their ids
    * set, as they leave: see `take`).
    */
   #queue: (string | KvEvent)[] = [];
+  /**
+   * What each item of `#queue` counts against the byte bounds (at the same position): an event
+   * past the backlog its `eventBytes`, anything else 0.
+   */
+  #costs: number[] = [];
+  /** The sum of `#costs` from `#head`: the bytes of events waiting beyond the backlog. */
+  #waitingBytes = 0;
   /** Where the items still to send begin in `#queue` (those before it were sent). */
   #head = 0;
   /** Changes of entry `#from` still to skip (a `Last-Event-ID: N:j` resume), and all it had. */
@@ -378,7 +528,7 @@ class _Watcher implements EventSink {
     skip: number,
     start: number,
     matches: (key: string) => boolean,
-    buffer: number,
+    buffer: _Buffer,
     onEnd: () => void,
   ) {
     this.#history = history;
@@ -394,7 +544,7 @@ class _Watcher implements EventSink {
   }
 
   start(heartbeatMs: number): void {
-    this.#queue.push(": watching\n\n");
+    this.#push(": watching\n\n");
     this.#catchingUp = true;
     try {
       this.#unsubscribe = this.#history.subscribe(this.#from, this);
@@ -402,6 +552,7 @@ class _Watcher implements EventSink {
       this.#catchingUp = false;
     }
     this.#backlog = this.#waiting;
+    this.#buffer.node.watchers.add(this);
     this.#heartbeat = setInterval(() => {
       if (this.#waiting === 0) this.#push(": heartbeat\n\n");
     }, heartbeatMs);
@@ -417,19 +568,23 @@ class _Watcher implements EventSink {
       return;
     }
     if (this.#matches(e.k)) {
+      const cost = this.#catchingUp ? 0 : _cost(e);
       // Cut off only between entries: everything before this one was queued, none of it twice.
-      const full = this.#waiting - this.#backlog >= this.#buffer;
-      if (!this.#catchingUp && full && e.index !== this.#queuedIndex) {
-        this.end(
-          this.#finalEvent(
-            `this watcher fell more than ${this.#buffer} events behind and was cut off`,
-            e.index - 1,
-          ),
-        );
-        return;
+      if (!this.#catchingUp && e.index !== this.#queuedIndex) {
+        const { events, bytes } = this.#buffer;
+        const reason = this.#waiting - this.#backlog >= events
+          ? `this watcher fell more than ${events} events behind and was cut off`
+          // One entry is queued whatever its size when nothing else waits.
+          : this.#waitingBytes > 0 && this.#waitingBytes + cost > bytes
+          ? `this watcher fell more than ${bytes} bytes of events behind and was cut off`
+          : null;
+        if (reason !== null) {
+          this.end(this.#finalEvent(reason, e.index - 1));
+          return;
+        }
       }
       this.#queuedIndex = e.index;
-      this.#push(e);
+      this.#push(e, cost);
     }
     this.#lastIndex = Math.max(this.#lastIndex, e.index);
   }
@@ -446,23 +601,77 @@ class _Watcher implements EventSink {
    */
   #finalEvent(reason: string, last: number): string {
     const inside = this.#resumedInside > 0 && this.#from !== null && last < this.#from;
-    const id = inside ? `${this.#from}:${this.#resumedInside}` : String(last);
-    const how = inside ? `Last-Event-ID: ${id}` : `from=${last + 1}`;
+    return this.#finalAt(reason, last, inside ? `${this.#from}:${this.#resumedInside}` : null);
+  }
+
+  /** The final event with `last_index` `last`, and `last_id` `id` (null: `last`). */
+  #finalAt(reason: string, last: number, id: string | null): string {
+    const how = id !== null ? `Last-Event-ID: ${id}` : `from=${last + 1}`;
     return `event: error\ndata: ${
-      JSON.stringify({ error: `${reason}; reconnect with ${how}`, last_index: last, last_id: id })
+      JSON.stringify({
+        error: `${reason}; reconnect with ${how}`,
+        last_index: last,
+        last_id: id ?? String(last),
+      })
     }\n\n`;
   }
 
   /** Ends the stream after `final` (null: at once, the client went away). */
   end(final: string | null): void {
-    if (this.#ended) return;
+    if (this.#ended) {
+      // The client went away from a stream already ended: what it still held goes.
+      if (final === null) this.#dispose();
+      return;
+    }
     this.#ended = true;
     this.#onEnd();
     this.#unsubscribe();
     clearInterval(this.#heartbeat);
-    if (final === null) [this.#queue, this.#head] = [[], 0];
+    if (final === null) this.#dispose();
     this.#final = final;
     this.#wakeUp();
+  }
+
+  /** The bytes of events waiting beyond the backlog (what the node-wide bound counts). */
+  get waitingBytes(): number {
+    return this.#waitingBytes;
+  }
+
+  /**
+   * Ends the stream at once after what was already handed to the server, dropping the events
+   * still waiting (the node holds too many: see `_WatchBytes`), with a final event that names
+   * where to go on from: before the first event dropped (`N:j` when it drops the rest of entry
+   * N after j of its changes went). A stream already ended (cut off, its final event waiting
+   * behind its events) drops them the same way, and its final event says so instead.
+   *
+   * @param reason Why.
+   */
+  shed(reason: string): void {
+    let next: KvEvent | undefined;
+    for (let i = this.#head; i < this.#queue.length && next === undefined; i++) {
+      const item = this.#queue[i]!;
+      if (typeof item !== "string") next = item;
+    }
+    const final = next === undefined
+      ? this.#finalEvent(reason, this.#lastIndex)
+      : next.index === this.#sentIndex && this.#sentOfIndex > 0
+      ? this.#finalAt(reason, next.index - 1, `${next.index}:${this.#sentOfIndex}`)
+      : this.#finalEvent(reason, next.index - 1);
+    this.#dispose();
+    if (!this.#ended) return this.end(final);
+    this.#final = final;
+    this.#wakeUp();
+  }
+
+  /** Drops the items waiting, and leaves the node-wide count. */
+  #dispose(): void {
+    const node = this.#buffer.node;
+    for (let i = this.#head; i < this.#queue.length; i++) {
+      const cost = this.#costs[i]!;
+      if (cost > 0) node.drop(this.#queue[i] as KvEvent, cost);
+    }
+    [this.#queue, this.#costs, this.#head, this.#waitingBytes] = [[], [], 0, 0];
+    node.watchers.delete(this);
   }
 
   /**
@@ -471,13 +680,15 @@ class _Watcher implements EventSink {
    * after it), so an event followed by one of the same index is not its entry's last: it gets
    * the id `N:j`, the last one `N`.
    */
-  async take(): Promise<string | null> {
+  async take(): Promise<string | Uint8Array[] | null> {
     while (this.#waiting === 0 && this.#final === null && !this.#ended) {
       await new Promise<void>((resolve) => (this.#wake = resolve));
     }
     if (this.#waiting > 0) {
       const items = this.#queue;
+      const costs = this.#costs;
       let text = "";
+      let shared: Uint8Array[] | null = null;
       let i = this.#head;
       for (; i < items.length && text.length < WATCH_CHUNK_CHARS; i++) {
         const item = items[i]!;
@@ -485,27 +696,46 @@ class _Watcher implements EventSink {
           text += item;
           continue;
         }
-        const q = _queued(item);
+        // A large event goes alone, as the bytes every watcher shares (after its own id line).
+        const large = _isLarge(item);
+        if (large && text !== "") break;
         if (item.index !== this.#sentIndex) [this.#sentIndex, this.#sentOfIndex] = [item.index, 0];
         this.#sentOfIndex++;
         const next = items[i + 1];
         const more = next !== undefined && typeof next !== "string" && next.index === item.index;
+        if (large) {
+          const id = more ? `${item.index}:${this.#sentOfIndex}` : String(item.index);
+          shared = [_encoder.encode(`id: ${id}\n`), _encodedData(item)];
+          i++;
+          break;
+        }
+        const q = _queued(item);
         text += more ? `id: ${item.index}:${this.#sentOfIndex}\n${q.data}` : q.whole;
+      }
+      // What was handed to the server no longer counts against the byte bounds.
+      for (let j = this.#head; j < i; j++) {
+        const cost = costs[j]!;
+        if (cost === 0) continue;
+        this.#waitingBytes -= cost;
+        this.#buffer.node.drop(items[j] as KvEvent, cost);
       }
       // The rest waits for the next read; the backlog goes first, so it is what was taken. The
       // items sent are dropped once they are half the array (not at each read: a backlog of
       // many small events would be copied again and again).
       this.#backlog = Math.max(0, this.#backlog - (i - this.#head));
       this.#head = i;
-      if (i === items.length) [this.#queue, this.#head] = [[], 0];
-      else if (i > items.length / 2) [this.#queue, this.#head] = [items.slice(i), 0];
-      return text;
+      if (i === items.length) [this.#queue, this.#costs, this.#head] = [[], [], 0];
+      else if (i > items.length / 2) {
+        [this.#queue, this.#costs, this.#head] = [items.slice(i), costs.slice(i), 0];
+      }
+      return shared ?? text;
     }
     if (this.#final !== null) {
       const text = this.#final;
       this.#final = null;
       return text;
     }
+    this.#buffer.node.watchers.delete(this);
     return null;
   }
 
@@ -514,8 +744,13 @@ class _Watcher implements EventSink {
     return this.#queue.length - this.#head;
   }
 
-  #push(item: string | KvEvent): void {
+  #push(item: string | KvEvent, cost = 0): void {
     this.#queue.push(item);
+    this.#costs.push(cost);
+    if (cost > 0) {
+      this.#waitingBytes += cost;
+      this.#buffer.node.hold(item as KvEvent, cost);
+    }
     this.#wakeUp();
   }
 

@@ -14,7 +14,16 @@ import {
 import { KvStateMachine } from "../kv/state_machine.ts";
 import { readSse, type SseMessage } from "../util/sse.ts";
 import { type ApiOptions, createApiHandler, requiredRole } from "./handler.ts";
-import { blockingWait, MAX_BLOCKING_WAIT_MS, parseWait, WATCH_CHUNK_CHARS } from "./watch.ts";
+import { ApiLimits } from "./limits.ts";
+import {
+  blockingWait,
+  DEFAULT_WATCH_BUFFER_BYTES,
+  MAX_BLOCKING_WAIT_MS,
+  parseWait,
+  SHARED_EVENT_CHARS,
+  WATCH_CHUNK_CHARS,
+  watchRoute,
+} from "./watch.ts";
 import { SimClock } from "../../testing/sim_clock.ts";
 
 /** A backend on a real state machine without Raft: writes apply at once, reads are local. */
@@ -222,6 +231,53 @@ Deno.test("a blocking read answers when the key changes after the index, or when
   const bad = await get("/v1/data/a?index=1&wait=forever");
   assert.equal(bad.status, 400);
   await bad.body?.cancel();
+});
+
+Deno.test("a waiting blocking read holds no request slot, counts against maxWatchers, and needs a slot again to answer", async () => {
+  const { backend, get, handler } = setup({ maxInflightRequests: 1, maxWatchers: 2 });
+  backend.put("a", "1"); // 1
+  const waiting = get("/v1/data/a?index=1&wait=1m");
+  const other = get("/v1/data/b?index=1&wait=1m");
+  const deadline = Date.now() + 2000;
+  while (backend.kv.events.subscribers < 2 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  assert.equal(backend.kv.events.subscribers, 2);
+  // Waiting reads and watch streams share maxWatchers.
+  const third = await get("/v1/data/c?index=1&wait=1m");
+  assert.equal(third.status, 429);
+  assert.match((await third.json()).error, /too many watch streams and blocking reads/);
+  assert.equal(third.headers.get("retry-after"), "1");
+  // Both wait without a slot: a write takes the only one (its body held back, so it stays).
+  let send: (text: string) => void = () => {};
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      send = (text) => {
+        c.enqueue(new TextEncoder().encode(text));
+        c.close();
+      };
+    },
+  });
+  const held = handler(
+    new Request("http://n1.test/v1/data/c", {
+      method: "PUT",
+      headers: { "content-type": "application/json" },
+      body,
+    }),
+  );
+  // The node is full (the held write): the woken read finds no slot to read with.
+  backend.put("a", "2"); // 2
+  const full = await waiting;
+  assert.equal(full.status, 429);
+  assert.match((await full.json()).error, /no request slot free/);
+  send('{"v":"3"}');
+  assert.equal((await held).status, 200);
+  // With the slot free again, a woken read answers.
+  backend.put("b", "4");
+  const answered = await other;
+  assert.equal(answered.status, 200);
+  assert.equal((await answered.json()).v, "4");
+  assert.equal(backend.kv.events.subscribers, 0);
 });
 
 Deno.test("a blocking wait on an injected clock ends when that clock reaches the wait, on a change of its key, or on a snapshot", async () => {
@@ -543,3 +599,154 @@ Deno.test("a stream resumed inside an entry that ends before the rest came names
   assert.deepEqual([final2.last_index, final2.last_id], [6, "6"]);
   assert.match(final2.error, /reconnect with from=7$/);
 });
+
+/** A watch through `watchRoute` itself, with byte bounds the handler's options do not set. */
+function watchDirect(
+  backend: LocalBackend,
+  limits: ApiLimits,
+  path: string,
+  bounds: { watchBufferBytes?: number; maxWatchBytes?: number },
+): Response {
+  const url = new URL(`http://n1.test${path}`);
+  return watchRoute(
+    {
+      backend,
+      maxKeyBytes: 1024,
+      watchHeartbeatMs: 3_600_000,
+      watchBufferEvents: 1024,
+      retryAfter: {},
+      limits,
+      ...bounds,
+    },
+    new Request(url),
+    url,
+  );
+}
+
+function watchLimits(): ApiLimits {
+  return new ApiLimits({
+    maxInflightRequests: 1,
+    maxInflightBytes: 1,
+    maxBodyBytes: 1,
+    maxForwardedRequests: 1,
+    maxConcurrentBackups: 1,
+    backupTimeoutMs: 1,
+    maxWatchers: 100,
+  });
+}
+
+Deno.test("a large event's text is encoded once: every watcher is handed the same bytes", async () => {
+  const { backend, get } = setup();
+  const streams = await Promise.all([1, 2, 3].map(() => get("/v1/watch?prefix=big/")));
+  const readers = streams.map((res) => res.body!.getReader());
+  for (const r of readers) await r.read(); // ": watching"
+  const big = "v".repeat(SHARED_EVENT_CHARS);
+  backend.put("big/a", big); // 1
+  backend.put("small", "s"); // 2: not watched
+  backend.put("big/b", "x"); // 3: a small one, in its own chunk
+  const got = [];
+  for (const r of readers) {
+    // Its own id line first, then the shared text.
+    const id = new TextDecoder().decode((await r.read()).value!);
+    assert.equal(id, "id: 1\n");
+    const data = (await r.read()).value!;
+    const next = new TextDecoder().decode((await r.read()).value!);
+    got.push({ data, next });
+    await r.cancel();
+  }
+  const text = new TextDecoder().decode(got[0]!.data);
+  assert.equal(JSON.parse(text.slice("data: ".length)).v, big);
+  assert.ok(text.endsWith("\n\n"));
+  // Not a copy per watcher: the same array (what the server keeps of it, for each stream).
+  assert.ok(got[1]!.data === got[0]!.data && got[2]!.data === got[0]!.data);
+  for (const g of got) assert.match(g.next, /^id: 3\ndata: \{"index":3/);
+  assert.equal(backend.kv.events.subscribers, 0);
+});
+
+Deno.test("a watcher that does not read is cut off once the events waiting pass its byte bound", async () => {
+  const { backend, get } = setup();
+  const res = await get("/v1/watch?prefix=w/");
+  const mib = "x".repeat(1 << 20);
+  const n = Math.ceil(DEFAULT_WATCH_BUFFER_BYTES / (1 << 20)); // 16 of 1 MiB: within 16 MiB + 64 B each
+  for (let i = 1; i <= n + 1; i++) backend.put(`w/${i}`, mib);
+  // Far fewer than --watch-buffer events, but more bytes than --watch-buffer-bytes.
+  assert.equal(backend.kv.events.subscribers, 0, "cut off at once, not when read");
+  const all = [];
+  for await (const m of readSse(res.body!)) all.push(m);
+  assert.equal(all.length, n);
+  assert.deepEqual(
+    all.slice(0, n - 1).map((m) => m.id),
+    Array.from({ length: n - 1 }, (_, i) => `${i + 1}`),
+  );
+  const err = JSON.parse(all.at(-1)!.data);
+  assert.equal(all.at(-1)!.event, "error");
+  assert.equal(err.last_index, n - 1);
+  assert.match(
+    err.error,
+    new RegExp(`fell more than ${DEFAULT_WATCH_BUFFER_BYTES} bytes.*from=${n}`),
+  );
+});
+
+Deno.test("past the node-wide bound the watcher with the most waiting is cut off and its events dropped", async () => {
+  const backend = new LocalBackend();
+  const limits = watchLimits();
+  const bounds = { maxWatchBytes: 100_000 };
+  const a = watchDirect(backend, limits, "/v1/watch?prefix=a/", bounds).body!.getReader();
+  const b = watchDirect(backend, limits, "/v1/watch?prefix=b/", bounds).body!.getReader();
+  await a.read(); // ": watching"
+  await b.read();
+  // a takes the first change of a transaction (the second, a large one, goes in a read of its
+  // own), then stalls; b takes nothing.
+  const reading = a.read();
+  await backend.write({
+    op: "txn",
+    compare: [],
+    success: [
+      { op: "put", key: "a/1", value: "1" },
+      { op: "put", key: "a/2", value: "x".repeat(SHARED_EVENT_CHARS) }, // counts 16,451 bytes
+    ],
+    failure: [],
+  }); // 1
+  assert.match(new TextDecoder().decode((await reading).value!), /^id: 1:1\ndata: .*"a\/1"/);
+  const small = "s".repeat(1000); // counts 1,067 bytes
+  for (let i = 2; i <= 4; i++) backend.put(`b/${i}`, small); // 2..4
+  for (let i = 5; i <= 8; i++) backend.put(`a/${i}`, "y".repeat(20_000)); // 20,067 each
+  await Promise.resolve();
+  assert.equal(limits.watchers, 2, "99,920 bytes waiting: within the bound");
+  backend.put("a/9", "y".repeat(20_000)); // 9: past it
+  await Promise.resolve();
+  assert.equal(limits.watchers, 1, "a, which had the most waiting, was cut off; b goes on");
+  // a ends at once after what it was handed: the rest of entry 1, and all after, were dropped.
+  const rest = [];
+  for await (const m of readSse(_stream(a))) rest.push(m);
+  assert.deepEqual(rest.map((m) => m.event), ["error"]);
+  const final = JSON.parse(rest[0]!.data);
+  assert.deepEqual([final.last_index, final.last_id], [0, "1:1"]);
+  assert.match(
+    final.error,
+    /more than 100000 bytes of events waiting \(--max-watch-bytes\).*Last-Event-ID: 1:1$/,
+  );
+  // What a held no longer counts: b may fall further behind.
+  for (let i = 10; i <= 14; i++) backend.put(`b/${i}`, small);
+  await Promise.resolve();
+  assert.equal(limits.watchers, 1);
+  const it = readSse(_stream(b));
+  const ids = [];
+  for (let i = 0; i < 8; i++) ids.push((await it.next()).value!.id);
+  assert.deepEqual(ids, ["2", "3", "4", "10", "11", "12", "13", "14"]);
+  await it.return(undefined);
+  assert.equal(limits.watchers, 0);
+  assert.equal(backend.kv.events.subscribers, 0);
+});
+
+/** The rest of what `reader` reads, as a stream. */
+function _stream(reader: ReadableStreamDefaultReader<Uint8Array>): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    pull: async (c) => {
+      const r = await reader.read();
+      if (r.done) c.close();
+      else c.enqueue(r.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+}

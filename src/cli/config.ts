@@ -145,6 +145,10 @@ export interface NodeConfig {
   watchHistoryBytes: number;
   /** Events waiting for one slow watcher before it is cut off. Default 1024. */
   watchBufferEvents: number;
+  /** Bytes of events waiting for one slow watcher before it is cut off. Default 16 MiB. */
+  watchBufferBytes: number;
+  /** Bytes of events waiting for all the node's watchers (each once). Default 256 MiB. */
+  maxWatchBytes: number;
   /** Interval of a watch stream's heartbeats in milliseconds. Default 15000. */
   watchHeartbeatMs: number;
   /** Watch streams open at once on the node before 429. Default 10000. */
@@ -498,6 +502,8 @@ export function parseArgs(
     watchHistoryBytes: settings.positiveInt("--watch-history-bytes") ??
       DEFAULTS.watchHistoryBytes,
     watchBufferEvents: settings.positiveInt("--watch-buffer") ?? DEFAULTS.watchBufferEvents,
+    watchBufferBytes: settings.positiveInt("--watch-buffer-bytes") ?? DEFAULTS.watchBufferBytes,
+    maxWatchBytes: settings.positiveInt("--max-watch-bytes") ?? DEFAULTS.maxWatchBytes,
     watchHeartbeatMs: settings.duration("--watch-heartbeat") ?? DEFAULTS.watchHeartbeatMs,
     maxWatchers: settings.positiveInt("--max-watchers") ?? DEFAULTS.maxWatchers,
     logLevel: settings.choice("--log-level", _LOG_LEVELS) ?? DEFAULTS.logLevel,

@@ -77,9 +77,13 @@ export const DEFAULTS = {
   watchHistoryBytes: 64 * 1024 * 1024,
   /** Default of `--watch-buffer`: events waiting for one slow watcher. */
   watchBufferEvents: 1024,
+  /** Default of `--watch-buffer-bytes` (16 MiB): bytes of events waiting for one slow watcher. */
+  watchBufferBytes: 16 * 1024 * 1024,
+  /** Default of `--max-watch-bytes` (256 MiB): bytes of events waiting for all watchers. */
+  maxWatchBytes: 256 * 1024 * 1024,
   /** Default of `--watch-heartbeat`, in milliseconds. */
   watchHeartbeatMs: 15_000,
-  /** Default of `--max-watchers`: watch streams open at once on one node. */
+  /** Default of `--max-watchers`: watch streams open and blocking reads waiting on one node. */
   maxWatchers: 10_000,
   /** Default of `--log-level`. */
   logLevel: "info",
@@ -292,7 +296,8 @@ export const FLAGS: readonly FlagInfo[] = [
     "--api-timeout",
     "<duration>",
     `${_D.apiTimeoutMs}ms`,
-    "Time limit of one client API request",
+    "Time limit of one client API request; an answer the client takes nothing of for the " +
+      "larger of this and 30s is cut off",
   ),
   _flag(
     "Timing",
@@ -334,7 +339,8 @@ export const FLAGS: readonly FlagInfo[] = [
     "--max-inflight-requests",
     "<n>",
     String(_D.maxInflightRequests),
-    "Client API requests in progress at once (/health, /ready, /metrics aside); past it: 429 at once",
+    "Client API requests in progress at once (/health, /ready, /metrics aside), each until its " +
+      "answer is sent (a blocking read that waits, a watch or a backup aside); past it: 429 at once",
   ),
   _flag(
     "Limits and logging",
@@ -342,7 +348,7 @@ export const FLAGS: readonly FlagInfo[] = [
     "<bytes>",
     `${_D.maxInflightBytes} (64 MiB)`,
     "Bytes of request bodies in progress at once (Content-Length, or the body limit when not " +
-      "declared); past it: 429 at once",
+      "declared), and of answers not yet sent; past it: 429 at once",
   ),
   _flag(
     "Limits and logging",
@@ -403,6 +409,22 @@ export const FLAGS: readonly FlagInfo[] = [
   ),
   _flag(
     "Limits and logging",
+    "--watch-buffer-bytes",
+    "<bytes>",
+    `${_D.watchBufferBytes} (16 MiB)`,
+    "Bytes of events (key and value bytes + 64 each) waiting for one watcher that reads too " +
+      "slowly before it is cut off",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-watch-bytes",
+    "<bytes>",
+    `${_D.maxWatchBytes} (256 MiB)`,
+    "Bytes of events waiting for all the node's watchers (each event once); past it the one " +
+      "with the most waiting is cut off",
+  ),
+  _flag(
+    "Limits and logging",
     "--watch-heartbeat",
     "<duration>",
     `${_D.watchHeartbeatMs / 1000}s`,
@@ -420,7 +442,8 @@ export const FLAGS: readonly FlagInfo[] = [
     "--max-watchers",
     "<n>",
     String(_D.maxWatchers),
-    "GET /v1/watch streams open at once on this node; past it: 429",
+    "GET /v1/watch streams open and blocking reads waiting, together, at once on this node; " +
+      "past it: 429",
   ),
   _flag(
     "Limits and logging",

@@ -18,6 +18,7 @@ import type {
 export { LeaderTransferError, NotLeaderError } from "../raft/errors.ts";
 export { compareKeys } from "../kv/state_machine.ts";
 export { HistoryCompactedError } from "../kv/state_machine.ts";
+export { eventBytes } from "../kv/events.ts";
 export type {
   Compare,
   CompareOp,
