@@ -168,10 +168,29 @@ export function jsonResponse(
   body: unknown,
   headers: Record<string, string> = {},
 ): Response {
-  return new Response(JSON.stringify(body), {
+  const text = JSON.stringify(body);
+  const res = new Response(text, {
     status,
     headers: { ...headers, "content-type": "application/json" },
   });
+  // At most 3 UTF-8 bytes per UTF-16 unit: most answers are known small without encoding them.
+  if (text.length <= SMALL_ANSWER_BYTES / 3) _small.add(res);
+  return res;
+}
+
+/** An answer body up to this size is handed to the server whole (see `limits.ts`). */
+export const SMALL_ANSWER_BYTES = 64 * 1024;
+const _small = new WeakSet<Response>();
+
+/**
+ * Whether `res` is a {@linkcode jsonResponse} known to be at most {@linkcode SMALL_ANSWER_BYTES}
+ * long (the admission need not read it to measure it).
+ *
+ * @param res An answer.
+ * @returns True when it is known small.
+ */
+export function isSmallAnswer(res: Response): boolean {
+  return _small.has(res);
 }
 
 /**

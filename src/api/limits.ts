@@ -8,12 +8,14 @@
  * @module
  */
 
+import { isSmallAnswer, SMALL_ANSWER_BYTES } from "./errors.ts";
+
 /**
  * The most bytes of an answer handed to the server at once (see
  * {@linkcode AdmittedRequest.prototype.send}): a client that does not read holds at most a chunk
  * or two of it in the server's buffers; the rest stays counted here.
  */
-export const RESPONSE_CHUNK_BYTES = 64 * 1024;
+export const RESPONSE_CHUNK_BYTES: number = SMALL_ANSWER_BYTES;
 
 /**
  * The least time an answer's body may go without the server taking a chunk of it before it is cut
@@ -345,7 +347,9 @@ export class AdmittedRequest {
    * @returns The answer to send.
    */
   async send(res: Response): Promise<Response> {
-    if (!this.#held || res.body === null) {
+    // A small JSON answer first, and untouched: reading `res.body` would make it a stream, which the
+    // server then sends chunked instead of with a Content-Length.
+    if (!this.#held || isSmallAnswer(res) || res.body === null) {
       this.release();
       return res;
     }

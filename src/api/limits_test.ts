@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { ApiLimits, type LimitOptions, RESPONSE_CHUNK_BYTES } from "./limits.ts";
+import { jsonResponse } from "./errors.ts";
 
 const OPTIONS: LimitOptions = {
   maxInflightRequests: 2,
@@ -163,6 +164,21 @@ Deno.test("an answer keeps its slot and counts its bytes until the server has ta
   assert.deepEqual(chunks, [RESPONSE_CHUNK_BYTES, RESPONSE_CHUNK_BYTES, 5]);
   assert.deepEqual(got, body);
   assert.equal((await reader.read()).done, true);
+});
+
+Deno.test("a JSON answer known small is handed over as it is, unread, its slot released at once", async () => {
+  const limits = new ApiLimits(OPTIONS);
+  const small = jsonResponse(200, { k: "a", v: "x".repeat(100) });
+  assert.equal(await limits.admit(0)!.send(small), small);
+  assert.equal(small.bodyUsed, false);
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+  // One that may be larger than a chunk is measured (and here streamed).
+  const large = jsonResponse(200, { v: "x".repeat(RESPONSE_CHUNK_BYTES) });
+  const sent = await limits.admit(0)!.send(large);
+  assert.notEqual(sent, large);
+  assert.equal(limits.inflight, 1);
+  await sent.body!.cancel();
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
 });
 
 Deno.test("an answer cancelled by the client releases its slot; a small one or one without a body at once", async () => {
