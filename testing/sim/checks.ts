@@ -60,8 +60,23 @@ export class Checker {
    */
   readonly rangeReads: { index: number; keys: readonly string[]; state: string; what: string }[] =
     [];
-  /** Every answer a node gave to a transaction: the index it named and the answer (`txnAnswer`). */
-  readonly txnAnswers: { index: number; answer: string; what: string }[] = [];
+  /**
+   * Every answer a node gave to a transaction: the index it named, the answer (`txnAnswer`) and
+   * whether it was a replay (only a replay may leave a long value out).
+   */
+  readonly txnAnswers: { index: number; answer: string; replayed: boolean; what: string }[] = [];
+  /**
+   * Every failed compare-and-set answered with its key's value left out: the index it named, the
+   * entry it gave and whether it was a replay. Only a replay may, of a value too long to remember,
+   * and the rest of the entry must be the committed log's at that index.
+   */
+  readonly omittedReads: {
+    index: number;
+    key: string;
+    entry: KvEntry;
+    replayed: boolean;
+    what: string;
+  }[] = [];
   /**
    * The committed log's answer to each transaction it applied (`txnAnswer`), by index, and, when
    * it read a value too long to remember, as a replay of it gives it (`txnAnswer(r, true)`).
@@ -588,6 +603,35 @@ export class Checker {
   }
 
   /**
+   * A failed compare-and-set whose answer left its key's value out was a replay, the value the
+   * committed log gives at the index it named is too long to remember, and the entry's revision is
+   * that value's.
+   */
+  #checkOmitted(): void {
+    for (const o of this.omittedReads) {
+      const ref = this.#refStates[o.index];
+      if (ref === undefined) continue; // beyond what the reference learned (never in practice)
+      type Held = [string, number, number, number] | null;
+      const want = (JSON.parse(ref) as Record<string, Held>)[o.key] ?? null;
+      const e = o.entry;
+      if (
+        o.replayed && want !== null && want[0].length > REMEMBERED_VALUE_CHARS &&
+        want[1] === e.createIndex && want[2] === e.modIndex && want[3] === e.version
+      ) continue;
+      this.#ctx.violation(
+        "at-most-once",
+        `${o.what} left the value of ${o.key} out at index ${o.index}${
+          o.replayed ? "" : " (not a replay)"
+        }, revision ${[e.createIndex, e.modIndex, e.version]}, but the committed log holds ${
+          want === null
+            ? "no such key"
+            : `a value of ${want[0].length} characters at revision ${want.slice(1)}`
+        }`,
+      );
+    }
+  }
+
+  /**
    * Every answer to a transaction is the committed log's at the index it named: the entry there is
    * that transaction, and the branch that ran and every result (revisions, values read) are what
    * applying the log gives, so its keys changed together, as its compares allowed.
@@ -596,7 +640,8 @@ export class Checker {
     for (const t of this.txnAnswers) {
       if (t.index > this.refIndex) continue; // beyond what the reference learned (never in practice)
       const want = this.#refTxns.get(t.index) ?? "no transaction";
-      if (t.answer === want || t.answer === this.#refTxnsReplayed.get(t.index)) continue;
+      if (t.answer === want) continue;
+      if (t.replayed && t.answer === this.#refTxnsReplayed.get(t.index)) continue;
       this.#ctx.violation(
         "transaction",
         `${t.what} at index ${t.index} was ${t.answer}, but the committed log gives ${want}`,
@@ -668,6 +713,7 @@ export class Checker {
    */
   checkHistory(): void {
     this.#checkRanges();
+    this.#checkOmitted();
     this.#ctx.stats.txnAnswersChecked = this.txnAnswers.length;
     this.#checkTxns();
     this.#checkLeaseReads();

@@ -342,6 +342,13 @@ export class Clients {
       if (found?.valueOmitted) {
         stats.valuesOmitted++;
         this.#ctx.note(`${what} @${outcome.index} found a value left out`);
+        checker.omittedReads.push({
+          index: outcome.index,
+          key: op.key,
+          entry: found,
+          replayed: outcome.replayed,
+          what,
+        });
         seen.delete(op.key);
         return;
       }
@@ -508,6 +515,7 @@ export class Clients {
               this.#checker.txnAnswers.push({
                 index: r.index,
                 answer: txnAnswer(r),
+                replayed: r.replayed === true,
                 what: `${n.id}'s answer to c${op.client.id}'s transaction on ${op.key}`,
               });
             }
