@@ -911,14 +911,14 @@ Deno.test("a node whose api_url is on a port fetch refuses warns at start-up, an
   };
   const reading = Promise.all([read(node.stdout), read(node.stderr)]);
   try {
-    await waitFor(() => log.includes("REST API listening"), {
-      deadlineMs: 30_000,
-      message: () => `the node to start:\n${log}`,
-    });
-    assert.match(
-      log,
-      new RegExp(`WARN .*The API port ${port} \\(api_url ${api}\\) is on the Fetch Standard's`),
+    // The warning goes to stderr, the listening line to stdout: each is waited for.
+    const warning = new RegExp(
+      `WARN .*The API port ${port} \\(api_url ${api}\\) is on the Fetch Standard's`,
     );
+    await waitFor(() => log.includes("REST API listening") && warning.test(log), {
+      deadlineMs: 30_000,
+      message: () => `the node to start and warn:\n${log}`,
+    });
     // It serves there (an HTTP client without the list reaches it)...
     const health = await new Deno.Command("curl", { args: ["-sf", `${api}/health`] }).output()
       .catch(() => null);
