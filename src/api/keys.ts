@@ -208,11 +208,13 @@ async function _waitForChange(
     limits.releaseBlockingRead();
   }
   if (paused && slot !== null && !slot.resume()) {
+    // The index to ask after again is the one asked after: the node's applied index (what the
+    // handler would put here) is past the change that ended the wait, which was not read.
     throw new ApiError(
       429,
       `too many requests: the wait ended, but this node has no request slot free to read the key (--max-inflight-requests, --max-inflight-bytes); read it again`,
       { k: key },
-      ctx.retryAfter,
+      { ...ctx.retryAfter, [INDEX_HEADER]: url.searchParams.get("index") ?? "0" },
     );
   }
 }

@@ -15,6 +15,7 @@ import { KvStateMachine } from "../kv/state_machine.ts";
 import { readSse, type SseMessage } from "../util/sse.ts";
 import { type ApiOptions, createApiHandler, requiredRole } from "./handler.ts";
 import { ApiLimits } from "./limits.ts";
+import { INDEX_HEADER } from "./outcome.ts";
 import {
   blockingWait,
   DEFAULT_WATCH_BUFFER_BYTES,
@@ -270,6 +271,8 @@ Deno.test("a waiting blocking read holds no request slot, counts against maxWatc
   const full = await waiting;
   assert.equal(full.status, 429);
   assert.match((await full.json()).error, /no request slot free/);
+  // Asked again after the index it asked after (the applied index is past the unread change).
+  assert.equal(full.headers.get(INDEX_HEADER), "1");
   send('{"v":"3"}');
   assert.equal((await held).status, 200);
   // With the slot free again, a woken read answers.
