@@ -483,8 +483,8 @@ Deno.test("a backup streamed from a node starts a new cluster with the same data
   }
 });
 
-Deno.test("an upload of a snapshot of an earlier term, or of this term from another than its leader, is refused before its body", async () => {
-  const root = await Deno.makeTempDir();
+/** Node "b" alone on a memory network (not started), and the handlers it gave its transport. */
+async function _soloWithHandlers(root: string) {
   const net = new MemoryNetwork();
   let handlers!: TransportHandlers;
   const node = await startNode(root, net, "b", 1, {
@@ -493,6 +493,12 @@ Deno.test("an upload of a snapshot of an earlier term, or of this term from anot
       return net.connect("b", h);
     },
   });
+  return { node, handlers };
+}
+
+Deno.test("an upload of a snapshot of an earlier term, or of this term from another than its leader, is refused before its body", async () => {
+  const root = await Deno.makeTempDir();
+  const { node, handlers } = await _soloWithHandlers(root);
   const snap = (from: string, term: number) =>
     message({
       type: MessageType.Snap,
@@ -526,14 +532,7 @@ Deno.test("an upload of a snapshot of an earlier term, or of this term from anot
 
 Deno.test("a snapshot upload that fails or is refused leaves no received file; a Snap without one is refused", async () => {
   const root = await Deno.makeTempDir();
-  const net = new MemoryNetwork();
-  let handlers!: TransportHandlers;
-  const node = await startNode(root, net, "b", 1, {
-    transport: (h) => {
-      handlers = h;
-      return net.connect("b", h);
-    },
-  });
+  const { node, handlers } = await _soloWithHandlers(root);
   const snapDir = join(root, "b", "snapshots");
   const files = async () =>
     (await Array.fromAsync(Deno.readDir(snapDir))).map((e) => e.name).filter((n) => n !== "LOCK");
