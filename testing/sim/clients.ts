@@ -722,7 +722,7 @@ function _operation(op: ClientOp, ret: number | null): Operation {
  * The long value a write named `name` puts: longer than a remembered outcome keeps
  * (`REMEMBERED_VALUE_CHARS`), so that a replayed answer that read it leaves it out.
  */
-export function longValue(name: string): string {
+function longValue(name: string): string {
   return `${name}+${"x".repeat(REMEMBERED_VALUE_CHARS)}`;
 }
 
