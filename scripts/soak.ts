@@ -421,24 +421,10 @@ async function _main(): Promise<number> {
     }
     common.diskFault = fault as DiskFault;
   }
-  if (values["lease-reads"] !== undefined) {
-    const rate = Number(values["lease-reads"]);
-    if (!(rate >= 0 && rate <= 1)) {
-      throw new UsageError(
-        `--lease-reads must be a fraction in [0, 1], got ${values["lease-reads"]}`,
-      );
-    }
-    common.leaseReads = rate;
-  }
-  if (values["long-values"] !== undefined) {
-    const rate = Number(values["long-values"]);
-    if (!(rate >= 0 && rate <= 1)) {
-      throw new UsageError(
-        `--long-values must be a fraction in [0, 1], got ${values["long-values"]}`,
-      );
-    }
-    common.longValues = rate;
-  }
+  const leaseReads = _fraction("lease-reads", values["lease-reads"]);
+  if (leaseReads !== undefined) common.leaseReads = leaseReads;
+  const longValues = _fraction("long-values", values["long-values"]);
+  if (longValues !== undefined) common.longValues = longValues;
   const threshold = values["snapshot-threshold"];
   if (threshold !== undefined) {
     common.snapshotThreshold = threshold === "on"
@@ -467,4 +453,14 @@ if (import.meta.main) {
     console.error(`soak: ${(e as Error)?.message ?? e}\n${_USAGE}`);
     Deno.exit(2);
   }
+}
+
+/** The value of `--name`, a fraction in [0, 1], or undefined when not given. */
+function _fraction(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const rate = Number(value);
+  if (!(rate >= 0 && rate <= 1)) {
+    throw new UsageError(`--${name} must be a fraction in [0, 1], got ${value}`);
+  }
+  return rate;
 }
