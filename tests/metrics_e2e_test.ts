@@ -59,6 +59,11 @@ Deno.test({
       sample(after, 'raftkv_http_request_duration_seconds_count{route="/v1/data",method="POST"}') >=
         1,
     );
+    // Both followers answer the leader's heartbeats: one voter of three could fail.
+    await waitFor(async () => {
+      const s = parseSamples((await cluster.request(leader, "GET", "/metrics")).text);
+      return s.get("raftkv_failure_tolerance") === 1;
+    }, { message: `${leader} to report a failure tolerance of 1` });
     for (const peer of [follower, other]) {
       // The leader has heard back from each follower, and knows how far behind it is.
       assert.ok(sample(after, `raftkv_peer_round_trip_time_seconds_count{peer="${peer}"}`) > 0);
@@ -107,6 +112,26 @@ Deno.test({
       );
       assert.equal(sample(s, "raftkv_is_leader"), id === next ? 1 : 0);
     }
+    // The new leader never hears from the killed one: it says how long since (since its election),
+    // and once an election timeout (300 ms) has passed, that no voter is to spare.
+    await waitFor(async () => {
+      const s = parseSamples((await cluster.request(next, "GET", "/metrics")).text);
+      return s.get("raftkv_failure_tolerance") === 0 &&
+        (s.get(`raftkv_peer_last_contact_seconds{peer="${leader}"}`) ?? 0) >= 1;
+    }, { message: `${next} to report ${leader} unheard for 1 s and a failure tolerance of 0` });
+    const last = await scrape(cluster, next);
+    const survivor = next === follower ? other : follower;
+    assert.ok(
+      sample(last, `raftkv_peer_last_contact_seconds{peer="${survivor}"}`) <
+        sample(last, `raftkv_peer_last_contact_seconds{peer="${leader}"}`),
+    );
+    assert.deepEqual(
+      [...(await scrape(cluster, survivor)).keys()].filter((k) =>
+        /last_contact|failure_tolerance/.test(k)
+      ),
+      [],
+      "only the leader reports last contacts and the failure tolerance",
+    );
   },
 });
 

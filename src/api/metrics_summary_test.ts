@@ -54,6 +54,8 @@ Deno.test("the summary reads a real node's metrics text", () => {
     watchHistoryEvents: 0,
     watchHistoryBytes: 0,
     lag: [["n2", 2], ["n3", 0]],
+    lastContact: [["n2", 0.1], ["n3", 0.2]],
+    failureTolerance: 1,
   }));
   const limits = new ApiLimits({
     maxInflightRequests: 10,

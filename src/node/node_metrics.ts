@@ -65,6 +65,16 @@ export interface NodeGauges {
   watchHistoryBytes: number;
   /** On a leader, how many entries each follower lacks (last index minus its match); else null. */
   lag: Iterable<[NodeId, number]> | null;
+  /**
+   * On a leader, the seconds since it last heard from each other member (since it took the lead
+   * for one not heard from since, to the heartbeat); else null.
+   */
+  lastContact: Iterable<[NodeId, number]> | null;
+  /**
+   * On a leader, how many more voters could fail before the cluster lost its quorum (voters heard
+   * from within an election timeout, itself included, minus the quorum); else null.
+   */
+  failureTolerance: number | null;
 }
 
 /** Why a proposal failed, the `reason` label of `raftkv_proposals_failed_total`. */
@@ -231,6 +241,16 @@ export class NodeMetrics {
       "Log entries a follower lacks, as its leader sees it (last index minus the follower's match index); only the leader reports it.",
       ["peer"],
     );
+    const lastContact = registry.gaugeVec(
+      "raftkv_peer_last_contact_seconds",
+      "Seconds since the leader last heard from a member (since it took the lead, for one not heard from since), to the heartbeat; only the leader reports it, for every other member.",
+      ["peer"],
+    );
+    const tolerance = registry.gaugeVec(
+      "raftkv_failure_tolerance",
+      "Voters that could fail before the cluster lost its quorum, as the leader sees it: voters heard from within an election timeout (the leader included) minus the quorum; only the leader reports it.",
+      [],
+    );
     registry.onCollect(() => {
       const g = read();
       isLeader.set(g.role === "leader" ? 1 : 0);
@@ -256,6 +276,12 @@ export class NodeMetrics {
       historyBytes.set(g.watchHistoryBytes);
       lag.clear();
       if (g.lag) { for (const [peer, entries] of g.lag) lag.labels(peer).set(entries); }
+      lastContact.clear();
+      if (g.lastContact) {
+        for (const [peer, seconds] of g.lastContact) lastContact.labels(peer).set(seconds);
+      }
+      tolerance.clear();
+      if (g.failureTolerance !== null) tolerance.labels().set(g.failureTolerance);
     });
   }
 

@@ -125,6 +125,12 @@ Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk
     assert.ok(sample(s, "raftkv_leader_changes_total") <= now.term);
     assert.ok(sample(s, "raftkv_wal_fsync_duration_seconds_count") >= 1);
     assert.ok(sample(s, "raftkv_apply_duration_seconds_count") >= 1);
+    // Both followers answer: one of the three voters could fail and a quorum would be left.
+    assert.equal(sample(s, "raftkv_failure_tolerance"), 1);
+    for (const f of followers) {
+      const seconds = sample(s, `raftkv_peer_last_contact_seconds{peer="${f.node.id}"}`);
+      assert.ok(seconds >= 0 && seconds < 1, `last heard from ${f.node.id} ${seconds} s ago`);
+    }
     // 25 writes with a snapshot every 10 entries: at least two snapshots, the file measured.
     await waitFor(
       () => (metricsOf(leader).get("raftkv_snapshot_index") ?? 0) >= 20,
@@ -139,8 +145,11 @@ Deno.test("a node's metrics follow its role, term, indexes, proposals, lag, disk
       assert.equal(sample(fs, 'raftkv_role{role="follower"}'), 1);
       assert.ok(sample(fs, "raftkv_leader_changes_total") >= 1);
       assert.equal(sample(fs, "raftkv_proposals_committed_total"), 0);
-      // Only the leader reports replication lag.
-      assert.deepEqual([...fs.keys()].filter((k) => k.includes("replication_lag")), []);
+      // Only the leader reports replication lag, last contacts and the failure tolerance.
+      assert.deepEqual(
+        [...fs.keys()].filter((k) => /replication_lag|last_contact|failure_tolerance/.test(k)),
+        [],
+      );
     }
   } finally {
     for (const m of members) await m.node.stop();
@@ -181,6 +190,17 @@ Deno.test("when the leader stops, the survivors count a leader change", async ()
     const s = metricsOf(second);
     assert.ok(s.get(`raftkv_peer_replication_lag_entries{peer="${other.node.id}"}`)! < 5);
     assert.ok(!s.has(`raftkv_peer_replication_lag_entries{peer="${first.node.id}"}`));
+    // But how long it has not been heard from is known (since the election), and grows: once an
+    // election timeout (100 ms here) has passed, only two voters of three are heard, a quorum with
+    // no voter to spare.
+    await waitFor(() => {
+      const m = metricsOf(second);
+      return m.get("raftkv_failure_tolerance") === 0 &&
+        m.get(`raftkv_peer_last_contact_seconds{peer="${first.node.id}"}`)! >= 0.5;
+    }, () => `the stopped member unheard for 0.5 s in ${second.registry.render()}`);
+    const t = metricsOf(second);
+    const heard = t.get(`raftkv_peer_last_contact_seconds{peer="${other.node.id}"}`)!;
+    assert.ok(heard < t.get(`raftkv_peer_last_contact_seconds{peer="${first.node.id}"}`)!);
   } finally {
     for (const m of members) await m.node.stop();
     await Deno.remove(root, { recursive: true });

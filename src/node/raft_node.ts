@@ -1852,6 +1852,10 @@ export class RaftNode implements KvBackend, LeaderTransfer {
           id !== this.id && (pr.match > 0 || pr.state === "replicate")
         ).map(([id, pr]) => [id, last - pr.match])
         : null,
+      lastContact: leader
+        ? [...core.contactTicks()].map(([id, ticks]) => [id, ticks * this.#heartbeatMs / 1000])
+        : null,
+      failureTolerance: core.failureTolerance(),
     };
   }
 

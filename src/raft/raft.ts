@@ -1207,12 +1207,41 @@ export class RaftCore {
 
   /** Whether a majority (counting this node) answered within the last election timeout. */
   #quorumActive(): boolean {
+    return this.#activeVoters() >= this.#quorum();
+  }
+
+  /** The voters heard from within the last election timeout, this node counted (as leader). */
+  #activeVoters(): number {
     let active = 0;
     for (const id of this.#voters) {
       const pr = this.progress.get(id)!;
       if (id === this.id || this.#leaderTicks - pr.lastActive < this.#electionTicks) active++;
     }
-    return active >= this.#quorum();
+    return active;
+  }
+
+  /**
+   * On a leader, how long since it last heard from each other member (voters and learners), in
+   * ticks: since it took the lead (or added the member) for one not heard from since. Empty on
+   * any other role.
+   */
+  contactTicks(): Map<NodeId, number> {
+    const ticks = new Map<NodeId, number>();
+    if (this.role !== "leader") return ticks;
+    for (const [id, pr] of this.progress) {
+      if (id !== this.id) ticks.set(id, this.#leaderTicks - pr.lastActive);
+    }
+    return ticks;
+  }
+
+  /**
+   * On a leader, how many more voters could fail before the cluster lost its quorum: the voters
+   * heard from within the last election timeout (itself included, as CheckQuorum counts them)
+   * minus the quorum. Negative when fewer than a quorum were heard (CheckQuorum then makes the
+   * leader step down at the end of the timeout). Null on any other role.
+   */
+  failureTolerance(): number | null {
+    return this.role === "leader" ? this.#activeVoters() - this.#quorum() : null;
   }
 
   // ---- message handling ---------------------------------------------------------------------

@@ -202,7 +202,9 @@ export class MetricVec<C extends MetricChild> {
   }
 
   /**
-   * The child for these label values (one per label name, in order), made on first use.
+   * The child for these label values (one per label name, in order), made on first use. A vector
+   * without label names has one child, made by `labels()`: a metric that has a sample only while
+   * it is made (see {@linkcode MetricVec.prototype.clear}).
    *
    * @throws {RangeError} If the number of values is not the number of label names.
    */
@@ -219,11 +221,13 @@ export class MetricVec<C extends MetricChild> {
       if (next === undefined) node.set(values[i]!, next = new Map());
       node = next;
     }
-    let child = node.get(values[n - 1]!) as C | undefined;
+    // Without label names, the one child sits under "" (a metric that may have no sample).
+    const last = n === 0 ? "" : values[n - 1]!;
+    let child = node.get(last) as C | undefined;
     if (child === undefined) {
       const pairs = this.labelNames.map((name, i) => `${name}="${escapeLabelValue(values[i]!)}"`);
       child = this.#make(pairs.join(","));
-      node.set(values[n - 1]!, child);
+      node.set(last, child);
       this.#children.set(child, [...values]);
     }
     return child;
@@ -238,9 +242,10 @@ export class MetricVec<C extends MetricChild> {
       path.push(next);
     }
     const last = path.at(-1)!;
-    const child = last.get(values.at(-1)!) as C | undefined;
+    const key = values.length === 0 ? "" : values.at(-1)!;
+    const child = last.get(key) as C | undefined;
     if (child === undefined || values.length !== this.labelNames.length) return;
-    last.delete(values.at(-1)!);
+    last.delete(key);
     this.#children.delete(child);
   }
 
@@ -448,9 +453,6 @@ function _braces(labels: string): string {
 }
 
 function _checkLabelNames(metric: string, names: readonly string[], histogram: boolean): void {
-  if (names.length === 0) {
-    throw new RangeError(`metric "${metric}": a labelled metric needs at least one label name`);
-  }
   const seen = new Set<string>();
   for (const name of names) {
     if (!_LABEL_NAME.test(name) || name.startsWith("__")) {

@@ -100,6 +100,24 @@ Deno.test("a labelled metric with no series yet is left out; removed series go a
   assert.equal(r.render(), "");
 });
 
+Deno.test("a vector without label names is one series that is there only while made", () => {
+  const r = new MetricsRegistry();
+  const v = r.gaugeVec("x_tolerance", "Tolerance.", []);
+  assert.equal(r.render(), "");
+  v.labels().set(1);
+  v.labels().inc();
+  assert.equal(
+    r.render(),
+    "# HELP x_tolerance Tolerance.\n# TYPE x_tolerance gauge\nx_tolerance 2\n",
+  );
+  v.remove();
+  assert.equal(r.render(), "");
+  v.labels().set(0);
+  v.clear();
+  assert.equal(r.render(), "");
+  assert.throws(() => v.labels("a"), /expected 0 label values \(\), got 1/);
+});
+
 Deno.test("label values and help texts are escaped as the format says", () => {
   assert.equal(escapeLabelValue('a"b\\c\nd'), 'a\\"b\\\\c\\nd');
   assert.equal(escapeLabelValue("plain é ✓"), "plain é ✓");
@@ -145,7 +163,6 @@ Deno.test("the registry refuses bad names, repeated names, bad labels and bad bu
   assert.throws(() => r.gaugeVec("x_a", "x", ["a-b"]), /not a valid label name/);
   assert.throws(() => r.gaugeVec("x_b", "x", ["__a"]), /not a valid label name/);
   assert.throws(() => r.gaugeVec("x_c", "x", ["a", "a"]), /repeats/);
-  assert.throws(() => r.gaugeVec("x_d", "x", []), /at least one label/);
   assert.throws(() => r.histogramVec("x_e", "x", [1], ["le"]), /label named "le"/);
   assert.throws(() => r.histogram("x_f", "x", [2, 1]), /ascending/);
   assert.throws(() => r.histogram("x_g", "x", [1, Infinity]), /finite/);
