@@ -1,8 +1,10 @@
 /**
  * The dashboard (`/ui/`) in a real headless Chromium (Debian package `chromium`) driven through
  * the DevTools protocol, against real node processes: the page on a follower shows the leader
- * that `/v1/status` names, and after the leader is killed the new one within a few seconds; a
- * node that answers 401 gets a token field, and the token typed there is sent as a bearer token.
+ * that `/v1/status` names, and after the leader is killed the new one within a few seconds; it
+ * shows the failure tolerance the leader reports (1 with three voters up, 0 flagged once a
+ * follower is killed) and flags the killed member's last-heard cell; a node that answers 401 gets
+ * a token field, and the token typed there is sent as a bearer token.
  * With tokens rotated on some nodes and not on others, a member that refuses the page's token is
  * shown as refusing it, not as down, and once the page's own node refuses it, the figures it
  * still shows are marked as stale.
@@ -79,6 +81,10 @@ Deno.test({
         "on a follower it shows the leader /v1/status names, and the next one soon after the leader is killed",
         () => leaderChange(cluster, browser),
       );
+      await t.step(
+        "it shows a failure tolerance of 1 with three voters up, then 0 and the silent member flagged once a follower is killed",
+        () => failureTolerance(cluster, browser),
+      );
     } finally {
       await browser.close();
       await cluster.close();
@@ -148,6 +154,105 @@ async function leaderChange(cluster: ProcessCluster, browser: Browser): Promise<
   const changes = (await textOf(page, "#changes")) ?? "";
   assert.match(changes, new RegExp(`${leader} leads`));
   assert.match(changes, new RegExp(`${next}`));
+  assert.deepEqual(problems.lines, [], "the page raised no error");
+  await page.close();
+}
+
+/** The failure tolerance card and each member row's "Last heard" cell, read in one go. */
+interface Health {
+  /** The leader the page shows. */
+  leader: string;
+  /** The failure tolerance card's figure, note and class. */
+  tolerance: [text: string, note: string, className: string];
+  /** Each member's "Last heard" text and whether it is flagged, by id. */
+  heard: Record<string, [text: string, flagged: boolean]>;
+}
+
+function health(page: Page): Promise<Health> {
+  return page.$eval("main", (main) => {
+    const text = (selector: string) => main.querySelector(selector)?.textContent ?? "";
+    const heard: Record<string, [string, boolean]> = {};
+    for (const tr of main.querySelectorAll("#members tbody tr")) {
+      const td = tr.querySelector('td[data-label="Last heard"]');
+      heard[tr.getAttribute("data-id") ?? ""] = [
+        td?.textContent ?? "",
+        td?.classList.contains("lag-high") ?? false,
+      ];
+    }
+    return {
+      leader: text("#leader"),
+      tolerance: [
+        text("#tolerance"),
+        text("#tolerance-note"),
+        main.querySelector("#tolerance")?.className ?? "",
+      ],
+      heard,
+    } as Health;
+  });
+}
+
+/** A last-heard duration as the page writes it: `just now` (within a heartbeat), `50 ms`, `1.25 s`. */
+const DURATION = /^(just now|\d+(\.\d+)? (µs|ms|s))$/;
+
+/**
+ * Whether every member row's "Last heard" cell reads as it should: `leader` on the shown leader's
+ * row, a duration on the others, flagged exactly on the `silent` ones.
+ */
+function heardAsExpected(h: Health, ids: string[], silent: string[]): boolean {
+  return ids.every((id) => {
+    const [text, flagged] = h.heard[id] ?? ["", false];
+    if (id === h.leader) return text === "leader" && !flagged;
+    return DURATION.test(text) && flagged === silent.includes(id);
+  });
+}
+
+async function failureTolerance(cluster: ProcessCluster, browser: Browser): Promise<void> {
+  // The member the previous step killed comes back: three voters again.
+  for (const id of cluster.ids) if (!cluster.isRunning(id)) await cluster.start(id);
+  const first = await cluster.waitForLeader();
+  const watcher = cluster.ids.find((id) => id !== first)!;
+  const page = await browser.newPage();
+  const problems = watchProblems(page);
+  assert.equal((await page.goto(`${cluster.api(watcher)}/ui/`))?.status(), 200);
+
+  // All three heard from: one voter to spare, nothing flagged.
+  let shown: Health | null = null;
+  await waitFor(async () => {
+    shown = await health(page);
+    return shown.tolerance[0] === "1" && shown.tolerance[1] === "1 voter can fail" &&
+      !/state-(warn|bad)/.test(shown.tolerance[2]) && cluster.ids.includes(shown.leader) &&
+      heardAsExpected(shown, cluster.ids, []);
+  }, {
+    deadlineMs: 15_000,
+    intervalMs: 100,
+    message: () => `a failure tolerance of 1 and no member flagged (${JSON.stringify(shown)})`,
+  });
+  assert.equal(await textOf(page, "#up"), "3 / 3");
+
+  // A follower (not the page's node) is killed: the leader no longer hears from it.
+  const leader = await cluster.waitForLeader();
+  const victim = cluster.ids.find((id) => id !== leader && id !== watcher)!;
+  const killed = performance.now();
+  await cluster.kill(victim);
+  await waitFor(async () => {
+    shown = await health(page);
+    return shown.tolerance[0] === "0" && shown.tolerance[1] === "no voter to spare" &&
+      /\bstate-warn\b/.test(shown.tolerance[2]) && cluster.ids.includes(shown.leader) &&
+      shown.leader !== victim && heardAsExpected(shown, cluster.ids, [victim]);
+  }, {
+    deadlineMs: 15_000,
+    intervalMs: 100,
+    message: () =>
+      `a failure tolerance of 0, flagged, and ${victim}'s last-heard cell flagged (${
+        JSON.stringify(shown)
+      })`,
+  });
+  console.log(
+    `the page flagged ${victim} ${
+      ((performance.now() - killed) / 1000).toFixed(1)
+    } s after it was killed`,
+  );
+  assert.equal(await textOf(page, "#up"), "2 / 3");
   assert.deepEqual(problems.lines, [], "the page raised no error");
   await page.close();
 }

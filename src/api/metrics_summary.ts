@@ -2,8 +2,9 @@
  * The few numbers of a node's `GET /metrics` text that the dashboard shows, read back from the
  * Prometheus text exposition format 0.0.4: leader changes, committed proposals, key-value
  * requests by kind and status class, their latency histogram, the data's bytes and their quota,
- * and (on the leader) the replication lag of each follower. `GET /v1/cluster` sends them for
- * every member, so that the page needs no parser of its own.
+ * and (on the leader) the replication lag of each follower, the seconds since it last heard from
+ * each member and the cluster's failure tolerance. `GET /v1/cluster` sends them for every member,
+ * so that the page needs no parser of its own.
  *
  * @module
  */
@@ -54,6 +55,19 @@ export interface MetricsSummary {
   request_duration_seconds: { read: HistogramSummary | null; write: HistogramSummary | null };
   /** `raftkv_peer_replication_lag_entries` by follower id: reported by the leader only. */
   replication_lag_entries: Record<string, number>;
+  /**
+   * `raftkv_peer_last_contact_seconds` by member id: the seconds since the leader last heard from
+   * each other member (since its election, for one not heard from since), to the heartbeat.
+   * Reported by the leader only: empty elsewhere.
+   */
+  last_contact_seconds: Record<string, number>;
+  /**
+   * `raftkv_failure_tolerance`: the voters that could fail before the cluster lost its quorum,
+   * as the leader sees it (voters heard from within an election timeout, itself included, minus
+   * the quorum: 1 for three healthy voters, 0 with one down, negative below quorum). Null when
+   * the node reports none: every node but the leader (and a node from before this metric).
+   */
+  failure_tolerance: number | null;
   /** `raftkv_data_bytes`: the bytes of the keys and values this node has applied. */
   data_bytes: number;
   /** `raftkv_quota_bytes`: the quota of those bytes (`--quota-bytes`), 0 for none. */
@@ -65,7 +79,7 @@ const _WRITE_METHODS = new Set(["POST", "PUT", "DELETE"]);
 
 /**
  * Reads the dashboard's numbers from an exposition text; metrics it does not find count as 0
- * (or empty).
+ * (or empty), but for the failure tolerance, which is then null.
  *
  * @example Usage
  * ```ts
@@ -76,6 +90,7 @@ const _WRITE_METHODS = new Set(["POST", "PUT", "DELETE"]);
  * const summary = summarizeMetrics(text);
  * console.assert(summary.leader_changes_total === 2);
  * console.assert(summary.requests_total.read["2xx"] === 5);
+ * console.assert(summary.failure_tolerance === null); // not a leader's text
  * ```
  *
  * @param text The text of `GET /metrics`.
@@ -89,6 +104,8 @@ export function summarizeMetrics(text: string): MetricsSummary {
     requests_total: { read: {}, write: {} },
     request_duration_seconds: { read: null, write: null },
     replication_lag_entries: {},
+    last_contact_seconds: {},
+    failure_tolerance: null,
     data_bytes: 0,
     quota_bytes: 0,
   };
@@ -111,6 +128,12 @@ export function summarizeMetrics(text: string): MetricsSummary {
         continue;
       case "raftkv_peer_replication_lag_entries":
         if (s.labels.peer !== undefined) summary.replication_lag_entries[s.labels.peer] = s.value;
+        continue;
+      case "raftkv_peer_last_contact_seconds":
+        if (s.labels.peer !== undefined) summary.last_contact_seconds[s.labels.peer] = s.value;
+        continue;
+      case "raftkv_failure_tolerance":
+        summary.failure_tolerance = s.value;
         continue;
     }
     const kind = _kind(s.labels);

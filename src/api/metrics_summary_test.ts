@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { NodeMetrics } from "../node/node_metrics.ts";
+import { type NodeGauges, NodeMetrics } from "../node/node_metrics.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { HttpMetrics } from "./http_metrics.ts";
 import { ApiLimits } from "./limits.ts";
@@ -32,9 +32,9 @@ Deno.test("a line that is not a sample is refused, quoted", () => {
   }
 });
 
-Deno.test("the summary reads a real node's metrics text", () => {
-  const registry = new MetricsRegistry();
-  const node = new NodeMetrics(registry, () => ({
+/** A leader's gauges, with some of them replaced. */
+function gauges(overrides: Partial<NodeGauges> = {}): NodeGauges {
+  return {
     role: "leader",
     hasLeader: true,
     membership: "voter",
@@ -56,7 +56,13 @@ Deno.test("the summary reads a real node's metrics text", () => {
     lag: [["n2", 2], ["n3", 0]],
     lastContact: [["n2", 0.1], ["n3", 0.2]],
     failureTolerance: 1,
-  }));
+    ...overrides,
+  };
+}
+
+Deno.test("the summary reads a real node's metrics text", () => {
+  const registry = new MetricsRegistry();
+  const node = new NodeMetrics(registry, () => gauges());
   const limits = new ApiLimits({
     maxInflightRequests: 10,
     maxInflightBytes: 1000,
@@ -90,6 +96,8 @@ Deno.test("the summary reads a real node's metrics text", () => {
     write: { "2xx": 2, "5xx": 1 },
   });
   assert.deepEqual(summary.replication_lag_entries, { n2: 2, n3: 0 });
+  assert.deepEqual(summary.last_contact_seconds, { n2: 0.1, n3: 0.2 });
+  assert.equal(summary.failure_tolerance, 1);
   assert.deepEqual([summary.data_bytes, summary.quota_bytes], [1234, 4096]);
   const write = summary.request_duration_seconds.write!;
   assert.equal(write.cumulative.length, write.le.length + 1);
@@ -108,7 +116,38 @@ Deno.test("metrics that are missing count as zero or empty", () => {
     requests_total: { read: {}, write: {} },
     request_duration_seconds: { read: null, write: null },
     replication_lag_entries: {},
+    last_contact_seconds: {},
+    failure_tolerance: null,
     data_bytes: 0,
     quota_bytes: 0,
   });
+});
+
+Deno.test("the failure tolerance is read as the leader reports it, down to below quorum", () => {
+  for (const tolerance of [2, 0, -1]) {
+    const registry = new MetricsRegistry();
+    new NodeMetrics(registry, () =>
+      gauges({
+        failureTolerance: tolerance,
+        // A member down since the election: heard from longer ago than an election timeout.
+        lastContact: [["n2", 0.05], ["n3", 12.5]],
+      }));
+    const summary = summarizeMetrics(registry.render());
+    assert.equal(summary.failure_tolerance, tolerance);
+    assert.deepEqual(summary.last_contact_seconds, { n2: 0.05, n3: 12.5 });
+  }
+});
+
+Deno.test("a follower reports no last contact and no failure tolerance: empty and null", () => {
+  const registry = new MetricsRegistry();
+  new NodeMetrics(
+    registry,
+    () => gauges({ role: "follower", lag: null, lastContact: null, failureTolerance: null }),
+  );
+  const text = registry.render();
+  assert.doesNotMatch(text, /^raftkv_(peer_last_contact_seconds|failure_tolerance)\b/m);
+  const summary = summarizeMetrics(text);
+  assert.deepEqual(summary.replication_lag_entries, {});
+  assert.deepEqual(summary.last_contact_seconds, {});
+  assert.equal(summary.failure_tolerance, null);
 });

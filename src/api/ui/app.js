@@ -167,6 +167,75 @@ export function membersUp(view) {
 }
 
 /**
+ * Seconds since the leader last heard from a member past which the page flags it: about an
+ * election timeout (the default `--election-timeout`, 1 s: the page cannot see the nodes' own).
+ */
+export const LAST_HEARD_WARN_S = 1;
+
+/**
+ * The cluster's failure tolerance as its leader reports it (`failure_tolerance` in the leader's
+ * metrics): how many more voters could fail before the cluster lost its quorum. Null when no
+ * leader reports one: none is known, the page's node could not reach it, or it runs a version
+ * without the figure.
+ *
+ * @param {{ members: { id: string, metrics?: any }[] }} view The answer of `GET /v1/cluster`.
+ * @param {{ id: string } | null} leader The leader, as {@linkcode leaderOf} finds it.
+ * @returns {number | null}
+ */
+export function failureTolerance(view, leader) {
+  if (leader === null) return null;
+  const tolerance = view.members.find((m) => m.id === leader.id)?.metrics?.failure_tolerance;
+  return typeof tolerance === "number" && Number.isFinite(tolerance) ? tolerance : null;
+}
+
+/**
+ * How the page shows a failure tolerance: the figure, a note, and its class: amber at 0 (no
+ * voter to spare: one more failure stops writes), red below (the leader hears from fewer voters
+ * than a quorum).
+ *
+ * @param {number | null} tolerance As {@linkcode failureTolerance} finds it.
+ * @returns {{ text: string, note: string, cls: string }}
+ */
+export function describeTolerance(tolerance) {
+  if (tolerance === null) return { text: "—", note: "no leader reports it", cls: "big" };
+  if (tolerance > 0) {
+    return {
+      text: String(tolerance),
+      note: `${tolerance} voter${tolerance === 1 ? "" : "s"} can fail`,
+      cls: "big",
+    };
+  }
+  if (tolerance === 0) return { text: "0", note: "no voter to spare", cls: "big state-warn" };
+  return {
+    text: String(tolerance),
+    note: `${-tolerance} voter${tolerance === -1 ? "" : "s"} short of a quorum`,
+    cls: "big state-bad",
+  };
+}
+
+/**
+ * A member's "last heard" cell: how long ago the leader last heard from it (`last_contact_seconds`
+ * in the leader's metrics, in whole heartbeats: `just now` for 0), flagged past
+ * {@linkcode LAST_HEARD_WARN_S}; `leader` on the leader's own row, and `—` when the leader reports
+ * nothing for the member.
+ *
+ * @param {number | undefined} seconds The member's entry in the leader's `last_contact_seconds`.
+ * @param {boolean} isLeader Whether the member is the leader.
+ * @returns {{ text: string, cls: string | undefined }}
+ */
+export function lastHeard(seconds, isLeader) {
+  if (isLeader) return { text: "leader", cls: undefined };
+  if (typeof seconds !== "number" || !Number.isFinite(seconds)) {
+    return { text: "—", cls: undefined };
+  }
+  return {
+    // The leader counts in heartbeats: 0 is within the current one.
+    text: seconds < 0.001 ? "just now" : formatSeconds(seconds),
+    cls: seconds > LAST_HEARD_WARN_S ? "lag-high" : undefined,
+  };
+}
+
+/**
  * @typedef {{
  *   t: number, read: number | null, write: number | null, errors: number | null,
  *   readP50: number | null, readP99: number | null, writeP50: number | null,
@@ -498,6 +567,10 @@ function start() {
       ? "big"
       : `big ${up * 2 > view.members.length ? "state-warn" : "state-bad"}`;
     $("up-note").textContent = refused === 0 ? "" : `${refused} refused the token`;
+    const tolerance = describeTolerance(failureTolerance(view, leader));
+    $("tolerance").textContent = tolerance.text;
+    $("tolerance").className = tolerance.cls;
+    $("tolerance-note").textContent = tolerance.note;
     const total = point.read === null || point.write === null ? null : point.read + point.write;
     $("rate").textContent = formatRate(total);
     $("rate-note").textContent = total === null
@@ -526,6 +599,8 @@ function start() {
       ? view.members.find((/** @type {any} */ m) => m.id === leader.id)
       : undefined;
     const lags = leaderView?.metrics?.replication_lag_entries ?? {};
+    // Absent from the summary of a node from before it: no figure, as for a follower.
+    const contacts = leaderView?.metrics?.last_contact_seconds ?? {};
     const rows = view.members.map((/** @type {any} */ m) => {
       const s = m.status;
       const refused = refusedToken(m);
@@ -570,6 +645,8 @@ function start() {
         isLeader ? "leader" : lag === undefined ? "—" : String(lag),
         !isLeader && lag !== undefined && lag > 100 ? "lag-high" : undefined,
       );
+      const heard = lastHeard(contacts[m.id], isLeader);
+      cell("Last heard", heard.text, heard.cls);
       cell("Leader changes", m.metrics ? String(m.metrics.leader_changes_total) : "—");
       // The data and its quota (--quota-bytes): warned at 80 %, bad once writes are refused.
       const data = m.metrics?.data_bytes, quota = m.metrics?.quota_bytes;

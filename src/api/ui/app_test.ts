@@ -2,6 +2,8 @@
 import assert from "node:assert/strict";
 import {
   counterDelta,
+  describeTolerance,
+  failureTolerance,
   formatBytes,
   formatRate,
   formatSeconds,
@@ -9,6 +11,8 @@ import {
   History,
   HISTORY_MS,
   historyMs,
+  LAST_HEARD_WARN_S,
+  lastHeard,
   leaderOf,
   membersUp,
   niceMax,
@@ -130,11 +134,64 @@ function member(id: string, reads: number, writes: number, errors: number, h: nu
       requests_total: { read: { "2xx": reads }, write: { "2xx": writes, "5xx": errors } },
       request_duration_seconds: { read: null, write: h === null ? null : hist(h) },
       replication_lag_entries: {},
+      last_contact_seconds: {},
+      failure_tolerance: null as number | null,
       data_bytes: 0,
       quota_bytes: 0,
     },
   };
 }
+
+Deno.test("the failure tolerance is the leader's, and flagged at 0 and below", () => {
+  const withTolerance = (id: string, tolerance: number | null) => {
+    const m = member(id, 0, 0, 0, null);
+    m.metrics.failure_tolerance = tolerance;
+    return m;
+  };
+  // A deposed leader (n1) may still report one for a moment: only the leader's counts.
+  const view = {
+    members: [withTolerance("n1", 1), withTolerance("n2", 0), withTolerance("n3", null)],
+  };
+  assert.equal(failureTolerance(view, { id: "n2" }), 0);
+  assert.equal(failureTolerance(view, { id: "n3" }), null, "a follower reports none");
+  assert.equal(failureTolerance(view, null), null, "no leader known");
+  assert.equal(failureTolerance(view, { id: "n9" }), null, "a leader the view lacks");
+  // The leader could not be reached: a member without metrics.
+  assert.equal(failureTolerance({ members: [{ id: "n1", metrics: null }] }, { id: "n1" }), null);
+  // A leader from before the figure: its summary lacks the field.
+  const old = member("n1", 0, 0, 0, null) as { id: string; metrics: Record<string, unknown> };
+  delete old.metrics.failure_tolerance;
+  assert.equal(failureTolerance({ members: [old] }, { id: "n1" }), null);
+
+  assert.deepEqual(describeTolerance(null), {
+    text: "—",
+    note: "no leader reports it",
+    cls: "big",
+  });
+  assert.deepEqual(describeTolerance(2), { text: "2", note: "2 voters can fail", cls: "big" });
+  assert.deepEqual(describeTolerance(1), { text: "1", note: "1 voter can fail", cls: "big" });
+  assert.deepEqual(describeTolerance(0), {
+    text: "0",
+    note: "no voter to spare",
+    cls: "big state-warn",
+  });
+  assert.deepEqual(describeTolerance(-1), {
+    text: "-1",
+    note: "1 voter short of a quorum",
+    cls: "big state-bad",
+  });
+});
+
+Deno.test("last heard: the leader's own row says leader; a member silent too long is flagged", () => {
+  assert.deepEqual(lastHeard(undefined, true), { text: "leader", cls: undefined });
+  assert.deepEqual(lastHeard(12, true), { text: "leader", cls: undefined });
+  assert.deepEqual(lastHeard(0, false), { text: "just now", cls: undefined });
+  assert.deepEqual(lastHeard(0.05, false), { text: "50 ms", cls: undefined });
+  assert.deepEqual(lastHeard(LAST_HEARD_WARN_S, false), { text: "1 s", cls: undefined });
+  assert.deepEqual(lastHeard(12.5, false), { text: "12.5 s", cls: "lag-high" });
+  // Nothing from the leader (a follower's view, or a leader from before the figure).
+  assert.deepEqual(lastHeard(undefined, false), { text: "—", cls: undefined });
+});
 
 Deno.test("a member that refuses the page's token is up, not down", () => {
   const view = {
