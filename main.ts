@@ -212,6 +212,7 @@ export async function main(args: string[]): Promise<number> {
     maxValueBytes: config.maxValueBytes,
     maxInflightRequests: config.maxInflightRequests,
     maxInflightBytes: config.maxInflightBytes,
+    maxClientUnreadBytes: config.maxClientUnreadBytes,
     maxForwardedRequests: config.maxForwardedRequests,
     maxConcurrentBackups: config.maxConcurrentBackups,
     backupTimeoutMs: config.backupTimeoutMs,

@@ -48,7 +48,10 @@
  * progress (`/health`, `/ready` and `/metrics` aside) a request is answered 429 at once, its body
  * unread. A request stays in progress, its answer's bytes counted too, until the server has taken
  * the answer's body (chunk by chunk, as the client reads); one the client takes nothing of for
- * `responseStallMs` is cut off. A blocking read gives its slot back while it waits (it counts
+ * `responseStallMs` is cut off. The bytes of such answers count per client (its remote IP address)
+ * too: a client with `maxClientUnreadBytes` of answers not yet read is answered 429 at once, and a
+ * `GET` whose large answer would take it past that is answered 429 instead (a write is answered
+ * all the same). A blocking read gives its slot back while it waits (it counts
  * against `maxWatchers` with the watch streams then) and takes one again to read (429 if none is
  * free); watch streams and backups hold no slot once they stream;
  * past `maxForwardedRequests` forwards in progress a request that needs the leader is answered
@@ -105,7 +108,7 @@ import {
 } from "./forward_batch.ts";
 import { defaultForwarder, type Forwarder } from "./forwarder.ts";
 import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
-import { type AdmittedRequest, ApiLimits, MIN_RESPONSE_STALL_MS } from "./limits.ts";
+import { type AdmittedRequest, ApiLimits, clientOf, MIN_RESPONSE_STALL_MS } from "./limits.ts";
 import { INDEX_HEADER } from "./outcome.ts";
 import { deleteRangeRoute, readRangeRoute } from "./ranges.ts";
 import { txnRoute } from "./txn.ts";
@@ -230,6 +233,22 @@ export interface ApiOptions {
    */
   maxInflightBytes?: number;
   /**
+   * Most bytes of answers one client (a remote IP address; see `clientOf` in `limits.ts`) may
+   * have that the server has not taken yet, 0 for no such bound. These are the answers of more
+   * than 64 KiB counted against `maxInflightBytes` until taken (see `responseStallMs`): without
+   * this bound one client that does not read (HTTP/2 streams with a shut flow-control window)
+   * could hold all of `maxInflightBytes` and make the node answer 429 to everyone. A request from
+   * a client that has this many bytes unread is answered 429 with `Retry-After` at once, without
+   * reading its body; a `GET` (no side effect) whose answer would take its client past it (unless
+   * the client holds none yet) is answered 429 instead of that answer; any other request's answer
+   * is sent and counted all the same (its effect has happened). Requests served without the
+   * connection's address (`ApiHandler.forwarded`: the member that forwarded them bounds its own
+   * clients; or a handler called without it) are not bounded so. At most `maxInflightBytes`.
+   *
+   * @default {max(1, floor(maxInflightBytes / 4))}
+   */
+  maxClientUnreadBytes?: number;
+  /**
    * How long an answer's body (other than a watch stream's or a backup's) may go without the
    * server taking a chunk of it, in milliseconds: a client that does not read its answer (or an
    * HTTP/2 stream whose flow-control window stays shut) is cut off then, and the request's slot
@@ -325,11 +344,26 @@ export interface ApiOptions {
 }
 
 /**
+ * What `Deno.serve` tells a handler about a request's connection (a part of
+ * `Deno.ServeHandlerInfo`).
+ */
+export interface ApiRequestInfo {
+  /** The client's end of the connection: its IP address is what `maxClientUnreadBytes` bounds. */
+  readonly remoteAddr: Deno.Addr;
+}
+
+/**
  * The REST API's request handler, plus its entry for requests forwarded by another member.
  */
 export interface ApiHandler {
-  /** Serves a client request (authorised here when tokens are configured). */
-  (req: Request): Promise<Response>;
+  /**
+   * Serves a client request (authorised here when tokens are configured).
+   *
+   * @param req The request.
+   * @param info Its connection, as `Deno.serve` passes it: its remote address is the client
+   * `maxClientUnreadBytes` counts against. Without it the request is not bounded per client.
+   */
+  (req: Request, info?: ApiRequestInfo): Promise<Response>;
   /**
    * Serves a request another member forwarded to this node's peer port below
    * {@linkcode FORWARD_PATH_PREFIX}, as authorised by that member (see `acceptForwarded` in
@@ -371,10 +405,10 @@ export interface ApiHandler {
  * history; 412 a compare-and-set whose condition failed;
  * 413 key, value or body too large, or a transaction too long; 415 a write without
  * `Content-Type: application/json`; 422 an idempotency key reused for a different request; 429 too
- * many requests, forwards or backups in progress
- * (with `Retry-After`); 499 the client went away; 500 unexpected failure; 502 a forwarded write
- * failed after it may have been sent; 503 no leader, not applied, too many writes waiting on the
- * leader, shutting down, leader unreachable or changed (with `Retry-After`); 504 deadline passed
+ * many requests, forwards or backups in progress, or too many bytes of this client's answers not
+ * yet read (with `Retry-After`); 499 the client went away; 500 unexpected failure; 502 a forwarded
+ * write failed after it may have been sent; 503 no leader, not applied, too many writes waiting on
+ * the leader, shutting down, leader unreachable or changed (with `Retry-After`); 504 deadline passed
  * (a write may or may not have been applied); 507 the leader's disk is full, or the followers'
  * are and the rest are not a quorum (`"alarm":"NOSPACE"`, with the full `members`), or the write
  * would take the data past
@@ -399,13 +433,17 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
   const ctx = _resolveOptions(backend, options);
   const http = new HttpMetrics(ctx.metrics, ctx.limits);
   const logRefusal = options.logRefusal ?? (() => {});
-  const serve = async (req: Request, url: URL, caller: Caller | null): Promise<Response> => {
+  const tooMany = () => jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
+  const serve = async (
+    req: Request,
+    url: URL,
+    caller: Caller | null,
+    client: string | null,
+  ): Promise<Response> => {
     const counted = url.pathname !== "/health" && url.pathname !== "/ready" &&
       url.pathname !== "/metrics";
-    const admitted = counted ? ctx.limits.admit(ctx.limits.declaredBodyBytes(req)) : null;
-    if (counted && admitted === null) {
-      return jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
-    }
+    const admitted = counted ? ctx.limits.admit(ctx.limits.declaredBodyBytes(req), client) : null;
+    if (counted && admitted === null) return tooMany();
     let res: Response;
     try {
       res = await _answer(ctx, req, url, caller, admitted);
@@ -423,8 +461,10 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
       return res;
     }
     // Until its body has been taken by the server, the answer keeps the request's slot and counts
-    // its bytes (a client that does not read it cannot make answers pile up).
-    return await admitted.send(res);
+    // its bytes, on the node and for its client (a client that does not read it cannot make
+    // answers pile up). A read past its client's share is refused instead; a write (its effect
+    // has happened) is sent and counted all the same.
+    return await admitted.send(res, _SIDE_EFFECT_FREE.has(req.method) ? tooMany : undefined);
   };
   /** Answers an authentication refusal (401, 403) or a bad forward, logging it. */
   const refuse = (req: Request, err: unknown): Response => {
@@ -436,7 +476,7 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
     );
     return errorResponse(err);
   };
-  const handler = async (req: Request): Promise<Response> => {
+  const handler = async (req: Request, info?: ApiRequestInfo): Promise<Response> => {
     const started = performance.now();
     let url: URL;
     try {
@@ -465,7 +505,8 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
         return http.record(url.pathname, req.method, refuse(req, err), started);
       }
     }
-    return http.record(url.pathname, req.method, await serve(req, url, caller), started);
+    const client = info === undefined ? null : clientOf(info.remoteAddr);
+    return http.record(url.pathname, req.method, await serve(req, url, caller, client), started);
   };
   const serveForwarded = async (req: Request, sender: string | null): Promise<Response> => {
     const started = performance.now();
@@ -475,7 +516,8 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
     } catch (err) {
       return http.record(null, req.method, refuse(req, err), started);
     }
-    const res = await serve(accepted.req, accepted.url, accepted.caller);
+    // Not bounded per client here: the member that forwarded it bounds its own clients.
+    const res = await serve(accepted.req, accepted.url, accepted.caller, null);
     return http.record(accepted.url.pathname, req.method, res, started);
   };
   /** {@linkcode serveForwarded} for a request of a batch, built once at its API path. */
@@ -490,7 +532,8 @@ export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHa
       });
       return http.record(null, item.method, refuse(as, err), started);
     }
-    const res = await serve(accepted.req, accepted.url, accepted.caller);
+    // Not bounded per client here: the member that forwarded it bounds its own clients.
+    const res = await serve(accepted.req, accepted.url, accepted.caller, null);
     return http.record(accepted.url.pathname, item.method, res, started);
   };
   const reloadTokens = (tokens: readonly ApiToken[]): number => {
@@ -587,6 +630,8 @@ interface _Context extends ApiContext {
 }
 
 const _DATA_PREFIX = "/v1/data/";
+/** Methods whose answer may be refused (429) once it is ready: nothing was changed. */
+const _SIDE_EFFECT_FREE: ReadonlySet<string> = new Set(["GET", "HEAD"]);
 
 function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
   if (typeof options.selfId !== "string" || options.selfId === "") {
@@ -602,9 +647,22 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
     options.maxBodyBytes,
     6 * (maxKeyBytes + maxValueBytes) + 4096,
   );
+  const maxInflightBytes = positiveInt("maxInflightBytes", options.maxInflightBytes, 64 << 20);
+  const maxClientUnreadBytes = nonNegativeInt(
+    "maxClientUnreadBytes",
+    options.maxClientUnreadBytes,
+    Math.max(1, Math.floor(maxInflightBytes / 4)),
+  );
+  if (maxClientUnreadBytes > maxInflightBytes) {
+    throw new RangeError(
+      `Option "maxClientUnreadBytes" (${maxClientUnreadBytes}) must be at most maxInflightBytes ` +
+        `(${maxInflightBytes}); 0 turns the bound off`,
+    );
+  }
   const limits = new ApiLimits({
     maxInflightRequests: positiveInt("maxInflightRequests", options.maxInflightRequests, 1024),
-    maxInflightBytes: positiveInt("maxInflightBytes", options.maxInflightBytes, 64 << 20),
+    maxInflightBytes,
+    maxClientUnreadBytes,
     maxBodyBytes,
     maxForwardedRequests: positiveInt("maxForwardedRequests", options.maxForwardedRequests, 256),
     maxConcurrentBackups: positiveInt("maxConcurrentBackups", options.maxConcurrentBackups, 2),

@@ -1,9 +1,10 @@
 /**
  * The budgets that bound what one API handler holds at once: requests in progress and the bytes
  * of their bodies (a request's answer included, until the server has taken it: see
- * {@linkcode AdmittedRequest}), forwards to the leader in progress, backups streaming (each with a
- * deadline), and watch streams and blocking reads waiting. {@linkcode ApiLimits} keeps the counts;
- * the handler answers 429 with `Retry-After` when a budget is spent.
+ * {@linkcode AdmittedRequest}), the bytes of answers one client has not read yet, forwards to the
+ * leader in progress, backups streaming (each with a deadline), and watch streams and blocking
+ * reads waiting. {@linkcode ApiLimits} keeps the counts; the handler answers 429 with
+ * `Retry-After` when a budget is spent.
  *
  * @module
  */
@@ -48,6 +49,36 @@ export interface LimitOptions {
    * @default {30000}
    */
   responseStallMs?: number;
+  /**
+   * Most bytes of answers one client (see {@linkcode clientOf}) may have that the server has not
+   * taken yet, or 0 for no such bound: the large answers {@linkcode AdmittedRequest.prototype.send}
+   * counts against `maxInflightBytes` count against their client's share too.
+   *
+   * @default {0}
+   */
+  maxClientUnreadBytes?: number;
+}
+
+/**
+ * The client a request counts against for `maxClientUnreadBytes`: the remote IP address the
+ * server saw (an IPv4 address mapped into IPv6, `::ffff:10.0.0.1`, as the IPv4 address), or null
+ * for an address that is not an IP one (a Unix socket): such requests are not bounded per client.
+ *
+ * @example Usage
+ * ```ts
+ * import { clientOf } from "./limits.ts";
+ *
+ * clientOf({ transport: "tcp", hostname: "::ffff:10.0.0.1", port: 5000 }); // "10.0.0.1"
+ * ```
+ *
+ * @param addr The remote address of the connection the request came on.
+ * @returns The client's key, or null.
+ */
+export function clientOf(addr: Deno.Addr): string | null {
+  if (addr.transport !== "tcp" && addr.transport !== "udp") return null;
+  const host = addr.hostname.toLowerCase();
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/.exec(host);
+  return mapped?.[1] ?? host;
 }
 
 /** The counts of one API handler against its budgets. */
@@ -60,6 +91,8 @@ export class ApiLimits {
   #backups = 0;
   #watchers = 0;
   #blockingReads = 0;
+  /** Bytes of answers not yet taken, by client; a client is deleted when it reaches 0. */
+  readonly #unread = new Map<string, number>();
 
   /**
    * Starts with nothing in progress.
@@ -134,6 +167,22 @@ export class ApiLimits {
     return this.#inflightBytes;
   }
 
+  /**
+   * Bytes of answers `client` has not read yet (not yet taken by the server), as counted against
+   * `maxClientUnreadBytes`.
+   *
+   * @param client The client, as {@linkcode clientOf} names it.
+   * @returns The bytes; 0 for a client that holds none.
+   */
+  clientUnreadBytes(client: string): number {
+    return this.#unread.get(client) ?? 0;
+  }
+
+  /** How many clients have answers not yet read now (each counted while it holds any). */
+  get clientsWithUnread(): number {
+    return this.#unread.size;
+  }
+
   /** Requests being forwarded to the leader now. */
   get forwarding(): number {
     return this.#forwarding;
@@ -186,16 +235,38 @@ export class ApiLimits {
 
   /**
    * {@linkcode ApiLimits.prototype.admitRequest}, as an {@linkcode AdmittedRequest} that holds
-   * the slot until its answer is sent (or the request gives it up while it waits).
+   * the slot until its answer is sent (or the request gives it up while it waits). A request of a
+   * client that already has `maxClientUnreadBytes` or more of answers not yet read is refused
+   * first (unless the bound is 0).
    *
    * @param bytes What {@linkcode ApiLimits.prototype.declaredBodyBytes} said for it.
+   * @param client The client it came from (see {@linkcode clientOf}), or null for a request
+   * not bounded per client (one a member forwarded: that member bounds its own clients).
    * @returns The admitted request, or null when it must be refused (429).
    */
-  admit(bytes: number): AdmittedRequest | null {
+  admit(bytes: number, client: string | null = null): AdmittedRequest | null {
+    const max = this.options.maxClientUnreadBytes ?? 0;
+    const counted = max > 0 ? client : null;
+    if (counted !== null && this.clientUnreadBytes(counted) >= max) return null;
     if (!this.admitRequest(bytes)) return null;
     return new AdmittedRequest(this, bytes, {
-      hold: (n) => (this.#inflightBytes += n),
-      drop: (n) => (this.#inflightBytes -= n),
+      fits: (n) => {
+        if (counted === null) return true;
+        const held = this.clientUnreadBytes(counted);
+        // Like maxInflightBytes: a client that holds nothing may hold one answer of any size.
+        return held === 0 || held + n <= max;
+      },
+      hold: (n) => {
+        this.#inflightBytes += n;
+        if (counted !== null) this.#unread.set(counted, this.clientUnreadBytes(counted) + n);
+      },
+      drop: (n) => {
+        this.#inflightBytes -= n;
+        if (counted === null) return;
+        const left = this.clientUnreadBytes(counted) - n;
+        if (left > 0) this.#unread.set(counted, left);
+        else this.#unread.delete(counted);
+      },
     });
   }
 
@@ -275,16 +346,30 @@ export class ApiLimits {
 }
 
 /**
+ * How an {@linkcode AdmittedRequest} counts the bytes of its answer while the server has not
+ * taken them: against `maxInflightBytes`, and its client's share of `maxClientUnreadBytes`.
+ */
+export interface AnswerBytes {
+  /** Whether `n` more bytes fit in the client's share (always, for a request not bounded so). */
+  fits(n: number): boolean;
+  /** Counts `n` bytes of answer. */
+  hold(n: number): void;
+  /** Uncounts `n` bytes counted by `hold`. */
+  drop(n: number): void;
+}
+
+/**
  * A request admitted against `maxInflightRequests` and `maxInflightBytes`
  * ({@linkcode ApiLimits.prototype.admit}). It holds its slot while it is served
  * ({@linkcode AdmittedRequest.prototype.pause} gives it back while it only waits, as a blocking
  * read does), and then while its answer's body is sent ({@linkcode AdmittedRequest.prototype.send}):
- * an answer a client does not read keeps counting, so that such answers cannot pile up unbounded.
+ * an answer a client does not read keeps counting, so that such answers cannot pile up unbounded,
+ * on the node or for one client.
  */
 export class AdmittedRequest {
   readonly #limits: ApiLimits;
   readonly #bytes: number;
-  readonly #answerBytes: { hold(n: number): void; drop(n: number): void };
+  readonly #answerBytes: AnswerBytes;
   #held = true;
   #done = false;
 
@@ -295,11 +380,7 @@ export class AdmittedRequest {
    * @param bytes The bytes it was admitted with.
    * @param answerBytes Counts and uncounts the bytes of its answer.
    */
-  constructor(
-    limits: ApiLimits,
-    bytes: number,
-    answerBytes: { hold(n: number): void; drop(n: number): void },
-  ) {
+  constructor(limits: ApiLimits, bytes: number, answerBytes: AnswerBytes) {
     [this.#limits, this.#bytes, this.#answerBytes] = [limits, bytes, answerBytes];
   }
 
@@ -343,10 +424,18 @@ export class AdmittedRequest {
    * and what it held is released. Without a body, or when the slot was already given back, the
    * request is released and `res` returned as it is.
    *
+   * An answer of more than a chunk that would take its client past `maxClientUnreadBytes` (one
+   * that holds none yet may hold one answer of any size) is replaced by `refuse()` when given
+   * (a request without side effects: `GET`, `HEAD`), and its request released; without `refuse`
+   * (a request whose effect has happened: a write must not be answered 429 once applied) it is
+   * sent and counted all the same.
+   *
    * @param res The answer, its body not yet read.
+   * @param refuse The answer to send instead when `res` would take its client past
+   * `maxClientUnreadBytes` (429 with `Retry-After`), if the request may be refused so late.
    * @returns The answer to send.
    */
-  async send(res: Response): Promise<Response> {
+  async send(res: Response, refuse?: () => Response): Promise<Response> {
     // A small JSON answer first, and untouched: reading `res.body` would make it a stream, which the
     // server then sends chunked instead of with a Content-Length.
     if (!this.#held || isSmallAnswer(res) || res.body === null) {
@@ -369,6 +458,10 @@ export class AdmittedRequest {
       // request short may have, and its error would be lost.)
       this.release();
       return new Response(body, init);
+    }
+    if (refuse !== undefined && !this.#answerBytes.fits(size)) {
+      this.release();
+      return refuse();
     }
     this.#answerBytes.hold(size);
     const stallMs = this.#limits.options.responseStallMs ?? MIN_RESPONSE_STALL_MS;

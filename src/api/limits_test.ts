@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
-import { ApiLimits, type LimitOptions, RESPONSE_CHUNK_BYTES } from "./limits.ts";
+import type { KvBackend, NodeStatus } from "../node/backend.ts";
+import { KvStateMachine } from "../kv/state_machine.ts";
+import { ApiLimits, clientOf, type LimitOptions, RESPONSE_CHUNK_BYTES } from "./limits.ts";
 import { jsonResponse } from "./errors.ts";
+import { createApiHandler, FORWARDED_BY_HEADER } from "./handler.ts";
 
 const OPTIONS: LimitOptions = {
   maxInflightRequests: 2,
@@ -212,4 +215,240 @@ Deno.test("an answer the server takes nothing of for responseStallMs is cut off 
   }
   assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
   await assert.rejects(reader.read(), { name: "TimeoutError", message: /took nothing/ });
+});
+
+// The per-client bound, maxClientUnreadBytes: the bytes of large answers a client has not read.
+
+/** More than a chunk: counted until the server has taken all of it. */
+const LARGE = 3 * RESPONSE_CHUNK_BYTES;
+const CLIENT_OPTIONS: LimitOptions = {
+  ...OPTIONS,
+  maxInflightRequests: 100,
+  maxInflightBytes: 100 * LARGE,
+  maxClientUnreadBytes: 2 * LARGE,
+};
+const refusal = () => new Response("refused", { status: 429 });
+
+/** An answer of `bytes` bytes, sent for a request of `client` (refusable: a GET). */
+async function answer(
+  limits: ApiLimits,
+  client: string | null,
+  bytes = LARGE,
+  refusable = true,
+): Promise<Response> {
+  const admitted = limits.admit(0, client);
+  assert.ok(admitted !== null, `${client} was not admitted`);
+  return await admitted.send(new Response("a".repeat(bytes)), refusable ? refusal : undefined);
+}
+
+Deno.test("clientOf() names a client by its IP address, IPv4 mapped into IPv6 as IPv4; not a socket's path", () => {
+  assert.equal(clientOf({ transport: "tcp", hostname: "127.0.0.2", port: 1 }), "127.0.0.2");
+  assert.equal(clientOf({ transport: "tcp", hostname: "::ffff:10.0.0.1", port: 2 }), "10.0.0.1");
+  assert.equal(clientOf({ transport: "tcp", hostname: "2001:DB8::1", port: 3 }), "2001:db8::1");
+  assert.equal(clientOf({ transport: "tcp", hostname: "::1", port: 4 }), "::1");
+  assert.equal(clientOf({ transport: "unix", path: "/run/raftkv.sock" }), null);
+});
+
+Deno.test("a client's unread answers count against its share: past it, it is refused at admission and its reads are refused; another client is served", async () => {
+  const limits = new ApiLimits(CLIENT_OPTIONS);
+  const unread: Response[] = [];
+  unread.push(await answer(limits, "10.0.0.1"));
+  assert.deepEqual([limits.clientUnreadBytes("10.0.0.1"), limits.clientsWithUnread], [LARGE, 1]);
+  // A second one still fits: the client's share is spent then.
+  unread.push(await answer(limits, "10.0.0.1"));
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), 2 * LARGE);
+  // At its share, a new request of that client is refused before anything is done.
+  assert.equal(limits.admit(0, "10.0.0.1"), null);
+  assert.equal(limits.inflight, 2);
+  // Another client is admitted, and its large answer is counted apart.
+  const other = await answer(limits, "10.0.0.2");
+  assert.equal(other.status, 200);
+  assert.deepEqual([limits.clientUnreadBytes("10.0.0.2"), limits.clientsWithUnread], [LARGE, 2]);
+  assert.equal(await other.text(), "a".repeat(LARGE));
+  assert.deepEqual([limits.clientUnreadBytes("10.0.0.2"), limits.clientsWithUnread], [0, 1]);
+  // Read to the end: the first client's share is free again, its map entry gone.
+  for (const res of unread) assert.equal((await res.arrayBuffer()).byteLength, LARGE);
+  assert.deepEqual([limits.clientUnreadBytes("10.0.0.1"), limits.clientsWithUnread], [0, 0]);
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [0, 0]);
+});
+
+Deno.test("a read whose answer would pass its client's share gets the refusal, released at once; small answers are not counted", async () => {
+  const limits = new ApiLimits({ ...CLIENT_OPTIONS, maxClientUnreadBytes: LARGE + 10 });
+  const held = await answer(limits, "10.0.0.1");
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), LARGE);
+  // Admitted (under its share), but its answer does not fit: refused once ready.
+  const refused = await answer(limits, "10.0.0.1");
+  assert.equal(refused.status, 429);
+  assert.equal(await refused.text(), "refused");
+  assert.deepEqual([limits.inflight, limits.inflightBytes], [1, LARGE]);
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), LARGE);
+  // An answer of a chunk at most is handed over whole: never counted, never refused.
+  const small = await answer(limits, "10.0.0.1", RESPONSE_CHUNK_BYTES);
+  assert.equal(small.status, 200);
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), LARGE);
+  assert.equal((await small.arrayBuffer()).byteLength, RESPONSE_CHUNK_BYTES);
+  await held.body!.cancel();
+  assert.deepEqual([limits.clientsWithUnread, limits.inflight, limits.inflightBytes], [0, 0, 0]);
+});
+
+Deno.test("a client that holds nothing may hold one answer larger than its share, as a request larger than the node's budget is admitted alone", async () => {
+  const limits = new ApiLimits({ ...CLIENT_OPTIONS, maxClientUnreadBytes: 1000 });
+  const res = await answer(limits, "10.0.0.1", 2 * LARGE);
+  assert.equal(res.status, 200);
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), 2 * LARGE);
+  assert.equal(limits.admit(0, "10.0.0.1"), null);
+  await res.body!.cancel();
+  assert.equal(limits.clientsWithUnread, 0);
+  assert.ok(limits.admit(0, "10.0.0.1") !== null);
+});
+
+Deno.test("a write's answer past its client's share is still sent, and counted (its effect has happened)", async () => {
+  const limits = new ApiLimits(CLIENT_OPTIONS);
+  const reads = [await answer(limits, "10.0.0.1"), await answer(limits, "10.0.0.1", LARGE - 1)];
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), 2 * LARGE - 1);
+  // Admitted (under its share by a byte); its answer passes it, and goes all the same.
+  const write = await answer(limits, "10.0.0.1", LARGE, false);
+  assert.equal(write.status, 200);
+  assert.equal(write.headers.get("content-length"), String(LARGE));
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), 3 * LARGE - 1);
+  assert.equal(limits.inflightBytes, 3 * LARGE - 1);
+  assert.equal(limits.admit(0, "10.0.0.1"), null);
+  assert.equal(await write.text(), "a".repeat(LARGE));
+  for (const res of reads) await res.body!.cancel("client left");
+  assert.deepEqual([limits.clientsWithUnread, limits.inflight, limits.inflightBytes], [0, 0, 0]);
+});
+
+Deno.test("a client's answers cut off for taking nothing release its share", async () => {
+  const limits = new ApiLimits({ ...CLIENT_OPTIONS, responseStallMs: 30 });
+  const res = await answer(limits, "10.0.0.1");
+  const reader = res.body!.getReader();
+  assert.equal((await reader.read()).value!.byteLength, RESPONSE_CHUNK_BYTES);
+  assert.equal(limits.clientUnreadBytes("10.0.0.1"), LARGE); // counted until all of it is taken
+  // Then nothing for longer than the bound.
+  const started = Date.now();
+  while (limits.clientsWithUnread > 0 && Date.now() - started < 5_000) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  await assert.rejects(reader.read(), { name: "TimeoutError", message: /took nothing/ });
+  assert.deepEqual([limits.clientsWithUnread, limits.inflight, limits.inflightBytes], [0, 0, 0]);
+});
+
+Deno.test("with maxClientUnreadBytes 0 (or without a client) nothing is counted per client: only the node's budget bounds", async () => {
+  const { maxClientUnreadBytes: _, ...withoutBound } = CLIENT_OPTIONS;
+  for (
+    const [options, client] of [
+      [{ ...CLIENT_OPTIONS, maxClientUnreadBytes: 0 }, "10.0.0.1"],
+      [withoutBound, "10.0.0.1"], // not given: 0
+      [CLIENT_OPTIONS, null],
+    ] as const
+  ) {
+    const limits = new ApiLimits(options);
+    const unread: Response[] = [];
+    for (let i = 0; i < 5; i++) unread.push(await answer(limits, client));
+    assert.deepEqual(unread.map((res) => res.status), [200, 200, 200, 200, 200]);
+    assert.deepEqual([limits.clientsWithUnread, limits.inflightBytes], [0, 5 * LARGE]);
+    assert.ok(limits.admit(0, client) !== null);
+    for (const res of unread) await res.body!.cancel();
+  }
+});
+
+/** A node holding one large value, `big`, for a handler (as `Deno.serve` calls it). */
+function bigValueBackend(value: string): KvBackend {
+  const kv = new KvStateMachine();
+  kv.apply(1, { op: "put", key: "big", value });
+  const status = (): NodeStatus => ({
+    id: "n1",
+    role: "leader",
+    term: 1,
+    leader: { id: "n1", api_url: "http://n1.test" },
+    commit_index: kv.appliedIndex,
+    applied_index: kv.appliedIndex,
+    last_index: kv.appliedIndex,
+    members: [{ id: "n1", api_url: "http://n1.test" }],
+    alarms: [],
+  });
+  return {
+    write: (cmd) => Promise.resolve(kv.apply(kv.appliedIndex + 1, cmd)),
+    read: (key) => Promise.resolve({ entry: kv.entry(key), index: kv.appliedIndex }),
+    range: () => Promise.reject(new Error("no ranges here")),
+    snapshot: () => {
+      throw new Error("no snapshots here");
+    },
+    status,
+    isReady: () => true,
+    overloaded: () => null,
+  };
+}
+
+Deno.test("the handler bounds each remote address Deno.serve names; not requests without one, nor forwarded ones", async () => {
+  const value = "v".repeat(4 * RESPONSE_CHUNK_BYTES);
+  const handler = createApiHandler(bigValueBackend(value), {
+    selfId: "n1",
+    members: [{ id: "n2", rpcUrl: "http://n2.test:6666", apiUrl: "http://n2.test:7777" }],
+    // One answer of the value (with its JSON around it), not two.
+    maxClientUnreadBytes: value.length + value.length / 2,
+  });
+  const from = (hostname: string) => ({
+    remoteAddr: { transport: "tcp" as const, hostname, port: 1 },
+  });
+  const get = () => new Request("http://n1.test/v1/data/big");
+  const put = (key: string) =>
+    new Request(`http://n1.test/v1/data/${key}`, {
+      method: "PUT",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ v: value }),
+    });
+  const assertTooMany = async (res: Response) => {
+    assert.equal(res.status, 429);
+    assert.equal(res.headers.get("retry-after"), "1");
+    assert.deepEqual(await res.json(), { error: "too many requests" });
+  };
+  const client = from("::ffff:127.0.0.2");
+  const unread = [await handler(get(), client)];
+  assert.equal(unread[0]!.status, 200);
+  // Admitted (under its share), but the answer of a second read would pass it: 429 instead.
+  await assertTooMany(await handler(get(), from("127.0.0.2")));
+  // A write is answered all the same, its answer (echoing the value) counted: past the share.
+  unread.push(await handler(put("big2"), client));
+  assert.equal(unread[1]!.status, 200);
+  // Now any request of that client is refused at once, its body unread.
+  const refusedWrite = put("big3");
+  await assertTooMany(await handler(refusedWrite, client));
+  assert.equal(refusedWrite.bodyUsed, false);
+  await assertTooMany(await handler(get(), client));
+  // Another address, a request without one, and one forwarded by a member are served.
+  const others = [
+    await handler(get(), from("127.0.0.1")),
+    await handler(get()),
+    await handler.forwarded(
+      new Request("http://n1.test/forward/v1/data/big", {
+        headers: { [FORWARDED_BY_HEADER]: "n2" },
+      }),
+      null,
+    ),
+  ];
+  for (const res of others) {
+    assert.equal(res.status, 200);
+    assert.equal((await res.json()).v, value);
+  }
+  // Once the client has read its answers, it is served again.
+  for (const res of unread) assert.equal((await res.json()).v, value);
+  const again = await handler(get(), client);
+  assert.equal(again.status, 200);
+  assert.equal((await again.json()).v, value);
+  assert.equal((await handler(get(), client)).status, 200);
+});
+
+Deno.test("createApiHandler() takes maxClientUnreadBytes from 0 (off) up to maxInflightBytes", () => {
+  const backend = bigValueBackend("v");
+  for (const maxClientUnreadBytes of [0, 1, 1000]) {
+    createApiHandler(backend, { selfId: "n1", maxInflightBytes: 1000, maxClientUnreadBytes });
+  }
+  for (const maxClientUnreadBytes of [-1, 1.5, Number.NaN, 1001]) {
+    assert.throws(
+      () =>
+        createApiHandler(backend, { selfId: "n1", maxInflightBytes: 1000, maxClientUnreadBytes }),
+      RangeError,
+    );
+  }
 });

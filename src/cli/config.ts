@@ -124,6 +124,12 @@ export interface NodeConfig {
   maxInflightRequests: number;
   /** Bytes of request bodies in progress at once before 429. Default 64 MiB. */
   maxInflightBytes: number;
+  /**
+   * Bytes of answers one client (IP address) may have not yet read before its requests get 429;
+   * at most `maxInflightBytes`; 0 for no per-client bound. Default a quarter of
+   * `maxInflightBytes` (16 MiB).
+   */
+  maxClientUnreadBytes: number;
   /** Requests being forwarded to the leader at once before 429. Default 256. */
   maxForwardedRequests: number;
   /** Writes proposed by the leader but not yet applied before 503. Default 4096. */
@@ -451,6 +457,9 @@ export function parseArgs(
     );
   }
 
+  const maxInflightBytes = settings.positiveInt("--max-inflight-bytes") ??
+    DEFAULTS.maxInflightBytes;
+
   const config: NodeConfig = {
     id,
     apiPort,
@@ -488,7 +497,8 @@ export function parseArgs(
     maxValueBytes: settings.positiveInt("--max-value-bytes") ?? DEFAULTS.maxValueBytes,
     maxInflightRequests: settings.positiveInt("--max-inflight-requests") ??
       DEFAULTS.maxInflightRequests,
-    maxInflightBytes: settings.positiveInt("--max-inflight-bytes") ?? DEFAULTS.maxInflightBytes,
+    maxInflightBytes,
+    maxClientUnreadBytes: _maxClientUnreadBytes(settings, maxInflightBytes),
     maxForwardedRequests: settings.positiveInt("--max-forwarded-requests") ??
       DEFAULTS.maxForwardedRequests,
     maxPendingProposals: settings.positiveInt("--max-pending-proposals") ??
@@ -520,6 +530,25 @@ export function parseArgs(
   const open = openApiWarning(config.apiListenHost, apiPort, config.tokens);
   const warnings = [..._unknownEnvWarnings(env), ...(open === null ? [] : [open])];
   return { kind: "run", config, warnings };
+}
+
+/**
+ * `--max-client-unread-bytes`: 0 (off), or at most `--max-inflight-bytes` (a larger share would
+ * never be reached: the node's budget is spent first); by default a quarter of it.
+ */
+function _maxClientUnreadBytes(settings: _Settings, maxInflightBytes: number): number {
+  const bytes = settings.positiveInt("--max-client-unread-bytes", true);
+  if (bytes === undefined) {
+    return Math.max(1, Math.floor(maxInflightBytes / DEFAULTS.maxClientUnreadBytesDivisor));
+  }
+  if (bytes > maxInflightBytes) {
+    throw _invalid(
+      settings.raw("--max-client-unread-bytes")!,
+      `is more than --max-inflight-bytes (${maxInflightBytes}): one client's share must fit in ` +
+        "the node's (0 turns the per-client bound off)",
+    );
+  }
+  return bytes;
 }
 
 /** `--reload-interval`: 0 (off), or 100 ms or more (each look reads every file). */

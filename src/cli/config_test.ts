@@ -89,6 +89,7 @@ const _DEFAULT_CONFIG: NodeConfig = {
   maxValueBytes: 1048576,
   maxInflightRequests: 1024,
   maxInflightBytes: 67108864,
+  maxClientUnreadBytes: 16777216,
   maxForwardedRequests: 256,
   maxPendingProposals: 4096,
   maxPendingBytes: 67108864,
@@ -148,7 +149,10 @@ const _STATIC_CASES: [flag: string, value: string, expected: Partial<NodeConfig>
   ["--max-key-bytes", "64", { maxKeyBytes: 64 }],
   ["--max-value-bytes", "4096", { maxValueBytes: 4096 }],
   ["--max-inflight-requests", "4", { maxInflightRequests: 4 }],
-  ["--max-inflight-bytes", "100000", { maxInflightBytes: 100_000 }],
+  ["--max-inflight-bytes", "100000", { maxInflightBytes: 100_000, maxClientUnreadBytes: 25_000 }],
+  ["--max-client-unread-bytes", "1048576", { maxClientUnreadBytes: 1_048_576 }],
+  ["--max-client-unread-bytes", "67108864", { maxClientUnreadBytes: 67_108_864 }],
+  ["--max-client-unread-bytes", "0", { maxClientUnreadBytes: 0 }],
   ["--max-forwarded-requests", "3", { maxForwardedRequests: 3 }],
   ["--max-pending-proposals", "8", { maxPendingProposals: 8 }],
   ["--max-pending-bytes", "65536", { maxPendingBytes: 65536 }],
@@ -349,6 +353,48 @@ Deno.test("parseArgs() rejects counts and sizes that are not positive integers",
     _assertConfigError(
       () => parseArgs(["--id", "node-1", "--quota-bytes", value], {}, _files()),
       `Invalid value for --quota-bytes: ${JSON.stringify(value)} is not a whole number`,
+    );
+  }
+});
+
+Deno.test("parseArgs() takes --max-client-unread-bytes up to --max-inflight-bytes, by default a quarter of it", () => {
+  const bounds = (argv: string[], env: Record<string, string> = {}) => {
+    const { maxInflightBytes, maxClientUnreadBytes } = _config(["--id", "node-1", ...argv], env);
+    return [maxInflightBytes, maxClientUnreadBytes];
+  };
+  assert.deepEqual(bounds([]), [64 << 20, 16 << 20]);
+  // The default follows --max-inflight-bytes, from a flag or its variable; never 0 (off).
+  assert.deepEqual(bounds(["--max-inflight-bytes", "1000001"]), [1_000_001, 250_000]);
+  assert.deepEqual(bounds([], { RAFTKV_MAX_INFLIGHT_BYTES: "4096" }), [4096, 1024]);
+  assert.deepEqual(bounds(["--max-inflight-bytes", "3"]), [3, 1]);
+  // Any share up to the node's budget, or 0 for none.
+  assert.deepEqual(bounds(["--max-inflight-bytes", "4096", "--max-client-unread-bytes", "4096"]), [
+    4096,
+    4096,
+  ]);
+  assert.deepEqual(bounds(["--max-client-unread-bytes", "1"]), [64 << 20, 1]);
+  assert.deepEqual(bounds([], { RAFTKV_MAX_CLIENT_UNREAD_BYTES: "0" }), [64 << 20, 0]);
+  // One client's share larger than the node's budget is refused, naming both.
+  _assertConfigError(
+    () =>
+      parseArgs(
+        ["--id", "node-1", "--max-inflight-bytes", "4096", "--max-client-unread-bytes", "4097"],
+        {},
+        _files(),
+      ),
+    'Invalid value for --max-client-unread-bytes: "4097" is more than --max-inflight-bytes (4096)',
+    "0 turns the per-client bound off",
+  );
+  _assertConfigError(
+    () =>
+      parseArgs(["--id", "node-1"], { RAFTKV_MAX_CLIENT_UNREAD_BYTES: String(65 << 20) }, _files()),
+    `Invalid value for RAFTKV_MAX_CLIENT_UNREAD_BYTES: "${65 << 20}" is more than ` +
+      `--max-inflight-bytes (${64 << 20})`,
+  );
+  for (const value of ["-1", "1.5", "16MiB", "1e6"]) {
+    _assertConfigError(
+      () => parseArgs(["--id", "node-1", "--max-client-unread-bytes", value], {}, _files()),
+      `Invalid value for --max-client-unread-bytes: ${JSON.stringify(value)} is not a whole number`,
     );
   }
 });

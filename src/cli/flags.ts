@@ -57,6 +57,11 @@ export const DEFAULTS = {
   maxInflightRequests: 1024,
   /** Default of `--max-inflight-bytes` (64 MiB). */
   maxInflightBytes: 64 * 1024 * 1024,
+  /**
+   * Divisor of the default of `--max-client-unread-bytes`: a quarter of `--max-inflight-bytes`
+   * (16 MiB by default), at least 1.
+   */
+  maxClientUnreadBytesDivisor: 4,
   /** Default of `--max-forwarded-requests`. */
   maxForwardedRequests: 256,
   /** Default of `--max-pending-proposals`. */
@@ -349,6 +354,17 @@ export const FLAGS: readonly FlagInfo[] = [
     `${_D.maxInflightBytes} (64 MiB)`,
     "Bytes of request bodies in progress at once (Content-Length, or the body limit when not " +
       "declared), and of answers not yet sent; past it: 429 at once",
+  ),
+  _flag(
+    "Limits and logging",
+    "--max-client-unread-bytes",
+    "<bytes>",
+    `a quarter of --max-inflight-bytes (${
+      _D.maxInflightBytes / _D.maxClientUnreadBytesDivisor
+    }, 16 MiB)`,
+    "Bytes of answers over 64 KiB one client (IP address) has not read yet; a client at it: " +
+      "429 at once; a GET whose answer would pass it: 429 (a write is answered anyway); at " +
+      "most --max-inflight-bytes (0: no per-client bound)",
   ),
   _flag(
     "Limits and logging",
