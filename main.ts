@@ -271,6 +271,9 @@ export async function main(args: string[]): Promise<number> {
           hostname: config.rpcListenHost,
           onListen: peerOnListen,
           logger: rateLimited(log, 5_000),
+          // A connection proving a non-member (a stranger, a removed member, one this node does
+          // not know yet) is ended once answered (see serveMutualTls).
+          isMember: (id) => validator.checkSender(id) === null,
         }, peerHandler));
     }
     apiServer = await _listening(

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import { makeCertificates } from "../../testing/certs.ts";
+import { connectH2Socket } from "../util/h2_socket.ts";
 import { H2Client } from "./h2_client.ts";
 import {
   type PeerRequestHandler,
@@ -368,4 +370,105 @@ Deno.test("a connection that does not complete its TLS handshake in time is drop
     // A client that does its handshake is served as before.
     await assertAnswersOk(server, p);
   }, { handshakeTimeoutMs: 300 });
+});
+
+/** What a raw `node:http2` client saw of one request on its own connection, and after it. */
+interface Exchange {
+  status: number;
+  body: string;
+  /** Whether the server ended the connection (GOAWAY or close) within 3 s of the answer. */
+  ended: boolean;
+  /** The answer to a second request on the same connection, sent after the first one's answer. */
+  second: string;
+}
+
+/** Sends POST `path` as `id` on a new connection, then a second request on it; see Exchange. */
+async function exchange(port: number, p: Pems, id: string, path: string): Promise<Exchange> {
+  const url = new URL(`https://localhost:${port}`);
+  const socket = connectH2Socket(url, { ca: p.ca, ...p.pair(id) });
+  const session = http2.connect(url, { createConnection: () => socket });
+  session.on("error", () => {});
+  const ended = new Promise<true>((resolve) => {
+    session.once("goaway", () => resolve(true));
+    session.once("close", () => resolve(true));
+  });
+  const ask = (to: string) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = session.request({ ":method": "POST", ":path": to });
+      req.on("error", reject);
+      let status = 0;
+      let body = "";
+      req.on("response", (headers) => status = Number(headers[":status"]));
+      req.setEncoding("utf8");
+      req.on("data", (chunk: string) => body += chunk);
+      req.on("end", () => resolve({ status, body }));
+      req.end("x");
+    });
+  try {
+    const first = await ask(path);
+    const gone = await within(ended, 3000, false);
+    const second = gone ? "(connection ended)" : await ask("/ok").then((r) => r.body, String);
+    return { ...first, ended: gone, second };
+  } finally {
+    // The socket first: no GOAWAY from this client.
+    socket.destroy();
+    session.destroy();
+  }
+}
+
+Deno.test("a connection proving a non-member is ended once its 403 or 410 is answered; a member's stays open after a refusal", async () => {
+  const members = new Set(["node-1", "node-2"]);
+  await withServer(
+    (req, info) => {
+      const path = new URL(req.url).pathname;
+      if (info.peer === "node-3") {
+        return Promise.resolve(Response.json({ code: "removed" }, { status: 410 }));
+      }
+      if (path === "/refuse" || !members.has(info.peer ?? "")) {
+        return Promise.resolve(Response.json({ error: `no ${info.peer}` }, { status: 403 }));
+      }
+      return Promise.resolve(new Response("ok"));
+    },
+    async (server, p) => {
+      const port = server.addr.port;
+      const stranger = await exchange(port, p, "stranger", "/raft/members");
+      assert.deepEqual(
+        { status: stranger.status, body: stranger.body, ended: stranger.ended },
+        { status: 403, body: '{"error":"no stranger"}', ended: true },
+      );
+      const removed = await exchange(port, p, "node-3", "/raft/messages");
+      assert.deepEqual(
+        { status: removed.status, body: removed.body, ended: removed.ended },
+        { status: 410, body: '{"code":"removed"}', ended: true },
+      );
+      const member = await exchange(port, p, "node-2", "/refuse");
+      assert.deepEqual(member, {
+        status: 403,
+        body: '{"error":"no node-2"}',
+        ended: false,
+        second: "ok",
+      });
+    },
+    { isMember: (id) => members.has(id) },
+  );
+});
+
+Deno.test("the accept check is quiet, also when the event loop stalls, and hands on the connections that arrive while it runs", async () => {
+  await withServer(() => Promise.resolve(new Response("ok")), async (server, p, warnings) => {
+    // Checks every 20 ms: many of these connections arrive while one is under way.
+    const deadline = performance.now() + 1500;
+    let served = 0;
+    while (performance.now() < deadline) {
+      await assertAnswersOk(server, p);
+      served++;
+    }
+    assert.ok(served > 10, `only ${served} requests answered`);
+    // A stalled event loop (a long synchronous task) is not taken for a dead listener.
+    for (let i = 0; i < 3; i++) {
+      const until = performance.now() + 1500;
+      while (performance.now() < until) { /* busy */ }
+      await assertAnswersOk(server, p);
+    }
+    assert.deepEqual(warnings, []);
+  }, { acceptCheckMs: 20 });
 });
