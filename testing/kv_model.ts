@@ -1,8 +1,9 @@
 /**
  * A reference model of the key-value state machine, written as plainly as possible and apart
  * from `src/kv/`: a `Map` of entries, ranges by sorting every key, remembered idempotent outcomes
- * in an array scanned from the front, leases as a map of ids and a map of key to lease id. It gives the same results as `KvStateMachine` should, so
- * tests and the simulation can check the real state machine (and whole clusters) against it.
+ * in an array, oldest first (with a map of them by id), leases as a map of ids and a map of key
+ * to lease id. It gives the same results as `KvStateMachine` should, so tests and the simulation
+ * can check the real state machine (and whole clusters) against it.
  *
  * It shares only the command types and the key order with the real code: the order is checked on
  * its own against UTF-8 bytes in `src/kv/key_order_test.ts`.
@@ -23,7 +24,8 @@ import {
 
 interface _Remembered {
   id: string;
-  bytes: string;
+  /** The command's encoding: a retry must send the same bytes. */
+  bytes: Uint8Array;
   expiresAt: number;
   result: KvResult;
   size: number;
@@ -34,6 +36,13 @@ export class KvModel {
   /** The entries by key. */
   readonly data = new Map<string, KvEntry>();
   #remembered: _Remembered[] = [];
+  /**
+   * The same outcomes by id (an id is remembered once at most), and the sum of their sizes: kept
+   * in step with the array, so that an apply neither scans nor sums it (a simulation applies
+   * every committed entry of a run here, with up to a thousand outcomes remembered).
+   */
+  #rememberedById = new Map<string, _Remembered>();
+  #rememberedSize = 0;
   /** How many times a command ran (not replayed), by idempotency key. */
   readonly appliedById = new Map<string, number>();
   /** The leases' time to live by id. */
@@ -46,40 +55,53 @@ export class KvModel {
     if (cmd.op !== "idempotent") return this.#plain(index, cmd);
     // Expired outcomes go from the front only (as far as the first one still alive), or when hit.
     while (this.#remembered[0] !== undefined && this.#remembered[0].expiresAt <= cmd.at) {
-      this.#remembered.shift();
+      this.#forget(0);
     }
-    const bytes = Array.from(encodeCommand(cmd.command)).join(",");
-    const found = this.#remembered.findIndex((r) => r.id === cmd.id);
-    if (found >= 0) {
-      const r = this.#remembered[found]!;
+    const bytes = encodeCommand(cmd.command);
+    const r = this.#rememberedById.get(cmd.id);
+    if (r !== undefined) {
       if (r.expiresAt > cmd.at) {
-        if (r.bytes !== bytes) return { op: "idempotency_mismatch", index, id: cmd.id };
-        return { ...structuredClone(r.result), replayed: true };
+        if (!_sameBytes(r.bytes, bytes)) return { op: "idempotency_mismatch", index, id: cmd.id };
+        return { ..._copy(r.result), replayed: true };
       }
-      this.#remembered.splice(found, 1);
+      this.#forget(this.#remembered.indexOf(r));
     }
     const result = this.#plain(index, cmd.command);
     this.appliedById.set(cmd.id, (this.appliedById.get(cmd.id) ?? 0) + 1);
-    this.#remembered.push({
+    const remembered: _Remembered = {
       id: cmd.id,
       bytes,
       expiresAt: cmd.at + cmd.ttlMs,
-      result: structuredClone(result),
+      result: _copy(result),
       size: _sessionSize(cmd.id, result),
-    });
-    const total = () => this.#remembered.reduce((n, r) => n + r.size, 0);
+    };
+    this.#remembered.push(remembered);
+    this.#rememberedById.set(cmd.id, remembered);
+    this.#rememberedSize += remembered.size;
     while (
       this.#remembered.length > cmd.maxKeys ||
-      (this.#remembered.length > 0 && total() > cmd.maxBytes)
+      (this.#remembered.length > 0 && this.#rememberedSize > cmd.maxBytes)
     ) {
-      this.#remembered.shift();
+      this.#forget(0);
     }
     return result;
+  }
+
+  /** Forgets the remembered outcome at `at` (oldest first). */
+  #forget(at: number): void {
+    const [r] = this.#remembered.splice(at, 1);
+    this.#rememberedById.delete(r!.id);
+    this.#rememberedSize -= r!.size;
   }
 
   /** The ids whose outcomes are remembered, oldest first. */
   rememberedIds(): string[] {
     return this.#remembered.map((r) => r.id);
+  }
+
+  /** How many outcomes are remembered (`rememberedIds().length`, without the copy). */
+  get rememberedCount(): number {
+    return this.#remembered.length;
   }
 
   /** The entries of `range` in key order. */
@@ -231,6 +253,27 @@ function _test(d: number, op: "=" | "!=" | "<" | ">"): boolean {
 
 /** The bytes the state machine counts for a remembered outcome (its snapshot record). */
 function _sessionSize(id: string, result: KvResult): number {
-  const enc = new TextEncoder();
-  return 4 + enc.encode(id).length + 16 + enc.encode(JSON.stringify(result)).length;
+  return 4 + _ENCODER.encode(id).length + 16 + _ENCODER.encode(JSON.stringify(result)).length;
+}
+
+const _ENCODER = new TextEncoder();
+
+/** Whether `a` and `b` hold the same bytes. */
+function _sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * A deep copy of a result (plain objects, arrays and primitives), so that what the model
+ * remembers and what it hands out never share an object: `structuredClone` gives the same, at
+ * many times the cost.
+ */
+function _copy<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(_copy) as T;
+  if (value === null || typeof value !== "object") return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) out[k] = _copy(v);
+  return out as T;
 }

@@ -276,13 +276,18 @@ export class SimFileSystem implements FileSystem {
 
 // ---- the model ------------------------------------------------------------------------------
 
+/** The empty buffer every empty {@linkcode _Bytes} shares (nothing is ever written into it). */
+const _NO_BYTES = new Uint8Array(0);
+
 /** A growable byte buffer; bytes past `size` are always zero. */
 class _Bytes {
   #buf: Uint8Array;
   size: number;
 
-  constructor(initial: Uint8Array = new Uint8Array(0)) {
-    this.#buf = initial.slice();
+  constructor(initial: Uint8Array = _NO_BYTES) {
+    // An empty buffer is shared (a file gets its own at its first write, which grows it): many
+    // files are written once and replaced (a hard state, a metadata file).
+    this.#buf = initial.length === 0 ? _NO_BYTES : initial.slice();
     this.size = initial.length;
   }
 
@@ -421,10 +426,10 @@ class _Disk {
 
   /** Finds the directory that holds `path`'s last component, and what that names now. */
   lookup(path: string, op: string): { dir: _Dir; name: string; node: _Node | undefined } {
-    const parts = posix.resolve("/", path).split("/").filter((p) => p !== "");
+    const parts = _partsOf(path);
     let dir = this.root;
-    for (const part of parts.slice(0, -1)) {
-      const child = dir.entries.get(part);
+    for (let k = 0; k < parts.length - 1; k++) {
+      const child = dir.entries.get(parts[k]!);
       if (child === undefined) throw _error("ENOENT", op, path);
       if (child.kind === "file") throw _error("ENOTDIR", op, path);
       dir = child;
@@ -534,7 +539,10 @@ class _Disk {
         file.lastSynced = null;
         if (change.kind === "write") {
           const end = Math.min(change.offset + change.bytes.length, file.synced.size);
-          const old = file.synced.view().slice(Math.min(change.offset, end), end);
+          // (An append, the usual write, overwrote nothing durable.)
+          const old = change.offset >= end
+            ? _NO_BYTES
+            : file.synced.view().slice(change.offset, end);
           file.lastSynced = { sync, offset: change.offset, old, sizeBefore: file.synced.size };
         }
       }
@@ -701,6 +709,22 @@ class _Disk {
     return { disk, notes };
   }
 }
+
+/**
+ * The components of `path` resolved from `/`, remembered by path: a simulated node looks up the
+ * same few paths over and over. (Read-only: shared by every lookup of the path.)
+ */
+function _partsOf(path: string): readonly string[] {
+  let parts = _PARTS.get(path);
+  if (parts === undefined) {
+    if (_PARTS.size >= 10_000) _PARTS.clear(); // bounded: paths a long run makes once
+    parts = posix.resolve("/", path).split("/").filter((p) => p !== "");
+    _PARTS.set(path, parts);
+  }
+  return parts;
+}
+
+const _PARTS = new Map<string, readonly string[]>();
 
 /** Makes a journal record durable. */
 function _commit(change: _EntryChange): void {

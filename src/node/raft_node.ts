@@ -1572,8 +1572,9 @@ export class RaftNode implements KvBackend, LeaderTransfer {
     const read = this.#inspectReaders ??= {
       entry: (index) => {
         const log = this.#core.log;
+        // The log's own array, read in place (a slice would copy it for the one entry).
         return index >= log.firstIndex() && index <= log.lastIndex()
-          ? log.slice(index, index + 1)[0]
+          ? log.entries[index - log.firstIndex()]
           : undefined;
       },
       value: (key) => this.#kv.get(key),

@@ -98,10 +98,18 @@ export class Checker {
   #refLeaseTables: string[] = ["[]"];
   /** Every idempotency key clients sent, with the indexes their definite answers named. */
   readonly idemAnswers = new Map<string, Set<number>>();
-  /** {@linkcode Checker.state} of the reference state after each index. */
+  /**
+   * The reference state after each index: every key's entry (in the order of the run's keys, null
+   * when absent; the model never changes an entry it made) and how many idempotent outcomes it
+   * remembered. Kept as they are, not as {@linkcode Checker.state}'s string: the nodes' states
+   * are compared with them field by field, and the string is made only when one is asked for.
+   */
+  #refEntries: (KvEntry | null)[][] = [];
+  #refRemembered: number[] = [];
+  /** {@linkcode Checker.state} of the reference state at an index, once asked for. */
   #refStates: string[] = [];
-  /** {@linkcode Checker.leaseState} of the reference state after each index. */
-  #refLeaseStates: string[] = [];
+  /** After each index: the lease of every key (in key order, null: none), the number of leases. */
+  #refLeases: { of: (number | null)[]; count: number }[] = [];
   /** The UTF-8 bytes of the reference state's keys and values after each index. */
   #refBytes: number[] = [0];
   /**
@@ -136,8 +144,9 @@ export class Checker {
   /** Starts the record at the bootstrap `voters`; `leases` hears of leases that end. */
   constructor(ctx: SimContext, voters: string[], leases: Pick<LeaseHolders, "ended">) {
     [this.#ctx, this.#leases, this.confs] = [ctx, leases, [{ index: 0, voters }]];
-    this.#refStates[0] = this.state(() => null, 0);
-    this.#refLeaseStates[0] = this.#leaseState(() => null, 0);
+    this.#refEntries[0] = ctx.keys.map(() => null);
+    this.#refRemembered[0] = 0;
+    this.#refLeases[0] = { of: ctx.keys.map(() => null), count: 0 };
   }
 
   /** The recovered state must hold everything the node was told was durable before it crashed. */
@@ -196,19 +205,7 @@ export class Checker {
       this.#learnCommitted(n, s, n.lastCommit + 1, s.commit);
       n.lastCommit = s.commit;
     }
-    const leader = this.leaders.get(s.term);
-    if (s.role === "leader" && leader === undefined) {
-      this.leaders.set(s.term, n.id);
-      this.leaderSince.set(s.term, this.#ctx.clock.now());
-      this.#ctx.stats.elections++;
-      this.#ctx.note(`${n.id} leads term ${s.term}`);
-      this.#checkLeaderCompleteness(n, s);
-    } else if (s.role === "leader" && leader !== n.id) {
-      this.#ctx.violation(
-        "election-safety",
-        `two leaders in term ${s.term}: ${leader} and ${n.id}`,
-      );
-    }
+    if (s.role === "leader") this.#checkLeader(n, s);
     if (s.applied !== n.lastApplied) {
       n.lastApplied = s.applied;
       this.#checkApplied(n, s);
@@ -217,6 +214,23 @@ export class Checker {
       const alarm = s.noSpace;
       if (alarm && !n.alarm) this.#ctx.stats.noSpaceAlarms++;
       n.alarm = alarm;
+    }
+  }
+
+  /** A leader: the first of its term is recorded (and checked complete); another is a second. */
+  #checkLeader(n: SimNode, s: NodeInspection): void {
+    const leader = this.leaders.get(s.term);
+    if (leader === undefined) {
+      this.leaders.set(s.term, n.id);
+      this.leaderSince.set(s.term, this.#ctx.clock.now());
+      this.#ctx.stats.elections++;
+      this.#ctx.note(`${n.id} leads term ${s.term}`);
+      this.#checkLeaderCompleteness(n, s);
+    } else if (leader !== n.id) {
+      this.#ctx.violation(
+        "election-safety",
+        `two leaders in term ${s.term}: ${leader} and ${n.id}`,
+      );
     }
   }
 
@@ -237,7 +251,9 @@ export class Checker {
         );
       }
     }
-    n.seen.length = s.lastIndex + 1;
+    // (Set only when it changes: setting an array's length is not free, and this runs for every
+    // node after every step.)
+    if (n.seen.length !== s.lastIndex + 1) n.seen.length = s.lastIndex + 1;
   }
 
   /** The node knows entries `from..to` are committed: compare with (or extend) the record. */
@@ -266,9 +282,10 @@ export class Checker {
     if (to <= this.#maxCommit) return;
     this.#maxCommit = this.#ctx.stats.maxCommit = to;
     // Apply newly known committed entries to the reference state.
+    const keys = this.#ctx.keys;
     for (let c; (c = this.#committed[this.refIndex + 1]); this.refIndex++) {
       const i = this.refIndex + 1;
-      const before = this.#ctx.keys.map((k) => this.#ref.data.get(k) ?? null);
+      const before = this.#refEntries[i - 1]!;
       let ended = false;
       if (c.term !== this.#termSpan.term) {
         this.#termSpan = { term: c.term, mostHeld: new Map(), leastRest: new Map() };
@@ -288,26 +305,25 @@ export class Checker {
           ended = true;
         }
       }
+      const after = keys.map((k) => this.#ref.data.get(k) ?? null);
       // A key whose lease ended (revoked or expired) goes as an `expire` change.
       const gone = ended ? "expire" : "delete";
-      this.refChanges[i] = this.#ctx.keys.flatMap(
+      this.refChanges[i] = keys.flatMap(
         (k, j): { type: string; k: string; v: string | null }[] => {
-          const [was, now] = [before[j], this.#ref.data.get(k) ?? null];
+          const [was, now] = [before[j], after[j]!];
           if (now !== null && now.modIndex !== was?.modIndex) {
             return [{ type: "put", k, v: now.value }];
           }
           return now === null && was !== null ? [{ type: gone, k, v: null }] : [];
         },
       );
-      this.#refStates[i] = this.state(
-        (k) => this.#ref.data.get(k) ?? null,
-        this.#ref.rememberedIds().length,
-      );
+      this.#refEntries[i] = after;
+      this.#refRemembered[i] = this.#ref.rememberedCount;
       this.#refLeaseTables[i] = this.#leaseTable();
-      this.#refLeaseStates[i] = this.#leaseState(
-        (k) => this.#ref.keyLease.get(k) ?? null,
-        this.#ref.leases.size,
-      );
+      this.#refLeases[i] = {
+        of: keys.map((k) => this.#ref.keyLease.get(k) ?? null),
+        count: this.#ref.leases.size,
+      };
       let bytes = 0;
       for (const e of this.#ref.data.values()) bytes += utf8Length(e.key) + utf8Length(e.value);
       this.#refBytes[i] = bytes;
@@ -373,7 +389,18 @@ export class Checker {
    * outcomes), and the leases as [id, ttl, keys in key order] by id, as strings.
    */
   refAt(index: number): [string | undefined, string | undefined] {
-    return [this.#refStates[index], this.#refLeaseTables[index]];
+    return [this.#refState(index), this.#refLeaseTables[index]];
+  }
+
+  /** {@linkcode Checker.state} of the reference state at `index` (with the remembered outcomes). */
+  #refState(index: number): string | undefined {
+    const entries = this.#refEntries[index];
+    if (entries === undefined) return undefined;
+    if (this.#refStates[index] === undefined) {
+      const at = new Map(this.#ctx.keys.map((k, j) => [k, entries[j]!]));
+      this.#refStates[index] = this.state((k) => at.get(k)!, this.#refRemembered[index]!);
+    }
+    return this.#refStates[index];
   }
 
   /** The highest commit index any node was seen to know. */
@@ -396,15 +423,22 @@ export class Checker {
     return JSON.stringify([leases, ...this.#ctx.keys.map(leaseOf)]);
   }
 
-  /** A node's applied data equals the reference state at its applied index. */
+  /**
+   * A node's applied data equals the reference state at its applied index: as strings
+   * ({@linkcode Checker.state}, the lease state), made only when the fields are not all identical
+   * (identical fields make identical strings; otherwise the strings decide, as they always did).
+   */
   #checkApplied(n: SimNode, s: NodeInspection): void {
     if (s.applied > this.refIndex || s.applied === 0) return;
-    const [got, want] = [this.state(s.kvEntry, s.sessionCount), this.#refStates[s.applied]];
-    if (got !== want) {
-      this.#ctx.violation(
-        "state-machine-safety",
-        `${n.id} applied up to ${s.applied} but holds ${got} where the committed log gives ${want}`,
-      );
+    const keys = this.#ctx.keys;
+    if (!this.#sameState(s)) {
+      const [got, want] = [this.state(s.kvEntry, s.sessionCount), this.#refState(s.applied)];
+      if (got !== want) {
+        this.#ctx.violation(
+          "state-machine-safety",
+          `${n.id} applied up to ${s.applied} but holds ${got} where the committed log gives ${want}`,
+        );
+      }
     }
     if (s.dataBytes !== this.#refBytes[s.applied]) {
       this.#ctx.violation(
@@ -413,14 +447,38 @@ export class Checker {
           `committed log gives ${this.#refBytes[s.applied]} (the quota counts them)`,
       );
     }
-    const leases = this.#leaseState((k) => s.leaseOf(k), s.leaseCount);
-    if (leases !== this.#refLeaseStates[s.applied]) {
-      this.#ctx.violation(
-        "state-machine-safety",
-        `${n.id} applied up to ${s.applied} but its leases are ${leases} where the committed ` +
-          `log gives ${this.#refLeaseStates[s.applied]}`,
-      );
+    const ref = this.#refLeases[s.applied];
+    if (
+      ref === undefined || s.leaseCount !== ref.count ||
+      keys.some((k, j) => s.leaseOf(k) !== ref.of[j])
+    ) {
+      const leases = this.#leaseState((k) => s.leaseOf(k), s.leaseCount);
+      const want = ref && this.#leaseState((k) => ref.of[keys.indexOf(k)]!, ref.count);
+      if (leases !== want) {
+        this.#ctx.violation(
+          "state-machine-safety",
+          `${n.id} applied up to ${s.applied} but its leases are ${leases} where the committed ` +
+            `log gives ${want}`,
+        );
+      }
     }
+  }
+
+  /** Whether the entries and remembered outcomes of `s` are the reference's, field by field. */
+  #sameState(s: NodeInspection): boolean {
+    const want = this.#refEntries[s.applied];
+    if (want === undefined || s.sessionCount !== this.#refRemembered[s.applied]) return false;
+    const keys = this.#ctx.keys;
+    for (let j = 0; j < keys.length; j++) {
+      const e = s.kvEntry(keys[j]!);
+      const w = want[j]!;
+      if (e === w) continue;
+      if (
+        e === null || w === null || e.value !== w.value || e.createIndex !== w.createIndex ||
+        e.modIndex !== w.modIndex || e.version !== w.version
+      ) return false;
+    }
+    return true;
   }
 
   #checkLeaderCompleteness(n: SimNode, s: NodeInspection): void {
@@ -466,16 +524,16 @@ export class Checker {
     // A leader counts the configuration it appended last, committed or not: the newest
     // configuration in any live node's log is a candidate too.
     const from = this.confs.filter((x) => x.index <= c).at(-1)!.index;
-    const candidates = this.confs.filter((x) => x.index >= from).map((x) => x.voters);
-    for (const n of this.#ctx.nodes) {
-      const list = n.node?.membership.list();
-      if (list && list.length > 0) {
-        candidates.push(list.filter((m) => m.role === "voter").map((m) => m.node_id));
-      }
-    }
-    const majority = candidates.some((voters) =>
-      holders.filter((h) => voters.includes(h.id)).length >= Math.floor(voters.length / 2) + 1
-    );
+    const isMajority = (voters: string[]) =>
+      holders.filter((h) => voters.includes(h.id)).length >= Math.floor(voters.length / 2) + 1;
+    // The nodes' newest configurations are read only when no committed one has the majority
+    // (reading them builds every node's member list, and the answer is the same).
+    const majority = this.confs.some((x) => x.index >= from && isMajority(x.voters)) ||
+      this.#ctx.nodes.some((n) => {
+        const list = n.node?.membership.list();
+        return list !== undefined && list.length > 0 &&
+          isMajority(list.filter((m) => m.role === "voter").map((m) => m.node_id));
+      });
     if (!majority) {
       this.#ctx.violation(
         "durable-majority",
@@ -589,7 +647,7 @@ export class Checker {
   /** Every range read (each page) held the committed state of its keys at the index it reported. */
   #checkRanges(): void {
     for (const r of this.rangeReads) {
-      const ref = this.#refStates[r.index];
+      const ref = this.#refState(r.index);
       if (ref === undefined) continue; // beyond what the reference learned (never in practice)
       const all = JSON.parse(ref) as Record<string, unknown>;
       const want = Object.fromEntries(r.keys.map((k) => [k, all[k]]));
@@ -609,7 +667,7 @@ export class Checker {
    */
   #checkOmitted(): void {
     for (const o of this.omittedReads) {
-      const ref = this.#refStates[o.index];
+      const ref = this.#refState(o.index);
       if (ref === undefined) continue; // beyond what the reference learned (never in practice)
       type Held = [string, number, number, number] | null;
       const want = (JSON.parse(ref) as Record<string, Held>)[o.key] ?? null;

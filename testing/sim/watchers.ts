@@ -158,9 +158,11 @@ export class Watchers {
       else from += fault === "repeat" ? -1 : 1;
     }
     // `GET /v1/watch` through the API's own route: its buffer, its cut-off and its final event.
-    const url = new URL(`http://${n.id}.sim/v1/watch`);
-    url.searchParams.set("key" in w.filter ? "key" : "prefix", Object.values(w.filter)[0]!);
-    if (from !== null && resume === null) url.searchParams.set("from", String(from));
+    // The query made first (the same URL as setting each parameter on it, parsed once).
+    const query = new URLSearchParams();
+    query.set("key" in w.filter ? "key" : "prefix", Object.values(w.filter)[0]!);
+    if (from !== null && resume === null) query.set("from", String(from));
+    const url = new URL(`http://${n.id}.sim/v1/watch?${query}`);
     if (resume?.includes(":")) this.#ctx.stats.watchMidEntryResumes++;
     let res: Response;
     try {
