@@ -16,6 +16,14 @@ import {
   waitFor,
 } from "../testing/harness.ts";
 import { attempt, createFreshConnectionClient } from "../testing/chaos_lib.ts";
+import {
+  change,
+  handLead,
+  joinAsVoter,
+  type MemberRow,
+  members,
+  waitMembers,
+} from "../testing/membership.ts";
 import { checkLinearizability, type Operation } from "../src/check/linearizability.ts";
 import { runClient } from "../src/cli/client/client.ts";
 import { loadHardState, saveHardState } from "../src/storage/hard_state.ts";
@@ -34,13 +42,6 @@ async function cli(args: string[]): Promise<{ code: number; out: string; err: st
 }
 
 const WRITERS = 3;
-
-interface MemberRow {
-  node_id: string;
-  rpc_url: string;
-  api_url: string;
-  role: "voter" | "learner";
-}
 
 /** Writers (each its own key, growing values) and a reader, against the current members. */
 class Load {
@@ -120,69 +121,6 @@ class Load {
     await Promise.all(this.#loops);
     this.#client.close();
   }
-}
-
-async function members(cluster: ProcessCluster, via: string): Promise<MemberRow[] | null> {
-  const r = await attempt(`${cluster.api(via)}/v1/members`, "GET", undefined, 2000);
-  return r.kind === "answer" && r.status === 200
-    ? (r.json as { members: MemberRow[] }).members
-    : null;
-}
-
-/** Sends a membership change until it is applied (or, for a removal, already done). */
-async function change(
-  cluster: ProcessCluster,
-  via: () => string,
-  method: "POST" | "DELETE",
-  path: string,
-  body?: unknown,
-): Promise<void> {
-  await waitFor(async () => {
-    const r = await attempt(`${cluster.api(via())}${path}`, method, body, 5000);
-    if (r.kind !== "answer") return false;
-    if (r.status === 200 || r.status === 201) return true;
-    if (method === "DELETE" && r.status === 404) return true; // applied by an earlier attempt
-    if (r.status === 409 && (r.json as { code?: string }).code === "exists") return true;
-    return false;
-  }, { deadlineMs: 15_000, intervalMs: 100, message: `${method} ${path} to be applied` });
-}
-
-async function waitMembers(
-  cluster: ProcessCluster,
-  via: () => string,
-  ok: (rows: MemberRow[]) => boolean,
-  message: string,
-): Promise<void> {
-  await waitFor(async () => {
-    const rows = await members(cluster, via());
-    return rows !== null && ok(rows);
-  }, { deadlineMs: 20_000, intervalMs: 100, message });
-}
-
-/** Asks leader `from` to hand the lead to `to` and waits until `to` leads. */
-async function handLead(cluster: ProcessCluster, from: string, to: string): Promise<void> {
-  const moved = await attempt(`${cluster.api(from)}/v1/leader/transfer`, "POST", { to }, 10_000);
-  assert.ok(moved.kind === "answer" && moved.status === 200, JSON.stringify(moved));
-  await waitFor(async () => (await cluster.status(to))?.leader?.id === to, {
-    deadlineMs: 10_000,
-    message: `${to} to lead`,
-  });
-}
-
-/** Starts `id` with `--join` through `via()` and waits (asking `via()`) until it is a voter. */
-async function joinAsVoter(cluster: ProcessCluster, id: string, via: () => string): Promise<void> {
-  await cluster.addNode(id);
-  await cluster.start(id, { flags: ["--join", cluster.api(via())] });
-  await waitMembers(
-    cluster,
-    via,
-    (rows) => rows.some((m) => m.node_id === id && m.role === "voter"),
-    `${id} to be a voter`,
-  );
-  // It took its cluster's id (from the leader's first write, or the answer to its join).
-  const [own, theirs] = await Promise.all([cluster.status(id), cluster.status(via())]);
-  assert.match(theirs?.cluster_id ?? "", /^[0-9a-f]{16}$/);
-  assert.equal(own?.cluster_id, theirs?.cluster_id);
 }
 
 Deno.test("members are added, removed (the leader too) and replaced under load; no acknowledged write is lost", async () => {

@@ -30,6 +30,7 @@ import {
 } from "../testing/harness.ts";
 import { readLines } from "../testing/read_lines.ts";
 import { attempt } from "../testing/chaos_lib.ts";
+import { handLead, waitMembers } from "../testing/membership.ts";
 import { H2Client } from "../src/transport/h2_client.ts";
 import { FROM_HEADER, MEMBERS_PATH } from "../src/transport/http_transport.ts";
 
@@ -297,13 +298,6 @@ Deno.test("a node keeps running and answering its peers through a churn of conne
 });
 
 /** The members `via` lists (`GET /v1/members`), or null if it does not answer. */
-async function memberIds(cluster: ProcessCluster, via: string): Promise<string[] | null> {
-  const r = await attempt(`${cluster.api(via)}/v1/members`, "GET", undefined, 2000);
-  if (r.kind !== "answer" || r.status !== 200) return null;
-  return (r.json as { members: { node_id: string; role: string }[] }).members
-    .filter((m) => m.role === "voter").map((m) => m.node_id).sort();
-}
-
 Deno.test("over mutual TLS, a member the node does not know yet still gets its 403 (the node then asks for the members), and a removed member its 410", async () => {
   const dir = await Deno.makeTempDir({ prefix: "raftkv-peer-refusals-" });
   try {
@@ -318,18 +312,13 @@ Deno.test("over mutual TLS, a member the node does not know yet still gets its 4
     assert.equal(await cluster.stop(away), 0);
     await cluster.addNode("node-4");
     await cluster.start("node-4", { flags: ["--join", cluster.api(first)] });
-    await waitFor(async () => (await memberIds(cluster, first))?.includes("node-4") ?? false, {
-      deadlineMs: 20_000,
-      message: () => `node-4 to be a voter\n${cluster.formatLogs(["node-4"], 20)}`,
-    });
-    const moved = await attempt(`${cluster.api(first)}/v1/leader/transfer`, "POST", {
-      to: "node-4",
-    }, 10_000);
-    assert.ok(moved.kind === "answer" && moved.status === 200, JSON.stringify(moved));
-    await waitFor(async () => (await cluster.status("node-4"))?.leader?.id === "node-4", {
-      deadlineMs: 10_000,
-      message: "node-4 to lead",
-    });
+    await waitMembers(
+      cluster,
+      () => first,
+      (rows) => rows.some((m) => m.node_id === "node-4" && m.role === "voter"),
+      "node-4 to be a voter",
+    );
+    await handLead(cluster, first, "node-4");
     for (let i = 1; i <= 3; i++) {
       const r = await attempt(`${cluster.api("node-4")}/v1/data/k`, "PUT", { v: `${i}` }, 5000);
       assert.ok(r.kind === "answer" && r.status === 200, JSON.stringify(r));
@@ -363,10 +352,12 @@ Deno.test("over mutual TLS, a member the node does not know yet still gets its 4
       10_000,
     );
     assert.ok(removed.kind === "answer" && removed.status === 200, JSON.stringify(removed));
-    await waitFor(async () => !((await memberIds(cluster, "node-4"))?.includes(gone) ?? true), {
-      deadlineMs: 10_000,
-      message: `${gone} to be removed`,
-    });
+    await waitMembers(
+      cluster,
+      () => "node-4",
+      (rows) => !rows.some((m) => m.node_id === gone && m.role === "voter"),
+      `${gone} to be removed`,
+    );
     await cluster.start(gone);
     await waitFor(async () => (await cluster.status(gone))?.membership === "removed", {
       deadlineMs: 20_000,
