@@ -108,11 +108,15 @@ Deno.test("a node cut off from its peers still stops gracefully on SIGTERM", asy
 });
 
 Deno.test("over slow links (a 25-35 ms one-way path) writes and linearizable reads take a round trip, writes through a follower two, lease reads none", async () => {
-  await using chaos = await ChaosCluster.start({ size: 3 });
+  // The defaults a deployment runs (1 s election timeout, 100 ms heartbeats), not the harness's
+  // short ones: a 300 ms timeout over 25-35 ms links on a loaded machine saw elections during the
+  // measurement, after which the "leader" forwarded everything and its lease reads too.
+  await using chaos = await ChaosCluster.start({
+    size: 3,
+    nodeFlags: ["--election-timeout", "1000", "--heartbeat", "100"],
+  });
   const processes = chaos.processes;
   chaos.slow(chaos.allLinks(), { minMs: 25, maxMs: 35 });
-  const leader = await processes.waitForLeader(20_000);
-  const follower = chaos.ids.find((id) => id !== leader) ?? "node-2";
   const timed = async (id: string, method: string, path: string, body?: unknown) => {
     const started = performance.now();
     const result = await processes.request(id, method, path, body, { timeoutMs: 10_000 });
@@ -120,15 +124,30 @@ Deno.test("over slow links (a 25-35 ms one-way path) writes and linearizable rea
     return performance.now() - started;
   };
   const median = (ms: number[]) => [...ms].sort((a, b) => a - b)[Math.floor(ms.length / 2)]!;
-  const writes: number[] = [];
-  const reads: number[] = [];
-  const leaseReads: number[] = [];
-  const forwarded: number[] = [];
-  for (let i = 0; i < 15; i++) {
-    writes.push(await timed(leader, "POST", "/v1/data", { k: `k${i}`, v: String(i) }));
-    reads.push(await timed(leader, "GET", `/v1/data/k${i}`));
-    leaseReads.push(await timed(leader, "GET", `/v1/data/k${i}?consistency=lease`));
-    forwarded.push(await timed(follower, "POST", "/v1/data", { k: `f${i}`, v: String(i) }));
+  const termOf = async (id: string) => (await processes.status(id, 5_000))?.term ?? null;
+  let leader = "";
+  let follower = "";
+  let writes: number[] = [];
+  let reads: number[] = [];
+  let leaseReads: number[] = [];
+  let forwarded: number[] = [];
+  // The figures hold for one leader: if an election happened meanwhile (the leader's term moved),
+  // requests sent to the old leader were forwarded, so measure again, at most three times.
+  for (let attempt = 1;; attempt++) {
+    leader = await processes.waitForLeader(20_000);
+    follower = chaos.ids.find((id) => id !== leader) ?? "node-2";
+    const term = await termOf(leader);
+    [writes, reads, leaseReads, forwarded] = [[], [], [], []];
+    for (let i = 0; i < 15; i++) {
+      writes.push(await timed(leader, "POST", "/v1/data", { k: `k${i}`, v: String(i) }));
+      reads.push(await timed(leader, "GET", `/v1/data/k${i}`));
+      leaseReads.push(await timed(leader, "GET", `/v1/data/k${i}?consistency=lease`));
+      forwarded.push(await timed(follower, "POST", "/v1/data", { k: `f${i}`, v: String(i) }));
+    }
+    const after = await termOf(leader);
+    if (term !== null && after === term) break;
+    console.log(`attempt ${attempt}: ${leader}'s term went from ${term} to ${after}`);
+    assert.ok(attempt < 3, "the leadership changed during each of three measurements");
   }
   const fmt = (ms: number[]) =>
     `min ${Math.min(...ms).toFixed(1)} / median ${median(ms).toFixed(1)} ms`;
