@@ -2036,6 +2036,8 @@ export class RaftNode implements KvBackend, LeaderTransfer {
         }`,
       );
     }
+    // What is still queued from an older term is of no use to anyone now (see the Transport).
+    this.#transport.dropOlderThan?.(this.#core.term);
     this.#sendNow(rd.messages);
     if (rd.snapshot) this.#installSnapshot(rd.snapshot);
     if (rd.entries.length > 0 || rd.hardState || rd.persistedMessages.length > 0) {

@@ -22,7 +22,9 @@
  * exponential backoff, and when the retries are spent what is queued is dropped and
  * {@linkcode TransportHandlers.onUnreachable} is called. A full queue drops its oldest `App`/`Heartbeat`
  * messages first (counted in `dropped`): Raft recovers from lost messages, and these are the ones
- * the leader resends anyway.
+ * the leader resends anyway. When the node's term rises ({@linkcode HttpTransport.dropOlderThan}),
+ * whatever it queued in an older term is dropped (counted in `stale`): a leader that stepped down
+ * no longer sends a peer that was away the appends of its old term when that peer comes back.
  *
  * A peer that answers the stream with `404` (a version before the stream) is sent one request per
  * batch instead (`POST /raft/messages`, up to `maxInflightPerPeer` in flight, each retried on
@@ -383,6 +385,8 @@ interface _Peer {
   urgent: boolean;
   sent: number;
   dropped: number;
+  /** Messages dropped because this node had moved on to a newer term before sending them. */
+  stale: number;
   failed: number;
   /** Seconds from sending a batch to the peer's answer, for the batches it took. */
   rtt: Histogram;
@@ -427,6 +431,8 @@ export class HttpTransport implements Transport {
   readonly #backoffMs: number;
   readonly #maxInflight: number;
   readonly #maxQueued: number;
+  /** Messages of a term below this one are dropped (see {@linkcode HttpTransport.dropOlderThan}). */
+  #term = 0;
   readonly #maxBatchBytes: number;
   readonly #logger: TransportLogger;
   readonly #useStream: boolean;
@@ -520,6 +526,7 @@ export class HttpTransport implements Transport {
       urgent: false,
       sent: 0,
       dropped: 0,
+      stale: 0,
       failed: 0,
       rtt: this.#rtt!.labels(peer.id),
       streamUrl: _endpoint(peer, STREAM_PATH),
@@ -572,6 +579,10 @@ export class HttpTransport implements Transport {
         this.#logger.warn(`Dropped a message of type ${msg.type} for unknown peer "${msg.to}"`);
         continue;
       }
+      if (msg.term !== 0 && msg.term < this.#term) {
+        peer.stale++;
+        continue;
+      }
       if (peer.queue.length >= this.#maxQueued) _dropOldest(peer);
       peer.queue.push(msg);
       if (!_canWait(msg)) peer.urgent = true;
@@ -581,6 +592,22 @@ export class HttpTransport implements Transport {
         peer.pumpScheduled = true;
         setImmediate(() => this.#turnEnded(peer, false));
       }
+    }
+  }
+
+  /**
+   * Drops the queued messages of a term older than `term`, and every such message sent from now
+   * on (messages without a term are kept). Called when the node's term rises: receivers ignore
+   * those messages once they know the newer term, and a peer that was away would take a deposed
+   * leader's appends as news (valid, but no longer the leader's word).
+   */
+  dropOlderThan(term: number): void {
+    if (term <= this.#term) return;
+    this.#term = term;
+    for (const peer of this.#peers.values()) {
+      const kept = peer.queue.filter((m) => m.term === 0 || m.term >= this.#term);
+      peer.stale += peer.queue.length - kept.length;
+      peer.queue = kept;
     }
   }
 
@@ -629,6 +656,7 @@ export class HttpTransport implements Transport {
         inflight: p.inflight + (p.stream === null ? 0 : 1),
         sent: p.sent,
         dropped: p.dropped,
+        stale: p.stale,
         failed: p.failed,
       };
     }

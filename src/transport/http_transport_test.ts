@@ -356,11 +356,65 @@ Deno.test("HttpTransport drops the oldest App and Heartbeat messages when a queu
       inflight: 1,
       sent: 0,
       dropped: 2,
+      stale: 0,
       failed: 0,
     });
     release();
     await changed.until(() => b.batches.length === 2, "both batches");
     assert.deepStrictEqual(b.batches, [[first], [vote2, hb4, vote5]]);
+  } finally {
+    release();
+    await transport.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("HttpTransport drops what it queued in an older term once the node's term rises, and what is sent in one later", async () => {
+  const changed = new Condition();
+  const b = _recording(changed);
+  const inner = createPeerHandler(b.handlers);
+  let arrived = 0;
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => release = resolve);
+  const server = _serve(async (req) => {
+    arrived++;
+    changed.notify();
+    await gate;
+    return inner(req);
+  });
+  const transport = new HttpTransport({}, {
+    self: "a",
+    peers: [{ id: "b", rpcUrl: _url(server) }],
+    maxInflightPerPeer: 1,
+    stream: false,
+  });
+  try {
+    const first = sampleMessage(MessageType.App, "a", "b", 0); // term 1, in flight
+    transport.send([first]);
+    await changed.until(() => arrived === 1, "the first request");
+    // Terms 2, 3 and 4 wait behind it; a message without a term (none carry one today) stays.
+    const [app2, hb3, app4] = [1, 2, 3].map((seed) =>
+      sampleMessage(seed === 2 ? MessageType.Heartbeat : MessageType.App, "a", "b", seed)
+    );
+    const termless = { ...sampleMessage(MessageType.App, "a", "b", 5), term: 0 };
+    transport.send([app2!, hb3!, termless, app4!]);
+    transport.dropOlderThan(4);
+    transport.dropOlderThan(3); // a term never goes back: no effect
+    assert.deepStrictEqual(transport.stats()["b"], {
+      queued: 2,
+      inflight: 1,
+      sent: 0,
+      dropped: 0,
+      stale: 2,
+      failed: 0,
+    });
+    const late = sampleMessage(MessageType.AppResp, "a", "b", 2); // term 3, sent after the rise
+    const current = sampleMessage(MessageType.VoteResp, "a", "b", 3);
+    transport.send([late, current]);
+    assert.strictEqual(transport.stats()["b"]!.stale, 3);
+    release();
+    await changed.until(() => b.batches.flat().length === 4, "the rest");
+    assert.deepStrictEqual(b.batches.flat(), [first, termless, app4, current]);
   } finally {
     release();
     await transport.close();

@@ -22,6 +22,12 @@ export interface Transport {
    */
   setPeers?(peers: readonly { id: NodeId; rpcUrl: string }[]): void;
   /**
+   * Called when the node's term rises to `term`: a transport that queues messages may drop those
+   * of older terms still waiting, and any sent later (their receivers ignore them once they know
+   * the newer term, and a peer that was away would take a deposed leader's appends as news).
+   */
+  dropOlderThan?(term: number): void;
+  /**
    * Streams a snapshot to a peer: `msg` is the {@linkcode MessageType.Snap} message, `open()`
    * returns the snapshot bytes as a stream (it may be called again to retry). Resolves when the
    * peer accepted it; rejects on failure, with a {@linkcode PeerNoSpaceError} when the peer's
@@ -183,6 +189,8 @@ export interface PeerStats {
   sent: number;
   /** Messages dropped because the queue was full. */
   dropped: number;
+  /** Messages dropped because this node moved to a newer term before they were sent. */
+  stale: number;
   /** Messages dropped because their batch failed (peer unreachable or request refused). */
   failed: number;
 }
