@@ -13,7 +13,9 @@
  * written, or a certificate renewed before its key, is thus not reported half done while the
  * writer is still at it (a pause longer than a check still lets it through; the reload's checks
  * then refuse it and the next change is reported again). A file that cannot be read counts as
- * changed contents too, so that its loss is said in the log.
+ * changed contents too, so that its loss is said in the log; but a read that failed for the
+ * process's sake, not the file's (out of file descriptors or memory, interrupted), is no news
+ * about the file: its group is not looked at in that check.
  *
  * @example Usage
  * ```ts
@@ -90,6 +92,9 @@ export class FileChanges {
       const paths = this.#groups.get(name);
       if (paths === undefined) continue;
       const now = await this.#contents(paths, known);
+      // Not looked at: what is settled stays, so a change is still noticed once reads work (the
+      // reload that follows a signal says why it could not read the files).
+      if (now === null) continue;
       this.#settled.set(name, now);
       this.#seen.set(name, now);
     }
@@ -105,6 +110,7 @@ export class FileChanges {
     const changed: string[] = [];
     for (const [name, paths] of this.#groups) {
       const now = await this.#contents(paths);
+      if (now === null) continue; // no look this time
       if (!this.#settled.has(name)) continue; // never settled: nothing to compare with
       const before = this.#seen.get(name);
       this.#seen.set(name, now);
@@ -116,29 +122,47 @@ export class FileChanges {
     return changed;
   }
 
+  /**
+   * The files' contents (or why each could not be read) as one string, each read kept for
+   * {@linkcode FileChanges.text}; null when a read failed for the process's sake (see
+   * `_isProcessError`): then the files count as not looked at.
+   */
   async #contents(
     paths: readonly string[],
     known: ReadonlyMap<string, string> = new Map(),
-  ): Promise<string> {
+  ): Promise<string | null> {
     const read = (path: string) => {
       const text = known.get(path);
       return text === undefined ? this.#read(path) : Promise.resolve(text);
     };
-    const contents = await Promise.all(paths.map((path) =>
-      read(path).then(
-        (text) => {
-          this.#last.set(path, { text });
-          return [true, text];
-        },
-        (error) => {
-          this.#last.set(path, { error });
-          return [
-            false,
-            error instanceof Error ? `${error.name}: ${error.message}` : String(error),
-          ];
-        },
-      )
-    ));
+    const reads = await Promise.all(
+      paths.map((path) => read(path).then((text) => ({ text }), (error: unknown) => ({ error }))),
+    );
+    reads.forEach((r, i) => this.#last.set(paths[i]!, r));
+    if (reads.some((r) => "error" in r && _isProcessError(r.error))) return null;
+    const contents = reads.map((r) => {
+      if ("text" in r) return [true, r.text];
+      const { error } = r;
+      return [false, error instanceof Error ? `${error.name}: ${error.message}` : String(error)];
+    });
     return JSON.stringify(contents);
   }
+}
+
+/**
+ * The error codes of a read that failed for the process's sake, not the file's: out of file
+ * descriptors (the process's or the system's), out of memory, interrupted, try again.
+ */
+const _PROCESS_ERRORS: ReadonlySet<string> = new Set([
+  "EMFILE",
+  "ENFILE",
+  "ENOMEM",
+  "EINTR",
+  "EAGAIN",
+]);
+
+/** Whether `error` (as Deno's file reads throw it, with `code`) says nothing about the file. */
+function _isProcessError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && _PROCESS_ERRORS.has(code);
 }

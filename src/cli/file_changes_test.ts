@@ -103,3 +103,84 @@ Deno.test("FileChanges.settle with what start-up read: a change made since then 
   await missed.poll();
   assert.deepEqual(await missed.poll(), []);
 });
+
+/** An error shaped as Deno's reads throw it when the process is out of file descriptors. */
+function outOfDescriptors(path: string): Error {
+  const error = new Error(`Too many open files (os error 24): readfile '${path}'`);
+  return Object.assign(error, { code: "EMFILE" });
+}
+
+Deno.test("FileChanges: a read that failed for the process's sake (out of descriptors) is not a change", async () => {
+  const { map, read } = disk({ "t.json": "t1", "a.crt": "c1", "a.key": "k1" });
+  let exhausted = false;
+  const changes = new FileChanges(
+    { tokens: ["t.json"], api: ["a.crt", "a.key"] },
+    (path) => exhausted && path !== "a.crt" ? Promise.reject(outOfDescriptors(path)) : read(path),
+  );
+  await changes.settle();
+  exhausted = true;
+  assert.deepEqual(await changes.poll(), []);
+  assert.deepEqual(await changes.poll(), [], "two failed looks are not a change held still");
+  assert.throws(() => changes.text("t.json"), /Too many open files/, "the last read is kept");
+  exhausted = false;
+  assert.deepEqual(await changes.poll(), []);
+  assert.deepEqual(await changes.poll(), [], "the same files as settled: nothing to reload");
+
+  // A change made while the reads failed is reported once they work.
+  exhausted = true;
+  map.set("a.crt", "c2");
+  map.set("a.key", "k2");
+  assert.deepEqual(await changes.poll(), []);
+  assert.deepEqual(await changes.poll(), []);
+  exhausted = false;
+  assert.deepEqual(await changes.poll(), []);
+  assert.deepEqual(await changes.poll(), ["api"]);
+
+  // A signal's settle that cannot read keeps what was settled: the change is still reported.
+  map.set("t.json", "t2");
+  exhausted = true;
+  await changes.settle();
+  exhausted = false;
+  await changes.poll();
+  assert.deepEqual(await changes.poll(), ["tokens"]);
+
+  // A file that cannot be read for its own sake is still a change.
+  map.delete("t.json");
+  await changes.poll();
+  assert.deepEqual(await changes.poll(), ["tokens"]);
+});
+
+Deno.test("FileChanges with real files in a process out of file descriptors reports nothing, then a real change", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "raftkv-file-changes-" });
+  try {
+    const file = `${dir}/tokens.json`;
+    await Deno.writeTextFile(file, "t1");
+    const script = `
+      import { FileChanges } from ${
+      JSON.stringify(new URL("./file_changes.ts", import.meta.url).href)
+    };
+      const file = ${JSON.stringify(file)};
+      const changes = new FileChanges({ tokens: [file] }, (p) => Deno.readTextFile(p));
+      await changes.settle();
+      const held = [];
+      try { for (;;) held.push(Deno.openSync(file)); } catch (e) { console.log("open:", e.code); }
+      const out = [await changes.poll(), await changes.poll()];
+      for (const f of held) f.close();
+      out.push(await changes.poll(), await changes.poll());
+      Deno.writeTextFileSync(file, "t2");
+      out.push(await changes.poll(), await changes.poll());
+      console.log(JSON.stringify(out));
+    `;
+    const { code, stdout, stderr } = await new Deno.Command("bash", {
+      args: ["-c", `ulimit -n 64 && exec "$0" eval "$1"`, Deno.execPath(), script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(stdout);
+    assert.equal(code, 0, new TextDecoder().decode(stderr));
+    assert.match(out, /^open: EMFILE$/m, "the process ran out of descriptors");
+    assert.equal(out.trim().split("\n").at(-1), JSON.stringify([[], [], [], [], [], ["tokens"]]));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
