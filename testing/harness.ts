@@ -849,8 +849,8 @@ export class ProcessCluster implements AsyncDisposable {
   }
 
   /**
-   * Waits until every live node (running, not paused) reports the same leader, and that
-   * leader is live and reports itself as leader.
+   * Waits until every live node (running, not paused; a node removed from the cluster aside)
+   * reports the same leader, and that leader is live and reports itself as leader.
    *
    * @param deadlineMs How long to wait, in milliseconds. Default 10000.
    * @returns The leader's id.
@@ -864,7 +864,9 @@ export class ProcessCluster implements AsyncDisposable {
         const live = this.liveIds();
         const statuses = await Promise.all(live.map((id) => this.status(id)));
         seen = new Map(live.map((id, i) => [id, statuses[i] ?? null]));
-        const ids = new Set(statuses.map((status) => status?.leader?.id ?? null));
+        // A node removed from the cluster (still running) names no leader: it is not asked.
+        const members = statuses.filter((status) => status?.membership !== "removed");
+        const ids = new Set(members.map((status) => status?.leader?.id ?? null));
         const [agreed] = ids;
         if (ids.size !== 1 || agreed === null || agreed === undefined) return false;
         if (!live.includes(agreed) || seen.get(agreed)?.role !== "leader") return false;

@@ -1481,7 +1481,10 @@ export class RaftNode implements KvBackend, LeaderTransfer {
 
   /** This node's view of the cluster. */
   status(): NodeStatus {
-    const leader = this.#core.leader;
+    const membership = this.#membership();
+    // A removed node takes no further part: the leader it last heard of is none of its business
+    // (and its clients' retries must not be sent there on its word).
+    const leader = membership === "removed" ? NONE : this.#core.leader;
     const member = leader === NONE ? undefined : this.#members.get(leader);
     return {
       id: this.id,
@@ -1493,7 +1496,7 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       last_index: this.#core.log.lastIndex(),
       members: [...this.#members.values()].map((m) => ({ id: m.id, api_url: m.apiUrl })),
       alarms: this.#alarmed() ? ["NOSPACE"] : [],
-      membership: this.#membership(),
+      membership,
       data_bytes: this.#kv.dataBytes,
       quota_bytes: this.#quotaBytes,
       ...(this.#storage.clusterId === undefined ? {} : { cluster_id: this.#storage.clusterId }),

@@ -1662,6 +1662,7 @@ Deno.test("a removed node refuses reads, writes and watches at once, and fails t
     assert.equal(watched.length, 1);
     assert.match(watched[0]!, /removed from the cluster/);
     assert.equal(gone.status().membership, "removed");
+    assert.equal(gone.status().leader, null, "a removed node names no leader");
     assert.equal(gone.isReady(), false);
 
     // New requests are refused at once, whatever their consistency.
