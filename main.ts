@@ -37,6 +37,7 @@ import { decodeCommand } from "./src/kv/state_machine.ts";
 import { applyDebugFaults } from "./src/node/debug_faults.ts";
 import { bootstrapClusterId } from "./src/node/cluster_id.ts";
 import { openDiskStorage } from "./src/node/disk_storage.ts";
+import { registerTimingGauges } from "./src/node/node_metrics.ts";
 import { RaftNode } from "./src/node/raft_node.ts";
 import { PeerValidator } from "./src/raft/validate.ts";
 import { requestJoin } from "./src/cli/join.ts";
@@ -116,6 +117,8 @@ export async function main(args: string[]): Promise<number> {
 
   // Every layer registers its metrics here; GET /metrics on the API port renders them.
   const metrics = new MetricsRegistry();
+  // The timing the node runs with, for the dashboard and alerts to judge its last contacts by.
+  registerTimingGauges(metrics, config);
   let storage;
   try {
     storage = await openDiskStorage(config, {

@@ -3,7 +3,8 @@
  * the DevTools protocol, against real node processes: the page on a follower shows the leader
  * that `/v1/status` names, and after the leader is killed the new one within a few seconds; it
  * shows the failure tolerance the leader reports (1 with three voters up, 0 flagged once a
- * follower is killed) and flags the killed member's last-heard cell; a node that answers 401 gets
+ * follower is killed) and flags the killed member's last-heard cell (past the leader's election
+ * timeout, which every node reports in `GET /v1/cluster`); a node that answers 401 gets
  * a token field, and the token typed there is sent as a bearer token.
  * With tokens rotated on some nodes and not on others, a member that refuses the page's token is
  * shown as refusing it, not as down, and once the page's own node refuses it, the figures it
@@ -23,7 +24,12 @@ import {
   waitForText,
   watchProblems,
 } from "../testing/browser.ts";
-import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import {
+  DEFAULT_NODE_FLAGS,
+  type ProcessCluster,
+  startCluster,
+  waitFor,
+} from "../testing/harness.ts";
 
 const CHROMIUM = findChromium();
 const SKIP = " (skipped: chromium not installed; apt-get install chromium, or set RAFTKV_CHROMIUM)";
@@ -228,6 +234,27 @@ async function failureTolerance(cluster: ProcessCluster, browser: Browser): Prom
     message: () => `a failure tolerance of 1 and no member flagged (${JSON.stringify(shown)})`,
   });
   assert.equal(await textOf(page, "#up"), "3 / 3");
+  // The page flags a last contact past the leader's election timeout: every node reports its own
+  // (the harness's --election-timeout) in the answer the page polls. A member slow to answer
+  // within that answer's deadline has no metrics: asked again.
+  const electionS = Number(
+    DEFAULT_NODE_FLAGS[DEFAULT_NODE_FLAGS.indexOf("--election-timeout") + 1],
+  ) / 1000;
+  let timeouts: Record<string, unknown> = {};
+  await waitFor(async () => {
+    const answer = await cluster.request(watcher, "GET", "/v1/cluster");
+    const view = answer.json as {
+      members?: { id: string; metrics: { election_timeout_seconds?: number } | null }[];
+    } | null;
+    timeouts = Object.fromEntries(
+      (view?.members ?? []).map((m) => [m.id, m.metrics?.election_timeout_seconds]),
+    );
+    return cluster.ids.every((id) => timeouts[id] === electionS);
+  }, {
+    deadlineMs: 10_000,
+    message: () =>
+      `every member to report an election timeout of ${electionS} s (${JSON.stringify(timeouts)})`,
+  });
 
   // A follower (not the page's node) is killed: the leader no longer hears from it.
   const leader = await cluster.waitForLeader();

@@ -41,6 +41,9 @@ Deno.test({
     const before = await scrape(cluster, leader);
     assert.equal(sample(before, "raftkv_is_leader"), 1);
     assert.equal(sample(before, 'raftkv_role{role="leader"}'), 1);
+    // The timing it runs with: the harness's --election-timeout 300 and --heartbeat 50.
+    assert.equal(sample(before, "raftkv_election_timeout_seconds"), 0.3);
+    assert.equal(sample(before, "raftkv_heartbeat_interval_seconds"), 0.05);
     const commitBefore = sample(before, "raftkv_commit_index");
     const postsBefore = before.get(POST_200) ?? 0;
 
@@ -76,6 +79,7 @@ Deno.test({
     // status relayed) and on the leader it was forwarded to.
     const followerBefore = await scrape(cluster, follower);
     assert.equal(sample(followerBefore, "raftkv_is_leader"), 0);
+    assert.equal(sample(followerBefore, "raftkv_election_timeout_seconds"), 0.3);
     assert.deepEqual(
       [...followerBefore.keys()].filter((k) => k.startsWith("raftkv_peer_replication_lag")),
       [],

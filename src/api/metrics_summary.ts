@@ -2,9 +2,9 @@
  * The few numbers of a node's `GET /metrics` text that the dashboard shows, read back from the
  * Prometheus text exposition format 0.0.4: leader changes, committed proposals, key-value
  * requests by kind and status class, their latency histogram, the data's bytes and their quota,
- * and (on the leader) the replication lag of each follower, the seconds since it last heard from
- * each member and the cluster's failure tolerance. `GET /v1/cluster` sends them for every member,
- * so that the page needs no parser of its own.
+ * the node's election timeout, and (on the leader) the replication lag of each follower, the
+ * seconds since it last heard from each member and the cluster's failure tolerance.
+ * `GET /v1/cluster` sends them for every member, so that the page needs no parser of its own.
  *
  * @module
  */
@@ -68,6 +68,12 @@ export interface MetricsSummary {
    * the node reports none: every node but the leader (and a node from before this metric).
    */
   failure_tolerance: number | null;
+  /**
+   * `raftkv_election_timeout_seconds`: the node's `--election-timeout`, in seconds, against which
+   * the page judges the leader's `last_contact_seconds`. Null when the node reports none (a node
+   * from before this metric).
+   */
+  election_timeout_seconds: number | null;
   /** `raftkv_data_bytes`: the bytes of the keys and values this node has applied. */
   data_bytes: number;
   /** `raftkv_quota_bytes`: the quota of those bytes (`--quota-bytes`), 0 for none. */
@@ -79,7 +85,7 @@ const _WRITE_METHODS = new Set(["POST", "PUT", "DELETE"]);
 
 /**
  * Reads the dashboard's numbers from an exposition text; metrics it does not find count as 0
- * (or empty), but for the failure tolerance, which is then null.
+ * (or empty), but for the failure tolerance and the election timeout, which are then null.
  *
  * @example Usage
  * ```ts
@@ -91,6 +97,7 @@ const _WRITE_METHODS = new Set(["POST", "PUT", "DELETE"]);
  * console.assert(summary.leader_changes_total === 2);
  * console.assert(summary.requests_total.read["2xx"] === 5);
  * console.assert(summary.failure_tolerance === null); // not a leader's text
+ * console.assert(summary.election_timeout_seconds === null); // not in this text
  * ```
  *
  * @param text The text of `GET /metrics`.
@@ -106,6 +113,7 @@ export function summarizeMetrics(text: string): MetricsSummary {
     replication_lag_entries: {},
     last_contact_seconds: {},
     failure_tolerance: null,
+    election_timeout_seconds: null,
     data_bytes: 0,
     quota_bytes: 0,
   };
@@ -134,6 +142,9 @@ export function summarizeMetrics(text: string): MetricsSummary {
         continue;
       case "raftkv_failure_tolerance":
         summary.failure_tolerance = s.value;
+        continue;
+      case "raftkv_election_timeout_seconds":
+        summary.election_timeout_seconds = s.value;
         continue;
     }
     const kind = _kind(s.labels);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type NodeGauges, NodeMetrics } from "../node/node_metrics.ts";
+import { type NodeGauges, NodeMetrics, registerTimingGauges } from "../node/node_metrics.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { HttpMetrics } from "./http_metrics.ts";
 import { ApiLimits } from "./limits.ts";
@@ -63,6 +63,7 @@ function gauges(overrides: Partial<NodeGauges> = {}): NodeGauges {
 Deno.test("the summary reads a real node's metrics text", () => {
   const registry = new MetricsRegistry();
   const node = new NodeMetrics(registry, () => gauges());
+  registerTimingGauges(registry, { electionTimeoutMs: 300, heartbeatMs: 50 });
   const limits = new ApiLimits({
     maxInflightRequests: 10,
     maxInflightBytes: 1000,
@@ -98,6 +99,7 @@ Deno.test("the summary reads a real node's metrics text", () => {
   assert.deepEqual(summary.replication_lag_entries, { n2: 2, n3: 0 });
   assert.deepEqual(summary.last_contact_seconds, { n2: 0.1, n3: 0.2 });
   assert.equal(summary.failure_tolerance, 1);
+  assert.equal(summary.election_timeout_seconds, 0.3);
   assert.deepEqual([summary.data_bytes, summary.quota_bytes], [1234, 4096]);
   const write = summary.request_duration_seconds.write!;
   assert.equal(write.cumulative.length, write.le.length + 1);
@@ -118,6 +120,7 @@ Deno.test("metrics that are missing count as zero or empty", () => {
     replication_lag_entries: {},
     last_contact_seconds: {},
     failure_tolerance: null,
+    election_timeout_seconds: null,
     data_bytes: 0,
     quota_bytes: 0,
   });
@@ -150,4 +153,26 @@ Deno.test("a follower reports no last contact and no failure tolerance: empty an
   assert.deepEqual(summary.replication_lag_entries, {});
   assert.deepEqual(summary.last_contact_seconds, {});
   assert.equal(summary.failure_tolerance, null);
+});
+
+Deno.test("every node reports its election timeout, the leader or not; an older one none: null", () => {
+  const follower: Partial<NodeGauges> = {
+    role: "follower",
+    lag: null,
+    lastContact: null,
+    failureTolerance: null,
+  };
+  for (const overrides of [{}, follower]) {
+    const registry = new MetricsRegistry();
+    new NodeMetrics(registry, () => gauges(overrides));
+    registerTimingGauges(registry, { electionTimeoutMs: 2500, heartbeatMs: 250 });
+    const summary = summarizeMetrics(registry.render());
+    assert.equal(summary.election_timeout_seconds, 2.5, overrides.role ?? "leader");
+  }
+  // A node from before the metric: its text has the rest, not this one.
+  const old = new MetricsRegistry();
+  new NodeMetrics(old, () => gauges());
+  const summary = summarizeMetrics(old.render());
+  assert.equal(summary.election_timeout_seconds, null);
+  assert.equal(summary.failure_tolerance, 1);
 });

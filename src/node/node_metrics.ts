@@ -2,7 +2,8 @@
  * The driver's metrics (see the README's metrics table): what {@linkcode RaftNode} counts as it
  * goes (leader changes, proposal outcomes, apply and snapshot durations), and the gauges copied
  * from its state at each scrape (role, term, indexes, queue depths, replication lag), so that
- * the Ready loop pays nothing for them.
+ * the Ready loop pays nothing for them; and the node's configured timing (election timeout and
+ * heartbeat interval), set once at start by {@linkcode registerTimingGauges}.
  *
  * @module
  */
@@ -299,6 +300,45 @@ export class NodeMetrics {
   proposalFailed(error: unknown): void {
     this.#failed[_failure(error)].inc();
   }
+}
+
+/** The node's timing as configured, in milliseconds (see {@linkcode registerTimingGauges}). */
+export interface NodeTiming {
+  /** `--election-timeout`. */
+  electionTimeoutMs: number;
+  /** `--heartbeat`. */
+  heartbeatMs: number;
+}
+
+/**
+ * Registers `raftkv_election_timeout_seconds` and `raftkv_heartbeat_interval_seconds` in
+ * `registry`, set once to the node's configured timing: they do not change while it runs. With
+ * them, a dashboard or an alert can judge `raftkv_peer_last_contact_seconds` against this node's
+ * own election timeout rather than the default one.
+ *
+ * @example Usage
+ * ```ts
+ * import { registerTimingGauges } from "./node_metrics.ts";
+ * import { MetricsRegistry } from "../util/metrics.ts";
+ *
+ * const registry = new MetricsRegistry();
+ * registerTimingGauges(registry, { electionTimeoutMs: 1000, heartbeatMs: 100 });
+ * console.assert(registry.render().includes("raftkv_election_timeout_seconds 1\n"));
+ * ```
+ *
+ * @param registry Where to register them.
+ * @param timing The node's `--election-timeout` and `--heartbeat`.
+ * @throws {RangeError} If they are already registered there.
+ */
+export function registerTimingGauges(registry: MetricsRegistry, timing: NodeTiming): void {
+  registry.gauge(
+    "raftkv_election_timeout_seconds",
+    "This node's election timeout (--election-timeout), in seconds: as a follower it starts an election after hearing from no leader for this long (randomized up to twice it); as leader it counts a voter not heard from for this long as down (raftkv_failure_tolerance).",
+  ).set(timing.electionTimeoutMs / 1000);
+  registry.gauge(
+    "raftkv_heartbeat_interval_seconds",
+    "This node's heartbeat interval (--heartbeat), in seconds: as leader it sends heartbeats this often, and raftkv_peer_last_contact_seconds counts in steps of it.",
+  ).set(timing.heartbeatMs / 1000);
 }
 
 function _failure(error: unknown): ProposalFailure {

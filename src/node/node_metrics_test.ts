@@ -4,6 +4,7 @@ import { MemoryNetwork } from "../../testing/memory_transport.ts";
 import { parseSamples, sample } from "../../testing/prometheus.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { openDiskStorage } from "./disk_storage.ts";
+import { registerTimingGauges } from "./node_metrics.ts";
 import { RaftNode, type RaftNodeOptions } from "./raft_node.ts";
 
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -227,4 +228,22 @@ Deno.test("writes refused for overload are counted as failed proposals", async (
     await solo!.node.stop();
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("the election timeout and heartbeat interval are exported in seconds, once", () => {
+  const registry = new MetricsRegistry();
+  registerTimingGauges(registry, { electionTimeoutMs: 1500, heartbeatMs: 75 });
+  const text = registry.render();
+  assert.match(text, /^# TYPE raftkv_election_timeout_seconds gauge$/m);
+  assert.match(text, /^# HELP raftkv_election_timeout_seconds .*--election-timeout/m);
+  assert.match(text, /^# TYPE raftkv_heartbeat_interval_seconds gauge$/m);
+  assert.match(text, /^# HELP raftkv_heartbeat_interval_seconds .*--heartbeat/m);
+  const s = parseSamples(text);
+  assert.equal(sample(s, "raftkv_election_timeout_seconds"), 1.5);
+  assert.equal(sample(s, "raftkv_heartbeat_interval_seconds"), 0.075);
+  // Registered once per registry: a second registration is refused.
+  assert.throws(
+    () => registerTimingGauges(registry, { electionTimeoutMs: 1000, heartbeatMs: 100 }),
+    RangeError,
+  );
 });

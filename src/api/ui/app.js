@@ -167,10 +167,29 @@ export function membersUp(view) {
 }
 
 /**
- * Seconds since the leader last heard from a member past which the page flags it: about an
- * election timeout (the default `--election-timeout`, 1 s: the page cannot see the nodes' own).
+ * Seconds since the leader last heard from a member past which the page flags it when the leader
+ * reports no election timeout of its own (a version without `raftkv_election_timeout_seconds`):
+ * the default `--election-timeout`, 1 s.
  */
 export const LAST_HEARD_WARN_S = 1;
+
+/**
+ * Seconds since the leader last heard from a member past which the page flags it: the leader's
+ * election timeout (`election_timeout_seconds` in its metrics), past which it no longer counts the
+ * member among those it hears from (see {@linkcode failureTolerance}); {@linkcode LAST_HEARD_WARN_S}
+ * when no leader is known, the page's node could not reach it, or it reports none.
+ *
+ * @param {{ members: { id: string, metrics?: any }[] }} view The answer of `GET /v1/cluster`.
+ * @param {{ id: string } | null} leader The leader, as {@linkcode leaderOf} finds it.
+ * @returns {number}
+ */
+export function lastHeardWarnSeconds(view, leader) {
+  if (leader === null) return LAST_HEARD_WARN_S;
+  const timeout = view.members.find((m) => m.id === leader.id)?.metrics?.election_timeout_seconds;
+  return typeof timeout === "number" && Number.isFinite(timeout) && timeout > 0
+    ? timeout
+    : LAST_HEARD_WARN_S;
+}
 
 /**
  * The cluster's failure tolerance as its leader reports it (`failure_tolerance` in the leader's
@@ -215,15 +234,17 @@ export function describeTolerance(tolerance) {
 
 /**
  * A member's "last heard" cell: how long ago the leader last heard from it (`last_contact_seconds`
- * in the leader's metrics, in whole heartbeats: `just now` for 0), flagged past
- * {@linkcode LAST_HEARD_WARN_S}; `leader` on the leader's own row, and `—` when the leader reports
- * nothing for the member.
+ * in the leader's metrics, in whole heartbeats: `just now` for 0), flagged past `warnAfter`
+ * (the leader's election timeout, see {@linkcode lastHeardWarnSeconds}); `leader` on the leader's
+ * own row, and `—` when the leader reports nothing for the member.
  *
  * @param {number | undefined} seconds The member's entry in the leader's `last_contact_seconds`.
  * @param {boolean} isLeader Whether the member is the leader.
+ * @param {number} [warnAfter] Seconds past which the cell is flagged; default
+ * {@linkcode LAST_HEARD_WARN_S}.
  * @returns {{ text: string, cls: string | undefined }}
  */
-export function lastHeard(seconds, isLeader) {
+export function lastHeard(seconds, isLeader, warnAfter = LAST_HEARD_WARN_S) {
   if (isLeader) return { text: "leader", cls: undefined };
   if (typeof seconds !== "number" || !Number.isFinite(seconds)) {
     return { text: "—", cls: undefined };
@@ -231,7 +252,7 @@ export function lastHeard(seconds, isLeader) {
   return {
     // The leader counts in heartbeats: 0 is within the current one.
     text: seconds < 0.001 ? "just now" : formatSeconds(seconds),
-    cls: seconds > LAST_HEARD_WARN_S ? "lag-high" : undefined,
+    cls: seconds > warnAfter ? "lag-high" : undefined,
   };
 }
 
@@ -601,6 +622,8 @@ function start() {
     const lags = leaderView?.metrics?.replication_lag_entries ?? {};
     // Absent from the summary of a node from before it: no figure, as for a follower.
     const contacts = leaderView?.metrics?.last_contact_seconds ?? {};
+    // Flagged past the leader's election timeout (1 s, the default, if it reports none).
+    const heardWarnS = lastHeardWarnSeconds(view, leader);
     const rows = view.members.map((/** @type {any} */ m) => {
       const s = m.status;
       const refused = refusedToken(m);
@@ -645,7 +668,7 @@ function start() {
         isLeader ? "leader" : lag === undefined ? "—" : String(lag),
         !isLeader && lag !== undefined && lag > 100 ? "lag-high" : undefined,
       );
-      const heard = lastHeard(contacts[m.id], isLeader);
+      const heard = lastHeard(contacts[m.id], isLeader, heardWarnS);
       cell("Last heard", heard.text, heard.cls);
       cell("Leader changes", m.metrics ? String(m.metrics.leader_changes_total) : "—");
       // The data and its quota (--quota-bytes): warned at 80 %, bad once writes are refused.

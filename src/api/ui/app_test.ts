@@ -13,6 +13,7 @@ import {
   historyMs,
   LAST_HEARD_WARN_S,
   lastHeard,
+  lastHeardWarnSeconds,
   leaderOf,
   membersUp,
   niceMax,
@@ -136,6 +137,7 @@ function member(id: string, reads: number, writes: number, errors: number, h: nu
       replication_lag_entries: {},
       last_contact_seconds: {},
       failure_tolerance: null as number | null,
+      election_timeout_seconds: null as number | null,
       data_bytes: 0,
       quota_bytes: 0,
     },
@@ -191,6 +193,43 @@ Deno.test("last heard: the leader's own row says leader; a member silent too lon
   assert.deepEqual(lastHeard(12.5, false), { text: "12.5 s", cls: "lag-high" });
   // Nothing from the leader (a follower's view, or a leader from before the figure).
   assert.deepEqual(lastHeard(undefined, false), { text: "—", cls: undefined });
+  // Past the leader's own election timeout, when the page is given it.
+  assert.deepEqual(lastHeard(0.3, false, 0.3), { text: "300 ms", cls: undefined });
+  assert.deepEqual(lastHeard(0.35, false, 0.3), { text: "350 ms", cls: "lag-high" });
+  assert.deepEqual(lastHeard(2, false, 3), { text: "2 s", cls: undefined });
+  assert.deepEqual(lastHeard(12, true, 0.3), { text: "leader", cls: undefined });
+});
+
+Deno.test("last heard is flagged past the leader's election timeout, else past 1 s", () => {
+  const withTimeout = (id: string, seconds: number | null) => {
+    const m = member(id, 0, 0, 0, null);
+    m.metrics.election_timeout_seconds = seconds;
+    return m;
+  };
+  // Each node reports its own; only the leader's counts (it is the one that counts contacts).
+  const view = {
+    members: [withTimeout("n1", 0.3), withTimeout("n2", 3), withTimeout("n3", null)],
+  };
+  assert.equal(lastHeardWarnSeconds(view, { id: "n1" }), 0.3);
+  assert.equal(lastHeardWarnSeconds(view, { id: "n2" }), 3);
+  // A leader that reports none (a version from before the figure), no leader known, a leader the
+  // view lacks, or one the page's node could not reach: the default election timeout, 1 s.
+  assert.equal(lastHeardWarnSeconds(view, { id: "n3" }), LAST_HEARD_WARN_S);
+  assert.equal(LAST_HEARD_WARN_S, 1);
+  assert.equal(lastHeardWarnSeconds(view, null), LAST_HEARD_WARN_S);
+  assert.equal(lastHeardWarnSeconds(view, { id: "n9" }), LAST_HEARD_WARN_S);
+  assert.equal(
+    lastHeardWarnSeconds({ members: [{ id: "n1", metrics: null }] }, { id: "n1" }),
+    LAST_HEARD_WARN_S,
+  );
+  const old = member("n1", 0, 0, 0, null) as { id: string; metrics: Record<string, unknown> };
+  delete old.metrics.election_timeout_seconds;
+  assert.equal(lastHeardWarnSeconds({ members: [old] }, { id: "n1" }), LAST_HEARD_WARN_S);
+  // Nonsense is not a threshold.
+  for (const bad of [0, -1, Infinity, NaN]) {
+    const bogus = { members: [withTimeout("n1", bad)] };
+    assert.equal(lastHeardWarnSeconds(bogus, { id: "n1" }), LAST_HEARD_WARN_S, String(bad));
+  }
 });
 
 Deno.test("a member that refuses the page's token is up, not down", () => {
