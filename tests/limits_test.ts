@@ -358,7 +358,7 @@ Deno.test("past --quota-bytes the leader refuses writes that add data with 507, 
     assert.equal(refused.status, 507, refused.text);
     assert.deepEqual(refused.json, {
       error: `the data would pass its quota of ${QUOTA} bytes: it holds ${QUOTA} bytes and this ` +
-        "write adds 4; delete keys to make room",
+        "write adds 4; delete keys or revoke leases to make room",
       code: "quota_exceeded",
       data_bytes: QUOTA,
       quota_bytes: QUOTA,
@@ -375,7 +375,23 @@ Deno.test("past --quota-bytes the leader refuses writes that add data with 507, 
     v: "x".repeat(150),
   });
   assert.equal(fits.status, 200, fits.text);
-  const bytes = QUOTA - 97 - 100 + 4 + 150;
+  // A lease counts 64 bytes: with 957 held, a grant is refused, alone or with a put, and applies
+  // nothing; once a delete made room, it is granted.
+  const grant = () => cluster.request(follower, "POST", "/v1/leases", { ttl: "1h" });
+  const leasedPut = await cluster.request(leader, "PUT", "/v1/data/t?ttl=1h", { v: "" });
+  for (const refused of [await grant(), leasedPut]) {
+    assert.equal(refused.status, 507, refused.text);
+    const body = refused.json as { code: string; error: string; data_bytes: number };
+    assert.equal(body.code, "quota_exceeded");
+    assert.equal(body.data_bytes, QUOTA - 97 - 100 + 4 + 150);
+    assert.match(body.error, /this write adds (64|65); delete keys or revoke leases/);
+  }
+  const none = await cluster.request(leader, "GET", "/v1/leases");
+  assert.deepEqual((none.json as { leases: unknown[] }).leases, [], none.text);
+  assert.equal((await cluster.request(follower, "DELETE", "/v1/data/q3")).status, 200);
+  const granted = await grant();
+  assert.equal(granted.status, 201, granted.text);
+  const bytes = QUOTA - 97 - 100 + 4 + 150 - 100 + 64;
 
   // Every node counts the same bytes (they applied the same entries); the leader counted its
   // refusals. The metrics pass promtool.
@@ -395,7 +411,7 @@ Deno.test("past --quota-bytes the leader refuses writes that add data with 507, 
   assert.ok(checked.ok, checked.output);
   const samples = parseSamples(text);
   assert.equal(sample(samples, "raftkv_quota_bytes"), QUOTA);
-  assert.equal(sample(samples, 'raftkv_proposals_failed_total{reason="quota"}'), 2);
+  assert.equal(sample(samples, 'raftkv_proposals_failed_total{reason="quota"}'), 4);
 
   // Restarted with a smaller quota, the node counts the data it recovered: past the new quota,
   // writes that add bytes are refused, deletes are not.

@@ -198,19 +198,34 @@ interface _Session {
 const _encoder = new TextEncoder();
 
 /**
+ * What one lease counts for in {@linkcode KvStateMachine.dataBytes}, and so against the quota.
+ * A lease costs a node about 400 bytes of memory, about 6 times this, as a key and value cost
+ * about 6 times their UTF-8 bytes: so the rule "memory about six times the quota" holds for
+ * leases too, and writers that only grant leases cannot grow the nodes past what the quota
+ * allows, as etcd's quota counts its leases with the rest of its database.
+ */
+export const LEASE_BYTES = 64;
+
+/**
  * At least what `cmd` could add to {@linkcode KvStateMachine.dataBytes}, in constant time (a
  * UTF-16 unit is at most 3 UTF-8 bytes): a write this bound keeps within a quota needs no closer
  * look with {@linkcode KvStateMachine.growth}.
  *
  * @param cmd The command.
- * @returns The bound in bytes; 0 for a command that puts nothing.
+ * @returns The bound in bytes; 0 for a command that puts nothing and grants no lease.
  */
 export function growthBound(cmd: PlainCommand): number {
   const branch = (ops: readonly TxnOp[]) =>
     ops.reduce((sum, op) => op.op === "put" ? sum + 3 * (op.key.length + op.value.length) : sum, 0);
-  if (cmd.op === "put") return 3 * (cmd.key.length + cmd.value.length);
+  if (cmd.op === "put") return 3 * (cmd.key.length + cmd.value.length) + _granted(cmd);
   if (cmd.op === "txn") return branch(cmd.success) + branch(cmd.failure);
+  if (cmd.op === "lease_grant") return LEASE_BYTES;
   return 0;
+}
+
+/** The bytes of the lease a put grants with itself (`lease: {ttlMs}`), else 0. */
+function _granted(cmd: PlainCommand & { op: "put" }): number {
+  return cmd.lease !== undefined && "ttlMs" in cmd.lease ? LEASE_BYTES : 0;
 }
 
 /** The key-value map in key order, its revisions, and the index of the last entry applied. */
@@ -250,16 +265,20 @@ export class KvStateMachine {
     return this.#data.size;
   }
 
-  /** The UTF-8 bytes of every key and value: the size of the data, as the quota counts it. */
+  /**
+   * The size of the data, as the quota counts it: the UTF-8 bytes of every key and value, and
+   * {@linkcode LEASE_BYTES} for each lease.
+   */
   get dataBytes(): number {
-    return this.#data.bytes;
+    return this.#data.bytes + LEASE_BYTES * this.#leases.size;
   }
 
   /**
    * How many bytes `cmd` would add to {@linkcode KvStateMachine.dataBytes} at most if it were
    * applied now: for each key it puts, its key and value bytes less those of the entry there (a
-   * transaction counts the branch that adds more). Deletes and commands that put nothing add 0:
-   * a full store can always be emptied.
+   * transaction counts the branch that adds more), and {@linkcode LEASE_BYTES} for a lease it
+   * grants. Deletes, revokes and commands that put nothing add 0: a full store can always be
+   * emptied.
    */
   growth(cmd: PlainCommand): number {
     const put = (key: string, value: string) =>
@@ -269,8 +288,9 @@ export class KvStateMachine {
       for (const op of ops) if (op.op === "put") sum += Math.max(0, put(op.key, op.value));
       return sum;
     };
-    if (cmd.op === "put") return Math.max(0, put(cmd.key, cmd.value));
+    if (cmd.op === "put") return Math.max(0, put(cmd.key, cmd.value)) + _granted(cmd);
     if (cmd.op === "txn") return Math.max(branch(cmd.success), branch(cmd.failure));
+    if (cmd.op === "lease_grant") return LEASE_BYTES;
     return 0;
   }
 

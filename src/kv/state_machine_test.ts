@@ -8,6 +8,7 @@ import {
   type KvCommand,
   type KvEntry,
   KvStateMachine,
+  LEASE_BYTES,
   type PlainCommand,
   REMEMBERED_VALUE_CHARS,
 } from "./state_machine.ts";
@@ -856,7 +857,7 @@ Deno.test("dataBytes counts the UTF-8 bytes of the keys and values; growth is wh
   assert.equal(sm.growth({ op: "put", key: "ключ", value: "abcdef" }), 2);
   assert.equal(sm.growth({ op: "delete", key: "ключ" }), 0);
   assert.equal(sm.growth({ op: "delete_range", range: { prefix: "" } }), 0);
-  assert.equal(sm.growth({ op: "lease_grant", ttlMs: 5000 }), 0);
+  assert.equal(sm.growth({ op: "lease_grant", ttlMs: 5000 }), LEASE_BYTES, "a lease counts");
   const txn: PlainCommand = {
     op: "txn",
     compare: [],
@@ -881,4 +882,33 @@ Deno.test("dataBytes counts the UTF-8 bytes of the keys and values; growth is wh
   }
   assert.equal(growthBound({ op: "put", key: "ключ", value: "🔑" }), 3 * (4 + 2));
   assert.equal(growthBound({ op: "delete", key: "a" }), 0);
+});
+
+Deno.test("dataBytes counts LEASE_BYTES for each lease, granted alone or with a put, until it ends", () => {
+  const sm = new KvStateMachine();
+  const grant: PlainCommand = { op: "lease_grant", ttlMs: 5000 };
+  assert.equal(sm.growth(grant), LEASE_BYTES);
+  assert.equal(growthBound(grant), LEASE_BYTES);
+  sm.apply(1, grant);
+  assert.equal(sm.dataBytes, LEASE_BYTES);
+  // A put that grants its lease adds the lease too, even when its value adds nothing.
+  sm.apply(2, { op: "put", key: "k", value: "vv" });
+  const leased: PlainCommand = { op: "put", key: "k", value: "v", lease: { ttlMs: 5000 } };
+  assert.equal(sm.growth(leased), LEASE_BYTES);
+  assert.ok(growthBound(leased) >= sm.growth(leased));
+  // Attaching to an existing lease adds no lease.
+  assert.equal(sm.growth({ op: "put", key: "k", value: "v", lease: { id: 1 } }), 0);
+  sm.apply(3, leased);
+  assert.equal(sm.dataBytes, 2 * LEASE_BYTES + 2);
+  // The views a snapshot is written from count the same once restored.
+  const copy = new KvStateMachine();
+  const view = sm.view();
+  copy.reset({ entries: view.entries(), sessions: view.sessions, leases: view.leases }, 3);
+  assert.equal(copy.dataBytes, sm.dataBytes, "counted when restored from a snapshot");
+  // Revoking a lease (or its expiry) gives its bytes back, with its keys'.
+  assert.equal(sm.growth({ op: "lease_revoke", ids: [3], reason: "revoke" }), 0);
+  sm.apply(4, { op: "lease_revoke", ids: [3], reason: "revoke" });
+  assert.equal(sm.dataBytes, LEASE_BYTES, "lease 3 and its key k are gone");
+  sm.apply(5, { op: "lease_revoke", ids: [1], reason: "expire" });
+  assert.equal(sm.dataBytes, 0);
 });

@@ -107,8 +107,8 @@ export interface NodeStatus {
    */
   membership?: "voter" | "learner" | "removed" | "joining";
   /**
-   * The UTF-8 bytes of the keys and values it has applied: what its quota limits. Absent on
-   * backends that do not count them.
+   * The UTF-8 bytes of the keys and values it has applied, and 64 for each lease: what its quota
+   * limits. Absent on backends that do not count them.
    */
   data_bytes?: number;
   /** Its quota of those bytes (`--quota-bytes`), 0 for none. Absent as `data_bytes` is. */
@@ -328,7 +328,7 @@ export class QuotaExceededError extends Error {
   constructor(dataBytes: number, growth: number, quotaBytes: number) {
     super(
       `the data would pass its quota of ${quotaBytes} bytes: it holds ${dataBytes} bytes and ` +
-        `this write adds ${growth}; delete keys to make room`,
+        `this write adds ${growth}; delete keys or revoke leases to make room`,
     );
     this.name = "QuotaExceededError";
     this.dataBytes = dataBytes;

@@ -56,7 +56,7 @@ export interface NodeGauges {
   pendingWrites: number;
   /** Whether the NOSPACE alarm is up. */
   noSpace: boolean;
-  /** The UTF-8 bytes of every key and value applied. */
+  /** The UTF-8 bytes of every key and value applied, and 64 for each lease. */
   dataBytes: number;
   /** The quota of those bytes (`--quota-bytes`), or 0 for none. */
   quotaBytes: number;
@@ -223,7 +223,7 @@ export class NodeMetrics {
     );
     const dataBytes = registry.gauge(
       "raftkv_data_bytes",
-      "UTF-8 bytes of every key and value this node has applied: the size --quota-bytes limits.",
+      "UTF-8 bytes of every key and value this node has applied, and 64 for each lease: the size --quota-bytes limits.",
     );
     const quotaBytes = registry.gauge(
       "raftkv_quota_bytes",

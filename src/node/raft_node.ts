@@ -39,6 +39,7 @@ import {
   type KvEntry,
   type KvResult,
   KvStateMachine,
+  LEASE_BYTES,
   type PlainCommand,
   type RangeQuery,
 } from "../kv/state_machine.ts";
@@ -296,9 +297,9 @@ export interface RaftNodeOptions {
    */
   maxPendingBytes?: number;
   /**
-   * The most bytes of data (the UTF-8 bytes of every key and value) this node takes as leader: a
-   * write that would add bytes past it is refused with {@linkcode QuotaExceededError} before it
-   * is proposed. Only the leader's applied data is counted, so writes in flight at once can pass
+   * The most bytes of data (the UTF-8 bytes of every key and value, and `LEASE_BYTES` for each
+   * lease) this node takes as leader: a write or lease grant that would add bytes past it is
+   * refused with {@linkcode QuotaExceededError} before it is proposed. Only the leader's applied data is counted, so writes in flight at once can pass
    * it by their own size. 0: no quota. Default 0.
    */
   quotaBytes?: number;
@@ -365,7 +366,7 @@ export interface NodeInspection {
   leaseOf(key: string): number | null;
   /** The number of leases in the applied state. */
   readonly leaseCount: number;
-  /** The UTF-8 bytes of the applied keys and values (what the quota counts). */
+  /** The UTF-8 bytes of the applied keys and values, and LEASE_BYTES per lease (what the quota counts). */
   readonly dataBytes: number;
   /** Whether the node holds the NOSPACE alarm (its disk was full; see `status().alarms`). */
   readonly noSpace: boolean;
@@ -1343,14 +1344,15 @@ export class RaftNode implements KvBackend, LeaderTransfer {
   }
 
   /**
-   * The bytes of the entries this node's log holds past its applied index: at least what they
-   * can add to the data (keys and values are stored as UTF-8).
+   * The bytes of the entries this node's log holds past its applied index, and a lease's
+   * {@linkcode LEASE_BYTES} for each: at least what they can add to the data (keys and values are
+   * stored as UTF-8, and an entry grants at most one lease).
    */
   #unappliedBytes(): number {
     const log = this.#core.log;
     let bytes = 0;
     const from = this.#kv.appliedIndex + 1;
-    for (const e of log.slice(from, log.lastIndex() + 1)) bytes += e.data.byteLength;
+    for (const e of log.slice(from, log.lastIndex() + 1)) bytes += e.data.byteLength + LEASE_BYTES;
     return bytes;
   }
 

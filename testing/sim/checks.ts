@@ -13,6 +13,7 @@ import {
   type KvCommand,
   type KvEntry,
   type KvResult,
+  LEASE_BYTES,
   REMEMBERED_VALUE_CHARS,
 } from "../../src/kv/state_machine.ts";
 import { decodeConfState, type Entry, EntryType, type NodeId } from "../../src/raft/types.ts";
@@ -130,13 +131,14 @@ export class Checker {
   readonly termCommitted = new Map<number, number>();
   /**
    * The reference state over its current term's span (from the index before the term's first
-   * entry), per key: the most bytes the key held, and the fewest bytes the rest of the data
-   * held (see #checkAdmitted).
+   * entry): per key, the most bytes the key held and the fewest bytes the rest of the data
+   * held; and the fewest bytes of all the data (see #checkAdmitted).
    */
   #termSpan = {
     term: 0,
     mostHeld: new Map<string, number>(),
     leastRest: new Map<string, number>(),
+    leastBytes: Infinity,
   };
   /** The changes each committed index made to the reference state, in key order. */
   readonly refChanges: { type: string; k: string; v: string | null }[][] = [[]];
@@ -288,7 +290,12 @@ export class Checker {
       const before = this.#refEntries[i - 1]!;
       let ended = false;
       if (c.term !== this.#termSpan.term) {
-        this.#termSpan = { term: c.term, mostHeld: new Map(), leastRest: new Map() };
+        this.#termSpan = {
+          term: c.term,
+          mostHeld: new Map(),
+          leastRest: new Map(),
+          leastBytes: Infinity,
+        };
         this.#spanReaches(this.#refBytes[i - 1]!);
       }
       if (c.data) {
@@ -324,7 +331,8 @@ export class Checker {
         of: keys.map((k) => this.#ref.keyLease.get(k) ?? null),
         count: this.#ref.leases.size,
       };
-      let bytes = 0;
+      // As the quota counts them: keys and values, and each lease.
+      let bytes = LEASE_BYTES * this.#ref.leases.size;
       for (const e of this.#ref.data.values()) bytes += utf8Length(e.key) + utf8Length(e.value);
       this.#refBytes[i] = bytes;
       this.#spanReaches(bytes);
@@ -335,6 +343,7 @@ export class Checker {
   /** Takes the reference state, holding `bytes` of data, into the current term's span. */
   #spanReaches(bytes: number): void {
     const { mostHeld, leastRest } = this.#termSpan;
+    this.#termSpan.leastBytes = Math.min(this.#termSpan.leastBytes, bytes);
     for (const k of this.#ctx.keys) {
       const e = this.#ref.data.get(k);
       const held = e === undefined ? 0 : utf8Length(e.key) + utf8Length(e.value);
@@ -344,24 +353,38 @@ export class Checker {
   }
 
   /**
-   * A leader admits a put that adds bytes only if the data, with it, fits the quota; and it
-   * counts only once it has applied an entry of its own term, so what it counted is the
-   * reference state at some index of the term's span. A put no state of the span lets through
-   * (it adds bytes to each, and takes each past the quota) shows a leader that counted short.
+   * A leader admits a put that adds bytes, or a lease grant, only if the data, with it, fits the
+   * quota; and it counts only once it has applied an entry of its own term, so what it counted
+   * is the reference state at some index of the term's span. A put or grant no state of the span
+   * lets through (it adds bytes to each, and takes each past the quota) shows a leader that
+   * counted short. A lease counts `LEASE_BYTES`, so a put that grants one always adds bytes.
    */
   #checkAdmitted(index: number, term: number, cmd: KvCommand): void {
     const quota = this.#ctx.quotaBytes;
     const put = cmd.op === "idempotent" ? cmd.command : cmd;
-    if (quota === 0 || put.op !== "put") return;
-    const bytes = utf8Length(put.key) + utf8Length(put.value);
+    if (quota === 0) return;
     const span = this.#termSpan;
+    if (put.op === "lease_grant") {
+      if (span.leastBytes + LEASE_BYTES <= quota) return;
+      this.#ctx.violation(
+        "quota",
+        `the leader of term ${term} admitted a lease grant (entry ${index}) though since its ` +
+          `term began the data held at least ${span.leastBytes} bytes: with the lease's ` +
+          `${LEASE_BYTES}, past the quota of ${quota}`,
+      );
+      return;
+    }
+    if (put.op !== "put") return;
+    const bytes = utf8Length(put.key) + utf8Length(put.value);
+    const lease = put.lease !== undefined && "ttlMs" in put.lease ? LEASE_BYTES : 0;
     const [held, rest] = [span.mostHeld.get(put.key) ?? 0, span.leastRest.get(put.key) ?? 0];
-    if (held >= bytes || rest + bytes <= quota) return;
+    if ((held >= bytes && lease === 0) || rest + bytes + lease <= quota) return;
     this.#ctx.violation(
       "quota",
-      `the leader of term ${term} admitted put(${put.key}) of ${bytes} bytes (entry ${index}) ` +
-        `though since its term began the key held at most ${held} bytes and the rest of the ` +
-        `data at least ${rest}: past the quota of ${quota}`,
+      `the leader of term ${term} admitted put(${put.key}) of ${bytes} bytes${
+        lease === 0 ? "" : ` granting a lease of ${lease}`
+      } (entry ${index}) though since its term began the key held at most ${held} bytes and ` +
+        `the rest of the data at least ${rest}: past the quota of ${quota}`,
     );
   }
 

@@ -8,7 +8,7 @@
 import type { RaftNode } from "../../src/node/raft_node.ts";
 import type { NodeId } from "../../src/raft/types.ts";
 import type { KvResult } from "../../src/kv/state_machine.ts";
-import { LeaseNotFoundError } from "../../src/node/backend.ts";
+import { LeaseNotFoundError, QuotaExceededError } from "../../src/node/backend.ts";
 import type { Checker } from "./checks.ts";
 import { type Clients, type Outcome, outcomeOf } from "./clients.ts";
 import type { SimClient, SimContext } from "./context.ts";
@@ -202,8 +202,10 @@ export class LeaseHolders {
           abort.signal,
           fn,
           (value): _LeaseAnswer<T> => ({ kind: "answered", value }),
-          (e): _LeaseAnswer<T> | Outcome =>
-            e instanceof LeaseNotFoundError ? { kind: "notFound" } : outcomeOf(e),
+          (e): _LeaseAnswer<T> | Outcome => {
+            if (e instanceof QuotaExceededError) this.#ctx.stats.leaseQuotaRefusals++;
+            return e instanceof LeaseNotFoundError ? { kind: "notFound" } : outcomeOf(e);
+          },
         ),
         this.#ctx.sleep(deadline - this.#ctx.clock.now()),
       ]);

@@ -99,6 +99,7 @@ import { seededRandom } from "../../src/raft/rand.ts";
 import { isNoSpace } from "../../src/storage/errors.ts";
 import { type Counter, MetricsRegistry } from "../../src/util/metrics.ts";
 import type { NodeId } from "../../src/raft/types.ts";
+import { LEASE_BYTES } from "../../src/kv/state_machine.ts";
 import { drain, settle, SimClock } from "../sim_clock.ts";
 import { SimFileSystem } from "../sim_fs.ts";
 import { Checker } from "./checks.ts";
@@ -376,6 +377,7 @@ export const COUNTERS = [
   "transfersReelected", // ... of those, ended by an election the old leader won again
   "leasesGranted", // grants acknowledged to lease holders
   "leasesRaised", // ... asked below the minimum TTL and granted the minimum
+  "leaseQuotaRefusals", // lease calls (grants) a leader refused as past the quota (a lease counts)
   "leaseTxnPuts", // transactions whose put attached its key to a lease, acknowledged
   "leaseTxnRefused", // ... that named a lease gone (revoked or expired) and did nothing
   "leaseKeepAlives", // keep-alives acknowledged
@@ -584,11 +586,12 @@ export function snapshotDefaults(
 export const DEFAULT_DURATION_MS = 20_000;
 
 /**
- * The quota used by default for `seed`: for one seed in five, 16 to 47 bytes (the keys and values
- * of a run are a few bytes each, so writes are refused while deletes make room); else none.
+ * The quota used by default for `seed`: for one seed in five, 16 to 47 bytes and room for one
+ * lease (the keys and values of a run are a few bytes each, so writes are refused while deletes
+ * make room, and a lease granted while another lives may be refused); else none.
  */
 export function quotaForSeed(seed: number): number {
-  return seed % 5 === 2 ? 16 + ((seed >>> 3) % 32) : 0;
+  return seed % 5 === 2 ? 16 + ((seed >>> 3) % 32) + LEASE_BYTES : 0;
 }
 
 /** The `longValues` the soak uses for `seed`: one write in five for a quarter of the seeds. */

@@ -11,6 +11,7 @@ import {
   type SimulationOptions,
   type SimulationStats,
 } from "../../testing/sim/simulator.ts";
+import { LEASE_BYTES } from "../../src/kv/state_machine.ts";
 
 /**
  * Crash-heavy faults with slow disks: a wide window between an acknowledgement and its sync. No
@@ -176,15 +177,24 @@ Deno.test("five-node clusters of real nodes lose no acknowledged write and stay 
   ]);
 });
 
-Deno.test("a quota the data reach at once refuses the writes that add bytes, and every history stays linearizable", async () => {
-  // 12 bytes hold one key and a short value: most puts are refused; deletes and puts of a value
-  // no longer than the one there go through.
+Deno.test("a quota the data reach at once refuses the writes and lease grants that add bytes, and every history stays linearizable", async () => {
+  // 12 bytes hold one key and a short value, and a lease counts 64: most puts are refused, and a
+  // grant while a lease lives; deletes, revokes and puts of a value no longer than the one there
+  // go through.
   const { failures, totals } = await _runSeeds(
     _range(40_001, 12),
-    (seed) => ({ seed, nodes: 3, durationMs: 6_000, quotaBytes: 12 }),
+    (seed) => ({ seed, nodes: 3, durationMs: 6_000, quotaBytes: 12 + LEASE_BYTES }),
   );
   assert.equal(failures.length, 0, _describe(failures));
-  _assertExercised(totals, ["quotaRefusals", "writesOk", "readsOk", "crashes", "snapshotsTaken"]);
+  _assertExercised(totals, [
+    "quotaRefusals",
+    "leaseQuotaRefusals",
+    "leasesGranted",
+    "writesOk",
+    "readsOk",
+    "crashes",
+    "snapshotsTaken",
+  ]);
   assert.ok(
     totals.quotaRefusals! > totals.writesOk! / 4,
     `only ${totals.quotaRefusals} refusals for ${totals.writesOk} writes`,
