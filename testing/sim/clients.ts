@@ -229,9 +229,9 @@ export class Clients {
   /**
    * Sends `op` to nodes (following leader hints, retrying where it was refused, and, for a write
    * with an idempotency key, where its outcome is unknown) until it ends or times out, and records
-   * its outcome.
+   * its outcome, which it returns (null: timed out).
    */
-  async perform(op: ClientOp, timeoutMs: number): Promise<void> {
+  async perform(op: ClientOp, timeoutMs: number): Promise<Outcome | null> {
     const c = op.client;
     const deadline = this.#ctx.clock.now() + timeoutMs;
     let [outcome, n]: [Outcome | null, SimNode | null] = [null, null];
@@ -287,6 +287,7 @@ export class Clients {
     if (unknownBefore && outcome?.kind === "notApplied") outcome = { kind: "unknown" };
     this.#record(op, outcome, n);
     if (!outcome) c.hint = -1;
+    return outcome;
   }
 
   /** Records the outcome of `op` (null: timed out) that node `n` gave: counters, history, trace. */

@@ -50,9 +50,10 @@ export class LeaseHolders {
   /**
    * A lease holder: grants a lease (3, 5 or 8 election timeouts, or, one time in five, less than
    * the minimum TTL of one and a half election timeouts, which the node must raise to it),
-   * attaches one or two keys to it, keeps it alive for zero to five rounds (every third of its
-   * TTL, or a little sooner), then revokes it (a third of the time) or abandons it, and starts
-   * again. The lease checks hold it to the TTL granted.
+   * attaches one or two keys to it (or, a quarter of the time, grants it with a put of a key, as
+   * `?ttl=` does), keeps it alive for zero to five rounds (every third of its TTL, or a little
+   * sooner), then revokes it (a third of the time) or abandons it, and starts again. The lease
+   * checks hold it to the TTL granted.
    */
   async holder(c: SimClient): Promise<void> {
     c.seen = new Map();
@@ -67,6 +68,31 @@ export class LeaseHolders {
         ? Math.max(1, Math.round(this.#ctx.pick([0.01, 0.3, 1, 1.4]) * election))
         : Math.round(this.#ctx.pick([3, 5, 8]) * election);
       const sent = this.#ctx.clock.now();
+      if (this.#ctx.rng() < 0.25) {
+        // Granted with a put (`?ttl=`): the lease's id is the put's index, its key attached.
+        const key = this.#ctx.pick(this.#ctx.keys);
+        const op = this.#clients.newOp(c, {
+          kind: "put",
+          key,
+          value: `c${c.id}-${seq}-G`,
+          lease: false,
+        });
+        op.leaseRef = { ttlMs: asked };
+        const outcome = await this.#clients.perform(op, this.#ctx.opts.opTimeoutMs ?? 3000);
+        if (outcome?.kind !== "ok") continue; // unknown: left to expire on its own
+        // Raised to the minimum as a grant is: one that was not expires early (lease-early).
+        const ttlMs = Math.max(asked, minimum);
+        const info: _LeaseInfo = {
+          ttlMs,
+          lastAckedSend: sent,
+          lastAttemptEnd: this.#ctx.clock.now(),
+        };
+        this.#leaseInfo.set(outcome.index, info);
+        this.#ctx.stats.leasesGrantedWithPut++;
+        this.#ctx.note(`c${c.id} granted lease ${outcome.index} with put(${key}) (ttl ${ttlMs}ms)`);
+        await this.#keepAndEnd(c, seq, outcome.index, info);
+        continue;
+      }
       const grant = await this.#leaseCall(
         c,
         (node, signal) => node.write({ op: "lease_grant", ttlMs: asked }, signal),
@@ -96,52 +122,62 @@ export class LeaseHolders {
         const key = this.#ctx.pick(this.#ctx.keys);
         await this.#leasePut(c, key, `c${c.id}-${seq}-L${j}`, id, this.#ctx.rng() < 0.4);
       }
-      if (this.#ctx.phase === "run" && this.#ctx.rng() < 0.3) await this.#statusRead(c, id);
-      let alive = true;
-      for (
-        let r = Math.floor(this.#ctx.rng() * 6);
-        r > 0 && alive && this.#ctx.phase === "run";
-        r--
-      ) {
-        await this.#ctx.sleep(this.#ctx.random(0.5, 1) * ttlMs / 3);
-        const sent = this.#ctx.clock.now();
-        const k = await this.#leaseCall(
-          c,
-          (node, signal) => node.leases.keepAlive(id, signal),
-          ttlMs / 3,
-        );
-        info.lastAttemptEnd = Math.max(info.lastAttemptEnd, k.end);
-        if (k.answer?.kind === "answered") {
-          info.lastAckedSend = Math.max(info.lastAckedSend, sent);
-          this.#ctx.stats.leaseKeepAlives++;
-          this.#ctx.note(`c${c.id} kept lease ${id} alive (sent ${sent.toFixed(1)})`);
-        } else if (k.answer?.kind === "notFound") {
-          alive = false;
-          this.#ctx.note(`c${c.id} found lease ${id} gone`);
-        }
-        if (this.#ctx.phase === "run" && this.#ctx.rng() < 0.25) await this.#statusRead(c, id);
-      }
-      if (alive && this.#ctx.phase === "run" && this.#ctx.rng() < 0.3) {
-        const revoke = await this.#leaseCall(
-          c,
-          (node, signal) => node.write({ op: "lease_revoke", ids: [id], reason: "revoke" }, signal),
-          this.#ctx.opts.opTimeoutMs ?? 3000,
-        );
-        if (
-          revoke.answer?.kind === "answered" && this.#ctx.phase === "run" && this.#ctx.rng() < 0.3
-        ) {
-          await this.#statusRead(c, id); // gone: no longer found
-        }
-        if (
-          revoke.answer?.kind === "answered" && this.#ctx.phase === "run" && this.#ctx.rng() < 0.5
-        ) {
-          // A transaction naming the revoked lease: it must do nothing (a put with a missing
-          // lease is not applied), which the history and the reference state check.
-          await this.#leasePut(c, this.#ctx.pick(this.#ctx.keys), `c${c.id}-${seq}-R`, id, true);
-        }
-      }
+      await this.#keepAndEnd(c, seq, id, info);
     }
     this.#clients.done();
+  }
+
+  /**
+   * What a holder does with lease `id` once granted (`info`): reads its status now and then,
+   * keeps it alive for zero to five rounds (every third of its TTL, or a little sooner), then
+   * revokes it (a third of the time) or abandons it.
+   */
+  async #keepAndEnd(c: SimClient, seq: number, id: number, info: _LeaseInfo): Promise<void> {
+    const ttlMs = info.ttlMs;
+    if (this.#ctx.phase === "run" && this.#ctx.rng() < 0.3) await this.#statusRead(c, id);
+    let alive = true;
+    for (
+      let r = Math.floor(this.#ctx.rng() * 6);
+      r > 0 && alive && this.#ctx.phase === "run";
+      r--
+    ) {
+      await this.#ctx.sleep(this.#ctx.random(0.5, 1) * ttlMs / 3);
+      const sent = this.#ctx.clock.now();
+      const k = await this.#leaseCall(
+        c,
+        (node, signal) => node.leases.keepAlive(id, signal),
+        ttlMs / 3,
+      );
+      info.lastAttemptEnd = Math.max(info.lastAttemptEnd, k.end);
+      if (k.answer?.kind === "answered") {
+        info.lastAckedSend = Math.max(info.lastAckedSend, sent);
+        this.#ctx.stats.leaseKeepAlives++;
+        this.#ctx.note(`c${c.id} kept lease ${id} alive (sent ${sent.toFixed(1)})`);
+      } else if (k.answer?.kind === "notFound") {
+        alive = false;
+        this.#ctx.note(`c${c.id} found lease ${id} gone`);
+      }
+      if (this.#ctx.phase === "run" && this.#ctx.rng() < 0.25) await this.#statusRead(c, id);
+    }
+    if (alive && this.#ctx.phase === "run" && this.#ctx.rng() < 0.3) {
+      const revoke = await this.#leaseCall(
+        c,
+        (node, signal) => node.write({ op: "lease_revoke", ids: [id], reason: "revoke" }, signal),
+        this.#ctx.opts.opTimeoutMs ?? 3000,
+      );
+      if (
+        revoke.answer?.kind === "answered" && this.#ctx.phase === "run" && this.#ctx.rng() < 0.3
+      ) {
+        await this.#statusRead(c, id); // gone: no longer found
+      }
+      if (
+        revoke.answer?.kind === "answered" && this.#ctx.phase === "run" && this.#ctx.rng() < 0.5
+      ) {
+        // A transaction naming the revoked lease: it must do nothing (a put with a missing
+        // lease is not applied), which the history and the reference state check.
+        await this.#leasePut(c, this.#ctx.pick(this.#ctx.keys), `c${c.id}-${seq}-R`, id, true);
+      }
+    }
   }
 
   /**
@@ -171,7 +207,13 @@ export class LeaseHolders {
   }
 
   /** Puts `value` with lease `id`: as a put naming it, or (`txn`) a transaction's put. */
-  #leasePut(c: SimClient, key: string, value: string, id: number, txn: boolean): Promise<void> {
+  #leasePut(
+    c: SimClient,
+    key: string,
+    value: string,
+    id: number,
+    txn: boolean,
+  ): Promise<Outcome | null> {
     const op = this.#clients.newOp(c, { kind: "put", key, value, lease: false });
     op.leaseRef = { id };
     if (txn) op.txnLease = { exists: this.#ctx.rng() < 0.5 };

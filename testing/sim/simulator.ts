@@ -377,6 +377,7 @@ export const COUNTERS = [
   "transfersReelected", // ... of those, ended by an election the old leader won again
   "leasesGranted", // grants acknowledged to lease holders
   "leasesRaised", // ... asked below the minimum TTL and granted the minimum
+  "leasesGrantedWithPut", // leases granted with a put of a key (?ttl=), acknowledged
   "leaseQuotaRefusals", // lease calls (grants) a leader refused as past the quota (a lease counts)
   "leaseTxnPuts", // transactions whose put attached its key to a lease, acknowledged
   "leaseTxnRefused", // ... that named a lease gone (revoked or expired) and did nothing

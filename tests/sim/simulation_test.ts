@@ -142,6 +142,8 @@ Deno.test("three-node clusters of real nodes lose no acknowledged write and stay
     "txnAnswersChecked",
     "leaseStatusReads",
     "leaseStatusGone",
+    "leasesGrantedWithPut",
+    "leaseQuotaRefusals",
     "backupsRead",
     "backupsBroken",
     "blockingChanges",
