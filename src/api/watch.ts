@@ -33,15 +33,22 @@
  *   stream open and a client can tell a quiet stream from a dead one.
  * - At most `maxWatchers` streams are open on one node at once (`--max-watchers`): one more is
  *   answered 429 with `Retry-After`, nothing streamed.
+ * - The backlog a watch asked for with `from` (the changes the history held when it started) is
+ *   read from the history as the client takes it, whole entries of about a chunk
+ *   ({@linkcode WATCH_CHUNK_CHARS}) at a time: a stream holds none of it beyond the history, so
+ *   streams that do not read cannot keep windows of the history alive after the history drops
+ *   them. Once the history drops an index of the backlog that the client has not taken yet (it
+ *   reads slower than the node's changes turn the history over, or a snapshot replaced the
+ *   history), the stream is cut off at once: a final `event: error` after what it was handed
+ *   (see `maxWatchBytes` below for its ids), and a watch from there is answered 410, as it would
+ *   have been had the client asked for it then.
  * - A watcher that does not read fast enough has at most `watchBufferEvents` events, and at most
  *   `watchBufferBytes` bytes of them (an event counting as in the history: `eventBytes`),
- *   waiting for it (besides the backlog it asked for with `from`, which the history bounds, and
- *   which it shares with the history: a watcher holds a reference per event, and its text is
- *   made a chunk of at most {@linkcode WATCH_CHUNK_CHARS} at a time, as the client reads): one
- *   more entry past either and it gets a final `event: error` whose data says so, with the last
- *   index it covered and the id to go on after (`last_index`, `last_id`), and the stream ends.
- *   The same final event ends the stream when the node stops, or when it installs a snapshot
- *   (the changes the snapshot holds are not in its history).
+ *   waiting for it beyond its backlog: one more entry past either and it gets a final
+ *   `event: error` whose data says so, with the last index it covered and the id to go on after
+ *   (`last_index`, `last_id`), and the stream ends. The same final event ends the stream when
+ *   the node stops, or when it installs a snapshot (the changes the snapshot holds are not in its
+ *   history).
  * - All the watchers of a node together have at most `maxWatchBytes` bytes of events waiting,
  *   each event counted once however many wait for it (a cut-off stream's count until it is read
  *   or dropped): past it, once the entry is recorded, the stream with the most waiting is cut
@@ -121,9 +128,9 @@ export interface WatchContext {
 const _encoder = new TextEncoder();
 
 /**
- * The most text one read of a watch stream makes at once (an event larger than it goes alone):
- * a watcher that asked for a large backlog, and does not read it, holds one chunk of text, not
- * the backlog's.
+ * The most text one read of a watch stream makes at once (an event larger than it goes alone),
+ * and about what it reads of its backlog from the history at once: a watcher that asked for a
+ * large backlog, and does not read it, holds a chunk of it, not the backlog.
  */
 export const WATCH_CHUNK_CHARS = 64 * 1024;
 
@@ -481,20 +488,38 @@ interface _Buffer {
   node: _WatchBytes;
 }
 
-/** One watch stream: the events waiting to be sent, bounded, and its end. */
+/**
+ * One watch stream: its backlog, read from the history as the client takes it, the live events
+ * waiting to be sent, bounded, and its end.
+ */
 class _Watcher implements EventSink {
   readonly #history: EventHistory;
   readonly #from: number | null;
   readonly #matches: (key: string) => boolean;
   readonly #buffer: _Buffer;
   /**
-   * Comments, and events to send: the history's own objects (their text is made, and their ids
-   * set, as they leave: see `take`).
+   * The backlog still to read from the history: the next index (an entry's first), or null once
+   * all of it was read (or there was none). It ends at `#backlogEnd`, the newest index the history
+   * held when the stream started: later ones come as they are recorded, into `#queue`. Nothing of
+   * it is held here until the client takes it, so it costs no memory beyond the history's; once
+   * the history has dropped an index of it not yet read, the stream is cut off (see `#lost`).
+   */
+  #backlogNext: number | null = null;
+  #backlogEnd = 0;
+  /**
+   * What was read of the backlog and not yet sent (the first comment too): whole entries, about
+   * a chunk's worth (see `#refill`), the history's own objects.
+   */
+  #staged: (string | KvEvent)[] = [];
+  #stagedHead = 0;
+  /**
+   * Comments, and the events recorded since the stream started, to send after the backlog: the
+   * history's own objects (their text is made, and their ids set, as they leave: see `take`).
    */
   #queue: (string | KvEvent)[] = [];
   /**
    * What each item of `#queue` counts against the byte bounds (at the same position): an event
-   * past the backlog its `eventBytes`, anything else 0.
+   * its `eventBytes`, a comment 0.
    */
   #costs: number[] = [];
   /** The sum of `#costs` from `#head`: the bytes of events waiting beyond the backlog. */
@@ -507,11 +532,10 @@ class _Watcher implements EventSink {
   /** The entry whose changes were sent last, and how many of them were (for `N:j` ids). */
   #sentIndex: number;
   #sentOfIndex: number;
-  /** Events of the backlog still in the queue (they do not count against the buffer). */
-  #backlog = 0;
-  /** Whether the backlog is being handed over (it is not limited by the buffer). */
-  #catchingUp = false;
-  /** The newest index whose changes this stream has handled: queued, or none of them matched. */
+  /**
+   * The newest index whose changes this stream has handled: its backlog's end, then queued, or
+   * none of them matched.
+   */
   #lastIndex: number;
   /** The index of the newest event queued (the events of one entry are never split). */
   #queuedIndex = 0;
@@ -544,35 +568,33 @@ class _Watcher implements EventSink {
   }
 
   start(heartbeatMs: number): void {
-    this.#push(": watching\n\n");
-    this.#catchingUp = true;
-    try {
-      this.#unsubscribe = this.#history.subscribe(this.#from, this);
-    } finally {
-      this.#catchingUp = false;
+    this.#staged.push(": watching\n\n");
+    this.#unsubscribe = this.#history.subscribe(null, this);
+    const newest = this.#history.newestIndex;
+    if (!this.#ended && this.#from !== null && newest >= this.#from) {
+      [this.#backlogNext, this.#backlogEnd] = [this.#from, newest];
+      this.#lastIndex = Math.max(this.#lastIndex, newest);
     }
-    this.#backlog = this.#waiting;
     this.#buffer.node.watchers.add(this);
     this.#heartbeat = setInterval(() => {
-      if (this.#waiting === 0) this.#push(": heartbeat\n\n");
+      if (this.#idle) this.#push(": heartbeat\n\n");
     }, heartbeatMs);
   }
 
   event(e: KvEvent): void {
     if (this.#ended) return;
-    if (this.#skip > 0 && e.index === this.#from && this.#matches(e.k)) {
-      // Sent on the connection this one resumes.
-      this.#skip--;
-      this.#sentOfIndex++;
-      this.#lastIndex = Math.max(this.#lastIndex, e.index);
-      return;
+    // The history has just dropped part of the backlog not yet read: go no further.
+    if (this.#backlogNext !== null && this.#backlogNext < this.#history.oldestIndex) {
+      return this.#lost();
     }
-    if (this.#matches(e.k)) {
-      const cost = this.#catchingUp ? 0 : _cost(e);
+    // On a node that has not yet applied up to `from`, changes before it are still to come.
+    if (this.#from !== null && e.index < this.#from) return;
+    if (this.#sends(e)) {
+      const cost = _cost(e);
       // Cut off only between entries: everything before this one was queued, none of it twice.
-      if (!this.#catchingUp && e.index !== this.#queuedIndex) {
+      if (e.index !== this.#queuedIndex) {
         const { events, bytes } = this.#buffer;
-        const reason = this.#waiting - this.#backlog >= events
+        const reason = this.#waiting >= events
           ? `this watcher fell more than ${events} events behind and was cut off`
           // One entry is queued whatever its size when nothing else waits.
           : this.#waitingBytes > 0 && this.#waitingBytes + cost > bytes
@@ -587,6 +609,20 @@ class _Watcher implements EventSink {
       this.#push(e, cost);
     }
     this.#lastIndex = Math.max(this.#lastIndex, e.index);
+  }
+
+  /**
+   * Whether `e` is for this stream: of a watched key, and not among the first changes of entry
+   * `from` that a `Last-Event-ID: N:j` resume skips (sent on the connection it resumes; counted).
+   */
+  #sends(e: KvEvent): boolean {
+    if (!this.#matches(e.k)) return false;
+    if (this.#skip > 0 && e.index === this.#from) {
+      this.#skip--;
+      this.#sentOfIndex++;
+      return false;
+    }
+    return true;
   }
 
   close(reason: string): void {
@@ -638,32 +674,53 @@ class _Watcher implements EventSink {
   }
 
   /**
-   * Ends the stream at once after what was already handed to the server, dropping the events
-   * still waiting (the node holds too many: see `_WatchBytes`), with a final event that names
-   * where to go on from: before the first event dropped (`N:j` when it drops the rest of entry
-   * N after j of its changes went). A stream already ended (cut off, its final event waiting
-   * behind its events) drops them the same way, and its final event says so instead.
+   * Ends the stream at once after what was already handed to the server, dropping what is still
+   * to send (the node holds too many events: see `_WatchBytes`; or the history dropped the
+   * backlog: see `#lost`), with a final event that names where to go on from: before the first
+   * event dropped (`N:j` when it drops the rest of entry N after j of its changes went). A stream
+   * already ended (cut off, its final event waiting behind its events) drops them the same way,
+   * and its final event says so instead.
    *
    * @param reason Why.
    */
   shed(reason: string): void {
-    let next: KvEvent | undefined;
-    for (let i = this.#head; i < this.#queue.length && next === undefined; i++) {
-      const item = this.#queue[i]!;
-      if (typeof item !== "string") next = item;
-    }
-    const final = next === undefined
+    const next = this.#nextIndex();
+    const final = next === null
       ? this.#finalEvent(reason, this.#lastIndex)
-      : next.index === this.#sentIndex && this.#sentOfIndex > 0
-      ? this.#finalAt(reason, next.index - 1, `${next.index}:${this.#sentOfIndex}`)
-      : this.#finalEvent(reason, next.index - 1);
+      : next === this.#sentIndex && this.#sentOfIndex > 0
+      ? this.#finalAt(reason, next - 1, `${next}:${this.#sentOfIndex}`)
+      : this.#finalEvent(reason, next - 1);
     this.#dispose();
     if (!this.#ended) return this.end(final);
     this.#final = final;
     this.#wakeUp();
   }
 
-  /** Drops the items waiting, and leaves the node-wide count. */
+  /** The index of the first event still to send (read or not from the backlog), or null. */
+  #nextIndex(): number | null {
+    for (let i = this.#stagedHead; i < this.#staged.length; i++) {
+      const item = this.#staged[i]!;
+      if (typeof item !== "string") return item.index;
+    }
+    if (this.#backlogNext !== null) return this.#backlogNext;
+    for (let i = this.#head; i < this.#queue.length; i++) {
+      const item = this.#queue[i]!;
+      if (typeof item !== "string") return item.index;
+    }
+    return null;
+  }
+
+  /**
+   * The history dropped changes of the backlog before the client took them: the stream ends after
+   * what it was handed, as a watch from there would be refused (410), and holds nothing more.
+   */
+  #lost(): void {
+    this.shed(
+      `this node's change history no longer holds index ${this.#backlogNext} (its oldest is now ${this.#history.oldestIndex}), which this watcher had not taken yet, so it was cut off (a watch from there is answered 410: read the current state and watch from its index + 1)`,
+    );
+  }
+
+  /** Drops the items waiting and the backlog not yet read, and leaves the node-wide count. */
   #dispose(): void {
     const node = this.#buffer.node;
     for (let i = this.#head; i < this.#queue.length; i++) {
@@ -671,75 +728,141 @@ class _Watcher implements EventSink {
       if (cost > 0) node.drop(this.#queue[i] as KvEvent, cost);
     }
     [this.#queue, this.#costs, this.#head, this.#waitingBytes] = [[], [], 0, 0];
+    [this.#staged, this.#stagedHead, this.#backlogNext] = [[], 0, null];
     node.watchers.delete(this);
   }
 
   /**
-   * The next text to send, waiting for one; null once the stream is over. The queue always holds
-   * whole entries (a node records an entry's changes in one synchronous apply, and this runs
-   * after it), so an event followed by one of the same index is not its entry's last: it gets
-   * the id `N:j`, the last one `N`.
+   * Reads the next part of the backlog from the history into `#staged`, unless events read
+   * before are still there: whole entries, until they have about {@linkcode WATCH_CHUNK_CHARS}
+   * characters or a large event (what one read sends), so that a stream holds at most that of a
+   * backlog its client does not read. Ends the stream instead when the history no longer holds
+   * it.
+   *
+   * @returns Whether events are staged now.
    */
-  async take(): Promise<string | Uint8Array[] | null> {
-    while (this.#waiting === 0 && this.#final === null && !this.#ended) {
-      await new Promise<void>((resolve) => (this.#wake = resolve));
+  #refill(): boolean {
+    const next = this.#backlogNext;
+    if (next === null) return false;
+    // Only once what was staged before is sent (but for the comments the stream begins with).
+    for (let i = this.#stagedHead; i < this.#staged.length; i++) {
+      if (typeof this.#staged[i] !== "string") return true;
     }
-    if (this.#waiting > 0) {
-      const items = this.#queue;
-      const costs = this.#costs;
-      let text = "";
-      let shared: Uint8Array[] | null = null;
-      let i = this.#head;
-      for (; i < items.length && text.length < WATCH_CHUNK_CHARS; i++) {
-        const item = items[i]!;
-        if (typeof item === "string") {
-          text += item;
-          continue;
-        }
-        // A large event goes alone, as the bytes every watcher shares (after its own id line).
-        const large = _isLarge(item);
-        if (large && text !== "") break;
-        if (item.index !== this.#sentIndex) [this.#sentIndex, this.#sentOfIndex] = [item.index, 0];
-        this.#sentOfIndex++;
-        const next = items[i + 1];
-        const more = next !== undefined && typeof next !== "string" && next.index === item.index;
-        if (large) {
-          const id = more ? `${item.index}:${this.#sentOfIndex}` : String(item.index);
-          shared = [_encoder.encode(`id: ${id}\n`), _encodedData(item)];
-          i++;
-          break;
-        }
-        const q = _queued(item);
-        text += more ? `id: ${item.index}:${this.#sentOfIndex}\n${q.data}` : q.whole;
-      }
-      // What was handed to the server no longer counts against the byte bounds.
-      for (let j = this.#head; j < i; j++) {
-        const cost = costs[j]!;
-        if (cost === 0) continue;
-        this.#waitingBytes -= cost;
-        this.#buffer.node.drop(items[j] as KvEvent, cost);
-      }
-      // The rest waits for the next read; the backlog goes first, so it is what was taken. The
-      // items sent are dropped once they are half the array (not at each read: a backlog of
-      // many small events would be copied again and again).
-      this.#backlog = Math.max(0, this.#backlog - (i - this.#head));
-      this.#head = i;
-      if (i === items.length) [this.#queue, this.#costs, this.#head] = [[], [], 0];
-      else if (i > items.length / 2) {
-        [this.#queue, this.#costs, this.#head] = [items.slice(i), costs.slice(i), 0];
-      }
-      return shared ?? text;
+    if (next < this.#history.oldestIndex) {
+      this.#lost();
+      return false;
     }
-    if (this.#final !== null) {
-      const text = this.#final;
-      this.#final = null;
-      return text;
+    this.#backlogNext = null;
+    let chars = 0;
+    let entry = -1;
+    for (const e of this.#history.since(next)) {
+      if (e.index > this.#backlogEnd) break;
+      if (e.index !== entry && chars >= WATCH_CHUNK_CHARS) {
+        this.#backlogNext = e.index;
+        break;
+      }
+      entry = e.index;
+      if (!this.#sends(e)) continue;
+      this.#staged.push(e);
+      // About its text: the key, the value, and the rest of the event's lines.
+      chars += _isLarge(e) ? WATCH_CHUNK_CHARS : e.k.length + (e.v?.length ?? 0) + 96;
     }
-    this.#buffer.node.watchers.delete(this);
-    return null;
+    return this.#stagedHead < this.#staged.length;
   }
 
-  /** The items still to send. */
+  /**
+   * The next text to send, waiting for one; null once the stream is over. The backlog goes first,
+   * read from the history a part at a time, then the queue. Both always hold whole entries (a
+   * node records an entry's changes in one synchronous apply, and this runs after it), so an
+   * event followed by one of the same index is not its entry's last: it gets the id `N:j`, the
+   * last one `N`.
+   */
+  async take(): Promise<string | Uint8Array[] | null> {
+    for (;;) {
+      while (this.#idle && this.#final === null && !this.#ended) {
+        await new Promise<void>((resolve) => (this.#wake = resolve));
+      }
+      if (this.#refill() || this.#stagedHead < this.#staged.length) {
+        const { out, end } = this.#chunk(this.#staged, this.#stagedHead);
+        if (end === this.#staged.length) [this.#staged, this.#stagedHead] = [[], 0];
+        else this.#stagedHead = end;
+        return out;
+      }
+      // The rest of the backlog (none of it for this stream, or cut off) is done with.
+      if (this.#waiting > 0) return this.#takeQueued();
+      if (this.#final !== null) {
+        const text = this.#final;
+        this.#final = null;
+        return text;
+      }
+      if (this.#ended) {
+        this.#buffer.node.watchers.delete(this);
+        return null;
+      }
+    }
+  }
+
+  /** The next chunk of `#queue`; what it hands over no longer counts against the byte bounds. */
+  #takeQueued(): string | Uint8Array[] {
+    const items = this.#queue;
+    const costs = this.#costs;
+    const { out, end: i } = this.#chunk(items, this.#head);
+    for (let j = this.#head; j < i; j++) {
+      const cost = costs[j]!;
+      if (cost === 0) continue;
+      this.#waitingBytes -= cost;
+      this.#buffer.node.drop(items[j] as KvEvent, cost);
+    }
+    // The rest waits for the next read. The items sent are dropped once they are half the array
+    // (not at each read: a queue of many small events would be copied again and again).
+    this.#head = i;
+    if (i === items.length) [this.#queue, this.#costs, this.#head] = [[], [], 0];
+    else if (i > items.length / 2) {
+      [this.#queue, this.#costs, this.#head] = [items.slice(i), costs.slice(i), 0];
+    }
+    return out;
+  }
+
+  /**
+   * The text of `items` from `start` (whole entries) up to {@linkcode WATCH_CHUNK_CHARS}, or one
+   * large event alone (its own id line, then the bytes every watcher shares), with the ids of the
+   * events it sends counted; and where the rest begins.
+   */
+  #chunk(
+    items: readonly (string | KvEvent)[],
+    start: number,
+  ): { out: string | Uint8Array[]; end: number } {
+    let text = "";
+    let i = start;
+    for (; i < items.length && text.length < WATCH_CHUNK_CHARS; i++) {
+      const item = items[i]!;
+      if (typeof item === "string") {
+        text += item;
+        continue;
+      }
+      const large = _isLarge(item);
+      if (large && text !== "") break;
+      if (item.index !== this.#sentIndex) [this.#sentIndex, this.#sentOfIndex] = [item.index, 0];
+      this.#sentOfIndex++;
+      const next = items[i + 1];
+      const more = next !== undefined && typeof next !== "string" && next.index === item.index;
+      if (large) {
+        const id = more ? `${item.index}:${this.#sentOfIndex}` : String(item.index);
+        return { out: [_encoder.encode(`id: ${id}\n`), _encodedData(item)], end: i + 1 };
+      }
+      const q = _queued(item);
+      text += more ? `id: ${item.index}:${this.#sentOfIndex}\n${q.data}` : q.whole;
+    }
+    return { out: text, end: i };
+  }
+
+  /** Whether nothing is left to send: no backlog, nothing queued (the final event aside). */
+  get #idle(): boolean {
+    return this.#backlogNext === null && this.#stagedHead === this.#staged.length &&
+      this.#waiting === 0;
+  }
+
+  /** The items of `#queue` still to send. */
   get #waiting(): number {
     return this.#queue.length - this.#head;
   }

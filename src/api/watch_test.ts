@@ -753,3 +753,108 @@ function _stream(reader: ReadableStreamDefaultReader<Uint8Array>): ReadableStrea
     cancel: (reason) => reader.cancel(reason),
   });
 }
+
+Deno.test("a backlog is read from the history as the client takes it: one the history drops before it is taken cuts the stream off, holding none of it", async () => {
+  const backend = new LocalBackend(); // a history of 50 events
+  const limits = watchLimits();
+  const value = "v".repeat(2000);
+  for (let i = 1; i <= 50; i++) backend.put(`k/${i}`, value); // 1..50: more than a chunk
+  const history = backend.kv.events;
+  const reader = watchDirect(backend, limits, "/v1/watch?prefix=k/&from=1", {}).body!
+    .getReader();
+  // The first read: the comment, and a chunk's worth of whole entries, no more.
+  const first = new TextDecoder().decode((await reader.read()).value!);
+  const sent = [...first.matchAll(/^id: (\d+)$/gm)].map((m) => Number(m[1]));
+  assert.ok(first.startsWith(": watching\n\n"));
+  assert.ok(sent.length > 1 && sent.length < 50, `${sent.length} events in the first chunk`);
+  assert.deepEqual(sent, Array.from({ length: sent.length }, (_, i) => i + 1));
+  assert.ok(first.length <= WATCH_CHUNK_CHARS + value.length + 200, `${first.length} chars`);
+  const last = sent.at(-1)!;
+  // Changes the history keeps room for: the rest of the backlog is still there.
+  for (let i = 51; i <= 50 + last; i++) backend.put("other", "x");
+  assert.equal(history.oldestIndex, last + 1);
+  assert.equal(limits.watchers, 1);
+  // One more: the history drops index last + 1, which the stream has not taken. It is cut off at
+  // once (its slot and subscription go), not when its client reads.
+  backend.put("other", "y");
+  assert.equal(limits.watchers, 0);
+  assert.equal(history.subscribers, 0);
+  const rest = [];
+  for await (const m of readSse(_stream(reader))) rest.push(m);
+  assert.deepEqual(rest.map((m) => m.event), ["error"], "nothing more of the backlog");
+  const final = JSON.parse(rest[0]!.data);
+  assert.deepEqual([final.last_index, final.last_id], [last, String(last)]);
+  assert.match(
+    final.error,
+    new RegExp(`no longer holds index ${last + 1} \\(its oldest is now ${last + 2}\\).*410`),
+  );
+  const again = await setupWith(backend).get(`/v1/watch?prefix=k/&from=${last + 1}`);
+  assert.equal(again.status, 410);
+  await again.body?.cancel();
+});
+
+Deno.test("a stream that took nothing of its backlog, resumed inside an entry, names the same id to go on after once the history drops it", async () => {
+  const backend = new LocalBackend();
+  const limits = watchLimits();
+  for (let i = 1; i <= 4; i++) backend.put(`p/${i}`, "x"); // 1..4
+  await backend.write({ op: "delete_range", range: { prefix: "p/" } }); // 5: four changes
+  const res = watchRoute(
+    {
+      backend,
+      maxKeyBytes: 1024,
+      watchHeartbeatMs: 3_600_000,
+      watchBufferEvents: 1024,
+      retryAfter: {},
+      limits,
+    },
+    new Request("http://n1.test/v1/watch?prefix=p/", { headers: { "last-event-id": "5:2" } }),
+    new URL("http://n1.test/v1/watch?prefix=p/"),
+  );
+  for (let i = 6; i <= 47; i++) backend.put("other", "x"); // the history is full: 50 events
+  assert.equal(limits.watchers, 1);
+  for (let i = 48; i <= 51; i++) backend.put("other", "y"); // drops 1..4: the backlog is from 5
+  assert.equal(backend.kv.events.oldestIndex, 5);
+  assert.equal(limits.watchers, 1);
+  backend.put("other", "z"); // 52 drops 5, none of which the stream took
+  assert.equal(limits.watchers, 0);
+  const all = [];
+  for await (const m of readSse(res.body!)) all.push(m);
+  assert.deepEqual(all.map((m) => m.event), ["error"]);
+  const final = JSON.parse(all[0]!.data);
+  assert.deepEqual([final.last_index, final.last_id], [4, "5:2"]);
+  assert.match(final.error, /Last-Event-ID: 5:2$/);
+});
+
+Deno.test("a slow watcher whose backlog the history still holds gets all of it, then what came meanwhile", async () => {
+  const backend = new LocalBackend();
+  for (let i = 1; i <= 30; i++) backend.put(`k/${i}`, String(i)); // 1..30
+  const { get } = setupWith(backend);
+  const res = await get("/v1/watch?prefix=k/&from=20");
+  // The history drops 1..19 (never asked for) while the stream has taken nothing.
+  for (let i = 31; i <= 69; i++) backend.put(`k/${i}`, String(i));
+  assert.equal(backend.kv.events.oldestIndex, 20);
+  const it = readSse(res.body!);
+  const got = await take(it, 50);
+  assert.deepEqual(got.map((m) => m.id), Array.from({ length: 50 }, (_, i) => String(i + 20)));
+  await it.return(undefined);
+  assert.equal(backend.kv.events.subscribers, 0);
+});
+
+Deno.test("a snapshot that replaces the history ends a stream after what it took of its backlog", async () => {
+  const { backend, get } = setup();
+  for (let i = 1; i <= 5; i++) backend.put(`k/${i}`, "x"); // 1..5
+  const res = await get("/v1/watch?prefix=k/&from=1");
+  backend.kv.reset({ entries: [], sessions: [] }, 9);
+  const all = [];
+  for await (const m of readSse(res.body!)) all.push(m);
+  assert.deepEqual(all.map((m) => m.event), ["error"]);
+  const final = JSON.parse(all[0]!.data);
+  assert.deepEqual([final.last_index, final.last_id], [0, "0"]);
+  assert.match(final.error, /no longer holds index 1 \(its oldest is now 10\).*from=1$/);
+});
+
+/** A handler on `backend`, as {@linkcode setup} makes one. */
+function setupWith(backend: LocalBackend) {
+  const handler = createApiHandler(backend, { selfId: "n1", logError: () => {} });
+  return { get: (path: string) => handler(new Request(`http://n1.test${path}`)) };
+}

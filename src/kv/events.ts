@@ -139,6 +139,14 @@ export class EventHistory {
     return this.#oldestIndex;
   }
 
+  /**
+   * The index of the newest event kept (that of the last entry that changed a key, unless the
+   * history was emptied since), or 0 when none is.
+   */
+  get newestIndex(): number {
+    return this.#size === 0 ? 0 : this.#at(this.#size - 1)!.index;
+  }
+
   /** The number of events kept. */
   get size(): number {
     return this.#size;
@@ -209,8 +217,7 @@ export class EventHistory {
       for (const e of this.since(from)) sink.event(e);
       // On a node that has not yet applied up to `from`, changes before it are still to come:
       // the subscription skips them.
-      const newest = this.#size === 0 ? 0 : this.#at(this.#size - 1)!.index;
-      if (newest < from - 1) {
+      if (this.newestIndex < from - 1) {
         added = {
           event: (e) => {
             if (e.index >= from) sink.event(e);

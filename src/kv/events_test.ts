@@ -66,10 +66,12 @@ Deno.test("a subscription gets the backlog from its index, then new events, in o
 
 Deno.test("the history is bounded and evicts whole indexes; older starts are refused", () => {
   const h = new EventHistory(3);
+  assert.equal(h.newestIndex, 0, "none kept");
   h.record(1, "put", "a", "1");
   h.record(2, "put", "a", "2");
   h.record(2, "put", "b", "2");
   assert.equal(h.oldestIndex, 1);
+  assert.equal(h.newestIndex, 2);
   h.record(3, "put", "a", "3"); // evicts index 1
   assert.equal(h.oldestIndex, 2);
   h.record(4, "put", "a", "4"); // evicts the first event of 2, so all of 2
@@ -83,6 +85,7 @@ Deno.test("the history is bounded and evicts whole indexes; older starts are ref
   for (let i = 5; i < 1000; i++) h.record(i, "put", "a", String(i));
   assert.equal(h.size, 3);
   assert.equal(h.oldestIndex, 997);
+  assert.equal(h.newestIndex, 999);
 });
 
 Deno.test("an event counts its key's and value's UTF-8 bytes plus a fixed overhead", () => {
