@@ -45,6 +45,7 @@ import { apiPortWarning } from "./src/cli/fetch_ports.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
 import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
+import { registerProcessMetrics } from "./src/util/process_metrics.ts";
 import { type ServeAgain, serveAgain, type ServeOptions } from "./src/util/serve.ts";
 import { compactingCollector, HeapReducer } from "./src/util/heap_reducer.ts";
 import { serveMutualTls, type TlsServer } from "./src/transport/tls_server.ts";
@@ -119,6 +120,8 @@ export async function main(args: string[]): Promise<number> {
   const metrics = new MetricsRegistry();
   // The timing the node runs with, for the dashboard and alerts to judge its last contacts by.
   registerTimingGauges(metrics, config);
+  // CPU, memory and file descriptors, as a Go node exports them (process_*), and the JS heap.
+  registerProcessMetrics(metrics);
   let storage;
   try {
     storage = await openDiskStorage(config, {

@@ -2,7 +2,8 @@
  * `GET /metrics` on real node processes: every node's scrape passes the real Prometheus parser
  * and linter (`promtool check metrics`, Debian package `prometheus`), and the values move with
  * what happens: a write raises the commit index and the request counter of its route and status,
- * a killed leader raises the leader changes seen by a survivor.
+ * a killed leader raises the leader changes seen by a survivor, and the process series (CPU,
+ * memory, start time) agree with what /proc says of the node's process.
  */
 
 import assert from "node:assert/strict";
@@ -22,6 +23,24 @@ async function scrape(cluster: ProcessCluster, id: string): Promise<Map<string, 
     `promtool check metrics on ${id} (exit ${verdict.code}):\n${verdict.output}`,
   );
   return parseSamples(res.text);
+}
+
+/** utime + stime of a process, in seconds, from `/proc/PID/stat` (clock ticks of 1/100 s). */
+function _procCpuSeconds(pid: number): number {
+  const fields = _procStat(pid);
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** When a process started, in seconds since the epoch, from `/proc`. */
+function _procStartSeconds(pid: number): number {
+  const btime = /^btime (\d+)$/m.exec(Deno.readTextFileSync("/proc/stat"))![1]!;
+  return Number(btime) + Number(_procStat(pid)[19]) / 100;
+}
+
+/** The fields of `/proc/PID/stat` after the command name: field 3 first. */
+function _procStat(pid: number): string[] {
+  const text = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return text.slice(text.lastIndexOf(")") + 2).split(" ");
 }
 
 const POST_200 = 'raftkv_http_requests_total{route="/v1/data",method="POST",code="200"}';
@@ -44,6 +63,29 @@ Deno.test({
     // The timing it runs with: the harness's --election-timeout 300 and --heartbeat 50.
     assert.equal(sample(before, "raftkv_election_timeout_seconds"), 0.3);
     assert.equal(sample(before, "raftkv_heartbeat_interval_seconds"), 0.05);
+    // The process metrics, as a Go node exports them, and the JS heap: against what /proc says of
+    // the node's process, read from here (a node may not read /proc itself: Deno allows it only
+    // with --allow-all, which a node gives up at start).
+    const pid = cluster.node(leader).pid!;
+    const cpuBefore = _procCpuSeconds(pid);
+    const proc = await scrape(cluster, leader);
+    const cpuAfter = _procCpuSeconds(pid);
+    const cpu = sample(proc, "process_cpu_seconds_total");
+    assert.ok(
+      cpu > 0 && cpu >= cpuBefore - 0.02 && cpu <= cpuAfter + 0.02,
+      `CPU ${cpu} s; /proc: ${cpuBefore} s before the scrape, ${cpuAfter} s after`,
+    );
+    assert.ok(sample(proc, "process_resident_memory_bytes") > 10e6);
+    const started = sample(proc, "process_start_time_seconds");
+    assert.ok(started > Date.now() / 1000 - 3600, `started at ${started}`);
+    // The runtime's time origin: after the process started (btime is whole seconds), not long.
+    const procStart = _procStartSeconds(pid);
+    assert.ok(
+      started >= procStart && started - procStart < 5,
+      `started at ${started}, /proc says ${procStart}`,
+    );
+    assert.ok(sample(proc, "raftkv_heap_used_bytes") > 0);
+    assert.ok(sample(proc, "raftkv_heap_used_bytes") <= sample(proc, "raftkv_heap_total_bytes"));
     const commitBefore = sample(before, "raftkv_commit_index");
     const postsBefore = before.get(POST_200) ?? 0;
 
