@@ -10,6 +10,8 @@
  *
  * Other options (as printed in a failure's replay command): `--faults '<json>'` overrides the fault
  * mix, `--clients N`, `--keys N`, `--lease-holders N` (clients holding leases; default 1),
+ * `--lease-put-grants F` grants that fraction of their leases with a put (default 0.25; 0 replays
+ * runs from before such grants),
  * `--lease-reads F` sends that fraction of reads with the "lease"
  * consistency, `--long-values F` makes that fraction of writes put values too long for a replayed
  * answer to keep (default: drawn per seed, see `longValuesForSeed`), `--snapshot-threshold N` takes a snapshot every N applied entries (0: never; `on`:
@@ -45,7 +47,7 @@ import { runSoakSeed, type SoakReply } from "../testing/sim/soak_worker.ts";
 const _USAGE = `usage:
   deno run -A scripts/soak.ts --seeds N [--start S] [--nodes 3|5|mixed] [--duration-ms N] [--jobs J]
   deno run -A scripts/soak.ts --seed N [--nodes 3|5] [--duration-ms N] [--no-trace]
-options shared by both: --faults '<json>' --clients N --keys N --lease-holders N
+options shared by both: --faults '<json>' --clients N --keys N --lease-holders N --lease-put-grants FRACTION
   --lease-reads FRACTION --long-values FRACTION --watchers N --watch-fault repeat|skip|index --waiters N
   --wait-fault early|late --backup-readers N
   --snapshot-threshold N|on --catch-up-entries N --disable check,check --quota-bytes N
@@ -67,6 +69,7 @@ interface _Common {
   leaseReads?: number;
   longValues?: number;
   leaseHolders?: number;
+  leasePutGrants?: number;
   /** A threshold for every seed, or "on": drawn per seed (never 0). Default: drawn per seed. */
   snapshotThreshold?: number | "on";
   catchUpEntries?: number;
@@ -86,6 +89,7 @@ function _options(seed: number, common: _Common): SimulationOptions {
   // Drawn per seed unless given, and explicit, so that a failure's replay command carries it.
   options.longValues = common.longValues ?? longValuesForSeed(seed);
   if (common.leaseHolders !== undefined) options.leaseHolders = common.leaseHolders;
+  if (common.leasePutGrants !== undefined) options.leasePutGrants = common.leasePutGrants;
   if (common.snapshotThreshold === "on") {
     // Explicit per seed, so that a failure's replay command carries them.
     const drawn = snapshotDefaults(seed, true);
@@ -350,6 +354,7 @@ async function _main(): Promise<number> {
       "lease-reads": { type: "string" },
       "long-values": { type: "string" },
       "lease-holders": { type: "string" },
+      "lease-put-grants": { type: "string" },
       "snapshot-threshold": { type: "string" },
       "catch-up-entries": { type: "string" },
       disable: { type: "string" },
@@ -421,6 +426,8 @@ async function _main(): Promise<number> {
     }
     common.diskFault = fault as DiskFault;
   }
+  const leasePutGrants = _fraction("lease-put-grants", values["lease-put-grants"]);
+  if (leasePutGrants !== undefined) common.leasePutGrants = leasePutGrants;
   const leaseReads = _fraction("lease-reads", values["lease-reads"]);
   if (leaseReads !== undefined) common.leaseReads = leaseReads;
   const longValues = _fraction("long-values", values["long-values"]);

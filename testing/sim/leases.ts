@@ -50,8 +50,8 @@ export class LeaseHolders {
   /**
    * A lease holder: grants a lease (3, 5 or 8 election timeouts, or, one time in five, less than
    * the minimum TTL of one and a half election timeouts, which the node must raise to it),
-   * attaches one or two keys to it (or, a quarter of the time, grants it with a put of a key, as
-   * `?ttl=` does), keeps it alive for zero to five rounds (every third of its TTL, or a little
+   * attaches one or two keys to it (or, a quarter of the time by default, grants it with a put of
+   * a key, as `?ttl=` does: `leasePutGrants`), keeps it alive for zero to five rounds (every third of its TTL, or a little
    * sooner), then revokes it (a third of the time) or abandons it, and starts again. The lease
    * checks hold it to the TTL granted.
    */
@@ -68,7 +68,8 @@ export class LeaseHolders {
         ? Math.max(1, Math.round(this.#ctx.pick([0.01, 0.3, 1, 1.4]) * election))
         : Math.round(this.#ctx.pick([3, 5, 8]) * election);
       const sent = this.#ctx.clock.now();
-      if (this.#ctx.rng() < 0.25) {
+      const putGrants = this.#ctx.opts.leasePutGrants ?? 0.25;
+      if (putGrants > 0 && this.#ctx.rng() < putGrants) {
         // Granted with a put (`?ttl=`): the lease's id is the put's index, its key attached.
         const key = this.#ctx.pick(this.#ctx.keys);
         const op = this.#clients.newOp(c, {

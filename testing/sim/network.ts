@@ -302,7 +302,7 @@ export class SimNetwork {
     msg: Message,
     open: () => Promise<ReadableStream<Uint8Array>>,
   ): Promise<void> {
-    const { later, random: r } = this.#host;
+    const { later, random: r, faults } = this.#host;
     const to = msg.to;
     if (this.#reach(from.id, to) === null) {
       this.#maybeUnreachable(from, to);
@@ -310,9 +310,9 @@ export class SimNetwork {
     }
     // Read the file from the sender's disk first (its reads take simulated time too).
     const chunks = await Array.fromAsync(await open());
-    // About 10 MB/s, plus a network delay; some transfers break part-way.
+    // About 10 MB/s, plus a network delay; some transfers break part-way (snapshotBreakRate).
     const transferMs = this.#delay() + chunks.reduce((s, c) => s + c.length, 0) / 10_000;
-    const breakAt = r() < 0.1 ? Math.floor(r() * chunks.length) : -1;
+    const breakAt = r() < faults.snapshotBreakRate ? Math.floor(r() * chunks.length) : -1;
     const dst = await new Promise<_Endpoint | null>((resolve) =>
       later(transferMs, () => {
         const dst = this.#reach(from.id, to);

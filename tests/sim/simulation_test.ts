@@ -93,6 +93,8 @@ async function _soakSeed(
     seed,
     nodes,
     durationMs: 20_000,
+    // No lease grants with a put, which came later: the seed replays the run that found the bug.
+    leasePutGrants: 0,
   }));
   assert.equal(failures.length, 0, _describe(failures));
   _assertExercised(totals, keys);
@@ -291,9 +293,9 @@ Deno.test("a graceful stop waits for the snapshot its last write started before 
  * unaware learner (and pass with them): `deno task seeds:away` finds them anew when the runs move.
  */
 const AWAY_SEEDS: [number, CheckName][] = [
-  [59, "stale-member"],
-  [72, "stale-member"],
-  [86, "removed-unaware"],
+  [23, "stale-member"],
+  [42, "stale-member"],
+  [44, "removed-unaware"],
 ];
 
 /**
@@ -344,10 +346,21 @@ Deno.test("a node stopped as it resumes from a pause, messages still arriving, c
  * Snapshot transfers to a follower broke mid-upload again and again on a lossy network; the
  * leader, which then waited up to 5 s after any failed transfer, sent too few to get one through
  * before the convergence bound (found by the soak, seed 34201). It waits only after a follower
- * answered it has no room.
+ * answered it has no room. Then most transfers break: a leader that waited after every failure
+ * fails seed 34201 and 3 of these 12 seeds (convergence).
  */
 Deno.test("a follower whose snapshot transfers break mid-upload is sent the snapshot again at once", async () => {
   await _soakSeed(34201, ["snapshotSendsFailed", "snapshotsInstalled"]);
+  const { failures, totals } = await _runSeeds(_range(1, 12), (seed) => ({
+    seed,
+    nodes: 3,
+    durationMs: 20_000,
+    snapshotThreshold: 20,
+    catchUpEntries: 0,
+    faults: { snapshotBreakRate: 0.8 },
+  }));
+  assert.equal(failures.length, 0, _describe(failures));
+  _assertExercised(totals, ["snapshotSendsFailed", "snapshotsInstalled"]);
 });
 
 /**
