@@ -609,6 +609,7 @@ function watchDirect(
   limits: ApiLimits,
   path: string,
   bounds: { watchBufferBytes?: number; maxWatchBytes?: number },
+  headers: HeadersInit = {},
 ): Response {
   const url = new URL(`http://n1.test${path}`);
   return watchRoute(
@@ -621,7 +622,7 @@ function watchDirect(
       limits,
       ...bounds,
     },
-    new Request(url),
+    new Request(url, { headers }),
     url,
   );
 }
@@ -798,18 +799,7 @@ Deno.test("a stream that took nothing of its backlog, resumed inside an entry, n
   const limits = watchLimits();
   for (let i = 1; i <= 4; i++) backend.put(`p/${i}`, "x"); // 1..4
   await backend.write({ op: "delete_range", range: { prefix: "p/" } }); // 5: four changes
-  const res = watchRoute(
-    {
-      backend,
-      maxKeyBytes: 1024,
-      watchHeartbeatMs: 3_600_000,
-      watchBufferEvents: 1024,
-      retryAfter: {},
-      limits,
-    },
-    new Request("http://n1.test/v1/watch?prefix=p/", { headers: { "last-event-id": "5:2" } }),
-    new URL("http://n1.test/v1/watch?prefix=p/"),
-  );
+  const res = watchDirect(backend, limits, "/v1/watch?prefix=p/", {}, { "last-event-id": "5:2" });
   for (let i = 6; i <= 47; i++) backend.put("other", "x"); // the history is full: 50 events
   assert.equal(limits.watchers, 1);
   for (let i = 48; i <= 51; i++) backend.put("other", "y"); // drops 1..4: the backlog is from 5

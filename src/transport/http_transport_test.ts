@@ -121,6 +121,23 @@ testTransportConformance("HttpTransport over mutual TLS", async (live, dead) => 
 });
 
 /** Handlers that record what arrives and notify `changed`. */
+/**
+ * A peer server whose every request is counted as it arrives (notifying `changed`) and then held
+ * until `release()`, before `handler` answers it.
+ */
+function _gated(handler: (req: Request) => Promise<Response>, changed: Condition) {
+  let arrived = 0;
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => release = resolve);
+  const server = _serve(async (req) => {
+    arrived++;
+    changed.notify();
+    await gate;
+    return handler(req);
+  });
+  return { server, release, arrived: () => arrived };
+}
+
 function _recording(changed: Condition) {
   const rec = {
     batches: [] as Message[][],
@@ -322,16 +339,7 @@ Deno.test("HttpTransport keeps sending to a live peer while another never answer
 Deno.test("HttpTransport drops the oldest App and Heartbeat messages when a queue is full", async () => {
   const changed = new Condition();
   const b = _recording(changed);
-  const inner = createPeerHandler(b.handlers);
-  let arrived = 0;
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => release = resolve);
-  const server = _serve(async (req) => {
-    arrived++;
-    changed.notify();
-    await gate;
-    return inner(req);
-  });
+  const { server, release, arrived } = _gated(createPeerHandler(b.handlers), changed);
   const transport = new HttpTransport({}, {
     self: "a",
     peers: [{ id: "b", rpcUrl: _url(server) }],
@@ -342,7 +350,7 @@ Deno.test("HttpTransport drops the oldest App and Heartbeat messages when a queu
   try {
     const first = sampleMessage(MessageType.App, "a", "b", 0);
     transport.send([first]);
-    await changed.until(() => arrived === 1, "the first request");
+    await changed.until(() => arrived() === 1, "the first request");
     const [app1, vote2, app3, hb4, vote5] = [
       sampleMessage(MessageType.App, "a", "b", 1),
       sampleMessage(MessageType.Vote, "a", "b", 2),
@@ -372,16 +380,7 @@ Deno.test("HttpTransport drops the oldest App and Heartbeat messages when a queu
 Deno.test("HttpTransport drops what it queued in an older term once the node's term rises, and what is sent in one later", async () => {
   const changed = new Condition();
   const b = _recording(changed);
-  const inner = createPeerHandler(b.handlers);
-  let arrived = 0;
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => release = resolve);
-  const server = _serve(async (req) => {
-    arrived++;
-    changed.notify();
-    await gate;
-    return inner(req);
-  });
+  const { server, release, arrived } = _gated(createPeerHandler(b.handlers), changed);
   const transport = new HttpTransport({}, {
     self: "a",
     peers: [{ id: "b", rpcUrl: _url(server) }],
@@ -391,7 +390,7 @@ Deno.test("HttpTransport drops what it queued in an older term once the node's t
   try {
     const first = sampleMessage(MessageType.App, "a", "b", 0); // term 1, in flight
     transport.send([first]);
-    await changed.until(() => arrived === 1, "the first request");
+    await changed.until(() => arrived() === 1, "the first request");
     // Terms 2, 3 and 4 wait behind it; a message without a term (none carry one today) stays.
     const [app2, hb3, app4] = [1, 2, 3].map((seed) =>
       sampleMessage(seed === 2 ? MessageType.Heartbeat : MessageType.App, "a", "b", seed)
