@@ -6,6 +6,8 @@
  * 127.0.0.1 still reads that value and writes through the same node; a write of the first client
  * past its share is still answered (its effect has happened). Without the per-client bound (0),
  * the same client makes the node answer 429 to everyone: the denial of service the bound stops.
+ * The node's `raftkv_http_refusals_total` (its scrape checked by `promtool check metrics`) tells
+ * the two apart: the client's 429s count under `client_unread`, the node's under `bytes`.
  *
  * The nodes listen on 127.0.0.1; Linux routes all of 127.0.0.0/8 to the loopback interface, so a
  * connection from 127.0.0.2 reaches them and is another client (another remote address).
@@ -14,7 +16,7 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
-import { parseSamples, sample } from "../testing/prometheus.ts";
+import { findPromtool, parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
 
 const MiB = 1024 * 1024;
 /** The node's budget: eight times one client's share. */
@@ -26,6 +28,43 @@ const VALUE = "x".repeat(MiB - 1024);
 const MAX_STREAMS = 80;
 /** How long one stream may take to get its answer's headers. */
 const ANSWER_DEADLINE_MS = 10_000;
+
+const PROMTOOL = findPromtool();
+
+/** Every label of `raftkv_http_refusals_total`. */
+const LIMITS = [
+  "requests",
+  "bytes",
+  "client_unread",
+  "forwards",
+  "watchers",
+  "blocking_reads",
+  "backups",
+] as const;
+
+/**
+ * The node's `raftkv_http_refusals_total` by limit, and its 429s to `GET /v1/data/{key}`, from
+ * its `/metrics`, which passes `promtool check metrics` (when promtool is installed: Debian
+ * package `prometheus`).
+ */
+async function _refusals(
+  cluster: ProcessCluster,
+  id: string,
+): Promise<Record<(typeof LIMITS)[number] | "get429", number>> {
+  const res = await cluster.request(id, "GET", "/metrics");
+  assert.equal(res.status, 200, res.text);
+  if (PROMTOOL !== null) {
+    const verdict = await promtoolCheck(res.text);
+    assert.ok(verdict.ok, `promtool check metrics (exit ${verdict.code}):\n${verdict.output}`);
+  }
+  const samples = parseSamples(res.text);
+  const counts = Object.fromEntries(
+    LIMITS.map((l) => [l, sample(samples, `raftkv_http_refusals_total{limit="${l}"}`)]),
+  ) as Record<(typeof LIMITS)[number], number>;
+  const get429 = 'raftkv_http_requests_total{route="/v1/data/{key}",method="GET",code="429"}';
+  // Present once the first 429 to such a GET was answered.
+  return { ...counts, get429: samples.get(get429) ?? 0 };
+}
 
 /** One of the node's gauges, read from its `/metrics` (which the budgets do not count). */
 async function _gauge(cluster: ProcessCluster, id: string, name: string): Promise<number> {
@@ -121,6 +160,9 @@ Deno.test("one client that reads none of its answers holds at most --max-client-
   const { cluster, id } = await _cluster(CLIENT_BYTES);
   await using _ = cluster;
   const attacker = _unreadingClient(cluster.api(id), "127.0.0.2");
+  const before = await _refusals(cluster, id);
+  // Every limit shows from the start, at 0.
+  assert.deepEqual(LIMITS.map((l) => before[l]), LIMITS.map(() => 0));
   try {
     const statuses = await _attack(attacker, "big");
     const held = statuses.filter((s) => s === 200).length;
@@ -132,6 +174,14 @@ Deno.test("one client that reads none of its answers holds at most --max-client-
       bytes >= held * VALUE.length && bytes <= CLIENT_BYTES,
       `${bytes} bytes in flight for ${held} unread answers`,
     );
+    // Each of its 429s counted once, as the client's share, not as the node's budgets.
+    const refused = statuses.length - held;
+    const attacked = await _refusals(cluster, id);
+    assert.deepEqual(attacked, {
+      ...before,
+      client_unread: before.client_unread + refused,
+      get429: before.get429 + refused,
+    });
 
     // Another client reads the same value, whole, and writes, through the same node.
     const read = await cluster.request(id, "GET", "/v1/data/big");
@@ -140,6 +190,8 @@ Deno.test("one client that reads none of its answers holds at most --max-client-
     const write = await cluster.request(id, "PUT", "/v1/data/other", { v: VALUE });
     assert.equal(write.status, 200, write.text.slice(0, 200));
     assert.equal((await cluster.request(id, "GET", "/v1/status")).status, 200);
+    // The other client's requests were refused by nothing, and counted nowhere.
+    assert.deepEqual(await _refusals(cluster, id), attacked);
 
     // A write of the client at its share is applied and answered, its answer (echoing the value)
     // counted past the share; its next request is refused at once.
@@ -157,6 +209,12 @@ Deno.test("one client that reads none of its answers holds at most --max-client-
       await _gauge(cluster, id, "raftkv_http_request_bytes_in_flight") > CLIENT_BYTES,
       "the write's answer counted past the share",
     );
+    // The write was answered; the read after it was refused at once, as its share: one more.
+    assert.deepEqual(await _refusals(cluster, id), {
+      ...attacked,
+      client_unread: attacked.client_unread + 1,
+      get429: attacked.get429 + 1,
+    });
   } finally {
     await attacker.close();
   }
@@ -172,6 +230,7 @@ Deno.test("without the per-client bound (--max-client-unread-bytes 0) the same c
   const { cluster, id } = await _cluster(0);
   await using _ = cluster;
   const attacker = _unreadingClient(cluster.api(id), "127.0.0.2");
+  const before = await _refusals(cluster, id);
   try {
     const statuses = await _attack(attacker, "big");
     const held = statuses.filter((s) => s === 200).length;
@@ -182,6 +241,13 @@ Deno.test("without the per-client bound (--max-client-unread-bytes 0) the same c
     assert.equal(read.status, 429, read.text.slice(0, 200));
     const write = await cluster.request(id, "PUT", "/v1/data/other", { v: "small" });
     assert.equal(write.status, 429, write.text);
+    // Every 429, the attacker's and the other client's two, is the node's budget, none a share.
+    const refused = statuses.length - held;
+    assert.deepEqual(await _refusals(cluster, id), {
+      ...before,
+      bytes: before.bytes + refused + 2,
+      get429: before.get429 + refused + 1,
+    });
   } finally {
     await attacker.close();
   }

@@ -108,7 +108,13 @@ import {
 } from "./forward_batch.ts";
 import { defaultForwarder, type Forwarder } from "./forwarder.ts";
 import { deleteRoute, readRoute, writeRoute } from "./keys.ts";
-import { type AdmittedRequest, ApiLimits, clientOf, MIN_RESPONSE_STALL_MS } from "./limits.ts";
+import {
+  type AdmittedRequest,
+  ApiLimits,
+  clientOf,
+  MIN_RESPONSE_STALL_MS,
+  type RefusalLimit,
+} from "./limits.ts";
 import { INDEX_HEADER } from "./outcome.ts";
 import { deleteRangeRoute, readRangeRoute } from "./ranges.ts";
 import { txnRoute } from "./txn.ts";
@@ -430,7 +436,8 @@ export interface ApiHandler {
  * @throws {RangeError} If an option is out of range.
  */
 export function createApiHandler(backend: KvBackend, options: ApiOptions): ApiHandler {
-  const ctx = _resolveOptions(backend, options);
+  // The limits tell `http` which of them refused a request (only while serving: once it is made).
+  const ctx = _resolveOptions(backend, options, (limit) => http.refused(limit));
   const http = new HttpMetrics(ctx.metrics, ctx.limits);
   const logRefusal = options.logRefusal ?? (() => {});
   const tooMany = () => jsonResponse(429, { error: "too many requests" }, ctx.retryAfter);
@@ -633,7 +640,11 @@ const _DATA_PREFIX = "/v1/data/";
 /** Methods whose answer may be refused (429) once it is ready: nothing was changed. */
 const _SIDE_EFFECT_FREE: ReadonlySet<string> = new Set(["GET", "HEAD"]);
 
-function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
+function _resolveOptions(
+  backend: KvBackend,
+  options: ApiOptions,
+  onRefusal: (limit: RefusalLimit) => void,
+): _Context {
   if (typeof options.selfId !== "string" || options.selfId === "") {
     throw new RangeError("selfId must be a non-empty string");
   }
@@ -673,6 +684,7 @@ function _resolveOptions(backend: KvBackend, options: ApiOptions): _Context {
       options.responseStallMs,
       Math.max(apiTimeoutMs, MIN_RESPONSE_STALL_MS),
     ),
+    onRefusal,
   });
   return {
     backend,
@@ -837,9 +849,9 @@ function _allow(req: Request, route: string, methods: string[]): void {
 
 /** `GET /v1/snapshot`: the backend's snapshot as a download, within `maxConcurrentBackups`. */
 function _backup(ctx: _Context): Response {
-  const { backups } = ctx.limits;
-  const max = ctx.limits.options.maxConcurrentBackups;
-  if (backups >= max) {
+  if (!ctx.limits.admitBackup()) {
+    const { backups } = ctx.limits;
+    const max = ctx.limits.options.maxConcurrentBackups;
     throw new ApiError(
       429,
       `too many backups in progress (${backups}; the limit is ${max}, --max-concurrent-backups)`,

@@ -18,6 +18,8 @@ import {
   UnsettledRetryError,
 } from "../node/backend.ts";
 import { KvStateMachine } from "../kv/state_machine.ts";
+import { MetricsRegistry } from "../util/metrics.ts";
+import { parseSamples, sample } from "../../testing/prometheus.ts";
 import { AnswerReader, encodeBatch } from "./forward_batch.ts";
 import {
   type ApiHandler,
@@ -253,6 +255,28 @@ function setup(options: Partial<ApiOptions> = {}) {
   ): Promise<Response> =>
     handler(new Request(`http://127.0.0.1:7777${path}`, { method, headers, body: body ?? null }));
   return { backend, logs, handler, forwarder, call };
+}
+
+/** `raftkv_http_refusals_total` of each limit: all 0. */
+const NO_REFUSALS = {
+  requests: 0,
+  bytes: 0,
+  client_unread: 0,
+  forwards: 0,
+  watchers: 0,
+  blocking_reads: 0,
+  backups: 0,
+};
+
+/** `raftkv_http_refusals_total` in `metrics`, by limit (each of {@linkcode NO_REFUSALS}). */
+function refusalCounts(metrics: MetricsRegistry): Record<string, number> {
+  const samples = parseSamples(metrics.render());
+  return Object.fromEntries(
+    Object.keys(NO_REFUSALS).map((limit) => [
+      limit,
+      sample(samples, `raftkv_http_refusals_total{limit="${limit}"}`),
+    ]),
+  );
 }
 
 /** Asserts a JSON answer with the given status and returns its body. */
@@ -1474,7 +1498,12 @@ Deno.test("past maxForwardedRequests a request that needs the leader is answered
   const leader = fakeForwarder((init) =>
     hang ? neverAnswers(init) : new Response('{"k":"c","v":"1"}', { headers: JSON_TYPE })
   );
-  const { handler, call, backend } = setup({ forward: leader.forward, maxForwardedRequests: 1 });
+  const metrics = new MetricsRegistry();
+  const { handler, call, backend } = setup({
+    forward: leader.forward,
+    maxForwardedRequests: 1,
+    metrics,
+  });
   backend.followN2();
   const client = new AbortController();
   const first = handler(new Request("http://127.0.0.1/v1/data/a", { signal: client.signal }));
@@ -1493,6 +1522,7 @@ Deno.test("past maxForwardedRequests a request that needs the leader is answered
   hang = false;
   assert.deepEqual(await expectJson(await call("GET", "/v1/data/c"), 200), { k: "c", v: "1" });
   assert.equal(leader.calls.length, 2);
+  assert.deepEqual(refusalCounts(metrics), { ...NO_REFUSALS, forwards: 1 });
 });
 
 Deno.test("OverloadedError is answered with 503 and Retry-After, and not logged", async () => {
@@ -1550,7 +1580,8 @@ function endlessSnapshot() {
 }
 
 Deno.test("past maxConcurrentBackups a backup is answered 429 until one ends", async () => {
-  const { handler, backend } = setup({ maxConcurrentBackups: 1 });
+  const metrics = new MetricsRegistry();
+  const { handler, backend } = setup({ maxConcurrentBackups: 1, metrics });
   const first = await handler(new Request("http://127.0.0.1/v1/snapshot"));
   assert.equal(first.status, 200);
   const second = await handler(new Request("http://127.0.0.1/v1/snapshot"));
@@ -1564,6 +1595,7 @@ Deno.test("past maxConcurrentBackups a backup is answered 429 until one ends", a
   assert.equal(fourth.status, 200);
   await fourth.body?.cancel();
   assert.deepEqual(backend.calls, ["snapshot", "snapshot", "snapshot"]);
+  assert.deepEqual(refusalCounts(metrics), { ...NO_REFUSALS, backups: 1 });
 });
 
 Deno.test("a backup not read within backupTimeoutMs fails and releases its source", async () => {

@@ -1,14 +1,20 @@
 /**
- * The REST API's metrics: requests by route template, method and status code, their latency, and
- * the requests, forwards, backups and watch streams in progress. Routes are the API's fixed
- * templates (`/v1/data/{key}`, never a key) and methods a fixed list, so the number of series is
- * bounded whatever clients send.
+ * The REST API's metrics: requests by route template, method and status code, their latency, the
+ * requests refused (429) by the limit that refused them, and the requests, forwards, backups and
+ * watch streams in progress. Routes are the API's fixed templates (`/v1/data/{key}`, never a key)
+ * and methods a fixed list, so the number of series is bounded whatever clients send.
  *
  * @module
  */
 
-import type { CounterVec, Histogram, HistogramVec, MetricsRegistry } from "../util/metrics.ts";
-import type { ApiLimits } from "./limits.ts";
+import type {
+  Counter,
+  CounterVec,
+  Histogram,
+  HistogramVec,
+  MetricsRegistry,
+} from "../util/metrics.ts";
+import type { ApiLimits, RefusalLimit } from "./limits.ts";
 
 /** The route label of a path that is none of the API's routes (or not a valid URL). */
 export const OTHER_ROUTE = "other";
@@ -62,10 +68,12 @@ const _LATENCY_BUCKETS = [
 export class HttpMetrics {
   readonly #requests: CounterVec;
   readonly #duration: HistogramVec;
+  readonly #refusals: Readonly<Record<RefusalLimit, Counter>>;
 
   /**
    * Registers the API's metrics in `registry`; the in-progress gauges read `limits` at each
-   * scrape.
+   * scrape. The refusals are counted by {@linkcode HttpMetrics.prototype.refused}, which `limits`
+   * calls (its `onRefusal`).
    *
    * @throws {RangeError} If they are already registered there.
    */
@@ -81,6 +89,21 @@ export class HttpMetrics {
       _LATENCY_BUCKETS,
       ["route", "method"],
     );
+    const refusals = registry.counterVec(
+      "raftkv_http_refusals_total",
+      "REST API requests this node refused with 429, by the limit that refused them: requests (--max-inflight-requests), bytes (--max-inflight-bytes), client_unread (--max-client-unread-bytes: the client's own unread answers), forwards (--max-forwarded-requests), watchers (--max-watchers: a watch stream), blocking_reads (--max-watchers: a blocking read ?index=N) or backups (--max-concurrent-backups). A 429 relayed from the leader counts on the leader only.",
+      ["limit"],
+    );
+    // Every limit shows from the start, at 0.
+    this.#refusals = {
+      requests: refusals.labels("requests"),
+      bytes: refusals.labels("bytes"),
+      client_unread: refusals.labels("client_unread"),
+      forwards: refusals.labels("forwards"),
+      watchers: refusals.labels("watchers"),
+      blocking_reads: refusals.labels("blocking_reads"),
+      backups: refusals.labels("backups"),
+    };
     const inflight = registry.gauge(
       "raftkv_http_requests_in_flight",
       "REST API requests in progress (bounded by --max-inflight-requests; /health, /ready and /metrics are not counted).",
@@ -113,6 +136,15 @@ export class HttpMetrics {
       watchers.set(limits.watchers);
       blockingReads.set(limits.blockingReads);
     });
+  }
+
+  /**
+   * Counts a request refused (answered 429) by `limit`.
+   *
+   * @param limit The limit that refused it.
+   */
+  refused(limit: RefusalLimit): void {
+    this.#refusals[limit].inc();
   }
 
   /**

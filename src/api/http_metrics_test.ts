@@ -169,6 +169,7 @@ Deno.test("/metrics is answered past the in-flight limit, and shows the request 
     sample(s, 'raftkv_http_requests_total{route="/v1/status",method="GET",code="429"}'),
     1,
   );
+  assert.deepEqual(REFUSAL_LIMITS.map((l) => refusals(s, l)), [1, 0, 0, 0, 0, 0, 0]);
   // The read's deadline ends it with 504; then nothing is in flight.
   const late = await hanging;
   assert.equal(late.status, 504);
@@ -179,6 +180,37 @@ Deno.test("/metrics is answered past the in-flight limit, and shows the request 
     sample(after, 'raftkv_http_requests_total{route="/v1/data/{key}",method="GET",code="504"}'),
     1,
   );
+});
+
+/** Every label of `raftkv_http_refusals_total`, as the help text lists them. */
+const REFUSAL_LIMITS = [
+  "requests",
+  "bytes",
+  "client_unread",
+  "forwards",
+  "watchers",
+  "blocking_reads",
+  "backups",
+];
+
+function refusals(samples: Map<string, number>, limit: string): number {
+  return sample(samples, `raftkv_http_refusals_total{limit="${limit}"}`);
+}
+
+Deno.test("every limit's refusals show from the start, at 0, and nothing admitted counts", async () => {
+  const { call, scrape } = setup();
+  const fresh = await scrape();
+  const series = [...fresh.keys()].filter((k) => k.startsWith("raftkv_http_refusals_total"));
+  assert.deepEqual(series, REFUSAL_LIMITS.map((l) => `raftkv_http_refusals_total{limit="${l}"}`));
+  for (const path of ["/v1/data/a", "/v1/status", "/no/such/path"]) {
+    await (await call("GET", path)).body?.cancel();
+  }
+  const s = await scrape();
+  assert.deepEqual(REFUSAL_LIMITS.map((l) => refusals(s, l)), [0, 0, 0, 0, 0, 0, 0]);
+  const text = await (await call("GET", "/metrics")).text();
+  assert.ok(text.includes("# TYPE raftkv_http_refusals_total counter\n"), text);
+  const help = /^# HELP raftkv_http_refusals_total (.*)$/m.exec(text)?.[1] ?? "";
+  for (const limit of REFUSAL_LIMITS) assert.ok(help.includes(`${limit} (--`), help);
 });
 
 Deno.test("route labels are the API's templates, whatever the path", () => {

@@ -4,7 +4,8 @@
  * {@linkcode AdmittedRequest}), the bytes of answers one client has not read yet, forwards to the
  * leader in progress, backups streaming (each with a deadline), and watch streams and blocking
  * reads waiting. {@linkcode ApiLimits} keeps the counts; the handler answers 429 with
- * `Retry-After` when a budget is spent.
+ * `Retry-After` when a budget is spent, and each check that refuses says which budget did
+ * (`LimitOptions.onRefusal`, which the handler counts in `raftkv_http_refusals_total`).
  *
  * @module
  */
@@ -25,6 +26,22 @@ export const RESPONSE_CHUNK_BYTES: number = SMALL_ANSWER_BYTES;
 export const MIN_RESPONSE_STALL_MS = 30_000;
 
 const _EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+
+/**
+ * The budget a request was refused (429) by: `requests` (`maxInflightRequests`), `bytes`
+ * (`maxInflightBytes`), `client_unread` (`maxClientUnreadBytes`: its client's unread answers),
+ * `forwards` (`maxForwardedRequests`), `watchers` (a watch stream past `maxWatchers`),
+ * `blocking_reads` (a blocking read past `maxWatchers`, with the watch streams) or `backups`
+ * (`maxConcurrentBackups`).
+ */
+export type RefusalLimit =
+  | "requests"
+  | "bytes"
+  | "client_unread"
+  | "forwards"
+  | "watchers"
+  | "blocking_reads"
+  | "backups";
 
 /** The budgets of {@linkcode ApiLimits}, already checked (see `ApiOptions` for defaults). */
 export interface LimitOptions {
@@ -57,6 +74,14 @@ export interface LimitOptions {
    * @default {0}
    */
   maxClientUnreadBytes?: number;
+  /**
+   * Called once for each request a check of {@linkcode ApiLimits} (or of an
+   * {@linkcode AdmittedRequest}) refuses, with the budget that refused it: a check that answers
+   * false (or null, or the refusal answer) means the request is answered 429.
+   *
+   * @default {nothing is called}
+   */
+  onRefusal?: (limit: RefusalLimit) => void;
 }
 
 /**
@@ -125,7 +150,9 @@ export class ApiLimits {
    * @returns Whether the watch may open.
    */
   acquireWatcher(): boolean {
-    if (this.#watchers + this.#blockingReads >= this.options.maxWatchers) return false;
+    if (this.#watchers + this.#blockingReads >= this.options.maxWatchers) {
+      return this.#refuse("watchers");
+    }
     this.#watchers++;
     return true;
   }
@@ -144,7 +171,9 @@ export class ApiLimits {
    * @returns Whether the read may wait.
    */
   acquireBlockingRead(): boolean {
-    if (this.#watchers + this.#blockingReads >= this.options.maxWatchers) return false;
+    if (this.#watchers + this.#blockingReads >= this.options.maxWatchers) {
+      return this.#refuse("blocking_reads");
+    }
     this.#blockingReads++;
     return true;
   }
@@ -212,11 +241,9 @@ export class ApiLimits {
    */
   admitRequest(bytes: number): boolean {
     const { maxInflightRequests, maxInflightBytes } = this.options;
-    if (
-      this.#inflight >= maxInflightRequests ||
-      (this.#inflight > 0 && this.#inflightBytes + bytes > maxInflightBytes)
-    ) {
-      return false;
+    if (this.#inflight >= maxInflightRequests) return this.#refuse("requests");
+    if (this.#inflight > 0 && this.#inflightBytes + bytes > maxInflightBytes) {
+      return this.#refuse("bytes");
     }
     this.#inflight++;
     this.#inflightBytes += bytes;
@@ -247,7 +274,10 @@ export class ApiLimits {
   admit(bytes: number, client: string | null = null): AdmittedRequest | null {
     const max = this.options.maxClientUnreadBytes ?? 0;
     const counted = max > 0 ? client : null;
-    if (counted !== null && this.clientUnreadBytes(counted) >= max) return null;
+    if (counted !== null && this.clientUnreadBytes(counted) >= max) {
+      this.#refuse("client_unread");
+      return null;
+    }
     if (!this.admitRequest(bytes)) return null;
     return new AdmittedRequest(this, bytes, {
       fits: (n) => {
@@ -277,7 +307,7 @@ export class ApiLimits {
    * @returns Whether the forward may go.
    */
   acquireForward(): boolean {
-    if (this.#forwarding >= this.options.maxForwardedRequests) return false;
+    if (this.#forwarding >= this.options.maxForwardedRequests) return this.#refuse("forwards");
     this.#forwarding++;
     return true;
   }
@@ -288,10 +318,30 @@ export class ApiLimits {
   }
 
   /**
+   * Whether one more backup may stream: fewer than `maxConcurrentBackups` do now. Check it just
+   * before {@linkcode ApiLimits.prototype.boundedBackup}, which counts the backup.
+   *
+   * @returns Whether the backup may start (false: answer 429).
+   */
+  admitBackup(): boolean {
+    return this.#backups < this.options.maxConcurrentBackups || this.#refuse("backups");
+  }
+
+  /**
+   * Tells `onRefusal` (if given) that `limit` refused a request.
+   *
+   * @returns false, for the check to return.
+   */
+  #refuse(limit: RefusalLimit): false {
+    this.options.onRefusal?.(limit);
+    return false;
+  }
+
+  /**
    * Wraps a backup stream so that it counts as one of the `maxConcurrentBackups` until it ends
    * (read to the end, cancelled by the client, failed or timed out), and fails once
    * `backupTimeoutMs` has passed: the source is then cancelled, which releases its view. The
-   * caller checks {@linkcode ApiLimits.prototype.backups} against the budget first.
+   * caller checks {@linkcode ApiLimits.prototype.admitBackup} first.
    *
    * @param source The backup.
    * @returns The stream to send instead.
@@ -426,9 +476,9 @@ export class AdmittedRequest {
    *
    * An answer of more than a chunk that would take its client past `maxClientUnreadBytes` (one
    * that holds none yet may hold one answer of any size) is replaced by `refuse()` when given
-   * (a request without side effects: `GET`, `HEAD`), and its request released; without `refuse`
-   * (a request whose effect has happened: a write must not be answered 429 once applied) it is
-   * sent and counted all the same.
+   * (a request without side effects: `GET`, `HEAD`), its request released and `onRefusal` told
+   * (`client_unread`); without `refuse` (a request whose effect has happened: a write must not be
+   * answered 429 once applied) it is sent and counted all the same.
    *
    * @param res The answer, its body not yet read.
    * @param refuse The answer to send instead when `res` would take its client past
@@ -461,6 +511,7 @@ export class AdmittedRequest {
     }
     if (refuse !== undefined && !this.#answerBytes.fits(size)) {
       this.release();
+      this.#limits.options.onRefusal?.("client_unread");
       return refuse();
     }
     this.#answerBytes.hold(size);

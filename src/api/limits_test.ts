@@ -1,8 +1,16 @@
 import assert from "node:assert/strict";
 import type { KvBackend, NodeStatus } from "../node/backend.ts";
 import { KvStateMachine } from "../kv/state_machine.ts";
-import { ApiLimits, clientOf, type LimitOptions, RESPONSE_CHUNK_BYTES } from "./limits.ts";
+import {
+  ApiLimits,
+  clientOf,
+  type LimitOptions,
+  type RefusalLimit,
+  RESPONSE_CHUNK_BYTES,
+} from "./limits.ts";
 import { jsonResponse } from "./errors.ts";
+import { MetricsRegistry } from "../util/metrics.ts";
+import { parseSamples, sample } from "../../testing/prometheus.ts";
 import { createApiHandler, FORWARDED_BY_HEADER } from "./handler.ts";
 
 const OPTIONS: LimitOptions = {
@@ -352,6 +360,66 @@ Deno.test("with maxClientUnreadBytes 0 (or without a client) nothing is counted 
   }
 });
 
+/** Limits that record what each refusal says (`onRefusal`), in order. */
+function refusing(options: LimitOptions): { limits: ApiLimits; refused: RefusalLimit[] } {
+  const refused: RefusalLimit[] = [];
+  return { limits: new ApiLimits({ ...options, onRefusal: (l) => refused.push(l) }), refused };
+}
+
+Deno.test("each check that refuses tells onRefusal its limit, once; what it admits tells nothing", async () => {
+  // maxInflightRequests: the third request; a paused one that cannot take a slot again.
+  let { limits, refused } = refusing(OPTIONS);
+  const waiting = limits.admit(0)!;
+  waiting.pause();
+  const a = limits.admit(0)!;
+  limits.admit(0)!;
+  assert.deepEqual(refused, []);
+  assert.equal(limits.admit(0), null);
+  assert.equal(waiting.resume(), false);
+  assert.equal(limits.admitRequest(0), false);
+  assert.deepEqual(refused, ["requests", "requests", "requests"]);
+  a.release();
+  assert.equal(waiting.resume(), true);
+  assert.equal(refused.length, 3);
+
+  // maxInflightBytes: past it while another request is in progress (alone, any size goes).
+  ({ limits, refused } = refusing({ ...OPTIONS, maxInflightRequests: 10 }));
+  assert.ok(limits.admit(150) !== null);
+  assert.equal(limits.admit(1), null);
+  assert.deepEqual(refused, ["bytes"]);
+
+  // maxForwardedRequests, maxWatchers (a watch stream, a blocking read), maxConcurrentBackups.
+  ({ limits, refused } = refusing(OPTIONS));
+  assert.equal(limits.acquireForward(), true);
+  assert.equal(limits.acquireForward(), false);
+  assert.equal(limits.acquireWatcher(), true);
+  assert.equal(limits.acquireBlockingRead(), true);
+  assert.equal(limits.acquireWatcher(), false);
+  assert.equal(limits.acquireBlockingRead(), false);
+  assert.equal(limits.admitBackup(), true);
+  const backup = limits.boundedBackup(ReadableStream.from([new Uint8Array([1])]));
+  assert.equal(limits.admitBackup(), false);
+  assert.deepEqual(refused, ["forwards", "watchers", "blocking_reads", "backups"]);
+  await backup.cancel();
+  assert.equal(limits.admitBackup(), true);
+  assert.equal(refused.length, 4);
+
+  // maxClientUnreadBytes: a client at its share, at admission; a read whose answer would pass
+  // it, once ready; not a write's answer (sent all the same), nor another client's requests.
+  ({ limits, refused } = refusing({ ...CLIENT_OPTIONS, maxClientUnreadBytes: LARGE + 10 }));
+  const held = await answer(limits, "10.0.0.1");
+  assert.equal((await answer(limits, "10.0.0.1")).status, 429);
+  assert.deepEqual(refused, ["client_unread"]);
+  const write = await answer(limits, "10.0.0.1", LARGE, false);
+  assert.equal(write.status, 200);
+  assert.equal(limits.admit(0, "10.0.0.1"), null);
+  assert.deepEqual(refused, ["client_unread", "client_unread"]);
+  const other = await answer(limits, "10.0.0.2");
+  assert.equal(other.status, 200);
+  assert.equal(refused.length, 2);
+  for (const res of [held, write, other]) await res.body!.cancel();
+});
+
 /** A node holding one large value, `big`, for a handler (as `Deno.serve` calls it). */
 function bigValueBackend(value: string): KvBackend {
   const kv = new KvStateMachine();
@@ -382,8 +450,10 @@ function bigValueBackend(value: string): KvBackend {
 
 Deno.test("the handler bounds each remote address Deno.serve names; not requests without one, nor forwarded ones", async () => {
   const value = "v".repeat(4 * RESPONSE_CHUNK_BYTES);
+  const metrics = new MetricsRegistry();
   const handler = createApiHandler(bigValueBackend(value), {
     selfId: "n1",
+    metrics,
     members: [{ id: "n2", rpcUrl: "http://n2.test:6666", apiUrl: "http://n2.test:7777" }],
     // One answer of the value (with its JSON around it), not two.
     maxClientUnreadBytes: value.length + value.length / 2,
@@ -437,6 +507,20 @@ Deno.test("the handler bounds each remote address Deno.serve names; not requests
   assert.equal(again.status, 200);
   assert.equal((await again.json()).v, value);
   assert.equal((await handler(get(), client)).status, 200);
+  // Each of the three 429s counted once, under the client's share; nothing else refused.
+  const samples = parseSamples(metrics.render());
+  const refusals = (limit: string) =>
+    sample(samples, `raftkv_http_refusals_total{limit="${limit}"}`);
+  assert.equal(refusals("client_unread"), 3);
+  assert.deepEqual(
+    ["requests", "bytes", "forwards", "watchers", "blocking_reads", "backups"].map(refusals),
+    [0, 0, 0, 0, 0, 0],
+  );
+  assert.equal(
+    sample(samples, 'raftkv_http_requests_total{route="/v1/data/{key}",method="GET",code="429"}') +
+      sample(samples, 'raftkv_http_requests_total{route="/v1/data/{key}",method="PUT",code="429"}'),
+    3,
+  );
 });
 
 Deno.test("createApiHandler() takes maxClientUnreadBytes from 0 (off) up to maxInflightBytes", () => {

@@ -26,6 +26,8 @@ import {
   watchRoute,
 } from "./watch.ts";
 import { SimClock } from "../../testing/sim_clock.ts";
+import { parseSamples, sample } from "../../testing/prometheus.ts";
+import { MetricsRegistry } from "../util/metrics.ts";
 
 /** A backend on a real state machine without Raft: writes apply at once, reads are local. */
 class LocalBackend implements KvBackend {
@@ -89,6 +91,23 @@ function setup(options: Partial<ApiOptions> = {}) {
     handler(new Request(`http://n1.test${path}`, init));
   return { backend, get, handler };
 }
+
+/** `raftkv_http_refusals_total` in `metrics` of the limits named, in that order. */
+function refusals(metrics: MetricsRegistry, ...limits: string[]): number[] {
+  const samples = parseSamples(metrics.render());
+  return limits.map((l) => sample(samples, `raftkv_http_refusals_total{limit="${l}"}`));
+}
+
+/** Every label of `raftkv_http_refusals_total`. */
+const LIMITS = [
+  "requests",
+  "bytes",
+  "client_unread",
+  "forwards",
+  "watchers",
+  "blocking_reads",
+  "backups",
+];
 
 /** Reads `n` events (skipping none) from a watch answer. */
 async function take(
@@ -235,7 +254,8 @@ Deno.test("a blocking read answers when the key changes after the index, or when
 });
 
 Deno.test("a waiting blocking read holds no request slot, counts against maxWatchers, and needs a slot again to answer", async () => {
-  const { backend, get, handler } = setup({ maxInflightRequests: 1, maxWatchers: 2 });
+  const metrics = new MetricsRegistry();
+  const { backend, get, handler } = setup({ maxInflightRequests: 1, maxWatchers: 2, metrics });
   backend.put("a", "1"); // 1
   const waiting = get("/v1/data/a?index=1&wait=1m");
   const other = get("/v1/data/b?index=1&wait=1m");
@@ -281,6 +301,8 @@ Deno.test("a waiting blocking read holds no request slot, counts against maxWatc
   assert.equal(answered.status, 200);
   assert.equal((await answered.json()).v, "4");
   assert.equal(backend.kv.events.subscribers, 0);
+  // One refused by maxWatchers as a blocking read, one by maxInflightRequests once woken.
+  assert.deepEqual(refusals(metrics, ...LIMITS), [1, 0, 0, 0, 0, 1, 0]);
 });
 
 Deno.test("a blocking wait on an injected clock ends when that clock reaches the wait, on a change of its key, or on a snapshot", async () => {
@@ -415,7 +437,8 @@ Deno.test("reloaded tokens apply from the next request, and end the watch stream
 });
 
 Deno.test("past maxWatchers a watch is answered 429 until a stream ends, by the client or by the node", async () => {
-  const { backend, get } = setup({ maxWatchers: 2, retryAfterSeconds: 3 });
+  const metrics = new MetricsRegistry();
+  const { backend, get } = setup({ maxWatchers: 2, retryAfterSeconds: 3, metrics });
   assert.equal(backend.kv.events.oldestIndex, 1);
   const first = await get("/v1/watch?key=a");
   const second = await get("/v1/watch?prefix=b");
@@ -441,6 +464,7 @@ Deno.test("past maxWatchers a watch is answered 429 until a stream ends, by the 
   const again = await get("/v1/watch?key=e");
   assert.equal(again.status, 200);
   await again.body!.cancel();
+  assert.deepEqual(refusals(metrics, ...LIMITS), [0, 0, 0, 0, 2, 0, 0]);
 });
 
 Deno.test("a stream that ends before its first change says the index it started after", async () => {
