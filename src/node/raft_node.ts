@@ -299,8 +299,9 @@ export interface RaftNodeOptions {
   /**
    * The most bytes of data (the UTF-8 bytes of every key and value, and `LEASE_BYTES` for each
    * lease) this node takes as leader: a write or lease grant that would add bytes past it is
-   * refused with {@linkcode QuotaExceededError} before it is proposed. Only the leader's applied data is counted, so writes in flight at once can pass
-   * it by their own size. 0: no quota. Default 0.
+   * refused with {@linkcode QuotaExceededError} before it is proposed. Only the leader's applied
+   * data is counted, so writes in flight at once can pass it by their own size. 0: no quota.
+   * Default 0.
    */
   quotaBytes?: number;
   /**
@@ -366,7 +367,7 @@ export interface NodeInspection {
   leaseOf(key: string): number | null;
   /** The number of leases in the applied state. */
   readonly leaseCount: number;
-  /** The UTF-8 bytes of the applied keys and values, and LEASE_BYTES per lease (what the quota counts). */
+  /** The UTF-8 bytes of the applied keys and values, and `LEASE_BYTES` per lease (the quota's). */
   readonly dataBytes: number;
   /** Whether the node holds the NOSPACE alarm (its disk was full; see `status().alarms`). */
   readonly noSpace: boolean;
