@@ -234,7 +234,9 @@ coordination:     ${t("casOk")} compare-and-sets applied (${t("casDeletesOk")} o
   } range deletes; ${t("idempotentRetries")} writes sent again with their idempotency key, ${
     t("idempotentReplays")
   } answered as replays (${t("valuesOmitted")} values read left out of them: too long to remember)
-leases:           ${t("leasesGranted")} granted (${t("leasesRaised")} raised to the minimum TTL), ${
+leases:           ${t("leasesGranted")} granted (${
+    t("leasesRaised")
+  } raised to the minimum TTL) and ${t("leasesGrantedWithPut")} with a put, ${
     t("leaseTxnPuts")
   } keys attached by a transaction (${t("leaseTxnRefused")} refused: lease gone), ${
     t("leaseKeepAlives")
@@ -307,9 +309,11 @@ full disks:       ${t("diskFulls")} episodes, ${t("noSpaceAlarms")} NOSPACE alar
 other clusters:   ${t("otherClusterBatches")} appends sent by another cluster's node, ${
     t("otherClusterRefusals")
   } refused for their cluster (the others reached no live node)
-quota:            ${t("quotaRefusals")} writes refused as past the quota (507); quota ${
+quota:            ${t("quotaRefusals")} writes and ${
+    t("leaseQuotaRefusals")
+  } lease grant attempts refused as past the quota (507; a lease counts 64 bytes); quota ${
     common.quotaBytes === undefined
-      ? "drawn per seed (16-47 bytes for one seed in five, else none)"
+      ? "drawn per seed (16-47 bytes and room for one lease for one seed in five, else none)"
       : common.quotaBytes === 0
       ? "none"
       : `${common.quotaBytes} bytes`
