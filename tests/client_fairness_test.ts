@@ -17,6 +17,7 @@ import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { findPromtool, parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
+import { REFUSAL_LIMITS, type RefusalLimit } from "../src/api/limits.ts";
 
 const MiB = 1024 * 1024;
 /** The node's budget: eight times one client's share. */
@@ -31,17 +32,6 @@ const ANSWER_DEADLINE_MS = 10_000;
 
 const PROMTOOL = findPromtool();
 
-/** Every label of `raftkv_http_refusals_total`. */
-const LIMITS = [
-  "requests",
-  "bytes",
-  "client_unread",
-  "forwards",
-  "watchers",
-  "blocking_reads",
-  "backups",
-] as const;
-
 /**
  * The node's `raftkv_http_refusals_total` by limit, and its 429s to `GET /v1/data/{key}`, from
  * its `/metrics`, which passes `promtool check metrics` (when promtool is installed: Debian
@@ -50,7 +40,7 @@ const LIMITS = [
 async function _refusals(
   cluster: ProcessCluster,
   id: string,
-): Promise<Record<(typeof LIMITS)[number] | "get429", number>> {
+): Promise<Record<RefusalLimit | "get429", number>> {
   const res = await cluster.request(id, "GET", "/metrics");
   assert.equal(res.status, 200, res.text);
   if (PROMTOOL !== null) {
@@ -59,8 +49,8 @@ async function _refusals(
   }
   const samples = parseSamples(res.text);
   const counts = Object.fromEntries(
-    LIMITS.map((l) => [l, sample(samples, `raftkv_http_refusals_total{limit="${l}"}`)]),
-  ) as Record<(typeof LIMITS)[number], number>;
+    REFUSAL_LIMITS.map((l) => [l, sample(samples, `raftkv_http_refusals_total{limit="${l}"}`)]),
+  ) as Record<RefusalLimit, number>;
   const get429 = 'raftkv_http_requests_total{route="/v1/data/{key}",method="GET",code="429"}';
   // Present once the first 429 to such a GET was answered.
   return { ...counts, get429: samples.get(get429) ?? 0 };
@@ -162,7 +152,7 @@ Deno.test("one client that reads none of its answers holds at most --max-client-
   const attacker = _unreadingClient(cluster.api(id), "127.0.0.2");
   const before = await _refusals(cluster, id);
   // Every limit shows from the start, at 0.
-  assert.deepEqual(LIMITS.map((l) => before[l]), LIMITS.map(() => 0));
+  assert.deepEqual(REFUSAL_LIMITS.map((l) => before[l]), REFUSAL_LIMITS.map(() => 0));
   try {
     const statuses = await _attack(attacker, "big");
     const held = statuses.filter((s) => s === 200).length;

@@ -14,7 +14,7 @@ import type {
   HistogramVec,
   MetricsRegistry,
 } from "../util/metrics.ts";
-import type { ApiLimits, RefusalLimit } from "./limits.ts";
+import { type ApiLimits, REFUSAL_LIMITS, type RefusalLimit } from "./limits.ts";
 
 /** The route label of a path that is none of the API's routes (or not a valid URL). */
 export const OTHER_ROUTE = "other";
@@ -95,15 +95,9 @@ export class HttpMetrics {
       ["limit"],
     );
     // Every limit shows from the start, at 0.
-    this.#refusals = {
-      requests: refusals.labels("requests"),
-      bytes: refusals.labels("bytes"),
-      client_unread: refusals.labels("client_unread"),
-      forwards: refusals.labels("forwards"),
-      watchers: refusals.labels("watchers"),
-      blocking_reads: refusals.labels("blocking_reads"),
-      backups: refusals.labels("backups"),
-    };
+    this.#refusals = Object.fromEntries(
+      REFUSAL_LIMITS.map((limit) => [limit, refusals.labels(limit)]),
+    ) as Record<RefusalLimit, Counter>;
     const inflight = registry.gauge(
       "raftkv_http_requests_in_flight",
       "REST API requests in progress (bounded by --max-inflight-requests; /health, /ready and /metrics are not counted).",

@@ -34,14 +34,18 @@ const _EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
  * `blocking_reads` (a blocking read past `maxWatchers`, with the watch streams) or `backups`
  * (`maxConcurrentBackups`).
  */
-export type RefusalLimit =
-  | "requests"
-  | "bytes"
-  | "client_unread"
-  | "forwards"
-  | "watchers"
-  | "blocking_reads"
-  | "backups";
+export type RefusalLimit = (typeof REFUSAL_LIMITS)[number];
+
+/** Every {@linkcode RefusalLimit}, in the order the metrics list them. */
+export const REFUSAL_LIMITS = [
+  "requests",
+  "bytes",
+  "client_unread",
+  "forwards",
+  "watchers",
+  "blocking_reads",
+  "backups",
+] as const;
 
 /** The budgets of {@linkcode ApiLimits}, already checked (see `ApiOptions` for defaults). */
 export interface LimitOptions {

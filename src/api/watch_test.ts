@@ -14,7 +14,7 @@ import {
 import { KvStateMachine } from "../kv/state_machine.ts";
 import { readSse, type SseMessage } from "../util/sse.ts";
 import { type ApiOptions, createApiHandler, requiredRole } from "./handler.ts";
-import { ApiLimits } from "./limits.ts";
+import { ApiLimits, REFUSAL_LIMITS } from "./limits.ts";
 import { INDEX_HEADER } from "./outcome.ts";
 import {
   blockingWait,
@@ -97,17 +97,6 @@ function refusals(metrics: MetricsRegistry, ...limits: string[]): number[] {
   const samples = parseSamples(metrics.render());
   return limits.map((l) => sample(samples, `raftkv_http_refusals_total{limit="${l}"}`));
 }
-
-/** Every label of `raftkv_http_refusals_total`. */
-const LIMITS = [
-  "requests",
-  "bytes",
-  "client_unread",
-  "forwards",
-  "watchers",
-  "blocking_reads",
-  "backups",
-];
 
 /** Reads `n` events (skipping none) from a watch answer. */
 async function take(
@@ -302,7 +291,7 @@ Deno.test("a waiting blocking read holds no request slot, counts against maxWatc
   assert.equal((await answered.json()).v, "4");
   assert.equal(backend.kv.events.subscribers, 0);
   // One refused by maxWatchers as a blocking read, one by maxInflightRequests once woken.
-  assert.deepEqual(refusals(metrics, ...LIMITS), [1, 0, 0, 0, 0, 1, 0]);
+  assert.deepEqual(refusals(metrics, ...REFUSAL_LIMITS), [1, 0, 0, 0, 0, 1, 0]);
 });
 
 Deno.test("a blocking wait on an injected clock ends when that clock reaches the wait, on a change of its key, or on a snapshot", async () => {
@@ -464,7 +453,7 @@ Deno.test("past maxWatchers a watch is answered 429 until a stream ends, by the 
   const again = await get("/v1/watch?key=e");
   assert.equal(again.status, 200);
   await again.body!.cancel();
-  assert.deepEqual(refusals(metrics, ...LIMITS), [0, 0, 0, 0, 2, 0, 0]);
+  assert.deepEqual(refusals(metrics, ...REFUSAL_LIMITS), [0, 0, 0, 0, 2, 0, 0]);
 });
 
 Deno.test("a stream that ends before its first change says the index it started after", async () => {
