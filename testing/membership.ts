@@ -1,14 +1,15 @@
 /**
  * Test support for membership changes on a real cluster ({@linkcode ProcessCluster}): reading
  * the members through `GET /v1/members`, sending a change until it is applied, waiting for the
- * members to reach a state, joining a node as a voter and handing the lead over.
+ * members to reach a state, joining a node as a voter, handing the lead over, and waiting for a
+ * member to have applied a write.
  *
  * @module
  */
 
 import assert from "node:assert/strict";
 import { attempt } from "./chaos_lib.ts";
-import { type ProcessCluster, waitFor } from "./harness.ts";
+import { type ProcessCluster, waitFor, type WaitForOptions } from "./harness.ts";
 
 /** One member as `GET /v1/members` lists it. */
 export interface MemberRow {
@@ -126,4 +127,28 @@ export async function joinAsVoter(
   const [own, theirs] = await Promise.all([cluster.status(id), cluster.status(via())]);
   assert.match(theirs?.cluster_id ?? "", /^[0-9a-f]{16}$/);
   assert.equal(own?.cluster_id, theirs?.cluster_id);
+}
+
+/**
+ * Waits until node `id` reads `value` at `key` from its own state (a stale read: it has applied
+ * the write that put it, as a member catching up does).
+ *
+ * @param cluster The cluster.
+ * @param id The node.
+ * @param key The key.
+ * @param value The value to wait for.
+ * @param options The deadline and what the error says (see {@linkcode waitFor}).
+ */
+export async function waitApplied(
+  cluster: ProcessCluster,
+  id: string,
+  key: string,
+  value: string,
+  options: WaitForOptions,
+): Promise<void> {
+  await waitFor(async () => {
+    const url = `${cluster.api(id)}/v1/data/${key}?consistency=stale`;
+    const r = await attempt(url, "GET", undefined, 2000);
+    return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === value;
+  }, options);
 }

@@ -22,6 +22,7 @@ import {
   joinAsVoter,
   type MemberRow,
   members,
+  waitApplied,
   waitMembers,
 } from "../testing/membership.ts";
 import { checkLinearizability, type Operation } from "../src/check/linearizability.ts";
@@ -614,15 +615,10 @@ Deno.test("a member that was down while a new node joined and took the lead catc
   // configuration, hears node-4 on their word and applies what was written while it was away.
   await cluster.start(away);
   try {
-    await waitFor(async () => {
-      const r = await attempt(
-        `${cluster.api(away)}/v1/data/k?consistency=stale`,
-        "GET",
-        undefined,
-        2000,
-      );
-      return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "5";
-    }, { deadlineMs: 10_000, intervalMs: 50, message: `${away} to apply the writes` });
+    await waitApplied(cluster, away, "k", "5", {
+      deadlineMs: 10_000,
+      message: `${away} to apply the writes`,
+    });
     const back = await cluster.status(away);
     assert.equal(back?.leader?.id, "node-4", JSON.stringify(back));
     const now = await cluster.status("node-4");

@@ -32,7 +32,7 @@ import {
 } from "../testing/harness.ts";
 import { readLines } from "../testing/read_lines.ts";
 import { attempt } from "../testing/chaos_lib.ts";
-import { handLead, waitMembers } from "../testing/membership.ts";
+import { handLead, waitApplied, waitMembers } from "../testing/membership.ts";
 import { H2Client } from "../src/transport/h2_client.ts";
 import { FROM_HEADER, MEMBERS_PATH } from "../src/transport/http_transport.ts";
 
@@ -163,13 +163,15 @@ async function exhaustPeerPort(certs: Certificates | null, stopped: string): Pro
     });
     // More connections than it has descriptors: silent ones, which it holds (with TLS, until
     // their handshake times out: 10 s; without, until they close). With TLS the ones it cannot
-    // accept wait in the listen queue; without, the listener is closed and they are refused.
+    // accept wait in the listen queue; without, the listener is closed and they are refused (or
+    // reset, when it closed with them in its queue).
     const port = cluster.node("node-1").rpcPort;
     for (let i = 0; i < limit + 40; i++) {
       try {
         conns.push(await Deno.connect({ hostname: "127.0.0.1", port }));
       } catch (err) {
-        if (!(err instanceof Deno.errors.ConnectionRefused)) throw err;
+        const { ConnectionRefused, ConnectionReset } = Deno.errors;
+        if (!(err instanceof ConnectionRefused || err instanceof ConnectionReset)) throw err;
       }
     }
     await waitFor(() => openFiles(node.pid) >= limit - 1, {
@@ -359,15 +361,7 @@ Deno.test("over mutual TLS, a member the node does not know yet still gets its 4
     // Back, it refuses node-4 (403, and the connection is ended), asks the others for the
     // members, and catches up under node-4.
     await cluster.start(away);
-    await waitFor(async () => {
-      const r = await attempt(
-        `${cluster.api(away)}/v1/data/k?consistency=stale`,
-        "GET",
-        undefined,
-        2000,
-      );
-      return r.kind === "answer" && r.status === 200 && (r.json as { v: string }).v === "3";
-    }, {
+    await waitApplied(cluster, away, "k", "3", {
       deadlineMs: 20_000,
       message: () => `${away} to apply the writes\n${cluster.formatLogs([away, "node-4"], 30)}`,
     });
