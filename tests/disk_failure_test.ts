@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type HttpResult, type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { type LoopDisk, mountLoopDisk } from "../testing/loop_disk.ts";
+import { handLead } from "../testing/membership.ts";
 
 const SKIP = Deno.build.os !== "linux"
   ? `loop devices need Linux, not ${Deno.build.os}`
@@ -57,12 +58,7 @@ Deno.test({
 
       // The failing disk's node leads.
       const first = await c.waitForLeader(15_000);
-      if (first !== FAILING) {
-        const moved = await c.request(first, "POST", "/v1/leader/transfer", { to: FAILING }, {
-          timeoutMs: 10_000,
-        });
-        assert.equal(moved.status, 200, moved.text);
-      }
+      if (first !== FAILING) await handLead(c, first, FAILING);
       await waitFor(async () => (await c.status(FAILING))?.role === "leader", {
         deadlineMs: 10_000,
         message: `${FAILING} to lead`,
