@@ -43,7 +43,11 @@ import { PeerValidator } from "./src/raft/validate.ts";
 import { requestJoin } from "./src/cli/join.ts";
 import { apiPortWarning } from "./src/cli/fetch_ports.ts";
 import type { TransportHandlers } from "./src/transport/transport.ts";
-import { createPeerHandler, HttpTransport } from "./src/transport/http_transport.ts";
+import {
+  countPeerRefusals,
+  createPeerHandler,
+  HttpTransport,
+} from "./src/transport/http_transport.ts";
 import { MetricsRegistry } from "./src/util/metrics.ts";
 import { registerProcessMetrics } from "./src/util/process_metrics.ts";
 import { type ServeAgain, serveAgain, type ServeOptions } from "./src/util/serve.ts";
@@ -230,6 +234,9 @@ export async function main(args: string[]): Promise<number> {
     metrics,
     logError: (line) => log.error(line),
   });
+  // raftkv_peer_refusals_total{reason}: every refusal on the peer port, the mutual-TLS server's
+  // own included, so a forged or misconfigured peer shows in the metrics, not only in the log.
+  const onPeerRefusal = countPeerRefusals(metrics);
   const peerHandler = createPeerHandler(handlers!, {
     self: config.id,
     validator,
@@ -241,6 +248,7 @@ export async function main(args: string[]): Promise<number> {
     logger: rateLimited(log, 5_000),
     // Client requests a follower forwards, already authorised there.
     forward: api.forwarded,
+    onRefusal: onPeerRefusal,
   });
   const peerOnListen = (a: { hostname: string; port: number }) =>
     log.info(
@@ -280,6 +288,7 @@ export async function main(args: string[]): Promise<number> {
           // A connection proving a non-member (a stranger, a removed member, one this node does
           // not know yet) is ended once answered (see serveMutualTls).
           isMember: (id) => validator.checkSender(id) === null,
+          onRefusal: onPeerRefusal,
         }, peerHandler));
     }
     apiServer = await _listening(

@@ -2,13 +2,16 @@
  * Forged and malformed peer messages against a live three-node cluster, sent to the peer port the
  * way an attacker (or a buggy peer) would: built with the project's own codec and posted over
  * HTTP/2. Each must be refused with a 4xx, change nothing on the target (term, data, hard-state
- * file, WAL files, snapshot directory) and leave every node running; afterwards every node stops
- * with SIGTERM and starts again on its data.
+ * file, WAL files, snapshot directory) and leave every node running, and be counted once in the
+ * attacked node's `raftkv_peer_refusals_total` under its reason (its scrape checked by
+ * `promtool check metrics` when promtool is installed); afterwards every node stops with SIGTERM
+ * and starts again on its data.
  */
 
 import assert from "node:assert/strict";
 import { contentOf } from "../testing/snapshot_pairs.ts";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
+import { findPromtool, parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
 import { observeNode as observed } from "../testing/node_state.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import {
@@ -28,11 +31,49 @@ import {
   MEMBERS_PATH,
   MESSAGE_HEADER,
   MESSAGES_PATH,
+  PEER_REFUSAL_REASONS,
+  type PeerRefusalReason,
   SNAPSHOT_PATH,
 } from "../src/transport/http_transport.ts";
 
 /** Slower elections than the harness default: an unrelated election would change the terms. */
 const NODE_FLAGS = ["--election-timeout", "2000", "--heartbeat", "100"];
+
+const PROMTOOL = findPromtool();
+
+/**
+ * A node's `raftkv_peer_refusals_total` by reason, from its `GET /metrics`, which passes
+ * `promtool check metrics` (when promtool is installed: Debian package `prometheus`).
+ */
+async function refusals(
+  cluster: ProcessCluster,
+  id: string,
+): Promise<Record<PeerRefusalReason, number>> {
+  const res = await cluster.request(id, "GET", "/metrics");
+  assert.equal(res.status, 200, res.text);
+  if (PROMTOOL !== null) {
+    const verdict = await promtoolCheck(res.text);
+    assert.ok(verdict.ok, `promtool check metrics (exit ${verdict.code}):\n${verdict.output}`);
+  }
+  const samples = parseSamples(res.text);
+  return Object.fromEntries(
+    PEER_REFUSAL_REASONS.map((
+      r,
+    ) => [r, sample(samples, `raftkv_peer_refusals_total{reason="${r}"}`)]),
+  ) as Record<PeerRefusalReason, number>;
+}
+
+/** `after` minus `before`, by reason, leaving out the reasons that did not move. */
+function increase(
+  before: Record<PeerRefusalReason, number>,
+  after: Record<PeerRefusalReason, number>,
+): Partial<Record<PeerRefusalReason, number>> {
+  return Object.fromEntries(
+    PEER_REFUSAL_REASONS.filter((r) => after[r] !== before[r]).map((
+      r,
+    ) => [r, after[r] - before[r]]),
+  );
+}
 
 interface Forged {
   status: number;
@@ -142,6 +183,12 @@ Deno.test("forged and malformed peer messages are refused, change nothing and st
     for (const id of ids) before.set(id, await observed(cluster, id));
     const last = before.get(target)!.last;
     const commit = before.get(target)!.commit;
+    // What the peer handlers refused so far (nothing, in a healthy cluster): each attack below
+    // must count once, under its reason, on the node it was sent to.
+    const refusedBefore = await refusals(cluster, target);
+    const leaderRefusedBefore = await refusals(cluster, leader);
+    /** The stranger's requests of the second step (it keeps on for a while). */
+    let strangerRequests = 0;
 
     /** Asserts that nothing observable changed on any node and every node still runs. */
     const unchanged = async (what: string) => {
@@ -245,6 +292,7 @@ Deno.test("forged and malformed peer messages are refused, change nothing and st
             signal: AbortSignal.timeout(5000),
           });
           assert.equal(asked.status, 403, await _errorOf(asked));
+          strangerRequests += 2;
         }
         const elapsed = performance.now() - started;
         const rounds = (await queries()) - first;
@@ -359,6 +407,46 @@ Deno.test("forged and malformed peer messages are refused, change nothing and st
         assert.equal(notLeader.status, 409, notLeader.error);
         assert.match(notLeader.error, new RegExp(`the leader of that term is "${leader}"`));
         await unchanged("the malformed messages");
+      },
+    );
+
+    await t.step(
+      "garbage, a batch for another node and an unknown path are refused too, and the attacked node counts every refusal by reason",
+      async () => {
+        const garbage = await client.fetch(`${cluster.rpc(target)}${MESSAGES_PATH}`, {
+          method: "POST",
+          headers: { "content-type": "application/octet-stream", [FROM_HEADER]: leader },
+          body: new Uint8Array([0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+          signal: AbortSignal.timeout(5000),
+        });
+        assert.equal(garbage.status, 400, await _errorOf(garbage));
+        const other = ids.find((id) => id !== leader && id !== target)!;
+        const elsewhere = await forge(client, cluster, target, leader, [
+          message({ type: MessageType.Heartbeat, from: leader, to: other, term: T, commit }),
+        ]);
+        assert.equal(elsewhere.status, 421, elsewhere.error);
+        const nowhere = await client.fetch(`${cluster.rpc(target)}/raft/nowhere`, {
+          method: "POST",
+          headers: { [FROM_HEADER]: leader },
+          signal: AbortSignal.timeout(5000),
+        });
+        assert.equal(nowhere.status, 404, await _errorOf(nowhere));
+        await unchanged("the garbage, misaddressed and unknown-path requests");
+        // The target: step 1's six requests and the stranger's in step 2 from non-members, the
+        // five messages of steps 3 and 4 with fields the validator refuses, step 4's append
+        // below the commit index and snapshot from a member that does not lead, and this
+        // step's three; the leader: step 1's four messages sent to it.
+        assert.deepEqual(increase(refusedBefore, await refusals(cluster, target)), {
+          not_member: 6 + strangerRequests,
+          invalid: 5,
+          conflict: 2,
+          malformed: 1,
+          misaddressed: 1,
+          unknown_path: 1,
+        });
+        assert.deepEqual(increase(leaderRefusedBefore, await refusals(cluster, leader)), {
+          not_member: 4,
+        });
       },
     );
 

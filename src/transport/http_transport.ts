@@ -76,7 +76,9 @@
  *
  * No single request may hurt the node. In this order, each failing check refuses the whole
  * request, logs a warning (at most one per status every `refusalLogIntervalMs`, with a count of
- * those left out) and hands nothing on, so nothing reaches the Raft core or the disk:
+ * those left out), tells `onRefusal` why (a {@linkcode PeerRefusalReason}: every refusal, logged or
+ * not, counts once in `raftkv_peer_refusals_total`) and hands nothing on, so nothing reaches the
+ * Raft core or the disk:
  *
  * 1. the cluster: {@linkcode TransportHandlers.checkCluster} with the `x-raftkv-cluster` header
  *    (`403` for a node of another cluster);
@@ -110,8 +112,8 @@
  * A message stream is checked the same way: 1 to 4 before it is accepted (a refused one gets the
  * status and is never read); then 5 and 6 for every frame. A frame over the size limit or one the
  * codec rejects, or a message claiming another sender than the proven identity, ends the stream
- * (logged with the status a request would have got); a batch that fails any other check of 6 or
- * 7 is dropped and logged, and the stream goes on.
+ * (logged and counted with the status a request would have got); a batch that fails any other
+ * check of 6 or 7 is dropped, logged and counted, and the stream goes on.
  *
  * A snapshot upload that breaks its size limit gets `413`, its time limits `408`, and one this
  * node's disk has no room for `507` ({@linkcode PeerNoSpaceError}); either way the partial file is
@@ -366,6 +368,99 @@ export interface PeerHandlerOptions {
    * member, with the sender the handler was called with. Default: such paths get 404.
    */
   forward?: (req: Request, sender: string | null) => Promise<Response>;
+  /**
+   * Called once for every refusal the handler answers or, on a message stream, logs: each
+   * refused request and each refused batch of a stream, with why
+   * ({@linkcode PeerRefusalReason}); not for answers of `forward`, `5xx` (this node's own
+   * failure) or `503` (a members query before this node has a configuration). A node counts them
+   * in `raftkv_peer_refusals_total` ({@linkcode countPeerRefusals}). Default: nothing.
+   */
+  onRefusal?: (reason: PeerRefusalReason) => void;
+}
+
+/**
+ * Why the peer handler refused a request (or a batch of a message stream), each with one HTTP
+ * status: the `reason` label of `raftkv_peer_refusals_total`, in the order the handler checks.
+ *
+ * - `other_cluster` (403): it names another cluster's id;
+ * - `unknown_path` (404, or 405 for a method other than POST): no path of the peer protocol;
+ * - `removed` (410): its sender was removed by a committed membership change;
+ * - `not_member` (403): its sender, or a message's `from`, is not another member;
+ * - `identity` (403, mutual TLS): the connection proved no identity (or its certificate names no
+ *   node), or the header or a message names another sender than the certificate;
+ * - `too_many_requests` (429): its sender has `maxRequestsPerSender` message requests in progress;
+ * - `snapshot_busy` (429): another snapshot upload is in progress;
+ * - `too_large` (413): a body, stream frame or snapshot over its limit;
+ * - `aborted` (400): its body broke off (the sender reset or cut it);
+ * - `malformed` (400): what the codec or the request's form rejects;
+ * - `invalid` (400): a message the validator rejects (a field out of bounds or wrong for its
+ *   type, a `Snap` on the message path, a member claiming another member's id);
+ * - `misaddressed` (421): a message addressed to another node;
+ * - `conflict` (409): the node's Raft state refused it (an append that disagrees with committed
+ *   entries, a snapshot of an older term or not from the term's leader);
+ * - `timeout` (408): a snapshot upload that stalled or took too long;
+ * - `no_space` (507): this node's disk has no room for the snapshot.
+ */
+export type PeerRefusalReason = (typeof PEER_REFUSAL_REASONS)[number];
+
+/** Every {@linkcode PeerRefusalReason}, in the order the metrics list them. */
+export const PEER_REFUSAL_REASONS = [
+  "other_cluster",
+  "unknown_path",
+  "removed",
+  "not_member",
+  "identity",
+  "too_many_requests",
+  "snapshot_busy",
+  "too_large",
+  "aborted",
+  "malformed",
+  "invalid",
+  "misaddressed",
+  "conflict",
+  "timeout",
+  "no_space",
+] as const;
+
+/**
+ * Registers `raftkv_peer_refusals_total{reason}` in `registry`, every
+ * {@linkcode PeerRefusalReason} at 0 from the start, and returns what counts one refusal: the
+ * `onRefusal` of {@linkcode createPeerHandler} (and of the mutual-TLS server, which refuses a
+ * certificate that names no node itself).
+ *
+ * @example Usage
+ * ```ts ignore
+ * const onRefusal = countPeerRefusals(registry);
+ * const handler = createPeerHandler(handlers, { self: "a", validator, onRefusal });
+ * ```
+ *
+ * @param registry Where to register the counter.
+ * @returns The function that counts one refusal of `reason`.
+ * @throws {RangeError} If the counter is already registered there.
+ */
+export function countPeerRefusals(
+  registry: MetricsRegistry,
+): (reason: PeerRefusalReason) => void {
+  const refusals = registry.counterVec(
+    "raftkv_peer_refusals_total",
+    "Peer requests, and batches of a message stream, this node refused on its peer port, by " +
+      "reason: other_cluster (403: another cluster's id), unknown_path (404/405: not a path or " +
+      "method of the peer protocol), removed (410: a member a committed change removed), " +
+      "not_member (403: the sender, or a message's sender, is not another member), identity " +
+      "(403, mutual TLS: no proven identity, a certificate naming no node, or a header or " +
+      "message naming another sender than the certificate), too_many_requests (429: the sender " +
+      "already has as many message requests in progress as it may), snapshot_busy (429: another " +
+      "snapshot upload in progress), too_large (413: a body, frame or snapshot over its limit), aborted (400: the " +
+      "body broke off), malformed (400: the codec or the request's form rejects it), invalid " +
+      "(400: a message field the validator rejects), misaddressed (421: a message for another " +
+      "node), conflict (409: the Raft state refuses it, such as an append disagreeing with " +
+      "committed entries or a stale snapshot), timeout (408: a snapshot upload too slow), " +
+      "no_space (507: no disk room for a snapshot).",
+    ["reason"],
+  );
+  // Every reason shows from the start, at 0.
+  const counters = new Map(PEER_REFUSAL_REASONS.map((r) => [r, refusals.labels(r)]));
+  return (reason) => counters.get(reason)?.inc();
 }
 
 /** The path prefix of client requests forwarded to this node (see `PeerHandlerOptions.forward`). */
@@ -1218,13 +1313,27 @@ export function createPeerHandler(
   /** Per HTTP status: when a refusal was last logged, and how many were left out since. */
   const reported = new Map<number, { at: number; skipped: number }>();
 
-  /** Answers `status` with `reason`, logging it (at most once per interval per status). */
+  /** Tells `options.onRefusal` of a refusal (a hook that throws is logged, not passed on). */
+  function countRefusal(why: PeerRefusalReason): void {
+    try {
+      options.onRefusal?.(why);
+    } catch (err) {
+      logger.warn(`onRefusal threw: ${_describe(err)}`, err);
+    }
+  }
+
+  /**
+   * Answers `why`'s status with `reason`, counting it ({@linkcode PeerHandlerOptions.onRefusal})
+   * and logging it (at most once per interval per status).
+   */
   function refuse(
-    status: number,
+    why: Exclude<PeerRefusalReason, "unknown_path">,
     reason: string,
     from: string,
     answer?: { body: Record<string, unknown>; headers: Record<string, string> },
   ): Response {
+    countRefusal(why);
+    const status = _REFUSAL_STATUS[why];
     const now = performance.now();
     const last = reported.get(status);
     if (last === undefined || now - last.at >= logEveryMs) {
@@ -1245,7 +1354,7 @@ export function createPeerHandler(
   /** The `410` answer to a sender that a committed membership change removed. */
   function refuseRemoved(from: string, index: number): Response {
     return refuse(
-      410,
+      "removed",
       `Sender ${_quoteId(from)} was removed from the cluster: the configuration in force at ` +
         `the commit index ${index} leaves it out`,
       from,
@@ -1254,14 +1363,14 @@ export function createPeerHandler(
   }
 
   function refuseFor(refusal: PeerRefusal, from: string): Response {
-    return refuse(_REFUSAL_STATUS[refusal.kind], refusal.reason, from);
+    return refuse(_KIND_REASON[refusal.kind], refusal.reason, from);
   }
 
   async function handleMessages(req: Request, from: string, proven: boolean): Promise<Response> {
     const count = active.get(from) ?? 0;
     if (count >= maxPerSender) {
       return refuse(
-        429,
+        "too_many_requests",
         `Sender ${
           _quoteId(from)
         } already has ${count} requests in progress (limit ${maxPerSender})`,
@@ -1281,20 +1390,20 @@ export function createPeerHandler(
         body = await readBodyWithin(req, maxBodyBytes);
       } catch (err) {
         // The sender reset the request or cut its body short.
-        return refuse(400, `The request body broke off: ${_describe(err)}`, from);
+        return refuse("aborted", `The request body broke off: ${_describe(err)}`, from);
       }
       if (body === null) {
-        return refuse(413, `Request body exceeds the limit of ${maxBodyBytes} bytes`, from);
+        return refuse("too_large", `Request body exceeds the limit of ${maxBodyBytes} bytes`, from);
       }
       let messages: Message[];
       try {
         messages = decodeMessages(body);
       } catch (err) {
-        return refuse(400, err instanceof Error ? err.message : String(err), from);
+        return refuse("malformed", err instanceof Error ? err.message : String(err), from);
       }
       if (proven) {
         const forged = _claimedByAnother(messages, from);
-        if (forged !== null) return refuse(403, forged, from);
+        if (forged !== null) return refuse("identity", forged, from);
       }
       if (validator !== undefined) {
         const refusal = validator.checkBatch(from, messages, "messages");
@@ -1302,7 +1411,11 @@ export function createPeerHandler(
       } else if (self !== undefined) {
         const stray = messages.find((m) => m.to !== self);
         if (stray !== undefined) {
-          return refuse(421, `Message addressed to "${stray.to}" reached node "${self}"`, from);
+          return refuse(
+            "misaddressed",
+            `Message addressed to "${stray.to}" reached node "${self}"`,
+            from,
+          );
         }
       }
       if (!waited) {
@@ -1312,7 +1425,7 @@ export function createPeerHandler(
       try {
         handlers.onMessages(messages);
       } catch (err) {
-        if (err instanceof PeerRefusedError) return refuse(409, err.message, from);
+        if (err instanceof PeerRefusedError) return refuse("conflict", err.message, from);
         throw err;
       }
       return new Response(null, { status: 204 });
@@ -1338,7 +1451,7 @@ export function createPeerHandler(
    * next one taken.
    */
   function handleStream(req: Request, from: string, proven: boolean): Response {
-    if (req.body === null) return refuse(400, "The stream has no body", from);
+    if (req.body === null) return refuse("malformed", "The stream has no body", from);
     const reader = req.body.getReader();
     // A sender normally has one stream; a new one may mean it gave an old one up (which, on a
     // connection that died silently, this side might never notice), or be a stranger's under its
@@ -1383,13 +1496,13 @@ export function createPeerHandler(
       try {
         messages = decodeMessages(bytes);
       } catch (err) {
-        refuse(400, `A stream frame: ${_describe(err)}`, from);
+        refuse("malformed", `A stream frame: ${_describe(err)}`, from);
         return "a frame the codec refused";
       }
       if (proven) {
         const forged = _claimedByAnother(messages, from);
         if (forged !== null) {
-          refuse(403, forged, from);
+          refuse("identity", forged, from);
           return "a message claimed another sender";
         }
       }
@@ -1402,7 +1515,7 @@ export function createPeerHandler(
       } else if (self !== undefined) {
         const stray = messages.find((m) => m.to !== self);
         if (stray !== undefined) {
-          refuse(421, `Message addressed to "${stray.to}" reached node "${self}"`, from);
+          refuse("misaddressed", `Message addressed to "${stray.to}" reached node "${self}"`, from);
           return null;
         }
       }
@@ -1410,7 +1523,7 @@ export function createPeerHandler(
         handlers.onMessages(messages);
         entry.lastDelivery = performance.now();
       } catch (err) {
-        if (err instanceof PeerRefusedError) refuse(409, err.message, from);
+        if (err instanceof PeerRefusedError) refuse("conflict", err.message, from);
         else logger.warn(`Handling a batch from ${_quoteId(from)} failed: ${_describe(err)}`, err);
       }
       return null;
@@ -1419,7 +1532,7 @@ export function createPeerHandler(
       let broken: string | null = null;
       try {
         broken = await _readFrames(reader, maxBodyBytes, onFrame);
-        if (broken !== null && broken.startsWith("A frame of")) refuse(413, broken, from);
+        if (broken !== null && broken.startsWith("A frame of")) refuse("too_large", broken, from);
       } catch (err) {
         broken = `the stream broke off: ${_describe(err)}`;
         logger.debug(`The stream from ${_quoteId(from)} broke off: ${_describe(err)}`);
@@ -1441,39 +1554,55 @@ export function createPeerHandler(
 
   async function handleSnapshot(req: Request, from: string, proven: boolean): Promise<Response> {
     const encoded = req.headers.get(MESSAGE_HEADER);
-    if (encoded === null) return refuse(400, `Missing header "${MESSAGE_HEADER}"`, from);
+    if (encoded === null) return refuse("malformed", `Missing header "${MESSAGE_HEADER}"`, from);
     let msg: Message;
     try {
       const messages = decodeMessages(Uint8Array.fromBase64(encoded, { alphabet: "base64url" }));
       if (messages.length !== 1 || messages[0]!.type !== MessageType.Snap) {
-        return refuse(400, `Header "${MESSAGE_HEADER}" must hold exactly one Snap message`, from);
+        return refuse(
+          "malformed",
+          `Header "${MESSAGE_HEADER}" must hold exactly one Snap message`,
+          from,
+        );
       }
       msg = messages[0]!;
     } catch (err) {
-      return refuse(400, `Invalid header "${MESSAGE_HEADER}": ${(err as Error).message}`, from);
+      return refuse(
+        "malformed",
+        `Invalid header "${MESSAGE_HEADER}": ${(err as Error).message}`,
+        from,
+      );
     }
     if (proven) {
       const forged = _claimedByAnother([msg], from);
-      if (forged !== null) return refuse(403, forged, from);
+      if (forged !== null) return refuse("identity", forged, from);
     }
     if (validator !== undefined) {
       const refusal = validator.checkBatch(from, [msg], "snapshot");
       if (refusal !== null) return refuseFor(refusal, from);
     } else if (self !== undefined && msg.to !== self) {
-      return refuse(421, `Snapshot addressed to "${msg.to}" reached node "${self}"`, from);
+      return refuse(
+        "misaddressed",
+        `Snapshot addressed to "${msg.to}" reached node "${self}"`,
+        from,
+      );
     }
     const declared = req.headers.get("content-length");
     if (declared !== null && Number(declared) > maxSnapshotBytes) {
       return refuse(
-        413,
+        "too_large",
         `Snapshot of ${declared} bytes exceeds the limit of ${maxSnapshotBytes} bytes`,
         from,
       );
     }
     const refused = handlers.snapshotRefusal?.(msg) ?? null;
-    if (refused !== null) return refuse(409, refused, from);
+    if (refused !== null) return refuse("conflict", refused, from);
     if (uploading) {
-      return refuse(429, "Another snapshot upload is in progress; try again later", from);
+      return refuse(
+        "snapshot_busy",
+        "Another snapshot upload is in progress; try again later",
+        from,
+      );
     }
     uploading = true;
     const guard = _guardBody(req.body, maxSnapshotBytes, idleMs, totalMs);
@@ -1481,12 +1610,12 @@ export function createPeerHandler(
       await handlers.onSnapshot(msg, guard.stream);
     } catch (err) {
       const limit = guard.failure();
-      if (limit !== null) return refuse(limit.status, limit.message, from);
-      if (err instanceof PeerRefusedError) return refuse(409, err.message, from);
-      if (err instanceof PeerNoSpaceError) return refuse(507, err.message, from);
+      if (limit !== null) return refuse(limit.reason, limit.message, from);
+      if (err instanceof PeerRefusedError) return refuse("conflict", err.message, from);
+      if (err instanceof PeerNoSpaceError) return refuse("no_space", err.message, from);
       const broken = guard.bodyError();
       if (broken !== null) {
-        return refuse(400, `The snapshot upload broke off: ${_describe(broken)}`, from);
+        return refuse("aborted", `The snapshot upload broke off: ${_describe(broken)}`, from);
       }
       // This node's own failure (its disk, most likely): the details, which name its files,
       // go to its log, not to the peer.
@@ -1511,17 +1640,21 @@ export function createPeerHandler(
     const from = req.headers.get(FROM_HEADER) ?? "";
     const peer = info?.peer ?? null;
     if (peer === null) {
-      if (requireIdentity) return refuse(403, "The connection proved no identity", from);
+      if (requireIdentity) return refuse("identity", "The connection proved no identity", from);
       return from;
     }
     const member = validator?.checkSender(peer) ?? null;
     if (member !== null) {
       if (member.kind === "not-member" && from === peer) unknownSender(peer, since);
-      return refuse(403, `The connection proved ${_quoteId(peer)}: ${member.reason}`, from);
+      return refuse(
+        "not_member",
+        `The connection proved ${_quoteId(peer)}: ${member.reason}`,
+        from,
+      );
     }
     if (from !== peer) {
       return refuse(
-        403,
+        "identity",
         `Sender ${_quoteId(from)} claimed on a connection that proved ${_quoteId(peer)}`,
         from,
       );
@@ -1551,12 +1684,12 @@ export function createPeerHandler(
       const path = new URL(req.url).pathname;
       // Another cluster's node is refused before anything else, forwarded client requests too.
       const otherCluster = handlers.checkCluster?.(req.headers.get(CLUSTER_HEADER) ?? undefined);
-      if (otherCluster) return refuse(403, `Refused: ${otherCluster}`, from);
+      if (otherCluster) return refuse("other_cluster", `Refused: ${otherCluster}`, from);
       if (options.forward && path.startsWith(`${FORWARD_PATH_PREFIX}/`)) {
         // The API checks that the proven peer (if any) is the member that says it forwarded.
         const peer = info?.peer ?? null;
         if (peer === null && requireIdentity) {
-          return refuse(403, "The connection proved no identity", from);
+          return refuse("identity", "The connection proved no identity", from);
         }
         return await options.forward(req, peer);
       }
@@ -1564,9 +1697,11 @@ export function createPeerHandler(
         path !== MESSAGES_PATH && path !== SNAPSHOT_PATH && path !== STREAM_PATH &&
         path !== MEMBERS_PATH
       ) {
+        countRefusal("unknown_path");
         return _error(404, `No such path "${path}"`);
       }
       if (req.method !== "POST") {
+        countRefusal("unknown_path");
         return _error(405, `Method "${req.method}" not allowed on "${path}"`, { allow: "POST" });
       }
       // A sender that a committed membership change removed is told so (it may have been down
@@ -1618,21 +1753,39 @@ function _claimedByAnother(messages: readonly Message[], from: string): string |
 /** The error text of a 500 answer: the details stay in the node's log. */
 const _INTERNAL_ERROR = "The request failed on this node (the details are in its log)";
 
-/** The HTTP status of each kind of refusal. */
-const _REFUSAL_STATUS: Record<RefusalKind, number> = {
-  "not-member": 403,
-  misaddressed: 421,
+/** The reason of each kind of refusal of the validator. */
+const _KIND_REASON = {
+  "not-member": "not_member",
+  misaddressed: "misaddressed",
+  invalid: "invalid",
+} as const satisfies Record<RefusalKind, PeerRefusalReason>;
+
+/** The HTTP status of each reason {@linkcode createPeerHandler}'s `refuse` answers. */
+const _REFUSAL_STATUS: Record<Exclude<PeerRefusalReason, "unknown_path">, number> = {
+  other_cluster: 403,
+  removed: 410,
+  not_member: 403,
+  identity: 403,
+  too_many_requests: 429,
+  snapshot_busy: 429,
+  too_large: 413,
+  aborted: 400,
+  malformed: 400,
   invalid: 400,
+  misaddressed: 421,
+  conflict: 409,
+  timeout: 408,
+  no_space: 507,
 };
 
-/** A snapshot upload that broke a limit: the HTTP status to answer and why. */
+/** A snapshot upload that broke a limit: which (`too_large` 413, `timeout` 408) and why. */
 class _UploadLimitError extends Error {
-  readonly status: number;
+  readonly reason: "too_large" | "timeout";
 
-  constructor(status: number, message: string) {
+  constructor(reason: "too_large" | "timeout", message: string) {
     super(message);
     this.name = "UploadLimitError";
-    this.status = status;
+    this.reason = reason;
   }
 }
 
@@ -1673,7 +1826,8 @@ function _guardBody(
     reader.cancel(err).catch(() => {});
   };
   const totalTimer = setTimeout(
-    () => fail(new _UploadLimitError(408, `Snapshot upload not complete after ${totalMs} ms`)),
+    () =>
+      fail(new _UploadLimitError("timeout", `Snapshot upload not complete after ${totalMs} ms`)),
     totalMs,
   );
   const stream = new ReadableStream<Uint8Array>({
@@ -1682,7 +1836,8 @@ function _guardBody(
     },
     async pull(c) {
       idleTimer = setTimeout(
-        () => fail(new _UploadLimitError(408, `Snapshot upload sent nothing for ${idleMs} ms`)),
+        () =>
+          fail(new _UploadLimitError("timeout", `Snapshot upload sent nothing for ${idleMs} ms`)),
         idleMs,
       );
       let result: ReadableStreamReadResult<Uint8Array>;
@@ -1709,7 +1864,12 @@ function _guardBody(
       }
       received += result.value.byteLength;
       if (received > maxBytes) {
-        fail(new _UploadLimitError(413, `Snapshot upload exceeds the limit of ${maxBytes} bytes`));
+        fail(
+          new _UploadLimitError(
+            "too_large",
+            `Snapshot upload exceeds the limit of ${maxBytes} bytes`,
+          ),
+        );
         return;
       }
       c.enqueue(result.value);

@@ -4,6 +4,7 @@ import { PeerValidator } from "../raft/validate.ts";
 import { encodeMessages } from "./codec.ts";
 import {
   CLUSTER_HEADER,
+  countPeerRefusals,
   createPeerHandler,
   FROM_HEADER,
   HttpTransport,
@@ -12,6 +13,8 @@ import {
   MEMBERS_PATH,
   MESSAGE_HEADER,
   parseCommittedMembers,
+  PEER_REFUSAL_REASONS,
+  type PeerRefusalReason,
   REMOVED_AT_HEADER,
   STREAM_PATH,
 } from "./http_transport.ts";
@@ -24,6 +27,10 @@ import { PeerNoSpaceError, PeerRefusedError, type TransportHandlers } from "./tr
 import { serveMutualTls, type TlsServer } from "./tls_server.ts";
 import { makeCertificates } from "../../testing/certs.ts";
 import { waitFor } from "../../testing/harness.ts";
+import { parseSamples, sample } from "../../testing/prometheus.ts";
+import { MetricsRegistry } from "../util/metrics.ts";
+import { H2Client } from "./h2_client.ts";
+import { join } from "node:path";
 
 /** Options that keep failure tests short. */
 const _FAST: Partial<HttpTransportOptions> = {
@@ -1806,5 +1813,308 @@ Deno.test("createPeerHandler answers a member's members query with the committed
     ]
   ) {
     assert.strictEqual(parseCommittedMembers(bad), null, JSON.stringify(bad));
+  }
+});
+
+// --- raftkv_peer_refusals_total: every refusal counted once, by reason. ---
+
+/** `raftkv_peer_refusals_total` of every reason, from a render of `registry`. */
+function _refusalCounts(registry: MetricsRegistry): Record<PeerRefusalReason, number> {
+  const samples = parseSamples(registry.render());
+  return Object.fromEntries(
+    PEER_REFUSAL_REASONS.map((
+      r,
+    ) => [r, sample(samples, `raftkv_peer_refusals_total{reason="${r}"}`)]),
+  ) as Record<PeerRefusalReason, number>;
+}
+
+/** Counts of every reason at 0, but `reason` at `n`. */
+function _only(reason: PeerRefusalReason | null, n = 1): Record<PeerRefusalReason, number> {
+  return Object.fromEntries(PEER_REFUSAL_REASONS.map((r) => [r, r === reason ? n : 0])) as Record<
+    PeerRefusalReason,
+    number
+  >;
+}
+
+Deno.test("raftkv_peer_refusals_total has a series at 0 for every reason from the start, and help naming each", () => {
+  const registry = new MetricsRegistry();
+  countPeerRefusals(registry);
+  assert.deepStrictEqual(_refusalCounts(registry), _only(null));
+  const text = registry.render();
+  const series = [...parseSamples(text).keys()];
+  assert.deepStrictEqual(
+    series,
+    PEER_REFUSAL_REASONS.map((r) => `raftkv_peer_refusals_total{reason="${r}"}`),
+  );
+  assert.ok(text.includes("# TYPE raftkv_peer_refusals_total counter\n"), text);
+  const help = /^# HELP raftkv_peer_refusals_total (.*)$/m.exec(text)?.[1] ?? "";
+  for (const reason of PEER_REFUSAL_REASONS) {
+    assert.match(help, new RegExp(`\\b${reason} \\(\\d{3}`), reason);
+  }
+  assert.throws(() => countPeerRefusals(registry), RangeError);
+});
+
+Deno.test("every refusal of the peer handler counts once in raftkv_peer_refusals_total under its reason; accepted requests count nothing", async () => {
+  const registry = new MetricsRegistry();
+  const onRefusal = countPeerRefusals(registry);
+  const batches: Message[][] = [];
+  let refuseNext = false;
+  const handlers = {
+    onMessages(messages: Message[]) {
+      if (refuseNext) {
+        refuseNext = false;
+        throw new PeerRefusedError("disagrees with the entry at 1");
+      }
+      batches.push(messages);
+    },
+    async onSnapshot(msg: Message, body: ReadableStream<Uint8Array>) {
+      for await (const _ of body) { /* store */ }
+      if (msg.snapshot?.index === 507) throw new PeerNoSpaceError("no room for the snapshot");
+      if (msg.snapshot?.index === 500) throw new Error("the disk failed");
+    },
+    checkCluster: (claimed: string | undefined) =>
+      claimed === "other" ? `the sender is a member of cluster "other"` : null,
+    removedAt: (from: string) => from === "gone" ? 5 : 0,
+    committedMembers: () => ({
+      index: 1,
+      commit: 1,
+      members: _MEMBERS.map((id) => ({
+        node_id: id,
+        rpc_url: `http://${id}`,
+        api_url: `http://${id}`,
+        role: "voter" as const,
+      })),
+    }),
+  };
+  const options = {
+    validator: new PeerValidator({ self: "n2", members: _MEMBERS }),
+    maxBodyBytes: 1024,
+    maxRequestsPerSender: 1,
+    onRefusal,
+    // The API's own answers (a 403 here) are the API's to count.
+    forward: () => Promise.resolve(Response.json({ error: "no token" }, { status: 403 })),
+  };
+  const handler = createPeerHandler(handlers, options);
+  // The same node's counter, for uploads that may pause for 20 ms only.
+  const impatient = createPeerHandler(handlers, { ...options, snapshotIdleTimeoutMs: 20 });
+  const counted = _only(null);
+  /** Awaits `res`, checks its status, and that `reason` (if any) and nothing else counted one. */
+  const expect = async (
+    reason: PeerRefusalReason | null,
+    status: number,
+    res: Promise<Response>,
+  ) => {
+    const answer = await res;
+    assert.strictEqual(answer.status, status, `${reason}: ${await answer.text()}`);
+    if (reason !== null) counted[reason]++;
+    assert.deepStrictEqual(
+      _refusalCounts(registry),
+      counted,
+      `${reason ?? "accepted"} (${status})`,
+    );
+  };
+  const from = (id: string, more: Record<string, string> = {}) => ({ [FROM_HEADER]: id, ...more });
+  const beat = (fields: Partial<Message> = {}) => encodeMessages([_heartbeat("n1", fields)]);
+
+  // Accepted, or answered by the API or failed on this node: nothing counts.
+  await expect(null, 204, handler(_post("/raft/messages", beat(), from("n1"))));
+  await expect(null, 200, handler(_post(MEMBERS_PATH, null, from("n1"))));
+  await expect(
+    null,
+    204,
+    handler(_post("/raft/snapshot", new Uint8Array(8), _snapHeaders(_snap()))),
+  );
+  await expect(null, 403, handler(_post("/forward/v1/data/a", "x")));
+  const failing = _snap("n1", { snapshot: { index: 500, term: 2, voters: _MEMBERS } });
+  await expect(
+    null,
+    500,
+    handler(_post("/raft/snapshot", new Uint8Array(8), _snapHeaders(failing))),
+  );
+  assert.strictEqual(batches.length, 1);
+
+  // Each check that refuses, in the handler's order.
+  await expect(
+    "other_cluster",
+    403,
+    handler(_post("/raft/messages", beat(), from("n1", { [CLUSTER_HEADER]: "other" }))),
+  );
+  await expect("unknown_path", 404, handler(_post("/raft/nothing", beat(), from("n1"))));
+  await expect("unknown_path", 405, handler(new Request("http://node/raft/messages")));
+  await expect(
+    "removed",
+    410,
+    handler(_post("/raft/messages", beat(), from("gone", { [MEMBER_SINCE_HEADER]: "3" }))),
+  );
+  await expect("not_member", 403, handler(_post("/raft/messages", beat(), from("evil"))));
+  await expect("not_member", 403, handler(_post(MEMBERS_PATH, null, from("evil"))));
+  // With a proven identity: a header naming another, and a message claiming another.
+  await expect(
+    "identity",
+    403,
+    handler(_post("/raft/messages", beat(), from("n3")), { peer: "n1" }),
+  );
+  await expect(
+    "identity",
+    403,
+    handler(
+      _post("/raft/messages", encodeMessages([_heartbeat("n1"), _heartbeat("n3")]), from("n1")),
+      { peer: "n1" },
+    ),
+  );
+  await expect(
+    "not_member",
+    403,
+    handler(_post("/raft/messages", beat(), from("evil")), {
+      peer: "evil",
+    }),
+  );
+  const stalled = _stalledBody(beat().subarray(0, 4), beat().subarray(4));
+  const inProgress = handler(_post("/raft/messages", stalled.stream, from("n1")));
+  await expect("too_many_requests", 429, handler(_post("/raft/messages", beat(), from("n1"))));
+  stalled.finish();
+  await expect(null, 204, inProgress);
+  const upload = _stalledBody(new Uint8Array(10), new Uint8Array(10));
+  const uploading = handler(_post("/raft/snapshot", upload.stream, _snapHeaders(_snap())));
+  await expect(
+    "snapshot_busy",
+    429,
+    handler(_post("/raft/snapshot", new Uint8Array(8), _snapHeaders(_snap()))),
+  );
+  upload.finish();
+  await expect(null, 204, uploading);
+  await expect(
+    "too_large",
+    413,
+    handler(_post("/raft/messages", new Uint8Array(2048), from("n1"))),
+  );
+  const cut = _stalledBody(beat().subarray(0, 4));
+  const cutOff = handler(_post("/raft/messages", cut.stream, from("n1")));
+  cut.fail(new Error("connection reset"));
+  await expect("aborted", 400, cutOff);
+  await expect(
+    "malformed",
+    400,
+    handler(_post("/raft/messages", new Uint8Array([1, 2, 3]), from("n1"))),
+  );
+  await expect("malformed", 400, handler(_post("/raft/snapshot", new Uint8Array(8), from("n1"))));
+  await expect(
+    "invalid",
+    400,
+    handler(_post("/raft/messages", beat({ term: Number.MAX_SAFE_INTEGER }), from("n1"))),
+  );
+  await expect(
+    "misaddressed",
+    421,
+    handler(_post("/raft/messages", beat({ to: "n3" }), from("n1"))),
+  );
+  refuseNext = true;
+  await expect("conflict", 409, handler(_post("/raft/messages", beat(), from("n1"))));
+  const idle = _stalledBody(new Uint8Array(10));
+  await expect(
+    "timeout",
+    408,
+    impatient(_post("/raft/snapshot", idle.stream, _snapHeaders(_snap()))),
+  );
+  const full = _snap("n1", { snapshot: { index: 507, term: 2, voters: _MEMBERS } });
+  await expect(
+    "no_space",
+    507,
+    handler(_post("/raft/snapshot", new Uint8Array(8), _snapHeaders(full))),
+  );
+
+  // A message stream: a refused batch counts once and the stream goes on; a frame over the limit
+  // counts once and ends it; a stream refused before it is accepted counts once.
+  const body = _pushBody();
+  const stream = await handler(_post(STREAM_PATH, body.stream, from("n1")));
+  assert.strictEqual(stream.status, 200);
+  const delivered = batches.length;
+  body.push(_frame([_heartbeat("n1", { commit: 2 })]));
+  await waitFor(() => batches.length === delivered + 1, { message: "the stream's first batch" });
+  body.push(_frame([_heartbeat("n1", { term: Number.MAX_SAFE_INTEGER })]));
+  counted.invalid++;
+  await waitFor(() => _refusalCounts(registry).invalid === counted.invalid, {
+    message: "the stream's refused batch to be counted",
+  });
+  body.push(_frame([_heartbeat("n1", { commit: 3 })]));
+  await waitFor(() => batches.length === delivered + 2, { message: "the stream to go on" });
+  const huge = new Uint8Array(4);
+  new DataView(huge.buffer).setUint32(0, 2048);
+  body.push(huge);
+  await _answerEnds(stream);
+  counted.too_large++;
+  assert.deepStrictEqual(_refusalCounts(registry), counted, "the stream's frame over the limit");
+  await expect("not_member", 403, handler(_post(STREAM_PATH, _pushBody().stream, from("evil"))));
+});
+
+Deno.test("over mutual TLS, a non-member's connection and a certificate naming no node each count one refusal; a member's request none", async () => {
+  const dir = await Deno.makeTempDir();
+  const registry = new MetricsRegistry();
+  const onRefusal = countPeerRefusals(registry);
+  let server: TlsServer | null = null;
+  const clients: H2Client[] = [];
+  try {
+    const certs = await makeCertificates(dir, { nodes: ["n1", "n2", "evil"] });
+    const read = (path: string) => Deno.readTextFileSync(path);
+    const ca = read(certs.ca);
+    // A certificate from the cluster CA whose subject has no CN: it proves no node.
+    const nameless = { key: join(dir, "nameless.key"), cert: join(dir, "nameless.crt") };
+    const csr = join(dir, "nameless.csr");
+    const openssl = async (...args: string[]) => {
+      const out = await new Deno.Command("openssl", { args, stdout: "null", stderr: "piped" })
+        .output();
+      assert.ok(out.success, `openssl ${args[0]}: ${new TextDecoder().decode(out.stderr)}`);
+    };
+    await openssl(
+      ...["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"],
+      ...["-keyout", nameless.key, "-out", csr, "-subj", "/O=raftkv"],
+    );
+    const ext = join(dir, "nameless.ext");
+    await Deno.writeTextFile(
+      ext,
+      "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    );
+    await openssl(
+      ...["x509", "-req", "-in", csr, "-out", nameless.cert, "-days", "1", "-extfile", ext],
+      ...["-CA", certs.ca, "-CAkey", join(dir, "ca.key"), "-CAcreateserial"],
+    );
+    const validator = new PeerValidator({ self: "n2", members: _MEMBERS });
+    const { handler, batches } = _guardedFixture({ requirePeerIdentity: true, onRefusal });
+    server = await serveMutualTls({
+      hostname: "127.0.0.1",
+      port: 0,
+      ca,
+      cert: read(certs.node("n2").cert),
+      key: read(certs.node("n2").key),
+      isMember: (id) => validator.checkSender(id) === null,
+      onRefusal,
+    }, handler);
+    const url = `https://127.0.0.1:${server.addr.port}/raft/messages`;
+    const post = async (files: { cert: string; key: string }, sender: string) => {
+      const client = new H2Client({ tls: { ca, cert: read(files.cert), key: read(files.key) } });
+      clients.push(client);
+      const res = await client.fetch(url, {
+        method: "POST",
+        headers: { [FROM_HEADER]: sender, "content-type": "application/octet-stream" },
+        body: encodeMessages([_heartbeat(sender)]),
+        signal: AbortSignal.timeout(5000),
+      });
+      await res.body?.cancel();
+      return res.status;
+    };
+    assert.strictEqual(await post(certs.node("n1"), "n1"), 204);
+    assert.strictEqual(batches.length, 1);
+    assert.deepStrictEqual(_refusalCounts(registry), _only(null));
+    // Refused by the handler; the server then ends the connection and counts nothing more.
+    assert.strictEqual(await post(certs.node("evil"), "evil"), 403);
+    assert.deepStrictEqual(_refusalCounts(registry), _only("not_member"));
+    // Refused by the server itself, before the handler.
+    assert.strictEqual(await post(nameless, "n1"), 403);
+    assert.deepStrictEqual(_refusalCounts(registry), { ..._only("not_member"), identity: 1 });
+    assert.strictEqual(batches.length, 1);
+  } finally {
+    for (const client of clients) client.close();
+    await server?.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });

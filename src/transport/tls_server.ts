@@ -83,6 +83,14 @@ export interface TlsServerOptions {
    */
   isMember?: (peer: NodeId) => boolean;
   /**
+   * Called once for every request the server refuses itself, before the handler: `identity` for
+   * a client certificate that names no node (403), `malformed` for a request that does not make
+   * a `Request` (400). The handler's own refusals (a non-member's 403 or 410 among them) are the
+   * handler's to count. A node passes the `onRefusal` its peer handler has
+   * (`raftkv_peer_refusals_total`). Default: nothing.
+   */
+  onRefusal?: (reason: "identity" | "malformed") => void;
+  /**
    * How often the server checks that its listener still accepts connections (it connects to its
    * own port), in milliseconds; a check waits as long (at least a second, more if the event loop
    * stalls) for its connection to be accepted. A listener that does not accept is closed and
@@ -172,6 +180,14 @@ export async function serveMutualTls(
 ): Promise<TlsServer> {
   const logger = options.logger ?? SILENT_LOGGER;
   const isMember = options.isMember ?? (() => true);
+  /** Counts a refusal of the server's own; a callback that throws is logged. */
+  const refused = (reason: "identity" | "malformed") => {
+    try {
+      options.onRefusal?.(reason);
+    } catch (err) {
+      logger.warn(`onRefusal threw: ${_describe(err)}`);
+    }
+  };
   const server = http2.createSecureServer({
     cert: options.cert,
     key: options.key,
@@ -248,6 +264,7 @@ export async function serveMutualTls(
     }
     if (peer === null) {
       logger.warn("Refused a peer request: the client certificate names no node (subject CN)");
+      refused("identity");
       _respondError(stream, 403, "The client certificate names no node (subject CN)");
       endSession(stream);
       return;
@@ -257,7 +274,7 @@ export async function serveMutualTls(
       if (_isMember(isMember, proven, logger)) _stopUpload(stream, body);
       else endSession(stream);
     };
-    _serveStream(stream, headers, proven, handler, logger, answered).catch((err) => {
+    _serveStream(stream, headers, proven, handler, logger, answered, refused).catch((err) => {
       logger.warn(`Answering a peer request failed: ${_describe(err)}`);
       if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
     });
@@ -533,6 +550,7 @@ function _identity(session: http2.Http2Session): NodeId | null {
 /**
  * Turns one HTTP/2 stream into a `Request`, runs the handler and writes its `Response` back; then
  * calls `answered` with the request's body (null without one) unless the client reset the stream.
+ * A request that does not make a `Request` is answered 400 here, and told to `refused`.
  */
 async function _serveStream(
   stream: http2.ServerHttp2Stream,
@@ -541,6 +559,7 @@ async function _serveStream(
   handler: PeerRequestHandler,
   logger: TransportLogger,
   answered: (body: Http2Body | null) => void,
+  refused: (reason: "malformed") => void,
 ): Promise<void> {
   const method = String(headers[":method"] ?? "GET");
   const path = String(headers[":path"] ?? "");
@@ -570,6 +589,7 @@ async function _serveStream(
     });
   } catch (err) {
     await body?.stream.cancel().catch(() => {});
+    refused("malformed");
     _respondError(stream, 400, `Invalid request: ${_describe(err)}`);
     answered(body);
     return;
