@@ -5,7 +5,10 @@
  * shows the failure tolerance the leader reports (1 with three voters up, 0 flagged once a
  * follower is killed) and flags the killed member's last-heard cell (past the leader's election
  * timeout, which every node reports in `GET /v1/cluster`); a node that answers 401 gets
- * a token field, and the token typed there is sent as a bearer token.
+ * a token field, and the token typed there is sent as a bearer token. Each member's "Refused/s"
+ * cell reads 0, unflagged, on a healthy cluster, and once a member's peer port refuses requests
+ * (posts to a path the peer protocol does not have), that member's refusals per second, flagged,
+ * with the reason listed, also at a phone's width without widening the page.
  * With tokens rotated on some nodes and not on others, a member that refuses the page's token is
  * shown as refusing it, not as down, and once the page's own node refuses it, the figures it
  * still shows are marked as stale.
@@ -30,6 +33,8 @@ import {
   startCluster,
   waitFor,
 } from "../testing/harness.ts";
+import { H2Client } from "../src/transport/h2_client.ts";
+import { FROM_HEADER } from "../src/transport/http_transport.ts";
 
 const CHROMIUM = findChromium();
 const SKIP = " (skipped: chromium not installed; apt-get install chromium, or set RAFTKV_CHROMIUM)";
@@ -82,6 +87,10 @@ Deno.test({
       await t.step(
         "behind a node that answers 401 it asks for a token and sends it as a bearer token",
         () => tokenFlow(cluster, cluster.ids.find((id) => id !== leader)!, browser),
+      );
+      await t.step(
+        "each member's refusals per second read 0 on a healthy cluster, and flagged, with the reason, once a peer port refuses requests",
+        () => refusals(cluster, browser),
       );
       await t.step(
         "on a follower it shows the leader /v1/status names, and the next one soon after the leader is killed",
@@ -160,6 +169,101 @@ async function leaderChange(cluster: ProcessCluster, browser: Browser): Promise<
   const changes = (await textOf(page, "#changes")) ?? "";
   assert.match(changes, new RegExp(`${leader} leads`));
   assert.match(changes, new RegExp(`${next}`));
+  assert.deepEqual(problems.lines, [], "the page raised no error");
+  await page.close();
+}
+
+/** Each member row's "Refused/s" cell, by id: its text, its class and its list's items. */
+function refusedCells(page: Page): Promise<Record<string, [string, string, string[]]>> {
+  return page.$$eval("#members tbody tr", (trs) =>
+    Object.fromEntries(trs.map((tr) => {
+      const td = tr.querySelector('td[data-label="Refused/s"]');
+      return [tr.getAttribute("data-id") ?? "", [
+        td?.querySelector(".refusals > span")?.textContent ?? td?.textContent ?? "",
+        td?.className ?? "",
+        [...(td?.querySelectorAll("li") ?? [])].map((li) => li.textContent ?? ""),
+      ]];
+    })));
+}
+
+async function refusals(cluster: ProcessCluster, browser: Browser): Promise<void> {
+  const leader = await cluster.waitForLeader();
+  const watcher = cluster.ids.find((id) => id !== leader)!;
+  // Another member than the page's node: its figures come through /v1/cluster.
+  const target = cluster.ids.find((id) => id !== leader && id !== watcher)!;
+  const page = await browser.newPage();
+  const problems = watchProblems(page);
+  assert.equal((await page.goto(`${cluster.api(watcher)}/ui/`))?.status(), 200);
+  await page.waitForSelector("#members tbody tr", { timeout: 5000 });
+  assert.deepEqual(
+    (await page.$$eval("#members thead th", (ths) => ths.map((th) => th.textContent?.trim())))
+      .slice(-3),
+    ["Requests/s", "Refused/s", "State"],
+  );
+
+  // Healthy: every member refuses nothing (a rate from the second poll on), nothing flagged.
+  let shown: Record<string, [string, string, string[]]> = {};
+  await waitFor(async () => {
+    shown = await refusedCells(page);
+    return cluster.ids.every((id) => {
+      const [text, cls, items] = shown[id] ?? ["", "", []];
+      return text === "0" && !/state-(warn|bad)/.test(cls) && items.length === 0;
+    });
+  }, {
+    deadlineMs: 10_000,
+    intervalMs: 100,
+    message: () => `every member's Refused/s to read 0, unflagged (${JSON.stringify(shown)})`,
+  });
+
+  // The target's peer port refuses a path the peer protocol does not have (404: unknown_path),
+  // sent again at each look until the page shows it, so a slow poll cannot miss it.
+  const client = new H2Client();
+  const flagged = () => {
+    const [text, cls, items] = shown[target] ?? ["", "", []];
+    return /^API 0 · peer (?!0$)[\d.]+$/.test(text) && /\brefusing state-warn\b/.test(cls) &&
+      items.length === 1 && /^peer: unknown_path [\d.]+$/.test(items[0] ?? "");
+  };
+  const refuse = async () => {
+    const res = await client.fetch(`${cluster.rpc(target)}/raft/nowhere`, {
+      method: "POST",
+      headers: { [FROM_HEADER]: leader },
+      signal: AbortSignal.timeout(5000),
+    });
+    await res.body?.cancel();
+    assert.equal(res.status, 404);
+  };
+  try {
+    await waitFor(async () => {
+      await refuse();
+      shown = await refusedCells(page);
+      return flagged();
+    }, {
+      deadlineMs: 10_000,
+      intervalMs: 200,
+      message: () =>
+        `${target}'s Refused/s to show its peer refusals, flagged (${JSON.stringify(shown)})`,
+    });
+    // At a phone's width the member's card lists them too, and the page does not widen.
+    await page.setViewport({ width: 360, height: 740 });
+    let widths: [number, number] = [0, 0];
+    await waitFor(async () => {
+      await refuse();
+      shown = await refusedCells(page);
+      widths = await page.evaluate(
+        `[document.scrollingElement.scrollWidth, document.scrollingElement.clientWidth]`,
+      ) as [number, number];
+      return flagged() && widths[1] === 360 && widths[0] <= widths[1];
+    }, {
+      deadlineMs: 10_000,
+      intervalMs: 200,
+      message: () =>
+        `${target}'s peer refusals flagged at 360 px, the page ${widths[0]} px wide in ${
+          widths[1]
+        } (${JSON.stringify(shown)})`,
+    });
+  } finally {
+    client.close();
+  }
   assert.deepEqual(problems.lines, [], "the page raised no error");
   await page.close();
 }

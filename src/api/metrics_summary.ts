@@ -2,8 +2,9 @@
  * The few numbers of a node's `GET /metrics` text that the dashboard shows, read back from the
  * Prometheus text exposition format 0.0.4: leader changes, committed proposals, key-value
  * requests by kind and status class, their latency histogram, the data's bytes and their quota,
- * the node's election timeout, and (on the leader) the replication lag of each follower, the
- * seconds since it last heard from each member and the cluster's failure tolerance.
+ * the node's election timeout, the requests it refused (REST API 429s by limit, peer-port refusals
+ * by reason), and (on the leader) the replication lag of each follower, the seconds since it last
+ * heard from each member and the cluster's failure tolerance.
  * `GET /v1/cluster` sends them for every member, so that the page needs no parser of its own.
  *
  * @module
@@ -78,6 +79,20 @@ export interface MetricsSummary {
   data_bytes: number;
   /** `raftkv_quota_bytes`: the quota of those bytes (`--quota-bytes`), 0 for none. */
   quota_bytes: number;
+  /**
+   * `raftkv_http_refusals_total` by its `limit` label: REST API requests this node refused with
+   * 429, by the limit that refused them (`requests`, `bytes`, `client_unread`, `forwards`,
+   * `watchers`, `blocking_reads`, `backups`, `client_bytes`). A node reports every limit from the start, at 0, so
+   * an empty object means a node from before this metric.
+   */
+  http_refusals_total: Record<string, number>;
+  /**
+   * `raftkv_peer_refusals_total` by its `reason` label: requests (and batches of a message
+   * stream) this node refused on its peer port, by reason (`unknown_path`, `not_member`,
+   * `malformed`, ...). A node reports every reason from the start, at 0, so an empty object means
+   * a node from before this metric.
+   */
+  peer_refusals_total: Record<string, number>;
 }
 
 const _KV_ROUTES = new Set(["/v1/data", "/v1/data/{key}"]);
@@ -85,17 +100,21 @@ const _WRITE_METHODS = new Set(["POST", "PUT", "DELETE"]);
 
 /**
  * Reads the dashboard's numbers from an exposition text; metrics it does not find count as 0
- * (or empty), but for the failure tolerance and the election timeout, which are then null.
+ * (or empty: the refusal counters of a node from before them), but for the failure tolerance and
+ * the election timeout, which are then null.
  *
  * @example Usage
  * ```ts
  * import { summarizeMetrics } from "./metrics_summary.ts";
  *
  * const text = 'raftkv_leader_changes_total 2\n' +
- *   'raftkv_http_requests_total{route="/v1/data/{key}",method="GET",code="200"} 5\n';
+ *   'raftkv_http_requests_total{route="/v1/data/{key}",method="GET",code="200"} 5\n' +
+ *   'raftkv_peer_refusals_total{reason="unknown_path"} 3\n';
  * const summary = summarizeMetrics(text);
  * console.assert(summary.leader_changes_total === 2);
  * console.assert(summary.requests_total.read["2xx"] === 5);
+ * console.assert(summary.peer_refusals_total.unknown_path === 3);
+ * console.assert(Object.keys(summary.http_refusals_total).length === 0); // not in this text
  * console.assert(summary.failure_tolerance === null); // not a leader's text
  * console.assert(summary.election_timeout_seconds === null); // not in this text
  * ```
@@ -116,6 +135,8 @@ export function summarizeMetrics(text: string): MetricsSummary {
     election_timeout_seconds: null,
     data_bytes: 0,
     quota_bytes: 0,
+    http_refusals_total: {},
+    peer_refusals_total: {},
   };
   // Buckets by kind, summed over routes and methods: bound -> count.
   const buckets = { read: new Map<number, number>(), write: new Map<number, number>() };
@@ -145,6 +166,12 @@ export function summarizeMetrics(text: string): MetricsSummary {
         continue;
       case "raftkv_election_timeout_seconds":
         summary.election_timeout_seconds = s.value;
+        continue;
+      case "raftkv_http_refusals_total":
+        if (s.labels.limit !== undefined) summary.http_refusals_total[s.labels.limit] = s.value;
+        continue;
+      case "raftkv_peer_refusals_total":
+        if (s.labels.reason !== undefined) summary.peer_refusals_total[s.labels.reason] = s.value;
         continue;
     }
     const kind = _kind(s.labels);

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { type NodeGauges, NodeMetrics, registerTimingGauges } from "../node/node_metrics.ts";
+import { countPeerRefusals, PEER_REFUSAL_REASONS } from "../transport/http_transport.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
 import { HttpMetrics } from "./http_metrics.ts";
-import { ApiLimits } from "./limits.ts";
+import { ApiLimits, REFUSAL_LIMITS } from "./limits.ts";
 import { parseExposition, summarizeMetrics } from "./metrics_summary.ts";
 
 Deno.test("exposition lines parse with escapes, braces in values and special numbers", () => {
@@ -60,11 +61,9 @@ function gauges(overrides: Partial<NodeGauges> = {}): NodeGauges {
   };
 }
 
-Deno.test("the summary reads a real node's metrics text", () => {
-  const registry = new MetricsRegistry();
-  const node = new NodeMetrics(registry, () => gauges());
-  registerTimingGauges(registry, { electionTimeoutMs: 300, heartbeatMs: 50 });
-  const limits = new ApiLimits({
+/** The API limits of a small node. */
+function apiLimits(): ApiLimits {
+  return new ApiLimits({
     maxInflightRequests: 10,
     maxInflightBytes: 1000,
     maxBodyBytes: 100,
@@ -73,6 +72,13 @@ Deno.test("the summary reads a real node's metrics text", () => {
     backupTimeoutMs: 1000,
     maxWatchers: 10,
   });
+}
+
+Deno.test("the summary reads a real node's metrics text", () => {
+  const registry = new MetricsRegistry();
+  const node = new NodeMetrics(registry, () => gauges());
+  registerTimingGauges(registry, { electionTimeoutMs: 300, heartbeatMs: 50 });
+  const limits = apiLimits();
   const http = new HttpMetrics(registry, limits);
   node.sawLeader(true, 2);
   node.sawLeader(true, 4);
@@ -123,6 +129,8 @@ Deno.test("metrics that are missing count as zero or empty", () => {
     election_timeout_seconds: null,
     data_bytes: 0,
     quota_bytes: 0,
+    http_refusals_total: {},
+    peer_refusals_total: {},
   });
 });
 
@@ -175,4 +183,60 @@ Deno.test("every node reports its election timeout, the leader or not; an older 
   const summary = summarizeMetrics(old.render());
   assert.equal(summary.election_timeout_seconds, null);
   assert.equal(summary.failure_tolerance, 1);
+});
+
+Deno.test("the refusals are read by limit and by reason, every one at 0 from the start", () => {
+  const registry = new MetricsRegistry();
+  new NodeMetrics(registry, () => gauges());
+  const http = new HttpMetrics(registry, apiLimits());
+  const peerRefused = countPeerRefusals(registry);
+  const zeros = (labels: readonly string[]) => Object.fromEntries(labels.map((l) => [l, 0]));
+
+  // A node that refused nothing yet: every limit and every reason, at 0.
+  const fresh = summarizeMetrics(registry.render());
+  assert.deepEqual(fresh.http_refusals_total, zeros(REFUSAL_LIMITS));
+  assert.deepEqual(fresh.peer_refusals_total, zeros(PEER_REFUSAL_REASONS));
+
+  http.refused("requests");
+  http.refused("requests");
+  http.refused("watchers");
+  for (let i = 0; i < 3; i++) peerRefused("unknown_path");
+  peerRefused("malformed");
+  const text = registry.render();
+  assert.match(text, /^raftkv_http_refusals_total\{limit="requests"\} 2$/m);
+  assert.match(text, /^raftkv_peer_refusals_total\{reason="unknown_path"\} 3$/m);
+  // The older count of other clusters' requests, a metric of its own, is not one of them.
+  assert.match(text, /^raftkv_other_cluster_refusals_total 0$/m);
+  const summary = summarizeMetrics(text);
+  assert.deepEqual(summary.http_refusals_total, {
+    ...zeros(REFUSAL_LIMITS),
+    requests: 2,
+    watchers: 1,
+  });
+  assert.deepEqual(summary.peer_refusals_total, {
+    ...zeros(PEER_REFUSAL_REASONS),
+    unknown_path: 3,
+    malformed: 1,
+  });
+});
+
+Deno.test("a node from before the refusal counters reports none: empty objects", () => {
+  // Its text has the rest (a request answered, leader changes), not these two.
+  const old = new MetricsRegistry();
+  new NodeMetrics(old, () => gauges());
+  new HttpMetrics(old, apiLimits()).record(
+    "/v1/data/a",
+    "GET",
+    new Response(null, { status: 200 }),
+    performance.now(),
+  );
+  const text = old.render()
+    .split("\n")
+    .filter((line) => !/raftkv_http_refusals_total/.test(line))
+    .join("\n");
+  assert.doesNotMatch(text, /refusals_total\{/);
+  const summary = summarizeMetrics(text);
+  assert.deepEqual(summary.http_refusals_total, {});
+  assert.deepEqual(summary.peer_refusals_total, {});
+  assert.deepEqual(summary.requests_total.read, { "2xx": 1 });
 });

@@ -258,12 +258,102 @@ export function lastHeard(seconds, isLeader, warnAfter = LAST_HEARD_WARN_S) {
 
 /**
  * @typedef {{
+ *   api: number | null, peer: number | null,
+ *   limits: Record<string, number>, reasons: Record<string, number>
+ * }} Refusals
+ * A member's refusals per second: REST API requests it answered 429 (`api`, from
+ * `http_refusals_total`, by the limit that refused them in `limits`) and peer-port requests it
+ * refused (`peer`, from `peer_refusals_total`, by reason in `reasons`). The breakdowns hold only
+ * the nonzero rates; `api` or `peer` is null when the member does not report that counter (a
+ * version from before it: an empty object, or no field at all from a page's node that old).
+ */
+
+/**
+ * A member's refusals per second between two readings of its metrics, each counter taken label by
+ * label (one that went down was reset: see {@linkcode counterDelta}; one the earlier reading
+ * lacks counts from 0, as after an upgrade).
+ *
+ * @param {any} before The member's `metrics` in the earlier poll.
+ * @param {any} after The member's `metrics` in the later one.
+ * @param {number} seconds The time between the two, in seconds (more than 0).
+ * @returns {Refusals}
+ */
+export function refusalRates(before, after, seconds) {
+  /**
+   * @param {Record<string, number> | undefined} a
+   * @param {Record<string, number> | undefined} b
+   * @returns {[number | null, Record<string, number>]}
+   */
+  const rates = (a, b) => {
+    /** @type {Record<string, number>} */
+    const by = {};
+    if (!b || Object.keys(b).length === 0) return [null, by];
+    let total = 0;
+    for (const [label, value] of Object.entries(b)) {
+      const rate = counterDelta(a?.[label] ?? 0, value) / seconds;
+      if (rate > 0) {
+        by[label] = rate;
+        total += rate;
+      }
+    }
+    return [total, by];
+  };
+  const [api, limits] = rates(before?.http_refusals_total, after?.http_refusals_total);
+  const [peer, reasons] = rates(before?.peer_refusals_total, after?.peer_refusals_total);
+  return { api, peer, limits, reasons };
+}
+
+/**
+ * A member's "Refused/s" cell: `0` while it refuses nothing; else its API 429s and peer refusals
+ * per second (`API 0.4 · peer 2`), flagged amber, and what refused them, each nonzero limit and
+ * reason with its rate, the highest first (`API: requests 0.4`, `peer: unknown_path 2`); `—` before
+ * the page has two polls of the member, or when it reports neither counter (a version from before
+ * them; `—` also stands for the one it lacks).
+ *
+ * @param {Refusals | undefined} refusals As {@linkcode refusalRates} finds them.
+ * @returns {{ text: string, cls: string | undefined, items: string[] }}
+ */
+export function describeRefusals(refusals) {
+  if (!refusals || (refusals.api === null && refusals.peer === null)) {
+    return { text: "—", cls: undefined, items: [] };
+  }
+  const { api, peer } = refusals;
+  if ((api ?? 0) === 0 && (peer ?? 0) === 0) return { text: "0", cls: undefined, items: [] };
+  /**
+   * @param {string} kind
+   * @param {Record<string, number>} by
+   */
+  const item = (kind, by) => {
+    const entries = Object.entries(by).sort(([a, x], [b, y]) => y - x || (a < b ? -1 : 1));
+    return entries.length === 0
+      ? []
+      : [`${kind}: ${entries.map(([label, rate]) => `${label} ${_refusalRate(rate)}`).join(", ")}`];
+  };
+  return {
+    text: `API ${_refusalRate(api)} · peer ${_refusalRate(peer)}`,
+    cls: "refusing state-warn",
+    items: [...item("API", refusals.limits), ...item("peer", refusals.reasons)],
+  };
+}
+
+/**
+ * A refusal rate: as {@linkcode formatRate}, but never `0` for one above 0.
+ *
+ * @param {number | null} perSecond
+ */
+function _refusalRate(perSecond) {
+  return perSecond !== null && perSecond > 0 && perSecond < 0.005 ? "<0.01" : formatRate(perSecond);
+}
+
+/**
+ * @typedef {{
  *   t: number, read: number | null, write: number | null, errors: number | null,
  *   readP50: number | null, readP99: number | null, writeP50: number | null,
- *   writeP99: number | null, members: Record<string, number>
+ *   writeP99: number | null, members: Record<string, number>, refused: Record<string, Refusals>
  * }} Point
  * One moment of the charts: requests per second (reads, writes, 5xx answers) summed over the
- * members, latency quantiles in seconds, and each member's requests per second.
+ * members, latency quantiles in seconds, and each member's requests per second and refusals per
+ * second (see {@linkcode refusalRates}).
  */
 
 /** The polls of the last minutes, and the chart points computed from them. */
@@ -319,6 +409,7 @@ function _emptyPoint(t) {
     writeP50: null,
     writeP99: null,
     members: {},
+    refused: {},
   };
 }
 
@@ -355,6 +446,7 @@ function _point(a, b) {
     read += r;
     write += w;
     point.members[id] = (r + w) / seconds;
+    if (seconds > 0) point.refused[id] = refusalRates(before, after, seconds);
     readH.push(
       histogramDelta(before.request_duration_seconds.read, after.request_duration_seconds.read),
     );
@@ -458,6 +550,33 @@ export function niceMax(value, floor) {
 const SVG = "http://www.w3.org/2000/svg";
 const CHART_W = 600;
 const CHART_H = 150;
+
+/** The members table's column of refusals per second (see {@linkcode describeRefusals}). */
+const REFUSED_LABEL = "Refused/s";
+
+/**
+ * The content of a member's "Refused/s" cell: the figure alone, or with the list of what refused.
+ *
+ * @param {{ text: string, items: string[] }} refusals As {@linkcode describeRefusals} gives them.
+ * @returns {string | Node}
+ */
+function refusalsContent(refusals) {
+  if (refusals.items.length === 0) return refusals.text;
+  const box = document.createElement("div");
+  box.className = "refusals";
+  const figure = document.createElement("span");
+  figure.textContent = refusals.text;
+  const list = document.createElement("ul");
+  list.className = "breakdown";
+  list.setAttribute("aria-label", "refused by");
+  for (const text of refusals.items) {
+    const li = document.createElement("li");
+    li.textContent = text;
+    list.append(li);
+  }
+  box.append(figure, list);
+  return box;
+}
 
 /** Runs the page: polls, renders, and asks for a token when the node wants one. */
 function start() {
@@ -688,6 +807,9 @@ function start() {
       );
       const rate = point.members[m.id];
       cell("Requests/s", rate === undefined ? "—" : formatRate(rate));
+      // Requests it refused, flagged with what refused them (a node from before the counters: —).
+      const refusals = describeRefusals(point.refused[m.id]);
+      cell(REFUSED_LABEL, refusalsContent(refusals), refusals.cls);
       let state = "ok", cls = "state-ok";
       if (refused !== null) {
         // Up, but not for this token (tokens rotated on it and not yet here, say).

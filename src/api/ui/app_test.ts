@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import {
   counterDelta,
+  describeRefusals,
   describeTolerance,
   failureTolerance,
   formatBytes,
@@ -18,6 +19,7 @@ import {
   membersUp,
   niceMax,
   quantile,
+  refusalRates,
   refusedToken,
   sumCounts,
   sumHistograms,
@@ -140,6 +142,8 @@ function member(id: string, reads: number, writes: number, errors: number, h: nu
       election_timeout_seconds: null as number | null,
       data_bytes: 0,
       quota_bytes: 0,
+      http_refusals_total: { requests: 0, bytes: 0, watchers: 0 } as Record<string, number>,
+      peer_refusals_total: { unknown_path: 0, malformed: 0 } as Record<string, number>,
     },
   };
 }
@@ -271,20 +275,33 @@ Deno.test("the history turns counters into rates and quantiles over its window",
   assert.equal(second.errors, 1);
   assert.equal(second.members.a, 15);
   assert.equal(second.members.b, undefined);
+  assert.deepEqual(second.refused.a, { api: 0, peer: 0, limits: {}, reasons: {} });
+  assert.equal(second.refused.b, undefined, "no refusal rate from a single poll either");
   near(second.writeP99, 0.001 + 0.009 * 0.99);
   assert.equal(second.readP99, null);
   // Later polls measure from the oldest poll within the window.
   history.add(3_000, {
     members: [member("a", 20, 4, 1, [0, 4, 4, 4, 4]), member("b", 9, 0, 0, null)],
   });
+  const refusing = member("b", 12, 0, 0, null);
+  refusing.metrics.http_refusals_total.requests = 5;
+  refusing.metrics.peer_refusals_total.unknown_path = 1;
   const fourth = history.add(7_000, {
-    members: [member("a", 20, 8, 1, [0, 4, 8, 8, 8]), member("b", 12, 0, 0, null)],
+    members: [member("a", 20, 8, 1, [0, 4, 8, 8, 8]), refusing],
   });
   // From t=2000 (5 s earlier): a read 10 more, b 5 more; 4 writes.
   assert.equal(fourth.read, 15 / 5);
   assert.equal(fourth.write, 4 / 5);
   assert.equal(fourth.errors, 0);
   near(fourth.writeP50, 0.01 + 0.09 * 0.5);
+  // Refusals over the same window as the requests.
+  assert.deepEqual(fourth.refused.b, {
+    api: 1,
+    peer: 0.2,
+    limits: { requests: 1 },
+    reasons: { unknown_path: 0.2 },
+  });
+  assert.equal(fourth.refused.a?.api, 0);
   // A restarted member (counters back near 0) counts from 0, not negative.
   const fifth = history.add(8_000, {
     members: [member("a", 2, 0, 0, [0, 0, 0, 0, 0]), member("b", 12, 0, 0, null)],
@@ -328,4 +345,99 @@ Deno.test("durations, rates and chart scales read well", () => {
   assert.equal(niceMax(116, 1), 200);
   assert.equal(niceMax(0.236, 0.001), 0.25);
   assert.equal(niceMax(0.5, 0.001), 0.5);
+});
+
+Deno.test("refusals become rates per second by limit and by reason; a node without them has none", () => {
+  const reading = (api: Record<string, number>, peer: Record<string, number>) => ({
+    ...member("a", 0, 0, 0, null).metrics,
+    http_refusals_total: { requests: 0, bytes: 0, watchers: 0, ...api },
+    peer_refusals_total: { unknown_path: 0, malformed: 0, ...peer },
+  });
+  const quiet = reading({}, {});
+  assert.deepEqual(refusalRates(quiet, quiet, 1), { api: 0, peer: 0, limits: {}, reasons: {} });
+  // Over 2 s: 4 more 429s of the requests limit, 1 of bytes; 6 unknown paths on the peer port.
+  assert.deepEqual(
+    refusalRates(
+      reading({ requests: 10 }, { malformed: 3 }),
+      reading({ requests: 14, bytes: 1 }, {
+        malformed: 3,
+        unknown_path: 6,
+      }),
+      2,
+    ),
+    { api: 2.5, peer: 3, limits: { requests: 2, bytes: 0.5 }, reasons: { unknown_path: 3 } },
+  );
+  // A restarted node's counters start again from 0: its whole new values count.
+  assert.deepEqual(
+    refusalRates(reading({ watchers: 50 }, {}), reading({ watchers: 2 }, {}), 1),
+    { api: 2, peer: 0, limits: { watchers: 2 }, reasons: {} },
+  );
+  // A node from before the counters: the page's node sends empty objects, or, itself that old,
+  // no field at all. Upgraded between two polls, it counts from 0.
+  const old = { ...quiet, http_refusals_total: {}, peer_refusals_total: {} };
+  const older = member("a", 0, 0, 0, null).metrics as Record<string, unknown>;
+  delete older.http_refusals_total;
+  delete older.peer_refusals_total;
+  const none = { api: null, peer: null, limits: {}, reasons: {} };
+  assert.deepEqual(refusalRates(old, old, 1), none);
+  assert.deepEqual(refusalRates(older, older, 1), none);
+  assert.deepEqual(refusalRates(older, reading({}, { not_member: 1 }), 1), {
+    api: 0,
+    peer: 1,
+    limits: {},
+    reasons: { not_member: 1 },
+  });
+  assert.deepEqual(
+    refusalRates(quiet, { ...quiet, http_refusals_total: {} }, 1),
+    { api: null, peer: 0, limits: {}, reasons: {} },
+  );
+});
+
+Deno.test("a member's refused figure: 0 when quiet, flagged with what refused when not", () => {
+  assert.deepEqual(describeRefusals(undefined), { text: "—", cls: undefined, items: [] });
+  assert.deepEqual(
+    describeRefusals({ api: null, peer: null, limits: {}, reasons: {} }),
+    { text: "—", cls: undefined, items: [] },
+  );
+  assert.deepEqual(
+    describeRefusals({ api: 0, peer: 0, limits: {}, reasons: {} }),
+    { text: "0", cls: undefined, items: [] },
+  );
+  assert.deepEqual(
+    describeRefusals({ api: 0, peer: null, limits: {}, reasons: {} }),
+    { text: "0", cls: undefined, items: [] },
+  );
+  assert.deepEqual(
+    describeRefusals({
+      api: 12.54,
+      peer: 0.2,
+      limits: { requests: 0.04, bytes: 12.5 },
+      reasons: { unknown_path: 0.2 },
+    }),
+    {
+      text: "API 12.5 · peer 0.2",
+      cls: "refusing state-warn",
+      // The highest first.
+      items: ["API: bytes 12.5, requests 0.04", "peer: unknown_path 0.2"],
+    },
+  );
+  // Peer refusals alone, two reasons at the same rate: by name.
+  assert.deepEqual(
+    describeRefusals({
+      api: 0,
+      peer: 2,
+      limits: {},
+      reasons: { not_member: 1, malformed: 1 },
+    }),
+    {
+      text: "API 0 · peer 2",
+      cls: "refusing state-warn",
+      items: ["peer: malformed 1, not_member 1"],
+    },
+  );
+  // A rate too small for two decimals still does not read as 0; a counter not reported reads —.
+  assert.deepEqual(
+    describeRefusals({ api: 0.001, peer: null, limits: { backups: 0.001 }, reasons: {} }),
+    { text: "API <0.01 · peer —", cls: "refusing state-warn", items: ["API: backups <0.01"] },
+  );
 });
