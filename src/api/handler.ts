@@ -48,13 +48,10 @@
  * progress (`/health`, `/ready` and `/metrics` aside) a request is answered 429 at once, its body
  * unread. A request stays in progress, its answer's bytes counted too, until the server has taken
  * the answer's body (chunk by chunk, as the client reads); one the client takes nothing of for
- * `responseStallMs` is cut off. The bytes of such answers, and the declared bodies of requests in
- * progress, count per client (its remote IP address) too, in one share of `maxClientUnreadBytes`:
- * a client with that much of answers not yet read is answered 429 at once, a request whose body
- * would take its client past it is answered 429 at once, its body unread (a client that holds
- * nothing may have one request of any size; a request forwarded by a member is not bounded so),
- * and a `GET` whose large answer would take it past that is answered 429 instead (a write is
- * answered all the same). A blocking read gives its slot back while it waits (it counts
+ * `responseStallMs` is cut off. The bytes of such answers count per client (its remote IP address)
+ * too: a client with `maxClientUnreadBytes` of answers not yet read is answered 429 at once, and a
+ * `GET` whose large answer would take it past that is answered 429 instead (a write is answered
+ * all the same). A blocking read gives its slot back while it waits (it counts
  * against `maxWatchers` with the watch streams then) and takes one again to read (429 if none is
  * free); watch streams and backups hold no slot once they stream;
  * past `maxForwardedRequests` forwards in progress a request that needs the leader is answered

@@ -266,7 +266,6 @@ const NO_REFUSALS = {
   watchers: 0,
   blocking_reads: 0,
   backups: 0,
-  client_bytes: 0,
 };
 
 /** `raftkv_http_refusals_total` in `metrics`, by limit (each of {@linkcode NO_REFUSALS}). */

@@ -91,7 +91,7 @@ export class HttpMetrics {
     );
     const refusals = registry.counterVec(
       "raftkv_http_refusals_total",
-      "REST API requests this node refused with 429, by the limit that refused them: requests (--max-inflight-requests), bytes (--max-inflight-bytes), client_unread (--max-client-unread-bytes: the client's own unread answers), forwards (--max-forwarded-requests), watchers (--max-watchers: a watch stream), blocking_reads (--max-watchers: a blocking read ?index=N), backups (--max-concurrent-backups) or client_bytes (--max-client-unread-bytes: the client's own request bodies in progress with its unread answers). A 429 relayed from the leader counts on the leader only.",
+      "REST API requests this node refused with 429, by the limit that refused them: requests (--max-inflight-requests), bytes (--max-inflight-bytes), client_unread (--max-client-unread-bytes: the client's own unread answers), forwards (--max-forwarded-requests), watchers (--max-watchers: a watch stream), blocking_reads (--max-watchers: a blocking read ?index=N) or backups (--max-concurrent-backups). A 429 relayed from the leader counts on the leader only.",
       ["limit"],
     );
     // Every limit shows from the start, at 0.

@@ -1,8 +1,7 @@
 /**
  * The budgets that bound what one API handler holds at once: requests in progress and the bytes
  * of their bodies (a request's answer included, until the server has taken it: see
- * {@linkcode AdmittedRequest}), the bytes one client holds (its request bodies in progress and its
- * answers it has not read yet), forwards to the
+ * {@linkcode AdmittedRequest}), the bytes of answers one client has not read yet, forwards to the
  * leader in progress, backups streaming (each with a deadline), and watch streams and blocking
  * reads waiting. {@linkcode ApiLimits} keeps the counts; the handler answers 429 with
  * `Retry-After` when a budget is spent, and each check that refuses says which budget did
@@ -32,9 +31,8 @@ const _EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
  * The budget a request was refused (429) by: `requests` (`maxInflightRequests`), `bytes`
  * (`maxInflightBytes`), `client_unread` (`maxClientUnreadBytes`: its client's unread answers),
  * `forwards` (`maxForwardedRequests`), `watchers` (a watch stream past `maxWatchers`),
- * `blocking_reads` (a blocking read past `maxWatchers`, with the watch streams), `backups`
- * (`maxConcurrentBackups`) or `client_bytes` (`maxClientUnreadBytes`: its body would take its
- * client's request bodies in progress and unread answers past the client's share).
+ * `blocking_reads` (a blocking read past `maxWatchers`, with the watch streams) or `backups`
+ * (`maxConcurrentBackups`).
  */
 export type RefusalLimit = (typeof REFUSAL_LIMITS)[number];
 
@@ -47,7 +45,6 @@ export const REFUSAL_LIMITS = [
   "watchers",
   "blocking_reads",
   "backups",
-  "client_bytes",
 ] as const;
 
 /** The budgets of {@linkcode ApiLimits}, already checked (see `ApiOptions` for defaults). */
@@ -74,13 +71,9 @@ export interface LimitOptions {
    */
   responseStallMs?: number;
   /**
-   * Most bytes one client (see {@linkcode clientOf}) may hold at once, or 0 for no such bound: the
-   * declared bodies of its requests in progress (as admitted against `maxInflightBytes`) and its
-   * answers the server has not taken yet (the large answers
-   * {@linkcode AdmittedRequest.prototype.send} counts against `maxInflightBytes`), together. As
-   * with `maxInflightBytes`, a client that holds nothing may have one request (or answer) of any
-   * size. A client with this much of answers alone is refused any request (`client_unread`); a
-   * request whose body would take its client past it is refused (`client_bytes`).
+   * Most bytes of answers one client (see {@linkcode clientOf}) may have that the server has not
+   * taken yet, or 0 for no such bound: the large answers {@linkcode AdmittedRequest.prototype.send}
+   * counts against `maxInflightBytes` count against their client's share too.
    *
    * @default {0}
    */
@@ -129,8 +122,6 @@ export class ApiLimits {
   #blockingReads = 0;
   /** Bytes of answers not yet taken, by client; a client is deleted when it reaches 0. */
   readonly #unread = new Map<string, number>();
-  /** Bytes of request bodies in progress, by client; a client is deleted when it reaches 0. */
-  readonly #bodies = new Map<string, number>();
 
   /**
    * Starts with nothing in progress.
@@ -220,17 +211,6 @@ export class ApiLimits {
     return this.#unread.get(client) ?? 0;
   }
 
-  /**
-   * Bytes of the request bodies `client` has in progress (as declared when admitted), as counted
-   * against `maxClientUnreadBytes` with its unread answers.
-   *
-   * @param client The client, as {@linkcode clientOf} names it.
-   * @returns The bytes; 0 for a client that holds none.
-   */
-  clientBodyBytes(client: string): number {
-    return this.#bodies.get(client) ?? 0;
-  }
-
   /** How many clients have answers not yet read now (each counted while it holds any). */
   get clientsWithUnread(): number {
     return this.#unread.size;
@@ -288,10 +268,7 @@ export class ApiLimits {
    * {@linkcode ApiLimits.prototype.admitRequest}, as an {@linkcode AdmittedRequest} that holds
    * the slot until its answer is sent (or the request gives it up while it waits). A request of a
    * client that already has `maxClientUnreadBytes` or more of answers not yet read is refused
-   * first (`client_unread`), then one whose `bytes` would take its client's request bodies in
-   * progress and unread answers past `maxClientUnreadBytes` (`client_bytes`; a client that holds
-   * nothing may have one request of any size), unless the bound is 0. Its `bytes` count against
-   * its client's share until it is released (for good: {@linkcode AdmittedRequest.prototype.release}).
+   * first (unless the bound is 0).
    *
    * @param bytes What {@linkcode ApiLimits.prototype.declaredBodyBytes} said for it.
    * @param client The client it came from (see {@linkcode clientOf}), or null for a request
@@ -301,53 +278,30 @@ export class ApiLimits {
   admit(bytes: number, client: string | null = null): AdmittedRequest | null {
     const max = this.options.maxClientUnreadBytes ?? 0;
     const counted = max > 0 ? client : null;
-    if (counted !== null) {
-      if (this.clientUnreadBytes(counted) >= max) {
-        this.#refuse("client_unread");
-        return null;
-      }
-      // Like maxInflightBytes: a client that holds nothing may have one request of any size.
-      const held = this.#clientHeld(counted);
-      if (bytes > 0 && held > 0 && held + bytes > max) {
-        this.#refuse("client_bytes");
-        return null;
-      }
+    if (counted !== null && this.clientUnreadBytes(counted) >= max) {
+      this.#refuse("client_unread");
+      return null;
     }
     if (!this.admitRequest(bytes)) return null;
-    let body = counted === null ? 0 : bytes;
-    if (body > 0) this.#count(this.#bodies, counted!, body);
     return new AdmittedRequest(this, bytes, {
       fits: (n) => {
         if (counted === null) return true;
-        const held = this.#clientHeld(counted);
-        // Like maxInflightBytes: a client that holds nothing else may hold one answer of any size.
-        return held - body === 0 || held + n <= max;
+        const held = this.clientUnreadBytes(counted);
+        // Like maxInflightBytes: a client that holds nothing may hold one answer of any size.
+        return held === 0 || held + n <= max;
       },
       hold: (n) => {
         this.#inflightBytes += n;
-        if (counted !== null) this.#count(this.#unread, counted, n);
+        if (counted !== null) this.#unread.set(counted, this.clientUnreadBytes(counted) + n);
       },
       drop: (n) => {
         this.#inflightBytes -= n;
-        if (counted !== null) this.#count(this.#unread, counted, -n);
-      },
-      releaseBody: () => {
-        if (body > 0) this.#count(this.#bodies, counted!, -body);
-        body = 0;
+        if (counted === null) return;
+        const left = this.clientUnreadBytes(counted) - n;
+        if (left > 0) this.#unread.set(counted, left);
+        else this.#unread.delete(counted);
       },
     });
-  }
-
-  /** What `client` holds against `maxClientUnreadBytes`: request bodies and unread answers. */
-  #clientHeld(client: string): number {
-    return this.clientUnreadBytes(client) + this.clientBodyBytes(client);
-  }
-
-  /** Adds `n` (maybe negative) to `client`'s count in `counts`, deleting it at 0. */
-  #count(counts: Map<string, number>, client: string, n: number): void {
-    const left = (counts.get(client) ?? 0) + n;
-    if (left > 0) counts.set(client, left);
-    else counts.delete(client);
   }
 
   /**
@@ -456,11 +410,6 @@ export interface AnswerBytes {
   hold(n: number): void;
   /** Uncounts `n` bytes counted by `hold`. */
   drop(n: number): void;
-  /**
-   * Uncounts the request's body from its client's share of `maxClientUnreadBytes` (a no-op after
-   * the first call). Called when the request is released for good.
-   */
-  releaseBody?(): void;
 }
 
 /**
@@ -512,12 +461,8 @@ export class AdmittedRequest {
     return this.#held;
   }
 
-  /**
-   * Gives the slot back for good (the request is over), and its body's bytes to its client's share
-   * of `maxClientUnreadBytes`; once only.
-   */
+  /** Gives the slot back for good (the request is over); no-op if not held. */
   release(): void {
-    if (!this.#done) this.#answerBytes.releaseBody?.();
     this.#done = true;
     this.pause();
   }

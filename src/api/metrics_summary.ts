@@ -82,7 +82,7 @@ export interface MetricsSummary {
   /**
    * `raftkv_http_refusals_total` by its `limit` label: REST API requests this node refused with
    * 429, by the limit that refused them (`requests`, `bytes`, `client_unread`, `forwards`,
-   * `watchers`, `blocking_reads`, `backups`, `client_bytes`). A node reports every limit from the start, at 0, so
+   * `watchers`, `blocking_reads`, `backups`). A node reports every limit from the start, at 0, so
    * an empty object means a node from before this metric.
    */
   http_refusals_total: Record<string, number>;

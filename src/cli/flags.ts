@@ -362,11 +362,9 @@ export const FLAGS: readonly FlagInfo[] = [
     `a quarter of --max-inflight-bytes (${
       _D.maxInflightBytes / _D.maxClientUnreadBytesDivisor
     }, 16 MiB)`,
-    "Bytes one client (IP address) may hold: its request bodies in progress (Content-Length) " +
-      "plus its answers over 64 KiB not yet read; a client with that much unread: 429 at once; " +
-      "a request whose body would pass it: 429 (a client holding nothing may send one of any " +
-      "size); a GET whose answer would pass it: 429 (a write is answered anyway); at most " +
-      "--max-inflight-bytes (0: no per-client bound)",
+    "Bytes of answers over 64 KiB one client (IP address) has not read yet; a client at it: " +
+      "429 at once; a GET whose answer would pass it: 429 (a write is answered anyway); at " +
+      "most --max-inflight-bytes (0: no per-client bound)",
   ),
   _flag(
     "Limits and logging",
