@@ -93,3 +93,34 @@ export function sample(samples: Map<string, number>, series: string): number {
   const similar = [...samples.keys()].filter((s) => s.split("{")[0] === name);
   throw new Error(`no series ${series} in the metrics; of ${name} there are: [${similar}]`);
 }
+
+/** What {@linkcode scrapeChecked} needs of a cluster: one request to a node's API. */
+export interface Scrapable {
+  /** Sends `method path` to node `id`'s API and answers its status and text. */
+  request(id: string, method: string, path: string): Promise<{ status: number; text: string }>;
+}
+
+/**
+ * Scrapes node `id`'s `GET /metrics`, checks the answer with `promtool check metrics` when promtool
+ * is installed (Debian package `prometheus`), and returns its samples.
+ *
+ * @param cluster The cluster (a `ProcessCluster` of `testing/harness.ts`).
+ * @param id The node.
+ * @returns The samples, as {@linkcode parseSamples} reads them.
+ * @throws {Error} If the node does not answer 200 or promtool finds a problem.
+ */
+export async function scrapeChecked(cluster: Scrapable, id: string): Promise<Map<string, number>> {
+  const res = await cluster.request(id, "GET", "/metrics");
+  if (res.status !== 200) throw new Error(`GET /metrics of ${id}: ${res.status} ${res.text}`);
+  if (_promtool === undefined) _promtool = findPromtool();
+  if (_promtool !== null) {
+    const verdict = await promtoolCheck(res.text);
+    if (!verdict.ok) {
+      throw new Error(`promtool check metrics on ${id} (exit ${verdict.code}):\n${verdict.output}`);
+    }
+  }
+  return parseSamples(res.text);
+}
+
+/** Whether promtool runs here, found at the first {@linkcode scrapeChecked}. */
+let _promtool: string | null | undefined;

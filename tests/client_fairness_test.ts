@@ -16,7 +16,7 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
-import { findPromtool, parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
+import { parseSamples, sample, scrapeChecked } from "../testing/prometheus.ts";
 import { REFUSAL_LIMITS, type RefusalLimit } from "../src/api/limits.ts";
 
 const MiB = 1024 * 1024;
@@ -30,8 +30,6 @@ const MAX_STREAMS = 80;
 /** How long one stream may take to get its answer's headers. */
 const ANSWER_DEADLINE_MS = 10_000;
 
-const PROMTOOL = findPromtool();
-
 /**
  * The node's `raftkv_http_refusals_total` by limit, and its 429s to `GET /v1/data/{key}`, from
  * its `/metrics`, which passes `promtool check metrics` (when promtool is installed: Debian
@@ -41,13 +39,7 @@ async function _refusals(
   cluster: ProcessCluster,
   id: string,
 ): Promise<Record<RefusalLimit | "get429", number>> {
-  const res = await cluster.request(id, "GET", "/metrics");
-  assert.equal(res.status, 200, res.text);
-  if (PROMTOOL !== null) {
-    const verdict = await promtoolCheck(res.text);
-    assert.ok(verdict.ok, `promtool check metrics (exit ${verdict.code}):\n${verdict.output}`);
-  }
-  const samples = parseSamples(res.text);
+  const samples = await scrapeChecked(cluster, id);
   const counts = Object.fromEntries(
     REFUSAL_LIMITS.map((l) => [l, sample(samples, `raftkv_http_refusals_total{limit="${l}"}`)]),
   ) as Record<RefusalLimit, number>;

@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { contentOf } from "../testing/snapshot_pairs.ts";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
-import { findPromtool, parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
+import { sample, scrapeChecked } from "../testing/prometheus.ts";
 import { observeNode as observed } from "../testing/node_state.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
 import {
@@ -39,8 +39,6 @@ import {
 /** Slower elections than the harness default: an unrelated election would change the terms. */
 const NODE_FLAGS = ["--election-timeout", "2000", "--heartbeat", "100"];
 
-const PROMTOOL = findPromtool();
-
 /**
  * A node's `raftkv_peer_refusals_total` by reason, from its `GET /metrics`, which passes
  * `promtool check metrics` (when promtool is installed: Debian package `prometheus`).
@@ -49,13 +47,7 @@ async function refusals(
   cluster: ProcessCluster,
   id: string,
 ): Promise<Record<PeerRefusalReason, number>> {
-  const res = await cluster.request(id, "GET", "/metrics");
-  assert.equal(res.status, 200, res.text);
-  if (PROMTOOL !== null) {
-    const verdict = await promtoolCheck(res.text);
-    assert.ok(verdict.ok, `promtool check metrics (exit ${verdict.code}):\n${verdict.output}`);
-  }
-  const samples = parseSamples(res.text);
+  const samples = await scrapeChecked(cluster, id);
   return Object.fromEntries(
     PEER_REFUSAL_REASONS.map((
       r,
