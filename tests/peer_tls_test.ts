@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { type Certificates, makeCertificates, servedCertificate } from "../testing/certs.ts";
-import { parseSamples, promtoolCheck, sample } from "../testing/prometheus.ts";
+import { parseSamples, promtoolCheck, sample, scrapeChecked } from "../testing/prometheus.ts";
 import { type ProcessCluster, startCluster, waitFor } from "../testing/harness.ts";
 import { type ObservedState, observeNode } from "../testing/node_state.ts";
 import { encodeCommand } from "../src/kv/state_machine.ts";
@@ -309,6 +309,13 @@ Deno.test("peers with mutual TLS replicate, refuse impostors at the handshake or
           cluster.logs(target).some((l) => l.includes("Refused a TLS connection to the peer port")),
         { deadlineMs: 5000, message: "the refused handshake to be logged" },
       );
+      // And counted, each of the four: raftkv_peer_refusals_total{reason="handshake"}.
+      const handshakes = 'raftkv_peer_refusals_total{reason="handshake"}';
+      let counted = 0;
+      await waitFor(async () => {
+        counted = sample(await scrapeChecked(cluster, target), handshakes);
+        return counted >= 4;
+      }, { deadlineMs: 5000, message: () => `4 refused handshakes counted (${counted})` });
     });
 
     await t.step(

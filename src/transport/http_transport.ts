@@ -379,8 +379,9 @@ export interface PeerHandlerOptions {
 }
 
 /**
- * Why the peer handler refused a request (or a batch of a message stream), each with one HTTP
- * status: the `reason` label of `raftkv_peer_refusals_total`, in the order the handler checks.
+ * Why the peer port refused a request (or a batch of a message stream), each with one HTTP status
+ * (`handshake` aside: the mutual-TLS server refuses such a connection before any request): the
+ * `reason` label of `raftkv_peer_refusals_total`, in the order the checks run.
  *
  * - `other_cluster` (403): it names another cluster's id;
  * - `unknown_path` (404, or 405 for a method other than POST): no path of the peer protocol;
@@ -388,6 +389,9 @@ export interface PeerHandlerOptions {
  * - `not_member` (403): its sender, or a message's `from`, is not another member;
  * - `identity` (403, mutual TLS): the connection proved no identity (or its certificate names no
  *   node), or the header or a message names another sender than the certificate;
+ * - `handshake` (no answer: the mutual-TLS server refused the connection at its TLS handshake): no
+ *   client certificate, one the cluster CA did not sign, no TLS at all, or no handshake within
+ *   the handshake timeout;
  * - `too_many_requests` (429): its sender has `maxRequestsPerSender` message requests in progress;
  * - `snapshot_busy` (429): another snapshot upload is in progress;
  * - `too_large` (413): a body, stream frame or snapshot over its limit;
@@ -410,6 +414,7 @@ export const PEER_REFUSAL_REASONS = [
   "removed",
   "not_member",
   "identity",
+  "handshake",
   "too_many_requests",
   "snapshot_busy",
   "too_large",
@@ -448,7 +453,9 @@ export function countPeerRefusals(
       "method of the peer protocol), removed (410: a member a committed change removed), " +
       "not_member (403: the sender, or a message's sender, is not another member), identity " +
       "(403, mutual TLS: no proven identity, a certificate naming no node, or a header or " +
-      "message naming another sender than the certificate), too_many_requests (429: the sender " +
+      "message naming another sender than the certificate), handshake (mutual TLS: a connection " +
+      "refused at its TLS handshake, with no certificate, one the cluster CA did not sign, or " +
+      "none in time), too_many_requests (429: the sender " +
       "already has as many message requests in progress as it may), snapshot_busy (429: another " +
       "snapshot upload in progress), too_large (413: a body, frame or snapshot over its limit), aborted (400: the " +
       "body broke off), malformed (400: the codec or the request's form rejects it), invalid " +
@@ -1327,7 +1334,7 @@ export function createPeerHandler(
    * and logging it (at most once per interval per status).
    */
   function refuse(
-    why: Exclude<PeerRefusalReason, "unknown_path">,
+    why: _Answered,
     reason: string,
     from: string,
     answer?: { body: Record<string, unknown>; headers: Record<string, string> },
@@ -1760,8 +1767,11 @@ const _KIND_REASON = {
   invalid: "invalid",
 } as const satisfies Record<RefusalKind, PeerRefusalReason>;
 
+/** The reasons {@linkcode createPeerHandler}'s `refuse` answers with a status of its own. */
+type _Answered = Exclude<PeerRefusalReason, "unknown_path" | "handshake">;
+
 /** The HTTP status of each reason {@linkcode createPeerHandler}'s `refuse` answers. */
-const _REFUSAL_STATUS: Record<Exclude<PeerRefusalReason, "unknown_path">, number> = {
+const _REFUSAL_STATUS: Record<_Answered, number> = {
   other_cluster: 403,
   removed: 410,
   not_member: 403,

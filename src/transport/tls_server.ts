@@ -83,13 +83,14 @@ export interface TlsServerOptions {
    */
   isMember?: (peer: NodeId) => boolean;
   /**
-   * Called once for every request the server refuses itself, before the handler: `identity` for
-   * a client certificate that names no node (403), `malformed` for a request that does not make
-   * a `Request` (400). The handler's own refusals (a non-member's 403 or 410 among them) are the
+   * Called once for every connection or request the server refuses itself, before the handler:
+   * `handshake` for a connection refused at its TLS handshake (no certificate, one the CA did not
+   * sign, no TLS, none in time), `identity` for a client certificate that names no node (403),
+   * `malformed` for a request that does not make a `Request` (400). The handler's own refusals (a non-member's 403 or 410 among them) are the
    * handler's to count. A node passes the `onRefusal` its peer handler has
    * (`raftkv_peer_refusals_total`). Default: nothing.
    */
-  onRefusal?: (reason: "identity" | "malformed") => void;
+  onRefusal?: (reason: "identity" | "malformed" | "handshake") => void;
   /**
    * How often the server checks that its listener still accepts connections (it connects to its
    * own port), in milliseconds; a check waits as long (at least a second, more if the event loop
@@ -181,7 +182,7 @@ export async function serveMutualTls(
   const logger = options.logger ?? SILENT_LOGGER;
   const isMember = options.isMember ?? (() => true);
   /** Counts a refusal of the server's own; a callback that throws is logged. */
-  const refused = (reason: "identity" | "malformed") => {
+  const refused = (reason: "identity" | "malformed" | "handshake") => {
     try {
       options.onRefusal?.(reason);
     } catch (err) {
@@ -227,6 +228,7 @@ export async function serveMutualTls(
     // No certificate, one the CA did not sign, no TLS at all, or no handshake in time. (Deno has
     // dropped the socket's address by now.)
     logger.warn(`Refused a TLS connection to the peer port: ${_describe(err)}`);
+    refused("handshake");
   });
   server.on("sessionError", (err) => logger.debug(`A peer connection failed: ${_describe(err)}`));
 

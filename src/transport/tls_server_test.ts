@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { makeCertificates } from "../../testing/certs.ts";
+import { waitFor } from "../../testing/harness.ts";
 import { connectH2Socket } from "../util/h2_socket.ts";
 import { H2Client } from "./h2_client.ts";
 import {
@@ -159,8 +160,9 @@ Deno.test("Deno's fetch with a client certificate (createHttpClient, HTTP/2 only
   });
 });
 
-Deno.test("a client without a certificate, or with one from another CA, is refused at the handshake", async () => {
+Deno.test("a client without a certificate, or with one from another CA, is refused at the handshake, each counted once", async () => {
   let calls = 0;
+  const refusals: string[] = [];
   await withServer(() => {
     calls++;
     return Promise.resolve(new Response("reached"));
@@ -186,7 +188,12 @@ Deno.test("a client without a certificate, or with one from another CA, is refus
       warnings.some((w) => w.startsWith("Refused a TLS connection to the peer port: ")),
       warnings.join("\n"),
     );
-  });
+    // Told as the connections fail: one `handshake` each, once the server has seen both.
+    await waitFor(() => refusals.length >= 2, {
+      message: () => `two refused handshakes counted (${refusals})`,
+    });
+    assert.deepEqual(refusals, ["handshake", "handshake"]);
+  }, { onRefusal: (reason) => refusals.push(reason) });
 });
 
 Deno.test("rotated credentials: new connections need the new CA's certificates, open ones go on, a bad swap changes nothing", async () => {
