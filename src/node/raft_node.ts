@@ -714,10 +714,11 @@ export class RaftNode implements KvBackend, LeaderTransfer {
       onSnapshot: (msg, body) => this.#receiveSnapshot(msg, body),
       snapshotRefusal: (m) => this.#snapshotRefusal(m),
       onUnreachable: (peer) => this.#guard(() => this.#core.reportUnreachable(peer)),
-      removedAt: (from) => {
+      removedAt: (from, since) => {
         if (this.#failed) return 0;
         const at = this.#core.removedAt(from);
-        if (at > 0) this.#metrics.removedPeerAnswers.inc();
+        if (at === 0 || at < since) return 0;
+        this.#metrics.removedPeerAnswers.inc();
         return at;
       },
       onRemoved: (peer, index) => this.#guard(() => this.#learnRemoved(peer, index)),

@@ -1718,8 +1718,8 @@ export function createPeerHandler(
       const proved = info?.peer ?? null;
       const since = Number(req.headers.get(MEMBER_SINCE_HEADER) ?? "");
       if ((proved === null || proved === from) && Number.isSafeInteger(since) && since > 0) {
-        const removedAt = handlers.removedAt?.(proved ?? from) ?? 0;
-        if (removedAt >= since) return refuseRemoved(proved ?? from, removedAt);
+        const removedAt = handlers.removedAt?.(proved ?? from, since) ?? 0;
+        if (removedAt > 0) return refuseRemoved(proved ?? from, removedAt);
       }
       // A sender that is not another member, or not the one the connection proved, is refused
       // before anything is read or stored.

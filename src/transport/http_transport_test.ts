@@ -1641,7 +1641,7 @@ Deno.test("a sender the node says was removed gets 410 removed with the index, b
     onMessages: (messages: Message[]) => void batches.push(messages),
     onSnapshot: async () => {},
     // "n3" is outside this node's configurations since the committed one at index 7.
-    removedAt: (from: NodeId) => from === "n3" ? 7 : 0,
+    removedAt: (from: NodeId, since: number) => from === "n3" && since <= 7 ? 7 : 0,
   };
   const handler = createPeerHandler(handlers, {
     validator: new PeerValidator({ self: "n2", members: ["n1", "n2"] }),
@@ -1729,7 +1729,7 @@ Deno.test("createPeerHandler answers a member's members query with the committed
   const handler = createPeerHandler({
     onMessages: () => {},
     onSnapshot: async () => {},
-    removedAt: (from: NodeId) => from === "n3" ? 7 : 0,
+    removedAt: (from: NodeId, since: number) => from === "n3" && since <= 7 ? 7 : 0,
     committedMembers: () => conf,
     onUnknownSender: (from, since) => void unknown.push([from, since]),
     checkCluster: (claimed) => claimed === "c" ? null : `cluster ${claimed}`,
@@ -1876,7 +1876,7 @@ Deno.test("every refusal of the peer handler counts once in raftkv_peer_refusals
     },
     checkCluster: (claimed: string | undefined) =>
       claimed === "other" ? `the sender is a member of cluster "other"` : null,
-    removedAt: (from: string) => from === "gone" ? 5 : 0,
+    removedAt: (from: string, since: number) => from === "gone" && since <= 5 ? 5 : 0,
     committedMembers: () => ({
       index: 1,
       commit: 1,

@@ -70,10 +70,12 @@ export interface TransportHandlers {
   /**
    * Whether what `from` sends is to be answered "you were removed" instead of taken: this node's
    * commit index when the configuration in force there and the newest one both leave `from` out,
-   * else 0 (see `RaftCore.removedAt`). The HTTP peer handler answers `410` when that index is at
-   * or above the one the sender says it is a member by ({@linkcode TransportHandlers.memberSince}).
+   * else 0 (see `RaftCore.removedAt`); 0 also when that index is below `since`, the index the
+   * sender says it is a member by (it may be a member by a configuration this node has not seen).
+   * The HTTP peer handler answers `410` when it is not 0 (`since` is the sender's
+   * {@linkcode TransportHandlers.memberSince}, sent with its requests).
    */
-  removedAt?(from: NodeId): number;
+  removedAt?(from: NodeId, since: number): number;
   /**
    * The index of the configuration by which this node counts itself a member (its newest
    * configuration entry, or its snapshot's index), 0 when it does not (joining or removed). Sent

@@ -212,8 +212,8 @@ export class SimNetwork {
     const src = this.#live.get(from);
     const since = src?.handlers.memberSince?.() ?? 0;
     if (src === undefined || since === 0) return false;
-    const index = dst.handlers.removedAt?.(from) ?? 0;
-    if (index < since) return false;
+    const index = dst.handlers.removedAt?.(from, since) ?? 0;
+    if (index === 0) return false;
     this.#host.stats.removedAnswers++;
     this.#host.later(this.#delay(), () => {
       if (!this.#alive(src) || this.cut?.(dst.id, from)) return;
