@@ -25,6 +25,7 @@ import { loadRemovedMark, removedMarkPath } from "../storage/removed_mark.ts";
 import { SimClock } from "../../testing/sim_clock.ts";
 import { SimFileSystem } from "../../testing/sim_fs.ts";
 import { MetricsRegistry } from "../util/metrics.ts";
+import { parseSamples } from "../../testing/prometheus.ts";
 
 const IDS = ["a", "b", "c"];
 const SILENT = { debug() {}, info() {}, warn() {}, error() {} };
@@ -1859,5 +1860,51 @@ Deno.test("a node refuses peers of another cluster; one that joins learns its cl
     assert.equal(upgraded.handlers.checkCluster?.(theirs), null);
   } finally {
     await upgraded.node.stop();
+  }
+});
+
+Deno.test("a member a committed change removed is answered removed, and counted, only when it counts itself a member by an older configuration", async () => {
+  const root = await Deno.makeTempDir({ prefix: "raftkv-node-" });
+  const net = new MemoryNetwork();
+  const handlers = new Map<string, TransportHandlers>();
+  const registries = new Map<string, MetricsRegistry>();
+  const nodes: RaftNode[] = [];
+  try {
+    for (const [i, id] of IDS.entries()) {
+      const metrics = new MetricsRegistry();
+      registries.set(id, metrics);
+      nodes.push(
+        await startNode(root, net, id, 61 + i, {
+          metrics,
+          transport: (h) => {
+            handlers.set(id, h);
+            return net.connect(id, h);
+          },
+        }),
+      );
+    }
+    for (const n of nodes) n.start();
+    await waitFor(() => leaderOf(nodes)?.isReady() === true, "a leader");
+    const leader = leaderOf(nodes)!;
+    const [gone, stay] = nodes.filter((n) => n !== leader) as [RaftNode, RaftNode];
+    await leader.membership!.remove(gone.id, signal());
+    const removal = leader.status().last_index;
+    await waitFor(() => stay.status().commit_index >= removal, "the other follower to commit it");
+    const answered = () =>
+      parseSamples(registries.get(stay.id)!.render()).get("raftkv_removed_peer_answers_total");
+    const removedAt = handlers.get(stay.id)!.removedAt!;
+    assert.equal(answered(), 0);
+    // A member by the bootstrap configuration: told, at the commit index, and counted.
+    const at = removedAt(gone.id, 1);
+    assert.ok(at >= removal, `removed at ${at}, the removal being at ${removal}`);
+    assert.equal(answered(), 1);
+    // One that says it is a member by a newer configuration than this node knows: not told, not
+    // counted (the peer handler then checks it as any other sender).
+    assert.equal(removedAt(gone.id, at + 1), 0);
+    assert.equal(removedAt(leader.id, 1), 0);
+    assert.equal(answered(), 1);
+  } finally {
+    for (const n of nodes) await n.stop();
+    await Deno.remove(root, { recursive: true });
   }
 });
